@@ -1,0 +1,712 @@
+#include "client_session.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/serializer.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/write.hpp>
+#include <boost/url/parse.hpp>
+#include <optional>
+#include <vector>
+
+#include "forwarding_headers.hpp"
+#include "request_validation.hpp"
+#include "worker.hpp"
+
+namespace bg {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+using boost::system::error_code;
+
+namespace {
+
+// Errors are values on the data path: every async step returns its error_code.
+constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
+
+// How the exchange with the backend ended before any response byte went to the client.
+enum class Exchange {
+    response_ready,  // a final response header is in the response parser
+    client_gone,     // the client failed or timed out while sending its body
+    body_too_large,  // the request body passed max_request_body
+    upstream_timeout,
+    upstream_failed,  // refused, reset or cut before a complete response header
+};
+
+// A backend connection held by one request.
+struct Upstream {
+    const Backend* backend = nullptr;
+    std::optional<beast::tcp_stream> stream;
+    bool reused = false;
+};
+
+// Untracks the session from its worker whatever way the coroutine ends.
+class TrackedSession {
+public:
+    TrackedSession(Worker& worker, beast::tcp_stream& client) : worker_(worker) {
+        handle_.client = &client;
+        worker_.track(&handle_);
+        WorkerStats::add(worker_.stats().connections_open);
+    }
+    ~TrackedSession() {
+        worker_.untrack(&handle_);
+        WorkerStats::sub(worker_.stats().connections_open);
+    }
+    SessionHandle& handle() { return handle_; }
+
+private:
+    Worker& worker_;
+    SessionHandle handle_;
+};
+
+bool is_upgrade_request(const http::request_header<>& header) {
+    if (header.find(http::field::upgrade) == header.end()) {
+        return false;
+    }
+    for (auto token : http::token_list(header[http::field::connection])) {
+        if (beast::iequals(token, "upgrade")) {
+            return true;
+        }
+    }
+    return false;
+}
+
+class ClientSession {
+public:
+    ClientSession(Worker& worker, tcp::socket socket)
+        : worker_(worker),
+          config_(worker.config()),
+          client_(std::move(socket)),
+          request_body_(config_.limits.buffer_size),
+          response_body_(config_.limits.buffer_size),
+          tracked_(worker, client_) {
+        error_code ec;
+        auto peer = client_.socket().remote_endpoint(ec);
+        client_ip_ = ec ? std::string("unknown") : peer.address().to_string();
+        client_.socket().set_option(tcp::no_delay(true), ec);
+    }
+
+    asio::awaitable<void> run() {
+        bool first = true;
+        while (co_await read_request_header(first)) {
+            first = false;
+            WorkerStats::add(worker_.stats().requests);
+            if (!co_await handle_request()) {
+                break;
+            }
+        }
+        error_code ignored;
+        client_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+        if (linger_) {
+            co_await drain_before_close();
+        }
+        client_.socket().close(ignored);
+    }
+
+private:
+    // ---- reading the request header ------------------------------------------------------
+
+    // True when a request header is in parser_; false when the connection should close (a
+    // clean end, a timeout, or an error already answered).
+    asio::awaitable<bool> read_request_header(bool first) {
+        parser_.emplace();
+        parser_->header_limit(static_cast<std::uint32_t>(config_.limits.max_request_header + 1));
+        if (config_.limits.max_request_body > 0) {
+            parser_->body_limit(config_.limits.max_request_body);
+        } else {
+            parser_->body_limit(boost::none);
+        }
+        parser_->eager(false);
+
+        if (buffer_.size() == 0) {
+            if (worker_.draining()) {
+                co_return false;
+            }
+            // Between requests: only the keep-alive idle timeout applies, and a graceful
+            // shutdown may close the connection.
+            client_.expires_after(first ? config_.timeouts.client_header
+                                        : config_.timeouts.client_keepalive);
+            tracked_.handle().idle = true;
+            auto [ec, n] = co_await client_.async_read_some(buffer_.prepare(read_chunk()), nothrow);
+            tracked_.handle().idle = false;
+            if (ec) {
+                co_return false;
+            }
+            buffer_.commit(n);
+        }
+        // The whole header must arrive within client_header (slowloris).
+        client_.expires_after(config_.timeouts.client_header);
+        for (;;) {
+            skip_leading_empty_lines();
+            auto bytes = std::string_view(static_cast<const char*>(buffer_.data().data()),
+                                          buffer_.size());
+            RawHeaderScan scan = scan_raw_header(bytes, config_.limits.max_request_line,
+                                                 config_.limits.max_request_header);
+            switch (scan.verdict) {
+                case RawHeaderVerdict::complete: {
+                    error_code ec;
+                    std::size_t used = parser_->put(asio::buffer(bytes.data(), scan.header_end), ec);
+                    buffer_.consume(used);
+                    if (ec == http::error::body_limit) {
+                        co_await reply_error(http::status::payload_too_large,
+                                             "request body too large");
+                        co_return false;
+                    }
+                    if (ec || !parser_->is_header_done()) {
+                        // A named string: GCC 12 mis-destroys temporaries of a conditional
+                        // expression inside co_await.
+                        const std::string why = ec ? ec.message() : "malformed request header";
+                        co_await reply_error(http::status::bad_request, why);
+                        co_return false;
+                    }
+                    co_return true;
+                }
+                case RawHeaderVerdict::incomplete:
+                    break;
+                case RawHeaderVerdict::request_line_too_long:
+                    co_await reply_error(http::status::uri_too_long, "request line too long");
+                    co_return false;
+                case RawHeaderVerdict::header_too_long:
+                    co_await reply_error(http::status::request_header_fields_too_large,
+                                         "request header too large");
+                    co_return false;
+                case RawHeaderVerdict::obs_fold:
+                    co_await reply_error(http::status::bad_request, "obsolete line folding");
+                    co_return false;
+                case RawHeaderVerdict::nul_byte:
+                    co_await reply_error(http::status::bad_request, "NUL byte in header");
+                    co_return false;
+                case RawHeaderVerdict::bare_cr:
+                    co_await reply_error(http::status::bad_request, "bare CR in header");
+                    co_return false;
+                case RawHeaderVerdict::bare_lf:
+                    co_await reply_error(http::status::bad_request, "bare LF in header");
+                    co_return false;
+            }
+            auto [ec, n] = co_await client_.async_read_some(buffer_.prepare(read_chunk()), nothrow);
+            if (ec == beast::error::timeout) {
+                // tcp_stream has closed the socket already: the client is simply dropped (as
+                // nginx does for client_header_timeout).
+                WorkerStats::add(worker_.stats().client_header_timeouts);
+                co_return false;
+            }
+            if (ec) {
+                co_return false;
+            }
+            buffer_.commit(n);
+        }
+    }
+
+    std::size_t read_chunk() const { return std::max<std::size_t>(4096, config_.limits.buffer_size); }
+
+    // RFC 9112 2.2: a server should ignore empty lines received before the request line.
+    void skip_leading_empty_lines() {
+        for (;;) {
+            auto bytes = std::string_view(static_cast<const char*>(buffer_.data().data()),
+                                          buffer_.size());
+            if (bytes.starts_with("\r\n")) {
+                buffer_.consume(2);
+            } else {
+                return;
+            }
+        }
+    }
+
+    // ---- one request ------------------------------------------------------------------------
+
+    // Returns whether the client connection stays open for another request.
+    asio::awaitable<bool> handle_request() {
+        auto& request = parser_->get();
+        body_started_ = false;
+        if (auto why = framing_problem(request.base()); !why.empty()) {
+            co_await reply_error(http::status::bad_request, why);
+            co_return false;
+        }
+        if (request.method() == http::verb::connect) {
+            co_await reply_error(http::status::method_not_allowed, "CONNECT is not supported");
+            co_return false;
+        }
+        if (!normalize_target(request)) {
+            co_await reply_error(http::status::bad_request, "invalid request target");
+            co_return false;
+        }
+        if (config_.limits.max_request_body > 0 && parser_->content_length() &&
+            *parser_->content_length() > config_.limits.max_request_body) {
+            co_await reply_error(http::status::payload_too_large, "request body too large");
+            co_return false;
+        }
+
+        const bool client_keep_alive = parser_->keep_alive();
+        const unsigned client_version = request.version();
+        const bool upgrade = is_upgrade_request(request.base());
+        const bool head = request.method() == http::verb::head;
+        const bool was_chunked = parser_->chunked();
+        const bool expect_continue =
+            beast::iequals(request[http::field::expect], "100-continue") && client_version >= 11;
+
+        // One routing snapshot for the whole request.
+        RoutingTablePtr table = worker_.table();
+        Upstream upstream;
+        tried_.clear();
+        const Colour colour = worker_.balancer().pick_colour(*table);
+        if (!co_await connect_upstream(*table, colour, upstream)) {
+            co_await reply_error(tried_.empty() ? http::status::service_unavailable
+                                                : http::status::bad_gateway,
+                                 tried_.empty() ? "no backend available"
+                                                : "no backend reachable",
+                                 !parser_->is_done());
+            co_return parser_->is_done() && client_keep_alive && !worker_.draining();
+        }
+        const std::uint32_t backend_id = upstream.backend->id;
+        worker_.balancer().on_request_start(backend_id);
+        struct InFlight {
+            Balancer& balancer;
+            std::uint32_t id;
+            SessionHandle& handle;
+            ~InFlight() {
+                balancer.on_request_end(id);
+                handle.upstream = nullptr;
+            }
+        } in_flight{worker_.balancer(), backend_id, tracked_.handle()};
+
+        if (expect_continue) {
+            // We answer 100-continue ourselves (the backend sees no Expect), so the body flows
+            // without waiting for the backend's interim response.
+            request.erase(http::field::expect);
+        }
+        rewrite_request_fields(request, ForwardedFor{client_ip_, false, upgrade});
+        if (was_chunked) {
+            request.chunked(true);
+        }
+        request.version(11);
+        if (expect_continue && !parser_->is_done()) {
+            static constexpr std::string_view continue_line = "HTTP/1.1 100 Continue\r\n\r\n";
+            client_.expires_after(config_.timeouts.client_write);
+            auto [ec, n] =
+                co_await asio::async_write(client_, asio::buffer(continue_line), nothrow);
+            if (ec) {
+                co_return false;
+            }
+        }
+
+        Exchange outcome = co_await exchange(upstream, head);
+        // A reused connection that the backend had closed: if nothing of the request body was
+        // consumed the request is intact, so send it once more on a fresh connection.
+        while (outcome == Exchange::upstream_failed && upstream.reused && !body_started_) {
+            upstream.stream.reset();
+            upstream.reused = false;
+            if (!co_await connect_to(*upstream.backend, upstream)) {
+                break;
+            }
+            outcome = co_await exchange(upstream, head);
+        }
+
+        switch (outcome) {
+            case Exchange::response_ready:
+                break;
+            case Exchange::client_gone:
+                co_return false;
+            case Exchange::body_too_large:
+                co_await reply_error(http::status::payload_too_large, "request body too large");
+                co_return false;
+            case Exchange::upstream_timeout:
+                WorkerStats::add(worker_.stats().upstream_timeouts);
+                co_await reply_error(http::status::gateway_timeout, "backend did not answer in time",
+                                     !parser_->is_done());
+                co_return parser_->is_done() && client_keep_alive && !worker_.draining();
+            case Exchange::upstream_failed:
+                WorkerStats::add(worker_.stats().upstream_broken_responses);
+                co_await reply_error(http::status::bad_gateway, "backend failed before responding",
+                                     !parser_->is_done());
+                co_return parser_->is_done() && client_keep_alive && !worker_.draining();
+        }
+
+        co_return co_await relay_response(upstream, client_keep_alive, client_version, head,
+                                          upgrade);
+    }
+
+    // Origin-form stays; absolute-form ("GET http://host/path") becomes origin-form with Host
+    // set from it (RFC 9112 3.2.2); "*" is kept for OPTIONS.
+    static bool normalize_target(http::request<http::buffer_body>& request) {
+        auto target = request.target();
+        if (target.starts_with('/')) {
+            return true;
+        }
+        if (target == "*") {
+            return request.method() == http::verb::options;
+        }
+        auto uri = boost::urls::parse_absolute_uri(target);
+        if (!uri || !uri->has_authority()) {
+            return false;
+        }
+        std::string origin(uri->encoded_path());
+        if (origin.empty()) {
+            origin = "/";
+        }
+        if (uri->has_query()) {
+            origin.push_back('?');
+            origin.append(uri->encoded_query());
+        }
+        std::string host(uri->encoded_host_and_port());
+        request.set(http::field::host, host);
+        request.target(origin);
+        return true;
+    }
+
+    // ---- the backend connection ----------------------------------------------------------
+
+    // Picks a backend of the colour and gets a connection to it: an idle pooled one, else a new
+    // one. A backend that refuses is skipped for another, up to connect_attempts.
+    asio::awaitable<bool> connect_upstream(const RoutingTable& table, Colour colour,
+                                           Upstream& upstream) {
+        for (unsigned attempt = 0; attempt < config_.upstream.connect_attempts; ++attempt) {
+            const Backend* backend = worker_.balancer().pick_backend(table, colour, tried_);
+            if (backend == nullptr) {
+                co_return false;
+            }
+            tried_.push_back(backend->id);
+            if (auto idle = worker_.upstream_pool().lease(backend->id)) {
+                upstream.backend = backend;
+                upstream.stream.emplace(std::move(*idle));
+                upstream.reused = true;
+                tracked_.handle().upstream = &*upstream.stream;
+                co_return true;
+            }
+            if (co_await connect_to(*backend, upstream)) {
+                co_return true;
+            }
+        }
+        co_return false;
+    }
+
+    asio::awaitable<bool> connect_to(const Backend& backend, Upstream& upstream) {
+        error_code ec;
+        tcp::endpoint endpoint(asio::ip::make_address(backend.address.ip, ec), backend.address.port);
+        upstream.stream.emplace(client_.get_executor());
+        tracked_.handle().upstream = &*upstream.stream;
+        upstream.stream->expires_after(config_.timeouts.upstream_connect);
+        std::tie(ec) = co_await upstream.stream->async_connect(endpoint, nothrow);
+        if (ec) {
+            WorkerStats::add(worker_.stats().upstream_connect_failures);
+            tracked_.handle().upstream = nullptr;
+            upstream.stream.reset();
+            co_return false;
+        }
+        upstream.stream->socket().set_option(tcp::no_delay(true), ec);
+        upstream.backend = &backend;
+        upstream.reused = false;
+        co_return true;
+    }
+
+    // Sends the request (header, then the body as it arrives) and reads the response header,
+    // relaying interim 1xx responses to the client.
+    asio::awaitable<Exchange> exchange(Upstream& upstream, bool head) {
+        auto& request = parser_->get();
+        auto& stream = *upstream.stream;
+        http::request_serializer<http::buffer_body> serializer{request};
+        upstream_buffer_.clear();
+        stream.expires_after(config_.timeouts.upstream_response);
+        if (parser_->is_done()) {
+            request.body().data = nullptr;
+            request.body().size = 0;
+            request.body().more = false;
+            auto [ec, n] = co_await http::async_write(stream, serializer, nothrow);
+            if (ec) {
+                co_return ec == beast::error::timeout ? Exchange::upstream_timeout
+                                                      : Exchange::upstream_failed;
+            }
+        } else {
+            auto [ec, n] = co_await http::async_write_header(stream, serializer, nothrow);
+            if (ec) {
+                co_return Exchange::upstream_failed;
+            }
+            while (!serializer.is_done()) {
+                if (!parser_->is_done()) {
+                    request.body().data = request_body_.data();
+                    request.body().size = request_body_.size();
+                    client_.expires_after(config_.timeouts.client_body);
+                    auto [rec, rn] = co_await http::async_read_some(client_, buffer_, *parser_, nothrow);
+                    if (rec == http::error::need_buffer) {
+                        rec = {};
+                    }
+                    if (rec == http::error::body_limit) {
+                        co_return Exchange::body_too_large;
+                    }
+                    if (rec) {
+                        co_return Exchange::client_gone;
+                    }
+                    body_started_ = true;
+                    request.body().size = request_body_.size() - request.body().size;
+                    request.body().data = request_body_.data();
+                    request.body().more = !parser_->is_done();
+                    if (request.body().size == 0 && request.body().more) {
+                        continue;  // a chunk header, no data yet: an empty write would end the body
+                    }
+                } else {
+                    request.body().data = nullptr;
+                    request.body().size = 0;
+                    request.body().more = false;
+                }
+                stream.expires_after(config_.timeouts.upstream_response);
+                auto [wec, wn] = co_await http::async_write(stream, serializer, nothrow);
+                if (wec == http::error::need_buffer) {
+                    wec = {};
+                }
+                if (wec) {
+                    co_return wec == beast::error::timeout ? Exchange::upstream_timeout
+                                                           : Exchange::upstream_failed;
+                }
+            }
+        }
+
+        for (;;) {
+            response_parser_.emplace();
+            response_parser_->header_limit(
+                static_cast<std::uint32_t>(config_.limits.max_response_header));
+            response_parser_->body_limit(boost::none);
+            if (head) {
+                response_parser_->skip(true);
+            }
+            stream.expires_after(config_.timeouts.upstream_response);
+            auto [ec, n] = co_await http::async_read_header(stream, upstream_buffer_,
+                                                            *response_parser_, nothrow);
+            if (ec == beast::error::timeout) {
+                co_return Exchange::upstream_timeout;
+            }
+            if (ec) {
+                co_return Exchange::upstream_failed;
+            }
+            const unsigned status = response_parser_->get().result_int();
+            if (status >= 200 || status == 101) {
+                co_return Exchange::response_ready;
+            }
+            // An interim response (103 Early Hints, 102...): pass it on to HTTP/1.1 clients.
+            auto& interim = response_parser_->get();
+            if (parser_->get().version() >= 11 && status != 100) {
+                strip_response_hop_fields(interim, false);
+                http::response<http::empty_body> copy{interim.base()};
+                client_.expires_after(config_.timeouts.client_write);
+                auto [wec, wn] = co_await http::async_write(client_, copy, nothrow);
+                if (wec) {
+                    co_return Exchange::client_gone;
+                }
+            }
+        }
+    }
+
+    // ---- the response -----------------------------------------------------------------------
+
+    asio::awaitable<bool> relay_response(Upstream& upstream, bool client_keep_alive,
+                                         unsigned client_version, bool head, bool upgrade) {
+        auto& response = response_parser_->get();
+        const unsigned status = response.result_int();
+        const bool switching = status == 101 && upgrade;
+        const bool no_body = head || status == 204 || status == 304 || switching;
+        const bool upstream_keep_alive = response_parser_->keep_alive();
+        const bool upstream_chunked = response_parser_->chunked();
+        const bool until_close = !no_body && !upstream_chunked && !response_parser_->content_length();
+
+        strip_response_hop_fields(response, switching);
+        bool keep_alive = client_keep_alive && parser_->is_done() && !worker_.draining();
+        if (!no_body && (upstream_chunked || until_close)) {
+            if (client_version >= 11) {
+                response.chunked(true);
+            } else {
+                keep_alive = false;  // an HTTP/1.0 client learns the end from the close
+            }
+        }
+        response.version(11);
+        if (switching) {
+            // Connection: upgrade already set.
+        } else if (!keep_alive) {
+            response.set(http::field::connection, "close");
+        } else if (client_version < 11) {
+            response.set(http::field::connection, "keep-alive");
+        }
+        WorkerStats::add(worker_.stats().responses_by_class[std::min(status / 100, 5u)]);
+
+        http::response_serializer<http::buffer_body> serializer{response};
+        client_.expires_after(config_.timeouts.client_write);
+        auto [ec, n] = co_await http::async_write_header(client_, serializer, nothrow);
+        if (ec) {
+            co_return false;
+        }
+        if (switching) {
+            co_await tunnel(*upstream.stream);
+            co_return false;
+        }
+
+        bool response_complete = no_body;
+        if (!no_body) {
+            auto& stream = *upstream.stream;
+            while (!serializer.is_done()) {
+                if (!response_parser_->is_done()) {
+                    response.body().data = response_body_.data();
+                    response.body().size = response_body_.size();
+                    stream.expires_after(config_.timeouts.upstream_response);
+                    auto [rec, rn] = co_await http::async_read_some(stream, upstream_buffer_,
+                                                                    *response_parser_, nothrow);
+                    if (rec == http::error::need_buffer) {
+                        rec = {};
+                    }
+                    if (rec) {
+                        // The backend died or stalled mid-body: close the client connection so
+                        // it never mistakes a cut response for a complete one.
+                        WorkerStats::add(worker_.stats().upstream_broken_responses);
+                        co_return false;
+                    }
+                    response.body().size = response_body_.size() - response.body().size;
+                    response.body().data = response_body_.data();
+                    response.body().more = !response_parser_->is_done();
+                    if (response.body().size == 0 && response.body().more) {
+                        continue;
+                    }
+                } else {
+                    response.body().data = nullptr;
+                    response.body().size = 0;
+                    response.body().more = false;
+                }
+                client_.expires_after(config_.timeouts.client_write);
+                auto [wec, wn] = co_await http::async_write(client_, serializer, nothrow);
+                if (wec == http::error::need_buffer) {
+                    wec = {};
+                }
+                if (wec) {
+                    co_return false;
+                }
+            }
+            response_complete = response_parser_->is_done();
+        }
+
+        // The connection goes back to the pool only after a clean, fully framed exchange.
+        if (response_complete && parser_->is_done() && upstream_keep_alive && !until_close &&
+            upstream_buffer_.size() == 0) {
+            tracked_.handle().upstream = nullptr;
+            worker_.upstream_pool().give_back(upstream.backend->id, std::move(*upstream.stream));
+            upstream.stream.reset();
+        }
+        co_return keep_alive && response_complete;
+    }
+
+    // After a 101: bytes flow both ways until either side closes or goes idle.
+    asio::awaitable<void> tunnel(beast::tcp_stream& upstream) {
+        using namespace asio::experimental::awaitable_operators;
+        WorkerStats::add(worker_.stats().upgrades);
+        WorkerStats::add(worker_.stats().upgraded_open);
+        // Bytes that arrived behind the headers belong to the tunnel.
+        bool ok = co_await flush(upstream, buffer_) && co_await flush(client_, upstream_buffer_);
+        if (ok) {
+            co_await (pump(client_, upstream, request_body_) && pump(upstream, client_, response_body_));
+        }
+        WorkerStats::sub(worker_.stats().upgraded_open);
+        error_code ignored;
+        upstream.socket().close(ignored);
+    }
+
+    asio::awaitable<bool> flush(beast::tcp_stream& to, beast::flat_buffer& pending) {
+        if (pending.size() == 0) {
+            co_return true;
+        }
+        to.expires_after(config_.timeouts.tunnel_idle);
+        auto [ec, n] = co_await asio::async_write(to, pending.data(), nothrow);
+        pending.consume(pending.size());
+        co_return !ec;
+    }
+
+    asio::awaitable<void> pump(beast::tcp_stream& from, beast::tcp_stream& to,
+                               std::vector<char>& scratch) {
+        for (;;) {
+            from.expires_after(config_.timeouts.tunnel_idle);
+            auto [ec, n] = co_await from.async_read_some(asio::buffer(scratch), nothrow);
+            if (ec == asio::error::eof) {
+                error_code ignored;
+                to.socket().shutdown(tcp::socket::shutdown_send, ignored);
+                co_return;
+            }
+            if (ec) {
+                break;
+            }
+            to.expires_after(config_.timeouts.tunnel_idle);
+            auto [wec, wn] = co_await asio::async_write(to, asio::buffer(scratch.data(), n), nothrow);
+            if (wec) {
+                break;
+            }
+        }
+        // An error on one side ends both directions.
+        error_code ignored;
+        from.socket().close(ignored);
+        to.socket().close(ignored);
+    }
+
+    // ---- proxy-generated responses ------------------------------------------------------------
+
+    // Closing a socket with unread input makes the kernel send a reset, which can destroy the
+    // error response before the client reads it. So after an error, read and discard what the
+    // client still sends, for a bounded time and amount (nginx's lingering close).
+    asio::awaitable<void> drain_before_close() {
+        client_.expires_after(config_.timeouts.client_linger);
+        std::size_t discarded = 0;
+        while (discarded < (1u << 20)) {
+            auto [ec, n] = co_await client_.async_read_some(asio::buffer(request_body_), nothrow);
+            if (ec) {
+                break;
+            }
+            discarded += n;
+        }
+    }
+
+    asio::awaitable<void> reply_error(http::status status, std::string_view reason,
+                                      bool close = true) {
+        if (static_cast<unsigned>(status) < 500) {
+            WorkerStats::add(worker_.stats().bad_requests);
+        }
+        WorkerStats::add(worker_.stats().responses_by_class[static_cast<unsigned>(status) / 100]);
+        http::response<http::string_body> response{status, 11};
+        response.set(http::field::content_type, "text/plain");
+        response.set("X-BG-Error", reason);
+        response.body() = std::to_string(static_cast<unsigned>(status)) + " " +
+                          std::string(http::obsolete_reason(status)) + ": " + std::string(reason) +
+                          "\n";
+        response.keep_alive(!close && !worker_.draining());
+        linger_ = linger_ || close;
+        response.prepare_payload();
+        client_.expires_after(config_.timeouts.client_write);
+        co_await http::async_write(client_, response, nothrow);
+    }
+
+    Worker& worker_;
+    const Config& config_;
+    beast::tcp_stream client_;
+    std::string client_ip_;
+    beast::flat_buffer buffer_;           // bytes read from the client, not yet parsed
+    beast::flat_buffer upstream_buffer_;  // bytes read from the backend, not yet parsed
+    std::vector<char> request_body_;      // one piece of request body in flight
+    std::vector<char> response_body_;     // one piece of response body in flight
+    std::optional<http::request_parser<http::buffer_body>> parser_;
+    std::optional<http::response_parser<http::buffer_body>> response_parser_;
+    std::vector<std::uint32_t> tried_;
+    bool body_started_ = false;
+    bool linger_ = false;  // an error response was sent: drain before closing
+    TrackedSession tracked_;
+};
+
+}  // namespace
+
+asio::awaitable<void> serve_client(Worker& worker, tcp::socket socket) {
+    ClientSession session(worker, std::move(socket));
+    co_await session.run();
+}
+
+}  // namespace bg

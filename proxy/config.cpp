@@ -1,0 +1,584 @@
+#include "config.hpp"
+
+#include <netdb.h>
+#include <sched.h>
+#include <sys/socket.h>
+
+#include <cmath>
+#include <charconv>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <thread>
+#include <toml++/toml.h>
+
+namespace bg {
+
+std::string ConfigError::to_string() const {
+    std::ostringstream out;
+    out << (file.empty() ? "<flags>" : file) << ':' << line << ':' << column << ": " << message;
+    return out.str();
+}
+
+unsigned default_worker_count() {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0) {
+            return static_cast<unsigned>(n);
+        }
+    }
+    return std::max(1u, std::thread::hardware_concurrency());
+}
+
+std::optional<Duration> parse_duration(std::string_view text) {
+    std::uint64_t value = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec != std::errc{} || end == text.data()) {
+        return std::nullopt;
+    }
+    std::string_view unit(end, static_cast<std::size_t>(text.data() + text.size() - end));
+    std::uint64_t ms_per_unit = 0;
+    if (unit == "ms") {
+        ms_per_unit = 1;
+    } else if (unit == "s") {
+        ms_per_unit = 1000;
+    } else if (unit == "m") {
+        ms_per_unit = 60'000;
+    } else if (unit == "h") {
+        ms_per_unit = 3'600'000;
+    } else {
+        return std::nullopt;
+    }
+    if (value > (std::uint64_t{1} << 40) / ms_per_unit) {
+        return std::nullopt;
+    }
+    return Duration(static_cast<Duration::rep>(value * ms_per_unit));
+}
+
+std::optional<std::uint32_t> percent_to_basis_points(double percent) {
+    if (!std::isfinite(percent) || percent < 0.0 || percent > 100.0) {
+        return std::nullopt;
+    }
+    double bp = percent * 100.0;
+    double rounded = std::round(bp);
+    if (std::fabs(bp - rounded) > 1e-6) {
+        return std::nullopt;  // more than two decimals
+    }
+    return static_cast<std::uint32_t>(rounded);
+}
+
+std::optional<HostPort> resolve_host_port(std::string_view text, std::string& error) {
+    std::string host;
+    std::string_view port_text;
+    if (!text.empty() && text.front() == '[') {
+        auto close = text.find(']');
+        if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') {
+            error = "expected [IPv6]:PORT";
+            return std::nullopt;
+        }
+        host = std::string(text.substr(1, close - 1));
+        port_text = text.substr(close + 2);
+    } else {
+        auto colon = text.rfind(':');
+        if (colon == std::string_view::npos) {
+            error = "expected HOST:PORT";
+            return std::nullopt;
+        }
+        host = std::string(text.substr(0, colon));
+        port_text = text.substr(colon + 1);
+        if (host.find(':') != std::string::npos) {
+            error = "an IPv6 address needs brackets: [ADDR]:PORT";
+            return std::nullopt;
+        }
+    }
+    unsigned port = 0;
+    auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+    if (ec != std::errc{} || end != port_text.data() + port_text.size() || port > 65535 ||
+        port_text.empty()) {
+        error = "port must be a number from 0 to 65535";
+        return std::nullopt;
+    }
+    if (host.empty() || host == "*") {
+        host = "0.0.0.0";
+    }
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* found = nullptr;
+    int rc = getaddrinfo(host.c_str(), nullptr, &hints, &found);
+    if (rc != 0 || found == nullptr) {
+        error = "cannot resolve host '" + host + "': " + gai_strerror(rc);
+        return std::nullopt;
+    }
+    char numeric[NI_MAXHOST];
+    rc = getnameinfo(found->ai_addr, found->ai_addrlen, numeric, sizeof(numeric), nullptr, 0,
+                     NI_NUMERICHOST);
+    freeaddrinfo(found);
+    if (rc != 0) {
+        error = "cannot resolve host '" + host + "'";
+        return std::nullopt;
+    }
+    return HostPort{std::string(text), numeric, static_cast<std::uint16_t>(port)};
+}
+
+namespace {
+
+// Reads one TOML table, remembering which keys were used so the rest can be reported as unknown.
+class TableReader {
+public:
+    TableReader(const toml::table& table, std::string name, std::string file,
+                std::vector<ConfigError>& errors)
+        : table_(table), name_(std::move(name)), file_(std::move(file)), errors_(errors) {}
+
+    void error_at(const toml::node& node, std::string message) {
+        const auto& where = node.source().begin;
+        errors_.push_back({file_, where.line, where.column, std::move(message)});
+    }
+
+    const toml::node* take(std::string_view key) {
+        used_.insert(std::string(key));
+        return table_.get(key);
+    }
+
+    void read_duration(std::string_view key, Duration& out) {
+        const toml::node* node = take(key);
+        if (node == nullptr) {
+            return;
+        }
+        auto text = node->value<std::string>();
+        auto parsed = text ? parse_duration(*text) : std::nullopt;
+        if (!parsed) {
+            error_at(*node, qualified(key) + " must be a duration string like \"250ms\", \"10s\", "
+                                             "\"5m\" or \"1h\"");
+            return;
+        }
+        out = *parsed;
+    }
+
+    template <class Integer>
+    void read_integer(std::string_view key, Integer& out, std::int64_t min, std::int64_t max) {
+        const toml::node* node = take(key);
+        if (node == nullptr) {
+            return;
+        }
+        auto value = node->value_exact<std::int64_t>();
+        if (!value || *value < min || *value > max) {
+            error_at(*node, qualified(key) + " must be an integer from " + std::to_string(min) +
+                                " to " + std::to_string(max));
+            return;
+        }
+        out = static_cast<Integer>(*value);
+    }
+
+    std::optional<std::string> read_string(std::string_view key) {
+        const toml::node* node = take(key);
+        if (node == nullptr) {
+            return std::nullopt;
+        }
+        auto value = node->value_exact<std::string>();
+        if (!value) {
+            error_at(*node, qualified(key) + " must be a string");
+        }
+        return value;
+    }
+
+    void read_address(std::string_view key, HostPort& out) {
+        const toml::node* node = take(key);
+        if (node == nullptr) {
+            return;
+        }
+        resolve_into(*node, key, out);
+    }
+
+    bool resolve_into(const toml::node& node, std::string_view key, HostPort& out) {
+        auto text = node.value_exact<std::string>();
+        if (!text) {
+            error_at(node, qualified(key) + " must be a string \"HOST:PORT\"");
+            return false;
+        }
+        std::string why;
+        auto resolved = resolve_host_port(*text, why);
+        if (!resolved) {
+            error_at(node, "bad address '" + *text + "' for " + qualified(key) + ": " + why);
+            return false;
+        }
+        out = *resolved;
+        return true;
+    }
+
+    std::optional<TableReader> sub_table(std::string_view key) {
+        const toml::node* node = take(key);
+        if (node == nullptr) {
+            return std::nullopt;
+        }
+        if (!node->is_table()) {
+            error_at(*node, qualified(key) + " must be a table");
+            return std::nullopt;
+        }
+        return TableReader(*node->as_table(), qualified(key), file_, errors_);
+    }
+
+    // Reports every key that no reader asked for: a typo is an error, never a silent default.
+    void reject_unknown_keys() {
+        for (const auto& [key, node] : table_) {
+            if (!used_.contains(std::string(key.str()))) {
+                error_at(node, "unknown key '" + std::string(key.str()) + "'" +
+                                   (name_.empty() ? std::string{} : " in [" + name_ + "]"));
+            }
+        }
+    }
+
+    std::string qualified(std::string_view key) const {
+        return name_.empty() ? std::string(key) : name_ + "." + std::string(key);
+    }
+
+    const toml::table& table() const { return table_; }
+    const std::string& file() const { return file_; }
+    std::vector<ConfigError>& errors() { return errors_; }
+
+private:
+    const toml::table& table_;
+    std::string name_;
+    std::string file_;
+    std::vector<ConfigError>& errors_;
+    std::set<std::string> used_;
+};
+
+void read_weights(TableReader& routing, Config& config) {
+    std::optional<std::uint32_t> blue;
+    std::optional<std::uint32_t> green;
+    auto read_one = [&routing](std::string_view key) -> std::optional<std::uint32_t> {
+        const toml::node* node = routing.take(key);
+        if (node == nullptr) {
+            return std::nullopt;
+        }
+        auto percent = node->value<double>();
+        auto bp = percent ? percent_to_basis_points(*percent) : std::nullopt;
+        if (!bp) {
+            routing.error_at(*node, routing.qualified(key) +
+                                        " must be a percentage from 0 to 100 with at most two "
+                                        "decimals");
+        }
+        return bp;
+    };
+    blue = read_one("blue");
+    green = read_one("green");
+    if (blue && green) {
+        if (*blue + *green != 10000) {
+            routing.error_at(*routing.table().get("blue"),
+                             "routing.blue and routing.green must sum to 100");
+            return;
+        }
+        config.blue_weight_bp = *blue;
+        config.green_weight_bp = *green;
+    } else if (blue) {
+        config.blue_weight_bp = *blue;
+        config.green_weight_bp = 10000 - *blue;
+    } else if (green) {
+        config.green_weight_bp = *green;
+        config.blue_weight_bp = 10000 - *green;
+    }
+}
+
+void read_pool(TableReader& pools, std::string_view colour, PoolConfig& pool) {
+    auto reader = pools.sub_table(colour);
+    if (!reader) {
+        return;
+    }
+    const toml::node* list = reader->take("backends");
+    if (list == nullptr) {
+        reader->error_at(reader->table(), "pools." + std::string(colour) + ".backends is missing");
+    } else if (!list->is_array()) {
+        reader->error_at(*list, "pools." + std::string(colour) + ".backends must be an array");
+    } else {
+        std::size_t index = 0;
+        for (const toml::node& item : *list->as_array()) {
+            ++index;
+            BackendConfig backend;
+            if (item.is_string()) {
+                backend.name = std::string(colour) + "-" + std::to_string(index);
+                if (reader->resolve_into(item, "backends", backend.address)) {
+                    pool.backends.push_back(std::move(backend));
+                }
+            } else if (item.is_table()) {
+                TableReader entry(*item.as_table(), "pools." + std::string(colour) + ".backends",
+                                  reader->file(), reader->errors());
+                backend.name = entry.read_string("name").value_or(std::string(colour) + "-" +
+                                                                   std::to_string(index));
+                const toml::node* address = entry.take("address");
+                entry.reject_unknown_keys();
+                if (address == nullptr) {
+                    entry.error_at(item, "backend '" + backend.name + "' has no address");
+                } else if (entry.resolve_into(*address, "address", backend.address)) {
+                    pool.backends.push_back(std::move(backend));
+                }
+            } else {
+                reader->error_at(item, "a backend is \"HOST:PORT\" or { name = ..., address = ... }");
+            }
+        }
+    }
+    reader->reject_unknown_keys();
+}
+
+void read_document(const toml::table& root, Config& config, std::vector<ConfigError>& errors) {
+    TableReader top(root, "", config.source, errors);
+
+    if (auto server = top.sub_table("server")) {
+        server->read_integer("workers", config.workers, 0, 1024);
+        server->read_integer("buffer_size", config.limits.buffer_size, 1024, 16 * 1024 * 1024);
+        if (auto admin = server->read_string("admin_listen")) {
+            config.admin_listen = *admin;
+        }
+        if (auto socket = server->read_string("control_socket")) {
+            config.control_socket = *socket;
+        }
+        server->reject_unknown_keys();
+    }
+
+    if (const toml::node* listeners = top.take("listener")) {
+        if (!listeners->is_array_of_tables()) {
+            top.error_at(*listeners, "listener must be an array of tables: [[listener]]");
+        } else {
+            for (const toml::node& item : *listeners->as_array()) {
+                TableReader entry(*item.as_table(), "listener", config.source, errors);
+                ListenerConfig listener;
+                if (entry.table().get("address") == nullptr) {
+                    entry.error_at(item, "a [[listener]] needs an address");
+                }
+                entry.read_address("address", listener.address);
+                entry.reject_unknown_keys();
+                config.listeners.push_back(std::move(listener));
+            }
+        }
+    }
+
+    if (auto t = top.sub_table("timeouts")) {
+        t->read_duration("client_header", config.timeouts.client_header);
+        t->read_duration("client_keepalive", config.timeouts.client_keepalive);
+        t->read_duration("client_body", config.timeouts.client_body);
+        t->read_duration("client_write", config.timeouts.client_write);
+        t->read_duration("upstream_connect", config.timeouts.upstream_connect);
+        t->read_duration("upstream_response", config.timeouts.upstream_response);
+        t->read_duration("tunnel_idle", config.timeouts.tunnel_idle);
+        t->read_duration("client_linger", config.timeouts.client_linger);
+        t->read_duration("shutdown_grace", config.timeouts.shutdown_grace);
+        t->reject_unknown_keys();
+    }
+
+    if (auto l = top.sub_table("limits")) {
+        l->read_integer("max_request_line", config.limits.max_request_line, 256, 1 << 20);
+        l->read_integer("max_request_header", config.limits.max_request_header, 1024, 1 << 24);
+        l->read_integer("max_request_body", config.limits.max_request_body, 0,
+                        std::int64_t{1} << 50);
+        l->read_integer("max_response_header", config.limits.max_response_header, 1024, 1 << 24);
+        l->reject_unknown_keys();
+    }
+
+    if (auto u = top.sub_table("upstream")) {
+        if (auto balance = u->read_string("balance")) {
+            if (*balance == "round_robin") {
+                config.upstream.balance = BalancePolicy::round_robin;
+            } else if (*balance == "least_request") {
+                config.upstream.balance = BalancePolicy::least_request;
+            } else {
+                u->error_at(*u->table().get("balance"),
+                            "upstream.balance must be \"round_robin\" or \"least_request\"");
+            }
+        }
+        u->read_integer("max_idle_per_backend", config.upstream.max_idle_per_backend, 0, 100000);
+        u->read_duration("idle_timeout", config.upstream.idle_timeout);
+        u->read_integer("connect_attempts", config.upstream.connect_attempts, 1, 16);
+        u->reject_unknown_keys();
+    }
+
+    if (auto routing = top.sub_table("routing")) {
+        read_weights(*routing, config);
+        routing->reject_unknown_keys();
+    }
+
+    if (auto pools = top.sub_table("pools")) {
+        read_pool(*pools, "blue", config.blue);
+        read_pool(*pools, "green", config.green);
+        pools->reject_unknown_keys();
+    }
+
+    top.reject_unknown_keys();
+}
+
+// Checks that span sections; done after file and flags are merged.
+void validate(const Config& config, std::vector<ConfigError>& errors) {
+    auto fail = [&](std::string message) {
+        errors.push_back({config.source, 1, 1, std::move(message)});
+    };
+    if (config.listeners.empty()) {
+        fail("no listener: add a [[listener]] with an address (or pass --listen)");
+    }
+    if (config.blue.backends.empty()) {
+        fail("pool 'blue' is empty: [pools.blue] needs at least one backend (or pass --blue)");
+    }
+    if (config.green.backends.empty()) {
+        fail("pool 'green' is empty: [pools.green] needs at least one backend (or pass --green)");
+    }
+    std::set<std::string> names;
+    for (const PoolConfig* pool : {&config.blue, &config.green}) {
+        for (const auto& backend : pool->backends) {
+            if (backend.name.empty()) {
+                fail("a backend name must not be empty");
+            } else if (!names.insert(backend.name).second) {
+                fail("backend name '" + backend.name + "' is used twice: names must be unique");
+            }
+        }
+    }
+    if (config.limits.max_request_line > config.limits.max_request_header) {
+        fail("limits.max_request_line must not exceed limits.max_request_header");
+    }
+}
+
+}  // namespace
+
+ConfigResult parse_config(std::string_view toml_text, const std::string& source_name) {
+    ConfigResult result;
+    Config config;
+    config.source = source_name;
+    try {
+        toml::table root = toml::parse(toml_text, source_name);
+        read_document(root, config, result.errors);
+    } catch (const toml::parse_error& e) {
+        const auto& where = e.source().begin;
+        result.errors.push_back({source_name, where.line, where.column, std::string(e.description())});
+        return result;
+    }
+    if (result.errors.empty()) {
+        validate(config, result.errors);
+    }
+    if (result.errors.empty()) {
+        result.config = std::move(config);
+    }
+    return result;
+}
+
+ConfigResult load_config_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        ConfigResult result;
+        result.errors.push_back({path, 0, 0, "cannot read config file"});
+        return result;
+    }
+    std::ostringstream text;
+    text << in.rdbuf();
+    return parse_config(text.str(), path);
+}
+
+namespace {
+
+void parse_backend_list(const std::string& list, const char* colour, PoolConfig& pool,
+                        std::vector<ConfigError>& errors) {
+    pool.backends.clear();
+    std::size_t start = 0;
+    std::size_t index = 0;
+    while (start <= list.size()) {
+        auto comma = list.find(',', start);
+        std::string item = list.substr(start, comma == std::string::npos ? std::string::npos
+                                                                         : comma - start);
+        ++index;
+        std::string why;
+        auto address = resolve_host_port(item, why);
+        if (!address) {
+            errors.push_back({"", 0, 0, std::string("--") + colour + ": bad address '" + item +
+                                            "': " + why});
+        } else {
+            pool.backends.push_back({std::string(colour) + "-" + std::to_string(index), *address});
+        }
+        if (comma == std::string::npos) {
+            break;
+        }
+        start = comma + 1;
+    }
+}
+
+void parse_weight_flag(const std::string& text, Config& config, std::vector<ConfigError>& errors) {
+    std::optional<std::uint32_t> blue;
+    std::optional<std::uint32_t> green;
+    std::istringstream in(text);
+    std::string item;
+    bool ok = true;
+    while (std::getline(in, item, ',')) {
+        auto eq = item.find('=');
+        std::string name = item.substr(0, eq);
+        double percent = 0;
+        try {
+            std::size_t used = 0;
+            percent = std::stod(item.substr(eq == std::string::npos ? item.size() : eq + 1), &used);
+            if (used != item.size() - eq - 1) {
+                ok = false;
+            }
+        } catch (const std::exception&) {
+            ok = false;
+        }
+        auto bp = percent_to_basis_points(percent);
+        if (!bp || eq == std::string::npos) {
+            ok = false;
+        } else if (name == "blue") {
+            blue = bp;
+        } else if (name == "green") {
+            green = bp;
+        } else {
+            ok = false;
+        }
+    }
+    if (ok && blue && green && *blue + *green != 10000) {
+        ok = false;
+    }
+    if (!ok || (!blue && !green)) {
+        errors.push_back({"", 0, 0,
+                          "--weights: expected blue=P,green=P with percentages summing to 100, "
+                          "got '" + text + "'"});
+        return;
+    }
+    config.blue_weight_bp = blue ? *blue : 10000 - *green;
+    config.green_weight_bp = 10000 - config.blue_weight_bp;
+}
+
+}  // namespace
+
+ConfigResult apply_overrides(Config config, const ConfigOverrides& flags) {
+    ConfigResult result;
+    if (flags.listen) {
+        std::string why;
+        auto address = resolve_host_port(*flags.listen, why);
+        if (!address) {
+            result.errors.push_back({"", 0, 0, "--listen: bad address '" + *flags.listen + "': " + why});
+        } else {
+            config.listeners = {ListenerConfig{*address}};
+        }
+    }
+    if (flags.blue) {
+        parse_backend_list(*flags.blue, "blue", config.blue, result.errors);
+    }
+    if (flags.green) {
+        parse_backend_list(*flags.green, "green", config.green, result.errors);
+    }
+    if (flags.weights) {
+        parse_weight_flag(*flags.weights, config, result.errors);
+    }
+    if (flags.workers) {
+        config.workers = *flags.workers;
+    }
+    if (flags.admin) {
+        config.admin_listen = *flags.admin;
+    }
+    if (flags.control_socket) {
+        config.control_socket = *flags.control_socket;
+    }
+    if (result.errors.empty()) {
+        validate(config, result.errors);
+    }
+    if (result.errors.empty()) {
+        result.config = std::move(config);
+    }
+    return result;
+}
+
+}  // namespace bg

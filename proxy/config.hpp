@@ -1,0 +1,117 @@
+#pragma once
+// The proxy's configuration: what it is, how it is read from TOML, how quick-start flags override it.
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace bg {
+
+using Duration = std::chrono::milliseconds;
+
+// An address as written in the config ("127.0.0.1:8080", "[::1]:9000", "localhost:80"),
+// resolved once at load time so no lookup ever happens on the data path.
+struct HostPort {
+    std::string text;  // as written, for messages and status
+    std::string ip;    // numeric, resolved
+    std::uint16_t port = 0;
+};
+
+struct BackendConfig {
+    std::string name;
+    HostPort address;
+};
+
+struct PoolConfig {
+    std::vector<BackendConfig> backends;
+};
+
+enum class BalancePolicy { round_robin, least_request };
+
+struct ListenerConfig {
+    HostPort address;
+};
+
+struct Timeouts {
+    Duration client_header{std::chrono::seconds(10)};
+    Duration client_keepalive{std::chrono::seconds(60)};
+    Duration client_body{std::chrono::seconds(60)};
+    Duration client_write{std::chrono::seconds(60)};
+    Duration upstream_connect{std::chrono::seconds(2)};
+    Duration upstream_response{std::chrono::seconds(30)};
+    Duration tunnel_idle{std::chrono::hours(1)};
+    Duration client_linger{std::chrono::seconds(2)};
+    Duration shutdown_grace{std::chrono::seconds(30)};
+};
+
+struct Limits {
+    std::size_t max_request_line = 8192;
+    std::size_t max_request_header = 32768;
+    std::uint64_t max_request_body = 0;  // 0: no limit
+    std::size_t max_response_header = 65536;
+    std::size_t buffer_size = 16384;
+};
+
+struct UpstreamSettings {
+    BalancePolicy balance = BalancePolicy::round_robin;
+    std::size_t max_idle_per_backend = 64;
+    Duration idle_timeout{std::chrono::seconds(30)};
+    unsigned connect_attempts = 3;
+};
+
+struct Config {
+    std::string source;  // the file it came from, "" for flags only
+    unsigned workers = 0;  // 0: one per CPU in the affinity mask
+    std::vector<ListenerConfig> listeners;
+    Timeouts timeouts;
+    Limits limits;
+    UpstreamSettings upstream;
+    // Weights in basis points (0..10000), blue + green == 10000.
+    std::uint32_t blue_weight_bp = 10000;
+    std::uint32_t green_weight_bp = 0;
+    PoolConfig blue;
+    PoolConfig green;
+    std::string admin_listen;    // later issues
+    std::string control_socket;  // later issues
+};
+
+// One problem found in a config, located like a compiler error.
+struct ConfigError {
+    std::string file;
+    std::uint32_t line = 0;
+    std::uint32_t column = 0;
+    std::string message;
+    std::string to_string() const;  // "FILE:LINE:COLUMN: message"
+};
+
+struct ConfigResult {
+    std::optional<Config> config;  // set only when errors is empty
+    std::vector<ConfigError> errors;
+};
+
+// Quick-start flags; each set field overrides the file's value.
+struct ConfigOverrides {
+    std::optional<std::string> listen;
+    std::optional<std::string> blue;   // "ADDR[,ADDR...]"
+    std::optional<std::string> green;  // "ADDR[,ADDR...]"
+    std::optional<std::string> weights;  // "blue=90,green=10"
+    std::optional<unsigned> workers;
+    std::optional<std::string> admin;
+    std::optional<std::string> control_socket;
+};
+
+ConfigResult load_config_file(const std::string& path);
+ConfigResult parse_config(std::string_view toml_text, const std::string& source_name);
+// Applies flags on top of base (which may be a default Config) and validates the result.
+ConfigResult apply_overrides(Config base, const ConfigOverrides& flags);
+
+// Parsing helpers, exposed for the control plane and tests.
+std::optional<Duration> parse_duration(std::string_view text);  // "250ms", "10s", "2m", "1h"
+std::optional<std::uint32_t> percent_to_basis_points(double percent);  // two decimals at most
+std::optional<HostPort> resolve_host_port(std::string_view text, std::string& error);
+
+unsigned default_worker_count();  // CPUs in this process's affinity mask
+
+}  // namespace bg

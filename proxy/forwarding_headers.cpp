@@ -1,0 +1,75 @@
+#include "forwarding_headers.hpp"
+
+#include <boost/beast/http/rfc7230.hpp>
+#include <string>
+
+namespace bg {
+
+namespace http = boost::beast::http;
+
+namespace {
+
+void strip_hop_fields(http::fields& fields, bool keep_upgrade) {
+    // Fields named by Connection are hop-by-hop too; collect names before erasing.
+    std::string named;
+    for (auto it = fields.find(http::field::connection); it != fields.end() &&
+                                                          it->name() == http::field::connection;
+         ++it) {
+        named.append(it->value()).push_back(',');
+    }
+    for (auto token : http::token_list(named)) {
+        if (keep_upgrade && boost::beast::iequals(token, "upgrade")) {
+            continue;
+        }
+        fields.erase(token);
+    }
+    fields.erase(http::field::connection);
+    fields.erase(http::field::keep_alive);
+    fields.erase(http::field::proxy_connection);
+    fields.erase(http::field::te);
+    fields.erase(http::field::trailer);
+    fields.erase(http::field::transfer_encoding);
+    if (!keep_upgrade) {
+        fields.erase(http::field::upgrade);
+    }
+}
+
+}  // namespace
+
+void rewrite_request_fields(http::fields& fields, const ForwardedFor& hop) {
+    strip_hop_fields(fields, hop.upgrade);
+    if (hop.upgrade) {
+        fields.set(http::field::connection, "upgrade");
+    }
+
+    // One X-Forwarded-For line: the list so far, then this client.
+    std::string chain;
+    for (auto it = fields.find("X-Forwarded-For"); it != fields.end(); it = fields.find("X-Forwarded-For")) {
+        if (!chain.empty()) {
+            chain.append(", ");
+        }
+        chain.append(it->value());
+        fields.erase(it);
+    }
+    if (!chain.empty()) {
+        chain.append(", ");
+    }
+    chain.append(hop.client_ip);
+    fields.set("X-Forwarded-For", chain);
+    fields.set("X-Forwarded-Proto", hop.tls ? "https" : "http");
+    auto host = fields.find(http::field::host);
+    if (host != fields.end()) {
+        fields.set("X-Forwarded-Host", host->value());
+    } else {
+        fields.erase("X-Forwarded-Host");
+    }
+}
+
+void strip_response_hop_fields(http::fields& fields, bool upgrade) {
+    strip_hop_fields(fields, upgrade);
+    if (upgrade) {
+        fields.set(http::field::connection, "upgrade");
+    }
+}
+
+}  // namespace bg

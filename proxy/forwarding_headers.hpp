@@ -1,0 +1,24 @@
+#pragma once
+// The header rules of a hop: what a proxy removes (hop-by-hop fields, RFC 9110 7.6.1) and what
+// it adds (X-Forwarded-*), for requests going up and responses coming back.
+
+#include <boost/beast/http/fields.hpp>
+#include <string_view>
+
+namespace bg {
+
+struct ForwardedFor {
+    std::string_view client_ip;  // the immediate peer (or the one a PROXY header named)
+    bool tls = false;
+    bool upgrade = false;  // keep Upgrade and send "Connection: upgrade"
+};
+
+// Removes Connection and the fields it names, Keep-Alive, Proxy-Connection, TE, Trailer,
+// Transfer-Encoding (the caller re-frames the body) and Upgrade unless upgrading; appends the
+// client to X-Forwarded-For and sets X-Forwarded-Proto and X-Forwarded-Host.
+void rewrite_request_fields(boost::beast::http::fields& fields, const ForwardedFor& hop);
+
+// The same removals for a response on its way to the client (Upgrade kept on a 101).
+void strip_response_hop_fields(boost::beast::http::fields& fields, bool upgrade);
+
+}  // namespace bg

@@ -1,0 +1,105 @@
+#include "request_validation.hpp"
+
+#include <boost/beast/core/string.hpp>
+#include <boost/url/parse.hpp>
+#include <algorithm>
+
+namespace bg {
+
+namespace http = boost::beast::http;
+
+RawHeaderScan scan_raw_header(std::string_view bytes, std::size_t max_request_line,
+                              std::size_t max_request_header) {
+    const std::size_t n = bytes.size();
+    std::size_t line_start = 0;
+    bool in_request_line = true;
+    for (std::size_t i = 0; i < n; ++i) {
+        const char c = bytes[i];
+        if (in_request_line && i >= max_request_line) {
+            return {RawHeaderVerdict::request_line_too_long};
+        }
+        if (i >= max_request_header) {
+            return {RawHeaderVerdict::header_too_long};
+        }
+        if (c == '\0') {
+            return {RawHeaderVerdict::nul_byte};
+        }
+        if (c == '\n') {
+            if (i == 0 || bytes[i - 1] != '\r') {
+                return {RawHeaderVerdict::bare_lf};
+            }
+            if (i + 1 - line_start == 2 && !in_request_line) {
+                return {RawHeaderVerdict::complete, i + 1};  // the blank line
+            }
+            in_request_line = false;
+            line_start = i + 1;
+            if (i + 1 < n && (bytes[i + 1] == ' ' || bytes[i + 1] == '\t')) {
+                return {RawHeaderVerdict::obs_fold};
+            }
+        } else if (c == '\r' && i + 1 < n && bytes[i + 1] != '\n') {
+            return {RawHeaderVerdict::bare_cr};
+        }
+    }
+    return {RawHeaderVerdict::incomplete};
+}
+
+namespace {
+
+bool all_digits(std::string_view s) {
+    return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+}  // namespace
+
+std::string_view framing_problem(const http::request_header<>& header) {
+    std::size_t hosts = 0;
+    std::size_t lengths = 0;
+    std::size_t codings = 0;
+    std::string_view host;
+    for (const auto& field : header) {
+        switch (field.name()) {
+            case http::field::host:
+                ++hosts;
+                host = field.value();
+                break;
+            case http::field::content_length:
+                ++lengths;
+                if (!all_digits(field.value())) {
+                    return "invalid Content-Length";
+                }
+                break;
+            case http::field::transfer_encoding:
+                ++codings;
+                if (!boost::beast::iequals(field.value(), "chunked")) {
+                    return "unsupported Transfer-Encoding (only chunked is accepted)";
+                }
+                break;
+            default:
+                break;
+        }
+    }
+    if (lengths > 0 && codings > 0) {
+        return "both Content-Length and Transfer-Encoding";
+    }
+    if (lengths > 1) {
+        return "more than one Content-Length";
+    }
+    if (codings > 1) {
+        return "more than one Transfer-Encoding";
+    }
+    if (codings > 0 && header.version() < 11) {
+        return "Transfer-Encoding in an HTTP/1.0 request";
+    }
+    if (hosts > 1) {
+        return "more than one Host";
+    }
+    if (hosts == 0 && header.version() >= 11) {
+        return "missing Host";
+    }
+    if (hosts == 1 && !host.empty() && !boost::urls::parse_authority(host)) {
+        return "invalid Host";
+    }
+    return {};
+}
+
+}  // namespace bg

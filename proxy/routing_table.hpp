@@ -1,0 +1,70 @@
+#pragma once
+// RoutingTable: the immutable snapshot of where traffic goes, shared by the control plane
+// (its only writer) and the data plane (every request reads one snapshot).
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config.hpp"
+
+namespace bg {
+
+enum class Colour : std::uint8_t { blue = 0, green = 1 };
+inline constexpr std::array<Colour, 2> all_colours{Colour::blue, Colour::green};
+const char* to_string(Colour colour);
+inline Colour other(Colour colour) { return colour == Colour::blue ? Colour::green : Colour::blue; }
+inline std::size_t index_of(Colour colour) { return static_cast<std::size_t>(colour); }
+
+// HAProxy's server admin states: drain takes no new requests but finishes in-flight ones.
+enum class AdminState : std::uint8_t { ready, drain, maint };
+const char* to_string(AdminState state);
+
+struct Backend {
+    // Stable across table versions for the life of the process: indexes per-worker state
+    // (upstream connection pools, in-flight counters) without a lookup.
+    std::uint32_t id = 0;
+    std::string name;
+    Colour colour = Colour::blue;
+    HostPort address;
+    AdminState admin = AdminState::ready;
+    bool healthy = true;
+
+    bool takes_new_requests() const { return admin == AdminState::ready && healthy; }
+};
+
+struct ColourPool {
+    std::uint32_t weight_bp = 0;  // 0..10000
+    std::vector<Backend> backends;
+    // Indexes into backends of those taking new requests, computed once per table.
+    std::vector<std::uint32_t> eligible;
+};
+
+class RoutingTable {
+public:
+    RoutingTable(std::uint64_t version, std::array<ColourPool, 2> pools);
+
+    std::uint64_t version() const { return version_; }
+    const ColourPool& pool(Colour colour) const { return pools_[index_of(colour)]; }
+    // One more than the highest backend id: the size of per-worker per-backend arrays.
+    std::uint32_t backend_id_limit() const { return backend_id_limit_; }
+
+    // The weights the data plane acts on: a colour that cannot serve gets no share while the
+    // other can (a weighted split never sends to an empty colour).
+    std::uint32_t effective_weight_bp(Colour colour) const { return effective_bp_[index_of(colour)]; }
+
+private:
+    std::uint64_t version_;
+    std::array<ColourPool, 2> pools_;
+    std::array<std::uint32_t, 2> effective_bp_{};
+    std::uint32_t backend_id_limit_ = 0;
+};
+
+using RoutingTablePtr = std::shared_ptr<const RoutingTable>;
+
+// The first table of a process, straight from the config: every backend ready and healthy.
+RoutingTablePtr make_initial_table(const Config& config);
+
+}  // namespace bg

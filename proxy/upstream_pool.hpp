@@ -1,0 +1,43 @@
+#pragma once
+// UpstreamPool: one worker's idle keep-alive connections to its backends, by backend id.
+// Worker thread only. Bounded per backend; idle connections close after the idle timeout.
+
+#include <boost/asio/steady_timer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "config.hpp"
+
+namespace bg {
+
+class UpstreamPool {
+public:
+    UpstreamPool(boost::asio::any_io_executor executor, const UpstreamSettings& settings);
+
+    // An idle connection to the backend that still looks open, or nothing.
+    std::optional<boost::beast::tcp_stream> lease(std::uint32_t backend_id);
+    // Parks a connection whose last exchange completed cleanly; closes it past the bound.
+    void give_back(std::uint32_t backend_id, boost::beast::tcp_stream stream);
+    void close_backend(std::uint32_t backend_id);
+    void close_all();
+    std::size_t idle_count() const;
+
+private:
+    struct Idle {
+        boost::asio::ip::tcp::socket socket;  // a bare socket: cheap to park and to move
+        std::chrono::steady_clock::time_point since;
+    };
+    void arm_sweep();
+    void sweep();
+
+    boost::asio::steady_timer sweep_timer_;
+    std::size_t max_idle_;
+    std::chrono::milliseconds idle_timeout_;
+    std::vector<std::vector<Idle>> idle_;  // by backend id; the back is the most recent
+    bool sweeping_ = false;
+};
+
+}  // namespace bg

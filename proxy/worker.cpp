@@ -1,0 +1,158 @@
+#include "worker.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+
+#include "client_session.hpp"
+
+namespace bg {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+Worker::Worker(unsigned index, std::shared_ptr<const Config> config, RoutingTablePtr table)
+    : index_(index),
+      io_(1),
+      config_(std::move(config)),
+      table_(std::move(table)),
+      balancer_(config_->upstream.balance, 0x5eed0000ull + index),
+      pool_(io_.get_executor(), config_->upstream),
+      grace_timer_(io_) {}
+
+Worker::~Worker() { join(); }
+
+bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
+    ports.resize(config_->listeners.size(), 0);
+    for (std::size_t i = 0; i < config_->listeners.size(); ++i) {
+        const HostPort& address = config_->listeners[i].address;
+        boost::system::error_code ec;
+        tcp::endpoint endpoint(asio::ip::make_address(address.ip, ec),
+                               ports[i] != 0 ? ports[i] : address.port);
+        auto acceptor = std::make_unique<tcp::acceptor>(io_);
+        if (!ec) {
+            acceptor->open(endpoint.protocol(), ec);
+        }
+        if (!ec) {
+            acceptor->set_option(asio::socket_base::reuse_address(true), ec);
+        }
+        if (!ec) {
+            // Every worker binds the same port; the kernel spreads connections among them.
+            int one = 1;
+            if (::setsockopt(acceptor->native_handle(), SOL_SOCKET, SO_REUSEPORT, &one,
+                             sizeof(one)) != 0) {
+                ec.assign(errno, boost::system::system_category());
+            }
+        }
+        if (!ec) {
+            acceptor->bind(endpoint, ec);
+        }
+        if (!ec) {
+            acceptor->listen(asio::socket_base::max_listen_connections, ec);
+        }
+        if (ec) {
+            error = "cannot listen on " + address.text + ": " + ec.message();
+            return false;
+        }
+        ports[i] = acceptor->local_endpoint().port();
+        acceptors_.push_back(std::move(acceptor));
+    }
+    return true;
+}
+
+void Worker::start() {
+    for (auto& acceptor : acceptors_) {
+        accept_loop(*acceptor);
+    }
+    thread_ = std::thread([this] {
+        try {
+            io_.run();
+        } catch (const std::exception& e) {
+            spdlog::critical("worker {} stopped on an exception: {}", index_, e.what());
+            std::abort();
+        }
+    });
+}
+
+void Worker::accept_loop(tcp::acceptor& acceptor) {
+    acceptor.async_accept([this, &acceptor](boost::system::error_code ec, tcp::socket socket) {
+        if (ec == asio::error::operation_aborted || !acceptor.is_open()) {
+            return;
+        }
+        if (ec) {
+            // EMFILE and friends: log, keep accepting; the pending connection waits in the
+            // backlog rather than being lost.
+            spdlog::warn("worker {}: accept failed: {}", index_, ec.message());
+        } else {
+            WorkerStats::add(stats_.connections_accepted);
+            asio::co_spawn(io_, serve_client(*this, std::move(socket)), asio::detached);
+        }
+        accept_loop(acceptor);
+    });
+}
+
+void Worker::publish(RoutingTablePtr table) {
+    asio::post(io_, [this, table = std::move(table)]() mutable { table_ = std::move(table); });
+}
+
+void Worker::begin_shutdown() {
+    asio::post(io_, [this] {
+        if (draining_) {
+            return;
+        }
+        draining_ = true;
+        for (auto& acceptor : acceptors_) {
+            boost::system::error_code ignored;
+            acceptor->close(ignored);
+        }
+        // Idle keep-alive connections have nothing in flight: close them now. Busy ones see
+        // draining() and close after their current response.
+        for (SessionHandle* session : sessions_) {
+            if (session->idle) {
+                session->client->cancel();
+            }
+        }
+        grace_timer_.expires_after(config_->timeouts.shutdown_grace);
+        grace_timer_.async_wait([this](boost::system::error_code ec) {
+            if (ec) {
+                return;
+            }
+            if (!sessions_.empty()) {
+                spdlog::warn("worker {}: shutdown grace over, closing {} connections", index_,
+                             sessions_.size());
+            }
+            for (SessionHandle* session : sessions_) {
+                boost::system::error_code ignored;
+                session->client->socket().close(ignored);
+                if (session->upstream != nullptr) {
+                    session->upstream->socket().close(ignored);
+                }
+            }
+        });
+        finish_if_drained();
+    });
+}
+
+void Worker::untrack(SessionHandle* session) {
+    sessions_.erase(session);
+    if (draining_) {
+        finish_if_drained();
+    }
+}
+
+void Worker::finish_if_drained() {
+    if (sessions_.empty()) {
+        grace_timer_.cancel();
+        pool_.close_all();
+    }
+}
+
+void Worker::join() {
+    if (thread_.joinable()) {
+        thread_.join();
+    }
+}
+
+}  // namespace bg

@@ -1,0 +1,76 @@
+#pragma once
+// Worker: one thread, one io_context, its own SO_REUSEPORT listeners, upstream pools, balancer
+// and routing-table slot. Everything a request touches lives here, so the hot path takes no lock.
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <memory>
+#include <string>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include "balancer.hpp"
+#include "config.hpp"
+#include "routing_table.hpp"
+#include "upstream_pool.hpp"
+#include "worker_stats.hpp"
+
+namespace bg {
+
+// What the worker knows of one client connection, so a graceful shutdown can close idle ones.
+struct SessionHandle {
+    boost::beast::tcp_stream* client = nullptr;
+    boost::beast::tcp_stream* upstream = nullptr;  // while a request holds one
+    bool idle = false;  // waiting for the next request on a keep-alive connection
+};
+
+class Worker {
+public:
+    Worker(unsigned index, std::shared_ptr<const Config> config, RoutingTablePtr table);
+    ~Worker();
+    Worker(const Worker&) = delete;
+    Worker& operator=(const Worker&) = delete;
+
+    // Opens this worker's listening sockets; false (with a message) if one cannot be bound.
+    // `ports` carries the port each listener got, so later workers share a port-0 listener's.
+    bool bind(std::vector<std::uint16_t>& ports, std::string& error);
+    void start();
+    // Any thread: the new table is used by every request that starts after it arrives.
+    void publish(RoutingTablePtr table);
+    // Any thread: stop accepting, finish in-flight requests, close after the grace period.
+    void begin_shutdown();
+    void join();
+
+    // Worker thread only.
+    boost::asio::io_context& io() { return io_; }
+    const RoutingTablePtr& table() const { return table_; }
+    const Config& config() const { return *config_; }
+    Balancer& balancer() { return balancer_; }
+    UpstreamPool& upstream_pool() { return pool_; }
+    WorkerStats& stats() { return stats_; }
+    bool draining() const { return draining_; }
+    void track(SessionHandle* session) { sessions_.insert(session); }
+    void untrack(SessionHandle* session);
+
+private:
+    void accept_loop(boost::asio::ip::tcp::acceptor& acceptor);
+    void finish_if_drained();
+
+    unsigned index_;
+    boost::asio::io_context io_;
+    std::shared_ptr<const Config> config_;
+    RoutingTablePtr table_;
+    Balancer balancer_;
+    UpstreamPool pool_;
+    WorkerStats stats_;
+    std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors_;
+    std::unordered_set<SessionHandle*> sessions_;
+    boost::asio::steady_timer grace_timer_;
+    bool draining_ = false;
+    std::thread thread_;
+};
+
+}  // namespace bg

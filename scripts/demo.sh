@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Sets up, builds and starts the demo: four bg-backends (blue-1, blue-2, green-1, green-2 on
+# 127.0.0.1:9101..9104) and bgproxy on conf/bgproxy.toml. Ctrl-C stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+scripts/build.sh release --target bgproxy bg-backend
+
+pids=()
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+port=9101
+for name in blue-1 blue-2 green-1 green-2; do
+  build/bench/bg-backend --listen "127.0.0.1:$port" --name "$name" >/dev/null &
+  pids+=($!)
+  port=$((port + 1))
+done
+build/proxy/bgproxy --config conf/bgproxy.toml &
+pids+=($!)
+sleep 1
+cat <<MSG
+
+bgproxy is running on conf/bgproxy.toml:
+  curl http://127.0.0.1:8080/            # answered by blue-1 or blue-2 (blue takes 100%)
+  curl -i http://127.0.0.1:8080/headers  # what a backend receives (X-Forwarded-*)
+Backends: blue-1 :9101, blue-2 :9102, green-1 :9103, green-2 :9104.
+Ctrl-C stops the demo.
+MSG
+wait "${pids[@]}"

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite: unit and integration tests on the release build, then again on an
+# ASan+UBSan build, then the threaded parts on a TSan build. Prints ctest's summary for each.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+
+status=0
+run() {
+  local flavour=$1 dir=$2
+  shift 2
+  echo "=== $flavour build ==="
+  scripts/build.sh "$flavour"
+  echo "=== $flavour tests ==="
+  (cd "$dir" && ctest --output-on-failure --timeout 600 "$@") || status=1
+}
+run release build
+run asan build-asan -L sanitize
+run tsan build-tsan -L sanitize
+exit $status

@@ -1,0 +1,115 @@
+"""Malformed and ambiguous requests: each gets its status code, the connection closes, and the
+backend sees nothing (checked in its request log)."""
+import os
+import socket
+import tempfile
+import time
+import unittest
+
+from harness import ProcessTestCase, config, raw_exchange, status_of
+
+H = b"Host: x\r\n"
+
+CASES = [
+    ("malformed request line", b"GET\r\n\r\n", 400),
+    ("bad method token", b"G(T / HTTP/1.1\r\n" + H + b"\r\n", 400),
+    ("bad version", b"GET / HTTP/9.9\r\n" + H + b"\r\n", 400),
+    ("missing Host on 1.1", b"GET / HTTP/1.1\r\n\r\n", 400),
+    ("two Hosts", b"GET / HTTP/1.1\r\n" + H + b"Host: y\r\n\r\n", 400),
+    ("CL and TE", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    ("TE then CL", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n", 400),
+    ("TE gzip and CL", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\nContent-Length: 5\r\n\r\nhello", 400),
+    ("TE not ending in chunked", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", 400),
+    ("two different CLs", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400),
+    ("two equal CLs", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 400),
+    ("CL list", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5, 5\r\n\r\nhello", 400),
+    ("negative CL", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: -1\r\n\r\n", 400),
+    ("obs-fold", b"GET / HTTP/1.1\r\n" + H + b"X-A: 1\r\n  folded\r\n\r\n", 400),
+    ("space before colon", b"GET / HTTP/1.1\r\n" + H + b"X-A : 1\r\n\r\n", 400),
+    ("NUL in header", b"GET / HTTP/1.1\r\n" + H + b"X-A: a\x00b\r\n\r\n", 400),
+    ("bare CR in header", b"GET / HTTP/1.1\r\n" + H + b"X-A: a\rb\r\n\r\n", 400),
+    ("bare LF line end", b"GET / HTTP/1.1\n" + H + b"\r\n", 400),
+    ("URI too long", b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n" + H + b"\r\n", 414),
+    ("header too large", b"GET / HTTP/1.1\r\n" + H + b"X-Big: " + b"b" * 40000 + b"\r\n\r\n", 431),
+    ("CONNECT", b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405),
+    ("declared body over max_request_body", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 2000\r\n\r\n", 413),
+]
+
+
+class BadInputTest(ProcessTestCase):
+    def setUp(self):
+        super().setUp()
+        self.log = tempfile.NamedTemporaryFile(delete=False).name
+        self.blue = self.backend("blue-1", log=self.log)
+        self.green = self.backend("green-1", log=self.log)
+        self.proxy_ = self.proxy(config([self.blue], [self.green], extra="""
+[limits]
+max_request_body = 1000
+[timeouts]
+client_header = "1s"
+"""))
+
+    def tearDown(self):
+        super().tearDown()
+        os.unlink(self.log)
+
+    def backend_log(self):
+        with open(self.log) as f:
+            return f.read()
+
+    def test_each_bad_request_gets_its_status_and_never_reaches_a_backend(self):
+        for name, data, expected in CASES:
+            with self.subTest(name):
+                out = raw_exchange(self.proxy_.port, data)
+                self.assertEqual(status_of(out), expected, out[:200])
+                self.assertIn(b"connection: close", out.lower())
+        self.assertEqual(self.backend_log(), "")
+
+    def test_bad_chunk_size_never_completes_upstream(self):
+        out = raw_exchange(self.proxy_.port, b"POST /upload HTTP/1.1\r\n" + H +
+                           b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")
+        # The header was fine, so it may have gone up, but the body never completed: the client
+        # gets no success and the backend logs no complete request.
+        self.assertNotEqual(status_of(out), 200)
+        self.assertEqual(self.backend_log(), "")
+
+    def test_chunked_body_over_the_limit_gets_413(self):
+        body = b"".join(b"%x\r\n%s\r\n" % (500, b"a" * 500) for _ in range(4)) + b"0\r\n\r\n"
+        out = raw_exchange(self.proxy_.port, b"POST /upload HTTP/1.1\r\n" + H +
+                           b"Transfer-Encoding: chunked\r\n\r\n" + body)
+        self.assertEqual(status_of(out), 413, out[:200])
+
+    def test_slowloris_is_dropped_after_client_header_timeout(self):
+        start = time.time()
+        with socket.create_connection(("127.0.0.1", self.proxy_.port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            got = b""
+            try:
+                while True:
+                    s.sendall(b"X-Slow: 1\r\n")
+                    time.sleep(0.2)
+                    s.settimeout(0.01)
+                    try:
+                        chunk = s.recv(4096)
+                        if not chunk:
+                            break
+                        got += chunk
+                    except socket.timeout:
+                        pass
+                    if time.time() - start > 4:
+                        break
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the proxy closed the connection: what the test waits for
+        elapsed = time.time() - start
+        print("slowloris dropped after %.2f s (client_header = 1s)" % elapsed)
+        self.assertLess(elapsed, 2.5)
+        self.assertEqual(got, b"")  # dropped without an answer
+        self.assertEqual(self.backend_log(), "")
+
+    def test_a_good_request_after_all_that_still_works(self):
+        out = raw_exchange(self.proxy_.port, b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+        self.assertEqual(status_of(out), 200)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

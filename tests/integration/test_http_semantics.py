@@ -1,0 +1,110 @@
+"""RFC 9110/9112 behaviour through the proxy: keep-alive, HTTP/1.0, pipelining, HEAD, 1xx,
+204/304, hop-by-hop fields, X-Forwarded-*."""
+import http.client
+import re
+import socket
+import subprocess
+import unittest
+
+from harness import ProcessTestCase, config, raw_exchange, status_of
+
+
+class HttpSemanticsTest(ProcessTestCase):
+    def setUp(self):
+        super().setUp()
+        self.blue = self.backend("blue-1")
+        self.green = self.backend("green-1")
+        self.proxy_ = self.proxy(config([self.blue], [self.green]))
+        self.port = self.proxy_.port
+
+    def test_keep_alive_serves_many_requests_on_one_connection(self):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        for _ in range(50):
+            conn.request("GET", "/")
+            r = conn.getresponse()
+            self.assertEqual(r.read(), b"blue-1\n")
+        conn.close()
+
+    def test_pipelined_requests_are_answered_in_order(self):
+        reqs = b"".join(b"GET /?delay=%d&status=%d HTTP/1.1\r\nHost: x\r\n\r\n" % (d, s)
+                        for d, s in [(200, 201), (0, 202), (100, 203)])
+        reqs += b"GET /?status=204 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        out = raw_exchange(self.port, reqs)
+        self.assertEqual([int(s) for s in re.findall(rb"HTTP/1\.1 (\d{3})", out)], [201, 202, 203, 204])
+
+    def test_http10_client_gets_a_close_delimited_or_sized_answer(self):
+        out = raw_exchange(self.port, b"GET / HTTP/1.0\r\n\r\n")
+        self.assertEqual(status_of(out), 200)
+        self.assertTrue(out.endswith(b"blue-1\n"))
+        self.assertNotIn(b"chunked", out.lower())
+        # A chunked backend response reaches an HTTP/1.0 client unchunked, ended by the close.
+        out = raw_exchange(self.port, b"GET /?chunks=3&chunk_size=4 HTTP/1.0\r\n\r\n")
+        head, _, body = out.partition(b"\r\n\r\n")
+        self.assertNotIn(b"transfer-encoding", head.lower())
+        self.assertEqual(body, b"x" * 12)
+
+    def test_http10_keep_alive(self):
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            for _ in range(3):
+                s.sendall(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                data = b""
+                while not data.endswith(b"blue-1\n"):
+                    data += s.recv(4096)
+                self.assertIn(b"connection: keep-alive", data.lower())
+
+    def test_head_has_no_body_and_keeps_the_connection(self):
+        out = raw_exchange(self.port, b"HEAD /?bytes=5000 HTTP/1.1\r\nHost: x\r\n\r\n"
+                           b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        first, _, rest = out.partition(b"\r\n\r\n")
+        self.assertIn(b"content-length: 5000", first.lower())
+        self.assertTrue(rest.startswith(b"HTTP/1.1 200"), rest[:100])
+        self.assertTrue(rest.endswith(b"blue-1\n"))
+
+    def test_204_and_304_have_no_body(self):
+        for status in (204, 304):
+            out = raw_exchange(self.port, b"GET /?status=%d HTTP/1.1\r\nHost: x\r\n\r\n"
+                               b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % status)
+            self.assertEqual([int(s) for s in re.findall(rb"HTTP/1\.1 (\d{3})", out)], [status, 200])
+
+    def test_expect_100_continue(self):
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                      b"Expect: 100-continue\r\n\r\n")
+            interim = s.recv(4096)
+            self.assertTrue(interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), interim)
+            s.sendall(b"hello")
+            final = b""
+            while b"received" not in final:
+                final += s.recv(4096)
+            self.assertIn(b"received 5", final)
+
+    def test_hop_by_hop_fields_are_not_forwarded(self):
+        out = raw_exchange(self.port, b"GET /headers HTTP/1.1\r\nHost: shop.example\r\n"
+                           b"Connection: close, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
+                           b"TE: trailers\r\nProxy-Connection: keep-alive\r\nX-End: 2\r\n"
+                           b"X-Forwarded-For: 203.0.113.9\r\n\r\n")
+        body = out.partition(b"\r\n\r\n")[2].lower()
+        for name in (b"x-hop:", b"keep-alive:", b"te:", b"proxy-connection:", b"connection:"):
+            self.assertNotIn(b"\n" + name, body)
+        self.assertIn(b"x-end: 2", body)
+        self.assertIn(b"x-forwarded-for: 203.0.113.9, 127.0.0.1", body)
+        self.assertIn(b"x-forwarded-proto: http", body)
+        self.assertIn(b"x-forwarded-host: shop.example", body)
+        self.assertIn(b"host: shop.example", body)
+
+    def test_absolute_form_target_becomes_origin_form(self):
+        out = raw_exchange(self.port, b"GET http://shop.example/headers?a=1 HTTP/1.1\r\n"
+                           b"Host: ignored\r\nConnection: close\r\n\r\n")
+        body = out.partition(b"\r\n\r\n")[2]
+        self.assertIn(b"GET /headers?a=1 HTTP/1.1", body)
+        self.assertIn(b"Host: shop.example", body)
+
+    def test_curl_chunked_upload(self):
+        out = subprocess.run(["curl", "-s", "-H", "Transfer-Encoding: chunked", "--data-binary",
+                              "@-", "http://127.0.0.1:%d/upload" % self.port],
+                             input=b"z" * 100000, capture_output=True, timeout=10)
+        self.assertEqual(out.stdout, b"received 100000\n")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,47 @@
+"""SIGTERM: stop accepting, let in-flight requests complete, exit 0."""
+import signal
+import socket
+import threading
+import time
+import unittest
+
+from harness import ProcessTestCase, config, raw_exchange, status_of
+
+
+class ShutdownTest(ProcessTestCase):
+    def test_in_flight_requests_complete_after_sigterm(self):
+        blue = self.backend("blue-1")
+        green = self.backend("green-1")
+        proxy = self.proxy(config([blue], [green], extra='[timeouts]\nshutdown_grace = "10s"\n'))
+        results = [None] * 8
+
+        def slow(i):
+            results[i] = raw_exchange(proxy.port, b"GET /?delay=1500 HTTP/1.1\r\nHost: x\r\n\r\n",
+                                      timeout=8)
+
+        # An idle keep-alive connection too: it must be closed, not kept waiting.
+        idle = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        idle.recv(4096)
+        threads = [threading.Thread(target=slow, args=(i,)) for i in range(len(results))]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        start = time.time()
+        proxy.signal(signal.SIGTERM)
+        self.assertEqual(proxy.wait(10), 0)
+        elapsed = time.time() - start
+        for t in threads:
+            t.join()
+        print("exit %.2f s after SIGTERM with 8 requests of 1.5 s in flight" % elapsed)
+        for r in results:
+            self.assertEqual(status_of(r), 200, r[:200])
+            self.assertIn(b"connection: close", r.lower())
+        self.assertEqual(idle.recv(4096), b"")  # closed by the proxy
+        idle.close()
+        with self.assertRaises(OSError):
+            socket.create_connection(("127.0.0.1", proxy.port), timeout=1).close()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,71 @@
+"""A WebSocket upgrade is tunnelled both ways after the 101."""
+import base64
+import os
+import socket
+import struct
+import unittest
+
+from harness import ProcessTestCase, config
+
+
+def ws_frame(payload, opcode=0x1):
+    """A masked client frame (RFC 6455 5.2)."""
+    mask = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def read_exact(s, n, buf):
+    while len(buf) < n:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise EOFError("closed")
+        buf += chunk
+    return buf[:n], buf[n:]
+
+
+def read_frame(s, buf):
+    head, buf = read_exact(s, 2, buf)
+    opcode, n = head[0] & 0x0F, head[1] & 0x7F
+    if n == 126:
+        ext, buf = read_exact(s, 2, buf)
+        n = struct.unpack("!H", ext)[0]
+    elif n == 127:
+        ext, buf = read_exact(s, 8, buf)
+        n = struct.unpack("!Q", ext)[0]
+    payload, buf = read_exact(s, n, buf)
+    return opcode, payload, buf
+
+
+class WebSocketTest(ProcessTestCase):
+    def test_echo_round_trip_through_the_proxy(self):
+        blue = self.backend("blue-1")
+        green = self.backend("green-1")
+        proxy = self.proxy(config([blue], [green]))
+        key = base64.b64encode(os.urandom(16))
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+            s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += s.recv(4096)
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
+            self.assertIn(b"upgrade: websocket", head.lower())
+            for message in (b"hello through bgproxy", os.urandom(100000)):
+                s.sendall(ws_frame(message, 0x2))
+                opcode, payload, buf = read_frame(s, buf)
+                self.assertEqual(payload, message)
+            s.sendall(ws_frame(struct.pack("!H", 1000), 0x8))
+            opcode, payload, buf = read_frame(s, buf)
+            self.assertEqual(opcode, 0x8)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,134 @@
+#include <doctest/doctest.h>
+
+#include "config.hpp"
+
+namespace {
+
+const char* const minimal = R"(
+[[listener]]
+address = "127.0.0.1:8080"
+[pools.blue]
+backends = [{ name = "b1", address = "127.0.0.1:9001" }]
+[pools.green]
+backends = ["127.0.0.1:9002"]
+)";
+
+std::string first_error(std::string_view text) {
+    auto result = bg::parse_config(text, "test.toml");
+    REQUIRE_FALSE(result.errors.empty());
+    CHECK_FALSE(result.config.has_value());
+    return result.errors.front().to_string();
+}
+
+}  // namespace
+
+TEST_CASE("a minimal config gets the documented defaults") {
+    auto result = bg::parse_config(minimal, "test.toml");
+    REQUIRE(result.errors.empty());
+    const bg::Config& c = *result.config;
+    CHECK(c.listeners.at(0).address.port == 8080);
+    CHECK(c.blue.backends.at(0).name == "b1");
+    CHECK(c.green.backends.at(0).name == "green-1");
+    CHECK(c.blue_weight_bp == 10000);
+    CHECK(c.green_weight_bp == 0);
+    CHECK(c.timeouts.client_header == std::chrono::seconds(10));
+    CHECK(c.limits.max_request_body == 0);
+}
+
+TEST_CASE("weights are percentages with at most two decimals") {
+    auto result = bg::parse_config(std::string(minimal) + "[routing]\nblue = 87.5\ngreen = 12.5\n",
+                                   "t");
+    REQUIRE(result.errors.empty());
+    CHECK(result.config->blue_weight_bp == 8750);
+    CHECK(result.config->green_weight_bp == 1250);
+
+    auto one_side = bg::parse_config(std::string(minimal) + "[routing]\ngreen = 10\n", "t");
+    REQUIRE(one_side.errors.empty());
+    CHECK(one_side.config->blue_weight_bp == 9000);
+
+    CHECK(first_error(std::string(minimal) + "[routing]\nblue = 60\ngreen = 30\n")
+              .find("sum to 100") != std::string::npos);
+    CHECK(first_error(std::string(minimal) + "[routing]\ngreen = 10.125\n").find("two decimals") !=
+          std::string::npos);
+    CHECK(first_error(std::string(minimal) + "[routing]\ngreen = 101\n").find("two decimals") !=
+          std::string::npos);
+}
+
+TEST_CASE("errors name the file, line and column") {
+    std::string text = std::string(minimal) + "[timeouts]\nclient_header = \"ten\"\n";
+    CHECK(first_error(text) == "test.toml:9:17: timeouts.client_header must be a duration string "
+                               "like \"250ms\", \"10s\", \"5m\" or \"1h\"");
+    CHECK(first_error("[server]\nworkerz = 2\n").starts_with("test.toml:2:11: unknown key 'workerz' in [server]"));
+    CHECK(first_error("[server\n").starts_with("test.toml:1:"));
+}
+
+TEST_CASE("every problem is reported, not just the first") {
+    auto result = bg::parse_config(
+        "typo = 1\n[limits]\nmax_request_line = 1\n[upstream]\nbalance = \"random\"\n", "t");
+    CHECK(result.errors.size() == 3);
+}
+
+TEST_CASE("bad addresses, empty pools and duplicate names are errors") {
+    CHECK(first_error(R"(
+[[listener]]
+address = "127.0.0.1:99999"
+)").find("port must be") != std::string::npos);
+    CHECK(first_error(R"(
+[[listener]]
+address = "127.0.0.1:8080"
+[pools.blue]
+backends = []
+[pools.green]
+backends = ["127.0.0.1:1"]
+)").find("pool 'blue' is empty") != std::string::npos);
+    CHECK(first_error(R"(
+[[listener]]
+address = "127.0.0.1:8080"
+[pools.blue]
+backends = [{ name = "x", address = "127.0.0.1:1" }]
+[pools.green]
+backends = [{ name = "x", address = "127.0.0.1:2" }]
+)").find("used twice") != std::string::npos);
+    CHECK(first_error(R"(
+[[listener]]
+address = "no-such-host.invalid:80"
+)").find("cannot resolve") != std::string::npos);
+}
+
+TEST_CASE("durations") {
+    CHECK(bg::parse_duration("250ms") == bg::Duration(250));
+    CHECK(bg::parse_duration("10s") == bg::Duration(10000));
+    CHECK(bg::parse_duration("2m") == bg::Duration(120000));
+    CHECK(bg::parse_duration("1h") == bg::Duration(3600000));
+    CHECK_FALSE(bg::parse_duration("10"));
+    CHECK_FALSE(bg::parse_duration("s"));
+    CHECK_FALSE(bg::parse_duration("-1s"));
+    CHECK_FALSE(bg::parse_duration("1.5s"));
+}
+
+TEST_CASE("quick-start flags build a whole config and override a file") {
+    bg::ConfigOverrides flags;
+    flags.listen = "127.0.0.1:0";
+    flags.blue = "127.0.0.1:9001,127.0.0.1:9002";
+    flags.green = "[::1]:9003";
+    flags.weights = "blue=90,green=10";
+    auto result = bg::apply_overrides(bg::Config{}, flags);
+    REQUIRE(result.errors.empty());
+    CHECK(result.config->blue.backends.size() == 2);
+    CHECK(result.config->blue.backends[1].name == "blue-2");
+    CHECK(result.config->green.backends[0].address.ip == "::1");
+    CHECK(result.config->green_weight_bp == 1000);
+
+    flags.weights = "blue=90,green=20";
+    CHECK_FALSE(bg::apply_overrides(bg::Config{}, flags).errors.empty());
+    flags.weights = "purple=100";
+    CHECK_FALSE(bg::apply_overrides(bg::Config{}, flags).errors.empty());
+
+    auto from_file = bg::parse_config(minimal, "t");
+    bg::ConfigOverrides only_weights;
+    only_weights.weights = "green=25";
+    auto merged = bg::apply_overrides(*from_file.config, only_weights);
+    REQUIRE(merged.errors.empty());
+    CHECK(merged.config->blue_weight_bp == 7500);
+    CHECK(merged.config->blue.backends[0].name == "b1");
+}

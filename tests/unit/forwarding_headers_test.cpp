@@ -1,0 +1,66 @@
+#include <doctest/doctest.h>
+
+#include <boost/beast/http/fields.hpp>
+
+#include "forwarding_headers.hpp"
+
+namespace http = boost::beast::http;
+
+TEST_CASE("hop-by-hop fields are removed, with those Connection names") {
+    http::fields f;
+    f.set(http::field::host, "example.com");
+    f.insert(http::field::connection, "keep-alive, X-Secret");
+    f.insert(http::field::connection, "Upgrade");
+    f.set("X-Secret", "s");
+    f.set(http::field::keep_alive, "timeout=5");
+    f.set(http::field::proxy_connection, "keep-alive");
+    f.set(http::field::te, "trailers");
+    f.set(http::field::trailer, "X-T");
+    f.set(http::field::transfer_encoding, "chunked");
+    f.set(http::field::upgrade, "websocket");
+    f.set("X-Kept", "yes");
+    bg::rewrite_request_fields(f, {"10.0.0.1", false, false});
+    for (auto name : {"Connection", "X-Secret", "Keep-Alive", "Proxy-Connection", "TE", "Trailer",
+                      "Transfer-Encoding", "Upgrade"}) {
+        CHECK_MESSAGE(f.find(name) == f.end(), name);
+    }
+    CHECK(f["X-Kept"] == "yes");
+    CHECK(f[http::field::host] == "example.com");
+}
+
+TEST_CASE("X-Forwarded-For is appended, Proto and Host are set") {
+    http::fields f;
+    f.set(http::field::host, "shop.example:8080");
+    f.insert("X-Forwarded-For", "1.1.1.1");
+    f.insert("X-Forwarded-For", "2.2.2.2");
+    f.set("X-Forwarded-Proto", "gopher");
+    bg::rewrite_request_fields(f, {"10.0.0.1", true, false});
+    CHECK(f["X-Forwarded-For"] == "1.1.1.1, 2.2.2.2, 10.0.0.1");
+    CHECK(std::distance(f.equal_range("X-Forwarded-For").first,
+                        f.equal_range("X-Forwarded-For").second) == 1);
+    CHECK(f["X-Forwarded-Proto"] == "https");
+    CHECK(f["X-Forwarded-Host"] == "shop.example:8080");
+
+    http::fields fresh;
+    bg::rewrite_request_fields(fresh, {"::1", false, false});
+    CHECK(fresh["X-Forwarded-For"] == "::1");
+    CHECK(fresh["X-Forwarded-Proto"] == "http");
+    CHECK(fresh.find("X-Forwarded-Host") == fresh.end());
+}
+
+TEST_CASE("an upgrade keeps Upgrade and says so in Connection") {
+    http::fields f;
+    f.set(http::field::connection, "Upgrade");
+    f.set(http::field::upgrade, "websocket");
+    bg::rewrite_request_fields(f, {"10.0.0.1", false, true});
+    CHECK(f[http::field::upgrade] == "websocket");
+    CHECK(f[http::field::connection] == "upgrade");
+
+    http::fields response;
+    response.set(http::field::connection, "Upgrade");
+    response.set(http::field::upgrade, "websocket");
+    response.set(http::field::keep_alive, "x");
+    bg::strip_response_hop_fields(response, true);
+    CHECK(response[http::field::upgrade] == "websocket");
+    CHECK(response.find(http::field::keep_alive) == response.end());
+}
