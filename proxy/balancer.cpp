@@ -5,7 +5,9 @@
 namespace bg {
 
 Balancer::Balancer(BalancePolicy policy, std::uint64_t seed)
-    : policy_(policy), rng_state_(seed ^ 0x9E3779B97F4A7C15ull) {}
+    : policy_(policy), rng_state_(seed ^ 0x9E3779B97F4A7C15ull) {
+    colour_credit_ = static_cast<std::uint32_t>(next_random() % 10000);
+}
 
 // splitmix64: fast, good enough for traffic splitting, and seedable for tests.
 std::uint64_t Balancer::next_random() {
@@ -23,7 +25,12 @@ Colour Balancer::pick_colour(const RoutingTable& table) {
     if (blue_bp == 0) {
         return Colour::green;
     }
-    return (next_random() % 10000) < blue_bp ? Colour::blue : Colour::green;
+    colour_credit_ += 10000 - blue_bp;
+    if (colour_credit_ >= 10000) {
+        colour_credit_ -= 10000;
+        return Colour::green;
+    }
+    return Colour::blue;
 }
 
 const Backend* Balancer::pick_backend(const RoutingTable& table, Colour colour,

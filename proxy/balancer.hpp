@@ -15,7 +15,9 @@ class Balancer {
 public:
     explicit Balancer(BalancePolicy policy, std::uint64_t seed);
 
-    // The weighted choice between the colours.
+    // The weighted choice between the colours: error diffusion (smooth weighted round robin),
+    // so any run of N requests on a worker splits within one request of the weights; workers
+    // start at random phases so they do not move in lockstep.
     Colour pick_colour(const RoutingTable& table);
     // A backend of the colour taking new requests, skipping the ids in `exclude` (backends
     // already tried by this request); nullptr when none is left.
@@ -32,6 +34,7 @@ private:
 
     BalancePolicy policy_;
     std::uint64_t rng_state_;
+    std::uint32_t colour_credit_ = 0;  // 0..9999: green's accumulated share
     std::array<std::uint32_t, 2> cursor_{};
     std::vector<std::uint32_t> in_flight_;
 };

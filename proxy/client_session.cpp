@@ -87,7 +87,8 @@ class ClientSession {
 public:
     ClientSession(Worker& worker, tcp::socket socket)
         : worker_(worker),
-          config_(worker.config()),
+          config_holder_(worker.config()),
+          config_(*config_holder_),
           client_(std::move(socket)),
           request_body_(config_.limits.buffer_size),
           response_body_(config_.limits.buffer_size),
@@ -544,7 +545,9 @@ private:
             co_return false;
         }
         if (switching) {
+            worker_.tunnel_opened(upstream.backend->id);
             co_await tunnel(*upstream.stream);
+            worker_.tunnel_closed(upstream.backend->id);
             co_return false;
         }
 
@@ -687,6 +690,8 @@ private:
     }
 
     Worker& worker_;
+    // The config this connection started with: a reload applies to new connections.
+    std::shared_ptr<const Config> config_holder_;
     const Config& config_;
     beast::tcp_stream client_;
     std::string client_ip_;

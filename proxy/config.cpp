@@ -14,6 +14,20 @@
 
 namespace bg {
 
+const char* to_string(Role role) {
+    switch (role) {
+        case Role::none:
+            return "none";
+        case Role::read:
+            return "read";
+        case Role::operate:
+            return "operate";
+        case Role::admin:
+            return "admin";
+    }
+    return "?";
+}
+
 std::string ConfigError::to_string() const {
     std::ostringstream out;
     out << (file.empty() ? "<flags>" : file) << ':' << line << ':' << column << ": " << message;
@@ -322,6 +336,91 @@ void read_pool(TableReader& pools, std::string_view colour, PoolConfig& pool) {
     reader->reject_unknown_keys();
 }
 
+void read_members(TableReader& roles, std::string_view role, RoleMembers& members) {
+    auto reader = roles.sub_table(role);
+    if (!reader) {
+        return;
+    }
+    if (const toml::node* uids = reader->take("uids")) {
+        const toml::array* list = uids->as_array();
+        if (list == nullptr) {
+            reader->error_at(*uids, reader->qualified("uids") + " must be an array of integers");
+        } else {
+            for (const toml::node& uid : *list) {
+                auto value = uid.value_exact<std::int64_t>();
+                if (!value || *value < 0 || *value > 0xFFFFFFFFll) {
+                    reader->error_at(uid, "a uid is an integer from 0 to 4294967295");
+                } else {
+                    members.uids.push_back(static_cast<std::uint32_t>(*value));
+                }
+            }
+        }
+    }
+    if (const toml::node* groups = reader->take("groups")) {
+        const toml::array* list = groups->as_array();
+        if (list == nullptr) {
+            reader->error_at(*groups, reader->qualified("groups") + " must be an array of group names");
+        } else {
+            for (const toml::node& group : *list) {
+                auto value = group.value_exact<std::string>();
+                if (!value || value->empty()) {
+                    reader->error_at(group, "a group is a non-empty name");
+                } else {
+                    members.groups.push_back(*value);
+                }
+            }
+        }
+    }
+    reader->reject_unknown_keys();
+}
+
+void read_control(TableReader& control, ControlConfig& out) {
+    if (auto socket = control.read_string("socket")) {
+        out.socket = *socket;
+    }
+    if (const toml::node* mode = control.take("socket_mode")) {
+        auto text = mode->value_exact<std::string>();
+        std::uint32_t value = 0;
+        bool ok = text && !text->empty() && text->size() <= 4;
+        for (char c : text.value_or("")) {
+            ok = ok && c >= '0' && c <= '7';
+            value = value * 8 + static_cast<std::uint32_t>(c - '0');
+        }
+        if (!ok) {
+            control.error_at(*mode, "control.socket_mode must be an octal string like \"0660\"");
+        } else {
+            out.socket_mode = value;
+        }
+    }
+    if (auto group = control.read_string("socket_group")) {
+        out.socket_group = *group;
+    }
+    if (auto path = control.read_string("state_file")) {
+        out.state_file = *path;
+    }
+    if (auto path = control.read_string("audit_log")) {
+        out.audit_log = *path;
+    }
+    control.read_integer("max_line", out.max_line, 256, 16 << 20);
+    if (auto role = control.read_string("default_role")) {
+        if (*role == "none") {
+            out.default_role = Role::none;
+        } else if (*role == "read") {
+            out.default_role = Role::read;
+        } else {
+            control.error_at(*control.table().get("default_role"),
+                             "control.default_role must be \"none\" or \"read\"");
+        }
+    }
+    if (auto roles = control.sub_table("roles")) {
+        read_members(*roles, "admin", out.admin);
+        read_members(*roles, "operate", out.operate);
+        read_members(*roles, "read", out.read);
+        roles->reject_unknown_keys();
+    }
+    control.reject_unknown_keys();
+}
+
 void read_document(const toml::table& root, Config& config, std::vector<ConfigError>& errors) {
     TableReader top(root, "", config.source, errors);
 
@@ -330,9 +429,6 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
         server->read_integer("buffer_size", config.limits.buffer_size, 1024, 16 * 1024 * 1024);
         if (auto admin = server->read_string("admin_listen")) {
             config.admin_listen = *admin;
-        }
-        if (auto socket = server->read_string("control_socket")) {
-            config.control_socket = *socket;
         }
         server->reject_unknown_keys();
     }
@@ -396,6 +492,10 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
     if (auto routing = top.sub_table("routing")) {
         read_weights(*routing, config);
         routing->reject_unknown_keys();
+    }
+
+    if (auto control = top.sub_table("control")) {
+        read_control(*control, config.control);
     }
 
     if (auto pools = top.sub_table("pools")) {
@@ -570,7 +670,13 @@ ConfigResult apply_overrides(Config config, const ConfigOverrides& flags) {
         config.admin_listen = *flags.admin;
     }
     if (flags.control_socket) {
-        config.control_socket = *flags.control_socket;
+        config.control.socket = *flags.control_socket;
+    }
+    if (flags.state_file) {
+        config.control.state_file = *flags.state_file;
+    }
+    if (flags.audit_log) {
+        config.control.audit_log = *flags.audit_log;
     }
     if (result.errors.empty()) {
         validate(config, result.errors);

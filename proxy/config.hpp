@@ -61,6 +61,28 @@ struct UpstreamSettings {
     unsigned connect_attempts = 3;
 };
 
+// Who may do what on the control socket, by the peer's uid and groups (SO_PEERCRED).
+struct RoleMembers {
+    std::vector<std::uint32_t> uids;
+    std::vector<std::string> groups;
+};
+
+enum class Role : std::uint8_t { none = 0, read = 1, operate = 2, admin = 3 };
+const char* to_string(Role role);
+
+struct ControlConfig {
+    std::string socket = "/run/bgproxy/control.sock";
+    std::uint32_t socket_mode = 0660;
+    std::string socket_group;  // empty: the process's group
+    std::string state_file = "/var/lib/bgproxy/state.json";
+    std::string audit_log = "/var/log/bgproxy/audit.log";
+    std::size_t max_line = 65536;
+    RoleMembers admin;    // the uid bgproxy runs as is always admin
+    RoleMembers operate;
+    RoleMembers read;
+    Role default_role = Role::read;  // for a peer named in no list
+};
+
 struct Config {
     std::string source;  // the file it came from, "" for flags only
     unsigned workers = 0;  // 0: one per CPU in the affinity mask
@@ -73,8 +95,8 @@ struct Config {
     std::uint32_t green_weight_bp = 0;
     PoolConfig blue;
     PoolConfig green;
-    std::string admin_listen;    // later issues
-    std::string control_socket;  // later issues
+    std::string admin_listen;  // later issues
+    ControlConfig control;
 };
 
 // One problem found in a config, located like a compiler error.
@@ -100,6 +122,8 @@ struct ConfigOverrides {
     std::optional<unsigned> workers;
     std::optional<std::string> admin;
     std::optional<std::string> control_socket;
+    std::optional<std::string> state_file;
+    std::optional<std::string> audit_log;
 };
 
 ConfigResult load_config_file(const std::string& path);

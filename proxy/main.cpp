@@ -7,12 +7,18 @@
 #include <boost/asio/signal_set.hpp>
 #include <cstdio>
 #include <iostream>
+#include <functional>
 #include <memory>
+#include <thread>
 #include <vector>
 
+#include "audit_log.hpp"
 #include "config.hpp"
-#include "routing_table.hpp"
-#include "worker.hpp"
+#include "control_server.hpp"
+#include "routing_state.hpp"
+#include "state_store.hpp"
+#include "switchboard.hpp"
+#include "worker_group.hpp"
 
 namespace {
 
@@ -48,6 +54,9 @@ int main(int argc, char** argv) {
                    "worker threads (default: the CPUs this process may run on)");
     app.add_option("--admin", flags.admin, "admin HTTP listen address");
     app.add_option("--control-socket", flags.control_socket, "control socket path");
+    app.add_option("--state-file", flags.state_file,
+                   "where routing state is kept across restarts (it wins over the config's weights)");
+    app.add_option("--audit-log", flags.audit_log, "where state-changing commands are recorded");
     CLI11_PARSE(app, argc, argv);
 
     if (!check_path.empty()) {
@@ -74,46 +83,74 @@ int main(int argc, char** argv) {
     auto config = std::make_shared<const bg::Config>(std::move(*merged.config));
     const unsigned workers = config->workers > 0 ? config->workers : bg::default_worker_count();
 
-    auto table = bg::make_initial_table(*config);
-    std::vector<std::unique_ptr<bg::Worker>> pool;
-    std::vector<std::uint16_t> ports;
-    for (unsigned i = 0; i < workers; ++i) {
-        pool.push_back(std::make_unique<bg::Worker>(i, config, table));
-        std::string error;
-        if (!pool.back()->bind(ports, error)) {
-            spdlog::error("{}", error);
-            return 1;
-        }
+    // The main thread is the control thread: Switchboard, control socket, signals.
+    boost::asio::io_context control(1);
+    bg::FileStateStore store(config->control.state_file);
+    bg::AuditLog audit(config->control.audit_log);
+    std::string error;
+    if (!audit.open(error)) {
+        spdlog::error("{}", error);
+        return 1;
     }
-    for (auto& worker : pool) {
-        worker->start();
+    bg::Switchboard switchboard(control.get_executor(), config, config_path, store, audit);
+    if (!switchboard.load(error)) {
+        spdlog::error("{}", error);
+        return 1;
     }
+    bg::WorkerGroup group(control.get_executor(), workers, config, switchboard.table());
+    if (!group.bind(error)) {
+        spdlog::error("{}", error);
+        return 1;
+    }
+    bg::ControlServer server(control, config->control, switchboard);
+    if (!server.open(error)) {
+        spdlog::error("{}", error);
+        return 1;
+    }
+    switchboard.attach(group);
+    group.start();
+    server.start();
+
     for (std::size_t i = 0; i < config->listeners.size(); ++i) {
         std::printf("bgproxy: listening on http://%s:%u (%u workers)\n",
-                    config->listeners[i].address.ip.c_str(), ports[i], workers);
+                    config->listeners[i].address.ip.c_str(), group.ports()[i], workers);
     }
-    std::printf("bgproxy: blue %u.%02u%% (%zu backends), green %u.%02u%% (%zu backends)\n",
-                config->blue_weight_bp / 100, config->blue_weight_bp % 100,
-                config->blue.backends.size(), config->green_weight_bp / 100,
-                config->green_weight_bp % 100, config->green.backends.size());
+    const bg::RoutingState& state = switchboard.state();
+    std::printf("bgproxy: state version %llu: blue %s%%, green %s%%, stable %s\n",
+                static_cast<unsigned long long>(state.version),
+                bg::format_percent(state.weight(bg::Colour::blue)).c_str(),
+                bg::format_percent(state.weight(bg::Colour::green)).c_str(),
+                bg::to_string(state.stable));
+    std::printf("bgproxy: control socket %s\n", config->control.socket.c_str());
     std::fflush(stdout);
 
-    // The control thread: for now it waits for a signal to shut down gracefully.
-    boost::asio::io_context control;
-    boost::asio::signal_set signals(control, SIGTERM, SIGINT);
-    signals.async_wait([&](boost::system::error_code ec, int signal) {
-        if (ec) {
-            return;
-        }
-        spdlog::info("signal {}: graceful shutdown (grace {} ms)", signal,
-                     config->timeouts.shutdown_grace.count());
-        for (auto& worker : pool) {
-            worker->begin_shutdown();
-        }
-    });
+    boost::asio::signal_set signals(control, SIGTERM, SIGINT, SIGHUP);
+    std::thread joiner;
+    std::function<void()> wait_signal = [&] {
+        signals.async_wait([&](boost::system::error_code ec, int signal) {
+            if (ec) {
+                return;
+            }
+            if (signal == SIGHUP) {
+                switchboard.reload_from_signal();
+                wait_signal();
+                return;
+            }
+            spdlog::info("signal {}: graceful shutdown (grace {} ms)", signal,
+                         config->timeouts.shutdown_grace.count());
+            server.close();
+            group.begin_shutdown();
+            // The control loop keeps answering until the workers have drained.
+            joiner = std::thread([&] {
+                group.join();
+                control.stop();
+            });
+        });
+    };
+    wait_signal();
     control.run();
-    for (auto& worker : pool) {
-        worker->join();
+    if (joiner.joinable()) {
+        joiner.join();
     }
     spdlog::info("stopped");
     return 0;

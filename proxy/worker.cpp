@@ -93,8 +93,50 @@ void Worker::accept_loop(tcp::acceptor& acceptor) {
     });
 }
 
-void Worker::publish(RoutingTablePtr table) {
-    asio::post(io_, [this, table = std::move(table)]() mutable { table_ = std::move(table); });
+void Worker::apply(RoutingTablePtr table, std::shared_ptr<const Config> config,
+                   std::function<void()> applied) {
+    asio::post(io_, [this, table = std::move(table), config = std::move(config),
+                     applied = std::move(applied)]() mutable {
+        // Idle connections to backends that left the table, or stopped taking requests, are
+        // closed now rather than reused later.
+        for (Colour colour : all_colours) {
+            for (const Backend& backend : table->pool(colour).backends) {
+                if (!backend.takes_new_requests()) {
+                    pool_.close_backend(backend.id);
+                }
+            }
+        }
+        table_ = std::move(table);
+        if (config) {
+            config_ = std::move(config);
+        }
+        applied();
+    });
+}
+
+void Worker::report_load(std::function<void(DataPlaneLoad)> done) {
+    asio::post(io_, [this, done = std::move(done)] {
+        DataPlaneLoad load;
+        load.in_flight.resize(table_->backend_id_limit(), 0);
+        for (std::uint32_t id = 0; id < load.in_flight.size(); ++id) {
+            load.in_flight[id] = balancer_.in_flight(id);
+        }
+        load.upgraded = tunnels_;
+        done(std::move(load));
+    });
+}
+
+void Worker::tunnel_opened(std::uint32_t backend_id) {
+    if (backend_id >= tunnels_.size()) {
+        tunnels_.resize(backend_id + 1, 0);
+    }
+    ++tunnels_[backend_id];
+}
+
+void Worker::tunnel_closed(std::uint32_t backend_id) {
+    if (backend_id < tunnels_.size() && tunnels_[backend_id] > 0) {
+        --tunnels_[backend_id];
+    }
 }
 
 void Worker::begin_shutdown() {

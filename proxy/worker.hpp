@@ -6,6 +6,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -15,6 +16,7 @@
 #include "balancer.hpp"
 #include "config.hpp"
 #include "routing_table.hpp"
+#include "table_publisher.hpp"
 #include "upstream_pool.hpp"
 #include "worker_stats.hpp"
 
@@ -38,8 +40,12 @@ public:
     // `ports` carries the port each listener got, so later workers share a port-0 listener's.
     bool bind(std::vector<std::uint16_t>& ports, std::string& error);
     void start();
-    // Any thread: the new table is used by every request that starts after it arrives.
-    void publish(RoutingTablePtr table);
+    // Any thread: the new table (and config) is used by every request that starts after it
+    // arrives; `applied` is called on this worker's thread once it is in place.
+    void apply(RoutingTablePtr table, std::shared_ptr<const Config> config,
+               std::function<void()> applied);
+    // Any thread: `done` is called on this worker's thread with its in-flight counts.
+    void report_load(std::function<void(DataPlaneLoad)> done);
     // Any thread: stop accepting, finish in-flight requests, close after the grace period.
     void begin_shutdown();
     void join();
@@ -47,13 +53,16 @@ public:
     // Worker thread only.
     boost::asio::io_context& io() { return io_; }
     const RoutingTablePtr& table() const { return table_; }
-    const Config& config() const { return *config_; }
+    const std::shared_ptr<const Config>& config() const { return config_; }
     Balancer& balancer() { return balancer_; }
     UpstreamPool& upstream_pool() { return pool_; }
     WorkerStats& stats() { return stats_; }
     bool draining() const { return draining_; }
     void track(SessionHandle* session) { sessions_.insert(session); }
     void untrack(SessionHandle* session);
+    // Upgraded (tunnelled) connections open per backend id.
+    void tunnel_opened(std::uint32_t backend_id);
+    void tunnel_closed(std::uint32_t backend_id);
 
 private:
     void accept_loop(boost::asio::ip::tcp::acceptor& acceptor);
@@ -68,6 +77,7 @@ private:
     WorkerStats stats_;
     std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors_;
     std::unordered_set<SessionHandle*> sessions_;
+    std::vector<std::uint32_t> tunnels_;  // by backend id
     boost::asio::steady_timer grace_timer_;
     bool draining_ = false;
     std::thread thread_;

@@ -15,6 +15,6 @@ run() {
   (cd "$dir" && ctest --output-on-failure --timeout 600 "$@") || status=1
 }
 run release build
-run asan build-asan -L sanitize
-run tsan build-tsan -L sanitize
+run asan build-asan -L "unit|sanitize"
+run tsan build-tsan -L "unit|sanitize"
 exit $status

@@ -3,8 +3,10 @@
 Every process is started by the test, on port 0 (the kernel picks a free port, which the
 process prints), and killed when the test ends. Nothing is mocked.
 """
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +17,11 @@ import unittest
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BGPROXY = os.environ.get("BGPROXY", os.path.join(_ROOT, "build/proxy/bgproxy"))
 BG_BACKEND = os.environ.get("BG_BACKEND", os.path.join(_ROOT, "build/bench/bg-backend"))
+BGCTL = os.environ.get("BGCTL", os.path.join(_ROOT, "build/control/bgctl"))
+
+
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "WARNING: ThreadSanitizer", "runtime error:",
+                     "ERROR: LeakSanitizer")
 
 
 def _wait_for_line(proc, pattern, timeout=10.0):
@@ -60,12 +67,17 @@ class Process:
         return self.proc.wait(timeout)
 
     def stop(self):
+        """Kills the process if it still runs; returns what it wrote to stderr."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+        errors = ""
+        if self.proc.stderr and not self.proc.stderr.closed:
+            errors = self.proc.stderr.read()
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream:
                 stream.close()
+        return errors
 
 
 class Backend(Process):
@@ -82,24 +94,47 @@ class Backend(Process):
 class Proxy(Process):
     """bgproxy from a config text (with {placeholders} already filled) or from flags."""
 
-    def __init__(self, config_text=None, flags=None, workers=2):
+    def __init__(self, config_text=None, flags=None, workers=2, state_dir=None, env=None):
+        """state_dir keeps the control socket, state file and audit log; a fresh temporary one
+        by default, so no test sees another's state. Pass the same one to restart a proxy."""
         args = [BGPROXY]
-        self.config_file = None
+        self.owns_dir = state_dir is None
+        self.dir = state_dir or tempfile.mkdtemp(prefix="bgproxy-test-")
+        self.config_path = None
         if config_text is not None:
-            self.config_file = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-            self.config_file.write(config_text)
-            self.config_file.close()
-            args += ["--config", self.config_file.name]
+            self.config_path = os.path.join(self.dir, "bgproxy.toml")
+            with open(self.config_path, "w") as f:
+                f.write(config_text)
+            args += ["--config", self.config_path]
         args += flags or []
-        if "--workers" not in args:
-            args += ["--workers", str(workers)]
-        super().__init__(args, r"listening on http://([\d.]+):(\d+)")
+        self.socket = os.path.join(self.dir, "control.sock")
+        self.state_file = os.path.join(self.dir, "state.json")
+        self.audit_log = os.path.join(self.dir, "audit.log")
+        for flag, value in (("--control-socket", self.socket), ("--state-file", self.state_file),
+                            ("--audit-log", self.audit_log), ("--workers", str(workers))):
+            if flag not in args:
+                args += [flag, value]
+        super().__init__(args, r"listening on http://([\d.]+):(\d+)", env=env)
         self.port = int(self.match.group(2))
 
+    def bgctl(self, *args, user=None, timeout=30):
+        """Runs the real bgctl against this proxy; returns the CompletedProcess."""
+        cmd = [BGCTL, "--socket", self.socket] + list(args)
+        if user is not None:
+            cmd = ["setpriv", "--reuid=%d" % user, "--regid=%d" % user, "--clear-groups"] + cmd
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+    def status(self):
+        r = self.bgctl("--json", "status")
+        if r.returncode != 0:
+            raise RuntimeError("bgctl status failed: %s %s" % (r.stdout, r.stderr))
+        return json.loads(r.stdout)
+
     def stop(self):
-        super().stop()
-        if self.config_file:
-            os.unlink(self.config_file.name)
+        errors = super().stop()
+        if self.owns_dir and os.path.isdir(self.dir):
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return errors
 
 
 def free_port():
@@ -159,8 +194,16 @@ class ProcessTestCase(unittest.TestCase):
         self.processes = []
 
     def tearDown(self):
+        reports = []
         for p in reversed(self.processes):
-            p.stop()
+            errors = p.stop() or ""
+            # Sanitizer builds report and carry on (TSan) or abort (ASan): either way the
+            # test fails with the report.
+            if any(marker in errors for marker in SANITIZER_MARKERS):
+                reports.append("%s:\n%s" % (p.args[0], errors[-6000:]))
+        self.processes = []
+        if reports:
+            self.fail("sanitizer report:\n" + "\n".join(reports))
 
     def start(self, process):
         self.processes.append(process)

@@ -22,7 +22,9 @@ class ShutdownTest(ProcessTestCase):
         # An idle keep-alive connection too: it must be closed, not kept waiting.
         idle = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
         idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        idle.recv(4096)
+        first = b""
+        while not first.endswith(b"blue-1\n"):
+            first += idle.recv(4096)
         threads = [threading.Thread(target=slow, args=(i,)) for i in range(len(results))]
         for t in threads:
             t.start()

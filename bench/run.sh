@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Side-by-side throughput and latency: wrk against one bg-backend directly, through bgproxy,
+# through HAProxy and through nginx, in one run, with the same CPU pinning for every proxy.
+#
+#   bench/run.sh            # 10 s per target, 64 keep-alive connections
+#   BENCH_SECONDS=30 BENCH_CONNECTIONS=128 bench/run.sh
+#
+# Pinning (2 cores): the proxy under test on CPU 0 with one worker/thread; the backend and wrk
+# share CPU 1. Figures are meant to be read as ratios between targets of the same run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${BENCH_SECONDS:-10}
+connections=${BENCH_CONNECTIONS:-64}
+path=${BENCH_PATH:-/}
+proxy_cpu=${BENCH_PROXY_CPU:-0}
+load_cpu=${BENCH_LOAD_CPU:-1}
+
+scripts/install-deps.sh
+scripts/build.sh release --target bgproxy bg-backend >/dev/null
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 1 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on port $1" >&2
+  return 1
+}
+fill() { sed -e "s|@LISTEN@|127.0.0.1:$2|" -e "s|@BACKEND@|127.0.0.1:$backend_port|" -e "s|@DIR@|$work|" "$1"; }
+
+backend_port=$(free_port)
+taskset -c "$load_cpu" build/bench/bg-backend --listen "127.0.0.1:$backend_port" --name blue-1 >/dev/null &
+pids+=($!)
+wait_port "$backend_port"
+
+bg_port=$(free_port)
+taskset -c "$proxy_cpu" build/proxy/bgproxy --listen "127.0.0.1:$bg_port" --workers 1 \
+  --blue "127.0.0.1:$backend_port" --green "127.0.0.1:$backend_port" >/dev/null 2>&1 &
+pids+=($!)
+
+ha_port=$(free_port)
+fill bench/haproxy.cfg.in "$ha_port" > "$work/haproxy.cfg"
+taskset -c "$proxy_cpu" haproxy -q -f "$work/haproxy.cfg" &
+pids+=($!)
+
+ng_port=$(free_port)
+mkdir -p "$work"/{body,proxy,fastcgi,uwsgi,scgi}
+fill bench/nginx.conf.in "$ng_port" > "$work/nginx.conf"
+taskset -c "$proxy_cpu" nginx -c "$work/nginx.conf" -e "$work/nginx-error.log" &
+pids+=($!)
+for p in "$bg_port" "$ha_port" "$ng_port"; do wait_port "$p"; done
+
+declare -A rps p50 p99
+run() {
+  local name=$1 port=$2
+  # Warm up keep-alive pools, then measure.
+  taskset -c "$load_cpu" wrk -t1 -c"$connections" -d2s "http://127.0.0.1:$port$path" >/dev/null
+  local out
+  out=$(taskset -c "$load_cpu" wrk -t1 -c"$connections" -d"${seconds}s" --latency "http://127.0.0.1:$port$path")
+  if echo "$out" | grep -q "Non-2xx\|Socket errors"; then
+    echo "$name: errors during the run:" >&2
+    echo "$out" | grep "Non-2xx\|Socket errors" >&2
+  fi
+  rps[$name]=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50[$name]=$(echo "$out" | awk '$1 == "50%" {print $2}')
+  p99[$name]=$(echo "$out" | awk '$1 == "99%" {print $2}')
+}
+to_us() { # wrk prints 812.00us, 1.20ms or 1.01s
+  python3 -c "import sys,re; v=sys.argv[1]; m=re.match(r'([\d.]+)(us|ms|s)',v); print(float(m.group(1))*{'us':1,'ms':1e3,'s':1e6}[m.group(2)])" "$1"
+}
+
+run direct "$backend_port"
+run bgproxy "$bg_port"
+run haproxy "$ha_port"
+run nginx "$ng_port"
+
+printf '\nwrk: %s s, %s keep-alive connections, path %s; proxies on CPU %s (1 thread), backend+wrk on CPU %s\n' \
+  "$seconds" "$connections" "$path" "$proxy_cpu" "$load_cpu"
+printf '%-8s %12s %10s %10s\n' target requests/s p50 p99
+for t in direct bgproxy haproxy nginx; do
+  printf '%-8s %12s %10s %10s\n' "$t" "${rps[$t]}" "${p50[$t]}" "${p99[$t]}"
+done
+ratio() { python3 -c "import sys; print('%.2f' % (float(sys.argv[1]) / float(sys.argv[2])))" "$1" "$2"; }
+printf '\nbgproxy/haproxy requests/s: %s   p99: %s\n' "$(ratio "${rps[bgproxy]}" "${rps[haproxy]}")" \
+  "$(ratio "$(to_us "${p99[bgproxy]}")" "$(to_us "${p99[haproxy]}")")"
+printf 'bgproxy/nginx   requests/s: %s   p99: %s\n' "$(ratio "${rps[bgproxy]}" "${rps[nginx]}")" \
+  "$(ratio "$(to_us "${p99[bgproxy]}")" "$(to_us "${p99[nginx]}")")"
+printf 'bgproxy/direct  requests/s: %s\n' "$(ratio "${rps[bgproxy]}" "${rps[direct]}")"

@@ -1,0 +1,64 @@
+#pragma once
+// The control protocol's commands: one line each, parsed here into a Command or a message that
+// says what was wrong. Read-only and state-changing verbs are kept apart (required_role).
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "config.hpp"
+#include "routing_table.hpp"
+
+namespace bg {
+
+enum class Verb {
+    // read
+    status,
+    history,
+    watch,
+    help,
+    // operate
+    set,
+    flip,
+    rollback,
+    promote,
+    ramp,
+    ramp_pause,
+    ramp_resume,
+    ramp_abort,
+    drain,
+    maint,
+    ready,
+    // admin
+    reload,
+};
+
+const char* verb_name(Verb verb);
+Role required_role(Verb verb);
+bool changes_state(Verb verb);
+
+struct Command {
+    Verb verb = Verb::status;
+    bool dry_run = false;
+    std::optional<std::uint32_t> blue_bp;   // set
+    std::optional<std::uint32_t> green_bp;  // set
+    Colour colour = Colour::green;          // ramp
+    std::uint32_t to_bp = 10000;            // ramp
+    std::uint32_t step_bp = 1000;           // ramp
+    Duration every{std::chrono::seconds(30)};  // ramp
+    std::string backend;                    // drain, maint, ready
+    std::size_t count = 20;                 // history
+};
+
+struct ParsedCommand {
+    std::optional<Command> command;
+    std::string error;  // set when command is empty
+};
+
+ParsedCommand parse_command(std::string_view line);
+
+// The protocol's help text: every command with an example.
+const char* protocol_help();
+
+}  // namespace bg

@@ -1,0 +1,189 @@
+#include "control_server.hpp"
+
+#include <grp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/channel.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/json/serialize.hpp>
+#include <cstring>
+#include <filesystem>
+#include <vector>
+
+#include "access.hpp"
+
+namespace bg {
+
+namespace asio = boost::asio;
+namespace json = boost::json;
+using local = asio::local::stream_protocol;
+
+namespace {
+
+constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
+// Replies and events queued for one connection.
+using Outbox = asio::experimental::channel<void(boost::system::error_code, std::string)>;
+
+asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchboard& switchboard) {
+    const Caller caller = identify_peer(socket.native_handle(), config);
+    auto outbox = std::make_shared<Outbox>(socket.get_executor(), 1024);
+    std::string input;
+    std::uint64_t watcher = 0;
+    for (;;) {
+        auto [ec, n] = co_await asio::async_read_until(
+            socket, asio::dynamic_buffer(input, config.max_line), '\n', nothrow);
+        if (ec == asio::error::not_found) {
+            // A line longer than the limit: say so and hang up; nothing was run.
+            std::string reply = json::serialize(json::object{
+                {"ok", false},
+                {"error", "command line longer than " + std::to_string(config.max_line) +
+                              " bytes; nothing changed"}});
+            reply.push_back('\n');
+            co_await asio::async_write(socket, asio::buffer(reply), nothrow);
+            break;
+        }
+        if (ec) {
+            break;
+        }
+        std::string line = input.substr(0, n - 1);
+        input.erase(0, n);
+        switchboard.execute(caller, line, [outbox](const json::object& reply) {
+            outbox->try_send(boost::system::error_code{}, json::serialize(reply) + "\n");
+        });
+        auto [rec, reply] = co_await outbox->async_receive(nothrow);
+        if (rec) {
+            break;
+        }
+        auto [wec, wn] = co_await asio::async_write(socket, asio::buffer(reply), nothrow);
+        if (wec) {
+            break;
+        }
+        if (reply.find("\"watching\":true") != std::string::npos) {
+            // Stream events until the client goes away (a read then fails).
+            watcher = switchboard.subscribe([outbox](const json::object& event) {
+                outbox->try_send(boost::system::error_code{}, json::serialize(event) + "\n");
+            });
+            auto closed = std::make_shared<bool>(false);
+            asio::co_spawn(
+                socket.get_executor(),
+                [&socket, outbox, closed]() -> asio::awaitable<void> {
+                    char sink[256];
+                    for (;;) {
+                        auto [e, k] = co_await socket.async_read_some(asio::buffer(sink), nothrow);
+                        if (e) {
+                            break;
+                        }
+                    }
+                    *closed = true;
+                    outbox->close();
+                },
+                asio::detached);
+            for (;;) {
+                auto [e, event] = co_await outbox->async_receive(nothrow);
+                if (e || *closed) {
+                    break;
+                }
+                auto [we, wn2] = co_await asio::async_write(socket, asio::buffer(event), nothrow);
+                if (we) {
+                    break;
+                }
+            }
+            switchboard.unsubscribe(watcher);
+            boost::system::error_code ignored;
+            socket.close(ignored);
+            // Let the reader see the close before the socket goes away.
+            while (!*closed) {
+                asio::steady_timer wait(socket.get_executor(), std::chrono::milliseconds(1));
+                co_await wait.async_wait(nothrow);
+            }
+            co_return;
+        }
+    }
+}
+
+}  // namespace
+
+ControlServer::ControlServer(asio::io_context& io, const ControlConfig& config, Switchboard& switchboard)
+    : io_(io), config_(config), switchboard_(switchboard), acceptor_(io) {}
+
+ControlServer::~ControlServer() { close(); }
+
+bool ControlServer::open(std::string& error) {
+    namespace fs = std::filesystem;
+    const fs::path path(config_.socket);
+    std::error_code fs_error;
+    if (path.has_parent_path()) {
+        fs::create_directories(path.parent_path(), fs_error);
+    }
+    // A socket file left by a previous process is replaced; anything else at the path is not.
+    struct stat st{};
+    if (::lstat(config_.socket.c_str(), &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            error = "control socket path " + config_.socket + " exists and is not a socket";
+            return false;
+        }
+        ::unlink(config_.socket.c_str());
+    }
+    boost::system::error_code ec;
+    acceptor_.open(local(), ec);
+    if (!ec) {
+        acceptor_.bind(local::endpoint(config_.socket), ec);
+    }
+    if (!ec) {
+        acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+    }
+    if (ec) {
+        error = "cannot listen on control socket " + config_.socket + ": " + ec.message();
+        return false;
+    }
+    if (::chmod(config_.socket.c_str(), config_.socket_mode) != 0) {
+        error = "cannot set mode of control socket " + config_.socket + ": " + std::strerror(errno);
+        return false;
+    }
+    if (!config_.socket_group.empty()) {
+        group* g = ::getgrnam(config_.socket_group.c_str());
+        if (g == nullptr) {
+            error = "control.socket_group: no group named '" + config_.socket_group + "'";
+            return false;
+        }
+        if (::chown(config_.socket.c_str(), static_cast<uid_t>(-1), g->gr_gid) != 0) {
+            error = "cannot give control socket to group " + config_.socket_group + ": " +
+                    std::strerror(errno);
+            return false;
+        }
+    }
+    return true;
+}
+
+void ControlServer::start() { accept(); }
+
+void ControlServer::close() {
+    if (acceptor_.is_open()) {
+        boost::system::error_code ignored;
+        acceptor_.close(ignored);
+        ::unlink(config_.socket.c_str());
+    }
+}
+
+void ControlServer::accept() {
+    acceptor_.async_accept([this](boost::system::error_code ec, local::socket socket) {
+        if (ec == asio::error::operation_aborted || !acceptor_.is_open()) {
+            return;
+        }
+        if (!ec) {
+            asio::co_spawn(io_, serve(std::move(socket), config_, switchboard_), asio::detached);
+        }
+        accept();
+    });
+}
+
+}  // namespace bg

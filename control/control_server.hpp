@@ -1,0 +1,34 @@
+#pragma once
+// ControlServer: the UNIX control socket. One command per line in, one JSON line out; `watch`
+// turns the connection into a stream of events. Control thread only.
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <memory>
+#include <string>
+
+#include "config.hpp"
+#include "switchboard.hpp"
+
+namespace bg {
+
+class ControlServer {
+public:
+    ControlServer(boost::asio::io_context& io, const ControlConfig& config, Switchboard& switchboard);
+    ~ControlServer();
+
+    // Creates the socket (replacing a stale one), with the configured mode and group.
+    bool open(std::string& error);
+    void start();
+    void close();
+
+private:
+    void accept();
+
+    boost::asio::io_context& io_;
+    ControlConfig config_;
+    Switchboard& switchboard_;
+    boost::asio::local::stream_protocol::acceptor acceptor_;
+};
+
+}  // namespace bg

@@ -1,0 +1,112 @@
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <boost/json.hpp>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "state_store.hpp"
+
+namespace bg {
+
+FileStateStore::FileStateStore(std::string path) : path_(std::move(path)) {}
+
+StoreLoad FileStateStore::load() {
+    StoreLoad result;
+    std::ifstream in(path_, std::ios::binary);
+    if (!in) {
+        if (errno == ENOENT) {
+            stored_version_ = 0;
+            return result;  // nothing stored yet
+        }
+        result.error = "cannot read state file " + path_ + ": " + std::strerror(errno);
+        return result;
+    }
+    std::ostringstream text;
+    text << in.rdbuf();
+    boost::system::error_code ec;
+    boost::json::value json = boost::json::parse(text.str(), ec);
+    if (ec) {
+        result.error = "state file " + path_ + " is not valid JSON (" + ec.message() +
+                       "); fix or remove it to start from the config";
+        return result;
+    }
+    std::string why;
+    result.state = routing_state_from_json(json, why);
+    if (!result.state) {
+        result.error = "state file " + path_ + " is corrupt: " + why +
+                       "; fix or remove it to start from the config";
+        return result;
+    }
+    stored_version_ = result.state->version;
+    return result;
+}
+
+namespace {
+
+bool write_all(int fd, const std::string& data) {
+    std::size_t done = 0;
+    while (done < data.size()) {
+        ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return false;
+        }
+        done += static_cast<std::size_t>(n);
+    }
+    return true;
+}
+
+}  // namespace
+
+bool FileStateStore::save(const RoutingState& next, std::uint64_t expected_version,
+                          std::string& error) {
+    if (stored_version_ && *stored_version_ != expected_version) {
+        error = "state changed underneath (stored version " + std::to_string(*stored_version_) +
+                ", expected " + std::to_string(expected_version) + ")";
+        return false;
+    }
+    namespace fs = std::filesystem;
+    const fs::path target(path_);
+    const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
+    std::error_code fs_error;
+    fs::create_directories(dir, fs_error);
+    const std::string temp = path_ + ".tmp";
+    const std::string data = boost::json::serialize(to_json(next)) + "\n";
+
+    int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    if (fd < 0) {
+        error = "cannot write state file " + temp + ": " + std::strerror(errno);
+        return false;
+    }
+    bool ok = write_all(fd, data) && ::fsync(fd) == 0;
+    int saved = errno;
+    ::close(fd);
+    if (!ok) {
+        ::unlink(temp.c_str());
+        error = "cannot write state file " + temp + ": " + std::strerror(saved);
+        return false;
+    }
+    if (::rename(temp.c_str(), path_.c_str()) != 0) {
+        saved = errno;
+        ::unlink(temp.c_str());
+        error = "cannot replace state file " + path_ + ": " + std::strerror(saved);
+        return false;
+    }
+    // The rename is durable only once the directory entry is.
+    int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir_fd >= 0) {
+        ::fsync(dir_fd);
+        ::close(dir_fd);
+    }
+    stored_version_ = next.version;
+    return true;
+}
+
+}  // namespace bg

@@ -1,0 +1,278 @@
+#include "routing_state.hpp"
+
+#include <boost/json.hpp>
+#include <chrono>
+#include <ctime>
+#include <sstream>
+
+namespace bg {
+
+namespace json = boost::json;
+
+AdminState RoutingState::admin_state(const std::string& backend) const {
+    auto it = admin.find(backend);
+    return it == admin.end() ? AdminState::ready : it->second;
+}
+
+std::optional<Colour> RoutingState::sole_colour() const {
+    for (Colour c : all_colours) {
+        if (weight(c) == 10000) {
+            return c;
+        }
+    }
+    return std::nullopt;
+}
+
+RoutingState initial_state(const Config& config) {
+    RoutingState state;
+    state.weight_bp = {config.blue_weight_bp, config.green_weight_bp};
+    state.stable = config.green_weight_bp > config.blue_weight_bp ? Colour::green : Colour::blue;
+    state.changed_at = now_iso8601();
+    state.changed_by = "config";
+    state.command = "start";
+    return state;
+}
+
+std::string now_iso8601() {
+    using namespace std::chrono;
+    auto now = system_clock::now();
+    std::time_t t = system_clock::to_time_t(now);
+    auto ms = duration_cast<milliseconds>(now.time_since_epoch()).count() % 1000;
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char text[64];
+    std::snprintf(text, sizeof(text), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+    return text;
+}
+
+std::string format_percent(std::uint32_t bp) {
+    std::string text = std::to_string(bp / 100);
+    if (bp % 100 != 0) {
+        char decimals[4];
+        std::snprintf(decimals, sizeof(decimals), "%02u", bp % 100);
+        std::string d = decimals;
+        if (d.back() == '0') {
+            d.pop_back();
+        }
+        text += "." + d;
+    }
+    return text;
+}
+
+json::value percent_json(std::uint32_t bp) {
+    if (bp % 100 == 0) {
+        return json::value(static_cast<std::int64_t>(bp / 100));
+    }
+    return json::value(bp / 100.0);
+}
+
+json::object to_json(const RoutingState& state) {
+    json::object out;
+    out["format"] = 1;
+    out["version"] = state.version;
+    out["weights"] = json::object{{"blue", state.weight(Colour::blue)},
+                                  {"green", state.weight(Colour::green)}};
+    out["stable"] = to_string(state.stable);
+    json::array failed;
+    for (Colour c : all_colours) {
+        if (state.failed[index_of(c)]) {
+            failed.emplace_back(to_string(c));
+        }
+    }
+    out["failed"] = std::move(failed);
+    json::object admin;
+    for (const auto& [name, value] : state.admin) {
+        admin[name] = to_string(value);
+    }
+    out["admin"] = std::move(admin);
+    if (state.ramp) {
+        out["ramp"] = json::object{{"colour", to_string(state.ramp->colour)},
+                                   {"to", state.ramp->to_bp},
+                                   {"step", state.ramp->step_bp},
+                                   {"every_ms", state.ramp->every.count()},
+                                   {"paused", state.ramp->paused}};
+    } else {
+        out["ramp"] = nullptr;
+    }
+    out["changed_at"] = state.changed_at;
+    out["changed_by"] = state.changed_by;
+    out["command"] = state.command;
+    return out;
+}
+
+namespace {
+
+std::optional<Colour> colour_named(std::string_view name) {
+    if (name == "blue") {
+        return Colour::blue;
+    }
+    if (name == "green") {
+        return Colour::green;
+    }
+    return std::nullopt;
+}
+
+std::optional<AdminState> admin_named(std::string_view name) {
+    if (name == "ready") {
+        return AdminState::ready;
+    }
+    if (name == "drain") {
+        return AdminState::drain;
+    }
+    if (name == "maint") {
+        return AdminState::maint;
+    }
+    return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<RoutingState> routing_state_from_json(const json::value& value, std::string& error) {
+    try {
+        const json::object& in = value.as_object();
+        if (in.at("format").to_number<int>() != 1) {
+            error = "unknown state format";
+            return std::nullopt;
+        }
+        RoutingState state;
+        state.version = in.at("version").to_number<std::uint64_t>();
+        const json::object& weights = in.at("weights").as_object();
+        state.weight_bp = {weights.at("blue").to_number<std::uint32_t>(),
+                           weights.at("green").to_number<std::uint32_t>()};
+        if (state.weight_bp[0] + state.weight_bp[1] != 10000) {
+            error = "weights do not sum to 10000 basis points";
+            return std::nullopt;
+        }
+        auto stable = colour_named(in.at("stable").as_string());
+        if (!stable) {
+            error = "stable is not blue or green";
+            return std::nullopt;
+        }
+        state.stable = *stable;
+        for (const auto& item : in.at("failed").as_array()) {
+            auto c = colour_named(item.as_string());
+            if (!c) {
+                error = "failed names an unknown colour";
+                return std::nullopt;
+            }
+            state.failed[index_of(*c)] = true;
+        }
+        for (const auto& [name, admin] : in.at("admin").as_object()) {
+            auto a = admin_named(admin.as_string());
+            if (!a) {
+                error = "unknown admin state for " + std::string(name);
+                return std::nullopt;
+            }
+            state.admin[std::string(name)] = *a;
+        }
+        if (!in.at("ramp").is_null()) {
+            const json::object& r = in.at("ramp").as_object();
+            RampState ramp;
+            auto c = colour_named(r.at("colour").as_string());
+            if (!c) {
+                error = "ramp names an unknown colour";
+                return std::nullopt;
+            }
+            ramp.colour = *c;
+            ramp.to_bp = r.at("to").to_number<std::uint32_t>();
+            ramp.step_bp = r.at("step").to_number<std::uint32_t>();
+            ramp.every = Duration(r.at("every_ms").to_number<std::int64_t>());
+            ramp.paused = r.at("paused").as_bool();
+            if (ramp.to_bp > 10000 || ramp.step_bp == 0 || ramp.step_bp > 10000 ||
+                ramp.every.count() <= 0) {
+                error = "ramp values out of range";
+                return std::nullopt;
+            }
+            state.ramp = ramp;
+        }
+        state.changed_at = std::string(in.at("changed_at").as_string());
+        state.changed_by = std::string(in.at("changed_by").as_string());
+        state.command = std::string(in.at("command").as_string());
+        return state;
+    } catch (const std::exception& e) {
+        error = std::string("missing or mistyped field: ") + e.what();
+        return std::nullopt;
+    }
+}
+
+std::string describe_change(const RoutingState& before, const RoutingState& after) {
+    std::ostringstream out;
+    auto sep = [&out, first = true]() mutable {
+        if (!first) {
+            out << ", ";
+        }
+        first = false;
+    };
+    for (Colour c : all_colours) {
+        if (before.weight(c) != after.weight(c)) {
+            sep();
+            out << to_string(c) << ' ' << format_percent(before.weight(c)) << "% -> "
+                << format_percent(after.weight(c)) << '%';
+        }
+    }
+    if (before.stable != after.stable) {
+        sep();
+        out << "stable " << to_string(before.stable) << " -> " << to_string(after.stable);
+    }
+    for (Colour c : all_colours) {
+        if (before.failed[index_of(c)] != after.failed[index_of(c)]) {
+            sep();
+            out << to_string(c) << (after.failed[index_of(c)] ? " marked failed" : " failed mark cleared");
+        }
+    }
+    std::map<std::string, bool> names;
+    for (const auto& [name, _] : before.admin) {
+        names[name] = true;
+    }
+    for (const auto& [name, _] : after.admin) {
+        names[name] = true;
+    }
+    for (const auto& [name, _] : names) {
+        AdminState a = before.admin_state(name);
+        AdminState b = after.admin_state(name);
+        if (a != b) {
+            sep();
+            out << name << ' ' << to_string(a) << " -> " << to_string(b);
+        }
+    }
+    if (before.ramp.has_value() != after.ramp.has_value() ||
+        (before.ramp && after.ramp && before.ramp->paused != after.ramp->paused)) {
+        sep();
+        if (!after.ramp) {
+            out << "ramp ended";
+        } else if (!before.ramp) {
+            out << "ramp " << to_string(after.ramp->colour) << " to "
+                << format_percent(after.ramp->to_bp) << "% by " << format_percent(after.ramp->step_bp)
+                << "% every " << after.ramp->every.count() << "ms";
+        } else {
+            out << (after.ramp->paused ? "ramp paused" : "ramp resumed");
+        }
+    }
+    std::string text = out.str();
+    return text.empty() ? "no change" : text;
+}
+
+std::uint32_t BackendIds::id_of(const std::string& name) {
+    auto [it, inserted] = ids_.try_emplace(name, static_cast<std::uint32_t>(ids_.size()));
+    return it->second;
+}
+
+RoutingTablePtr build_table(const Config& config, const RoutingState& state, BackendIds& ids,
+                            const std::map<std::string, bool>& healthy) {
+    std::array<ColourPool, 2> pools;
+    for (Colour colour : all_colours) {
+        const PoolConfig& source = colour == Colour::blue ? config.blue : config.green;
+        ColourPool& pool = pools[index_of(colour)];
+        pool.weight_bp = state.weight(colour);
+        for (const auto& backend : source.backends) {
+            auto health = healthy.find(backend.name);
+            pool.backends.push_back(Backend{ids.id_of(backend.name), backend.name, colour,
+                                            backend.address, state.admin_state(backend.name),
+                                            health == healthy.end() || health->second});
+        }
+    }
+    return std::make_shared<const RoutingTable>(state.version, std::move(pools));
+}
+
+}  // namespace bg

@@ -1,0 +1,73 @@
+#pragma once
+// RoutingState: the operator-controlled state of a release, the thing the state file keeps.
+// Weights, the stable (last known good) colour, failed marks, per-backend admin states and the
+// ramp in progress. The RoutingTable the data plane reads is derived from it and the config.
+
+#include <array>
+#include <boost/json/value.hpp>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
+#include "config.hpp"
+#include "routing_table.hpp"
+
+namespace bg {
+
+struct RampState {
+    Colour colour = Colour::green;  // the colour gaining weight
+    std::uint32_t to_bp = 10000;
+    std::uint32_t step_bp = 1000;
+    Duration every{std::chrono::seconds(30)};
+    bool paused = false;
+};
+
+struct RoutingState {
+    std::uint64_t version = 1;
+    std::array<std::uint32_t, 2> weight_bp{10000, 0};
+    Colour stable = Colour::blue;
+    std::array<bool, 2> failed{false, false};
+    std::map<std::string, AdminState> admin;  // backends not in the map are ready
+    std::optional<RampState> ramp;
+    std::string changed_at;  // ISO 8601 UTC
+    std::string changed_by;  // "uid 1000 pid 4242", "config", "ramp"
+    std::string command;     // what made this version
+
+    std::uint32_t weight(Colour c) const { return weight_bp[index_of(c)]; }
+    AdminState admin_state(const std::string& backend) const;
+    // The colour with all traffic, if one has it.
+    std::optional<Colour> sole_colour() const;
+};
+
+// The state of a proxy with no state file: the config's weights; the colour with the larger
+// weight (blue on a tie) is the stable one.
+RoutingState initial_state(const Config& config);
+
+boost::json::object to_json(const RoutingState& state);
+std::optional<RoutingState> routing_state_from_json(const boost::json::value& json,
+                                                    std::string& error);
+
+// "blue 90% -> 80%, green 10% -> 20%, blue-2 ready -> drain": what changes between two states.
+std::string describe_change(const RoutingState& before, const RoutingState& after);
+std::string format_percent(std::uint32_t bp);  // 1250 -> "12.5"
+boost::json::value percent_json(std::uint32_t bp);  // 9000 -> 90, 1250 -> 12.5
+
+// Gives each backend name a process-wide stable id (indexes per-worker arrays).
+class BackendIds {
+public:
+    std::uint32_t id_of(const std::string& name);
+
+private:
+    std::unordered_map<std::string, std::uint32_t> ids_;
+};
+
+// The table for the data plane: backends from the config, admin states and weights from the
+// state, health from `unhealthy` (names of backends failing their checks).
+RoutingTablePtr build_table(const Config& config, const RoutingState& state, BackendIds& ids,
+                            const std::map<std::string, bool>& healthy = {});
+
+std::string now_iso8601();
+
+}  // namespace bg

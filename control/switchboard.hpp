@@ -1,0 +1,97 @@
+#pragma once
+// Switchboard: the only writer of routing state. Control thread only.
+//
+// Every change goes the same way: validate, stage the next state, persist it, publish the new
+// table to every worker and wait until all have it, audit, reply. Commands are serialized: one
+// is in that pipeline at a time, the others wait their turn. Nothing is half-applied.
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/json/object.hpp>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "access.hpp"
+#include "audit_log.hpp"
+#include "command.hpp"
+#include "config.hpp"
+#include "routing_state.hpp"
+#include "state_store.hpp"
+#include "table_publisher.hpp"
+
+namespace bg {
+
+class Switchboard {
+public:
+    using Reply = std::function<void(const boost::json::object&)>;
+    using Watcher = std::function<void(const boost::json::object&)>;
+
+    Switchboard(boost::asio::any_io_executor executor, std::shared_ptr<const Config> config,
+                std::string config_path, StateStore& store, AuditLog& audit);
+
+    // Loads the stored state, or starts from the config's when nothing is stored (and stores
+    // it). False, with a message, when the stored state cannot be read: never a silent reset.
+    bool load(std::string& error);
+    RoutingTablePtr table() const { return table_; }
+    const RoutingState& state() const { return state_; }
+    const std::shared_ptr<const Config>& config() const { return config_; }
+
+    // Connects the data plane and resumes a ramp that was in progress at the last stop.
+    void attach(TablePublisher& publisher);
+
+    // Runs one protocol line for the caller; `reply` gets the one-line JSON answer.
+    void execute(const Caller& caller, std::string line, Reply reply);
+    // SIGHUP: a reload by the process itself.
+    void reload_from_signal();
+
+    std::uint64_t subscribe(Watcher watcher);
+    void unsubscribe(std::uint64_t id);
+
+private:
+    struct Job {
+        Caller caller;
+        std::string line;
+        Reply reply;
+        bool internal = false;  // a ramp step or a signal: no role check
+    };
+    struct Staged {
+        RoutingState next;
+        std::shared_ptr<const Config> config;  // a reload's new config, else the current one
+        std::string note;                      // said in the reply (reconciliation, ramp...)
+        std::string kind;                      // switch kind for watch and metrics
+    };
+
+    void run_next();
+    void run(Job job);
+    void finish(Job& job, const boost::json::object& reply);
+    // Computes the next state for a state-changing command, or an error message.
+    std::string stage(const Command& cmd, const Caller& caller, Staged& out);
+    std::string stage_reload(Staged& out);
+    void commit(Job job, Command cmd, Staged staged);
+    void reply_status(Job job);
+    boost::json::object audit_record(const Job& job, const char* result,
+                                     const RoutingState* after, const std::string& error) const;
+    void broadcast(const boost::json::object& event);
+    void arm_ramp_timer();
+    void ramp_tick();
+
+    boost::asio::any_io_executor executor_;
+    std::shared_ptr<const Config> config_;
+    std::string config_path_;
+    StateStore& store_;
+    AuditLog& audit_;
+    TablePublisher* publisher_ = nullptr;
+    RoutingState state_;
+    RoutingTablePtr table_;
+    BackendIds ids_;
+    std::deque<Job> queue_;
+    bool busy_ = false;
+    boost::asio::steady_timer ramp_timer_;
+    std::map<std::uint64_t, Watcher> watchers_;
+    std::uint64_t next_watcher_ = 1;
+};
+
+}  // namespace bg

@@ -1,0 +1,30 @@
+#pragma once
+// How the control plane hands routing tables to the data plane, and reads its load back.
+// Defined on the data-plane side so the data plane never includes control/.
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "config.hpp"
+#include "routing_table.hpp"
+
+namespace bg {
+
+struct DataPlaneLoad {
+    std::vector<std::uint32_t> in_flight;  // by backend id, summed over workers
+    std::vector<std::uint32_t> upgraded;   // open tunnels by backend id
+};
+
+class TablePublisher {
+public:
+    virtual ~TablePublisher() = default;
+    // Every worker uses `table` (and `config`) for requests that start after it arrives;
+    // `on_applied` runs on the publisher's completion executor once all workers have it.
+    virtual void publish(RoutingTablePtr table, std::shared_ptr<const Config> config,
+                         std::function<void()> on_applied) = 0;
+    virtual void gather_load(std::function<void(DataPlaneLoad)> done) = 0;
+};
+
+}  // namespace bg

@@ -1,0 +1,86 @@
+#include "worker_group.hpp"
+
+#include <boost/asio/post.hpp>
+
+namespace bg {
+
+namespace asio = boost::asio;
+
+WorkerGroup::WorkerGroup(asio::any_io_executor completions, unsigned count,
+                         std::shared_ptr<const Config> config, RoutingTablePtr table)
+    : completions_(std::move(completions)) {
+    for (unsigned i = 0; i < count; ++i) {
+        workers_.push_back(std::make_unique<Worker>(i, config, table));
+    }
+}
+
+bool WorkerGroup::bind(std::string& error) {
+    for (auto& worker : workers_) {
+        if (!worker->bind(ports_, error)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+void WorkerGroup::start() {
+    for (auto& worker : workers_) {
+        worker->start();
+    }
+}
+
+void WorkerGroup::begin_shutdown() {
+    for (auto& worker : workers_) {
+        worker->begin_shutdown();
+    }
+}
+
+void WorkerGroup::join() {
+    for (auto& worker : workers_) {
+        worker->join();
+    }
+}
+
+void WorkerGroup::publish(RoutingTablePtr table, std::shared_ptr<const Config> config,
+                          std::function<void()> on_applied) {
+    // The countdown lives on the completion executor only: each worker posts its ack there.
+    auto remaining = std::make_shared<std::size_t>(workers_.size());
+    auto done = std::make_shared<std::function<void()>>(std::move(on_applied));
+    for (auto& worker : workers_) {
+        worker->apply(table, config, [completions = completions_, remaining, done] {
+            asio::post(completions, [remaining, done] {
+                if (--*remaining == 0) {
+                    (*done)();
+                }
+            });
+        });
+    }
+}
+
+void WorkerGroup::gather_load(std::function<void(DataPlaneLoad)> done) {
+    auto total = std::make_shared<DataPlaneLoad>();
+    auto remaining = std::make_shared<std::size_t>(workers_.size());
+    auto callback = std::make_shared<std::function<void(DataPlaneLoad)>>(std::move(done));
+    for (auto& worker : workers_) {
+        worker->report_load([completions = completions_, total, remaining,
+                             callback](DataPlaneLoad part) {
+            asio::post(completions, [total, remaining, callback, part = std::move(part)] {
+                auto add = [](std::vector<std::uint32_t>& into, const std::vector<std::uint32_t>& from) {
+                    if (into.size() < from.size()) {
+                        into.resize(from.size(), 0);
+                    }
+                    for (std::size_t i = 0; i < from.size(); ++i) {
+                        into[i] += from[i];
+                    }
+                };
+                add(total->in_flight, part.in_flight);
+                add(total->upgraded, part.upgraded);
+                if (--*remaining == 0) {
+                    (*callback)(std::move(*total));
+                }
+            });
+        });
+    }
+}
+
+}  // namespace bg

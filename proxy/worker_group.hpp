@@ -1,0 +1,38 @@
+#pragma once
+// WorkerGroup: the data plane's workers as one TablePublisher.
+
+#include <boost/asio/any_io_executor.hpp>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "table_publisher.hpp"
+#include "worker.hpp"
+
+namespace bg {
+
+class WorkerGroup final : public TablePublisher {
+public:
+    // Completions (publish acknowledgements, gathered load) run on `completions`.
+    WorkerGroup(boost::asio::any_io_executor completions, unsigned count,
+                std::shared_ptr<const Config> config, RoutingTablePtr table);
+
+    // Binds every worker's listeners; false with a message when one cannot be bound.
+    bool bind(std::string& error);
+    const std::vector<std::uint16_t>& ports() const { return ports_; }
+    void start();
+    void begin_shutdown();
+    void join();
+    std::size_t size() const { return workers_.size(); }
+
+    void publish(RoutingTablePtr table, std::shared_ptr<const Config> config,
+                 std::function<void()> on_applied) override;
+    void gather_load(std::function<void(DataPlaneLoad)> done) override;
+
+private:
+    boost::asio::any_io_executor completions_;
+    std::vector<std::unique_ptr<Worker>> workers_;
+    std::vector<std::uint16_t> ports_;
+};
+
+}  // namespace bg

@@ -1,0 +1,170 @@
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/json.hpp>
+#include <filesystem>
+#include <fstream>
+
+#include "audit_log.hpp"
+#include "state_store.hpp"
+#include "switchboard.hpp"
+
+namespace fs = std::filesystem;
+namespace json = boost::json;
+
+namespace {
+
+struct TempDir {
+    fs::path path;
+    TempDir() {
+        char name[] = "/tmp/bgproxy-test-XXXXXX";
+        path = ::mkdtemp(name);
+    }
+    ~TempDir() { fs::remove_all(path); }
+};
+
+bg::Config two_by_two() {
+    auto result = bg::parse_config(R"(
+[[listener]]
+address = "127.0.0.1:0"
+[pools.blue]
+backends = [{ name = "blue-1", address = "127.0.0.1:1" }, { name = "blue-2", address = "127.0.0.1:2" }]
+[pools.green]
+backends = [{ name = "green-1", address = "127.0.0.1:3" }]
+)",
+                                   "t");
+    REQUIRE(result.errors.empty());
+    return *result.config;
+}
+
+// A Switchboard with no data plane attached: changes apply as soon as they are persisted.
+struct Fixture {
+    TempDir dir;
+    boost::asio::io_context io;
+    bg::FileStateStore store{(dir.path / "state.json").string()};
+    bg::AuditLog audit{(dir.path / "audit.log").string()};
+    bg::Switchboard board;
+    bg::Caller operator_{1000, 1000, 42, bg::Role::operate};
+
+    Fixture()
+        : board(io.get_executor(), std::make_shared<const bg::Config>(two_by_two()), "", store, audit) {
+        std::string error;
+        REQUIRE(audit.open(error));
+        REQUIRE(board.load(error));
+    }
+
+    json::object run(const std::string& line, bg::Caller caller) {
+        json::object reply;
+        board.execute(caller, line, [&reply](const json::object& r) { reply = r; });
+        io.run();
+        io.restart();
+        return reply;
+    }
+    json::object run(const std::string& line) { return run(line, operator_); }
+};
+
+}  // namespace
+
+TEST_CASE("flip, promote, rollback move weights and the stable colour") {
+    Fixture f;
+    CHECK(f.board.state().stable == bg::Colour::blue);
+    auto reply = f.run("flip");
+    CHECK(reply.at("ok").as_bool());
+    CHECK(f.board.state().weight(bg::Colour::green) == 10000);
+    CHECK(f.board.state().stable == bg::Colour::blue);  // the old colour is the fallback
+    CHECK(f.board.state().version == 2);
+    CHECK(f.run("rollback").at("ok").as_bool());
+    CHECK(f.board.state().weight(bg::Colour::blue) == 10000);
+    f.run("flip");
+    CHECK(f.run("promote").at("ok").as_bool());
+    CHECK(f.board.state().stable == bg::Colour::green);
+    f.run("set green=50");
+    auto refused = f.run("flip");
+    CHECK_FALSE(refused.at("ok").as_bool());
+    CHECK(std::string(refused.at("error").as_string()).find("nothing changed") != std::string::npos);
+    CHECK_FALSE(f.run("promote").at("ok").as_bool());
+}
+
+TEST_CASE("a refused or dry-run command changes nothing") {
+    Fixture f;
+    const auto version = f.board.state().version;
+    CHECK_FALSE(f.run("drain nope").at("ok").as_bool());
+    CHECK_FALSE(f.run("set blue=1 green=1").at("ok").as_bool());
+    auto dry = f.run("set green=30 --dry-run");
+    CHECK(dry.at("dry_run").as_bool());
+    CHECK(std::string(dry.at("change").as_string()) == "blue 100% -> 70%, green 0% -> 30%");
+    CHECK(f.board.state().version == version);
+    CHECK(f.board.state().weight(bg::Colour::green) == 0);
+}
+
+TEST_CASE("roles: read may look, not change; refusals are audited") {
+    Fixture f;
+    bg::Caller reader{2000, 2000, 7, bg::Role::read};
+    CHECK(f.run("status", reader).at("ok").as_bool());
+    auto refused = f.run("flip", reader);
+    CHECK_FALSE(refused.at("ok").as_bool());
+    CHECK(std::string(refused.at("error").as_string()).find("needs the operate role") != std::string::npos);
+    CHECK(f.board.state().weight(bg::Colour::blue) == 10000);
+    auto last = f.audit.last(1);
+    REQUIRE(last.size() == 1);
+    auto record = json::parse(last.front()).as_object();
+    CHECK(record.at("result").as_string() == "refused");
+    CHECK(record.at("uid").to_number<int>() == 2000);
+}
+
+TEST_CASE("state survives a restart and a corrupt file is an error, not a reset") {
+    TempDir dir;
+    auto path = (dir.path / "state.json").string();
+    {
+        Fixture f;
+        f.run("set green=25");
+        f.run("drain blue-2");
+        fs::copy_file(f.dir.path / "state.json", path);
+    }
+    boost::asio::io_context io;
+    bg::FileStateStore store(path);
+    bg::AuditLog audit("");
+    bg::Switchboard board(io.get_executor(), std::make_shared<const bg::Config>(two_by_two()), "",
+                          store, audit);
+    std::string error;
+    REQUIRE(board.load(error));
+    CHECK(board.state().weight(bg::Colour::green) == 2500);
+    CHECK(board.state().admin_state("blue-2") == bg::AdminState::drain);
+    CHECK(board.table()->pool(bg::Colour::blue).eligible.size() == 1);
+
+    std::ofstream(path) << "{\"format\":1,\"version\":";
+    bg::FileStateStore broken(path);
+    auto loaded = broken.load();
+    CHECK_FALSE(loaded.state.has_value());
+    CHECK(loaded.error.find("not valid JSON") != std::string::npos);
+}
+
+TEST_CASE("the store refuses a save derived from a version it no longer has") {
+    TempDir dir;
+    bg::FileStateStore store((dir.path / "s.json").string());
+    CHECK_FALSE(store.load().state.has_value());
+    bg::RoutingState state;
+    std::string error;
+    CHECK(store.save(state, 0, error));
+    state.version = 2;
+    CHECK(store.save(state, 1, error));
+    state.version = 3;
+    CHECK_FALSE(store.save(state, 1, error));
+    CHECK(error.find("changed underneath") != std::string::npos);
+}
+
+TEST_CASE("a ramp takes its first step at once and ends at its target") {
+    Fixture f;
+    auto reply = f.run("ramp green to=30 step=10 every=100ms");
+    CHECK(reply.at("ok").as_bool());
+    CHECK(f.board.state().weight(bg::Colour::green) == 1000);
+    REQUIRE(f.board.state().ramp.has_value());
+    CHECK_FALSE(f.run("ramp green to=10 step=10 every=1s").at("ok").as_bool());  // already there
+    CHECK(f.run("ramp pause").at("ok").as_bool());
+    CHECK(f.board.state().ramp->paused);
+    CHECK(f.run("ramp abort").at("ok").as_bool());
+    CHECK_FALSE(f.board.state().ramp.has_value());
+    CHECK(f.board.state().weight(bg::Colour::green) == 1000);
+    CHECK_FALSE(f.run("ramp resume").at("ok").as_bool());
+}
