@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-scripts/build.sh release --target bgproxy bg-backend
+scripts/build.sh release --target bgproxy bg-backend bgctl
 
 pids=()
 cleanup() {
@@ -24,9 +24,13 @@ pids+=($!)
 sleep 1
 cat <<MSG
 
-bgproxy is running on conf/bgproxy.toml:
-  curl http://127.0.0.1:8080/            # answered by blue-1 or blue-2 (blue takes 100%)
+bgproxy is running on conf/bgproxy.toml (state, audit log and control socket in /tmp/bgproxy-demo):
+  curl http://127.0.0.1:8080/            # answered by blue-1 or blue-2
   curl -i http://127.0.0.1:8080/headers  # what a backend receives (X-Forwarded-*)
+In another terminal, from $(pwd):
+  export BGCTL_SOCKET=/tmp/bgproxy-demo/control.sock
+  build/control/bgctl status
+  build/control/bgctl ramp green to=100 step=25 every=10s
 Backends: blue-1 :9101, blue-2 :9102, green-1 :9103, green-2 :9104.
 Ctrl-C stops the demo.
 MSG

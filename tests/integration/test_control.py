@@ -1,0 +1,256 @@
+"""The control plane end to end: the real bgproxy, bg-backends and bgctl."""
+import http.client
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+import unittest
+
+from harness import BGCTL, ProcessTestCase, config
+
+
+class Load:
+    """`connections` keep-alive clients sending GETs until stopped; records every request."""
+
+    def __init__(self, port, connections=32):
+        self.port = port
+        self.records = []  # (start, end, backend or None when it failed)
+        self.lock = threading.Lock()
+        self.running = True
+        self.threads = [threading.Thread(target=self.client) for _ in range(connections)]
+        for t in self.threads:
+            t.start()
+
+    def client(self):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        local = []
+        deadline = time.time() + 120  # bounded whatever happens
+        while self.running and time.time() < deadline:
+            start = time.time()
+            try:
+                conn.request("GET", "/")
+                r = conn.getresponse()
+                body = r.read()
+                backend = r.getheader("X-Backend") if r.status == 200 else None
+                if backend is None:
+                    print("failed request: %d %r" % (r.status, body[:200]))
+            except (OSError, http.client.HTTPException) as e:
+                print("failed request: %r" % e)
+                backend = None
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            local.append((start, time.time(), backend))
+        conn.close()
+        with self.lock:
+            self.records.extend(local)
+
+    def stop(self):
+        self.running = False
+        for t in self.threads:
+            t.join()
+        return sorted(self.records)
+
+
+class ControlTest(ProcessTestCase):
+    def two_by_two(self, weights=(100, 0), extra=""):
+        self.blue = [self.backend("blue-1"), self.backend("blue-2")]
+        self.green = [self.backend("green-1"), self.backend("green-2")]
+        return config(self.blue, self.green, weights=weights, extra=extra)
+
+    def test_20_flips_under_load_fail_nothing_and_switch_at_the_ack(self):
+        proxy = self.proxy(self.two_by_two())
+        load = Load(proxy.port, connections=32)
+        time.sleep(0.5)
+        flips = []  # (sent, acknowledged, colour now taking traffic)
+        colour = "blue"
+        for _ in range(20):
+            sent = time.time()
+            r = proxy.bgctl("flip")
+            acked = time.time()
+            self.assertEqual(r.returncode, 0, r.stderr)
+            colour = "green" if colour == "blue" else "blue"
+            flips.append((sent, acked, colour))
+            time.sleep(0.15)
+        time.sleep(0.3)
+        records = load.stop()
+        failed = [r for r in records if r[2] is None]
+        wrong = 0
+        checked = 0
+        for start, end, backend in records:
+            if backend is None:
+                continue
+            # A request that started after flip i was acknowledged and was over before flip i+1
+            # was sent can only have been routed by flip i's table.
+            for i, (sent, acked, col) in enumerate(flips):
+                next_sent = flips[i + 1][0] if i + 1 < len(flips) else float("inf")
+                if acked < start and end < next_sent:
+                    checked += 1
+                    if not backend.startswith(col):
+                        wrong += 1
+                        print("wrong: flip %d acked %.4f s before the request started; got %s"
+                              % (i, start - acked, backend))
+                    break
+        print("20 flips under 32 connections: %d requests, %d failed, %d checked after an ack, "
+              "%d on the old colour" % (len(records), len(failed), checked, wrong))
+        self.assertEqual(len(failed), 0)
+        self.assertGreater(checked, 1000)
+        self.assertEqual(wrong, 0)
+
+    def test_ramp_0_to_100_in_10_steps_matches_each_step(self):
+        proxy = self.proxy(self.two_by_two())
+        watch = subprocess.Popen([BGCTL, "--socket", proxy.socket, "--json", "watch"],
+                                 stdout=subprocess.PIPE, text=True)
+        self.assertIn('"watching":true', watch.stdout.readline())
+        events = []  # (received at, green weight)
+
+        def read_events():
+            for line in watch.stdout:
+                e = json.loads(line)
+                events.append((time.time(), e["weights"]["green"]))
+
+        reader = threading.Thread(target=read_events)
+        reader.start()
+        load = Load(proxy.port, connections=8)
+        time.sleep(0.3)
+        r = proxy.bgctl("ramp", "green", "to=100", "step=10", "every=1500ms")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        deadline = time.time() + 30
+        while time.time() < deadline and proxy.status()["ramp"] is not None:
+            time.sleep(0.2)
+        time.sleep(0.5)
+        records = load.stop()
+        watch.terminate()
+        watch.wait(5)
+        reader.join()
+        watch.stdout.close()
+        self.assertEqual([w for _, w in events], [10, 20, 30, 40, 50, 60, 70, 80, 90, 100])
+        for i, (at, target) in enumerate(events[:-1]):
+            until = events[i + 1][0]
+            window = [b for s, _, b in records if at + 0.02 < s < until - 0.05 and b]
+            share = 100.0 * sum(1 for b in window if b.startswith("green")) / len(window)
+            print("step %d: target %d%%, measured %.2f%% over %d requests" % (i + 1, target, share, len(window)))
+            self.assertGreater(len(window), 100)
+            self.assertAlmostEqual(share, target, delta=2.0)
+        self.assertFalse([r for r in records if r[2] is None])
+
+    def test_state_survives_kill_9_right_after_the_ack_20_times(self):
+        text = self.two_by_two()
+        state_dir = os.path.join(self.start_dir(), "")
+        proxy = self.proxy(text, state_dir=state_dir)
+        rng = random.Random(7)
+        for round_ in range(20):
+            green = rng.choice([0, 5, 12.5, 33, 50, 75.25, 90, 100])
+            backend = rng.choice(["blue-1", "blue-2", "green-1", "green-2"])
+            admin = rng.choice(["drain", "maint", "ready"])
+            self.assertEqual(proxy.bgctl("set", "green=%s" % green).returncode, 0)
+            self.assertEqual(proxy.bgctl(admin, backend).returncode, 0)
+            proxy.signal(signal.SIGKILL)
+            proxy.wait(5)
+            proxy.stop()
+            self.processes.remove(proxy)
+            proxy = self.proxy(text, state_dir=state_dir)
+            s = proxy.status()
+            self.assertEqual(s["colours"]["green"]["weight"], green, "round %d" % round_)
+            admins = {b["name"]: b["admin"] for c in ("blue", "green") for b in s["colours"][c]["backends"]}
+            self.assertEqual(admins[backend], admin, "round %d" % round_)
+        print("20 rounds of kill -9 after acknowledged commands: state kept every time")
+
+    def start_dir(self):
+        import tempfile, shutil
+        d = tempfile.mkdtemp(prefix="bgproxy-state-")
+        self.addCleanup(shutil.rmtree, d, True)
+        return d
+
+    def raw_command(self, proxy, data, timeout=5):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(timeout)
+            s.connect(proxy.socket)
+            try:
+                s.sendall(data)
+            except BrokenPipeError:
+                pass  # an over-long line: the proxy replied and closed before we finished
+            out = b""
+            while not out.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+            return json.loads(out.decode())
+
+    def test_malformed_commands_get_clear_errors_and_change_nothing(self):
+        proxy = self.proxy(self.two_by_two())
+        before = proxy.status()["version"]
+        cases = [
+            (b"frobnicate\n", "unknown command"),
+            (b"set blue=60 green=30\n", "sum to 100"),
+            (b"drain no-such-backend\n", "unknown backend"),
+            (b"\x00\xff\x13garbage\n", "non-printable"),
+            (b"ramp green to=100\n", "usage"),
+            (b"set " + b"g" * (1024 * 1024) + b"\n", "longer than"),
+        ]
+        for data, expected in cases:
+            with self.subTest(data[:30]):
+                reply = self.raw_command(proxy, data)
+                self.assertFalse(reply["ok"])
+                self.assertIn(expected, reply["error"])
+                self.assertIn("nothing changed", reply["error"])
+        for args, expected in ((["set", "green=abc"], "percentage"), (["ready", "nope"], "unknown backend")):
+            r = proxy.bgctl(*args)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn(expected, r.stderr)
+        self.assertEqual(proxy.bgctl("no-such-verb").returncode, 2)
+        self.assertEqual(proxy.status()["version"], before)
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root to run bgctl as another uid (setpriv)")
+    def test_a_uid_outside_the_allow_list_may_read_but_not_change(self):
+        proxy = self.proxy(self.two_by_two(extra='[control]\nsocket_mode = "0666"\n'))
+        os.chmod(proxy.dir, 0o755)
+        nobody = 65534
+        r = proxy.bgctl("status", user=nobody)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = proxy.bgctl("flip", user=nobody)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("needs the operate role", r.stderr)
+        self.assertEqual(proxy.status()["colours"]["blue"]["weight"], 100)
+        with open(proxy.audit_log) as f:
+            last = json.loads(f.read().splitlines()[-1])
+        self.assertEqual((last["uid"], last["result"], last["command"]), (nobody, "refused", "flip"))
+        # The socket's mode is the first gate: 0660 keeps others out entirely.
+        proxy2 = self.proxy(self.two_by_two())
+        os.chmod(proxy2.dir, 0o755)
+        self.assertEqual(proxy2.bgctl("status", user=nobody).returncode, 3)
+
+    def test_reload_refuses_a_broken_config_and_applies_a_valid_one(self):
+        proxy = self.proxy(self.two_by_two())
+        before = proxy.status()
+        with open(proxy.config_path) as f:
+            good = f.read()
+        with open(proxy.config_path, "w") as f:
+            f.write(good + "\n[limits]\nmax_request_line = 1\n")
+        r = proxy.bgctl("reload")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("bgproxy.toml:", r.stderr)
+        self.assertEqual(proxy.status()["version"], before["version"])
+        extra = self.backend("green-3")
+        with open(proxy.config_path, "w") as f:
+            f.write(good.replace('{ name = "green-2"', '{ name = "green-3", address = "%s" }, { name = "green-2"' % extra.address))
+        r = proxy.bgctl("reload")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        names = [b["name"] for b in proxy.status()["colours"]["green"]["backends"]]
+        self.assertEqual(names, ["green-1", "green-3", "green-2"])
+        # SIGHUP does the same.
+        with open(proxy.config_path, "w") as f:
+            f.write(good)
+        proxy.signal(signal.SIGHUP)
+        deadline = time.time() + 5
+        while time.time() < deadline and len(proxy.status()["colours"]["green"]["backends"]) != 2:
+            time.sleep(0.1)
+        self.assertEqual(len(proxy.status()["colours"]["green"]["backends"]), 2)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
