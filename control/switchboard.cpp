@@ -16,6 +16,7 @@ namespace {
 
 constexpr std::string_view ramp_step_line = "ramp step";
 constexpr std::string_view sighup_line = "reload";
+constexpr std::string_view health_line = "health";
 
 json::object weights_json(const RoutingState& state) {
     return json::object{{"blue", percent_json(state.weight(Colour::blue))},
@@ -88,8 +89,67 @@ bool Switchboard::load(std::string& error) {
             return false;
         }
     }
-    table_ = build_table(*config_, state_, ids_);
+    table_ = build_table(*config_, state_, ids_, health_);
     return true;
+}
+
+void Switchboard::on_health(const std::string& backend, bool healthy, const std::string& why) {
+    Caller self;
+    self.uid = static_cast<std::uint32_t>(::geteuid());
+    self.pid = static_cast<std::int32_t>(::getpid());
+    self.role = Role::admin;
+    Job job{self, std::string(health_line) + " " + backend + (healthy ? " up: " : " down: ") + why,
+            [](const json::object&) {}, true};
+    job.backend = backend;
+    job.healthy = healthy;
+    queue_.push_back(std::move(job));
+    run_next();
+}
+
+std::array<std::pair<unsigned, unsigned>, 2> Switchboard::colour_health() const {
+    std::array<std::pair<unsigned, unsigned>, 2> out{};
+    for (Colour c : all_colours) {
+        const PoolConfig& pool = c == Colour::blue ? config_->blue : config_->green;
+        for (const auto& b : pool.backends) {
+            auto h = health_.find(b.name);
+            bool healthy = h == health_.end() || h->second;
+            out[index_of(c)].first += healthy && state_.admin_state(b.name) == AdminState::ready ? 1 : 0;
+            out[index_of(c)].second += 1;
+        }
+    }
+    return out;
+}
+
+void Switchboard::handle_health(Job job) {
+    health_[job.backend] = job.healthy;
+    spdlog::info("{}", job.line);
+    broadcast(json::object{{"event", "health"},
+                           {"time", now_iso8601()},
+                           {"backend", job.backend},
+                           {"healthy", job.healthy},
+                           {"change", job.line}});
+    auto counts = colour_health();
+    std::array<ColourHealth, 2> health{ColourHealth{counts[0].first, counts[0].second},
+                                       ColourHealth{counts[1].first, counts[1].second}};
+    GuardDecision decision = evaluate_guard(state_, health, config_->rollout);
+    if (decision.changed) {
+        spdlog::warn("rollout guard: {}", decision.reason);
+        Staged staged{decision.next, config_, decision.reason, decision.kind};
+        std::string name = decision.kind;
+        commit(std::move(job), name, std::move(staged));
+        return;
+    }
+    // Only health changed: a new table, the same routing state.
+    auto table = build_table(*config_, state_, ids_, health_);
+    auto done = [this, job = std::move(job), table]() mutable {
+        table_ = table;
+        finish(job, json::object{{"ok", true}});
+    };
+    if (publisher_ == nullptr) {
+        done();
+    } else {
+        publisher_->publish(table, config_, std::move(done));
+    }
 }
 
 void Switchboard::attach(TablePublisher& publisher) {
@@ -168,6 +228,10 @@ json::object Switchboard::audit_record(const Job& job, const char* result, const
 }
 
 void Switchboard::run(Job job) {
+    if (job.internal && !job.backend.empty()) {
+        handle_health(std::move(job));
+        return;
+    }
     ParsedCommand parsed;
     if (job.internal && job.line == ramp_step_line) {
         parsed.command.emplace();
@@ -250,7 +314,7 @@ void Switchboard::run(Job job) {
         finish(job, reply);
         return;
     }
-    commit(std::move(job), cmd, std::move(staged));
+    commit(std::move(job), verb_name(cmd.verb), std::move(staged));
 }
 
 std::string Switchboard::stage(const Command& cmd, const Caller& caller, Staged& out) {
@@ -441,11 +505,14 @@ std::string Switchboard::stage_reload(Staged& out) {
     return {};
 }
 
-void Switchboard::commit(Job job, Command cmd, Staged staged) {
+void Switchboard::commit(Job job, std::string command_name, Staged staged) {
     RoutingState next = std::move(staged.next);
     next.version = state_.version + 1;
     next.changed_at = now_iso8601();
-    next.changed_by = job.internal && staged.kind == "ramp_step" ? "ramp" : job.caller.describe();
+    next.changed_by = !job.internal                ? job.caller.describe()
+                      : staged.kind == "ramp_step" ? "ramp"
+                      : !job.backend.empty()       ? "rollout guard"
+                                                   : job.caller.describe();
     next.command = job.line;
     std::string error;
     if (!store_.save(next, state_.version, error)) {
@@ -453,17 +520,26 @@ void Switchboard::commit(Job job, Command cmd, Staged staged) {
         finish(job, error_reply("cannot persist the new state: " + error, state_.version));
         return;
     }
-    auto table = build_table(*staged.config, next, ids_);
+    auto table = build_table(*staged.config, next, ids_, health_);
     auto apply = [this, job = std::move(job), next, table, config = staged.config,
-                  note = std::move(staged.note), kind = std::move(staged.kind), cmd]() mutable {
+                  note = std::move(staged.note), kind = std::move(staged.kind),
+                  command_name = std::move(command_name)]() mutable {
         const std::string change = describe_change(state_, next);
         json::object record = audit_record(job, "applied", &next, {});
+        if (!note.empty()) {
+            record["note"] = note;
+        }
         state_ = next;
         table_ = table;
-        config_ = config;
+        if (config_ != config) {
+            config_ = config;
+            if (config_listener_) {
+                config_listener_(*config_);
+            }
+        }
         bool audited = audit_.append(record);
         json::object reply{{"ok", true},
-                           {"command", verb_name(cmd.verb)},
+                           {"command", command_name},
                            {"version", state_.version},
                            {"change", change},
                            {"weights", weights_json(state_)}};
@@ -476,6 +552,7 @@ void Switchboard::commit(Job job, Command cmd, Staged staged) {
         finish(job, reply);
         broadcast(json::object{{"event", "switch"},
                                {"kind", kind},
+                               {"reason", note},
                                {"time", state_.changed_at},
                                {"by", state_.changed_by},
                                {"version", state_.version},
@@ -553,6 +630,7 @@ void Switchboard::reply_status(Job job) {
                            {"changed_by", state_.changed_by},
                            {"last_command", state_.command},
                            {"stable", to_string(state_.stable)},
+                           {"panic", table_->panic()},
                            {"colours", std::move(colours)}};
         if (state_.ramp) {
             reply["ramp"] = json::object{{"colour", to_string(state_.ramp->colour)},

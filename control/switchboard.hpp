@@ -17,6 +17,7 @@
 #include "access.hpp"
 #include "audit_log.hpp"
 #include "command.hpp"
+#include "rollout_guard.hpp"
 #include "config.hpp"
 #include "routing_state.hpp"
 #include "state_store.hpp"
@@ -46,6 +47,14 @@ public:
     void execute(const Caller& caller, std::string line, Reply reply);
     // SIGHUP: a reload by the process itself.
     void reload_from_signal();
+    // An active health check transition (HealthChecker's callback). The rollout guard may
+    // revert or fail over in the same step.
+    void on_health(const std::string& backend, bool healthy, const std::string& why);
+    // Told of every config the Switchboard adopts (reload), e.g. to re-plan health checks.
+    void on_config_change(std::function<void(const Config&)> listener) {
+        config_listener_ = std::move(listener);
+    }
+    bool panic() const { return table_->panic(); }
 
     std::uint64_t subscribe(Watcher watcher);
     void unsubscribe(std::uint64_t id);
@@ -55,7 +64,9 @@ private:
         Caller caller;
         std::string line;
         Reply reply;
-        bool internal = false;  // a ramp step or a signal: no role check
+        bool internal = false;  // a ramp step, a signal or a health transition: no role check
+        std::string backend{};  // health transition: which backend
+        bool healthy = true;    // health transition: its new state
     };
     struct Staged {
         RoutingState next;
@@ -70,7 +81,9 @@ private:
     // Computes the next state for a state-changing command, or an error message.
     std::string stage(const Command& cmd, const Caller& caller, Staged& out);
     std::string stage_reload(Staged& out);
-    void commit(Job job, Command cmd, Staged staged);
+    void commit(Job job, std::string command_name, Staged staged);
+    void handle_health(Job job);
+    std::array<std::pair<unsigned, unsigned>, 2> colour_health() const;
     void reply_status(Job job);
     boost::json::object audit_record(const Job& job, const char* result,
                                      const RoutingState* after, const std::string& error) const;
@@ -87,6 +100,8 @@ private:
     RoutingState state_;
     RoutingTablePtr table_;
     BackendIds ids_;
+    std::map<std::string, bool> health_;  // by backend name, from active checks
+    std::function<void(const Config&)> config_listener_;
     std::deque<Job> queue_;
     bool busy_ = false;
     boost::asio::steady_timer ramp_timer_;

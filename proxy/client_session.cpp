@@ -71,6 +71,58 @@ private:
     SessionHandle handle_;
 };
 
+// Counts a request (and whether it is being retried) for the worker's retry budget.
+class ActiveRequest {
+public:
+    explicit ActiveRequest(Worker& worker) : worker_(worker) { ++worker_.active_requests; }
+    ~ActiveRequest() {
+        --worker_.active_requests;
+        if (retrying_) {
+            --worker_.active_retries;
+        }
+    }
+    void retrying() {
+        if (!retrying_) {
+            retrying_ = true;
+            ++worker_.active_retries;
+        }
+    }
+
+private:
+    Worker& worker_;
+    bool retrying_ = false;
+};
+
+// A request's hold on one backend: counted for least-request, visible to the shutdown.
+struct InFlight {
+    InFlight(Balancer& b, std::uint32_t backend_id, SessionHandle& h)
+        : balancer(b), id(backend_id), handle(h) {
+        balancer.on_request_start(id);
+    }
+    ~InFlight() {
+        balancer.on_request_end(id);
+        handle.upstream = nullptr;
+    }
+    Balancer& balancer;
+    std::uint32_t id;
+    SessionHandle& handle;
+};
+
+// RFC 9110 9.2.2: a client (and so a proxy) may repeat these automatically.
+bool idempotent(http::verb method) {
+    switch (method) {
+        case http::verb::get:
+        case http::verb::head:
+        case http::verb::options:
+        case http::verb::trace:
+        case http::verb::put:
+        case http::verb::delete_:
+            return true;
+        default:
+            return false;
+    }
+}
+
 bool is_upgrade_request(const http::request_header<>& header) {
     if (header.find(http::field::upgrade) == header.end()) {
         return false;
@@ -257,31 +309,6 @@ private:
         const bool expect_continue =
             beast::iequals(request[http::field::expect], "100-continue") && client_version >= 11;
 
-        // One routing snapshot for the whole request.
-        RoutingTablePtr table = worker_.table();
-        Upstream upstream;
-        tried_.clear();
-        const Colour colour = worker_.balancer().pick_colour(*table);
-        if (!co_await connect_upstream(*table, colour, upstream)) {
-            co_await reply_error(tried_.empty() ? http::status::service_unavailable
-                                                : http::status::bad_gateway,
-                                 tried_.empty() ? "no backend available"
-                                                : "no backend reachable",
-                                 !parser_->is_done());
-            co_return parser_->is_done() && client_keep_alive && !worker_.draining();
-        }
-        const std::uint32_t backend_id = upstream.backend->id;
-        worker_.balancer().on_request_start(backend_id);
-        struct InFlight {
-            Balancer& balancer;
-            std::uint32_t id;
-            SessionHandle& handle;
-            ~InFlight() {
-                balancer.on_request_end(id);
-                handle.upstream = nullptr;
-            }
-        } in_flight{worker_.balancer(), backend_id, tracked_.handle()};
-
         if (expect_continue) {
             // We answer 100-continue ourselves (the backend sees no Expect), so the body flows
             // without waiting for the backend's interim response.
@@ -292,26 +319,63 @@ private:
             request.chunked(true);
         }
         request.version(11);
-        if (expect_continue && !parser_->is_done()) {
-            static constexpr std::string_view continue_line = "HTTP/1.1 100 Continue\r\n\r\n";
-            client_.expires_after(config_.timeouts.client_write);
-            auto [ec, n] =
-                co_await asio::async_write(client_, asio::buffer(continue_line), nothrow);
-            if (ec) {
-                co_return false;
-            }
-        }
 
-        Exchange outcome = co_await exchange(upstream, head);
-        // A reused connection that the backend had closed: if nothing of the request body was
-        // consumed the request is intact, so send it once more on a fresh connection.
-        while (outcome == Exchange::upstream_failed && upstream.reused && !body_started_) {
-            upstream.stream.reset();
-            upstream.reused = false;
-            if (!co_await connect_to(*upstream.backend, upstream)) {
-                break;
+        // One routing snapshot for the whole request, retries included.
+        RoutingTablePtr table = worker_.table();
+        Colour colour = worker_.balancer().pick_colour(*table);
+        Upstream upstream;
+        tried_.clear();
+        interim_sent_ = false;
+        ActiveRequest active{worker_};
+        std::optional<InFlight> in_flight;
+        bool continue_sent = false;
+        unsigned retries_left = config_.retries.attempts;
+        Exchange outcome = Exchange::upstream_failed;
+        for (bool retry = false;; retry = true) {
+            if (!co_await connect_upstream(*table, colour, upstream)) {
+                if (retry) {
+                    break;  // nowhere left to retry: answer for the attempt that failed
+                }
+                const bool none = tried_.empty();
+                co_await reply_error(none ? http::status::service_unavailable : http::status::bad_gateway,
+                                     none ? "no backend available" : "no backend reachable",
+                                     !parser_->is_done());
+                co_return parser_->is_done() && client_keep_alive && !worker_.draining();
+            }
+            in_flight.reset();
+            in_flight.emplace(worker_.balancer(), upstream.backend->id, tracked_.handle());
+            if (expect_continue && !continue_sent && !parser_->is_done()) {
+                static constexpr std::string_view continue_line = "HTTP/1.1 100 Continue\r\n\r\n";
+                client_.expires_after(config_.timeouts.client_write);
+                auto [ec, n] = co_await asio::async_write(client_, asio::buffer(continue_line), nothrow);
+                if (ec) {
+                    co_return false;
+                }
+                continue_sent = true;
             }
             outcome = co_await exchange(upstream, head);
+            // A reused connection that the backend had closed: if nothing of the request body was
+            // consumed the request is intact, so send it once more on a fresh connection.
+            while (outcome == Exchange::upstream_failed && upstream.reused && !body_started_ &&
+                   !interim_sent_) {
+                upstream.stream.reset();
+                upstream.reused = false;
+                if (!co_await connect_to(*upstream.backend, upstream)) {
+                    break;
+                }
+                outcome = co_await exchange(upstream, head);
+            }
+            const bool failed = outcome == Exchange::upstream_failed || outcome == Exchange::upstream_timeout;
+            worker_.record_outcome(upstream.backend->id, failed);
+            if (!failed || !may_retry(request.method(), retries_left)) {
+                break;
+            }
+            // Retry elsewhere: the failed backend stays in tried_, so it is not picked again.
+            --retries_left;
+            WorkerStats::add(worker_.stats().retries);
+            upstream.stream.reset();
+            tracked_.handle().upstream = nullptr;
+            active.retrying();
         }
 
         switch (outcome) {
@@ -336,6 +400,22 @@ private:
 
         co_return co_await relay_response(upstream, client_keep_alive, client_version, head,
                                           upgrade);
+    }
+
+    // A failed try may be repeated elsewhere only while that is safe: an idempotent method,
+    // no byte of a body consumed (bodies are streamed, not kept), nothing sent to the client,
+    // and within the worker's retry budget.
+    bool may_retry(http::verb method, unsigned retries_left) {
+        if (retries_left == 0 || !idempotent(method) || body_started_ || interim_sent_) {
+            return false;
+        }
+        const double budget = std::max<double>(config_.retries.min_budget,
+                                               config_.retries.budget * worker_.active_requests);
+        if (worker_.active_retries >= budget) {
+            WorkerStats::add(worker_.stats().retry_budget_exhausted);
+            return false;
+        }
+        return true;
     }
 
     // Origin-form stays; absolute-form ("GET http://host/path") becomes origin-form with Host
@@ -374,6 +454,10 @@ private:
                                            Upstream& upstream) {
         for (unsigned attempt = 0; attempt < config_.upstream.connect_attempts; ++attempt) {
             const Backend* backend = worker_.balancer().pick_backend(table, colour, tried_);
+            if (backend == nullptr && config_.retries.cross_colour) {
+                // This colour has nothing left to try: the other one serves rather than fail.
+                backend = worker_.balancer().pick_backend(table, other(colour), tried_);
+            }
             if (backend == nullptr) {
                 co_return false;
             }
@@ -388,6 +472,7 @@ private:
             if (co_await connect_to(*backend, upstream)) {
                 co_return true;
             }
+            worker_.record_outcome(backend->id, true);
         }
         co_return false;
     }
@@ -499,6 +584,7 @@ private:
                 strip_response_hop_fields(interim, false);
                 http::response<http::empty_body> copy{interim.base()};
                 client_.expires_after(config_.timeouts.client_write);
+                interim_sent_ = true;
                 auto [wec, wn] = co_await http::async_write(client_, copy, nothrow);
                 if (wec) {
                     co_return Exchange::client_gone;
@@ -703,6 +789,7 @@ private:
     std::optional<http::response_parser<http::buffer_body>> response_parser_;
     std::vector<std::uint32_t> tried_;
     bool body_started_ = false;
+    bool interim_sent_ = false;  // a 1xx went to the client: the request can no longer be retried
     bool linger_ = false;  // an error response was sent: drain before closing
     TrackedSession tracked_;
 };

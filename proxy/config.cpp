@@ -186,6 +186,44 @@ public:
         out = static_cast<Integer>(*value);
     }
 
+    void read_fraction(std::string_view key, double& out, double min, double max) {
+        const toml::node* node = take(key);
+        if (node == nullptr) {
+            return;
+        }
+        auto value = node->value<double>();
+        if (!value || *value < min || *value > max) {
+            error_at(*node, qualified(key) + " must be a number from " + trim(min) + " to " + trim(max));
+            return;
+        }
+        out = *value;
+    }
+
+    void read_bool(std::string_view key, bool& out) {
+        const toml::node* node = take(key);
+        if (node == nullptr) {
+            return;
+        }
+        auto value = node->value_exact<bool>();
+        if (!value) {
+            error_at(*node, qualified(key) + " must be true or false");
+            return;
+        }
+        out = *value;
+    }
+
+    static std::string trim(double v) {
+        std::string s = std::to_string(v);
+        while (s.find('.') != std::string::npos && (s.back() == '0' || s.back() == '.')) {
+            bool dot = s.back() == '.';
+            s.pop_back();
+            if (dot) {
+                break;
+            }
+        }
+        return s;
+    }
+
     std::optional<std::string> read_string(std::string_view key) {
         const toml::node* node = take(key);
         if (node == nullptr) {
@@ -296,10 +334,66 @@ void read_weights(TableReader& routing, Config& config) {
     }
 }
 
+void read_health(TableReader& health, HealthCheckConfig& out) {
+    health.read_bool("enabled", out.enabled);
+    if (auto type = health.read_string("type")) {
+        if (*type == "http" || *type == "tcp") {
+            out.tcp_only = *type == "tcp";
+        } else {
+            health.error_at(*health.table().get("type"), health.qualified("type") + " must be \"http\" or \"tcp\"");
+        }
+    }
+    if (auto method = health.read_string("method")) {
+        out.method = *method;
+    }
+    if (auto path = health.read_string("path")) {
+        if (path->empty() || path->front() != '/') {
+            health.error_at(*health.table().get("path"), health.qualified("path") + " must start with /");
+        } else {
+            out.path = *path;
+        }
+    }
+    if (auto host = health.read_string("host")) {
+        out.host = *host;
+    }
+    if (const toml::node* expect = health.take("expect")) {
+        const toml::array* list = expect->as_array();
+        std::vector<unsigned> codes;
+        bool ok = list != nullptr && !list->empty();
+        if (list != nullptr) {
+            for (const toml::node& code : *list) {
+                auto v = code.value_exact<std::int64_t>();
+                ok = ok && v && *v >= 100 && *v <= 599;
+                if (v) {
+                    codes.push_back(static_cast<unsigned>(*v));
+                }
+            }
+        }
+        if (!ok) {
+            health.error_at(*expect, health.qualified("expect") + " must be a non-empty list of status codes, e.g. [200, 204]");
+        } else {
+            out.expect = codes;
+        }
+    }
+    health.read_duration("interval", out.interval);
+    health.read_duration("fast_interval", out.fast_interval);
+    health.read_duration("timeout", out.timeout);
+    health.read_duration("jitter", out.jitter);
+    health.read_integer("rise", out.rise, 1, 100);
+    health.read_integer("fall", out.fall, 1, 100);
+    if (out.interval.count() < 10 || out.fast_interval.count() < 10 || out.timeout.count() < 10) {
+        health.error_at(health.table(), health.qualified("interval") + ", fast_interval and timeout must be at least 10ms");
+    }
+    health.reject_unknown_keys();
+}
+
 void read_pool(TableReader& pools, std::string_view colour, PoolConfig& pool) {
     auto reader = pools.sub_table(colour);
     if (!reader) {
         return;
+    }
+    if (auto health = reader->sub_table("health")) {
+        read_health(*health, pool.health);
     }
     const toml::node* list = reader->take("backends");
     if (list == nullptr) {
@@ -496,6 +590,51 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
 
     if (auto control = top.sub_table("control")) {
         read_control(*control, config.control);
+    }
+
+    if (auto health = top.sub_table("health")) {
+        read_health(*health, config.blue.health);
+        config.green.health = config.blue.health;
+    }
+
+    if (auto o = top.sub_table("outlier")) {
+        o->read_integer("consecutive_failures", config.outlier.consecutive_failures, 0, 1000);
+        o->read_fraction("error_rate", config.outlier.error_rate, 0.0, 1.0);
+        o->read_duration("window", config.outlier.window);
+        o->read_integer("min_requests", config.outlier.min_requests, 1, 1000000);
+        o->read_bool("count_5xx", config.outlier.count_5xx);
+        o->read_duration("base_ejection", config.outlier.base_ejection);
+        o->read_duration("max_ejection", config.outlier.max_ejection);
+        o->read_fraction("panic_threshold", config.outlier.panic_threshold, 0.0, 1.0);
+        o->reject_unknown_keys();
+    }
+
+    if (auto r = top.sub_table("retries")) {
+        r->read_integer("attempts", config.retries.attempts, 0, 10);
+        r->read_fraction("budget", config.retries.budget, 0.0, 1.0);
+        r->read_integer("min_budget", config.retries.min_budget, 0, 100000);
+        r->read_bool("cross_colour", config.retries.cross_colour);
+        r->reject_unknown_keys();
+    }
+
+    if (auto r = top.sub_table("rollout")) {
+        r->read_fraction("min_healthy", config.rollout.min_healthy, 0.0, 10000.0);
+        if (config.rollout.min_healthy > 1 &&
+            config.rollout.min_healthy != static_cast<double>(static_cast<long>(config.rollout.min_healthy))) {
+            r->error_at(*r->table().get("min_healthy"),
+                        "rollout.min_healthy is a whole count (1, 2, ...) or a fraction below 1 (0.5)");
+        }
+        if (auto policy = r->read_string("stable_failure")) {
+            if (*policy == "failover") {
+                config.rollout.stable_failure = StableFailurePolicy::failover;
+            } else if (*policy == "hold") {
+                config.rollout.stable_failure = StableFailurePolicy::hold;
+            } else {
+                r->error_at(*r->table().get("stable_failure"),
+                            "rollout.stable_failure must be \"failover\" or \"hold\"");
+            }
+        }
+        r->reject_unknown_keys();
     }
 
     if (auto pools = top.sub_table("pools")) {

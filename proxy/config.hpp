@@ -24,8 +24,53 @@ struct BackendConfig {
     HostPort address;
 };
 
+// Active health checks, per pool ([health] gives the defaults, [pools.X.health] overrides).
+struct HealthCheckConfig {
+    bool enabled = true;
+    bool tcp_only = false;  // a plain TCP connect instead of an HTTP request
+    std::string method = "GET";
+    std::string path = "/healthz";
+    std::string host;  // Host header; empty: the backend's address
+    std::vector<unsigned> expect{200};
+    Duration interval{std::chrono::seconds(2)};
+    Duration fast_interval{std::chrono::milliseconds(500)};  // while a backend changes state
+    Duration timeout{std::chrono::seconds(1)};
+    Duration jitter{std::chrono::milliseconds(100)};  // up to this much added to each interval
+    unsigned rise = 2;
+    unsigned fall = 3;
+};
+
 struct PoolConfig {
     std::vector<BackendConfig> backends;
+    HealthCheckConfig health;
+};
+
+// Passive failure detection from live traffic (Envoy's outlier detection).
+struct OutlierConfig {
+    unsigned consecutive_failures = 5;  // 0: off
+    double error_rate = 0.5;            // over `window`, with at least min_requests; 0: off
+    Duration window{std::chrono::seconds(10)};
+    unsigned min_requests = 20;
+    bool count_5xx = true;  // 5xx responses count as failures (else only connect/reset/timeout)
+    Duration base_ejection{std::chrono::seconds(10)};  // times the number of ejections so far
+    Duration max_ejection{std::chrono::minutes(5)};
+    double panic_threshold = 0.5;  // never eject below this fraction of a pool; route to all
+};
+
+struct RetryConfig {
+    unsigned attempts = 2;     // retries per request (after the first try)
+    double budget = 0.2;       // retries in flight at most this fraction of active requests...
+    unsigned min_budget = 3;   // ...but always at least this many
+    bool cross_colour = true;  // a retry may go to the other colour when this one cannot serve
+};
+
+enum class StableFailurePolicy { failover, hold };
+
+struct RolloutConfig {
+    // A colour is failed when its healthy backends fall below this: a count (>= 1) or, when
+    // below 1, a fraction of the pool.
+    double min_healthy = 1;
+    StableFailurePolicy stable_failure = StableFailurePolicy::failover;
 };
 
 enum class BalancePolicy { round_robin, least_request };
@@ -95,6 +140,9 @@ struct Config {
     std::uint32_t green_weight_bp = 0;
     PoolConfig blue;
     PoolConfig green;
+    OutlierConfig outlier;
+    RetryConfig retries;
+    RolloutConfig rollout;
     std::string admin_listen;  // later issues
     ControlConfig control;
 };

@@ -15,6 +15,7 @@
 #include "audit_log.hpp"
 #include "config.hpp"
 #include "control_server.hpp"
+#include "health_checker.hpp"
 #include "routing_state.hpp"
 #include "state_store.hpp"
 #include "switchboard.hpp"
@@ -107,9 +108,16 @@ int main(int argc, char** argv) {
         spdlog::error("{}", error);
         return 1;
     }
+    bg::HealthChecker health(control.get_executor(),
+                             [&switchboard](const std::string& backend, bool healthy,
+                                            const std::string& why) {
+                                 switchboard.on_health(backend, healthy, why);
+                             });
+    switchboard.on_config_change([&health](const bg::Config& next) { health.configure(next); });
     switchboard.attach(group);
     group.start();
     server.start();
+    health.configure(*config);
 
     for (std::size_t i = 0; i < config->listeners.size(); ++i) {
         std::printf("bgproxy: listening on http://%s:%u (%u workers)\n",
@@ -139,6 +147,7 @@ int main(int argc, char** argv) {
             spdlog::info("signal {}: graceful shutdown (grace {} ms)", signal,
                          config->timeouts.shutdown_grace.count());
             server.close();
+            health.stop();
             group.begin_shutdown();
             // The control loop keeps answering until the workers have drained.
             joiner = std::thread([&] {

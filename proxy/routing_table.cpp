@@ -29,6 +29,16 @@ RoutingTable::RoutingTable(std::uint64_t version, std::array<ColourPool, 2> pool
             backend_id_limit_ = std::max(backend_id_limit_, pool.backends[i].id + 1);
         }
     }
+    if (pools_[0].eligible.empty() && pools_[1].eligible.empty()) {
+        panic_ = true;
+        for (auto& pool : pools_) {
+            for (std::uint32_t i = 0; i < pool.backends.size(); ++i) {
+                if (pool.backends[i].admin != AdminState::maint) {
+                    pool.eligible.push_back(i);
+                }
+            }
+        }
+    }
     const bool blue_can = !pools_[0].eligible.empty();
     const bool green_can = !pools_[1].eligible.empty();
     effective_bp_ = {pools_[0].weight_bp, pools_[1].weight_bp};

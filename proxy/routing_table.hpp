@@ -54,12 +54,16 @@ public:
     // The weights the data plane acts on: a colour that cannot serve gets no share while the
     // other can (a weighted split never sends to an empty colour).
     std::uint32_t effective_weight_bp(Colour colour) const { return effective_bp_[index_of(colour)]; }
+    // No backend of either colour can serve: rather than refuse everything, requests go to
+    // every backend that is not in maintenance, healthy or not (Envoy's panic routing).
+    bool panic() const { return panic_; }
 
 private:
     std::uint64_t version_;
     std::array<ColourPool, 2> pools_;
     std::array<std::uint32_t, 2> effective_bp_{};
     std::uint32_t backend_id_limit_ = 0;
+    bool panic_ = false;
 };
 
 using RoutingTablePtr = std::shared_ptr<const RoutingTable>;

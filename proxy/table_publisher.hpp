@@ -15,6 +15,8 @@ namespace bg {
 struct DataPlaneLoad {
     std::vector<std::uint32_t> in_flight;  // by backend id, summed over workers
     std::vector<std::uint32_t> upgraded;   // open tunnels by backend id
+    std::vector<std::uint64_t> requests;   // cumulative, by backend id
+    std::vector<std::uint64_t> failures;   // cumulative, by backend id
 };
 
 class TablePublisher {

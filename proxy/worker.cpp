@@ -122,8 +122,19 @@ void Worker::report_load(std::function<void(DataPlaneLoad)> done) {
             load.in_flight[id] = balancer_.in_flight(id);
         }
         load.upgraded = tunnels_;
+        load.requests = requests_by_backend_;
+        load.failures = failures_by_backend_;
         done(std::move(load));
     });
+}
+
+void Worker::record_outcome(std::uint32_t backend_id, bool failed) {
+    if (backend_id >= requests_by_backend_.size()) {
+        requests_by_backend_.resize(backend_id + 1, 0);
+        failures_by_backend_.resize(backend_id + 1, 0);
+    }
+    ++requests_by_backend_[backend_id];
+    failures_by_backend_[backend_id] += failed ? 1 : 0;
 }
 
 void Worker::tunnel_opened(std::uint32_t backend_id) {

@@ -60,6 +60,12 @@ public:
     bool draining() const { return draining_; }
     void track(SessionHandle* session) { sessions_.insert(session); }
     void untrack(SessionHandle* session);
+    // Requests being served and retries among them: the retry budget's inputs.
+    unsigned active_requests = 0;
+    unsigned active_retries = 0;
+    // Cumulative requests and failures per backend id, read by the control plane's outlier
+    // detector through report_load.
+    void record_outcome(std::uint32_t backend_id, bool failed);
     // Upgraded (tunnelled) connections open per backend id.
     void tunnel_opened(std::uint32_t backend_id);
     void tunnel_closed(std::uint32_t backend_id);
@@ -78,6 +84,8 @@ private:
     std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors_;
     std::unordered_set<SessionHandle*> sessions_;
     std::vector<std::uint32_t> tunnels_;  // by backend id
+    std::vector<std::uint64_t> requests_by_backend_;
+    std::vector<std::uint64_t> failures_by_backend_;
     boost::asio::steady_timer grace_timer_;
     bool draining_ = false;
     std::thread thread_;

@@ -65,7 +65,7 @@ void WorkerGroup::gather_load(std::function<void(DataPlaneLoad)> done) {
         worker->report_load([completions = completions_, total, remaining,
                              callback](DataPlaneLoad part) {
             asio::post(completions, [total, remaining, callback, part = std::move(part)] {
-                auto add = [](std::vector<std::uint32_t>& into, const std::vector<std::uint32_t>& from) {
+                auto add = [](auto& into, const auto& from) {
                     if (into.size() < from.size()) {
                         into.resize(from.size(), 0);
                     }
@@ -75,6 +75,8 @@ void WorkerGroup::gather_load(std::function<void(DataPlaneLoad)> done) {
                 };
                 add(total->in_flight, part.in_flight);
                 add(total->upgraded, part.upgraded);
+                add(total->requests, part.requests);
+                add(total->failures, part.failures);
                 if (--*remaining == 0) {
                     (*callback)(std::move(*total));
                 }

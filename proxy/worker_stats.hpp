@@ -18,6 +18,8 @@ struct WorkerStats {
     Counter upstream_connect_failures{0};
     Counter upstream_timeouts{0};
     Counter upstream_broken_responses{0};  // reset or cut before/while reading a response
+    Counter retries{0};
+    Counter retry_budget_exhausted{0};
     Counter upgrades{0};
     Counter upgraded_open{0};
 

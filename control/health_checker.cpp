@@ -1,0 +1,189 @@
+#include "health_checker.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/write.hpp>
+#include <algorithm>
+#include <random>
+
+namespace bg {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+
+namespace {
+constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
+}
+
+struct HealthChecker::Probe {
+    std::string name;
+    HostPort address;
+    HealthCheckConfig check;
+    bool healthy = true;
+    unsigned successes = 0;
+    unsigned failures = 0;
+    bool stopped = false;
+    std::string last_error;
+    asio::steady_timer timer;
+    Probe(asio::any_io_executor executor) : timer(executor) {}
+};
+
+namespace {
+
+// One probe: true when the backend answered as expected; `why` says what went wrong otherwise.
+asio::awaitable<bool> probe_once(const HostPort& address, const HealthCheckConfig& check,
+                                 std::string& why) {
+    auto executor = co_await asio::this_coro::executor;
+    boost::system::error_code ec;
+    tcp::endpoint endpoint(asio::ip::make_address(address.ip, ec), address.port);
+    beast::tcp_stream stream(executor);
+    stream.expires_after(check.timeout);
+    std::tie(ec) = co_await stream.async_connect(endpoint, nothrow);
+    if (ec) {
+        why = "connect: " + ec.message();
+        co_return false;
+    }
+    if (check.tcp_only) {
+        co_return true;
+    }
+    http::request<http::empty_body> request{http::string_to_verb(check.method), check.path, 11};
+    if (request.method() == http::verb::unknown) {
+        request.method_string(check.method);
+    }
+    request.set(http::field::host, check.host.empty() ? address.text : check.host);
+    request.set(http::field::user_agent, "bgproxy-health-check");
+    request.set(http::field::connection, "close");
+    auto [wec, wn] = co_await http::async_write(stream, request, nothrow);
+    if (wec) {
+        why = "send: " + wec.message();
+        co_return false;
+    }
+    beast::flat_buffer buffer;
+    http::response_parser<http::empty_body> parser;
+    parser.skip(true);  // the status is all we need
+    auto [rec, rn] = co_await http::async_read_header(stream, buffer, parser, nothrow);
+    if (rec) {
+        why = rec == beast::error::timeout ? "no answer within the timeout" : "read: " + rec.message();
+        co_return false;
+    }
+    unsigned status = parser.get().result_int();
+    if (std::find(check.expect.begin(), check.expect.end(), status) == check.expect.end()) {
+        why = "status " + std::to_string(status);
+        co_return false;
+    }
+    boost::system::error_code ignored;
+    stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    co_return true;
+}
+
+}  // namespace
+
+HealthChecker::HealthChecker(asio::any_io_executor executor, Transition on_transition)
+    : executor_(std::move(executor)), on_transition_(std::move(on_transition)) {}
+
+HealthChecker::~HealthChecker() { stop(); }
+
+void HealthChecker::stop() {
+    for (auto& [name, probe] : probes_) {
+        probe->stopped = true;
+        probe->timer.cancel();
+    }
+    probes_.clear();
+}
+
+std::map<std::string, bool> HealthChecker::snapshot() const {
+    std::map<std::string, bool> out;
+    for (const auto& [name, probe] : probes_) {
+        out[name] = probe->healthy;
+    }
+    return out;
+}
+
+void HealthChecker::configure(const Config& config) {
+    std::map<std::string, std::shared_ptr<Probe>> next;
+    for (const PoolConfig* pool : {&config.blue, &config.green}) {
+        for (const auto& backend : pool->backends) {
+            auto old = probes_.find(backend.name);
+            if (old != probes_.end() && old->second->address.text == backend.address.text &&
+                pool->health.enabled) {
+                old->second->check = pool->health;  // takes effect at the next probe
+                next[backend.name] = old->second;
+                probes_.erase(old);
+                continue;
+            }
+            if (!pool->health.enabled) {
+                continue;
+            }
+            auto probe = std::make_shared<Probe>(executor_);
+            probe->name = backend.name;
+            probe->address = backend.address;
+            probe->check = pool->health;
+            next[backend.name] = probe;
+            // Each loop holds its probe; `stopped` ends it when the backend leaves the config.
+            asio::co_spawn(
+                executor_,
+                [probe, this]() -> asio::awaitable<void> {
+                    std::minstd_rand jitter_rng(std::hash<std::string>{}(probe->name));
+                    for (;;) {
+                        const bool changing = probe->successes > 0 && !probe->healthy
+                                                  ? true
+                                                  : probe->failures > 0 && probe->healthy;
+                        auto wait = changing ? probe->check.fast_interval : probe->check.interval;
+                        if (probe->check.jitter.count() > 0) {
+                            wait += Duration(jitter_rng() % (probe->check.jitter.count() + 1));
+                        }
+                        probe->timer.expires_after(wait);
+                        co_await probe->timer.async_wait(nothrow);
+                        if (probe->stopped) {
+                            co_return;
+                        }
+                        std::string why;
+                        bool ok = co_await probe_once(probe->address, probe->check, why);
+                        if (probe->stopped) {
+                            co_return;
+                        }
+                        if (ok) {
+                            probe->failures = 0;
+                            ++probe->successes;
+                            if (!probe->healthy && probe->successes >= probe->check.rise) {
+                                probe->healthy = true;
+                                on_transition_(probe->name, true,
+                                               std::to_string(probe->successes) + " checks passed");
+                            }
+                        } else {
+                            probe->successes = 0;
+                            ++probe->failures;
+                            probe->last_error = why;
+                            if (probe->healthy && probe->failures >= probe->check.fall) {
+                                probe->healthy = false;
+                                on_transition_(probe->name, false,
+                                               std::to_string(probe->failures) +
+                                                   " checks failed, last: " + why);
+                            }
+                        }
+                    }
+                },
+                asio::detached);
+        }
+    }
+    // What is left in probes_ was removed from the config.
+    for (auto& [name, probe] : probes_) {
+        probe->stopped = true;
+        probe->timer.cancel();
+    }
+    probes_ = std::move(next);
+}
+
+}  // namespace bg

@@ -1,0 +1,59 @@
+#include "rollout_guard.hpp"
+
+#include <cmath>
+
+namespace bg {
+
+bool colour_failed(const ColourHealth& health, const RolloutConfig& rollout) {
+    if (health.total == 0) {
+        return true;
+    }
+    const double needed = rollout.min_healthy >= 1
+                              ? rollout.min_healthy
+                              : std::ceil(rollout.min_healthy * health.total);
+    return health.healthy < std::max(1.0, needed);
+}
+
+GuardDecision evaluate_guard(const RoutingState& state, const std::array<ColourHealth, 2>& health,
+                             const RolloutConfig& rollout) {
+    GuardDecision decision;
+    decision.next = state;
+    const Colour stable = state.stable;
+    const Colour candidate = other(stable);
+    const bool stable_failed = colour_failed(health[index_of(stable)], rollout);
+    const bool candidate_failed = colour_failed(health[index_of(candidate)], rollout);
+    const bool candidate_takes_traffic =
+        state.weight(candidate) > 0 || (state.ramp && state.ramp->colour == candidate);
+
+    if (candidate_failed && candidate_takes_traffic && !stable_failed) {
+        decision.changed = true;
+        decision.kind = "auto_revert";
+        decision.next.weight_bp[index_of(stable)] = 10000;
+        decision.next.weight_bp[index_of(candidate)] = 0;
+        decision.next.failed[index_of(candidate)] = true;
+        decision.next.ramp.reset();
+        decision.reason = std::string(to_string(candidate)) + " failed (" +
+                          std::to_string(health[index_of(candidate)].healthy) + "/" +
+                          std::to_string(health[index_of(candidate)].total) +
+                          " healthy): all traffic back to the stable colour " + to_string(stable);
+        return decision;
+    }
+    if (stable_failed && !candidate_failed && !state.failed[index_of(candidate)] &&
+        rollout.stable_failure == StableFailurePolicy::failover && state.weight(stable) > 0) {
+        decision.changed = true;
+        decision.kind = "failover";
+        decision.next.weight_bp[index_of(candidate)] = 10000;
+        decision.next.weight_bp[index_of(stable)] = 0;
+        decision.next.stable = candidate;
+        decision.next.failed[index_of(stable)] = true;
+        decision.next.ramp.reset();
+        decision.reason = std::string("the stable colour ") + to_string(stable) + " failed (" +
+                          std::to_string(health[index_of(stable)].healthy) + "/" +
+                          std::to_string(health[index_of(stable)].total) + " healthy): " +
+                          to_string(candidate) + " takes all traffic and becomes stable";
+        return decision;
+    }
+    return decision;
+}
+
+}  // namespace bg

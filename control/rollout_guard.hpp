@@ -1,0 +1,33 @@
+#pragma once
+// The rollout guard: what health does to routing. When the colour taking new traffic is not the
+// stable one and fails, all traffic goes back to the stable colour at once, and the failed
+// colour is marked so until an operator clears it. When the stable colour fails, the policy
+// decides (failover or hold). Traffic never moves back by itself when a colour recovers.
+
+#include <array>
+#include <string>
+
+#include "config.hpp"
+#include "routing_state.hpp"
+
+namespace bg {
+
+struct ColourHealth {
+    unsigned healthy = 0;  // backends passing their checks and not ejected (admin state aside)
+    unsigned total = 0;
+};
+
+struct GuardDecision {
+    bool changed = false;
+    RoutingState next;
+    std::string kind;    // "auto_revert", "failover" or empty
+    std::string reason;  // for the audit log, watch and status
+};
+
+// Whether a colour counts as failed under rollout.min_healthy.
+bool colour_failed(const ColourHealth& health, const RolloutConfig& rollout);
+
+GuardDecision evaluate_guard(const RoutingState& state, const std::array<ColourHealth, 2>& health,
+                             const RolloutConfig& rollout);
+
+}  // namespace bg

@@ -1,0 +1,106 @@
+"""Active health checks and the rollout guard, with real processes."""
+import http.client
+import json
+import time
+import unittest
+import urllib.request
+
+from harness import ProcessTestCase, config
+
+HEALTH = """
+[health]
+interval = "500ms"
+fast_interval = "200ms"
+jitter = "0ms"
+timeout = "300ms"
+rise = 2
+fall = 3
+"""
+
+
+def set_health(backend, status):
+    with urllib.request.urlopen("http://%s/admin/health?status=%d" % (backend.address, status), timeout=5) as r:
+        r.read()
+
+
+def get(port, path="/"):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", path)
+    r = conn.getresponse()
+    body = r.read()
+    conn.close()
+    return r.status, r.getheader("X-Backend"), body
+
+
+class HealthTest(ProcessTestCase):
+    def setUp(self):
+        super().setUp()
+        self.blue = [self.backend("blue-1"), self.backend("blue-2")]
+        self.green = [self.backend("green-1"), self.backend("green-2")]
+        self.proxy_ = self.proxy(config(self.blue, self.green, extra=HEALTH))
+
+    def wait_for(self, predicate, timeout):
+        start = time.time()
+        while time.time() - start < timeout:
+            s = self.proxy_.status()
+            if predicate(s):
+                return time.time() - start, s
+            time.sleep(0.02)
+        self.fail("condition not reached in %.1f s: %s" % (timeout, json.dumps(self.proxy_.status())))
+
+    def test_failing_green_after_a_flip_reverts_to_blue_and_is_marked_failed(self):
+        self.assertEqual(self.proxy_.bgctl("flip").returncode, 0)
+        self.assertTrue(get(self.proxy_.port)[1].startswith("green"))
+        start = time.time()
+        for b in self.green:
+            set_health(b, 503)
+        elapsed, s = self.wait_for(lambda s: s["colours"]["blue"]["weight"] == 100, 10)
+        bound = 3 * 0.5 + 0.5  # fall x interval + one interval
+        print("green failing its checks: reverted to blue %.2f s later (bound %.1f s)" % (elapsed, bound))
+        self.assertLess(time.time() - start, bound)
+        self.assertEqual(s["colours"]["green"]["role"], "failed")
+        self.assertEqual(s["changed_by"], "rollout guard")
+        self.assertTrue(get(self.proxy_.port)[1].startswith("blue"))
+        with open(self.proxy_.audit_log) as f:
+            last = json.loads(f.read().splitlines()[-1])
+        self.assertEqual(last["result"], "applied")
+        self.assertIn("green failed", last["note"])
+        # Recovery does not move traffic back by itself...
+        for b in self.green:
+            set_health(b, 200)
+        time.sleep(1.5)
+        s = self.proxy_.status()
+        self.assertEqual(s["colours"]["blue"]["weight"], 100)
+        self.assertEqual(s["colours"]["green"]["healthy"], 2)
+        # ...an operator's flip does, and clears the mark.
+        self.assertEqual(self.proxy_.bgctl("flip").returncode, 0)
+        s = self.proxy_.status()
+        self.assertEqual(s["colours"]["green"]["role"], "candidate")
+        self.assertEqual(s["colours"]["green"]["weight"], 100)
+
+    def test_both_colours_down_is_panic_mode_and_still_serves(self):
+        # Green (idle) first, then blue: with green already down there is nowhere to fail over.
+        for b in self.green:
+            set_health(b, 503)
+        self.wait_for(lambda s: s["colours"]["green"]["healthy"] == 0, 10)
+        for b in self.blue:
+            set_health(b, 503)
+        elapsed, s = self.wait_for(lambda s: s["panic"], 10)
+        print("both colours failing their checks: panic after %.2f s" % elapsed)
+        status, backend, _ = get(self.proxy_.port)
+        self.assertEqual(status, 200)
+        # The guard changed no routing: blue (stable) keeps its weight, nobody is marked.
+        self.assertEqual(s["colours"]["blue"]["weight"], 100)
+        for b in self.blue + self.green:
+            set_health(b, 200)
+        self.wait_for(lambda s: not s["panic"], 10)
+
+    def test_an_unhealthy_backend_gets_no_requests(self):
+        set_health(self.blue[0], 503)
+        self.wait_for(lambda s: s["colours"]["blue"]["healthy"] == 1, 10)
+        seen = {get(self.proxy_.port)[1] for _ in range(20)}
+        self.assertEqual(seen, {"blue-2"})
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,98 @@
+"""Retries and the automatic revert under real failures: killed and frozen backends."""
+import datetime
+import http.client
+import json
+import os
+import signal
+import tempfile
+import threading
+import time
+import unittest
+
+from harness import ProcessTestCase, config, raw_exchange, status_of
+from test_control import Load
+
+FAST = """
+[health]
+interval = "500ms"
+fast_interval = "200ms"
+jitter = "0ms"
+timeout = "300ms"
+fall = 3
+[timeouts]
+upstream_response = "500ms"
+"""
+
+
+class RetryTest(ProcessTestCase):
+    def test_kill_9_of_every_green_backend_under_load_fails_no_request(self):
+        blue = [self.backend("blue-1"), self.backend("blue-2")]
+        green = [self.backend("green-1"), self.backend("green-2")]
+        proxy = self.proxy(config(blue, green, weights=(50, 50), extra=FAST))
+        load = Load(proxy.port, connections=32)
+        time.sleep(1.0)
+        killed_at = time.time()
+        for b in green:
+            b.signal(signal.SIGKILL)
+        deadline = time.time() + 10
+        while time.time() < deadline and proxy.status()["colours"]["blue"]["weight"] != 100:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        records = load.stop()
+        with open(proxy.audit_log) as f:
+            revert = [json.loads(l) for l in f if '"auto_revert"' in l or "green failed" in l]
+        self.assertTrue(revert, "no automatic revert in the audit log")
+        reverted_at = datetime.datetime.strptime(revert[0]["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+        failed = [r for r in records if r[2] is None]
+        after = [r for r in records if r[0] > killed_at]
+        print("kill -9 of both green backends at 50/50 under 32 connections: %d requests "
+              "(%d after the kill), %d failed; revert %.2f s after the kill (audit log)"
+              % (len(records), len(after), len(failed), reverted_at - killed_at))
+        self.assertEqual(len(failed), 0)
+        self.assertGreater(len(after), 500)
+        # Detected by the active checks here: within fall x interval + one interval.
+        self.assertLess(reverted_at - killed_at, 3 * 0.5 + 0.5)
+        s = proxy.status()
+        self.assertEqual(s["colours"]["green"]["role"], "failed")
+
+    def test_a_hanging_backend_has_its_requests_retried_elsewhere(self):
+        blue = [self.backend("blue-1"), self.backend("blue-2")]
+        green = [self.backend("green-1")]
+        proxy = self.proxy(config(blue, green, extra=FAST))
+        blue[0].signal(signal.SIGSTOP)  # accepts (the kernel does), never answers
+        self.addCleanup(lambda: blue[0].signal(signal.SIGCONT))
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        slow = 0
+        for _ in range(10):
+            start = time.time()
+            conn.request("GET", "/")
+            r = conn.getresponse()
+            self.assertEqual((r.status, r.read()), (200, b"blue-2\n"))
+            slow += 1 if time.time() - start > 0.4 else 0
+        print("backend frozen with SIGSTOP: 10 of 10 GETs served by the other one, %d after a "
+              "0.5 s timeout and a retry" % slow)
+        blue[0].signal(signal.SIGCONT)
+
+    def test_a_post_that_reached_a_dying_backend_is_not_retried(self):
+        log = tempfile.NamedTemporaryFile(delete=False).name
+        self.addCleanup(os.unlink, log)
+        blue = [self.backend("blue-1", log=log), self.backend("blue-2", log=log)]
+        green = [self.backend("green-1", log=log)]
+        proxy = self.proxy(config(blue, green))
+        out = raw_exchange(proxy.port, b"POST /?reset=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                           b"Connection: close\r\n\r\nhello")
+        self.assertEqual(status_of(out), 502)
+        with open(log) as f:
+            lines = [l for l in f.read().splitlines() if l.startswith("POST")]
+        self.assertEqual(len(lines), 1, lines)
+        # The same failure on a GET is retried (on the other blue backend, then green).
+        out = raw_exchange(proxy.port, b"GET /?reset=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        self.assertEqual(status_of(out), 502)
+        with open(log) as f:
+            gets = [l for l in f.read().splitlines() if l.startswith("GET /?reset=1")]
+        self.assertEqual(len(gets), 3, gets)  # the first try and attempts = 2 retries
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

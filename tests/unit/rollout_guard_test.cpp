@@ -1,0 +1,80 @@
+#include <doctest/doctest.h>
+
+#include "rollout_guard.hpp"
+
+namespace {
+
+bg::RoutingState weights(std::uint32_t blue_bp, bg::Colour stable = bg::Colour::blue) {
+    bg::RoutingState state;
+    state.weight_bp = {blue_bp, 10000 - blue_bp};
+    state.stable = stable;
+    return state;
+}
+
+std::array<bg::ColourHealth, 2> healthy(unsigned blue, unsigned green) {
+    return {bg::ColourHealth{blue, 2}, bg::ColourHealth{green, 2}};
+}
+
+}  // namespace
+
+TEST_CASE("a failing candidate taking traffic reverts to the stable colour and is marked") {
+    bg::RolloutConfig rollout;
+    auto d = bg::evaluate_guard(weights(0), healthy(2, 0), rollout);  // flipped to green
+    REQUIRE(d.changed);
+    CHECK(d.kind == "auto_revert");
+    CHECK(d.next.weight(bg::Colour::blue) == 10000);
+    CHECK(d.next.failed[1]);
+    CHECK(d.next.stable == bg::Colour::blue);
+
+    auto during_ramp = weights(7000);
+    during_ramp.ramp = bg::RampState{};
+    auto r = bg::evaluate_guard(during_ramp, healthy(2, 0), rollout);
+    REQUIRE(r.changed);
+    CHECK_FALSE(r.next.ramp.has_value());
+}
+
+TEST_CASE("an idle candidate failing changes no routing") {
+    bg::RolloutConfig rollout;
+    CHECK_FALSE(bg::evaluate_guard(weights(10000), healthy(2, 0), rollout).changed);
+    CHECK_FALSE(bg::evaluate_guard(weights(0), healthy(2, 1), rollout).changed);  // 1 >= min 1
+}
+
+TEST_CASE("min_healthy as a count or a fraction") {
+    bg::RolloutConfig rollout;
+    rollout.min_healthy = 2;
+    CHECK(bg::colour_failed({1, 2}, rollout));
+    CHECK_FALSE(bg::colour_failed({2, 2}, rollout));
+    rollout.min_healthy = 0.5;
+    CHECK_FALSE(bg::colour_failed({1, 2}, rollout));
+    CHECK(bg::colour_failed({1, 4}, rollout));  // needs 2 of 4
+    CHECK(bg::colour_failed({1, 3}, rollout));
+    CHECK(bg::colour_failed({0, 0}, rollout));
+}
+
+TEST_CASE("the stable colour failing: failover or hold") {
+    bg::RolloutConfig rollout;
+    auto d = bg::evaluate_guard(weights(10000), healthy(0, 2), rollout);
+    REQUIRE(d.changed);
+    CHECK(d.kind == "failover");
+    CHECK(d.next.weight(bg::Colour::green) == 10000);
+    CHECK(d.next.stable == bg::Colour::green);
+    CHECK(d.next.failed[0]);
+    rollout.stable_failure = bg::StableFailurePolicy::hold;
+    CHECK_FALSE(bg::evaluate_guard(weights(10000), healthy(0, 2), rollout).changed);
+}
+
+TEST_CASE("both colours failing changes no routing state (the table panics instead)") {
+    bg::RolloutConfig rollout;
+    CHECK_FALSE(bg::evaluate_guard(weights(5000), healthy(0, 0), rollout).changed);
+
+    std::array<bg::ColourPool, 2> pools;
+    pools[0].weight_bp = 5000;
+    pools[1].weight_bp = 5000;
+    pools[0].backends = {{0, "b", bg::Colour::blue, {}, bg::AdminState::ready, false},
+                         {1, "b2", bg::Colour::blue, {}, bg::AdminState::maint, false}};
+    pools[1].backends = {{2, "g", bg::Colour::green, {}, bg::AdminState::ready, false}};
+    bg::RoutingTable table(1, std::move(pools));
+    CHECK(table.panic());
+    CHECK(table.pool(bg::Colour::blue).eligible.size() == 1);  // maint stays out
+    CHECK(table.pool(bg::Colour::green).eligible.size() == 1);
+}
