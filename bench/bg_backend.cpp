@@ -4,6 +4,8 @@
 //
 //   /healthz                   200 `ok\n`, or the status set by /admin/health?status=CODE
 //   /admin/health?status=CODE  sets the /healthz status (process-wide); answers 200 `ok\n`
+//   /admin/fail?fail_rate=F    every later request (but /healthz and /admin/*) answers 500 with
+//                              probability F (process-wide, 0 turns it off); answers 200 `ok\n`
 //   /headers                   echoes the request line and headers as received, then body-bytes: N
 //   /upload                    `received N\n`
 //   /ws (WebSocket upgrade)    echoes every message until close
@@ -165,6 +167,7 @@ struct Backend {
     const std::string name_body;      // "NAME\n"
     const std::string fixed_headers;  // pre-built header lines common to every response
     std::atomic<int> health_status{200};
+    std::atomic<double> fail_rate{0.0};  // set by /admin/fail
     RequestLog log;
 };
 
@@ -352,12 +355,20 @@ class Session {
 
         int status = 200;
         std::string_view body = backend_.name_body;
+        double fail_rate = query.fail_rate;
         if (path == "/admin/health") {
             if (query.status != 0) {
                 backend_.health_status.store(query.status, std::memory_order_relaxed);
             }
             body = kOkBody;
+        } else if (path == "/admin/fail") {
+            backend_.fail_rate.store(query.fail_rate, std::memory_order_relaxed);
+            fail_rate = 0.0;
+            body = kOkBody;
         } else {
+            if (path != "/healthz") {
+                fail_rate = std::max(fail_rate, backend_.fail_rate.load(std::memory_order_relaxed));
+            }
             if (path == "/healthz") {
                 status = backend_.health_status.load(std::memory_order_relaxed);
                 body = kOkBody;
@@ -373,7 +384,7 @@ class Session {
                 status = query.status;
             }
         }
-        if (query.fail_rate > 0.0 && random_unit() < query.fail_rate) {
+        if (fail_rate > 0.0 && random_unit() < fail_rate) {
             status = 500;
         }
         if (query.delay_ms > 0 && !co_await sleep_ms(query.delay_ms)) {

@@ -265,6 +265,7 @@ RoutingTablePtr build_table(const Config& config, const RoutingState& state, Bac
         const PoolConfig& source = colour == Colour::blue ? config.blue : config.green;
         ColourPool& pool = pools[index_of(colour)];
         pool.weight_bp = state.weight(colour);
+        pool.failed = state.failed[index_of(colour)];
         for (const auto& backend : source.backends) {
             auto health = healthy.find(backend.name);
             pool.backends.push_back(Backend{ids.id_of(backend.name), backend.name, colour,

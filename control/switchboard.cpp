@@ -6,6 +6,7 @@
 
 #include <boost/asio/post.hpp>
 #include <boost/json.hpp>
+#include <algorithm>
 #include <set>
 
 namespace bg {
@@ -52,7 +53,9 @@ Switchboard::Switchboard(boost::asio::any_io_executor executor, std::shared_ptr<
       config_path_(std::move(config_path)),
       store_(store),
       audit_(audit),
-      ramp_timer_(executor) {}
+      ramp_timer_(executor),
+      outlier_timer_(executor),
+      outlier_(config_->outlier) {}
 
 bool Switchboard::load(std::string& error) {
     StoreLoad loaded = store_.load();
@@ -140,7 +143,7 @@ void Switchboard::handle_health(Job job) {
         return;
     }
     // Only health changed: a new table, the same routing state.
-    auto table = build_table(*config_, state_, ids_, health_);
+    auto table = build_table(*config_, state_, ids_, effective_health());
     auto done = [this, job = std::move(job), table]() mutable {
         table_ = table;
         finish(job, json::object{{"ok", true}});
@@ -155,6 +158,89 @@ void Switchboard::handle_health(Job job) {
 void Switchboard::attach(TablePublisher& publisher) {
     publisher_ = &publisher;
     arm_ramp_timer();
+    arm_outlier_timer();
+}
+
+std::map<std::string, bool> Switchboard::effective_health() const {
+    std::map<std::string, bool> out = health_;
+    for (const auto& [name, ejected] : outlier_.ejected_map()) {
+        out[name] = false;
+    }
+    return out;
+}
+
+std::optional<Colour> Switchboard::watched_colour() const {
+    const Colour candidate = other(state_.stable);
+    if (state_.weight(candidate) > 0 || (state_.ramp && state_.ramp->colour == candidate)) {
+        return candidate;
+    }
+    return std::nullopt;
+}
+
+void Switchboard::arm_outlier_timer() {
+    // Several samples per window, so the window slides smoothly; at least every second.
+    auto tick = std::clamp<Duration>(config_->outlier.window / 10, Duration(100), Duration(1000));
+    outlier_timer_.expires_after(tick);
+    outlier_timer_.async_wait([this](boost::system::error_code ec) {
+        if (ec || publisher_ == nullptr) {
+            return;
+        }
+        publisher_->gather_load([this](DataPlaneLoad load) {
+            auto verdicts = outlier_.observe(*table_, load, OutlierDetector::Clock::now(),
+                                             watched_colour(), health_);
+            if (!verdicts.empty()) {
+                Caller self;
+                self.uid = static_cast<std::uint32_t>(::geteuid());
+                self.pid = static_cast<std::int32_t>(::getpid());
+                self.role = Role::admin;
+                Job job{self, "outlier detection", [](const json::object&) {}, true};
+                job.outlier = std::move(verdicts);
+                queue_.push_back(std::move(job));
+                run_next();
+            }
+            arm_outlier_timer();
+        });
+    });
+}
+
+void Switchboard::handle_outlier(Job job) {
+    const auto& v = *job.outlier;
+    for (const auto& name : v.ejected) {
+        spdlog::warn("outlier detection: {} {}", name, v.reasons.at(name));
+        broadcast(json::object{{"event", "ejection"}, {"time", now_iso8601()}, {"backend", name},
+                               {"ejected", true}, {"change", name + ": " + v.reasons.at(name)}});
+    }
+    for (const auto& name : v.returned) {
+        spdlog::info("outlier detection: {} returns", name);
+        broadcast(json::object{{"event", "ejection"}, {"time", now_iso8601()}, {"backend", name},
+                               {"ejected", false}, {"change", name + " returns"}});
+    }
+    if (v.failed_colour && !state_.failed[index_of(*v.failed_colour)] &&
+        *v.failed_colour != state_.stable) {
+        const Colour failed = *v.failed_colour;
+        Staged staged{state_, config_, {}, "auto_revert"};
+        staged.next.weight_bp[index_of(state_.stable)] = 10000;
+        staged.next.weight_bp[index_of(failed)] = 0;
+        staged.next.failed[index_of(failed)] = true;
+        staged.next.ramp.reset();
+        staged.note = v.colour_reason + ": all traffic back to the stable colour " +
+                      std::string(to_string(state_.stable));
+        spdlog::warn("rollout guard: {}", staged.note);
+        outlier_.reset_window();
+        job.backend = "outlier";  // reported as the rollout guard
+        commit(std::move(job), "auto_revert", std::move(staged));
+        return;
+    }
+    auto table = build_table(*config_, state_, ids_, effective_health());
+    auto done = [this, job = std::move(job), table]() mutable {
+        table_ = table;
+        finish(job, json::object{{"ok", true}});
+    };
+    if (publisher_ == nullptr) {
+        done();
+    } else {
+        publisher_->publish(table, config_, std::move(done));
+    }
 }
 
 void Switchboard::execute(const Caller& caller, std::string line, Reply reply) {
@@ -228,6 +314,10 @@ json::object Switchboard::audit_record(const Job& job, const char* result, const
 }
 
 void Switchboard::run(Job job) {
+    if (job.internal && job.outlier) {
+        handle_outlier(std::move(job));
+        return;
+    }
     if (job.internal && !job.backend.empty()) {
         handle_health(std::move(job));
         return;
@@ -520,7 +610,7 @@ void Switchboard::commit(Job job, std::string command_name, Staged staged) {
         finish(job, error_reply("cannot persist the new state: " + error, state_.version));
         return;
     }
-    auto table = build_table(*staged.config, next, ids_, health_);
+    auto table = build_table(*staged.config, next, ids_, effective_health());
     auto apply = [this, job = std::move(job), next, table, config = staged.config,
                   note = std::move(staged.note), kind = std::move(staged.kind),
                   command_name = std::move(command_name)]() mutable {
@@ -533,6 +623,7 @@ void Switchboard::commit(Job job, std::string command_name, Staged staged) {
         table_ = table;
         if (config_ != config) {
             config_ = config;
+            outlier_.reconfigure(config_->outlier);
             if (config_listener_) {
                 config_listener_(*config_);
             }

@@ -17,6 +17,7 @@
 #include "access.hpp"
 #include "audit_log.hpp"
 #include "command.hpp"
+#include "outlier_detector.hpp"
 #include "rollout_guard.hpp"
 #include "config.hpp"
 #include "routing_state.hpp"
@@ -67,6 +68,7 @@ private:
         bool internal = false;  // a ramp step, a signal or a health transition: no role check
         std::string backend{};  // health transition: which backend
         bool healthy = true;    // health transition: its new state
+        std::optional<OutlierDetector::Verdicts> outlier{};  // passive detection's findings
     };
     struct Staged {
         RoutingState next;
@@ -83,6 +85,11 @@ private:
     std::string stage_reload(Staged& out);
     void commit(Job job, std::string command_name, Staged staged);
     void handle_health(Job job);
+    void handle_outlier(Job job);
+    void arm_outlier_timer();
+    std::optional<Colour> watched_colour() const;
+    // Active health and passive ejection together: what the table says of each backend.
+    std::map<std::string, bool> effective_health() const;
     std::array<std::pair<unsigned, unsigned>, 2> colour_health() const;
     void reply_status(Job job);
     boost::json::object audit_record(const Job& job, const char* result,
@@ -105,6 +112,8 @@ private:
     std::deque<Job> queue_;
     bool busy_ = false;
     boost::asio::steady_timer ramp_timer_;
+    boost::asio::steady_timer outlier_timer_;
+    OutlierDetector outlier_;
     std::map<std::uint64_t, Watcher> watchers_;
     std::uint64_t next_watcher_ = 1;
 };

@@ -19,6 +19,7 @@
 #include <optional>
 #include <vector>
 
+#include "colour_hints.hpp"
 #include "forwarding_headers.hpp"
 #include "request_validation.hpp"
 #include "worker.hpp"
@@ -147,6 +148,7 @@ public:
           tracked_(worker, client_) {
         error_code ec;
         auto peer = client_.socket().remote_endpoint(ec);
+        client_address_ = peer.address();
         client_ip_ = ec ? std::string("unknown") : peer.address().to_string();
         client_.socket().set_option(tcp::no_delay(true), ec);
     }
@@ -322,7 +324,14 @@ private:
 
         // One routing snapshot for the whole request, retries included.
         RoutingTablePtr table = worker_.table();
-        Colour colour = worker_.balancer().pick_colour(*table);
+        // A preview header (from an allowed network) or a sticky cookie may name the colour.
+        std::optional<Colour> preview = preview_colour(request, client_address_, config_.preview, *table);
+        std::optional<Colour> sticky = preview ? std::nullopt : sticky_colour(request, config_.sticky, *table);
+        Colour colour = preview   ? *preview
+                        : sticky ? *sticky
+                                 : worker_.balancer().pick_colour(*table);
+        set_sticky_ = !config_.sticky.cookie.empty() && !preview && !sticky &&
+                      table->pool(Colour::blue).weight_bp > 0 && table->pool(Colour::green).weight_bp > 0;
         Upstream upstream;
         tried_.clear();
         interim_sent_ = false;
@@ -366,7 +375,10 @@ private:
                 outcome = co_await exchange(upstream, head);
             }
             const bool failed = outcome == Exchange::upstream_failed || outcome == Exchange::upstream_timeout;
-            worker_.record_outcome(upstream.backend->id, failed);
+            const bool server_error = outcome == Exchange::response_ready &&
+                                      response_parser_->get().result_int() >= 500 &&
+                                      config_.outlier.count_5xx;
+            worker_.record_outcome(upstream.backend->id, failed || server_error);
             if (!failed || !may_retry(request.method(), retries_left)) {
                 break;
             }
@@ -615,6 +627,10 @@ private:
             }
         }
         response.version(11);
+        if (set_sticky_) {
+            // The colour that served, which a retry may have changed.
+            response.insert(http::field::set_cookie, sticky_cookie(config_.sticky, upstream.backend->colour));
+        }
         if (switching) {
             // Connection: upgrade already set.
         } else if (!keep_alive) {
@@ -781,6 +797,7 @@ private:
     const Config& config_;
     beast::tcp_stream client_;
     std::string client_ip_;
+    asio::ip::address client_address_;
     beast::flat_buffer buffer_;           // bytes read from the client, not yet parsed
     beast::flat_buffer upstream_buffer_;  // bytes read from the backend, not yet parsed
     std::vector<char> request_body_;      // one piece of request body in flight
@@ -789,7 +806,8 @@ private:
     std::optional<http::response_parser<http::buffer_body>> response_parser_;
     std::vector<std::uint32_t> tried_;
     bool body_started_ = false;
-    bool interim_sent_ = false;  // a 1xx went to the client: the request can no longer be retried
+    bool interim_sent_ = false;
+    bool set_sticky_ = false;  // a split is in progress and the client has no sticky colour yet  // a 1xx went to the client: the request can no longer be retried
     bool linger_ = false;  // an error response was sent: drain before closing
     TrackedSession tracked_;
 };

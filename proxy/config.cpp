@@ -4,6 +4,8 @@
 #include <sched.h>
 #include <sys/socket.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <charconv>
 #include <fstream>
@@ -615,6 +617,42 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
         r->read_integer("min_budget", config.retries.min_budget, 0, 100000);
         r->read_bool("cross_colour", config.retries.cross_colour);
         r->reject_unknown_keys();
+    }
+
+    if (auto p = top.sub_table("preview")) {
+        if (auto header = p->read_string("header")) {
+            config.preview.header = *header;
+        }
+        if (const toml::node* networks = p->take("allowed_networks")) {
+            const toml::array* list = networks->as_array();
+            if (list == nullptr) {
+                p->error_at(*networks, "preview.allowed_networks must be a list like [\"10.0.0.0/8\"]");
+            } else {
+                for (const toml::node& item : *list) {
+                    auto text = item.value_exact<std::string>();
+                    std::string why = "a network is a string like \"10.0.0.0/8\"";
+                    if (!text || !config.preview.allowed.add(*text, why)) {
+                        p->error_at(item, "preview.allowed_networks: " + why);
+                    }
+                }
+            }
+        }
+        p->reject_unknown_keys();
+    }
+
+    if (auto st = top.sub_table("sticky")) {
+        if (auto cookie = st->read_string("cookie")) {
+            const bool token = std::all_of(cookie->begin(), cookie->end(), [](char c) {
+                return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';
+            });
+            if (!token) {
+                st->error_at(*st->table().get("cookie"), "sticky.cookie must be a cookie name (letters, digits, _ - .)");
+            } else {
+                config.sticky.cookie = *cookie;
+            }
+        }
+        st->read_duration("max_age", config.sticky.max_age);
+        st->reject_unknown_keys();
     }
 
     if (auto r = top.sub_table("rollout")) {

@@ -2,6 +2,8 @@
 // The proxy's configuration: what it is, how it is read from TOML, how quick-start flags override it.
 
 #include <chrono>
+
+#include "network_set.hpp"
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -62,6 +64,18 @@ struct RetryConfig {
     double budget = 0.2;       // retries in flight at most this fraction of active requests...
     unsigned min_budget = 3;   // ...but always at least this many
     bool cross_colour = true;  // a retry may go to the other colour when this one cannot serve
+};
+
+// Staging in production: testers reach a colour by a request header, from allowed networks.
+struct PreviewConfig {
+    std::string header = "X-BG-Color";  // empty: off
+    NetworkSet allowed;                 // empty: the header is ignored from everywhere
+};
+
+// Keeps a client on the colour it was first given while a split is in progress.
+struct StickyConfig {
+    std::string cookie;  // empty: off
+    Duration max_age{std::chrono::hours(1)};
 };
 
 enum class StableFailurePolicy { failover, hold };
@@ -143,6 +157,8 @@ struct Config {
     OutlierConfig outlier;
     RetryConfig retries;
     RolloutConfig rollout;
+    PreviewConfig preview;
+    StickyConfig sticky;
     std::string admin_listen;  // later issues
     ControlConfig control;
 };

@@ -17,6 +17,7 @@ struct DataPlaneLoad {
     std::vector<std::uint32_t> upgraded;   // open tunnels by backend id
     std::vector<std::uint64_t> requests;   // cumulative, by backend id
     std::vector<std::uint64_t> failures;   // cumulative, by backend id
+    std::vector<std::uint64_t> consecutive_failures;  // now, by backend id (max over workers)
 };
 
 class TablePublisher {

@@ -124,6 +124,7 @@ void Worker::report_load(std::function<void(DataPlaneLoad)> done) {
         load.upgraded = tunnels_;
         load.requests = requests_by_backend_;
         load.failures = failures_by_backend_;
+        load.consecutive_failures = consecutive_failures_;
         done(std::move(load));
     });
 }
@@ -132,9 +133,11 @@ void Worker::record_outcome(std::uint32_t backend_id, bool failed) {
     if (backend_id >= requests_by_backend_.size()) {
         requests_by_backend_.resize(backend_id + 1, 0);
         failures_by_backend_.resize(backend_id + 1, 0);
+        consecutive_failures_.resize(backend_id + 1, 0);
     }
     ++requests_by_backend_[backend_id];
     failures_by_backend_[backend_id] += failed ? 1 : 0;
+    consecutive_failures_[backend_id] = failed ? consecutive_failures_[backend_id] + 1 : 0;
 }
 
 void Worker::tunnel_opened(std::uint32_t backend_id) {

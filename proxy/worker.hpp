@@ -86,6 +86,7 @@ private:
     std::vector<std::uint32_t> tunnels_;  // by backend id
     std::vector<std::uint64_t> requests_by_backend_;
     std::vector<std::uint64_t> failures_by_backend_;
+    std::vector<std::uint64_t> consecutive_failures_;
     boost::asio::steady_timer grace_timer_;
     bool draining_ = false;
     std::thread thread_;

@@ -1,6 +1,7 @@
 #include "worker_group.hpp"
 
 #include <boost/asio/post.hpp>
+#include <algorithm>
 
 namespace bg {
 
@@ -77,6 +78,13 @@ void WorkerGroup::gather_load(std::function<void(DataPlaneLoad)> done) {
                 add(total->upgraded, part.upgraded);
                 add(total->requests, part.requests);
                 add(total->failures, part.failures);
+                if (total->consecutive_failures.size() < part.consecutive_failures.size()) {
+                    total->consecutive_failures.resize(part.consecutive_failures.size(), 0);
+                }
+                for (std::size_t i = 0; i < part.consecutive_failures.size(); ++i) {
+                    total->consecutive_failures[i] =
+                        std::max(total->consecutive_failures[i], part.consecutive_failures[i]);
+                }
                 if (--*remaining == 0) {
                     (*callback)(std::move(*total));
                 }

@@ -102,5 +102,58 @@ class HealthTest(ProcessTestCase):
         self.assertEqual(seen, {"blue-2"})
 
 
+
+class PreviewStickyTest(ProcessTestCase):
+    def test_preview_header_from_an_allowed_network_reaches_green_at_weight_0(self):
+        blue = [self.backend("blue-1")]
+        green = [self.backend("green-1")]
+        proxy = self.proxy(config(blue, green, extra="""
+[preview]
+header = "X-BG-Color"
+allowed_networks = ["127.0.0.0/8"]
+"""))
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+        for _ in range(5):
+            conn.request("GET", "/", headers={"X-BG-Color": "green"})
+            r = conn.getresponse()
+            self.assertEqual(r.read(), b"green-1\n")
+        # From a network not in the list, the header is ignored.
+        other = self.proxy(config(blue, green, extra="""
+[preview]
+header = "X-BG-Color"
+allowed_networks = ["10.0.0.0/8"]
+"""))
+        conn = http.client.HTTPConnection("127.0.0.1", other.port, timeout=5)
+        conn.request("GET", "/", headers={"X-BG-Color": "green"})
+        self.assertEqual(conn.getresponse().read(), b"blue-1\n")
+
+    def test_sticky_clients_keep_their_colour_through_a_ramp_step(self):
+        blue = [self.backend("blue-1")]
+        green = [self.backend("green-1")]
+        proxy = self.proxy(config(blue, green, weights=(50, 50), extra='[sticky]\ncookie = "bg"\n'))
+        clients = []
+        for _ in range(40):
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+            conn.request("GET", "/")
+            r = conn.getresponse()
+            body = r.read().decode().strip()
+            cookie = r.getheader("Set-Cookie")
+            self.assertTrue(cookie.startswith("bg=%s;" % body.split("-")[0]), cookie)
+            clients.append((cookie.split(";")[0], body))
+        self.assertEqual({b for _, b in clients}, {"blue-1", "green-1"})
+        self.assertEqual(proxy.bgctl("set", "green=70").returncode, 0)  # a ramp step
+        for cookie, first in clients:
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+            conn.request("GET", "/", headers={"Cookie": cookie})
+            r = conn.getresponse()
+            self.assertEqual(r.read().decode().strip(), first)
+            self.assertIsNone(r.getheader("Set-Cookie"))
+        # At weight 0 the cookie no longer holds.
+        self.assertEqual(proxy.bgctl("set", "green=0").returncode, 0)
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+        conn.request("GET", "/", headers={"Cookie": "bg=green"})
+        self.assertEqual(conn.getresponse().read(), b"blue-1\n")
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -8,6 +8,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.request
 
 from harness import ProcessTestCase, config, raw_exchange, status_of
 from test_control import Load
@@ -92,6 +93,55 @@ class RetryTest(ProcessTestCase):
         with open(log) as f:
             gets = [l for l in f.read().splitlines() if l.startswith("GET /?reset=1")]
         self.assertEqual(len(gets), 3, gets)  # the first try and attempts = 2 retries
+
+
+
+class ErrorRateTest(ProcessTestCase):
+    def test_green_failing_20_percent_during_a_ramp_aborts_it_and_reverts(self):
+        blue = [self.backend("blue-1"), self.backend("blue-2")]
+        green = [self.backend("green-1"), self.backend("green-2")]
+        proxy = self.proxy(config(blue, green, extra="""
+[outlier]
+error_rate = 0.1
+min_requests = 100
+window = "5s"
+consecutive_failures = 0
+[retries]
+attempts = 0
+"""))
+        for b in green:
+            with urllib.request.urlopen("http://%s/admin/fail?fail_rate=0.2" % b.address, timeout=5) as r:
+                r.read()
+        proxy.bgctl("ramp", "green", "to=100", "step=20", "every=1s")
+        started = time.time()
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+        green_errors = 0
+        sent = 0
+        deadline = time.time() + 20
+        reverted = None
+        while time.time() < deadline:
+            # Green fails one request in five (bg-backend's fail_rate); blue never does.
+            conn.request("GET", "/")
+            r = conn.getresponse()
+            r.read()
+            backend = r.getheader("X-Backend") or ""
+            if r.status == 500 and backend.startswith("green"):
+                green_errors += 1
+            sent += 1
+            if sent % 25 == 0:
+                s = proxy.status()
+                if s["colours"]["green"]["role"] == "failed":
+                    reverted = time.time() - started
+                    break
+        self.assertIsNotNone(reverted, "no revert: %s" % proxy.status())
+        s = proxy.status()
+        print("green at 20%% errors during a ramp: reverted %.2f s after the ramp started, after "
+              "%d green errors" % (reverted, green_errors))
+        self.assertEqual(s["colours"]["blue"]["weight"], 100)
+        self.assertIsNone(s["ramp"])
+        with open(proxy.audit_log) as f:
+            last = json.loads(f.read().splitlines()[-1])
+        self.assertIn("green error rate", last["note"])
 
 
 if __name__ == "__main__":

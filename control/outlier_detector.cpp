@@ -1,0 +1,107 @@
+#include "outlier_detector.hpp"
+
+#include <algorithm>
+
+namespace bg {
+
+namespace {
+
+std::uint64_t at(const std::vector<std::uint64_t>& v, std::uint32_t id) { return id < v.size() ? v[id] : 0; }
+
+std::string percent(double fraction) {
+    return std::to_string(static_cast<int>(fraction * 100 + 0.5)) + "%";
+}
+
+}  // namespace
+
+const std::map<std::string, bool> OutlierDetector::ejected_map() const {
+    std::map<std::string, bool> out;
+    for (const auto& [name, e] : ejections_) {
+        out[name] = true;
+    }
+    return out;
+}
+
+void OutlierDetector::reset_window() { samples_.clear(); }
+
+OutlierDetector::Verdicts OutlierDetector::observe(const RoutingTable& table, const DataPlaneLoad& load,
+                                                   Clock::time_point now, std::optional<Colour> watched,
+                                                   const std::map<std::string, bool>& active_healthy) {
+    Verdicts verdicts;
+    samples_.push_back(Sample{now, load.requests, load.failures});
+    // Keep one sample at or before the window's start to measure the whole window.
+    while (samples_.size() > 2 && samples_[1].at <= now - config_.window) {
+        samples_.pop_front();
+    }
+    const Sample& oldest = samples_.front();
+    const Sample& newest = samples_.back();
+
+    // Returns first: an ejection that is over ends once the active checks pass.
+    for (auto it = ejections_.begin(); it != ejections_.end();) {
+        auto health = active_healthy.find(it->first);
+        bool passing = health == active_healthy.end() || health->second;
+        if (now >= it->second.until && passing) {
+            verdicts.returned.push_back(it->first);
+            it = ejections_.erase(it);
+        } else {
+            ++it;
+        }
+    }
+
+    for (Colour colour : all_colours) {
+        const ColourPool& pool = table.pool(colour);
+        std::uint64_t colour_requests = 0;
+        std::uint64_t colour_failures = 0;
+        unsigned ejected_here = 0;
+        for (const Backend& b : pool.backends) {
+            ejected_here += ejections_.contains(b.name) ? 1 : 0;
+        }
+        for (const Backend& b : pool.backends) {
+            const std::uint64_t requests = at(newest.requests, b.id) - at(oldest.requests, b.id);
+            const std::uint64_t failures = at(newest.failures, b.id) - at(oldest.failures, b.id);
+            colour_requests += requests;
+            colour_failures += failures;
+            if (ejections_.contains(b.name)) {
+                continue;
+            }
+            const std::uint64_t in_a_row = at(load.consecutive_failures, b.id);
+            const bool consecutive =
+                config_.consecutive_failures > 0 && in_a_row >= config_.consecutive_failures;
+            const double rate = requests > 0 ? static_cast<double>(failures) / static_cast<double>(requests) : 0;
+            const bool rate_exceeded =
+                config_.error_rate > 0 && requests >= config_.min_requests && rate >= config_.error_rate;
+            if (!consecutive && !rate_exceeded) {
+                continue;
+            }
+            // Never eject below the panic threshold: the pool keeps enough backends to try.
+            const double remaining = static_cast<double>(pool.backends.size() - ejected_here - 1);
+            if (remaining < config_.panic_threshold * static_cast<double>(pool.backends.size())) {
+                continue;
+            }
+            unsigned& times = times_ejected_[b.name];
+            ++times;
+            auto length = std::min<Duration>(config_.base_ejection * times, config_.max_ejection);
+            ejections_[b.name] = Ejection{now + length};
+            ++ejected_here;
+            verdicts.ejected.push_back(b.name);
+            verdicts.reasons[b.name] =
+                (consecutive ? std::to_string(in_a_row) + " failures in a row"
+                             : "error rate " + percent(rate) + " of " + std::to_string(requests) +
+                                   " requests (threshold " + percent(config_.error_rate) + ")") +
+                ", ejected for " + std::to_string(length.count()) + "ms";
+        }
+        if (watched && *watched == colour && config_.error_rate > 0 &&
+            colour_requests >= config_.min_requests) {
+            const double rate = static_cast<double>(colour_failures) / static_cast<double>(colour_requests);
+            if (rate >= config_.error_rate) {
+                verdicts.failed_colour = colour;
+                verdicts.colour_reason = std::string(to_string(colour)) + " error rate " + percent(rate) +
+                                         " over " + std::to_string(colour_requests) + " requests (threshold " +
+                                         percent(config_.error_rate) + ")";
+            }
+        }
+    }
+    return verdicts;
+}
+
+}  // namespace bg

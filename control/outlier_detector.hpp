@@ -1,0 +1,63 @@
+#pragma once
+// OutlierDetector: passive failure detection from live traffic (Envoy's outlier detection).
+// Fed periodic snapshots of the workers' cumulative per-backend counters; decides which
+// backends to eject, which to return, and whether the colour taking new traffic fails on its
+// error rate. Pure bookkeeping: no timers, no I/O, so it is tested with made-up snapshots.
+
+#include <chrono>
+#include <deque>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "config.hpp"
+#include "routing_table.hpp"
+#include "table_publisher.hpp"
+
+namespace bg {
+
+class OutlierDetector {
+public:
+    using Clock = std::chrono::steady_clock;
+
+    struct Verdicts {
+        std::vector<std::string> ejected;   // newly ejected, with why in `reasons`
+        std::vector<std::string> returned;  // ejection over and active checks passing
+        std::map<std::string, std::string> reasons;
+        std::optional<Colour> failed_colour;  // the watched colour's error rate is too high
+        std::string colour_reason;
+        bool empty() const { return ejected.empty() && returned.empty() && !failed_colour; }
+    };
+
+    explicit OutlierDetector(OutlierConfig config) : config_(std::move(config)) {}
+    void reconfigure(OutlierConfig config) { config_ = std::move(config); }
+
+    // One sample. `watched` is the colour whose error rate can fail it (the candidate taking
+    // new traffic), if any; `active_healthy` gates the return of an ejected backend.
+    Verdicts observe(const RoutingTable& table, const DataPlaneLoad& load, Clock::time_point now,
+                     std::optional<Colour> watched,
+                     const std::map<std::string, bool>& active_healthy);
+
+    bool ejected(const std::string& backend) const { return ejections_.contains(backend); }
+    const std::map<std::string, bool> ejected_map() const;
+    // Forget the colour's history, e.g. after a revert, so old errors do not count twice.
+    void reset_window();
+
+private:
+    struct Sample {
+        Clock::time_point at;
+        std::vector<std::uint64_t> requests;
+        std::vector<std::uint64_t> failures;
+    };
+    struct Ejection {
+        Clock::time_point until;
+    };
+
+    OutlierConfig config_;
+    std::deque<Sample> samples_;
+    std::map<std::string, Ejection> ejections_;
+    std::map<std::string, unsigned> times_ejected_;
+};
+
+}  // namespace bg

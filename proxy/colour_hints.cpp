@@ -1,0 +1,85 @@
+#include "colour_hints.hpp"
+
+#include <boost/beast/core/string.hpp>
+
+namespace bg {
+
+namespace http = boost::beast::http;
+
+namespace {
+
+std::optional<Colour> named(std::string_view value) {
+    if (boost::beast::iequals(value, "blue")) {
+        return Colour::blue;
+    }
+    if (boost::beast::iequals(value, "green")) {
+        return Colour::green;
+    }
+    return std::nullopt;
+}
+
+std::string_view trim(std::string_view s) {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) {
+        s.remove_prefix(1);
+    }
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) {
+        s.remove_suffix(1);
+    }
+    return s;
+}
+
+}  // namespace
+
+std::optional<Colour> preview_colour(const http::fields& fields, const boost::asio::ip::address& client,
+                                     const PreviewConfig& preview, const RoutingTable& table) {
+    if (preview.header.empty() || preview.allowed.empty()) {
+        return std::nullopt;
+    }
+    auto it = fields.find(preview.header);
+    if (it == fields.end()) {
+        return std::nullopt;
+    }
+    auto colour = named(trim(it->value()));
+    if (!colour || !preview.allowed.contains(client) || table.pool(*colour).eligible.empty()) {
+        return std::nullopt;
+    }
+    return colour;
+}
+
+std::optional<Colour> sticky_colour(const http::fields& fields, const StickyConfig& sticky,
+                                    const RoutingTable& table) {
+    if (sticky.cookie.empty()) {
+        return std::nullopt;
+    }
+    for (auto it = fields.find(http::field::cookie); it != fields.end() && it->name() == http::field::cookie;
+         ++it) {
+        std::string_view rest = it->value();
+        while (!rest.empty()) {
+            auto semi = rest.find(';');
+            std::string_view pair = trim(rest.substr(0, semi));
+            rest = semi == std::string_view::npos ? std::string_view{} : rest.substr(semi + 1);
+            auto eq = pair.find('=');
+            if (eq == std::string_view::npos || pair.substr(0, eq) != sticky.cookie) {
+                continue;
+            }
+            auto colour = named(pair.substr(eq + 1));
+            if (!colour) {
+                return std::nullopt;
+            }
+            const ColourPool& pool = table.pool(*colour);
+            if (pool.failed || pool.weight_bp == 0 || pool.eligible.empty()) {
+                return std::nullopt;
+            }
+            return colour;
+        }
+    }
+    return std::nullopt;
+}
+
+std::string sticky_cookie(const StickyConfig& sticky, Colour colour) {
+    return sticky.cookie + "=" + to_string(colour) + "; Path=/; Max-Age=" +
+           std::to_string(std::chrono::duration_cast<std::chrono::seconds>(sticky.max_age).count()) +
+           "; HttpOnly; SameSite=Lax";
+}
+
+}  // namespace bg

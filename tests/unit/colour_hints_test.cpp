@@ -1,0 +1,70 @@
+#include <doctest/doctest.h>
+
+#include "colour_hints.hpp"
+
+namespace http = boost::beast::http;
+
+namespace {
+
+bg::RoutingTable table(std::uint32_t blue_bp, bool green_failed = false) {
+    std::array<bg::ColourPool, 2> pools;
+    pools[0].weight_bp = blue_bp;
+    pools[1].weight_bp = 10000 - blue_bp;
+    pools[1].failed = green_failed;
+    pools[0].backends = {{0, "b", bg::Colour::blue, {}}};
+    pools[1].backends = {{1, "g", bg::Colour::green, {}}};
+    return bg::RoutingTable(1, std::move(pools));
+}
+
+bg::PreviewConfig loopback_preview() {
+    bg::PreviewConfig preview;
+    std::string error;
+    REQUIRE(preview.allowed.add("127.0.0.0/8", error));
+    REQUIRE(preview.allowed.add("::1", error));
+    return preview;
+}
+
+}  // namespace
+
+TEST_CASE("the preview header reaches an idle colour, only from an allowed network") {
+    auto t = table(10000);
+    auto preview = loopback_preview();
+    http::fields f;
+    f.set("X-BG-Color", "Green");
+    auto local = boost::asio::ip::make_address("127.0.0.5");
+    auto remote = boost::asio::ip::make_address("203.0.113.9");
+    CHECK(bg::preview_colour(f, local, preview, t) == bg::Colour::green);
+    CHECK(bg::preview_colour(f, boost::asio::ip::make_address("::ffff:127.0.0.1"), preview, t) ==
+          bg::Colour::green);
+    CHECK_FALSE(bg::preview_colour(f, remote, preview, t));
+    f.set("X-BG-Color", "purple");
+    CHECK_FALSE(bg::preview_colour(f, local, preview, t));
+}
+
+TEST_CASE("the sticky cookie holds unless its colour is failed or at weight 0") {
+    bg::StickyConfig sticky;
+    sticky.cookie = "bg";
+    http::fields f;
+    f.insert(http::field::cookie, "a=1; bg=green; c=2");
+    CHECK(bg::sticky_colour(f, sticky, table(5000)) == bg::Colour::green);
+    CHECK_FALSE(bg::sticky_colour(f, sticky, table(10000)));        // green at 0
+    CHECK_FALSE(bg::sticky_colour(f, sticky, table(5000, true)));   // green failed
+    sticky.cookie = "";
+    CHECK_FALSE(bg::sticky_colour(f, sticky, table(5000)));
+    sticky.cookie = "bg";
+    CHECK(bg::sticky_cookie(sticky, bg::Colour::blue) ==
+          "bg=blue; Path=/; Max-Age=3600; HttpOnly; SameSite=Lax");
+}
+
+TEST_CASE("network sets match by prefix") {
+    bg::NetworkSet set;
+    std::string error;
+    CHECK(set.add("10.1.0.0/16", error));
+    CHECK(set.add("2001:db8::/32", error));
+    CHECK_FALSE(set.add("10.0.0.0/33", error));
+    CHECK_FALSE(set.add("not-an-address", error));
+    CHECK(set.contains(boost::asio::ip::make_address("10.1.200.3")));
+    CHECK_FALSE(set.contains(boost::asio::ip::make_address("10.2.0.1")));
+    CHECK(set.contains(boost::asio::ip::make_address("2001:db8:1::1")));
+    CHECK_FALSE(set.contains(boost::asio::ip::make_address("2001:db9::1")));
+}

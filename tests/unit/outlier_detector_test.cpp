@@ -1,0 +1,89 @@
+#include <doctest/doctest.h>
+
+#include "outlier_detector.hpp"
+
+namespace {
+
+using Clock = bg::OutlierDetector::Clock;
+
+bg::RoutingTable two_by_two() {
+    std::array<bg::ColourPool, 2> pools;
+    pools[0].weight_bp = 5000;
+    pools[1].weight_bp = 5000;
+    pools[0].backends = {{0, "b1", bg::Colour::blue, {}}, {1, "b2", bg::Colour::blue, {}}};
+    pools[1].backends = {{2, "g1", bg::Colour::green, {}}, {3, "g2", bg::Colour::green, {}}};
+    return bg::RoutingTable(1, std::move(pools));
+}
+
+bg::DataPlaneLoad counts(std::vector<std::uint64_t> requests, std::vector<std::uint64_t> failures,
+                         std::vector<std::uint64_t> consecutive = {0, 0, 0, 0}) {
+    bg::DataPlaneLoad load;
+    load.requests = std::move(requests);
+    load.failures = std::move(failures);
+    load.consecutive_failures = std::move(consecutive);
+    return load;
+}
+
+}  // namespace
+
+TEST_CASE("a backend over the error rate is ejected, for a growing time, and returns when checks pass") {
+    bg::OutlierConfig config;
+    config.error_rate = 0.5;
+    config.min_requests = 10;
+    config.base_ejection = std::chrono::seconds(10);
+    bg::OutlierDetector detector(config);
+    auto table = two_by_two();
+    auto t0 = Clock::now();
+    CHECK(detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, {}).empty());
+    auto v = detector.observe(table, counts({20, 20, 0, 0}, {12, 1, 0, 0}), t0 + std::chrono::seconds(1),
+                              std::nullopt, {});
+    CHECK(v.ejected == std::vector<std::string>{"b1"});
+    CHECK(detector.ejected("b1"));
+    // The pool (2 backends, panic threshold 0.5) may lose only one.
+    v = detector.observe(table, counts({40, 40, 0, 0}, {30, 30, 0, 0}), t0 + std::chrono::seconds(2),
+                         std::nullopt, {});
+    CHECK(v.ejected.empty());
+    // Ejection over but the checks fail: it stays out.
+    v = detector.observe(table, counts({40, 40, 0, 0}, {30, 30, 0, 0}), t0 + std::chrono::seconds(12),
+                         std::nullopt, {{"b1", false}});
+    CHECK(v.returned.empty());
+    v = detector.observe(table, counts({40, 40, 0, 0}, {30, 30, 0, 0}), t0 + std::chrono::seconds(13),
+                         std::nullopt, {{"b1", true}});
+    CHECK(v.returned == std::vector<std::string>{"b1"});
+}
+
+TEST_CASE("consecutive failures eject without waiting for the minimum count") {
+    bg::OutlierConfig config;
+    config.consecutive_failures = 5;
+    bg::OutlierDetector detector(config);
+    auto table = two_by_two();
+    auto v = detector.observe(table, counts({5, 0, 0, 0}, {5, 0, 0, 0}, {5, 0, 0, 0}), Clock::now(),
+                              std::nullopt, {});
+    CHECK(v.ejected == std::vector<std::string>{"b1"});
+    CHECK(v.reasons["b1"].find("5 failures in a row") != std::string::npos);
+}
+
+TEST_CASE("the watched colour fails on its error rate once the minimum count is reached") {
+    bg::OutlierConfig config;
+    config.error_rate = 0.1;
+    config.min_requests = 100;
+    bg::OutlierDetector detector(config);
+    auto table = two_by_two();
+    auto t0 = Clock::now();
+    detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, bg::Colour::green, {});
+    // 20% errors but only 50 requests: not yet.
+    auto v = detector.observe(table, counts({0, 0, 25, 25}, {0, 0, 5, 5}), t0 + std::chrono::seconds(1),
+                              bg::Colour::green, {});
+    CHECK_FALSE(v.failed_colour.has_value());
+    v = detector.observe(table, counts({0, 0, 60, 60}, {0, 0, 12, 12}), t0 + std::chrono::seconds(2),
+                         bg::Colour::green, {});
+    REQUIRE(v.failed_colour.has_value());
+    CHECK(*v.failed_colour == bg::Colour::green);
+    CHECK(v.colour_reason.find("green error rate 20%") != std::string::npos);
+    // Blue at the same rate is not watched.
+    bg::OutlierDetector other(config);
+    other.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, bg::Colour::green, {});
+    CHECK_FALSE(other.observe(table, counts({60, 60, 0, 0}, {12, 12, 0, 0}), t0 + std::chrono::seconds(1),
+                              bg::Colour::green, {})
+                    .failed_colour);
+}
