@@ -45,7 +45,8 @@ wait_port "$backend_port"
 
 bg_port=$(free_port)
 taskset -c "$proxy_cpu" build/proxy/bgproxy --listen "127.0.0.1:$bg_port" --workers 1 \
-  --blue "127.0.0.1:$backend_port" --green "127.0.0.1:$backend_port" >/dev/null 2>&1 &
+  --blue "127.0.0.1:$backend_port" --green "127.0.0.1:$backend_port" --admin 127.0.0.1:0 \
+  >/dev/null 2>&1 &
 pids+=($!)
 
 ha_port=$(free_port)

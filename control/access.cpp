@@ -44,8 +44,7 @@ bool member(const RoleMembers& members, std::uint32_t uid, const std::vector<gid
         group* found = nullptr;
         std::vector<char> buffer(16384);
         if (getgrnam_r(name.c_str(), &gr, buffer.data(), buffer.size(), &found) == 0 &&
-            found != nullptr &&
-            std::find(gids.begin(), gids.end(), gr.gr_gid) != gids.end()) {
+            found != nullptr && std::find(gids.begin(), gids.end(), gr.gr_gid) != gids.end()) {
             return true;
         }
     }

@@ -58,8 +58,8 @@ bool AuditLog::append(const boost::json::object& record) {
         return path_.empty();
     }
     line.push_back('\n');
-    bool ok = std::fwrite(line.data(), 1, line.size(), file_) == line.size() &&
-              std::fflush(file_) == 0;
+    bool ok =
+        std::fwrite(line.data(), 1, line.size(), file_) == line.size() && std::fflush(file_) == 0;
     return ok;
 }
 

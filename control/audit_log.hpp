@@ -10,7 +10,7 @@
 namespace bg {
 
 class AuditLog {
-public:
+  public:
     // An empty path keeps records in memory only.
     explicit AuditLog(std::string path, std::size_t keep = 1000);
     ~AuditLog();
@@ -23,7 +23,7 @@ public:
     // The last n records, oldest first.
     std::deque<std::string> last(std::size_t n) const;
 
-private:
+  private:
     std::string path_;
     std::size_t keep_;
     std::FILE* file_ = nullptr;

@@ -24,7 +24,7 @@ namespace {
 enum Exit { done = 0, refused = 1, usage = 2, unreachable = 3 };
 
 class Connection {
-public:
+  public:
     ~Connection() {
         if (fd_ >= 0) {
             ::close(fd_);
@@ -79,7 +79,7 @@ public:
         }
     }
 
-private:
+  private:
     int fd_ = -1;
     std::string buffer_;
 };
@@ -176,8 +176,9 @@ void print_reply(const std::string& verb, const json::object& reply) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    CLI::App app{"bgctl: control a running bgproxy through its control socket.\n"
-                 "Exit codes: 0 done, 1 refused by the proxy, 2 usage error, 3 proxy unreachable."};
+    CLI::App app{
+        "bgctl: control a running bgproxy through its control socket.\n"
+        "Exit codes: 0 done, 1 refused by the proxy, 2 usage error, 3 proxy unreachable."};
     const char* env_socket = std::getenv("BGCTL_SOCKET");
     std::string socket_path = env_socket != nullptr ? env_socket : "/run/bgproxy/control.sock";
     bool as_json = false;
@@ -185,11 +186,13 @@ int main(int argc, char** argv) {
     app.add_option("-s,--socket", socket_path,
                    "the control socket (default: $BGCTL_SOCKET or /run/bgproxy/control.sock)");
     app.add_flag("--json", as_json, "print the proxy's JSON reply as it is, for scripts");
-    app.add_option("--timeout", timeout_s, "seconds to wait for a reply")->check(CLI::PositiveNumber);
+    app.add_option("--timeout", timeout_s, "seconds to wait for a reply")
+        ->check(CLI::PositiveNumber);
     app.require_subcommand(1);
 
     std::vector<std::string> args;
     bool dry_run = false;
+    bool skip_gate = false;
     struct Spec {
         const char* name;
         const char* help;
@@ -209,10 +212,13 @@ int main(int argc, char** argv) {
          "bgctl set blue=90 green=10   or   bgctl set green=12.5", true, "WEIGHTS", true},
         {"flip", "send all new traffic to the other colour; the old one stays as the fallback",
          "bgctl flip", true, nullptr, false},
-        {"rollback", "send all traffic back to the stable (last known good) colour, ending any ramp",
+        {"rollback",
+         "send all traffic back to the stable (last known good) colour, ending any ramp",
          "bgctl rollback", true, nullptr, false},
         {"promote", "declare the colour taking all traffic the stable one", "bgctl promote", true,
          nullptr, false},
+        {"clear", "clear the failed mark the rollout guard put on a colour (traffic does not move)",
+         "bgctl clear", true, nullptr, false},
         {"ramp",
          "shift traffic step by step: ramp COLOUR to=P step=P every=DURATION; or ramp "
          "pause|resume|abort",
@@ -241,6 +247,11 @@ int main(int argc, char** argv) {
             sub->add_flag("--dry-run", dry_run,
                           "validate and show the state it would produce without applying it");
         }
+        const std::string name = spec.name;
+        if (name == "flip" || name == "set" || name == "ramp") {
+            sub->add_flag("--skip-gate", skip_gate,
+                          "do not run the [[gate]] smoke checks first (recorded in the audit log)");
+        }
         subs.emplace_back(sub, &spec);
     }
 
@@ -267,6 +278,9 @@ int main(int argc, char** argv) {
     }
     if (dry_run) {
         line += " --dry-run";
+    }
+    if (skip_gate) {
+        line += " --skip-gate";
     }
 
     Connection conn;

@@ -10,22 +10,40 @@ namespace bg {
 
 const char* verb_name(Verb verb) {
     switch (verb) {
-        case Verb::status: return "status";
-        case Verb::history: return "history";
-        case Verb::watch: return "watch";
-        case Verb::help: return "help";
-        case Verb::set: return "set";
-        case Verb::flip: return "flip";
-        case Verb::rollback: return "rollback";
-        case Verb::promote: return "promote";
-        case Verb::ramp: return "ramp";
-        case Verb::ramp_pause: return "ramp pause";
-        case Verb::ramp_resume: return "ramp resume";
-        case Verb::ramp_abort: return "ramp abort";
-        case Verb::drain: return "drain";
-        case Verb::maint: return "maint";
-        case Verb::ready: return "ready";
-        case Verb::reload: return "reload";
+        case Verb::status:
+            return "status";
+        case Verb::history:
+            return "history";
+        case Verb::watch:
+            return "watch";
+        case Verb::help:
+            return "help";
+        case Verb::set:
+            return "set";
+        case Verb::flip:
+            return "flip";
+        case Verb::rollback:
+            return "rollback";
+        case Verb::promote:
+            return "promote";
+        case Verb::clear:
+            return "clear";
+        case Verb::ramp:
+            return "ramp";
+        case Verb::ramp_pause:
+            return "ramp pause";
+        case Verb::ramp_resume:
+            return "ramp resume";
+        case Verb::ramp_abort:
+            return "ramp abort";
+        case Verb::drain:
+            return "drain";
+        case Verb::maint:
+            return "maint";
+        case Verb::ready:
+            return "ready";
+        case Verb::reload:
+            return "reload";
     }
     return "?";
 }
@@ -44,29 +62,23 @@ Role required_role(Verb verb) {
     }
 }
 
-bool changes_state(Verb verb) { return required_role(verb) != Role::read; }
+bool changes_state(Verb verb) {
+    return required_role(verb) != Role::read;
+}
 
 const char* protocol_help() {
     return "read:    status | history [N] | watch | help\n"
-           "operate: set blue=W green=W | set green=W | flip | rollback | promote\n"
+           "operate: set blue=W green=W | set green=W | flip | rollback | promote | clear\n"
            "         ramp green to=100 step=10 every=30s | ramp pause | ramp resume | ramp abort\n"
            "         drain BACKEND | maint BACKEND | ready BACKEND\n"
            "admin:   reload\n"
            "Weights are percentages with up to two decimals. Add --dry-run to any state-changing\n"
-           "command to see the state it would produce without applying it.";
+           "command to see the state it would produce without applying it. flip, set and ramp\n"
+           "run the [[gate]] smoke checks on the colour gaining traffic first; --skip-gate\n"
+           "overrides them (audited).";
 }
 
 namespace {
-
-std::optional<Colour> parse_colour(std::string_view s) {
-    if (s == "blue") {
-        return Colour::blue;
-    }
-    if (s == "green") {
-        return Colour::green;
-    }
-    return std::nullopt;
-}
 
 std::optional<std::uint32_t> parse_percent(std::string_view s) {
     // Digits with an optional '.' and up to two decimals: strict, no exponent, no sign.
@@ -99,7 +111,9 @@ std::optional<std::uint32_t> parse_percent(std::string_view s) {
     return bp;
 }
 
-ParsedCommand fail(std::string message) { return {std::nullopt, std::move(message)}; }
+ParsedCommand fail(std::string message) {
+    return {std::nullopt, std::move(message)};
+}
 
 // "key=value" arguments, each key once.
 bool split_pair(std::string_view token, std::string_view& key, std::string_view& value) {
@@ -126,6 +140,7 @@ ParsedCommand parse_command(std::string_view line) {
     }
     std::vector<std::string_view> words;
     bool dry_run = false;
+    bool skip_gate = false;
     std::size_t i = 0;
     while (i < line.size()) {
         while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) {
@@ -139,6 +154,8 @@ ParsedCommand parse_command(std::string_view line) {
             std::string_view word = line.substr(start, i - start);
             if (word == "--dry-run") {
                 dry_run = true;
+            } else if (word == "--skip-gate") {
+                skip_gate = true;
             } else {
                 words.push_back(word);
             }
@@ -149,6 +166,7 @@ ParsedCommand parse_command(std::string_view line) {
     }
     Command cmd;
     cmd.dry_run = dry_run;
+    cmd.skip_gate = skip_gate;
     const std::string_view verb = words[0];
     const std::size_t args = words.size() - 1;
     auto no_args = [&](Verb v) -> ParsedCommand {
@@ -176,6 +194,9 @@ ParsedCommand parse_command(std::string_view line) {
     }
     if (verb == "promote") {
         return no_args(Verb::promote);
+    }
+    if (verb == "clear") {
+        return no_args(Verb::clear);
     }
     if (verb == "reload") {
         return no_args(Verb::reload);
@@ -214,7 +235,7 @@ ParsedCommand parse_command(std::string_view line) {
             if (!split_pair(words[k], key, value)) {
                 return fail("expected COLOUR=PERCENT, got '" + std::string(words[k]) + "'");
             }
-            auto colour = parse_colour(key);
+            auto colour = colour_from_name(key);
             if (!colour) {
                 return fail("unknown colour '" + std::string(key) + "': use blue or green");
             }
@@ -242,22 +263,26 @@ ParsedCommand parse_command(std::string_view line) {
         return {cmd, {}};
     }
     if (verb == "pause" || verb == "resume" || verb == "abort") {
-        cmd.verb = verb == "pause" ? Verb::ramp_pause : verb == "resume" ? Verb::ramp_resume : Verb::ramp_abort;
+        cmd.verb = verb == "pause"    ? Verb::ramp_pause
+                   : verb == "resume" ? Verb::ramp_resume
+                                      : Verb::ramp_abort;
         return args == 0 ? ParsedCommand{cmd, {}} : fail(std::string(verb) + " takes no arguments");
     }
     if (verb == "ramp") {
         if (args == 1 && (words[1] == "pause" || words[1] == "resume" || words[1] == "abort")) {
-            cmd.verb = words[1] == "pause" ? Verb::ramp_pause
+            cmd.verb = words[1] == "pause"    ? Verb::ramp_pause
                        : words[1] == "resume" ? Verb::ramp_resume
                                               : Verb::ramp_abort;
             return {cmd, {}};
         }
         cmd.verb = Verb::ramp;
-        const char* usage = "usage: ramp COLOUR to=P step=P every=DURATION, e.g. ramp green to=100 step=10 every=30s";
+        const char* usage =
+            "usage: ramp COLOUR to=P step=P every=DURATION, e.g. ramp green to=100 step=10 "
+            "every=30s";
         if (args < 1) {
             return fail(usage);
         }
-        auto colour = parse_colour(words[1]);
+        auto colour = colour_from_name(words[1]);
         if (!colour) {
             return fail("unknown colour '" + std::string(words[1]) + "'; " + usage);
         }

@@ -23,6 +23,7 @@ enum class Verb {
     flip,
     rollback,
     promote,
+    clear,
     ramp,
     ramp_pause,
     ramp_resume,
@@ -41,14 +42,15 @@ bool changes_state(Verb verb);
 struct Command {
     Verb verb = Verb::status;
     bool dry_run = false;
-    std::optional<std::uint32_t> blue_bp;   // set
-    std::optional<std::uint32_t> green_bp;  // set
-    Colour colour = Colour::green;          // ramp
-    std::uint32_t to_bp = 10000;            // ramp
-    std::uint32_t step_bp = 1000;           // ramp
+    bool skip_gate = false;                    // audited: the line carries it
+    std::optional<std::uint32_t> blue_bp;      // set
+    std::optional<std::uint32_t> green_bp;     // set
+    Colour colour = Colour::green;             // ramp
+    std::uint32_t to_bp = 10000;               // ramp
+    std::uint32_t step_bp = 1000;              // ramp
     Duration every{std::chrono::seconds(30)};  // ramp
-    std::string backend;                    // drain, maint, ready
-    std::size_t count = 20;                 // history
+    std::string backend;                       // drain, maint, ready
+    std::size_t count = 20;                    // history
 };
 
 struct ParsedCommand {

@@ -10,8 +10,8 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/channel.hpp>
-#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/read_until.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/json/serialize.hpp>
@@ -112,10 +112,13 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
 
 }  // namespace
 
-ControlServer::ControlServer(asio::io_context& io, const ControlConfig& config, Switchboard& switchboard)
+ControlServer::ControlServer(asio::io_context& io, const ControlConfig& config,
+                             Switchboard& switchboard)
     : io_(io), config_(config), switchboard_(switchboard), acceptor_(io) {}
 
-ControlServer::~ControlServer() { close(); }
+ControlServer::~ControlServer() {
+    close();
+}
 
 bool ControlServer::open(std::string& error) {
     namespace fs = std::filesystem;
@@ -125,7 +128,7 @@ bool ControlServer::open(std::string& error) {
         fs::create_directories(path.parent_path(), fs_error);
     }
     // A socket file left by a previous process is replaced; anything else at the path is not.
-    struct stat st{};
+    struct stat st {};
     if (::lstat(config_.socket.c_str(), &st) == 0) {
         if (!S_ISSOCK(st.st_mode)) {
             error = "control socket path " + config_.socket + " exists and is not a socket";
@@ -164,7 +167,9 @@ bool ControlServer::open(std::string& error) {
     return true;
 }
 
-void ControlServer::start() { accept(); }
+void ControlServer::start() {
+    accept();
+}
 
 void ControlServer::close() {
     if (acceptor_.is_open()) {

@@ -13,8 +13,9 @@
 namespace bg {
 
 class ControlServer {
-public:
-    ControlServer(boost::asio::io_context& io, const ControlConfig& config, Switchboard& switchboard);
+  public:
+    ControlServer(boost::asio::io_context& io, const ControlConfig& config,
+                  Switchboard& switchboard);
     ~ControlServer();
 
     // Creates the socket (replacing a stale one), with the configured mode and group.
@@ -22,7 +23,7 @@ public:
     void start();
     void close();
 
-private:
+  private:
     void accept();
 
     boost::asio::io_context& io_;

@@ -1,27 +1,20 @@
 #include "health_checker.hpp"
 
+#include "http_probe.hpp"
+
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
-#include <boost/beast/http/empty_body.hpp>
-#include <boost/beast/http/parser.hpp>
-#include <boost/beast/http/read.hpp>
-#include <boost/beast/http/write.hpp>
-#include <algorithm>
 #include <random>
 
 namespace bg {
 
 namespace asio = boost::asio;
-namespace beast = boost::beast;
-namespace http = beast::http;
-using tcp = asio::ip::tcp;
 
 namespace {
 constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
@@ -45,46 +38,22 @@ namespace {
 // One probe: true when the backend answered as expected; `why` says what went wrong otherwise.
 asio::awaitable<bool> probe_once(const HostPort& address, const HealthCheckConfig& check,
                                  std::string& why) {
-    auto executor = co_await asio::this_coro::executor;
-    boost::system::error_code ec;
-    tcp::endpoint endpoint(asio::ip::make_address(address.ip, ec), address.port);
-    beast::tcp_stream stream(executor);
-    stream.expires_after(check.timeout);
-    std::tie(ec) = co_await stream.async_connect(endpoint, nothrow);
-    if (ec) {
-        why = "connect: " + ec.message();
+    ProbeRequest request;
+    request.method = check.method;
+    request.path = check.path;
+    request.host = check.host;
+    request.timeout = check.timeout;
+    request.tcp_only = check.tcp_only;
+    ProbeResult result = co_await http_probe(address, request);
+    if (!result.answered) {
+        why = result.error;
         co_return false;
     }
-    if (check.tcp_only) {
-        co_return true;
-    }
-    http::request<http::empty_body> request{http::string_to_verb(check.method), check.path, 11};
-    if (request.method() == http::verb::unknown) {
-        request.method_string(check.method);
-    }
-    request.set(http::field::host, check.host.empty() ? address.text : check.host);
-    request.set(http::field::user_agent, "bgproxy-health-check");
-    request.set(http::field::connection, "close");
-    auto [wec, wn] = co_await http::async_write(stream, request, nothrow);
-    if (wec) {
-        why = "send: " + wec.message();
+    if (!check.tcp_only &&
+        std::find(check.expect.begin(), check.expect.end(), result.status) == check.expect.end()) {
+        why = "status " + std::to_string(result.status);
         co_return false;
     }
-    beast::flat_buffer buffer;
-    http::response_parser<http::empty_body> parser;
-    parser.skip(true);  // the status is all we need
-    auto [rec, rn] = co_await http::async_read_header(stream, buffer, parser, nothrow);
-    if (rec) {
-        why = rec == beast::error::timeout ? "no answer within the timeout" : "read: " + rec.message();
-        co_return false;
-    }
-    unsigned status = parser.get().result_int();
-    if (std::find(check.expect.begin(), check.expect.end(), status) == check.expect.end()) {
-        why = "status " + std::to_string(status);
-        co_return false;
-    }
-    boost::system::error_code ignored;
-    stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
     co_return true;
 }
 
@@ -93,7 +62,9 @@ asio::awaitable<bool> probe_once(const HostPort& address, const HealthCheckConfi
 HealthChecker::HealthChecker(asio::any_io_executor executor, Transition on_transition)
     : executor_(std::move(executor)), on_transition_(std::move(on_transition)) {}
 
-HealthChecker::~HealthChecker() { stop(); }
+HealthChecker::~HealthChecker() {
+    stop();
+}
 
 void HealthChecker::stop() {
     for (auto& [name, probe] : probes_) {

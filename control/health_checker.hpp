@@ -13,7 +13,7 @@
 namespace bg {
 
 class HealthChecker {
-public:
+  public:
     // (backend name, healthy now, why) on every transition.
     using Transition = std::function<void(const std::string&, bool, const std::string&)>;
 
@@ -29,7 +29,7 @@ public:
 
     struct Probe;  // one backend's check loop (defined in the .cpp)
 
-private:
+  private:
     boost::asio::any_io_executor executor_;
     Transition on_transition_;
     std::map<std::string, std::shared_ptr<Probe>> probes_;

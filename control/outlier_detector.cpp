@@ -6,7 +6,9 @@ namespace bg {
 
 namespace {
 
-std::uint64_t at(const std::vector<std::uint64_t>& v, std::uint32_t id) { return id < v.size() ? v[id] : 0; }
+std::uint64_t at(const std::vector<std::uint64_t>& v, std::uint32_t id) {
+    return id < v.size() ? v[id] : 0;
+}
 
 std::string percent(double fraction) {
     return std::to_string(static_cast<int>(fraction * 100 + 0.5)) + "%";
@@ -22,11 +24,13 @@ const std::map<std::string, bool> OutlierDetector::ejected_map() const {
     return out;
 }
 
-void OutlierDetector::reset_window() { samples_.clear(); }
+void OutlierDetector::reset_window() {
+    samples_.clear();
+}
 
-OutlierDetector::Verdicts OutlierDetector::observe(const RoutingTable& table, const DataPlaneLoad& load,
-                                                   Clock::time_point now, std::optional<Colour> watched,
-                                                   const std::map<std::string, bool>& active_healthy) {
+OutlierDetector::Verdicts OutlierDetector::observe(
+    const RoutingTable& table, const DataPlaneLoad& load, Clock::time_point now,
+    std::optional<Colour> watched, const std::map<std::string, bool>& active_healthy) {
     Verdicts verdicts;
     samples_.push_back(Sample{now, load.requests, load.failures});
     // Keep one sample at or before the window's start to measure the whole window.
@@ -67,9 +71,10 @@ OutlierDetector::Verdicts OutlierDetector::observe(const RoutingTable& table, co
             const std::uint64_t in_a_row = at(load.consecutive_failures, b.id);
             const bool consecutive =
                 config_.consecutive_failures > 0 && in_a_row >= config_.consecutive_failures;
-            const double rate = requests > 0 ? static_cast<double>(failures) / static_cast<double>(requests) : 0;
-            const bool rate_exceeded =
-                config_.error_rate > 0 && requests >= config_.min_requests && rate >= config_.error_rate;
+            const double rate =
+                requests > 0 ? static_cast<double>(failures) / static_cast<double>(requests) : 0;
+            const bool rate_exceeded = config_.error_rate > 0 && requests >= config_.min_requests &&
+                                       rate >= config_.error_rate;
             if (!consecutive && !rate_exceeded) {
                 continue;
             }
@@ -92,11 +97,13 @@ OutlierDetector::Verdicts OutlierDetector::observe(const RoutingTable& table, co
         }
         if (watched && *watched == colour && config_.error_rate > 0 &&
             colour_requests >= config_.min_requests) {
-            const double rate = static_cast<double>(colour_failures) / static_cast<double>(colour_requests);
+            const double rate =
+                static_cast<double>(colour_failures) / static_cast<double>(colour_requests);
             if (rate >= config_.error_rate) {
                 verdicts.failed_colour = colour;
-                verdicts.colour_reason = std::string(to_string(colour)) + " error rate " + percent(rate) +
-                                         " over " + std::to_string(colour_requests) + " requests (threshold " +
+                verdicts.colour_reason = std::string(to_string(colour)) + " error rate " +
+                                         percent(rate) + " over " +
+                                         std::to_string(colour_requests) + " requests (threshold " +
                                          percent(config_.error_rate) + ")";
             }
         }

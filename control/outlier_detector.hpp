@@ -18,7 +18,7 @@
 namespace bg {
 
 class OutlierDetector {
-public:
+  public:
     using Clock = std::chrono::steady_clock;
 
     struct Verdicts {
@@ -44,7 +44,7 @@ public:
     // Forget the colour's history, e.g. after a revert, so old errors do not count twice.
     void reset_window();
 
-private:
+  private:
     struct Sample {
         Clock::time_point at;
         std::vector<std::uint64_t> requests;

@@ -8,10 +8,22 @@ bool colour_failed(const ColourHealth& health, const RolloutConfig& rollout) {
     if (health.total == 0) {
         return true;
     }
-    const double needed = rollout.min_healthy >= 1
-                              ? rollout.min_healthy
-                              : std::ceil(rollout.min_healthy * health.total);
+    const double needed = rollout.min_healthy >= 1 ? rollout.min_healthy
+                                                   : std::ceil(rollout.min_healthy * health.total);
     return health.healthy < std::max(1.0, needed);
+}
+
+GuardDecision revert_to_stable(const RoutingState& state, Colour failed, std::string reason) {
+    GuardDecision decision;
+    decision.next = state;
+    decision.changed = true;
+    decision.kind = "auto_revert";
+    decision.next.weight_bp[index_of(state.stable)] = 10000;
+    decision.next.weight_bp[index_of(failed)] = 0;
+    decision.next.failed[index_of(failed)] = true;
+    decision.next.ramp.reset();
+    decision.reason = reason + ": all traffic back to the stable colour " + to_string(state.stable);
+    return decision;
 }
 
 GuardDecision evaluate_guard(const RoutingState& state, const std::array<ColourHealth, 2>& health,
@@ -26,17 +38,10 @@ GuardDecision evaluate_guard(const RoutingState& state, const std::array<ColourH
         state.weight(candidate) > 0 || (state.ramp && state.ramp->colour == candidate);
 
     if (candidate_failed && candidate_takes_traffic && !stable_failed) {
-        decision.changed = true;
-        decision.kind = "auto_revert";
-        decision.next.weight_bp[index_of(stable)] = 10000;
-        decision.next.weight_bp[index_of(candidate)] = 0;
-        decision.next.failed[index_of(candidate)] = true;
-        decision.next.ramp.reset();
-        decision.reason = std::string(to_string(candidate)) + " failed (" +
-                          std::to_string(health[index_of(candidate)].healthy) + "/" +
-                          std::to_string(health[index_of(candidate)].total) +
-                          " healthy): all traffic back to the stable colour " + to_string(stable);
-        return decision;
+        return revert_to_stable(state, candidate,
+                                std::string(to_string(candidate)) + " failed (" +
+                                    std::to_string(health[index_of(candidate)].healthy) + "/" +
+                                    std::to_string(health[index_of(candidate)].total) + " healthy)");
     }
     if (stable_failed && !candidate_failed && !state.failed[index_of(candidate)] &&
         rollout.stable_failure == StableFailurePolicy::failover && state.weight(stable) > 0) {
@@ -49,8 +54,9 @@ GuardDecision evaluate_guard(const RoutingState& state, const std::array<ColourH
         decision.next.ramp.reset();
         decision.reason = std::string("the stable colour ") + to_string(stable) + " failed (" +
                           std::to_string(health[index_of(stable)].healthy) + "/" +
-                          std::to_string(health[index_of(stable)].total) + " healthy): " +
-                          to_string(candidate) + " takes all traffic and becomes stable";
+                          std::to_string(health[index_of(stable)].total) +
+                          " healthy): " + to_string(candidate) +
+                          " takes all traffic and becomes stable";
         return decision;
     }
     return decision;

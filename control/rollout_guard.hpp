@@ -27,6 +27,9 @@ struct GuardDecision {
 // Whether a colour counts as failed under rollout.min_healthy.
 bool colour_failed(const ColourHealth& health, const RolloutConfig& rollout);
 
+// All traffic to the stable colour, `failed` marked, any ramp aborted: the automatic revert.
+GuardDecision revert_to_stable(const RoutingState& state, Colour failed, std::string reason);
+
 GuardDecision evaluate_guard(const RoutingState& state, const std::array<ColourHealth, 2>& health,
                              const RolloutConfig& rollout);
 

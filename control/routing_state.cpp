@@ -42,7 +42,8 @@ std::string now_iso8601() {
     gmtime_r(&t, &tm);
     char text[64];
     std::snprintf(text, sizeof(text), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                  static_cast<int>(ms));
     return text;
 }
 
@@ -71,8 +72,8 @@ json::object to_json(const RoutingState& state) {
     json::object out;
     out["format"] = 1;
     out["version"] = state.version;
-    out["weights"] = json::object{{"blue", state.weight(Colour::blue)},
-                                  {"green", state.weight(Colour::green)}};
+    out["weights"] =
+        json::object{{"blue", state.weight(Colour::blue)}, {"green", state.weight(Colour::green)}};
     out["stable"] = to_string(state.stable);
     json::array failed;
     for (Colour c : all_colours) {
@@ -102,16 +103,6 @@ json::object to_json(const RoutingState& state) {
 }
 
 namespace {
-
-std::optional<Colour> colour_named(std::string_view name) {
-    if (name == "blue") {
-        return Colour::blue;
-    }
-    if (name == "green") {
-        return Colour::green;
-    }
-    return std::nullopt;
-}
 
 std::optional<AdminState> admin_named(std::string_view name) {
     if (name == "ready") {
@@ -144,14 +135,14 @@ std::optional<RoutingState> routing_state_from_json(const json::value& value, st
             error = "weights do not sum to 10000 basis points";
             return std::nullopt;
         }
-        auto stable = colour_named(in.at("stable").as_string());
+        auto stable = colour_from_name(in.at("stable").as_string());
         if (!stable) {
             error = "stable is not blue or green";
             return std::nullopt;
         }
         state.stable = *stable;
         for (const auto& item : in.at("failed").as_array()) {
-            auto c = colour_named(item.as_string());
+            auto c = colour_from_name(item.as_string());
             if (!c) {
                 error = "failed names an unknown colour";
                 return std::nullopt;
@@ -169,7 +160,7 @@ std::optional<RoutingState> routing_state_from_json(const json::value& value, st
         if (!in.at("ramp").is_null()) {
             const json::object& r = in.at("ramp").as_object();
             RampState ramp;
-            auto c = colour_named(r.at("colour").as_string());
+            auto c = colour_from_name(r.at("colour").as_string());
             if (!c) {
                 error = "ramp names an unknown colour";
                 return std::nullopt;
@@ -218,7 +209,8 @@ std::string describe_change(const RoutingState& before, const RoutingState& afte
     for (Colour c : all_colours) {
         if (before.failed[index_of(c)] != after.failed[index_of(c)]) {
             sep();
-            out << to_string(c) << (after.failed[index_of(c)] ? " marked failed" : " failed mark cleared");
+            out << to_string(c)
+                << (after.failed[index_of(c)] ? " marked failed" : " failed mark cleared");
         }
     }
     std::map<std::string, bool> names;
@@ -243,8 +235,9 @@ std::string describe_change(const RoutingState& before, const RoutingState& afte
             out << "ramp ended";
         } else if (!before.ramp) {
             out << "ramp " << to_string(after.ramp->colour) << " to "
-                << format_percent(after.ramp->to_bp) << "% by " << format_percent(after.ramp->step_bp)
-                << "% every " << after.ramp->every.count() << "ms";
+                << format_percent(after.ramp->to_bp) << "% by "
+                << format_percent(after.ramp->step_bp) << "% every " << after.ramp->every.count()
+                << "ms";
         } else {
             out << (after.ramp->paused ? "ramp paused" : "ramp resumed");
         }

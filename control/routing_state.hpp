@@ -51,15 +51,15 @@ std::optional<RoutingState> routing_state_from_json(const boost::json::value& js
 
 // "blue 90% -> 80%, green 10% -> 20%, blue-2 ready -> drain": what changes between two states.
 std::string describe_change(const RoutingState& before, const RoutingState& after);
-std::string format_percent(std::uint32_t bp);  // 1250 -> "12.5"
+std::string format_percent(std::uint32_t bp);       // 1250 -> "12.5"
 boost::json::value percent_json(std::uint32_t bp);  // 9000 -> 90, 1250 -> 12.5
 
 // Gives each backend name a process-wide stable id (indexes per-worker arrays).
 class BackendIds {
-public:
+  public:
     std::uint32_t id_of(const std::string& name);
 
-private:
+  private:
     std::unordered_map<std::string, std::uint32_t> ids_;
 };
 

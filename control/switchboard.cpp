@@ -1,12 +1,14 @@
 #include "switchboard.hpp"
 
+#include "smoke_gate.hpp"
+
 #include <spdlog/spdlog.h>
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/asio/post.hpp>
 #include <boost/json.hpp>
-#include <algorithm>
 #include <set>
 
 namespace bg {
@@ -25,7 +27,8 @@ json::object weights_json(const RoutingState& state) {
 }
 
 json::object error_reply(const std::string& message, std::uint64_t version) {
-    return json::object{{"ok", false}, {"error", message + "; nothing changed"}, {"version", version}};
+    return json::object{
+        {"ok", false}, {"error", message + "; nothing changed"}, {"version", version}};
 }
 
 // The colour taking most new traffic: the one a flip moves away from.
@@ -46,8 +49,9 @@ void set_weight(RoutingState& state, Colour colour, std::uint32_t bp) {
 
 }  // namespace
 
-Switchboard::Switchboard(boost::asio::any_io_executor executor, std::shared_ptr<const Config> config,
-                         std::string config_path, StateStore& store, AuditLog& audit)
+Switchboard::Switchboard(boost::asio::any_io_executor executor,
+                         std::shared_ptr<const Config> config, std::string config_path,
+                         StateStore& store, AuditLog& audit)
     : executor_(executor),
       config_(std::move(config)),
       config_path_(std::move(config_path)),
@@ -75,9 +79,10 @@ bool Switchboard::load(std::string& error) {
         }
         for (auto it = state_.admin.begin(); it != state_.admin.end();) {
             if (!names.contains(it->first)) {
-                spdlog::warn("state file names backend '{}' ({}), which the config does not have: "
-                             "dropping its admin state",
-                             it->first, to_string(it->second));
+                spdlog::warn(
+                    "state file names backend '{}' ({}), which the config does not have: "
+                    "dropping its admin state",
+                    it->first, to_string(it->second));
                 it = state_.admin.erase(it);
             } else {
                 ++it;
@@ -116,7 +121,8 @@ std::array<std::pair<unsigned, unsigned>, 2> Switchboard::colour_health() const 
         for (const auto& b : pool.backends) {
             auto h = health_.find(b.name);
             bool healthy = h == health_.end() || h->second;
-            out[index_of(c)].first += healthy && state_.admin_state(b.name) == AdminState::ready ? 1 : 0;
+            out[index_of(c)].first +=
+                healthy && state_.admin_state(b.name) == AdminState::ready ? 1 : 0;
             out[index_of(c)].second += 1;
         }
     }
@@ -136,23 +142,10 @@ void Switchboard::handle_health(Job job) {
                                        ColourHealth{counts[1].first, counts[1].second}};
     GuardDecision decision = evaluate_guard(state_, health, config_->rollout);
     if (decision.changed) {
-        spdlog::warn("rollout guard: {}", decision.reason);
-        Staged staged{decision.next, config_, decision.reason, decision.kind};
-        std::string name = decision.kind;
-        commit(std::move(job), name, std::move(staged));
+        apply_guard(std::move(job), std::move(decision));
         return;
     }
-    // Only health changed: a new table, the same routing state.
-    auto table = build_table(*config_, state_, ids_, effective_health());
-    auto done = [this, job = std::move(job), table]() mutable {
-        table_ = table;
-        finish(job, json::object{{"ok", true}});
-    };
-    if (publisher_ == nullptr) {
-        done();
-    } else {
-        publisher_->publish(table, config_, std::move(done));
-    }
+    publish_health(std::move(job));
 }
 
 void Switchboard::attach(TablePublisher& publisher) {
@@ -207,30 +200,38 @@ void Switchboard::handle_outlier(Job job) {
     const auto& v = *job.outlier;
     for (const auto& name : v.ejected) {
         spdlog::warn("outlier detection: {} {}", name, v.reasons.at(name));
-        broadcast(json::object{{"event", "ejection"}, {"time", now_iso8601()}, {"backend", name},
-                               {"ejected", true}, {"change", name + ": " + v.reasons.at(name)}});
+        broadcast(json::object{{"event", "ejection"},
+                               {"time", now_iso8601()},
+                               {"backend", name},
+                               {"ejected", true},
+                               {"change", name + ": " + v.reasons.at(name)}});
     }
     for (const auto& name : v.returned) {
         spdlog::info("outlier detection: {} returns", name);
-        broadcast(json::object{{"event", "ejection"}, {"time", now_iso8601()}, {"backend", name},
-                               {"ejected", false}, {"change", name + " returns"}});
+        broadcast(json::object{{"event", "ejection"},
+                               {"time", now_iso8601()},
+                               {"backend", name},
+                               {"ejected", false},
+                               {"change", name + " returns"}});
     }
     if (v.failed_colour && !state_.failed[index_of(*v.failed_colour)] &&
         *v.failed_colour != state_.stable) {
-        const Colour failed = *v.failed_colour;
-        Staged staged{state_, config_, {}, "auto_revert"};
-        staged.next.weight_bp[index_of(state_.stable)] = 10000;
-        staged.next.weight_bp[index_of(failed)] = 0;
-        staged.next.failed[index_of(failed)] = true;
-        staged.next.ramp.reset();
-        staged.note = v.colour_reason + ": all traffic back to the stable colour " +
-                      std::string(to_string(state_.stable));
-        spdlog::warn("rollout guard: {}", staged.note);
         outlier_.reset_window();
         job.backend = "outlier";  // reported as the rollout guard
-        commit(std::move(job), "auto_revert", std::move(staged));
+        apply_guard(std::move(job), revert_to_stable(state_, *v.failed_colour, v.colour_reason));
         return;
     }
+    publish_health(std::move(job));
+}
+
+void Switchboard::apply_guard(Job job, GuardDecision decision) {
+    spdlog::warn("rollout guard: {}", decision.reason);
+    Staged staged{decision.next, config_, decision.reason, decision.kind};
+    commit(std::move(job), decision.kind, std::move(staged));
+}
+
+void Switchboard::publish_health(Job job) {
+    // Only health changed: a new table, the same routing state.
     auto table = build_table(*config_, state_, ids_, effective_health());
     auto done = [this, job = std::move(job), table]() mutable {
         table_ = table;
@@ -253,7 +254,8 @@ void Switchboard::reload_from_signal() {
     self.uid = static_cast<std::uint32_t>(::geteuid());
     self.pid = static_cast<std::int32_t>(::getpid());
     self.role = Role::admin;
-    queue_.push_back(Job{self, std::string(sighup_line), [](const json::object& reply) {
+    queue_.push_back(Job{self, std::string(sighup_line),
+                         [](const json::object& reply) {
                              if (reply.at("ok").as_bool()) {
                                  spdlog::info("SIGHUP reload: {}", json::serialize(reply));
                              } else {
@@ -269,7 +271,9 @@ std::uint64_t Switchboard::subscribe(Watcher watcher) {
     return next_watcher_++;
 }
 
-void Switchboard::unsubscribe(std::uint64_t id) { watchers_.erase(id); }
+void Switchboard::unsubscribe(std::uint64_t id) {
+    watchers_.erase(id);
+}
 
 void Switchboard::broadcast(const json::object& event) {
     // Copy: a watcher may unsubscribe while being told.
@@ -296,8 +300,8 @@ void Switchboard::finish(Job& job, const json::object& reply) {
     boost::asio::post(executor_, [this] { run_next(); });
 }
 
-json::object Switchboard::audit_record(const Job& job, const char* result, const RoutingState* after,
-                                       const std::string& error) const {
+json::object Switchboard::audit_record(const Job& job, const char* result,
+                                       const RoutingState* after, const std::string& error) const {
     json::object record{{"time", now_iso8601()},
                         {"uid", job.caller.uid},
                         {"gid", job.caller.gid},
@@ -365,7 +369,8 @@ void Switchboard::run(Job job) {
         }
         case Verb::watch:
             // The control server streams events itself; here it only answers the first line.
-            finish(job, json::object{{"ok", true}, {"watching", true}, {"version", state_.version}});
+            finish(job,
+                   json::object{{"ok", true}, {"watching", true}, {"version", state_.version}});
             return;
         default:
             break;
@@ -381,6 +386,35 @@ void Switchboard::run(Job job) {
         finish(job, error_reply(error, state_.version));
         return;
     }
+    // The pre-promotion gate: a colour about to gain traffic by flip, set or ramp must pass the
+    // smoke checks first. Rollback is never gated: it is the way out.
+    std::optional<Colour> gaining;
+    if ((cmd.verb == Verb::flip || cmd.verb == Verb::set || cmd.verb == Verb::ramp) &&
+        staged.kind != "ramp_step") {
+        for (Colour c : all_colours) {
+            if (staged.next.weight(c) > state_.weight(c)) {
+                gaining = c;
+            }
+        }
+    }
+    if (gaining && !config_->gate.empty() && !cmd.skip_gate) {
+        run_smoke_gate(executor_, *config_, *gaining,
+                       [this, job = std::move(job), cmd,
+                        staged = std::move(staged)](std::string failure) mutable {
+                           if (!failure.empty()) {
+                               std::string message = "pre-promotion gate: " + failure;
+                               audit_.append(audit_record(job, "refused", nullptr, message));
+                               finish(job, error_reply(message, state_.version));
+                               return;
+                           }
+                           proceed(std::move(job), cmd, std::move(staged));
+                       });
+        return;
+    }
+    proceed(std::move(job), cmd, std::move(staged));
+}
+
+void Switchboard::proceed(Job job, const Command& cmd, Staged staged) {
     const std::string change = describe_change(state_, staged.next);
     const bool config_changed = staged.config != config_;
     if (cmd.dry_run) {
@@ -455,6 +489,14 @@ std::string Switchboard::stage(const Command& cmd, const Caller& caller, Staged&
             next.failed[index_of(*sole)] = false;
             return {};
         }
+        case Verb::clear: {
+            // The failed marks the rollout guard set; routing itself does not move.
+            if (!state_.failed[0] && !state_.failed[1]) {
+                return "no colour is marked failed";
+            }
+            next.failed = {false, false};
+            return {};
+        }
         case Verb::ramp: {
             if (out.kind == "ramp_step") {
                 if (!state_.ramp || state_.ramp->paused) {
@@ -462,9 +504,10 @@ std::string Switchboard::stage(const Command& cmd, const Caller& caller, Staged&
                 }
                 const RampState& ramp = *state_.ramp;
                 std::uint32_t current = state_.weight(ramp.colour);
-                std::uint32_t target = current < ramp.to_bp
-                                           ? std::min(ramp.to_bp, current + ramp.step_bp)
-                                           : std::max(ramp.to_bp, current > ramp.step_bp ? current - ramp.step_bp : 0);
+                std::uint32_t target =
+                    current < ramp.to_bp
+                        ? std::min(ramp.to_bp, current + ramp.step_bp)
+                        : std::max(ramp.to_bp, current > ramp.step_bp ? current - ramp.step_bp : 0);
                 set_weight(next, ramp.colour, target);
                 if (target == ramp.to_bp) {
                     next.ramp.reset();
@@ -479,13 +522,16 @@ std::string Switchboard::stage(const Command& cmd, const Caller& caller, Staged&
             }
             RampState ramp{cmd.colour, cmd.to_bp, cmd.step_bp, cmd.every, false};
             // The first step is taken now; the next ones every interval.
-            std::uint32_t target = current < cmd.to_bp ? std::min(cmd.to_bp, current + cmd.step_bp)
-                                                       : std::max(cmd.to_bp, current > cmd.step_bp ? current - cmd.step_bp : 0);
+            std::uint32_t target =
+                current < cmd.to_bp
+                    ? std::min(cmd.to_bp, current + cmd.step_bp)
+                    : std::max(cmd.to_bp, current > cmd.step_bp ? current - cmd.step_bp : 0);
             set_weight(next, cmd.colour, target);
             next.failed[index_of(cmd.colour)] = false;
             next.ramp = target == cmd.to_bp ? std::nullopt : std::optional<RampState>(ramp);
-            out.note = next.ramp ? "first step taken; next in " + std::to_string(cmd.every.count()) + "ms"
-                                 : "reached in one step";
+            out.note = next.ramp
+                           ? "first step taken; next in " + std::to_string(cmd.every.count()) + "ms"
+                           : "reached in one step";
             return {};
         }
         case Verb::ramp_pause:
@@ -580,7 +626,8 @@ std::string Switchboard::stage_reload(Staged& out) {
     std::string reconciled;
     for (auto it = out.next.admin.begin(); it != out.next.admin.end();) {
         if (!names.contains(it->first)) {
-            reconciled += (reconciled.empty() ? "" : ", ") + it->first + " (was " + to_string(it->second) + ")";
+            reconciled += (reconciled.empty() ? "" : ", ") + it->first + " (was " +
+                          to_string(it->second) + ")";
             it = out.next.admin.erase(it);
         } else {
             ++it;

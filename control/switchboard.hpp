@@ -17,9 +17,9 @@
 #include "access.hpp"
 #include "audit_log.hpp"
 #include "command.hpp"
+#include "config.hpp"
 #include "outlier_detector.hpp"
 #include "rollout_guard.hpp"
-#include "config.hpp"
 #include "routing_state.hpp"
 #include "state_store.hpp"
 #include "table_publisher.hpp"
@@ -27,7 +27,7 @@
 namespace bg {
 
 class Switchboard {
-public:
+  public:
     using Reply = std::function<void(const boost::json::object&)>;
     using Watcher = std::function<void(const boost::json::object&)>;
 
@@ -60,7 +60,7 @@ public:
     std::uint64_t subscribe(Watcher watcher);
     void unsubscribe(std::uint64_t id);
 
-private:
+  private:
     struct Job {
         Caller caller;
         std::string line;
@@ -83,17 +83,21 @@ private:
     // Computes the next state for a state-changing command, or an error message.
     std::string stage(const Command& cmd, const Caller& caller, Staged& out);
     std::string stage_reload(Staged& out);
+    // After the gate: answer a dry run, skip a no-op, or commit.
+    void proceed(Job job, const Command& cmd, Staged staged);
     void commit(Job job, std::string command_name, Staged staged);
     void handle_health(Job job);
     void handle_outlier(Job job);
+    void apply_guard(Job job, GuardDecision decision);  // persist, publish, audit a revert
+    void publish_health(Job job);                        // a new table, the same state
     void arm_outlier_timer();
     std::optional<Colour> watched_colour() const;
     // Active health and passive ejection together: what the table says of each backend.
     std::map<std::string, bool> effective_health() const;
     std::array<std::pair<unsigned, unsigned>, 2> colour_health() const;
     void reply_status(Job job);
-    boost::json::object audit_record(const Job& job, const char* result,
-                                     const RoutingState* after, const std::string& error) const;
+    boost::json::object audit_record(const Job& job, const char* result, const RoutingState* after,
+                                     const std::string& error) const;
     void broadcast(const boost::json::object& event);
     void arm_ramp_timer();
     void ramp_tick();

@@ -12,7 +12,7 @@
 namespace bg {
 
 class Balancer {
-public:
+  public:
     explicit Balancer(BalancePolicy policy, std::uint64_t seed);
 
     // The weighted choice between the colours: error diffusion (smooth weighted round robin),
@@ -29,7 +29,7 @@ public:
     void on_request_end(std::uint32_t backend_id);
     std::uint32_t in_flight(std::uint32_t backend_id) const;
 
-private:
+  private:
     std::uint64_t next_random();
 
     BalancePolicy policy_;

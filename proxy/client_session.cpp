@@ -19,6 +19,7 @@
 #include <optional>
 #include <vector>
 
+#include "access_record.hpp"
 #include "colour_hints.hpp"
 #include "forwarding_headers.hpp"
 #include "request_validation.hpp"
@@ -55,7 +56,7 @@ struct Upstream {
 
 // Untracks the session from its worker whatever way the coroutine ends.
 class TrackedSession {
-public:
+  public:
     TrackedSession(Worker& worker, beast::tcp_stream& client) : worker_(worker) {
         handle_.client = &client;
         worker_.track(&handle_);
@@ -67,14 +68,14 @@ public:
     }
     SessionHandle& handle() { return handle_; }
 
-private:
+  private:
     Worker& worker_;
     SessionHandle handle_;
 };
 
 // Counts a request (and whether it is being retried) for the worker's retry budget.
 class ActiveRequest {
-public:
+  public:
     explicit ActiveRequest(Worker& worker) : worker_(worker) { ++worker_.active_requests; }
     ~ActiveRequest() {
         --worker_.active_requests;
@@ -89,7 +90,7 @@ public:
         }
     }
 
-private:
+  private:
     Worker& worker_;
     bool retrying_ = false;
 };
@@ -137,7 +138,7 @@ bool is_upgrade_request(const http::request_header<>& header) {
 }
 
 class ClientSession {
-public:
+  public:
     ClientSession(Worker& worker, tcp::socket socket)
         : worker_(worker),
           config_holder_(worker.config()),
@@ -155,10 +156,18 @@ public:
 
     asio::awaitable<void> run() {
         bool first = true;
-        while (co_await read_request_header(first)) {
+        for (;;) {
+            record_ = AccessRecord{};
+            const bool got = co_await read_request_header(first);
+            if (!got) {
+                finish_record();  // a refused header is logged too
+                break;
+            }
             first = false;
             WorkerStats::add(worker_.stats().requests);
-            if (!co_await handle_request()) {
+            const bool keep = co_await handle_request();
+            finish_record();
+            if (!keep) {
                 break;
             }
         }
@@ -170,7 +179,7 @@ public:
         client_.socket().close(ignored);
     }
 
-private:
+  private:
     // ---- reading the request header ------------------------------------------------------
 
     // True when a request header is in parser_; false when the connection should close (a
@@ -205,15 +214,21 @@ private:
         client_.expires_after(config_.timeouts.client_header);
         for (;;) {
             skip_leading_empty_lines();
-            auto bytes = std::string_view(static_cast<const char*>(buffer_.data().data()),
-                                          buffer_.size());
+            auto bytes =
+                std::string_view(static_cast<const char*>(buffer_.data().data()), buffer_.size());
             RawHeaderScan scan = scan_raw_header(bytes, config_.limits.max_request_line,
                                                  config_.limits.max_request_header);
+            if (scan.verdict != RawHeaderVerdict::incomplete &&
+                scan.verdict != RawHeaderVerdict::complete) {
+                begin_record(nullptr);  // refused before it could be parsed
+            }
             switch (scan.verdict) {
                 case RawHeaderVerdict::complete: {
                     error_code ec;
-                    std::size_t used = parser_->put(asio::buffer(bytes.data(), scan.header_end), ec);
+                    std::size_t used =
+                        parser_->put(asio::buffer(bytes.data(), scan.header_end), ec);
                     buffer_.consume(used);
+                    begin_record(parser_->is_header_done() ? &parser_->get() : nullptr);
                     if (ec == http::error::body_limit) {
                         co_await reply_error(http::status::payload_too_large,
                                              "request body too large");
@@ -264,13 +279,43 @@ private:
         }
     }
 
-    std::size_t read_chunk() const { return std::max<std::size_t>(4096, config_.limits.buffer_size); }
+    // ---- the access log ----------------------------------------------------------------------
+
+    void begin_record(const http::request<http::buffer_body>* request) {
+        if (!worker_.logs_access()) {
+            return;
+        }
+        record_.start_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    std::chrono::system_clock::now().time_since_epoch())
+                                    .count();
+        started_ = std::chrono::steady_clock::now();
+        record_.client = client_ip_;
+        if (request != nullptr) {
+            record_.method = std::string(request->method_string());
+            record_.path = std::string(request->target().substr(0, 2048));
+        }
+    }
+
+    void finish_record() {
+        if (!worker_.logs_access() || record_.start_unix_ms == 0) {
+            return;
+        }
+        record_.duration_ms = std::chrono::duration<double, std::milli>(
+                                  std::chrono::steady_clock::now() - started_)
+                                  .count();
+        worker_.log_access(to_json_line(record_));
+        record_.start_unix_ms = 0;
+    }
+
+    std::size_t read_chunk() const {
+        return std::max<std::size_t>(4096, config_.limits.buffer_size);
+    }
 
     // RFC 9112 2.2: a server should ignore empty lines received before the request line.
     void skip_leading_empty_lines() {
         for (;;) {
-            auto bytes = std::string_view(static_cast<const char*>(buffer_.data().data()),
-                                          buffer_.size());
+            auto bytes =
+                std::string_view(static_cast<const char*>(buffer_.data().data()), buffer_.size());
             if (bytes.starts_with("\r\n")) {
                 buffer_.consume(2);
             } else {
@@ -324,14 +369,18 @@ private:
 
         // One routing snapshot for the whole request, retries included.
         RoutingTablePtr table = worker_.table();
+        record_.version = table->version();
         // A preview header (from an allowed network) or a sticky cookie may name the colour.
-        std::optional<Colour> preview = preview_colour(request, client_address_, config_.preview, *table);
-        std::optional<Colour> sticky = preview ? std::nullopt : sticky_colour(request, config_.sticky, *table);
-        Colour colour = preview   ? *preview
+        std::optional<Colour> preview =
+            preview_colour(request, client_address_, config_.preview, *table);
+        std::optional<Colour> sticky =
+            preview ? std::nullopt : sticky_colour(request, config_.sticky, *table);
+        Colour colour = preview  ? *preview
                         : sticky ? *sticky
                                  : worker_.balancer().pick_colour(*table);
         set_sticky_ = !config_.sticky.cookie.empty() && !preview && !sticky &&
-                      table->pool(Colour::blue).weight_bp > 0 && table->pool(Colour::green).weight_bp > 0;
+                      table->pool(Colour::blue).weight_bp > 0 &&
+                      table->pool(Colour::green).weight_bp > 0;
         Upstream upstream;
         tried_.clear();
         interim_sent_ = false;
@@ -346,17 +395,21 @@ private:
                     break;  // nowhere left to retry: answer for the attempt that failed
                 }
                 const bool none = tried_.empty();
-                co_await reply_error(none ? http::status::service_unavailable : http::status::bad_gateway,
-                                     none ? "no backend available" : "no backend reachable",
-                                     !parser_->is_done());
+                co_await reply_error(
+                    none ? http::status::service_unavailable : http::status::bad_gateway,
+                    none ? "no backend available" : "no backend reachable", !parser_->is_done());
                 co_return parser_->is_done() && client_keep_alive && !worker_.draining();
             }
             in_flight.reset();
             in_flight.emplace(worker_.balancer(), upstream.backend->id, tracked_.handle());
+            record_.colour = to_string(upstream.backend->colour);
+            record_.backend = upstream.backend->name;
+            upstream_started_ = std::chrono::steady_clock::now();
             if (expect_continue && !continue_sent && !parser_->is_done()) {
                 static constexpr std::string_view continue_line = "HTTP/1.1 100 Continue\r\n\r\n";
                 client_.expires_after(config_.timeouts.client_write);
-                auto [ec, n] = co_await asio::async_write(client_, asio::buffer(continue_line), nothrow);
+                auto [ec, n] =
+                    co_await asio::async_write(client_, asio::buffer(continue_line), nothrow);
                 if (ec) {
                     co_return false;
                 }
@@ -374,7 +427,8 @@ private:
                 }
                 outcome = co_await exchange(upstream, head);
             }
-            const bool failed = outcome == Exchange::upstream_failed || outcome == Exchange::upstream_timeout;
+            const bool failed =
+                outcome == Exchange::upstream_failed || outcome == Exchange::upstream_timeout;
             const bool server_error = outcome == Exchange::response_ready &&
                                       response_parser_->get().result_int() >= 500 &&
                                       config_.outlier.count_5xx;
@@ -384,6 +438,7 @@ private:
             }
             // Retry elsewhere: the failed backend stays in tried_, so it is not picked again.
             --retries_left;
+            ++record_.retries;
             WorkerStats::add(worker_.stats().retries);
             upstream.stream.reset();
             tracked_.handle().upstream = nullptr;
@@ -400,8 +455,8 @@ private:
                 co_return false;
             case Exchange::upstream_timeout:
                 WorkerStats::add(worker_.stats().upstream_timeouts);
-                co_await reply_error(http::status::gateway_timeout, "backend did not answer in time",
-                                     !parser_->is_done());
+                co_await reply_error(http::status::gateway_timeout,
+                                     "backend did not answer in time", !parser_->is_done());
                 co_return parser_->is_done() && client_keep_alive && !worker_.draining();
             case Exchange::upstream_failed:
                 WorkerStats::add(worker_.stats().upstream_broken_responses);
@@ -491,7 +546,8 @@ private:
 
     asio::awaitable<bool> connect_to(const Backend& backend, Upstream& upstream) {
         error_code ec;
-        tcp::endpoint endpoint(asio::ip::make_address(backend.address.ip, ec), backend.address.port);
+        tcp::endpoint endpoint(asio::ip::make_address(backend.address.ip, ec),
+                               backend.address.port);
         upstream.stream.emplace(client_.get_executor());
         tracked_.handle().upstream = &*upstream.stream;
         upstream.stream->expires_after(config_.timeouts.upstream_connect);
@@ -535,7 +591,8 @@ private:
                     request.body().data = request_body_.data();
                     request.body().size = request_body_.size();
                     client_.expires_after(config_.timeouts.client_body);
-                    auto [rec, rn] = co_await http::async_read_some(client_, buffer_, *parser_, nothrow);
+                    auto [rec, rn] =
+                        co_await http::async_read_some(client_, buffer_, *parser_, nothrow);
                     if (rec == http::error::need_buffer) {
                         rec = {};
                     }
@@ -547,6 +604,7 @@ private:
                     }
                     body_started_ = true;
                     request.body().size = request_body_.size() - request.body().size;
+                    record_.bytes_in += request.body().size;
                     request.body().data = request_body_.data();
                     request.body().more = !parser_->is_done();
                     if (request.body().size == 0 && request.body().more) {
@@ -615,7 +673,8 @@ private:
         const bool no_body = head || status == 204 || status == 304 || switching;
         const bool upstream_keep_alive = response_parser_->keep_alive();
         const bool upstream_chunked = response_parser_->chunked();
-        const bool until_close = !no_body && !upstream_chunked && !response_parser_->content_length();
+        const bool until_close =
+            !no_body && !upstream_chunked && !response_parser_->content_length();
 
         strip_response_hop_fields(response, switching);
         bool keep_alive = client_keep_alive && parser_->is_done() && !worker_.draining();
@@ -627,9 +686,15 @@ private:
             }
         }
         response.version(11);
+        record_.status = status;
+        if (!config_.served_by_header.empty()) {
+            response.set(config_.served_by_header,
+                         std::string(to_string(upstream.backend->colour)) + "/" + upstream.backend->name);
+        }
         if (set_sticky_) {
             // The colour that served, which a retry may have changed.
-            response.insert(http::field::set_cookie, sticky_cookie(config_.sticky, upstream.backend->colour));
+            response.insert(http::field::set_cookie,
+                            sticky_cookie(config_.sticky, upstream.backend->colour));
         }
         if (switching) {
             // Connection: upgrade already set.
@@ -674,6 +739,7 @@ private:
                     }
                     response.body().size = response_body_.size() - response.body().size;
                     response.body().data = response_body_.data();
+                    record_.bytes_out += response.body().size;
                     response.body().more = !response_parser_->is_done();
                     if (response.body().size == 0 && response.body().more) {
                         continue;
@@ -694,6 +760,8 @@ private:
             }
             response_complete = response_parser_->is_done();
         }
+        record_.upstream_ms =
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - upstream_started_).count();
 
         // The connection goes back to the pool only after a clean, fully framed exchange.
         if (response_complete && parser_->is_done() && upstream_keep_alive && !until_close &&
@@ -702,7 +770,7 @@ private:
             worker_.upstream_pool().give_back(upstream.backend->id, std::move(*upstream.stream));
             upstream.stream.reset();
         }
-        co_return keep_alive && response_complete;
+        co_return keep_alive&& response_complete;
     }
 
     // After a 101: bytes flow both ways until either side closes or goes idle.
@@ -713,7 +781,8 @@ private:
         // Bytes that arrived behind the headers belong to the tunnel.
         bool ok = co_await flush(upstream, buffer_) && co_await flush(client_, upstream_buffer_);
         if (ok) {
-            co_await (pump(client_, upstream, request_body_) && pump(upstream, client_, response_body_));
+            co_await (pump(client_, upstream, request_body_) &&
+                      pump(upstream, client_, response_body_));
         }
         WorkerStats::sub(worker_.stats().upgraded_open);
         error_code ignored;
@@ -744,7 +813,8 @@ private:
                 break;
             }
             to.expires_after(config_.timeouts.tunnel_idle);
-            auto [wec, wn] = co_await asio::async_write(to, asio::buffer(scratch.data(), n), nothrow);
+            auto [wec, wn] =
+                co_await asio::async_write(to, asio::buffer(scratch.data(), n), nothrow);
             if (wec) {
                 break;
             }
@@ -778,6 +848,8 @@ private:
             WorkerStats::add(worker_.stats().bad_requests);
         }
         WorkerStats::add(worker_.stats().responses_by_class[static_cast<unsigned>(status) / 100]);
+        record_.status = static_cast<unsigned>(status);
+        record_.error = std::string(reason);
         http::response<http::string_body> response{status, 11};
         response.set(http::field::content_type, "text/plain");
         response.set("X-BG-Error", reason);
@@ -807,8 +879,12 @@ private:
     std::vector<std::uint32_t> tried_;
     bool body_started_ = false;
     bool interim_sent_ = false;
-    bool set_sticky_ = false;  // a split is in progress and the client has no sticky colour yet  // a 1xx went to the client: the request can no longer be retried
-    bool linger_ = false;  // an error response was sent: drain before closing
+    bool set_sticky_ = false;
+    AccessRecord record_;  // the access log line of the request in progress
+    std::chrono::steady_clock::time_point started_;
+    std::chrono::steady_clock::time_point upstream_started_;  // a split is in progress and the client has no sticky colour yet  //
+                               // a 1xx went to the client: the request can no longer be retried
+    bool linger_ = false;      // an error response was sent: drain before closing
     TrackedSession tracked_;
 };
 

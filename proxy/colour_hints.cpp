@@ -30,7 +30,8 @@ std::string_view trim(std::string_view s) {
 
 }  // namespace
 
-std::optional<Colour> preview_colour(const http::fields& fields, const boost::asio::ip::address& client,
+std::optional<Colour> preview_colour(const http::fields& fields,
+                                     const boost::asio::ip::address& client,
                                      const PreviewConfig& preview, const RoutingTable& table) {
     if (preview.header.empty() || preview.allowed.empty()) {
         return std::nullopt;
@@ -51,8 +52,8 @@ std::optional<Colour> sticky_colour(const http::fields& fields, const StickyConf
     if (sticky.cookie.empty()) {
         return std::nullopt;
     }
-    for (auto it = fields.find(http::field::cookie); it != fields.end() && it->name() == http::field::cookie;
-         ++it) {
+    for (auto it = fields.find(http::field::cookie);
+         it != fields.end() && it->name() == http::field::cookie; ++it) {
         std::string_view rest = it->value();
         while (!rest.empty()) {
             auto semi = rest.find(';');
@@ -78,7 +79,8 @@ std::optional<Colour> sticky_colour(const http::fields& fields, const StickyConf
 
 std::string sticky_cookie(const StickyConfig& sticky, Colour colour) {
     return sticky.cookie + "=" + to_string(colour) + "; Path=/; Max-Age=" +
-           std::to_string(std::chrono::duration_cast<std::chrono::seconds>(sticky.max_age).count()) +
+           std::to_string(
+               std::chrono::duration_cast<std::chrono::seconds>(sticky.max_age).count()) +
            "; HttpOnly; SameSite=Lax";
 }
 

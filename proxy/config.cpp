@@ -4,15 +4,15 @@
 #include <sched.h>
 #include <sys/socket.h>
 
+#include <toml++/toml.h>
 #include <algorithm>
 #include <cctype>
-#include <cmath>
 #include <charconv>
+#include <cmath>
 #include <fstream>
 #include <set>
 #include <sstream>
 #include <thread>
-#include <toml++/toml.h>
 
 namespace bg {
 
@@ -143,7 +143,7 @@ namespace {
 
 // Reads one TOML table, remembering which keys were used so the rest can be reported as unknown.
 class TableReader {
-public:
+  public:
     TableReader(const toml::table& table, std::string name, std::string file,
                 std::vector<ConfigError>& errors)
         : table_(table), name_(std::move(name)), file_(std::move(file)), errors_(errors) {}
@@ -166,8 +166,9 @@ public:
         auto text = node->value<std::string>();
         auto parsed = text ? parse_duration(*text) : std::nullopt;
         if (!parsed) {
-            error_at(*node, qualified(key) + " must be a duration string like \"250ms\", \"10s\", "
-                                             "\"5m\" or \"1h\"");
+            error_at(*node, qualified(key) +
+                                " must be a duration string like \"250ms\", \"10s\", "
+                                "\"5m\" or \"1h\"");
             return;
         }
         out = *parsed;
@@ -195,7 +196,8 @@ public:
         }
         auto value = node->value<double>();
         if (!value || *value < min || *value > max) {
-            error_at(*node, qualified(key) + " must be a number from " + trim(min) + " to " + trim(max));
+            error_at(*node,
+                     qualified(key) + " must be a number from " + trim(min) + " to " + trim(max));
             return;
         }
         out = *value;
@@ -292,7 +294,7 @@ public:
     const std::string& file() const { return file_; }
     std::vector<ConfigError>& errors() { return errors_; }
 
-private:
+  private:
     const toml::table& table_;
     std::string name_;
     std::string file_;
@@ -342,7 +344,8 @@ void read_health(TableReader& health, HealthCheckConfig& out) {
         if (*type == "http" || *type == "tcp") {
             out.tcp_only = *type == "tcp";
         } else {
-            health.error_at(*health.table().get("type"), health.qualified("type") + " must be \"http\" or \"tcp\"");
+            health.error_at(*health.table().get("type"),
+                            health.qualified("type") + " must be \"http\" or \"tcp\"");
         }
     }
     if (auto method = health.read_string("method")) {
@@ -350,7 +353,8 @@ void read_health(TableReader& health, HealthCheckConfig& out) {
     }
     if (auto path = health.read_string("path")) {
         if (path->empty() || path->front() != '/') {
-            health.error_at(*health.table().get("path"), health.qualified("path") + " must start with /");
+            health.error_at(*health.table().get("path"),
+                            health.qualified("path") + " must start with /");
         } else {
             out.path = *path;
         }
@@ -372,7 +376,9 @@ void read_health(TableReader& health, HealthCheckConfig& out) {
             }
         }
         if (!ok) {
-            health.error_at(*expect, health.qualified("expect") + " must be a non-empty list of status codes, e.g. [200, 204]");
+            health.error_at(*expect,
+                            health.qualified("expect") +
+                                " must be a non-empty list of status codes, e.g. [200, 204]");
         } else {
             out.expect = codes;
         }
@@ -384,7 +390,8 @@ void read_health(TableReader& health, HealthCheckConfig& out) {
     health.read_integer("rise", out.rise, 1, 100);
     health.read_integer("fall", out.fall, 1, 100);
     if (out.interval.count() < 10 || out.fast_interval.count() < 10 || out.timeout.count() < 10) {
-        health.error_at(health.table(), health.qualified("interval") + ", fast_interval and timeout must be at least 10ms");
+        health.error_at(health.table(), health.qualified("interval") +
+                                            ", fast_interval and timeout must be at least 10ms");
     }
     health.reject_unknown_keys();
 }
@@ -416,7 +423,7 @@ void read_pool(TableReader& pools, std::string_view colour, PoolConfig& pool) {
                 TableReader entry(*item.as_table(), "pools." + std::string(colour) + ".backends",
                                   reader->file(), reader->errors());
                 backend.name = entry.read_string("name").value_or(std::string(colour) + "-" +
-                                                                   std::to_string(index));
+                                                                  std::to_string(index));
                 const toml::node* address = entry.take("address");
                 entry.reject_unknown_keys();
                 if (address == nullptr) {
@@ -425,7 +432,8 @@ void read_pool(TableReader& pools, std::string_view colour, PoolConfig& pool) {
                     pool.backends.push_back(std::move(backend));
                 }
             } else {
-                reader->error_at(item, "a backend is \"HOST:PORT\" or { name = ..., address = ... }");
+                reader->error_at(item,
+                                 "a backend is \"HOST:PORT\" or { name = ..., address = ... }");
             }
         }
     }
@@ -455,7 +463,8 @@ void read_members(TableReader& roles, std::string_view role, RoleMembers& member
     if (const toml::node* groups = reader->take("groups")) {
         const toml::array* list = groups->as_array();
         if (list == nullptr) {
-            reader->error_at(*groups, reader->qualified("groups") + " must be an array of group names");
+            reader->error_at(*groups,
+                             reader->qualified("groups") + " must be an array of group names");
         } else {
             for (const toml::node& group : *list) {
                 auto value = group.value_exact<std::string>();
@@ -526,6 +535,9 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
         if (auto admin = server->read_string("admin_listen")) {
             config.admin_listen = *admin;
         }
+        if (auto header = server->read_string("served_by_header")) {
+            config.served_by_header = *header;
+        }
         server->reject_unknown_keys();
     }
 
@@ -556,6 +568,7 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
         t->read_duration("tunnel_idle", config.timeouts.tunnel_idle);
         t->read_duration("client_linger", config.timeouts.client_linger);
         t->read_duration("shutdown_grace", config.timeouts.shutdown_grace);
+        t->read_duration("shutdown_ready_delay", config.timeouts.shutdown_ready_delay);
         t->reject_unknown_keys();
     }
 
@@ -619,6 +632,73 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
         r->reject_unknown_keys();
     }
 
+    if (const toml::node* gate = top.take("gate")) {
+        if (!gate->is_array_of_tables()) {
+            top.error_at(*gate, "gate must be an array of tables: [[gate]]");
+        } else {
+            for (const toml::node& item : *gate->as_array()) {
+                TableReader entry(*item.as_table(), "gate", config.source, errors);
+                SmokeCheck check;
+                check.name = entry.read_string("name").value_or("");
+                if (check.name.empty()) {
+                    entry.error_at(item,
+                                   "a [[gate]] check needs a name (it is named when it fails)");
+                }
+                if (auto method = entry.read_string("method")) {
+                    check.method = *method;
+                }
+                if (auto path = entry.read_string("path")) {
+                    check.path = *path;
+                }
+                if (auto headers = entry.sub_table("headers")) {
+                    for (const auto& [name, value] : headers->table()) {
+                        auto text = value.value_exact<std::string>();
+                        headers->take(name.str());
+                        if (!text) {
+                            headers->error_at(value, "gate header values are strings");
+                        } else {
+                            check.headers.emplace_back(std::string(name.str()), *text);
+                        }
+                    }
+                }
+                if (const toml::node* expect = entry.take("expect")) {
+                    check.expect.clear();
+                    auto single = expect->value_exact<std::int64_t>();
+                    if (single) {
+                        check.expect.push_back(static_cast<unsigned>(*single));
+                    } else if (const toml::array* list = expect->as_array()) {
+                        for (const toml::node& code : *list) {
+                            if (auto v = code.value_exact<std::int64_t>()) {
+                                check.expect.push_back(static_cast<unsigned>(*v));
+                            }
+                        }
+                    }
+                    if (check.expect.empty()) {
+                        entry.error_at(*expect, "gate.expect is a status code or a list of them");
+                    }
+                }
+                if (auto body = entry.read_string("body_contains")) {
+                    check.body_contains = *body;
+                }
+                entry.read_duration("timeout", check.timeout);
+                entry.reject_unknown_keys();
+                config.gate.push_back(std::move(check));
+            }
+        }
+    }
+
+    if (auto a = top.sub_table("access_log")) {
+        if (auto target = a->read_string("target")) {
+            if (target->empty()) {
+                a->error_at(*a->table().get("target"), "access_log.target is \"off\", \"stdout\" or a file path");
+            } else {
+                config.access_log.target = *target;
+            }
+        }
+        a->read_integer("queue", config.access_log.queue, 16, 1 << 22);
+        a->reject_unknown_keys();
+    }
+
     if (auto p = top.sub_table("preview")) {
         if (auto header = p->read_string("header")) {
             config.preview.header = *header;
@@ -626,7 +706,8 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
         if (const toml::node* networks = p->take("allowed_networks")) {
             const toml::array* list = networks->as_array();
             if (list == nullptr) {
-                p->error_at(*networks, "preview.allowed_networks must be a list like [\"10.0.0.0/8\"]");
+                p->error_at(*networks,
+                            "preview.allowed_networks must be a list like [\"10.0.0.0/8\"]");
             } else {
                 for (const toml::node& item : *list) {
                     auto text = item.value_exact<std::string>();
@@ -643,10 +724,12 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
     if (auto st = top.sub_table("sticky")) {
         if (auto cookie = st->read_string("cookie")) {
             const bool token = std::all_of(cookie->begin(), cookie->end(), [](char c) {
-                return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';
+                return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' ||
+                       c == '.';
             });
             if (!token) {
-                st->error_at(*st->table().get("cookie"), "sticky.cookie must be a cookie name (letters, digits, _ - .)");
+                st->error_at(*st->table().get("cookie"),
+                             "sticky.cookie must be a cookie name (letters, digits, _ - .)");
             } else {
                 config.sticky.cookie = *cookie;
             }
@@ -658,9 +741,11 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
     if (auto r = top.sub_table("rollout")) {
         r->read_fraction("min_healthy", config.rollout.min_healthy, 0.0, 10000.0);
         if (config.rollout.min_healthy > 1 &&
-            config.rollout.min_healthy != static_cast<double>(static_cast<long>(config.rollout.min_healthy))) {
-            r->error_at(*r->table().get("min_healthy"),
-                        "rollout.min_healthy is a whole count (1, 2, ...) or a fraction below 1 (0.5)");
+            config.rollout.min_healthy !=
+                static_cast<double>(static_cast<long>(config.rollout.min_healthy))) {
+            r->error_at(
+                *r->table().get("min_healthy"),
+                "rollout.min_healthy is a whole count (1, 2, ...) or a fraction below 1 (0.5)");
         }
         if (auto policy = r->read_string("stable_failure")) {
             if (*policy == "failover") {
@@ -708,6 +793,12 @@ void validate(const Config& config, std::vector<ConfigError>& errors) {
             }
         }
     }
+    if (!config.admin_listen.empty()) {
+        std::string why;
+        if (!resolve_host_port(config.admin_listen, why)) {
+            fail("server.admin_listen: bad address '" + config.admin_listen + "': " + why);
+        }
+    }
     if (config.limits.max_request_line > config.limits.max_request_header) {
         fail("limits.max_request_line must not exceed limits.max_request_header");
     }
@@ -724,7 +815,8 @@ ConfigResult parse_config(std::string_view toml_text, const std::string& source_
         read_document(root, config, result.errors);
     } catch (const toml::parse_error& e) {
         const auto& where = e.source().begin;
-        result.errors.push_back({source_name, where.line, where.column, std::string(e.description())});
+        result.errors.push_back(
+            {source_name, where.line, where.column, std::string(e.description())});
         return result;
     }
     if (result.errors.empty()) {
@@ -757,14 +849,14 @@ void parse_backend_list(const std::string& list, const char* colour, PoolConfig&
     std::size_t index = 0;
     while (start <= list.size()) {
         auto comma = list.find(',', start);
-        std::string item = list.substr(start, comma == std::string::npos ? std::string::npos
-                                                                         : comma - start);
+        std::string item =
+            list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
         ++index;
         std::string why;
         auto address = resolve_host_port(item, why);
         if (!address) {
-            errors.push_back({"", 0, 0, std::string("--") + colour + ": bad address '" + item +
-                                            "': " + why});
+            errors.push_back(
+                {"", 0, 0, std::string("--") + colour + ": bad address '" + item + "': " + why});
         } else {
             pool.backends.push_back({std::string(colour) + "-" + std::to_string(index), *address});
         }
@@ -811,7 +903,8 @@ void parse_weight_flag(const std::string& text, Config& config, std::vector<Conf
     if (!ok || (!blue && !green)) {
         errors.push_back({"", 0, 0,
                           "--weights: expected blue=P,green=P with percentages summing to 100, "
-                          "got '" + text + "'"});
+                          "got '" +
+                              text + "'"});
         return;
     }
     config.blue_weight_bp = blue ? *blue : 10000 - *green;
@@ -826,7 +919,8 @@ ConfigResult apply_overrides(Config config, const ConfigOverrides& flags) {
         std::string why;
         auto address = resolve_host_port(*flags.listen, why);
         if (!address) {
-            result.errors.push_back({"", 0, 0, "--listen: bad address '" + *flags.listen + "': " + why});
+            result.errors.push_back(
+                {"", 0, 0, "--listen: bad address '" + *flags.listen + "': " + why});
         } else {
             config.listeners = {ListenerConfig{*address}};
         }

@@ -1,13 +1,14 @@
 #pragma once
-// The proxy's configuration: what it is, how it is read from TOML, how quick-start flags override it.
+// The proxy's configuration: what it is, how it is read from TOML, how quick-start flags override
+// it.
 
 #include <chrono>
 
-#include "network_set.hpp"
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
+#include "network_set.hpp"
 
 namespace bg {
 
@@ -78,6 +79,17 @@ struct StickyConfig {
     Duration max_age{std::chrono::hours(1)};
 };
 
+// A pre-promotion smoke check, run against every backend of a colour before it gains traffic.
+struct SmokeCheck {
+    std::string name;
+    std::string method = "GET";
+    std::string path = "/";
+    std::vector<std::pair<std::string, std::string>> headers;
+    std::vector<unsigned> expect{200};
+    std::string body_contains;  // empty: not checked
+    Duration timeout{std::chrono::seconds(2)};
+};
+
 enum class StableFailurePolicy { failover, hold };
 
 struct RolloutConfig {
@@ -103,6 +115,7 @@ struct Timeouts {
     Duration tunnel_idle{std::chrono::hours(1)};
     Duration client_linger{std::chrono::seconds(2)};
     Duration shutdown_grace{std::chrono::seconds(30)};
+    Duration shutdown_ready_delay{std::chrono::seconds(2)};
 };
 
 struct Limits {
@@ -136,14 +149,19 @@ struct ControlConfig {
     std::string state_file = "/var/lib/bgproxy/state.json";
     std::string audit_log = "/var/log/bgproxy/audit.log";
     std::size_t max_line = 65536;
-    RoleMembers admin;    // the uid bgproxy runs as is always admin
+    RoleMembers admin;  // the uid bgproxy runs as is always admin
     RoleMembers operate;
     RoleMembers read;
     Role default_role = Role::read;  // for a peer named in no list
 };
 
+struct AccessLogConfig {
+    std::string target = "off";  // "off", "stdout" or a file path
+    std::size_t queue = 8192;    // lines waiting per worker before new ones are dropped
+};
+
 struct Config {
-    std::string source;  // the file it came from, "" for flags only
+    std::string source;    // the file it came from, "" for flags only
     unsigned workers = 0;  // 0: one per CPU in the affinity mask
     std::vector<ListenerConfig> listeners;
     Timeouts timeouts;
@@ -159,7 +177,10 @@ struct Config {
     RolloutConfig rollout;
     PreviewConfig preview;
     StickyConfig sticky;
-    std::string admin_listen;  // later issues
+    std::vector<SmokeCheck> gate;
+    AccessLogConfig access_log;
+    std::string served_by_header;  // empty: off; else "NAME: colour/backend" on responses
+    std::string admin_listen = "127.0.0.1:9901";  // empty: no admin listener
     ControlConfig control;
 };
 
@@ -180,8 +201,8 @@ struct ConfigResult {
 // Quick-start flags; each set field overrides the file's value.
 struct ConfigOverrides {
     std::optional<std::string> listen;
-    std::optional<std::string> blue;   // "ADDR[,ADDR...]"
-    std::optional<std::string> green;  // "ADDR[,ADDR...]"
+    std::optional<std::string> blue;     // "ADDR[,ADDR...]"
+    std::optional<std::string> green;    // "ADDR[,ADDR...]"
     std::optional<std::string> weights;  // "blue=90,green=10"
     std::optional<unsigned> workers;
     std::optional<std::string> admin;
@@ -196,7 +217,7 @@ ConfigResult parse_config(std::string_view toml_text, const std::string& source_
 ConfigResult apply_overrides(Config base, const ConfigOverrides& flags);
 
 // Parsing helpers, exposed for the control plane and tests.
-std::optional<Duration> parse_duration(std::string_view text);  // "250ms", "10s", "2m", "1h"
+std::optional<Duration> parse_duration(std::string_view text);         // "250ms", "10s", "2m", "1h"
 std::optional<std::uint32_t> percent_to_basis_points(double percent);  // two decimals at most
 std::optional<HostPort> resolve_host_port(std::string_view text, std::string& error);
 

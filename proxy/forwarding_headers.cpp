@@ -12,9 +12,8 @@ namespace {
 void strip_hop_fields(http::fields& fields, bool keep_upgrade) {
     // Fields named by Connection are hop-by-hop too; collect names before erasing.
     std::string named;
-    for (auto it = fields.find(http::field::connection); it != fields.end() &&
-                                                          it->name() == http::field::connection;
-         ++it) {
+    for (auto it = fields.find(http::field::connection);
+         it != fields.end() && it->name() == http::field::connection; ++it) {
         named.append(it->value()).push_back(',');
     }
     for (auto token : http::token_list(named)) {
@@ -44,7 +43,8 @@ void rewrite_request_fields(http::fields& fields, const ForwardedFor& hop) {
 
     // One X-Forwarded-For line: the list so far, then this client.
     std::string chain;
-    for (auto it = fields.find("X-Forwarded-For"); it != fields.end(); it = fields.find("X-Forwarded-For")) {
+    for (auto it = fields.find("X-Forwarded-For"); it != fields.end();
+         it = fields.find("X-Forwarded-For")) {
         if (!chain.empty()) {
             chain.append(", ");
         }

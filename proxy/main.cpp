@@ -5,13 +5,16 @@
 #include <CLI/CLI.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <cstdio>
-#include <iostream>
 #include <functional>
+#include <iostream>
 #include <memory>
 #include <thread>
 #include <vector>
 
+#include "access_log.hpp"
+#include "admin_server.hpp"
 #include "audit_log.hpp"
 #include "config.hpp"
 #include "control_server.hpp"
@@ -55,8 +58,9 @@ int main(int argc, char** argv) {
                    "worker threads (default: the CPUs this process may run on)");
     app.add_option("--admin", flags.admin, "admin HTTP listen address");
     app.add_option("--control-socket", flags.control_socket, "control socket path");
-    app.add_option("--state-file", flags.state_file,
-                   "where routing state is kept across restarts (it wins over the config's weights)");
+    app.add_option(
+        "--state-file", flags.state_file,
+        "where routing state is kept across restarts (it wins over the config's weights)");
     app.add_option("--audit-log", flags.audit_log, "where state-changing commands are recorded");
     CLI11_PARSE(app, argc, argv);
 
@@ -70,7 +74,13 @@ int main(int argc, char** argv) {
     }
 
     bg::Config base;
-    if (!config_path.empty()) {
+    if (config_path.empty()) {
+        // The quick start keeps routing state in memory and opens no control socket unless
+        // --state-file / --control-socket say where.
+        base.control.socket.clear();
+        base.control.state_file.clear();
+        base.control.audit_log.clear();
+    } else {
         auto loaded = bg::load_config_file(config_path);
         if (!loaded.errors.empty()) {
             return report_errors(loaded.errors);
@@ -86,14 +96,19 @@ int main(int argc, char** argv) {
 
     // The main thread is the control thread: Switchboard, control socket, signals.
     boost::asio::io_context control(1);
-    bg::FileStateStore store(config->control.state_file);
+    std::unique_ptr<bg::StateStore> store;
+    if (config->control.state_file.empty()) {
+        store = std::make_unique<bg::MemoryStateStore>();
+    } else {
+        store = std::make_unique<bg::FileStateStore>(config->control.state_file);
+    }
     bg::AuditLog audit(config->control.audit_log);
     std::string error;
     if (!audit.open(error)) {
         spdlog::error("{}", error);
         return 1;
     }
-    bg::Switchboard switchboard(control.get_executor(), config, config_path, store, audit);
+    bg::Switchboard switchboard(control.get_executor(), config, config_path, *store, audit);
     if (!switchboard.load(error)) {
         spdlog::error("{}", error);
         return 1;
@@ -103,20 +118,44 @@ int main(int argc, char** argv) {
         spdlog::error("{}", error);
         return 1;
     }
+    std::unique_ptr<bg::AccessLog> access_log;
+    if (config->access_log.target != "off") {
+        access_log = std::make_unique<bg::AccessLog>(config->access_log.target, workers,
+                                                     config->access_log.queue);
+        if (!access_log->open(error)) {
+            spdlog::error("{}", error);
+            return 1;
+        }
+        group.set_access_log(access_log.get());
+        access_log->start();
+    }
+    std::unique_ptr<bg::AdminServer> admin;
+    if (!config->admin_listen.empty()) {
+        admin = std::make_unique<bg::AdminServer>(control, switchboard);
+        if (!admin->open(config->admin_listen, error)) {
+            spdlog::error("{}", error);
+            return 1;
+        }
+    }
     bg::ControlServer server(control, config->control, switchboard);
-    if (!server.open(error)) {
+    if (!config->control.socket.empty() && !server.open(error)) {
         spdlog::error("{}", error);
         return 1;
     }
-    bg::HealthChecker health(control.get_executor(),
-                             [&switchboard](const std::string& backend, bool healthy,
-                                            const std::string& why) {
-                                 switchboard.on_health(backend, healthy, why);
-                             });
+    bg::HealthChecker health(
+        control.get_executor(),
+        [&switchboard](const std::string& backend, bool healthy, const std::string& why) {
+            switchboard.on_health(backend, healthy, why);
+        });
     switchboard.on_config_change([&health](const bg::Config& next) { health.configure(next); });
     switchboard.attach(group);
     group.start();
     server.start();
+    if (admin) {
+        admin->start();
+        std::printf("bgproxy: admin on http://%s:%u (/healthz /readyz /status)\n",
+                    bg::resolve_host_port(config->admin_listen, error)->ip.c_str(), admin->port());
+    }
     health.configure(*config);
 
     for (std::size_t i = 0; i < config->listeners.size(); ++i) {
@@ -129,11 +168,20 @@ int main(int argc, char** argv) {
                 bg::format_percent(state.weight(bg::Colour::blue)).c_str(),
                 bg::format_percent(state.weight(bg::Colour::green)).c_str(),
                 bg::to_string(state.stable));
-    std::printf("bgproxy: control socket %s\n", config->control.socket.c_str());
+    if (config->control.socket.empty()) {
+        std::printf("bgproxy: no control socket (pass --control-socket PATH to use bgctl)\n");
+    } else {
+        std::printf("bgproxy: control socket %s\n", config->control.socket.c_str());
+    }
+    if (config->control.state_file.empty()) {
+        std::printf("bgproxy: routing state kept in memory (pass --state-file PATH to keep it)\n");
+    }
     std::fflush(stdout);
 
     boost::asio::signal_set signals(control, SIGTERM, SIGINT, SIGHUP);
+    signals.add(SIGUSR1);
     std::thread joiner;
+    boost::asio::steady_timer ready_delay(control);
     std::function<void()> wait_signal = [&] {
         signals.async_wait([&](boost::system::error_code ec, int signal) {
             if (ec) {
@@ -144,15 +192,32 @@ int main(int argc, char** argv) {
                 wait_signal();
                 return;
             }
-            spdlog::info("signal {}: graceful shutdown (grace {} ms)", signal,
+            if (signal == SIGUSR1) {
+                if (access_log) {
+                    access_log->reopen();  // logrotate moved the file
+                }
+                wait_signal();
+                return;
+            }
+            spdlog::info("signal {}: graceful shutdown: not ready now, listeners close in {} ms, "
+                         "in-flight requests get {} ms",
+                         signal, config->timeouts.shutdown_ready_delay.count(),
                          config->timeouts.shutdown_grace.count());
-            server.close();
-            health.stop();
-            group.begin_shutdown();
-            // The control loop keeps answering until the workers have drained.
-            joiner = std::thread([&] {
-                group.join();
-                control.stop();
+            // First /readyz turns 503 so a load balancer in front moves away; only then do the
+            // listeners close.
+            if (admin) {
+                admin->set_draining();
+            }
+            ready_delay.expires_after(config->timeouts.shutdown_ready_delay);
+            ready_delay.async_wait([&](boost::system::error_code) {
+                server.close();
+                health.stop();
+                group.begin_shutdown();
+                // The control loop keeps answering until the workers have drained.
+                joiner = std::thread([&] {
+                    group.join();
+                    control.stop();
+                });
             });
         });
     };
@@ -160,6 +225,9 @@ int main(int argc, char** argv) {
     control.run();
     if (joiner.joinable()) {
         joiner.join();
+    }
+    if (access_log) {
+        access_log->stop();
     }
     spdlog::info("stopped");
     return 0;

@@ -66,7 +66,8 @@ bool NetworkSet::contains(const boost::asio::ip::address& raw) const {
         unsigned bits = range.prefix;
         bool match = true;
         for (std::size_t i = 0; bits > 0 && match; ++i, bits = bits > 8 ? bits - 8 : 0) {
-            const unsigned char mask = bits >= 8 ? 0xFF : static_cast<unsigned char>(0xFF << (8 - bits));
+            const unsigned char mask =
+                bits >= 8 ? 0xFF : static_cast<unsigned char>(0xFF << (8 - bits));
             match = (bytes[i] & mask) == (range.bytes[i] & mask);
         }
         if (match) {

@@ -10,13 +10,13 @@
 namespace bg {
 
 class NetworkSet {
-public:
+  public:
     // Adds one range; false with a message when it is not an address or address/prefix.
     bool add(std::string_view text, std::string& error);
     bool contains(const boost::asio::ip::address& address) const;
     bool empty() const { return ranges_.empty(); }
 
-private:
+  private:
     struct Range {
         bool v6 = false;
         std::array<unsigned char, 16> bytes{};

@@ -1,8 +1,8 @@
 #include "request_validation.hpp"
 
+#include <algorithm>
 #include <boost/beast/core/string.hpp>
 #include <boost/url/parse.hpp>
-#include <algorithm>
 
 namespace bg {
 
@@ -46,7 +46,8 @@ RawHeaderScan scan_raw_header(std::string_view bytes, std::size_t max_request_li
 namespace {
 
 bool all_digits(std::string_view s) {
-    return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+    return !s.empty() &&
+           std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
 }  // namespace

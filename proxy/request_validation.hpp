@@ -10,9 +10,9 @@
 namespace bg {
 
 enum class RawHeaderVerdict {
-    incomplete,           // no blank line yet: read more
-    complete,             // header_end is set
-    obs_fold,             // a header line starting with SP or HTAB
+    incomplete,  // no blank line yet: read more
+    complete,    // header_end is set
+    obs_fold,    // a header line starting with SP or HTAB
     nul_byte,
     bare_cr,
     bare_lf,

@@ -4,7 +4,19 @@
 
 namespace bg {
 
-const char* to_string(Colour colour) { return colour == Colour::blue ? "blue" : "green"; }
+const char* to_string(Colour colour) {
+    return colour == Colour::blue ? "blue" : "green";
+}
+
+std::optional<Colour> colour_from_name(std::string_view name) {
+    if (name == "blue") {
+        return Colour::blue;
+    }
+    if (name == "green") {
+        return Colour::green;
+    }
+    return std::nullopt;
+}
 
 const char* to_string(AdminState state) {
     switch (state) {

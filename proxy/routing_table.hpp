@@ -5,6 +5,8 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <string_view>
 #include <string>
 #include <vector>
 
@@ -15,8 +17,13 @@ namespace bg {
 enum class Colour : std::uint8_t { blue = 0, green = 1 };
 inline constexpr std::array<Colour, 2> all_colours{Colour::blue, Colour::green};
 const char* to_string(Colour colour);
-inline Colour other(Colour colour) { return colour == Colour::blue ? Colour::green : Colour::blue; }
-inline std::size_t index_of(Colour colour) { return static_cast<std::size_t>(colour); }
+std::optional<Colour> colour_from_name(std::string_view name);  // "blue", "green"
+inline Colour other(Colour colour) {
+    return colour == Colour::blue ? Colour::green : Colour::blue;
+}
+inline std::size_t index_of(Colour colour) {
+    return static_cast<std::size_t>(colour);
+}
 
 // HAProxy's server admin states: drain takes no new requests but finishes in-flight ones.
 enum class AdminState : std::uint8_t { ready, drain, maint };
@@ -44,7 +51,7 @@ struct ColourPool {
 };
 
 class RoutingTable {
-public:
+  public:
     RoutingTable(std::uint64_t version, std::array<ColourPool, 2> pools);
 
     std::uint64_t version() const { return version_; }
@@ -54,12 +61,14 @@ public:
 
     // The weights the data plane acts on: a colour that cannot serve gets no share while the
     // other can (a weighted split never sends to an empty colour).
-    std::uint32_t effective_weight_bp(Colour colour) const { return effective_bp_[index_of(colour)]; }
+    std::uint32_t effective_weight_bp(Colour colour) const {
+        return effective_bp_[index_of(colour)];
+    }
     // No backend of either colour can serve: rather than refuse everything, requests go to
     // every backend that is not in maintenance, healthy or not (Envoy's panic routing).
     bool panic() const { return panic_; }
 
-private:
+  private:
     std::uint64_t version_;
     std::array<ColourPool, 2> pools_;
     std::array<std::uint32_t, 2> effective_bp_{};

@@ -13,15 +13,15 @@
 namespace bg {
 
 struct DataPlaneLoad {
-    std::vector<std::uint32_t> in_flight;  // by backend id, summed over workers
-    std::vector<std::uint32_t> upgraded;   // open tunnels by backend id
-    std::vector<std::uint64_t> requests;   // cumulative, by backend id
-    std::vector<std::uint64_t> failures;   // cumulative, by backend id
+    std::vector<std::uint32_t> in_flight;             // by backend id, summed over workers
+    std::vector<std::uint32_t> upgraded;              // open tunnels by backend id
+    std::vector<std::uint64_t> requests;              // cumulative, by backend id
+    std::vector<std::uint64_t> failures;              // cumulative, by backend id
     std::vector<std::uint64_t> consecutive_failures;  // now, by backend id (max over workers)
 };
 
 class TablePublisher {
-public:
+  public:
     virtual ~TablePublisher() = default;
     // Every worker uses `table` (and `config`) for requests that start after it arrives;
     // `on_applied` runs on the publisher's completion executor once all workers have it.

@@ -14,7 +14,7 @@
 namespace bg {
 
 class UpstreamPool {
-public:
+  public:
     UpstreamPool(boost::asio::any_io_executor executor, const UpstreamSettings& settings);
 
     // An idle connection to the backend that still looks open, or nothing.
@@ -25,7 +25,7 @@ public:
     void close_all();
     std::size_t idle_count() const;
 
-private:
+  private:
     struct Idle {
         boost::asio::ip::tcp::socket socket;  // a bare socket: cheap to park and to move
         std::chrono::steady_clock::time_point since;

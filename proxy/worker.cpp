@@ -22,7 +22,9 @@ Worker::Worker(unsigned index, std::shared_ptr<const Config> config, RoutingTabl
       pool_(io_.get_executor(), config_->upstream),
       grace_timer_(io_) {}
 
-Worker::~Worker() { join(); }
+Worker::~Worker() {
+    join();
+}
 
 bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
     ports.resize(config_->listeners.size(), 0);

@@ -13,6 +13,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "access_log.hpp"
 #include "balancer.hpp"
 #include "config.hpp"
 #include "routing_table.hpp"
@@ -30,7 +31,7 @@ struct SessionHandle {
 };
 
 class Worker {
-public:
+  public:
     Worker(unsigned index, std::shared_ptr<const Config> config, RoutingTablePtr table);
     ~Worker();
     Worker(const Worker&) = delete;
@@ -50,7 +51,15 @@ public:
     void begin_shutdown();
     void join();
 
+    // Before start(): where this worker's access log lines go (nullptr: off).
+    void set_access_log(AccessLog* log) { access_log_ = log; }
     // Worker thread only.
+    void log_access(std::string&& line) {
+        if (access_log_ != nullptr) {
+            access_log_->submit(index_, std::move(line));
+        }
+    }
+    bool logs_access() const { return access_log_ != nullptr; }
     boost::asio::io_context& io() { return io_; }
     const RoutingTablePtr& table() const { return table_; }
     const std::shared_ptr<const Config>& config() const { return config_; }
@@ -70,11 +79,12 @@ public:
     void tunnel_opened(std::uint32_t backend_id);
     void tunnel_closed(std::uint32_t backend_id);
 
-private:
+  private:
     void accept_loop(boost::asio::ip::tcp::acceptor& acceptor);
     void finish_if_drained();
 
     unsigned index_;
+    AccessLog* access_log_ = nullptr;
     boost::asio::io_context io_;
     std::shared_ptr<const Config> config_;
     RoutingTablePtr table_;

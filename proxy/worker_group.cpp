@@ -1,7 +1,7 @@
 #include "worker_group.hpp"
 
-#include <boost/asio/post.hpp>
 #include <algorithm>
+#include <boost/asio/post.hpp>
 
 namespace bg {
 
@@ -22,6 +22,12 @@ bool WorkerGroup::bind(std::string& error) {
         }
     }
     return true;
+}
+
+void WorkerGroup::set_access_log(AccessLog* log) {
+    for (auto& worker : workers_) {
+        worker->set_access_log(log);
+    }
 }
 
 void WorkerGroup::start() {
@@ -63,33 +69,33 @@ void WorkerGroup::gather_load(std::function<void(DataPlaneLoad)> done) {
     auto remaining = std::make_shared<std::size_t>(workers_.size());
     auto callback = std::make_shared<std::function<void(DataPlaneLoad)>>(std::move(done));
     for (auto& worker : workers_) {
-        worker->report_load([completions = completions_, total, remaining,
-                             callback](DataPlaneLoad part) {
-            asio::post(completions, [total, remaining, callback, part = std::move(part)] {
-                auto add = [](auto& into, const auto& from) {
-                    if (into.size() < from.size()) {
-                        into.resize(from.size(), 0);
+        worker->report_load(
+            [completions = completions_, total, remaining, callback](DataPlaneLoad part) {
+                asio::post(completions, [total, remaining, callback, part = std::move(part)] {
+                    auto add = [](auto& into, const auto& from) {
+                        if (into.size() < from.size()) {
+                            into.resize(from.size(), 0);
+                        }
+                        for (std::size_t i = 0; i < from.size(); ++i) {
+                            into[i] += from[i];
+                        }
+                    };
+                    add(total->in_flight, part.in_flight);
+                    add(total->upgraded, part.upgraded);
+                    add(total->requests, part.requests);
+                    add(total->failures, part.failures);
+                    if (total->consecutive_failures.size() < part.consecutive_failures.size()) {
+                        total->consecutive_failures.resize(part.consecutive_failures.size(), 0);
                     }
-                    for (std::size_t i = 0; i < from.size(); ++i) {
-                        into[i] += from[i];
+                    for (std::size_t i = 0; i < part.consecutive_failures.size(); ++i) {
+                        total->consecutive_failures[i] =
+                            std::max(total->consecutive_failures[i], part.consecutive_failures[i]);
                     }
-                };
-                add(total->in_flight, part.in_flight);
-                add(total->upgraded, part.upgraded);
-                add(total->requests, part.requests);
-                add(total->failures, part.failures);
-                if (total->consecutive_failures.size() < part.consecutive_failures.size()) {
-                    total->consecutive_failures.resize(part.consecutive_failures.size(), 0);
-                }
-                for (std::size_t i = 0; i < part.consecutive_failures.size(); ++i) {
-                    total->consecutive_failures[i] =
-                        std::max(total->consecutive_failures[i], part.consecutive_failures[i]);
-                }
-                if (--*remaining == 0) {
-                    (*callback)(std::move(*total));
-                }
+                    if (--*remaining == 0) {
+                        (*callback)(std::move(*total));
+                    }
+                });
             });
-        });
     }
 }
 

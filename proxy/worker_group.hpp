@@ -12,7 +12,7 @@
 namespace bg {
 
 class WorkerGroup final : public TablePublisher {
-public:
+  public:
     // Completions (publish acknowledgements, gathered load) run on `completions`.
     WorkerGroup(boost::asio::any_io_executor completions, unsigned count,
                 std::shared_ptr<const Config> config, RoutingTablePtr table);
@@ -20,6 +20,7 @@ public:
     // Binds every worker's listeners; false with a message when one cannot be bound.
     bool bind(std::string& error);
     const std::vector<std::uint16_t>& ports() const { return ports_; }
+    void set_access_log(AccessLog* log);
     void start();
     void begin_shutdown();
     void join();
@@ -29,7 +30,7 @@ public:
                  std::function<void()> on_applied) override;
     void gather_load(std::function<void(DataPlaneLoad)> done) override;
 
-private:
+  private:
     boost::asio::any_io_executor completions_;
     std::vector<std::unique_ptr<Worker>> workers_;
     std::vector<std::uint16_t> ports_;

@@ -3,6 +3,8 @@
 # tsan (build-tsan/). Usage: scripts/build.sh [release|asan|tsan] [cmake --build args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# ccache: relative paths, so a fresh clone elsewhere (CI) reuses what an earlier build compiled.
+export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=true
 flavour=${1:-release}
 shift || true
 case "$flavour" in

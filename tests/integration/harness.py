@@ -24,10 +24,11 @@ SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "WARNING: ThreadSanitizer", "run
                      "ERROR: LeakSanitizer")
 
 
-def _wait_for_line(proc, pattern, timeout=10.0):
-    """Reads the process's stdout until a line matches; returns the match."""
+def _wait_for_line(proc, pattern, timeout=10.0, seen=None):
+    """Reads the process's stdout until a line matches; returns the match. Lines read go to
+    `seen`, so a caller can look for others printed before it."""
     deadline = time.time() + timeout
-    seen = []
+    seen = [] if seen is None else seen
     while time.time() < deadline:
         line = proc.stdout.readline()
         if not line:
@@ -47,7 +48,8 @@ class Process:
         self.args = args
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=env)
-        self.match = _wait_for_line(self.proc, pattern)
+        self.lines = []
+        self.match = _wait_for_line(self.proc, pattern, seen=self.lines)
 
     @property
     def pid(self):
@@ -111,11 +113,14 @@ class Proxy(Process):
         self.state_file = os.path.join(self.dir, "state.json")
         self.audit_log = os.path.join(self.dir, "audit.log")
         for flag, value in (("--control-socket", self.socket), ("--state-file", self.state_file),
-                            ("--audit-log", self.audit_log), ("--workers", str(workers))):
+                            ("--audit-log", self.audit_log), ("--workers", str(workers)),
+                            ("--admin", "127.0.0.1:0")):
             if flag not in args:
                 args += [flag, value]
         super().__init__(args, r"listening on http://([\d.]+):(\d+)", env=env)
         self.port = int(self.match.group(2))
+        admin = [m for m in (re.search(r"admin on http://[\d.]+:(\d+)", l) for l in self.lines) if m]
+        self.admin_port = int(admin[0].group(1)) if admin else None
 
     def bgctl(self, *args, user=None, timeout=30):
         """Runs the real bgctl against this proxy; returns the CompletedProcess."""

@@ -72,7 +72,13 @@ class HealthTest(ProcessTestCase):
         s = self.proxy_.status()
         self.assertEqual(s["colours"]["blue"]["weight"], 100)
         self.assertEqual(s["colours"]["green"]["healthy"], 2)
-        # ...an operator's flip does, and clears the mark.
+        # `clear` lifts the mark without moving traffic...
+        self.assertEqual(self.proxy_.bgctl("clear").returncode, 0)
+        s = self.proxy_.status()
+        self.assertEqual(s["colours"]["green"]["role"], "idle")
+        self.assertEqual(s["colours"]["blue"]["weight"], 100)
+        self.assertEqual(self.proxy_.bgctl("clear").returncode, 1)  # nothing left to clear
+        # ...an operator's flip moves it.
         self.assertEqual(self.proxy_.bgctl("flip").returncode, 0)
         s = self.proxy_.status()
         self.assertEqual(s["colours"]["green"]["role"], "candidate")
@@ -153,6 +159,47 @@ allowed_networks = ["10.0.0.0/8"]
         conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
         conn.request("GET", "/", headers={"Cookie": "bg=green"})
         self.assertEqual(conn.getresponse().read(), b"blue-1\n")
+
+
+
+class GateTest(ProcessTestCase):
+    def test_a_flip_to_a_colour_failing_its_smoke_check_is_refused_and_changes_nothing(self):
+        blue = [self.backend("blue-1")]
+        green = [self.backend("green-1"), self.backend("green-2")]
+        proxy = self.proxy(config(blue, green, extra="""
+[health]
+enabled = false
+[[gate]]
+name = "checkout page"
+path = "/checkout?status=200"
+expect = 200
+body_contains = "green"
+[[gate]]
+name = "health endpoint"
+path = "/healthz"
+expect = [200, 204]
+"""))
+        with urllib.request.urlopen("http://%s/admin/health?status=500" % green[1].address, timeout=5) as r:
+            r.read()
+        before = proxy.status()
+        r = proxy.bgctl("flip")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("smoke check 'health endpoint' failed on green-2: status 500", r.stderr)
+        self.assertEqual(proxy.status()["version"], before["version"])
+        self.assertEqual(proxy.bgctl("ramp", "green", "to=100", "step=10", "every=1s").returncode, 1)
+        self.assertEqual(proxy.bgctl("set", "green=5").returncode, 1)
+        # Skipping the gate is possible and audited.
+        r = proxy.bgctl("flip", "--skip-gate")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(proxy.audit_log) as f:
+            last = json.loads(f.read().splitlines()[-1])
+        self.assertEqual(last["command"], "flip --skip-gate")
+        # With green healthy again the gate passes; rollback is never gated.
+        self.assertEqual(proxy.bgctl("rollback").returncode, 0)
+        with urllib.request.urlopen("http://%s/admin/health?status=200" % green[1].address, timeout=5) as r:
+            r.read()
+        r = proxy.bgctl("flip")
+        self.assertEqual(r.returncode, 0, r.stderr)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ class ShutdownTest(ProcessTestCase):
     def test_in_flight_requests_complete_after_sigterm(self):
         blue = self.backend("blue-1")
         green = self.backend("green-1")
-        proxy = self.proxy(config([blue], [green], extra='[timeouts]\nshutdown_grace = "10s"\n'))
+        proxy = self.proxy(config([blue], [green], extra='[timeouts]\nshutdown_grace = "10s"\nshutdown_ready_delay = "0s"\n'))
         results = [None] * 8
 
         def slow(i):

@@ -5,7 +5,8 @@
 
 namespace {
 
-bg::RoutingTablePtr table_with(std::uint32_t blue_bp, std::size_t blue_n = 2, std::size_t green_n = 2) {
+bg::RoutingTablePtr table_with(std::uint32_t blue_bp, std::size_t blue_n = 2,
+                               std::size_t green_n = 2) {
     std::array<bg::ColourPool, 2> pools;
     std::uint32_t id = 0;
     pools[0].weight_bp = blue_bp;

@@ -47,8 +47,8 @@ TEST_CASE("the sticky cookie holds unless its colour is failed or at weight 0") 
     http::fields f;
     f.insert(http::field::cookie, "a=1; bg=green; c=2");
     CHECK(bg::sticky_colour(f, sticky, table(5000)) == bg::Colour::green);
-    CHECK_FALSE(bg::sticky_colour(f, sticky, table(10000)));        // green at 0
-    CHECK_FALSE(bg::sticky_colour(f, sticky, table(5000, true)));   // green failed
+    CHECK_FALSE(bg::sticky_colour(f, sticky, table(10000)));       // green at 0
+    CHECK_FALSE(bg::sticky_colour(f, sticky, table(5000, true)));  // green failed
     sticky.cookie = "";
     CHECK_FALSE(bg::sticky_colour(f, sticky, table(5000)));
     sticky.cookie = "bg";

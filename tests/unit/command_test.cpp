@@ -49,7 +49,8 @@ TEST_CASE("ramp, its controls, and dry runs") {
     CHECK(error("ramp green to=100 every=30s").find("usage") != std::string::npos);
     CHECK(error("ramp green step=0 every=1s").find("more than 0") != std::string::npos);
     CHECK(error("ramp green step=10 every=1ms").find("at least 100ms") != std::string::npos);
-    CHECK(error("ramp green step=10 every=1s speed=2").find("unknown ramp option") != std::string::npos);
+    CHECK(error("ramp green step=10 every=1s speed=2").find("unknown ramp option") !=
+          std::string::npos);
 }
 
 TEST_CASE("every verb has a role; state-changing ones need operate or admin") {

@@ -36,8 +36,8 @@ TEST_CASE("a minimal config gets the documented defaults") {
 }
 
 TEST_CASE("weights are percentages with at most two decimals") {
-    auto result = bg::parse_config(std::string(minimal) + "[routing]\nblue = 87.5\ngreen = 12.5\n",
-                                   "t");
+    auto result =
+        bg::parse_config(std::string(minimal) + "[routing]\nblue = 87.5\ngreen = 12.5\n", "t");
     REQUIRE(result.errors.empty());
     CHECK(result.config->blue_weight_bp == 8750);
     CHECK(result.config->green_weight_bp == 1250);
@@ -56,9 +56,11 @@ TEST_CASE("weights are percentages with at most two decimals") {
 
 TEST_CASE("errors name the file, line and column") {
     std::string text = std::string(minimal) + "[timeouts]\nclient_header = \"ten\"\n";
-    CHECK(first_error(text) == "test.toml:9:17: timeouts.client_header must be a duration string "
-                               "like \"250ms\", \"10s\", \"5m\" or \"1h\"");
-    CHECK(first_error("[server]\nworkerz = 2\n").starts_with("test.toml:2:11: unknown key 'workerz' in [server]"));
+    CHECK(first_error(text) ==
+          "test.toml:9:17: timeouts.client_header must be a duration string "
+          "like \"250ms\", \"10s\", \"5m\" or \"1h\"");
+    CHECK(first_error("[server]\nworkerz = 2\n")
+              .starts_with("test.toml:2:11: unknown key 'workerz' in [server]"));
     CHECK(first_error("[server\n").starts_with("test.toml:1:"));
 }
 
@@ -72,7 +74,8 @@ TEST_CASE("bad addresses, empty pools and duplicate names are errors") {
     CHECK(first_error(R"(
 [[listener]]
 address = "127.0.0.1:99999"
-)").find("port must be") != std::string::npos);
+)")
+              .find("port must be") != std::string::npos);
     CHECK(first_error(R"(
 [[listener]]
 address = "127.0.0.1:8080"
@@ -80,7 +83,8 @@ address = "127.0.0.1:8080"
 backends = []
 [pools.green]
 backends = ["127.0.0.1:1"]
-)").find("pool 'blue' is empty") != std::string::npos);
+)")
+              .find("pool 'blue' is empty") != std::string::npos);
     CHECK(first_error(R"(
 [[listener]]
 address = "127.0.0.1:8080"
@@ -88,11 +92,13 @@ address = "127.0.0.1:8080"
 backends = [{ name = "x", address = "127.0.0.1:1" }]
 [pools.green]
 backends = [{ name = "x", address = "127.0.0.1:2" }]
-)").find("used twice") != std::string::npos);
+)")
+              .find("used twice") != std::string::npos);
     CHECK(first_error(R"(
 [[listener]]
 address = "no-such-host.invalid:80"
-)").find("cannot resolve") != std::string::npos);
+)")
+              .find("cannot resolve") != std::string::npos);
 }
 
 TEST_CASE("durations") {
@@ -131,4 +137,40 @@ TEST_CASE("quick-start flags build a whole config and override a file") {
     REQUIRE(merged.errors.empty());
     CHECK(merged.config->blue_weight_bp == 7500);
     CHECK(merged.config->blue.backends[0].name == "b1");
+}
+
+TEST_CASE("health, outlier, preview, gate and access log sections are checked too") {
+    auto ok = bg::parse_config(std::string(minimal) + R"(
+[health]
+interval = "1s"
+expect = [200, 204]
+[pools.green.health]
+path = "/ready"
+[preview]
+allowed_networks = ["10.0.0.0/8", "::1"]
+[[gate]]
+name = "home"
+headers = { X-Smoke = "1" }
+expect = 200
+[access_log]
+target = "stdout"
+)",
+                               "t");
+    REQUIRE(ok.errors.empty());
+    CHECK(ok.config->blue.health.path == "/healthz");
+    CHECK(ok.config->green.health.path == "/ready");
+    CHECK(ok.config->green.health.interval == std::chrono::seconds(1));
+    CHECK(ok.config->gate.at(0).headers.at(0).first == "X-Smoke");
+    CHECK(ok.config->access_log.target == "stdout");
+
+    CHECK(first_error(std::string(minimal) + "[preview]\nallowed_networks = [\"10.0.0.0/40\"]\n")
+              .find("prefix") != std::string::npos);
+    CHECK(first_error(std::string(minimal) + "[[gate]]\npath = \"/\"\n").find("needs a name") !=
+          std::string::npos);
+    CHECK(first_error(std::string(minimal) + "[health]\nexpect = []\n").find("status codes") !=
+          std::string::npos);
+    CHECK(first_error(std::string(minimal) + "[rollout]\nstable_failure = \"panic\"\n")
+              .find("failover") != std::string::npos);
+    CHECK(first_error(std::string(minimal) + "[retries]\nbudget = 2\n").find("from 0 to 1") !=
+          std::string::npos);
 }

@@ -26,7 +26,8 @@ bg::DataPlaneLoad counts(std::vector<std::uint64_t> requests, std::vector<std::u
 
 }  // namespace
 
-TEST_CASE("a backend over the error rate is ejected, for a growing time, and returns when checks pass") {
+TEST_CASE(
+    "a backend over the error rate is ejected, for a growing time, and returns when checks pass") {
     bg::OutlierConfig config;
     config.error_rate = 0.5;
     config.min_requests = 10;
@@ -34,21 +35,22 @@ TEST_CASE("a backend over the error rate is ejected, for a growing time, and ret
     bg::OutlierDetector detector(config);
     auto table = two_by_two();
     auto t0 = Clock::now();
-    CHECK(detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, {}).empty());
-    auto v = detector.observe(table, counts({20, 20, 0, 0}, {12, 1, 0, 0}), t0 + std::chrono::seconds(1),
-                              std::nullopt, {});
+    CHECK(
+        detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, {}).empty());
+    auto v = detector.observe(table, counts({20, 20, 0, 0}, {12, 1, 0, 0}),
+                              t0 + std::chrono::seconds(1), std::nullopt, {});
     CHECK(v.ejected == std::vector<std::string>{"b1"});
     CHECK(detector.ejected("b1"));
     // The pool (2 backends, panic threshold 0.5) may lose only one.
-    v = detector.observe(table, counts({40, 40, 0, 0}, {30, 30, 0, 0}), t0 + std::chrono::seconds(2),
-                         std::nullopt, {});
+    v = detector.observe(table, counts({40, 40, 0, 0}, {30, 30, 0, 0}),
+                         t0 + std::chrono::seconds(2), std::nullopt, {});
     CHECK(v.ejected.empty());
     // Ejection over but the checks fail: it stays out.
-    v = detector.observe(table, counts({40, 40, 0, 0}, {30, 30, 0, 0}), t0 + std::chrono::seconds(12),
-                         std::nullopt, {{"b1", false}});
+    v = detector.observe(table, counts({40, 40, 0, 0}, {30, 30, 0, 0}),
+                         t0 + std::chrono::seconds(12), std::nullopt, {{"b1", false}});
     CHECK(v.returned.empty());
-    v = detector.observe(table, counts({40, 40, 0, 0}, {30, 30, 0, 0}), t0 + std::chrono::seconds(13),
-                         std::nullopt, {{"b1", true}});
+    v = detector.observe(table, counts({40, 40, 0, 0}, {30, 30, 0, 0}),
+                         t0 + std::chrono::seconds(13), std::nullopt, {{"b1", true}});
     CHECK(v.returned == std::vector<std::string>{"b1"});
 }
 
@@ -72,18 +74,19 @@ TEST_CASE("the watched colour fails on its error rate once the minimum count is 
     auto t0 = Clock::now();
     detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, bg::Colour::green, {});
     // 20% errors but only 50 requests: not yet.
-    auto v = detector.observe(table, counts({0, 0, 25, 25}, {0, 0, 5, 5}), t0 + std::chrono::seconds(1),
-                              bg::Colour::green, {});
+    auto v = detector.observe(table, counts({0, 0, 25, 25}, {0, 0, 5, 5}),
+                              t0 + std::chrono::seconds(1), bg::Colour::green, {});
     CHECK_FALSE(v.failed_colour.has_value());
-    v = detector.observe(table, counts({0, 0, 60, 60}, {0, 0, 12, 12}), t0 + std::chrono::seconds(2),
-                         bg::Colour::green, {});
+    v = detector.observe(table, counts({0, 0, 60, 60}, {0, 0, 12, 12}),
+                         t0 + std::chrono::seconds(2), bg::Colour::green, {});
     REQUIRE(v.failed_colour.has_value());
     CHECK(*v.failed_colour == bg::Colour::green);
     CHECK(v.colour_reason.find("green error rate 20%") != std::string::npos);
     // Blue at the same rate is not watched.
     bg::OutlierDetector other(config);
     other.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, bg::Colour::green, {});
-    CHECK_FALSE(other.observe(table, counts({60, 60, 0, 0}, {12, 12, 0, 0}), t0 + std::chrono::seconds(1),
-                              bg::Colour::green, {})
+    CHECK_FALSE(other
+                    .observe(table, counts({60, 60, 0, 0}, {12, 12, 0, 0}),
+                             t0 + std::chrono::seconds(1), bg::Colour::green, {})
                     .failed_colour);
 }

@@ -1,7 +1,7 @@
 #include <doctest/doctest.h>
 
-#include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/parser.hpp>
 
 #include "request_validation.hpp"
 
@@ -61,8 +61,8 @@ TEST_CASE("framing: ambiguous bodies are refused") {
     CHECK_FALSE(problem("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n"
                         "Content-Length: 5\r\n\r\n")
                     .empty());
-    CHECK_FALSE(problem("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
-                    .empty());
+    CHECK_FALSE(
+        problem("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").empty());
     CHECK_FALSE(problem("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n")
                     .empty());
     CHECK_FALSE(problem("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n").empty());

@@ -48,7 +48,8 @@ struct Fixture {
     bg::Caller operator_{1000, 1000, 42, bg::Role::operate};
 
     Fixture()
-        : board(io.get_executor(), std::make_shared<const bg::Config>(two_by_two()), "", store, audit) {
+        : board(io.get_executor(), std::make_shared<const bg::Config>(two_by_two()), "", store,
+                audit) {
         std::string error;
         REQUIRE(audit.open(error));
         REQUIRE(board.load(error));
@@ -82,7 +83,8 @@ TEST_CASE("flip, promote, rollback move weights and the stable colour") {
     f.run("set green=50");
     auto refused = f.run("flip");
     CHECK_FALSE(refused.at("ok").as_bool());
-    CHECK(std::string(refused.at("error").as_string()).find("nothing changed") != std::string::npos);
+    CHECK(std::string(refused.at("error").as_string()).find("nothing changed") !=
+          std::string::npos);
     CHECK_FALSE(f.run("promote").at("ok").as_bool());
 }
 
@@ -104,7 +106,8 @@ TEST_CASE("roles: read may look, not change; refusals are audited") {
     CHECK(f.run("status", reader).at("ok").as_bool());
     auto refused = f.run("flip", reader);
     CHECK_FALSE(refused.at("ok").as_bool());
-    CHECK(std::string(refused.at("error").as_string()).find("needs the operate role") != std::string::npos);
+    CHECK(std::string(refused.at("error").as_string()).find("needs the operate role") !=
+          std::string::npos);
     CHECK(f.board.state().weight(bg::Colour::blue) == 10000);
     auto last = f.audit.last(1);
     REQUIRE(last.size() == 1);

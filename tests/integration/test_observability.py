@@ -1,0 +1,111 @@
+"""Admin endpoints and the access log, with real processes."""
+import http.client
+import json
+import os
+import signal
+import socket
+import time
+import unittest
+
+from harness import ProcessTestCase, config, raw_exchange
+
+
+def admin_get(proxy, path, method="GET"):
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.admin_port, timeout=5)
+    conn.request(method, path)
+    r = conn.getresponse()
+    body = r.read()
+    conn.close()
+    return r.status, body
+
+
+class AccessLogTest(ProcessTestCase):
+    def test_one_json_line_per_request_with_the_state_version_and_reopen_on_sigusr1(self):
+        blue = [self.backend("blue-1")]
+        green = [self.backend("green-1")]
+        log = os.path.join(self.start_dir(), "access.log")
+        proxy = self.proxy(config(blue, green, extra='[access_log]\ntarget = "%s"\n' % log))
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+        conn.request("POST", "/upload?x=1", body=b"hello")
+        conn.getresponse().read()
+        self.assertEqual(proxy.bgctl("flip").returncode, 0)
+        conn.request("GET", "/after-flip")
+        conn.getresponse().read()
+        raw_exchange(proxy.port, b"GET / HTTP/1.1\r\n\r\n")  # no Host: 400
+        lines = self.read_lines(log, 3)
+        first, second, bad = lines
+        self.assertEqual((first["method"], first["path"], first["status"]), ("POST", "/upload?x=1", 200))
+        self.assertEqual((first["bytes_in"], first["colour"], first["backend"]), (5, "blue", "blue-1"))
+        self.assertEqual(first["client"], "127.0.0.1")
+        self.assertGreater(first["bytes_out"], 0)
+        self.assertGreater(first["duration_ms"], 0)
+        self.assertEqual((second["colour"], second["version"]), ("green", first["version"] + 1))
+        self.assertEqual(second["version"], proxy.status()["version"])
+        self.assertEqual((bad["status"], bad["error"]), (400, "missing Host"))
+        os.rename(log, log + ".1")
+        proxy.signal(signal.SIGUSR1)
+        time.sleep(0.2)
+        conn.request("GET", "/rotated")
+        conn.getresponse().read()
+        rotated = self.read_lines(log, 1)
+        self.assertEqual(rotated[0]["path"], "/rotated")
+
+    def read_lines(self, path, n, timeout=5):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if os.path.exists(path):
+                with open(path) as f:
+                    lines = [json.loads(l) for l in f if l.strip()]
+                if len(lines) >= n:
+                    return lines
+            time.sleep(0.05)
+        self.fail("fewer than %d lines in %s" % (n, path))
+
+    def start_dir(self):
+        import shutil, tempfile
+        d = tempfile.mkdtemp(prefix="bgproxy-log-")
+        self.addCleanup(shutil.rmtree, d, True)
+        return d
+
+
+class AdminTest(ProcessTestCase):
+    def test_status_healthz_and_read_only(self):
+        proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")]))
+        self.assertEqual(admin_get(proxy, "/healthz"), (200, b"ok\n"))
+        self.assertEqual(admin_get(proxy, "/readyz")[0], 200)
+        status, body = admin_get(proxy, "/status")
+        self.assertEqual(status, 200)
+        self.assertEqual(json.loads(body)["version"], proxy.status()["version"])
+        self.assertEqual(admin_get(proxy, "/status", method="POST")[0], 405)
+        self.assertEqual(admin_get(proxy, "/nope")[0], 404)
+
+    def test_readyz_turns_503_before_the_listener_closes_on_sigterm(self):
+        proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")],
+                                  extra='[timeouts]\nshutdown_ready_delay = "1s"\n'))
+        proxy.signal(signal.SIGTERM)
+        start = time.time()
+        not_ready = listener_closed = None
+        while time.time() - start < 5 and listener_closed is None:
+            now = time.time() - start
+            if not_ready is None:
+                try:
+                    if admin_get(proxy, "/readyz")[0] == 503:
+                        not_ready = now
+                except OSError:
+                    pass
+            try:
+                socket.create_connection(("127.0.0.1", proxy.port), timeout=0.5).close()
+            except OSError:
+                listener_closed = now
+            time.sleep(0.01)
+        print("SIGTERM: /readyz 503 after %.3f s, listener closed after %.3f s (delay 1 s)"
+              % (not_ready, listener_closed))
+        self.assertIsNotNone(not_ready)
+        self.assertIsNotNone(listener_closed)
+        self.assertLess(not_ready, 0.2)
+        self.assertGreater(listener_closed - not_ready, 0.8)
+        self.assertEqual(proxy.wait(10), 0)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
