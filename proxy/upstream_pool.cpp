@@ -25,7 +25,7 @@ bool still_open(boost::asio::ip::tcp::socket& socket) {
 
 }  // namespace
 
-std::optional<boost::beast::tcp_stream> UpstreamPool::lease(std::uint32_t backend_id) {
+std::optional<boost::beast::tcp_stream> UpstreamPool::lease(std::uint32_t backend_id, bool verify) {
     if (backend_id >= idle_.size()) {
         return std::nullopt;
     }
@@ -34,7 +34,9 @@ std::optional<boost::beast::tcp_stream> UpstreamPool::lease(std::uint32_t backen
     while (!list.empty()) {
         Idle idle = std::move(list.back());
         list.pop_back();
-        if (now - idle.since < idle_timeout_ && still_open(idle.socket)) {
+        // A connection parked moments ago is almost surely alive: skip the syscall.
+        const bool check = verify || now - idle.since > std::chrono::seconds(1);
+        if (now - idle.since < idle_timeout_ && (!check || still_open(idle.socket))) {
             return boost::beast::tcp_stream(std::move(idle.socket));
         }
         boost::system::error_code ignored;

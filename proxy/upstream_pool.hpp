@@ -17,8 +17,9 @@ class UpstreamPool {
   public:
     UpstreamPool(boost::asio::any_io_executor executor, const UpstreamSettings& settings);
 
-    // An idle connection to the backend that still looks open, or nothing.
-    std::optional<boost::beast::tcp_stream> lease(std::uint32_t backend_id);
+    // An idle connection to the backend, or nothing. With `verify`, or when it sat idle for a
+    // while, it is checked to be still open first (one non-blocking peek).
+    std::optional<boost::beast::tcp_stream> lease(std::uint32_t backend_id, bool verify);
     // Parks a connection whose last exchange completed cleanly; closes it past the bound.
     void give_back(std::uint32_t backend_id, boost::beast::tcp_stream stream);
     void close_backend(std::uint32_t backend_id);
