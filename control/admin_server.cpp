@@ -120,7 +120,7 @@ void AdminServer::accept() {
                             response.body() = std::move(body);
                         } else {
                             response.result(http::status::not_found);
-                            response.body() = "unknown path; try /healthz, /readyz, /status\n";
+                            response.body() = "unknown path; try /healthz, /readyz, /status, /metrics\n";
                         }
                         response.keep_alive(request.keep_alive());
                         response.prepare_payload();

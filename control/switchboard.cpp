@@ -198,6 +198,7 @@ void Switchboard::arm_outlier_timer() {
 
 void Switchboard::handle_outlier(Job job) {
     const auto& v = *job.outlier;
+    counts_.ejections += v.ejected.size();
     for (const auto& name : v.ejected) {
         spdlog::warn("outlier detection: {} {}", name, v.reasons.at(name));
         broadcast(json::object{{"event", "ejection"},
@@ -381,6 +382,9 @@ void Switchboard::run(Job job) {
         staged.kind = "ramp_step";
     }
     std::string error = stage(cmd, job.caller, staged);
+    if (!error.empty() && cmd.verb == Verb::reload) {
+        ++counts_.reloads_refused;
+    }
     if (!error.empty()) {
         audit_.append(audit_record(job, "refused", nullptr, error));
         finish(job, error_reply(error, state_.version));
@@ -662,6 +666,13 @@ void Switchboard::commit(Job job, std::string command_name, Staged staged) {
                   note = std::move(staged.note), kind = std::move(staged.kind),
                   command_name = std::move(command_name)]() mutable {
         const std::string change = describe_change(state_, next);
+        ++counts_.switches[kind];
+        counts_.last_switch_unix = std::chrono::duration<double>(
+                                       std::chrono::system_clock::now().time_since_epoch())
+                                       .count();
+        if (kind == "reload") {
+            ++counts_.reloads_applied;
+        }
         json::object record = audit_record(job, "applied", &next, {});
         if (!note.empty()) {
             record["note"] = note;

@@ -57,6 +57,17 @@ class Switchboard {
     }
     bool panic() const { return table_->panic(); }
 
+    // Counts for the metrics endpoint. Control thread only.
+    struct Counts {
+        std::map<std::string, std::uint64_t> switches;  // by kind: set, flip, ramp_step, ...
+        std::uint64_t reloads_applied = 0;
+        std::uint64_t reloads_refused = 0;
+        std::uint64_t ejections = 0;
+        double last_switch_unix = 0;
+    };
+    const Counts& counts() const { return counts_; }
+    bool ejected(const std::string& backend) const { return outlier_.ejected(backend); }
+
     std::uint64_t subscribe(Watcher watcher);
     void unsubscribe(std::uint64_t id);
 
@@ -119,6 +130,7 @@ class Switchboard {
     boost::asio::steady_timer outlier_timer_;
     OutlierDetector outlier_;
     std::map<std::uint64_t, Watcher> watchers_;
+    Counts counts_;
     std::uint64_t next_watcher_ = 1;
 };
 

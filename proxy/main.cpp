@@ -19,6 +19,7 @@
 #include "config.hpp"
 #include "control_server.hpp"
 #include "health_checker.hpp"
+#include "metrics_exporter.hpp"
 #include "routing_state.hpp"
 #include "state_store.hpp"
 #include "switchboard.hpp"
@@ -131,7 +132,15 @@ int main(int argc, char** argv) {
     }
     std::unique_ptr<bg::AdminServer> admin;
     if (!config->admin_listen.empty()) {
-        admin = std::make_unique<bg::AdminServer>(control, switchboard);
+        admin = std::make_unique<bg::AdminServer>(
+            control, switchboard,
+            [&switchboard, &group, &access_log](std::function<void(std::string)> done) {
+                group.gather_load([&switchboard, &group, &access_log,
+                                   done = std::move(done)](bg::DataPlaneLoad load) {
+                    done(bg::render_metrics(
+                        bg::MetricsSources{switchboard, load, group.stats(), access_log.get()}));
+                });
+            });
         if (!admin->open(config->admin_listen, error)) {
             spdlog::error("{}", error);
             return 1;
@@ -153,7 +162,7 @@ int main(int argc, char** argv) {
     server.start();
     if (admin) {
         admin->start();
-        std::printf("bgproxy: admin on http://%s:%u (/healthz /readyz /status)\n",
+        std::printf("bgproxy: admin on http://%s:%u (/healthz /readyz /status /metrics)\n",
                     bg::resolve_host_port(config->admin_listen, error)->ip.c_str(), admin->port());
     }
     health.configure(*config);

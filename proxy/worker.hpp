@@ -66,6 +66,7 @@ class Worker {
     Balancer& balancer() { return balancer_; }
     UpstreamPool& upstream_pool() { return pool_; }
     WorkerStats& stats() { return stats_; }
+    const WorkerStats& stats() const { return stats_; }
     bool draining() const { return draining_; }
     void track(SessionHandle* session) { sessions_.insert(session); }
     void untrack(SessionHandle* session);

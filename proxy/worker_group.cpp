@@ -24,6 +24,14 @@ bool WorkerGroup::bind(std::string& error) {
     return true;
 }
 
+std::vector<const WorkerStats*> WorkerGroup::stats() const {
+    std::vector<const WorkerStats*> out;
+    for (const auto& worker : workers_) {
+        out.push_back(&worker->stats());
+    }
+    return out;
+}
+
 void WorkerGroup::set_access_log(AccessLog* log) {
     for (auto& worker : workers_) {
         worker->set_access_log(log);

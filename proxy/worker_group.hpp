@@ -25,6 +25,8 @@ class WorkerGroup final : public TablePublisher {
     void begin_shutdown();
     void join();
     std::size_t size() const { return workers_.size(); }
+    // Each worker's counters (relaxed atomics: readable from any thread).
+    std::vector<const WorkerStats*> stats() const;
 
     void publish(RoutingTablePtr table, std::shared_ptr<const Config> config,
                  std::function<void()> on_applied) override;

@@ -23,6 +23,11 @@ def set_health(backend, status):
         r.read()
 
 
+def metrics(proxy):
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % proxy.admin_port, timeout=5) as r:
+        return r.read().decode()
+
+
 def get(port, path="/"):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     conn.request("GET", path)
@@ -65,6 +70,9 @@ class HealthTest(ProcessTestCase):
             last = json.loads(f.read().splitlines()[-1])
         self.assertEqual(last["result"], "applied")
         self.assertIn("green failed", last["note"])
+        m = metrics(self.proxy_)
+        self.assertIn('bgproxy_switches_total{kind="auto_revert"} 1', m)
+        self.assertIn('bgproxy_colour_failed{colour="green"} 1', m)
         # Recovery does not move traffic back by itself...
         for b in self.green:
             set_health(b, 200)
@@ -95,6 +103,7 @@ class HealthTest(ProcessTestCase):
         print("both colours failing their checks: panic after %.2f s" % elapsed)
         status, backend, _ = get(self.proxy_.port)
         self.assertEqual(status, 200)
+        self.assertIn("bgproxy_panic 1", metrics(self.proxy_))
         # The guard changed no routing: blue (stable) keeps its weight, nobody is marked.
         self.assertEqual(s["colours"]["blue"]["weight"], 100)
         for b in self.blue + self.green:

@@ -77,34 +77,50 @@ class AdminTest(ProcessTestCase):
         self.assertEqual(status, 200)
         self.assertEqual(json.loads(body)["version"], proxy.status()["version"])
         self.assertEqual(admin_get(proxy, "/status", method="POST")[0], 405)
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+        for _ in range(3):
+            conn.request("GET", "/")
+            conn.getresponse().read()
+        status, body = admin_get(proxy, "/metrics")
+        text = body.decode()
+        self.assertEqual(status, 200)
+        self.assertIn('bgproxy_colour_weight_ratio{colour="blue"} 1', text)
+        self.assertIn('bgproxy_backend_requests_total{backend="blue-1",colour="blue"} 3', text)
+        self.assertIn('bgproxy_responses_total{code="2xx"} 3', text)
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                self.assertRegex(line, r"^bgproxy_[a-z_]+(\{[^}]*\})? [-0-9.e+]+$")
         self.assertEqual(admin_get(proxy, "/nope")[0], 404)
 
     def test_readyz_turns_503_before_the_listener_closes_on_sigterm(self):
         proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")],
                                   extra='[timeouts]\nshutdown_ready_delay = "1s"\n'))
+        self.assertEqual(admin_get(proxy, "/readyz")[0], 200)
         proxy.signal(signal.SIGTERM)
         start = time.time()
         not_ready = listener_closed = None
-        while time.time() - start < 5 and listener_closed is None:
+        # Bounded: sanitizer builds are slow, so the window is generous; the order and the gap
+        # are what is checked.
+        while time.time() - start < 15 and listener_closed is None:
             now = time.time() - start
             if not_ready is None:
                 try:
                     if admin_get(proxy, "/readyz")[0] == 503:
                         not_ready = now
-                except OSError:
+                except (OSError, http.client.HTTPException):
                     pass
             try:
                 socket.create_connection(("127.0.0.1", proxy.port), timeout=0.5).close()
             except OSError:
                 listener_closed = now
             time.sleep(0.01)
+        self.assertIsNotNone(not_ready, "/readyz never answered 503")
+        self.assertIsNotNone(listener_closed, "the listener never closed")
         print("SIGTERM: /readyz 503 after %.3f s, listener closed after %.3f s (delay 1 s)"
               % (not_ready, listener_closed))
-        self.assertIsNotNone(not_ready)
-        self.assertIsNotNone(listener_closed)
-        self.assertLess(not_ready, 0.2)
+        self.assertLess(not_ready, listener_closed)
         self.assertGreater(listener_closed - not_ready, 0.8)
-        self.assertEqual(proxy.wait(10), 0)
+        self.assertEqual(proxy.wait(20), 0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,177 @@
+#include "metrics_exporter.hpp"
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+namespace bg {
+
+namespace {
+
+std::uint64_t sum(const std::vector<const WorkerStats*>& workers,
+                  const WorkerStats::Counter WorkerStats::*field) {
+    std::uint64_t total = 0;
+    for (const WorkerStats* w : workers) {
+        total += (w->*field).load(std::memory_order_relaxed);
+    }
+    return total;
+}
+
+std::uint64_t at(const std::vector<std::uint64_t>& v, std::uint32_t id) { return id < v.size() ? v[id] : 0; }
+
+}  // namespace
+
+std::string render_metrics(const MetricsSources& in) {
+    // A registry per scrape: label lookups happen here, once a scrape, never per request.
+    prometheus::Registry registry;
+    const Switchboard& board = in.switchboard;
+    const RoutingState& state = board.state();
+    const RoutingTable& table = *board.table();
+
+    auto& info = prometheus::BuildGauge().Name("bgproxy_build_info").Help("bgproxy build; always 1").Register(registry);
+    info.Add({{"version", BGPROXY_VERSION}}).Set(1);
+
+    auto& weight = prometheus::BuildGauge()
+                       .Name("bgproxy_colour_weight_ratio")
+                       .Help("Share of new traffic a colour is configured to take (0..1)")
+                       .Register(registry);
+    auto& stable = prometheus::BuildGauge()
+                       .Name("bgproxy_colour_stable")
+                       .Help("1 for the stable (last known good) colour")
+                       .Register(registry);
+    auto& failed = prometheus::BuildGauge()
+                       .Name("bgproxy_colour_failed")
+                       .Help("1 while the rollout guard has marked the colour failed")
+                       .Register(registry);
+    auto& healthy_count = prometheus::BuildGauge()
+                              .Name("bgproxy_colour_healthy_backends")
+                              .Help("Backends of the colour able to take new requests")
+                              .Register(registry);
+    auto& backend_up = prometheus::BuildGauge()
+                           .Name("bgproxy_backend_healthy")
+                           .Help("1 when the backend passes its checks and is not ejected")
+                           .Register(registry);
+    auto& backend_requests = prometheus::BuildCounter()
+                                 .Name("bgproxy_backend_requests_total")
+                                 .Help("Requests sent to a backend (each try counts)")
+                                 .Register(registry);
+    auto& backend_failures = prometheus::BuildCounter()
+                                 .Name("bgproxy_backend_failures_total")
+                                 .Help("Tries that failed: connect error, reset, timeout, or 5xx when "
+                                       "outlier.count_5xx")
+                                 .Register(registry);
+    auto& in_flight = prometheus::BuildGauge()
+                          .Name("bgproxy_backend_requests_in_flight")
+                          .Help("Requests in flight to a backend")
+                          .Register(registry);
+    for (Colour c : all_colours) {
+        const std::map<std::string, std::string> colour{{"colour", to_string(c)}};
+        weight.Add(colour).Set(state.weight(c) / 10000.0);
+        stable.Add(colour).Set(state.stable == c ? 1 : 0);
+        failed.Add(colour).Set(state.failed[index_of(c)] ? 1 : 0);
+        healthy_count.Add(colour).Set(static_cast<double>(table.pool(c).eligible.size()) *
+                                      (table.panic() ? 0 : 1));
+        for (const Backend& b : table.pool(c).backends) {
+            const std::map<std::string, std::string> labels{{"colour", to_string(c)}, {"backend", b.name}};
+            backend_up.Add(labels).Set(b.healthy ? 1 : 0);
+            backend_requests.Add(labels).Increment(static_cast<double>(at(in.load.requests, b.id)));
+            backend_failures.Add(labels).Increment(static_cast<double>(at(in.load.failures, b.id)));
+            in_flight.Add(labels).Set(b.id < in.load.in_flight.size() ? in.load.in_flight[b.id] : 0);
+        }
+    }
+    prometheus::BuildGauge()
+        .Name("bgproxy_panic")
+        .Help("1 when no colour has a healthy backend and requests go to every backend")
+        .Register(registry)
+        .Add({})
+        .Set(table.panic() ? 1 : 0);
+    prometheus::BuildGauge()
+        .Name("bgproxy_state_version")
+        .Help("Version of the routing state")
+        .Register(registry)
+        .Add({})
+        .Set(static_cast<double>(state.version));
+
+    const auto& counts = board.counts();
+    auto& switches = prometheus::BuildCounter()
+                         .Name("bgproxy_switches_total")
+                         .Help("Routing changes by kind: set, flip, ramp, ramp_step, rollback, promote, "
+                               "auto_revert, failover, ...")
+                         .Register(registry);
+    for (const char* kind : {"set", "flip", "ramp", "ramp_step", "rollback", "promote", "auto_revert", "failover"}) {
+        switches.Add({{"kind", kind}});  // present at 0 so rate() works from the first switch
+    }
+    for (const auto& [kind, n] : counts.switches) {
+        switches.Add({{"kind", kind}}).Increment(static_cast<double>(n));
+    }
+    prometheus::BuildGauge()
+        .Name("bgproxy_last_switch_timestamp_seconds")
+        .Help("Unix time of the last routing change (0: none since start)")
+        .Register(registry)
+        .Add({})
+        .Set(counts.last_switch_unix);
+    auto& reloads = prometheus::BuildCounter()
+                        .Name("bgproxy_config_reloads_total")
+                        .Help("Config reloads by result")
+                        .Register(registry);
+    reloads.Add({{"result", "applied"}}).Increment(static_cast<double>(counts.reloads_applied));
+    reloads.Add({{"result", "refused"}}).Increment(static_cast<double>(counts.reloads_refused));
+    prometheus::BuildCounter()
+        .Name("bgproxy_ejections_total")
+        .Help("Backends ejected by outlier detection")
+        .Register(registry)
+        .Add({})
+        .Increment(static_cast<double>(counts.ejections));
+
+    const auto& w = in.workers;
+    auto& responses = prometheus::BuildCounter()
+                          .Name("bgproxy_responses_total")
+                          .Help("Responses sent to clients by status class")
+                          .Register(registry);
+    const char* classes[] = {"", "1xx", "2xx", "3xx", "4xx", "5xx"};
+    for (int k = 1; k <= 5; ++k) {
+        std::uint64_t total = 0;
+        for (const WorkerStats* s : w) {
+            total += s->responses_by_class[k].load(std::memory_order_relaxed);
+        }
+        responses.Add({{"code", classes[k]}}).Increment(static_cast<double>(total));
+    }
+    auto counter = [&registry, &w](const char* name, const char* help, const WorkerStats::Counter WorkerStats::*field) {
+        prometheus::BuildCounter().Name(name).Help(help).Register(registry).Add({}).Increment(
+            static_cast<double>(sum(w, field)));
+    };
+    auto gauge = [&registry, &w](const char* name, const char* help, const WorkerStats::Counter WorkerStats::*field) {
+        prometheus::BuildGauge().Name(name).Help(help).Register(registry).Add({}).Set(static_cast<double>(sum(w, field)));
+    };
+    counter("bgproxy_requests_total", "Requests received from clients", &WorkerStats::requests);
+    counter("bgproxy_downstream_connections_total", "Client connections accepted",
+            &WorkerStats::connections_accepted);
+    gauge("bgproxy_downstream_connections", "Client connections open", &WorkerStats::connections_open);
+    counter("bgproxy_bad_requests_total", "Requests refused by the proxy (400, 413, 414, 431, 405)",
+            &WorkerStats::bad_requests);
+    counter("bgproxy_client_header_timeouts_total", "Clients dropped for sending their header too slowly",
+            &WorkerStats::client_header_timeouts);
+    counter("bgproxy_upstream_connect_failures_total", "Failed connects to backends",
+            &WorkerStats::upstream_connect_failures);
+    counter("bgproxy_upstream_timeouts_total", "Backends that did not answer in time (504)",
+            &WorkerStats::upstream_timeouts);
+    counter("bgproxy_upstream_broken_responses_total", "Backend responses reset or cut",
+            &WorkerStats::upstream_broken_responses);
+    counter("bgproxy_retries_total", "Requests retried on another backend", &WorkerStats::retries);
+    counter("bgproxy_retry_budget_exhausted_total", "Retries not made because the budget was spent",
+            &WorkerStats::retry_budget_exhausted);
+    counter("bgproxy_upgrades_total", "Connections upgraded (WebSocket...)", &WorkerStats::upgrades);
+    gauge("bgproxy_upgraded_connections", "Upgraded connections open", &WorkerStats::upgraded_open);
+    if (in.access_log != nullptr) {
+        prometheus::BuildCounter()
+            .Name("bgproxy_access_log_dropped_total")
+            .Help("Access log lines dropped because a worker's queue was full")
+            .Register(registry)
+            .Add({})
+            .Increment(static_cast<double>(in.access_log->dropped()));
+    }
+    return prometheus::TextSerializer().Serialize(registry.Collect());
+}
+
+}  // namespace bg
