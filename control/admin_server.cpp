@@ -79,7 +79,7 @@ void AdminServer::accept() {
                     beast::flat_buffer buffer;
                     for (;;) {
                         http::request<http::string_body> request;
-                        stream.expires_after(std::chrono::seconds(30));
+                        stream.expires_after(switchboard_.config()->timeouts.client_keepalive);
                         auto [rec, rn] = co_await http::async_read(stream, buffer, request, nothrow);
                         if (rec) {
                             break;

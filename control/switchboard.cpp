@@ -17,6 +17,16 @@ namespace json = boost::json;
 
 namespace {
 
+// The process itself, for what it does on its own: ramp steps, health reverts, SIGHUP.
+Caller process_caller() {
+    Caller self;
+    self.uid = static_cast<std::uint32_t>(::geteuid());
+    self.gid = static_cast<std::uint32_t>(::getegid());
+    self.pid = static_cast<std::int32_t>(::getpid());
+    self.role = Role::admin;
+    return self;
+}
+
 constexpr std::string_view ramp_step_line = "ramp step";
 constexpr std::string_view sighup_line = "reload";
 constexpr std::string_view health_line = "health";
@@ -102,10 +112,7 @@ bool Switchboard::load(std::string& error) {
 }
 
 void Switchboard::on_health(const std::string& backend, bool healthy, const std::string& why) {
-    Caller self;
-    self.uid = static_cast<std::uint32_t>(::geteuid());
-    self.pid = static_cast<std::int32_t>(::getpid());
-    self.role = Role::admin;
+    const Caller self = process_caller();
     Job job{self, std::string(health_line) + " " + backend + (healthy ? " up: " : " down: ") + why,
             [](const json::object&) {}, true};
     job.backend = backend;
@@ -182,10 +189,7 @@ void Switchboard::arm_outlier_timer() {
             auto verdicts = outlier_.observe(*table_, load, OutlierDetector::Clock::now(),
                                              watched_colour(), health_);
             if (!verdicts.empty()) {
-                Caller self;
-                self.uid = static_cast<std::uint32_t>(::geteuid());
-                self.pid = static_cast<std::int32_t>(::getpid());
-                self.role = Role::admin;
+                const Caller self = process_caller();
                 Job job{self, "outlier detection", [](const json::object&) {}, true};
                 job.outlier = std::move(verdicts);
                 queue_.push_back(std::move(job));
@@ -251,10 +255,7 @@ void Switchboard::execute(const Caller& caller, std::string line, Reply reply) {
 }
 
 void Switchboard::reload_from_signal() {
-    Caller self;
-    self.uid = static_cast<std::uint32_t>(::geteuid());
-    self.pid = static_cast<std::int32_t>(::getpid());
-    self.role = Role::admin;
+    const Caller self = process_caller();
     queue_.push_back(Job{self, std::string(sighup_line),
                          [](const json::object& reply) {
                              if (reply.at("ok").as_bool()) {
@@ -730,10 +731,7 @@ void Switchboard::arm_ramp_timer() {
 }
 
 void Switchboard::ramp_tick() {
-    Caller ramp;
-    ramp.pid = static_cast<std::int32_t>(::getpid());
-    ramp.uid = static_cast<std::uint32_t>(::geteuid());
-    ramp.role = Role::admin;
+    const Caller ramp = process_caller();
     queue_.push_back(Job{ramp, std::string(ramp_step_line),
                          [](const json::object& reply) {
                              if (!reply.at("ok").as_bool()) {

@@ -594,6 +594,7 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
         }
         u->read_integer("max_idle_per_backend", config.upstream.max_idle_per_backend, 0, 100000);
         u->read_duration("idle_timeout", config.upstream.idle_timeout);
+        u->read_duration("recheck_after", config.upstream.recheck_after);
         u->read_integer("connect_attempts", config.upstream.connect_attempts, 1, 16);
         u->reject_unknown_keys();
     }

@@ -130,6 +130,8 @@ struct UpstreamSettings {
     BalancePolicy balance = BalancePolicy::round_robin;
     std::size_t max_idle_per_backend = 64;
     Duration idle_timeout{std::chrono::seconds(30)};
+    // A pooled connection idle longer than this is checked to be open before reuse.
+    Duration recheck_after{std::chrono::seconds(1)};
     unsigned connect_attempts = 3;
 };
 

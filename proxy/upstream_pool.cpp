@@ -9,7 +9,8 @@ namespace bg {
 UpstreamPool::UpstreamPool(boost::asio::any_io_executor executor, const UpstreamSettings& settings)
     : sweep_timer_(executor),
       max_idle_(settings.max_idle_per_backend),
-      idle_timeout_(settings.idle_timeout) {}
+      idle_timeout_(settings.idle_timeout),
+      recheck_after_(settings.recheck_after) {}
 
 namespace {
 
@@ -35,7 +36,7 @@ std::optional<boost::beast::tcp_stream> UpstreamPool::lease(std::uint32_t backen
         Idle idle = std::move(list.back());
         list.pop_back();
         // A connection parked moments ago is almost surely alive: skip the syscall.
-        const bool check = verify || now - idle.since > std::chrono::seconds(1);
+        const bool check = verify || now - idle.since > recheck_after_;
         if (now - idle.since < idle_timeout_ && (!check || still_open(idle.socket))) {
             return boost::beast::tcp_stream(std::move(idle.socket));
         }

@@ -37,6 +37,7 @@ class UpstreamPool {
     boost::asio::steady_timer sweep_timer_;
     std::size_t max_idle_;
     std::chrono::milliseconds idle_timeout_;
+    std::chrono::milliseconds recheck_after_;
     std::vector<std::vector<Idle>> idle_;  // by backend id; the back is the most recent
     bool sweeping_ = false;
 };
