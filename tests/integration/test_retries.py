@@ -71,8 +71,20 @@ class RetryTest(ProcessTestCase):
             r = conn.getresponse()
             self.assertEqual((r.status, r.read()), (200, b"blue-2\n"))
             slow += 1 if time.time() - start > 0.4 else 0
+        # And it is taken out: no longer healthy in the table, so no request waits on it.
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            backends = {b["name"]: b["healthy"] for b in proxy.status()["colours"]["blue"]["backends"]}
+            if not backends["blue-1"]:
+                break
+            time.sleep(0.1)
+        self.assertFalse(backends["blue-1"], "the frozen backend is still taking requests")
+        start = time.time()
+        conn.request("GET", "/")
+        self.assertEqual(conn.getresponse().read(), b"blue-2\n")
+        self.assertLess(time.time() - start, 0.4)
         print("backend frozen with SIGSTOP: 10 of 10 GETs served by the other one, %d after a "
-              "0.5 s timeout and a retry" % slow)
+              "0.5 s timeout and a retry; then taken out" % slow)
         blue[0].signal(signal.SIGCONT)
 
     def test_a_post_that_reached_a_dying_backend_is_not_retried(self):
