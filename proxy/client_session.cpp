@@ -433,7 +433,7 @@ class ClientSession {
                                       response_parser_->get().result_int() >= 500 &&
                                       config_.outlier.count_5xx;
             worker_.record_outcome(upstream.backend->id, failed || server_error);
-            if (!failed || !may_retry(request.method(), retries_left)) {
+            if (!failed || !may_retry(request.method(), retries_left, outcome)) {
                 break;
             }
             // Retry elsewhere: the failed backend stays in tried_, so it is not picked again.
@@ -472,9 +472,15 @@ class ClientSession {
     // A failed try may be repeated elsewhere only while that is safe: an idempotent method,
     // no byte of a body consumed (bodies are streamed, not kept), nothing sent to the client,
     // and within the worker's retry budget.
-    bool may_retry(http::verb method, unsigned retries_left) {
+    bool may_retry(http::verb method, unsigned retries_left, Exchange outcome) {
         if (retries_left == 0 || !idempotent(method) || body_started_ || interim_sent_) {
             return false;
+        }
+        // The budget guards against retry storms on slow, overloaded backends (timeouts). A
+        // reset is a fast, definite failure: a backend going away resets every request it had
+        // at once, and each of them is retried elsewhere, bounded by `attempts` alone.
+        if (outcome != Exchange::upstream_timeout) {
+            return true;
         }
         const double budget = std::max<double>(config_.retries.min_budget,
                                                config_.retries.budget * worker_.active_requests);

@@ -62,7 +62,7 @@ struct OutlierConfig {
 
 struct RetryConfig {
     unsigned attempts = 2;     // retries per request (after the first try)
-    double budget = 0.2;       // retries in flight at most this fraction of active requests...
+    double budget = 0.2;       // retries after timeouts: at most this fraction of active requests...
     unsigned min_budget = 3;   // ...but always at least this many
     bool cross_colour = true;  // a retry may go to the other colour when this one cannot serve
 };
