@@ -2,26 +2,23 @@
 
 #include <spdlog/spdlog.h>
 
-#include <boost/asio/as_tuple.hpp>
+#include <array>
 #include <boost/asio/experimental/awaitable_operators.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/core/stream_traits.hpp>
 #include <boost/beast/http/buffer_body.hpp>
-#include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/parser.hpp>
-#include <boost/beast/http/read.hpp>
-#include <boost/beast/http/serializer.hpp>
-#include <boost/beast/http/string_body.hpp>
-#include <boost/beast/http/write.hpp>
 #include <boost/url/parse.hpp>
 #include <optional>
+#include <span>
 #include <vector>
 
 #include "access_record.hpp"
 #include "colour_hints.hpp"
+#include "connection_deadline.hpp"
 #include "forwarding_headers.hpp"
+#include "message_head.hpp"
 #include "request_validation.hpp"
 #include "worker.hpp"
 
@@ -35,9 +32,6 @@ using boost::system::error_code;
 
 namespace {
 
-// Errors are values on the data path: every async step returns its error_code.
-constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
-
 // How the exchange with the backend ended before any response byte went to the client.
 enum class Exchange {
     response_ready,  // a final response header is in the response parser
@@ -50,14 +44,26 @@ enum class Exchange {
 // A backend connection held by one request.
 struct Upstream {
     const Backend* backend = nullptr;
-    std::optional<beast::tcp_stream> stream;
+    std::optional<Socket> stream;
     bool reused = false;
+};
+
+// How relaying one message body ended.
+enum class BodyEnd { done, read_failed, read_timeout, too_large, write_failed, write_timeout };
+
+// One direction of a body relay: where it reads, where it writes, and their time limits.
+struct BodyLeg {
+    std::chrono::milliseconds read_limit;
+    ConnectionDeadline::Target read_side;
+    std::chrono::milliseconds write_limit;
+    ConnectionDeadline::Target write_side;
+    bool chunked;  // frame the pieces as chunks on the way out
 };
 
 // Untracks the session from its worker whatever way the coroutine ends.
 class TrackedSession {
   public:
-    TrackedSession(Worker& worker, beast::tcp_stream& client) : worker_(worker) {
+    TrackedSession(Worker& worker, Socket& client) : worker_(worker) {
         handle_.client = &client;
         worker_.track(&handle_);
         WorkerStats::add(worker_.stats().connections_open);
@@ -137,24 +143,64 @@ bool is_upgrade_request(const http::request_header<>& header) {
     return false;
 }
 
+// Moves the next piece of a message body into the parser's buffer_body: from what `buffer`
+// already holds, else after one read from `from`. Success means progress (possibly only a
+// chunk header); the caller looks at how much of the body buffer was filled.
+template <class AsyncStream, bool isRequest>
+Task<error_code> read_body_piece(AsyncStream& from, beast::flat_buffer& buffer,
+                                 http::parser<isRequest, http::buffer_body>& parser,
+                                 std::size_t read_size) {
+    for (;;) {
+        if (buffer.size() > 0) {
+            error_code ec;
+            const std::size_t used = parser.put(buffer.data(), ec);
+            buffer.consume(used);
+            if (ec == http::error::need_buffer) {
+                co_return error_code{};  // the body buffer is full
+            }
+            if (ec && ec != http::error::need_more) {
+                co_return ec;
+            }
+            if (used > 0 || parser.is_done()) {
+                co_return error_code{};
+            }
+        }
+        if (parser.is_done()) {
+            co_return error_code{};
+        }
+        auto [ec, n] = co_await from.async_read_some(buffer.prepare(read_size), nothrow);
+        if (ec == asio::error::eof) {
+            error_code end;
+            parser.put_eof(end);  // completes a read-until-close body, else partial_message
+            co_return end;
+        }
+        if (ec) {
+            co_return ec;
+        }
+        buffer.commit(n);
+    }
+}
+
+template <class Stream>
 class ClientSession {
   public:
-    ClientSession(Worker& worker, tcp::socket socket)
+    ClientSession(Worker& worker, Stream stream)
         : worker_(worker),
           config_holder_(worker.config()),
           config_(*config_holder_),
-          client_(std::move(socket)),
+          client_(std::move(stream)),
           request_body_(config_.limits.buffer_size),
           response_body_(config_.limits.buffer_size),
-          tracked_(worker, client_) {
+          tracked_(worker, socket()),
+          deadline_(socket().get_executor(), tracked_.handle()) {
         error_code ec;
-        auto peer = client_.socket().remote_endpoint(ec);
+        auto peer = socket().remote_endpoint(ec);
         client_address_ = peer.address();
         client_ip_ = ec ? std::string("unknown") : peer.address().to_string();
-        client_.socket().set_option(tcp::no_delay(true), ec);
+        socket().set_option(tcp::no_delay(true), ec);
     }
 
-    asio::awaitable<void> run() {
+    Task<void> run() {
         bool first = true;
         for (;;) {
             record_ = AccessRecord{};
@@ -172,19 +218,22 @@ class ClientSession {
             }
         }
         error_code ignored;
-        client_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+        socket().shutdown(tcp::socket::shutdown_send, ignored);
         if (linger_) {
             co_await drain_before_close();
         }
-        client_.socket().close(ignored);
+        deadline_.disarm();
+        socket().close(ignored);
     }
 
   private:
+    Socket& socket() { return beast::get_lowest_layer(client_); }
+
     // ---- reading the request header ------------------------------------------------------
 
     // True when a request header is in parser_; false when the connection should close (a
     // clean end, a timeout, or an error already answered).
-    asio::awaitable<bool> read_request_header(bool first) {
+    Task<bool> read_request_header(bool first) {
         parser_.emplace();
         parser_->header_limit(static_cast<std::uint32_t>(config_.limits.max_request_header + 1));
         if (config_.limits.max_request_body > 0) {
@@ -200,8 +249,8 @@ class ClientSession {
             }
             // Between requests: only the keep-alive idle timeout applies, and a graceful
             // shutdown may close the connection.
-            client_.expires_after(first ? config_.timeouts.client_header
-                                        : config_.timeouts.client_keepalive);
+            deadline_.arm(first ? config_.timeouts.client_header : config_.timeouts.client_keepalive,
+                          ConnectionDeadline::client);
             tracked_.handle().idle = true;
             auto [ec, n] = co_await client_.async_read_some(buffer_.prepare(read_chunk()), nothrow);
             tracked_.handle().idle = false;
@@ -211,7 +260,7 @@ class ClientSession {
             buffer_.commit(n);
         }
         // The whole header must arrive within client_header (slowloris).
-        client_.expires_after(config_.timeouts.client_header);
+        deadline_.arm(config_.timeouts.client_header, ConnectionDeadline::client);
         for (;;) {
             skip_leading_empty_lines();
             auto bytes =
@@ -266,8 +315,8 @@ class ClientSession {
                     co_return false;
             }
             auto [ec, n] = co_await client_.async_read_some(buffer_.prepare(read_chunk()), nothrow);
-            if (ec == beast::error::timeout) {
-                // tcp_stream has closed the socket already: the client is simply dropped (as
+            if (ec && deadline_.expired()) {
+                // The deadline has closed the socket already: the client is simply dropped (as
                 // nginx does for client_header_timeout).
                 WorkerStats::add(worker_.stats().client_header_timeouts);
                 co_return false;
@@ -327,7 +376,7 @@ class ClientSession {
     // ---- one request ------------------------------------------------------------------------
 
     // Returns whether the client connection stays open for another request.
-    asio::awaitable<bool> handle_request() {
+    Task<bool> handle_request() {
         auto& request = parser_->get();
         body_started_ = false;
         if (auto why = framing_problem(request.base()); !why.empty()) {
@@ -402,12 +451,14 @@ class ClientSession {
             }
             in_flight.reset();
             in_flight.emplace(worker_.balancer(), upstream.backend->id, tracked_.handle());
-            record_.colour = to_string(upstream.backend->colour);
-            record_.backend = upstream.backend->name;
+            if (worker_.logs_access()) {
+                record_.colour = to_string(upstream.backend->colour);
+                record_.backend = upstream.backend->name;
+            }
             upstream_started_ = std::chrono::steady_clock::now();
             if (expect_continue && !continue_sent && !parser_->is_done()) {
                 static constexpr std::string_view continue_line = "HTTP/1.1 100 Continue\r\n\r\n";
-                client_.expires_after(config_.timeouts.client_write);
+                deadline_.arm(config_.timeouts.client_write, ConnectionDeadline::client);
                 auto [ec, n] =
                     co_await asio::async_write(client_, asio::buffer(continue_line), nothrow);
                 if (ec) {
@@ -523,7 +574,7 @@ class ClientSession {
 
     // Picks a backend of the colour and gets a connection to it: an idle pooled one, else a new
     // one. A backend that refuses is skipped for another, up to connect_attempts.
-    asio::awaitable<bool> connect_upstream(const RoutingTable& table, Colour colour,
+    Task<bool> connect_upstream(const RoutingTable& table, Colour colour,
                                            Upstream& upstream) {
         for (unsigned attempt = 0; attempt < config_.upstream.connect_attempts; ++attempt) {
             const Backend* backend = worker_.balancer().pick_backend(table, colour, tried_);
@@ -552,13 +603,13 @@ class ClientSession {
         co_return false;
     }
 
-    asio::awaitable<bool> connect_to(const Backend& backend, Upstream& upstream) {
+    Task<bool> connect_to(const Backend& backend, Upstream& upstream) {
         error_code ec;
         tcp::endpoint endpoint(asio::ip::make_address(backend.address.ip, ec),
                                backend.address.port);
-        upstream.stream.emplace(client_.get_executor());
+        upstream.stream.emplace(socket().get_executor());
         tracked_.handle().upstream = &*upstream.stream;
-        upstream.stream->expires_after(config_.timeouts.upstream_connect);
+        deadline_.arm(config_.timeouts.upstream_connect, ConnectionDeadline::upstream);
         std::tie(ec) = co_await upstream.stream->async_connect(endpoint, nothrow);
         if (ec) {
             WorkerStats::add(worker_.stats().upstream_connect_failures);
@@ -566,76 +617,46 @@ class ClientSession {
             upstream.stream.reset();
             co_return false;
         }
-        upstream.stream->socket().set_option(tcp::no_delay(true), ec);
+        upstream.stream->set_option(tcp::no_delay(true), ec);
         upstream.backend = &backend;
         upstream.reused = false;
         co_return true;
     }
 
-    // Sends the request (header, then the body as it arrives) and reads the response header,
+    // Sends the request (head, then the body as it arrives) and reads the response head,
     // relaying interim 1xx responses to the client.
-    asio::awaitable<Exchange> exchange(Upstream& upstream, bool head) {
+    Task<Exchange> exchange(Upstream& upstream, bool head) {
         auto& request = parser_->get();
         auto& stream = *upstream.stream;
-        http::request_serializer<http::buffer_body> serializer{request};
         upstream_buffer_.clear();
-        stream.expires_after(config_.timeouts.upstream_response);
-        if (parser_->is_done()) {
-            request.body().data = nullptr;
-            request.body().size = 0;
-            request.body().more = false;
-            auto [ec, n] = co_await http::async_write(stream, serializer, nothrow);
+        write_request_head(request, head_);
+        // With no body, or no body byte at hand yet, the head goes now (the backend can start,
+        // and answer early); otherwise it leaves with the first piece of body in one write.
+        if (parser_->is_done() || buffer_.size() == 0) {
+            deadline_.arm(config_.timeouts.upstream_response, ConnectionDeadline::upstream);
+            auto [ec, n] = co_await asio::async_write(stream, asio::buffer(head_), nothrow);
             if (ec) {
-                co_return ec == beast::error::timeout ? Exchange::upstream_timeout
-                                                      : Exchange::upstream_failed;
+                co_return deadline_.expired() ? Exchange::upstream_timeout : Exchange::upstream_failed;
             }
-        } else {
-            if (buffer_.size() == 0) {
-                // No body byte yet: send the header now so the backend can start (and answer
-                // early). Otherwise it leaves with the first piece of body.
-                auto [ec, n] = co_await http::async_write_header(stream, serializer, nothrow);
-                if (ec) {
+            head_.clear();
+        }
+        if (!parser_->is_done() || !head_.empty()) {
+            const BodyLeg leg{config_.timeouts.client_body, ConnectionDeadline::client,
+                              config_.timeouts.upstream_response, ConnectionDeadline::upstream,
+                              request.chunked()};
+            switch (co_await relay_body(client_, buffer_, *parser_, request_body_, stream, leg,
+                                        record_.bytes_in, body_started_)) {
+                case BodyEnd::done:
+                    break;
+                case BodyEnd::read_failed:
+                case BodyEnd::read_timeout:
+                    co_return Exchange::client_gone;
+                case BodyEnd::too_large:
+                    co_return Exchange::body_too_large;
+                case BodyEnd::write_failed:
                     co_return Exchange::upstream_failed;
-                }
-            }
-            while (!serializer.is_done()) {
-                if (!parser_->is_done()) {
-                    request.body().data = request_body_.data();
-                    request.body().size = request_body_.size();
-                    client_.expires_after(config_.timeouts.client_body);
-                    auto [rec, rn] =
-                        co_await http::async_read_some(client_, buffer_, *parser_, nothrow);
-                    if (rec == http::error::need_buffer) {
-                        rec = {};
-                    }
-                    if (rec == http::error::body_limit) {
-                        co_return Exchange::body_too_large;
-                    }
-                    if (rec) {
-                        co_return Exchange::client_gone;
-                    }
-                    body_started_ = true;
-                    request.body().size = request_body_.size() - request.body().size;
-                    record_.bytes_in += request.body().size;
-                    request.body().data = request_body_.data();
-                    request.body().more = !parser_->is_done();
-                    if (request.body().size == 0 && request.body().more) {
-                        continue;  // a chunk header, no data yet: an empty write would end the body
-                    }
-                } else {
-                    request.body().data = nullptr;
-                    request.body().size = 0;
-                    request.body().more = false;
-                }
-                stream.expires_after(config_.timeouts.upstream_response);
-                auto [wec, wn] = co_await http::async_write(stream, serializer, nothrow);
-                if (wec == http::error::need_buffer) {
-                    wec = {};
-                }
-                if (wec) {
-                    co_return wec == beast::error::timeout ? Exchange::upstream_timeout
-                                                           : Exchange::upstream_failed;
-                }
+                case BodyEnd::write_timeout:
+                    co_return Exchange::upstream_timeout;
             }
         }
 
@@ -647,14 +668,10 @@ class ClientSession {
             if (head) {
                 response_parser_->skip(true);
             }
-            stream.expires_after(config_.timeouts.upstream_response);
-            auto [ec, n] = co_await http::async_read_header(stream, upstream_buffer_,
-                                                            *response_parser_, nothrow);
-            if (ec == beast::error::timeout) {
-                co_return Exchange::upstream_timeout;
-            }
+            deadline_.arm(config_.timeouts.upstream_response, ConnectionDeadline::upstream);
+            const error_code ec = co_await read_response_header(stream);
             if (ec) {
-                co_return Exchange::upstream_failed;
+                co_return deadline_.expired() ? Exchange::upstream_timeout : Exchange::upstream_failed;
             }
             const unsigned status = response_parser_->get().result_int();
             if (status >= 200 || status == 101) {
@@ -664,10 +681,11 @@ class ClientSession {
             auto& interim = response_parser_->get();
             if (parser_->get().version() >= 11 && status != 100) {
                 strip_response_hop_fields(interim, false);
-                http::response<http::empty_body> copy{interim.base()};
-                client_.expires_after(config_.timeouts.client_write);
+                interim.version(11);
+                write_response_head(interim.base(), head_);
+                deadline_.arm(config_.timeouts.client_write, ConnectionDeadline::client);
                 interim_sent_ = true;
-                auto [wec, wn] = co_await http::async_write(client_, copy, nothrow);
+                auto [wec, wn] = co_await asio::async_write(client_, asio::buffer(head_), nothrow);
                 if (wec) {
                     co_return Exchange::client_gone;
                 }
@@ -675,10 +693,99 @@ class ClientSession {
         }
     }
 
+    Task<error_code> read_response_header(Socket& stream) {
+        for (;;) {
+            if (upstream_buffer_.size() > 0) {
+                error_code ec;
+                const std::size_t used = response_parser_->put(upstream_buffer_.data(), ec);
+                upstream_buffer_.consume(used);
+                if (!ec && response_parser_->is_header_done()) {
+                    co_return error_code{};
+                }
+                if (ec && ec != http::error::need_more) {
+                    co_return ec;
+                }
+                if (used > 0) {
+                    continue;
+                }
+            }
+            auto [ec, n] =
+                co_await stream.async_read_some(upstream_buffer_.prepare(read_chunk()), nothrow);
+            if (ec) {
+                co_return ec;
+            }
+            upstream_buffer_.commit(n);
+        }
+    }
+
+    // Streams a message body from `from` to `to` one piece at a time (bounded memory whatever
+    // its size). A head still in head_ leaves with the first piece; chunk framing is added
+    // when the leg says so.
+    template <class From, class To, bool isRequest>
+    Task<BodyEnd> relay_body(From& from, beast::flat_buffer& in,
+                             http::parser<isRequest, http::buffer_body>& parser,
+                             std::vector<char>& scratch, To& to, const BodyLeg& leg,
+                             std::uint64_t& bytes, bool& started) {
+        auto& body = parser.get().body();
+        bool ended = false;  // the end of the body has been written
+        while (!ended) {
+            std::size_t n = 0;
+            if (!parser.is_done()) {
+                body.data = scratch.data();
+                body.size = scratch.size();
+                deadline_.arm(leg.read_limit, leg.read_side);
+                const error_code ec = co_await read_body_piece(from, in, parser, read_chunk());
+                if (ec == http::error::body_limit) {
+                    co_return BodyEnd::too_large;
+                }
+                if (ec) {
+                    co_return deadline_.expired() ? BodyEnd::read_timeout : BodyEnd::read_failed;
+                }
+                started = true;
+                n = scratch.size() - body.size;
+                bytes += n;
+                if (n == 0 && !parser.is_done()) {
+                    continue;  // a chunk header, no data yet
+                }
+            }
+            ended = parser.is_done();
+            std::optional<ChunkPrefix> prefix;
+            std::array<asio::const_buffer, 5> out{};
+            std::size_t count = 0;
+            if (!head_.empty()) {
+                out[count++] = asio::buffer(head_);
+            }
+            if (n > 0) {
+                if (leg.chunked) {
+                    prefix.emplace(n);
+                    out[count++] = prefix->buffer();
+                }
+                out[count++] = asio::buffer(scratch.data(), n);
+                if (leg.chunked) {
+                    out[count++] = asio::buffer(chunk_end);
+                }
+            }
+            if (ended && leg.chunked) {
+                out[count++] = asio::buffer(last_chunk);
+            }
+            if (count == 0) {
+                continue;
+            }
+            deadline_.arm(leg.write_limit, leg.write_side);
+            auto [ec, written] = co_await asio::async_write(
+                to, std::span<const asio::const_buffer>(out.data(), count), nothrow);
+            if (ec) {
+                co_return deadline_.expired() ? BodyEnd::write_timeout : BodyEnd::write_failed;
+            }
+            head_.clear();
+        }
+        co_return BodyEnd::done;
+    }
+
     // ---- the response -----------------------------------------------------------------------
 
-    asio::awaitable<bool> relay_response(Upstream& upstream, bool client_keep_alive,
-                                         unsigned client_version, bool head, bool upgrade) {
+    Task<bool> relay_response(Upstream& upstream, bool client_keep_alive, unsigned client_version,
+                              bool head, bool upgrade) {
         auto& response = response_parser_->get();
         const unsigned status = response.result_int();
         const bool switching = status == 101 && upgrade;
@@ -690,9 +797,11 @@ class ClientSession {
 
         strip_response_hop_fields(response, switching);
         bool keep_alive = client_keep_alive && parser_->is_done() && !worker_.draining();
+        bool chunked = false;
         if (!no_body && (upstream_chunked || until_close)) {
             if (client_version >= 11) {
                 response.chunked(true);
+                chunked = true;
             } else {
                 keep_alive = false;  // an HTTP/1.0 client learns the end from the close
             }
@@ -700,8 +809,8 @@ class ClientSession {
         response.version(11);
         record_.status = status;
         if (!config_.served_by_header.empty()) {
-            response.set(config_.served_by_header,
-                         std::string(to_string(upstream.backend->colour)) + "/" + upstream.backend->name);
+            response.set(config_.served_by_header, std::string(to_string(upstream.backend->colour)) +
+                                                       "/" + upstream.backend->name);
         }
         if (set_sticky_) {
             // The colour that served, which a retry may have changed.
@@ -717,15 +826,16 @@ class ClientSession {
         }
         WorkerStats::add(worker_.stats().responses_by_class[std::min(status / 100, 5u)]);
 
-        http::response_serializer<http::buffer_body> serializer{response};
-        // The header goes out on its own only when no body byte is at hand; otherwise it leaves
+        write_response_head(response.base(), head_);
+        // The head goes out on its own only when no body byte is at hand; otherwise it leaves
         // with the first piece of body in one write (one syscall instead of two).
         if (no_body || (upstream_buffer_.size() == 0 && !response_parser_->is_done())) {
-            client_.expires_after(config_.timeouts.client_write);
-            auto [ec, n] = co_await http::async_write_header(client_, serializer, nothrow);
+            deadline_.arm(config_.timeouts.client_write, ConnectionDeadline::client);
+            auto [ec, n] = co_await asio::async_write(client_, asio::buffer(head_), nothrow);
             if (ec) {
                 co_return false;
             }
+            head_.clear();
         }
         if (switching) {
             worker_.tunnel_opened(upstream.backend->id);
@@ -736,48 +846,26 @@ class ClientSession {
 
         bool response_complete = no_body;
         if (!no_body) {
-            auto& stream = *upstream.stream;
-            while (!serializer.is_done()) {
-                if (!response_parser_->is_done()) {
-                    response.body().data = response_body_.data();
-                    response.body().size = response_body_.size();
-                    stream.expires_after(config_.timeouts.upstream_response);
-                    auto [rec, rn] = co_await http::async_read_some(stream, upstream_buffer_,
-                                                                    *response_parser_, nothrow);
-                    if (rec == http::error::need_buffer) {
-                        rec = {};
-                    }
-                    if (rec) {
-                        // The backend died or stalled mid-body: close the client connection so
-                        // it never mistakes a cut response for a complete one.
-                        WorkerStats::add(worker_.stats().upstream_broken_responses);
-                        co_return false;
-                    }
-                    response.body().size = response_body_.size() - response.body().size;
-                    response.body().data = response_body_.data();
-                    record_.bytes_out += response.body().size;
-                    response.body().more = !response_parser_->is_done();
-                    if (response.body().size == 0 && response.body().more) {
-                        continue;
-                    }
-                } else {
-                    response.body().data = nullptr;
-                    response.body().size = 0;
-                    response.body().more = false;
-                }
-                client_.expires_after(config_.timeouts.client_write);
-                auto [wec, wn] = co_await http::async_write(client_, serializer, nothrow);
-                if (wec == http::error::need_buffer) {
-                    wec = {};
-                }
-                if (wec) {
-                    co_return false;
-                }
+            const BodyLeg leg{config_.timeouts.upstream_response, ConnectionDeadline::upstream,
+                              config_.timeouts.client_write, ConnectionDeadline::client, chunked};
+            bool started = false;
+            const BodyEnd end = co_await relay_body(*upstream.stream, upstream_buffer_,
+                                                    *response_parser_, response_body_, client_,
+                                                    leg, record_.bytes_out, started);
+            if (end == BodyEnd::read_failed || end == BodyEnd::read_timeout) {
+                // The backend died or stalled mid-body: close the client connection so it
+                // never mistakes a cut response for a complete one.
+                WorkerStats::add(worker_.stats().upstream_broken_responses);
+                co_return false;
+            }
+            if (end != BodyEnd::done) {
+                co_return false;
             }
             response_complete = response_parser_->is_done();
         }
-        record_.upstream_ms =
-            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - upstream_started_).count();
+        record_.upstream_ms = std::chrono::duration<double, std::milli>(
+                                  std::chrono::steady_clock::now() - upstream_started_)
+                                  .count();
 
         // The connection goes back to the pool only after a clean, fully framed exchange.
         if (response_complete && parser_->is_done() && upstream_keep_alive && !until_close &&
@@ -789,8 +877,8 @@ class ClientSession {
         co_return keep_alive&& response_complete;
     }
 
-    // After a 101: bytes flow both ways until either side closes or goes idle.
-    asio::awaitable<void> tunnel(beast::tcp_stream& upstream) {
+    // After a 101: bytes flow both ways until either side closes, or both go idle.
+    Task<void> tunnel(Socket& upstream) {
         using namespace asio::experimental::awaitable_operators;
         WorkerStats::add(worker_.stats().upgrades);
         WorkerStats::add(worker_.stats().upgraded_open);
@@ -802,43 +890,44 @@ class ClientSession {
         }
         WorkerStats::sub(worker_.stats().upgraded_open);
         error_code ignored;
-        upstream.socket().close(ignored);
+        upstream.close(ignored);
     }
 
-    asio::awaitable<bool> flush(beast::tcp_stream& to, beast::flat_buffer& pending) {
+    template <class To>
+    Task<bool> flush(To& to, beast::flat_buffer& pending) {
         if (pending.size() == 0) {
             co_return true;
         }
-        to.expires_after(config_.timeouts.tunnel_idle);
+        deadline_.arm(config_.timeouts.tunnel_idle, ConnectionDeadline::both);
         auto [ec, n] = co_await asio::async_write(to, pending.data(), nothrow);
         pending.consume(pending.size());
         co_return !ec;
     }
 
-    asio::awaitable<void> pump(beast::tcp_stream& from, beast::tcp_stream& to,
-                               std::vector<char>& scratch) {
+    // Each read or write in either direction pushes the shared idle deadline on.
+    template <class From, class To>
+    Task<void> pump(From& from, To& to, std::vector<char>& scratch) {
         for (;;) {
-            from.expires_after(config_.timeouts.tunnel_idle);
+            deadline_.arm(config_.timeouts.tunnel_idle, ConnectionDeadline::both);
             auto [ec, n] = co_await from.async_read_some(asio::buffer(scratch), nothrow);
             if (ec == asio::error::eof) {
                 error_code ignored;
-                to.socket().shutdown(tcp::socket::shutdown_send, ignored);
+                beast::get_lowest_layer(to).shutdown(tcp::socket::shutdown_send, ignored);
                 co_return;
             }
             if (ec) {
                 break;
             }
-            to.expires_after(config_.timeouts.tunnel_idle);
-            auto [wec, wn] =
-                co_await asio::async_write(to, asio::buffer(scratch.data(), n), nothrow);
+            deadline_.arm(config_.timeouts.tunnel_idle, ConnectionDeadline::both);
+            auto [wec, wn] = co_await asio::async_write(to, asio::buffer(scratch.data(), n), nothrow);
             if (wec) {
                 break;
             }
         }
         // An error on one side ends both directions.
         error_code ignored;
-        from.socket().close(ignored);
-        to.socket().close(ignored);
+        beast::get_lowest_layer(from).close(ignored);
+        beast::get_lowest_layer(to).close(ignored);
     }
 
     // ---- proxy-generated responses ------------------------------------------------------------
@@ -846,8 +935,8 @@ class ClientSession {
     // Closing a socket with unread input makes the kernel send a reset, which can destroy the
     // error response before the client reads it. So after an error, read and discard what the
     // client still sends, for a bounded time and amount (nginx's lingering close).
-    asio::awaitable<void> drain_before_close() {
-        client_.expires_after(config_.timeouts.client_linger);
+    Task<void> drain_before_close() {
+        deadline_.arm(config_.timeouts.client_linger, ConnectionDeadline::client);
         std::size_t discarded = 0;
         while (discarded < (1u << 20)) {
             auto [ec, n] = co_await client_.async_read_some(asio::buffer(request_body_), nothrow);
@@ -858,38 +947,44 @@ class ClientSession {
         }
     }
 
-    asio::awaitable<void> reply_error(http::status status, std::string_view reason,
-                                      bool close = true) {
+    Task<void> reply_error(http::status status, std::string_view reason, bool close = true) {
         if (static_cast<unsigned>(status) < 500) {
             WorkerStats::add(worker_.stats().bad_requests);
         }
         WorkerStats::add(worker_.stats().responses_by_class[static_cast<unsigned>(status) / 100]);
         record_.status = static_cast<unsigned>(status);
         record_.error = std::string(reason);
-        http::response<http::string_body> response{status, 11};
+        const std::string body = std::to_string(static_cast<unsigned>(status)) + " " +
+                                 std::string(http::obsolete_reason(status)) + ": " +
+                                 std::string(reason) + "\n";
+        http::response_header<> response;
+        response.result(status);
+        response.version(11);
         response.set(http::field::content_type, "text/plain");
         response.set("X-BG-Error", reason);
-        response.body() = std::to_string(static_cast<unsigned>(status)) + " " +
-                          std::string(http::obsolete_reason(status)) + ": " + std::string(reason) +
-                          "\n";
-        response.keep_alive(!close && !worker_.draining());
+        response.set(http::field::content_length, std::to_string(body.size()));
+        if (close || worker_.draining()) {
+            response.set(http::field::connection, "close");
+        }
         linger_ = linger_ || close;
-        response.prepare_payload();
-        client_.expires_after(config_.timeouts.client_write);
-        co_await http::async_write(client_, response, nothrow);
+        write_response_head(response, head_);
+        deadline_.arm(config_.timeouts.client_write, ConnectionDeadline::client);
+        std::array<asio::const_buffer, 2> out{asio::buffer(head_), asio::buffer(body)};
+        co_await asio::async_write(client_, out, nothrow);
     }
 
     Worker& worker_;
     // The config this connection started with: a reload applies to new connections.
     std::shared_ptr<const Config> config_holder_;
     const Config& config_;
-    beast::tcp_stream client_;
+    Stream client_;
     std::string client_ip_;
     asio::ip::address client_address_;
     beast::flat_buffer buffer_;           // bytes read from the client, not yet parsed
     beast::flat_buffer upstream_buffer_;  // bytes read from the backend, not yet parsed
     std::vector<char> request_body_;      // one piece of request body in flight
     std::vector<char> response_body_;     // one piece of response body in flight
+    std::string head_;                    // the serialized head of the message being sent
     std::optional<http::request_parser<http::buffer_body>> parser_;
     std::optional<http::response_parser<http::buffer_body>> response_parser_;
     std::vector<std::uint32_t> tried_;
@@ -898,16 +993,16 @@ class ClientSession {
     bool set_sticky_ = false;
     AccessRecord record_;  // the access log line of the request in progress
     std::chrono::steady_clock::time_point started_;
-    std::chrono::steady_clock::time_point upstream_started_;  // a split is in progress and the client has no sticky colour yet  //
-                               // a 1xx went to the client: the request can no longer be retried
-    bool linger_ = false;      // an error response was sent: drain before closing
+    std::chrono::steady_clock::time_point upstream_started_;
+    bool linger_ = false;  // an error response was sent: drain before closing
     TrackedSession tracked_;
+    ConnectionDeadline deadline_;
 };
 
 }  // namespace
 
-asio::awaitable<void> serve_client(Worker& worker, tcp::socket socket) {
-    ClientSession session(worker, std::move(socket));
+Task<void> serve_client(Worker& worker, Socket socket) {
+    ClientSession<Socket> session(worker, std::move(socket));
     co_await session.run();
 }
 

@@ -1,14 +1,13 @@
 #pragma once
 // One client connection: reads requests, routes each to a backend, streams both messages.
 
-#include <boost/asio/awaitable.hpp>
-#include <boost/asio/ip/tcp.hpp>
+#include "io_types.hpp"
 
 namespace bg {
 
 class Worker;
 
 // Serves the connection until it closes. Worker thread only.
-boost::asio::awaitable<void> serve_client(Worker& worker, boost::asio::ip::tcp::socket socket);
+Task<void> serve_client(Worker& worker, Socket socket);
 
 }  // namespace bg

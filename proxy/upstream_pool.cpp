@@ -6,7 +6,7 @@
 
 namespace bg {
 
-UpstreamPool::UpstreamPool(boost::asio::any_io_executor executor, const UpstreamSettings& settings)
+UpstreamPool::UpstreamPool(const Executor& executor, const UpstreamSettings& settings)
     : sweep_timer_(executor),
       max_idle_(settings.max_idle_per_backend),
       idle_timeout_(settings.idle_timeout),
@@ -17,7 +17,7 @@ namespace {
 // An idle keep-alive connection must have nothing to read: bytes mean a protocol error,
 // end-of-file means the backend closed it. A peek costs one syscall and avoids sending a
 // request into a connection that is already gone.
-bool still_open(boost::asio::ip::tcp::socket& socket) {
+bool still_open(Socket& socket) {
     char probe;
     auto fd = socket.native_handle();
     ssize_t n = ::recv(fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT);
@@ -26,7 +26,7 @@ bool still_open(boost::asio::ip::tcp::socket& socket) {
 
 }  // namespace
 
-std::optional<boost::beast::tcp_stream> UpstreamPool::lease(std::uint32_t backend_id, bool verify) {
+std::optional<Socket> UpstreamPool::lease(std::uint32_t backend_id, bool verify) {
     if (backend_id >= idle_.size()) {
         return std::nullopt;
     }
@@ -38,7 +38,7 @@ std::optional<boost::beast::tcp_stream> UpstreamPool::lease(std::uint32_t backen
         // A connection parked moments ago is almost surely alive: skip the syscall.
         const bool check = verify || now - idle.since > recheck_after_;
         if (now - idle.since < idle_timeout_ && (!check || still_open(idle.socket))) {
-            return boost::beast::tcp_stream(std::move(idle.socket));
+            return std::move(idle.socket);
         }
         boost::system::error_code ignored;
         idle.socket.close(ignored);
@@ -46,17 +46,17 @@ std::optional<boost::beast::tcp_stream> UpstreamPool::lease(std::uint32_t backen
     return std::nullopt;
 }
 
-void UpstreamPool::give_back(std::uint32_t backend_id, boost::beast::tcp_stream stream) {
+void UpstreamPool::give_back(std::uint32_t backend_id, Socket socket) {
     if (backend_id >= idle_.size()) {
         idle_.resize(backend_id + 1);
     }
     auto& list = idle_[backend_id];
     if (list.size() >= max_idle_) {
         boost::system::error_code ignored;
-        stream.socket().close(ignored);
+        socket.close(ignored);
         return;
     }
-    list.push_back(Idle{stream.release_socket(), std::chrono::steady_clock::now()});
+    list.push_back(Idle{std::move(socket), std::chrono::steady_clock::now()});
     arm_sweep();
 }
 

@@ -3,32 +3,32 @@
 // Worker thread only. Bounded per backend; idle connections close after the idle timeout.
 
 #include <boost/asio/steady_timer.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
 #include <chrono>
 #include <cstdint>
 #include <optional>
 #include <vector>
 
 #include "config.hpp"
+#include "io_types.hpp"
 
 namespace bg {
 
 class UpstreamPool {
   public:
-    UpstreamPool(boost::asio::any_io_executor executor, const UpstreamSettings& settings);
+    UpstreamPool(const Executor& executor, const UpstreamSettings& settings);
 
     // An idle connection to the backend, or nothing. With `verify`, or when it sat idle for a
     // while, it is checked to be still open first (one non-blocking peek).
-    std::optional<boost::beast::tcp_stream> lease(std::uint32_t backend_id, bool verify);
+    std::optional<Socket> lease(std::uint32_t backend_id, bool verify);
     // Parks a connection whose last exchange completed cleanly; closes it past the bound.
-    void give_back(std::uint32_t backend_id, boost::beast::tcp_stream stream);
+    void give_back(std::uint32_t backend_id, Socket socket);
     void close_backend(std::uint32_t backend_id);
     void close_all();
     std::size_t idle_count() const;
 
   private:
     struct Idle {
-        boost::asio::ip::tcp::socket socket;  // a bare socket: cheap to park and to move
+        Socket socket;
         std::chrono::steady_clock::time_point since;
     };
     void arm_sweep();

@@ -15,7 +15,9 @@ using tcp = asio::ip::tcp;
 
 Worker::Worker(unsigned index, std::shared_ptr<const Config> config, RoutingTablePtr table)
     : index_(index),
-      io_(1),
+      // Only this thread touches the worker's sockets (other threads post to it), so the
+      // reactor needs no per-socket locking.
+      io_(BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO),
       config_(std::move(config)),
       table_(std::move(table)),
       balancer_(config_->upstream.balance, 0x5eed0000ull + index),
@@ -33,7 +35,7 @@ bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
         boost::system::error_code ec;
         tcp::endpoint endpoint(asio::ip::make_address(address.ip, ec),
                                ports[i] != 0 ? ports[i] : address.port);
-        auto acceptor = std::make_unique<tcp::acceptor>(io_);
+        auto acceptor = std::make_unique<Acceptor>(io_);
         if (!ec) {
             acceptor->open(endpoint.protocol(), ec);
         }
@@ -78,8 +80,8 @@ void Worker::start() {
     });
 }
 
-void Worker::accept_loop(tcp::acceptor& acceptor) {
-    acceptor.async_accept([this, &acceptor](boost::system::error_code ec, tcp::socket socket) {
+void Worker::accept_loop(Acceptor& acceptor) {
+    acceptor.async_accept([this, &acceptor](boost::system::error_code ec, Socket socket) {
         if (ec == asio::error::operation_aborted || !acceptor.is_open()) {
             return;
         }
@@ -89,7 +91,7 @@ void Worker::accept_loop(tcp::acceptor& acceptor) {
             spdlog::warn("worker {}: accept failed: {}", index_, ec.message());
         } else {
             WorkerStats::add(stats_.connections_accepted);
-            asio::co_spawn(io_, serve_client(*this, std::move(socket)), asio::detached);
+            asio::co_spawn(io_.get_executor(), serve_client(*this, std::move(socket)), asio::detached);
         }
         accept_loop(acceptor);
     });
@@ -169,7 +171,8 @@ void Worker::begin_shutdown() {
         // draining() and close after their current response.
         for (SessionHandle* session : sessions_) {
             if (session->idle) {
-                session->client->cancel();
+                boost::system::error_code ignored;
+                session->client->cancel(ignored);
             }
         }
         grace_timer_.expires_after(config_->timeouts.shutdown_grace);
@@ -183,9 +186,9 @@ void Worker::begin_shutdown() {
             }
             for (SessionHandle* session : sessions_) {
                 boost::system::error_code ignored;
-                session->client->socket().close(ignored);
+                session->client->close(ignored);
                 if (session->upstream != nullptr) {
-                    session->upstream->socket().close(ignored);
+                    session->upstream->close(ignored);
                 }
             }
         });

@@ -5,7 +5,6 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
 #include <functional>
 #include <memory>
 #include <string>
@@ -16,19 +15,14 @@
 #include "access_log.hpp"
 #include "balancer.hpp"
 #include "config.hpp"
+#include "io_types.hpp"
 #include "routing_table.hpp"
+#include "session_handle.hpp"
 #include "table_publisher.hpp"
 #include "upstream_pool.hpp"
 #include "worker_stats.hpp"
 
 namespace bg {
-
-// What the worker knows of one client connection, so a graceful shutdown can close idle ones.
-struct SessionHandle {
-    boost::beast::tcp_stream* client = nullptr;
-    boost::beast::tcp_stream* upstream = nullptr;  // while a request holds one
-    bool idle = false;  // waiting for the next request on a keep-alive connection
-};
 
 class Worker {
   public:
@@ -81,7 +75,7 @@ class Worker {
     void tunnel_closed(std::uint32_t backend_id);
 
   private:
-    void accept_loop(boost::asio::ip::tcp::acceptor& acceptor);
+    void accept_loop(Acceptor& acceptor);
     void finish_if_drained();
 
     unsigned index_;
@@ -92,7 +86,7 @@ class Worker {
     Balancer balancer_;
     UpstreamPool pool_;
     WorkerStats stats_;
-    std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors_;
+    std::vector<std::unique_ptr<Acceptor>> acceptors_;
     std::unordered_set<SessionHandle*> sessions_;
     std::vector<std::uint32_t> tunnels_;  // by backend id
     std::vector<std::uint64_t> requests_by_backend_;

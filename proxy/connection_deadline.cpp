@@ -1,0 +1,83 @@
+#include "connection_deadline.hpp"
+
+#include <boost/asio/basic_waitable_timer.hpp>
+
+namespace bg {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+using Timer = boost::asio::basic_waitable_timer<Clock, boost::asio::wait_traits<Clock>, Executor>;
+constexpr Clock::time_point never = Clock::time_point::max();
+}  // namespace
+
+struct ConnectionDeadline::State {
+    State(const Executor& executor, SessionHandle& h) : timer(executor), handle(&h) {}
+    Timer timer;
+    SessionHandle* handle;
+    Clock::time_point deadline = never;
+    Clock::time_point waiting_until = never;  // when the pending wait ends; never: none pending
+    unsigned target = 0;
+    bool expired = false;
+    bool alive = true;
+    std::uint64_t generation = 0;  // a wait that was superseded ignores its completion
+};
+
+void ConnectionDeadline::on_timer(const std::shared_ptr<State>& state, std::uint64_t generation) {
+    auto& s = *state;
+    if (!s.alive || generation != s.generation) {
+        return;
+    }
+    s.waiting_until = never;
+    if (s.deadline == never) {
+        return;
+    }
+    if (Clock::now() < s.deadline) {
+        wait(state);  // the deadline moved on while we waited
+        return;
+    }
+    s.expired = true;
+    s.deadline = never;
+    boost::system::error_code ignored;
+    if ((s.target & ConnectionDeadline::client) != 0 && s.handle->client != nullptr) {
+        s.handle->client->close(ignored);
+    }
+    if ((s.target & ConnectionDeadline::upstream) != 0 && s.handle->upstream != nullptr) {
+        s.handle->upstream->close(ignored);
+    }
+}
+
+void ConnectionDeadline::wait(const std::shared_ptr<State>& state) {
+    auto& s = *state;
+    s.waiting_until = s.deadline;
+    s.timer.expires_at(s.deadline);  // cancels a pending wait: its generation is stale
+    const std::uint64_t generation = ++s.generation;
+    s.timer.async_wait([state, generation](boost::system::error_code) { on_timer(state, generation); });
+}
+
+ConnectionDeadline::ConnectionDeadline(const Executor& executor, SessionHandle& handle)
+    : state_(std::make_shared<State>(executor, handle)) {}
+
+ConnectionDeadline::~ConnectionDeadline() {
+    state_->alive = false;
+    state_->timer.cancel();
+}
+
+void ConnectionDeadline::arm(std::chrono::milliseconds limit, Target target) {
+    auto& s = *state_;
+    s.deadline = Clock::now() + limit;
+    s.target = target;
+    s.expired = false;
+    if (s.deadline < s.waiting_until) {
+        wait(state_);
+    }
+}
+
+void ConnectionDeadline::disarm() {
+    state_->deadline = never;
+}
+
+bool ConnectionDeadline::expired() const {
+    return state_->expired;
+}
+
+}  // namespace bg

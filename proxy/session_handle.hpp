@@ -1,0 +1,15 @@
+#pragma once
+// What a worker knows of one client connection: its sockets, so a graceful shutdown can close
+// idle connections and the connection's deadline can close whichever side stalled.
+
+#include "io_types.hpp"
+
+namespace bg {
+
+struct SessionHandle {
+    Socket* client = nullptr;    // the lowest layer, under TLS if any
+    Socket* upstream = nullptr;  // while a request holds a backend connection
+    bool idle = false;           // waiting for the next request on a keep-alive connection
+};
+
+}  // namespace bg
