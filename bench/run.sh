@@ -48,6 +48,12 @@ taskset -c "$proxy_cpu" build/proxy/bgproxy --listen "127.0.0.1:$bg_port" --work
   --blue "127.0.0.1:$backend_port" --green "127.0.0.1:$backend_port" --admin 127.0.0.1:0 \
   >/dev/null 2>&1 &
 pids+=($!)
+# The same proxy with per-request metrics off, to measure what counting costs.
+bg_off_port=$(free_port)
+taskset -c "$proxy_cpu" build/proxy/bgproxy --listen "127.0.0.1:$bg_off_port" --workers 1 \
+  --blue "127.0.0.1:$backend_port" --green "127.0.0.1:$backend_port" --admin 127.0.0.1:0 \
+  --metrics false >/dev/null 2>&1 &
+pids+=($!)
 
 ha_port=$(free_port)
 fill bench/haproxy.cfg.in "$ha_port" > "$work/haproxy.cfg"
@@ -59,7 +65,7 @@ mkdir -p "$work"/{body,proxy,fastcgi,uwsgi,scgi}
 fill bench/nginx.conf.in "$ng_port" > "$work/nginx.conf"
 taskset -c "$proxy_cpu" nginx -c "$work/nginx.conf" -e "$work/nginx-error.log" &
 pids+=($!)
-for p in "$bg_port" "$ha_port" "$ng_port"; do wait_port "$p"; done
+for p in "$bg_port" "$bg_off_port" "$ha_port" "$ng_port"; do wait_port "$p"; done
 
 declare -A rps p50 p99
 run() {
@@ -84,6 +90,18 @@ run direct "$backend_port"
 run bgproxy "$bg_port"
 run haproxy "$ha_port"
 run nginx "$ng_port"
+# Metrics on vs off: a difference of a few percent hides in run-to-run noise, so the two
+# alternate over several short rounds and the sums are compared.
+rounds=${BENCH_METRICS_ROUNDS:-3}
+metrics_seconds=${BENCH_METRICS_SECONDS:-5}
+on_total=0
+off_total=0
+for _ in $(seq 1 "$rounds"); do
+  seconds=$metrics_seconds run metrics-on "$bg_port"
+  seconds=$metrics_seconds run metrics-off "$bg_off_port"
+  on_total=$(python3 -c "print($on_total + ${rps[metrics-on]})")
+  off_total=$(python3 -c "print($off_total + ${rps[metrics-off]})")
+done
 
 printf '\nwrk: %s s, %s keep-alive connections, path %s; proxies on CPU %s (1 thread), backend+wrk on CPU %s\n' \
   "$seconds" "$connections" "$path" "$proxy_cpu" "$load_cpu"
@@ -97,3 +115,6 @@ printf '\nbgproxy/haproxy requests/s: %s   p99: %s\n' "$(ratio "${rps[bgproxy]}"
 printf 'bgproxy/nginx   requests/s: %s   p99: %s\n' "$(ratio "${rps[bgproxy]}" "${rps[nginx]}")" \
   "$(ratio "$(to_us "${p99[bgproxy]}")" "$(to_us "${p99[nginx]}")")"
 printf 'bgproxy/direct  requests/s: %s\n' "$(ratio "${rps[bgproxy]}" "${rps[direct]}")"
+printf 'metrics on/off  requests/s: %s   (%s rounds of %s s each: %.0f vs %.0f req/s)\n' \
+  "$(ratio "$on_total" "$off_total")" "$rounds" "$metrics_seconds" \
+  "$(python3 -c "print($on_total / $rounds)")" "$(python3 -c "print($off_total / $rounds)")"

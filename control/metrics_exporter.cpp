@@ -2,6 +2,7 @@
 
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
@@ -19,6 +20,87 @@ std::uint64_t sum(const std::vector<const WorkerStats*>& workers,
 }
 
 std::uint64_t at(const std::vector<std::uint64_t>& v, std::uint32_t id) { return id < v.size() ? v[id] : 0; }
+
+// Per-request traffic, from the workers' TrafficCounters gathered for this scrape. Only the
+// backends of the current table are named: the label sets stay bounded by the config.
+void render_traffic(prometheus::Registry& registry, const RoutingTable& table, const DataPlaneLoad& load) {
+    const TrafficCounters& traffic = load.traffic;
+    auto& responses = prometheus::BuildCounter()
+                          .Name("bgproxy_http_responses_total")
+                          .Help("Responses sent to clients by colour, backend, method class and status "
+                                "class; colour and backend \"none\" when the proxy answered without one")
+                          .Register(registry);
+    static constexpr const char* classes[] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
+    auto add_slot = [&](std::uint32_t slot, const std::string& colour, const std::string& backend) {
+        if (slot >= traffic.responses.size()) {
+            return;
+        }
+        const auto& cells = traffic.responses[slot];
+        for (std::size_t m = 0; m < method_class_count; ++m) {
+            for (std::size_t k = 0; k < TrafficCounters::status_class_count; ++k) {
+                const std::uint64_t n = cells[m * TrafficCounters::status_class_count + k];
+                if (n == 0) {
+                    continue;  // series appear with their first response
+                }
+                responses
+                    .Add({{"colour", colour},
+                          {"backend", backend},
+                          {"method", to_string(static_cast<MethodClass>(m))},
+                          {"code", classes[k]}})
+                    .Increment(static_cast<double>(n));
+            }
+        }
+    };
+    add_slot(0, "none", "none");
+
+    auto& request_duration = prometheus::BuildHistogram()
+                                 .Name("bgproxy_request_duration_seconds")
+                                 .Help("Time from a request's head to the end of its response, by the "
+                                       "colour that served it")
+                                 .Register(registry);
+    auto& upstream_duration = prometheus::BuildHistogram()
+                                  .Name("bgproxy_upstream_duration_seconds")
+                                  .Help("The backend's share of a request: from sending it to the end of "
+                                        "the response")
+                                  .Register(registry);
+    auto& request_bytes = prometheus::BuildCounter()
+                              .Name("bgproxy_request_body_bytes_total")
+                              .Help("Request body bytes sent to backends, by colour")
+                              .Register(registry);
+    auto& response_bytes = prometheus::BuildCounter()
+                               .Name("bgproxy_response_body_bytes_total")
+                               .Help("Response body bytes sent to clients, by colour")
+                               .Register(registry);
+    auto& connections_open = prometheus::BuildGauge()
+                                 .Name("bgproxy_upstream_connections")
+                                 .Help("Connections to a backend open now, idle or in use")
+                                 .Register(registry);
+    auto& connections_opened = prometheus::BuildCounter()
+                                   .Name("bgproxy_upstream_connections_total")
+                                   .Help("Connections opened to a backend")
+                                   .Register(registry);
+    const prometheus::Histogram::BucketBoundaries bounds(DurationHistogram::bounds.begin(),
+                                                         DurationHistogram::bounds.end());
+    auto observe = [&bounds](prometheus::Family<prometheus::Histogram>& family, const std::string& colour,
+                             const DurationHistogram& h) {
+        std::vector<double> increments(h.counts.begin(), h.counts.end());
+        family.Add({{"colour", colour}}, bounds).ObserveMultiple(increments, h.sum);
+    };
+    for (Colour c : all_colours) {
+        const std::string colour = to_string(c);
+        const std::size_t i = index_of(c);
+        observe(request_duration, colour, traffic.request_duration[i]);
+        observe(upstream_duration, colour, traffic.upstream_duration[i]);
+        request_bytes.Add({{"colour", colour}}).Increment(static_cast<double>(traffic.request_body_bytes[i]));
+        response_bytes.Add({{"colour", colour}}).Increment(static_cast<double>(traffic.response_body_bytes[i]));
+        for (const Backend& b : table.pool(c).backends) {
+            add_slot(b.id + 1, colour, b.name);
+            const std::map<std::string, std::string> labels{{"colour", colour}, {"backend", b.name}};
+            connections_open.Add(labels).Set(b.id < load.upstream_open.size() ? load.upstream_open[b.id] : 0);
+            connections_opened.Add(labels).Increment(static_cast<double>(at(traffic.upstream_connects, b.id)));
+        }
+    }
+}
 
 }  // namespace
 
@@ -124,19 +206,9 @@ std::string render_metrics(const MetricsSources& in) {
         .Add({})
         .Increment(static_cast<double>(counts.ejections));
 
+    render_traffic(registry, table, in.load);
+
     const auto& w = in.workers;
-    auto& responses = prometheus::BuildCounter()
-                          .Name("bgproxy_responses_total")
-                          .Help("Responses sent to clients by status class")
-                          .Register(registry);
-    const char* classes[] = {"", "1xx", "2xx", "3xx", "4xx", "5xx"};
-    for (int k = 1; k <= 5; ++k) {
-        std::uint64_t total = 0;
-        for (const WorkerStats* s : w) {
-            total += s->responses_by_class[k].load(std::memory_order_relaxed);
-        }
-        responses.Add({{"code", classes[k]}}).Increment(static_cast<double>(total));
-    }
     auto counter = [&registry, &w](const char* name, const char* help, const WorkerStats::Counter WorkerStats::*field) {
         prometheus::BuildCounter().Name(name).Help(help).Register(registry).Add({}).Increment(
             static_cast<double>(sum(w, field)));

@@ -20,6 +20,7 @@
 #include "forwarding_headers.hpp"
 #include "message_head.hpp"
 #include "request_validation.hpp"
+#include "traffic_counters.hpp"
 #include "worker.hpp"
 
 namespace bg {
@@ -204,15 +205,17 @@ class ClientSession {
         bool first = true;
         for (;;) {
             record_ = AccessRecord{};
+            request_started_ = false;
+            served_slot_ = 0;
             const bool got = co_await read_request_header(first);
             if (!got) {
-                finish_record();  // a refused header is logged too
+                finish_request();  // a refused header is counted and logged too
                 break;
             }
             first = false;
             WorkerStats::add(worker_.stats().requests);
             const bool keep = co_await handle_request();
-            finish_record();
+            finish_request();
             if (!keep) {
                 break;
             }
@@ -328,16 +331,19 @@ class ClientSession {
         }
     }
 
-    // ---- the access log ----------------------------------------------------------------------
+    // ---- metrics and the access log ---------------------------------------------------------
 
+    // A request head arrived (parsed, or refused before it could be).
     void begin_record(const http::request<http::buffer_body>* request) {
+        request_started_ = true;
+        started_ = std::chrono::steady_clock::now();
+        method_ = request != nullptr ? method_class(request->method()) : MethodClass::other;
         if (!worker_.logs_access()) {
             return;
         }
         record_.start_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                                     std::chrono::system_clock::now().time_since_epoch())
                                     .count();
-        started_ = std::chrono::steady_clock::now();
         record_.client = client_ip_;
         if (request != nullptr) {
             record_.method = std::string(request->method_string());
@@ -345,15 +351,32 @@ class ClientSession {
         }
     }
 
-    void finish_record() {
-        if (!worker_.logs_access() || record_.start_unix_ms == 0) {
+    // The request is over: count it and log it.
+    void finish_request() {
+        if (!request_started_) {
             return;
         }
-        record_.duration_ms = std::chrono::duration<double, std::milli>(
-                                  std::chrono::steady_clock::now() - started_)
-                                  .count();
-        worker_.log_access(to_json_line(record_));
-        record_.start_unix_ms = 0;
+        request_started_ = false;
+        const auto elapsed = std::chrono::steady_clock::now() - started_;
+        if (config_.metrics) {
+            TrafficCounters& traffic = worker_.traffic();
+            if (record_.status != 0) {
+                traffic.count_response(served_slot_, method_, record_.status);
+            }
+            if (served_slot_ != 0) {
+                traffic.request_duration[served_colour_].observe(
+                    std::chrono::duration<double>(elapsed).count());
+                if (record_.upstream_ms > 0) {
+                    traffic.upstream_duration[served_colour_].observe(record_.upstream_ms / 1000);
+                }
+                traffic.request_body_bytes[served_colour_] += record_.bytes_in;
+                traffic.response_body_bytes[served_colour_] += record_.bytes_out;
+            }
+        }
+        if (worker_.logs_access()) {
+            record_.duration_ms = std::chrono::duration<double, std::milli>(elapsed).count();
+            worker_.log_access(to_json_line(record_));
+        }
     }
 
     std::size_t read_chunk() const {
@@ -451,6 +474,10 @@ class ClientSession {
             }
             in_flight.reset();
             in_flight.emplace(worker_.balancer(), upstream.backend->id, tracked_.handle());
+            // The last backend tried answers for the request in metrics and log, also when
+            // the proxy reports its failure.
+            served_slot_ = upstream.backend->id + 1;
+            served_colour_ = index_of(upstream.backend->colour);
             if (worker_.logs_access()) {
                 record_.colour = to_string(upstream.backend->colour);
                 record_.backend = upstream.backend->name;
@@ -593,6 +620,7 @@ class ClientSession {
                 upstream.stream.emplace(std::move(*idle));
                 upstream.reused = true;
                 tracked_.handle().upstream = &*upstream.stream;
+                tracked_.handle().upstream_backend = backend->id;
                 co_return true;
             }
             if (co_await connect_to(*backend, upstream)) {
@@ -609,6 +637,7 @@ class ClientSession {
                                backend.address.port);
         upstream.stream.emplace(socket().get_executor());
         tracked_.handle().upstream = &*upstream.stream;
+        tracked_.handle().upstream_backend = backend.id;
         deadline_.arm(config_.timeouts.upstream_connect, ConnectionDeadline::upstream);
         std::tie(ec) = co_await upstream.stream->async_connect(endpoint, nothrow);
         if (ec) {
@@ -618,6 +647,7 @@ class ClientSession {
             co_return false;
         }
         upstream.stream->set_option(tcp::no_delay(true), ec);
+        worker_.traffic().count_connect(backend.id);
         upstream.backend = &backend;
         upstream.reused = false;
         co_return true;
@@ -824,7 +854,6 @@ class ClientSession {
         } else if (client_version < 11) {
             response.set(http::field::connection, "keep-alive");
         }
-        WorkerStats::add(worker_.stats().responses_by_class[std::min(status / 100, 5u)]);
 
         write_response_head(response.base(), head_);
         // The head goes out on its own only when no body byte is at hand; otherwise it leaves
@@ -951,7 +980,6 @@ class ClientSession {
         if (static_cast<unsigned>(status) < 500) {
             WorkerStats::add(worker_.stats().bad_requests);
         }
-        WorkerStats::add(worker_.stats().responses_by_class[static_cast<unsigned>(status) / 100]);
         record_.status = static_cast<unsigned>(status);
         record_.error = std::string(reason);
         const std::string body = std::to_string(static_cast<unsigned>(status)) + " " +
@@ -992,8 +1020,12 @@ class ClientSession {
     bool interim_sent_ = false;
     bool set_sticky_ = false;
     AccessRecord record_;  // the access log line of the request in progress
+    bool request_started_ = false;  // a request head arrived and is not yet counted
     std::chrono::steady_clock::time_point started_;
     std::chrono::steady_clock::time_point upstream_started_;
+    MethodClass method_ = MethodClass::other;
+    std::uint32_t served_slot_ = 0;  // 0: no backend; else the backend id + 1
+    std::size_t served_colour_ = 0;
     bool linger_ = false;  // an error response was sent: drain before closing
     TrackedSession tracked_;
     ConnectionDeadline deadline_;

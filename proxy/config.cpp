@@ -538,6 +538,7 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
         if (auto header = server->read_string("served_by_header")) {
             config.served_by_header = *header;
         }
+        server->read_bool("metrics", config.metrics);
         server->reject_unknown_keys();
     }
 
@@ -946,6 +947,9 @@ ConfigResult apply_overrides(Config config, const ConfigOverrides& flags) {
     }
     if (flags.state_file) {
         config.control.state_file = *flags.state_file;
+    }
+    if (flags.metrics) {
+        config.metrics = *flags.metrics;
     }
     if (flags.audit_log) {
         config.control.audit_log = *flags.audit_log;

@@ -182,6 +182,7 @@ struct Config {
     std::vector<SmokeCheck> gate;
     AccessLogConfig access_log;
     std::string served_by_header;  // empty: off; else "NAME: colour/backend" on responses
+    bool metrics = true;  // count per-request traffic metrics (false: for measuring their cost)
     std::string admin_listen = "127.0.0.1:9901";  // empty: no admin listener
     ControlConfig control;
 };
@@ -211,6 +212,7 @@ struct ConfigOverrides {
     std::optional<std::string> control_socket;
     std::optional<std::string> state_file;
     std::optional<std::string> audit_log;
+    std::optional<bool> metrics;
 };
 
 ConfigResult load_config_file(const std::string& path);

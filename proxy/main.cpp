@@ -63,6 +63,9 @@ int main(int argc, char** argv) {
         "--state-file", flags.state_file,
         "where routing state is kept across restarts (it wins over the config's weights)");
     app.add_option("--audit-log", flags.audit_log, "where state-changing commands are recorded");
+    app.add_option("--metrics", flags.metrics,
+                   "count per-request traffic metrics: true (default) or false (to measure "
+                   "what counting costs)");
     CLI11_PARSE(app, argc, argv);
 
     if (!check_path.empty()) {

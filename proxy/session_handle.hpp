@@ -2,6 +2,8 @@
 // What a worker knows of one client connection: its sockets, so a graceful shutdown can close
 // idle connections and the connection's deadline can close whichever side stalled.
 
+#include <cstdint>
+
 #include "io_types.hpp"
 
 namespace bg {
@@ -9,6 +11,7 @@ namespace bg {
 struct SessionHandle {
     Socket* client = nullptr;    // the lowest layer, under TLS if any
     Socket* upstream = nullptr;  // while a request holds a backend connection
+    std::uint32_t upstream_backend = 0;  // the backend id of `upstream`
     bool idle = false;           // waiting for the next request on a keep-alive connection
 };
 

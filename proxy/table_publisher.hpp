@@ -9,6 +9,7 @@
 
 #include "config.hpp"
 #include "routing_table.hpp"
+#include "traffic_counters.hpp"
 
 namespace bg {
 
@@ -18,6 +19,8 @@ struct DataPlaneLoad {
     std::vector<std::uint64_t> requests;              // cumulative, by backend id
     std::vector<std::uint64_t> failures;              // cumulative, by backend id
     std::vector<std::uint64_t> consecutive_failures;  // now, by backend id (max over workers)
+    std::vector<std::uint32_t> upstream_open;         // connections open now (idle + in use)
+    TrafficCounters traffic;                          // summed over workers
 };
 
 class TablePublisher {

@@ -25,6 +25,9 @@ class UpstreamPool {
     void close_backend(std::uint32_t backend_id);
     void close_all();
     std::size_t idle_count() const;
+    std::size_t idle_count(std::uint32_t backend_id) const {
+        return backend_id < idle_.size() ? idle_[backend_id].size() : 0;
+    }
 
   private:
     struct Idle {

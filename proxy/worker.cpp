@@ -129,6 +129,16 @@ void Worker::report_load(std::function<void(DataPlaneLoad)> done) {
         load.requests = requests_by_backend_;
         load.failures = failures_by_backend_;
         load.consecutive_failures = consecutive_failures_;
+        load.upstream_open.resize(table_->backend_id_limit(), 0);
+        for (std::uint32_t id = 0; id < load.upstream_open.size(); ++id) {
+            load.upstream_open[id] = static_cast<std::uint32_t>(pool_.idle_count(id));
+        }
+        for (const SessionHandle* session : sessions_) {
+            if (session->upstream != nullptr && session->upstream_backend < load.upstream_open.size()) {
+                ++load.upstream_open[session->upstream_backend];
+            }
+        }
+        load.traffic = traffic_;
         done(std::move(load));
     });
 }

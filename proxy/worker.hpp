@@ -19,6 +19,7 @@
 #include "routing_table.hpp"
 #include "session_handle.hpp"
 #include "table_publisher.hpp"
+#include "traffic_counters.hpp"
 #include "upstream_pool.hpp"
 #include "worker_stats.hpp"
 
@@ -60,6 +61,7 @@ class Worker {
     Balancer& balancer() { return balancer_; }
     UpstreamPool& upstream_pool() { return pool_; }
     WorkerStats& stats() { return stats_; }
+    TrafficCounters& traffic() { return traffic_; }
     const WorkerStats& stats() const { return stats_; }
     bool draining() const { return draining_; }
     void track(SessionHandle* session) { sessions_.insert(session); }
@@ -86,6 +88,7 @@ class Worker {
     Balancer balancer_;
     UpstreamPool pool_;
     WorkerStats stats_;
+    TrafficCounters traffic_;
     std::vector<std::unique_ptr<Acceptor>> acceptors_;
     std::unordered_set<SessionHandle*> sessions_;
     std::vector<std::uint32_t> tunnels_;  // by backend id

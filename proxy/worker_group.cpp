@@ -92,6 +92,8 @@ void WorkerGroup::gather_load(std::function<void(DataPlaneLoad)> done) {
                     add(total->upgraded, part.upgraded);
                     add(total->requests, part.requests);
                     add(total->failures, part.failures);
+                    add(total->upstream_open, part.upstream_open);
+                    total->traffic.add(part.traffic);
                     if (total->consecutive_failures.size() < part.consecutive_failures.size()) {
                         total->consecutive_failures.resize(part.consecutive_failures.size(), 0);
                     }

@@ -91,7 +91,7 @@ class AdminTest(ProcessTestCase):
         self.assertEqual(status, 200)
         self.assertIn('bgproxy_colour_weight_ratio{colour="blue"} 1', text)
         self.assertIn('bgproxy_backend_requests_total{backend="blue-1",colour="blue"} 3', text)
-        self.assertIn('bgproxy_responses_total{code="2xx"} 3', text)
+        self.assertIn('bgproxy_http_responses_total{backend="blue-1",code="2xx",colour="blue",method="GET"} 3', text)
         for line in text.splitlines():
             if line and not line.startswith("#"):
                 self.assertRegex(line, r"^bgproxy_[a-z_]+(\{[^}]*\})? [-0-9.e+]+$")
