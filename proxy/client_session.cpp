@@ -1,9 +1,11 @@
 #include "client_session.hpp"
 
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 
 #include <array>
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/stream_traits.hpp>
@@ -19,7 +21,9 @@
 #include "connection_deadline.hpp"
 #include "forwarding_headers.hpp"
 #include "message_head.hpp"
+#include "proxy_protocol.hpp"
 #include "request_validation.hpp"
+#include "tls_context.hpp"
 #include "traffic_counters.hpp"
 #include "worker.hpp"
 
@@ -64,7 +68,8 @@ struct BodyLeg {
 // Untracks the session from its worker whatever way the coroutine ends.
 class TrackedSession {
   public:
-    TrackedSession(Worker& worker, Socket& client) : worker_(worker) {
+    TrackedSession(Worker& worker, Socket& client, std::size_t listener)
+        : worker_(worker), listener_(listener) {
         handle_.client = &client;
         worker_.track(&handle_);
         WorkerStats::add(worker_.stats().connections_open);
@@ -72,11 +77,13 @@ class TrackedSession {
     ~TrackedSession() {
         worker_.untrack(&handle_);
         WorkerStats::sub(worker_.stats().connections_open);
+        worker_.connection_closed(listener_);
     }
     SessionHandle& handle() { return handle_; }
 
   private:
     Worker& worker_;
+    std::size_t listener_;
     SessionHandle handle_;
 };
 
@@ -182,27 +189,110 @@ Task<error_code> read_body_piece(AsyncStream& from, beast::flat_buffer& buffer,
     }
 }
 
+// Reads the PROXY v1/v2 header that opens a connection on a listener with proxy_protocol,
+// without reading a byte past it (a TLS handshake may follow). Returns the original client's
+// address, or nothing when the peer may not send one or the header is missing or malformed
+// (counted; the caller closes the connection).
+Task<std::optional<asio::ip::address>> read_proxy_header(Worker& worker, const Config& config,
+                                                         const ListenerConfig& listener,
+                                                         Socket& socket, SessionHandle& handle) {
+    error_code ec;
+    const auto peer = socket.remote_endpoint(ec);
+    if (ec || !listener.proxy_protocol_from.contains(peer.address())) {
+        WorkerStats::add(worker.stats().proxy_headers_refused);
+        co_return std::nullopt;
+    }
+    ConnectionDeadline deadline(socket.get_executor(), handle);
+    deadline.arm(config.timeouts.client_header, ConnectionDeadline::client);
+    std::array<char, max_proxy_header> bytes;
+    std::size_t have = 0;  // bytes consumed so far: all of them part of the header
+    for (;;) {
+        auto [wec] = co_await socket.async_wait(asio::socket_base::wait_read, nothrow);
+        if (wec) {
+            break;
+        }
+        // Peek, so that what follows the header stays in the socket for the session.
+        const ssize_t n = ::recv(socket.native_handle(), bytes.data() + have, bytes.size() - have,
+                                 MSG_PEEK | MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            continue;
+        }
+        if (n <= 0) {
+            break;
+        }
+        const auto seen = static_cast<std::size_t>(n);
+        const ProxyHeaderParse parsed = parse_proxy_header(std::string_view(bytes.data(), have + seen));
+        if (parsed.status == ProxyHeaderStatus::malformed) {
+            break;
+        }
+        // Consume what belongs to the header: all of it when incomplete, up to its end otherwise.
+        const std::size_t take =
+            parsed.status == ProxyHeaderStatus::complete ? parsed.length - have : seen;
+        if (::recv(socket.native_handle(), bytes.data() + have, take, MSG_DONTWAIT) !=
+            static_cast<ssize_t>(take)) {
+            break;
+        }
+        have += take;
+        if (parsed.status == ProxyHeaderStatus::complete) {
+            deadline.disarm();
+            if (parsed.header.local) {
+                co_return peer.address();  // the balancer's own connection (a health check)
+            }
+            co_return parsed.header.source.address();
+        }
+        if (have == bytes.size()) {
+            break;
+        }
+    }
+    WorkerStats::add(worker.stats().proxy_headers_refused);
+    co_return std::nullopt;
+}
+
+template <class T>
+struct is_tls_stream : std::false_type {};
+template <class Next>
+struct is_tls_stream<asio::ssl::stream<Next>> : std::true_type {};
+
+// One session code path for plain and TLS client streams.
 template <class Stream>
 class ClientSession {
   public:
-    ClientSession(Worker& worker, Stream stream)
+    static constexpr bool tls = is_tls_stream<Stream>::value;
+
+    ClientSession(Worker& worker, std::shared_ptr<const Config> config, Stream stream,
+                  const asio::ip::address& client, TrackedSession& tracked)
         : worker_(worker),
-          config_holder_(worker.config()),
+          config_holder_(std::move(config)),
           config_(*config_holder_),
           client_(std::move(stream)),
+          client_address_(client),
+          client_ip_(client.to_string()),
           request_body_(config_.limits.buffer_size),
           response_body_(config_.limits.buffer_size),
-          tracked_(worker, socket()),
+          tracked_(tracked),
           deadline_(socket().get_executor(), tracked_.handle()) {
+        tracked_.handle().client = &socket();  // the socket now lives in client_
         error_code ec;
-        auto peer = socket().remote_endpoint(ec);
-        client_address_ = peer.address();
-        client_ip_ = ec ? std::string("unknown") : peer.address().to_string();
         socket().set_option(tcp::no_delay(true), ec);
+        // Forwarding headers from the peer are believed only from a trusted proxy.
+        auto peer = socket().remote_endpoint(ec);
+        trusted_peer_ = !ec && config_.trusted_proxies.contains(peer.address());
     }
 
     Task<void> run() {
+        if constexpr (tls) {
+            deadline_.arm(config_.timeouts.tls_handshake, ConnectionDeadline::client);
+            auto [ec] = co_await client_.async_handshake(asio::ssl::stream_base::server, nothrow);
+            if (ec) {
+                WorkerStats::add(worker_.stats().tls_handshake_failures);
+                deadline_.disarm();
+                error_code ignored;
+                socket().close(ignored);
+                co_return;
+            }
+        }
         bool first = true;
+        unsigned served = 0;
         for (;;) {
             record_ = AccessRecord{};
             request_started_ = false;
@@ -214,6 +304,9 @@ class ClientSession {
             }
             first = false;
             WorkerStats::add(worker_.stats().requests);
+            ++served;
+            last_request_ = config_.limits.max_requests_per_connection != 0 &&
+                            served >= config_.limits.max_requests_per_connection;
             const bool keep = co_await handle_request();
             finish_request();
             if (!keep) {
@@ -221,6 +314,11 @@ class ClientSession {
             }
         }
         error_code ignored;
+        if constexpr (tls) {
+            // close_notify, so the client knows the response was not truncated; bounded.
+            deadline_.arm(config_.timeouts.client_linger, ConnectionDeadline::client);
+            co_await client_.async_shutdown(nothrow);
+        }
         socket().shutdown(tcp::socket::shutdown_send, ignored);
         if (linger_) {
             co_await drain_before_close();
@@ -433,7 +531,7 @@ class ClientSession {
             // without waiting for the backend's interim response.
             request.erase(http::field::expect);
         }
-        rewrite_request_fields(request, ForwardedFor{client_ip_, false, upgrade});
+        rewrite_request_fields(request, ForwardedFor{client_ip_, tls, upgrade, trusted_peer_});
         if (was_chunked) {
             request.chunked(true);
         }
@@ -802,14 +900,32 @@ class ClientSession {
                 continue;
             }
             deadline_.arm(leg.write_limit, leg.write_side);
-            auto [ec, written] = co_await asio::async_write(
-                to, std::span<const asio::const_buffer>(out.data(), count), nothrow);
+            const error_code ec =
+                co_await write_pieces(to, std::span<const asio::const_buffer>(out.data(), count));
             if (ec) {
                 co_return deadline_.expired() ? BodyEnd::write_timeout : BodyEnd::write_failed;
             }
             head_.clear();
         }
         co_return BodyEnd::done;
+    }
+
+    // One write of several pieces: gathered into one sendmsg on a socket; copied into one
+    // buffer first on TLS, whose streams write one piece (one record) per call otherwise.
+    template <class To>
+    Task<error_code> write_pieces(To& to, std::span<const asio::const_buffer> pieces) {
+        if constexpr (is_tls_stream<To>::value) {
+            if (pieces.size() > 1) {
+                gathered_.clear();
+                for (const auto& piece : pieces) {
+                    gathered_.append(static_cast<const char*>(piece.data()), piece.size());
+                }
+                auto [ec, n] = co_await asio::async_write(to, asio::buffer(gathered_), nothrow);
+                co_return ec;
+            }
+        }
+        auto [ec, n] = co_await asio::async_write(to, pieces, nothrow);
+        co_return ec;
     }
 
     // ---- the response -----------------------------------------------------------------------
@@ -826,7 +942,8 @@ class ClientSession {
             !no_body && !upstream_chunked && !response_parser_->content_length();
 
         strip_response_hop_fields(response, switching);
-        bool keep_alive = client_keep_alive && parser_->is_done() && !worker_.draining();
+        bool keep_alive =
+            client_keep_alive && parser_->is_done() && !worker_.draining() && !last_request_;
         bool chunked = false;
         if (!no_body && (upstream_chunked || until_close)) {
             if (client_version >= 11) {
@@ -998,7 +1115,7 @@ class ClientSession {
         write_response_head(response, head_);
         deadline_.arm(config_.timeouts.client_write, ConnectionDeadline::client);
         std::array<asio::const_buffer, 2> out{asio::buffer(head_), asio::buffer(body)};
-        co_await asio::async_write(client_, out, nothrow);
+        co_await write_pieces(client_, out);
     }
 
     Worker& worker_;
@@ -1006,8 +1123,11 @@ class ClientSession {
     std::shared_ptr<const Config> config_holder_;
     const Config& config_;
     Stream client_;
+    asio::ip::address client_address_;  // the original client (a PROXY header may have named it)
     std::string client_ip_;
-    asio::ip::address client_address_;
+    bool trusted_peer_ = false;  // the peer is in trusted_proxies
+    bool last_request_ = false;  // max_requests_per_connection reached: close after this one
+    std::string gathered_;       // TLS only: pieces of one write copied together
     beast::flat_buffer buffer_;           // bytes read from the client, not yet parsed
     beast::flat_buffer upstream_buffer_;  // bytes read from the backend, not yet parsed
     std::vector<char> request_body_;      // one piece of request body in flight
@@ -1027,15 +1147,40 @@ class ClientSession {
     std::uint32_t served_slot_ = 0;  // 0: no backend; else the backend id + 1
     std::size_t served_colour_ = 0;
     bool linger_ = false;  // an error response was sent: drain before closing
-    TrackedSession tracked_;
+    TrackedSession& tracked_;
     ConnectionDeadline deadline_;
 };
 
 }  // namespace
 
-Task<void> serve_client(Worker& worker, Socket socket) {
-    ClientSession<Socket> session(worker, std::move(socket));
-    co_await session.run();
+Task<void> serve_client(Worker& worker, Socket socket, std::size_t listener_index) {
+    // The config and its TLS contexts this connection started with stay alive as long as it.
+    std::shared_ptr<const Config> config = worker.config();
+    TrackedSession tracked(worker, socket, listener_index);
+    error_code ec;
+    auto peer = socket.remote_endpoint(ec);
+    if (ec || listener_index >= config->listeners.size()) {
+        co_return;
+    }
+    const ListenerConfig& listener = config->listeners[listener_index];
+    asio::ip::address client = peer.address();
+    if (listener.proxy_protocol) {
+        auto origin = co_await read_proxy_header(worker, *config, listener, socket, tracked.handle());
+        if (!origin) {
+            error_code ignored;
+            socket.close(ignored);
+            co_return;
+        }
+        client = *origin;
+    }
+    if (listener.tls_context) {
+        asio::ssl::stream<Socket> stream(std::move(socket), listener.tls_context->initial());
+        ClientSession<asio::ssl::stream<Socket>> session(worker, config, std::move(stream), client, tracked);
+        co_await session.run();
+    } else {
+        ClientSession<Socket> session(worker, config, std::move(socket), client, tracked);
+        co_await session.run();
+    }
 }
 
 }  // namespace bg

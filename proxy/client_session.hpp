@@ -1,13 +1,16 @@
 #pragma once
 // One client connection: reads requests, routes each to a backend, streams both messages.
 
+#include <cstddef>
+
 #include "io_types.hpp"
 
 namespace bg {
 
 class Worker;
 
-// Serves the connection until it closes. Worker thread only.
-Task<void> serve_client(Worker& worker, Socket socket);
+// Serves a connection accepted on the config's listener `listener_index` until it closes:
+// the PROXY header and TLS handshake first when the listener asks for them. Worker thread only.
+Task<void> serve_client(Worker& worker, Socket socket, std::size_t listener_index);
 
 }  // namespace bg

@@ -1,5 +1,7 @@
 #include "config.hpp"
 
+#include "tls_context.hpp"
+
 #include <netdb.h>
 #include <sched.h>
 #include <sys/socket.h>
@@ -238,6 +240,26 @@ class TableReader {
             error_at(*node, qualified(key) + " must be a string");
         }
         return value;
+    }
+
+    // A list of networks like ["10.0.0.0/8", "::1"].
+    void read_networks(std::string_view key, NetworkSet& out) {
+        const toml::node* node = take(key);
+        if (node == nullptr) {
+            return;
+        }
+        const toml::array* list = node->as_array();
+        if (list == nullptr) {
+            error_at(*node, qualified(key) + " must be a list like [\"10.0.0.0/8\"]");
+            return;
+        }
+        for (const toml::node& item : *list) {
+            auto text = item.value_exact<std::string>();
+            std::string why = "a network is a string like \"10.0.0.0/8\"";
+            if (!text || !out.add(*text, why)) {
+                error_at(item, qualified(key) + ": " + why);
+            }
+        }
     }
 
     void read_address(std::string_view key, HostPort& out) {
@@ -526,6 +548,62 @@ void read_control(TableReader& control, ControlConfig& out) {
     control.reject_unknown_keys();
 }
 
+// [listener.tls]: reads the settings and the certificate files now, so a bad file is a config
+// error (at --check and at reload) rather than a failed handshake later.
+void read_tls(TableReader& tls, const toml::node& where, ListenerConfig& listener) {
+    TlsSettings settings;
+    if (const toml::node* list = tls.take("certificates")) {
+        const toml::array* array = list->as_array();
+        if (array == nullptr || array->empty()) {
+            tls.error_at(*list, "listener.tls.certificates must be a non-empty list like "
+                                "[{ cert = \"site.pem\", key = \"site.key\" }]");
+        } else {
+            for (const toml::node& item : *array) {
+                if (!item.is_table()) {
+                    tls.error_at(item, "a certificate is a table { cert = \"...\", key = \"...\" }");
+                    continue;
+                }
+                TableReader entry(*item.as_table(), "listener.tls.certificates", tls.file(), tls.errors());
+                CertificateFiles files;
+                auto cert = entry.read_string("cert");
+                auto key = entry.read_string("key");
+                if (!cert || !key) {
+                    entry.error_at(item, "a certificate needs both cert and key (PEM file paths)");
+                } else {
+                    files.cert = *cert;
+                    files.key = *key;
+                    settings.certificates.push_back(std::move(files));
+                }
+                entry.reject_unknown_keys();
+            }
+        }
+    } else {
+        tls.error_at(where, "listener.tls needs certificates = [{ cert = \"...\", key = \"...\" }]");
+    }
+    if (auto version = tls.read_string("min_version")) {
+        if (*version != "1.2" && *version != "1.3") {
+            tls.error_at(*tls.table().get("min_version"),
+                         "listener.tls.min_version must be \"1.2\" or \"1.3\" (older versions are "
+                         "never offered)");
+        } else {
+            settings.min_version = *version;
+        }
+    }
+    if (auto ciphers = tls.read_string("ciphers")) {
+        settings.ciphers = *ciphers;
+    }
+    tls.reject_unknown_keys();
+    if (settings.certificates.empty()) {
+        return;
+    }
+    std::string why;
+    listener.tls_context = TlsServerContext::create(settings, why);
+    if (!listener.tls_context) {
+        tls.error_at(where, why);
+    }
+    listener.tls = std::move(settings);
+}
+
 void read_document(const toml::table& root, Config& config, std::vector<ConfigError>& errors) {
     TableReader top(root, "", config.source, errors);
 
@@ -539,6 +617,7 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
             config.served_by_header = *header;
         }
         server->read_bool("metrics", config.metrics);
+        server->read_networks("trusted_proxies", config.trusted_proxies);
         server->reject_unknown_keys();
     }
 
@@ -553,6 +632,17 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
                     entry.error_at(item, "a [[listener]] needs an address");
                 }
                 entry.read_address("address", listener.address);
+                entry.read_bool("proxy_protocol", listener.proxy_protocol);
+                entry.read_networks("proxy_protocol_from", listener.proxy_protocol_from);
+                if (listener.proxy_protocol && listener.proxy_protocol_from.empty()) {
+                    entry.error_at(item,
+                                   "listener.proxy_protocol needs proxy_protocol_from: the networks "
+                                   "of the load balancers allowed to send a PROXY header");
+                }
+                entry.read_integer("max_connections", listener.max_connections, 0, 10000000);
+                if (auto tls = entry.sub_table("tls")) {
+                    read_tls(*tls, *entry.table().get("tls"), listener);
+                }
                 entry.reject_unknown_keys();
                 config.listeners.push_back(std::move(listener));
             }
@@ -570,6 +660,7 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
         t->read_duration("client_linger", config.timeouts.client_linger);
         t->read_duration("shutdown_grace", config.timeouts.shutdown_grace);
         t->read_duration("shutdown_ready_delay", config.timeouts.shutdown_ready_delay);
+        t->read_duration("tls_handshake", config.timeouts.tls_handshake);
         t->reject_unknown_keys();
     }
 
@@ -579,6 +670,9 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
         l->read_integer("max_request_body", config.limits.max_request_body, 0,
                         std::int64_t{1} << 50);
         l->read_integer("max_response_header", config.limits.max_response_header, 1024, 1 << 24);
+        l->read_integer("max_connections", config.limits.max_connections, 1, 10000000);
+        l->read_integer("max_requests_per_connection", config.limits.max_requests_per_connection, 0,
+                        1u << 31);
         l->reject_unknown_keys();
     }
 
@@ -705,21 +799,7 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
         if (auto header = p->read_string("header")) {
             config.preview.header = *header;
         }
-        if (const toml::node* networks = p->take("allowed_networks")) {
-            const toml::array* list = networks->as_array();
-            if (list == nullptr) {
-                p->error_at(*networks,
-                            "preview.allowed_networks must be a list like [\"10.0.0.0/8\"]");
-            } else {
-                for (const toml::node& item : *list) {
-                    auto text = item.value_exact<std::string>();
-                    std::string why = "a network is a string like \"10.0.0.0/8\"";
-                    if (!text || !config.preview.allowed.add(*text, why)) {
-                        p->error_at(item, "preview.allowed_networks: " + why);
-                    }
-                }
-            }
-        }
+        p->read_networks("allowed_networks", config.preview.allowed);
         p->reject_unknown_keys();
     }
 
@@ -924,7 +1004,9 @@ ConfigResult apply_overrides(Config config, const ConfigOverrides& flags) {
             result.errors.push_back(
                 {"", 0, 0, "--listen: bad address '" + *flags.listen + "': " + why});
         } else {
-            config.listeners = {ListenerConfig{*address}};
+            ListenerConfig listener;
+            listener.address = *address;
+            config.listeners = {std::move(listener)};
         }
     }
     if (flags.blue) {

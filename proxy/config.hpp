@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -101,8 +102,33 @@ struct RolloutConfig {
 
 enum class BalancePolicy { round_robin, least_request };
 
+struct CertificateFiles {
+    std::string cert;  // PEM: the certificate, then its chain
+    std::string key;   // PEM private key
+};
+
+// TLS on a listener. The first certificate is the default; the others are chosen by SNI
+// against the DNS names in their subjectAltName (or CN).
+struct TlsSettings {
+    std::vector<CertificateFiles> certificates;
+    std::string min_version = "1.2";  // "1.2" or "1.3"; older versions are never offered
+    // TLS 1.2 ciphers (Mozilla's "intermediate" list); TLS 1.3 suites are OpenSSL's defaults.
+    std::string ciphers =
+        "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+        "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+};
+
+class TlsServerContext;
+
 struct ListenerConfig {
     HostPort address;
+    std::optional<TlsSettings> tls;
+    // Built from `tls` when the config is loaded (and so again on every reload): the files are
+    // read then, and a connection keeps the context it started with.
+    std::shared_ptr<const TlsServerContext> tls_context;
+    bool proxy_protocol = false;   // each connection opens with a PROXY v1/v2 header
+    NetworkSet proxy_protocol_from;  // peers allowed to send one (required with proxy_protocol)
+    std::uint32_t max_connections = 0;  // 0: only [limits] max_connections applies
 };
 
 struct Timeouts {
@@ -116,6 +142,7 @@ struct Timeouts {
     Duration client_linger{std::chrono::seconds(2)};
     Duration shutdown_grace{std::chrono::seconds(30)};
     Duration shutdown_ready_delay{std::chrono::seconds(2)};
+    Duration tls_handshake{std::chrono::seconds(10)};
 };
 
 struct Limits {
@@ -124,6 +151,8 @@ struct Limits {
     std::uint64_t max_request_body = 0;  // 0: no limit
     std::size_t max_response_header = 65536;
     std::size_t buffer_size = 16384;
+    std::uint32_t max_connections = 16384;         // client connections over all listeners
+    std::uint32_t max_requests_per_connection = 0;  // 0: no limit
 };
 
 struct UpstreamSettings {
@@ -182,7 +211,10 @@ struct Config {
     std::vector<SmokeCheck> gate;
     AccessLogConfig access_log;
     std::string served_by_header;  // empty: off; else "NAME: colour/backend" on responses
-    bool metrics = true;  // count per-request traffic metrics (false: for measuring their cost)
+    bool metrics = true;
+    // Peers whose X-Forwarded-For / Forwarded / X-Forwarded-Proto are kept (and appended to);
+    // from anyone else they are replaced.
+    NetworkSet trusted_proxies;  // count per-request traffic metrics (false: for measuring their cost)
     std::string admin_listen = "127.0.0.1:9901";  // empty: no admin listener
     ControlConfig control;
 };

@@ -41,14 +41,17 @@ void rewrite_request_fields(http::fields& fields, const ForwardedFor& hop) {
         fields.set(http::field::connection, "upgrade");
     }
 
-    // One X-Forwarded-For line: the list so far, then this client.
+    // One X-Forwarded-For line: the list so far (from a trusted proxy only), then this client.
+    // From anyone else the fields are replaced: a client cannot forge its way into the chain.
     std::string chain;
     for (auto it = fields.find("X-Forwarded-For"); it != fields.end();
          it = fields.find("X-Forwarded-For")) {
-        if (!chain.empty()) {
-            chain.append(", ");
+        if (hop.trusted) {
+            if (!chain.empty()) {
+                chain.append(", ");
+            }
+            chain.append(it->value());
         }
-        chain.append(it->value());
         fields.erase(it);
     }
     if (!chain.empty()) {
@@ -56,12 +59,20 @@ void rewrite_request_fields(http::fields& fields, const ForwardedFor& hop) {
     }
     chain.append(hop.client_ip);
     fields.set("X-Forwarded-For", chain);
-    fields.set("X-Forwarded-Proto", hop.tls ? "https" : "http");
-    auto host = fields.find(http::field::host);
-    if (host != fields.end()) {
-        fields.set("X-Forwarded-Host", host->value());
-    } else {
-        fields.erase("X-Forwarded-Host");
+    if (!hop.trusted) {
+        fields.erase(http::field::forwarded);
+    }
+    // A trusted proxy in front terminated the client's connection: its Proto and Host stand.
+    if (!hop.trusted || fields.find("X-Forwarded-Proto") == fields.end()) {
+        fields.set("X-Forwarded-Proto", hop.tls ? "https" : "http");
+    }
+    if (!hop.trusted || fields.find("X-Forwarded-Host") == fields.end()) {
+        auto host = fields.find(http::field::host);
+        if (host != fields.end()) {
+            fields.set("X-Forwarded-Host", host->value());
+        } else {
+            fields.erase("X-Forwarded-Host");
+        }
     }
 }
 

@@ -11,6 +11,7 @@ struct ForwardedFor {
     std::string_view client_ip;  // the immediate peer (or the one a PROXY header named)
     bool tls = false;
     bool upgrade = false;  // keep Upgrade and send "Connection: upgrade"
+    bool trusted = false;  // the peer is a trusted proxy: its forwarding fields are kept
 };
 
 // Removes Connection and the fields it names, Keep-Alive, Proxy-Connection, TE, Trailer,

@@ -171,8 +171,11 @@ int main(int argc, char** argv) {
     health.configure(*config);
 
     for (std::size_t i = 0; i < config->listeners.size(); ++i) {
-        std::printf("bgproxy: listening on http://%s:%u (%u workers)\n",
-                    config->listeners[i].address.ip.c_str(), group.ports()[i], workers);
+        const bg::ListenerConfig& listener = config->listeners[i];
+        std::printf("bgproxy: listening on %s://%s:%u (%u workers)%s\n",
+                    listener.tls_context ? "https" : "http", listener.address.ip.c_str(),
+                    group.ports()[i], workers,
+                    listener.proxy_protocol ? ", PROXY protocol header expected" : "");
     }
     const bg::RoutingState& state = switchboard.state();
     std::printf("bgproxy: state version %llu: blue %s%%, green %s%%, stable %s\n",

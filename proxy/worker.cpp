@@ -13,8 +13,10 @@ namespace bg {
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 
-Worker::Worker(unsigned index, std::shared_ptr<const Config> config, RoutingTablePtr table)
+Worker::Worker(unsigned index, std::shared_ptr<const Config> config, RoutingTablePtr table,
+               ConnectionLimits& limits)
     : index_(index),
+      limits_(limits),
       // Only this thread touches the worker's sockets (other threads post to it), so the
       // reactor needs no per-socket locking.
       io_(BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO),
@@ -67,8 +69,8 @@ bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
 }
 
 void Worker::start() {
-    for (auto& acceptor : acceptors_) {
-        accept_loop(*acceptor);
+    for (std::size_t i = 0; i < acceptors_.size(); ++i) {
+        accept_loop(*acceptors_[i], i);
     }
     thread_ = std::thread([this] {
         try {
@@ -80,8 +82,8 @@ void Worker::start() {
     });
 }
 
-void Worker::accept_loop(Acceptor& acceptor) {
-    acceptor.async_accept([this, &acceptor](boost::system::error_code ec, Socket socket) {
+void Worker::accept_loop(Acceptor& acceptor, std::size_t listener) {
+    acceptor.async_accept([this, &acceptor, listener](boost::system::error_code ec, Socket socket) {
         if (ec == asio::error::operation_aborted || !acceptor.is_open()) {
             return;
         }
@@ -91,10 +93,35 @@ void Worker::accept_loop(Acceptor& acceptor) {
             spdlog::warn("worker {}: accept failed: {}", index_, ec.message());
         } else {
             WorkerStats::add(stats_.connections_accepted);
-            asio::co_spawn(io_.get_executor(), serve_client(*this, std::move(socket)), asio::detached);
+            const std::uint32_t listener_max =
+                listener < config_->listeners.size() ? config_->listeners[listener].max_connections : 0;
+            if (limits_.try_open(listener, config_->limits.max_connections, listener_max)) {
+                asio::co_spawn(io_.get_executor(), serve_client(*this, std::move(socket), listener),
+                               asio::detached);
+            } else {
+                refuse(socket, listener);
+            }
         }
-        accept_loop(acceptor);
+        accept_loop(acceptor, listener);
     });
+}
+
+// Past max_connections a plain HTTP client gets a 503 it can read (one non-blocking send,
+// nothing waits on it); a TLS client cannot be answered without a handshake and is closed.
+void Worker::refuse(Socket& socket, std::size_t listener) {
+    WorkerStats::add(stats_.connections_refused);
+    boost::system::error_code ignored;
+    const bool tls = listener < config_->listeners.size() && config_->listeners[listener].tls_context;
+    if (!tls) {
+        static constexpr std::string_view answer =
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+            "X-BG-Error: too many connections\r\nContent-Length: 21\r\nConnection: close\r\n\r\n"
+            "too many connections\n";
+        socket.non_blocking(true, ignored);
+        socket.send(asio::buffer(answer), 0, ignored);
+        socket.shutdown(Socket::shutdown_send, ignored);
+    }
+    socket.close(ignored);
 }
 
 void Worker::apply(RoutingTablePtr table, std::shared_ptr<const Config> config,

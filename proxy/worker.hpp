@@ -15,6 +15,7 @@
 #include "access_log.hpp"
 #include "balancer.hpp"
 #include "config.hpp"
+#include "connection_limits.hpp"
 #include "io_types.hpp"
 #include "routing_table.hpp"
 #include "session_handle.hpp"
@@ -27,7 +28,8 @@ namespace bg {
 
 class Worker {
   public:
-    Worker(unsigned index, std::shared_ptr<const Config> config, RoutingTablePtr table);
+    Worker(unsigned index, std::shared_ptr<const Config> config, RoutingTablePtr table,
+           ConnectionLimits& limits);
     ~Worker();
     Worker(const Worker&) = delete;
     Worker& operator=(const Worker&) = delete;
@@ -66,6 +68,8 @@ class Worker {
     bool draining() const { return draining_; }
     void track(SessionHandle* session) { sessions_.insert(session); }
     void untrack(SessionHandle* session);
+    // A connection accepted on `listener` has closed: its slot is free again.
+    void connection_closed(std::size_t listener) { limits_.close(listener); }
     // Requests being served and retries among them: the retry budget's inputs.
     unsigned active_requests = 0;
     unsigned active_retries = 0;
@@ -77,10 +81,12 @@ class Worker {
     void tunnel_closed(std::uint32_t backend_id);
 
   private:
-    void accept_loop(Acceptor& acceptor);
+    void accept_loop(Acceptor& acceptor, std::size_t listener);
+    void refuse(Socket& socket, std::size_t listener);
     void finish_if_drained();
 
     unsigned index_;
+    ConnectionLimits& limits_;
     AccessLog* access_log_ = nullptr;
     boost::asio::io_context io_;
     std::shared_ptr<const Config> config_;

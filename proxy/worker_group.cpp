@@ -9,9 +9,9 @@ namespace asio = boost::asio;
 
 WorkerGroup::WorkerGroup(asio::any_io_executor completions, unsigned count,
                          std::shared_ptr<const Config> config, RoutingTablePtr table)
-    : completions_(std::move(completions)) {
+    : completions_(std::move(completions)), limits_(config->listeners.size()) {
     for (unsigned i = 0; i < count; ++i) {
-        workers_.push_back(std::make_unique<Worker>(i, config, table));
+        workers_.push_back(std::make_unique<Worker>(i, config, table, limits_));
     }
 }
 

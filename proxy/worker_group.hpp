@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "connection_limits.hpp"
 #include "table_publisher.hpp"
 #include "worker.hpp"
 
@@ -34,6 +35,7 @@ class WorkerGroup final : public TablePublisher {
 
   private:
     boost::asio::any_io_executor completions_;
+    ConnectionLimits limits_;  // before workers_: they point at it
     std::vector<std::unique_ptr<Worker>> workers_;
     std::vector<std::uint16_t> ports_;
 };

@@ -21,6 +21,9 @@ struct WorkerStats {
     Counter retry_budget_exhausted{0};
     Counter upgrades{0};
     Counter upgraded_open{0};
+    Counter connections_refused{0};     // past max_connections
+    Counter tls_handshake_failures{0};  // failed or timed out
+    Counter proxy_headers_refused{0};   // missing, malformed or from an untrusted peer
 
     static void add(Counter& counter, std::uint64_t n = 1) {
         counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);

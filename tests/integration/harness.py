@@ -117,7 +117,7 @@ class Proxy(Process):
                             ("--admin", "127.0.0.1:0")):
             if flag not in args:
                 args += [flag, value]
-        super().__init__(args, r"listening on http://([\d.]+):(\d+)", env=env)
+        super().__init__(args, r"listening on https?://([\d.]+):(\d+)", env=env)
         self.port = int(self.match.group(2))
         admin = [m for m in (re.search(r"admin on http://[\d.]+:(\d+)", l) for l in self.lines) if m]
         self.admin_port = int(admin[0].group(1)) if admin else None

@@ -28,18 +28,34 @@ TEST_CASE("hop-by-hop fields are removed, with those Connection names") {
     CHECK(f[http::field::host] == "example.com");
 }
 
-TEST_CASE("X-Forwarded-For is appended, Proto and Host are set") {
+TEST_CASE("from a trusted proxy X-Forwarded-For is appended to and its Proto kept") {
     http::fields f;
     f.set(http::field::host, "shop.example:8080");
     f.insert("X-Forwarded-For", "1.1.1.1");
     f.insert("X-Forwarded-For", "2.2.2.2");
-    f.set("X-Forwarded-Proto", "gopher");
-    bg::rewrite_request_fields(f, {"10.0.0.1", true, false});
+    f.set("X-Forwarded-Proto", "https");
+    f.set(http::field::forwarded, "for=1.1.1.1");
+    bg::rewrite_request_fields(f, {"10.0.0.1", false, false, true});
     CHECK(f["X-Forwarded-For"] == "1.1.1.1, 2.2.2.2, 10.0.0.1");
     CHECK(std::distance(f.equal_range("X-Forwarded-For").first,
                         f.equal_range("X-Forwarded-For").second) == 1);
     CHECK(f["X-Forwarded-Proto"] == "https");
+    CHECK(f[http::field::forwarded] == "for=1.1.1.1");
     CHECK(f["X-Forwarded-Host"] == "shop.example:8080");
+}
+
+TEST_CASE("from anyone else X-Forwarded-For is replaced, Proto and Host are set") {
+    http::fields f;
+    f.set(http::field::host, "shop.example:8080");
+    f.insert("X-Forwarded-For", "1.1.1.1");
+    f.set("X-Forwarded-Proto", "gopher");
+    f.set("X-Forwarded-Host", "evil.example");
+    f.set(http::field::forwarded, "for=1.1.1.1");
+    bg::rewrite_request_fields(f, {"10.0.0.1", true, false});
+    CHECK(f["X-Forwarded-For"] == "10.0.0.1");
+    CHECK(f["X-Forwarded-Proto"] == "https");
+    CHECK(f["X-Forwarded-Host"] == "shop.example:8080");
+    CHECK(f.find(http::field::forwarded) == f.end());
 
     http::fields fresh;
     bg::rewrite_request_fields(fresh, {"::1", false, false});

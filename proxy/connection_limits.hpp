@@ -1,0 +1,52 @@
+#pragma once
+// ConnectionLimits: client connections open over all workers and per listener, held against
+// [limits] max_connections and each listener's max_connections. Touched when a connection is
+// accepted and when it closes, never per request; shared by the workers as relaxed atomics.
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+
+namespace bg {
+
+class ConnectionLimits {
+  public:
+    explicit ConnectionLimits(std::size_t listeners)
+        : per_listener_(std::make_unique<std::atomic<std::uint32_t>[]>(listeners)), listeners_(listeners) {}
+
+    // Takes a slot; false (nothing taken) when a limit is reached. A limit of 0 is no limit.
+    bool try_open(std::size_t listener, std::uint32_t max_total, std::uint32_t max_listener) {
+        if (listener >= listeners_) {
+            return false;
+        }
+        if (max_total != 0 && total_.fetch_add(1, std::memory_order_relaxed) >= max_total) {
+            total_.fetch_sub(1, std::memory_order_relaxed);
+            return false;
+        }
+        if (max_total == 0) {
+            total_.fetch_add(1, std::memory_order_relaxed);
+        }
+        auto& count = per_listener_[listener];
+        if (max_listener != 0 && count.fetch_add(1, std::memory_order_relaxed) >= max_listener) {
+            count.fetch_sub(1, std::memory_order_relaxed);
+            total_.fetch_sub(1, std::memory_order_relaxed);
+            return false;
+        }
+        if (max_listener == 0) {
+            count.fetch_add(1, std::memory_order_relaxed);
+        }
+        return true;
+    }
+    void close(std::size_t listener) {
+        per_listener_[listener].fetch_sub(1, std::memory_order_relaxed);
+        total_.fetch_sub(1, std::memory_order_relaxed);
+    }
+    std::uint32_t open() const { return total_.load(std::memory_order_relaxed); }
+
+  private:
+    std::atomic<std::uint32_t> total_{0};
+    std::unique_ptr<std::atomic<std::uint32_t>[]> per_listener_;
+    std::size_t listeners_;
+};
+
+}  // namespace bg

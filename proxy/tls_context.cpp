@@ -1,0 +1,175 @@
+#include "tls_context.hpp"
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include <boost/asio/ssl/context.hpp>
+#include <cctype>
+
+namespace bg {
+
+namespace ssl = boost::asio::ssl;
+
+namespace {
+
+std::string openssl_error(const std::string& what) {
+    std::string message = what;
+    while (unsigned long code = ERR_get_error()) {
+        char text[256];
+        ERR_error_string_n(code, text, sizeof(text));
+        message += ": ";
+        message += text;
+    }
+    return message;
+}
+
+bool iequal(std::string_view a, std::string_view b) {
+    if (a.size() != b.size()) {
+        return false;
+    }
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        if (std::tolower(static_cast<unsigned char>(a[i])) !=
+            std::tolower(static_cast<unsigned char>(b[i]))) {
+            return false;
+        }
+    }
+    return true;
+}
+
+// "*.example.com" matches exactly one leftmost label (RFC 6125 6.4.3).
+bool name_matches(std::string_view pattern, std::string_view name) {
+    if (pattern.starts_with("*.")) {
+        auto dot = name.find('.');
+        return dot != std::string_view::npos && dot > 0 && iequal(pattern.substr(1), name.substr(dot));
+    }
+    return iequal(pattern, name);
+}
+
+std::vector<std::string> certificate_names(SSL_CTX* ctx) {
+    std::vector<std::string> names;
+    X509* cert = SSL_CTX_get0_certificate(ctx);
+    if (cert == nullptr) {
+        return names;
+    }
+    auto* sans = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+    if (sans != nullptr) {
+        for (int i = 0; i < sk_GENERAL_NAME_num(sans); ++i) {
+            const GENERAL_NAME* entry = sk_GENERAL_NAME_value(sans, i);
+            if (entry->type == GEN_DNS) {
+                const auto* data = ASN1_STRING_get0_data(entry->d.dNSName);
+                names.emplace_back(reinterpret_cast<const char*>(data),
+                                   static_cast<std::size_t>(ASN1_STRING_length(entry->d.dNSName)));
+            }
+        }
+        GENERAL_NAMES_free(sans);
+    }
+    if (names.empty()) {
+        // No DNS subjectAltName: fall back to the subject's common name.
+        char cn[256];
+        int n = X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof(cn));
+        if (n > 0) {
+            names.emplace_back(cn, static_cast<std::size_t>(n));
+        }
+    }
+    return names;
+}
+
+int select_alpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
+                unsigned int inlen, void*) {
+    // Offered protocols are length-prefixed; we speak http/1.1 only.
+    static constexpr unsigned char ours[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+    unsigned char* selected = nullptr;
+    if (SSL_select_next_proto(&selected, outlen, ours, sizeof(ours), in, inlen) == OPENSSL_NPN_NEGOTIATED) {
+        *out = selected;
+        return SSL_TLSEXT_ERR_OK;
+    }
+    return SSL_TLSEXT_ERR_NOACK;  // no common protocol: go on without ALPN, as HTTP/1.1
+}
+
+int on_server_name(SSL* ssl, int*, void* arg) {
+    const auto* self = static_cast<const TlsServerContext*>(arg);
+    const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    if (name == nullptr) {
+        return SSL_TLSEXT_ERR_OK;
+    }
+    const std::size_t index = self->select(name);
+    if (index != 0) {
+        SSL_set_SSL_CTX(ssl, self->context_handle(index));
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+}  // namespace
+
+std::shared_ptr<TlsServerContext> TlsServerContext::create(const TlsSettings& settings, std::string& error) {
+    if (settings.certificates.empty()) {
+        error = "tls needs at least one certificate";
+        return nullptr;
+    }
+    std::shared_ptr<TlsServerContext> self(new TlsServerContext());
+    ERR_clear_error();
+    for (const CertificateFiles& files : settings.certificates) {
+        auto context = std::make_unique<ssl::context>(ssl::context::tls_server);
+        SSL_CTX* ctx = context->native_handle();
+        SSL_CTX_set_min_proto_version(ctx, settings.min_version == "1.3" ? TLS1_3_VERSION : TLS1_2_VERSION);
+        SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+        if (SSL_CTX_set_cipher_list(ctx, settings.ciphers.c_str()) != 1) {
+            error = openssl_error("tls ciphers '" + settings.ciphers + "'");
+            return nullptr;
+        }
+        if (SSL_CTX_use_certificate_chain_file(ctx, files.cert.c_str()) != 1) {
+            error = openssl_error("cannot use certificate " + files.cert);
+            return nullptr;
+        }
+        if (SSL_CTX_use_PrivateKey_file(ctx, files.key.c_str(), SSL_FILETYPE_PEM) != 1) {
+            error = openssl_error("cannot use key " + files.key);
+            return nullptr;
+        }
+        if (SSL_CTX_check_private_key(ctx) != 1) {
+            error = openssl_error("key " + files.key + " does not match certificate " + files.cert);
+            return nullptr;
+        }
+        // Resumption: a server-side session cache (TLS 1.2 session ids) and tickets (both).
+        static constexpr unsigned char session_context[] = "bgproxy";
+        SSL_CTX_set_session_id_context(ctx, session_context, sizeof(session_context) - 1);
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+        SSL_CTX_set_alpn_select_cb(ctx, select_alpn, nullptr);
+        SSL_CTX_set_tlsext_servername_callback(ctx, on_server_name);
+        SSL_CTX_set_tlsext_servername_arg(ctx, self.get());
+        self->names_.push_back(certificate_names(ctx));
+        self->contexts_.push_back(std::move(context));
+    }
+    return self;
+}
+
+TlsServerContext::~TlsServerContext() = default;
+
+ssl::context& TlsServerContext::initial() const {
+    return *contexts_.front();
+}
+
+SSL_CTX* TlsServerContext::context_handle(std::size_t index) const {
+    return contexts_[index]->native_handle();
+}
+
+std::size_t TlsServerContext::select(std::string_view server_name) const {
+    // Exact names first, then wildcards, each in configuration order.
+    for (std::size_t i = 0; i < names_.size(); ++i) {
+        for (const auto& name : names_[i]) {
+            if (!name.starts_with("*.") && iequal(name, server_name)) {
+                return i;
+            }
+        }
+    }
+    for (std::size_t i = 0; i < names_.size(); ++i) {
+        for (const auto& name : names_[i]) {
+            if (name.starts_with("*.") && name_matches(name, server_name)) {
+                return i;
+            }
+        }
+    }
+    return 0;
+}
+
+}  // namespace bg
