@@ -18,24 +18,8 @@ load_cpu=${BENCH_LOAD_CPU:-1}
 scripts/install-deps.sh
 scripts/build.sh release --target bgproxy bg-backend >/dev/null
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  kill "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source bench/wrk_lib.sh
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 50); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on port $1" >&2
-  return 1
-}
 fill() { sed -e "s|@LISTEN@|127.0.0.1:$2|" -e "s|@BACKEND@|127.0.0.1:$backend_port|" -e "s|@DIR@|$work|" "$1"; }
 
 backend_port=$(free_port)
@@ -67,29 +51,10 @@ taskset -c "$proxy_cpu" nginx -c "$work/nginx.conf" -e "$work/nginx-error.log" &
 pids+=($!)
 for p in "$bg_port" "$bg_off_port" "$ha_port" "$ng_port"; do wait_port "$p"; done
 
-declare -A rps p50 p99
-run() {
-  local name=$1 port=$2
-  # Warm up keep-alive pools, then measure.
-  taskset -c "$load_cpu" wrk -t1 -c"$connections" -d2s "http://127.0.0.1:$port$path" >/dev/null
-  local out
-  out=$(taskset -c "$load_cpu" wrk -t1 -c"$connections" -d"${seconds}s" --latency "http://127.0.0.1:$port$path")
-  if echo "$out" | grep -q "Non-2xx\|Socket errors"; then
-    echo "$name: errors during the run:" >&2
-    echo "$out" | grep "Non-2xx\|Socket errors" >&2
-  fi
-  rps[$name]=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  p50[$name]=$(echo "$out" | awk '$1 == "50%" {print $2}')
-  p99[$name]=$(echo "$out" | awk '$1 == "99%" {print $2}')
-}
-to_us() { # wrk prints 812.00us, 1.20ms or 1.01s
-  python3 -c "import sys,re; v=sys.argv[1]; m=re.match(r'([\d.]+)(us|ms|s)',v); print(float(m.group(1))*{'us':1,'ms':1e3,'s':1e6}[m.group(2)])" "$1"
-}
-
-run direct "$backend_port"
-run bgproxy "$bg_port"
-run haproxy "$ha_port"
-run nginx "$ng_port"
+run direct "http://127.0.0.1:$backend_port$path"
+run bgproxy "http://127.0.0.1:$bg_port$path"
+run haproxy "http://127.0.0.1:$ha_port$path"
+run nginx "http://127.0.0.1:$ng_port$path"
 # Metrics on vs off: a difference of a few percent hides in run-to-run noise, so the two
 # alternate over several short rounds and the sums are compared.
 rounds=${BENCH_METRICS_ROUNDS:-3}
@@ -97,8 +62,8 @@ metrics_seconds=${BENCH_METRICS_SECONDS:-5}
 on_total=0
 off_total=0
 for _ in $(seq 1 "$rounds"); do
-  seconds=$metrics_seconds run metrics-on "$bg_port"
-  seconds=$metrics_seconds run metrics-off "$bg_off_port"
+  seconds=$metrics_seconds run metrics-on "http://127.0.0.1:$bg_port$path"
+  seconds=$metrics_seconds run metrics-off "http://127.0.0.1:$bg_off_port$path"
   on_total=$(python3 -c "print($on_total + ${rps[metrics-on]})")
   off_total=$(python3 -c "print($off_total + ${rps[metrics-off]})")
 done
@@ -109,7 +74,6 @@ printf '%-8s %12s %10s %10s\n' target requests/s p50 p99
 for t in direct bgproxy haproxy nginx; do
   printf '%-8s %12s %10s %10s\n' "$t" "${rps[$t]}" "${p50[$t]}" "${p99[$t]}"
 done
-ratio() { python3 -c "import sys; print('%.2f' % (float(sys.argv[1]) / float(sys.argv[2])))" "$1" "$2"; }
 printf '\nbgproxy/haproxy requests/s: %s   p99: %s\n' "$(ratio "${rps[bgproxy]}" "${rps[haproxy]}")" \
   "$(ratio "$(to_us "${p99[bgproxy]}")" "$(to_us "${p99[haproxy]}")")"
 printf 'bgproxy/nginx   requests/s: %s   p99: %s\n' "$(ratio "${rps[bgproxy]}" "${rps[nginx]}")" \

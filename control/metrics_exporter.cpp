@@ -235,6 +235,13 @@ std::string render_metrics(const MetricsSources& in) {
             &WorkerStats::retry_budget_exhausted);
     counter("bgproxy_upgrades_total", "Connections upgraded (WebSocket...)", &WorkerStats::upgrades);
     gauge("bgproxy_upgraded_connections", "Upgraded connections open", &WorkerStats::upgraded_open);
+    counter("bgproxy_connections_refused_total", "Client connections refused past max_connections",
+            &WorkerStats::connections_refused);
+    counter("bgproxy_tls_handshake_failures_total", "TLS handshakes that failed or timed out",
+            &WorkerStats::tls_handshake_failures);
+    counter("bgproxy_proxy_headers_refused_total",
+            "Connections closed for a missing, malformed or untrusted PROXY protocol header",
+            &WorkerStats::proxy_headers_refused);
     if (in.access_log != nullptr) {
         prometheus::BuildCounter()
             .Name("bgproxy_access_log_dropped_total")

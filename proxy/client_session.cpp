@@ -274,9 +274,10 @@ class ClientSession {
         tracked_.handle().client = &socket();  // the socket now lives in client_
         error_code ec;
         socket().set_option(tcp::no_delay(true), ec);
-        // Forwarding headers from the peer are believed only from a trusted proxy.
-        auto peer = socket().remote_endpoint(ec);
-        trusted_peer_ = !ec && config_.trusted_proxies.contains(peer.address());
+        // Forwarding headers are believed only from a trusted proxy. Behind a PROXY header the
+        // HTTP peer is the client the header named (the balancer in front is transparent), so
+        // that address is judged, never the balancer's.
+        trusted_peer_ = config_.trusted_proxies.contains(client_address_);
     }
 
     Task<void> run() {

@@ -4,7 +4,7 @@ set -euo pipefail
 
 packages=(cmake g++ make libboost1.81-dev libboost-json1.81-dev libboost-url1.81-dev libssl-dev
           libtomlplusplus-dev prometheus-cpp-dev doctest-dev libcli11-dev libspdlog-dev ccache
-          curl python3 haproxy wrk nginx-light prometheus)
+          curl openssl python3 haproxy wrk nginx-light prometheus)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -93,6 +93,9 @@ class Backend(Process):
         self.address = "127.0.0.1:%d" % self.port
 
 
+_LISTENING = r"listening on (https?)://([\d.]+):(\d+)"
+
+
 class Proxy(Process):
     """bgproxy from a config text (with {placeholders} already filled) or from flags."""
 
@@ -117,8 +120,22 @@ class Proxy(Process):
                             ("--admin", "127.0.0.1:0")):
             if flag not in args:
                 args += [flag, value]
-        super().__init__(args, r"listening on https?://([\d.]+):(\d+)", env=env)
-        self.port = int(self.match.group(2))
+        super().__init__(args, _LISTENING, env=env)
+        self.port = int(self.match.group(3))
+        # One line per [[listener]], in config order, printed together: `ports` has them all
+        # (ports[0] == port), `schemes` says which are "https".
+        self.ports = [self.port]
+        self.schemes = [self.match.group(1)]
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            m = re.search(_LISTENING, line)
+            if not m:
+                break
+            self.ports.append(int(m.group(3)))
+            self.schemes.append(m.group(1))
         admin = [m for m in (re.search(r"admin on http://[\d.]+:(\d+)", l) for l in self.lines) if m]
         self.admin_port = int(admin[0].group(1)) if admin else None
 

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# TLS side by side: wrk over HTTPS to bgproxy and to HAProxy, both terminating TLS with the same
+# certificate (ECDSA P-256, made here) in front of one bg-backend, in one run, same pinning.
+# Two shapes: keep-alive (the record layer) and a new connection per request (the handshake).
+#
+#   bench/tls.sh            # 10 s per target and shape, 64 connections
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${BENCH_SECONDS:-10}
+connections=${BENCH_CONNECTIONS:-64}
+proxy_cpu=${BENCH_PROXY_CPU:-0}
+load_cpu=${BENCH_LOAD_CPU:-1}
+
+scripts/install-deps.sh
+scripts/build.sh release --target bgproxy bg-backend >/dev/null
+source bench/wrk_lib.sh
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -keyout "$work/site.key" -out "$work/site.crt" -subj "/CN=bench.test" \
+  -addext "subjectAltName=DNS:bench.test" 2>/dev/null
+cat "$work/site.crt" "$work/site.key" > "$work/site.pem"  # HAProxy wants both in one file
+
+backend_port=$(free_port)
+taskset -c "$load_cpu" build/bench/bg-backend --listen "127.0.0.1:$backend_port" --name blue-1 >/dev/null &
+pids+=($!)
+wait_port "$backend_port"
+
+bg_port=$(free_port)
+cat > "$work/bgproxy.toml" <<TOML
+[server]
+workers = 1
+admin_listen = ""
+[[listener]]
+address = "127.0.0.1:$bg_port"
+[listener.tls]
+certificates = [{ cert = "$work/site.crt", key = "$work/site.key" }]
+[control]
+socket = ""
+state_file = ""
+audit_log = ""
+[pools.blue]
+backends = [{ name = "blue-1", address = "127.0.0.1:$backend_port" }]
+[pools.green]
+backends = [{ name = "green-1", address = "127.0.0.1:$backend_port" }]
+TOML
+taskset -c "$proxy_cpu" build/proxy/bgproxy --config "$work/bgproxy.toml" >/dev/null 2>&1 &
+pids+=($!)
+
+ha_port=$(free_port)
+sed -e "s|@LISTEN@|127.0.0.1:$ha_port|" -e "s|@BACKEND@|127.0.0.1:$backend_port|" \
+  -e "s|@DIR@|$work|" bench/haproxy-tls.cfg.in > "$work/haproxy.cfg"
+taskset -c "$proxy_cpu" haproxy -q -f "$work/haproxy.cfg" &
+pids+=($!)
+for p in "$bg_port" "$ha_port"; do wait_port "$p"; done
+
+run bgproxy-keepalive "https://127.0.0.1:$bg_port/"
+run haproxy-keepalive "https://127.0.0.1:$ha_port/"
+run bgproxy-newconn "https://127.0.0.1:$bg_port/" -H "Connection: close"
+run haproxy-newconn "https://127.0.0.1:$ha_port/" -H "Connection: close"
+
+printf '\nwrk over TLS: %s s, %s connections; proxies on CPU %s (1 thread), backend+wrk on CPU %s\n' \
+  "$seconds" "$connections" "$proxy_cpu" "$load_cpu"
+printf '%-18s %12s %10s %10s\n' target requests/s p50 p99
+for t in bgproxy-keepalive haproxy-keepalive bgproxy-newconn haproxy-newconn; do
+  printf '%-18s %12s %10s %10s\n' "$t" "${rps[$t]}" "${p50[$t]}" "${p99[$t]}"
+done
+printf '\nbgproxy/haproxy keep-alive requests/s: %s   p99: %s\n' \
+  "$(ratio "${rps[bgproxy-keepalive]}" "${rps[haproxy-keepalive]}")" \
+  "$(ratio "$(to_us "${p99[bgproxy-keepalive]}")" "$(to_us "${p99[haproxy-keepalive]}")")"
+printf 'bgproxy/haproxy new connection per request, requests/s: %s   p99: %s\n' \
+  "$(ratio "${rps[bgproxy-newconn]}" "${rps[haproxy-newconn]}")" \
+  "$(ratio "$(to_us "${p99[bgproxy-newconn]}")" "$(to_us "${p99[haproxy-newconn]}")")"

@@ -1,0 +1,844 @@
+"""The edge (issue #5): TLS termination (versions, SNI, certificate reload), the PROXY protocol
+(v1 and v2, behind a real HAProxy), trusted X-Forwarded-For, connection and per-connection
+request limits, and /readyz turning 503 before the listeners close.
+
+Certificates come from a throwaway CA that the test makes with the openssl CLI."""
+import hashlib
+import http.client
+import ipaddress
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+from harness import ProcessTestCase, free_port, status_of
+
+CA_DIR = None  # made once for the whole module by setUpModule
+
+
+def openssl(*args, cwd=None):
+    r = subprocess.run(["openssl"] + list(args), cwd=cwd, capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        raise RuntimeError("openssl %s: %s" % (" ".join(args), r.stderr))
+    return r
+
+
+def make_ca(directory):
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=bgproxy edge test CA",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)
+    return os.path.join(directory, "ca.pem")
+
+
+def make_leaf(directory, stem, cn, dns_names, serial):
+    """A leaf certificate signed by the CA in CA_DIR: DIRECTORY/STEM.pem and STEM.key. An empty
+    dns_names gives a certificate without subjectAltName (matched by its CN)."""
+    key = os.path.join(directory, stem + ".key")
+    pem = os.path.join(directory, stem + ".pem")
+    csr = os.path.join(directory, stem + ".csr")
+    ext = os.path.join(directory, stem + ".ext")
+    openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", key, "-out", csr, "-subj", "/CN=" + cn)
+    with open(ext, "w") as f:
+        f.write("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                "extendedKeyUsage=serverAuth\nsubjectKeyIdentifier=hash\n"
+                "authorityKeyIdentifier=keyid,issuer\n")
+        if dns_names:
+            f.write("subjectAltName=" + ",".join("DNS:" + n for n in dns_names) + "\n")
+    openssl("x509", "-req", "-in", csr, "-CA", os.path.join(CA_DIR, "ca.pem"),
+            "-CAkey", os.path.join(CA_DIR, "ca.key"), "-set_serial", str(serial), "-days", "2",
+            "-out", pem, "-extfile", ext)
+    return pem, key
+
+
+def setUpModule():
+    global CA_DIR
+    CA_DIR = tempfile.mkdtemp(prefix="bgproxy-edge-ca-")
+    make_ca(CA_DIR)
+    make_leaf(CA_DIR, "a", "a.test", ["a.test"], 1001)
+    make_leaf(CA_DIR, "b", "b.test", ["b.test", "www.b.test"], 1002)
+    make_leaf(CA_DIR, "w", "wildcard", ["*.w.test"], 1003)
+    make_leaf(CA_DIR, "cn", "cn-only.test", [], 1004)
+
+
+def tearDownModule():
+    shutil.rmtree(CA_DIR, ignore_errors=True)
+
+
+def ca_file():
+    return os.path.join(CA_DIR, "ca.pem")
+
+
+def certs(*stems, directory=None):
+    d = directory or CA_DIR
+    return ", ".join('{ cert = "%s", key = "%s" }' % (os.path.join(d, s + ".pem"), os.path.join(d, s + ".key"))
+                     for s in stems)
+
+
+def edge_config(listeners, blue, extra=""):
+    """A config with the given [[listener]] tables (text), blue at 100%. Green (at 0%, never
+    used) names the same backends again, so a test starts only the processes it needs."""
+    def pool(backends, prefix=""):
+        return ", ".join('{ name = "%s%s", address = "%s" }' % (prefix, b.name, b.address) for b in backends)
+    return """
+[server]
+workers = 2
+%s
+[routing]
+blue = 100
+green = 0
+[pools.blue]
+backends = [%s]
+[pools.green]
+backends = [%s]
+%s
+""" % (listeners, pool(blue), pool(blue, "green-"), extra)
+
+
+def client_context(check_hostname=True):
+    ctx = ssl.create_default_context(cafile=ca_file())
+    ctx.check_hostname = check_hostname
+    return ctx
+
+
+def tls_connect(port, server_name, ctx=None, timeout=5, source=None):
+    ctx = ctx or client_context()
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=source)
+    try:
+        return ctx.wrap_socket(raw, server_hostname=server_name)
+    except Exception:
+        raw.close()
+        raise
+
+
+def https_connection(port, server_name, ctx=None):
+    """A keep-alive http.client connection over TLS to 127.0.0.1:port with SNI server_name,
+    that never reconnects by itself (a closed connection raises instead)."""
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=ctx or client_context())
+    conn.sock = tls_connect(port, server_name, ctx)
+    conn.auto_open = 0
+    return conn
+
+
+def peer_cert(port, server_name):
+    """The verified certificate the proxy serves for server_name (None: no SNI)."""
+    ctx = client_context(check_hostname=False)
+    with tls_connect(port, server_name, ctx) as s:
+        return s.getpeercert(), hashlib.sha256(s.getpeercert(binary_form=True)).hexdigest()
+
+
+def san_dns(cert):
+    return sorted(v for k, v in cert.get("subjectAltName", ()) if k == "DNS")
+
+
+def subject_cn(cert):
+    return [v for rdn in cert["subject"] for k, v in rdn if k == "commonName"][0]
+
+
+def s_client(port, *args, server_name="a.test"):
+    """openssl s_client against 127.0.0.1:port: (returncode, stdout + stderr). stdin is empty, so
+    it ends right after the handshake."""
+    cmd = ["openssl", "s_client", "-connect", "127.0.0.1:%d" % port, "-servername", server_name,
+           "-CAfile", ca_file(), "-verify_return_error"] + list(args)
+    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=15)
+    return r.returncode, r.stdout + r.stderr
+
+
+def curl(args, timeout=15):
+    return subprocess.run(["curl", "-sS", "-v", "--max-time", "10"] + args, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def exchange(port, data, timeout=3.0, source=None):
+    """Sends raw bytes; returns (everything received, closed_by_server)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=source) as s:
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            return b"", True
+        chunks = []
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                return b"".join(chunks), False
+            except ConnectionResetError:
+                return b"".join(chunks), True
+            if not chunk:
+                return b"".join(chunks), True
+            chunks.append(chunk)
+        return b"".join(chunks), False
+
+
+def forwarded_for(response_bytes):
+    """The X-Forwarded-For values the backend received (from its /headers echo)."""
+    body = response_bytes.partition(b"\r\n\r\n")[2].decode("latin-1")
+    return [v.strip() for v in re.findall(r"(?im)^x-forwarded-for:(.*?)\r?$", body)]
+
+
+def echoed_field(body, name):
+    values = re.findall(r"(?im)^%s:(.*?)\r?$" % re.escape(name), body)
+    return [v.strip() for v in values]
+
+
+def proxy_v2(source, destination, command=0x1, tlvs=b""):
+    """A PROXY protocol v2 header for TCP over IPv4 or IPv6 (addresses as (ip, port))."""
+    sig = b"\r\n\r\n\x00\r\nQUIT\n"
+    src, dst = ipaddress.ip_address(source[0]), ipaddress.ip_address(destination[0])
+    family = 0x11 if src.version == 4 else 0x21
+    block = src.packed + dst.packed + struct.pack("!HH", source[1], destination[1]) + tlvs
+    return sig + struct.pack("!BBH", 0x20 | command, family, len(block)) + block
+
+
+def get_headers(host="x", close=True):
+    return (b"GET /headers HTTP/1.1\r\nHost: %s\r\n%s\r\n" %
+            (host.encode(), b"Connection: close\r\n" if close else b""))
+
+
+class TlsTest(ProcessTestCase):
+    def setUp(self):
+        super().setUp()
+        self.blue = self.backend("blue-1")
+
+    def test_versions_and_several_listeners(self):
+        # Three listeners at once: plain, TLS (1.2 and up, the default) and TLS 1.3 only.
+        proxy = self.proxy(edge_config("""
+[[listener]]
+address = "127.0.0.1:0"
+[[listener]]
+address = "127.0.0.1:0"
+[listener.tls]
+certificates = [%s]
+[[listener]]
+address = "127.0.0.1:0"
+[listener.tls]
+certificates = [%s]
+min_version = "1.3"
+""" % (certs("a", "b"), certs("a")), [self.blue]))
+        self.assertEqual(proxy.schemes, ["http", "https", "https"])
+        self.assertEqual(len(set(proxy.ports)), 3, proxy.ports)
+        plain, tls, tls13 = proxy.ports
+        self.assertEqual(status_of(exchange(plain, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")[0]), 200)
+
+        def curl_tls(port, *version_args):
+            return curl(["--cacert", ca_file(), "--resolve", "a.test:%d:127.0.0.1" % port]
+                        + list(version_args) + ["https://a.test:%d/headers" % port])
+
+        r = curl_tls(tls, "--tlsv1.3")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("SSL connection using TLSv1.3", r.stderr)
+        self.assertIn("ALPN: server accepted http/1.1", r.stderr)
+        self.assertIn("X-Forwarded-Proto: https", r.stdout)
+        r = curl_tls(tls, "--tlsv1.2", "--tls-max", "1.2")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("SSL connection using TLSv1.2", r.stderr)
+        self.assertIn("GET /headers HTTP/1.1", r.stdout)
+        # The 1.3-only listener refuses a client that stops at 1.2, and serves 1.3.
+        r = curl_tls(tls13, "--tlsv1.2", "--tls-max", "1.2")
+        self.assertNotEqual(r.returncode, 0, r.stderr)
+        self.assertIn("protocol version", r.stderr)
+        r = curl_tls(tls13, "--tlsv1.3")
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+        # TLS 1.1: the client really offers it (SECLEVEL=0 lets OpenSSL 3 do so); the server
+        # answers with a protocol_version alert. The same command line with -tls1_2 succeeds.
+        weak = ["-cipher", "DEFAULT@SECLEVEL=0"]
+        code, out = s_client(tls, "-tls1_1", *weak)
+        self.assertNotEqual(code, 0, out)
+        self.assertIn("alert protocol version", out)
+        self.assertIn("SSL alert number 70", out)  # protocol_version, sent by the server
+        code, out = s_client(tls, "-tls1_2", *weak)
+        self.assertEqual(code, 0, out)
+        self.assertRegex(out, r"Protocol\s*:\s*TLSv1\.2")
+        self.assertIn("Verify return code: 0 (ok)", out)
+        # The server is still fine after the refusals.
+        self.assertEqual(curl_tls(tls, "--tlsv1.3").returncode, 0)
+
+    def test_sni_selects_the_certificate(self):
+        proxy = self.proxy(edge_config("""
+[[listener]]
+address = "127.0.0.1:0"
+[listener.tls]
+certificates = [%s]
+""" % certs("a", "b", "w", "cn"), [self.blue]))
+        port = proxy.port
+        expected = {  # server name -> (served certificate's CN, its serial)
+            "a.test": ("a.test", 1001),
+            "b.test": ("b.test", 1002),
+            "WWW.B.TEST": ("b.test", 1002),    # names compare case-insensitively
+            "x.w.test": ("wildcard", 1003),  # *.w.test: one label
+            "cn-only.test": ("cn-only.test", 1004),  # no subjectAltName: the CN
+            "unknown.test": ("a.test", 1001),  # no match: the first (default) certificate
+            "y.x.w.test": ("a.test", 1001),   # a wildcard matches one label only
+        }
+        for name, (cn, serial) in expected.items():
+            cert, _ = peer_cert(port, name)
+            self.assertEqual((subject_cn(cert), int(cert["serialNumber"], 16)), (cn, serial), name)
+        # No SNI at all (an IP address): the default.
+        cert, _ = peer_cert(port, None)
+        self.assertEqual(subject_cn(cert), "a.test")
+        self.assertEqual(san_dns(peer_cert(port, "b.test")[0]), ["b.test", "www.b.test"])
+        # curl verifies each name against the CA: that only works if SNI chose the right one.
+        for name in ("a.test", "b.test", "www.b.test", "x.w.test"):
+            r = curl(["--cacert", ca_file(), "--resolve", "%s:%d:127.0.0.1" % (name, port),
+                      "https://%s:%d/" % (name, port)])
+            self.assertEqual((r.returncode, r.stdout), (0, "blue-1\n"), r.stderr)
+        r = curl(["--cacert", ca_file(), "--resolve", "unknown.test:%d:127.0.0.1" % port,
+                  "https://unknown.test:%d/" % port])
+        self.assertNotEqual(r.returncode, 0)  # served a.test's certificate: name mismatch
+
+    def test_reload_replaces_certificates_for_new_connections_only(self):
+        work = tempfile.mkdtemp(prefix="bgproxy-edge-certs-")
+        self.addCleanup(shutil.rmtree, work, True)
+        for ext in (".pem", ".key"):
+            shutil.copy(os.path.join(CA_DIR, "a" + ext), os.path.join(work, "site" + ext))
+        proxy = self.proxy(edge_config("""
+[[listener]]
+address = "127.0.0.1:0"
+[listener.tls]
+certificates = [%s, %s]
+""" % (certs("site", directory=work), certs("b")), [self.blue]))
+        port = proxy.port
+        old_cert, old_fp = peer_cert(port, "a.test")
+        self.assertEqual(int(old_cert["serialNumber"], 16), 1001)
+
+        conn = https_connection(port, "a.test")
+        self.addCleanup(conn.close)
+        sock = conn.sock
+        conn.request("GET", "/")
+        r = conn.getresponse()
+        self.assertEqual((r.status, r.read()), (200, b"blue-1\n"))
+
+        # A new leaf (new key, new serial) in the same files, then reload.
+        make_leaf(work, "next", "a.test", ["a.test"], 2002)
+        for ext in (".pem", ".key"):
+            os.replace(os.path.join(work, "next" + ext), os.path.join(work, "site" + ext))
+        r = proxy.bgctl("reload")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+        new_cert, new_fp = peer_cert(port, "a.test")
+        self.assertNotEqual(new_fp, old_fp)
+        self.assertEqual(int(new_cert["serialNumber"], 16), 2002)
+        self.assertEqual(int(peer_cert(port, "b.test")[0]["serialNumber"], 16), 1002)
+        r = curl(["--cacert", ca_file(), "--resolve", "a.test:%d:127.0.0.1" % port,
+                  "https://a.test:%d/" % port])
+        self.assertEqual((r.returncode, r.stdout), (0, "blue-1\n"), r.stderr)
+
+        # The connection opened before the reload still works, on the same socket.
+        for _ in range(2):
+            conn.request("GET", "/")
+            r = conn.getresponse()
+            self.assertEqual((r.status, r.read()), (200, b"blue-1\n"))
+        self.assertIs(conn.sock, sock)
+        self.assertEqual(hashlib.sha256(sock.getpeercert(binary_form=True)).hexdigest(), old_fp)
+
+        # A key that does not match its certificate: the reload is refused, nothing changes.
+        shutil.copy(os.path.join(CA_DIR, "b.key"), os.path.join(work, "site.key"))
+        r = proxy.bgctl("reload")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("site.key", r.stderr)
+        self.assertEqual(peer_cert(port, "a.test")[1], new_fp)
+
+        # SIGHUP re-reads the files too.
+        make_leaf(work, "third", "a.test", ["a.test"], 3003)
+        for ext in (".pem", ".key"):
+            os.replace(os.path.join(work, "third" + ext), os.path.join(work, "site" + ext))
+        proxy.signal(signal.SIGHUP)
+        deadline = time.time() + 5
+        while int(peer_cert(port, "a.test")[0]["serialNumber"], 16) != 3003 and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(int(peer_cert(port, "a.test")[0]["serialNumber"], 16), 3003)
+        conn.request("GET", "/")
+        self.assertEqual(conn.getresponse().read(), b"blue-1\n")
+        self.assertIs(conn.sock, sock)
+
+    def test_handshake_timeout(self):
+        proxy = self.proxy(edge_config("""
+[[listener]]
+address = "127.0.0.1:0"
+[listener.tls]
+certificates = [%s]
+""" % certs("a"), [self.blue], extra='[timeouts]\ntls_handshake = "500ms"\n'))
+        # Silent, and a ClientHello that stops after its record header: both closed after
+        # tls_handshake, with nothing sent.
+        for first_bytes in (b"", b"\x16\x03\x01\x02\x00\x01"):
+            start = time.time()
+            out, closed = exchange(proxy.port, first_bytes, timeout=5)
+            elapsed = time.time() - start
+            self.assertEqual((out, closed), (b"", True), first_bytes)
+            self.assertGreater(elapsed, 0.4)
+            self.assertLess(elapsed, 3)
+        # A handshake in time is unaffected.
+        self.assertEqual(int(peer_cert(proxy.port, "a.test")[0]["serialNumber"], 16), 1001)
+
+
+class HaproxyProcess:
+    """HAProxy in the foreground on a config file; stop() like harness.Process."""
+
+    def __init__(self, cfg_path, port):
+        self.args = ["haproxy", "-f", cfg_path, "-db"]
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 10
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError("haproxy exited: %s" % self.proc.stderr.read())
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                if time.time() > deadline:
+                    raise RuntimeError("haproxy did not listen on %d" % port)
+                time.sleep(0.05)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc.stderr.read()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return ""  # not a sanitized binary: nothing for the harness to look for
+
+
+def through(port, path, source="127.0.0.3", timeout=5):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(source, 0))
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def wait_not_ready(proxy, deadline):
+    """/readyz of proxy's admin listener until it is not 200 or the deadline passes."""
+    while True:
+        status, body = through(proxy.admin_port, "/readyz", source="127.0.0.1")
+        if status != 200 or time.time() > deadline:
+            return status, body
+        time.sleep(0.01)
+
+
+class HaproxyTest(ProcessTestCase):
+    @unittest.skipUnless(shutil.which("haproxy"), "haproxy is not installed")
+    def test_haproxy_in_front_with_send_proxy_v2_and_graceful_shutdown(self):
+        one, two = self.backend("one"), self.backend("two")
+        listener = """
+[[listener]]
+address = "127.0.0.1:0"
+proxy_protocol = true
+proxy_protocol_from = ["127.0.0.1"]
+"""
+        timeouts = '[timeouts]\nshutdown_ready_delay = "1s"\nshutdown_grace = "5s"\n'
+        # Each bgproxy has its own backend, so a response says which bgproxy served it.
+        bg1 = self.proxy(edge_config(listener, [one], extra=timeouts))
+        bg2 = self.proxy(edge_config(listener, [two], extra=timeouts))
+        work = tempfile.mkdtemp(prefix="bgproxy-edge-haproxy-")
+        self.addCleanup(shutil.rmtree, work, True)
+        front = free_port()
+        cfg = os.path.join(work, "haproxy.cfg")
+        with open(cfg, "w") as f:
+            f.write("""
+global
+    maxconn 256
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 10s
+    timeout server 10s
+    timeout check 1s
+frontend fe
+    bind 127.0.0.1:%d
+    default_backend bgproxies
+backend bgproxies
+    balance roundrobin
+    option httpchk GET /readyz
+    server bg1 127.0.0.1:%d send-proxy-v2 check port %d inter 200ms fall 1 rise 1
+    server bg2 127.0.0.1:%d send-proxy-v2 check port %d inter 200ms fall 1 rise 1
+""" % (front, bg1.port, bg1.admin_port, bg2.port, bg2.admin_port))
+        self.start(HaproxyProcess(cfg, front))
+
+        # Both bgproxies serve through HAProxy; the client's address (127.0.0.3) reaches the
+        # backend through the PROXY v2 header, as the only X-Forwarded-For entry.
+        seen = set()
+        deadline = time.time() + 5
+        while seen != {b"one\n", b"two\n"} and time.time() < deadline:
+            status, body = through(front, "/")
+            self.assertEqual(status, 200, body)
+            seen.add(body)
+        self.assertEqual(seen, {b"one\n", b"two\n"})
+        for _ in range(2):
+            status, body = through(front, "/headers")
+            self.assertEqual(status, 200)
+            text = body.decode("latin-1")
+            self.assertEqual(echoed_field(text, "X-Forwarded-For"), ["127.0.0.3"], text)
+
+        # Load through HAProxy while bgproxy #1 shuts down gracefully.
+        results = []  # (start, end, status or exception text, body)
+        lock = threading.Lock()
+        stop = threading.Event()
+        hard_stop = time.time() + 9
+
+        def load():
+            conn = None
+            while not stop.is_set() and time.time() < hard_stop:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", front, timeout=5,
+                                                      source_address=("127.0.0.3", 0))
+                start = time.time()
+                try:
+                    conn.request("GET", "/")
+                    r = conn.getresponse()
+                    outcome = (start, time.time(), r.status, r.read())
+                    if r.will_close:
+                        conn.close()
+                        conn = None
+                except Exception as e:  # counted as a failure below
+                    outcome = (start, time.time(), repr(e), b"")
+                    conn.close()
+                    conn = None
+                with lock:
+                    results.append(outcome)
+            if conn is not None:
+                conn.close()
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(1.0)
+            t_term = time.time()
+            bg1.signal(signal.SIGTERM)
+            # Not ready at once (once the signal is handled), while its listener still accepts
+            # for shutdown_ready_delay.
+            status, body = wait_not_ready(bg1, t_term + 0.5)
+            self.assertEqual((status, body), (503, b"draining\n"))
+            self.assertIsNone(bg1.proc.poll())
+            self.assertEqual(bg1.wait(10), 0)
+            t_exit = time.time()
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
+        failures = [r for r in results if r[2] != 200]
+        by_one_after_exit = [r for r in results if r[3] == b"one\n" and r[0] > t_exit]
+        by_two_after_term = [r for r in results if r[3] == b"two\n" and r[0] > t_term]
+        by_one_before = [r for r in results if r[3] == b"one\n" and r[1] < t_term]
+        print("%d requests through haproxy; bgproxy #1 exited %.2f s after SIGTERM; "
+              "after it: %d by #2" % (len(results), t_exit - t_term,
+                                      len([r for r in results if r[0] > t_exit])))
+        self.assertEqual(failures[:5], [], "%d of %d requests failed" % (len(failures), len(results)))
+        self.assertGreater(len(by_one_before), 0)
+        self.assertEqual(by_one_after_exit, [])
+        self.assertGreater(len(by_two_after_term), 0)
+        self.assertGreater(max(r[0] for r in results), t_exit)  # the load outlived bgproxy #1
+        self.assertGreaterEqual(t_exit - t_term, 0.9)  # it waited shutdown_ready_delay
+
+
+class ProxyProtocolTest(ProcessTestCase):
+    def setUp(self):
+        super().setUp()
+        self.blue = self.backend("blue-1")
+        self.proxy_ = self.proxy(edge_config("""
+[[listener]]
+address = "127.0.0.1:0"
+proxy_protocol = true
+proxy_protocol_from = ["127.0.0.1"]
+[[listener]]
+address = "127.0.0.1:0"
+proxy_protocol = true
+proxy_protocol_from = ["10.99.0.0/16"]
+[[listener]]
+address = "127.0.0.1:0"
+proxy_protocol = true
+proxy_protocol_from = ["127.0.0.0/8"]
+[listener.tls]
+certificates = [%s]
+""" % certs("a"), [self.blue], extra='[timeouts]\nclient_header = "700ms"\n'))
+        self.port, self.untrusted_port, self.tls_port = self.proxy_.ports
+
+    def assert_closed_silently(self, port, data, why):
+        out, closed = exchange(port, data)
+        self.assertEqual(out, b"", why)
+        self.assertTrue(closed, "%s: the connection stayed open" % why)
+
+    def test_v1_header(self):
+        out, _ = exchange(self.port, b"PROXY TCP4 192.0.2.10 127.0.0.1 51000 80\r\n" + get_headers())
+        self.assertEqual(status_of(out), 200, out)
+        self.assertEqual(forwarded_for(out), ["192.0.2.10"])
+        out, _ = exchange(self.port, b"PROXY TCP6 2001:db8::10 ::1 51000 80\r\n" + get_headers())
+        self.assertEqual(forwarded_for(out), ["2001:db8::10"])
+        # UNKNOWN: the peer's own address counts.
+        out, _ = exchange(self.port, b"PROXY UNKNOWN\r\n" + get_headers())
+        self.assertEqual(forwarded_for(out), ["127.0.0.1"])
+        # The header opens the connection, once: keep-alive requests after it all count as
+        # the same client.
+        out, _ = exchange(self.port, b"PROXY TCP4 192.0.2.11 127.0.0.1 51000 80\r\n" +
+                          get_headers(close=False) + get_headers())
+        self.assertEqual(forwarded_for(out), ["192.0.2.11", "192.0.2.11"])
+
+    def test_v2_header(self):
+        header = proxy_v2(("203.0.113.7", 40000), ("127.0.0.1", 80))
+        out, _ = exchange(self.port, header + get_headers())
+        self.assertEqual(status_of(out), 200, out)
+        self.assertEqual(forwarded_for(out), ["203.0.113.7"])
+        # With a TLV after the addresses (skipped), sent in two pieces.
+        header = proxy_v2(("2001:db8::7", 40000), ("2001:db8::1", 443), tlvs=b"\x04\x00\x03abc")
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(header[:10])
+            time.sleep(0.1)
+            s.sendall(header[10:] + get_headers())
+            out = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+        self.assertEqual(forwarded_for(out), ["2001:db8::7"])
+        # LOCAL (a health check from the balancer itself): the peer's address.
+        out, _ = exchange(self.port, proxy_v2(("0.0.0.0", 0), ("0.0.0.0", 0), command=0x0) + get_headers())
+        self.assertEqual(forwarded_for(out), ["127.0.0.1"])
+
+    def test_missing_malformed_and_untrusted_headers_close_the_connection(self):
+        request = get_headers()
+        self.assert_closed_silently(self.port, request, "no header")
+        self.assert_closed_silently(self.port, b"PROXY TCP4 1.2.3\r\n" + request, "too few fields")
+        self.assert_closed_silently(self.port, b"PROXY TCP4 1.2.3.400 127.0.0.1 1 2\r\n" + request,
+                                    "bad address")
+        self.assert_closed_silently(self.port, b"PROXY TCP4 1.2.3.4 127.0.0.1 1 2\n" + request, "bare LF")
+        self.assert_closed_silently(self.port, b"PROXY TCP4  1.2.3.4 127.0.0.1 1 2\r\n" + request,
+                                    "doubled space")
+        bad_v2 = bytearray(proxy_v2(("203.0.113.7", 1), ("127.0.0.1", 2)))
+        bad_v2[12] = 0x31  # version 3
+        self.assert_closed_silently(self.port, bytes(bad_v2) + request, "v2 header, version 3")
+        # A valid header, from a peer not in proxy_protocol_from.
+        self.assert_closed_silently(self.untrusted_port,
+                                    b"PROXY TCP4 192.0.2.10 127.0.0.1 51000 80\r\n" + request,
+                                    "untrusted peer, v1")
+        self.assert_closed_silently(self.untrusted_port,
+                                    proxy_v2(("203.0.113.7", 1), ("127.0.0.1", 2)) + request,
+                                    "untrusted peer, v2")
+        # A header that stops halfway, or never comes: closed after client_header.
+        for first_bytes in (b"PROXY TCP4 192.0.2.10 ", b"\r\n\r\n\x00\r\nQUIT\n\x21\x11", b""):
+            start = time.time()
+            out, closed = exchange(self.port, first_bytes, timeout=5)
+            elapsed = time.time() - start
+            self.assertEqual((out, closed), (b"", True), first_bytes)
+            self.assertGreater(elapsed, 0.6, first_bytes)
+            self.assertLess(elapsed, 3, first_bytes)
+        # The listener still serves good headers after all this.
+        out, _ = exchange(self.port, b"PROXY TCP4 192.0.2.10 127.0.0.1 51000 80\r\n" + request)
+        self.assertEqual(status_of(out), 200)
+
+    def test_header_before_tls(self):
+        raw = socket.create_connection(("127.0.0.1", self.tls_port), timeout=5)
+        raw.sendall(proxy_v2(("198.51.100.20", 40000), ("127.0.0.1", 443)))
+        with client_context().wrap_socket(raw, server_hostname="a.test") as s:
+            s.sendall(get_headers())
+            out = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+        self.assertEqual(status_of(out), 200, out)
+        self.assertEqual(forwarded_for(out), ["198.51.100.20"])
+        self.assertIn(b"X-Forwarded-Proto: https", out)
+        # A TLS ClientHello without the header first: closed.
+        with self.assertRaises((ssl.SSLError, ConnectionError, OSError)):
+            tls_connect(self.tls_port, "a.test").close()
+
+
+class ForwardedForTest(ProcessTestCase):
+    def test_trusted_proxies_extend_the_chain_others_replace_it(self):
+        blue = self.backend("blue-1")
+        proxy = self.proxy(edge_config('[[listener]]\naddress = "127.0.0.1:0"\n', [blue]).replace(
+            "[server]\n", '[server]\ntrusted_proxies = ["127.0.0.2"]\n'))
+        request = (b"GET /headers HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n"
+                   b"X-Forwarded-For: 198.51.100.1\r\nX-Forwarded-Proto: https\r\n\r\n")
+        out, _ = exchange(proxy.port, request, source=("127.0.0.2", 0))
+        self.assertEqual(status_of(out), 200, out)
+        self.assertEqual(forwarded_for(out), ["198.51.100.1, 127.0.0.2"])
+        self.assertIn(b"X-Forwarded-Proto: https", out)  # a trusted proxy's stands
+        out, _ = exchange(proxy.port, request, source=("127.0.0.1", 0))
+        self.assertEqual(forwarded_for(out), ["127.0.0.1"])
+        self.assertIn(b"X-Forwarded-Proto: http\n", out.replace(b"\r\n", b"\n"))
+        # 127.0.0.5 is on loopback too, but not trusted.
+        out, _ = exchange(proxy.port, request, source=("127.0.0.5", 0))
+        self.assertEqual(forwarded_for(out), ["127.0.0.5"])
+
+    def test_behind_a_proxy_header_the_named_client_is_judged_not_the_balancer(self):
+        blue = self.backend("blue-1")
+        proxy = self.proxy(edge_config("""
+[[listener]]
+address = "127.0.0.1:0"
+proxy_protocol = true
+proxy_protocol_from = ["127.0.0.1"]
+""", [blue]).replace("[server]\n", '[server]\ntrusted_proxies = ["127.0.0.1", "192.0.2.50"]\n'))
+        forged = (b"GET /headers HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6\r\n"
+                  b"Connection: close\r\n\r\n")
+        # The balancer (127.0.0.1) is trusted, but the client it names is not: no forgery.
+        out, _ = exchange(proxy.port, b"PROXY TCP4 198.51.100.9 127.0.0.1 5 80\r\n" + forged)
+        self.assertEqual(forwarded_for(out), ["198.51.100.9"])
+        # A named client that is itself a trusted proxy extends the chain.
+        out, _ = exchange(proxy.port, b"PROXY TCP4 192.0.2.50 127.0.0.1 5 80\r\n" + forged)
+        self.assertEqual(forwarded_for(out), ["6.6.6.6, 192.0.2.50"])
+
+
+def read_response(sock):
+    """One response with a Content-Length body from a raw socket: (head bytes, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError("connection closed before a response head: %r" % data)
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?im)^content-length:\s*(\d+)", head).group(1))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head, body
+
+
+class LimitsTest(ProcessTestCase):
+    def setUp(self):
+        super().setUp()
+        self.blue = self.backend("blue-1")
+
+    def served_connection(self, port):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.addCleanup(s.close)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body = read_response(s)
+        self.assertEqual((status_of(head), body), (200, b"blue-1\n"))
+        return s
+
+    def test_listener_max_connections(self):
+        proxy = self.proxy(edge_config("""
+[[listener]]
+address = "127.0.0.1:0"
+max_connections = 2
+[[listener]]
+address = "127.0.0.1:0"
+max_connections = 1
+[listener.tls]
+certificates = [%s]
+[[listener]]
+address = "127.0.0.1:0"
+""" % certs("a"), [self.blue]))
+        limited, tls, other = proxy.ports
+        first = self.served_connection(limited)
+        self.served_connection(limited)
+        out, closed = exchange(limited, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(status_of(out), 503, out)
+        self.assertIn(b"X-BG-Error: too many connections", out)
+        self.assertTrue(closed)
+        # Another listener is not limited by this one's cap.
+        self.served_connection(other)
+        # One closes; soon a new connection is served again.
+        first.close()
+        deadline = time.time() + 5
+        while True:
+            out, _ = exchange(limited, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            if status_of(out) == 200 or time.time() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertEqual(status_of(out), 200, out)
+
+        # TLS past its cap: closed without a handshake (nothing to answer with).
+        conn = https_connection(tls, "a.test")
+        self.addCleanup(conn.close)
+        conn.request("GET", "/")
+        self.assertEqual(conn.getresponse().read(), b"blue-1\n")
+        with self.assertRaises((ssl.SSLError, ConnectionError, OSError)):
+            tls_connect(tls, "a.test").close()
+
+    def test_global_max_connections_and_requests_per_connection(self):
+        proxy = self.proxy(edge_config("""
+[[listener]]
+address = "127.0.0.1:0"
+[[listener]]
+address = "127.0.0.1:0"
+""", [self.blue], extra="[limits]\nmax_connections = 2\nmax_requests_per_connection = 2\n"))
+        p1, p2 = proxy.ports
+        # max_requests_per_connection: the second response says Connection: close and the
+        # server closes after it.
+        s = self.served_connection(p1)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body = read_response(s)
+        self.assertEqual((status_of(head), body), (200, b"blue-1\n"))
+        self.assertRegex(head, rb"(?im)^connection: close")
+        self.assertEqual(s.recv(4096), b"")
+        s.close()
+        # Pipelined: two answers, the second with Connection: close; the third request is not
+        # served on this connection.
+        out, closed = exchange(p1, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+        self.assertEqual(len(re.findall(rb"HTTP/1\.1 200", out)), 2, out)
+        self.assertEqual(len(re.findall(rb"(?im)^connection: close", out)), 1, out)
+        self.assertTrue(closed)
+        # The first response on a connection does not say close.
+        with socket.create_connection(("127.0.0.1", p1), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            head, _ = read_response(s)
+            self.assertNotRegex(head, rb"(?im)^connection: close")
+
+        # [limits] max_connections counts over all listeners.
+        a = self.served_connection(p1)
+        b = self.served_connection(p2)
+        for port in (p1, p2):
+            out, closed = exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.assertEqual(status_of(out), 503, out)
+            self.assertIn(b"too many connections", out)
+            self.assertTrue(closed)
+        a.close()
+        deadline = time.time() + 5
+        while True:
+            out, _ = exchange(p2, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            if status_of(out) == 200 or time.time() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertEqual(status_of(out), 200, out)
+        b.close()
+
+
+class ReadyzTest(ProcessTestCase):
+    def test_readyz_turns_503_before_the_listeners_close(self):
+        blue = self.backend("blue-1")
+        proxy = self.proxy(edge_config('[[listener]]\naddress = "127.0.0.1:0"\n', [blue],
+                                       extra='[timeouts]\nshutdown_ready_delay = "1s"\n'))
+        status, body = through(proxy.admin_port, "/readyz", source="127.0.0.1")
+        self.assertEqual((status, body), (200, b"ready\n"))
+        start = time.time()
+        proxy.signal(signal.SIGTERM)
+        status, body = wait_not_ready(proxy, start + 0.5)
+        self.assertEqual((status, body), (503, b"draining\n"))
+        # Within the delay the data listener still serves.
+        out, _ = exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        self.assertEqual(status_of(out), 200, out)
+        self.assertLess(time.time() - start, 0.9)
+        self.assertEqual(proxy.wait(10), 0)
+        self.assertGreaterEqual(time.time() - start, 0.95)
+        with self.assertRaises(OSError):
+            socket.create_connection(("127.0.0.1", proxy.port), timeout=1).close()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
