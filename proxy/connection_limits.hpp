@@ -19,21 +19,12 @@ class ConnectionLimits {
         if (listener >= listeners_) {
             return false;
         }
-        if (max_total != 0 && total_.fetch_add(1, std::memory_order_relaxed) >= max_total) {
-            total_.fetch_sub(1, std::memory_order_relaxed);
-            return false;
-        }
-        if (max_total == 0) {
-            total_.fetch_add(1, std::memory_order_relaxed);
-        }
         auto& count = per_listener_[listener];
-        if (max_listener != 0 && count.fetch_add(1, std::memory_order_relaxed) >= max_listener) {
-            count.fetch_sub(1, std::memory_order_relaxed);
-            total_.fetch_sub(1, std::memory_order_relaxed);
+        const std::uint32_t total = total_.fetch_add(1, std::memory_order_relaxed);
+        const std::uint32_t here = count.fetch_add(1, std::memory_order_relaxed);
+        if ((max_total != 0 && total >= max_total) || (max_listener != 0 && here >= max_listener)) {
+            close(listener);
             return false;
-        }
-        if (max_listener == 0) {
-            count.fetch_add(1, std::memory_order_relaxed);
         }
         return true;
     }
