@@ -135,6 +135,9 @@ void print_status(const json::object& s) {
                         str(o.at("address")).c_str(), str(o.at("admin")).c_str(),
                         o.at("healthy").as_bool() ? "healthy" : "DOWN",
                         str(o.at("in_flight")).c_str(), str(o.at("upgraded")).c_str());
+            if (const auto* why = o.if_contains("check")) {
+                std::printf("%-12s   check: %s\n", "", str(*why).c_str());
+            }
         }
     }
 }

@@ -24,6 +24,8 @@ struct HealthChecker::Probe {
     std::string name;
     HostPort address;
     HealthCheckConfig check;
+    std::shared_ptr<const BackendTlsContext> tls;  // the pool's, as the data path connects
+    bool send_proxy_protocol = false;
     bool healthy = true;
     unsigned successes = 0;
     unsigned failures = 0;
@@ -36,9 +38,9 @@ struct HealthChecker::Probe {
 namespace {
 
 // One probe: true when the backend answered as expected; `why` says what went wrong otherwise.
+// `request` carries how to connect (TLS, PROXY header); the check fills in the rest.
 asio::awaitable<bool> probe_once(const HostPort& address, const HealthCheckConfig& check,
-                                 std::string& why) {
-    ProbeRequest request;
+                                 ProbeRequest request, std::string& why) {
     request.method = check.method;
     request.path = check.path;
     request.host = check.host;
@@ -90,6 +92,8 @@ void HealthChecker::configure(const Config& config) {
             if (old != probes_.end() && old->second->address.text == backend.address.text &&
                 pool->health.enabled) {
                 old->second->check = pool->health;  // takes effect at the next probe
+                old->second->tls = pool->tls_context;
+                old->second->send_proxy_protocol = pool->send_proxy_protocol;
                 next[backend.name] = old->second;
                 probes_.erase(old);
                 continue;
@@ -101,6 +105,8 @@ void HealthChecker::configure(const Config& config) {
             probe->name = backend.name;
             probe->address = backend.address;
             probe->check = pool->health;
+            probe->tls = pool->tls_context;
+            probe->send_proxy_protocol = pool->send_proxy_protocol;
             next[backend.name] = probe;
             // Each loop holds its probe; `stopped` ends it when the backend leaves the config.
             asio::co_spawn(
@@ -121,7 +127,10 @@ void HealthChecker::configure(const Config& config) {
                             co_return;
                         }
                         std::string why;
-                        bool ok = co_await probe_once(probe->address, probe->check, why);
+                        ProbeRequest transport;
+                        transport.tls = probe->tls;
+                        transport.send_proxy_protocol = probe->send_proxy_protocol;
+                        bool ok = co_await probe_once(probe->address, probe->check, transport, why);
                         if (probe->stopped) {
                             co_return;
                         }

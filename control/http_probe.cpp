@@ -1,8 +1,10 @@
 #include "http_probe.hpp"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/empty_body.hpp>
@@ -11,6 +13,9 @@
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
 
+#include "backend_tls_context.hpp"
+#include "proxy_protocol.hpp"
+
 namespace bg {
 
 namespace asio = boost::asio;
@@ -18,24 +23,14 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 using tcp = asio::ip::tcp;
 
-asio::awaitable<ProbeResult> http_probe(const HostPort& backend, const ProbeRequest& probe) {
-    constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
-    ProbeResult result;
-    auto executor = co_await asio::this_coro::executor;
-    boost::system::error_code ec;
-    tcp::endpoint endpoint(asio::ip::make_address(backend.ip, ec), backend.port);
-    beast::tcp_stream stream(executor);
-    // One deadline for the whole exchange.
-    stream.expires_after(probe.timeout);
-    std::tie(ec) = co_await stream.async_connect(endpoint, nothrow);
-    if (ec) {
-        result.error = "connect: " + ec.message();
-        co_return result;
-    }
-    if (probe.tcp_only) {
-        result.answered = true;
-        co_return result;
-    }
+namespace {
+
+constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
+
+// The HTTP exchange, over a plain or a TLS stream.
+template <class Stream>
+asio::awaitable<void> exchange(Stream& stream, const HostPort& backend, const ProbeRequest& probe,
+                               ProbeResult& result) {
     http::request<http::empty_body> request{http::verb::get, probe.path, 11};
     request.method_string(probe.method);
     request.set(http::field::host, probe.host.empty() ? backend.text : probe.host);
@@ -47,7 +42,7 @@ asio::awaitable<ProbeResult> http_probe(const HostPort& backend, const ProbeRequ
     auto [wec, wn] = co_await http::async_write(stream, request, nothrow);
     if (wec) {
         result.error = "send: " + wec.message();
-        co_return result;
+        co_return;
     }
     beast::flat_buffer buffer;
     http::response_parser<http::string_body> parser;
@@ -63,11 +58,62 @@ asio::awaitable<ProbeResult> http_probe(const HostPort& backend, const ProbeRequ
         result.error = rec == beast::error::timeout
                            ? "no answer within " + std::to_string(probe.timeout.count()) + "ms"
                            : "read: " + rec.message();
-        co_return result;
+        co_return;
     }
     result.answered = true;
     result.status = parser.get().result_int();
     result.body = std::move(parser.get().body());
+}
+
+}  // namespace
+
+asio::awaitable<ProbeResult> http_probe(const HostPort& backend, const ProbeRequest& probe) {
+    ProbeResult result;
+    auto executor = co_await asio::this_coro::executor;
+    boost::system::error_code ec;
+    tcp::endpoint endpoint(asio::ip::make_address(backend.ip, ec), backend.port);
+    beast::tcp_stream stream(executor);
+    // One deadline for the whole exchange.
+    stream.expires_after(probe.timeout);
+    std::tie(ec) = co_await stream.async_connect(endpoint, nothrow);
+    if (ec) {
+        result.error = "connect: " + ec.message();
+        co_return result;
+    }
+    if (probe.send_proxy_protocol) {
+        const std::string header = encode_proxy_v2_local();
+        std::tie(ec, std::ignore) =
+            co_await asio::async_write(stream, asio::buffer(header), nothrow);
+        if (ec) {
+            result.error = "PROXY header: " + ec.message();
+            co_return result;
+        }
+    }
+    if (probe.tls) {
+        asio::ssl::stream<beast::tcp_stream&> tls(stream, probe.tls->context());
+        std::string why;
+        if (!probe.tls->prepare(tls.native_handle(), backend, why)) {
+            result.error = "tls: " + why;
+            co_return result;
+        }
+        std::tie(ec) = co_await tls.async_handshake(asio::ssl::stream_base::client, nothrow);
+        if (ec) {
+            result.error =
+                "tls: " + (ec == beast::error::timeout ? std::string("handshake timed out")
+                                                       : BackendTlsContext::handshake_error(
+                                                             tls.native_handle(), ec.message()));
+            co_return result;
+        }
+        if (probe.tcp_only) {
+            result.answered = true;
+        } else {
+            co_await exchange(tls, backend, probe, result);
+        }
+    } else if (probe.tcp_only) {
+        result.answered = true;
+    } else {
+        co_await exchange(stream, backend, probe, result);
+    }
     boost::system::error_code ignored;
     stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
     co_return result;

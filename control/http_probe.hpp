@@ -2,6 +2,7 @@
 // One HTTP request to one backend from the control thread, for health checks and smoke checks.
 
 #include <boost/asio/awaitable.hpp>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -18,6 +19,10 @@ struct ProbeRequest {
     Duration timeout{std::chrono::seconds(1)};
     bool tcp_only = false;   // a connect is the whole check
     bool want_body = false;  // read the body (up to 1 MiB) too
+    // As the backend's pool says: TLS with this context (nullptr: plain), and a PROXY v2
+    // header first (LOCAL: the check speaks for itself). With TLS, tcp_only checks the handshake.
+    std::shared_ptr<const BackendTlsContext> tls;
+    bool send_proxy_protocol = false;
 };
 
 struct ProbeResult {

@@ -226,6 +226,9 @@ std::string render_metrics(const MetricsSources& in) {
             &WorkerStats::client_header_timeouts);
     counter("bgproxy_upstream_connect_failures_total", "Failed connects to backends",
             &WorkerStats::upstream_connect_failures);
+    counter("bgproxy_upstream_tls_failures_total",
+            "TLS handshakes with backends that failed (certificate, name or protocol)",
+            &WorkerStats::upstream_tls_failures);
     counter("bgproxy_upstream_timeouts_total", "Backends that did not answer in time (504)",
             &WorkerStats::upstream_timeouts);
     counter("bgproxy_upstream_broken_responses_total", "Backend responses reset or cut",

@@ -263,7 +263,8 @@ RoutingTablePtr build_table(const Config& config, const RoutingState& state, Bac
             auto health = healthy.find(backend.name);
             pool.backends.push_back(Backend{ids.id_of(backend.name), backend.name, colour,
                                             backend.address, state.admin_state(backend.name),
-                                            health == healthy.end() || health->second});
+                                            health == healthy.end() || health->second,
+                                            source.tls_context, source.send_proxy_protocol});
         }
     }
     return std::make_shared<const RoutingTable>(state.version, std::move(pools));

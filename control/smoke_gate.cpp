@@ -20,11 +20,13 @@ std::string list(const std::vector<unsigned>& codes) {
     return out;
 }
 
-asio::awaitable<std::string> check_colour(std::vector<SmokeCheck> checks,
-                                          std::vector<BackendConfig> backends) {
-    for (const BackendConfig& backend : backends) {
+// The pool is a copy: the checks may outlive the config they started from.
+asio::awaitable<std::string> check_colour(std::vector<SmokeCheck> checks, PoolConfig pool) {
+    for (const BackendConfig& backend : pool.backends) {
         for (const SmokeCheck& check : checks) {
             ProbeRequest request;
+            request.tls = pool.tls_context;
+            request.send_proxy_protocol = pool.send_proxy_protocol;
             request.method = check.method;
             request.path = check.path;
             request.headers = check.headers;
@@ -55,7 +57,7 @@ asio::awaitable<std::string> check_colour(std::vector<SmokeCheck> checks,
 void run_smoke_gate(asio::any_io_executor executor, const Config& config, Colour colour,
                     std::function<void(std::string)> done) {
     const PoolConfig& pool = colour == Colour::blue ? config.blue : config.green;
-    asio::co_spawn(executor, check_colour(config.gate, pool.backends),
+    asio::co_spawn(executor, check_colour(config.gate, pool),
                    [done = std::move(done)](std::exception_ptr error, std::string failure) {
                        done(error ? std::string("the smoke checks could not run") : failure);
                    });

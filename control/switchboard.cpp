@@ -117,6 +117,7 @@ void Switchboard::on_health(const std::string& backend, bool healthy, const std:
             [](const json::object&) {}, true};
     job.backend = backend;
     job.healthy = healthy;
+    job.why = why;
     queue_.push_back(std::move(job));
     run_next();
 }
@@ -138,6 +139,11 @@ std::array<std::pair<unsigned, unsigned>, 2> Switchboard::colour_health() const 
 
 void Switchboard::handle_health(Job job) {
     health_[job.backend] = job.healthy;
+    if (job.healthy) {
+        down_because_.erase(job.backend);
+    } else {
+        down_because_[job.backend] = job.why;
+    }
     spdlog::info("{}", job.line);
     broadcast(json::object{{"event", "health"},
                            {"time", now_iso8601()},
@@ -754,12 +760,16 @@ void Switchboard::reply_status(Job job) {
             std::uint32_t healthy = 0;
             for (const Backend& b : pool.backends) {
                 healthy += b.healthy ? 1 : 0;
-                backends.push_back(json::object{{"name", b.name},
-                                                {"address", b.address.text},
-                                                {"admin", to_string(b.admin)},
-                                                {"healthy", b.healthy},
-                                                {"in_flight", count(load.in_flight, b.id)},
-                                                {"upgraded", count(load.upgraded, b.id)}});
+                json::object entry{{"name", b.name},
+                                   {"address", b.address.text},
+                                   {"admin", to_string(b.admin)},
+                                   {"healthy", b.healthy},
+                                   {"in_flight", count(load.in_flight, b.id)},
+                                   {"upgraded", count(load.upgraded, b.id)}};
+                if (auto why = down_because_.find(b.name); why != down_because_.end()) {
+                    entry["check"] = why->second;  // as HAProxy's "last check" says
+                }
+                backends.push_back(std::move(entry));
             }
             const char* role = state_.failed[index_of(c)] ? "failed"
                                : c == state_.stable       ? "stable"

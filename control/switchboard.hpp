@@ -79,6 +79,7 @@ class Switchboard {
         bool internal = false;  // a ramp step, a signal or a health transition: no role check
         std::string backend{};  // health transition: which backend
         bool healthy = true;    // health transition: its new state
+        std::string why{};      // health transition: what the checks saw
         std::optional<OutlierDetector::Verdicts> outlier{};  // passive detection's findings
     };
     struct Staged {
@@ -123,6 +124,7 @@ class Switchboard {
     RoutingTablePtr table_;
     BackendIds ids_;
     std::map<std::string, bool> health_;  // by backend name, from active checks
+    std::map<std::string, std::string> down_because_;  // why the checks took a backend down
     std::function<void(const Config&)> config_listener_;
     std::deque<Job> queue_;
     bool busy_ = false;

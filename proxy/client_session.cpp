@@ -1,5 +1,6 @@
 #include "client_session.hpp"
 
+#include <openssl/ssl.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "access_record.hpp"
+#include "backend_tls_context.hpp"
 #include "colour_hints.hpp"
 #include "connection_deadline.hpp"
 #include "forwarding_headers.hpp"
@@ -25,6 +27,7 @@
 #include "request_validation.hpp"
 #include "tls_context.hpp"
 #include "traffic_counters.hpp"
+#include "upstream_stream.hpp"
 #include "worker.hpp"
 
 namespace bg {
@@ -49,8 +52,23 @@ enum class Exchange {
 // A backend connection held by one request.
 struct Upstream {
     const Backend* backend = nullptr;
-    std::optional<Socket> stream;
+    std::optional<UpstreamStream> stream;
     bool reused = false;
+};
+
+// A backend connection that opened with a PROXY header naming this session's client: it may
+// serve this client connection only, so it stays with the session instead of the pool.
+struct PrivateUpstream {
+    std::uint32_t backend_id = 0;
+    HostPort address;  // ids are stable across reloads, addresses need not be
+    UpstreamStream stream;
+};
+
+// Who the client is and where it connected to: from the socket, or from the PROXY header a
+// load balancer in front sent. What a PROXY header to a backend says.
+struct ClientEndpoints {
+    tcp::endpoint source;
+    tcp::endpoint destination;
 };
 
 // How relaying one message body ended.
@@ -191,11 +209,11 @@ Task<error_code> read_body_piece(AsyncStream& from, beast::flat_buffer& buffer,
 
 // Reads the PROXY v1/v2 header that opens a connection on a listener with proxy_protocol,
 // without reading a byte past it (a TLS handshake may follow). Returns the original client's
-// address, or nothing when the peer may not send one or the header is missing or malformed
+// addresses, or nothing when the peer may not send one or the header is missing or malformed
 // (counted; the caller closes the connection).
-Task<std::optional<asio::ip::address>> read_proxy_header(Worker& worker, const Config& config,
-                                                         const ListenerConfig& listener,
-                                                         Socket& socket, SessionHandle& handle) {
+Task<std::optional<ClientEndpoints>> read_proxy_header(Worker& worker, const Config& config,
+                                                       const ListenerConfig& listener,
+                                                       Socket& socket, SessionHandle& handle) {
     error_code ec;
     const auto peer = socket.remote_endpoint(ec);
     if (ec || !listener.proxy_protocol_from.contains(peer.address())) {
@@ -236,9 +254,10 @@ Task<std::optional<asio::ip::address>> read_proxy_header(Worker& worker, const C
         if (parsed.status == ProxyHeaderStatus::complete) {
             deadline.disarm();
             if (parsed.header.local) {
-                co_return peer.address();  // the balancer's own connection (a health check)
+                // The balancer's own connection (a health check): it speaks for itself.
+                co_return ClientEndpoints{peer, socket.local_endpoint(ec)};
             }
-            co_return parsed.header.source.address();
+            co_return ClientEndpoints{parsed.header.source, parsed.header.destination};
         }
         if (have == bytes.size()) {
             break;
@@ -260,13 +279,14 @@ class ClientSession {
     static constexpr bool tls = is_tls_stream<Stream>::value;
 
     ClientSession(Worker& worker, std::shared_ptr<const Config> config, Stream stream,
-                  const asio::ip::address& client, TrackedSession& tracked)
+                  const ClientEndpoints& client, TrackedSession& tracked)
         : worker_(worker),
           config_holder_(std::move(config)),
           config_(*config_holder_),
           client_(std::move(stream)),
-          client_address_(client),
-          client_ip_(client.to_string()),
+          client_endpoints_(client),
+          client_address_(client.source.address()),
+          client_ip_(client_address_.to_string()),
           request_body_(config_.limits.buffer_size),
           response_body_(config_.limits.buffer_size),
           tracked_(tracked),
@@ -703,7 +723,10 @@ class ClientSession {
     Task<bool> connect_upstream(const RoutingTable& table, Colour colour,
                                            Upstream& upstream) {
         for (unsigned attempt = 0; attempt < config_.upstream.connect_attempts; ++attempt) {
-            const Backend* backend = worker_.balancer().pick_backend(table, colour, tried_);
+            const Backend* backend = attempt == 0 ? private_backend(table, colour) : nullptr;
+            if (backend == nullptr) {
+                backend = worker_.balancer().pick_backend(table, colour, tried_);
+            }
             if (backend == nullptr && config_.retries.cross_colour) {
                 // This colour has nothing left to try: the other one serves rather than fail.
                 backend = worker_.balancer().pick_backend(table, other(colour), tried_);
@@ -714,11 +737,11 @@ class ClientSession {
             tried_.push_back(backend->id);
             // A request with a body cannot be sent twice, so its pooled connection is checked
             // first; a body-less one is simply retried on a fresh connection if it was stale.
-            if (auto idle = worker_.upstream_pool().lease(backend->id, !parser_->is_done())) {
+            if (auto idle = lease(*backend, !parser_->is_done())) {
                 upstream.backend = backend;
                 upstream.stream.emplace(std::move(*idle));
                 upstream.reused = true;
-                tracked_.handle().upstream = &*upstream.stream;
+                tracked_.handle().upstream = &upstream.stream->socket();
                 tracked_.handle().upstream_backend = backend->id;
                 co_return true;
             }
@@ -730,26 +753,103 @@ class ClientSession {
         co_return false;
     }
 
+    // The backend of this session's private connection, while it is of `colour` and takes new
+    // requests: its connection is kept warm rather than a new one opened with a new PROXY
+    // header (HAProxy's prefer-last-server for connections it cannot share).
+    const Backend* private_backend(const RoutingTable& table, Colour colour) const {
+        if (!private_) {
+            return nullptr;
+        }
+        for (const Backend& backend : table.pool(colour).backends) {
+            if (backend.id == private_->backend_id) {
+                return backend.takes_new_requests() ? &backend : nullptr;
+            }
+        }
+        return nullptr;
+    }
+
+    // An idle connection to the backend made as it now asks (TLS context, PROXY header): this
+    // session's private one, or one from the worker's pool.
+    std::optional<UpstreamStream> lease(const Backend& backend, bool verify) {
+        if (!backend.send_proxy_protocol) {
+            return worker_.upstream_pool().lease(backend.id, verify, backend.tls.get());
+        }
+        std::optional<PrivateUpstream> kept = std::move(private_);
+        private_.reset();
+        if (kept && kept->backend_id == backend.id && kept->address.ip == backend.address.ip &&
+            kept->address.port == backend.address.port &&
+            kept->stream.tls_context() == backend.tls.get() &&
+            (!verify || kept->stream.still_open())) {
+            return std::move(kept->stream);
+        }
+        return std::nullopt;  // a kept connection to another backend closes here
+    }
+
+    // Connects to the backend: TCP, then the PROXY header and the TLS handshake when its pool
+    // asks for them, all within upstream_connect.
     Task<bool> connect_to(const Backend& backend, Upstream& upstream) {
         error_code ec;
         tcp::endpoint endpoint(asio::ip::make_address(backend.address.ip, ec),
                                backend.address.port);
-        upstream.stream.emplace(socket().get_executor());
-        tracked_.handle().upstream = &*upstream.stream;
+        Socket connection(socket().get_executor());
+        tracked_.handle().upstream = &connection;
         tracked_.handle().upstream_backend = backend.id;
         deadline_.arm(config_.timeouts.upstream_connect, ConnectionDeadline::upstream);
-        std::tie(ec) = co_await upstream.stream->async_connect(endpoint, nothrow);
+        std::tie(ec) = co_await connection.async_connect(endpoint, nothrow);
+        if (!ec && backend.send_proxy_protocol) {
+            const std::string header =
+                encode_proxy_v2(client_endpoints_.source, client_endpoints_.destination);
+            std::tie(ec, std::ignore) =
+                co_await asio::async_write(connection, asio::buffer(header), nothrow);
+        }
         if (ec) {
             WorkerStats::add(worker_.stats().upstream_connect_failures);
+            tracked_.handle().upstream = nullptr;
+            co_return false;
+        }
+        connection.set_option(tcp::no_delay(true), ec);
+        if (backend.tls) {
+            upstream.stream.emplace(std::move(connection), backend.tls);
+        } else {
+            upstream.stream.emplace(std::move(connection));
+        }
+        tracked_.handle().upstream = &upstream.stream->socket();
+        if (backend.tls && !co_await handshake(backend, *upstream.stream)) {
             tracked_.handle().upstream = nullptr;
             upstream.stream.reset();
             co_return false;
         }
-        upstream.stream->set_option(tcp::no_delay(true), ec);
         worker_.traffic().count_connect(backend.id);
         upstream.backend = &backend;
         upstream.reused = false;
         co_return true;
+    }
+
+    // The TLS handshake with a backend, resuming this worker's last session with it when it
+    // has one. A failure is a failed connect (the next backend is tried), counted, and named
+    // in the access log.
+    Task<bool> handshake(const Backend& backend, UpstreamStream& stream) {
+        SSL* ssl = stream.tls()->native_handle();
+        std::string why;
+        if (backend.tls->prepare(ssl, backend.address, why)) {
+            if (SSL_SESSION* session =
+                    worker_.upstream_pool().tls_session(backend.id, backend.tls.get())) {
+                SSL_set_session(ssl, session);
+            }
+            auto [ec] =
+                co_await stream.tls()->async_handshake(asio::ssl::stream_base::client, nothrow);
+            if (!ec) {
+                co_return true;
+            }
+            why = deadline_.expired() ? "handshake timed out"
+                                      : BackendTlsContext::handshake_error(ssl, ec.message());
+        }
+        WorkerStats::add(worker_.stats().upstream_tls_failures);
+        WorkerStats::add(worker_.stats().upstream_connect_failures);
+        if (worker_.logs_access()) {
+            record_.error = "TLS to " + backend.name + ": " + why;
+        }
+        co_return false;
     }
 
     // Sends the request (head, then the body as it arrives) and reads the response head,
@@ -803,6 +903,10 @@ class ClientSession {
                 co_return deadline_.expired() ? Exchange::upstream_timeout : Exchange::upstream_failed;
             }
             const unsigned status = response_parser_->get().result_int();
+            if (!upstream.reused && stream.tls() != nullptr) {
+                // By now a TLS 1.3 backend has sent its session tickets too.
+                worker_.upstream_pool().keep_tls_session(upstream.backend->id, stream);
+            }
             if (status >= 200 || status == 101) {
                 co_return Exchange::response_ready;
             }
@@ -822,7 +926,7 @@ class ClientSession {
         }
     }
 
-    Task<error_code> read_response_header(Socket& stream) {
+    Task<error_code> read_response_header(UpstreamStream& stream) {
         for (;;) {
             if (upstream_buffer_.size() > 0) {
                 error_code ec;
@@ -915,7 +1019,11 @@ class ClientSession {
     // buffer first on TLS, whose streams write one piece (one record) per call otherwise.
     template <class To>
     Task<error_code> write_pieces(To& to, std::span<const asio::const_buffer> pieces) {
-        if constexpr (is_tls_stream<To>::value) {
+        bool over_tls = is_tls_stream<To>::value;
+        if constexpr (std::is_same_v<To, UpstreamStream>) {
+            over_tls = to.tls() != nullptr;
+        }
+        if (over_tls) {
             if (pieces.size() > 1) {
                 gathered_.clear();
                 for (const auto& piece : pieces) {
@@ -1018,14 +1126,20 @@ class ClientSession {
         if (response_complete && parser_->is_done() && upstream_keep_alive && !until_close &&
             upstream_buffer_.size() == 0) {
             tracked_.handle().upstream = nullptr;
-            worker_.upstream_pool().give_back(upstream.backend->id, std::move(*upstream.stream));
+            if (upstream.backend->send_proxy_protocol) {
+                private_.emplace(PrivateUpstream{upstream.backend->id, upstream.backend->address,
+                                                 std::move(*upstream.stream)});
+            } else {
+                worker_.upstream_pool().give_back(upstream.backend->id,
+                                                  std::move(*upstream.stream));
+            }
             upstream.stream.reset();
         }
         co_return keep_alive&& response_complete;
     }
 
     // After a 101: bytes flow both ways until either side closes, or both go idle.
-    Task<void> tunnel(Socket& upstream) {
+    Task<void> tunnel(UpstreamStream& upstream) {
         using namespace asio::experimental::awaitable_operators;
         WorkerStats::add(worker_.stats().upgrades);
         WorkerStats::add(worker_.stats().upgraded_open);
@@ -1037,7 +1151,7 @@ class ClientSession {
         }
         WorkerStats::sub(worker_.stats().upgraded_open);
         error_code ignored;
-        upstream.close(ignored);
+        upstream.socket().close(ignored);
     }
 
     template <class To>
@@ -1124,6 +1238,7 @@ class ClientSession {
     std::shared_ptr<const Config> config_holder_;
     const Config& config_;
     Stream client_;
+    ClientEndpoints client_endpoints_;  // as a PROXY header to a backend tells them
     asio::ip::address client_address_;  // the original client (a PROXY header may have named it)
     std::string client_ip_;
     bool trusted_peer_ = false;  // the peer is in trusted_proxies
@@ -1137,6 +1252,7 @@ class ClientSession {
     std::optional<http::request_parser<http::buffer_body>> parser_;
     std::optional<http::response_parser<http::buffer_body>> response_parser_;
     std::vector<std::uint32_t> tried_;
+    std::optional<PrivateUpstream> private_;  // kept between requests (send_proxy_protocol)
     bool body_started_ = false;
     bool interim_sent_ = false;
     bool set_sticky_ = false;
@@ -1164,7 +1280,7 @@ Task<void> serve_client(Worker& worker, Socket socket, std::size_t listener_inde
         co_return;
     }
     const ListenerConfig& listener = config->listeners[listener_index];
-    asio::ip::address client = peer.address();
+    ClientEndpoints client{peer, socket.local_endpoint(ec)};
     if (listener.proxy_protocol) {
         auto origin = co_await read_proxy_header(worker, *config, listener, socket, tracked.handle());
         if (!origin) {

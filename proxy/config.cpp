@@ -1,5 +1,6 @@
 #include "config.hpp"
 
+#include "backend_tls_context.hpp"
 #include "tls_context.hpp"
 
 #include <netdb.h>
@@ -313,6 +314,7 @@ class TableReader {
     }
 
     const toml::table& table() const { return table_; }
+    const std::string& name() const { return name_; }
     const std::string& file() const { return file_; }
     std::vector<ConfigError>& errors() { return errors_; }
 
@@ -418,6 +420,49 @@ void read_health(TableReader& health, HealthCheckConfig& out) {
     health.reject_unknown_keys();
 }
 
+// [pools.X.tls]: reads the settings and the CA and client certificate files now, so a bad
+// file is a config error (at --check and at reload) rather than failed handshakes later.
+void read_backend_tls(TableReader& tls, PoolConfig& pool) {
+    BackendTlsSettings settings;
+    tls.read_bool("verify", settings.verify);
+    if (auto ca = tls.read_string("ca_file")) {
+        settings.ca_file = *ca;
+    }
+    if (auto name = tls.read_string("server_name")) {
+        settings.server_name = *name;
+    }
+    auto cert = tls.read_string("cert");
+    auto key = tls.read_string("key");
+    if (cert.has_value() != key.has_value()) {
+        tls.error_at(tls.table(), tls.qualified("cert") +
+                                      " and key go together: a client certificate needs both "
+                                      "(PEM file paths)");
+    } else if (cert) {
+        settings.client_certificate = CertificateFiles{*cert, *key};
+    }
+    if (auto version = tls.read_string("min_version")) {
+        if (*version != "1.2" && *version != "1.3") {
+            tls.error_at(*tls.table().get("min_version"),
+                         tls.qualified("min_version") + " must be \"1.2\" or \"1.3\"");
+        } else {
+            settings.min_version = *version;
+        }
+    }
+    if (!settings.verify && !settings.ca_file.empty()) {
+        tls.error_at(*tls.table().get("ca_file"),
+                     tls.qualified("ca_file") +
+                         " is set but verify = false: nothing would be "
+                         "checked against it");
+    }
+    tls.reject_unknown_keys();
+    std::string why;
+    pool.tls_context = BackendTlsContext::create(settings, why);
+    if (!pool.tls_context) {
+        tls.error_at(tls.table(), tls.name() + ": " + why);
+    }
+    pool.tls = std::move(settings);
+}
+
 void read_pool(TableReader& pools, std::string_view colour, PoolConfig& pool) {
     auto reader = pools.sub_table(colour);
     if (!reader) {
@@ -426,6 +471,10 @@ void read_pool(TableReader& pools, std::string_view colour, PoolConfig& pool) {
     if (auto health = reader->sub_table("health")) {
         read_health(*health, pool.health);
     }
+    if (auto tls = reader->sub_table("tls")) {
+        read_backend_tls(*tls, pool);
+    }
+    reader->read_bool("send_proxy_protocol", pool.send_proxy_protocol);
     const toml::node* list = reader->take("backends");
     if (list == nullptr) {
         reader->error_at(reader->table(), "pools." + std::string(colour) + ".backends is missing");

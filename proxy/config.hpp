@@ -44,9 +44,32 @@ struct HealthCheckConfig {
     unsigned fall = 3;
 };
 
+struct CertificateFiles {
+    std::string cert;  // PEM: the certificate, then its chain
+    std::string key;   // PEM private key
+};
+
+// TLS from the proxy to one pool's backends ([pools.X.tls]).
+struct BackendTlsSettings {
+    bool verify = true;   // false: any certificate is accepted (a test bench, never production)
+    std::string ca_file;  // PEM CAs the backends' certificates must chain to; empty: the system's
+    std::string
+        server_name;  // SNI and the name the certificate must carry; empty: each backend's host
+    std::optional<CertificateFiles> client_certificate;  // for backends that ask for one (mTLS)
+    std::string min_version = "1.2";                     // "1.2" or "1.3"
+};
+
+class BackendTlsContext;
+
 struct PoolConfig {
     std::vector<BackendConfig> backends;
     HealthCheckConfig health;
+    std::optional<BackendTlsSettings> tls;
+    // Built from `tls` when the config is loaded (the files are read then).
+    std::shared_ptr<const BackendTlsContext> tls_context;
+    // Each new backend connection opens with a PROXY v2 header naming the client; such a
+    // connection then serves that client connection only (it is never pooled for others).
+    bool send_proxy_protocol = false;
 };
 
 // Passive failure detection from live traffic (Envoy's outlier detection).
@@ -101,11 +124,6 @@ struct RolloutConfig {
 };
 
 enum class BalancePolicy { round_robin, least_request };
-
-struct CertificateFiles {
-    std::string cert;  // PEM: the certificate, then its chain
-    std::string key;   // PEM private key
-};
 
 // TLS on a listener. The first certificate is the default; the others are chosen by SNI
 // against the DNS names in their subjectAltName (or CN).

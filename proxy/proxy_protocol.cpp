@@ -328,4 +328,12 @@ std::string encode_proxy_v2(const ip::tcp::endpoint& source, const ip::tcp::endp
     return out;
 }
 
+std::string encode_proxy_v2_local() {
+    std::string out(v2_signature);
+    out.push_back(static_cast<char>(0x20 | v2_command_local));
+    out.push_back(static_cast<char>(v2_unspec));
+    append_u16(out, 0);
+    return out;
+}
+
 }  // namespace bg

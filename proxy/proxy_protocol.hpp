@@ -45,4 +45,8 @@ ProxyHeaderParse parse_proxy_header(std::string_view bytes);
 std::string encode_proxy_v2(const boost::asio::ip::tcp::endpoint& source,
                             const boost::asio::ip::tcp::endpoint& destination);
 
+// A v2 header with the LOCAL command: the connection speaks for itself (health checks of a
+// backend that requires PROXY headers).
+std::string encode_proxy_v2_local();
+
 }  // namespace bg

@@ -69,7 +69,9 @@ RoutingTablePtr make_initial_table(const Config& config) {
         ColourPool& pool = pools[index_of(colour)];
         pool.weight_bp = colour == Colour::blue ? config.blue_weight_bp : config.green_weight_bp;
         for (const auto& backend : source.backends) {
-            pool.backends.push_back(Backend{next_id++, backend.name, colour, backend.address});
+            pool.backends.push_back(Backend{next_id++, backend.name, colour, backend.address,
+                                            AdminState::ready, true, source.tls_context,
+                                            source.send_proxy_protocol});
         }
     }
     return std::make_shared<const RoutingTable>(1, std::move(pools));

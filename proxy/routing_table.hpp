@@ -38,6 +38,9 @@ struct Backend {
     HostPort address;
     AdminState admin = AdminState::ready;
     bool healthy = true;
+    // How to connect, from the backend's pool: TLS (when set) and a PROXY header.
+    std::shared_ptr<const BackendTlsContext> tls{};
+    bool send_proxy_protocol = false;
 
     bool takes_new_requests() const { return admin == AdminState::ready && healthy; }
 };

@@ -11,8 +11,6 @@ namespace bg {
 
 namespace ssl = boost::asio::ssl;
 
-namespace {
-
 std::string openssl_error(const std::string& what) {
     std::string message = what;
     while (unsigned long code = ERR_get_error()) {
@@ -23,6 +21,8 @@ std::string openssl_error(const std::string& what) {
     }
     return message;
 }
+
+namespace {
 
 bool iequal(std::string_view a, std::string_view b) {
     if (a.size() != b.size()) {

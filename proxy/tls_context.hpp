@@ -19,6 +19,9 @@ struct ssl_ctx_st;
 
 namespace bg {
 
+// `what`, followed by each error on OpenSSL's error queue (which it empties).
+std::string openssl_error(const std::string& what);
+
 class TlsServerContext {
   public:
     // Reads the certificate and key files; nullptr with a message when one cannot be used.

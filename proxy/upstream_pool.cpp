@@ -1,6 +1,6 @@
 #include "upstream_pool.hpp"
 
-#include <sys/socket.h>
+#include <openssl/ssl.h>
 
 #include <algorithm>
 
@@ -12,21 +12,14 @@ UpstreamPool::UpstreamPool(const Executor& executor, const UpstreamSettings& set
       idle_timeout_(settings.idle_timeout),
       recheck_after_(settings.recheck_after) {}
 
-namespace {
-
-// An idle keep-alive connection must have nothing to read: bytes mean a protocol error,
-// end-of-file means the backend closed it. A peek costs one syscall and avoids sending a
-// request into a connection that is already gone.
-bool still_open(Socket& socket) {
-    char probe;
-    auto fd = socket.native_handle();
-    ssize_t n = ::recv(fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+UpstreamPool::~UpstreamPool() {
+    for (Resumable& slot : sessions_) {
+        SSL_SESSION_free(slot.session);
+    }
 }
 
-}  // namespace
-
-std::optional<Socket> UpstreamPool::lease(std::uint32_t backend_id, bool verify) {
+std::optional<UpstreamStream> UpstreamPool::lease(std::uint32_t backend_id, bool verify,
+                                                  const BackendTlsContext* tls) {
     if (backend_id >= idle_.size()) {
         return std::nullopt;
     }
@@ -37,26 +30,57 @@ std::optional<Socket> UpstreamPool::lease(std::uint32_t backend_id, bool verify)
         list.pop_back();
         // A connection parked moments ago is almost surely alive: skip the syscall.
         const bool check = verify || now - idle.since > recheck_after_;
-        if (now - idle.since < idle_timeout_ && (!check || still_open(idle.socket))) {
-            return std::move(idle.socket);
+        if (now - idle.since < idle_timeout_ && idle.stream.tls_context() == tls &&
+            (!check || idle.stream.still_open())) {
+            return std::move(idle.stream);
         }
         boost::system::error_code ignored;
-        idle.socket.close(ignored);
+        idle.stream.socket().close(ignored);
     }
     return std::nullopt;
 }
 
-void UpstreamPool::give_back(std::uint32_t backend_id, Socket socket) {
+ssl_session_st* UpstreamPool::tls_session(std::uint32_t backend_id,
+                                          const BackendTlsContext* tls) const {
+    if (backend_id >= sessions_.size() || sessions_[backend_id].context.get() != tls) {
+        return nullptr;
+    }
+    return sessions_[backend_id].session;
+}
+
+void UpstreamPool::keep_tls_session(std::uint32_t backend_id, UpstreamStream& stream) {
+    UpstreamStream::TlsStream* tls = stream.tls();
+    if (tls == nullptr) {
+        return;
+    }
+    // A copy: OpenSSL marks a connection's own session unresumable when that connection ends
+    // without a TLS shutdown, as pooled backend connections usually do.
+    SSL_SESSION* session = SSL_SESSION_dup(SSL_get0_session(tls->native_handle()));
+    if (session == nullptr || SSL_SESSION_is_resumable(session) != 1) {
+        SSL_SESSION_free(session);
+        return;
+    }
+    if (backend_id >= sessions_.size()) {
+        sessions_.resize(backend_id + 1);
+    }
+    Resumable& slot = sessions_[backend_id];
+    SSL_SESSION_free(slot.session);
+    slot.session = session;
+    // The pool's context, shared: so the pointer compared in tls_session() stays unique.
+    slot.context = stream.shared_tls_context();
+}
+
+void UpstreamPool::give_back(std::uint32_t backend_id, UpstreamStream stream) {
     if (backend_id >= idle_.size()) {
         idle_.resize(backend_id + 1);
     }
     auto& list = idle_[backend_id];
     if (list.size() >= max_idle_) {
         boost::system::error_code ignored;
-        socket.close(ignored);
+        stream.socket().close(ignored);
         return;
     }
-    list.push_back(Idle{std::move(socket), std::chrono::steady_clock::now()});
+    list.push_back(Idle{std::move(stream), std::chrono::steady_clock::now()});
     arm_sweep();
 }
 
@@ -64,7 +88,7 @@ void UpstreamPool::close_backend(std::uint32_t backend_id) {
     if (backend_id < idle_.size()) {
         for (auto& idle : idle_[backend_id]) {
             boost::system::error_code ignored;
-            idle.socket.close(ignored);
+            idle.stream.socket().close(ignored);
         }
         idle_[backend_id].clear();
     }
@@ -112,7 +136,7 @@ void UpstreamPool::sweep() {
         });
         for (auto it = list.begin(); it != young; ++it) {
             boost::system::error_code ignored;
-            it->socket.close(ignored);
+            it->stream.socket().close(ignored);
         }
         list.erase(list.begin(), young);
         any_left = any_left || !list.empty();

@@ -1,27 +1,36 @@
 #pragma once
-// UpstreamPool: one worker's idle keep-alive connections to its backends, by backend id.
+// UpstreamPool: one worker's idle keep-alive connections to its backends, by backend id, and
+// the TLS session each backend last gave this worker (to resume rather than handshake anew).
 // Worker thread only. Bounded per backend; idle connections close after the idle timeout.
 
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <vector>
 
 #include "config.hpp"
 #include "io_types.hpp"
+#include "upstream_stream.hpp"
+
+struct ssl_session_st;
 
 namespace bg {
 
 class UpstreamPool {
   public:
     UpstreamPool(const Executor& executor, const UpstreamSettings& settings);
+    ~UpstreamPool();
+    UpstreamPool(const UpstreamPool&) = delete;
+    UpstreamPool& operator=(const UpstreamPool&) = delete;
 
-    // An idle connection to the backend, or nothing. With `verify`, or when it sat idle for a
-    // while, it is checked to be still open first (one non-blocking peek).
-    std::optional<Socket> lease(std::uint32_t backend_id, bool verify);
+    // An idle connection to the backend made with `tls` (nullptr: plain), or nothing. With
+    // `verify`, or when it sat idle for a while, it is checked to be still open first.
+    std::optional<UpstreamStream> lease(std::uint32_t backend_id, bool verify,
+                                        const BackendTlsContext* tls);
     // Parks a connection whose last exchange completed cleanly; closes it past the bound.
-    void give_back(std::uint32_t backend_id, Socket socket);
+    void give_back(std::uint32_t backend_id, UpstreamStream stream);
     void close_backend(std::uint32_t backend_id);
     void close_all();
     std::size_t idle_count() const;
@@ -29,10 +38,21 @@ class UpstreamPool {
         return backend_id < idle_.size() ? idle_[backend_id].size() : 0;
     }
 
+    // The session to offer when connecting to the backend with `tls` (nullptr when none).
+    ssl_session_st* tls_session(std::uint32_t backend_id, const BackendTlsContext* tls) const;
+    // Keeps the resumable session of a connection that completed its handshake.
+    void keep_tls_session(std::uint32_t backend_id, UpstreamStream& stream);
+
   private:
     struct Idle {
-        Socket socket;
+        UpstreamStream stream;
         std::chrono::steady_clock::time_point since;
+    };
+    // One backend's last session, with the context it belongs to (a reload that changes the
+    // pool's TLS settings makes a new context, and the old sessions are not offered again).
+    struct Resumable {
+        std::shared_ptr<const BackendTlsContext> context;
+        ssl_session_st* session = nullptr;
     };
     void arm_sweep();
     void sweep();
@@ -42,6 +62,7 @@ class UpstreamPool {
     std::chrono::milliseconds idle_timeout_;
     std::chrono::milliseconds recheck_after_;
     std::vector<std::vector<Idle>> idle_;  // by backend id; the back is the most recent
+    std::vector<Resumable> sessions_;      // by backend id
     bool sweeping_ = false;
 };
 

@@ -19,63 +19,29 @@ import threading
 import time
 import unittest
 
+from certificates import TestAuthority
 from harness import ProcessTestCase, free_port, status_of
 
-CA_DIR = None  # made once for the whole module by setUpModule
-
-
-def openssl(*args, cwd=None):
-    r = subprocess.run(["openssl"] + list(args), cwd=cwd, capture_output=True, text=True, timeout=30)
-    if r.returncode != 0:
-        raise RuntimeError("openssl %s: %s" % (" ".join(args), r.stderr))
-    return r
-
-
-def make_ca(directory):
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=bgproxy edge test CA",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)
-    return os.path.join(directory, "ca.pem")
-
-
-def make_leaf(directory, stem, cn, dns_names, serial):
-    """A leaf certificate signed by the CA in CA_DIR: DIRECTORY/STEM.pem and STEM.key. An empty
-    dns_names gives a certificate without subjectAltName (matched by its CN)."""
-    key = os.path.join(directory, stem + ".key")
-    pem = os.path.join(directory, stem + ".pem")
-    csr = os.path.join(directory, stem + ".csr")
-    ext = os.path.join(directory, stem + ".ext")
-    openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", key, "-out", csr, "-subj", "/CN=" + cn)
-    with open(ext, "w") as f:
-        f.write("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
-                "extendedKeyUsage=serverAuth\nsubjectKeyIdentifier=hash\n"
-                "authorityKeyIdentifier=keyid,issuer\n")
-        if dns_names:
-            f.write("subjectAltName=" + ",".join("DNS:" + n for n in dns_names) + "\n")
-    openssl("x509", "-req", "-in", csr, "-CA", os.path.join(CA_DIR, "ca.pem"),
-            "-CAkey", os.path.join(CA_DIR, "ca.key"), "-set_serial", str(serial), "-days", "2",
-            "-out", pem, "-extfile", ext)
-    return pem, key
+CA = None  # made once for the whole module by setUpModule
+CA_DIR = None
 
 
 def setUpModule():
-    global CA_DIR
-    CA_DIR = tempfile.mkdtemp(prefix="bgproxy-edge-ca-")
-    make_ca(CA_DIR)
-    make_leaf(CA_DIR, "a", "a.test", ["a.test"], 1001)
-    make_leaf(CA_DIR, "b", "b.test", ["b.test", "www.b.test"], 1002)
-    make_leaf(CA_DIR, "w", "wildcard", ["*.w.test"], 1003)
-    make_leaf(CA_DIR, "cn", "cn-only.test", [], 1004)
+    global CA, CA_DIR
+    CA = TestAuthority("bgproxy edge test CA")
+    CA_DIR = CA.dir
+    CA.leaf("a", "a.test", ["a.test"], 1001)
+    CA.leaf("b", "b.test", ["b.test", "www.b.test"], 1002)
+    CA.leaf("w", "wildcard", ["*.w.test"], 1003)
+    CA.leaf("cn", "cn-only.test", [], 1004)
 
 
 def tearDownModule():
-    shutil.rmtree(CA_DIR, ignore_errors=True)
+    CA.remove()
 
 
 def ca_file():
-    return os.path.join(CA_DIR, "ca.pem")
+    return CA.ca_file
 
 
 def certs(*stems, directory=None):
@@ -320,7 +286,7 @@ certificates = [%s, %s]
         self.assertEqual((r.status, r.read()), (200, b"blue-1\n"))
 
         # A new leaf (new key, new serial) in the same files, then reload.
-        make_leaf(work, "next", "a.test", ["a.test"], 2002)
+        CA.leaf("next", "a.test", ["a.test"], 2002, directory=work)
         for ext in (".pem", ".key"):
             os.replace(os.path.join(work, "next" + ext), os.path.join(work, "site" + ext))
         r = proxy.bgctl("reload")
@@ -350,7 +316,7 @@ certificates = [%s, %s]
         self.assertEqual(peer_cert(port, "a.test")[1], new_fp)
 
         # SIGHUP re-reads the files too.
-        make_leaf(work, "third", "a.test", ["a.test"], 3003)
+        CA.leaf("third", "a.test", ["a.test"], 3003, directory=work)
         for ext in (".pem", ".key"):
             os.replace(os.path.join(work, "third" + ext), os.path.join(work, "site" + ext))
         proxy.signal(signal.SIGHUP)

@@ -174,3 +174,46 @@ target = "stdout"
     CHECK(first_error(std::string(minimal) + "[retries]\nbudget = 2\n").find("from 0 to 1") !=
           std::string::npos);
 }
+
+TEST_CASE("TLS and PROXY headers towards a pool's backends") {
+    SUBCASE("a pool without them is plain") {
+        auto result = bg::parse_config(minimal, "test.toml");
+        REQUIRE(result.errors.empty());
+        CHECK_FALSE(result.config->green.tls.has_value());
+        CHECK(result.config->green.tls_context == nullptr);
+        CHECK_FALSE(result.config->green.send_proxy_protocol);
+    }
+    SUBCASE("settings are read and a context is built at load") {
+        auto result = bg::parse_config(std::string(minimal) +
+                                           "send_proxy_protocol = true\n"
+                                           "[pools.green.tls]\n"
+                                           "server_name = \"api.internal\"\n"
+                                           "min_version = \"1.3\"\n",
+                                       "test.toml");
+        REQUIRE(result.errors.empty());
+        const bg::PoolConfig& green = result.config->green;
+        REQUIRE(green.tls.has_value());
+        CHECK(green.tls->verify);
+        CHECK(green.tls->server_name == "api.internal");
+        CHECK(green.tls->min_version == "1.3");
+        CHECK(green.tls_context != nullptr);
+        CHECK(green.send_proxy_protocol);
+        CHECK(result.config->blue.tls_context == nullptr);
+    }
+    SUBCASE("a CA file that cannot be read is an error at its table") {
+        CHECK(first_error(std::string(minimal) +
+                          "[pools.green.tls]\nca_file = \"/nonexistent.pem\"\n")
+                  .starts_with(
+                      "test.toml:8:1: pools.green.tls: cannot use CA file /nonexistent.pem"));
+    }
+    SUBCASE("half a client certificate, a useless CA file, old versions, unknown keys") {
+        const std::string tls = std::string(minimal) + "[pools.green.tls]\n";
+        CHECK(first_error(tls + "cert = \"c.pem\"\n").find("cert and key go together") !=
+              std::string::npos);
+        CHECK(first_error(tls + "verify = false\nca_file = \"ca.pem\"\n")
+                  .find("ca_file is set but verify = false") != std::string::npos);
+        CHECK(first_error(tls + "min_version = \"1.1\"\n").find("min_version must be") !=
+              std::string::npos);
+        CHECK(first_error(tls + "sni = \"x\"\n").find("sni") != std::string::npos);
+    }
+}

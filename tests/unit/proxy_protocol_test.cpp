@@ -286,3 +286,12 @@ TEST_CASE("anything without a PROXY signature is malformed at once") {
     CHECK(status("\r\n\r\n") == bg::ProxyHeaderStatus::incomplete);
     CHECK(status(std::string("\r\n\r\n\0", 5)) == bg::ProxyHeaderStatus::incomplete);
 }
+
+TEST_CASE("encode_proxy_v2_local is the 16-byte LOCAL header") {
+    const std::string encoded = bg::encode_proxy_v2_local();
+    CHECK(encoded == v2(0x20, 0x00, ""));
+    auto parse = bg::parse_proxy_header(encoded);
+    REQUIRE(parse.status == bg::ProxyHeaderStatus::complete);
+    CHECK(parse.length == 16);
+    CHECK(parse.header.local);
+}

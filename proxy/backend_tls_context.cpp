@@ -1,0 +1,110 @@
+#include "backend_tls_context.hpp"
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/ssl/context.hpp>
+
+#include "tls_context.hpp"
+
+namespace bg {
+
+namespace ssl = boost::asio::ssl;
+
+std::string host_of(const HostPort& address) {
+    const std::string& text = address.text;
+    if (text.starts_with('[')) {
+        const auto end = text.find(']');
+        return end == std::string::npos ? text : text.substr(1, end - 1);
+    }
+    const auto colon = text.rfind(':');
+    return colon == std::string::npos ? text : text.substr(0, colon);
+}
+
+std::shared_ptr<BackendTlsContext> BackendTlsContext::create(const BackendTlsSettings& settings,
+                                                             std::string& error) {
+    std::shared_ptr<BackendTlsContext> self(new BackendTlsContext());
+    self->settings_ = settings;
+    self->context_ = std::make_unique<ssl::context>(ssl::context::tls_client);
+    SSL_CTX* ctx = self->context_->native_handle();
+    ERR_clear_error();
+    SSL_CTX_set_min_proto_version(ctx,
+                                  settings.min_version == "1.3" ? TLS1_3_VERSION : TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    if (settings.verify) {
+        const bool loaded =
+            settings.ca_file.empty()
+                ? SSL_CTX_set_default_verify_paths(ctx) == 1
+                : SSL_CTX_load_verify_locations(ctx, settings.ca_file.c_str(), nullptr) == 1;
+        if (!loaded) {
+            error =
+                openssl_error(settings.ca_file.empty() ? "cannot load the system's CA certificates"
+                                                       : "cannot use CA file " + settings.ca_file);
+            return nullptr;
+        }
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+    } else {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nullptr);
+    }
+    if (settings.client_certificate) {
+        const CertificateFiles& files = *settings.client_certificate;
+        if (SSL_CTX_use_certificate_chain_file(ctx, files.cert.c_str()) != 1) {
+            error = openssl_error("cannot use client certificate " + files.cert);
+            return nullptr;
+        }
+        if (SSL_CTX_use_PrivateKey_file(ctx, files.key.c_str(), SSL_FILETYPE_PEM) != 1) {
+            error = openssl_error("cannot use client key " + files.key);
+            return nullptr;
+        }
+        if (SSL_CTX_check_private_key(ctx) != 1) {
+            error = openssl_error("client key " + files.key + " does not match certificate " +
+                                  files.cert);
+            return nullptr;
+        }
+    }
+    // We speak HTTP/1.1 to backends; saying so keeps an ALPN-aware backend from choosing h2.
+    static constexpr unsigned char alpn[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+    SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn));
+    // Sessions are resumed from each worker's own per-backend slot (UpstreamPool), not from
+    // OpenSSL's shared, locked cache.
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    return self;
+}
+
+BackendTlsContext::~BackendTlsContext() = default;
+
+bool BackendTlsContext::prepare(SSL* ssl, const HostPort& backend, std::string& error) const {
+    const std::string name =
+        settings_.server_name.empty() ? host_of(backend) : settings_.server_name;
+    boost::system::error_code not_ip;
+    boost::asio::ip::make_address(name, not_ip);
+    // RFC 6066 3: SNI carries host names only, never literal addresses.
+    if (not_ip && SSL_set_tlsext_host_name(ssl, name.c_str()) != 1) {
+        error = openssl_error("cannot send server name " + name);
+        return false;
+    }
+    if (!settings_.verify) {
+        return true;
+    }
+    const bool named = not_ip
+                           ? SSL_set1_host(ssl, name.c_str()) == 1
+                           : X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name.c_str()) == 1;
+    if (!named) {
+        error = openssl_error("cannot expect name " + name);
+        return false;
+    }
+    SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    return true;
+}
+
+std::string BackendTlsContext::handshake_error(SSL* ssl, const std::string& fallback) {
+    const long verdict = SSL_get_verify_result(ssl);
+    if (verdict != X509_V_OK) {
+        return std::string("certificate verify failed: ") + X509_verify_cert_error_string(verdict);
+    }
+    return fallback;
+}
+
+}  // namespace bg

@@ -1,0 +1,77 @@
+#pragma once
+// UpstreamStream: one connection to a backend, plain TCP or TLS, as one stream type, so the
+// upstream pool keeps both kinds alike and the client session relays through either with one
+// copy of its code. Which kind is decided per connection, by the backend's pool.
+
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/ssl/stream.hpp>
+#include <memory>
+#include <variant>
+
+#include "io_types.hpp"
+
+namespace bg {
+
+class BackendTlsContext;
+
+class UpstreamStream {
+  public:
+    using executor_type = Executor;
+    using TlsStream = boost::asio::ssl::stream<Socket>;
+
+    // A plain connection.
+    explicit UpstreamStream(Socket socket);
+    // A TLS connection over `socket`, before its handshake.
+    UpstreamStream(Socket socket, std::shared_ptr<const BackendTlsContext> tls);
+
+    executor_type get_executor() { return socket().get_executor(); }
+    // The TCP socket, under TLS if any.
+    Socket& socket() {
+        TlsStream* t = tls();
+        return t != nullptr ? t->next_layer() : std::get<Socket>(stream_);
+    }
+    Socket& next_layer() { return socket(); }  // what beast::get_lowest_layer looks for
+    TlsStream* tls() { return std::get_if<TlsStream>(&stream_); }
+    // The context a TLS connection was made with (nullptr when plain): a pooled connection is
+    // reused only by requests whose backend still has that context.
+    const BackendTlsContext* tls_context() const { return tls_context_.get(); }
+    const std::shared_ptr<const BackendTlsContext>& shared_tls_context() const {
+        return tls_context_;
+    }
+
+    // An idle keep-alive connection must have nothing to read: bytes mean a protocol error,
+    // end-of-file means the backend closed it. One non-blocking peek.
+    bool still_open();
+
+    template <class MutableBuffers, class Token>
+    auto async_read_some(const MutableBuffers& buffers, Token&& token) {
+        return boost::asio::async_initiate<Token, void(boost::system::error_code, std::size_t)>(
+            [this](auto handler, const MutableBuffers& b) {
+                if (TlsStream* t = tls()) {
+                    t->async_read_some(b, std::move(handler));
+                } else {
+                    std::get<Socket>(stream_).async_read_some(b, std::move(handler));
+                }
+            },
+            token, buffers);
+    }
+
+    template <class ConstBuffers, class Token>
+    auto async_write_some(const ConstBuffers& buffers, Token&& token) {
+        return boost::asio::async_initiate<Token, void(boost::system::error_code, std::size_t)>(
+            [this](auto handler, const ConstBuffers& b) {
+                if (TlsStream* t = tls()) {
+                    t->async_write_some(b, std::move(handler));
+                } else {
+                    std::get<Socket>(stream_).async_write_some(b, std::move(handler));
+                }
+            },
+            token, buffers);
+    }
+
+  private:
+    std::variant<Socket, TlsStream> stream_;
+    std::shared_ptr<const BackendTlsContext> tls_context_;
+};
+
+}  // namespace bg

@@ -1,0 +1,307 @@
+"""TLS and the PROXY protocol towards the backends (issue #5): a real nginx with `ssl` and
+`proxy_protocol` on its listeners is the green pool, and tells in each response what it saw:
+the SNI name, whether the TLS session was resumed, the client address from the PROXY header and
+X-Forwarded-For. Certificates come from a throwaway CA made with the openssl CLI."""
+import http.client
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+
+from certificates import TestAuthority
+from harness import ProcessTestCase, free_port
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+# What nginx answers: one line naming what it saw of the connection and the request.
+SEEN = ('"sni=$ssl_server_name reused=$ssl_session_reused proto=$ssl_protocol '
+        'client=$proxy_protocol_addr:$proxy_protocol_port xff=$http_x_forwarded_for\\n"')
+
+
+class Nginx:
+    """nginx in the foreground on two TLS + PROXY listeners: `fresh_port` closes the connection
+    after each response (every request is a new handshake), `keepalive_port` keeps it."""
+
+    def __init__(self, pem, key, protocols="TLSv1.2 TLSv1.3"):
+        self.dir = tempfile.mkdtemp(prefix="bgproxy-nginx-")
+        self.fresh_port = free_port()
+        self.keepalive_port = free_port()
+        server = """
+    server {
+        listen 127.0.0.1:%%d ssl proxy_protocol;
+        ssl_certificate %s;
+        ssl_certificate_key %s;
+        ssl_protocols %s;
+        ssl_session_cache shared:tls:1m;
+        keepalive_timeout %%s;
+        location = /healthz { return 200 "ok\\n"; }
+        location / { return 200 %s; }
+    }""" % (pem, key, protocols, SEEN)
+        d = self.dir
+        with open(os.path.join(d, "nginx.conf"), "w") as f:
+            f.write("""
+daemon off;
+master_process off;
+worker_processes 1;
+pid %s/nginx.pid;
+error_log %s/error.log info;
+events { worker_connections 256; }
+http {
+    access_log off;
+    client_body_temp_path %s/body;
+    proxy_temp_path %s/proxy;
+    fastcgi_temp_path %s/fastcgi;
+    uwsgi_temp_path %s/uwsgi;
+    scgi_temp_path %s/scgi;
+    default_type text/plain;
+    %s
+    %s
+}
+""" % (d, d, d, d, d, d, d, server % (self.fresh_port, "0"), server % (self.keepalive_port, "60s")))
+        self.proc = subprocess.Popen([NGINX, "-p", d, "-c", os.path.join(d, "nginx.conf")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.keepalive_port), timeout=1).close()
+                socket.create_connection(("127.0.0.1", self.fresh_port), timeout=1).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+        raise RuntimeError("nginx did not start: %s" % self.log())
+
+    def log(self):
+        try:
+            with open(os.path.join(self.dir, "error.log")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc.stderr.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return ""
+
+
+CA = None
+
+
+def setUpModule():
+    global CA
+    CA = TestAuthority("bgproxy backend test CA")
+    CA.leaf("backend", "backend.test", ["backend.test"], 5001)
+
+
+def tearDownModule():
+    CA.remove()
+
+
+def parse_seen(body):
+    fields = dict(item.split("=", 1) for item in body.strip().split(" "))
+    return fields
+
+
+def backend_config(blue, green_ports, tls, green_weight=100, extra=""):
+    """Blue: bg-backends in plain HTTP; green: nginx ports, reached with the given [pools.green.tls]
+    text and a PROXY header; checks every 100 ms."""
+    green = ", ".join('{ name = "green-%d", address = "127.0.0.1:%d" }' % (i + 1, p)
+                      for i, p in enumerate(green_ports))
+    return """
+[[listener]]
+address = "127.0.0.1:0"
+[server]
+served_by_header = "X-Served-By"
+[routing]
+blue = %d
+green = %d
+[health]
+interval = "100ms"
+fast_interval = "100ms"
+timeout = "1s"
+jitter = "0ms"
+rise = 1
+fall = 2
+[pools.blue]
+backends = [%s]
+[pools.green]
+backends = [%s]
+send_proxy_protocol = true
+[pools.green.tls]
+%s
+%s
+""" % (100 - green_weight, green_weight,
+       ", ".join('{ name = "%s", address = "%s" }' % (b.name, b.address) for b in blue), green, tls,
+       extra)
+
+
+def get(port, path="/", source="127.0.0.1", conn=None, headers=None):
+    """One GET; returns (status, headers dict, body, connection, local port of the client)."""
+    if conn is None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+        conn.connect()
+    conn.request("GET", path, headers=headers or {})
+    r = conn.getresponse()
+    body = r.read().decode()
+    return r.status, dict(r.getheaders()), body, conn, conn.sock.getsockname()[1]
+
+
+def green_backends(proxy):
+    return {b["name"]: b for b in proxy.status()["colours"]["green"]["backends"]}
+
+
+def wait_for_check(proxy, backend, text, timeout=5):
+    """The backend's entry in `bgctl status` once its health check result contains `text`."""
+    deadline = time.time() + timeout
+    while True:
+        entry = green_backends(proxy)[backend]
+        if text in entry.get("check", "") or time.time() > deadline:
+            return entry
+        time.sleep(0.05)
+
+
+def metric(proxy, name):
+    import urllib.request
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % proxy.admin_port, timeout=5) as r:
+        text = r.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+class BackendTlsTest(ProcessTestCase):
+    def nginx(self, **kw):
+        pem = os.path.join(CA.dir, "backend.pem")
+        key = os.path.join(CA.dir, "backend.key")
+        return self.start(Nginx(pem, key, **kw))
+
+    def test_tls_with_sni_verification_and_the_client_in_a_proxy_header(self):
+        nginx = self.nginx()
+        blue = self.backend("blue-1")
+        tls = 'ca_file = "%s"\nserver_name = "backend.test"' % CA.ca_file
+        proxy = self.proxy(backend_config([blue], [nginx.keepalive_port], tls))
+        # Two clients from their own addresses, on keep-alive connections, taking turns: each
+        # response names its own client, never the other (a connection that opened with one
+        # client's PROXY header is never lent to another).
+        conns = {}
+        for round_ in range(5):
+            for source in ("127.0.0.7", "127.0.0.8"):
+                status, headers, body, conns[source], port = get(proxy.port, source=source,
+                                                                 conn=conns.get(source))
+                self.assertEqual(status, 200, body)
+                self.assertEqual(headers.get("X-Served-By"), "green/green-1")
+                seen = parse_seen(body)
+                self.assertEqual(seen["sni"], "backend.test")
+                self.assertEqual(seen["proto"], "TLSv1.3")
+                self.assertEqual(seen["client"], "%s:%d" % (source, port), body)
+                self.assertEqual(seen["xff"], source)
+        for conn in conns.values():
+            conn.close()
+        # Health checks reach it through TLS and a PROXY (LOCAL) header too: still healthy after
+        # many check intervals.
+        time.sleep(0.6)
+        backends = green_backends(proxy)
+        self.assertTrue(backends["green-1"]["healthy"], backends["green-1"])
+        self.assertEqual(metric(proxy, "bgproxy_upstream_tls_failures_total"), 0)
+
+    def test_sessions_are_resumed_on_new_connections(self):
+        for protocol in ("TLSv1.2", "TLSv1.3"):
+            with self.subTest(protocol=protocol):
+                nginx = self.nginx(protocols=protocol)
+                blue = self.backend("blue-1")
+                tls = 'ca_file = "%s"\nserver_name = "backend.test"' % CA.ca_file
+                # One worker: sessions are kept per worker, per backend.
+                proxy = self.proxy(backend_config([blue], [nginx.fresh_port], tls), workers=1)
+                reused = []
+                for _ in range(4):
+                    status, _, body, conn, _ = get(proxy.port)
+                    conn.close()
+                    self.assertEqual(status, 200, body)
+                    seen = parse_seen(body)
+                    self.assertEqual(seen["proto"], protocol)
+                    reused.append(seen["reused"])
+                # The first handshake is full; later ones resume (health checks, which never
+                # resume, make full handshakes of their own in between).
+                self.assertEqual(reused[0], ".")
+                self.assertEqual(reused[1:], ["r", "r", "r"], reused)
+                self.stop_all()
+
+    def test_a_certificate_for_another_name_is_refused_and_the_request_served_elsewhere(self):
+        nginx = self.nginx()
+        blue = self.backend("blue-1")
+        tls = 'ca_file = "%s"\nserver_name = "other.test"' % CA.ca_file
+        # Green at 0%, reached by the preview header: its TLS fails, the request crosses to blue.
+        proxy = self.proxy(backend_config([blue], [nginx.keepalive_port], tls, green_weight=0,
+                                          extra='[preview]\nallowed_networks = ["127.0.0.0/8"]'))
+        status, headers, body, conn, _ = get(proxy.port, headers={"X-BG-Color": "green"})
+        conn.close()
+        self.assertEqual(status, 200, body)
+        self.assertEqual(headers.get("X-Served-By"), "blue/blue-1")
+        self.assertGreaterEqual(metric(proxy, "bgproxy_upstream_tls_failures_total"), 1)
+        # The health checks see the same and take green-1 out, saying why.
+        why = "2 checks failed, last: tls: certificate verify failed: hostname mismatch"
+        entry = wait_for_check(proxy, "green-1", why)
+        self.assertEqual(entry.get("check"), why)
+        self.assertFalse(entry["healthy"])
+        # bgctl status says it to the operator too.
+        self.assertIn("check: " + why, proxy.bgctl("status").stdout)
+
+    def test_an_unknown_authority_is_refused(self):
+        nginx = self.nginx()
+        blue = self.backend("blue-1")
+        other = TestAuthority("another CA")
+        self.addCleanup(other.remove)
+        tls = 'ca_file = "%s"\nserver_name = "backend.test"' % other.ca_file
+        proxy = self.proxy(backend_config([blue], [nginx.keepalive_port], tls, green_weight=0,
+                                          extra='[preview]\nallowed_networks = ["127.0.0.0/8"]\n'
+                                                '[retries]\ncross_colour = false'))
+        status, headers, body, conn, _ = get(proxy.port, headers={"X-BG-Color": "green"})
+        conn.close()
+        self.assertEqual(status, 502, body)
+        why = "tls: certificate verify failed: unable to get local issuer certificate"
+        self.assertIn(why, wait_for_check(proxy, "green-1", why).get("check", ""))
+
+    def test_broken_tls_settings_are_config_errors(self):
+        blue = self.backend("blue-1")
+        cases = [
+            ('ca_file = "/nonexistent/ca.pem"', r":\d+:\d+: pools\.green\.tls: cannot use CA file"),
+            ('cert = "%s"' % CA.ca_file, r"cert and key go together"),
+            ('verify = false\nca_file = "%s"' % CA.ca_file, r"ca_file is set but verify = false"),
+            ('min_version = "1.1"', r"min_version must be"),
+            ('sni = "x"', r"unknown key|sni"),
+        ]
+        for tls, expected in cases:
+            with self.subTest(tls=tls):
+                work = tempfile.mkdtemp(prefix="bgproxy-tls-config-")
+                self.addCleanup(shutil.rmtree, work, True)
+                path = os.path.join(work, "bad.toml")
+                with open(path, "w") as f:
+                    f.write(backend_config([blue], [free_port()], tls))
+                from harness import BGPROXY
+                r = subprocess.run([BGPROXY, "--check", path], capture_output=True, text=True,
+                                   timeout=30)
+                self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+                self.assertRegex(r.stdout + r.stderr, re.escape(path) + ".*" + expected)
+
+    def stop_all(self):
+        for p in reversed(self.processes):
+            p.stop()
+        self.processes = []
+
+
+if __name__ == "__main__":
+    unittest.main()
