@@ -76,11 +76,11 @@ def client_context(check_hostname=True):
     return ctx
 
 
-def tls_connect(port, server_name, ctx=None, timeout=5, source=None):
+def tls_connect(port, server_name, ctx=None, timeout=5, source=None, session=None):
     ctx = ctx or client_context()
     raw = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=source)
     try:
-        return ctx.wrap_socket(raw, server_hostname=server_name)
+        return ctx.wrap_socket(raw, server_hostname=server_name, session=session)
     except Exception:
         raw.close()
         raise
@@ -262,6 +262,30 @@ certificates = [%s]
         r = curl(["--cacert", ca_file(), "--resolve", "unknown.test:%d:127.0.0.1" % port,
                   "https://unknown.test:%d/" % port])
         self.assertNotEqual(r.returncode, 0)  # served a.test's certificate: name mismatch
+
+    def test_sessions_are_resumed(self):
+        proxy = self.proxy(edge_config("""
+[[listener]]
+address = "127.0.0.1:0"
+[listener.tls]
+certificates = [%s]
+""" % certs("a"), [self.blue]))
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            with self.subTest(version=version):
+                ctx = client_context()
+                ctx.minimum_version = ctx.maximum_version = version
+                session = None
+                reused = []
+                # Several connections, so both workers (each with its own SO_REUSEPORT
+                # listener) take some: the session cache and ticket keys are the listener's.
+                for _ in range(8):
+                    with tls_connect(proxy.port, "a.test", ctx, session=session) as s:
+                        s.sendall(get_headers("a.test"))
+                        self.assertEqual(status_of(s.recv(65536)), 200)
+                        reused.append(s.session_reused)
+                        if session is None:
+                            session = s.session  # after a read: TLS 1.3 tickets are in
+                self.assertEqual(reused, [False] + [True] * 7)
 
     def test_reload_replaces_certificates_for_new_connections_only(self):
         work = tempfile.mkdtemp(prefix="bgproxy-edge-certs-")
