@@ -10,7 +10,7 @@ namespace bg {
 UpstreamStream::UpstreamStream(Socket socket) : stream_(std::move(socket)) {}
 
 UpstreamStream::UpstreamStream(Socket socket, std::shared_ptr<const BackendTlsContext> tls)
-    : stream_(std::in_place_type<TlsStream>, std::move(socket), tls->context()),
+    : stream_(std::make_unique<TlsStream>(std::move(socket), tls->context())),
       tls_context_(std::move(tls)) {}
 
 bool UpstreamStream::still_open() {

@@ -31,7 +31,10 @@ class UpstreamStream {
         return t != nullptr ? t->next_layer() : std::get<Socket>(stream_);
     }
     Socket& next_layer() { return socket(); }  // what beast::get_lowest_layer looks for
-    TlsStream* tls() { return std::get_if<TlsStream>(&stream_); }
+    TlsStream* tls() {
+        auto* held = std::get_if<std::unique_ptr<TlsStream>>(&stream_);
+        return held != nullptr ? held->get() : nullptr;
+    }
     // The context a TLS connection was made with (nullptr when plain): a pooled connection is
     // reused only by requests whose backend still has that context.
     const BackendTlsContext* tls_context() const { return tls_context_.get(); }
@@ -70,7 +73,10 @@ class UpstreamStream {
     }
 
   private:
-    std::variant<Socket, TlsStream> stream_;
+    // The TLS stream is held out of line: it is large (buffers, timers), and a plain connection,
+    // the pool's vectors and the coroutine frames that hold an UpstreamStream should not pay
+    // for it (frames over 1 KB miss Asio's recycling and go to malloc on every request).
+    std::variant<Socket, std::unique_ptr<TlsStream>> stream_;
     std::shared_ptr<const BackendTlsContext> tls_context_;
 };
 
