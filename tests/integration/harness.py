@@ -159,6 +159,18 @@ class Proxy(Process):
         return errors
 
 
+def end_process(proc, grace=5):
+    """Stops a peer process (HAProxy, nginx, Prometheus...): SIGTERM, then SIGKILL after `grace`
+    seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

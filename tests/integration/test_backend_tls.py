@@ -13,7 +13,7 @@ import time
 import unittest
 
 from certificates import TestAuthority
-from harness import ProcessTestCase, free_port
+from harness import ProcessTestCase, end_process, free_port
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -84,13 +84,7 @@ http {
             return ""
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        end_process(self.proc)
         self.proc.stderr.close()
         shutil.rmtree(self.dir, ignore_errors=True)
         return ""

@@ -20,7 +20,7 @@ import time
 import unittest
 
 from certificates import TestAuthority
-from harness import ProcessTestCase, free_port, status_of
+from harness import ProcessTestCase, end_process, free_port, status_of
 
 CA = None  # made once for the whole module by setUpModule
 CA_DIR = None
@@ -391,13 +391,7 @@ class HaproxyProcess:
                 time.sleep(0.05)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        end_process(self.proc)
         self.proc.stderr.read()
         self.proc.stdout.close()
         self.proc.stderr.close()

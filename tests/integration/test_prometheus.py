@@ -14,7 +14,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from harness import ProcessTestCase, config, free_port
+from harness import ProcessTestCase, config, end_process, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROMETHEUS_YML = os.path.join(ROOT, "conf/prometheus.yml")
@@ -327,13 +327,7 @@ class PrometheusServer:
                 float(s["value"][1]) for s in reply["data"]["result"]}
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        end_process(self.proc, grace=10)
         if not self.log.closed:
             self.log.close()
         return ""
