@@ -581,6 +581,9 @@ class ClientSession {
         unsigned retries_left = config_.retries.attempts;
         Exchange outcome = Exchange::upstream_failed;
         for (bool retry = false;; retry = true) {
+            // The previous try's hold goes first: releasing it clears the session handle's
+            // upstream, which must then point at the new connection (its deadline closes it).
+            in_flight.reset();
             if (!co_await connect_upstream(*table, colour, upstream)) {
                 if (retry) {
                     break;  // nowhere left to retry: answer for the attempt that failed
@@ -591,7 +594,6 @@ class ClientSession {
                     none ? "no backend available" : "no backend reachable", !parser_->is_done());
                 co_return parser_->is_done() && client_keep_alive && !worker_.draining();
             }
-            in_flight.reset();
             in_flight.emplace(worker_.balancer(), upstream.backend->id, tracked_.handle());
             // The last backend tried answers for the request in metrics and log, also when
             // the proxy reports its failure.

@@ -87,6 +87,23 @@ class RetryTest(ProcessTestCase):
               "0.5 s timeout and a retry; then taken out" % slow)
         blue[0].signal(signal.SIGCONT)
 
+    def test_a_retry_that_reaches_a_hanging_backend_still_times_out(self):
+        # blue-1 resets every request; the retry crosses to green-1, which is frozen. The retry's
+        # connection must be under the upstream_response deadline like the first one (it once
+        # was not: the request hung as long as the backend did).
+        blue = [self.backend("blue-1")]
+        green = [self.backend("green-1")]
+        proxy = self.proxy(config(blue, green, extra=FAST.replace("[health]", "[health]\nenabled = false")))
+        green[0].signal(signal.SIGSTOP)
+        self.addCleanup(lambda: green[0].signal(signal.SIGCONT))
+        start = time.time()
+        out = raw_exchange(proxy.port, b"GET /?reset=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                           timeout=8)
+        elapsed = time.time() - start
+        self.assertEqual(status_of(out), 504, out)
+        self.assertLess(elapsed, 3.0)
+        green[0].signal(signal.SIGCONT)
+
     def test_a_post_that_reached_a_dying_backend_is_not_retried(self):
         log = tempfile.NamedTemporaryFile(delete=False).name
         self.addCleanup(os.unlink, log)
