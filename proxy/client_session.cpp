@@ -62,6 +62,7 @@ struct PrivateUpstream {
     std::uint32_t backend_id = 0;
     HostPort address;  // ids are stable across reloads, addresses need not be
     UpstreamStream stream;
+    std::chrono::steady_clock::time_point since;  // idle since: the pool's age rules apply
 };
 
 // Who the client is and where it connected to: from the socket, or from the PROXY header a
@@ -521,6 +522,7 @@ class ClientSession {
     Task<bool> handle_request() {
         auto& request = parser_->get();
         body_started_ = false;
+        connect_error_.clear();
         if (auto why = framing_problem(request.base()); !why.empty()) {
             co_await reply_error(http::status::bad_request, why);
             co_return false;
@@ -778,13 +780,17 @@ class ClientSession {
         }
         std::optional<PrivateUpstream> kept = std::move(private_);
         private_.reset();
-        if (kept && kept->backend_id == backend.id && kept->address.ip == backend.address.ip &&
-            kept->address.port == backend.address.port &&
-            kept->stream.tls_context() == backend.tls.get() &&
-            (!verify || kept->stream.still_open())) {
+        if (!kept || kept->backend_id != backend.id || kept->address.ip != backend.address.ip ||
+            kept->address.port != backend.address.port ||
+            kept->stream.tls_context() != backend.tls.get()) {
+            return std::nullopt;  // a kept connection to another backend closes here
+        }
+        const auto idle = std::chrono::steady_clock::now() - kept->since;
+        if (idle < config_.upstream.idle_timeout &&
+            ((!verify && idle <= config_.upstream.recheck_after) || kept->stream.still_open())) {
             return std::move(kept->stream);
         }
-        return std::nullopt;  // a kept connection to another backend closes here
+        return std::nullopt;
     }
 
     // Connects to the backend: TCP, then the PROXY header and the TLS handshake when its pool
@@ -849,7 +855,7 @@ class ClientSession {
         WorkerStats::add(worker_.stats().upstream_tls_failures);
         WorkerStats::add(worker_.stats().upstream_connect_failures);
         if (worker_.logs_access()) {
-            record_.error = "TLS to " + backend.name + ": " + why;
+            connect_error_ = "TLS to " + backend.name + ": " + why;
         }
         co_return false;
     }
@@ -1130,7 +1136,8 @@ class ClientSession {
             tracked_.handle().upstream = nullptr;
             if (upstream.backend->send_proxy_protocol) {
                 private_.emplace(PrivateUpstream{upstream.backend->id, upstream.backend->address,
-                                                 std::move(*upstream.stream)});
+                                                 std::move(*upstream.stream),
+                                                 std::chrono::steady_clock::now()});
             } else {
                 worker_.upstream_pool().give_back(upstream.backend->id,
                                                   std::move(*upstream.stream));
@@ -1216,6 +1223,9 @@ class ClientSession {
         }
         record_.status = static_cast<unsigned>(status);
         record_.error = std::string(reason);
+        if (!connect_error_.empty()) {
+            record_.error += " (" + connect_error_ + ")";  // for the log, not the client
+        }
         const std::string body = std::to_string(static_cast<unsigned>(status)) + " " +
                                  std::string(http::obsolete_reason(status)) + ": " +
                                  std::string(reason) + "\n";
@@ -1255,6 +1265,7 @@ class ClientSession {
     std::optional<http::response_parser<http::buffer_body>> response_parser_;
     std::vector<std::uint32_t> tried_;
     std::optional<PrivateUpstream> private_;  // kept between requests (send_proxy_protocol)
+    std::string connect_error_;  // why connecting to a backend failed, when worth logging
     bool body_started_ = false;
     bool interim_sent_ = false;
     bool set_sticky_ = false;

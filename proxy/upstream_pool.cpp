@@ -92,6 +92,11 @@ void UpstreamPool::close_backend(std::uint32_t backend_id) {
         }
         idle_[backend_id].clear();
     }
+    if (backend_id < sessions_.size()) {
+        // A backend taken out (down, removed) may come back changed: start afresh.
+        SSL_SESSION_free(sessions_[backend_id].session);
+        sessions_[backend_id] = Resumable{};
+    }
 }
 
 void UpstreamPool::close_all() {

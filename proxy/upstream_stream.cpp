@@ -1,5 +1,6 @@
 #include "upstream_stream.hpp"
 
+#include <openssl/bio.h>
 #include <openssl/ssl.h>
 #include <sys/socket.h>
 
@@ -14,9 +15,13 @@ UpstreamStream::UpstreamStream(Socket socket, std::shared_ptr<const BackendTlsCo
       tls_context_(std::move(tls)) {}
 
 bool UpstreamStream::still_open() {
-    // Decrypted bytes nobody asked for are as wrong as raw ones.
-    if (TlsStream* t = tls(); t != nullptr && SSL_pending(t->native_handle()) > 0) {
-        return false;
+    // Bytes nobody asked for are as wrong under TLS as on the socket: decrypted ones, or
+    // records (a close_notify) already read into OpenSSL's buffers.
+    if (TlsStream* t = tls(); t != nullptr) {
+        SSL* ssl = t->native_handle();
+        if (SSL_has_pending(ssl) == 1 || BIO_ctrl_pending(SSL_get_rbio(ssl)) > 0) {
+            return false;
+        }
     }
     char probe;
     const ssize_t n = ::recv(socket().native_handle(), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
