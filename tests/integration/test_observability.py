@@ -86,8 +86,16 @@ class AdminTest(ProcessTestCase):
         for _ in range(3):
             conn.request("GET", "/")
             conn.getresponse().read()
-        status, body = admin_get(proxy, "/metrics")
-        text = body.decode()
+        # A request is counted just after its last byte is written: a scrape racing the client
+        # may see it a moment later, so look again for a bounded time.
+        counted = 'bgproxy_http_responses_total{backend="blue-1",code="2xx",colour="blue",method="GET"} 3'
+        deadline = time.time() + 2
+        while True:
+            status, body = admin_get(proxy, "/metrics")
+            text = body.decode()
+            if counted in text or time.time() > deadline:
+                break
+            time.sleep(0.02)
         self.assertEqual(status, 200)
         self.assertIn('bgproxy_colour_weight_ratio{colour="blue"} 1', text)
         self.assertIn('bgproxy_backend_requests_total{backend="blue-1",colour="blue"} 3', text)
