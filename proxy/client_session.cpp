@@ -906,7 +906,16 @@ class ClientSession {
                 response_parser_->skip(true);
             }
             deadline_.arm(config_.timeouts.upstream_response, ConnectionDeadline::upstream);
-            const error_code ec = co_await read_response_header(stream);
+            error_code ec;
+            while ((ec = parse_buffered_response_header()) == http::error::need_more) {
+                auto [rec, n] = co_await stream.async_read_some(
+                    upstream_buffer_.prepare(read_chunk()), nothrow);
+                if (rec) {
+                    ec = rec;
+                    break;
+                }
+                upstream_buffer_.commit(n);
+            }
             if (ec) {
                 co_return deadline_.expired() ? Exchange::upstream_timeout : Exchange::upstream_failed;
             }
@@ -934,29 +943,25 @@ class ClientSession {
         }
     }
 
-    Task<error_code> read_response_header(UpstreamStream& stream) {
-        for (;;) {
-            if (upstream_buffer_.size() > 0) {
-                error_code ec;
-                const std::size_t used = response_parser_->put(upstream_buffer_.data(), ec);
-                upstream_buffer_.consume(used);
-                if (!ec && response_parser_->is_header_done()) {
-                    co_return error_code{};
-                }
-                if (ec && ec != http::error::need_more) {
-                    co_return ec;
-                }
-                if (used > 0) {
-                    continue;
-                }
+    // Feeds what upstream_buffer_ holds to the response parser: success once the header is
+    // complete, need_more when more must be read, else the parse error. (The read loop lives in
+    // exchange(): one coroutine frame less per request.)
+    error_code parse_buffered_response_header() {
+        while (upstream_buffer_.size() > 0) {
+            error_code ec;
+            const std::size_t used = response_parser_->put(upstream_buffer_.data(), ec);
+            upstream_buffer_.consume(used);
+            if (!ec && response_parser_->is_header_done()) {
+                return {};
             }
-            auto [ec, n] =
-                co_await stream.async_read_some(upstream_buffer_.prepare(read_chunk()), nothrow);
-            if (ec) {
-                co_return ec;
+            if (ec && ec != http::error::need_more) {
+                return ec;
             }
-            upstream_buffer_.commit(n);
+            if (used == 0) {
+                break;
+            }
         }
+        return http::error::need_more;
     }
 
     // Streams a message body from `from` to `to` one piece at a time (bounded memory whatever
@@ -1013,7 +1018,7 @@ class ClientSession {
                 continue;
             }
             deadline_.arm(leg.write_limit, leg.write_side);
-            const error_code ec =
+            auto [ec, written] =
                 co_await write_pieces(to, std::span<const asio::const_buffer>(out.data(), count));
             if (ec) {
                 co_return deadline_.expired() ? BodyEnd::write_timeout : BodyEnd::write_failed;
@@ -1025,24 +1030,23 @@ class ClientSession {
 
     // One write of several pieces: gathered into one sendmsg on a socket; copied into one
     // buffer first on TLS, whose streams write one piece (one record) per call otherwise.
+    // Not a coroutine itself: it hands back the write to await (one frame less per piece).
+    // `pieces` must outlive the await (the caller's frame holds them).
     template <class To>
-    Task<error_code> write_pieces(To& to, std::span<const asio::const_buffer> pieces) {
+    Task<std::tuple<error_code, std::size_t>> write_pieces(
+        To& to, std::span<const asio::const_buffer> pieces) {
         bool over_tls = is_tls_stream<To>::value;
         if constexpr (std::is_same_v<To, UpstreamStream>) {
             over_tls = to.tls() != nullptr;
         }
-        if (over_tls) {
-            if (pieces.size() > 1) {
-                gathered_.clear();
-                for (const auto& piece : pieces) {
-                    gathered_.append(static_cast<const char*>(piece.data()), piece.size());
-                }
-                auto [ec, n] = co_await asio::async_write(to, asio::buffer(gathered_), nothrow);
-                co_return ec;
+        if (over_tls && pieces.size() > 1) {
+            gathered_.clear();
+            for (const auto& piece : pieces) {
+                gathered_.append(static_cast<const char*>(piece.data()), piece.size());
             }
+            return asio::async_write(to, asio::buffer(gathered_), nothrow);
         }
-        auto [ec, n] = co_await asio::async_write(to, pieces, nothrow);
-        co_return ec;
+        return asio::async_write(to, pieces, nothrow);
     }
 
     // ---- the response -----------------------------------------------------------------------

@@ -76,4 +76,11 @@ TEST_CASE("framing: Host rules") {
     CHECK(problem("GET / HTTP/1.1\r\nHost: a b\r\n\r\n") == "invalid Host");
     CHECK(problem("GET / HTTP/1.0\r\n\r\n").empty());
     CHECK(problem("GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n").empty());
+    // The plain fast path and the full grammar agree.
+    CHECK(problem("GET / HTTP/1.1\r\nHost: api-2.example.com:8080\r\n\r\n").empty());
+    CHECK(problem("GET / HTTP/1.1\r\nHost: 10.0.0.1\r\n\r\n").empty());
+    CHECK(problem("GET / HTTP/1.1\r\nHost: xn--bcher-kva.example\r\n\r\n").empty());
+    CHECK(problem("GET / HTTP/1.1\r\nHost: a:8x\r\n\r\n") == "invalid Host");
+    CHECK(problem("GET / HTTP/1.1\r\nHost: a/b\r\n\r\n") == "invalid Host");
+    CHECK(problem("GET / HTTP/1.1\r\nHost: a:1:2\r\n\r\n") == "invalid Host");
 }
