@@ -4,8 +4,12 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include <sys/stat.h>
+
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/ssl/context.hpp>
+#include <map>
+#include <mutex>
 
 #include "tls_context.hpp"
 
@@ -23,8 +27,57 @@ std::string host_of(const HostPort& address) {
     return colon == std::string::npos ? text : text.substr(0, colon);
 }
 
+namespace {
+
+// A file as it is now: path, inode, size and modification time.
+std::string file_identity(const std::string& path) {
+    struct stat st {};
+    if (path.empty() || ::stat(path.c_str(), &st) != 0) {
+        return path + "|";
+    }
+    return path + "|" + std::to_string(st.st_ino) + ":" + std::to_string(st.st_size) + ":" +
+           std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec);
+}
+
+// Everything a context is built from, files included as they are now.
+std::string context_key(const BackendTlsSettings& settings) {
+    std::string key = settings.verify ? "verify|" : "noverify|";
+    key += settings.server_name + "|" + settings.min_version + "|";
+    key += settings.ca_file.empty() ? file_identity(X509_get_default_cert_file())
+                                    : file_identity(settings.ca_file);
+    if (settings.client_certificate) {
+        key += "|" + file_identity(settings.client_certificate->cert) + "|" +
+               file_identity(settings.client_certificate->key);
+    }
+    return key;
+}
+
+}  // namespace
+
 std::shared_ptr<BackendTlsContext> BackendTlsContext::create(const BackendTlsSettings& settings,
                                                              std::string& error) {
+    // A reload that leaves a pool's TLS settings and files as they were gets the context it
+    // already has, so the workers keep their pooled TLS connections and sessions (they are
+    // matched to their context). Config loading only: the lock is never on the data path.
+    static std::mutex mutex;
+    static std::map<std::string, std::weak_ptr<BackendTlsContext>> live;
+    const std::string key = context_key(settings);
+    std::lock_guard lock(mutex);
+    std::erase_if(live, [](const auto& entry) { return entry.second.expired(); });
+    if (auto existing = live[key].lock()) {
+        return existing;
+    }
+    auto built = build(settings, error);
+    if (built) {
+        live[key] = built;
+    } else {
+        live.erase(key);
+    }
+    return built;
+}
+
+std::shared_ptr<BackendTlsContext> BackendTlsContext::build(const BackendTlsSettings& settings,
+                                                            std::string& error) {
     std::shared_ptr<BackendTlsContext> self(new BackendTlsContext());
     self->settings_ = settings;
     self->context_ = std::make_unique<ssl::context>(ssl::context::tls_client);

@@ -19,6 +19,7 @@ namespace bg {
 class BackendTlsContext {
   public:
     // Reads the CA and client certificate files; nullptr with a message when one cannot be used.
+    // While a context built from the same settings and unchanged files is alive, it is that one.
     static std::shared_ptr<BackendTlsContext> create(const BackendTlsSettings& settings,
                                                      std::string& error);
     ~BackendTlsContext();
@@ -37,6 +38,8 @@ class BackendTlsContext {
 
   private:
     BackendTlsContext() = default;
+    static std::shared_ptr<BackendTlsContext> build(const BackendTlsSettings& settings,
+                                                    std::string& error);
     std::unique_ptr<boost::asio::ssl::context> context_;
     BackendTlsSettings settings_;
 };

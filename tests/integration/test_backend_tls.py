@@ -18,7 +18,7 @@ from harness import ProcessTestCase, end_process, free_port
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 # What nginx answers: one line naming what it saw of the connection and the request.
-SEEN = ('"sni=$ssl_server_name reused=$ssl_session_reused proto=$ssl_protocol '
+SEEN = ('"sni=$ssl_server_name reused=$ssl_session_reused proto=$ssl_protocol conn=$connection '
         'client=$proxy_protocol_addr:$proxy_protocol_port xff=$http_x_forwarded_for\\n"')
 
 
@@ -233,6 +233,31 @@ class BackendTlsTest(ProcessTestCase):
                 self.assertEqual(reused[0], ".")
                 self.assertEqual(reused[1:], ["r", "r", "r"], reused)
                 self.stop_all()
+
+    def test_a_reload_keeps_backend_tls_connections_unless_the_files_change(self):
+        nginx = self.nginx()
+        blue = self.backend("blue-1")
+        work = tempfile.mkdtemp(prefix="bgproxy-backend-ca-")
+        self.addCleanup(shutil.rmtree, work, True)
+        ca = shutil.copy(CA.ca_file, os.path.join(work, "ca.pem"))
+        tls = 'ca_file = "%s"\nserver_name = "backend.test"' % ca
+        proxy = self.proxy(backend_config([blue], [nginx.keepalive_port], tls), workers=1)
+        status, _, body, conn, _ = get(proxy.port)
+        self.assertEqual(status, 200, body)
+        first = parse_seen(body)["conn"]  # nginx's serial number of the backend connection
+        # A reload that changes nothing of the pool's TLS keeps its connection.
+        self.assertEqual(proxy.bgctl("reload").returncode, 0)
+        status, _, body, conn, _ = get(proxy.port, conn=conn)
+        self.assertEqual((status, parse_seen(body)["conn"]), (200, first), body)
+        # A CA file that changed (here: its modification time) makes a new context, and the
+        # connections of the old one are not reused.
+        st = os.stat(ca)
+        os.utime(ca, ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))
+        self.assertEqual(proxy.bgctl("reload").returncode, 0)
+        status, _, body, conn, _ = get(proxy.port, conn=conn)
+        self.assertEqual(status, 200, body)
+        self.assertNotEqual(parse_seen(body)["conn"], first, body)
+        conn.close()
 
     def test_a_certificate_for_another_name_is_refused_and_the_request_served_elsewhere(self):
         nginx = self.nginx()
