@@ -780,6 +780,7 @@ class ClientSession {
         }
         std::optional<PrivateUpstream> kept = std::move(private_);
         private_.reset();
+        tracked_.handle().kept = false;
         if (!kept || kept->backend_id != backend.id || kept->address.ip != backend.address.ip ||
             kept->address.port != backend.address.port ||
             kept->stream.tls_context() != backend.tls.get()) {
@@ -1142,6 +1143,8 @@ class ClientSession {
                 private_.emplace(PrivateUpstream{upstream.backend->id, upstream.backend->address,
                                                  std::move(*upstream.stream),
                                                  std::chrono::steady_clock::now()});
+                tracked_.handle().kept = true;
+                tracked_.handle().kept_backend = upstream.backend->id;
             } else {
                 worker_.upstream_pool().give_back(upstream.backend->id,
                                                   std::move(*upstream.stream));

@@ -12,6 +12,10 @@ struct SessionHandle {
     Socket* client = nullptr;    // the lowest layer, under TLS if any
     Socket* upstream = nullptr;  // while a request holds a backend connection
     std::uint32_t upstream_backend = 0;  // the backend id of `upstream`
+    // An idle backend connection kept for this client only (it opened with a PROXY header),
+    // counted with the pool's idle ones.
+    bool kept = false;
+    std::uint32_t kept_backend = 0;
     bool idle = false;           // waiting for the next request on a keep-alive connection
 };
 

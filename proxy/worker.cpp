@@ -164,6 +164,9 @@ void Worker::report_load(std::function<void(DataPlaneLoad)> done) {
             if (session->upstream != nullptr && session->upstream_backend < load.upstream_open.size()) {
                 ++load.upstream_open[session->upstream_backend];
             }
+            if (session->kept && session->kept_backend < load.upstream_open.size()) {
+                ++load.upstream_open[session->kept_backend];
+            }
         }
         load.traffic = traffic_;
         done(std::move(load));

@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 import unittest
+import urllib.request
 
 from certificates import TestAuthority
 from harness import ProcessTestCase, end_process, free_port
@@ -167,7 +168,6 @@ def wait_for_check(proxy, backend, text, timeout=5):
 
 
 def metric(proxy, name):
-    import urllib.request
     with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % proxy.admin_port, timeout=5) as r:
         text = r.read().decode()
     total = 0.0
@@ -203,6 +203,13 @@ class BackendTlsTest(ProcessTestCase):
                 self.assertEqual(seen["proto"], "TLSv1.3")
                 self.assertEqual(seen["client"], "%s:%d" % (source, port), body)
                 self.assertEqual(seen["xff"], source)
+        # Each client keeps its own backend connection, and /metrics counts both (a connection
+        # is kept just after the response's last byte: look again for a bounded time).
+        series = 'bgproxy_upstream_connections{backend="green-1",colour="green"}'
+        deadline = time.time() + 2
+        while metric(proxy, series) != 2 and time.time() < deadline:
+            time.sleep(0.02)
+        self.assertEqual(metric(proxy, series), 2)
         for conn in conns.values():
             conn.close()
         # Health checks reach it through TLS and a PROXY (LOCAL) header too: still healthy after
