@@ -5,10 +5,11 @@
 # A third shape is TLS on the other side: plain HTTP in front, TLS to an nginx backend
 # (verified against the same certificate and name by both proxies).
 #
-#   bench/tls.sh            # 10 s per target and shape, 64 connections
+#   bench/tls.sh            # 3 rounds of 10 s per target and shape, 64 connections
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${BENCH_SECONDS:-10}
+rounds=${BENCH_ROUNDS:-3}
 connections=${BENCH_CONNECTIONS:-64}
 proxy_cpu=${BENCH_PROXY_CPU:-0}
 load_cpu=${BENCH_LOAD_CPU:-1}
@@ -94,29 +95,19 @@ pids+=($!)
 pid_of[haproxy-to-tls]=$!
 for p in "$bg_port" "$ha_port" "$tls_backend_port" "$bg_up_port" "$ha_up_port"; do wait_port "$p"; done
 
-run bgproxy-keepalive "https://127.0.0.1:$bg_port/"
-run haproxy-keepalive "https://127.0.0.1:$ha_port/"
-run bgproxy-newconn "https://127.0.0.1:$bg_port/" -H "Connection: close"
-run haproxy-newconn "https://127.0.0.1:$ha_port/" -H "Connection: close"
-run bgproxy-to-tls "http://127.0.0.1:$bg_up_port/"
-run haproxy-to-tls "http://127.0.0.1:$ha_up_port/"
-
-printf '\nwrk over TLS: %s s, %s connections; proxies on CPU %s (1 thread), backend+wrk on CPU %s\n' \
-  "$seconds" "$connections" "$proxy_cpu" "$load_cpu"
-printf '%-18s %12s %10s %10s\n' target requests/s p50 p99
-for t in bgproxy-keepalive haproxy-keepalive bgproxy-newconn haproxy-newconn bgproxy-to-tls haproxy-to-tls; do
-  printf '%-18s %12s %10s %10s\n' "$t" "${rps[$t]}" "${p50[$t]}" "${p99[$t]}"
+# In turns, round after round (see bench/run.sh): medians are compared.
+for round in $(seq 1 "$rounds"); do
+  echo "round $round of $rounds" >&2
+  run bgproxy-keepalive "https://127.0.0.1:$bg_port/"
+  run haproxy-keepalive "https://127.0.0.1:$ha_port/"
+  run bgproxy-newconn "https://127.0.0.1:$bg_port/" -H "Connection: close"
+  run haproxy-newconn "https://127.0.0.1:$ha_port/" -H "Connection: close"
+  run bgproxy-to-tls "http://127.0.0.1:$bg_up_port/"
+  run haproxy-to-tls "http://127.0.0.1:$ha_up_port/"
 done
-printf '\nbgproxy/haproxy keep-alive requests/s: %s   p99: %s\n' \
-  "$(ratio "${rps[bgproxy-keepalive]}" "${rps[haproxy-keepalive]}")" \
-  "$(ratio "$(to_us "${p99[bgproxy-keepalive]}")" "$(to_us "${p99[haproxy-keepalive]}")")"
-printf 'bgproxy/haproxy new connection per request, requests/s: %s   p99: %s\n' \
-  "$(ratio "${rps[bgproxy-newconn]}" "${rps[haproxy-newconn]}")" \
-  "$(ratio "$(to_us "${p99[bgproxy-newconn]}")" "$(to_us "${p99[haproxy-newconn]}")")"
-printf 'bgproxy/haproxy TLS to the backend, requests/s: %s   p99: %s\n' \
-  "$(ratio "${rps[bgproxy-to-tls]}" "${rps[haproxy-to-tls]}")" \
-  "$(ratio "$(to_us "${p99[bgproxy-to-tls]}")" "$(to_us "${p99[haproxy-to-tls]}")")"
-echo
+
+printf '\nwrk over TLS: %s rounds of %s s, %s connections; proxies on CPU %s (1 thread), backend+wrk on CPU %s\n' \
+  "$rounds" "$seconds" "$connections" "$proxy_cpu" "$load_cpu"
 python3 bench/summarize.py "$results" bgproxy-keepalive haproxy-keepalive bgproxy-newconn \
   haproxy-newconn bgproxy-to-tls haproxy-to-tls bgproxy-keepalive:haproxy-keepalive \
   bgproxy-newconn:haproxy-newconn bgproxy-to-tls:haproxy-to-tls
