@@ -24,8 +24,7 @@ struct HealthChecker::Probe {
     std::string name;
     HostPort address;
     HealthCheckConfig check;
-    std::shared_ptr<const BackendTlsContext> tls;  // the pool's, as the data path connects
-    bool send_proxy_protocol = false;
+    ProbeRequest transport;  // how to connect: as the data path does to the pool
     bool healthy = true;
     unsigned successes = 0;
     unsigned failures = 0;
@@ -92,8 +91,7 @@ void HealthChecker::configure(const Config& config) {
             if (old != probes_.end() && old->second->address.text == backend.address.text &&
                 pool->health.enabled) {
                 old->second->check = pool->health;  // takes effect at the next probe
-                old->second->tls = pool->tls_context;
-                old->second->send_proxy_protocol = pool->send_proxy_protocol;
+                old->second->transport = connecting_as(*pool);
                 next[backend.name] = old->second;
                 probes_.erase(old);
                 continue;
@@ -105,8 +103,7 @@ void HealthChecker::configure(const Config& config) {
             probe->name = backend.name;
             probe->address = backend.address;
             probe->check = pool->health;
-            probe->tls = pool->tls_context;
-            probe->send_proxy_protocol = pool->send_proxy_protocol;
+            probe->transport = connecting_as(*pool);
             next[backend.name] = probe;
             // Each loop holds its probe; `stopped` ends it when the backend leaves the config.
             asio::co_spawn(
@@ -127,10 +124,8 @@ void HealthChecker::configure(const Config& config) {
                             co_return;
                         }
                         std::string why;
-                        ProbeRequest transport;
-                        transport.tls = probe->tls;
-                        transport.send_proxy_protocol = probe->send_proxy_protocol;
-                        bool ok = co_await probe_once(probe->address, probe->check, transport, why);
+                        bool ok = co_await probe_once(probe->address, probe->check,
+                                                      probe->transport, why);
                         if (probe->stopped) {
                             co_return;
                         }

@@ -67,6 +67,13 @@ asio::awaitable<void> exchange(Stream& stream, const HostPort& backend, const Pr
 
 }  // namespace
 
+ProbeRequest connecting_as(const PoolConfig& pool) {
+    ProbeRequest request;
+    request.tls = pool.tls_context;
+    request.send_proxy_protocol = pool.send_proxy_protocol;
+    return request;
+}
+
 asio::awaitable<ProbeResult> http_probe(const HostPort& backend, const ProbeRequest& probe) {
     ProbeResult result;
     auto executor = co_await asio::this_coro::executor;

@@ -25,6 +25,9 @@ struct ProbeRequest {
     bool send_proxy_protocol = false;
 };
 
+// A request that connects as the data path does to the pool's backends (TLS, PROXY header).
+ProbeRequest connecting_as(const PoolConfig& pool);
+
 struct ProbeResult {
     bool answered = false;  // a response header came back (or, tcp_only, the connect worked)
     unsigned status = 0;

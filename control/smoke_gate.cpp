@@ -24,9 +24,7 @@ std::string list(const std::vector<unsigned>& codes) {
 asio::awaitable<std::string> check_colour(std::vector<SmokeCheck> checks, PoolConfig pool) {
     for (const BackendConfig& backend : pool.backends) {
         for (const SmokeCheck& check : checks) {
-            ProbeRequest request;
-            request.tls = pool.tls_context;
-            request.send_proxy_protocol = pool.send_proxy_protocol;
+            ProbeRequest request = connecting_as(pool);
             request.method = check.method;
             request.path = check.path;
             request.headers = check.headers;

@@ -60,7 +60,9 @@ struct Upstream {
 // serve this client connection only, so it stays with the session instead of the pool.
 struct PrivateUpstream {
     std::uint32_t backend_id = 0;
-    HostPort address;  // ids are stable across reloads, addresses need not be
+    // Ids are stable across reloads, addresses need not be (numeric: no copy of a host name).
+    std::string ip;
+    std::uint16_t port = 0;
     UpstreamStream stream;
     std::chrono::steady_clock::time_point since;  // idle since: the pool's age rules apply
 };
@@ -781,9 +783,8 @@ class ClientSession {
         std::optional<PrivateUpstream> kept = std::move(private_);
         private_.reset();
         tracked_.handle().kept = false;
-        if (!kept || kept->backend_id != backend.id || kept->address.ip != backend.address.ip ||
-            kept->address.port != backend.address.port ||
-            kept->stream.tls_context() != backend.tls.get()) {
+        if (!kept || kept->backend_id != backend.id || kept->ip != backend.address.ip ||
+            kept->port != backend.address.port || kept->stream.tls_context() != backend.tls.get()) {
             return std::nullopt;  // a kept connection to another backend closes here
         }
         const auto idle = std::chrono::steady_clock::now() - kept->since;
@@ -1140,7 +1141,8 @@ class ClientSession {
             upstream_buffer_.size() == 0) {
             tracked_.handle().upstream = nullptr;
             if (upstream.backend->send_proxy_protocol) {
-                private_.emplace(PrivateUpstream{upstream.backend->id, upstream.backend->address,
+                private_.emplace(PrivateUpstream{upstream.backend->id, upstream.backend->address.ip,
+                                                 upstream.backend->address.port,
                                                  std::move(*upstream.stream),
                                                  std::chrono::steady_clock::now()});
                 tracked_.handle().kept = true;
