@@ -28,7 +28,11 @@ using Mailbox = asio::experimental::channel<void(boost::system::error_code, std:
 }  // namespace
 
 AdminServer::AdminServer(asio::io_context& io, Switchboard& switchboard, MetricsSource metrics)
-    : io_(io), switchboard_(switchboard), metrics_(std::move(metrics)), acceptor_(io) {}
+    : io_(io),
+      switchboard_(switchboard),
+      metrics_(std::move(metrics)),
+      acceptor_(io),
+      accept_pause_(io, "admin listener") {}
 
 bool AdminServer::open(const std::string& address, std::string& error) {
     std::string why;
@@ -64,12 +68,17 @@ void AdminServer::start() { accept(); }
 void AdminServer::close() {
     boost::system::error_code ignored;
     acceptor_.close(ignored);
+    accept_pause_.cancel();
 }
 
 void AdminServer::accept() {
     acceptor_.async_accept([this](boost::system::error_code ec, tcp::socket socket) {
         if (ec == asio::error::operation_aborted || !acceptor_.is_open()) {
             return;
+        }
+        if (accept_pause_.pause_after(ec, switchboard_.config()->timeouts.accept_pause,
+                                      [this] { accept(); })) {
+            return;  // out of descriptors: accepting again at once would spin
         }
         if (!ec) {
             asio::co_spawn(

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "config.hpp"
+#include "descriptor_limit.hpp"
 #include "switchboard.hpp"
 
 namespace bg {
@@ -37,6 +38,7 @@ private:
     Switchboard& switchboard_;
     MetricsSource metrics_;
     boost::asio::ip::tcp::acceptor acceptor_;
+    AcceptPause accept_pause_;
     bool draining_ = false;
     std::uint16_t port_ = 0;
 };

@@ -114,7 +114,11 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
 
 ControlServer::ControlServer(asio::io_context& io, const ControlConfig& config,
                              Switchboard& switchboard)
-    : io_(io), config_(config), switchboard_(switchboard), acceptor_(io) {}
+    : io_(io),
+      config_(config),
+      switchboard_(switchboard),
+      acceptor_(io),
+      accept_pause_(io, "control socket") {}
 
 ControlServer::~ControlServer() {
     close();
@@ -175,6 +179,7 @@ void ControlServer::close() {
     if (acceptor_.is_open()) {
         boost::system::error_code ignored;
         acceptor_.close(ignored);
+        accept_pause_.cancel();
         ::unlink(config_.socket.c_str());
     }
 }
@@ -183,6 +188,10 @@ void ControlServer::accept() {
     acceptor_.async_accept([this](boost::system::error_code ec, local::socket socket) {
         if (ec == asio::error::operation_aborted || !acceptor_.is_open()) {
             return;
+        }
+        if (accept_pause_.pause_after(ec, switchboard_.config()->timeouts.accept_pause,
+                                      [this] { accept(); })) {
+            return;  // out of descriptors: accepting again at once would spin
         }
         if (!ec) {
             asio::co_spawn(io_, serve(std::move(socket), config_, switchboard_), asio::detached);

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "config.hpp"
+#include "descriptor_limit.hpp"
 #include "switchboard.hpp"
 
 namespace bg {
@@ -30,6 +31,7 @@ class ControlServer {
     ControlConfig config_;
     Switchboard& switchboard_;
     boost::asio::local::stream_protocol::acceptor acceptor_;
+    AcceptPause accept_pause_;
 };
 
 }  // namespace bg

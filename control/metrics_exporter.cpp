@@ -245,6 +245,33 @@ std::string render_metrics(const MetricsSources& in) {
     counter("bgproxy_proxy_headers_refused_total",
             "Connections closed for a missing, malformed or untrusted PROXY protocol header",
             &WorkerStats::proxy_headers_refused);
+    counter("bgproxy_client_aborts_total",
+            "Requests whose client closed the connection while they were in flight (the "
+            "backend connection is closed at once; 499 in the access log)",
+            &WorkerStats::client_aborts);
+    counter("bgproxy_client_body_timeouts_total",
+            "Request bodies that stalled past client_body or came slower than "
+            "min_request_body_rate (408 in the access log)",
+            &WorkerStats::client_body_timeouts);
+    counter("bgproxy_accept_failures_total",
+            "accept() failures for want of descriptors or memory; the listener pauses each time",
+            &WorkerStats::accept_failures);
+    counter("bgproxy_out_of_descriptors_total",
+            "Backend connections the proxy could not open for want of descriptors (503; not "
+            "counted against the backend)",
+            &WorkerStats::out_of_descriptors);
+    auto& breaches = prometheus::BuildCounter()
+                         .Name("bgproxy_limit_refusals_total")
+                         .Help("Messages refused for going over a [limits] bound, by bound")
+                         .Register(registry);
+    for (std::size_t i = 0; i < limit_breach_kinds; ++i) {
+        std::uint64_t n = 0;
+        for (const WorkerStats* stats : w) {
+            n += stats->limit_breaches[i].load(std::memory_order_relaxed);
+        }
+        breaches.Add({{"limit", to_string(static_cast<LimitBreach>(i))}})
+            .Increment(static_cast<double>(n));
+    }
     if (in.access_log != nullptr) {
         prometheus::BuildCounter()
             .Name("bgproxy_access_log_dropped_total")

@@ -20,7 +20,10 @@
 #include "access_record.hpp"
 #include "backend_tls_context.hpp"
 #include "colour_hints.hpp"
+#include "chunk_framing.hpp"
+#include "client_close_watch.hpp"
 #include "connection_deadline.hpp"
+#include "descriptor_limit.hpp"
 #include "forwarding_headers.hpp"
 #include "message_head.hpp"
 #include "proxy_protocol.hpp"
@@ -43,11 +46,20 @@ namespace {
 // How the exchange with the backend ended before any response byte went to the client.
 enum class Exchange {
     response_ready,  // a final response header is in the response parser
-    client_gone,     // the client failed or timed out while sending its body
+    client_gone,     // the client failed or closed while sending its body or waiting
     body_too_large,  // the request body passed max_request_body
+    body_malformed,  // invalid chunked framing in the request body, or over a framing limit
+    body_too_slow,   // the request body stalled or came slower than min_request_body_rate
     upstream_timeout,
     upstream_failed,  // refused, reset or cut before a complete response header
+    response_invalid,  // a response head over a limit, or a 101 nobody asked for
+    no_backend,        // no backend of either colour may take it (503)
+    unreachable,       // every backend tried refused the connection (502)
+    out_of_descriptors,  // the proxy could not open a connection itself (503)
 };
+
+// How getting a backend connection ended.
+enum class Connected { yes, no_backend, refused, out_of_descriptors };
 
 // A backend connection held by one request.
 struct Upstream {
@@ -75,7 +87,23 @@ struct ClientEndpoints {
 };
 
 // How relaying one message body ended.
-enum class BodyEnd { done, read_failed, read_timeout, too_large, write_failed, write_timeout };
+enum class BodyEnd {
+    done,
+    read_failed,   // the reading side closed, reset or cut the body short
+    read_timeout,  // a pause over the leg's read limit, or under the minimum rate
+    too_large,
+    malformed,  // invalid chunked framing, or a chunk line or trailer over its limit
+    write_failed,
+    write_timeout
+};
+
+// Parser errors that mean the peer framed its body wrongly (as opposed to the connection
+// failing under it).
+bool is_framing_error(const error_code& ec) {
+    return ec.category() == http::make_error_code(http::error::bad_chunk).category() &&
+           ec != http::error::partial_message && ec != http::error::end_of_stream &&
+           ec != http::error::body_limit;
+}
 
 // One direction of a body relay: where it reads, where it writes, and their time limits.
 struct BodyLeg {
@@ -84,6 +112,7 @@ struct BodyLeg {
     std::chrono::milliseconds write_limit;
     ConnectionDeadline::Target write_side;
     bool chunked;  // frame the pieces as chunks on the way out
+    std::uint64_t min_rate = 0;  // bytes/s the body must average once read_limit has passed
 };
 
 // Untracks the session from its worker whatever way the coroutine ends.
@@ -178,10 +207,11 @@ bool is_upgrade_request(const http::request_header<>& header) {
 template <class AsyncStream, bool isRequest>
 Task<error_code> read_body_piece(AsyncStream& from, beast::flat_buffer& buffer,
                                  http::parser<isRequest, http::buffer_body>& parser,
-                                 std::size_t read_size) {
+                                 std::size_t read_size, ChunkHeaderGuard& chunks) {
     for (;;) {
         if (buffer.size() > 0) {
             error_code ec;
+            chunks.input_end = static_cast<const char*>(buffer.data().data()) + buffer.size();
             const std::size_t used = parser.put(buffer.data(), ec);
             buffer.consume(used);
             if (ec == http::error::need_buffer) {
@@ -193,9 +223,21 @@ Task<error_code> read_body_piece(AsyncStream& from, beast::flat_buffer& buffer,
             if (used > 0 || parser.is_done()) {
                 co_return error_code{};
             }
+            // The parser waits for the end of a chunk-size line or of the trailers.
+            if (parser.chunked()) {
+                chunks.over = check_pending_chunk_framing(
+                    {static_cast<const char*>(buffer.data().data()), buffer.size()},
+                    chunks.max_chunk_line, chunks.max_trailer);
+                if (chunks.over != ChunkFraming::within_limits) {
+                    co_return http::error::buffer_overflow;
+                }
+            }
         }
         if (parser.is_done()) {
             co_return error_code{};
+        }
+        if (buffer.size() + read_size > buffer.max_size()) {
+            co_return http::error::buffer_overflow;  // bounded above: not reached in practice
         }
         auto [ec, n] = co_await from.async_read_some(buffer.prepare(read_size), nothrow);
         if (ec == asio::error::eof) {
@@ -290,10 +332,17 @@ class ClientSession {
           client_endpoints_(client),
           client_address_(client.source.address()),
           client_ip_(client_address_.to_string()),
-          request_body_(config_.limits.buffer_size),
-          response_body_(config_.limits.buffer_size),
+          // Bounds on what each side can make the proxy hold: a head, or a chunk-size line
+          // and trailer, plus one read. The readers check before they reach them.
+          buffer_(std::max(config_.limits.max_request_header,
+                           config_.limits.max_chunk_line + config_.limits.max_trailer) +
+                  2 * read_chunk()),
+          upstream_buffer_(std::max(config_.limits.max_response_header,
+                                    config_.limits.max_chunk_line + config_.limits.max_trailer) +
+                           2 * read_chunk()),
           tracked_(tracked),
-          deadline_(socket().get_executor(), tracked_.handle()) {
+          deadline_(socket().get_executor(), tracked_.handle()),
+          close_watch_(socket()) {
         tracked_.handle().client = &socket();  // the socket now lives in client_
         error_code ec;
         socket().set_option(tcp::no_delay(true), ec);
@@ -332,11 +381,13 @@ class ClientSession {
             last_request_ = config_.limits.max_requests_per_connection != 0 &&
                             served >= config_.limits.max_requests_per_connection;
             const bool keep = co_await handle_request();
+            close_watch_.stop();
             finish_request();
             if (!keep) {
                 break;
             }
         }
+        close_watch_.stop();
         error_code ignored;
         if constexpr (tls) {
             // close_notify, so the client knows the response was not truncated; bounded.
@@ -359,7 +410,12 @@ class ClientSession {
     // True when a request header is in parser_; false when the connection should close (a
     // clean end, a timeout, or an error already answered).
     Task<bool> read_request_header(bool first) {
+        if (buffer_.size() == 0) {
+            release_idle_memory();
+        }
         parser_.emplace();
+        request_chunks_ = chunk_guard();
+        parser_->on_chunk_header(request_chunks_);
         parser_->header_limit(static_cast<std::uint32_t>(config_.limits.max_request_header + 1));
         if (config_.limits.max_request_body > 0) {
             parser_->body_limit(config_.limits.max_request_body);
@@ -377,27 +433,48 @@ class ClientSession {
             deadline_.arm(first ? config_.timeouts.client_header : config_.timeouts.client_keepalive,
                           ConnectionDeadline::client);
             tracked_.handle().idle = true;
-            auto [ec, n] = co_await client_.async_read_some(buffer_.prepare(read_chunk()), nothrow);
+            // An idle connection holds no buffer: the first bytes land in a small one, and the
+            // read buffer is taken when a request arrives (most requests fit whole).
+            auto [ec, n] =
+                co_await client_.async_read_some(asio::buffer(first_bytes_), nothrow);
             tracked_.handle().idle = false;
             if (ec) {
                 co_return false;
             }
+            auto into = buffer_.prepare(read_chunk());
+            std::memcpy(into.data(), first_bytes_.data(), n);
             buffer_.commit(n);
         }
         // The whole header must arrive within client_header (slowloris).
         deadline_.arm(config_.timeouts.client_header, ConnectionDeadline::client);
+        std::size_t checked = 0;  // bytes already seen to hold no line end
         for (;;) {
-            skip_leading_empty_lines();
+            const std::size_t skipped = skip_leading_empty_lines();
+            checked = checked > skipped ? checked - skipped : 0;
             auto bytes =
                 std::string_view(static_cast<const char*>(buffer_.data().data()), buffer_.size());
-            RawHeaderScan scan = scan_raw_header(bytes, config_.limits.max_request_line,
-                                                 config_.limits.max_request_header);
+            // A head that trickles in is scanned again only when a line has ended (else a
+            // byte-at-a-time client would make the scan quadratic), or to refuse it as too long.
+            RawHeaderScan scan;
+            if (bytes.find('\n', checked) != std::string_view::npos ||
+                bytes.size() >= config_.limits.max_request_line) {
+                scan = scan_raw_header(bytes, request_header_limits());
+            }
+            checked = bytes.size();
             if (scan.verdict != RawHeaderVerdict::incomplete &&
                 scan.verdict != RawHeaderVerdict::complete) {
                 begin_record(nullptr);  // refused before it could be parsed
             }
             switch (scan.verdict) {
                 case RawHeaderVerdict::complete: {
+                    const StartLineVersion version = normalize_request_version(
+                        {static_cast<char*>(buffer_.data().data()), bytes.find("\r\n")});
+                    if (version == StartLineVersion::other_major) {
+                        begin_record(nullptr);
+                        co_await reply_error(http::status::http_version_not_supported,
+                                             "HTTP version not supported");
+                        co_return false;
+                    }
                     error_code ec;
                     std::size_t used =
                         parser_->put(asio::buffer(bytes.data(), scan.header_end), ec);
@@ -420,11 +497,23 @@ class ClientSession {
                 case RawHeaderVerdict::incomplete:
                     break;
                 case RawHeaderVerdict::request_line_too_long:
+                    worker_.stats().breach(LimitBreach::request_line);
                     co_await reply_error(http::status::uri_too_long, "request line too long");
                     co_return false;
                 case RawHeaderVerdict::header_too_long:
+                    worker_.stats().breach(LimitBreach::request_header);
                     co_await reply_error(http::status::request_header_fields_too_large,
                                          "request header too large");
+                    co_return false;
+                case RawHeaderVerdict::too_many_fields:
+                    worker_.stats().breach(LimitBreach::header_fields);
+                    co_await reply_error(http::status::request_header_fields_too_large,
+                                         "too many header fields");
+                    co_return false;
+                case RawHeaderVerdict::field_too_long:
+                    worker_.stats().breach(LimitBreach::field_size);
+                    co_await reply_error(http::status::request_header_fields_too_large,
+                                         "header field too large");
                     co_return false;
                 case RawHeaderVerdict::obs_fold:
                     co_await reply_error(http::status::bad_request, "obsolete line folding");
@@ -439,7 +528,7 @@ class ClientSession {
                     co_await reply_error(http::status::bad_request, "bare LF in header");
                     co_return false;
             }
-            auto [ec, n] = co_await client_.async_read_some(buffer_.prepare(read_chunk()), nothrow);
+            auto [ec, n] = co_await client_.async_read_some(buffer_.prepare(read_room(buffer_)), nothrow);
             if (ec && deadline_.expired()) {
                 // The deadline has closed the socket already: the client is simply dropped (as
                 // nginx does for client_header_timeout).
@@ -505,82 +594,198 @@ class ClientSession {
         return std::max<std::size_t>(4096, config_.limits.buffer_size);
     }
 
+    // How much to read into `buffer` next: the room its block still has, so the rest of a head
+    // or body piece does not reallocate it; a full read when little room is left.
+    std::size_t read_room(const beast::flat_buffer& buffer) const {
+        const std::size_t room = buffer.capacity() - buffer.size();
+        return room >= 1024 ? room : read_chunk();
+    }
+
+    ChunkHeaderGuard chunk_guard() const {
+        return {config_.limits.max_chunk_line, config_.limits.max_trailer};
+    }
+
+    HeaderLimits request_header_limits() const {
+        return {config_.limits.max_request_line, config_.limits.max_request_header,
+                config_.limits.max_header_fields, config_.limits.max_field_size};
+    }
+
+    // Between requests a connection keeps no buffer, parser or head: an edge proxy holds
+    // many idle keep-alive connections (HAProxy and nginx likewise give their buffers back).
+    void release_idle_memory() {
+        parser_.reset();
+        response_parser_.reset();
+        buffer_.shrink_to_fit();
+        upstream_buffer_.clear();
+        upstream_buffer_.shrink_to_fit();
+        std::vector<char>().swap(request_body_);
+        std::vector<char>().swap(response_body_);
+        std::string().swap(head_);
+        std::string().swap(gathered_);
+        std::vector<std::uint32_t>().swap(tried_);
+        std::string().swap(connect_error_);
+        std::string().swap(record_.method);
+        std::string().swap(record_.path);
+    }
+
+    // A body piece buffer, taken when a body first moves.
+    std::vector<char>& scratch(std::vector<char>& piece) {
+        if (piece.empty()) {
+            piece.resize(config_.limits.buffer_size);
+        }
+        return piece;
+    }
+
     // RFC 9112 2.2: a server should ignore empty lines received before the request line.
-    void skip_leading_empty_lines() {
+    std::size_t skip_leading_empty_lines() {
+        std::size_t skipped = 0;
         for (;;) {
             auto bytes =
                 std::string_view(static_cast<const char*>(buffer_.data().data()), buffer_.size());
-            if (bytes.starts_with("\r\n")) {
-                buffer_.consume(2);
-            } else {
-                return;
+            if (!bytes.starts_with("\r\n")) {
+                return skipped;
             }
+            buffer_.consume(2);
+            skipped += 2;
         }
     }
 
     // ---- one request ------------------------------------------------------------------------
 
+    // What the proxy needs to know of a request once its head is rewritten for the backend.
+    struct RequestFacts {
+        bool keep_alive = false;  // the client asked to keep the connection
+        unsigned version = 11;    // the client's (1.x above 1.1 arrives as 1.1)
+        bool upgrade = false;
+        bool head = false;
+        bool expect_continue = false;
+        bool idempotent = false;  // RFC 9110 9.2.2: may be sent again after a failure
+    };
+
+    // A request the proxy answers itself, and why.
+    struct Refusal {
+        http::status status = http::status::ok;
+        std::string_view reason;
+        explicit operator bool() const { return !reason.empty(); }
+    };
+
     // Returns whether the client connection stays open for another request.
     Task<bool> handle_request() {
-        auto& request = parser_->get();
         body_started_ = false;
         connect_error_.clear();
-        if (auto why = framing_problem(request.base()); !why.empty()) {
-            co_await reply_error(http::status::bad_request, why);
+        if (const Refusal refusal = check_request()) {
+            co_await reply_error(refusal.status, refusal.reason);
             co_return false;
+        }
+        auto& request = parser_->get();
+        const RequestFacts facts{
+            .keep_alive = parser_->keep_alive(),
+            .version = request.version(),
+            // RFC 9110 7.8: Upgrade means nothing in an HTTP/1.0 request.
+            .upgrade = request.version() >= 11 && is_upgrade_request(request.base()),
+            .head = request.method() == http::verb::head,
+            .expect_continue = request.version() >= 11 &&
+                               beast::iequals(request[http::field::expect], "100-continue"),
+            .idempotent = idempotent(request.method()),
+        };
+        // One routing snapshot for the whole request, retries included. The colour is chosen
+        // before any header rule runs, so no field named in Connection can change the route.
+        RoutingTablePtr table = worker_.table();
+        record_.version = table->version();
+        const Colour colour = choose_colour(*table);
+        if (const Refusal refusal = rewrite_for_upstream(facts)) {
+            co_await reply_error(refusal.status, refusal.reason);
+            co_return false;
+        }
+
+        Upstream upstream;
+        ActiveRequest active{worker_};
+        std::optional<InFlight> in_flight;
+        const Exchange outcome = co_await forward(*table, colour, facts, upstream, active, in_flight);
+        if (outcome == Exchange::response_ready) {
+            co_return co_await relay_response(upstream, facts);
+        }
+        co_return co_await answer_failure(outcome, facts);
+    }
+
+    // Refusals that need only the parsed head (framing, method, target, declared length).
+    Refusal check_request() {
+        auto& request = parser_->get();
+        if (auto why = framing_problem(request.base()); !why.empty()) {
+            return {http::status::bad_request, why};
         }
         if (request.method() == http::verb::connect) {
-            co_await reply_error(http::status::method_not_allowed, "CONNECT is not supported");
-            co_return false;
+            return {http::status::method_not_allowed, "CONNECT is not supported"};
         }
         if (!normalize_target(request)) {
-            co_await reply_error(http::status::bad_request, "invalid request target");
-            co_return false;
+            return {http::status::bad_request, "invalid request target"};
         }
         if (config_.limits.max_request_body > 0 && parser_->content_length() &&
             *parser_->content_length() > config_.limits.max_request_body) {
-            co_await reply_error(http::status::payload_too_large, "request body too large");
-            co_return false;
+            worker_.stats().breach(LimitBreach::request_body);
+            return {http::status::payload_too_large, "request body too large"};
         }
+        return {};
+    }
 
-        const bool client_keep_alive = parser_->keep_alive();
-        const unsigned client_version = request.version();
-        const bool upgrade = is_upgrade_request(request.base());
-        const bool head = request.method() == http::verb::head;
-        const bool was_chunked = parser_->chunked();
-        const bool expect_continue =
-            beast::iequals(request[http::field::expect], "100-continue") && client_version >= 11;
+    // A preview header (from an allowed network) or a sticky cookie may name the colour; else
+    // the weights choose.
+    Colour choose_colour(const RoutingTable& table) {
+        auto& request = parser_->get();
+        const std::optional<Colour> preview =
+            preview_colour(request, client_address_, config_.preview, table);
+        const std::optional<Colour> sticky =
+            preview ? std::nullopt : sticky_colour(request, config_.sticky, table);
+        set_sticky_ = !config_.sticky.cookie.empty() && !preview && !sticky &&
+                      table.pool(Colour::blue).weight_bp > 0 &&
+                      table.pool(Colour::green).weight_bp > 0;
+        return preview ? *preview : sticky ? *sticky : worker_.balancer().pick_colour(table);
+    }
 
-        if (expect_continue) {
+    // The head as the backend gets it: hop-by-hop fields out, forwarding fields in, framing
+    // from the parser (never from a field a rule could have removed), HTTP/1.1.
+    Refusal rewrite_for_upstream(const RequestFacts& facts) {
+        auto& request = parser_->get();
+        const bool chunked = parser_->chunked();
+        if (facts.expect_continue) {
             // We answer 100-continue ourselves (the backend sees no Expect), so the body flows
             // without waiting for the backend's interim response.
             request.erase(http::field::expect);
         }
-        rewrite_request_fields(request, ForwardedFor{client_ip_, tls, upgrade, trusted_peer_});
-        if (was_chunked) {
+        try {
+            rewrite_request_fields(request,
+                                   ForwardedFor{client_ip_, tls, facts.upgrade, trusted_peer_});
+            if (request.find(http::field::host) == request.end()) {
+                // RFC 9112 3.2: HTTP/1.1 needs a Host; an HTTP/1.0 request without one names
+                // the server as the connection reached it (RFC 9112 3.3).
+                request.set(http::field::host, authority_of(client_endpoints_.destination));
+            }
+        } catch (const std::length_error&) {
+            // Beast holds a field in at most 64 KiB: a forwarded chain grown past that.
+            worker_.stats().breach(LimitBreach::field_size);
+            return {http::status::request_header_fields_too_large, "header field too large"};
+        }
+        if (chunked) {
             request.chunked(true);
         }
         request.version(11);
+        return {};
+    }
 
-        // One routing snapshot for the whole request, retries included.
-        RoutingTablePtr table = worker_.table();
-        record_.version = table->version();
-        // A preview header (from an allowed network) or a sticky cookie may name the colour.
-        std::optional<Colour> preview =
-            preview_colour(request, client_address_, config_.preview, *table);
-        std::optional<Colour> sticky =
-            preview ? std::nullopt : sticky_colour(request, config_.sticky, *table);
-        Colour colour = preview  ? *preview
-                        : sticky ? *sticky
-                                 : worker_.balancer().pick_colour(*table);
-        set_sticky_ = !config_.sticky.cookie.empty() && !preview && !sticky &&
-                      table->pool(Colour::blue).weight_bp > 0 &&
-                      table->pool(Colour::green).weight_bp > 0;
-        Upstream upstream;
+    static std::string authority_of(const tcp::endpoint& endpoint) {
+        const auto address = endpoint.address();
+        std::string text = address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
+        return text + ":" + std::to_string(endpoint.port());
+    }
+
+    // Sends the request to a backend of `colour` and reads the response head, connecting,
+    // retrying and crossing colours as the config allows. `in_flight` holds the backend that
+    // answers until the response is relayed.
+    Task<Exchange> forward(const RoutingTable& table, Colour colour, const RequestFacts& facts,
+                           Upstream& upstream, ActiveRequest& active,
+                           std::optional<InFlight>& in_flight) {
         tried_.clear();
         interim_sent_ = false;
-        ActiveRequest active{worker_};
-        std::optional<InFlight> in_flight;
         bool continue_sent = false;
         unsigned retries_left = config_.retries.attempts;
         Exchange outcome = Exchange::upstream_failed;
@@ -588,15 +793,10 @@ class ClientSession {
             // The previous try's hold goes first: releasing it clears the session handle's
             // upstream, which must then point at the new connection (its deadline closes it).
             in_flight.reset();
-            if (!co_await connect_upstream(*table, colour, upstream)) {
-                if (retry) {
-                    break;  // nowhere left to retry: answer for the attempt that failed
-                }
-                const bool none = tried_.empty();
-                co_await reply_error(
-                    none ? http::status::service_unavailable : http::status::bad_gateway,
-                    none ? "no backend available" : "no backend reachable", !parser_->is_done());
-                co_return parser_->is_done() && client_keep_alive && !worker_.draining();
+            const Connected connected = co_await connect_upstream(table, colour, facts, upstream);
+            if (connected != Connected::yes) {
+                // After a retry, nowhere left to go: answer for the attempt that failed.
+                co_return retry ? outcome : connect_failure(connected);
             }
             in_flight.emplace(worker_.balancer(), upstream.backend->id, tracked_.handle());
             // The last backend tried answers for the request in metrics and log, also when
@@ -608,36 +808,37 @@ class ClientSession {
                 record_.backend = upstream.backend->name;
             }
             upstream_started_ = std::chrono::steady_clock::now();
-            if (expect_continue && !continue_sent && !parser_->is_done()) {
-                static constexpr std::string_view continue_line = "HTTP/1.1 100 Continue\r\n\r\n";
-                deadline_.arm(config_.timeouts.client_write, ConnectionDeadline::client);
-                auto [ec, n] =
-                    co_await asio::async_write(client_, asio::buffer(continue_line), nothrow);
-                if (ec) {
-                    co_return false;
+            if (facts.expect_continue && !continue_sent && !parser_->is_done()) {
+                if (!co_await send_continue()) {
+                    co_return Exchange::client_gone;
                 }
                 continue_sent = true;
             }
-            outcome = co_await exchange(upstream, head);
-            // A reused connection that the backend had closed: if nothing of the request body was
-            // consumed the request is intact, so send it once more on a fresh connection.
-            while (outcome == Exchange::upstream_failed && upstream.reused && !body_started_ &&
-                   !interim_sent_) {
+            outcome = co_await exchange(upstream, facts);
+            // A reused connection that the backend had closed: an idempotent request none of
+            // whose body was consumed is intact, so it goes once more on a fresh connection.
+            // Anything else may have been processed: it is never sent twice.
+            while (outcome == Exchange::upstream_failed && upstream.reused && facts.idempotent &&
+                   !body_started_ && !interim_sent_ && !close_watch_.client_gone()) {
                 upstream.stream.reset();
                 upstream.reused = false;
-                if (!co_await connect_to(*upstream.backend, upstream)) {
+                if (co_await connect_to(*upstream.backend, upstream) != Connected::yes) {
                     break;
                 }
-                outcome = co_await exchange(upstream, head);
+                outcome = co_await exchange(upstream, facts);
+            }
+            if (close_watch_.client_gone() && outcome != Exchange::response_ready) {
+                co_return Exchange::client_gone;  // not the backend's failure: nothing recorded
             }
             const bool failed =
                 outcome == Exchange::upstream_failed || outcome == Exchange::upstream_timeout;
             const bool server_error = outcome == Exchange::response_ready &&
                                       response_parser_->get().result_int() >= 500 &&
                                       config_.outlier.count_5xx;
-            worker_.record_outcome(upstream.backend->id, failed || server_error);
-            if (!failed || !may_retry(request.method(), retries_left, outcome)) {
-                break;
+            worker_.record_outcome(upstream.backend->id,
+                                   failed || server_error || outcome == Exchange::response_invalid);
+            if (!failed || !may_retry(facts.idempotent, retries_left, outcome)) {
+                co_return outcome;
             }
             // Retry elsewhere: the failed backend stays in tried_, so it is not picked again.
             --retries_left;
@@ -647,36 +848,85 @@ class ClientSession {
             tracked_.handle().upstream = nullptr;
             active.retrying();
         }
+    }
 
+    Exchange connect_failure(Connected connected) const {
+        switch (connected) {
+            case Connected::no_backend: return Exchange::no_backend;
+            case Connected::out_of_descriptors: return Exchange::out_of_descriptors;
+            default: return Exchange::unreachable;
+        }
+    }
+
+    Task<bool> send_continue() {
+        static constexpr std::string_view continue_line = "HTTP/1.1 100 Continue\r\n\r\n";
+        deadline_.arm(config_.timeouts.client_write, ConnectionDeadline::client);
+        auto [ec, n] = co_await asio::async_write(client_, asio::buffer(continue_line), nothrow);
+        co_return !ec;
+    }
+
+    // The proxy's own answer when no response came; returns whether the connection stays.
+    Task<bool> answer_failure(Exchange outcome, const RequestFacts& facts) {
+        // Without the whole request body read, the connection cannot carry another request.
+        const bool can_continue = parser_->is_done() && facts.keep_alive && !worker_.draining();
         switch (outcome) {
             case Exchange::response_ready:
                 break;
             case Exchange::client_gone:
+                if (close_watch_.client_gone()) {
+                    WorkerStats::add(worker_.stats().client_aborts);
+                    record_.status = 499;  // nginx's code: the client closed first
+                    record_.error = "client closed the connection";
+                }
                 co_return false;
             case Exchange::body_too_large:
+                worker_.stats().breach(LimitBreach::request_body);
                 co_await reply_error(http::status::payload_too_large, "request body too large");
                 co_return false;
+            case Exchange::body_malformed:
+                co_await reply_error(http::status::bad_request, body_error_);
+                co_return false;
+            case Exchange::body_too_slow:
+                // The deadline closed the socket: the 408 is for the log and the metrics.
+                WorkerStats::add(worker_.stats().client_body_timeouts);
+                record_.status = 408;
+                record_.error = body_error_;
+                co_return false;
+            case Exchange::no_backend:
+                co_await reply_error(http::status::service_unavailable, "no backend available",
+                                     !parser_->is_done());
+                co_return can_continue;
+            case Exchange::unreachable:
+                co_await reply_error(http::status::bad_gateway, "no backend reachable",
+                                     !parser_->is_done());
+                co_return can_continue;
+            case Exchange::out_of_descriptors:
+                co_await reply_error(http::status::service_unavailable,
+                                     "proxy out of file descriptors", !parser_->is_done());
+                co_return can_continue;
             case Exchange::upstream_timeout:
                 WorkerStats::add(worker_.stats().upstream_timeouts);
                 co_await reply_error(http::status::gateway_timeout,
                                      "backend did not answer in time", !parser_->is_done());
-                co_return parser_->is_done() && client_keep_alive && !worker_.draining();
+                co_return can_continue;
             case Exchange::upstream_failed:
                 WorkerStats::add(worker_.stats().upstream_broken_responses);
                 co_await reply_error(http::status::bad_gateway, "backend failed before responding",
                                      !parser_->is_done());
-                co_return parser_->is_done() && client_keep_alive && !worker_.draining();
+                co_return can_continue;
+            case Exchange::response_invalid:
+                WorkerStats::add(worker_.stats().upstream_broken_responses);
+                co_await reply_error(http::status::bad_gateway, body_error_, !parser_->is_done());
+                co_return can_continue;
         }
-
-        co_return co_await relay_response(upstream, client_keep_alive, client_version, head,
-                                          upgrade);
+        co_return false;
     }
 
     // A failed try may be repeated elsewhere only while that is safe: an idempotent method,
     // no byte of a body consumed (bodies are streamed, not kept), nothing sent to the client,
     // and within the worker's retry budget.
-    bool may_retry(http::verb method, unsigned retries_left, Exchange outcome) {
-        if (retries_left == 0 || !idempotent(method) || body_started_ || interim_sent_) {
+    bool may_retry(bool idempotent_method, unsigned retries_left, Exchange outcome) {
+        if (retries_left == 0 || !idempotent_method || body_started_ || interim_sent_) {
             return false;
         }
         // The budget guards against retry storms on slow, overloaded backends (timeouts). A
@@ -726,8 +976,9 @@ class ClientSession {
 
     // Picks a backend of the colour and gets a connection to it: an idle pooled one, else a new
     // one. A backend that refuses is skipped for another, up to connect_attempts.
-    Task<bool> connect_upstream(const RoutingTable& table, Colour colour,
-                                           Upstream& upstream) {
+    Task<Connected> connect_upstream(const RoutingTable& table, Colour colour,
+                                     const RequestFacts& facts, Upstream& upstream) {
+        Connected result = Connected::no_backend;
         for (unsigned attempt = 0; attempt < config_.upstream.connect_attempts; ++attempt) {
             const Backend* backend = attempt == 0 ? private_backend(table, colour) : nullptr;
             if (backend == nullptr) {
@@ -738,25 +989,29 @@ class ClientSession {
                 backend = worker_.balancer().pick_backend(table, other(colour), tried_);
             }
             if (backend == nullptr) {
-                co_return false;
+                co_return result;
             }
             tried_.push_back(backend->id);
-            // A request with a body cannot be sent twice, so its pooled connection is checked
-            // first; a body-less one is simply retried on a fresh connection if it was stale.
-            if (auto idle = lease(*backend, !parser_->is_done())) {
+            // A request that cannot be sent twice (a body, a non-idempotent method) checks its
+            // pooled connection first; another is simply sent again on a fresh connection if
+            // the pooled one turns out stale.
+            if (auto idle = lease(*backend, !parser_->is_done() || !facts.idempotent)) {
                 upstream.backend = backend;
                 upstream.stream.emplace(std::move(*idle));
                 upstream.reused = true;
                 tracked_.handle().upstream = &upstream.stream->socket();
                 tracked_.handle().upstream_backend = backend->id;
-                co_return true;
+                co_return Connected::yes;
             }
-            if (co_await connect_to(*backend, upstream)) {
-                co_return true;
+            result = co_await connect_to(*backend, upstream);
+            if (result == Connected::yes || result == Connected::out_of_descriptors) {
+                // The proxy's own lack of descriptors says nothing of the backend: no outcome
+                // is recorded (no ejection, no revert) and no other backend would fare better.
+                co_return result;
             }
             worker_.record_outcome(backend->id, true);
         }
-        co_return false;
+        co_return result;
     }
 
     // The backend of this session's private connection, while it is of `colour` and takes new
@@ -797,7 +1052,7 @@ class ClientSession {
 
     // Connects to the backend: TCP, then the PROXY header and the TLS handshake when its pool
     // asks for them, all within upstream_connect.
-    Task<bool> connect_to(const Backend& backend, Upstream& upstream) {
+    Task<Connected> connect_to(const Backend& backend, Upstream& upstream) {
         error_code ec;
         tcp::endpoint endpoint(asio::ip::make_address(backend.address.ip, ec),
                                backend.address.port);
@@ -813,9 +1068,13 @@ class ClientSession {
                 co_await asio::async_write(connection, asio::buffer(header), nothrow);
         }
         if (ec) {
-            WorkerStats::add(worker_.stats().upstream_connect_failures);
             tracked_.handle().upstream = nullptr;
-            co_return false;
+            if (out_of_descriptors(ec)) {
+                WorkerStats::add(worker_.stats().out_of_descriptors);
+                co_return Connected::out_of_descriptors;
+            }
+            WorkerStats::add(worker_.stats().upstream_connect_failures);
+            co_return Connected::refused;
         }
         connection.set_option(tcp::no_delay(true), ec);
         if (backend.tls) {
@@ -827,12 +1086,12 @@ class ClientSession {
         if (backend.tls && !co_await handshake(backend, *upstream.stream)) {
             tracked_.handle().upstream = nullptr;
             upstream.stream.reset();
-            co_return false;
+            co_return Connected::refused;
         }
         worker_.traffic().count_connect(backend.id);
         upstream.backend = &backend;
         upstream.reused = false;
-        co_return true;
+        co_return Connected::yes;
     }
 
     // The TLS handshake with a backend, resuming this worker's last session with it when it
@@ -864,7 +1123,7 @@ class ClientSession {
 
     // Sends the request (head, then the body as it arrives) and reads the response head,
     // relaying interim 1xx responses to the client.
-    Task<Exchange> exchange(Upstream& upstream, bool head) {
+    Task<Exchange> exchange(Upstream& upstream, const RequestFacts& facts) {
         auto& request = parser_->get();
         auto& stream = *upstream.stream;
         upstream_buffer_.clear();
@@ -880,45 +1139,43 @@ class ClientSession {
             head_.clear();
         }
         if (!parser_->is_done() || !head_.empty()) {
-            const BodyLeg leg{config_.timeouts.client_body, ConnectionDeadline::client,
-                              config_.timeouts.upstream_response, ConnectionDeadline::upstream,
-                              request.chunked()};
-            switch (co_await relay_body(client_, buffer_, *parser_, request_body_, stream, leg,
-                                        record_.bytes_in, body_started_)) {
-                case BodyEnd::done:
-                    break;
-                case BodyEnd::read_failed:
-                case BodyEnd::read_timeout:
-                    co_return Exchange::client_gone;
-                case BodyEnd::too_large:
-                    co_return Exchange::body_too_large;
-                case BodyEnd::write_failed:
-                    co_return Exchange::upstream_failed;
-                case BodyEnd::write_timeout:
-                    co_return Exchange::upstream_timeout;
+            const Exchange sent = co_await send_request_body(stream);
+            if (sent != Exchange::response_ready) {
+                co_return sent;
             }
         }
+        // Nothing more is read from the client until the response is over: watch it instead,
+        // so a client that leaves releases the backend at once.
+        close_watch_.start(&tracked_.handle().upstream);
 
         for (;;) {
             response_parser_.emplace();
+            response_chunks_ = chunk_guard();
+            response_parser_->on_chunk_header(response_chunks_);
             response_parser_->header_limit(
                 static_cast<std::uint32_t>(config_.limits.max_response_header));
             response_parser_->body_limit(boost::none);
-            if (head) {
+            if (facts.head) {
                 response_parser_->skip(true);
             }
             deadline_.arm(config_.timeouts.upstream_response, ConnectionDeadline::upstream);
-            error_code ec;
-            while ((ec = parse_buffered_response_header()) == http::error::need_more) {
+            std::size_t checked = 0;
+            HeadRead read;
+            while ((read = parse_response_head(checked)) == HeadRead::need_more) {
+                if (upstream_buffer_.size() + read_chunk() > upstream_buffer_.max_size()) {
+                    break;  // not reached: the scan refuses a head over max_response_header
+                }
                 auto [rec, n] = co_await stream.async_read_some(
-                    upstream_buffer_.prepare(read_chunk()), nothrow);
+                    upstream_buffer_.prepare(read_room(upstream_buffer_)), nothrow);
                 if (rec) {
-                    ec = rec;
                     break;
                 }
                 upstream_buffer_.commit(n);
             }
-            if (ec) {
+            if (read == HeadRead::invalid) {
+                co_return Exchange::response_invalid;
+            }
+            if (read != HeadRead::done) {
                 co_return deadline_.expired() ? Exchange::upstream_timeout : Exchange::upstream_failed;
             }
             const unsigned status = response_parser_->get().result_int();
@@ -926,12 +1183,17 @@ class ClientSession {
                 // By now a TLS 1.3 backend has sent its session tickets too.
                 worker_.upstream_pool().keep_tls_session(upstream.backend->id, stream);
             }
+            if (status == 101 && !facts.upgrade) {
+                body_error_ = "backend switched protocols unasked (101)";
+                co_return Exchange::response_invalid;
+            }
             if (status >= 200 || status == 101) {
                 co_return Exchange::response_ready;
             }
-            // An interim response (103 Early Hints, 102...): pass it on to HTTP/1.1 clients.
+            // An interim response (103 Early Hints, 102...): passed on to HTTP/1.1 clients only
+            // (RFC 9110 15.2: never to HTTP/1.0).
             auto& interim = response_parser_->get();
-            if (parser_->get().version() >= 11 && status != 100) {
+            if (facts.version >= 11 && status != 100) {
                 strip_response_hop_fields(interim, false);
                 interim.version(11);
                 write_response_head(interim.base(), head_);
@@ -945,25 +1207,88 @@ class ClientSession {
         }
     }
 
-    // Feeds what upstream_buffer_ holds to the response parser: success once the header is
-    // complete, need_more when more must be read, else the parse error. (The read loop lives in
-    // exchange(): one coroutine frame less per request.)
-    error_code parse_buffered_response_header() {
-        while (upstream_buffer_.size() > 0) {
-            error_code ec;
-            const std::size_t used = response_parser_->put(upstream_buffer_.data(), ec);
-            upstream_buffer_.consume(used);
-            if (!ec && response_parser_->is_header_done()) {
-                return {};
-            }
-            if (ec && ec != http::error::need_more) {
-                return ec;
-            }
-            if (used == 0) {
-                break;
-            }
+    // Streams the request body to the backend; response_ready means all of it went.
+    Task<Exchange> send_request_body(UpstreamStream& stream) {
+        const BodyLeg leg{config_.timeouts.client_body,      ConnectionDeadline::client,
+                          config_.timeouts.upstream_response, ConnectionDeadline::upstream,
+                          parser_->get().chunked(),           config_.limits.min_request_body_rate};
+        switch (co_await relay_body(client_, buffer_, *parser_, scratch(request_body_), stream,
+                                    leg, record_.bytes_in, body_started_)) {
+            case BodyEnd::done:
+                co_return Exchange::response_ready;
+            case BodyEnd::read_failed:
+                co_return Exchange::client_gone;
+            case BodyEnd::read_timeout:
+                co_return Exchange::body_too_slow;
+            case BodyEnd::too_large:
+                co_return Exchange::body_too_large;
+            case BodyEnd::malformed:
+                co_return Exchange::body_malformed;
+            case BodyEnd::write_failed:
+                co_return Exchange::upstream_failed;
+            case BodyEnd::write_timeout:
+                co_return Exchange::upstream_timeout;
         }
-        return http::error::need_more;
+        co_return Exchange::upstream_failed;
+    }
+
+    enum class HeadRead { need_more, done, invalid };
+
+    HeaderLimits response_header_limits() const {
+        return {config_.limits.max_response_header, config_.limits.max_response_header,
+                config_.limits.max_header_fields, config_.limits.max_field_size};
+    }
+
+    // Parses the response head in upstream_buffer_ once all of it is there, screened like a
+    // request head (field count and size, bare CR/LF, NUL, obs-fold): a backend's head is
+    // bounded as a client's is. `checked`: bytes already seen to hold no complete head, so a
+    // head that trickles in is not scanned again from the start for every byte.
+    HeadRead parse_response_head(std::size_t& checked) {
+        auto* data = static_cast<char*>(upstream_buffer_.data().data());
+        const std::string_view bytes(data, upstream_buffer_.size());
+        if (bytes.find('\n', checked) == std::string_view::npos) {
+            checked = bytes.size();
+            return bytes.size() > config_.limits.max_response_header ? refuse_response_head(
+                                                                           "header too large")
+                                                                     : HeadRead::need_more;
+        }
+        checked = bytes.size();
+        const RawHeaderScan scan = scan_raw_header(bytes, response_header_limits());
+        switch (scan.verdict) {
+            case RawHeaderVerdict::incomplete:
+                return HeadRead::need_more;
+            case RawHeaderVerdict::complete:
+                break;
+            case RawHeaderVerdict::request_line_too_long:
+            case RawHeaderVerdict::header_too_long:
+                worker_.stats().breach(LimitBreach::response_header);
+                return refuse_response_head("header too large");
+            case RawHeaderVerdict::too_many_fields:
+                worker_.stats().breach(LimitBreach::response_fields);
+                return refuse_response_head("too many header fields");
+            case RawHeaderVerdict::field_too_long:
+                worker_.stats().breach(LimitBreach::response_header);
+                return refuse_response_head("header field too large");
+            default:
+                return refuse_response_head("malformed header");
+        }
+        if (normalize_response_version({data, bytes.find("\r\n")}) != StartLineVersion::http1) {
+            return refuse_response_head("not HTTP/1.x");
+        }
+        error_code ec;
+        const std::size_t used =
+            response_parser_->put(asio::buffer(data, scan.header_end), ec);
+        upstream_buffer_.consume(used);
+        if (ec || !response_parser_->is_header_done()) {
+            return refuse_response_head("malformed header");
+        }
+        return HeadRead::done;
+    }
+
+    HeadRead refuse_response_head(std::string_view why) {
+        body_error_ = "backend response ";
+        body_error_.append(why);
+        return HeadRead::invalid;
     }
 
     // Streams a message body from `from` to `to` one piece at a time (bounded memory whatever
@@ -975,23 +1300,47 @@ class ClientSession {
                              std::vector<char>& scratch, To& to, const BodyLeg& leg,
                              std::uint64_t& bytes, bool& started) {
         auto& body = parser.get().body();
+        const auto body_start = std::chrono::steady_clock::now();
+        std::uint64_t moved = 0;
         bool ended = false;  // the end of the body has been written
         while (!ended) {
             std::size_t n = 0;
             if (!parser.is_done()) {
                 body.data = scratch.data();
                 body.size = scratch.size();
-                deadline_.arm(leg.read_limit, leg.read_side);
-                const error_code ec = co_await read_body_piece(from, in, parser, read_chunk());
+                const auto read_limit = body_read_limit(leg, body_start, moved);
+                if (read_limit <= std::chrono::milliseconds::zero()) {
+                    body_error_ = "request body slower than min_request_body_rate";
+                    worker_.stats().breach(LimitBreach::body_rate);
+                    co_return BodyEnd::read_timeout;
+                }
+                deadline_.arm(read_limit, leg.read_side);
+                ChunkHeaderGuard& chunks = isRequest ? request_chunks_ : response_chunks_;
+                const error_code ec =
+                    co_await read_body_piece(from, in, parser, read_chunk(), chunks);
                 if (ec == http::error::body_limit) {
                     co_return BodyEnd::too_large;
                 }
+                if (ec == http::error::buffer_overflow || is_framing_error(ec)) {
+                    note_framing_error(ec, chunks.over, isRequest);
+                    co_return BodyEnd::malformed;
+                }
                 if (ec) {
-                    co_return deadline_.expired() ? BodyEnd::read_timeout : BodyEnd::read_failed;
+                    if (deadline_.expired()) {
+                        if (read_limit < leg.read_limit) {  // the rate bound was the nearer one
+                            body_error_ = "request body slower than min_request_body_rate";
+                            worker_.stats().breach(LimitBreach::body_rate);
+                        } else {
+                            body_error_ = "body stalled past its time limit";
+                        }
+                        co_return BodyEnd::read_timeout;
+                    }
+                    co_return BodyEnd::read_failed;
                 }
                 started = true;
                 n = scratch.size() - body.size;
                 bytes += n;
+                moved += n;
                 if (n == 0 && !parser.is_done()) {
                     continue;  // a chunk header, no data yet
                 }
@@ -1030,6 +1379,34 @@ class ClientSession {
         co_return BodyEnd::done;
     }
 
+    // The time the next body read may take: the leg's pause limit, and with a minimum rate
+    // no later than read_limit after the start plus one second per min_rate bytes received
+    // (mod_reqtimeout's MinRate). Zero or less: the body is already too slow.
+    static std::chrono::milliseconds body_read_limit(const BodyLeg& leg,
+                                                     std::chrono::steady_clock::time_point start,
+                                                     std::uint64_t received) {
+        if (leg.min_rate == 0) {
+            return leg.read_limit;
+        }
+        const auto earned = std::chrono::milliseconds(received * 1000 / leg.min_rate);
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+            start + leg.read_limit + earned - std::chrono::steady_clock::now());
+        return std::min(leg.read_limit, left);
+    }
+
+    void note_framing_error(const error_code& ec, ChunkFraming over, bool request) {
+        if (over == ChunkFraming::chunk_line_too_long) {
+            body_error_ = "chunk-size line too long";
+            worker_.stats().breach(request ? LimitBreach::chunk_line
+                                           : LimitBreach::response_chunk_line);
+        } else if (over == ChunkFraming::trailer_too_long) {
+            body_error_ = "trailer section too large";
+            worker_.stats().breach(request ? LimitBreach::trailer : LimitBreach::response_trailer);
+        } else {
+            body_error_ = "invalid chunked body: " + ec.message();
+        }
+    }
+
     // One write of several pieces: gathered into one sendmsg on a socket; copied into one
     // buffer first on TLS, whose streams write one piece (one record) per call otherwise.
     // Not a coroutine itself: it hands back the write to await (one frame less per piece).
@@ -1053,12 +1430,12 @@ class ClientSession {
 
     // ---- the response -----------------------------------------------------------------------
 
-    Task<bool> relay_response(Upstream& upstream, bool client_keep_alive, unsigned client_version,
-                              bool head, bool upgrade) {
+    Task<bool> relay_response(Upstream& upstream, const RequestFacts& facts) {
+        const unsigned client_version = facts.version;
         auto& response = response_parser_->get();
         const unsigned status = response.result_int();
-        const bool switching = status == 101 && upgrade;
-        const bool no_body = head || status == 204 || status == 304 || switching;
+        const bool switching = status == 101 && facts.upgrade;
+        const bool no_body = facts.head || status == 204 || status == 304 || switching;
         const bool upstream_keep_alive = response_parser_->keep_alive();
         const bool upstream_chunked = response_parser_->chunked();
         const bool until_close =
@@ -1066,9 +1443,12 @@ class ClientSession {
 
         strip_response_hop_fields(response, switching);
         bool keep_alive =
-            client_keep_alive && parser_->is_done() && !worker_.draining() && !last_request_;
+            facts.keep_alive && parser_->is_done() && !worker_.draining() && !last_request_;
         bool chunked = false;
         if (!no_body && (upstream_chunked || until_close)) {
+            // The proxy frames this body itself: a Content-Length beside chunked (RFC 9112
+            // 6.3: chunked wins, the length must go) never reaches the client.
+            response.erase(http::field::content_length);
             if (client_version >= 11) {
                 response.chunked(true);
                 chunked = true;
@@ -1107,6 +1487,7 @@ class ClientSession {
             head_.clear();
         }
         if (switching) {
+            close_watch_.stop();  // the tunnel reads the client itself
             worker_.tunnel_opened(upstream.backend->id);
             co_await tunnel(*upstream.stream);
             worker_.tunnel_closed(upstream.backend->id);
@@ -1119,12 +1500,21 @@ class ClientSession {
                               config_.timeouts.client_write, ConnectionDeadline::client, chunked};
             bool started = false;
             const BodyEnd end = co_await relay_body(*upstream.stream, upstream_buffer_,
-                                                    *response_parser_, response_body_, client_,
+                                                    *response_parser_, scratch(response_body_), client_,
                                                     leg, record_.bytes_out, started);
-            if (end == BodyEnd::read_failed || end == BodyEnd::read_timeout) {
-                // The backend died or stalled mid-body: close the client connection so it
-                // never mistakes a cut response for a complete one.
+            if (close_watch_.client_gone()) {
+                WorkerStats::add(worker_.stats().client_aborts);
+                record_.error = "client closed the connection";
+                co_return false;
+            }
+            if (end == BodyEnd::read_failed || end == BodyEnd::read_timeout ||
+                end == BodyEnd::malformed) {
+                // The backend died, stalled or framed its body wrongly mid-body: close the
+                // client connection so it never mistakes a cut response for a complete one.
                 WorkerStats::add(worker_.stats().upstream_broken_responses);
+                if (end == BodyEnd::malformed) {
+                    record_.error = "backend response " + body_error_;
+                }
                 co_return false;
             }
             if (end != BodyEnd::done) {
@@ -1138,7 +1528,7 @@ class ClientSession {
 
         // The connection goes back to the pool only after a clean, fully framed exchange.
         if (response_complete && parser_->is_done() && upstream_keep_alive && !until_close &&
-            upstream_buffer_.size() == 0) {
+            upstream_buffer_.size() == 0 && !close_watch_.client_gone()) {
             tracked_.handle().upstream = nullptr;
             if (upstream.backend->send_proxy_protocol) {
                 private_.emplace(PrivateUpstream{upstream.backend->id, upstream.backend->address.ip,
@@ -1164,8 +1554,8 @@ class ClientSession {
         // Bytes that arrived behind the headers belong to the tunnel.
         bool ok = co_await flush(upstream, buffer_) && co_await flush(client_, upstream_buffer_);
         if (ok) {
-            co_await (pump(client_, upstream, request_body_) &&
-                      pump(upstream, client_, response_body_));
+            co_await (pump(client_, upstream, scratch(request_body_)) &&
+                      pump(upstream, client_, scratch(response_body_)));
         }
         WorkerStats::sub(worker_.stats().upgraded_open);
         error_code ignored;
@@ -1215,10 +1605,11 @@ class ClientSession {
     // error response before the client reads it. So after an error, read and discard what the
     // client still sends, for a bounded time and amount (nginx's lingering close).
     Task<void> drain_before_close() {
+        close_watch_.stop();
         deadline_.arm(config_.timeouts.client_linger, ConnectionDeadline::client);
         std::size_t discarded = 0;
         while (discarded < (1u << 20)) {
-            auto [ec, n] = co_await client_.async_read_some(asio::buffer(request_body_), nothrow);
+            auto [ec, n] = co_await client_.async_read_some(asio::buffer(scratch(request_body_)), nothrow);
             if (ec) {
                 break;
             }
@@ -1267,14 +1658,16 @@ class ClientSession {
     std::string gathered_;       // TLS only: pieces of one write copied together
     beast::flat_buffer buffer_;           // bytes read from the client, not yet parsed
     beast::flat_buffer upstream_buffer_;  // bytes read from the backend, not yet parsed
-    std::vector<char> request_body_;      // one piece of request body in flight
+    std::vector<char> request_body_;      // one piece of request body in flight (see scratch())
     std::vector<char> response_body_;     // one piece of response body in flight
+    std::array<char, 256> first_bytes_;   // where an idle connection's next request lands
     std::string head_;                    // the serialized head of the message being sent
     std::optional<http::request_parser<http::buffer_body>> parser_;
     std::optional<http::response_parser<http::buffer_body>> response_parser_;
     std::vector<std::uint32_t> tried_;
     std::optional<PrivateUpstream> private_;  // kept between requests (send_proxy_protocol)
     std::string connect_error_;  // why connecting to a backend failed, when worth logging
+    std::string body_error_;     // why a body or response head was refused, for the reply and log
     bool body_started_ = false;
     bool interim_sent_ = false;
     bool set_sticky_ = false;
@@ -1288,6 +1681,9 @@ class ClientSession {
     bool linger_ = false;  // an error response was sent: drain before closing
     TrackedSession& tracked_;
     ConnectionDeadline deadline_;
+    ClientCloseWatch close_watch_;  // while a request is in flight and the client is not read
+    ChunkHeaderGuard request_chunks_;   // called by parser_ (which holds a reference)
+    ChunkHeaderGuard response_chunks_;  // called by response_parser_
 };
 
 }  // namespace

@@ -710,15 +710,22 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
         t->read_duration("shutdown_grace", config.timeouts.shutdown_grace);
         t->read_duration("shutdown_ready_delay", config.timeouts.shutdown_ready_delay);
         t->read_duration("tls_handshake", config.timeouts.tls_handshake);
+        t->read_duration("accept_pause", config.timeouts.accept_pause);
         t->reject_unknown_keys();
     }
 
     if (auto l = top.sub_table("limits")) {
         l->read_integer("max_request_line", config.limits.max_request_line, 256, 1 << 20);
-        l->read_integer("max_request_header", config.limits.max_request_header, 1024, 1 << 24);
+        l->read_integer("max_request_header", config.limits.max_request_header, 1024, 65535);
         l->read_integer("max_request_body", config.limits.max_request_body, 0,
                         std::int64_t{1} << 50);
-        l->read_integer("max_response_header", config.limits.max_response_header, 1024, 1 << 24);
+        l->read_integer("max_response_header", config.limits.max_response_header, 1024, 65535);
+        l->read_integer("max_header_fields", config.limits.max_header_fields, 1, 10000);
+        l->read_integer("max_field_size", config.limits.max_field_size, 64, 65535);
+        l->read_integer("max_chunk_line", config.limits.max_chunk_line, 16, 65535);
+        l->read_integer("max_trailer", config.limits.max_trailer, 0, 65535);
+        l->read_integer("min_request_body_rate", config.limits.min_request_body_rate, 0,
+                        std::int64_t{1} << 40);
         l->read_integer("max_connections", config.limits.max_connections, 1, 10000000);
         l->read_integer("max_requests_per_connection", config.limits.max_requests_per_connection, 0,
                         1u << 31);

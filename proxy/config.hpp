@@ -161,13 +161,22 @@ struct Timeouts {
     Duration shutdown_grace{std::chrono::seconds(30)};
     Duration shutdown_ready_delay{std::chrono::seconds(2)};
     Duration tls_handshake{std::chrono::seconds(10)};
+    // accept() failing for want of descriptors or memory pauses that listener this long.
+    Duration accept_pause{std::chrono::milliseconds(100)};
 };
 
 struct Limits {
     std::size_t max_request_line = 8192;
     std::size_t max_request_header = 32768;
     std::uint64_t max_request_body = 0;  // 0: no limit
-    std::size_t max_response_header = 65536;
+    std::size_t max_response_header = 65535;  // Beast stores a field in at most 64 KiB
+    std::size_t max_header_fields = 100;      // in a request or response head
+    std::size_t max_field_size = 16384;       // one field line, name and value
+    std::size_t max_chunk_line = 4096;        // a chunk-size line with its extensions
+    std::size_t max_trailer = 16384;          // a chunked body's trailer section
+    // A request body must arrive at this average rate (bytes/s) once client_body has passed
+    // since its start (Apache's mod_reqtimeout MinRate). 0: no minimum.
+    std::uint64_t min_request_body_rate = 1024;
     std::size_t buffer_size = 16384;
     std::uint32_t max_connections = 16384;         // client connections over all listeners
     std::uint32_t max_requests_per_connection = 0;  // 0: no limit
@@ -176,7 +185,7 @@ struct Limits {
 struct UpstreamSettings {
     BalancePolicy balance = BalancePolicy::round_robin;
     std::size_t max_idle_per_backend = 64;
-    Duration idle_timeout{std::chrono::seconds(30)};
+    Duration idle_timeout{std::chrono::seconds(4)};
     // A pooled connection idle longer than this is checked to be open before reuse.
     Duration recheck_after{std::chrono::seconds(1)};
     unsigned connect_attempts = 3;

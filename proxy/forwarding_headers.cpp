@@ -9,6 +9,15 @@ namespace http = boost::beast::http;
 
 namespace {
 
+// Content-Length and Host frame and route the message: the proxy derives them itself, so a
+// peer naming them in Connection (a smuggling trick: the body would become a second request)
+// does not remove them. RFC 9110 7.6.1 forbids naming fields meant for every recipient there;
+// keeping the framing is safe for every reading of such a message, refusing it is not needed.
+bool frames_or_routes(std::string_view name) {
+    const http::field field = http::string_to_field(name);
+    return field == http::field::content_length || field == http::field::host;
+}
+
 void strip_hop_fields(http::fields& fields, bool keep_upgrade) {
     // Fields named by Connection are hop-by-hop too; collect names before erasing.
     std::string named;
@@ -17,7 +26,7 @@ void strip_hop_fields(http::fields& fields, bool keep_upgrade) {
         named.append(it->value()).push_back(',');
     }
     for (auto token : http::token_list(named)) {
-        if (keep_upgrade && boost::beast::iequals(token, "upgrade")) {
+        if ((keep_upgrade && boost::beast::iequals(token, "upgrade")) || frames_or_routes(token)) {
             continue;
         }
         fields.erase(token);

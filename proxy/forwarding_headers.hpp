@@ -14,7 +14,8 @@ struct ForwardedFor {
     bool trusted = false;  // the peer is a trusted proxy: its forwarding fields are kept
 };
 
-// Removes Connection and the fields it names, Keep-Alive, Proxy-Connection, TE, Trailer,
+// Removes Connection and the fields it names (never Content-Length or Host, which frame and
+// route the message), Keep-Alive, Proxy-Connection, TE, Trailer,
 // Transfer-Encoding (the caller re-frames the body) and Upgrade unless upgrading; appends the
 // client to X-Forwarded-For and sets X-Forwarded-Proto and X-Forwarded-Host.
 void rewrite_request_fields(boost::beast::http::fields& fields, const ForwardedFor& hop);

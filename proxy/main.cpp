@@ -6,6 +6,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <csignal>
 #include <cstdio>
 #include <functional>
 #include <iostream>
@@ -18,6 +19,7 @@
 #include "audit_log.hpp"
 #include "config.hpp"
 #include "control_server.hpp"
+#include "descriptor_limit.hpp"
 #include "health_checker.hpp"
 #include "metrics_exporter.hpp"
 #include "routing_state.hpp"
@@ -32,6 +34,24 @@ int report_errors(const std::vector<bg::ConfigError>& errors) {
         std::cerr << error.to_string() << '\n';
     }
     return 1;
+}
+
+// Raises the descriptor limit as far as it goes and says when the config could need more: each
+// client connection may hold a backend connection, and each worker pools idle ones.
+void warn_if_descriptors_short(const bg::Config& config, unsigned workers) {
+    const bg::DescriptorLimit limit = bg::raise_descriptor_limit();
+    const std::uint64_t backends = config.blue.backends.size() + config.green.backends.size();
+    const std::uint64_t needed =
+        2ull * config.limits.max_connections +
+        std::uint64_t{workers} * backends * config.upstream.max_idle_per_backend +
+        std::uint64_t{workers} * config.listeners.size() + 64;
+    if (limit.soft != 0 && needed > limit.soft) {
+        spdlog::warn("file descriptor limit {} (hard {}) is below the {} that max_connections={} "
+                     "and the upstream pools may need: past it, connections wait in the backlog "
+                     "and backend connects answer 503 (raise LimitNOFILE or lower "
+                     "limits.max_connections)",
+                     limit.soft, limit.hard, needed, config.limits.max_connections);
+    }
 }
 
 }  // namespace
@@ -97,6 +117,10 @@ int main(int argc, char** argv) {
     }
     auto config = std::make_shared<const bg::Config>(std::move(*merged.config));
     const unsigned workers = config->workers > 0 ? config->workers : bg::default_worker_count();
+    // A write to a closed pipe (an access log read by a process that left) must fail with
+    // EPIPE, not kill the proxy. Sockets already send with MSG_NOSIGNAL.
+    std::signal(SIGPIPE, SIG_IGN);
+    warn_if_descriptors_short(*config, workers);
 
     // The main thread is the control thread: Switchboard, control socket, signals.
     boost::asio::io_context control(1);

@@ -10,18 +10,21 @@ namespace bg {
 
 namespace http = boost::beast::http;
 
-RawHeaderScan scan_raw_header(std::string_view bytes, std::size_t max_request_line,
-                              std::size_t max_request_header) {
+RawHeaderScan scan_raw_header(std::string_view bytes, const HeaderLimits& limits) {
     const std::size_t n = bytes.size();
     std::size_t line_start = 0;
+    std::size_t fields = 0;
     bool in_request_line = true;
     for (std::size_t i = 0; i < n; ++i) {
         const char c = bytes[i];
-        if (in_request_line && i >= max_request_line) {
+        if (in_request_line && i >= limits.max_start_line) {
             return {RawHeaderVerdict::request_line_too_long};
         }
-        if (i >= max_request_header) {
+        if (i >= limits.max_header) {
             return {RawHeaderVerdict::header_too_long};
+        }
+        if (!in_request_line && i - line_start >= limits.max_field_size) {
+            return {RawHeaderVerdict::field_too_long};
         }
         if (c == '\0') {
             return {RawHeaderVerdict::nul_byte};
@@ -33,6 +36,9 @@ RawHeaderScan scan_raw_header(std::string_view bytes, std::size_t max_request_li
             if (i + 1 - line_start == 2 && !in_request_line) {
                 return {RawHeaderVerdict::complete, i + 1};  // the blank line
             }
+            if (!in_request_line && ++fields > limits.max_fields) {
+                return {RawHeaderVerdict::too_many_fields};
+            }
             in_request_line = false;
             line_start = i + 1;
             if (i + 1 < n && (bytes[i + 1] == ' ' || bytes[i + 1] == '\t')) {
@@ -43,6 +49,40 @@ RawHeaderScan scan_raw_header(std::string_view bytes, std::size_t max_request_li
         }
     }
     return {RawHeaderVerdict::incomplete};
+}
+
+namespace {
+
+// "HTTP/d.d" at `version`: 1.x above 1.1 becomes 1.1.
+StartLineVersion normalize_version(std::span<char> version) {
+    const auto digit = [](char c) { return c >= '0' && c <= '9'; };
+    if (version.size() != 8 || std::string_view(version.data(), 5) != "HTTP/" ||
+        !digit(version[5]) || version[6] != '.' || !digit(version[7])) {
+        return StartLineVersion::unreadable;
+    }
+    if (version[5] != '1') {
+        return StartLineVersion::other_major;
+    }
+    if (version[7] > '1') {
+        version[7] = '1';
+    }
+    return StartLineVersion::http1;
+}
+
+}  // namespace
+
+StartLineVersion normalize_request_version(std::span<char> request_line) {
+    if (request_line.size() < 8) {
+        return StartLineVersion::unreadable;
+    }
+    return normalize_version(request_line.last(8));
+}
+
+StartLineVersion normalize_response_version(std::span<char> status_line) {
+    if (status_line.size() < 8) {
+        return StartLineVersion::unreadable;
+    }
+    return normalize_version(status_line.first(8));
 }
 
 namespace {

@@ -5,6 +5,7 @@
 
 #include <boost/beast/http/message.hpp>
 #include <cstddef>
+#include <span>
 #include <string_view>
 
 namespace bg {
@@ -18,6 +19,17 @@ enum class RawHeaderVerdict {
     bare_lf,
     request_line_too_long,  // -> 414
     header_too_long,        // -> 431
+    too_many_fields,        // -> 431
+    field_too_long,         // -> 431
+};
+
+// What a peer may send in one message head. Beast bounds only the whole head (and throws
+// std::length_error on a field over 64 KiB), so the rest is checked on the raw bytes.
+struct HeaderLimits {
+    std::size_t max_start_line = 8192;   // the request line
+    std::size_t max_header = 32768;      // start line and fields
+    std::size_t max_fields = 100;        // field lines
+    std::size_t max_field_size = 16384;  // one field line, name and value
 };
 
 struct RawHeaderScan {
@@ -26,8 +38,14 @@ struct RawHeaderScan {
 };
 
 // Screens the raw bytes of a request header (from the start of the request line).
-RawHeaderScan scan_raw_header(std::string_view bytes, std::size_t max_request_line,
-                              std::size_t max_request_header);
+RawHeaderScan scan_raw_header(std::string_view bytes, const HeaderLimits& limits);
+
+// RFC 9110 2.5: a recipient handles HTTP/1.x above 1.1 as 1.1 (Beast refuses anything but
+// 1.0 and 1.1). Rewrites the version of a start line ("GET / HTTP/1.2" or "HTTP/1.2 200 OK",
+// CRLF excluded) in place to HTTP/1.1 and says whether the major version is 1.
+enum class StartLineVersion { http1, other_major, unreadable };
+StartLineVersion normalize_request_version(std::span<char> request_line);
+StartLineVersion normalize_response_version(std::span<char> status_line);
 
 // Checks a parsed request header; returns a reason for a 400, or empty when it is acceptable.
 std::string_view framing_problem(const boost::beast::http::request_header<>& header);

@@ -64,6 +64,8 @@ bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
         }
         ports[i] = acceptor->local_endpoint().port();
         acceptors_.push_back(std::move(acceptor));
+        accept_pauses_.push_back(
+            std::make_unique<AcceptPause>(io_, "worker " + std::to_string(index_) + " listener " + address.text));
     }
     return true;
 }
@@ -88,8 +90,14 @@ void Worker::accept_loop(Acceptor& acceptor, std::size_t listener) {
             return;
         }
         if (ec) {
-            // EMFILE and friends: log, keep accepting; the pending connection waits in the
-            // backlog rather than being lost.
+            // Out of descriptors: the pending connection stays in the backlog, and accepting
+            // again at once would fail at once (a busy loop): the listener pauses instead.
+            if (accept_pauses_[listener]->pause_after(
+                    ec, config_->timeouts.accept_pause,
+                    [this, &acceptor, listener] { accept_loop(acceptor, listener); })) {
+                WorkerStats::add(stats_.accept_failures);
+                return;
+            }
             spdlog::warn("worker {}: accept failed: {}", index_, ec.message());
         } else {
             WorkerStats::add(stats_.connections_accepted);
@@ -206,6 +214,9 @@ void Worker::begin_shutdown() {
         for (auto& acceptor : acceptors_) {
             boost::system::error_code ignored;
             acceptor->close(ignored);
+        }
+        for (auto& pause : accept_pauses_) {
+            pause->cancel();
         }
         // Idle keep-alive connections have nothing in flight: close them now. Busy ones see
         // draining() and close after their current response.

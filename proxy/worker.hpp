@@ -16,6 +16,7 @@
 #include "balancer.hpp"
 #include "config.hpp"
 #include "connection_limits.hpp"
+#include "descriptor_limit.hpp"
 #include "io_types.hpp"
 #include "routing_table.hpp"
 #include "session_handle.hpp"
@@ -102,6 +103,7 @@ class Worker {
     std::vector<std::uint64_t> failures_by_backend_;
     std::vector<std::uint64_t> consecutive_failures_;
     boost::asio::steady_timer grace_timer_;
+    std::vector<std::unique_ptr<AcceptPause>> accept_pauses_;  // one per acceptor
     bool draining_ = false;
     std::thread thread_;
 };

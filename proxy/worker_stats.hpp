@@ -2,10 +2,30 @@
 // Counters one worker keeps about its traffic. Written only by the worker's thread (relaxed
 // atomics so the metrics endpoint may read them from another thread without a lock).
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 
 namespace bg {
+
+// Which bound of [limits] a peer's message went over (each is counted, and named in the
+// access log line of the refused request).
+enum class LimitBreach : std::uint8_t {
+    request_line,
+    request_header,
+    header_fields,
+    field_size,
+    chunk_line,
+    trailer,
+    request_body,
+    body_rate,
+    response_header,
+    response_fields,
+    response_chunk_line,
+    response_trailer,
+};
+inline constexpr std::size_t limit_breach_kinds = 12;
+const char* to_string(LimitBreach breach);
 
 struct WorkerStats {
     using Counter = std::atomic<std::uint64_t>;
@@ -25,10 +45,16 @@ struct WorkerStats {
     Counter connections_refused{0};     // past max_connections
     Counter tls_handshake_failures{0};  // failed or timed out
     Counter proxy_headers_refused{0};   // missing, malformed or from an untrusted peer
+    Counter client_aborts{0};           // clients gone with their request in flight (499)
+    Counter client_body_timeouts{0};    // request bodies that stalled or came too slowly
+    Counter accept_failures{0};         // accept() out of descriptors or memory: listener paused
+    Counter out_of_descriptors{0};      // backend connects the proxy could not open (503)
+    std::array<Counter, limit_breach_kinds> limit_breaches{};
 
     static void add(Counter& counter, std::uint64_t n = 1) {
         counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
     }
+    void breach(LimitBreach which) { add(limit_breaches[static_cast<std::size_t>(which)]); }
     static void sub(Counter& counter, std::uint64_t n = 1) {
         counter.store(counter.load(std::memory_order_relaxed) - n, std::memory_order_relaxed);
     }

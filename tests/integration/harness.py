@@ -44,10 +44,10 @@ def _wait_for_line(proc, pattern, timeout=10.0, seen=None):
 
 
 class Process:
-    def __init__(self, args, pattern, env=None):
+    def __init__(self, args, pattern, env=None, preexec_fn=None):
         self.args = args
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=env)
+                                     text=True, env=env, preexec_fn=preexec_fn)
         self.lines = []
         self.match = _wait_for_line(self.proc, pattern, seen=self.lines)
 
@@ -99,7 +99,8 @@ _LISTENING = r"listening on (https?)://([\d.]+):(\d+)"
 class Proxy(Process):
     """bgproxy from a config text (with {placeholders} already filled) or from flags."""
 
-    def __init__(self, config_text=None, flags=None, workers=2, state_dir=None, env=None):
+    def __init__(self, config_text=None, flags=None, workers=2, state_dir=None, env=None,
+                 preexec_fn=None):
         """state_dir keeps the control socket, state file and audit log; a fresh temporary one
         by default, so no test sees another's state. Pass the same one to restart a proxy."""
         args = [BGPROXY]
@@ -120,7 +121,7 @@ class Proxy(Process):
                             ("--admin", "127.0.0.1:0")):
             if flag not in args:
                 args += [flag, value]
-        super().__init__(args, _LISTENING, env=env)
+        super().__init__(args, _LISTENING, env=env, preexec_fn=preexec_fn)
         self.port = int(self.match.group(3))
         # One line per [[listener]], in config order, printed together: `ports` has them all
         # (ports[0] == port), `schemes` says which are "https".
@@ -248,3 +249,215 @@ class ProcessTestCase(unittest.TestCase):
 
     def proxy(self, *a, **kw):
         return self.start(Proxy(*a, **kw))
+
+
+def admin_get(proxy, path):
+    """GET on the proxy's admin listener: (status, body bytes)."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.admin_port, timeout=5)
+    conn.request("GET", path)
+    r = conn.getresponse()
+    body = r.read()
+    conn.close()
+    return r.status, body
+
+
+def metric(proxy, name, labels=""):
+    """One sample of /metrics (0 when absent): name as written, labels like 'limit="trailer"'."""
+    _, body = admin_get(proxy, "/metrics")
+    want = name + ("{" + labels + "}" if labels else "")
+    for line in body.decode().splitlines():
+        if line.startswith(want + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+class Incomplete(Exception):
+    pass
+
+
+def parse_request(data):
+    """A strict RFC 9112 reading of one request at the start of `data`, independent of the
+    proxy's parser: (method, target, version, [(name, value)], body, bytes used). Raises
+    Incomplete when more bytes are needed, ValueError when the bytes are not a request."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        raise Incomplete()
+    lines = data[:end].split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not re.fullmatch(rb"HTTP/1\.[01]", parts[2]):
+        raise ValueError("bad request line %r" % lines[0])
+    fields = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not re.fullmatch(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+            raise ValueError("bad field line %r" % line)
+        fields.append((name.decode().lower(), value.strip(b" \t").decode("latin-1")))
+    names = [n for n, _ in fields]
+    pos = end + 4
+    if "transfer-encoding" in names:
+        if "content-length" in names or [v for n, v in fields if n == "transfer-encoding"] != ["chunked"]:
+            raise ValueError("ambiguous framing %r" % fields)
+        body = b""
+        while True:
+            eol = data.find(b"\r\n", pos)
+            if eol < 0:
+                raise Incomplete()
+            size = int(data[pos:eol].split(b";")[0], 16)
+            pos = eol + 2
+            if size == 0:
+                trailer_end = data.find(b"\r\n", pos)
+                while trailer_end != pos:  # trailer fields until the empty line
+                    if trailer_end < 0:
+                        raise Incomplete()
+                    pos = trailer_end + 2
+                    trailer_end = data.find(b"\r\n", pos)
+                return parts[0], parts[1], parts[2], fields, body, pos + 2
+            if len(data) < pos + size + 2:
+                raise Incomplete()
+            body += data[pos:pos + size]
+            if data[pos + size:pos + size + 2] != b"\r\n":
+                raise ValueError("chunk data longer than its size")
+            pos += size + 2
+    lengths = [v for n, v in fields if n == "content-length"]
+    if len(lengths) > 1 or (lengths and not lengths[0].isdigit()):
+        raise ValueError("bad Content-Length %r" % lengths)
+    size = int(lengths[0]) if lengths else 0
+    if len(data) < pos + size:
+        raise Incomplete()
+    return parts[0], parts[1], parts[2], fields, data[pos:pos + size], pos + size
+
+
+class ScriptedBackend:
+    """A backend written in raw bytes, for what bg-backend will not do: answer with exactly the
+    bytes a test gives (malformed, smuggling, half-sent, never), and record exactly what the proxy
+    sent. `answer(request, index, conn)` gets each parsed request (see parse_request) and its
+    number on the connection (from 0); it returns bytes to send, (bytes,) to send them and
+    close, or None to close without a word. Each connection's requests, raw bytes and end (time and how) are kept in `connections`."""
+
+    def __init__(self, answer, name="scripted"):
+        import threading
+        self.answer = answer
+        self.name = name
+        self.args = ["scripted backend " + name]
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(64)
+        self.port = self.server.getsockname()[1]
+        self.address = "127.0.0.1:%d" % self.port
+        self.connections = []
+        self.lock = threading.Lock()
+        self.closed = False
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        import threading
+        while not self.closed:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            record = {"raw": b"", "requests": [], "end": None, "ended_at": None, "errors": []}
+            with self.lock:
+                self.connections.append(record)
+            threading.Thread(target=self._serve, args=(conn, record), daemon=True).start()
+
+    def _serve(self, conn, record):
+        pending = b""
+        try:
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    record["end"] = "eof"
+                    break
+                record["raw"] += chunk
+                pending += chunk
+                while True:
+                    try:
+                        request = parse_request(pending)
+                    except Incomplete:
+                        break
+                    except ValueError as e:
+                        record["errors"].append(str(e))
+                        pending = b""
+                        break
+                    pending = pending[request[5]:]
+                    record["requests"].append(request)
+                    reply = self.answer(request, len(record["requests"]) - 1, conn)
+                    close = reply is None or isinstance(reply, tuple)
+                    if isinstance(reply, tuple):
+                        reply = reply[0]
+                    if reply:
+                        conn.sendall(reply)
+                    if close:
+                        record["end"] = "closed by backend"
+                        return
+        except OSError as e:
+            record["end"] = "error: %s" % e
+        finally:
+            record["ended_at"] = time.time()
+            conn.close()
+
+    def requests(self):
+        with self.lock:
+            return [r for c in self.connections for r in c["requests"]]
+
+    def stop(self):
+        self.closed = True
+        self.server.close()
+        return ""
+
+
+def ok_response(body=b"ok", extra=b""):
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+def read_response(sock, timeout=5.0):
+    """Reads one HTTP/1.1 response (Content-Length, chunked or until close) from a socket:
+    (status, [(name, value)], body, leftover bytes). Interim 1xx responses are returned too,
+    each as its own response. Raises Incomplete if the connection ends first."""
+    sock.settimeout(timeout)
+    data = b""
+    def more():
+        nonlocal data
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise Incomplete()
+        data += chunk
+    while b"\r\n\r\n" not in data:
+        more()
+    end = data.index(b"\r\n\r\n")
+    lines = data[:end].split(b"\r\n")
+    status = int(lines[0].split(b" ")[1])
+    fields = [(n.strip().lower().decode(), v.strip().decode("latin-1"))
+              for n, _, v in (l.partition(b":") for l in lines[1:])]
+    names = dict(fields)
+    pos = end + 4
+    if 100 <= status < 200 or status in (204, 304):
+        return status, fields, b"", data[pos:]
+    if names.get("transfer-encoding") == "chunked":
+        body = b""
+        while True:
+            while data.find(b"\r\n", pos) < 0:
+                more()
+            eol = data.index(b"\r\n", pos)
+            size = int(data[pos:eol].split(b";")[0], 16)
+            pos = eol + 2
+            while len(data) < pos + size + 2:
+                more()
+            body += data[pos:pos + size]
+            pos += size + 2
+            if size == 0:
+                return status, fields, body, data[pos:]
+    if "content-length" in names:
+        size = int(names["content-length"])
+        while len(data) < pos + size:
+            more()
+        return status, fields, data[pos:pos + size], data[pos + size:]
+    while True:
+        try:
+            more()
+        except Incomplete:
+            return status, fields, data[pos:], b""

@@ -13,7 +13,8 @@ H = b"Host: x\r\n"
 CASES = [
     ("malformed request line", b"GET\r\n\r\n", 400),
     ("bad method token", b"G(T / HTTP/1.1\r\n" + H + b"\r\n", 400),
-    ("bad version", b"GET / HTTP/9.9\r\n" + H + b"\r\n", 400),
+    ("major version 9", b"GET / HTTP/9.9\r\n" + H + b"\r\n", 505),
+    ("unreadable version", b"GET / HTTP/1.x\r\n" + H + b"\r\n", 400),
     ("missing Host on 1.1", b"GET / HTTP/1.1\r\n\r\n", 400),
     ("two Hosts", b"GET / HTTP/1.1\r\n" + H + b"Host: y\r\n\r\n", 400),
     ("CL and TE", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),

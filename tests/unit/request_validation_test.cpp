@@ -10,7 +10,7 @@ namespace http = boost::beast::http;
 namespace {
 
 bg::RawHeaderVerdict verdict(std::string_view bytes) {
-    return bg::scan_raw_header(bytes, 64, 256).verdict;
+    return bg::scan_raw_header(bytes, {64, 256, 100, 16384}).verdict;
 }
 
 // Parses a header the way the session does and returns framing_problem's answer.
@@ -28,7 +28,7 @@ std::string problem(std::string_view header) {
 }  // namespace
 
 TEST_CASE("a complete header is found with its length") {
-    auto scan = bg::scan_raw_header("GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY", 64, 256);
+    auto scan = bg::scan_raw_header("GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY", {64, 256, 100, 16384});
     CHECK(scan.verdict == bg::RawHeaderVerdict::complete);
     CHECK(scan.header_end == 27);
     CHECK(verdict("GET / HTTP/1.1\r\nHost: a\r\n") == bg::RawHeaderVerdict::incomplete);

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Memory an idle keep-alive client connection costs: N connections that each sent one GET
+# and then sit idle, per proxy (bgproxy, HAProxy, nginx), RSS growth divided by N, in turns
+# over several rounds (medians). The proxies run as deployed: one worker, two pools of two
+# backends (HAProxy and nginx: the same four backends), health checks on.
+#
+#   bench/idle.sh                          # 8,000 connections, 2 rounds
+# (HAProxy wants 2 descriptors per maxconn: 8,000 fits the 20,000-descriptor limit here.)
+#   IDLE_CONNECTIONS=5000 IDLE_ROUNDS=3 bench/idle.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${IDLE_CONNECTIONS:-8000}
+rounds=${IDLE_ROUNDS:-2}
+connections=1 seconds=1 load_cpu=1
+
+scripts/install-deps.sh
+scripts/build.sh release --target bgproxy bg-backend >/dev/null
+source bench/wrk_lib.sh
+# Thousands of connections need more than the usual 1024 descriptors.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+backends=()
+for name in blue-1 blue-2 green-1 green-2; do
+  port=$(free_port)
+  build/bench/bg-backend --listen "127.0.0.1:$port" --name "$name" >/dev/null &
+  pids+=($!)
+  wait_port "$port"
+  backends+=("127.0.0.1:$port")
+done
+
+cat > "$work/bgproxy.toml" <<TOML
+[server]
+workers = 1
+admin_listen = "127.0.0.1:0"
+[[listener]]
+address = "127.0.0.1:@PORT@"
+[routing]
+blue = 100
+green = 0
+[pools.blue]
+backends = [{ name = "blue-1", address = "${backends[0]}" }, { name = "blue-2", address = "${backends[1]}" }]
+[pools.green]
+backends = [{ name = "green-1", address = "${backends[2]}" }, { name = "green-2", address = "${backends[3]}" }]
+[health]
+interval = "1s"
+[control]
+socket = "$work/control.sock"
+state_file = "$work/state.json"
+audit_log = "$work/audit.log"
+TOML
+
+cat > "$work/haproxy.cfg.in" <<CFG
+global
+    nbthread 1
+    maxconn $((n + 500))
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 60s
+    timeout server 30s
+    timeout http-keep-alive 60s
+    option http-keep-alive
+frontend fe
+    bind 127.0.0.1:@PORT@
+    option forwardfor
+    default_backend blue
+backend blue
+    option httpchk GET /healthz
+    server b1 ${backends[0]} check inter 1s
+    server b2 ${backends[1]} check inter 1s
+backend green
+    option httpchk GET /healthz
+    server g1 ${backends[2]} check inter 1s
+    server g2 ${backends[3]} check inter 1s
+CFG
+
+mkdir -p "$work"/{body,proxy,fastcgi,uwsgi,scgi}
+sed -e "s|events { worker_connections 4096; }|events { worker_connections 30000; }\nworker_rlimit_nofile 40000;|" \
+    -e "s|server @BACKEND@;|server ${backends[0]};\n        server ${backends[1]};|" \
+    -e "s|@DIR@|$work|g" bench/nginx.conf.in > "$work/nginx.conf.in"
+
+start() { # start NAME PORT: starts the proxy on PORT, sets $pid
+  case $1 in
+    bgproxy) sed "s|@PORT@|$2|" "$work/bgproxy.toml" > "$work/bgproxy-run.toml"
+             build/proxy/bgproxy --config "$work/bgproxy-run.toml" >/dev/null 2>&1 & ;;
+    haproxy) sed "s|@PORT@|$2|" "$work/haproxy.cfg.in" > "$work/haproxy.cfg"
+             haproxy -q -f "$work/haproxy.cfg" & ;;
+    nginx)   sed "s|@LISTEN@|127.0.0.1:$2|" "$work/nginx.conf.in" > "$work/nginx.conf"
+             nginx -c "$work/nginx.conf" -e "$work/nginx-error.log" & ;;
+  esac
+  pid=$!
+  wait_port "$2"
+}
+
+declare -A per_conn
+for round in $(seq 1 "$rounds"); do
+  for name in bgproxy haproxy nginx; do
+    port=$(free_port)
+    start "$name" "$port"
+    sleep 1
+    # nginx: the worker holds the connections, not the master.
+    target=$pid
+    if [ "$name" = nginx ]; then target=$(pgrep -P "$pid" | head -1); fi
+    out=$(python3 bench/idle_clients.py "$port" "$target" "$n")
+    echo "round $round $name: $out (KiB per connection, RSS before, after)" >&2
+    per_conn[$name]="${per_conn[$name]:-} $(echo "$out" | cut -d' ' -f1)"
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  done
+done
+
+median() { python3 -c "import sys, statistics; print('%.2f' % statistics.median(map(float, sys.argv[1:])))" "$@"; }
+printf '\n%s idle keep-alive connections (one GET each), %s rounds; RSS growth per connection:\n' "$n" "$rounds"
+for name in bgproxy haproxy nginx; do
+  # shellcheck disable=SC2086
+  printf '  %-8s %8s KiB   (rounds:%s)\n' "$name" "$(median ${per_conn[$name]})" "${per_conn[$name]}"
+done
+b=$(median ${per_conn[bgproxy]}); h=$(median ${per_conn[haproxy]}); g=$(median ${per_conn[nginx]})
+printf '  bgproxy/haproxy %s   bgproxy/nginx %s\n' "$(ratio "$b" "$h")" "$(ratio "$b" "$g")"

@@ -1,0 +1,32 @@
+#pragma once
+// Bounds on chunked framing, which Beast's parser does not set: the length of a chunk-size line
+// (with its extensions) and the size of the trailer section. Both a client and a backend send
+// them, so both directions are checked.
+
+#include <boost/system/error_code.hpp>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+namespace bg {
+
+enum class ChunkFraming { within_limits, chunk_line_too_long, trailer_too_long };
+
+// Bytes a body parser holds back, unparsed, while it waits for the end of a chunk-size line
+// or of the trailer section: checked before more is buffered.
+ChunkFraming check_pending_chunk_framing(std::string_view pending, std::size_t max_chunk_line,
+                                         std::size_t max_trailer);
+
+// A parser's chunk-header callback (parser::on_chunk_header) that checks what arrived whole:
+// each chunk-size line, and at the last chunk the trailer section that follows it in the
+// bytes being parsed (Beast calls it with those bytes in place, before it parses the trailer).
+struct ChunkHeaderGuard {
+    std::size_t max_chunk_line = 4096;
+    std::size_t max_trailer = 16384;
+    const char* input_end = nullptr;  // the end of the bytes passed to the parser's put()
+    ChunkFraming over = ChunkFraming::within_limits;
+
+    void operator()(std::uint64_t size, std::string_view extensions, boost::system::error_code& ec);
+};
+
+}  // namespace bg

@@ -1,0 +1,73 @@
+#include "descriptor_limit.hpp"
+
+#include <spdlog/spdlog.h>
+#include <sys/resource.h>
+
+#include <boost/asio/error.hpp>
+#include <cerrno>
+
+namespace bg {
+
+bool out_of_descriptors(const boost::system::error_code& ec) {
+    if (ec.category() != boost::system::system_category()) {
+        return false;
+    }
+    switch (ec.value()) {
+        case EMFILE:
+        case ENFILE:
+        case ENOBUFS:
+        case ENOMEM:
+            return true;
+        default:
+            return false;
+    }
+}
+
+DescriptorLimit raise_descriptor_limit() {
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) {
+        return {};
+    }
+    if (limit.rlim_cur < limit.rlim_max) {
+        rlimit raised = limit;
+        raised.rlim_cur = limit.rlim_max;
+        if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) {
+            limit = raised;
+        }
+    }
+    return {static_cast<std::uint64_t>(limit.rlim_cur), static_cast<std::uint64_t>(limit.rlim_max)};
+}
+
+AcceptPause::AcceptPause(boost::asio::io_context& io, std::string listener)
+    : timer_(io), listener_(std::move(listener)) {}
+
+bool AcceptPause::pause_after(const boost::system::error_code& ec, std::chrono::milliseconds pause,
+                              std::function<void()> resume) {
+    if (!out_of_descriptors(ec)) {
+        return false;
+    }
+    ++pauses_;
+    ++unlogged_;
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_log_ >= std::chrono::seconds(1)) {
+        spdlog::warn(
+            "{}: accept failed ({}), {} time(s) since the last report: pausing the "
+            "listener {} ms each time",
+            listener_, ec.message(), unlogged_, pause.count());
+        last_log_ = now;
+        unlogged_ = 0;
+    }
+    timer_.expires_after(pause);
+    timer_.async_wait([resume = std::move(resume)](boost::system::error_code wec) {
+        if (!wec) {
+            resume();
+        }
+    });
+    return true;
+}
+
+void AcceptPause::cancel() {
+    timer_.cancel();
+}
+
+}  // namespace bg
