@@ -24,6 +24,7 @@
 #include "client_close_watch.hpp"
 #include "connection_deadline.hpp"
 #include "descriptor_limit.hpp"
+#include "exchange_state.hpp"
 #include "forwarding_headers.hpp"
 #include "message_head.hpp"
 #include "proxy_protocol.hpp"
@@ -323,36 +324,23 @@ class ClientSession {
   public:
     static constexpr bool tls = is_tls_stream<Stream>::value;
 
-    ClientSession(Worker& worker, std::shared_ptr<const Config> config, Stream stream,
-                  const ClientEndpoints& client, TrackedSession& tracked)
+    ClientSession(Worker& worker, std::shared_ptr<const Config> config, std::size_t listener,
+                  Stream stream)
         : worker_(worker),
           config_holder_(std::move(config)),
           config_(*config_holder_),
+          listener_(listener),
           client_(std::move(stream)),
-          client_endpoints_(client),
-          client_address_(client.source.address()),
-          client_ip_(client_address_.to_string()),
-          // Bounds on what each side can make the proxy hold: a head, or a chunk-size line
-          // and trailer, plus one read. The readers check before they reach them.
-          buffer_(std::max(config_.limits.max_request_header,
-                           config_.limits.max_chunk_line + config_.limits.max_trailer) +
-                  2 * read_chunk()),
-          upstream_buffer_(std::max(config_.limits.max_response_header,
-                                    config_.limits.max_chunk_line + config_.limits.max_trailer) +
-                           2 * read_chunk()),
-          tracked_(tracked),
+          tracked_(worker, socket(), listener),
           deadline_(socket().get_executor(), tracked_.handle()),
-          close_watch_(socket()) {
-        tracked_.handle().client = &socket();  // the socket now lives in client_
-        error_code ec;
-        socket().set_option(tcp::no_delay(true), ec);
-        // Forwarding headers are believed only from a trusted proxy. Behind a PROXY header the
-        // HTTP peer is the client the header named (the balancer in front is transparent), so
-        // that address is judged, never the balancer's.
-        trusted_peer_ = config_.trusted_proxies.contains(client_address_);
-    }
+          close_watch_(socket()) {}
 
     Task<void> run() {
+        if (!co_await identify_client()) {
+            error_code ignored;
+            socket().close(ignored);
+            co_return;
+        }
         if constexpr (tls) {
             deadline_.arm(config_.timeouts.tls_handshake, ConnectionDeadline::client);
             auto [ec] = co_await client_.async_handshake(asio::ssl::stream_base::server, nothrow);
@@ -367,10 +355,11 @@ class ClientSession {
         bool first = true;
         unsigned served = 0;
         for (;;) {
-            record_ = AccessRecord{};
             request_started_ = false;
             served_slot_ = 0;
-            const bool got = co_await read_request_header(first);
+            // Idle, nothing pipelined: wait in a small frame (see wait_for_request()).
+            const bool got = ((ex_ && ex_->buffer.size() > 0) || co_await wait_for_request(first)) &&
+                             co_await read_request_header();
             if (!got) {
                 finish_request();  // a refused header is counted and logged too
                 break;
@@ -400,51 +389,57 @@ class ClientSession {
         }
         deadline_.disarm();
         socket().close(ignored);
+        release_exchange();
     }
 
   private:
     Socket& socket() { return beast::get_lowest_layer(client_); }
 
+    // Who the client is: the socket's peer, or what the PROXY header a load balancer in front
+    // sent says. False when the connection is to be closed (a missing or refused header).
+    Task<bool> identify_client() {
+        error_code ec;
+        const auto peer = socket().remote_endpoint(ec);
+        if (ec || listener_ >= config_.listeners.size()) {
+            co_return false;
+        }
+        const ListenerConfig& listener = config_.listeners[listener_];
+        client_endpoints_ = {peer, socket().local_endpoint(ec)};
+        if (listener.proxy_protocol) {
+            auto origin =
+                co_await read_proxy_header(worker_, config_, listener, socket(), tracked_.handle());
+            if (!origin) {
+                co_return false;
+            }
+            client_endpoints_ = *origin;
+        }
+        client_address_ = client_endpoints_.source.address();
+        client_ip_ = client_address_.to_string();
+        socket().set_option(tcp::no_delay(true), ec);
+        // Forwarding headers are believed only from a trusted proxy. Behind a PROXY header the
+        // HTTP peer is the client the header named (the balancer in front is transparent), so
+        // that address is judged, never the balancer's.
+        trusted_peer_ = config_.trusted_proxies.contains(client_address_);
+        co_return true;
+    }
+
     // ---- reading the request header ------------------------------------------------------
 
-    // True when a request header is in parser_; false when the connection should close (a
+    // True when a request header is in ex_->parser (its first bytes are in ex_->buffer); false
+    // when the connection should close (a
     // clean end, a timeout, or an error already answered).
-    Task<bool> read_request_header(bool first) {
-        if (buffer_.size() == 0) {
-            release_idle_memory();
-        }
-        parser_.emplace();
-        request_chunks_ = chunk_guard();
-        parser_->on_chunk_header(request_chunks_);
-        parser_->header_limit(static_cast<std::uint32_t>(config_.limits.max_request_header + 1));
+    Task<bool> read_request_header() {
+        ex_->record = AccessRecord{};
+        ex_->parser.emplace();
+        ex_->request_chunks = chunk_guard();
+        ex_->parser->on_chunk_header(ex_->request_chunks);
+        ex_->parser->header_limit(static_cast<std::uint32_t>(config_.limits.max_request_header + 1));
         if (config_.limits.max_request_body > 0) {
-            parser_->body_limit(config_.limits.max_request_body);
+            ex_->parser->body_limit(config_.limits.max_request_body);
         } else {
-            parser_->body_limit(boost::none);
+            ex_->parser->body_limit(boost::none);
         }
-        parser_->eager(false);
-
-        if (buffer_.size() == 0) {
-            if (worker_.draining()) {
-                co_return false;
-            }
-            // Between requests: only the keep-alive idle timeout applies, and a graceful
-            // shutdown may close the connection.
-            deadline_.arm(first ? config_.timeouts.client_header : config_.timeouts.client_keepalive,
-                          ConnectionDeadline::client);
-            tracked_.handle().idle = true;
-            // An idle connection holds no buffer: the first bytes land in a small one, and the
-            // read buffer is taken when a request arrives (most requests fit whole).
-            auto [ec, n] =
-                co_await client_.async_read_some(asio::buffer(first_bytes_), nothrow);
-            tracked_.handle().idle = false;
-            if (ec) {
-                co_return false;
-            }
-            auto into = buffer_.prepare(read_chunk());
-            std::memcpy(into.data(), first_bytes_.data(), n);
-            buffer_.commit(n);
-        }
+        ex_->parser->eager(false);
         // The whole header must arrive within client_header (slowloris).
         deadline_.arm(config_.timeouts.client_header, ConnectionDeadline::client);
         std::size_t checked = 0;  // bytes already seen to hold no line end
@@ -452,7 +447,7 @@ class ClientSession {
             const std::size_t skipped = skip_leading_empty_lines();
             checked = checked > skipped ? checked - skipped : 0;
             auto bytes =
-                std::string_view(static_cast<const char*>(buffer_.data().data()), buffer_.size());
+                std::string_view(static_cast<const char*>(ex_->buffer.data().data()), ex_->buffer.size());
             // A head that trickles in is scanned again only when a line has ended (else a
             // byte-at-a-time client would make the scan quadratic), or to refuse it as too long.
             RawHeaderScan scan;
@@ -468,7 +463,7 @@ class ClientSession {
             switch (scan.verdict) {
                 case RawHeaderVerdict::complete: {
                     const StartLineVersion version = normalize_request_version(
-                        {static_cast<char*>(buffer_.data().data()), bytes.find("\r\n")});
+                        {static_cast<char*>(ex_->buffer.data().data()), bytes.find("\r\n")});
                     if (version == StartLineVersion::other_major) {
                         begin_record(nullptr);
                         co_await reply_error(http::status::http_version_not_supported,
@@ -477,15 +472,15 @@ class ClientSession {
                     }
                     error_code ec;
                     std::size_t used =
-                        parser_->put(asio::buffer(bytes.data(), scan.header_end), ec);
-                    buffer_.consume(used);
-                    begin_record(parser_->is_header_done() ? &parser_->get() : nullptr);
+                        ex_->parser->put(asio::buffer(bytes.data(), scan.header_end), ec);
+                    ex_->buffer.consume(used);
+                    begin_record(ex_->parser->is_header_done() ? &ex_->parser->get() : nullptr);
                     if (ec == http::error::body_limit) {
                         co_await reply_error(http::status::payload_too_large,
                                              "request body too large");
                         co_return false;
                     }
-                    if (ec || !parser_->is_header_done()) {
+                    if (ec || !ex_->parser->is_header_done()) {
                         // A named string: GCC 12 mis-destroys temporaries of a conditional
                         // expression inside co_await.
                         const std::string why = ec ? ec.message() : "malformed request header";
@@ -528,7 +523,7 @@ class ClientSession {
                     co_await reply_error(http::status::bad_request, "bare LF in header");
                     co_return false;
             }
-            auto [ec, n] = co_await client_.async_read_some(buffer_.prepare(read_room(buffer_)), nothrow);
+            auto [ec, n] = co_await client_.async_read_some(ex_->buffer.prepare(read_room(ex_->buffer)), nothrow);
             if (ec && deadline_.expired()) {
                 // The deadline has closed the socket already: the client is simply dropped (as
                 // nginx does for client_header_timeout).
@@ -538,7 +533,7 @@ class ClientSession {
             if (ec) {
                 co_return false;
             }
-            buffer_.commit(n);
+            ex_->buffer.commit(n);
         }
     }
 
@@ -552,13 +547,13 @@ class ClientSession {
         if (!worker_.logs_access()) {
             return;
         }
-        record_.start_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+        ex_->record.start_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                                     std::chrono::system_clock::now().time_since_epoch())
                                     .count();
-        record_.client = client_ip_;
+        ex_->record.client = client_ip_;
         if (request != nullptr) {
-            record_.method = std::string(request->method_string());
-            record_.path = std::string(request->target().substr(0, 2048));
+            ex_->record.method = std::string(request->method_string());
+            ex_->record.path = std::string(request->target().substr(0, 2048));
         }
     }
 
@@ -571,22 +566,22 @@ class ClientSession {
         const auto elapsed = std::chrono::steady_clock::now() - started_;
         if (config_.metrics) {
             TrafficCounters& traffic = worker_.traffic();
-            if (record_.status != 0) {
-                traffic.count_response(served_slot_, method_, record_.status);
+            if (ex_->record.status != 0) {
+                traffic.count_response(served_slot_, method_, ex_->record.status);
             }
             if (served_slot_ != 0) {
                 traffic.request_duration[served_colour_].observe(
                     std::chrono::duration<double>(elapsed).count());
-                if (record_.upstream_ms > 0) {
-                    traffic.upstream_duration[served_colour_].observe(record_.upstream_ms / 1000);
+                if (ex_->record.upstream_ms > 0) {
+                    traffic.upstream_duration[served_colour_].observe(ex_->record.upstream_ms / 1000);
                 }
-                traffic.request_body_bytes[served_colour_] += record_.bytes_in;
-                traffic.response_body_bytes[served_colour_] += record_.bytes_out;
+                traffic.request_body_bytes[served_colour_] += ex_->record.bytes_in;
+                traffic.response_body_bytes[served_colour_] += ex_->record.bytes_out;
             }
         }
         if (worker_.logs_access()) {
-            record_.duration_ms = std::chrono::duration<double, std::milli>(elapsed).count();
-            worker_.log_access(to_json_line(record_));
+            ex_->record.duration_ms = std::chrono::duration<double, std::milli>(elapsed).count();
+            worker_.log_access(to_json_line(ex_->record));
         }
     }
 
@@ -610,22 +605,49 @@ class ClientSession {
                 config_.limits.max_header_fields, config_.limits.max_field_size};
     }
 
-    // Between requests a connection keeps no buffer, parser or head: an edge proxy holds
-    // many idle keep-alive connections (HAProxy and nginx likewise give their buffers back).
-    void release_idle_memory() {
-        parser_.reset();
-        response_parser_.reset();
-        buffer_.shrink_to_fit();
-        upstream_buffer_.clear();
-        upstream_buffer_.shrink_to_fit();
-        std::vector<char>().swap(request_body_);
-        std::vector<char>().swap(response_body_);
-        std::string().swap(head_);
-        std::string().swap(gathered_);
-        std::vector<std::uint32_t>().swap(tried_);
-        std::string().swap(connect_error_);
-        std::string().swap(record_.method);
-        std::string().swap(record_.path);
+    // Between requests: only the keep-alive idle timeout applies, and a graceful shutdown may
+    // close the connection. An idle connection holds no buffer: the first bytes land in a
+    // small one, and the exchange state (buffers, parsers) is taken when a request arrives (most
+    // requests fit whole in the first read). A coroutine of its own: while a connection is idle
+    // only this small frame waits, not the header reader's.
+    Task<bool> wait_for_request(bool first) {
+        release_exchange();
+        if (worker_.draining()) {
+            co_return false;
+        }
+        deadline_.arm(first ? config_.timeouts.client_header : config_.timeouts.client_keepalive,
+                      ConnectionDeadline::client);
+        tracked_.handle().idle = true;
+        auto [ec, n] = co_await client_.async_read_some(asio::buffer(first_bytes_), nothrow);
+        tracked_.handle().idle = false;
+        if (ec) {
+            co_return false;
+        }
+        take_exchange();
+        auto into = ex_->buffer.prepare(read_chunk());
+        std::memcpy(into.data(), first_bytes_.data(), n);
+        ex_->buffer.commit(n);
+        co_return true;
+    }
+
+    // The exchange state of a request that starts arriving, from the worker's pool, with the
+    // bounds on what each side can make the proxy buffer: a head, or a chunk-size line and a
+    // trailer, plus one read (the readers check before they reach them).
+    void take_exchange() {
+        ex_ = worker_.exchanges().take();
+        const std::size_t framing = config_.limits.max_chunk_line + config_.limits.max_trailer;
+        ex_->buffer.max_size(std::max(config_.limits.max_request_header, framing) +
+                             2 * read_chunk());
+        ex_->upstream_buffer.max_size(std::max(config_.limits.max_response_header, framing) +
+                                      2 * read_chunk());
+    }
+
+    // Between requests a connection keeps no buffer, parser or head: an edge proxy holds many
+    // idle keep-alive connections. The state goes back to the worker's pool, warm.
+    void release_exchange() {
+        if (ex_) {
+            worker_.exchanges().give(std::move(ex_), config_.limits.spare_exchanges);
+        }
     }
 
     // A body piece buffer, taken when a body first moves.
@@ -641,11 +663,11 @@ class ClientSession {
         std::size_t skipped = 0;
         for (;;) {
             auto bytes =
-                std::string_view(static_cast<const char*>(buffer_.data().data()), buffer_.size());
+                std::string_view(static_cast<const char*>(ex_->buffer.data().data()), ex_->buffer.size());
             if (!bytes.starts_with("\r\n")) {
                 return skipped;
             }
-            buffer_.consume(2);
+            ex_->buffer.consume(2);
             skipped += 2;
         }
     }
@@ -672,14 +694,14 @@ class ClientSession {
     // Returns whether the client connection stays open for another request.
     Task<bool> handle_request() {
         body_started_ = false;
-        connect_error_.clear();
+        ex_->connect_error.clear();
         if (const Refusal refusal = check_request()) {
             co_await reply_error(refusal.status, refusal.reason);
             co_return false;
         }
-        auto& request = parser_->get();
+        auto& request = ex_->parser->get();
         const RequestFacts facts{
-            .keep_alive = parser_->keep_alive(),
+            .keep_alive = ex_->parser->keep_alive(),
             .version = request.version(),
             // RFC 9110 7.8: Upgrade means nothing in an HTTP/1.0 request.
             .upgrade = request.version() >= 11 && is_upgrade_request(request.base()),
@@ -691,7 +713,7 @@ class ClientSession {
         // One routing snapshot for the whole request, retries included. The colour is chosen
         // before any header rule runs, so no field named in Connection can change the route.
         RoutingTablePtr table = worker_.table();
-        record_.version = table->version();
+        ex_->record.version = table->version();
         const Colour colour = choose_colour(*table);
         if (const Refusal refusal = rewrite_for_upstream(facts)) {
             co_await reply_error(refusal.status, refusal.reason);
@@ -710,7 +732,7 @@ class ClientSession {
 
     // Refusals that need only the parsed head (framing, method, target, declared length).
     Refusal check_request() {
-        auto& request = parser_->get();
+        auto& request = ex_->parser->get();
         if (auto why = framing_problem(request.base()); !why.empty()) {
             return {http::status::bad_request, why};
         }
@@ -720,8 +742,8 @@ class ClientSession {
         if (!normalize_target(request)) {
             return {http::status::bad_request, "invalid request target"};
         }
-        if (config_.limits.max_request_body > 0 && parser_->content_length() &&
-            *parser_->content_length() > config_.limits.max_request_body) {
+        if (config_.limits.max_request_body > 0 && ex_->parser->content_length() &&
+            *ex_->parser->content_length() > config_.limits.max_request_body) {
             worker_.stats().breach(LimitBreach::request_body);
             return {http::status::payload_too_large, "request body too large"};
         }
@@ -731,7 +753,7 @@ class ClientSession {
     // A preview header (from an allowed network) or a sticky cookie may name the colour; else
     // the weights choose.
     Colour choose_colour(const RoutingTable& table) {
-        auto& request = parser_->get();
+        auto& request = ex_->parser->get();
         const std::optional<Colour> preview =
             preview_colour(request, client_address_, config_.preview, table);
         const std::optional<Colour> sticky =
@@ -745,8 +767,8 @@ class ClientSession {
     // The head as the backend gets it: hop-by-hop fields out, forwarding fields in, framing
     // from the parser (never from a field a rule could have removed), HTTP/1.1.
     Refusal rewrite_for_upstream(const RequestFacts& facts) {
-        auto& request = parser_->get();
-        const bool chunked = parser_->chunked();
+        auto& request = ex_->parser->get();
+        const bool chunked = ex_->parser->chunked();
         if (facts.expect_continue) {
             // We answer 100-continue ourselves (the backend sees no Expect), so the body flows
             // without waiting for the backend's interim response.
@@ -784,7 +806,7 @@ class ClientSession {
     Task<Exchange> forward(const RoutingTable& table, Colour colour, const RequestFacts& facts,
                            Upstream& upstream, ActiveRequest& active,
                            std::optional<InFlight>& in_flight) {
-        tried_.clear();
+        ex_->tried.clear();
         interim_sent_ = false;
         bool continue_sent = false;
         unsigned retries_left = config_.retries.attempts;
@@ -804,11 +826,11 @@ class ClientSession {
             served_slot_ = upstream.backend->id + 1;
             served_colour_ = index_of(upstream.backend->colour);
             if (worker_.logs_access()) {
-                record_.colour = to_string(upstream.backend->colour);
-                record_.backend = upstream.backend->name;
+                ex_->record.colour = to_string(upstream.backend->colour);
+                ex_->record.backend = upstream.backend->name;
             }
             upstream_started_ = std::chrono::steady_clock::now();
-            if (facts.expect_continue && !continue_sent && !parser_->is_done()) {
+            if (facts.expect_continue && !continue_sent && !ex_->parser->is_done()) {
                 if (!co_await send_continue()) {
                     co_return Exchange::client_gone;
                 }
@@ -833,16 +855,16 @@ class ClientSession {
             const bool failed =
                 outcome == Exchange::upstream_failed || outcome == Exchange::upstream_timeout;
             const bool server_error = outcome == Exchange::response_ready &&
-                                      response_parser_->get().result_int() >= 500 &&
+                                      ex_->response_parser->get().result_int() >= 500 &&
                                       config_.outlier.count_5xx;
             worker_.record_outcome(upstream.backend->id,
                                    failed || server_error || outcome == Exchange::response_invalid);
             if (!failed || !may_retry(facts.idempotent, retries_left, outcome)) {
                 co_return outcome;
             }
-            // Retry elsewhere: the failed backend stays in tried_, so it is not picked again.
+            // Retry elsewhere: the failed backend stays in ex_->tried, so it is not picked again.
             --retries_left;
-            ++record_.retries;
+            ++ex_->record.retries;
             WorkerStats::add(worker_.stats().retries);
             upstream.stream.reset();
             tracked_.handle().upstream = nullptr;
@@ -868,15 +890,15 @@ class ClientSession {
     // The proxy's own answer when no response came; returns whether the connection stays.
     Task<bool> answer_failure(Exchange outcome, const RequestFacts& facts) {
         // Without the whole request body read, the connection cannot carry another request.
-        const bool can_continue = parser_->is_done() && facts.keep_alive && !worker_.draining();
+        const bool can_continue = ex_->parser->is_done() && facts.keep_alive && !worker_.draining();
         switch (outcome) {
             case Exchange::response_ready:
                 break;
             case Exchange::client_gone:
                 if (close_watch_.client_gone()) {
                     WorkerStats::add(worker_.stats().client_aborts);
-                    record_.status = 499;  // nginx's code: the client closed first
-                    record_.error = "client closed the connection";
+                    ex_->record.status = 499;  // nginx's code: the client closed first
+                    ex_->record.error = "client closed the connection";
                 }
                 co_return false;
             case Exchange::body_too_large:
@@ -884,39 +906,39 @@ class ClientSession {
                 co_await reply_error(http::status::payload_too_large, "request body too large");
                 co_return false;
             case Exchange::body_malformed:
-                co_await reply_error(http::status::bad_request, body_error_);
+                co_await reply_error(http::status::bad_request, ex_->body_error);
                 co_return false;
             case Exchange::body_too_slow:
                 // The deadline closed the socket: the 408 is for the log and the metrics.
                 WorkerStats::add(worker_.stats().client_body_timeouts);
-                record_.status = 408;
-                record_.error = body_error_;
+                ex_->record.status = 408;
+                ex_->record.error = ex_->body_error;
                 co_return false;
             case Exchange::no_backend:
                 co_await reply_error(http::status::service_unavailable, "no backend available",
-                                     !parser_->is_done());
+                                     !ex_->parser->is_done());
                 co_return can_continue;
             case Exchange::unreachable:
                 co_await reply_error(http::status::bad_gateway, "no backend reachable",
-                                     !parser_->is_done());
+                                     !ex_->parser->is_done());
                 co_return can_continue;
             case Exchange::out_of_descriptors:
                 co_await reply_error(http::status::service_unavailable,
-                                     "proxy out of file descriptors", !parser_->is_done());
+                                     "proxy out of file descriptors", !ex_->parser->is_done());
                 co_return can_continue;
             case Exchange::upstream_timeout:
                 WorkerStats::add(worker_.stats().upstream_timeouts);
                 co_await reply_error(http::status::gateway_timeout,
-                                     "backend did not answer in time", !parser_->is_done());
+                                     "backend did not answer in time", !ex_->parser->is_done());
                 co_return can_continue;
             case Exchange::upstream_failed:
                 WorkerStats::add(worker_.stats().upstream_broken_responses);
                 co_await reply_error(http::status::bad_gateway, "backend failed before responding",
-                                     !parser_->is_done());
+                                     !ex_->parser->is_done());
                 co_return can_continue;
             case Exchange::response_invalid:
                 WorkerStats::add(worker_.stats().upstream_broken_responses);
-                co_await reply_error(http::status::bad_gateway, body_error_, !parser_->is_done());
+                co_await reply_error(http::status::bad_gateway, ex_->body_error, !ex_->parser->is_done());
                 co_return can_continue;
         }
         co_return false;
@@ -982,20 +1004,20 @@ class ClientSession {
         for (unsigned attempt = 0; attempt < config_.upstream.connect_attempts; ++attempt) {
             const Backend* backend = attempt == 0 ? private_backend(table, colour) : nullptr;
             if (backend == nullptr) {
-                backend = worker_.balancer().pick_backend(table, colour, tried_);
+                backend = worker_.balancer().pick_backend(table, colour, ex_->tried);
             }
             if (backend == nullptr && config_.retries.cross_colour) {
                 // This colour has nothing left to try: the other one serves rather than fail.
-                backend = worker_.balancer().pick_backend(table, other(colour), tried_);
+                backend = worker_.balancer().pick_backend(table, other(colour), ex_->tried);
             }
             if (backend == nullptr) {
                 co_return result;
             }
-            tried_.push_back(backend->id);
+            ex_->tried.push_back(backend->id);
             // A request that cannot be sent twice (a body, a non-idempotent method) checks its
             // pooled connection first; another is simply sent again on a fresh connection if
             // the pooled one turns out stale.
-            if (auto idle = lease(*backend, !parser_->is_done() || !facts.idempotent)) {
+            if (auto idle = lease(*backend, !ex_->parser->is_done() || !facts.idempotent)) {
                 upstream.backend = backend;
                 upstream.stream.emplace(std::move(*idle));
                 upstream.reused = true;
@@ -1116,7 +1138,7 @@ class ClientSession {
         WorkerStats::add(worker_.stats().upstream_tls_failures);
         WorkerStats::add(worker_.stats().upstream_connect_failures);
         if (worker_.logs_access()) {
-            connect_error_ = "TLS to " + backend.name + ": " + why;
+            ex_->connect_error = "TLS to " + backend.name + ": " + why;
         }
         co_return false;
     }
@@ -1124,21 +1146,21 @@ class ClientSession {
     // Sends the request (head, then the body as it arrives) and reads the response head,
     // relaying interim 1xx responses to the client.
     Task<Exchange> exchange(Upstream& upstream, const RequestFacts& facts) {
-        auto& request = parser_->get();
+        auto& request = ex_->parser->get();
         auto& stream = *upstream.stream;
-        upstream_buffer_.clear();
-        write_request_head(request, head_);
+        ex_->upstream_buffer.clear();
+        write_request_head(request, ex_->head);
         // With no body, or no body byte at hand yet, the head goes now (the backend can start,
         // and answer early); otherwise it leaves with the first piece of body in one write.
-        if (parser_->is_done() || buffer_.size() == 0) {
+        if (ex_->parser->is_done() || ex_->buffer.size() == 0) {
             deadline_.arm(config_.timeouts.upstream_response, ConnectionDeadline::upstream);
-            auto [ec, n] = co_await asio::async_write(stream, asio::buffer(head_), nothrow);
+            auto [ec, n] = co_await asio::async_write(stream, asio::buffer(ex_->head), nothrow);
             if (ec) {
                 co_return deadline_.expired() ? Exchange::upstream_timeout : Exchange::upstream_failed;
             }
-            head_.clear();
+            ex_->head.clear();
         }
-        if (!parser_->is_done() || !head_.empty()) {
+        if (!ex_->parser->is_done() || !ex_->head.empty()) {
             const Exchange sent = co_await send_request_body(stream);
             if (sent != Exchange::response_ready) {
                 co_return sent;
@@ -1149,28 +1171,28 @@ class ClientSession {
         close_watch_.start(&tracked_.handle().upstream);
 
         for (;;) {
-            response_parser_.emplace();
-            response_chunks_ = chunk_guard();
-            response_parser_->on_chunk_header(response_chunks_);
-            response_parser_->header_limit(
+            ex_->response_parser.emplace();
+            ex_->response_chunks = chunk_guard();
+            ex_->response_parser->on_chunk_header(ex_->response_chunks);
+            ex_->response_parser->header_limit(
                 static_cast<std::uint32_t>(config_.limits.max_response_header));
-            response_parser_->body_limit(boost::none);
+            ex_->response_parser->body_limit(boost::none);
             if (facts.head) {
-                response_parser_->skip(true);
+                ex_->response_parser->skip(true);
             }
             deadline_.arm(config_.timeouts.upstream_response, ConnectionDeadline::upstream);
             std::size_t checked = 0;
             HeadRead read;
             while ((read = parse_response_head(checked)) == HeadRead::need_more) {
-                if (upstream_buffer_.size() + read_chunk() > upstream_buffer_.max_size()) {
+                if (ex_->upstream_buffer.size() + read_chunk() > ex_->upstream_buffer.max_size()) {
                     break;  // not reached: the scan refuses a head over max_response_header
                 }
                 auto [rec, n] = co_await stream.async_read_some(
-                    upstream_buffer_.prepare(read_room(upstream_buffer_)), nothrow);
+                    ex_->upstream_buffer.prepare(read_room(ex_->upstream_buffer)), nothrow);
                 if (rec) {
                     break;
                 }
-                upstream_buffer_.commit(n);
+                ex_->upstream_buffer.commit(n);
             }
             if (read == HeadRead::invalid) {
                 co_return Exchange::response_invalid;
@@ -1178,13 +1200,13 @@ class ClientSession {
             if (read != HeadRead::done) {
                 co_return deadline_.expired() ? Exchange::upstream_timeout : Exchange::upstream_failed;
             }
-            const unsigned status = response_parser_->get().result_int();
+            const unsigned status = ex_->response_parser->get().result_int();
             if (!upstream.reused && stream.tls() != nullptr) {
                 // By now a TLS 1.3 backend has sent its session tickets too.
                 worker_.upstream_pool().keep_tls_session(upstream.backend->id, stream);
             }
             if (status == 101 && !facts.upgrade) {
-                body_error_ = "backend switched protocols unasked (101)";
+                ex_->body_error = "backend switched protocols unasked (101)";
                 co_return Exchange::response_invalid;
             }
             if (status >= 200 || status == 101) {
@@ -1192,14 +1214,14 @@ class ClientSession {
             }
             // An interim response (103 Early Hints, 102...): passed on to HTTP/1.1 clients only
             // (RFC 9110 15.2: never to HTTP/1.0).
-            auto& interim = response_parser_->get();
+            auto& interim = ex_->response_parser->get();
             if (facts.version >= 11 && status != 100) {
                 strip_response_hop_fields(interim, false);
                 interim.version(11);
-                write_response_head(interim.base(), head_);
+                write_response_head(interim.base(), ex_->head);
                 deadline_.arm(config_.timeouts.client_write, ConnectionDeadline::client);
                 interim_sent_ = true;
-                auto [wec, wn] = co_await asio::async_write(client_, asio::buffer(head_), nothrow);
+                auto [wec, wn] = co_await asio::async_write(client_, asio::buffer(ex_->head), nothrow);
                 if (wec) {
                     co_return Exchange::client_gone;
                 }
@@ -1211,9 +1233,9 @@ class ClientSession {
     Task<Exchange> send_request_body(UpstreamStream& stream) {
         const BodyLeg leg{config_.timeouts.client_body,      ConnectionDeadline::client,
                           config_.timeouts.upstream_response, ConnectionDeadline::upstream,
-                          parser_->get().chunked(),           config_.limits.min_request_body_rate};
-        switch (co_await relay_body(client_, buffer_, *parser_, scratch(request_body_), stream,
-                                    leg, record_.bytes_in, body_started_)) {
+                          ex_->parser->get().chunked(),           config_.limits.min_request_body_rate};
+        switch (co_await relay_body(client_, ex_->buffer, *ex_->parser, scratch(ex_->request_body), stream,
+                                    leg, ex_->record.bytes_in, body_started_)) {
             case BodyEnd::done:
                 co_return Exchange::response_ready;
             case BodyEnd::read_failed:
@@ -1239,13 +1261,13 @@ class ClientSession {
                 config_.limits.max_header_fields, config_.limits.max_field_size};
     }
 
-    // Parses the response head in upstream_buffer_ once all of it is there, screened like a
+    // Parses the response head in ex_->upstream_buffer once all of it is there, screened like a
     // request head (field count and size, bare CR/LF, NUL, obs-fold): a backend's head is
     // bounded as a client's is. `checked`: bytes already seen to hold no complete head, so a
     // head that trickles in is not scanned again from the start for every byte.
     HeadRead parse_response_head(std::size_t& checked) {
-        auto* data = static_cast<char*>(upstream_buffer_.data().data());
-        const std::string_view bytes(data, upstream_buffer_.size());
+        auto* data = static_cast<char*>(ex_->upstream_buffer.data().data());
+        const std::string_view bytes(data, ex_->upstream_buffer.size());
         if (bytes.find('\n', checked) == std::string_view::npos) {
             checked = bytes.size();
             return bytes.size() > config_.limits.max_response_header ? refuse_response_head(
@@ -1277,22 +1299,22 @@ class ClientSession {
         }
         error_code ec;
         const std::size_t used =
-            response_parser_->put(asio::buffer(data, scan.header_end), ec);
-        upstream_buffer_.consume(used);
-        if (ec || !response_parser_->is_header_done()) {
+            ex_->response_parser->put(asio::buffer(data, scan.header_end), ec);
+        ex_->upstream_buffer.consume(used);
+        if (ec || !ex_->response_parser->is_header_done()) {
             return refuse_response_head("malformed header");
         }
         return HeadRead::done;
     }
 
     HeadRead refuse_response_head(std::string_view why) {
-        body_error_ = "backend response ";
-        body_error_.append(why);
+        ex_->body_error = "backend response ";
+        ex_->body_error.append(why);
         return HeadRead::invalid;
     }
 
     // Streams a message body from `from` to `to` one piece at a time (bounded memory whatever
-    // its size). A head still in head_ leaves with the first piece; chunk framing is added
+    // its size). A head still in ex_->head leaves with the first piece; chunk framing is added
     // when the leg says so.
     template <class From, class To, bool isRequest>
     Task<BodyEnd> relay_body(From& from, beast::flat_buffer& in,
@@ -1310,12 +1332,12 @@ class ClientSession {
                 body.size = scratch.size();
                 const auto read_limit = body_read_limit(leg, body_start, moved);
                 if (read_limit <= std::chrono::milliseconds::zero()) {
-                    body_error_ = "request body slower than min_request_body_rate";
+                    ex_->body_error = "request body slower than min_request_body_rate";
                     worker_.stats().breach(LimitBreach::body_rate);
                     co_return BodyEnd::read_timeout;
                 }
                 deadline_.arm(read_limit, leg.read_side);
-                ChunkHeaderGuard& chunks = isRequest ? request_chunks_ : response_chunks_;
+                ChunkHeaderGuard& chunks = isRequest ? ex_->request_chunks : ex_->response_chunks;
                 const error_code ec =
                     co_await read_body_piece(from, in, parser, read_chunk(), chunks);
                 if (ec == http::error::body_limit) {
@@ -1328,10 +1350,10 @@ class ClientSession {
                 if (ec) {
                     if (deadline_.expired()) {
                         if (read_limit < leg.read_limit) {  // the rate bound was the nearer one
-                            body_error_ = "request body slower than min_request_body_rate";
+                            ex_->body_error = "request body slower than min_request_body_rate";
                             worker_.stats().breach(LimitBreach::body_rate);
                         } else {
-                            body_error_ = "body stalled past its time limit";
+                            ex_->body_error = "body stalled past its time limit";
                         }
                         co_return BodyEnd::read_timeout;
                     }
@@ -1349,8 +1371,8 @@ class ClientSession {
             std::optional<ChunkPrefix> prefix;
             std::array<asio::const_buffer, 5> out{};
             std::size_t count = 0;
-            if (!head_.empty()) {
-                out[count++] = asio::buffer(head_);
+            if (!ex_->head.empty()) {
+                out[count++] = asio::buffer(ex_->head);
             }
             if (n > 0) {
                 if (leg.chunked) {
@@ -1374,7 +1396,7 @@ class ClientSession {
             if (ec) {
                 co_return deadline_.expired() ? BodyEnd::write_timeout : BodyEnd::write_failed;
             }
-            head_.clear();
+            ex_->head.clear();
         }
         co_return BodyEnd::done;
     }
@@ -1396,14 +1418,14 @@ class ClientSession {
 
     void note_framing_error(const error_code& ec, ChunkFraming over, bool request) {
         if (over == ChunkFraming::chunk_line_too_long) {
-            body_error_ = "chunk-size line too long";
+            ex_->body_error = "chunk-size line too long";
             worker_.stats().breach(request ? LimitBreach::chunk_line
                                            : LimitBreach::response_chunk_line);
         } else if (over == ChunkFraming::trailer_too_long) {
-            body_error_ = "trailer section too large";
+            ex_->body_error = "trailer section too large";
             worker_.stats().breach(request ? LimitBreach::trailer : LimitBreach::response_trailer);
         } else {
-            body_error_ = "invalid chunked body: " + ec.message();
+            ex_->body_error = "invalid chunked body: " + ec.message();
         }
     }
 
@@ -1419,11 +1441,11 @@ class ClientSession {
             over_tls = to.tls() != nullptr;
         }
         if (over_tls && pieces.size() > 1) {
-            gathered_.clear();
+            ex_->gathered.clear();
             for (const auto& piece : pieces) {
-                gathered_.append(static_cast<const char*>(piece.data()), piece.size());
+                ex_->gathered.append(static_cast<const char*>(piece.data()), piece.size());
             }
-            return asio::async_write(to, asio::buffer(gathered_), nothrow);
+            return asio::async_write(to, asio::buffer(ex_->gathered), nothrow);
         }
         return asio::async_write(to, pieces, nothrow);
     }
@@ -1432,18 +1454,18 @@ class ClientSession {
 
     Task<bool> relay_response(Upstream& upstream, const RequestFacts& facts) {
         const unsigned client_version = facts.version;
-        auto& response = response_parser_->get();
+        auto& response = ex_->response_parser->get();
         const unsigned status = response.result_int();
         const bool switching = status == 101 && facts.upgrade;
         const bool no_body = facts.head || status == 204 || status == 304 || switching;
-        const bool upstream_keep_alive = response_parser_->keep_alive();
-        const bool upstream_chunked = response_parser_->chunked();
+        const bool upstream_keep_alive = ex_->response_parser->keep_alive();
+        const bool upstream_chunked = ex_->response_parser->chunked();
         const bool until_close =
-            !no_body && !upstream_chunked && !response_parser_->content_length();
+            !no_body && !upstream_chunked && !ex_->response_parser->content_length();
 
         strip_response_hop_fields(response, switching);
         bool keep_alive =
-            facts.keep_alive && parser_->is_done() && !worker_.draining() && !last_request_;
+            facts.keep_alive && ex_->parser->is_done() && !worker_.draining() && !last_request_;
         bool chunked = false;
         if (!no_body && (upstream_chunked || until_close)) {
             // The proxy frames this body itself: a Content-Length beside chunked (RFC 9112
@@ -1457,7 +1479,7 @@ class ClientSession {
             }
         }
         response.version(11);
-        record_.status = status;
+        ex_->record.status = status;
         if (!config_.served_by_header.empty()) {
             response.set(config_.served_by_header, std::string(to_string(upstream.backend->colour)) +
                                                        "/" + upstream.backend->name);
@@ -1475,16 +1497,16 @@ class ClientSession {
             response.set(http::field::connection, "keep-alive");
         }
 
-        write_response_head(response.base(), head_);
+        write_response_head(response.base(), ex_->head);
         // The head goes out on its own only when no body byte is at hand; otherwise it leaves
         // with the first piece of body in one write (one syscall instead of two).
-        if (no_body || (upstream_buffer_.size() == 0 && !response_parser_->is_done())) {
+        if (no_body || (ex_->upstream_buffer.size() == 0 && !ex_->response_parser->is_done())) {
             deadline_.arm(config_.timeouts.client_write, ConnectionDeadline::client);
-            auto [ec, n] = co_await asio::async_write(client_, asio::buffer(head_), nothrow);
+            auto [ec, n] = co_await asio::async_write(client_, asio::buffer(ex_->head), nothrow);
             if (ec) {
                 co_return false;
             }
-            head_.clear();
+            ex_->head.clear();
         }
         if (switching) {
             close_watch_.stop();  // the tunnel reads the client itself
@@ -1499,12 +1521,12 @@ class ClientSession {
             const BodyLeg leg{config_.timeouts.upstream_response, ConnectionDeadline::upstream,
                               config_.timeouts.client_write, ConnectionDeadline::client, chunked};
             bool started = false;
-            const BodyEnd end = co_await relay_body(*upstream.stream, upstream_buffer_,
-                                                    *response_parser_, scratch(response_body_), client_,
-                                                    leg, record_.bytes_out, started);
+            const BodyEnd end = co_await relay_body(*upstream.stream, ex_->upstream_buffer,
+                                                    *ex_->response_parser, scratch(ex_->response_body), client_,
+                                                    leg, ex_->record.bytes_out, started);
             if (close_watch_.client_gone()) {
                 WorkerStats::add(worker_.stats().client_aborts);
-                record_.error = "client closed the connection";
+                ex_->record.error = "client closed the connection";
                 co_return false;
             }
             if (end == BodyEnd::read_failed || end == BodyEnd::read_timeout ||
@@ -1513,22 +1535,22 @@ class ClientSession {
                 // client connection so it never mistakes a cut response for a complete one.
                 WorkerStats::add(worker_.stats().upstream_broken_responses);
                 if (end == BodyEnd::malformed) {
-                    record_.error = "backend response " + body_error_;
+                    ex_->record.error = "backend response " + ex_->body_error;
                 }
                 co_return false;
             }
             if (end != BodyEnd::done) {
                 co_return false;
             }
-            response_complete = response_parser_->is_done();
+            response_complete = ex_->response_parser->is_done();
         }
-        record_.upstream_ms = std::chrono::duration<double, std::milli>(
+        ex_->record.upstream_ms = std::chrono::duration<double, std::milli>(
                                   std::chrono::steady_clock::now() - upstream_started_)
                                   .count();
 
         // The connection goes back to the pool only after a clean, fully framed exchange.
-        if (response_complete && parser_->is_done() && upstream_keep_alive && !until_close &&
-            upstream_buffer_.size() == 0 && !close_watch_.client_gone()) {
+        if (response_complete && ex_->parser->is_done() && upstream_keep_alive && !until_close &&
+            ex_->upstream_buffer.size() == 0 && !close_watch_.client_gone()) {
             tracked_.handle().upstream = nullptr;
             if (upstream.backend->send_proxy_protocol) {
                 private_.emplace(PrivateUpstream{upstream.backend->id, upstream.backend->address.ip,
@@ -1552,10 +1574,10 @@ class ClientSession {
         WorkerStats::add(worker_.stats().upgrades);
         WorkerStats::add(worker_.stats().upgraded_open);
         // Bytes that arrived behind the headers belong to the tunnel.
-        bool ok = co_await flush(upstream, buffer_) && co_await flush(client_, upstream_buffer_);
+        bool ok = co_await flush(upstream, ex_->buffer) && co_await flush(client_, ex_->upstream_buffer);
         if (ok) {
-            co_await (pump(client_, upstream, scratch(request_body_)) &&
-                      pump(upstream, client_, scratch(response_body_)));
+            co_await (pump(client_, upstream, scratch(ex_->request_body)) &&
+                      pump(upstream, client_, scratch(ex_->response_body)));
         }
         WorkerStats::sub(worker_.stats().upgraded_open);
         error_code ignored;
@@ -1609,7 +1631,7 @@ class ClientSession {
         deadline_.arm(config_.timeouts.client_linger, ConnectionDeadline::client);
         std::size_t discarded = 0;
         while (discarded < (1u << 20)) {
-            auto [ec, n] = co_await client_.async_read_some(asio::buffer(scratch(request_body_)), nothrow);
+            auto [ec, n] = co_await client_.async_read_some(asio::buffer(scratch(ex_->request_body)), nothrow);
             if (ec) {
                 break;
             }
@@ -1621,10 +1643,10 @@ class ClientSession {
         if (static_cast<unsigned>(status) < 500) {
             WorkerStats::add(worker_.stats().bad_requests);
         }
-        record_.status = static_cast<unsigned>(status);
-        record_.error = std::string(reason);
-        if (!connect_error_.empty()) {
-            record_.error += " (" + connect_error_ + ")";  // for the log, not the client
+        ex_->record.status = static_cast<unsigned>(status);
+        ex_->record.error = std::string(reason);
+        if (!ex_->connect_error.empty()) {
+            ex_->record.error += " (" + ex_->connect_error + ")";  // for the log, not the client
         }
         const std::string body = std::to_string(static_cast<unsigned>(status)) + " " +
                                  std::string(http::obsolete_reason(status)) + ": " +
@@ -1639,9 +1661,9 @@ class ClientSession {
             response.set(http::field::connection, "close");
         }
         linger_ = linger_ || close;
-        write_response_head(response, head_);
+        write_response_head(response, ex_->head);
         deadline_.arm(config_.timeouts.client_write, ConnectionDeadline::client);
-        std::array<asio::const_buffer, 2> out{asio::buffer(head_), asio::buffer(body)};
+        std::array<asio::const_buffer, 2> out{asio::buffer(ex_->head), asio::buffer(body)};
         co_await write_pieces(client_, out);
     }
 
@@ -1649,29 +1671,19 @@ class ClientSession {
     // The config this connection started with: a reload applies to new connections.
     std::shared_ptr<const Config> config_holder_;
     const Config& config_;
+    std::size_t listener_;  // index in config_.listeners
     Stream client_;
+    TrackedSession tracked_;  // after client_: it points at the socket
     ClientEndpoints client_endpoints_;  // as a PROXY header to a backend tells them
     asio::ip::address client_address_;  // the original client (a PROXY header may have named it)
     std::string client_ip_;
     bool trusted_peer_ = false;  // the peer is in trusted_proxies
     bool last_request_ = false;  // max_requests_per_connection reached: close after this one
-    std::string gathered_;       // TLS only: pieces of one write copied together
-    beast::flat_buffer buffer_;           // bytes read from the client, not yet parsed
-    beast::flat_buffer upstream_buffer_;  // bytes read from the backend, not yet parsed
-    std::vector<char> request_body_;      // one piece of request body in flight (see scratch())
-    std::vector<char> response_body_;     // one piece of response body in flight
     std::array<char, 256> first_bytes_;   // where an idle connection's next request lands
-    std::string head_;                    // the serialized head of the message being sent
-    std::optional<http::request_parser<http::buffer_body>> parser_;
-    std::optional<http::response_parser<http::buffer_body>> response_parser_;
-    std::vector<std::uint32_t> tried_;
     std::optional<PrivateUpstream> private_;  // kept between requests (send_proxy_protocol)
-    std::string connect_error_;  // why connecting to a backend failed, when worth logging
-    std::string body_error_;     // why a body or response head was refused, for the reply and log
     bool body_started_ = false;
     bool interim_sent_ = false;
     bool set_sticky_ = false;
-    AccessRecord record_;  // the access log line of the request in progress
     bool request_started_ = false;  // a request head arrived and is not yet counted
     std::chrono::steady_clock::time_point started_;
     std::chrono::steady_clock::time_point upstream_started_;
@@ -1679,11 +1691,9 @@ class ClientSession {
     std::uint32_t served_slot_ = 0;  // 0: no backend; else the backend id + 1
     std::size_t served_colour_ = 0;
     bool linger_ = false;  // an error response was sent: drain before closing
-    TrackedSession& tracked_;
     ConnectionDeadline deadline_;
     ClientCloseWatch close_watch_;  // while a request is in flight and the client is not read
-    ChunkHeaderGuard request_chunks_;   // called by parser_ (which holds a reference)
-    ChunkHeaderGuard response_chunks_;  // called by response_parser_
+    std::unique_ptr<ExchangeState> ex_;  // while a request is in flight (see take_exchange())
 };
 
 }  // namespace
@@ -1691,30 +1701,20 @@ class ClientSession {
 Task<void> serve_client(Worker& worker, Socket socket, std::size_t listener_index) {
     // The config and its TLS contexts this connection started with stay alive as long as it.
     std::shared_ptr<const Config> config = worker.config();
-    TrackedSession tracked(worker, socket, listener_index);
-    error_code ec;
-    auto peer = socket.remote_endpoint(ec);
-    if (ec || listener_index >= config->listeners.size()) {
-        co_return;
-    }
-    const ListenerConfig& listener = config->listeners[listener_index];
-    ClientEndpoints client{peer, socket.local_endpoint(ec)};
-    if (listener.proxy_protocol) {
-        auto origin = co_await read_proxy_header(worker, *config, listener, socket, tracked.handle());
-        if (!origin) {
-            error_code ignored;
-            socket.close(ignored);
-            co_return;
-        }
-        client = *origin;
-    }
-    if (listener.tls_context) {
-        asio::ssl::stream<Socket> stream(std::move(socket), listener.tls_context->initial());
-        ClientSession<asio::ssl::stream<Socket>> session(worker, config, std::move(stream), client, tracked);
-        co_await session.run();
+    const auto& listeners = config->listeners;
+    // The session is allocated at its exact size, apart from this frame (a frame keeps room
+    // for every local of every branch: a plain connection would carry a TLS session's too).
+    if (listener_index < listeners.size() && listeners[listener_index].tls_context) {
+        using TlsSession = ClientSession<asio::ssl::stream<Socket>>;
+        auto& context = listeners[listener_index].tls_context->initial();
+        auto session = std::make_unique<TlsSession>(
+            worker, std::move(config), listener_index,
+            asio::ssl::stream<Socket>(std::move(socket), context));
+        co_await session->run();
     } else {
-        ClientSession<Socket> session(worker, config, std::move(socket), client, tracked);
-        co_await session.run();
+        auto session = std::make_unique<ClientSession<Socket>>(worker, std::move(config),
+                                                               listener_index, std::move(socket));
+        co_await session->run();
     }
 }
 

@@ -721,6 +721,7 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
                         std::int64_t{1} << 50);
         l->read_integer("max_response_header", config.limits.max_response_header, 1024, 65535);
         l->read_integer("max_header_fields", config.limits.max_header_fields, 1, 10000);
+        l->read_integer("spare_exchanges", config.limits.spare_exchanges, 0, 100000);
         l->read_integer("max_field_size", config.limits.max_field_size, 64, 65535);
         l->read_integer("max_chunk_line", config.limits.max_chunk_line, 16, 65535);
         l->read_integer("max_trailer", config.limits.max_trailer, 0, 65535);

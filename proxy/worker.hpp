@@ -17,6 +17,7 @@
 #include "config.hpp"
 #include "connection_limits.hpp"
 #include "descriptor_limit.hpp"
+#include "exchange_pool.hpp"
 #include "io_types.hpp"
 #include "routing_table.hpp"
 #include "session_handle.hpp"
@@ -63,6 +64,7 @@ class Worker {
     const std::shared_ptr<const Config>& config() const { return config_; }
     Balancer& balancer() { return balancer_; }
     UpstreamPool& upstream_pool() { return pool_; }
+    ExchangePool& exchanges() { return exchanges_; }
     WorkerStats& stats() { return stats_; }
     TrafficCounters& traffic() { return traffic_; }
     const WorkerStats& stats() const { return stats_; }
@@ -94,6 +96,7 @@ class Worker {
     RoutingTablePtr table_;
     Balancer balancer_;
     UpstreamPool pool_;
+    ExchangePool exchanges_;
     WorkerStats stats_;
     TrafficCounters traffic_;
     std::vector<std::unique_ptr<Acceptor>> acceptors_;
