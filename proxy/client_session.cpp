@@ -24,13 +24,16 @@
 #include "client_close_watch.hpp"
 #include "connection_deadline.hpp"
 #include "descriptor_limit.hpp"
+#include "exchange_outcome.hpp"
 #include "exchange_state.hpp"
 #include "forwarding_headers.hpp"
 #include "message_head.hpp"
+#include "proxy_header_reader.hpp"
 #include "proxy_protocol.hpp"
 #include "request_validation.hpp"
 #include "tls_context.hpp"
 #include "traffic_counters.hpp"
+#include "upstream_lease.hpp"
 #include "upstream_stream.hpp"
 #include "worker.hpp"
 
@@ -43,68 +46,6 @@ using tcp = asio::ip::tcp;
 using boost::system::error_code;
 
 namespace {
-
-// How the exchange with the backend ended before any response byte went to the client.
-enum class Exchange {
-    response_ready,  // a final response header is in the response parser
-    client_gone,     // the client failed or closed while sending its body or waiting
-    body_too_large,  // the request body passed max_request_body
-    body_malformed,  // invalid chunked framing in the request body, or over a framing limit
-    body_too_slow,   // the request body stalled or came slower than min_request_body_rate
-    upstream_timeout,
-    upstream_failed,  // refused, reset or cut before a complete response header
-    response_invalid,  // a response head over a limit, or a 101 nobody asked for
-    no_backend,        // no backend of either colour may take it (503)
-    unreachable,       // every backend tried refused the connection (502)
-    out_of_descriptors,  // the proxy could not open a connection itself (503)
-};
-
-// How getting a backend connection ended.
-enum class Connected { yes, no_backend, refused, out_of_descriptors };
-
-// A backend connection held by one request.
-struct Upstream {
-    const Backend* backend = nullptr;
-    std::optional<UpstreamStream> stream;
-    bool reused = false;
-};
-
-// A backend connection that opened with a PROXY header naming this session's client: it may
-// serve this client connection only, so it stays with the session instead of the pool.
-struct PrivateUpstream {
-    std::uint32_t backend_id = 0;
-    // Ids are stable across reloads, addresses need not be (numeric: no copy of a host name).
-    std::string ip;
-    std::uint16_t port = 0;
-    UpstreamStream stream;
-    std::chrono::steady_clock::time_point since;  // idle since: the pool's age rules apply
-};
-
-// Who the client is and where it connected to: from the socket, or from the PROXY header a
-// load balancer in front sent. What a PROXY header to a backend says.
-struct ClientEndpoints {
-    tcp::endpoint source;
-    tcp::endpoint destination;
-};
-
-// How relaying one message body ended.
-enum class BodyEnd {
-    done,
-    read_failed,   // the reading side closed, reset or cut the body short
-    read_timeout,  // a pause over the leg's read limit, or under the minimum rate
-    too_large,
-    malformed,  // invalid chunked framing, or a chunk line or trailer over its limit
-    write_failed,
-    write_timeout
-};
-
-// Parser errors that mean the peer framed its body wrongly (as opposed to the connection
-// failing under it).
-bool is_framing_error(const error_code& ec) {
-    return ec.category() == http::make_error_code(http::error::bad_chunk).category() &&
-           ec != http::error::partial_message && ec != http::error::end_of_stream &&
-           ec != http::error::body_limit;
-}
 
 // One direction of a body relay: where it reads, where it writes, and their time limits.
 struct BodyLeg {
@@ -137,70 +78,6 @@ class TrackedSession {
     std::size_t listener_;
     SessionHandle handle_;
 };
-
-// Counts a request (and whether it is being retried) for the worker's retry budget.
-class ActiveRequest {
-  public:
-    explicit ActiveRequest(Worker& worker) : worker_(worker) { ++worker_.active_requests; }
-    ~ActiveRequest() {
-        --worker_.active_requests;
-        if (retrying_) {
-            --worker_.active_retries;
-        }
-    }
-    void retrying() {
-        if (!retrying_) {
-            retrying_ = true;
-            ++worker_.active_retries;
-        }
-    }
-
-  private:
-    Worker& worker_;
-    bool retrying_ = false;
-};
-
-// A request's hold on one backend: counted for least-request, visible to the shutdown.
-struct InFlight {
-    InFlight(Balancer& b, std::uint32_t backend_id, SessionHandle& h)
-        : balancer(b), id(backend_id), handle(h) {
-        balancer.on_request_start(id);
-    }
-    ~InFlight() {
-        balancer.on_request_end(id);
-        handle.upstream = nullptr;
-    }
-    Balancer& balancer;
-    std::uint32_t id;
-    SessionHandle& handle;
-};
-
-// RFC 9110 9.2.2: a client (and so a proxy) may repeat these automatically.
-bool idempotent(http::verb method) {
-    switch (method) {
-        case http::verb::get:
-        case http::verb::head:
-        case http::verb::options:
-        case http::verb::trace:
-        case http::verb::put:
-        case http::verb::delete_:
-            return true;
-        default:
-            return false;
-    }
-}
-
-bool is_upgrade_request(const http::request_header<>& header) {
-    if (header.find(http::field::upgrade) == header.end()) {
-        return false;
-    }
-    for (auto token : http::token_list(header[http::field::connection])) {
-        if (beast::iequals(token, "upgrade")) {
-            return true;
-        }
-    }
-    return false;
-}
 
 // Moves the next piece of a message body into the parser's buffer_body: from what `buffer`
 // already holds, else after one read from `from`. Success means progress (possibly only a
@@ -252,71 +129,6 @@ Task<error_code> read_body_piece(AsyncStream& from, beast::flat_buffer& buffer,
         buffer.commit(n);
     }
 }
-
-// Reads the PROXY v1/v2 header that opens a connection on a listener with proxy_protocol,
-// without reading a byte past it (a TLS handshake may follow). Returns the original client's
-// addresses, or nothing when the peer may not send one or the header is missing or malformed
-// (counted; the caller closes the connection).
-Task<std::optional<ClientEndpoints>> read_proxy_header(Worker& worker, const Config& config,
-                                                       const ListenerConfig& listener,
-                                                       Socket& socket, SessionHandle& handle) {
-    error_code ec;
-    const auto peer = socket.remote_endpoint(ec);
-    if (ec || !listener.proxy_protocol_from.contains(peer.address())) {
-        WorkerStats::add(worker.stats().proxy_headers_refused);
-        co_return std::nullopt;
-    }
-    ConnectionDeadline deadline(socket.get_executor(), handle);
-    deadline.arm(config.timeouts.client_header, ConnectionDeadline::client);
-    std::array<char, max_proxy_header> bytes;
-    std::size_t have = 0;  // bytes consumed so far: all of them part of the header
-    for (;;) {
-        auto [wec] = co_await socket.async_wait(asio::socket_base::wait_read, nothrow);
-        if (wec) {
-            break;
-        }
-        // Peek, so that what follows the header stays in the socket for the session.
-        const ssize_t n = ::recv(socket.native_handle(), bytes.data() + have, bytes.size() - have,
-                                 MSG_PEEK | MSG_DONTWAIT);
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-            continue;
-        }
-        if (n <= 0) {
-            break;
-        }
-        const auto seen = static_cast<std::size_t>(n);
-        const ProxyHeaderParse parsed = parse_proxy_header(std::string_view(bytes.data(), have + seen));
-        if (parsed.status == ProxyHeaderStatus::malformed) {
-            break;
-        }
-        // Consume what belongs to the header: all of it when incomplete, up to its end otherwise.
-        const std::size_t take =
-            parsed.status == ProxyHeaderStatus::complete ? parsed.length - have : seen;
-        if (::recv(socket.native_handle(), bytes.data() + have, take, MSG_DONTWAIT) !=
-            static_cast<ssize_t>(take)) {
-            break;
-        }
-        have += take;
-        if (parsed.status == ProxyHeaderStatus::complete) {
-            deadline.disarm();
-            if (parsed.header.local) {
-                // The balancer's own connection (a health check): it speaks for itself.
-                co_return ClientEndpoints{peer, socket.local_endpoint(ec)};
-            }
-            co_return ClientEndpoints{parsed.header.source, parsed.header.destination};
-        }
-        if (have == bytes.size()) {
-            break;
-        }
-    }
-    WorkerStats::add(worker.stats().proxy_headers_refused);
-    co_return std::nullopt;
-}
-
-template <class T>
-struct is_tls_stream : std::false_type {};
-template <class Next>
-struct is_tls_stream<asio::ssl::stream<Next>> : std::true_type {};
 
 // One session code path for plain and TLS client streams.
 template <class Stream>
@@ -721,9 +533,9 @@ class ClientSession {
         }
 
         Upstream upstream;
-        ActiveRequest active{worker_};
+        RetryState retries(worker_.retry_budget(), config_.retries, worker_.stats());
         std::optional<InFlight> in_flight;
-        const Exchange outcome = co_await forward(*table, colour, facts, upstream, active, in_flight);
+        const Exchange outcome = co_await forward(*table, colour, facts, upstream, retries, in_flight);
         if (outcome == Exchange::response_ready) {
             co_return co_await relay_response(upstream, facts);
         }
@@ -804,12 +616,11 @@ class ClientSession {
     // retrying and crossing colours as the config allows. `in_flight` holds the backend that
     // answers until the response is relayed.
     Task<Exchange> forward(const RoutingTable& table, Colour colour, const RequestFacts& facts,
-                           Upstream& upstream, ActiveRequest& active,
+                           Upstream& upstream, RetryState& retries,
                            std::optional<InFlight>& in_flight) {
         ex_->tried.clear();
         interim_sent_ = false;
         bool continue_sent = false;
-        unsigned retries_left = config_.retries.attempts;
         Exchange outcome = Exchange::upstream_failed;
         for (bool retry = false;; retry = true) {
             // The previous try's hold goes first: releasing it clears the session handle's
@@ -859,16 +670,17 @@ class ClientSession {
                                       config_.outlier.count_5xx;
             worker_.record_outcome(upstream.backend->id,
                                    failed || server_error || outcome == Exchange::response_invalid);
-            if (!failed || !may_retry(facts.idempotent, retries_left, outcome)) {
+            const TryFailure failure =
+                outcome == Exchange::upstream_timeout ? TryFailure::timeout : TryFailure::reset;
+            if (!failed ||
+                !retries.may_retry(facts.idempotent, body_started_, interim_sent_, failure)) {
                 co_return outcome;
             }
             // Retry elsewhere: the failed backend stays in ex_->tried, so it is not picked again.
-            --retries_left;
+            retries.retrying();
             ++ex_->record.retries;
-            WorkerStats::add(worker_.stats().retries);
             upstream.stream.reset();
             tracked_.handle().upstream = nullptr;
-            active.retrying();
         }
     }
 
@@ -942,28 +754,6 @@ class ClientSession {
                 co_return can_continue;
         }
         co_return false;
-    }
-
-    // A failed try may be repeated elsewhere only while that is safe: an idempotent method,
-    // no byte of a body consumed (bodies are streamed, not kept), nothing sent to the client,
-    // and within the worker's retry budget.
-    bool may_retry(bool idempotent_method, unsigned retries_left, Exchange outcome) {
-        if (retries_left == 0 || !idempotent_method || body_started_ || interim_sent_) {
-            return false;
-        }
-        // The budget guards against retry storms on slow, overloaded backends (timeouts). A
-        // reset is a fast, definite failure: a backend going away resets every request it had
-        // at once, and each of them is retried elsewhere, bounded by `attempts` alone.
-        if (outcome != Exchange::upstream_timeout) {
-            return true;
-        }
-        const double budget = std::max<double>(config_.retries.min_budget,
-                                               config_.retries.budget * worker_.active_requests);
-        if (worker_.active_retries >= budget) {
-            WorkerStats::add(worker_.stats().retry_budget_exhausted);
-            return false;
-        }
-        return true;
     }
 
     // Origin-form stays; absolute-form ("GET http://host/path") becomes origin-form with Host

@@ -18,6 +18,7 @@
 #include "connection_limits.hpp"
 #include "descriptor_limit.hpp"
 #include "exchange_pool.hpp"
+#include "retry_state.hpp"
 #include "io_types.hpp"
 #include "routing_table.hpp"
 #include "session_handle.hpp"
@@ -73,9 +74,7 @@ class Worker {
     void untrack(SessionHandle* session);
     // A connection accepted on `listener` has closed: its slot is free again.
     void connection_closed(std::size_t listener) { limits_.close(listener); }
-    // Requests being served and retries among them: the retry budget's inputs.
-    unsigned active_requests = 0;
-    unsigned active_retries = 0;
+    RetryBudget& retry_budget() { return retry_budget_; }
     // Cumulative requests and failures per backend id, read by the control plane's outlier
     // detector through report_load.
     void record_outcome(std::uint32_t backend_id, bool failed);
@@ -97,6 +96,7 @@ class Worker {
     Balancer balancer_;
     UpstreamPool pool_;
     ExchangePool exchanges_;
+    RetryBudget retry_budget_;
     WorkerStats stats_;
     TrafficCounters traffic_;
     std::vector<std::unique_ptr<Acceptor>> acceptors_;

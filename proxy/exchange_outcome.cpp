@@ -1,0 +1,47 @@
+#include "exchange_outcome.hpp"
+
+#include <boost/beast/core/string.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/rfc7230.hpp>
+
+namespace bg {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+using boost::system::error_code;
+
+// Parser errors that mean the peer framed its body wrongly (as opposed to the connection
+// failing under it).
+bool is_framing_error(const error_code& ec) {
+    return ec.category() == http::make_error_code(http::error::bad_chunk).category() &&
+           ec != http::error::partial_message && ec != http::error::end_of_stream &&
+           ec != http::error::body_limit;
+}
+
+bool idempotent(http::verb method) {
+    switch (method) {
+        case http::verb::get:
+        case http::verb::head:
+        case http::verb::options:
+        case http::verb::trace:
+        case http::verb::put:
+        case http::verb::delete_:
+            return true;
+        default:
+            return false;
+    }
+}
+
+bool is_upgrade_request(const http::request_header<>& header) {
+    if (header.find(http::field::upgrade) == header.end()) {
+        return false;
+    }
+    for (auto token : http::token_list(header[http::field::connection])) {
+        if (beast::iequals(token, "upgrade")) {
+            return true;
+        }
+    }
+    return false;
+}
+
+}  // namespace bg

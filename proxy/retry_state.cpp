@@ -1,0 +1,45 @@
+#include "retry_state.hpp"
+
+#include <algorithm>
+
+namespace bg {
+
+RetryState::RetryState(RetryBudget& budget, const RetryConfig& config, WorkerStats& stats)
+    : budget_(budget), config_(config), stats_(stats), left_(config.attempts) {
+    ++budget_.active_requests;
+}
+
+RetryState::~RetryState() {
+    --budget_.active_requests;
+    if (retrying_) {
+        --budget_.active_retries;
+    }
+}
+
+bool RetryState::may_retry(bool idempotent, bool body_started, bool response_started,
+                           TryFailure failure) {
+    if (left_ == 0 || !idempotent || body_started || response_started) {
+        return false;
+    }
+    if (failure != TryFailure::timeout) {
+        return true;
+    }
+    const double budget =
+        std::max<double>(config_.min_budget, config_.budget * budget_.active_requests);
+    if (budget_.active_retries >= budget) {
+        WorkerStats::add(stats_.retry_budget_exhausted);
+        return false;
+    }
+    return true;
+}
+
+void RetryState::retrying() {
+    --left_;
+    WorkerStats::add(stats_.retries);
+    if (!retrying_) {
+        retrying_ = true;
+        ++budget_.active_retries;
+    }
+}
+
+}  // namespace bg
