@@ -207,6 +207,16 @@ class ClientSession {
   private:
     Socket& socket() { return beast::get_lowest_layer(client_); }
 
+    // A request the proxy answers itself, and why.
+    struct Refusal {
+        http::status status = http::status::ok;
+        std::string_view reason;
+        explicit operator bool() const { return !reason.empty(); }
+    };
+
+    // How far reading a message head got.
+    enum class HeadRead { need_more, done, invalid };
+
     // Who the client is: the socket's peer, or what the PROXY header a load balancer in front
     // sent says. False when the connection is to be closed (a missing or refused header).
     Task<bool> identify_client() {
@@ -256,86 +266,18 @@ class ClientSession {
         deadline_.arm(config_.timeouts.client_header, ConnectionDeadline::client);
         std::size_t checked = 0;  // bytes already seen to hold no line end
         for (;;) {
-            const std::size_t skipped = skip_leading_empty_lines();
-            checked = checked > skipped ? checked - skipped : 0;
-            auto bytes =
-                std::string_view(static_cast<const char*>(ex_->buffer.data().data()), ex_->buffer.size());
-            // A head that trickles in is scanned again only when a line has ended (else a
-            // byte-at-a-time client would make the scan quadratic), or to refuse it as too long.
-            RawHeaderScan scan;
-            if (bytes.find('\n', checked) != std::string_view::npos ||
-                bytes.size() >= config_.limits.max_request_line) {
-                scan = scan_raw_header(bytes, request_header_limits());
-            }
-            checked = bytes.size();
-            if (scan.verdict != RawHeaderVerdict::incomplete &&
-                scan.verdict != RawHeaderVerdict::complete) {
-                begin_record(nullptr);  // refused before it could be parsed
-            }
-            switch (scan.verdict) {
-                case RawHeaderVerdict::complete: {
-                    const StartLineVersion version = normalize_request_version(
-                        {static_cast<char*>(ex_->buffer.data().data()), bytes.find("\r\n")});
-                    if (version == StartLineVersion::other_major) {
-                        begin_record(nullptr);
-                        co_await reply_error(http::status::http_version_not_supported,
-                                             "HTTP version not supported");
-                        co_return false;
-                    }
-                    error_code ec;
-                    std::size_t used =
-                        ex_->parser->put(asio::buffer(bytes.data(), scan.header_end), ec);
-                    ex_->buffer.consume(used);
-                    begin_record(ex_->parser->is_header_done() ? &ex_->parser->get() : nullptr);
-                    if (ec == http::error::body_limit) {
-                        co_await reply_error(http::status::payload_too_large,
-                                             "request body too large");
-                        co_return false;
-                    }
-                    if (ec || !ex_->parser->is_header_done()) {
-                        // A named string: GCC 12 mis-destroys temporaries of a conditional
-                        // expression inside co_await.
-                        const std::string why = ec ? ec.message() : "malformed request header";
-                        co_await reply_error(http::status::bad_request, why);
-                        co_return false;
-                    }
+            Refusal refusal;
+            switch (parse_request_head(checked, refusal)) {
+                case HeadRead::done:
                     co_return true;
-                }
-                case RawHeaderVerdict::incomplete:
+                case HeadRead::invalid:
+                    co_await reply_error(refusal.status, refusal.reason);
+                    co_return false;
+                case HeadRead::need_more:
                     break;
-                case RawHeaderVerdict::request_line_too_long:
-                    worker_.stats().breach(LimitBreach::request_line);
-                    co_await reply_error(http::status::uri_too_long, "request line too long");
-                    co_return false;
-                case RawHeaderVerdict::header_too_long:
-                    worker_.stats().breach(LimitBreach::request_header);
-                    co_await reply_error(http::status::request_header_fields_too_large,
-                                         "request header too large");
-                    co_return false;
-                case RawHeaderVerdict::too_many_fields:
-                    worker_.stats().breach(LimitBreach::header_fields);
-                    co_await reply_error(http::status::request_header_fields_too_large,
-                                         "too many header fields");
-                    co_return false;
-                case RawHeaderVerdict::field_too_long:
-                    worker_.stats().breach(LimitBreach::field_size);
-                    co_await reply_error(http::status::request_header_fields_too_large,
-                                         "header field too large");
-                    co_return false;
-                case RawHeaderVerdict::obs_fold:
-                    co_await reply_error(http::status::bad_request, "obsolete line folding");
-                    co_return false;
-                case RawHeaderVerdict::nul_byte:
-                    co_await reply_error(http::status::bad_request, "NUL byte in header");
-                    co_return false;
-                case RawHeaderVerdict::bare_cr:
-                    co_await reply_error(http::status::bad_request, "bare CR in header");
-                    co_return false;
-                case RawHeaderVerdict::bare_lf:
-                    co_await reply_error(http::status::bad_request, "bare LF in header");
-                    co_return false;
             }
-            auto [ec, n] = co_await client_.async_read_some(ex_->buffer.prepare(read_room(ex_->buffer)), nothrow);
+            auto [ec, n] = co_await client_.async_read_some(
+                ex_->buffer.prepare(read_room(ex_->buffer)), nothrow);
             if (ec && deadline_.expired()) {
                 // The deadline has closed the socket already: the client is simply dropped (as
                 // nginx does for client_header_timeout).
@@ -346,6 +288,78 @@ class ClientSession {
                 co_return false;
             }
             ex_->buffer.commit(n);
+        }
+    }
+
+    // Screens and parses the request head in ex_->buffer once all of it is there; on a refusal
+    // says which status and why (the record is begun either way).
+    HeadRead parse_request_head(std::size_t& checked, Refusal& refusal) {
+        const std::size_t skipped = skip_leading_empty_lines();
+        checked = checked > skipped ? checked - skipped : 0;
+        char* data = static_cast<char*>(ex_->buffer.data().data());
+        const std::string_view bytes(data, ex_->buffer.size());
+        // A head that trickles in is scanned again only when a line has ended (else a
+        // byte-at-a-time client would make the scan quadratic), or to refuse it as too long.
+        RawHeaderScan scan;
+        if (bytes.find('\n', checked) != std::string_view::npos ||
+            bytes.size() >= config_.limits.max_request_line) {
+            scan = scan_raw_header(bytes, request_header_limits());
+        }
+        checked = bytes.size();
+        if (scan.verdict == RawHeaderVerdict::incomplete) {
+            return HeadRead::need_more;
+        }
+        if (scan.verdict != RawHeaderVerdict::complete) {
+            begin_record(nullptr);  // refused before it could be parsed
+            refusal = refusal_for(scan.verdict);
+            return HeadRead::invalid;
+        }
+        if (normalize_request_version({data, bytes.find("\r\n")}) ==
+            StartLineVersion::other_major) {
+            begin_record(nullptr);
+            refusal = {http::status::http_version_not_supported, "HTTP version not supported"};
+            return HeadRead::invalid;
+        }
+        error_code ec;
+        const std::size_t used = ex_->parser->put(asio::buffer(data, scan.header_end), ec);
+        ex_->buffer.consume(used);
+        begin_record(ex_->parser->is_header_done() ? &ex_->parser->get() : nullptr);
+        if (ec == http::error::body_limit) {
+            worker_.stats().breach(LimitBreach::request_body);
+            refusal = {http::status::payload_too_large, "request body too large"};
+            return HeadRead::invalid;
+        }
+        if (ec || !ex_->parser->is_header_done()) {
+            ex_->body_error = ec ? ec.message() : "malformed request header";
+            refusal = {http::status::bad_request, ex_->body_error};
+            return HeadRead::invalid;
+        }
+        return HeadRead::done;
+    }
+
+    // The answer to a head the raw scan refused, counted when it went over a bound.
+    Refusal refusal_for(RawHeaderVerdict verdict) {
+        switch (verdict) {
+            case RawHeaderVerdict::request_line_too_long:
+                worker_.stats().breach(LimitBreach::request_line);
+                return {http::status::uri_too_long, "request line too long"};
+            case RawHeaderVerdict::header_too_long:
+                worker_.stats().breach(LimitBreach::request_header);
+                return {http::status::request_header_fields_too_large, "request header too large"};
+            case RawHeaderVerdict::too_many_fields:
+                worker_.stats().breach(LimitBreach::header_fields);
+                return {http::status::request_header_fields_too_large, "too many header fields"};
+            case RawHeaderVerdict::field_too_long:
+                worker_.stats().breach(LimitBreach::field_size);
+                return {http::status::request_header_fields_too_large, "header field too large"};
+            case RawHeaderVerdict::obs_fold:
+                return {http::status::bad_request, "obsolete line folding"};
+            case RawHeaderVerdict::nul_byte:
+                return {http::status::bad_request, "NUL byte in header"};
+            case RawHeaderVerdict::bare_cr:
+                return {http::status::bad_request, "bare CR in header"};
+            default:
+                return {http::status::bad_request, "bare LF in header"};
         }
     }
 
@@ -494,13 +508,6 @@ class ClientSession {
         bool head = false;
         bool expect_continue = false;
         bool idempotent = false;  // RFC 9110 9.2.2: may be sent again after a failure
-    };
-
-    // A request the proxy answers itself, and why.
-    struct Refusal {
-        http::status status = http::status::ok;
-        std::string_view reason;
-        explicit operator bool() const { return !reason.empty(); }
     };
 
     // Returns whether the client connection stays open for another request.
@@ -1044,8 +1051,6 @@ class ClientSession {
         co_return Exchange::upstream_failed;
     }
 
-    enum class HeadRead { need_more, done, invalid };
-
     HeaderLimits response_header_limits() const {
         return {config_.limits.max_response_header, config_.limits.max_response_header,
                 config_.limits.max_header_fields, config_.limits.max_field_size};
@@ -1242,55 +1247,21 @@ class ClientSession {
 
     // ---- the response -----------------------------------------------------------------------
 
+    // How the response goes to the client, decided from its head and the request.
+    struct ResponsePlan {
+        bool switching = false;    // a 101 to an upgrade request: a tunnel follows
+        bool no_body = false;      // HEAD, 204, 304, 101
+        bool until_close = false;  // the backend ends the body by closing
+        bool chunked = false;      // the proxy frames the body as chunks for the client
+        bool keep_alive = false;   // the client connection stays open afterwards
+    };
+
     Task<bool> relay_response(Upstream& upstream, const RequestFacts& facts) {
-        const unsigned client_version = facts.version;
-        auto& response = ex_->response_parser->get();
-        const unsigned status = response.result_int();
-        const bool switching = status == 101 && facts.upgrade;
-        const bool no_body = facts.head || status == 204 || status == 304 || switching;
-        const bool upstream_keep_alive = ex_->response_parser->keep_alive();
-        const bool upstream_chunked = ex_->response_parser->chunked();
-        const bool until_close =
-            !no_body && !upstream_chunked && !ex_->response_parser->content_length();
-
-        strip_response_hop_fields(response, switching);
-        bool keep_alive =
-            facts.keep_alive && ex_->parser->is_done() && !worker_.draining() && !last_request_;
-        bool chunked = false;
-        if (!no_body && (upstream_chunked || until_close)) {
-            // The proxy frames this body itself: a Content-Length beside chunked (RFC 9112
-            // 6.3: chunked wins, the length must go) never reaches the client.
-            response.erase(http::field::content_length);
-            if (client_version >= 11) {
-                response.chunked(true);
-                chunked = true;
-            } else {
-                keep_alive = false;  // an HTTP/1.0 client learns the end from the close
-            }
-        }
-        response.version(11);
-        ex_->record.status = status;
-        if (!config_.served_by_header.empty()) {
-            response.set(config_.served_by_header, std::string(to_string(upstream.backend->colour)) +
-                                                       "/" + upstream.backend->name);
-        }
-        if (set_sticky_) {
-            // The colour that served, which a retry may have changed.
-            response.insert(http::field::set_cookie,
-                            sticky_cookie(config_.sticky, upstream.backend->colour));
-        }
-        if (switching) {
-            // Connection: upgrade already set.
-        } else if (!keep_alive) {
-            response.set(http::field::connection, "close");
-        } else if (client_version < 11) {
-            response.set(http::field::connection, "keep-alive");
-        }
-
-        write_response_head(response.base(), ex_->head);
+        const ResponsePlan plan = prepare_response_head(upstream, facts);
         // The head goes out on its own only when no body byte is at hand; otherwise it leaves
         // with the first piece of body in one write (one syscall instead of two).
-        if (no_body || (ex_->upstream_buffer.size() == 0 && !ex_->response_parser->is_done())) {
+        if (plan.no_body ||
+            (ex_->upstream_buffer.size() == 0 && !ex_->response_parser->is_done())) {
             deadline_.arm(config_.timeouts.client_write, ConnectionDeadline::client);
             auto [ec, n] = co_await asio::async_write(client_, asio::buffer(ex_->head), nothrow);
             if (ec) {
@@ -1298,64 +1269,122 @@ class ClientSession {
             }
             ex_->head.clear();
         }
-        if (switching) {
+        if (plan.switching) {
             close_watch_.stop();  // the tunnel reads the client itself
             worker_.tunnel_opened(upstream.backend->id);
             co_await tunnel(*upstream.stream);
             worker_.tunnel_closed(upstream.backend->id);
             co_return false;
         }
-
-        bool response_complete = no_body;
-        if (!no_body) {
+        if (!plan.no_body) {
             const BodyLeg leg{config_.timeouts.upstream_response, ConnectionDeadline::upstream,
-                              config_.timeouts.client_write, ConnectionDeadline::client, chunked};
+                              config_.timeouts.client_write, ConnectionDeadline::client,
+                              plan.chunked};
             bool started = false;
-            const BodyEnd end = co_await relay_body(*upstream.stream, ex_->upstream_buffer,
-                                                    *ex_->response_parser, scratch(ex_->response_body), client_,
-                                                    leg, ex_->record.bytes_out, started);
-            if (close_watch_.client_gone()) {
-                WorkerStats::add(worker_.stats().client_aborts);
-                ex_->record.error = "client closed the connection";
+            const BodyEnd end = co_await relay_body(
+                *upstream.stream, ex_->upstream_buffer, *ex_->response_parser,
+                scratch(ex_->response_body), client_, leg, ex_->record.bytes_out, started);
+            if (!response_body_relayed(end)) {
                 co_return false;
             }
-            if (end == BodyEnd::read_failed || end == BodyEnd::read_timeout ||
-                end == BodyEnd::malformed) {
-                // The backend died, stalled or framed its body wrongly mid-body: close the
-                // client connection so it never mistakes a cut response for a complete one.
-                WorkerStats::add(worker_.stats().upstream_broken_responses);
-                if (end == BodyEnd::malformed) {
-                    ex_->record.error = "backend response " + ex_->body_error;
-                }
-                co_return false;
-            }
-            if (end != BodyEnd::done) {
-                co_return false;
-            }
-            response_complete = ex_->response_parser->is_done();
         }
         ex_->record.upstream_ms = std::chrono::duration<double, std::milli>(
-                                  std::chrono::steady_clock::now() - upstream_started_)
-                                  .count();
-
+                                      std::chrono::steady_clock::now() - upstream_started_)
+                                      .count();
+        const bool complete = ex_->response_parser->is_done() || plan.no_body;
         // The connection goes back to the pool only after a clean, fully framed exchange.
-        if (response_complete && ex_->parser->is_done() && upstream_keep_alive && !until_close &&
-            ex_->upstream_buffer.size() == 0 && !close_watch_.client_gone()) {
-            tracked_.handle().upstream = nullptr;
-            if (upstream.backend->send_proxy_protocol) {
-                private_.emplace(PrivateUpstream{upstream.backend->id, upstream.backend->address.ip,
-                                                 upstream.backend->address.port,
-                                                 std::move(*upstream.stream),
-                                                 std::chrono::steady_clock::now()});
-                tracked_.handle().kept = true;
-                tracked_.handle().kept_backend = upstream.backend->id;
-            } else {
-                worker_.upstream_pool().give_back(upstream.backend->id,
-                                                  std::move(*upstream.stream));
-            }
-            upstream.stream.reset();
+        if (complete && ex_->parser->is_done() && ex_->response_parser->keep_alive() &&
+            !plan.until_close && ex_->upstream_buffer.size() == 0 &&
+            !close_watch_.client_gone()) {
+            keep_upstream(upstream);
         }
-        co_return keep_alive&& response_complete;
+        co_return plan.keep_alive && complete;
+    }
+
+    // Rewrites the response head for the client (hop-by-hop fields, framing, version, the
+    // served-by and sticky fields, Connection) into ex_->head.
+    ResponsePlan prepare_response_head(const Upstream& upstream, const RequestFacts& facts) {
+        auto& response = ex_->response_parser->get();
+        const unsigned status = response.result_int();
+        ResponsePlan plan;
+        plan.switching = status == 101 && facts.upgrade;
+        plan.no_body = facts.head || status == 204 || status == 304 || plan.switching;
+        const bool upstream_chunked = ex_->response_parser->chunked();
+        plan.until_close =
+            !plan.no_body && !upstream_chunked && !ex_->response_parser->content_length();
+
+        strip_response_hop_fields(response, plan.switching);
+        plan.keep_alive =
+            facts.keep_alive && ex_->parser->is_done() && !worker_.draining() && !last_request_;
+        if (!plan.no_body && (upstream_chunked || plan.until_close)) {
+            // The proxy frames this body itself: a Content-Length beside chunked (RFC 9112
+            // 6.3: chunked wins, the length must go) never reaches the client.
+            response.erase(http::field::content_length);
+            if (facts.version >= 11) {
+                response.chunked(true);
+                plan.chunked = true;
+            } else {
+                plan.keep_alive = false;  // an HTTP/1.0 client learns the end from the close
+            }
+        }
+        response.version(11);
+        ex_->record.status = status;
+        if (!config_.served_by_header.empty()) {
+            response.set(config_.served_by_header,
+                         std::string(to_string(upstream.backend->colour)) + "/" +
+                             upstream.backend->name);
+        }
+        if (set_sticky_) {
+            // The colour that served, which a retry may have changed.
+            response.insert(http::field::set_cookie,
+                            sticky_cookie(config_.sticky, upstream.backend->colour));
+        }
+        if (plan.switching) {
+            // Connection: upgrade already set.
+        } else if (!plan.keep_alive) {
+            response.set(http::field::connection, "close");
+        } else if (facts.version < 11) {
+            response.set(http::field::connection, "keep-alive");
+        }
+        write_response_head(response.base(), ex_->head);
+        return plan;
+    }
+
+    // Whether the response body went through whole; if not, why is counted and logged, and
+    // the client connection is to close so a cut response never looks complete.
+    bool response_body_relayed(BodyEnd end) {
+        if (close_watch_.client_gone()) {
+            WorkerStats::add(worker_.stats().client_aborts);
+            ex_->record.error = "client closed the connection";
+            return false;
+        }
+        if (end == BodyEnd::read_failed || end == BodyEnd::read_timeout ||
+            end == BodyEnd::malformed) {
+            // The backend died, stalled or framed its body wrongly mid-body.
+            WorkerStats::add(worker_.stats().upstream_broken_responses);
+            if (end == BodyEnd::malformed) {
+                ex_->record.error = "backend response " + ex_->body_error;
+            }
+            return false;
+        }
+        return end == BodyEnd::done;
+    }
+
+    // A backend connection whose exchange completed cleanly: back to the worker's pool, or kept
+    // for this client alone when it opened with a PROXY header naming the client.
+    void keep_upstream(Upstream& upstream) {
+        tracked_.handle().upstream = nullptr;
+        if (upstream.backend->send_proxy_protocol) {
+            private_.emplace(PrivateUpstream{upstream.backend->id, upstream.backend->address.ip,
+                                             upstream.backend->address.port,
+                                             std::move(*upstream.stream),
+                                             std::chrono::steady_clock::now()});
+            tracked_.handle().kept = true;
+            tracked_.handle().kept_backend = upstream.backend->id;
+        } else {
+            worker_.upstream_pool().give_back(upstream.backend->id, std::move(*upstream.stream));
+        }
+        upstream.stream.reset();
     }
 
     // After a 101: bytes flow both ways until either side closes, or both go idle.
