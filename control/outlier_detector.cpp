@@ -61,14 +61,31 @@ OutlierDetector::Verdicts OutlierDetector::observe(
             ejected_here += ejections_.contains(b.name) ? 1 : 0;
         }
         for (const Backend& b : pool.backends) {
-            const std::uint64_t requests = at(newest.requests, b.id) - at(oldest.requests, b.id);
-            const std::uint64_t failures = at(newest.failures, b.id) - at(oldest.failures, b.id);
+            std::uint64_t requests = at(newest.requests, b.id) - at(oldest.requests, b.id);
+            std::uint64_t failures = at(newest.failures, b.id) - at(oldest.failures, b.id);
             colour_requests += requests;
             colour_failures += failures;
             if (ejections_.contains(b.name)) {
                 continue;
             }
-            const std::uint64_t in_a_row = at(load.consecutive_failures, b.id);
+            std::uint64_t in_a_row = at(load.consecutive_failures, b.id);
+            if (std::find(verdicts.returned.begin(), verdicts.returned.end(), b.name) !=
+                verdicts.returned.end()) {
+                since_return_[b.name] = {at(newest.requests, b.id), at(newest.failures, b.id),
+                                         in_a_row};
+                continue;  // back this moment: judged on what comes next
+            }
+            if (auto base = since_return_.find(b.name); base != since_return_.end()) {
+                const std::uint64_t new_requests = at(newest.requests, b.id) - base->second.requests;
+                const std::uint64_t new_failures = at(newest.failures, b.id) - base->second.failures;
+                requests = std::min(requests, new_requests);
+                failures = std::min(failures, new_failures);
+                if (new_requests > new_failures) {
+                    since_return_.erase(base);  // a success ended the old run: the count is fresh
+                } else {
+                    in_a_row = new_failures;  // the old run goes on: only new failures count
+                }
+            }
             const bool consecutive =
                 config_.consecutive_failures > 0 && in_a_row >= config_.consecutive_failures;
             const double rate =
@@ -87,6 +104,7 @@ OutlierDetector::Verdicts OutlierDetector::observe(
             ++times;
             auto length = std::min<Duration>(config_.base_ejection * times, config_.max_ejection);
             ejections_[b.name] = Ejection{now + length};
+            since_return_.erase(b.name);
             ++ejected_here;
             verdicts.ejected.push_back(b.name);
             verdicts.reasons[b.name] =

@@ -53,11 +53,21 @@ class OutlierDetector {
     struct Ejection {
         Clock::time_point until;
     };
+    // A backend's cumulative counters when it returned: no request reached it while it was
+    // out, so the failures that got it ejected are still in the workers' counters (the run of
+    // consecutive failures, the window's rate). It is judged on what came after (Envoy resets
+    // a host's counters when it unejects it), or freshly once a success ended that run.
+    struct SinceReturn {
+        std::uint64_t requests = 0;
+        std::uint64_t failures = 0;
+        std::uint64_t consecutive = 0;
+    };
 
     OutlierConfig config_;
     std::deque<Sample> samples_;
     std::map<std::string, Ejection> ejections_;
     std::map<std::string, unsigned> times_ejected_;
+    std::map<std::string, SinceReturn> since_return_;
 };
 
 }  // namespace bg

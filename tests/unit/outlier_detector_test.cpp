@@ -90,3 +90,53 @@ TEST_CASE("the watched colour fails on its error rate once the minimum count is 
                              t0 + std::chrono::seconds(1), bg::Colour::green, {})
                     .failed_colour);
 }
+
+TEST_CASE("a returned backend is judged on what comes after, not on the run that ejected it") {
+    // Found by bench/soak.sh: a backend killed and restarted was ejected again the moment its
+    // ejection ended, on the same stale count of consecutive failures, for ever longer.
+    bg::OutlierConfig config;
+    config.consecutive_failures = 5;
+    config.base_ejection = std::chrono::seconds(10);
+    bg::OutlierDetector detector(config);
+    auto table = two_by_two();
+    auto t0 = Clock::now();
+    detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, {});
+    auto v = detector.observe(table, counts({5, 10, 0, 0}, {5, 0, 0, 0}, {5, 0, 0, 0}),
+                              t0 + std::chrono::seconds(1), std::nullopt, {});
+    CHECK(v.ejected == std::vector<std::string>{"b1"});
+    // Over, checks pass: it returns, and the workers' counters have not moved (no traffic).
+    v = detector.observe(table, counts({5, 30, 0, 0}, {5, 0, 0, 0}, {5, 0, 0, 0}),
+                         t0 + std::chrono::seconds(12), std::nullopt, {{"b1", true}});
+    CHECK(v.returned == std::vector<std::string>{"b1"});
+    v = detector.observe(table, counts({5, 40, 0, 0}, {5, 0, 0, 0}, {5, 0, 0, 0}),
+                         t0 + std::chrono::seconds(13), std::nullopt, {{"b1", true}});
+    CHECK(v.ejected.empty());
+    CHECK_FALSE(detector.ejected("b1"));
+    // Two more failures continue the old run in the workers' count (7), but only 2 are new.
+    v = detector.observe(table, counts({7, 50, 0, 0}, {7, 0, 0, 0}, {7, 0, 0, 0}),
+                         t0 + std::chrono::seconds(14), std::nullopt, {{"b1", true}});
+    CHECK(v.ejected.empty());
+    // Five new failures in a row: out again, for longer.
+    v = detector.observe(table, counts({10, 60, 0, 0}, {10, 0, 0, 0}, {10, 0, 0, 0}),
+                         t0 + std::chrono::seconds(15), std::nullopt, {{"b1", true}});
+    CHECK(v.ejected == std::vector<std::string>{"b1"});
+    CHECK(v.reasons["b1"].find("ejected for 20000ms") != std::string::npos);
+}
+
+TEST_CASE("after a success the run of failures a returned backend is judged on starts afresh") {
+    bg::OutlierConfig config;
+    config.consecutive_failures = 3;
+    bg::OutlierDetector detector(config);
+    auto table = two_by_two();
+    auto t0 = Clock::now();
+    detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, {});
+    detector.observe(table, counts({3, 10, 0, 0}, {3, 0, 0, 0}, {3, 0, 0, 0}),
+                     t0 + std::chrono::seconds(1), std::nullopt, {});
+    auto v = detector.observe(table, counts({3, 10, 0, 0}, {3, 0, 0, 0}, {3, 0, 0, 0}),
+                              t0 + std::chrono::seconds(40), std::nullopt, {{"b1", true}});
+    CHECK(v.returned == std::vector<std::string>{"b1"});
+    // One success, then three failures: a fresh run of 3.
+    v = detector.observe(table, counts({7, 20, 0, 0}, {6, 0, 0, 0}, {3, 0, 0, 0}),
+                         t0 + std::chrono::seconds(41), std::nullopt, {{"b1", true}});
+    CHECK(v.ejected == std::vector<std::string>{"b1"});
+}
