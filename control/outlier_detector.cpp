@@ -76,8 +76,10 @@ OutlierDetector::Verdicts OutlierDetector::observe(
                 continue;  // back this moment: judged on what comes next
             }
             if (auto base = since_return_.find(b.name); base != since_return_.end()) {
-                const std::uint64_t new_requests = at(newest.requests, b.id) - base->second.requests;
-                const std::uint64_t new_failures = at(newest.failures, b.id) - base->second.failures;
+                const std::uint64_t new_requests =
+                    at(newest.requests, b.id) - base->second.requests;
+                const std::uint64_t new_failures =
+                    at(newest.failures, b.id) - base->second.failures;
                 requests = std::min(requests, new_requests);
                 failures = std::min(failures, new_failures);
                 if (new_requests > new_failures) {
