@@ -32,6 +32,7 @@
 #include "proxy_protocol.hpp"
 #include "request_validation.hpp"
 #include "tls_context.hpp"
+#include "upstream_request.hpp"
 #include "traffic_counters.hpp"
 #include "upstream_lease.hpp"
 #include "upstream_stream.hpp"
@@ -207,13 +208,6 @@ class ClientSession {
   private:
     Socket& socket() { return beast::get_lowest_layer(client_); }
 
-    // A request the proxy answers itself, and why.
-    struct Refusal {
-        http::status status = http::status::ok;
-        std::string_view reason;
-        explicit operator bool() const { return !reason.empty(); }
-    };
-
     // How far reading a message head got.
     enum class HeadRead { need_more, done, invalid };
 
@@ -271,7 +265,7 @@ class ClientSession {
                 case HeadRead::done:
                     co_return true;
                 case HeadRead::invalid:
-                    co_await reply_error(refusal.status, refusal.reason);
+                    co_await refuse(refusal);
                     co_return false;
                 case HeadRead::need_more:
                     break;
@@ -325,8 +319,8 @@ class ClientSession {
         ex_->buffer.consume(used);
         begin_record(ex_->parser->is_header_done() ? &ex_->parser->get() : nullptr);
         if (ec == http::error::body_limit) {
-            worker_.stats().breach(LimitBreach::request_body);
-            refusal = {http::status::payload_too_large, "request body too large"};
+            refusal = {http::status::payload_too_large, "request body too large",
+                       LimitBreach::request_body};
             return HeadRead::invalid;
         }
         if (ec || !ex_->parser->is_header_done()) {
@@ -337,21 +331,21 @@ class ClientSession {
         return HeadRead::done;
     }
 
-    // The answer to a head the raw scan refused, counted when it went over a bound.
-    Refusal refusal_for(RawHeaderVerdict verdict) {
+    // The answer to a head the raw scan refused.
+    static Refusal refusal_for(RawHeaderVerdict verdict) {
         switch (verdict) {
             case RawHeaderVerdict::request_line_too_long:
-                worker_.stats().breach(LimitBreach::request_line);
-                return {http::status::uri_too_long, "request line too long"};
+                return {http::status::uri_too_long, "request line too long",
+                        LimitBreach::request_line};
             case RawHeaderVerdict::header_too_long:
-                worker_.stats().breach(LimitBreach::request_header);
-                return {http::status::request_header_fields_too_large, "request header too large"};
+                return {http::status::request_header_fields_too_large, "request header too large",
+                        LimitBreach::request_header};
             case RawHeaderVerdict::too_many_fields:
-                worker_.stats().breach(LimitBreach::header_fields);
-                return {http::status::request_header_fields_too_large, "too many header fields"};
+                return {http::status::request_header_fields_too_large, "too many header fields",
+                        LimitBreach::header_fields};
             case RawHeaderVerdict::field_too_long:
-                worker_.stats().breach(LimitBreach::field_size);
-                return {http::status::request_header_fields_too_large, "header field too large"};
+                return {http::status::request_header_fields_too_large, "header field too large",
+                        LimitBreach::field_size};
             case RawHeaderVerdict::obs_fold:
                 return {http::status::bad_request, "obsolete line folding"};
             case RawHeaderVerdict::nul_byte:
@@ -500,42 +494,25 @@ class ClientSession {
 
     // ---- one request ------------------------------------------------------------------------
 
-    // What the proxy needs to know of a request once its head is rewritten for the backend.
-    struct RequestFacts {
-        bool keep_alive = false;  // the client asked to keep the connection
-        unsigned version = 11;    // the client's (1.x above 1.1 arrives as 1.1)
-        bool upgrade = false;
-        bool head = false;
-        bool expect_continue = false;
-        bool idempotent = false;  // RFC 9110 9.2.2: may be sent again after a failure
-    };
-
     // Returns whether the client connection stays open for another request.
     Task<bool> handle_request() {
         body_started_ = false;
         ex_->connect_error.clear();
-        if (const Refusal refusal = check_request()) {
-            co_await reply_error(refusal.status, refusal.reason);
+        if (const Refusal refusal = check_request_head(*ex_->parser,
+                                                       config_.limits.max_request_body)) {
+            co_await refuse(refusal);
             co_return false;
         }
-        auto& request = ex_->parser->get();
-        const RequestFacts facts{
-            .keep_alive = ex_->parser->keep_alive(),
-            .version = request.version(),
-            // RFC 9110 7.8: Upgrade means nothing in an HTTP/1.0 request.
-            .upgrade = request.version() >= 11 && is_upgrade_request(request.base()),
-            .head = request.method() == http::verb::head,
-            .expect_continue = request.version() >= 11 &&
-                               beast::iequals(request[http::field::expect], "100-continue"),
-            .idempotent = idempotent(request.method()),
-        };
+        const RequestFacts facts = request_facts(*ex_->parser);
         // One routing snapshot for the whole request, retries included. The colour is chosen
         // before any header rule runs, so no field named in Connection can change the route.
         RoutingTablePtr table = worker_.table();
         ex_->record.version = table->version();
         const Colour colour = choose_colour(*table);
-        if (const Refusal refusal = rewrite_for_upstream(facts)) {
-            co_await reply_error(refusal.status, refusal.reason);
+        const std::string authority = authority_of(client_endpoints_.destination);
+        if (const Refusal refusal = rewrite_for_upstream(
+                *ex_->parser, facts, {client_ip_, tls, trusted_peer_, authority})) {
+            co_await refuse(refusal);
             co_return false;
         }
 
@@ -547,26 +524,6 @@ class ClientSession {
             co_return co_await relay_response(upstream, facts);
         }
         co_return co_await answer_failure(outcome, facts);
-    }
-
-    // Refusals that need only the parsed head (framing, method, target, declared length).
-    Refusal check_request() {
-        auto& request = ex_->parser->get();
-        if (auto why = framing_problem(request.base()); !why.empty()) {
-            return {http::status::bad_request, why};
-        }
-        if (request.method() == http::verb::connect) {
-            return {http::status::method_not_allowed, "CONNECT is not supported"};
-        }
-        if (!normalize_target(request)) {
-            return {http::status::bad_request, "invalid request target"};
-        }
-        if (config_.limits.max_request_body > 0 && ex_->parser->content_length() &&
-            *ex_->parser->content_length() > config_.limits.max_request_body) {
-            worker_.stats().breach(LimitBreach::request_body);
-            return {http::status::payload_too_large, "request body too large"};
-        }
-        return {};
     }
 
     // A preview header (from an allowed network) or a sticky cookie may name the colour; else
@@ -581,42 +538,6 @@ class ClientSession {
                       table.pool(Colour::blue).weight_bp > 0 &&
                       table.pool(Colour::green).weight_bp > 0;
         return preview ? *preview : sticky ? *sticky : worker_.balancer().pick_colour(table);
-    }
-
-    // The head as the backend gets it: hop-by-hop fields out, forwarding fields in, framing
-    // from the parser (never from a field a rule could have removed), HTTP/1.1.
-    Refusal rewrite_for_upstream(const RequestFacts& facts) {
-        auto& request = ex_->parser->get();
-        const bool chunked = ex_->parser->chunked();
-        if (facts.expect_continue) {
-            // We answer 100-continue ourselves (the backend sees no Expect), so the body flows
-            // without waiting for the backend's interim response.
-            request.erase(http::field::expect);
-        }
-        try {
-            rewrite_request_fields(request,
-                                   ForwardedFor{client_ip_, tls, facts.upgrade, trusted_peer_});
-            if (request.find(http::field::host) == request.end()) {
-                // RFC 9112 3.2: HTTP/1.1 needs a Host; an HTTP/1.0 request without one names
-                // the server as the connection reached it (RFC 9112 3.3).
-                request.set(http::field::host, authority_of(client_endpoints_.destination));
-            }
-        } catch (const std::length_error&) {
-            // Beast holds a field in at most 64 KiB: a forwarded chain grown past that.
-            worker_.stats().breach(LimitBreach::field_size);
-            return {http::status::request_header_fields_too_large, "header field too large"};
-        }
-        if (chunked) {
-            request.chunked(true);
-        }
-        request.version(11);
-        return {};
-    }
-
-    static std::string authority_of(const tcp::endpoint& endpoint) {
-        const auto address = endpoint.address();
-        std::string text = address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
-        return text + ":" + std::to_string(endpoint.port());
     }
 
     // Sends the request to a backend of `colour` and reads the response head, connecting,
@@ -761,34 +682,6 @@ class ClientSession {
                 co_return can_continue;
         }
         co_return false;
-    }
-
-    // Origin-form stays; absolute-form ("GET http://host/path") becomes origin-form with Host
-    // set from it (RFC 9112 3.2.2); "*" is kept for OPTIONS.
-    static bool normalize_target(http::request<http::buffer_body>& request) {
-        auto target = request.target();
-        if (target.starts_with('/')) {
-            return true;
-        }
-        if (target == "*") {
-            return request.method() == http::verb::options;
-        }
-        auto uri = boost::urls::parse_absolute_uri(target);
-        if (!uri || !uri->has_authority()) {
-            return false;
-        }
-        std::string origin(uri->encoded_path());
-        if (origin.empty()) {
-            origin = "/";
-        }
-        if (uri->has_query()) {
-            origin.push_back('?');
-            origin.append(uri->encoded_query());
-        }
-        std::string host(uri->encoded_host_and_port());
-        request.set(http::field::host, host);
-        request.target(origin);
-        return true;
     }
 
     // ---- the backend connection ----------------------------------------------------------
@@ -1456,6 +1349,14 @@ class ClientSession {
             }
             discarded += n;
         }
+    }
+
+    // The proxy's answer to a refused request, its bound counted if it went over one.
+    Task<void> refuse(const Refusal& refusal) {
+        if (refusal.breach) {
+            worker_.stats().breach(*refusal.breach);
+        }
+        return reply_error(refusal.status, refusal.reason);
     }
 
     Task<void> reply_error(http::status status, std::string_view reason, bool close = true) {

@@ -1,0 +1,113 @@
+#include "upstream_request.hpp"
+
+#include <boost/beast/core/string.hpp>
+#include <boost/url/parse.hpp>
+#include <stdexcept>
+
+#include "exchange_outcome.hpp"
+#include "forwarding_headers.hpp"
+#include "request_validation.hpp"
+
+namespace bg {
+
+namespace http = boost::beast::http;
+
+namespace {
+
+// Origin-form stays; absolute-form ("GET http://host/path") becomes origin-form with Host set
+// from it (RFC 9112 3.2.2); "*" is kept for OPTIONS.
+bool normalize_target(http::request<http::buffer_body>& request) {
+    auto target = request.target();
+    if (target.starts_with('/')) {
+        return true;
+    }
+    if (target == "*") {
+        return request.method() == http::verb::options;
+    }
+    auto uri = boost::urls::parse_absolute_uri(target);
+    if (!uri || !uri->has_authority()) {
+        return false;
+    }
+    std::string origin(uri->encoded_path());
+    if (origin.empty()) {
+        origin = "/";
+    }
+    if (uri->has_query()) {
+        origin.push_back('?');
+        origin.append(uri->encoded_query());
+    }
+    std::string host(uri->encoded_host_and_port());
+    request.set(http::field::host, host);
+    request.target(origin);
+    return true;
+}
+
+}  // namespace
+
+Refusal check_request_head(RequestParser& parser, std::uint64_t max_request_body) {
+    auto& request = parser.get();
+    if (auto why = framing_problem(request.base()); !why.empty()) {
+        return {http::status::bad_request, why};
+    }
+    if (request.method() == http::verb::connect) {
+        return {http::status::method_not_allowed, "CONNECT is not supported"};
+    }
+    if (!normalize_target(request)) {
+        return {http::status::bad_request, "invalid request target"};
+    }
+    if (max_request_body > 0 && parser.content_length() &&
+        *parser.content_length() > max_request_body) {
+        return {http::status::payload_too_large, "request body too large",
+                LimitBreach::request_body};
+    }
+    return {};
+}
+
+RequestFacts request_facts(const RequestParser& parser) {
+    const auto& request = parser.get();
+    return {
+        .keep_alive = parser.keep_alive(),
+        .version = request.version(),
+        .upgrade = request.version() >= 11 && is_upgrade_request(request.base()),
+        .head = request.method() == http::verb::head,
+        .expect_continue = request.version() >= 11 &&
+                           boost::beast::iequals(request[http::field::expect], "100-continue"),
+        .idempotent = idempotent(request.method()),
+    };
+}
+
+Refusal rewrite_for_upstream(RequestParser& parser, const RequestFacts& facts,
+                             const ClientHop& hop) {
+    auto& request = parser.get();
+    const bool chunked = parser.chunked();
+    if (facts.expect_continue) {
+        // We answer 100-continue ourselves (the backend sees no Expect), so the body flows
+        // without waiting for the backend's interim response.
+        request.erase(http::field::expect);
+    }
+    try {
+        rewrite_request_fields(request,
+                               ForwardedFor{hop.client_ip, hop.tls, facts.upgrade, hop.trusted});
+        if (request.find(http::field::host) == request.end()) {
+            // RFC 9112 3.2: HTTP/1.1 needs a Host (a 1.1 request without one was refused).
+            request.set(http::field::host, hop.server_authority);
+        }
+    } catch (const std::length_error&) {
+        // Beast holds a field in at most 64 KiB: a forwarded chain grown past that.
+        return {http::status::request_header_fields_too_large, "header field too large",
+                LimitBreach::field_size};
+    }
+    if (chunked) {
+        request.chunked(true);
+    }
+    request.version(11);
+    return {};
+}
+
+std::string authority_of(const boost::asio::ip::tcp::endpoint& endpoint) {
+    const auto address = endpoint.address();
+    std::string text = address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
+    return text + ":" + std::to_string(endpoint.port());
+}
+
+}  // namespace bg

@@ -1,0 +1,69 @@
+#pragma once
+// The request head as a backend gets it, from the head a client sent: every check and rewrite
+// the proxy makes on the way, without I/O, so that the client session and the request fuzzer
+// (tests/fuzz/fuzz_request.cpp) run the same code.
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "worker_stats.hpp"
+
+namespace bg {
+
+using RequestParser = boost::beast::http::request_parser<boost::beast::http::buffer_body>;
+
+// A request the proxy answers itself, why, and the bound it went over if it did.
+struct Refusal {
+    Refusal() = default;
+    Refusal(boost::beast::http::status s, std::string_view why,
+            std::optional<LimitBreach> over = std::nullopt)
+        : status(s), reason(why), breach(over) {}
+
+    boost::beast::http::status status = boost::beast::http::status::ok;
+    std::string_view reason;
+    std::optional<LimitBreach> breach;
+    explicit operator bool() const { return !reason.empty(); }
+};
+
+// What the proxy needs to know of a request once its head is rewritten for the backend.
+struct RequestFacts {
+    bool keep_alive = false;  // the client asked to keep the connection
+    unsigned version = 11;    // the client's (1.x above 1.1 arrives as 1.1)
+    bool upgrade = false;     // RFC 9110 7.8: never for HTTP/1.0
+    bool head = false;
+    bool expect_continue = false;
+    bool idempotent = false;  // RFC 9110 9.2.2: may be sent again after a failure
+};
+
+// Who sent the request and how, for the forwarding fields.
+struct ClientHop {
+    std::string_view client_ip;
+    bool tls = false;
+    bool trusted = false;  // the peer is a trusted proxy: its forwarding fields are kept
+    // What an HTTP/1.0 request without Host is given: the server as the connection reached
+    // it (RFC 9112 3.3), "address:port".
+    std::string_view server_authority;
+};
+
+// Refusals that need only the parsed head: ambiguous framing, CONNECT, an invalid target, a
+// declared body over `max_request_body` (0: none). An absolute-form target becomes
+// origin-form with its Host (RFC 9112 3.2.2).
+Refusal check_request_head(RequestParser& parser, std::uint64_t max_request_body);
+
+RequestFacts request_facts(const RequestParser& parser);
+
+// Rewrites the head in place for the backend: hop-by-hop fields out, forwarding fields in,
+// framing from the parser (never from a field a rule could have removed), Expect answered by
+// the proxy, HTTP/1.1.
+Refusal rewrite_for_upstream(RequestParser& parser, const RequestFacts& facts,
+                             const ClientHop& hop);
+
+// "address:port", bracketed for IPv6.
+std::string authority_of(const boost::asio::ip::tcp::endpoint& endpoint);
+
+}  // namespace bg
