@@ -19,6 +19,7 @@
 
 #include "access_record.hpp"
 #include "backend_tls_context.hpp"
+#include "body_relay.hpp"
 #include "colour_hints.hpp"
 #include "chunk_framing.hpp"
 #include "client_close_watch.hpp"
@@ -48,16 +49,6 @@ using boost::system::error_code;
 
 namespace {
 
-// One direction of a body relay: where it reads, where it writes, and their time limits.
-struct BodyLeg {
-    std::chrono::milliseconds read_limit;
-    ConnectionDeadline::Target read_side;
-    std::chrono::milliseconds write_limit;
-    ConnectionDeadline::Target write_side;
-    bool chunked;  // frame the pieces as chunks on the way out
-    std::uint64_t min_rate = 0;  // bytes/s the body must average once read_limit has passed
-};
-
 // Untracks the session from its worker whatever way the coroutine ends.
 class TrackedSession {
   public:
@@ -80,57 +71,6 @@ class TrackedSession {
     SessionHandle handle_;
 };
 
-// Moves the next piece of a message body into the parser's buffer_body: from what `buffer`
-// already holds, else after one read from `from`. Success means progress (possibly only a
-// chunk header); the caller looks at how much of the body buffer was filled.
-template <class AsyncStream, bool isRequest>
-Task<error_code> read_body_piece(AsyncStream& from, beast::flat_buffer& buffer,
-                                 http::parser<isRequest, http::buffer_body>& parser,
-                                 std::size_t read_size, ChunkHeaderGuard& chunks) {
-    for (;;) {
-        if (buffer.size() > 0) {
-            error_code ec;
-            chunks.input_end = static_cast<const char*>(buffer.data().data()) + buffer.size();
-            const std::size_t used = parser.put(buffer.data(), ec);
-            buffer.consume(used);
-            if (ec == http::error::need_buffer) {
-                co_return error_code{};  // the body buffer is full
-            }
-            if (ec && ec != http::error::need_more) {
-                co_return ec;
-            }
-            if (used > 0 || parser.is_done()) {
-                co_return error_code{};
-            }
-            // The parser waits for the end of a chunk-size line or of the trailers.
-            if (parser.chunked()) {
-                chunks.over = check_pending_chunk_framing(
-                    {static_cast<const char*>(buffer.data().data()), buffer.size()},
-                    chunks.max_chunk_line, chunks.max_trailer);
-                if (chunks.over != ChunkFraming::within_limits) {
-                    co_return http::error::buffer_overflow;
-                }
-            }
-        }
-        if (parser.is_done()) {
-            co_return error_code{};
-        }
-        if (buffer.size() + read_size > buffer.max_size()) {
-            co_return http::error::buffer_overflow;  // bounded above: not reached in practice
-        }
-        auto [ec, n] = co_await from.async_read_some(buffer.prepare(read_size), nothrow);
-        if (ec == asio::error::eof) {
-            error_code end;
-            parser.put_eof(end);  // completes a read-until-close body, else partial_message
-            co_return end;
-        }
-        if (ec) {
-            co_return ec;
-        }
-        buffer.commit(n);
-    }
-}
-
 // One session code path for plain and TLS client streams.
 template <class Stream>
 class ClientSession {
@@ -146,6 +86,7 @@ class ClientSession {
           client_(std::move(stream)),
           tracked_(worker, socket(), listener),
           deadline_(socket().get_executor(), tracked_.handle()),
+          relay_(deadline_, worker.stats(), read_chunk()),
           close_watch_(socket()) {}
 
     Task<void> run() {
@@ -470,13 +411,6 @@ class ClientSession {
         }
     }
 
-    // A body piece buffer, taken when a body first moves.
-    std::vector<char>& scratch(std::vector<char>& piece) {
-        if (piece.empty()) {
-            piece.resize(config_.limits.buffer_size);
-        }
-        return piece;
-    }
 
     // RFC 9112 2.2: a server should ignore empty lines received before the request line.
     std::size_t skip_leading_empty_lines() {
@@ -924,7 +858,7 @@ class ClientSession {
         const BodyLeg leg{config_.timeouts.client_body,      ConnectionDeadline::client,
                           config_.timeouts.upstream_response, ConnectionDeadline::upstream,
                           ex_->parser->get().chunked(),           config_.limits.min_request_body_rate};
-        switch (co_await relay_body(client_, ex_->buffer, *ex_->parser, scratch(ex_->request_body), stream,
+        switch (co_await relay_.relay(*ex_, client_, ex_->buffer, *ex_->parser, relay_.piece(ex_->request_body), stream,
                                     leg, ex_->record.bytes_in, body_started_)) {
             case BodyEnd::done:
                 co_return Exchange::response_ready;
@@ -1001,143 +935,6 @@ class ClientSession {
         return HeadRead::invalid;
     }
 
-    // Streams a message body from `from` to `to` one piece at a time (bounded memory whatever
-    // its size). A head still in ex_->head leaves with the first piece; chunk framing is added
-    // when the leg says so.
-    template <class From, class To, bool isRequest>
-    Task<BodyEnd> relay_body(From& from, beast::flat_buffer& in,
-                             http::parser<isRequest, http::buffer_body>& parser,
-                             std::vector<char>& scratch, To& to, const BodyLeg& leg,
-                             std::uint64_t& bytes, bool& started) {
-        auto& body = parser.get().body();
-        const auto body_start = std::chrono::steady_clock::now();
-        std::uint64_t moved = 0;
-        bool ended = false;  // the end of the body has been written
-        while (!ended) {
-            std::size_t n = 0;
-            if (!parser.is_done()) {
-                body.data = scratch.data();
-                body.size = scratch.size();
-                const auto read_limit = body_read_limit(leg, body_start, moved);
-                if (read_limit <= std::chrono::milliseconds::zero()) {
-                    ex_->body_error = "request body slower than min_request_body_rate";
-                    worker_.stats().breach(LimitBreach::body_rate);
-                    co_return BodyEnd::read_timeout;
-                }
-                deadline_.arm(read_limit, leg.read_side);
-                ChunkHeaderGuard& chunks = isRequest ? ex_->request_chunks : ex_->response_chunks;
-                const error_code ec =
-                    co_await read_body_piece(from, in, parser, read_chunk(), chunks);
-                if (ec == http::error::body_limit) {
-                    co_return BodyEnd::too_large;
-                }
-                if (ec == http::error::buffer_overflow || is_framing_error(ec)) {
-                    note_framing_error(ec, chunks.over, isRequest);
-                    co_return BodyEnd::malformed;
-                }
-                if (ec) {
-                    if (deadline_.expired()) {
-                        if (read_limit < leg.read_limit) {  // the rate bound was the nearer one
-                            ex_->body_error = "request body slower than min_request_body_rate";
-                            worker_.stats().breach(LimitBreach::body_rate);
-                        } else {
-                            ex_->body_error = "body stalled past its time limit";
-                        }
-                        co_return BodyEnd::read_timeout;
-                    }
-                    co_return BodyEnd::read_failed;
-                }
-                started = true;
-                n = scratch.size() - body.size;
-                bytes += n;
-                moved += n;
-                if (n == 0 && !parser.is_done()) {
-                    continue;  // a chunk header, no data yet
-                }
-            }
-            ended = parser.is_done();
-            std::optional<ChunkPrefix> prefix;
-            std::array<asio::const_buffer, 5> out{};
-            std::size_t count = 0;
-            if (!ex_->head.empty()) {
-                out[count++] = asio::buffer(ex_->head);
-            }
-            if (n > 0) {
-                if (leg.chunked) {
-                    prefix.emplace(n);
-                    out[count++] = prefix->buffer();
-                }
-                out[count++] = asio::buffer(scratch.data(), n);
-                if (leg.chunked) {
-                    out[count++] = asio::buffer(chunk_end);
-                }
-            }
-            if (ended && leg.chunked) {
-                out[count++] = asio::buffer(last_chunk);
-            }
-            if (count == 0) {
-                continue;
-            }
-            deadline_.arm(leg.write_limit, leg.write_side);
-            auto [ec, written] =
-                co_await write_pieces(to, std::span<const asio::const_buffer>(out.data(), count));
-            if (ec) {
-                co_return deadline_.expired() ? BodyEnd::write_timeout : BodyEnd::write_failed;
-            }
-            ex_->head.clear();
-        }
-        co_return BodyEnd::done;
-    }
-
-    // The time the next body read may take: the leg's pause limit, and with a minimum rate
-    // no later than read_limit after the start plus one second per min_rate bytes received
-    // (mod_reqtimeout's MinRate). Zero or less: the body is already too slow.
-    static std::chrono::milliseconds body_read_limit(const BodyLeg& leg,
-                                                     std::chrono::steady_clock::time_point start,
-                                                     std::uint64_t received) {
-        if (leg.min_rate == 0) {
-            return leg.read_limit;
-        }
-        const auto earned = std::chrono::milliseconds(received * 1000 / leg.min_rate);
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-            start + leg.read_limit + earned - std::chrono::steady_clock::now());
-        return std::min(leg.read_limit, left);
-    }
-
-    void note_framing_error(const error_code& ec, ChunkFraming over, bool request) {
-        if (over == ChunkFraming::chunk_line_too_long) {
-            ex_->body_error = "chunk-size line too long";
-            worker_.stats().breach(request ? LimitBreach::chunk_line
-                                           : LimitBreach::response_chunk_line);
-        } else if (over == ChunkFraming::trailer_too_long) {
-            ex_->body_error = "trailer section too large";
-            worker_.stats().breach(request ? LimitBreach::trailer : LimitBreach::response_trailer);
-        } else {
-            ex_->body_error = "invalid chunked body: " + ec.message();
-        }
-    }
-
-    // One write of several pieces: gathered into one sendmsg on a socket; copied into one
-    // buffer first on TLS, whose streams write one piece (one record) per call otherwise.
-    // Not a coroutine itself: it hands back the write to await (one frame less per piece).
-    // `pieces` must outlive the await (the caller's frame holds them).
-    template <class To>
-    Task<std::tuple<error_code, std::size_t>> write_pieces(
-        To& to, std::span<const asio::const_buffer> pieces) {
-        bool over_tls = is_tls_stream<To>::value;
-        if constexpr (std::is_same_v<To, UpstreamStream>) {
-            over_tls = to.tls() != nullptr;
-        }
-        if (over_tls && pieces.size() > 1) {
-            ex_->gathered.clear();
-            for (const auto& piece : pieces) {
-                ex_->gathered.append(static_cast<const char*>(piece.data()), piece.size());
-            }
-            return asio::async_write(to, asio::buffer(ex_->gathered), nothrow);
-        }
-        return asio::async_write(to, pieces, nothrow);
-    }
-
     // ---- the response -----------------------------------------------------------------------
 
     // How the response goes to the client, decided from its head and the request.
@@ -1165,7 +962,7 @@ class ClientSession {
         if (plan.switching) {
             close_watch_.stop();  // the tunnel reads the client itself
             worker_.tunnel_opened(upstream.backend->id);
-            co_await tunnel(*upstream.stream);
+            co_await relay_.tunnel(*ex_, client_, *upstream.stream, config_.timeouts.tunnel_idle);
             worker_.tunnel_closed(upstream.backend->id);
             co_return false;
         }
@@ -1174,9 +971,9 @@ class ClientSession {
                               config_.timeouts.client_write, ConnectionDeadline::client,
                               plan.chunked};
             bool started = false;
-            const BodyEnd end = co_await relay_body(
-                *upstream.stream, ex_->upstream_buffer, *ex_->response_parser,
-                scratch(ex_->response_body), client_, leg, ex_->record.bytes_out, started);
+            const BodyEnd end = co_await relay_.relay(
+                *ex_, *upstream.stream, ex_->upstream_buffer, *ex_->response_parser,
+                relay_.piece(ex_->response_body), client_, leg, ex_->record.bytes_out, started);
             if (!response_body_relayed(end)) {
                 co_return false;
             }
@@ -1280,59 +1077,6 @@ class ClientSession {
         upstream.stream.reset();
     }
 
-    // After a 101: bytes flow both ways until either side closes, or both go idle.
-    Task<void> tunnel(UpstreamStream& upstream) {
-        using namespace asio::experimental::awaitable_operators;
-        WorkerStats::add(worker_.stats().upgrades);
-        WorkerStats::add(worker_.stats().upgraded_open);
-        // Bytes that arrived behind the headers belong to the tunnel.
-        bool ok = co_await flush(upstream, ex_->buffer) && co_await flush(client_, ex_->upstream_buffer);
-        if (ok) {
-            co_await (pump(client_, upstream, scratch(ex_->request_body)) &&
-                      pump(upstream, client_, scratch(ex_->response_body)));
-        }
-        WorkerStats::sub(worker_.stats().upgraded_open);
-        error_code ignored;
-        upstream.socket().close(ignored);
-    }
-
-    template <class To>
-    Task<bool> flush(To& to, beast::flat_buffer& pending) {
-        if (pending.size() == 0) {
-            co_return true;
-        }
-        deadline_.arm(config_.timeouts.tunnel_idle, ConnectionDeadline::both);
-        auto [ec, n] = co_await asio::async_write(to, pending.data(), nothrow);
-        pending.consume(pending.size());
-        co_return !ec;
-    }
-
-    // Each read or write in either direction pushes the shared idle deadline on.
-    template <class From, class To>
-    Task<void> pump(From& from, To& to, std::vector<char>& scratch) {
-        for (;;) {
-            deadline_.arm(config_.timeouts.tunnel_idle, ConnectionDeadline::both);
-            auto [ec, n] = co_await from.async_read_some(asio::buffer(scratch), nothrow);
-            if (ec == asio::error::eof) {
-                error_code ignored;
-                beast::get_lowest_layer(to).shutdown(tcp::socket::shutdown_send, ignored);
-                co_return;
-            }
-            if (ec) {
-                break;
-            }
-            deadline_.arm(config_.timeouts.tunnel_idle, ConnectionDeadline::both);
-            auto [wec, wn] = co_await asio::async_write(to, asio::buffer(scratch.data(), n), nothrow);
-            if (wec) {
-                break;
-            }
-        }
-        // An error on one side ends both directions.
-        error_code ignored;
-        beast::get_lowest_layer(from).close(ignored);
-        beast::get_lowest_layer(to).close(ignored);
-    }
-
     // ---- proxy-generated responses ------------------------------------------------------------
 
     // Closing a socket with unread input makes the kernel send a reset, which can destroy the
@@ -1343,7 +1087,7 @@ class ClientSession {
         deadline_.arm(config_.timeouts.client_linger, ConnectionDeadline::client);
         std::size_t discarded = 0;
         while (discarded < (1u << 20)) {
-            auto [ec, n] = co_await client_.async_read_some(asio::buffer(scratch(ex_->request_body)), nothrow);
+            auto [ec, n] = co_await client_.async_read_some(asio::buffer(relay_.piece(ex_->request_body)), nothrow);
             if (ec) {
                 break;
             }
@@ -1384,7 +1128,7 @@ class ClientSession {
         write_response_head(response, ex_->head);
         deadline_.arm(config_.timeouts.client_write, ConnectionDeadline::client);
         std::array<asio::const_buffer, 2> out{asio::buffer(ex_->head), asio::buffer(body)};
-        co_await write_pieces(client_, out);
+        co_await relay_.write_pieces(*ex_, client_, out);
     }
 
     Worker& worker_;
@@ -1412,6 +1156,7 @@ class ClientSession {
     std::size_t served_colour_ = 0;
     bool linger_ = false;  // an error response was sent: drain before closing
     ConnectionDeadline deadline_;
+    BodyRelay relay_;  // moves bodies and tunnels under deadline_
     ClientCloseWatch close_watch_;  // while a request is in flight and the client is not read
     std::unique_ptr<ExchangeState> ex_;  // while a request is in flight (see take_exchange())
 };
