@@ -34,6 +34,7 @@
 #include "request_validation.hpp"
 #include "tls_context.hpp"
 #include "upstream_request.hpp"
+#include "upstream_response.hpp"
 #include "traffic_counters.hpp"
 #include "upstream_lease.hpp"
 #include "upstream_stream.hpp"
@@ -149,8 +150,6 @@ class ClientSession {
   private:
     Socket& socket() { return beast::get_lowest_layer(client_); }
 
-    // How far reading a message head got.
-    enum class HeadRead { need_more, done, invalid };
 
     // Who the client is: the socket's peer, or what the PROXY header a load balancer in front
     // sent says. False when the connection is to be closed (a missing or refused header).
@@ -807,7 +806,10 @@ class ClientSession {
             deadline_.arm(config_.timeouts.upstream_response, ConnectionDeadline::upstream);
             std::size_t checked = 0;
             HeadRead read;
-            while ((read = parse_response_head(checked)) == HeadRead::need_more) {
+            ResponseRefusal refusal;
+            while ((read = parse_response_head(ex_->upstream_buffer, *ex_->response_parser,
+                                               response_header_limits(), checked, refusal)) ==
+                   HeadRead::need_more) {
                 if (ex_->upstream_buffer.size() + read_chunk() > ex_->upstream_buffer.max_size()) {
                     break;  // not reached: the scan refuses a head over max_response_header
                 }
@@ -819,6 +821,10 @@ class ClientSession {
                 ex_->upstream_buffer.commit(n);
             }
             if (read == HeadRead::invalid) {
+                if (refusal.breach) {
+                    worker_.stats().breach(*refusal.breach);
+                }
+                ex_->body_error = "backend response " + refusal.why;
                 co_return Exchange::response_invalid;
             }
             if (read != HeadRead::done) {
@@ -840,8 +846,7 @@ class ClientSession {
             // (RFC 9110 15.2: never to HTTP/1.0).
             auto& interim = ex_->response_parser->get();
             if (facts.version >= 11 && status != 100) {
-                strip_response_hop_fields(interim, false);
-                interim.version(11);
+                rewrite_interim_head(interim.base());
                 write_response_head(interim.base(), ex_->head);
                 deadline_.arm(config_.timeouts.client_write, ConnectionDeadline::client);
                 interim_sent_ = true;
@@ -883,68 +888,8 @@ class ClientSession {
                 config_.limits.max_header_fields, config_.limits.max_field_size};
     }
 
-    // Parses the response head in ex_->upstream_buffer once all of it is there, screened like a
-    // request head (field count and size, bare CR/LF, NUL, obs-fold): a backend's head is
-    // bounded as a client's is. `checked`: bytes already seen to hold no complete head, so a
-    // head that trickles in is not scanned again from the start for every byte.
-    HeadRead parse_response_head(std::size_t& checked) {
-        auto* data = static_cast<char*>(ex_->upstream_buffer.data().data());
-        const std::string_view bytes(data, ex_->upstream_buffer.size());
-        if (bytes.find('\n', checked) == std::string_view::npos) {
-            checked = bytes.size();
-            return bytes.size() > config_.limits.max_response_header ? refuse_response_head(
-                                                                           "header too large")
-                                                                     : HeadRead::need_more;
-        }
-        checked = bytes.size();
-        const RawHeaderScan scan = scan_raw_header(bytes, response_header_limits());
-        switch (scan.verdict) {
-            case RawHeaderVerdict::incomplete:
-                return HeadRead::need_more;
-            case RawHeaderVerdict::complete:
-                break;
-            case RawHeaderVerdict::request_line_too_long:
-            case RawHeaderVerdict::header_too_long:
-                worker_.stats().breach(LimitBreach::response_header);
-                return refuse_response_head("header too large");
-            case RawHeaderVerdict::too_many_fields:
-                worker_.stats().breach(LimitBreach::response_fields);
-                return refuse_response_head("too many header fields");
-            case RawHeaderVerdict::field_too_long:
-                worker_.stats().breach(LimitBreach::response_header);
-                return refuse_response_head("header field too large");
-            default:
-                return refuse_response_head("malformed header");
-        }
-        if (normalize_response_version({data, bytes.find("\r\n")}) != StartLineVersion::http1) {
-            return refuse_response_head("not HTTP/1.x");
-        }
-        error_code ec;
-        const std::size_t used =
-            ex_->response_parser->put(asio::buffer(data, scan.header_end), ec);
-        ex_->upstream_buffer.consume(used);
-        if (ec || !ex_->response_parser->is_header_done()) {
-            return refuse_response_head("malformed header");
-        }
-        return HeadRead::done;
-    }
-
-    HeadRead refuse_response_head(std::string_view why) {
-        ex_->body_error = "backend response ";
-        ex_->body_error.append(why);
-        return HeadRead::invalid;
-    }
 
     // ---- the response -----------------------------------------------------------------------
-
-    // How the response goes to the client, decided from its head and the request.
-    struct ResponsePlan {
-        bool switching = false;    // a 101 to an upgrade request: a tunnel follows
-        bool no_body = false;      // HEAD, 204, 304, 101
-        bool until_close = false;  // the backend ends the body by closing
-        bool chunked = false;      // the proxy frames the body as chunks for the client
-        bool keep_alive = false;   // the client connection stays open afterwards
-    };
 
     Task<bool> relay_response(Upstream& upstream, const RequestFacts& facts) {
         const ResponsePlan plan = prepare_response_head(upstream, facts);
@@ -991,34 +936,14 @@ class ClientSession {
         co_return plan.keep_alive && complete;
     }
 
-    // Rewrites the response head for the client (hop-by-hop fields, framing, version, the
-    // served-by and sticky fields, Connection) into ex_->head.
+    // The response head for the client (rewrite_response_head, then the served-by and sticky
+    // fields) serialized into ex_->head.
     ResponsePlan prepare_response_head(const Upstream& upstream, const RequestFacts& facts) {
-        auto& response = ex_->response_parser->get();
-        const unsigned status = response.result_int();
-        ResponsePlan plan;
-        plan.switching = status == 101 && facts.upgrade;
-        plan.no_body = facts.head || status == 204 || status == 304 || plan.switching;
-        const bool upstream_chunked = ex_->response_parser->chunked();
-        plan.until_close =
-            !plan.no_body && !upstream_chunked && !ex_->response_parser->content_length();
-
-        strip_response_hop_fields(response, plan.switching);
-        plan.keep_alive =
+        const bool may_stay =
             facts.keep_alive && ex_->parser->is_done() && !worker_.draining() && !last_request_;
-        if (!plan.no_body && (upstream_chunked || plan.until_close)) {
-            // The proxy frames this body itself: a Content-Length beside chunked (RFC 9112
-            // 6.3: chunked wins, the length must go) never reaches the client.
-            response.erase(http::field::content_length);
-            if (facts.version >= 11) {
-                response.chunked(true);
-                plan.chunked = true;
-            } else {
-                plan.keep_alive = false;  // an HTTP/1.0 client learns the end from the close
-            }
-        }
-        response.version(11);
-        ex_->record.status = status;
+        const ResponsePlan plan = rewrite_response_head(*ex_->response_parser, facts, may_stay);
+        auto& response = ex_->response_parser->get();
+        ex_->record.status = response.result_int();
         if (!config_.served_by_header.empty()) {
             response.set(config_.served_by_header,
                          std::string(to_string(upstream.backend->colour)) + "/" +
@@ -1028,13 +953,6 @@ class ClientSession {
             // The colour that served, which a retry may have changed.
             response.insert(http::field::set_cookie,
                             sticky_cookie(config_.sticky, upstream.backend->colour));
-        }
-        if (plan.switching) {
-            // Connection: upgrade already set.
-        } else if (!plan.keep_alive) {
-            response.set(http::field::connection, "close");
-        } else if (facts.version < 11) {
-            response.set(http::field::connection, "keep-alive");
         }
         write_response_head(response.base(), ex_->head);
         return plan;

@@ -173,4 +173,83 @@ std::string_view framing_problem(const http::request_header<>& header) {
     return {};
 }
 
+namespace {
+
+// RFC 9110 7.8: Upgrade = #protocol, protocol = token ["/" token]; at least one.
+bool protocol_list(std::string_view value) {
+    const auto tchar = [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) ||
+               std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+    };
+    bool any = false;
+    while (!value.empty()) {
+        const auto comma = value.find(',');
+        std::string_view item = value.substr(0, comma);
+        value = comma == std::string_view::npos ? std::string_view() : value.substr(comma + 1);
+        while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) {
+            item.remove_prefix(1);
+        }
+        while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) {
+            item.remove_suffix(1);
+        }
+        if (item.empty()) {
+            continue;  // empty list elements are allowed and ignored (RFC 9110 5.6.1)
+        }
+        const auto slash = item.find('/');
+        const std::string_view name = item.substr(0, slash);
+        const std::string_view version =
+            slash == std::string_view::npos ? std::string_view("x") : item.substr(slash + 1);
+        if (name.empty() || version.empty() || !std::all_of(name.begin(), name.end(), tchar) ||
+            !std::all_of(version.begin(), version.end(), tchar)) {
+            return false;
+        }
+        any = true;
+    }
+    return any;
+}
+
+}  // namespace
+
+std::string_view response_framing_problem(const http::response_header<>& header) {
+    const unsigned status = header.result_int();
+    if (status < 100 || status > 599) {
+        return "status out of range";
+    }
+    std::size_t lengths = 0;
+    std::size_t codings = 0;
+    bool upgrade = false;
+    for (const auto& field : header) {
+        switch (field.name()) {
+            case http::field::content_length:
+                ++lengths;
+                break;
+            case http::field::transfer_encoding:
+                ++codings;
+                if (!boost::beast::iequals(field.value(), "chunked")) {
+                    return "Transfer-Encoding other than chunked";
+                }
+                break;
+            case http::field::upgrade:
+                // One field naming the protocol(s): what a client reads the switch by.
+                if (upgrade || !protocol_list(field.value())) {
+                    return "invalid Upgrade";
+                }
+                upgrade = true;
+                break;
+            default:
+                break;
+        }
+    }
+    if (codings > 1) {
+        return "more than one Transfer-Encoding";
+    }
+    if (codings > 0 && lengths > 0) {
+        return "both Content-Length and Transfer-Encoding";
+    }
+    if (status == 101 && !upgrade) {
+        return "101 without Upgrade";
+    }
+    return {};
+}
+
 }  // namespace bg
