@@ -144,6 +144,33 @@ std::optional<HostPort> resolve_host_port(std::string_view text, std::string& er
 
 namespace {
 
+// Strings that go into HTTP messages (health and gate requests, response fields) are checked
+// here: a CR or LF in one would start a line of its own in every message built from it.
+
+// RFC 9110 5.6.2: a method or a field name.
+bool is_token(std::string_view s) {
+    return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) ||
+               std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+    });
+}
+
+// RFC 9110 5.5: no control character but HTAB.
+bool is_field_value(std::string_view s) {
+    return std::none_of(s.begin(), s.end(), [](char c) {
+        const auto u = static_cast<unsigned char>(c);
+        return (u < 0x20 && c != '\t') || u == 0x7f;
+    });
+}
+
+// RFC 9112 3.2.1: an origin-form target; a blank would end the request line's target early.
+bool is_origin_path(std::string_view s) {
+    return s.starts_with('/') && std::none_of(s.begin(), s.end(), [](char c) {
+               const auto u = static_cast<unsigned char>(c);
+               return u <= 0x20 || u == 0x7f;
+           });
+}
+
 // Reads one TOML table, remembering which keys were used so the rest can be reported as unknown.
 class TableReader {
   public:
@@ -198,7 +225,8 @@ class TableReader {
             return;
         }
         auto value = node->value<double>();
-        if (!value || *value < min || *value > max) {
+        // Written so that NaN (TOML's `nan`), which fails every comparison, is refused too.
+        if (!value || !(*value >= min && *value <= max)) {
             error_at(*node,
                      qualified(key) + " must be a number from " + trim(min) + " to " + trim(max));
             return;
@@ -229,6 +257,18 @@ class TableReader {
             }
         }
         return s;
+    }
+
+    // A string checked by `valid` (is_token...), which `what` describes for the error.
+    void read_checked(std::string_view key, std::string& out, bool (*valid)(std::string_view),
+                      std::string_view what) {
+        if (auto value = read_string(key)) {
+            if (!valid(*value)) {
+                error_at(*table_.get(key), qualified(key) + " must be " + std::string(what));
+            } else {
+                out = *value;
+            }
+        }
     }
 
     std::optional<std::string> read_string(std::string_view key) {
@@ -372,20 +412,10 @@ void read_health(TableReader& health, HealthCheckConfig& out) {
                             health.qualified("type") + " must be \"http\" or \"tcp\"");
         }
     }
-    if (auto method = health.read_string("method")) {
-        out.method = *method;
-    }
-    if (auto path = health.read_string("path")) {
-        if (path->empty() || path->front() != '/') {
-            health.error_at(*health.table().get("path"),
-                            health.qualified("path") + " must start with /");
-        } else {
-            out.path = *path;
-        }
-    }
-    if (auto host = health.read_string("host")) {
-        out.host = *host;
-    }
+    health.read_checked("method", out.method, is_token, "a method like \"GET\"");
+    health.read_checked("path", out.path, is_origin_path,
+                        "a path that starts with / (no blank or control character)");
+    health.read_checked("host", out.host, is_field_value, "a header value (no control character)");
     if (const toml::node* expect = health.take("expect")) {
         const toml::array* list = expect->as_array();
         std::vector<unsigned> codes;
@@ -662,9 +692,10 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
         if (auto admin = server->read_string("admin_listen")) {
             config.admin_listen = *admin;
         }
-        if (auto header = server->read_string("served_by_header")) {
-            config.served_by_header = *header;
-        }
+        server->read_checked(
+            "served_by_header", config.served_by_header,
+            [](std::string_view s) { return s.empty() || is_token(s); },
+            "a header name like \"X-Served-By\" (or empty: off)");
         server->read_bool("metrics", config.metrics);
         server->read_networks("trusted_proxies", config.trusted_proxies);
         server->reject_unknown_keys();
@@ -797,37 +828,51 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
                     entry.error_at(item,
                                    "a [[gate]] check needs a name (it is named when it fails)");
                 }
-                if (auto method = entry.read_string("method")) {
-                    check.method = *method;
-                }
-                if (auto path = entry.read_string("path")) {
-                    check.path = *path;
-                }
+                entry.read_checked("method", check.method, is_token, "a method like \"GET\"");
+                entry.read_checked("path", check.path, is_origin_path,
+                                   "a path that starts with / (no blank or control character)");
                 if (auto headers = entry.sub_table("headers")) {
                     for (const auto& [name, value] : headers->table()) {
                         auto text = value.value_exact<std::string>();
                         headers->take(name.str());
                         if (!text) {
                             headers->error_at(value, "gate header values are strings");
+                        } else if (!is_token(name.str())) {
+                            headers->error_at(value, "gate header name '" +
+                                                         std::string(name.str()) +
+                                                         "' is not a valid field name");
+                        } else if (!is_field_value(*text)) {
+                            headers->error_at(value, "gate header " + std::string(name.str()) +
+                                                         " has a control character in its value");
                         } else {
                             check.headers.emplace_back(std::string(name.str()), *text);
                         }
                     }
                 }
                 if (const toml::node* expect = entry.take("expect")) {
-                    check.expect.clear();
-                    auto single = expect->value_exact<std::int64_t>();
-                    if (single) {
-                        check.expect.push_back(static_cast<unsigned>(*single));
-                    } else if (const toml::array* list = expect->as_array()) {
-                        for (const toml::node& code : *list) {
-                            if (auto v = code.value_exact<std::int64_t>()) {
-                                check.expect.push_back(static_cast<unsigned>(*v));
-                            }
+                    // Status codes as in health.expect: every item one, none dropped.
+                    std::vector<unsigned> codes;
+                    bool ok = true;
+                    const auto add = [&codes, &ok](const toml::node& code) {
+                        const auto v = code.value_exact<std::int64_t>();
+                        ok = ok && v && *v >= 100 && *v <= 599;
+                        if (ok) {
+                            codes.push_back(static_cast<unsigned>(*v));
                         }
+                    };
+                    if (const toml::array* list = expect->as_array()) {
+                        for (const toml::node& code : *list) {
+                            add(code);
+                        }
+                    } else {
+                        add(*expect);
                     }
-                    if (check.expect.empty()) {
-                        entry.error_at(*expect, "gate.expect is a status code or a list of them");
+                    if (!ok || codes.empty()) {
+                        entry.error_at(*expect,
+                                       "gate.expect is a status code (100 to 599) or a list of "
+                                       "them");
+                    } else {
+                        check.expect = std::move(codes);
                     }
                 }
                 if (auto body = entry.read_string("body_contains")) {
@@ -853,9 +898,10 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
     }
 
     if (auto p = top.sub_table("preview")) {
-        if (auto header = p->read_string("header")) {
-            config.preview.header = *header;
-        }
+        p->read_checked(
+            "header", config.preview.header,
+            [](std::string_view s) { return s.empty() || is_token(s); },
+            "a header name like \"X-BG-Color\" (or empty: off)");
         p->read_networks("allowed_networks", config.preview.allowed);
         p->reject_unknown_keys();
     }

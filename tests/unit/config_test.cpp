@@ -217,3 +217,53 @@ TEST_CASE("TLS and PROXY headers towards a pool's backends") {
         CHECK(first_error(tls + "sni = \"x\"\n").find("sni") != std::string::npos);
     }
 }
+
+// Found by tests/fuzz/fuzz_config (corpus/config/nan_fraction.toml, gate_expect_int.toml, ...).
+TEST_CASE("NaN, out-of-range status codes and line breaks in HTTP strings are refused") {
+    const std::string base(minimal);
+    SUBCASE("nan passes no range check") {
+        for (const char* key : {"[outlier]\nerror_rate", "[outlier]\npanic_threshold",
+                                "[retries]\nbudget", "[rollout]\nmin_healthy"}) {
+            INFO(key);
+            CHECK(first_error(base + key + " = nan\n").find("must be a number from") !=
+                  std::string::npos);
+        }
+    }
+    SUBCASE("gate.expect holds status codes only, none dropped") {
+        const std::string gate = base + "[[gate]]\nname = \"g\"\n";
+        CHECK(first_error(gate + "expect = -1\n").find("100 to 599") != std::string::npos);
+        CHECK(first_error(gate + "expect = 600\n").find("100 to 599") != std::string::npos);
+        CHECK(first_error(gate + "expect = [200, \"x\"]\n").find("100 to 599") !=
+              std::string::npos);
+        CHECK(first_error(gate + "expect = []\n").find("100 to 599") != std::string::npos);
+        auto ok = bg::parse_config(gate + "expect = [200, 599]\n", "test.toml");
+        REQUIRE(ok.config.has_value());
+        CHECK(ok.config->gate.at(0).expect == std::vector<unsigned>{200, 599});
+    }
+    SUBCASE("strings that go into HTTP messages cannot start a line") {
+        CHECK(first_error(base + "[health]\nmethod = \"GET /x HTTP/1.1\\r\\nX: y\"\n")
+                  .find("health.method must be a method") != std::string::npos);
+        CHECK(
+            first_error(base + "[health]\npath = \"/a b\"\n").find("health.path must be a path") !=
+            std::string::npos);
+        CHECK(first_error(base + "[health]\nhost = \"a\\r\\nX: y\"\n").find("health.host") !=
+              std::string::npos);
+        CHECK(first_error(base + "[server]\nserved_by_header = \"X-A: b\"\n")
+                  .find("served_by_header must be a header name") != std::string::npos);
+        CHECK(first_error(base + "[preview]\nheader = \"X\\nY\"\n").find("preview.header") !=
+              std::string::npos);
+        const std::string gate = base + "[[gate]]\nname = \"g\"\n";
+        CHECK(first_error(gate + "path = \"x\"\n").find("gate.path must be a path") !=
+              std::string::npos);
+        CHECK(first_error(gate + "[gate.headers]\n\"A B\" = \"v\"\n").find("not a valid field") !=
+              std::string::npos);
+        CHECK(
+            first_error(gate + "[gate.headers]\nA = \"v\\r\\nB: w\"\n").find("control character") !=
+            std::string::npos);
+        auto ok = bg::parse_config(
+            base + "[server]\nserved_by_header = \"\"\n[preview]\nheader = \"\"\n" +
+                "[health]\nmethod = \"HEAD\"\npath = \"/h?x=1\"\n",
+            "test.toml");
+        CHECK(ok.errors.empty());
+    }
+}
