@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit and integration tests on the release build, then again on an
-# ASan+UBSan build, then the threaded parts on a TSan build. Prints ctest's summary for each.
+# ASan+UBSan build, then the threaded parts on a TSan build, then each fuzz target for 30 s on
+# its corpus (clang build). Prints ctest's summary for each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -17,4 +18,5 @@ run() {
 run release build
 run asan build-asan -L "unit|sanitize"
 run tsan build-tsan -L "unit|sanitize"
+run fuzz build-fuzz -L fuzz
 exit $status
