@@ -48,6 +48,20 @@ taskset -c "$proxy_cpu" build/proxy/bgproxy --listen "127.0.0.1:$bg_off_port" --
 pids+=($!)
 pid_of[metrics-off]=$!
 
+# BENCH_BASELINE=/path/to/an/older/bgproxy: that binary runs too, in the same turns, so a change
+# is measured against the build before it (bgproxy:baseline).
+targets=(direct bgproxy haproxy nginx)
+if [ -n "${BENCH_BASELINE:-}" ]; then
+  base_port=$(free_port)
+  taskset -c "$proxy_cpu" "$BENCH_BASELINE" --listen "127.0.0.1:$base_port" --workers 1 \
+    --blue "127.0.0.1:$backend_port" --green "127.0.0.1:$backend_port" --admin 127.0.0.1:0 \
+    >/dev/null 2>&1 &
+  pids+=($!)
+  pid_of[baseline]=$!
+  wait_port "$base_port"
+  targets+=(baseline)
+fi
+
 ha_port=$(free_port)
 fill bench/haproxy.cfg.in "$ha_port" > "$work/haproxy.cfg"
 taskset -c "$proxy_cpu" haproxy -q -f "$work/haproxy.cfg" &
@@ -68,6 +82,7 @@ for round in $(seq 1 "$rounds"); do
   run bgproxy "http://127.0.0.1:$bg_port$path"
   run haproxy "http://127.0.0.1:$ha_port$path"
   run nginx "http://127.0.0.1:$ng_port$path"
+  if [ -n "${BENCH_BASELINE:-}" ]; then run baseline "http://127.0.0.1:$base_port$path"; fi
 done
 # Metrics on vs off: a difference of a few percent hides in run-to-run noise, so the two
 # alternate over several short rounds too.
@@ -79,5 +94,7 @@ done
 
 printf '\nwrk: %s rounds of %s s, %s keep-alive connections, path %s; proxies on CPU %s (1 thread), backend+wrk on CPU %s\n' \
   "$rounds" "$seconds" "$connections" "$path" "$proxy_cpu" "$load_cpu"
+extra=()
+if [ -n "${BENCH_BASELINE:-}" ]; then extra=(baseline bgproxy:baseline baseline:haproxy); fi
 python3 bench/summarize.py "$results" direct bgproxy haproxy nginx metrics-on metrics-off \
-  bgproxy:haproxy bgproxy:nginx bgproxy:direct metrics-on:metrics-off
+  bgproxy:haproxy bgproxy:nginx bgproxy:direct metrics-on:metrics-off "${extra[@]}"
