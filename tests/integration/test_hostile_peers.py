@@ -367,6 +367,9 @@ class ClientGoneTest(ProxyWithScriptedBackend):
         self.assertEqual(read_response(s)[2], b"/next")
 
 
+@unittest.skipIf(os.environ.get("BGPROXY_SANITIZE"),
+                 "sanitizer runtimes need descriptors of their own (UBSan's vptr check opens a "
+                 "pipe): out of descriptors they report errors that are not the proxy's")
 class DescriptorsTest(ProcessTestCase):
     """Out of file descriptors: the listener pauses instead of spinning, and serves again once
     descriptors are free (failed on e53b836: accept() failing with EMFILE was retried at once,
