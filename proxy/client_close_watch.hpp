@@ -2,35 +2,35 @@
 // ClientCloseWatch: notices a client that closes its connection while its request is in flight
 // (waiting for the backend, or while the response streams), so the backend is released at once
 // instead of working for nobody until its timeout: the upstream socket is closed and never
-// pooled (nginx's 499). Worker thread only.
+// pooled (nginx's 499). The worker looks for such closes in one poll() over every watched
+// connection every timeouts.client_close_check (Worker::sweep_client_closes): a per-request
+// peek cost a recv() per request (7% of a request's CPU), the sweep a few syscalls a second.
+// Worker thread only.
 
-#include <memory>
-
-#include "io_types.hpp"
+#include "session_handle.hpp"
 
 namespace bg {
 
+class Worker;
+
 class ClientCloseWatch {
   public:
-    explicit ClientCloseWatch(Socket& client);
-    ~ClientCloseWatch();
+    ClientCloseWatch(Worker& worker, SessionHandle& handle) : worker_(worker), handle_(handle) {}
+    ~ClientCloseWatch() { stop(); }
     ClientCloseWatch(const ClientCloseWatch&) = delete;
     ClientCloseWatch& operator=(const ClientCloseWatch&) = delete;
 
-    // Watches the client while nothing else reads it; on a close (FIN or reset) closes
-    // `*upstream` (read when the close is seen: the caller may point it at a new connection).
-    // Data from the client (a pipelined request) ends the watch: the client is there.
-    void start(Socket* const* upstream);
+    // Watches the client while nothing else reads it; on a close (FIN or reset) the sweep
+    // closes the handle's upstream socket, whichever it is then.
+    void start();
     // Ends the watch before the client is read again. Harmless when not watching.
-    void stop();
+    void stop() { handle_.watch_close = false; }
     // The client closed while watched.
-    bool client_gone() const;
+    bool client_gone() const { return handle_.client_gone; }
 
   private:
-    struct State;
-    static void watch(const std::shared_ptr<State>& state);
-    Socket& client_;
-    std::shared_ptr<State> state_;  // shared with the pending peek, which may outlive a request
+    Worker& worker_;
+    SessionHandle& handle_;
 };
 
 }  // namespace bg

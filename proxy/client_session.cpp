@@ -88,7 +88,7 @@ class ClientSession {
           tracked_(worker, socket(), listener),
           deadline_(socket().get_executor(), tracked_.handle()),
           relay_(deadline_, worker.stats(), read_chunk()),
-          close_watch_(socket()) {}
+          close_watch_(worker, tracked_.handle()) {}
 
     Task<void> run() {
         if (!co_await identify_client()) {
@@ -791,7 +791,7 @@ class ClientSession {
         }
         // Nothing more is read from the client until the response is over: watch it instead,
         // so a client that leaves releases the backend at once.
-        close_watch_.start(&tracked_.handle().upstream);
+        close_watch_.start();
 
         for (;;) {
             ex_->response_parser.emplace();

@@ -742,6 +742,7 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
         t->read_duration("shutdown_ready_delay", config.timeouts.shutdown_ready_delay);
         t->read_duration("tls_handshake", config.timeouts.tls_handshake);
         t->read_duration("accept_pause", config.timeouts.accept_pause);
+        t->read_duration("client_close_check", config.timeouts.client_close_check);
         t->reject_unknown_keys();
     }
 

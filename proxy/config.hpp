@@ -163,6 +163,8 @@ struct Timeouts {
     Duration tls_handshake{std::chrono::seconds(10)};
     // accept() failing for want of descriptors or memory pauses that listener this long.
     Duration accept_pause{std::chrono::milliseconds(100)};
+    // How often a worker looks for clients gone with their request in flight.
+    Duration client_close_check{std::chrono::milliseconds(100)};
 };
 
 struct Limits {

@@ -17,6 +17,10 @@ struct SessionHandle {
     bool kept = false;
     std::uint32_t kept_backend = 0;
     bool idle = false;           // waiting for the next request on a keep-alive connection
+    // A request in flight while nothing reads the client: the worker's close sweep looks for
+    // the client's FIN or reset (ClientCloseWatch), and marks it gone.
+    bool watch_close = false;
+    bool client_gone = false;
 };
 
 }  // namespace bg

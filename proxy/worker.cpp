@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
@@ -24,7 +25,8 @@ Worker::Worker(unsigned index, std::shared_ptr<const Config> config, RoutingTabl
       table_(std::move(table)),
       balancer_(config_->upstream.balance, 0x5eed0000ull + index),
       pool_(io_.get_executor(), config_->upstream),
-      grace_timer_(io_) {}
+      grace_timer_(io_),
+      close_sweep_timer_(io_) {}
 
 Worker::~Worker() {
     join();
@@ -247,6 +249,55 @@ void Worker::begin_shutdown() {
     });
 }
 
+void Worker::watch_client_closes() {
+    if (close_sweep_armed_) {
+        return;
+    }
+    close_sweep_armed_ = true;
+    // A floor, so a config of 0 cannot make the sweep spin.
+    close_sweep_timer_.expires_after(
+        std::max<Duration>(config_->timeouts.client_close_check, std::chrono::milliseconds(10)));
+    close_sweep_timer_.async_wait([this](boost::system::error_code ec) {
+        close_sweep_armed_ = false;
+        if (!ec) {
+            sweep_client_closes();
+        }
+    });
+}
+
+// One poll() over the clients of every request in flight that is not reading them: a FIN or
+// a reset (POLLRDHUP, POLLHUP, POLLERR) marks the client gone and closes its backend
+// connection, which ends the exchange at once. Data (a pipelined request) is left alone.
+void Worker::sweep_client_closes() {
+    close_sweep_fds_.clear();
+    close_sweep_of_.clear();
+    for (SessionHandle* session : sessions_) {
+        if (session->watch_close && !session->client_gone && session->client != nullptr &&
+            session->client->is_open()) {
+            close_sweep_fds_.push_back({session->client->native_handle(), POLLRDHUP, 0});
+            close_sweep_of_.push_back(session);
+        }
+    }
+    if (close_sweep_fds_.empty()) {
+        return;  // nothing watched: the next watch arms the sweep again
+    }
+    if (::poll(close_sweep_fds_.data(), close_sweep_fds_.size(), 0) > 0) {
+        for (std::size_t i = 0; i < close_sweep_fds_.size(); ++i) {
+            if ((close_sweep_fds_[i].revents & (POLLRDHUP | POLLHUP | POLLERR)) == 0) {
+                continue;
+            }
+            SessionHandle& session = *close_sweep_of_[i];
+            session.client_gone = true;
+            session.watch_close = false;
+            if (session.upstream != nullptr) {
+                boost::system::error_code ignored;
+                session.upstream->close(ignored);
+            }
+        }
+    }
+    watch_client_closes();
+}
+
 void Worker::untrack(SessionHandle* session) {
     sessions_.erase(session);
     if (draining_) {
@@ -257,6 +308,7 @@ void Worker::untrack(SessionHandle* session) {
 void Worker::finish_if_drained() {
     if (sessions_.empty()) {
         grace_timer_.cancel();
+        close_sweep_timer_.cancel();
         pool_.close_all();
     }
 }

@@ -4,6 +4,8 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <poll.h>
+
 #include <boost/asio/steady_timer.hpp>
 #include <functional>
 #include <memory>
@@ -79,6 +81,8 @@ class Worker {
     // detector through report_load.
     void record_outcome(std::uint32_t backend_id, bool failed);
     // Upgraded (tunnelled) connections open per backend id.
+    // A session watches its client for a close (ClientCloseWatch): the sweep runs while any do.
+    void watch_client_closes();
     void tunnel_opened(std::uint32_t backend_id);
     void tunnel_closed(std::uint32_t backend_id);
 
@@ -86,6 +90,7 @@ class Worker {
     void accept_loop(Acceptor& acceptor, std::size_t listener);
     void refuse(Socket& socket, std::size_t listener);
     void finish_if_drained();
+    void sweep_client_closes();
 
     unsigned index_;
     ConnectionLimits& limits_;
@@ -106,6 +111,10 @@ class Worker {
     std::vector<std::uint64_t> failures_by_backend_;
     std::vector<std::uint64_t> consecutive_failures_;
     boost::asio::steady_timer grace_timer_;
+    boost::asio::steady_timer close_sweep_timer_;
+    bool close_sweep_armed_ = false;
+    std::vector<pollfd> close_sweep_fds_;        // reused by each sweep
+    std::vector<SessionHandle*> close_sweep_of_;  // the session of each pollfd
     std::vector<std::unique_ptr<AcceptPause>> accept_pauses_;  // one per acceptor
     bool draining_ = false;
     std::thread thread_;
