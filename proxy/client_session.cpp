@@ -171,6 +171,7 @@ class ClientSession {
         }
         client_address_ = client_endpoints_.source.address();
         client_ip_ = client_address_.to_string();
+        server_authority_ = authority_of(client_endpoints_.destination);
         socket().set_option(tcp::no_delay(true), ec);
         // Forwarding headers are believed only from a trusted proxy. Behind a PROXY header the
         // HTTP peer is the client the header named (the balancer in front is transparent), so
@@ -442,9 +443,8 @@ class ClientSession {
         RoutingTablePtr table = worker_.table();
         ex_->record.version = table->version();
         const Colour colour = choose_colour(*table);
-        const std::string authority = authority_of(client_endpoints_.destination);
         if (const Refusal refusal = rewrite_for_upstream(
-                *ex_->parser, facts, {client_ip_, tls, trusted_peer_, authority})) {
+                *ex_->parser, facts, {client_ip_, tls, trusted_peer_, server_authority_})) {
             co_await refuse(refusal);
             co_return false;
         }
@@ -1059,6 +1059,7 @@ class ClientSession {
     ClientEndpoints client_endpoints_;  // as a PROXY header to a backend tells them
     asio::ip::address client_address_;  // the original client (a PROXY header may have named it)
     std::string client_ip_;
+    std::string server_authority_;  // what an HTTP/1.0 request without Host is given
     bool trusted_peer_ = false;  // the peer is in trusted_proxies
     bool last_request_ = false;  // max_requests_per_connection reached: close after this one
     std::array<char, 256> first_bytes_;   // where an idle connection's next request lands

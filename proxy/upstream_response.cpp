@@ -74,7 +74,8 @@ ResponsePlan rewrite_response_head(ResponseParser& parser, const RequestFacts& f
 
     strip_response_hop_fields(response, plan.switching);
     plan.keep_alive = may_stay;
-    if (const auto length = parser.content_length()) {
+    if (const auto length = parser.content_length();
+        length && response[http::field::content_length].find(',') != std::string_view::npos) {
         // The length as the proxy read it: never a list ("3, 3") passed on (RFC 9110 8.6).
         response.content_length(*length);
     }
