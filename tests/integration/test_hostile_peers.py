@@ -347,10 +347,12 @@ class ClientGoneTest(ProxyWithScriptedBackend):
                 record = self.upstream.connections[-1]
                 s.close()
                 left = time.time()
-                while time.time() < left + 3 and record["ended_at"] is None:
+                while time.time() < left + 5 and record["ended_at"] is None:
                     time.sleep(0.01)
-                self.assertIsNotNone(record["ended_at"], "backend connection still open 3 s later")
-                self.assertLess(record["ended_at"] - left, 1.0)
+                self.assertIsNotNone(record["ended_at"], "backend connection still open 5 s later")
+                # ~100 ms (client_close_check); generous for a loaded CI machine, far below
+                # the 30 s upstream_response it took before.
+                self.assertLess(record["ended_at"] - left, 2.0)
         self.assertGreaterEqual(metric(self.proxy_, "bgproxy_client_aborts_total"), 2)
         # Not the backend's failure: it is still taken.
         self.assertEqual(status_of(raw_exchange(self.proxy_.port, b"GET /fine HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")), 200)
@@ -397,7 +399,8 @@ class DescriptorsTest(ProcessTestCase):
         before = cpu_seconds()
         time.sleep(2)
         spent = cpu_seconds() - before
-        self.assertLess(spent, 0.5, "the proxy spun while out of descriptors")
+        # A busy accept loop takes the whole 2 s; a paused one nearly nothing.
+        self.assertLess(spent, 1.0, "the proxy spun while out of descriptors")
         for c in clients:
             c.close()
         time.sleep(0.5)
