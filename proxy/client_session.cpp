@@ -113,8 +113,14 @@ class ClientSession {
             request_started_ = false;
             served_slot_ = 0;
             // Idle, nothing pipelined: wait in a small frame (see wait_for_request()).
-            const bool got = ((ex_ && ex_->buffer.size() > 0) || co_await wait_for_request(first)) &&
-                             co_await read_request_header();
+            // (No co_await inside && or ||: GCC 12 mishandles temporaries there.)
+            bool got = ex_ && ex_->buffer.size() > 0;
+            if (!got) {
+                got = co_await wait_for_request(first);
+            }
+            if (got) {
+                got = co_await read_request_header();
+            }
             if (!got) {
                 finish_request();  // a refused header is counted and logged too
                 break;
@@ -844,18 +850,23 @@ class ClientSession {
             }
             // An interim response (103 Early Hints, 102...): passed on to HTTP/1.1 clients only
             // (RFC 9110 15.2: never to HTTP/1.0).
-            auto& interim = ex_->response_parser->get();
             if (facts.version >= 11 && status != 100) {
-                rewrite_interim_head(interim.base());
-                write_response_head(interim.base(), ex_->head);
-                deadline_.arm(config_.timeouts.client_write, ConnectionDeadline::client);
-                interim_sent_ = true;
-                auto [wec, wn] = co_await asio::async_write(client_, asio::buffer(ex_->head), nothrow);
-                if (wec) {
+                if (!co_await relay_interim()) {
                     co_return Exchange::client_gone;
                 }
             }
         }
+    }
+
+    // Writes the interim response in the response parser to the client; false if it is gone.
+    Task<bool> relay_interim() {
+        auto& interim = ex_->response_parser->get();
+        rewrite_interim_head(interim.base());
+        write_response_head(interim.base(), ex_->head);
+        deadline_.arm(config_.timeouts.client_write, ConnectionDeadline::client);
+        interim_sent_ = true;
+        auto [ec, n] = co_await asio::async_write(client_, asio::buffer(ex_->head), nothrow);
+        co_return !ec;
     }
 
     // Streams the request body to the backend; response_ready means all of it went.
