@@ -75,9 +75,16 @@ ResponsePlan rewrite_response_head(ResponseParser& parser, const RequestFacts& f
     strip_response_hop_fields(response, plan.switching);
     plan.keep_alive = may_stay;
     if (const auto length = parser.content_length();
-        length && response[http::field::content_length].find(',') != std::string_view::npos) {
-        // The length as the proxy read it: never a list ("3, 3") passed on (RFC 9110 8.6).
+        length && (response.count(http::field::content_length) > 1 ||
+                   response[http::field::content_length].find(',') != std::string_view::npos)) {
+        // The length as the proxy read it, once: never a list ("3, 3") nor repeated fields
+        // passed on (RFC 9110 8.6, RFC 9112 6.3).
         response.content_length(*length);
+    }
+    if (status == 204 || plan.switching) {
+        // These never have a body, so no length either (RFC 9110 8.6): a client that read one
+        // would wait for bytes that belong to the tunnel, or to nothing.
+        response.erase(http::field::content_length);
     }
     if (!plan.no_body && (upstream_chunked || plan.until_close)) {
         // The proxy frames this body itself: a Content-Length beside it never reaches the

@@ -115,6 +115,50 @@ allowed_networks = ["127.0.0.0/8"]
         # ...and the backend does not get the hop-by-hop field.
         self.assertNotIn("x-bg-color", [n for n, _ in green.requests()[0][3]])
 
+    def test_a_repeated_content_length_reaches_the_client_once(self):
+        """RFC 9112 6.3: identical lengths may be merged, never passed on as two (found by
+        fuzz_response in CI: two 'Content-Length: 5' fields went to the client as they came)."""
+        def answer(request, index, conn):
+            if request[1] == b"/fields":
+                return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX: 1\r\nContent-Length: 5\r\n\r\nhello"
+            if request[1] == b"/list":
+                return b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello"
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"
+        self.start_proxy(answer)
+        for target in (b"/fields", b"/list"):
+            with self.subTest(target=target):
+                out = raw_exchange(self.proxy_.port, b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % target)
+                head, _, body = out.partition(b"\r\n\r\n")
+                self.assertEqual(status_of(out), 200, out)
+                self.assertEqual(head.lower().count(b"content-length:"), 1, head)
+                self.assertIn(b"Content-Length: 5", head)
+                self.assertEqual(body, b"hello")
+        out = raw_exchange(self.proxy_.port, b"GET /differ HTTP/1.1\r\nHost: x\r\n\r\n", timeout=3)
+        self.assertEqual(status_of(out), 502, out[:200])
+
+    def test_no_length_on_a_204_or_a_101(self):
+        """Neither has a body (RFC 9110 8.6); a length passed on makes a client wait for bytes
+        that belong to the tunnel or to nothing (found by fuzz_response)."""
+        def answer(request, index, conn):
+            if request[1] == b"/ws":
+                return (b"HTTP/1.1 101 Switching Protocols\r\nContent-Length: 5\r\n"
+                        b"Upgrade: websocket\r\nConnection: upgrade\r\n\r\nhi")
+            return b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"
+        self.start_proxy(answer)
+        s = self.connect()
+        s.sendall(b"DELETE /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        head = s.recv(4096)
+        self.assertTrue(head.startswith(b"HTTP/1.1 204 "), head)
+        self.assertNotIn(b"content-length", head.lower())
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
+        got = b""
+        while not got.endswith(b"hi"):
+            chunk = s.recv(4096)
+            self.assertTrue(chunk, got)
+            got += chunk
+        self.assertTrue(got.startswith(b"HTTP/1.1 101 "), got)
+        self.assertNotIn(b"content-length", got.lower())
+
 
 class LimitsTest(ProxyWithScriptedBackend):
     """Every bound a peer can push: over it, a status to a client or a 502 from a backend, the
