@@ -11,6 +11,9 @@ void ExchangeState::clear() {
     gathered.clear();
     parser.reset();  // frees the field nodes of the last message
     response_parser.reset();
+}
+
+void ExchangeState::end_request() {
     tried.clear();
     record = AccessRecord{};
     connect_error.clear();

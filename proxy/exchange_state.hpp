@@ -36,7 +36,10 @@ struct ExchangeState {
     ChunkHeaderGuard request_chunks;   // called by `parser` (which holds a reference)
     ChunkHeaderGuard response_chunks;  // called by `response_parser`
 
-    // Ready for a new request; buffers keep their capacity.
+    // What one request leaves behind (tried backends, the record, errors): reset when it
+    // ends, so a pipelined request on the same state starts clean.
+    void end_request();
+    // Ready for another connection's request: no bytes, no parsers; buffers keep capacity.
     void clear();
 };
 

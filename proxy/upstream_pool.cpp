@@ -24,20 +24,25 @@ std::optional<UpstreamStream> UpstreamPool::lease(std::uint32_t backend_id, bool
         return std::nullopt;
     }
     auto& list = idle_[backend_id];
-    const auto now = std::chrono::steady_clock::now();
     while (!list.empty()) {
         Idle idle = std::move(list.back());
         list.pop_back();
-        // A connection parked moments ago is almost surely alive: skip the syscall.
-        const bool check = verify || now - idle.since > recheck_after_;
-        if (now - idle.since < idle_timeout_ && idle.stream.tls_context() == tls &&
-            (!check || idle.stream.still_open())) {
+        if (reusable(idle.stream, idle.since, verify, tls)) {
             return std::move(idle.stream);
         }
         boost::system::error_code ignored;
         idle.stream.socket().close(ignored);
     }
     return std::nullopt;
+}
+
+bool UpstreamPool::reusable(UpstreamStream& stream,
+                            std::chrono::steady_clock::time_point idle_since, bool verify,
+                            const BackendTlsContext* tls) const {
+    const auto idle = std::chrono::steady_clock::now() - idle_since;
+    // A connection parked moments ago is almost surely alive: skip the syscall.
+    const bool check = verify || idle > recheck_after_;
+    return idle < idle_timeout_ && stream.tls_context() == tls && (!check || stream.still_open());
 }
 
 ssl_session_st* UpstreamPool::tls_session(std::uint32_t backend_id,

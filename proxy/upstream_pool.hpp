@@ -29,6 +29,11 @@ class UpstreamPool {
     // `verify`, or when it sat idle for a while, it is checked to be still open first.
     std::optional<UpstreamStream> lease(std::uint32_t backend_id, bool verify,
                                         const BackendTlsContext* tls);
+    // The one rule an idle connection is reused by, the pool's and a session's private one:
+    // younger than idle_timeout, made with `tls`, and seen to be still open when `verify`
+    // asks or it sat idle past recheck_after.
+    bool reusable(UpstreamStream& stream, std::chrono::steady_clock::time_point idle_since,
+                  bool verify, const BackendTlsContext* tls) const;
     // Parks a connection whose last exchange completed cleanly; closes it past the bound.
     void give_back(std::uint32_t backend_id, UpstreamStream stream);
     void close_backend(std::uint32_t backend_id);

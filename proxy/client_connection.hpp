@@ -1,0 +1,111 @@
+#pragma once
+// ClientConnection: what one client connection's loop (client_session.cpp) and the request
+// exchanges on it (request_exchange.hpp) share: the stream, who the client is, the single
+// deadline, the body relay, the close watch, the backend connector, and whether the connection
+// ends after this request. Owned by the session; each RequestExchange borrows it. Worker
+// thread only.
+
+#include <boost/asio/ip/address.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/stream_traits.hpp>
+#include <memory>
+#include <string>
+
+#include "body_relay.hpp"
+#include "chunk_framing.hpp"
+#include "client_close_watch.hpp"
+#include "config.hpp"
+#include "connection_deadline.hpp"
+#include "exchange_outcome.hpp"
+#include "proxy_header_reader.hpp"
+#include "session_handle.hpp"
+#include "upstream_connector.hpp"
+#include "worker.hpp"
+
+namespace bg {
+
+// Registers the connection with its worker (graceful shutdown, deadlines, the close sweep)
+// and unregisters it whatever way the connection ends.
+class TrackedSession {
+  public:
+    TrackedSession(Worker& worker, Socket& client, std::size_t listener)
+        : worker_(worker), listener_(listener) {
+        handle_.client = &client;
+        worker_.track(&handle_);
+        WorkerStats::add(worker_.stats().connections_open);
+    }
+    ~TrackedSession() {
+        worker_.untrack(&handle_);
+        WorkerStats::sub(worker_.stats().connections_open);
+        worker_.connection_closed(listener_);
+    }
+    TrackedSession(const TrackedSession&) = delete;
+    TrackedSession& operator=(const TrackedSession&) = delete;
+    SessionHandle& handle() { return handle_; }
+
+  private:
+    Worker& worker_;
+    std::size_t listener_;
+    SessionHandle handle_;
+};
+
+// Who the client is: the socket's peer, or the one a PROXY header named.
+struct ClientIdentity {
+    ClientEndpoints endpoints;         // as a PROXY header to a backend tells them
+    boost::asio::ip::address address;  // the original client
+    std::string ip;                    // address, as text for headers and the log
+    std::string server_authority;      // what an HTTP/1.0 request without Host is given
+    bool trusted = false;              // the HTTP peer is in trusted_proxies
+};
+
+template <class Stream>
+struct ClientConnection {
+    static constexpr bool tls = is_tls_stream<Stream>::value;
+
+    ClientConnection(Worker& w, std::shared_ptr<const Config> c, std::size_t listener_index,
+                     Stream s)
+        : worker(w),
+          config_holder(std::move(c)),
+          config(*config_holder),
+          listener(listener_index),
+          stream(std::move(s)),
+          tracked(w, socket(), listener_index),
+          deadline(socket().get_executor(), tracked.handle()),
+          relay(deadline, w.stats(), read_chunk()),
+          close_watch(w, tracked.handle()),
+          upstreams(w, config, deadline, tracked.handle()) {}
+
+    Socket& socket() { return boost::beast::get_lowest_layer(stream); }
+    SessionHandle& handle() { return tracked.handle(); }
+
+    // The size of one read, and of one body piece.
+    std::size_t read_chunk() const {
+        return std::max<std::size_t>(4096, config.limits.buffer_size);
+    }
+    // How much to read into `buffer` next: the room its block still has, so the rest of a head
+    // or body piece does not reallocate it; a full read when little room is left.
+    std::size_t read_room(const boost::beast::flat_buffer& buffer) const {
+        const std::size_t room = buffer.capacity() - buffer.size();
+        return room >= 1024 ? room : read_chunk();
+    }
+    ChunkHeaderGuard chunk_guard() const {
+        return {config.limits.max_chunk_line, config.limits.max_trailer};
+    }
+
+    Worker& worker;
+    // The config this connection started with: a reload applies to new connections.
+    std::shared_ptr<const Config> config_holder;
+    const Config& config;
+    std::size_t listener;  // index in config.listeners
+    Stream stream;
+    TrackedSession tracked;  // after stream: it points at the socket
+    ClientIdentity client;
+    ConnectionDeadline deadline;
+    BodyRelay relay;               // moves bodies and tunnels under `deadline`
+    ClientCloseWatch close_watch;  // while a request is in flight and the client is not read
+    UpstreamConnector upstreams;
+    bool linger = false;        // an error response was sent: drain before closing
+    bool last_request = false;  // max_requests_per_connection reached: close after this one
+};
+
+}  // namespace bg

@@ -1,0 +1,702 @@
+#include "request_exchange.hpp"
+
+#include <array>
+#include <boost/asio/ssl/stream.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <string>
+
+#include "access_record.hpp"
+#include "colour_hints.hpp"
+#include "forwarding_headers.hpp"
+#include "message_head.hpp"
+#include "request_validation.hpp"
+
+namespace bg {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using boost::system::error_code;
+
+namespace {
+
+// The answer to a head the raw scan refused.
+Refusal refusal_for(RawHeaderVerdict verdict) {
+    switch (verdict) {
+        case RawHeaderVerdict::request_line_too_long:
+            return {http::status::uri_too_long, "request line too long", LimitBreach::request_line};
+        case RawHeaderVerdict::header_too_long:
+            return {http::status::request_header_fields_too_large, "request header too large",
+                    LimitBreach::request_header};
+        case RawHeaderVerdict::too_many_fields:
+            return {http::status::request_header_fields_too_large, "too many header fields",
+                    LimitBreach::header_fields};
+        case RawHeaderVerdict::field_too_long:
+            return {http::status::request_header_fields_too_large, "header field too large",
+                    LimitBreach::field_size};
+        case RawHeaderVerdict::obs_fold:
+            return {http::status::bad_request, "obsolete line folding"};
+        case RawHeaderVerdict::nul_byte:
+            return {http::status::bad_request, "NUL byte in header"};
+        case RawHeaderVerdict::bare_cr:
+            return {http::status::bad_request, "bare CR in header"};
+        default:
+            return {http::status::bad_request, "bare LF in header"};
+    }
+}
+
+Exchange connect_failure(Connected connected) {
+    switch (connected) {
+        case Connected::no_backend:
+            return Exchange::no_backend;
+        case Connected::out_of_descriptors:
+            return Exchange::out_of_descriptors;
+        default:
+            return Exchange::unreachable;
+    }
+}
+
+HeaderLimits request_header_limits(const Limits& limits) {
+    return {limits.max_request_line, limits.max_request_header, limits.max_header_fields,
+            limits.max_field_size};
+}
+
+HeaderLimits response_header_limits(const Limits& limits) {
+    return {limits.max_response_header, limits.max_response_header, limits.max_header_fields,
+            limits.max_field_size};
+}
+
+}  // namespace
+
+template <class Stream>
+RequestExchange<Stream>::RequestExchange(ClientConnection<Stream>& connection, ExchangeState& state)
+    : conn_(connection), config_(connection.config), ex_(state) {}
+
+template <class Stream>
+RequestExchange<Stream>::~RequestExchange() {
+    conn_.close_watch.stop();
+    finish_record();
+    ex_.end_request();
+}
+
+// ---- the request head ---------------------------------------------------------------------
+
+template <class Stream>
+Task<bool> RequestExchange<Stream>::read_head() {
+    ex_.parser.emplace();
+    ex_.request_chunks = conn_.chunk_guard();
+    ex_.parser->on_chunk_header(ex_.request_chunks);
+    ex_.parser->header_limit(static_cast<std::uint32_t>(config_.limits.max_request_header + 1));
+    if (config_.limits.max_request_body > 0) {
+        ex_.parser->body_limit(config_.limits.max_request_body);
+    } else {
+        ex_.parser->body_limit(boost::none);
+    }
+    ex_.parser->eager(false);
+    // The whole header must arrive within client_header (slowloris).
+    conn_.deadline.arm(config_.timeouts.client_header, ConnectionDeadline::client);
+    std::size_t checked = 0;  // bytes already seen to hold no line end
+    for (;;) {
+        Refusal refusal;
+        switch (parse_head(checked, refusal)) {
+            case HeadRead::done:
+                co_return true;
+            case HeadRead::invalid:
+                co_await refuse(refusal);
+                co_return false;
+            case HeadRead::need_more:
+                break;
+        }
+        auto [ec, n] = co_await conn_.stream.async_read_some(
+            ex_.buffer.prepare(conn_.read_room(ex_.buffer)), nothrow);
+        if (ec && conn_.deadline.expired()) {
+            // The deadline has closed the socket already: the client is simply dropped (as
+            // nginx does for client_header_timeout).
+            WorkerStats::add(conn_.worker.stats().client_header_timeouts);
+            co_return false;
+        }
+        if (ec) {
+            co_return false;
+        }
+        ex_.buffer.commit(n);
+    }
+}
+
+// Screens and parses the request head in ex_.buffer once all of it is there; on a refusal says
+// which status and why (the record is begun either way).
+template <class Stream>
+HeadRead RequestExchange<Stream>::parse_head(std::size_t& checked, Refusal& refusal) {
+    const std::size_t skipped = skip_leading_empty_lines();
+    checked = checked > skipped ? checked - skipped : 0;
+    char* data = static_cast<char*>(ex_.buffer.data().data());
+    const std::string_view bytes(data, ex_.buffer.size());
+    // A head that trickles in is scanned again only when a line has ended (else a
+    // byte-at-a-time client would make the scan quadratic), or to refuse it as too long.
+    RawHeaderScan scan;
+    if (bytes.find('\n', checked) != std::string_view::npos ||
+        bytes.size() >= config_.limits.max_request_line) {
+        scan = scan_raw_header(bytes, request_header_limits(config_.limits));
+    }
+    checked = bytes.size();
+    if (scan.verdict == RawHeaderVerdict::incomplete) {
+        return HeadRead::need_more;
+    }
+    if (scan.verdict != RawHeaderVerdict::complete) {
+        begin_record(nullptr);  // refused before it could be parsed
+        refusal = refusal_for(scan.verdict);
+        return HeadRead::invalid;
+    }
+    if (normalize_request_version({data, bytes.find("\r\n")}) == StartLineVersion::other_major) {
+        begin_record(nullptr);
+        refusal = {http::status::http_version_not_supported, "HTTP version not supported"};
+        return HeadRead::invalid;
+    }
+    error_code ec;
+    const std::size_t used = ex_.parser->put(asio::buffer(data, scan.header_end), ec);
+    ex_.buffer.consume(used);
+    begin_record(ex_.parser->is_header_done() ? &ex_.parser->get() : nullptr);
+    if (ec == http::error::body_limit) {
+        refusal = {http::status::payload_too_large, "request body too large",
+                   LimitBreach::request_body};
+        return HeadRead::invalid;
+    }
+    if (ec || !ex_.parser->is_header_done()) {
+        ex_.body_error = ec ? ec.message() : "malformed request header";
+        refusal = {http::status::bad_request, ex_.body_error};
+        return HeadRead::invalid;
+    }
+    return HeadRead::done;
+}
+
+// RFC 9112 2.2: a server should ignore empty lines received before the request line.
+template <class Stream>
+std::size_t RequestExchange<Stream>::skip_leading_empty_lines() {
+    std::size_t skipped = 0;
+    for (;;) {
+        const std::string_view bytes(static_cast<const char*>(ex_.buffer.data().data()),
+                                     ex_.buffer.size());
+        if (!bytes.starts_with("\r\n")) {
+            return skipped;
+        }
+        ex_.buffer.consume(2);
+        skipped += 2;
+    }
+}
+
+// ---- metrics and the access log -------------------------------------------------------------
+
+// A request head arrived (parsed, or refused before it could be).
+template <class Stream>
+void RequestExchange<Stream>::begin_record(const http::request<http::buffer_body>* request) {
+    head_arrived_ = true;
+    started_ = std::chrono::steady_clock::now();
+    method_ = request != nullptr ? method_class(request->method()) : MethodClass::other;
+    if (!conn_.worker.logs_access()) {
+        return;
+    }
+    ex_.record.start_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count();
+    ex_.record.client = conn_.client.ip;
+    if (request != nullptr) {
+        ex_.record.method = std::string(request->method_string());
+        ex_.record.path = std::string(request->target().substr(0, 2048));
+    }
+}
+
+// The request is over: count it and log it.
+template <class Stream>
+void RequestExchange<Stream>::finish_record() {
+    if (!head_arrived_) {
+        return;
+    }
+    const auto elapsed = std::chrono::steady_clock::now() - started_;
+    Worker& worker = conn_.worker;
+    if (config_.metrics) {
+        TrafficCounters& traffic = worker.traffic();
+        if (ex_.record.status != 0) {
+            traffic.count_response(served_slot_, method_, ex_.record.status);
+        }
+        if (served_slot_ != 0) {
+            traffic.request_duration[served_colour_].observe(
+                std::chrono::duration<double>(elapsed).count());
+            if (ex_.record.upstream_ms > 0) {
+                traffic.upstream_duration[served_colour_].observe(ex_.record.upstream_ms / 1000);
+            }
+            traffic.request_body_bytes[served_colour_] += ex_.record.bytes_in;
+            traffic.response_body_bytes[served_colour_] += ex_.record.bytes_out;
+        }
+    }
+    if (worker.logs_access()) {
+        ex_.record.duration_ms = std::chrono::duration<double, std::milli>(elapsed).count();
+        worker.log_access(to_json_line(ex_.record));
+    }
+}
+
+// ---- one request ----------------------------------------------------------------------------
+
+template <class Stream>
+Task<bool> RequestExchange<Stream>::respond() {
+    if (const Refusal refusal = check_request_head(*ex_.parser, config_.limits.max_request_body)) {
+        co_await refuse(refusal);
+        co_return false;
+    }
+    const RequestFacts facts = request_facts(*ex_.parser);
+    // One routing snapshot for the whole request, retries included. The colour is chosen before
+    // any header rule runs, so no field named in Connection can change the route.
+    RoutingTablePtr table = conn_.worker.table();
+    ex_.record.version = table->version();
+    const Colour colour = choose_colour(*table);
+    const ClientIdentity& client = conn_.client;
+    if (const Refusal refusal = rewrite_for_upstream(
+            *ex_.parser, facts, {client.ip, conn_.tls, client.trusted, client.server_authority})) {
+        co_await refuse(refusal);
+        co_return false;
+    }
+    UpstreamLease lease(conn_.worker.balancer(), conn_.handle());
+    RetryState retries(conn_.worker.retry_budget(), config_.retries, conn_.worker.stats());
+    const Exchange outcome = co_await forward(*table, colour, facts, lease, retries);
+    if (outcome == Exchange::response_ready) {
+        co_return co_await relay_response(lease, facts);
+    }
+    co_return co_await answer_failure(outcome, facts);
+}
+
+// A preview header (from an allowed network) or a sticky cookie may name the colour; else the
+// weights choose.
+template <class Stream>
+Colour RequestExchange<Stream>::choose_colour(const RoutingTable& table) {
+    auto& request = ex_.parser->get();
+    const std::optional<Colour> preview =
+        preview_colour(request, conn_.client.address, config_.preview, table);
+    const std::optional<Colour> sticky =
+        preview ? std::nullopt : sticky_colour(request, config_.sticky, table);
+    set_sticky_ = !config_.sticky.cookie.empty() && !preview && !sticky &&
+                  table.pool(Colour::blue).weight_bp > 0 && table.pool(Colour::green).weight_bp > 0;
+    return preview ? *preview : sticky ? *sticky : conn_.worker.balancer().pick_colour(table);
+}
+
+// Sends the request to a backend of `colour` and reads the response head, connecting,
+// retrying and crossing colours as the config allows. `lease` holds the backend that answers
+// until the response is relayed.
+template <class Stream>
+Task<Exchange> RequestExchange<Stream>::forward(const RoutingTable& table, Colour colour,
+                                                const RequestFacts& facts, UpstreamLease& lease,
+                                                RetryState& retries) {
+    // A request that cannot be sent twice (a body, a non-idempotent method) checks a pooled
+    // connection first; another is simply sent again on a fresh connection if the pooled one
+    // turns out stale.
+    const bool verify = !ex_.parser->is_done() || !facts.idempotent;
+    bool continue_sent = false;
+    Exchange outcome = Exchange::upstream_failed;
+    for (bool retry = false;; retry = true) {
+        const Connected connected =
+            co_await conn_.upstreams.connect(table, colour, verify, ex_, lease);
+        if (connected != Connected::yes) {
+            // After a retry, nowhere left to go: answer for the attempt that failed.
+            co_return retry ? outcome : connect_failure(connected);
+        }
+        served_by(lease.backend());
+        if (facts.expect_continue && !continue_sent && !ex_.parser->is_done()) {
+            if (!co_await send_continue()) {
+                co_return Exchange::client_gone;
+            }
+            continue_sent = true;
+        }
+        outcome = co_await exchange(lease, facts);
+        // A reused connection that the backend had closed: an idempotent request none of whose
+        // body was consumed is intact, so it goes once more on a fresh connection. Anything
+        // else may have been processed: it is never sent twice.
+        while (outcome == Exchange::upstream_failed && lease.reused() && facts.idempotent &&
+               !body_started_ && !interim_sent_ && !conn_.close_watch.client_gone()) {
+            if (co_await conn_.upstreams.reconnect(ex_, lease) != Connected::yes) {
+                break;
+            }
+            outcome = co_await exchange(lease, facts);
+        }
+        if (conn_.close_watch.client_gone() && outcome != Exchange::response_ready) {
+            co_return Exchange::client_gone;  // not the backend's failure: nothing recorded
+        }
+        record_try(lease.backend(), outcome);
+        const bool failed =
+            outcome == Exchange::upstream_failed || outcome == Exchange::upstream_timeout;
+        const TryFailure failure =
+            outcome == Exchange::upstream_timeout ? TryFailure::timeout : TryFailure::reset;
+        if (!failed ||
+            !retries.may_retry(facts.idempotent, body_started_, interim_sent_, failure)) {
+            co_return outcome;
+        }
+        // Retry elsewhere: the failed backend stays in ex_.tried, so it is not picked again.
+        retries.retrying();
+        ++ex_.record.retries;
+        lease.drop();
+    }
+}
+
+// The last backend tried answers for the request in metrics and log, also when the proxy
+// reports its failure.
+template <class Stream>
+void RequestExchange<Stream>::served_by(const Backend& backend) {
+    served_slot_ = backend.id + 1;
+    served_colour_ = index_of(backend.colour);
+    if (conn_.worker.logs_access()) {
+        ex_.record.colour = to_string(backend.colour);
+        ex_.record.backend = backend.name;
+    }
+    upstream_started_ = std::chrono::steady_clock::now();
+}
+
+// What the try tells of the backend, for outlier detection and the rollout guard.
+template <class Stream>
+void RequestExchange<Stream>::record_try(const Backend& backend, Exchange outcome) {
+    const bool server_error = outcome == Exchange::response_ready &&
+                              ex_.response_parser->get().result_int() >= 500 &&
+                              config_.outlier.count_5xx;
+    conn_.worker.record_outcome(
+        backend.id, outcome == Exchange::upstream_failed || outcome == Exchange::upstream_timeout ||
+                        outcome == Exchange::response_invalid || server_error);
+}
+
+template <class Stream>
+Task<bool> RequestExchange<Stream>::send_continue() {
+    static constexpr std::string_view continue_line = "HTTP/1.1 100 Continue\r\n\r\n";
+    conn_.deadline.arm(config_.timeouts.client_write, ConnectionDeadline::client);
+    auto [ec, n] = co_await asio::async_write(conn_.stream, asio::buffer(continue_line), nothrow);
+    co_return !ec;
+}
+
+// Sends the request (head, then the body as it arrives) and reads the response head, relaying
+// interim 1xx responses to the client.
+template <class Stream>
+Task<Exchange> RequestExchange<Stream>::exchange(UpstreamLease& lease, const RequestFacts& facts) {
+    UpstreamStream& stream = lease.stream();
+    ex_.upstream_buffer.clear();
+    write_request_head(ex_.parser->get(), ex_.head);
+    // With no body, or no body byte at hand yet, the head goes now (the backend can start, and
+    // answer early); otherwise it leaves with the first piece of body in one write.
+    if (ex_.parser->is_done() || ex_.buffer.size() == 0) {
+        conn_.deadline.arm(config_.timeouts.upstream_response, ConnectionDeadline::upstream);
+        auto [ec, n] = co_await asio::async_write(stream, asio::buffer(ex_.head), nothrow);
+        if (ec) {
+            co_return conn_.deadline.expired() ? Exchange::upstream_timeout
+                                               : Exchange::upstream_failed;
+        }
+        ex_.head.clear();
+    }
+    if (!ex_.parser->is_done() || !ex_.head.empty()) {
+        const Exchange sent = co_await send_request_body(stream);
+        if (sent != Exchange::response_ready) {
+            co_return sent;
+        }
+    }
+    // Nothing more is read from the client until the response is over: watch it instead, so a
+    // client that leaves releases the backend at once.
+    conn_.close_watch.start();
+    for (;;) {
+        const Exchange head = co_await read_response_head(stream, facts);
+        if (head != Exchange::response_ready) {
+            co_return head;
+        }
+        const unsigned status = ex_.response_parser->get().result_int();
+        if (!lease.reused() && stream.tls() != nullptr) {
+            // By now a TLS 1.3 backend has sent its session tickets too.
+            conn_.worker.upstream_pool().keep_tls_session(lease.backend().id, stream);
+        }
+        if (status == 101 && !facts.upgrade) {
+            ex_.body_error = "backend switched protocols unasked (101)";
+            co_return Exchange::response_invalid;
+        }
+        if (status >= 200 || status == 101) {
+            co_return Exchange::response_ready;
+        }
+        // An interim response (103 Early Hints, 102...): passed on to HTTP/1.1 clients only
+        // (RFC 9110 15.2: never to HTTP/1.0).
+        if (facts.version >= 11 && status != 100) {
+            if (!co_await relay_interim()) {
+                co_return Exchange::client_gone;
+            }
+        }
+    }
+}
+
+// One response head (final or interim) into the response parser, screened and within the
+// limits: response_ready when it is there.
+template <class Stream>
+Task<Exchange> RequestExchange<Stream>::read_response_head(UpstreamStream& stream,
+                                                           const RequestFacts& facts) {
+    auto& parser = ex_.response_parser.emplace();
+    ex_.response_chunks = conn_.chunk_guard();
+    parser.on_chunk_header(ex_.response_chunks);
+    parser.header_limit(static_cast<std::uint32_t>(config_.limits.max_response_header));
+    parser.body_limit(boost::none);
+    if (facts.head) {
+        parser.skip(true);
+    }
+    conn_.deadline.arm(config_.timeouts.upstream_response, ConnectionDeadline::upstream);
+    std::size_t checked = 0;
+    HeadRead read;
+    ResponseRefusal refusal;
+    while ((read = parse_response_head(ex_.upstream_buffer, parser,
+                                       response_header_limits(config_.limits), checked, refusal)) ==
+           HeadRead::need_more) {
+        if (ex_.upstream_buffer.size() + conn_.read_chunk() > ex_.upstream_buffer.max_size()) {
+            break;  // not reached: the scan refuses a head over max_response_header
+        }
+        auto [ec, n] = co_await stream.async_read_some(
+            ex_.upstream_buffer.prepare(conn_.read_room(ex_.upstream_buffer)), nothrow);
+        if (ec) {
+            break;
+        }
+        ex_.upstream_buffer.commit(n);
+    }
+    if (read == HeadRead::invalid) {
+        if (refusal.breach) {
+            conn_.worker.stats().breach(*refusal.breach);
+        }
+        ex_.body_error = "backend response " + refusal.why;
+        co_return Exchange::response_invalid;
+    }
+    if (read != HeadRead::done) {
+        co_return conn_.deadline.expired() ? Exchange::upstream_timeout : Exchange::upstream_failed;
+    }
+    co_return Exchange::response_ready;
+}
+
+// Writes the interim response in the response parser to the client; false if it is gone.
+template <class Stream>
+Task<bool> RequestExchange<Stream>::relay_interim() {
+    auto& interim = ex_.response_parser->get();
+    rewrite_interim_head(interim.base());
+    write_response_head(interim.base(), ex_.head);
+    conn_.deadline.arm(config_.timeouts.client_write, ConnectionDeadline::client);
+    interim_sent_ = true;
+    auto [ec, n] = co_await asio::async_write(conn_.stream, asio::buffer(ex_.head), nothrow);
+    co_return !ec;
+}
+
+// Streams the request body to the backend; response_ready means all of it went.
+template <class Stream>
+Task<Exchange> RequestExchange<Stream>::send_request_body(UpstreamStream& stream) {
+    const BodyLeg leg{config_.timeouts.client_body,       ConnectionDeadline::client,
+                      config_.timeouts.upstream_response, ConnectionDeadline::upstream,
+                      ex_.parser->get().chunked(),        config_.limits.min_request_body_rate};
+    BodyRelay& relay = conn_.relay;
+    switch (co_await relay.relay(ex_, conn_.stream, ex_.buffer, *ex_.parser,
+                                 relay.piece(ex_.request_body), stream, leg, ex_.record.bytes_in,
+                                 body_started_)) {
+        case BodyEnd::done:
+            co_return Exchange::response_ready;
+        case BodyEnd::read_failed:
+            co_return Exchange::client_gone;
+        case BodyEnd::read_timeout:
+            co_return Exchange::body_too_slow;
+        case BodyEnd::too_large:
+            co_return Exchange::body_too_large;
+        case BodyEnd::malformed:
+            co_return Exchange::body_malformed;
+        case BodyEnd::write_failed:
+            co_return Exchange::upstream_failed;
+        case BodyEnd::write_timeout:
+            co_return Exchange::upstream_timeout;
+    }
+    co_return Exchange::upstream_failed;
+}
+
+// ---- the response ---------------------------------------------------------------------------
+
+template <class Stream>
+Task<bool> RequestExchange<Stream>::relay_response(UpstreamLease& lease,
+                                                   const RequestFacts& facts) {
+    const ResponsePlan plan = prepare_response_head(lease.backend(), facts);
+    // The head goes out on its own only when no body byte is at hand; otherwise it leaves with
+    // the first piece of body in one write (one syscall instead of two).
+    if (plan.no_body || (ex_.upstream_buffer.size() == 0 && !ex_.response_parser->is_done())) {
+        conn_.deadline.arm(config_.timeouts.client_write, ConnectionDeadline::client);
+        auto [ec, n] = co_await asio::async_write(conn_.stream, asio::buffer(ex_.head), nothrow);
+        if (ec) {
+            co_return false;
+        }
+        ex_.head.clear();
+    }
+    if (plan.switching) {
+        conn_.close_watch.stop();  // the tunnel reads the client itself
+        const std::uint32_t backend = lease.backend().id;
+        conn_.worker.tunnel_opened(backend);
+        co_await conn_.relay.tunnel(ex_, conn_.stream, lease.stream(),
+                                    config_.timeouts.tunnel_idle);
+        conn_.worker.tunnel_closed(backend);
+        co_return false;
+    }
+    if (!plan.no_body) {
+        const BodyLeg leg{config_.timeouts.upstream_response, ConnectionDeadline::upstream,
+                          config_.timeouts.client_write, ConnectionDeadline::client, plan.chunked};
+        bool started = false;
+        const BodyEnd end = co_await conn_.relay.relay(
+            ex_, lease.stream(), ex_.upstream_buffer, *ex_.response_parser,
+            conn_.relay.piece(ex_.response_body), conn_.stream, leg, ex_.record.bytes_out, started);
+        if (!response_body_relayed(end)) {
+            co_return false;
+        }
+    }
+    ex_.record.upstream_ms = std::chrono::duration<double, std::milli>(
+                                 std::chrono::steady_clock::now() - upstream_started_)
+                                 .count();
+    const bool complete = ex_.response_parser->is_done() || plan.no_body;
+    // The connection is kept only after a clean, fully framed exchange; else the lease closes
+    // it.
+    if (complete && ex_.parser->is_done() && ex_.response_parser->keep_alive() &&
+        !plan.until_close && ex_.upstream_buffer.size() == 0 && !conn_.close_watch.client_gone()) {
+        conn_.upstreams.keep(lease);
+    }
+    co_return plan.keep_alive&& complete;
+}
+
+// The response head for the client (rewrite_response_head, then the served-by and sticky
+// fields) serialized into ex_.head.
+template <class Stream>
+ResponsePlan RequestExchange<Stream>::prepare_response_head(const Backend& backend,
+                                                            const RequestFacts& facts) {
+    const bool may_stay = facts.keep_alive && ex_.parser->is_done() && !conn_.worker.draining() &&
+                          !conn_.last_request;
+    const ResponsePlan plan = rewrite_response_head(*ex_.response_parser, facts, may_stay);
+    auto& response = ex_.response_parser->get();
+    ex_.record.status = response.result_int();
+    if (!config_.served_by_header.empty()) {
+        response.set(config_.served_by_header,
+                     std::string(to_string(backend.colour)) + "/" + backend.name);
+    }
+    if (set_sticky_) {
+        // The colour that served, which a retry may have changed.
+        response.insert(http::field::set_cookie, sticky_cookie(config_.sticky, backend.colour));
+    }
+    write_response_head(response.base(), ex_.head);
+    return plan;
+}
+
+// Whether the response body went through whole; if not, why is counted and logged, and the
+// client connection is to close so a cut response never looks complete.
+template <class Stream>
+bool RequestExchange<Stream>::response_body_relayed(BodyEnd end) {
+    WorkerStats& stats = conn_.worker.stats();
+    if (conn_.close_watch.client_gone()) {
+        WorkerStats::add(stats.client_aborts);
+        ex_.record.error = "client closed the connection";
+        return false;
+    }
+    if (end == BodyEnd::read_failed || end == BodyEnd::read_timeout || end == BodyEnd::malformed) {
+        // The backend died, stalled or framed its body wrongly mid-body.
+        WorkerStats::add(stats.upstream_broken_responses);
+        if (end == BodyEnd::malformed) {
+            ex_.record.error = "backend response " + ex_.body_error;
+        }
+        return false;
+    }
+    return end == BodyEnd::done;
+}
+
+// ---- the proxy's own answers ----------------------------------------------------------------
+
+// When no response came; returns whether the connection stays.
+template <class Stream>
+Task<bool> RequestExchange<Stream>::answer_failure(Exchange outcome, const RequestFacts& facts) {
+    WorkerStats& stats = conn_.worker.stats();
+    // Without the whole request body read, the connection cannot carry another request.
+    const bool body_read = ex_.parser->is_done();
+    const bool can_continue = body_read && facts.keep_alive && !conn_.worker.draining();
+    switch (outcome) {
+        case Exchange::response_ready:
+            break;
+        case Exchange::client_gone:
+            if (conn_.close_watch.client_gone()) {
+                WorkerStats::add(stats.client_aborts);
+                ex_.record.status = 499;  // nginx's code: the client closed first
+                ex_.record.error = "client closed the connection";
+            }
+            co_return false;
+        case Exchange::body_too_large:
+            stats.breach(LimitBreach::request_body);
+            co_await reply_error(http::status::payload_too_large, "request body too large");
+            co_return false;
+        case Exchange::body_malformed:
+            co_await reply_error(http::status::bad_request, ex_.body_error);
+            co_return false;
+        case Exchange::body_too_slow:
+            // The deadline closed the socket: the 408 is for the log and the metrics.
+            WorkerStats::add(stats.client_body_timeouts);
+            ex_.record.status = 408;
+            ex_.record.error = ex_.body_error;
+            co_return false;
+        case Exchange::no_backend:
+            co_await reply_error(http::status::service_unavailable, "no backend available",
+                                 !body_read);
+            co_return can_continue;
+        case Exchange::unreachable:
+            co_await reply_error(http::status::bad_gateway, "no backend reachable", !body_read);
+            co_return can_continue;
+        case Exchange::out_of_descriptors:
+            co_await reply_error(http::status::service_unavailable, "proxy out of file descriptors",
+                                 !body_read);
+            co_return can_continue;
+        case Exchange::upstream_timeout:
+            WorkerStats::add(stats.upstream_timeouts);
+            co_await reply_error(http::status::gateway_timeout, "backend did not answer in time",
+                                 !body_read);
+            co_return can_continue;
+        case Exchange::upstream_failed:
+            WorkerStats::add(stats.upstream_broken_responses);
+            co_await reply_error(http::status::bad_gateway, "backend failed before responding",
+                                 !body_read);
+            co_return can_continue;
+        case Exchange::response_invalid:
+            WorkerStats::add(stats.upstream_broken_responses);
+            co_await reply_error(http::status::bad_gateway, ex_.body_error, !body_read);
+            co_return can_continue;
+    }
+    co_return false;
+}
+
+// The answer to a refused request, its bound counted if it went over one.
+template <class Stream>
+Task<void> RequestExchange<Stream>::refuse(const Refusal& refusal) {
+    if (refusal.breach) {
+        conn_.worker.stats().breach(*refusal.breach);
+    }
+    return reply_error(refusal.status, refusal.reason);
+}
+
+template <class Stream>
+Task<void> RequestExchange<Stream>::reply_error(http::status status, std::string_view reason,
+                                                bool close) {
+    if (static_cast<unsigned>(status) < 500) {
+        WorkerStats::add(conn_.worker.stats().bad_requests);
+    }
+    ex_.record.status = static_cast<unsigned>(status);
+    ex_.record.error = std::string(reason);
+    if (!ex_.connect_error.empty()) {
+        ex_.record.error += " (" + ex_.connect_error + ")";  // for the log, not the client
+    }
+    const std::string body = std::to_string(static_cast<unsigned>(status)) + " " +
+                             std::string(http::obsolete_reason(status)) + ": " +
+                             std::string(reason) + "\n";
+    http::response_header<> response;
+    response.result(status);
+    response.version(11);
+    response.set(http::field::content_type, "text/plain");
+    response.set("X-BG-Error", reason);
+    response.set(http::field::content_length, std::to_string(body.size()));
+    if (close || conn_.worker.draining()) {
+        response.set(http::field::connection, "close");
+    }
+    conn_.linger = conn_.linger || close;
+    write_response_head(response, ex_.head);
+    conn_.deadline.arm(config_.timeouts.client_write, ConnectionDeadline::client);
+    std::array<asio::const_buffer, 2> out{asio::buffer(ex_.head), asio::buffer(body)};
+    co_await conn_.relay.write_pieces(ex_, conn_.stream, out);
+}
+
+template class RequestExchange<Socket>;
+template class RequestExchange<asio::ssl::stream<Socket>>;
+
+}  // namespace bg

@@ -1,0 +1,77 @@
+#pragma once
+// RequestExchange: one request on a client connection, from its head to the end of its
+// response: reads and screens the head, picks the colour from one routing snapshot, forwards
+// it (attempts, retries, crossing colours, the request body, interim responses), relays the
+// response or answers for the proxy, and counts and logs the request when it ends (its
+// destructor, so no path forgets it). Its state lives for one request; the connection's lives
+// in ClientConnection. Defined in request_exchange.cpp for plain and TLS client streams.
+
+#include <chrono>
+#include <cstdint>
+#include <string_view>
+
+#include "client_connection.hpp"
+#include "exchange_state.hpp"
+#include "retry_state.hpp"
+#include "traffic_counters.hpp"
+#include "upstream_lease.hpp"
+#include "upstream_request.hpp"
+#include "upstream_response.hpp"
+
+namespace bg {
+
+template <class Stream>
+class RequestExchange {
+  public:
+    RequestExchange(ClientConnection<Stream>& connection, ExchangeState& state);
+    ~RequestExchange();
+    RequestExchange(const RequestExchange&) = delete;
+    RequestExchange& operator=(const RequestExchange&) = delete;
+
+    // A request head arrived whole and was parsed; false when the connection is to close (a
+    // clean end, a timeout, or a refusal already answered).
+    Task<bool> read_head();
+    // Routes, forwards and answers the request; returns whether the connection stays open.
+    Task<bool> respond();
+
+  private:
+    HeadRead parse_head(std::size_t& checked, Refusal& refusal);
+    std::size_t skip_leading_empty_lines();
+    void begin_record(const boost::beast::http::request<boost::beast::http::buffer_body>* request);
+    void finish_record();
+
+    Colour choose_colour(const RoutingTable& table);
+    Task<Exchange> forward(const RoutingTable& table, Colour colour, const RequestFacts& facts,
+                           UpstreamLease& lease, RetryState& retries);
+    void served_by(const Backend& backend);
+    void record_try(const Backend& backend, Exchange outcome);
+    Task<Exchange> exchange(UpstreamLease& lease, const RequestFacts& facts);
+    Task<Exchange> read_response_head(UpstreamStream& stream, const RequestFacts& facts);
+    Task<bool> send_continue();
+    Task<bool> relay_interim();
+    Task<Exchange> send_request_body(UpstreamStream& stream);
+
+    Task<bool> relay_response(UpstreamLease& lease, const RequestFacts& facts);
+    ResponsePlan prepare_response_head(const Backend& backend, const RequestFacts& facts);
+    bool response_body_relayed(BodyEnd end);
+
+    Task<bool> answer_failure(Exchange outcome, const RequestFacts& facts);
+    Task<void> refuse(const Refusal& refusal);
+    Task<void> reply_error(boost::beast::http::status status, std::string_view reason,
+                           bool close = true);
+
+    ClientConnection<Stream>& conn_;
+    const Config& config_;
+    ExchangeState& ex_;
+    bool head_arrived_ = false;  // a head arrived (parsed or refused): the request is counted
+    bool body_started_ = false;  // some of the request body was consumed: it cannot go twice
+    bool interim_sent_ = false;  // a 1xx went to the client: no retry past it
+    bool set_sticky_ = false;    // the weights chose: the response pins the colour
+    std::chrono::steady_clock::time_point started_;
+    std::chrono::steady_clock::time_point upstream_started_;
+    MethodClass method_ = MethodClass::other;
+    std::uint32_t served_slot_ = 0;  // 0: no backend; else the backend id + 1
+    std::size_t served_colour_ = 0;
+};
+
+}  // namespace bg
