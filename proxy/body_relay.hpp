@@ -28,12 +28,6 @@
 
 namespace bg {
 
-namespace asio = boost::asio;
-namespace beast = boost::beast;
-namespace http = beast::http;
-using tcp = asio::ip::tcp;
-using boost::system::error_code;
-
 // One direction of a body relay: where it reads, where it writes, and their time limits.
 struct BodyLeg {
     std::chrono::milliseconds read_limit;
@@ -48,23 +42,24 @@ struct BodyLeg {
 // already holds, else after one read from `from`. Success means progress (possibly only a
 // chunk header); the caller looks at how much of the body buffer was filled.
 template <class AsyncStream, bool isRequest>
-Task<error_code> read_body_piece(AsyncStream& from, beast::flat_buffer& buffer,
-                                 http::parser<isRequest, http::buffer_body>& parser,
-                                 std::size_t read_size, ChunkHeaderGuard& chunks) {
+Task<boost::system::error_code> read_body_piece(
+    AsyncStream& from, boost::beast::flat_buffer& buffer,
+    boost::beast::http::parser<isRequest, boost::beast::http::buffer_body>& parser,
+    std::size_t read_size, ChunkHeaderGuard& chunks) {
     for (;;) {
         if (buffer.size() > 0) {
-            error_code ec;
+            boost::system::error_code ec;
             chunks.input_end = static_cast<const char*>(buffer.data().data()) + buffer.size();
             const std::size_t used = parser.put(buffer.data(), ec);
             buffer.consume(used);
-            if (ec == http::error::need_buffer) {
-                co_return error_code{};  // the body buffer is full
+            if (ec == boost::beast::http::error::need_buffer) {
+                co_return boost::system::error_code{};  // the body buffer is full
             }
-            if (ec && ec != http::error::need_more) {
+            if (ec && ec != boost::beast::http::error::need_more) {
                 co_return ec;
             }
             if (used > 0 || parser.is_done()) {
-                co_return error_code{};
+                co_return boost::system::error_code{};
             }
             // The parser waits for the end of a chunk-size line or of the trailers.
             if (parser.chunked()) {
@@ -72,19 +67,20 @@ Task<error_code> read_body_piece(AsyncStream& from, beast::flat_buffer& buffer,
                     {static_cast<const char*>(buffer.data().data()), buffer.size()},
                     chunks.max_chunk_line, chunks.max_trailer);
                 if (chunks.over != ChunkFraming::within_limits) {
-                    co_return http::error::buffer_overflow;
+                    co_return boost::beast::http::error::buffer_overflow;
                 }
             }
         }
         if (parser.is_done()) {
-            co_return error_code{};
+            co_return boost::system::error_code{};
         }
         if (buffer.size() + read_size > buffer.max_size()) {
-            co_return http::error::buffer_overflow;  // bounded above: not reached in practice
+            co_return boost::beast::http::error::buffer_overflow;  // bounded above: not reached in
+                                                                   // practice
         }
         auto [ec, n] = co_await from.async_read_some(buffer.prepare(read_size), nothrow);
-        if (ec == asio::error::eof) {
-            error_code end;
+        if (ec == boost::asio::error::eof) {
+            boost::system::error_code end;
             parser.put_eof(end);  // completes a read-until-close body, else partial_message
             co_return end;
         }
@@ -104,10 +100,11 @@ class BodyRelay {
     // its size). A head still in ex.head leaves with the first piece; chunk framing is added
     // when the leg says so.
     template <class From, class To, bool isRequest>
-    Task<BodyEnd> relay(ExchangeState& ex, From& from, beast::flat_buffer& in,
-                        http::parser<isRequest, http::buffer_body>& parser,
-                        std::vector<char>& scratch, To& to, const BodyLeg& leg,
-                        std::uint64_t& bytes, bool& started) {
+    Task<BodyEnd> relay(
+        ExchangeState& ex, From& from, boost::beast::flat_buffer& in,
+        boost::beast::http::parser<isRequest, boost::beast::http::buffer_body>& parser,
+        std::vector<char>& scratch, To& to, const BodyLeg& leg, std::uint64_t& bytes,
+        bool& started) {
         auto& body = parser.get().body();
         const auto body_start = std::chrono::steady_clock::now();
         std::uint64_t moved = 0;
@@ -125,12 +122,12 @@ class BodyRelay {
                 }
                 deadline_.arm(read_limit, leg.read_side);
                 ChunkHeaderGuard& chunks = isRequest ? ex.request_chunks : ex.response_chunks;
-                const error_code ec =
+                const boost::system::error_code ec =
                     co_await read_body_piece(from, in, parser, read_size_, chunks);
-                if (ec == http::error::body_limit) {
+                if (ec == boost::beast::http::error::body_limit) {
                     co_return BodyEnd::too_large;
                 }
-                if (ec == http::error::buffer_overflow || is_framing_error(ec)) {
+                if (ec == boost::beast::http::error::buffer_overflow || is_framing_error(ec)) {
                     note_framing_error(ex, ec, chunks.over, isRequest);
                     co_return BodyEnd::malformed;
                 }
@@ -156,30 +153,30 @@ class BodyRelay {
             }
             ended = parser.is_done();
             std::optional<ChunkPrefix> prefix;
-            std::array<asio::const_buffer, 5> out{};
+            std::array<boost::asio::const_buffer, 5> out{};
             std::size_t count = 0;
             if (!ex.head.empty()) {
-                out[count++] = asio::buffer(ex.head);
+                out[count++] = boost::asio::buffer(ex.head);
             }
             if (n > 0) {
                 if (leg.chunked) {
                     prefix.emplace(n);
                     out[count++] = prefix->buffer();
                 }
-                out[count++] = asio::buffer(scratch.data(), n);
+                out[count++] = boost::asio::buffer(scratch.data(), n);
                 if (leg.chunked) {
-                    out[count++] = asio::buffer(chunk_end);
+                    out[count++] = boost::asio::buffer(chunk_end);
                 }
             }
             if (ended && leg.chunked) {
-                out[count++] = asio::buffer(last_chunk);
+                out[count++] = boost::asio::buffer(last_chunk);
             }
             if (count == 0) {
                 continue;
             }
             deadline_.arm(leg.write_limit, leg.write_side);
             auto [ec, written] = co_await write_pieces(
-                ex, to, std::span<const asio::const_buffer>(out.data(), count));
+                ex, to, std::span<const boost::asio::const_buffer>(out.data(), count));
             if (ec) {
                 co_return deadline_.expired() ? BodyEnd::write_timeout : BodyEnd::write_failed;
             }
@@ -203,8 +200,8 @@ class BodyRelay {
         return std::min(leg.read_limit, left);
     }
 
-    void note_framing_error(ExchangeState& ex, const error_code& ec, ChunkFraming over,
-                            bool request) {
+    void note_framing_error(ExchangeState& ex, const boost::system::error_code& ec,
+                            ChunkFraming over, bool request) {
         if (over == ChunkFraming::chunk_line_too_long) {
             ex.body_error = "chunk-size line too long";
             stats_.breach(request ? LimitBreach::chunk_line : LimitBreach::response_chunk_line);
@@ -221,8 +218,8 @@ class BodyRelay {
     // Not a coroutine itself: it hands back the write to await (one frame less per piece).
     // `pieces` must outlive the await (the caller's frame holds them).
     template <class To>
-    Task<std::tuple<error_code, std::size_t>> write_pieces(
-        ExchangeState& ex, To& to, std::span<const asio::const_buffer> pieces) {
+    Task<std::tuple<boost::system::error_code, std::size_t>> write_pieces(
+        ExchangeState& ex, To& to, std::span<const boost::asio::const_buffer> pieces) {
         bool over_tls = is_tls_stream<To>::value;
         if constexpr (std::is_same_v<To, UpstreamStream>) {
             over_tls = to.tls() != nullptr;
@@ -232,37 +229,40 @@ class BodyRelay {
             for (const auto& piece : pieces) {
                 ex.gathered.append(static_cast<const char*>(piece.data()), piece.size());
             }
-            return asio::async_write(to, asio::buffer(ex.gathered), nothrow);
+            return boost::asio::async_write(to, boost::asio::buffer(ex.gathered), nothrow);
         }
-        return asio::async_write(to, pieces, nothrow);
+        return boost::asio::async_write(to, pieces, nothrow);
     }
 
     // After a 101: bytes flow both ways until either side closes, or both go idle.
     template <class Client>
     Task<void> tunnel(ExchangeState& ex, Client& client_, UpstreamStream& upstream,
                       std::chrono::milliseconds idle) {
-        using namespace asio::experimental::awaitable_operators;
+        using namespace boost::asio::experimental::awaitable_operators;
         WorkerStats::add(stats_.upgrades);
         WorkerStats::add(stats_.upgraded_open);
         // Bytes that arrived behind the headers belong to the tunnel.
-        bool ok = co_await flush(upstream, ex.buffer, idle) &&
-                  co_await flush(client_, ex.upstream_buffer, idle);
+        // (No co_await inside && or ||: GCC 12 mishandles temporaries there.)
+        bool ok = co_await flush(upstream, ex.buffer, idle);
+        if (ok) {
+            ok = co_await flush(client_, ex.upstream_buffer, idle);
+        }
         if (ok) {
             co_await (pump(client_, upstream, piece(ex.request_body), idle) &&
                       pump(upstream, client_, piece(ex.response_body), idle));
         }
         WorkerStats::sub(stats_.upgraded_open);
-        error_code ignored;
+        boost::system::error_code ignored;
         upstream.socket().close(ignored);
     }
 
     template <class To>
-    Task<bool> flush(To& to, beast::flat_buffer& pending, std::chrono::milliseconds idle) {
+    Task<bool> flush(To& to, boost::beast::flat_buffer& pending, std::chrono::milliseconds idle) {
         if (pending.size() == 0) {
             co_return true;
         }
         deadline_.arm(idle, ConnectionDeadline::both);
-        auto [ec, n] = co_await asio::async_write(to, pending.data(), nothrow);
+        auto [ec, n] = co_await boost::asio::async_write(to, pending.data(), nothrow);
         pending.consume(pending.size());
         co_return !ec;
     }
@@ -273,26 +273,27 @@ class BodyRelay {
                     std::chrono::milliseconds idle) {
         for (;;) {
             deadline_.arm(idle, ConnectionDeadline::both);
-            auto [ec, n] = co_await from.async_read_some(asio::buffer(scratch), nothrow);
-            if (ec == asio::error::eof) {
-                error_code ignored;
-                beast::get_lowest_layer(to).shutdown(tcp::socket::shutdown_send, ignored);
+            auto [ec, n] = co_await from.async_read_some(boost::asio::buffer(scratch), nothrow);
+            if (ec == boost::asio::error::eof) {
+                boost::system::error_code ignored;
+                boost::beast::get_lowest_layer(to).shutdown(
+                    boost::asio::ip::tcp::socket::shutdown_send, ignored);
                 co_return;
             }
             if (ec) {
                 break;
             }
             deadline_.arm(idle, ConnectionDeadline::both);
-            auto [wec, wn] =
-                co_await asio::async_write(to, asio::buffer(scratch.data(), n), nothrow);
+            auto [wec, wn] = co_await boost::asio::async_write(
+                to, boost::asio::buffer(scratch.data(), n), nothrow);
             if (wec) {
                 break;
             }
         }
         // An error on one side ends both directions.
-        error_code ignored;
-        beast::get_lowest_layer(from).close(ignored);
-        beast::get_lowest_layer(to).close(ignored);
+        boost::system::error_code ignored;
+        boost::beast::get_lowest_layer(from).close(ignored);
+        boost::beast::get_lowest_layer(to).close(ignored);
     }
 
     // A body piece buffer, taken when a body first moves (kept with the exchange state).

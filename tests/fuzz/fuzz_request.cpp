@@ -43,6 +43,7 @@
 #include "fuzz_check.hpp"
 #include "http_judge.hpp"
 #include "message_head.hpp"
+#include "message_reader.hpp"
 #include "request_validation.hpp"
 #include "upstream_request.hpp"
 
@@ -55,42 +56,7 @@ using bg::fuzz::fail;
 using bg::fuzz::require;
 using boost::system::error_code;
 
-// How a peer's bytes arrive: the size of each read, from one pattern byte. Bits 0-4: the
-// largest read in units (0: whatever the buffer offers); bits 6-7: the unit, 1, 4, 16 or 64
-// bytes; bit 5: sizes vary (pseudo-randomly) up to that largest read.
-class Arrivals {
-  public:
-    Arrivals(std::string_view bytes, std::uint8_t pattern)
-        : bytes_(bytes), pattern_(pattern), state_(pattern) {}
-
-    // One read into `into`; 0 when the peer has closed.
-    std::size_t read(asio::mutable_buffer into) {
-        const std::size_t n = std::min({next_size(), into.size(), bytes_.size() - at_});
-        std::memcpy(into.data(), bytes_.data() + at_, n);
-        at_ += n;
-        return n;
-    }
-    std::size_t delivered() const { return at_; }
-
-  private:
-    std::size_t next_size() {
-        const std::size_t unit = std::size_t{1} << (2 * (pattern_ >> 6));
-        const std::size_t most = (pattern_ & 0x1f) * unit;
-        if (most == 0) {
-            return bytes_.size();
-        }
-        if ((pattern_ & 0x20) == 0) {
-            return most;
-        }
-        state_ = state_ * 1103515245u + 12345u;
-        return 1 + (state_ >> 16) % most;
-    }
-
-    std::string_view bytes_;
-    std::size_t at_ = 0;
-    std::uint8_t pattern_;
-    std::uint32_t state_;
-};
+using bg::fuzz::Arrivals;
 
 // The settings byte: bit 0 the config's smallest header and chunk limits (else the defaults),
 // bit 1 max_request_body = 64 (else none), bits 2-3 the body piece buffer (buffer_size; the
@@ -145,16 +111,10 @@ struct Forwarded {
     std::size_t client_end = 0;  // offset in the client's bytes just past this request
 };
 
-class Session {
+class Session : bg::fuzz::MessageReader<true> {
   public:
     Session(const Setup& setup, Arrivals& client)
-        : setup_(setup),
-          limits_(setup.limits),
-          client_(client),
-          buffer_(
-              std::max(limits_.max_request_header, limits_.max_chunk_line + limits_.max_trailer) +
-              2 * read_chunk()),
-          scratch_(limits_.buffer_size) {}
+        : MessageReader(setup.limits, client, setup.limits.max_request_header), setup_(setup) {}
 
     // Requests until the connection would close (a refusal, the client's close, a request
     // cut short, or an upgrade).
@@ -169,7 +129,7 @@ class Session {
                 break;
             }
             handle_request(f);
-            f.client_end = client_.delivered() - buffer_.size();
+            f.client_end = peer_.delivered() - buffer_.size();
             const bool go_on = f.complete && !f.ends_connection;
             if (f.sent_head) {
                 done.push_back(std::move(f));
@@ -182,26 +142,6 @@ class Session {
     }
 
   private:
-    std::size_t read_chunk() const { return std::max<std::size_t>(4096, limits_.buffer_size); }
-
-    std::size_t read_room() const {
-        const std::size_t room = buffer_.capacity() - buffer_.size();
-        return room >= 1024 ? room : read_chunk();
-    }
-
-    // One read from the client into buffer_ (the session's prepare() throws past max_size).
-    bool read_into_buffer(std::size_t size) {
-        asio::mutable_buffer into;
-        try {
-            into = buffer_.prepare(size);
-        } catch (const std::length_error&) {
-            fail("the client buffer outgrew its bound (flat_buffer::prepare threw)");
-        }
-        const std::size_t n = client_.read(into);
-        buffer_.commit(n);
-        return n > 0;
-    }
-
     std::string_view buffered() const {
         return {static_cast<const char*>(buffer_.data().data()), buffer_.size()};
     }
@@ -231,7 +171,7 @@ class Session {
         parser_->eager(false);
         if (buffer_.size() == 0) {
             std::array<char, 256> first_bytes;
-            const std::size_t n = client_.read(asio::buffer(first_bytes));
+            const std::size_t n = peer_.read(asio::buffer(first_bytes));
             if (n == 0) {
                 return false;
             }
@@ -303,7 +243,7 @@ class Session {
             head_.clear();
         }
         if (!parser_->is_done() || !head_.empty()) {
-            if (!relay_body(f, request.chunked())) {
+            if (!relay_body(f.upstream, f.body, request.chunked())) {
                 f.ends_connection = true;
                 return;
             }
@@ -333,101 +273,7 @@ class Session {
         }
     }
 
-    // relay_body() for the request leg; false when the request was cut short.
-    bool relay_body(Forwarded& f, bool chunked) {
-        auto& body = parser_->get().body();
-        bool ended = false;
-        while (!ended) {
-            std::size_t n = 0;
-            if (!parser_->is_done()) {
-                body.data = scratch_.data();
-                body.size = scratch_.size();
-                const error_code ec = read_body_piece();
-                if (ec == http::error::body_limit) {
-                    return false;  // 413
-                }
-                if (ec == http::error::buffer_overflow || bg::is_framing_error(ec)) {
-                    return false;  // 400
-                }
-                if (ec) {
-                    return false;  // the client is gone
-                }
-                n = scratch_.size() - body.size;
-                f.body.append(scratch_.data(), n);
-                if (n == 0 && !parser_->is_done()) {
-                    continue;
-                }
-            }
-            ended = parser_->is_done();
-            std::string out = head_;
-            if (n > 0) {
-                if (chunked) {
-                    const bg::ChunkPrefix prefix(n);
-                    out.append(static_cast<const char*>(prefix.buffer().data()),
-                               prefix.buffer().size());
-                }
-                out.append(scratch_.data(), n);
-                if (chunked) {
-                    out.append(bg::chunk_end);
-                }
-            }
-            if (ended && chunked) {
-                out.append(bg::last_chunk);
-            }
-            f.upstream += out;
-            head_.clear();
-        }
-        return true;
-    }
-
-    error_code read_body_piece() {
-        for (;;) {
-            if (buffer_.size() > 0) {
-                error_code ec;
-                chunks_.input_end =
-                    static_cast<const char*>(buffer_.data().data()) + buffer_.size();
-                const std::size_t used = parser_->put(buffer_.data(), ec);
-                buffer_.consume(used);
-                if (ec == http::error::need_buffer) {
-                    return {};
-                }
-                if (ec && ec != http::error::need_more) {
-                    return ec;
-                }
-                if (used > 0 || parser_->is_done()) {
-                    return {};
-                }
-                if (parser_->chunked()) {
-                    chunks_.over = bg::check_pending_chunk_framing(
-                        {static_cast<const char*>(buffer_.data().data()), buffer_.size()},
-                        chunks_.max_chunk_line, chunks_.max_trailer);
-                    if (chunks_.over != bg::ChunkFraming::within_limits) {
-                        return http::error::buffer_overflow;
-                    }
-                }
-            }
-            if (parser_->is_done()) {
-                return {};
-            }
-            if (buffer_.size() + read_chunk() > buffer_.max_size()) {
-                return http::error::buffer_overflow;
-            }
-            if (!read_into_buffer(read_chunk())) {
-                error_code end;
-                parser_->put_eof(end);
-                return end;
-            }
-        }
-    }
-
     const Setup& setup_;
-    const bg::Limits& limits_;
-    Arrivals& client_;
-    beast::flat_buffer buffer_;
-    std::vector<char> scratch_;
-    std::string head_;
-    std::optional<http::request_parser<http::buffer_body>> parser_;
-    bg::ChunkHeaderGuard chunks_;
 };
 
 bool strict_client() {

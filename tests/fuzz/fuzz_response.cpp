@@ -35,8 +35,9 @@
 #include "fuzz_check.hpp"
 #include "http_judge.hpp"
 #include "message_head.hpp"
-#include "upstream_response.hpp"
+#include "message_reader.hpp"
 #include "request_validation.hpp"
+#include "upstream_response.hpp"
 
 namespace {
 
@@ -47,41 +48,7 @@ using bg::fuzz::fail;
 using bg::fuzz::require;
 using boost::system::error_code;
 
-// How the backend's bytes arrive, as in fuzz_request.cpp: bits 0-4 the largest read in units
-// (0: whatever the buffer offers), bits 6-7 the unit (1, 4, 16, 64), bit 5 varying sizes.
-class Arrivals {
-  public:
-    Arrivals(std::string_view bytes, std::uint8_t pattern)
-        : bytes_(bytes), pattern_(pattern), state_(pattern) {}
-
-    std::size_t read(asio::mutable_buffer into) {
-        const std::size_t n = std::min({next_size(), into.size(), bytes_.size() - at_});
-        std::memcpy(into.data(), bytes_.data() + at_, n);
-        at_ += n;
-        return n;
-    }
-    std::size_t delivered() const { return at_; }
-    std::string_view rest() const { return bytes_.substr(at_); }
-
-  private:
-    std::size_t next_size() {
-        const std::size_t unit = std::size_t{1} << (2 * (pattern_ >> 6));
-        const std::size_t most = (pattern_ & 0x1f) * unit;
-        if (most == 0) {
-            return bytes_.size();
-        }
-        if ((pattern_ & 0x20) == 0) {
-            return most;
-        }
-        state_ = state_ * 1103515245u + 12345u;
-        return 1 + (state_ >> 16) % most;
-    }
-
-    std::string_view bytes_;
-    std::size_t at_ = 0;
-    std::uint8_t pattern_;
-    std::uint32_t state_;
-};
+using bg::fuzz::Arrivals;
 
 // The settings byte: bit 0 a HEAD request, bit 1 an HTTP/1.0 client, bit 2 an upgrade request,
 // bits 3-4 the body piece buffer (the small ones are below the config's minimum, to reach
@@ -130,16 +97,10 @@ struct Relayed {
     std::string body;              // the final body as the proxy read it
 };
 
-class Exchange {
+class Exchange : bg::fuzz::MessageReader<false> {
   public:
     Exchange(const Setup& setup, Arrivals& backend)
-        : setup_(setup),
-          limits_(setup.limits),
-          backend_(backend),
-          buffer_(
-              std::max(limits_.max_response_header, limits_.max_chunk_line + limits_.max_trailer) +
-              2 * read_chunk()),
-          scratch_(limits_.buffer_size) {}
+        : MessageReader(setup.limits, backend, setup.limits.max_response_header), setup_(setup) {}
 
     Relayed run() {
         Relayed r;
@@ -152,26 +113,6 @@ class Exchange {
     }
 
   private:
-
-    std::size_t read_chunk() const { return std::max<std::size_t>(4096, limits_.buffer_size); }
-
-    std::size_t read_room() const {
-        const std::size_t room = buffer_.capacity() - buffer_.size();
-        return room >= 1024 ? room : read_chunk();
-    }
-
-    bool read_into_buffer(std::size_t size) {
-        asio::mutable_buffer into;
-        try {
-            into = buffer_.prepare(size);
-        } catch (const std::length_error&) {
-            fail("the backend buffer outgrew its bound (flat_buffer::prepare threw)");
-        }
-        const std::size_t n = backend_.read(into);
-        buffer_.commit(n);
-        return n > 0;
-    }
-
     // The response loop of exchange(): interim responses, then the final head.
     bool read_final_head(Relayed& r) {
         const bg::HeaderLimits header_limits{limits_.max_response_header,
@@ -253,111 +194,24 @@ class Exchange {
         if (switching) {
             // tunnel(): what arrived behind the head, then everything else, as it is.
             r.client.append(static_cast<const char*>(buffer_.data().data()), buffer_.size());
-            r.client += backend_.rest();
+            r.client += peer_.rest();
             return;
         }
         bool complete = no_body;
         if (!no_body) {
-            if (!relay_body(r, chunked)) {
-                r.backend_end = backend_.delivered() - buffer_.size();
+            if (!relay_body(r.client, r.body, chunked)) {
+                r.backend_end = peer_.delivered() - buffer_.size();
                 return;  // the client connection closes
             }
             complete = parser_->is_done();
         }
         r.complete = complete;
         r.keep_alive = keep_alive && complete;
-        r.backend_end = backend_.delivered() - buffer_.size();
+        r.backend_end = peer_.delivered() - buffer_.size();
         r.pooled = complete && upstream_keep_alive && !until_close && buffer_.size() == 0;
     }
 
-    bool relay_body(Relayed& r, bool chunked) {
-        auto& body = parser_->get().body();
-        bool ended = false;
-        while (!ended) {
-            std::size_t n = 0;
-            if (!parser_->is_done()) {
-                body.data = scratch_.data();
-                body.size = scratch_.size();
-                const error_code ec = read_body_piece();
-                if (ec) {
-                    return false;  // read failed, malformed or over a limit
-                }
-                n = scratch_.size() - body.size;
-                r.body.append(scratch_.data(), n);
-                if (n == 0 && !parser_->is_done()) {
-                    continue;
-                }
-            }
-            ended = parser_->is_done();
-            std::string out = head_;
-            if (n > 0) {
-                if (chunked) {
-                    const bg::ChunkPrefix prefix(n);
-                    out.append(static_cast<const char*>(prefix.buffer().data()),
-                               prefix.buffer().size());
-                }
-                out.append(scratch_.data(), n);
-                if (chunked) {
-                    out.append(bg::chunk_end);
-                }
-            }
-            if (ended && chunked) {
-                out.append(bg::last_chunk);
-            }
-            r.client += out;
-            head_.clear();
-        }
-        return true;
-    }
-
-    error_code read_body_piece() {
-        for (;;) {
-            if (buffer_.size() > 0) {
-                error_code ec;
-                chunks_.input_end =
-                    static_cast<const char*>(buffer_.data().data()) + buffer_.size();
-                const std::size_t used = parser_->put(buffer_.data(), ec);
-                buffer_.consume(used);
-                if (ec == http::error::need_buffer) {
-                    return {};
-                }
-                if (ec && ec != http::error::need_more) {
-                    return ec;
-                }
-                if (used > 0 || parser_->is_done()) {
-                    return {};
-                }
-                if (parser_->chunked()) {
-                    chunks_.over = bg::check_pending_chunk_framing(
-                        {static_cast<const char*>(buffer_.data().data()), buffer_.size()},
-                        chunks_.max_chunk_line, chunks_.max_trailer);
-                    if (chunks_.over != bg::ChunkFraming::within_limits) {
-                        return http::error::buffer_overflow;
-                    }
-                }
-            }
-            if (parser_->is_done()) {
-                return {};
-            }
-            if (buffer_.size() + read_chunk() > buffer_.max_size()) {
-                return http::error::buffer_overflow;
-            }
-            if (!read_into_buffer(read_chunk())) {
-                error_code end;
-                parser_->put_eof(end);
-                return end;
-            }
-        }
-    }
-
     const Setup& setup_;
-    const bg::Limits& limits_;
-    Arrivals& backend_;
-    beast::flat_buffer buffer_;
-    std::vector<char> scratch_;
-    std::string head_;
-    std::optional<http::response_parser<http::buffer_body>> parser_;
-    bg::ChunkHeaderGuard chunks_;
 };
 
 void check_client_side(const Setup& setup, const Relayed& r) {
