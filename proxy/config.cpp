@@ -283,6 +283,27 @@ class TableReader {
         return value;
     }
 
+    // A list of strings; each is handed to `add`, which says why it is refused (or "").
+    template <class Add>
+    void read_string_list(std::string_view key, std::string_view what, Add add) {
+        const toml::node* node = take(key);
+        if (node == nullptr) {
+            return;
+        }
+        const toml::array* list = node->as_array();
+        if (list == nullptr || list->empty()) {
+            error_at(*node, qualified(key) + " must be a non-empty list of " + std::string(what));
+            return;
+        }
+        for (const toml::node& item : *list) {
+            auto text = item.value_exact<std::string>();
+            const std::string why = text ? add(*text) : "must be a string";
+            if (!why.empty()) {
+                error_at(item, qualified(key) + ": '" + text.value_or("") + "' " + why);
+            }
+        }
+    }
+
     // A list of networks like ["10.0.0.0/8", "::1"].
     void read_networks(std::string_view key, NetworkSet& out) {
         const toml::node* node = take(key);
@@ -683,6 +704,46 @@ void read_tls(TableReader& tls, const toml::node& where, ListenerConfig& listene
     listener.tls = std::move(settings);
 }
 
+void read_canary(TableReader& c, CanaryConfig& out) {
+    c.read_bool("enabled", out.enabled);
+    c.read_duration("interval", out.interval);
+    std::vector<Duration> windows;
+    c.read_string_list("windows", "durations like \"1s\"", [&](const std::string& text) {
+        const auto parsed = parse_duration(text);
+        if (!parsed || *parsed < out.interval) {
+            return std::string("must be a duration no shorter than interval");
+        }
+        windows.push_back(*parsed);
+        return std::string();
+    });
+    if (!windows.empty()) {
+        out.windows = windows;
+    }
+    FailureKinds errors{};
+    bool listed = false;
+    c.read_string_list("errors", "failure kinds", [&](const std::string& text) {
+        const auto kind = failure_kind_from(text);
+        if (!kind) {
+            return std::string("is not one of \"5xx\", \"reset\", \"timeout\", \"connect\"");
+        }
+        errors[failure_index(*kind)] = listed = true;
+        return std::string();
+    });
+    if (listed) {
+        out.errors = errors;
+    }
+    c.read_integer("min_requests", out.min_requests, 1, 10000000);
+    c.read_fraction("error_margin", out.error_margin, 0.0, 1.0);
+    c.read_fraction("error_ratio", out.error_ratio, 1.0, 1000.0);
+    c.read_fraction("confidence", out.confidence, 0.0, 10.0);
+    c.read_fraction("latency_quantile", out.latency_quantile, 0.5, 0.999);
+    c.read_fraction("latency_ratio", out.latency_ratio, 1.0, 1000.0);
+    c.read_duration("latency_margin", out.latency_margin);
+    c.read_integer("latency_min_requests", out.latency_min_requests, 1, 10000000);
+    c.read_duration("baseline_memory", out.baseline_memory);
+    c.reject_unknown_keys();
+}
+
 void read_document(const toml::table& root, Config& config, std::vector<ConfigError>& errors) {
     TableReader top(root, "", config.source, errors);
 
@@ -807,6 +868,10 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
         o->read_duration("max_ejection", config.outlier.max_ejection);
         o->read_fraction("panic_threshold", config.outlier.panic_threshold, 0.0, 1.0);
         o->reject_unknown_keys();
+    }
+
+    if (auto c = top.sub_table("canary")) {
+        read_canary(*c, config.canary);
     }
 
     if (auto r = top.sub_table("retries")) {

@@ -2,6 +2,7 @@
 // The proxy's configuration: what it is, how it is read from TOML, how quick-start flags override
 // it.
 
+#include <array>
 #include <chrono>
 
 #include <cstdint>
@@ -10,6 +11,7 @@
 #include <string>
 #include <vector>
 #include "network_set.hpp"
+#include "try_outcome.hpp"
 
 namespace bg {
 
@@ -82,6 +84,31 @@ struct OutlierConfig {
     Duration base_ejection{std::chrono::seconds(10)};  // times the number of ejections so far
     Duration max_ejection{std::chrono::minutes(5)};
     double panic_threshold = 0.5;  // never eject below this fraction of a pool; route to all
+};
+
+// Canary analysis (control/canary_analysis.hpp): while a colour is a candidate, it is judged
+// against the stable colour over the same sliding windows, and reverted when it is
+// significantly worse.
+struct CanaryConfig {
+    bool enabled = true;
+    Duration interval{std::chrono::milliseconds(250)};  // how often the counters are sampled
+    // Each window is judged on its own; any one failing fails the candidate. Short ones catch a
+    // burst fast, long ones a small but steady difference at low traffic.
+    std::vector<Duration> windows{std::chrono::seconds(1), std::chrono::seconds(10),
+                                  std::chrono::seconds(60)};
+    // Which failed tries count as errors: 5xx, reset, timeout, connect.
+    FailureKinds errors{true, true, true, true};
+    unsigned min_requests = 50;  // the candidate's tries in a window before errors are judged
+    double error_margin = 0.02;  // candidate error rate at least stable's + this...
+    double error_ratio = 2.0;    // ...and at least this times stable's...
+    double confidence = 4.0;     // ...and the difference significant: z of a two-proportion test
+    double latency_quantile = 0.99;
+    double latency_ratio = 3.0;  // candidate's quantile at least this times stable's...
+    Duration latency_margin{std::chrono::milliseconds(100)};  // ...and this much slower
+    unsigned latency_min_requests = 1000;  // each colour's requests in a window, for latency
+    // With no stable traffic to compare (after a flip), the stable colour's last figures from
+    // a window with enough requests stand in, for this long.
+    Duration baseline_memory{std::chrono::minutes(10)};
 };
 
 struct RetryConfig {
@@ -236,6 +263,7 @@ struct Config {
     PoolConfig blue;
     PoolConfig green;
     OutlierConfig outlier;
+    CanaryConfig canary;
     RetryConfig retries;
     RolloutConfig rollout;
     PreviewConfig preview;

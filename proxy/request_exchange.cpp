@@ -348,15 +348,27 @@ void RequestExchange<Stream>::served_by(const Backend& backend) {
     upstream_started_ = std::chrono::steady_clock::now();
 }
 
-// What the try tells of the backend, for outlier detection and the rollout guard.
+// What the try tells of the backend, for outlier detection and canary analysis.
 template <class Stream>
 void RequestExchange<Stream>::record_try(const Backend& backend, Exchange outcome) {
-    const bool server_error = outcome == Exchange::response_ready &&
-                              ex_.response_parser->get().result_int() >= 500 &&
-                              config_.outlier.count_5xx;
-    conn_.worker.record_outcome(
-        backend.id, outcome == Exchange::upstream_failed || outcome == Exchange::upstream_timeout ||
-                        outcome == Exchange::response_invalid || server_error);
+    TryOutcome seen = TryOutcome::ok;
+    switch (outcome) {
+        case Exchange::response_ready:
+            if (ex_.response_parser->get().result_int() >= 500) {
+                seen = TryOutcome::server_error;
+            }
+            break;
+        case Exchange::upstream_timeout:
+            seen = TryOutcome::timeout;
+            break;
+        case Exchange::upstream_failed:
+        case Exchange::response_invalid:
+            seen = TryOutcome::reset;
+            break;
+        default:
+            break;  // the client's doing, or no try at all: nothing to tell of the backend
+    }
+    conn_.worker.record_outcome(backend.id, seen);
 }
 
 template <class Stream>

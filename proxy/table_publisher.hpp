@@ -2,6 +2,7 @@
 // How the control plane hands routing tables to the data plane, and reads its load back.
 // Defined on the data-plane side so the data plane never includes control/.
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -10,6 +11,7 @@
 #include "config.hpp"
 #include "routing_table.hpp"
 #include "traffic_counters.hpp"
+#include "try_outcome.hpp"
 
 namespace bg {
 
@@ -18,6 +20,8 @@ struct DataPlaneLoad {
     std::vector<std::uint32_t> upgraded;              // open tunnels by backend id
     std::vector<std::uint64_t> requests;              // cumulative, by backend id
     std::vector<std::uint64_t> failures;              // cumulative, by backend id
+    // Cumulative failed tries by backend id, then failure kind (see try_outcome.hpp).
+    std::vector<std::array<std::uint64_t, failure_kind_count>> failure_kinds;
     std::vector<std::uint64_t> consecutive_failures;  // now, by backend id (max over workers)
     std::vector<std::uint32_t> upstream_open;         // connections open now (idle + in use)
     TrafficCounters traffic;                          // summed over workers

@@ -50,7 +50,7 @@ Task<Connected> UpstreamConnector::connect(const RoutingTable& table, Colour col
             // is recorded (no ejection, no revert) and no other backend would fare better.
             co_return result;
         }
-        worker_.record_outcome(backend->id, true);
+        worker_.record_outcome(backend->id, TryOutcome::connect_failed);
     }
     co_return result;
 }

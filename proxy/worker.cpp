@@ -165,6 +165,7 @@ void Worker::report_load(std::function<void(DataPlaneLoad)> done) {
         load.upgraded = tunnels_;
         load.requests = requests_by_backend_;
         load.failures = failures_by_backend_;
+        load.failure_kinds = failure_kinds_;
         load.consecutive_failures = consecutive_failures_;
         load.upstream_open.resize(table_->backend_id_limit(), 0);
         for (std::uint32_t id = 0; id < load.upstream_open.size(); ++id) {
@@ -183,13 +184,19 @@ void Worker::report_load(std::function<void(DataPlaneLoad)> done) {
     });
 }
 
-void Worker::record_outcome(std::uint32_t backend_id, bool failed) {
+void Worker::record_outcome(std::uint32_t backend_id, TryOutcome outcome) {
     if (backend_id >= requests_by_backend_.size()) {
         requests_by_backend_.resize(backend_id + 1, 0);
         failures_by_backend_.resize(backend_id + 1, 0);
         consecutive_failures_.resize(backend_id + 1, 0);
+        failure_kinds_.resize(backend_id + 1);
     }
     ++requests_by_backend_[backend_id];
+    if (outcome != TryOutcome::ok) {
+        ++failure_kinds_[backend_id][failure_index(outcome)];
+    }
+    const bool failed = outcome != TryOutcome::ok &&
+                        (outcome != TryOutcome::server_error || config_->outlier.count_5xx);
     failures_by_backend_[backend_id] += failed ? 1 : 0;
     consecutive_failures_[backend_id] = failed ? consecutive_failures_[backend_id] + 1 : 0;
 }

@@ -26,6 +26,7 @@
 #include "session_handle.hpp"
 #include "table_publisher.hpp"
 #include "traffic_counters.hpp"
+#include "try_outcome.hpp"
 #include "upstream_pool.hpp"
 #include "worker_stats.hpp"
 
@@ -77,12 +78,12 @@ class Worker {
     // A connection accepted on `listener` has closed: its slot is free again.
     void connection_closed(std::size_t listener) { limits_.close(listener); }
     RetryBudget& retry_budget() { return retry_budget_; }
-    // Cumulative requests and failures per backend id, read by the control plane's outlier
-    // detector through report_load.
-    void record_outcome(std::uint32_t backend_id, bool failed);
-    // Upgraded (tunnelled) connections open per backend id.
+    // One try at a backend: cumulative tries and failures (by kind) per backend id, read by
+    // the control plane's outlier detector and canary analysis through report_load.
+    void record_outcome(std::uint32_t backend_id, TryOutcome outcome);
     // A session watches its client for a close (ClientCloseWatch): the sweep runs while any do.
     void watch_client_closes();
+    // Upgraded (tunnelled) connections open per backend id.
     void tunnel_opened(std::uint32_t backend_id);
     void tunnel_closed(std::uint32_t backend_id);
 
@@ -108,7 +109,8 @@ class Worker {
     std::unordered_set<SessionHandle*> sessions_;
     std::vector<std::uint32_t> tunnels_;  // by backend id
     std::vector<std::uint64_t> requests_by_backend_;
-    std::vector<std::uint64_t> failures_by_backend_;
+    std::vector<std::uint64_t> failures_by_backend_;  // as outlier detection counts them
+    std::vector<std::array<std::uint64_t, failure_kind_count>> failure_kinds_;
     std::vector<std::uint64_t> consecutive_failures_;
     boost::asio::steady_timer grace_timer_;
     boost::asio::steady_timer close_sweep_timer_;

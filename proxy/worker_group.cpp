@@ -92,6 +92,14 @@ void WorkerGroup::gather_load(std::function<void(DataPlaneLoad)> done) {
                     add(total->upgraded, part.upgraded);
                     add(total->requests, part.requests);
                     add(total->failures, part.failures);
+                    if (total->failure_kinds.size() < part.failure_kinds.size()) {
+                        total->failure_kinds.resize(part.failure_kinds.size());
+                    }
+                    for (std::size_t i = 0; i < part.failure_kinds.size(); ++i) {
+                        for (std::size_t k = 0; k < failure_kind_count; ++k) {
+                            total->failure_kinds[i][k] += part.failure_kinds[i][k];
+                        }
+                    }
                     add(total->upstream_open, part.upstream_open);
                     total->traffic.add(part.traffic);
                     if (total->consecutive_failures.size() < part.consecutive_failures.size()) {

@@ -1,0 +1,108 @@
+#pragma once
+// CanaryAnalysis: judges the candidate colour against the stable one as Kayenta's canary judge
+// and Flagger's analysis do: the same figures of both, over the same sliding windows, and the
+// candidate fails only when it is significantly worse than stable, never when both are equally
+// bad (an absolute error-rate threshold cannot tell those apart).
+//
+// - Errors: the candidate's error rate must exceed stable's by an absolute margin and by a
+//   ratio, and the difference must be significant (a one-sided two-proportion z-test), over at
+//   least min_requests tries of the candidate.
+// - Latency: the candidate's quantile (p99) must exceed stable's by a ratio and by a margin,
+//   over at least latency_min_requests requests of each.
+// Each window is judged on its own: a short one reverts a burst within a second, a long one
+// catches a small steady difference at low traffic. With no stable traffic in a window (after
+// a flip), stable's last figures over that window stand in, for baseline_memory; with none at
+// all, only the absolute thresholds of outlier detection apply.
+// Pure bookkeeping, no timers, no I/O: tested with made-up samples.
+
+#include <array>
+#include <boost/json/object.hpp>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "config.hpp"
+#include "routing_table.hpp"
+#include "traffic_counters.hpp"
+
+namespace bg {
+
+// One colour's cumulative figures.
+struct ColourFigures {
+    std::uint64_t requests = 0;  // tries at its backends
+    std::uint64_t errors = 0;    // failed tries of the kinds [canary] errors counts
+    DurationHistogram latency;   // request durations (the client's view)
+};
+
+struct CanaryVerdict {
+    enum class State { idle, collecting, passing, failing };
+    State state = State::idle;
+    std::optional<Colour> candidate;
+    Duration window{0};  // the failing window, else the longest one judged
+    std::uint64_t candidate_requests = 0;
+    std::uint64_t stable_requests = 0;
+    double candidate_error_rate = 0;
+    double stable_error_rate = 0;
+    double z = 0;                  // of the error-rate difference
+    double candidate_latency = 0;  // seconds at latency_quantile; 0 when not judged
+    double stable_latency = 0;
+    bool remembered_baseline = false;  // stable's figures are from before (no stable traffic)
+    std::string reason;                // one line with the numbers, for the log and audit
+};
+
+const char* to_string(CanaryVerdict::State state);
+boost::json::object to_json(const CanaryVerdict& verdict);
+
+class CanaryAnalysis {
+  public:
+    using Clock = std::chrono::steady_clock;
+
+    explicit CanaryAnalysis(CanaryConfig config) : config_(std::move(config)) {}
+    void reconfigure(CanaryConfig config);
+
+    // One sample at `now` of both colours' cumulative figures. Judges `candidate` (a colour
+    // taking traffic that is not the stable one), if any, against `stable`.
+    const CanaryVerdict& observe(Clock::time_point now, const std::array<ColourFigures, 2>& figures,
+                                 std::optional<Colour> candidate, Colour stable);
+    // The candidate's history is forgotten (after a revert or a promotion); baselines stay.
+    void reset();
+    const CanaryVerdict& verdict() const { return verdict_; }
+
+  private:
+    struct Sample {
+        Clock::time_point at;
+        std::array<ColourFigures, 2> figures;
+    };
+    struct Baseline {
+        Clock::time_point at;
+        ColourFigures figures;  // stable's, over the window
+    };
+    // What one window says; `judged` when both sides had enough for errors or latency.
+    struct WindowVerdict {
+        bool judged = false;
+        bool failing = false;
+        CanaryVerdict detail;
+    };
+
+    const Sample& start_of(Duration window, Clock::time_point now) const;
+    WindowVerdict judge(std::size_t index, Clock::time_point now, Colour candidate, Colour stable);
+    void judge_errors(const ColourFigures& cand, const ColourFigures& base,
+                      WindowVerdict& out) const;
+    void judge_latency(const ColourFigures& cand, const ColourFigures& base,
+                       WindowVerdict& out) const;
+
+    CanaryConfig config_;
+    std::deque<Sample> samples_;
+    std::vector<std::optional<Baseline>> baselines_;  // by window index
+    std::optional<Colour> candidate_;
+    CanaryVerdict verdict_;
+};
+
+// The value below which `quantile` of the histogram's observations fall, interpolated within
+// its bucket (seconds). 0 for an empty histogram.
+double histogram_quantile(const DurationHistogram& histogram, double quantile);
+
+}  // namespace bg
