@@ -6,6 +6,8 @@
 //   /admin/health?status=CODE  sets the /healthz status (process-wide); answers 200 `ok\n`
 //   /admin/fail?fail_rate=F    every later request (but /healthz and /admin/*) answers 500 with
 //                              probability F (process-wide, 0 turns it off); answers 200 `ok\n`
+//   /admin/delay?delay=MS      every later request (but /healthz and /admin/*) waits at least MS
+//                              before its header (process-wide, 0 turns it off); 200 `ok\n`
 //   /headers                   echoes the request line and headers as received, then body-bytes: N
 //   /upload                    `received N\n`
 //   /ws (WebSocket upgrade)    echoes every message until close
@@ -167,7 +169,8 @@ struct Backend {
     const std::string name_body;      // "NAME\n"
     const std::string fixed_headers;  // pre-built header lines common to every response
     std::atomic<int> health_status{200};
-    std::atomic<double> fail_rate{0.0};  // set by /admin/fail
+    std::atomic<double> fail_rate{0.0};      // set by /admin/fail
+    std::atomic<std::uint64_t> delay_ms{0};  // set by /admin/delay
     RequestLog log;
 };
 
@@ -356,6 +359,7 @@ class Session {
         int status = 200;
         std::string_view body = backend_.name_body;
         double fail_rate = query.fail_rate;
+        std::uint64_t delay_ms = query.delay_ms;
         if (path == "/admin/health") {
             if (query.status != 0) {
                 backend_.health_status.store(query.status, std::memory_order_relaxed);
@@ -365,9 +369,14 @@ class Session {
             backend_.fail_rate.store(query.fail_rate, std::memory_order_relaxed);
             fail_rate = 0.0;
             body = kOkBody;
+        } else if (path == "/admin/delay") {
+            backend_.delay_ms.store(query.delay_ms, std::memory_order_relaxed);
+            delay_ms = 0;
+            body = kOkBody;
         } else {
             if (path != "/healthz") {
                 fail_rate = std::max(fail_rate, backend_.fail_rate.load(std::memory_order_relaxed));
+                delay_ms = std::max(delay_ms, backend_.delay_ms.load(std::memory_order_relaxed));
             }
             if (path == "/healthz") {
                 status = backend_.health_status.load(std::memory_order_relaxed);
@@ -387,7 +396,7 @@ class Session {
         if (fail_rate > 0.0 && random_unit() < fail_rate) {
             status = 500;
         }
-        if (query.delay_ms > 0 && !co_await sleep_ms(query.delay_ms)) {
+        if (delay_ms > 0 && !co_await sleep_ms(delay_ms)) {
             co_return false;
         }
 

@@ -19,17 +19,22 @@ std::uint64_t sum(const std::vector<const WorkerStats*>& workers,
     return total;
 }
 
-std::uint64_t at(const std::vector<std::uint64_t>& v, std::uint32_t id) { return id < v.size() ? v[id] : 0; }
+std::uint64_t at(const std::vector<std::uint64_t>& v, std::uint32_t id) {
+    return id < v.size() ? v[id] : 0;
+}
 
 // Per-request traffic, from the workers' TrafficCounters gathered for this scrape. Only the
 // backends of the current table are named: the label sets stay bounded by the config.
-void render_traffic(prometheus::Registry& registry, const RoutingTable& table, const DataPlaneLoad& load) {
+void render_traffic(prometheus::Registry& registry, const RoutingTable& table,
+                    const DataPlaneLoad& load) {
     const TrafficCounters& traffic = load.traffic;
-    auto& responses = prometheus::BuildCounter()
-                          .Name("bgproxy_http_responses_total")
-                          .Help("Responses sent to clients by colour, backend, method class and status "
-                                "class; colour and backend \"none\" when the proxy answered without one")
-                          .Register(registry);
+    auto& responses =
+        prometheus::BuildCounter()
+            .Name("bgproxy_http_responses_total")
+            .Help(
+                "Responses sent to clients by colour, backend, method class and status "
+                "class; colour and backend \"none\" when the proxy answered without one")
+            .Register(registry);
     static constexpr const char* classes[] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
     auto add_slot = [&](std::uint32_t slot, const std::string& colour, const std::string& backend) {
         if (slot >= traffic.responses.size()) {
@@ -53,16 +58,20 @@ void render_traffic(prometheus::Registry& registry, const RoutingTable& table, c
     };
     add_slot(0, "none", "none");
 
-    auto& request_duration = prometheus::BuildHistogram()
-                                 .Name("bgproxy_request_duration_seconds")
-                                 .Help("Time from a request's head to the end of its response, by the "
-                                       "colour that served it")
-                                 .Register(registry);
-    auto& upstream_duration = prometheus::BuildHistogram()
-                                  .Name("bgproxy_upstream_duration_seconds")
-                                  .Help("The backend's share of a request: from sending it to the end of "
-                                        "the response")
-                                  .Register(registry);
+    auto& request_duration =
+        prometheus::BuildHistogram()
+            .Name("bgproxy_request_duration_seconds")
+            .Help(
+                "Time from a request's head to the end of its response, by the "
+                "colour that served it")
+            .Register(registry);
+    auto& upstream_duration =
+        prometheus::BuildHistogram()
+            .Name("bgproxy_upstream_duration_seconds")
+            .Help(
+                "The backend's share of a request: from sending it to the end of "
+                "the response")
+            .Register(registry);
     auto& request_bytes = prometheus::BuildCounter()
                               .Name("bgproxy_request_body_bytes_total")
                               .Help("Request body bytes sent to backends, by colour")
@@ -81,8 +90,8 @@ void render_traffic(prometheus::Registry& registry, const RoutingTable& table, c
                                    .Register(registry);
     const prometheus::Histogram::BucketBoundaries bounds(DurationHistogram::bounds.begin(),
                                                          DurationHistogram::bounds.end());
-    auto observe = [&bounds](prometheus::Family<prometheus::Histogram>& family, const std::string& colour,
-                             const DurationHistogram& h) {
+    auto observe = [&bounds](prometheus::Family<prometheus::Histogram>& family,
+                             const std::string& colour, const DurationHistogram& h) {
         std::vector<double> increments(h.counts.begin(), h.counts.end());
         family.Add({{"colour", colour}}, bounds).ObserveMultiple(increments, h.sum);
     };
@@ -91,15 +100,56 @@ void render_traffic(prometheus::Registry& registry, const RoutingTable& table, c
         const std::size_t i = index_of(c);
         observe(request_duration, colour, traffic.request_duration[i]);
         observe(upstream_duration, colour, traffic.upstream_duration[i]);
-        request_bytes.Add({{"colour", colour}}).Increment(static_cast<double>(traffic.request_body_bytes[i]));
-        response_bytes.Add({{"colour", colour}}).Increment(static_cast<double>(traffic.response_body_bytes[i]));
+        request_bytes.Add({{"colour", colour}})
+            .Increment(static_cast<double>(traffic.request_body_bytes[i]));
+        response_bytes.Add({{"colour", colour}})
+            .Increment(static_cast<double>(traffic.response_body_bytes[i]));
         for (const Backend& b : table.pool(c).backends) {
             add_slot(b.id + 1, colour, b.name);
-            const std::map<std::string, std::string> labels{{"colour", colour}, {"backend", b.name}};
-            connections_open.Add(labels).Set(b.id < load.upstream_open.size() ? load.upstream_open[b.id] : 0);
-            connections_opened.Add(labels).Increment(static_cast<double>(at(traffic.upstream_connects, b.id)));
+            const std::map<std::string, std::string> labels{{"colour", colour},
+                                                            {"backend", b.name}};
+            connections_open.Add(labels).Set(
+                b.id < load.upstream_open.size() ? load.upstream_open[b.id] : 0);
+            connections_opened.Add(labels).Increment(
+                static_cast<double>(at(traffic.upstream_connects, b.id)));
         }
     }
+}
+
+// The canary analysis's latest verdict and the figures it rests on.
+void render_canary(prometheus::Registry& registry, const CanaryVerdict& verdict) {
+    auto& state = prometheus::BuildGauge()
+                      .Name("bgproxy_canary_verdict")
+                      .Help("1 for the canary analysis's current verdict on the candidate colour")
+                      .Register(registry);
+    for (auto s : {CanaryVerdict::State::idle, CanaryVerdict::State::collecting,
+                   CanaryVerdict::State::passing, CanaryVerdict::State::failing}) {
+        state.Add({{"verdict", to_string(s)}}).Set(verdict.state == s ? 1 : 0);
+    }
+    auto& errors = prometheus::BuildGauge()
+                       .Name("bgproxy_canary_error_ratio")
+                       .Help(
+                           "Error rate of the candidate and of the stable colour in the window "
+                           "the verdict is about")
+                       .Register(registry);
+    auto& latency = prometheus::BuildGauge()
+                        .Name("bgproxy_canary_latency_seconds")
+                        .Help(
+                            "Latency quantile ([canary] latency_quantile) of each side in the "
+                            "window the verdict is about (0: too few requests to judge)")
+                        .Register(registry);
+    errors.Add({{"role", "candidate"}}).Set(verdict.candidate_error_rate);
+    errors.Add({{"role", "stable"}}).Set(verdict.stable_error_rate);
+    latency.Add({{"role", "candidate"}}).Set(verdict.candidate_latency);
+    latency.Add({{"role", "stable"}}).Set(verdict.stable_latency);
+    prometheus::BuildGauge()
+        .Name("bgproxy_canary_error_z")
+        .Help(
+            "z statistic of the candidate's error rate over stable's (significant at "
+            "[canary] confidence)")
+        .Register(registry)
+        .Add({})
+        .Set(verdict.z);
 }
 
 }  // namespace
@@ -111,7 +161,10 @@ std::string render_metrics(const MetricsSources& in) {
     const RoutingState& state = board.state();
     const RoutingTable& table = *board.table();
 
-    auto& info = prometheus::BuildGauge().Name("bgproxy_build_info").Help("bgproxy build; always 1").Register(registry);
+    auto& info = prometheus::BuildGauge()
+                     .Name("bgproxy_build_info")
+                     .Help("bgproxy build; always 1")
+                     .Register(registry);
     info.Add({{"version", BGPROXY_VERSION}}).Set(1);
 
     auto& weight = prometheus::BuildGauge()
@@ -138,11 +191,13 @@ std::string render_metrics(const MetricsSources& in) {
                                  .Name("bgproxy_backend_requests_total")
                                  .Help("Requests sent to a backend (each try counts)")
                                  .Register(registry);
-    auto& backend_failures = prometheus::BuildCounter()
-                                 .Name("bgproxy_backend_failures_total")
-                                 .Help("Tries that failed: connect error, reset, timeout, or 5xx when "
-                                       "outlier.count_5xx")
-                                 .Register(registry);
+    auto& backend_failures =
+        prometheus::BuildCounter()
+            .Name("bgproxy_backend_failures_total")
+            .Help(
+                "Tries that failed: connect error, reset, timeout, or 5xx when "
+                "outlier.count_5xx")
+            .Register(registry);
     auto& in_flight = prometheus::BuildGauge()
                           .Name("bgproxy_backend_requests_in_flight")
                           .Help("Requests in flight to a backend")
@@ -155,11 +210,13 @@ std::string render_metrics(const MetricsSources& in) {
         healthy_count.Add(colour).Set(static_cast<double>(table.pool(c).eligible.size()) *
                                       (table.panic() ? 0 : 1));
         for (const Backend& b : table.pool(c).backends) {
-            const std::map<std::string, std::string> labels{{"colour", to_string(c)}, {"backend", b.name}};
+            const std::map<std::string, std::string> labels{{"colour", to_string(c)},
+                                                            {"backend", b.name}};
             backend_up.Add(labels).Set(b.healthy ? 1 : 0);
             backend_requests.Add(labels).Increment(static_cast<double>(at(in.load.requests, b.id)));
             backend_failures.Add(labels).Increment(static_cast<double>(at(in.load.failures, b.id)));
-            in_flight.Add(labels).Set(b.id < in.load.in_flight.size() ? in.load.in_flight[b.id] : 0);
+            in_flight.Add(labels).Set(b.id < in.load.in_flight.size() ? in.load.in_flight[b.id]
+                                                                      : 0);
         }
     }
     prometheus::BuildGauge()
@@ -176,17 +233,21 @@ std::string render_metrics(const MetricsSources& in) {
         .Set(static_cast<double>(state.version));
 
     const auto& counts = board.counts();
-    auto& switches = prometheus::BuildCounter()
-                         .Name("bgproxy_switches_total")
-                         .Help("Routing changes by kind: set, flip, ramp, ramp_step, rollback, promote, "
-                               "auto_revert, failover, ...")
-                         .Register(registry);
-    for (const char* kind : {"set", "flip", "ramp", "ramp_step", "rollback", "promote", "auto_revert", "failover"}) {
+    auto& switches =
+        prometheus::BuildCounter()
+            .Name("bgproxy_switches_total")
+            .Help(
+                "Routing changes by kind: set, flip, ramp, ramp_step, rollback, promote, "
+                "auto_revert, canary_revert, failover, ...")
+            .Register(registry);
+    for (const char* kind : {"set", "flip", "ramp", "ramp_step", "rollback", "promote",
+                             "auto_revert", "canary_revert", "failover"}) {
         switches.Add({{"kind", kind}});  // present at 0 so rate() works from the first switch
     }
     for (const auto& [kind, n] : counts.switches) {
         switches.Add({{"kind", kind}}).Increment(static_cast<double>(n));
     }
+    render_canary(registry, board.canary());
     prometheus::BuildGauge()
         .Name("bgproxy_last_switch_timestamp_seconds")
         .Help("Unix time of the last routing change (0: none since start)")
@@ -209,20 +270,25 @@ std::string render_metrics(const MetricsSources& in) {
     render_traffic(registry, table, in.load);
 
     const auto& w = in.workers;
-    auto counter = [&registry, &w](const char* name, const char* help, const WorkerStats::Counter WorkerStats::*field) {
+    auto counter = [&registry, &w](const char* name, const char* help,
+                                   const WorkerStats::Counter WorkerStats::*field) {
         prometheus::BuildCounter().Name(name).Help(help).Register(registry).Add({}).Increment(
             static_cast<double>(sum(w, field)));
     };
-    auto gauge = [&registry, &w](const char* name, const char* help, const WorkerStats::Counter WorkerStats::*field) {
-        prometheus::BuildGauge().Name(name).Help(help).Register(registry).Add({}).Set(static_cast<double>(sum(w, field)));
+    auto gauge = [&registry, &w](const char* name, const char* help,
+                                 const WorkerStats::Counter WorkerStats::*field) {
+        prometheus::BuildGauge().Name(name).Help(help).Register(registry).Add({}).Set(
+            static_cast<double>(sum(w, field)));
     };
     counter("bgproxy_requests_total", "Requests received from clients", &WorkerStats::requests);
     counter("bgproxy_downstream_connections_total", "Client connections accepted",
             &WorkerStats::connections_accepted);
-    gauge("bgproxy_downstream_connections", "Client connections open", &WorkerStats::connections_open);
+    gauge("bgproxy_downstream_connections", "Client connections open",
+          &WorkerStats::connections_open);
     counter("bgproxy_bad_requests_total", "Requests refused by the proxy (400, 413, 414, 431, 405)",
             &WorkerStats::bad_requests);
-    counter("bgproxy_client_header_timeouts_total", "Clients dropped for sending their header too slowly",
+    counter("bgproxy_client_header_timeouts_total",
+            "Clients dropped for sending their header too slowly",
             &WorkerStats::client_header_timeouts);
     counter("bgproxy_upstream_connect_failures_total", "Failed connects to backends",
             &WorkerStats::upstream_connect_failures);
@@ -236,7 +302,8 @@ std::string render_metrics(const MetricsSources& in) {
     counter("bgproxy_retries_total", "Requests retried on another backend", &WorkerStats::retries);
     counter("bgproxy_retry_budget_exhausted_total", "Retries not made because the budget was spent",
             &WorkerStats::retry_budget_exhausted);
-    counter("bgproxy_upgrades_total", "Connections upgraded (WebSocket...)", &WorkerStats::upgrades);
+    counter("bgproxy_upgrades_total", "Connections upgraded (WebSocket...)",
+            &WorkerStats::upgrades);
     gauge("bgproxy_upgraded_connections", "Upgraded connections open", &WorkerStats::upgraded_open);
     counter("bgproxy_connections_refused_total", "Client connections refused past max_connections",
             &WorkerStats::connections_refused);

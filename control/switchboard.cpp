@@ -69,7 +69,9 @@ Switchboard::Switchboard(boost::asio::any_io_executor executor,
       audit_(audit),
       ramp_timer_(executor),
       outlier_timer_(executor),
-      outlier_(config_->outlier) {}
+      canary_timer_(executor),
+      outlier_(config_->outlier),
+      canary_(config_->canary) {}
 
 bool Switchboard::load(std::string& error) {
     StoreLoad loaded = store_.load();
@@ -165,6 +167,7 @@ void Switchboard::attach(TablePublisher& publisher) {
     publisher_ = &publisher;
     arm_ramp_timer();
     arm_outlier_timer();
+    arm_canary_timer();
 }
 
 std::map<std::string, bool> Switchboard::effective_health() const {
@@ -204,6 +207,66 @@ void Switchboard::arm_outlier_timer() {
             arm_outlier_timer();
         });
     });
+}
+
+void Switchboard::arm_canary_timer() {
+    canary_timer_.expires_after(config_->canary.interval);
+    canary_timer_.async_wait([this](boost::system::error_code ec) {
+        if (ec || publisher_ == nullptr) {
+            return;
+        }
+        publisher_->gather_load([this](DataPlaneLoad load) {
+            const std::optional<Colour> candidate = watched_colour();
+            const CanaryVerdict& verdict = canary_.observe(
+                CanaryAnalysis::Clock::now(), colour_figures(load), candidate, state_.stable);
+            if (verdict.state == CanaryVerdict::State::failing && candidate &&
+                !state_.failed[index_of(*candidate)]) {
+                Job job{process_caller(), "canary analysis", [](const json::object&) {}, true};
+                job.canary = verdict;
+                queue_.push_back(std::move(job));
+                run_next();
+            }
+            arm_canary_timer();
+        });
+    });
+}
+
+std::array<ColourFigures, 2> Switchboard::colour_figures(const DataPlaneLoad& load) const {
+    std::array<ColourFigures, 2> out;
+    for (Colour c : all_colours) {
+        ColourFigures& f = out[index_of(c)];
+        for (const Backend& b : table_->pool(c).backends) {
+            f.requests += b.id < load.requests.size() ? load.requests[b.id] : 0;
+            if (b.id < load.failure_kinds.size()) {
+                for (std::size_t k = 0; k < failure_kind_count; ++k) {
+                    f.errors += config_->canary.errors[k] ? load.failure_kinds[b.id][k] : 0;
+                }
+            }
+        }
+        f.latency = load.traffic.request_duration[index_of(c)];
+    }
+    return out;
+}
+
+// A failing verdict, once it reaches the head of the queue: reverted if the colour is still
+// the candidate (a command in between may have reverted or promoted it already).
+void Switchboard::handle_canary(Job job) {
+    const CanaryVerdict& verdict = *job.canary;
+    if (!verdict.candidate || watched_colour() != verdict.candidate ||
+        state_.failed[index_of(*verdict.candidate)]) {
+        finish(job, json::object{{"ok", true}});
+        return;
+    }
+    broadcast(json::object{{"event", "canary"},
+                           {"time", now_iso8601()},
+                           {"colour", to_string(*verdict.candidate)},
+                           {"verdict", to_json(verdict)},
+                           {"change", "canary analysis: " + verdict.reason}});
+    job.backend = "canary";  // reported as the rollout guard
+    GuardDecision decision =
+        revert_to_stable(state_, *verdict.candidate, "canary analysis: " + verdict.reason);
+    decision.kind = "canary_revert";
+    apply_guard(std::move(job), std::move(decision));
 }
 
 void Switchboard::handle_outlier(Job job) {
@@ -326,6 +389,10 @@ json::object Switchboard::audit_record(const Job& job, const char* result,
 }
 
 void Switchboard::run(Job job) {
+    if (job.internal && job.canary) {
+        handle_canary(std::move(job));
+        return;
+    }
     if (job.internal && job.outlier) {
         handle_outlier(std::move(job));
         return;
@@ -674,9 +741,9 @@ void Switchboard::commit(Job job, std::string command_name, Staged staged) {
                   command_name = std::move(command_name)]() mutable {
         const std::string change = describe_change(state_, next);
         ++counts_.switches[kind];
-        counts_.last_switch_unix = std::chrono::duration<double>(
-                                       std::chrono::system_clock::now().time_since_epoch())
-                                       .count();
+        counts_.last_switch_unix =
+            std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
+                .count();
         if (kind == "reload") {
             ++counts_.reloads_applied;
         }
@@ -689,6 +756,7 @@ void Switchboard::commit(Job job, std::string command_name, Staged staged) {
         if (config_ != config) {
             config_ = config;
             outlier_.reconfigure(config_->outlier);
+            canary_.reconfigure(config_->canary);
             if (config_listener_) {
                 config_listener_(*config_);
             }
@@ -798,6 +866,7 @@ void Switchboard::reply_status(Job job) {
         } else {
             reply["ramp"] = nullptr;
         }
+        reply["canary"] = to_json(canary_.verdict());
         finish(job, reply);
     };
     if (publisher_ == nullptr) {

@@ -16,6 +16,7 @@
 
 #include "access.hpp"
 #include "audit_log.hpp"
+#include "canary_analysis.hpp"
 #include "command.hpp"
 #include "config.hpp"
 #include "outlier_detector.hpp"
@@ -67,6 +68,8 @@ class Switchboard {
     };
     const Counts& counts() const { return counts_; }
     bool ejected(const std::string& backend) const { return outlier_.ejected(backend); }
+    // The canary analysis's latest verdict on the candidate colour.
+    const CanaryVerdict& canary() const { return canary_.verdict(); }
 
     std::uint64_t subscribe(Watcher watcher);
     void unsubscribe(std::uint64_t id);
@@ -81,6 +84,7 @@ class Switchboard {
         bool healthy = true;    // health transition: its new state
         std::string why{};      // health transition: what the checks saw
         std::optional<OutlierDetector::Verdicts> outlier{};  // passive detection's findings
+        std::optional<CanaryVerdict> canary{};               // a failing canary verdict
     };
     struct Staged {
         RoutingState next;
@@ -100,9 +104,13 @@ class Switchboard {
     void commit(Job job, std::string command_name, Staged staged);
     void handle_health(Job job);
     void handle_outlier(Job job);
+    void handle_canary(Job job);
     void apply_guard(Job job, GuardDecision decision);  // persist, publish, audit a revert
-    void publish_health(Job job);                        // a new table, the same state
+    void publish_health(Job job);                       // a new table, the same state
     void arm_outlier_timer();
+    void arm_canary_timer();
+    // Both colours' cumulative figures as [canary] counts them.
+    std::array<ColourFigures, 2> colour_figures(const DataPlaneLoad& load) const;
     std::optional<Colour> watched_colour() const;
     // Active health and passive ejection together: what the table says of each backend.
     std::map<std::string, bool> effective_health() const;
@@ -123,14 +131,16 @@ class Switchboard {
     RoutingState state_;
     RoutingTablePtr table_;
     BackendIds ids_;
-    std::map<std::string, bool> health_;  // by backend name, from active checks
+    std::map<std::string, bool> health_;               // by backend name, from active checks
     std::map<std::string, std::string> down_because_;  // why the checks took a backend down
     std::function<void(const Config&)> config_listener_;
     std::deque<Job> queue_;
     bool busy_ = false;
     boost::asio::steady_timer ramp_timer_;
     boost::asio::steady_timer outlier_timer_;
+    boost::asio::steady_timer canary_timer_;
     OutlierDetector outlier_;
+    CanaryAnalysis canary_;
     std::map<std::uint64_t, Watcher> watchers_;
     Counts counts_;
     std::uint64_t next_watcher_ = 1;

@@ -655,15 +655,18 @@ void read_tls(TableReader& tls, const toml::node& where, ListenerConfig& listene
     if (const toml::node* list = tls.take("certificates")) {
         const toml::array* array = list->as_array();
         if (array == nullptr || array->empty()) {
-            tls.error_at(*list, "listener.tls.certificates must be a non-empty list like "
-                                "[{ cert = \"site.pem\", key = \"site.key\" }]");
+            tls.error_at(*list,
+                         "listener.tls.certificates must be a non-empty list like "
+                         "[{ cert = \"site.pem\", key = \"site.key\" }]");
         } else {
             for (const toml::node& item : *array) {
                 if (!item.is_table()) {
-                    tls.error_at(item, "a certificate is a table { cert = \"...\", key = \"...\" }");
+                    tls.error_at(item,
+                                 "a certificate is a table { cert = \"...\", key = \"...\" }");
                     continue;
                 }
-                TableReader entry(*item.as_table(), "listener.tls.certificates", tls.file(), tls.errors());
+                TableReader entry(*item.as_table(), "listener.tls.certificates", tls.file(),
+                                  tls.errors());
                 CertificateFiles files;
                 auto cert = entry.read_string("cert");
                 auto key = entry.read_string("key");
@@ -678,7 +681,8 @@ void read_tls(TableReader& tls, const toml::node& where, ListenerConfig& listene
             }
         }
     } else {
-        tls.error_at(where, "listener.tls needs certificates = [{ cert = \"...\", key = \"...\" }]");
+        tls.error_at(where,
+                     "listener.tls needs certificates = [{ cert = \"...\", key = \"...\" }]");
     }
     if (auto version = tls.read_string("min_version")) {
         if (*version != "1.2" && *version != "1.3") {
@@ -776,9 +780,10 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
                 entry.read_bool("proxy_protocol", listener.proxy_protocol);
                 entry.read_networks("proxy_protocol_from", listener.proxy_protocol_from);
                 if (listener.proxy_protocol && listener.proxy_protocol_from.empty()) {
-                    entry.error_at(item,
-                                   "listener.proxy_protocol needs proxy_protocol_from: the networks "
-                                   "of the load balancers allowed to send a PROXY header");
+                    entry.error_at(
+                        item,
+                        "listener.proxy_protocol needs proxy_protocol_from: the networks "
+                        "of the load balancers allowed to send a PROXY header");
                 }
                 entry.read_integer("max_connections", listener.max_connections, 0, 10000000);
                 if (auto tls = entry.sub_table("tls")) {
@@ -954,7 +959,8 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
     if (auto a = top.sub_table("access_log")) {
         if (auto target = a->read_string("target")) {
             if (target->empty()) {
-                a->error_at(*a->table().get("target"), "access_log.target is \"off\", \"stdout\" or a file path");
+                a->error_at(*a->table().get("target"),
+                            "access_log.target is \"off\", \"stdout\" or a file path");
             } else {
                 config.access_log.target = *target;
             }

@@ -104,7 +104,7 @@ struct CanaryConfig {
     double confidence = 4.0;     // ...and the difference significant: z of a two-proportion test
     double latency_quantile = 0.99;
     double latency_ratio = 3.0;  // candidate's quantile at least this times stable's...
-    Duration latency_margin{std::chrono::milliseconds(100)};  // ...and this much slower
+    Duration latency_margin{std::chrono::milliseconds(25)};  // ...and this much slower
     unsigned latency_min_requests = 1000;  // each colour's requests in a window, for latency
     // With no stable traffic to compare (after a flip), the stable colour's last figures from
     // a window with enough requests stand in, for this long.
@@ -112,9 +112,9 @@ struct CanaryConfig {
 };
 
 struct RetryConfig {
-    unsigned attempts = 2;     // retries per request (after the first try)
-    double budget = 0.2;       // retries after timeouts: at most this fraction of active requests...
-    unsigned min_budget = 3;   // ...but always at least this many
+    unsigned attempts = 2;    // retries per request (after the first try)
+    double budget = 0.2;      // retries after timeouts: at most this fraction of active requests...
+    unsigned min_budget = 3;  // ...but always at least this many
     bool cross_colour = true;  // a retry may go to the other colour when this one cannot serve
 };
 
@@ -171,8 +171,8 @@ struct ListenerConfig {
     // Built from `tls` when the config is loaded (and so again on every reload): the files are
     // read then, and a connection keeps the context it started with.
     std::shared_ptr<const TlsServerContext> tls_context;
-    bool proxy_protocol = false;   // each connection opens with a PROXY v1/v2 header
-    NetworkSet proxy_protocol_from;  // peers allowed to send one (required with proxy_protocol)
+    bool proxy_protocol = false;        // each connection opens with a PROXY v1/v2 header
+    NetworkSet proxy_protocol_from;     // peers allowed to send one (required with proxy_protocol)
     std::uint32_t max_connections = 0;  // 0: only [limits] max_connections applies
 };
 
@@ -197,7 +197,7 @@ struct Timeouts {
 struct Limits {
     std::size_t max_request_line = 8192;
     std::size_t max_request_header = 32768;
-    std::uint64_t max_request_body = 0;  // 0: no limit
+    std::uint64_t max_request_body = 0;       // 0: no limit
     std::size_t max_response_header = 65535;  // Beast stores a field in at most 64 KiB
     std::size_t max_header_fields = 100;      // in a request or response head
     std::size_t max_field_size = 16384;       // one field line, name and value
@@ -210,7 +210,7 @@ struct Limits {
     // Per worker, the buffers of this many finished requests are kept warm for the next ones
     // (each about 3 x buffer_size); past it they are freed.
     std::size_t spare_exchanges = 64;
-    std::uint32_t max_connections = 16384;         // client connections over all listeners
+    std::uint32_t max_connections = 16384;          // client connections over all listeners
     std::uint32_t max_requests_per_connection = 0;  // 0: no limit
 };
 
@@ -274,7 +274,8 @@ struct Config {
     bool metrics = true;
     // Peers whose X-Forwarded-For / Forwarded / X-Forwarded-Proto are kept (and appended to);
     // from anyone else they are replaced.
-    NetworkSet trusted_proxies;  // count per-request traffic metrics (false: for measuring their cost)
+    NetworkSet
+        trusted_proxies;  // count per-request traffic metrics (false: for measuring their cost)
     std::string admin_listen = "127.0.0.1:9901";  // empty: no admin listener
     ControlConfig control;
 };

@@ -16,10 +16,10 @@
 namespace bg {
 
 struct DataPlaneLoad {
-    std::vector<std::uint32_t> in_flight;             // by backend id, summed over workers
-    std::vector<std::uint32_t> upgraded;              // open tunnels by backend id
-    std::vector<std::uint64_t> requests;              // cumulative, by backend id
-    std::vector<std::uint64_t> failures;              // cumulative, by backend id
+    std::vector<std::uint32_t> in_flight;  // by backend id, summed over workers
+    std::vector<std::uint32_t> upgraded;   // open tunnels by backend id
+    std::vector<std::uint64_t> requests;   // cumulative, by backend id
+    std::vector<std::uint64_t> failures;   // cumulative, by backend id
     // Cumulative failed tries by backend id, then failure kind (see try_outcome.hpp).
     std::vector<std::array<std::uint64_t, failure_kind_count>> failure_kinds;
     std::vector<std::uint64_t> consecutive_failures;  // now, by backend id (max over workers)

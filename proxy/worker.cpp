@@ -66,8 +66,8 @@ bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
         }
         ports[i] = acceptor->local_endpoint().port();
         acceptors_.push_back(std::move(acceptor));
-        accept_pauses_.push_back(
-            std::make_unique<AcceptPause>(io_, "worker " + std::to_string(index_) + " listener " + address.text));
+        accept_pauses_.push_back(std::make_unique<AcceptPause>(
+            io_, "worker " + std::to_string(index_) + " listener " + address.text));
     }
     return true;
 }
@@ -103,8 +103,9 @@ void Worker::accept_loop(Acceptor& acceptor, std::size_t listener) {
             spdlog::warn("worker {}: accept failed: {}", index_, ec.message());
         } else {
             WorkerStats::add(stats_.connections_accepted);
-            const std::uint32_t listener_max =
-                listener < config_->listeners.size() ? config_->listeners[listener].max_connections : 0;
+            const std::uint32_t listener_max = listener < config_->listeners.size()
+                                                   ? config_->listeners[listener].max_connections
+                                                   : 0;
             if (limits_.try_open(listener, config_->limits.max_connections, listener_max)) {
                 asio::co_spawn(io_.get_executor(), serve_client(*this, std::move(socket), listener),
                                asio::detached);
@@ -121,7 +122,8 @@ void Worker::accept_loop(Acceptor& acceptor, std::size_t listener) {
 void Worker::refuse(Socket& socket, std::size_t listener) {
     WorkerStats::add(stats_.connections_refused);
     boost::system::error_code ignored;
-    const bool tls = listener < config_->listeners.size() && config_->listeners[listener].tls_context;
+    const bool tls =
+        listener < config_->listeners.size() && config_->listeners[listener].tls_context;
     if (!tls) {
         static constexpr std::string_view answer =
             "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
@@ -172,7 +174,8 @@ void Worker::report_load(std::function<void(DataPlaneLoad)> done) {
             load.upstream_open[id] = static_cast<std::uint32_t>(pool_.idle_count(id));
         }
         for (const SessionHandle* session : sessions_) {
-            if (session->upstream != nullptr && session->upstream_backend < load.upstream_open.size()) {
+            if (session->upstream != nullptr &&
+                session->upstream_backend < load.upstream_open.size()) {
                 ++load.upstream_open[session->upstream_backend];
             }
             if (session->kept && session->kept_backend < load.upstream_open.size()) {

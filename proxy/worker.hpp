@@ -2,9 +2,9 @@
 // Worker: one thread, one io_context, its own SO_REUSEPORT listeners, upstream pools, balancer
 // and routing-table slot. Everything a request touches lives here, so the hot path takes no lock.
 
+#include <poll.h>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
-#include <poll.h>
 
 #include <boost/asio/steady_timer.hpp>
 #include <functional>
@@ -20,8 +20,8 @@
 #include "connection_limits.hpp"
 #include "descriptor_limit.hpp"
 #include "exchange_pool.hpp"
-#include "retry_state.hpp"
 #include "io_types.hpp"
+#include "retry_state.hpp"
 #include "routing_table.hpp"
 #include "session_handle.hpp"
 #include "table_publisher.hpp"
@@ -115,8 +115,8 @@ class Worker {
     boost::asio::steady_timer grace_timer_;
     boost::asio::steady_timer close_sweep_timer_;
     bool close_sweep_armed_ = false;
-    std::vector<pollfd> close_sweep_fds_;        // reused by each sweep
-    std::vector<SessionHandle*> close_sweep_of_;  // the session of each pollfd
+    std::vector<pollfd> close_sweep_fds_;                      // reused by each sweep
+    std::vector<SessionHandle*> close_sweep_of_;               // the session of each pollfd
     std::vector<std::unique_ptr<AcceptPause>> accept_pauses_;  // one per acceptor
     bool draining_ = false;
     std::thread thread_;

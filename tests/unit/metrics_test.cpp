@@ -113,7 +113,7 @@ TEST_CASE("the exposition names each colour, backend, method class and status cl
     CHECK(text.find("# TYPE bgproxy_upstream_duration_seconds histogram") != std::string::npos);
 
     // Label sets stay bounded: no label outside this list, ever (no paths, no addresses).
-    const std::set<std::string> allowed{"colour", "backend", "method", "code", "le", "kind", "result", "version", "limit"};
+    const std::set<std::string> allowed{"colour", "backend", "method", "code", "le", "kind", "result", "version", "limit", "verdict", "role"};
     const std::regex label(R"(([a-z_]+)=")");
     for (auto it = std::sregex_iterator(text.begin(), text.end(), label); it != std::sregex_iterator(); ++it) {
         CHECK_MESSAGE(allowed.count((*it)[1].str()) == 1, "unexpected label " << (*it)[1].str());

@@ -1,0 +1,127 @@
+"""Canary analysis with the quick start's defaults: a candidate significantly worse than the
+stable colour (errors or latency) is reverted; one as noisy as stable is not. On e53b836 (an
+absolute 50% colour error threshold) the 20% candidate was never reverted."""
+import json
+import threading
+import time
+import unittest
+import http.client
+import urllib.request
+
+from harness import ProcessTestCase, config, metric
+
+
+def admin(backend, what):
+    with urllib.request.urlopen("http://%s/admin/%s" % (backend.address, what), timeout=5) as r:
+        r.read()
+
+
+class Load:
+    """Keep-alive GETs from `threads` clients until stopped (or `limit` seconds): counts
+    responses by colour and status."""
+
+    def __init__(self, port, threads=6, limit=60):
+        self.port = port
+        self.stop_at = time.time() + limit
+        self.stopped = threading.Event()
+        self.lock = threading.Lock()
+        self.counts = {}
+        self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def client(self):
+        conn = None
+        while not self.stopped.is_set() and time.time() < self.stop_at:
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                conn.request("GET", "/")
+                r = conn.getresponse()
+                r.read()
+                key = ((r.getheader("X-Backend") or "proxy").split("-")[0], r.status)
+            except (OSError, http.client.HTTPException):
+                key = ("proxy", "error")
+                conn = None
+            with self.lock:
+                self.counts[key] = self.counts.get(key, 0) + 1
+        if conn is not None:
+            conn.close()
+
+    def stop(self):
+        self.stopped.set()
+        for t in self.threads:
+            t.join(15)
+        return dict(self.counts)
+
+
+class CanaryTest(ProcessTestCase):
+    def start_pools(self):
+        self.blue = [self.backend("blue-1"), self.backend("blue-2")]
+        self.green = [self.backend("green-1"), self.backend("green-2")]
+        self.proxy_ = self.proxy(config(self.blue, self.green))
+        self.assertEqual(self.proxy_.bgctl("set", "green=50").returncode, 0)
+
+    def wait_for_revert(self, seconds):
+        """Seconds until green is marked failed, or None."""
+        start = time.time()
+        while time.time() - start < seconds:
+            if self.proxy_.status()["colours"]["green"]["role"] == "failed":
+                return time.time() - start
+            time.sleep(0.05)
+        return None
+
+    def test_a_candidate_failing_20_percent_is_reverted(self):
+        self.start_pools()
+        load = Load(self.proxy_.port)
+        self.addCleanup(load.stop)
+        time.sleep(3)  # both clean: the analysis passes
+        self.assertEqual(self.proxy_.status()["canary"]["verdict"], "passing")
+        for b in self.green:
+            admin(b, "fail?fail_rate=0.2")
+        reverted = self.wait_for_revert(15)
+        counts = load.stop()
+        print("20%% 500s on green vs none on blue: reverted %.2f s after the errors started "
+              "(responses: %s)" % (reverted or -1, counts))
+        self.assertIsNotNone(reverted, "not reverted: %s" % self.proxy_.status())
+        status = self.proxy_.status()
+        self.assertEqual(status["colours"]["blue"]["weight"], 100)
+        with open(self.proxy_.audit_log) as f:
+            last = json.loads(f.read().splitlines()[-1])
+        self.assertIn("canary analysis: green error rate", last["note"])
+        self.assertIn("vs stable", last["note"])
+        self.assertEqual(metric(self.proxy_, "bgproxy_switches_total", 'kind="canary_revert"'), 1)
+
+    def test_a_candidate_as_noisy_as_stable_stays(self):
+        self.start_pools()
+        for b in self.blue + self.green:
+            admin(b, "fail?fail_rate=0.01")
+        load = Load(self.proxy_.port)
+        self.addCleanup(load.stop)
+        reverted = self.wait_for_revert(12)
+        counts = load.stop()
+        self.assertIsNone(reverted, "reverted: %s" % self.proxy_.status())
+        errors = {c: n for (c, s), n in counts.items() if s == 500}
+        print("1%% vs 1%% errors for 12 s: no revert (500s by colour: %s)" % errors)
+        self.assertGreater(errors.get("green", 0), 0, "the candidate was not noisy: %s" % counts)
+        self.assertIn(self.proxy_.status()["canary"]["verdict"], ("passing", "collecting"))
+
+    def test_a_candidate_ten_times_slower_is_reverted(self):
+        self.start_pools()
+        for b in self.blue:
+            admin(b, "delay?delay=5")
+        for b in self.green:
+            admin(b, "delay?delay=50")
+        load = Load(self.proxy_.port, threads=8)
+        self.addCleanup(load.stop)
+        reverted = self.wait_for_revert(40)
+        load.stop()
+        print("p99 50 ms on green vs 5 ms on blue: reverted after %.1f s" % (reverted or -1))
+        self.assertIsNotNone(reverted, "not reverted: %s" % self.proxy_.status())
+        with open(self.proxy_.audit_log) as f:
+            last = json.loads(f.read().splitlines()[-1])
+        self.assertIn("latency", last["note"])
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
