@@ -8,6 +8,8 @@
 //                              probability F (process-wide, 0 turns it off); answers 200 `ok\n`
 //   /admin/delay?delay=MS      every later request (but /healthz and /admin/*) waits at least MS
 //                              before its header (process-wide, 0 turns it off); 200 `ok\n`
+//   /admin/hang?hang=1         every later request (but /healthz and /admin/*) is read and never
+//                              answered, as hang=1 does (hang=0 turns it off); 200 `ok\n`
 //   /headers                   echoes the request line and headers as received, then body-bytes: N
 //   /upload                    `received N\n`
 //   /ws (WebSocket upgrade)    echoes every message until close
@@ -171,6 +173,7 @@ struct Backend {
     std::atomic<int> health_status{200};
     std::atomic<double> fail_rate{0.0};      // set by /admin/fail
     std::atomic<std::uint64_t> delay_ms{0};  // set by /admin/delay
+    std::atomic<bool> hang{false};           // set by /admin/hang
     RequestLog log;
 };
 
@@ -351,7 +354,10 @@ class Session {
             body_bytes = *count;
         }
         backend_.log.write(method, target, body_bytes);
-        if (query.hang) {
+        if (path == "/admin/hang") {
+            backend_.hang.store(query.hang, std::memory_order_relaxed);
+        } else if (query.hang || (path != "/healthz" && !path.starts_with("/admin/") &&
+                                  backend_.hang.load(std::memory_order_relaxed))) {
             co_await hang();
             co_return false;
         }
@@ -368,6 +374,8 @@ class Session {
         } else if (path == "/admin/fail") {
             backend_.fail_rate.store(query.fail_rate, std::memory_order_relaxed);
             fail_rate = 0.0;
+            body = kOkBody;
+        } else if (path == "/admin/hang") {
             body = kOkBody;
         } else if (path == "/admin/delay") {
             backend_.delay_ms.store(query.delay_ms, std::memory_order_relaxed);

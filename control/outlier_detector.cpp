@@ -57,9 +57,17 @@ OutlierDetector::Verdicts OutlierDetector::observe(
         std::uint64_t colour_requests = 0;
         std::uint64_t colour_failures = 0;
         unsigned ejected_here = 0;
+        // Peers that answer: requests completed in the window, none waiting long now.
+        std::uint64_t answering_wait = 0;
+        bool answering = false;
         for (const Backend& b : pool.backends) {
             ejected_here += ejections_.contains(b.name) ? 1 : 0;
         }
+        auto answers = [&](const Backend& b) {
+            return !ejections_.contains(b.name) &&
+                   at(newest.requests, b.id) > at(oldest.requests, b.id) &&
+                   Duration(at(load.oldest_wait_ms, b.id)) < config_.stalled_after;
+        };
         for (const Backend& b : pool.backends) {
             std::uint64_t requests = at(newest.requests, b.id) - at(oldest.requests, b.id);
             std::uint64_t failures = at(newest.failures, b.id) - at(oldest.failures, b.id);
@@ -88,13 +96,29 @@ OutlierDetector::Verdicts OutlierDetector::observe(
                     in_a_row = new_failures;  // the old run goes on: only new failures count
                 }
             }
+            const Duration waited(at(load.oldest_wait_ms, b.id));
+            bool stalled = false;
+            if (config_.stalled_after > Duration(0) && waited >= config_.stalled_after) {
+                answering = false;
+                answering_wait = 0;
+                for (const Backend& peer : pool.backends) {
+                    if (peer.id != b.id && answers(peer)) {
+                        answering = true;
+                        answering_wait = std::max(answering_wait, at(load.oldest_wait_ms, peer.id));
+                    }
+                }
+                stalled = answering &&
+                          static_cast<double>(waited.count()) >=
+                              config_.stall_ratio *
+                                  static_cast<double>(std::max<std::uint64_t>(answering_wait, 1));
+            }
             const bool consecutive =
                 config_.consecutive_failures > 0 && in_a_row >= config_.consecutive_failures;
             const double rate =
                 requests > 0 ? static_cast<double>(failures) / static_cast<double>(requests) : 0;
             const bool rate_exceeded = config_.error_rate > 0 && requests >= config_.min_requests &&
                                        rate >= config_.error_rate;
-            if (!consecutive && !rate_exceeded) {
+            if (!consecutive && !rate_exceeded && !stalled) {
                 continue;
             }
             // Never eject below the panic threshold: the pool keeps enough backends to try.
@@ -111,8 +135,11 @@ OutlierDetector::Verdicts OutlierDetector::observe(
             verdicts.ejected.push_back(b.name);
             verdicts.reasons[b.name] =
                 (consecutive ? std::to_string(in_a_row) + " failures in a row"
-                             : "error rate " + percent(rate) + " of " + std::to_string(requests) +
-                                   " requests (threshold " + percent(config_.error_rate) + ")") +
+                 : stalled   ? "oldest request waiting " + std::to_string(waited.count()) +
+                                 "ms for a response (peers answering, oldest " +
+                                 std::to_string(answering_wait) + "ms)"
+                           : "error rate " + percent(rate) + " of " + std::to_string(requests) +
+                                 " requests (threshold " + percent(config_.error_rate) + ")") +
                 ", ejected for " + std::to_string(length.count()) + "ms";
         }
         if (watched && *watched == colour && config_.error_rate > 0 &&

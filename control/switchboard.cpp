@@ -187,8 +187,9 @@ std::optional<Colour> Switchboard::watched_colour() const {
 }
 
 void Switchboard::arm_outlier_timer() {
-    // Several samples per window, so the window slides smoothly; at least every second.
-    auto tick = std::clamp<Duration>(config_->outlier.window / 10, Duration(100), Duration(1000));
+    // Several samples per window, so the window slides smoothly; at least four a second, so a
+    // stalled backend is ejected within a quarter second of stalled_after.
+    auto tick = std::clamp<Duration>(config_->outlier.window / 10, Duration(100), Duration(250));
     outlier_timer_.expires_after(tick);
     outlier_timer_.async_wait([this](boost::system::error_code ec) {
         if (ec || publisher_ == nullptr) {

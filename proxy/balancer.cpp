@@ -44,9 +44,13 @@ const Backend* Balancer::pick_backend(const RoutingTable& table, Colour colour,
         return std::find(exclude.begin(), exclude.end(), b.id) != exclude.end();
     };
     if (policy_ == BalancePolicy::least_request && n > 1 && exclude.empty()) {
-        // Power of two choices: two random eligible backends, the less loaded wins.
-        const Backend& a = pool.backends[pool.eligible[next_random() % n]];
-        const Backend& b = pool.backends[pool.eligible[next_random() % n]];
+        // Power of two choices: two different random eligible backends, the less loaded wins
+        // (with two backends, always both: a stalled one is never drawn against itself).
+        const std::uint32_t first = static_cast<std::uint32_t>(next_random() % n);
+        const std::uint32_t second =
+            (first + 1 + static_cast<std::uint32_t>(next_random() % (n - 1))) % n;
+        const Backend& a = pool.backends[pool.eligible[first]];
+        const Backend& b = pool.backends[pool.eligible[second]];
         return in_flight(b.id) < in_flight(a.id) ? &b : &a;
     }
     std::uint32_t& cursor = cursor_[index_of(colour)];

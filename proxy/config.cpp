@@ -802,6 +802,7 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
         t->read_duration("client_write", config.timeouts.client_write);
         t->read_duration("upstream_connect", config.timeouts.upstream_connect);
         t->read_duration("upstream_response", config.timeouts.upstream_response);
+        t->read_duration("upstream_try", config.timeouts.upstream_try);
         t->read_duration("tunnel_idle", config.timeouts.tunnel_idle);
         t->read_duration("client_linger", config.timeouts.client_linger);
         t->read_duration("shutdown_grace", config.timeouts.shutdown_grace);
@@ -872,6 +873,8 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
         o->read_duration("base_ejection", config.outlier.base_ejection);
         o->read_duration("max_ejection", config.outlier.max_ejection);
         o->read_fraction("panic_threshold", config.outlier.panic_threshold, 0.0, 1.0);
+        o->read_duration("stalled_after", config.outlier.stalled_after);
+        o->read_fraction("stall_ratio", config.outlier.stall_ratio, 1.0, 1000.0);
         o->reject_unknown_keys();
     }
 

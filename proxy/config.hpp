@@ -84,6 +84,11 @@ struct OutlierConfig {
     Duration base_ejection{std::chrono::seconds(10)};  // times the number of ejections so far
     Duration max_ejection{std::chrono::minutes(5)};
     double panic_threshold = 0.5;  // never eject below this fraction of a pool; route to all
+    // A backend whose oldest request has waited this long for a response head, while a peer
+    // of its colour answers and has waited at most 1/stall_ratio of that, is ejected: it holds
+    // requests without answering (its health checks may still pass). 0: off.
+    Duration stalled_after{std::chrono::seconds(1)};
+    double stall_ratio = 5;
 };
 
 // Canary analysis (control/canary_analysis.hpp): while a colour is a candidate, it is judged
@@ -183,6 +188,10 @@ struct Timeouts {
     Duration client_write{std::chrono::seconds(60)};
     Duration upstream_connect{std::chrono::seconds(2)};
     Duration upstream_response{std::chrono::seconds(30)};
+    // One try's share of upstream_response (Envoy's per_try_timeout): a try that gets no
+    // response head in time is abandoned and, when the request may be retried, retried on
+    // another backend within what is left of upstream_response. 0: a try may use all of it.
+    Duration upstream_try{std::chrono::seconds(10)};
     Duration tunnel_idle{std::chrono::hours(1)};
     Duration client_linger{std::chrono::seconds(2)};
     Duration shutdown_grace{std::chrono::seconds(30)};
@@ -215,7 +224,9 @@ struct Limits {
 };
 
 struct UpstreamSettings {
-    BalancePolicy balance = BalancePolicy::round_robin;
+    // Least-request by default: a backend that stalls piles up requests in flight and stops
+    // being picked at once (Envoy's default; Linkerd's EWMA and HAProxy's leastconn likewise).
+    BalancePolicy balance = BalancePolicy::least_request;
     std::size_t max_idle_per_backend = 64;
     Duration idle_timeout{std::chrono::seconds(4)};
     // A pooled connection idle longer than this is checked to be open before reuse.

@@ -58,6 +58,20 @@ Exchange connect_failure(Connected connected) {
     }
 }
 
+// Marks the session as waiting for a response head while in scope (for the stall check).
+class AwaitingResponse {
+  public:
+    explicit AwaitingResponse(SessionHandle& handle) : handle_(handle) {
+        handle_.awaiting_since = std::chrono::steady_clock::now();
+    }
+    ~AwaitingResponse() { handle_.awaiting_since = {}; }
+    AwaitingResponse(const AwaitingResponse&) = delete;
+    AwaitingResponse& operator=(const AwaitingResponse&) = delete;
+
+  private:
+    SessionHandle& handle_;
+};
+
 HeaderLimits request_header_limits(const Limits& limits) {
     return {limits.max_request_line, limits.max_request_header, limits.max_header_fields,
             limits.max_field_size};
@@ -289,6 +303,7 @@ Task<Exchange> RequestExchange<Stream>::forward(const RoutingTable& table, Colou
     // connection first; another is simply sent again on a fresh connection if the pooled one
     // turns out stale.
     const bool verify = !ex_.parser->is_done() || !facts.idempotent;
+    response_due_ = std::chrono::steady_clock::time_point::max();  // set once the request is sent
     bool continue_sent = false;
     Exchange outcome = Exchange::upstream_failed;
     for (bool retry = false;; retry = true) {
@@ -324,7 +339,7 @@ Task<Exchange> RequestExchange<Stream>::forward(const RoutingTable& table, Colou
             outcome == Exchange::upstream_failed || outcome == Exchange::upstream_timeout;
         const TryFailure failure =
             outcome == Exchange::upstream_timeout ? TryFailure::timeout : TryFailure::reset;
-        if (!failed ||
+        if (!failed || std::chrono::steady_clock::now() >= response_due_ ||
             !retries.may_retry(facts.idempotent, body_started_, interim_sent_, failure)) {
             co_return outcome;
         }
@@ -371,6 +386,18 @@ void RequestExchange<Stream>::record_try(const Backend& backend, Exchange outcom
     conn_.worker.record_outcome(backend.id, seen);
 }
 
+// How long this try may wait for the backend: upstream_try, within what is left of
+// upstream_response for the whole request.
+template <class Stream>
+Duration RequestExchange<Stream>::try_limit() const {
+    const auto now = std::chrono::steady_clock::now();
+    const Duration left = response_due_ == std::chrono::steady_clock::time_point::max()
+                              ? config_.timeouts.upstream_response
+                              : std::chrono::duration_cast<Duration>(response_due_ - now);
+    const Duration per_try = config_.timeouts.upstream_try;
+    return std::max(Duration(1), per_try > Duration(0) ? std::min(per_try, left) : left);
+}
+
 template <class Stream>
 Task<bool> RequestExchange<Stream>::send_continue() {
     static constexpr std::string_view continue_line = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -389,7 +416,7 @@ Task<Exchange> RequestExchange<Stream>::exchange(UpstreamLease& lease, const Req
     // With no body, or no body byte at hand yet, the head goes now (the backend can start, and
     // answer early); otherwise it leaves with the first piece of body in one write.
     if (ex_.parser->is_done() || ex_.buffer.size() == 0) {
-        conn_.deadline.arm(config_.timeouts.upstream_response, ConnectionDeadline::upstream);
+        conn_.deadline.arm(try_limit(), ConnectionDeadline::upstream);
         auto [ec, n] = co_await asio::async_write(stream, asio::buffer(ex_.head), nothrow);
         if (ec) {
             co_return conn_.deadline.expired() ? Exchange::upstream_timeout
@@ -402,6 +429,10 @@ Task<Exchange> RequestExchange<Stream>::exchange(UpstreamLease& lease, const Req
         if (sent != Exchange::response_ready) {
             co_return sent;
         }
+    }
+    if (response_due_ == std::chrono::steady_clock::time_point::max()) {
+        // upstream_response runs from the first try's request sent, over every try after it.
+        response_due_ = std::chrono::steady_clock::now() + config_.timeouts.upstream_response;
     }
     // Nothing more is read from the client until the response is over: watch it instead, so a
     // client that leaves releases the backend at once.
@@ -446,7 +477,8 @@ Task<Exchange> RequestExchange<Stream>::read_response_head(UpstreamStream& strea
     if (facts.head) {
         parser.skip(true);
     }
-    conn_.deadline.arm(config_.timeouts.upstream_response, ConnectionDeadline::upstream);
+    conn_.deadline.arm(try_limit(), ConnectionDeadline::upstream);
+    AwaitingResponse awaiting(conn_.handle());
     std::size_t checked = 0;
     HeadRead read;
     ResponseRefusal refusal;
@@ -491,9 +523,12 @@ Task<bool> RequestExchange<Stream>::relay_interim() {
 // Streams the request body to the backend; response_ready means all of it went.
 template <class Stream>
 Task<Exchange> RequestExchange<Stream>::send_request_body(UpstreamStream& stream) {
-    const BodyLeg leg{config_.timeouts.client_body,       ConnectionDeadline::client,
-                      config_.timeouts.upstream_response, ConnectionDeadline::upstream,
-                      ex_.parser->get().chunked(),        config_.limits.min_request_body_rate};
+    const BodyLeg leg{config_.timeouts.client_body,
+                      ConnectionDeadline::client,
+                      try_limit(),
+                      ConnectionDeadline::upstream,
+                      ex_.parser->get().chunked(),
+                      config_.limits.min_request_body_rate};
     BodyRelay& relay = conn_.relay;
     switch (co_await relay.relay(ex_, conn_.stream, ex_.buffer, *ex_.parser,
                                  relay.piece(ex_.request_body), stream, leg, ex_.record.bytes_in,

@@ -45,6 +45,7 @@ class RequestExchange {
                            UpstreamLease& lease, RetryState& retries);
     void served_by(const Backend& backend);
     void record_try(const Backend& backend, Exchange outcome);
+    Duration try_limit() const;
     Task<Exchange> exchange(UpstreamLease& lease, const RequestFacts& facts);
     Task<Exchange> read_response_head(UpstreamStream& stream, const RequestFacts& facts);
     Task<bool> send_continue();
@@ -69,6 +70,7 @@ class RequestExchange {
     bool set_sticky_ = false;    // the weights chose: the response pins the colour
     std::chrono::steady_clock::time_point started_;
     std::chrono::steady_clock::time_point upstream_started_;
+    std::chrono::steady_clock::time_point response_due_;  // upstream_response, from the first try
     MethodClass method_ = MethodClass::other;
     std::uint32_t served_slot_ = 0;  // 0: no backend; else the backend id + 1
     std::size_t served_colour_ = 0;

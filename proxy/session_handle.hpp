@@ -2,6 +2,7 @@
 // What a worker knows of one client connection: its sockets, so a graceful shutdown can close
 // idle connections and the connection's deadline can close whichever side stalled.
 
+#include <chrono>
 #include <cstdint>
 
 #include "io_types.hpp"
@@ -9,14 +10,17 @@
 namespace bg {
 
 struct SessionHandle {
-    Socket* client = nullptr;    // the lowest layer, under TLS if any
-    Socket* upstream = nullptr;  // while a request holds a backend connection
+    Socket* client = nullptr;            // the lowest layer, under TLS if any
+    Socket* upstream = nullptr;          // while a request holds a backend connection
     std::uint32_t upstream_backend = 0;  // the backend id of `upstream`
     // An idle backend connection kept for this client only (it opened with a PROXY header),
     // counted with the pool's idle ones.
     bool kept = false;
     std::uint32_t kept_backend = 0;
-    bool idle = false;           // waiting for the next request on a keep-alive connection
+    bool idle = false;  // waiting for the next request on a keep-alive connection
+    // While a request waits for `upstream_backend`'s response head: since when (else the
+    // epoch). The worker reports each backend's oldest wait, so a stalled one is ejected.
+    std::chrono::steady_clock::time_point awaiting_since{};
     // A request in flight while nothing reads the client: the worker's close sweep looks for
     // the client's FIN or reset (ClientCloseWatch), and marks it gone.
     bool watch_close = false;

@@ -173,10 +173,18 @@ void Worker::report_load(std::function<void(DataPlaneLoad)> done) {
         for (std::uint32_t id = 0; id < load.upstream_open.size(); ++id) {
             load.upstream_open[id] = static_cast<std::uint32_t>(pool_.idle_count(id));
         }
+        load.oldest_wait_ms.resize(table_->backend_id_limit(), 0);
+        const auto now = std::chrono::steady_clock::now();
         for (const SessionHandle* session : sessions_) {
-            if (session->upstream != nullptr &&
-                session->upstream_backend < load.upstream_open.size()) {
-                ++load.upstream_open[session->upstream_backend];
+            const std::uint32_t backend = session->upstream_backend;
+            if (session->upstream != nullptr && backend < load.upstream_open.size()) {
+                ++load.upstream_open[backend];
+                if (session->awaiting_since != std::chrono::steady_clock::time_point{}) {
+                    const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(
+                        now - session->awaiting_since);
+                    load.oldest_wait_ms[backend] = std::max<std::uint64_t>(
+                        load.oldest_wait_ms[backend], static_cast<std::uint64_t>(waited.count()));
+                }
             }
             if (session->kept && session->kept_backend < load.upstream_open.size()) {
                 ++load.upstream_open[session->kept_backend];

@@ -105,6 +105,13 @@ void WorkerGroup::gather_load(std::function<void(DataPlaneLoad)> done) {
                     if (total->consecutive_failures.size() < part.consecutive_failures.size()) {
                         total->consecutive_failures.resize(part.consecutive_failures.size(), 0);
                     }
+                    if (total->oldest_wait_ms.size() < part.oldest_wait_ms.size()) {
+                        total->oldest_wait_ms.resize(part.oldest_wait_ms.size(), 0);
+                    }
+                    for (std::size_t i = 0; i < part.oldest_wait_ms.size(); ++i) {
+                        total->oldest_wait_ms[i] =
+                            std::max(total->oldest_wait_ms[i], part.oldest_wait_ms[i]);
+                    }
                     for (std::size_t i = 0; i < part.consecutive_failures.size(); ++i) {
                         total->consecutive_failures[i] =
                             std::max(total->consecutive_failures[i], part.consecutive_failures[i]);

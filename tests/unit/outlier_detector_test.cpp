@@ -140,3 +140,25 @@ TEST_CASE("after a success the run of failures a returned backend is judged on s
                          t0 + std::chrono::seconds(41), std::nullopt, {{"b1", true}});
     CHECK(v.ejected == std::vector<std::string>{"b1"});
 }
+
+TEST_CASE("a backend that holds requests while its peers answer is ejected; a slow pool is not") {
+    bg::OutlierConfig config;
+    config.stalled_after = std::chrono::seconds(1);
+    config.stall_ratio = 5;
+    bg::OutlierDetector detector(config);
+    auto table = two_by_two();
+    auto t0 = Clock::now();
+    auto load = counts({0, 0, 0, 0}, {0, 0, 0, 0});
+    detector.observe(table, load, t0, std::nullopt, {});
+    // g1 answers (its oldest request 20 ms), g2 has held one for 1.5 s.
+    load = counts({0, 0, 100, 10}, {0, 0, 0, 0});
+    load.oldest_wait_ms = {0, 0, 20, 1500};
+    auto v = detector.observe(table, load, t0 + std::chrono::seconds(1), std::nullopt, {});
+    CHECK(v.ejected == std::vector<std::string>{"g2"});
+    CHECK(v.reasons["g2"].find("waiting 1500ms") != std::string::npos);
+    // Blue is slow as a whole: both wait 2 s; neither is ejected.
+    load = counts({50, 50, 100, 10}, {0, 0, 0, 0});
+    load.oldest_wait_ms = {2000, 2100, 20, 1500};
+    v = detector.observe(table, load, t0 + std::chrono::seconds(2), std::nullopt, {});
+    CHECK(v.ejected.empty());
+}

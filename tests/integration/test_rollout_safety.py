@@ -1,6 +1,8 @@
-"""Canary analysis with the quick start's defaults: a candidate significantly worse than the
-stable colour (errors or latency) is reverted; one as noisy as stable is not. On e53b836 (an
-absolute 50% colour error threshold) the 20% candidate was never reverted."""
+"""Rollout safety with the quick start's defaults. Canary analysis: a candidate significantly
+worse than the stable colour (errors or latency) is reverted; one as noisy as stable is not (on
+e53b836, an absolute 50% colour error threshold, the 20% candidate was never reverted). A
+backend that holds requests without answering is routed around (on e53b836 it kept its share
+for the whole 30 s response timeout)."""
 import json
 import threading
 import time
@@ -26,6 +28,7 @@ class Load:
         self.stopped = threading.Event()
         self.lock = threading.Lock()
         self.counts = {}
+        self.records = []  # (start, seconds, backend, status)
         self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(threads)]
         for t in self.threads:
             t.start()
@@ -36,15 +39,19 @@ class Load:
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                start = time.time()
                 conn.request("GET", "/")
                 r = conn.getresponse()
                 r.read()
-                key = ((r.getheader("X-Backend") or "proxy").split("-")[0], r.status)
+                backend = r.getheader("X-Backend") or "proxy"
+                status = r.status
             except (OSError, http.client.HTTPException):
-                key = ("proxy", "error")
+                backend, status = "proxy", "error"
                 conn = None
+            key = (backend.split("-")[0], status)
             with self.lock:
                 self.counts[key] = self.counts.get(key, 0) + 1
+                self.records.append((start, time.time() - start, backend, status))
         if conn is not None:
             conn.close()
 
@@ -121,6 +128,49 @@ class CanaryTest(ProcessTestCase):
         with open(self.proxy_.audit_log) as f:
             last = json.loads(f.read().splitlines()[-1])
         self.assertIn("latency", last["note"])
+
+
+class HungBackendTest(ProcessTestCase):
+    def test_a_backend_that_never_answers_is_routed_around(self):
+        blue = [self.backend("blue-1"), self.backend("blue-2")]
+        green = [self.backend("green-1"), self.backend("green-2")]
+        proxy = self.proxy(config(blue, green, weights=(50, 50)))
+        load = Load(proxy.port, threads=6, limit=40)
+        self.addCleanup(load.stop)
+        time.sleep(2)
+        hung_at = time.time()
+        admin(green[1], "hang?hang=1")  # reads requests, never answers; /healthz still does
+        ejected = None  # seconds after the hang
+        while time.time() - hung_at < 10 and ejected is None:
+            s = proxy.status()
+            g2 = [b for b in s["colours"]["green"]["backends"] if b["name"] == "green-2"][0]
+            if not g2["healthy"]:
+                ejected = time.time() - hung_at
+            time.sleep(0.05)
+        # The requests caught on it wait for their try (upstream_try, 10 s), then go elsewhere.
+        time.sleep(11)
+        load.stop()
+        records = list(load.records)
+        failed = [r for r in records if r[3] != 200]
+        # Least-request sends it little from its first stuck requests; while it is ejected
+        # (base_ejection, 10 s; then it returns, its checks passing, and is caught again),
+        # nothing.
+        ejected_at = hung_at + (ejected if ejected is not None else 1e9)
+        slow_after = [r for r in records if ejected_at + 0.1 < r[0] < ejected_at + 8 and r[1] > 1]
+        caught = [r for r in records if r[0] >= hung_at and r[1] > 5]
+        after = [r for r in records if r[0] > hung_at + 1.0]
+        print("green-2 hung at 50/50: ejected %.2f s later; %d requests after the first second, "
+              "%d of those while it was ejected slower than 1 s; %d caught on it (answered after "
+              "the try timeout: started %s s after the hang); %d failed"
+              % (ejected or -1, len(after), len(slow_after), len(caught),
+                 sorted(set(round(r[0] - hung_at, 1) for r in caught)), len(failed)))
+        self.assertIsNotNone(ejected, "green-2 never ejected: %s" % proxy.status())
+        self.assertLess(len(caught), 20)
+        self.assertLess(ejected, 3)
+        self.assertEqual(failed, [])
+        self.assertGreater(len(after), 1000)
+        self.assertEqual(slow_after, [])
+        self.assertEqual(proxy.status()["colours"]["green"]["role"], "candidate")
 
 
 if __name__ == "__main__":
