@@ -14,7 +14,7 @@ namespace bg {
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 
-Worker::Worker(unsigned index, std::shared_ptr<const Config> config, RoutingTablePtr table,
+Worker::Worker(unsigned index, std::shared_ptr<const Config> config, TableSlot& slot,
                ConnectionLimits& limits)
     : index_(index),
       limits_(limits),
@@ -22,7 +22,9 @@ Worker::Worker(unsigned index, std::shared_ptr<const Config> config, RoutingTabl
       // reactor needs no per-socket locking.
       io_(BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO),
       config_(std::move(config)),
-      table_(std::move(table)),
+      slot_(slot),
+      seen_version_(slot.version()),
+      table_(slot.load()),
       balancer_(config_->upstream.balance, 0x5eed0000ull + index),
       pool_(io_.get_executor(), config_->upstream),
       grace_timer_(io_),
@@ -149,7 +151,9 @@ void Worker::apply(RoutingTablePtr table, std::shared_ptr<const Config> config,
                 }
             }
         }
-        table_ = std::move(table);
+        // The table itself was already taken from the slot by the first request after the
+        // publication; taking it here too covers a worker that serves none.
+        this->table();
         if (config) {
             config_ = std::move(config);
         }

@@ -25,6 +25,7 @@
 #include "routing_table.hpp"
 #include "session_handle.hpp"
 #include "table_publisher.hpp"
+#include "table_slot.hpp"
 #include "traffic_counters.hpp"
 #include "try_outcome.hpp"
 #include "upstream_pool.hpp"
@@ -34,7 +35,7 @@ namespace bg {
 
 class Worker {
   public:
-    Worker(unsigned index, std::shared_ptr<const Config> config, RoutingTablePtr table,
+    Worker(unsigned index, std::shared_ptr<const Config> config, TableSlot& slot,
            ConnectionLimits& limits);
     ~Worker();
     Worker(const Worker&) = delete;
@@ -64,7 +65,14 @@ class Worker {
     }
     bool logs_access() const { return access_log_ != nullptr; }
     boost::asio::io_context& io() { return io_; }
-    const RoutingTablePtr& table() const { return table_; }
+    // The routing table for a request starting now: the slot's latest, taken when it changed.
+    const RoutingTablePtr& table() {
+        if (const std::uint64_t v = slot_.version(); v != seen_version_) {
+            seen_version_ = v;
+            table_ = slot_.load();
+        }
+        return table_;
+    }
     const std::shared_ptr<const Config>& config() const { return config_; }
     Balancer& balancer() { return balancer_; }
     UpstreamPool& upstream_pool() { return pool_; }
@@ -98,7 +106,9 @@ class Worker {
     AccessLog* access_log_ = nullptr;
     boost::asio::io_context io_;
     std::shared_ptr<const Config> config_;
-    RoutingTablePtr table_;
+    TableSlot& slot_;
+    std::uint64_t seen_version_;
+    RoutingTablePtr table_;  // the slot's table as of seen_version_
     Balancer balancer_;
     UpstreamPool pool_;
     ExchangePool exchanges_;

@@ -9,9 +9,11 @@ namespace asio = boost::asio;
 
 WorkerGroup::WorkerGroup(asio::any_io_executor completions, unsigned count,
                          std::shared_ptr<const Config> config, RoutingTablePtr table)
-    : completions_(std::move(completions)), limits_(config->listeners.size()) {
+    : completions_(std::move(completions)),
+      limits_(config->listeners.size()),
+      slot_(std::move(table)) {
     for (unsigned i = 0; i < count; ++i) {
-        workers_.push_back(std::make_unique<Worker>(i, config, table, limits_));
+        workers_.push_back(std::make_unique<Worker>(i, config, slot_, limits_));
     }
 }
 
@@ -58,6 +60,9 @@ void WorkerGroup::join() {
 
 void WorkerGroup::publish(RoutingTablePtr table, std::shared_ptr<const Config> config,
                           std::function<void()> on_applied) {
+    // Seen by the next request on every worker from here on; the posted apply (pool cleanup,
+    // a reload's config) follows on each worker's loop, and the ack waits for all of them.
+    slot_.store(table);
     // The countdown lives on the completion executor only: each worker posts its ack there.
     auto remaining = std::make_shared<std::size_t>(workers_.size());
     auto done = std::make_shared<std::function<void()>>(std::move(on_applied));

@@ -36,6 +36,7 @@ class WorkerGroup final : public TablePublisher {
   private:
     boost::asio::any_io_executor completions_;
     ConnectionLimits limits_;  // before workers_: they point at it
+    TableSlot slot_;           // likewise
     std::vector<std::unique_ptr<Worker>> workers_;
     std::vector<std::uint16_t> ports_;
 };

@@ -38,7 +38,7 @@ class Load:
         while not self.stopped.is_set() and time.time() < self.stop_at:
             try:
                 if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
                 start = time.time()
                 conn.request("GET", "/")
                 r = conn.getresponse()
@@ -58,7 +58,7 @@ class Load:
     def stop(self):
         self.stopped.set()
         for t in self.threads:
-            t.join(15)
+            t.join(35)
         return dict(self.counts)
 
 
