@@ -63,7 +63,9 @@ bool AdminServer::open(const std::string& address, std::string& error) {
     return true;
 }
 
-void AdminServer::start() { accept(); }
+void AdminServer::start() {
+    accept();
+}
 
 void AdminServer::close() {
     boost::system::error_code ignored;
@@ -89,15 +91,18 @@ void AdminServer::accept() {
                     for (;;) {
                         http::request<http::string_body> request;
                         stream.expires_after(switchboard_.config()->timeouts.client_keepalive);
-                        auto [rec, rn] = co_await http::async_read(stream, buffer, request, nothrow);
+                        auto [rec, rn] =
+                            co_await http::async_read(stream, buffer, request, nothrow);
                         if (rec) {
                             break;
                         }
-                        http::response<http::string_body> response{http::status::ok, request.version()};
+                        http::response<http::string_body> response{http::status::ok,
+                                                                   request.version()};
                         response.set(http::field::content_type, "text/plain; charset=utf-8");
                         const auto target = request.target();
                         const auto path = target.substr(0, target.find('?'));
-                        if (request.method() != http::verb::get && request.method() != http::verb::head) {
+                        if (request.method() != http::verb::get &&
+                            request.method() != http::verb::head) {
                             // A read-only listener: nothing here changes state.
                             response.result(http::status::method_not_allowed);
                             response.set(http::field::allow, "GET, HEAD");
@@ -106,8 +111,11 @@ void AdminServer::accept() {
                             response.body() = "ok\n";
                         } else if (path == "/readyz") {
                             const bool ready = !draining_ && !switchboard_.panic();
-                            response.result(ready ? http::status::ok : http::status::service_unavailable);
-                            response.body() = draining_ ? "draining\n" : ready ? "ready\n" : "no colour can serve\n";
+                            response.result(ready ? http::status::ok
+                                                  : http::status::service_unavailable);
+                            response.body() = draining_ ? "draining\n"
+                                              : ready   ? "ready\n"
+                                                        : "no colour can serve\n";
                         } else if (path == "/status" || (path == "/metrics" && metrics_)) {
                             // Both are produced by the control thread's own machinery, which
                             // answers through a callback; a channel turns it back into a step.
@@ -115,21 +123,25 @@ void AdminServer::accept() {
                             if (path == "/status") {
                                 Caller self;
                                 self.role = Role::read;
-                                switchboard_.execute(self, "status", [&mailbox](const json::object& reply) {
-                                    mailbox.try_send(boost::system::error_code{}, json::serialize(reply) + "\n");
-                                });
+                                switchboard_.execute(
+                                    self, "status", [&mailbox](const json::object& reply) {
+                                        mailbox.try_send(boost::system::error_code{},
+                                                         json::serialize(reply) + "\n");
+                                    });
                                 response.set(http::field::content_type, "application/json");
                             } else {
                                 metrics_([&mailbox](std::string text) {
                                     mailbox.try_send(boost::system::error_code{}, std::move(text));
                                 });
-                                response.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+                                response.set(http::field::content_type,
+                                             "text/plain; version=0.0.4; charset=utf-8");
                             }
                             auto [mec, body] = co_await mailbox.async_receive(nothrow);
                             response.body() = std::move(body);
                         } else {
                             response.result(http::status::not_found);
-                            response.body() = "unknown path; try /healthz, /readyz, /status, /metrics\n";
+                            response.body() =
+                                "unknown path; try /healthz, /readyz, /status, /metrics\n";
                         }
                         response.keep_alive(request.keep_alive());
                         response.prepare_payload();

@@ -17,7 +17,7 @@
 namespace bg {
 
 class AdminServer {
-public:
+  public:
     // `metrics` renders the Prometheus text exposition and hands it to its callback; without
     // one, /metrics is not served.
     using MetricsSource = std::function<void(std::function<void(std::string)>)>;
@@ -31,7 +31,7 @@ public:
     void set_draining() { draining_ = true; }
     std::uint16_t port() const { return port_; }
 
-private:
+  private:
     void accept();
 
     boost::asio::io_context& io_;

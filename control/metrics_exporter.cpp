@@ -241,7 +241,7 @@ std::string render_metrics(const MetricsSources& in) {
                 "auto_revert, canary_revert, failover, ...")
             .Register(registry);
     for (const char* kind : {"set", "flip", "ramp", "ramp_step", "rollback", "promote",
-                             "auto_revert", "canary_revert", "failover"}) {
+                             "auto_revert", "canary_revert", "failover", "failback"}) {
         switches.Add({{"kind", kind}});  // present at 0 so rate() works from the first switch
     }
     for (const auto& [kind, n] : counts.switches) {

@@ -22,6 +22,7 @@ GuardDecision revert_to_stable(const RoutingState& state, Colour failed, std::st
     decision.next.weight_bp[index_of(failed)] = 0;
     decision.next.failed[index_of(failed)] = true;
     decision.next.ramp.reset();
+    decision.next.failover.reset();
     decision.reason = reason + ": all traffic back to the stable colour " + to_string(state.stable);
     return decision;
 }
@@ -41,24 +42,44 @@ GuardDecision evaluate_guard(const RoutingState& state, const std::array<ColourH
         return revert_to_stable(state, candidate,
                                 std::string(to_string(candidate)) + " failed (" +
                                     std::to_string(health[index_of(candidate)].healthy) + "/" +
-                                    std::to_string(health[index_of(candidate)].total) + " healthy)");
+                                    std::to_string(health[index_of(candidate)].total) +
+                                    " healthy)");
     }
     if (stable_failed && !candidate_failed && !state.failed[index_of(candidate)] &&
         rollout.stable_failure == StableFailurePolicy::failover && state.weight(stable) > 0) {
         decision.changed = true;
         decision.kind = "failover";
+        decision.next.failover = FailoverState{state.weight_bp, {}};
         decision.next.weight_bp[index_of(candidate)] = 10000;
         decision.next.weight_bp[index_of(stable)] = 0;
-        decision.next.stable = candidate;
-        decision.next.failed[index_of(stable)] = true;
         decision.next.ramp.reset();
         decision.reason = std::string("the stable colour ") + to_string(stable) + " failed (" +
                           std::to_string(health[index_of(stable)].healthy) + "/" +
                           std::to_string(health[index_of(stable)].total) +
-                          " healthy): " + to_string(candidate) +
-                          " takes all traffic and becomes stable";
+                          " healthy): " + to_string(candidate) + " takes all traffic until " +
+                          to_string(stable) + " recovers";
         return decision;
     }
+    return decision;
+}
+
+GuardDecision evaluate_failback(const RoutingState& state,
+                                const std::array<ColourHealth, 2>& health,
+                                const RolloutConfig& rollout) {
+    GuardDecision decision;
+    decision.next = state;
+    if (!state.failover || colour_failed(health[index_of(state.stable)], rollout)) {
+        return decision;
+    }
+    decision.changed = true;
+    decision.kind = "failback";
+    decision.next.weight_bp = state.failover->weight_bp;
+    decision.next.failover.reset();
+    decision.reason = std::string("the stable colour ") + to_string(state.stable) +
+                      " is healthy again (" +
+                      std::to_string(health[index_of(state.stable)].healthy) + "/" +
+                      std::to_string(health[index_of(state.stable)].total) +
+                      " healthy): traffic back to the weights before the failover";
     return decision;
 }
 

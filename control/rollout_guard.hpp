@@ -1,8 +1,10 @@
 #pragma once
 // The rollout guard: what health does to routing. When the colour taking new traffic is not the
 // stable one and fails, all traffic goes back to the stable colour at once, and the failed
-// colour is marked so until an operator clears it. When the stable colour fails, the policy
-// decides (failover or hold). Traffic never moves back by itself when a colour recovers.
+// colour is marked so until an operator clears it: a reverted candidate never gets traffic back
+// by itself. When the stable colour fails, the policy decides (failover or hold); a failover is
+// temporary: the stable colour stays stable, and once it has been healthy for failback_hold
+// traffic returns to the weights it had (failback "auto"), or waits for an operator.
 
 #include <array>
 #include <string>
@@ -20,7 +22,7 @@ struct ColourHealth {
 struct GuardDecision {
     bool changed = false;
     RoutingState next;
-    std::string kind;    // "auto_revert", "failover" or empty
+    std::string kind;    // "auto_revert", "failover", "failback" or empty
     std::string reason;  // for the audit log, watch and status
 };
 
@@ -32,5 +34,11 @@ GuardDecision revert_to_stable(const RoutingState& state, Colour failed, std::st
 
 GuardDecision evaluate_guard(const RoutingState& state, const std::array<ColourHealth, 2>& health,
                              const RolloutConfig& rollout);
+
+// After a failover, with the stable colour healthy again: the weights before it, restored.
+// Unchanged when there was no failover or the stable colour is still failed.
+GuardDecision evaluate_failback(const RoutingState& state,
+                                const std::array<ColourHealth, 2>& health,
+                                const RolloutConfig& rollout);
 
 }  // namespace bg

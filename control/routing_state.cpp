@@ -96,6 +96,12 @@ json::object to_json(const RoutingState& state) {
     } else {
         out["ramp"] = nullptr;
     }
+    if (state.failover) {
+        out["failover"] =
+            json::object{{"weights", json::object{{"blue", state.failover->weight_bp[0]},
+                                                  {"green", state.failover->weight_bp[1]}}},
+                         {"at", state.failover->at}};
+    }
     out["changed_at"] = state.changed_at;
     out["changed_by"] = state.changed_by;
     out["command"] = state.command;
@@ -176,6 +182,18 @@ std::optional<RoutingState> routing_state_from_json(const json::value& value, st
                 return std::nullopt;
             }
             state.ramp = ramp;
+        }
+        if (const json::value* f = in.if_contains("failover"); f != nullptr && !f->is_null()) {
+            const json::object& weights = f->at("weights").as_object();
+            FailoverState failover;
+            failover.weight_bp = {weights.at("blue").to_number<std::uint32_t>(),
+                                  weights.at("green").to_number<std::uint32_t>()};
+            if (failover.weight_bp[0] + failover.weight_bp[1] != 10000) {
+                error = "failover weights do not sum to 10000 basis points";
+                return std::nullopt;
+            }
+            failover.at = std::string(f->at("at").as_string());
+            state.failover = failover;
         }
         state.changed_at = std::string(in.at("changed_at").as_string());
         state.changed_by = std::string(in.at("changed_by").as_string());

@@ -24,6 +24,13 @@ struct RampState {
     bool paused = false;
 };
 
+// Traffic moved off the stable colour because it failed (the rollout guard's failover). The
+// stable colour stays stable: when it recovers, traffic returns to these weights.
+struct FailoverState {
+    std::array<std::uint32_t, 2> weight_bp{10000, 0};  // the operator's weights before it
+    std::string at;                                    // ISO 8601 UTC
+};
+
 struct RoutingState {
     std::uint64_t version = 1;
     std::array<std::uint32_t, 2> weight_bp{10000, 0};
@@ -31,6 +38,7 @@ struct RoutingState {
     std::array<bool, 2> failed{false, false};
     std::map<std::string, AdminState> admin;  // backends not in the map are ready
     std::optional<RampState> ramp;
+    std::optional<FailoverState> failover;
     std::string changed_at;  // ISO 8601 UTC
     std::string changed_by;  // "uid 1000 pid 4242", "config", "ramp"
     std::string command;     // what made this version

@@ -41,9 +41,10 @@ class FileStateStore final : public StateStore {
 
 // State that lives as long as the process: the quick start without --state-file.
 class MemoryStateStore final : public StateStore {
-public:
+  public:
     StoreLoad load() override { return {}; }
-    bool save(const RoutingState& next, std::uint64_t expected_version, std::string& error) override {
+    bool save(const RoutingState& next, std::uint64_t expected_version,
+              std::string& error) override {
         if (version_ != 0 && version_ != expected_version) {
             error = "state changed underneath";
             return false;
@@ -52,7 +53,7 @@ public:
         return true;
     }
 
-private:
+  private:
     std::uint64_t version_ = 0;
 };
 

@@ -70,6 +70,7 @@ Switchboard::Switchboard(boost::asio::any_io_executor executor,
       ramp_timer_(executor),
       outlier_timer_(executor),
       canary_timer_(executor),
+      failback_timer_(executor),
       outlier_(config_->outlier),
       canary_(config_->canary) {}
 
@@ -152,10 +153,7 @@ void Switchboard::handle_health(Job job) {
                            {"backend", job.backend},
                            {"healthy", job.healthy},
                            {"change", job.line}});
-    auto counts = colour_health();
-    std::array<ColourHealth, 2> health{ColourHealth{counts[0].first, counts[0].second},
-                                       ColourHealth{counts[1].first, counts[1].second}};
-    GuardDecision decision = evaluate_guard(state_, health, config_->rollout);
+    GuardDecision decision = evaluate_guard(state_, guard_health(), config_->rollout);
     if (decision.changed) {
         apply_guard(std::move(job), std::move(decision));
         return;
@@ -254,7 +252,8 @@ std::array<ColourFigures, 2> Switchboard::colour_figures(const DataPlaneLoad& lo
 void Switchboard::handle_canary(Job job) {
     const CanaryVerdict& verdict = *job.canary;
     if (!verdict.candidate || watched_colour() != verdict.candidate ||
-        state_.failed[index_of(*verdict.candidate)]) {
+        state_.failed[index_of(*verdict.candidate)] || state_.failover) {
+        // Gone, already failed, or serving because stable failed: never reverted onto it.
         finish(job, json::object{{"ok", true}});
         return;
     }
@@ -267,6 +266,50 @@ void Switchboard::handle_canary(Job job) {
     GuardDecision decision =
         revert_to_stable(state_, *verdict.candidate, "canary analysis: " + verdict.reason);
     decision.kind = "canary_revert";
+    apply_guard(std::move(job), std::move(decision));
+}
+
+std::array<ColourHealth, 2> Switchboard::guard_health() const {
+    auto counts = colour_health();
+    return {ColourHealth{counts[0].first, counts[0].second},
+            ColourHealth{counts[1].first, counts[1].second}};
+}
+
+// After any change: a failover whose stable colour is healthy again fails back after
+// failback_hold of continuous health (auto); a relapse restarts the wait.
+void Switchboard::consider_failback() {
+    const bool due = state_.failover && config_->rollout.failback_auto &&
+                     evaluate_failback(state_, guard_health(), config_->rollout).changed;
+    if (!due) {
+        if (failback_armed_) {
+            failback_timer_.cancel();
+            failback_armed_ = false;
+        }
+        return;
+    }
+    if (failback_armed_) {
+        return;
+    }
+    failback_armed_ = true;
+    failback_timer_.expires_after(config_->rollout.failback_hold);
+    failback_timer_.async_wait([this](boost::system::error_code ec) {
+        if (ec) {
+            return;
+        }
+        failback_armed_ = false;
+        Job job{process_caller(), "failback", [](const json::object&) {}, true};
+        job.failback = true;
+        queue_.push_back(std::move(job));
+        run_next();
+    });
+}
+
+void Switchboard::handle_failback(Job job) {
+    GuardDecision decision = evaluate_failback(state_, guard_health(), config_->rollout);
+    if (!decision.changed || !config_->rollout.failback_auto) {
+        finish(job, json::object{{"ok", true}});
+        return;
+    }
     apply_guard(std::move(job), std::move(decision));
 }
 
@@ -301,6 +344,9 @@ void Switchboard::handle_outlier(Job job) {
 
 void Switchboard::apply_guard(Job job, GuardDecision decision) {
     spdlog::warn("rollout guard: {}", decision.reason);
+    if (decision.next.failover && !state_.failover) {
+        decision.next.failover->at = now_iso8601();
+    }
     Staged staged{decision.next, config_, decision.reason, decision.kind};
     commit(std::move(job), decision.kind, std::move(staged));
 }
@@ -366,6 +412,7 @@ void Switchboard::run_next() {
 }
 
 void Switchboard::finish(Job& job, const json::object& reply) {
+    consider_failback();
     job.reply(reply);
     busy_ = false;
     // Not recursively: let the reply's write start first.
@@ -392,6 +439,10 @@ json::object Switchboard::audit_record(const Job& job, const char* result,
 void Switchboard::run(Job job) {
     if (job.internal && job.canary) {
         handle_canary(std::move(job));
+        return;
+    }
+    if (job.internal && job.failback) {
+        handle_failback(std::move(job));
         return;
     }
     if (job.internal && job.outlier) {
@@ -457,6 +508,10 @@ void Switchboard::run(Job job) {
         staged.kind = "ramp_step";
     }
     std::string error = stage(cmd, job.caller, staged);
+    if (error.empty() && staged.next.failover && staged.next.weight_bp != state_.weight_bp) {
+        // An operator (or the ramp) set weights after a failover: theirs stand, no failback.
+        staged.next.failover.reset();
+    }
     if (!error.empty() && cmd.verb == Verb::reload) {
         ++counts_.reloads_refused;
     }
@@ -868,6 +923,17 @@ void Switchboard::reply_status(Job job) {
             reply["ramp"] = nullptr;
         }
         reply["canary"] = to_json(canary_.verdict());
+        if (state_.failover) {
+            reply["failover"] = json::object{
+                {"since", state_.failover->at},
+                {"weights", json::object{{"blue", percent_json(state_.failover->weight_bp[0])},
+                                         {"green", percent_json(state_.failover->weight_bp[1])}}},
+                {"failback", !config_->rollout.failback_auto ? "manual (bgctl rollback)"
+                             : failback_armed_ ? "pending: the stable colour is healthy"
+                                               : "when the stable colour is healthy"}};
+        } else {
+            reply["failover"] = nullptr;
+        }
         finish(job, reply);
     };
     if (publisher_ == nullptr) {

@@ -85,6 +85,7 @@ class Switchboard {
         std::string why{};      // health transition: what the checks saw
         std::optional<OutlierDetector::Verdicts> outlier{};  // passive detection's findings
         std::optional<CanaryVerdict> canary{};               // a failing canary verdict
+        bool failback = false;  // the failback hold is over: return to the weights before
     };
     struct Staged {
         RoutingState next;
@@ -105,6 +106,9 @@ class Switchboard {
     void handle_health(Job job);
     void handle_outlier(Job job);
     void handle_canary(Job job);
+    void handle_failback(Job job);
+    void consider_failback();
+    std::array<ColourHealth, 2> guard_health() const;
     void apply_guard(Job job, GuardDecision decision);  // persist, publish, audit a revert
     void publish_health(Job job);                       // a new table, the same state
     void arm_outlier_timer();
@@ -139,6 +143,8 @@ class Switchboard {
     boost::asio::steady_timer ramp_timer_;
     boost::asio::steady_timer outlier_timer_;
     boost::asio::steady_timer canary_timer_;
+    boost::asio::steady_timer failback_timer_;
+    bool failback_armed_ = false;
     OutlierDetector outlier_;
     CanaryAnalysis canary_;
     std::map<std::uint64_t, Watcher> watchers_;

@@ -1017,6 +1017,15 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
                             "rollout.stable_failure must be \"failover\" or \"hold\"");
             }
         }
+        if (auto policy = r->read_string("failback")) {
+            if (*policy == "auto" || *policy == "manual") {
+                config.rollout.failback_auto = *policy == "auto";
+            } else {
+                r->error_at(*r->table().get("failback"),
+                            "rollout.failback must be \"auto\" or \"manual\"");
+            }
+        }
+        r->read_duration("failback_hold", config.rollout.failback_hold);
         r->reject_unknown_keys();
     }
 

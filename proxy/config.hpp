@@ -153,6 +153,10 @@ struct RolloutConfig {
     // below 1, a fraction of the pool.
     double min_healthy = 1;
     StableFailurePolicy stable_failure = StableFailurePolicy::failover;
+    // After a failover, once the stable colour has been healthy for failback_hold, traffic
+    // returns to the weights it had ("auto"), or waits for an operator ("manual").
+    bool failback_auto = true;
+    Duration failback_hold{std::chrono::seconds(30)};
 };
 
 enum class BalancePolicy { round_robin, least_request };

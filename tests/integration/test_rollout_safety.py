@@ -173,5 +173,71 @@ class HungBackendTest(ProcessTestCase):
         self.assertEqual(proxy.status()["colours"]["green"]["role"], "candidate")
 
 
+class FailbackTest(ProcessTestCase):
+    """A failover is temporary (on e53b836 the idle colour became stable for good)."""
+
+    def test_failover_then_failback_after_the_hold(self):
+        blue = [self.backend("blue-1"), self.backend("blue-2")]
+        green = [self.backend("green-1"), self.backend("green-2")]
+        # The defaults but a short hold (30 s by default), to keep the test short.
+        proxy = self.proxy(config(blue, green, weights=(90, 10), extra="""
+[rollout]
+failback_hold = "3s"
+"""))
+        for b in blue:
+            admin(b, "health?status=500")
+        start = time.time()
+        while time.time() - start < 15 and proxy.status()["failover"] is None:
+            time.sleep(0.1)
+        s = proxy.status()
+        self.assertIsNotNone(s["failover"], "no failover: %s" % s)
+        self.assertEqual(s["stable"], "blue")  # blue stays the stable colour
+        self.assertEqual(s["colours"]["green"]["weight"], 100)
+        self.assertEqual(s["failover"]["weights"], {"blue": 90, "green": 10})
+        for b in blue:
+            admin(b, "health?status=200")
+        healthy_at = time.time()
+        back = None
+        while time.time() - healthy_at < 20:
+            s = proxy.status()
+            if s["failover"] is None:
+                back = time.time() - healthy_at
+                break
+            time.sleep(0.1)
+        print("failover to green when blue failed; failback %.1f s after blue's checks passed "
+              "again (hold 3 s)" % (back or -1))
+        self.assertIsNotNone(back, "no failback: %s" % s)
+        self.assertGreater(back, 3)
+        self.assertEqual(s["colours"]["blue"]["weight"], 90)
+        self.assertEqual(s["colours"]["green"]["weight"], 10)
+        with open(proxy.audit_log) as f:
+            notes = [json.loads(l).get("note", "") for l in f]
+        self.assertTrue(any("traffic back to the weights before the failover" in n for n in notes),
+                        notes)
+
+    def test_manual_failback_waits_for_the_operator(self):
+        blue = [self.backend("blue-1")]
+        green = [self.backend("green-1")]
+        proxy = self.proxy(config(blue, green, extra="""
+[rollout]
+failback = "manual"
+failback_hold = "1s"
+"""))
+        admin(blue[0], "health?status=500")
+        start = time.time()
+        while time.time() - start < 15 and proxy.status()["failover"] is None:
+            time.sleep(0.1)
+        self.assertIsNotNone(proxy.status()["failover"])
+        admin(blue[0], "health?status=200")
+        time.sleep(5)
+        s = proxy.status()
+        self.assertIsNotNone(s["failover"], "failed back by itself: %s" % s)
+        self.assertIn("manual", s["failover"]["failback"])
+        self.assertEqual(proxy.bgctl("rollback").returncode, 0)
+        s = proxy.status()
+        self.assertIsNone(s["failover"])
+        self.assertEqual(s["colours"]["blue"]["weight"], 100)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -51,14 +51,32 @@ TEST_CASE("min_healthy as a count or a fraction") {
     CHECK(bg::colour_failed({0, 0}, rollout));
 }
 
-TEST_CASE("the stable colour failing: failover or hold") {
+TEST_CASE("the stable colour failing: failover (temporary) or hold") {
     bg::RolloutConfig rollout;
-    auto d = bg::evaluate_guard(weights(10000), healthy(0, 2), rollout);
+    auto before = weights(9000);
+    auto d = bg::evaluate_guard(before, healthy(0, 2), rollout);
     REQUIRE(d.changed);
     CHECK(d.kind == "failover");
     CHECK(d.next.weight(bg::Colour::green) == 10000);
-    CHECK(d.next.stable == bg::Colour::green);
-    CHECK(d.next.failed[0]);
+    // Blue stays the stable colour, and the operator's weights are kept for the failback.
+    CHECK(d.next.stable == bg::Colour::blue);
+    CHECK_FALSE(d.next.failed[0]);
+    REQUIRE(d.next.failover);
+    CHECK(d.next.failover->weight_bp == before.weight_bp);
+    // No second failover while failed over; no failback while blue is still down.
+    CHECK_FALSE(bg::evaluate_guard(d.next, healthy(0, 2), rollout).changed);
+    CHECK_FALSE(bg::evaluate_failback(d.next, healthy(0, 2), rollout).changed);
+    // Blue healthy again: back to 90/10.
+    auto back = bg::evaluate_failback(d.next, healthy(2, 2), rollout);
+    REQUIRE(back.changed);
+    CHECK(back.kind == "failback");
+    CHECK(back.next.weight_bp == before.weight_bp);
+    CHECK_FALSE(back.next.failover);
+    // Green failing while it carries the failover and blue is back: reverted to blue.
+    auto revert = bg::evaluate_guard(d.next, healthy(2, 0), rollout);
+    REQUIRE(revert.changed);
+    CHECK(revert.next.weight(bg::Colour::blue) == 10000);
+    CHECK_FALSE(revert.next.failover);
     rollout.stable_failure = bg::StableFailurePolicy::hold;
     CHECK_FALSE(bg::evaluate_guard(weights(10000), healthy(0, 2), rollout).changed);
 }
