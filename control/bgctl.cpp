@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <algorithm>
 
 #include <CLI/CLI.hpp>
 #include <boost/json.hpp>
@@ -118,6 +119,34 @@ void print_status(const json::object& s) {
     } else {
         std::printf("ramp: none\n");
     }
+    if (const auto* f = s.if_contains("failover"); f != nullptr && f->is_object()) {
+        const auto& o = f->as_object();
+        std::printf("failover since %s (weights before: blue %s, green %s); failback: %s\n",
+                    str(o.at("since")).c_str(), percent(o.at("weights").at("blue")).c_str(),
+                    percent(o.at("weights").at("green")).c_str(), str(o.at("failback")).c_str());
+    }
+    if (const auto* c = s.if_contains("canary"); c != nullptr && c->is_object()) {
+        const auto& o = c->as_object();
+        std::string line = "canary: " + str(o.at("verdict"));
+        if (const auto* cand = o.if_contains("candidate")) {
+            line += " (" + str(*cand) + ")";
+        }
+        if (const auto* w = o.if_contains("window")) {
+            char figures[200];
+            std::snprintf(figures, sizeof figures,
+                          " over %s: errors %.2f%% vs stable %.2f%% (z %.1f), p99 %.1fms vs %.1fms",
+                          str(*w).c_str(), o.at("candidate_error_rate").to_number<double>() * 100,
+                          o.at("stable_error_rate").to_number<double>() * 100,
+                          o.at("z").to_number<double>(),
+                          o.at("candidate_latency_seconds").to_number<double>() * 1000,
+                          o.at("stable_latency_seconds").to_number<double>() * 1000);
+            line += figures;
+        }
+        if (const auto* why = o.if_contains("reason")) {
+            line += " -- " + str(*why);
+        }
+        std::printf("%s\n", line.c_str());
+    }
     std::printf("\n%-8s %8s  %-10s %s\n", "COLOUR", "WEIGHT", "ROLE", "HEALTHY");
     const auto& colours = s.at("colours").as_object();
     for (const char* c : {"blue", "green"}) {
@@ -159,10 +188,13 @@ void print_reply(const std::string& verb, const json::object& reply) {
                         str(o.at("command")).c_str(), o.contains("error") ? "  -- " : "",
                         o.contains("error") ? str(o.at("error")).c_str() : "");
         }
+    } else if (verb == "watch") {
+        std::printf("watching switches, health, ejections and canary verdicts (Ctrl-C ends)\n");
     } else if (reply.contains("dry_run")) {
         std::printf("dry run: %s (nothing applied)\n", str(reply.at("change")).c_str());
     } else {
-        std::printf("ok: %s", str(reply.at("change")).c_str());
+        const json::value* change = reply.if_contains("change");
+        std::printf("ok: %s", change != nullptr ? str(*change).c_str() : "done");
         if (reply.contains("version")) {
             std::printf(" (version %s)", str(reply.at("version")).c_str());
         }
@@ -177,6 +209,58 @@ void print_reply(const std::string& verb, const json::object& reply) {
 }
 
 }  // namespace
+
+// One watch event as a line: time, what (a switch's kind, or the event: health, ejection,
+// canary...), the state version when it changed, and the change. Any event kind, any fields
+// missing: printed as it came rather than failing.
+void print_event(const std::string& event) {
+    boost::system::error_code ec;
+    json::value v = json::parse(event, ec);
+    if (ec || !v.is_object() || !v.as_object().contains("change")) {
+        std::printf("%s\n", event.c_str());
+        return;
+    }
+    const json::object& e = v.as_object();
+    auto field = [&e](const char* name) {
+        const json::value* f = e.if_contains(name);
+        return f != nullptr ? str(*f) : std::string();
+    };
+    const std::string what = e.contains("kind") ? field("kind") : field("event");
+    const std::string version = e.contains("version") ? "v" + field("version") : "-";
+    std::printf("%s  %-13s %-5s %s\n", field("time").c_str(), what.c_str(), version.c_str(),
+                field("change").c_str());
+}
+
+// The first word on the command line that is not an option nor a known command, if the
+// command itself is unknown (`bgctl bogus`).
+template <class App>
+std::string first_unknown_command(App& app, int argc, char** argv) {
+    for (int i = 1; i < argc; ++i) {
+        const std::string word = argv[i];
+        if (word.starts_with("-")) {
+            if (word == "-s" || word == "--socket" || word == "--timeout") {
+                ++i;  // its value
+            }
+            continue;
+        }
+        try {
+            app.get_subcommand(word);
+            return {};
+        } catch (const CLI::OptionNotFound&) {
+            return word;
+        }
+    }
+    return {};
+}
+
+template <class Specs>
+std::string command_list(const Specs& specs) {
+    std::string out;
+    for (const auto& spec : specs) {
+        out += (out.empty() ? "" : ", ") + std::string(spec.name);
+    }
+    return out;
+}
 
 int main(int argc, char** argv) {
     CLI::App app{
@@ -265,8 +349,23 @@ int main(int argc, char** argv) {
     } catch (const CLI::CallForAllHelp& e) {
         return app.exit(e);
     } catch (const CLI::ParseError& e) {
+        if (const std::string unknown = first_unknown_command(app, argc, argv); !unknown.empty()) {
+            std::fprintf(stderr, "bgctl: unknown command '%s'; the commands are: %s\n",
+                         unknown.c_str(), command_list(specs).c_str());
+            return usage;
+        }
         app.exit(e);
         return usage;
+    }
+    // One invocation sends one protocol line: a newline (or any control character) in an
+    // argument would smuggle a second command after the first.
+    for (const auto& a : args) {
+        if (std::any_of(a.begin(), a.end(),
+                        [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; })) {
+            std::fprintf(stderr,
+                         "bgctl: an argument contains a control character (newline, tab...)\n");
+            return usage;
+        }
     }
 
     std::string verb;
@@ -325,15 +424,7 @@ int main(int argc, char** argv) {
             if (as_json) {
                 std::printf("%s\n", event.c_str());
             } else {
-                json::value v = json::parse(event, ec);
-                if (!ec && v.is_object() && v.as_object().contains("change")) {
-                    const auto& e = v.as_object();
-                    std::printf("%s  %-10s v%s  %s\n", str(e.at("time")).c_str(),
-                                str(e.at("kind")).c_str(), str(e.at("version")).c_str(),
-                                str(e.at("change")).c_str());
-                } else {
-                    std::printf("%s\n", event.c_str());
-                }
+                print_event(event);
             }
             std::fflush(stdout);
         }

@@ -131,11 +131,19 @@ bool ControlServer::open(std::string& error) {
     if (path.has_parent_path()) {
         fs::create_directories(path.parent_path(), fs_error);
     }
-    // A socket file left by a previous process is replaced; anything else at the path is not.
+    // A socket file left by a process that is gone is replaced; one a live process answers on,
+    // or anything else at the path, is not.
     struct stat st {};
     if (::lstat(config_.socket.c_str(), &st) == 0) {
         if (!S_ISSOCK(st.st_mode)) {
             error = "control socket path " + config_.socket + " exists and is not a socket";
+            return false;
+        }
+        local::socket probe(io_);
+        boost::system::error_code connect_error;
+        probe.connect(local::endpoint(config_.socket), connect_error);
+        if (!connect_error) {
+            error = "another process is listening on the control socket " + config_.socket;
             return false;
         }
         ::unlink(config_.socket.c_str());
@@ -143,7 +151,14 @@ bool ControlServer::open(std::string& error) {
     boost::system::error_code ec;
     acceptor_.open(local(), ec);
     if (!ec) {
+        // Created with its final permissions: no moment when anyone may connect (chmod after
+        // bind left a window with the umask's mode).
+        const mode_t previous = ::umask(~config_.socket_mode & 0777);
         acceptor_.bind(local::endpoint(config_.socket), ec);
+        ::umask(previous);
+    }
+    if (!ec && ::lstat(config_.socket.c_str(), &st) == 0) {
+        bound_ = {st.st_dev, st.st_ino};
     }
     if (!ec) {
         acceptor_.listen(asio::socket_base::max_listen_connections, ec);
@@ -180,7 +195,12 @@ void ControlServer::close() {
         boost::system::error_code ignored;
         acceptor_.close(ignored);
         accept_pause_.cancel();
-        ::unlink(config_.socket.c_str());
+        // Only our own socket file: a newer process may have replaced it at the same path.
+        struct stat st {};
+        if (::lstat(config_.socket.c_str(), &st) == 0 && bound_ && bound_->first == st.st_dev &&
+            bound_->second == st.st_ino) {
+            ::unlink(config_.socket.c_str());
+        }
     }
 }
 

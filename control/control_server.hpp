@@ -2,10 +2,14 @@
 // ControlServer: the UNIX control socket. One command per line in, one JSON line out; `watch`
 // turns the connection into a stream of events. Control thread only.
 
+#include <sys/types.h>
+
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 
 #include "config.hpp"
 #include "descriptor_limit.hpp"
@@ -32,6 +36,8 @@ class ControlServer {
     Switchboard& switchboard_;
     boost::asio::local::stream_protocol::acceptor acceptor_;
     AcceptPause accept_pause_;
+    // The socket file this process made (device, inode), so close() never removes another's.
+    std::optional<std::pair<dev_t, ino_t>> bound_;
 };
 
 }  // namespace bg

@@ -226,6 +226,14 @@ std::string render_metrics(const MetricsSources& in) {
         .Add({})
         .Set(table.panic() ? 1 : 0);
     prometheus::BuildGauge()
+        .Name("bgproxy_state_durable")
+        .Help(
+            "1 when the routing state served is the one on disk; 0 while a safety action "
+            "(rollback, revert, failover) waits to be persisted")
+        .Register(registry)
+        .Add({})
+        .Set(board.durable() ? 1 : 0);
+    prometheus::BuildGauge()
         .Name("bgproxy_state_version")
         .Help("Version of the routing state")
         .Register(registry)

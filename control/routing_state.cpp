@@ -270,7 +270,7 @@ std::uint32_t BackendIds::id_of(const std::string& name) {
 }
 
 RoutingTablePtr build_table(const Config& config, const RoutingState& state, BackendIds& ids,
-                            const std::map<std::string, bool>& healthy) {
+                            const std::map<std::string, bool>& healthy, Duration tunnel_drain) {
     std::array<ColourPool, 2> pools;
     for (Colour colour : all_colours) {
         const PoolConfig& source = colour == Colour::blue ? config.blue : config.green;
@@ -285,7 +285,9 @@ RoutingTablePtr build_table(const Config& config, const RoutingState& state, Bac
                                             source.tls_context, source.send_proxy_protocol});
         }
     }
-    return std::make_shared<const RoutingTable>(state.version, std::move(pools));
+    auto table = std::make_shared<RoutingTable>(state.version, std::move(pools));
+    table->set_tunnel_drain(tunnel_drain);
+    return table;
 }
 
 }  // namespace bg

@@ -73,8 +73,10 @@ class BackendIds {
 
 // The table for the data plane: backends from the config, admin states and weights from the
 // state, health from `unhealthy` (names of backends failing their checks).
+// `tunnel_drain`: how long tunnels of a colour this table takes the whole share from live on.
 RoutingTablePtr build_table(const Config& config, const RoutingState& state, BackendIds& ids,
-                            const std::map<std::string, bool>& healthy = {});
+                            const std::map<std::string, bool>& healthy = {},
+                            Duration tunnel_drain = std::chrono::seconds(30));
 
 std::string now_iso8601();
 

@@ -71,6 +71,7 @@ Switchboard::Switchboard(boost::asio::any_io_executor executor,
       outlier_timer_(executor),
       canary_timer_(executor),
       failback_timer_(executor),
+      persist_timer_(executor),
       outlier_(config_->outlier),
       canary_(config_->canary) {}
 
@@ -110,6 +111,7 @@ bool Switchboard::load(std::string& error) {
             return false;
         }
     }
+    durable_version_ = state_.version;
     table_ = build_table(*config_, state_, ids_, health_);
     return true;
 }
@@ -267,6 +269,35 @@ void Switchboard::handle_canary(Job job) {
         revert_to_stable(state_, *verdict.candidate, "canary analysis: " + verdict.reason);
     decision.kind = "canary_revert";
     apply_guard(std::move(job), std::move(decision));
+}
+
+bool Switchboard::is_safety_action(const std::string& kind) {
+    return kind == "rollback" || kind == "auto_revert" || kind == "canary_revert" ||
+           kind == "failover";
+}
+
+// While the state on disk is behind the state served: try again every second.
+void Switchboard::arm_persist_retry() {
+    if (persist_retry_armed_) {
+        return;
+    }
+    persist_retry_armed_ = true;
+    persist_timer_.expires_after(std::chrono::seconds(1));
+    persist_timer_.async_wait([this](boost::system::error_code ec) {
+        persist_retry_armed_ = false;
+        if (ec || durable_version_ == state_.version) {
+            return;
+        }
+        std::string error;
+        if (store_.save(state_, durable_version_, error)) {
+            spdlog::warn("routing state version {} is durable again", state_.version);
+            durable_version_ = state_.version;
+            persist_error_.clear();
+        } else {
+            persist_error_ = error;
+            arm_persist_retry();
+        }
+    });
 }
 
 std::array<ColourHealth, 2> Switchboard::guard_health() const {
@@ -786,12 +817,23 @@ void Switchboard::commit(Job job, std::string command_name, Staged staged) {
                                                    : job.caller.describe();
     next.command = job.line;
     std::string error;
-    if (!store_.save(next, state_.version, error)) {
+    if (store_.save(next, durable_version_, error)) {
+        durable_version_ = next.version;
+        persist_error_.clear();
+    } else if (is_safety_action(staged.kind)) {
+        // A way back must not depend on the disk: applied now, persisted when writing works.
+        spdlog::error("{} applied but NOT durable: {}; retrying every second", staged.kind, error);
+        persist_error_ = error;
+        arm_persist_retry();
+    } else {
         audit_.append(audit_record(job, "refused", nullptr, error));
         finish(job, error_reply("cannot persist the new state: " + error, state_.version));
         return;
     }
-    auto table = build_table(*staged.config, next, ids_, effective_health());
+    const RolloutConfig& rollout = staged.config->rollout;
+    auto table = build_table(
+        *staged.config, next, ids_, effective_health(),
+        is_safety_action(staged.kind) ? rollout.tunnel_drain_revert : rollout.tunnel_drain);
     auto apply = [this, job = std::move(job), next, table, config = staged.config,
                   note = std::move(staged.note), kind = std::move(staged.kind),
                   command_name = std::move(command_name)]() mutable {
@@ -806,6 +848,10 @@ void Switchboard::commit(Job job, std::string command_name, Staged staged) {
         json::object record = audit_record(job, "applied", &next, {});
         if (!note.empty()) {
             record["note"] = note;
+        }
+        if (durable_version_ != next.version) {
+            record["durable"] = false;
+            record["persist_error"] = persist_error_;
         }
         state_ = next;
         table_ = table;
@@ -828,6 +874,10 @@ void Switchboard::commit(Job job, std::string command_name, Staged staged) {
         }
         if (!audited) {
             reply["warning"] = "the change is applied but the audit log could not be written";
+        }
+        if (!durable()) {
+            reply["durable"] = false;
+            reply["warning"] = "applied but not durable (retrying every second): " + persist_error_;
         }
         finish(job, reply);
         broadcast(json::object{{"event", "switch"},
@@ -923,6 +973,10 @@ void Switchboard::reply_status(Job job) {
             reply["ramp"] = nullptr;
         }
         reply["canary"] = to_json(canary_.verdict());
+        reply["durable"] = durable();
+        if (!durable()) {
+            reply["persist_error"] = persist_error_;
+        }
         if (state_.failover) {
             reply["failover"] = json::object{
                 {"since", state_.failover->at},

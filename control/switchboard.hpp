@@ -57,6 +57,8 @@ class Switchboard {
         config_listener_ = std::move(listener);
     }
     bool panic() const { return table_->panic(); }
+    // The state served is the state on disk (a safety action may apply without it).
+    bool durable() const { return durable_version_ == state_.version; }
 
     // Counts for the metrics endpoint. Control thread only.
     struct Counts {
@@ -108,6 +110,8 @@ class Switchboard {
     void handle_canary(Job job);
     void handle_failback(Job job);
     void consider_failback();
+    static bool is_safety_action(const std::string& kind);
+    void arm_persist_retry();
     std::array<ColourHealth, 2> guard_health() const;
     void apply_guard(Job job, GuardDecision decision);  // persist, publish, audit a revert
     void publish_health(Job job);                       // a new table, the same state
@@ -145,6 +149,10 @@ class Switchboard {
     boost::asio::steady_timer canary_timer_;
     boost::asio::steady_timer failback_timer_;
     bool failback_armed_ = false;
+    boost::asio::steady_timer persist_timer_;
+    bool persist_retry_armed_ = false;
+    std::uint64_t durable_version_ = 0;  // the version the store holds
+    std::string persist_error_;          // why the last save failed, while not durable
     OutlierDetector outlier_;
     CanaryAnalysis canary_;
     std::map<std::uint64_t, Watcher> watchers_;

@@ -1026,6 +1026,8 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
             }
         }
         r->read_duration("failback_hold", config.rollout.failback_hold);
+        r->read_duration("tunnel_drain", config.rollout.tunnel_drain);
+        r->read_duration("tunnel_drain_revert", config.rollout.tunnel_drain_revert);
         r->reject_unknown_keys();
     }
 

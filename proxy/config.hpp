@@ -157,6 +157,11 @@ struct RolloutConfig {
     // returns to the weights it had ("auto"), or waits for an operator ("manual").
     bool failback_auto = true;
     Duration failback_hold{std::chrono::seconds(30)};
+    // When a switch takes a colour's whole share away, its tunnels (WebSockets) are closed
+    // after this, so their clients reconnect onto the colour now serving: tunnel_drain after
+    // a planned change, tunnel_drain_revert after a rollback, revert or failover.
+    Duration tunnel_drain{std::chrono::seconds(30)};
+    Duration tunnel_drain_revert{std::chrono::seconds(1)};
 };
 
 enum class BalancePolicy { round_robin, least_request };

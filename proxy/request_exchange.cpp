@@ -571,8 +571,10 @@ Task<bool> RequestExchange<Stream>::relay_response(UpstreamLease& lease,
         conn_.close_watch.stop();  // the tunnel reads the client itself
         const std::uint32_t backend = lease.backend().id;
         conn_.worker.tunnel_opened(backend);
+        conn_.handle().tunnel_colour = static_cast<int>(index_of(lease.backend().colour));
         co_await conn_.relay.tunnel(ex_, conn_.stream, lease.stream(),
                                     config_.timeouts.tunnel_idle);
+        conn_.handle().tunnel_colour = -1;
         conn_.worker.tunnel_closed(backend);
         co_return false;
     }

@@ -6,8 +6,8 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
-#include <string_view>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "config.hpp"
@@ -70,6 +70,9 @@ class RoutingTable {
     // No backend of either colour can serve: rather than refuse everything, requests go to
     // every backend that is not in maintenance, healthy or not (Envoy's panic routing).
     bool panic() const { return panic_; }
+    // How long tunnels of a colour this table takes the whole share from stay open.
+    Duration tunnel_drain() const { return tunnel_drain_; }
+    void set_tunnel_drain(Duration drain) { tunnel_drain_ = drain; }
 
   private:
     std::uint64_t version_;
@@ -77,6 +80,7 @@ class RoutingTable {
     std::array<std::uint32_t, 2> effective_bp_{};
     std::uint32_t backend_id_limit_ = 0;
     bool panic_ = false;
+    Duration tunnel_drain_{std::chrono::seconds(30)};
 };
 
 using RoutingTablePtr = std::shared_ptr<const RoutingTable>;

@@ -25,6 +25,8 @@ struct SessionHandle {
     // the client's FIN or reset (ClientCloseWatch), and marks it gone.
     bool watch_close = false;
     bool client_gone = false;
+    // While the connection is a tunnel (after a 101): its backend's colour index, else -1.
+    int tunnel_colour = -1;
 };
 
 }  // namespace bg

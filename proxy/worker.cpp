@@ -28,7 +28,12 @@ Worker::Worker(unsigned index, std::shared_ptr<const Config> config, TableSlot& 
       balancer_(config_->upstream.balance, 0x5eed0000ull + index),
       pool_(io_.get_executor(), config_->upstream),
       grace_timer_(io_),
-      close_sweep_timer_(io_) {}
+      close_sweep_timer_(io_),
+      tunnel_drain_timers_{boost::asio::steady_timer(io_), boost::asio::steady_timer(io_)} {
+    for (Colour c : all_colours) {
+        had_share_[index_of(c)] = slot.load()->pool(c).weight_bp > 0;
+    }
+}
 
 Worker::~Worker() {
     join();
@@ -154,11 +159,52 @@ void Worker::apply(RoutingTablePtr table, std::shared_ptr<const Config> config,
         // The table itself was already taken from the slot by the first request after the
         // publication; taking it here too covers a worker that serves none.
         this->table();
+        follow_share(*table);
         if (config) {
             config_ = std::move(config);
         }
         applied();
     });
+}
+
+void Worker::follow_share(const RoutingTable& table) {
+    for (Colour c : all_colours) {
+        const std::size_t i = index_of(c);
+        const bool share = table.pool(c).weight_bp > 0;
+        if (had_share_[i] && !share) {
+            tunnel_drain_timers_[i].expires_after(table.tunnel_drain());
+            tunnel_drain_timers_[i].async_wait([this, i](boost::system::error_code ec) {
+                if (!ec) {
+                    close_tunnels(i);
+                }
+            });
+        } else if (share) {
+            tunnel_drain_timers_[i].cancel();  // the share came back before the deadline
+        }
+        had_share_[i] = share;
+    }
+}
+
+// Ends every tunnel to the colour: both sockets closed, so the pumps stop and each client
+// reconnects, onto the colour now serving. (A WebSocket close frame would need the proxy to
+// track frame boundaries in both directions; the close is what every client handles.)
+void Worker::close_tunnels(std::size_t colour) {
+    std::size_t closed = 0;
+    for (SessionHandle* session : sessions_) {
+        if (session->tunnel_colour != static_cast<int>(colour)) {
+            continue;
+        }
+        boost::system::error_code ignored;
+        session->client->shutdown(Socket::shutdown_both, ignored);
+        if (session->upstream != nullptr) {
+            session->upstream->shutdown(Socket::shutdown_both, ignored);
+        }
+        ++closed;
+    }
+    if (closed > 0) {
+        spdlog::info("worker {}: closed {} tunnel(s) of {}: its share is gone", index_, closed,
+                     to_string(static_cast<Colour>(colour)));
+    }
 }
 
 void Worker::report_load(std::function<void(DataPlaneLoad)> done) {

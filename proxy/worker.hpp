@@ -100,6 +100,9 @@ class Worker {
     void refuse(Socket& socket, std::size_t listener);
     void finish_if_drained();
     void sweep_client_closes();
+    // A colour lost its whole share: its tunnels close after the table's tunnel_drain.
+    void follow_share(const RoutingTable& table);
+    void close_tunnels(std::size_t colour);
 
     unsigned index_;
     ConnectionLimits& limits_;
@@ -124,6 +127,8 @@ class Worker {
     std::vector<std::uint64_t> consecutive_failures_;
     boost::asio::steady_timer grace_timer_;
     boost::asio::steady_timer close_sweep_timer_;
+    std::array<boost::asio::steady_timer, 2> tunnel_drain_timers_;  // by colour index
+    std::array<bool, 2> had_share_{true, true};                     // at the last table
     bool close_sweep_armed_ = false;
     std::vector<pollfd> close_sweep_fds_;                      // reused by each sweep
     std::vector<SessionHandle*> close_sweep_of_;               // the session of each pollfd

@@ -252,5 +252,68 @@ class ControlTest(ProcessTestCase):
         self.assertEqual(len(proxy.status()["colours"]["green"]["backends"]), 2)
 
 
+class BgctlTest(ProcessTestCase):
+    def test_unknown_commands_and_control_characters_are_usage_errors(self):
+        proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")]))
+        r = proxy.bgctl("bogus")
+        self.assertEqual(r.returncode, 2, r)
+        self.assertIn("unknown command 'bogus'", r.stderr)
+        self.assertIn("status", r.stderr)  # the list of commands
+        # A newline would have sent a second command ("flip") after the first.
+        r = proxy.bgctl("set", "green=10\nflip")
+        self.assertEqual(r.returncode, 2, r)
+        self.assertIn("control character", r.stderr)
+        self.assertEqual(proxy.status()["colours"]["blue"]["weight"], 100)
+        self.assertEqual(proxy.status()["version"], 1)
+
+    def test_watch_prints_every_event_kind(self):
+        """Failed on e53b836: the first health event ended watch with an exception."""
+        blue = self.backend("blue-1")
+        green = self.backend("green-1")
+        proxy = self.proxy(config([blue], [green], extra="""
+[health]
+interval = "200ms"
+fast_interval = "100ms"
+fall = 1
+rise = 1
+"""))
+        watch = subprocess.Popen([BGCTL, "--socket", proxy.socket, "watch"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        self.addCleanup(watch.kill)
+        time.sleep(0.5)
+        green.stop()  # a health event
+        time.sleep(1.5)
+        self.assertEqual(proxy.bgctl("set", "blue=90").returncode, 0)  # a switch
+        time.sleep(0.5)
+        ended = watch.poll()
+        watch.kill()
+        out = watch.stdout.read()
+        self.assertIsNone(ended, "watch ended: %s" % watch.stderr.read())
+        self.assertIn("health", out)
+        self.assertIn("green-1", out)
+        self.assertIn("set", out)
+
+
+class ControlSocketTest(ProcessTestCase):
+    def test_a_live_socket_is_not_taken_over_and_a_stopping_proxy_leaves_a_newer_ones(self):
+        blue, green = self.backend("blue-1"), self.backend("green-1")
+        first = self.proxy(config([blue], [green]))
+        # A second proxy on the same control socket is refused while the first answers on it.
+        with self.assertRaises(RuntimeError) as refused:
+            self.proxy(config([blue], [green]), flags=["--control-socket", first.socket])
+        self.assertIn("another process is listening", str(refused.exception))
+        self.assertEqual(first.bgctl("status").returncode, 0)
+        # The first one's file removed (by hand, say), a newer proxy makes its own there; the
+        # first stopping must not remove the newer one's.
+        os.unlink(first.socket)
+        second = self.proxy(config([blue], [green]), flags=["--control-socket", first.socket])
+        second.socket = first.socket  # for its bgctl calls
+        self.assertEqual(oct(os.stat(first.socket).st_mode & 0o777), "0o660")
+        first.signal(signal.SIGTERM)
+        first.wait(30)
+        self.assertTrue(os.path.exists(first.socket))
+        self.assertEqual(second.bgctl("status").returncode, 0)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

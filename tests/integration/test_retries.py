@@ -21,7 +21,8 @@ jitter = "0ms"
 timeout = "300ms"
 fall = 3
 [timeouts]
-upstream_response = "500ms"
+upstream_response = "1s"
+upstream_try = "500ms"
 """
 
 

@@ -3,14 +3,19 @@ worse than the stable colour (errors or latency) is reverted; one as noisy as st
 e53b836, an absolute 50% colour error threshold, the 20% candidate was never reverted). A
 backend that holds requests without answering is routed around (on e53b836 it kept its share
 for the whole 30 s response timeout)."""
+import base64
 import json
+import os
+import socket
+import shutil
+import tempfile
 import threading
 import time
 import unittest
 import http.client
 import urllib.request
 
-from harness import ProcessTestCase, config, metric
+from harness import ProcessTestCase, config, metric, Proxy
 
 
 def admin(backend, what):
@@ -237,6 +242,110 @@ failback_hold = "1s"
         s = proxy.status()
         self.assertIsNone(s["failover"])
         self.assertEqual(s["colours"]["blue"]["weight"], 100)
+
+
+class DiskTest(ProcessTestCase):
+    """Safety actions do not depend on the disk (on e53b836 a rollback on a full or missing
+    state directory was refused, leaving traffic on the bad colour)."""
+
+    def test_rollback_applies_when_the_state_cannot_be_written(self):
+        blue, green = self.backend("blue-1"), self.backend("green-1")
+        where = tempfile.mkdtemp(prefix="bgproxy-state-")
+        self.addCleanup(shutil.rmtree, where, True)
+        state_dir = os.path.join(where, "state")
+        proxy = self.proxy(config([blue], [green]),
+                           flags=["--state-file", os.path.join(state_dir, "state.json")])
+        self.assertEqual(proxy.bgctl("set", "green=50").returncode, 0)
+        # The state directory becomes unwritable: a plain file stands where it was.
+        shutil.rmtree(state_dir)
+        with open(state_dir, "w") as f:
+            f.write("in the way\n")
+        r = proxy.bgctl("set", "green=60")
+        self.assertEqual(r.returncode, 1, r)  # an ordinary change is refused
+        self.assertIn("cannot persist", r.stderr)
+        r = proxy.bgctl("rollback")
+        self.assertEqual(r.returncode, 0, r)  # the way back is not
+        self.assertIn("not durable", r.stderr)
+        s = proxy.status()
+        self.assertEqual(s["colours"]["blue"]["weight"], 100)
+        self.assertFalse(s["durable"])
+        self.assertEqual(metric(proxy, "bgproxy_state_durable"), 0)
+        os.unlink(state_dir)  # writable again: persisted within the retry period
+        deadline = time.time() + 5
+        while time.time() < deadline and not proxy.status()["durable"]:
+            time.sleep(0.1)
+        self.assertTrue(proxy.status()["durable"])
+        with open(os.path.join(state_dir, "state.json")) as f:
+            stored = json.load(f)
+        self.assertEqual(stored["weights"], {"blue": 10000, "green": 0})
+        self.assertEqual(stored["version"], s["version"])
+
+
+class TunnelDrainTest(ProcessTestCase):
+    """Long-lived connections follow the switch (on e53b836 a WebSocket opened on green still
+    echoed through green after a rollback, for up to tunnel_idle, 1 h)."""
+
+    def open_websocket(self, port):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        key = base64.b64encode(os.urandom(16))
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n"
+                  b"X-BG-Color: green\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            self.assertTrue(chunk, head)
+            head += chunk
+        self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
+        return s
+
+    def closes_within(self, s, seconds):
+        """Seconds until the proxy closes the connection, or None."""
+        start = time.time()
+        s.settimeout(0.2)
+        while time.time() - start < seconds:
+            try:
+                if s.recv(4096) == b"":
+                    return time.time() - start
+            except socket.timeout:
+                continue
+            except ConnectionResetError:
+                return time.time() - start
+        return None
+
+    def test_a_websocket_on_the_reverted_colour_is_closed_within_its_drain_deadline(self):
+        blue, green = self.backend("blue-1"), self.backend("green-1")
+        proxy = self.proxy(config([blue], [green], weights=(50, 50), extra="""
+[preview]
+allowed_networks = ["127.0.0.0/8"]
+"""))
+        ws = self.open_websocket(proxy.port)
+        self.addCleanup(ws.close)
+        self.assertEqual(proxy.status()["colours"]["green"]["backends"][0]["upgraded"], 1)
+        self.assertEqual(proxy.bgctl("rollback").returncode, 0)
+        closed = self.closes_within(ws, 10)
+        print("WebSocket on green closed %.2f s after the rollback (tunnel_drain_revert 1 s)"
+              % (closed or -1))
+        self.assertIsNotNone(closed, "the tunnel outlived the rollback")
+        self.assertLess(closed, 3)
+
+    def test_a_planned_flip_drains_more_slowly_and_a_returning_share_keeps_tunnels(self):
+        blue, green = self.backend("blue-1"), self.backend("green-1")
+        proxy = self.proxy(config([blue], [green], weights=(50, 50), extra="""
+[preview]
+allowed_networks = ["127.0.0.0/8"]
+[rollout]
+tunnel_drain = "3s"
+"""))
+        ws = self.open_websocket(proxy.port)
+        self.addCleanup(ws.close)
+        self.assertEqual(proxy.bgctl("set", "blue=100").returncode, 0)
+        self.assertEqual(proxy.bgctl("set", "green=50").returncode, 0)  # back before 3 s
+        self.assertIsNone(self.closes_within(ws, 4), "closed though green got its share back")
+        self.assertEqual(proxy.bgctl("set", "blue=100").returncode, 0)
+        closed = self.closes_within(ws, 8)
+        self.assertIsNotNone(closed)
+        self.assertGreater(closed, 2)
 
 
 if __name__ == "__main__":
