@@ -171,7 +171,7 @@ void Worker::follow_share(const RoutingTable& table) {
     for (Colour c : all_colours) {
         const std::size_t i = index_of(c);
         const bool share = table.pool(c).weight_bp > 0;
-        if (had_share_[i] && !share) {
+        if (had_share_[i] && !share && !draining_) {
             tunnel_drain_timers_[i].expires_after(table.tunnel_drain());
             tunnel_drain_timers_[i].async_wait([this, i](boost::system::error_code ec) {
                 if (!ec) {
@@ -375,8 +375,12 @@ void Worker::untrack(SessionHandle* session) {
 
 void Worker::finish_if_drained() {
     if (sessions_.empty()) {
+        // Every pending wait ends here, or the worker's loop would outlive its connections.
         grace_timer_.cancel();
         close_sweep_timer_.cancel();
+        for (auto& timer : tunnel_drain_timers_) {
+            timer.cancel();
+        }
         pool_.close_all();
     }
 }

@@ -45,5 +45,18 @@ class ShutdownTest(ProcessTestCase):
             socket.create_connection(("127.0.0.1", proxy.port), timeout=1).close()
 
 
+class PendingDrainTest(ProcessTestCase):
+    def test_a_pending_tunnel_drain_does_not_hold_up_the_exit(self):
+        """Found by the soak: after a switch took a colour's share, the tunnel-drain wait
+        (30 s) kept each worker's loop, and the proxy, alive past SIGTERM."""
+        proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")],
+                                  weights=(50, 50)))
+        self.assertEqual(proxy.bgctl("set", "blue=100").returncode, 0)
+        start = time.time()
+        proxy.signal(signal.SIGTERM)
+        self.assertEqual(proxy.wait(15), 0)
+        self.assertLess(time.time() - start, 10)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
