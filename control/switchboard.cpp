@@ -68,8 +68,7 @@ Switchboard::Switchboard(boost::asio::any_io_executor executor,
       store_(store),
       audit_(audit),
       ramp_timer_(executor),
-      outlier_timer_(executor),
-      canary_timer_(executor),
+      sample_timer_(executor),
       failback_timer_(executor),
       persist_timer_(executor),
       outlier_(config_->outlier),
@@ -166,8 +165,7 @@ void Switchboard::handle_health(Job job) {
 void Switchboard::attach(TablePublisher& publisher) {
     publisher_ = &publisher;
     arm_ramp_timer();
-    arm_outlier_timer();
-    arm_canary_timer();
+    arm_sample_timer();
 }
 
 std::map<std::string, bool> Switchboard::effective_health() const {
@@ -186,50 +184,49 @@ std::optional<Colour> Switchboard::watched_colour() const {
     return std::nullopt;
 }
 
-void Switchboard::arm_outlier_timer() {
-    // Several samples per window, so the window slides smoothly; at least four a second, so a
-    // stalled backend is ejected within a quarter second of stalled_after.
+// One sample of the data plane's counters feeds both passive outlier detection and canary
+// analysis (one gather across the workers, not one each).
+void Switchboard::arm_sample_timer() {
+    // Several samples per outlier window, so it slides smoothly; at least four a second, so a
+    // stalled backend is ejected within a quarter second of stalled_after; and at least as
+    // often as [canary] interval.
     auto tick = std::clamp<Duration>(config_->outlier.window / 10, Duration(100), Duration(250));
-    outlier_timer_.expires_after(tick);
-    outlier_timer_.async_wait([this](boost::system::error_code ec) {
+    tick = std::min(tick, config_->canary.interval);
+    sample_timer_.expires_after(tick);
+    sample_timer_.async_wait([this](boost::system::error_code ec) {
         if (ec || publisher_ == nullptr) {
             return;
         }
         publisher_->gather_load([this](DataPlaneLoad load) {
-            auto verdicts = outlier_.observe(*table_, load, OutlierDetector::Clock::now(),
-                                             watched_colour(), health_);
-            if (!verdicts.empty()) {
-                const Caller self = process_caller();
-                Job job{self, "outlier detection", [](const json::object&) {}, true};
-                job.outlier = std::move(verdicts);
-                queue_.push_back(std::move(job));
-                run_next();
-            }
-            arm_outlier_timer();
+            observe_outliers(load);
+            observe_canary(load);
+            arm_sample_timer();
         });
     });
 }
 
-void Switchboard::arm_canary_timer() {
-    canary_timer_.expires_after(config_->canary.interval);
-    canary_timer_.async_wait([this](boost::system::error_code ec) {
-        if (ec || publisher_ == nullptr) {
-            return;
-        }
-        publisher_->gather_load([this](DataPlaneLoad load) {
-            const std::optional<Colour> candidate = watched_colour();
-            const CanaryVerdict& verdict = canary_.observe(
-                CanaryAnalysis::Clock::now(), colour_figures(load), candidate, state_.stable);
-            if (verdict.state == CanaryVerdict::State::failing && candidate &&
-                !state_.failed[index_of(*candidate)]) {
-                Job job{process_caller(), "canary analysis", [](const json::object&) {}, true};
-                job.canary = verdict;
-                queue_.push_back(std::move(job));
-                run_next();
-            }
-            arm_canary_timer();
-        });
-    });
+void Switchboard::observe_outliers(const DataPlaneLoad& load) {
+    auto verdicts =
+        outlier_.observe(*table_, load, OutlierDetector::Clock::now(), watched_colour(), health_);
+    if (!verdicts.empty()) {
+        Job job{process_caller(), "outlier detection", [](const json::object&) {}, true};
+        job.outlier = std::move(verdicts);
+        queue_.push_back(std::move(job));
+        run_next();
+    }
+}
+
+void Switchboard::observe_canary(const DataPlaneLoad& load) {
+    const std::optional<Colour> candidate = watched_colour();
+    const CanaryVerdict& verdict = canary_.observe(CanaryAnalysis::Clock::now(),
+                                                   colour_figures(load), candidate, state_.stable);
+    if (verdict.state == CanaryVerdict::State::failing && candidate &&
+        !state_.failed[index_of(*candidate)]) {
+        Job job{process_caller(), "canary analysis", [](const json::object&) {}, true};
+        job.canary = verdict;
+        queue_.push_back(std::move(job));
+        run_next();
+    }
 }
 
 std::array<ColourFigures, 2> Switchboard::colour_figures(const DataPlaneLoad& load) const {

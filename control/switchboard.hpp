@@ -115,8 +115,9 @@ class Switchboard {
     std::array<ColourHealth, 2> guard_health() const;
     void apply_guard(Job job, GuardDecision decision);  // persist, publish, audit a revert
     void publish_health(Job job);                       // a new table, the same state
-    void arm_outlier_timer();
-    void arm_canary_timer();
+    void arm_sample_timer();
+    void observe_outliers(const DataPlaneLoad& load);
+    void observe_canary(const DataPlaneLoad& load);
     // Both colours' cumulative figures as [canary] counts them.
     std::array<ColourFigures, 2> colour_figures(const DataPlaneLoad& load) const;
     std::optional<Colour> watched_colour() const;
@@ -145,8 +146,7 @@ class Switchboard {
     std::deque<Job> queue_;
     bool busy_ = false;
     boost::asio::steady_timer ramp_timer_;
-    boost::asio::steady_timer outlier_timer_;
-    boost::asio::steady_timer canary_timer_;
+    boost::asio::steady_timer sample_timer_;  // outlier detection and canary analysis
     boost::asio::steady_timer failback_timer_;
     bool failback_armed_ = false;
     boost::asio::steady_timer persist_timer_;
