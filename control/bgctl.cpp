@@ -233,8 +233,7 @@ void print_event(const std::string& event) {
 
 // The first word on the command line that is not an option nor a known command, if the
 // command itself is unknown (`bgctl bogus`).
-template <class App>
-std::string first_unknown_command(App& app, int argc, char** argv) {
+std::string first_unknown_command(CLI::App& app, int argc, char** argv) {
     for (int i = 1; i < argc; ++i) {
         const std::string word = argv[i];
         if (word.starts_with("-")) {
@@ -251,6 +250,16 @@ std::string first_unknown_command(App& app, int argc, char** argv) {
         }
     }
     return {};
+}
+
+// One invocation sends one protocol line: a newline (or any control character) in an argument
+// would smuggle a second command after the first.
+bool has_control_character(const std::vector<std::string>& args) {
+    return std::any_of(args.begin(), args.end(), [](const std::string& a) {
+        return std::any_of(a.begin(), a.end(), [](char c) {
+            return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+        });
+    });
 }
 
 template <class Specs>
@@ -357,15 +366,9 @@ int main(int argc, char** argv) {
         app.exit(e);
         return usage;
     }
-    // One invocation sends one protocol line: a newline (or any control character) in an
-    // argument would smuggle a second command after the first.
-    for (const auto& a : args) {
-        if (std::any_of(a.begin(), a.end(),
-                        [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; })) {
-            std::fprintf(stderr,
-                         "bgctl: an argument contains a control character (newline, tab...)\n");
-            return usage;
-        }
+    if (has_control_character(args)) {
+        std::fprintf(stderr, "bgctl: an argument contains a control character (newline, tab...)\n");
+        return usage;
     }
 
     std::string verb;
