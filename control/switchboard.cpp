@@ -61,10 +61,11 @@ void set_weight(RoutingState& state, Colour colour, std::uint32_t bp) {
 
 Switchboard::Switchboard(boost::asio::any_io_executor executor,
                          std::shared_ptr<const Config> config, std::string config_path,
-                         StateStore& store, AuditLog& audit)
+                         StateStore& store, AuditLog& audit, ConfigOverrides flags)
     : executor_(executor),
       config_(std::move(config)),
       config_path_(std::move(config_path)),
+      flags_(std::move(flags)),
       store_(store),
       audit_(audit),
       ramp_timer_(executor),
@@ -745,7 +746,7 @@ std::string Switchboard::stage_reload(Staged& out) {
     if (config_path_.empty()) {
         return "no config file to reload: bgproxy was started from flags only";
     }
-    ConfigResult loaded = load_config_file(config_path_);
+    ConfigResult loaded = load_config_file(config_path_, flags_);
     if (!loaded.errors.empty()) {
         std::string message = "the config has errors:";
         for (const auto& e : loaded.errors) {
@@ -754,7 +755,8 @@ std::string Switchboard::stage_reload(Staged& out) {
         message.pop_back();
         return message;
     }
-    // Flags given at start still override the file, as they did then.
+    // The flags given at start are applied over the file above; what needs a restart to change
+    // stays as it is.
     Config fresh = std::move(*loaded.config);
     fresh.workers = config_->workers;
     fresh.control = config_->control;

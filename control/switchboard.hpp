@@ -33,7 +33,8 @@ class Switchboard {
     using Watcher = std::function<void(const boost::json::object&)>;
 
     Switchboard(boost::asio::any_io_executor executor, std::shared_ptr<const Config> config,
-                std::string config_path, StateStore& store, AuditLog& audit);
+                std::string config_path, StateStore& store, AuditLog& audit,
+                ConfigOverrides flags = {});
 
     // Loads the stored state, or starts from the config's when nothing is stored (and stores
     // it). False, with a message, when the stored state cannot be read: never a silent reset.
@@ -134,6 +135,7 @@ class Switchboard {
     boost::asio::any_io_executor executor_;
     std::shared_ptr<const Config> config_;
     std::string config_path_;
+    ConfigOverrides flags_;  // given at start: they override the file at every reload too
     StateStore& store_;
     AuditLog& audit_;
     TablePublisher* publisher_ = nullptr;

@@ -1075,9 +1075,8 @@ void validate(const Config& config, std::vector<ConfigError>& errors) {
     }
 }
 
-}  // namespace
-
-ConfigResult parse_config(std::string_view toml_text, const std::string& source_name) {
+// The file's own checks, without the ones that span sections: flags may still fill those in.
+ConfigResult parse_unvalidated(std::string_view toml_text, const std::string& source_name) {
     ConfigResult result;
     Config config;
     config.source = source_name;
@@ -1091,15 +1090,18 @@ ConfigResult parse_config(std::string_view toml_text, const std::string& source_
         return result;
     }
     if (result.errors.empty()) {
-        validate(config, result.errors);
-    }
-    if (result.errors.empty()) {
         result.config = std::move(config);
     }
     return result;
 }
 
-ConfigResult load_config_file(const std::string& path) {
+}  // namespace
+
+ConfigResult parse_config(std::string_view toml_text, const std::string& source_name) {
+    return apply_overrides_to(parse_unvalidated(toml_text, source_name), ConfigOverrides{});
+}
+
+ConfigResult load_config_file(const std::string& path, const ConfigOverrides& flags) {
     std::ifstream in(path, std::ios::binary);
     if (!in) {
         ConfigResult result;
@@ -1108,7 +1110,7 @@ ConfigResult load_config_file(const std::string& path) {
     }
     std::ostringstream text;
     text << in.rdbuf();
-    return parse_config(text.str(), path);
+    return apply_overrides_to(parse_unvalidated(text.str(), path), flags);
 }
 
 namespace {
@@ -1183,6 +1185,13 @@ void parse_weight_flag(const std::string& text, Config& config, std::vector<Conf
 }
 
 }  // namespace
+
+ConfigResult apply_overrides_to(ConfigResult parsed, const ConfigOverrides& flags) {
+    if (!parsed.config) {
+        return parsed;
+    }
+    return apply_overrides(std::move(*parsed.config), flags);
+}
 
 ConfigResult apply_overrides(Config config, const ConfigOverrides& flags) {
     ConfigResult result;

@@ -328,10 +328,14 @@ struct ConfigOverrides {
     std::optional<bool> metrics;
 };
 
-ConfigResult load_config_file(const std::string& path);
+// Reads a file, applies the flags over it, then validates the whole: a file may leave out what
+// the flags give (a listener, a pool).
+ConfigResult load_config_file(const std::string& path, const ConfigOverrides& flags = {});
 ConfigResult parse_config(std::string_view toml_text, const std::string& source_name);
 // Applies flags on top of base (which may be a default Config) and validates the result.
 ConfigResult apply_overrides(Config base, const ConfigOverrides& flags);
+// The same on a parse's result: its errors pass through unchanged.
+ConfigResult apply_overrides_to(ConfigResult parsed, const ConfigOverrides& flags);
 
 // Parsing helpers, exposed for the control plane and tests.
 std::optional<Duration> parse_duration(std::string_view text);         // "250ms", "10s", "2m", "1h"

@@ -62,7 +62,8 @@ int main(int argc, char** argv) {
         "Run on a config file (--config FILE), validate one (--check FILE), or start without a\n"
         "file from flags: bgproxy --listen 127.0.0.1:8080 --blue 127.0.0.1:9001 --green "
         "127.0.0.1:9002\n"
-        "Flags given together with --config override the file's values."};
+        "Flags given together with --config override the file's values, at start and at each\n"
+        "reload; the file may leave out what they give."};
     std::string config_path;
     std::string check_path;
     bg::ConfigOverrides flags;
@@ -89,7 +90,7 @@ int main(int argc, char** argv) {
     CLI11_PARSE(app, argc, argv);
 
     if (!check_path.empty()) {
-        auto result = bg::load_config_file(check_path);
+        auto result = bg::load_config_file(check_path, flags);
         if (!result.errors.empty()) {
             return report_errors(result.errors);
         }
@@ -97,21 +98,19 @@ int main(int argc, char** argv) {
         return 0;
     }
 
-    bg::Config base;
+    bg::ConfigResult merged;
     if (config_path.empty()) {
         // The quick start keeps routing state in memory and opens no control socket unless
         // --state-file / --control-socket say where.
+        bg::Config base;
         base.control.socket.clear();
         base.control.state_file.clear();
         base.control.audit_log.clear();
+        merged = bg::apply_overrides(std::move(base), flags);
     } else {
-        auto loaded = bg::load_config_file(config_path);
-        if (!loaded.errors.empty()) {
-            return report_errors(loaded.errors);
-        }
-        base = std::move(*loaded.config);
+        // The flags apply over the file before it is validated, and again at each reload.
+        merged = bg::load_config_file(config_path, flags);
     }
-    auto merged = bg::apply_overrides(std::move(base), flags);
     if (!merged.errors.empty()) {
         return report_errors(merged.errors);
     }
@@ -136,7 +135,7 @@ int main(int argc, char** argv) {
         spdlog::error("{}", error);
         return 1;
     }
-    bg::Switchboard switchboard(control.get_executor(), config, config_path, *store, audit);
+    bg::Switchboard switchboard(control.get_executor(), config, config_path, *store, audit, flags);
     if (!switchboard.load(error)) {
         spdlog::error("{}", error);
         return 1;
