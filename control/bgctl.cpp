@@ -1,12 +1,14 @@
 // bgctl: the operator's CLI for bgproxy's control socket.
 //
-// Exit codes: 0 done, 1 refused by the proxy, 2 usage error, 3 proxy unreachable.
+// Exit codes: 0 done, 1 refused by the proxy, 2 usage error, 3 proxy unreachable, 4 no answer
+// in time (the command may still apply: its id says where to look).
 
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 #include <algorithm>
+#include <random>
 
 #include <CLI/CLI.hpp>
 #include <boost/json.hpp>
@@ -18,11 +20,13 @@
 #include <string>
 #include <vector>
 
+#include "verb_table.hpp"
+
 namespace json = boost::json;
 
 namespace {
 
-enum Exit { done = 0, refused = 1, usage = 2, unreachable = 3 };
+enum Exit { done = 0, refused = 1, usage = 2, unreachable = 3, no_answer = 4 };
 
 class Connection {
   public:
@@ -183,8 +187,9 @@ void print_reply(const std::string& verb, const json::object& reply) {
                 continue;
             }
             const auto& o = r.as_object();
-            std::printf("%s  uid %-6s %-9s %s%s%s\n", str(o.at("time")).c_str(),
+            std::printf("%s  uid %-6s %-9s %-16s %s%s%s\n", str(o.at("time")).c_str(),
                         str(o.at("uid")).c_str(), str(o.at("result")).c_str(),
+                        o.contains("id") ? str(o.at("id")).c_str() : "-",
                         str(o.at("command")).c_str(), o.contains("error") ? "  -- " : "",
                         o.contains("error") ? str(o.at("error")).c_str() : "");
         }
@@ -262,19 +267,91 @@ bool has_control_character(const std::vector<std::string>& args) {
     });
 }
 
-template <class Specs>
-std::string command_list(const Specs& specs) {
+std::string command_list() {
     std::string out;
-    for (const auto& spec : specs) {
-        out += (out.empty() ? "" : ", ") + std::string(spec.name);
+    for (const bg::VerbSpec& spec : bg::verb_table) {
+        out += (out.empty() ? "" : ", ") + std::string(spec.words);
     }
     return out;
+}
+
+// A name for this command that the proxy records with it: when no answer comes in time, the
+// audit log still says what became of it (`bgctl history --id=ID`).
+std::string new_command_id() {
+    std::random_device random;
+    char id[17];
+    std::snprintf(id, sizeof id, "%08x%08x", random(), random());
+    return id;
+}
+
+// The subcommands, from the protocol's verb table (two-word verbs like "ramp pause" are the
+// ramp subcommand's arguments).
+struct Subcommands {
+    std::vector<std::pair<CLI::App*, const bg::VerbSpec*>> all;
+    std::vector<std::string> args;
+    bool dry_run = false;
+    bool skip_gate = false;
+    std::string id;
+};
+
+void add_subcommands(CLI::App& app, Subcommands& subs) {
+    for (const bg::VerbSpec& spec : bg::verb_table) {
+        if (spec.words.find(' ') != std::string_view::npos) {
+            continue;
+        }
+        CLI::App* sub = app.add_subcommand(std::string(spec.words), std::string(spec.summary));
+        sub->footer("Usage: " + std::string(spec.usage) +
+                    "\nExample: " + std::string(spec.example));
+        if (!spec.args.empty()) {
+            auto* opt = sub->add_option(std::string(spec.args), subs.args, std::string(spec.args));
+            if (spec.arguments != bg::Arguments::count) {
+                opt->required();
+            }
+        }
+        if (spec.role != bg::Role::read) {
+            sub->add_flag("--dry-run", subs.dry_run,
+                          "validate and show the state it would produce without applying it");
+        }
+        if (spec.gated) {
+            sub->add_flag("--skip-gate", subs.skip_gate,
+                          "do not run the [[gate]] smoke checks first (recorded in the audit log)");
+        }
+        if (spec.verb == bg::Verb::history) {
+            sub->add_option("--id", subs.id, "only the records of this command id");
+        }
+        subs.all.emplace_back(sub, &spec);
+    }
+}
+
+// The protocol line for what was parsed; state-changing commands carry a fresh id.
+std::string protocol_line(const Subcommands& subs, std::string& verb, std::string& id) {
+    for (const auto& [sub, spec] : subs.all) {
+        if (sub->parsed()) {
+            verb = std::string(spec->words);
+            id = spec->role != bg::Role::read ? new_command_id() : subs.id;
+        }
+    }
+    std::string line = verb;
+    for (const auto& a : subs.args) {
+        line += " " + a;
+    }
+    if (subs.dry_run) {
+        line += " --dry-run";
+    }
+    if (subs.skip_gate) {
+        line += " --skip-gate";
+    }
+    if (!id.empty()) {
+        line += " --id=" + id;
+    }
+    return line;
 }
 
 int main(int argc, char** argv) {
     CLI::App app{
         "bgctl: control a running bgproxy through its control socket.\n"
-        "Exit codes: 0 done, 1 refused by the proxy, 2 usage error, 3 proxy unreachable."};
+        "Exit codes: 0 done, 1 refused by the proxy, 2 usage error, 3 proxy unreachable, 4 no\n"
+        "answer in time (the command may still apply: see `bgctl history --id=ID`)."};
     const char* env_socket = std::getenv("BGCTL_SOCKET");
     std::string socket_path = env_socket != nullptr ? env_socket : "/run/bgproxy/control.sock";
     bool as_json = false;
@@ -285,71 +362,8 @@ int main(int argc, char** argv) {
     app.add_option("--timeout", timeout_s, "seconds to wait for a reply")
         ->check(CLI::PositiveNumber);
     app.require_subcommand(1);
-
-    std::vector<std::string> args;
-    bool dry_run = false;
-    bool skip_gate = false;
-    struct Spec {
-        const char* name;
-        const char* help;
-        const char* example;
-        bool changes;
-        const char* args;  // positional argument name, or nullptr
-        bool args_required;
-    };
-    const Spec specs[] = {
-        {"status", "show weights, roles, backends, in-flight requests and the ramp", "bgctl status",
-         false, nullptr, false},
-        {"history", "show the last N audit records (default 20)", "bgctl history 50", false, "N",
-         false},
-        {"watch", "stream switches, ramp steps, health transitions and reverts as they happen",
-         "bgctl watch", false, nullptr, false},
-        {"set", "set the split in percent (two decimals at most); one colour gets the rest",
-         "bgctl set blue=90 green=10   or   bgctl set green=12.5", true, "WEIGHTS", true},
-        {"flip", "send all new traffic to the other colour; the old one stays as the fallback",
-         "bgctl flip", true, nullptr, false},
-        {"rollback",
-         "send all traffic back to the stable (last known good) colour, ending any ramp",
-         "bgctl rollback", true, nullptr, false},
-        {"promote", "declare the colour taking all traffic the stable one", "bgctl promote", true,
-         nullptr, false},
-        {"clear", "clear the failed mark the rollout guard put on a colour (traffic does not move)",
-         "bgctl clear", true, nullptr, false},
-        {"ramp",
-         "shift traffic step by step: ramp COLOUR to=P step=P every=DURATION; or ramp "
-         "pause|resume|abort",
-         "bgctl ramp green to=100 step=10 every=30s", true, "ARGS", true},
-        {"drain", "stop new requests to a backend; in-flight ones finish", "bgctl drain blue-1",
-         true, "BACKEND", true},
-        {"maint", "take a backend out entirely (maintenance)", "bgctl maint blue-1", true,
-         "BACKEND", true},
-        {"ready", "put a drained or maintained backend back in service", "bgctl ready blue-1", true,
-         "BACKEND", true},
-        {"reload", "re-read the config file: apply it whole or refuse it with its errors",
-         "bgctl reload", true, nullptr, false},
-        {"help", "the control protocol's own summary", "bgctl help", false, nullptr, false},
-    };
-    std::vector<std::pair<CLI::App*, const Spec*>> subs;
-    for (const Spec& spec : specs) {
-        CLI::App* sub = app.add_subcommand(spec.name, spec.help);
-        sub->footer(std::string("Example: ") + spec.example);
-        if (spec.args != nullptr) {
-            auto* opt = sub->add_option(spec.args, args, spec.args);
-            if (spec.args_required) {
-                opt->required();
-            }
-        }
-        if (spec.changes) {
-            sub->add_flag("--dry-run", dry_run,
-                          "validate and show the state it would produce without applying it");
-        }
-        const std::string name = spec.name;
-        if (name == "flip" || name == "set" || name == "ramp") {
-            sub->add_flag("--skip-gate", skip_gate,
-                          "do not run the [[gate]] smoke checks first (recorded in the audit log)");
-        }
-        subs.emplace_back(sub, &spec);
-    }
+    Subcommands subs;
+    add_subcommands(app, subs);
 
     try {
         app.parse(argc, argv);
@@ -360,33 +374,19 @@ int main(int argc, char** argv) {
     } catch (const CLI::ParseError& e) {
         if (const std::string unknown = first_unknown_command(app, argc, argv); !unknown.empty()) {
             std::fprintf(stderr, "bgctl: unknown command '%s'; the commands are: %s\n",
-                         unknown.c_str(), command_list(specs).c_str());
+                         unknown.c_str(), command_list().c_str());
             return usage;
         }
         app.exit(e);
         return usage;
     }
-    if (has_control_character(args)) {
+    if (has_control_character(subs.args) || has_control_character({subs.id})) {
         std::fprintf(stderr, "bgctl: an argument contains a control character (newline, tab...)\n");
         return usage;
     }
-
     std::string verb;
-    for (auto& [sub, spec] : subs) {
-        if (sub->parsed()) {
-            verb = spec->name;
-        }
-    }
-    std::string line = verb;
-    for (const auto& a : args) {
-        line += " " + a;
-    }
-    if (dry_run) {
-        line += " --dry-run";
-    }
-    if (skip_gate) {
-        line += " --skip-gate";
-    }
+    std::string id;
+    const std::string line = protocol_line(subs, verb, id);
 
     Connection conn;
     std::string error;
@@ -396,9 +396,25 @@ int main(int argc, char** argv) {
         return unreachable;
     }
     std::string reply_line;
-    if (!conn.send_line(line) || !conn.read_line(reply_line, timeout_s * 1000)) {
-        std::fprintf(stderr, "bgctl: no reply from bgproxy at %s\n", socket_path.c_str());
+    // A proxy turning the connection away (too many) answers and closes before reading: the
+    // send may fail, and its answer is still there to read.
+    const bool sent = conn.send_line(line);
+    if (!conn.read_line(reply_line, sent ? timeout_s * 1000 : 1000) && !sent) {
+        std::fprintf(stderr, "bgctl: cannot send to bgproxy at %s\n", socket_path.c_str());
         return unreachable;
+    }
+    if (reply_line.empty()) {
+        if (id.empty() || verb == "history") {
+            std::fprintf(stderr, "bgctl: no reply from bgproxy at %s\n", socket_path.c_str());
+            return unreachable;
+        }
+        // Hanging up cancels the command if it is still waiting (for its turn or its gate); if
+        // it was already applying, it completes. The audit log says which.
+        std::fprintf(stderr,
+                     "bgctl: no answer within %ds to command %s: cancelled if it had not started "
+                     "applying; `bgctl history --id=%s` says what became of it\n",
+                     timeout_s, id.c_str(), id.c_str());
+        return no_answer;
     }
     boost::system::error_code ec;
     json::value reply = json::parse(reply_line, ec);

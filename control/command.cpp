@@ -9,73 +9,50 @@
 namespace bg {
 
 const char* verb_name(Verb verb) {
-    switch (verb) {
-        case Verb::status:
-            return "status";
-        case Verb::history:
-            return "history";
-        case Verb::watch:
-            return "watch";
-        case Verb::help:
-            return "help";
-        case Verb::set:
-            return "set";
-        case Verb::flip:
-            return "flip";
-        case Verb::rollback:
-            return "rollback";
-        case Verb::promote:
-            return "promote";
-        case Verb::clear:
-            return "clear";
-        case Verb::ramp:
-            return "ramp";
-        case Verb::ramp_pause:
-            return "ramp pause";
-        case Verb::ramp_resume:
-            return "ramp resume";
-        case Verb::ramp_abort:
-            return "ramp abort";
-        case Verb::drain:
-            return "drain";
-        case Verb::maint:
-            return "maint";
-        case Verb::ready:
-            return "ready";
-        case Verb::reload:
-            return "reload";
-    }
-    return "?";
+    return spec_of(verb).words.data();
+}
+
+const char* verb_label(Verb verb) {
+    return spec_of(verb).label.data();
 }
 
 Role required_role(Verb verb) {
-    switch (verb) {
-        case Verb::status:
-        case Verb::history:
-        case Verb::watch:
-        case Verb::help:
-            return Role::read;
-        case Verb::reload:
-            return Role::admin;
-        default:
-            return Role::operate;
-    }
+    return spec_of(verb).role;
 }
 
 bool changes_state(Verb verb) {
     return required_role(verb) != Role::read;
 }
 
-const char* protocol_help() {
-    return "read:    status | history [N] | watch | help\n"
-           "operate: set blue=W green=W | set green=W | flip | rollback | promote | clear\n"
-           "         ramp green to=100 step=10 every=30s | ramp pause | ramp resume | ramp abort\n"
-           "         drain BACKEND | maint BACKEND | ready BACKEND\n"
-           "admin:   reload\n"
-           "Weights are percentages with up to two decimals. Add --dry-run to any state-changing\n"
-           "command to see the state it would produce without applying it. flip, set and ramp\n"
-           "run the [[gate]] smoke checks on the colour gaining traffic first; --skip-gate\n"
-           "overrides them (audited).";
+bool valid_command_id(std::string_view id) {
+    return !id.empty() && id.size() <= 64 && std::all_of(id.begin(), id.end(), [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+               c == '_' || c == '.' || c == '-';
+    });
+}
+
+const std::string& protocol_help() {
+    static const std::string text = [] {
+        std::string out;
+        for (Role role : {Role::read, Role::operate, Role::admin}) {
+            out += role == Role::read      ? "read:\n"
+                   : role == Role::operate ? "operate:\n"
+                                           : "admin:\n";
+            for (const VerbSpec& spec : verb_table) {
+                if (spec.role == role) {
+                    out += "  " + std::string(spec.usage) + "\n      " + std::string(spec.summary) +
+                           "\n";
+                }
+            }
+        }
+        out +=
+            "Weights are percentages with up to two decimals. Add --dry-run to any state-changing\n"
+            "command to see the state it would produce without applying it. flip, set and ramp\n"
+            "run the [[gate]] smoke checks on the colour gaining traffic first; --skip-gate\n"
+            "overrides them (audited). --id=ID names a command in its reply and the audit log.";
+        return out;
+    }();
+    return text;
 }
 
 namespace {
@@ -126,6 +103,187 @@ bool split_pair(std::string_view token, std::string_view& key, std::string_view&
     return true;
 }
 
+using Words = std::vector<std::string_view>;
+
+ParsedCommand parse_count(Command cmd, const Words& args) {
+    if (args.size() > 1) {
+        return fail("usage: history [N] [--id=ID]");
+    }
+    if (args.size() == 1) {
+        std::size_t n = 0;
+        auto w = args[0];
+        auto [end, ec] = std::from_chars(w.data(), w.data() + w.size(), n);
+        if (ec != std::errc{} || end != w.data() + w.size() || n == 0 || n > 1000) {
+            return fail("history N: N must be a number from 1 to 1000");
+        }
+        cmd.count = n;
+    }
+    return {cmd, {}};
+}
+
+ParsedCommand parse_backend(Command cmd, const Words& args) {
+    if (args.size() != 1) {
+        return fail("usage: " + std::string(spec_of(cmd.verb).usage));
+    }
+    cmd.backend = std::string(args[0]);
+    return {cmd, {}};
+}
+
+ParsedCommand parse_weights(Command cmd, const Words& args) {
+    if (args.empty() || args.size() > 2) {
+        return fail("usage: " + std::string(spec_of(cmd.verb).usage));
+    }
+    for (std::string_view word : args) {
+        std::string_view key, value;
+        if (!split_pair(word, key, value)) {
+            return fail("expected COLOUR=PERCENT, got '" + std::string(word) + "'");
+        }
+        auto colour = colour_from_name(key);
+        if (!colour) {
+            return fail("unknown colour '" + std::string(key) + "': use blue or green");
+        }
+        auto bp = parse_percent(value);
+        if (!bp) {
+            return fail("weight '" + std::string(value) +
+                        "' must be a percentage from 0 to 100 with at most two decimals");
+        }
+        auto& slot = *colour == Colour::blue ? cmd.blue_bp : cmd.green_bp;
+        if (slot) {
+            return fail(std::string(key) + " is given twice");
+        }
+        slot = bp;
+    }
+    if (cmd.blue_bp && cmd.green_bp && *cmd.blue_bp + *cmd.green_bp != 10000) {
+        return fail("weights must sum to 100 (got blue " + format_percent(*cmd.blue_bp) +
+                    " + green " + format_percent(*cmd.green_bp) + ")");
+    }
+    if (!cmd.blue_bp) {
+        cmd.blue_bp = 10000 - *cmd.green_bp;
+    }
+    if (!cmd.green_bp) {
+        cmd.green_bp = 10000 - *cmd.blue_bp;
+    }
+    return {cmd, {}};
+}
+
+// One key=value option of ramp into cmd; an error message, or empty.
+std::string read_ramp_option(std::string_view word, Command& cmd, bool& have_to, bool& have_step,
+                             bool& have_every) {
+    const std::string usage = "usage: " + std::string(spec_of(Verb::ramp).usage);
+    std::string_view key, value;
+    if (!split_pair(word, key, value)) {
+        return "expected KEY=VALUE, got '" + std::string(word) + "'; " + usage;
+    }
+    if (key == "to" || key == "step") {
+        auto bp = parse_percent(value);
+        if (!bp) {
+            return std::string(key) + "=" + std::string(value) +
+                   ": a percentage from 0 to 100 with at most two decimals";
+        }
+        (key == "to" ? cmd.to_bp : cmd.step_bp) = *bp;
+        (key == "to" ? have_to : have_step) = true;
+        return {};
+    }
+    if (key == "every") {
+        auto d = parse_duration(value);
+        if (!d || d->count() < 100) {
+            return "every=" + std::string(value) + ": a duration of at least 100ms, like 30s or 5m";
+        }
+        cmd.every = *d;
+        have_every = true;
+        return {};
+    }
+    return "unknown ramp option '" + std::string(key) + "'; " + usage;
+}
+
+ParsedCommand parse_ramp(Command cmd, const Words& args) {
+    const std::string usage = "usage: " + std::string(spec_of(Verb::ramp).usage) +
+                              ", e.g. ramp green to=100 step=10 every=30s";
+    if (args.empty()) {
+        return fail(usage);
+    }
+    auto colour = colour_from_name(args[0]);
+    if (!colour) {
+        return fail("unknown colour '" + std::string(args[0]) + "'; " + usage);
+    }
+    cmd.colour = *colour;
+    bool have_to = false;
+    bool have_step = false;
+    bool have_every = false;
+    for (std::size_t k = 1; k < args.size(); ++k) {
+        std::string error = read_ramp_option(args[k], cmd, have_to, have_step, have_every);
+        if (!error.empty()) {
+            return fail(error);
+        }
+    }
+    if (!have_step || !have_every) {
+        return fail(usage);
+    }
+    if (!have_to) {
+        cmd.to_bp = 10000;
+    }
+    if (cmd.step_bp == 0) {
+        return fail("step must be more than 0");
+    }
+    return {cmd, {}};
+}
+
+// The entry whose words the line starts with (the longest: "ramp pause" before "ramp").
+const VerbSpec* match_verb(const Words& words, std::size_t& used) {
+    const VerbSpec* best = nullptr;
+    for (const VerbSpec& spec : verb_table) {
+        std::size_t n = 0;
+        std::string_view rest = spec.words;
+        bool matches = true;
+        while (!rest.empty()) {
+            const auto space = rest.find(' ');
+            const std::string_view word = rest.substr(0, space);
+            if (n >= words.size() || words[n] != word) {
+                matches = false;
+                break;
+            }
+            ++n;
+            rest = space == std::string_view::npos ? std::string_view{} : rest.substr(space + 1);
+        }
+        if (matches && (best == nullptr || n > used)) {
+            best = &spec;
+            used = n;
+        }
+    }
+    return best;
+}
+
+// Splits on blanks and takes out the options any verb may carry.
+std::string split_words(std::string_view line, Words& words, Command& cmd) {
+    std::size_t i = 0;
+    while (i < line.size()) {
+        while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) {
+            ++i;
+        }
+        std::size_t start = i;
+        while (i < line.size() && line[i] != ' ' && line[i] != '\t') {
+            ++i;
+        }
+        if (i == start) {
+            continue;
+        }
+        std::string_view word = line.substr(start, i - start);
+        if (word == "--dry-run") {
+            cmd.dry_run = true;
+        } else if (word == "--skip-gate") {
+            cmd.skip_gate = true;
+        } else if (word.starts_with("--id=")) {
+            if (!valid_command_id(word.substr(5))) {
+                return "--id: 1 to 64 letters, digits, '_', '.' or '-'";
+            }
+            cmd.id = std::string(word.substr(5));
+        } else {
+            words.push_back(word);
+        }
+    }
+    return {};
+}
+
 }  // namespace
 
 ParsedCommand parse_command(std::string_view line) {
@@ -138,195 +296,41 @@ ParsedCommand parse_command(std::string_view line) {
             return fail("the command contains non-printable bytes");
         }
     }
-    std::vector<std::string_view> words;
-    bool dry_run = false;
-    bool skip_gate = false;
-    std::size_t i = 0;
-    while (i < line.size()) {
-        while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) {
-            ++i;
-        }
-        std::size_t start = i;
-        while (i < line.size() && line[i] != ' ' && line[i] != '\t') {
-            ++i;
-        }
-        if (i > start) {
-            std::string_view word = line.substr(start, i - start);
-            if (word == "--dry-run") {
-                dry_run = true;
-            } else if (word == "--skip-gate") {
-                skip_gate = true;
-            } else {
-                words.push_back(word);
-            }
-        }
+    Words words;
+    Command cmd;
+    if (std::string error = split_words(line, words, cmd); !error.empty()) {
+        return fail(error);
     }
     if (words.empty()) {
         return fail("empty command; try 'help'");
     }
-    Command cmd;
-    cmd.dry_run = dry_run;
-    cmd.skip_gate = skip_gate;
-    const std::string_view verb = words[0];
-    const std::size_t args = words.size() - 1;
-    auto no_args = [&](Verb v) -> ParsedCommand {
-        if (args != 0) {
-            return fail(std::string(verb) + " takes no arguments");
+    std::size_t used = 0;
+    const VerbSpec* spec = match_verb(words, used);
+    if (spec == nullptr) {
+        std::string list;
+        for (const VerbSpec& s : verb_table) {
+            list += (list.empty() ? "" : ", ") + std::string(s.words);
         }
-        cmd.verb = v;
-        return {cmd, {}};
-    };
-
-    if (verb == "status") {
-        return no_args(Verb::status);
+        return fail("unknown command '" + std::string(words[0]) + "'; the commands are: " + list);
     }
-    if (verb == "watch") {
-        return no_args(Verb::watch);
-    }
-    if (verb == "help") {
-        return no_args(Verb::help);
-    }
-    if (verb == "flip") {
-        return no_args(Verb::flip);
-    }
-    if (verb == "rollback") {
-        return no_args(Verb::rollback);
-    }
-    if (verb == "promote") {
-        return no_args(Verb::promote);
-    }
-    if (verb == "clear") {
-        return no_args(Verb::clear);
-    }
-    if (verb == "reload") {
-        return no_args(Verb::reload);
-    }
-    if (verb == "history") {
-        cmd.verb = Verb::history;
-        if (args > 1) {
-            return fail("usage: history [N]");
-        }
-        if (args == 1) {
-            std::size_t n = 0;
-            auto w = words[1];
-            auto [end, ec] = std::from_chars(w.data(), w.data() + w.size(), n);
-            if (ec != std::errc{} || end != w.data() + w.size() || n == 0 || n > 1000) {
-                return fail("history N: N must be a number from 1 to 1000");
+    cmd.verb = spec->verb;
+    const Words args(words.begin() + static_cast<std::ptrdiff_t>(used), words.end());
+    switch (spec->arguments) {
+        case Arguments::none:
+            if (!args.empty()) {
+                return fail(std::string(spec->words) + " takes no arguments");
             }
-            cmd.count = n;
-        }
-        return {cmd, {}};
-    }
-    if (verb == "drain" || verb == "maint" || verb == "ready") {
-        cmd.verb = verb == "drain" ? Verb::drain : verb == "maint" ? Verb::maint : Verb::ready;
-        if (args != 1) {
-            return fail("usage: " + std::string(verb) + " BACKEND");
-        }
-        cmd.backend = std::string(words[1]);
-        return {cmd, {}};
-    }
-    if (verb == "set") {
-        cmd.verb = Verb::set;
-        if (args == 0 || args > 2) {
-            return fail("usage: set blue=W green=W | set green=W (percentages summing to 100)");
-        }
-        for (std::size_t k = 1; k < words.size(); ++k) {
-            std::string_view key, value;
-            if (!split_pair(words[k], key, value)) {
-                return fail("expected COLOUR=PERCENT, got '" + std::string(words[k]) + "'");
-            }
-            auto colour = colour_from_name(key);
-            if (!colour) {
-                return fail("unknown colour '" + std::string(key) + "': use blue or green");
-            }
-            auto bp = parse_percent(value);
-            if (!bp) {
-                return fail("weight '" + std::string(value) +
-                            "' must be a percentage from 0 to 100 with at most two decimals");
-            }
-            auto& slot = *colour == Colour::blue ? cmd.blue_bp : cmd.green_bp;
-            if (slot) {
-                return fail(std::string(key) + " is given twice");
-            }
-            slot = bp;
-        }
-        if (cmd.blue_bp && cmd.green_bp && *cmd.blue_bp + *cmd.green_bp != 10000) {
-            return fail("weights must sum to 100 (got blue " + format_percent(*cmd.blue_bp) +
-                        " + green " + format_percent(*cmd.green_bp) + ")");
-        }
-        if (!cmd.blue_bp) {
-            cmd.blue_bp = 10000 - *cmd.green_bp;
-        }
-        if (!cmd.green_bp) {
-            cmd.green_bp = 10000 - *cmd.blue_bp;
-        }
-        return {cmd, {}};
-    }
-    if (verb == "pause" || verb == "resume" || verb == "abort") {
-        cmd.verb = verb == "pause"    ? Verb::ramp_pause
-                   : verb == "resume" ? Verb::ramp_resume
-                                      : Verb::ramp_abort;
-        return args == 0 ? ParsedCommand{cmd, {}} : fail(std::string(verb) + " takes no arguments");
-    }
-    if (verb == "ramp") {
-        if (args == 1 && (words[1] == "pause" || words[1] == "resume" || words[1] == "abort")) {
-            cmd.verb = words[1] == "pause"    ? Verb::ramp_pause
-                       : words[1] == "resume" ? Verb::ramp_resume
-                                              : Verb::ramp_abort;
             return {cmd, {}};
-        }
-        cmd.verb = Verb::ramp;
-        const char* usage =
-            "usage: ramp COLOUR to=P step=P every=DURATION, e.g. ramp green to=100 step=10 "
-            "every=30s";
-        if (args < 1) {
-            return fail(usage);
-        }
-        auto colour = colour_from_name(words[1]);
-        if (!colour) {
-            return fail("unknown colour '" + std::string(words[1]) + "'; " + usage);
-        }
-        cmd.colour = *colour;
-        bool have_step = false;
-        bool have_every = false;
-        bool have_to = false;
-        for (std::size_t k = 2; k < words.size(); ++k) {
-            std::string_view key, value;
-            if (!split_pair(words[k], key, value)) {
-                return fail("expected KEY=VALUE, got '" + std::string(words[k]) + "'; " + usage);
-            }
-            if (key == "to" || key == "step") {
-                auto bp = parse_percent(value);
-                if (!bp) {
-                    return fail(std::string(key) + "=" + std::string(value) +
-                                ": a percentage from 0 to 100 with at most two decimals");
-                }
-                (key == "to" ? cmd.to_bp : cmd.step_bp) = *bp;
-                (key == "to" ? have_to : have_step) = true;
-            } else if (key == "every") {
-                auto d = parse_duration(value);
-                if (!d || d->count() < 100) {
-                    return fail("every=" + std::string(value) +
-                                ": a duration of at least 100ms, like 30s or 5m");
-                }
-                cmd.every = *d;
-                have_every = true;
-            } else {
-                return fail("unknown ramp option '" + std::string(key) + "'; " + usage);
-            }
-        }
-        if (!have_step || !have_every) {
-            return fail(usage);
-        }
-        if (!have_to) {
-            cmd.to_bp = 10000;
-        }
-        if (cmd.step_bp == 0) {
-            return fail("step must be more than 0");
-        }
-        return {cmd, {}};
+        case Arguments::count:
+            return parse_count(std::move(cmd), args);
+        case Arguments::backend:
+            return parse_backend(std::move(cmd), args);
+        case Arguments::weights:
+            return parse_weights(std::move(cmd), args);
+        case Arguments::ramp:
+            return parse_ramp(std::move(cmd), args);
     }
-    return fail("unknown command '" + std::string(verb) + "'; try 'help'");
+    return fail("unknown command");
 }
 
 }  // namespace bg

@@ -9,33 +9,13 @@
 
 #include "config.hpp"
 #include "routing_table.hpp"
+#include "verb_table.hpp"
 
 namespace bg {
 
-enum class Verb {
-    // read
-    status,
-    history,
-    watch,
-    help,
-    // operate
-    set,
-    flip,
-    rollback,
-    promote,
-    clear,
-    ramp,
-    ramp_pause,
-    ramp_resume,
-    ramp_abort,
-    drain,
-    maint,
-    ready,
-    // admin
-    reload,
-};
-
+// From verb_table: the words typed, and the label metrics and audit kinds use.
 const char* verb_name(Verb verb);
+const char* verb_label(Verb verb);
 Role required_role(Verb verb);
 bool changes_state(Verb verb);
 
@@ -51,7 +31,11 @@ struct Command {
     Duration every{std::chrono::seconds(30)};  // ramp
     std::string backend;                       // drain, maint, ready
     std::size_t count = 20;                    // history
+    std::string id;  // --id=ID: the caller's name for this command, in its reply and audit
 };
+
+// A command id as the protocol takes it: 1 to 64 of [A-Za-z0-9_.-].
+bool valid_command_id(std::string_view id);
 
 struct ParsedCommand {
     std::optional<Command> command;
@@ -60,7 +44,7 @@ struct ParsedCommand {
 
 ParsedCommand parse_command(std::string_view line);
 
-// The protocol's help text: every command with an example.
-const char* protocol_help();
+// The protocol's help text, from verb_table: every command with its usage.
+const std::string& protocol_help();
 
 }  // namespace bg

@@ -1,6 +1,7 @@
 #include "control_server.hpp"
 
 #include <grp.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,6 +16,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/json/serialize.hpp>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <vector>
@@ -33,14 +35,87 @@ constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
 // Replies and events queued for one connection.
 using Outbox = asio::experimental::channel<void(boost::system::error_code, std::string)>;
 
-asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchboard& switchboard) {
+// While a command waits for its answer: a client that hangs up cancels it, if it has not
+// started applying (Switchboard::cancel). A client that sends more is not watched further.
+void cancel_if_client_leaves(local::socket& socket, Switchboard& switchboard, std::string id,
+                             std::shared_ptr<bool> answered) {
+    socket.async_wait(local::socket::wait_read,
+                      [&switchboard, fd = socket.native_handle(), id = std::move(id),
+                       answered](boost::system::error_code ec) {
+                          if (ec || *answered) {
+                              return;
+                          }
+                          char byte = 0;
+                          const ssize_t n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+                          if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+                              switchboard.cancel(id, "the client closed the connection");
+                          }
+                      });
+}
+
+// Streams events to a `watch` client until it goes away (a read then fails).
+asio::awaitable<void> stream_events(local::socket& socket, Switchboard& switchboard,
+                                    std::shared_ptr<Outbox> outbox) {
+    const std::uint64_t watcher = switchboard.subscribe([outbox](const json::object& event) {
+        outbox->try_send(boost::system::error_code{}, json::serialize(event) + "\n");
+    });
+    auto closed = std::make_shared<bool>(false);
+    asio::co_spawn(
+        socket.get_executor(),
+        [&socket, outbox, closed]() -> asio::awaitable<void> {
+            char sink[256];
+            for (;;) {
+                auto [e, k] = co_await socket.async_read_some(asio::buffer(sink), nothrow);
+                if (e) {
+                    break;
+                }
+            }
+            *closed = true;
+            outbox->close();
+        },
+        asio::detached);
+    for (;;) {
+        auto [e, event] = co_await outbox->async_receive(nothrow);
+        if (e || *closed) {
+            break;
+        }
+        auto [we, wn] = co_await asio::async_write(socket, asio::buffer(event), nothrow);
+        if (we) {
+            break;
+        }
+    }
+    switchboard.unsubscribe(watcher);
+    boost::system::error_code ignored;
+    socket.close(ignored);
+    // Let the reader see the close before the socket goes away.
+    while (!*closed) {
+        asio::steady_timer wait(socket.get_executor(), std::chrono::milliseconds(1));
+        co_await wait.async_wait(nothrow);
+    }
+}
+
+asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchboard& switchboard,
+                            std::shared_ptr<std::size_t> connections) {
+    struct Leave {  // counted in by accept(), out here
+        std::shared_ptr<std::size_t> count;
+        ~Leave() { --*count; }
+    } leave{connections};
     const Caller caller = identify_peer(socket.native_handle(), config);
     auto outbox = std::make_shared<Outbox>(socket.get_executor(), 1024);
+    asio::steady_timer idle(socket.get_executor());
     std::string input;
-    std::uint64_t watcher = 0;
     for (;;) {
+        // A connection that sends no command for idle_timeout is closed: it holds a slot.
+        idle.expires_after(config.idle_timeout);
+        idle.async_wait([&socket](boost::system::error_code ec) {
+            if (!ec) {
+                boost::system::error_code ignored;
+                socket.close(ignored);
+            }
+        });
         auto [ec, n] = co_await asio::async_read_until(
             socket, asio::dynamic_buffer(input, config.max_line), '\n', nothrow);
+        idle.cancel();
         if (ec == asio::error::not_found) {
             // A line longer than the limit: say so and hang up; nothing was run.
             std::string reply = json::serialize(json::object{
@@ -56,10 +131,19 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
         }
         std::string line = input.substr(0, n - 1);
         input.erase(0, n);
-        switchboard.execute(caller, line, [outbox](const json::object& reply) {
-            outbox->try_send(boost::system::error_code{}, json::serialize(reply) + "\n");
-        });
+        auto answered = std::make_shared<bool>(false);
+        const std::string id =
+            switchboard.execute(caller, line, [outbox, answered](const json::object& reply) {
+                *answered = true;
+                outbox->try_send(boost::system::error_code{}, json::serialize(reply) + "\n");
+            });
+        if (!*answered && input.empty()) {
+            cancel_if_client_leaves(socket, switchboard, id, answered);
+        }
         auto [rec, reply] = co_await outbox->async_receive(nothrow);
+        *answered = true;
+        boost::system::error_code ignored;
+        socket.cancel(ignored);  // the wait for a hang-up, if any
         if (rec) {
             break;
         }
@@ -68,46 +152,20 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
             break;
         }
         if (reply.find("\"watching\":true") != std::string::npos) {
-            // Stream events until the client goes away (a read then fails).
-            watcher = switchboard.subscribe([outbox](const json::object& event) {
-                outbox->try_send(boost::system::error_code{}, json::serialize(event) + "\n");
-            });
-            auto closed = std::make_shared<bool>(false);
-            asio::co_spawn(
-                socket.get_executor(),
-                [&socket, outbox, closed]() -> asio::awaitable<void> {
-                    char sink[256];
-                    for (;;) {
-                        auto [e, k] = co_await socket.async_read_some(asio::buffer(sink), nothrow);
-                        if (e) {
-                            break;
-                        }
-                    }
-                    *closed = true;
-                    outbox->close();
-                },
-                asio::detached);
-            for (;;) {
-                auto [e, event] = co_await outbox->async_receive(nothrow);
-                if (e || *closed) {
-                    break;
-                }
-                auto [we, wn2] = co_await asio::async_write(socket, asio::buffer(event), nothrow);
-                if (we) {
-                    break;
-                }
-            }
-            switchboard.unsubscribe(watcher);
-            boost::system::error_code ignored;
-            socket.close(ignored);
-            // Let the reader see the close before the socket goes away.
-            while (!*closed) {
-                asio::steady_timer wait(socket.get_executor(), std::chrono::milliseconds(1));
-                co_await wait.async_wait(nothrow);
-            }
+            co_await stream_events(socket, switchboard, outbox);
             co_return;
         }
     }
+}
+
+// Over max_connections: the client is told why, and the connection closed.
+asio::awaitable<void> turn_away(local::socket socket, std::size_t limit) {
+    std::string reply = json::serialize(
+        json::object{{"ok", false},
+                     {"error", "too many control connections (limit " + std::to_string(limit) +
+                                   ", [control] max_connections); nothing changed"}});
+    reply.push_back('\n');
+    co_await asio::async_write(socket, asio::buffer(reply), nothrow);
 }
 
 }  // namespace
@@ -213,8 +271,13 @@ void ControlServer::accept() {
                                       [this] { accept(); })) {
             return;  // out of descriptors: accepting again at once would spin
         }
-        if (!ec) {
-            asio::co_spawn(io_, serve(std::move(socket), config_, switchboard_), asio::detached);
+        if (!ec && *connections_ >= config_.max_connections) {
+            asio::co_spawn(io_, turn_away(std::move(socket), config_.max_connections),
+                           asio::detached);
+        } else if (!ec) {
+            ++*connections_;
+            asio::co_spawn(io_, serve(std::move(socket), config_, switchboard_, connections_),
+                           asio::detached);
         }
         accept();
     });

@@ -36,6 +36,7 @@ class ControlServer {
     Switchboard& switchboard_;
     boost::asio::local::stream_protocol::acceptor acceptor_;
     AcceptPause accept_pause_;
+    std::shared_ptr<std::size_t> connections_ = std::make_shared<std::size_t>(0);
     // The socket file this process made (device, inode), so close() never removes another's.
     std::optional<std::pair<dev_t, ino_t>> bound_;
 };

@@ -246,14 +246,13 @@ std::string render_metrics(const MetricsSources& in) {
             .Name("bgproxy_switches_total")
             .Help(
                 "Routing changes by kind: set, flip, ramp, ramp_step, rollback, promote, "
-                "auto_revert, canary_revert, failover, ...")
+                "auto_revert, outlier_revert, canary_revert, failover, failback, ...")
             .Register(registry);
-    for (const char* kind : {"set", "flip", "ramp", "ramp_step", "rollback", "promote",
-                             "auto_revert", "canary_revert", "failover", "failback"}) {
-        switches.Add({{"kind", kind}});  // present at 0 so rate() works from the first switch
-    }
-    for (const auto& [kind, n] : counts.switches) {
-        switches.Add({{"kind", kind}}).Increment(static_cast<double>(n));
+    for (SwitchKind kind : all_switch_kinds) {
+        // Every kind present, at 0 until it happens, so rate() works from the first switch.
+        auto found = counts.switches.find(kind);
+        switches.Add({{"kind", to_string(kind)}})
+            .Increment(found == counts.switches.end() ? 0.0 : static_cast<double>(found->second));
     }
     render_canary(registry, board.canary());
     prometheus::BuildGauge()

@@ -17,7 +17,7 @@ GuardDecision revert_to_stable(const RoutingState& state, Colour failed, std::st
     GuardDecision decision;
     decision.next = state;
     decision.changed = true;
-    decision.kind = "auto_revert";
+    decision.kind = SwitchKind::auto_revert;
     decision.next.weight_bp[index_of(state.stable)] = 10000;
     decision.next.weight_bp[index_of(failed)] = 0;
     decision.next.failed[index_of(failed)] = true;
@@ -48,7 +48,7 @@ GuardDecision evaluate_guard(const RoutingState& state, const std::array<ColourH
     if (stable_failed && !candidate_failed && !state.failed[index_of(candidate)] &&
         rollout.stable_failure == StableFailurePolicy::failover && state.weight(stable) > 0) {
         decision.changed = true;
-        decision.kind = "failover";
+        decision.kind = SwitchKind::failover;
         decision.next.failover = FailoverState{state.weight_bp, {}};
         decision.next.weight_bp[index_of(candidate)] = 10000;
         decision.next.weight_bp[index_of(stable)] = 0;
@@ -72,7 +72,7 @@ GuardDecision evaluate_failback(const RoutingState& state,
         return decision;
     }
     decision.changed = true;
-    decision.kind = "failback";
+    decision.kind = SwitchKind::failback;
     decision.next.weight_bp = state.failover->weight_bp;
     decision.next.failover.reset();
     decision.reason = std::string("the stable colour ") + to_string(state.stable) +

@@ -11,6 +11,7 @@
 
 #include "config.hpp"
 #include "routing_state.hpp"
+#include "switch_kind.hpp"
 
 namespace bg {
 
@@ -22,8 +23,8 @@ struct ColourHealth {
 struct GuardDecision {
     bool changed = false;
     RoutingState next;
-    std::string kind;    // "auto_revert", "failover", "failback" or empty
-    std::string reason;  // for the audit log, watch and status
+    SwitchKind kind = SwitchKind::auto_revert;  // auto_revert, failover or failback
+    std::string reason;                         // for the audit log, watch and status
 };
 
 // Whether a colour counts as failed under rollout.min_healthy.

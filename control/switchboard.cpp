@@ -27,10 +27,6 @@ Caller process_caller() {
     return self;
 }
 
-constexpr std::string_view ramp_step_line = "ramp step";
-constexpr std::string_view sighup_line = "reload";
-constexpr std::string_view health_line = "health";
-
 json::object weights_json(const RoutingState& state) {
     return json::object{{"blue", percent_json(state.weight(Colour::blue))},
                         {"green", percent_json(state.weight(Colour::green))}};
@@ -41,20 +37,26 @@ json::object error_reply(const std::string& message, std::uint64_t version) {
         {"ok", false}, {"error", message + "; nothing changed"}, {"version", version}};
 }
 
-// The colour taking most new traffic: the one a flip moves away from.
-std::optional<Colour> primary_colour(const RoutingState& state) {
-    if (state.weight(Colour::blue) > state.weight(Colour::green)) {
-        return Colour::blue;
-    }
-    if (state.weight(Colour::green) > state.weight(Colour::blue)) {
-        return Colour::green;
-    }
-    return std::nullopt;
-}
+void ignore_reply(const json::object&) {}
 
-void set_weight(RoutingState& state, Colour colour, std::uint32_t bp) {
-    state.weight_bp[index_of(colour)] = bp;
-    state.weight_bp[index_of(other(colour))] = 10000 - bp;
+// What a reload cannot change in place, named; empty when nothing.
+std::string needs_restart(const Config& current, const Config& fresh) {
+    std::string restart;
+    bool listeners = fresh.listeners.size() != current.listeners.size();
+    for (std::size_t i = 0; !listeners && i < fresh.listeners.size(); ++i) {
+        listeners = fresh.listeners[i].address.text != current.listeners[i].address.text;
+    }
+    if (listeners) {
+        restart = "listeners";
+    }
+    if (fresh.limits.buffer_size != current.limits.buffer_size ||
+        fresh.upstream.balance != current.upstream.balance ||
+        fresh.upstream.max_idle_per_backend != current.upstream.max_idle_per_backend ||
+        fresh.upstream.idle_timeout != current.upstream.idle_timeout) {
+        restart += restart.empty() ? "" : ", ";
+        restart += "server.buffer_size or upstream pool settings";
+    }
+    return restart;
 }
 
 }  // namespace
@@ -85,22 +87,11 @@ bool Switchboard::load(std::string& error) {
         state_ = *loaded.state;
         // Reconcile with the config explicitly: admin states of backends the config no longer
         // has are dropped, and said so.
-        std::set<std::string> names;
-        for (const PoolConfig* pool : {&config_->blue, &config_->green}) {
-            for (const auto& b : pool->backends) {
-                names.insert(b.name);
-            }
-        }
-        for (auto it = state_.admin.begin(); it != state_.admin.end();) {
-            if (!names.contains(it->first)) {
-                spdlog::warn(
-                    "state file names backend '{}' ({}), which the config does not have: "
-                    "dropping its admin state",
-                    it->first, to_string(it->second));
-                it = state_.admin.erase(it);
-            } else {
-                ++it;
-            }
+        if (std::string dropped = reconcile_admin(state_, *config_); !dropped.empty()) {
+            spdlog::warn(
+                "the state file names backends the config does not have: dropping the "
+                "admin state of {}",
+                dropped);
         }
         spdlog::info("routing state version {} loaded: blue {}%, green {}%, stable {}",
                      state_.version, format_percent(state_.weight(Colour::blue)),
@@ -116,15 +107,19 @@ bool Switchboard::load(std::string& error) {
     return true;
 }
 
-void Switchboard::on_health(const std::string& backend, bool healthy, const std::string& why) {
-    const Caller self = process_caller();
-    Job job{self, std::string(health_line) + " " + backend + (healthy ? " up: " : " down: ") + why,
-            [](const json::object&) {}, true};
-    job.backend = backend;
-    job.healthy = healthy;
-    job.why = why;
+Switchboard::Origin Switchboard::internal_origin(std::string line, std::string by) const {
+    return Origin{process_caller(), std::move(line), ignore_reply, {}, std::move(by), true};
+}
+
+void Switchboard::enqueue(Job job) {
     queue_.push_back(std::move(job));
     run_next();
+}
+
+void Switchboard::on_health(const std::string& backend, bool healthy, const std::string& why) {
+    enqueue(Job{internal_origin("health " + backend + (healthy ? " up: " : " down: ") + why,
+                                "rollout guard"),
+                HealthChange{backend, healthy, why}});
 }
 
 std::array<std::pair<unsigned, unsigned>, 2> Switchboard::colour_health() const {
@@ -142,25 +137,25 @@ std::array<std::pair<unsigned, unsigned>, 2> Switchboard::colour_health() const 
     return out;
 }
 
-void Switchboard::handle_health(Job job) {
-    health_[job.backend] = job.healthy;
-    if (job.healthy) {
-        down_because_.erase(job.backend);
+void Switchboard::handle_health(Origin origin, const HealthChange& change) {
+    health_[change.backend] = change.healthy;
+    if (change.healthy) {
+        down_because_.erase(change.backend);
     } else {
-        down_because_[job.backend] = job.why;
+        down_because_[change.backend] = change.why;
     }
-    spdlog::info("{}", job.line);
+    spdlog::info("{}", origin.line);
     broadcast(json::object{{"event", "health"},
                            {"time", now_iso8601()},
-                           {"backend", job.backend},
-                           {"healthy", job.healthy},
-                           {"change", job.line}});
+                           {"backend", change.backend},
+                           {"healthy", change.healthy},
+                           {"change", origin.line}});
     GuardDecision decision = evaluate_guard(state_, guard_health(), config_->rollout);
     if (decision.changed) {
-        apply_guard(std::move(job), std::move(decision));
+        apply_guard(std::move(origin), std::move(decision));
         return;
     }
-    publish_health(std::move(job));
+    publish_health(std::move(origin));
 }
 
 void Switchboard::attach(TablePublisher& publisher) {
@@ -210,10 +205,8 @@ void Switchboard::observe_outliers(const DataPlaneLoad& load) {
     auto verdicts =
         outlier_.observe(*table_, load, OutlierDetector::Clock::now(), watched_colour(), health_);
     if (!verdicts.empty()) {
-        Job job{process_caller(), "outlier detection", [](const json::object&) {}, true};
-        job.outlier = std::move(verdicts);
-        queue_.push_back(std::move(job));
-        run_next();
+        enqueue(Job{internal_origin("outlier detection", "rollout guard"),
+                    OutlierFindings{std::move(verdicts)}});
     }
 }
 
@@ -223,10 +216,7 @@ void Switchboard::observe_canary(const DataPlaneLoad& load) {
                                                    colour_figures(load), candidate, state_.stable);
     if (verdict.state == CanaryVerdict::State::failing && candidate &&
         !state_.failed[index_of(*candidate)]) {
-        Job job{process_caller(), "canary analysis", [](const json::object&) {}, true};
-        job.canary = verdict;
-        queue_.push_back(std::move(job));
-        run_next();
+        enqueue(Job{internal_origin("canary analysis", "rollout guard"), CanaryFailure{verdict}});
     }
 }
 
@@ -249,12 +239,12 @@ std::array<ColourFigures, 2> Switchboard::colour_figures(const DataPlaneLoad& lo
 
 // A failing verdict, once it reaches the head of the queue: reverted if the colour is still
 // the candidate (a command in between may have reverted or promoted it already).
-void Switchboard::handle_canary(Job job) {
-    const CanaryVerdict& verdict = *job.canary;
+void Switchboard::handle_canary(Origin origin, const CanaryFailure& failure) {
+    const CanaryVerdict& verdict = failure.verdict;
     if (!verdict.candidate || watched_colour() != verdict.candidate ||
         state_.failed[index_of(*verdict.candidate)] || state_.failover) {
         // Gone, already failed, or serving because stable failed: never reverted onto it.
-        finish(job, json::object{{"ok", true}});
+        finish(origin, json::object{{"ok", true}});
         return;
     }
     broadcast(json::object{{"event", "canary"},
@@ -262,16 +252,10 @@ void Switchboard::handle_canary(Job job) {
                            {"colour", to_string(*verdict.candidate)},
                            {"verdict", to_json(verdict)},
                            {"change", "canary analysis: " + verdict.reason}});
-    job.backend = "canary";  // reported as the rollout guard
     GuardDecision decision =
         revert_to_stable(state_, *verdict.candidate, "canary analysis: " + verdict.reason);
-    decision.kind = "canary_revert";
-    apply_guard(std::move(job), std::move(decision));
-}
-
-bool Switchboard::is_safety_action(const std::string& kind) {
-    return kind == "rollback" || kind == "auto_revert" || kind == "canary_revert" ||
-           kind == "failover";
+    decision.kind = SwitchKind::canary_revert;
+    apply_guard(std::move(origin), std::move(decision));
 }
 
 // While the state on disk is behind the state served: try again every second.
@@ -326,24 +310,21 @@ void Switchboard::consider_failback() {
             return;
         }
         failback_armed_ = false;
-        Job job{process_caller(), "failback", [](const json::object&) {}, true};
-        job.failback = true;
-        queue_.push_back(std::move(job));
-        run_next();
+        enqueue(Job{internal_origin("failback", "rollout guard"), FailbackDue{}});
     });
 }
 
-void Switchboard::handle_failback(Job job) {
+void Switchboard::handle_failback(Origin origin) {
     GuardDecision decision = evaluate_failback(state_, guard_health(), config_->rollout);
     if (!decision.changed || !config_->rollout.failback_auto) {
-        finish(job, json::object{{"ok", true}});
+        finish(origin, json::object{{"ok", true}});
         return;
     }
-    apply_guard(std::move(job), std::move(decision));
+    apply_guard(std::move(origin), std::move(decision));
 }
 
-void Switchboard::handle_outlier(Job job) {
-    const auto& v = *job.outlier;
+void Switchboard::handle_outlier(Origin origin, const OutlierFindings& findings) {
+    const auto& v = findings.verdicts;
     counts_.ejections += v.ejected.size();
     for (const auto& name : v.ejected) {
         spdlog::warn("outlier detection: {} {}", name, v.reasons.at(name));
@@ -364,28 +345,28 @@ void Switchboard::handle_outlier(Job job) {
     if (v.failed_colour && !state_.failed[index_of(*v.failed_colour)] &&
         *v.failed_colour != state_.stable) {
         outlier_.reset_window();
-        job.backend = "outlier";  // reported as the rollout guard
-        apply_guard(std::move(job), revert_to_stable(state_, *v.failed_colour, v.colour_reason));
+        GuardDecision decision = revert_to_stable(state_, *v.failed_colour, v.colour_reason);
+        decision.kind = SwitchKind::outlier_revert;
+        apply_guard(std::move(origin), std::move(decision));
         return;
     }
-    publish_health(std::move(job));
+    publish_health(std::move(origin));
 }
 
-void Switchboard::apply_guard(Job job, GuardDecision decision) {
+void Switchboard::apply_guard(Origin origin, GuardDecision decision) {
     spdlog::warn("rollout guard: {}", decision.reason);
     if (decision.next.failover && !state_.failover) {
         decision.next.failover->at = now_iso8601();
     }
-    Staged staged{decision.next, config_, decision.reason, decision.kind};
-    commit(std::move(job), decision.kind, std::move(staged));
+    commit(std::move(origin), Staged{decision.next, config_, decision.reason, decision.kind});
 }
 
-void Switchboard::publish_health(Job job) {
+void Switchboard::publish_health(Origin origin) {
     // Only health changed: a new table, the same routing state.
     auto table = build_table(*config_, state_, ids_, effective_health());
-    auto done = [this, job = std::move(job), table]() mutable {
+    auto done = [this, origin = std::move(origin), table]() mutable {
         table_ = table;
-        finish(job, json::object{{"ok", true}});
+        finish(origin, json::object{{"ok", true}});
     };
     if (publisher_ == nullptr) {
         done();
@@ -394,23 +375,75 @@ void Switchboard::publish_health(Job job) {
     }
 }
 
-void Switchboard::execute(const Caller& caller, std::string line, Reply reply) {
-    queue_.push_back(Job{caller, std::move(line), std::move(reply)});
-    run_next();
+std::string Switchboard::execute(const Caller& caller, std::string line, Reply reply) {
+    Origin origin{caller, std::move(line), std::move(reply), {}, caller.describe(), false};
+    ParsedCommand parsed = parse_command(origin.line);
+    origin.id = parsed.command && !parsed.command->id.empty() ? parsed.command->id
+                                                              : "s" + std::to_string(next_id_++);
+    const std::string id = origin.id;
+    if (parsed.command && !parsed.command->id.empty()) {
+        // The id is a field of its own in the audit record and the reply.
+        const std::string token = "--id=" + parsed.command->id;
+        const auto at = origin.line.find(token);
+        origin.line.erase(at > 0 && origin.line[at - 1] == ' ' ? at - 1 : at,
+                          token.size() + (at > 0 && origin.line[at - 1] == ' ' ? 1 : 0));
+    }
+    if (!parsed.command) {
+        // Unparsable input is audited too: it was an attempt to control the proxy.
+        audit_.append(audit_record(origin, "refused", nullptr, parsed.error));
+        origin.reply(error_reply(parsed.error, state_.version));
+        return id;
+    }
+    const Command& cmd = *parsed.command;
+    if (caller.role < required_role(cmd.verb)) {
+        std::string message = std::string("'") + verb_name(cmd.verb) + "' needs the " +
+                              to_string(required_role(cmd.verb)) + " role; " + caller.describe() +
+                              " has " + to_string(caller.role);
+        if (changes_state(cmd.verb)) {
+            audit_.append(audit_record(origin, "refused", nullptr, message));
+        }
+        origin.reply(error_reply(message, state_.version));
+        return id;
+    }
+    if (!changes_state(cmd.verb)) {
+        answer_read(std::move(origin), cmd);
+    } else {
+        enqueue(Job{std::move(origin), OperatorCommand{cmd}});
+    }
+    return id;
+}
+
+void Switchboard::cancel(const std::string& id, const std::string& why) {
+    auto cancelled = [&](Origin& origin) {
+        audit_.append(audit_record(origin, "cancelled", nullptr, why));
+        spdlog::info("command {} ({}) cancelled: {}", origin.id, origin.line, why);
+        origin.reply(error_reply("cancelled: " + why, state_.version));
+    };
+    for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+        if (!it->origin.internal && it->origin.id == id) {
+            cancelled(it->origin);
+            queue_.erase(it);
+            return;
+        }
+    }
+    if (auto gate = gates_.find(id); gate != gates_.end()) {
+        cancelled(gate->second.origin);
+        gates_.erase(gate);
+    }
 }
 
 void Switchboard::reload_from_signal() {
-    const Caller self = process_caller();
-    queue_.push_back(Job{self, std::string(sighup_line),
-                         [](const json::object& reply) {
-                             if (reply.at("ok").as_bool()) {
-                                 spdlog::info("SIGHUP reload: {}", json::serialize(reply));
-                             } else {
-                                 spdlog::error("SIGHUP reload refused: {}", json::serialize(reply));
-                             }
-                         },
-                         true});
-    run_next();
+    Origin origin = internal_origin("reload", "SIGHUP");
+    origin.reply = [](const json::object& reply) {
+        if (reply.at("ok").as_bool()) {
+            spdlog::info("SIGHUP reload: {}", json::serialize(reply));
+        } else {
+            spdlog::error("SIGHUP reload refused: {}", json::serialize(reply));
+        }
+    };
+    Command reload;
+    reload.verb = Verb::reload;
+    enqueue(Job{std::move(origin), OperatorCommand{reload}});
 }
 
 std::uint64_t Switchboard::subscribe(Watcher watcher) {
@@ -440,24 +473,32 @@ void Switchboard::run_next() {
     run(std::move(job));
 }
 
-void Switchboard::finish(Job& job, const json::object& reply) {
+void Switchboard::finish(Origin& origin, const json::object& reply) {
     consider_failback();
-    job.reply(reply);
+    origin.reply(reply);
     busy_ = false;
     // Not recursively: let the reply's write start first.
     boost::asio::post(executor_, [this] { run_next(); });
 }
 
-json::object Switchboard::audit_record(const Job& job, const char* result,
+void Switchboard::refuse(Origin& origin, const std::string& error) {
+    audit_.append(audit_record(origin, "refused", nullptr, error));
+    finish(origin, error_reply(error, state_.version));
+}
+
+json::object Switchboard::audit_record(const Origin& origin, const char* result,
                                        const RoutingState* after, const std::string& error) const {
     json::object record{{"time", now_iso8601()},
-                        {"uid", job.caller.uid},
-                        {"gid", job.caller.gid},
-                        {"pid", job.caller.pid},
-                        {"role", to_string(job.caller.role)},
-                        {"command", job.line},
+                        {"uid", origin.caller.uid},
+                        {"gid", origin.caller.gid},
+                        {"pid", origin.caller.pid},
+                        {"role", to_string(origin.caller.role)},
+                        {"command", origin.line},
                         {"result", result},
                         {"before", to_json(state_)}};
+    if (!origin.id.empty()) {
+        record["id"] = origin.id;
+    }
     record["after"] = after != nullptr ? json::value(to_json(*after)) : json::value(nullptr);
     if (!error.empty()) {
         record["error"] = error;
@@ -466,280 +507,199 @@ json::object Switchboard::audit_record(const Job& job, const char* result,
 }
 
 void Switchboard::run(Job job) {
-    if (job.internal && job.canary) {
-        handle_canary(std::move(job));
-        return;
-    }
-    if (job.internal && job.failback) {
-        handle_failback(std::move(job));
-        return;
-    }
-    if (job.internal && job.outlier) {
-        handle_outlier(std::move(job));
-        return;
-    }
-    if (job.internal && !job.backend.empty()) {
-        handle_health(std::move(job));
-        return;
-    }
-    ParsedCommand parsed;
-    if (job.internal && job.line == ramp_step_line) {
-        parsed.command.emplace();
-        parsed.command->verb = Verb::ramp;
-    } else {
-        parsed = parse_command(job.line);
-    }
-    if (!parsed.command) {
-        // Unparsable input is audited too: it was an attempt to control the proxy.
-        audit_.append(audit_record(job, "refused", nullptr, parsed.error));
-        finish(job, error_reply(parsed.error, state_.version));
-        return;
-    }
-    Command cmd = *parsed.command;
-    if (!job.internal && job.caller.role < required_role(cmd.verb)) {
-        std::string message = std::string("'") + verb_name(cmd.verb) + "' needs the " +
-                              to_string(required_role(cmd.verb)) + " role; " +
-                              job.caller.describe() + " has " + to_string(job.caller.role);
-        if (changes_state(cmd.verb)) {
-            audit_.append(audit_record(job, "refused", nullptr, message));
-        }
-        finish(job, error_reply(message, state_.version));
-        return;
-    }
+    std::visit(
+        [this, &job](auto& work) {
+            using W = std::decay_t<decltype(work)>;
+            Origin& origin = job.origin;
+            if constexpr (std::is_same_v<W, OperatorCommand>) {
+                run_command(std::move(origin), work.command);
+            } else if constexpr (std::is_same_v<W, GatePassed>) {
+                run_gate_passed(std::move(origin), work);
+            } else if constexpr (std::is_same_v<W, RampStep>) {
+                handle_ramp_step(std::move(origin));
+            } else if constexpr (std::is_same_v<W, HealthChange>) {
+                handle_health(std::move(origin), work);
+            } else if constexpr (std::is_same_v<W, OutlierFindings>) {
+                handle_outlier(std::move(origin), work);
+            } else if constexpr (std::is_same_v<W, CanaryFailure>) {
+                handle_canary(std::move(origin), work);
+            } else {
+                static_assert(std::is_same_v<W, FailbackDue>);
+                handle_failback(std::move(origin));
+            }
+        },
+        job.work);
+}
+
+void Switchboard::answer_read(Origin origin, const Command& cmd) {
     switch (cmd.verb) {
         case Verb::status:
-            reply_status(std::move(job));
+            reply_status(std::move(origin));
             return;
         case Verb::help:
-            finish(job, json::object{{"ok", true}, {"help", protocol_help()}});
+            origin.reply(json::object{{"ok", true}, {"help", protocol_help()}});
             return;
-        case Verb::history: {
-            json::array records;
-            for (const auto& line : audit_.last(cmd.count)) {
-                boost::system::error_code ec;
-                auto value = json::parse(line, ec);
-                records.push_back(ec ? json::value(line) : value);
-            }
-            finish(job, json::object{{"ok", true}, {"history", std::move(records)}});
+        case Verb::history:
+            origin.reply(reply_history(cmd));
             return;
-        }
         case Verb::watch:
             // The control server streams events itself; here it only answers the first line.
-            finish(job,
-                   json::object{{"ok", true}, {"watching", true}, {"version", state_.version}});
+            origin.reply(
+                json::object{{"ok", true}, {"watching", true}, {"version", state_.version}});
             return;
         default:
-            break;
+            origin.reply(error_reply("not a read command", state_.version));
     }
+}
 
-    Staged staged{state_, config_, {}, verb_name(cmd.verb)};
-    if (job.internal && job.line == ramp_step_line) {
-        staged.kind = "ramp_step";
+json::object Switchboard::reply_history(const Command& cmd) const {
+    // With --id: that command's records (queued, cancelled, refused, applied) among the last
+    // ones kept; else the last N.
+    json::array records;
+    for (const auto& line : audit_.last(cmd.id.empty() ? cmd.count : 1000)) {
+        boost::system::error_code ec;
+        json::value value = json::parse(line, ec);
+        if (!cmd.id.empty()) {
+            const json::value* id =
+                ec || !value.is_object() ? nullptr : value.as_object().if_contains("id");
+            if (id == nullptr || !id->is_string() || id->as_string() != cmd.id) {
+                continue;
+            }
+        }
+        records.push_back(ec ? json::value(line) : value);
     }
-    std::string error = stage(cmd, job.caller, staged);
-    if (error.empty() && staged.next.failover && staged.next.weight_bp != state_.weight_bp) {
-        // An operator (or the ramp) set weights after a failover: theirs stand, no failback.
-        staged.next.failover.reset();
-    }
-    if (!error.empty() && cmd.verb == Verb::reload) {
-        ++counts_.reloads_refused;
-    }
-    if (!error.empty()) {
-        audit_.append(audit_record(job, "refused", nullptr, error));
-        finish(job, error_reply(error, state_.version));
+    return json::object{{"ok", true}, {"history", std::move(records)}};
+}
+
+void Switchboard::run_command(Origin origin, const Command& cmd) {
+    Staged staged{state_, config_, {}, switch_kind_of(cmd.verb)};
+    if (std::string error = stage(cmd, staged); !error.empty()) {
+        if (cmd.verb == Verb::reload) {
+            ++counts_.reloads_refused;
+        }
+        refuse(origin, error);
         return;
     }
     // The pre-promotion gate: a colour about to gain traffic by flip, set or ramp must pass the
     // smoke checks first. Rollback is never gated: it is the way out.
-    std::optional<Colour> gaining;
-    if ((cmd.verb == Verb::flip || cmd.verb == Verb::set || cmd.verb == Verb::ramp) &&
-        staged.kind != "ramp_step") {
-        for (Colour c : all_colours) {
-            if (staged.next.weight(c) > state_.weight(c)) {
-                gaining = c;
-            }
-        }
-    }
-    if (gaining && !config_->gate.empty() && !cmd.skip_gate) {
-        run_smoke_gate(executor_, *config_, *gaining,
-                       [this, job = std::move(job), cmd,
-                        staged = std::move(staged)](std::string failure) mutable {
-                           if (!failure.empty()) {
-                               std::string message = "pre-promotion gate: " + failure;
-                               audit_.append(audit_record(job, "refused", nullptr, message));
-                               finish(job, error_reply(message, state_.version));
-                               return;
-                           }
-                           proceed(std::move(job), cmd, std::move(staged));
-                       });
+    const std::optional<Colour> gaining = gaining_colour(state_, staged.next);
+    if (spec_of(cmd.verb).gated && gaining && !config_->gate.empty() && !cmd.skip_gate) {
+        start_gate(std::move(origin), cmd, *gaining);
         return;
     }
-    proceed(std::move(job), cmd, std::move(staged));
+    proceed(std::move(origin), cmd, std::move(staged));
 }
 
-void Switchboard::proceed(Job job, const Command& cmd, Staged staged) {
+// The gate runs beside the line: the next job runs at once, and the command comes back in
+// line when its checks are done, if nothing cancelled it meanwhile.
+void Switchboard::start_gate(Origin origin, const Command& cmd, Colour gaining) {
+    const std::string id = origin.id;
+    const std::uint64_t based_on = state_.version;
+    if (gates_.contains(id)) {
+        refuse(origin, "a command with id " + id + " is already waiting on its gate");
+        return;
+    }
+    gates_.emplace(id, PendingGate{std::move(origin), cmd});
+    busy_ = false;
+    boost::asio::post(executor_, [this] { run_next(); });
+    run_smoke_gate(executor_, *config_, gaining,
+                   [this, id, based_on](std::string failure) { gate_done(id, based_on, failure); });
+}
+
+void Switchboard::gate_done(const std::string& id, std::uint64_t based_on,
+                            const std::string& failure) {
+    auto it = gates_.find(id);
+    if (it == gates_.end()) {
+        return;  // cancelled while the checks ran: already answered and audited
+    }
+    PendingGate pending = std::move(it->second);
+    gates_.erase(it);
+    if (!failure.empty()) {
+        const std::string message = "pre-promotion gate: " + failure;
+        audit_.append(audit_record(pending.origin, "refused", nullptr, message));
+        pending.origin.reply(error_reply(message, state_.version));
+        return;
+    }
+    enqueue(Job{std::move(pending.origin), GatePassed{pending.command, based_on}});
+}
+
+void Switchboard::run_gate_passed(Origin origin, const GatePassed& passed) {
+    // What the gate checked was a change to the state it started on: if another change came
+    // first, this one is not applied on top of it unseen.
+    if (state_.version != passed.based_on) {
+        refuse(origin, "the routing state changed while the gate ran (version " +
+                           std::to_string(passed.based_on) + ", now " +
+                           std::to_string(state_.version) + "): run the command again");
+        return;
+    }
+    Staged staged{state_, config_, {}, switch_kind_of(passed.command.verb)};
+    if (std::string error = stage(passed.command, staged); !error.empty()) {
+        refuse(origin, error);
+        return;
+    }
+    proceed(std::move(origin), passed.command, std::move(staged));
+}
+
+void Switchboard::cancel_gates(SwitchKind because) {
+    for (auto& [id, pending] : gates_) {
+        const std::string why =
+            std::string("a ") + to_string(because) + " was applied while its gate ran";
+        audit_.append(audit_record(pending.origin, "cancelled", nullptr, why));
+        pending.origin.reply(error_reply("cancelled: " + why, state_.version));
+    }
+    gates_.clear();
+}
+
+void Switchboard::handle_ramp_step(Origin origin) {
+    StagedChange step = stage_ramp_step(state_);
+    if (!step.error.empty()) {
+        refuse(origin, step.error);
+        return;
+    }
+    commit(std::move(origin),
+           Staged{std::move(step.next), config_, std::move(step.note), SwitchKind::ramp_step});
+}
+
+void Switchboard::proceed(Origin origin, const Command& cmd, Staged staged) {
     const std::string change = describe_change(state_, staged.next);
     const bool config_changed = staged.config != config_;
-    if (cmd.dry_run) {
-        audit_.append(audit_record(job, "dry-run", &staged.next, {}));
-        json::object reply{{"ok", true},
-                           {"dry_run", true},
-                           {"change", change},
-                           {"would_be", to_json(staged.next)}};
+    if (!cmd.dry_run && change == "no change" && is_safety_action(staged.kind)) {
+        cancel_gates(staged.kind);  // a rollback onto the colour already serving still cancels
+    }
+    if (cmd.dry_run || (change == "no change" && !config_changed)) {
+        audit_.append(
+            audit_record(origin, cmd.dry_run ? "dry-run" : "no-change", &staged.next, {}));
+        json::object reply{{"ok", true}, {"id", origin.id}, {"change", change}};
+        if (cmd.dry_run) {
+            reply["dry_run"] = true;
+            reply["would_be"] = to_json(staged.next);
+        } else {
+            reply["version"] = state_.version;
+        }
         if (!staged.note.empty()) {
             reply["note"] = staged.note;
         }
-        finish(job, reply);
+        finish(origin, reply);
         return;
     }
-    if (change == "no change" && !config_changed) {
-        audit_.append(audit_record(job, "no-change", &staged.next, {}));
-        json::object reply{{"ok", true}, {"change", change}, {"version", state_.version}};
-        if (!staged.note.empty()) {
-            reply["note"] = staged.note;
-        }
-        finish(job, reply);
-        return;
-    }
-    commit(std::move(job), verb_name(cmd.verb), std::move(staged));
+    commit(std::move(origin), std::move(staged));
 }
 
-std::string Switchboard::stage(const Command& cmd, const Caller& caller, Staged& out) {
-    RoutingState& next = out.next;
-    (void)caller;
-    switch (cmd.verb) {
-        case Verb::set: {
-            next.weight_bp = {*cmd.blue_bp, *cmd.green_bp};
-            if (next.ramp) {
-                next.ramp.reset();
-                out.note = "the ramp in progress was aborted";
-            }
-            return {};
-        }
-        case Verb::flip: {
-            auto from = primary_colour(state_);
-            if (!from) {
-                return "flip needs one colour taking most traffic (now blue " +
-                       format_percent(state_.weight(Colour::blue)) + "%, green " +
-                       format_percent(state_.weight(Colour::green)) + "%): use set";
-            }
-            Colour to = other(*from);
-            set_weight(next, to, 10000);
-            next.failed[index_of(to)] = false;
-            if (next.ramp) {
-                next.ramp.reset();
-                out.note = "the ramp in progress was aborted";
-            }
-            return {};
-        }
-        case Verb::rollback: {
-            set_weight(next, state_.stable, 10000);
-            if (next.ramp) {
-                next.ramp.reset();
-                out.note = "the ramp in progress was aborted";
-            }
-            return {};
-        }
-        case Verb::promote: {
-            auto sole = state_.sole_colour();
-            if (!sole) {
-                return "promote needs all traffic on one colour (now blue " +
-                       format_percent(state_.weight(Colour::blue)) + "%, green " +
-                       format_percent(state_.weight(Colour::green)) +
-                       "%): finish the ramp or flip first";
-            }
-            next.stable = *sole;
-            next.failed[index_of(*sole)] = false;
-            return {};
-        }
-        case Verb::clear: {
-            // The failed marks the rollout guard set; routing itself does not move.
-            if (!state_.failed[0] && !state_.failed[1]) {
-                return "no colour is marked failed";
-            }
-            next.failed = {false, false};
-            return {};
-        }
-        case Verb::ramp: {
-            if (out.kind == "ramp_step") {
-                if (!state_.ramp || state_.ramp->paused) {
-                    return "no ramp to step";
-                }
-                const RampState& ramp = *state_.ramp;
-                std::uint32_t current = state_.weight(ramp.colour);
-                std::uint32_t target =
-                    current < ramp.to_bp
-                        ? std::min(ramp.to_bp, current + ramp.step_bp)
-                        : std::max(ramp.to_bp, current > ramp.step_bp ? current - ramp.step_bp : 0);
-                set_weight(next, ramp.colour, target);
-                if (target == ramp.to_bp) {
-                    next.ramp.reset();
-                    out.note = "ramp complete";
-                }
-                return {};
-            }
-            std::uint32_t current = state_.weight(cmd.colour);
-            if (current == cmd.to_bp) {
-                return std::string(to_string(cmd.colour)) + " is already at " +
-                       format_percent(current) + "%";
-            }
-            RampState ramp{cmd.colour, cmd.to_bp, cmd.step_bp, cmd.every, false};
-            // The first step is taken now; the next ones every interval.
-            std::uint32_t target =
-                current < cmd.to_bp
-                    ? std::min(cmd.to_bp, current + cmd.step_bp)
-                    : std::max(cmd.to_bp, current > cmd.step_bp ? current - cmd.step_bp : 0);
-            set_weight(next, cmd.colour, target);
-            next.failed[index_of(cmd.colour)] = false;
-            next.ramp = target == cmd.to_bp ? std::nullopt : std::optional<RampState>(ramp);
-            out.note = next.ramp
-                           ? "first step taken; next in " + std::to_string(cmd.every.count()) + "ms"
-                           : "reached in one step";
-            return {};
-        }
-        case Verb::ramp_pause:
-        case Verb::ramp_resume:
-        case Verb::ramp_abort: {
-            if (!state_.ramp) {
-                return "no ramp in progress";
-            }
-            if (cmd.verb == Verb::ramp_abort) {
-                next.ramp.reset();
-                out.note = "weights stay where the ramp left them";
-            } else {
-                next.ramp->paused = cmd.verb == Verb::ramp_pause;
-            }
-            return {};
-        }
-        case Verb::drain:
-        case Verb::maint:
-        case Verb::ready: {
-            bool known = false;
-            std::string names;
-            for (const PoolConfig* pool : {&config_->blue, &config_->green}) {
-                for (const auto& b : pool->backends) {
-                    known = known || b.name == cmd.backend;
-                    names += (names.empty() ? "" : ", ") + b.name;
-                }
-            }
-            if (!known) {
-                return "unknown backend '" + cmd.backend + "' (backends: " + names + ")";
-            }
-            AdminState want = cmd.verb == Verb::drain   ? AdminState::drain
-                              : cmd.verb == Verb::maint ? AdminState::maint
-                                                        : AdminState::ready;
-            if (want == AdminState::ready) {
-                next.admin.erase(cmd.backend);
-            } else {
-                next.admin[cmd.backend] = want;
-            }
-            return {};
-        }
-        case Verb::reload:
-            return stage_reload(out);
-        default:
-            return "not a state-changing command";
+std::string Switchboard::stage(const Command& cmd, Staged& out) {
+    if (cmd.verb == Verb::reload) {
+        return stage_reload(out);
     }
+    StagedChange change = stage_change(state_, *config_, cmd);
+    if (!change.error.empty()) {
+        return change.error;
+    }
+    out.next = std::move(change.next);
+    out.note = std::move(change.note);
+    if (out.next.failover && out.next.weight_bp != state_.weight_bp) {
+        // An operator set weights after a failover: theirs stand, no failback.
+        out.next.failover.reset();
+    }
+    return {};
 }
 
 std::string Switchboard::stage_reload(Staged& out) {
@@ -761,139 +721,111 @@ std::string Switchboard::stage_reload(Staged& out) {
     fresh.workers = config_->workers;
     fresh.control = config_->control;
     fresh.admin_listen = config_->admin_listen;
-    std::string restart;
-    if (fresh.listeners.size() != config_->listeners.size()) {
-        restart = "listeners";
-    } else {
-        for (std::size_t i = 0; i < fresh.listeners.size(); ++i) {
-            if (fresh.listeners[i].address.text != config_->listeners[i].address.text) {
-                restart = "listeners";
-            }
-        }
-    }
-    if (fresh.limits.buffer_size != config_->limits.buffer_size ||
-        fresh.upstream.balance != config_->upstream.balance ||
-        fresh.upstream.max_idle_per_backend != config_->upstream.max_idle_per_backend ||
-        fresh.upstream.idle_timeout != config_->upstream.idle_timeout) {
-        restart += restart.empty() ? "" : ", ";
-        restart += "server.buffer_size or upstream pool settings";
-    }
-    if (!restart.empty()) {
+    if (std::string restart = needs_restart(*config_, fresh); !restart.empty()) {
         return "changes to " + restart + " need a restart";
     }
-    std::set<std::string> names;
-    for (const PoolConfig* pool : {&fresh.blue, &fresh.green}) {
-        for (const auto& b : pool->backends) {
-            names.insert(b.name);
-        }
-    }
-    std::string reconciled;
-    for (auto it = out.next.admin.begin(); it != out.next.admin.end();) {
-        if (!names.contains(it->first)) {
-            reconciled += (reconciled.empty() ? "" : ", ") + it->first + " (was " +
-                          to_string(it->second) + ")";
-            it = out.next.admin.erase(it);
-        } else {
-            ++it;
-        }
-    }
     out.note = "weights kept from the state (the config's weights apply only to a first start)";
-    if (!reconciled.empty()) {
-        out.note += "; dropped admin state of backends no longer configured: " + reconciled;
+    if (std::string dropped = reconcile_admin(out.next, fresh); !dropped.empty()) {
+        out.note += "; dropped admin state of backends no longer configured: " + dropped;
         spdlog::warn("reload: {}", out.note);
     }
     out.config = std::make_shared<const Config>(std::move(fresh));
     return {};
 }
 
-void Switchboard::commit(Job job, std::string command_name, Staged staged) {
-    RoutingState next = std::move(staged.next);
+void Switchboard::commit(Origin origin, Staged staged) {
+    RoutingState& next = staged.next;
     next.version = state_.version + 1;
     next.changed_at = now_iso8601();
-    next.changed_by = !job.internal                ? job.caller.describe()
-                      : staged.kind == "ramp_step" ? "ramp"
-                      : !job.backend.empty()       ? "rollout guard"
-                                                   : job.caller.describe();
-    next.command = job.line;
+    next.changed_by = origin.by;
+    next.command = origin.line;
     std::string error;
     if (store_.save(next, durable_version_, error)) {
         durable_version_ = next.version;
         persist_error_.clear();
     } else if (is_safety_action(staged.kind)) {
         // A way back must not depend on the disk: applied now, persisted when writing works.
-        spdlog::error("{} applied but NOT durable: {}; retrying every second", staged.kind, error);
+        spdlog::error("{} applied but NOT durable: {}; retrying every second",
+                      to_string(staged.kind), error);
         persist_error_ = error;
         arm_persist_retry();
     } else {
-        audit_.append(audit_record(job, "refused", nullptr, error));
-        finish(job, error_reply("cannot persist the new state: " + error, state_.version));
+        refuse(origin, "cannot persist the new state: " + error);
         return;
     }
     const RolloutConfig& rollout = staged.config->rollout;
     auto table = build_table(
         *staged.config, next, ids_, effective_health(),
         is_safety_action(staged.kind) ? rollout.tunnel_drain_revert : rollout.tunnel_drain);
-    auto apply = [this, job = std::move(job), next, table, config = staged.config,
-                  note = std::move(staged.note), kind = std::move(staged.kind),
-                  command_name = std::move(command_name)]() mutable {
-        const std::string change = describe_change(state_, next);
-        ++counts_.switches[kind];
-        counts_.last_switch_unix =
-            std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
-                .count();
-        if (kind == "reload") {
-            ++counts_.reloads_applied;
-        }
-        json::object record = audit_record(job, "applied", &next, {});
-        if (!note.empty()) {
-            record["note"] = note;
-        }
-        if (durable_version_ != next.version) {
-            record["durable"] = false;
-            record["persist_error"] = persist_error_;
-        }
-        state_ = next;
-        table_ = table;
-        if (config_ != config) {
-            config_ = config;
-            outlier_.reconfigure(config_->outlier);
-            canary_.reconfigure(config_->canary);
-            if (config_listener_) {
-                config_listener_(*config_);
-            }
-        }
-        bool audited = audit_.append(record);
-        json::object reply{{"ok", true},
-                           {"command", command_name},
-                           {"version", state_.version},
-                           {"change", change},
-                           {"weights", weights_json(state_)}};
-        if (!note.empty()) {
-            reply["note"] = note;
-        }
-        if (!audited) {
-            reply["warning"] = "the change is applied but the audit log could not be written";
-        }
-        if (!durable()) {
-            reply["durable"] = false;
-            reply["warning"] = "applied but not durable (retrying every second): " + persist_error_;
-        }
-        finish(job, reply);
-        broadcast(json::object{{"event", "switch"},
-                               {"kind", kind},
-                               {"reason", note},
-                               {"time", state_.changed_at},
-                               {"by", state_.changed_by},
-                               {"version", state_.version},
-                               {"change", change},
-                               {"weights", weights_json(state_)}});
-        arm_ramp_timer();
+    auto config = staged.config;
+    auto apply = [this, origin = std::move(origin), staged = std::move(staged), table]() mutable {
+        applied(origin, std::move(staged), table);
     };
     if (publisher_ == nullptr) {
         apply();
     } else {
-        publisher_->publish(table, staged.config, std::move(apply));
+        publisher_->publish(table, config, std::move(apply));
     }
+}
+
+// Every worker has the new table: the change is live. Audit, answer, tell the watchers.
+void Switchboard::applied(Origin& origin, Staged staged, RoutingTablePtr table) {
+    const RoutingState& next = staged.next;
+    const std::string change = describe_change(state_, next);
+    ++counts_.switches[staged.kind];
+    counts_.last_switch_unix =
+        std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    if (staged.kind == SwitchKind::reload) {
+        ++counts_.reloads_applied;
+    }
+    json::object record = audit_record(origin, "applied", &next, {});
+    if (!staged.note.empty()) {
+        record["note"] = staged.note;
+    }
+    if (durable_version_ != next.version) {
+        record["durable"] = false;
+        record["persist_error"] = persist_error_;
+    }
+    state_ = next;
+    table_ = std::move(table);
+    if (config_ != staged.config) {
+        config_ = staged.config;
+        outlier_.reconfigure(config_->outlier);
+        canary_.reconfigure(config_->canary);
+        if (config_listener_) {
+            config_listener_(*config_);
+        }
+    }
+    if (is_safety_action(staged.kind)) {
+        cancel_gates(staged.kind);
+    }
+    const bool audited = audit_.append(record);
+    json::object reply{{"ok", true},
+                       {"id", origin.id},
+                       {"command", to_string(staged.kind)},
+                       {"version", state_.version},
+                       {"change", change},
+                       {"weights", weights_json(state_)}};
+    if (!staged.note.empty()) {
+        reply["note"] = staged.note;
+    }
+    if (!audited) {
+        reply["warning"] = "the change is applied but the audit log could not be written";
+    }
+    if (!durable()) {
+        reply["durable"] = false;
+        reply["warning"] = "applied but not durable (retrying every second): " + persist_error_;
+    }
+    finish(origin, reply);
+    broadcast(json::object{{"event", "switch"},
+                           {"kind", to_string(staged.kind)},
+                           {"reason", staged.note},
+                           {"time", state_.changed_at},
+                           {"by", state_.changed_by},
+                           {"version", state_.version},
+                           {"change", change},
+                           {"weights", weights_json(state_)}});
+    arm_ramp_timer();
 }
 
 void Switchboard::arm_ramp_timer() {
@@ -910,19 +842,17 @@ void Switchboard::arm_ramp_timer() {
 }
 
 void Switchboard::ramp_tick() {
-    const Caller ramp = process_caller();
-    queue_.push_back(Job{ramp, std::string(ramp_step_line),
-                         [](const json::object& reply) {
-                             if (!reply.at("ok").as_bool()) {
-                                 spdlog::warn("ramp step: {}", json::serialize(reply));
-                             }
-                         },
-                         true});
-    run_next();
+    Origin origin = internal_origin("ramp step", "ramp");
+    origin.reply = [](const json::object& reply) {
+        if (!reply.at("ok").as_bool()) {
+            spdlog::warn("ramp step: {}", json::serialize(reply));
+        }
+    };
+    enqueue(Job{std::move(origin), RampStep{}});
 }
 
-void Switchboard::reply_status(Job job) {
-    auto build = [this, job = std::move(job)](DataPlaneLoad load) mutable {
+void Switchboard::reply_status(Origin origin) {
+    auto build = [this, origin = std::move(origin)](DataPlaneLoad load) mutable {
         auto count = [](const std::vector<std::uint32_t>& v, std::uint32_t id) {
             return id < v.size() ? v[id] : 0u;
         };
@@ -987,7 +917,8 @@ void Switchboard::reply_status(Job job) {
         } else {
             reply["failover"] = nullptr;
         }
-        finish(job, reply);
+        reply["waiting"] = json::object{{"queued", queue_.size()}, {"on_gate", gates_.size()}};
+        origin.reply(reply);
     };
     if (publisher_ == nullptr) {
         build(DataPlaneLoad{});

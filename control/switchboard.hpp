@@ -1,9 +1,12 @@
 #pragma once
 // Switchboard: the only writer of routing state. Control thread only.
 //
-// Every change goes the same way: validate, stage the next state, persist it, publish the new
-// table to every worker and wait until all have it, audit, reply. Commands are serialized: one
-// is in that pipeline at a time, the others wait their turn. Nothing is half-applied.
+// Every change goes the same way: stage the next state (change_staging), persist it, publish
+// the new table to every worker and wait until all have it, audit, reply. Changes are
+// serialized: one is in that pipeline at a time, the others wait their turn. Nothing is
+// half-applied. What does not change state never waits in that line: status, history, help
+// and watch are answered at once, and the [[gate]] smoke checks of a flip, set or ramp run
+// beside it, so a hanging gate holds only its own command (a rollback cancels it).
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -13,16 +16,19 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <variant>
 
 #include "access.hpp"
 #include "audit_log.hpp"
 #include "canary_analysis.hpp"
+#include "change_staging.hpp"
 #include "command.hpp"
 #include "config.hpp"
 #include "outlier_detector.hpp"
 #include "rollout_guard.hpp"
 #include "routing_state.hpp"
 #include "state_store.hpp"
+#include "switch_kind.hpp"
 #include "table_publisher.hpp"
 
 namespace bg {
@@ -46,8 +52,12 @@ class Switchboard {
     // Connects the data plane and resumes a ramp that was in progress at the last stop.
     void attach(TablePublisher& publisher);
 
-    // Runs one protocol line for the caller; `reply` gets the one-line JSON answer.
-    void execute(const Caller& caller, std::string line, Reply reply);
+    // Runs one protocol line for the caller; `reply` gets the one-line JSON answer. Returns the
+    // command's id (the caller's --id=ID, or one given here), by which it can be cancelled.
+    std::string execute(const Caller& caller, std::string line, Reply reply);
+    // The caller gave up (closed its connection): a command still waiting for its turn or on
+    // its gate is cancelled, audited as such; one already applying completes, audited.
+    void cancel(const std::string& id, const std::string& why);
     // SIGHUP: a reload by the process itself.
     void reload_from_signal();
     // An active health check transition (HealthChecker's callback). The rollout guard may
@@ -63,7 +73,7 @@ class Switchboard {
 
     // Counts for the metrics endpoint. Control thread only.
     struct Counts {
-        std::map<std::string, std::uint64_t> switches;  // by kind: set, flip, ramp_step, ...
+        std::map<SwitchKind, std::uint64_t> switches;
         std::uint64_t reloads_applied = 0;
         std::uint64_t reloads_refused = 0;
         std::uint64_t ejections = 0;
@@ -78,44 +88,85 @@ class Switchboard {
     void unsubscribe(std::uint64_t id);
 
   private:
-    struct Job {
+    // Who a job is for and whom it answers; the same for every kind of job.
+    struct Origin {
         Caller caller;
-        std::string line;
+        std::string line;  // as audited
         Reply reply;
-        bool internal = false;  // a ramp step, a signal or a health transition: no role check
-        std::string backend{};  // health transition: which backend
-        bool healthy = true;    // health transition: its new state
-        std::string why{};      // health transition: what the checks saw
-        std::optional<OutlierDetector::Verdicts> outlier{};  // passive detection's findings
-        std::optional<CanaryVerdict> canary{};               // a failing canary verdict
-        bool failback = false;  // the failback hold is over: return to the weights before
+        std::string id;
+        std::string by;  // the state's changed_by: the caller, "ramp", "rollout guard"...
+        bool internal = false;
+    };
+    // The jobs, typed. An operator's command is parsed and role-checked before it queues.
+    struct OperatorCommand {
+        Command command;
+    };
+    struct GatePassed {  // a gated command whose gate passed, back in line
+        Command command;
+        std::uint64_t based_on = 0;  // the state version the gate was started on
+    };
+    struct RampStep {};
+    struct HealthChange {
+        std::string backend;
+        bool healthy = true;
+        std::string why;
+    };
+    struct OutlierFindings {
+        OutlierDetector::Verdicts verdicts;
+    };
+    struct CanaryFailure {
+        CanaryVerdict verdict;
+    };
+    struct FailbackDue {};
+    using Work = std::variant<OperatorCommand, GatePassed, RampStep, HealthChange, OutlierFindings,
+                              CanaryFailure, FailbackDue>;
+    struct Job {
+        Origin origin;
+        Work work;
     };
     struct Staged {
         RoutingState next;
         std::shared_ptr<const Config> config;  // a reload's new config, else the current one
         std::string note;                      // said in the reply (reconciliation, ramp...)
-        std::string kind;                      // switch kind for watch and metrics
+        SwitchKind kind = SwitchKind::set;
+    };
+    struct PendingGate {
+        Origin origin;
+        Command command;
     };
 
+    Origin internal_origin(std::string line, std::string by) const;
+    void enqueue(Job job);
     void run_next();
     void run(Job job);
-    void finish(Job& job, const boost::json::object& reply);
-    // Computes the next state for a state-changing command, or an error message.
-    std::string stage(const Command& cmd, const Caller& caller, Staged& out);
+    // Answers the job's caller and lets the next job run.
+    void finish(Origin& origin, const boost::json::object& reply);
+    // Answers a command that never entered the line (read verbs, refusals at parse).
+    void answer_read(Origin origin, const Command& cmd);
+    void refuse(Origin& origin, const std::string& error);
+    void run_command(Origin origin, const Command& cmd);
+    void start_gate(Origin origin, const Command& cmd, Colour gaining);
+    void gate_done(const std::string& id, std::uint64_t based_on, const std::string& failure);
+    void run_gate_passed(Origin origin, const GatePassed& passed);
+    // Cancels every command waiting on its gate: a way back was just taken.
+    void cancel_gates(SwitchKind because);
+    // A command's staged change (reload reads the file), or an error message.
+    std::string stage(const Command& cmd, Staged& out);
     std::string stage_reload(Staged& out);
     // After the gate: answer a dry run, skip a no-op, or commit.
-    void proceed(Job job, const Command& cmd, Staged staged);
-    void commit(Job job, std::string command_name, Staged staged);
-    void handle_health(Job job);
-    void handle_outlier(Job job);
-    void handle_canary(Job job);
-    void handle_failback(Job job);
+    void proceed(Origin origin, const Command& cmd, Staged staged);
+    void commit(Origin origin, Staged staged);
+    void applied(Origin& origin, Staged staged, RoutingTablePtr table);
+    void handle_ramp_step(Origin origin);
+    void handle_health(Origin origin, const HealthChange& change);
+    void handle_outlier(Origin origin, const OutlierFindings& findings);
+    void handle_canary(Origin origin, const CanaryFailure& failure);
+    void handle_failback(Origin origin);
     void consider_failback();
-    static bool is_safety_action(const std::string& kind);
     void arm_persist_retry();
     std::array<ColourHealth, 2> guard_health() const;
-    void apply_guard(Job job, GuardDecision decision);  // persist, publish, audit a revert
-    void publish_health(Job job);                       // a new table, the same state
+    void apply_guard(Origin origin, GuardDecision decision);  // persist, publish, audit a revert
+    void publish_health(Origin origin);                       // a new table, the same state
     void arm_sample_timer();
     void observe_outliers(const DataPlaneLoad& load);
     void observe_canary(const DataPlaneLoad& load);
@@ -125,9 +176,10 @@ class Switchboard {
     // Active health and passive ejection together: what the table says of each backend.
     std::map<std::string, bool> effective_health() const;
     std::array<std::pair<unsigned, unsigned>, 2> colour_health() const;
-    void reply_status(Job job);
-    boost::json::object audit_record(const Job& job, const char* result, const RoutingState* after,
-                                     const std::string& error) const;
+    void reply_status(Origin origin);
+    boost::json::object reply_history(const Command& cmd) const;
+    boost::json::object audit_record(const Origin& origin, const char* result,
+                                     const RoutingState* after, const std::string& error) const;
     void broadcast(const boost::json::object& event);
     void arm_ramp_timer();
     void ramp_tick();
@@ -147,6 +199,8 @@ class Switchboard {
     std::function<void(const Config&)> config_listener_;
     std::deque<Job> queue_;
     bool busy_ = false;
+    std::map<std::string, PendingGate> gates_;  // by command id: gated commands, gate running
+    std::uint64_t next_id_ = 1;                 // for commands that came without --id
     boost::asio::steady_timer ramp_timer_;
     boost::asio::steady_timer sample_timer_;  // outlier detection and canary analysis
     boost::asio::steady_timer failback_timer_;

@@ -629,6 +629,11 @@ void read_control(TableReader& control, ControlConfig& out) {
         out.audit_log = *path;
     }
     control.read_integer("max_line", out.max_line, 256, 16 << 20);
+    control.read_integer("max_connections", out.max_connections, 1, 100000);
+    control.read_duration("idle_timeout", out.idle_timeout);
+    control.read_integer("audit_log_max_size", out.audit_log_max_size, 4096, 1ull << 40);
+    control.read_integer("audit_log_keep", out.audit_log_keep, 0, 1000);
+    control.read_integer("audit_command_max", out.audit_command_max, 64, 1 << 20);
     if (auto role = control.read_string("default_role")) {
         if (*role == "none") {
             out.default_role = Role::none;

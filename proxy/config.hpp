@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 #include "network_set.hpp"
+#include "role.hpp"
 #include "try_outcome.hpp"
 
 namespace bg {
@@ -249,7 +250,6 @@ struct RoleMembers {
     std::vector<std::string> groups;
 };
 
-enum class Role : std::uint8_t { none = 0, read = 1, operate = 2, admin = 3 };
 const char* to_string(Role role);
 
 struct ControlConfig {
@@ -259,7 +259,12 @@ struct ControlConfig {
     std::string state_file = "/var/lib/bgproxy/state.json";
     std::string audit_log = "/var/log/bgproxy/audit.log";
     std::size_t max_line = 65536;
-    RoleMembers admin;  // the uid bgproxy runs as is always admin
+    std::size_t max_connections = 64;  // control connections at once; more are told and closed
+    Duration idle_timeout{std::chrono::seconds(60)};  // no command line for this long: closed
+    std::uint64_t audit_log_max_size = 10 << 20;      // then rotated: audit.log.1, .2, ...
+    unsigned audit_log_keep = 5;                      // rotated files kept
+    std::size_t audit_command_max = 1024;             // longer command text is recorded truncated
+    RoleMembers admin;                                // the uid bgproxy runs as is always admin
     RoleMembers operate;
     RoleMembers read;
     Role default_role = Role::read;  // for a peer named in no list

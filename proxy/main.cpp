@@ -46,11 +46,12 @@ void warn_if_descriptors_short(const bg::Config& config, unsigned workers) {
         std::uint64_t{workers} * backends * config.upstream.max_idle_per_backend +
         std::uint64_t{workers} * config.listeners.size() + 64;
     if (limit.soft != 0 && needed > limit.soft) {
-        spdlog::warn("file descriptor limit {} (hard {}) is below the {} that max_connections={} "
-                     "and the upstream pools may need: past it, connections wait in the backlog "
-                     "and backend connects answer 503 (raise LimitNOFILE or lower "
-                     "limits.max_connections)",
-                     limit.soft, limit.hard, needed, config.limits.max_connections);
+        spdlog::warn(
+            "file descriptor limit {} (hard {}) is below the {} that max_connections={} "
+            "and the upstream pools may need: past it, connections wait in the backlog "
+            "and backend connects answer 503 (raise LimitNOFILE or lower "
+            "limits.max_connections)",
+            limit.soft, limit.hard, needed, config.limits.max_connections);
     }
 }
 
@@ -237,10 +238,11 @@ int main(int argc, char** argv) {
                 wait_signal();
                 return;
             }
-            spdlog::info("signal {}: graceful shutdown: not ready now, listeners close in {} ms, "
-                         "in-flight requests get {} ms",
-                         signal, config->timeouts.shutdown_ready_delay.count(),
-                         config->timeouts.shutdown_grace.count());
+            spdlog::info(
+                "signal {}: graceful shutdown: not ready now, listeners close in {} ms, "
+                "in-flight requests get {} ms",
+                signal, config->timeouts.shutdown_ready_delay.count(),
+                config->timeouts.shutdown_grace.count());
             // First /readyz turns 503 so a load balancer in front moves away; only then do the
             // listeners close.
             if (admin) {

@@ -3,6 +3,7 @@ import http.client
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -250,6 +251,131 @@ class ControlTest(ProcessTestCase):
         while time.time() < deadline and len(proxy.status()["colours"]["green"]["backends"]) != 2:
             time.sleep(0.1)
         self.assertEqual(len(proxy.status()["colours"]["green"]["backends"]), 2)
+
+
+def hang(backend, on=True):
+    """Makes a bg-backend read requests and never answer (its /healthz still does)."""
+    conn = http.client.HTTPConnection("127.0.0.1", int(backend.address.rsplit(":", 1)[1]), timeout=5)
+    conn.request("GET", "/admin/hang?hang=%d" % (1 if on else 0))
+    conn.getresponse().read()
+    conn.close()
+
+
+class ControlNeverStuckTest(ProcessTestCase):
+    """A hanging gate holds only its own command; clients that leave cancel what they asked;
+    connections are limited and idle ones closed."""
+
+    HANGING_GATE = """
+[[gate]]
+name = "root"
+path = "/"
+expect = 200
+timeout = "30s"
+"""
+
+    def gated_proxy(self, extra=""):
+        self.blue = self.backend("blue-1")
+        self.green = self.backend("green-1")
+        proxy = self.proxy(config([self.blue], [self.green], extra=self.HANGING_GATE + extra))
+        hang(self.green)
+        return proxy
+
+    def wait_on_gate(self, proxy, n=1):
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            started = time.time()
+            waiting = proxy.status()["waiting"]["on_gate"]
+            self.assertLess(time.time() - started, 1.0, "status waited behind the gate")
+            if waiting == n:
+                return
+            time.sleep(0.02)
+        self.fail("the gated command never started its gate")
+
+    def test_rollback_goes_through_a_hanging_gate_and_cancels_it(self):
+        proxy = self.gated_proxy()
+        flip = subprocess.Popen([BGCTL, "--socket", proxy.socket, "flip"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            self.wait_on_gate(proxy)
+            started = time.time()
+            r = proxy.bgctl("rollback")
+            took = time.time() - started
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertLess(took, 2.0)
+            out, err = flip.communicate(timeout=10)
+        finally:
+            if flip.poll() is None:
+                flip.kill()
+        print("rollback with a gate hanging: acked in %.3f s; the flip: %s" % (took, err.strip()))
+        self.assertEqual(flip.returncode, 1, out + err)
+        self.assertIn("cancelled", err)
+        status = proxy.status()
+        self.assertEqual(status["colours"]["blue"]["weight"], 100)
+        self.assertEqual(status["waiting"], {"queued": 0, "on_gate": 0})
+        flips = [json.loads(l) for l in open(proxy.audit_log) if '"command":"flip"' in l]
+        self.assertEqual([f["result"] for f in flips], ["cancelled"])
+
+    def test_a_client_that_gives_up_cancels_its_command_and_history_says_so(self):
+        proxy = self.gated_proxy()
+        r = proxy.bgctl("--timeout", "1", "flip")
+        self.assertEqual(r.returncode, 4, r.stdout + r.stderr)
+        match = re.search(r"command ([0-9a-f]+)", r.stderr)
+        self.assertIsNotNone(match, r.stderr)
+        command_id = match.group(1)
+        deadline = time.time() + 5
+        records = []
+        while time.time() < deadline:
+            h = proxy.bgctl("--json", "history", "--id", command_id)
+            records = json.loads(h.stdout)["history"]
+            if records:
+                break
+            time.sleep(0.05)
+        self.assertEqual([x["result"] for x in records], ["cancelled"], records)
+        self.assertEqual(records[0]["id"], command_id)
+        # Never applied later: the gate's answer, when it comes, finds nothing to apply.
+        hang(self.green, False)
+        time.sleep(0.5)
+        self.assertEqual(proxy.status()["colours"]["green"]["weight"], 0)
+
+    def test_connections_are_limited_and_idle_ones_closed_but_not_watchers(self):
+        blue = self.backend("blue-1")
+        green = self.backend("green-1")
+        proxy = self.proxy(config([blue], [green], extra="""
+[control]
+max_connections = 3
+idle_timeout = "1s"
+"""))
+        watch = subprocess.Popen([BGCTL, "--socket", proxy.socket, "watch"],
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            time.sleep(0.3)
+            idle = []
+            for _ in range(2):
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(proxy.socket)
+                idle.append(s)
+            time.sleep(0.1)
+            r = proxy.bgctl("status")
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+            self.assertIn("too many control connections", r.stderr)
+            # Idle connections are closed after idle_timeout; the watcher stays.
+            started = time.time()
+            for s in idle:
+                s.settimeout(5)
+                self.assertEqual(s.recv(100), b"")
+            closed_after = time.time() - started
+            print("idle control connections closed after %.2f s" % closed_after)
+            self.assertLess(closed_after, 3)
+            time.sleep(1.5)
+            self.assertEqual(proxy.bgctl("flip").returncode, 0)
+            line = ""
+            deadline = time.time() + 5
+            while time.time() < deadline and "flip" not in line:
+                line = watch.stdout.readline()
+            self.assertIn("flip", line)
+        finally:
+            watch.kill()
+            watch.wait()
 
 
 class BgctlTest(ProcessTestCase):

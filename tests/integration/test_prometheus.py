@@ -241,7 +241,7 @@ class DashboardTest(ProcessTestCase):
                     self.assertIn('instance=~"$instance"', t["expr"], p["title"])
         annotations = [a.get("expr", "") for a in dash["annotations"]["list"]]
         self.assertTrue(any("changes(bgproxy_switches_total" in a for a in annotations))
-        self.assertTrue(any('kind=~"auto_revert|failover"' in a for a in annotations))
+        self.assertTrue(any('kind=~"auto_revert|outlier_revert|canary_revert|failover"' in a for a in annotations))
 
     def test_every_query_names_only_metrics_bgproxy_exports(self):
         blue = [self.backend("blue-1"), self.backend("blue-2")]

@@ -45,7 +45,8 @@ TEST_CASE("ramp, its controls, and dry runs") {
     CHECK(ramp.dry_run);
     CHECK(ok("ramp pause").verb == bg::Verb::ramp_pause);
     CHECK(ok("ramp abort").verb == bg::Verb::ramp_abort);
-    CHECK(ok("resume").verb == bg::Verb::ramp_resume);
+    CHECK(ok("ramp resume").verb == bg::Verb::ramp_resume);
+    CHECK(error("resume").find("unknown command") != std::string::npos);
     CHECK(error("ramp green to=100 every=30s").find("usage") != std::string::npos);
     CHECK(error("ramp green step=0 every=1s").find("more than 0") != std::string::npos);
     CHECK(error("ramp green step=10 every=1ms").find("at least 100ms") != std::string::npos);

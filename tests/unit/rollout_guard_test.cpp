@@ -21,7 +21,7 @@ TEST_CASE("a failing candidate taking traffic reverts to the stable colour and i
     bg::RolloutConfig rollout;
     auto d = bg::evaluate_guard(weights(0), healthy(2, 0), rollout);  // flipped to green
     REQUIRE(d.changed);
-    CHECK(d.kind == "auto_revert");
+    CHECK(d.kind == bg::SwitchKind::auto_revert);
     CHECK(d.next.weight(bg::Colour::blue) == 10000);
     CHECK(d.next.failed[1]);
     CHECK(d.next.stable == bg::Colour::blue);
@@ -56,7 +56,7 @@ TEST_CASE("the stable colour failing: failover (temporary) or hold") {
     auto before = weights(9000);
     auto d = bg::evaluate_guard(before, healthy(0, 2), rollout);
     REQUIRE(d.changed);
-    CHECK(d.kind == "failover");
+    CHECK(d.kind == bg::SwitchKind::failover);
     CHECK(d.next.weight(bg::Colour::green) == 10000);
     // Blue stays the stable colour, and the operator's weights are kept for the failback.
     CHECK(d.next.stable == bg::Colour::blue);
@@ -69,7 +69,7 @@ TEST_CASE("the stable colour failing: failover (temporary) or hold") {
     // Blue healthy again: back to 90/10.
     auto back = bg::evaluate_failback(d.next, healthy(2, 2), rollout);
     REQUIRE(back.changed);
-    CHECK(back.kind == "failback");
+    CHECK(back.kind == bg::SwitchKind::failback);
     CHECK(back.next.weight_bp == before.weight_bp);
     CHECK_FALSE(back.next.failover);
     // Green failing while it carries the failover and blue is back: reverted to blue.

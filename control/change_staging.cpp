@@ -1,0 +1,208 @@
+#include "change_staging.hpp"
+
+#include <algorithm>
+#include <set>
+
+namespace bg {
+
+namespace {
+
+// The colour taking most new traffic: the one a flip moves away from.
+std::optional<Colour> primary_colour(const RoutingState& state) {
+    if (state.weight(Colour::blue) > state.weight(Colour::green)) {
+        return Colour::blue;
+    }
+    if (state.weight(Colour::green) > state.weight(Colour::blue)) {
+        return Colour::green;
+    }
+    return std::nullopt;
+}
+
+void set_weight(RoutingState& state, Colour colour, std::uint32_t bp) {
+    state.weight_bp[index_of(colour)] = bp;
+    state.weight_bp[index_of(other(colour))] = 10000 - bp;
+}
+
+// One ramp step from `current` toward `to`, up or down.
+std::uint32_t step_toward(std::uint32_t current, std::uint32_t to, std::uint32_t step) {
+    return current < to ? std::min(to, current + step)
+                        : std::max(to, current > step ? current - step : 0);
+}
+
+std::string weights_now(const RoutingState& state) {
+    return "(now blue " + format_percent(state.weight(Colour::blue)) + "%, green " +
+           format_percent(state.weight(Colour::green)) + "%)";
+}
+
+StagedChange refused(std::string why) {
+    StagedChange out;
+    out.error = std::move(why);
+    return out;
+}
+
+// A command that sets weights ends a ramp in progress.
+void end_ramp(StagedChange& out) {
+    if (out.next.ramp) {
+        out.next.ramp.reset();
+        out.note = "the ramp in progress was aborted";
+    }
+}
+
+StagedChange stage_ramp(const RoutingState& state, const Command& cmd) {
+    StagedChange out{state, {}, {}};
+    const std::uint32_t current = state.weight(cmd.colour);
+    if (current == cmd.to_bp) {
+        return refused(std::string(to_string(cmd.colour)) + " is already at " +
+                       format_percent(current) + "%");
+    }
+    // The first step is taken now; the next ones every interval.
+    const std::uint32_t target = step_toward(current, cmd.to_bp, cmd.step_bp);
+    set_weight(out.next, cmd.colour, target);
+    out.next.failed[index_of(cmd.colour)] = false;
+    out.next.ramp = target == cmd.to_bp
+                        ? std::nullopt
+                        : std::optional<RampState>(
+                              RampState{cmd.colour, cmd.to_bp, cmd.step_bp, cmd.every, false});
+    out.note = out.next.ramp
+                   ? "first step taken; next in " + std::to_string(cmd.every.count()) + "ms"
+                   : "reached in one step";
+    return out;
+}
+
+StagedChange stage_admin(const RoutingState& state, const Config& config, const Command& cmd) {
+    bool known = false;
+    std::string names;
+    for (const PoolConfig* pool : {&config.blue, &config.green}) {
+        for (const auto& b : pool->backends) {
+            known = known || b.name == cmd.backend;
+            names += (names.empty() ? "" : ", ") + b.name;
+        }
+    }
+    if (!known) {
+        return refused("unknown backend '" + cmd.backend + "' (backends: " + names + ")");
+    }
+    StagedChange out{state, {}, {}};
+    if (cmd.verb == Verb::ready) {
+        out.next.admin.erase(cmd.backend);
+    } else {
+        out.next.admin[cmd.backend] =
+            cmd.verb == Verb::drain ? AdminState::drain : AdminState::maint;
+    }
+    return out;
+}
+
+}  // namespace
+
+StagedChange stage_change(const RoutingState& state, const Config& config, const Command& cmd) {
+    StagedChange out{state, {}, {}};
+    switch (cmd.verb) {
+        case Verb::set:
+            out.next.weight_bp = {*cmd.blue_bp, *cmd.green_bp};
+            end_ramp(out);
+            return out;
+        case Verb::flip: {
+            const auto from = primary_colour(state);
+            if (!from) {
+                return refused("flip needs one colour taking most traffic " + weights_now(state) +
+                               ": use set");
+            }
+            set_weight(out.next, other(*from), 10000);
+            out.next.failed[index_of(other(*from))] = false;
+            end_ramp(out);
+            return out;
+        }
+        case Verb::rollback:
+            set_weight(out.next, state.stable, 10000);
+            end_ramp(out);
+            return out;
+        case Verb::promote: {
+            const auto sole = state.sole_colour();
+            if (!sole) {
+                return refused("promote needs all traffic on one colour " + weights_now(state) +
+                               ": finish the ramp or flip first");
+            }
+            out.next.stable = *sole;
+            out.next.failed[index_of(*sole)] = false;
+            return out;
+        }
+        case Verb::clear:
+            // The failed marks the rollout guard set; routing itself does not move.
+            if (!state.failed[0] && !state.failed[1]) {
+                return refused("no colour is marked failed");
+            }
+            out.next.failed = {false, false};
+            return out;
+        case Verb::ramp:
+            return stage_ramp(state, cmd);
+        case Verb::ramp_pause:
+        case Verb::ramp_resume:
+        case Verb::ramp_abort:
+            if (!state.ramp) {
+                return refused("no ramp in progress");
+            }
+            if (cmd.verb == Verb::ramp_abort) {
+                out.next.ramp.reset();
+                out.note = "weights stay where the ramp left them";
+            } else {
+                out.next.ramp->paused = cmd.verb == Verb::ramp_pause;
+            }
+            return out;
+        case Verb::drain:
+        case Verb::maint:
+        case Verb::ready:
+            return stage_admin(state, config, cmd);
+        case Verb::reload:
+        case Verb::status:
+        case Verb::history:
+        case Verb::watch:
+        case Verb::help:
+            break;
+    }
+    return refused(std::string("'") + verb_name(cmd.verb) + "' is not staged here");
+}
+
+StagedChange stage_ramp_step(const RoutingState& state) {
+    if (!state.ramp || state.ramp->paused) {
+        return refused("no ramp to step");
+    }
+    StagedChange out{state, {}, {}};
+    const RampState& ramp = *state.ramp;
+    const std::uint32_t target = step_toward(state.weight(ramp.colour), ramp.to_bp, ramp.step_bp);
+    set_weight(out.next, ramp.colour, target);
+    if (target == ramp.to_bp) {
+        out.next.ramp.reset();
+        out.note = "ramp complete";
+    }
+    return out;
+}
+
+std::string reconcile_admin(RoutingState& state, const Config& config) {
+    std::set<std::string> names;
+    for (const PoolConfig* pool : {&config.blue, &config.green}) {
+        for (const auto& b : pool->backends) {
+            names.insert(b.name);
+        }
+    }
+    std::string dropped;
+    for (auto it = state.admin.begin(); it != state.admin.end();) {
+        if (!names.contains(it->first)) {
+            dropped +=
+                (dropped.empty() ? "" : ", ") + it->first + " (was " + to_string(it->second) + ")";
+            it = state.admin.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    return dropped;
+}
+
+std::optional<Colour> gaining_colour(const RoutingState& before, const RoutingState& after) {
+    for (Colour c : all_colours) {
+        if (after.weight(c) > before.weight(c)) {
+            return c;
+        }
+    }
+    return std::nullopt;
+}
+
+}  // namespace bg

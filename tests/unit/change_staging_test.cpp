@@ -1,0 +1,111 @@
+#include <doctest/doctest.h>
+
+#include "change_staging.hpp"
+
+namespace {
+
+bg::Config two_by_one() {
+    auto result = bg::parse_config(R"(
+[[listener]]
+address = "127.0.0.1:0"
+[pools.blue]
+backends = [{ name = "blue-1", address = "127.0.0.1:1" }, { name = "blue-2", address = "127.0.0.1:2" }]
+[pools.green]
+backends = [{ name = "green-1", address = "127.0.0.1:3" }]
+)",
+                                   "t");
+    REQUIRE(result.errors.empty());
+    return *result.config;
+}
+
+bg::Command command(std::string_view line) {
+    auto parsed = bg::parse_command(line);
+    REQUIRE(parsed.command.has_value());
+    return *parsed.command;
+}
+
+bg::StagedChange stage(const bg::RoutingState& state, std::string_view line) {
+    static const bg::Config config = two_by_one();
+    return bg::stage_change(state, config, command(line));
+}
+
+}  // namespace
+
+TEST_CASE("staging is pure: the same input gives the same change, the input is untouched") {
+    bg::RoutingState state;
+    const bg::RoutingState before = state;
+    auto a = stage(state, "set green=30");
+    auto b = stage(state, "set green=30");
+    CHECK(a.error.empty());
+    CHECK(a.next.weight_bp == b.next.weight_bp);
+    CHECK(a.next.weight_bp == std::array<std::uint32_t, 2>{7000, 3000});
+    CHECK(state.weight_bp == before.weight_bp);
+    CHECK(state.version == before.version);  // versions are the Switchboard's to give
+    CHECK(a.next.version == before.version);
+}
+
+TEST_CASE("flip moves all traffic to the other colour and ends a ramp; needs a primary") {
+    bg::RoutingState state;
+    state.ramp = bg::RampState{bg::Colour::green, 10000, 1000, std::chrono::seconds(30), false};
+    state.failed[1] = true;
+    auto flip = stage(state, "flip");
+    CHECK(flip.next.weight(bg::Colour::green) == 10000);
+    CHECK_FALSE(flip.next.failed[1]);  // flipping to it is the operator's decision
+    CHECK_FALSE(flip.next.ramp);
+    CHECK(flip.note == "the ramp in progress was aborted");
+    state.weight_bp = {5000, 5000};
+    CHECK(stage(state, "flip").error.find("one colour taking most traffic") != std::string::npos);
+}
+
+TEST_CASE("rollback returns to stable; promote needs one colour; clear needs a failed mark") {
+    bg::RoutingState state;
+    state.weight_bp = {2000, 8000};
+    CHECK(stage(state, "rollback").next.weight(bg::Colour::blue) == 10000);
+    CHECK(stage(state, "promote").error.find("all traffic on one colour") != std::string::npos);
+    state.weight_bp = {0, 10000};
+    CHECK(stage(state, "promote").next.stable == bg::Colour::green);
+    CHECK(stage(state, "clear").error == "no colour is marked failed");
+    state.failed[1] = true;
+    CHECK_FALSE(stage(state, "clear").next.failed[1]);
+}
+
+TEST_CASE("ramp takes its first step now and the rest by stage_ramp_step, up or down") {
+    bg::RoutingState state;
+    auto ramp = stage(state, "ramp green to=25 step=10 every=1s");
+    REQUIRE(ramp.error.empty());
+    CHECK(ramp.next.weight(bg::Colour::green) == 1000);
+    REQUIRE(ramp.next.ramp);
+    auto second = bg::stage_ramp_step(ramp.next);
+    CHECK(second.next.weight(bg::Colour::green) == 2000);
+    auto last = bg::stage_ramp_step(second.next);
+    CHECK(last.next.weight(bg::Colour::green) == 2500);  // never past `to`
+    CHECK_FALSE(last.next.ramp);
+    CHECK(last.note == "ramp complete");
+    CHECK(bg::stage_ramp_step(last.next).error == "no ramp to step");
+    CHECK(stage(last.next, "ramp green to=25 step=5 every=1s").error.find("already at") !=
+          std::string::npos);
+    auto down = stage(last.next, "ramp green to=0 step=20 every=1s");
+    CHECK(down.next.weight(bg::Colour::green) == 500);
+    auto paused = stage(down.next, "ramp pause");
+    CHECK(paused.next.ramp->paused);
+    CHECK(bg::stage_ramp_step(paused.next).error == "no ramp to step");
+    CHECK(stage(state, "ramp abort").error == "no ramp in progress");
+}
+
+TEST_CASE("admin states name known backends only; reconcile drops the unknown") {
+    bg::RoutingState state;
+    CHECK(stage(state, "drain blue-9").error.find("unknown backend 'blue-9'") != std::string::npos);
+    auto drained = stage(state, "drain blue-2");
+    CHECK(drained.next.admin_state("blue-2") == bg::AdminState::drain);
+    CHECK(stage(drained.next, "ready blue-2").next.admin_state("blue-2") == bg::AdminState::ready);
+    drained.next.admin["gone-1"] = bg::AdminState::maint;
+    CHECK(bg::reconcile_admin(drained.next, two_by_one()) == "gone-1 (was maint)");
+    CHECK(drained.next.admin.size() == 1);
+}
+
+TEST_CASE("the colour gaining traffic is the one the gate checks") {
+    bg::RoutingState before;
+    auto set = stage(before, "set green=10");
+    CHECK(bg::gaining_colour(before, set.next) == bg::Colour::green);
+    CHECK_FALSE(bg::gaining_colour(before, stage(before, "drain blue-1").next));
+}
