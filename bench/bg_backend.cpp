@@ -10,6 +10,10 @@
 //                              before its header (process-wide, 0 turns it off); 200 `ok\n`
 //   /admin/hang?hang=1         every later request (but /healthz and /admin/*) is read and never
 //                              answered, as hang=1 does (hang=0 turns it off); 200 `ok\n`
+//   /admin/mark                from now on, remember when the first request (but /healthz and
+//                              /admin/*) arrives; 200 `ok\n`
+//   /admin/first               that arrival as Unix nanoseconds (0: none since the mark)
+//   /admin/count               requests (but /healthz and /admin/*) received so far
 //   /headers                   echoes the request line and headers as received, then body-bytes: N
 //   /upload                    `received N\n`
 //   /ws (WebSocket upgrade)    echoes every message until close
@@ -174,6 +178,10 @@ struct Backend {
     std::atomic<double> fail_rate{0.0};      // set by /admin/fail
     std::atomic<std::uint64_t> delay_ms{0};  // set by /admin/delay
     std::atomic<bool> hang{false};           // set by /admin/hang
+    // For the switch and kill benchmarks: when traffic first arrived after /admin/mark (-1:
+    // not marked), and how much has arrived.
+    std::atomic<std::int64_t> first_after_mark{-1};
+    std::atomic<std::uint64_t> received{0};
     RequestLog log;
 };
 
@@ -315,6 +323,33 @@ class Session {
     }
 
   private:
+    void note_arrival(std::string_view path) {
+        if (path == "/healthz" || path.starts_with("/admin/")) {
+            return;
+        }
+        backend_.received.fetch_add(1, std::memory_order_relaxed);
+        std::int64_t unset = 0;
+        if (backend_.first_after_mark.load(std::memory_order_relaxed) == 0) {
+            const auto now = std::chrono::system_clock::now().time_since_epoch();
+            backend_.first_after_mark.compare_exchange_strong(
+                unset, std::chrono::duration_cast<std::chrono::nanoseconds>(now).count());
+        }
+    }
+
+    std::string_view arrival_counters(std::string_view path) {
+        if (path == "/admin/mark") {
+            backend_.first_after_mark.store(0);
+            return kOkBody;
+        }
+        const std::int64_t first = backend_.first_after_mark.load();
+        text_.clear();
+        append_uint(text_, path == "/admin/first"
+                               ? static_cast<std::uint64_t>(std::max<std::int64_t>(first, 0))
+                               : backend_.received.load());
+        text_ += '\n';
+        return text_;
+    }
+
     // Returns whether the connection stays open for the next request.
     net::awaitable<bool> handle_request() {
         Request& req = parser_->get();
@@ -324,6 +359,7 @@ class Session {
         Query const query = parse_query(qmark == std::string_view::npos ? std::string_view{}
                                                                         : target.substr(qmark + 1));
         auto const method = to_std(req.method_string());
+        note_arrival(path);
 
         if (query.reset) {
             backend_.log.write(method, target, 0);
@@ -381,6 +417,8 @@ class Session {
             backend_.delay_ms.store(query.delay_ms, std::memory_order_relaxed);
             delay_ms = 0;
             body = kOkBody;
+        } else if (path == "/admin/mark" || path == "/admin/first" || path == "/admin/count") {
+            body = arrival_counters(path);
         } else {
             if (path != "/healthz") {
                 fail_rate = std::max(fail_rate, backend_.fail_rate.load(std::memory_order_relaxed));

@@ -130,7 +130,10 @@ int main(int argc, char** argv) {
     } else {
         store = std::make_unique<bg::FileStateStore>(config->control.state_file);
     }
-    bg::AuditLog audit(config->control.audit_log);
+    bg::AuditLog audit(
+        config->control.audit_log,
+        bg::AuditLimits{config->control.audit_log_max_size, config->control.audit_log_keep,
+                        config->control.audit_command_max});
     std::string error;
     if (!audit.open(error)) {
         spdlog::error("{}", error);
@@ -234,6 +237,10 @@ int main(int argc, char** argv) {
             if (signal == SIGUSR1) {
                 if (access_log) {
                     access_log->reopen();  // logrotate moved the file
+                }
+                std::string reopen_error;
+                if (!audit.reopen(reopen_error)) {
+                    spdlog::error("SIGUSR1: {}", reopen_error);
                 }
                 wait_signal();
                 return;

@@ -378,6 +378,49 @@ idle_timeout = "1s"
             watch.wait()
 
 
+class AuditLogTest(ProcessTestCase):
+    def test_the_audit_log_is_bounded_rotated_reopened_and_always_readable(self):
+        proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")], extra="""
+[control]
+audit_log_max_size = 8192
+audit_log_keep = 1
+audit_command_max = 200
+"""))
+        # Garbage from a client: refused and audited, never breaking history.
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(proxy.socket)
+        f = s.makefile("rb")
+        for i in range(150):
+            s.sendall(b"flip \xff\xfe" + b"A" * 3000 + b"\n")
+            self.assertIn(b"non-printable", f.readline())
+        s.close()
+        sizes = {p: os.path.getsize(p) for p in (proxy.audit_log, proxy.audit_log + ".1")}
+        print("audit files after 150 garbage lines of 3 KB: %s" % sizes)
+        self.assertFalse(os.path.exists(proxy.audit_log + ".2"))
+        for size in sizes.values():
+            self.assertLessEqual(size, 8192)
+        for path in sizes:
+            with open(path, "rb") as log:
+                for line in log:
+                    record = json.loads(line.decode("utf-8"))  # valid UTF-8, valid JSON
+                    # 200 bytes kept, "...", and each escaped byte shown as 4 characters.
+                    self.assertLessEqual(len(record["command"]), 4 * 200 + 3)
+        r = proxy.bgctl("--json", "history", "3")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        last = json.loads(r.stdout)["history"][-1]
+        self.assertTrue(last["command"].startswith("flip \\xff\\xfeAAA"), last["command"])
+        self.assertEqual(last["command_length"], 3007)
+        # SIGUSR1: logrotate moved the file; the next record starts a new one at the path.
+        os.rename(proxy.audit_log, proxy.audit_log + ".moved")
+        proxy.signal(signal.SIGUSR1)
+        deadline = time.time() + 5
+        while time.time() < deadline and not os.path.exists(proxy.audit_log):
+            time.sleep(0.05)
+        self.assertEqual(proxy.bgctl("set", "green=10").returncode, 0)
+        with open(proxy.audit_log) as log:
+            self.assertIn("set green=10", log.read())
+
+
 class BgctlTest(ProcessTestCase):
     def test_unknown_commands_and_control_characters_are_usage_errors(self):
         proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")]))
