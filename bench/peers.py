@@ -120,9 +120,10 @@ backends = [%s]
 backends = [%s]
 [control]
 socket = "%s"
-state_file = "%s/state.json"
+state_file = "%s"
 audit_log = "%s/audit.log"
-""" % (weights[0], weights[1], pool("blue"), pool("green"), self.socket, self.dir, self.dir))
+""" % (weights[0], weights[1], pool("blue"), pool("green"), self.socket,
+       "" if os.environ.get("BENCH_NO_STATE") else self.dir + "/state.json", self.dir))
         self.proc, m = start([binary or os.path.join(BUILD, "proxy/bgproxy"), "--config", config,
                               "--workers", "1"], PROXY_CPU, r"listening on http://[\d.]+:(\d+)")
         self.port = int(m.group(1))

@@ -74,6 +74,7 @@ Switchboard::Switchboard(boost::asio::any_io_executor executor,
       sample_timer_(executor),
       failback_timer_(executor),
       persist_timer_(executor),
+      persister_(1),
       outlier_(config_->outlier),
       canary_(config_->canary) {}
 
@@ -267,19 +268,54 @@ void Switchboard::arm_persist_retry() {
     persist_timer_.expires_after(std::chrono::seconds(1));
     persist_timer_.async_wait([this](boost::system::error_code ec) {
         persist_retry_armed_ = false;
-        if (ec || durable_version_ == state_.version) {
-            return;
-        }
-        std::string error;
-        if (store_.save(state_, durable_version_, error)) {
-            spdlog::warn("routing state version {} is durable again", state_.version);
-            durable_version_ = state_.version;
-            persist_error_.clear();
-        } else {
-            persist_error_ = error;
-            arm_persist_retry();
+        if (!ec && !durable()) {
+            // In line with the changes, so one save runs at a time and in order.
+            enqueue(Job{internal_origin("persist retry", "persist"), PersistRetry{}});
         }
     });
+}
+
+void Switchboard::handle_persist_retry(Origin origin) {
+    if (durable()) {
+        finish(origin, json::object{{"ok", true}});
+        return;
+    }
+    const std::uint64_t version = state_.version;
+    save_async(state_, durable_version_,
+               [this, origin = std::move(origin), version](bool ok, std::string error) mutable {
+                   if (ok) {
+                       spdlog::warn("routing state version {} is durable again", version);
+                       durable_version_ = version;
+                       persist_error_.clear();
+                   } else {
+                       persist_error_ = error;
+                       arm_persist_retry();
+                   }
+                   finish(origin, json::object{{"ok", ok}});
+               });
+}
+
+// An fsync takes milliseconds: saves run on their own thread, so publication never waits for
+// one. `done` runs on the control thread.
+void Switchboard::save_async(RoutingState next, std::uint64_t expected,
+                             std::function<void(bool, std::string)> done) {
+    auto guard = boost::asio::make_work_guard(executor_);
+    boost::asio::post(persister_, [this, next = std::move(next), expected, done = std::move(done),
+                                   guard = std::move(guard)]() mutable {
+        std::string error;
+        const bool ok = store_.save(next, expected, error);
+        boost::asio::post(
+            executor_, [done = std::move(done), ok, error = std::move(error)] { done(ok, error); });
+    });
+}
+
+void Switchboard::publish(RoutingTablePtr table, std::shared_ptr<const Config> config,
+                          std::function<void()> done) {
+    if (publisher_ == nullptr) {
+        done();
+    } else {
+        publisher_->publish(std::move(table), std::move(config), std::move(done));
+    }
 }
 
 std::array<ColourHealth, 2> Switchboard::guard_health() const {
@@ -523,6 +559,8 @@ void Switchboard::run(Job job) {
                 handle_outlier(std::move(origin), work);
             } else if constexpr (std::is_same_v<W, CanaryFailure>) {
                 handle_canary(std::move(origin), work);
+            } else if constexpr (std::is_same_v<W, PersistRetry>) {
+                handle_persist_retry(std::move(origin));
             } else {
                 static_assert(std::is_same_v<W, FailbackDue>);
                 handle_failback(std::move(origin));
@@ -733,39 +771,59 @@ std::string Switchboard::stage_reload(Staged& out) {
     return {};
 }
 
+// Publication and persistence run together: the new table is live on every worker at once
+// (WorkerGroup's slot), the save's fsync beside it; the ack waits for both ("acked means live
+// and durable").
 void Switchboard::commit(Origin origin, Staged staged) {
     RoutingState& next = staged.next;
     next.version = state_.version + 1;
     next.changed_at = now_iso8601();
     next.changed_by = origin.by;
     next.command = origin.line;
-    std::string error;
-    if (store_.save(next, durable_version_, error)) {
-        durable_version_ = next.version;
-        persist_error_.clear();
-    } else if (is_safety_action(staged.kind)) {
-        // A way back must not depend on the disk: applied now, persisted when writing works.
-        spdlog::error("{} applied but NOT durable: {}; retrying every second",
-                      to_string(staged.kind), error);
-        persist_error_ = error;
-        arm_persist_retry();
-    } else {
-        refuse(origin, "cannot persist the new state: " + error);
-        return;
-    }
     const RolloutConfig& rollout = staged.config->rollout;
     auto table = build_table(
         *staged.config, next, ids_, effective_health(),
         is_safety_action(staged.kind) ? rollout.tunnel_drain_revert : rollout.tunnel_drain);
-    auto config = staged.config;
-    auto apply = [this, origin = std::move(origin), staged = std::move(staged), table]() mutable {
-        applied(origin, std::move(staged), table);
-    };
-    if (publisher_ == nullptr) {
-        apply();
+    auto change = std::make_shared<Committing>(
+        Committing{std::move(origin), std::move(staged), table, false, false, false, {}});
+    // Publication first: the save wakes another thread, which must not delay the table.
+    publish(table, change->staged.config, [this, change] {
+        change->published = true;
+        if (change->saved) {
+            settle(*change);
+        }
+    });
+    save_async(change->staged.next, durable_version_, [this, change](bool ok, std::string error) {
+        change->saved = true;
+        change->save_ok = ok;
+        change->save_error = std::move(error);
+        if (change->published) {
+            settle(*change);
+        }
+    });
+}
+
+void Switchboard::settle(Committing& change) {
+    if (change.save_ok) {
+        durable_version_ = change.staged.next.version;
+        persist_error_.clear();
+    } else if (is_safety_action(change.staged.kind)) {
+        // A way back must not depend on the disk: applied now, persisted when writing works.
+        spdlog::error("{} applied but NOT durable: {}; retrying every second",
+                      to_string(change.staged.kind), change.save_error);
+        persist_error_ = change.save_error;
+        arm_persist_retry();
     } else {
-        publisher_->publish(table, config, std::move(apply));
+        // Refused: the table before it goes back to the workers first (it was live for as long
+        // as the failed save took).
+        auto refused = std::make_shared<Committing>(std::move(change));
+        publish(table_, config_, [this, refused] {
+            refuse(refused->origin, "cannot persist the new state (withdrawn from the workers): " +
+                                        refused->save_error);
+        });
+        return;
     }
+    applied(change.origin, std::move(change.staged), change.table);
 }
 
 // Every worker has the new table: the change is live. Audit, answer, tell the watchers.

@@ -10,6 +10,7 @@
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <boost/json/object.hpp>
 #include <deque>
 #include <functional>
@@ -118,8 +119,9 @@ class Switchboard {
         CanaryVerdict verdict;
     };
     struct FailbackDue {};
+    struct PersistRetry {};  // the state served is not on disk yet: try again
     using Work = std::variant<OperatorCommand, GatePassed, RampStep, HealthChange, OutlierFindings,
-                              CanaryFailure, FailbackDue>;
+                              CanaryFailure, FailbackDue, PersistRetry>;
     struct Job {
         Origin origin;
         Work work;
@@ -129,6 +131,16 @@ class Switchboard {
         std::shared_ptr<const Config> config;  // a reload's new config, else the current one
         std::string note;                      // said in the reply (reconciliation, ramp...)
         SwitchKind kind = SwitchKind::set;
+    };
+    // A change being published and saved at once; settled when both are done.
+    struct Committing {
+        Origin origin;
+        Staged staged;
+        RoutingTablePtr table;
+        bool published = false;
+        bool saved = false;
+        bool save_ok = false;
+        std::string save_error;
     };
     struct PendingGate {
         Origin origin;
@@ -156,6 +168,12 @@ class Switchboard {
     // After the gate: answer a dry run, skip a no-op, or commit.
     void proceed(Origin origin, const Command& cmd, Staged staged);
     void commit(Origin origin, Staged staged);
+    void settle(Committing& change);
+    void save_async(RoutingState next, std::uint64_t expected,
+                    std::function<void(bool, std::string)> done);
+    void publish(RoutingTablePtr table, std::shared_ptr<const Config> config,
+                 std::function<void()> done);
+    void handle_persist_retry(Origin origin);
     void applied(Origin& origin, Staged staged, RoutingTablePtr table);
     void handle_ramp_step(Origin origin);
     void handle_health(Origin origin, const HealthChange& change);
@@ -207,8 +225,9 @@ class Switchboard {
     bool failback_armed_ = false;
     boost::asio::steady_timer persist_timer_;
     bool persist_retry_armed_ = false;
-    std::uint64_t durable_version_ = 0;  // the version the store holds
-    std::string persist_error_;          // why the last save failed, while not durable
+    boost::asio::thread_pool persister_;  // one thread: saves, in order
+    std::uint64_t durable_version_ = 0;   // the version the store holds
+    std::string persist_error_;           // why the last save failed, while not durable
     OutlierDetector outlier_;
     CanaryAnalysis canary_;
     std::map<std::uint64_t, Watcher> watchers_;

@@ -263,6 +263,8 @@ class DiskTest(ProcessTestCase):
         r = proxy.bgctl("set", "green=60")
         self.assertEqual(r.returncode, 1, r)  # an ordinary change is refused
         self.assertIn("cannot persist", r.stderr)
+        # Published beside the failed save, then withdrawn before the refusal.
+        self.assertEqual(proxy.status()["colours"]["green"]["weight"], 50)
         r = proxy.bgctl("rollback")
         self.assertEqual(r.returncode, 0, r)  # the way back is not
         self.assertIn("not durable", r.stderr)
