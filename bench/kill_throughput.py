@@ -93,6 +93,7 @@ def one_run(cls):
 
 
 def main():
+    peers.ensure_built()
     results = {"bgproxy": [], "haproxy": []}
     failed = {"bgproxy": 0, "haproxy": 0}
     try:

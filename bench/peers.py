@@ -18,6 +18,13 @@ _processes = []
 _dirs = []
 
 
+def ensure_built():
+    """Builds what the benchmarks run (a no-op on a built tree), like bench/run.sh does."""
+    if "BENCH_BUILD" not in os.environ:
+        subprocess.run([os.path.join(ROOT, "scripts/build.sh"), "release", "--target", "bgproxy",
+                        "bg-backend"], check=True, stdout=subprocess.DEVNULL)
+
+
 def workdir():
     d = tempfile.mkdtemp(prefix="bgbench-")
     _dirs.append(d)

@@ -54,6 +54,7 @@ def summary(values):
 
 
 def main():
+    peers.ensure_built()
     results = {}
     try:
         runs = {}
