@@ -159,6 +159,15 @@ void print_status(const json::object& s) {
                     str(col.at("role")).c_str(), str(col.at("healthy")).c_str(),
                     col.at("backends").as_array().size());
     }
+    if (const auto* t = s.if_contains("tunnels"); t != nullptr && t->is_object()) {
+        for (const char* c : {"blue", "green"}) {
+            const auto& colour = t->as_object().at(c).as_object();
+            if (colour.at("closing_at").is_string()) {
+                std::printf("tunnels to %s: %s open, closed at %s (the colour lost its share)\n",
+                            c, str(colour.at("open")).c_str(), str(colour.at("closing_at")).c_str());
+            }
+        }
+    }
     std::printf("\n%-12s %-6s %-22s %-6s %-9s %9s %9s\n", "BACKEND", "COLOUR", "ADDRESS", "ADMIN",
                 "HEALTH", "IN-FLIGHT", "UPGRADED");
     for (const char* c : {"blue", "green"}) {

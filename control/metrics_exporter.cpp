@@ -117,6 +117,34 @@ void render_traffic(prometheus::Registry& registry, const RoutingTable& table,
 }
 
 // The canary analysis's latest verdict and the figures it rests on.
+// Tunnels (WebSockets...) per colour, and when those of a colour that lost its share close.
+void render_tunnels(prometheus::Registry& registry, const Switchboard& board,
+                    const DataPlaneLoad& load) {
+    auto& open = prometheus::BuildGauge()
+                     .Name("bgproxy_tunnels_open")
+                     .Help("Upgraded connections (WebSocket...) open, by the colour they reach")
+                     .Register(registry);
+    auto& deadline =
+        prometheus::BuildGauge()
+            .Name("bgproxy_tunnel_drain_deadline_seconds")
+            .Help(
+                "Unix time when the tunnels of a colour that lost its share will be closed "
+                "([rollout] tunnel_drain); 0 when none are due")
+            .Register(registry);
+    const RoutingTable& table = *board.table();
+    for (Colour c : all_colours) {
+        const std::map<std::string, std::string> colour{{"colour", to_string(c)}};
+        double tunnels = 0;
+        for (const Backend& b : table.pool(c).backends) {
+            tunnels += b.id < load.upgraded.size() ? load.upgraded[b.id] : 0;
+        }
+        open.Add(colour).Set(tunnels);
+        const auto due = board.tunnel_deadline(c);
+        deadline.Add(colour).Set(
+            due ? std::chrono::duration<double>(due->time_since_epoch()).count() : 0.0);
+    }
+}
+
 void render_canary(prometheus::Registry& registry, const CanaryVerdict& verdict) {
     auto& state = prometheus::BuildGauge()
                       .Name("bgproxy_canary_verdict")
@@ -255,6 +283,7 @@ std::string render_metrics(const MetricsSources& in) {
             .Increment(found == counts.switches.end() ? 0.0 : static_cast<double>(found->second));
     }
     render_canary(registry, board.canary());
+    render_tunnels(registry, board, in.load);
     prometheus::BuildGauge()
         .Name("bgproxy_last_switch_timestamp_seconds")
         .Help("Unix time of the last routing change (0: none since start)")

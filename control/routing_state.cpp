@@ -34,8 +34,11 @@ RoutingState initial_state(const Config& config) {
 }
 
 std::string now_iso8601() {
+    return format_iso8601(std::chrono::system_clock::now());
+}
+
+std::string format_iso8601(std::chrono::system_clock::time_point now) {
     using namespace std::chrono;
-    auto now = system_clock::now();
     std::time_t t = system_clock::to_time_t(now);
     auto ms = duration_cast<milliseconds>(now.time_since_epoch()).count() % 1000;
     std::tm tm{};

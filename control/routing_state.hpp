@@ -79,5 +79,6 @@ RoutingTablePtr build_table(const Config& config, const RoutingState& state, Bac
                             Duration tunnel_drain = std::chrono::seconds(30));
 
 std::string now_iso8601();
+std::string format_iso8601(std::chrono::system_clock::time_point when);  // UTC, milliseconds
 
 }  // namespace bg

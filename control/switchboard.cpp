@@ -123,6 +123,15 @@ void Switchboard::on_health(const std::string& backend, bool healthy, const std:
                 HealthChange{backend, healthy, why}});
 }
 
+std::optional<std::chrono::system_clock::time_point> Switchboard::tunnel_deadline(
+    Colour colour) const {
+    const auto& deadline = tunnel_deadline_[index_of(colour)];
+    if (deadline && *deadline > std::chrono::system_clock::now()) {
+        return deadline;
+    }
+    return std::nullopt;
+}
+
 std::array<std::pair<unsigned, unsigned>, 2> Switchboard::colour_health() const {
     std::array<std::pair<unsigned, unsigned>, 2> out{};
     for (Colour c : all_colours) {
@@ -836,6 +845,16 @@ void Switchboard::applied(Origin& origin, Staged staged, RoutingTablePtr table) 
     if (staged.kind == SwitchKind::reload) {
         ++counts_.reloads_applied;
     }
+    for (Colour c : all_colours) {
+        // As each worker does (Worker::follow_share): a colour that loses its whole share has
+        // its tunnels closed after the table's drain; one that gets a share back keeps them.
+        if (next.weight(c) > 0) {
+            tunnel_deadline_[index_of(c)].reset();
+        } else if (state_.weight(c) > 0) {
+            tunnel_deadline_[index_of(c)] =
+                std::chrono::system_clock::now() + table->tunnel_drain();
+        }
+    }
     json::object record = audit_record(origin, "applied", &next, {});
     if (!staged.note.empty()) {
         record["note"] = staged.note;
@@ -976,6 +995,18 @@ void Switchboard::reply_status(Origin origin) {
             reply["failover"] = nullptr;
         }
         reply["waiting"] = json::object{{"queued", queue_.size()}, {"on_gate", gates_.size()}};
+        json::object tunnels;
+        for (Colour c : all_colours) {
+            std::uint32_t open = 0;
+            for (const Backend& b : table_->pool(c).backends) {
+                open += count(load.upgraded, b.id);
+            }
+            const auto deadline = tunnel_deadline(c);
+            tunnels[to_string(c)] = json::object{
+                {"open", open},
+                {"closing_at", deadline ? json::value(format_iso8601(*deadline)) : nullptr}};
+        }
+        reply["tunnels"] = std::move(tunnels);
         origin.reply(reply);
     };
     if (publisher_ == nullptr) {

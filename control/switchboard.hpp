@@ -82,6 +82,9 @@ class Switchboard {
     };
     const Counts& counts() const { return counts_; }
     bool ejected(const std::string& backend) const { return outlier_.ejected(backend); }
+    // When the tunnels (WebSockets...) of a colour that lost its share will be closed, while
+    // that is still ahead.
+    std::optional<std::chrono::system_clock::time_point> tunnel_deadline(Colour colour) const;
     // The canary analysis's latest verdict on the candidate colour.
     const CanaryVerdict& canary() const { return canary_.verdict(); }
 
@@ -231,6 +234,7 @@ class Switchboard {
     OutlierDetector outlier_;
     CanaryAnalysis canary_;
     std::map<std::uint64_t, Watcher> watchers_;
+    std::array<std::optional<std::chrono::system_clock::time_point>, 2> tunnel_deadline_{};
     Counts counts_;
     std::uint64_t next_watcher_ = 1;
 };

@@ -325,6 +325,14 @@ allowed_networks = ["127.0.0.0/8"]
         self.addCleanup(ws.close)
         self.assertEqual(proxy.status()["colours"]["green"]["backends"][0]["upgraded"], 1)
         self.assertEqual(proxy.bgctl("rollback").returncode, 0)
+        # Tunnels left per colour and their deadline, in status and /metrics.
+        tunnels = proxy.status()["tunnels"]
+        self.assertEqual(tunnels["green"]["open"], 1)
+        self.assertIsNotNone(tunnels["green"]["closing_at"])
+        self.assertIsNone(tunnels["blue"]["closing_at"])
+        self.assertEqual(metric(proxy, "bgproxy_tunnels_open", 'colour="green"'), 1)
+        due = metric(proxy, "bgproxy_tunnel_drain_deadline_seconds", 'colour="green"')
+        self.assertAlmostEqual(due, time.time() + 1, delta=1.5)
         closed = self.closes_within(ws, 10)
         print("WebSocket on green closed %.2f s after the rollback (tunnel_drain_revert 1 s)"
               % (closed or -1))
