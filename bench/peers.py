@@ -88,14 +88,14 @@ def pools():
     return {c: [Backend("%s-%d" % (c, i)) for i in (1, 2)] for c in ("blue", "green")}
 
 
-def unix_exchange(path, line):
-    """Sends one line on a UNIX socket; returns (reply up to the first newline or the close,
-    the time.time_ns() when it was complete)."""
+def unix_exchange(path, line, until_close=False):
+    """Sends one line on a UNIX socket; returns (the reply up to its first newline, or up to
+    the close with until_close, and the time.time_ns() when it was complete)."""
     s = socket.socket(socket.AF_UNIX)
     s.connect(path)
     s.sendall(line.encode() + b"\n")
     data = b""
-    while b"\n" not in data:
+    while until_close or b"\n" not in data:
         chunk = s.recv(65536)
         if not chunk:
             break
@@ -188,20 +188,11 @@ backend be
         other = "green" if colour == "blue" else "blue"
         line = "; ".join(["set weight be/%s 100" % b.name for b in self.backends[colour]] +
                          ["set weight be/%s 0" % b.name for b in self.backends[other]])
-        s = socket.socket(socket.AF_UNIX)
-        s.connect(self.socket)
-        s.sendall(line.encode() + b"\n")
-        data = b""
-        while True:  # non-interactive mode: the answer, then the close
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        done = time.time_ns()
-        s.close()
+        # Non-interactive mode: the answers (empty when all went well), then the close.
+        data, done = unix_exchange(self.socket, line, until_close=True)
         if data.strip():
-            raise RuntimeError("haproxy said: " + data.decode(errors="replace"))
-        return data.decode(), done
+            raise RuntimeError("haproxy said: " + data)
+        return data, done
 
 
 def free_port():

@@ -6,20 +6,12 @@
 #include <fstream>
 
 #include "audit_log.hpp"
+#include "unit_fixtures.hpp"
 
 namespace fs = std::filesystem;
 namespace json = boost::json;
 
 namespace {
-
-struct TempDir {
-    fs::path path;
-    TempDir() {
-        char name[] = "/tmp/bgproxy-audit-XXXXXX";
-        path = ::mkdtemp(name);
-    }
-    ~TempDir() { fs::remove_all(path); }
-};
 
 json::object record(std::string command) {
     return json::object{{"time", "t"}, {"command", std::move(command)}, {"result", "refused"}};
@@ -51,7 +43,7 @@ TEST_CASE("a record's text is bounded, its length said, and what a client sent e
 }
 
 TEST_CASE("the file is rotated by size and keeps the configured number of old files") {
-    TempDir dir;
+    bg::test::TempDir dir;
     const std::string path = (dir.path / "audit.log").string();
     bg::AuditLog log(path, bg::AuditLimits{2000, 2, 1024, 1000});
     std::string error;
@@ -73,7 +65,7 @@ TEST_CASE("the file is rotated by size and keeps the configured number of old fi
 }
 
 TEST_CASE("reopen starts a new file at the path after logrotate moved the old one") {
-    TempDir dir;
+    bg::test::TempDir dir;
     const std::string path = (dir.path / "audit.log").string();
     bg::AuditLog log(path);
     std::string error;

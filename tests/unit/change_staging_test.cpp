@@ -1,22 +1,9 @@
 #include <doctest/doctest.h>
 
 #include "change_staging.hpp"
+#include "unit_fixtures.hpp"
 
 namespace {
-
-bg::Config two_by_one() {
-    auto result = bg::parse_config(R"(
-[[listener]]
-address = "127.0.0.1:0"
-[pools.blue]
-backends = [{ name = "blue-1", address = "127.0.0.1:1" }, { name = "blue-2", address = "127.0.0.1:2" }]
-[pools.green]
-backends = [{ name = "green-1", address = "127.0.0.1:3" }]
-)",
-                                   "t");
-    REQUIRE(result.errors.empty());
-    return *result.config;
-}
 
 bg::Command command(std::string_view line) {
     auto parsed = bg::parse_command(line);
@@ -25,7 +12,7 @@ bg::Command command(std::string_view line) {
 }
 
 bg::StagedChange stage(const bg::RoutingState& state, std::string_view line) {
-    static const bg::Config config = two_by_one();
+    static const bg::Config config = bg::test::two_blue_one_green();
     return bg::stage_change(state, config, command(line));
 }
 
@@ -99,7 +86,8 @@ TEST_CASE("admin states name known backends only; reconcile drops the unknown") 
     CHECK(drained.next.admin_state("blue-2") == bg::AdminState::drain);
     CHECK(stage(drained.next, "ready blue-2").next.admin_state("blue-2") == bg::AdminState::ready);
     drained.next.admin["gone-1"] = bg::AdminState::maint;
-    CHECK(bg::reconcile_admin(drained.next, two_by_one()) == "gone-1 (was maint)");
+    CHECK(bg::reconcile_admin(drained.next, bg::test::two_blue_one_green()) ==
+          "gone-1 (was maint)");
     CHECK(drained.next.admin.size() == 1);
 }
 

@@ -9,22 +9,9 @@
 #include "state_store.hpp"
 #include "switchboard.hpp"
 #include "traffic_counters.hpp"
+#include "unit_fixtures.hpp"
 
 namespace {
-
-bg::Config two_by_one() {
-    auto result = bg::parse_config(R"(
-[[listener]]
-address = "127.0.0.1:0"
-[pools.blue]
-backends = [{ name = "blue-1", address = "127.0.0.1:1" }, { name = "blue-2", address = "127.0.0.1:2" }]
-[pools.green]
-backends = [{ name = "green-1", address = "127.0.0.1:3" }]
-)",
-                                   "t");
-    REQUIRE(result.errors.empty());
-    return *result.config;
-}
 
 std::uint32_t id_of(const bg::RoutingTable& table, bg::Colour colour, const std::string& name) {
     for (const auto& b : table.pool(colour).backends) {
@@ -73,8 +60,9 @@ TEST_CASE("the exposition names each colour, backend, method class and status cl
     bg::AuditLog audit("");
     std::string error;
     REQUIRE(audit.open(error));
-    bg::Switchboard board(io.get_executor(), std::make_shared<const bg::Config>(two_by_one()), "", store,
-                          audit);
+    bg::Switchboard board(io.get_executor(),
+                          std::make_shared<const bg::Config>(bg::test::two_blue_one_green()), "",
+                          store, audit);
     REQUIRE(board.load(error));
     const bg::RoutingTable& table = *board.table();
     const auto blue1 = id_of(table, bg::Colour::blue, "blue-1");
@@ -93,29 +81,40 @@ TEST_CASE("the exposition names each colour, backend, method class and status cl
     load.upstream_open[green1] = 2;
     const std::string text = bg::render_metrics({board, load, {}, nullptr});
 
-    CHECK(text.find(R"(bgproxy_http_responses_total{backend="blue-1",code="2xx",colour="blue",method="GET"} 7)") !=
-          std::string::npos);
-    CHECK(text.find(R"(bgproxy_http_responses_total{backend="green-1",code="5xx",colour="green",method="PUT"} 1)") !=
-          std::string::npos);
-    CHECK(text.find(R"(bgproxy_http_responses_total{backend="none",code="4xx",colour="none",method="OTHER"} 1)") !=
-          std::string::npos);
+    CHECK(
+        text.find(
+            R"(bgproxy_http_responses_total{backend="blue-1",code="2xx",colour="blue",method="GET"} 7)") !=
+        std::string::npos);
+    CHECK(
+        text.find(
+            R"(bgproxy_http_responses_total{backend="green-1",code="5xx",colour="green",method="PUT"} 1)") !=
+        std::string::npos);
+    CHECK(
+        text.find(
+            R"(bgproxy_http_responses_total{backend="none",code="4xx",colour="none",method="OTHER"} 1)") !=
+        std::string::npos);
     // Cells never counted are not exported: no series for blue-2 yet.
     CHECK(text.find(R"(bgproxy_http_responses_total{backend="blue-2")") == std::string::npos);
     CHECK(text.find(R"(bgproxy_request_duration_seconds_bucket{colour="blue",le="0.0025"} 1)") !=
           std::string::npos);
     CHECK(text.find(R"(bgproxy_request_duration_seconds_bucket{colour="blue",le="0.001"} 0)") !=
           std::string::npos);
-    CHECK(text.find(R"(bgproxy_request_duration_seconds_count{colour="green"} 0)") != std::string::npos);
-    CHECK(text.find(R"(bgproxy_response_body_bytes_total{colour="green"} 1234)") != std::string::npos);
-    CHECK(text.find(R"(bgproxy_upstream_connections{backend="green-1",colour="green"} 2)") != std::string::npos);
+    CHECK(text.find(R"(bgproxy_request_duration_seconds_count{colour="green"} 0)") !=
+          std::string::npos);
+    CHECK(text.find(R"(bgproxy_response_body_bytes_total{colour="green"} 1234)") !=
+          std::string::npos);
+    CHECK(text.find(R"(bgproxy_upstream_connections{backend="green-1",colour="green"} 2)") !=
+          std::string::npos);
     CHECK(text.find(R"(bgproxy_upstream_connections_total{backend="green-1",colour="green"} 1)") !=
           std::string::npos);
     CHECK(text.find("# TYPE bgproxy_upstream_duration_seconds histogram") != std::string::npos);
 
     // Label sets stay bounded: no label outside this list, ever (no paths, no addresses).
-    const std::set<std::string> allowed{"colour", "backend", "method", "code", "le", "kind", "result", "version", "limit", "verdict", "role"};
+    const std::set<std::string> allowed{"colour", "backend", "method", "code",    "le",  "kind",
+                                        "result", "version", "limit",  "verdict", "role"};
     const std::regex label(R"(([a-z_]+)=")");
-    for (auto it = std::sregex_iterator(text.begin(), text.end(), label); it != std::sregex_iterator(); ++it) {
+    for (auto it = std::sregex_iterator(text.begin(), text.end(), label);
+         it != std::sregex_iterator(); ++it) {
         CHECK_MESSAGE(allowed.count((*it)[1].str()) == 1, "unexpected label " << (*it)[1].str());
     }
 }

@@ -9,38 +9,16 @@
 #include "audit_log.hpp"
 #include "state_store.hpp"
 #include "switchboard.hpp"
+#include "unit_fixtures.hpp"
 
 namespace fs = std::filesystem;
 namespace json = boost::json;
 
 namespace {
 
-struct TempDir {
-    fs::path path;
-    TempDir() {
-        char name[] = "/tmp/bgproxy-test-XXXXXX";
-        path = ::mkdtemp(name);
-    }
-    ~TempDir() { fs::remove_all(path); }
-};
-
-bg::Config two_by_two() {
-    auto result = bg::parse_config(R"(
-[[listener]]
-address = "127.0.0.1:0"
-[pools.blue]
-backends = [{ name = "blue-1", address = "127.0.0.1:1" }, { name = "blue-2", address = "127.0.0.1:2" }]
-[pools.green]
-backends = [{ name = "green-1", address = "127.0.0.1:3" }]
-)",
-                                   "t");
-    REQUIRE(result.errors.empty());
-    return *result.config;
-}
-
 // A Switchboard with no data plane attached: changes apply as soon as they are persisted.
 struct Fixture {
-    TempDir dir;
+    bg::test::TempDir dir;
     boost::asio::io_context io;
     bg::FileStateStore store{(dir.path / "state.json").string()};
     bg::AuditLog audit{(dir.path / "audit.log").string()};
@@ -48,7 +26,8 @@ struct Fixture {
     bg::Caller operator_{1000, 1000, 42, bg::Role::operate};
 
     Fixture()
-        : board(io.get_executor(), std::make_shared<const bg::Config>(two_by_two()), "", store,
+        : board(io.get_executor(),
+                std::make_shared<const bg::Config>(bg::test::two_blue_one_green()), "", store,
                 audit) {
         std::string error;
         REQUIRE(audit.open(error));
@@ -117,7 +96,7 @@ TEST_CASE("roles: read may look, not change; refusals are audited") {
 }
 
 TEST_CASE("state survives a restart and a corrupt file is an error, not a reset") {
-    TempDir dir;
+    bg::test::TempDir dir;
     auto path = (dir.path / "state.json").string();
     {
         Fixture f;
@@ -128,7 +107,8 @@ TEST_CASE("state survives a restart and a corrupt file is an error, not a reset"
     boost::asio::io_context io;
     bg::FileStateStore store(path);
     bg::AuditLog audit("");
-    bg::Switchboard board(io.get_executor(), std::make_shared<const bg::Config>(two_by_two()), "",
+    bg::Switchboard board(io.get_executor(),
+                          std::make_shared<const bg::Config>(bg::test::two_blue_one_green()), "",
                           store, audit);
     std::string error;
     REQUIRE(board.load(error));
@@ -144,7 +124,7 @@ TEST_CASE("state survives a restart and a corrupt file is an error, not a reset"
 }
 
 TEST_CASE("the store refuses a save derived from a version it no longer has") {
-    TempDir dir;
+    bg::test::TempDir dir;
     bg::FileStateStore store((dir.path / "s.json").string());
     CHECK_FALSE(store.load().state.has_value());
     bg::RoutingState state;
