@@ -14,49 +14,18 @@
 #include "body_relay.hpp"
 #include "chunk_framing.hpp"
 #include "client_close_watch.hpp"
+#include "client_identity.hpp"
 #include "config.hpp"
 #include "connection_deadline.hpp"
 #include "exchange_outcome.hpp"
+#include "parked_client.hpp"
 #include "proxy_header_reader.hpp"
 #include "session_handle.hpp"
+#include "tracked_session.hpp"
 #include "upstream_connector.hpp"
 #include "worker.hpp"
 
 namespace bg {
-
-// Registers the connection with its worker (graceful shutdown, deadlines, the close sweep)
-// and unregisters it whatever way the connection ends.
-class TrackedSession {
-  public:
-    TrackedSession(Worker& worker, Socket& client, std::size_t listener)
-        : worker_(worker), listener_(listener) {
-        handle_.client = &client;
-        worker_.track(&handle_);
-        WorkerStats::add(worker_.stats().connections_open);
-    }
-    ~TrackedSession() {
-        worker_.untrack(&handle_);
-        WorkerStats::sub(worker_.stats().connections_open);
-        worker_.connection_closed(listener_);
-    }
-    TrackedSession(const TrackedSession&) = delete;
-    TrackedSession& operator=(const TrackedSession&) = delete;
-    SessionHandle& handle() { return handle_; }
-
-  private:
-    Worker& worker_;
-    std::size_t listener_;
-    SessionHandle handle_;
-};
-
-// Who the client is: the socket's peer, or the one a PROXY header named.
-struct ClientIdentity {
-    ClientEndpoints endpoints;         // as a PROXY header to a backend tells them
-    boost::asio::ip::address address;  // the original client
-    std::string ip;                    // address, as text for headers and the log
-    std::string server_authority;      // what an HTTP/1.0 request without Host is given
-    bool trusted = false;              // the HTTP peer is in trusted_proxies
-};
 
 template <class Stream>
 struct ClientConnection {
@@ -69,14 +38,31 @@ struct ClientConnection {
           config(*config_holder),
           listener(listener_index),
           stream(std::move(s)),
-          tracked(w, socket(), listener_index),
-          deadline(socket().get_executor(), tracked.handle()),
+          tracked(std::make_unique<TrackedSession>(w, socket(), listener_index)),
+          deadline(socket().get_executor(), handle()),
           relay(deadline, w.stats(), read_chunk()),
-          close_watch(w, tracked.handle()),
-          upstreams(w, config, deadline, tracked.handle()) {}
+          close_watch(w, handle()),
+          upstreams(w, config, deadline, handle()) {}
+
+    // A parked connection whose next request arrives (plain connections only).
+    ClientConnection(Worker& w, ParkedClient&& parked)
+        : worker(w),
+          config_holder(std::move(parked.config)),
+          config(*config_holder),
+          listener(parked.listener),
+          stream(std::move(parked.socket)),
+          tracked(std::move(parked.tracked)),
+          client(std::move(parked.client)),
+          deadline(socket().get_executor(), handle()),
+          relay(deadline, w.stats(), read_chunk()),
+          close_watch(w, handle()),
+          upstreams(w, config, deadline, handle()) {
+        handle().client = &socket();
+        upstreams.set_client(client.endpoints);
+    }
 
     Socket& socket() { return boost::beast::get_lowest_layer(stream); }
-    SessionHandle& handle() { return tracked.handle(); }
+    SessionHandle& handle() { return tracked->handle(); }
 
     // The size of one read, and of one body piece.
     std::size_t read_chunk() const {
@@ -98,7 +84,7 @@ struct ClientConnection {
     const Config& config;
     std::size_t listener;  // index in config.listeners
     Stream stream;
-    TrackedSession tracked;  // after stream: it points at the socket
+    std::unique_ptr<TrackedSession> tracked;  // after stream: it points at the socket
     ClientIdentity client;
     ConnectionDeadline deadline;
     BodyRelay relay;               // moves bodies and tunnels under `deadline`

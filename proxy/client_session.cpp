@@ -3,6 +3,8 @@
 #include <sys/socket.h>
 
 #include <array>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/ssl/stream.hpp>
 #include <cstring>
 #include <memory>
@@ -10,6 +12,7 @@
 #include "client_connection.hpp"
 #include "exchange_pool.hpp"
 #include "exchange_state.hpp"
+#include "parked_client.hpp"
 #include "proxy_header_reader.hpp"
 #include "request_exchange.hpp"
 #include "tls_context.hpp"
@@ -32,16 +35,27 @@ class ClientSession {
     ClientSession(Worker& worker, std::shared_ptr<const Config> config, std::size_t listener,
                   Stream stream)
         : conn_(worker, std::move(config), listener, std::move(stream)) {}
+    // A parked connection's next request has started arriving.
+    ClientSession(Worker& worker, ParkedClient&& parked)
+        : conn_(worker, std::move(parked)), served_(parked.served), resumed_(true) {}
 
     Task<void> run() {
         // (No co_await inside && or ||: GCC 12 mishandles temporaries there.)
-        bool open = co_await identify_client();
-        if (open) {
+        bool open = resumed_;
+        if (!resumed_) {
+            open = co_await identify_client();
+        }
+        if (open && !resumed_) {
             open = co_await handshake();
         }
-        for (bool first = true; open; first = false) {
-            // Idle, nothing pipelined: wait in a small frame (see wait_for_request()).
+        // Resumed: the socket is readable, so the first wait reads at once.
+        for (bool first = !resumed_, readable = resumed_; open; first = readable = false) {
+            // Idle, nothing pipelined: park (plain connections), or wait in a small frame.
             open = ex_ && ex_->buffer.size() > 0;
+            if (!open && !readable && can_park(first)) {
+                park();
+                co_return;
+            }
             if (!open) {
                 open = co_await wait_for_request(first);
             }
@@ -103,6 +117,31 @@ class ClientSession {
             }
         }
         co_return true;
+    }
+
+    // A plain keep-alive connection between requests is parked (parked_client.hpp): it then
+    // costs its socket and identity, no frame, session or timer. Not a TLS one (its stream
+    // holds the TLS state), not one keeping a backend connection of its own, not the first
+    // wait (the header timeout applies there), not while draining.
+    bool can_park(bool first) const {
+        return !ClientConnection<Stream>::tls && !first && !conn_.upstreams.holds_private() &&
+               !conn_.worker.draining() && !conn_.last_request && !conn_.linger;
+    }
+
+    void park() {
+        if constexpr (!ClientConnection<Stream>::tls) {
+            release_exchange();
+            conn_.deadline.disarm();
+            conn_.close_watch.stop();
+            auto parked = std::make_unique<ParkedClient>(std::move(conn_.stream));
+            parked->config = conn_.config_holder;
+            parked->listener = conn_.listener;
+            parked->tracked = std::move(conn_.tracked);
+            parked->client = std::move(conn_.client);
+            parked->served = served_;
+            conn_.worker.parked().park(std::move(parked), conn_.config.timeouts.client_keepalive,
+                                       &resume_parked);
+        }
     }
 
     // Between requests: only the keep-alive idle timeout applies, and a graceful shutdown may
@@ -198,9 +237,21 @@ class ClientSession {
     std::unique_ptr<ExchangeState> ex_;  // while a request is in flight (see take_exchange())
     std::array<char, 256> first_bytes_;  // where an idle connection's next request lands
     unsigned served_ = 0;                // requests on this connection so far
+    bool resumed_ = false;               // from a park: no PROXY header or handshake again
 };
 
+Task<void> serve_parked(Worker& worker, std::unique_ptr<ParkedClient> parked) {
+    auto session = std::make_unique<ClientSession<Socket>>(worker, std::move(*parked));
+    parked.reset();
+    co_await session->run();
+}
+
 }  // namespace
+
+void resume_parked(Worker& worker, std::unique_ptr<ParkedClient> parked) {
+    asio::co_spawn(worker.io().get_executor(), serve_parked(worker, std::move(parked)),
+                   asio::detached);
+}
 
 Task<void> serve_client(Worker& worker, Socket socket, std::size_t listener_index) {
     // The config and its TLS contexts this connection started with stay alive as long as it.

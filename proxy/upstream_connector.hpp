@@ -42,6 +42,8 @@ class UpstreamConnector {
     // After a clean, fully framed exchange: the connection goes back to the worker's pool, or
     // to this client connection's private slot when it opened with a PROXY header.
     void keep(UpstreamLease& lease);
+    // A connection to a backend is kept for this client between requests.
+    bool holds_private() const { return private_.has_value(); }
 
   private:
     const Backend* private_backend(const RoutingTable& table, Colour colour) const;

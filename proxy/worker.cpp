@@ -1,5 +1,7 @@
 #include "worker.hpp"
 
+#include "parked_client.hpp"
+
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -33,6 +35,7 @@ Worker::Worker(unsigned index, std::shared_ptr<const Config> config, TableSlot& 
     for (Colour c : all_colours) {
         had_share_[index_of(c)] = slot.load()->pool(c).weight_bp > 0;
     }
+    parked_ = std::make_unique<ParkedClients>(*this);
 }
 
 Worker::~Worker() {
@@ -381,6 +384,7 @@ void Worker::finish_if_drained() {
         for (auto& timer : tunnel_drain_timers_) {
             timer.cancel();
         }
+        parked_->stop();
         pool_.close_all();
     }
 }

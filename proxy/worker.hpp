@@ -33,6 +33,8 @@
 
 namespace bg {
 
+class ParkedClients;
+
 class Worker {
   public:
     Worker(unsigned index, std::shared_ptr<const Config> config, TableSlot& slot,
@@ -77,6 +79,8 @@ class Worker {
     Balancer& balancer() { return balancer_; }
     UpstreamPool& upstream_pool() { return pool_; }
     ExchangePool& exchanges() { return exchanges_; }
+    // Idle keep-alive connections waiting, without a session, for their next request.
+    ParkedClients& parked() { return *parked_; }
     WorkerStats& stats() { return stats_; }
     TrafficCounters& traffic() { return traffic_; }
     const WorkerStats& stats() const { return stats_; }
@@ -115,6 +119,7 @@ class Worker {
     Balancer balancer_;
     UpstreamPool pool_;
     ExchangePool exchanges_;
+    std::unique_ptr<ParkedClients> parked_;  // after io_: gone before it
     RetryBudget retry_budget_;
     WorkerStats stats_;
     TrafficCounters traffic_;

@@ -1,0 +1,62 @@
+#pragma once
+// Idle keep-alive client connections, parked. Between requests a plain connection keeps no
+// coroutine frame, session, buffer or timer of its own: only its socket, waiting to become
+// readable, who the client is, and a place in its worker's FIFO of parked connections, which
+// one timer walks for the keep-alive timeout (all share the timeout, so the oldest expires
+// first). An edge proxy holds many idle connections; this is what each one costs. When bytes
+// arrive the connection is resumed as a session again (client_session.cpp). Worker thread only.
+
+#include <boost/intrusive/list.hpp>
+#include <chrono>
+#include <memory>
+
+#include "client_identity.hpp"
+#include "config.hpp"
+#include "io_types.hpp"
+#include "tracked_session.hpp"
+
+namespace bg {
+
+class Worker;
+
+struct ParkedClient
+    : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::auto_unlink>> {
+    explicit ParkedClient(Socket s) : socket(std::move(s)) {}
+
+    Socket socket;
+    std::shared_ptr<const Config> config;  // the one the connection started with
+    std::size_t listener = 0;
+    std::unique_ptr<TrackedSession> tracked;  // still counted, still closed by a shutdown
+    ClientIdentity client;
+    unsigned served = 0;  // requests so far
+    std::chrono::steady_clock::time_point expires;
+};
+
+class ParkedClients {
+  public:
+    // Runs when a parked connection's next bytes arrive: it is the caller's again.
+    using Resume = void (*)(Worker&, std::unique_ptr<ParkedClient>);
+
+    explicit ParkedClients(Worker& worker);
+    ParkedClients(const ParkedClients&) = delete;
+    ParkedClients& operator=(const ParkedClients&) = delete;
+
+    // Waits for the connection's next request for at most `timeout`; closes it on the timeout,
+    // a shutdown or an error.
+    void park(std::unique_ptr<ParkedClient> client, Duration timeout, Resume resume);
+    std::size_t size() const { return count_; }
+    // The worker is done: its keep-alive timer must not keep the loop running.
+    void stop() { timer_.cancel(); }
+
+  private:
+    void arm();
+    void expire();
+
+    Worker& worker_;
+    boost::intrusive::list<ParkedClient, boost::intrusive::constant_time_size<false>> fifo_;
+    boost::asio::steady_timer timer_;
+    bool armed_ = false;
+    std::size_t count_ = 0;
+};
+
+}  // namespace bg

@@ -1,0 +1,91 @@
+"""Idle keep-alive connections are parked between requests (socket and identity only: see
+bench/idle.sh for what that saves); parked ones still time out, resume, and close on shutdown."""
+import signal
+import socket
+import time
+import unittest
+
+from harness import ProcessTestCase, config, metric, read_response
+
+GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def get(sock):
+    sock.sendall(GET)
+    return read_response(sock)[0]
+
+
+class IdleConnectionTest(ProcessTestCase):
+    def start_proxy(self, keepalive="60s"):
+        blue, green = self.backend("blue-1"), self.backend("green-1")
+        return self.proxy(config([blue], [green], extra="""
+[timeouts]
+client_keepalive = "%s"
+""" % keepalive))
+
+    def test_many_idle_connections_park_and_each_resumes(self):
+        proxy = self.start_proxy()
+        clients = []
+        for _ in range(300):
+            s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+            self.assertEqual(get(s), 200)
+            clients.append(s)
+        self.addCleanup(lambda: [c.close() for c in clients])
+        deadline = time.time() + 5
+        while time.time() < deadline and metric(proxy, "bgproxy_downstream_connections_idle") < 300:
+            time.sleep(0.05)
+        self.assertEqual(metric(proxy, "bgproxy_downstream_connections_idle"), 300)
+        # Each comes back for a second and a third request, pipelined or not.
+        for s in clients:
+            self.assertEqual(get(s), 200)
+        for s in clients[:50]:
+            s.sendall(GET + GET)
+            data = b""
+            deadline = time.time() + 5
+            while data.count(b"HTTP/1.1 200") < 2 or not data.endswith(b"blue-1\n"):
+                self.assertLess(time.time(), deadline, data)
+                data += s.recv(65536)
+            self.assertEqual(data.count(b"HTTP/1.1 200"), 2)
+        self.assertEqual(metric(proxy, "bgproxy_downstream_connections"), 300)
+
+    def test_a_parked_connection_still_times_out_and_each_request_restarts_the_wait(self):
+        proxy = self.start_proxy("1s")
+        kept = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        self.addCleanup(kept.close)
+        for _ in range(3):  # 3 x 0.6 s: longer than one timeout, each wait shorter
+            self.assertEqual(get(kept), 200)
+            time.sleep(0.6)
+        self.assertEqual(get(kept), 200)
+        started = time.time()
+        kept.settimeout(5)
+        self.assertEqual(kept.recv(100), b"")  # closed by the proxy
+        closed_after = time.time() - started
+        print("idle connection closed %.2f s after its last response (client_keepalive 1s)"
+              % closed_after)
+        self.assertGreater(closed_after, 0.7)
+        self.assertLess(closed_after, 2.5)
+        deadline = time.time() + 2
+        while time.time() < deadline and metric(proxy, "bgproxy_downstream_connections") > 0:
+            time.sleep(0.05)
+        self.assertEqual(metric(proxy, "bgproxy_downstream_connections"), 0)
+        self.assertEqual(metric(proxy, "bgproxy_downstream_connections_idle"), 0)
+
+    def test_shutdown_closes_parked_connections_at_once(self):
+        proxy = self.start_proxy()
+        clients = [socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+                   for _ in range(20)]
+        self.addCleanup(lambda: [c.close() for c in clients])
+        for s in clients:
+            self.assertEqual(get(s), 200)
+        started = time.time()
+        proxy.signal(signal.SIGTERM)
+        self.assertEqual(proxy.wait(10), 0)
+        took = time.time() - started
+        print("SIGTERM with 20 parked connections: exited in %.2f s" % took)
+        for s in clients:
+            s.settimeout(2)
+            self.assertEqual(s.recv(100), b"")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
