@@ -928,39 +928,63 @@ void Switchboard::ramp_tick() {
     enqueue(Job{std::move(origin), RampStep{}});
 }
 
+namespace {
+
+std::uint32_t count_of(const std::vector<std::uint32_t>& v, std::uint32_t id) {
+    return id < v.size() ? v[id] : 0u;
+}
+
+}  // namespace
+
+json::object Switchboard::status_colours(const DataPlaneLoad& load) const {
+    json::object colours;
+    for (Colour c : all_colours) {
+        json::array backends;
+        std::uint32_t healthy = 0;
+        for (const Backend& b : table_->pool(c).backends) {
+            healthy += b.healthy ? 1 : 0;
+            json::object entry{{"name", b.name},
+                               {"address", b.address.text},
+                               {"admin", to_string(b.admin)},
+                               {"healthy", b.healthy},
+                               {"in_flight", count_of(load.in_flight, b.id)},
+                               {"upgraded", count_of(load.upgraded, b.id)}};
+            if (auto why = down_because_.find(b.name); why != down_because_.end()) {
+                entry["check"] = why->second;  // as HAProxy's "last check" says
+            }
+            backends.push_back(std::move(entry));
+        }
+        const char* role = state_.failed[index_of(c)] ? "failed"
+                           : c == state_.stable       ? "stable"
+                           : state_.weight(c) > 0 || (state_.ramp && state_.ramp->colour == c)
+                               ? "candidate"
+                               : "idle";
+        colours[to_string(c)] = json::object{{"weight", percent_json(state_.weight(c))},
+                                             {"role", role},
+                                             {"healthy", healthy},
+                                             {"backends", std::move(backends)}};
+    }
+    return colours;
+}
+
+// Tunnels left per colour, and when those of a colour that lost its share close.
+json::object Switchboard::status_tunnels(const DataPlaneLoad& load) const {
+    json::object tunnels;
+    for (Colour c : all_colours) {
+        std::uint32_t open = 0;
+        for (const Backend& b : table_->pool(c).backends) {
+            open += count_of(load.upgraded, b.id);
+        }
+        const auto deadline = tunnel_deadline(c);
+        tunnels[to_string(c)] = json::object{
+            {"open", open},
+            {"closing_at", deadline ? json::value(format_iso8601(*deadline)) : nullptr}};
+    }
+    return tunnels;
+}
+
 void Switchboard::reply_status(Origin origin) {
     auto build = [this, origin = std::move(origin)](DataPlaneLoad load) mutable {
-        auto count = [](const std::vector<std::uint32_t>& v, std::uint32_t id) {
-            return id < v.size() ? v[id] : 0u;
-        };
-        json::object colours;
-        for (Colour c : all_colours) {
-            const ColourPool& pool = table_->pool(c);
-            json::array backends;
-            std::uint32_t healthy = 0;
-            for (const Backend& b : pool.backends) {
-                healthy += b.healthy ? 1 : 0;
-                json::object entry{{"name", b.name},
-                                   {"address", b.address.text},
-                                   {"admin", to_string(b.admin)},
-                                   {"healthy", b.healthy},
-                                   {"in_flight", count(load.in_flight, b.id)},
-                                   {"upgraded", count(load.upgraded, b.id)}};
-                if (auto why = down_because_.find(b.name); why != down_because_.end()) {
-                    entry["check"] = why->second;  // as HAProxy's "last check" says
-                }
-                backends.push_back(std::move(entry));
-            }
-            const char* role = state_.failed[index_of(c)] ? "failed"
-                               : c == state_.stable       ? "stable"
-                               : state_.weight(c) > 0 || (state_.ramp && state_.ramp->colour == c)
-                                   ? "candidate"
-                                   : "idle";
-            colours[to_string(c)] = json::object{{"weight", percent_json(state_.weight(c))},
-                                                 {"role", role},
-                                                 {"healthy", healthy},
-                                                 {"backends", std::move(backends)}};
-        }
         json::object reply{{"ok", true},
                            {"version", state_.version},
                            {"changed_at", state_.changed_at},
@@ -968,21 +992,21 @@ void Switchboard::reply_status(Origin origin) {
                            {"last_command", state_.command},
                            {"stable", to_string(state_.stable)},
                            {"panic", table_->panic()},
-                           {"colours", std::move(colours)}};
+                           {"colours", status_colours(load)}};
+        reply["ramp"] = nullptr;
         if (state_.ramp) {
             reply["ramp"] = json::object{{"colour", to_string(state_.ramp->colour)},
                                          {"to", percent_json(state_.ramp->to_bp)},
                                          {"step", percent_json(state_.ramp->step_bp)},
                                          {"every_ms", state_.ramp->every.count()},
                                          {"paused", state_.ramp->paused}};
-        } else {
-            reply["ramp"] = nullptr;
         }
         reply["canary"] = to_json(canary_.verdict());
         reply["durable"] = durable();
         if (!durable()) {
             reply["persist_error"] = persist_error_;
         }
+        reply["failover"] = nullptr;
         if (state_.failover) {
             reply["failover"] = json::object{
                 {"since", state_.failover->at},
@@ -991,22 +1015,9 @@ void Switchboard::reply_status(Origin origin) {
                 {"failback", !config_->rollout.failback_auto ? "manual (bgctl rollback)"
                              : failback_armed_ ? "pending: the stable colour is healthy"
                                                : "when the stable colour is healthy"}};
-        } else {
-            reply["failover"] = nullptr;
         }
         reply["waiting"] = json::object{{"queued", queue_.size()}, {"on_gate", gates_.size()}};
-        json::object tunnels;
-        for (Colour c : all_colours) {
-            std::uint32_t open = 0;
-            for (const Backend& b : table_->pool(c).backends) {
-                open += count(load.upgraded, b.id);
-            }
-            const auto deadline = tunnel_deadline(c);
-            tunnels[to_string(c)] = json::object{
-                {"open", open},
-                {"closing_at", deadline ? json::value(format_iso8601(*deadline)) : nullptr}};
-        }
-        reply["tunnels"] = std::move(tunnels);
+        reply["tunnels"] = status_tunnels(load);
         origin.reply(reply);
     };
     if (publisher_ == nullptr) {

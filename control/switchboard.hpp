@@ -198,6 +198,8 @@ class Switchboard {
     std::map<std::string, bool> effective_health() const;
     std::array<std::pair<unsigned, unsigned>, 2> colour_health() const;
     void reply_status(Origin origin);
+    boost::json::object status_colours(const DataPlaneLoad& load) const;
+    boost::json::object status_tunnels(const DataPlaneLoad& load) const;
     boost::json::object reply_history(const Command& cmd) const;
     boost::json::object audit_record(const Origin& origin, const char* result,
                                      const RoutingState* after, const std::string& error) const;

@@ -52,8 +52,8 @@ class ClientSession {
         for (bool first = !resumed_, readable = resumed_; open; first = readable = false) {
             // Idle, nothing pipelined: park (plain connections), or wait in a small frame.
             open = ex_ && ex_->buffer.size() > 0;
-            if (!open && !readable && can_park(first)) {
-                park();
+            if (!open && !readable && can_park()) {
+                park(first);
                 co_return;
             }
             if (!open) {
@@ -119,16 +119,18 @@ class ClientSession {
         co_return true;
     }
 
-    // A plain keep-alive connection between requests is parked (parked_client.hpp): it then
-    // costs its socket and identity, no frame, session or timer. Not a TLS one (its stream
-    // holds the TLS state), not one keeping a backend connection of its own, not the first
-    // wait (the header timeout applies there), not while draining.
-    bool can_park(bool first) const {
-        return !ClientConnection<Stream>::tls && !first && !conn_.upstreams.holds_private() &&
+    // A plain connection waiting for its next request, or its first, is parked
+    // (parked_client.hpp): it then costs its socket and identity, no frame, session or timer.
+    // Not a TLS one (its stream holds the TLS state), not one keeping a backend connection of
+    // its own, not while draining.
+    bool can_park() const {
+        return !ClientConnection<Stream>::tls && !conn_.upstreams.holds_private() &&
                !conn_.worker.draining() && !conn_.last_request && !conn_.linger;
     }
 
-    void park() {
+    // The wait for the first request is bounded by the header timeout, later ones by the
+    // keep-alive timeout, as in wait_for_request().
+    void park(bool first) {
         if constexpr (!ClientConnection<Stream>::tls) {
             release_exchange();
             conn_.deadline.disarm();
@@ -139,7 +141,9 @@ class ClientSession {
             parked->tracked = std::move(conn_.tracked);
             parked->client = std::move(conn_.client);
             parked->served = served_;
-            conn_.worker.parked().park(std::move(parked), conn_.config.timeouts.client_keepalive,
+            const auto& timeouts = conn_.config.timeouts;
+            conn_.worker.parked().park(std::move(parked),
+                                       first ? timeouts.client_header : timeouts.client_keepalive,
                                        &resume_parked);
         }
     }

@@ -2,6 +2,8 @@
 
 #include "worker.hpp"
 
+#include <optional>
+
 namespace bg {
 
 ParkedClients::ParkedClients(Worker& worker) : worker_(worker), timer_(worker.io()) {}
@@ -11,7 +13,7 @@ void ParkedClients::park(std::unique_ptr<ParkedClient> client, Duration timeout,
     SessionHandle& handle = client->tracked->handle();
     handle.client = &client->socket;
     handle.idle = true;  // a shutdown cancels the wait below, which closes the connection
-    fifo_.push_back(*client);
+    fifos_[timeout.count()].push_back(*client);
     ++count_;
     WorkerStats::add(worker_.stats().connections_parked);
     arm();
@@ -32,26 +34,36 @@ void ParkedClients::park(std::unique_ptr<ParkedClient> client, Duration timeout,
 }
 
 void ParkedClients::arm() {
-    if (armed_ || fifo_.empty()) {
+    std::optional<std::chrono::steady_clock::time_point> earliest;
+    for (const auto& [timeout, fifo] : fifos_) {
+        if (!fifo.empty() && (!earliest || fifo.front().expires < *earliest)) {
+            earliest = fifo.front().expires;
+        }
+    }
+    if (!earliest || (armed_ && armed_until_ <= *earliest)) {
         return;
     }
     armed_ = true;
-    timer_.expires_at(fifo_.front().expires);
+    armed_until_ = *earliest;
+    timer_.expires_at(*earliest);  // a wait for a later time ends aborted, and is ignored
     timer_.async_wait([this](boost::system::error_code ec) {
-        armed_ = false;
-        if (!ec) {
-            expire();
+        if (ec) {
+            return;
         }
+        armed_ = false;
+        expire();
     });
 }
 
 void ParkedClients::expire() {
     const auto now = std::chrono::steady_clock::now();
-    while (!fifo_.empty() && fifo_.front().expires <= now) {
-        ParkedClient& client = fifo_.front();
-        client.unlink();
-        boost::system::error_code ignored;
-        client.socket.cancel(ignored);  // its wait ends, and the connection with it
+    for (auto& [timeout, fifo] : fifos_) {
+        while (!fifo.empty() && fifo.front().expires <= now) {
+            ParkedClient& client = fifo.front();
+            client.unlink();
+            boost::system::error_code ignored;
+            client.socket.cancel(ignored);  // its wait ends, and the connection with it
+        }
     }
     arm();
 }

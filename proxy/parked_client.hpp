@@ -1,13 +1,16 @@
 #pragma once
 // Idle keep-alive client connections, parked. Between requests a plain connection keeps no
 // coroutine frame, session, buffer or timer of its own: only its socket, waiting to become
-// readable, who the client is, and a place in its worker's FIFO of parked connections, which
-// one timer walks for the keep-alive timeout (all share the timeout, so the oldest expires
-// first). An edge proxy holds many idle connections; this is what each one costs. When bytes
-// arrive the connection is resumed as a session again (client_session.cpp). Worker thread only.
+// readable, who the client is, and a place in one of its worker's FIFOs of parked connections,
+// which one timer walks for their timeouts (one FIFO per timeout: the keep-alive one, and the
+// header one for a connection that has not sent its first request; within a FIFO the oldest
+// expires first). An edge proxy holds many idle connections, and an idle-connection flood is a
+// cheap attack: this is what each one costs. When bytes arrive the connection is resumed as a
+// session again (client_session.cpp). Worker thread only.
 
 #include <boost/intrusive/list.hpp>
 #include <chrono>
+#include <map>
 #include <memory>
 
 #include "client_identity.hpp"
@@ -49,13 +52,15 @@ class ParkedClients {
     void stop() { timer_.cancel(); }
 
   private:
+    using Fifo = boost::intrusive::list<ParkedClient, boost::intrusive::constant_time_size<false>>;
     void arm();
     void expire();
 
     Worker& worker_;
-    boost::intrusive::list<ParkedClient, boost::intrusive::constant_time_size<false>> fifo_;
+    std::map<Duration::rep, Fifo> fifos_;  // by timeout: a handful at most
     boost::asio::steady_timer timer_;
     bool armed_ = false;
+    std::chrono::steady_clock::time_point armed_until_{};
     std::size_t count_ = 0;
 };
 

@@ -414,12 +414,13 @@ def ok_response(body=b"ok", extra=b""):
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
 
 
-def read_response(sock, timeout=5.0):
+def read_response(sock, timeout=5.0, pending=b""):
     """Reads one HTTP/1.1 response (Content-Length, chunked or until close) from a socket:
     (status, [(name, value)], body, leftover bytes). Interim 1xx responses are returned too,
-    each as its own response. Raises Incomplete if the connection ends first."""
+    each as its own response. Raises Incomplete if the connection ends first. `pending`: bytes
+    already received (the leftover of the previous response, when responses were pipelined)."""
     sock.settimeout(timeout)
-    data = b""
+    data = pending
     def more():
         nonlocal data
         chunk = sock.recv(65536)

@@ -409,8 +409,9 @@ class ClientGoneTest(ProxyWithScriptedBackend):
         self.start_proxy(answer)
         s = self.connect()
         s.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n")
-        self.assertEqual(read_response(s)[2], b"/slow")
-        self.assertEqual(read_response(s)[2], b"/next")
+        _, _, body, leftover = read_response(s)
+        self.assertEqual(body, b"/slow")
+        self.assertEqual(read_response(s, pending=leftover)[2], b"/next")
 
 
 @unittest.skipIf(os.environ.get("BGPROXY_SANITIZE"),

@@ -16,12 +16,13 @@ def get(sock):
 
 
 class IdleConnectionTest(ProcessTestCase):
-    def start_proxy(self, keepalive="60s"):
+    def start_proxy(self, keepalive="60s", header="10s"):
         blue, green = self.backend("blue-1"), self.backend("green-1")
         return self.proxy(config([blue], [green], extra="""
 [timeouts]
 client_keepalive = "%s"
-""" % keepalive))
+client_header = "%s"
+""" % (keepalive, header)))
 
     def test_many_idle_connections_park_and_each_resumes(self):
         proxy = self.start_proxy()
@@ -40,12 +41,9 @@ client_keepalive = "%s"
             self.assertEqual(get(s), 200)
         for s in clients[:50]:
             s.sendall(GET + GET)
-            data = b""
-            deadline = time.time() + 5
-            while data.count(b"HTTP/1.1 200") < 2 or not data.endswith(b"blue-1\n"):
-                self.assertLess(time.time(), deadline, data)
-                data += s.recv(65536)
-            self.assertEqual(data.count(b"HTTP/1.1 200"), 2)
+            status, _, _, leftover = read_response(s)
+            self.assertEqual(status, 200)
+            self.assertEqual(read_response(s, pending=leftover)[0], 200)
         self.assertEqual(metric(proxy, "bgproxy_downstream_connections"), 300)
 
     def test_a_parked_connection_still_times_out_and_each_request_restarts_the_wait(self):
@@ -69,6 +67,27 @@ client_keepalive = "%s"
             time.sleep(0.05)
         self.assertEqual(metric(proxy, "bgproxy_downstream_connections"), 0)
         self.assertEqual(metric(proxy, "bgproxy_downstream_connections_idle"), 0)
+
+    def test_a_connection_that_sends_nothing_is_parked_and_closed_after_the_header_timeout(self):
+        proxy = self.start_proxy(keepalive="60s", header="1s")
+        silent = [socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+                  for _ in range(50)]
+        late = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        self.addCleanup(lambda: [c.close() for c in silent + [late]])
+        deadline = time.time() + 5
+        while time.time() < deadline and metric(proxy, "bgproxy_downstream_connections_idle") < 51:
+            time.sleep(0.05)
+        self.assertEqual(metric(proxy, "bgproxy_downstream_connections_idle"), 51)
+        time.sleep(0.4)
+        self.assertEqual(get(late), 200)  # its first request, after a while parked
+        started = time.time()
+        for s in silent:
+            s.settimeout(5)
+            self.assertEqual(s.recv(100), b"")
+        waited = time.time() - started
+        print("50 connections that sent nothing closed within %.2f s of the check "
+              "(client_header 1s)" % waited)
+        self.assertLess(waited, 2.5)
 
     def test_shutdown_closes_parked_connections_at_once(self):
         proxy = self.start_proxy()
