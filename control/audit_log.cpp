@@ -166,8 +166,9 @@ bool AuditLog::append(json::object record) {
     if (file_ != nullptr && size_ > 0 && size_ + line.size() > limits_.max_size) {
         rotate();
     }
-    if (file_ == nullptr) {
-        return false;
+    std::string error;
+    if (file_ == nullptr && !open_file(error)) {
+        return false;  // said in the reply; the next record tries to open it again
     }
     const bool ok =
         std::fwrite(line.data(), 1, line.size(), file_) == line.size() && std::fflush(file_) == 0;

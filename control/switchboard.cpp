@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <boost/asio/post.hpp>
 #include <boost/json.hpp>
-#include <set>
 
 namespace bg {
 
