@@ -1,7 +1,8 @@
 // bgctl: the operator's CLI for bgproxy's control socket.
 //
 // Exit codes: 0 done, 1 refused by the proxy, 2 usage error, 3 proxy unreachable, 4 no answer
-// in time (the command may still apply: its id says where to look).
+// in time (the command may still apply: its id says where to look), 5 in a fleet: committed,
+// but not applied by every member in time (the reply names them).
 
 #include <poll.h>
 #include <sys/socket.h>
@@ -26,7 +27,8 @@ namespace json = boost::json;
 
 namespace {
 
-enum Exit { done = 0, refused = 1, usage = 2, unreachable = 3, no_answer = 4 };
+// 5: in a fleet, committed but not applied by every member within fleet.apply_timeout.
+enum Exit { done = 0, refused = 1, usage = 2, unreachable = 3, no_answer = 4, fleet_partial = 5 };
 
 class Connection {
   public:
@@ -163,8 +165,8 @@ void print_status(const json::object& s) {
         for (const char* c : {"blue", "green"}) {
             const auto& colour = t->as_object().at(c).as_object();
             if (colour.at("closing_at").is_string()) {
-                std::printf("tunnels to %s: %s open, closed at %s (the colour lost its share)\n",
-                            c, str(colour.at("open")).c_str(), str(colour.at("closing_at")).c_str());
+                std::printf("tunnels to %s: %s open, closed at %s (the colour lost its share)\n", c,
+                            str(colour.at("open")).c_str(), str(colour.at("closing_at")).c_str());
             }
         }
     }
@@ -213,6 +215,24 @@ void print_reply(const std::string& verb, const json::object& reply) {
             std::printf(" (version %s)", str(reply.at("version")).c_str());
         }
         std::printf("\n");
+    }
+    if (const json::value* fleet = reply.if_contains("fleet"); fleet && fleet->is_object()) {
+        const json::object& f = fleet->as_object();
+        auto names = [&f](const char* key) {
+            std::string out;
+            if (const json::value* list = f.if_contains(key); list && list->is_array()) {
+                for (const auto& n : list->as_array()) {
+                    out += (out.empty() ? "" : ", ") + str(n);
+                }
+            }
+            return out;
+        };
+        if (f.contains("error")) {
+            std::printf("fleet: %s\n", str(f.at("error")).c_str());
+        } else {
+            std::printf("fleet: applied by %s%s%s\n", names("applied").c_str(),
+                        names("lagging").empty() ? "" : "; NOT yet by ", names("lagging").c_str());
+        }
     }
     if (reply.contains("note")) {
         std::printf("note: %s\n", str(reply.at("note")).c_str());
@@ -360,7 +380,8 @@ int main(int argc, char** argv) {
     CLI::App app{
         "bgctl: control a running bgproxy through its control socket.\n"
         "Exit codes: 0 done, 1 refused by the proxy, 2 usage error, 3 proxy unreachable, 4 no\n"
-        "answer in time (the command may still apply: see `bgctl history --id=ID`)."};
+        "answer in time (the command may still apply: see `bgctl history --id=ID`), 5 in a\n"
+        "fleet: committed, but not applied by every member within the apply timeout (named)."};
     const char* env_socket = std::getenv("BGCTL_SOCKET");
     std::string socket_path = env_socket != nullptr ? env_socket : "/run/bgproxy/control.sock";
     bool as_json = false;
@@ -444,6 +465,11 @@ int main(int argc, char** argv) {
         std::printf("%s\n", reply_line.c_str());
     } else {
         print_reply(verb, obj);
+    }
+    if (const json::value* fleet = obj.if_contains("fleet");
+        verb != "status" && fleet && fleet->is_object() &&
+        fleet->as_object().contains("complete") && !fleet->as_object().at("complete").as_bool()) {
+        return fleet_partial;
     }
     if (verb == "watch") {
         std::fflush(stdout);

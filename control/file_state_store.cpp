@@ -65,13 +65,21 @@ bool write_all(int fd, const std::string& data) {
 
 }  // namespace
 
-bool FileStateStore::save(const RoutingState& next, std::uint64_t expected_version,
-                          std::string& error) {
-    if (stored_version_ && *stored_version_ != expected_version) {
-        error = "state changed underneath (stored version " + std::to_string(*stored_version_) +
-                ", expected " + std::to_string(expected_version) + ")";
-        return false;
+SaveOutcome FileStateStore::save(const RoutingState& next, StoredVersion expected) {
+    if (stored_version_ && *stored_version_ != expected.version) {
+        SaveOutcome refused;
+        refused.conflict = true;
+        refused.error = "state changed underneath (stored version " +
+                        std::to_string(*stored_version_) + ", expected " +
+                        std::to_string(expected.version) + ")";
+        return refused;
     }
+    return overwrite(next);
+}
+
+SaveOutcome FileStateStore::overwrite(const RoutingState& next) {
+    SaveOutcome outcome;
+    std::string& error = outcome.error;
     namespace fs = std::filesystem;
     const fs::path target(path_);
     const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
@@ -83,7 +91,7 @@ bool FileStateStore::save(const RoutingState& next, std::uint64_t expected_versi
     int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
     if (fd < 0) {
         error = "cannot write state file " + temp + ": " + std::strerror(errno);
-        return false;
+        return outcome;
     }
     bool ok = write_all(fd, data) && ::fsync(fd) == 0;
     int saved = errno;
@@ -91,13 +99,13 @@ bool FileStateStore::save(const RoutingState& next, std::uint64_t expected_versi
     if (!ok) {
         ::unlink(temp.c_str());
         error = "cannot write state file " + temp + ": " + std::strerror(saved);
-        return false;
+        return outcome;
     }
     if (::rename(temp.c_str(), path_.c_str()) != 0) {
         saved = errno;
         ::unlink(temp.c_str());
         error = "cannot replace state file " + path_ + ": " + std::strerror(saved);
-        return false;
+        return outcome;
     }
     // The rename is durable only once the directory entry is.
     int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -106,7 +114,9 @@ bool FileStateStore::save(const RoutingState& next, std::uint64_t expected_versi
         ::close(dir_fd);
     }
     stored_version_ = next.version;
-    return true;
+    outcome.ok = true;
+    outcome.revision = next.revision;
+    return outcome;
 }
 
 }  // namespace bg

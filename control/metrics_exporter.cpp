@@ -1,5 +1,7 @@
 #include "metrics_exporter.hpp"
 
+#include "fleet_store.hpp"
+
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
@@ -178,6 +180,64 @@ void render_canary(prometheus::Registry& registry, const CanaryVerdict& verdict)
         .Register(registry)
         .Add({})
         .Set(verdict.z);
+}
+
+// Fleet mode: is etcd reachable, who is in the fleet, how far behind each member is, and how
+// changes fared (acks complete or partial, conflicts).
+void render_fleet(prometheus::Registry& registry, const Switchboard& board) {
+    const FleetStore* fleet = board.fleet();
+    if (fleet == nullptr) {
+        return;
+    }
+    auto gauge = [&registry](const char* name,
+                             const char* help) -> prometheus::Family<prometheus::Gauge>& {
+        return prometheus::BuildGauge().Name(name).Help(help).Register(registry);
+    };
+    gauge("bgproxy_fleet_store_reachable", "1 while the fleet's etcd answers this instance")
+        .Add({{"fleet", fleet->name()}})
+        .Set(fleet->reachable() ? 1 : 0);
+    gauge("bgproxy_fleet_members", "Live members of the fleet (instances holding a lease)")
+        .Add({{"fleet", fleet->name()}})
+        .Set(static_cast<double>(fleet->members().size()));
+    gauge("bgproxy_fleet_applied_version", "The state version this instance serves")
+        .Add({{"fleet", fleet->name()}})
+        .Set(static_cast<double>(board.state().version));
+    gauge("bgproxy_fleet_applied_revision", "The etcd revision of the state this instance serves")
+        .Add({{"fleet", fleet->name()}})
+        .Set(static_cast<double>(board.state().revision));
+    std::uint64_t newest = 0;
+    for (const auto& [name, m] : fleet->members()) {
+        newest = std::max(newest, m.applied_version);
+    }
+    auto& lag = gauge("bgproxy_fleet_member_lag_versions",
+                      "State versions a member is behind the newest any member applied, as this "
+                      "instance sees the membership");
+    for (const auto& [name, m] : fleet->members()) {
+        lag.Add({{"fleet", fleet->name()}, {"member", name}})
+            .Set(static_cast<double>(newest - m.applied_version));
+    }
+    auto& acks = prometheus::BuildCounter()
+                     .Name("bgproxy_fleet_acks_total")
+                     .Help(
+                         "Changes made on this instance by whether every member applied them "
+                         "within fleet.apply_timeout (complete) or not (partial)")
+                     .Register(registry);
+    acks.Add({{"result", "complete"}})
+        .Increment(static_cast<double>(board.counts().fleet_acks_complete));
+    acks.Add({{"result", "partial"}})
+        .Increment(static_cast<double>(board.counts().fleet_acks_partial));
+    prometheus::BuildCounter()
+        .Name("bgproxy_fleet_conflicts_total")
+        .Help("Changes refused because another change reached the fleet first")
+        .Register(registry)
+        .Add({})
+        .Increment(static_cast<double>(fleet->conflicts()));
+    prometheus::BuildCounter()
+        .Name("bgproxy_fleet_states_applied_total")
+        .Help("States other instances committed that this instance applied")
+        .Register(registry)
+        .Add({})
+        .Increment(static_cast<double>(board.counts().fleet_states_applied));
 }
 
 }  // namespace
@@ -378,6 +438,7 @@ std::string render_metrics(const MetricsSources& in) {
         breaches.Add({{"limit", to_string(static_cast<LimitBreach>(i))}})
             .Increment(static_cast<double>(n));
     }
+    render_fleet(registry, board);
     if (in.access_log != nullptr) {
         prometheus::BuildCounter()
             .Name("bgproxy_access_log_dropped_total")

@@ -75,6 +75,9 @@ json::object to_json(const RoutingState& state) {
     json::object out;
     out["format"] = 1;
     out["version"] = state.version;
+    if (state.revision != 0) {
+        out["revision"] = state.revision;
+    }
     out["weights"] =
         json::object{{"blue", state.weight(Colour::blue)}, {"green", state.weight(Colour::green)}};
     out["stable"] = to_string(state.stable);
@@ -137,6 +140,9 @@ std::optional<RoutingState> routing_state_from_json(const json::value& value, st
         }
         RoutingState state;
         state.version = in.at("version").to_number<std::uint64_t>();
+        if (const json::value* revision = in.if_contains("revision")) {
+            state.revision = revision->to_number<std::int64_t>();
+        }
         const json::object& weights = in.at("weights").as_object();
         state.weight_bp = {weights.at("blue").to_number<std::uint32_t>(),
                            weights.at("green").to_number<std::uint32_t>()};

@@ -33,6 +33,9 @@ struct FailoverState {
 
 struct RoutingState {
     std::uint64_t version = 1;
+    // In a fleet: the etcd revision that holds this version (its key's mod_revision); the
+    // version each instance applied is compared by it. 0 outside a fleet.
+    std::int64_t revision = 0;
     std::array<std::uint32_t, 2> weight_bp{10000, 0};
     Colour stable = Colour::blue;
     std::array<bool, 2> failed{false, false};

@@ -15,14 +15,30 @@ struct StoreLoad {
     std::string error;                  // unreadable or corrupt: never a silent reset
 };
 
+// Which stored state a change replaces: its version, and in a fleet its revision.
+struct StoredVersion {
+    std::uint64_t version = 0;  // 0: nothing stored
+    std::int64_t revision = 0;
+};
+
+struct SaveOutcome {
+    bool ok = false;                      // durable (in a fleet: committed) when true
+    std::string error;                    // why not; nothing changed
+    bool conflict = false;                // another change was stored first
+    bool unreachable = false;             // the store could not be reached (a fleet's etcd)
+    std::int64_t revision = 0;            // in a fleet: the revision that now holds the state
+    std::optional<RoutingState> current;  // on a conflict, what is stored, when known
+};
+
 class StateStore {
   public:
     virtual ~StateStore() = default;
     virtual StoreLoad load() = 0;
-    // Stores `next` only if the stored version is still `expected_version` (0: nothing stored).
-    // Durable when it returns true; on false, `error` says why and nothing changed.
-    virtual bool save(const RoutingState& next, std::uint64_t expected_version,
-                      std::string& error) = 0;
+    // Stores `next` only if what is stored is still `expected`. Any thread, one call at a time.
+    virtual SaveOutcome save(const RoutingState& next, StoredVersion expected) = 0;
+    // Shared by a fleet: a change is live only once the store has it, and others' changes
+    // arrive from the store (FleetStore).
+    virtual bool shared() const { return false; }
 };
 
 // A JSON file, replaced atomically: write a temporary file, fsync it, rename it over the old one,
@@ -31,8 +47,9 @@ class FileStateStore final : public StateStore {
   public:
     explicit FileStateStore(std::string path);
     StoreLoad load() override;
-    bool save(const RoutingState& next, std::uint64_t expected_version,
-              std::string& error) override;
+    SaveOutcome save(const RoutingState& next, StoredVersion expected) override;
+    // Writes `state` whatever is stored: the fleet's local cache of its last state.
+    SaveOutcome overwrite(const RoutingState& state);
 
   private:
     std::string path_;
@@ -43,14 +60,16 @@ class FileStateStore final : public StateStore {
 class MemoryStateStore final : public StateStore {
   public:
     StoreLoad load() override { return {}; }
-    bool save(const RoutingState& next, std::uint64_t expected_version,
-              std::string& error) override {
-        if (version_ != 0 && version_ != expected_version) {
-            error = "state changed underneath";
-            return false;
+    SaveOutcome save(const RoutingState& next, StoredVersion expected) override {
+        SaveOutcome outcome;
+        if (version_ != 0 && version_ != expected.version) {
+            outcome.error = "state changed underneath";
+            outcome.conflict = true;
+            return outcome;
         }
         version_ = next.version;
-        return true;
+        outcome.ok = true;
+        return outcome;
     }
 
   private:

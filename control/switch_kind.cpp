@@ -36,6 +36,8 @@ const char* to_string(SwitchKind kind) {
             return "auto_revert";
         case SwitchKind::outlier_revert:
             return "outlier_revert";
+        case SwitchKind::fleet:
+            return "fleet";
         case SwitchKind::canary_revert:
             return "canary_revert";
         case SwitchKind::failover:

@@ -29,6 +29,7 @@ enum class SwitchKind : std::uint8_t {
     canary_revert,   // canary analysis: the candidate is significantly worse than stable
     failover,        // the stable colour failed: traffic went to the other one for a while
     failback,        // the stable colour is healthy again: the operator's weights return
+    fleet,           // another instance of the fleet committed it; this one applied it
 };
 
 inline constexpr SwitchKind all_switch_kinds[] = {
@@ -41,7 +42,7 @@ inline constexpr SwitchKind all_switch_kinds[] = {
     SwitchKind::ready,         SwitchKind::reload,
     SwitchKind::auto_revert,   SwitchKind::outlier_revert,
     SwitchKind::canary_revert, SwitchKind::failover,
-    SwitchKind::failback,
+    SwitchKind::failback,      SwitchKind::fleet,
 };
 
 const char* to_string(SwitchKind kind);

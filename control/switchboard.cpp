@@ -1,5 +1,7 @@
 #include "switchboard.hpp"
 
+#include "fleet_store.hpp"
+
 #include "smoke_gate.hpp"
 
 #include <spdlog/spdlog.h>
@@ -98,11 +100,17 @@ bool Switchboard::load(std::string& error) {
                      format_percent(state_.weight(Colour::green)), to_string(state_.stable));
     } else {
         state_ = initial_state(*config_);
-        if (!store_.save(state_, 0, error)) {
+        SaveOutcome saved = store_.save(state_, {});
+        if (saved.ok) {
+            state_.revision = saved.revision;
+        } else if (saved.conflict && saved.current) {
+            state_ = *saved.current;  // another instance of the fleet stored the first state
+        } else {
+            error = saved.error;
             return false;
         }
     }
-    durable_version_ = state_.version;
+    durable_ = {state_.version, state_.revision};
     table_ = build_table(*config_, state_, ids_, health_);
     return true;
 }
@@ -289,31 +297,33 @@ void Switchboard::handle_persist_retry(Origin origin) {
         return;
     }
     const std::uint64_t version = state_.version;
-    save_async(state_, durable_version_,
-               [this, origin = std::move(origin), version](bool ok, std::string error) mutable {
-                   if (ok) {
+    save_async(state_, durable_,
+               [this, origin = std::move(origin), version](SaveOutcome saved) mutable {
+                   if (saved.ok && state_.version == version) {
                        spdlog::warn("routing state version {} is durable again", version);
-                       durable_version_ = version;
+                       state_.revision = saved.revision;
+                       durable_ = {version, saved.revision};
                        persist_error_.clear();
-                   } else {
-                       persist_error_ = error;
+                       report_to_fleet();
+                   } else if (!saved.ok) {
+                       persist_error_ = saved.error;
                        arm_persist_retry();
                    }
-                   finish(origin, json::object{{"ok", ok}});
+                   finish(origin, json::object{{"ok", saved.ok}});
                });
 }
 
 // An fsync takes milliseconds: saves run on their own thread, so publication never waits for
 // one. `done` runs on the control thread.
-void Switchboard::save_async(RoutingState next, std::uint64_t expected,
-                             std::function<void(bool, std::string)> done) {
+void Switchboard::save_async(RoutingState next, StoredVersion expected,
+                             std::function<void(SaveOutcome)> done) {
     auto guard = boost::asio::make_work_guard(executor_);
     boost::asio::post(persister_, [this, next = std::move(next), expected, done = std::move(done),
                                    guard = std::move(guard)]() mutable {
-        std::string error;
-        const bool ok = store_.save(next, expected, error);
-        boost::asio::post(
-            executor_, [done = std::move(done), ok, error = std::move(error)] { done(ok, error); });
+        SaveOutcome saved = store_.save(next, expected);
+        boost::asio::post(executor_, [done = std::move(done), saved = std::move(saved)]() mutable {
+            done(std::move(saved));
+        });
     });
 }
 
@@ -410,6 +420,7 @@ void Switchboard::publish_health(Origin origin) {
     auto table = build_table(*config_, state_, ids_, effective_health());
     auto done = [this, origin = std::move(origin), table]() mutable {
         table_ = table;
+        report_to_fleet();  // what this instance sees of the backends
         finish(origin, json::object{{"ok", true}});
     };
     if (publisher_ == nullptr) {
@@ -569,6 +580,8 @@ void Switchboard::run(Job job) {
                 handle_canary(std::move(origin), work);
             } else if constexpr (std::is_same_v<W, PersistRetry>) {
                 handle_persist_retry(std::move(origin));
+            } else if constexpr (std::is_same_v<W, FleetState>) {
+                handle_fleet_state(std::move(origin), work);
             } else {
                 static_assert(std::is_same_v<W, FailbackDue>);
                 handle_failback(std::move(origin));
@@ -788,6 +801,10 @@ void Switchboard::commit(Origin origin, Staged staged) {
     next.changed_at = now_iso8601();
     next.changed_by = origin.by;
     next.command = origin.line;
+    if (store_.shared()) {
+        commit_to_fleet(std::move(origin), std::move(staged));
+        return;
+    }
     const RolloutConfig& rollout = staged.config->rollout;
     auto table = build_table(
         *staged.config, next, ids_, effective_health(),
@@ -801,10 +818,10 @@ void Switchboard::commit(Origin origin, Staged staged) {
             settle(*change);
         }
     });
-    save_async(change->staged.next, durable_version_, [this, change](bool ok, std::string error) {
+    save_async(change->staged.next, durable_, [this, change](SaveOutcome saved) {
         change->saved = true;
-        change->save_ok = ok;
-        change->save_error = std::move(error);
+        change->save_ok = saved.ok;
+        change->save_error = std::move(saved.error);
         if (change->published) {
             settle(*change);
         }
@@ -813,7 +830,7 @@ void Switchboard::commit(Origin origin, Staged staged) {
 
 void Switchboard::settle(Committing& change) {
     if (change.save_ok) {
-        durable_version_ = change.staged.next.version;
+        durable_ = {change.staged.next.version, 0};
         persist_error_.clear();
     } else if (is_safety_action(change.staged.kind)) {
         // A way back must not depend on the disk: applied now, persisted when writing works.
@@ -858,7 +875,7 @@ void Switchboard::applied(Origin& origin, Staged staged, RoutingTablePtr table) 
     if (!staged.note.empty()) {
         record["note"] = staged.note;
     }
-    if (durable_version_ != next.version) {
+    if (durable_.version != next.version) {
         record["durable"] = false;
         record["persist_error"] = persist_error_;
     }
@@ -892,7 +909,7 @@ void Switchboard::applied(Origin& origin, Staged staged, RoutingTablePtr table) 
         reply["durable"] = false;
         reply["warning"] = "applied but not durable (retrying every second): " + persist_error_;
     }
-    finish(origin, reply);
+    answer_applied(origin, std::move(reply));
     broadcast(json::object{{"event", "switch"},
                            {"kind", to_string(staged.kind)},
                            {"reason", staged.note},
@@ -1017,6 +1034,9 @@ void Switchboard::reply_status(Origin origin) {
         }
         reply["waiting"] = json::object{{"queued", queue_.size()}, {"on_gate", gates_.size()}};
         reply["tunnels"] = status_tunnels(load);
+        if (fleet_ != nullptr) {
+            reply["fleet"] = fleet_->status_json();
+        }
         origin.reply(reply);
     };
     if (publisher_ == nullptr) {

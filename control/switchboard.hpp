@@ -34,6 +34,8 @@
 
 namespace bg {
 
+class FleetStore;
+
 class Switchboard {
   public:
     using Reply = std::function<void(const boost::json::object&)>;
@@ -52,6 +54,10 @@ class Switchboard {
 
     // Connects the data plane and resumes a ramp that was in progress at the last stop.
     void attach(TablePublisher& publisher);
+    // In a fleet (the store is `fleet`): follows the fleet's state, reports what this instance
+    // applied, and answers each change once every member applied it (switchboard_fleet.cpp).
+    void attach_fleet(FleetStore& fleet);
+    const FleetStore* fleet() const { return fleet_; }
 
     // Runs one protocol line for the caller; `reply` gets the one-line JSON answer. Returns the
     // command's id (the caller's --id=ID, or one given here), by which it can be cancelled.
@@ -70,7 +76,7 @@ class Switchboard {
     }
     bool panic() const { return table_->panic(); }
     // The state served is the state on disk (a safety action may apply without it).
-    bool durable() const { return durable_version_ == state_.version; }
+    bool durable() const { return durable_.version == state_.version; }
 
     // Counts for the metrics endpoint. Control thread only.
     struct Counts {
@@ -79,6 +85,9 @@ class Switchboard {
         std::uint64_t reloads_refused = 0;
         std::uint64_t ejections = 0;
         double last_switch_unix = 0;
+        std::uint64_t fleet_acks_complete = 0;
+        std::uint64_t fleet_acks_partial = 0;
+        std::uint64_t fleet_states_applied = 0;  // states other instances committed
     };
     const Counts& counts() const { return counts_; }
     bool ejected(const std::string& backend) const { return outlier_.ejected(backend); }
@@ -123,8 +132,11 @@ class Switchboard {
     };
     struct FailbackDue {};
     struct PersistRetry {};  // the state served is not on disk yet: try again
+    struct FleetState {      // the fleet's state, as the fleet store saw it change
+        RoutingState state;
+    };
     using Work = std::variant<OperatorCommand, GatePassed, RampStep, HealthChange, OutlierFindings,
-                              CanaryFailure, FailbackDue, PersistRetry>;
+                              CanaryFailure, FailbackDue, PersistRetry, FleetState>;
     struct Job {
         Origin origin;
         Work work;
@@ -172,8 +184,14 @@ class Switchboard {
     void proceed(Origin origin, const Command& cmd, Staged staged);
     void commit(Origin origin, Staged staged);
     void settle(Committing& change);
-    void save_async(RoutingState next, std::uint64_t expected,
-                    std::function<void(bool, std::string)> done);
+    void save_async(RoutingState next, StoredVersion expected,
+                    std::function<void(SaveOutcome)> done);
+    // In a fleet: committed to the fleet first, then published (switchboard_fleet.cpp).
+    void commit_to_fleet(Origin origin, Staged staged);
+    void handle_fleet_state(Origin origin, const FleetState& fleet_state);
+    // Answers an applied change: at once, or in a fleet once every member applied it.
+    void answer_applied(Origin& origin, boost::json::object reply);
+    void report_to_fleet();
     void publish(RoutingTablePtr table, std::shared_ptr<const Config> config,
                  std::function<void()> done);
     void handle_persist_retry(Origin origin);
@@ -231,8 +249,9 @@ class Switchboard {
     boost::asio::steady_timer persist_timer_;
     bool persist_retry_armed_ = false;
     boost::asio::thread_pool persister_;  // one thread: saves, in order
-    std::uint64_t durable_version_ = 0;   // the version the store holds
-    std::string persist_error_;           // why the last save failed, while not durable
+    StoredVersion durable_;               // the version the store holds
+    FleetStore* fleet_ = nullptr;
+    std::string persist_error_;  // why the last save failed, while not durable
     OutlierDetector outlier_;
     CanaryAnalysis canary_;
     std::map<std::uint64_t, Watcher> watchers_;

@@ -471,10 +471,11 @@ void read_health(TableReader& health, HealthCheckConfig& out) {
     health.reject_unknown_keys();
 }
 
-// [pools.X.tls]: reads the settings and the CA and client certificate files now, so a bad
-// file is a config error (at --check and at reload) rather than failed handshakes later.
-void read_backend_tls(TableReader& tls, PoolConfig& pool) {
-    BackendTlsSettings settings;
+// A TLS client's settings ([pools.X.tls], [fleet.tls]): reads the CA and client certificate
+// files now, so a bad file is a config error (at --check and at reload) rather than failed
+// handshakes later.
+std::shared_ptr<const BackendTlsContext> read_client_tls(TableReader& tls,
+                                                         BackendTlsSettings& settings) {
     tls.read_bool("verify", settings.verify);
     if (auto ca = tls.read_string("ca_file")) {
         settings.ca_file = *ca;
@@ -507,10 +508,16 @@ void read_backend_tls(TableReader& tls, PoolConfig& pool) {
     }
     tls.reject_unknown_keys();
     std::string why;
-    pool.tls_context = BackendTlsContext::create(settings, why);
-    if (!pool.tls_context) {
+    auto context = BackendTlsContext::create(settings, why);
+    if (!context) {
         tls.error_at(tls.table(), tls.name() + ": " + why);
     }
+    return context;
+}
+
+void read_backend_tls(TableReader& tls, PoolConfig& pool) {
+    BackendTlsSettings settings;
+    pool.tls_context = read_client_tls(tls, settings);
     pool.tls = std::move(settings);
 }
 
@@ -753,6 +760,88 @@ void read_canary(TableReader& c, CanaryConfig& out) {
     c.reject_unknown_keys();
 }
 
+// "http://127.0.0.1:2379,https://10.0.0.2:2379": etcd client URLs, one scheme for all.
+void parse_etcd_endpoints(std::string_view list, FleetConfig& fleet,
+                          std::vector<std::string>& errors) {
+    fleet.endpoints.clear();
+    std::optional<bool> tls;
+    std::size_t start = 0;
+    while (start <= list.size()) {
+        std::size_t comma = list.find(',', start);
+        std::string_view item = list.substr(
+            start, comma == std::string_view::npos ? std::string_view::npos : comma - start);
+        start = comma == std::string_view::npos ? list.size() + 1 : comma + 1;
+        bool https = false;
+        if (item.starts_with("https://")) {
+            https = true;
+            item.remove_prefix(8);
+        } else if (item.starts_with("http://")) {
+            item.remove_prefix(7);
+        }
+        if (!item.empty() && item.back() == '/') {
+            item.remove_suffix(1);
+        }
+        if (tls && *tls != https) {
+            errors.push_back("etcd endpoints must all be http:// or all https://");
+            return;
+        }
+        tls = https;
+        std::string why;
+        auto address = resolve_host_port(item, why);
+        if (!address) {
+            errors.push_back("bad etcd endpoint '" + std::string(item) + "': " + why);
+            continue;
+        }
+        fleet.endpoints.push_back(*address);
+    }
+    fleet.etcd_tls = tls.value_or(false);
+}
+
+// [fleet]: etcd endpoints, the fleet's name, this instance's, and the fleet's timings.
+void read_fleet(TableReader& fleet, FleetConfig& out) {
+    if (const toml::node* node = fleet.take("endpoints")) {
+        const toml::array* list = node->as_array();
+        std::string joined;
+        bool ok = list != nullptr && !list->empty();
+        for (std::size_t i = 0; ok && i < list->size(); ++i) {
+            auto text = list->get(i)->value_exact<std::string>();
+            ok = text.has_value();
+            joined += (i > 0 ? "," : "") + text.value_or("");
+        }
+        std::vector<std::string> errors;
+        if (ok) {
+            parse_etcd_endpoints(joined, out, errors);
+        }
+        if (!ok) {
+            errors.push_back(
+                "must be a non-empty array of etcd URLs like \"http://127.0.0.1:2379\"");
+        }
+        for (const auto& e : errors) {
+            fleet.error_at(*node, "fleet.endpoints: " + e);
+        }
+    }
+    if (auto name = fleet.read_string("name")) {
+        out.name = *name;
+    }
+    if (auto instance = fleet.read_string("instance")) {
+        out.instance = *instance;
+    }
+    if (auto prefix = fleet.read_string("prefix")) {
+        out.prefix = *prefix;
+    }
+    fleet.read_duration("request_timeout", out.request_timeout);
+    fleet.read_duration("lease_ttl", out.lease_ttl);
+    fleet.read_duration("apply_timeout", out.apply_timeout);
+    fleet.read_duration("retry_min", out.retry_min);
+    fleet.read_duration("retry_max", out.retry_max);
+    if (auto tls = fleet.sub_table("tls")) {
+        BackendTlsSettings settings;
+        out.tls_context = read_client_tls(*tls, settings);
+        out.tls = std::move(settings);
+    }
+    fleet.reject_unknown_keys();
+}
+
 void read_document(const toml::table& root, Config& config, std::vector<ConfigError>& errors) {
     TableReader top(root, "", config.source, errors);
 
@@ -864,6 +953,9 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
         read_control(*control, config.control);
     }
 
+    if (auto fleet = top.sub_table("fleet")) {
+        read_fleet(*fleet, config.fleet);
+    }
     if (auto health = top.sub_table("health")) {
         read_health(*health, config.blue.health);
         config.green.health = config.blue.health;
@@ -1045,6 +1137,33 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
     top.reject_unknown_keys();
 }
 
+template <class Fail>
+void validate_fleet(const FleetConfig& fleet, Fail&& fail) {
+    if (fleet.name.empty() != fleet.endpoints.empty()) {
+        fail(fleet.name.empty()
+                 ? "fleet: etcd endpoints are set but no fleet name (fleet.name or --fleet)"
+                 : "fleet: a fleet name is set but no etcd endpoints (fleet.endpoints or --etcd)");
+    }
+    auto key_safe = [](const std::string& s) {
+        return s.find_first_of(" /\\\t\r\n") == std::string::npos;
+    };
+    if (!key_safe(fleet.name) || !key_safe(fleet.instance)) {
+        fail("fleet: the fleet and instance names must not contain '/', '\\' or spaces");
+    }
+    if (!fleet.prefix.starts_with("/")) {
+        fail("fleet.prefix must start with '/'");
+    }
+    if (fleet.tls && !fleet.etcd_tls) {
+        fail("fleet.tls is set but the etcd endpoints are http://: use https:// URLs");
+    }
+    if (fleet.lease_ttl < std::chrono::seconds(2)) {
+        fail("fleet.lease_ttl must be at least 2s (etcd's smallest lease)");
+    }
+    if (fleet.retry_min > fleet.retry_max) {
+        fail("fleet.retry_min must not exceed fleet.retry_max");
+    }
+}
+
 // Checks that span sections; done after file and flags are merged.
 void validate(const Config& config, std::vector<ConfigError>& errors) {
     auto fail = [&](std::string message) {
@@ -1078,6 +1197,7 @@ void validate(const Config& config, std::vector<ConfigError>& errors) {
     if (config.limits.max_request_line > config.limits.max_request_header) {
         fail("limits.max_request_line must not exceed limits.max_request_header");
     }
+    validate_fleet(config.fleet, fail);
 }
 
 // The file's own checks, without the ones that span sections: flags may still fill those in.
@@ -1238,6 +1358,16 @@ ConfigResult apply_overrides(Config config, const ConfigOverrides& flags) {
     }
     if (flags.audit_log) {
         config.control.audit_log = *flags.audit_log;
+    }
+    if (flags.etcd) {
+        std::vector<std::string> errors;
+        parse_etcd_endpoints(*flags.etcd, config.fleet, errors);
+        for (const auto& e : errors) {
+            result.errors.push_back({"", 0, 0, "--etcd: " + e});
+        }
+    }
+    if (flags.fleet) {
+        config.fleet.name = *flags.fleet;
     }
     if (result.errors.empty()) {
         validate(config, result.errors);

@@ -270,6 +270,24 @@ struct ControlConfig {
     Role default_role = Role::read;  // for a peer named in no list
 };
 
+// Fleet mode (control/fleet_store.hpp): instances sharing one routing state in etcd. Off while
+// `name` is empty.
+struct FleetConfig {
+    std::vector<HostPort> endpoints;  // etcd client URLs' host:port, tried in turn
+    bool etcd_tls = false;            // https:// endpoints
+    std::string name;                 // the fleet: instances with the same name share a state
+    std::string instance;             // this instance's name; empty: host name and listen address
+    std::string prefix = "/bgproxy/fleets";              // etcd keys live under PREFIX/NAME/
+    Duration request_timeout{std::chrono::seconds(2)};   // one etcd request, connect included
+    Duration lease_ttl{std::chrono::seconds(5)};         // a dead instance leaves after this
+    Duration apply_timeout{std::chrono::seconds(10)};    // a change's fleet ack waits this long
+    Duration retry_min{std::chrono::milliseconds(100)};  // reconnect backoff, doubling to max
+    Duration retry_max{std::chrono::seconds(2)};
+    std::optional<BackendTlsSettings> tls;  // [fleet.tls]: CA, client certificate for etcd
+    std::shared_ptr<const BackendTlsContext> tls_context;
+    bool enabled() const { return !name.empty(); }
+};
+
 struct AccessLogConfig {
     std::string target = "off";  // "off", "stdout" or a file path
     std::size_t queue = 8192;    // lines waiting per worker before new ones are dropped
@@ -303,6 +321,7 @@ struct Config {
         trusted_proxies;  // count per-request traffic metrics (false: for measuring their cost)
     std::string admin_listen = "127.0.0.1:9901";  // empty: no admin listener
     ControlConfig control;
+    FleetConfig fleet;
 };
 
 // One problem found in a config, located like a compiler error.
@@ -331,6 +350,8 @@ struct ConfigOverrides {
     std::optional<std::string> state_file;
     std::optional<std::string> audit_log;
     std::optional<bool> metrics;
+    std::optional<std::string> etcd;   // "URL[,URL...]": the fleet's etcd endpoints
+    std::optional<std::string> fleet;  // the fleet's name
 };
 
 // Reads a file, applies the flags over it, then validates the whole: a file may leave out what

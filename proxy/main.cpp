@@ -20,6 +20,7 @@
 #include "config.hpp"
 #include "control_server.hpp"
 #include "descriptor_limit.hpp"
+#include "fleet_store.hpp"
 #include "health_checker.hpp"
 #include "metrics_exporter.hpp"
 #include "routing_state.hpp"
@@ -85,6 +86,10 @@ int main(int argc, char** argv) {
         "--state-file", flags.state_file,
         "where routing state is kept across restarts (it wins over the config's weights)");
     app.add_option("--audit-log", flags.audit_log, "where state-changing commands are recorded");
+    app.add_option("--etcd", flags.etcd,
+                   "join a fleet: its etcd endpoints, URL[,URL...] (with --fleet)");
+    app.add_option("--fleet", flags.fleet,
+                   "the fleet's name: instances with the same name share one routing state");
     app.add_option("--metrics", flags.metrics,
                    "count per-request traffic metrics: true (default) or false (to measure "
                    "what counting costs)");
@@ -125,7 +130,17 @@ int main(int argc, char** argv) {
     // The main thread is the control thread: Switchboard, control socket, signals.
     boost::asio::io_context control(1);
     std::unique_ptr<bg::StateStore> store;
-    if (config->control.state_file.empty()) {
+    bg::FleetStore* fleet = nullptr;
+    if (config->fleet.enabled()) {
+        // In a fleet the state lives in etcd; the state file caches the last one applied.
+        auto fleet_store = std::make_unique<bg::FleetStore>(*config,
+                                                            config->fleet.instance.empty()
+                                                                ? bg::default_instance_name(*config)
+                                                                : config->fleet.instance,
+                                                            config->control.state_file);
+        fleet = fleet_store.get();
+        store = std::move(fleet_store);
+    } else if (config->control.state_file.empty()) {
         store = std::make_unique<bg::MemoryStateStore>();
     } else {
         store = std::make_unique<bg::FileStateStore>(config->control.state_file);
@@ -188,6 +203,9 @@ int main(int argc, char** argv) {
         });
     switchboard.on_config_change([&health](const bg::Config& next) { health.configure(next); });
     switchboard.attach(group);
+    if (fleet != nullptr) {
+        switchboard.attach_fleet(*fleet);
+    }
     group.start();
     server.start();
     if (admin) {
@@ -215,7 +233,12 @@ int main(int argc, char** argv) {
     } else {
         std::printf("bgproxy: control socket %s\n", config->control.socket.c_str());
     }
-    if (config->control.state_file.empty()) {
+    if (fleet != nullptr) {
+        std::printf("bgproxy: fleet %s, instance %s, state in etcd at revision %lld%s\n",
+                    fleet->name().c_str(), fleet->instance().c_str(),
+                    static_cast<long long>(state.revision),
+                    fleet->reachable() ? "" : " (etcd unreachable: the cached state)");
+    } else if (config->control.state_file.empty()) {
         std::printf("bgproxy: routing state kept in memory (pass --state-file PATH to keep it)\n");
     }
     std::fflush(stdout);
@@ -259,6 +282,9 @@ int main(int argc, char** argv) {
             ready_delay.async_wait([&](boost::system::error_code) {
                 server.close();
                 health.stop();
+                if (fleet != nullptr) {
+                    fleet->stop();
+                }
                 group.begin_shutdown();
                 // The control loop keeps answering until the workers have drained.
                 joiner = std::thread([&] {
@@ -272,6 +298,9 @@ int main(int argc, char** argv) {
     control.run();
     if (joiner.joinable()) {
         joiner.join();
+    }
+    if (fleet != nullptr) {
+        fleet->leave();  // out of the membership now, not at the lease's end
     }
     if (access_log) {
         access_log->stop();

@@ -7,7 +7,9 @@ packages=(cmake g++ make libboost1.81-dev libboost-json1.81-dev libboost-url1.81
           curl openssl python3 haproxy wrk nginx-light prometheus
           # The fuzz build: clang and its runtimes (libclang_rt.fuzzer, asan, ubsan: only
           # recommended by clang-14, so named), llhttp's C sources for the differential checks.
-          clang-14 libclang-rt-14-dev node-llhttp)
+          clang-14 libclang-rt-14-dev node-llhttp
+          # Fleet mode and its tests: a real etcd cluster on loopback.
+          etcd-server etcd-client)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -54,6 +55,18 @@ class Process:
     @property
     def pid(self):
         return self.proc.pid
+
+    def follow(self):
+        """Keeps reading stdout in the background (into self.lines), so a chatty process never
+        blocks on a full pipe."""
+        def reader():
+            try:
+                for line in self.proc.stdout:
+                    self.lines.append(line)
+            except (ValueError, OSError):
+                pass  # closed by stop()
+        threading.Thread(target=reader, daemon=True).start()
+        return self
 
     def rss_kb(self):
         with open("/proc/%d/status" % self.pid) as f:

@@ -267,3 +267,50 @@ TEST_CASE("NaN, out-of-range status codes and line breaks in HTTP strings are re
         CHECK(ok.errors.empty());
     }
 }
+
+TEST_CASE("[fleet] names a fleet and its etcd endpoints, or neither") {
+    auto result = bg::parse_config(std::string(minimal) + R"(
+[fleet]
+endpoints = ["http://127.0.0.1:2379", "127.0.0.1:22379/"]
+name = "shop"
+instance = "edge-1"
+apply_timeout = "3s"
+)",
+                                   "test.toml");
+    REQUIRE(result.errors.empty());
+    const bg::FleetConfig& fleet = result.config->fleet;
+    CHECK(fleet.enabled());
+    REQUIRE(fleet.endpoints.size() == 2);
+    CHECK(fleet.endpoints[1].port == 22379);
+    CHECK_FALSE(fleet.etcd_tls);
+    CHECK(fleet.apply_timeout == std::chrono::seconds(3));
+    CHECK(fleet.lease_ttl == std::chrono::seconds(5));
+    CHECK_FALSE(bg::parse_config(minimal, "t").config->fleet.enabled());
+
+    CHECK(first_error(std::string(minimal) + "[fleet]\nname = \"shop\"\n")
+              .find("no etcd endpoints") != std::string::npos);
+    CHECK(first_error(std::string(minimal) + "[fleet]\nname = \"shop\"\nendpoints = "
+                                             "[\"http://127.0.0.1:1\", \"https://127.0.0.1:2\"]\n")
+              .find("all be http:// or all https://") != std::string::npos);
+    CHECK(first_error(std::string(minimal) +
+                      "[fleet]\nname = \"a/b\"\nendpoints = [\"127.0.0.1:2379\"]\n")
+              .find("must not contain '/'") != std::string::npos);
+    CHECK(first_error(std::string(minimal) + "[fleet]\nname = \"a\"\nendpoints = []\n")
+              .find("non-empty array") != std::string::npos);
+    CHECK(
+        first_error(std::string(minimal) +
+                    "[fleet]\nname = \"a\"\nendpoints = [\"127.0.0.1:2379\"]\nlease_ttl = \"1s\"\n")
+            .find("at least 2s") != std::string::npos);
+}
+
+TEST_CASE("--etcd and --fleet join a fleet from flags") {
+    bg::ConfigOverrides flags;
+    flags.etcd = "http://127.0.0.1:2379,http://127.0.0.1:22379";
+    flags.fleet = "shop";
+    auto merged = bg::apply_overrides(*bg::parse_config(minimal, "t").config, flags);
+    REQUIRE(merged.errors.empty());
+    CHECK(merged.config->fleet.name == "shop");
+    CHECK(merged.config->fleet.endpoints.size() == 2);
+    flags.etcd = "http://127.0.0.1:notaport";
+    CHECK_FALSE(bg::apply_overrides(*bg::parse_config(minimal, "t").config, flags).errors.empty());
+}

@@ -128,13 +128,14 @@ TEST_CASE("the store refuses a save derived from a version it no longer has") {
     bg::FileStateStore store((dir.path / "s.json").string());
     CHECK_FALSE(store.load().state.has_value());
     bg::RoutingState state;
-    std::string error;
-    CHECK(store.save(state, 0, error));
+    CHECK(store.save(state, {0, 0}).ok);
     state.version = 2;
-    CHECK(store.save(state, 1, error));
+    CHECK(store.save(state, {1, 0}).ok);
     state.version = 3;
-    CHECK_FALSE(store.save(state, 1, error));
-    CHECK(error.find("changed underneath") != std::string::npos);
+    const bg::SaveOutcome refused = store.save(state, {1, 0});
+    CHECK_FALSE(refused.ok);
+    CHECK(refused.conflict);
+    CHECK(refused.error.find("changed underneath") != std::string::npos);
 }
 
 TEST_CASE("a ramp takes its first step at once and ends at its target") {

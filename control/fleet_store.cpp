@@ -1,0 +1,596 @@
+#include "fleet_store.hpp"
+
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/json.hpp>
+#include <functional>
+
+namespace bg {
+
+namespace asio = boost::asio;
+namespace json = boost::json;
+
+namespace {
+
+constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
+
+std::optional<RoutingState> parse_state(const EtcdKeyValue& kv, std::string& why) {
+    boost::system::error_code ec;
+    json::value parsed = json::parse(kv.value, ec);
+    if (ec) {
+        why = "not JSON: " + ec.message();
+        return std::nullopt;
+    }
+    auto state = routing_state_from_json(parsed, why);
+    if (state) {
+        state->revision = kv.mod_revision;  // what holds it, whatever the value says
+    }
+    return state;
+}
+
+json::object member_json(const FleetMember& m) {
+    json::object health;
+    for (const auto& [name, healthy] : m.health) {
+        health[name] = healthy;
+    }
+    return json::object{{"instance", m.instance},
+                        {"applied_version", m.applied_version},
+                        {"applied_revision", m.applied_revision},
+                        {"listen", m.listen},
+                        {"pools", m.pools},
+                        {"health", std::move(health)},
+                        {"updated_at", m.updated_at}};
+}
+
+std::optional<FleetMember> parse_member(const std::string& text) {
+    boost::system::error_code ec;
+    json::value parsed = json::parse(text, ec);
+    if (ec || !parsed.is_object()) {
+        return std::nullopt;
+    }
+    const json::object& o = parsed.as_object();
+    FleetMember m;
+    try {
+        m.instance = json::value_to<std::string>(o.at("instance"));
+        m.applied_version = o.at("applied_version").to_number<std::uint64_t>();
+        m.applied_revision = o.at("applied_revision").to_number<std::int64_t>();
+        m.listen = json::value_to<std::string>(o.at("listen"));
+        m.pools = json::value_to<std::string>(o.at("pools"));
+        for (const auto& [name, healthy] : o.at("health").as_object()) {
+            m.health[std::string(name)] = healthy.as_bool();
+        }
+        m.updated_at = json::value_to<std::string>(o.at("updated_at"));
+    } catch (const std::exception&) {
+        return std::nullopt;
+    }
+    return m;
+}
+
+}  // namespace
+
+std::string pools_digest(const Config& config) {
+    std::string text;
+    for (const PoolConfig* pool : {&config.blue, &config.green}) {
+        text += pool == &config.blue ? "blue:" : ";green:";
+        for (const auto& b : pool->backends) {
+            text += " " + b.name + "=" + b.address.text;
+        }
+    }
+    char hex[17];
+    std::snprintf(hex, sizeof hex, "%016zx", std::hash<std::string>{}(text));
+    return hex;
+}
+
+std::string default_instance_name(const Config& config) {
+    char host[256] = {};
+    if (::gethostname(host, sizeof host - 1) != 0) {
+        std::snprintf(host, sizeof host, "bgproxy");
+    }
+    std::string name = host;
+    if (!config.listeners.empty()) {
+        name += "-" + std::to_string(config.listeners.front().address.port);
+    }
+    return name;
+}
+
+FleetStore::FleetStore(const Config& config, std::string instance, std::string cache_path)
+    : fleet_(config.fleet),
+      base_(config.fleet.prefix + (config.fleet.prefix.ends_with('/') ? "" : "/") +
+            config.fleet.name + "/"),
+      instance_(std::move(instance)),
+      listen_(config.listeners.empty() ? std::string{} : config.listeners.front().address.text),
+      pools_digest_(pools_digest(config)),
+      client_(config.fleet.endpoints, config.fleet.request_timeout, config.fleet.tls_context) {
+    if (!cache_path.empty()) {
+        cache_ = std::make_unique<FileStateStore>(std::move(cache_path));
+    }
+    self_.instance = instance_;
+    self_.listen = listen_;
+    self_.pools = pools_digest_;
+}
+
+FleetStore::~FleetStore() {
+    cache_writer_.join();
+}
+
+template <class Result>
+Result FleetStore::run_blocking(asio::awaitable<Result> call) {
+    asio::io_context io;
+    std::optional<Result> out;
+    asio::co_spawn(io, std::move(call), [&out](std::exception_ptr failed, Result result) {
+        if (!failed) {
+            out = std::move(result);
+        }
+    });
+    io.run();
+    if (!out) {
+        Result failed;
+        failed.error = "the etcd client failed";
+        return failed;
+    }
+    return std::move(*out);
+}
+
+StoreLoad FleetStore::load() {
+    EtcdRange read = run_blocking(client_.range(state_key()));
+    StoreLoad result;
+    if (!read.error.empty()) {
+        reachable_ = false;
+        unreachable_why_ = read.error;
+        if (!cache_) {
+            result.error = "the fleet store is unreachable (" + read.error +
+                           ") and no state file keeps this instance's last fleet state: "
+                           "cannot know what the fleet serves";
+            return result;
+        }
+        result = cache_->load();
+        if (result.error.empty() && (!result.state || result.state->revision == 0)) {
+            result.state.reset();
+            result.error = "the fleet store is unreachable (" + read.error +
+                           ") and the state file holds no fleet state yet: cannot know what "
+                           "the fleet serves";
+        }
+        if (result.state) {
+            spdlog::warn(
+                "fleet {}: etcd is unreachable ({}); serving the last fleet state this instance "
+                "applied (version {}, revision {}) until it is back",
+                fleet_.name, read.error, result.state->version, result.state->revision);
+            std::lock_guard lock(latest_mutex_);
+            latest_ = {result.state->version, result.state->revision};
+        }
+        return result;
+    }
+    revision_seen_ = read.revision;
+    if (read.kvs.empty()) {
+        return result;  // a new fleet: the Switchboard stores its first state
+    }
+    std::string why;
+    result.state = parse_state(read.kvs.front(), why);
+    if (!result.state) {
+        result.error = "the fleet's state in etcd (" + state_key() + ") is corrupt: " + why;
+        return result;
+    }
+    {
+        std::lock_guard lock(latest_mutex_);
+        latest_ = {result.state->version, result.state->revision};
+    }
+    remember(*result.state);
+    return result;
+}
+
+SaveOutcome FleetStore::save(const RoutingState& next, StoredVersion expected) {
+    RoutingState stored = next;
+    stored.revision = 0;  // the key's mod_revision says it
+    const std::string value = json::serialize(to_json(stored));
+    EtcdTxn txn = run_blocking(client_.put_if(state_key(), value, expected.revision));
+    SaveOutcome outcome;
+    if (!txn.error.empty()) {
+        outcome.unreachable = true;
+        outcome.error = "the fleet store is unreachable: " + txn.error;
+        if (executor_) {  // said at once in status and /metrics, not at the next keepalive
+            asio::post(*executor_, [this, why = txn.error] { set_reachable(false, why); });
+        }
+        return outcome;
+    }
+    if (!txn.succeeded) {
+        ++conflicts_;
+        outcome.conflict = true;
+        outcome.error = "another change reached the fleet first";
+        if (txn.current) {
+            std::string why;
+            outcome.current = parse_state(*txn.current, why);
+            if (outcome.current) {
+                outcome.error += " (now version " + std::to_string(outcome.current->version) +
+                                 " by " + outcome.current->changed_by + ": '" +
+                                 outcome.current->command + "')";
+            }
+        }
+        return outcome;
+    }
+    outcome.ok = true;
+    outcome.revision = txn.revision;
+    {
+        std::lock_guard lock(latest_mutex_);
+        if (txn.revision > latest_.revision) {
+            latest_ = {next.version, txn.revision};
+        }
+    }
+    RoutingState cached = next;
+    cached.revision = txn.revision;
+    remember(cached);
+    return outcome;
+}
+
+void FleetStore::remember(const RoutingState& state) {
+    if (!cache_) {
+        return;
+    }
+    asio::post(cache_writer_, [this, state] {
+        SaveOutcome written = cache_->overwrite(state);
+        if (!written.ok) {
+            spdlog::warn("fleet: cannot keep the fleet state in the state file: {}", written.error);
+        }
+    });
+}
+
+void FleetStore::start(asio::any_io_executor executor, Events events) {
+    executor_ = executor;
+    events_ = std::move(events);
+    session_timer_ = std::make_unique<asio::steady_timer>(executor);
+    watch_timer_ = std::make_unique<asio::steady_timer>(executor);
+    asio::co_spawn(executor, run_session(), asio::detached);
+    asio::co_spawn(executor, run_watch(), asio::detached);
+}
+
+void FleetStore::stop() {
+    stopped_ = true;
+    if (session_timer_) {
+        session_timer_->cancel();
+        watch_timer_->cancel();
+    }
+    if (watch_handle_) {
+        watch_handle_->cancel();
+    }
+    for (Waiter& w : waiters_) {
+        w.timer->cancel();
+    }
+}
+
+void FleetStore::leave() {
+    if (lease_ == 0) {
+        return;
+    }
+    const std::string error = run_blocking(client_.revoke(lease_)).error;
+    if (!error.empty()) {
+        spdlog::warn("fleet {}: could not leave at once ({}): the membership ends with the lease",
+                     fleet_.name, error);
+    }
+    lease_ = 0;
+}
+
+Duration FleetStore::backoff(unsigned failures) const {
+    Duration wait = fleet_.retry_min;
+    for (unsigned i = 1; i < failures && wait < fleet_.retry_max; ++i) {
+        wait *= 2;
+    }
+    return std::min(wait, fleet_.retry_max);
+}
+
+void FleetStore::set_reachable(bool reachable, const std::string& why) {
+    if (reachable == reachable_ && (reachable || why == unreachable_why_)) {
+        return;
+    }
+    const bool changed = reachable != reachable_;
+    reachable_ = reachable;
+    unreachable_why_ = reachable ? std::string{} : why;
+    if (!changed) {
+        return;
+    }
+    if (reachable) {
+        spdlog::info("fleet {}: etcd is reachable again ({})", fleet_.name,
+                     client_.current_endpoint());
+    } else {
+        spdlog::error("fleet {}: etcd is unreachable: {}", fleet_.name, why);
+    }
+    if (events_.reachability) {
+        events_.reachability(reachable, unreachable_why_);
+    }
+}
+
+// The lease that keeps this instance a member, its member key, and the keepalives: one writer,
+// so member updates never race each other.
+asio::awaitable<void> FleetStore::run_session() {
+    const auto ttl = std::chrono::duration_cast<std::chrono::seconds>(fleet_.lease_ttl);
+    const Duration keepalive_every = fleet_.lease_ttl / 3;
+    auto last_keepalive = std::chrono::steady_clock::now();
+    unsigned failures = 0;
+    while (!stopped_) {
+        std::string error;
+        bool answered = false;  // reachable is said only on an answer, never on no call
+        if (lease_ == 0) {
+            EtcdLease lease = co_await client_.grant(ttl);
+            error = lease.error;
+            if (error.empty()) {
+                answered = true;
+                lease_ = lease.id;
+                member_dirty_ = true;
+                last_keepalive = std::chrono::steady_clock::now();
+            }
+        }
+        if (error.empty() && member_dirty_) {
+            member_dirty_ = false;
+            self_.updated_at = now_iso8601();
+            EtcdTxn put = co_await client_.put(members_prefix() + instance_,
+                                               json::serialize(member_json(self_)), lease_);
+            error = put.error;
+            answered = answered || error.empty();
+            if (!error.empty()) {
+                member_dirty_ = true;
+                if (error.find("lease not found") != std::string::npos) {
+                    lease_ = 0;  // expired while etcd was away: join again
+                }
+            }
+        }
+        if (error.empty() && std::chrono::steady_clock::now() - last_keepalive >= keepalive_every) {
+            EtcdLease kept = co_await client_.keepalive(lease_);
+            error = kept.error;
+            if (error.empty()) {
+                answered = true;
+                last_keepalive = std::chrono::steady_clock::now();
+                if (kept.ttl <= 0) {
+                    lease_ = 0;  // the lease expired: a new one, and the member key again
+                    continue;
+                }
+            }
+        }
+        if (stopped_) {
+            co_return;
+        }
+        Duration wait = keepalive_every;
+        if (error.empty()) {
+            failures = 0;
+            if (answered) {
+                set_reachable(true, {});
+            }
+            wait = std::chrono::duration_cast<Duration>(
+                keepalive_every - (std::chrono::steady_clock::now() - last_keepalive));
+        } else {
+            set_reachable(false, error);
+            wait = backoff(++failures);
+        }
+        if (member_dirty_ && error.empty()) {
+            continue;
+        }
+        session_timer_->expires_after(std::max(wait, Duration(1)));
+        co_await session_timer_->async_wait(nothrow);  // report() wakes it early
+    }
+}
+
+// The fleet's keys as they are now: the state and the members (after a start or a compaction).
+asio::awaitable<bool> FleetStore::read_all() {
+    EtcdRange read = co_await client_.range(base_, true);
+    if (!read.error.empty()) {
+        set_reachable(false, read.error);
+        co_return false;
+    }
+    std::map<std::string, FleetMember> before = std::move(members_);
+    members_.clear();
+    for (const EtcdKeyValue& kv : read.kvs) {
+        if (kv.key == state_key()) {
+            take_state(kv);
+        } else if (kv.key.starts_with(members_prefix())) {
+            take_member(kv, false);
+        }
+    }
+    revision_seen_ = std::max(revision_seen_, read.revision);
+    check_waiters();
+    co_return true;
+}
+
+asio::awaitable<void> FleetStore::run_watch() {
+    unsigned failures = 0;
+    bool need_read = true;
+    std::int64_t next = 0;
+    while (!stopped_) {
+        if (need_read) {
+            const bool ok = co_await read_all();
+            if (stopped_) {
+                co_return;
+            }
+            if (!ok) {
+                watch_timer_->expires_after(backoff(++failures));
+                co_await watch_timer_->async_wait(nothrow);
+                continue;
+            }
+            need_read = false;
+            next = revision_seen_ + 1;
+        }
+        watch_handle_ = std::make_shared<EtcdWatchHandle>();
+        const auto started = std::chrono::steady_clock::now();
+        EtcdWatchEnd end = co_await client_.watch(
+            base_, next,
+            [this](std::int64_t revision, const std::vector<EtcdWatchEvent>& events) {
+                revision_seen_ = std::max(revision_seen_, revision);
+                take_events(revision, events);
+            },
+            watch_handle_);
+        if (stopped_) {
+            co_return;
+        }
+        next = std::max(next, end.next_revision);
+        if (end.compacted_before > 0) {
+            spdlog::warn("fleet {}: revisions up to {} were compacted: reading the fleet afresh",
+                         fleet_.name, end.compacted_before);
+            need_read = true;
+            continue;
+        }
+        if (std::chrono::steady_clock::now() - started > std::chrono::seconds(1)) {
+            failures = 0;
+        }
+        if (++failures == 1 || failures % 30 == 0) {  // not a line per retry while etcd is away
+            spdlog::warn("fleet {}: watch ended ({}); resuming from revision {}", fleet_.name,
+                         end.error, next);
+        }
+        watch_timer_->expires_after(backoff(failures));
+        co_await watch_timer_->async_wait(nothrow);
+    }
+}
+
+void FleetStore::take_events(std::int64_t, const std::vector<EtcdWatchEvent>& events) {
+    for (const EtcdWatchEvent& event : events) {
+        if (event.kv.key == state_key()) {
+            if (event.deleted) {
+                spdlog::error(
+                    "fleet {}: the fleet's state key was deleted; keeping the state "
+                    "served (the next change writes it again)",
+                    fleet_.name);
+                std::lock_guard lock(latest_mutex_);
+                latest_ = {};
+            } else {
+                take_state(event.kv);
+            }
+        } else if (event.kv.key.starts_with(members_prefix())) {
+            take_member(event.kv, event.deleted);
+        }
+    }
+    check_waiters();
+}
+
+void FleetStore::take_state(const EtcdKeyValue& kv) {
+    std::string why;
+    std::optional<RoutingState> state = parse_state(kv, why);
+    if (!state) {
+        spdlog::error("fleet {}: ignoring a corrupt fleet state at revision {}: {}", fleet_.name,
+                      kv.mod_revision, why);
+        return;
+    }
+    {
+        std::lock_guard lock(latest_mutex_);
+        if (state->revision > latest_.revision) {
+            latest_ = {state->version, state->revision};
+        }
+    }
+    if (events_.state) {
+        events_.state(std::move(*state));
+    }
+}
+
+void FleetStore::take_member(const EtcdKeyValue& kv, bool deleted) {
+    const std::string name = kv.key.substr(members_prefix().size());
+    if (deleted) {
+        if (members_.erase(name) > 0) {
+            spdlog::info("fleet {}: {} left", fleet_.name, name);
+        }
+        return;
+    }
+    std::optional<FleetMember> member = parse_member(kv.value);
+    if (!member) {
+        spdlog::warn("fleet {}: ignoring an unreadable member record for {}", fleet_.name, name);
+        return;
+    }
+    if (!members_.contains(name)) {
+        spdlog::info("fleet {}: {} joined (applied revision {})", fleet_.name, name,
+                     member->applied_revision);
+    }
+    members_[name] = std::move(*member);
+}
+
+void FleetStore::report(const RoutingState& applied, const std::map<std::string, bool>& health) {
+    self_.applied_version = applied.version;
+    self_.applied_revision = applied.revision;
+    self_.health = health;
+    member_dirty_ = true;
+    if (session_timer_) {
+        session_timer_->cancel();  // the session writes it now
+    }
+}
+
+FleetAck FleetStore::ack_of(std::int64_t revision) const {
+    FleetAck ack;
+    ack.revision = revision;
+    for (const auto& [name, member] : members_) {
+        if (member.applied_revision >= revision) {
+            ack.applied.push_back(name);
+        } else {
+            ack.lagging.push_back(name + " (at version " + std::to_string(member.applied_version) +
+                                  ")");
+        }
+    }
+    ack.complete = ack.lagging.empty();
+    return ack;
+}
+
+void FleetStore::await_applied(std::int64_t revision, std::function<void(FleetAck)> done) {
+    Waiter& w = waiters_.emplace_back();
+    w.revision = revision;
+    w.done = std::move(done);
+    w.timer = std::make_unique<asio::steady_timer>(*executor_, fleet_.apply_timeout);
+    auto it = std::prev(waiters_.end());
+    w.timer->async_wait([this, it](boost::system::error_code ec) {
+        if (ec) {
+            return;  // completed (or stopping)
+        }
+        auto done = std::move(it->done);
+        FleetAck ack = ack_of(it->revision);
+        waiters_.erase(it);
+        done(std::move(ack));
+    });
+    check_waiters();
+}
+
+void FleetStore::check_waiters() {
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+        FleetAck ack = ack_of(it->revision);
+        if (!ack.complete || ack.applied.empty()) {
+            ++it;
+            continue;
+        }
+        auto done = std::move(it->done);
+        it->timer->cancel();
+        it = waiters_.erase(it);
+        asio::post(*executor_, [done = std::move(done), ack = std::move(ack)]() mutable {
+            done(std::move(ack));
+        });
+    }
+}
+
+json::object FleetStore::status_json() const {
+    std::uint64_t newest_version = 0;
+    for (const auto& [name, m] : members_) {
+        newest_version = std::max(newest_version, m.applied_version);
+    }
+    json::array members;
+    bool pools_differ = false;
+    for (const auto& [name, m] : members_) {
+        json::object entry = member_json(m);
+        entry["versions_behind"] = newest_version - m.applied_version;
+        entry["self"] = name == instance_;
+        pools_differ = pools_differ || m.pools != pools_digest_;
+        members.push_back(std::move(entry));
+    }
+    json::object out{{"name", fleet_.name},
+                     {"instance", instance_},
+                     {"store", "etcd"},
+                     {"endpoint", client_.current_endpoint()},
+                     {"reachable", reachable_},
+                     {"revision_seen", revision_seen_},
+                     {"members", std::move(members)},
+                     {"conflicts", conflicts_.load()}};
+    if (!reachable_) {
+        out["error"] = unreachable_why_;
+    }
+    if (pools_differ) {
+        out["warning"] =
+            "members' pool definitions differ: the same state routes to different backends";
+    }
+    return out;
+}
+
+}  // namespace bg

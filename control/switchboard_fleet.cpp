@@ -1,0 +1,178 @@
+// The Switchboard in a fleet: changes are committed to the fleet's store before any instance
+// serves them, every instance applies the fleet's states as they come, and a change is answered
+// once every live member has applied it.
+
+#include <spdlog/spdlog.h>
+
+#include <boost/json.hpp>
+
+#include "fleet_store.hpp"
+#include "switchboard.hpp"
+
+namespace bg {
+
+namespace json = boost::json;
+
+namespace {
+
+json::array names_json(const std::vector<std::string>& names) {
+    json::array out;
+    for (const auto& n : names) {
+        out.emplace_back(n);
+    }
+    return out;
+}
+
+std::string joined(const std::vector<std::string>& names) {
+    std::string out;
+    for (const auto& n : names) {
+        out += (out.empty() ? "" : ", ") + n;
+    }
+    return out;
+}
+
+}  // namespace
+
+void Switchboard::attach_fleet(FleetStore& fleet) {
+    fleet_ = &fleet;
+    FleetStore::Events events;
+    events.state = [this](RoutingState state) {
+        enqueue(
+            Job{internal_origin("fleet state version " + std::to_string(state.version), "fleet"),
+                FleetState{std::move(state)}});
+    };
+    events.reachability = [this](bool reachable, const std::string& why) {
+        broadcast(json::object{{"event", "fleet"},
+                               {"time", now_iso8601()},
+                               {"reachable", reachable},
+                               {"change", reachable ? "the fleet store is reachable again"
+                                                    : "the fleet store is unreachable: " + why}});
+        if (reachable && !durable()) {
+            arm_persist_retry();  // a revert applied while it was away goes to the fleet now
+        }
+    };
+    fleet.start(executor_, std::move(events));
+    report_to_fleet();
+}
+
+void Switchboard::report_to_fleet() {
+    if (fleet_ != nullptr) {
+        fleet_->report(state_, effective_health());
+    }
+}
+
+// Nothing is served before the fleet has it: a change whose transaction fails is refused, and
+// of two instances' changes staged on the same state one wins. A way back (a guard revert)
+// does not wait for etcd: with etcd away it applies here at once and is written when it is back.
+void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
+    auto change = std::make_shared<std::pair<Origin, Staged>>(std::move(origin), std::move(staged));
+    save_async(change->second.next, durable_, [this, change](SaveOutcome saved) {
+        Origin& origin = change->first;
+        Staged& staged = change->second;
+        if (saved.ok) {
+            staged.next.revision = saved.revision;
+            durable_ = {staged.next.version, saved.revision};
+            persist_error_.clear();
+        } else if (saved.unreachable && is_safety_action(staged.kind)) {
+            spdlog::error(
+                "{} applied on this instance only: {}; written to the fleet when it "
+                "is back",
+                to_string(staged.kind), saved.error);
+            staged.next.revision = state_.revision;  // still based on the fleet's last state
+            persist_error_ = saved.error;
+            arm_persist_retry();
+        } else {
+            refuse(origin, saved.unreachable
+                               ? saved.error + " (changes need the fleet store)"
+                               : saved.error + "; run the command again on the current state");
+            return;
+        }
+        const RolloutConfig& rollout = staged.config->rollout;
+        auto table = build_table(
+            *staged.config, staged.next, ids_, effective_health(),
+            is_safety_action(staged.kind) ? rollout.tunnel_drain_revert : rollout.tunnel_drain);
+        publish(table, staged.config, [this, change, table] {
+            applied(change->first, std::move(change->second), table);
+        });
+    });
+}
+
+// Another instance's change (or this one's, seen again through the watch).
+void Switchboard::handle_fleet_state(Origin origin, const FleetState& fleet_state) {
+    RoutingState incoming = fleet_state.state;
+    if (incoming.revision <= state_.revision) {
+        finish(origin, json::object{{"ok", true}});  // served already
+        return;
+    }
+    if (std::string dropped = reconcile_admin(incoming, *config_); !dropped.empty()) {
+        spdlog::warn("fleet state names backends this instance's config does not have: {}",
+                     dropped);
+    }
+    if (!durable()) {
+        // A revert applied here while the fleet store was away is not given up for a state
+        // committed without it: it is staged again on the fleet's state and written there.
+        const RoutingState local = state_;
+        for (Colour c : all_colours) {
+            if (local.failed[index_of(c)] && !incoming.failed[index_of(c)] &&
+                incoming.weight(c) > 0 && c != incoming.stable) {
+                state_ = incoming;
+                durable_ = {incoming.version, incoming.revision};
+                GuardDecision decision = revert_to_stable(
+                    incoming, c,
+                    "reverted on " + fleet_->instance() + " while the fleet store was away");
+                apply_guard(std::move(origin), std::move(decision));
+                return;
+            }
+        }
+        persist_error_.clear();  // the fleet's state stands (it has the revert, or it is moot)
+    }
+    auto table = build_table(*config_, incoming, ids_, effective_health());
+    auto staged = std::make_shared<Staged>(
+        Staged{incoming, config_, "committed by another instance", SwitchKind::fleet});
+    origin.by = "fleet: " + incoming.changed_by;
+    origin.line = incoming.command;
+    publish(table, config_, [this, origin = std::move(origin), staged, table]() mutable {
+        ++counts_.fleet_states_applied;
+        durable_ = {staged->next.version, staged->next.revision};
+        if (fleet_ != nullptr) {
+            fleet_->remember(staged->next);
+        }
+        applied(origin, std::move(*staged), table);
+    });
+}
+
+void Switchboard::answer_applied(Origin& origin, json::object reply) {
+    if (fleet_ == nullptr || origin.internal || !durable()) {
+        report_to_fleet();
+        if (fleet_ != nullptr && !durable()) {
+            reply["fleet"] = json::object{{"complete", false},
+                                          {"error", "not written to the fleet: " + persist_error_}};
+        }
+        finish(origin, reply);
+        return;
+    }
+    // The line moves on now; this caller is answered when the fleet has applied the change.
+    Reply answer = std::move(origin.reply);
+    origin.reply = [](const json::object&) {};
+    finish(origin, reply);
+    report_to_fleet();
+    fleet_->await_applied(state_.revision, [this, answer = std::move(answer),
+                                            reply = std::move(reply)](FleetAck ack) mutable {
+        reply["fleet"] = json::object{{"revision", ack.revision},
+                                      {"complete", ack.complete},
+                                      {"applied", names_json(ack.applied)},
+                                      {"lagging", names_json(ack.lagging)}};
+        if (ack.complete) {
+            ++counts_.fleet_acks_complete;
+        } else {
+            ++counts_.fleet_acks_partial;
+            reply["warning"] =
+                "committed to the fleet, but not applied by every member within "
+                "fleet.apply_timeout: " +
+                joined(ack.lagging);
+        }
+        answer(reply);
+    });
+}
+
+}  // namespace bg

@@ -1,0 +1,125 @@
+"""A real etcd cluster on 127.0.0.1 for fleet tests: Debian's etcd-server, N members started
+by the test (fresh data directories, free ports), stopped, killed and restarted by it."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+from harness import free_port
+
+ETCD = os.environ.get("ETCD", shutil.which("etcd") or "/usr/bin/etcd")
+
+
+def etcd_available():
+    return os.path.exists(ETCD)
+
+
+class EtcdMember:
+    def __init__(self, name, client_port, peer_port, data_dir, log_path):
+        self.name = name
+        self.client_port = client_port
+        self.peer_port = peer_port
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.proc = None
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.client_port
+
+
+class EtcdCluster:
+    def __init__(self, size=3):
+        self.dir = tempfile.mkdtemp(prefix="bgproxy-etcd-")
+        self.token = "bg-%d-%d" % (os.getpid(), int(time.time() * 1000))
+        self.members = [
+            EtcdMember("m%d" % i, free_port(), free_port(), os.path.join(self.dir, "m%d" % i),
+                       os.path.join(self.dir, "m%d.log" % i)) for i in range(size)]
+        self.initial = ",".join("%s=http://127.0.0.1:%d" % (m.name, m.peer_port)
+                                for m in self.members)
+        for i in range(size):
+            self.start(i)
+        self.wait_ready()
+
+    @property
+    def endpoints(self):
+        return ",".join(m.url for m in self.members)
+
+    def start(self, i):
+        m = self.members[i]
+        args = [ETCD, "--name", m.name, "--data-dir", m.data_dir,
+                "--listen-client-urls", m.url, "--advertise-client-urls", m.url,
+                "--listen-peer-urls", "http://127.0.0.1:%d" % m.peer_port,
+                "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % m.peer_port,
+                "--initial-cluster", self.initial, "--initial-cluster-token", self.token,
+                "--initial-cluster-state", "new",
+                # Quick elections, so a test does not wait seconds for a new leader.
+                "--heartbeat-interval", "50", "--election-timeout", "500"]
+        log = open(m.log_path, "a")
+        m.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def call(self, i, path, body, timeout=2):
+        """One POST to member i's JSON gateway; the decoded answer."""
+        request = urllib.request.Request(self.members[i].url + path,
+                                         data=json.dumps(body).encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def running(self, i):
+        p = self.members[i].proc
+        return p is not None and p.poll() is None
+
+    def leader(self):
+        """The index of the member that is the leader now, or None."""
+        for i, m in enumerate(self.members):
+            if not self.running(i):
+                continue
+            try:
+                s = self.call(i, "/v3/maintenance/status", {})
+            except Exception:
+                continue
+            leader = s.get("leader")
+            if leader and leader != "0":
+                for j, other in enumerate(self.members):
+                    if not self.running(j):
+                        continue
+                    try:
+                        if self.call(j, "/v3/maintenance/status", {})["header"]["member_id"] == leader:
+                            return j
+                    except Exception:
+                        continue
+        return None
+
+    def wait_ready(self, timeout=20):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.leader() is not None:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("etcd cluster did not elect a leader; logs in %s" % self.dir)
+
+    def kill(self, i, sig=signal.SIGKILL):
+        m = self.members[i]
+        if m.proc is not None and m.proc.poll() is None:
+            m.proc.send_signal(sig)
+            m.proc.wait(10)
+
+    def stop_all(self):
+        for i in range(len(self.members)):
+            self.kill(i, signal.SIGTERM)
+
+    def start_all(self):
+        for i in range(len(self.members)):
+            if not self.running(i):
+                self.start(i)
+        self.wait_ready()
+
+    def close(self):
+        for i in range(len(self.members)):
+            self.kill(i)
+        shutil.rmtree(self.dir, ignore_errors=True)

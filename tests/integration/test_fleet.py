@@ -1,0 +1,290 @@
+"""Fleet mode: three bgproxy instances sharing one routing state in a real three-member etcd
+cluster on 127.0.0.1, under load. Nothing is mocked: etcd members are started, killed and
+stopped by the tests."""
+import http.client
+import json
+import signal
+import threading
+import time
+import unittest
+import urllib.request
+
+from etcd_cluster import EtcdCluster, etcd_available
+from harness import ProcessTestCase, Proxy, config
+
+FLEET = """
+[fleet]
+endpoints = [%s]
+name = "%s"
+instance = "%s"
+lease_ttl = "%s"
+apply_timeout = "%s"
+request_timeout = "500ms"
+retry_max = "500ms"
+"""
+
+HEALTH = """
+[health]
+interval = "200ms"
+fast_interval = "100ms"
+jitter = "0ms"
+timeout = "150ms"
+rise = 1
+fall = 2
+"""
+
+
+def colour_of(body):
+    return body.split(b"-")[0].decode()
+
+
+class Load:
+    """Keep-alive GETs on each instance from one thread per instance, each request recorded as
+    (instance index, time sent, colour answered). Bounded: stops by itself after `limit` s."""
+
+    def __init__(self, proxies, limit=120):
+        self.records = []
+        self.failures = []
+        self.stop_at = time.time() + limit
+        self.threads = [threading.Thread(target=self.run, args=(i, p.port), daemon=True)
+                        for i, p in enumerate(proxies)]
+        for t in self.threads:
+            t.start()
+
+    def run(self, index, port):
+        conn = None
+        while time.time() < self.stop_at:
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                sent = time.time()
+                conn.request("GET", "/")
+                r = conn.getresponse()
+                body = r.read()
+                if r.status != 200:
+                    self.failures.append((index, sent, r.status))
+                else:
+                    self.records.append((index, sent, colour_of(body)))
+            except (OSError, http.client.HTTPException) as e:
+                self.failures.append((index, time.time(), repr(e)))
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.01)
+        if conn is not None:
+            conn.close()
+
+    def stop(self):
+        self.stop_at = 0
+        for t in self.threads:
+            t.join(10)
+
+
+@unittest.skipUnless(etcd_available(), "etcd-server is not installed (scripts/install-deps.sh)")
+class FleetTest(ProcessTestCase):
+    def setUp(self):
+        super().setUp()
+        self.etcd = EtcdCluster(3)
+        self.blue = [self.backend("blue-1")]
+        self.green = [self.backend("green-1")]
+        self.fleet_name = "t%d" % int(time.time() * 1000)
+
+    def tearDown(self):
+        super().tearDown()
+        self.etcd.close()
+
+    def endpoints(self):
+        return ", ".join('"%s"' % m.url for m in self.etcd.members)
+
+    def instance(self, name, state_dir=None, extra="", lease="2s", apply_timeout="5s"):
+        text = config(self.blue, self.green,
+                      extra=FLEET % (self.endpoints(), self.fleet_name, name, lease,
+                                     apply_timeout) + extra)
+        return self.start(Proxy(text, workers=1, state_dir=state_dir)).follow()
+
+    def fleet(self, n=3, **kw):
+        proxies = [self.instance("i%d" % (i + 1), **kw) for i in range(n)]
+        self.wait_members(proxies[0], n)
+        return proxies
+
+    def wait_members(self, proxy, n, timeout=10):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            members = proxy.status()["fleet"]["members"]
+            if len(members) == n:
+                return members
+            time.sleep(0.05)
+        self.fail("the fleet did not reach %d members: %s" % (n, json.dumps(proxy.status()["fleet"])))
+
+    def wait_for(self, what, predicate, timeout=10):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if predicate():
+                return
+            time.sleep(0.05)
+        logs = "".join("--- %s\n%s" % (p.args[-1], "".join(p.lines[-15:]))
+                       for p in self.processes if isinstance(p, Proxy))
+        self.fail("not reached in %.0f s: %s\n%s" % (timeout, what, logs))
+
+    def command(self, proxy, *args):
+        r = proxy.bgctl("--json", *args)
+        return r.returncode, json.loads(r.stdout) if r.stdout.strip() else {"stderr": r.stderr}
+
+    def test_flips_on_any_instance_are_acked_only_when_every_instance_serves_them(self):
+        proxies = self.fleet(3)
+        load = Load(proxies)
+        time.sleep(0.3)
+        windows = []  # (acked at, next command at, colour)
+        for k in range(10):
+            started = time.time()
+            if windows:
+                windows[-1][1] = started
+            rc, reply = self.command(proxies[k % 3], "flip")
+            acked = time.time()
+            self.assertEqual(rc, 0, reply)
+            self.assertTrue(reply["fleet"]["complete"], reply)
+            self.assertEqual(sorted(reply["fleet"]["applied"]), ["i1", "i2", "i3"])
+            colour = "green" if reply["weights"]["green"] == 100 else "blue"
+            windows.append([acked, None, colour])
+            time.sleep(0.2)
+        windows[-1][1] = time.time()
+        load.stop()
+        self.assertEqual(load.failures, [])
+        checked = 0
+        for index, sent, colour in load.records:
+            for acked, until, want in windows:
+                if acked <= sent < until:
+                    checked += 1
+                    self.assertEqual(colour, want, "instance i%d served %s %.3f s after the ack "
+                                     "of a switch to %s" % (index + 1, colour, sent - acked, want))
+        self.assertGreater(checked, 100)
+        versions = {p.status()["version"] for p in proxies}
+        self.assertEqual(len(versions), 1, versions)
+
+    def test_two_conflicting_commands_one_wins_no_update_is_lost(self):
+        proxies = self.fleet(3)
+        results = [None, None]
+        barrier = threading.Barrier(2)
+
+        def run(i, weights):
+            barrier.wait()
+            results[i] = self.command(proxies[i], "set", weights)
+
+        threads = [threading.Thread(target=run, args=(0, "green=10")),
+                   threading.Thread(target=run, args=(1, "green=20"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        ok = [r for rc, r in results if rc == 0]
+        refused = [r for rc, r in results if rc != 0]
+        for r in refused:
+            self.assertIn("another change reached the fleet first", r["error"])
+        self.assertGreaterEqual(len(ok), 1, results)
+        # The state every instance serves is the last change that won: none was lost.
+        last = max(ok, key=lambda r: r["version"])
+        self.wait_for("every instance at version %d" % last["version"],
+                      lambda: {p.status()["version"] for p in proxies} == {last["version"]})
+        for p in proxies:
+            self.assertEqual(p.status()["colours"]["green"]["weight"], last["weights"]["green"])
+        if len(ok) == 2:  # not concurrent after all: then one was made on the other
+            self.assertEqual(sorted(r["version"] for r in ok), [2, 3])
+
+    def test_a_killed_instance_leaves_and_acks_do_not_wait_for_it(self):
+        proxies = self.fleet(3)
+        proxies[2].signal(signal.SIGKILL)
+        proxies[2].wait(5)
+        started = time.time()
+        rc, reply = self.command(proxies[0], "flip")
+        self.assertEqual(rc, 0, reply)
+        self.assertTrue(reply["fleet"]["complete"], reply)
+        self.assertEqual(sorted(reply["fleet"]["applied"]), ["i1", "i2"])
+        self.assertLess(time.time() - started, 5)  # within the lease, not the apply timeout
+        self.assertEqual(sorted(m["instance"] for m in proxies[1].status()["fleet"]["members"]),
+                         ["i1", "i2"])
+
+    def test_a_member_that_does_not_apply_is_named_after_the_apply_timeout(self):
+        # A lease longer than the apply timeout: the stopped member is still a member when the
+        # ack gives up on it.
+        proxies = self.fleet(3, lease="6s", apply_timeout="1s")
+        proxies[2].signal(signal.SIGSTOP)  # a member still, but it applies nothing
+        try:
+            rc, reply = self.command(proxies[0], "flip")
+        finally:
+            proxies[2].signal(signal.SIGCONT)
+        self.assertEqual(rc, 5, reply)
+        self.assertFalse(reply["fleet"]["complete"])
+        self.assertIn("i3", " ".join(reply["fleet"]["lagging"]))
+        self.assertIn("i3", reply["warning"])
+
+    def test_etcd_leader_killed_during_flips_loses_no_ack(self):
+        proxies = self.fleet(3)
+        load = Load(proxies)
+        killed = False
+        acked = 0
+        for k in range(12):
+            if k == 4:
+                leader = self.etcd.leader()
+                self.assertIsNotNone(leader)
+                self.etcd.kill(leader)
+                killed = True
+            rc, reply = self.command(proxies[k % 3], "flip")
+            if rc == 0:
+                acked += 1
+                self.assertTrue(reply["fleet"]["complete"], reply)
+                colour = "green" if reply["weights"]["green"] == 100 else "blue"
+                for p in proxies:  # every instance serves it once acked
+                    conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=5)
+                    conn.request("GET", "/")
+                    self.assertEqual(colour_of(conn.getresponse().read()), colour)
+                    conn.close()
+            else:  # refused while the cluster elected a leader: said, nothing changed
+                self.assertIn("error", reply)
+        load.stop()
+        self.assertTrue(killed)
+        self.assertGreaterEqual(acked, 9)
+        self.assertEqual(load.failures, [])
+        # No instance is stuck: all on one version, and a flip still goes through everywhere.
+        rc, reply = self.command(proxies[1], "flip")
+        self.assertEqual(rc, 0, reply)
+        self.assertTrue(reply["fleet"]["complete"])
+        self.assertEqual({p.status()["version"] for p in proxies}, {reply["version"]})
+
+    def test_etcd_away_instances_serve_refuse_changes_and_converge_when_it_returns(self):
+        proxies = self.fleet(3)
+        rc, reply = self.command(proxies[0], "flip")
+        self.assertEqual(rc, 0, reply)
+        version = reply["version"]
+        self.etcd.stop_all()
+        self.wait_for("every instance sees etcd unreachable",
+                      lambda: not any(p.status()["fleet"]["reachable"] for p in proxies))
+        load = Load(proxies)
+        rc, reply = self.command(proxies[1], "set", "green=50")
+        self.assertEqual(rc, 1)
+        self.assertIn("unreachable", reply["error"])
+        # An instance restarted during the outage serves the same state (its cache).
+        state_dir = proxies[2].dir
+        proxies[2].owns_dir = False
+        proxies[2].stop()
+        self.processes.remove(proxies[2])
+        proxies[2] = self.instance("i3", state_dir=state_dir)
+        time.sleep(0.5)
+        load.stop()
+        load = Load(proxies)
+        time.sleep(0.5)
+        load.stop()
+        self.assertEqual(load.failures, [])
+        self.assertEqual({c for _, _, c in load.records}, {"green"})
+        self.assertEqual(proxies[2].status()["version"], version)
+        self.etcd.start_all()
+        self.wait_for("every instance sees etcd again",
+                      lambda: all(p.status()["fleet"]["reachable"] for p in proxies))
+        self.wait_members(proxies[0], 3)
+        rc, reply = self.command(proxies[2], "set", "green=50")
+        self.assertEqual(rc, 0, reply)
+        self.assertTrue(reply["fleet"]["complete"], reply)
+        self.assertEqual({p.status()["version"] for p in proxies}, {version + 1})
+
+
+if __name__ == "__main__":
+    unittest.main()
