@@ -320,6 +320,7 @@ struct Subcommands {
     std::vector<std::string> args;
     bool dry_run = false;
     bool skip_gate = false;
+    bool local = false;
     std::string id;
 };
 
@@ -340,6 +341,10 @@ void add_subcommands(CLI::App& app, Subcommands& subs) {
         if (spec.role != bg::Role::read) {
             sub->add_flag("--dry-run", subs.dry_run,
                           "validate and show the state it would produce without applying it");
+        }
+        if (spec.role != bg::Role::read) {
+            sub->add_flag("--local", subs.local,
+                          "in a fleet whose etcd is unreachable: this instance only (audited)");
         }
         if (spec.gated) {
             sub->add_flag("--skip-gate", subs.skip_gate,
@@ -369,6 +374,9 @@ std::string protocol_line(const Subcommands& subs, std::string& verb, std::strin
     }
     if (subs.skip_gate) {
         line += " --skip-gate";
+    }
+    if (subs.local) {
+        line += " --local";
     }
     if (!id.empty()) {
         line += " --id=" + id;

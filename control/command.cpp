@@ -49,7 +49,9 @@ const std::string& protocol_help() {
             "Weights are percentages with up to two decimals. Add --dry-run to any state-changing\n"
             "command to see the state it would produce without applying it. flip, set and ramp\n"
             "run the [[gate]] smoke checks on the colour gaining traffic first; --skip-gate\n"
-            "overrides them (audited). --id=ID names a command in its reply and the audit log.";
+            "overrides them (audited). --id=ID names a command in its reply and the audit log.\n"
+            "In a fleet whose store (etcd) is unreachable, --local applies a change to this\n"
+            "instance only (audited); the fleet's state replaces it when the store is back.";
         return out;
     }();
     return text;
@@ -272,6 +274,8 @@ std::string split_words(std::string_view line, Words& words, Command& cmd) {
             cmd.dry_run = true;
         } else if (word == "--skip-gate") {
             cmd.skip_gate = true;
+        } else if (word == "--local") {
+            cmd.local = true;
         } else if (word.starts_with("--id=")) {
             if (!valid_command_id(word.substr(5))) {
                 return "--id: 1 to 64 letters, digits, '_', '.' or '-'";

@@ -22,7 +22,8 @@ bool changes_state(Verb verb);
 struct Command {
     Verb verb = Verb::status;
     bool dry_run = false;
-    bool skip_gate = false;                    // audited: the line carries it
+    bool skip_gate = false;  // audited: the line carries it
+    bool local = false;      // in a fleet with its store away: this instance only (audited)
     std::optional<std::uint32_t> blue_bp;      // set
     std::optional<std::uint32_t> green_bp;     // set
     Colour colour = Colour::green;             // ramp

@@ -502,6 +502,19 @@ void FleetStore::take_member(const EtcdKeyValue& kv, bool deleted) {
     members_[name] = std::move(*member);
 }
 
+void FleetStore::refresh() {
+    if (executor_ && !stopped_) {
+        asio::co_spawn(*executor_, read_state(), asio::detached);
+    }
+}
+
+asio::awaitable<void> FleetStore::read_state() {
+    EtcdRange read = co_await client_.range(state_key());
+    if (!stopped_ && read.error.empty() && !read.kvs.empty()) {
+        take_state(read.kvs.front());
+    }
+}
+
 void FleetStore::report(const RoutingState& applied, const std::map<std::string, bool>& health) {
     self_.applied_version = applied.version;
     self_.applied_revision = applied.revision;

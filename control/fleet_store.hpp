@@ -78,6 +78,8 @@ class FleetStore final : public StateStore {
     void report(const RoutingState& applied, const std::map<std::string, bool>& health);
     // Keeps the last state applied for a restart while etcd is away (cache writer thread).
     void remember(const RoutingState& state);
+    // Reads the fleet's state again and hands it over as if it had changed.
+    void refresh();
     // Calls `done` once every live member has applied `revision`, or at the apply timeout.
     void await_applied(std::int64_t revision, std::function<void(FleetAck)> done);
 
@@ -102,7 +104,7 @@ class FleetStore final : public StateStore {
     boost::asio::awaitable<void> run_session();
     boost::asio::awaitable<void> run_watch();
     boost::asio::awaitable<bool> read_all();
-    boost::asio::awaitable<void> write_member();
+    boost::asio::awaitable<void> read_state();
     void take_events(std::int64_t revision, const std::vector<EtcdWatchEvent>& events);
     void take_state(const EtcdKeyValue& kv);
     void take_member(const EtcdKeyValue& kv, bool deleted);

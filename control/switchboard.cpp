@@ -297,8 +297,16 @@ void Switchboard::handle_persist_retry(Origin origin) {
         return;
     }
     const std::uint64_t version = state_.version;
+    if (local_only_) {  // --local changes are never written to the fleet
+        finish(origin, json::object{{"ok", true}});
+        return;
+    }
     save_async(state_, durable_,
                [this, origin = std::move(origin), version](SaveOutcome saved) mutable {
+                   if (!saved.ok && saved.conflict && saved.current && store_.shared()) {
+                       persist_conflict(std::move(origin), std::move(*saved.current));
+                       return;
+                   }
                    if (saved.ok && state_.version == version) {
                        spdlog::warn("routing state version {} is durable again", version);
                        state_.revision = saved.revision;
@@ -754,6 +762,19 @@ std::string Switchboard::stage(const Command& cmd, Staged& out) {
     }
     out.next = std::move(change.next);
     out.note = std::move(change.note);
+    if (cmd.local) {
+        if (!store_.shared()) {
+            return "--local is for an instance of a fleet; this one is not";
+        }
+        if (store_reachable()) {
+            return "--local is for when the fleet store is unreachable; it is reachable: change "
+                   "the fleet (without --local)";
+        }
+        out.local = true;
+        out.note =
+            "applied to this instance only (--local): the fleet's state replaces it "
+            "when the fleet store is back";
+    }
     if (out.next.failover && out.next.weight_bp != state_.weight_bp) {
         // An operator set weights after a failover: theirs stand, no failback.
         out.next.failover.reset();

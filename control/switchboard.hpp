@@ -146,6 +146,7 @@ class Switchboard {
         std::shared_ptr<const Config> config;  // a reload's new config, else the current one
         std::string note;                      // said in the reply (reconciliation, ramp...)
         SwitchKind kind = SwitchKind::set;
+        bool local = false;  // --local: this instance of the fleet only
     };
     // A change being published and saved at once; settled when both are done.
     struct Committing {
@@ -192,6 +193,11 @@ class Switchboard {
     // Answers an applied change: at once, or in a fleet once every member applied it.
     void answer_applied(Origin& origin, boost::json::object reply);
     void report_to_fleet();
+    bool store_reachable() const;  // true outside a fleet
+    // The fleet store is back: write a revert made meanwhile, or drop --local changes.
+    void fleet_reachable_again();
+    // A state the fleet refused because another was stored first: go on from that one.
+    void persist_conflict(Origin origin, RoutingState current);
     void publish(RoutingTablePtr table, std::shared_ptr<const Config> config,
                  std::function<void()> done);
     void handle_persist_retry(Origin origin);
@@ -251,6 +257,9 @@ class Switchboard {
     boost::asio::thread_pool persister_;  // one thread: saves, in order
     StoredVersion durable_;               // the version the store holds
     FleetStore* fleet_ = nullptr;
+    // The state served differs from the fleet's by --local changes only: when the store is
+    // back it is replaced by the fleet's, not written there (a revert is written).
+    bool local_only_ = false;
     std::string persist_error_;  // why the last save failed, while not durable
     OutlierDetector outlier_;
     CanaryAnalysis canary_;

@@ -47,12 +47,33 @@ void Switchboard::attach_fleet(FleetStore& fleet) {
                                {"reachable", reachable},
                                {"change", reachable ? "the fleet store is reachable again"
                                                     : "the fleet store is unreachable: " + why}});
-        if (reachable && !durable()) {
-            arm_persist_retry();  // a revert applied while it was away goes to the fleet now
+        if (reachable) {
+            fleet_reachable_again();
         }
     };
     fleet.start(executor_, std::move(events));
     report_to_fleet();
+}
+
+bool Switchboard::store_reachable() const {
+    return fleet_ == nullptr || fleet_->reachable();
+}
+
+void Switchboard::fleet_reachable_again() {
+    if (durable()) {
+        return;
+    }
+    if (local_only_) {
+        fleet_->refresh();  // --local changes end: the fleet's state replaces them
+    } else {
+        arm_persist_retry();  // a revert applied while it was away goes to the fleet now
+    }
+}
+
+void Switchboard::persist_conflict(Origin origin, RoutingState current) {
+    finish(origin, json::object{{"ok", false}});
+    enqueue(Job{internal_origin("fleet state version " + std::to_string(current.version), "fleet"),
+                FleetState{std::move(current)}});
 }
 
 void Switchboard::report_to_fleet() {
@@ -66,6 +87,18 @@ void Switchboard::report_to_fleet() {
 // does not wait for etcd: with etcd away it applies here at once and is written when it is back.
 void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
     auto change = std::make_shared<std::pair<Origin, Staged>>(std::move(origin), std::move(staged));
+    if (change->second.local) {
+        if (durable()) {
+            local_only_ = true;  // (a revert waiting to be written keeps it false: it is written)
+        }
+        change->second.next.revision = state_.revision;
+        auto table = build_table(*config_, change->second.next, ids_, effective_health(),
+                                 config_->rollout.tunnel_drain);
+        publish(table, config_, [this, change, table] {
+            applied(change->first, std::move(change->second), table);
+        });
+        return;
+    }
     save_async(change->second.next, durable_, [this, change](SaveOutcome saved) {
         Origin& origin = change->first;
         Staged& staged = change->second;
@@ -73,7 +106,9 @@ void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
             staged.next.revision = saved.revision;
             durable_ = {staged.next.version, saved.revision};
             persist_error_.clear();
+            local_only_ = false;
         } else if (saved.unreachable && is_safety_action(staged.kind)) {
+            local_only_ = false;  // this one is written when the store is back
             spdlog::error(
                 "{} applied on this instance only: {}; written to the fleet when it "
                 "is back",
@@ -100,7 +135,10 @@ void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
 // Another instance's change (or this one's, seen again through the watch).
 void Switchboard::handle_fleet_state(Origin origin, const FleetState& fleet_state) {
     RoutingState incoming = fleet_state.state;
-    if (incoming.revision <= state_.revision) {
+    const bool news = durable()     ? incoming.revision > state_.revision
+                      : local_only_ ? incoming.revision >= durable_.revision
+                                    : incoming.revision > durable_.revision;
+    if (!news) {
         finish(origin, json::object{{"ok", true}});  // served already
         return;
     }
@@ -108,7 +146,7 @@ void Switchboard::handle_fleet_state(Origin origin, const FleetState& fleet_stat
         spdlog::warn("fleet state names backends this instance's config does not have: {}",
                      dropped);
     }
-    if (!durable()) {
+    if (!durable() && !local_only_) {
         // A revert applied here while the fleet store was away is not given up for a state
         // committed without it: it is staged again on the fleet's state and written there.
         const RoutingState local = state_;
@@ -126,6 +164,7 @@ void Switchboard::handle_fleet_state(Origin origin, const FleetState& fleet_stat
         }
         persist_error_.clear();  // the fleet's state stands (it has the revert, or it is moot)
     }
+    local_only_ = false;
     auto table = build_table(*config_, incoming, ids_, effective_health());
     auto staged = std::make_shared<Staged>(
         Staged{incoming, config_, "committed by another instance", SwitchKind::fleet});
@@ -144,7 +183,9 @@ void Switchboard::handle_fleet_state(Origin origin, const FleetState& fleet_stat
 void Switchboard::answer_applied(Origin& origin, json::object reply) {
     if (fleet_ == nullptr || origin.internal || !durable()) {
         report_to_fleet();
-        if (fleet_ != nullptr && !durable()) {
+        if (local_only_) {
+            reply["fleet"] = json::object{{"local", true}};
+        } else if (fleet_ != nullptr && !durable()) {
             reply["fleet"] = json::object{{"complete", false},
                                           {"error", "not written to the fleet: " + persist_error_}};
         }

@@ -1,6 +1,7 @@
 """Fleet mode: three bgproxy instances sharing one routing state in a real three-member etcd
 cluster on 127.0.0.1, under load. Nothing is mocked: etcd members are started, killed and
 stopped by the tests."""
+import base64
 import http.client
 import json
 import signal
@@ -32,6 +33,12 @@ timeout = "150ms"
 rise = 1
 fall = 2
 """
+
+
+def set_health(backend, status):
+    with urllib.request.urlopen("http://%s/admin/health?status=%d" % (backend.address, status),
+                                timeout=5) as r:
+        r.read()
 
 
 def colour_of(body):
@@ -284,6 +291,79 @@ class FleetTest(ProcessTestCase):
         self.assertEqual(rc, 0, reply)
         self.assertTrue(reply["fleet"]["complete"], reply)
         self.assertEqual({p.status()["version"] for p in proxies}, {version + 1})
+
+    def fleet_state(self):
+        """The fleet's state as etcd holds it, read from a live member."""
+        key = base64.b64encode(("/bgproxy/fleets/%s/state" % self.fleet_name).encode()).decode()
+        for i in range(len(self.etcd.members)):
+            if self.etcd.running(i):
+                kvs = self.etcd.call(i, "/v3/kv/range", {"key": key}).get("kvs", [])
+                return json.loads(base64.b64decode(kvs[0]["value"])) if kvs else None
+        return None
+
+    def guard_fleet(self):
+        """i1 checks /healthz, which a test can fail; i2 and i3 check "/", which stays up: a
+        revert can only be i1's decision, and reach the others through the fleet."""
+        i1 = self.instance("i1", extra=HEALTH)
+        others = [self.instance(n, extra=HEALTH + 'path = "/"\n') for n in ("i2", "i3")]
+        proxies = [i1] + others
+        self.wait_members(i1, 3)
+        rc, reply = self.command(i1, "set", "green=50")
+        self.assertEqual(rc, 0, reply)
+        return proxies
+
+    def test_a_guard_revert_on_one_instance_reverts_the_whole_fleet(self):
+        proxies = self.guard_fleet()
+        set_health(self.green[0], 500)
+        self.wait_for("every instance reverted to blue",
+                      lambda: all(p.status()["colours"]["green"]["role"] == "failed"
+                                  for p in proxies))
+        state = self.fleet_state()
+        self.assertEqual(state["weights"]["green"], 0)
+        self.assertEqual(state["failed"], ["green"])
+        self.assertIn("health", state["command"])
+
+    def test_a_guard_revert_with_etcd_away_applies_at_once_and_reaches_the_fleet_after(self):
+        proxies = self.guard_fleet()
+        self.etcd.stop_all()
+        self.wait_for("every instance sees etcd unreachable",
+                      lambda: not any(p.status()["fleet"]["reachable"] for p in proxies))
+        set_health(self.green[0], 500)
+        # i1 reverts at once without etcd; i2 and i3 see green healthy and keep serving it.
+        self.wait_for("i1 reverted locally",
+                      lambda: proxies[0].status()["colours"]["green"]["weight"] == 0, timeout=5)
+        self.assertFalse(proxies[0].status()["durable"])
+        self.assertEqual(proxies[1].status()["colours"]["green"]["weight"], 50)
+        self.etcd.start_all()
+        # Written to the fleet when it is back, and the fleet converges on it, not on green.
+        self.wait_for("every instance serves the revert",
+                      lambda: all(p.status()["colours"]["green"]["weight"] == 0 and
+                                  p.status()["durable"] for p in proxies), timeout=15)
+        state = self.fleet_state()
+        self.assertEqual(state["weights"]["green"], 0)
+        self.assertEqual(state["failed"], ["green"])
+        self.assertEqual({p.status()["version"] for p in proxies}, {state["version"]})
+
+    def test_local_changes_apply_to_one_instance_and_yield_to_the_fleet_when_it_is_back(self):
+        proxies = self.fleet(3)
+        rc, reply = self.command(proxies[0], "set", "green=20", "--local")
+        self.assertEqual(rc, 1)
+        self.assertIn("reachable", reply["error"])
+        self.etcd.stop_all()
+        self.wait_for("every instance sees etcd unreachable",
+                      lambda: not any(p.status()["fleet"]["reachable"] for p in proxies))
+        rc, reply = self.command(proxies[0], "set", "green=20", "--local")
+        self.assertEqual(rc, 0, reply)
+        self.assertTrue(reply["fleet"]["local"])
+        self.assertEqual(proxies[0].status()["colours"]["green"]["weight"], 20)
+        self.assertEqual(proxies[1].status()["colours"]["green"]["weight"], 0)
+        with open(proxies[0].audit_log) as f:
+            self.assertIn("--local", f.read())
+        self.etcd.start_all()
+        self.wait_for("i1 back on the fleet's state",
+                      lambda: proxies[0].status()["colours"]["green"]["weight"] == 0 and
+                      proxies[0].status()["durable"], timeout=15)
+        self.assertEqual(self.fleet_state()["weights"]["green"], 0)
 
 
 if __name__ == "__main__":
