@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -288,6 +289,7 @@ void FleetStore::set_reachable(bool reachable, const std::string& why) {
         return;
     }
     const bool changed = reachable != reachable_;
+    const bool drove = drives_ramp();
     reachable_ = reachable;
     unreachable_why_ = reachable ? std::string{} : why;
     if (!changed) {
@@ -301,6 +303,9 @@ void FleetStore::set_reachable(bool reachable, const std::string& why) {
     }
     if (events_.reachability) {
         events_.reachability(reachable, unreachable_why_);
+    }
+    if (drove != drives_ramp() && events_.driver) {
+        events_.driver();
     }
 }
 
@@ -336,6 +341,17 @@ asio::awaitable<void> FleetStore::run_session() {
                 if (error.find("lease not found") != std::string::npos) {
                     lease_ = 0;  // expired while etcd was away: join again
                 }
+            }
+        }
+        if (error.empty() && ramp_driver_.empty() && lease_ != 0) {
+            // Nobody drives ramps: this instance offers to (one wins the create).
+            EtcdTxn taken = co_await client_.create(driver_key(), instance_, lease_);
+            error = taken.error;
+            answered = answered || error.empty();
+            if (error.empty() && taken.succeeded) {
+                set_driver(instance_);
+            } else if (error.empty() && taken.current) {
+                set_driver(taken.current->value);
             }
         }
         if (error.empty() && std::chrono::steady_clock::now() - last_keepalive >= keepalive_every) {
@@ -387,7 +403,13 @@ asio::awaitable<bool> FleetStore::read_all() {
             take_state(kv);
         } else if (kv.key.starts_with(members_prefix())) {
             take_member(kv, false);
+        } else if (kv.key == driver_key()) {
+            set_driver(kv.value);
         }
+    }
+    if (std::none_of(read.kvs.begin(), read.kvs.end(),
+                     [this](const EtcdKeyValue& kv) { return kv.key == driver_key(); })) {
+        set_driver({});
     }
     revision_seen_ = std::max(revision_seen_, read.revision);
     check_waiters();
@@ -458,9 +480,27 @@ void FleetStore::take_events(std::int64_t, const std::vector<EtcdWatchEvent>& ev
             }
         } else if (event.kv.key.starts_with(members_prefix())) {
             take_member(event.kv, event.deleted);
+        } else if (event.kv.key == driver_key()) {
+            set_driver(event.deleted ? std::string{} : event.kv.value);
         }
     }
     check_waiters();
+}
+
+void FleetStore::set_driver(std::string driver) {
+    if (driver == ramp_driver_) {
+        return;
+    }
+    const bool was = drives_ramp();
+    ramp_driver_ = std::move(driver);
+    if (ramp_driver_.empty() && session_timer_) {
+        session_timer_->cancel();  // the driver left: offer to take over now
+    } else {
+        spdlog::info("fleet {}: {} drives ramps", fleet_.name, ramp_driver_);
+    }
+    if (was != drives_ramp() && events_.driver) {
+        events_.driver();
+    }
 }
 
 void FleetStore::take_state(const EtcdKeyValue& kv) {
@@ -594,6 +634,7 @@ json::object FleetStore::status_json() const {
                      {"endpoint", client_.current_endpoint()},
                      {"reachable", reachable_},
                      {"revision_seen", revision_seen_},
+                     {"ramp_driver", ramp_driver_},
                      {"members", std::move(members)},
                      {"conflicts", conflicts_.load()}};
     if (!reachable_) {

@@ -4,6 +4,8 @@
 //   state               the RoutingState (JSON); its mod_revision is the state's revision
 //   members/INSTANCE    what this instance applied and sees, under its lease: it disappears
 //                       when the instance dies
+//   ramp-driver         the instance that takes a ramp's steps, under its lease: one at a time,
+//                       and when it dies another takes over
 //
 // As a StateStore (the Switchboard's persister thread): load reads the fleet's state, or with
 // etcd away the local cache (the state file) of the last state applied; save is a transaction
@@ -57,6 +59,7 @@ class FleetStore final : public StateStore {
     struct Events {
         std::function<void(RoutingState)> state;  // the fleet's state changed (any instance)
         std::function<void(bool reachable, const std::string& why)> reachability;
+        std::function<void()> driver;  // this instance became, or stopped being, the ramp driver
     };
 
     FleetStore(const Config& config, std::string instance, std::string cache_path);
@@ -84,6 +87,10 @@ class FleetStore final : public StateStore {
     void await_applied(std::int64_t revision, std::function<void(FleetAck)> done);
 
     bool reachable() const { return reachable_; }
+    // Takes a ramp's steps: this instance holds the ramp-driver key (never while etcd is away:
+    // the key may have passed to another instance meanwhile).
+    bool drives_ramp() const { return ramp_driver_ == instance_ && reachable_; }
+    const std::string& ramp_driver() const { return ramp_driver_; }
     const std::string& unreachable_because() const { return unreachable_why_; }
     const std::string& instance() const { return instance_; }
     const std::string& name() const { return fleet_.name; }
@@ -101,6 +108,8 @@ class FleetStore final : public StateStore {
 
     std::string state_key() const { return base_ + "state"; }
     std::string members_prefix() const { return base_ + "members/"; }
+    std::string driver_key() const { return base_ + "ramp-driver"; }
+    void set_driver(std::string driver);
     boost::asio::awaitable<void> run_session();
     boost::asio::awaitable<void> run_watch();
     boost::asio::awaitable<bool> read_all();
@@ -140,6 +149,7 @@ class FleetStore final : public StateStore {
     std::string unreachable_why_;
     std::int64_t revision_seen_ = 0;
     std::map<std::string, FleetMember> members_;
+    std::string ramp_driver_;  // as the watch saw the ramp-driver key; empty: nobody
     FleetMember self_;
     bool member_dirty_ = false;
     bool member_writing_ = false;

@@ -947,6 +947,9 @@ void Switchboard::arm_ramp_timer() {
     if (!state_.ramp || state_.ramp->paused || publisher_ == nullptr) {
         return;
     }
+    if (!drives_ramp()) {
+        return;  // in a fleet, one instance takes the steps; the others apply them
+    }
     ramp_timer_.expires_after(state_.ramp->every);
     ramp_timer_.async_wait([this](boost::system::error_code ec) {
         if (!ec) {

@@ -194,6 +194,7 @@ class Switchboard {
     void answer_applied(Origin& origin, boost::json::object reply);
     void report_to_fleet();
     bool store_reachable() const;  // true outside a fleet
+    bool drives_ramp() const;      // true outside a fleet
     // The fleet store is back: write a revert made meanwhile, or drop --local changes.
     void fleet_reachable_again();
     // A state the fleet refused because another was stored first: go on from that one.

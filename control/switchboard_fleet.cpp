@@ -51,12 +51,17 @@ void Switchboard::attach_fleet(FleetStore& fleet) {
             fleet_reachable_again();
         }
     };
+    events.driver = [this] { arm_ramp_timer(); };
     fleet.start(executor_, std::move(events));
     report_to_fleet();
 }
 
 bool Switchboard::store_reachable() const {
     return fleet_ == nullptr || fleet_->reachable();
+}
+
+bool Switchboard::drives_ramp() const {
+    return fleet_ == nullptr || fleet_->drives_ramp();
 }
 
 void Switchboard::fleet_reachable_again() {

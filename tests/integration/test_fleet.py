@@ -11,7 +11,7 @@ import unittest
 import urllib.request
 
 from etcd_cluster import EtcdCluster, etcd_available
-from harness import ProcessTestCase, Proxy, config
+from harness import ProcessTestCase, Proxy, config, metric
 
 FLEET = """
 [fleet]
@@ -187,6 +187,8 @@ class FleetTest(ProcessTestCase):
         refused = [r for rc, r in results if rc != 0]
         for r in refused:
             self.assertIn("another change reached the fleet first", r["error"])
+        self.assertEqual(sum(metric(p, "bgproxy_fleet_conflicts_total") for p in proxies[:2]),
+                         len(refused))
         self.assertGreaterEqual(len(ok), 1, results)
         # The state every instance serves is the last change that won: none was lost.
         last = max(ok, key=lambda r: r["version"])
@@ -265,6 +267,8 @@ class FleetTest(ProcessTestCase):
         self.etcd.stop_all()
         self.wait_for("every instance sees etcd unreachable",
                       lambda: not any(p.status()["fleet"]["reachable"] for p in proxies))
+        self.assertEqual(metric(proxies[0], "bgproxy_fleet_store_reachable",
+                                'fleet="%s"' % self.fleet_name), 0)
         load = Load(proxies)
         rc, reply = self.command(proxies[1], "set", "green=50")
         self.assertEqual(rc, 1)
@@ -291,6 +295,12 @@ class FleetTest(ProcessTestCase):
         self.assertEqual(rc, 0, reply)
         self.assertTrue(reply["fleet"]["complete"], reply)
         self.assertEqual({p.status()["version"] for p in proxies}, {version + 1})
+        labels = 'fleet="%s"' % self.fleet_name
+        self.assertEqual(metric(proxies[0], "bgproxy_fleet_store_reachable", labels), 1)
+        self.assertEqual(metric(proxies[0], "bgproxy_fleet_members", labels), 3)
+        self.assertEqual(metric(proxies[0], "bgproxy_fleet_applied_version", labels), version + 1)
+        self.assertEqual(metric(proxies[2], "bgproxy_fleet_acks_total", 'result="complete"'), 1)
+        self.assertEqual(metric(proxies[0], "bgproxy_fleet_states_applied_total"), 1)  # i3's set
 
     def fleet_state(self):
         """The fleet's state as etcd holds it, read from a live member."""
@@ -364,6 +374,33 @@ class FleetTest(ProcessTestCase):
                       lambda: proxies[0].status()["colours"]["green"]["weight"] == 0 and
                       proxies[0].status()["durable"], timeout=15)
         self.assertEqual(self.fleet_state()["weights"]["green"], 0)
+
+    def test_one_instance_drives_a_ramp_and_another_takes_over_when_it_dies(self):
+        proxies = self.fleet(3)
+        self.wait_for("a ramp driver", lambda: proxies[0].status()["fleet"]["ramp_driver"])
+        driver = proxies[0].status()["fleet"]["ramp_driver"]
+        self.assertEqual({p.status()["fleet"]["ramp_driver"] for p in proxies}, {driver})
+        index = int(driver[1:]) - 1
+        other = proxies[(index + 1) % 3]
+        rc, reply = self.command(other, "ramp", "green", "to=100", "step=20", "every=700ms")
+        self.assertEqual(rc, 0, reply)
+        self.assertEqual(reply["weights"]["green"], 20)  # the first step at once
+        time.sleep(1.0)
+        proxies[index].signal(signal.SIGKILL)
+        proxies[index].wait(5)
+        survivors = [p for i, p in enumerate(proxies) if i != index]
+        self.wait_for("the ramp done on the survivors",
+                      lambda: all(p.status()["colours"]["green"]["weight"] == 100
+                                  for p in survivors), timeout=15)
+        new_driver = survivors[0].status()["fleet"]["ramp_driver"]
+        self.assertNotEqual(new_driver, driver)
+        # Each step was taken once: one version per step (20 40 60 80 100 after version 1), and
+        # no step lost a race to another instance's.
+        for p in survivors:
+            status = p.status()
+            self.assertEqual(status["version"], 6)
+            self.assertEqual(status["fleet"]["conflicts"], 0)
+            self.assertIsNone(status["ramp"])
 
 
 if __name__ == "__main__":
