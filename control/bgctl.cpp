@@ -112,6 +112,39 @@ std::string str(const json::value& v) {
     return json::serialize(v);
 }
 
+// In a fleet: the store, the members, what each applied and sees of the backends.
+void print_fleet(const json::object& s) {
+    const json::value* f = s.if_contains("fleet");
+    if (f == nullptr || !f->is_object()) {
+        return;
+    }
+    const json::object& fleet = f->as_object();
+    const bool reachable = fleet.at("reachable").as_bool();
+    std::printf("\nfleet %s (this instance: %s), etcd %s%s; ramp driver: %s\n",
+                str(fleet.at("name")).c_str(), str(fleet.at("instance")).c_str(),
+                reachable ? "reachable at " : "UNREACHABLE: ",
+                str(fleet.at(reachable ? "endpoint" : "error")).c_str(),
+                str(fleet.at("ramp_driver")).c_str());
+    if (const json::value* warning = fleet.if_contains("warning")) {
+        std::printf("warning: %s\n", str(*warning).c_str());
+    }
+    std::printf("%-20s %-22s %8s %8s  %s\n", "MEMBER", "LISTEN", "VERSION", "BEHIND",
+                "BACKENDS DOWN (as it sees them)");
+    for (const auto& m : fleet.at("members").as_array()) {
+        const json::object& o = m.as_object();
+        std::string down;
+        for (const auto& [name, healthy] : o.at("health").as_object()) {
+            if (healthy.is_bool() && !healthy.as_bool()) {
+                down += (down.empty() ? "" : ", ") + std::string(name);
+            }
+        }
+        std::printf("%-20s %-22s %8s %8s  %s\n",
+                    (str(o.at("instance")) + (o.at("self").as_bool() ? " *" : "")).c_str(),
+                    str(o.at("listen")).c_str(), str(o.at("applied_version")).c_str(),
+                    str(o.at("versions_behind")).c_str(), down.empty() ? "-" : down.c_str());
+    }
+}
+
 void print_status(const json::object& s) {
     std::printf("version %s, changed %s by %s (%s)\n", str(s.at("version")).c_str(),
                 str(s.at("changed_at")).c_str(), str(s.at("changed_by")).c_str(),
@@ -170,6 +203,7 @@ void print_status(const json::object& s) {
             }
         }
     }
+    print_fleet(s);
     std::printf("\n%-12s %-6s %-22s %-6s %-9s %9s %9s\n", "BACKEND", "COLOUR", "ADDRESS", "ADMIN",
                 "HEALTH", "IN-FLIGHT", "UPGRADED");
     for (const char* c : {"blue", "green"}) {
@@ -216,7 +250,8 @@ void print_reply(const std::string& verb, const json::object& reply) {
         }
         std::printf("\n");
     }
-    if (const json::value* fleet = reply.if_contains("fleet"); fleet && fleet->is_object()) {
+    if (const json::value* fleet = reply.if_contains("fleet");
+        verb != "status" && fleet && fleet->is_object()) {
         const json::object& f = fleet->as_object();
         auto names = [&f](const char* key) {
             std::string out;
@@ -227,9 +262,11 @@ void print_reply(const std::string& verb, const json::object& reply) {
             }
             return out;
         };
-        if (f.contains("error")) {
+        if (f.contains("local")) {
+            std::printf("fleet: applied to this instance only (--local)\n");
+        } else if (f.contains("error")) {
             std::printf("fleet: %s\n", str(f.at("error")).c_str());
-        } else {
+        } else if (f.contains("complete")) {
             std::printf("fleet: applied by %s%s%s\n", names("applied").c_str(),
                         names("lagging").empty() ? "" : "; NOT yet by ", names("lagging").c_str());
         }

@@ -57,6 +57,21 @@ std::string needs_restart(const Config& current, const Config& fresh) {
         restart += restart.empty() ? "" : ", ";
         restart += "server.buffer_size or upstream pool settings";
     }
+    const FleetConfig& a = current.fleet;
+    const FleetConfig& b = fresh.fleet;
+    auto texts = [](const FleetConfig& f) {
+        std::string out;
+        for (const auto& e : f.endpoints) {
+            out += e.text + ",";
+        }
+        return out;
+    };
+    if (a.name != b.name || a.instance != b.instance || a.prefix != b.prefix ||
+        texts(a) != texts(b) || a.etcd_tls != b.etcd_tls || a.lease_ttl != b.lease_ttl ||
+        a.request_timeout != b.request_timeout || a.apply_timeout != b.apply_timeout) {
+        restart += restart.empty() ? "" : ", ";
+        restart += "[fleet] settings";
+    }
     return restart;
 }
 

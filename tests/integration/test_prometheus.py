@@ -14,6 +14,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from etcd_cluster import EtcdCluster, etcd_available
 from harness import ProcessTestCase, config, end_process, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -246,7 +247,13 @@ class DashboardTest(ProcessTestCase):
     def test_every_query_names_only_metrics_bgproxy_exports(self):
         blue = [self.backend("blue-1"), self.backend("blue-2")]
         green = [self.backend("green-1"), self.backend("green-2")]
-        proxy = self.proxy(config(blue, green, weights=(50, 50)))
+        # In a fleet (a one-member etcd), so the fleet's metrics are exported too.
+        fleet = ""
+        if etcd_available():
+            etcd = EtcdCluster(1)
+            self.addCleanup(etcd.close)
+            fleet = '[fleet]\nendpoints = ["%s"]\nname = "dash"\n' % etcd.members[0].url
+        proxy = self.proxy(config(blue, green, weights=(50, 50), extra=fleet))
         # Traffic to every backend of both colours, with bodies both ways, so that series
         # created on first use exist.
         for i in range(16):
