@@ -108,7 +108,7 @@ def unix_exchange(path, line, until_close=False):
 class BgProxy:
     name = "bgproxy"
 
-    def __init__(self, backends, weights=(100, 0), binary=None):
+    def __init__(self, backends, weights=(100, 0), binary=None, extra=""):
         self.dir = workdir()
         self.socket = os.path.join(self.dir, "control.sock")
         pool = lambda c: ", ".join('{ name = "%s", address = "%s" }' % (b.name, b.address)
@@ -129,8 +129,9 @@ backends = [%s]
 socket = "%s"
 state_file = "%s"
 audit_log = "%s/audit.log"
+%s
 """ % (weights[0], weights[1], pool("blue"), pool("green"), self.socket,
-       "" if os.environ.get("BENCH_NO_STATE") else self.dir + "/state.json", self.dir))
+       "" if os.environ.get("BENCH_NO_STATE") else self.dir + "/state.json", self.dir, extra))
         self.proc, m = start([binary or os.path.join(BUILD, "proxy/bgproxy"), "--config", config,
                               "--workers", "1"], PROXY_CPU, r"listening on http://[\d.]+:(\d+)")
         self.port = int(m.group(1))

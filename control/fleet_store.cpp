@@ -163,8 +163,6 @@ StoreLoad FleetStore::load() {
                 "fleet {}: etcd is unreachable ({}); serving the last fleet state this instance "
                 "applied (version {}, revision {}) until it is back",
                 fleet_.name, read.error, result.state->version, result.state->revision);
-            std::lock_guard lock(latest_mutex_);
-            latest_ = {result.state->version, result.state->revision};
         }
         return result;
     }
@@ -178,10 +176,6 @@ StoreLoad FleetStore::load() {
         result.error = "the fleet's state in etcd (" + state_key() + ") is corrupt: " + why;
         return result;
     }
-    {
-        std::lock_guard lock(latest_mutex_);
-        latest_ = {result.state->version, result.state->revision};
-    }
     remember(*result.state);
     return result;
 }
@@ -191,6 +185,10 @@ SaveOutcome FleetStore::save(const RoutingState& next, StoredVersion expected) {
     stored.revision = 0;  // the key's mod_revision says it
     const std::string value = json::serialize(to_json(stored));
     EtcdTxn txn = run_blocking(client_.put_if(state_key(), value, expected.revision));
+    if (txn.error.empty() && !txn.succeeded && !txn.current && expected.revision != 0) {
+        // Someone deleted the fleet's state: this change writes it again.
+        txn = run_blocking(client_.put_if(state_key(), value, 0));
+    }
     SaveOutcome outcome;
     if (!txn.error.empty()) {
         outcome.unreachable = true;
@@ -217,12 +215,6 @@ SaveOutcome FleetStore::save(const RoutingState& next, StoredVersion expected) {
     }
     outcome.ok = true;
     outcome.revision = txn.revision;
-    {
-        std::lock_guard lock(latest_mutex_);
-        if (txn.revision > latest_.revision) {
-            latest_ = {next.version, txn.revision};
-        }
-    }
     RoutingState cached = next;
     cached.revision = txn.revision;
     remember(cached);
@@ -473,8 +465,6 @@ void FleetStore::take_events(std::int64_t, const std::vector<EtcdWatchEvent>& ev
                     "fleet {}: the fleet's state key was deleted; keeping the state "
                     "served (the next change writes it again)",
                     fleet_.name);
-                std::lock_guard lock(latest_mutex_);
-                latest_ = {};
             } else {
                 take_state(event.kv);
             }
@@ -510,12 +500,6 @@ void FleetStore::take_state(const EtcdKeyValue& kv) {
         spdlog::error("fleet {}: ignoring a corrupt fleet state at revision {}: {}", fleet_.name,
                       kv.mod_revision, why);
         return;
-    }
-    {
-        std::lock_guard lock(latest_mutex_);
-        if (state->revision > latest_.revision) {
-            latest_ = {state->version, state->revision};
-        }
     }
     if (events_.state) {
         events_.state(std::move(*state));

@@ -25,7 +25,6 @@
 #include <list>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -133,10 +132,6 @@ class FleetStore final : public StateStore {
     std::unique_ptr<FileStateStore> cache_;  // empty without a state file
     EtcdClient client_;
     boost::asio::thread_pool cache_writer_{1};
-
-    // The state last seen in etcd: what a save is compared with. Persister and control thread.
-    mutable std::mutex latest_mutex_;
-    StoredVersion latest_;
 
     std::optional<boost::asio::any_io_executor> executor_;
     Events events_;

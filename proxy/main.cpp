@@ -56,24 +56,8 @@ void warn_if_descriptors_short(const bg::Config& config, unsigned workers) {
     }
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-    CLI::App app{
-        "bgproxy: a blue-green traffic-switching reverse proxy.\n"
-        "Run on a config file (--config FILE), validate one (--check FILE), or start without a\n"
-        "file from flags: bgproxy --listen 127.0.0.1:8080 --blue 127.0.0.1:9001 --green "
-        "127.0.0.1:9002\n"
-        "Flags given together with --config override the file's values, at start and at each\n"
-        "reload; the file may leave out what they give."};
-    std::string config_path;
-    std::string check_path;
-    bg::ConfigOverrides flags;
-    app.add_option("-c,--config", config_path, "run on this TOML config file")
-        ->check(CLI::ExistingFile);
-    app.add_option("--check", check_path,
-                   "validate this config file; print each error as FILE:LINE:COLUMN: message and "
-                   "exit 1, or exit 0 when it is valid");
+// The flags that override the config file (and make a whole config without one).
+void add_override_flags(CLI::App& app, bg::ConfigOverrides& flags) {
     app.add_option("--listen", flags.listen, "listen address, e.g. 127.0.0.1:8080");
     app.add_option("--blue", flags.blue, "blue backends: ADDR[,ADDR...]");
     app.add_option("--green", flags.green, "green backends: ADDR[,ADDR...]");
@@ -93,6 +77,74 @@ int main(int argc, char** argv) {
     app.add_option("--metrics", flags.metrics,
                    "count per-request traffic metrics: true (default) or false (to measure "
                    "what counting costs)");
+}
+
+// Where the routing state lives: etcd in a fleet (the state file then caches the last state
+// applied), else the state file, else memory.
+std::unique_ptr<bg::StateStore> make_state_store(const bg::Config& config, bg::FleetStore*& fleet) {
+    if (config.fleet.enabled()) {
+        auto store = std::make_unique<bg::FleetStore>(config,
+                                                      config.fleet.instance.empty()
+                                                          ? bg::default_instance_name(config)
+                                                          : config.fleet.instance,
+                                                      config.control.state_file);
+        fleet = store.get();
+        return store;
+    }
+    if (config.control.state_file.empty()) {
+        return std::make_unique<bg::MemoryStateStore>();
+    }
+    return std::make_unique<bg::FileStateStore>(config.control.state_file);
+}
+
+// What a newcomer (and the tests) read on stdout once bgproxy serves.
+void print_started(const bg::Config& config, const std::vector<std::uint16_t>& ports,
+                   unsigned workers, const bg::RoutingState& state, const bg::FleetStore* fleet) {
+    for (std::size_t i = 0; i < config.listeners.size(); ++i) {
+        const bg::ListenerConfig& listener = config.listeners[i];
+        std::printf("bgproxy: listening on %s://%s:%u (%u workers)%s\n",
+                    listener.tls_context ? "https" : "http", listener.address.ip.c_str(), ports[i],
+                    workers, listener.proxy_protocol ? ", PROXY protocol header expected" : "");
+    }
+    std::printf("bgproxy: state version %llu: blue %s%%, green %s%%, stable %s\n",
+                static_cast<unsigned long long>(state.version),
+                bg::format_percent(state.weight(bg::Colour::blue)).c_str(),
+                bg::format_percent(state.weight(bg::Colour::green)).c_str(),
+                bg::to_string(state.stable));
+    if (config.control.socket.empty()) {
+        std::printf("bgproxy: no control socket (pass --control-socket PATH to use bgctl)\n");
+    } else {
+        std::printf("bgproxy: control socket %s\n", config.control.socket.c_str());
+    }
+    if (fleet != nullptr) {
+        std::printf("bgproxy: fleet %s, instance %s, state in etcd at revision %lld%s\n",
+                    fleet->name().c_str(), fleet->instance().c_str(),
+                    static_cast<long long>(state.revision),
+                    fleet->reachable() ? "" : " (etcd unreachable: the cached state)");
+    } else if (config.control.state_file.empty()) {
+        std::printf("bgproxy: routing state kept in memory (pass --state-file PATH to keep it)\n");
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{
+        "bgproxy: a blue-green traffic-switching reverse proxy.\n"
+        "Run on a config file (--config FILE), validate one (--check FILE), or start without a\n"
+        "file from flags: bgproxy --listen 127.0.0.1:8080 --blue 127.0.0.1:9001 --green "
+        "127.0.0.1:9002\n"
+        "Flags given together with --config override the file's values, at start and at each\n"
+        "reload; the file may leave out what they give."};
+    std::string config_path;
+    std::string check_path;
+    bg::ConfigOverrides flags;
+    app.add_option("-c,--config", config_path, "run on this TOML config file")
+        ->check(CLI::ExistingFile);
+    app.add_option("--check", check_path,
+                   "validate this config file; print each error as FILE:LINE:COLUMN: message and "
+                   "exit 1, or exit 0 when it is valid");
+    add_override_flags(app, flags);
     CLI11_PARSE(app, argc, argv);
 
     if (!check_path.empty()) {
@@ -129,22 +181,8 @@ int main(int argc, char** argv) {
 
     // The main thread is the control thread: Switchboard, control socket, signals.
     boost::asio::io_context control(1);
-    std::unique_ptr<bg::StateStore> store;
     bg::FleetStore* fleet = nullptr;
-    if (config->fleet.enabled()) {
-        // In a fleet the state lives in etcd; the state file caches the last one applied.
-        auto fleet_store = std::make_unique<bg::FleetStore>(*config,
-                                                            config->fleet.instance.empty()
-                                                                ? bg::default_instance_name(*config)
-                                                                : config->fleet.instance,
-                                                            config->control.state_file);
-        fleet = fleet_store.get();
-        store = std::move(fleet_store);
-    } else if (config->control.state_file.empty()) {
-        store = std::make_unique<bg::MemoryStateStore>();
-    } else {
-        store = std::make_unique<bg::FileStateStore>(config->control.state_file);
-    }
+    std::unique_ptr<bg::StateStore> store = make_state_store(*config, fleet);
     bg::AuditLog audit(
         config->control.audit_log,
         bg::AuditLimits{config->control.audit_log_max_size, config->control.audit_log_keep,
@@ -215,32 +253,7 @@ int main(int argc, char** argv) {
     }
     health.configure(*config);
 
-    for (std::size_t i = 0; i < config->listeners.size(); ++i) {
-        const bg::ListenerConfig& listener = config->listeners[i];
-        std::printf("bgproxy: listening on %s://%s:%u (%u workers)%s\n",
-                    listener.tls_context ? "https" : "http", listener.address.ip.c_str(),
-                    group.ports()[i], workers,
-                    listener.proxy_protocol ? ", PROXY protocol header expected" : "");
-    }
-    const bg::RoutingState& state = switchboard.state();
-    std::printf("bgproxy: state version %llu: blue %s%%, green %s%%, stable %s\n",
-                static_cast<unsigned long long>(state.version),
-                bg::format_percent(state.weight(bg::Colour::blue)).c_str(),
-                bg::format_percent(state.weight(bg::Colour::green)).c_str(),
-                bg::to_string(state.stable));
-    if (config->control.socket.empty()) {
-        std::printf("bgproxy: no control socket (pass --control-socket PATH to use bgctl)\n");
-    } else {
-        std::printf("bgproxy: control socket %s\n", config->control.socket.c_str());
-    }
-    if (fleet != nullptr) {
-        std::printf("bgproxy: fleet %s, instance %s, state in etcd at revision %lld%s\n",
-                    fleet->name().c_str(), fleet->instance().c_str(),
-                    static_cast<long long>(state.revision),
-                    fleet->reachable() ? "" : " (etcd unreachable: the cached state)");
-    } else if (config->control.state_file.empty()) {
-        std::printf("bgproxy: routing state kept in memory (pass --state-file PATH to keep it)\n");
-    }
+    print_started(*config, group.ports(), workers, switchboard.state(), fleet);
     std::fflush(stdout);
 
     boost::asio::signal_set signals(control, SIGTERM, SIGINT, SIGHUP);

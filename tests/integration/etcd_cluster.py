@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import time
@@ -19,7 +20,8 @@ def etcd_available():
 
 
 class EtcdMember:
-    def __init__(self, name, client_port, peer_port, data_dir, log_path):
+    def __init__(self, name, client_port, peer_port, data_dir, log_path, scheme="http"):
+        self.scheme = scheme
         self.name = name
         self.client_port = client_port
         self.peer_port = peer_port
@@ -29,16 +31,24 @@ class EtcdMember:
 
     @property
     def url(self):
-        return "http://127.0.0.1:%d" % self.client_port
+        return "%s://127.0.0.1:%d" % (self.scheme, self.client_port)
 
 
 class EtcdCluster:
-    def __init__(self, size=3):
+    def __init__(self, size=3, tls=None):
+        """tls: (server (pem, key), CA file, client (pem, key)): clients must connect with TLS
+        and a certificate the CA signed (the peers still talk plain HTTP)."""
         self.dir = tempfile.mkdtemp(prefix="bgproxy-etcd-")
         self.token = "bg-%d-%d" % (os.getpid(), int(time.time() * 1000))
+        self.tls = tls
+        self.context = None
+        if tls:
+            self.context = ssl.create_default_context(cafile=tls[1])
+            self.context.load_cert_chain(*tls[2])
         self.members = [
             EtcdMember("m%d" % i, free_port(), free_port(), os.path.join(self.dir, "m%d" % i),
-                       os.path.join(self.dir, "m%d.log" % i)) for i in range(size)]
+                       os.path.join(self.dir, "m%d.log" % i), "https" if tls else "http")
+            for i in range(size)]
         self.initial = ",".join("%s=http://127.0.0.1:%d" % (m.name, m.peer_port)
                                 for m in self.members)
         for i in range(size):
@@ -59,6 +69,9 @@ class EtcdCluster:
                 "--initial-cluster-state", "new",
                 # Quick elections, so a test does not wait seconds for a new leader.
                 "--heartbeat-interval", "50", "--election-timeout", "500"]
+        if self.tls:
+            args += ["--cert-file", self.tls[0][0], "--key-file", self.tls[0][1],
+                     "--trusted-ca-file", self.tls[1], "--client-cert-auth"]
         log = open(m.log_path, "a")
         m.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -67,7 +80,7 @@ class EtcdCluster:
         """One POST to member i's JSON gateway; the decoded answer."""
         request = urllib.request.Request(self.members[i].url + path,
                                          data=json.dumps(body).encode(), method="POST")
-        with urllib.request.urlopen(request, timeout=timeout) as r:
+        with urllib.request.urlopen(request, timeout=timeout, context=self.context) as r:
             return json.loads(r.read())
 
     def running(self, i):

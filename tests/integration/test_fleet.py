@@ -4,14 +4,17 @@ stopped by the tests."""
 import base64
 import http.client
 import json
+import shutil
 import signal
+import tempfile
 import threading
 import time
 import unittest
 import urllib.request
 
+from certificates import TestAuthority
 from etcd_cluster import EtcdCluster, etcd_available
-from harness import ProcessTestCase, Proxy, config, metric
+from harness import ProcessTestCase, Proxy, TcpRelay, config, metric
 
 FLEET = """
 [fleet]
@@ -103,9 +106,10 @@ class FleetTest(ProcessTestCase):
     def endpoints(self):
         return ", ".join('"%s"' % m.url for m in self.etcd.members)
 
-    def instance(self, name, state_dir=None, extra="", lease="2s", apply_timeout="5s"):
+    def instance(self, name, state_dir=None, extra="", lease="2s", apply_timeout="5s",
+                 endpoints=None):
         text = config(self.blue, self.green,
-                      extra=FLEET % (self.endpoints(), self.fleet_name, name, lease,
+                      extra=FLEET % (endpoints or self.endpoints(), self.fleet_name, name, lease,
                                      apply_timeout) + extra)
         return self.start(Proxy(text, workers=1, state_dir=state_dir)).follow()
 
@@ -211,6 +215,15 @@ class FleetTest(ProcessTestCase):
         self.assertLess(time.time() - started, 5)  # within the lease, not the apply timeout
         self.assertEqual(sorted(m["instance"] for m in proxies[1].status()["fleet"]["members"]),
                          ["i1", "i2"])
+
+    def test_members_whose_pools_differ_are_warned_of(self):
+        i1 = self.instance("i1")
+        self.assertNotIn("warning", i1.status()["fleet"])
+        self.green.append(self.backend("green-2"))  # i2's green pool has one more backend
+        i2 = self.instance("i2")
+        self.wait_members(i1, 2)
+        self.assertIn("pool definitions differ", i1.status()["fleet"]["warning"])
+        self.assertIn("pool definitions differ", i2.bgctl("status").stdout)
 
     def test_a_member_that_does_not_apply_is_named_after_the_apply_timeout(self):
         # A lease longer than the apply timeout: the stopped member is still a member when the
@@ -401,6 +414,67 @@ class FleetTest(ProcessTestCase):
             self.assertEqual(status["version"], 6)
             self.assertEqual(status["fleet"]["conflicts"], 0)
             self.assertIsNone(status["ramp"])
+
+    def test_a_watch_cut_off_resumes_without_losing_a_change_even_past_a_compaction(self):
+        relays = [TcpRelay(m.client_port) for m in self.etcd.members]
+        for r in relays:
+            self.addCleanup(r.close)
+        i1 = self.instance("i1")
+        i2 = self.instance("i2", lease="10s", apply_timeout="1s",
+                           endpoints=", ".join('"http://127.0.0.1:%d"' % r.port for r in relays))
+        self.wait_members(i1, 2)
+
+        def cut_flip_restore(compact):
+            for r in relays:
+                r.cut()
+            self.wait_for("i2 cut off", lambda: not i2.status()["fleet"]["reachable"])
+            rc, reply = self.command(i1, "flip")
+            self.assertEqual(rc, 5, reply)  # i2 is a member still (its lease), and lags
+            self.assertEqual(reply["fleet"]["lagging"], ["i2 (at version %d)" % (reply["version"] - 1)])
+            if compact:
+                rev = self.etcd.call(0, "/v3/kv/range", {"key": "AA=="})["header"]["revision"]
+                self.etcd.call(0, "/v3/kv/compaction", {"revision": rev, "physical": True})
+            for r in relays:
+                r.restore()
+            self.wait_for("i2 applied version %d" % reply["version"],
+                          lambda: i2.status()["version"] == reply["version"])
+
+        cut_flip_restore(compact=False)  # the watch resumes from the last revision it saw
+        cut_flip_restore(compact=True)   # that revision is compacted: read afresh
+        self.assertTrue(any("compacted" in line for line in i2.lines), "".join(i2.lines[-20:]))
+
+
+@unittest.skipUnless(etcd_available(), "etcd-server is not installed (scripts/install-deps.sh)")
+class FleetTlsTest(ProcessTestCase):
+    def test_a_fleet_on_etcd_over_tls_with_a_client_certificate(self):
+        ca = TestAuthority()
+        self.addCleanup(ca.remove)
+        # etcd's gateway calls its own gRPC port with the server certificate: it must be
+        # good for clientAuth too.
+        server = ca.leaf("etcd", "etcd", [], 1, ips=["127.0.0.1"], usage="serverAuth,clientAuth")
+        client = ca.leaf("bgproxy", "bgproxy", [], 2, usage="clientAuth")
+        etcd = EtcdCluster(1, tls=(server, ca.ca_file, client))
+        self.addCleanup(etcd.close)
+        blue, green = [self.backend("blue-1")], [self.backend("green-1")]
+        tls = '[fleet.tls]\nca_file = "%s"\ncert = "%s"\nkey = "%s"\n' % (ca.ca_file, *client)
+        proxies = [self.start(Proxy(config(blue, green, extra=FLEET % (
+            '"%s"' % etcd.members[0].url, "tls", name, "2s", "5s") + tls), workers=1)).follow()
+            for name in ("i1", "i2")]
+        deadline = time.time() + 10
+        while len(proxies[0].status()["fleet"]["members"]) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        r = proxies[1].bgctl("--json", "flip")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(sorted(json.loads(r.stdout)["fleet"]["applied"]), ["i1", "i2"])
+        # Without the client certificate etcd turns it away: with nothing cached, no start.
+        empty_dir = tempfile.mkdtemp(prefix="bgproxy-test-")
+        self.addCleanup(shutil.rmtree, empty_dir, True)
+        with self.assertRaises(RuntimeError) as refused:
+            self.start(Proxy(config(blue, green, extra=FLEET % (
+                '"%s"' % etcd.members[0].url, "tls", "i3", "2s", "5s") +
+                '[fleet.tls]\nca_file = "%s"\n' % ca.ca_file), workers=1,
+                state_dir=empty_dir))
+        self.assertIn("the fleet store is unreachable", str(refused.exception))
 
 
 if __name__ == "__main__":
