@@ -25,7 +25,7 @@ SECONDS = int(os.environ.get("FLEET_SECONDS", "5"))
 
 def percentiles(values):
     values = sorted(values)
-    pick = lambda q: values[min(len(values) - 1, int(q * len(values)))]
+    pick = lambda q: values[int(q * (len(values) - 1))]
     return {"median": round(statistics.median(values), 2), "p99": round(pick(0.99), 2),
             "max": round(values[-1], 2), "n": len(values)}
 

@@ -133,7 +133,8 @@ audit_log = "%s/audit.log"
 """ % (weights[0], weights[1], pool("blue"), pool("green"), self.socket,
        "" if os.environ.get("BENCH_NO_STATE") else self.dir + "/state.json", self.dir, extra))
         self.proc, m = start([binary or os.path.join(BUILD, "proxy/bgproxy"), "--config", config,
-                              "--workers", "1"], PROXY_CPU, r"listening on http://[\d.]+:(\d+)")
+                              "--workers", "1", "--admin", "127.0.0.1:0"], PROXY_CPU,
+                             r"listening on http://[\d.]+:(\d+)")
         self.port = int(m.group(1))
 
     def switch_to(self, colour):
