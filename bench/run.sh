@@ -1,100 +1,220 @@
 #!/usr/bin/env bash
-# Side-by-side throughput and latency: wrk against one bg-backend directly, through bgproxy,
-# through HAProxy and through nginx, in one run, with the same CPU pinning for every proxy.
+# Side by side, shape by shape: wrk through bgproxy, HAProxy and nginx (and straight to a
+# backend where that means something), configured as bgproxy is deployed: two pools of two
+# bg-backends (blue serving, green idle), health checks on, a plain and a TLS listener each.
 #
-#   bench/run.sh            # 3 interleaved rounds of 10 s per target, 64 keep-alive connections
-#   BENCH_ROUNDS=5 BENCH_SECONDS=30 BENCH_CONNECTIONS=128 bench/run.sh
+#   bench/run.sh                                   # every shape, 3 rounds of 5 s per target
+#   BENCH_SHAPES="keepalive close" BENCH_ROUNDS=5 BENCH_SECONDS=10 bench/run.sh
+#   BENCH_BASELINE=/path/to/older/bgproxy bench/run.sh   # that build runs too (bgproxy:baseline)
 #
-# Pinning (2 cores): the proxy under test on CPU 0 with one worker/thread; the backend and wrk
-# share CPU 1. Figures are meant to be read as ratios between targets of the same run. The
-# targets take turns round after round (the machine's speed drifts by tens of percent over
-# minutes, so back-to-back blocks would measure the drift) and medians are compared. Besides
-# requests/s, the CPU each proxy process spends per request is measured: with the load
-# generator and backend on one CPU, requests/s can be capped by that CPU rather than by the
-# proxy, while CPU per request is the proxy's own cost.
+# Shapes (BENCH_SHAPES):
+#   keepalive      GET of a small body on 64 keep-alive connections
+#   close          a new connection per request (Connection: close), 32 connections
+#   download       1 MiB responses, 16 keep-alive connections (requests/s x 1 MiB = bytes/s)
+#   upload         1 MiB POST bodies, 16 keep-alive connections
+#   tls-handshake  HTTPS, a new connection (a full handshake) per request, 32 connections
+#   tls-keepalive  HTTPS keep-alive GETs, 64 connections
+#   tls-upstream   plain in front, TLS to an nginx backend (bgproxy and HAProxy), 64 connections
+#   metrics-cost   keep-alive GETs, bgproxy with per-request metrics on vs off
+#   idle           bench/idle.sh: memory per idle connection (its own processes)
+#
+# Pinning (2 cores): the proxy under test on CPU 0 with one worker/thread; the backends and wrk
+# share CPU 1. Targets take turns round after round within each shape (this machine's speed
+# drifts by tens of percent over minutes) and medians are compared as ratios. Besides
+# requests/s, the CPU each proxy process spends per request is measured: requests/s can be
+# capped by the load CPU, CPU per request is the proxy's own cost.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seconds=${BENCH_SECONDS:-10}
+seconds=${BENCH_SECONDS:-5}
 rounds=${BENCH_ROUNDS:-3}
-connections=${BENCH_CONNECTIONS:-64}
-path=${BENCH_PATH:-/}
+shapes=${BENCH_SHAPES:-keepalive close download upload tls-handshake tls-keepalive tls-upstream}
 proxy_cpu=${BENCH_PROXY_CPU:-0}
 load_cpu=${BENCH_LOAD_CPU:-1}
+connections=64
 
 scripts/install-deps.sh
 scripts/build.sh release --target bgproxy bg-backend >/dev/null
-
 source bench/wrk_lib.sh
 
-fill() { sed -e "s|@LISTEN@|127.0.0.1:$2|" -e "s|@BACKEND@|127.0.0.1:$backend_port|" -e "s|@DIR@|$work|" "$1"; }
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -keyout "$work/site.key" -out "$work/site.crt" -subj "/CN=bench.test" \
+  -addext "subjectAltName=DNS:bench.test" 2>/dev/null
+cat "$work/site.crt" "$work/site.key" > "$work/site.pem"  # HAProxy wants both in one file
+mkdir -p "$work"/{body,proxy,fastcgi,uwsgi,scgi}
 
-backend_port=$(free_port)
-taskset -c "$load_cpu" build/bench/bg-backend --listen "127.0.0.1:$backend_port" --name blue-1 >/dev/null &
-pids+=($!)
-wait_port "$backend_port"
-
-bg_port=$(free_port)
-taskset -c "$proxy_cpu" build/proxy/bgproxy --listen "127.0.0.1:$bg_port" --workers 1 \
-  --blue "127.0.0.1:$backend_port" --green "127.0.0.1:$backend_port" --admin 127.0.0.1:0 \
-  >/dev/null 2>&1 &
-pids+=($!)
-pid_of[bgproxy]=$!
-pid_of[metrics-on]=$!
-# The same proxy with per-request metrics off, to measure what counting costs.
-bg_off_port=$(free_port)
-taskset -c "$proxy_cpu" build/proxy/bgproxy --listen "127.0.0.1:$bg_off_port" --workers 1 \
-  --blue "127.0.0.1:$backend_port" --green "127.0.0.1:$backend_port" --admin 127.0.0.1:0 \
-  --metrics false >/dev/null 2>&1 &
-pids+=($!)
-pid_of[metrics-off]=$!
-
-# BENCH_BASELINE=/path/to/an/older/bgproxy: that binary runs too, in the same turns, so a change
-# is measured against the build before it (bgproxy:baseline).
-targets=(direct bgproxy haproxy nginx)
-if [ -n "${BENCH_BASELINE:-}" ]; then
-  base_port=$(free_port)
-  taskset -c "$proxy_cpu" "$BENCH_BASELINE" --listen "127.0.0.1:$base_port" --workers 1 \
-    --blue "127.0.0.1:$backend_port" --green "127.0.0.1:$backend_port" --admin 127.0.0.1:0 \
-    >/dev/null 2>&1 &
+declare -A backend
+for name in blue-1 blue-2 green-1 green-2; do
+  backend[$name]=$(free_port)
+  taskset -c "$load_cpu" build/bench/bg-backend --listen "127.0.0.1:${backend[$name]}" \
+    --name "$name" >/dev/null &
   pids+=($!)
-  pid_of[baseline]=$!
-  wait_port "$base_port"
+done
+for name in "${!backend[@]}"; do wait_port "${backend[$name]}"; done
+
+fill() {  # template, plain port, TLS port
+  sed -e "s|@LISTEN@|127.0.0.1:$2|" -e "s|@TLS_LISTEN@|127.0.0.1:$3|" -e "s|@DIR@|$work|" \
+    -e "s|@BLUE1@|127.0.0.1:${backend[blue-1]}|" -e "s|@BLUE2@|127.0.0.1:${backend[blue-2]}|" \
+    -e "s|@GREEN1@|127.0.0.1:${backend[green-1]}|" -e "s|@GREEN2@|127.0.0.1:${backend[green-2]}|" \
+    -e "s|@BACKEND@|127.0.0.1:${tls_backend:-0}|" "$1"
+}
+
+# bgproxy as deployed: the two pools, health checks (the defaults), a control socket and state.
+declare -A port tls_port
+bgproxy_config() {  # name, extra TOML
+  port[$1]=$(free_port)
+  tls_port[$1]=$(free_port)
+  cat > "$work/$1.toml" <<TOML
+[server]
+workers = 1
+admin_listen = "127.0.0.1:0"
+$2
+[[listener]]
+address = "127.0.0.1:${port[$1]}"
+[[listener]]
+address = "127.0.0.1:${tls_port[$1]}"
+[listener.tls]
+certificates = [{ cert = "$work/site.crt", key = "$work/site.key" }]
+[control]
+socket = "$work/$1.sock"
+state_file = "$work/$1.state.json"
+audit_log = "$work/$1.audit.log"
+[pools.blue]
+backends = [{ name = "blue-1", address = "127.0.0.1:${backend[blue-1]}" },
+            { name = "blue-2", address = "127.0.0.1:${backend[blue-2]}" }]
+[pools.green]
+backends = [{ name = "green-1", address = "127.0.0.1:${backend[green-1]}" },
+            { name = "green-2", address = "127.0.0.1:${backend[green-2]}" }]
+TOML
+}
+start_bgproxy() {  # name, binary
+  taskset -c "$proxy_cpu" "$2" --config "$work/$1.toml" >/dev/null 2>&1 &
+  pids+=($!)
+  pid_of[$1]=$!
+}
+bgproxy_config bgproxy ""
+start_bgproxy bgproxy build/proxy/bgproxy
+targets=(bgproxy haproxy nginx)
+if [ -n "${BENCH_BASELINE:-}" ]; then
+  bgproxy_config baseline ""
+  start_bgproxy baseline "$BENCH_BASELINE"
   targets+=(baseline)
 fi
 
-ha_port=$(free_port)
-fill bench/haproxy.cfg.in "$ha_port" > "$work/haproxy.cfg"
+port[haproxy]=$(free_port)
+tls_port[haproxy]=$(free_port)
+fill bench/haproxy.cfg.in "${port[haproxy]}" "${tls_port[haproxy]}" > "$work/haproxy.cfg"
 taskset -c "$proxy_cpu" haproxy -q -f "$work/haproxy.cfg" &
 pids+=($!)
 pid_of[haproxy]=$!
 
-ng_port=$(free_port)
-mkdir -p "$work"/{body,proxy,fastcgi,uwsgi,scgi}
-fill bench/nginx.conf.in "$ng_port" > "$work/nginx.conf"
+port[nginx]=$(free_port)
+tls_port[nginx]=$(free_port)
+fill bench/nginx.conf.in "${port[nginx]}" "${tls_port[nginx]}" > "$work/nginx.conf"
 taskset -c "$proxy_cpu" nginx -c "$work/nginx.conf" -e "$work/nginx-error.log" &
 pids+=($!)
 pid_of[nginx]=$!
-for p in "$bg_port" "$bg_off_port" "$ha_port" "$ng_port"; do wait_port "$p"; done
+for t in "${targets[@]}"; do wait_port "${port[$t]}"; wait_port "${tls_port[$t]}"; done
 
-for round in $(seq 1 "$rounds"); do
-  echo "round $round of $rounds" >&2
-  run direct "http://127.0.0.1:$backend_port$path"
-  run bgproxy "http://127.0.0.1:$bg_port$path"
-  run haproxy "http://127.0.0.1:$ha_port$path"
-  run nginx "http://127.0.0.1:$ng_port$path"
-  if [ -n "${BENCH_BASELINE:-}" ]; then run baseline "http://127.0.0.1:$base_port$path"; fi
-done
-# Metrics on vs off: a difference of a few percent hides in run-to-run noise, so the two
-# alternate over several short rounds too.
-metrics_seconds=${BENCH_METRICS_SECONDS:-5}
-for _ in $(seq 1 "$rounds"); do
-  seconds=$metrics_seconds run metrics-on "http://127.0.0.1:$bg_port$path"
-  seconds=$metrics_seconds run metrics-off "http://127.0.0.1:$bg_off_port$path"
+# measure SHAPE TARGET URL [wrk options]: one result line named SHAPE/TARGET, with the CPU of
+# the target's process per request.
+measure() {
+  local shape=$1 target=$2
+  shift 2
+  pid_of[$shape/$target]=${pid_of[$target]:-}
+  run "$shape/$target" "$@"
+}
+
+# Each shape: its targets in turns, round after round.
+run_shape() {
+  local shape=$1
+  shift
+  echo "shape $shape" >&2
+  for round in $(seq 1 "$rounds"); do
+    for t in "$@"; do
+      case $shape in
+        keepalive) connections=64 measure "$shape" "$t" "$(url "$t")/" ;;
+        close) connections=32 measure "$shape" "$t" "$(url "$t")/" -H "Connection: close" ;;
+        download) connections=16 measure "$shape" "$t" "$(url "$t")/?bytes=1048576" ;;
+        upload) connections=16 measure "$shape" "$t" "$(url "$t")/upload" -s bench/upload.lua ;;
+        tls-handshake)
+          connections=32 measure "$shape" "$t" "https://127.0.0.1:${tls_port[$t]}/" \
+            -H "Connection: close" ;;
+        tls-keepalive) connections=64 measure "$shape" "$t" "https://127.0.0.1:${tls_port[$t]}/" ;;
+        *) connections=64 measure "$shape" "$t" "$(url "$t")/" ;;
+      esac
+    done
+  done
+}
+url() { if [ "$1" = direct ]; then echo "http://127.0.0.1:${backend[blue-1]}"; else echo "http://127.0.0.1:${port[$1]}"; fi; }
+
+# TLS to the backend: nginx with the same certificate behind a second bgproxy and HAProxy.
+start_tls_upstream() {
+  tls_backend=$(free_port)
+  fill bench/nginx-tls-backend.conf.in "$tls_backend" 0 > "$work/nginx-backend.conf"
+  taskset -c "$load_cpu" nginx -c "$work/nginx-backend.conf" -e "$work/nginx-backend-error.log" &
+  pids+=($!)
+  port[bgproxy-up]=$(free_port)
+  cat > "$work/bgproxy-up.toml" <<TOML
+[server]
+workers = 1
+admin_listen = ""
+[[listener]]
+address = "127.0.0.1:${port[bgproxy-up]}"
+[control]
+socket = ""
+state_file = ""
+audit_log = ""
+[pools.blue]
+backends = [{ name = "blue-1", address = "127.0.0.1:$tls_backend" }]
+[pools.blue.tls]
+ca_file = "$work/site.crt"
+server_name = "bench.test"
+[pools.green]
+backends = [{ name = "green-1", address = "127.0.0.1:$tls_backend" }]
+TOML
+  taskset -c "$proxy_cpu" build/proxy/bgproxy --config "$work/bgproxy-up.toml" >/dev/null 2>&1 &
+  pids+=($!)
+  pid_of[bgproxy-up]=$!
+  port[haproxy-up]=$(free_port)
+  fill bench/haproxy-tls-backend.cfg.in "${port[haproxy-up]}" 0 > "$work/haproxy-up.cfg"
+  taskset -c "$proxy_cpu" haproxy -q -f "$work/haproxy-up.cfg" &
+  pids+=($!)
+  pid_of[haproxy-up]=$!
+  for p in "$tls_backend" "${port[bgproxy-up]}" "${port[haproxy-up]}"; do wait_port "$p"; done
+}
+
+pairs=()
+summary_targets=()
+for shape in $shapes; do
+  case $shape in
+    keepalive | close) run_shape "$shape" direct "${targets[@]}" ;;
+    download | upload | tls-handshake | tls-keepalive) run_shape "$shape" "${targets[@]}" ;;
+    tls-upstream)
+      start_tls_upstream
+      targets_up=(bgproxy-up haproxy-up)
+      run_shape "$shape" "${targets_up[@]}"
+      summary_targets+=("$shape/bgproxy-up" "$shape/haproxy-up")
+      pairs+=("$shape/bgproxy-up:$shape/haproxy-up")
+      continue ;;
+    metrics-cost)
+      bgproxy_config metrics-off "metrics = false"
+      start_bgproxy metrics-off build/proxy/bgproxy
+      wait_port "${port[metrics-off]}"
+      run_shape "$shape" bgproxy metrics-off
+      summary_targets+=("$shape/bgproxy" "$shape/metrics-off")
+      pairs+=("$shape/bgproxy:$shape/metrics-off")
+      continue ;;
+    idle) continue ;;  # below, with its own processes
+    *) echo "unknown shape $shape" >&2; exit 2 ;;
+  esac
+  for t in direct "${targets[@]}"; do summary_targets+=("$shape/$t"); done
+  pairs+=("$shape/bgproxy:$shape/haproxy" "$shape/bgproxy:$shape/nginx")
+  if [ -n "${BENCH_BASELINE:-}" ]; then pairs+=("$shape/bgproxy:$shape/baseline"); fi
 done
 
-printf '\nwrk: %s rounds of %s s, %s keep-alive connections, path %s; proxies on CPU %s (1 thread), backend+wrk on CPU %s\n' \
-  "$rounds" "$seconds" "$connections" "$path" "$proxy_cpu" "$load_cpu"
-extra=()
-if [ -n "${BENCH_BASELINE:-}" ]; then extra=(baseline bgproxy:baseline baseline:haproxy); fi
-python3 bench/summarize.py "$results" direct bgproxy haproxy nginx metrics-on metrics-off \
-  bgproxy:haproxy bgproxy:nginx bgproxy:direct metrics-on:metrics-off "${extra[@]}"
+printf '\nwrk: %s rounds of %s s per target and shape; proxies on CPU %s (1 thread), backends+wrk on CPU %s\n' \
+  "$rounds" "$seconds" "$proxy_cpu" "$load_cpu"
+python3 bench/summarize.py "$results" "${summary_targets[@]}" "${pairs[@]}"
+if [[ " $shapes " == *" idle "* ]]; then
+  bench/idle.sh
+fi

@@ -22,13 +22,14 @@ def main():
         values = [r[i] for r in runs.get(name, []) if r[i] is not None]
         return statistics.median(values) if values else None
 
-    print("%-12s %6s %12s %10s %10s %14s" % ("target", "rounds", "requests/s", "p50 ms", "p99 ms",
+    width = max([12] + [len(t) for t in targets])
+    print("%-*s %6s %12s %10s %10s %14s" % (width, "target", "rounds", "requests/s", "p50 ms", "p99 ms",
                                             "CPU us/request"))
     for t in targets:
         rps, p50, p99, cpu = (median(t, i) for i in range(4))
         if rps is None:
             continue
-        print("%-12s %6d %12.0f %10.2f %10.2f %14s" % (t, len(runs[t]), rps, p50 / 1e3, p99 / 1e3,
+        print("%-*s %6d %12.0f %10.2f %10.2f %14s" % (width, t, len(runs[t]), rps, p50 / 1e3, p99 / 1e3,
                                                      "-" if cpu is None else "%.1f" % cpu))
     print("(medians over the rounds; CPU is what the proxy process spent per request)")
     for a, b in pairs:

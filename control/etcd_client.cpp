@@ -94,6 +94,26 @@ std::string connect_error(const boost::system::error_code& ec, Duration timeout)
                : ec.message();
 }
 
+// The TCP connect and the TLS handshake of one connection: an error message, or "".
+asio::awaitable<std::string> connect(beast::tcp_stream& stream, const HostPort& endpoint,
+                                     Duration timeout) {
+    boost::system::error_code ec;
+    tcp::endpoint to(asio::ip::make_address(endpoint.ip, ec), endpoint.port);
+    std::tie(ec) = co_await stream.async_connect(to, nothrow);
+    co_return ec ? "connect: " + connect_error(ec, timeout) : std::string{};
+}
+
+asio::awaitable<std::string> handshake(asio::ssl::stream<beast::tcp_stream&>& tls,
+                                       const BackendTlsContext& context, const HostPort& endpoint) {
+    std::string why;
+    if (!context.prepare(tls.native_handle(), endpoint, why)) {
+        co_return "tls: " + why;
+    }
+    auto [ec] = co_await tls.async_handshake(asio::ssl::stream_base::client, nothrow);
+    co_return ec ? "tls: " + BackendTlsContext::handshake_error(tls.native_handle(), ec.message())
+                 : std::string{};
+}
+
 }  // namespace
 
 std::string base64_encode(std::string_view bytes) {
@@ -195,27 +215,14 @@ asio::awaitable<EtcdClient::Answer> EtcdClient::call(const char* path, const jso
         Answer answer;
         beast::tcp_stream stream(executor);
         stream.expires_after(timeout_);
-        boost::system::error_code ec;
-        tcp::endpoint to(asio::ip::make_address(endpoint.ip, ec), endpoint.port);
-        std::tie(ec) = co_await stream.async_connect(to, nothrow);
-        if (ec) {
-            answer.error = "connect: " + connect_error(ec, timeout_);
-        } else if (tls_) {
+        answer.error = co_await connect(stream, endpoint, timeout_);
+        if (answer.error.empty() && tls_) {
             asio::ssl::stream<beast::tcp_stream&> tls(stream, tls_->context());
-            std::string why;
-            if (!tls_->prepare(tls.native_handle(), endpoint, why)) {
-                answer.error = "tls: " + why;
-            } else {
-                std::tie(ec) =
-                    co_await tls.async_handshake(asio::ssl::stream_base::client, nothrow);
-                if (ec) {
-                    answer.error = "tls: " + BackendTlsContext::handshake_error(tls.native_handle(),
-                                                                                ec.message());
-                } else {
-                    answer = co_await exchange(tls, endpoint, path, text);
-                }
+            answer.error = co_await handshake(tls, *tls_, endpoint);
+            if (answer.error.empty()) {
+                answer = co_await exchange(tls, endpoint, path, text);
             }
-        } else {
+        } else if (answer.error.empty()) {
             answer = co_await exchange(stream, endpoint, path, text);
         }
         if (answer.error.empty()) {
@@ -489,25 +496,14 @@ asio::awaitable<EtcdWatchEnd> EtcdClient::watch(
     beast::tcp_stream stream(executor);
     stream.expires_after(timeout_);
     handle->cancel_ = [&stream] { stream.cancel(); };
-    boost::system::error_code ec;
-    tcp::endpoint to(asio::ip::make_address(endpoint.ip, ec), endpoint.port);
-    std::tie(ec) = co_await stream.async_connect(to, nothrow);
-    if (handle->cancelled()) {
-        end.error.clear();
-    } else if (ec) {
-        end.error = endpoint.text + ": connect: " + connect_error(ec, timeout_);
+    end.error = co_await connect(stream, endpoint, timeout_);
+    if (!end.error.empty()) {
+        end.error = endpoint.text + ": " + end.error;
     } else if (tls_) {
         asio::ssl::stream<beast::tcp_stream&> tls(stream, tls_->context());
-        std::string why;
-        if (!tls_->prepare(tls.native_handle(), endpoint, why)) {
-            end.error = "tls: " + why;
-        } else {
-            std::tie(ec) = co_await tls.async_handshake(asio::ssl::stream_base::client, nothrow);
-            if (ec) {
-                end.error = "tls: " + ec.message();
-            } else {
-                end = co_await stream_watch(tls, endpoint, body, start_revision, on_events);
-            }
+        end.error = co_await handshake(tls, *tls_, endpoint);
+        if (end.error.empty()) {
+            end = co_await stream_watch(tls, endpoint, body, start_revision, on_events);
         }
     } else {
         end = co_await stream_watch(stream, endpoint, body, start_revision, on_events);

@@ -283,6 +283,13 @@ class TableReader {
         return value;
     }
 
+    // `out` keeps its default when the key is absent.
+    void read_string(std::string_view key, std::string& out) {
+        if (auto value = read_string(key)) {
+            out = std::move(*value);
+        }
+    }
+
     // A list of strings; each is handed to `add`, which says why it is refused (or "").
     template <class Add>
     void read_string_list(std::string_view key, std::string_view what, Add add) {
@@ -626,15 +633,9 @@ void read_control(TableReader& control, ControlConfig& out) {
             out.socket_mode = value;
         }
     }
-    if (auto group = control.read_string("socket_group")) {
-        out.socket_group = *group;
-    }
-    if (auto path = control.read_string("state_file")) {
-        out.state_file = *path;
-    }
-    if (auto path = control.read_string("audit_log")) {
-        out.audit_log = *path;
-    }
+    control.read_string("socket_group", out.socket_group);
+    control.read_string("state_file", out.state_file);
+    control.read_string("audit_log", out.audit_log);
     control.read_integer("max_line", out.max_line, 256, 16 << 20);
     control.read_integer("max_connections", out.max_connections, 1, 100000);
     control.read_duration("idle_timeout", out.idle_timeout);
@@ -820,15 +821,9 @@ void read_fleet(TableReader& fleet, FleetConfig& out) {
             fleet.error_at(*node, "fleet.endpoints: " + e);
         }
     }
-    if (auto name = fleet.read_string("name")) {
-        out.name = *name;
-    }
-    if (auto instance = fleet.read_string("instance")) {
-        out.instance = *instance;
-    }
-    if (auto prefix = fleet.read_string("prefix")) {
-        out.prefix = *prefix;
-    }
+    fleet.read_string("name", out.name);
+    fleet.read_string("instance", out.instance);
+    fleet.read_string("prefix", out.prefix);
     fleet.read_duration("request_timeout", out.request_timeout);
     fleet.read_duration("lease_ttl", out.lease_ttl);
     fleet.read_duration("apply_timeout", out.apply_timeout);
