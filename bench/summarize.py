@@ -33,7 +33,7 @@ def main():
                                                      "-" if cpu is None else "%.1f" % cpu))
     print("(medians over the rounds; CPU is what the proxy process spent per request)")
     for a, b in pairs:
-        line = "%s/%s: requests/s %.2f  p99 %.2f" % (a, b, median(a, 0) / median(b, 0),
+        line = "%s vs %s: requests/s %.2f  p99 %.2f" % (a, b, median(a, 0) / median(b, 0),
                                                      median(a, 2) / median(b, 2))
         if median(a, 3) is not None and median(b, 3) is not None:
             line += "  CPU per request %.2f" % (median(a, 3) / median(b, 3))
@@ -41,7 +41,7 @@ def main():
     # Round by round, for a feel of the spread.
     for a, b in pairs:
         ratios = ["%.2f" % (x[0] / y[0]) for x, y in zip(runs.get(a, []), runs.get(b, []))]
-        print("%s/%s requests/s by round: %s" % (a, b, " ".join(ratios)))
+        print("%s vs %s requests/s by round: %s" % (a, b, " ".join(ratios)))
 
 
 if __name__ == "__main__":
