@@ -75,9 +75,14 @@ backend green
 CFG
 
 mkdir -p "$work"/{body,proxy,fastcgi,uwsgi,scgi}
-sed -e "s|events { worker_connections 4096; }|events { worker_connections 30000; }\nworker_rlimit_nofile 40000;|" \
-    -e "s|server @BACKEND@;|server ${backends[0]};\n        server ${backends[1]};|" \
+# nginx.conf.in with its TLS listener on a port of its own and room for the connections.
+sed -e "s|worker_connections [0-9]*;|worker_connections 30000;|" \
+    -e "s|worker_rlimit_nofile [0-9]*;|worker_rlimit_nofile 40000;|" \
+    -e "s|@TLS_LISTEN@|127.0.0.1:$(free_port)|" -e "s|@BLUE1@|${backends[0]}|" \
+    -e "s|@BLUE2@|${backends[1]}|" -e "s|@GREEN1@|${backends[2]}|" -e "s|@GREEN2@|${backends[3]}|" \
     -e "s|@DIR@|$work|g" bench/nginx.conf.in > "$work/nginx.conf.in"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -keyout "$work/site.key" -out "$work/site.crt" -subj "/CN=bench.test" 2>/dev/null
 
 start() { # start NAME PORT: starts the proxy on PORT, sets $pid
   case $1 in

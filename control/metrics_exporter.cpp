@@ -384,6 +384,9 @@ std::string render_metrics(const MetricsSources& in) {
     gauge("bgproxy_downstream_connections_idle",
           "Client connections open and idle between requests (parked: socket and identity only)",
           &WorkerStats::connections_parked);
+    counter("bgproxy_downstream_parks_total",
+            "Times an idle client connection was parked (after timeouts.client_park_after)",
+            &WorkerStats::parks);
     counter("bgproxy_bad_requests_total", "Requests refused by the proxy (400, 413, 414, 431, 405)",
             &WorkerStats::bad_requests);
     counter("bgproxy_client_header_timeouts_total",

@@ -37,7 +37,10 @@ class ClientSession {
         : conn_(worker, std::move(config), listener, std::move(stream)) {}
     // A parked connection's next request has started arriving.
     ClientSession(Worker& worker, ParkedClient&& parked)
-        : conn_(worker, std::move(parked)), served_(parked.served), resumed_(true) {}
+        : conn_(worker, std::move(parked)),
+          served_(parked.served),
+          resumed_(true),
+          busy_(came_back_soon(parked)) {}
 
     Task<void> run() {
         // (No co_await inside && or ||: GCC 12 mishandles temporaries there.)
@@ -50,14 +53,21 @@ class ClientSession {
         }
         // Resumed: the socket is readable, so the first wait reads at once.
         for (bool first = !resumed_, readable = resumed_; open; first = readable = false) {
-            // Idle, nothing pipelined: park (plain connections), or wait in a small frame.
+            // Idle, nothing pipelined: wait in a small frame; a plain connection still idle
+            // after client_park_after is parked.
             open = ex_ && ex_->buffer.size() > 0;
-            if (!open && !readable && can_park()) {
+            const bool may_park = !open && !readable && can_park();
+            if (may_park && (!busy_ || conn_.config.timeouts.client_park_after.count() == 0)) {
                 park(first);
                 co_return;
             }
             if (!open) {
-                open = co_await wait_for_request(first);
+                const IdleEnd end = co_await wait_for_request(first, may_park);
+                if (end == IdleEnd::park) {
+                    park(first);
+                    co_return;
+                }
+                open = end == IdleEnd::request;
             }
             if (open) {
                 open = co_await serve_request();
@@ -123,6 +133,17 @@ class ClientSession {
     // (parked_client.hpp): it then costs its socket and identity, no frame, session or timer.
     // Not a TLS one (its stream holds the TLS state), not one keeping a backend connection of
     // its own, not while draining.
+    // A connection whose next request came within client_park_after of its park is a busy one:
+    // from now on it waits that long before it is parked again. (One that sent a request and
+    // went quiet, the common idle case and an idle flood's, parks at once.)
+    bool came_back_soon(const ParkedClient& parked) const {
+        const auto& timeouts = conn_.config.timeouts;
+        const auto parked_at = parked.expires - (parked.served == 0 ? timeouts.client_header
+                                                                    : timeouts.client_keepalive);
+        return parked.served > 0 &&
+               std::chrono::steady_clock::now() - parked_at < timeouts.client_park_after;
+    }
+
     bool can_park() const {
         return !ClientConnection<Stream>::tls && !conn_.upstreams.holds_private() &&
                !conn_.worker.draining() && !conn_.last_request && !conn_.linger;
@@ -153,25 +174,34 @@ class ClientSession {
     // small one, and the exchange state (buffers, parsers) is taken when a request arrives
     // (most requests fit whole in the first read). A coroutine of its own: while a connection
     // is idle only this small frame waits, not a request's.
-    Task<bool> wait_for_request(bool first) {
+    enum class IdleEnd { request, closed, park };
+    Task<IdleEnd> wait_for_request(bool first, bool may_park) {
         release_exchange();
         if (conn_.worker.draining()) {
-            co_return false;
+            co_return IdleEnd::closed;
         }
         const auto& timeouts = conn_.config.timeouts;
         conn_.deadline.arm(first ? timeouts.client_header : timeouts.client_keepalive,
                            ConnectionDeadline::client);
         conn_.handle().idle = true;
+        if (may_park) {
+            conn_.worker.parked().wait_idle(idle_wait_, conn_.socket(), timeouts.client_park_after);
+        }
         auto [ec, n] = co_await conn_.stream.async_read_some(asio::buffer(first_bytes_), nothrow);
+        if (idle_wait_.is_linked()) {
+            idle_wait_.unlink();
+        }
         conn_.handle().idle = false;
         if (ec) {
-            co_return false;
+            const bool park = idle_wait_.park && ec == asio::error::operation_aborted &&
+                              !conn_.deadline.expired() && !conn_.worker.draining();
+            co_return park ? IdleEnd::park : IdleEnd::closed;
         }
         take_exchange();
         auto into = ex_->buffer.prepare(conn_.read_chunk());
         std::memcpy(into.data(), first_bytes_.data(), n);
         ex_->buffer.commit(n);
-        co_return true;
+        co_return IdleEnd::request;
     }
 
     // One request, from its head to the end of its response; whether the connection stays.
@@ -242,6 +272,8 @@ class ClientSession {
     std::array<char, 256> first_bytes_;  // where an idle connection's next request lands
     unsigned served_ = 0;                // requests on this connection so far
     bool resumed_ = false;               // from a park: no PROXY header or handshake again
+    IdleWait idle_wait_;                 // while idle, before it is parked
+    bool busy_ = false;                  // its requests come close together: parked later
 };
 
 Task<void> serve_parked(Worker& worker, std::unique_ptr<ParkedClient> parked) {

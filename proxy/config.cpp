@@ -887,6 +887,7 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
     if (auto t = top.sub_table("timeouts")) {
         t->read_duration("client_header", config.timeouts.client_header);
         t->read_duration("client_keepalive", config.timeouts.client_keepalive);
+        t->read_duration("client_park_after", config.timeouts.client_park_after);
         t->read_duration("client_body", config.timeouts.client_body);
         t->read_duration("client_write", config.timeouts.client_write);
         t->read_duration("upstream_connect", config.timeouts.upstream_connect);

@@ -194,6 +194,9 @@ struct ListenerConfig {
 struct Timeouts {
     Duration client_header{std::chrono::seconds(10)};
     Duration client_keepalive{std::chrono::seconds(60)};
+    // A busy plain connection (its requests come within this of each other) keeps its session
+    // this long when idle before it is parked; others are parked at once (0: all at once).
+    Duration client_park_after{std::chrono::milliseconds(250)};
     Duration client_body{std::chrono::seconds(60)};
     Duration client_write{std::chrono::seconds(60)};
     Duration upstream_connect{std::chrono::seconds(2)};

@@ -6,7 +6,44 @@
 
 namespace bg {
 
-ParkedClients::ParkedClients(Worker& worker) : worker_(worker), timer_(worker.io()) {}
+ParkedClients::ParkedClients(Worker& worker)
+    : worker_(worker), timer_(worker.io()), idle_timer_(worker.io()) {}
+
+void ParkedClients::wait_idle(IdleWait& wait, Socket& socket, Duration park_after) {
+    wait.socket = &socket;
+    wait.park = false;
+    wait.park_at = std::chrono::steady_clock::now() + park_after;
+    idle_.push_back(wait);
+    arm_idle();
+}
+
+// The timer is set for the oldest wait only and moves on when it fires: a request costs a
+// link and an unlink, no timer operation.
+void ParkedClients::arm_idle() {
+    if (idle_armed_ || idle_.empty()) {
+        return;
+    }
+    idle_armed_ = true;
+    idle_timer_.expires_at(idle_.front().park_at);
+    idle_timer_.async_wait([this](boost::system::error_code ec) {
+        idle_armed_ = false;
+        if (!ec) {
+            park_idle();
+        }
+    });
+}
+
+void ParkedClients::park_idle() {
+    const auto now = std::chrono::steady_clock::now();
+    while (!idle_.empty() && idle_.front().park_at <= now) {
+        IdleWait& wait = idle_.front();
+        wait.unlink();
+        wait.park = true;
+        boost::system::error_code ignored;
+        wait.socket->cancel(ignored);  // the session's read ends, and it parks the connection
+    }
+    arm_idle();
+}
 
 void ParkedClients::park(std::unique_ptr<ParkedClient> client, Duration timeout, Resume resume) {
     client->expires = std::chrono::steady_clock::now() + timeout;
@@ -16,6 +53,7 @@ void ParkedClients::park(std::unique_ptr<ParkedClient> client, Duration timeout,
     fifos_[timeout.count()].push_back(*client);
     ++count_;
     WorkerStats::add(worker_.stats().connections_parked);
+    WorkerStats::add(worker_.stats().parks);
     arm();
     Socket& socket = client->socket;
     socket.async_wait(Socket::wait_read, [this, resume, client = std::move(client)](

@@ -35,6 +35,17 @@ struct ParkedClient
     std::chrono::steady_clock::time_point expires;
 };
 
+// A connection that just went idle keeps its session for timeouts.client_park_after first: a
+// busy keep-alive connection, whose next request comes within it, is never parked between
+// requests (parking and resuming cost a session and its frames each time). Lives in the
+// session; while linked, its worker may end the session's read to park the connection.
+struct IdleWait
+    : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::auto_unlink>> {
+    Socket* socket = nullptr;
+    std::chrono::steady_clock::time_point park_at;
+    bool park = false;  // the read was cancelled to park the connection
+};
+
 class ParkedClients {
   public:
     // Runs when a parked connection's next bytes arrive: it is the caller's again.
@@ -48,13 +59,21 @@ class ParkedClients {
     // a shutdown or an error.
     void park(std::unique_ptr<ParkedClient> client, Duration timeout, Resume resume);
     std::size_t size() const { return count_; }
-    // The worker is done: its keep-alive timer must not keep the loop running.
-    void stop() { timer_.cancel(); }
+    // The session waits for its next request on `socket`; if none comes within `park_after`,
+    // the read is cancelled with `wait.park` set. Unlink `wait` when the read ends.
+    void wait_idle(IdleWait& wait, Socket& socket, Duration park_after);
+    // The worker is done: its timers must not keep the loop running.
+    void stop() {
+        timer_.cancel();
+        idle_timer_.cancel();
+    }
 
   private:
     using Fifo = boost::intrusive::list<ParkedClient, boost::intrusive::constant_time_size<false>>;
     void arm();
     void expire();
+    void arm_idle();
+    void park_idle();
 
     Worker& worker_;
     std::map<Duration::rep, Fifo> fifos_;  // by timeout: a handful at most
@@ -62,6 +81,10 @@ class ParkedClients {
     bool armed_ = false;
     std::chrono::steady_clock::time_point armed_until_{};
     std::size_t count_ = 0;
+    // Sessions idle for less than park_after, oldest first; one timer for all of them.
+    boost::intrusive::list<IdleWait, boost::intrusive::constant_time_size<false>> idle_;
+    boost::asio::steady_timer idle_timer_;
+    bool idle_armed_ = false;
 };
 
 }  // namespace bg

@@ -16,13 +16,35 @@ def get(sock):
 
 
 class IdleConnectionTest(ProcessTestCase):
-    def start_proxy(self, keepalive="60s", header="10s"):
+    def start_proxy(self, keepalive="60s", header="10s", park_after="250ms"):
         blue, green = self.backend("blue-1"), self.backend("green-1")
         return self.proxy(config([blue], [green], extra="""
 [timeouts]
 client_keepalive = "%s"
 client_header = "%s"
-""" % (keepalive, header)))
+client_park_after = "%s"
+""" % (keepalive, header, park_after)))
+
+    def test_a_busy_connection_is_not_parked_between_requests_an_idle_one_is(self):
+        # A connection parks at once after a request, then, once its requests come within
+        # client_park_after of each other, only after that long idle.
+        for park_after, busy_parks in (("250ms", 1), ("0s", 19)):
+            proxy = self.start_proxy(park_after=park_after)
+            s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+            self.addCleanup(s.close)
+            for _ in range(20):  # a request every 50 ms: busy
+                self.assertEqual(get(s), 200)
+                time.sleep(0.05)
+            parks = metric(proxy, "bgproxy_downstream_parks_total")
+            if busy_parks > 1:
+                self.assertGreaterEqual(parks, busy_parks)  # parked in every gap
+            else:  # before its first request (if it was not there yet) and after it only
+                self.assertLessEqual(parks, 2)
+            time.sleep(0.6)  # idle now: parked after client_park_after
+            self.assertEqual(metric(proxy, "bgproxy_downstream_connections_idle"), 1)
+            if busy_parks == 1:
+                self.assertEqual(metric(proxy, "bgproxy_downstream_parks_total"), parks + 1)
+            self.assertEqual(get(s), 200)  # and resumes
 
     def test_many_idle_connections_park_and_each_resumes(self):
         proxy = self.start_proxy()
