@@ -432,7 +432,7 @@ asio::awaitable<void> FleetStore::run_watch() {
             base_, next,
             [this](std::int64_t revision, const std::vector<EtcdWatchEvent>& events) {
                 revision_seen_ = std::max(revision_seen_, revision);
-                take_events(revision, events);
+                take_events(events);
             },
             watch_handle_);
         if (stopped_) {
@@ -457,7 +457,7 @@ asio::awaitable<void> FleetStore::run_watch() {
     }
 }
 
-void FleetStore::take_events(std::int64_t, const std::vector<EtcdWatchEvent>& events) {
+void FleetStore::take_events(const std::vector<EtcdWatchEvent>& events) {
     for (const EtcdWatchEvent& event : events) {
         if (event.kv.key == state_key()) {
             if (event.deleted) {

@@ -90,11 +90,9 @@ class FleetStore final : public StateStore {
     // the key may have passed to another instance meanwhile).
     bool drives_ramp() const { return ramp_driver_ == instance_ && reachable_; }
     const std::string& ramp_driver() const { return ramp_driver_; }
-    const std::string& unreachable_because() const { return unreachable_why_; }
     const std::string& instance() const { return instance_; }
     const std::string& name() const { return fleet_.name; }
     const std::map<std::string, FleetMember>& members() const { return members_; }
-    std::int64_t revision_seen() const { return revision_seen_; }
     std::uint64_t conflicts() const { return conflicts_; }
     boost::json::object status_json() const;
 
@@ -113,7 +111,7 @@ class FleetStore final : public StateStore {
     boost::asio::awaitable<void> run_watch();
     boost::asio::awaitable<bool> read_all();
     boost::asio::awaitable<void> read_state();
-    void take_events(std::int64_t revision, const std::vector<EtcdWatchEvent>& events);
+    void take_events(const std::vector<EtcdWatchEvent>& events);
     void take_state(const EtcdKeyValue& kv);
     void take_member(const EtcdKeyValue& kv, bool deleted);
     void set_reachable(bool reachable, const std::string& why);
