@@ -35,62 +35,7 @@ connections=64
 scripts/install-deps.sh
 scripts/build.sh release --target bgproxy bg-backend >/dev/null
 source bench/wrk_lib.sh
-
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -keyout "$work/site.key" -out "$work/site.crt" -subj "/CN=bench.test" \
-  -addext "subjectAltName=DNS:bench.test" 2>/dev/null
-cat "$work/site.crt" "$work/site.key" > "$work/site.pem"  # HAProxy wants both in one file
-mkdir -p "$work"/{body,proxy,fastcgi,uwsgi,scgi}
-
-declare -A backend
-for name in blue-1 blue-2 green-1 green-2; do
-  backend[$name]=$(free_port)
-  taskset -c "$load_cpu" build/bench/bg-backend --listen "127.0.0.1:${backend[$name]}" \
-    --name "$name" >/dev/null &
-  pids+=($!)
-done
-for name in "${!backend[@]}"; do wait_port "${backend[$name]}"; done
-
-fill() {  # template, plain port, TLS port
-  sed -e "s|@LISTEN@|127.0.0.1:$2|" -e "s|@TLS_LISTEN@|127.0.0.1:$3|" -e "s|@DIR@|$work|" \
-    -e "s|@BLUE1@|127.0.0.1:${backend[blue-1]}|" -e "s|@BLUE2@|127.0.0.1:${backend[blue-2]}|" \
-    -e "s|@GREEN1@|127.0.0.1:${backend[green-1]}|" -e "s|@GREEN2@|127.0.0.1:${backend[green-2]}|" \
-    -e "s|@BACKEND@|127.0.0.1:${tls_backend:-0}|" "$1"
-}
-
-# bgproxy as deployed: the two pools, health checks (the defaults), a control socket and state.
-declare -A port tls_port
-bgproxy_config() {  # name, extra TOML
-  port[$1]=$(free_port)
-  tls_port[$1]=$(free_port)
-  cat > "$work/$1.toml" <<TOML
-[server]
-workers = 1
-admin_listen = "127.0.0.1:0"
-$2
-[[listener]]
-address = "127.0.0.1:${port[$1]}"
-[[listener]]
-address = "127.0.0.1:${tls_port[$1]}"
-[listener.tls]
-certificates = [{ cert = "$work/site.crt", key = "$work/site.key" }]
-[control]
-socket = "$work/$1.sock"
-state_file = "$work/$1.state.json"
-audit_log = "$work/$1.audit.log"
-[pools.blue]
-backends = [{ name = "blue-1", address = "127.0.0.1:${backend[blue-1]}" },
-            { name = "blue-2", address = "127.0.0.1:${backend[blue-2]}" }]
-[pools.green]
-backends = [{ name = "green-1", address = "127.0.0.1:${backend[green-1]}" },
-            { name = "green-2", address = "127.0.0.1:${backend[green-2]}" }]
-TOML
-}
-start_bgproxy() {  # name, binary
-  taskset -c "$proxy_cpu" "$2" --config "$work/$1.toml" >/dev/null 2>&1 &
-  pids+=($!)
-  pid_of[$1]=$!
-}
+source bench/deployment.sh
 bgproxy_config bgproxy ""
 start_bgproxy bgproxy build/proxy/bgproxy
 targets=(bgproxy haproxy nginx)
@@ -100,19 +45,8 @@ if [ -n "${BENCH_BASELINE:-}" ]; then
   targets+=(baseline)
 fi
 
-port[haproxy]=$(free_port)
-tls_port[haproxy]=$(free_port)
-fill bench/haproxy.cfg.in "${port[haproxy]}" "${tls_port[haproxy]}" > "$work/haproxy.cfg"
-taskset -c "$proxy_cpu" haproxy -q -f "$work/haproxy.cfg" &
-pids+=($!)
-pid_of[haproxy]=$!
-
-port[nginx]=$(free_port)
-tls_port[nginx]=$(free_port)
-fill bench/nginx.conf.in "${port[nginx]}" "${tls_port[nginx]}" > "$work/nginx.conf"
-taskset -c "$proxy_cpu" nginx -c "$work/nginx.conf" -e "$work/nginx-error.log" &
-pids+=($!)
-pid_of[nginx]=$!
+start_haproxy
+start_nginx
 for t in "${targets[@]}"; do wait_port "${port[$t]}"; wait_port "${tls_port[$t]}"; done
 
 # measure SHAPE TARGET URL [wrk options]: one result line named SHAPE/TARGET, with the CPU of

@@ -1,6 +1,7 @@
 #pragma once
 // BodyRelay: a message body moved from one stream to another one piece at a time (memory
-// bounded by a piece whatever the body's size), re-framed as chunks when the leg asks, within
+// bounded by a read whatever the body's size; each piece written from the read buffer it
+// arrived in, never copied: body_view.hpp), re-framed as chunks when the leg asks, within
 // the [limits] on chunked framing and the [timeouts] on pauses and on the minimum rate; and the
 // tunnel after a 101. Used by the client session for both directions. Worker thread only.
 
@@ -9,7 +10,6 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/stream_traits.hpp>
-#include <boost/beast/http/buffer_body.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <chrono>
 #include <optional>
@@ -17,6 +17,7 @@
 #include <tuple>
 #include <vector>
 
+#include "body_view.hpp"
 #include "chunk_framing.hpp"
 #include "connection_deadline.hpp"
 #include "exchange_outcome.hpp"
@@ -38,14 +39,14 @@ struct BodyLeg {
     std::uint64_t min_rate = 0;  // bytes/s the body must average once read_limit has passed
 };
 
-// Moves the next piece of a message body into the parser's buffer_body: from what `buffer`
-// already holds, else after one read from `from`. Success means progress (possibly only a
-// chunk header); the caller looks at how much of the body buffer was filled.
+// Finds the next piece of a message body: in what `buffer` already holds, else after one read
+// from `from`. Success means progress (possibly only a chunk header); the parser's BodyView
+// (reset by the caller) then says where the piece lies in `buffer`, if one was found.
 template <class AsyncStream, bool isRequest>
 Task<boost::system::error_code> read_body_piece(
     AsyncStream& from, boost::beast::flat_buffer& buffer,
-    boost::beast::http::parser<isRequest, boost::beast::http::buffer_body>& parser,
-    std::size_t read_size, ChunkHeaderGuard& chunks) {
+    boost::beast::http::parser<isRequest, BodyView>& parser, std::size_t read_size,
+    ChunkHeaderGuard& chunks) {
     for (;;) {
         if (buffer.size() > 0) {
             boost::system::error_code ec;
@@ -53,7 +54,7 @@ Task<boost::system::error_code> read_body_piece(
             const std::size_t used = parser.put(buffer.data(), ec);
             buffer.consume(used);
             if (ec == boost::beast::http::error::need_buffer) {
-                co_return boost::system::error_code{};  // the body buffer is full
+                co_return boost::system::error_code{};  // a piece, and more behind it
             }
             if (ec && ec != boost::beast::http::error::need_more) {
                 co_return ec;
@@ -97,14 +98,12 @@ class BodyRelay {
         : deadline_(deadline), stats_(stats), read_size_(read_size) {}
 
     // Streams a message body from `from` to `to` one piece at a time (bounded memory whatever
-    // its size). A head still in ex.head leaves with the first piece; chunk framing is added
-    // when the leg says so.
+    // its size), each piece written from `in`, where it was read, before the next read. A head
+    // still in ex.head leaves with the first piece; chunk framing is added when the leg says so.
     template <class From, class To, bool isRequest>
-    Task<BodyEnd> relay(
-        ExchangeState& ex, From& from, boost::beast::flat_buffer& in,
-        boost::beast::http::parser<isRequest, boost::beast::http::buffer_body>& parser,
-        std::vector<char>& scratch, To& to, const BodyLeg& leg, std::uint64_t& bytes,
-        bool& started) {
+    Task<BodyEnd> relay(ExchangeState& ex, From& from, boost::beast::flat_buffer& in,
+                        boost::beast::http::parser<isRequest, BodyView>& parser, To& to,
+                        const BodyLeg& leg, std::uint64_t& bytes, bool& started) {
         auto& body = parser.get().body();
         const auto body_start = std::chrono::steady_clock::now();
         std::uint64_t moved = 0;
@@ -112,8 +111,7 @@ class BodyRelay {
         while (!ended) {
             std::size_t n = 0;
             if (!parser.is_done()) {
-                body.data = scratch.data();
-                body.size = scratch.size();
+                body = {};
                 const auto read_limit = body_read_limit(leg, body_start, moved);
                 if (read_limit <= std::chrono::milliseconds::zero()) {
                     ex.body_error = "request body slower than min_request_body_rate";
@@ -144,7 +142,7 @@ class BodyRelay {
                     co_return BodyEnd::read_failed;
                 }
                 started = true;
-                n = scratch.size() - body.size;
+                n = body.size;
                 bytes += n;
                 moved += n;
                 if (n == 0 && !parser.is_done()) {
@@ -163,7 +161,7 @@ class BodyRelay {
                     prefix.emplace(n);
                     out[count++] = prefix->buffer();
                 }
-                out[count++] = boost::asio::buffer(scratch.data(), n);
+                out[count++] = boost::asio::buffer(body.data, n);
                 if (leg.chunked) {
                     out[count++] = boost::asio::buffer(chunk_end);
                 }
@@ -296,7 +294,8 @@ class BodyRelay {
         boost::beast::get_lowest_layer(to).close(ignored);
     }
 
-    // A body piece buffer, taken when a body first moves (kept with the exchange state).
+    // A scratch buffer for a tunnel or a lingering close, taken when first needed (kept with the
+    // exchange state).
     std::vector<char>& piece(std::vector<char>& buffer) const {
         if (buffer.empty()) {
             buffer.resize(read_size_);

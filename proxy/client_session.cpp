@@ -54,10 +54,12 @@ class ClientSession {
         // Resumed: the socket is readable, so the first wait reads at once.
         for (bool first = !resumed_, readable = resumed_; open; first = readable = false) {
             // Idle, nothing pipelined: wait in a small frame; a plain connection still idle
-            // after client_park_after is parked.
+            // after client_park_after is parked. A new connection's first request and a busy
+            // one's next are expected within it; any other connection parks at once.
             open = ex_ && ex_->buffer.size() > 0;
             const bool may_park = !open && !readable && can_park();
-            if (may_park && (!busy_ || conn_.config.timeouts.client_park_after.count() == 0)) {
+            const bool expected = first || busy_;
+            if (may_park && (!expected || conn_.config.timeouts.client_park_after.count() == 0)) {
                 park(first);
                 co_return;
             }
@@ -135,7 +137,10 @@ class ClientSession {
     // its own, not while draining.
     // A connection whose next request came within client_park_after of its park is a busy one:
     // from now on it waits that long before it is parked again. (One that sent a request and
-    // went quiet, the common idle case and an idle flood's, parks at once.)
+    // went quiet, the common idle case and an idle flood's, parks at once.) A new connection
+    // waits that long for its first request too: it usually follows the connect at once, and
+    // parking in between would cost a second session per connection. A flood of connections
+    // that send nothing holds sessions for client_park_after each, then parks them.
     bool came_back_soon(const ParkedClient& parked) const {
         const auto& timeouts = conn_.config.timeouts;
         const auto parked_at = parked.expires - (parked.served == 0 ? timeouts.client_header

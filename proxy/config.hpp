@@ -230,7 +230,7 @@ struct Limits {
     std::uint64_t min_request_body_rate = 1024;
     std::size_t buffer_size = 16384;
     // Per worker, the buffers of this many finished requests are kept warm for the next ones
-    // (each about 3 x buffer_size); past it they are freed.
+    // (each about 2 x buffer_size); past it they are freed.
     std::size_t spare_exchanges = 64;
     std::uint32_t max_connections = 16384;          // client connections over all listeners
     std::uint32_t max_requests_per_connection = 0;  // 0: no limit

@@ -1,5 +1,5 @@
 #pragma once
-// ExchangeState: the memory one request in flight needs (read buffers, parsers, body pieces,
+// ExchangeState: the memory one request in flight needs (read buffers, parsers, tunnel buffers,
 // the serialized head, the access record), taken from its worker's pool when a request starts
 // arriving and given back when the connection goes idle. An idle keep-alive connection then
 // holds none of it (HAProxy and nginx likewise take buffers only while bytes are in flight),
@@ -7,7 +7,6 @@
 
 #include <array>
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http/buffer_body.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <cstdint>
 #include <optional>
@@ -15,6 +14,7 @@
 #include <vector>
 
 #include "access_record.hpp"
+#include "body_view.hpp"
 #include "chunk_framing.hpp"
 
 namespace bg {
@@ -22,13 +22,12 @@ namespace bg {
 struct ExchangeState {
     boost::beast::flat_buffer buffer;           // bytes read from the client, not yet parsed
     boost::beast::flat_buffer upstream_buffer;  // bytes read from the backend, not yet parsed
-    std::vector<char> request_body;             // one piece of request body in flight
-    std::vector<char> response_body;            // one piece of response body in flight
+    std::vector<char> request_body;   // a tunnel's client-to-backend bytes; a lingering close's
+    std::vector<char> response_body;  // a tunnel's backend-to-client bytes
     std::string head;                           // the serialized head of the message being sent
     std::string gathered;                       // TLS only: pieces of one write copied together
-    std::optional<boost::beast::http::request_parser<boost::beast::http::buffer_body>> parser;
-    std::optional<boost::beast::http::response_parser<boost::beast::http::buffer_body>>
-        response_parser;
+    std::optional<boost::beast::http::request_parser<BodyView>> parser;
+    std::optional<boost::beast::http::response_parser<BodyView>> response_parser;
     std::vector<std::uint32_t> tried;  // backends tried for this request
     AccessRecord record;               // the access log line of the request in progress
     std::string connect_error;         // why connecting to a backend failed, when worth logging

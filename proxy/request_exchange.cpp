@@ -3,7 +3,6 @@
 #include <array>
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/write.hpp>
-#include <boost/beast/http/buffer_body.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <string>
 
@@ -203,7 +202,7 @@ std::size_t RequestExchange<Stream>::skip_leading_empty_lines() {
 
 // A request head arrived (parsed, or refused before it could be).
 template <class Stream>
-void RequestExchange<Stream>::begin_record(const http::request<http::buffer_body>* request) {
+void RequestExchange<Stream>::begin_record(const http::request<BodyView>* request) {
     head_arrived_ = true;
     started_ = std::chrono::steady_clock::now();
     method_ = request != nullptr ? method_class(request->method()) : MethodClass::other;
@@ -530,9 +529,8 @@ Task<Exchange> RequestExchange<Stream>::send_request_body(UpstreamStream& stream
                       ex_.parser->get().chunked(),
                       config_.limits.min_request_body_rate};
     BodyRelay& relay = conn_.relay;
-    switch (co_await relay.relay(ex_, conn_.stream, ex_.buffer, *ex_.parser,
-                                 relay.piece(ex_.request_body), stream, leg, ex_.record.bytes_in,
-                                 body_started_)) {
+    switch (co_await relay.relay(ex_, conn_.stream, ex_.buffer, *ex_.parser, stream, leg,
+                                 ex_.record.bytes_in, body_started_)) {
         case BodyEnd::done:
             co_return Exchange::response_ready;
         case BodyEnd::read_failed:
@@ -583,8 +581,8 @@ Task<bool> RequestExchange<Stream>::relay_response(UpstreamLease& lease,
                           config_.timeouts.client_write, ConnectionDeadline::client, plan.chunked};
         bool started = false;
         const BodyEnd end = co_await conn_.relay.relay(
-            ex_, lease.stream(), ex_.upstream_buffer, *ex_.response_parser,
-            conn_.relay.piece(ex_.response_body), conn_.stream, leg, ex_.record.bytes_out, started);
+            ex_, lease.stream(), ex_.upstream_buffer, *ex_.response_parser, conn_.stream, leg,
+            ex_.record.bytes_out, started);
         if (!response_body_relayed(end)) {
             co_return false;
         }

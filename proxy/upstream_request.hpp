@@ -4,18 +4,18 @@
 // (tests/fuzz/fuzz_request.cpp) run the same code.
 
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/beast/http/buffer_body.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
 
+#include "body_view.hpp"
 #include "worker_stats.hpp"
 
 namespace bg {
 
-using RequestParser = boost::beast::http::request_parser<boost::beast::http::buffer_body>;
+using RequestParser = boost::beast::http::request_parser<BodyView>;
 
 // A request the proxy answers itself, why, and the bound it went over if it did.
 struct Refusal {

@@ -4,7 +4,6 @@
 // (tests/fuzz/fuzz_response.cpp) run the same code.
 
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http/buffer_body.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <cstddef>
 #include <optional>
@@ -16,7 +15,7 @@
 
 namespace bg {
 
-using ResponseParser = boost::beast::http::response_parser<boost::beast::http::buffer_body>;
+using ResponseParser = boost::beast::http::response_parser<BodyView>;
 
 // How far reading a message head got.
 enum class HeadRead { need_more, done, invalid };

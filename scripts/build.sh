@@ -18,7 +18,9 @@ case "$flavour" in
               -DCMAKE_CXX_COMPILER=clang++-14) ;;
   *) echo "usage: $0 [release|asan|tsan|fuzz]" >&2; exit 2 ;;
 esac
-if [ ! -f "$dir/CMakeCache.txt" ]; then
+# (A configure that failed, say before the dependencies were installed, leaves a cache but no
+# Makefile: configure again.)
+if [ ! -f "$dir/CMakeCache.txt" ] || [ ! -f "$dir/Makefile" ]; then
   cmake -S . -B "$dir" "${opts[@]}" >/dev/null
 fi
 cmake --build "$dir" -j"$(nproc)" "${targets[@]}" "$@"

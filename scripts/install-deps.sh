@@ -9,7 +9,9 @@ packages=(cmake g++ make libboost1.81-dev libboost-json1.81-dev libboost-url1.81
           # recommended by clang-14, so named), llhttp's C sources for the differential checks.
           clang-14 libclang-rt-14-dev node-llhttp
           # Fleet mode and its tests: a real etcd cluster on loopback.
-          etcd-server etcd-client)
+          etcd-server etcd-client
+          # bench/profile.sh: where the time goes (perf record, a malloc uprobe, strace -c).
+          linux-perf strace)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -24,7 +24,6 @@
 #include <algorithm>
 #include <array>
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http/buffer_body.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <cstddef>
 #include <cstdint>
@@ -59,9 +58,8 @@ using boost::system::error_code;
 using bg::fuzz::Arrivals;
 
 // The settings byte: bit 0 the config's smallest header and chunk limits (else the defaults),
-// bit 1 max_request_body = 64 (else none), bits 2-3 the body piece buffer (buffer_size; the
-// small ones are below the config's minimum, to reach piece boundaries with small inputs),
-// bit 4 a trusted peer, bit 5 TLS, bit 6 an IPv6 client, bit 7 one request only.
+// bit 1 max_request_body = 64 (else none), bits 2-3 buffer_size (a body piece ends where a
+// read does, and where the arrivals split the input), bit 4 a trusted peer, bit 5 TLS, bit 6 an IPv6 client, bit 7 one request only.
 struct Setup {
     bg::Limits limits;
     bool trusted = false;
@@ -254,7 +252,7 @@ class Session : bg::fuzz::MessageReader<true> {
     }
 
     // Nothing forwarded can end a line early or name a second Host.
-    static void check_fields(const http::request<http::buffer_body>& request, const Forwarded& f) {
+    static void check_fields(const http::request<bg::BodyView>& request, const Forwarded& f) {
         const auto clean = [](std::string_view s) {
             return s.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos;
         };

@@ -17,7 +17,6 @@
 #include <algorithm>
 #include <array>
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http/buffer_body.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <cstddef>
 #include <cstdint>
@@ -51,8 +50,8 @@ using boost::system::error_code;
 using bg::fuzz::Arrivals;
 
 // The settings byte: bit 0 a HEAD request, bit 1 an HTTP/1.0 client, bit 2 an upgrade request,
-// bits 3-4 the body piece buffer (the small ones are below the config's minimum, to reach
-// piece boundaries with small inputs), bit 5 a client that asked to close, bit 6 the config's
+// bits 3-4 buffer_size (a body piece ends where a read does, and where the arrivals split the
+// input), bit 5 a client that asked to close, bit 6 the config's
 // smallest header and chunk limits (else the defaults).
 struct Setup {
     bg::Limits limits;

@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <boost/asio/buffer.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http/buffer_body.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <cstdint>
 #include <cstring>
@@ -18,6 +17,7 @@
 #include <string_view>
 #include <vector>
 
+#include "body_view.hpp"
 #include "chunk_framing.hpp"
 #include "config.hpp"
 #include "fuzz_check.hpp"
@@ -66,15 +66,14 @@ template <bool isRequest>
 class MessageReader {
   protected:
     using error_code = boost::system::error_code;
-    using Parser = boost::beast::http::parser<isRequest, boost::beast::http::buffer_body>;
+    using Parser = boost::beast::http::parser<isRequest, bg::BodyView>;
 
     // `max_head`: max_request_header or max_response_header.
     MessageReader(const bg::Limits& limits, Arrivals& peer, std::size_t max_head)
         : limits_(limits),
           peer_(peer),
           buffer_(std::max(max_head, limits.max_chunk_line + limits.max_trailer) +
-                  2 * read_chunk()),
-          scratch_(limits.buffer_size) {}
+                  2 * read_chunk()) {}
 
     std::size_t read_chunk() const { return std::max<std::size_t>(4096, limits_.buffer_size); }
 
@@ -105,13 +104,12 @@ class MessageReader {
         while (!ended) {
             std::size_t n = 0;
             if (!parser_->is_done()) {
-                body.data = scratch_.data();
-                body.size = scratch_.size();
+                body = {};
                 if (read_body_piece()) {
                     return false;
                 }
-                n = scratch_.size() - body.size;
-                body_read.append(scratch_.data(), n);
+                n = body.size;
+                body_read.append(body.data, n);
                 if (n == 0 && !parser_->is_done()) {
                     continue;
                 }
@@ -125,7 +123,7 @@ class MessageReader {
                     out.append(static_cast<const char*>(prefix.buffer().data()),
                                prefix.buffer().size());
                 }
-                out.append(scratch_.data(), n);
+                out.append(body.data, n);
                 if (chunked) {
                     out.append(bg::chunk_end);
                 }
@@ -182,7 +180,6 @@ class MessageReader {
     const bg::Limits& limits_;
     Arrivals& peer_;
     boost::beast::flat_buffer buffer_;
-    std::vector<char> scratch_;
     std::string head_;
     std::optional<Parser> parser_;
     bg::ChunkHeaderGuard chunks_;

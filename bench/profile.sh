@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Where a proxy's time goes, per shape of traffic, in the deployment bench/run.sh measures (two
+# pools of two backends, health checks on): for bgproxy and HAProxy side by side,
+#   - syscalls per request, by name (strace -c on the proxy while wrk runs),
+#   - malloc calls per request (a perf uprobe on libc's malloc: operator new and Beast's
+#     allocations go through it; HAProxy's pools mostly do not, which is the point),
+#   - the top symbols by self time (perf record while wrk runs; none under strace).
+# Each measurement is its own wrk run of BENCH_SECONDS; counts are divided by wrk's requests.
+#
+#   bench/profile.sh                        # shapes keepalive close download upload
+#   PROFILE_SHAPES=close BENCH_SECONDS=5 PROFILE_BINARY=/path/to/bgproxy bench/profile.sh
+# Needs root (perf probe, perf record, strace -p) and linux-perf, strace (scripts/install-deps.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${BENCH_SECONDS:-5}
+shapes=${PROFILE_SHAPES:-keepalive close download upload}
+binary=${PROFILE_BINARY:-build/proxy/bgproxy}
+proxy_cpu=${BENCH_PROXY_CPU:-0}
+load_cpu=${BENCH_LOAD_CPU:-1}
+connections=64
+
+scripts/install-deps.sh
+scripts/build.sh release --target bgproxy bg-backend >/dev/null
+source bench/wrk_lib.sh
+source bench/deployment.sh
+libc=$(ldd "$binary" | awk '/libc.so/ {print $3}')
+if ! perf probe -l 2>/dev/null | grep -q 'probe_libc:malloc'; then
+  perf probe -q -x "$libc" --add malloc
+fi
+bgproxy_config bgproxy ""
+start_bgproxy bgproxy "$binary"
+start_haproxy
+wait_port "${port[bgproxy]}"
+wait_port "${port[haproxy]}"
+
+# wrk_for SHAPE TARGET: runs the shape's load for $seconds, prints the requests it completed.
+wrk_for() {
+  local url="http://127.0.0.1:${port[$2]}/" options=()
+  case $1 in
+    keepalive) connections=64 ;;
+    close) connections=32 options=(-H "Connection: close") ;;
+    download) connections=16 url="${url}?bytes=1048576" ;;
+    upload) connections=16 url="${url}upload" options=(-s bench/upload.lua) ;;
+    *) echo "unknown shape $1" >&2; exit 2 ;;
+  esac
+  taskset -c "$load_cpu" wrk -t1 -c"$connections" -d"${seconds}s" "${options[@]}" "$url" |
+    awk '/requests in/ {print $1}'
+}
+
+per_request() { python3 -c "import sys; print('%.2f' % (float(sys.argv[1]) / float(sys.argv[2])))" "$1" "$2"; }
+
+for shape in $shapes; do
+  echo "== $shape"
+  for target in bgproxy haproxy; do
+    pid=${pid_of[$target]}
+    wrk_for "$shape" "$target" >/dev/null  # warm-up
+    # malloc calls
+    perf stat -x, -e probe_libc:malloc -p "$pid" -o "$work/malloc" &
+    stat_pid=$!
+    requests=$(wrk_for "$shape" "$target")
+    kill -INT "$stat_pid"
+    wait "$stat_pid" || true
+    mallocs=$(awk -F, '/probe_libc:malloc/ {print $1}' "$work/malloc")
+    echo "$target: $(per_request "$mallocs" "$requests") malloc calls per request ($requests requests)"
+    # syscalls
+    strace -c -f -q -p "$pid" -o "$work/strace" &
+    strace_pid=$!
+    sleep 0.5  # attached before the load starts
+    requests=$(wrk_for "$shape" "$target")
+    kill -INT "$strace_pid"
+    wait "$strace_pid" || true
+    python3 - "$work/strace" "$requests" "$target" <<'PY'
+import sys
+path, requests, target = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+rows = []
+for line in open(path):
+    fields = line.split()
+    if len(fields) >= 5 and fields[0][0].isdigit() and fields[-1] != "total":
+        calls = int(fields[3])
+        errors = int(fields[4]) if len(fields) == 6 else 0
+        rows.append((calls, fields[-1], errors))
+rows.sort(reverse=True)
+total = sum(r[0] for r in rows)
+print("%s: %.2f syscalls per request (%d requests under strace):" % (target, total / requests, requests))
+for calls, name, errors in rows:
+    if calls / requests >= 0.01:
+        extra = " (%.2f failed)" % (errors / requests) if errors else ""
+        print("    %-16s %6.2f%s" % (name, calls / requests, extra))
+PY
+  done
+  # top symbols by self time
+  for target in bgproxy haproxy; do
+    perf record -q -F 2000 -g -p "${pid_of[$target]}" -o "$work/perf.data" 2>/dev/null &
+    record_pid=$!
+    wrk_for "$shape" "$target" >/dev/null
+    kill -INT "$record_pid"
+    wait "$record_pid" || true
+    echo "$target: top symbols by self time"
+    perf report -q -i "$work/perf.data" --no-children --sort dso,sym --percent-limit 1.2 \
+      --stdio -g none 2>/dev/null | grep -v '^$' | sed -e 's/^ */    /' | head -25
+  done
+done
