@@ -4,17 +4,23 @@
 #   - syscalls per request, by name (strace -c on the proxy while wrk runs),
 #   - malloc calls per request (a perf uprobe on libc's malloc: operator new and Beast's
 #     allocations go through it; HAProxy's pools mostly do not, which is the point),
-#   - the top symbols by self time (perf record while wrk runs; none under strace).
+#   - the top symbols by self time (perf record while wrk runs; none under strace),
+#   - user-space instructions per request, and the functions they go to: each proxy run again
+#     under valgrind's callgrind for exactly PROFILE_REQUESTS requests (bench/http_requests.py,
+#     one at a time). Unlike time on this machine, whose speed drifts by tens of percent, an
+#     instruction count is the same run after run: the figure to compare two builds by.
 # Each measurement is its own wrk run of BENCH_SECONDS; counts are divided by wrk's requests.
 #
 #   bench/profile.sh                        # shapes keepalive close download upload
 #   PROFILE_SHAPES=close BENCH_SECONDS=5 PROFILE_BINARY=/path/to/bgproxy bench/profile.sh
-# Needs root (perf probe, perf record, strace -p) and linux-perf, strace (scripts/install-deps.sh).
+# Needs root (perf probe, perf record, strace -p) and linux-perf, strace, valgrind
+# (scripts/install-deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${BENCH_SECONDS:-5}
 shapes=${PROFILE_SHAPES:-keepalive close download upload}
 binary=${PROFILE_BINARY:-build/proxy/bgproxy}
+requests=${PROFILE_REQUESTS:-200}
 proxy_cpu=${BENCH_PROXY_CPU:-0}
 load_cpu=${BENCH_LOAD_CPU:-1}
 connections=64
@@ -45,6 +51,35 @@ wrk_for() {
   esac
   taskset -c "$load_cpu" wrk -t1 -c"$connections" -d"${seconds}s" "${options[@]}" "$url" |
     awk '/requests in/ {print $1}'
+}
+
+# count_instructions NAME PORT SHAPE COMMAND...: COMMAND (a proxy listening on PORT) is started
+# under callgrind with counting off; after a warm-up, $requests requests of SHAPE are counted.
+count_instructions() {
+  local name=$1 listen=$2 shape=$3
+  shift 3
+  taskset -c "$proxy_cpu" valgrind --tool=callgrind --instr-atstart=no \
+    --callgrind-out-file="$work/$name.cg" "$@" >/dev/null 2>"$work/$name.valgrind" &
+  local pid=$!
+  pids+=($pid)
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$listen") 2>/dev/null && break
+    sleep 0.2
+  done
+  python3 bench/http_requests.py "$listen" "$shape" 5
+  callgrind_control -i on "$pid" >/dev/null 2>&1
+  python3 bench/http_requests.py "$listen" "$shape" "$requests"
+  callgrind_control -i off "$pid" >/dev/null 2>&1
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  local dump total
+  dump=$(ls "$work/$name.cg".* | sort -V | head -1)
+  total=$(callgrind_annotate "$dump" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+  echo "$name: $(per_request "$total" "$requests" | cut -d. -f1) user-space instructions per request; the top functions:"
+  callgrind_annotate --inclusive=no "$dump" | awk '/file:function/ {on=1; next} on && NF' |
+    sed -n '2,13p' | sed -E 's/^ *([0-9,]+) *\( *([0-9.]+%)\) *[^:]*:([^([]*).*/    \2 \3/' | cut -c1-110
+  rm -f "$work/$name.cg"*
 }
 
 per_request() { python3 -c "import sys; print('%.2f' % (float(sys.argv[1]) / float(sys.argv[2])))" "$1" "$2"; }
@@ -99,4 +134,10 @@ PY
     perf report -q -i "$work/perf.data" --no-children --sort dso,sym --percent-limit 1.2 \
       --stdio -g none 2>/dev/null | grep -v '^$' | sed -e 's/^ */    /' | head -25
   done
+  # user-space instructions: a bgproxy and an HAProxy of their own, under callgrind
+  bgproxy_config counted ""
+  count_instructions bgproxy "${port[counted]}" "$shape" "$binary" --config "$work/counted.toml"
+  counted_port=$(free_port)
+  fill bench/haproxy.cfg.in "$counted_port" "$(free_port)" > "$work/haproxy-counted.cfg"
+  count_instructions haproxy "$counted_port" "$shape" haproxy -q -f "$work/haproxy-counted.cfg"
 done

@@ -12,7 +12,6 @@ struct ClientIdentity {
     ClientEndpoints endpoints;         // as a PROXY header to a backend tells them
     boost::asio::ip::address address;  // the original client
     std::string ip;                    // address, as text for headers and the log
-    std::string server_authority;      // what an HTTP/1.0 request without Host is given
     bool trusted = false;              // the HTTP peer is in trusted_proxies
 };
 

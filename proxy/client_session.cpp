@@ -9,6 +9,7 @@
 #include <cstring>
 #include <memory>
 
+#include "address_text.hpp"
 #include "client_connection.hpp"
 #include "exchange_pool.hpp"
 #include "exchange_state.hpp"
@@ -33,8 +34,10 @@ template <class Stream>
 class ClientSession {
   public:
     ClientSession(Worker& worker, std::shared_ptr<const Config> config, std::size_t listener,
-                  Stream stream)
-        : conn_(worker, std::move(config), listener, std::move(stream)) {}
+                  Stream stream, const tcp::endpoint& peer)
+        : conn_(worker, std::move(config), listener, std::move(stream)) {
+        conn_.client.endpoints.source = peer;
+    }
     // A parked connection's next request has started arriving.
     ClientSession(Worker& worker, ParkedClient&& parked)
         : conn_(worker, std::move(parked)),
@@ -85,19 +88,23 @@ class ClientSession {
     }
 
   private:
-    // Who the client is: the socket's peer, or what the PROXY header a load balancer in front
-    // sent says. False when the connection is to be closed (a missing or refused header).
+    // Who the client is: the socket's peer (as the accept gave it), or what the PROXY header a
+    // load balancer in front sent says. False when the connection is to be closed (a missing
+    // or refused header).
     Task<bool> identify_client() {
         Socket& socket = conn_.socket();
         error_code ec;
-        const auto peer = socket.remote_endpoint(ec);
         const Config& config = conn_.config;
-        if (ec || conn_.listener >= config.listeners.size()) {
+        if (conn_.listener >= config.listeners.size()) {
             co_return false;
         }
         const ListenerConfig& listener = config.listeners[conn_.listener];
         ClientIdentity& client = conn_.client;
-        client.endpoints = {peer, socket.local_endpoint(ec)};
+        const auto& fixed_local = conn_.worker.fixed_local_endpoint(conn_.listener);
+        client.endpoints.destination = fixed_local ? *fixed_local : socket.local_endpoint(ec);
+        if (ec) {
+            co_return false;
+        }
         if (listener.proxy_protocol) {
             auto origin =
                 co_await read_proxy_header(conn_.worker, config, listener, socket, conn_.handle());
@@ -107,8 +114,7 @@ class ClientSession {
             client.endpoints = *origin;
         }
         client.address = client.endpoints.source.address();
-        client.ip = client.address.to_string();
-        client.server_authority = authority_of(client.endpoints.destination);
+        client.ip = address_text(client.address);
         conn_.upstreams.set_client(client.endpoints);
         socket.set_option(tcp::no_delay(true), ec);
         // Forwarding headers are believed only from a trusted proxy. Behind a PROXY header the
@@ -294,7 +300,8 @@ void resume_parked(Worker& worker, std::unique_ptr<ParkedClient> parked) {
                    asio::detached);
 }
 
-Task<void> serve_client(Worker& worker, Socket socket, std::size_t listener_index) {
+Task<void> serve_client(Worker& worker, Socket socket, std::size_t listener_index,
+                        tcp::endpoint peer) {
     // The config and its TLS contexts this connection started with stay alive as long as it.
     std::shared_ptr<const Config> config = worker.config();
     const auto& listeners = config->listeners;
@@ -303,13 +310,13 @@ Task<void> serve_client(Worker& worker, Socket socket, std::size_t listener_inde
     if (listener_index < listeners.size() && listeners[listener_index].tls_context) {
         using TlsSession = ClientSession<asio::ssl::stream<Socket>>;
         auto& context = listeners[listener_index].tls_context->initial();
-        auto session =
-            std::make_unique<TlsSession>(worker, std::move(config), listener_index,
-                                         asio::ssl::stream<Socket>(std::move(socket), context));
+        auto session = std::make_unique<TlsSession>(
+            worker, std::move(config), listener_index,
+            asio::ssl::stream<Socket>(std::move(socket), context), peer);
         co_await session->run();
     } else {
-        auto session = std::make_unique<ClientSession<Socket>>(worker, std::move(config),
-                                                               listener_index, std::move(socket));
+        auto session = std::make_unique<ClientSession<Socket>>(
+            worker, std::move(config), listener_index, std::move(socket), peer);
         co_await session->run();
     }
 }

@@ -1,6 +1,7 @@
 #include "forwarding_headers.hpp"
 
 #include <boost/beast/http/rfc7230.hpp>
+#include <optional>
 #include <string>
 
 namespace bg {
@@ -18,27 +19,39 @@ bool frames_or_routes(std::string_view name) {
     return field == http::field::content_length || field == http::field::host;
 }
 
+bool is_hop_field(http::field name, bool keep_upgrade) {
+    switch (name) {
+        case http::field::connection:
+        case http::field::keep_alive:
+        case http::field::proxy_connection:
+        case http::field::te:
+        case http::field::trailer:
+        case http::field::transfer_encoding:
+            return true;
+        case http::field::upgrade:
+            return !keep_upgrade;
+        default:
+            return false;
+    }
+}
+
+// One pass over the fields (a lookup by name per hop-by-hop field walked Beast's ordered set
+// seven times); then the fields Connection names, which most messages have none of.
 void strip_hop_fields(http::fields& fields, bool keep_upgrade) {
-    // Fields named by Connection are hop-by-hop too; collect names before erasing.
-    std::string named;
-    for (auto it = fields.find(http::field::connection);
-         it != fields.end() && it->name() == http::field::connection; ++it) {
-        named.append(it->value()).push_back(',');
+    std::string named;  // Connection's values, collected before they are erased
+    for (auto it = fields.begin(); it != fields.end();) {
+        const http::field name = it->name();
+        if (name == http::field::connection) {
+            named.append(it->value()).push_back(',');
+        }
+        it = is_hop_field(name, keep_upgrade) ? fields.erase(it) : std::next(it);
     }
     for (auto token : http::token_list(named)) {
-        if ((keep_upgrade && boost::beast::iequals(token, "upgrade")) || frames_or_routes(token)) {
-            continue;
+        if ((keep_upgrade && boost::beast::iequals(token, "upgrade")) || frames_or_routes(token) ||
+            boost::beast::iequals(token, "keep-alive")) {
+            continue;  // (Keep-Alive went with the others.)
         }
         fields.erase(token);
-    }
-    fields.erase(http::field::connection);
-    fields.erase(http::field::keep_alive);
-    fields.erase(http::field::proxy_connection);
-    fields.erase(http::field::te);
-    fields.erase(http::field::trailer);
-    fields.erase(http::field::transfer_encoding);
-    if (!keep_upgrade) {
-        fields.erase(http::field::upgrade);
     }
 }
 
@@ -47,48 +60,64 @@ void strip_hop_fields(http::fields& fields, bool keep_upgrade) {
 void rewrite_request_fields(http::fields& fields, const ForwardedFor& hop) {
     strip_hop_fields(fields, hop.upgrade);
     if (hop.upgrade) {
-        fields.set(http::field::connection, "upgrade");
+        fields.insert(http::field::connection, "upgrade");
     }
 
-    // One X-Forwarded-For line: the list so far (from a trusted proxy only), then this client.
-    // From anyone else the fields are replaced: a client cannot forge its way into the chain.
+    // One pass over the fields. X-Forwarded-For becomes one line: the list so far (from a
+    // trusted proxy only), then this client; from anyone else the forwarding fields are
+    // replaced, so a client cannot forge its way into the chain. A trusted proxy in front
+    // terminated the client's connection: its Proto and Host stand.
     std::string chain;
-    for (auto it = fields.find("X-Forwarded-For"); it != fields.end();
-         it = fields.find("X-Forwarded-For")) {
-        if (hop.trusted) {
-            if (!chain.empty()) {
-                chain.append(", ");
+    bool kept_proto = false;
+    bool kept_host = false;
+    std::optional<std::string_view> host;  // the (first) Host field's value
+    for (auto it = fields.begin(); it != fields.end();) {
+        const http::field name = it->name();
+        if (name == http::field::host) {
+            host = host ? host : it->value();
+        } else if (name == http::field::forwarded && !hop.trusted) {
+            it = fields.erase(it);
+            continue;
+        } else if (name == http::field::unknown) {
+            const std::string_view text = it->name_string();
+            if (boost::beast::iequals(text, "X-Forwarded-For")) {
+                if (hop.trusted) {
+                    if (!chain.empty()) {
+                        chain.append(", ");
+                    }
+                    chain.append(it->value());
+                }
+                it = fields.erase(it);
+                continue;
             }
-            chain.append(it->value());
+            const bool proto = boost::beast::iequals(text, "X-Forwarded-Proto");
+            if (proto || boost::beast::iequals(text, "X-Forwarded-Host")) {
+                if (!hop.trusted) {
+                    it = fields.erase(it);
+                    continue;
+                }
+                (proto ? kept_proto : kept_host) = true;
+            }
         }
-        fields.erase(it);
+        ++it;
     }
     if (!chain.empty()) {
         chain.append(", ");
     }
     chain.append(hop.client_ip);
-    fields.set("X-Forwarded-For", chain);
-    if (!hop.trusted) {
-        fields.erase(http::field::forwarded);
+    fields.insert("X-Forwarded-For", chain);
+    if (!kept_proto) {
+        fields.insert("X-Forwarded-Proto", hop.tls ? "https" : "http");
     }
-    // A trusted proxy in front terminated the client's connection: its Proto and Host stand.
-    if (!hop.trusted || fields.find("X-Forwarded-Proto") == fields.end()) {
-        fields.set("X-Forwarded-Proto", hop.tls ? "https" : "http");
-    }
-    if (!hop.trusted || fields.find("X-Forwarded-Host") == fields.end()) {
-        auto host = fields.find(http::field::host);
-        if (host != fields.end()) {
-            fields.set("X-Forwarded-Host", host->value());
-        } else {
-            fields.erase("X-Forwarded-Host");
-        }
+    if (!kept_host && host) {
+        fields.insert("X-Forwarded-Host", *host);  // (fields are nodes: *host stays valid)
     }
 }
 
 void strip_response_hop_fields(http::fields& fields, bool upgrade) {
     strip_hop_fields(fields, upgrade);
     if (upgrade) {
-        fields.set(http::field::connection, "upgrade");
+        fields.insert(http::field::connection, "upgrade");
     }
 }
 

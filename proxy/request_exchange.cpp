@@ -264,7 +264,8 @@ Task<bool> RequestExchange<Stream>::respond() {
     const Colour colour = choose_colour(*table);
     const ClientIdentity& client = conn_.client;
     if (const Refusal refusal = rewrite_for_upstream(
-            *ex_.parser, facts, {client.ip, conn_.tls, client.trusted, client.server_authority})) {
+            *ex_.parser, facts,
+            {client.ip, conn_.tls, client.trusted, client.endpoints.destination})) {
         co_await refuse(refusal);
         co_return false;
     }
@@ -580,9 +581,9 @@ Task<bool> RequestExchange<Stream>::relay_response(UpstreamLease& lease,
         const BodyLeg leg{config_.timeouts.upstream_response, ConnectionDeadline::upstream,
                           config_.timeouts.client_write, ConnectionDeadline::client, plan.chunked};
         bool started = false;
-        const BodyEnd end = co_await conn_.relay.relay(
-            ex_, lease.stream(), ex_.upstream_buffer, *ex_.response_parser, conn_.stream, leg,
-            ex_.record.bytes_out, started);
+        const BodyEnd end = co_await conn_.relay.relay(ex_, lease.stream(), ex_.upstream_buffer,
+                                                       *ex_.response_parser, conn_.stream, leg,
+                                                       ex_.record.bytes_out, started);
         if (!response_body_relayed(end)) {
             co_return false;
         }

@@ -5,50 +5,71 @@
 #include <algorithm>
 #include <boost/beast/core/string.hpp>
 #include <boost/url/parse.hpp>
+#include <cstring>
 
 namespace bg {
 
 namespace http = boost::beast::http;
 
+// A line at a time: memchr finds each line's end, NUL and CR (vectorized), where a loop over
+// every byte cost 7% of a request's instructions. The verdict is the one the first offending
+// byte gives, as a byte-by-byte reading would (the unit tests hold that reading and compare).
 RawHeaderScan scan_raw_header(std::string_view bytes, const HeaderLimits& limits) {
+    const char* const data = bytes.data();
     const std::size_t n = bytes.size();
     std::size_t line_start = 0;
     std::size_t fields = 0;
     bool in_request_line = true;
-    for (std::size_t i = 0; i < n; ++i) {
-        const char c = bytes[i];
-        if (in_request_line && i >= limits.max_start_line) {
-            return {RawHeaderVerdict::request_line_too_long};
+    for (;;) {
+        // The first position this line may not reach, and what reaching it means (at the same
+        // position the start-line bound wins over the head's, the head's over a field's).
+        std::size_t limit = limits.max_header;
+        RawHeaderVerdict over = RawHeaderVerdict::header_too_long;
+        if (in_request_line && limits.max_start_line <= limit) {
+            limit = limits.max_start_line;
+            over = RawHeaderVerdict::request_line_too_long;
+        } else if (!in_request_line && line_start + limits.max_field_size < limit) {
+            limit = line_start + limits.max_field_size;
+            over = RawHeaderVerdict::field_too_long;
         }
-        if (i >= limits.max_header) {
-            return {RawHeaderVerdict::header_too_long};
+        const std::size_t stop = std::min(n, std::max(limit, line_start));
+        const std::size_t span = stop - line_start;
+        const char* const from = data + line_start;
+        const auto* lf = static_cast<const char*>(std::memchr(from, '\n', span));
+        const std::size_t end = lf != nullptr ? static_cast<std::size_t>(lf - data) : stop;
+        // Before the line's end: a NUL, or a CR not followed by LF, refuses the head.
+        const auto* nul = static_cast<const char*>(std::memchr(from, '\0', end - line_start));
+        const auto* cr = static_cast<const char*>(std::memchr(from, '\r', end - line_start));
+        if (cr != nullptr) {
+            const std::size_t at = static_cast<std::size_t>(cr - data);
+            if (at + 1 >= n || data[at + 1] == '\n') {
+                cr = nullptr;  // the line's CRLF, or the last byte so far
+            }
         }
-        if (!in_request_line && i - line_start >= limits.max_field_size) {
-            return {RawHeaderVerdict::field_too_long};
-        }
-        if (c == '\0') {
+        if (nul != nullptr && (cr == nullptr || nul < cr)) {
             return {RawHeaderVerdict::nul_byte};
         }
-        if (c == '\n') {
-            if (i == 0 || bytes[i - 1] != '\r') {
-                return {RawHeaderVerdict::bare_lf};
-            }
-            if (i + 1 - line_start == 2 && !in_request_line) {
-                return {RawHeaderVerdict::complete, i + 1};  // the blank line
-            }
-            if (!in_request_line && ++fields > limits.max_fields) {
-                return {RawHeaderVerdict::too_many_fields};
-            }
-            in_request_line = false;
-            line_start = i + 1;
-            if (i + 1 < n && (bytes[i + 1] == ' ' || bytes[i + 1] == '\t')) {
-                return {RawHeaderVerdict::obs_fold};
-            }
-        } else if (c == '\r' && i + 1 < n && bytes[i + 1] != '\n') {
+        if (cr != nullptr) {
             return {RawHeaderVerdict::bare_cr};
         }
+        if (lf == nullptr) {
+            return {stop < n ? over : RawHeaderVerdict::incomplete};
+        }
+        if (end == 0 || data[end - 1] != '\r') {
+            return {RawHeaderVerdict::bare_lf};
+        }
+        if (end + 1 - line_start == 2 && !in_request_line) {
+            return {RawHeaderVerdict::complete, end + 1};  // the blank line
+        }
+        if (!in_request_line && ++fields > limits.max_fields) {
+            return {RawHeaderVerdict::too_many_fields};
+        }
+        in_request_line = false;
+        line_start = end + 1;
+        if (line_start < n && (data[line_start] == ' ' || data[line_start] == '\t')) {
+            return {RawHeaderVerdict::obs_fold};
+        }
     }
-    return {RawHeaderVerdict::incomplete};
 }
 
 namespace {

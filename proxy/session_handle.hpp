@@ -2,6 +2,7 @@
 // What a worker knows of one client connection: its sockets, so a graceful shutdown can close
 // idle connections and the connection's deadline can close whichever side stalled.
 
+#include <boost/intrusive/list_hook.hpp>
 #include <chrono>
 #include <cstdint>
 
@@ -9,7 +10,8 @@
 
 namespace bg {
 
-struct SessionHandle {
+// In its worker's list of connections (a link, no allocation per connection).
+struct SessionHandle : boost::intrusive::list_base_hook<> {
     Socket* client = nullptr;            // the lowest layer, under TLS if any
     Socket* upstream = nullptr;          // while a request holds a backend connection
     std::uint32_t upstream_backend = 0;  // the backend id of `upstream`

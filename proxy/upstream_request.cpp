@@ -90,7 +90,7 @@ Refusal rewrite_for_upstream(RequestParser& parser, const RequestFacts& facts,
                                ForwardedFor{hop.client_ip, hop.tls, facts.upgrade, hop.trusted});
         if (request.find(http::field::host) == request.end()) {
             // RFC 9112 3.2: HTTP/1.1 needs a Host (a 1.1 request without one was refused).
-            request.set(http::field::host, hop.server_authority);
+            request.set(http::field::host, authority_of(hop.server));
         }
     } catch (const std::length_error&) {
         // Beast holds a field in at most 64 KiB: a forwarded chain grown past that.

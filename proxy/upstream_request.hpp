@@ -45,9 +45,9 @@ struct ClientHop {
     std::string_view client_ip;
     bool tls = false;
     bool trusted = false;  // the peer is a trusted proxy: its forwarding fields are kept
-    // What an HTTP/1.0 request without Host is given: the server as the connection reached
-    // it (RFC 9112 3.3), "address:port".
-    std::string_view server_authority;
+    // The server as the connection reached it: what an HTTP/1.0 request without Host is given
+    // (RFC 9112 3.3), as "address:port".
+    boost::asio::ip::tcp::endpoint server;
 };
 
 // Refusals that need only the parsed head: ambiguous framing, CONNECT, an invalid target, a

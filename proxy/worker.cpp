@@ -74,8 +74,12 @@ bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
             error = "cannot listen on " + address.text + ": " + ec.message();
             return false;
         }
-        ports[i] = acceptor->local_endpoint().port();
+        const tcp::endpoint bound = acceptor->local_endpoint();
+        ports[i] = bound.port();
         acceptors_.push_back(std::move(acceptor));
+        accepted_peers_.emplace_back();
+        fixed_locals_.push_back(bound.address().is_unspecified() ? std::nullopt
+                                                                 : std::optional(bound));
         accept_pauses_.push_back(std::make_unique<AcceptPause>(
             io_, "worker " + std::to_string(index_) + " listener " + address.text));
     }
@@ -97,7 +101,10 @@ void Worker::start() {
 }
 
 void Worker::accept_loop(Acceptor& acceptor, std::size_t listener) {
-    acceptor.async_accept([this, &acceptor, listener](boost::system::error_code ec, Socket socket) {
+    // The peer's address comes with the accept (no getpeername() per connection).
+    tcp::endpoint& peer = accepted_peers_[listener];
+    acceptor.async_accept(peer, [this, &acceptor, listener, &peer](boost::system::error_code ec,
+                                                                   Socket socket) {
         if (ec == asio::error::operation_aborted || !acceptor.is_open()) {
             return;
         }
@@ -117,7 +124,8 @@ void Worker::accept_loop(Acceptor& acceptor, std::size_t listener) {
                                                    ? config_->listeners[listener].max_connections
                                                    : 0;
             if (limits_.try_open(listener, config_->limits.max_connections, listener_max)) {
-                asio::co_spawn(io_.get_executor(), serve_client(*this, std::move(socket), listener),
+                asio::co_spawn(io_.get_executor(),
+                               serve_client(*this, std::move(socket), listener, peer),
                                asio::detached);
             } else {
                 refuse(socket, listener);
@@ -193,14 +201,14 @@ void Worker::follow_share(const RoutingTable& table) {
 // track frame boundaries in both directions; the close is what every client handles.)
 void Worker::close_tunnels(std::size_t colour) {
     std::size_t closed = 0;
-    for (SessionHandle* session : sessions_) {
-        if (session->tunnel_colour != static_cast<int>(colour)) {
+    for (SessionHandle& session : sessions_) {
+        if (session.tunnel_colour != static_cast<int>(colour)) {
             continue;
         }
         boost::system::error_code ignored;
-        session->client->shutdown(Socket::shutdown_both, ignored);
-        if (session->upstream != nullptr) {
-            session->upstream->shutdown(Socket::shutdown_both, ignored);
+        session.client->shutdown(Socket::shutdown_both, ignored);
+        if (session.upstream != nullptr) {
+            session.upstream->shutdown(Socket::shutdown_both, ignored);
         }
         ++closed;
     }
@@ -228,19 +236,19 @@ void Worker::report_load(std::function<void(DataPlaneLoad)> done) {
         }
         load.oldest_wait_ms.resize(table_->backend_id_limit(), 0);
         const auto now = std::chrono::steady_clock::now();
-        for (const SessionHandle* session : sessions_) {
-            const std::uint32_t backend = session->upstream_backend;
-            if (session->upstream != nullptr && backend < load.upstream_open.size()) {
+        for (const SessionHandle& session : sessions_) {
+            const std::uint32_t backend = session.upstream_backend;
+            if (session.upstream != nullptr && backend < load.upstream_open.size()) {
                 ++load.upstream_open[backend];
-                if (session->awaiting_since != std::chrono::steady_clock::time_point{}) {
+                if (session.awaiting_since != std::chrono::steady_clock::time_point{}) {
                     const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(
-                        now - session->awaiting_since);
+                        now - session.awaiting_since);
                     load.oldest_wait_ms[backend] = std::max<std::uint64_t>(
                         load.oldest_wait_ms[backend], static_cast<std::uint64_t>(waited.count()));
                 }
             }
-            if (session->kept && session->kept_backend < load.upstream_open.size()) {
-                ++load.upstream_open[session->kept_backend];
+            if (session.kept && session.kept_backend < load.upstream_open.size()) {
+                ++load.upstream_open[session.kept_backend];
             }
         }
         load.traffic = traffic_;
@@ -293,10 +301,10 @@ void Worker::begin_shutdown() {
         }
         // Idle keep-alive connections have nothing in flight: close them now. Busy ones see
         // draining() and close after their current response.
-        for (SessionHandle* session : sessions_) {
-            if (session->idle) {
+        for (SessionHandle& session : sessions_) {
+            if (session.idle) {
                 boost::system::error_code ignored;
-                session->client->cancel(ignored);
+                session.client->cancel(ignored);
             }
         }
         grace_timer_.expires_after(config_->timeouts.shutdown_grace);
@@ -308,11 +316,11 @@ void Worker::begin_shutdown() {
                 spdlog::warn("worker {}: shutdown grace over, closing {} connections", index_,
                              sessions_.size());
             }
-            for (SessionHandle* session : sessions_) {
+            for (SessionHandle& session : sessions_) {
                 boost::system::error_code ignored;
-                session->client->close(ignored);
-                if (session->upstream != nullptr) {
-                    session->upstream->close(ignored);
+                session.client->close(ignored);
+                if (session.upstream != nullptr) {
+                    session.upstream->close(ignored);
                 }
             }
         });
@@ -342,11 +350,11 @@ void Worker::watch_client_closes() {
 void Worker::sweep_client_closes() {
     close_sweep_fds_.clear();
     close_sweep_of_.clear();
-    for (SessionHandle* session : sessions_) {
-        if (session->watch_close && !session->client_gone && session->client != nullptr &&
-            session->client->is_open()) {
-            close_sweep_fds_.push_back({session->client->native_handle(), POLLRDHUP, 0});
-            close_sweep_of_.push_back(session);
+    for (SessionHandle& session : sessions_) {
+        if (session.watch_close && !session.client_gone && session.client != nullptr &&
+            session.client->is_open()) {
+            close_sweep_fds_.push_back({session.client->native_handle(), POLLRDHUP, 0});
+            close_sweep_of_.push_back(&session);
         }
     }
     if (close_sweep_fds_.empty()) {
@@ -370,7 +378,7 @@ void Worker::sweep_client_closes() {
 }
 
 void Worker::untrack(SessionHandle* session) {
-    sessions_.erase(session);
+    sessions_.erase(sessions_.iterator_to(*session));
     if (draining_) {
         finish_if_drained();
     }

@@ -7,11 +7,12 @@
 #include <boost/asio/ip/tcp.hpp>
 
 #include <boost/asio/steady_timer.hpp>
+#include <boost/intrusive/list.hpp>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
-#include <unordered_set>
 #include <vector>
 
 #include "access_log.hpp"
@@ -85,8 +86,14 @@ class Worker {
     TrafficCounters& traffic() { return traffic_; }
     const WorkerStats& stats() const { return stats_; }
     bool draining() const { return draining_; }
-    void track(SessionHandle* session) { sessions_.insert(session); }
+    void track(SessionHandle* session) { sessions_.push_back(*session); }
     void untrack(SessionHandle* session);
+    // The address connections accepted on `listener` were made to, when the listener is bound
+    // to one address (not a wildcard): known without a getsockname() per connection.
+    const std::optional<boost::asio::ip::tcp::endpoint>& fixed_local_endpoint(
+        std::size_t listener) const {
+        return fixed_locals_[listener];
+    }
     // A connection accepted on `listener` has closed: its slot is free again.
     void connection_closed(std::size_t listener) { limits_.close(listener); }
     RetryBudget& retry_budget() { return retry_budget_; }
@@ -124,8 +131,10 @@ class Worker {
     WorkerStats stats_;
     TrafficCounters traffic_;
     std::vector<std::unique_ptr<Acceptor>> acceptors_;
-    std::unordered_set<SessionHandle*> sessions_;
-    std::vector<std::uint32_t> tunnels_;  // by backend id
+    std::vector<boost::asio::ip::tcp::endpoint> accepted_peers_;  // each acceptor's accept fills
+    std::vector<std::optional<boost::asio::ip::tcp::endpoint>> fixed_locals_;  // by acceptor
+    boost::intrusive::list<SessionHandle> sessions_;  // every open client connection
+    std::vector<std::uint32_t> tunnels_;              // by backend id
     std::vector<std::uint64_t> requests_by_backend_;
     std::vector<std::uint64_t> failures_by_backend_;  // as outlier detection counts them
     std::vector<std::array<std::uint64_t, failure_kind_count>> failure_kinds_;

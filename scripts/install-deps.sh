@@ -10,8 +10,8 @@ packages=(cmake g++ make libboost1.81-dev libboost-json1.81-dev libboost-url1.81
           clang-14 libclang-rt-14-dev node-llhttp
           # Fleet mode and its tests: a real etcd cluster on loopback.
           etcd-server etcd-client
-          # bench/profile.sh: where the time goes (perf record, a malloc uprobe, strace -c).
-          linux-perf strace)
+          # bench/profile.sh: where the time goes (perf record, a malloc uprobe, strace -c, callgrind).
+          linux-perf strace valgrind)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -59,7 +59,8 @@ using bg::fuzz::Arrivals;
 
 // The settings byte: bit 0 the config's smallest header and chunk limits (else the defaults),
 // bit 1 max_request_body = 64 (else none), bits 2-3 buffer_size (a body piece ends where a
-// read does, and where the arrivals split the input), bit 4 a trusted peer, bit 5 TLS, bit 6 an IPv6 client, bit 7 one request only.
+// read does, and where the arrivals split the input), bit 4 a trusted peer, bit 5 TLS, bit 6
+// an IPv6 client, bit 7 one request only.
 struct Setup {
     bg::Limits limits;
     bool trusted = false;
@@ -91,7 +92,8 @@ Setup setup_from(std::uint8_t b) {
 }
 
 // What the connection's local end is, for a Host the proxy has to supply.
-constexpr std::string_view local_authority = "192.0.2.1:8080";
+const boost::asio::ip::tcp::endpoint local_server(boost::asio::ip::make_address_v4("192.0.2.1"),
+                                                  8080);
 
 // ---- one connection -----------------------------------------------------------------------
 
@@ -226,7 +228,7 @@ class Session : bg::fuzz::MessageReader<true> {
         }
         const bg::RequestFacts facts = bg::request_facts(*parser_);
         if (bg::rewrite_for_upstream(
-                *parser_, facts, {setup_.client_ip, setup_.tls, setup_.trusted, local_authority})) {
+                *parser_, facts, {setup_.client_ip, setup_.tls, setup_.trusted, local_server})) {
             return;  // 431
         }
         check_fields(request, f);

@@ -80,3 +80,29 @@ TEST_CASE("an upgrade keeps Upgrade and says so in Connection") {
     CHECK(response[http::field::upgrade] == "websocket");
     CHECK(response.find(http::field::keep_alive) == response.end());
 }
+
+TEST_CASE("forwarding fields are matched whatever their case; framing named by Connection stays") {
+    http::fields f;
+    f.set(http::field::host, "a.example");
+    f.set(http::field::content_length, "5");
+    f.insert(http::field::connection, "content-length, host, x-drop, close");
+    f.insert("x-drop", "1");
+    f.insert("x-forwarded-for", "1.1.1.1");
+    f.insert("X-FORWARDED-FOR", "2.2.2.2");
+    f.insert("x-forwarded-host", "front.example");
+    bg::rewrite_request_fields(f, {"10.0.0.1", false, false, true});
+    CHECK(f[http::field::content_length] == "5");
+    CHECK(f[http::field::host] == "a.example");
+    CHECK(f.find("X-Drop") == f.end());
+    CHECK(f["X-Forwarded-For"] == "1.1.1.1, 2.2.2.2, 10.0.0.1");
+    CHECK(std::distance(f.equal_range("X-Forwarded-For").first,
+                        f.equal_range("X-Forwarded-For").second) == 1);
+    CHECK(f["X-Forwarded-Host"] == "front.example");  // a trusted proxy's stands
+    CHECK(f["X-Forwarded-Proto"] == "http");
+
+    bg::rewrite_request_fields(f, {"10.0.0.2", false, false, false});  // untrusted now
+    CHECK(f["X-Forwarded-For"] == "10.0.0.2");
+    CHECK(f["X-Forwarded-Host"] == "a.example");
+    CHECK(std::distance(f.equal_range("X-Forwarded-Host").first,
+                        f.equal_range("X-Forwarded-Host").second) == 1);
+}

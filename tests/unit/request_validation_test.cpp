@@ -3,6 +3,9 @@
 #include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/parser.hpp>
 
+#include <random>
+#include <string>
+
 #include "request_validation.hpp"
 
 namespace http = boost::beast::http;
@@ -25,7 +28,85 @@ std::string problem(std::string_view header) {
     return std::string(bg::framing_problem(parser.get().base()));
 }
 
+// scan_raw_header's meaning, one byte at a time: at each position the bounds first, then the
+// byte. The real one reads a line at a time and must agree with this on every input.
+bg::RawHeaderScan byte_by_byte_scan(std::string_view bytes, const bg::HeaderLimits& limits) {
+    using bg::RawHeaderVerdict;
+    std::size_t line_start = 0;
+    std::size_t fields = 0;
+    bool in_request_line = true;
+    for (std::size_t i = 0; i < bytes.size(); ++i) {
+        const char c = bytes[i];
+        if (in_request_line && i >= limits.max_start_line) {
+            return {RawHeaderVerdict::request_line_too_long};
+        }
+        if (i >= limits.max_header) {
+            return {RawHeaderVerdict::header_too_long};
+        }
+        if (!in_request_line && i - line_start >= limits.max_field_size) {
+            return {RawHeaderVerdict::field_too_long};
+        }
+        if (c == '\0') {
+            return {RawHeaderVerdict::nul_byte};
+        }
+        if (c == '\n') {
+            if (i == 0 || bytes[i - 1] != '\r') {
+                return {RawHeaderVerdict::bare_lf};
+            }
+            if (i + 1 - line_start == 2 && !in_request_line) {
+                return {RawHeaderVerdict::complete, i + 1};
+            }
+            if (!in_request_line && ++fields > limits.max_fields) {
+                return {RawHeaderVerdict::too_many_fields};
+            }
+            in_request_line = false;
+            line_start = i + 1;
+            if (i + 1 < bytes.size() && (bytes[i + 1] == ' ' || bytes[i + 1] == '\t')) {
+                return {RawHeaderVerdict::obs_fold};
+            }
+        } else if (c == '\r' && i + 1 < bytes.size() && bytes[i + 1] != '\n') {
+            return {RawHeaderVerdict::bare_cr};
+        }
+    }
+    return {RawHeaderVerdict::incomplete};
+}
+
 }  // namespace
+
+TEST_CASE("the line-at-a-time scan agrees with a byte-by-byte reading on every input") {
+    // Heads built from lines of a few kinds, with stray CR, LF, NUL and folds mixed in, cut at
+    // every length, against bounds small enough for each to be reached.
+    std::mt19937 random(20261202);
+    const std::string pieces[] = {
+        "GET / HTTP/1.1",     "\r\n", "Host: a", "X-Long: 0123456789", "\r", "\n",
+        std::string(1, '\0'), " ",    "\t",      "\r\n\r\n",           "a"};
+    const bg::HeaderLimits bounds[] = {
+        {64, 256, 100, 16384}, {20, 40, 3, 12}, {8, 30, 2, 30}, {40, 20, 5, 10}, {16, 64, 4, 16}};
+    int checked = 0;
+    for (int round = 0; round < 3000; ++round) {
+        std::string head;
+        const int count = 1 + static_cast<int>(random() % 12);
+        for (int i = 0; i < count; ++i) {
+            head += pieces[random() % std::size(pieces)];
+        }
+        for (const auto& limits : bounds) {
+            for (std::size_t cut = 0; cut <= head.size(); cut += 1 + random() % 3) {
+                const std::string_view bytes(head.data(), cut);
+                const auto expected = byte_by_byte_scan(bytes, limits);
+                const auto got = bg::scan_raw_header(bytes, limits);
+                if (got.verdict != expected.verdict || got.header_end != expected.header_end) {
+                    INFO("input: " << std::string(bytes) << " limits " << limits.max_start_line
+                                   << "/" << limits.max_header << "/" << limits.max_fields << "/"
+                                   << limits.max_field_size);
+                    CHECK(static_cast<int>(got.verdict) == static_cast<int>(expected.verdict));
+                    CHECK(got.header_end == expected.header_end);
+                }
+                ++checked;
+            }
+        }
+    }
+    CHECK(checked > 50000);
+}
 
 TEST_CASE("a complete header is found with its length") {
     auto scan = bg::scan_raw_header("GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY", {64, 256, 100, 16384});
