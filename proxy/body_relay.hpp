@@ -22,6 +22,7 @@
 #include "connection_deadline.hpp"
 #include "exchange_outcome.hpp"
 #include "exchange_state.hpp"
+#include "field_arena.hpp"
 #include "io_types.hpp"
 #include "message_head.hpp"
 #include "upstream_stream.hpp"
@@ -45,8 +46,8 @@ struct BodyLeg {
 template <class AsyncStream, bool isRequest>
 Task<boost::system::error_code> read_body_piece(
     AsyncStream& from, boost::beast::flat_buffer& buffer,
-    boost::beast::http::parser<isRequest, BodyView>& parser, std::size_t read_size,
-    ChunkHeaderGuard& chunks) {
+    boost::beast::http::parser<isRequest, BodyView, FieldAllocator<char>>& parser,
+    std::size_t read_size, ChunkHeaderGuard& chunks) {
     for (;;) {
         if (buffer.size() > 0) {
             boost::system::error_code ec;
@@ -101,9 +102,10 @@ class BodyRelay {
     // its size), each piece written from `in`, where it was read, before the next read. A head
     // still in ex.head leaves with the first piece; chunk framing is added when the leg says so.
     template <class From, class To, bool isRequest>
-    Task<BodyEnd> relay(ExchangeState& ex, From& from, boost::beast::flat_buffer& in,
-                        boost::beast::http::parser<isRequest, BodyView>& parser, To& to,
-                        const BodyLeg& leg, std::uint64_t& bytes, bool& started) {
+    Task<BodyEnd> relay(
+        ExchangeState& ex, From& from, boost::beast::flat_buffer& in,
+        boost::beast::http::parser<isRequest, BodyView, FieldAllocator<char>>& parser, To& to,
+        const BodyLeg& leg, std::uint64_t& bytes, bool& started) {
         auto& body = parser.get().body();
         const auto body_start = std::chrono::steady_clock::now();
         std::uint64_t moved = 0;

@@ -30,8 +30,7 @@ std::string_view trim(std::string_view s) {
 
 }  // namespace
 
-std::optional<Colour> preview_colour(const http::fields& fields,
-                                     const boost::asio::ip::address& client,
+std::optional<Colour> preview_colour(const Fields& fields, const boost::asio::ip::address& client,
                                      const PreviewConfig& preview, const RoutingTable& table) {
     if (preview.header.empty() || preview.allowed.empty()) {
         return std::nullopt;
@@ -47,7 +46,7 @@ std::optional<Colour> preview_colour(const http::fields& fields,
     return colour;
 }
 
-std::optional<Colour> sticky_colour(const http::fields& fields, const StickyConfig& sticky,
+std::optional<Colour> sticky_colour(const Fields& fields, const StickyConfig& sticky,
                                     const RoutingTable& table) {
     if (sticky.cookie.empty()) {
         return std::nullopt;

@@ -3,25 +3,24 @@
 // sticky cookie. Each hint is honoured only when that colour can take the request.
 
 #include <boost/asio/ip/address.hpp>
-#include <boost/beast/http/fields.hpp>
 #include <optional>
 #include <string>
 
 #include "config.hpp"
+#include "proxied_message.hpp"
 #include "routing_table.hpp"
 
 namespace bg {
 
 // The colour named by the preview header, when the client is in an allowed network and the
 // colour has a backend that can serve (whatever its weight: testers reach an idle colour).
-std::optional<Colour> preview_colour(const boost::beast::http::fields& fields,
-                                     const boost::asio::ip::address& client,
+std::optional<Colour> preview_colour(const Fields& fields, const boost::asio::ip::address& client,
                                      const PreviewConfig& preview, const RoutingTable& table);
 
 // The colour in the sticky cookie, when it still takes traffic: not failed, weight above 0,
 // a backend able to serve.
-std::optional<Colour> sticky_colour(const boost::beast::http::fields& fields,
-                                    const StickyConfig& sticky, const RoutingTable& table);
+std::optional<Colour> sticky_colour(const Fields& fields, const StickyConfig& sticky,
+                                    const RoutingTable& table);
 
 // "NAME=green; Path=/; Max-Age=3600; HttpOnly; SameSite=Lax"
 std::string sticky_cookie(const StickyConfig& sticky, Colour colour);

@@ -32,7 +32,7 @@ bool idempotent(http::verb method) {
     }
 }
 
-bool is_upgrade_request(const http::request_header<>& header) {
+bool is_upgrade_request(const RequestHeader& header) {
     if (header.find(http::field::upgrade) == header.end()) {
         return false;
     }

@@ -4,9 +4,10 @@
 // asks about (idempotent, an upgrade, a TLS stream). A header of its own, so the connection,
 // the exchange and the body relay depend on it rather than on each other.
 
-#include <boost/beast/http/message.hpp>
 #include <boost/system/error_code.hpp>
 #include <type_traits>
+
+#include "proxied_message.hpp"
 
 namespace boost::asio::ssl {
 template <typename Stream>
@@ -52,7 +53,7 @@ bool is_framing_error(const boost::system::error_code& ec);
 bool idempotent(boost::beast::http::verb method);
 
 // Upgrade named in Connection, with an Upgrade field.
-bool is_upgrade_request(const boost::beast::http::request_header<>& header);
+bool is_upgrade_request(const RequestHeader& header);
 
 template <class T>
 struct is_tls_stream : std::false_type {};

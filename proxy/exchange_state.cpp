@@ -9,8 +9,26 @@ void ExchangeState::clear() {
     upstream_buffer.clear();
     head.clear();
     gathered.clear();
-    parser.reset();  // frees the field nodes of the last message
+    parser.reset();
     response_parser.reset();
+    request_fields.reset();
+    response_fields.reset();
+}
+
+RequestParser& ExchangeState::new_request() {
+    response_parser.reset();
+    response_fields.reset();
+    parser.reset();
+    request_fields.reset();
+    return parser.emplace(std::piecewise_construct, std::make_tuple(),
+                          std::make_tuple(FieldAllocator<char>(&request_fields)));
+}
+
+ResponseParser& ExchangeState::new_response() {
+    response_parser.reset();
+    response_fields.reset();
+    return response_parser.emplace(std::piecewise_construct, std::make_tuple(),
+                                   std::make_tuple(FieldAllocator<char>(&response_fields)));
 }
 
 void ExchangeState::end_request() {

@@ -7,15 +7,14 @@
 
 #include <array>
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http/parser.hpp>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "access_record.hpp"
-#include "body_view.hpp"
 #include "chunk_framing.hpp"
+#include "proxied_message.hpp"
 
 namespace bg {
 
@@ -24,10 +23,14 @@ struct ExchangeState {
     boost::beast::flat_buffer upstream_buffer;  // bytes read from the backend, not yet parsed
     std::vector<char> request_body;   // a tunnel's client-to-backend bytes; a lingering close's
     std::vector<char> response_body;  // a tunnel's backend-to-client bytes
-    std::string head;                           // the serialized head of the message being sent
-    std::string gathered;                       // TLS only: pieces of one write copied together
-    std::optional<boost::beast::http::request_parser<BodyView>> parser;
-    std::optional<boost::beast::http::response_parser<BodyView>> response_parser;
+    std::string head;                 // the serialized head of the message being sent
+    std::string gathered;             // TLS only: pieces of one write copied together
+    // Each parser's fields live in an arena of its own (declared first: it outlives them).
+    // See new_request() and new_response().
+    FieldArena request_fields;
+    FieldArena response_fields;
+    std::optional<RequestParser> parser;
+    std::optional<ResponseParser> response_parser;
     std::vector<std::uint32_t> tried;  // backends tried for this request
     AccessRecord record;               // the access log line of the request in progress
     std::string connect_error;         // why connecting to a backend failed, when worth logging
@@ -40,6 +43,11 @@ struct ExchangeState {
     void end_request();
     // Ready for another connection's request: no bytes, no parsers; buffers keep capacity.
     void clear();
+    // A parser for the next request on the connection (the last exchange's fields go).
+    RequestParser& new_request();
+    // A parser for a response, interim or final, from this try or another: the last
+    // response's fields go (a backend sending 1xx heads without end holds one at a time).
+    ResponseParser& new_response();
 };
 
 }  // namespace bg

@@ -37,7 +37,7 @@ bool is_hop_field(http::field name, bool keep_upgrade) {
 
 // One pass over the fields (a lookup by name per hop-by-hop field walked Beast's ordered set
 // seven times); then the fields Connection names, which most messages have none of.
-void strip_hop_fields(http::fields& fields, bool keep_upgrade) {
+void strip_hop_fields(Fields& fields, bool keep_upgrade) {
     std::string named;  // Connection's values, collected before they are erased
     for (auto it = fields.begin(); it != fields.end();) {
         const http::field name = it->name();
@@ -57,7 +57,7 @@ void strip_hop_fields(http::fields& fields, bool keep_upgrade) {
 
 }  // namespace
 
-void rewrite_request_fields(http::fields& fields, const ForwardedFor& hop) {
+void rewrite_request_fields(Fields& fields, const ForwardedFor& hop) {
     strip_hop_fields(fields, hop.upgrade);
     if (hop.upgrade) {
         fields.insert(http::field::connection, "upgrade");
@@ -114,7 +114,7 @@ void rewrite_request_fields(http::fields& fields, const ForwardedFor& hop) {
     }
 }
 
-void strip_response_hop_fields(http::fields& fields, bool upgrade) {
+void strip_response_hop_fields(Fields& fields, bool upgrade) {
     strip_hop_fields(fields, upgrade);
     if (upgrade) {
         fields.insert(http::field::connection, "upgrade");

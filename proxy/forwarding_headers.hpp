@@ -2,8 +2,9 @@
 // The header rules of a hop: what a proxy removes (hop-by-hop fields, RFC 9110 7.6.1) and what
 // it adds (X-Forwarded-*), for requests going up and responses coming back.
 
-#include <boost/beast/http/fields.hpp>
 #include <string_view>
+
+#include "proxied_message.hpp"
 
 namespace bg {
 
@@ -18,9 +19,9 @@ struct ForwardedFor {
 // route the message), Keep-Alive, Proxy-Connection, TE, Trailer,
 // Transfer-Encoding (the caller re-frames the body) and Upgrade unless upgrading; appends the
 // client to X-Forwarded-For and sets X-Forwarded-Proto and X-Forwarded-Host.
-void rewrite_request_fields(boost::beast::http::fields& fields, const ForwardedFor& hop);
+void rewrite_request_fields(Fields& fields, const ForwardedFor& hop);
 
 // The same removals for a response on its way to the client (Upgrade kept on a 101).
-void strip_response_hop_fields(boost::beast::http::fields& fields, bool upgrade);
+void strip_response_hop_fields(Fields& fields, bool upgrade);
 
 }  // namespace bg

@@ -13,7 +13,7 @@ void append_version(unsigned version, std::string& out) {
     out.push_back(static_cast<char>('0' + version % 10));
 }
 
-void append_fields(const http::fields& fields, std::string& out) {
+void append_fields(const Fields& fields, std::string& out) {
     for (const auto& field : fields) {
         out.append(field.name_string());
         out.append(": ");
@@ -25,7 +25,7 @@ void append_fields(const http::fields& fields, std::string& out) {
 
 }  // namespace
 
-void write_request_head(const http::request_header<>& header, std::string& out) {
+void write_request_head(const RequestHeader& header, std::string& out) {
     out.clear();
     out.append(header.method_string());
     out.push_back(' ');
@@ -36,7 +36,7 @@ void write_request_head(const http::request_header<>& header, std::string& out) 
     append_fields(header, out);
 }
 
-void write_response_head(const http::response_header<>& header, std::string& out) {
+void write_response_head(const ResponseHeader& header, std::string& out) {
     out.clear();
     append_version(header.version(), out);
     out.push_back(' ');

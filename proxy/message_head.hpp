@@ -7,15 +7,16 @@
 
 #include <array>
 #include <boost/asio/buffer.hpp>
-#include <boost/beast/http/message.hpp>
 #include <string>
+
+#include "proxied_message.hpp"
 
 namespace bg {
 
 // "METHOD target HTTP/x.y\r\n" + "Name: value\r\n"... + "\r\n", replacing `out`.
-void write_request_head(const boost::beast::http::request_header<>& header, std::string& out);
+void write_request_head(const RequestHeader& header, std::string& out);
 // "HTTP/x.y code reason\r\n" + fields + "\r\n", replacing `out`.
-void write_response_head(const boost::beast::http::response_header<>& header, std::string& out);
+void write_response_head(const ResponseHeader& header, std::string& out);
 
 // The size line that opens one chunk: "<hex>\r\n".
 class ChunkPrefix {

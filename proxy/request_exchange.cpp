@@ -98,7 +98,7 @@ RequestExchange<Stream>::~RequestExchange() {
 
 template <class Stream>
 Task<bool> RequestExchange<Stream>::read_head() {
-    ex_.parser.emplace();
+    ex_.new_request();
     ex_.request_chunks = conn_.chunk_guard();
     ex_.parser->on_chunk_header(ex_.request_chunks);
     ex_.parser->header_limit(static_cast<std::uint32_t>(config_.limits.max_request_header + 1));
@@ -202,7 +202,7 @@ std::size_t RequestExchange<Stream>::skip_leading_empty_lines() {
 
 // A request head arrived (parsed, or refused before it could be).
 template <class Stream>
-void RequestExchange<Stream>::begin_record(const http::request<BodyView>* request) {
+void RequestExchange<Stream>::begin_record(const Request* request) {
     head_arrived_ = true;
     started_ = std::chrono::steady_clock::now();
     method_ = request != nullptr ? method_class(request->method()) : MethodClass::other;
@@ -469,7 +469,7 @@ Task<Exchange> RequestExchange<Stream>::exchange(UpstreamLease& lease, const Req
 template <class Stream>
 Task<Exchange> RequestExchange<Stream>::read_response_head(UpstreamStream& stream,
                                                            const RequestFacts& facts) {
-    auto& parser = ex_.response_parser.emplace();
+    auto& parser = ex_.new_response();
     ex_.response_chunks = conn_.chunk_guard();
     parser.on_chunk_header(ex_.response_chunks);
     parser.header_limit(static_cast<std::uint32_t>(config_.limits.max_response_header));
@@ -728,7 +728,7 @@ Task<void> RequestExchange<Stream>::reply_error(http::status status, std::string
     const std::string body = std::to_string(static_cast<unsigned>(status)) + " " +
                              std::string(http::obsolete_reason(status)) + ": " +
                              std::string(reason) + "\n";
-    http::response_header<> response;
+    ResponseHeader response;
     response.result(status);
     response.version(11);
     response.set(http::field::content_type, "text/plain");

@@ -37,7 +37,7 @@ class RequestExchange {
   private:
     HeadRead parse_head(std::size_t& checked, Refusal& refusal);
     std::size_t skip_leading_empty_lines();
-    void begin_record(const boost::beast::http::request<BodyView>* request);
+    void begin_record(const Request* request);
     void finish_record();
 
     Colour choose_colour(const RoutingTable& table);

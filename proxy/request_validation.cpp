@@ -143,7 +143,7 @@ bool all_digits(std::string_view s) {
 
 }  // namespace
 
-std::string_view framing_problem(const http::request_header<>& header) {
+std::string_view framing_problem(const RequestHeader& header) {
     std::size_t hosts = 0;
     std::size_t lengths = 0;
     std::size_t codings = 0;
@@ -231,7 +231,7 @@ bool protocol_list(std::string_view value) {
 
 }  // namespace
 
-std::string_view response_framing_problem(const http::response_header<>& header) {
+std::string_view response_framing_problem(const ResponseHeader& header) {
     const unsigned status = header.result_int();
     if (status < 100 || status > 599) {
         return "status out of range";

@@ -3,10 +3,11 @@
 // a few things a proxy must refuse (obs-fold, Transfer-Encoding codings other than chunked next
 // to Content-Length, Content-Length lists): an ambiguous message never reaches a backend.
 
-#include <boost/beast/http/message.hpp>
 #include <cstddef>
 #include <span>
 #include <string_view>
+
+#include "proxied_message.hpp"
 
 namespace bg {
 
@@ -48,12 +49,12 @@ StartLineVersion normalize_request_version(std::span<char> request_line);
 StartLineVersion normalize_response_version(std::span<char> status_line);
 
 // Checks a parsed request header; returns a reason for a 400, or empty when it is acceptable.
-std::string_view framing_problem(const boost::beast::http::request_header<>& header);
+std::string_view framing_problem(const RequestHeader& header);
 
 // The same for a backend's response head: a status outside 100-599 (RFC 9110 15), a 101
 // without Upgrade (15.2.2), a Transfer-Encoding other than chunked alone (the proxy re-frames
 // the body and would drop any other coding) or beside a Content-Length (RFC 9112 6.3: a sign
 // of response splitting). A reason for a 502, or empty.
-std::string_view response_framing_problem(const boost::beast::http::response_header<>& header);
+std::string_view response_framing_problem(const ResponseHeader& header);
 
 }  // namespace bg

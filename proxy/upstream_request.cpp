@@ -16,7 +16,7 @@ namespace {
 
 // Origin-form stays; absolute-form ("GET http://host/path") becomes origin-form with Host set
 // from it (RFC 9112 3.2.2); "*" is kept for OPTIONS.
-bool normalize_target(http::request<BodyView>& request) {
+bool normalize_target(Request& request) {
     auto target = request.target();
     if (target.starts_with('/')) {
         return true;

@@ -10,12 +10,10 @@
 #include <string>
 #include <string_view>
 
-#include "body_view.hpp"
+#include "proxied_message.hpp"
 #include "worker_stats.hpp"
 
 namespace bg {
-
-using RequestParser = boost::beast::http::request_parser<BodyView>;
 
 // A request the proxy answers itself, why, and the bound it went over if it did.
 struct Refusal {

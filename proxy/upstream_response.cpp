@@ -108,7 +108,7 @@ ResponsePlan rewrite_response_head(ResponseParser& parser, const RequestFacts& f
     return plan;
 }
 
-void rewrite_interim_head(http::response_header<>& interim) {
+void rewrite_interim_head(ResponseHeader& interim) {
     strip_response_hop_fields(interim, false);
     interim.erase(http::field::content_length);
     interim.version(11);

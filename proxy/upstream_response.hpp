@@ -9,13 +9,12 @@
 #include <optional>
 #include <string>
 
+#include "proxied_message.hpp"
 #include "request_validation.hpp"
 #include "upstream_request.hpp"
 #include "worker_stats.hpp"
 
 namespace bg {
-
-using ResponseParser = boost::beast::http::response_parser<BodyView>;
 
 // How far reading a message head got.
 enum class HeadRead { need_more, done, invalid };
@@ -53,6 +52,6 @@ ResponsePlan rewrite_response_head(ResponseParser& parser, const RequestFacts& f
 
 // Rewrites an interim (1xx) response head for an HTTP/1.1 client: hop-by-hop fields out, no
 // Content-Length (RFC 9110 8.6: never in a 1xx), HTTP/1.1.
-void rewrite_interim_head(boost::beast::http::response_header<>& interim);
+void rewrite_interim_head(ResponseHeader& interim);
 
 }  // namespace bg

@@ -159,7 +159,7 @@ class Session : bg::fuzz::MessageReader<true> {
         if (buffer_.size() == 0) {
             buffer_.shrink_to_fit();  // release_idle_memory(): the next read sizes follow
         }
-        parser_.emplace();
+        new_parser();
         chunks_ = bg::ChunkHeaderGuard{limits_.max_chunk_line, limits_.max_trailer};
         parser_->on_chunk_header(chunks_);
         parser_->header_limit(static_cast<std::uint32_t>(limits_.max_request_header + 1));
@@ -254,7 +254,7 @@ class Session : bg::fuzz::MessageReader<true> {
     }
 
     // Nothing forwarded can end a line early or name a second Host.
-    static void check_fields(const http::request<bg::BodyView>& request, const Forwarded& f) {
+    static void check_fields(const bg::Request& request, const Forwarded& f) {
         const auto clean = [](std::string_view s) {
             return s.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos;
         };

@@ -118,7 +118,7 @@ class Exchange : bg::fuzz::MessageReader<false> {
                                              limits_.max_response_header, limits_.max_header_fields,
                                              limits_.max_field_size};
         for (;;) {
-            parser_.emplace();
+            new_parser();
             chunks_ = bg::ChunkHeaderGuard{limits_.max_chunk_line, limits_.max_trailer};
             parser_->on_chunk_header(chunks_);
             parser_->header_limit(static_cast<std::uint32_t>(limits_.max_response_header));

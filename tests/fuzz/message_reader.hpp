@@ -20,6 +20,7 @@
 #include "body_view.hpp"
 #include "chunk_framing.hpp"
 #include "config.hpp"
+#include "field_arena.hpp"
 #include "fuzz_check.hpp"
 #include "message_head.hpp"
 
@@ -66,7 +67,7 @@ template <bool isRequest>
 class MessageReader {
   protected:
     using error_code = boost::system::error_code;
-    using Parser = boost::beast::http::parser<isRequest, bg::BodyView>;
+    using Parser = boost::beast::http::parser<isRequest, bg::BodyView, bg::FieldAllocator<char>>;
 
     // `max_head`: max_request_header or max_response_header.
     MessageReader(const bg::Limits& limits, Arrivals& peer, std::size_t max_head)
@@ -181,7 +182,16 @@ class MessageReader {
     Arrivals& peer_;
     boost::beast::flat_buffer buffer_;
     std::string head_;
+    bg::FieldArena arena_;  // parser_'s fields, as an exchange's (ExchangeState::new_request())
     std::optional<Parser> parser_;
+
+    // A parser for the next message: the last one's fields go, as in the session.
+    Parser& new_parser() {
+        parser_.reset();
+        arena_.reset();
+        return parser_.emplace(std::piecewise_construct, std::make_tuple(),
+                               std::make_tuple(bg::FieldAllocator<char>(&arena_)));
+    }
     bg::ChunkHeaderGuard chunks_;
 };
 

@@ -29,7 +29,7 @@ bg::PreviewConfig loopback_preview() {
 TEST_CASE("the preview header reaches an idle colour, only from an allowed network") {
     auto t = table(10000);
     auto preview = loopback_preview();
-    http::fields f;
+    bg::Fields f;
     f.set("X-BG-Color", "Green");
     auto local = boost::asio::ip::make_address("127.0.0.5");
     auto remote = boost::asio::ip::make_address("203.0.113.9");
@@ -44,7 +44,7 @@ TEST_CASE("the preview header reaches an idle colour, only from an allowed netwo
 TEST_CASE("the sticky cookie holds unless its colour is failed or at weight 0") {
     bg::StickyConfig sticky;
     sticky.cookie = "bg";
-    http::fields f;
+    bg::Fields f;
     f.insert(http::field::cookie, "a=1; bg=green; c=2");
     CHECK(bg::sticky_colour(f, sticky, table(5000)) == bg::Colour::green);
     CHECK_FALSE(bg::sticky_colour(f, sticky, table(10000)));       // green at 0

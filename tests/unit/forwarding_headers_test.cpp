@@ -7,7 +7,7 @@
 namespace http = boost::beast::http;
 
 TEST_CASE("hop-by-hop fields are removed, with those Connection names") {
-    http::fields f;
+    bg::Fields f;
     f.set(http::field::host, "example.com");
     f.insert(http::field::connection, "keep-alive, X-Secret");
     f.insert(http::field::connection, "Upgrade");
@@ -29,7 +29,7 @@ TEST_CASE("hop-by-hop fields are removed, with those Connection names") {
 }
 
 TEST_CASE("from a trusted proxy X-Forwarded-For is appended to and its Proto kept") {
-    http::fields f;
+    bg::Fields f;
     f.set(http::field::host, "shop.example:8080");
     f.insert("X-Forwarded-For", "1.1.1.1");
     f.insert("X-Forwarded-For", "2.2.2.2");
@@ -45,7 +45,7 @@ TEST_CASE("from a trusted proxy X-Forwarded-For is appended to and its Proto kep
 }
 
 TEST_CASE("from anyone else X-Forwarded-For is replaced, Proto and Host are set") {
-    http::fields f;
+    bg::Fields f;
     f.set(http::field::host, "shop.example:8080");
     f.insert("X-Forwarded-For", "1.1.1.1");
     f.set("X-Forwarded-Proto", "gopher");
@@ -57,7 +57,7 @@ TEST_CASE("from anyone else X-Forwarded-For is replaced, Proto and Host are set"
     CHECK(f["X-Forwarded-Host"] == "shop.example:8080");
     CHECK(f.find(http::field::forwarded) == f.end());
 
-    http::fields fresh;
+    bg::Fields fresh;
     bg::rewrite_request_fields(fresh, {"::1", false, false});
     CHECK(fresh["X-Forwarded-For"] == "::1");
     CHECK(fresh["X-Forwarded-Proto"] == "http");
@@ -65,14 +65,14 @@ TEST_CASE("from anyone else X-Forwarded-For is replaced, Proto and Host are set"
 }
 
 TEST_CASE("an upgrade keeps Upgrade and says so in Connection") {
-    http::fields f;
+    bg::Fields f;
     f.set(http::field::connection, "Upgrade");
     f.set(http::field::upgrade, "websocket");
     bg::rewrite_request_fields(f, {"10.0.0.1", false, true});
     CHECK(f[http::field::upgrade] == "websocket");
     CHECK(f[http::field::connection] == "upgrade");
 
-    http::fields response;
+    bg::Fields response;
     response.set(http::field::connection, "Upgrade");
     response.set(http::field::upgrade, "websocket");
     response.set(http::field::keep_alive, "x");
@@ -82,7 +82,7 @@ TEST_CASE("an upgrade keeps Upgrade and says so in Connection") {
 }
 
 TEST_CASE("forwarding fields are matched whatever their case; framing named by Connection stays") {
-    http::fields f;
+    bg::Fields f;
     f.set(http::field::host, "a.example");
     f.set(http::field::content_length, "5");
     f.insert(http::field::connection, "content-length, host, x-drop, close");

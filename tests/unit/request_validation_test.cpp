@@ -18,7 +18,7 @@ bg::RawHeaderVerdict verdict(std::string_view bytes) {
 
 // Parses a header the way the session does and returns framing_problem's answer.
 std::string problem(std::string_view header) {
-    http::request_parser<http::empty_body> parser;
+    http::request_parser<http::empty_body, bg::FieldAllocator<char>> parser;
     parser.eager(false);
     boost::system::error_code ec;
     parser.put(boost::asio::buffer(header.data(), header.size()), ec);
