@@ -4,6 +4,7 @@
 #   - syscalls per request, by name (strace -c on the proxy while wrk runs),
 #   - malloc calls per request (a perf uprobe on libc's malloc: operator new and Beast's
 #     allocations go through it; HAProxy's pools mostly do not, which is the point),
+#   - TCP segments per request (nstat: fewer, fuller segments are less kernel work),
 #   - the top symbols by self time (perf record while wrk runs; none under strace),
 #   - user-space instructions per request, and the functions they go to: each proxy run again
 #     under valgrind's callgrind for exactly PROFILE_REQUESTS requests (bench/http_requests.py,
@@ -92,11 +93,14 @@ for shape in $shapes; do
     # malloc calls
     perf stat -x, -e probe_libc:malloc -p "$pid" -o "$work/malloc" &
     stat_pid=$!
+    nstat -n
     requests=$(wrk_for "$shape" "$target")
+    segments=$(nstat | awk '/TcpOutSegs/ {print $2}')
     kill -INT "$stat_pid"
     wait "$stat_pid" || true
     mallocs=$(awk -F, '/probe_libc:malloc/ {print $1}' "$work/malloc")
     echo "$target: $(per_request "$mallocs" "$requests") malloc calls per request ($requests requests)"
+    echo "$target: $(per_request "$segments" "$requests") TCP segments per request (every socket on the machine: client, proxy, backend)"
     # syscalls
     strace -c -f -q -p "$pid" -o "$work/strace" &
     strace_pid=$!

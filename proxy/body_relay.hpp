@@ -17,6 +17,7 @@
 #include <tuple>
 #include <vector>
 
+#include "body_cork.hpp"
 #include "body_view.hpp"
 #include "chunk_framing.hpp"
 #include "connection_deadline.hpp"
@@ -42,12 +43,13 @@ struct BodyLeg {
 
 // Finds the next piece of a message body: in what `buffer` already holds, else after one read
 // from `from`. Success means progress (possibly only a chunk header); the parser's BodyView
-// (reset by the caller) then says where the piece lies in `buffer`, if one was found.
+// (reset by the caller) then says where the piece lies in `buffer`, if one was found. While
+// `cork` holds bytes, the source is first read at once (see BodyCork).
 template <class AsyncStream, bool isRequest>
 Task<boost::system::error_code> read_body_piece(
     AsyncStream& from, boost::beast::flat_buffer& buffer,
     boost::beast::http::parser<isRequest, BodyView, FieldAllocator<char>>& parser,
-    std::size_t read_size, ChunkHeaderGuard& chunks) {
+    std::size_t read_size, ChunkHeaderGuard& chunks, BodyCork* cork = nullptr) {
     for (;;) {
         if (buffer.size() > 0) {
             boost::system::error_code ec;
@@ -80,7 +82,14 @@ Task<boost::system::error_code> read_body_piece(
             co_return boost::beast::http::error::buffer_overflow;  // bounded above: not reached in
                                                                    // practice
         }
-        auto [ec, n] = co_await from.async_read_some(buffer.prepare(read_size), nothrow);
+        const auto into = buffer.prepare(read_size);
+        if (cork != nullptr && cork->holding()) {
+            if (const std::size_t got = cork->read_at_once(into); got > 0) {
+                buffer.commit(got);
+                continue;
+            }
+        }
+        auto [ec, n] = co_await from.async_read_some(into, nothrow);
         if (ec == boost::asio::error::eof) {
             boost::system::error_code end;
             parser.put_eof(end);  // completes a read-until-close body, else partial_message
@@ -107,6 +116,7 @@ class BodyRelay {
         boost::beast::http::parser<isRequest, BodyView, FieldAllocator<char>>& parser, To& to,
         const BodyLeg& leg, std::uint64_t& bytes, bool& started) {
         auto& body = parser.get().body();
+        BodyCork cork(BodyCork::plain(from), BodyCork::plain(to));  // pushes at the end
         const auto body_start = std::chrono::steady_clock::now();
         std::uint64_t moved = 0;
         bool ended = false;  // the end of the body has been written
@@ -123,7 +133,7 @@ class BodyRelay {
                 deadline_.arm(read_limit, leg.read_side);
                 ChunkHeaderGuard& chunks = isRequest ? ex.request_chunks : ex.response_chunks;
                 const boost::system::error_code ec =
-                    co_await read_body_piece(from, in, parser, read_size_, chunks);
+                    co_await read_body_piece(from, in, parser, read_size_, chunks, &cork);
                 if (ec == boost::beast::http::error::body_limit) {
                     co_return BodyEnd::too_large;
                 }
@@ -175,8 +185,17 @@ class BodyRelay {
                 continue;
             }
             deadline_.arm(leg.write_limit, leg.write_side);
-            auto [ec, written] = co_await write_pieces(
-                ex, to, std::span<const boost::asio::const_buffer>(out.data(), count));
+            const std::span<const boost::asio::const_buffer> pieces(out.data(), count);
+            const bool hold = cork.may_hold(n == read_size_, !ended);
+            boost::system::error_code ec;
+            if (hold) {
+                HeldSend held(cork.sink());
+                std::tie(ec, std::ignore) =
+                    co_await boost::asio::async_write(held, pieces, nothrow);
+            } else {
+                std::tie(ec, std::ignore) = co_await write_pieces(ex, to, pieces);
+            }
+            cork.sent(hold);
             if (ec) {
                 co_return deadline_.expired() ? BodyEnd::write_timeout : BodyEnd::write_failed;
             }

@@ -4,7 +4,7 @@ import subprocess
 import time
 import unittest
 
-from harness import ProcessTestCase, config
+from harness import ProcessTestCase, ScriptedBackend, config, ok_response
 
 MB = 1000 * 1000
 
@@ -54,6 +54,43 @@ class StreamingTest(ProcessTestCase):
         self.assertGreater(total, 1.9)
         self.assertTrue(data.endswith(b"0\r\n\r\n"))
 
+    def test_a_pause_in_a_bulk_body_holds_back_nothing_that_came_before_it(self):
+        # A piece that fills a whole read (buffer_size, 16384 by default) with more of the body to
+        # come leaves with MSG_MORE, and the kernel may hold it to fill a segment. When the
+        # backend then pauses, it must reach the client at once, not when the rest comes (nor
+        # after the kernel's 200 ms limit on a held segment).
+        piece, rest = 16384, 1000
+
+        def answer(request, index, conn):
+            if request[1] != b"/pause":
+                return ok_response()  # health checks
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (piece + rest))
+            time.sleep(0.1)  # the head goes on its own; then one full read of body
+            conn.sendall(b"a" * piece)
+            time.sleep(1.5)
+            return b"b" * rest
+
+        blue = self.start(ScriptedBackend(answer, "blue-1"))
+        proxy = self.proxy(config([blue], [self.green]))
+        for attempt in range(2):  # the second on a kept backend connection
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+                s.sendall(b"GET /pause HTTP/1.1\r\nHost: x\r\n\r\n")
+                start = time.time()
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += s.recv(65536)
+                body = len(data) - data.index(b"\r\n\r\n") - 4
+                while body < piece:
+                    body += len(s.recv(65536))
+                before_pause = time.time() - start
+                while body < piece + rest:
+                    body += len(s.recv(65536))
+                whole = time.time() - start
+            print("the %d bytes before the backend's pause after %.3f s, the rest after %.3f s"
+                  % (piece, before_pause, whole))
+            self.assertLess(before_pause, 0.25)
+            self.assertGreater(whole, 1.5)
+            self.assertEqual(body, piece + rest)
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -1,0 +1,70 @@
+#pragma once
+// BodyCork: a body flowing in bulk leaves in full-sized TCP segments. Each piece of a body that
+// arrives in full reads, with more of it to come, is sent with MSG_MORE (as HAProxy sends a
+// body), so the kernel joins pieces into full segments: sent alone, every 16 KiB piece was a
+// segment of its own (112 TCP segments per proxied MiB against HAProxy's 69, and the kernel
+// work of each). What the kernel holds is pushed out (TCP_NODELAY set again) as soon as the
+// source has nothing more at once, so a pause in a body never holds back what came before it,
+// and when the relay ends. Plain sockets on both sides only: TLS writes records its own way.
+// Worker thread only.
+
+#include <boost/asio/buffer.hpp>
+#include <boost/asio/ssl/stream.hpp>
+#include <cstddef>
+
+#include "io_types.hpp"
+#include "upstream_stream.hpp"
+
+namespace bg {
+
+class BodyCork {
+  public:
+    // `source` and `sink`: the plain sockets under the two streams (nullptr for TLS).
+    BodyCork(Socket* source, Socket* sink) : source_(source), sink_(sink) {}
+    ~BodyCork() { push(); }
+    BodyCork(const BodyCork&) = delete;
+    BodyCork& operator=(const BodyCork&) = delete;
+
+    // Whether the next piece may be held back: it filled its read (the body flows in bulk),
+    // more of the body follows, and both sides are plain sockets.
+    bool may_hold(bool full_read, bool more_follows) const {
+        return full_read && more_follows && source_ != nullptr && sink_ != nullptr;
+    }
+    Socket& sink() { return *sink_; }
+    // A piece went out with MSG_MORE, or without it (which pushes out what was held).
+    void sent(bool held) { holding_ = held; }
+    bool holding() const { return holding_; }
+    // Before waiting on the source while bytes are held: what it has at once, read into `into`
+    // (0: nothing yet, or its end or an error, which the caller's own read then sees); when it
+    // has nothing, the held bytes are pushed out first.
+    std::size_t read_at_once(boost::asio::mutable_buffer into);
+    void push();
+
+    static Socket* plain(Socket& stream) { return &stream; }
+    static Socket* plain(boost::asio::ssl::stream<Socket>&) { return nullptr; }
+    static Socket* plain(UpstreamStream& stream) {
+        return stream.tls() != nullptr ? nullptr : &stream.socket();
+    }
+
+  private:
+    Socket* source_;
+    Socket* sink_;
+    bool holding_ = false;
+};
+
+// The sink as a stream whose sends say MSG_MORE, for asio::async_write.
+class HeldSend {
+  public:
+    using executor_type = Executor;
+    explicit HeldSend(Socket& socket) : socket_(socket) {}
+    executor_type get_executor() { return socket_.get_executor(); }
+    template <class ConstBuffers, class Token>
+    auto async_write_some(const ConstBuffers& buffers, Token&& token) {
+        return socket_.async_send(buffers, MSG_MORE, std::forward<Token>(token));
+    }
+
+  private:
+    Socket& socket_;
+};
+
+}  // namespace bg
