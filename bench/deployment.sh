@@ -1,6 +1,13 @@
-# Sourced by bench/run.sh and bench/profile.sh (after bench/wrk_lib.sh): the deployment every
-# benchmark measures. A certificate, four bg-backends (two pools of two) on $load_cpu, and
-# functions that start bgproxy, HAProxy and nginx on $proxy_cpu configured alike.
+# Sourced by bench/run.sh and bench/profile.sh: the deployment every benchmark measures, built
+# and pinned (BENCH_PROXY_CPU, BENCH_LOAD_CPU). A certificate, four bg-backends (two pools of
+# two) on $load_cpu, and functions that start bgproxy, HAProxy and nginx on $proxy_cpu
+# configured alike; bench/wrk_lib.sh's measurements.
+proxy_cpu=${BENCH_PROXY_CPU:-0}
+load_cpu=${BENCH_LOAD_CPU:-1}
+scripts/install-deps.sh
+scripts/build.sh release --target bgproxy bg-backend >/dev/null
+source bench/wrk_lib.sh
+
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -keyout "$work/site.key" -out "$work/site.crt" -subj "/CN=bench.test" \
   -addext "subjectAltName=DNS:bench.test" 2>/dev/null

@@ -22,13 +22,7 @@ seconds=${BENCH_SECONDS:-5}
 shapes=${PROFILE_SHAPES:-keepalive close download upload}
 binary=${PROFILE_BINARY:-build/proxy/bgproxy}
 requests=${PROFILE_REQUESTS:-200}
-proxy_cpu=${BENCH_PROXY_CPU:-0}
-load_cpu=${BENCH_LOAD_CPU:-1}
 connections=64
-
-scripts/install-deps.sh
-scripts/build.sh release --target bgproxy bg-backend >/dev/null
-source bench/wrk_lib.sh
 source bench/deployment.sh
 libc=$(ldd "$binary" | awk '/libc.so/ {print $3}')
 if ! perf probe -l 2>/dev/null | grep -q 'probe_libc:malloc'; then

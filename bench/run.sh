@@ -28,13 +28,7 @@ cd "$(dirname "$0")/.."
 seconds=${BENCH_SECONDS:-5}
 rounds=${BENCH_ROUNDS:-3}
 shapes=${BENCH_SHAPES:-keepalive close download upload tls-handshake tls-keepalive tls-upstream}
-proxy_cpu=${BENCH_PROXY_CPU:-0}
-load_cpu=${BENCH_LOAD_CPU:-1}
 connections=64
-
-scripts/install-deps.sh
-scripts/build.sh release --target bgproxy bg-backend >/dev/null
-source bench/wrk_lib.sh
 source bench/deployment.sh
 bgproxy_config bgproxy ""
 start_bgproxy bgproxy build/proxy/bgproxy

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <optional>
 #include <span>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -102,6 +103,37 @@ Task<boost::system::error_code> read_body_piece(
     }
 }
 
+// What one piece of body puts on the wire: the head if still unsent, the data (framed as a
+// chunk when the leg asks), and the last chunk after the end. Not to be moved: the buffers
+// point into it.
+struct OutgoingPiece {
+    OutgoingPiece(const std::string& head, const char* data, std::size_t n, bool chunked,
+                  bool ended) {
+        if (!head.empty()) {
+            buffers[count++] = boost::asio::buffer(head);
+        }
+        if (n > 0) {
+            if (chunked) {
+                prefix.emplace(n);
+                buffers[count++] = prefix->buffer();
+            }
+            buffers[count++] = boost::asio::buffer(data, n);
+            if (chunked) {
+                buffers[count++] = boost::asio::buffer(chunk_end);
+            }
+        }
+        if (ended && chunked) {
+            buffers[count++] = boost::asio::buffer(last_chunk);
+        }
+    }
+    OutgoingPiece(const OutgoingPiece&) = delete;
+    OutgoingPiece& operator=(const OutgoingPiece&) = delete;
+
+    std::optional<ChunkPrefix> prefix;
+    std::array<boost::asio::const_buffer, 5> buffers{};
+    std::size_t count = 0;
+};
+
 class BodyRelay {
   public:
     BodyRelay(ConnectionDeadline& deadline, WorkerStats& stats, std::size_t read_size)
@@ -162,30 +194,12 @@ class BodyRelay {
                 }
             }
             ended = parser.is_done();
-            std::optional<ChunkPrefix> prefix;
-            std::array<boost::asio::const_buffer, 5> out{};
-            std::size_t count = 0;
-            if (!ex.head.empty()) {
-                out[count++] = boost::asio::buffer(ex.head);
-            }
-            if (n > 0) {
-                if (leg.chunked) {
-                    prefix.emplace(n);
-                    out[count++] = prefix->buffer();
-                }
-                out[count++] = boost::asio::buffer(body.data, n);
-                if (leg.chunked) {
-                    out[count++] = boost::asio::buffer(chunk_end);
-                }
-            }
-            if (ended && leg.chunked) {
-                out[count++] = boost::asio::buffer(last_chunk);
-            }
-            if (count == 0) {
+            const OutgoingPiece out(ex.head, body.data, n, leg.chunked, ended);
+            if (out.count == 0) {
                 continue;
             }
             deadline_.arm(leg.write_limit, leg.write_side);
-            const std::span<const boost::asio::const_buffer> pieces(out.data(), count);
+            const std::span<const boost::asio::const_buffer> pieces(out.buffers.data(), out.count);
             const bool hold = cork.may_hold(n == read_size_, !ended);
             boost::system::error_code ec;
             if (hold) {

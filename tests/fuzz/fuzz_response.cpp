@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <array>
 #include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/string.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <cstddef>
 #include <cstdint>
@@ -260,6 +261,25 @@ void check_client_side(const Setup& setup, const Relayed& r) {
     }
 }
 
+// A Transfer-Encoding line whose value ends in whitespace ("chunked\t"). RFC 9110 5.5: a
+// field value excludes trailing whitespace, so it is chunked (as Beast and HAProxy read it);
+// llhttp 8.1 reads such a body to the close instead. The proxy frames what it sends itself,
+// so no hop after it sees the difference: no comparison of bodies for it.
+bool te_value_ends_in_whitespace(std::string_view bytes) {
+    const std::size_t head_end = bytes.find("\r\n\r\n");
+    const std::string_view head = bytes.substr(0, head_end);
+    for (std::size_t at = head.find("\r\n"); at != std::string_view::npos;
+         at = head.find("\r\n", at + 2)) {
+        const std::string_view line = head.substr(at + 2, head.find("\r\n", at + 2) - at - 2);
+        constexpr std::string_view name = "transfer-encoding:";
+        if (line.size() > name.size() && boost::beast::iequals(line.substr(0, name.size()), name) &&
+            (line.back() == ' ' || line.back() == '\t')) {
+            return true;
+        }
+    }
+    return false;
+}
+
 // Where llhttp reads the backend's bytes too, it sees the same response.
 void check_backend_side(const Setup& setup, std::string_view backend, const Relayed& r) {
     if (!r.final_read || r.switching) {
@@ -272,8 +292,9 @@ void check_backend_side(const Setup& setup, std::string_view backend, const Rela
     }
     const bg::fuzz::JudgedMessage& m = j.messages[final_index];
     require(m.status == r.status, "llhttp and the proxy read the same final status");
-    if (r.complete) {
-        require(m.body == r.body, "llhttp and the proxy read the same response body");
+    if (r.complete && !te_value_ends_in_whitespace(backend)) {
+        require(m.body == r.body, "llhttp and the proxy read the same response body",
+                "llhttp: [" + m.body + "]\nproxy:  [" + r.body + "]");
         require(m.end == r.backend_end,
                 "llhttp and the proxy end the backend's response at one place",
                 std::to_string(m.end) + " vs " + std::to_string(r.backend_end));
