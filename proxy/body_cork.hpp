@@ -10,6 +10,7 @@
 
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/ssl/stream.hpp>
+#include <boost/system/error_code.hpp>
 #include <cstddef>
 
 #include "io_types.hpp"
@@ -34,10 +35,11 @@ class BodyCork {
     // A piece went out with MSG_MORE, or without it (which pushes out what was held).
     void sent(bool held) { holding_ = held; }
     bool holding() const { return holding_; }
-    // Before waiting on the source while bytes are held: what it has at once, read into `into`
-    // (0: nothing yet, or its end or an error, which the caller's own read then sees); when it
-    // has nothing, the held bytes are pushed out first.
-    std::size_t read_at_once(boost::asio::mutable_buffer into);
+    // Before waiting on the source while bytes are held: what it has at once, read into `into`.
+    // 0 with no error: nothing yet, or its end (which the caller's own read then sees); an
+    // error (a reset) is returned here, since the socket reports it only once. Unless bytes
+    // came, the held ones are pushed out first.
+    std::size_t read_at_once(boost::asio::mutable_buffer into, boost::system::error_code& ec);
     void push();
 
     static Socket* plain(Socket& stream) { return &stream; }

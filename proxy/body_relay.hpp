@@ -85,9 +85,13 @@ Task<boost::system::error_code> read_body_piece(
         }
         const auto into = buffer.prepare(read_size);
         if (cork != nullptr && cork->holding()) {
-            if (const std::size_t got = cork->read_at_once(into); got > 0) {
+            boost::system::error_code failed;
+            if (const std::size_t got = cork->read_at_once(into, failed); got > 0) {
                 buffer.commit(got);
                 continue;
+            }
+            if (failed) {
+                co_return failed;
             }
         }
         auto [ec, n] = co_await from.async_read_some(into, nothrow);

@@ -157,12 +157,15 @@ def green_backends(proxy):
     return {b["name"]: b for b in proxy.status()["colours"]["green"]["backends"]}
 
 
-def wait_for_check(proxy, backend, text, timeout=5):
-    """The backend's entry in `bgctl status` once its health check result contains `text`."""
+def wait_for_check(proxy, backend, text, healthy=None, timeout=5):
+    """The backend's entry in `bgctl status` once its health check result contains `text` (and,
+    when `healthy` is given, the backend is marked so: the verdict reaches the routing state a
+    moment after the check result, more than a moment on a loaded sanitizer build)."""
     deadline = time.time() + timeout
     while True:
         entry = green_backends(proxy)[backend]
-        if text in entry.get("check", "") or time.time() > deadline:
+        done = text in entry.get("check", "") and (healthy is None or entry["healthy"] == healthy)
+        if done or time.time() > deadline:
             return entry
         time.sleep(0.05)
 
@@ -280,7 +283,7 @@ class BackendTlsTest(ProcessTestCase):
         self.assertGreaterEqual(metric(proxy, "bgproxy_upstream_tls_failures_total"), 1)
         # The health checks see the same and take green-1 out, saying why.
         why = "2 checks failed, last: tls: certificate verify failed: hostname mismatch"
-        entry = wait_for_check(proxy, "green-1", why)
+        entry = wait_for_check(proxy, "green-1", why, healthy=False)
         self.assertEqual(entry.get("check"), why)
         self.assertFalse(entry["healthy"])
         # bgctl status says it to the operator too.
