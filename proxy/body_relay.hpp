@@ -50,7 +50,7 @@ template <class AsyncStream, bool isRequest>
 Task<boost::system::error_code> read_body_piece(
     AsyncStream& from, boost::beast::flat_buffer& buffer,
     boost::beast::http::parser<isRequest, BodyView, FieldAllocator<char>>& parser,
-    std::size_t read_size, ChunkHeaderGuard& chunks, BodyCork* cork = nullptr) {
+    std::size_t read_size, ChunkHeaderGuard& chunks, BodyCork& cork) {
     for (;;) {
         if (buffer.size() > 0) {
             boost::system::error_code ec;
@@ -84,9 +84,9 @@ Task<boost::system::error_code> read_body_piece(
                                                                    // practice
         }
         const auto into = buffer.prepare(read_size);
-        if (cork != nullptr && cork->holding()) {
+        if (cork.holding()) {
             boost::system::error_code failed;
-            if (const std::size_t got = cork->read_at_once(into, failed); got > 0) {
+            if (const std::size_t got = cork.read_at_once(into, failed); got > 0) {
                 buffer.commit(got);
                 continue;
             }
@@ -169,7 +169,7 @@ class BodyRelay {
                 deadline_.arm(read_limit, leg.read_side);
                 ChunkHeaderGuard& chunks = isRequest ? ex.request_chunks : ex.response_chunks;
                 const boost::system::error_code ec =
-                    co_await read_body_piece(from, in, parser, read_size_, chunks, &cork);
+                    co_await read_body_piece(from, in, parser, read_size_, chunks, cork);
                 if (ec == boost::beast::http::error::body_limit) {
                     co_return BodyEnd::too_large;
                 }
