@@ -44,13 +44,13 @@ struct ClientConnection {
           close_watch(w, handle()),
           upstreams(w, config, deadline, handle()) {}
 
-    // A parked connection whose next request arrives (plain connections only).
-    ClientConnection(Worker& w, ParkedClient&& parked)
+    // A parked connection whose next request arrives on `s` (plain connections only).
+    ClientConnection(Worker& w, ParkedClient&& parked, Socket&& s)
         : worker(w),
           config_holder(std::move(parked.config)),
           config(*config_holder),
           listener(parked.listener),
-          stream(std::move(parked.socket)),
+          stream(std::move(s)),
           tracked(std::move(parked.tracked)),
           client(std::move(parked.client)),
           deadline(socket().get_executor(), handle()),

@@ -39,8 +39,8 @@ class ClientSession {
         conn_.client.endpoints.source = peer;
     }
     // A parked connection's next request has started arriving.
-    ClientSession(Worker& worker, ParkedClient&& parked)
-        : conn_(worker, std::move(parked)),
+    ClientSession(Worker& worker, ParkedClient&& parked, Socket&& socket)
+        : conn_(worker, std::move(parked), std::move(socket)),
           served_(parked.served),
           resumed_(true),
           busy_(came_back_soon(parked)) {}
@@ -167,7 +167,8 @@ class ClientSession {
             release_exchange();
             conn_.deadline.disarm();
             conn_.close_watch.stop();
-            auto parked = std::make_unique<ParkedClient>(std::move(conn_.stream));
+            auto parked = std::make_unique<ParkedClient>(std::move(conn_.stream),
+                                                         conn_.worker.listener_v6(conn_.listener));
             parked->config = conn_.config_holder;
             parked->listener = conn_.listener;
             parked->tracked = std::move(conn_.tracked);
@@ -175,8 +176,7 @@ class ClientSession {
             parked->served = served_;
             const auto& timeouts = conn_.config.timeouts;
             conn_.worker.parked().park(std::move(parked),
-                                       first ? timeouts.client_header : timeouts.client_keepalive,
-                                       &resume_parked);
+                                       first ? timeouts.client_header : timeouts.client_keepalive);
         }
     }
 
@@ -287,17 +287,18 @@ class ClientSession {
     bool busy_ = false;                  // its requests come close together: parked later
 };
 
-Task<void> serve_parked(Worker& worker, std::unique_ptr<ParkedClient> parked) {
-    auto session = std::make_unique<ClientSession<Socket>>(worker, std::move(*parked));
+Task<void> serve_parked(Worker& worker, std::unique_ptr<ParkedClient> parked, Socket socket) {
+    auto session =
+        std::make_unique<ClientSession<Socket>>(worker, std::move(*parked), std::move(socket));
     parked.reset();
     co_await session->run();
 }
 
 }  // namespace
 
-void resume_parked(Worker& worker, std::unique_ptr<ParkedClient> parked) {
-    asio::co_spawn(worker.io().get_executor(), serve_parked(worker, std::move(parked)),
-                   asio::detached);
+void resume_parked(Worker& worker, std::unique_ptr<ParkedClient> parked, Socket socket) {
+    asio::co_spawn(worker.io().get_executor(),
+                   serve_parked(worker, std::move(parked), std::move(socket)), asio::detached);
 }
 
 Task<void> serve_client(Worker& worker, Socket socket, std::size_t listener_index,

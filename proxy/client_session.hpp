@@ -16,7 +16,7 @@ struct ParkedClient;
 // thread only.
 Task<void> serve_client(Worker& worker, Socket socket, std::size_t listener_index,
                         boost::asio::ip::tcp::endpoint peer);
-// A parked connection's next request is arriving: serve it as above, from there on.
-void resume_parked(Worker& worker, std::unique_ptr<ParkedClient> parked);
+// A parked connection's next request is arriving on `socket`: serve it as above, from there on.
+void resume_parked(Worker& worker, std::unique_ptr<ParkedClient> parked, Socket socket);
 
 }  // namespace bg

@@ -102,9 +102,11 @@ void print_started(const bg::Config& config, const std::vector<std::uint16_t>& p
                    unsigned workers, const bg::RoutingState& state, const bg::FleetStore* fleet) {
     for (std::size_t i = 0; i < config.listeners.size(); ++i) {
         const bg::ListenerConfig& listener = config.listeners[i];
+        const std::string& ip = listener.address.ip;
+        const std::string host = ip.find(':') == std::string::npos ? ip : "[" + ip + "]";  // a URL
         std::printf("bgproxy: listening on %s://%s:%u (%u workers)%s\n",
-                    listener.tls_context ? "https" : "http", listener.address.ip.c_str(), ports[i],
-                    workers, listener.proxy_protocol ? ", PROXY protocol header expected" : "");
+                    listener.tls_context ? "https" : "http", host.c_str(), ports[i], workers,
+                    listener.proxy_protocol ? ", PROXY protocol header expected" : "");
     }
     std::printf("bgproxy: state version %llu: blue %s%%, green %s%%, stable %s\n",
                 static_cast<unsigned long long>(state.version),

@@ -1,13 +1,51 @@
 #include "parked_client.hpp"
 
-#include "worker.hpp"
+#include <sys/epoll.h>
+#include <unistd.h>
 
+#include <array>
+#include <cerrno>
 #include <optional>
+#include <system_error>
+
+#include "worker.hpp"
 
 namespace bg {
 
-ParkedClients::ParkedClients(Worker& worker)
-    : worker_(worker), timer_(worker.io()), idle_timer_(worker.io()) {}
+ParkedClient::ParkedClient(Socket socket, bool is_v6) : v6(is_v6) {
+    boost::system::error_code ec;
+    const int released = socket.release(ec);  // out of asio's reactor too
+    descriptor = ec ? -1 : released;
+}
+
+ParkedClient::~ParkedClient() {
+    if (descriptor >= 0) {
+        ::close(descriptor);  // and out of the epoll set with it
+    }
+}
+
+namespace {
+
+int open_epoll_set() {
+    const int fd = ::epoll_create1(EPOLL_CLOEXEC);
+    if (fd < 0) {
+        throw std::system_error(errno, std::generic_category(), "epoll_create1 for parked clients");
+    }
+    return fd;
+}
+
+}  // namespace
+
+ParkedClients::ParkedClients(Worker& worker, Resume resume)
+    : worker_(worker),
+      resume_(resume),
+      ready_(worker.io().get_executor(), open_epoll_set()),
+      timer_(worker.io()),
+      idle_timer_(worker.io()) {}
+
+ParkedClients::~ParkedClients() {
+    close_all();
+}
 
 void ParkedClients::wait_idle(IdleWait& wait, Socket& socket, Duration park_after) {
     wait.socket = &socket;
@@ -45,30 +83,97 @@ void ParkedClients::park_idle() {
     arm_idle();
 }
 
-void ParkedClients::park(std::unique_ptr<ParkedClient> client, Duration timeout, Resume resume) {
+void ParkedClients::park(std::unique_ptr<ParkedClient> client, Duration timeout) {
+    if (client->descriptor < 0 || worker_.draining()) {
+        return;  // closed here, with its session's accounting
+    }
+    // Level-triggered: a connection readable before it was added is reported at once.
+    epoll_event event{};
+    event.events = EPOLLIN | EPOLLRDHUP;
+    event.data.ptr = client.get();
+    if (::epoll_ctl(ready_.native_handle(), EPOLL_CTL_ADD, client->descriptor, &event) != 0) {
+        return;
+    }
     client->expires = std::chrono::steady_clock::now() + timeout;
     SessionHandle& handle = client->tracked->handle();
-    handle.client = &client->socket;
-    handle.idle = true;  // a shutdown cancels the wait below, which closes the connection
-    fifos_[timeout.count()].push_back(*client);
+    handle.client = nullptr;  // no socket while parked: close_all() closes it in a shutdown
+    handle.idle = true;
+    fifos_[timeout.count()].push_back(*client.release());  // the FIFO owns it now
     ++count_;
     WorkerStats::add(worker_.stats().connections_parked);
     WorkerStats::add(worker_.stats().parks);
     arm();
-    Socket& socket = client->socket;
-    socket.async_wait(Socket::wait_read, [this, resume, client = std::move(client)](
-                                             boost::system::error_code ec) mutable {
-        if (client->is_linked()) {
-            client->unlink();
+    watch();
+}
+
+std::unique_ptr<ParkedClient> ParkedClients::unpark(ParkedClient& client) {
+    client.unlink();
+    --count_;
+    WorkerStats::sub(worker_.stats().connections_parked);
+    client.tracked->handle().idle = false;
+    return std::unique_ptr<ParkedClient>(&client);
+}
+
+void ParkedClients::watch() {
+    if (watching_ || count_ == 0) {
+        return;
+    }
+    watching_ = true;
+    ready_.async_wait(boost::asio::posix::descriptor_base::wait_read,
+                      [this](boost::system::error_code ec) {
+                          watching_ = false;
+                          if (!ec) {
+                              take_ready();
+                          }
+                      });
+}
+
+// asio watches the set edge-triggered: every ready descriptor is taken before the wait is
+// made again, on this thread, so none can become ready unseen in between.
+void ParkedClients::take_ready() {
+    std::array<epoll_event, 64> events;
+    for (;;) {
+        const int n =
+            ::epoll_wait(ready_.native_handle(), events.data(), static_cast<int>(events.size()), 0);
+        if (n < 0 && errno == EINTR) {
+            continue;
         }
-        --count_;
-        WorkerStats::sub(worker_.stats().connections_parked);
-        client->tracked->handle().idle = false;
-        if (ec || worker_.draining()) {
-            return;  // the connection closes here, with its session's accounting
+        for (int i = 0; i < n; ++i) {
+            resume(static_cast<ParkedClient*>(events[i].data.ptr));
         }
-        resume(worker_, std::move(client));
-    });
+        if (n < static_cast<int>(events.size())) {
+            break;
+        }
+    }
+    watch();
+}
+
+// Bytes (or the client's FIN) arrived: the connection goes back to asio and a session. Nothing
+// a resumed session does at once closes another parked connection, so the rest of the batch
+// stays valid.
+void ParkedClients::resume(ParkedClient* parked) {
+    ::epoll_ctl(ready_.native_handle(), EPOLL_CTL_DEL, parked->descriptor, nullptr);
+    std::unique_ptr<ParkedClient> client = unpark(*parked);
+    if (worker_.draining()) {
+        return;
+    }
+    Socket socket(worker_.io());
+    boost::system::error_code ec;
+    socket.assign(client->v6 ? boost::asio::ip::tcp::v6() : boost::asio::ip::tcp::v4(),
+                  client->descriptor, ec);
+    if (ec) {
+        return;  // the record still holds the descriptor, and closes it
+    }
+    client->descriptor = -1;  // the socket's now
+    resume_(worker_, std::move(client), std::move(socket));
+}
+
+void ParkedClients::close_all() {
+    for (auto& [timeout, fifo] : fifos_) {
+        while (!fifo.empty()) {
+            unpark(fifo.front());  // destroyed at once: closed, and out of the epoll set
+        }
+    }
 }
 
 void ParkedClients::arm() {
@@ -97,10 +202,7 @@ void ParkedClients::expire() {
     const auto now = std::chrono::steady_clock::now();
     for (auto& [timeout, fifo] : fifos_) {
         while (!fifo.empty() && fifo.front().expires <= now) {
-            ParkedClient& client = fifo.front();
-            client.unlink();
-            boost::system::error_code ignored;
-            client.socket.cancel(ignored);  // its wait ends, and the connection with it
+            unpark(fifo.front());  // closed at once
         }
     }
     arm();

@@ -35,11 +35,12 @@ Worker::Worker(unsigned index, std::shared_ptr<const Config> config, TableSlot& 
     for (Colour c : all_colours) {
         had_share_[index_of(c)] = slot.load()->pool(c).weight_bp > 0;
     }
-    parked_ = std::make_unique<ParkedClients>(*this);
+    parked_ = std::make_unique<ParkedClients>(*this, &resume_parked);
 }
 
 Worker::~Worker() {
     join();
+    parked_->close_all();  // while the session list they are in still stands
 }
 
 bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
@@ -80,6 +81,7 @@ bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
         accepted_peers_.emplace_back();
         fixed_locals_.push_back(bound.address().is_unspecified() ? std::nullopt
                                                                  : std::optional(bound));
+        v6_listeners_.push_back(bound.address().is_v6());
         accept_pauses_.push_back(std::make_unique<AcceptPause>(
             io_, "worker " + std::to_string(index_) + " listener " + address.text));
     }
@@ -202,7 +204,7 @@ void Worker::follow_share(const RoutingTable& table) {
 void Worker::close_tunnels(std::size_t colour) {
     std::size_t closed = 0;
     for (SessionHandle& session : sessions_) {
-        if (session.tunnel_colour != static_cast<int>(colour)) {
+        if (session.tunnel_colour != static_cast<int>(colour) || session.client == nullptr) {
             continue;
         }
         boost::system::error_code ignored;
@@ -301,8 +303,9 @@ void Worker::begin_shutdown() {
         }
         // Idle keep-alive connections have nothing in flight: close them now. Busy ones see
         // draining() and close after their current response.
+        parked_->close_all();
         for (SessionHandle& session : sessions_) {
-            if (session.idle) {
+            if (session.idle && session.client != nullptr) {
                 boost::system::error_code ignored;
                 session.client->cancel(ignored);
             }
@@ -316,9 +319,12 @@ void Worker::begin_shutdown() {
                 spdlog::warn("worker {}: shutdown grace over, closing {} connections", index_,
                              sessions_.size());
             }
+            parked_->close_all();
             for (SessionHandle& session : sessions_) {
                 boost::system::error_code ignored;
-                session.client->close(ignored);
+                if (session.client != nullptr) {
+                    session.client->close(ignored);
+                }
                 if (session.upstream != nullptr) {
                     session.upstream->close(ignored);
                 }

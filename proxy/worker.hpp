@@ -94,6 +94,8 @@ class Worker {
         std::size_t listener) const {
         return fixed_locals_[listener];
     }
+    // Whether `listener` is an IPv6 socket (and so are the connections it accepts).
+    bool listener_v6(std::size_t listener) const { return v6_listeners_[listener]; }
     // A connection accepted on `listener` has closed: its slot is free again.
     void connection_closed(std::size_t listener) { limits_.close(listener); }
     RetryBudget& retry_budget() { return retry_budget_; }
@@ -133,6 +135,7 @@ class Worker {
     std::vector<std::unique_ptr<Acceptor>> acceptors_;
     std::vector<boost::asio::ip::tcp::endpoint> accepted_peers_;  // each acceptor's accept fills
     std::vector<std::optional<boost::asio::ip::tcp::endpoint>> fixed_locals_;  // by acceptor
+    std::vector<bool> v6_listeners_;                                           // by acceptor
     boost::intrusive::list<SessionHandle> sessions_;  // every open client connection
     std::vector<std::uint32_t> tunnels_;              // by backend id
     std::vector<std::uint64_t> requests_by_backend_;

@@ -106,7 +106,7 @@ class Backend(Process):
         self.address = "127.0.0.1:%d" % self.port
 
 
-_LISTENING = r"listening on (https?)://([\d.]+):(\d+)"
+_LISTENING = r"listening on (https?)://([\d.]+|\[[0-9a-f:]+\]):(\d+)"
 
 
 class Proxy(Process):

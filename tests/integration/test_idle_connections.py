@@ -2,6 +2,7 @@
 bench/idle.sh for what that saves); parked ones still time out, resume, and close on shutdown."""
 import signal
 import socket
+import struct
 import time
 import unittest
 
@@ -16,14 +17,20 @@ def get(sock):
 
 
 class IdleConnectionTest(ProcessTestCase):
-    def start_proxy(self, keepalive="60s", header="10s", park_after="250ms"):
+    def start_proxy(self, keepalive="60s", header="10s", park_after="250ms", extra=""):
         blue, green = self.backend("blue-1"), self.backend("green-1")
         return self.proxy(config([blue], [green], extra="""
 [timeouts]
 client_keepalive = "%s"
 client_header = "%s"
 client_park_after = "%s"
-""" % (keepalive, header, park_after)))
+%s""" % (keepalive, header, park_after, extra)))
+
+    def wait_for_metric(self, proxy, name, value, seconds=5):
+        deadline = time.time() + seconds
+        while time.time() < deadline and metric(proxy, name) != value:
+            time.sleep(0.05)
+        self.assertEqual(metric(proxy, name), value)
 
     def test_a_busy_connection_is_not_parked_between_requests_an_idle_one_is(self):
         # A connection parks at once after a request, then, once its requests come within
@@ -68,6 +75,38 @@ client_park_after = "%s"
             self.assertEqual(status, 200)
             self.assertEqual(read_response(s, pending=leftover)[0], 200)
         self.assertEqual(metric(proxy, "bgproxy_downstream_connections"), 300)
+
+    def test_parked_connections_that_close_or_reset_are_released_at_once(self):
+        # A parked connection is only a descriptor in the worker's epoll set: a client's FIN or
+        # RST must still end it (and its count) then, not at its keep-alive timeout.
+        proxy = self.start_proxy()
+        clients = [socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+                   for _ in range(40)]
+        self.addCleanup(lambda: [c.close() for c in clients])
+        for s in clients:
+            self.assertEqual(get(s), 200)
+        self.wait_for_metric(proxy, "bgproxy_downstream_connections_idle", 40)
+        for s in clients[:20]:
+            s.close()  # FIN
+        for s in clients[20:30]:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()  # RST
+        self.wait_for_metric(proxy, "bgproxy_downstream_connections", 10, seconds=3)
+        self.assertEqual(metric(proxy, "bgproxy_downstream_connections_idle"), 10)
+        for s in clients[30:]:
+            self.assertEqual(get(s), 200)  # the rest resume
+
+    def test_connections_to_an_ipv6_listener_park_and_resume(self):
+        proxy = self.start_proxy(extra='[[listener]]\naddress = "[::1]:0"\n')
+        port = proxy.ports[1]
+        clients = [socket.create_connection(("::1", port), timeout=10) for _ in range(10)]
+        self.addCleanup(lambda: [c.close() for c in clients])
+        for s in clients:
+            self.assertEqual(get(s), 200)
+        self.wait_for_metric(proxy, "bgproxy_downstream_connections_idle", 10)
+        for s in clients:
+            self.assertEqual(get(s), 200)
+            self.assertEqual(s.getpeername()[0], "::1")
 
     def test_a_parked_connection_still_times_out_and_each_request_restarts_the_wait(self):
         proxy = self.start_proxy("1s")
