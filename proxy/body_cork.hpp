@@ -9,7 +9,6 @@
 // Worker thread only.
 
 #include <boost/asio/buffer.hpp>
-#include <boost/asio/ssl/stream.hpp>
 #include <boost/system/error_code.hpp>
 #include <cstddef>
 
@@ -43,7 +42,7 @@ class BodyCork {
     void push();
 
     static Socket* plain(Socket& stream) { return &stream; }
-    static Socket* plain(boost::asio::ssl::stream<Socket>&) { return nullptr; }
+    static Socket* plain(TlsStream&) { return nullptr; }
     static Socket* plain(UpstreamStream& stream) {
         return stream.tls() != nullptr ? nullptr : &stream.socket();
     }

@@ -5,7 +5,6 @@
 #include <array>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
-#include <boost/asio/ssl/stream.hpp>
 #include <cstring>
 #include <memory>
 
@@ -17,6 +16,7 @@
 #include "proxy_header_reader.hpp"
 #include "request_exchange.hpp"
 #include "tls_context.hpp"
+#include "tls_stream.hpp"
 #include "upstream_request.hpp"
 
 namespace bg {
@@ -309,11 +309,10 @@ Task<void> serve_client(Worker& worker, Socket socket, std::size_t listener_inde
     // The session is allocated at its exact size, apart from this frame (a frame keeps room
     // for every local of every branch: a plain connection would carry a TLS session's too).
     if (listener_index < listeners.size() && listeners[listener_index].tls_context) {
-        using TlsSession = ClientSession<asio::ssl::stream<Socket>>;
+        using TlsSession = ClientSession<TlsStream>;
         auto& context = listeners[listener_index].tls_context->initial();
-        auto session = std::make_unique<TlsSession>(
-            worker, std::move(config), listener_index,
-            asio::ssl::stream<Socket>(std::move(socket), context), peer);
+        auto session = std::make_unique<TlsSession>(worker, std::move(config), listener_index,
+                                                    TlsStream(std::move(socket), context), peer);
         co_await session->run();
     } else {
         auto session = std::make_unique<ClientSession<Socket>>(

@@ -9,12 +9,9 @@
 
 #include "proxied_message.hpp"
 
-namespace boost::asio::ssl {
-template <typename Stream>
-class stream;
-}  // namespace boost::asio::ssl
-
 namespace bg {
+
+class TlsStream;
 
 // How the exchange with the backend ended before any response byte went to the client.
 enum class Exchange {
@@ -57,7 +54,7 @@ bool is_upgrade_request(const RequestHeader& header);
 
 template <class T>
 struct is_tls_stream : std::false_type {};
-template <class Next>
-struct is_tls_stream<boost::asio::ssl::stream<Next>> : std::true_type {};
+template <>
+struct is_tls_stream<TlsStream> : std::true_type {};
 
 }  // namespace bg

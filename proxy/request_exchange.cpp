@@ -1,7 +1,6 @@
 #include "request_exchange.hpp"
 
 #include <array>
-#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <string>
@@ -11,6 +10,7 @@
 #include "forwarding_headers.hpp"
 #include "message_head.hpp"
 #include "request_validation.hpp"
+#include "tls_stream.hpp"
 
 namespace bg {
 
@@ -745,6 +745,6 @@ Task<void> RequestExchange<Stream>::reply_error(http::status status, std::string
 }
 
 template class RequestExchange<Socket>;
-template class RequestExchange<asio::ssl::stream<Socket>>;
+template class RequestExchange<TlsStream>;
 
 }  // namespace bg

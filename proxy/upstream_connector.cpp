@@ -2,7 +2,6 @@
 
 #include <openssl/ssl.h>
 
-#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/write.hpp>
 
 #include "backend_tls_context.hpp"

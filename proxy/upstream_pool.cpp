@@ -54,7 +54,7 @@ ssl_session_st* UpstreamPool::tls_session(std::uint32_t backend_id,
 }
 
 void UpstreamPool::keep_tls_session(std::uint32_t backend_id, UpstreamStream& stream) {
-    UpstreamStream::TlsStream* tls = stream.tls();
+    TlsStream* tls = stream.tls();
     if (tls == nullptr) {
         return;
     }

@@ -11,11 +11,10 @@ namespace bg {
 UpstreamStream::UpstreamStream(Socket socket) : stream_(std::move(socket)) {}
 
 UpstreamStream::UpstreamStream(Socket socket, std::shared_ptr<const BackendTlsContext> tls)
-    : stream_(std::make_unique<TlsStream>(std::move(socket), tls->context())),
-      tls_context_(std::move(tls)) {
-    // Asio asks OpenSSL to free a connection's record buffers whenever they are empty, so each
-    // request allocated and freed three 16 KB buffers (perf probe on malloc). Backend
-    // connections are few (pooled, bounded by max_idle_per_backend), so they keep theirs.
+    : stream_(TlsStream(std::move(socket), tls->context())), tls_context_(std::move(tls)) {
+    // TlsStream asks OpenSSL to free a connection's record buffers whenever they are empty, so
+    // each request would allocate and free them (perf probe on malloc). Backend connections
+    // are few (pooled, bounded by max_idle_per_backend), so they keep theirs.
     SSL_clear_mode(this->tls()->native_handle(), SSL_MODE_RELEASE_BUFFERS);
 }
 

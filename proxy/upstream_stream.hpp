@@ -4,11 +4,11 @@
 // copy of its code. Which kind is decided per connection, by the backend's pool.
 
 #include <boost/asio/async_result.hpp>
-#include <boost/asio/ssl/stream.hpp>
 #include <memory>
 #include <variant>
 
 #include "io_types.hpp"
+#include "tls_stream.hpp"
 
 namespace bg {
 
@@ -17,7 +17,6 @@ class BackendTlsContext;
 class UpstreamStream {
   public:
     using executor_type = Executor;
-    using TlsStream = boost::asio::ssl::stream<Socket>;
 
     // A plain connection.
     explicit UpstreamStream(Socket socket);
@@ -31,10 +30,7 @@ class UpstreamStream {
         return t != nullptr ? t->next_layer() : std::get<Socket>(stream_);
     }
     Socket& next_layer() { return socket(); }  // what beast::get_lowest_layer looks for
-    TlsStream* tls() {
-        auto* held = std::get_if<std::unique_ptr<TlsStream>>(&stream_);
-        return held != nullptr ? held->get() : nullptr;
-    }
+    TlsStream* tls() { return std::get_if<TlsStream>(&stream_); }
     // The context a TLS connection was made with (nullptr when plain): a pooled connection is
     // reused only by requests whose backend still has that context.
     const BackendTlsContext* tls_context() const { return tls_context_.get(); }
@@ -73,10 +69,9 @@ class UpstreamStream {
     }
 
   private:
-    // The TLS stream is held out of line: it is large (buffers, timers), and a plain connection,
-    // the pool's vectors and the coroutine frames that hold an UpstreamStream should not pay
-    // for it (frames over 1 KB miss Asio's recycling and go to malloc on every request).
-    std::variant<Socket, std::unique_ptr<TlsStream>> stream_;
+    // A TlsStream is a socket and a pointer: held inline, unlike asio::ssl::stream (4 x 17 KiB
+    // of buffers), which had to be held out of line.
+    std::variant<Socket, TlsStream> stream_;
     std::shared_ptr<const BackendTlsContext> tls_context_;
 };
 

@@ -230,6 +230,61 @@ min_version = "1.3"
         # The server is still fine after the refusals.
         self.assertEqual(curl_tls(tls, "--tlsv1.3").returncode, 0)
 
+    def test_bodies_pipelining_and_closes_over_tls(self):
+        # The TLS stream under load of every shape: bodies of many records both ways, pipelined
+        # requests whose answers share records, a close_notify at the end of a Connection:
+        # close response, and clients that vanish mid-body without one.
+        proxy = self.proxy(edge_config("""
+[[listener]]
+address = "127.0.0.1:0"
+[listener.tls]
+certificates = [%s]
+""" % certs("a"), [self.blue]))
+        port = proxy.port
+        from harness import read_response
+        with tls_connect(port, "a.test") as s:
+            s.sendall(b"GET /?bytes=1048576 HTTP/1.1\r\nHost: a.test\r\n\r\n"
+                      b"GET /headers HTTP/1.1\r\nHost: a.test\r\n\r\n"
+                      b"GET /?chunks=40&chunk_size=3000 HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            status, _, body, rest = read_response(s)
+            self.assertEqual((status, len(body), body.count(b"x")), (200, 1048576, 1048576))
+            status, _, body, rest = read_response(s, pending=rest)
+            self.assertEqual(status, 200)
+            self.assertIn(b"GET /headers HTTP/1.1", body)
+            status, _, body, rest = read_response(s, pending=rest)
+            self.assertEqual((status, len(body), rest), (200, 120000, b""))
+            payload = os.urandom(3 * 1048576 + 17)
+            s.sendall(b"POST /upload HTTP/1.1\r\nHost: a.test\r\nContent-Length: %d\r\n\r\n"
+                      % len(payload) + payload)
+            status, _, body, _ = read_response(s, timeout=20)
+            self.assertEqual((status, body), (200, b"received %d\n" % len(payload)))
+
+        # Connection: close: the response, then the proxy's close_notify (a clean TLS end,
+        # which ssl reports as b"" only with ragged EOFs not suppressed).
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s = client_context().wrap_socket(raw, server_hostname="a.test",
+                                         suppress_ragged_eofs=False)
+        with s:
+            s.sendall(b"GET /?bytes=70000 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            status, _, body, rest = read_response(s)
+            self.assertEqual((status, len(body), rest), (200, 70000, b""))
+            self.assertEqual(s.recv(100), b"")  # close_notify; a bare FIN raises SSLEOFError
+
+        # Clients that vanish mid-download and mid-upload, without a close_notify.
+        for _ in range(5):
+            s = tls_connect(port, "a.test")
+            s.sendall(b"GET /?bytes=8388608 HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            s.recv(1000)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+            s = tls_connect(port, "a.test")
+            s.sendall(b"POST /upload HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1000000\r\n\r\n"
+                      + b"y" * 300000)
+            s.close()
+        r = curl(["--cacert", ca_file(), "--resolve", "a.test:%d:127.0.0.1" % port,
+                  "https://a.test:%d/?bytes=200000" % port, "-o", "/dev/null", "-w", "%{size_download}"])
+        self.assertEqual((r.returncode, r.stdout), (0, "200000"), r.stderr)
+
     def test_sni_selects_the_certificate(self):
         proxy = self.proxy(edge_config("""
 [[listener]]

@@ -1,0 +1,151 @@
+#include "tls_stream.hpp"
+
+#include <openssl/err.h>
+
+#include <array>
+#include <boost/asio/ssl/error.hpp>
+#include <cerrno>
+
+namespace bg {
+
+namespace asio = boost::asio;
+using boost::system::error_code;
+
+TlsStream::TlsStream(Socket socket, asio::ssl::context& context)
+    : socket_(std::move(socket)), ssl_(SSL_new(context.native_handle())) {
+    if (!ssl_) {
+        throw boost::system::system_error(
+            error_code(static_cast<int>(ERR_get_error()), asio::error::get_ssl_category()),
+            "SSL_new");
+    }
+    // Non-blocking at the descriptor: OpenSSL's reads and writes return at once, and the
+    // operations wait on the socket instead.
+    socket_.native_non_blocking(true);
+    SSL_set_fd(ssl_.get(), socket_.native_handle());
+    // As asio::ssl::stream sets them: a write may be partial (one record), may be retried from
+    // a different address, and the record buffers are freed whenever empty (an idle connection
+    // holds none). Read-ahead: one recv takes what the socket has, not a record header first.
+    SSL_set_mode(ssl_.get(), SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                                 SSL_MODE_RELEASE_BUFFERS);
+    SSL_set_read_ahead(ssl_.get(), 1);
+}
+
+char* TlsStream::gather_scratch() {
+    thread_local std::array<char, record_size> scratch;
+    return scratch.data();
+}
+
+namespace {
+
+// After an OpenSSL call returned `result`: what to wait for, or the error, as asio::ssl::stream
+// reports them.
+TlsStream::Attempt outcome(SSL* ssl, int result, int saved_errno) {
+    using Wait = TlsStream::Wait;
+    switch (SSL_get_error(ssl, result)) {
+        case SSL_ERROR_WANT_READ:
+            return {Wait::read, {}, 0};
+        case SSL_ERROR_WANT_WRITE:
+            return {Wait::write, {}, 0};
+        case SSL_ERROR_ZERO_RETURN:  // the peer's close_notify
+            return {Wait::none, asio::error::eof, 0};
+        case SSL_ERROR_SYSCALL: {
+            const unsigned long e = ERR_get_error();
+            ERR_clear_error();
+            if (e != 0) {
+                return {Wait::none,
+                        error_code(static_cast<int>(e), asio::error::get_ssl_category()), 0};
+            }
+            if (saved_errno != 0) {
+                return {Wait::none, error_code(saved_errno, boost::system::system_category()), 0};
+            }
+            return {Wait::none, asio::ssl::error::stream_truncated, 0};
+        }
+        default: {
+            const unsigned long e = ERR_get_error();
+            ERR_clear_error();
+            if (ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+                return {Wait::none, asio::ssl::error::stream_truncated, 0};  // closed, no notify
+            }
+            return {Wait::none, error_code(static_cast<int>(e), asio::error::get_ssl_category()),
+                    0};
+        }
+    }
+}
+
+}  // namespace
+
+TlsStream::Attempt TlsStream::try_handshake(asio::ssl::stream_base::handshake_type type) {
+    SSL* ssl = ssl_.get();
+    if (SSL_in_before(ssl) == 1) {  // the role is set once, before the first try
+        if (type == asio::ssl::stream_base::client) {
+            SSL_set_connect_state(ssl);
+        } else {
+            SSL_set_accept_state(ssl);
+        }
+    }
+    ERR_clear_error();
+    errno = 0;
+    const int result = SSL_do_handshake(ssl);
+    if (result == 1) {
+        return {};
+    }
+    return outcome(ssl, result, errno);
+}
+
+TlsStream::Attempt TlsStream::try_shutdown() {
+    SSL* ssl = ssl_.get();
+    ERR_clear_error();
+    errno = 0;
+    int result = SSL_shutdown(ssl);
+    if (result == 0) {  // ours is sent: now the peer's
+        ERR_clear_error();
+        errno = 0;
+        result = SSL_shutdown(ssl);
+    }
+    if (result == 1) {
+        return {};
+    }
+    return outcome(ssl, result, errno);
+}
+
+// Every record OpenSSL already holds, up to `into`'s size: one read from the socket at most.
+TlsStream::Attempt TlsStream::try_read(asio::mutable_buffer into) {
+    SSL* ssl = ssl_.get();
+    auto* at = static_cast<char*>(into.data());
+    std::size_t total = 0;
+    while (total < into.size()) {
+        ERR_clear_error();
+        errno = 0;
+        std::size_t n = 0;
+        const int result = SSL_read_ex(ssl, at + total, into.size() - total, &n);
+        if (result != 1) {
+            Attempt failed = outcome(ssl, result, errno);
+            if (total == 0) {
+                return failed;
+            }
+            break;  // what was read first; the error comes again on the next read
+        }
+        total += n;
+        if (SSL_has_pending(ssl) != 1) {
+            break;
+        }
+    }
+    return {Wait::none, {}, total};
+}
+
+TlsStream::Attempt TlsStream::try_write(asio::const_buffer from) {
+    if (from.size() == 0) {
+        return {};
+    }
+    SSL* ssl = ssl_.get();
+    ERR_clear_error();
+    errno = 0;
+    std::size_t n = 0;
+    const int result = SSL_write_ex(ssl, from.data(), from.size(), &n);
+    if (result == 1) {
+        return {Wait::none, {}, n};
+    }
+    return outcome(ssl, result, errno);
+}
+
+}  // namespace bg
