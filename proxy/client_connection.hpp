@@ -44,8 +44,8 @@ struct ClientConnection {
           close_watch(w, handle()),
           upstreams(w, config, deadline, handle()) {}
 
-    // A parked connection whose next request arrives on `s` (plain connections only).
-    ClientConnection(Worker& w, ParkedClient&& parked, Socket&& s)
+    // A parked connection whose next request arrives on `s`.
+    ClientConnection(Worker& w, ParkedClient&& parked, Stream&& s)
         : worker(w),
           config_holder(std::move(parked.config)),
           config(*config_holder),

@@ -39,8 +39,8 @@ class ClientSession {
         conn_.client.endpoints.source = peer;
     }
     // A parked connection's next request has started arriving.
-    ClientSession(Worker& worker, ParkedClient&& parked, Socket&& socket)
-        : conn_(worker, std::move(parked), std::move(socket)),
+    ClientSession(Worker& worker, ParkedClient&& parked, Stream&& stream)
+        : conn_(worker, std::move(parked), std::move(stream)),
           served_(parked.served),
           resumed_(true),
           busy_(came_back_soon(parked)) {}
@@ -137,10 +137,11 @@ class ClientSession {
         co_return true;
     }
 
-    // A plain connection waiting for its next request, or its first, is parked
-    // (parked_client.hpp): it then costs its socket and identity, no frame, session or timer.
-    // Not a TLS one (its stream holds the TLS state), not one keeping a backend connection of
-    // its own, not while draining.
+    // A connection waiting for its next request, or its first, is parked (parked_client.hpp):
+    // it then costs its socket and identity (and its TLS state), no frame, session or timer.
+    // Not one keeping a backend connection of its own, not while draining, and not a TLS one
+    // whose TLS state holds bytes already read (a pipelined request): the socket would not
+    // say they are there.
     // A connection whose next request came within client_park_after of its park is a busy one:
     // from now on it waits that long before it is parked again. (One that sent a request and
     // went quiet, the common idle case and an idle flood's, parks at once.) A new connection
@@ -155,29 +156,34 @@ class ClientSession {
                std::chrono::steady_clock::now() - parked_at < timeouts.client_park_after;
     }
 
-    bool can_park() const {
-        return !ClientConnection<Stream>::tls && !conn_.upstreams.holds_private() &&
-               !conn_.worker.draining() && !conn_.last_request && !conn_.linger;
+    bool can_park() {
+        if constexpr (ClientConnection<Stream>::tls) {
+            if (SSL_has_pending(conn_.stream.native_handle()) == 1) {
+                return false;
+            }
+        }
+        return !conn_.upstreams.holds_private() && !conn_.worker.draining() &&
+               !conn_.last_request && !conn_.linger;
     }
 
     // The wait for the first request is bounded by the header timeout, later ones by the
     // keep-alive timeout, as in wait_for_request().
+    // (A TLS connection parked from its idle read: that read ended wanting more from the
+    // socket, so any bytes its TLS state holds are part of a record the socket will complete.)
     void park(bool first) {
-        if constexpr (!ClientConnection<Stream>::tls) {
-            release_exchange();
-            conn_.deadline.disarm();
-            conn_.close_watch.stop();
-            auto parked = std::make_unique<ParkedClient>(std::move(conn_.stream),
-                                                         conn_.worker.listener_v6(conn_.listener));
-            parked->config = conn_.config_holder;
-            parked->listener = conn_.listener;
-            parked->tracked = std::move(conn_.tracked);
-            parked->client = std::move(conn_.client);
-            parked->served = served_;
-            const auto& timeouts = conn_.config.timeouts;
-            conn_.worker.parked().park(std::move(parked),
-                                       first ? timeouts.client_header : timeouts.client_keepalive);
-        }
+        release_exchange();
+        conn_.deadline.disarm();
+        conn_.close_watch.stop();
+        auto parked = std::make_unique<ParkedClient>(std::move(conn_.stream),
+                                                     conn_.worker.listener_v6(conn_.listener));
+        parked->config = conn_.config_holder;
+        parked->listener = conn_.listener;
+        parked->tracked = std::move(conn_.tracked);
+        parked->client = std::move(conn_.client);
+        parked->served = served_;
+        const auto& timeouts = conn_.config.timeouts;
+        conn_.worker.parked().park(std::move(parked),
+                                   first ? timeouts.client_header : timeouts.client_keepalive);
     }
 
     // Between requests: only the keep-alive idle timeout applies, and a graceful shutdown may
@@ -288,10 +294,18 @@ class ClientSession {
 };
 
 Task<void> serve_parked(Worker& worker, std::unique_ptr<ParkedClient> parked, Socket socket) {
-    auto session =
-        std::make_unique<ClientSession<Socket>>(worker, std::move(*parked), std::move(socket));
-    parked.reset();
-    co_await session->run();
+    if (parked->tls) {
+        TlsStream stream(std::move(socket), std::move(parked->tls));
+        auto session = std::make_unique<ClientSession<TlsStream>>(worker, std::move(*parked),
+                                                                  std::move(stream));
+        parked.reset();
+        co_await session->run();
+    } else {
+        auto session =
+            std::make_unique<ClientSession<Socket>>(worker, std::move(*parked), std::move(socket));
+        parked.reset();
+        co_await session->run();
+    }
 }
 
 }  // namespace

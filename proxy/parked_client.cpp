@@ -1,5 +1,6 @@
 #include "parked_client.hpp"
 
+#include <openssl/err.h>
 #include <sys/epoll.h>
 #include <unistd.h>
 
@@ -18,7 +19,16 @@ ParkedClient::ParkedClient(Socket socket, bool is_v6) : v6(is_v6) {
     descriptor = ec ? -1 : released;
 }
 
+ParkedClient::ParkedClient(TlsStream stream, bool is_v6)
+    : ParkedClient(std::move(stream.next_layer()), is_v6) {
+    tls = stream.release_ssl();
+}
+
 ParkedClient::~ParkedClient() {
+    if (tls && descriptor >= 0) {
+        SSL_shutdown(tls.get());  // non-blocking: sent now or never
+        ERR_clear_error();
+    }
     if (descriptor >= 0) {
         ::close(descriptor);  // and out of the epoll set with it
     }

@@ -1,5 +1,5 @@
 #pragma once
-// Idle keep-alive client connections, parked. Between requests a plain connection keeps no
+// Idle keep-alive client connections, parked. Between requests a connection keeps no
 // coroutine frame, session, buffer or timer of its own: only its descriptor, waiting to become
 // readable, who the client is, and a place in one of its worker's FIFOs of parked connections,
 // which one timer walks for their timeouts (one FIFO per timeout: the keep-alive one, and the
@@ -22,6 +22,7 @@
 #include "client_identity.hpp"
 #include "config.hpp"
 #include "io_types.hpp"
+#include "tls_stream.hpp"
 #include "tracked_session.hpp"
 
 namespace bg {
@@ -32,12 +33,17 @@ struct ParkedClient
     : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::auto_unlink>> {
     // Takes the descriptor out of `socket` (-1 if asio cannot give it up); `v6`: its family.
     ParkedClient(Socket socket, bool v6);
-    ~ParkedClient();  // closes the descriptor if it is still held
+    // A TLS connection keeps its TLS state too (OpenSSL's record buffers are empty, freed).
+    ParkedClient(TlsStream stream, bool v6);
+    // Closes the descriptor if it is still held (a TLS one after a close_notify, if the socket
+    // takes it at once).
+    ~ParkedClient();
     ParkedClient(const ParkedClient&) = delete;
     ParkedClient& operator=(const ParkedClient&) = delete;
 
     int descriptor = -1;
     bool v6 = false;                       // the socket's family
+    SslPtr tls;                            // a TLS connection's state (nullptr: plain)
     std::shared_ptr<const Config> config;  // the one the connection started with
     std::size_t listener = 0;
     std::unique_ptr<TrackedSession> tracked;  // still counted, still closed by a shutdown

@@ -25,6 +25,11 @@
 
 namespace bg {
 
+struct SslFree {
+    void operator()(SSL* ssl) const { SSL_free(ssl); }
+};
+using SslPtr = std::unique_ptr<SSL, SslFree>;
+
 class TlsStream {
   public:
     using executor_type = Executor;
@@ -32,12 +37,16 @@ class TlsStream {
 
     // Over `socket` (made non-blocking), with a connection of `context`'s.
     TlsStream(Socket socket, boost::asio::ssl::context& context);
+    // A connection's TLS state again, over its socket (a parked connection resumed).
+    TlsStream(Socket socket, SslPtr ssl) : socket_(std::move(socket)), ssl_(std::move(ssl)) {}
     TlsStream(TlsStream&&) noexcept = default;
     TlsStream& operator=(TlsStream&&) noexcept = default;
 
     executor_type get_executor() { return socket_.get_executor(); }
     Socket& next_layer() { return socket_; }  // what beast::get_lowest_layer looks for
     SSL* native_handle() { return ssl_.get(); }
+    // The TLS state, taken out (a connection being parked keeps it, and its socket).
+    SslPtr release_ssl() { return std::move(ssl_); }
 
     // One try at an operation, without waiting: done (its error and bytes), or what the
     // socket must become before the next try.
@@ -73,10 +82,6 @@ class TlsStream {
     }
 
   private:
-    struct SslFree {
-        void operator()(SSL* ssl) const { SSL_free(ssl); }
-    };
-
     // Tries `attempt` until it is done, waiting on the socket between tries. A result ready
     // at the first try is posted: a handler never runs inside its initiating call.
     template <bool WithBytes, class Try>
@@ -175,7 +180,7 @@ class TlsStream {
     static char* gather_scratch();                     // record_size bytes, per thread
 
     Socket socket_;
-    std::unique_ptr<SSL, SslFree> ssl_;
+    SslPtr ssl_;
 };
 
 }  // namespace bg

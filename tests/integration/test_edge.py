@@ -285,6 +285,94 @@ certificates = [%s]
                   "https://a.test:%d/?bytes=200000" % port, "-o", "/dev/null", "-w", "%{size_download}"])
         self.assertEqual((r.returncode, r.stdout), (0, "200000"), r.stderr)
 
+    def test_idle_tls_connections_park_and_resume(self):
+        # An idle TLS connection is parked with its TLS state (no session, no buffers) and
+        # resumes where it was: for the next request, for one whose first TLS record arrives
+        # in two halves around a park, and at its idle timeout it ends with a close_notify.
+        from harness import metric, read_response
+        proxy = self.proxy(edge_config("""
+[[listener]]
+address = "127.0.0.1:0"
+[listener.tls]
+certificates = [%s]
+""" % certs("a"), [self.blue], extra="""
+[timeouts]
+client_park_after = "100ms"
+client_keepalive = "3s"
+"""))
+        port = proxy.port
+        get = b"GET /headers HTTP/1.1\r\nHost: a.test\r\n\r\n"
+        clients = [tls_connect(port, "a.test") for _ in range(30)]
+        self.addCleanup(lambda: [c.close() for c in clients])
+        for s in clients:
+            s.sendall(get)
+            self.assertEqual(read_response(s)[0], 200)
+
+        def wait_idle(count):
+            deadline = time.time() + 5
+            while time.time() < deadline and \
+                    metric(proxy, "bgproxy_downstream_connections_idle") != count:
+                time.sleep(0.05)
+            self.assertEqual(metric(proxy, "bgproxy_downstream_connections_idle"), count)
+
+        wait_idle(30)
+        for s in clients:
+            for _ in range(2):
+                s.sendall(get)
+                self.assertEqual(read_response(s)[0], 200)
+        wait_idle(30)
+
+        # One TLS record of a request, sent in two halves 0.4 s apart to a busy connection
+        # (its requests came close together, so it waits client_park_after before parking):
+        # its idle read takes the first half and wants more; it parks holding that half, and
+        # the second half resumes it and completes the request.
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.addCleanup(raw.close)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = client_context().wrap_bio(incoming, outgoing, server_hostname="a.test")
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                incoming.write(raw.recv(65536))
+
+        def response():
+            received = b""
+            while b"body-bytes" not in received:
+                try:
+                    received += tls.read(65536)
+                except ssl.SSLWantReadError:
+                    data = raw.recv(65536)
+                    self.assertTrue(data, "the proxy closed the connection")
+                    incoming.write(data)
+            return received
+
+        for _ in range(2):  # the second within client_park_after of the first's park: busy
+            tls.write(get)
+            raw.sendall(outgoing.read())
+            self.assertTrue(response().startswith(b"HTTP/1.1 200"))
+        parks = metric(proxy, "bgproxy_downstream_parks_total")
+        tls.write(get)
+        record = outgoing.read()
+        self.assertGreater(len(record), 40)
+        raw.sendall(record[:20])
+        time.sleep(0.4)
+        self.assertGreater(metric(proxy, "bgproxy_downstream_parks_total"), parks)
+        raw.sendall(record[20:])
+        self.assertTrue(response().startswith(b"HTTP/1.1 200"))
+
+        # The keep-alive timeout closes a parked TLS connection with a close_notify.
+        s = client_context().wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=6),
+                                         server_hostname="a.test", suppress_ragged_eofs=False)
+        with s:
+            s.sendall(get)
+            self.assertEqual(read_response(s)[0], 200)
+            started = time.time()
+            self.assertEqual(s.recv(100), b"")  # a bare FIN would raise SSLEOFError
+            self.assertGreater(time.time() - started, 2)
+
     def test_sni_selects_the_certificate(self):
         proxy = self.proxy(edge_config("""
 [[listener]]
