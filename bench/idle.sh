@@ -2,7 +2,9 @@
 # Memory an idle keep-alive client connection costs: N connections that each sent one GET
 # and then sit idle, per proxy (bgproxy, HAProxy, nginx), RSS growth divided by N, in turns
 # over several rounds (medians). The proxies run as deployed: one worker, two pools of two
-# backends (HAProxy and nginx: the same four backends), health checks on.
+# backends (HAProxy and nginx: the same four backends), health checks on. Then the same over
+# TLS (IDLE_TLS_CONNECTIONS, default 1,000: each handshake costs the Python client a millisecond
+# or two).
 #
 #   bench/idle.sh                          # 8,000 connections, 2 rounds
 # (HAProxy wants 2 descriptors per maxconn: 8,000 fits the 20,000-descriptor limit here.)
@@ -10,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${IDLE_CONNECTIONS:-8000}
+n_tls=${IDLE_TLS_CONNECTIONS:-1000}
 rounds=${IDLE_ROUNDS:-2}
 connections=1 seconds=1 load_cpu=1
 
@@ -34,6 +37,10 @@ workers = 1
 admin_listen = "127.0.0.1:0"
 [[listener]]
 address = "127.0.0.1:@PORT@"
+[[listener]]
+address = "127.0.0.1:@TLS_PORT@"
+[listener.tls]
+certificates = [{ cert = "$work/site.crt", key = "$work/site.key" }]
 [routing]
 blue = 100
 green = 0
@@ -62,6 +69,7 @@ defaults
     option http-keep-alive
 frontend fe
     bind 127.0.0.1:@PORT@
+    bind 127.0.0.1:@TLS_PORT@ ssl crt $work/site.pem
     option forwardfor
     default_backend blue
 backend blue
@@ -78,46 +86,66 @@ mkdir -p "$work"/{body,proxy,fastcgi,uwsgi,scgi}
 # nginx.conf.in with its TLS listener on a port of its own and room for the connections.
 sed -e "s|worker_connections [0-9]*;|worker_connections 30000;|" \
     -e "s|worker_rlimit_nofile [0-9]*;|worker_rlimit_nofile 40000;|" \
-    -e "s|@TLS_LISTEN@|127.0.0.1:$(free_port)|" -e "s|@BLUE1@|${backends[0]}|" \
+    -e "s|@TLS_LISTEN@|127.0.0.1:@TLS_PORT@|" -e "s|@BLUE1@|${backends[0]}|" \
     -e "s|@BLUE2@|${backends[1]}|" -e "s|@GREEN1@|${backends[2]}|" -e "s|@GREEN2@|${backends[3]}|" \
     -e "s|@DIR@|$work|g" bench/nginx.conf.in > "$work/nginx.conf.in"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -keyout "$work/site.key" -out "$work/site.crt" -subj "/CN=bench.test" 2>/dev/null
+cat "$work/site.crt" "$work/site.key" > "$work/site.pem"  # HAProxy wants both in one file
 
-start() { # start NAME PORT: starts the proxy on PORT, sets $pid
+start() { # start NAME PORT TLS_PORT: starts the proxy on both ports, sets $pid
+  local fill=(-e "s|@PORT@|$2|" -e "s|@TLS_PORT@|$3|")
   case $1 in
-    bgproxy) sed "s|@PORT@|$2|" "$work/bgproxy.toml" > "$work/bgproxy-run.toml"
+    bgproxy) sed "${fill[@]}" "$work/bgproxy.toml" > "$work/bgproxy-run.toml"
              build/proxy/bgproxy --config "$work/bgproxy-run.toml" >/dev/null 2>&1 & ;;
-    haproxy) sed "s|@PORT@|$2|" "$work/haproxy.cfg.in" > "$work/haproxy.cfg"
+    haproxy) sed "${fill[@]}" "$work/haproxy.cfg.in" > "$work/haproxy.cfg"
              haproxy -q -f "$work/haproxy.cfg" & ;;
-    nginx)   sed "s|@LISTEN@|127.0.0.1:$2|" "$work/nginx.conf.in" > "$work/nginx.conf"
+    nginx)   sed -e "s|@LISTEN@|127.0.0.1:$2|" -e "s|@TLS_PORT@|$3|" "$work/nginx.conf.in" \
+               > "$work/nginx.conf"
              nginx -c "$work/nginx.conf" -e "$work/nginx-error.log" & ;;
   esac
   pid=$!
   wait_port "$2"
+  wait_port "$3"
 }
 
+# Each measurement on a freshly started proxy: memory freed by an earlier one would hide growth.
 declare -A per_conn
 for round in $(seq 1 "$rounds"); do
-  for name in bgproxy haproxy nginx; do
-    port=$(free_port)
-    start "$name" "$port"
-    sleep 1
-    # nginx: the worker holds the connections, not the master.
-    target=$pid
-    if [ "$name" = nginx ]; then target=$(pgrep -P "$pid" | head -1); fi
-    out=$(python3 bench/idle_clients.py "$port" "$target" "$n")
-    echo "round $round $name: $out (KiB per connection, RSS before, after)" >&2
-    per_conn[$name]="${per_conn[$name]:-} $(echo "$out" | cut -d' ' -f1)"
-    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  for mode in plain tls; do
+    for name in bgproxy haproxy nginx; do
+      port=$(free_port)
+      tls_port=$(free_port)
+      start "$name" "$port" "$tls_port"
+      sleep 1
+      # nginx: the worker holds the connections, not the master.
+      target=$pid
+      if [ "$name" = nginx ]; then target=$(pgrep -P "$pid" | head -1); fi
+      if [ "$mode" = plain ]; then
+        out=$(python3 bench/idle_clients.py "$port" "$target" "$n")
+      else
+        out=$(python3 bench/idle_clients.py "$tls_port" "$target" "$n_tls" tls)
+      fi
+      echo "round $round $mode $name: $out (KiB per connection, RSS before, after)" >&2
+      per_conn[$mode/$name]="${per_conn[$mode/$name]:-} $(echo "$out" | cut -d' ' -f1)"
+      kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+    done
   done
 done
 
 median() { python3 -c "import sys, statistics; print('%.2f' % statistics.median(map(float, sys.argv[1:])))" "$@"; }
-printf '\n%s idle keep-alive connections (one GET each), %s rounds; RSS growth per connection:\n' "$n" "$rounds"
-for name in bgproxy haproxy nginx; do
-  # shellcheck disable=SC2086
-  printf '  %-8s %8s KiB   (rounds:%s)\n' "$name" "$(median ${per_conn[$name]})" "${per_conn[$name]}"
+for mode in plain tls; do
+  count=$n
+  [ "$mode" = tls ] && count=$n_tls
+  printf '\n%s idle keep-alive %s connections (one GET each), %s rounds; RSS growth per connection:\n' \
+    "$count" "$mode" "$rounds"
+  for name in bgproxy haproxy nginx; do
+    # shellcheck disable=SC2086
+    printf '  %-8s %8s KiB   (rounds:%s)\n' "$name" "$(median ${per_conn[$mode/$name]})" \
+      "${per_conn[$mode/$name]}"
+  done
+  b=$(median ${per_conn[$mode/bgproxy]})
+  h=$(median ${per_conn[$mode/haproxy]})
+  g=$(median ${per_conn[$mode/nginx]})
+  printf '  bgproxy/haproxy %s   bgproxy/nginx %s\n' "$(ratio "$b" "$h")" "$(ratio "$b" "$g")"
 done
-b=$(median ${per_conn[bgproxy]}); h=$(median ${per_conn[haproxy]}); g=$(median ${per_conn[nginx]})
-printf '  bgproxy/haproxy %s   bgproxy/nginx %s\n' "$(ratio "$b" "$h")" "$(ratio "$b" "$g")"

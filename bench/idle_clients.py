@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Opens N keep-alive connections to a proxy, sends one GET on each, reads its response, and
-leaves them idle; prints the proxy's RSS growth per connection, then closes them.
+leaves them idle; prints the proxy's RSS growth per connection, then closes them. With "tls",
+over TLS (one connection at a time: each handshake is the client's CPU anyway).
 
-    idle_clients.py PORT PID N   -> prints "KIB_PER_CONNECTION RSS_BEFORE_KIB RSS_AFTER_KIB"
+    idle_clients.py PORT PID N [tls]  -> prints "KIB_PER_CONNECTION RSS_BEFORE_KIB RSS_AFTER_KIB"
 """
 import resource
 import selectors
 import socket
+import ssl
 import sys
 import time
 
@@ -19,13 +21,41 @@ def rss_kib(pid):
     return 0
 
 
+def open_tls(port, n, request):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    sockets = []
+    for _ in range(n):
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                            server_hostname="bench.test")
+        s.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                sys.exit("the proxy closed a connection")
+            data += chunk
+        sockets.append(s)
+    return sockets
+
+
 def main():
     port, pid, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    tls = len(sys.argv) > 4 and sys.argv[4] == "tls"
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     time.sleep(0.5)
     before = rss_kib(pid)
     request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+    if tls:
+        sockets = open_tls(port, n, request)
+        time.sleep(2)
+        after = rss_kib(pid)
+        print("%.2f %d %d" % ((after - before) / n, before, after))
+        for s in sockets:
+            s.close()
+        return
     sockets = []
     sel = selectors.DefaultSelector()
     deadline = time.time() + 120
