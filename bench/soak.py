@@ -1357,6 +1357,18 @@ backends = [%(green)s]
                         pass
         return versions, details, lines
 
+    def tunnel_closes(self):
+        """(time, colour) of each "closed N tunnel(s) of COLOUR" the proxy logged."""
+        closes = []
+        pattern = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\].*closed \d+ tunnel\(s\) of (\w+)")
+        with open(self.proxy_out) as f:  # the proxy logs to stdout
+            for line in f:
+                m = pattern.match(line)
+                if m:
+                    at = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f")  # local time
+                    closes.append((time.mktime(at.timetuple()) + at.microsecond / 1e6, m.group(2)))
+        return closes
+
     def analyse(self):
         res = {"seconds": self.seconds, "seed": self.seed, "out": self.out}
         kills = [(k["killed_at"], k["backend"], k.get("gone_at", k["killed_at"])) for k in self.kills]
@@ -1364,6 +1376,14 @@ backends = [%(green)s]
         def kill_during(backend, start, end):
             """The backend was dying (signal sent, process not yet gone) during the request."""
             return [k for k in kills if k[1] == backend and k[0] - 0.001 <= end and start <= k[2] + 0.001]
+
+        tunnel_closes = self.tunnel_closes()
+
+        def tunnel_closed_by_proxy(backend, start, end):
+            """The proxy closed its colour's tunnels (the colour lost its share: a revert's
+            tunnel_drain_revert, or a planned change's tunnel_drain) while the tunnel was open."""
+            return [t for t, colour in tunnel_closes
+                    if colour == COLOUR_OF.get(backend) and start - 0.001 <= t <= end + 0.5]
 
         # ---- the routing timeline: one entry per state version.
         ops_by_version = {}
@@ -1552,6 +1572,10 @@ backends = [%(green)s]
                     kill_during(d["backend"], f["start"], f["end"]) and (d.get("bytes_in") or 0) > 0:
                 why = ("its backend %s was killed after consuming the request body "
                        "(not retryable)" % d["backend"])
+            elif f["kind"] == "websocket" and f["backend"] and f["got_head"] and \
+                    tunnel_closed_by_proxy(f["backend"], f["start"], f["end"]):
+                why = ("the proxy closed %s's tunnels: the colour lost its share (by design, "
+                       "so clients reconnect onto the colour serving)" % COLOUR_OF[f["backend"]])
             if why:
                 f["excused"] = why
                 excused.append(f)
@@ -1694,7 +1718,7 @@ backends = [%(green)s]
                 k["killed_at"] - t0, k["backend"], k.get("gone_at", k["killed_at"]) - t0,
                 "%8.3f" % (k["restarted_at"] - t0) if k["restarted_at"] else "never"))
         for title, items in (("COUNTED failures (goal 1)", counted),
-                             ("Excused failures (in flight on a killed backend)", excused)):
+                             ("Excused failures (a killed backend, or tunnels the proxy closed)", excused)):
             lines.append("")
             lines.append("%s: %d" % (title, len(items)))
             for f in items:
@@ -1751,7 +1775,7 @@ backends = [%(green)s]
         P()
         P("%-58s %8s  %s" % ("goal", "value", "result"))
         rows = [
-            ("1 failed well-formed requests (excused: %d in flight on a killed backend)"
+            ("1 failed well-formed requests (excused: %d: a killed backend, or a closed tunnel)"
              % res["failed_excused_by_kill"], res["failed"], "1_no_failed_requests"),
             ("2 responses from a weight-0 colour after the ack", res["old_colour_after_ack"],
              "2_no_old_colour_after_ack"),
