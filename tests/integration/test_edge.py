@@ -20,7 +20,7 @@ import time
 import unittest
 
 from certificates import TestAuthority
-from harness import ProcessTestCase, end_process, free_port, status_of
+from harness import ProcessTestCase, end_process, free_port, metric, read_response, status_of
 
 CA = None  # made once for the whole module by setUpModule
 CA_DIR = None
@@ -48,6 +48,16 @@ def certs(*stems, directory=None):
     d = directory or CA_DIR
     return ", ".join('{ cert = "%s", key = "%s" }' % (os.path.join(d, s + ".pem"), os.path.join(d, s + ".key"))
                      for s in stems)
+
+
+def tls_listener(*stems):
+    """One TLS listener on a port of its own, serving the certificates of `stems`."""
+    return """
+[[listener]]
+address = "127.0.0.1:0"
+[listener.tls]
+certificates = [%s]
+""" % certs(*stems)
 
 
 def edge_config(listeners, blue, extra=""):
@@ -234,14 +244,8 @@ min_version = "1.3"
         # The TLS stream under load of every shape: bodies of many records both ways, pipelined
         # requests whose answers share records, a close_notify at the end of a Connection:
         # close response, and clients that vanish mid-body without one.
-        proxy = self.proxy(edge_config("""
-[[listener]]
-address = "127.0.0.1:0"
-[listener.tls]
-certificates = [%s]
-""" % certs("a"), [self.blue]))
+        proxy = self.proxy(edge_config(tls_listener("a"), [self.blue]))
         port = proxy.port
-        from harness import read_response
         with tls_connect(port, "a.test") as s:
             s.sendall(b"GET /?bytes=1048576 HTTP/1.1\r\nHost: a.test\r\n\r\n"
                       b"GET /headers HTTP/1.1\r\nHost: a.test\r\n\r\n"
@@ -289,17 +293,14 @@ certificates = [%s]
         # An idle TLS connection is parked with its TLS state (no session, no buffers) and
         # resumes where it was: for the next request, for one whose first TLS record arrives
         # in two halves around a park, and at its idle timeout it ends with a close_notify.
-        from harness import metric, read_response
-        proxy = self.proxy(edge_config("""
-[[listener]]
-address = "127.0.0.1:0"
-[listener.tls]
-certificates = [%s]
-""" % certs("a"), [self.blue], extra="""
+        def start(keepalive):
+            return self.proxy(edge_config(tls_listener("a"), [self.blue], extra="""
 [timeouts]
 client_park_after = "100ms"
-client_keepalive = "3s"
-"""))
+client_keepalive = "%s"
+""" % keepalive))
+
+        proxy = start("60s")
         port = proxy.port
         get = b"GET /headers HTTP/1.1\r\nHost: a.test\r\n\r\n"
         clients = [tls_connect(port, "a.test") for _ in range(30)]
@@ -322,7 +323,7 @@ client_keepalive = "3s"
                 self.assertEqual(read_response(s)[0], 200)
         wait_idle(30)
 
-        # One TLS record of a request, sent in two halves 0.4 s apart to a busy connection
+        # One TLS record of a request, sent in two halves around a park, to a busy connection
         # (its requests came close together, so it waits client_park_after before parking):
         # its idle read takes the first half and wants more; it parks holding that half, and
         # the second half resumes it and completes the request.
@@ -358,12 +359,15 @@ client_keepalive = "3s"
         record = outgoing.read()
         self.assertGreater(len(record), 40)
         raw.sendall(record[:20])
-        time.sleep(0.4)
+        deadline = time.time() + 5  # client_park_after is 100 ms; slower under a sanitizer
+        while time.time() < deadline and metric(proxy, "bgproxy_downstream_parks_total") <= parks:
+            time.sleep(0.05)
         self.assertGreater(metric(proxy, "bgproxy_downstream_parks_total"), parks)
         raw.sendall(record[20:])
         self.assertTrue(response().startswith(b"HTTP/1.1 200"))
 
         # The keep-alive timeout closes a parked TLS connection with a close_notify.
+        port = start("2s").port
         s = client_context().wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=6),
                                          server_hostname="a.test", suppress_ragged_eofs=False)
         with s:
@@ -371,15 +375,10 @@ client_keepalive = "3s"
             self.assertEqual(read_response(s)[0], 200)
             started = time.time()
             self.assertEqual(s.recv(100), b"")  # a bare FIN would raise SSLEOFError
-            self.assertGreater(time.time() - started, 2)
+            self.assertGreater(time.time() - started, 1.5)
 
     def test_sni_selects_the_certificate(self):
-        proxy = self.proxy(edge_config("""
-[[listener]]
-address = "127.0.0.1:0"
-[listener.tls]
-certificates = [%s]
-""" % certs("a", "b", "w", "cn"), [self.blue]))
+        proxy = self.proxy(edge_config(tls_listener("a", "b", "w", "cn"), [self.blue]))
         port = proxy.port
         expected = {  # server name -> (served certificate's CN, its serial)
             "a.test": ("a.test", 1001),
@@ -407,12 +406,7 @@ certificates = [%s]
         self.assertNotEqual(r.returncode, 0)  # served a.test's certificate: name mismatch
 
     def test_sessions_are_resumed(self):
-        proxy = self.proxy(edge_config("""
-[[listener]]
-address = "127.0.0.1:0"
-[listener.tls]
-certificates = [%s]
-""" % certs("a"), [self.blue]))
+        proxy = self.proxy(edge_config(tls_listener("a"), [self.blue]))
         for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
             with self.subTest(version=version):
                 ctx = client_context()
@@ -496,12 +490,7 @@ certificates = [%s, %s]
         self.assertIs(conn.sock, sock)
 
     def test_handshake_timeout(self):
-        proxy = self.proxy(edge_config("""
-[[listener]]
-address = "127.0.0.1:0"
-[listener.tls]
-certificates = [%s]
-""" % certs("a"), [self.blue], extra='[timeouts]\ntls_handshake = "500ms"\n'))
+        proxy = self.proxy(edge_config(tls_listener("a"), [self.blue], extra='[timeouts]\ntls_handshake = "500ms"\n'))
         # Silent, and a ClientHello that stops after its record header: both closed after
         # tls_handshake, with nothing sent.
         for first_bytes in (b"", b"\x16\x03\x01\x02\x00\x01"):
@@ -827,7 +816,7 @@ proxy_protocol_from = ["127.0.0.1"]
         self.assertEqual(forwarded_for(out), ["6.6.6.6, 192.0.2.50"])
 
 
-def read_response(sock):
+def read_head_and_body(sock):
     """One response with a Content-Length body from a raw socket: (head bytes, body)."""
     data = b""
     while b"\r\n\r\n" not in data:
@@ -854,7 +843,7 @@ class LimitsTest(ProcessTestCase):
         s = socket.create_connection(("127.0.0.1", port), timeout=5)
         self.addCleanup(s.close)
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        head, body = read_response(s)
+        head, body = read_head_and_body(s)
         self.assertEqual((status_of(head), body), (200, b"blue-1\n"))
         return s
 
@@ -910,7 +899,7 @@ address = "127.0.0.1:0"
         # server closes after it.
         s = self.served_connection(p1)
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        head, body = read_response(s)
+        head, body = read_head_and_body(s)
         self.assertEqual((status_of(head), body), (200, b"blue-1\n"))
         self.assertRegex(head, rb"(?im)^connection: close")
         self.assertEqual(s.recv(4096), b"")
@@ -924,7 +913,7 @@ address = "127.0.0.1:0"
         # The first response on a connection does not say close.
         with socket.create_connection(("127.0.0.1", p1), timeout=5) as s:
             s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            head, _ = read_response(s)
+            head, _ = read_head_and_body(s)
             self.assertNotRegex(head, rb"(?im)^connection: close")
 
         # [limits] max_connections counts over all listeners.
