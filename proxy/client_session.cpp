@@ -174,8 +174,7 @@ class ClientSession {
         release_exchange();
         conn_.deadline.disarm();
         conn_.close_watch.stop();
-        auto parked = std::make_unique<ParkedClient>(std::move(conn_.stream),
-                                                     conn_.worker.listener_v6(conn_.listener));
+        auto parked = std::make_unique<ParkedClient>(std::move(conn_.stream));
         parked->config = conn_.config_holder;
         parked->listener = conn_.listener;
         parked->tracked = std::move(conn_.tracked);

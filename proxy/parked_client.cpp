@@ -13,14 +13,13 @@
 
 namespace bg {
 
-ParkedClient::ParkedClient(Socket socket, bool is_v6) : v6(is_v6) {
+ParkedClient::ParkedClient(Socket socket) {
     boost::system::error_code ec;
     const int released = socket.release(ec);  // out of asio's reactor too
     descriptor = ec ? -1 : released;
 }
 
-ParkedClient::ParkedClient(TlsStream stream, bool is_v6)
-    : ParkedClient(std::move(stream.next_layer()), is_v6) {
+ParkedClient::ParkedClient(TlsStream stream) : ParkedClient(std::move(stream.next_layer())) {
     tls = stream.release_ssl();
 }
 
@@ -169,8 +168,9 @@ void ParkedClients::resume(ParkedClient* parked) {
     }
     Socket socket(worker_.io());
     boost::system::error_code ec;
-    socket.assign(client->v6 ? boost::asio::ip::tcp::v6() : boost::asio::ip::tcp::v4(),
-                  client->descriptor, ec);
+    const bool v6 = worker_.listener_v6(client->listener);  // the family it was accepted with
+    socket.assign(v6 ? boost::asio::ip::tcp::v6() : boost::asio::ip::tcp::v4(), client->descriptor,
+                  ec);
     if (ec) {
         return;  // the record still holds the descriptor, and closes it
     }

@@ -31,10 +31,10 @@ class Worker;
 
 struct ParkedClient
     : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::auto_unlink>> {
-    // Takes the descriptor out of `socket` (-1 if asio cannot give it up); `v6`: its family.
-    ParkedClient(Socket socket, bool v6);
+    // Takes the descriptor out of `socket` (-1 if asio cannot give it up).
+    explicit ParkedClient(Socket socket);
     // A TLS connection keeps its TLS state too (OpenSSL's record buffers are empty, freed).
-    ParkedClient(TlsStream stream, bool v6);
+    explicit ParkedClient(TlsStream stream);
     // Closes the descriptor if it is still held (a TLS one after a close_notify, if the socket
     // takes it at once).
     ~ParkedClient();
@@ -42,7 +42,6 @@ struct ParkedClient
     ParkedClient& operator=(const ParkedClient&) = delete;
 
     int descriptor = -1;
-    bool v6 = false;                       // the socket's family
     SslPtr tls;                            // a TLS connection's state (nullptr: plain)
     std::shared_ptr<const Config> config;  // the one the connection started with
     std::size_t listener = 0;
