@@ -16,6 +16,7 @@
 #   tls-keepalive  HTTPS keep-alive GETs, 64 connections
 #   tls-upstream   plain in front, TLS to an nginx backend (bgproxy and HAProxy), 64 connections
 #   metrics-cost   keep-alive GETs, bgproxy with per-request metrics on vs off
+#   splice-cost    1 MiB responses, bgproxy splicing bodies vs copying them (splice_min_body = 0)
 #   idle           bench/idle.sh: memory per idle connection (its own processes)
 #
 # Pinning (2 cores): the proxy under test on CPU 0 with one worker/thread; the backends and wrk
@@ -62,7 +63,7 @@ run_shape() {
       case $shape in
         keepalive) connections=64 measure "$shape" "$t" "$(url "$t")/" ;;
         close) connections=32 measure "$shape" "$t" "$(url "$t")/" -H "Connection: close" ;;
-        download) connections=16 measure "$shape" "$t" "$(url "$t")/?bytes=1048576" ;;
+        download | splice-cost) connections=16 measure "$shape" "$t" "$(url "$t")/?bytes=1048576" ;;
         upload) connections=16 measure "$shape" "$t" "$(url "$t")/upload" -s bench/upload.lua ;;
         tls-handshake)
           connections=32 measure "$shape" "$t" "https://127.0.0.1:${tls_port[$t]}/" \
@@ -131,6 +132,14 @@ for shape in $shapes; do
       run_shape "$shape" bgproxy metrics-off
       summary_targets+=("$shape/bgproxy" "$shape/metrics-off")
       pairs+=("$shape/bgproxy:$shape/metrics-off")
+      continue ;;
+    splice-cost)
+      bgproxy_config copying "splice_min_body = 0"
+      start_bgproxy copying build/proxy/bgproxy
+      wait_port "${port[copying]}"
+      run_shape "$shape" bgproxy copying
+      summary_targets+=("$shape/bgproxy" "$shape/copying")
+      pairs+=("$shape/bgproxy:$shape/copying")
       continue ;;
     idle) continue ;;  # below, with its own processes
     *) echo "unknown shape $shape" >&2; exit 2 ;;

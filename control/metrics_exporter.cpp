@@ -404,6 +404,10 @@ std::string render_metrics(const MetricsSources& in) {
     counter("bgproxy_retries_total", "Requests retried on another backend", &WorkerStats::retries);
     counter("bgproxy_retry_budget_exhausted_total", "Retries not made because the budget was spent",
             &WorkerStats::retry_budget_exhausted);
+    counter("bgproxy_spliced_bytes_total",
+            "Body bytes moved between plain sockets inside the kernel (splice), never copied "
+            "through the proxy (server.splice_min_body)",
+            &WorkerStats::spliced_bytes);
     counter("bgproxy_upgrades_total", "Connections upgraded (WebSocket...)",
             &WorkerStats::upgrades);
     gauge("bgproxy_upgraded_connections", "Upgraded connections open", &WorkerStats::upgraded_open);

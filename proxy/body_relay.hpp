@@ -4,6 +4,10 @@
 // arrived in, never copied: body_view.hpp), re-framed as chunks when the leg asks, within
 // the [limits] on chunked framing and the [timeouts] on pauses and on the minimum rate; and the
 // tunnel after a 101. Used by the client session for both directions. Worker thread only.
+//
+// A large body of known length between two plain sockets is spliced instead (body_splice.cpp):
+// its bytes go socket to pipe to socket inside the kernel and are never copied through the
+// proxy, under the same time limits and minimum rate.
 
 #include <array>
 #include <boost/asio/experimental/awaitable_operators.hpp>
@@ -27,6 +31,7 @@
 #include "field_arena.hpp"
 #include "io_types.hpp"
 #include "message_head.hpp"
+#include "splice_pipes.hpp"
 #include "upstream_stream.hpp"
 #include "worker_stats.hpp"
 
@@ -40,6 +45,15 @@ struct BodyLeg {
     ConnectionDeadline::Target write_side;
     bool chunked;                // frame the pieces as chunks on the way out
     std::uint64_t min_rate = 0;  // bytes/s the body must average once read_limit has passed
+};
+
+// When bodies are spliced: the worker's pipes, at most `max_pipes` of them in use, each of
+// `pipe_size` bytes, for what is left of a body of at least `min_body` bytes (0: never).
+struct SpliceSettings {
+    SplicePipes* pipes = nullptr;
+    std::uint64_t min_body = 0;
+    std::size_t max_pipes = 0;
+    std::size_t pipe_size = 0;
 };
 
 // Finds the next piece of a message body: in what `buffer` already holds, else after one read
@@ -140,8 +154,9 @@ struct OutgoingPiece {
 
 class BodyRelay {
   public:
-    BodyRelay(ConnectionDeadline& deadline, WorkerStats& stats, std::size_t read_size)
-        : deadline_(deadline), stats_(stats), read_size_(read_size) {}
+    BodyRelay(ConnectionDeadline& deadline, WorkerStats& stats, std::size_t read_size,
+              SpliceSettings splice)
+        : deadline_(deadline), stats_(stats), read_size_(read_size), splice_(splice) {}
 
     // Streams a message body from `from` to `to` one piece at a time (bounded memory whatever
     // its size), each piece written from `in`, where it was read, before the next read. A head
@@ -157,14 +172,25 @@ class BodyRelay {
         std::uint64_t moved = 0;
         bool ended = false;  // the end of the body has been written
         while (!ended) {
+            if (const auto length = splice_length(ex, from, in, parser, to, leg)) {
+                SplicePipeLease pipe(*splice_.pipes, splice_.max_pipes, splice_.pipe_size);
+                if (pipe) {
+                    cork.push();  // the splice may wait on the source first: nothing waits held
+                    const BodyEnd end =
+                        co_await splice(ex, *BodyCork::plain(from), *BodyCork::plain(to), *pipe,
+                                        *length, leg, body_start, moved, bytes, started);
+                    if (end == BodyEnd::done) {
+                        account_spliced(parser, *length);
+                    }
+                    co_return end;
+                }
+            }
             std::size_t n = 0;
             if (!parser.is_done()) {
                 body = {};
                 const auto read_limit = body_read_limit(leg, body_start, moved);
                 if (read_limit <= std::chrono::milliseconds::zero()) {
-                    ex.body_error = "request body slower than min_request_body_rate";
-                    stats_.breach(LimitBreach::body_rate);
-                    co_return BodyEnd::read_timeout;
+                    co_return read_timed_out(ex, true);
                 }
                 deadline_.arm(read_limit, leg.read_side);
                 ChunkHeaderGuard& chunks = isRequest ? ex.request_chunks : ex.response_chunks;
@@ -179,13 +205,8 @@ class BodyRelay {
                 }
                 if (ec) {
                     if (deadline_.expired()) {
-                        if (read_limit < leg.read_limit) {  // the rate bound was the nearer one
-                            ex.body_error = "request body slower than min_request_body_rate";
-                            stats_.breach(LimitBreach::body_rate);
-                        } else {
-                            ex.body_error = "body stalled past its time limit";
-                        }
-                        co_return BodyEnd::read_timeout;
+                        // The rate bound was the nearer one, or the pause limit.
+                        co_return read_timed_out(ex, read_limit < leg.read_limit);
                     }
                     co_return BodyEnd::read_failed;
                 }
@@ -235,6 +256,63 @@ class BodyRelay {
         const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
             start + leg.read_limit + earned - std::chrono::steady_clock::now());
         return std::min(leg.read_limit, left);
+    }
+
+    BodyEnd read_timed_out(ExchangeState& ex, bool under_min_rate) {
+        if (under_min_rate) {
+            ex.body_error = "request body slower than min_request_body_rate";
+            stats_.breach(LimitBreach::body_rate);
+        } else {
+            ex.body_error = "body stalled past its time limit";
+        }
+        return BodyEnd::read_timeout;
+    }
+
+    // How much of the body to splice: what is left of it, when it is that large, has a known
+    // length, goes out as it came (no chunk framing), nothing of it or of the head waits in the
+    // proxy's buffers, and both sides are plain sockets.
+    template <class From, class To, class Parser>
+    std::optional<std::uint64_t> splice_length(const ExchangeState& ex, From& from,
+                                               const boost::beast::flat_buffer& in,
+                                               const Parser& parser, To& to,
+                                               const BodyLeg& leg) const {
+        if (splice_.min_body == 0 || leg.chunked || in.size() > 0 || !ex.head.empty() ||
+            parser.is_done() || parser.chunked() || BodyCork::plain(from) == nullptr ||
+            BodyCork::plain(to) == nullptr) {
+            return std::nullopt;
+        }
+        const auto left = parser.content_length_remaining();
+        if (!left || *left < splice_.min_body) {
+            return std::nullopt;
+        }
+        return *left;
+    }
+
+    // The rest of a body, `length` bytes, moved from `from` to `to` through `pipe` inside the
+    // kernel (body_splice.cpp). `moved`, `bytes` and `started` count as in relay().
+    Task<BodyEnd> splice(ExchangeState& ex, Socket& from, Socket& to, SplicePipe& pipe,
+                         std::uint64_t length, const BodyLeg& leg,
+                         std::chrono::steady_clock::time_point body_start, std::uint64_t& moved,
+                         std::uint64_t& bytes, bool& started);
+
+    // A spliced body's bytes never went through the parser: it is told they passed (`length`
+    // zero bytes, which BodyView only points at), and so knows the message ended.
+    template <class Parser>
+    static void account_spliced(Parser& parser, std::uint64_t length) {
+        static const std::array<char, 65536> zeros{};
+        auto& body = parser.get().body();
+        while (length > 0) {
+            body = {};
+            boost::system::error_code ec;
+            const std::size_t n = parser.put(
+                boost::asio::buffer(zeros.data(), std::min<std::uint64_t>(length, zeros.size())),
+                ec);
+            if (ec || n == 0) {
+                break;
+            }
+            length -= n;
+        }
+        body = {};
     }
 
     void note_framing_error(ExchangeState& ex, const boost::system::error_code& ec,
@@ -346,6 +424,7 @@ class BodyRelay {
     ConnectionDeadline& deadline_;
     WorkerStats& stats_;
     std::size_t read_size_;
+    SpliceSettings splice_;
 };
 
 }  // namespace bg

@@ -40,7 +40,7 @@ struct ClientConnection {
           stream(std::move(s)),
           tracked(std::make_unique<TrackedSession>(w, socket(), listener_index)),
           deadline(socket().get_executor(), handle()),
-          relay(deadline, w.stats(), read_chunk()),
+          relay(deadline, w.stats(), read_chunk(), splice_settings()),
           close_watch(w, handle()),
           upstreams(w, config, deadline, handle()) {}
 
@@ -54,7 +54,7 @@ struct ClientConnection {
           tracked(std::move(parked.tracked)),
           client(std::move(parked.client)),
           deadline(socket().get_executor(), handle()),
-          relay(deadline, w.stats(), read_chunk()),
+          relay(deadline, w.stats(), read_chunk(), splice_settings()),
           close_watch(w, handle()),
           upstreams(w, config, deadline, handle()) {
         handle().client = &socket();
@@ -73,6 +73,10 @@ struct ClientConnection {
     std::size_t read_room(const boost::beast::flat_buffer& buffer) const {
         const std::size_t room = buffer.capacity() - buffer.size();
         return room >= 1024 ? room : read_chunk();
+    }
+    SpliceSettings splice_settings() const {
+        return {&worker.splice_pipes(), config.limits.splice_min_body, config.limits.splice_pipes,
+                config.limits.splice_pipe_size};
     }
     ChunkHeaderGuard chunk_guard() const {
         return {config.limits.max_chunk_line, config.limits.max_trailer};

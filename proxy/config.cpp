@@ -843,6 +843,11 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
     if (auto server = top.sub_table("server")) {
         server->read_integer("workers", config.workers, 0, 1024);
         server->read_integer("buffer_size", config.limits.buffer_size, 1024, 16 * 1024 * 1024);
+        server->read_integer("splice_min_body", config.limits.splice_min_body, 0,
+                             std::numeric_limits<std::int64_t>::max());
+        server->read_integer("splice_pipes", config.limits.splice_pipes, 0, 1000000);
+        server->read_integer("splice_pipe_size", config.limits.splice_pipe_size, 4096,
+                             1024 * 1024 * 1024);
         if (auto admin = server->read_string("admin_listen")) {
             config.admin_listen = *admin;
         }

@@ -25,6 +25,7 @@
 #include "retry_state.hpp"
 #include "routing_table.hpp"
 #include "session_handle.hpp"
+#include "splice_pipes.hpp"
 #include "table_publisher.hpp"
 #include "table_slot.hpp"
 #include "traffic_counters.hpp"
@@ -82,6 +83,8 @@ class Worker {
     ExchangePool& exchanges() { return exchanges_; }
     // Idle keep-alive connections waiting, without a session, for their next request.
     ParkedClients& parked() { return *parked_; }
+    // Pipes for bodies spliced socket to socket.
+    SplicePipes& splice_pipes() { return splice_pipes_; }
     WorkerStats& stats() { return stats_; }
     TrafficCounters& traffic() { return traffic_; }
     const WorkerStats& stats() const { return stats_; }
@@ -129,6 +132,7 @@ class Worker {
     UpstreamPool pool_;
     ExchangePool exchanges_;
     std::unique_ptr<ParkedClients> parked_;  // after io_: gone before it
+    SplicePipes splice_pipes_;
     RetryBudget retry_budget_;
     WorkerStats stats_;
     TrafficCounters traffic_;

@@ -43,6 +43,7 @@ struct WorkerStats {
     Counter retries{0};
     Counter retry_budget_exhausted{0};
     Counter upgrades{0};
+    Counter spliced_bytes{0};  // body bytes moved socket to socket in the kernel
     Counter upgraded_open{0};
     Counter connections_refused{0};     // past max_connections
     Counter tls_handshake_failures{0};  // failed or timed out

@@ -257,6 +257,9 @@ client_body = "1s"
         self.assertIsNotNone(closed, "a body at 100 bytes/s stayed open for 10 s")
         self.assertLess(closed, 5)
         self.assertGreaterEqual(metric(self.proxy_, "bgproxy_limit_refusals_total", 'limit="body_rate"'), 1)
+        # Past the first piece, a body of 100000 bytes is spliced (server.splice_min_body): the
+        # rate holds on that path too.
+        self.assertGreater(metric(self.proxy_, "bgproxy_spliced_bytes_total"), 0)
 
 
 class ChunkedRequestTest(ProxyWithScriptedBackend):

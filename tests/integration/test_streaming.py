@@ -1,10 +1,13 @@
 """Bodies stream both ways with bounded memory: 100 MB up and down, chunks as produced."""
+import hashlib
+import os
 import socket
 import subprocess
 import time
 import unittest
 
-from harness import ProcessTestCase, ScriptedBackend, config, ok_response
+from harness import (Incomplete, ProcessTestCase, ScriptedBackend, config, metric, ok_response,
+                     read_response)
 
 MB = 1000 * 1000
 
@@ -91,6 +94,150 @@ class StreamingTest(ProcessTestCase):
             self.assertLess(before_pause, 0.25)
             self.assertGreater(whole, 1.5)
             self.assertEqual(body, piece + rest)
+
+
+BODY = os.urandom(3 * MB)
+
+
+def spliced(proxy):
+    return metric(proxy, "bgproxy_spliced_bytes_total")
+
+
+def answer_bodies(request, index, conn):
+    """GET /down: BODY; /cut: 300 kB of a declared 2 MB, then a close; /stall: 300 kB of 2 MB,
+    then silence for 3 s; /pause: 100 kB of 200 kB, 1.5 s, the rest; POST /up: the body's
+    SHA-256."""
+    path = request[1]
+    if path == b"/down":
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
+    if path in (b"/cut", b"/stall"):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (2 * MB) + BODY[:300000])
+        if path == b"/stall":
+            time.sleep(3)
+        return None
+    if path == b"/pause":
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n")
+        time.sleep(0.1)  # the head on its own, so the whole body is spliced
+        conn.sendall(BODY[:100000])
+        time.sleep(1.5)
+        return BODY[100000:200000]
+    if path == b"/up":
+        return ok_response(hashlib.sha256(request[4]).hexdigest().encode())
+    return ok_response()  # health checks
+
+
+class SplicedBodyTest(ProcessTestCase):
+    """What is left of a body of known length, at least server.splice_min_body, between two plain
+    sockets moves in the kernel (splice) and never through the proxy's buffers: it must arrive
+    exactly as a copied one, end the message where its length says, and fail, time out and
+    hold back nothing as a copied one does."""
+
+    def start_proxy(self, extra=""):
+        self.upstream = self.start(ScriptedBackend(answer_bodies, "blue-1"))
+        green = self.start(ScriptedBackend(answer_bodies, "green-1"))
+        return self.proxy(config([self.upstream], [green], extra=extra))
+
+    def exchange_on_one_connection(self, proxy):
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(b"GET /down HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, body, left = read_response(s, timeout=10)
+            self.assertEqual((status, len(body)), (200, len(BODY)))
+            self.assertTrue(body == BODY, "the downloaded body differs")
+            s.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(BODY))
+            s.sendall(BODY)
+            status, _, digest, left = read_response(s, timeout=10, pending=left)
+            self.assertEqual((status, digest), (200, hashlib.sha256(BODY).hexdigest().encode()))
+            # The messages ended where their lengths said: the connection goes on, both sides.
+            s.sendall(b"GET /down HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, body, _ = read_response(s, timeout=10, pending=left)
+            self.assertEqual((status, body == BODY), (200, True))
+        served = [c for c in self.upstream.connections
+                  if any(r[1] in (b"/down", b"/up") for r in c["requests"])]
+        self.assertEqual([len(c["requests"]) for c in served], [3], "the backend connection was not reused")
+
+    def test_large_bodies_are_spliced_both_ways_and_arrive_whole(self):
+        proxy = self.start_proxy()
+        self.exchange_on_one_connection(proxy)
+        # Of each body, at most what came with its head (one read) was copied.
+        self.assertGreater(spliced(proxy), 3 * (len(BODY) - 65536))
+
+    def test_with_splicing_off_the_same_bodies_are_copied(self):
+        proxy = self.start_proxy("[server]\nsplice_min_body = 0\n")
+        self.exchange_on_one_connection(proxy)
+        self.assertEqual(spliced(proxy), 0)
+
+    def test_a_backend_that_cuts_or_stalls_a_spliced_body_cuts_the_client_connection(self):
+        proxy = self.start_proxy('[timeouts]\nupstream_response = "1s"\n')
+        for path in (b"/cut", b"/stall"):
+            with self.subTest(path), socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+                started = time.time()
+                s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path)
+                with self.assertRaises(Incomplete):  # never a response that looks complete
+                    read_response(s, timeout=10)
+                self.assertLess(time.time() - started, 2.5)
+        self.assertGreaterEqual(metric(proxy, "bgproxy_upstream_broken_responses_total"), 1)
+        self.assertGreater(spliced(proxy), 0)
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(b"GET /down HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.assertEqual(read_response(s, timeout=10)[0], 200)
+
+    def test_a_client_gone_mid_upload_ends_the_backend_connection(self):
+        proxy = self.start_proxy()
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (4 * MB))
+            s.sendall(BODY[:500000])
+            time.sleep(0.3)
+        deadline = time.time() + 5
+        posting = lambda: [c for c in self.upstream.connections if c["raw"].startswith(b"POST /up")]
+        while time.time() < deadline and not (posting() and posting()[0]["end"]):
+            time.sleep(0.05)
+        self.assertTrue(posting() and posting()[0]["end"], "the backend connection stayed open")
+        self.assertEqual(self.upstream.requests(), [r for r in self.upstream.requests() if r[1] != b"/up"])
+        self.assertGreater(spliced(proxy), 0)
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(b"GET /down HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.assertEqual(read_response(s, timeout=10)[0], 200)
+
+    def test_a_pause_in_a_spliced_body_holds_back_nothing_that_came_before_it(self):
+        proxy = self.start_proxy()
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(b"GET /pause HTTP/1.1\r\nHost: x\r\n\r\n")
+            start = time.time()
+            data = b""
+            while len(data) < 100000 + data.find(b"\r\n\r\n") + 4 or b"\r\n\r\n" not in data:
+                data += s.recv(65536)
+            first = time.time() - start
+            status, _, body, _ = read_response(s, timeout=10, pending=data)
+        print("first 100 kB after %.3f s" % first)
+        self.assertLess(first, 0.9)
+        self.assertEqual((status, body), (200, BODY[:200000]))
+        self.assertGreater(spliced(proxy), 100000)
+
+    def test_past_its_pipes_a_worker_copies_and_a_pipe_given_back_is_used_again(self):
+        proxy = self.start_proxy("[server]\nworkers = 1\nsplice_pipes = 1\n")
+        import threading
+        bodies = []
+
+        def download():
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+                s.sendall(b"GET /pause HTTP/1.1\r\nHost: x\r\n\r\n")
+                bodies.append(read_response(s, timeout=10)[2])
+
+        both = [threading.Thread(target=download) for _ in range(2)]
+        for t in both:  # each holds its pipe through the backend's 1.5 s pause, if it has one
+            t.start()
+        for t in both:
+            t.join()
+        self.assertEqual(bodies, [BODY[:200000]] * 2)
+        once = spliced(proxy)
+        # One took the pipe; the other copied at least the first 100 kB of its body, and may take
+        # the pipe for the rest when the first gives it back.
+        self.assertTrue(0 < once <= 300000, once)
+        download()
+        self.assertEqual(bodies[-1], BODY[:200000])
+        self.assertGreater(spliced(proxy), once)  # the pipe came back
+
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -1,0 +1,101 @@
+// BodyRelay::splice: the rest of a body socket to pipe to socket (splice(2)), never copied into
+// the proxy. Both sockets are non-blocking, so each splice moves what is there at once; the
+// relay waits on a socket only when it had nothing (the source) or took nothing (the sink),
+// under the leg's time limits, as the copying relay does.
+
+#include <fcntl.h>
+
+#include <boost/asio/post.hpp>
+#include <cerrno>
+
+#include "body_relay.hpp"
+
+namespace bg {
+
+namespace {
+
+bool would_block() {
+    return errno == EAGAIN || errno == EWOULDBLOCK;
+}
+
+// splice() on a socket blocks unless the socket itself is non-blocking, whatever its flags say.
+bool make_non_blocking(Socket& socket) {
+    boost::system::error_code ec;
+    if (!socket.native_non_blocking()) {
+        socket.native_non_blocking(true, ec);
+    }
+    return !ec;
+}
+
+}  // namespace
+
+Task<BodyEnd> BodyRelay::splice(ExchangeState& ex, Socket& from, Socket& to, SplicePipe& pipe,
+                                std::uint64_t length, const BodyLeg& leg,
+                                std::chrono::steady_clock::time_point body_start,
+                                std::uint64_t& moved, std::uint64_t& bytes, bool& started) {
+    if (!make_non_blocking(from)) {
+        co_return BodyEnd::read_failed;
+    }
+    if (!make_non_blocking(to)) {
+        co_return BodyEnd::write_failed;
+    }
+    constexpr unsigned flags = SPLICE_F_MOVE | SPLICE_F_NONBLOCK;
+    std::uint64_t left = length;  // not yet read from `from`
+    while (left > 0 || pipe.held > 0) {
+        bool source_empty = false;
+        if (left > 0) {
+            const ssize_t n = ::splice(from.native_handle(), nullptr, pipe.write_end, nullptr,
+                                       static_cast<std::size_t>(left), flags);
+            if (n > 0) {
+                left -= static_cast<std::uint64_t>(n);
+                pipe.held += static_cast<std::size_t>(n);
+                moved += static_cast<std::uint64_t>(n);
+                bytes += static_cast<std::uint64_t>(n);
+                started = true;
+                WorkerStats::add(stats_.spliced_bytes, static_cast<std::uint64_t>(n));
+            } else if (n == 0) {
+                co_return BodyEnd::read_failed;  // the source closed before the body's end
+            } else if (would_block()) {
+                source_empty = pipe.held == 0;  // (with bytes held, the pipe may be full)
+            } else if (errno != EINTR) {
+                co_return BodyEnd::read_failed;
+            }
+        }
+        if (pipe.held > 0) {
+            const ssize_t n =
+                ::splice(pipe.read_end, nullptr, to.native_handle(), nullptr, pipe.held, flags);
+            if (n > 0) {
+                pipe.held -= static_cast<std::size_t>(n);
+                // Bytes at once on both sides could keep this loop going: let others run.
+                co_await boost::asio::post(to.get_executor(), nothrow);
+                continue;
+            }
+            if (n == 0 || (!would_block() && errno != EINTR)) {
+                co_return BodyEnd::write_failed;
+            }
+            deadline_.arm(leg.write_limit, leg.write_side);
+            auto [ec] = co_await to.async_wait(Socket::wait_write, nothrow);
+            if (ec) {
+                co_return deadline_.expired() ? BodyEnd::write_timeout : BodyEnd::write_failed;
+            }
+            continue;
+        }
+        if (source_empty) {
+            const auto read_limit = body_read_limit(leg, body_start, moved);
+            if (read_limit <= std::chrono::milliseconds::zero()) {
+                co_return read_timed_out(ex, true);
+            }
+            deadline_.arm(read_limit, leg.read_side);
+            auto [ec] = co_await from.async_wait(Socket::wait_read, nothrow);
+            if (ec) {
+                if (deadline_.expired()) {
+                    co_return read_timed_out(ex, read_limit < leg.read_limit);
+                }
+                co_return BodyEnd::read_failed;
+            }
+        }
+    }
+    co_return BodyEnd::done;
+}
+
+}  // namespace bg

@@ -1,0 +1,60 @@
+#pragma once
+// SplicePipes: a worker's pipes for moving a body from one plain socket to another inside the
+// kernel (splice(2): socket to pipe, pipe to socket), so its bytes are never copied into the
+// proxy and out again (HAProxy's pipe pool, tune.maxpipes). A relay takes a pipe for one body
+// and gives it back empty; a pipe left holding bytes (the body failed) is closed, never reused.
+// Past the config's limit in use, take() finds none and the relay copies as before. Worker
+// thread only.
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace bg {
+
+struct SplicePipe {
+    int read_end = -1;
+    int write_end = -1;
+    std::size_t held = 0;  // bytes in the pipe, not yet spliced out
+};
+
+class SplicePipes {
+  public:
+    SplicePipes() = default;
+    ~SplicePipes();
+    SplicePipes(const SplicePipes&) = delete;
+    SplicePipes& operator=(const SplicePipes&) = delete;
+
+    // A pipe for one body, or false when `max_pipes` are in use or none can be made (out of
+    // descriptors): the caller copies instead. A new pipe is given `pipe_size` (0: the kernel's).
+    bool take(SplicePipe& pipe, std::size_t max_pipes, std::size_t pipe_size);
+    void give(SplicePipe& pipe);
+    std::size_t in_use() const { return in_use_; }
+
+  private:
+    std::size_t in_use_ = 0;
+    std::vector<SplicePipe> spare_;
+};
+
+// One body's pipe, given back when the relay ends however it ends.
+class SplicePipeLease {
+  public:
+    SplicePipeLease(SplicePipes& pipes, std::size_t max_pipes, std::size_t pipe_size)
+        : pipes_(pipes), held_(pipes.take(pipe_, max_pipes, pipe_size)) {}
+    ~SplicePipeLease() {
+        if (held_) {
+            pipes_.give(pipe_);
+        }
+    }
+    SplicePipeLease(const SplicePipeLease&) = delete;
+    SplicePipeLease& operator=(const SplicePipeLease&) = delete;
+    explicit operator bool() const { return held_; }
+    SplicePipe& operator*() { return pipe_; }
+
+  private:
+    SplicePipes& pipes_;
+    SplicePipe pipe_;
+    bool held_;
+};
+
+}  // namespace bg
