@@ -132,10 +132,10 @@ class SplicedBodyTest(ProcessTestCase):
     exactly as a copied one, end the message where its length says, and fail, time out and
     hold back nothing as a copied one does."""
 
-    def start_proxy(self, extra=""):
+    def start_proxy(self, extra="", workers=2):
         self.upstream = self.start(ScriptedBackend(answer_bodies, "blue-1"))
         green = self.start(ScriptedBackend(answer_bodies, "green-1"))
-        return self.proxy(config([self.upstream], [green], extra=extra))
+        return self.proxy(config([self.upstream], [green], extra=extra), workers=workers)
 
     def exchange_on_one_connection(self, proxy):
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
@@ -214,7 +214,8 @@ class SplicedBodyTest(ProcessTestCase):
         self.assertGreater(spliced(proxy), 100000)
 
     def test_past_its_pipes_a_worker_copies_and_a_pipe_given_back_is_used_again(self):
-        proxy = self.start_proxy("[server]\nworkers = 1\nsplice_pipes = 1\n")
+        # One worker, so both connections share its one pipe (--workers overrides the config).
+        proxy = self.start_proxy("[server]\nsplice_pipes = 1\n", workers=1)
         import threading
         bodies = []
 
