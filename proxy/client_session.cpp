@@ -116,7 +116,7 @@ class ClientSession {
         client.address = client.endpoints.source.address();
         client.ip = address_text(client.address);
         conn_.upstreams.set_client(client.endpoints);
-        socket.set_option(tcp::no_delay(true), ec);
+        // TCP_NODELAY: inherited from the listener (worker.cpp).
         // Forwarding headers are believed only from a trusted proxy. Behind a PROXY header the
         // HTTP peer is the client the header named (the balancer in front is transparent), so
         // that address is judged, never the balancer's.

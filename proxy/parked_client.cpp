@@ -9,6 +9,7 @@
 #include <optional>
 #include <system_error>
 
+#include "adopted_socket.hpp"
 #include "worker.hpp"
 
 namespace bg {
@@ -166,11 +167,10 @@ void ParkedClients::resume(ParkedClient* parked) {
     if (worker_.draining()) {
         return;
     }
-    Socket socket(worker_.io());
     boost::system::error_code ec;
-    const bool v6 = worker_.listener_v6(client->listener);  // the family it was accepted with
-    socket.assign(v6 ? boost::asio::ip::tcp::v6() : boost::asio::ip::tcp::v4(), client->descriptor,
-                  ec);
+    // In the family it was accepted with; non-blocking and undup'ed since its accept.
+    Socket socket =
+        adopt_socket(worker_.io(), worker_.listener_v6(client->listener), client->descriptor, ec);
     if (ec) {
         return;  // the record still holds the descriptor, and closes it
     }

@@ -3,12 +3,16 @@
 #include "parked_client.hpp"
 
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
+#include <cerrno>
 
+#include "adopted_socket.hpp"
 #include "client_session.hpp"
 
 namespace bg {
@@ -71,6 +75,13 @@ bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
         if (!ec) {
             acceptor->listen(asio::socket_base::max_listen_connections, ec);
         }
+        if (!ec) {
+            acceptor->native_non_blocking(true, ec);  // accept_ready takes until EAGAIN
+        }
+        if (!ec) {
+            // Accepted connections inherit it: no setsockopt per connection.
+            acceptor->set_option(tcp::no_delay(true), ec);
+        }
         if (ec) {
             error = "cannot listen on " + address.text + ": " + ec.message();
             return false;
@@ -78,7 +89,6 @@ bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
         const tcp::endpoint bound = acceptor->local_endpoint();
         ports[i] = bound.port();
         acceptors_.push_back(std::move(acceptor));
-        accepted_peers_.emplace_back();
         fixed_locals_.push_back(bound.address().is_unspecified() ? std::nullopt
                                                                  : std::optional(bound));
         v6_listeners_.push_back(bound.address().is_v6());
@@ -103,38 +113,75 @@ void Worker::start() {
 }
 
 void Worker::accept_loop(Acceptor& acceptor, std::size_t listener) {
-    // The peer's address comes with the accept (no getpeername() per connection).
-    tcp::endpoint& peer = accepted_peers_[listener];
-    acceptor.async_accept(peer, [this, &acceptor, listener, &peer](boost::system::error_code ec,
-                                                                   Socket socket) {
-        if (ec == asio::error::operation_aborted || !acceptor.is_open()) {
+    acceptor.async_wait(Acceptor::wait_read,
+                        [this, &acceptor, listener](boost::system::error_code ec) {
+                            if (ec != asio::error::operation_aborted) {
+                                accept_ready(acceptor, listener);
+                            }
+                        });
+}
+
+// The listener's connections are taken with accept4 (non-blocking from the start, the peer's
+// address with it: no getpeername()), up to a batch, then other work runs before the rest.
+void Worker::accept_ready(Acceptor& acceptor, std::size_t listener) {
+    constexpr int batch = 64;
+    for (int taken = 0; taken < batch; ++taken) {
+        if (!acceptor.is_open()) {
             return;
         }
-        if (ec) {
-            // Out of descriptors: the pending connection stays in the backlog, and accepting
-            // again at once would fail at once (a busy loop): the listener pauses instead.
-            if (accept_pauses_[listener]->pause_after(
-                    ec, config_->timeouts.accept_pause,
-                    [this, &acceptor, listener] { accept_loop(acceptor, listener); })) {
-                WorkerStats::add(stats_.accept_failures);
+        tcp::endpoint peer;
+        socklen_t length = static_cast<socklen_t>(peer.capacity());
+        const int descriptor =
+            ::accept4(acceptor.native_handle(), peer.data(), &length, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (descriptor < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) {
+                continue;  // a connection reset while queued: the next one
+            }
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                accept_failed(acceptor, listener,
+                              boost::system::error_code(errno, boost::system::system_category()));
                 return;
             }
-            spdlog::warn("worker {}: accept failed: {}", index_, ec.message());
-        } else {
-            WorkerStats::add(stats_.connections_accepted);
-            const std::uint32_t listener_max = listener < config_->listeners.size()
-                                                   ? config_->listeners[listener].max_connections
-                                                   : 0;
-            if (limits_.try_open(listener, config_->limits.max_connections, listener_max)) {
-                asio::co_spawn(io_.get_executor(),
-                               serve_client(*this, std::move(socket), listener, peer),
-                               asio::detached);
-            } else {
-                refuse(socket, listener);
-            }
+            accept_loop(acceptor, listener);
+            return;
         }
-        accept_loop(acceptor, listener);
-    });
+        peer.resize(length);
+        boost::system::error_code ec;
+        Socket socket = adopt_socket(io_, v6_listeners_[listener], descriptor, ec);
+        if (ec) {
+            ::close(descriptor);
+            accept_failed(acceptor, listener, ec);
+            return;
+        }
+        accepted(std::move(socket), listener, peer);
+    }
+    asio::post(io_, [this, &acceptor, listener] { accept_ready(acceptor, listener); });
+}
+
+// Out of descriptors: the pending connection stays in the backlog, and accepting again at once
+// would fail at once (a busy loop): the listener pauses instead.
+void Worker::accept_failed(Acceptor& acceptor, std::size_t listener,
+                           const boost::system::error_code& ec) {
+    if (accept_pauses_[listener]->pause_after(
+            ec, config_->timeouts.accept_pause,
+            [this, &acceptor, listener] { accept_loop(acceptor, listener); })) {
+        WorkerStats::add(stats_.accept_failures);
+        return;
+    }
+    spdlog::warn("worker {}: accept failed: {}", index_, ec.message());
+    accept_loop(acceptor, listener);
+}
+
+void Worker::accepted(Socket socket, std::size_t listener, const tcp::endpoint& peer) {
+    WorkerStats::add(stats_.connections_accepted);
+    const std::uint32_t listener_max =
+        listener < config_->listeners.size() ? config_->listeners[listener].max_connections : 0;
+    if (limits_.try_open(listener, config_->limits.max_connections, listener_max)) {
+        asio::co_spawn(io_.get_executor(), serve_client(*this, std::move(socket), listener, peer),
+                       asio::detached);
+    } else {
+        refuse(socket, listener);
+    }
 }
 
 // Past max_connections a plain HTTP client gets a 503 it can read (one non-blocking send,

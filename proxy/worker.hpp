@@ -113,6 +113,10 @@ class Worker {
 
   private:
     void accept_loop(Acceptor& acceptor, std::size_t listener);
+    void accept_ready(Acceptor& acceptor, std::size_t listener);
+    void accept_failed(Acceptor& acceptor, std::size_t listener,
+                       const boost::system::error_code& ec);
+    void accepted(Socket socket, std::size_t listener, const boost::asio::ip::tcp::endpoint& peer);
     void refuse(Socket& socket, std::size_t listener);
     void finish_if_drained();
     void sweep_client_closes();
@@ -137,7 +141,6 @@ class Worker {
     WorkerStats stats_;
     TrafficCounters traffic_;
     std::vector<std::unique_ptr<Acceptor>> acceptors_;
-    std::vector<boost::asio::ip::tcp::endpoint> accepted_peers_;  // each acceptor's accept fills
     std::vector<std::optional<boost::asio::ip::tcp::endpoint>> fixed_locals_;  // by acceptor
     std::vector<bool> v6_listeners_;                                           // by acceptor
     boost::intrusive::list<SessionHandle> sessions_;  // every open client connection
