@@ -181,6 +181,9 @@ class BodyRelay {
                                         *length, leg, body_start, moved, bytes, started);
                     if (end == BodyEnd::done) {
                         account_spliced(parser, *length);
+                        if constexpr (!isRequest) {
+                            take_stray_bytes(*BodyCork::plain(from), in);
+                        }
                     }
                     co_return end;
                 }
@@ -294,6 +297,12 @@ class BodyRelay {
                          std::uint64_t length, const BodyLeg& leg,
                          std::chrono::steady_clock::time_point body_start, std::uint64_t& moved,
                          std::uint64_t& bytes, bool& started);
+
+    // Bytes a backend sent past a spliced response's end are read into `in`, where they keep
+    // the connection from being pooled, as a copied body's last read would have taken them
+    // there: left in the socket, they would be read as the response to the next request sent
+    // on it (a response desync).
+    void take_stray_bytes(Socket& from, boost::beast::flat_buffer& in);
 
     // A spliced body's bytes never went through the parser: it is told they passed (`length`
     // zero bytes, which BodyView only points at), and so knows the message ended.

@@ -4,6 +4,7 @@
 // under the leg's time limits, as the copying relay does.
 
 #include <fcntl.h>
+#include <sys/socket.h>
 
 #include <boost/asio/post.hpp>
 #include <cerrno>
@@ -96,6 +97,14 @@ Task<BodyEnd> BodyRelay::splice(ExchangeState& ex, Socket& from, Socket& to, Spl
         }
     }
     co_return BodyEnd::done;
+}
+
+void BodyRelay::take_stray_bytes(Socket& from, boost::beast::flat_buffer& in) {
+    const auto into = in.prepare(read_size_);
+    const ssize_t n = ::recv(from.native_handle(), into.data(), into.size(), MSG_DONTWAIT);
+    if (n > 0) {
+        in.commit(static_cast<std::size_t>(n));
+    }
 }
 
 }  // namespace bg

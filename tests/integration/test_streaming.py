@@ -121,6 +121,9 @@ def answer_bodies(request, index, conn):
         conn.sendall(BODY[:100000])
         time.sleep(1.5)
         return BODY[100000:200000]
+    if path == b"/junk":  # a second response smuggled behind the first's declared end
+        return (b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n%s"
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsmugg" % BODY[:200000])
     if path == b"/up":
         return ok_response(hashlib.sha256(request[4]).hexdigest().encode())
     return ok_response()  # health checks
@@ -180,6 +183,20 @@ class SplicedBodyTest(ProcessTestCase):
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
             s.sendall(b"GET /down HTTP/1.1\r\nHost: x\r\n\r\n")
             self.assertEqual(read_response(s, timeout=10)[0], 200)
+
+    def test_bytes_past_a_spliced_response_never_answer_the_next_request(self):
+        """The splice reads exactly the declared length, so what a backend sent past it stays in
+        the socket; the connection must not be pooled, or those bytes would be read as the
+        response to the next request sent on it."""
+        proxy = self.start_proxy("", workers=1)
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(b"GET /junk HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, body, left = read_response(s, timeout=10)
+            self.assertEqual((status, body == BODY[:200000]), (200, True))
+            s.sendall(b"GET /down HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, body, _ = read_response(s, timeout=10, pending=left)
+            self.assertEqual((status, len(body), body == BODY), (200, len(BODY), True))
+        self.assertGreater(spliced(proxy), 0)
 
     def test_a_client_gone_mid_upload_ends_the_backend_connection(self):
         proxy = self.start_proxy()
