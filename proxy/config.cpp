@@ -837,27 +837,228 @@ void read_fleet(TableReader& fleet, FleetConfig& out) {
     fleet.reject_unknown_keys();
 }
 
+void read_server(TableReader& server, Config& config) {
+    server.read_integer("workers", config.workers, 0, 1024);
+    server.read_integer("buffer_size", config.limits.buffer_size, 1024, 16 * 1024 * 1024);
+    server.read_integer("splice_min_body", config.limits.splice_min_body, 0,
+                        std::numeric_limits<std::int64_t>::max());
+    server.read_integer("splice_pipes", config.limits.splice_pipes, 0, 1000000);
+    server.read_integer("splice_pipe_size", config.limits.splice_pipe_size, 4096,
+                        1024 * 1024 * 1024);
+    if (auto admin = server.read_string("admin_listen")) {
+        config.admin_listen = *admin;
+    }
+    server.read_checked(
+        "served_by_header", config.served_by_header,
+        [](std::string_view s) { return s.empty() || is_token(s); },
+        "a header name like \"X-Served-By\" (or empty: off)");
+    server.read_bool("metrics", config.metrics);
+    server.read_networks("trusted_proxies", config.trusted_proxies);
+    server.reject_unknown_keys();
+}
+
+void read_timeouts(TableReader& t, Timeouts& out) {
+    t.read_duration("client_header", out.client_header);
+    t.read_duration("client_keepalive", out.client_keepalive);
+    t.read_duration("client_park_after", out.client_park_after);
+    t.read_duration("client_body", out.client_body);
+    t.read_duration("client_write", out.client_write);
+    t.read_duration("upstream_connect", out.upstream_connect);
+    t.read_duration("upstream_response", out.upstream_response);
+    t.read_duration("upstream_try", out.upstream_try);
+    t.read_duration("tunnel_idle", out.tunnel_idle);
+    t.read_duration("client_linger", out.client_linger);
+    t.read_duration("shutdown_grace", out.shutdown_grace);
+    t.read_duration("shutdown_ready_delay", out.shutdown_ready_delay);
+    t.read_duration("tls_handshake", out.tls_handshake);
+    t.read_duration("accept_pause", out.accept_pause);
+    t.read_duration("client_close_check", out.client_close_check);
+    t.reject_unknown_keys();
+}
+
+void read_limits(TableReader& l, Limits& out) {
+    l.read_integer("max_request_line", out.max_request_line, 256, 1 << 20);
+    l.read_integer("max_request_header", out.max_request_header, 1024, 65535);
+    l.read_integer("max_request_body", out.max_request_body, 0, std::int64_t{1} << 50);
+    l.read_integer("max_response_header", out.max_response_header, 1024, 65535);
+    l.read_integer("max_header_fields", out.max_header_fields, 1, 10000);
+    l.read_integer("spare_exchanges", out.spare_exchanges, 0, 100000);
+    l.read_integer("max_field_size", out.max_field_size, 64, 65535);
+    l.read_integer("max_chunk_line", out.max_chunk_line, 16, 65535);
+    l.read_integer("max_trailer", out.max_trailer, 0, 65535);
+    l.read_integer("min_request_body_rate", out.min_request_body_rate, 0, std::int64_t{1} << 40);
+    l.read_integer("max_connections", out.max_connections, 1, 10000000);
+    l.read_integer("max_requests_per_connection", out.max_requests_per_connection, 0, 1u << 31);
+    l.reject_unknown_keys();
+}
+
+void read_upstream(TableReader& u, UpstreamSettings& out) {
+    if (auto balance = u.read_string("balance")) {
+        if (*balance == "round_robin") {
+            out.balance = BalancePolicy::round_robin;
+        } else if (*balance == "least_request") {
+            out.balance = BalancePolicy::least_request;
+        } else {
+            u.error_at(*u.table().get("balance"),
+                       "upstream.balance must be \"round_robin\" or \"least_request\"");
+        }
+    }
+    u.read_integer("max_idle_per_backend", out.max_idle_per_backend, 0, 100000);
+    u.read_duration("idle_timeout", out.idle_timeout);
+    u.read_duration("recheck_after", out.recheck_after);
+    u.read_integer("connect_attempts", out.connect_attempts, 1, 16);
+    u.reject_unknown_keys();
+}
+
+// One [[gate]] smoke check.
+SmokeCheck read_gate_check(TableReader& entry, const toml::node& item) {
+    SmokeCheck check;
+    check.name = entry.read_string("name").value_or("");
+    if (check.name.empty()) {
+        entry.error_at(item, "a [[gate]] check needs a name (it is named when it fails)");
+    }
+    entry.read_checked("method", check.method, is_token, "a method like \"GET\"");
+    entry.read_checked("path", check.path, is_origin_path,
+                       "a path that starts with / (no blank or control character)");
+    if (auto headers = entry.sub_table("headers")) {
+        for (const auto& [name, value] : headers->table()) {
+            auto text = value.value_exact<std::string>();
+            headers->take(name.str());
+            if (!text) {
+                headers->error_at(value, "gate header values are strings");
+            } else if (!is_token(name.str())) {
+                headers->error_at(value, "gate header name '" + std::string(name.str()) +
+                                             "' is not a valid field name");
+            } else if (!is_field_value(*text)) {
+                headers->error_at(value, "gate header " + std::string(name.str()) +
+                                             " has a control character in its value");
+            } else {
+                check.headers.emplace_back(std::string(name.str()), *text);
+            }
+        }
+    }
+    if (const toml::node* expect = entry.take("expect")) {
+        // Status codes as in health.expect: every item one, none dropped.
+        std::vector<unsigned> codes;
+        bool ok = true;
+        const auto add = [&codes, &ok](const toml::node& code) {
+            const auto v = code.value_exact<std::int64_t>();
+            ok = ok && v && *v >= 100 && *v <= 599;
+            if (ok) {
+                codes.push_back(static_cast<unsigned>(*v));
+            }
+        };
+        if (const toml::array* list = expect->as_array()) {
+            for (const toml::node& code : *list) {
+                add(code);
+            }
+        } else {
+            add(*expect);
+        }
+        if (!ok || codes.empty()) {
+            entry.error_at(*expect,
+                           "gate.expect is a status code (100 to 599) or a list of "
+                           "them");
+        } else {
+            check.expect = std::move(codes);
+        }
+    }
+    if (auto body = entry.read_string("body_contains")) {
+        check.body_contains = *body;
+    }
+    entry.read_duration("timeout", check.timeout);
+    entry.reject_unknown_keys();
+    return check;
+}
+
+void read_outlier(TableReader& o, OutlierConfig& out) {
+    o.read_integer("consecutive_failures", out.consecutive_failures, 0, 1000);
+    o.read_fraction("error_rate", out.error_rate, 0.0, 1.0);
+    o.read_duration("window", out.window);
+    o.read_integer("min_requests", out.min_requests, 1, 1000000);
+    o.read_bool("count_5xx", out.count_5xx);
+    o.read_duration("base_ejection", out.base_ejection);
+    o.read_duration("max_ejection", out.max_ejection);
+    o.read_fraction("panic_threshold", out.panic_threshold, 0.0, 1.0);
+    o.read_duration("stalled_after", out.stalled_after);
+    o.read_fraction("stall_ratio", out.stall_ratio, 1.0, 1000.0);
+    o.reject_unknown_keys();
+}
+
+void read_sticky(TableReader& st, StickyConfig& out) {
+    if (auto cookie = st.read_string("cookie")) {
+        const bool token = std::all_of(cookie->begin(), cookie->end(), [](char c) {
+            return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';
+        });
+        if (!token) {
+            st.error_at(*st.table().get("cookie"),
+                        "sticky.cookie must be a cookie name (letters, digits, _ - .)");
+        } else {
+            out.cookie = *cookie;
+        }
+    }
+    st.read_duration("max_age", out.max_age);
+    st.reject_unknown_keys();
+}
+
+void read_rollout(TableReader& r, RolloutConfig& out) {
+    r.read_fraction("min_healthy", out.min_healthy, 0.0, 10000.0);
+    if (out.min_healthy > 1 &&
+        out.min_healthy != static_cast<double>(static_cast<long>(out.min_healthy))) {
+        r.error_at(*r.table().get("min_healthy"),
+                   "rollout.min_healthy is a whole count (1, 2, ...) or a fraction below 1 (0.5)");
+    }
+    if (auto policy = r.read_string("stable_failure")) {
+        if (*policy == "failover") {
+            out.stable_failure = StableFailurePolicy::failover;
+        } else if (*policy == "hold") {
+            out.stable_failure = StableFailurePolicy::hold;
+        } else {
+            r.error_at(*r.table().get("stable_failure"),
+                       "rollout.stable_failure must be \"failover\" or \"hold\"");
+        }
+    }
+    if (auto policy = r.read_string("failback")) {
+        if (*policy == "auto" || *policy == "manual") {
+            out.failback_auto = *policy == "auto";
+        } else {
+            r.error_at(*r.table().get("failback"),
+                       "rollout.failback must be \"auto\" or \"manual\"");
+        }
+    }
+    r.read_duration("failback_hold", out.failback_hold);
+    r.read_duration("tunnel_drain", out.tunnel_drain);
+    r.read_duration("tunnel_drain_revert", out.tunnel_drain_revert);
+    r.reject_unknown_keys();
+}
+
+// One [[listener]].
+ListenerConfig read_listener(TableReader& entry, const toml::node& item) {
+    ListenerConfig listener;
+    if (entry.table().get("address") == nullptr) {
+        entry.error_at(item, "a [[listener]] needs an address");
+    }
+    entry.read_address("address", listener.address);
+    entry.read_bool("proxy_protocol", listener.proxy_protocol);
+    entry.read_networks("proxy_protocol_from", listener.proxy_protocol_from);
+    if (listener.proxy_protocol && listener.proxy_protocol_from.empty()) {
+        entry.error_at(item,
+                       "listener.proxy_protocol needs proxy_protocol_from: the networks "
+                       "of the load balancers allowed to send a PROXY header");
+    }
+    entry.read_integer("max_connections", listener.max_connections, 0, 10000000);
+    if (auto tls = entry.sub_table("tls")) {
+        read_tls(*tls, *entry.table().get("tls"), listener);
+    }
+    entry.reject_unknown_keys();
+    return listener;
+}
+
 void read_document(const toml::table& root, Config& config, std::vector<ConfigError>& errors) {
     TableReader top(root, "", config.source, errors);
 
     if (auto server = top.sub_table("server")) {
-        server->read_integer("workers", config.workers, 0, 1024);
-        server->read_integer("buffer_size", config.limits.buffer_size, 1024, 16 * 1024 * 1024);
-        server->read_integer("splice_min_body", config.limits.splice_min_body, 0,
-                             std::numeric_limits<std::int64_t>::max());
-        server->read_integer("splice_pipes", config.limits.splice_pipes, 0, 1000000);
-        server->read_integer("splice_pipe_size", config.limits.splice_pipe_size, 4096,
-                             1024 * 1024 * 1024);
-        if (auto admin = server->read_string("admin_listen")) {
-            config.admin_listen = *admin;
-        }
-        server->read_checked(
-            "served_by_header", config.served_by_header,
-            [](std::string_view s) { return s.empty() || is_token(s); },
-            "a header name like \"X-Served-By\" (or empty: off)");
-        server->read_bool("metrics", config.metrics);
-        server->read_networks("trusted_proxies", config.trusted_proxies);
-        server->reject_unknown_keys();
+        read_server(*server, config);
     }
 
     if (const toml::node* listeners = top.take("listener")) {
@@ -866,83 +1067,21 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
         } else {
             for (const toml::node& item : *listeners->as_array()) {
                 TableReader entry(*item.as_table(), "listener", config.source, errors);
-                ListenerConfig listener;
-                if (entry.table().get("address") == nullptr) {
-                    entry.error_at(item, "a [[listener]] needs an address");
-                }
-                entry.read_address("address", listener.address);
-                entry.read_bool("proxy_protocol", listener.proxy_protocol);
-                entry.read_networks("proxy_protocol_from", listener.proxy_protocol_from);
-                if (listener.proxy_protocol && listener.proxy_protocol_from.empty()) {
-                    entry.error_at(
-                        item,
-                        "listener.proxy_protocol needs proxy_protocol_from: the networks "
-                        "of the load balancers allowed to send a PROXY header");
-                }
-                entry.read_integer("max_connections", listener.max_connections, 0, 10000000);
-                if (auto tls = entry.sub_table("tls")) {
-                    read_tls(*tls, *entry.table().get("tls"), listener);
-                }
-                entry.reject_unknown_keys();
-                config.listeners.push_back(std::move(listener));
+                config.listeners.push_back(read_listener(entry, item));
             }
         }
     }
 
     if (auto t = top.sub_table("timeouts")) {
-        t->read_duration("client_header", config.timeouts.client_header);
-        t->read_duration("client_keepalive", config.timeouts.client_keepalive);
-        t->read_duration("client_park_after", config.timeouts.client_park_after);
-        t->read_duration("client_body", config.timeouts.client_body);
-        t->read_duration("client_write", config.timeouts.client_write);
-        t->read_duration("upstream_connect", config.timeouts.upstream_connect);
-        t->read_duration("upstream_response", config.timeouts.upstream_response);
-        t->read_duration("upstream_try", config.timeouts.upstream_try);
-        t->read_duration("tunnel_idle", config.timeouts.tunnel_idle);
-        t->read_duration("client_linger", config.timeouts.client_linger);
-        t->read_duration("shutdown_grace", config.timeouts.shutdown_grace);
-        t->read_duration("shutdown_ready_delay", config.timeouts.shutdown_ready_delay);
-        t->read_duration("tls_handshake", config.timeouts.tls_handshake);
-        t->read_duration("accept_pause", config.timeouts.accept_pause);
-        t->read_duration("client_close_check", config.timeouts.client_close_check);
-        t->reject_unknown_keys();
+        read_timeouts(*t, config.timeouts);
     }
 
     if (auto l = top.sub_table("limits")) {
-        l->read_integer("max_request_line", config.limits.max_request_line, 256, 1 << 20);
-        l->read_integer("max_request_header", config.limits.max_request_header, 1024, 65535);
-        l->read_integer("max_request_body", config.limits.max_request_body, 0,
-                        std::int64_t{1} << 50);
-        l->read_integer("max_response_header", config.limits.max_response_header, 1024, 65535);
-        l->read_integer("max_header_fields", config.limits.max_header_fields, 1, 10000);
-        l->read_integer("spare_exchanges", config.limits.spare_exchanges, 0, 100000);
-        l->read_integer("max_field_size", config.limits.max_field_size, 64, 65535);
-        l->read_integer("max_chunk_line", config.limits.max_chunk_line, 16, 65535);
-        l->read_integer("max_trailer", config.limits.max_trailer, 0, 65535);
-        l->read_integer("min_request_body_rate", config.limits.min_request_body_rate, 0,
-                        std::int64_t{1} << 40);
-        l->read_integer("max_connections", config.limits.max_connections, 1, 10000000);
-        l->read_integer("max_requests_per_connection", config.limits.max_requests_per_connection, 0,
-                        1u << 31);
-        l->reject_unknown_keys();
+        read_limits(*l, config.limits);
     }
 
     if (auto u = top.sub_table("upstream")) {
-        if (auto balance = u->read_string("balance")) {
-            if (*balance == "round_robin") {
-                config.upstream.balance = BalancePolicy::round_robin;
-            } else if (*balance == "least_request") {
-                config.upstream.balance = BalancePolicy::least_request;
-            } else {
-                u->error_at(*u->table().get("balance"),
-                            "upstream.balance must be \"round_robin\" or \"least_request\"");
-            }
-        }
-        u->read_integer("max_idle_per_backend", config.upstream.max_idle_per_backend, 0, 100000);
-        u->read_duration("idle_timeout", config.upstream.idle_timeout);
-        u->read_duration("recheck_after", config.upstream.recheck_after);
-        u->read_integer("connect_attempts", config.upstream.connect_attempts, 1, 16);
-        u->reject_unknown_keys();
+        read_upstream(*u, config.upstream);
     }
 
     if (auto routing = top.sub_table("routing")) {
@@ -963,17 +1102,7 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
     }
 
     if (auto o = top.sub_table("outlier")) {
-        o->read_integer("consecutive_failures", config.outlier.consecutive_failures, 0, 1000);
-        o->read_fraction("error_rate", config.outlier.error_rate, 0.0, 1.0);
-        o->read_duration("window", config.outlier.window);
-        o->read_integer("min_requests", config.outlier.min_requests, 1, 1000000);
-        o->read_bool("count_5xx", config.outlier.count_5xx);
-        o->read_duration("base_ejection", config.outlier.base_ejection);
-        o->read_duration("max_ejection", config.outlier.max_ejection);
-        o->read_fraction("panic_threshold", config.outlier.panic_threshold, 0.0, 1.0);
-        o->read_duration("stalled_after", config.outlier.stalled_after);
-        o->read_fraction("stall_ratio", config.outlier.stall_ratio, 1.0, 1000.0);
-        o->reject_unknown_keys();
+        read_outlier(*o, config.outlier);
     }
 
     if (auto c = top.sub_table("canary")) {
@@ -994,65 +1123,7 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
         } else {
             for (const toml::node& item : *gate->as_array()) {
                 TableReader entry(*item.as_table(), "gate", config.source, errors);
-                SmokeCheck check;
-                check.name = entry.read_string("name").value_or("");
-                if (check.name.empty()) {
-                    entry.error_at(item,
-                                   "a [[gate]] check needs a name (it is named when it fails)");
-                }
-                entry.read_checked("method", check.method, is_token, "a method like \"GET\"");
-                entry.read_checked("path", check.path, is_origin_path,
-                                   "a path that starts with / (no blank or control character)");
-                if (auto headers = entry.sub_table("headers")) {
-                    for (const auto& [name, value] : headers->table()) {
-                        auto text = value.value_exact<std::string>();
-                        headers->take(name.str());
-                        if (!text) {
-                            headers->error_at(value, "gate header values are strings");
-                        } else if (!is_token(name.str())) {
-                            headers->error_at(value, "gate header name '" +
-                                                         std::string(name.str()) +
-                                                         "' is not a valid field name");
-                        } else if (!is_field_value(*text)) {
-                            headers->error_at(value, "gate header " + std::string(name.str()) +
-                                                         " has a control character in its value");
-                        } else {
-                            check.headers.emplace_back(std::string(name.str()), *text);
-                        }
-                    }
-                }
-                if (const toml::node* expect = entry.take("expect")) {
-                    // Status codes as in health.expect: every item one, none dropped.
-                    std::vector<unsigned> codes;
-                    bool ok = true;
-                    const auto add = [&codes, &ok](const toml::node& code) {
-                        const auto v = code.value_exact<std::int64_t>();
-                        ok = ok && v && *v >= 100 && *v <= 599;
-                        if (ok) {
-                            codes.push_back(static_cast<unsigned>(*v));
-                        }
-                    };
-                    if (const toml::array* list = expect->as_array()) {
-                        for (const toml::node& code : *list) {
-                            add(code);
-                        }
-                    } else {
-                        add(*expect);
-                    }
-                    if (!ok || codes.empty()) {
-                        entry.error_at(*expect,
-                                       "gate.expect is a status code (100 to 599) or a list of "
-                                       "them");
-                    } else {
-                        check.expect = std::move(codes);
-                    }
-                }
-                if (auto body = entry.read_string("body_contains")) {
-                    check.body_contains = *body;
-                }
-                entry.read_duration("timeout", check.timeout);
-                entry.reject_unknown_keys();
-                config.gate.push_back(std::move(check));
+                config.gate.push_back(read_gate_check(entry, item));
             }
         }
     }
@@ -1080,53 +1151,11 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
     }
 
     if (auto st = top.sub_table("sticky")) {
-        if (auto cookie = st->read_string("cookie")) {
-            const bool token = std::all_of(cookie->begin(), cookie->end(), [](char c) {
-                return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' ||
-                       c == '.';
-            });
-            if (!token) {
-                st->error_at(*st->table().get("cookie"),
-                             "sticky.cookie must be a cookie name (letters, digits, _ - .)");
-            } else {
-                config.sticky.cookie = *cookie;
-            }
-        }
-        st->read_duration("max_age", config.sticky.max_age);
-        st->reject_unknown_keys();
+        read_sticky(*st, config.sticky);
     }
 
     if (auto r = top.sub_table("rollout")) {
-        r->read_fraction("min_healthy", config.rollout.min_healthy, 0.0, 10000.0);
-        if (config.rollout.min_healthy > 1 &&
-            config.rollout.min_healthy !=
-                static_cast<double>(static_cast<long>(config.rollout.min_healthy))) {
-            r->error_at(
-                *r->table().get("min_healthy"),
-                "rollout.min_healthy is a whole count (1, 2, ...) or a fraction below 1 (0.5)");
-        }
-        if (auto policy = r->read_string("stable_failure")) {
-            if (*policy == "failover") {
-                config.rollout.stable_failure = StableFailurePolicy::failover;
-            } else if (*policy == "hold") {
-                config.rollout.stable_failure = StableFailurePolicy::hold;
-            } else {
-                r->error_at(*r->table().get("stable_failure"),
-                            "rollout.stable_failure must be \"failover\" or \"hold\"");
-            }
-        }
-        if (auto policy = r->read_string("failback")) {
-            if (*policy == "auto" || *policy == "manual") {
-                config.rollout.failback_auto = *policy == "auto";
-            } else {
-                r->error_at(*r->table().get("failback"),
-                            "rollout.failback must be \"auto\" or \"manual\"");
-            }
-        }
-        r->read_duration("failback_hold", config.rollout.failback_hold);
-        r->read_duration("tunnel_drain", config.rollout.tunnel_drain);
-        r->read_duration("tunnel_drain_revert", config.rollout.tunnel_drain_revert);
-        r->reject_unknown_keys();
+        read_rollout(*r, config.rollout);
     }
 
     if (auto pools = top.sub_table("pools")) {
