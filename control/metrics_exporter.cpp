@@ -401,6 +401,10 @@ std::string render_metrics(const MetricsSources& in) {
             &WorkerStats::upstream_timeouts);
     counter("bgproxy_upstream_broken_responses_total", "Backend responses reset or cut",
             &WorkerStats::upstream_broken_responses);
+    counter("bgproxy_upstream_idle_closed_total",
+            "Pooled backend connections closed while idle because the backend closed them or "
+            "sent bytes nobody asked for",
+            &WorkerStats::upstream_idle_closed);
     counter("bgproxy_retries_total", "Requests retried on another backend", &WorkerStats::retries);
     counter("bgproxy_retry_budget_exhausted_total", "Retries not made because the budget was spent",
             &WorkerStats::retry_budget_exhausted);

@@ -6,8 +6,10 @@
 
 namespace bg {
 
-UpstreamPool::UpstreamPool(const Executor& executor, const UpstreamSettings& settings)
-    : sweep_timer_(executor),
+UpstreamPool::UpstreamPool(const Executor& executor, const UpstreamSettings& settings,
+                           WorkerStats& stats)
+    : stats_(stats),
+      sweep_timer_(executor),
       max_idle_(settings.max_idle_per_backend),
       idle_timeout_(settings.idle_timeout),
       recheck_after_(settings.recheck_after) {}
@@ -27,10 +29,11 @@ std::optional<UpstreamStream> UpstreamPool::lease(std::uint32_t backend_id, bool
     while (!list.empty()) {
         Idle idle = std::move(list.back());
         list.pop_back();
+        boost::system::error_code ignored;
+        idle.stream.socket().cancel(ignored);  // its read watch: the request reads it now
         if (reusable(idle.stream, idle.since, verify, tls)) {
             return std::move(idle.stream);
         }
-        boost::system::error_code ignored;
         idle.stream.socket().close(ignored);
     }
     return std::nullopt;
@@ -85,8 +88,38 @@ void UpstreamPool::give_back(std::uint32_t backend_id, UpstreamStream stream) {
         stream.socket().close(ignored);
         return;
     }
-    list.push_back(Idle{std::move(stream), std::chrono::steady_clock::now()});
+    list.push_back(Idle{std::move(stream), std::chrono::steady_clock::now(), next_serial_++});
+    watch(backend_id, list.back());
     arm_sweep();
+}
+
+void UpstreamPool::watch(std::uint32_t backend_id, Idle& idle) {
+    // Costs no syscall: asio registered the socket with epoll for reading when it was made.
+    // On cancellation (leased, closed, the pool destroyed) `this` must not be touched.
+    idle.stream.socket().async_wait(
+        boost::asio::socket_base::wait_read,
+        [this, backend_id, serial = idle.serial](boost::system::error_code ec) {
+            if (!ec) {
+                readable(backend_id, serial);
+            }
+        });
+}
+
+void UpstreamPool::readable(std::uint32_t backend_id, std::uint64_t serial) {
+    auto& list = idle_[backend_id];
+    auto it = std::find_if(list.begin(), list.end(),
+                           [&](const Idle& idle) { return idle.serial == serial; });
+    if (it == list.end()) {
+        return;  // leased after its watch fired, before this ran: the request reads it
+    }
+    if (it->stream.still_open()) {
+        watch(backend_id, *it);  // nothing to read after all: woken for bytes read since
+        return;
+    }
+    boost::system::error_code ignored;
+    it->stream.socket().close(ignored);
+    list.erase(it);
+    WorkerStats::add(stats_.upstream_idle_closed);
 }
 
 void UpstreamPool::close_backend(std::uint32_t backend_id) {

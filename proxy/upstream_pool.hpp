@@ -1,7 +1,10 @@
 #pragma once
 // UpstreamPool: one worker's idle keep-alive connections to its backends, by backend id, and
 // the TLS session each backend last gave this worker (to resume rather than handshake anew).
-// Worker thread only. Bounded per backend; idle connections close after the idle timeout.
+// Worker thread only. Bounded per backend; idle connections close after the idle timeout, and
+// at once when the backend closes one or sends anything on it (each is watched for reading,
+// as HAProxy watches its idle server connections): bytes nobody asked for would otherwise be
+// read as the response to the next request sent on it.
 
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
@@ -13,6 +16,7 @@
 #include "config.hpp"
 #include "io_types.hpp"
 #include "upstream_stream.hpp"
+#include "worker_stats.hpp"
 
 struct ssl_session_st;
 
@@ -20,7 +24,7 @@ namespace bg {
 
 class UpstreamPool {
   public:
-    UpstreamPool(const Executor& executor, const UpstreamSettings& settings);
+    UpstreamPool(const Executor& executor, const UpstreamSettings& settings, WorkerStats& stats);
     ~UpstreamPool();
     UpstreamPool(const UpstreamPool&) = delete;
     UpstreamPool& operator=(const UpstreamPool&) = delete;
@@ -52,6 +56,7 @@ class UpstreamPool {
     struct Idle {
         UpstreamStream stream;
         std::chrono::steady_clock::time_point since;
+        std::uint64_t serial;  // names it to its read watch (it moves within its list)
     };
     // One backend's last session, with the context it belongs to (a reload that changes the
     // pool's TLS settings makes a new context, and the old sessions are not offered again).
@@ -59,15 +64,19 @@ class UpstreamPool {
         std::shared_ptr<const BackendTlsContext> context;
         ssl_session_st* session = nullptr;
     };
+    void watch(std::uint32_t backend_id, Idle& idle);
+    void readable(std::uint32_t backend_id, std::uint64_t serial);
     void arm_sweep();
     void sweep();
 
+    WorkerStats& stats_;
     boost::asio::steady_timer sweep_timer_;
     std::size_t max_idle_;
     std::chrono::milliseconds idle_timeout_;
     std::chrono::milliseconds recheck_after_;
     std::vector<std::vector<Idle>> idle_;  // by backend id; the back is the most recent
     std::vector<Resumable> sessions_;      // by backend id
+    std::uint64_t next_serial_ = 0;
     bool sweeping_ = false;
 };
 

@@ -40,6 +40,7 @@ struct WorkerStats {
     Counter upstream_tls_failures{0};  // TLS handshakes with backends that failed (and why: logged)
     Counter upstream_timeouts{0};
     Counter upstream_broken_responses{0};  // reset or cut before/while reading a response
+    Counter upstream_idle_closed{0};       // pooled connections the backend closed or wrote on
     Counter retries{0};
     Counter retry_budget_exhausted{0};
     Counter upgrades{0};

@@ -376,6 +376,71 @@ class ReplayTest(ProxyWithScriptedBackend):
         self.assertEqual(read_response(s)[0], 200)
 
 
+class IdleUpstreamTest(ProxyWithScriptedBackend):
+    """A pooled backend connection is watched while idle: one the backend closes, or sends bytes
+    on, is closed at once, so those bytes are never read as the response to the next request
+    (failed on 54e63a1: reused within recheck_after, it answered the next GET with them)."""
+
+    @staticmethod
+    def soon(action):
+        def run():
+            time.sleep(0.2)
+            try:
+                action()
+            except OSError:
+                pass
+        threading.Thread(target=run, daemon=True).start()
+
+    def connections_serving(self, *paths):
+        return [c for c in self.upstream.connections
+                if any(r[1] in paths for r in c["requests"])]
+
+    def test_a_quiet_pooled_connection_is_reused(self):
+        self.start_proxy(lambda r, i, c: ok_response(r[1]))
+        s = self.connect()
+        for n in range(5):
+            s.sendall(b"GET /n%d HTTP/1.1\r\nHost: x\r\n\r\n" % n)
+            self.assertEqual(read_response(s)[:3:2], (200, b"/n%d" % n))
+            time.sleep(0.1)
+        paths = [b"/n%d" % n for n in range(5)]
+        self.assertEqual(len(self.connections_serving(*paths)), 1)
+        self.assertEqual(metric(self.proxy_, "bgproxy_upstream_idle_closed_total"), 0)
+
+    def test_bytes_sent_on_an_idle_connection_never_answer_the_next_request(self):
+        smuggled = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsmugg"
+
+        def answer(request, index, conn):
+            if request[1] == b"/warm":
+                self.soon(lambda: conn.sendall(smuggled))
+            return ok_response(request[1])
+        self.start_proxy(answer)
+        s = self.connect()
+        s.sendall(b"GET /warm HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(read_response(s)[0], 200)
+        time.sleep(0.5)  # the bytes are in; recheck_after (1 s) has not passed
+        s.sendall(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(read_response(s)[:3:2], (200, b"/next"))
+        self.assertEqual(len(self.connections_serving(b"/warm", b"/next")), 2)
+        self.assertEqual(metric(self.proxy_, "bgproxy_upstream_idle_closed_total"), 1)
+
+    def test_a_connection_the_backend_closes_leaves_the_pool_at_once(self):
+        def answer(request, index, conn):
+            if request[1] == b"/warm":
+                self.soon(lambda: conn.shutdown(socket.SHUT_RDWR))
+            return ok_response(request[1])
+        self.start_proxy(answer)
+        s = self.connect()
+        s.sendall(b"GET /warm HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(read_response(s)[0], 200)
+        deadline = time.time() + 3
+        while (time.time() < deadline and
+               metric(self.proxy_, "bgproxy_upstream_idle_closed_total") < 1):
+            time.sleep(0.05)
+        self.assertEqual(metric(self.proxy_, "bgproxy_upstream_idle_closed_total"), 1)
+        s.sendall(b"POST /next HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(read_response(s)[:3:2], (200, b"/next"))
+
+
 class ClientGoneTest(ProxyWithScriptedBackend):
     """A client that leaves releases the backend at once (failed on e53b836: the backend
     connection stayed open until upstream_response, 30 s)."""
