@@ -98,9 +98,12 @@ std::optional<UpstreamStream> UpstreamConnector::idle_connection(const Backend& 
     std::optional<PrivateUpstream> kept = std::move(private_);
     private_.reset();
     handle_.kept = false;
+    // Checked every time (one peek), whatever `verify` says: unlike a pooled connection, it is
+    // not watched while the session waits for its client, and bytes the backend sent since its
+    // last response must not be read as the next one.
     if (kept && kept->backend_id == backend.id && kept->ip == backend.address.ip &&
         kept->port == backend.address.port &&
-        pool.reusable(kept->stream, kept->since, verify, backend.tls.get())) {
+        pool.reusable(kept->stream, kept->since, true, backend.tls.get())) {
         return std::move(kept->stream);
     }
     return std::nullopt;  // a kept connection to another backend closes here

@@ -387,6 +387,8 @@ class ScriptedBackend:
                     break
                 record["raw"] += chunk
                 pending += chunk
+                if len(record["raw"]) == len(chunk):  # the connection's first bytes
+                    pending = self._take_proxy_header(pending, record)
                 while True:
                     try:
                         request = parse_request(pending)
@@ -412,6 +414,18 @@ class ScriptedBackend:
         finally:
             record["ended_at"] = time.time()
             conn.close()
+
+    @staticmethod
+    def _take_proxy_header(data, record):
+        """A PROXY v2 header opening a connection (send_proxy_protocol) is kept in
+        record["proxy_header"] rather than parsed as a request (assumed whole in the first read:
+        it is 16 bytes and an address block, sent before the request)."""
+        signature = b"\r\n\r\n\x00\r\nQUIT\n"
+        if not data.startswith(signature) or len(data) < 16:
+            return data
+        end = 16 + int.from_bytes(data[14:16], "big")
+        record["proxy_header"] = data[:end]
+        return data[end:]
 
     def requests(self):
         with self.lock:

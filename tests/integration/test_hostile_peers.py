@@ -441,6 +441,37 @@ class IdleUpstreamTest(ProxyWithScriptedBackend):
         self.assertEqual(read_response(s)[:3:2], (200, b"/next"))
 
 
+class PrivateUpstreamTest(ProxyWithScriptedBackend):
+    """A backend connection that opened with a PROXY header stays with its client connection,
+    not in the pool: bytes the backend sends on it between two requests never answer the second
+    (failed on 54e63a1: reused within recheck_after, it answered the next GET with them)."""
+
+    def start_proxy(self, answer):
+        self.upstream = self.start(ScriptedBackend(answer, "blue-1"))
+        text = config([self.upstream], [self.start(ScriptedBackend(answer, "green-1"))])
+        self.proxy_ = self.proxy(text.replace("[pools.green]",
+                                              "send_proxy_protocol = true\n[pools.green]"))
+
+    def test_bytes_sent_between_requests_never_answer_the_next(self):
+        smuggled = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsmugg"
+
+        def answer(request, index, conn):
+            if request[1] == b"/warm":
+                IdleUpstreamTest.soon(lambda: conn.sendall(smuggled))
+            return ok_response(request[1])
+        self.start_proxy(answer)
+        s = self.connect()
+        s.sendall(b"GET /warm HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(read_response(s)[:3:2], (200, b"/warm"))
+        time.sleep(0.5)
+        s.sendall(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(read_response(s)[:3:2], (200, b"/next"))
+        served = [c for c in self.upstream.connections
+                  if any(r[1] in (b"/warm", b"/next") for r in c["requests"])]
+        self.assertEqual(len(served), 2)
+        self.assertTrue(all("proxy_header" in c for c in served))
+
+
 class ClientGoneTest(ProxyWithScriptedBackend):
     """A client that leaves releases the backend at once (failed on e53b836: the backend
     connection stayed open until upstream_response, 30 s)."""
