@@ -94,12 +94,14 @@ void UpstreamPool::give_back(std::uint32_t backend_id, UpstreamStream stream) {
 }
 
 void UpstreamPool::watch(std::uint32_t backend_id, Idle& idle) {
-    // Costs no syscall: asio registered the socket with epoll for reading when it was made.
-    // On cancellation (leased, closed, the pool destroyed) `this` must not be touched.
-    idle.stream.socket().async_wait(
-        boost::asio::socket_base::wait_read,
-        [this, backend_id, serial = idle.serial](boost::system::error_code ec) {
-            if (!ec) {
+    // A one-byte peek rather than async_wait, which asio starts with an epoll_ctl each time: a
+    // read op is queued without a syscall when the last read left the socket empty (asio then
+    // knows not to try it at once), and tried at once otherwise, so a byte already there is
+    // seen too. On cancellation (leased, closed, the pool destroyed) `this` is not touched.
+    idle.stream.socket().async_receive(
+        boost::asio::buffer(&peek_byte_, 1), boost::asio::socket_base::message_peek,
+        [this, backend_id, serial = idle.serial](boost::system::error_code ec, std::size_t) {
+            if (ec != boost::asio::error::operation_aborted) {
                 readable(backend_id, serial);
             }
         });

@@ -77,6 +77,7 @@ class UpstreamPool {
     std::vector<std::vector<Idle>> idle_;  // by backend id; the back is the most recent
     std::vector<Resumable> sessions_;      // by backend id
     std::uint64_t next_serial_ = 0;
+    char peek_byte_ = 0;  // where the watches' peeks put the byte they see
     bool sweeping_ = false;
 };
 
