@@ -45,7 +45,8 @@ std::string needs_restart(const Config& current, const Config& fresh) {
     std::string restart;
     bool listeners = fresh.listeners.size() != current.listeners.size();
     for (std::size_t i = 0; !listeners && i < fresh.listeners.size(); ++i) {
-        listeners = fresh.listeners[i].address.text != current.listeners[i].address.text;
+        listeners = fresh.listeners[i].address.text != current.listeners[i].address.text ||
+                    fresh.listeners[i].smart_accept != current.listeners[i].smart_accept;
     }
     if (listeners) {
         restart = "listeners";

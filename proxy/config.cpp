@@ -1047,6 +1047,7 @@ ListenerConfig read_listener(TableReader& entry, const toml::node& item) {
                        "of the load balancers allowed to send a PROXY header");
     }
     entry.read_integer("max_connections", listener.max_connections, 0, 10000000);
+    entry.read_bool("smart_accept", listener.smart_accept);
     if (auto tls = entry.sub_table("tls")) {
         read_tls(*tls, *entry.table().get("tls"), listener);
     }

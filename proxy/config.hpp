@@ -189,6 +189,9 @@ struct ListenerConfig {
     bool proxy_protocol = false;        // each connection opens with a PROXY v1/v2 header
     NetworkSet proxy_protocol_from;     // peers allowed to send one (required with proxy_protocol)
     std::uint32_t max_connections = 0;  // 0: only [limits] max_connections applies
+    // The request's ACK rides on the response instead of going alone (HAProxy's
+    // tcp-smart-accept): the listener is set TCP_QUICKACK off, which accepted sockets inherit.
+    bool smart_accept = true;
 };
 
 struct Timeouts {

@@ -3,6 +3,8 @@
 #include "parked_client.hpp"
 
 #include <spdlog/spdlog.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -81,6 +83,17 @@ bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
         if (!ec) {
             // Accepted connections inherit it: no setsockopt per connection.
             acceptor->set_option(tcp::no_delay(true), ec);
+        }
+        if (!ec && config_->listeners[i].smart_accept) {
+            // Linux acknowledges a new connection's first segments at once ("quick ack"): the
+            // request's ACK went out alone, a segment per connection more than HAProxy sends.
+            // Off on the listener (accepted sockets inherit it), it is delayed, and the
+            // response carries it.
+            int zero = 0;
+            if (::setsockopt(acceptor->native_handle(), IPPROTO_TCP, TCP_QUICKACK, &zero,
+                             sizeof(zero)) != 0) {
+                ec.assign(errno, boost::system::system_category());
+            }
         }
         if (ec) {
             error = "cannot listen on " + address.text + ": " + ec.message();

@@ -935,6 +935,39 @@ address = "127.0.0.1:0"
         b.close()
 
 
+@unittest.skipIf(os.environ.get("BGPROXY_SANITIZE"),
+                 "counts an ACK that waits 40 ms for the response: a sanitizer build can take "
+                 "longer to answer, and then the ACK goes alone")
+class SmartAcceptTest(ProcessTestCase):
+    """listener.smart_accept (HAProxy's tcp-smart-accept): the ACK of a new connection's request
+    rides on the response instead of going alone, one segment less per connection."""
+
+    @staticmethod
+    def segments_received(port):
+        """Segments a new client connection has received once its response is whole: the
+        SYN-ACK, the response, and the ACK of the request when it went alone."""
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, _, _ = read_response(s)
+            info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+            return status, struct.unpack_from("I", info, 140)[0]  # tcpi_segs_in
+
+    def counts(self, listener):
+        blue = self.backend("blue-1")
+        proxy = self.proxy(edge_config(listener, [blue]))
+        return [self.segments_received(proxy.port) for _ in range(6)]
+
+    def test_the_request_ack_rides_on_the_response(self):
+        counts = self.counts('[[listener]]\naddress = "127.0.0.1:0"\n')
+        self.assertEqual({status for status, _ in counts}, {200})
+        # Each waits up to 40 ms for the response; one slow answer may outlast that.
+        self.assertGreaterEqual([n for _, n in counts].count(2), 5, counts)
+
+    def test_off_the_ack_goes_at_once(self):
+        counts = self.counts('[[listener]]\naddress = "127.0.0.1:0"\nsmart_accept = false\n')
+        self.assertEqual(counts, [(200, 3)] * 6)
+
+
 class ReadyzTest(ProcessTestCase):
     def test_readyz_turns_503_before_the_listeners_close(self):
         blue = self.backend("blue-1")

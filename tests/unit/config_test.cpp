@@ -33,6 +33,17 @@ TEST_CASE("a minimal config gets the documented defaults") {
     CHECK(c.green_weight_bp == 0);
     CHECK(c.timeouts.client_header == std::chrono::seconds(10));
     CHECK(c.limits.max_request_body == 0);
+    CHECK(c.listeners.at(0).smart_accept);
+}
+
+TEST_CASE("a listener's smart_accept is a boolean") {
+    const std::string listener = "[[listener]]\naddress = \"127.0.0.1:8081\"\nsmart_accept = ";
+    auto result = bg::parse_config(std::string(minimal) + listener + "false\n", "t");
+    REQUIRE(result.errors.empty());
+    CHECK(result.config->listeners.at(0).smart_accept);
+    CHECK_FALSE(result.config->listeners.at(1).smart_accept);
+    CHECK(first_error(std::string(minimal) + listener + "\"no\"\n").find("smart_accept") !=
+          std::string::npos);
 }
 
 TEST_CASE("weights are percentages with at most two decimals") {
