@@ -45,7 +45,9 @@ AccessLog::~AccessLog() {
     }
 }
 
-bool AccessLog::open(std::string& error) { return open_file(error); }
+bool AccessLog::open(std::string& error) {
+    return open_file(error);
+}
 
 bool AccessLog::open_file(std::string& error) {
     if (target_ == "stdout") {

@@ -14,19 +14,19 @@ namespace bg {
 
 // One worker's queue of finished lines. Worker thread pushes; writer thread pops.
 class AccessLogRing {
-public:
+  public:
     explicit AccessLogRing(std::size_t capacity);
     bool push(std::string&& line);  // false when full
     bool pop(std::string& line);
 
-private:
+  private:
     std::vector<std::string> slots_;
     alignas(64) std::atomic<std::size_t> head_{0};  // next to pop (writer)
     alignas(64) std::atomic<std::size_t> tail_{0};  // next to push (worker)
 };
 
 class AccessLog {
-public:
+  public:
     // target: "stdout" or a file path. One ring per worker, `capacity` lines each.
     AccessLog(std::string target, std::size_t workers, std::size_t capacity);
     ~AccessLog();
@@ -43,7 +43,7 @@ public:
     std::uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
     std::uint64_t written() const { return written_.load(std::memory_order_relaxed); }
 
-private:
+  private:
     void run();
     bool open_file(std::string& error);
 

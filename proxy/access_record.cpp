@@ -64,8 +64,8 @@ std::string to_json_line(const AccessRecord& r) {
                   ",\"status\":%u,\"bytes_in\":%llu,\"bytes_out\":%llu,\"duration_ms\":%.3f,"
                   "\"upstream_ms\":%.3f,\"retries\":%u,\"version\":%llu",
                   r.status, static_cast<unsigned long long>(r.bytes_in),
-                  static_cast<unsigned long long>(r.bytes_out), r.duration_ms, r.upstream_ms, r.retries,
-                  static_cast<unsigned long long>(r.version));
+                  static_cast<unsigned long long>(r.bytes_out), r.duration_ms, r.upstream_ms,
+                  r.retries, static_cast<unsigned long long>(r.version));
     out += numbers;
     out += ",\"colour\":";
     append_escaped(out, r.colour);

@@ -29,9 +29,7 @@ struct BodyView {
         template <bool isRequest, class Fields>
         reader(boost::beast::http::header<isRequest, Fields>&, value_type& body) : body_(body) {}
 
-        void init(const boost::optional<std::uint64_t>&, boost::system::error_code& ec) {
-            ec = {};
-        }
+        void init(const boost::optional<std::uint64_t>&, boost::system::error_code& ec) { ec = {}; }
 
         template <class ConstBufferSequence>
         std::size_t put(const ConstBufferSequence& buffers, boost::system::error_code& ec) {

@@ -51,7 +51,8 @@ void ConnectionDeadline::wait(const std::shared_ptr<State>& state) {
     s.waiting_until = s.deadline;
     s.timer.expires_at(s.deadline);  // cancels a pending wait: its generation is stale
     const std::uint64_t generation = ++s.generation;
-    s.timer.async_wait([state, generation](boost::system::error_code) { on_timer(state, generation); });
+    s.timer.async_wait(
+        [state, generation](boost::system::error_code) { on_timer(state, generation); });
 }
 
 ConnectionDeadline::ConnectionDeadline(const Executor& executor, SessionHandle& handle)

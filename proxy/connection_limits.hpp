@@ -12,7 +12,8 @@ namespace bg {
 class ConnectionLimits {
   public:
     explicit ConnectionLimits(std::size_t listeners)
-        : per_listener_(std::make_unique<std::atomic<std::uint32_t>[]>(listeners)), listeners_(listeners) {}
+        : per_listener_(std::make_unique<std::atomic<std::uint32_t>[]>(listeners)),
+          listeners_(listeners) {}
 
     // Takes a slot; false (nothing taken) when a limit is reached. A limit of 0 is no limit.
     bool try_open(std::size_t listener, std::uint32_t max_total, std::uint32_t max_listener) {

@@ -27,7 +27,7 @@ struct DataPlaneLoad {
     // The longest a request has been waiting for a response head, by backend id (max over
     // workers), in milliseconds.
     std::vector<std::uint64_t> oldest_wait_ms;
-    TrafficCounters traffic;                          // summed over workers
+    TrafficCounters traffic;  // summed over workers
 };
 
 class TablePublisher {

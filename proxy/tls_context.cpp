@@ -41,7 +41,8 @@ bool iequal(std::string_view a, std::string_view b) {
 bool name_matches(std::string_view pattern, std::string_view name) {
     if (pattern.starts_with("*.")) {
         auto dot = name.find('.');
-        return dot != std::string_view::npos && dot > 0 && iequal(pattern.substr(1), name.substr(dot));
+        return dot != std::string_view::npos && dot > 0 &&
+               iequal(pattern.substr(1), name.substr(dot));
     }
     return iequal(pattern, name);
 }
@@ -52,7 +53,8 @@ std::vector<std::string> certificate_names(SSL_CTX* ctx) {
     if (cert == nullptr) {
         return names;
     }
-    auto* sans = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+    auto* sans =
+        static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
     if (sans != nullptr) {
         for (int i = 0; i < sk_GENERAL_NAME_num(sans); ++i) {
             const GENERAL_NAME* entry = sk_GENERAL_NAME_value(sans, i);
@@ -67,7 +69,8 @@ std::vector<std::string> certificate_names(SSL_CTX* ctx) {
     if (names.empty()) {
         // No DNS subjectAltName: fall back to the subject's common name.
         char cn[256];
-        int n = X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof(cn));
+        int n =
+            X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof(cn));
         if (n > 0) {
             names.emplace_back(cn, static_cast<std::size_t>(n));
         }
@@ -80,7 +83,8 @@ int select_alpn(SSL*, const unsigned char** out, unsigned char* outlen, const un
     // Offered protocols are length-prefixed; we speak http/1.1 only.
     static constexpr unsigned char ours[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
     unsigned char* selected = nullptr;
-    if (SSL_select_next_proto(&selected, outlen, ours, sizeof(ours), in, inlen) == OPENSSL_NPN_NEGOTIATED) {
+    if (SSL_select_next_proto(&selected, outlen, ours, sizeof(ours), in, inlen) ==
+        OPENSSL_NPN_NEGOTIATED) {
         *out = selected;
         return SSL_TLSEXT_ERR_OK;
     }
@@ -102,7 +106,8 @@ int on_server_name(SSL* ssl, int*, void* arg) {
 
 }  // namespace
 
-std::shared_ptr<TlsServerContext> TlsServerContext::create(const TlsSettings& settings, std::string& error) {
+std::shared_ptr<TlsServerContext> TlsServerContext::create(const TlsSettings& settings,
+                                                           std::string& error) {
     if (settings.certificates.empty()) {
         error = "tls needs at least one certificate";
         return nullptr;
@@ -112,7 +117,8 @@ std::shared_ptr<TlsServerContext> TlsServerContext::create(const TlsSettings& se
     for (const CertificateFiles& files : settings.certificates) {
         auto context = std::make_unique<ssl::context>(ssl::context::tls_server);
         SSL_CTX* ctx = context->native_handle();
-        SSL_CTX_set_min_proto_version(ctx, settings.min_version == "1.3" ? TLS1_3_VERSION : TLS1_2_VERSION);
+        SSL_CTX_set_min_proto_version(
+            ctx, settings.min_version == "1.3" ? TLS1_3_VERSION : TLS1_2_VERSION);
         SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
         if (SSL_CTX_set_cipher_list(ctx, settings.ciphers.c_str()) != 1) {
             error = openssl_error("tls ciphers '" + settings.ciphers + "'");

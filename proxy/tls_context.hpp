@@ -25,7 +25,8 @@ std::string openssl_error(const std::string& what);
 class TlsServerContext {
   public:
     // Reads the certificate and key files; nullptr with a message when one cannot be used.
-    static std::shared_ptr<TlsServerContext> create(const TlsSettings& settings, std::string& error);
+    static std::shared_ptr<TlsServerContext> create(const TlsSettings& settings,
+                                                    std::string& error);
     ~TlsServerContext();
     TlsServerContext(const TlsServerContext&) = delete;
     TlsServerContext& operator=(const TlsServerContext&) = delete;

@@ -28,7 +28,7 @@ MethodClass method_class(http::verb method) {
 }
 
 const char* to_string(MethodClass method) {
-    static constexpr const char* names[] = {"GET",   "HEAD",  "POST",    "PUT",
+    static constexpr const char* names[] = {"GET",    "HEAD",  "POST",    "PUT",
                                             "DELETE", "PATCH", "OPTIONS", "OTHER"};
     return names[static_cast<std::size_t>(method)];
 }

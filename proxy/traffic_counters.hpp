@@ -5,9 +5,9 @@
 // label sets (backend, method class, status class, colour) are bounded by construction.
 
 #include <array>
-#include <ostream>  // boost/core/detail/string_view.hpp (via verb.hpp) needs it and omits it
 #include <boost/beast/http/verb.hpp>
 #include <cstdint>
+#include <ostream>  // boost/core/detail/string_view.hpp (via verb.hpp) needs it and omits it
 #include <vector>
 
 namespace bg {
@@ -20,8 +20,9 @@ const char* to_string(MethodClass method);
 // Cumulative Prometheus-style buckets of durations in seconds.
 struct DurationHistogram {
     static constexpr std::array<double, 14> bounds{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                                   0.1,    0.25,  0.5,    1,     2.5,  5,    10};
-    std::array<std::uint64_t, bounds.size() + 1> counts{};  // per bucket, not cumulative; last: +Inf
+                                                   0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+    std::array<std::uint64_t, bounds.size() + 1>
+        counts{};  // per bucket, not cumulative; last: +Inf
     double sum = 0;
 
     void observe(double seconds);
@@ -47,7 +48,8 @@ struct TrafficCounters {
             responses.resize(backend_slot + 1);
         }
         const unsigned status_class = status >= 100 && status < 600 ? status / 100 - 1 : 4;
-        ++responses[backend_slot][static_cast<std::size_t>(method) * status_class_count + status_class];
+        ++responses[backend_slot]
+                   [static_cast<std::size_t>(method) * status_class_count + status_class];
     }
     void count_connect(std::uint32_t backend_id) {
         if (backend_id >= upstream_connects.size()) {
