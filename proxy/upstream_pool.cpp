@@ -3,6 +3,7 @@
 #include <openssl/ssl.h>
 
 #include <algorithm>
+#include <boost/asio/post.hpp>
 
 namespace bg {
 
@@ -30,7 +31,9 @@ std::optional<UpstreamStream> UpstreamPool::lease(std::uint32_t backend_id, bool
         Idle idle = std::move(list.back());
         list.pop_back();
         boost::system::error_code ignored;
-        idle.stream.socket().cancel(ignored);  // its read watch: the request reads it now
+        if (idle.watched) {
+            idle.stream.socket().cancel(ignored);  // the request reads it now
+        }
         if (reusable(idle.stream, idle.since, verify, tls)) {
             return std::move(idle.stream);
         }
@@ -88,12 +91,47 @@ void UpstreamPool::give_back(std::uint32_t backend_id, UpstreamStream stream) {
         stream.socket().close(ignored);
         return;
     }
-    list.push_back(Idle{std::move(stream), std::chrono::steady_clock::now(), next_serial_++});
-    watch(backend_id, list.back());
+    const std::uint64_t serial = next_serial_++;
+    list.push_back(Idle{std::move(stream), std::chrono::steady_clock::now(), serial});
+    parked_this_turn_.push_back(Parked{backend_id, serial});
+    next_turn();
     arm_sweep();
 }
 
+// A connection is watched once it has stayed idle through a whole turn of the event loop (the
+// poll for events included). Under load most are leased again sooner, never idle, and a watch
+// started on each would cost it a syscall for nothing (asio's first, speculative, peek).
+void UpstreamPool::next_turn() {
+    if (turn_posted_) {
+        return;
+    }
+    turn_posted_ = true;
+    // On the pool's destruction the worker's event loop has stopped: this never runs then.
+    boost::asio::post(sweep_timer_.get_executor(), [this] {
+        turn_posted_ = false;
+        for (const Parked& parked : parked_last_turn_) {
+            if (Idle* idle = find(parked.backend_id, parked.serial)) {
+                watch(parked.backend_id, *idle);
+            }
+        }
+        parked_last_turn_.clear();
+        std::swap(parked_last_turn_, parked_this_turn_);
+        if (!parked_last_turn_.empty()) {
+            next_turn();
+        }
+    });
+}
+
+UpstreamPool::Idle* UpstreamPool::find(std::uint32_t backend_id, std::uint64_t serial) {
+    auto& list = idle_[backend_id];
+    // From the back: the connection looked for is most often the one parked last.
+    auto it = std::find_if(list.rbegin(), list.rend(),
+                           [&](const Idle& idle) { return idle.serial == serial; });
+    return it == list.rend() ? nullptr : &*it;
+}
+
 void UpstreamPool::watch(std::uint32_t backend_id, Idle& idle) {
+    idle.watched = true;
     // A one-byte peek rather than async_wait, which asio starts with an epoll_ctl each time: a
     // read op is queued without a syscall when the last read left the socket empty (asio then
     // knows not to try it at once), and tried at once otherwise, so a byte already there is
@@ -108,19 +146,18 @@ void UpstreamPool::watch(std::uint32_t backend_id, Idle& idle) {
 }
 
 void UpstreamPool::readable(std::uint32_t backend_id, std::uint64_t serial) {
-    auto& list = idle_[backend_id];
-    auto it = std::find_if(list.begin(), list.end(),
-                           [&](const Idle& idle) { return idle.serial == serial; });
-    if (it == list.end()) {
+    Idle* idle = find(backend_id, serial);
+    if (idle == nullptr) {
         return;  // leased after its watch fired, before this ran: the request reads it
     }
-    if (it->stream.still_open()) {
-        watch(backend_id, *it);  // nothing to read after all: woken for bytes read since
+    if (idle->stream.still_open()) {
+        watch(backend_id, *idle);  // nothing to read after all
         return;
     }
     boost::system::error_code ignored;
-    it->stream.socket().close(ignored);
-    list.erase(it);
+    idle->stream.socket().close(ignored);
+    auto& list = idle_[backend_id];
+    list.erase(list.begin() + (idle - list.data()));
     WorkerStats::add(stats_.upstream_idle_closed);
 }
 

@@ -57,6 +57,7 @@ class UpstreamPool {
         UpstreamStream stream;
         std::chrono::steady_clock::time_point since;
         std::uint64_t serial;  // names it to its read watch (it moves within its list)
+        bool watched = false;
     };
     // One backend's last session, with the context it belongs to (a reload that changes the
     // pool's TLS settings makes a new context, and the old sessions are not offered again).
@@ -64,6 +65,12 @@ class UpstreamPool {
         std::shared_ptr<const BackendTlsContext> context;
         ssl_session_st* session = nullptr;
     };
+    Idle* find(std::uint32_t backend_id, std::uint64_t serial);
+    struct Parked {  // a connection given back, not watched yet
+        std::uint32_t backend_id;
+        std::uint64_t serial;
+    };
+    void next_turn();
     void watch(std::uint32_t backend_id, Idle& idle);
     void readable(std::uint32_t backend_id, std::uint64_t serial);
     void arm_sweep();
@@ -76,6 +83,9 @@ class UpstreamPool {
     std::chrono::milliseconds recheck_after_;
     std::vector<std::vector<Idle>> idle_;  // by backend id; the back is the most recent
     std::vector<Resumable> sessions_;      // by backend id
+    std::vector<Parked> parked_this_turn_;
+    std::vector<Parked> parked_last_turn_;
+    bool turn_posted_ = false;
     std::uint64_t next_serial_ = 0;
     char peek_byte_ = 0;  // where the watches' peeks put the byte they see
     bool sweeping_ = false;
