@@ -54,7 +54,9 @@ std::string needs_restart(const Config& current, const Config& fresh) {
     if (fresh.limits.buffer_size != current.limits.buffer_size ||
         fresh.upstream.balance != current.upstream.balance ||
         fresh.upstream.max_idle_per_backend != current.upstream.max_idle_per_backend ||
-        fresh.upstream.idle_timeout != current.upstream.idle_timeout) {
+        fresh.upstream.idle_timeout != current.upstream.idle_timeout ||
+        fresh.upstream.recheck_after != current.upstream.recheck_after ||
+        fresh.upstream.watch_after != current.upstream.watch_after) {
         restart += restart.empty() ? "" : ", ";
         restart += "server.buffer_size or upstream pool settings";
     }

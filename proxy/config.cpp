@@ -906,6 +906,7 @@ void read_upstream(TableReader& u, UpstreamSettings& out) {
     u.read_integer("max_idle_per_backend", out.max_idle_per_backend, 0, 100000);
     u.read_duration("idle_timeout", out.idle_timeout);
     u.read_duration("recheck_after", out.recheck_after);
+    u.read_duration("watch_after", out.watch_after);
     u.read_integer("connect_attempts", out.connect_attempts, 1, 16);
     u.reject_unknown_keys();
 }

@@ -252,6 +252,8 @@ struct UpstreamSettings {
     Duration idle_timeout{std::chrono::seconds(4)};
     // A pooled connection idle longer than this is checked to be open before reuse.
     Duration recheck_after{std::chrono::seconds(1)};
+    // An idle pooled connection is watched for reading from this long after it was parked.
+    Duration watch_after{std::chrono::milliseconds(20)};
     unsigned connect_attempts = 3;
 };
 

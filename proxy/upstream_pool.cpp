@@ -3,7 +3,6 @@
 #include <openssl/ssl.h>
 
 #include <algorithm>
-#include <boost/asio/post.hpp>
 
 namespace bg {
 
@@ -13,7 +12,9 @@ UpstreamPool::UpstreamPool(const Executor& executor, const UpstreamSettings& set
       sweep_timer_(executor),
       max_idle_(settings.max_idle_per_backend),
       idle_timeout_(settings.idle_timeout),
-      recheck_after_(settings.recheck_after) {}
+      recheck_after_(settings.recheck_after),
+      watch_after_(settings.watch_after),
+      watch_timer_(executor) {}
 
 UpstreamPool::~UpstreamPool() {
     for (Resumable& slot : sessions_) {
@@ -93,33 +94,46 @@ void UpstreamPool::give_back(std::uint32_t backend_id, UpstreamStream stream) {
     }
     const std::uint64_t serial = next_serial_++;
     list.push_back(Idle{std::move(stream), std::chrono::steady_clock::now(), serial});
-    parked_this_turn_.push_back(Parked{backend_id, serial});
-    next_turn();
+    arm_watch();
     arm_sweep();
 }
 
-// A connection is watched once it has stayed idle through a whole turn of the event loop (the
-// poll for events included). Under load most are leased again sooner, never idle, and a watch
-// started on each would cost it a syscall for nothing (asio's first, speculative, peek).
-void UpstreamPool::next_turn() {
-    if (turn_posted_) {
+// A connection is watched once it has sat idle for watch_after. Under load most are leased
+// again sooner, and a watch started on each would cost it a syscall (asio's first peek is
+// tried at once) for nothing.
+void UpstreamPool::arm_watch() {
+    if (watch_armed_) {
         return;
     }
-    turn_posted_ = true;
-    // On the pool's destruction the worker's event loop has stopped: this never runs then.
-    boost::asio::post(sweep_timer_.get_executor(), [this] {
-        turn_posted_ = false;
-        for (const Parked& parked : parked_last_turn_) {
-            if (Idle* idle = find(parked.backend_id, parked.serial)) {
-                watch(parked.backend_id, *idle);
+    watch_armed_ = true;
+    watch_timer_.expires_after(watch_after_);
+    // On cancellation (close_all, or the pool being destroyed) `this` must not be touched.
+    watch_timer_.async_wait([this](boost::system::error_code ec) {
+        if (ec) {
+            return;
+        }
+        watch_armed_ = false;
+        watch_the_settled();
+    });
+}
+
+void UpstreamPool::watch_the_settled() {
+    const auto settled = std::chrono::steady_clock::now() - watch_after_;
+    bool young_left = false;
+    for (std::uint32_t id = 0; id < idle_.size(); ++id) {
+        auto& list = idle_[id];
+        // Newest at the back; the watched, oldest, at the front.
+        for (auto it = list.rbegin(); it != list.rend() && !it->watched; ++it) {
+            if (it->since > settled) {
+                young_left = true;
+            } else {
+                watch(id, *it);
             }
         }
-        parked_last_turn_.clear();
-        std::swap(parked_last_turn_, parked_this_turn_);
-        if (!parked_last_turn_.empty()) {
-            next_turn();
-        }
-    });
+    }
+    if (young_left) {
+        arm_watch();
+    }
 }
 
 UpstreamPool::Idle* UpstreamPool::find(std::uint32_t backend_id, std::uint64_t serial) {
@@ -182,6 +196,8 @@ void UpstreamPool::close_all() {
     }
     sweep_timer_.cancel();
     sweeping_ = false;
+    watch_timer_.cancel();
+    watch_armed_ = false;
 }
 
 std::size_t UpstreamPool::idle_count() const {

@@ -2,9 +2,9 @@
 // UpstreamPool: one worker's idle keep-alive connections to its backends, by backend id, and
 // the TLS session each backend last gave this worker (to resume rather than handshake anew).
 // Worker thread only. Bounded per backend; idle connections close after the idle timeout, and
-// at once when the backend closes one or sends anything on it (each is watched for reading,
-// as HAProxy watches its idle server connections): bytes nobody asked for would otherwise be
-// read as the response to the next request sent on it.
+// when the backend closes one or sends anything on it (each is watched for reading once it has
+// been idle for watch_after, as HAProxy watches its idle server connections): bytes nobody
+// asked for would otherwise be read as the response to the next request sent on it.
 
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
@@ -66,11 +66,8 @@ class UpstreamPool {
         ssl_session_st* session = nullptr;
     };
     Idle* find(std::uint32_t backend_id, std::uint64_t serial);
-    struct Parked {  // a connection given back, not watched yet
-        std::uint32_t backend_id;
-        std::uint64_t serial;
-    };
-    void next_turn();
+    void arm_watch();
+    void watch_the_settled();
     void watch(std::uint32_t backend_id, Idle& idle);
     void readable(std::uint32_t backend_id, std::uint64_t serial);
     void arm_sweep();
@@ -81,11 +78,11 @@ class UpstreamPool {
     std::size_t max_idle_;
     std::chrono::milliseconds idle_timeout_;
     std::chrono::milliseconds recheck_after_;
+    std::chrono::milliseconds watch_after_;
+    boost::asio::steady_timer watch_timer_;
     std::vector<std::vector<Idle>> idle_;  // by backend id; the back is the most recent
     std::vector<Resumable> sessions_;      // by backend id
-    std::vector<Parked> parked_this_turn_;
-    std::vector<Parked> parked_last_turn_;
-    bool turn_posted_ = false;
+    bool watch_armed_ = false;
     std::uint64_t next_serial_ = 0;
     char peek_byte_ = 0;  // where the watches' peeks put the byte they see
     bool sweeping_ = false;
