@@ -146,10 +146,10 @@ UpstreamPool::Idle* UpstreamPool::find(std::uint32_t backend_id, std::uint64_t s
 
 void UpstreamPool::watch(std::uint32_t backend_id, Idle& idle) {
     idle.watched = true;
-    // A one-byte peek rather than async_wait, which asio starts with an epoll_ctl each time: a
-    // read op is queued without a syscall when the last read left the socket empty (asio then
-    // knows not to try it at once), and tried at once otherwise, so a byte already there is
-    // seen too. On cancellation (leased, closed, the pool destroyed) `this` is not touched.
+    // A one-byte peek rather than async_wait, which asio starts with an epoll_ctl each time:
+    // asio 1.81 tries a read op at once (one recv, EAGAIN when idle as it should be), so a byte
+    // already there is seen too, then queues it without a syscall. On cancellation (leased,
+    // closed, the pool destroyed) `this` is not touched.
     idle.stream.socket().async_receive(
         boost::asio::buffer(&peek_byte_, 1), boost::asio::socket_base::message_peek,
         [this, backend_id, serial = idle.serial](boost::system::error_code ec, std::size_t) {
