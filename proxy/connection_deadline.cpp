@@ -8,6 +8,16 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using Timer = boost::asio::basic_waitable_timer<Clock, boost::asio::wait_traits<Clock>, Executor>;
 constexpr Clock::time_point never = Clock::time_point::max();
+
+// A socket of `target` the expiry closed and nothing has replaced (a new backend connection is
+// open, so a later step on it is not this expiry's).
+bool closed_by_expiry(const SessionHandle& handle, unsigned target) {
+    const auto closed = [](const Socket* socket) {
+        return socket != nullptr && !socket->is_open();
+    };
+    return ((target & ConnectionDeadline::client) != 0 && closed(handle.client)) ||
+           ((target & ConnectionDeadline::upstream) != 0 && closed(handle.upstream));
+}
 }  // namespace
 
 struct ConnectionDeadline::State {
@@ -67,7 +77,10 @@ void ConnectionDeadline::arm(std::chrono::milliseconds limit, Target target) {
     auto& s = *state_;
     s.deadline = Clock::now() + limit;
     s.target = target;
-    s.expired = false;
+    // The step the expiry cut short may still have completed (its bytes came in the same turn
+    // as the expiry): the next step then fails on the closed socket, and that is the timeout's
+    // doing, not a peer's (a 408 or 504, never a "client gone" or a 502).
+    s.expired = s.expired && closed_by_expiry(*s.handle, target);
     if (s.deadline < s.waiting_until) {
         wait(state_);
     }
