@@ -261,9 +261,16 @@ class DashboardTest(ProcessTestCase):
             self.assertEqual(status, 200)
             status, _ = http_get(proxy.port, "/upload", method="POST", body=b"x" * 50)
             self.assertEqual(status, 200)
-        status, body = http_get(proxy.admin_port, "/metrics")
-        self.assertEqual(status, 200)
-        exported = exported_names(body.decode())
+        # The per-member lag has a series once this instance has seen the membership (its own
+        # lease included): right after the start it may not yet (failed once so, on a loaded run).
+        deadline = time.time() + 10
+        while True:
+            status, body = http_get(proxy.admin_port, "/metrics")
+            self.assertEqual(status, 200)
+            exported = exported_names(body.decode())
+            if not fleet or "bgproxy_fleet_member_lag_versions" in exported or time.time() > deadline:
+                break
+            time.sleep(0.1)
         self.assertIn("bgproxy_build_info", exported)
 
         queries = dashboard_queries(load_dashboard())
