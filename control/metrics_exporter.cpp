@@ -405,6 +405,10 @@ std::string render_metrics(const MetricsSources& in) {
             "Pooled backend connections closed while idle because the backend closed them or "
             "sent bytes nobody asked for",
             &WorkerStats::upstream_idle_closed);
+    counter("bgproxy_heap_trims_total",
+            "Times a worker gave back to the system the memory freed past its spare pools after "
+            "a burst (limits.heap_trim_after)",
+            &WorkerStats::heap_trims);
     counter("bgproxy_retries_total", "Requests retried on another backend", &WorkerStats::retries);
     counter("bgproxy_retry_budget_exhausted_total", "Retries not made because the budget was spent",
             &WorkerStats::retry_budget_exhausted);

@@ -250,7 +250,7 @@ class ClientSession {
     // idle keep-alive connections. The state goes back to the worker's pool, warm.
     void release_exchange() {
         if (ex_) {
-            conn_.worker.exchanges().give(std::move(ex_), conn_.config.limits.spare_exchanges);
+            conn_.worker.exchanges().give(std::move(ex_), conn_.config.limits);
         }
     }
 

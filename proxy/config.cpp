@@ -883,6 +883,8 @@ void read_limits(TableReader& l, Limits& out) {
     l.read_integer("max_response_header", out.max_response_header, 1024, 65535);
     l.read_integer("max_header_fields", out.max_header_fields, 1, 10000);
     l.read_integer("spare_exchanges", out.spare_exchanges, 0, 100000);
+    l.read_integer("heap_trim_after", out.heap_trim_after, 0, std::int64_t{1} << 40);
+    l.read_duration("heap_trim_delay", out.heap_trim_delay);
     l.read_integer("max_field_size", out.max_field_size, 64, 65535);
     l.read_integer("max_chunk_line", out.max_chunk_line, 16, 65535);
     l.read_integer("max_trailer", out.max_trailer, 0, 65535);

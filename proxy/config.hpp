@@ -240,6 +240,11 @@ struct Limits {
     // Per worker, the buffers of this many finished requests are kept warm for the next ones
     // (each about 2 x buffer_size); past it they are freed.
     std::size_t spare_exchanges = 64;
+    // Once this many bytes were freed past the spare pools (a burst's buffers), the worker gives
+    // the free memory back to the system heap_trim_delay later (malloc keeps it otherwise).
+    // 0: never.
+    std::size_t heap_trim_after = 1 << 20;
+    std::chrono::milliseconds heap_trim_delay{1000};
     std::uint32_t max_connections = 16384;          // client connections over all listeners
     std::uint32_t max_requests_per_connection = 0;  // 0: no limit
 };

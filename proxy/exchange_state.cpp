@@ -1,6 +1,8 @@
 #include "exchange_state.hpp"
 
+#include "config.hpp"
 #include "exchange_pool.hpp"
+#include "heap_trim.hpp"
 
 namespace bg {
 
@@ -38,7 +40,13 @@ void ExchangeState::end_request() {
     body_error.clear();
 }
 
-ExchangePool::ExchangePool() = default;
+std::size_t ExchangeState::footprint() const {
+    return sizeof(ExchangeState) + buffer.capacity() + upstream_buffer.capacity() +
+           request_body.capacity() + response_body.capacity() + head.capacity() +
+           gathered.capacity() + 2 * FieldArena::first_block;
+}
+
+ExchangePool::ExchangePool(HeapTrim& trim) : trim_(trim) {}
 ExchangePool::~ExchangePool() = default;
 
 std::unique_ptr<ExchangeState> ExchangePool::take() {
@@ -50,9 +58,14 @@ std::unique_ptr<ExchangeState> ExchangePool::take() {
     return state;
 }
 
-void ExchangePool::give(std::unique_ptr<ExchangeState> state, std::size_t spare) {
-    if (spare_.size() >= spare) {
-        return;  // freed here: past the bound, a burst's buffers do not stay
+void ExchangePool::give(std::unique_ptr<ExchangeState> state, const Limits& limits) {
+    if (spare_.size() >= limits.spare_exchanges) {
+        // Freed here: past the bound, a burst's buffers do not stay (nor, once trimmed, in
+        // malloc's free lists).
+        const std::size_t bytes = state->footprint();
+        state.reset();
+        trim_.freed(bytes, limits.heap_trim_after, limits.heap_trim_delay);
+        return;
     }
     state->clear();
     spare_.push_back(std::move(state));

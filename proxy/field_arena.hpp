@@ -25,8 +25,9 @@ class FieldArena {
     // first block stays for the next exchange; larger heads' blocks are freed.
     void reset();
 
+    static constexpr std::size_t first_block = 4096;  // kept from one exchange to the next
+
   private:
-    static constexpr std::size_t first_block = 4096;
     std::vector<std::unique_ptr<std::byte[]>> blocks_;
     std::byte* next_ = nullptr;
     std::byte* end_ = nullptr;

@@ -35,6 +35,8 @@ Worker::Worker(unsigned index, std::shared_ptr<const Config> config, TableSlot& 
       table_(slot.load()),
       balancer_(config_->upstream.balance, 0x5eed0000ull + index),
       pool_(io_.get_executor(), config_->upstream, stats_),
+      heap_trim_(io_.get_executor(), stats_),
+      exchanges_(heap_trim_),
       grace_timer_(io_),
       close_sweep_timer_(io_),
       tunnel_drain_timers_{boost::asio::steady_timer(io_), boost::asio::steady_timer(io_)} {

@@ -21,6 +21,7 @@
 #include "connection_limits.hpp"
 #include "descriptor_limit.hpp"
 #include "exchange_pool.hpp"
+#include "heap_trim.hpp"
 #include "io_types.hpp"
 #include "retry_state.hpp"
 #include "routing_table.hpp"
@@ -134,6 +135,7 @@ class Worker {
     RoutingTablePtr table_;  // the slot's table as of seen_version_
     Balancer balancer_;
     UpstreamPool pool_;
+    HeapTrim heap_trim_;  // before exchanges_, which reports to it
     ExchangePool exchanges_;
     std::unique_ptr<ParkedClients> parked_;  // after io_: gone before it
     SplicePipes splice_pipes_;

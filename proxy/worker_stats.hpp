@@ -45,6 +45,7 @@ struct WorkerStats {
     Counter retry_budget_exhausted{0};
     Counter upgrades{0};
     Counter spliced_bytes{0};  // body bytes moved socket to socket in the kernel
+    Counter heap_trims{0};     // memory freed past the spare pools given back (HeapTrim)
     Counter upgraded_open{0};
     Counter connections_refused{0};     // past max_connections
     Counter tls_handshake_failures{0};  // failed or timed out

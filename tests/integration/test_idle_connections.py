@@ -1,5 +1,6 @@
 """Idle keep-alive connections are parked between requests (socket and identity only: see
 bench/idle.sh for what that saves); parked ones still time out, resume, and close on shutdown."""
+import os
 import signal
 import socket
 import struct
@@ -166,6 +167,45 @@ client_park_after = "%s"
         for s in clients:
             s.settimeout(2)
             self.assertEqual(s.recv(100), b"")
+
+    def test_a_burst_leaves_no_memory_behind(self):
+        """A burst's buffers, freed past spare_exchanges, go back to the system (HeapTrim): glibc
+        kept them, and 200 new connections at once left ~4 MiB in the RSS for good."""
+        def rss_kib(proxy):
+            with open("/proc/%d/status" % proxy.pid) as f:
+                return int(next(l for l in f if l.startswith("VmRSS:")).split()[1])
+
+        def burst(proxy):
+            # 150 requests in flight at once (each waits 300 ms at the backend), then idle.
+            clients = [socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+                       for _ in range(150)]
+            self.addCleanup(lambda: [c.close() for c in clients])
+            for s in clients:
+                s.sendall(b"GET /?delay=300 HTTP/1.1\r\nHost: x\r\n\r\n")
+            for s in clients:
+                self.assertEqual(read_response(s)[0], 200)
+            time.sleep(1.0)  # parked, and past heap_trim_delay
+
+        grown = {}
+        for after in ("65536", "0"):
+            proxy = self.start_proxy(extra="[limits]\nspare_exchanges = 4\nheap_trim_after = %s\n"
+                                     "heap_trim_delay = \"200ms\"\n" % after)
+            time.sleep(0.5)
+            before = rss_kib(proxy)
+            burst(proxy)
+            grown[after] = rss_kib(proxy) - before
+            trims = metric(proxy, "bgproxy_heap_trims_total")
+            if after == "0":
+                self.assertEqual(trims, 0)
+            else:
+                self.assertGreaterEqual(trims, 1)
+            proxy.stop()
+        print("RSS growth after 150 requests at once, then idle: %d KiB trimmed, %d KiB not"
+              % (grown["65536"], grown["0"]))
+        if os.environ.get("BGPROXY_SANITIZE"):
+            return  # the sanitizers' allocators keep what they like; malloc_trim is not theirs
+        # Seen: 1640 KiB against 3324.
+        self.assertLess(grown["65536"], grown["0"] - 1024, grown)
 
 
 if __name__ == "__main__":

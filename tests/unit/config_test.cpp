@@ -46,6 +46,22 @@ TEST_CASE("a listener's smart_accept is a boolean") {
           std::string::npos);
 }
 
+TEST_CASE("heap_trim_after is a byte count and heap_trim_delay a duration") {
+    auto defaults = bg::parse_config(minimal, "t");
+    REQUIRE(defaults.errors.empty());
+    CHECK(defaults.config->limits.heap_trim_after == 1048576);
+    CHECK(defaults.config->limits.heap_trim_delay == std::chrono::seconds(1));
+    auto set = bg::parse_config(
+        std::string(minimal) + "[limits]\nheap_trim_after = 0\nheap_trim_delay = \"250ms\"\n", "t");
+    REQUIRE(set.errors.empty());
+    CHECK(set.config->limits.heap_trim_after == 0);
+    CHECK(set.config->limits.heap_trim_delay == std::chrono::milliseconds(250));
+    CHECK(first_error(std::string(minimal) + "[limits]\nheap_trim_after = -1\n")
+              .find("heap_trim_after") != std::string::npos);
+    CHECK(first_error(std::string(minimal) + "[limits]\nheap_trim_delay = 5\n")
+              .find("heap_trim_delay") != std::string::npos);
+}
+
 TEST_CASE("weights are percentages with at most two decimals") {
     auto result =
         bg::parse_config(std::string(minimal) + "[routing]\nblue = 87.5\ngreen = 12.5\n", "t");
