@@ -110,7 +110,7 @@ start() { # start NAME PORT TLS_PORT: starts the proxy on both ports, sets $pid
 }
 
 # Each measurement on a freshly started proxy: memory freed by an earlier one would hide growth.
-declare -A per_conn
+declare -A per_conn marginal
 for round in $(seq 1 "$rounds"); do
   for mode in plain tls; do
     for name in bgproxy haproxy nginx; do
@@ -126,8 +126,9 @@ for round in $(seq 1 "$rounds"); do
       else
         out=$(python3 bench/idle_clients.py "$tls_port" "$target" "$n_tls" tls)
       fi
-      echo "round $round $mode $name: $out (KiB per connection, RSS before, after)" >&2
+      echo "round $round $mode $name: $out (KiB per connection, RSS before, after; KiB per connection of the second half)" >&2
       per_conn[$mode/$name]="${per_conn[$mode/$name]:-} $(echo "$out" | cut -d' ' -f1)"
+      marginal[$mode/$name]="${marginal[$mode/$name]:-} $(echo "$out" | cut -d' ' -f4)"
       kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
     done
   done
@@ -147,5 +148,15 @@ for mode in plain tls; do
   b=$(median ${per_conn[$mode/bgproxy]})
   h=$(median ${per_conn[$mode/haproxy]})
   g=$(median ${per_conn[$mode/nginx]})
+  printf '  bgproxy/haproxy %s   bgproxy/nginx %s\n' "$(ratio "$b" "$h")" "$(ratio "$b" "$g")"
+  printf '  the second half alone (what one more idle connection costs):\n'
+  for name in bgproxy haproxy nginx; do
+    # shellcheck disable=SC2086
+    printf '  %-8s %8s KiB   (rounds:%s)\n' "$name" "$(median ${marginal[$mode/$name]})" \
+      "${marginal[$mode/$name]}"
+  done
+  b=$(median ${marginal[$mode/bgproxy]})
+  h=$(median ${marginal[$mode/haproxy]})
+  g=$(median ${marginal[$mode/nginx]})
   printf '  bgproxy/haproxy %s   bgproxy/nginx %s\n' "$(ratio "$b" "$h")" "$(ratio "$b" "$g")"
 done

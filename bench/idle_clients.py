@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """Opens N keep-alive connections to a proxy, sends one GET on each, reads its response, and
-leaves them idle; prints the proxy's RSS growth per connection, then closes them. With "tls",
+leaves them idle; prints the proxy's RSS growth per connection, then closes them. Also the
+growth per connection over the second half alone (the RSS once the first half is idle and
+settled, to the end): what one more idle connection costs, without what the proxy spends once
+on its first traffic (warm pools, a burst's high-water mark). With "tls",
 over TLS (one connection at a time: each handshake is the client's CPU anyway).
 
-    idle_clients.py PORT PID N [tls]  -> prints "KIB_PER_CONNECTION RSS_BEFORE_KIB RSS_AFTER_KIB"
+    idle_clients.py PORT PID N [tls]
+      -> prints "KIB_PER_CONNECTION RSS_BEFORE_KIB RSS_AFTER_KIB KIB_PER_CONNECTION_SECOND_HALF"
 """
 import resource
 import selectors
@@ -48,11 +52,16 @@ def main():
     time.sleep(0.5)
     before = rss_kib(pid)
     request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+    half = n // 2
     if tls:
-        sockets = open_tls(port, n, request)
+        sockets = open_tls(port, half, request)
+        time.sleep(2)
+        middle = rss_kib(pid)
+        sockets += open_tls(port, n - half, request)
         time.sleep(2)
         after = rss_kib(pid)
-        print("%.2f %d %d" % ((after - before) / n, before, after))
+        print("%.2f %d %d %.2f" % ((after - before) / n, before, after,
+                                   (after - middle) / (n - half)))
         for s in sockets:
             s.close()
         return
@@ -68,7 +77,7 @@ def main():
         sockets.append(s)
         waiting += 1
         # Read the responses as they come, a batch at a time, so the backlog stays small.
-        while waiting > 200 or (i == n - 1 and waiting > 0):
+        while waiting > 200 or (i in (half - 1, n - 1) and waiting > 0):
             if time.time() > deadline:
                 sys.exit("responses did not all arrive within 120 s")
             for key, _ in sel.select(timeout=1):
@@ -78,9 +87,12 @@ def main():
                 if b"\r\n\r\n" in data:
                     sel.unregister(key.fileobj)
                     waiting -= 1
+        if i == half - 1:
+            time.sleep(2)  # settled, as at the end
+            middle = rss_kib(pid)
     time.sleep(2)  # let the proxy settle (idle timers, released buffers)
     after = rss_kib(pid)
-    print("%.2f %d %d" % ((after - before) / n, before, after))
+    print("%.2f %d %d %.2f" % ((after - before) / n, before, after, (after - middle) / (n - half)))
     for s in sockets:
         s.close()
 
