@@ -21,7 +21,15 @@ SplicePipes::~SplicePipes() {
     }
 }
 
+void SplicePipes::close_spares_past(std::size_t max_pipes) {
+    while (!spare_.empty() && in_use_ + spare_.size() > max_pipes) {
+        close_pipe(spare_.back());
+        spare_.pop_back();
+    }
+}
+
 bool SplicePipes::take(SplicePipe& pipe, std::size_t max_pipes, std::size_t pipe_size) {
+    close_spares_past(max_pipes);
     if (in_use_ >= max_pipes) {
         return false;
     }
@@ -44,10 +52,11 @@ bool SplicePipes::take(SplicePipe& pipe, std::size_t max_pipes, std::size_t pipe
     return true;
 }
 
-void SplicePipes::give(SplicePipe& pipe) {
+void SplicePipes::give(SplicePipe& pipe, std::size_t max_pipes) {
     --in_use_;
-    if (pipe.held > 0) {
-        close_pipe(pipe);  // what it holds belongs to a body that failed
+    if (pipe.held > 0 || in_use_ + spare_.size() >= max_pipes) {
+        close_pipe(pipe);  // what it holds belongs to a body that failed, or past the bound
+        close_spares_past(max_pipes);
         return;
     }
     spare_.push_back(pipe);

@@ -28,10 +28,14 @@ class SplicePipes {
     // A pipe for one body, or false when `max_pipes` are in use or none can be made (out of
     // descriptors): the caller copies instead. A new pipe is given `pipe_size` (0: the kernel's).
     bool take(SplicePipe& pipe, std::size_t max_pipes, std::size_t pipe_size);
-    void give(SplicePipe& pipe);
+    // Kept for the next body while fewer than `max_pipes` are open, else closed: a reload that
+    // lowers server.splice_pipes closes the spares past it.
+    void give(SplicePipe& pipe, std::size_t max_pipes);
+    std::size_t spare_count() const { return spare_.size(); }
     std::size_t in_use() const { return in_use_; }
 
   private:
+    void close_spares_past(std::size_t max_pipes);
     std::size_t in_use_ = 0;
     std::vector<SplicePipe> spare_;
 };
@@ -40,10 +44,10 @@ class SplicePipes {
 class SplicePipeLease {
   public:
     SplicePipeLease(SplicePipes& pipes, std::size_t max_pipes, std::size_t pipe_size)
-        : pipes_(pipes), held_(pipes.take(pipe_, max_pipes, pipe_size)) {}
+        : pipes_(pipes), max_pipes_(max_pipes), held_(pipes.take(pipe_, max_pipes, pipe_size)) {}
     ~SplicePipeLease() {
         if (held_) {
-            pipes_.give(pipe_);
+            pipes_.give(pipe_, max_pipes_);
         }
     }
     SplicePipeLease(const SplicePipeLease&) = delete;
@@ -53,6 +57,7 @@ class SplicePipeLease {
 
   private:
     SplicePipes& pipes_;
+    std::size_t max_pipes_;
     SplicePipe pipe_;
     bool held_;
 };

@@ -3,6 +3,7 @@ import hashlib
 import os
 import socket
 import subprocess
+import threading
 import time
 import unittest
 
@@ -233,7 +234,6 @@ class SplicedBodyTest(ProcessTestCase):
     def test_past_its_pipes_a_worker_copies_and_a_pipe_given_back_is_used_again(self):
         # One worker, so both connections share its one pipe (--workers overrides the config).
         proxy = self.start_proxy("[server]\nsplice_pipes = 1\n", workers=1)
-        import threading
         bodies = []
 
         def download():
@@ -254,6 +254,39 @@ class SplicedBodyTest(ProcessTestCase):
         download()
         self.assertEqual(bodies[-1], BODY[:200000])
         self.assertGreater(spliced(proxy), once)  # the pipe came back
+
+    def test_a_reload_that_lowers_splice_pipes_closes_the_spares_past_it(self):
+        proxy = self.start_proxy("[server]\nsplice_pipes = 4\n", workers=1)
+
+        def pipes():
+            fds = os.listdir("/proc/%d/fd" % proxy.pid)
+            return sum(1 for fd in fds if os.readlink("/proc/%d/fd/%s" % (proxy.pid, fd))
+                       .startswith("pipe:"))
+
+        def downloads(n):
+            bodies = []
+
+            def download():
+                with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+                    s.sendall(b"GET /pause HTTP/1.1\r\nHost: x\r\n\r\n")
+                    bodies.append(read_response(s, timeout=10)[2])
+            threads = [threading.Thread(target=download) for _ in range(n)]
+            for t in threads:  # each holds a pipe through the backend's pause
+                t.start()
+            for t in threads:
+                t.join()
+            self.assertEqual(bodies, [BODY[:200000]] * n)
+
+        base = pipes()
+        downloads(4)
+        self.assertEqual(pipes(), base + 4 * 2)  # four spares kept, two ends each
+        with open(proxy.config_path) as f:
+            text = f.read()
+        with open(proxy.config_path, "w") as f:
+            f.write(text.replace("splice_pipes = 4", "splice_pipes = 1"))
+        self.assertEqual(proxy.bgctl("reload").returncode, 0)
+        downloads(1)
+        self.assertEqual(pipes(), base + 2)  # one kept: the bound the reload set
 
 
 
