@@ -255,8 +255,9 @@ struct UpstreamSettings {
     BalancePolicy balance = BalancePolicy::least_request;
     std::size_t max_idle_per_backend = 64;
     Duration idle_timeout{std::chrono::seconds(4)};
-    // A pooled connection idle longer than this is checked to be open before reuse.
-    Duration recheck_after{std::chrono::seconds(1)};
+    // A pooled connection idle longer than this is checked to be open, and to hold no stray
+    // bytes, before reuse. 0 (the default): at every reuse.
+    Duration recheck_after{0};
     // An idle pooled connection is watched for reading from this long after it was parked.
     Duration watch_after{std::chrono::milliseconds(20)};
     unsigned connect_attempts = 3;

@@ -382,9 +382,9 @@ class IdleUpstreamTest(ProxyWithScriptedBackend):
     (failed on 54e63a1: reused within recheck_after, it answered the next GET with them)."""
 
     @staticmethod
-    def soon(action):
+    def soon(action, delay=0.2):
         def run():
-            time.sleep(0.2)
+            time.sleep(delay)
             try:
                 action()
             except OSError:
@@ -406,21 +406,21 @@ class IdleUpstreamTest(ProxyWithScriptedBackend):
         self.assertEqual(len(self.connections_serving(*paths)), 1)
         self.assertEqual(metric(self.proxy_, "bgproxy_upstream_idle_closed_total"), 0)
 
-    def smuggle_between_requests(self):
-        """/warm, then (0.2 s later, on its backend connection) a response nobody asked for,
-        then /next at 0.5 s: within recheck_after (1 s). Checks /next got its own answer, on
-        another backend connection; returns those two connections."""
+    def smuggle_between_requests(self, smuggle_after=0.2, next_after=0.5):
+        """/warm, then (smuggle_after later, on its backend connection) a response nobody asked
+        for, then /next at next_after. Checks /next got its own answer, on another backend
+        connection; returns those two connections."""
         smuggled = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsmugg"
 
         def answer(request, index, conn):
             if request[1] == b"/warm":
-                self.soon(lambda: conn.sendall(smuggled))
+                self.soon(lambda: conn.sendall(smuggled), smuggle_after)
             return ok_response(request[1])
         self.start_proxy(answer)
         s = self.connect()
         s.sendall(b"GET /warm HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertEqual(read_response(s)[:3:2], (200, b"/warm"))
-        time.sleep(0.5)
+        time.sleep(next_after)
         s.sendall(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertEqual(read_response(s)[:3:2], (200, b"/next"))
         served = self.connections_serving(b"/warm", b"/next")
@@ -430,6 +430,12 @@ class IdleUpstreamTest(ProxyWithScriptedBackend):
     def test_bytes_sent_on_an_idle_connection_never_answer_the_next_request(self):
         self.smuggle_between_requests()
         self.assertEqual(metric(self.proxy_, "bgproxy_upstream_idle_closed_total"), 1)
+
+    def test_bytes_sent_just_after_a_response_never_answer_the_next_request(self):
+        """Sent 1 ms after the response, the next request 15 ms later: before the watch
+        (watch_after, 20 ms); the check at reuse finds them (failed on b11e71f, whose default
+        recheck_after was 1 s: /next got "smugg")."""
+        self.smuggle_between_requests(smuggle_after=0.001, next_after=0.015)
 
     def test_a_connection_the_backend_closes_leaves_the_pool_at_once(self):
         def answer(request, index, conn):
