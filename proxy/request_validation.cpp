@@ -22,14 +22,15 @@ RawHeaderScan scan_raw_header(std::string_view bytes, const HeaderLimits& limits
     bool in_request_line = true;
     for (;;) {
         // The first position this line may not reach, and what reaching it means (at the same
-        // position the start-line bound wins over the head's, the head's over a field's).
+        // position the start-line bound wins over the head's, the head's over a field's). The
+        // line bounds do not count the line's CRLF: "a request line longer than 8192 bytes".
         std::size_t limit = limits.max_header;
         RawHeaderVerdict over = RawHeaderVerdict::header_too_long;
-        if (in_request_line && limits.max_start_line <= limit) {
-            limit = limits.max_start_line;
+        if (in_request_line && limits.max_start_line + 2 <= limit) {
+            limit = limits.max_start_line + 2;
             over = RawHeaderVerdict::request_line_too_long;
-        } else if (!in_request_line && line_start + limits.max_field_size < limit) {
-            limit = line_start + limits.max_field_size;
+        } else if (!in_request_line && line_start + limits.max_field_size + 2 < limit) {
+            limit = line_start + limits.max_field_size + 2;
             over = RawHeaderVerdict::field_too_long;
         }
         const std::size_t stop = std::min(n, std::max(limit, line_start));

@@ -37,13 +37,13 @@ bg::RawHeaderScan byte_by_byte_scan(std::string_view bytes, const bg::HeaderLimi
     bool in_request_line = true;
     for (std::size_t i = 0; i < bytes.size(); ++i) {
         const char c = bytes[i];
-        if (in_request_line && i >= limits.max_start_line) {
+        if (in_request_line && i >= limits.max_start_line + 2) {  // its CRLF not counted
             return {RawHeaderVerdict::request_line_too_long};
         }
         if (i >= limits.max_header) {
             return {RawHeaderVerdict::header_too_long};
         }
-        if (!in_request_line && i - line_start >= limits.max_field_size) {
+        if (!in_request_line && i - line_start >= limits.max_field_size + 2) {
             return {RawHeaderVerdict::field_too_long};
         }
         if (c == '\0') {
@@ -133,6 +133,27 @@ TEST_CASE("limits: request line -> 414, whole header -> 431") {
         many += "X-A: 123456\r\n";
     }
     CHECK(verdict(many) == bg::RawHeaderVerdict::header_too_long);
+}
+
+TEST_CASE("the line bounds are the lines' lengths without their CRLF") {
+    // max_request_line 8192: a request line of 8192 bytes passes, one of 8193 does not (one of
+    // 8191 got a 414 when the bound counted the CRLF). Likewise a field line and max_field_size.
+    const bg::HeaderLimits limits{8192, 65535, 100, 16384};
+    const auto line = [](std::size_t length) {
+        return "GET /" + std::string(length - 14, 'a') + " HTTP/1.1\r\n";
+    };
+    CHECK(line(8192).size() == 8194);
+    CHECK(bg::scan_raw_header(line(8192) + "Host: a\r\n\r\n", limits).verdict ==
+          bg::RawHeaderVerdict::complete);
+    CHECK(bg::scan_raw_header(line(8193) + "Host: a\r\n\r\n", limits).verdict ==
+          bg::RawHeaderVerdict::request_line_too_long);
+    const auto field = [](std::size_t length) {
+        return "X: " + std::string(length - 3, 'v') + "\r\n";
+    };
+    CHECK(bg::scan_raw_header("GET / HTTP/1.1\r\n" + field(16384) + "\r\n", limits).verdict ==
+          bg::RawHeaderVerdict::complete);
+    CHECK(bg::scan_raw_header("GET / HTTP/1.1\r\n" + field(16385) + "\r\n", limits).verdict ==
+          bg::RawHeaderVerdict::field_too_long);
 }
 
 TEST_CASE("framing: ambiguous bodies are refused") {
