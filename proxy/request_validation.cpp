@@ -189,8 +189,12 @@ std::string_view framing_problem(const RequestHeader& header) {
     if (hosts == 0 && header.version() >= 11) {
         return "missing Host";
     }
-    if (hosts == 1 && !host.empty() && !plain_host(host) && !boost::urls::parse_authority(host)) {
-        return "invalid Host";
+    if (hosts == 1 && !host.empty() && !plain_host(host)) {
+        // An authority, without userinfo (RFC 9110 7.2: Host = uri-host [ ":" port ]).
+        const auto authority = boost::urls::parse_authority(host);
+        if (!authority || authority->has_userinfo()) {
+            return "invalid Host";
+        }
     }
     return {};
 }

@@ -15,9 +15,14 @@ namespace http = boost::beast::http;
 namespace {
 
 // Origin-form stays; absolute-form ("GET http://host/path") becomes origin-form with Host set
-// from it (RFC 9112 3.2.2); "*" is kept for OPTIONS.
+// from it (RFC 9112 3.2.2); "*" is kept for OPTIONS. Refused: a fragment (in no request form,
+// RFC 9112 3.2), a scheme other than http and https (this is no forward proxy), an empty host
+// or userinfo (RFC 9110 4.2.1 and 4.2.4: to be rejected as invalid).
 bool normalize_target(Request& request) {
     auto target = request.target();
+    if (target.find('#') != std::string_view::npos) {
+        return false;
+    }
     if (target.starts_with('/')) {
         return true;
     }
@@ -25,7 +30,9 @@ bool normalize_target(Request& request) {
         return request.method() == http::verb::options;
     }
     auto uri = boost::urls::parse_absolute_uri(target);
-    if (!uri || !uri->has_authority()) {
+    if (!uri || !uri->has_authority() || uri->encoded_host().empty() || uri->has_userinfo() ||
+        (uri->scheme_id() != boost::urls::scheme::http &&
+         uri->scheme_id() != boost::urls::scheme::https)) {
         return false;
     }
     std::string origin(uri->encoded_path());

@@ -32,6 +32,12 @@ CASES = [
     ("bare LF line end", b"GET / HTTP/1.1\n" + H + b"\r\n", 400),
     ("URI too long", b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n" + H + b"\r\n", 414),
     ("header too large", b"GET / HTTP/1.1\r\n" + H + b"X-Big: " + b"b" * 40000 + b"\r\n\r\n", 431),
+    # Targets and Hosts RFC 9110 4.2 and 7.2 say to reject (each was forwarded before b628989).
+    ("absolute-form, empty host", b"GET http:///p HTTP/1.1\r\n" + H + b"\r\n", 400),
+    ("absolute-form, not http", b"GET ftp://other.example/p HTTP/1.1\r\n" + H + b"\r\n", 400),
+    ("absolute-form, userinfo", b"GET http://u:p@x/p HTTP/1.1\r\n" + H + b"\r\n", 400),
+    ("a fragment in the target", b"GET /a#frag HTTP/1.1\r\n" + H + b"\r\n", 400),
+    ("userinfo in Host", b"GET / HTTP/1.1\r\nHost: a@b\r\n\r\n", 400),
     ("CONNECT", b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405),
     ("declared body over max_request_body", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 2000\r\n\r\n", 413),
 ]

@@ -99,6 +99,12 @@ class HttpSemanticsTest(ProcessTestCase):
         body = out.partition(b"\r\n\r\n")[2]
         self.assertIn(b"GET /headers?a=1 HTTP/1.1", body)
         self.assertIn(b"Host: shop.example", body)
+        # The scheme is case-insensitive (RFC 9110 4.2.3), https too.
+        out = raw_exchange(self.port, b"GET HTTPS://shop.example:8443/headers HTTP/1.1\r\n"
+                           b"Host: ignored\r\nConnection: close\r\n\r\n")
+        body = out.partition(b"\r\n\r\n")[2]
+        self.assertIn(b"GET /headers HTTP/1.1", body)
+        self.assertIn(b"Host: shop.example:8443", body)
 
     def test_curl_chunked_upload(self):
         out = subprocess.run(["curl", "-s", "-H", "Transfer-Encoding: chunked", "--data-binary",
