@@ -24,9 +24,24 @@ ChunkFraming check_pending_chunk_framing(std::string_view pending, std::size_t m
                                                   : ChunkFraming::within_limits;
 }
 
+namespace {
+bool hex_digit(char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+}  // namespace
+
 void ChunkHeaderGuard::operator()(std::uint64_t size, std::string_view extensions,
                                   boost::system::error_code& ec) {
-    if (extensions.size() + 16 > max_chunk_line) {  // 16: the longest size a parser accepts
+    // The line: the size's digits (any number of leading zeros: Beast takes them), which end
+    // where the extensions start, then the extensions.
+    std::size_t digits = 16;  // the most a size without leading zeros has
+    if (input_begin != nullptr && extensions.data() != nullptr) {
+        digits = 0;
+        for (const char* p = extensions.data(); p > input_begin && hex_digit(p[-1]); --p) {
+            ++digits;
+        }
+    }
+    if (digits + extensions.size() > max_chunk_line) {
         over = ChunkFraming::chunk_line_too_long;
         ec = boost::beast::http::error::bad_chunk_extension;
         return;

@@ -23,7 +23,8 @@ ChunkFraming check_pending_chunk_framing(std::string_view pending, std::size_t m
 struct ChunkHeaderGuard {
     std::size_t max_chunk_line = 4096;
     std::size_t max_trailer = 16384;
-    const char* input_end = nullptr;  // the end of the bytes passed to the parser's put()
+    const char* input_begin = nullptr;  // the bytes passed to the parser's put()
+    const char* input_end = nullptr;
     ChunkFraming over = ChunkFraming::within_limits;
 
     void operator()(std::uint64_t size, std::string_view extensions, boost::system::error_code& ec);

@@ -142,8 +142,8 @@ class MessageReader {
         for (;;) {
             if (buffer_.size() > 0) {
                 error_code ec;
-                chunks_.input_end =
-                    static_cast<const char*>(buffer_.data().data()) + buffer_.size();
+                chunks_.input_begin = static_cast<const char*>(buffer_.data().data());
+                chunks_.input_end = chunks_.input_begin + buffer_.size();
                 const std::size_t used = parser_->put(buffer_.data(), ec);
                 buffer_.consume(used);
                 if (ec == http::error::need_buffer) {

@@ -185,6 +185,10 @@ max_trailer = 1024
         self.assertEqual(self.refused(chunked + b"5;ext=" + b"e" * 400 + b"\r\nhello\r\n0\r\n\r\n"), 400)
         # A chunk line that never ends is refused without waiting for its end.
         self.assertEqual(self.refused(chunked + b"5;" + b"e" * 5000), 400)
+        # A size line long by its leading zeros, whole in one read (was 200: only extensions and
+        # lines still open were measured), then one just within the bound.
+        self.assertEqual(self.refused(chunked + b"0" * 300 + b"5\r\nhello\r\n0\r\n\r\n"), 400)
+        self.assertEqual(self.refused(chunked + b"0" * 250 + b"5;e=1\r\nhello\r\n0\r\n\r\n"), 200)
         self.assertEqual(self.refused(chunked + b"5\r\nhello\r\n0\r\n" + b"X-T: " + b"t" * 2000 + b"\r\n\r\n"), 400)
         # Within the bounds, the same shapes pass.
         self.assertEqual(self.refused(chunked + b"5;ext=e\r\nhello\r\n0\r\nX-T: t\r\n\r\n"), 200)
