@@ -585,6 +585,18 @@ Task<bool> RequestExchange<Stream>::relay_response(UpstreamLease& lease,
                                                        *ex_.response_parser, conn_.stream, leg,
                                                        ex_.record.bytes_out, started);
         if (!response_body_relayed(end)) {
+            // Nothing of the response has gone out (its head waits for the first piece of
+            // body): the client gets the proxy's 502 or 504, not a cut connection with no answer.
+            const bool backend_side = end == BodyEnd::read_failed || end == BodyEnd::read_timeout ||
+                                      end == BodyEnd::malformed;
+            if (!ex_.head.empty() && backend_side && !conn_.close_watch.client_gone()) {
+                const std::string reason = ex_.record.error.empty()
+                                               ? std::string("backend response cut before its body")
+                                               : ex_.record.error;
+                co_await reply_error(end == BodyEnd::read_timeout ? http::status::gateway_timeout
+                                                                  : http::status::bad_gateway,
+                                     reason, true);
+            }
             co_return false;
         }
     }

@@ -211,6 +211,11 @@ max_trailer = 1024
                 return b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * 65500 + b"\r\nContent-Length: 2\r\n\r\nok"
             if target == b"/chunk-line":
                 return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;" + b"e" * 4000 + b"\r\nhello\r\n0\r\n\r\n"
+            if target == b"/chunk-line-later":
+                return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n5;" +
+                        b"e" * 4000 + b"\r\nhello\r\n0\r\n\r\n")
+            if target == b"/bad-size":
+                return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nHELLO\r\n0\r\n\r\n"
             return ok_response()
 
         self.start_proxy(answer)
@@ -218,10 +223,17 @@ max_trailer = 1024
             with self.subTest(target=target):
                 out = raw_exchange(self.proxy_.port, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target, timeout=3)
                 self.assertEqual(status_of(out), 502, out[:200])
-        # A body framed wrongly after the head went out: the client connection is cut, never
-        # left looking complete.
+        # A body framed wrongly before any of the response went out (the head waits for the
+        # first piece of body): a 502, not a connection closed without a word (failed on
+        # b628989, which closed it and logged a 200).
+        for target in (b"/chunk-line", b"/bad-size"):
+            with self.subTest(target=target):
+                out = raw_exchange(self.proxy_.port, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target, timeout=3)
+                self.assertEqual(status_of(out), 502, out[:200])
+        # Framed wrongly after the head and a first piece went out: the client connection is cut,
+        # never left looking complete.
         s = self.connect()
-        s.sendall(b"GET /chunk-line HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(b"GET /chunk-line-later HTTP/1.1\r\nHost: x\r\n\r\n")
         with self.assertRaises(Incomplete):
             read_response(s)
         self.assertGreaterEqual(metric(self.proxy_, "bgproxy_limit_refusals_total",
