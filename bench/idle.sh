@@ -135,28 +135,26 @@ for round in $(seq 1 "$rounds"); do
 done
 
 median() { python3 -c "import sys, statistics; print('%.2f' % statistics.median(map(float, sys.argv[1:])))" "$@"; }
+# report ARRAY MODE: each proxy's median and rounds from the associative array ARRAY, then ratios.
+report() {
+  local -n figures=$1
+  local mode=$2 name b h g
+  for name in bgproxy haproxy nginx; do
+    # shellcheck disable=SC2086
+    printf '  %-8s %8s KiB   (rounds:%s)\n' "$name" "$(median ${figures[$mode/$name]})" \
+      "${figures[$mode/$name]}"
+  done
+  b=$(median ${figures[$mode/bgproxy]})
+  h=$(median ${figures[$mode/haproxy]})
+  g=$(median ${figures[$mode/nginx]})
+  printf '  bgproxy/haproxy %s   bgproxy/nginx %s\n' "$(ratio "$b" "$h")" "$(ratio "$b" "$g")"
+}
 for mode in plain tls; do
   count=$n
   [ "$mode" = tls ] && count=$n_tls
   printf '\n%s idle keep-alive %s connections (one GET each), %s rounds; RSS growth per connection:\n' \
     "$count" "$mode" "$rounds"
-  for name in bgproxy haproxy nginx; do
-    # shellcheck disable=SC2086
-    printf '  %-8s %8s KiB   (rounds:%s)\n' "$name" "$(median ${per_conn[$mode/$name]})" \
-      "${per_conn[$mode/$name]}"
-  done
-  b=$(median ${per_conn[$mode/bgproxy]})
-  h=$(median ${per_conn[$mode/haproxy]})
-  g=$(median ${per_conn[$mode/nginx]})
-  printf '  bgproxy/haproxy %s   bgproxy/nginx %s\n' "$(ratio "$b" "$h")" "$(ratio "$b" "$g")"
+  report per_conn "$mode"
   printf '  the second half alone (what one more idle connection costs):\n'
-  for name in bgproxy haproxy nginx; do
-    # shellcheck disable=SC2086
-    printf '  %-8s %8s KiB   (rounds:%s)\n' "$name" "$(median ${marginal[$mode/$name]})" \
-      "${marginal[$mode/$name]}"
-  done
-  b=$(median ${marginal[$mode/bgproxy]})
-  h=$(median ${marginal[$mode/haproxy]})
-  g=$(median ${marginal[$mode/nginx]})
-  printf '  bgproxy/haproxy %s   bgproxy/nginx %s\n' "$(ratio "$b" "$h")" "$(ratio "$b" "$g")"
+  report marginal "$mode"
 done
