@@ -426,7 +426,7 @@ Task<Exchange> RequestExchange<Stream>::exchange(UpstreamLease& lease, const Req
     }
     if (!ex_.parser->is_done() || !ex_.head.empty()) {
         const Exchange sent = co_await send_request_body(stream);
-        if (sent != Exchange::response_ready) {
+        if (sent != Exchange::response_ready && !answered_early(stream, sent)) {
             co_return sent;
         }
     }
@@ -434,9 +434,12 @@ Task<Exchange> RequestExchange<Stream>::exchange(UpstreamLease& lease, const Req
         // upstream_response runs from the first try's request sent, over every try after it.
         response_due_ = std::chrono::steady_clock::now() + config_.timeouts.upstream_response;
     }
-    // Nothing more is read from the client until the response is over: watch it instead, so a
-    // client that leaves releases the backend at once.
-    conn_.close_watch.start();
+    if (ex_.parser->is_done()) {
+        // Nothing more is read from the client until the response is over: watch it instead,
+        // so a client that leaves releases the backend at once. (After an early answer the
+        // client is still sending its body: that is no sign of leaving.)
+        conn_.close_watch.start();
+    }
     for (;;) {
         const Exchange head = co_await read_response_head(stream, facts);
         if (head != Exchange::response_ready) {
@@ -462,6 +465,25 @@ Task<Exchange> RequestExchange<Stream>::exchange(UpstreamLease& lease, const Req
             }
         }
     }
+}
+
+// A backend may answer before it has read the whole request body (a 413, a 401) and then stop
+// reading, or close, which resets the connection under the rest of the body being written
+// (RFC 9112 9.5). When a write failed so and the backend's bytes wait to be read, they are the
+// answer: it goes to the client, and the client connection closes after it with a lingering
+// drain, its body's rest unread. A write that timed out closed the socket: nothing to read.
+template <class Stream>
+bool RequestExchange<Stream>::answered_early(UpstreamStream& stream, Exchange sent) {
+    if (sent != Exchange::upstream_failed || conn_.deadline.expired()) {
+        return false;
+    }
+    boost::system::error_code ec;
+    if (stream.socket().available(ec) == 0 || ec) {
+        return false;
+    }
+    ex_.record.error = "backend answered before the request body ended";
+    conn_.linger = true;
+    return true;
 }
 
 // One response head (final or interim) into the response parser, screened and within the

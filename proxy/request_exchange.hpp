@@ -51,6 +51,7 @@ class RequestExchange {
     Task<bool> send_continue();
     Task<bool> relay_interim();
     Task<Exchange> send_request_body(UpstreamStream& stream);
+    bool answered_early(UpstreamStream& stream, Exchange sent);
 
     Task<bool> relay_response(UpstreamLease& lease, const RequestFacts& facts);
     ResponsePlan prepare_response_head(const Backend& backend, const RequestFacts& facts);

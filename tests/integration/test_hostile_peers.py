@@ -531,6 +531,103 @@ class ClientGoneTest(ProxyWithScriptedBackend):
         self.assertEqual(read_response(s, pending=leftover)[2], b"/next")
 
 
+class EarlyAnswerBackend:
+    """Answers each request as soon as its head arrived, without reading its body, then closes:
+    with the body unread, the kernel resets the connection. What a backend refusing an upload
+    (413, 401, 417) usually does."""
+
+    def __init__(self, name, reply):
+        self.name = name
+        self.reply = reply
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.address = "127.0.0.1:%d" % self.server.getsockname()[1]
+        self.heads = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            self.heads.append(data.split(b"\r\n\r\n")[0])
+            conn.sendall(self.reply)
+            time.sleep(0.05)  # the request body keeps coming meanwhile, unread
+
+    def stop(self):
+        self.server.close()
+        return ""
+
+
+class EarlyResponseTest(ProcessTestCase):
+    """A backend's final response that comes before the request body is all sent is the answer
+    (RFC 9112 9.5), not a failure (failed on 0caead5: a 413 to a 4 MiB upload, sent before the
+    backend reset the connection, reached the client as a 502 'backend failed before
+    responding', and counted against the backend)."""
+
+    REFUSAL = (b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n"
+               b"Connection: close\r\n\r\ntoo large")
+    SIZE = 64 << 20  # more than the socket buffers on the way can hold
+
+    def setUp(self):
+        super().setUp()
+        self.upstream = self.start(EarlyAnswerBackend("blue-1", self.REFUSAL))
+        self.proxy_ = self.proxy(config([self.upstream], [ScriptedBackend(echo_body, "green-1")]))
+
+    def upload(self, head, pieces):
+        """Sends the head, then the body from another thread (the proxy may stop reading it),
+        and reads the response."""
+        s = socket.create_connection(("127.0.0.1", self.proxy_.port), timeout=5)
+        self.addCleanup(s.close)
+        s.sendall(head)
+
+        def send_body():
+            try:
+                for piece in pieces:
+                    s.sendall(piece)
+            except OSError:
+                pass  # the proxy closed after answering: expected
+        sender = threading.Thread(target=send_body, daemon=True)
+        sender.start()
+        status, fields, body, _ = read_response(s, timeout=10)
+        sender.join(10)
+        return status, dict(fields), body
+
+    def test_the_backend_answer_reaches_the_client(self):
+        piece = b"x" * 65536
+        cases = {
+            # Past its first piece a body of known length is spliced (server.splice_min_body).
+            "content-length": (b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % self.SIZE,
+                               [piece] * (self.SIZE // len(piece))),
+            "chunked": (b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+                        [b"10000\r\n" + piece + b"\r\n"] * (self.SIZE // len(piece)) + [b"0\r\n\r\n"]),
+        }
+        for name, (head, pieces) in cases.items():
+            with self.subTest(name):
+                status, fields, body = self.upload(head, pieces)
+                self.assertEqual((status, body), (413, b"too large"))
+                # The rest of the body was never read: the connection cannot carry another request.
+                self.assertEqual(fields.get("connection"), "close")
+        self.assertEqual(len(self.upstream.heads), 2, "an upload that was answered was sent again")
+        self.assertEqual(metric(self.proxy_, "bgproxy_upstream_broken_responses_total"), 0)
+        blue = 'backend="blue-1",colour="blue"'
+        self.assertEqual(metric(self.proxy_, "bgproxy_backend_requests_total", blue), 2)
+        self.assertEqual(metric(self.proxy_, "bgproxy_backend_failures_total", blue), 0)
+
+
 @unittest.skipIf(os.environ.get("BGPROXY_SANITIZE"),
                  "sanitizer runtimes need descriptors of their own (UBSan's vptr check opens a "
                  "pipe): out of descriptors they report errors that are not the proxy's")
