@@ -183,6 +183,12 @@ int main(int argc, char** argv) {
 
     // The main thread is the control thread: Switchboard, control socket, signals.
     boost::asio::io_context control(1);
+    // Before any listener opens: the signal set needs descriptors of its own (asio's self-pipe),
+    // which a connection flood could leave none of, and a SIGTERM that came before it would
+    // kill the proxy without its graceful shutdown. Signals that come before the wait below
+    // are kept for it.
+    boost::asio::signal_set signals(control, SIGTERM, SIGINT, SIGHUP);
+    signals.add(SIGUSR1);
     bg::FleetStore* fleet = nullptr;
     std::unique_ptr<bg::StateStore> store = make_state_store(*config, fleet);
     bg::AuditLog audit(
@@ -258,8 +264,6 @@ int main(int argc, char** argv) {
     print_started(*config, group.ports(), workers, switchboard.state(), fleet);
     std::fflush(stdout);
 
-    boost::asio::signal_set signals(control, SIGTERM, SIGINT, SIGHUP);
-    signals.add(SIGUSR1);
     std::thread joiner;
     boost::asio::steady_timer ready_delay(control);
     std::function<void()> wait_signal = [&] {
