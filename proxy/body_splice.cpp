@@ -41,6 +41,19 @@ Task<BodyEnd> BodyRelay::splice(ExchangeState& ex, Socket& from, Socket& to, Spl
         co_return BodyEnd::write_failed;
     }
     constexpr unsigned flags = SPLICE_F_MOVE | SPLICE_F_NONBLOCK;
+    // A socket the deadline closed while no wait was pending on it (the expiry came in the same
+    // turn as its bytes, or during the post below) fails the next splice: that is the timeout's
+    // doing, not the peer's (a 408 counted against the minimum rate, never a "client gone").
+    const auto read_failed = [&] {
+        if (deadline_.expired() && !from.is_open()) {
+            return read_timed_out(ex, body_read_limit(leg, body_start, moved) < leg.read_limit);
+        }
+        return BodyEnd::read_failed;
+    };
+    const auto write_failed = [&] {
+        return deadline_.expired() && !to.is_open() ? BodyEnd::write_timeout
+                                                    : BodyEnd::write_failed;
+    };
     std::uint64_t left = length;  // not yet read from `from`
     while (left > 0 || pipe.held > 0) {
         bool source_empty = false;
@@ -59,7 +72,7 @@ Task<BodyEnd> BodyRelay::splice(ExchangeState& ex, Socket& from, Socket& to, Spl
             } else if (would_block()) {
                 source_empty = pipe.held == 0;  // (with bytes held, the pipe may be full)
             } else if (errno != EINTR) {
-                co_return BodyEnd::read_failed;
+                co_return read_failed();
             }
         }
         if (pipe.held > 0) {
@@ -72,12 +85,12 @@ Task<BodyEnd> BodyRelay::splice(ExchangeState& ex, Socket& from, Socket& to, Spl
                 continue;
             }
             if (n == 0 || (!would_block() && errno != EINTR)) {
-                co_return BodyEnd::write_failed;
+                co_return write_failed();
             }
             deadline_.arm(leg.write_limit, leg.write_side);
             auto [ec] = co_await to.async_wait(Socket::wait_write, nothrow);
             if (ec) {
-                co_return deadline_.expired() ? BodyEnd::write_timeout : BodyEnd::write_failed;
+                co_return write_failed();
             }
             continue;
         }
