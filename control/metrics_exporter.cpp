@@ -240,21 +240,12 @@ void render_fleet(prometheus::Registry& registry, const Switchboard& board) {
         .Increment(static_cast<double>(board.counts().fleet_states_applied));
 }
 
-}  // namespace
-
-std::string render_metrics(const MetricsSources& in) {
-    // A registry per scrape: label lookups happen here, once a scrape, never per request.
-    prometheus::Registry registry;
-    const Switchboard& board = in.switchboard;
+// The routing state and table: weights, stable and failed colours, each backend's health and
+// load, panic, and the state's version and durability.
+void render_routing(prometheus::Registry& registry, const Switchboard& board,
+                    const DataPlaneLoad& load) {
     const RoutingState& state = board.state();
     const RoutingTable& table = *board.table();
-
-    auto& info = prometheus::BuildGauge()
-                     .Name("bgproxy_build_info")
-                     .Help("bgproxy build; always 1")
-                     .Register(registry);
-    info.Add({{"version", BGPROXY_VERSION}}).Set(1);
-
     auto& weight = prometheus::BuildGauge()
                        .Name("bgproxy_colour_weight_ratio")
                        .Help("Share of new traffic a colour is configured to take (0..1)")
@@ -301,10 +292,9 @@ std::string render_metrics(const MetricsSources& in) {
             const std::map<std::string, std::string> labels{{"colour", to_string(c)},
                                                             {"backend", b.name}};
             backend_up.Add(labels).Set(b.healthy ? 1 : 0);
-            backend_requests.Add(labels).Increment(static_cast<double>(at(in.load.requests, b.id)));
-            backend_failures.Add(labels).Increment(static_cast<double>(at(in.load.failures, b.id)));
-            in_flight.Add(labels).Set(b.id < in.load.in_flight.size() ? in.load.in_flight[b.id]
-                                                                      : 0);
+            backend_requests.Add(labels).Increment(static_cast<double>(at(load.requests, b.id)));
+            backend_failures.Add(labels).Increment(static_cast<double>(at(load.failures, b.id)));
+            in_flight.Add(labels).Set(b.id < load.in_flight.size() ? load.in_flight[b.id] : 0);
         }
     }
     prometheus::BuildGauge()
@@ -327,7 +317,12 @@ std::string render_metrics(const MetricsSources& in) {
         .Register(registry)
         .Add({})
         .Set(static_cast<double>(state.version));
+}
 
+// What changed the routing, and when: switches by kind, reloads, ejections; the canary and
+// the tunnels a switch leaves open.
+void render_switches(prometheus::Registry& registry, const Switchboard& board,
+                     const DataPlaneLoad& load) {
     const auto& counts = board.counts();
     auto& switches =
         prometheus::BuildCounter()
@@ -343,7 +338,7 @@ std::string render_metrics(const MetricsSources& in) {
             .Increment(found == counts.switches.end() ? 0.0 : static_cast<double>(found->second));
     }
     render_canary(registry, board.canary());
-    render_tunnels(registry, board, in.load);
+    render_tunnels(registry, board, load);
     prometheus::BuildGauge()
         .Name("bgproxy_last_switch_timestamp_seconds")
         .Help("Unix time of the last routing change (0: none since start)")
@@ -362,10 +357,11 @@ std::string render_metrics(const MetricsSources& in) {
         .Register(registry)
         .Add({})
         .Increment(static_cast<double>(counts.ejections));
+}
 
-    render_traffic(registry, table, in.load);
-
-    const auto& w = in.workers;
+// The data plane's own counters, summed over the workers.
+void render_worker_counters(prometheus::Registry& registry,
+                            const std::vector<const WorkerStats*>& w) {
     auto counter = [&registry, &w](const char* name, const char* help,
                                    const WorkerStats::Counter WorkerStats::*field) {
         prometheus::BuildCounter().Name(name).Help(help).Register(registry).Add({}).Increment(
@@ -453,6 +449,26 @@ std::string render_metrics(const MetricsSources& in) {
         breaches.Add({{"limit", to_string(static_cast<LimitBreach>(i))}})
             .Increment(static_cast<double>(n));
     }
+}
+
+}  // namespace
+
+std::string render_metrics(const MetricsSources& in) {
+    // A registry per scrape: label lookups happen here, once a scrape, never per request.
+    prometheus::Registry registry;
+    const Switchboard& board = in.switchboard;
+    const RoutingTable& table = *board.table();
+
+    auto& info = prometheus::BuildGauge()
+                     .Name("bgproxy_build_info")
+                     .Help("bgproxy build; always 1")
+                     .Register(registry);
+    info.Add({{"version", BGPROXY_VERSION}}).Set(1);
+
+    render_routing(registry, board, in.load);
+    render_switches(registry, board, in.load);
+    render_traffic(registry, table, in.load);
+    render_worker_counters(registry, in.workers);
     render_fleet(registry, board);
     if (in.access_log != nullptr) {
         prometheus::BuildCounter()
