@@ -128,6 +128,216 @@ void print_started(const bg::Config& config, const std::vector<std::uint16_t>& p
     }
 }
 
+// The config to run on: the file with the flags over it, or the flags alone (the quick start).
+bg::ConfigResult startup_config(const std::string& config_path, const bg::ConfigOverrides& flags) {
+    if (!config_path.empty()) {
+        // The flags apply over the file before it is validated, and again at each reload.
+        return bg::load_config_file(config_path, flags);
+    }
+    // The quick start keeps routing state in memory and opens no control socket unless
+    // --state-file / --control-socket say where.
+    bg::Config base;
+    base.control.socket.clear();
+    base.control.state_file.clear();
+    base.control.audit_log.clear();
+    return bg::apply_overrides(std::move(base), flags);
+}
+
+// The admin listener (health, readiness, status, metrics) on the control thread, if configured.
+std::unique_ptr<bg::AdminServer> open_admin(boost::asio::io_context& control,
+                                            const bg::Config& config, bg::Switchboard& switchboard,
+                                            bg::WorkerGroup& group, const bg::AccessLog* access_log,
+                                            std::string& error) {
+    if (config.admin_listen.empty()) {
+        return nullptr;
+    }
+    auto admin = std::make_unique<bg::AdminServer>(
+        control, switchboard,
+        [&switchboard, &group, access_log](std::function<void(std::string)> done) {
+            group.gather_load(
+                [&switchboard, &group, access_log, done = std::move(done)](bg::DataPlaneLoad load) {
+                    done(bg::render_metrics(
+                        bg::MetricsSources{switchboard, load, group.stats(), access_log}));
+                });
+        });
+    if (!admin->open(config.admin_listen, error)) {
+        return nullptr;
+    }
+    return admin;
+}
+
+// The running daemon's parts that signals act on; all on the control thread.
+struct Daemon {
+    boost::asio::io_context& control;
+    const bg::Config& config;
+    bg::Switchboard& switchboard;
+    bg::WorkerGroup& group;
+    bg::ControlServer& server;
+    bg::HealthChecker& health;
+    bg::AdminServer* admin;
+    bg::AccessLog* access_log;
+    bg::AuditLog& audit;
+    bg::FleetStore* fleet;
+    boost::asio::steady_timer ready_delay;
+    std::thread joiner;  // waits for the workers to drain, then stops the control loop
+};
+
+// First /readyz turns 503 so a load balancer in front moves away; only then do the listeners
+// close, and the workers drain what is in flight. The control loop keeps answering meanwhile.
+void shut_down_gracefully(Daemon& d, int signal) {
+    spdlog::info(
+        "signal {}: graceful shutdown: not ready now, listeners close in {} ms, in-flight "
+        "requests get {} ms",
+        signal, d.config.timeouts.shutdown_ready_delay.count(),
+        d.config.timeouts.shutdown_grace.count());
+    if (d.admin != nullptr) {
+        d.admin->set_draining();
+    }
+    d.ready_delay.expires_after(d.config.timeouts.shutdown_ready_delay);
+    d.ready_delay.async_wait([&d](boost::system::error_code) {
+        d.server.close();
+        d.health.stop();
+        if (d.fleet != nullptr) {
+            d.fleet->stop();
+        }
+        d.group.begin_shutdown();
+        d.joiner = std::thread([&d] {
+            d.group.join();
+            d.control.stop();
+        });
+    });
+}
+
+// SIGHUP reloads the config, SIGUSR1 reopens the logs (logrotate moved them), SIGTERM and
+// SIGINT shut down gracefully.
+void wait_for_signal(Daemon& d, boost::asio::signal_set& signals) {
+    signals.async_wait([&d, &signals](boost::system::error_code ec, int signal) {
+        if (ec) {
+            return;
+        }
+        if (signal == SIGHUP) {
+            d.switchboard.reload_from_signal();
+        } else if (signal == SIGUSR1) {
+            if (d.access_log != nullptr) {
+                d.access_log->reopen();
+            }
+            std::string error;
+            if (!d.audit.reopen(error)) {
+                spdlog::error("SIGUSR1: {}", error);
+            }
+        } else {
+            shut_down_gracefully(d, signal);
+            return;
+        }
+        wait_for_signal(d, signals);
+    });
+}
+
+// Opens everything, serves until a signal ends it, and drains. The main thread is the control
+// thread: Switchboard, control socket, admin listener, health checks, signals.
+int run(const std::shared_ptr<const bg::Config>& config, const std::string& config_path,
+        const bg::ConfigOverrides& flags) {
+    const unsigned workers = config->workers > 0 ? config->workers : bg::default_worker_count();
+    // A write to a closed pipe (an access log read by a process that left) must fail with
+    // EPIPE, not kill the proxy. Sockets already send with MSG_NOSIGNAL.
+    std::signal(SIGPIPE, SIG_IGN);
+    warn_if_descriptors_short(*config, workers);
+    boost::asio::io_context control(1);
+    // Before any listener opens: the signal set needs descriptors of its own (asio's self-pipe),
+    // which a connection flood could leave none of, and a SIGTERM that came before it would
+    // kill the proxy without its graceful shutdown. Signals that come before the wait below
+    // are kept for it.
+    boost::asio::signal_set signals(control, SIGTERM, SIGINT, SIGHUP);
+    signals.add(SIGUSR1);
+    bg::FleetStore* fleet = nullptr;
+    std::unique_ptr<bg::StateStore> store = make_state_store(*config, fleet);
+    bg::AuditLog audit(
+        config->control.audit_log,
+        bg::AuditLimits{config->control.audit_log_max_size, config->control.audit_log_keep,
+                        config->control.audit_command_max});
+    std::string error;
+    if (!audit.open(error)) {
+        spdlog::error("{}", error);
+        return 1;
+    }
+    bg::Switchboard switchboard(control.get_executor(), config, config_path, *store, audit, flags);
+    if (!switchboard.load(error)) {
+        spdlog::error("{}", error);
+        return 1;
+    }
+    // The workers start from the table of the state just loaded.
+    bg::WorkerGroup group(control.get_executor(), workers, config, switchboard.table());
+    if (!group.bind(error)) {
+        spdlog::error("{}", error);
+        return 1;
+    }
+    std::unique_ptr<bg::AccessLog> access_log;
+    if (config->access_log.target != "off") {
+        access_log = std::make_unique<bg::AccessLog>(config->access_log.target, workers,
+                                                     config->access_log.queue);
+        if (!access_log->open(error)) {
+            spdlog::error("{}", error);
+            return 1;
+        }
+        group.set_access_log(access_log.get());
+        access_log->start();
+    }
+    std::unique_ptr<bg::AdminServer> admin =
+        open_admin(control, *config, switchboard, group, access_log.get(), error);
+    bg::ControlServer server(control, config->control, switchboard);
+    if ((!config->admin_listen.empty() && !admin) ||
+        (!config->control.socket.empty() && !server.open(error))) {
+        spdlog::error("{}", error);
+        return 1;
+    }
+    bg::HealthChecker health(
+        control.get_executor(),
+        [&switchboard](const std::string& backend, bool healthy, const std::string& why) {
+            switchboard.on_health(backend, healthy, why);
+        });
+    switchboard.on_config_change([&health](const bg::Config& next) { health.configure(next); });
+    switchboard.attach(group);
+    if (fleet != nullptr) {
+        switchboard.attach_fleet(*fleet);
+    }
+    group.start();
+    server.start();
+    if (admin) {
+        admin->start();
+        std::printf("bgproxy: admin on http://%s:%u (/healthz /readyz /status /metrics)\n",
+                    bg::resolve_host_port(config->admin_listen, error)->ip.c_str(), admin->port());
+    }
+    health.configure(*config);
+    print_started(*config, group.ports(), workers, switchboard.state(), fleet);
+    std::fflush(stdout);
+
+    Daemon daemon{control,
+                  *config,
+                  switchboard,
+                  group,
+                  server,
+                  health,
+                  admin.get(),
+                  access_log.get(),
+                  audit,
+                  fleet,
+                  boost::asio::steady_timer(control),
+                  std::thread()};
+    wait_for_signal(daemon, signals);
+    control.run();
+    if (daemon.joiner.joinable()) {
+        daemon.joiner.join();
+    }
+    if (fleet != nullptr) {
+        fleet->leave();  // out of the membership now, not at the lease's end
+    }
+    if (access_log) {
+        access_log->stop();
+    }
+    spdlog::info("stopped");
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -157,173 +367,9 @@ int main(int argc, char** argv) {
         std::cout << check_path << ": configuration is valid\n";
         return 0;
     }
-
-    bg::ConfigResult merged;
-    if (config_path.empty()) {
-        // The quick start keeps routing state in memory and opens no control socket unless
-        // --state-file / --control-socket say where.
-        bg::Config base;
-        base.control.socket.clear();
-        base.control.state_file.clear();
-        base.control.audit_log.clear();
-        merged = bg::apply_overrides(std::move(base), flags);
-    } else {
-        // The flags apply over the file before it is validated, and again at each reload.
-        merged = bg::load_config_file(config_path, flags);
-    }
+    bg::ConfigResult merged = startup_config(config_path, flags);
     if (!merged.errors.empty()) {
         return report_errors(merged.errors);
     }
-    auto config = std::make_shared<const bg::Config>(std::move(*merged.config));
-    const unsigned workers = config->workers > 0 ? config->workers : bg::default_worker_count();
-    // A write to a closed pipe (an access log read by a process that left) must fail with
-    // EPIPE, not kill the proxy. Sockets already send with MSG_NOSIGNAL.
-    std::signal(SIGPIPE, SIG_IGN);
-    warn_if_descriptors_short(*config, workers);
-
-    // The main thread is the control thread: Switchboard, control socket, signals.
-    boost::asio::io_context control(1);
-    // Before any listener opens: the signal set needs descriptors of its own (asio's self-pipe),
-    // which a connection flood could leave none of, and a SIGTERM that came before it would
-    // kill the proxy without its graceful shutdown. Signals that come before the wait below
-    // are kept for it.
-    boost::asio::signal_set signals(control, SIGTERM, SIGINT, SIGHUP);
-    signals.add(SIGUSR1);
-    bg::FleetStore* fleet = nullptr;
-    std::unique_ptr<bg::StateStore> store = make_state_store(*config, fleet);
-    bg::AuditLog audit(
-        config->control.audit_log,
-        bg::AuditLimits{config->control.audit_log_max_size, config->control.audit_log_keep,
-                        config->control.audit_command_max});
-    std::string error;
-    if (!audit.open(error)) {
-        spdlog::error("{}", error);
-        return 1;
-    }
-    bg::Switchboard switchboard(control.get_executor(), config, config_path, *store, audit, flags);
-    if (!switchboard.load(error)) {
-        spdlog::error("{}", error);
-        return 1;
-    }
-    bg::WorkerGroup group(control.get_executor(), workers, config, switchboard.table());
-    if (!group.bind(error)) {
-        spdlog::error("{}", error);
-        return 1;
-    }
-    std::unique_ptr<bg::AccessLog> access_log;
-    if (config->access_log.target != "off") {
-        access_log = std::make_unique<bg::AccessLog>(config->access_log.target, workers,
-                                                     config->access_log.queue);
-        if (!access_log->open(error)) {
-            spdlog::error("{}", error);
-            return 1;
-        }
-        group.set_access_log(access_log.get());
-        access_log->start();
-    }
-    std::unique_ptr<bg::AdminServer> admin;
-    if (!config->admin_listen.empty()) {
-        admin = std::make_unique<bg::AdminServer>(
-            control, switchboard,
-            [&switchboard, &group, &access_log](std::function<void(std::string)> done) {
-                group.gather_load([&switchboard, &group, &access_log,
-                                   done = std::move(done)](bg::DataPlaneLoad load) {
-                    done(bg::render_metrics(
-                        bg::MetricsSources{switchboard, load, group.stats(), access_log.get()}));
-                });
-            });
-        if (!admin->open(config->admin_listen, error)) {
-            spdlog::error("{}", error);
-            return 1;
-        }
-    }
-    bg::ControlServer server(control, config->control, switchboard);
-    if (!config->control.socket.empty() && !server.open(error)) {
-        spdlog::error("{}", error);
-        return 1;
-    }
-    bg::HealthChecker health(
-        control.get_executor(),
-        [&switchboard](const std::string& backend, bool healthy, const std::string& why) {
-            switchboard.on_health(backend, healthy, why);
-        });
-    switchboard.on_config_change([&health](const bg::Config& next) { health.configure(next); });
-    switchboard.attach(group);
-    if (fleet != nullptr) {
-        switchboard.attach_fleet(*fleet);
-    }
-    group.start();
-    server.start();
-    if (admin) {
-        admin->start();
-        std::printf("bgproxy: admin on http://%s:%u (/healthz /readyz /status /metrics)\n",
-                    bg::resolve_host_port(config->admin_listen, error)->ip.c_str(), admin->port());
-    }
-    health.configure(*config);
-
-    print_started(*config, group.ports(), workers, switchboard.state(), fleet);
-    std::fflush(stdout);
-
-    std::thread joiner;
-    boost::asio::steady_timer ready_delay(control);
-    std::function<void()> wait_signal = [&] {
-        signals.async_wait([&](boost::system::error_code ec, int signal) {
-            if (ec) {
-                return;
-            }
-            if (signal == SIGHUP) {
-                switchboard.reload_from_signal();
-                wait_signal();
-                return;
-            }
-            if (signal == SIGUSR1) {
-                if (access_log) {
-                    access_log->reopen();  // logrotate moved the file
-                }
-                std::string reopen_error;
-                if (!audit.reopen(reopen_error)) {
-                    spdlog::error("SIGUSR1: {}", reopen_error);
-                }
-                wait_signal();
-                return;
-            }
-            spdlog::info(
-                "signal {}: graceful shutdown: not ready now, listeners close in {} ms, "
-                "in-flight requests get {} ms",
-                signal, config->timeouts.shutdown_ready_delay.count(),
-                config->timeouts.shutdown_grace.count());
-            // First /readyz turns 503 so a load balancer in front moves away; only then do the
-            // listeners close.
-            if (admin) {
-                admin->set_draining();
-            }
-            ready_delay.expires_after(config->timeouts.shutdown_ready_delay);
-            ready_delay.async_wait([&](boost::system::error_code) {
-                server.close();
-                health.stop();
-                if (fleet != nullptr) {
-                    fleet->stop();
-                }
-                group.begin_shutdown();
-                // The control loop keeps answering until the workers have drained.
-                joiner = std::thread([&] {
-                    group.join();
-                    control.stop();
-                });
-            });
-        });
-    };
-    wait_signal();
-    control.run();
-    if (joiner.joinable()) {
-        joiner.join();
-    }
-    if (fleet != nullptr) {
-        fleet->leave();  // out of the membership now, not at the lease's end
-    }
-    if (access_log) {
-        access_log->stop();
-    }
-    spdlog::info("stopped");
-    return 0;
+    return run(std::make_shared<const bg::Config>(std::move(*merged.config)), config_path, flags);
 }
