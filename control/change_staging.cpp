@@ -48,6 +48,18 @@ void end_ramp(StagedChange& out) {
     }
 }
 
+// Traffic given to a colour the rollout guard marked failed clears the mark, as a flip or a
+// ramp does: the guard watches the colour again and reverts it again if it still fails.
+void rearm_guard(const RoutingState& state, StagedChange& out) {
+    for (Colour c : all_colours) {
+        if (state.failed[index_of(c)] && out.next.weight(c) > 0) {
+            out.next.failed[index_of(c)] = false;
+            out.note += std::string(out.note.empty() ? "" : "; ") + to_string(c) +
+                        " was marked failed: the rollout guard watches it again";
+        }
+    }
+}
+
 StagedChange stage_ramp(const RoutingState& state, const Command& cmd) {
     StagedChange out{state, {}, {}};
     const std::uint32_t current = state.weight(cmd.colour);
@@ -99,6 +111,7 @@ StagedChange stage_change(const RoutingState& state, const Config& config, const
         case Verb::set:
             out.next.weight_bp = {*cmd.blue_bp, *cmd.green_bp};
             end_ramp(out);
+            rearm_guard(state, out);
             return out;
         case Verb::flip: {
             const auto from = primary_colour(state);

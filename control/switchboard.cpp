@@ -249,8 +249,9 @@ void Switchboard::observe_canary(const DataPlaneLoad& load) {
     const std::optional<Colour> candidate = watched_colour();
     const CanaryVerdict& verdict = canary_.observe(CanaryAnalysis::Clock::now(),
                                                    colour_figures(load), candidate, state_.stable);
-    if (verdict.state == CanaryVerdict::State::failing && candidate &&
-        !state_.failed[index_of(*candidate)]) {
+    // A colour marked failed that takes traffic again (a set, a fleet peer's state) is
+    // reverted again: the mark never shields a failing colour from the guard.
+    if (verdict.state == CanaryVerdict::State::failing && candidate) {
         enqueue(Job{internal_origin("canary analysis", "rollout guard"), CanaryFailure{verdict}});
     }
 }
@@ -276,9 +277,8 @@ std::array<ColourFigures, 2> Switchboard::colour_figures(const DataPlaneLoad& lo
 // the candidate (a command in between may have reverted or promoted it already).
 void Switchboard::handle_canary(Origin origin, const CanaryFailure& failure) {
     const CanaryVerdict& verdict = failure.verdict;
-    if (!verdict.candidate || watched_colour() != verdict.candidate ||
-        state_.failed[index_of(*verdict.candidate)] || state_.failover) {
-        // Gone, already failed, or serving because stable failed: never reverted onto it.
+    if (!verdict.candidate || watched_colour() != verdict.candidate || state_.failover) {
+        // Gone (reverted already), or serving because stable failed: never reverted onto it.
         finish(origin, json::object{{"ok", true}});
         return;
     }
@@ -422,8 +422,9 @@ void Switchboard::handle_outlier(Origin origin, const OutlierFindings& findings)
                                {"ejected", false},
                                {"change", name + " returns"}});
     }
-    if (v.failed_colour && !state_.failed[index_of(*v.failed_colour)] &&
-        *v.failed_colour != state_.stable) {
+    // Marked failed once; reverted again whenever it takes traffic again while still failing.
+    if (v.failed_colour && *v.failed_colour != state_.stable &&
+        (!state_.failed[index_of(*v.failed_colour)] || watched_colour() == v.failed_colour)) {
         outlier_.reset_window();
         GuardDecision decision = revert_to_stable(state_, *v.failed_colour, v.colour_reason);
         decision.kind = SwitchKind::outlier_revert;

@@ -104,6 +104,28 @@ class CanaryTest(ProcessTestCase):
         self.assertIn("vs stable", last["note"])
         self.assertEqual(metric(self.proxy_, "bgproxy_switches_total", 'kind="canary_revert"'), 1)
 
+    def test_a_failed_candidate_given_traffic_again_is_reverted_again(self):
+        """Failed on 43f2a07: after the revert, `set green=50` kept the failed mark, and the
+        guard, which skipped marked colours, let green fail half the requests for good."""
+        self.start_pools()
+        load = Load(self.proxy_.port)
+        self.addCleanup(load.stop)
+        for b in self.green:
+            admin(b, "fail?fail_rate=1")
+        self.assertIsNotNone(self.wait_for_revert(15), "not reverted: %s" % self.proxy_.status())
+        again = self.proxy_.bgctl("set", "green=50")
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertIn("green was marked failed: the rollout guard watches it again", again.stdout)
+        reverted = self.wait_for_revert(15)
+        counts = load.stop()
+        print("green failing, given 50%% again: reverted again after %.2f s (responses: %s)"
+              % (reverted or -1, counts))
+        self.assertIsNotNone(reverted, "not reverted again: %s" % self.proxy_.status())
+        self.assertEqual(self.proxy_.status()["colours"]["green"]["weight"], 0)
+        reverts = sum(metric(self.proxy_, "bgproxy_switches_total", 'kind="%s"' % kind)
+                      for kind in ("canary_revert", "outlier_revert", "auto_revert"))
+        self.assertEqual(reverts, 2)
+
     def test_a_candidate_as_noisy_as_stable_stays(self):
         self.start_pools()
         for b in self.blue + self.green:

@@ -44,6 +44,19 @@ TEST_CASE("flip moves all traffic to the other colour and ends a ramp; needs a p
     CHECK(stage(state, "flip").error.find("one colour taking most traffic") != std::string::npos);
 }
 
+TEST_CASE("set gives traffic to a colour marked failed only with its mark cleared") {
+    bg::RoutingState state;
+    state.failed[1] = true;
+    // Failed on 43f2a07: the mark stayed, and the guard, which skipped marked colours, let a
+    // failing green take half the traffic.
+    const auto half = stage(state, "set green=50");
+    CHECK_FALSE(half.next.failed[1]);
+    CHECK(half.note == "green was marked failed: the rollout guard watches it again");
+    const auto none = stage(state, "set green=0");
+    CHECK(none.next.failed[1]);  // no traffic: the mark stays
+    CHECK(none.note.empty());
+}
+
 TEST_CASE("rollback returns to stable; promote needs one colour; clear needs a failed mark") {
     bg::RoutingState state;
     state.weight_bp = {2000, 8000};
