@@ -77,8 +77,18 @@ OutlierDetector::Verdicts OutlierDetector::observe(
                 continue;
             }
             std::uint64_t in_a_row = at(load.consecutive_failures, b.id);
-            if (std::find(verdicts.returned.begin(), verdicts.returned.end(), b.name) !=
-                verdicts.returned.end()) {
+            const auto checks = active_healthy.find(b.name);
+            const bool checks_pass = checks == active_healthy.end() || checks->second;
+            bool recovered = false;
+            if (!checks_pass) {
+                checks_failed_.insert(b.name);
+            } else {
+                recovered = checks_failed_.erase(b.name) > 0;
+            }
+            // Back from an ejection, or from the active checks taking it out (its run of
+            // failures then was while it was down, the panic threshold keeping it in the pool).
+            if (recovered || std::find(verdicts.returned.begin(), verdicts.returned.end(),
+                                       b.name) != verdicts.returned.end()) {
                 since_return_[b.name] = {at(newest.requests, b.id), at(newest.failures, b.id),
                                          in_a_row};
                 continue;  // back this moment: judged on what comes next

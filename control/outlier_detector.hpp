@@ -8,6 +8,7 @@
 #include <deque>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -68,6 +69,7 @@ class OutlierDetector {
     std::map<std::string, Ejection> ejections_;
     std::map<std::string, unsigned> times_ejected_;
     std::map<std::string, SinceReturn> since_return_;
+    std::set<std::string> checks_failed_;  // backends the active checks had down at the last sample
 };
 
 }  // namespace bg

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <boost/asio/post.hpp>
 #include <boost/json.hpp>
+#include <utility>
 
 namespace bg {
 
@@ -195,6 +196,7 @@ void Switchboard::handle_health(Origin origin, const HealthChange& change) {
 
 void Switchboard::attach(TablePublisher& publisher) {
     publisher_ = &publisher;
+    publisher.on_failure_run([this] { sample(); });
     arm_ramp_timer();
     arm_sample_timer();
 }
@@ -225,14 +227,33 @@ void Switchboard::arm_sample_timer() {
     tick = std::min(tick, config_->canary.interval);
     sample_timer_.expires_after(tick);
     sample_timer_.async_wait([this](boost::system::error_code ec) {
-        if (ec || publisher_ == nullptr) {
-            return;
+        if (!ec) {
+            sample();
         }
-        publisher_->gather_load([this](DataPlaneLoad load) {
-            observe_outliers(load);
-            observe_canary(load);
+    });
+}
+
+// One sample at a time; asked for during one (a worker's alarm), another follows at once, as
+// the one in flight may have gathered before what raised the alarm.
+void Switchboard::sample() {
+    if (publisher_ == nullptr) {
+        return;
+    }
+    if (sampling_) {
+        sample_again_ = true;
+        return;
+    }
+    sampling_ = true;
+    sample_timer_.cancel();
+    publisher_->gather_load([this](DataPlaneLoad load) {
+        sampling_ = false;
+        observe_outliers(load);
+        observe_canary(load);
+        if (std::exchange(sample_again_, false)) {
+            sample();
+        } else {
             arm_sample_timer();
-        });
+        }
     });
 }
 

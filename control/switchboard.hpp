@@ -214,6 +214,7 @@ class Switchboard {
     void apply_guard(Origin origin, GuardDecision decision);  // persist, publish, audit a revert
     void publish_health(Origin origin);                       // a new table, the same state
     void arm_sample_timer();
+    void sample();
     void observe_outliers(const DataPlaneLoad& load);
     void observe_canary(const DataPlaneLoad& load);
     // Both colours' cumulative figures as [canary] counts them.
@@ -251,6 +252,8 @@ class Switchboard {
     std::uint64_t next_id_ = 1;                 // for commands that came without --id
     boost::asio::steady_timer ramp_timer_;
     boost::asio::steady_timer sample_timer_;  // outlier detection and canary analysis
+    bool sampling_ = false;                   // a gather is in flight
+    bool sample_again_ = false;               // and another was asked for meanwhile
     boost::asio::steady_timer failback_timer_;
     bool failback_armed_ = false;
     boost::asio::steady_timer persist_timer_;

@@ -38,6 +38,11 @@ class TablePublisher {
     virtual void publish(RoutingTablePtr table, std::shared_ptr<const Config> config,
                          std::function<void()> on_applied) = 0;
     virtual void gather_load(std::function<void(DataPlaneLoad)> done) = 0;
+    // `alarm` runs on the completion executor when a backend's run of failures reaches
+    // [outlier] consecutive_failures, so the load is gathered then, not at the next periodic
+    // sample (at a thousand requests a second a quarter second is hundreds of failed
+    // requests). Set before the data plane starts.
+    virtual void on_failure_run(std::function<void()> alarm) = 0;
 };
 
 }  // namespace bg

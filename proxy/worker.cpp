@@ -335,6 +335,10 @@ void Worker::record_outcome(std::uint32_t backend_id, TryOutcome outcome) {
                         (outcome != TryOutcome::server_error || config_->outlier.count_5xx);
     failures_by_backend_[backend_id] += failed ? 1 : 0;
     consecutive_failures_[backend_id] = failed ? consecutive_failures_[backend_id] + 1 : 0;
+    if (failed && consecutive_failures_[backend_id] == config_->outlier.consecutive_failures &&
+        failure_run_alarm_) {
+        failure_run_alarm_();  // once a run: the control thread looks now
+    }
 }
 
 void Worker::tunnel_opened(std::uint32_t backend_id) {

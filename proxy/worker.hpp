@@ -62,6 +62,9 @@ class Worker {
 
     // Before start(): where this worker's access log lines go (nullptr: off).
     void set_access_log(AccessLog* log) { access_log_ = log; }
+    // Called (on this worker's thread) when a backend's run of failed tries reaches
+    // [outlier] consecutive_failures. Set before start().
+    void on_failure_run(std::function<void()> alarm) { failure_run_alarm_ = std::move(alarm); }
     // Worker thread only.
     void log_access(std::string&& line) {
         if (access_log_ != nullptr) {
@@ -151,6 +154,7 @@ class Worker {
     std::vector<std::uint64_t> failures_by_backend_;  // as outlier detection counts them
     std::vector<std::array<std::uint64_t, failure_kind_count>> failure_kinds_;
     std::vector<std::uint64_t> consecutive_failures_;
+    std::function<void()> failure_run_alarm_;
     boost::asio::steady_timer grace_timer_;
     boost::asio::steady_timer close_sweep_timer_;
     std::array<boost::asio::steady_timer, 2> tunnel_drain_timers_;  // by colour index

@@ -40,6 +40,13 @@ void WorkerGroup::set_access_log(AccessLog* log) {
     }
 }
 
+void WorkerGroup::on_failure_run(std::function<void()> alarm) {
+    for (auto& worker : workers_) {
+        worker->on_failure_run(
+            [completions = completions_, alarm] { asio::post(completions, alarm); });
+    }
+}
+
 void WorkerGroup::start() {
     for (auto& worker : workers_) {
         worker->start();

@@ -32,6 +32,7 @@ class WorkerGroup final : public TablePublisher {
     void publish(RoutingTablePtr table, std::shared_ptr<const Config> config,
                  std::function<void()> on_applied) override;
     void gather_load(std::function<void(DataPlaneLoad)> done) override;
+    void on_failure_run(std::function<void()> alarm) override;
 
   private:
     boost::asio::any_io_executor completions_;

@@ -157,6 +157,37 @@ class CanaryTest(ProcessTestCase):
         self.assertIn("latency", last["note"])
 
 
+class FailingBackendTest(ProcessTestCase):
+    def test_a_failing_backend_is_ejected_after_its_run_not_at_the_next_sample(self):
+        """[outlier] consecutive_failures = 5: ejected once a run of 5 ends in a worker, not at
+        the next periodic sample (failed on 550cb0f: 57 to 326 failures in a row first, every
+        one a 500 to a client, more the higher the request rate)."""
+        blue = [self.backend("blue-1"), self.backend("blue-2")]
+        green = [self.backend("green-1")]
+        proxy = self.proxy(config(blue, green))
+        load = Load(proxy.port, threads=8, limit=30)
+        self.addCleanup(load.stop)
+        time.sleep(1.5)
+        admin(blue[0], "fail?fail_rate=1")
+        start = time.time()
+        ejected = None
+        while time.time() - start < 5 and ejected is None:
+            b1 = [b for b in proxy.status()["colours"]["blue"]["backends"] if b["name"] == "blue-1"][0]
+            if not b1["healthy"]:
+                ejected = time.time() - start
+            time.sleep(0.02)
+        time.sleep(0.5)
+        load.stop()
+        failed = [r for r in load.records if r[3] != 200]
+        rate = len([r for r in load.records if r[0] < start]) / 1.5
+        print("blue-1 failing every request at %.0f requests/s: ejected after %s s, %d failed "
+              "responses" % (rate, ejected, len(failed)))
+        self.assertIsNotNone(ejected, "blue-1 never ejected: %s" % proxy.status())
+        # A run of 5 in each of the 2 workers at most, and what was in flight to blue-1 while
+        # the control thread gathered the load and published the ejection (a few ms).
+        self.assertLess(len(failed), 30)
+
+
 class HungBackendTest(ProcessTestCase):
     def test_a_backend_that_never_answers_is_routed_around(self):
         blue = [self.backend("blue-1"), self.backend("blue-2")]

@@ -141,6 +141,35 @@ TEST_CASE("after a success the run of failures a returned backend is judged on s
     CHECK(v.ejected == std::vector<std::string>{"b1"});
 }
 
+TEST_CASE("a backend the active checks bring back is judged on what comes after") {
+    // Found by an outside probe: both blue backends dead, one ejected, the panic threshold kept
+    // the other in the pool; back up, it was ejected for "3261 failures in a row", all from
+    // while it was down, once the first returned.
+    bg::OutlierConfig config;
+    config.consecutive_failures = 5;
+    config.base_ejection = std::chrono::seconds(10);
+    bg::OutlierDetector detector(config);
+    auto table = two_by_two();
+    auto t0 = Clock::now();
+    const std::map<std::string, bool> down{{"b1", false}, {"b2", false}};
+    detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, down);
+    auto v = detector.observe(table, counts({100, 100, 0, 0}, {100, 100, 0, 0}, {100, 100, 0, 0}),
+                              t0 + std::chrono::seconds(1), std::nullopt, down);
+    CHECK(v.ejected == std::vector<std::string>{"b1"});  // one of two: the panic threshold
+    const std::map<std::string, bool> up{{"b1", true}, {"b2", true}};
+    v = detector.observe(table, counts({100, 100, 0, 0}, {100, 100, 0, 0}, {100, 100, 0, 0}),
+                         t0 + std::chrono::seconds(2), std::nullopt, up);
+    CHECK(v.ejected.empty());
+    // b1's ejection is over: the panic threshold no longer holds b2, whose run is old.
+    v = detector.observe(table, counts({100, 104, 0, 0}, {100, 104, 0, 0}, {100, 104, 0, 0}),
+                         t0 + std::chrono::seconds(12), std::nullopt, up);
+    CHECK(v.returned == std::vector<std::string>{"b1"});
+    CHECK(v.ejected.empty());  // 4 new failures
+    v = detector.observe(table, counts({100, 105, 0, 0}, {100, 105, 0, 0}, {100, 105, 0, 0}),
+                         t0 + std::chrono::seconds(13), std::nullopt, up);
+    CHECK(v.ejected == std::vector<std::string>{"b2"});  // the fifth
+}
+
 TEST_CASE("a backend that holds requests while its peers answer is ejected; a slow pool is not") {
     bg::OutlierConfig config;
     config.stalled_after = std::chrono::seconds(1);
