@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "access.hpp"
+#include "control_slots.hpp"
 
 namespace bg {
 
@@ -94,18 +95,40 @@ asio::awaitable<void> stream_events(local::socket& socket, Switchboard& switchbo
     }
 }
 
+// Over max_connections with no connection idle to make room: the client is told why, and the
+// connection closed.
+asio::awaitable<void> turn_away(local::socket& socket, std::size_t limit) {
+    std::string reply = json::serialize(
+        json::object{{"ok", false},
+                     {"error", "too many control connections (limit " + std::to_string(limit) +
+                                   ", [control] max_connections), each running a command or "
+                                   "watching; nothing changed"}});
+    reply.push_back('\n');
+    co_await asio::async_write(socket, asio::buffer(reply), nothrow);
+}
+
 asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchboard& switchboard,
-                            std::shared_ptr<std::size_t> connections) {
-    struct Leave {  // counted in by accept(), out here
-        std::shared_ptr<std::size_t> count;
-        ~Leave() { --*count; }
-    } leave{connections};
+                            std::shared_ptr<ControlSlots> slots) {
+    const ControlSlots::Handle slot = slots->take([&socket] {
+        boost::system::error_code ignored;
+        socket.close(ignored);
+    });
+    if (!slot) {
+        co_await turn_away(socket, config.max_connections);
+        co_return;
+    }
+    struct Leave {
+        std::shared_ptr<ControlSlots> slots;
+        ControlSlots::Handle slot;
+        ~Leave() { slots->release(slot); }
+    } leave{slots, slot};
     const Caller caller = identify_peer(socket.native_handle(), config);
     auto outbox = std::make_shared<Outbox>(socket.get_executor(), 1024);
     asio::steady_timer idle(socket.get_executor());
     std::string input;
     for (;;) {
         // A connection that sends no command for idle_timeout is closed: it holds a slot.
+        ControlSlots::idle(*slot);
         idle.expires_after(config.idle_timeout);
         idle.async_wait([&socket](boost::system::error_code ec) {
             if (!ec) {
@@ -129,6 +152,7 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
         if (ec) {
             break;
         }
+        ControlSlots::busy(*slot);
         std::string line = input.substr(0, n - 1);
         input.erase(0, n);
         auto answered = std::make_shared<bool>(false);
@@ -147,25 +171,24 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
         if (rec) {
             break;
         }
+        const bool watching = reply.find("\"watching\":true") != std::string::npos;
+        if (watching && !slots->watch(*slot)) {
+            reply = json::serialize(
+                        json::object{{"ok", false},
+                                     {"error", "too many watch streams (limit " +
+                                                   std::to_string(config.max_watchers) +
+                                                   ", [control] max_watchers); nothing changed"}}) +
+                    "\n";
+        }
         auto [wec, wn] = co_await asio::async_write(socket, asio::buffer(reply), nothrow);
         if (wec) {
             break;
         }
-        if (reply.find("\"watching\":true") != std::string::npos) {
+        if (watching && slot->state == ControlSlots::Slot::State::watching) {
             co_await stream_events(socket, switchboard, outbox);
             co_return;
         }
     }
-}
-
-// Over max_connections: the client is told why, and the connection closed.
-asio::awaitable<void> turn_away(local::socket socket, std::size_t limit) {
-    std::string reply = json::serialize(
-        json::object{{"ok", false},
-                     {"error", "too many control connections (limit " + std::to_string(limit) +
-                                   ", [control] max_connections); nothing changed"}});
-    reply.push_back('\n');
-    co_await asio::async_write(socket, asio::buffer(reply), nothrow);
 }
 
 }  // namespace
@@ -176,7 +199,8 @@ ControlServer::ControlServer(asio::io_context& io, const ControlConfig& config,
       config_(config),
       switchboard_(switchboard),
       acceptor_(io),
-      accept_pause_(io, "control socket") {}
+      accept_pause_(io, "control socket"),
+      slots_(std::make_shared<ControlSlots>(config.max_connections, config.max_watchers)) {}
 
 ControlServer::~ControlServer() {
     close();
@@ -271,12 +295,8 @@ void ControlServer::accept() {
                                       [this] { accept(); })) {
             return;  // out of descriptors: accepting again at once would spin
         }
-        if (!ec && *connections_ >= config_.max_connections) {
-            asio::co_spawn(io_, turn_away(std::move(socket), config_.max_connections),
-                           asio::detached);
-        } else if (!ec) {
-            ++*connections_;
-            asio::co_spawn(io_, serve(std::move(socket), config_, switchboard_, connections_),
+        if (!ec) {
+            asio::co_spawn(io_, serve(std::move(socket), config_, switchboard_, slots_),
                            asio::detached);
         }
         accept();

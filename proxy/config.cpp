@@ -638,6 +638,7 @@ void read_control(TableReader& control, ControlConfig& out) {
     control.read_string("audit_log", out.audit_log);
     control.read_integer("max_line", out.max_line, 256, 16 << 20);
     control.read_integer("max_connections", out.max_connections, 1, 100000);
+    control.read_integer("max_watchers", out.max_watchers, 0, 100000);
     control.read_duration("idle_timeout", out.idle_timeout);
     control.read_integer("audit_log_max_size", out.audit_log_max_size, 4096, 1ull << 40);
     control.read_integer("audit_log_keep", out.audit_log_keep, 0, 1000);
@@ -1230,6 +1231,10 @@ void validate(const Config& config, std::vector<ConfigError>& errors) {
     }
     if (config.limits.max_request_line > config.limits.max_request_header) {
         fail("limits.max_request_line must not exceed limits.max_request_header");
+    }
+    if (config.control.max_watchers >= config.control.max_connections) {
+        // Watch streams are never closed for being idle: a rollback needs a slot left.
+        fail("control.max_watchers must be below control.max_connections");
     }
     validate_fleet(config.fleet, fail);
 }

@@ -337,12 +337,15 @@ timeout = "30s"
         time.sleep(0.5)
         self.assertEqual(proxy.status()["colours"]["green"]["weight"], 0)
 
-    def test_connections_are_limited_and_idle_ones_closed_but_not_watchers(self):
+    def test_a_full_house_makes_room_for_a_command_and_watchers_are_bounded(self):
+        """Failed on c1c3662: idle or watching connections up to max_connections turned
+        `bgctl rollback` away ("too many control connections"), for as long as they stayed."""
         blue = self.backend("blue-1")
         green = self.backend("green-1")
         proxy = self.proxy(config([blue], [green], extra="""
 [control]
 max_connections = 3
+max_watchers = 1
 idle_timeout = "1s"
 """))
         watch = subprocess.Popen([BGCTL, "--socket", proxy.socket, "watch"],
@@ -354,17 +357,23 @@ idle_timeout = "1s"
                 s = socket.socket(socket.AF_UNIX)
                 s.connect(proxy.socket)
                 idle.append(s)
+                time.sleep(0.05)
+            # A second watch stream is refused; its connection stays and may send a command.
+            s = idle[1]
+            s.settimeout(5)
+            s.sendall(b"watch\n")
+            self.assertIn(b"too many watch streams (limit 1", s.recv(1000))
             time.sleep(0.1)
-            r = proxy.bgctl("status")
-            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
-            self.assertIn("too many control connections", r.stderr)
+            # The house is full (a watcher, two idle): the connection idle longest makes room.
+            r = proxy.bgctl("rollback")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            idle[0].settimeout(5)
+            self.assertEqual(idle[0].recv(100), b"")
             # Idle connections are closed after idle_timeout; the watcher stays.
             started = time.time()
-            for s in idle:
-                s.settimeout(5)
-                self.assertEqual(s.recv(100), b"")
+            self.assertEqual(idle[1].recv(100), b"")
             closed_after = time.time() - started
-            print("idle control connections closed after %.2f s" % closed_after)
+            print("idle control connection closed after %.2f s" % closed_after)
             self.assertLess(closed_after, 3)
             time.sleep(1.5)
             self.assertEqual(proxy.bgctl("flip").returncode, 0)

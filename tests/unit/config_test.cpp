@@ -62,6 +62,19 @@ TEST_CASE("heap_trim_after is a byte count and heap_trim_delay a duration") {
               .find("heap_trim_delay") != std::string::npos);
 }
 
+TEST_CASE("control.max_watchers is below control.max_connections") {
+    auto defaults = bg::parse_config(minimal, "t");
+    REQUIRE(defaults.errors.empty());
+    CHECK(defaults.config->control.max_watchers == 16);
+    auto set = bg::parse_config(
+        std::string(minimal) + "[control]\nmax_connections = 8\nmax_watchers = 7\n", "t");
+    REQUIRE(set.errors.empty());
+    CHECK(set.config->control.max_watchers == 7);
+    CHECK(first_error(std::string(minimal) + "[control]\nmax_connections = 8\nmax_watchers = 8\n")
+              .find("control.max_watchers must be below control.max_connections") !=
+          std::string::npos);
+}
+
 TEST_CASE("weights are percentages with at most two decimals") {
     auto result =
         bg::parse_config(std::string(minimal) + "[routing]\nblue = 87.5\ngreen = 12.5\n", "t");
