@@ -13,6 +13,7 @@
 #include "exchange_pool.hpp"
 #include "exchange_state.hpp"
 #include "parked_client.hpp"
+#include "pending_input.hpp"
 #include "proxy_header_reader.hpp"
 #include "request_exchange.hpp"
 #include "tls_context.hpp"
@@ -156,6 +157,15 @@ class ClientSession {
                std::chrono::steady_clock::now() - parked_at < timeouts.client_park_after;
     }
 
+    bool request_waiting() {
+        if constexpr (ClientConnection<Stream>::tls) {
+            if (SSL_has_pending(conn_.stream.native_handle()) == 1) {
+                return true;
+            }
+        }
+        return input_waiting(conn_.socket().native_handle());
+    }
+
     bool can_park() {
         if constexpr (ClientConnection<Stream>::tls) {
             if (SSL_has_pending(conn_.stream.native_handle()) == 1) {
@@ -193,8 +203,8 @@ class ClientSession {
     enum class IdleEnd { request, closed, park };
     Task<IdleEnd> wait_for_request(bool first, bool may_park) {
         release_exchange();
-        if (conn_.worker.draining()) {
-            co_return IdleEnd::closed;
+        if (conn_.worker.draining() && !request_waiting()) {
+            co_return IdleEnd::closed;  // one that came is served (and its answer closes)
         }
         const auto& timeouts = conn_.config.timeouts;
         conn_.deadline.arm(first ? timeouts.client_header : timeouts.client_keepalive,

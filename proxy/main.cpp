@@ -193,6 +193,9 @@ void shut_down_gracefully(Daemon& d, int signal) {
     if (d.admin != nullptr) {
         d.admin->set_draining();
     }
+    // Meanwhile each response closes its connection, so keep-alive clients reconnect (to
+    // another instance, once the load balancer has seen /readyz) rather than be cut.
+    d.group.begin_closing();
     d.ready_delay.expires_after(d.config.timeouts.shutdown_ready_delay);
     d.ready_delay.async_wait([&d](boost::system::error_code) {
         d.server.close();

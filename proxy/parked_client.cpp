@@ -8,8 +8,10 @@
 #include <cerrno>
 #include <optional>
 #include <system_error>
+#include <vector>
 
 #include "adopted_socket.hpp"
+#include "pending_input.hpp"
 #include "worker.hpp"
 
 namespace bg {
@@ -164,8 +166,8 @@ void ParkedClients::take_ready() {
 void ParkedClients::resume(ParkedClient* parked) {
     ::epoll_ctl(ready_.native_handle(), EPOLL_CTL_DEL, parked->descriptor, nullptr);
     std::unique_ptr<ParkedClient> client = unpark(*parked);
-    if (worker_.draining()) {
-        return;
+    if (worker_.draining() && !input_waiting(client->descriptor)) {
+        return;  // closed: nothing asked of it (a request that came is served, and closes)
     }
     boost::system::error_code ec;
     // In the family it was accepted with; non-blocking and undup'ed since its accept.
@@ -176,6 +178,18 @@ void ParkedClients::resume(ParkedClient* parked) {
     }
     client->descriptor = -1;  // the socket's now
     resume_(worker_, std::move(client), std::move(socket));
+}
+
+void ParkedClients::drain() {
+    std::vector<ParkedClient*> all;
+    for (auto& [timeout, fifo] : fifos_) {
+        for (ParkedClient& client : fifo) {
+            all.push_back(&client);
+        }
+    }
+    for (ParkedClient* client : all) {
+        resume(client);
+    }
 }
 
 void ParkedClients::close_all() {

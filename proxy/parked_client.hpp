@@ -78,6 +78,9 @@ class ParkedClients {
     void park(std::unique_ptr<ParkedClient> client, Duration timeout);
     // Closes every parked connection (a shutdown: they have nothing in flight).
     void close_all();
+    // A shutdown begins: each parked connection with a request waiting is served (its answer
+    // closes it); the others are closed.
+    void drain();
     std::size_t size() const { return count_; }
     // The session waits for its next request on `socket`; if none comes within `park_after`,
     // the read is cancelled with `wait.park` set. Unlink `wait` when the read ends.

@@ -640,8 +640,8 @@ Task<bool> RequestExchange<Stream>::relay_response(UpstreamLease& lease,
 template <class Stream>
 ResponsePlan RequestExchange<Stream>::prepare_response_head(const Backend& backend,
                                                             const RequestFacts& facts) {
-    const bool may_stay = facts.keep_alive && ex_.parser->is_done() && !conn_.worker.draining() &&
-                          !conn_.last_request;
+    const bool may_stay =
+        facts.keep_alive && ex_.parser->is_done() && !conn_.worker.closing() && !conn_.last_request;
     const ResponsePlan plan = rewrite_response_head(*ex_.response_parser, facts, may_stay);
     auto& response = ex_.response_parser->get();
     ex_.record.status = response.result_int();
@@ -686,7 +686,7 @@ Task<bool> RequestExchange<Stream>::answer_failure(Exchange outcome, const Reque
     WorkerStats& stats = conn_.worker.stats();
     // Without the whole request body read, the connection cannot carry another request.
     const bool body_read = ex_.parser->is_done();
-    const bool can_continue = body_read && facts.keep_alive && !conn_.worker.draining();
+    const bool can_continue = body_read && facts.keep_alive && !conn_.worker.closing();
     switch (outcome) {
         case Exchange::response_ready:
             break;
@@ -768,7 +768,7 @@ Task<void> RequestExchange<Stream>::reply_error(http::status status, std::string
     response.set(http::field::content_type, "text/plain");
     response.set("X-BG-Error", reason);
     response.set(http::field::content_length, std::to_string(body.size()));
-    if (close || conn_.worker.draining()) {
+    if (close || conn_.worker.closing()) {
         response.set(http::field::connection, "close");
     }
     conn_.linger = conn_.linger || close;

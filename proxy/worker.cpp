@@ -16,6 +16,7 @@
 
 #include "adopted_socket.hpp"
 #include "client_session.hpp"
+#include "pending_input.hpp"
 
 namespace bg {
 
@@ -171,6 +172,29 @@ void Worker::accept_ready(Acceptor& acceptor, std::size_t listener) {
         accepted(std::move(socket), listener, peer);
     }
     asio::post(io_, [this, &acceptor, listener] { accept_ready(acceptor, listener); });
+}
+
+void Worker::take_backlog(Acceptor& acceptor, std::size_t listener) {
+    for (;;) {
+        tcp::endpoint peer;
+        socklen_t length = static_cast<socklen_t>(peer.capacity());
+        const int descriptor =
+            ::accept4(acceptor.native_handle(), peer.data(), &length, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (descriptor < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) {
+                continue;
+            }
+            return;  // empty, or out of descriptors: the rest are reset with the listener
+        }
+        peer.resize(length);
+        boost::system::error_code ec;
+        Socket socket = adopt_socket(io_, v6_listeners_[listener], descriptor, ec);
+        if (ec) {
+            ::close(descriptor);
+            return;
+        }
+        accepted(std::move(socket), listener, peer);
+    }
 }
 
 // Out of descriptors: the pending connection stays in the backlog, and accepting again at once
@@ -354,24 +378,34 @@ void Worker::tunnel_closed(std::uint32_t backend_id) {
     }
 }
 
+void Worker::begin_closing() {
+    asio::post(io_, [this] { closing_ = true; });
+}
+
 void Worker::begin_shutdown() {
     asio::post(io_, [this] {
         if (draining_) {
             return;
         }
         draining_ = true;
-        for (auto& acceptor : acceptors_) {
+        // Connections already in a listener's backlog are taken (closing the listener would
+        // reset them): each is served if its request came, like the idle ones below.
+        for (std::size_t i = 0; i < acceptors_.size(); ++i) {
+            take_backlog(*acceptors_[i], i);
             boost::system::error_code ignored;
-            acceptor->close(ignored);
+            acceptors_[i]->close(ignored);
         }
         for (auto& pause : accept_pauses_) {
             pause->cancel();
         }
-        // Idle keep-alive connections have nothing in flight: close them now. Busy ones see
-        // draining() and close after their current response.
-        parked_->close_all();
+        // Idle keep-alive connections have nothing in flight: closed now, unless a request
+        // already waits on one (closing it would reset the request unanswered: it is served,
+        // and its answer closes the connection). Busy ones see draining() and close after
+        // their current response.
+        parked_->drain();
         for (SessionHandle& session : sessions_) {
-            if (session.idle && session.client != nullptr) {
+            if (session.idle && session.client != nullptr &&
+                !input_waiting(session.client->native_handle())) {
                 boost::system::error_code ignored;
                 session.client->cancel(ignored);
             }

@@ -93,6 +93,10 @@ class Worker {
     TrafficCounters& traffic() { return traffic_; }
     const WorkerStats& stats() const { return stats_; }
     bool draining() const { return draining_; }
+    // From a graceful shutdown's start (before draining: the ready delay): every response
+    // closes its connection, so clients leave while the listeners still take new ones.
+    bool closing() const { return closing_ || draining_; }
+    void begin_closing();
     void track(SessionHandle* session) { sessions_.push_back(*session); }
     void untrack(SessionHandle* session);
     // The address connections accepted on `listener` were made to, when the listener is bound
@@ -118,6 +122,7 @@ class Worker {
   private:
     void accept_loop(Acceptor& acceptor, std::size_t listener);
     void accept_ready(Acceptor& acceptor, std::size_t listener);
+    void take_backlog(Acceptor& acceptor, std::size_t listener);
     void accept_failed(Acceptor& acceptor, std::size_t listener,
                        const boost::system::error_code& ec);
     void accepted(Socket socket, std::size_t listener, const boost::asio::ip::tcp::endpoint& peer);
@@ -164,6 +169,7 @@ class Worker {
     std::vector<SessionHandle*> close_sweep_of_;               // the session of each pollfd
     std::vector<std::unique_ptr<AcceptPause>> accept_pauses_;  // one per acceptor
     bool draining_ = false;
+    bool closing_ = false;
     std::thread thread_;
 };
 

@@ -53,6 +53,12 @@ void WorkerGroup::start() {
     }
 }
 
+void WorkerGroup::begin_closing() {
+    for (auto& worker : workers_) {
+        worker->begin_closing();
+    }
+}
+
 void WorkerGroup::begin_shutdown() {
     for (auto& worker : workers_) {
         worker->begin_shutdown();

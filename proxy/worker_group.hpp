@@ -23,6 +23,9 @@ class WorkerGroup final : public TablePublisher {
     const std::vector<std::uint16_t>& ports() const { return ports_; }
     void set_access_log(AccessLog* log);
     void start();
+    // A graceful shutdown starts (the ready delay): responses close their connections.
+    void begin_closing();
+    // Then the listeners close, idle connections close, in-flight requests finish.
     void begin_shutdown();
     void join();
     std::size_t size() const { return workers_.size(); }

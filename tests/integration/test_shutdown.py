@@ -45,6 +45,59 @@ class ShutdownTest(ProcessTestCase):
             socket.create_connection(("127.0.0.1", proxy.port), timeout=1).close()
 
 
+class CloseRaceTest(ProcessTestCase):
+    """Found by an outside-style probe: during the ready delay responses kept connections open,
+    and at the delay's end a keep-alive connection whose request had just come was closed
+    under it (the client saw EOF or a broken pipe; 5-8 errors per restart under load), as was
+    a connection still in the listener's backlog."""
+
+    def test_responses_close_in_the_ready_delay_and_waiting_requests_are_answered(self):
+        blue, green = self.backend("blue-1"), self.backend("green-1")
+        delay = 2.0
+        proxy = self.proxy(config([blue], [green], extra='[timeouts]\nshutdown_ready_delay = "2s"\n'),
+                           workers=1)
+        request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        idle = []
+        for _ in range(3):  # served once, then idle (the first parked, the others waiting)
+            s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+            s.sendall(request)
+            self.assertIn(b"blue-1", s.recv(4096))
+            idle.append(s)
+        time.sleep(0.3)
+        proxy.signal(signal.SIGTERM)
+        sigterm = time.time()
+        time.sleep(0.2)
+        # In the ready delay: answered, and told to close.
+        during = raw_exchange(proxy.port, request)
+        self.assertEqual(status_of(during), 200, during[:200])
+        self.assertIn(b"connection: close", during.lower())
+        # Just before the delay ends the proxy is stopped, requests arrive on the idle
+        # connections and on a new one (held in the backlog); it resumes past the delay, so the
+        # drain meets them waiting.
+        time.sleep(max(0.0, sigterm + delay - 0.8 - time.time()))
+        proxy.signal(signal.SIGSTOP)
+        try:
+            for s in idle:
+                s.sendall(request)
+            late = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+            late.sendall(request)
+            time.sleep(max(0.0, sigterm + delay + 0.3 - time.time()))
+        finally:
+            proxy.signal(signal.SIGCONT)
+        for s in idle + [late]:
+            s.settimeout(5)
+            got = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+            self.assertEqual(status_of(got), 200, got[:200])
+            self.assertIn(b"connection: close", got.lower())
+            s.close()
+        self.assertEqual(proxy.wait(10), 0)
+
+
 class PendingDrainTest(ProcessTestCase):
     def test_a_pending_tunnel_drain_does_not_hold_up_the_exit(self):
         """Found by the soak: after a switch took a colour's share, the tunnel-drain wait
