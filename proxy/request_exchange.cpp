@@ -271,7 +271,7 @@ Task<bool> RequestExchange<Stream>::respond() {
     }
     UpstreamLease lease(conn_.worker.balancer(), conn_.handle());
     RetryState retries(conn_.worker.retry_budget(), config_.retries, conn_.worker.stats());
-    const Exchange outcome = co_await forward(*table, colour, facts, lease, retries);
+    const Exchange outcome = co_await forward(table, colour, facts, lease, retries);
     if (outcome == Exchange::response_ready) {
         co_return co_await relay_response(lease, facts);
     }
@@ -289,6 +289,7 @@ Colour RequestExchange<Stream>::choose_colour(const RoutingTable& table) {
         preview ? std::nullopt : sticky_colour(request, config_.sticky, table);
     set_sticky_ = !config_.sticky.cookie.empty() && !preview && !sticky &&
                   table.pool(Colour::blue).weight_bp > 0 && table.pool(Colour::green).weight_bp > 0;
+    colour_pinned_ = preview || sticky;
     return preview ? *preview : sticky ? *sticky : conn_.worker.balancer().pick_colour(table);
 }
 
@@ -296,7 +297,7 @@ Colour RequestExchange<Stream>::choose_colour(const RoutingTable& table) {
 // retrying and crossing colours as the config allows. `lease` holds the backend that answers
 // until the response is relayed.
 template <class Stream>
-Task<Exchange> RequestExchange<Stream>::forward(const RoutingTable& table, Colour colour,
+Task<Exchange> RequestExchange<Stream>::forward(RoutingTablePtr& table, Colour colour,
                                                 const RequestFacts& facts, UpstreamLease& lease,
                                                 RetryState& retries) {
     // A request that cannot be sent twice (a body, a non-idempotent method) checks a pooled
@@ -307,8 +308,11 @@ Task<Exchange> RequestExchange<Stream>::forward(const RoutingTable& table, Colou
     bool continue_sent = false;
     Exchange outcome = Exchange::upstream_failed;
     for (bool retry = false;; retry = true) {
+        if (retry) {
+            colour = routing_for_retry(table, colour);
+        }
         const Connected connected =
-            co_await conn_.upstreams.connect(table, colour, verify, ex_, lease);
+            co_await conn_.upstreams.connect(*table, colour, verify, ex_, lease);
         if (connected != Connected::yes) {
             // After a retry, nowhere left to go: answer for the attempt that failed.
             co_return retry ? outcome : connect_failure(connected);
@@ -348,6 +352,25 @@ Task<Exchange> RequestExchange<Stream>::forward(const RoutingTable& table, Colou
         ++ex_.record.retries;
         lease.drop();
     }
+}
+
+// A retry is a new try: it goes by the routing of now, not of when the request began (a revert
+// or an ejection meanwhile is heeded: a request caught on a hung candidate is not sent to it
+// again once it was reverted). It keeps its colour unless the colour takes no new traffic now
+// and was not pinned by a preview header or a sticky cookie.
+template <class Stream>
+Colour RequestExchange<Stream>::routing_for_retry(RoutingTablePtr& table, Colour colour) {
+    const RoutingTablePtr& now = conn_.worker.table();
+    if (now == table) {
+        return colour;
+    }
+    table = now;
+    ex_.record.version = table->version();
+    if (!colour_pinned_ && table->pool(colour).weight_bp == 0 &&
+        table->pool(other(colour)).weight_bp > 0) {
+        return other(colour);
+    }
+    return colour;
 }
 
 // The last backend tried answers for the request in metrics and log, also when the proxy

@@ -41,8 +41,9 @@ class RequestExchange {
     void finish_record();
 
     Colour choose_colour(const RoutingTable& table);
-    Task<Exchange> forward(const RoutingTable& table, Colour colour, const RequestFacts& facts,
+    Task<Exchange> forward(RoutingTablePtr& table, Colour colour, const RequestFacts& facts,
                            UpstreamLease& lease, RetryState& retries);
+    Colour routing_for_retry(RoutingTablePtr& table, Colour colour);
     void served_by(const Backend& backend);
     void record_try(const Backend& backend, Exchange outcome);
     Duration try_limit() const;
@@ -65,10 +66,11 @@ class RequestExchange {
     ClientConnection<Stream>& conn_;
     const Config& config_;
     ExchangeState& ex_;
-    bool head_arrived_ = false;  // a head arrived (parsed or refused): the request is counted
-    bool body_started_ = false;  // some of the request body was consumed: it cannot go twice
-    bool interim_sent_ = false;  // a 1xx went to the client: no retry past it
-    bool set_sticky_ = false;    // the weights chose: the response pins the colour
+    bool head_arrived_ = false;   // a head arrived (parsed or refused): the request is counted
+    bool body_started_ = false;   // some of the request body was consumed: it cannot go twice
+    bool interim_sent_ = false;   // a 1xx went to the client: no retry past it
+    bool set_sticky_ = false;     // the weights chose: the response pins the colour
+    bool colour_pinned_ = false;  // a preview header or a sticky cookie chose the colour
     std::chrono::steady_clock::time_point started_;
     std::chrono::steady_clock::time_point upstream_started_;
     std::chrono::steady_clock::time_point response_due_;  // upstream_response, from the first try

@@ -188,6 +188,41 @@ class FailingBackendTest(ProcessTestCase):
         self.assertLess(len(failed), 30)
 
 
+class RetryAfterRevertTest(ProcessTestCase):
+    def test_a_retry_after_a_rollback_goes_by_the_routing_of_now(self):
+        """Found by an outside probe: GETs caught on a hung green made their second try on green
+        again, from the routing of when they began, though green had been rolled back since
+        (failed on 728fe77: the second try went to green-2, hung too, and blue answered only
+        the third, 2 s in; with the default timeouts, 504s after 20 s)."""
+        blue = [self.backend("blue-1")]
+        green = [self.backend("green-1"), self.backend("green-2")]
+        proxy = self.proxy(config(blue, green,
+                                  extra='[timeouts]\nupstream_try = "1s"\nupstream_response = "10s"\n'))
+        self.assertEqual(proxy.bgctl("flip").returncode, 0)  # green live, blue stable
+        for b in green:
+            admin(b, "hang?hang=1")
+        results = [None] * 3
+
+        def get(i):
+            started = time.time()
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=15)
+            conn.request("GET", "/")
+            r = conn.getresponse()
+            r.read()
+            results[i] = (r.status, r.getheader("X-Backend"), time.time() - started)
+        threads = [threading.Thread(target=get, args=(i,)) for i in range(len(results))]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        self.assertEqual(proxy.bgctl("rollback").returncode, 0)
+        for t in threads:
+            t.join(20)
+        print("GETs caught on a hung green, rolled back 0.3 s in: %s" % results)
+        for status, backend, seconds in results:
+            self.assertEqual((status, backend), (200, "blue-1"))
+            self.assertLess(seconds, 1.9)  # one try's timeout, then blue
+
+
 class HungBackendTest(ProcessTestCase):
     def test_a_backend_that_never_answers_is_routed_around(self):
         blue = [self.backend("blue-1"), self.backend("blue-2")]
