@@ -145,36 +145,22 @@ void Worker::accept_ready(Acceptor& acceptor, std::size_t listener) {
         if (!acceptor.is_open()) {
             return;
         }
-        tcp::endpoint peer;
-        socklen_t length = static_cast<socklen_t>(peer.capacity());
-        const int descriptor =
-            ::accept4(acceptor.native_handle(), peer.data(), &length, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (descriptor < 0) {
-            if (errno == EINTR || errno == ECONNABORTED) {
-                continue;  // a connection reset while queued: the next one
-            }
-            if (errno != EAGAIN && errno != EWOULDBLOCK) {
-                accept_failed(acceptor, listener,
-                              boost::system::error_code(errno, boost::system::system_category()));
-                return;
-            }
+        const boost::system::error_code ec = accept_one(acceptor, listener);
+        if (ec == asio::error::would_block) {
             accept_loop(acceptor, listener);
             return;
         }
-        peer.resize(length);
-        boost::system::error_code ec;
-        Socket socket = adopt_socket(io_, v6_listeners_[listener], descriptor, ec);
         if (ec) {
-            ::close(descriptor);
             accept_failed(acceptor, listener, ec);
             return;
         }
-        accepted(std::move(socket), listener, peer);
     }
     asio::post(io_, [this, &acceptor, listener] { accept_ready(acceptor, listener); });
 }
 
-void Worker::take_backlog(Acceptor& acceptor, std::size_t listener) {
+// One connection from the backlog to a session (connections reset while queued are skipped);
+// would_block when there is none.
+boost::system::error_code Worker::accept_one(Acceptor& acceptor, std::size_t listener) {
     for (;;) {
         tcp::endpoint peer;
         socklen_t length = static_cast<socklen_t>(peer.capacity());
@@ -184,16 +170,26 @@ void Worker::take_backlog(Acceptor& acceptor, std::size_t listener) {
             if (errno == EINTR || errno == ECONNABORTED) {
                 continue;
             }
-            return;  // empty, or out of descriptors: the rest are reset with the listener
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                return asio::error::would_block;
+            }
+            return {errno, boost::system::system_category()};
         }
         peer.resize(length);
         boost::system::error_code ec;
         Socket socket = adopt_socket(io_, v6_listeners_[listener], descriptor, ec);
         if (ec) {
             ::close(descriptor);
-            return;
+            return ec;
         }
         accepted(std::move(socket), listener, peer);
+        return {};
+    }
+}
+
+// Empty, or out of descriptors: the rest are reset with the listener.
+void Worker::take_backlog(Acceptor& acceptor, std::size_t listener) {
+    while (!accept_one(acceptor, listener)) {
     }
 }
 

@@ -122,6 +122,7 @@ class Worker {
   private:
     void accept_loop(Acceptor& acceptor, std::size_t listener);
     void accept_ready(Acceptor& acceptor, std::size_t listener);
+    boost::system::error_code accept_one(Acceptor& acceptor, std::size_t listener);
     void take_backlog(Acceptor& acceptor, std::size_t listener);
     void accept_failed(Acceptor& acceptor, std::size_t listener,
                        const boost::system::error_code& ec);
