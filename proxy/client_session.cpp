@@ -157,22 +157,21 @@ class ClientSession {
                std::chrono::steady_clock::now() - parked_at < timeouts.client_park_after;
     }
 
-    bool request_waiting() {
+    // A TLS connection's state may hold bytes already read from the socket (a pipelined
+    // request), which the socket would not show.
+    bool tls_holds_input() {
         if constexpr (ClientConnection<Stream>::tls) {
-            if (SSL_has_pending(conn_.stream.native_handle()) == 1) {
-                return true;
-            }
+            return SSL_has_pending(conn_.stream.native_handle()) == 1;
         }
-        return input_waiting(conn_.socket().native_handle());
+        return false;
+    }
+
+    bool request_waiting() {
+        return tls_holds_input() || input_waiting(conn_.socket().native_handle());
     }
 
     bool can_park() {
-        if constexpr (ClientConnection<Stream>::tls) {
-            if (SSL_has_pending(conn_.stream.native_handle()) == 1) {
-                return false;
-            }
-        }
-        return !conn_.upstreams.holds_private() && !conn_.worker.draining() &&
+        return !tls_holds_input() && !conn_.upstreams.holds_private() && !conn_.worker.draining() &&
                !conn_.last_request && !conn_.linger;
     }
 
