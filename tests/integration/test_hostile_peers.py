@@ -242,11 +242,14 @@ max_trailer = 1024
 
 
 class SlowBodyTest(ProxyWithScriptedBackend):
+    # client_body 2 s: on a loaded machine the client's thread itself can pause past 1 s, and
+    # the pause limit then rightly cuts the body first (a 408 that is no rate refusal: the
+    # flake seen beside the soak and again on 8b4907a); the rate still cuts it at ~2.2 s.
     extra = """
 [limits]
 min_request_body_rate = 1000
 [timeouts]
-client_body = "1s"
+client_body = "2s"
 """
 
     def test_a_trickling_body_is_cut_by_the_minimum_rate(self):
