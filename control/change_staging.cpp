@@ -209,6 +209,55 @@ std::string reconcile_admin(RoutingState& state, const Config& config) {
     return dropped;
 }
 
+std::set<std::string> added_backends(const Config& before, const Config& after) {
+    std::map<std::string, std::string> known;  // name -> address, before the reload
+    for (const PoolConfig* pool : {&before.blue, &before.green}) {
+        for (const auto& b : pool->backends) {
+            known[b.name] = b.address.text;
+        }
+    }
+    std::set<std::string> added;
+    for (const PoolConfig* pool : {&after.blue, &after.green}) {
+        for (const auto& b : pool->backends) {
+            auto k = known.find(b.name);
+            if (k == known.end() || k->second != b.address.text) {
+                added.insert(b.name);
+            }
+        }
+    }
+    return added;
+}
+
+std::set<std::string> held_for_first_check(const Config& before, const Config& after,
+                                           const RoutingState& state,
+                                           const std::map<std::string, bool>& health) {
+    const std::set<std::string> new_names = added_backends(before, after);
+    std::set<std::string> held;
+    for (Colour c : all_colours) {
+        const PoolConfig& pool = c == Colour::blue ? after.blue : after.green;
+        if (!pool.health.enabled) {
+            continue;  // nothing would ever let them in
+        }
+        std::set<std::string> added;
+        unsigned kept_serving = 0;
+        for (const auto& b : pool.backends) {
+            if (new_names.contains(b.name)) {
+                added.insert(b.name);
+                continue;
+            }
+            auto h = health.find(b.name);
+            const bool healthy = h == health.end() || h->second;
+            kept_serving += healthy && state.admin_state(b.name) == AdminState::ready ? 1 : 0;
+        }
+        const bool takes_traffic = state.weight(c) > 0 || (state.ramp && state.ramp->colour == c);
+        if (takes_traffic && kept_serving == 0) {
+            continue;
+        }
+        held.merge(added);
+    }
+    return held;
+}
+
 std::optional<Colour> gaining_colour(const RoutingState& before, const RoutingState& after) {
     for (Colour c : all_colours) {
         if (after.weight(c) > before.weight(c)) {

@@ -11,6 +11,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <random>
+#include <utility>
 
 namespace bg {
 
@@ -26,6 +27,8 @@ struct HealthChecker::Probe {
     HealthCheckConfig check;
     ProbeRequest transport;  // how to connect: as the data path does to the pool
     bool healthy = true;
+    bool first_at_once = false;   // the first check without waiting an interval
+    bool awaiting_first = false;  // held down until the first check: one pass brings it up
     unsigned successes = 0;
     unsigned failures = 0;
     bool stopped = false;
@@ -83,7 +86,7 @@ std::map<std::string, bool> HealthChecker::snapshot() const {
     return out;
 }
 
-void HealthChecker::configure(const Config& config) {
+void HealthChecker::configure(const Config& config, const std::set<std::string>& held) {
     std::map<std::string, std::shared_ptr<Probe>> next;
     for (const PoolConfig* pool : {&config.blue, &config.green}) {
         for (const auto& backend : pool->backends) {
@@ -104,6 +107,9 @@ void HealthChecker::configure(const Config& config) {
             probe->address = backend.address;
             probe->check = pool->health;
             probe->transport = connecting_as(*pool);
+            probe->first_at_once = configured_;
+            probe->awaiting_first = held.contains(backend.name);
+            probe->healthy = !probe->awaiting_first;
             next[backend.name] = probe;
             // Each loop holds its probe; `stopped` ends it when the backend leaves the config.
             asio::co_spawn(
@@ -115,6 +121,9 @@ void HealthChecker::configure(const Config& config) {
                                                   ? true
                                                   : probe->failures > 0 && probe->healthy;
                         auto wait = changing ? probe->check.fast_interval : probe->check.interval;
+                        if (std::exchange(probe->first_at_once, false)) {
+                            wait = Duration(0);
+                        }
                         if (probe->check.jitter.count() > 0) {
                             wait += Duration(jitter_rng() % (probe->check.jitter.count() + 1));
                         }
@@ -128,6 +137,16 @@ void HealthChecker::configure(const Config& config) {
                                                       probe->transport, why);
                         if (probe->stopped) {
                             co_return;
+                        }
+                        if (std::exchange(probe->awaiting_first, false)) {
+                            // Down already (held): a pass is the way in, a failure says why.
+                            probe->healthy = ok;
+                            (ok ? probe->successes : probe->failures) = 1;
+                            probe->last_error = why;
+                            on_transition_(
+                                probe->name, ok,
+                                ok ? "first check passed" : "first check failed: " + why);
+                            continue;
                         }
                         if (ok) {
                             probe->failures = 0;
@@ -159,6 +178,7 @@ void HealthChecker::configure(const Config& config) {
         probe->timer.cancel();
     }
     probes_ = std::move(next);
+    configured_ = true;
 }
 
 }  // namespace bg

@@ -6,6 +6,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 
 #include "config.hpp"
@@ -21,8 +22,10 @@ class HealthChecker {
     ~HealthChecker();
 
     // Starts probing the config's backends; backends kept across a reconfigure keep their
-    // state, new ones start healthy (as in HAProxy) and removed ones stop.
-    void configure(const Config& config);
+    // state and removed ones stop. New ones start healthy (as in HAProxy), except those in
+    // `held`: down until their first check, which one pass brings up (as Envoy's new hosts).
+    // After the first configure, a new backend's first check runs at once.
+    void configure(const Config& config, const std::set<std::string>& held = {});
     void stop();
     // Current view: backend name -> healthy.
     std::map<std::string, bool> snapshot() const;
@@ -33,6 +36,7 @@ class HealthChecker {
     boost::asio::any_io_executor executor_;
     Transition on_transition_;
     std::map<std::string, std::shared_ptr<Probe>> probes_;
+    bool configured_ = false;
 };
 
 }  // namespace bg

@@ -163,6 +163,9 @@ std::array<std::pair<unsigned, unsigned>, 2> Switchboard::colour_health() const 
     for (Colour c : all_colours) {
         const PoolConfig& pool = c == Colour::blue ? config_->blue : config_->green;
         for (const auto& b : pool.backends) {
+            if (awaiting_first_check_.contains(b.name)) {
+                continue;  // not known yet: neither failing nor serving
+            }
             auto h = health_.find(b.name);
             bool healthy = h == health_.end() || h->second;
             out[index_of(c)].first +=
@@ -175,6 +178,7 @@ std::array<std::pair<unsigned, unsigned>, 2> Switchboard::colour_health() const 
 
 void Switchboard::handle_health(Origin origin, const HealthChange& change) {
     health_[change.backend] = change.healthy;
+    awaiting_first_check_.erase(change.backend);
     if (change.healthy) {
         down_because_.erase(change.backend);
     } else {
@@ -201,12 +205,30 @@ void Switchboard::attach(TablePublisher& publisher) {
     arm_sample_timer();
 }
 
-std::map<std::string, bool> Switchboard::effective_health() const {
+std::map<std::string, bool> Switchboard::effective_health(const std::set<std::string>& held) const {
     std::map<std::string, bool> out = health_;
     for (const auto& [name, ejected] : outlier_.ejected_map()) {
         out[name] = false;
     }
+    for (const auto& name : held) {
+        out[name] = false;
+    }
     return out;
+}
+
+void Switchboard::adopt_new_backends(const Config& before, const Config& after,
+                                     const std::set<std::string>& held) {
+    for (const auto& name : added_backends(before, after)) {
+        if (held.contains(name)) {
+            health_[name] = false;
+            down_because_[name] = "added by a reload: waiting for its first health check";
+            awaiting_first_check_.insert(name);
+        } else {
+            health_.erase(name);
+            down_because_.erase(name);
+            awaiting_first_check_.erase(name);
+        }
+    }
 }
 
 std::optional<Colour> Switchboard::watched_colour() const {
@@ -849,6 +871,14 @@ std::string Switchboard::stage_reload(Staged& out) {
         out.note += "; dropped admin state of backends no longer configured: " + dropped;
         spdlog::warn("reload: {}", out.note);
     }
+    out.held = held_for_first_check(*config_, fresh, out.next, effective_health());
+    if (!out.held.empty()) {
+        std::string names;
+        for (const auto& name : out.held) {
+            names += (names.empty() ? "" : ", ") + name;
+        }
+        out.note += "; new backends serve once their first health check passes: " + names;
+    }
     out.config = std::make_shared<const Config>(std::move(fresh));
     return {};
 }
@@ -868,7 +898,7 @@ void Switchboard::commit(Origin origin, Staged staged) {
     }
     const RolloutConfig& rollout = staged.config->rollout;
     auto table = build_table(
-        *staged.config, next, ids_, effective_health(),
+        *staged.config, next, ids_, effective_health(staged.held),
         is_safety_action(staged.kind) ? rollout.tunnel_drain_revert : rollout.tunnel_drain);
     auto change = std::make_shared<Committing>(
         Committing{std::move(origin), std::move(staged), table, false, false, false, {}});
@@ -943,11 +973,12 @@ void Switchboard::applied(Origin& origin, Staged staged, RoutingTablePtr table) 
     state_ = next;
     table_ = std::move(table);
     if (config_ != staged.config) {
+        adopt_new_backends(*config_, *staged.config, staged.held);
         config_ = staged.config;
         outlier_.reconfigure(config_->outlier);
         canary_.reconfigure(config_->canary);
         if (config_listener_) {
-            config_listener_(*config_);
+            config_listener_(*config_, staged.held);
         }
     }
     if (is_safety_action(staged.kind)) {

@@ -16,6 +16,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <variant>
 
@@ -70,10 +71,11 @@ class Switchboard {
     // An active health check transition (HealthChecker's callback). The rollout guard may
     // revert or fail over in the same step.
     void on_health(const std::string& backend, bool healthy, const std::string& why);
-    // Told of every config the Switchboard adopts (reload), e.g. to re-plan health checks.
-    void on_config_change(std::function<void(const Config&)> listener) {
-        config_listener_ = std::move(listener);
-    }
+    // Told of every config the Switchboard adopts (reload), e.g. to re-plan health checks, with
+    // the backends it added that stay out of routing until their first check passes.
+    using ConfigListener =
+        std::function<void(const Config&, const std::set<std::string>& held_for_first_check)>;
+    void on_config_change(ConfigListener listener) { config_listener_ = std::move(listener); }
     bool panic() const { return table_->panic(); }
     // The state served is the state on disk (a safety action may apply without it).
     bool durable() const { return durable_.version == state_.version; }
@@ -146,7 +148,8 @@ class Switchboard {
         std::shared_ptr<const Config> config;  // a reload's new config, else the current one
         std::string note;                      // said in the reply (reconciliation, ramp...)
         SwitchKind kind = SwitchKind::set;
-        bool local = false;  // --local: this instance of the fleet only
+        bool local = false;            // --local: this instance of the fleet only
+        std::set<std::string> held{};  // a reload's new backends, out until a first check passes
     };
     // A change being published and saved at once; settled when both are done.
     struct Committing {
@@ -221,7 +224,12 @@ class Switchboard {
     std::array<ColourFigures, 2> colour_figures(const DataPlaneLoad& load) const;
     std::optional<Colour> watched_colour() const;
     // Active health and passive ejection together: what the table says of each backend.
-    std::map<std::string, bool> effective_health() const;
+    // `held`: a reload's new backends, down in the table it is about to build.
+    std::map<std::string, bool> effective_health(const std::set<std::string>& held = {}) const;
+    // A reload's new backends: the held ones down until their first check, the others (and a
+    // known name at a new address) without the old address's verdict.
+    void adopt_new_backends(const Config& before, const Config& after,
+                            const std::set<std::string>& held);
     std::array<std::pair<unsigned, unsigned>, 2> colour_health() const;
     void reply_status(Origin origin);
     boost::json::object status_colours(const DataPlaneLoad& load) const;
@@ -245,7 +253,8 @@ class Switchboard {
     BackendIds ids_;
     std::map<std::string, bool> health_;               // by backend name, from active checks
     std::map<std::string, std::string> down_because_;  // why the checks took a backend down
-    std::function<void(const Config&)> config_listener_;
+    std::set<std::string> awaiting_first_check_;       // held by a reload: out of the guard's count
+    ConfigListener config_listener_;
     std::deque<Job> queue_;
     bool busy_ = false;
     std::map<std::string, PendingGate> gates_;  // by command id: gated commands, gate running

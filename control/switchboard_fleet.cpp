@@ -129,7 +129,7 @@ void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
         }
         const RolloutConfig& rollout = staged.config->rollout;
         auto table = build_table(
-            *staged.config, staged.next, ids_, effective_health(),
+            *staged.config, staged.next, ids_, effective_health(staged.held),
             is_safety_action(staged.kind) ? rollout.tunnel_drain_revert : rollout.tunnel_drain);
         publish(table, staged.config, [this, change, table] {
             applied(change->first, std::move(change->second), table);

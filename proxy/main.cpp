@@ -11,6 +11,7 @@
 #include <functional>
 #include <iostream>
 #include <memory>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -298,7 +299,10 @@ int run(const std::shared_ptr<const bg::Config>& config, const std::string& conf
         [&switchboard](const std::string& backend, bool healthy, const std::string& why) {
             switchboard.on_health(backend, healthy, why);
         });
-    switchboard.on_config_change([&health](const bg::Config& next) { health.configure(next); });
+    switchboard.on_config_change(
+        [&health](const bg::Config& next, const std::set<std::string>& held) {
+            health.configure(next, held);
+        });
     switchboard.attach(group);
     if (fleet != nullptr) {
         switchboard.attach_fleet(*fleet);

@@ -1,6 +1,7 @@
 """Active health checks and the rollout guard, with real processes."""
 import http.client
 import json
+import socket
 import time
 import unittest
 import urllib.request
@@ -116,6 +117,78 @@ class HealthTest(ProcessTestCase):
         seen = {get(self.proxy_.port)[1] for _ in range(20)}
         self.assertEqual(seen, {"blue-2"})
 
+
+
+class ReloadedBackendsTest(ProcessTestCase):
+    """Backends a reload adds serve only once their first check passes (as Envoy's new hosts),
+    and that first check runs at once, not an interval later."""
+
+    SLOW_CHECKS = HEALTH.replace('interval = "500ms"', 'interval = "5s"')
+
+    def reload_with(self, proxy, blue, green):
+        with open(proxy.config_path, "w") as f:
+            f.write(config(blue, green, extra=self.SLOW_CHECKS))
+        r = proxy.bgctl("reload")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return r.stdout
+
+    def backend_status(self, proxy, colour, name):
+        return [b for b in proxy.status()["colours"][colour]["backends"] if b["name"] == name][0]
+
+    def test_a_blackhole_added_by_a_reload_gets_no_request(self):
+        blue = [self.backend("blue-1")]
+        green = [self.backend("green-1")]
+        proxy = self.proxy(config(blue, green, extra=self.SLOW_CHECKS))
+        # Accepts connections (the kernel's backlog) and never answers.
+        hole = socket.socket()
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        self.addCleanup(hole.close)
+
+        class Hole:
+            name = "blue-hole"
+            address = "127.0.0.1:%d" % hole.getsockname()[1]
+
+        said = self.reload_with(proxy, blue + [Hole], green)
+        slowest = 0
+        for _ in range(20):
+            start = time.time()
+            status, backend, _ = get(proxy.port)
+            slowest = max(slowest, time.time() - start)
+            self.assertEqual((status, backend), (200, "blue-1"))
+        print("20 GETs right after the reload added a blackhole: slowest %.3f s" % slowest)
+        self.assertLess(slowest, 1.0)
+        self.assertIn("first health check passes: blue-hole", said)
+        deadline = time.time() + 3
+        while "first check failed" not in self.backend_status(proxy, "blue", "blue-hole").get("check", ""):
+            self.assertLess(time.time(), deadline, json.dumps(proxy.status()))
+            time.sleep(0.05)
+        self.assertEqual(proxy.status()["colours"]["blue"]["weight"], 100)
+
+    def test_a_good_backend_added_by_a_reload_serves_after_its_first_check(self):
+        blue = [self.backend("blue-1")]
+        green = [self.backend("green-1")]
+        proxy = self.proxy(config(blue, green, extra=self.SLOW_CHECKS))
+        added = self.backend("blue-2")
+        self.reload_with(proxy, blue + [added], green)
+        start = time.time()
+        while not self.backend_status(proxy, "blue", "blue-2")["healthy"]:
+            self.assertLess(time.time() - start, 2.0, "no first check within 2 s (interval 5 s)")
+            time.sleep(0.02)
+        print("a good backend added by a reload served %.2f s later" % (time.time() - start))
+        seen = {get(proxy.port)[1] for _ in range(20)}
+        self.assertEqual(seen, {"blue-1", "blue-2"})
+
+    def test_replacing_the_live_colours_backends_does_not_trip_the_guard(self):
+        blue = [self.backend("blue-1")]
+        green = [self.backend("green-1")]
+        proxy = self.proxy(config(blue, green, extra=self.SLOW_CHECKS))
+        fresh = [self.backend("blue-9")]
+        self.reload_with(proxy, fresh, green)
+        for _ in range(10):
+            self.assertEqual(get(proxy.port)[:2], (200, "blue-9"))
+        s = proxy.status()
+        self.assertEqual((s["colours"]["blue"]["weight"], s["colours"]["blue"]["role"]), (100, "stable"))
 
 
 class PreviewStickyTest(ProcessTestCase):

@@ -110,3 +110,38 @@ TEST_CASE("the colour gaining traffic is the one the gate checks") {
     CHECK(bg::gaining_colour(before, set.next) == bg::Colour::green);
     CHECK_FALSE(bg::gaining_colour(before, stage(before, "drain blue-1").next));
 }
+
+TEST_CASE("a reload's new backends wait for a first check unless their colour has none else") {
+    const bg::Config before = bg::test::two_blue_one_green();
+    auto parsed = bg::parse_config(R"(
+[[listener]]
+address = "127.0.0.1:0"
+[pools.blue]
+backends = [{ name = "blue-1", address = "127.0.0.1:1" }, { name = "blue-2", address = "127.0.0.1:2" },
+            { name = "blue-3", address = "127.0.0.1:4" }]
+[pools.green]
+backends = [{ name = "green-1", address = "127.0.0.1:5" }, { name = "green-2", address = "127.0.0.1:6" }]
+)",
+                                   "t");
+    REQUIRE(parsed.errors.empty());
+    const bg::Config after = *parsed.config;
+    const std::set<std::string> all_new{"blue-3", "green-1", "green-2"};  // green-1 moved
+    CHECK(bg::added_backends(before, after) == all_new);
+
+    bg::RoutingState blue_live;  // all traffic on blue
+    CHECK(bg::held_for_first_check(before, after, blue_live, {}) == all_new);
+    // Blue serves from nothing else it keeps: its new backend serves at once (no revert).
+    std::map<std::string, bool> blue_down{{"blue-1", false}, {"blue-2", true}};
+    blue_live.admin["blue-2"] = bg::AdminState::drain;
+    CHECK(bg::held_for_first_check(before, after, blue_live, blue_down) ==
+          std::set<std::string>{"green-1", "green-2"});
+    // Green at 10% keeps no backend of its own: the same.
+    auto canary = stage(bg::RoutingState{}, "set green=10").next;
+    CHECK(bg::held_for_first_check(before, after, canary, {}) == std::set<std::string>{"blue-3"});
+    // Without active checks nothing would let them in: not held.
+    bg::Config unchecked = after;
+    unchecked.blue.health.enabled = false;
+    unchecked.green.health.enabled = false;
+    CHECK(bg::held_for_first_check(before, unchecked, blue_live, {}).empty());
+    CHECK(bg::added_backends(after, after).empty());
+}
