@@ -86,6 +86,71 @@ std::map<std::string, bool> HealthChecker::snapshot() const {
     return out;
 }
 
+namespace {
+
+// The wait before a probe's next check: fast_interval while the backend is between states (as
+// HAProxy's fastinter), none before a first check asked at once, plus up to `jitter`.
+Duration next_wait(HealthChecker::Probe& probe, std::minstd_rand& jitter_rng) {
+    const bool changing =
+        probe.successes > 0 && !probe.healthy ? true : probe.failures > 0 && probe.healthy;
+    Duration wait = changing ? probe.check.fast_interval : probe.check.interval;
+    if (std::exchange(probe.first_at_once, false)) {
+        wait = Duration(0);
+    }
+    if (probe.check.jitter.count() > 0) {
+        wait += Duration(jitter_rng() % (probe.check.jitter.count() + 1));
+    }
+    return wait;
+}
+
+}  // namespace
+
+asio::awaitable<void> HealthChecker::run(std::shared_ptr<Probe> probe) {
+    std::minstd_rand jitter_rng(std::hash<std::string>{}(probe->name));
+    for (;;) {
+        probe->timer.expires_after(next_wait(*probe, jitter_rng));
+        co_await probe->timer.async_wait(nothrow);
+        if (probe->stopped) {
+            co_return;
+        }
+        std::string why;
+        const bool ok = co_await probe_once(probe->address, probe->check, probe->transport, why);
+        if (probe->stopped) {
+            co_return;
+        }
+        record(*probe, ok, why);
+    }
+}
+
+// Counts a check's result; past rise or fall (or a held backend's first check), a transition.
+void HealthChecker::record(Probe& probe, bool ok, const std::string& why) {
+    if (std::exchange(probe.awaiting_first, false)) {
+        // Down already (held): a pass is the way in, a failure says why.
+        probe.healthy = ok;
+        (ok ? probe.successes : probe.failures) = 1;
+        probe.last_error = why;
+        on_transition_(probe.name, ok, ok ? "first check passed" : "first check failed: " + why);
+        return;
+    }
+    if (ok) {
+        probe.failures = 0;
+        ++probe.successes;
+        if (!probe.healthy && probe.successes >= probe.check.rise) {
+            probe.healthy = true;
+            on_transition_(probe.name, true, std::to_string(probe.successes) + " checks passed");
+        }
+        return;
+    }
+    probe.successes = 0;
+    ++probe.failures;
+    probe.last_error = why;
+    if (probe.healthy && probe.failures >= probe.check.fall) {
+        probe.healthy = false;
+        on_transition_(probe.name, false,
+                       std::to_string(probe.failures) + " checks failed, last: " + why);
+    }
+}
+
 void HealthChecker::configure(const Config& config, const std::set<std::string>& held) {
     std::map<std::string, std::shared_ptr<Probe>> next;
     for (const PoolConfig* pool : {&config.blue, &config.green}) {
@@ -112,64 +177,7 @@ void HealthChecker::configure(const Config& config, const std::set<std::string>&
             probe->healthy = !probe->awaiting_first;
             next[backend.name] = probe;
             // Each loop holds its probe; `stopped` ends it when the backend leaves the config.
-            asio::co_spawn(
-                executor_,
-                [probe, this]() -> asio::awaitable<void> {
-                    std::minstd_rand jitter_rng(std::hash<std::string>{}(probe->name));
-                    for (;;) {
-                        const bool changing = probe->successes > 0 && !probe->healthy
-                                                  ? true
-                                                  : probe->failures > 0 && probe->healthy;
-                        auto wait = changing ? probe->check.fast_interval : probe->check.interval;
-                        if (std::exchange(probe->first_at_once, false)) {
-                            wait = Duration(0);
-                        }
-                        if (probe->check.jitter.count() > 0) {
-                            wait += Duration(jitter_rng() % (probe->check.jitter.count() + 1));
-                        }
-                        probe->timer.expires_after(wait);
-                        co_await probe->timer.async_wait(nothrow);
-                        if (probe->stopped) {
-                            co_return;
-                        }
-                        std::string why;
-                        bool ok = co_await probe_once(probe->address, probe->check,
-                                                      probe->transport, why);
-                        if (probe->stopped) {
-                            co_return;
-                        }
-                        if (std::exchange(probe->awaiting_first, false)) {
-                            // Down already (held): a pass is the way in, a failure says why.
-                            probe->healthy = ok;
-                            (ok ? probe->successes : probe->failures) = 1;
-                            probe->last_error = why;
-                            on_transition_(
-                                probe->name, ok,
-                                ok ? "first check passed" : "first check failed: " + why);
-                            continue;
-                        }
-                        if (ok) {
-                            probe->failures = 0;
-                            ++probe->successes;
-                            if (!probe->healthy && probe->successes >= probe->check.rise) {
-                                probe->healthy = true;
-                                on_transition_(probe->name, true,
-                                               std::to_string(probe->successes) + " checks passed");
-                            }
-                        } else {
-                            probe->successes = 0;
-                            ++probe->failures;
-                            probe->last_error = why;
-                            if (probe->healthy && probe->failures >= probe->check.fall) {
-                                probe->healthy = false;
-                                on_transition_(probe->name, false,
-                                               std::to_string(probe->failures) +
-                                                   " checks failed, last: " + why);
-                            }
-                        }
-                    }
-                },
-                asio::detached);
+            asio::co_spawn(executor_, run(probe), asio::detached);
         }
     }
     // What is left in probes_ was removed from the config.

@@ -3,6 +3,7 @@
 // is about to take traffic). Runs on the control thread; never touches the data path.
 
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
 #include <functional>
 #include <map>
 #include <memory>
@@ -33,6 +34,9 @@ class HealthChecker {
     struct Probe;  // one backend's check loop (defined in the .cpp)
 
   private:
+    boost::asio::awaitable<void> run(std::shared_ptr<Probe> probe);  // one backend's checks
+    void record(Probe& probe, bool ok, const std::string& why);
+
     boost::asio::any_io_executor executor_;
     Transition on_transition_;
     std::map<std::string, std::shared_ptr<Probe>> probes_;
