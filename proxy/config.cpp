@@ -1059,6 +1059,59 @@ ListenerConfig read_listener(TableReader& entry, const toml::node& item) {
     return listener;
 }
 
+void read_pools(TableReader& pools, Config& config) {
+    read_pool(pools, "blue", config.blue);
+    read_pool(pools, "green", config.green);
+    pools.reject_unknown_keys();
+}
+
+void read_retries(TableReader& r, RetryConfig& out) {
+    r.read_integer("attempts", out.attempts, 0, 10);
+    r.read_fraction("budget", out.budget, 0.0, 1.0);
+    r.read_integer("min_budget", out.min_budget, 0, 100000);
+    r.read_bool("cross_colour", out.cross_colour);
+    r.reject_unknown_keys();
+}
+
+void read_access_log(TableReader& a, AccessLogConfig& out) {
+    if (auto target = a.read_string("target")) {
+        if (target->empty()) {
+            a.error_at(*a.table().get("target"),
+                       "access_log.target is \"off\", \"stdout\" or a file path");
+        } else {
+            out.target = *target;
+        }
+    }
+    a.read_integer("queue", out.queue, 16, 1 << 22);
+    a.reject_unknown_keys();
+}
+
+void read_preview(TableReader& p, PreviewConfig& out) {
+    p.read_checked(
+        "header", out.header, [](std::string_view s) { return s.empty() || is_token(s); },
+        "a header name like \"X-BG-Color\" (or empty: off)");
+    p.read_networks("allowed_networks", out.allowed);
+    p.reject_unknown_keys();
+}
+
+// [[name]]: each table of the array to `read`.
+template <class Read>
+void read_table_array(TableReader& top, const char* name, const std::string& source,
+                      std::vector<ConfigError>& errors, Read&& read) {
+    const toml::node* array = top.take(name);
+    if (array == nullptr) {
+        return;
+    }
+    if (!array->is_array_of_tables()) {
+        top.error_at(*array, std::string(name) + " must be an array of tables: [[" + name + "]]");
+        return;
+    }
+    for (const toml::node& item : *array->as_array()) {
+        TableReader entry(*item.as_table(), name, source, errors);
+        read(entry, item);
+    }
+}
+
 void read_document(const toml::table& root, Config& config, std::vector<ConfigError>& errors) {
     TableReader top(root, "", config.source, errors);
 
@@ -1066,16 +1119,10 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
         read_server(*server, config);
     }
 
-    if (const toml::node* listeners = top.take("listener")) {
-        if (!listeners->is_array_of_tables()) {
-            top.error_at(*listeners, "listener must be an array of tables: [[listener]]");
-        } else {
-            for (const toml::node& item : *listeners->as_array()) {
-                TableReader entry(*item.as_table(), "listener", config.source, errors);
-                config.listeners.push_back(read_listener(entry, item));
-            }
-        }
-    }
+    read_table_array(top, "listener", config.source, errors,
+                     [&](TableReader& entry, const toml::node& item) {
+                         config.listeners.push_back(read_listener(entry, item));
+                     });
 
     if (auto t = top.sub_table("timeouts")) {
         read_timeouts(*t, config.timeouts);
@@ -1115,44 +1162,19 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
     }
 
     if (auto r = top.sub_table("retries")) {
-        r->read_integer("attempts", config.retries.attempts, 0, 10);
-        r->read_fraction("budget", config.retries.budget, 0.0, 1.0);
-        r->read_integer("min_budget", config.retries.min_budget, 0, 100000);
-        r->read_bool("cross_colour", config.retries.cross_colour);
-        r->reject_unknown_keys();
+        read_retries(*r, config.retries);
     }
 
-    if (const toml::node* gate = top.take("gate")) {
-        if (!gate->is_array_of_tables()) {
-            top.error_at(*gate, "gate must be an array of tables: [[gate]]");
-        } else {
-            for (const toml::node& item : *gate->as_array()) {
-                TableReader entry(*item.as_table(), "gate", config.source, errors);
-                config.gate.push_back(read_gate_check(entry, item));
-            }
-        }
-    }
+    read_table_array(top, "gate", config.source, errors, [&](TableReader& entry, const auto& item) {
+        config.gate.push_back(read_gate_check(entry, item));
+    });
 
     if (auto a = top.sub_table("access_log")) {
-        if (auto target = a->read_string("target")) {
-            if (target->empty()) {
-                a->error_at(*a->table().get("target"),
-                            "access_log.target is \"off\", \"stdout\" or a file path");
-            } else {
-                config.access_log.target = *target;
-            }
-        }
-        a->read_integer("queue", config.access_log.queue, 16, 1 << 22);
-        a->reject_unknown_keys();
+        read_access_log(*a, config.access_log);
     }
 
     if (auto p = top.sub_table("preview")) {
-        p->read_checked(
-            "header", config.preview.header,
-            [](std::string_view s) { return s.empty() || is_token(s); },
-            "a header name like \"X-BG-Color\" (or empty: off)");
-        p->read_networks("allowed_networks", config.preview.allowed);
-        p->reject_unknown_keys();
+        read_preview(*p, config.preview);
     }
 
     if (auto st = top.sub_table("sticky")) {
@@ -1164,9 +1186,7 @@ void read_document(const toml::table& root, Config& config, std::vector<ConfigEr
     }
 
     if (auto pools = top.sub_table("pools")) {
-        read_pool(*pools, "blue", config.blue);
-        read_pool(*pools, "green", config.green);
-        pools->reject_unknown_keys();
+        read_pools(*pools, config);
     }
 
     top.reject_unknown_keys();
