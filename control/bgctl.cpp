@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -421,25 +422,11 @@ std::string protocol_line(const Subcommands& subs, std::string& verb, std::strin
     return line;
 }
 
-int main(int argc, char** argv) {
-    CLI::App app{
-        "bgctl: control a running bgproxy through its control socket.\n"
-        "Exit codes: 0 done, 1 refused by the proxy, 2 usage error, 3 proxy unreachable, 4 no\n"
-        "answer in time (the command may still apply: see `bgctl history --id=ID`), 5 in a\n"
-        "fleet: committed, but not applied by every member within the apply timeout (named)."};
-    const char* env_socket = std::getenv("BGCTL_SOCKET");
-    std::string socket_path = env_socket != nullptr ? env_socket : "/run/bgproxy/control.sock";
-    bool as_json = false;
-    int timeout_s = 30;
-    app.add_option("-s,--socket", socket_path,
-                   "the control socket (default: $BGCTL_SOCKET or /run/bgproxy/control.sock)");
-    app.add_flag("--json", as_json, "print the proxy's JSON reply as it is, for scripts");
-    app.add_option("--timeout", timeout_s, "seconds to wait for a reply")
-        ->check(CLI::PositiveNumber);
-    app.require_subcommand(1);
-    Subcommands subs;
-    add_subcommands(app, subs);
+namespace {
 
+// Parses the command line into `subs`: nothing when bgctl goes on, else its exit code.
+std::optional<int> parse_command_line(CLI::App& app, const Subcommands& subs, int argc,
+                                      char** argv) {
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {
@@ -459,18 +446,20 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "bgctl: an argument contains a control character (newline, tab...)\n");
         return usage;
     }
-    std::string verb;
-    std::string id;
-    const std::string line = protocol_line(subs, verb, id);
+    return std::nullopt;
+}
 
-    Connection conn;
+// Sends the line and reads the one-line reply into `reply_line`: nothing when one came, else
+// bgctl's exit code.
+std::optional<int> send_command(Connection& conn, const std::string& socket_path,
+                                const std::string& line, const std::string& verb,
+                                const std::string& id, int timeout_s, std::string& reply_line) {
     std::string error;
     if (!conn.open(socket_path, error)) {
         std::fprintf(stderr, "bgctl: cannot reach bgproxy at %s: %s\n", socket_path.c_str(),
                      error.c_str());
         return unreachable;
     }
-    std::string reply_line;
     // A proxy turning the connection away (too many) answers and closes before reading: the
     // send may fail, and its answer is still there to read.
     const bool sent = conn.send_line(line);
@@ -478,19 +467,25 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "bgctl: cannot send to bgproxy at %s\n", socket_path.c_str());
         return unreachable;
     }
-    if (reply_line.empty()) {
-        if (id.empty() || verb == "history") {
-            std::fprintf(stderr, "bgctl: no reply from bgproxy at %s\n", socket_path.c_str());
-            return unreachable;
-        }
-        // Hanging up cancels the command if it is still waiting (for its turn or its gate); if
-        // it was already applying, it completes. The audit log says which.
-        std::fprintf(stderr,
-                     "bgctl: no answer within %ds to command %s: cancelled if it had not started "
-                     "applying; `bgctl history --id=%s` says what became of it\n",
-                     timeout_s, id.c_str(), id.c_str());
-        return no_answer;
+    if (!reply_line.empty()) {
+        return std::nullopt;
     }
+    if (id.empty() || verb == "history") {
+        std::fprintf(stderr, "bgctl: no reply from bgproxy at %s\n", socket_path.c_str());
+        return unreachable;
+    }
+    // Hanging up cancels the command if it is still waiting (for its turn or its gate); if it
+    // was already applying, it completes. The audit log says which.
+    std::fprintf(stderr,
+                 "bgctl: no answer within %ds to command %s: cancelled if it had not started "
+                 "applying; `bgctl history --id=%s` says what became of it\n",
+                 timeout_s, id.c_str(), id.c_str());
+    return no_answer;
+}
+
+// Prints the reply (and a watch's events as they come); bgctl's exit code.
+int print_outcome(Connection& conn, const std::string& reply_line, const std::string& verb,
+                  bool as_json) {
     boost::system::error_code ec;
     json::value reply = json::parse(reply_line, ec);
     if (ec || !reply.is_object() || !reply.as_object().contains("ok")) {
@@ -529,4 +524,38 @@ int main(int argc, char** argv) {
         }
     }
     return done;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{
+        "bgctl: control a running bgproxy through its control socket.\n"
+        "Exit codes: 0 done, 1 refused by the proxy, 2 usage error, 3 proxy unreachable, 4 no\n"
+        "answer in time (the command may still apply: see `bgctl history --id=ID`), 5 in a\n"
+        "fleet: committed, but not applied by every member within the apply timeout (named)."};
+    const char* env_socket = std::getenv("BGCTL_SOCKET");
+    std::string socket_path = env_socket != nullptr ? env_socket : "/run/bgproxy/control.sock";
+    bool as_json = false;
+    int timeout_s = 30;
+    app.add_option("-s,--socket", socket_path,
+                   "the control socket (default: $BGCTL_SOCKET or /run/bgproxy/control.sock)");
+    app.add_flag("--json", as_json, "print the proxy's JSON reply as it is, for scripts");
+    app.add_option("--timeout", timeout_s, "seconds to wait for a reply")
+        ->check(CLI::PositiveNumber);
+    app.require_subcommand(1);
+    Subcommands subs;
+    add_subcommands(app, subs);
+    if (auto exit_code = parse_command_line(app, subs, argc, argv)) {
+        return *exit_code;
+    }
+    std::string verb;
+    std::string id;
+    const std::string line = protocol_line(subs, verb, id);
+    Connection conn;
+    std::string reply_line;
+    if (auto exit_code = send_command(conn, socket_path, line, verb, id, timeout_s, reply_line)) {
+        return *exit_code;
+    }
+    return print_outcome(conn, reply_line, verb, as_json);
 }
