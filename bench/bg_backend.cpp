@@ -350,6 +350,60 @@ class Session {
         return text_;
     }
 
+    // What a request is answered with: status, body, and the failure and delay it asks for
+    // (an /admin/ path sets them for later requests instead).
+    struct Answer {
+        int status = 200;
+        std::string_view body;
+        double fail_rate = 0.0;
+        std::uint64_t delay_ms = 0;
+    };
+    Answer answer_for(std::string_view path, const Query& query, const Request& req,
+                      std::uint64_t body_bytes) {
+        int status = 200;
+        std::string_view body = backend_.name_body;
+        double fail_rate = query.fail_rate;
+        std::uint64_t delay_ms = query.delay_ms;
+        if (path == "/admin/health") {
+            if (query.status != 0) {
+                backend_.health_status.store(query.status, std::memory_order_relaxed);
+            }
+            body = kOkBody;
+        } else if (path == "/admin/fail") {
+            backend_.fail_rate.store(query.fail_rate, std::memory_order_relaxed);
+            fail_rate = 0.0;
+            body = kOkBody;
+        } else if (path == "/admin/hang") {
+            body = kOkBody;
+        } else if (path == "/admin/delay") {
+            backend_.delay_ms.store(query.delay_ms, std::memory_order_relaxed);
+            delay_ms = 0;
+            body = kOkBody;
+        } else if (path == "/admin/mark" || path == "/admin/first" || path == "/admin/count") {
+            body = arrival_counters(path);
+        } else {
+            if (path != "/healthz") {
+                fail_rate = std::max(fail_rate, backend_.fail_rate.load(std::memory_order_relaxed));
+                delay_ms = std::max(delay_ms, backend_.delay_ms.load(std::memory_order_relaxed));
+            }
+            if (path == "/healthz") {
+                status = backend_.health_status.load(std::memory_order_relaxed);
+                body = kOkBody;
+            } else if (path == "/headers") {
+                body = describe_request(req, body_bytes);
+            } else if (path == "/upload") {
+                text_ = "received ";
+                append_uint(text_, body_bytes);
+                text_ += '\n';
+                body = text_;
+            }
+            if (query.status != 0) {
+                status = query.status;
+            }
+        }
+        return Answer{status, body, fail_rate, delay_ms};
+    }
+
     // Returns whether the connection stays open for the next request.
     net::awaitable<bool> handle_request() {
         Request& req = parser_->get();
@@ -398,47 +452,7 @@ class Session {
             co_return false;
         }
 
-        int status = 200;
-        std::string_view body = backend_.name_body;
-        double fail_rate = query.fail_rate;
-        std::uint64_t delay_ms = query.delay_ms;
-        if (path == "/admin/health") {
-            if (query.status != 0) {
-                backend_.health_status.store(query.status, std::memory_order_relaxed);
-            }
-            body = kOkBody;
-        } else if (path == "/admin/fail") {
-            backend_.fail_rate.store(query.fail_rate, std::memory_order_relaxed);
-            fail_rate = 0.0;
-            body = kOkBody;
-        } else if (path == "/admin/hang") {
-            body = kOkBody;
-        } else if (path == "/admin/delay") {
-            backend_.delay_ms.store(query.delay_ms, std::memory_order_relaxed);
-            delay_ms = 0;
-            body = kOkBody;
-        } else if (path == "/admin/mark" || path == "/admin/first" || path == "/admin/count") {
-            body = arrival_counters(path);
-        } else {
-            if (path != "/healthz") {
-                fail_rate = std::max(fail_rate, backend_.fail_rate.load(std::memory_order_relaxed));
-                delay_ms = std::max(delay_ms, backend_.delay_ms.load(std::memory_order_relaxed));
-            }
-            if (path == "/healthz") {
-                status = backend_.health_status.load(std::memory_order_relaxed);
-                body = kOkBody;
-            } else if (path == "/headers") {
-                body = describe_request(req, body_bytes);
-            } else if (path == "/upload") {
-                text_ = "received ";
-                append_uint(text_, body_bytes);
-                text_ += '\n';
-                body = text_;
-            }
-            if (query.status != 0) {
-                status = query.status;
-            }
-        }
+        auto [status, body, fail_rate, delay_ms] = answer_for(path, query, req, body_bytes);
         if (fail_rate > 0.0 && random_unit() < fail_rate) {
             status = 500;
         }
