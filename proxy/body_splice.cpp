@@ -58,8 +58,10 @@ Task<BodyEnd> BodyRelay::splice(ExchangeState& ex, Socket& from, Socket& to, Spl
     while (left > 0 || pipe.held > 0) {
         bool source_empty = false;
         if (left > 0) {
-            const ssize_t n = ::splice(from.native_handle(), nullptr, pipe.write_end, nullptr,
-                                       static_cast<std::size_t>(left), flags);
+            // At most what a pipe can take anyway: splice(2) refuses a length past SSIZE_MAX.
+            const ssize_t n =
+                ::splice(from.native_handle(), nullptr, pipe.write_end, nullptr,
+                         static_cast<std::size_t>(std::min<std::uint64_t>(left, 1 << 30)), flags);
             if (n > 0) {
                 left -= static_cast<std::uint64_t>(n);
                 pipe.held += static_cast<std::size_t>(n);

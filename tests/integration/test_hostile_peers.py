@@ -190,6 +190,12 @@ max_trailer = 1024
         self.assertEqual(self.refused(chunked + b"0" * 300 + b"5\r\nhello\r\n0\r\n\r\n"), 400)
         self.assertEqual(self.refused(chunked + b"0" * 250 + b"5;e=1\r\nhello\r\n0\r\n\r\n"), 200)
         self.assertEqual(self.refused(chunked + b"5\r\nhello\r\n0\r\n" + b"X-T: " + b"t" * 2000 + b"\r\n\r\n"), 400)
+        # A length past 2^63 - 1: refused at the head (was: the head and 5 bytes went to the
+        # backend, then the client connection closed without an answer).
+        before = len(self.upstream.requests())
+        for length in (b"9223372036854775808", b"18446744073709551615", b"0009223372036854775813"):
+            self.assertEqual(self.refused(head + b"Content-Length: " + length + b"\r\n\r\nhello"), 400)
+        self.assertEqual(len(self.upstream.requests()), before)
         # Within the bounds, the same shapes pass.
         self.assertEqual(self.refused(chunked + b"5;ext=e\r\nhello\r\n0\r\nX-T: t\r\n\r\n"), 200)
         self.assertEqual(self.refused(head + b"".join(b"X-F%d: v\r\n" % i for i in range(15)) +
@@ -214,12 +220,14 @@ max_trailer = 1024
             if target == b"/chunk-line-later":
                 return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n5;" +
                         b"e" * 4000 + b"\r\nhello\r\n0\r\n\r\n")
+            if target == b"/huge-length":
+                return b"HTTP/1.1 200 OK\r\nContent-Length: 9223372036854775813\r\n\r\nhello"
             if target == b"/bad-size":
                 return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nHELLO\r\n0\r\n\r\n"
             return ok_response()
 
         self.start_proxy(answer)
-        for target in (b"/fields", b"/field", b"/huge-field"):
+        for target in (b"/fields", b"/field", b"/huge-field", b"/huge-length"):
             with self.subTest(target=target):
                 out = raw_exchange(self.proxy_.port, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target, timeout=3)
                 self.assertEqual(status_of(out), 502, out[:200])
