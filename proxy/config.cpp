@@ -838,6 +838,28 @@ void read_fleet(TableReader& fleet, FleetConfig& out) {
     fleet.reject_unknown_keys();
 }
 
+// A list of protocol names, possibly empty (no upgrades at all).
+void read_upgrade_protocols(TableReader& server, std::vector<std::string>& out) {
+    const toml::node* node = server.table().get("upgrade_protocols");
+    if (node != nullptr && node->as_array() != nullptr && node->as_array()->empty()) {
+        server.take("upgrade_protocols");
+        out.clear();
+        return;
+    }
+    std::vector<std::string> names;
+    server.read_string_list("upgrade_protocols", "protocol names like \"websocket\"",
+                            [&](const std::string& name) -> std::string {
+                                if (!is_token(name)) {
+                                    return "is not a protocol name (a token, without /version)";
+                                }
+                                names.push_back(name);
+                                return {};
+                            });
+    if (node != nullptr) {
+        out = std::move(names);
+    }
+}
+
 void read_server(TableReader& server, Config& config) {
     server.read_integer("workers", config.workers, 0, 1024);
     server.read_integer("buffer_size", config.limits.buffer_size, 1024, 16 * 1024 * 1024);
@@ -855,6 +877,7 @@ void read_server(TableReader& server, Config& config) {
         "a header name like \"X-Served-By\" (or empty: off)");
     server.read_bool("metrics", config.metrics);
     server.read_networks("trusted_proxies", config.trusted_proxies);
+    read_upgrade_protocols(server, config.upgrade_protocols);
     server.reject_unknown_keys();
 }
 

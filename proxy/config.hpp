@@ -334,6 +334,8 @@ struct Config {
     std::vector<SmokeCheck> gate;
     AccessLogConfig access_log;
     std::string served_by_header;  // empty: off; else "NAME: colour/backend" on responses
+    // Protocols a client may switch to through the proxy (Upgrade); others are stripped.
+    std::vector<std::string> upgrade_protocols{"websocket"};
     bool metrics = true;
     // Peers whose X-Forwarded-For / Forwarded / X-Forwarded-Proto are kept (and appended to);
     // from anyone else they are replaced.

@@ -5,7 +5,10 @@
 // the exchange and the body relay depend on it rather than on each other.
 
 #include <boost/system/error_code.hpp>
+#include <string>
+#include <string_view>
 #include <type_traits>
+#include <vector>
 
 #include "proxied_message.hpp"
 
@@ -51,6 +54,14 @@ bool idempotent(boost::beast::http::verb method);
 
 // Upgrade named in Connection, with an Upgrade field.
 bool is_upgrade_request(const RequestHeader& header);
+
+// Of an Upgrade field's protocols (RFC 9110 7.8), those whose name (before any "/version") is
+// in `allowed`, case-insensitively, as a field value; empty when none is.
+std::string allowed_upgrade(std::string_view offered, const std::vector<std::string>& allowed);
+
+// A 101's Upgrade names a protocol the request offered (RFC 9110 7.8: a server switches only
+// to one the client listed).
+bool upgrade_offered(std::string_view chosen, std::string_view offered);
 
 template <class T>
 struct is_tls_stream : std::false_type {};

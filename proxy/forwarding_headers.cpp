@@ -27,6 +27,7 @@ bool is_hop_field(http::field name, bool keep_upgrade) {
         case http::field::te:
         case http::field::trailer:
         case http::field::transfer_encoding:
+        case http::field::http2_settings:  // h2c's, connection-specific (RFC 9113 3.2.1)
             return true;
         case http::field::upgrade:
             return !keep_upgrade;

@@ -256,7 +256,7 @@ Task<bool> RequestExchange<Stream>::respond() {
         co_await refuse(refusal);
         co_return false;
     }
-    const RequestFacts facts = request_facts(*ex_.parser);
+    const RequestFacts facts = request_facts(*ex_.parser, config_.upgrade_protocols);
     // One routing snapshot for the whole request, retries included. The colour is chosen before
     // any header rule runs, so no field named in Connection can change the route.
     RoutingTablePtr table = conn_.worker.table();
@@ -475,6 +475,11 @@ Task<Exchange> RequestExchange<Stream>::exchange(UpstreamLease& lease, const Req
         }
         if (status == 101 && !facts.upgrade) {
             ex_.body_error = "backend switched protocols unasked (101)";
+            co_return Exchange::response_invalid;
+        }
+        if (status == 101 &&
+            !upgrade_offered(ex_.response_parser->get()[http::field::upgrade], facts.upgrade_to)) {
+            ex_.body_error = "backend switched to a protocol the client did not offer (101)";
             co_return Exchange::response_invalid;
         }
         if (status >= 200 || status == 101) {

@@ -70,17 +70,25 @@ Refusal check_request_head(RequestParser& parser, std::uint64_t max_request_body
     return {};
 }
 
-RequestFacts request_facts(const RequestParser& parser) {
+RequestFacts request_facts(const RequestParser& parser, const std::vector<std::string>& upgrades) {
     const auto& request = parser.get();
-    return {
+    RequestFacts facts{
         .keep_alive = parser.keep_alive(),
         .version = request.version(),
-        .upgrade = request.version() >= 11 && is_upgrade_request(request.base()),
+        .upgrade = false,
+        .upgrade_to = {},
         .head = request.method() == http::verb::head,
         .expect_continue = request.version() >= 11 &&
                            boost::beast::iequals(request[http::field::expect], "100-continue"),
         .idempotent = idempotent(request.method()),
     };
+    if (request.version() >= 11 && is_upgrade_request(request.base())) {
+        // h2c and the like would make a tunnel of HTTP requests that no routing, limit or log
+        // sees (Envoy and nginx switch only to protocols configured).
+        facts.upgrade_to = allowed_upgrade(request[http::field::upgrade], upgrades);
+        facts.upgrade = !facts.upgrade_to.empty();
+    }
+    return facts;
 }
 
 Refusal rewrite_for_upstream(RequestParser& parser, const RequestFacts& facts,
@@ -95,6 +103,9 @@ Refusal rewrite_for_upstream(RequestParser& parser, const RequestFacts& facts,
     try {
         rewrite_request_fields(request,
                                ForwardedFor{hop.client_ip, hop.tls, facts.upgrade, hop.trusted});
+        if (facts.upgrade) {
+            request.set(http::field::upgrade, facts.upgrade_to);
+        }
         if (request.find(http::field::host) == request.end()) {
             // RFC 9112 3.2: HTTP/1.1 needs a Host (a 1.1 request without one was refused).
             request.set(http::field::host, authority_of(hop.server));

@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "proxied_message.hpp"
 #include "worker_stats.hpp"
@@ -32,7 +33,8 @@ struct Refusal {
 struct RequestFacts {
     bool keep_alive = false;  // the client asked to keep the connection
     unsigned version = 11;    // the client's (1.x above 1.1 arrives as 1.1)
-    bool upgrade = false;     // RFC 9110 7.8: never for HTTP/1.0
+    bool upgrade = false;     // RFC 9110 7.8: never for HTTP/1.0; only to an allowed protocol
+    std::string upgrade_to;   // the Upgrade forwarded: the offered protocols that are allowed
     bool head = false;
     bool expect_continue = false;
     bool idempotent = false;  // RFC 9110 9.2.2: may be sent again after a failure
@@ -53,7 +55,9 @@ struct ClientHop {
 // origin-form with its Host (RFC 9112 3.2.2).
 Refusal check_request_head(RequestParser& parser, std::uint64_t max_request_body);
 
-RequestFacts request_facts(const RequestParser& parser);
+// `upgrades`: the protocols a client may switch to through the proxy ([server]
+// upgrade_protocols); an Upgrade offering none of them is stripped, the request served as such.
+RequestFacts request_facts(const RequestParser& parser, const std::vector<std::string>& upgrades);
 
 // Rewrites the head in place for the backend: hop-by-hop fields out, forwarding fields in,
 // framing from the parser (never from a field a rule could have removed), Expect answered by

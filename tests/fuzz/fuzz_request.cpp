@@ -226,7 +226,7 @@ class Session : bg::fuzz::MessageReader<true> {
         if (bg::check_request_head(*parser_, limits_.max_request_body)) {
             return;  // 400, 405 or 413
         }
-        const bg::RequestFacts facts = bg::request_facts(*parser_);
+        const bg::RequestFacts facts = bg::request_facts(*parser_, {"websocket"});
         if (bg::rewrite_for_upstream(
                 *parser_, facts, {setup_.client_ip, setup_.tls, setup_.trusted, local_server})) {
             return;  // 431

@@ -354,3 +354,19 @@ TEST_CASE("--etcd and --fleet join a fleet from flags") {
     flags.etcd = "http://127.0.0.1:notaport";
     CHECK_FALSE(bg::apply_overrides(*bg::parse_config(minimal, "t").config, flags).errors.empty());
 }
+
+TEST_CASE("upgrade_protocols: websocket by default, any tokens, or none") {
+    auto defaults = bg::parse_config(minimal, "t");
+    REQUIRE(defaults.errors.empty());
+    CHECK(defaults.config->upgrade_protocols == std::vector<std::string>{"websocket"});
+    const std::string server = std::string(minimal) + "[server]\nupgrade_protocols = ";
+    auto none = bg::parse_config(server + "[]\n", "t");
+    REQUIRE(none.errors.empty());
+    CHECK(none.config->upgrade_protocols.empty());
+    auto two = bg::parse_config(server + "[\"websocket\", \"foo\"]\n", "t");
+    REQUIRE(two.errors.empty());
+    CHECK(two.config->upgrade_protocols.size() == 2);
+    CHECK(first_error(server + "[\"websocket/13\"]\n").find("not a protocol name") !=
+          std::string::npos);
+    CHECK(first_error(server + "\"websocket\"\n").find("upgrade_protocols") != std::string::npos);
+}

@@ -2,6 +2,7 @@
 
 #include <boost/beast/http/fields.hpp>
 
+#include "exchange_outcome.hpp"
 #include "forwarding_headers.hpp"
 
 namespace http = boost::beast::http;
@@ -105,4 +106,17 @@ TEST_CASE("forwarding fields are matched whatever their case; framing named by C
     CHECK(f["X-Forwarded-Host"] == "a.example");
     CHECK(std::distance(f.equal_range("X-Forwarded-Host").first,
                         f.equal_range("X-Forwarded-Host").second) == 1);
+}
+
+TEST_CASE("an Upgrade keeps only the allowed protocols; a 101 switches to one offered") {
+    const std::vector<std::string> websocket{"websocket"};
+    CHECK(bg::allowed_upgrade("h2c", websocket).empty());
+    CHECK(bg::allowed_upgrade("h2c, WebSocket", websocket) == "WebSocket");
+    CHECK(bg::allowed_upgrade(" websocket/13 ,,foo", websocket) == "websocket/13");
+    CHECK(bg::allowed_upgrade("websocket", {}).empty());
+    CHECK(bg::upgrade_offered("websocket", "WebSocket"));
+    CHECK(bg::upgrade_offered("websocket/13", "foo, websocket"));
+    CHECK_FALSE(bg::upgrade_offered("h2c", "websocket"));
+    CHECK_FALSE(bg::upgrade_offered("h2c, websocket", "websocket"));  // the first is the switch
+    CHECK_FALSE(bg::upgrade_offered("", "websocket"));
 }
