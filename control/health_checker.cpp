@@ -39,10 +39,14 @@ struct HealthChecker::Probe {
 
 namespace {
 
-// One probe: true when the backend answered as expected; `why` says what went wrong otherwise.
-// `request` carries how to connect (TLS, PROXY header); the check fills in the rest.
-asio::awaitable<bool> probe_once(const HostPort& address, const HealthCheckConfig& check,
-                                 ProbeRequest request, std::string& why) {
+enum class Check { passed, failed, not_run };
+
+// One probe: passed when the backend answered as expected; `why` says what went wrong
+// otherwise. Not run when the proxy itself ran out (descriptors...): that is no verdict on the
+// backend, and counting it would take every backend down, and trip the guard, in a descriptor
+// flood. `request` carries how to connect (TLS, PROXY header); the check fills in the rest.
+asio::awaitable<Check> probe_once(const HostPort& address, const HealthCheckConfig& check,
+                                  ProbeRequest request, std::string& why) {
     request.method = check.method;
     request.path = check.path;
     request.host = check.host;
@@ -51,14 +55,14 @@ asio::awaitable<bool> probe_once(const HostPort& address, const HealthCheckConfi
     ProbeResult result = co_await http_probe(address, request);
     if (!result.answered) {
         why = result.error;
-        co_return false;
+        co_return result.local_failure ? Check::not_run : Check::failed;
     }
     if (!check.tcp_only &&
         std::find(check.expect.begin(), check.expect.end(), result.status) == check.expect.end()) {
         why = "status " + std::to_string(result.status);
-        co_return false;
+        co_return Check::failed;
     }
-    co_return true;
+    co_return Check::passed;
 }
 
 }  // namespace
@@ -114,11 +118,16 @@ asio::awaitable<void> HealthChecker::run(std::shared_ptr<Probe> probe) {
             co_return;
         }
         std::string why;
-        const bool ok = co_await probe_once(probe->address, probe->check, probe->transport, why);
+        const Check check =
+            co_await probe_once(probe->address, probe->check, probe->transport, why);
         if (probe->stopped) {
             co_return;
         }
-        record(*probe, ok, why);
+        if (check == Check::not_run) {
+            spdlog::warn("health check of {} not run (not counted): {}", probe->name, why);
+            continue;
+        }
+        record(*probe, check == Check::passed, why);
     }
 }
 

@@ -1,5 +1,7 @@
 #include "http_probe.hpp"
 
+#include <cerrno>
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -85,6 +87,9 @@ asio::awaitable<ProbeResult> http_probe(const HostPort& backend, const ProbeRequ
     std::tie(ec) = co_await stream.async_connect(endpoint, nothrow);
     if (ec) {
         result.error = "connect: " + ec.message();
+        const int code = ec.category() == boost::system::system_category() ? ec.value() : 0;
+        result.local_failure = code == EMFILE || code == ENFILE || code == ENOBUFS ||
+                               code == ENOMEM || code == EADDRNOTAVAIL;
         co_return result;
     }
     if (probe.send_proxy_protocol) {

@@ -33,6 +33,8 @@ struct ProbeResult {
     unsigned status = 0;
     std::string body;
     std::string error;  // what went wrong when !answered
+    // The proxy itself ran out (descriptors, memory, local ports): nothing learnt of the backend.
+    bool local_failure = false;
 };
 
 boost::asio::awaitable<ProbeResult> http_probe(const HostPort& backend,

@@ -1,6 +1,7 @@
 """Active health checks and the rollout guard, with real processes."""
 import http.client
 import json
+import resource
 import socket
 import time
 import unittest
@@ -189,6 +190,39 @@ class ReloadedBackendsTest(ProcessTestCase):
             self.assertEqual(get(proxy.port)[:2], (200, "blue-9"))
         s = proxy.status()
         self.assertEqual((s["colours"]["blue"]["weight"], s["colours"]["blue"]["role"]), (100, "stable"))
+
+
+class DescriptorFloodTest(ProcessTestCase):
+    """A check the proxy could not run (out of descriptors) says nothing of the backend (failed
+    on the commit before: a connection flood took every backend down by its checks' EMFILE, and
+    with a canary it reverted a good release)."""
+
+    def test_checks_that_cannot_open_a_socket_are_not_counted(self):
+        def low_limit():
+            resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+        blue = [self.backend("blue-1")]
+        green = [self.backend("green-1")]
+        fast = HEALTH.replace('interval = "500ms"', 'interval = "100ms"').replace(
+            'fast_interval = "200ms"', 'fast_interval = "100ms"')
+        proxy = self.proxy(config(blue, green, extra=fast), workers=1, preexec_fn=low_limit)
+        self.assertEqual(proxy.bgctl("set", "green=50").returncode, 0)
+        flood = []
+        for _ in range(80):
+            try:
+                flood.append(socket.create_connection(("127.0.0.1", proxy.port), timeout=2))
+            except OSError:
+                break
+        time.sleep(1.5)  # fall (3) x interval, several times over
+        for s in flood:
+            s.close()
+        time.sleep(0.5)
+        s = proxy.status()
+        proxy.proc.kill()
+        log = proxy.proc.stdout.read() + proxy.proc.stderr.read()
+        self.assertIn("not run (not counted)", log)  # the flood did starve the checks
+        self.assertNotIn(" down: ", log)
+        self.assertEqual(s["colours"]["green"]["weight"], 50)
+        self.assertTrue(all(b["healthy"] for c in ("blue", "green") for b in s["colours"][c]["backends"]))
 
 
 class PreviewStickyTest(ProcessTestCase):
