@@ -1,10 +1,10 @@
-#include "control_slots.hpp"
+#include "connection_slots.hpp"
 
 #include <algorithm>
 
 namespace bg {
 
-ControlSlots::Handle ControlSlots::take(std::function<void()> close) {
+ConnectionSlots::Handle ConnectionSlots::take(std::function<void()> close) {
     if (slots_.size() >= max_connections_) {
         auto longest = slots_.end();
         for (auto it = slots_.begin(); it != slots_.end(); ++it) {
@@ -26,16 +26,16 @@ ControlSlots::Handle ControlSlots::take(std::function<void()> close) {
     return slot;
 }
 
-void ControlSlots::release(const Handle& slot) {
+void ConnectionSlots::release(const Handle& slot) {
     slots_.remove(slot);
 }
 
-void ControlSlots::idle(Slot& slot) {
+void ConnectionSlots::idle(Slot& slot) {
     slot.state = Slot::State::idle;
     slot.idle_since = Clock::now();
 }
 
-bool ControlSlots::watch(Slot& slot) {
+bool ConnectionSlots::watch(Slot& slot) {
     const auto watching = std::count_if(slots_.begin(), slots_.end(), [](const Handle& s) {
         return s->state == Slot::State::watching;
     });

@@ -1,10 +1,11 @@
 #pragma once
-// ControlSlots: the control socket's connections by what each is doing, so that a full house
-// never locks an operator out of a rollback. A connection over [control] max_connections takes
-// the slot of the one that has waited longest for its next command line (closing it), and
-// `watch` streams, which are never idle-closed, have a bound of their own (max_watchers, below
-// max_connections). Only a house full of commands in flight and watchers turns one away.
-// Control thread only.
+// ConnectionSlots: a listener's connections by what each is doing, so that a full house never
+// locks out the one who needs in (an operator's rollback, a load balancer's readiness probe). A
+// connection over the bound takes the slot of the one that has waited longest for its next
+// request (closing it), and the control socket's `watch` streams, which are never idle-closed,
+// have a bound of their own (max_watchers, below max_connections). Only a house full of
+// requests in flight and watchers turns one away. Used by the control socket and the admin
+// listener. Control thread only.
 
 #include <chrono>
 #include <cstddef>
@@ -14,7 +15,7 @@
 
 namespace bg {
 
-class ControlSlots {
+class ConnectionSlots {
   public:
     using Clock = std::chrono::steady_clock;
     struct Slot {
@@ -25,7 +26,7 @@ class ControlSlots {
     };
     using Handle = std::shared_ptr<Slot>;
 
-    ControlSlots(std::size_t max_connections, std::size_t max_watchers)
+    ConnectionSlots(std::size_t max_connections, std::size_t max_watchers)
         : max_connections_(max_connections), max_watchers_(max_watchers) {}
 
     // A slot for a new connection, idle; when all are taken, the connection idle longest is

@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "access.hpp"
-#include "control_slots.hpp"
+#include "connection_slots.hpp"
 
 namespace bg {
 
@@ -108,8 +108,8 @@ asio::awaitable<void> turn_away(local::socket& socket, std::size_t limit) {
 }
 
 asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchboard& switchboard,
-                            std::shared_ptr<ControlSlots> slots) {
-    const ControlSlots::Handle slot = slots->take([&socket] {
+                            std::shared_ptr<ConnectionSlots> slots) {
+    const ConnectionSlots::Handle slot = slots->take([&socket] {
         boost::system::error_code ignored;
         socket.close(ignored);
     });
@@ -118,8 +118,8 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
         co_return;
     }
     struct Leave {
-        std::shared_ptr<ControlSlots> slots;
-        ControlSlots::Handle slot;
+        std::shared_ptr<ConnectionSlots> slots;
+        ConnectionSlots::Handle slot;
         ~Leave() { slots->release(slot); }
     } leave{slots, slot};
     const Caller caller = identify_peer(socket.native_handle(), config);
@@ -128,7 +128,7 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
     std::string input;
     for (;;) {
         // A connection that sends no command for idle_timeout is closed: it holds a slot.
-        ControlSlots::idle(*slot);
+        ConnectionSlots::idle(*slot);
         idle.expires_after(config.idle_timeout);
         idle.async_wait([&socket](boost::system::error_code ec) {
             if (!ec) {
@@ -152,7 +152,7 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
         if (ec) {
             break;
         }
-        ControlSlots::busy(*slot);
+        ConnectionSlots::busy(*slot);
         std::string line = input.substr(0, n - 1);
         input.erase(0, n);
         auto answered = std::make_shared<bool>(false);
@@ -184,7 +184,7 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
         if (wec) {
             break;
         }
-        if (watching && slot->state == ControlSlots::Slot::State::watching) {
+        if (watching && slot->state == ConnectionSlots::Slot::State::watching) {
             co_await stream_events(socket, switchboard, outbox);
             co_return;
         }
@@ -200,7 +200,7 @@ ControlServer::ControlServer(asio::io_context& io, const ControlConfig& config,
       switchboard_(switchboard),
       acceptor_(io),
       accept_pause_(io, "control socket"),
-      slots_(std::make_shared<ControlSlots>(config.max_connections, config.max_watchers)) {}
+      slots_(std::make_shared<ConnectionSlots>(config.max_connections, config.max_watchers)) {}
 
 ControlServer::~ControlServer() {
     close();

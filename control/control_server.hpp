@@ -12,7 +12,7 @@
 #include <utility>
 
 #include "config.hpp"
-#include "control_slots.hpp"
+#include "connection_slots.hpp"
 #include "descriptor_limit.hpp"
 #include "switchboard.hpp"
 
@@ -37,7 +37,7 @@ class ControlServer {
     Switchboard& switchboard_;
     boost::asio::local::stream_protocol::acceptor acceptor_;
     AcceptPause accept_pause_;
-    std::shared_ptr<ControlSlots> slots_;
+    std::shared_ptr<ConnectionSlots> slots_;
     // The socket file this process made (device, inode), so close() never removes another's.
     std::optional<std::pair<dev_t, ino_t>> bound_;
 };

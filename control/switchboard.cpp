@@ -863,6 +863,7 @@ std::string Switchboard::stage_reload(Staged& out) {
     fresh.workers = config_->workers;
     fresh.control = config_->control;
     fresh.admin_listen = config_->admin_listen;
+    fresh.admin_max_connections = config_->admin_max_connections;
     if (std::string restart = needs_restart(*config_, fresh); !restart.empty()) {
         return "changes to " + restart + " need a restart";
     }

@@ -871,6 +871,7 @@ void read_server(TableReader& server, Config& config) {
     if (auto admin = server.read_string("admin_listen")) {
         config.admin_listen = *admin;
     }
+    server.read_integer("admin_max_connections", config.admin_max_connections, 1, 100000);
     server.read_checked(
         "served_by_header", config.served_by_header,
         [](std::string_view s) { return s.empty() || is_token(s); },

@@ -278,7 +278,7 @@ struct ControlConfig {
     std::string state_file = "/var/lib/bgproxy/state.json";
     std::string audit_log = "/var/log/bgproxy/audit.log";
     std::size_t max_line = 65536;
-    std::size_t max_connections = 64;  // control connections at once (see ControlSlots)
+    std::size_t max_connections = 64;  // control connections at once (see ConnectionSlots)
     std::size_t max_watchers = 16;     // of which `watch` streams; below max_connections
     Duration idle_timeout{std::chrono::seconds(60)};  // no command line for this long: closed
     std::uint64_t audit_log_max_size = 10 << 20;      // then rotated: audit.log.1, .2, ...
@@ -342,6 +342,7 @@ struct Config {
     NetworkSet
         trusted_proxies;  // count per-request traffic metrics (false: for measuring their cost)
     std::string admin_listen = "127.0.0.1:9901";  // empty: no admin listener
+    std::size_t admin_max_connections = 64;        // past it the longest idle one is closed
     ControlConfig control;
     FleetConfig fleet;
 };

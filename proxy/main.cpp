@@ -153,7 +153,7 @@ std::unique_ptr<bg::AdminServer> open_admin(boost::asio::io_context& control,
         return nullptr;
     }
     auto admin = std::make_unique<bg::AdminServer>(
-        control, switchboard,
+        control, switchboard, config.admin_max_connections,
         [&switchboard, &group, access_log](std::function<void(std::string)> done) {
             group.gather_load(
                 [&switchboard, &group, access_log, done = std::move(done)](bg::DataPlaneLoad load) {

@@ -105,6 +105,71 @@ class AdminTest(ProcessTestCase):
                 self.assertRegex(line, r"^bgproxy_[a-z_]+(\{[^}]*\})? [-0-9.e+]+$")
         self.assertEqual(admin_get(proxy, "/nope")[0], 404)
 
+    def test_hostile_admin_clients_are_bounded(self):
+        """Found by an outside probe: the admin listener kept every connection (a flood ran the
+        proxy out of descriptors), gave a trickled head client_keepalive, held ~1 MiB of body a
+        connection, sent HEAD bodies and closed bad requests without a word."""
+        proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")],
+                                  extra='[server]\nadmin_max_connections = 8\n'
+                                        '[timeouts]\nclient_header = "1s"\n'))
+        address = ("127.0.0.1", proxy.admin_port)
+        idle = [socket.create_connection(address, timeout=5) for _ in range(20)]
+        self.addCleanup(lambda: [s.close() for s in idle])
+        time.sleep(0.3)
+        start = time.time()
+        self.assertEqual(admin_get(proxy, "/readyz")[0], 200)  # a probe always gets in
+        self.assertLess(time.time() - start, 0.5)
+        closed = 0
+        for s in idle:
+            s.settimeout(0.05)
+            try:
+                closed += s.recv(1) == b""
+            except (socket.timeout, ConnectionError):
+                closed += 0
+        self.assertGreaterEqual(closed, 12, "only admin_max_connections stay")
+        # A head trickled past client_header is cut there.
+        slow = socket.create_connection(address, timeout=5)
+        self.addCleanup(slow.close)
+        start = time.time()
+        cut = None
+        for piece in [b"GET /status HTTP/1.1\r\n"] + [b"X-A: b\r\n"] * 30:
+            try:
+                slow.sendall(piece)
+                time.sleep(0.1)
+            except OSError:
+                cut = time.time() - start
+                break
+        self.assertIsNotNone(cut, "a trickled head outlived client_header")
+        self.assertLess(cut, 2.5)
+
+        def exchange(data):
+            with socket.create_connection(address, timeout=5) as s:
+                s.sendall(data)
+                out = b""
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        return out
+                    out += chunk
+        # No body is read: refused at the head.
+        out = exchange(b"GET /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 1048000\r\n\r\n" + b"x" * 1000)
+        self.assertTrue(out.startswith(b"HTTP/1.1 413 "), out[:100])
+        # HEAD: the length a GET gets, no body, and the next response right after it.
+        out = exchange(b"HEAD /status HTTP/1.1\r\nHost: a\r\n\r\n"
+                       b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        head, rest = out.split(b"\r\n\r\n", 1)
+        self.assertIn(b"Content-Length: ", head)
+        self.assertNotIn(b"Content-Length: 0\r", head + b"\r")
+        self.assertTrue(rest.startswith(b"HTTP/1.1 200 "), rest[:100])
+        self.assertTrue(rest.endswith(b"\r\n\r\nok\n"), rest[-50:])
+        # Absolute-form is accepted; bad requests get a status, not a silent close.
+        self.assertTrue(exchange(b"GET http://x/healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .startswith(b"HTTP/1.1 200 "))
+        self.assertTrue(exchange(b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: " + b"b" * 100000 + b"\r\n\r\n")
+                        .startswith(b"HTTP/1.1 431 "))
+        self.assertTrue(exchange(b"GET /he\x01 HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 400 "))
+        self.assertEqual(admin_get(proxy, "/healthz"), (200, b"ok\n"))
+
     def test_readyz_turns_503_before_the_listener_closes_on_sigterm(self):
         proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")],
                                   extra='[timeouts]\nshutdown_ready_delay = "1s"\n'))
