@@ -6,6 +6,9 @@
 
 #include <boost/asio/ssl/context.hpp>
 #include <cctype>
+#include <optional>
+#include <string>
+#include <string_view>
 
 namespace bg {
 
@@ -91,16 +94,37 @@ int select_alpn(SSL*, const unsigned char** out, unsigned char* outlen, const un
     return SSL_TLSEXT_ERR_NOACK;  // no common protocol: go on without ALPN, as HTTP/1.1
 }
 
-int on_server_name(SSL* ssl, int*, void* arg) {
+// The host name a ClientHello's server_name extension carries (RFC 6066 3), or nothing.
+std::optional<std::string_view> client_hello_server_name(SSL* ssl) {
+    const unsigned char* p = nullptr;
+    std::size_t left = 0;
+    if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &p, &left) != 1 || left < 5) {
+        return std::nullopt;
+    }
+    const std::size_t list = (std::size_t{p[0]} << 8) | p[1];
+    const std::size_t name = (std::size_t{p[3]} << 8) | p[4];
+    if (list + 2 != left || p[2] != TLSEXT_NAMETYPE_host_name || name + 3 > list) {
+        return std::nullopt;  // malformed: OpenSSL's own parse refuses it next
+    }
+    return std::string_view(reinterpret_cast<const char*>(p + 5), name);
+}
+
+// The certificate is chosen from the ClientHello, before OpenSSL looks at a session to resume:
+// switching the context there also switches the session id context each certificate has, so
+// a session (id or ticket) resumes under its own certificate only (RFC 6066 3). Chosen in the
+// server-name callback, as before, the check ran against the first certificate's context.
+int on_client_hello(SSL* ssl, int*, void* arg) {
     const auto* self = static_cast<const TlsServerContext*>(arg);
-    const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-    if (name == nullptr) {
-        return SSL_TLSEXT_ERR_OK;
+    if (const auto name = client_hello_server_name(ssl)) {
+        if (const std::size_t index = self->select(*name); index != 0) {
+            SSL_set_SSL_CTX(ssl, self->context_handle(index));
+        }
     }
-    const std::size_t index = self->select(name);
-    if (index != 0) {
-        SSL_set_SSL_CTX(ssl, self->context_handle(index));
-    }
+    return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+// Acknowledges the name (so a TLS 1.2 session remembers it); the choice was made above.
+int on_server_name(SSL*, int*, void*) {
     return SSL_TLSEXT_ERR_OK;
 }
 
@@ -136,13 +160,16 @@ std::shared_ptr<TlsServerContext> TlsServerContext::create(const TlsSettings& se
             error = openssl_error("key " + files.key + " does not match certificate " + files.cert);
             return nullptr;
         }
-        // Resumption: a server-side session cache (TLS 1.2 session ids) and tickets (both).
-        static constexpr unsigned char session_context[] = "bgproxy";
-        SSL_CTX_set_session_id_context(ctx, session_context, sizeof(session_context) - 1);
+        // Resumption: a server-side session cache (TLS 1.2 session ids) and tickets (both),
+        // each session bound to its certificate by a session id context of its own.
+        const std::string session_context = "bgproxy-" + std::to_string(self->contexts_.size());
+        SSL_CTX_set_session_id_context(
+            ctx, reinterpret_cast<const unsigned char*>(session_context.data()),
+            static_cast<unsigned int>(session_context.size()));
         SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
         SSL_CTX_set_alpn_select_cb(ctx, select_alpn, nullptr);
+        SSL_CTX_set_client_hello_cb(ctx, on_client_hello, self.get());
         SSL_CTX_set_tlsext_servername_callback(ctx, on_server_name);
-        SSL_CTX_set_tlsext_servername_arg(ctx, self.get());
         self->names_.push_back(certificate_names(ctx));
         self->contexts_.push_back(std::move(context));
     }

@@ -424,6 +424,26 @@ client_keepalive = "%s"
                             session = s.session  # after a read: TLS 1.3 tickets are in
                 self.assertEqual(reused, [False] + [True] * 7)
 
+    def test_a_session_resumes_under_its_own_certificate_only(self):
+        """RFC 6066 3: no resumption under another server name's certificate (virtual-host
+        confusion; found by an outside probe: a.test's session resumed for b.test, TLS 1.2 and
+        1.3, and b.test's connection was served a.test's certificate)."""
+        proxy = self.proxy(edge_config(tls_listener("a", "b"), [self.blue]))
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            with self.subTest(version=version):
+                ctx = client_context(check_hostname=False)
+                ctx.minimum_version = ctx.maximum_version = version
+                with tls_connect(proxy.port, "a.test", ctx) as s:
+                    s.sendall(get_headers("a.test"))
+                    self.assertEqual(status_of(s.recv(65536)), 200)
+                    session = s.session
+                for name, resumes, cn in (("b.test", False, "b.test"), ("a.test", True, "a.test")):
+                    with tls_connect(proxy.port, name, ctx, session=session) as s:
+                        s.sendall(get_headers(name))
+                        self.assertEqual(status_of(s.recv(65536)), 200)
+                        self.assertEqual(s.session_reused, resumes, name)
+                        self.assertEqual(subject_cn(s.getpeercert()), cn)
+
     def test_reload_replaces_certificates_for_new_connections_only(self):
         work = tempfile.mkdtemp(prefix="bgproxy-edge-certs-")
         self.addCleanup(shutil.rmtree, work, True)
