@@ -1,5 +1,7 @@
 #include "upstream_response.hpp"
 
+#include <algorithm>
+#include <cstring>
 #include <string_view>
 
 #include "forwarding_headers.hpp"
@@ -15,6 +17,29 @@ HeadRead refuse(ResponseRefusal& refusal, std::string_view why,
     refusal.why = why;
     refusal.breach = breach;
     return HeadRead::invalid;
+}
+
+// "HTTP/1.1 200" with no space before the (empty) reason: RFC 9112 4 wants the space, but
+// HAProxy, nginx, Envoy and curl take the line without it, and a backend that leaves it out
+// would get every response refused. The space is put in for Beast, which insists on it. False
+// when the buffer cannot take the byte.
+bool add_missing_reason_space(boost::beast::flat_buffer& buffer, std::size_t line_end) {
+    constexpr std::size_t bare = sizeof("HTTP/1.1 200") - 1;
+    const auto* data = static_cast<const char*>(buffer.data().data());
+    const std::string_view line(data, line_end);
+    if (line.size() != bare || line[8] != ' ' ||
+        !std::all_of(line.begin() + 9, line.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+        return true;  // not that shape: left as it is
+    }
+    if (buffer.size() >= buffer.max_size()) {
+        return false;
+    }
+    const std::size_t size = buffer.size();
+    buffer.commit(boost::asio::buffer_copy(buffer.prepare(1), boost::asio::buffer(" ", 1)));
+    auto* moved = static_cast<char*>(buffer.data().data());
+    std::memmove(moved + bare + 1, moved + bare, size - bare);
+    moved[bare] = ' ';
+    return true;
 }
 
 }  // namespace
@@ -50,8 +75,15 @@ HeadRead parse_response_head(boost::beast::flat_buffer& buffer, ResponseParser& 
     if (normalize_response_version({data, bytes.find("\r\n")}) != StartLineVersion::http1) {
         return refuse(refusal, "not HTTP/1.x");
     }
+    std::size_t header_end = scan.header_end;
+    const std::size_t before = buffer.size();
+    if (!add_missing_reason_space(buffer, bytes.find("\r\n"))) {
+        return refuse(refusal, "header too large", LimitBreach::response_header);
+    }
+    header_end += buffer.size() - before;
+    data = static_cast<char*>(buffer.data().data());
     boost::system::error_code ec;
-    const std::size_t used = parser.put(boost::asio::buffer(data, scan.header_end), ec);
+    const std::size_t used = parser.put(boost::asio::buffer(data, header_end), ec);
     buffer.consume(used);
     if (ec || !parser.is_header_done()) {
         return refuse(refusal, "malformed header");

@@ -329,6 +329,16 @@ class VersionTest(ProxyWithScriptedBackend):
         self.assertTrue(out.startswith(b"HTTP/1.1 200 "), out[:100])
         self.assertEqual(self.upstream.requests()[0][2], b"HTTP/1.1")
 
+    def test_a_status_line_without_the_space_before_its_reason_is_taken(self):
+        """As HAProxy, nginx, Envoy and curl take it (was: 502 "malformed header" for every
+        response of such a backend; found by an outside probe)."""
+        self.start_proxy(lambda r, i, c: b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok")
+        s = self.connect()
+        for _ in range(2):
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, body, rest = read_response(s)
+            self.assertEqual((status, body, rest), (200, b"ok", b""))
+
     def test_http_1_0_without_host_gets_one(self):
         self.start_proxy(echo_body)
         out = raw_exchange(self.proxy_.port, b"GET /old HTTP/1.0\r\n\r\n")
