@@ -907,6 +907,16 @@ void read_limits(TableReader& l, Limits& out) {
     l.read_integer("max_request_body", out.max_request_body, 0, std::int64_t{1} << 50);
     l.read_integer("max_response_header", out.max_response_header, 1024, 65535);
     l.read_integer("max_header_fields", out.max_header_fields, 1, 10000);
+    if (auto action = l.read_string("headers_with_underscores")) {
+        if (*action == "allow" || *action == "drop" || *action == "reject") {
+            out.headers_with_underscores = *action == "allow"  ? UnderscoreFields::allow
+                                           : *action == "drop" ? UnderscoreFields::drop
+                                                               : UnderscoreFields::reject;
+        } else {
+            l.error_at(*l.table().get("headers_with_underscores"),
+                       "limits.headers_with_underscores is \"allow\", \"drop\" or \"reject\"");
+        }
+    }
     l.read_integer("spare_exchanges", out.spare_exchanges, 0, 100000);
     l.read_integer("heap_trim_after", out.heap_trim_after, 0, std::int64_t{1} << 40);
     l.read_duration("heap_trim_delay", out.heap_trim_delay);

@@ -219,8 +219,14 @@ struct Timeouts {
     Duration client_close_check{std::chrono::milliseconds(100)};
 };
 
+// What becomes of a request field whose name has an underscore (Envoy's
+// headers_with_underscores_action): CGI-style backends read X_Forwarded_For as
+// X-Forwarded-For, past the proxy's rewrite of it.
+enum class UnderscoreFields { allow, drop, reject };
+
 struct Limits {
     std::size_t max_request_line = 8192;
+    UnderscoreFields headers_with_underscores = UnderscoreFields::drop;  // as nginx
     std::size_t max_request_header = 32768;
     std::uint64_t max_request_body = 0;       // 0: no limit
     std::size_t max_response_header = 65535;  // Beast stores a field in at most 64 KiB
@@ -342,7 +348,7 @@ struct Config {
     NetworkSet
         trusted_proxies;  // count per-request traffic metrics (false: for measuring their cost)
     std::string admin_listen = "127.0.0.1:9901";  // empty: no admin listener
-    std::size_t admin_max_connections = 64;        // past it the longest idle one is closed
+    std::size_t admin_max_connections = 64;       // past it the longest idle one is closed
     ControlConfig control;
     FleetConfig fleet;
 };

@@ -58,7 +58,7 @@ void strip_hop_fields(Fields& fields, bool keep_upgrade) {
 
 }  // namespace
 
-void rewrite_request_fields(Fields& fields, const ForwardedFor& hop) {
+bool rewrite_request_fields(Fields& fields, const ForwardedFor& hop) {
     strip_hop_fields(fields, hop.upgrade);
     if (hop.upgrade) {
         fields.insert(http::field::connection, "upgrade");
@@ -81,6 +81,14 @@ void rewrite_request_fields(Fields& fields, const ForwardedFor& hop) {
             continue;
         } else if (name == http::field::unknown) {
             const std::string_view text = it->name_string();
+            if (hop.underscores != UnderscoreFields::allow &&
+                text.find('_') != std::string_view::npos) {
+                if (hop.underscores == UnderscoreFields::reject) {
+                    return false;
+                }
+                it = fields.erase(it);
+                continue;
+            }
             if (boost::beast::iequals(text, "X-Forwarded-For")) {
                 if (hop.trusted) {
                     if (!chain.empty()) {
@@ -113,6 +121,7 @@ void rewrite_request_fields(Fields& fields, const ForwardedFor& hop) {
     if (!kept_host && host) {
         fields.insert("X-Forwarded-Host", *host);  // (fields are nodes: *host stays valid)
     }
+    return true;
 }
 
 void strip_response_hop_fields(Fields& fields, bool upgrade) {

@@ -265,7 +265,8 @@ Task<bool> RequestExchange<Stream>::respond() {
     const ClientIdentity& client = conn_.client;
     if (const Refusal refusal = rewrite_for_upstream(
             *ex_.parser, facts,
-            {client.ip, conn_.tls, client.trusted, client.endpoints.destination})) {
+            {client.ip, conn_.tls, client.trusted, client.endpoints.destination,
+             config_.limits.headers_with_underscores})) {
         co_await refuse(refusal);
         co_return false;
     }

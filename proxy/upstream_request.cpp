@@ -101,8 +101,10 @@ Refusal rewrite_for_upstream(RequestParser& parser, const RequestFacts& facts,
         request.erase(http::field::expect);
     }
     try {
-        rewrite_request_fields(request,
-                               ForwardedFor{hop.client_ip, hop.tls, facts.upgrade, hop.trusted});
+        if (!rewrite_request_fields(request, ForwardedFor{hop.client_ip, hop.tls, facts.upgrade,
+                                                          hop.trusted, hop.underscores})) {
+            return {http::status::bad_request, "header field name with an underscore"};
+        }
         if (facts.upgrade) {
             request.set(http::field::upgrade, facts.upgrade_to);
         }

@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "config.hpp"
 #include "proxied_message.hpp"
 #include "worker_stats.hpp"
 
@@ -48,6 +49,7 @@ struct ClientHop {
     // The server as the connection reached it: what an HTTP/1.0 request without Host is given
     // (RFC 9112 3.3), as "address:port".
     boost::asio::ip::tcp::endpoint server;
+    UnderscoreFields underscores = UnderscoreFields::drop;  // limits.headers_with_underscores
 };
 
 // Refusals that need only the parsed head: ambiguous framing, CONNECT, an invalid target, a

@@ -227,8 +227,9 @@ class Session : bg::fuzz::MessageReader<true> {
             return;  // 400, 405 or 413
         }
         const bg::RequestFacts facts = bg::request_facts(*parser_, {"websocket"});
-        if (bg::rewrite_for_upstream(
-                *parser_, facts, {setup_.client_ip, setup_.tls, setup_.trusted, local_server})) {
+        if (bg::rewrite_for_upstream(*parser_, facts,
+                                     {setup_.client_ip, setup_.tls, setup_.trusted, local_server,
+                                      bg::UnderscoreFields::drop})) {
             return;  // 431
         }
         check_fields(request, f);

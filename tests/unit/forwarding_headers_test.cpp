@@ -120,3 +120,26 @@ TEST_CASE("an Upgrade keeps only the allowed protocols; a 101 switches to one of
     CHECK_FALSE(bg::upgrade_offered("h2c, websocket", "websocket"));  // the first is the switch
     CHECK_FALSE(bg::upgrade_offered("", "websocket"));
 }
+
+TEST_CASE("fields named with an underscore: dropped, refused or kept as configured") {
+    const auto fields = [] {
+        bg::Fields f;
+        f.set(http::field::host, "example.com");
+        f.set("X_Forwarded_For", "6.6.6.6");
+        f.set("X-Kept", "yes");
+        return f;
+    };
+    bg::Fields dropped = fields();
+    CHECK(bg::rewrite_request_fields(
+        dropped, {"10.0.0.1", false, false, false, bg::UnderscoreFields::drop}));
+    CHECK(dropped.find("X_Forwarded_For") == dropped.end());
+    CHECK(dropped["X-Forwarded-For"] == "10.0.0.1");
+    CHECK(dropped["X-Kept"] == "yes");
+    bg::Fields refused = fields();
+    CHECK_FALSE(bg::rewrite_request_fields(
+        refused, {"10.0.0.1", false, false, false, bg::UnderscoreFields::reject}));
+    bg::Fields kept = fields();
+    CHECK(bg::rewrite_request_fields(
+        kept, {"10.0.0.1", false, false, false, bg::UnderscoreFields::allow}));
+    CHECK(kept["X_Forwarded_For"] == "6.6.6.6");
+}
