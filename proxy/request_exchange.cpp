@@ -8,6 +8,7 @@
 #include "access_record.hpp"
 #include "colour_hints.hpp"
 #include "forwarding_headers.hpp"
+#include "http_date.hpp"
 #include "message_head.hpp"
 #include "request_validation.hpp"
 #include "tls_stream.hpp"
@@ -682,6 +683,9 @@ ResponsePlan RequestExchange<Stream>::prepare_response_head(const Backend& backe
         // The colour that served, which a retry may have changed.
         response.insert(http::field::set_cookie, sticky_cookie(config_.sticky, backend.colour));
     }
+    if (response.find(http::field::date) == response.end()) {
+        response.set(http::field::date, http_date_now());
+    }
     write_response_head(response.base(), ex_.head);
     return plan;
 }
@@ -794,6 +798,7 @@ Task<void> RequestExchange<Stream>::reply_error(http::status status, std::string
     ResponseHeader response;
     response.result(status);
     response.version(11);
+    response.set(http::field::date, http_date_now());
     response.set(http::field::content_type, "text/plain");
     response.set("X-BG-Error", reason);
     response.set(http::field::content_length, std::to_string(body.size()));

@@ -51,6 +51,40 @@ bool normalize_target(Request& request) {
 
 }  // namespace
 
+namespace {
+
+// RFC 9110 10.1.1: 100-continue is the one expectation there is; a server may answer 417 to
+// any other (which the proxy could not meet: it answers 100-continue itself). HTTP/1.0
+// requests' Expect is ignored (RFC 9110 10.1.1).
+bool unmet_expectation(const Request& request) {
+    if (request.version() < 11) {
+        return false;
+    }
+    for (const auto& field : request) {
+        if (field.name() != http::field::expect) {
+            continue;
+        }
+        std::string_view list = field.value();
+        while (!list.empty()) {
+            const auto comma = list.find(',');
+            std::string_view member = list.substr(0, comma);
+            list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
+            while (!member.empty() && (member.front() == ' ' || member.front() == '\t')) {
+                member.remove_prefix(1);
+            }
+            while (!member.empty() && (member.back() == ' ' || member.back() == '\t')) {
+                member.remove_suffix(1);
+            }
+            if (!member.empty() && !boost::beast::iequals(member, "100-continue")) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+}  // namespace
+
 Refusal check_request_head(RequestParser& parser, std::uint64_t max_request_body) {
     auto& request = parser.get();
     if (auto why = framing_problem(request.base()); !why.empty()) {
@@ -61,6 +95,9 @@ Refusal check_request_head(RequestParser& parser, std::uint64_t max_request_body
     }
     if (!normalize_target(request)) {
         return {http::status::bad_request, "invalid request target"};
+    }
+    if (unmet_expectation(request)) {
+        return {http::status::expectation_failed, "only 100-continue can be expected"};
     }
     if (max_request_body > 0 && parser.content_length() &&
         *parser.content_length() > max_request_body) {
@@ -78,8 +115,8 @@ RequestFacts request_facts(const RequestParser& parser, const std::vector<std::s
         .upgrade = false,
         .upgrade_to = {},
         .head = request.method() == http::verb::head,
-        .expect_continue = request.version() >= 11 &&
-                           boost::beast::iequals(request[http::field::expect], "100-continue"),
+        // (check_request_head refused any other expectation.)
+        .expect_continue = request.version() >= 11 && !request[http::field::expect].empty(),
         .idempotent = idempotent(request.method()),
     };
     if (request.version() >= 11 && is_upgrade_request(request.base())) {

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
@@ -16,6 +17,7 @@
 
 #include "adopted_socket.hpp"
 #include "client_session.hpp"
+#include "http_date.hpp"
 #include "pending_input.hpp"
 
 namespace bg {
@@ -227,12 +229,14 @@ void Worker::refuse(Socket& socket, std::size_t listener) {
     const bool tls =
         listener < config_->listeners.size() && config_->listeners[listener].tls_context;
     if (!tls) {
-        static constexpr std::string_view answer =
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-            "X-BG-Error: too many connections\r\nContent-Length: 21\r\nConnection: close\r\n\r\n"
-            "too many connections\n";
+        static constexpr std::string_view status = "HTTP/1.1 503 Service Unavailable\r\nDate: ";
+        static constexpr std::string_view rest =
+            "\r\nContent-Type: text/plain\r\nX-BG-Error: too many connections\r\n"
+            "Content-Length: 21\r\nConnection: close\r\n\r\ntoo many connections\n";
+        const std::array<asio::const_buffer, 3> answer{
+            asio::buffer(status), asio::buffer(http_date_now()), asio::buffer(rest)};
         socket.non_blocking(true, ignored);
-        socket.send(asio::buffer(answer), 0, ignored);
+        socket.send(answer, 0, ignored);
         socket.shutdown(Socket::shutdown_send, ignored);
     }
     socket.close(ignored);

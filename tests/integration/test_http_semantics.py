@@ -78,6 +78,34 @@ class HttpSemanticsTest(ProcessTestCase):
                 final += s.recv(4096)
             self.assertIn(b"received 5", final)
 
+    def test_expectations_other_than_100_continue_get_417(self):
+        """RFC 9110 10.1.1 (was: 'Expect: 100-continue, foo' got neither a 100 nor a 417 and
+        the proxy waited for the body; found by an outside probe)."""
+        for expect in (b"100-continue, foo", b"foo", b"100-Continue, x-y"):
+            out = raw_exchange(self.port, b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                               b"Expect: " + expect + b"\r\n\r\n", timeout=3)
+            self.assertEqual(status_of(out), 417, (expect, out[:100]))
+        # Listed twice, or in two fields, it is still 100-continue.
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                      b"Expect: 100-continue, 100-continue\r\n\r\n")
+            self.assertTrue(s.recv(4096).startswith(b"HTTP/1.1 100 Continue\r\n\r\n"))
+        # An HTTP/1.0 request's Expect is ignored.
+        out = raw_exchange(self.port, b"POST /upload HTTP/1.0\r\nContent-Length: 5\r\nExpect: foo\r\n\r\nhello")
+        self.assertEqual(status_of(out), 200, out[:100])
+
+    def test_every_response_has_a_date(self):
+        """RFC 9110 6.6.1: the proxy's own answers carry one, and a backend's answer without
+        one gets it (bg-backend sends none)."""
+        date = rb"\r\nDate: (Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d\d:\d\d:\d\d GMT\r\n"
+        for request in (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                        b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",  # 400: no Host
+                        b"GET /?status=404 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"):
+            out = raw_exchange(self.port, request)
+            head = out.partition(b"\r\n\r\n")[0] + b"\r\n"
+            self.assertRegex(head, date, out[:200])
+            self.assertEqual(head.lower().count(b"\r\ndate:"), 1)
+
     def test_hop_by_hop_fields_are_not_forwarded(self):
         out = raw_exchange(self.port, b"GET /headers HTTP/1.1\r\nHost: shop.example\r\n"
                            b"Connection: close, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
