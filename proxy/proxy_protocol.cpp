@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <array>
 #include <boost/asio/ip/address.hpp>
+#include <boost/crc.hpp>
 #include <optional>
+#include <string>
 #include <utility>
 
 namespace bg {
@@ -30,6 +32,63 @@ constexpr unsigned char v2_unix_dgram = 0x32;
 
 constexpr std::size_t v2_ipv4_block = 4 + 4 + 2 + 2;
 constexpr std::size_t v2_ipv6_block = 16 + 16 + 2 + 2;
+constexpr std::size_t v2_unix_block = 108 + 108;
+
+constexpr unsigned char v2_tlv_crc32c = 0x03;
+
+// The address block's size for a family, 0 for UNSPEC.
+std::size_t address_block(unsigned char family) {
+    switch (family) {
+        case v2_tcp4:
+        case v2_udp4:
+            return v2_ipv4_block;
+        case v2_tcp6:
+        case v2_udp6:
+            return v2_ipv6_block;
+        case v2_unix_stream:
+        case v2_unix_dgram:
+            return v2_unix_block;
+        default:
+            return 0;
+    }
+}
+
+// The TLVs after the address block (spec 2.2.7) must tile the rest of the header exactly, and
+// a CRC32C one must match the header (its own value read as zeros): HAProxy refuses both, and a
+// TLV running past the header is a sender's bug or a probe. Empty when they are fine.
+std::string tlv_problem(std::string_view header, std::size_t at) {
+    while (at < header.size()) {
+        if (header.size() - at < 3) {
+            return "PROXY v2 header with a truncated TLV";
+        }
+        const unsigned char type = static_cast<unsigned char>(header[at]);
+        const std::size_t length = (std::size_t{static_cast<unsigned char>(header[at + 1])} << 8) |
+                                   static_cast<unsigned char>(header[at + 2]);
+        if (length > header.size() - at - 3) {
+            return "PROXY v2 header with a TLV longer than the header";
+        }
+        if (type == v2_tlv_crc32c) {
+            if (length != 4) {
+                return "PROXY v2 header with a CRC32C TLV of " + std::to_string(length) + " bytes";
+            }
+            boost::crc_optimal<32, 0x1EDC6F41, 0xFFFFFFFF, 0xFFFFFFFF, true, true> crc;
+            crc.process_bytes(header.data(), at + 3);
+            static constexpr char zeros[4] = {};
+            crc.process_bytes(zeros, 4);
+            crc.process_bytes(header.data() + at + 7, header.size() - at - 7);
+            const std::uint32_t sent =
+                (std::uint32_t{static_cast<unsigned char>(header[at + 3])} << 24) |
+                (std::uint32_t{static_cast<unsigned char>(header[at + 4])} << 16) |
+                (std::uint32_t{static_cast<unsigned char>(header[at + 5])} << 8) |
+                static_cast<unsigned char>(header[at + 6]);
+            if (crc.checksum() != sent) {
+                return "PROXY v2 header whose CRC32C does not match";
+            }
+        }
+        at += 3 + length;
+    }
+    return {};
+}
 
 ProxyHeaderParse malformed(std::string error) {
     ProxyHeaderParse parse;
@@ -204,14 +263,17 @@ ProxyHeaderParse parse_v2(std::string_view bytes) {
         case v2_tcp4:
         case v2_tcp6:
             break;
+        case v2_unix_stream:
+            // A sender listening on a unix socket (HAProxy's frontend can): the client has no
+            // address we could use, so the connection's own stands, as for LOCAL.
+            break;
         case v2_udp4:
         case v2_udp6:
-        case v2_unix_stream:
         case v2_unix_dgram:
             // A LOCAL header's family is ignored; a PROXY one names a connection we cannot
-            // stand in for, since we serve TCP only.
+            // stand in for, since we serve streams only.
             if (command == v2_command_proxy) {
-                return malformed("PROXY v2 header for a UDP or UNIX connection (TCP only)");
+                return malformed("PROXY v2 header for a datagram connection (streams only)");
             }
             break;
         default:
@@ -228,10 +290,11 @@ ProxyHeaderParse parse_v2(std::string_view bytes) {
                          " bytes (" + std::to_string(length) + ")");
     }
     // LOCAL carries no addresses worth reading, whatever its family says (HAProxy's receiver
-    // does not check them either).
-    const bool addresses = command == v2_command_proxy && family != v2_unspec;
-    if (addresses) {
-        const std::size_t needed = family == v2_tcp4 ? v2_ipv4_block : v2_ipv6_block;
+    // does not check them either); nor does a unix socket's PROXY.
+    const bool addresses =
+        command == v2_command_proxy && family != v2_unspec && family != v2_unix_stream;
+    const std::size_t needed = address_block(family);
+    if (command == v2_command_proxy) {
         if (length < needed) {
             return malformed("PROXY v2 header length " + std::to_string(length) +
                              " too short for its addresses (" + std::to_string(needed) + ")");
@@ -241,12 +304,19 @@ ProxyHeaderParse parse_v2(std::string_view bytes) {
         return {};
     }
 
+    if (length >= needed) {
+        if (auto problem =
+                tlv_problem(bytes.substr(0, v2_fixed_length + length), v2_fixed_length + needed);
+            !problem.empty()) {
+            return malformed(std::move(problem));
+        }
+    }
     ProxyHeader header;
     if (!addresses) {
         header.local = true;
         return complete(v2_fixed_length + length, header);
     }
-    // Any TLVs after the address block are skipped: nothing we do depends on them.
+    // The TLVs (checked above) are otherwise skipped: nothing we do depends on them.
     const std::size_t at = v2_fixed_length;
     if (family == v2_tcp4) {
         header.source =

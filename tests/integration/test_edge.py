@@ -603,7 +603,7 @@ frontend fe
 backend bgproxies
     balance roundrobin
     option httpchk GET /readyz
-    server bg1 127.0.0.1:%d send-proxy-v2 check port %d inter 200ms fall 1 rise 1
+    server bg1 127.0.0.1:%d send-proxy-v2 proxy-v2-options crc32c check port %d inter 200ms fall 1 rise 1
     server bg2 127.0.0.1:%d send-proxy-v2 check port %d inter 200ms fall 1 rise 1
 """ % (front, bg1.port, bg1.admin_port, bg2.port, bg2.admin_port))
         self.start(HaproxyProcess(cfg, front))

@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 
+#include <boost/crc.hpp>
 #include <string>
 #include <string_view>
 
@@ -219,11 +220,11 @@ TEST_CASE("v2 malformed headers are refused as soon as the bad byte arrives") {
     // An unknown family, whatever the command.
     CHECK(malformed(v2_signature + raw({0x21, 0x13})));
     CHECK(malformed(v2(0x20, 0x41, "")));
-    // PROXY over UDP or UNIX: we only stand in for TCP connections.
+    // PROXY over UDP or UNIX datagrams: we only stand in for stream connections.
     CHECK(malformed(v2(0x21, 0x12, v4_block)));
     CHECK(malformed(v2(0x21, 0x22, v6_block)));
-    CHECK(malformed(v2(0x21, 0x31, std::string(216, '\0'))));
     CHECK(malformed(v2_signature + raw({0x21, 0x32})));
+    CHECK(malformed(v2(0x21, 0x31, 215, "")));  // a unix block is 216 bytes
     // A length that does not cover the family's addresses, known before they arrive.
     CHECK(malformed(v2(0x21, 0x11, 11, "")));
     CHECK(malformed(v2(0x21, 0x21, 35, "")));
@@ -233,7 +234,9 @@ TEST_CASE("v2 malformed headers are refused as soon as the bad byte arrives") {
     CHECK(malformed(v2(0x21, 0x11, 0xffff, "")));
     CHECK(status(v2(0x21, 0x11, bg::max_proxy_v2_length, v4_block)) ==
           bg::ProxyHeaderStatus::incomplete);
-    const std::string longest = v2(0x21, 0x11, v4_block + std::string(4096 - 12, '\0'));
+    // (Padded with a NOOP TLV, PP2_TYPE_NOOP.)
+    const std::string longest =
+        v2(0x21, 0x11, v4_block + raw({0x04, 0x0f, 0xf1}) + std::string(4096 - 12 - 3, '\0'));
     REQUIRE(longest.size() == bg::max_proxy_header);
     CHECK(status(longest) == bg::ProxyHeaderStatus::complete);
 }
@@ -294,4 +297,33 @@ TEST_CASE("encode_proxy_v2_local is the 16-byte LOCAL header") {
     REQUIRE(parse.status == bg::ProxyHeaderStatus::complete);
     CHECK(parse.length == 16);
     CHECK(parse.header.local);
+}
+
+TEST_CASE("v2 from a unix socket keeps the connection's own addresses") {
+    const std::string header = v2(0x21, 0x31, std::string(216, '\0') + tlv);
+    const auto parse = bg::parse_proxy_header(header);
+    REQUIRE(parse.status == bg::ProxyHeaderStatus::complete);
+    CHECK(parse.length == header.size());
+    CHECK(parse.header.local);
+}
+
+TEST_CASE("v2 TLVs tile the header and a CRC32C matches") {
+    CHECK(malformed(v2(0x21, 0x11, v4_block + raw({0x04, 0x00, 0x50}) + "abc")));  // overruns
+    CHECK(malformed(v2(0x21, 0x11, v4_block + raw({0x04, 0x00}))));                // truncated
+    CHECK(malformed(v2(0x20, 0x00, raw({0x04, 0x00, 0x05}) + "ab")));  // LOCAL's TLVs too
+    CHECK(malformed(v2(0x21, 0x11, v4_block + raw({0x03, 0x00, 0x03, 1, 2, 3}))));
+    // A CRC32C over the whole header, its own value zeroed (spec 2.2.5).
+    std::string header = v2(0x21, 0x11, v4_block + tlv + raw({0x03, 0x00, 0x04, 0, 0, 0, 0}));
+    boost::crc_optimal<32, 0x1EDC6F41, 0xFFFFFFFF, 0xFFFFFFFF, true, true> crc;
+    crc.process_bytes(header.data(), header.size());
+    const std::uint32_t sum = crc.checksum();
+    CHECK(malformed(header));  // zeros are not the checksum
+    for (int i = 0; i < 4; ++i) {
+        header[header.size() - 4 + i] = static_cast<char>(sum >> (24 - 8 * i));
+    }
+    const auto parse = bg::parse_proxy_header(header);
+    REQUIRE(parse.status == bg::ProxyHeaderStatus::complete);
+    CHECK(parse.header.source == endpoint("192.0.2.1", 56324));
+    header[20] ^= 1;  // one bit of the addresses changed on the way
+    CHECK(malformed(header));
 }
