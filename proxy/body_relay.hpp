@@ -20,6 +20,7 @@
 #include <span>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "body_cork.hpp"
@@ -32,6 +33,7 @@
 #include "io_types.hpp"
 #include "message_head.hpp"
 #include "splice_pipes.hpp"
+#include "tls_stream.hpp"
 #include "upstream_stream.hpp"
 #include "worker_stats.hpp"
 
@@ -368,13 +370,13 @@ class BodyRelay {
         WorkerStats::add(stats_.upgraded_open);
         // Bytes that arrived behind the headers belong to the tunnel.
         // (No co_await inside && or ||: GCC 12 mishandles temporaries there.)
-        bool ok = co_await flush(upstream, ex.buffer, idle);
+        bool ok = co_await flush(upstream, ex.buffer, idle, ex.record.bytes_in);
         if (ok) {
-            ok = co_await flush(client_, ex.upstream_buffer, idle);
+            ok = co_await flush(client_, ex.upstream_buffer, idle, ex.record.bytes_out);
         }
         if (ok) {
-            co_await (pump(client_, upstream, piece(ex.request_body), idle) &&
-                      pump(upstream, client_, piece(ex.response_body), idle));
+            co_await (pump(client_, upstream, piece(ex.request_body), idle, ex.record.bytes_in) &&
+                      pump(upstream, client_, piece(ex.response_body), idle, ex.record.bytes_out));
         }
         WorkerStats::sub(stats_.upgraded_open);
         boost::system::error_code ignored;
@@ -382,24 +384,36 @@ class BodyRelay {
     }
 
     template <class To>
-    Task<bool> flush(To& to, boost::beast::flat_buffer& pending, std::chrono::milliseconds idle) {
+    Task<bool> flush(To& to, boost::beast::flat_buffer& pending, std::chrono::milliseconds idle,
+                     std::uint64_t& bytes) {
         if (pending.size() == 0) {
             co_return true;
         }
         deadline_.arm(idle, ConnectionDeadline::both);
         auto [ec, n] = co_await boost::asio::async_write(to, pending.data(), nothrow);
         pending.consume(pending.size());
+        bytes += n;
         co_return !ec;
     }
 
-    // Each read or write in either direction pushes the shared idle deadline on.
+    // Each read or write in either direction pushes the shared idle deadline on. `bytes` counts
+    // what went through, for the access log.
     template <class From, class To>
-    Task<void> pump(From& from, To& to, std::vector<char>& scratch,
-                    std::chrono::milliseconds idle) {
+    Task<void> pump(From& from, To& to, std::vector<char>& scratch, std::chrono::milliseconds idle,
+                    std::uint64_t& bytes) {
         for (;;) {
             deadline_.arm(idle, ConnectionDeadline::both);
             auto [ec, n] = co_await from.async_read_some(boost::asio::buffer(scratch), nothrow);
             if (ec == boost::asio::error::eof) {
+                // The end passed on as it came: under TLS a close_notify before the FIN, so the
+                // other side can tell an end from a cut (RFC 8446 6.1).
+                if constexpr (is_tls_stream<To>::value) {
+                    to.send_close_notify();
+                } else if constexpr (std::is_same_v<To, UpstreamStream>) {
+                    if (TlsStream* tls = to.tls(); tls != nullptr) {
+                        tls->send_close_notify();
+                    }
+                }
                 boost::system::error_code ignored;
                 boost::beast::get_lowest_layer(to).shutdown(
                     boost::asio::ip::tcp::socket::shutdown_send, ignored);
@@ -411,6 +425,7 @@ class BodyRelay {
             deadline_.arm(idle, ConnectionDeadline::both);
             auto [wec, wn] = co_await boost::asio::async_write(
                 to, boost::asio::buffer(scratch.data(), n), nothrow);
+            bytes += wn;
             if (wec) {
                 break;
             }

@@ -92,6 +92,12 @@ TlsStream::Attempt TlsStream::try_handshake(asio::ssl::stream_base::handshake_ty
     return outcome(ssl, result, errno);
 }
 
+void TlsStream::send_close_notify() {
+    ERR_clear_error();
+    SSL_shutdown(ssl_.get());
+    ERR_clear_error();
+}
+
 TlsStream::Attempt TlsStream::try_shutdown() {
     SSL* ssl = ssl_.get();
     ERR_clear_error();

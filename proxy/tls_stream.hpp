@@ -65,6 +65,9 @@ class TlsStream {
     auto async_handshake(boost::asio::ssl::stream_base::handshake_type type, Token&& token) {
         return run<false>([this, type] { return try_handshake(type); }, token);
     }
+    // Sends close_notify now, without waiting for the peer's (a tunnel's end passed on while
+    // the other direction still reads); best effort: a full socket buffer leaves just the FIN.
+    void send_close_notify();
     // Sends close_notify and waits for the peer's (or its close).
     template <class Token>
     auto async_shutdown(Token&& token) {

@@ -6,6 +6,7 @@ Certificates come from a throwaway CA that the test makes with the openssl CLI."
 import hashlib
 import http.client
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -376,6 +377,43 @@ client_keepalive = "%s"
             started = time.time()
             self.assertEqual(s.recv(100), b"")  # a bare FIN would raise SSLEOFError
             self.assertGreater(time.time() - started, 1.5)
+
+    def test_a_tunnel_the_backend_ends_ends_with_a_close_notify(self):
+        """RFC 8446 6.1: the end of a WebSocket tunnel reaches a TLS client as a close_notify
+        (found by an outside probe: a bare FIN, which a client cannot tell from a cut). The
+        access log counts the tunnel's bytes (were 0)."""
+        log = os.path.join(tempfile.mkdtemp(prefix="bgproxy-edge-log-"), "access.log")
+        self.addCleanup(shutil.rmtree, os.path.dirname(log), True)
+        proxy = self.proxy(edge_config(tls_listener("a"), [self.blue],
+                                       extra='[access_log]\ntarget = "%s"\n' % log))
+        s = client_context().wrap_socket(socket.create_connection(("127.0.0.1", proxy.port), timeout=5),
+                                         server_hostname="a.test", suppress_ragged_eofs=False)
+        with s:
+            s.sendall(b"GET /ws HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += s.recv(4096)
+            self.assertTrue(buf.startswith(b"HTTP/1.1 101"), buf[:100])
+            # A masked close frame (code 1000): bg-backend answers it and closes.
+            s.sendall(bytes([0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xe8 ^ 2]))
+            deadline = time.time() + 5
+            while time.time() < deadline:
+                chunk = s.recv(4096)  # a bare FIN raises SSLEOFError
+                if not chunk:
+                    break
+        deadline = time.time() + 5
+        record = None
+        while record is None and time.time() < deadline:
+            if os.path.exists(log):
+                with open(log) as f:
+                    lines = [json.loads(l) for l in f if '"/ws"' in l]
+                record = lines[0] if lines else None
+            time.sleep(0.05)
+        self.assertIsNotNone(record)
+        self.assertEqual(record["status"], 101)
+        self.assertGreaterEqual(record["bytes_in"], 8)
+        self.assertGreaterEqual(record["bytes_out"], 4)
 
     def test_sni_selects_the_certificate(self):
         proxy = self.proxy(edge_config(tls_listener("a", "b", "w", "cn"), [self.blue]))
