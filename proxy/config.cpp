@@ -923,6 +923,7 @@ void read_limits(TableReader& l, Limits& out) {
     l.read_integer("max_field_size", out.max_field_size, 64, 65535);
     l.read_integer("max_chunk_line", out.max_chunk_line, 16, 65535);
     l.read_integer("max_trailer", out.max_trailer, 0, 65535);
+    l.read_integer("max_interim_responses", out.max_interim_responses, 0, 1000);
     l.read_integer("min_request_body_rate", out.min_request_body_rate, 0, std::int64_t{1} << 40);
     l.read_integer("max_connections", out.max_connections, 1, 10000000);
     l.read_integer("max_requests_per_connection", out.max_requests_per_connection, 0, 1u << 31);

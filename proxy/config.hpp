@@ -234,6 +234,7 @@ struct Limits {
     std::size_t max_field_size = 16384;       // one field line, name and value
     std::size_t max_chunk_line = 4096;        // a chunk-size line with its extensions
     std::size_t max_trailer = 16384;          // a chunked body's trailer section
+    std::size_t max_interim_responses = 16;   // 1xx relayed per request; the rest dropped
     // A request body must arrive at this average rate (bytes/s) once client_body has passed
     // since its start (Apache's mod_reqtimeout MinRate). 0: no minimum.
     std::uint64_t min_request_body_rate = 1024;

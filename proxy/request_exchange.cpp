@@ -465,6 +465,7 @@ Task<Exchange> RequestExchange<Stream>::exchange(UpstreamLease& lease, const Req
         // client is still sending its body: that is no sign of leaving.)
         conn_.close_watch.start();
     }
+    std::size_t interims = 0;
     for (;;) {
         const Exchange head = co_await read_response_head(stream, facts);
         if (head != Exchange::response_ready) {
@@ -488,8 +489,9 @@ Task<Exchange> RequestExchange<Stream>::exchange(UpstreamLease& lease, const Req
             co_return Exchange::response_ready;
         }
         // An interim response (103 Early Hints, 102...): passed on to HTTP/1.1 clients only
-        // (RFC 9110 15.2: never to HTTP/1.0).
-        if (facts.version >= 11 && status != 100) {
+        // (RFC 9110 15.2: never to HTTP/1.0), up to max_interim_responses of them.
+        if (facts.version >= 11 && status != 100 &&
+            interims++ < config_.limits.max_interim_responses) {
             if (!co_await relay_interim()) {
                 co_return Exchange::client_gone;
             }

@@ -355,6 +355,15 @@ class VersionTest(ProxyWithScriptedBackend):
         out11 = raw_exchange(self.proxy_.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         self.assertTrue(out11.startswith(b"HTTP/1.1 103 "), out11[:100])
 
+    def test_interim_responses_relayed_are_bounded(self):
+        """A backend cannot flood a client with 103s through the proxy (an outside probe: 2,000
+        went on, 80 KB): max_interim_responses (16) go, the rest are read and dropped."""
+        self.start_proxy(lambda r, i, c: b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" * 40 + ok_response())
+        out = raw_exchange(self.proxy_.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        self.assertEqual(out.count(b"HTTP/1.1 103 "), 16)
+        self.assertIn(b"HTTP/1.1 200 ", out)
+        self.assertTrue(out.endswith(b"ok"), out[-50:])
+
     def test_a_101_nobody_asked_for_is_a_502(self):
         self.start_proxy(lambda r, i, c: b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n")
         out = raw_exchange(self.proxy_.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", timeout=3)
