@@ -37,7 +37,8 @@ bool normalize_target(Request& request) {
     }
     std::string origin(uri->encoded_path());
     if (origin.empty()) {
-        origin = "/";
+        // RFC 9112 3.2.4: an OPTIONS for the server as a whole goes on as asterisk-form.
+        origin = request.method() == http::verb::options && !uri->has_query() ? "*" : "/";
     }
     if (uri->has_query()) {
         origin.push_back('?');

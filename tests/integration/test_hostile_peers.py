@@ -355,6 +355,17 @@ class VersionTest(ProxyWithScriptedBackend):
         out11 = raw_exchange(self.proxy_.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         self.assertTrue(out11.startswith(b"HTTP/1.1 103 "), out11[:100])
 
+    def test_options_for_the_whole_server_goes_on_as_asterisk_form(self):
+        """RFC 9112 3.2.4 (was: 'OPTIONS http://x:81 HTTP/1.1' went on as 'OPTIONS /')."""
+        self.start_proxy(echo_body)
+        for target, sent in ((b"http://shop.example:81", b"*"), (b"http://shop.example:81?a", b"/?a"),
+                             (b"http://shop.example:81/", b"/")):
+            out = raw_exchange(self.proxy_.port, b"OPTIONS " + target + b" HTTP/1.1\r\nHost: x\r\n"
+                               b"Connection: close\r\n\r\n")
+            self.assertEqual(status_of(out), 200, out[:200])
+        # (Connections in the backend's record are in no order of time: compare the lot.)
+        self.assertEqual(sorted(r[1] for r in self.upstream.requests()), [b"*", b"/", b"/?a"])
+
     def test_interim_responses_relayed_are_bounded(self):
         """A backend cannot flood a client with 103s through the proxy (an outside probe: 2,000
         went on, 80 KB): max_interim_responses (16) go, the rest are read and dropped."""
