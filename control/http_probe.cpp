@@ -82,14 +82,22 @@ asio::awaitable<ProbeResult> http_probe(const HostPort& backend, const ProbeRequ
     boost::system::error_code ec;
     tcp::endpoint endpoint(asio::ip::make_address(backend.ip, ec), backend.port);
     beast::tcp_stream stream(executor);
+    // The socket is made first: failing, it is the proxy's own shortage (out of descriptors),
+    // never the backend's failure.
+    stream.socket().open(endpoint.protocol(), ec);
+    if (ec) {
+        result.error = "socket: " + ec.message();
+        result.local_failure = true;
+        co_return result;
+    }
     // One deadline for the whole exchange.
     stream.expires_after(probe.timeout);
     std::tie(ec) = co_await stream.async_connect(endpoint, nothrow);
     if (ec) {
         result.error = "connect: " + ec.message();
+        // Out of local ports or kernel memory: the proxy's shortage too.
         const int code = ec.category() == boost::system::system_category() ? ec.value() : 0;
-        result.local_failure = code == EMFILE || code == ENFILE || code == ENOBUFS ||
-                               code == ENOMEM || code == EADDRNOTAVAIL;
+        result.local_failure = code == ENOBUFS || code == ENOMEM || code == EADDRNOTAVAIL;
         co_return result;
     }
     if (probe.send_proxy_protocol) {
