@@ -4,6 +4,8 @@
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/rfc7230.hpp>
 
+#include "field_list.hpp"
+
 namespace bg {
 
 namespace beast = boost::beast;
@@ -38,30 +40,11 @@ std::string_view protocol_name(std::string_view protocol) {
     return protocol.substr(0, protocol.find('/'));
 }
 
-// Upgrade = #protocol: each non-empty element, without its OWS, to `visit` until it says stop.
-template <class Visit>
-void for_each_protocol(std::string_view list, Visit&& visit) {
-    while (!list.empty()) {
-        const auto comma = list.find(',');
-        std::string_view item = list.substr(0, comma);
-        list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
-        while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) {
-            item.remove_prefix(1);
-        }
-        while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) {
-            item.remove_suffix(1);
-        }
-        if (!item.empty() && !visit(item)) {
-            return;
-        }
-    }
-}
-
 }  // namespace
 
 std::string allowed_upgrade(std::string_view offered, const std::vector<std::string>& allowed) {
     std::string out;
-    for_each_protocol(offered, [&](std::string_view protocol) {
+    for_each_list_member(offered, [&](std::string_view protocol) {
         for (const auto& ok : allowed) {
             if (beast::iequals(protocol_name(protocol), ok)) {
                 out.append(out.empty() ? "" : ", ").append(protocol);
@@ -76,8 +59,8 @@ std::string allowed_upgrade(std::string_view offered, const std::vector<std::str
 bool upgrade_offered(std::string_view chosen, std::string_view offered) {
     bool found = false;
     // The first protocol is the one switched to (RFC 9110 7.8: lowest layer first).
-    for_each_protocol(chosen, [&](std::string_view switched) {
-        for_each_protocol(offered, [&](std::string_view protocol) {
+    for_each_list_member(chosen, [&](std::string_view switched) {
+        for_each_list_member(offered, [&](std::string_view protocol) {
             found = beast::iequals(protocol_name(switched), protocol_name(protocol));
             return !found;
         });

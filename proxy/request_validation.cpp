@@ -7,6 +7,8 @@
 #include <boost/url/parse.hpp>
 #include <cstring>
 
+#include "field_list.hpp"
+
 namespace bg {
 
 namespace http = boost::beast::http;
@@ -223,30 +225,18 @@ bool protocol_list(std::string_view value) {
                std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
     };
     bool any = false;
-    while (!value.empty()) {
-        const auto comma = value.find(',');
-        std::string_view item = value.substr(0, comma);
-        value = comma == std::string_view::npos ? std::string_view() : value.substr(comma + 1);
-        while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) {
-            item.remove_prefix(1);
-        }
-        while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) {
-            item.remove_suffix(1);
-        }
-        if (item.empty()) {
-            continue;  // empty list elements are allowed and ignored (RFC 9110 5.6.1)
-        }
+    bool valid = true;
+    for_each_list_member(value, [&](std::string_view item) {
         const auto slash = item.find('/');
         const std::string_view name = item.substr(0, slash);
         const std::string_view version =
             slash == std::string_view::npos ? std::string_view("x") : item.substr(slash + 1);
-        if (name.empty() || version.empty() || !std::all_of(name.begin(), name.end(), tchar) ||
-            !std::all_of(version.begin(), version.end(), tchar)) {
-            return false;
-        }
+        valid = !name.empty() && !version.empty() && std::all_of(name.begin(), name.end(), tchar) &&
+                std::all_of(version.begin(), version.end(), tchar);
         any = true;
-    }
-    return any;
+        return valid;
+    });
+    return any && valid;
 }
 
 }  // namespace

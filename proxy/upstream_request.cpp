@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "exchange_outcome.hpp"
+#include "field_list.hpp"
 #include "forwarding_headers.hpp"
 #include "request_validation.hpp"
 
@@ -65,20 +66,13 @@ bool unmet_expectation(const Request& request) {
         if (field.name() != http::field::expect) {
             continue;
         }
-        std::string_view list = field.value();
-        while (!list.empty()) {
-            const auto comma = list.find(',');
-            std::string_view member = list.substr(0, comma);
-            list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
-            while (!member.empty() && (member.front() == ' ' || member.front() == '\t')) {
-                member.remove_prefix(1);
-            }
-            while (!member.empty() && (member.back() == ' ' || member.back() == '\t')) {
-                member.remove_suffix(1);
-            }
-            if (!member.empty() && !boost::beast::iequals(member, "100-continue")) {
-                return true;
-            }
+        bool unmet = false;
+        for_each_list_member(field.value(), [&](std::string_view member) {
+            unmet = !boost::beast::iequals(member, "100-continue");
+            return !unmet;
+        });
+        if (unmet) {
+            return true;
         }
     }
     return false;
