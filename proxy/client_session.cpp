@@ -128,6 +128,15 @@ class ClientSession {
     Task<bool> handshake() {
         if constexpr (ClientConnection<Stream>::tls) {
             conn_.deadline.arm(conn_.config.timeouts.tls_handshake, ConnectionDeadline::client);
+            // OpenSSL takes its record and handshake buffers (~40 KB) at its first read: a
+            // connection that has sent nothing yet (a flood of silent ones) costs none of it.
+            if (!input_waiting(conn_.socket().native_handle())) {
+                auto [wec] = co_await conn_.socket().async_wait(tcp::socket::wait_read, nothrow);
+                if (wec) {
+                    WorkerStats::add(conn_.worker.stats().tls_handshake_failures);
+                    co_return false;
+                }
+            }
             auto [ec] =
                 co_await conn_.stream.async_handshake(asio::ssl::stream_base::server, nothrow);
             if (ec) {
