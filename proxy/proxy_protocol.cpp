@@ -239,6 +239,32 @@ std::array<unsigned char, N> bytes_at(std::string_view bytes, std::size_t i) {
     return out;
 }
 
+// Why a family/protocol byte is refused for `command`; empty when it is taken.
+std::string family_problem(unsigned command, unsigned char family) {
+    switch (family) {
+        case v2_unspec:
+        case v2_tcp4:
+        case v2_tcp6:
+            break;
+        case v2_unix_stream:
+            // A sender listening on a unix socket (HAProxy's frontend can): the client has no
+            // address we could use, so the connection's own stands, as for LOCAL.
+            break;
+        case v2_udp4:
+        case v2_udp6:
+        case v2_unix_dgram:
+            // A LOCAL header's family is ignored; a PROXY one names a connection we cannot
+            // stand in for, since we serve streams only.
+            if (command == v2_command_proxy) {
+                return "PROXY v2 header for a datagram connection (streams only)";
+            }
+            break;
+        default:
+            return "PROXY v2 header with unknown family/protocol " + std::to_string(family);
+    }
+    return {};
+}
+
 // Each field is judged as soon as it arrives, so a bad sender is refused without waiting for
 // (or reading) its whole length.
 ProxyHeaderParse parse_v2(std::string_view bytes) {
@@ -258,27 +284,8 @@ ProxyHeaderParse parse_v2(std::string_view bytes) {
         return {};
     }
     const unsigned char family = byte_at(bytes, 13);
-    switch (family) {
-        case v2_unspec:
-        case v2_tcp4:
-        case v2_tcp6:
-            break;
-        case v2_unix_stream:
-            // A sender listening on a unix socket (HAProxy's frontend can): the client has no
-            // address we could use, so the connection's own stands, as for LOCAL.
-            break;
-        case v2_udp4:
-        case v2_udp6:
-        case v2_unix_dgram:
-            // A LOCAL header's family is ignored; a PROXY one names a connection we cannot
-            // stand in for, since we serve streams only.
-            if (command == v2_command_proxy) {
-                return malformed("PROXY v2 header for a datagram connection (streams only)");
-            }
-            break;
-        default:
-            return malformed("PROXY v2 header with unknown family/protocol " +
-                             std::to_string(family));
+    if (auto problem = family_problem(command, family); !problem.empty()) {
+        return malformed(std::move(problem));
     }
 
     if (bytes.size() < v2_fixed_length) {
