@@ -686,7 +686,7 @@ ResponsePlan RequestExchange<Stream>::prepare_response_head(const Backend& backe
         response.insert(http::field::set_cookie, sticky_cookie(config_.sticky, backend.colour));
     }
     if (response.find(http::field::date) == response.end()) {
-        response.set(http::field::date, http_date_now());
+        response.insert(http::field::date, http_date_now());  // (set would look it up again)
     }
     write_response_head(response.base(), ex_.head);
     return plan;
@@ -800,7 +800,7 @@ Task<void> RequestExchange<Stream>::reply_error(http::status status, std::string
     ResponseHeader response;
     response.result(status);
     response.version(11);
-    response.set(http::field::date, http_date_now());
+    response.insert(http::field::date, http_date_now());
     response.set(http::field::content_type, "text/plain");
     response.set("X-BG-Error", reason);
     response.set(http::field::content_length, std::to_string(body.size()));
