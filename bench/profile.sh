@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Where a proxy's time goes, per shape of traffic, in the deployment bench/run.sh measures (two
 # pools of two backends, health checks on): for bgproxy and HAProxy side by side,
-#   - syscalls per request, by name (strace -c on the proxy while wrk runs),
+#   - syscalls per request, by name (perf's syscall tracepoints on the proxy while wrk runs),
 #   - malloc calls per request (a perf uprobe on libc's malloc: operator new and Beast's
 #     allocations go through it; HAProxy's pools mostly do not, which is the point),
 #   - TCP segments per request (nstat: fewer, fuller segments are less kernel work),
-#   - the top symbols by self time (perf record while wrk runs; none under strace),
+#   - the top symbols by self time (perf record while wrk runs),
 #   - user-space instructions per request, and the functions they go to: each proxy run again
 #     under valgrind's callgrind for exactly PROFILE_REQUESTS requests (bench/http_requests.py,
 #     one at a time). Unlike time on this machine, whose speed drifts by tens of percent, an
@@ -14,7 +14,7 @@
 #
 #   bench/profile.sh                        # shapes keepalive close download upload
 #   PROFILE_SHAPES=close BENCH_SECONDS=5 PROFILE_BINARY=/path/to/bgproxy bench/profile.sh
-# Needs root (perf probe, perf record, strace -p) and linux-perf, strace, valgrind
+# Needs root (perf probe, perf record, perf stat on tracepoints) and linux-perf, valgrind
 # (scripts/install-deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -95,30 +95,37 @@ for shape in $shapes; do
     mallocs=$(awk -F, '/probe_libc:malloc/ {print $1}' "$work/malloc")
     echo "$target: $(per_request "$mallocs" "$requests") malloc calls per request ($requests requests)"
     echo "$target: $(per_request "$segments" "$requests") TCP segments per request (every socket on the machine: client, proxy, backend)"
-    # syscalls
-    strace -c -f -q -p "$pid" -o "$work/strace" &
-    strace_pid=$!
+    # syscalls, by name, and those that failed: perf's syscall tracepoints. (strace slowed the
+    # proxy enough to change what it counts: under it, reads found nothing that do not.)
+    perf stat -x, -e 'syscalls:sys_enter_*' -p "$pid" -o "$work/syscalls" &
+    calls_pid=$!
+    perf stat -x, -e 'syscalls:sys_exit_*' --filter 'ret < 0' -p "$pid" -o "$work/failed" &
+    failed_pid=$!
     sleep 0.5  # attached before the load starts
     requests=$(wrk_for "$shape" "$target")
-    kill -INT "$strace_pid"
-    wait "$strace_pid" || true
-    python3 - "$work/strace" "$requests" "$target" <<'PY'
+    kill -INT "$calls_pid" "$failed_pid"
+    wait "$calls_pid" "$failed_pid" || true
+    python3 - "$work/syscalls" "$work/failed" "$requests" "$target" <<'PY'
 import sys
-path, requests, target = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-rows = []
-for line in open(path):
-    fields = line.split()
-    if len(fields) >= 5 and fields[0][0].isdigit() and fields[-1] != "total":
-        calls = int(fields[3])
-        errors = int(fields[4]) if len(fields) == 6 else 0
-        rows.append((calls, fields[-1], errors))
-rows.sort(reverse=True)
-total = sum(r[0] for r in rows)
-print("%s: %.2f syscalls per request (%d requests under strace):" % (target, total / requests, requests))
-for calls, name, errors in rows:
-    if calls / requests >= 0.01:
-        extra = " (%.2f failed)" % (errors / requests) if errors else ""
-        print("    %-16s %6.2f%s" % (name, calls / requests, extra))
+calls_path, failed_path, requests, target = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+
+def counts(path, prefix):
+    out = {}
+    for line in open(path):
+        fields = line.split(",")
+        if len(fields) > 2 and fields[2].startswith(prefix) and fields[0].isdigit():
+            out[fields[2][len(prefix):]] = int(fields[0])
+    return out
+
+calls = counts(calls_path, "syscalls:sys_enter_")
+failed = counts(failed_path, "syscalls:sys_exit_")
+total = sum(calls.values())
+print("%s: %.2f syscalls per request (%d requests):" % (target, total / requests, requests))
+for name, n in sorted(calls.items(), key=lambda kv: -kv[1]):
+    if n / requests >= 0.01:
+        errors = failed.get(name, 0)
+        extra = " (%.2f failed)" % (errors / requests) if errors / requests >= 0.01 else ""
+        print("    %-16s %6.2f%s" % (name, n / requests, extra))
 PY
   done
   # top symbols by self time

@@ -32,6 +32,7 @@
 #include "field_arena.hpp"
 #include "io_types.hpp"
 #include "message_head.hpp"
+#include "socket_drain.hpp"
 #include "splice_pipes.hpp"
 #include "tls_stream.hpp"
 #include "upstream_stream.hpp"
@@ -111,7 +112,8 @@ Task<boost::system::error_code> read_body_piece(
                 co_return failed;
             }
         }
-        auto [ec, n] = co_await from.async_read_some(into, nothrow);
+        forget_drained(boost::beast::get_lowest_layer(from));  // socket_drain.hpp
+        auto [ec, n] = co_await from.async_read_some(draining(into), nothrow);
         if (ec == boost::asio::error::eof) {
             boost::system::error_code end;
             parser.put_eof(end);  // completes a read-until-close body, else partial_message
@@ -403,6 +405,7 @@ class BodyRelay {
                     std::uint64_t& bytes) {
         for (;;) {
             deadline_.arm(idle, ConnectionDeadline::both);
+            forget_drained(boost::beast::get_lowest_layer(from));  // socket_drain.hpp
             auto [ec, n] = co_await from.async_read_some(boost::asio::buffer(scratch), nothrow);
             if (ec == boost::asio::error::eof) {
                 // The end passed on as it came: under TLS a close_notify before the FIN, so the

@@ -16,6 +16,7 @@
 #include "pending_input.hpp"
 #include "proxy_header_reader.hpp"
 #include "request_exchange.hpp"
+#include "socket_drain.hpp"
 #include "tls_context.hpp"
 #include "tls_stream.hpp"
 #include "upstream_request.hpp"
@@ -220,8 +221,13 @@ class ClientSession {
         conn_.handle().idle = true;
         if (may_park) {
             conn_.worker.parked().wait_idle(idle_wait_, conn_.socket(), timeouts.client_park_after);
+        } else {
+            // An end the client sent with its last request would go unseen until the timeout;
+            // a parked connection's registration reports it (socket_drain.hpp).
+            forget_drained(conn_.socket());
         }
-        auto [ec, n] = co_await conn_.stream.async_read_some(asio::buffer(first_bytes_), nothrow);
+        auto [ec, n] =
+            co_await conn_.stream.async_read_some(draining(asio::buffer(first_bytes_)), nothrow);
         if (idle_wait_.is_linked()) {
             idle_wait_.unlink();
         }
@@ -293,6 +299,7 @@ class ClientSession {
         std::vector<char>& scratch = conn_.relay.piece(ex_->request_body);
         std::size_t discarded = 0;
         while (discarded < (1u << 20)) {
+            forget_drained(conn_.socket());  // socket_drain.hpp
             auto [ec, n] = co_await conn_.stream.async_read_some(asio::buffer(scratch), nothrow);
             if (ec) {
                 break;

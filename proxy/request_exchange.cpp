@@ -11,6 +11,7 @@
 #include "http_date.hpp"
 #include "message_head.hpp"
 #include "request_validation.hpp"
+#include "socket_drain.hpp"
 #include "tls_stream.hpp"
 
 namespace bg {
@@ -123,8 +124,9 @@ Task<bool> RequestExchange<Stream>::read_head() {
             case HeadRead::need_more:
                 break;
         }
+        forget_drained(conn_.socket());  // the head goes on (socket_drain.hpp)
         auto [ec, n] = co_await conn_.stream.async_read_some(
-            ex_.buffer.prepare(conn_.read_room(ex_.buffer)), nothrow);
+            draining(ex_.buffer.prepare(conn_.read_room(ex_.buffer))), nothrow);
         if (ec && conn_.deadline.expired()) {
             // The deadline has closed the socket already: the client is simply dropped (as
             // nginx does for client_header_timeout).
@@ -496,6 +498,7 @@ Task<Exchange> RequestExchange<Stream>::exchange(UpstreamLease& lease, const Req
                 co_return Exchange::client_gone;
             }
         }
+        forget_drained(stream.socket());  // the response goes on (socket_drain.hpp)
     }
 }
 
@@ -536,17 +539,22 @@ Task<Exchange> RequestExchange<Stream>::read_response_head(UpstreamStream& strea
     std::size_t checked = 0;
     HeadRead read;
     ResponseRefusal refusal;
+    bool continuing = ex_.upstream_buffer.size() > 0;
     while ((read = parse_response_head(ex_.upstream_buffer, parser,
                                        response_header_limits(config_.limits), checked, refusal)) ==
            HeadRead::need_more) {
         if (ex_.upstream_buffer.size() + conn_.read_chunk() > ex_.upstream_buffer.max_size()) {
             break;  // not reached: the scan refuses a head over max_response_header
         }
+        if (continuing) {
+            forget_drained(stream.socket());  // a head begun (socket_drain.hpp)
+        }
         auto [ec, n] = co_await stream.async_read_some(
-            ex_.upstream_buffer.prepare(conn_.read_room(ex_.upstream_buffer)), nothrow);
+            draining(ex_.upstream_buffer.prepare(conn_.read_room(ex_.upstream_buffer))), nothrow);
         if (ec) {
             break;
         }
+        continuing = true;
         ex_.upstream_buffer.commit(n);
     }
     if (read == HeadRead::invalid) {

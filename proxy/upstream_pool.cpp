@@ -47,8 +47,10 @@ bool UpstreamPool::reusable(UpstreamStream& stream,
                             std::chrono::steady_clock::time_point idle_since, bool verify,
                             const BackendTlsContext* tls) const {
     const auto idle = std::chrono::steady_clock::now() - idle_since;
-    // A connection parked moments ago is almost surely alive: skip the syscall.
-    const bool check = verify || idle > recheck_after_;
+    // The peek is skipped when the poller has said nothing of the socket since the response's
+    // last read emptied it (as HAProxy knows from its poller), or (recheck_after) when the
+    // connection was parked moments ago. Requests that cannot be sent twice always peek.
+    const bool check = verify || (idle > recheck_after_ && stream.may_have_sent());
     return idle < idle_timeout_ && stream.tls_context() == tls && (!check || stream.still_open());
 }
 

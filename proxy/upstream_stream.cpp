@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 
 #include "backend_tls_context.hpp"
+#include "socket_drain.hpp"
 
 namespace bg {
 
@@ -16,6 +17,10 @@ UpstreamStream::UpstreamStream(Socket socket, std::shared_ptr<const BackendTlsCo
     // each request would allocate and free them (perf probe on malloc). Backend connections
     // are few (pooled, bounded by max_idle_per_backend), so they keep theirs.
     SSL_clear_mode(this->tls()->native_handle(), SSL_MODE_RELEASE_BUFFERS);
+}
+
+bool UpstreamStream::may_have_sent() {
+    return tls() != nullptr || input_seen_since_drained(socket());
 }
 
 bool UpstreamStream::still_open() {

@@ -41,6 +41,10 @@ class UpstreamStream {
     // An idle keep-alive connection must have nothing to read: bytes mean a protocol error,
     // end-of-file means the backend closed it. One non-blocking peek.
     bool still_open();
+    // Whether the backend may have sent something (bytes, or its close) since the last read
+    // emptied the socket: false only for a plain connection the poller has reported no input
+    // on since (socket_drain.hpp); a TLS connection's reads do not tell it, so always true.
+    bool may_have_sent();
 
     template <class MutableBuffers, class Token>
     auto async_read_some(const MutableBuffers& buffers, Token&& token) {

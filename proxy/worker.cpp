@@ -19,6 +19,7 @@
 #include "client_session.hpp"
 #include "http_date.hpp"
 #include "pending_input.hpp"
+#include "socket_drain.hpp"
 
 namespace bg {
 
@@ -214,6 +215,9 @@ void Worker::accepted(Socket socket, std::size_t listener, const tcp::endpoint& 
     const std::uint32_t listener_max =
         listener < config_->listeners.size() ? config_->listeners[listener].max_connections : 0;
     if (limits_.try_open(listener, config_->limits.max_connections, listener_max)) {
+        // Its request is rarely there yet: the first read waits for the poller (whose
+        // registration of the socket reports bytes that are) rather than trying a recv first.
+        assume_drained(socket);
         asio::co_spawn(io_.get_executor(), serve_client(*this, std::move(socket), listener, peer),
                        asio::detached);
     } else {

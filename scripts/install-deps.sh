@@ -10,7 +10,7 @@ packages=(cmake g++ make libboost1.81-dev libboost-json1.81-dev libboost-url1.81
           clang-14 libclang-rt-14-dev node-llhttp
           # Fleet mode and its tests: a real etcd cluster on loopback.
           etcd-server etcd-client
-          # bench/profile.sh: where the time goes (perf record, a malloc uprobe, strace -c, callgrind).
+          # bench/profile.sh: where the time goes (perf record, a malloc uprobe, syscall tracepoints, callgrind).
           linux-perf strace valgrind)
 
 missing=()

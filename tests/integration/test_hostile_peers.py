@@ -616,6 +616,67 @@ class PrivateUpstreamTest(IdleUpstreamTest):
     test_a_connection_the_backend_closes_leaves_the_pool_at_once = None
 
 
+class HalfCloseTest(ProxyWithScriptedBackend):
+    """An end of stream that comes with a message's last bytes: a read that emptied the socket
+    does not show it, and the poller does not report it again (socket_drain.hpp). Each must
+    still be seen at once."""
+
+    def closes_after_answer(self, extra_config=""):
+        """A client sends a GET and its FIN together: it gets the answer, then the proxy's FIN
+        within a second (not at the keep-alive timeout)."""
+        self.start_proxy(lambda r, i, c: ok_response(r[1]), extra_config)
+        s = self.connect()
+        s.sendall(b"GET /last HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        self.assertEqual(read_response(s)[:3:2], (200, b"/last"))
+        s.settimeout(1.0)
+        self.assertEqual(s.recv(100), b"")
+
+    def test_a_client_that_half_closes_after_its_request_is_closed_after_the_answer(self):
+        self.closes_after_answer()
+
+    def test_so_is_one_whose_connection_cannot_park(self):
+        """A backend connection of its own (PROXY header to the backend): never parked."""
+        self.upstream = self.start(ScriptedBackend(lambda r, i, c: ok_response(r[1]), "blue-1"))
+        text = config([self.upstream], [self.start(ScriptedBackend(ok_response, "green-1"))])
+        self.proxy_ = self.proxy(text.replace("[pools.green]",
+                                              "send_proxy_protocol = true\n[pools.green]"))
+        s = self.connect()
+        s.sendall(b"GET /last HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        self.assertEqual(read_response(s)[:3:2], (200, b"/last"))
+        s.settimeout(1.0)
+        self.assertEqual(s.recv(100), b"")
+
+    def test_a_backend_that_closes_with_its_answer_is_not_waited_on(self):
+        """It answers keep-alive and closes at once: the next requests, GET and POST, are answered
+        at once on fresh connections, never by the closed one."""
+        self.start_proxy(lambda r, i, c: (ok_response(r[1]),))
+        s = self.connect()
+        for method in (b"GET", b"GET", b"POST", b"GET"):
+            started = time.time()
+            s.sendall(b"%s /m HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % method)
+            self.assertEqual(read_response(s)[:3:2], (200, b"/m"))
+            self.assertLess(time.time() - started, 1.0)
+        self.assertEqual(len(self.upstream.connections), 4)
+
+    def test_a_request_head_cut_by_the_clients_end_is_not_waited_on(self):
+        """Part of a head, then the FIN: the connection closes at once (not at client_header)."""
+        self.start_proxy(lambda r, i, c: ok_response(r[1]))
+        s = self.connect()
+        s.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /cut HTTP/1.1\r\nHo")
+        s.shutdown(socket.SHUT_WR)
+        self.assertEqual(read_response(s)[:3:2], (200, b"/a"))
+        s.settimeout(1.0)
+        rest = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            rest += chunk
+        self.assertNotIn(b"/cut", rest)
+
+
 class ClientGoneTest(ProxyWithScriptedBackend):
     """A client that leaves releases the backend at once (failed on e53b836: the backend
     connection stayed open until upstream_response, 30 s)."""

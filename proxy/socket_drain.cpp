@@ -1,0 +1,51 @@
+#include "socket_drain.hpp"
+
+#include <boost/asio/detail/epoll_reactor.hpp>
+
+namespace bg {
+
+namespace {
+
+using boost::asio::detail::epoll_reactor;
+using DescriptorState = epoll_reactor::descriptor_state;
+using SpeculativeFlags = bool (DescriptorState::*)[epoll_reactor::max_ops];
+
+// The reactor's per-socket "try a read before waiting" flags are private to it. An explicit
+// instantiation may name a private member (C++20 [temp.spec.general]/6), and hands the member's
+// pointer out through a friend function.
+SpeculativeFlags speculative_flags();
+
+template <SpeculativeFlags Member>
+struct ExposeSpeculativeFlags {
+    friend SpeculativeFlags speculative_flags() { return Member; }
+};
+template struct ExposeSpeculativeFlags<&DescriptorState::try_speculative_>;
+
+// A socket's implementation (and with it the reactor's data for it) is a protected member of
+// asio's socket.
+struct SocketInternals : Socket {
+    static DescriptorState* state(Socket& socket) {
+        return (socket.*(&SocketInternals::impl_)).get_implementation().reactor_data_;
+    }
+};
+
+}  // namespace
+
+bool input_seen_since_drained(Socket& socket) {
+    DescriptorState* state = SocketInternals::state(socket);
+    return state == nullptr || (state->*speculative_flags())[epoll_reactor::read_op];
+}
+
+void forget_drained(Socket& socket) {
+    if (DescriptorState* state = SocketInternals::state(socket)) {
+        (state->*speculative_flags())[epoll_reactor::read_op] = true;
+    }
+}
+
+void assume_drained(Socket& socket) {
+    if (DescriptorState* state = SocketInternals::state(socket)) {
+        (state->*speculative_flags())[epoll_reactor::read_op] = false;
+    }
+}
+
+}  // namespace bg
