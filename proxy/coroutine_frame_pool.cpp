@@ -1,0 +1,78 @@
+#include "coroutine_frame_pool.hpp"
+
+#include <array>
+#include <boost/asio/detail/memory.hpp>
+
+namespace bg::coroutine_frames {
+
+namespace {
+
+constexpr std::size_t class_size = 64;
+constexpr std::size_t classes = 128;                  // frames up to 8 KiB are recycled
+constexpr std::size_t budget = std::size_t{1} << 20;  // bytes a thread keeps at most
+constexpr std::size_t frame_align = BOOST_ASIO_DEFAULT_ALIGN;
+
+struct FreeFrame {
+    FreeFrame* next;
+};
+
+// Whether this thread's lists are gone (its exit has begun): frames freed after that go back to
+// malloc. Trivially destructible, so it can be read at any point of the thread's exit.
+thread_local bool lists_gone = false;
+
+struct FreeLists {
+    std::array<FreeFrame*, classes> heads{};
+    std::size_t kept = 0;  // bytes in the lists
+
+    ~FreeLists() {
+        lists_gone = true;
+        for (FreeFrame* head : heads) {
+            while (head != nullptr) {
+                FreeFrame* next = head->next;
+                boost::asio::aligned_delete(head);
+                head = next;
+            }
+        }
+    }
+};
+
+thread_local FreeLists lists;
+
+// The class of a frame of `size` bytes; frames of a class all get blocks of its full size, so
+// any block in its list fits any of its frames. Classes from `classes` on are not recycled.
+std::size_t class_of(std::size_t size) {
+    return size == 0 ? 1 : (size + class_size - 1) / class_size;
+}
+
+}  // namespace
+
+void* take(std::size_t size, std::size_t align) {
+    const std::size_t c = class_of(size);
+    if (c >= classes || lists_gone) {
+        return boost::asio::aligned_new(align, size);
+    }
+    if (FreeFrame* frame = lists.heads[c]; frame != nullptr && align <= frame_align) {
+        lists.heads[c] = frame->next;
+        lists.kept -= c * class_size;
+        return frame;
+    }
+    return boost::asio::aligned_new(align, c * class_size);
+}
+
+void give(void* frame, std::size_t size) {
+    const std::size_t c = class_of(size);
+    if (c >= classes || lists_gone || lists.kept + c * class_size > budget) {
+        boost::asio::aligned_delete(frame);
+        return;
+    }
+    auto* free_frame = static_cast<FreeFrame*>(frame);
+    free_frame->next = lists.heads[c];
+    lists.heads[c] = free_frame;
+    lists.kept += c * class_size;
+}
+
+std::size_t kept() {
+    return lists_gone ? 0 : lists.kept;
+}
+
+}  // namespace bg::coroutine_frames
