@@ -26,13 +26,18 @@ struct FreeLists {
 
     ~FreeLists() {
         lists_gone = true;
-        for (FreeFrame* head : heads) {
+        clear();
+    }
+
+    void clear() {
+        for (FreeFrame*& head : heads) {
             while (head != nullptr) {
                 FreeFrame* next = head->next;
                 boost::asio::aligned_delete(head);
                 head = next;
             }
         }
+        kept = 0;
     }
 };
 
@@ -73,6 +78,12 @@ void give(void* frame, std::size_t size) {
 
 std::size_t kept() {
     return lists_gone ? 0 : lists.kept;
+}
+
+void release() {
+    if (!lists_gone) {
+        lists.clear();
+    }
 }
 
 }  // namespace bg::coroutine_frames

@@ -22,6 +22,9 @@ void* take(std::size_t size, std::size_t align);
 void give(void* frame, std::size_t size);
 // Bytes this thread keeps in its lists (at most 1 MiB).
 std::size_t kept();
+// Gives this thread's lists back to malloc: after a burst, whose frames they would keep
+// (HeapTrim, before its malloc_trim).
+void release();
 
 }  // namespace bg::coroutine_frames
 

@@ -2,6 +2,8 @@
 
 #include <malloc.h>
 
+#include "coroutine_frame_pool.hpp"
+
 namespace bg {
 
 HeapTrim::HeapTrim(const Executor& executor, WorkerStats& stats)
@@ -21,6 +23,7 @@ void HeapTrim::freed(std::size_t bytes, std::size_t after, std::chrono::millisec
         }
         armed_ = false;
         freed_ = 0;
+        coroutine_frames::release();  // what the burst's coroutines left in this thread's lists
         ::malloc_trim(0);
         WorkerStats::add(stats_.heap_trims);
     });

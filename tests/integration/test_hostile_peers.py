@@ -644,16 +644,18 @@ class HalfCloseTest(ProxyWithScriptedBackend):
         self.assert_closed_after_answer()
 
     def test_a_backend_that_closes_with_its_answer_is_not_waited_on(self):
-        """It answers keep-alive and closes at once: the next requests, GET and POST, are answered
-        at once on fresh connections, never by the closed one."""
+        """It answers keep-alive and closes at once: the next GETs are answered at once on fresh
+        connections (a GET sent on the closed one before its end was seen goes again), never
+        waited on. (A POST could not be: when the end comes after the check before it was sent,
+        it may have been processed, and gets a 502, as with HAProxy.)"""
         self.start_proxy(lambda r, i, c: (ok_response(r[1]),))
         s = self.connect()
-        for method in (b"GET", b"GET", b"POST", b"GET"):
+        for _ in range(4):
             started = time.time()
-            s.sendall(b"%s /m HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % method)
+            s.sendall(b"GET /m HTTP/1.1\r\nHost: x\r\n\r\n")
             self.assertEqual(read_response(s)[:3:2], (200, b"/m"))
             self.assertLess(time.time() - started, 1.0)
-        self.assertEqual(len(self.upstream.connections), 4)
+        self.assertGreaterEqual(len(self.upstream.connections), 4)
 
     def test_a_request_head_cut_by_the_clients_end_is_not_waited_on(self):
         """Part of a head, then the FIN: the connection closes at once (not at client_header)."""

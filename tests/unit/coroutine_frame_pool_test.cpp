@@ -42,4 +42,6 @@ TEST_CASE("a thread keeps at most 1 MiB of freed frames") {
     frames::give(again, size);
     CHECK(frames::kept() == after_take + 8000);
     CHECK(before <= frames::kept());
+    frames::release();
+    CHECK(frames::kept() == 0);
 }
