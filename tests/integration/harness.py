@@ -230,6 +230,16 @@ def raw_exchange(port, data, timeout=5.0, shutdown_write=False):
         return b"".join(chunks)
 
 
+def read_to_end(sock):
+    """Everything the peer sends until it closes (the socket's own timeout bounds each wait)."""
+    chunks = []
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
 def status_of(response_bytes):
     m = re.match(rb"HTTP/1\.[01] (\d{3})", response_bytes)
     return int(m.group(1)) if m else None

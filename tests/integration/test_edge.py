@@ -21,7 +21,8 @@ import time
 import unittest
 
 from certificates import TestAuthority
-from harness import ProcessTestCase, end_process, free_port, metric, read_response, status_of
+from harness import (ProcessTestCase, end_process, free_port, metric, read_response, read_to_end,
+                     status_of)
 
 CA = None  # made once for the whole module by setUpModule
 CA_DIR = None
@@ -777,12 +778,7 @@ certificates = [%s]
             s.sendall(header[:10])
             time.sleep(0.1)
             s.sendall(header[10:] + get_headers())
-            out = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                out += chunk
+            out = read_to_end(s)
         self.assertEqual(forwarded_for(out), ["2001:db8::7"])
         # LOCAL (a health check from the balancer itself): the peer's address.
         out, _ = exchange(self.port, proxy_v2(("0.0.0.0", 0), ("0.0.0.0", 0), command=0x0) + get_headers())

@@ -5,7 +5,7 @@ import threading
 import time
 import unittest
 
-from harness import ProcessTestCase, config, raw_exchange, status_of
+from harness import ProcessTestCase, config, raw_exchange, read_to_end, status_of
 
 
 class ShutdownTest(ProcessTestCase):
@@ -86,12 +86,7 @@ class CloseRaceTest(ProcessTestCase):
             proxy.signal(signal.SIGCONT)
         for s in idle + [late]:
             s.settimeout(5)
-            got = b""
-            while True:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                got += chunk
+            got = read_to_end(s)
             self.assertEqual(status_of(got), 200, got[:200])
             self.assertIn(b"connection: close", got.lower())
             s.close()
