@@ -29,22 +29,29 @@ struct SocketInternals : Socket {
     }
 };
 
+// The reactor's "try a read first" flag for the socket's reads; nullptr for a socket it has not
+// registered.
+bool* try_read_first(Socket& socket) {
+    DescriptorState* state = SocketInternals::state(socket);
+    return state == nullptr ? nullptr : &(state->*speculative_flags())[epoll_reactor::read_op];
+}
+
 }  // namespace
 
 bool input_seen_since_drained(Socket& socket) {
-    DescriptorState* state = SocketInternals::state(socket);
-    return state == nullptr || (state->*speculative_flags())[epoll_reactor::read_op];
+    const bool* flag = try_read_first(socket);
+    return flag == nullptr || *flag;
 }
 
 void forget_drained(Socket& socket) {
-    if (DescriptorState* state = SocketInternals::state(socket)) {
-        (state->*speculative_flags())[epoll_reactor::read_op] = true;
+    if (bool* flag = try_read_first(socket)) {
+        *flag = true;
     }
 }
 
 void assume_drained(Socket& socket) {
-    if (DescriptorState* state = SocketInternals::state(socket)) {
-        (state->*speculative_flags())[epoll_reactor::read_op] = false;
+    if (bool* flag = try_read_first(socket)) {
+        *flag = false;
     }
 }
 
