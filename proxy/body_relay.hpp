@@ -71,7 +71,7 @@ Task<boost::system::error_code> read_body_piece(
     for (;;) {
         if (buffer.size() > 0) {
             boost::system::error_code ec;
-            chunks.input_begin = static_cast<const char*>(buffer.data().data());
+            chunks.input_begin = static_cast<char*>(buffer.data().data());
             chunks.input_end = chunks.input_begin + buffer.size();
             const std::size_t used = parser.put(buffer.data(), ec);
             buffer.consume(used);

@@ -1,5 +1,7 @@
 #include "chunk_framing.hpp"
 
+#include <algorithm>
+#include <boost/beast/core/string.hpp>
 #include <boost/beast/http/error.hpp>
 
 namespace bg {
@@ -28,6 +30,33 @@ namespace {
 bool hex_digit(char c) {
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
+
+// The fields Beast's parser acts on wherever they appear (basic_parser::do_field).
+bool framing_field(std::string_view name) {
+    for (const std::string_view known :
+         {"content-length", "transfer-encoding", "connection", "proxy-connection", "upgrade"}) {
+        if (boost::beast::iequals(name, known)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+// Renames each framing field of a trailer section (its lines up to the empty one) to as many
+// 'x's: still a valid token, so the section parses as before, and the field is inert.
+void defuse_trailer_fields(char* section, std::size_t length) {
+    char* line = section;
+    char* const end = section + length;
+    while (line < end) {
+        const std::string_view rest(line, static_cast<std::size_t>(end - line));
+        const std::size_t eol = std::min(rest.find("\r\n"), rest.size());
+        const std::size_t colon = rest.substr(0, eol).find(':');
+        if (colon != std::string_view::npos && framing_field(rest.substr(0, colon))) {
+            std::fill_n(line, colon, 'x');
+        }
+        line += eol + 2;
+    }
+}
 }  // namespace
 
 void ChunkHeaderGuard::operator()(std::uint64_t size, std::string_view extensions,
@@ -51,16 +80,21 @@ void ChunkHeaderGuard::operator()(std::uint64_t size, std::string_view extension
     }
     // The last chunk: its line ends 2 bytes after its extensions, and the trailer section,
     // complete in the input (Beast found its end before calling), runs to the empty line.
-    const char* trailer = extensions.data() + extensions.size() + 2;
+    char* const trailer = input_begin + (extensions.data() - input_begin) + extensions.size() + 2;
     if (trailer > input_end) {
         return;
     }
     const std::string_view rest(trailer, static_cast<std::size_t>(input_end - trailer));
     const std::size_t length = rest.starts_with("\r\n") ? 0 : rest.find("\r\n\r\n");
-    if (length != std::string_view::npos && length > max_trailer) {
+    if (length == std::string_view::npos) {
+        return;
+    }
+    if (length > max_trailer) {
         over = ChunkFraming::trailer_too_long;
         ec = boost::beast::http::error::header_limit;
+        return;
     }
+    defuse_trailer_fields(trailer, length);
 }
 
 }  // namespace bg

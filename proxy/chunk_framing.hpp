@@ -20,11 +20,18 @@ ChunkFraming check_pending_chunk_framing(std::string_view pending, std::size_t m
 // A parser's chunk-header callback (parser::on_chunk_header) that checks what arrived whole:
 // each chunk-size line, and at the last chunk the trailer section that follows it in the
 // bytes being parsed (Beast calls it with those bytes in place, before it parses the trailer).
+//
+// Trailer fields are dropped on the way out (the last chunk goes on alone, as Envoy and nginx
+// do by default), but Beast's parser reads framing fields in a trailer as if they were in the
+// head: a trailer `Content-Length` or `Transfer-Encoding` would fail a valid message, and a
+// trailer `Connection: close` would end a keep-alive connection. RFC 9110 6.5.1 forbids acting
+// on them, so the guard renames those fields in place (same length, a name no parser knows)
+// before Beast parses the trailer section.
 struct ChunkHeaderGuard {
     std::size_t max_chunk_line = 4096;
     std::size_t max_trailer = 16384;
-    const char* input_begin = nullptr;  // the bytes passed to the parser's put()
-    const char* input_end = nullptr;
+    char* input_begin = nullptr;  // the bytes passed to the parser's put(), writable
+    char* input_end = nullptr;
     ChunkFraming over = ChunkFraming::within_limits;
 
     void operator()(std::uint64_t size, std::string_view extensions, boost::system::error_code& ec);

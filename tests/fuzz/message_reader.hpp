@@ -142,7 +142,7 @@ class MessageReader {
         for (;;) {
             if (buffer_.size() > 0) {
                 error_code ec;
-                chunks_.input_begin = static_cast<const char*>(buffer_.data().data());
+                chunks_.input_begin = static_cast<char*>(buffer_.data().data());
                 chunks_.input_end = chunks_.input_begin + buffer_.size();
                 const std::size_t used = parser_->put(buffer_.data(), ec);
                 buffer_.consume(used);

@@ -99,6 +99,32 @@ class FramingTest(ProxyWithScriptedBackend):
                     status, _, body, rest = read_response(s)
                     self.assertEqual((status, body, rest), (200, b"genuine", b""))
 
+    def test_framing_fields_in_a_trailer_are_inert(self):
+        """RFC 9110 6.5.1: a trailer field never frames or ends a message. Beast's parser reads a
+        trailer Content-Length as a conflict, and a trailer Connection: close as the end."""
+        trailer = b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\nConnection: close\r\nX-Sum: 1\r\n"
+
+        def answer(request, index, conn):
+            if request[1] == b"/trailer":
+                return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"5\r\nhello\r\n0\r\n%s\r\n" % trailer)
+            return ok_response(b"got " + request[4])
+
+        self.start_proxy(answer)
+        s = self.connect()
+        s.sendall(b"GET /trailer HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, fields, body, rest = read_response(s)
+        self.assertEqual((status, body, rest), (200, b"hello", b""))
+        s.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"3\r\nabc\r\n0\r\n%s\r\n" % trailer)
+        status, _, body, rest = read_response(s)
+        self.assertEqual((status, body, rest), (200, b"got abc", b""))
+        s.sendall(b"GET /third HTTP/1.1\r\nHost: x\r\n\r\n")  # the connection lives on
+        self.assertEqual(read_response(s)[0], 200)
+        carried = [[r[1] for r in c["requests"]] for c in self.upstream.connections if c["requests"]]
+        self.assertEqual(carried, [[b"/trailer", b"/up", b"/third"]])  # and so does the backend's
+        self.assertEqual([c["errors"] for c in self.upstream.connections if c["errors"]], [])
+
     def test_routing_fields_named_in_connection_still_route(self):
         """The preview header picks the colour before any header rule runs."""
         blue = self.start(ScriptedBackend(lambda r, i, c: ok_response(b"blue"), "blue-1"))

@@ -1,0 +1,65 @@
+#include <doctest/doctest.h>
+
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <string>
+
+#include "chunk_framing.hpp"
+
+namespace {
+
+namespace http = boost::beast::http;
+
+// Parses `wire` (a whole chunked response) in one put(), as the body relay does, with the guard
+// pointing at the bytes.
+struct Parsed {
+    boost::system::error_code ec;
+    std::string body;
+    bool keep_alive = false;
+    bg::ChunkFraming over = bg::ChunkFraming::within_limits;
+};
+
+Parsed parse(std::string wire, std::size_t max_trailer = 1024) {
+    http::response_parser<http::string_body> parser;
+    bg::ChunkHeaderGuard guard{64, max_trailer};
+    parser.on_chunk_header(guard);
+    Parsed out;
+    const std::size_t head = wire.find("\r\n\r\n") + 4;
+    parser.put(boost::asio::buffer(wire.data(), head), out.ec);
+    REQUIRE_FALSE(out.ec);
+    // Piece by piece, as the body relay puts what its buffer holds.
+    for (std::size_t at = head; !out.ec && !parser.is_done() && at < wire.size();) {
+        guard.input_begin = wire.data() + at;
+        guard.input_end = wire.data() + wire.size();
+        at += parser.put(boost::asio::buffer(wire.data() + at, wire.size() - at), out.ec);
+    }
+    out.body = parser.get().body();
+    out.keep_alive = parser.keep_alive();
+    out.over = guard.over;
+    return out;
+}
+
+const std::string chunked_head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+}  // namespace
+
+TEST_CASE("framing fields in a trailer do not fail the message or end the connection") {
+    for (const std::string trailer :
+         {"Content-Length: 5\r\n", "Transfer-Encoding: chunked\r\n", "Connection: close\r\n",
+          "X-Checksum: 1\r\ncontent-length: 99\r\nUpgrade: h2c\r\nProxy-Connection: close\r\n"}) {
+        CAPTURE(trailer);
+        const Parsed p = parse(chunked_head + "5\r\nhello\r\n0\r\n" + trailer + "\r\n");
+        CHECK_FALSE(p.ec);
+        CHECK(p.body == "hello");
+        CHECK(p.keep_alive);
+    }
+}
+
+TEST_CASE("a trailer over max_trailer or with a broken line still fails") {
+    const Parsed big =
+        parse(chunked_head + "0\r\nX-Pad: " + std::string(200, 'a') + "\r\n\r\n", 100);
+    CHECK(big.ec == http::error::header_limit);
+    CHECK(big.over == bg::ChunkFraming::trailer_too_long);
+    CHECK(parse(chunked_head + "0\r\nContent-Length 5\r\n\r\n").ec);
+    CHECK(parse(chunked_head + "0\r\nX-Ok: 1\r\n\r\n").ec == boost::system::error_code{});
+}
