@@ -260,6 +260,9 @@ Task<bool> RequestExchange<Stream>::respond() {
         co_return false;
     }
     const RequestFacts facts = request_facts(*ex_.parser, config_.upgrade_protocols);
+    if (const auto local = apply_max_forwards(ex_.parser->get())) {
+        co_return co_await answer_here(*local, facts);
+    }
     // One routing snapshot for the whole request, retries included. The colour is chosen before
     // any header rule runs, so no field named in Connection can change the route.
     RoutingTablePtr table = conn_.worker.table();
@@ -780,6 +783,36 @@ Task<bool> RequestExchange<Stream>::answer_failure(Exchange outcome, const Reque
             co_return can_continue;
     }
     co_return false;
+}
+
+// A request the proxy answers as its final recipient; the connection goes on when the
+// client's request allows it and no body of it is left unread.
+template <class Stream>
+Task<bool> RequestExchange<Stream>::answer_here(const LocalAnswer& answer,
+                                                const RequestFacts& facts) {
+    const bool keep =
+        facts.keep_alive && ex_.parser->is_done() && !conn_.worker.closing() && !conn_.last_request;
+    ex_.record.status = 200;
+    ResponseHeader response;
+    response.result(http::status::ok);
+    response.version(11);
+    response.insert(http::field::date, http_date_now());
+    if (answer.allow) {
+        response.set(http::field::allow, "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH");
+    }
+    if (!answer.content_type.empty()) {
+        response.set(http::field::content_type, answer.content_type);
+    }
+    response.set(http::field::content_length, std::to_string(answer.body.size()));
+    if (!keep) {
+        response.set(http::field::connection, "close");
+        conn_.linger = true;
+    }
+    write_response_head(response, ex_.head);
+    conn_.deadline.arm(config_.timeouts.client_write, ConnectionDeadline::client);
+    std::array<asio::const_buffer, 2> out{asio::buffer(ex_.head), asio::buffer(answer.body)};
+    const auto [ec, written] = co_await conn_.relay.write_pieces(ex_, conn_.stream, out);
+    co_return !ec && keep;
 }
 
 // The answer to a refused request, its bound counted if it went over one.

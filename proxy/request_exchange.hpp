@@ -58,6 +58,7 @@ class RequestExchange {
     ResponsePlan prepare_response_head(const Backend& backend, const RequestFacts& facts);
     bool response_body_relayed(BodyEnd end);
 
+    Task<bool> answer_here(const LocalAnswer& answer, const RequestFacts& facts);
     Task<bool> answer_failure(Exchange outcome, const RequestFacts& facts);
     Task<void> refuse(const Refusal& refusal);
     Task<void> reply_error(boost::beast::http::status status, std::string_view reason,

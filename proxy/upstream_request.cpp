@@ -2,6 +2,7 @@
 
 #include <boost/beast/core/string.hpp>
 #include <boost/url/parse.hpp>
+#include <charconv>
 #include <stdexcept>
 
 #include "exchange_outcome.hpp"
@@ -98,6 +99,45 @@ Refusal check_request_head(RequestParser& parser, std::uint64_t max_request_body
                 LimitBreach::request_body};
     }
     return {};
+}
+
+std::optional<LocalAnswer> apply_max_forwards(Request& request) {
+    const auto method = request.method();
+    if (method != http::verb::options && method != http::verb::trace) {
+        return std::nullopt;
+    }
+    const auto field = request.find(http::field::max_forwards);
+    if (field == request.end()) {
+        return std::nullopt;
+    }
+    const std::string_view value = field->value();
+    std::uint64_t hops = 0;
+    const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), hops);
+    if (ec != std::errc{} || end != value.data() + value.size()) {
+        return std::nullopt;
+    }
+    if (hops > 0) {
+        request.set(http::field::max_forwards, std::to_string(hops - 1));
+        return std::nullopt;
+    }
+    if (method == http::verb::options) {
+        return LocalAnswer{.content_type = {}, .body = {}, .allow = true};
+    }
+    LocalAnswer echo{.content_type = "message/http", .body = {}, .allow = false};
+    echo.body.append(request.method_string())
+        .append(" ")
+        .append(request.target())
+        .append(request.version() == 10 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n");
+    for (const auto& f : request) {
+        const auto name = f.name();
+        if (name == http::field::authorization || name == http::field::proxy_authorization ||
+            name == http::field::cookie) {
+            continue;
+        }
+        echo.body.append(f.name_string()).append(": ").append(f.value()).append("\r\n");
+    }
+    echo.body.append("\r\n");
+    return echo;
 }
 
 RequestFacts request_facts(const RequestParser& parser, const std::vector<std::string>& upgrades) {

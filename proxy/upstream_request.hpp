@@ -57,6 +57,20 @@ struct ClientHop {
 // origin-form with its Host (RFC 9112 3.2.2).
 Refusal check_request_head(RequestParser& parser, std::uint64_t max_request_body);
 
+// What the proxy answers as a request's final recipient: 200 with `body` (of `content_type`),
+// and the methods it passes on in Allow when `allow` is set.
+struct LocalAnswer {
+    std::string_view content_type;  // empty: no body
+    std::string body;
+    bool allow = false;
+};
+
+// RFC 9110 7.6.2: an OPTIONS or TRACE carrying Max-Forwards 0 goes no further: the proxy
+// answers it (returned: OPTIONS with Allow, TRACE with the request echoed as message/http, less
+// the credentials and cookies of RFC 9110 9.3.8). A larger value goes on one less; a value that
+// is not a number goes on untouched (HAProxy and Envoy pass the field on as it is).
+std::optional<LocalAnswer> apply_max_forwards(Request& request);
+
 // `upgrades`: the protocols a client may switch to through the proxy ([server]
 // upgrade_protocols); an Upgrade offering none of them is stripped, the request served as such.
 RequestFacts request_facts(const RequestParser& parser, const std::vector<std::string>& upgrades);

@@ -6,7 +6,7 @@ import socket
 import subprocess
 import unittest
 
-from harness import ProcessTestCase, config, raw_exchange, status_of
+from harness import ProcessTestCase, config, raw_exchange, read_response, status_of
 
 
 class HttpSemanticsTest(ProcessTestCase):
@@ -120,6 +120,32 @@ class HttpSemanticsTest(ProcessTestCase):
         self.assertIn(b"x-forwarded-proto: http", body)
         self.assertIn(b"x-forwarded-host: shop.example", body)
         self.assertIn(b"host: shop.example", body)
+
+    def test_max_forwards_0_is_answered_by_the_proxy(self):
+        """RFC 9110 7.6.2: an OPTIONS or TRACE whose Max-Forwards is 0 goes no further; a larger
+        value goes on one less; other methods ignore the field."""
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        self.addCleanup(s.close)
+        s.sendall(b"OPTIONS * HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\n\r\n")
+        status, fields, body, rest = read_response(s)
+        self.assertEqual((status, body, rest), (200, b"", b""))
+        self.assertIn("OPTIONS", dict(fields)["allow"])
+        s.sendall(b"TRACE /t HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\nCookie: secret=1\r\n"
+                  b"X-Probe: 7\r\n\r\n")
+        status, fields, body, rest = read_response(s)
+        self.assertEqual((status, dict(fields)["content-type"]), (200, "message/http"))
+        self.assertTrue(body.startswith(b"TRACE /t HTTP/1.1\r\n"), body)
+        self.assertIn(b"X-Probe: 7\r\n", body)
+        self.assertNotIn(b"secret", body)
+        # The connection went on; a larger value reaches the backend one less.
+        s.sendall(b"OPTIONS /headers HTTP/1.1\r\nHost: x\r\nMax-Forwards: 3\r\n\r\n")
+        status, _, body, _ = read_response(s)
+        self.assertEqual(status, 200)
+        self.assertIn(b"OPTIONS /headers HTTP/1.1\n", body)
+        self.assertIn(b"Max-Forwards: 2\n", body)
+        s.sendall(b"GET /headers HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\n\r\n")
+        status, _, body, _ = read_response(s)
+        self.assertIn(b"Max-Forwards: 0\n", body)
 
     def test_absolute_form_target_becomes_origin_form(self):
         out = raw_exchange(self.port, b"GET http://shop.example/headers?a=1 HTTP/1.1\r\n"
