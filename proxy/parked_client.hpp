@@ -22,6 +22,7 @@
 #include "client_identity.hpp"
 #include "config.hpp"
 #include "io_types.hpp"
+#include "record_slab.hpp"
 #include "tls_stream.hpp"
 #include "tracked_session.hpp"
 
@@ -29,8 +30,10 @@ namespace bg {
 
 class Worker;
 
+// A slab record (record_slab.hpp): it lives as long as its connection is idle.
 struct ParkedClient
-    : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::auto_unlink>> {
+    : boost::intrusive::list_base_hook<boost::intrusive::link_mode<boost::intrusive::auto_unlink>>,
+      SlabRecord {
     // Takes the descriptor out of `socket` (-1 if asio cannot give it up).
     explicit ParkedClient(Socket socket);
     // A TLS connection keeps its TLS state too (OpenSSL's record buffers are empty, freed).

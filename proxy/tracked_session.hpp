@@ -6,13 +6,15 @@
 #include <cstddef>
 
 #include "io_types.hpp"
+#include "record_slab.hpp"
 #include "session_handle.hpp"
 
 namespace bg {
 
 class Worker;
 
-class TrackedSession {
+// Lives as long as its connection: a slab record (record_slab.hpp).
+class TrackedSession : public SlabRecord {
   public:
     TrackedSession(Worker& worker, Socket& client, std::size_t listener);
     ~TrackedSession();
