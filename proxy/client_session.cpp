@@ -138,6 +138,11 @@ class ClientSession {
                     co_return false;
                 }
             }
+            if (plain_http_first(conn_.socket().native_handle())) {
+                WorkerStats::add(conn_.worker.stats().tls_handshake_failures);
+                co_await answer_plain_http();
+                co_return false;
+            }
             auto [ec] =
                 co_await conn_.stream.async_handshake(asio::ssl::stream_base::server, nothrow);
             if (ec) {
@@ -146,6 +151,33 @@ class ClientSession {
             }
         }
         co_return true;
+    }
+
+    // A plain HTTP request on a TLS listener gets a plain answer that says so (as nginx does),
+    // not a handshake failure the client would see as an empty reply. Then the client's request
+    // is drained for a bounded time, so our close does not reset the answer away.
+    Task<void> answer_plain_http() {
+        static constexpr std::string_view answer =
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 59\r\n"
+            "X-BG-Error: plain HTTP request sent to a TLS listener\r\nConnection: close\r\n\r\n"
+            "400 Bad Request: plain HTTP request sent to a TLS listener\n";
+        Socket& socket = conn_.socket();
+        auto [ec, n] = co_await asio::async_write(socket, asio::buffer(answer), nothrow);
+        if (ec) {
+            co_return;
+        }
+        error_code ignored;
+        socket.shutdown(tcp::socket::shutdown_send, ignored);
+        conn_.deadline.arm(conn_.config.timeouts.client_linger, ConnectionDeadline::client);
+        std::array<char, 4096> scratch;
+        for (std::size_t discarded = 0; discarded < 65536;) {
+            forget_drained(socket);  // socket_drain.hpp
+            auto [rec, got] = co_await socket.async_read_some(asio::buffer(scratch), nothrow);
+            if (rec) {
+                break;
+            }
+            discarded += got;
+        }
     }
 
     // A connection waiting for its next request, or its first, is parked (parked_client.hpp):

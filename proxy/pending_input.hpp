@@ -1,11 +1,16 @@
 #pragma once
-// Whether a client has bytes waiting on its socket: a shutdown serves such a connection's
-// request (answered with Connection: close) instead of closing it under the request, which
-// the client would see as a reset with no answer.
+// What a client has waiting on its socket, peeked and left there: whether there is anything (a
+// shutdown serves such a connection's request, answered with Connection: close, instead of
+// closing it under the request, which the client would see as a reset with no answer), and
+// whether it is plain HTTP sent to a TLS listener.
 
 namespace bg {
 
 // One non-blocking MSG_PEEK of a byte; false on EOF, error or nothing yet.
 bool input_waiting(int descriptor);
+
+// Whether the bytes waiting start as plain HTTP does (a method's capital letter), where a TLS
+// client's first record starts with its type, a control byte (0x16 for a ClientHello).
+bool plain_http_first(int descriptor);
 
 }  // namespace bg

@@ -291,6 +291,24 @@ min_version = "1.3"
                   "https://a.test:%d/?bytes=200000" % port, "-o", "/dev/null", "-w", "%{size_download}"])
         self.assertEqual((r.returncode, r.stdout), (0, "200000"), r.stderr)
 
+    def test_plain_http_to_a_tls_listener_is_told_so(self):
+        """nginx answers a plain request on its TLS port with a 400 that says why; a silent close
+        reads as an empty reply. A TLS client on the same listener is served as before."""
+        proxy = self.proxy(edge_config(tls_listener("a"), [self.blue]))
+        port = proxy.ports[0]
+        r = curl(["http://127.0.0.1:%d/" % port])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("400 Bad Request: plain HTTP request sent to a TLS listener", r.stdout)
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.addCleanup(s.close)
+        s.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        status, fields, body, _ = read_response(s)
+        self.assertEqual((status, dict(fields)["connection"]), (400, "close"))
+        self.assertEqual(read_to_end(s), b"")  # then the proxy closes
+        r = curl(["--cacert", ca_file(), "--resolve", "a.test:%d:127.0.0.1" % port,
+                  "https://a.test:%d/" % port])
+        self.assertEqual((r.returncode, r.stdout), (0, "blue-1\n"), r.stderr)
+
     def test_idle_tls_connections_park_and_resume(self):
         # An idle TLS connection is parked with its TLS state (no session, no buffers) and
         # resumes where it was: for the next request, for one whose first TLS record arrives
