@@ -129,6 +129,60 @@ std::optional<AdminState> admin_named(std::string_view name) {
     return std::nullopt;
 }
 
+// A pair of weights in basis points, which must sum to 10000; nullopt with `error` otherwise.
+std::optional<std::array<std::uint32_t, 2>> weights_from_json(const json::object& in,
+                                                              std::string_view what,
+                                                              std::string& error) {
+    const std::array<std::uint32_t, 2> bp{in.at("blue").to_number<std::uint32_t>(),
+                                          in.at("green").to_number<std::uint32_t>()};
+    if (bp[0] + bp[1] != 10000) {
+        error = std::string(what) + " do not sum to 10000 basis points";
+        return std::nullopt;
+    }
+    return bp;
+}
+
+std::optional<RampState> ramp_from_json(const json::object& in, std::string& error) {
+    RampState ramp;
+    auto c = colour_from_name(in.at("colour").as_string());
+    if (!c) {
+        error = "ramp names an unknown colour";
+        return std::nullopt;
+    }
+    ramp.colour = *c;
+    ramp.to_bp = in.at("to").to_number<std::uint32_t>();
+    ramp.step_bp = in.at("step").to_number<std::uint32_t>();
+    ramp.every = Duration(in.at("every_ms").to_number<std::int64_t>());
+    ramp.paused = in.at("paused").as_bool();
+    if (ramp.to_bp > 10000 || ramp.step_bp == 0 || ramp.step_bp > 10000 ||
+        ramp.every.count() <= 0) {
+        error = "ramp values out of range";
+        return std::nullopt;
+    }
+    return ramp;
+}
+
+// The colours marked failed and the backends' admin states, into `state`; false with `error`.
+bool marks_from_json(const json::object& in, RoutingState& state, std::string& error) {
+    for (const auto& item : in.at("failed").as_array()) {
+        auto c = colour_from_name(item.as_string());
+        if (!c) {
+            error = "failed names an unknown colour";
+            return false;
+        }
+        state.failed[index_of(*c)] = true;
+    }
+    for (const auto& [name, admin] : in.at("admin").as_object()) {
+        auto a = admin_named(admin.as_string());
+        if (!a) {
+            error = "unknown admin state for " + std::string(name);
+            return false;
+        }
+        state.admin[std::string(name)] = *a;
+    }
+    return true;
+}
+
 }  // namespace
 
 std::optional<RoutingState> routing_state_from_json(const json::value& value, std::string& error) {
@@ -143,66 +197,34 @@ std::optional<RoutingState> routing_state_from_json(const json::value& value, st
         if (const json::value* revision = in.if_contains("revision")) {
             state.revision = revision->to_number<std::int64_t>();
         }
-        const json::object& weights = in.at("weights").as_object();
-        state.weight_bp = {weights.at("blue").to_number<std::uint32_t>(),
-                           weights.at("green").to_number<std::uint32_t>()};
-        if (state.weight_bp[0] + state.weight_bp[1] != 10000) {
-            error = "weights do not sum to 10000 basis points";
+        const auto weights = weights_from_json(in.at("weights").as_object(), "weights", error);
+        if (!weights) {
             return std::nullopt;
         }
+        state.weight_bp = *weights;
         auto stable = colour_from_name(in.at("stable").as_string());
         if (!stable) {
             error = "stable is not blue or green";
             return std::nullopt;
         }
         state.stable = *stable;
-        for (const auto& item : in.at("failed").as_array()) {
-            auto c = colour_from_name(item.as_string());
-            if (!c) {
-                error = "failed names an unknown colour";
-                return std::nullopt;
-            }
-            state.failed[index_of(*c)] = true;
-        }
-        for (const auto& [name, admin] : in.at("admin").as_object()) {
-            auto a = admin_named(admin.as_string());
-            if (!a) {
-                error = "unknown admin state for " + std::string(name);
-                return std::nullopt;
-            }
-            state.admin[std::string(name)] = *a;
+        if (!marks_from_json(in, state, error)) {
+            return std::nullopt;
         }
         if (!in.at("ramp").is_null()) {
-            const json::object& r = in.at("ramp").as_object();
-            RampState ramp;
-            auto c = colour_from_name(r.at("colour").as_string());
-            if (!c) {
-                error = "ramp names an unknown colour";
+            state.ramp = ramp_from_json(in.at("ramp").as_object(), error);
+            if (!state.ramp) {
                 return std::nullopt;
             }
-            ramp.colour = *c;
-            ramp.to_bp = r.at("to").to_number<std::uint32_t>();
-            ramp.step_bp = r.at("step").to_number<std::uint32_t>();
-            ramp.every = Duration(r.at("every_ms").to_number<std::int64_t>());
-            ramp.paused = r.at("paused").as_bool();
-            if (ramp.to_bp > 10000 || ramp.step_bp == 0 || ramp.step_bp > 10000 ||
-                ramp.every.count() <= 0) {
-                error = "ramp values out of range";
-                return std::nullopt;
-            }
-            state.ramp = ramp;
         }
         if (const json::value* f = in.if_contains("failover"); f != nullptr && !f->is_null()) {
-            const json::object& weights = f->at("weights").as_object();
-            FailoverState failover;
-            failover.weight_bp = {weights.at("blue").to_number<std::uint32_t>(),
-                                  weights.at("green").to_number<std::uint32_t>()};
-            if (failover.weight_bp[0] + failover.weight_bp[1] != 10000) {
-                error = "failover weights do not sum to 10000 basis points";
+            const auto failover =
+                weights_from_json(f->at("weights").as_object(), "failover weights", error);
+            if (!failover) {
                 return std::nullopt;
             }
-            failover.at = std::string(f->at("at").as_string());
-            state.failover = failover;
+            state.failover =
+                FailoverState{.weight_bp = *failover, .at = std::string(f->at("at").as_string())};
         }
         state.changed_at = std::string(in.at("changed_at").as_string());
         state.changed_by = std::string(in.at("changed_by").as_string());
