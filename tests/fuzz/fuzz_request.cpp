@@ -100,6 +100,7 @@ const boost::asio::ip::tcp::endpoint local_server(boost::asio::ip::make_address_
 // What one request did on its way through.
 struct Forwarded {
     bool sent_head = false;  // something went upstream
+    bool answered = false;   // the proxy answered it itself (Max-Forwards 0): nothing went up
     bool complete = false;   // the whole request went upstream
     bool ends_connection = false;
     std::string upstream;  // the bytes written to the backend
@@ -131,7 +132,7 @@ class Session : bg::fuzz::MessageReader<true> {
             handle_request(f);
             f.client_end = peer_.delivered() - buffer_.size();
             const bool go_on = f.complete && !f.ends_connection;
-            if (f.sent_head) {
+            if (f.sent_head || f.answered) {
                 done.push_back(std::move(f));
             }
             if (!go_on) {
@@ -227,6 +228,13 @@ class Session : bg::fuzz::MessageReader<true> {
             return;  // 400, 405 or 413
         }
         const bg::RequestFacts facts = bg::request_facts(*parser_, {"websocket"});
+        if (bg::apply_max_forwards(request)) {
+            // Answered by the proxy (answer_here()): the connection goes on with no body left.
+            f.answered = true;
+            f.complete = parser_->is_done();
+            f.ends_connection = !facts.keep_alive;
+            return;
+        }
         if (bg::rewrite_for_upstream(*parser_, facts,
                                      {setup_.client_ip, setup_.tls, setup_.trusted, local_server,
                                       bg::UnderscoreFields::drop})) {
@@ -286,6 +294,9 @@ bool strict_client() {
 }
 
 void check_upstream(const Forwarded& f) {
+    if (f.answered) {
+        return;
+    }
     const bg::fuzz::Judgement j = bg::fuzz::judge(f.upstream, HTTP_REQUEST, false);
     if (!f.complete) {
         require(j.messages.empty(), "a request cut short does not look complete upstream",
