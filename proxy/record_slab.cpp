@@ -11,13 +11,20 @@
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/lsan_interface.h>
 // What a record points to (a TLS state, a config) is reachable: LeakSanitizer scans chunks.
 #define BG_SLAB_ROOT(chunk) __lsan_register_root_region(chunk, chunk_bytes)
 #define BG_SLAB_UNROOT(chunk) __lsan_unregister_root_region(chunk, chunk_bytes)
+// A freed record is poisoned past its free-list link, so a use after free is still caught.
+#define BG_SLAB_POISON(record, size) \
+    ASAN_POISON_MEMORY_REGION(static_cast<char*>(record) + sizeof(void*), (size) - sizeof(void*))
+#define BG_SLAB_UNPOISON(record, size) ASAN_UNPOISON_MEMORY_REGION(record, size)
 #else
 #define BG_SLAB_ROOT(chunk)
 #define BG_SLAB_UNROOT(chunk)
+#define BG_SLAB_POISON(record, size)
+#define BG_SLAB_UNPOISON(record, size)
 #endif
 
 namespace bg {
@@ -109,6 +116,7 @@ void* RecordSlab::allocate() {
     if (chunk->full()) {
         unlink(chunk);
     }
+    BG_SLAB_UNPOISON(record, slot_);
     return record;
 }
 
@@ -118,6 +126,7 @@ void RecordSlab::deallocate(void* record) noexcept {
     RecordSlab& slab = *chunk->slab;
     *static_cast<void**>(record) = chunk->free_list;
     chunk->free_list = record;
+    BG_SLAB_POISON(record, slab.slot_);
     --slab.live_;
     if (!chunk->listed) {
         slab.link(chunk);
