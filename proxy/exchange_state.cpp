@@ -11,6 +11,7 @@ void ExchangeState::clear() {
     upstream_buffer.clear();
     head.clear();
     gathered.clear();
+    coalesced.clear();
     parser.reset();
     response_parser.reset();
     request_fields.reset();
@@ -43,7 +44,7 @@ void ExchangeState::end_request() {
 std::size_t ExchangeState::footprint() const {
     return sizeof(ExchangeState) + buffer.capacity() + upstream_buffer.capacity() +
            request_body.capacity() + response_body.capacity() + head.capacity() +
-           gathered.capacity() + 2 * FieldArena::first_block;
+           gathered.capacity() + coalesced.capacity() + 2 * FieldArena::first_block;
 }
 
 ExchangePool::ExchangePool(HeapTrim& trim) : trim_(trim) {}

@@ -25,6 +25,7 @@ struct ExchangeState {
     std::vector<char> response_body;  // a tunnel's backend-to-client bytes
     std::string head;                 // the serialized head of the message being sent
     std::string gathered;             // TLS only: pieces of one write copied together
+    std::string coalesced;            // small body pieces held for one write (body_relay.hpp)
     // Each parser's fields live in an arena of its own (declared first: it outlives them).
     // See new_request() and new_response().
     FieldArena request_fields;
