@@ -180,6 +180,7 @@ class BodyRelay {
         const auto body_start = std::chrono::steady_clock::now();
         std::uint64_t moved = 0;
         bool ended = false;  // the end of the body has been written
+        ex.coalesced.clear();  // what an earlier relay gathered and never sent (it failed)
         while (!ended) {
             if (const auto length = splice_length(ex, from, in, parser, to, leg)) {
                 SplicePipeLease pipe(*splice_.pipes, splice_.max_pipes, splice_.pipe_size);
@@ -259,11 +260,9 @@ class BodyRelay {
         constexpr std::size_t small_piece = 2048;
         constexpr std::size_t framing = 24;  // a chunk's size line and its CRLF, at most
         if (ended || n == 0 || n > small_piece || at_hand == 0 ||
-            ex.coalesced.size() + ex.head.size() + n + framing > read_size_) {
+            ex.coalesced.size() + n + framing > read_size_) {
             return false;
         }
-        ex.coalesced.append(ex.head);
-        ex.head.clear();
         if (chunked) {
             const ChunkPrefix prefix(n);
             const auto line = prefix.buffer();
@@ -276,16 +275,22 @@ class BodyRelay {
         return true;
     }
 
-    // Writes what was gathered (gather_small_piece), then the head if still unsent and the
-    // piece of `n` bytes at `data` (framed as a chunk when the leg asks), then the last chunk if
-    // the body `ended`; in one write.
+    // Writes the head if still unsent, what was gathered (gather_small_piece), the piece of `n`
+    // bytes at `data` (framed as a chunk when the leg asks), and the last chunk if the body
+    // `ended`; in one write. The head stays in ex.head until it is written: the caller tells by
+    // it whether anything of the message went out.
     template <class To>
     Task<BodyEnd> send_piece(ExchangeState& ex, To& to, BodyCork& cork, const char* data,
                              std::size_t n, const BodyLeg& leg, bool ended) {
-        const OutgoingPiece out(ex.head, data, n, leg.chunked, ended);
-        std::array<boost::asio::const_buffer, 6> buffers{};
+        static const std::string no_head;
+        const bool gathered = !ex.coalesced.empty();
+        const OutgoingPiece out(gathered ? no_head : ex.head, data, n, leg.chunked, ended);
+        std::array<boost::asio::const_buffer, 7> buffers{};
         std::size_t count = 0;
-        if (!ex.coalesced.empty()) {
+        if (gathered) {
+            if (!ex.head.empty()) {
+                buffers[count++] = boost::asio::buffer(ex.head);
+            }
             buffers[count++] = boost::asio::buffer(ex.coalesced);
         }
         for (std::size_t i = 0; i < out.count; ++i) {

@@ -149,6 +149,20 @@ class FramingTest(ProxyWithScriptedBackend):
         self.assertLess(segments["backend"], 1000, segments)
         self.assertLess(segments_in(s), 1000)
 
+    def test_a_response_whose_chunks_break_before_anything_went_out_is_a_502(self):
+        """Small chunks gathered for one write have not gone out: when the framing breaks
+        after them, the client gets the proxy's 502, not a head-less cut connection."""
+        def answer(request, index, conn):
+            return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"1\r\na\r\n1\r\nb\r\nzz\r\nbroken\r\n",)
+
+        self.start_proxy(answer)
+        s = self.connect()
+        s.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, fields, body, _ = read_response(s)
+        self.assertEqual(status, 502, body)
+        self.assertNotIn(b"ab", body)
+
     def test_routing_fields_named_in_connection_still_route(self):
         """The preview header picks the colour before any header rule runs."""
         blue = self.start(ScriptedBackend(lambda r, i, c: ok_response(b"blue"), "blue-1"))
@@ -268,8 +282,9 @@ max_trailer = 1024
             if target == b"/chunk-line":
                 return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;" + b"e" * 4000 + b"\r\nhello\r\n0\r\n\r\n"
             if target == b"/chunk-line-later":
-                return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n5;" +
-                        b"e" * 4000 + b"\r\nhello\r\n0\r\n\r\n")
+                # (A first piece over 2 KiB: smaller ones wait to go out with what follows.)
+                return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nbb8\r\n" +
+                        b"h" * 3000 + b"\r\n5;" + b"e" * 4000 + b"\r\nhello\r\n0\r\n\r\n")
             if target == b"/huge-length":
                 return b"HTTP/1.1 200 OK\r\nContent-Length: 9223372036854775813\r\n\r\nhello"
             if target == b"/bad-size":
