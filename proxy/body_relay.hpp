@@ -179,7 +179,7 @@ class BodyRelay {
         BodyCork cork(BodyCork::plain(from), BodyCork::plain(to));  // pushes at the end
         const auto body_start = std::chrono::steady_clock::now();
         std::uint64_t moved = 0;
-        bool ended = false;  // the end of the body has been written
+        bool ended = false;    // the end of the body has been written
         ex.coalesced.clear();  // what an earlier relay gathered and never sent (it failed)
         while (!ended) {
             if (const auto length = splice_length(ex, from, in, parser, to, leg)) {
