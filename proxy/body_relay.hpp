@@ -130,14 +130,17 @@ Task<boost::system::error_code> read_body_piece(
     }
 }
 
-// What one piece of body puts on the wire: the head if still unsent, the data (framed as a
-// chunk when the leg asks), and the last chunk after the end. Not to be moved: the buffers
-// point into it.
+// What one piece of body puts on the wire: the head if still unsent, the small pieces gathered
+// before it (already framed), the data (framed as a chunk when the leg asks), and the last
+// chunk after the end. Not to be moved: the buffers point into it.
 struct OutgoingPiece {
-    OutgoingPiece(const std::string& head, const char* data, std::size_t n, bool chunked,
-                  bool ended) {
+    OutgoingPiece(const std::string& head, const std::string& gathered, const char* data,
+                  std::size_t n, bool chunked, bool ended) {
         if (!head.empty()) {
             buffers[count++] = boost::asio::buffer(head);
+        }
+        if (!gathered.empty()) {
+            buffers[count++] = boost::asio::buffer(gathered);
         }
         if (n > 0) {
             if (chunked) {
@@ -157,7 +160,7 @@ struct OutgoingPiece {
     OutgoingPiece& operator=(const OutgoingPiece&) = delete;
 
     std::optional<ChunkPrefix> prefix;
-    std::array<boost::asio::const_buffer, 5> buffers{};
+    std::array<boost::asio::const_buffer, 6> buffers{};
     std::size_t count = 0;
 };
 
@@ -282,25 +285,12 @@ class BodyRelay {
     template <class To>
     Task<BodyEnd> send_piece(ExchangeState& ex, To& to, BodyCork& cork, const char* data,
                              std::size_t n, const BodyLeg& leg, bool ended) {
-        static const std::string no_head;
-        const bool gathered = !ex.coalesced.empty();
-        const OutgoingPiece out(gathered ? no_head : ex.head, data, n, leg.chunked, ended);
-        std::array<boost::asio::const_buffer, 7> buffers{};
-        std::size_t count = 0;
-        if (gathered) {
-            if (!ex.head.empty()) {
-                buffers[count++] = boost::asio::buffer(ex.head);
-            }
-            buffers[count++] = boost::asio::buffer(ex.coalesced);
-        }
-        for (std::size_t i = 0; i < out.count; ++i) {
-            buffers[count++] = out.buffers[i];
-        }
-        if (count == 0) {
+        const OutgoingPiece out(ex.head, ex.coalesced, data, n, leg.chunked, ended);
+        if (out.count == 0) {
             co_return BodyEnd::done;
         }
         deadline_.arm(leg.write_limit, leg.write_side);
-        const std::span<const boost::asio::const_buffer> pieces(buffers.data(), count);
+        const std::span<const boost::asio::const_buffer> pieces(out.buffers.data(), out.count);
         const bool hold = ex.coalesced.empty() && cork.may_hold(n == read_size_, !ended);
         boost::system::error_code ec;
         if (hold) {
