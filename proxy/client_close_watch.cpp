@@ -7,7 +7,7 @@ namespace bg {
 void ClientCloseWatch::start() {
     handle_.watch_close = true;
     handle_.client_gone = false;
-    worker_.watch_client_closes();
+    worker_.arm_in_flight_sweep();
 }
 
 }  // namespace bg

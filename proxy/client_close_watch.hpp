@@ -3,7 +3,7 @@
 // (waiting for the backend, or while the response streams), so the backend is released at once
 // instead of working for nobody until its timeout: the upstream socket is closed and never
 // pooled (nginx's 499). The worker looks for such closes in one poll() over every watched
-// connection every timeouts.client_close_check (Worker::sweep_client_closes): a per-request
+// connection every timeouts.client_close_check (Worker::sweep_in_flight): a per-request
 // peek cost a recv() per request (7% of a request's CPU), the sweep a few syscalls a second.
 // Worker thread only.
 

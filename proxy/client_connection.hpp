@@ -22,6 +22,7 @@
 #include "proxy_header_reader.hpp"
 #include "session_handle.hpp"
 #include "tracked_session.hpp"
+#include "upload_answer_watch.hpp"
 #include "upstream_connector.hpp"
 #include "worker.hpp"
 
@@ -42,6 +43,7 @@ struct ClientConnection {
           deadline(socket().get_executor(), handle()),
           relay(deadline, w.stats(), read_chunk(), splice_settings()),
           close_watch(w, handle()),
+          answer_watch(w, handle(), deadline),
           upstreams(w, config, deadline, handle()) {}
 
     // A parked connection whose next request arrives on `s`.
@@ -56,6 +58,7 @@ struct ClientConnection {
           deadline(socket().get_executor(), handle()),
           relay(deadline, w.stats(), read_chunk(), splice_settings()),
           close_watch(w, handle()),
+          answer_watch(w, handle(), deadline),
           upstreams(w, config, deadline, handle()) {
         handle().client = &socket();
         upstreams.set_client(client.endpoints);
@@ -91,8 +94,9 @@ struct ClientConnection {
     std::unique_ptr<TrackedSession> tracked;  // after stream: it points at the socket
     ClientIdentity client;
     ConnectionDeadline deadline;
-    BodyRelay relay;               // moves bodies and tunnels under `deadline`
-    ClientCloseWatch close_watch;  // while a request is in flight and the client is not read
+    BodyRelay relay;                 // moves bodies and tunnels under `deadline`
+    ClientCloseWatch close_watch;    // while a request is in flight and the client is not read
+    UploadAnswerWatch answer_watch;  // while a request body goes to a plain backend connection
     UpstreamConnector upstreams;
     bool linger = false;        // an error response was sent: drain before closing
     bool last_request = false;  // max_requests_per_connection reached: close after this one

@@ -94,4 +94,8 @@ bool ConnectionDeadline::expired() const {
     return state_->expired;
 }
 
+ConnectionDeadline::Target ConnectionDeadline::target() const {
+    return static_cast<Target>(state_->target);
+}
+
 }  // namespace bg

@@ -33,6 +33,8 @@ class ConnectionDeadline {
     void disarm();
     // The last armed step ran out of time.
     bool expired() const;
+    // The side the step in progress (the last armed) waits on.
+    Target target() const;
 
   private:
     struct State;

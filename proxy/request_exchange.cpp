@@ -455,7 +455,11 @@ Task<Exchange> RequestExchange<Stream>::exchange(UpstreamLease& lease, const Req
         ex_.head.clear();
     }
     if (!ex_.parser->is_done() || !ex_.head.empty()) {
+        if (stream.tls() == nullptr) {
+            conn_.answer_watch.start(ex_.record.bytes_in);
+        }
         const Exchange sent = co_await send_request_body(stream);
+        conn_.answer_watch.stop();
         if (sent != Exchange::response_ready && !answered_early(stream, sent)) {
             co_return sent;
         }
@@ -509,14 +513,15 @@ Task<Exchange> RequestExchange<Stream>::exchange(UpstreamLease& lease, const Req
 // reading, or close, which resets the connection under the rest of the body being written
 // (RFC 9112 9.5). When a write failed so and the backend's bytes wait to be read, they are the
 // answer: it goes to the client, and the client connection closes after it with a lingering
-// drain, its body's rest unread. A write that timed out closed the socket: nothing to read.
+// drain, its body's rest unread. A backend that stops reading without closing leaves the write
+// stuck: UploadAnswerWatch cancels it. A write that timed out closed the socket: nothing to read.
 template <class Stream>
 bool RequestExchange<Stream>::answered_early(UpstreamStream& stream, Exchange sent) {
     if (sent != Exchange::upstream_failed || conn_.deadline.expired()) {
         return false;
     }
     boost::system::error_code ec;
-    if (stream.socket().available(ec) == 0 || ec) {
+    if (!conn_.answer_watch.answered() && (stream.socket().available(ec) == 0 || ec)) {
         return false;
     }
     ex_.record.error = "backend answered before the request body ended";

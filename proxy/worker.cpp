@@ -438,7 +438,7 @@ void Worker::begin_shutdown() {
     });
 }
 
-void Worker::watch_client_closes() {
+void Worker::arm_in_flight_sweep() {
     if (close_sweep_armed_) {
         return;
     }
@@ -449,9 +449,28 @@ void Worker::watch_client_closes() {
     close_sweep_timer_.async_wait([this](boost::system::error_code ec) {
         close_sweep_armed_ = false;
         if (!ec) {
-            sweep_client_closes();
+            sweep_in_flight();
         }
     });
+}
+
+void Worker::watch_upload(UploadAnswerWatch& watch) {
+    if (!watch.is_linked()) {
+        upload_watches_.push_back(watch);
+    }
+    arm_in_flight_sweep();
+}
+
+// The requests in flight that watch something: clients that may close, uploads that may be
+// stuck on a backend that answered. The sweep runs again while any do; the next watch arms it.
+void Worker::sweep_in_flight() {
+    sweep_client_closes();
+    for (UploadAnswerWatch& watch : upload_watches_) {
+        watch.look();  // (a cancel completes later: the list is not changed under us)
+    }
+    if (!close_sweep_fds_.empty() || !upload_watches_.empty()) {
+        arm_in_flight_sweep();
+    }
 }
 
 // One poll() over the clients of every request in flight that is not reading them: a FIN or
@@ -467,24 +486,22 @@ void Worker::sweep_client_closes() {
             close_sweep_of_.push_back(&session);
         }
     }
-    if (close_sweep_fds_.empty()) {
-        return;  // nothing watched: the next watch arms the sweep again
+    if (close_sweep_fds_.empty() ||
+        ::poll(close_sweep_fds_.data(), close_sweep_fds_.size(), 0) <= 0) {
+        return;
     }
-    if (::poll(close_sweep_fds_.data(), close_sweep_fds_.size(), 0) > 0) {
-        for (std::size_t i = 0; i < close_sweep_fds_.size(); ++i) {
-            if ((close_sweep_fds_[i].revents & (POLLRDHUP | POLLHUP | POLLERR)) == 0) {
-                continue;
-            }
-            SessionHandle& session = *close_sweep_of_[i];
-            session.client_gone = true;
-            session.watch_close = false;
-            if (session.upstream != nullptr) {
-                boost::system::error_code ignored;
-                session.upstream->close(ignored);
-            }
+    for (std::size_t i = 0; i < close_sweep_fds_.size(); ++i) {
+        if ((close_sweep_fds_[i].revents & (POLLRDHUP | POLLHUP | POLLERR)) == 0) {
+            continue;
+        }
+        SessionHandle& session = *close_sweep_of_[i];
+        session.client_gone = true;
+        session.watch_close = false;
+        if (session.upstream != nullptr) {
+            boost::system::error_code ignored;
+            session.upstream->close(ignored);
         }
     }
-    watch_client_closes();
 }
 
 void Worker::untrack(SessionHandle* session) {

@@ -31,6 +31,7 @@
 #include "table_slot.hpp"
 #include "traffic_counters.hpp"
 #include "try_outcome.hpp"
+#include "upload_answer_watch.hpp"
 #include "upstream_pool.hpp"
 #include "worker_stats.hpp"
 
@@ -113,8 +114,10 @@ class Worker {
     // One try at a backend: cumulative tries and failures (by kind) per backend id, read by
     // the control plane's outlier detector and canary analysis through report_load.
     void record_outcome(std::uint32_t backend_id, TryOutcome outcome);
-    // A session watches its client for a close (ClientCloseWatch): the sweep runs while any do.
-    void watch_client_closes();
+    // A session watches its client for a close (ClientCloseWatch) or an upload for an early
+    // answer (UploadAnswerWatch): the in-flight sweep runs while any do.
+    void arm_in_flight_sweep();
+    void watch_upload(UploadAnswerWatch& watch);
     // Upgraded (tunnelled) connections open per backend id.
     void tunnel_opened(std::uint32_t backend_id);
     void tunnel_closed(std::uint32_t backend_id);
@@ -129,6 +132,7 @@ class Worker {
     void accepted(Socket socket, std::size_t listener, const boost::asio::ip::tcp::endpoint& peer);
     void refuse(Socket& socket, std::size_t listener);
     void finish_if_drained();
+    void sweep_in_flight();
     void sweep_client_closes();
     // A colour lost its whole share: its tunnels close after the table's tunnel_drain.
     void follow_share(const RoutingTable& table);
@@ -166,8 +170,10 @@ class Worker {
     std::array<boost::asio::steady_timer, 2> tunnel_drain_timers_;  // by colour index
     std::array<bool, 2> had_share_{true, true};                     // at the last table
     bool close_sweep_armed_ = false;
-    std::vector<pollfd> close_sweep_fds_;                      // reused by each sweep
-    std::vector<SessionHandle*> close_sweep_of_;               // the session of each pollfd
+    std::vector<pollfd> close_sweep_fds_;         // reused by each sweep
+    std::vector<SessionHandle*> close_sweep_of_;  // the session of each pollfd
+    boost::intrusive::list<UploadAnswerWatch, boost::intrusive::constant_time_size<false>>
+        upload_watches_;
     std::vector<std::unique_ptr<AcceptPause>> accept_pauses_;  // one per acceptor
     bool draining_ = false;
     bool closing_ = false;

@@ -775,13 +775,18 @@ class ClientGoneTest(ProxyWithScriptedBackend):
 
 
 class EarlyAnswerBackend:
-    """Answers each request as soon as its head arrived, without reading its body, then closes:
-    with the body unread, the kernel resets the connection. What a backend refusing an upload
-    (413, 401, 417) usually does."""
+    """Answers each request as soon as its head arrived, without reading its body, then
+    (`then`) closes: with the body unread, the kernel resets the connection. What a backend
+    refusing an upload (413, 401, 417) usually does. Or it "holds" the connection, neither
+    reading nor closing until stopped; or it "drains" the body slowly but steadily, counting
+    what it read (in `drained`) until the proxy closes."""
 
-    def __init__(self, name, reply):
+    def __init__(self, name, reply, then="close"):
         self.name = name
         self.reply = reply
+        self.then = then
+        self.stopped = threading.Event()
+        self.drained = []
         self.server = socket.socket()
         self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.server.bind(("127.0.0.1", 0))
@@ -808,9 +813,28 @@ class EarlyAnswerBackend:
                 data += chunk
             self.heads.append(data.split(b"\r\n\r\n")[0])
             conn.sendall(self.reply)
-            time.sleep(0.05)  # the request body keeps coming meanwhile, unread
+            if self.then == "hold":
+                self.stopped.wait(60)
+            elif self.then == "drain":
+                self.drain(conn, len(data) - len(self.heads[-1]) - 4)
+            else:
+                time.sleep(0.05)  # the request body keeps coming meanwhile, unread
+
+    def drain(self, conn, count):
+        """Reads 64 KiB every 5 ms until the end: slower than the client sends, never stopped."""
+        while not self.stopped.is_set():
+            try:
+                chunk = conn.recv(65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            count += len(chunk)
+            time.sleep(0.005)
+        self.drained.append(count)
 
     def stop(self):
+        self.stopped.set()
         self.server.close()
         return ""
 
@@ -869,6 +893,58 @@ class EarlyResponseTest(ProcessTestCase):
         blue = 'backend="blue-1",colour="blue"'
         self.assertEqual(metric(self.proxy_, "bgproxy_backend_requests_total", blue), 2)
         self.assertEqual(metric(self.proxy_, "bgproxy_backend_failures_total", blue), 0)
+
+
+class StuckUploadTest(ProcessTestCase):
+    """A backend that answers an upload early and then neither reads the rest nor closes: its
+    answer reaches the client (failed on dfde8f5: the upload waited on the backend until
+    upstream_try and the client got a 504, the 413 lost). And a backend that answered early but
+    goes on taking the body gets all of it: an answer alone never cuts an upload."""
+
+    REFUSAL = EarlyResponseTest.REFUSAL
+    # The sweep that finds a stuck upload looks every client_close_check; upstream_try is far
+    # above the client's wait for an answer, so only the sweep can bring it in time.
+    TIMEOUTS = '[timeouts]\nupstream_try = "60s"\nclient_close_check = "300ms"\n'
+
+    def start_proxy(self, then):
+        self.upstream = self.start(EarlyAnswerBackend("blue-1", self.REFUSAL, then))
+        self.proxy_ = self.proxy(config([self.upstream], [ScriptedBackend(echo_body, "green-1")],
+                                        extra=self.TIMEOUTS))
+
+    def upload(self, head, pieces):
+        return EarlyResponseTest.upload(self, head, pieces)
+
+    def test_the_answer_of_a_backend_that_stops_reading_reaches_the_client(self):
+        self.start_proxy("hold")
+        size = 64 << 20
+        piece = b"x" * 65536
+        cases = {
+            # Past its first piece a body of known length is spliced (server.splice_min_body).
+            "content-length": (b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size,
+                               [piece] * (size // len(piece))),
+            "chunked": (b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+                        [b"10000\r\n" + piece + b"\r\n"] * (size // len(piece)) + [b"0\r\n\r\n"]),
+        }
+        for name, (head, pieces) in cases.items():
+            with self.subTest(name):
+                status, fields, body = self.upload(head, pieces)
+                self.assertEqual((status, body), (413, b"too large"))
+                self.assertEqual(fields.get("connection"), "close")
+        blue = 'backend="blue-1",colour="blue"'
+        self.assertEqual(metric(self.proxy_, "bgproxy_backend_failures_total", blue), 0)
+        self.assertEqual(metric(self.proxy_, "bgproxy_upstream_broken_responses_total"), 0)
+
+    def test_a_backend_that_answered_and_reads_on_gets_the_whole_body(self):
+        self.start_proxy("drain")
+        size = 16 << 20  # about 1.3 s at the backend's pace: a few of the sweep's looks
+        piece = b"x" * 65536
+        head = b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size
+        status, fields, body = self.upload(head, [piece] * (size // len(piece)))
+        self.assertEqual((status, body), (413, b"too large"))
+        deadline = time.time() + 5
+        while not self.upstream.drained and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(self.upstream.drained, [size], "the upload was cut")
 
 
 @unittest.skipIf(os.environ.get("BGPROXY_SANITIZE"),
