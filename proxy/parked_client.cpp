@@ -169,6 +169,7 @@ void ParkedClients::resume(ParkedClient* parked) {
     if (worker_.draining() && !input_waiting(client->descriptor)) {
         return;  // closed: nothing asked of it (a request that came is served, and closes)
     }
+    worker_.reserve_socket_records();
     boost::system::error_code ec;
     // In the family it was accepted with; non-blocking and undup'ed since its accept.
     Socket socket =

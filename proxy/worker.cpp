@@ -41,6 +41,7 @@ Worker::Worker(unsigned index, std::shared_ptr<const Config> config, TableSlot& 
       pool_(io_.get_executor(), config_->upstream, stats_),
       heap_trim_(io_.get_executor(), stats_),
       exchanges_(heap_trim_),
+      reactor_reserve_(io_),
       grace_timer_(io_),
       close_sweep_timer_(io_),
       tunnel_drain_timers_{boost::asio::steady_timer(io_), boost::asio::steady_timer(io_)} {
@@ -179,6 +180,7 @@ boost::system::error_code Worker::accept_one(Acceptor& acceptor, std::size_t lis
             return {errno, boost::system::system_category()};
         }
         peer.resize(length);
+        reserve_socket_records();
         boost::system::error_code ec;
         Socket socket = adopt_socket(io_, v6_listeners_[listener], descriptor, ec);
         if (ec) {
@@ -436,6 +438,13 @@ void Worker::begin_shutdown() {
         });
         finish_if_drained();
     });
+}
+
+void Worker::reserve_socket_records() {
+    // Parked connections have no asio socket; each other one may have a backend's beside it.
+    const std::size_t parked = parked_->size();
+    const std::size_t active = sessions_.size() > parked ? sessions_.size() - parked : 0;
+    reactor_reserve_.ensure(2 * (active + 1) + pool_.idle_count() + acceptors_.size());
 }
 
 void Worker::arm_in_flight_sweep() {

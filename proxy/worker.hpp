@@ -23,6 +23,7 @@
 #include "exchange_pool.hpp"
 #include "heap_trim.hpp"
 #include "io_types.hpp"
+#include "reactor_reserve.hpp"
 #include "retry_state.hpp"
 #include "routing_table.hpp"
 #include "session_handle.hpp"
@@ -74,6 +75,9 @@ class Worker {
     }
     bool logs_access() const { return access_log_ != nullptr; }
     boost::asio::io_context& io() { return io_; }
+    // Before a socket is handed to asio: its reactor record exists ahead of need
+    // (ReactorReserve), for every connection in flight with its backend's, and the pool.
+    void reserve_socket_records();
     // The routing table for a request starting now: the slot's latest, taken when it changed.
     const RoutingTablePtr& table() {
         if (const std::uint64_t v = slot_.version(); v != seen_version_) {
@@ -150,6 +154,7 @@ class Worker {
     UpstreamPool pool_;
     HeapTrim heap_trim_;  // before exchanges_, which reports to it
     ExchangePool exchanges_;
+    ReactorReserve reactor_reserve_;
     std::unique_ptr<ParkedClients> parked_;  // after io_: gone before it
     SplicePipes splice_pipes_;
     RetryBudget retry_budget_;
