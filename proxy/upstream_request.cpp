@@ -165,9 +165,10 @@ Refusal rewrite_for_upstream(RequestParser& parser, const RequestFacts& facts,
                              const ClientHop& hop) {
     auto& request = parser.get();
     const bool chunked = parser.chunked();
-    if (facts.expect_continue) {
+    if (facts.expect_continue || (facts.version < 11 && request.count(http::field::expect))) {
         // We answer 100-continue ourselves (the backend sees no Expect), so the body flows
-        // without waiting for the backend's interim response.
+        // without waiting for the backend's interim response. An HTTP/1.0 client's Expect is
+        // ignored (RFC 9110 10.1.1): it would not reach the backend as an HTTP/1.1 request's.
         request.erase(http::field::expect);
     }
     try {
