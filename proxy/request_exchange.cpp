@@ -151,12 +151,21 @@ HeadRead RequestExchange<Stream>::parse_head(std::size_t& checked, Refusal& refu
     // A head that trickles in is scanned again only when a line has ended (else a
     // byte-at-a-time client would make the scan quadratic), or to refuse it as too long.
     RawHeaderScan scan;
-    if (bytes.find('\n', checked) != std::string_view::npos ||
-        bytes.size() >= config_.limits.max_request_line) {
+    const bool line_ended = bytes.find('\n', checked) != std::string_view::npos;
+    if (line_ended || bytes.size() >= config_.limits.max_request_line) {
         scan = scan_raw_header(bytes, request_header_limits(config_.limits));
     }
     checked = bytes.size();
     if (scan.verdict == RawHeaderVerdict::incomplete) {
+        // A request line that ended without an HTTP version (HTTP/0.9's "GET /") will not be
+        // followed by fields: refused now, not after client_header.
+        const auto line_end = line_ended ? bytes.find("\r\n") : std::string_view::npos;
+        if (line_end != std::string_view::npos &&
+            normalize_request_version({data, line_end}) == StartLineVersion::unreadable) {
+            begin_record(nullptr);
+            refusal = {http::status::bad_request, "request line without an HTTP version"};
+            return HeadRead::invalid;
+        }
         return HeadRead::need_more;
     }
     if (scan.verdict != RawHeaderVerdict::complete) {

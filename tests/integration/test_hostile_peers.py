@@ -404,6 +404,17 @@ class VersionTest(ProxyWithScriptedBackend):
             status, _, body, rest = read_response(s)
             self.assertEqual((status, body, rest), (200, b"ok", b""))
 
+    def test_a_request_line_without_a_version_is_refused_at_once(self):
+        """HTTP/0.9's "GET /": no fields will follow (waited for client_header, 10 s, and
+        closed without an answer up to 2823394; found by an outside probe)."""
+        self.start_proxy(lambda r, i, c: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        for line in (b"GET /\r\n", b"GET / HTTP/1\r\n", b"GET / FTP/1.1\r\n"):
+            start = time.time()
+            out = raw_exchange(self.proxy_.port, line, timeout=5)
+            self.assertEqual(status_of(out), 400, (line, out))
+            self.assertIn(b"without an HTTP version", out)
+            self.assertLess(time.time() - start, 4, line)
+
     def test_http_1_0_without_host_gets_one(self):
         self.start_proxy(echo_body)
         out = raw_exchange(self.proxy_.port, b"GET /old HTTP/1.0\r\n\r\n")
