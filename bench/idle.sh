@@ -9,11 +9,17 @@
 #   bench/idle.sh                          # 8,000 connections, 2 rounds
 # (HAProxy wants 2 descriptors per maxconn: 8,000 fits the 20,000-descriptor limit here.)
 #   IDLE_CONNECTIONS=5000 IDLE_ROUNDS=3 bench/idle.sh
+# Then idle backend connections (bench/idle_upstream.py): IDLE_UPSTREAM_CONNECTIONS (2,000)
+# requests in flight at once leave that many backend connections to each proxy's pool; each
+# proxy is measured against itself with its pool off (bgproxy max_idle_per_backend = 0,
+# HAProxy option http-server-close, nginx without upstream keepalive), the same burst, so the
+# difference is what the pooled connections hold.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${IDLE_CONNECTIONS:-8000}
 n_tls=${IDLE_TLS_CONNECTIONS:-1000}
 rounds=${IDLE_ROUNDS:-2}
+n_up=${IDLE_UPSTREAM_CONNECTIONS:-2000}
 connections=1 seconds=1 load_cpu=1
 
 scripts/install-deps.sh
@@ -93,15 +99,27 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -keyout "$work/site.key" -out "$work/site.crt" -subj "/CN=bench.test" 2>/dev/null
 cat "$work/site.crt" "$work/site.key" > "$work/site.pem"  # HAProxy wants both in one file
 
-start() { # start NAME PORT TLS_PORT: starts the proxy on both ports, sets $pid
-  local fill=(-e "s|@PORT@|$2|" -e "s|@TLS_PORT@|$3|")
+start() { # start NAME PORT TLS_PORT [POOL]: starts the proxy on both ports, sets $pid; POOL
+           # "on" keeps up to $n_up idle backend connections, "off" none (else the defaults)
+  local fill=(-e "s|@PORT@|$2|" -e "s|@TLS_PORT@|$3|") pool=${4:-}
   case $1 in
     bgproxy) sed "${fill[@]}" "$work/bgproxy.toml" > "$work/bgproxy-run.toml"
+             case $pool in
+               on) printf '[upstream]\nmax_idle_per_backend = %s\n' "$n_up" ;;
+               off) printf '[upstream]\nmax_idle_per_backend = 0\n' ;;
+             esac >> "$work/bgproxy-run.toml"
              build/proxy/bgproxy --config "$work/bgproxy-run.toml" >/dev/null 2>&1 & ;;
     haproxy) sed "${fill[@]}" "$work/haproxy.cfg.in" > "$work/haproxy.cfg"
+             if [ "$pool" = off ]; then
+               sed -i 's|^    option http-keep-alive$|    option http-server-close|' "$work/haproxy.cfg"
+             fi
              haproxy -q -f "$work/haproxy.cfg" & ;;
     nginx)   sed -e "s|@LISTEN@|127.0.0.1:$2|" -e "s|@TLS_PORT@|$3|" "$work/nginx.conf.in" \
                > "$work/nginx.conf"
+             case $pool in
+               on) sed -i "s|keepalive [0-9]*;|keepalive $n_up;|" "$work/nginx.conf" ;;
+               off) sed -i "/keepalive [0-9]*;/d" "$work/nginx.conf" ;;
+             esac
              nginx -c "$work/nginx.conf" -e "$work/nginx-error.log" & ;;
   esac
   pid=$!
@@ -134,6 +152,26 @@ for round in $(seq 1 "$rounds"); do
   done
 done
 
+# Idle backend connections: each proxy with its pool on and off, in turns.
+declare -A up_growth up_sockets
+for round in $(seq 1 "$rounds"); do
+  for name in bgproxy haproxy nginx; do
+    for pool in on off; do
+      port=$(free_port)
+      start "$name" "$port" "$(free_port)" "$pool"
+      sleep 1
+      target=$pid
+      if [ "$name" = nginx ]; then target=$(pgrep -P "$pid" | head -1); fi
+      out=$(python3 bench/idle_upstream.py "$port" "$target" "$n_up")
+      echo "round $round pooled $name pool $pool: $out (RSS growth KiB, sockets before, after)" >&2
+      read -r growth before after <<<"$out"
+      up_growth[$name/$pool]="${up_growth[$name/$pool]:-} $growth"
+      up_sockets[$name/$pool]="${up_sockets[$name/$pool]:-} $((after - before))"
+      kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+    done
+  done
+done
+
 median() { python3 -c "import sys, statistics; print('%.2f' % statistics.median(map(float, sys.argv[1:])))" "$@"; }
 # report ARRAY MODE: each proxy's median and rounds from the associative array ARRAY, then ratios.
 report() {
@@ -157,4 +195,15 @@ for mode in plain tls; do
   report per_conn "$mode"
   printf '  the second half alone (what one more idle connection costs):\n'
   report marginal "$mode"
+done
+
+printf '\n%s backend connections opened at once, then idle in the pool, %s rounds:\n' "$n_up" "$rounds"
+for name in bgproxy haproxy nginx; do
+  # shellcheck disable=SC2086
+  on=$(median ${up_growth[$name/on]}) off=$(median ${up_growth[$name/off]})
+  kept=$(median ${up_sockets[$name/on]}) gone=$(median ${up_sockets[$name/off]})
+  kept=${kept%.*} gone=${gone%.*}
+  printf '  %-8s %s sockets kept (pool off: %s); RSS growth %s KiB (pool off: %s): %s KiB per pooled connection\n' \
+    "$name" "$kept" "$gone" "$on" "$off" \
+    "$(python3 -c "import sys; k=float(sys.argv[3])-float(sys.argv[4]); print('%.2f' % ((float(sys.argv[1])-float(sys.argv[2]))/k) if k > 0 else '-')" "$on" "$off" "$kept" "$gone")"
 done
