@@ -7,6 +7,10 @@
 
 #include "reactor_reserve.hpp"
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+// The sanitizers' allocators are not malloc's: mallinfo2 does not see them.
+TEST_CASE("sockets opened within the reserve allocate no reactor record" * doctest::skip()) {}
+#else
 namespace {
 
 // Bytes malloc handed out while `count` sockets were opened on `io` (their vector reserved
@@ -23,9 +27,6 @@ std::size_t allocated_opening(boost::asio::io_context& io, std::size_t count) {
 
 }  // namespace
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-TEST_CASE("sockets opened within the reserve allocate no reactor record" * doctest::skip()) {}
-#else
 TEST_CASE("sockets opened within the reserve allocate no reactor record") {
     constexpr std::size_t count = 300;
     boost::asio::io_context unreserved;
