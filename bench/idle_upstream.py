@@ -15,13 +15,7 @@ import socket
 import sys
 import time
 
-
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+from idle_clients import rss_kib
 
 
 def sockets_of(pid):
