@@ -12,6 +12,12 @@ ChunkFraming check_pending_chunk_framing(std::string_view pending, std::size_t m
     if (pending.starts_with("\r\n")) {
         pending.remove_prefix(2);
     }
+    for (auto lf = pending.find('\n'); lf != std::string_view::npos;
+         lf = pending.find('\n', lf + 1)) {
+        if (lf == 0 || pending[lf - 1] != '\r') {
+            return ChunkFraming::bare_lf;
+        }
+    }
     const auto eol = pending.find("\r\n");
     if (eol == std::string_view::npos) {
         return pending.size() > max_chunk_line ? ChunkFraming::chunk_line_too_long

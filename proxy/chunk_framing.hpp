@@ -10,10 +10,11 @@
 
 namespace bg {
 
-enum class ChunkFraming { within_limits, chunk_line_too_long, trailer_too_long };
+enum class ChunkFraming { within_limits, chunk_line_too_long, trailer_too_long, bare_lf };
 
 // Bytes a body parser holds back, unparsed, while it waits for the end of a chunk-size line
-// or of the trailer section: checked before more is buffered.
+// or of the trailer section: checked before more is buffered. A line ended by a bare LF is
+// refused at once: the parser waits for a CRLF that cannot make the line valid.
 ChunkFraming check_pending_chunk_framing(std::string_view pending, std::size_t max_chunk_line,
                                          std::size_t max_trailer);
 

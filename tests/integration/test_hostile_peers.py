@@ -14,7 +14,7 @@ import threading
 import time
 import unittest
 
-from harness import (Incomplete, ProcessTestCase, ScriptedBackend, config, metric, ok_response,
+from harness import (Incomplete, ProcessTestCase, ScriptedBackend, admin_get, config, metric, ok_response,
                      raw_exchange, read_response, read_to_end, status_of)
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -348,10 +348,21 @@ client_body = "2s"
                 break
         self.assertIsNotNone(closed, "a body at 100 bytes/s stayed open for 10 s")
         self.assertLess(closed, 5)
-        self.assertGreaterEqual(metric(self.proxy_, "bgproxy_limit_refusals_total", 'limit="body_rate"'), 1)
+        self.assertGreaterEqual(metric(self.proxy_, "bgproxy_limit_refusals_total", 'limit="body_rate"'), 1,
+                                "closed after %.2f s; %s" % (closed, self.refusals()))
         # Past the first piece, a body of 100000 bytes is spliced (server.splice_min_body): the
         # rate holds on that path too.
         self.assertGreater(metric(self.proxy_, "bgproxy_spliced_bytes_total"), 0)
+
+
+    def refusals(self):
+        """The proxy's counts of refusals and responses by status, for a failure's message."""
+        _, body = admin_get(self.proxy_, "/metrics")
+        return [line for line in body.decode().splitlines()
+                if line.startswith(("bgproxy_limit_refusals_total", "bgproxy_http_responses_total",
+                                    "bgproxy_client_body_timeouts", "bgproxy_client_aborts",
+                                    "bgproxy_upstream_timeouts", "bgproxy_bad_requests"))
+                and not line.endswith(" 0")]
 
 
 class ChunkedRequestTest(ProxyWithScriptedBackend):
@@ -365,6 +376,11 @@ class ChunkedRequestTest(ProxyWithScriptedBackend):
         ("data longer than size", b"3\r\nhello\r\n0\r\n\r\n"),
         ("no CRLF after data", b"5\r\nhelloX0\r\n\r\n"),
         ("bad extension", b"5;=\r\nhello\r\n0\r\n\r\n"),
+        # A line ended by a bare LF: refused at once, not after client_body (60 s) as up to
+        # aaeb547, when the parser waited for a CRLF that could not make it valid.
+        ("bare LF ends the last chunk's line", b"0\n\n"),
+        ("bare LF ends a chunk-size line", b"5\nhello\r\n0\r\n\r\n"),
+        ("bare LF in a trailer", b"0\r\nX: y\n\r\n"),
     ]
 
     def test_each_gets_400_and_the_backend_connection_is_discarded(self):

@@ -63,3 +63,20 @@ TEST_CASE("a trailer over max_trailer or with a broken line still fails") {
     CHECK(parse(chunked_head + "0\r\nContent-Length 5\r\n\r\n").ec);
     CHECK(parse(chunked_head + "0\r\nX-Ok: 1\r\n\r\n").ec == boost::system::error_code{});
 }
+
+TEST_CASE("a chunk-size line or trailer line ended by a bare LF is refused while still pending") {
+    using bg::ChunkFraming;
+    const auto check = [](std::string_view pending) {
+        return bg::check_pending_chunk_framing(pending, 64, 1024);
+    };
+    CHECK(check("0\n\n") == ChunkFraming::bare_lf);
+    CHECK(check("\r\n0\n") == ChunkFraming::bare_lf);  // after the previous chunk's CRLF
+    CHECK(check("5;ext=1\n") == ChunkFraming::bare_lf);
+    CHECK(check("0\r\nX: y\n") == ChunkFraming::bare_lf);  // in the trailer section
+    CHECK(check("\r\n\n") == ChunkFraming::bare_lf);
+    // Lines still open, or ended by CRLF, wait as before.
+    CHECK(check("0") == ChunkFraming::within_limits);
+    CHECK(check("\r\n1f") == ChunkFraming::within_limits);
+    CHECK(check("0\r\nX: y\r\n") == ChunkFraming::within_limits);
+    CHECK(check("0\r\nX: y\r") == ChunkFraming::within_limits);
+}
