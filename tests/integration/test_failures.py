@@ -5,25 +5,33 @@ import subprocess
 import time
 import unittest
 
-from harness import ProcessTestCase, config, free_port, raw_exchange, status_of
+from harness import ProcessTestCase, config, raw_exchange, status_of
 
 
 class Dead:
-    """A backend address nothing listens on."""
-    def __init__(self, name):
+    """A backend address nothing listens on, for the whole test.
+
+    The port stays bound (not listening) until the test ends: a port only probed free could be
+    taken meanwhile by a parallel test's listener, or picked by the kernel as the proxy's own
+    source port for a connect to it (a TCP self-connect that succeeds and never answers).
+    """
+    def __init__(self, test, name):
         self.name = name
-        self.address = "127.0.0.1:%d" % free_port()
+        self.socket = socket.socket()
+        test.addCleanup(self.socket.close)
+        self.socket.bind(("127.0.0.1", 0))
+        self.address = "127.0.0.1:%d" % self.socket.getsockname()[1]
 
 
 class FailureTest(ProcessTestCase):
     def test_backend_down_gives_502(self):
-        proxy = self.proxy(config([Dead("blue-1")], [Dead("green-1")]))
+        proxy = self.proxy(config([Dead(self, "blue-1")], [Dead(self, "green-1")]))
         out = raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         self.assertEqual(status_of(out), 502)
 
     def test_connect_failure_is_retried_on_another_backend(self):
         live = self.backend("blue-2")
-        proxy = self.proxy(config([Dead("blue-1"), live], [Dead("green-1")]))
+        proxy = self.proxy(config([Dead(self, "blue-1"), live], [Dead(self, "green-1")]))
         conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
         for _ in range(20):
             conn.request("GET", "/")
@@ -32,7 +40,7 @@ class FailureTest(ProcessTestCase):
 
     def test_hanging_backend_gives_504_in_time(self):
         blue = self.backend("blue-1")
-        proxy = self.proxy(config([blue], [Dead("green-1")],
+        proxy = self.proxy(config([blue], [Dead(self, "green-1")],
                                   extra='[timeouts]\nupstream_response = "1s"\n'))
         start = time.time()
         out = raw_exchange(proxy.port, b"GET /?hang=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -44,13 +52,13 @@ class FailureTest(ProcessTestCase):
 
     def test_reset_before_response_gives_502(self):
         blue = self.backend("blue-1")
-        proxy = self.proxy(config([blue], [Dead("green-1")]))
+        proxy = self.proxy(config([blue], [Dead(self, "green-1")]))
         out = raw_exchange(proxy.port, b"GET /?reset=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         self.assertEqual(status_of(out), 502)
 
     def test_backend_dying_mid_body_closes_the_client_connection(self):
         blue = self.backend("blue-1")
-        proxy = self.proxy(config([blue], [Dead("green-1")]))
+        proxy = self.proxy(config([blue], [Dead(self, "green-1")]))
         for query in ("bytes=100000&die_after=1000", "chunks=20&chunk_size=100&die_after=250"):
             with self.subTest(query):
                 r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
