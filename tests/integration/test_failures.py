@@ -12,8 +12,8 @@ class Dead:
     """A backend address nothing listens on, for the whole test.
 
     The port stays bound (not listening) until the test ends: a port only probed free could be
-    taken meanwhile by a parallel test's listener, or picked by the kernel as the proxy's own
-    source port for a connect to it (a TCP self-connect that succeeds and never answers).
+    taken meanwhile by a parallel test's listener (one that accepts and stays silent holds the
+    request), or picked by the kernel as the proxy's own source port for a connect to it.
     """
     def __init__(self, test, name):
         self.name = name

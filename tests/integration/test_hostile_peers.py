@@ -14,8 +14,8 @@ import threading
 import time
 import unittest
 
-from harness import (Incomplete, ProcessTestCase, ScriptedBackend, admin_get, config, metric, ok_response,
-                     raw_exchange, read_response, read_to_end, status_of)
+from harness import (Incomplete, ProcessTestCase, ScriptedBackend, admin_get, config, metric,
+                     ok_response, raw_exchange, read_response, read_to_end, status_of)
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -353,7 +353,6 @@ client_body = "2s"
         # Past the first piece, a body of 100000 bytes is spliced (server.splice_min_body): the
         # rate holds on that path too.
         self.assertGreater(metric(self.proxy_, "bgproxy_spliced_bytes_total"), 0)
-
 
     def refusals(self):
         """The proxy's counts of refusals and responses by status, for a failure's message."""
