@@ -65,10 +65,11 @@ struct SpliceSettings {
 // `cork` holds bytes, the source is first read at once (see BodyCork). `buffered_only`: no
 // read; would_block when the next piece is not all in `buffer`.
 template <class AsyncStream, bool isRequest>
-Task<boost::system::error_code> read_body_piece(
-    AsyncStream& from, boost::beast::flat_buffer& buffer,
-    boost::beast::http::parser<isRequest, BodyView, FieldAllocator<char>>& parser,
-    std::size_t read_size, ChunkHeaderGuard& chunks, BodyCork& cork, bool buffered_only) {
+Task<boost::system::error_code> read_body_piece(AsyncStream& from,
+                                                boost::beast::flat_buffer& buffer,
+                                                FlatParser<isRequest>& parser,
+                                                std::size_t read_size, ChunkHeaderGuard& chunks,
+                                                BodyCork& cork, bool buffered_only) {
     for (;;) {
         if (buffer.size() > 0) {
             boost::system::error_code ec;
@@ -174,10 +175,9 @@ class BodyRelay {
     // its size), each piece written from `in`, where it was read, before the next read. A head
     // still in ex.head leaves with the first piece; chunk framing is added when the leg says so.
     template <class From, class To, bool isRequest>
-    Task<BodyEnd> relay(
-        ExchangeState& ex, From& from, boost::beast::flat_buffer& in,
-        boost::beast::http::parser<isRequest, BodyView, FieldAllocator<char>>& parser, To& to,
-        const BodyLeg& leg, std::uint64_t& bytes, bool& started) {
+    Task<BodyEnd> relay(ExchangeState& ex, From& from, boost::beast::flat_buffer& in,
+                        FlatParser<isRequest>& parser, To& to, const BodyLeg& leg,
+                        std::uint64_t& bytes, bool& started) {
         auto& body = parser.get().body();
         BodyCork cork(BodyCork::plain(from), BodyCork::plain(to));  // pushes at the end
         const auto body_start = std::chrono::steady_clock::now();

@@ -23,15 +23,13 @@ RequestParser& ExchangeState::new_request() {
     response_fields.reset();
     parser.reset();
     request_fields.reset();
-    return parser.emplace(std::piecewise_construct, std::make_tuple(),
-                          std::make_tuple(FieldAllocator<char>(&request_fields)));
+    return parser.emplace(&request_fields);
 }
 
 ResponseParser& ExchangeState::new_response() {
     response_parser.reset();
     response_fields.reset();
-    return response_parser.emplace(std::piecewise_construct, std::make_tuple(),
-                                   std::make_tuple(FieldAllocator<char>(&response_fields)));
+    return response_parser.emplace(&response_fields);
 }
 
 void ExchangeState::end_request() {

@@ -114,12 +114,14 @@ bool rewrite_request_fields(Fields& fields, const ForwardedFor& hop) {
         chain.append(", ");
     }
     chain.append(hop.client_ip);
-    fields.insert("X-Forwarded-For", chain);
+    // Beast has no codes for these names: said here, not looked up for every request.
+    constexpr auto unknown = http::field::unknown;
+    fields.insert(unknown, "X-Forwarded-For", chain);
     if (!kept_proto) {
-        fields.insert("X-Forwarded-Proto", hop.tls ? "https" : "http");
+        fields.insert(unknown, "X-Forwarded-Proto", hop.tls ? "https" : "http");
     }
     if (!kept_host && host) {
-        fields.insert("X-Forwarded-Host", *host);  // (fields are nodes: *host stays valid)
+        fields.insert(unknown, "X-Forwarded-Host", *host);  // (in the arena: *host stays valid)
     }
     return true;
 }

@@ -63,10 +63,12 @@ bool unmet_expectation(const Request& request) {
     if (request.version() < 11) {
         return false;
     }
-    // Only the Expect fields, by the fields' index: not a walk over every field of every request.
-    for (auto [it, end] = request.equal_range(http::field::expect); it != end; ++it) {
+    for (const auto& field : request) {
+        if (field.name() != http::field::expect) {
+            continue;
+        }
         bool unmet = false;
-        for_each_list_member(it->value(), [&](std::string_view member) {
+        for_each_list_member(field.value(), [&](std::string_view member) {
             unmet = !boost::beast::iequals(member, "100-continue");
             return !unmet;
         });

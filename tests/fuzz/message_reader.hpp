@@ -67,7 +67,7 @@ template <bool isRequest>
 class MessageReader {
   protected:
     using error_code = boost::system::error_code;
-    using Parser = boost::beast::http::parser<isRequest, bg::BodyView, bg::FieldAllocator<char>>;
+    using Parser = bg::FlatParser<isRequest>;
 
     // `max_head`: max_request_header or max_response_header.
     MessageReader(const bg::Limits& limits, Arrivals& peer, std::size_t max_head)
@@ -189,8 +189,7 @@ class MessageReader {
     Parser& new_parser() {
         parser_.reset();
         arena_.reset();
-        return parser_.emplace(std::piecewise_construct, std::make_tuple(),
-                               std::make_tuple(bg::FieldAllocator<char>(&arena_)));
+        return parser_.emplace(&arena_);
     }
     bg::ChunkHeaderGuard chunks_;
 };

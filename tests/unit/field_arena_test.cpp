@@ -52,7 +52,7 @@ TEST_CASE("an exchange's parsers keep their fields in its arena, request after r
     CHECK(!ex.parser);
 }
 
-TEST_CASE("fields made outside an exchange use the heap") {
+TEST_CASE("fields made outside an exchange use an arena of their own") {
     bg::Fields fields;
     fields.set("X-A", std::string(10000, 'a'));
     fields.erase("X-A");

@@ -38,8 +38,7 @@ TEST_CASE("from a trusted proxy X-Forwarded-For is appended to and its Proto kep
     f.set(http::field::forwarded, "for=1.1.1.1");
     bg::rewrite_request_fields(f, {"10.0.0.1", false, false, true});
     CHECK(f["X-Forwarded-For"] == "1.1.1.1, 2.2.2.2, 10.0.0.1");
-    CHECK(std::distance(f.equal_range("X-Forwarded-For").first,
-                        f.equal_range("X-Forwarded-For").second) == 1);
+    CHECK(f.count("X-Forwarded-For") == 1);
     CHECK(f["X-Forwarded-Proto"] == "https");
     CHECK(f[http::field::forwarded] == "for=1.1.1.1");
     CHECK(f["X-Forwarded-Host"] == "shop.example:8080");
@@ -96,16 +95,14 @@ TEST_CASE("forwarding fields are matched whatever their case; framing named by C
     CHECK(f[http::field::host] == "a.example");
     CHECK(f.find("X-Drop") == f.end());
     CHECK(f["X-Forwarded-For"] == "1.1.1.1, 2.2.2.2, 10.0.0.1");
-    CHECK(std::distance(f.equal_range("X-Forwarded-For").first,
-                        f.equal_range("X-Forwarded-For").second) == 1);
+    CHECK(f.count("X-Forwarded-For") == 1);
     CHECK(f["X-Forwarded-Host"] == "front.example");  // a trusted proxy's stands
     CHECK(f["X-Forwarded-Proto"] == "http");
 
     bg::rewrite_request_fields(f, {"10.0.0.2", false, false, false});  // untrusted now
     CHECK(f["X-Forwarded-For"] == "10.0.0.2");
     CHECK(f["X-Forwarded-Host"] == "a.example");
-    CHECK(std::distance(f.equal_range("X-Forwarded-Host").first,
-                        f.equal_range("X-Forwarded-Host").second) == 1);
+    CHECK(f.count("X-Forwarded-Host") == 1);
 }
 
 TEST_CASE("an Upgrade keeps only the allowed protocols; a 101 switches to one offered") {
@@ -142,4 +139,11 @@ TEST_CASE("fields named with an underscore: dropped, refused or kept as configur
     CHECK(bg::rewrite_request_fields(
         kept, {"10.0.0.1", false, false, false, bg::UnderscoreFields::allow}));
     CHECK(kept["X_Forwarded_For"] == "6.6.6.6");
+}
+
+TEST_CASE(
+    "the forwarding names have no Beast code (rewrite_request_fields inserts them as unknown)") {
+    for (const char* name : {"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host"}) {
+        CHECK(http::string_to_field(name) == http::field::unknown);
+    }
 }

@@ -18,7 +18,7 @@ bg::RawHeaderVerdict verdict(std::string_view bytes) {
 
 // Parses a header the way the session does and returns framing_problem's answer.
 std::string problem(std::string_view header) {
-    http::request_parser<http::empty_body, bg::FieldAllocator<char>> parser;
+    bg::RequestParser parser;
     parser.eager(false);
     parser.body_limit(boost::none);  // as the session's: bodies stream, any length
     boost::system::error_code ec;
