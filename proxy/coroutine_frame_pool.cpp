@@ -20,28 +20,39 @@ struct FreeFrame {
 // malloc. Trivially destructible, so it can be read at any point of the thread's exit.
 thread_local bool lists_gone = false;
 
+// This thread's free lists. Trivially destructible and constant-initialized, so every access is
+// a plain thread-pointer load; with a destructor each one went through the thread_local's
+// initialization wrapper (~20 instructions per frame, 16 frames per proxied request).
 struct FreeLists {
-    std::array<FreeFrame*, classes> heads{};
-    std::size_t kept = 0;  // bytes in the lists
+    std::array<FreeFrame*, classes> heads;
+    std::size_t kept;  // bytes in the lists
+};
+thread_local constinit FreeLists lists{};
 
-    ~FreeLists() {
-        lists_gone = true;
-        clear();
-    }
-
-    void clear() {
-        for (FreeFrame*& head : heads) {
-            while (head != nullptr) {
-                FreeFrame* next = head->next;
-                boost::asio::aligned_delete(head);
-                head = next;
-            }
+void clear_lists() {
+    for (FreeFrame*& head : lists.heads) {
+        while (head != nullptr) {
+            FreeFrame* next = head->next;
+            boost::asio::aligned_delete(head);
+            head = next;
         }
-        kept = 0;
+    }
+    lists.kept = 0;
+}
+
+// Frees the lists when the thread exits. Made on the thread's first allocation from malloc,
+// which comes before anything can be in its lists.
+struct ListsAtExit {
+    ~ListsAtExit() {
+        lists_gone = true;
+        clear_lists();
     }
 };
 
-thread_local FreeLists lists;
+void clear_lists_at_exit() {
+    thread_local ListsAtExit at_exit;
+    (void)at_exit;
+}
 
 // The class of a frame of `size` bytes; frames of a class all get blocks of its full size, so
 // any block in its list fits any of its frames. Classes from `classes` on are not recycled.
@@ -61,6 +72,7 @@ void* take(std::size_t size, std::size_t align) {
         lists.kept -= c * class_size;
         return frame;
     }
+    clear_lists_at_exit();
     return boost::asio::aligned_new(align, c * class_size);
 }
 
@@ -82,7 +94,7 @@ std::size_t kept() {
 
 void release() {
     if (!lists_gone) {
-        lists.clear();
+        clear_lists();
     }
 }
 
