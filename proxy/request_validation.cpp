@@ -3,18 +3,52 @@
 #include <cctype>
 
 #include <algorithm>
+#include <bit>
 #include <boost/beast/core/string.hpp>
 #include <boost/url/parse.hpp>
 #include <cstring>
 
 #include "field_list.hpp"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace bg {
 
 namespace http = boost::beast::http;
 
-// A line at a time: memchr finds each line's end, NUL and CR (vectorized), where a loop over
-// every byte cost 7% of a request's instructions. The verdict is the one the first offending
+namespace {
+
+// The first CR, LF or NUL in [p, end), or end: the bytes that end a line or refuse it. Sixteen
+// bytes per step with SSE2 (x86-64's baseline): one pass per line where three memchr calls
+// (line end, NUL, CR) cost 5% of a proxied request's instructions, mostly in call overhead on
+// lines of a few dozen bytes.
+const char* first_line_stop(const char* p, const char* end) {
+#if defined(__SSE2__)
+    const __m128i cr = _mm_set1_epi8('\r');
+    const __m128i lf = _mm_set1_epi8('\n');
+    const __m128i nul = _mm_setzero_si128();
+    for (; end - p >= 16; p += 16) {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        const __m128i hits = _mm_or_si128(
+            _mm_or_si128(_mm_cmpeq_epi8(v, cr), _mm_cmpeq_epi8(v, lf)), _mm_cmpeq_epi8(v, nul));
+        if (const int mask = _mm_movemask_epi8(hits); mask != 0) {
+            return p + std::countr_zero(static_cast<unsigned>(mask));
+        }
+    }
+#endif
+    for (; p < end; ++p) {
+        if (*p == '\r' || *p == '\n' || *p == '\0') {
+            return p;
+        }
+    }
+    return end;
+}
+
+}  // namespace
+
+// A line at a time, up to its first CR, LF or NUL: the verdict is the one the first offending
 // byte gives, as a byte-by-byte reading would (the unit tests hold that reading and compare).
 RawHeaderScan scan_raw_header(std::string_view bytes, const HeaderLimits& limits) {
     const char* const data = bytes.data();
@@ -36,30 +70,27 @@ RawHeaderScan scan_raw_header(std::string_view bytes, const HeaderLimits& limits
             over = RawHeaderVerdict::field_too_long;
         }
         const std::size_t stop = std::min(n, std::max(limit, line_start));
-        const std::size_t span = stop - line_start;
-        const char* const from = data + line_start;
-        const auto* lf = static_cast<const char*>(std::memchr(from, '\n', span));
-        const std::size_t end = lf != nullptr ? static_cast<std::size_t>(lf - data) : stop;
-        // Before the line's end: a NUL, or a CR not followed by LF, refuses the head.
-        const auto* nul = static_cast<const char*>(std::memchr(from, '\0', end - line_start));
-        const auto* cr = static_cast<const char*>(std::memchr(from, '\r', end - line_start));
-        if (cr != nullptr) {
-            const std::size_t at = static_cast<std::size_t>(cr - data);
-            if (at + 1 >= n || data[at + 1] == '\n') {
-                cr = nullptr;  // the line's CRLF, or the last byte so far
-            }
-        }
-        if (nul != nullptr && (cr == nullptr || nul < cr)) {
-            return {RawHeaderVerdict::nul_byte};
-        }
-        if (cr != nullptr) {
-            return {RawHeaderVerdict::bare_cr};
-        }
-        if (lf == nullptr) {
+        const auto at =
+            static_cast<std::size_t>(first_line_stop(data + line_start, data + stop) - data);
+        if (at == stop) {
             return {stop < n ? over : RawHeaderVerdict::incomplete};
         }
-        if (end == 0 || data[end - 1] != '\r') {
-            return {RawHeaderVerdict::bare_lf};
+        if (data[at] == '\0') {
+            return {RawHeaderVerdict::nul_byte};
+        }
+        if (data[at] == '\n') {
+            return {RawHeaderVerdict::bare_lf};  // no CR before it: that would have stopped first
+        }
+        // A CR: the line's end if an LF follows, within the line's bound.
+        if (at + 1 == n) {
+            return {RawHeaderVerdict::incomplete};  // the last byte so far
+        }
+        if (data[at + 1] != '\n') {
+            return {RawHeaderVerdict::bare_cr};
+        }
+        const std::size_t end = at + 1;  // the LF
+        if (end >= stop) {
+            return {over};  // the LF lies past the bound
         }
         if (end + 1 - line_start == 2 && !in_request_line) {
             return {RawHeaderVerdict::complete, end + 1};  // the blank line
