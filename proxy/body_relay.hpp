@@ -403,11 +403,11 @@ class BodyRelay {
 
     // One write of several pieces: gathered into one sendmsg on a socket; copied into one
     // buffer first on TLS, whose streams write one piece (one record) per call otherwise.
-    // Not a coroutine itself: it hands back the write to await (one frame less per piece).
+    // Not a coroutine itself: it hands back the write (deferred) to await in the caller's frame.
     // `pieces` must outlive the await (the caller's frame holds them).
     template <class To>
-    Task<std::tuple<boost::system::error_code, std::size_t>> write_pieces(
-        ExchangeState& ex, To& to, std::span<const boost::asio::const_buffer> pieces) {
+    auto write_pieces(ExchangeState& ex, To& to,
+                      std::span<const boost::asio::const_buffer> pieces) {
         bool over_tls = is_tls_stream<To>::value;
         if constexpr (std::is_same_v<To, UpstreamStream>) {
             over_tls = to.tls() != nullptr;
@@ -417,7 +417,8 @@ class BodyRelay {
             for (const auto& piece : pieces) {
                 ex.gathered.append(static_cast<const char*>(piece.data()), piece.size());
             }
-            return boost::asio::async_write(to, boost::asio::buffer(ex.gathered), nothrow);
+            gathered_ = boost::asio::buffer(ex.gathered);
+            pieces = {&gathered_, 1};
         }
         return boost::asio::async_write(to, pieces, nothrow);
     }
@@ -512,6 +513,7 @@ class BodyRelay {
     WorkerStats& stats_;
     std::size_t read_size_;
     SpliceSettings splice_;
+    boost::asio::const_buffer gathered_;  // write_pieces' one piece over TLS, until awaited
 };
 
 }  // namespace bg
