@@ -5,6 +5,8 @@
 #   - malloc calls per request (a perf uprobe on libc's malloc: operator new and Beast's
 #     allocations go through it; HAProxy's pools mostly do not, which is the point),
 #   - TCP segments per request (nstat: fewer, fuller segments are less kernel work),
+#   - user and system CPU per request (/proc/PID/stat around wrk runs, three interleaved
+#     rounds): which side of the syscall boundary the time goes,
 #   - the top symbols by self time (perf record while wrk runs),
 #   - user-space instructions per request, and the functions they go to: each proxy run again
 #     under valgrind's callgrind for exactly PROFILE_REQUESTS requests (bench/http_requests.py,
@@ -128,6 +130,25 @@ for name, n in sorted(calls.items(), key=lambda kv: -kv[1]):
         print("    %-16s %6.2f%s" % (name, n / requests, extra))
 PY
   done
+  # user and system CPU per request: utime and stime (clock ticks) around each wrk run
+  tick=$(getconf CLK_TCK)
+  : > "$work/split"
+  for round in 1 2 3; do
+    for target in bgproxy haproxy; do
+      read -r user0 system0 < <(awk '{print $14, $15}' "/proc/${pid_of[$target]}/stat")
+      requests=$(wrk_for "$shape" "$target")
+      read -r user1 system1 < <(awk '{print $14, $15}' "/proc/${pid_of[$target]}/stat")
+      echo "$target $round $requests $((user1 - user0)) $((system1 - system0))" >> "$work/split"
+    done
+  done
+  awk -v tick="$tick" '
+    { u = $4 / tick / $3 * 1e6; s = $5 / tick / $3 * 1e6; su[$1] += u; ss[$1] += s; n[$1]++
+      printf "%s round %d: user %.2f us + system %.2f us per request (%d requests)\n", $1, $2, u, s, $3 }
+    END { for (t in n) printf "%s mean: user %.2f us + system %.2f us = %.2f us per request\n",
+            t, su[t] / n[t], ss[t] / n[t], (su[t] + ss[t]) / n[t]
+          printf "bgproxy / haproxy: user %.2f, system %.2f, total %.2f\n", su["bgproxy"] / su["haproxy"],
+            ss["bgproxy"] / ss["haproxy"], (su["bgproxy"] + ss["bgproxy"]) / (su["haproxy"] + ss["haproxy"]) }
+  ' "$work/split"
   # top symbols by self time
   for target in bgproxy haproxy; do
     perf record -q -F 2000 -g -p "${pid_of[$target]}" -o "$work/perf.data" 2>/dev/null &
