@@ -26,6 +26,7 @@
 #include "body_cork.hpp"
 #include "body_view.hpp"
 #include "chunk_framing.hpp"
+#include "coarse_clock.hpp"
 #include "connection_deadline.hpp"
 #include "exchange_outcome.hpp"
 #include "exchange_state.hpp"
@@ -180,7 +181,7 @@ class BodyRelay {
                         std::uint64_t& bytes, bool& started) {
         auto& body = parser.get().body();
         BodyCork cork(BodyCork::plain(from), BodyCork::plain(to));  // pushes at the end
-        const auto body_start = std::chrono::steady_clock::now();
+        const auto body_start = CoarseClock::now();
         std::uint64_t moved = 0;
         bool ended = false;    // the end of the body has been written
         ex.coalesced.clear();  // what an earlier relay gathered and never sent (it failed)
@@ -319,7 +320,7 @@ class BodyRelay {
         }
         const auto earned = std::chrono::milliseconds(received * 1000 / leg.min_rate);
         const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-            start + leg.read_limit + earned - std::chrono::steady_clock::now());
+            start + leg.read_limit + earned - CoarseClock::now());
         return std::min(leg.read_limit, left);
     }
 

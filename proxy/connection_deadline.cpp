@@ -2,6 +2,8 @@
 
 #include <boost/asio/basic_waitable_timer.hpp>
 
+#include "coarse_clock.hpp"
+
 namespace bg {
 
 namespace {
@@ -75,7 +77,7 @@ ConnectionDeadline::~ConnectionDeadline() {
 
 void ConnectionDeadline::arm(std::chrono::milliseconds limit, Target target) {
     auto& s = *state_;
-    s.deadline = Clock::now() + limit;
+    s.deadline = CoarseClock::now() + limit;
     s.target = target;
     // The step the expiry cut short may still have completed (its bytes came in the same turn
     // as the expiry): the next step then fails on the closed socket, and that is the timeout's

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "adopted_socket.hpp"
+#include "coarse_clock.hpp"
 #include "pending_input.hpp"
 #include "worker.hpp"
 
@@ -62,7 +63,7 @@ ParkedClients::~ParkedClients() {
 void ParkedClients::wait_idle(IdleWait& wait, Socket& socket, Duration park_after) {
     wait.socket = &socket;
     wait.park = false;
-    wait.park_at = std::chrono::steady_clock::now() + park_after;
+    wait.park_at = CoarseClock::now() + park_after;
     idle_.push_back(wait);
     arm_idle();
 }

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "access_record.hpp"
+#include "coarse_clock.hpp"
 #include "colour_hints.hpp"
 #include "forwarding_headers.hpp"
 #include "http_date.hpp"
@@ -63,7 +64,7 @@ Exchange connect_failure(Connected connected) {
 class AwaitingResponse {
   public:
     explicit AwaitingResponse(SessionHandle& handle) : handle_(handle) {
-        handle_.awaiting_since = std::chrono::steady_clock::now();
+        handle_.awaiting_since = CoarseClock::now();
     }
     ~AwaitingResponse() { handle_.awaiting_since = {}; }
     AwaitingResponse(const AwaitingResponse&) = delete;
@@ -359,7 +360,7 @@ Task<Exchange> RequestExchange<Stream>::forward(RoutingTablePtr& table, Colour c
             outcome == Exchange::upstream_failed || outcome == Exchange::upstream_timeout;
         const TryFailure failure =
             outcome == Exchange::upstream_timeout ? TryFailure::timeout : TryFailure::reset;
-        if (!failed || std::chrono::steady_clock::now() >= response_due_ ||
+        if (!failed || CoarseClock::now() >= response_due_ ||
             !retries.may_retry(facts.idempotent, body_started_, interim_sent_, failure)) {
             co_return outcome;
         }
@@ -429,10 +430,10 @@ void RequestExchange<Stream>::record_try(const Backend& backend, Exchange outcom
 // upstream_response for the whole request.
 template <class Stream>
 Duration RequestExchange<Stream>::try_limit() const {
-    const auto now = std::chrono::steady_clock::now();
-    const Duration left = response_due_ == std::chrono::steady_clock::time_point::max()
-                              ? config_.timeouts.upstream_response
-                              : std::chrono::duration_cast<Duration>(response_due_ - now);
+    const Duration left =
+        response_due_ == std::chrono::steady_clock::time_point::max()
+            ? config_.timeouts.upstream_response
+            : std::chrono::duration_cast<Duration>(response_due_ - CoarseClock::now());
     const Duration per_try = config_.timeouts.upstream_try;
     return std::max(Duration(1), per_try > Duration(0) ? std::min(per_try, left) : left);
 }
@@ -475,7 +476,7 @@ Task<Exchange> RequestExchange<Stream>::exchange(UpstreamLease& lease, const Req
     }
     if (response_due_ == std::chrono::steady_clock::time_point::max()) {
         // upstream_response runs from the first try's request sent, over every try after it.
-        response_due_ = std::chrono::steady_clock::now() + config_.timeouts.upstream_response;
+        response_due_ = CoarseClock::now() + config_.timeouts.upstream_response;
     }
     if (ex_.parser->is_done()) {
         // Nothing more is read from the client until the response is over: watch it instead,
