@@ -4,17 +4,13 @@
 
 namespace bg {
 
-void* FieldArena::allocate(std::size_t bytes) {
-    constexpr std::size_t align = alignof(std::max_align_t);
-    bytes = (bytes + align - 1) / align * align;
-    if (static_cast<std::size_t>(end_ - next_) < bytes) {
-        // A new block, twice the last (a large head takes a few), at least this allocation.
-        const std::size_t size = std::max(bytes, last_size_ == 0 ? first_block : 2 * last_size_);
-        blocks_.push_back(std::make_unique_for_overwrite<std::byte[]>(size));
-        next_ = blocks_.back().get();
-        end_ = next_ + size;
-        last_size_ = size;
-    }
+void* FieldArena::allocate_in_new_block(std::size_t bytes) {
+    // A new block, twice the last (a large head takes a few), at least this allocation.
+    const std::size_t size = std::max(bytes, last_size_ == 0 ? first_block : 2 * last_size_);
+    blocks_.push_back(std::make_unique_for_overwrite<std::byte[]>(size));
+    next_ = blocks_.back().get();
+    end_ = next_ + size;
+    last_size_ = size;
     void* at = next_;
     next_ += bytes;
     return at;

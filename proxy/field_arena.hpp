@@ -15,8 +15,17 @@ class FieldArena {
     FieldArena(const FieldArena&) = delete;
     FieldArena& operator=(const FieldArena&) = delete;
 
-    // `bytes`, aligned for any type; freed only by reset().
-    void* allocate(std::size_t bytes);
+    // `bytes`, aligned for any type; freed only by reset(). Inline: a dozen per request, nearly
+    // all from the block in hand.
+    void* allocate(std::size_t bytes) {
+        bytes = (bytes + align - 1) / align * align;
+        if (static_cast<std::size_t>(end_ - next_) < bytes) {
+            return allocate_in_new_block(bytes);
+        }
+        void* at = next_;
+        next_ += bytes;
+        return at;
+    }
     // Everything allocated is given back: only when nothing allocated is still in use. The
     // first block stays for the next exchange; larger heads' blocks are freed.
     void reset();
@@ -24,6 +33,9 @@ class FieldArena {
     static constexpr std::size_t first_block = 4096;  // kept from one exchange to the next
 
   private:
+    static constexpr std::size_t align = alignof(std::max_align_t);
+    void* allocate_in_new_block(std::size_t bytes);  // `bytes` already rounded up
+
     std::vector<std::unique_ptr<std::byte[]>> blocks_;
     std::byte* next_ = nullptr;
     std::byte* end_ = nullptr;

@@ -103,15 +103,12 @@ std::string_view FlatFields::copy(std::string_view bytes) {
     return {at, bytes.size()};
 }
 
-FlatFields::value_type* FlatFields::slot() {
-    if (size_ == capacity_) {
-        const std::uint32_t grown = capacity_ == 0 ? first_capacity : 2 * capacity_;
-        auto* items = static_cast<value_type*>(arena().allocate(grown * sizeof(value_type)));
-        std::uninitialized_copy_n(items_, size_, items);
-        items_ = items;  // the old array stays in the arena until it resets
-        capacity_ = grown;
-    }
-    return new (items_ + size_++) value_type;
+void FlatFields::grow() {
+    const std::uint32_t grown = capacity_ == 0 ? first_capacity : 2 * capacity_;
+    auto* items = static_cast<value_type*>(arena().allocate(grown * sizeof(value_type)));
+    std::uninitialized_copy_n(items_, size_, items);
+    items_ = items;  // the old array stays in the arena until it resets
+    capacity_ = grown;
 }
 
 FlatFields::const_iterator FlatFields::find(http::field name) const {

@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <new>
 #include <string_view>
 
 #include "field_arena.hpp"
@@ -95,7 +96,13 @@ class FlatFields {
   private:
     FieldArena& arena();
     std::string_view copy(std::string_view bytes);
-    value_type* slot();  // a new last field, its bytes unset
+    value_type* slot() {  // a new last field, its bytes unset
+        if (size_ == capacity_) {
+            grow();
+        }
+        return new (items_ + size_++) value_type;
+    }
+    void grow();  // a larger array in the arena, the fields copied over
     void copy_from(const FlatFields& other);
     void take(FlatFields& other) noexcept;  // its fields and arena; it is left empty
 
