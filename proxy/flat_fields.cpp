@@ -22,15 +22,12 @@ bool same_name(const FlatFields::value_type& field, http::field code, std::strin
                                               boost::beast::iequals(field.name_string(), name);
 }
 
-// The tokens of a comma-separated list but `drop` (case-blind), joined again.
-std::string without_token(std::string_view list, std::string_view drop) {
+// Connection's options but close and keep-alive (case-blind), joined again.
+std::string other_connection_options(std::string_view list) {
     std::string kept;
     for (const auto token : http::token_list{list}) {
-        if (!boost::beast::iequals(token, drop)) {
-            if (!kept.empty()) {
-                kept.append(", ");
-            }
-            kept.append(token.data(), token.size());
+        if (!boost::beast::iequals(token, "close") && !boost::beast::iequals(token, "keep-alive")) {
+            kept.append(kept.empty() ? "" : ", ").append(token.data(), token.size());
         }
     }
     return kept;
@@ -176,21 +173,21 @@ void FlatFields::set(std::string_view name, std::string_view value) {
     insert(name, value);
 }
 
-std::size_t FlatFields::erase(http::field name) {
-    auto* kept = std::remove_if(items_, items_ + size_,
-                                [name](const value_type& f) { return f.name() == name; });
-    const auto erased = static_cast<std::size_t>(items_ + size_ - kept);
+template <class Match>
+std::size_t FlatFields::erase_matching(Match match) {
+    const auto erased =
+        static_cast<std::size_t>(items_ + size_ - std::remove_if(items_, items_ + size_, match));
     size_ -= static_cast<std::uint32_t>(erased);
     return erased;
 }
 
+std::size_t FlatFields::erase(http::field name) {
+    return erase_matching([name](const value_type& f) { return f.name() == name; });
+}
+
 std::size_t FlatFields::erase(std::string_view name) {
     const http::field code = http::string_to_field(name);
-    auto* kept = std::remove_if(items_, items_ + size_,
-                                [&](const value_type& f) { return same_name(f, code, name); });
-    const auto erased = static_cast<std::size_t>(items_ + size_ - kept);
-    size_ -= static_cast<std::uint32_t>(erased);
-    return erased;
+    return erase_matching([&](const value_type& f) { return same_name(f, code, name); });
 }
 
 FlatFields::const_iterator FlatFields::erase(const_iterator field) {
@@ -237,21 +234,15 @@ void FlatFields::set_chunked_impl(bool chunked) {
         return;
     }
     if (get_chunked_impl()) {
-        // The last coding out (basic_fields likewise drops only the last).
+        // The last coding out (basic_fields likewise drops only the last): each coding is kept
+        // once the next one shows it was not the last.
         std::string kept;
-        std::size_t left = 0;
+        std::string_view previous;
         for (const auto coding : http::token_list{codings}) {
-            (void)coding;
-            ++left;
-        }
-        for (const auto coding : http::token_list{codings}) {
-            if (--left == 0) {
-                break;
+            if (!previous.empty()) {
+                kept.append(kept.empty() ? "" : ", ").append(previous);
             }
-            if (!kept.empty()) {
-                kept.append(", ");
-            }
-            kept.append(coding.data(), coding.size());
+            previous = {coding.data(), coding.size()};
         }
         if (kept.empty()) {
             erase(http::field::transfer_encoding);
@@ -272,8 +263,7 @@ void FlatFields::set_content_length_impl(const boost::optional<std::uint64_t>& l
 }
 
 void FlatFields::set_keep_alive_impl(unsigned version, bool keep_alive) {
-    std::string tokens =
-        without_token(without_token((*this)[http::field::connection], "close"), "keep-alive");
+    std::string tokens = other_connection_options((*this)[http::field::connection]);
     const std::string_view wanted =
         version < 11 ? (keep_alive ? "keep-alive" : "") : (keep_alive ? "" : "close");
     if (!wanted.empty()) {
