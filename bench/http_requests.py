@@ -1,10 +1,12 @@
 """Exactly N requests of one bench shape, one after another (bench/profile.sh counts a proxy's
 instructions over them): keepalive (GETs on one connection), close (a connection each),
-download (1 MiB responses), upload (1 MiB POST bodies). Exits non-zero on a short response.
+download (1 MiB responses), upload (1 MiB POST bodies); tls-keepalive and tls-handshake are
+keepalive and close over TLS (PORT is then the TLS listener). Exits non-zero on a short response.
 
     python3 bench/http_requests.py PORT SHAPE N
 """
 import socket
+import ssl
 import sys
 
 BODY = b"x" * 1048576
@@ -42,6 +44,12 @@ def read_response(sock):
 
 def main():
     port, shape, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    tls = None
+    if shape.startswith("tls-"):
+        shape = {"tls-keepalive": "keepalive", "tls-handshake": "close"}[shape]
+        tls = ssl.create_default_context()
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
     message = request(shape)
     sock = None
     for _ in range(count):
@@ -49,6 +57,8 @@ def main():
             if sock is not None:
                 sock.close()
             sock = socket.create_connection(("127.0.0.1", port))
+            if tls is not None:
+                sock = tls.wrap_socket(sock, server_hostname="bench.test")
         sock.sendall(message)
         read_response(sock)
     sock.close()

@@ -15,6 +15,7 @@
 # Each measurement is its own wrk run of BENCH_SECONDS; counts are divided by wrk's requests.
 #
 #   bench/profile.sh                        # shapes keepalive close download upload
+#   PROFILE_SHAPES="tls-keepalive tls-handshake" bench/profile.sh    # HTTPS on the listener
 #   PROFILE_SHAPES=close BENCH_SECONDS=5 PROFILE_BINARY=/path/to/bgproxy bench/profile.sh
 # Needs root (perf probe, perf record, perf stat on tracepoints) and linux-perf, valgrind
 # (scripts/install-deps.sh).
@@ -44,6 +45,9 @@ wrk_for() {
     close) connections=32 options=(-H "Connection: close") ;;
     download) connections=16 url="${url}?bytes=1048576" ;;
     upload) connections=16 url="${url}upload" options=(-s bench/upload.lua) ;;
+    tls-keepalive) connections=64 url="https://127.0.0.1:${tls_port[$2]}/" ;;
+    tls-handshake)
+      connections=32 url="https://127.0.0.1:${tls_port[$2]}/" options=(-H "Connection: close") ;;
     *) echo "unknown shape $1" >&2; exit 2 ;;
   esac
   taskset -c "$load_cpu" wrk -t1 -c"$connections" -d"${seconds}s" "${options[@]}" "$url" |
@@ -162,8 +166,11 @@ PY
   done
   # user-space instructions: a bgproxy and an HAProxy of their own, under callgrind
   bgproxy_config counted ""
-  count_instructions bgproxy "${port[counted]}" "$shape" "$binary" --config "$work/counted.toml"
-  counted_port=$(free_port)
-  fill bench/haproxy.cfg.in "$counted_port" "$(free_port)" > "$work/haproxy-counted.cfg"
-  count_instructions haproxy "$counted_port" "$shape" haproxy -q -f "$work/haproxy-counted.cfg"
+  counted=${port[counted]} counted_tls=${tls_port[counted]}
+  [[ $shape == tls-* ]] && counted=$counted_tls
+  count_instructions bgproxy "$counted" "$shape" "$binary" --config "$work/counted.toml"
+  counted=$(free_port) counted_tls=$(free_port)
+  fill bench/haproxy.cfg.in "$counted" "$counted_tls" > "$work/haproxy-counted.cfg"
+  [[ $shape == tls-* ]] && counted=$counted_tls
+  count_instructions haproxy "$counted" "$shape" haproxy -q -f "$work/haproxy-counted.cfg"
 done

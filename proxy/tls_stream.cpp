@@ -2,6 +2,8 @@
 
 #include <openssl/err.h>
 
+#include "tls_socket_bio.hpp"
+
 #include <array>
 #include <boost/asio/ssl/error.hpp>
 #include <cerrno>
@@ -21,7 +23,11 @@ TlsStream::TlsStream(Socket socket, asio::ssl::context& context)
     // Non-blocking at the descriptor: OpenSSL's reads and writes return at once, and the
     // operations wait on the socket instead.
     socket_.native_non_blocking(true);
-    SSL_set_fd(ssl_.get(), socket_.native_handle());
+    if (!attach_socket_bio(ssl_.get(), socket_.native_handle())) {
+        throw boost::system::system_error(
+            error_code(static_cast<int>(ERR_get_error()), asio::error::get_ssl_category()),
+            "BIO_new");
+    }
     // As asio::ssl::stream sets them: a write may be partial (one record), may be retried from
     // a different address, and the record buffers are freed whenever empty (an idle connection
     // holds none). Read-ahead: one recv takes what the socket has, not a record header first.
@@ -33,6 +39,15 @@ TlsStream::TlsStream(Socket socket, asio::ssl::context& context)
 char* TlsStream::gather_scratch() {
     thread_local std::array<char, record_size> scratch;
     return scratch.data();
+}
+
+asio::mutable_buffer TlsStream::peek_scratch() {
+    thread_local std::array<char, peek_size> scratch;
+    return asio::buffer(scratch);
+}
+
+void TlsStream::note_bytes_came() {
+    socket_bio_refilled(ssl_.get());
 }
 
 namespace {
@@ -115,8 +130,14 @@ TlsStream::Attempt TlsStream::try_shutdown() {
 }
 
 // Every record OpenSSL already holds, up to `into`'s size: one read from the socket at most.
+// None when OpenSSL holds nothing, its last read emptied the socket and the reactor has seen
+// no input since (socket_drain.hpp): that read could only fail, so the wait comes first.
 TlsStream::Attempt TlsStream::try_read(asio::mutable_buffer into) {
     SSL* ssl = ssl_.get();
+    if (SSL_has_pending(ssl) != 1 && socket_bio_drained(ssl) &&
+        !input_seen_since_drained(socket_)) {
+        return {Wait::read, {}, 0};
+    }
     auto* at = static_cast<char*>(into.data());
     std::size_t total = 0;
     while (total < into.size()) {

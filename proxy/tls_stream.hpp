@@ -22,6 +22,7 @@
 #include <type_traits>
 
 #include "io_types.hpp"
+#include "socket_drain.hpp"
 
 namespace bg {
 
@@ -107,10 +108,16 @@ class TlsStream {
                 return complete(self);
             }
             result = attempt();
-            if (result.wait != Wait::none) {
-                stream.socket_.async_wait(
-                    result.wait == Wait::read ? Socket::wait_read : Socket::wait_write,
-                    std::move(self));
+            if (result.wait == Wait::read) {
+                // A peek, not async_wait: asio re-arms the descriptor in epoll (epoll_ctl) for
+                // every wait, while a receive is queued on its edge-triggered registration as
+                // is. A short peek marks the socket drained in the reactor (socket_drain.hpp).
+                stream.socket_.async_receive(draining(peek_scratch()), Socket::message_peek,
+                                             std::move(self));
+                return;
+            }
+            if (result.wait == Wait::write) {
+                stream.socket_.async_wait(Socket::wait_write, std::move(self));
                 return;
             }
             if (first) {
@@ -119,6 +126,16 @@ class TlsStream {
                 return boost::asio::post(executor, std::move(self));
             }
             complete(self);
+        }
+
+        // The peek ended: bytes (or the end of the stream, or an error) for OpenSSL to read.
+        template <class Self>
+        void operator()(Self& self, boost::system::error_code peeked, std::size_t) {
+            stream.note_bytes_came();
+            if (peeked == boost::asio::error::eof) {
+                peeked = {};  // OpenSSL's read finds it: a truncation or a close_notify
+            }
+            (*this)(self, peeked);
         }
 
         template <class Self>
@@ -181,6 +198,11 @@ class TlsStream {
 
     static constexpr std::size_t record_size = 16384;  // TLS's largest plaintext record
     static char* gather_scratch();                     // record_size bytes, per thread
+    // What a peek copies, then drops: a peek that fills it leaves asio trying the next one at
+    // once, so it holds what usually comes at a time (a request's records).
+    static constexpr std::size_t peek_size = 4096;
+    static boost::asio::mutable_buffer peek_scratch();  // peek_size bytes, per thread
+    void note_bytes_came();
 
     Socket socket_;
     SslPtr ssl_;

@@ -1,0 +1,141 @@
+#include "tls_socket_bio.hpp"
+
+#include <openssl/bio.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstdint>
+
+namespace bg {
+
+namespace {
+
+// The descriptor and the drained flag, packed into the BIO's data pointer: no allocation of
+// our own beside the BIO itself.
+struct SocketState {
+    int descriptor;
+    bool drained;
+};
+
+SocketState state_of(BIO* bio) {
+    const auto packed = reinterpret_cast<std::intptr_t>(BIO_get_data(bio));
+    return {static_cast<int>(packed >> 1), (packed & 1) != 0};
+}
+
+void store(BIO* bio, SocketState state) {
+    const std::intptr_t packed = (static_cast<std::intptr_t>(state.descriptor) << 1) |
+                                 static_cast<std::intptr_t>(state.drained);
+    BIO_set_data(bio, reinterpret_cast<void*>(packed));
+}
+
+bool would_block(int error) {
+    return error == EAGAIN || error == EWOULDBLOCK || error == EINTR;
+}
+
+int read_socket(BIO* bio, char* into, std::size_t size, std::size_t* done) {
+    SocketState state = state_of(bio);
+    BIO_clear_retry_flags(bio);
+    const ssize_t n = ::recv(state.descriptor, into, size, 0);
+    if (n > 0) {
+        state.drained = static_cast<std::size_t>(n) < size;
+        store(bio, state);
+        *done = static_cast<std::size_t>(n);
+        return 1;
+    }
+    const int error = errno;
+    state.drained = n < 0 && would_block(error);
+    store(bio, state);
+    if (state.drained) {
+        BIO_set_retry_read(bio);
+    } else if (n == 0) {
+        BIO_set_flags(bio, BIO_FLAGS_IN_EOF);
+    }
+    errno = error;  // OpenSSL's SSL_ERROR_SYSCALL leaves it to the caller
+    return 0;
+}
+
+int write_socket(BIO* bio, const char* from, std::size_t size, std::size_t* done) {
+    BIO_clear_retry_flags(bio);
+    const ssize_t n = ::send(state_of(bio).descriptor, from, size, MSG_NOSIGNAL);
+    if (n >= 0) {
+        *done = static_cast<std::size_t>(n);
+        return 1;
+    }
+    if (would_block(errno)) {
+        BIO_set_retry_write(bio);
+    }
+    return 0;
+}
+
+long control(BIO* bio, int command, long, void* argument) {
+    switch (command) {
+        case BIO_CTRL_FLUSH:  // nothing held back: every write went to the socket
+            return 1;
+        case BIO_C_GET_FD:
+            if (argument != nullptr) {
+                *static_cast<int*>(argument) = state_of(bio).descriptor;
+            }
+            return state_of(bio).descriptor;
+        case BIO_CTRL_EOF:
+            return BIO_test_flags(bio, BIO_FLAGS_IN_EOF) != 0 ? 1 : 0;
+        default:  // pending bytes, close flags, kTLS queries: none of them apply
+            return 0;
+    }
+}
+
+int create(BIO* bio) {
+    BIO_set_init(bio, 1);
+    return 1;
+}
+
+// Built once, for the process's life.
+struct Method {
+    int type = BIO_get_new_index() | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR;
+    const BIO_METHOD* method = nullptr;
+};
+
+const Method& socket_method() {
+    static const Method built = [] {
+        Method m;
+        BIO_METHOD* made = BIO_meth_new(m.type, "bgproxy socket");
+        BIO_meth_set_read_ex(made, read_socket);
+        BIO_meth_set_write_ex(made, write_socket);
+        BIO_meth_set_ctrl(made, control);
+        BIO_meth_set_create(made, create);
+        m.method = made;
+        return m;
+    }();
+    return built;
+}
+
+bool is_socket_bio(BIO* bio) {
+    return bio != nullptr && BIO_method_type(bio) == socket_method().type;
+}
+
+}  // namespace
+
+bool attach_socket_bio(SSL* ssl, int descriptor) {
+    BIO* bio = BIO_new(socket_method().method);
+    if (bio == nullptr) {
+        return false;
+    }
+    store(bio, {descriptor, false});
+    SSL_set_bio(ssl, bio, bio);  // the same BIO both ways: it takes the one reference
+    return true;
+}
+
+bool socket_bio_drained(SSL* ssl) {
+    BIO* bio = SSL_get_rbio(ssl);
+    return is_socket_bio(bio) && state_of(bio).drained;
+}
+
+void socket_bio_refilled(SSL* ssl) {
+    if (BIO* bio = SSL_get_rbio(ssl); is_socket_bio(bio)) {
+        SocketState state = state_of(bio);
+        state.drained = false;
+        store(bio, state);
+    }
+}
+
+}  // namespace bg

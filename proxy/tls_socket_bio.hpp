@@ -1,0 +1,24 @@
+#pragma once
+// The BIO a TlsStream's OpenSSL connection reads and writes its socket through: recv and send
+// (MSG_NOSIGNAL) where OpenSSL's socket BIO calls read and write, which cost more in the kernel
+// (the VFS layer); and it remembers whether its last read emptied the socket. A stream that
+// knows the socket is empty and OpenSSL holds nothing waits for bytes at once, instead of a
+// read that can only fail first (one syscall in three on a TLS keep-alive request).
+
+typedef struct ssl_st SSL;
+
+namespace bg {
+
+// Gives `ssl` a BIO of this kind over `descriptor` for both directions (as SSL_set_fd does).
+// False when OpenSSL could not allocate it.
+bool attach_socket_bio(SSL* ssl, int descriptor);
+
+// Whether `ssl`'s last read from its socket took everything the socket held (fewer bytes than
+// asked for, or none yet): a read now finds the socket empty unless bytes have come since.
+// False for a BIO of another kind.
+bool socket_bio_drained(SSL* ssl);
+
+// Forgets that: bytes have come (a wait for them ended).
+void socket_bio_refilled(SSL* ssl);
+
+}  // namespace bg

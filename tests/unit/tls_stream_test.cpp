@@ -1,0 +1,176 @@
+#include <doctest/doctest.h>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include <array>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/ssl/error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "socket_drain.hpp"
+#include "tls_socket_bio.hpp"
+#include "tls_stream.hpp"
+
+namespace {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+using boost::system::error_code;
+
+// A server context with a throwaway P-256 certificate, made in memory.
+void give_certificate(asio::ssl::context& context) {
+    std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(EVP_EC_gen("P-256"), EVP_PKEY_free);
+    REQUIRE(key);
+    std::unique_ptr<X509, decltype(&X509_free)> cert(X509_new(), X509_free);
+    X509_set_version(cert.get(), 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(cert.get()), 1);
+    X509_gmtime_adj(X509_getm_notBefore(cert.get()), 0);
+    X509_gmtime_adj(X509_getm_notAfter(cert.get()), 3600);
+    X509_NAME* name = X509_get_subject_name(cert.get());
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                               reinterpret_cast<const unsigned char*>("unit.test"), -1, -1, 0);
+    X509_set_issuer_name(cert.get(), name);
+    X509_set_pubkey(cert.get(), key.get());
+    REQUIRE(X509_sign(cert.get(), key.get(), EVP_sha256()) > 0);
+    REQUIRE(SSL_CTX_use_certificate(context.native_handle(), cert.get()) == 1);
+    REQUIRE(SSL_CTX_use_PrivateKey(context.native_handle(), key.get()) == 1);
+}
+
+// A TLS connection on 127.0.0.1, both ends TlsStreams in one single-threaded io_context (as a
+// worker runs them), handshaken.
+struct TlsPair {
+    asio::io_context io{BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};
+    asio::ssl::context server_context{asio::ssl::context::tls_server};
+    asio::ssl::context client_context{asio::ssl::context::tls_client};
+    std::optional<bg::TlsStream> server;
+    std::optional<bg::TlsStream> client;
+
+    TlsPair() {
+        give_certificate(server_context);
+        bg::Acceptor acceptor(io.get_executor(),
+                              tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+        bg::Socket ours(io.get_executor());
+        bg::Socket peer(io.get_executor());
+        peer.connect(acceptor.local_endpoint());
+        acceptor.accept(ours);
+        server.emplace(std::move(ours), server_context);
+        client.emplace(std::move(peer), client_context);
+        std::optional<error_code> served, connected;
+        server->async_handshake(asio::ssl::stream_base::server,
+                                [&](error_code ec) { served = ec; });
+        client->async_handshake(asio::ssl::stream_base::client,
+                                [&](error_code ec) { connected = ec; });
+        run_until([&] { return served && connected; });
+        REQUIRE(served);
+        REQUIRE(connected);
+        REQUIRE_FALSE(*served);
+        REQUIRE_FALSE(*connected);
+    }
+
+    template <class Done>
+    void run_until(Done done, std::chrono::milliseconds limit = std::chrono::seconds(2)) {
+        io.restart();  // a loop that ran out of work stays stopped until restarted
+        const auto deadline = std::chrono::steady_clock::now() + limit;
+        while (!done() && std::chrono::steady_clock::now() < deadline) {
+            io.run_one_for(std::chrono::milliseconds(20));
+        }
+    }
+
+    void client_sends(std::string_view bytes) {
+        bool sent = false;
+        client->async_write_some(asio::buffer(bytes), [&](error_code ec, std::size_t n) {
+            REQUIRE_FALSE(ec);
+            REQUIRE(n == bytes.size());
+            sent = true;
+        });
+        run_until([&] { return sent; });
+        REQUIRE(sent);
+    }
+
+    // A server read started now; its outcome once it ends.
+    struct Read {
+        std::array<char, 256> bytes{};
+        std::optional<error_code> ec;
+        std::size_t n = 0;
+        std::string text() const { return std::string(bytes.data(), n); }
+    };
+    void start_read(Read& read) {
+        server->async_read_some(bg::draining(asio::buffer(read.bytes)),
+                                [&read](error_code ec, std::size_t n) {
+                                    read.ec = ec;
+                                    read.n = n;
+                                });
+    }
+    std::string read_now() {
+        Read read;
+        start_read(read);
+        run_until([&] { return read.ec.has_value(); });
+        REQUIRE(read.ec);
+        REQUIRE_FALSE(*read.ec);
+        return read.text();
+    }
+};
+
+}  // namespace
+
+TEST_CASE("a TLS read that emptied the socket waits for the next bytes, and gets them") {
+    TlsPair pair;
+    pair.client_sends("GET one");
+    CHECK(pair.read_now() == "GET one");
+    CHECK(bg::socket_bio_drained(pair.server->native_handle()));  // fewer bytes than asked
+    TlsPair::Read next;
+    pair.start_read(next);
+    pair.run_until([] { return false; }, std::chrono::milliseconds(60));
+    CHECK_FALSE(next.ec.has_value());  // nothing came: it waits
+    pair.client_sends("GET two");
+    pair.run_until([&] { return next.ec.has_value(); });
+    REQUIRE(next.ec);
+    CHECK_FALSE(*next.ec);
+    CHECK(next.text() == "GET two");
+}
+
+TEST_CASE("TLS bytes that came while no read waited are read at once") {
+    TlsPair pair;
+    pair.client_sends("first");
+    CHECK(pair.read_now() == "first");
+    pair.client_sends("second");
+    pair.run_until([] { return false; }, std::chrono::milliseconds(60));  // the poller sees them
+    CHECK(pair.read_now() == "second");
+    pair.client_sends("third");  // and before the poller has looked
+    CHECK(pair.read_now() == "third");
+}
+
+TEST_CASE("a close_notify sent with the last TLS bytes ends the next read") {
+    TlsPair pair;
+    pair.client_sends("last");
+    pair.client->send_close_notify();
+    pair.client->next_layer().shutdown(tcp::socket::shutdown_send);
+    CHECK(pair.read_now() == "last");
+    TlsPair::Read end;
+    pair.start_read(end);
+    pair.run_until([&] { return end.ec.has_value(); });
+    REQUIRE(end.ec);
+    CHECK(*end.ec == asio::error::eof);
+}
+
+TEST_CASE("an end without close_notify after TLS bytes is found by a read that continues") {
+    TlsPair pair;
+    pair.client_sends("part of a message");
+    pair.client->next_layer().shutdown(tcp::socket::shutdown_send);
+    pair.run_until([] { return false; }, std::chrono::milliseconds(60));
+    CHECK(pair.read_now() == "part of a message");
+    // As a body's reader does (socket_drain.hpp): the mark forgotten, the read tries at once.
+    bg::forget_drained(pair.server->next_layer());
+    TlsPair::Read end;
+    pair.start_read(end);
+    pair.run_until([&] { return end.ec.has_value(); });
+    REQUIRE(end.ec);
+    CHECK(*end.ec == asio::ssl::error::stream_truncated);
+}
