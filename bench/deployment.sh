@@ -79,3 +79,39 @@ start_nginx() {
   pids+=($!)
   pid_of[nginx]=$!
 }
+
+# TLS to the backend: nginx with the same certificate behind a second bgproxy and HAProxy.
+start_tls_upstream() {  # bgproxy binary (build/proxy/bgproxy)
+  tls_backend=$(free_port)
+  fill bench/nginx-tls-backend.conf.in "$tls_backend" 0 > "$work/nginx-backend.conf"
+  taskset -c "$load_cpu" nginx -c "$work/nginx-backend.conf" -e "$work/nginx-backend-error.log" &
+  pids+=($!)
+  port[bgproxy-up]=$(free_port)
+  cat > "$work/bgproxy-up.toml" <<TOML
+[server]
+workers = 1
+admin_listen = ""
+[[listener]]
+address = "127.0.0.1:${port[bgproxy-up]}"
+[control]
+socket = ""
+state_file = ""
+audit_log = ""
+[pools.blue]
+backends = [{ name = "blue-1", address = "127.0.0.1:$tls_backend" }]
+[pools.blue.tls]
+ca_file = "$work/site.crt"
+server_name = "bench.test"
+[pools.green]
+backends = [{ name = "green-1", address = "127.0.0.1:$tls_backend" }]
+TOML
+  taskset -c "$proxy_cpu" "${1:-build/proxy/bgproxy}" --config "$work/bgproxy-up.toml" >/dev/null 2>&1 &
+  pids+=($!)
+  pid_of[bgproxy-up]=$!
+  port[haproxy-up]=$(free_port)
+  fill bench/haproxy-tls-backend.cfg.in "${port[haproxy-up]}" 0 > "$work/haproxy-up.cfg"
+  taskset -c "$proxy_cpu" haproxy -q -f "$work/haproxy-up.cfg" &
+  pids+=($!)
+  pid_of[haproxy-up]=$!
+  for p in "$tls_backend" "${port[bgproxy-up]}" "${port[haproxy-up]}"; do wait_port "$p"; done
+}

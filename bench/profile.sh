@@ -16,6 +16,7 @@
 #
 #   bench/profile.sh                        # shapes keepalive close download upload
 #   PROFILE_SHAPES="tls-keepalive tls-handshake" bench/profile.sh    # HTTPS on the listener
+#   PROFILE_SHAPES=tls-upstream bench/profile.sh   # TLS to an nginx backend (no instruction count)
 #   PROFILE_SHAPES=close BENCH_SECONDS=5 PROFILE_BINARY=/path/to/bgproxy bench/profile.sh
 # Needs root (perf probe, perf record, perf stat on tracepoints) and linux-perf, valgrind
 # (scripts/install-deps.sh).
@@ -48,6 +49,7 @@ wrk_for() {
     tls-keepalive) connections=64 url="https://127.0.0.1:${tls_port[$2]}/" ;;
     tls-handshake)
       connections=32 url="https://127.0.0.1:${tls_port[$2]}/" options=(-H "Connection: close") ;;
+    tls-upstream) connections=64 ;;
     *) echo "unknown shape $1" >&2; exit 2 ;;
   esac
   taskset -c "$load_cpu" wrk -t1 -c"$connections" -d"${seconds}s" "${options[@]}" "$url" |
@@ -85,16 +87,24 @@ count_instructions() {
 
 per_request() { python3 -c "import sys; print('%.2f' % (float(sys.argv[1]) / float(sys.argv[2])))" "$1" "$2"; }
 
+# The proxies a shape measures: the deployment's, or (tls-upstream) those in front of the TLS
+# backend, started once.
+declare -A key_of=([bgproxy]=bgproxy [haproxy]=haproxy)
 for shape in $shapes; do
   echo "== $shape"
+  key_of=([bgproxy]=bgproxy [haproxy]=haproxy)
+  if [[ $shape == tls-upstream ]]; then
+    [[ -n ${pid_of[bgproxy-up]:-} ]] || start_tls_upstream "$binary"
+    key_of=([bgproxy]=bgproxy-up [haproxy]=haproxy-up)
+  fi
   for target in bgproxy haproxy; do
-    pid=${pid_of[$target]}
-    wrk_for "$shape" "$target" >/dev/null  # warm-up
+    pid=${pid_of[${key_of[$target]}]}
+    wrk_for "$shape" "${key_of[$target]}" >/dev/null  # warm-up
     # malloc calls
     perf stat -x, -e probe_libc:malloc -p "$pid" -o "$work/malloc" &
     stat_pid=$!
     nstat -n
-    requests=$(wrk_for "$shape" "$target")
+    requests=$(wrk_for "$shape" "${key_of[$target]}")
     segments=$(nstat | awk '/TcpOutSegs/ {print $2}')
     kill -INT "$stat_pid"
     wait "$stat_pid" || true
@@ -108,7 +118,7 @@ for shape in $shapes; do
     perf stat -x, -e 'syscalls:sys_exit_*' --filter 'ret < 0' -p "$pid" -o "$work/failed" &
     failed_pid=$!
     sleep 0.5  # attached before the load starts
-    requests=$(wrk_for "$shape" "$target")
+    requests=$(wrk_for "$shape" "${key_of[$target]}")
     kill -INT "$calls_pid" "$failed_pid"
     wait "$calls_pid" "$failed_pid" || true
     python3 - "$work/syscalls" "$work/failed" "$requests" "$target" <<'PY'
@@ -139,9 +149,10 @@ PY
   : > "$work/split"
   for round in 1 2 3; do
     for target in bgproxy haproxy; do
-      read -r user0 system0 < <(awk '{print $14, $15}' "/proc/${pid_of[$target]}/stat")
-      requests=$(wrk_for "$shape" "$target")
-      read -r user1 system1 < <(awk '{print $14, $15}' "/proc/${pid_of[$target]}/stat")
+      pid=${pid_of[${key_of[$target]}]}
+      read -r user0 system0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+      requests=$(wrk_for "$shape" "${key_of[$target]}")
+      read -r user1 system1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
       echo "$target $round $requests $((user1 - user0)) $((system1 - system0))" >> "$work/split"
     done
   done
@@ -155,9 +166,9 @@ PY
   ' "$work/split"
   # top symbols by self time
   for target in bgproxy haproxy; do
-    perf record -q -F 2000 -g -p "${pid_of[$target]}" -o "$work/perf.data" 2>/dev/null &
+    perf record -q -F 2000 -g -p "${pid_of[${key_of[$target]}]}" -o "$work/perf.data" 2>/dev/null &
     record_pid=$!
-    wrk_for "$shape" "$target" >/dev/null
+    wrk_for "$shape" "${key_of[$target]}" >/dev/null
     kill -INT "$record_pid"
     wait "$record_pid" || true
     echo "$target: top symbols by self time"
@@ -165,6 +176,9 @@ PY
       --stdio -g none 2>/dev/null | grep -v '^$' | sed -e 's/^ */    /' | head -25
   done
   # user-space instructions: a bgproxy and an HAProxy of their own, under callgrind
+  if [[ $shape == tls-upstream ]]; then
+    continue  # bench/http_requests.py speaks to one proxy of the deployment's
+  fi
   bgproxy_config counted ""
   counted=${port[counted]} counted_tls=${tls_port[counted]}
   [[ $shape == tls-* ]] && counted=$counted_tls

@@ -130,7 +130,7 @@ bool socket_bio_drained(SSL* ssl) {
     return is_socket_bio(bio) && state_of(bio).drained;
 }
 
-void socket_bio_refilled(SSL* ssl) {
+void forget_socket_bio_drained(SSL* ssl) {
     if (BIO* bio = SSL_get_rbio(ssl); is_socket_bio(bio)) {
         SocketState state = state_of(bio);
         state.drained = false;

@@ -18,7 +18,7 @@ bool attach_socket_bio(SSL* ssl, int descriptor);
 // False for a BIO of another kind.
 bool socket_bio_drained(SSL* ssl);
 
-// Forgets that: bytes have come (a wait for them ended).
-void socket_bio_refilled(SSL* ssl);
+// Forgets that: bytes have come (a wait for them ended), or the next read decides it anew.
+void forget_socket_bio_drained(SSL* ssl);
 
 }  // namespace bg

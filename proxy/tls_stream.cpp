@@ -47,7 +47,7 @@ asio::mutable_buffer TlsStream::peek_scratch() {
 }
 
 void TlsStream::note_bytes_came() {
-    socket_bio_refilled(ssl_.get());
+    forget_socket_bio_drained(ssl_.get());
 }
 
 namespace {
@@ -129,15 +129,10 @@ TlsStream::Attempt TlsStream::try_shutdown() {
     return outcome(ssl, result, errno);
 }
 
+namespace {
+
 // Every record OpenSSL already holds, up to `into`'s size: one read from the socket at most.
-// None when OpenSSL holds nothing, its last read emptied the socket and the reactor has seen
-// no input since (socket_drain.hpp): that read could only fail, so the wait comes first.
-TlsStream::Attempt TlsStream::try_read(asio::mutable_buffer into) {
-    SSL* ssl = ssl_.get();
-    if (SSL_has_pending(ssl) != 1 && socket_bio_drained(ssl) &&
-        !input_seen_since_drained(socket_)) {
-        return {Wait::read, {}, 0};
-    }
+TlsStream::Attempt read_records(SSL* ssl, asio::mutable_buffer into) {
     auto* at = static_cast<char*>(into.data());
     std::size_t total = 0;
     while (total < into.size()) {
@@ -146,7 +141,7 @@ TlsStream::Attempt TlsStream::try_read(asio::mutable_buffer into) {
         std::size_t n = 0;
         const int result = SSL_read_ex(ssl, at + total, into.size() - total, &n);
         if (result != 1) {
-            Attempt failed = outcome(ssl, result, errno);
+            TlsStream::Attempt failed = outcome(ssl, result, errno);
             if (total == 0) {
                 return failed;
             }
@@ -157,7 +152,27 @@ TlsStream::Attempt TlsStream::try_read(asio::mutable_buffer into) {
             break;
         }
     }
-    return {Wait::none, {}, total};
+    return {TlsStream::Wait::none, {}, total};
+}
+
+}  // namespace
+
+// No read at all when OpenSSL holds nothing, its last read emptied the socket and the reactor
+// has seen no input since (socket_drain.hpp): that read could only fail, so the wait comes
+// first. A read that empties the socket tells the reactor so, as a DrainingBuffer's does: the
+// next wait is queued without a try, and a pooled connection is known quiet without a peek.
+TlsStream::Attempt TlsStream::try_read(asio::mutable_buffer into) {
+    SSL* ssl = ssl_.get();
+    if (SSL_has_pending(ssl) != 1 && socket_bio_drained(ssl) &&
+        !input_seen_since_drained(socket_)) {
+        return {Wait::read, {}, 0};
+    }
+    forget_socket_bio_drained(ssl);  // this try's reads decide it
+    Attempt result = read_records(ssl, into);
+    if (socket_bio_drained(ssl)) {
+        assume_drained(socket_);
+    }
+    return result;
 }
 
 TlsStream::Attempt TlsStream::try_write(asio::const_buffer from) {

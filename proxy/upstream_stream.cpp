@@ -6,6 +6,7 @@
 
 #include "backend_tls_context.hpp"
 #include "socket_drain.hpp"
+#include "tls_socket_bio.hpp"
 
 namespace bg {
 
@@ -20,7 +21,14 @@ UpstreamStream::UpstreamStream(Socket socket, std::shared_ptr<const BackendTlsCo
 }
 
 bool UpstreamStream::may_have_sent() {
-    return tls() != nullptr || input_seen_since_drained(socket());
+    if (TlsStream* t = tls(); t != nullptr) {
+        // Records OpenSSL holds, or a last read that did not empty the socket.
+        SSL* ssl = t->native_handle();
+        if (SSL_has_pending(ssl) == 1 || !socket_bio_drained(ssl)) {
+            return true;
+        }
+    }
+    return input_seen_since_drained(socket());
 }
 
 bool UpstreamStream::still_open() {

@@ -42,8 +42,8 @@ class UpstreamStream {
     // end-of-file means the backend closed it. One non-blocking peek.
     bool still_open();
     // Whether the backend may have sent something (bytes, or its close) since the last read
-    // emptied the socket: false only for a plain connection the poller has reported no input
-    // on since (socket_drain.hpp); a TLS connection's reads do not tell it, so always true.
+    // emptied the socket: false only when the poller has reported no input since
+    // (socket_drain.hpp) and, under TLS, OpenSSL holds no records.
     bool may_have_sent();
 
     template <class MutableBuffers, class Token>
