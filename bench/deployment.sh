@@ -4,9 +4,32 @@
 # configured alike; bench/wrk_lib.sh's measurements.
 proxy_cpu=${BENCH_PROXY_CPU:-0}
 load_cpu=${BENCH_LOAD_CPU:-1}
+# BENCH_PROXY_SHARE=35: each proxy process (with its children) in a cgroup of its own, held to
+# 35% of a CPU (CFS quota, 10 ms periods). With two cores the load CPU (wrk and the backends)
+# saturates before a proxy does, and requests/s shows the load CPU; held to the same budget,
+# the proxies become the limit, and requests/s shows what each serves on it.
+proxy_share=${BENCH_PROXY_SHARE:-}
 scripts/install-deps.sh
 scripts/build.sh release --target bgproxy bg-backend >/dev/null
 source bench/wrk_lib.sh
+
+# on_proxy_cpu NAME COMMAND...: COMMAND pinned to the proxy CPU (and in NAME's cgroup when
+# BENCH_PROXY_SHARE is set), in the background; its pid is $!.
+on_proxy_cpu() {
+  local name=$1
+  shift
+  if [ -z "$proxy_share" ]; then
+    taskset -c "$proxy_cpu" "$@" &
+    return
+  fi
+  local group=/sys/fs/cgroup/cpu/bgbench-$$-$name
+  mkdir "$group"
+  cgroups+=("$group")
+  echo 10000 > "$group/cpu.cfs_period_us"
+  echo $((proxy_share * 100)) > "$group/cpu.cfs_quota_us"
+  # The shell joins the cgroup, then becomes the proxy: its children are born in it.
+  bash -c 'echo $$ > "$1/cgroup.procs"; shift; exec taskset -c "$@"' _ "$group" "$proxy_cpu" "$@" &
+}
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -keyout "$work/site.key" -out "$work/site.crt" -subj "/CN=bench.test" \
@@ -59,7 +82,7 @@ backends = [{ name = "green-1", address = "127.0.0.1:${backend[green-1]}" },
 TOML
 }
 start_bgproxy() {  # name, binary
-  taskset -c "$proxy_cpu" "$2" --config "$work/$1.toml" >/dev/null 2>&1 &
+  on_proxy_cpu "$1" "$2" --config "$work/$1.toml" >/dev/null 2>&1
   pids+=($!)
   pid_of[$1]=$!
 }
@@ -67,7 +90,7 @@ start_haproxy() {
   port[haproxy]=$(free_port)
   tls_port[haproxy]=$(free_port)
   fill bench/haproxy.cfg.in "${port[haproxy]}" "${tls_port[haproxy]}" > "$work/haproxy.cfg"
-  taskset -c "$proxy_cpu" haproxy -q -f "$work/haproxy.cfg" &
+  on_proxy_cpu haproxy haproxy -q -f "$work/haproxy.cfg"
   pids+=($!)
   pid_of[haproxy]=$!
 }
@@ -75,7 +98,7 @@ start_nginx() {
   port[nginx]=$(free_port)
   tls_port[nginx]=$(free_port)
   fill bench/nginx.conf.in "${port[nginx]}" "${tls_port[nginx]}" > "$work/nginx.conf"
-  taskset -c "$proxy_cpu" nginx -c "$work/nginx.conf" -e "$work/nginx-error.log" &
+  on_proxy_cpu nginx nginx -c "$work/nginx.conf" -e "$work/nginx-error.log"
   pids+=($!)
   pid_of[nginx]=$!
 }
@@ -105,12 +128,12 @@ server_name = "bench.test"
 [pools.green]
 backends = [{ name = "green-1", address = "127.0.0.1:$tls_backend" }]
 TOML
-  taskset -c "$proxy_cpu" "${1:-build/proxy/bgproxy}" --config "$work/bgproxy-up.toml" >/dev/null 2>&1 &
+  on_proxy_cpu bgproxy-up "${1:-build/proxy/bgproxy}" --config "$work/bgproxy-up.toml" >/dev/null 2>&1
   pids+=($!)
   pid_of[bgproxy-up]=$!
   port[haproxy-up]=$(free_port)
   fill bench/haproxy-tls-backend.cfg.in "${port[haproxy-up]}" 0 > "$work/haproxy-up.cfg"
-  taskset -c "$proxy_cpu" haproxy -q -f "$work/haproxy-up.cfg" &
+  on_proxy_cpu haproxy-up haproxy -q -f "$work/haproxy-up.cfg"
   pids+=($!)
   pid_of[haproxy-up]=$!
   for p in "$tls_backend" "${port[bgproxy-up]}" "${port[haproxy-up]}"; do wait_port "$p"; done

@@ -6,6 +6,7 @@
 #   bench/run.sh                                   # every shape, 3 rounds of 5 s per target
 #   BENCH_SHAPES="keepalive close" BENCH_ROUNDS=5 BENCH_SECONDS=10 bench/run.sh
 #   BENCH_BASELINE=/path/to/older/bgproxy bench/run.sh   # that build runs too (bgproxy:baseline)
+#   BENCH_PROXY_SHARE=35 bench/run.sh   # each proxy held to 35% of a CPU (bench/deployment.sh)
 #
 # Shapes (BENCH_SHAPES):
 #   keepalive      GET of a small body on 64 keep-alive connections
@@ -115,6 +116,10 @@ done
 
 printf '\nwrk: %s rounds of %s s per target and shape; proxies on CPU %s (1 thread), backends+wrk on CPU %s\n' \
   "$rounds" "$seconds" "$proxy_cpu" "$load_cpu"
+if [ -n "$proxy_share" ]; then
+  printf 'each proxy held to %s%% of a CPU (BENCH_PROXY_SHARE): requests/s is what it serves on that budget\n' \
+    "$proxy_share"
+fi
 python3 bench/summarize.py "$results" "${summary_targets[@]}" "${pairs[@]}"
 if [[ " $shapes " == *" idle "* ]]; then
   bench/idle.sh

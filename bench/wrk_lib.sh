@@ -2,10 +2,14 @@
 # one wrk measurement per target into rps/p50/p99. Needs $connections, $seconds, $load_cpu.
 work=$(mktemp -d)
 pids=()
+cgroups=()  # bench/deployment.sh's, removed at the end
 cleanup() {
   kill "${pids[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$work"
+  for group in "${cgroups[@]}"; do  # empty once the last child (an nginx worker) is gone
+    for _ in $(seq 1 20); do rmdir "$group" 2>/dev/null && break; sleep 0.1; done
+  done
 }
 trap cleanup EXIT
 
