@@ -60,6 +60,12 @@ void forget_drained(Socket& socket);
 // already there) the poller reports at its next wait, as it reports a new socket's readiness.
 void assume_drained(Socket& socket);
 
+// After a connect, which asio waits for as writability: the poller stops reporting the socket
+// writable. asio leaves EPOLLOUT in its registration for good, so every ACK that frees send
+// space (one per request sent to a backend) woke the poller for nothing; asio adds it back
+// itself when a write would block. One epoll_ctl; nothing when a write waits already.
+void stop_watching_writable(Socket& socket);
+
 }  // namespace bg
 
 namespace boost::asio::detail {

@@ -11,6 +11,7 @@
 #include "exchange_state.hpp"
 #include "proxy_protocol.hpp"
 #include "session_handle.hpp"
+#include "socket_drain.hpp"
 #include "worker.hpp"
 
 namespace bg {
@@ -136,6 +137,7 @@ Task<Connected> UpstreamConnector::open(const Backend& backend, ExchangeState& e
         co_return Connected::refused;
     }
     connection.set_option(tcp::no_delay(true), ec);
+    stop_watching_writable(connection);  // socket_drain.hpp
     if (backend.tls) {
         lease.hold(backend, UpstreamStream(std::move(connection), backend.tls), false);
         if (!co_await handshake(backend, lease.stream(), ex)) {

@@ -1,11 +1,21 @@
 #include <doctest/doctest.h>
 
+#include <sys/epoll.h>
+
 #include <array>
+#include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <optional>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "socket_drain.hpp"
 
@@ -117,4 +127,79 @@ TEST_CASE("a socket just accepted and assumed drained still reads bytes already 
     bg::assume_drained(pair.ours);
     CHECK_FALSE(bg::input_seen_since_drained(pair.ours));
     CHECK(pair.read(256) == 5);
+}
+
+namespace {
+
+// The events an epoll set of this process watches `descriptor` for (/proc/self/fdinfo), or
+// nothing when no epoll set watches it.
+std::optional<unsigned> watched_events(int descriptor) {
+    for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fdinfo")) {
+        std::ifstream info(entry.path());
+        std::string line;
+        while (std::getline(info, line)) {
+            unsigned target = 0, events = 0;
+            if (std::sscanf(line.c_str(), "tfd: %u events: %x", &target, &events) == 2 &&
+                static_cast<int>(target) == descriptor) {
+                return events;
+            }
+        }
+    }
+    return std::nullopt;
+}
+
+}  // namespace
+
+TEST_CASE("a connected socket stops being watched for writability, and writes still wait") {
+    SocketPair pair;
+    bg::Acceptor acceptor(pair.io.get_executor(),
+                          tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+    bg::Socket client(pair.io.get_executor());
+    bool connected = false;
+    client.async_connect(acceptor.local_endpoint(), [&](boost::system::error_code ec) {
+        REQUIRE_FALSE(ec);
+        connected = true;
+    });
+    pair.io.restart();
+    while (!connected) {
+        pair.io.run_one_for(std::chrono::seconds(1));
+    }
+    bg::Socket server(pair.io.get_executor());
+    acceptor.accept(server);
+    const auto before = watched_events(client.native_handle());
+    REQUIRE(before);
+    CHECK((*before & EPOLLOUT) != 0);  // asio waited for the connect as writability
+    bg::stop_watching_writable(client);
+    const auto after = watched_events(client.native_handle());
+    REQUIRE(after);
+    CHECK((*after & EPOLLOUT) == 0);
+    CHECK((*after & EPOLLIN) != 0);
+    // A write larger than the socket buffers waits for room: asio watches again by itself.
+    std::vector<char> bytes(8 << 20, 'x');
+    bool written = false;
+    asio::async_write(client, asio::buffer(bytes),
+                      [&](boost::system::error_code ec, std::size_t n) {
+                          CHECK_FALSE(ec);
+                          CHECK(n == bytes.size());
+                          written = true;
+                      });
+    std::vector<char> sink(1 << 20);
+    std::size_t received = 0;
+    std::function<void()> drain = [&] {
+        server.async_read_some(asio::buffer(sink),
+                               [&](boost::system::error_code ec, std::size_t n) {
+                                   received += n;
+                                   if (!ec && received < bytes.size()) {
+                                       drain();
+                                   }
+                               });
+    };
+    drain();
+    pair.io.restart();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while ((!written || received < bytes.size()) && std::chrono::steady_clock::now() < deadline) {
+        pair.io.run_one_for(std::chrono::milliseconds(100));
+    }
+    CHECK(written);
+    CHECK(received == bytes.size());
 }
