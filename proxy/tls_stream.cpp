@@ -2,11 +2,11 @@
 
 #include <openssl/err.h>
 
-#include "tls_socket_bio.hpp"
-
 #include <array>
 #include <boost/asio/ssl/error.hpp>
 #include <cerrno>
+
+#include "tls_socket_bio.hpp"
 
 namespace bg {
 
@@ -47,7 +47,9 @@ asio::mutable_buffer TlsStream::peek_scratch() {
 }
 
 void TlsStream::note_bytes_came() {
-    forget_socket_bio_drained(ssl_.get());
+    if (ssl_) {  // (a cancelled wait may end after the TLS state was handed on)
+        forget_socket_bio_drained(ssl_.get());
+    }
 }
 
 namespace {

@@ -1,12 +1,12 @@
 #pragma once
 // TlsStream: TLS over one of a worker's TCP sockets, with OpenSSL reading and writing the
-// socket itself. It replaces asio::ssl::stream, which moves every byte through a BIO pair and
-// two buffers of its own: 4 x 17 KiB per connection, held even while the connection is idle
-// (76 KiB per idle TLS client against HAProxy's 16). Here the only buffers are OpenSSL's
-// record buffers, released whenever they are empty; a read takes every record OpenSSL already
-// holds, and a write of several small buffers (a head and its body) leaves as one record.
-// The asynchronous operations have asio::ssl::stream's signatures and errors (eof on a
-// close_notify, ssl::error::stream_truncated on a close without one).
+// socket itself (through tls_socket_bio.hpp). It replaces asio::ssl::stream, which moves every
+// byte through a BIO pair and two buffers of its own: 4 x 17 KiB per connection, held even
+// while the connection is idle (76 KiB per idle TLS client against HAProxy's 16). Here the
+// only buffers are OpenSSL's record buffers, released whenever they are empty; a read takes
+// every record OpenSSL already holds, and a write of several small buffers (a head and its
+// body) leaves as one record. The asynchronous operations have asio::ssl::stream's signatures
+// and errors (eof on a close_notify, ssl::error::stream_truncated on a close without one).
 
 #include <openssl/ssl.h>
 
