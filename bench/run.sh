@@ -7,6 +7,7 @@
 #   BENCH_SHAPES="keepalive close" BENCH_ROUNDS=5 BENCH_SECONDS=10 bench/run.sh
 #   BENCH_BASELINE=/path/to/older/bgproxy bench/run.sh   # that build runs too (bgproxy:baseline)
 #   BENCH_PROXY_SHARE=35 bench/run.sh   # each proxy held to 35% of a CPU (bench/deployment.sh)
+#   BENCH_PROXY_SHARE=35 BENCH_SHARE_BY=weight bench/run.sh   # ... beside a busy neighbour
 #
 # Shapes (BENCH_SHAPES):
 #   keepalive      GET of a small body on 64 keep-alive connections
@@ -117,8 +118,8 @@ done
 printf '\nwrk: %s rounds of %s s per target and shape; proxies on CPU %s (1 thread), backends+wrk on CPU %s\n' \
   "$rounds" "$seconds" "$proxy_cpu" "$load_cpu"
 if [ -n "$proxy_share" ]; then
-  printf 'each proxy held to %s%% of a CPU (BENCH_PROXY_SHARE): requests/s is what it serves on that budget\n' \
-    "$proxy_share"
+  printf 'each proxy held to %s%% of a CPU (BENCH_PROXY_SHARE, by %s): requests/s is what it serves on that budget\n' \
+    "$proxy_share" "${BENCH_SHARE_BY:-quota}"
 fi
 python3 bench/summarize.py "$results" "${summary_targets[@]}" "${pairs[@]}"
 if [[ " $shapes " == *" idle "* ]]; then
