@@ -30,13 +30,16 @@ void store(BIO* bio, SocketState state) {
 }
 
 bool would_block(int error) {
-    return error == EAGAIN || error == EWOULDBLOCK || error == EINTR;
+    return error == EAGAIN || error == EWOULDBLOCK;
 }
 
 int read_socket(BIO* bio, char* into, std::size_t size, std::size_t* done) {
     SocketState state = state_of(bio);
     BIO_clear_retry_flags(bio);
-    const ssize_t n = ::recv(state.descriptor, into, size, 0);
+    ssize_t n = 0;
+    do {  // (an interrupted recv is no sign the socket is empty: it is tried again)
+        n = ::recv(state.descriptor, into, size, 0);
+    } while (n < 0 && errno == EINTR);
     if (n > 0) {
         state.drained = static_cast<std::size_t>(n) < size;
         store(bio, state);
@@ -57,7 +60,10 @@ int read_socket(BIO* bio, char* into, std::size_t size, std::size_t* done) {
 
 int write_socket(BIO* bio, const char* from, std::size_t size, std::size_t* done) {
     BIO_clear_retry_flags(bio);
-    const ssize_t n = ::send(state_of(bio).descriptor, from, size, MSG_NOSIGNAL);
+    ssize_t n = 0;
+    do {
+        n = ::send(state_of(bio).descriptor, from, size, MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
     if (n >= 0) {
         *done = static_cast<std::size_t>(n);
         return 1;

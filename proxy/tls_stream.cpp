@@ -110,6 +110,9 @@ TlsStream::Attempt TlsStream::try_handshake(asio::ssl::stream_base::handshake_ty
 }
 
 void TlsStream::send_close_notify() {
+    if (closed()) {
+        return;
+    }
     ERR_clear_error();
     SSL_shutdown(ssl_.get());
     ERR_clear_error();
@@ -159,14 +162,24 @@ TlsStream::Attempt read_records(SSL* ssl, asio::mutable_buffer into) {
 
 }  // namespace
 
+bool TlsStream::holds_input() {
+    SSL* ssl = ssl_.get();
+    if (ssl == nullptr) {
+        return false;
+    }
+    // A close_notify already read (with the last bytes) ends the next read without the socket,
+    // whose FIN, if it came before that read, the poller will not report again.
+    return SSL_has_pending(ssl) == 1 || !socket_bio_drained(ssl) ||
+           (SSL_get_shutdown(ssl) & SSL_RECEIVED_SHUTDOWN) != 0;
+}
+
 // No read at all when OpenSSL holds nothing, its last read emptied the socket and the reactor
 // has seen no input since (socket_drain.hpp): that read could only fail, so the wait comes
 // first. A read that empties the socket tells the reactor so, as a DrainingBuffer's does: the
 // next wait is queued without a try, and a pooled connection is known quiet without a peek.
 TlsStream::Attempt TlsStream::try_read(asio::mutable_buffer into) {
     SSL* ssl = ssl_.get();
-    if (SSL_has_pending(ssl) != 1 && socket_bio_drained(ssl) &&
-        !input_seen_since_drained(socket_)) {
+    if (!holds_input() && !input_seen_since_drained(socket_)) {
         return {Wait::read, {}, 0};
     }
     forget_socket_bio_drained(ssl);  // this try's reads decide it

@@ -48,6 +48,11 @@ class TlsStream {
     SSL* native_handle() { return ssl_.get(); }
     // The TLS state, taken out (a connection being parked keeps it, and its socket).
     SslPtr release_ssl() { return std::move(ssl_); }
+    // The socket was closed, or the TLS state handed on: no OpenSSL call may run.
+    bool closed() const { return !ssl_ || !socket_.is_open(); }
+    // Whether a read may find something without the socket's poller having said so: records
+    // OpenSSL holds, a last read that did not empty the socket, or a close_notify it has read.
+    bool holds_input();
 
     // One try at an operation, without waiting: done (its error and bytes), or what the
     // socket must become before the next try.
@@ -107,7 +112,10 @@ class TlsStream {
                 result = Attempt{Wait::none, waited, 0};
                 return complete(self);
             }
-            result = attempt();
+            // OpenSSL's BIO holds the descriptor's number, which a closed socket (a deadline,
+            // the other end of a tunnel) may have handed to another connection by now.
+            result = stream.closed() ? Attempt{Wait::none, boost::asio::error::bad_descriptor, 0}
+                                     : attempt();
             if (result.wait == Wait::read) {
                 // A peek, not async_wait: asio re-arms the descriptor in epoll (epoll_ctl) for
                 // every wait, while a receive is queued on its edge-triggered registration as

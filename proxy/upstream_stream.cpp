@@ -21,12 +21,8 @@ UpstreamStream::UpstreamStream(Socket socket, std::shared_ptr<const BackendTlsCo
 }
 
 bool UpstreamStream::may_have_sent() {
-    if (TlsStream* t = tls(); t != nullptr) {
-        // Records OpenSSL holds, or a last read that did not empty the socket.
-        SSL* ssl = t->native_handle();
-        if (SSL_has_pending(ssl) == 1 || !socket_bio_drained(ssl)) {
-            return true;
-        }
+    if (TlsStream* t = tls(); t != nullptr && t->holds_input()) {
+        return true;
     }
     return input_seen_since_drained(socket());
 }

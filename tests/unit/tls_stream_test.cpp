@@ -14,6 +14,9 @@
 #include <string>
 #include <string_view>
 
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include "socket_drain.hpp"
 #include "tls_socket_bio.hpp"
 #include "tls_stream.hpp"
@@ -83,6 +86,16 @@ struct TlsPair {
         }
     }
 
+    // Runs the loop (its poller included) for a while with nothing else to do: what came is
+    // reported to the reactor while no read waits. (run_until alone returns at once when no
+    // operation is pending, without polling.)
+    void settle() {
+        asio::steady_timer timer(io, std::chrono::milliseconds(60));
+        bool done = false;
+        timer.async_wait([&](error_code) { done = true; });
+        run_until([&] { return done; });
+    }
+
     void client_sends(std::string_view bytes) {
         bool sent = false;
         client->async_write_some(asio::buffer(bytes), [&](error_code ec, std::size_t n) {
@@ -141,7 +154,7 @@ TEST_CASE("TLS bytes that came while no read waited are read at once") {
     pair.client_sends("first");
     CHECK(pair.read_now() == "first");
     pair.client_sends("second");
-    pair.run_until([] { return false; }, std::chrono::milliseconds(60));  // the poller sees them
+    pair.settle();  // the poller sees them
     CHECK(pair.read_now() == "second");
     pair.client_sends("third");  // and before the poller has looked
     CHECK(pair.read_now() == "third");
@@ -164,7 +177,7 @@ TEST_CASE("an end without close_notify after TLS bytes is found by a read that c
     TlsPair pair;
     pair.client_sends("part of a message");
     pair.client->next_layer().shutdown(tcp::socket::shutdown_send);
-    pair.run_until([] { return false; }, std::chrono::milliseconds(60));
+    pair.settle();
     CHECK(pair.read_now() == "part of a message");
     // As a body's reader does (socket_drain.hpp): the mark forgotten, the read tries at once.
     bg::forget_drained(pair.server->next_layer());
@@ -173,4 +186,55 @@ TEST_CASE("an end without close_notify after TLS bytes is found by a read that c
     pair.run_until([&] { return end.ec.has_value(); });
     REQUIRE(end.ec);
     CHECK(*end.ec == asio::ssl::error::stream_truncated);
+}
+
+TEST_CASE(
+    "a close_notify read with the last TLS bytes ends the next read though the FIN came first") {
+    TlsPair pair;
+    pair.client_sends("last");
+    pair.client->send_close_notify();
+    pair.client->next_layer().shutdown(tcp::socket::shutdown_send);
+    // All of it (bytes, close_notify, FIN) is in the socket before the server reads: the read
+    // that takes the bytes and the alert is the poller's last word on this socket.
+    pair.settle();
+    CHECK(pair.read_now() == "last");
+    TlsPair::Read end;
+    pair.start_read(end);
+    pair.run_until([&] { return end.ec.has_value(); }, std::chrono::milliseconds(500));
+    REQUIRE(end.ec);
+    CHECK(*end.ec == asio::error::eof);
+}
+
+TEST_CASE("TLS on a closed socket touches no descriptor, though its number was given again") {
+    TlsPair pair;
+    const int number = pair.server->next_layer().native_handle();
+    std::array<int, 2> other{};  // (made first: neither end may take the number itself)
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, other.data()) == 0);
+    pair.server->next_layer().close();
+    // Another connection gets the number, as the next accept of a busy worker would.
+    REQUIRE(::dup2(other[0], number) == number);
+    ::close(other[0]);
+
+    pair.server->send_close_notify();
+    std::optional<error_code> wrote;
+    pair.server->async_write_some(asio::buffer(std::string_view("response")),
+                                  [&](error_code ec, std::size_t) { wrote = ec; });
+    TlsPair::Read read;
+    pair.start_read(read);
+    std::optional<error_code> shut;
+    pair.server->async_shutdown([&](error_code ec) { shut = ec; });
+    pair.run_until([&] { return wrote && read.ec && shut; });
+    REQUIRE(wrote);
+    REQUIRE(read.ec);
+    REQUIRE(shut);
+    CHECK(*wrote == asio::error::bad_descriptor);
+    CHECK(*read.ec == asio::error::bad_descriptor);
+    CHECK(*shut == asio::error::bad_descriptor);
+
+    std::array<char, 64> got{};
+    CHECK(::recv(other[1], got.data(), got.size(), MSG_DONTWAIT) < 0);  // nothing was written
+    CHECK(::send(other[1], "x", 1, MSG_NOSIGNAL) == 1);
+    CHECK(::recv(number, got.data(), got.size(), MSG_DONTWAIT) == 1);  // nothing was read
+    ::close(number);
+    ::close(other[1]);
 }
