@@ -69,6 +69,14 @@ Task<BodyEnd> BodyRelay::splice(ExchangeState& ex, Socket& from, Socket& to, Spl
                 bytes += static_cast<std::uint64_t>(n);
                 started = true;
                 WorkerStats::add(stats_.spliced_bytes, static_cast<std::uint64_t>(n));
+                // The deadline is renewed by progress, as the copying relay's is before each
+                // read and write, not only by waits: with bytes ready on both sides this loop
+                // may never wait, and a stale deadline would cut a body that is moving.
+                const auto read_limit = body_read_limit(leg, body_start, moved);
+                if (read_limit <= std::chrono::milliseconds::zero()) {
+                    co_return read_timed_out(ex, true);
+                }
+                deadline_.arm(read_limit, leg.read_side);
             } else if (n == 0) {
                 co_return BodyEnd::read_failed;  // the source closed before the body's end
             } else if (would_block()) {
@@ -82,6 +90,7 @@ Task<BodyEnd> BodyRelay::splice(ExchangeState& ex, Socket& from, Socket& to, Spl
                 ::splice(pipe.read_end, nullptr, to.native_handle(), nullptr, pipe.held, flags);
             if (n > 0) {
                 pipe.held -= static_cast<std::size_t>(n);
+                deadline_.arm(leg.write_limit, leg.write_side);
                 // Bytes at once on both sides could keep this loop going: let others run.
                 co_await boost::asio::post(to.get_executor(), nothrow);
                 continue;
