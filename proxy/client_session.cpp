@@ -203,7 +203,10 @@ class ClientSession {
     // request), which the socket would not show.
     bool tls_holds_input() {
         if constexpr (ClientConnection<Stream>::tls) {
-            return SSL_has_pending(conn_.stream.native_handle()) == 1;
+            // (a close_notify already read counts: the next read ends at once)
+            SSL* ssl = conn_.stream.native_handle();
+            return SSL_has_pending(ssl) == 1 ||
+                   (SSL_get_shutdown(ssl) & SSL_RECEIVED_SHUTDOWN) != 0;
         }
         return false;
     }
@@ -232,8 +235,13 @@ class ClientSession {
         parked->client = std::move(conn_.client);
         parked->served = served_;
         const auto& timeouts = conn_.config.timeouts;
-        conn_.worker.parked().park(std::move(parked),
-                                   first ? timeouts.client_header : timeouts.client_keepalive);
+        auto refused = conn_.worker.parked().park(
+            std::move(parked), first ? timeouts.client_header : timeouts.client_keepalive);
+        if (refused) {
+            // Closed with the record; the session's accounting (and the handle its close
+            // watch refers to) stays the session's until it ends.
+            conn_.tracked = std::move(refused->tracked);
+        }
     }
 
     // Between requests: only the keep-alive idle timeout applies, and a graceful shutdown may

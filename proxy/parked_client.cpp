@@ -96,16 +96,17 @@ void ParkedClients::park_idle() {
     arm_idle();
 }
 
-void ParkedClients::park(std::unique_ptr<ParkedClient> client, Duration timeout) {
+std::unique_ptr<ParkedClient> ParkedClients::park(std::unique_ptr<ParkedClient> client,
+                                                  Duration timeout) {
     if (client->descriptor < 0 || worker_.draining()) {
-        return;  // closed here, with its session's accounting
+        return client;
     }
     // Level-triggered: a connection readable before it was added is reported at once.
     epoll_event event{};
     event.events = EPOLLIN | EPOLLRDHUP;
     event.data.ptr = client.get();
     if (::epoll_ctl(ready_.native_handle(), EPOLL_CTL_ADD, client->descriptor, &event) != 0) {
-        return;
+        return client;
     }
     client->expires = std::chrono::steady_clock::now() + timeout;
     SessionHandle& handle = client->tracked->handle();
@@ -117,6 +118,7 @@ void ParkedClients::park(std::unique_ptr<ParkedClient> client, Duration timeout)
     WorkerStats::add(worker_.stats().parks);
     arm();
     watch();
+    return nullptr;
 }
 
 std::unique_ptr<ParkedClient> ParkedClients::unpark(ParkedClient& client) {

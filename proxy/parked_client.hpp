@@ -76,9 +76,11 @@ class ParkedClients {
     ParkedClients(const ParkedClients&) = delete;
     ParkedClients& operator=(const ParkedClients&) = delete;
 
-    // Waits for the connection's next request for at most `timeout`; closes it on the timeout,
-    // a shutdown or an error.
-    void park(std::unique_ptr<ParkedClient> client, Duration timeout);
+    // Waits for the connection's next request for at most `timeout`; closes it on the timeout
+    // or a shutdown. A connection that cannot be parked (its socket already closed, the epoll
+    // set full) is handed back, for its session to close as it closes any other.
+    [[nodiscard]] std::unique_ptr<ParkedClient> park(std::unique_ptr<ParkedClient> client,
+                                                     Duration timeout);
     // Closes every parked connection (a shutdown: they have nothing in flight).
     void close_all();
     // A shutdown begins: each parked connection with a request waiting is served (its answer
