@@ -192,6 +192,22 @@ void UpstreamPool::close_backend(std::uint32_t backend_id) {
     }
 }
 
+void UpstreamPool::close_moved(std::uint32_t backend_id,
+                               const boost::asio::ip::tcp::endpoint& address) {
+    if (backend_id >= idle_.size()) {
+        return;
+    }
+    auto& idle = idle_[backend_id];
+    const bool moved = std::any_of(idle.begin(), idle.end(), [&](Idle& entry) {
+        boost::system::error_code ec;
+        const auto peer = entry.stream.socket().remote_endpoint(ec);
+        return !ec && peer != address;  // (one already closed is found when it is leased)
+    });
+    if (moved) {
+        close_backend(backend_id);  // (its TLS session too: it was the old address's)
+    }
+}
+
 void UpstreamPool::close_all() {
     for (std::uint32_t id = 0; id < idle_.size(); ++id) {
         close_backend(id);

@@ -6,6 +6,8 @@
 // been idle for watch_after, as HAProxy watches its idle server connections): bytes nobody
 // asked for would otherwise be read as the response to the next request sent on it.
 
+#include <algorithm>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <cstdint>
@@ -41,6 +43,11 @@ class UpstreamPool {
     // Parks a connection whose last exchange completed cleanly; closes it past the bound.
     void give_back(std::uint32_t backend_id, UpstreamStream stream);
     void close_backend(std::uint32_t backend_id);
+    // After a new routing table, for a backend it still has: closes the idle connections made
+    // to another address than `address` (a reload that kept the backend's name and moved it).
+    void close_moved(std::uint32_t backend_id, const boost::asio::ip::tcp::endpoint& address);
+    // One past the highest backend id the pool has held connections or sessions for.
+    std::size_t backend_slots() const { return std::max(idle_.size(), sessions_.size()); }
     void close_all();
     std::size_t idle_count() const;
     std::size_t idle_count(std::uint32_t backend_id) const {

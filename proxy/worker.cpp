@@ -252,15 +252,7 @@ void Worker::apply(RoutingTablePtr table, std::shared_ptr<const Config> config,
                    std::function<void()> applied) {
     asio::post(io_, [this, table = std::move(table), config = std::move(config),
                      applied = std::move(applied)]() mutable {
-        // Idle connections to backends that left the table, or stopped taking requests, are
-        // closed now rather than reused later.
-        for (Colour colour : all_colours) {
-            for (const Backend& backend : table->pool(colour).backends) {
-                if (!backend.takes_new_requests()) {
-                    pool_.close_backend(backend.id);
-                }
-            }
-        }
+        close_stale_upstreams(*table);
         // The table itself was already taken from the slot by the first request after the
         // publication; taking it here too covers a worker that serves none.
         this->table();
@@ -270,6 +262,32 @@ void Worker::apply(RoutingTablePtr table, std::shared_ptr<const Config> config,
         }
         applied();
     });
+}
+
+// Idle connections to backends that left the table, stopped taking requests, or moved to
+// another address under the same name (a reload) are closed now rather than reused later.
+void Worker::close_stale_upstreams(const RoutingTable& table) {
+    std::vector<bool> present(pool_.backend_slots());
+    for (Colour colour : all_colours) {
+        for (const Backend& backend : table.pool(colour).backends) {
+            if (backend.id < present.size()) {
+                present[backend.id] = true;
+            }
+            boost::system::error_code ec;
+            const tcp::endpoint address(asio::ip::make_address(backend.address.ip, ec),
+                                        backend.address.port);
+            if (!backend.takes_new_requests() || ec) {
+                pool_.close_backend(backend.id);
+            } else {
+                pool_.close_moved(backend.id, address);
+            }
+        }
+    }
+    for (std::uint32_t id = 0; id < present.size(); ++id) {
+        if (!present[id]) {
+            pool_.close_backend(id);
+        }
+    }
 }
 
 void Worker::follow_share(const RoutingTable& table) {

@@ -252,6 +252,33 @@ class ControlTest(ProcessTestCase):
             time.sleep(0.1)
         self.assertEqual(len(proxy.status()["colours"]["green"]["backends"]), 2)
 
+    def test_a_reload_that_moves_a_backend_leaves_no_pooled_connection_to_its_old_address(self):
+        # No health checks: nothing holds the moved backend out until a check passes, so only
+        # the pool's own sweep keeps requests off the old address.
+        proxy = self.proxy(self.two_by_two(extra="[health]\nenabled = false\n"))
+        for _ in range(40):  # both workers pool connections to blue-1 and blue-2
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+            conn.request("GET", "/")
+            self.assertEqual(conn.getresponse().status, 200)
+            conn.close()
+        moved = self.backend("blue-1-moved")
+        with open(proxy.config_path) as f:
+            text = f.read()
+        with open(proxy.config_path, "w") as f:
+            f.write(text.replace(self.blue[0].address, moved.address))
+        r = proxy.bgctl("reload")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        seen = set()
+        for _ in range(40):
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+            conn.request("GET", "/")
+            r = conn.getresponse()
+            r.read()
+            seen.add(r.getheader("X-Backend"))
+            conn.close()
+        self.assertNotIn("blue-1", seen)  # the old address, still up, gets nothing
+        self.assertIn("blue-1-moved", seen)
+
 
 def hang(backend, on=True):
     """Makes a bg-backend read requests and never answer (its /healthz still does)."""
