@@ -135,7 +135,7 @@ std::optional<std::array<std::uint32_t, 2>> weights_from_json(const json::object
                                                               std::string& error) {
     const std::array<std::uint32_t, 2> bp{in.at("blue").to_number<std::uint32_t>(),
                                           in.at("green").to_number<std::uint32_t>()};
-    if (bp[0] + bp[1] != 10000) {
+    if (bp[0] > 10000 || bp[1] > 10000 || bp[0] + bp[1] != 10000) {  // (no wrap-around)
         error = std::string(what) + " do not sum to 10000 basis points";
         return std::nullopt;
     }

@@ -203,6 +203,9 @@ void Switchboard::attach(TablePublisher& publisher) {
     publisher.on_failure_run([this] { sample(); });
     arm_ramp_timer();
     arm_sample_timer();
+    // A failover restored from the state file fails back as one that began here does: the
+    // health checker reports only changes, and a stable colour healthy from the start has none.
+    consider_failback();
 }
 
 std::map<std::string, bool> Switchboard::effective_health(const std::set<std::string>& held) const {
@@ -837,8 +840,10 @@ std::string Switchboard::stage(const Command& cmd, Staged& out) {
             "applied to this instance only (--local): the fleet's state replaces it "
             "when the fleet store is back";
     }
-    if (out.next.failover && out.next.weight_bp != state_.weight_bp) {
-        // An operator set weights after a failover: theirs stand, no failback.
+    if (out.next.failover &&
+        (out.next.weight_bp != state_.weight_bp || out.next.stable != state_.stable)) {
+        // An operator set weights, or promoted the colour that took over, after a failover:
+        // theirs stand, no failback (to a colour that failed and is no longer stable).
         out.next.failover.reset();
     }
     return {};

@@ -308,6 +308,53 @@ failback_hold = "3s"
         self.assertTrue(any("traffic back to the weights before the failover" in n for n in notes),
                         notes)
 
+    def fail_over(self, proxy, blue):
+        for b in blue:
+            admin(b, "health?status=500")
+        start = time.time()
+        while time.time() - start < 15 and proxy.status()["failover"] is None:
+            time.sleep(0.1)
+        self.assertIsNotNone(proxy.status()["failover"], "no failover: %s" % proxy.status())
+
+    def test_promoting_the_colour_that_took_over_ends_the_failover(self):
+        blue = [self.backend("blue-1")]
+        green = [self.backend("green-1")]
+        proxy = self.proxy(config(blue, green, extra="""
+[rollout]
+failback_hold = "1s"
+"""))
+        self.fail_over(proxy, blue)
+        r = proxy.bgctl("promote")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIsNone(proxy.status()["failover"])
+        admin(blue[0], "health?status=200")
+        time.sleep(4)  # past the hold: no failback to the colour that failed
+        s = proxy.status()
+        self.assertEqual((s["stable"], s["colours"]["green"]["weight"]), ("green", 100), s)
+
+    def test_a_failover_restored_at_start_fails_back_when_the_stable_colour_is_healthy(self):
+        blue = [self.backend("blue-1")]
+        green = [self.backend("green-1")]
+        text = config(blue, green, extra="""
+[rollout]
+failback_hold = "2s"
+""")
+        state_dir = tempfile.mkdtemp(prefix="bgproxy-state-")
+        self.addCleanup(shutil.rmtree, state_dir, True)
+        proxy = self.proxy(text, state_dir=state_dir)
+        self.fail_over(proxy, blue)
+        proxy.stop()
+        self.processes.remove(proxy)
+        admin(blue[0], "health?status=200")
+        proxy = self.proxy(text, state_dir=state_dir)
+        self.assertIsNotNone(proxy.status()["failover"])  # restored from the state file
+        start = time.time()
+        while time.time() - start < 10 and proxy.status()["failover"] is not None:
+            time.sleep(0.1)
+        s = proxy.status()
+        self.assertIsNone(s["failover"], "no failback after a restart: %s" % s)
+        self.assertEqual(s["colours"]["blue"]["weight"], 100)
+
     def test_manual_failback_waits_for_the_operator(self):
         blue = [self.backend("blue-1")]
         green = [self.backend("green-1")]

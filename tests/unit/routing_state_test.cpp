@@ -54,6 +54,10 @@ TEST_CASE("a routing state with a wrong value is refused, saying which") {
     CHECK(refusal([](json::object& d) { d["format"] = 2; }) == "unknown state format");
     CHECK(refusal([](json::object& d) { d["weights"].as_object()["green"] = 2000; }) ==
           "weights do not sum to 10000 basis points");
+    CHECK(refusal([](json::object& d) {  // a sum that wraps around 2^32 to 10000
+              d["weights"].as_object()["blue"] = 4294967295u;
+              d["weights"].as_object()["green"] = 10001;
+          }) == "weights do not sum to 10000 basis points");
     CHECK(refusal([](json::object& d) { d["stable"] = "red"; }) == "stable is not blue or green");
     CHECK(refusal([](json::object& d) { d["failed"] = json::array{"red"}; }) ==
           "failed names an unknown colour");
