@@ -203,10 +203,7 @@ class ClientSession {
     // request), which the socket would not show.
     bool tls_holds_input() {
         if constexpr (ClientConnection<Stream>::tls) {
-            // (a close_notify already read counts: the next read ends at once)
-            SSL* ssl = conn_.stream.native_handle();
-            return SSL_has_pending(ssl) == 1 ||
-                   (SSL_get_shutdown(ssl) & SSL_RECEIVED_SHUTDOWN) != 0;
+            return conn_.stream.holds_records();
         }
         return false;
     }

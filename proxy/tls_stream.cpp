@@ -162,15 +162,16 @@ TlsStream::Attempt read_records(SSL* ssl, asio::mutable_buffer into) {
 
 }  // namespace
 
-bool TlsStream::holds_input() {
+bool TlsStream::holds_records() {
     SSL* ssl = ssl_.get();
-    if (ssl == nullptr) {
-        return false;
-    }
     // A close_notify already read (with the last bytes) ends the next read without the socket,
     // whose FIN, if it came before that read, the poller will not report again.
-    return SSL_has_pending(ssl) == 1 || !socket_bio_drained(ssl) ||
-           (SSL_get_shutdown(ssl) & SSL_RECEIVED_SHUTDOWN) != 0;
+    return ssl != nullptr &&
+           (SSL_has_pending(ssl) == 1 || (SSL_get_shutdown(ssl) & SSL_RECEIVED_SHUTDOWN) != 0);
+}
+
+bool TlsStream::holds_input() {
+    return holds_records() || (ssl_ && !socket_bio_drained(ssl_.get()));
 }
 
 // No read at all when OpenSSL holds nothing, its last read emptied the socket and the reactor

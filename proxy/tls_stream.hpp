@@ -50,8 +50,11 @@ class TlsStream {
     SslPtr release_ssl() { return std::move(ssl_); }
     // The socket was closed, or the TLS state handed on: no OpenSSL call may run.
     bool closed() const { return !ssl_ || !socket_.is_open(); }
-    // Whether a read may find something without the socket's poller having said so: records
-    // OpenSSL holds, a last read that did not empty the socket, or a close_notify it has read.
+    // Whether OpenSSL itself holds something for the next read: records (a pipelined request),
+    // or a close_notify it has read, which ends that read without the socket.
+    bool holds_records();
+    // Whether a read may find something without the socket's poller having said so: what
+    // holds_records() says, or a last read that did not empty the socket.
     bool holds_input();
 
     // One try at an operation, without waiting: done (its error and bytes), or what the

@@ -316,13 +316,15 @@ failback_hold = "3s"
             time.sleep(0.1)
         self.assertIsNotNone(proxy.status()["failover"], "no failover: %s" % proxy.status())
 
-    def test_promoting_the_colour_that_took_over_ends_the_failover(self):
+    def one_by_one(self, rollout):
+        """Backends blue-1 and green-1 and a config with these [rollout] lines."""
         blue = [self.backend("blue-1")]
         green = [self.backend("green-1")]
-        proxy = self.proxy(config(blue, green, extra="""
-[rollout]
-failback_hold = "1s"
-"""))
+        return blue, config(blue, green, extra="\n[rollout]\n" + rollout + "\n")
+
+    def test_promoting_the_colour_that_took_over_ends_the_failover(self):
+        blue, text = self.one_by_one('failback_hold = "1s"')
+        proxy = self.proxy(text)
         self.fail_over(proxy, blue)
         r = proxy.bgctl("promote")
         self.assertEqual(r.returncode, 0, r.stderr)
@@ -333,12 +335,7 @@ failback_hold = "1s"
         self.assertEqual((s["stable"], s["colours"]["green"]["weight"]), ("green", 100), s)
 
     def test_a_failover_restored_at_start_fails_back_when_the_stable_colour_is_healthy(self):
-        blue = [self.backend("blue-1")]
-        green = [self.backend("green-1")]
-        text = config(blue, green, extra="""
-[rollout]
-failback_hold = "2s"
-""")
+        blue, text = self.one_by_one('failback_hold = "2s"')
         state_dir = tempfile.mkdtemp(prefix="bgproxy-state-")
         self.addCleanup(shutil.rmtree, state_dir, True)
         proxy = self.proxy(text, state_dir=state_dir)
