@@ -108,9 +108,16 @@ SaveOutcome FileStateStore::overwrite(const RoutingState& next) {
         return outcome;
     }
     // The rename is durable only once the directory entry is.
+    // Failing that, the new file is in place all the same (a restart reads it, the next save
+    // replaces it), so this is no refusal: the change must not be withdrawn from the workers
+    // while the disk holds it. It is said, not hidden.
     int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir_fd < 0 || ::fsync(dir_fd) != 0) {
+        outcome.warning = "the state file " + path_ +
+                          " was replaced but its directory could not be synced (" +
+                          std::strerror(errno) + "): a power loss may bring back the state before";
+    }
     if (dir_fd >= 0) {
-        ::fsync(dir_fd);
         ::close(dir_fd);
     }
     stored_version_ = next.version;

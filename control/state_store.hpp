@@ -28,6 +28,9 @@ struct SaveOutcome {
     bool unreachable = false;             // the store could not be reached (a fleet's etcd)
     std::int64_t revision = 0;            // in a fleet: the revision that now holds the state
     std::optional<RoutingState> current;  // on a conflict, what is stored, when known
+    // Stored, but not as durably as promised (a failed directory fsync after the rename: the
+    // file is the new state, which a power loss may still undo). Said in the reply.
+    std::string warning;
 };
 
 class StateStore {

@@ -158,8 +158,10 @@ std::optional<std::chrono::system_clock::time_point> Switchboard::tunnel_deadlin
     return std::nullopt;
 }
 
-std::array<std::pair<unsigned, unsigned>, 2> Switchboard::colour_health() const {
-    std::array<std::pair<unsigned, unsigned>, 2> out{};
+// Each colour's backends that serve (healthy by checks and outlier detection, admin ready in
+// `state`) of those known: what the guard judges by.
+std::array<ColourHealth, 2> Switchboard::guard_health(const RoutingState& state) const {
+    std::array<ColourHealth, 2> out{};
     for (Colour c : all_colours) {
         const PoolConfig& pool = c == Colour::blue ? config_->blue : config_->green;
         for (const auto& b : pool.backends) {
@@ -168,9 +170,9 @@ std::array<std::pair<unsigned, unsigned>, 2> Switchboard::colour_health() const 
             }
             auto h = health_.find(b.name);
             bool healthy = h == health_.end() || h->second;
-            out[index_of(c)].first +=
-                healthy && state_.admin_state(b.name) == AdminState::ready ? 1 : 0;
-            out[index_of(c)].second += 1;
+            out[index_of(c)].healthy +=
+                healthy && state.admin_state(b.name) == AdminState::ready ? 1 : 0;
+            out[index_of(c)].total += 1;
         }
     }
     return out;
@@ -190,7 +192,7 @@ void Switchboard::handle_health(Origin origin, const HealthChange& change) {
                            {"backend", change.backend},
                            {"healthy", change.healthy},
                            {"change", origin.line}});
-    GuardDecision decision = evaluate_guard(state_, guard_health(), config_->rollout);
+    GuardDecision decision = evaluate_guard(state_, guard_health(state_), config_->rollout);
     if (decision.changed) {
         apply_guard(std::move(origin), std::move(decision));
         return;
@@ -371,6 +373,9 @@ void Switchboard::handle_persist_retry(Origin origin) {
                        persist_conflict(std::move(origin), std::move(*saved.current));
                        return;
                    }
+                   if (!saved.warning.empty()) {
+                       spdlog::error("{}", saved.warning);
+                   }
                    if (saved.ok && state_.version == version) {
                        spdlog::warn("routing state version {} is durable again", version);
                        state_.revision = saved.revision;
@@ -408,17 +413,11 @@ void Switchboard::publish(RoutingTablePtr table, std::shared_ptr<const Config> c
     }
 }
 
-std::array<ColourHealth, 2> Switchboard::guard_health() const {
-    auto counts = colour_health();
-    return {ColourHealth{counts[0].first, counts[0].second},
-            ColourHealth{counts[1].first, counts[1].second}};
-}
-
 // After any change: a failover whose stable colour is healthy again fails back after
 // failback_hold of continuous health (auto); a relapse restarts the wait.
 void Switchboard::consider_failback() {
     const bool due = state_.failover && config_->rollout.failback_auto &&
-                     evaluate_failback(state_, guard_health(), config_->rollout).changed;
+                     evaluate_failback(state_, guard_health(state_), config_->rollout).changed;
     if (!due) {
         if (failback_armed_) {
             failback_timer_.cancel();
@@ -441,8 +440,24 @@ void Switchboard::consider_failback() {
 }
 
 void Switchboard::handle_failback(Origin origin) {
-    GuardDecision decision = evaluate_failback(state_, guard_health(), config_->rollout);
+    GuardDecision decision = evaluate_failback(state_, guard_health(state_), config_->rollout);
     if (!decision.changed || !config_->rollout.failback_auto) {
+        finish(origin, json::object{{"ok", true}});
+        return;
+    }
+    apply_guard(std::move(origin), std::move(decision));
+}
+
+GuardDecision Switchboard::guard_after(const RoutingState& next) const {
+    return evaluate_guard(next, guard_health(next), config_->rollout);
+}
+
+// Health is judged on every change, not only when it changes: a colour an operator gives traffic
+// to (a set clears its failed mark), a rollback onto a failing stable colour, a drain of the last
+// healthy backend, a reload that lowers min_healthy or a fleet peer's state.
+void Switchboard::handle_guard_check(Origin origin) {
+    GuardDecision decision = guard_after(state_);
+    if (!decision.changed) {
         finish(origin, json::object{{"ok", true}});
         return;
     }
@@ -644,13 +659,15 @@ void Switchboard::run(Job job) {
             } else if constexpr (std::is_same_v<W, GatePassed>) {
                 run_gate_passed(std::move(origin), work);
             } else if constexpr (std::is_same_v<W, RampStep>) {
-                handle_ramp_step(std::move(origin));
+                handle_ramp_step(std::move(origin), work);
             } else if constexpr (std::is_same_v<W, HealthChange>) {
                 handle_health(std::move(origin), work);
             } else if constexpr (std::is_same_v<W, OutlierFindings>) {
                 handle_outlier(std::move(origin), work);
             } else if constexpr (std::is_same_v<W, CanaryFailure>) {
                 handle_canary(std::move(origin), work);
+            } else if constexpr (std::is_same_v<W, GuardCheck>) {
+                handle_guard_check(std::move(origin));
             } else if constexpr (std::is_same_v<W, PersistRetry>) {
                 handle_persist_retry(std::move(origin));
             } else if constexpr (std::is_same_v<W, FleetState>) {
@@ -773,16 +790,35 @@ void Switchboard::run_gate_passed(Origin origin, const GatePassed& passed) {
 }
 
 void Switchboard::cancel_gates(SwitchKind because) {
+    const std::string why =
+        std::string("a ") + to_string(because) + " was applied while its gate ran";
+    auto cancelled = [&](Origin& origin) {
+        audit_.append(audit_record(origin, "cancelled", nullptr, why));
+        origin.reply(error_reply("cancelled: " + why, state_.version));
+    };
     for (auto& [id, pending] : gates_) {
-        const std::string why =
-            std::string("a ") + to_string(because) + " was applied while its gate ran";
-        audit_.append(audit_record(pending.origin, "cancelled", nullptr, why));
-        pending.origin.reply(error_reply("cancelled: " + why, state_.version));
+        cancelled(pending.origin);
     }
     gates_.clear();
+    // Those whose gate has passed and that wait in line behind this one: the state they would
+    // apply to may be unchanged (a rollback onto the colour already serving), but the operator
+    // asked for the way back after them.
+    std::erase_if(queue_, [&](Job& job) {
+        if (!std::holds_alternative<GatePassed>(job.work)) {
+            return false;
+        }
+        cancelled(job.origin);
+        return true;
+    });
 }
 
-void Switchboard::handle_ramp_step(Origin origin) {
+void Switchboard::handle_ramp_step(Origin origin, const RampStep& tick) {
+    if (tick.armed_at != state_.version) {
+        // Armed for a state a change replaced while this step waited in line: that change
+        // armed its own timer (a new ramp has taken its first step just now).
+        finish(origin, json::object{{"ok", true}});
+        return;
+    }
     StagedChange step = stage_ramp_step(state_);
     if (!step.error.empty()) {
         refuse(origin, step.error);
@@ -846,6 +882,22 @@ std::string Switchboard::stage(const Command& cmd, Staged& out) {
         // theirs stand, no failback (to a colour that failed and is no longer stable).
         out.next.failover.reset();
     }
+    return judge_by_guard(cmd, out);
+}
+
+// A flip, set or ramp the guard would undo at once is refused: it would give traffic to a
+// failing colour for as long as one change takes. Anything else is applied and the guard acts
+// next (a rollback is the way out; a drain is the operator's to make), as the note says.
+std::string Switchboard::judge_by_guard(const Command& cmd, Staged& staged) const {
+    const GuardDecision decision = guard_after(staged.next);
+    if (!decision.changed) {
+        return {};
+    }
+    if (spec_of(cmd.verb).gated) {
+        return "the rollout guard would undo this at once: " + decision.reason;
+    }
+    staged.note += std::string(staged.note.empty() ? "" : "; ") +
+                   "the rollout guard acts next: " + decision.reason;
     return {};
 }
 
@@ -919,6 +971,10 @@ void Switchboard::commit(Origin origin, Staged staged) {
         change->saved = true;
         change->save_ok = saved.ok;
         change->save_error = std::move(saved.error);
+        if (!saved.warning.empty()) {
+            spdlog::error("{}", saved.warning);
+            change->staged.note += (change->staged.note.empty() ? "" : "; ") + saved.warning;
+        }
         if (change->published) {
             settle(*change);
         }
@@ -990,6 +1046,13 @@ void Switchboard::applied(Origin& origin, Staged staged, RoutingTablePtr table) 
     if (is_safety_action(staged.kind)) {
         cancel_gates(staged.kind);
     }
+    if (!is_guard_action(staged.kind)) {
+        // Before anything else runs: the guard judges the state this change made.
+        queue_.push_front(Job{
+            internal_origin(std::string("guard check after ") + to_string(staged.kind),
+                            "rollout guard"),
+            GuardCheck{}});
+    }
     const bool audited = audit_.append(record);
     json::object reply{{"ok", true},
                        {"id", origin.id},
@@ -1028,21 +1091,24 @@ void Switchboard::arm_ramp_timer() {
         return;  // in a fleet, one instance takes the steps; the others apply them
     }
     ramp_timer_.expires_after(state_.ramp->every);
-    ramp_timer_.async_wait([this](boost::system::error_code ec) {
+    ramp_timer_.async_wait([this, armed_at = state_.version](boost::system::error_code ec) {
         if (!ec) {
-            ramp_tick();
+            ramp_tick(armed_at);
         }
     });
 }
 
-void Switchboard::ramp_tick() {
+void Switchboard::ramp_tick(std::uint64_t armed_at) {
     Origin origin = internal_origin("ramp step", "ramp");
-    origin.reply = [](const json::object& reply) {
+    origin.reply = [this](const json::object& reply) {
         if (!reply.at("ok").as_bool()) {
-            spdlog::warn("ramp step: {}", json::serialize(reply));
+            // Refused (the state could not be saved...): the ramp stays in progress, as status
+            // says, and the step is tried again an interval later.
+            spdlog::warn("ramp step: {}; trying again in an interval", json::serialize(reply));
+            arm_ramp_timer();
         }
     };
-    enqueue(Job{std::move(origin), RampStep{}});
+    enqueue(Job{std::move(origin), RampStep{armed_at}});
 }
 
 namespace {

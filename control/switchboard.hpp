@@ -120,7 +120,9 @@ class Switchboard {
         Command command;
         std::uint64_t based_on = 0;  // the state version the gate was started on
     };
-    struct RampStep {};
+    struct RampStep {
+        std::uint64_t armed_at = 0;  // the state version its timer was armed at
+    };
     struct HealthChange {
         std::string backend;
         bool healthy = true;
@@ -133,12 +135,13 @@ class Switchboard {
         CanaryVerdict verdict;
     };
     struct FailbackDue {};
+    struct GuardCheck {};    // after a change not the guard's own: the guard judges what it made
     struct PersistRetry {};  // the state served is not on disk yet: try again
     struct FleetState {      // the fleet's state, as the fleet store saw it change
         RoutingState state;
     };
     using Work = std::variant<OperatorCommand, GatePassed, RampStep, HealthChange, OutlierFindings,
-                              CanaryFailure, FailbackDue, PersistRetry, FleetState>;
+                              CanaryFailure, FailbackDue, GuardCheck, PersistRetry, FleetState>;
     struct Job {
         Origin origin;
         Work work;
@@ -184,6 +187,9 @@ class Switchboard {
     // A command's staged change (reload reads the file), or an error message.
     std::string stage(const Command& cmd, Staged& out);
     std::string stage_reload(Staged& out);
+    // Refuses a change that gives traffic to a colour the guard would take it from at once;
+    // notes what the guard will do after any other.
+    std::string judge_by_guard(const Command& cmd, Staged& staged) const;
     // After the gate: answer a dry run, skip a no-op, or commit.
     void proceed(Origin origin, const Command& cmd, Staged staged);
     void commit(Origin origin, Staged staged);
@@ -206,14 +212,17 @@ class Switchboard {
                  std::function<void()> done);
     void handle_persist_retry(Origin origin);
     void applied(Origin& origin, Staged staged, RoutingTablePtr table);
-    void handle_ramp_step(Origin origin);
+    void handle_ramp_step(Origin origin, const RampStep& step);
     void handle_health(Origin origin, const HealthChange& change);
     void handle_outlier(Origin origin, const OutlierFindings& findings);
     void handle_canary(Origin origin, const CanaryFailure& failure);
     void handle_failback(Origin origin);
+    void handle_guard_check(Origin origin);
+    // What the rollout guard would do at once to a staged state (the health it sees now).
+    GuardDecision guard_after(const RoutingState& next) const;
     void consider_failback();
     void arm_persist_retry();
-    std::array<ColourHealth, 2> guard_health() const;
+    std::array<ColourHealth, 2> guard_health(const RoutingState& state) const;
     void apply_guard(Origin origin, GuardDecision decision);  // persist, publish, audit a revert
     void publish_health(Origin origin);                       // a new table, the same state
     void arm_sample_timer();
@@ -230,7 +239,6 @@ class Switchboard {
     // known name at a new address) without the old address's verdict.
     void adopt_new_backends(const Config& before, const Config& after,
                             const std::set<std::string>& held);
-    std::array<std::pair<unsigned, unsigned>, 2> colour_health() const;
     void reply_status(Origin origin);
     boost::json::object status_colours(const DataPlaneLoad& load) const;
     boost::json::object status_tunnels(const DataPlaneLoad& load) const;
@@ -239,7 +247,7 @@ class Switchboard {
                                      const RoutingState* after, const std::string& error) const;
     void broadcast(const boost::json::object& event);
     void arm_ramp_timer();
-    void ramp_tick();
+    void ramp_tick(std::uint64_t armed_at);
 
     boost::asio::any_io_executor executor_;
     std::shared_ptr<const Config> config_;
