@@ -73,9 +73,15 @@ bool is_upgrade_request(const RequestHeader& header) {
     if (header.find(http::field::upgrade) == header.end()) {
         return false;
     }
-    for (auto token : http::token_list(header[http::field::connection])) {
-        if (beast::iequals(token, "upgrade")) {
-            return true;
+    // Every Connection field: "Connection: keep-alive" then "Connection: upgrade" asks too.
+    for (const auto& field : header) {
+        if (field.name() != http::field::connection) {
+            continue;
+        }
+        for (auto token : http::token_list(field.value())) {
+            if (beast::iequals(token, "upgrade")) {
+                return true;
+            }
         }
     }
     return false;

@@ -813,7 +813,7 @@ Task<bool> RequestExchange<Stream>::answer_here(const LocalAnswer& answer,
     response.version(11);
     response.insert(http::field::date, http_date_now());
     if (answer.allow) {
-        response.set(http::field::allow, "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH");
+        response.set(http::field::allow, forwarded_methods);
     }
     if (!answer.content_type.empty()) {
         response.set(http::field::content_type, answer.content_type);
@@ -859,6 +859,9 @@ Task<void> RequestExchange<Stream>::reply_error(http::status status, std::string
     response.insert(http::field::date, http_date_now());
     response.set(http::field::content_type, "text/plain");
     response.set("X-BG-Error", reason);
+    if (status == http::status::method_not_allowed) {
+        response.set(http::field::allow, forwarded_methods);
+    }
     response.set(http::field::content_length, std::to_string(body.size()));
     if (close || conn_.worker.closing()) {
         response.set(http::field::connection, "close");

@@ -237,10 +237,12 @@ std::string_view framing_problem(const RequestHeader& header) {
     if (hosts == 0 && header.version() >= 11) {
         return "missing Host";
     }
-    if (hosts == 1 && !host.empty() && !plain_host(host)) {
-        // An authority, without userinfo (RFC 9110 7.2: Host = uri-host [ ":" port ]).
+    if (hosts == 1 && !plain_host(host)) {
+        // An authority, without userinfo (RFC 9110 7.2: Host = uri-host [ ":" port ]). An empty
+        // host (an empty field, or ":80") is an http URI with none, which RFC 9110 4.2.1 says to
+        // reject (nginx does; RFC 9112 3.2's empty Host is for schemes without an authority).
         const auto authority = boost::urls::parse_authority(host);
-        if (!authority || authority->has_userinfo()) {
+        if (!authority || authority->has_userinfo() || authority->host().empty()) {
             return "invalid Host";
         }
     }
@@ -310,6 +312,11 @@ std::string_view response_framing_problem(const ResponseHeader& header) {
     }
     if (codings > 0 && lengths > 0) {
         return "both Content-Length and Transfer-Encoding";
+    }
+    if (codings > 0 && header.version() < 11) {
+        // RFC 9112 6.1: faulty framing; what the backend meant to end the body with is unknown,
+        // so the connection could not be used again either.
+        return "Transfer-Encoding in an HTTP/1.0 response";
     }
     if (status == 101 && !upgrade) {
         return "101 without Upgrade";

@@ -79,6 +79,27 @@ bool unmet_expectation(const Request& request) {
     return false;
 }
 
+// Any Expect field of an HTTP/1.1 request naming 100-continue, not only the first.
+bool expects_continue(const Request& request) {
+    if (request.version() < 11) {
+        return false;
+    }
+    for (const auto& field : request) {
+        if (field.name() != http::field::expect) {
+            continue;
+        }
+        bool found = false;
+        for_each_list_member(field.value(), [&](std::string_view member) {
+            found = boost::beast::iequals(member, "100-continue");
+            return !found;
+        });
+        if (found) {
+            return true;
+        }
+    }
+    return false;
+}
+
 }  // namespace
 
 Refusal check_request_head(RequestParser& parser, std::uint64_t max_request_body) {
@@ -151,7 +172,7 @@ RequestFacts request_facts(const RequestParser& parser, const std::vector<std::s
         .upgrade_to = {},
         .head = request.method() == http::verb::head,
         // (check_request_head refused any other expectation.)
-        .expect_continue = request.version() >= 11 && !request[http::field::expect].empty(),
+        .expect_continue = expects_continue(request),
         .idempotent = idempotent(request.method()),
     };
     if (request.version() >= 11 && is_upgrade_request(request.base())) {
@@ -167,10 +188,11 @@ Refusal rewrite_for_upstream(RequestParser& parser, const RequestFacts& facts,
                              const ClientHop& hop) {
     auto& request = parser.get();
     const bool chunked = parser.chunked();
-    if (facts.expect_continue || (facts.version < 11 && request.count(http::field::expect))) {
+    if (request.find(http::field::expect) != request.end()) {
         // We answer 100-continue ourselves (the backend sees no Expect), so the body flows
         // without waiting for the backend's interim response. An HTTP/1.0 client's Expect is
         // ignored (RFC 9110 10.1.1): it would not reach the backend as an HTTP/1.1 request's.
+        // Empty Expect fields go too: one before "100-continue" must not hide it.
         request.erase(http::field::expect);
     }
     try {

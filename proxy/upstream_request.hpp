@@ -57,6 +57,11 @@ struct ClientHop {
 // origin-form with its Host (RFC 9112 3.2.2).
 Refusal check_request_head(RequestParser& parser, std::uint64_t max_request_body);
 
+// The methods passed on to backends (any but CONNECT), as an Allow field says them: in the
+// 405 to a CONNECT (RFC 9110 15.5.6 requires it) and the answer to OPTIONS with Max-Forwards 0.
+inline constexpr std::string_view forwarded_methods =
+    "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
+
 // What the proxy answers as a request's final recipient: 200 with `body` (of `content_type`),
 // and the methods it passes on in Allow when `allow` is set.
 struct LocalAnswer {

@@ -38,6 +38,9 @@ CASES = [
     ("absolute-form, userinfo", b"GET http://u:p@x/p HTTP/1.1\r\n" + H + b"\r\n", 400),
     ("a fragment in the target", b"GET /a#frag HTTP/1.1\r\n" + H + b"\r\n", 400),
     ("userinfo in Host", b"GET / HTTP/1.1\r\nHost: a@b\r\n\r\n", 400),
+    ("empty Host", b"GET / HTTP/1.1\r\nHost:\r\n\r\n", 400),
+    ("empty Host on 1.0", b"GET / HTTP/1.0\r\nHost: \r\n\r\n", 400),
+    ("a port and no host in Host", b"GET / HTTP/1.1\r\nHost: :80\r\n\r\n", 400),
     ("CONNECT", b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405),
     ("declared body over max_request_body", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 2000\r\n\r\n", 413),
 ]
@@ -71,6 +74,14 @@ client_header = "1s"
                 self.assertEqual(status_of(out), expected, out[:200])
                 self.assertIn(b"connection: close", out.lower())
         self.assertEqual(self.backend_log(), "")
+
+    def test_a_405_says_what_is_allowed(self):
+        """RFC 9110 15.5.6: a 405 carries Allow (CONNECT's had none; found by review)."""
+        out = raw_exchange(self.proxy_.port, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        self.assertEqual(status_of(out), 405, out[:200])
+        head = out.partition(b"\r\n\r\n")[0].lower()
+        self.assertIn(b"\r\nallow: get, head, post, put, delete, options, trace, patch", head)
+        self.assertNotIn(b"connect", head.partition(b"allow:")[2].partition(b"\r\n")[0])
 
     def test_bad_chunk_size_never_completes_upstream(self):
         out = raw_exchange(self.proxy_.port, b"POST /upload HTTP/1.1\r\n" + H +

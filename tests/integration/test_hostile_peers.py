@@ -466,6 +466,19 @@ class VersionTest(ProxyWithScriptedBackend):
         self.assertIn(b"HTTP/1.1 200 ", out)
         self.assertTrue(out.endswith(b"ok"), out[-50:])
 
+    def test_an_http_1_0_response_with_transfer_encoding_is_a_502_and_not_pooled(self):
+        """RFC 9112 6.1: its framing is faulty (was: taken as chunked and its connection
+        pooled when it said keep-alive; found by review)."""
+        self.start_proxy(lambda r, i, c: b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+        for _ in range(2):
+            out = raw_exchange(self.proxy_.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                               timeout=3)
+            self.assertEqual(status_of(out), 502, out[:200])
+            self.assertIn(b"Transfer-Encoding in an HTTP/1.0 response", out)
+        # Each request on a connection of its own: none was kept for the next.
+        self.assertEqual(len(self.upstream.connections), 2)
+
     def test_a_101_nobody_asked_for_is_a_502(self):
         self.start_proxy(lambda r, i, c: b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n")
         out = raw_exchange(self.proxy_.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", timeout=3)
@@ -536,6 +549,23 @@ class UpgradeTest(ProxyWithScriptedBackend):
         out = raw_exchange(self.proxy_.port, ws, timeout=3)
         self.assertEqual(status_of(out), 502, out[:200])  # a 101 to h2c, which was not offered
         self.assertEqual(dict(self.upstream.requests()[0][3]).get("upgrade"), "WebSocket")
+
+    def test_upgrade_named_in_a_second_connection_field_is_an_upgrade(self):
+        """Connection is a list that may span fields (RFC 9110 5.3; was: only the first field
+        was read, so the request went on as a plain one without its Upgrade; found by review)."""
+        self.start_proxy(self.switch_to(b"websocket"))
+        s = self.connect()
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nConnection: Upgrade\r\n"
+                  b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        out = b""
+        while b"\r\n\r\n" not in out:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            out += chunk
+        self.assertEqual(status_of(out), 101, out[:200])
+        self.assertEqual(dict(self.upstream.requests()[0][3]).get("upgrade"), "websocket")
 
     def test_no_upgrades_at_all(self):
         self.start_proxy(self.switch_to(b"websocket"), extra="[server]\nupgrade_protocols = []\n")

@@ -90,6 +90,12 @@ class HttpSemanticsTest(ProcessTestCase):
             s.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
                       b"Expect: 100-continue, 100-continue\r\n\r\n")
             self.assertTrue(s.recv(4096).startswith(b"HTTP/1.1 100 Continue\r\n\r\n"))
+        # An empty Expect field before it does not hide it (was: the first field alone was
+        # read; no 100 came and the client waited; found by review).
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                      b"Expect:\r\nExpect: 100-continue\r\n\r\n")
+            self.assertTrue(s.recv(4096).startswith(b"HTTP/1.1 100 Continue\r\n\r\n"))
         # An HTTP/1.0 request's Expect is ignored, and not passed on: the backend gets the
         # request as HTTP/1.1, where it would expect (passed on up to 2823394).
         for expect in (b"foo", b"100-continue"):

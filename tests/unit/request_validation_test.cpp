@@ -195,4 +195,8 @@ TEST_CASE("framing: Host rules") {
     CHECK(problem("GET / HTTP/1.1\r\nHost: a:8x\r\n\r\n") == "invalid Host");
     CHECK(problem("GET / HTTP/1.1\r\nHost: a/b\r\n\r\n") == "invalid Host");
     CHECK(problem("GET / HTTP/1.1\r\nHost: a:1:2\r\n\r\n") == "invalid Host");
+    // No host at all (RFC 9110 4.2.1): empty, or a port alone.
+    CHECK(problem("GET / HTTP/1.1\r\nHost:\r\n\r\n") == "invalid Host");
+    CHECK(problem("GET / HTTP/1.1\r\nHost: :80\r\n\r\n") == "invalid Host");
+    CHECK(problem("GET / HTTP/1.1\r\nHost: []:80\r\n\r\n") == "invalid Host");
 }
