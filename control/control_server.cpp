@@ -180,7 +180,21 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
                                                    ", [control] max_watchers); nothing changed"}}) +
                     "\n";
         }
+        if (!watching) {
+            // A client that does not read its replies (a pipelined flood of status, history
+            // 1000) holds no slot against an operator: while the reply waits on the client, the
+            // slot may be taken, and after idle_timeout without progress the connection closes.
+            ConnectionSlots::idle(*slot);
+            idle.expires_after(config.idle_timeout);
+            idle.async_wait([&socket](boost::system::error_code ec) {
+                if (!ec) {
+                    boost::system::error_code ignored;
+                    socket.close(ignored);
+                }
+            });
+        }
         auto [wec, wn] = co_await asio::async_write(socket, asio::buffer(reply), nothrow);
+        idle.cancel();
         if (wec) {
             break;
         }

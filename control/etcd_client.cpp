@@ -2,6 +2,8 @@
 
 #include <openssl/evp.h>
 
+#include <algorithm>
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -14,6 +16,10 @@
 #include <boost/beast/http/write.hpp>
 #include <boost/json.hpp>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include "backend_tls_context.hpp"
 
 namespace bg {
@@ -25,6 +31,18 @@ namespace json = boost::json;
 using tcp = asio::ip::tcp;
 
 namespace {
+
+void probe_while_quiet(tcp::socket& socket, Duration every) {
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(every).count();
+    const int seconds = static_cast<int>(std::clamp<long long>((ms + 999) / 1000, 1, 3600));
+    const int on = 1;
+    const int probes = 3;
+    const int fd = socket.native_handle();
+    ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &seconds, sizeof seconds);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &seconds, sizeof seconds);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof probes);
+}
 
 constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
 constexpr std::size_t max_answer = 16 << 20;
@@ -406,6 +424,10 @@ asio::awaitable<EtcdWatchEnd> EtcdClient::stream_watch(
         co_return end;
     }
     beast::get_lowest_layer(stream).expires_never();  // a watch is quiet until something changes
+    // A member that goes silent without closing (its machine died, a partition) would leave the
+    // watch open and quiet for good, and this instance deaf to the fleet: TCP keepalive probes
+    // end it within about 4 x request_timeout, and the watch resumes on another member.
+    probe_while_quiet(beast::get_lowest_layer(stream).socket(), timeout_);
     // The stream is one JSON object per line: {"result": {...}}.
     std::string pending;
     bool over = false;

@@ -72,9 +72,29 @@ std::string needs_restart(const Config& current, const Config& fresh) {
     };
     if (a.name != b.name || a.instance != b.instance || a.prefix != b.prefix ||
         texts(a) != texts(b) || a.etcd_tls != b.etcd_tls || a.lease_ttl != b.lease_ttl ||
-        a.request_timeout != b.request_timeout || a.apply_timeout != b.apply_timeout) {
+        a.request_timeout != b.request_timeout || a.apply_timeout != b.apply_timeout ||
+        a.retry_min != b.retry_min || a.retry_max != b.retry_max || a.tls != b.tls) {
         restart += restart.empty() ? "" : ", ";
         restart += "[fleet] settings";
+    }
+    // Read once at start (the control socket and its roles, the admin listener, the access
+    // log's writer, the worker threads): refused rather than kept in silence. Roles above all:
+    // a reload that removes an operator must not answer "ok" and leave them in.
+    const std::pair<bool, const char*> at_start[] = {
+        {fresh.workers != current.workers, "server.workers"},
+        {!(fresh.control == current.control), "[control] (socket, roles, audit log)"},
+        {fresh.admin_listen != current.admin_listen ||
+             fresh.admin_max_connections != current.admin_max_connections,
+         "server.admin_listen or admin_max_connections"},
+        {!(fresh.access_log == current.access_log), "[access_log]"},
+        {fresh.timeouts.shutdown_ready_delay != current.timeouts.shutdown_ready_delay,
+         "timeouts.shutdown_ready_delay"},
+    };
+    for (const auto& [changed, what] : at_start) {
+        if (changed) {
+            restart += restart.empty() ? "" : ", ";
+            restart += what;
+        }
     }
     return restart;
 }
@@ -223,6 +243,21 @@ std::map<std::string, bool> Switchboard::effective_health(const std::set<std::st
 
 void Switchboard::adopt_new_backends(const Config& before, const Config& after,
                                      const std::set<std::string>& held) {
+    // A pool whose checks a reload turns off, or on, starts without the old verdicts: off,
+    // nothing would ever clear a "down"; on, the new probes start healthy and report only a
+    // change, so an old "down" would stay.
+    for (Colour c : all_colours) {
+        const PoolConfig& was = c == Colour::blue ? before.blue : before.green;
+        const PoolConfig& now = c == Colour::blue ? after.blue : after.green;
+        if (was.health.enabled == now.health.enabled) {
+            continue;
+        }
+        for (const auto& b : now.backends) {
+            health_.erase(b.name);
+            down_because_.erase(b.name);
+            awaiting_first_check_.erase(b.name);
+        }
+    }
     for (const auto& name : added_backends(before, after)) {
         if (held.contains(name)) {
             health_[name] = false;
@@ -381,6 +416,7 @@ void Switchboard::handle_persist_retry(Origin origin) {
                        state_.revision = saved.revision;
                        durable_ = {version, saved.revision};
                        persist_error_.clear();
+                       rollback_pending_ = false;
                        report_to_fleet();
                    } else if (!saved.ok) {
                        persist_error_ = saved.error;
@@ -455,9 +491,14 @@ GuardDecision Switchboard::guard_after(const RoutingState& next) const {
 // Health is judged on every change, not only when it changes: a colour an operator gives traffic
 // to (a set clears its failed mark), a rollback onto a failing stable colour, a drain of the last
 // healthy backend, a reload that lowers min_healthy or a fleet peer's state.
-void Switchboard::handle_guard_check(Origin origin) {
+void Switchboard::handle_guard_check(Origin origin, const GuardCheck& check) {
     GuardDecision decision = guard_after(state_);
-    if (!decision.changed) {
+    const bool republish = std::exchange(republish_health_, false);  // (a revert builds its own)
+    if (!decision.changed || (check.revert_only && decision.kind != SwitchKind::auto_revert)) {
+        if (republish) {
+            publish_health(std::move(origin));
+            return;
+        }
         finish(origin, json::object{{"ok", true}});
         return;
     }
@@ -667,7 +708,7 @@ void Switchboard::run(Job job) {
             } else if constexpr (std::is_same_v<W, CanaryFailure>) {
                 handle_canary(std::move(origin), work);
             } else if constexpr (std::is_same_v<W, GuardCheck>) {
-                handle_guard_check(std::move(origin));
+                handle_guard_check(std::move(origin), work);
             } else if constexpr (std::is_same_v<W, PersistRetry>) {
                 handle_persist_retry(std::move(origin));
             } else if constexpr (std::is_same_v<W, FleetState>) {
@@ -917,10 +958,6 @@ std::string Switchboard::stage_reload(Staged& out) {
     // The flags given at start are applied over the file above; what needs a restart to change
     // stays as it is.
     Config fresh = std::move(*loaded.config);
-    fresh.workers = config_->workers;
-    fresh.control = config_->control;
-    fresh.admin_listen = config_->admin_listen;
-    fresh.admin_max_connections = config_->admin_max_connections;
     if (std::string restart = needs_restart(*config_, fresh); !restart.empty()) {
         return "changes to " + restart + " need a restart";
     }
@@ -1035,7 +1072,11 @@ void Switchboard::applied(Origin& origin, Staged staged, RoutingTablePtr table) 
     state_ = next;
     table_ = std::move(table);
     if (config_ != staged.config) {
+        const auto verdicts = effective_health(staged.held);
         adopt_new_backends(*config_, *staged.config, staged.held);
+        // The table just published was built on the verdicts before: the guard check after
+        // this change publishes one on the new ones.
+        republish_health_ = effective_health(staged.held) != verdicts;
         config_ = staged.config;
         outlier_.reconfigure(config_->outlier);
         canary_.reconfigure(config_->canary);
@@ -1051,7 +1092,7 @@ void Switchboard::applied(Origin& origin, Staged staged, RoutingTablePtr table) 
         queue_.push_front(Job{
             internal_origin(std::string("guard check after ") + to_string(staged.kind),
                             "rollout guard"),
-            GuardCheck{}});
+            GuardCheck{staged.kind == SwitchKind::fleet}});
     }
     const bool audited = audit_.append(record);
     json::object reply{{"ok", true},

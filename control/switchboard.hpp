@@ -135,7 +135,12 @@ class Switchboard {
         CanaryVerdict verdict;
     };
     struct FailbackDue {};
-    struct GuardCheck {};    // after a change not the guard's own: the guard judges what it made
+    struct GuardCheck {  // after a change not the guard's own: the guard judges what it made
+        // After a fleet peer's state: a candidate this instance sees failing is reverted, but
+        // no failover. Two instances that disagree on the stable colour's health would
+        // otherwise undo each other's failover and failback every failback_hold.
+        bool revert_only = false;
+    };
     struct PersistRetry {};  // the state served is not on disk yet: try again
     struct FleetState {      // the fleet's state, as the fleet store saw it change
         RoutingState state;
@@ -217,7 +222,7 @@ class Switchboard {
     void handle_outlier(Origin origin, const OutlierFindings& findings);
     void handle_canary(Origin origin, const CanaryFailure& failure);
     void handle_failback(Origin origin);
-    void handle_guard_check(Origin origin);
+    void handle_guard_check(Origin origin, const GuardCheck& check);
     // What the rollout guard would do at once to a staged state (the health it sees now).
     GuardDecision guard_after(const RoutingState& next) const;
     void consider_failback();
@@ -262,6 +267,7 @@ class Switchboard {
     std::map<std::string, bool> health_;               // by backend name, from active checks
     std::map<std::string, std::string> down_because_;  // why the checks took a backend down
     std::set<std::string> awaiting_first_check_;       // held by a reload: out of the guard's count
+    bool republish_health_ = false;  // a reload changed verdicts after its table was built
     ConfigListener config_listener_;
     std::deque<Job> queue_;
     bool busy_ = false;
@@ -282,6 +288,9 @@ class Switchboard {
     // back it is replaced by the fleet's, not written there (a revert is written).
     bool local_only_ = false;
     std::string persist_error_;  // why the last save failed, while not durable
+    // In a fleet, a rollback applied here while the store was away and not yet written: staged
+    // again on the fleet's state if another instance's change wins meanwhile.
+    bool rollback_pending_ = false;
     OutlierDetector outlier_;
     CanaryAnalysis canary_;
     std::map<std::uint64_t, Watcher> watchers_;

@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <boost/json.hpp>
+#include <utility>
 
 #include "fleet_store.hpp"
 #include "switchboard.hpp"
@@ -111,6 +112,7 @@ void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
             staged.next.revision = saved.revision;
             durable_ = {staged.next.version, saved.revision};
             persist_error_.clear();
+            rollback_pending_ = false;
             local_only_ = false;
         } else if (saved.unreachable && is_safety_action(staged.kind)) {
             local_only_ = false;  // this one is written when the store is back
@@ -120,11 +122,26 @@ void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
                 to_string(staged.kind), saved.error);
             staged.next.revision = state_.revision;  // still based on the fleet's last state
             persist_error_ = saved.error;
+            rollback_pending_ = rollback_pending_ || staged.kind == SwitchKind::rollback;
             arm_persist_retry();
         } else {
+            const bool safety = is_safety_action(staged.kind);
             refuse(origin, saved.unreachable
                                ? saved.error + " (changes need the fleet store)"
                                : saved.error + "; run the command again on the current state");
+            if (saved.conflict && saved.current) {
+                // The fleet moved on without this instance seeing it (its watch may be behind):
+                // catch up now, not when the watch says so; a guard action is judged again on
+                // the state that won.
+                enqueue(Job{internal_origin("fleet state version " +
+                                                std::to_string(saved.current->version),
+                                            "fleet"),
+                            FleetState{std::move(*saved.current)}});
+                if (safety) {
+                    enqueue(Job{internal_origin("guard check after a conflict", "rollout guard"),
+                                GuardCheck{false}});
+                }
+            }
             return;
         }
         const RolloutConfig& rollout = staged.config->rollout;
@@ -166,6 +183,24 @@ void Switchboard::handle_fleet_state(Origin origin, const FleetState& fleet_stat
                 apply_guard(std::move(origin), std::move(decision));
                 return;
             }
+        }
+        if (std::exchange(rollback_pending_, false) &&
+            incoming.weight(incoming.stable) < 10000) {
+            // An operator's rollback is not given up either: all traffic to the stable colour
+            // of the state that won, written there.
+            state_ = incoming;
+            durable_ = {incoming.version, incoming.revision};
+            RoutingState next = incoming;
+            next.weight_bp[index_of(next.stable)] = 10000;
+            next.weight_bp[index_of(other(next.stable))] = 0;
+            next.ramp.reset();
+            next.failover.reset();
+            commit(std::move(origin),
+                   Staged{std::move(next), config_,
+                          "rolled back on " + fleet_->instance() +
+                              " while the fleet store was away: applied again on the fleet's state",
+                          SwitchKind::rollback});
+            return;
         }
         persist_error_.clear();  // the fleet's state stands (it has the revert, or it is moot)
     }

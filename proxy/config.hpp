@@ -50,6 +50,7 @@ struct HealthCheckConfig {
 struct CertificateFiles {
     std::string cert;  // PEM: the certificate, then its chain
     std::string key;   // PEM private key
+    bool operator==(const CertificateFiles&) const = default;
 };
 
 // TLS from the proxy to one pool's backends ([pools.X.tls]).
@@ -60,6 +61,7 @@ struct BackendTlsSettings {
         server_name;  // SNI and the name the certificate must carry; empty: each backend's host
     std::optional<CertificateFiles> client_certificate;  // for backends that ask for one (mTLS)
     std::string min_version = "1.2";                     // "1.2" or "1.3"
+    bool operator==(const BackendTlsSettings&) const = default;
 };
 
 class BackendTlsContext;
@@ -274,6 +276,7 @@ struct UpstreamSettings {
 struct RoleMembers {
     std::vector<std::uint32_t> uids;
     std::vector<std::string> groups;
+    bool operator==(const RoleMembers&) const = default;
 };
 
 const char* to_string(Role role);
@@ -295,6 +298,7 @@ struct ControlConfig {
     RoleMembers operate;
     RoleMembers read;
     Role default_role = Role::read;  // for a peer named in no list
+    bool operator==(const ControlConfig&) const = default;
 };
 
 // Fleet mode (control/fleet_store.hpp): instances sharing one routing state in etcd. Off while
@@ -318,6 +322,7 @@ struct FleetConfig {
 struct AccessLogConfig {
     std::string target = "off";  // "off", "stdout" or a file path
     std::size_t queue = 8192;    // lines waiting per worker before new ones are dropped
+    bool operator==(const AccessLogConfig&) const = default;
 };
 
 struct Config {

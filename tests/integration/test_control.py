@@ -254,6 +254,57 @@ class ControlTest(ProcessTestCase):
             time.sleep(0.1)
         self.assertEqual(len(proxy.status()["colours"]["green"]["backends"]), 2)
 
+    def test_a_reload_that_turns_checks_off_drops_their_verdicts(self):
+        """Found by review: a backend the checks had marked down stayed down for good once a
+        reload turned its pool's checks off (nothing would ever clear the verdict)."""
+        proxy = self.proxy(self.two_by_two(extra="""
+[health]
+interval = "100ms"
+fast_interval = "100ms"
+fall = 1
+rise = 1
+"""))
+        self.blue[0].stop()
+
+        def blue_1_healthy():
+            return [b["healthy"] for b in proxy.status()["colours"]["blue"]["backends"]
+                    if b["name"] == "blue-1"][0]
+
+        deadline = time.time() + 5
+        while time.time() < deadline and blue_1_healthy():
+            time.sleep(0.05)
+        self.assertFalse(blue_1_healthy())
+        with open(proxy.config_path) as f:
+            text = f.read()
+        with open(proxy.config_path, "w") as f:
+            f.write(text + "\n[pools.blue.health]\nenabled = false\n")
+        r = proxy.bgctl("reload")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        deadline = time.time() + 2
+        while time.time() < deadline and not blue_1_healthy():
+            time.sleep(0.05)
+        self.assertTrue(blue_1_healthy())  # no checks, no verdict: as at a start without them
+
+    def test_a_reload_that_changes_what_is_read_at_start_is_refused_not_dropped(self):
+        """Found by review: a reload replaced [control] (roles!), workers, the admin listener and
+        the access log with the running values in silence and answered "ok": an operator
+        removed from the admin role stayed admin."""
+        proxy = self.proxy(self.two_by_two())
+        with open(proxy.config_path) as f:
+            good = f.read()
+        for extra, named in (("[control.roles]\nadmin = { uids = [12345] }\n", "[control]"),
+                             ("[access_log]\ntarget = \"stdout\"\n", "[access_log]"),
+                             ("[control]\nidle_timeout = \"5s\"\n", "[control]")):
+            with open(proxy.config_path, "w") as f:
+                f.write(good + "\n" + extra)
+            r = proxy.bgctl("reload")
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+            self.assertIn(named, r.stderr)
+            self.assertIn("need a restart", r.stderr)
+        with open(proxy.config_path, "w") as f:
+            f.write(good)
+        self.assertEqual(proxy.bgctl("reload").returncode, 0)
+
     def test_a_reload_that_moves_a_backend_leaves_no_pooled_connection_to_its_old_address(self):
         # No health checks: nothing holds the moved backend out until a check passes, so only
         # the pool's own sweep keeps requests off the old address.
@@ -365,6 +416,37 @@ timeout = "30s"
         hang(self.green, False)
         time.sleep(0.5)
         self.assertEqual(proxy.status()["colours"]["green"]["weight"], 0)
+
+    def test_clients_that_never_read_their_replies_do_not_lock_out_a_rollback(self):
+        """Found by review: a connection whose reply could not be written (a pipelined flood of
+        status lines, never read) held its slot as busy for good; three of them turned `bgctl
+        rollback` away ("too many control connections")."""
+        blue = self.backend("blue-1")
+        green = self.backend("green-1")
+        proxy = self.proxy(config([blue], [green], extra="""
+[control]
+max_connections = 3
+max_watchers = 1
+"""))
+        for _ in range(3):
+            hog = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.addCleanup(hog.close)
+            hog.connect(proxy.socket)
+            hog.setblocking(False)
+            flood = b"status\n" * 20000
+            try:
+                while flood:
+                    flood = flood[hog.send(flood):]
+            except BlockingIOError:
+                pass  # the proxy stopped reading: its replies fill the socket
+        time.sleep(0.5)
+        started = time.time()
+        r = proxy.bgctl("set", "green=10")
+        took = time.time() - started
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertLess(took, 5.0)
+        self.assertEqual(proxy.bgctl("rollback").returncode, 0)
+        self.assertEqual(proxy.status()["colours"]["blue"]["weight"], 100)
 
     def test_a_full_house_makes_room_for_a_command_and_watchers_are_bounded(self):
         """Failed on c1c3662: idle or watching connections up to max_connections turned
