@@ -417,6 +417,9 @@ void render_worker_counters(prometheus::Registry& registry,
     gauge("bgproxy_upgraded_connections", "Upgraded connections open", &WorkerStats::upgraded_open);
     counter("bgproxy_connections_refused_total", "Client connections refused past max_connections",
             &WorkerStats::connections_refused);
+    counter("bgproxy_idle_connections_evicted_total",
+            "Idle keep-alive client connections closed to make room past max_connections",
+            &WorkerStats::idle_evicted);
     counter("bgproxy_tls_handshake_failures_total", "TLS handshakes that failed or timed out",
             &WorkerStats::tls_handshake_failures);
     counter("bgproxy_proxy_headers_refused_total",

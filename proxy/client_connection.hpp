@@ -5,6 +5,7 @@
 // ends after this request. Owned by the session; each RequestExchange borrows it. Worker
 // thread only.
 
+#include <algorithm>
 #include <boost/asio/ip/address.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/stream_traits.hpp>
@@ -72,10 +73,12 @@ struct ClientConnection {
         return std::max<std::size_t>(4096, config.limits.buffer_size);
     }
     // How much to read into `buffer` next: the room its block still has, so the rest of a head
-    // or body piece does not reallocate it; a full read when little room is left.
+    // or body piece does not reallocate it; a full read when little room is left. Never past
+    // its max_size: a pooled buffer grown under an earlier config (a reload lowered a limit)
+    // keeps its capacity, and prepare() beyond max_size throws.
     std::size_t read_room(const boost::beast::flat_buffer& buffer) const {
         const std::size_t room = buffer.capacity() - buffer.size();
-        return room >= 1024 ? room : read_chunk();
+        return std::min(room >= 1024 ? room : read_chunk(), buffer.max_size() - buffer.size());
     }
     SpliceSettings splice_settings() const {
         return {&worker.splice_pipes(), config.limits.splice_min_body, config.limits.splice_pipes,
@@ -100,6 +103,9 @@ struct ClientConnection {
     UpstreamConnector upstreams;
     bool linger = false;        // an error response was sent: drain before closing
     bool last_request = false;  // max_requests_per_connection reached: close after this one
+    // The wait for a connection's first request armed client_header: that clock, from the
+    // connect, covers the whole head too (not restarted by its first byte).
+    bool header_clock_running = false;
 };
 
 }  // namespace bg

@@ -253,8 +253,13 @@ class ClientSession {
             co_return IdleEnd::closed;  // one that came is served (and its answer closes)
         }
         const auto& timeouts = conn_.config.timeouts;
-        conn_.deadline.arm(first ? timeouts.client_header : timeouts.client_keepalive,
+        // Before any request (also after a park and a resume) the head is due client_header
+        // after the wait began, whole: as nginx's client_header_timeout and HAProxy's
+        // timeout http-request run from the connect.
+        const bool before_first = first || served_ == 0;
+        conn_.deadline.arm(before_first ? timeouts.client_header : timeouts.client_keepalive,
                            ConnectionDeadline::client);
+        conn_.header_clock_running = before_first;
         conn_.handle().idle = true;
         if (may_park) {
             conn_.worker.parked().wait_idle(idle_wait_, conn_.socket(), timeouts.client_park_after);

@@ -226,6 +226,28 @@ void ParkedClients::arm() {
     });
 }
 
+bool ParkedClients::evict_one(std::optional<std::size_t> listener) {
+    constexpr int scan = 64;  // per FIFO, for a listener's own: bounded work per accept
+    ParkedClient* victim = nullptr;
+    for (auto& [timeout, fifo] : fifos_) {
+        int seen = 0;
+        for (auto it = fifo.begin(); it != fifo.end() && seen < scan; ++it, ++seen) {
+            if (listener && it->listener != *listener) {
+                continue;
+            }
+            if (victim == nullptr || it->expires < victim->expires) {
+                victim = &*it;
+            }
+            break;  // the FIFO's first match expires first
+        }
+    }
+    if (victim == nullptr) {
+        return false;
+    }
+    unpark(*victim);  // closed at once; its TrackedSession gives its slot back
+    return true;
+}
+
 void ParkedClients::expire() {
     const auto now = std::chrono::steady_clock::now();
     for (auto& [timeout, fifo] : fifos_) {

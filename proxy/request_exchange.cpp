@@ -4,6 +4,7 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <string>
+#include <utility>
 
 #include "access_record.hpp"
 #include "coarse_clock.hpp"
@@ -111,8 +112,11 @@ Task<bool> RequestExchange<Stream>::read_head() {
         ex_.parser->body_limit(boost::none);
     }
     ex_.parser->eager(false);
-    // The whole header must arrive within client_header (slowloris).
-    conn_.deadline.arm(config_.timeouts.client_header, ConnectionDeadline::client);
+    // The whole header must arrive within client_header (slowloris): from its first byte, or
+    // for a connection's first request from the connect (the wait armed it).
+    if (!std::exchange(conn_.header_clock_running, false)) {
+        conn_.deadline.arm(config_.timeouts.client_header, ConnectionDeadline::client);
+    }
     std::size_t checked = 0;  // bytes already seen to hold no line end
     for (;;) {
         Refusal refusal;
@@ -307,6 +311,7 @@ Colour RequestExchange<Stream>::choose_colour(const RoutingTable& table) {
     set_sticky_ = !config_.sticky.cookie.empty() && !preview && !sticky &&
                   table.pool(Colour::blue).weight_bp > 0 && table.pool(Colour::green).weight_bp > 0;
     colour_pinned_ = preview || sticky;
+    sticky_pinned_ = sticky.has_value();
     return preview ? *preview : sticky ? *sticky : conn_.worker.balancer().pick_colour(table);
 }
 
@@ -383,6 +388,12 @@ Colour RequestExchange<Stream>::routing_for_retry(RoutingTablePtr& table, Colour
     }
     table = now;
     ex_.record.version = table->version();
+    if (sticky_pinned_) {
+        // A cookie pins a client to its colour only while that colour takes traffic: after a
+        // rollback or a revert its retry goes where a new request with it would.
+        colour_pinned_ = sticky_colour(ex_.parser->get(), config_.sticky, *table).has_value();
+        sticky_pinned_ = colour_pinned_;
+    }
     if (!colour_pinned_ && table->pool(colour).weight_bp == 0 &&
         table->pool(other(colour)).weight_bp > 0) {
         return other(colour);

@@ -72,6 +72,7 @@ class RequestExchange {
     bool interim_sent_ = false;   // a 1xx went to the client: no retry past it
     bool set_sticky_ = false;     // the weights chose: the response pins the colour
     bool colour_pinned_ = false;  // a preview header or a sticky cookie chose the colour
+    bool sticky_pinned_ = false;  // the sticky cookie did: it yields to a revert, as new requests'
     std::chrono::steady_clock::time_point started_;
     std::chrono::steady_clock::time_point upstream_started_;
     std::chrono::steady_clock::time_point response_due_;  // upstream_response, from the first try

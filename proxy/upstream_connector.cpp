@@ -27,6 +27,7 @@ UpstreamConnector::UpstreamConnector(Worker& worker, const Config& config,
 Task<Connected> UpstreamConnector::connect(const RoutingTable& table, Colour colour, bool verify,
                                            ExchangeState& ex, UpstreamLease& lease) {
     Connected result = Connected::no_backend;
+    bool crossed = false;
     for (unsigned attempt = 0; attempt < config_.upstream.connect_attempts; ++attempt) {
         const Backend* backend = attempt == 0 ? private_backend(table, colour) : nullptr;
         if (backend == nullptr) {
@@ -39,18 +40,35 @@ Task<Connected> UpstreamConnector::connect(const RoutingTable& table, Colour col
         if (backend == nullptr) {
             co_return result;
         }
-        ex.tried.push_back(backend->id);
-        if (auto idle = idle_connection(*backend, verify)) {
-            lease.hold(*backend, std::move(*idle), true);
-            co_return Connected::yes;
-        }
-        result = co_await open(*backend, ex, lease);
-        if (result == Connected::yes || result == Connected::out_of_descriptors) {
-            // The proxy's own lack of descriptors says nothing of the backend: no outcome
-            // is recorded (no ejection, no revert) and no other backend would fare better.
+        crossed = crossed || backend->colour != colour;
+        result = co_await attempt_backend(*backend, verify, ex, lease);
+        if (result != Connected::refused) {
             co_return result;
         }
-        worker_.record_outcome(backend->id, TryOutcome::connect_failed);
+    }
+    if (!crossed && config_.retries.cross_colour) {
+        // Every attempt in this colour failed to connect (its backends killed, and not yet
+        // marked down by their checks): one attempt on the other colour before a 502.
+        if (const Backend* backend =
+                worker_.balancer().pick_backend(table, other(colour), ex.tried)) {
+            result = co_await attempt_backend(*backend, verify, ex, lease);
+        }
+    }
+    co_return result;
+}
+
+Task<Connected> UpstreamConnector::attempt_backend(const Backend& backend, bool verify,
+                                                   ExchangeState& ex, UpstreamLease& lease) {
+    ex.tried.push_back(backend.id);
+    if (auto idle = idle_connection(backend, verify)) {
+        lease.hold(backend, std::move(*idle), true);
+        co_return Connected::yes;
+    }
+    const Connected result = co_await open(backend, ex, lease);
+    if (result == Connected::refused) {
+        // (The proxy's own lack of descriptors says nothing of the backend: no outcome is
+        // recorded, no ejection, no revert; and no other backend would fare better.)
+        worker_.record_outcome(backend.id, TryOutcome::connect_failed);
     }
     co_return result;
 }

@@ -216,7 +216,8 @@ void Worker::accepted(Socket socket, std::size_t listener, const tcp::endpoint& 
     WorkerStats::add(stats_.connections_accepted);
     const std::uint32_t listener_max =
         listener < config_->listeners.size() ? config_->listeners[listener].max_connections : 0;
-    if (limits_.try_open(listener, config_->limits.max_connections, listener_max)) {
+    if (limits_.try_open(listener, config_->limits.max_connections, listener_max) ||
+        make_room(listener, listener_max)) {
         // Its request is rarely there yet: the first read waits for the poller (whose
         // registration of the socket reports bytes that are) rather than trying a recv first.
         assume_drained(socket);
@@ -225,6 +226,24 @@ void Worker::accepted(Socket socket, std::size_t listener, const tcp::endpoint& 
     } else {
         refuse(socket, listener);
     }
+}
+
+// At a connection limit, an idle keep-alive connection of this worker makes room (the one
+// nearest its own timeout): a flood of connections that each sent one request and went quiet
+// would otherwise turn every new client away for client_keepalive.
+bool Worker::make_room(std::size_t listener, std::uint32_t listener_max) {
+    const bool per_listener = listener_max != 0;
+    for (int tries = 0; tries < 2; ++tries) {
+        if (!parked_->evict_one(per_listener ? std::optional<std::size_t>(listener)
+                                            : std::nullopt)) {
+            return false;
+        }
+        WorkerStats::add(stats_.idle_evicted);
+        if (limits_.try_open(listener, config_->limits.max_connections, listener_max)) {
+            return true;
+        }
+    }
+    return false;
 }
 
 // Past max_connections a plain HTTP client gets a 503 it can read (one non-blocking send,

@@ -135,6 +135,7 @@ class Worker {
                        const boost::system::error_code& ec);
     void accepted(Socket socket, std::size_t listener, const boost::asio::ip::tcp::endpoint& peer);
     void refuse(Socket& socket, std::size_t listener);
+    bool make_room(std::size_t listener, std::uint32_t listener_max);
     void finish_if_drained();
     void sweep_in_flight();
     void sweep_client_closes();

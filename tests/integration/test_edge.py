@@ -914,6 +914,21 @@ class LimitsTest(ProcessTestCase):
         super().setUp()
         self.blue = self.backend("blue-1")
 
+    def busy_connection(self, port):
+        """A connection with a request in flight (10 s): it holds its slot. An idle one would
+        be closed to make room past a limit (test_idle_connections)."""
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.addCleanup(s.close)
+        s.sendall(b"GET /?delay=10000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        return s
+
+    def wait_for_connections(self, proxy, n):
+        """Until the proxy has accepted them (each worker accepts on its own)."""
+        deadline = time.time() + 5
+        while metric(proxy, "bgproxy_downstream_connections") < n and time.time() < deadline:
+            time.sleep(0.02)
+        self.assertEqual(metric(proxy, "bgproxy_downstream_connections"), n)
+
     def served_connection(self, port):
         s = socket.create_connection(("127.0.0.1", port), timeout=5)
         self.addCleanup(s.close)
@@ -936,8 +951,9 @@ certificates = [%s]
 address = "127.0.0.1:0"
 """ % certs("a"), [self.blue]))
         limited, tls, other = proxy.ports
-        first = self.served_connection(limited)
-        self.served_connection(limited)
+        first = self.busy_connection(limited)
+        self.busy_connection(limited)
+        self.wait_for_connections(proxy, 2)
         out, closed = exchange(limited, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertEqual(status_of(out), 503, out)
         self.assertIn(b"X-BG-Error: too many connections", out)
@@ -957,8 +973,7 @@ address = "127.0.0.1:0"
         # TLS past its cap: closed without a handshake (nothing to answer with).
         conn = https_connection(tls, "a.test")
         self.addCleanup(conn.close)
-        conn.request("GET", "/")
-        self.assertEqual(conn.getresponse().read(), b"blue-1\n")
+        conn.request("GET", "/?delay=10000")  # in flight: it holds the slot
         with self.assertRaises((ssl.SSLError, ConnectionError, OSError)):
             tls_connect(tls, "a.test").close()
 
@@ -998,8 +1013,9 @@ address = "127.0.0.1:0"
         while metric(proxy, "bgproxy_downstream_connections") > 0 and time.time() < deadline:
             time.sleep(0.05)
         self.assertEqual(metric(proxy, "bgproxy_downstream_connections"), 0)
-        a = self.served_connection(p1)
-        b = self.served_connection(p2)
+        a = self.busy_connection(p1)
+        b = self.busy_connection(p2)
+        self.wait_for_connections(proxy, 2)
         for port in (p1, p2):
             out, closed = exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             self.assertEqual(status_of(out), 503, out)

@@ -38,6 +38,23 @@ class FailureTest(ProcessTestCase):
             r = conn.getresponse()
             self.assertEqual((r.status, r.read()), (200, b"blue-2\n"))
 
+    def test_a_colour_whose_backends_all_died_serves_from_the_other_before_checks_notice(self):
+        """Found by review: connect attempts stayed in the request's colour, so with every blue
+        backend killed (and not yet marked down) each request got 502 while green could serve."""
+        green = self.backend("green-1")
+        blue = [Dead(self, "blue-%d" % i) for i in range(1, 5)]
+        proxy = self.proxy(config(blue, [green], extra="""
+[health]
+enabled = false
+[upstream]
+connect_attempts = 2
+"""))
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+        for _ in range(30):
+            conn.request("GET", "/")
+            r = conn.getresponse()
+            self.assertEqual((r.status, r.read()), (200, b"green-1\n"))
+
     def test_hanging_backend_gives_504_in_time(self):
         blue = self.backend("blue-1")
         proxy = self.proxy(config([blue], [Dead(self, "green-1")],

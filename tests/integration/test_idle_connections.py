@@ -18,9 +18,9 @@ def get(sock):
 
 
 class IdleConnectionTest(ProcessTestCase):
-    def start_proxy(self, keepalive="60s", header="10s", park_after="250ms", extra=""):
+    def start_proxy(self, keepalive="60s", header="10s", park_after="250ms", extra="", workers=2):
         blue, green = self.backend("blue-1"), self.backend("green-1")
-        return self.proxy(config([blue], [green], extra="""
+        return self.proxy(workers=workers, config_text=config([blue], [green], extra="""
 [timeouts]
 client_keepalive = "%s"
 client_header = "%s"
@@ -54,6 +54,33 @@ client_park_after = "%s"
             if busy_parks == 1:
                 self.assertEqual(metric(proxy, "bgproxy_downstream_parks_total"), parks + 1)
             self.assertEqual(get(s), 200)  # and resumes
+
+    def test_past_max_connections_an_idle_connection_makes_room(self):
+        """Found by review: parked connections held their slots until client_keepalive, so a
+        flood of connections that each sent one request and went quiet turned every new client
+        away with 503 (nginx reuses idle keep-alive connections the same way)."""
+        # One worker: a worker closes its own idle connections to make room.
+        proxy = self.start_proxy(park_after="0s", workers=1,
+                                 extra="[limits]\nmax_connections = 4\n")
+        idle = []
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+            self.addCleanup(s.close)
+            self.assertEqual(get(s), 200)
+            idle.append(s)
+        self.wait_for_metric(proxy, "bgproxy_downstream_connections_idle", 4)
+        for _ in range(3):
+            fresh = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+            self.addCleanup(fresh.close)
+            self.assertEqual(get(fresh), 200)
+            time.sleep(0.05)  # parked in turn: the next one may close it
+        self.assertEqual(metric(proxy, "bgproxy_idle_connections_evicted_total"), 3)
+        self.assertEqual(metric(proxy, "bgproxy_connections_refused_total"), 0)
+        self.assertLessEqual(metric(proxy, "bgproxy_downstream_connections"), 4)
+        # The ones closed to make room were the oldest idle: the first three.
+        for s in idle[:3]:
+            self.assertEqual(s.recv(100), b"")
+        self.assertEqual(get(idle[3]), 200)
 
     def test_many_idle_connections_park_and_each_resumes(self):
         proxy = self.start_proxy()
