@@ -986,7 +986,9 @@ void Switchboard::commit(Origin origin, Staged staged) {
     next.version = state_.version + 1;
     next.changed_at = now_iso8601();
     next.changed_by = origin.by;
-    next.command = origin.line;
+    // Bounded as the audit log bounds it: the state (file, status, every later audit record)
+    // carries it.
+    next.command = origin.line.substr(0, config_->control.audit_command_max);
     if (store_.shared()) {
         commit_to_fleet(std::move(origin), std::move(staged));
         return;

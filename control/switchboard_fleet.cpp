@@ -105,7 +105,7 @@ void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
         });
         return;
     }
-    save_async(change->second.next, durable_, [this, change](SaveOutcome saved) {
+    auto on_saved = [this, change](SaveOutcome saved) {
         Origin& origin = change->first;
         Staged& staged = change->second;
         if (saved.ok) {
@@ -151,7 +151,18 @@ void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
         publish(table, staged.config, [this, change, table] {
             applied(change->first, std::move(change->second), table);
         });
-    });
+    };
+    if (is_safety_action(change->second.kind) && !store_reachable()) {
+        // Known away: a way back applies at once, not after a save that would time out on
+        // every endpoint first (seconds of traffic on a failing colour); the persist retry
+        // writes it when the store is back.
+        SaveOutcome away;
+        away.unreachable = true;
+        away.error = "the fleet store is unreachable";
+        on_saved(std::move(away));
+        return;
+    }
+    save_async(change->second.next, durable_, std::move(on_saved));
 }
 
 // Another instance's change (or this one's, seen again through the watch).

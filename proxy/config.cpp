@@ -188,7 +188,10 @@ class TableReader {
         return table_.get(key);
     }
 
-    void read_duration(std::string_view key, Duration& out) {
+    // `nonzero`: a setting that 0 would break (every request timing out at once, a loop that
+    // never waits) is refused at 0 rather than taken.
+    enum class Zero { allowed, refused };
+    void read_duration(std::string_view key, Duration& out, Zero zero = Zero::allowed) {
         const toml::node* node = take(key);
         if (node == nullptr) {
             return;
@@ -199,6 +202,10 @@ class TableReader {
             error_at(*node, qualified(key) +
                                 " must be a duration string like \"250ms\", \"10s\", "
                                 "\"5m\" or \"1h\"");
+            return;
+        }
+        if (zero == Zero::refused && parsed->count() == 0) {
+            error_at(*node, qualified(key) + " must be more than 0");
             return;
         }
         out = *parsed;
@@ -465,9 +472,9 @@ void read_health(TableReader& health, HealthCheckConfig& out) {
             out.expect = codes;
         }
     }
-    health.read_duration("interval", out.interval);
-    health.read_duration("fast_interval", out.fast_interval);
-    health.read_duration("timeout", out.timeout);
+    health.read_duration("interval", out.interval, TableReader::Zero::refused);
+    health.read_duration("fast_interval", out.fast_interval, TableReader::Zero::refused);
+    health.read_duration("timeout", out.timeout, TableReader::Zero::refused);
     health.read_duration("jitter", out.jitter);
     health.read_integer("rise", out.rise, 1, 100);
     health.read_integer("fall", out.fall, 1, 100);
@@ -639,7 +646,7 @@ void read_control(TableReader& control, ControlConfig& out) {
     control.read_integer("max_line", out.max_line, 256, 16 << 20);
     control.read_integer("max_connections", out.max_connections, 1, 100000);
     control.read_integer("max_watchers", out.max_watchers, 0, 100000);
-    control.read_duration("idle_timeout", out.idle_timeout);
+    control.read_duration("idle_timeout", out.idle_timeout, TableReader::Zero::refused);
     control.read_integer("audit_log_max_size", out.audit_log_max_size, 4096, 1ull << 40);
     control.read_integer("audit_log_keep", out.audit_log_keep, 0, 1000);
     control.read_integer("audit_command_max", out.audit_command_max, 64, 1 << 20);
@@ -724,7 +731,7 @@ void read_tls(TableReader& tls, const toml::node& where, ListenerConfig& listene
 
 void read_canary(TableReader& c, CanaryConfig& out) {
     c.read_bool("enabled", out.enabled);
-    c.read_duration("interval", out.interval);
+    c.read_duration("interval", out.interval, TableReader::Zero::refused);
     std::vector<Duration> windows;
     c.read_string_list("windows", "durations like \"1s\"", [&](const std::string& text) {
         const auto parsed = parse_duration(text);
@@ -825,11 +832,11 @@ void read_fleet(TableReader& fleet, FleetConfig& out) {
     fleet.read_string("name", out.name);
     fleet.read_string("instance", out.instance);
     fleet.read_string("prefix", out.prefix);
-    fleet.read_duration("request_timeout", out.request_timeout);
-    fleet.read_duration("lease_ttl", out.lease_ttl);
-    fleet.read_duration("apply_timeout", out.apply_timeout);
-    fleet.read_duration("retry_min", out.retry_min);
-    fleet.read_duration("retry_max", out.retry_max);
+    fleet.read_duration("request_timeout", out.request_timeout, TableReader::Zero::refused);
+    fleet.read_duration("lease_ttl", out.lease_ttl, TableReader::Zero::refused);
+    fleet.read_duration("apply_timeout", out.apply_timeout, TableReader::Zero::refused);
+    fleet.read_duration("retry_min", out.retry_min, TableReader::Zero::refused);
+    fleet.read_duration("retry_max", out.retry_max, TableReader::Zero::refused);
     if (auto tls = fleet.sub_table("tls")) {
         BackendTlsSettings settings;
         out.tls_context = read_client_tls(*tls, settings);
@@ -883,20 +890,20 @@ void read_server(TableReader& server, Config& config) {
 }
 
 void read_timeouts(TableReader& t, Timeouts& out) {
-    t.read_duration("client_header", out.client_header);
-    t.read_duration("client_keepalive", out.client_keepalive);
+    t.read_duration("client_header", out.client_header, TableReader::Zero::refused);
+    t.read_duration("client_keepalive", out.client_keepalive, TableReader::Zero::refused);
     t.read_duration("client_park_after", out.client_park_after);
-    t.read_duration("client_body", out.client_body);
-    t.read_duration("client_write", out.client_write);
-    t.read_duration("upstream_connect", out.upstream_connect);
-    t.read_duration("upstream_response", out.upstream_response);
-    t.read_duration("upstream_try", out.upstream_try);
-    t.read_duration("tunnel_idle", out.tunnel_idle);
+    t.read_duration("client_body", out.client_body, TableReader::Zero::refused);
+    t.read_duration("client_write", out.client_write, TableReader::Zero::refused);
+    t.read_duration("upstream_connect", out.upstream_connect, TableReader::Zero::refused);
+    t.read_duration("upstream_response", out.upstream_response, TableReader::Zero::refused);
+    t.read_duration("upstream_try", out.upstream_try, TableReader::Zero::refused);
+    t.read_duration("tunnel_idle", out.tunnel_idle, TableReader::Zero::refused);
     t.read_duration("client_linger", out.client_linger);
     t.read_duration("shutdown_grace", out.shutdown_grace);
     t.read_duration("shutdown_ready_delay", out.shutdown_ready_delay);
-    t.read_duration("tls_handshake", out.tls_handshake);
-    t.read_duration("accept_pause", out.accept_pause);
+    t.read_duration("tls_handshake", out.tls_handshake, TableReader::Zero::refused);
+    t.read_duration("accept_pause", out.accept_pause, TableReader::Zero::refused);
     t.read_duration("client_close_check", out.client_close_check);
     t.reject_unknown_keys();
 }
@@ -942,7 +949,7 @@ void read_upstream(TableReader& u, UpstreamSettings& out) {
         }
     }
     u.read_integer("max_idle_per_backend", out.max_idle_per_backend, 0, 100000);
-    u.read_duration("idle_timeout", out.idle_timeout);
+    u.read_duration("idle_timeout", out.idle_timeout, TableReader::Zero::refused);
     u.read_duration("recheck_after", out.recheck_after);
     u.read_duration("watch_after", out.watch_after);
     u.read_integer("connect_attempts", out.connect_attempts, 1, 16);
@@ -1005,7 +1012,7 @@ SmokeCheck read_gate_check(TableReader& entry, const toml::node& item) {
     if (auto body = entry.read_string("body_contains")) {
         check.body_contains = *body;
     }
-    entry.read_duration("timeout", check.timeout);
+    entry.read_duration("timeout", check.timeout, TableReader::Zero::refused);
     entry.reject_unknown_keys();
     return check;
 }
@@ -1013,13 +1020,13 @@ SmokeCheck read_gate_check(TableReader& entry, const toml::node& item) {
 void read_outlier(TableReader& o, OutlierConfig& out) {
     o.read_integer("consecutive_failures", out.consecutive_failures, 0, 1000);
     o.read_fraction("error_rate", out.error_rate, 0.0, 1.0);
-    o.read_duration("window", out.window);
+    o.read_duration("window", out.window, TableReader::Zero::refused);
     o.read_integer("min_requests", out.min_requests, 1, 1000000);
     o.read_bool("count_5xx", out.count_5xx);
-    o.read_duration("base_ejection", out.base_ejection);
-    o.read_duration("max_ejection", out.max_ejection);
+    o.read_duration("base_ejection", out.base_ejection, TableReader::Zero::refused);
+    o.read_duration("max_ejection", out.max_ejection, TableReader::Zero::refused);
     o.read_fraction("panic_threshold", out.panic_threshold, 0.0, 1.0);
-    o.read_duration("stalled_after", out.stalled_after);
+    o.read_duration("stalled_after", out.stalled_after, TableReader::Zero::refused);
     o.read_fraction("stall_ratio", out.stall_ratio, 1.0, 1000.0);
     o.reject_unknown_keys();
 }
@@ -1275,6 +1282,34 @@ void validate(const Config& config, std::vector<ConfigError>& errors) {
                 fail("a backend name must not be empty");
             } else if (!names.insert(backend.name).second) {
                 fail("backend name '" + backend.name + "' is used twice: names must be unique");
+            } else if (!std::all_of(backend.name.begin(), backend.name.end(), [](char c) {
+                           return std::isalnum(static_cast<unsigned char>(c)) || c == '-' ||
+                                  c == '_' || c == '.';
+                       })) {
+                // Named in control commands (split on blanks), metrics labels and the
+                // served-by header: letters, digits, '-', '_', '.' only.
+                fail("backend name '" + backend.name +
+                     "': use letters, digits, '-', '_' and '.' only");
+            }
+            if (backend.address.port == 0) {
+                fail("backend '" + backend.name + "': port 0 is no address to connect to");
+            }
+        }
+    }
+    // Two listeners on one address would both bind (SO_REUSEPORT) and split its connections
+    // at random; a backend at a listener's address would be the proxy itself, in a loop.
+    std::set<std::pair<std::string, std::uint16_t>> bound;
+    for (const auto& listener : config.listeners) {
+        const auto& a = listener.address;
+        if (a.port != 0 && !bound.insert({a.ip, a.port}).second) {
+            fail("listener address " + a.text + " is used twice");
+        }
+    }
+    for (const PoolConfig* pool : {&config.blue, &config.green}) {
+        for (const auto& backend : pool->backends) {
+            if (bound.contains({backend.address.ip, backend.address.port})) {
+                fail("backend '" + backend.name + "' is at a listener's own address " +
+                     backend.address.text + ": the proxy would send requests to itself");
             }
         }
     }
