@@ -541,8 +541,8 @@ int main(int argc, char** argv) {
     app.add_option("-s,--socket", socket_path,
                    "the control socket (default: $BGCTL_SOCKET or /run/bgproxy/control.sock)");
     app.add_flag("--json", as_json, "print the proxy's JSON reply as it is, for scripts");
-    app.add_option("--timeout", timeout_s, "seconds to wait for a reply")
-        ->check(CLI::PositiveNumber);
+    app.add_option("--timeout", timeout_s, "seconds to wait for a reply (at most a day)")
+        ->check(CLI::Range(1, 86400));  // in milliseconds it must fit poll()'s int
     app.require_subcommand(1);
     Subcommands subs;
     add_subcommands(app, subs);

@@ -560,7 +560,9 @@ FleetAck FleetStore::ack_of(std::int64_t revision) const {
                                   ")");
         }
     }
-    ack.complete = ack.lagging.empty();
+    // No member known (their leases expired in an outage, none re-registered yet) is no proof
+    // that anyone applied it: partial, not complete.
+    ack.complete = ack.lagging.empty() && !ack.applied.empty();
     return ack;
 }
 
@@ -585,7 +587,7 @@ void FleetStore::await_applied(std::int64_t revision, std::function<void(FleetAc
 void FleetStore::check_waiters() {
     for (auto it = waiters_.begin(); it != waiters_.end();) {
         FleetAck ack = ack_of(it->revision);
-        if (!ack.complete || ack.applied.empty()) {
+        if (!ack.complete) {
             ++it;
             continue;
         }

@@ -259,9 +259,12 @@ void Switchboard::answer_applied(Origin& origin, json::object reply) {
         } else {
             ++counts_.fleet_acks_partial;
             reply["warning"] =
-                "committed to the fleet, but not applied by every member within "
-                "fleet.apply_timeout: " +
-                joined(ack.lagging);
+                ack.lagging.empty()
+                    ? std::string("committed to the fleet, but no member is known to have "
+                                  "applied it within fleet.apply_timeout")
+                    : "committed to the fleet, but not applied by every member within "
+                      "fleet.apply_timeout: " +
+                          joined(ack.lagging);
         }
         answer(reply);
     });

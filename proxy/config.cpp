@@ -897,7 +897,7 @@ void read_timeouts(TableReader& t, Timeouts& out) {
     t.read_duration("client_write", out.client_write, TableReader::Zero::refused);
     t.read_duration("upstream_connect", out.upstream_connect, TableReader::Zero::refused);
     t.read_duration("upstream_response", out.upstream_response, TableReader::Zero::refused);
-    t.read_duration("upstream_try", out.upstream_try, TableReader::Zero::refused);
+    t.read_duration("upstream_try", out.upstream_try);  // 0: no per-try limit
     t.read_duration("tunnel_idle", out.tunnel_idle, TableReader::Zero::refused);
     t.read_duration("client_linger", out.client_linger);
     t.read_duration("shutdown_grace", out.shutdown_grace);
@@ -1026,7 +1026,7 @@ void read_outlier(TableReader& o, OutlierConfig& out) {
     o.read_duration("base_ejection", out.base_ejection, TableReader::Zero::refused);
     o.read_duration("max_ejection", out.max_ejection, TableReader::Zero::refused);
     o.read_fraction("panic_threshold", out.panic_threshold, 0.0, 1.0);
-    o.read_duration("stalled_after", out.stalled_after, TableReader::Zero::refused);
+    o.read_duration("stalled_after", out.stalled_after);  // 0: off
     o.read_fraction("stall_ratio", out.stall_ratio, 1.0, 1000.0);
     o.reject_unknown_keys();
 }
