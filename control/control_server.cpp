@@ -125,9 +125,8 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
     const Caller caller = identify_peer(socket.native_handle(), config);
     auto outbox = std::make_shared<Outbox>(socket.get_executor(), 1024);
     asio::steady_timer idle(socket.get_executor());
-    std::string input;
-    for (;;) {
-        // A connection that sends no command for idle_timeout is closed: it holds a slot.
+    // Idle (its slot may be taken), and closed after idle_timeout unless `idle` is cancelled.
+    auto wait_idle = [&] {
         ConnectionSlots::idle(*slot);
         idle.expires_after(config.idle_timeout);
         idle.async_wait([&socket](boost::system::error_code ec) {
@@ -136,6 +135,11 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
                 socket.close(ignored);
             }
         });
+    };
+    std::string input;
+    for (;;) {
+        // A connection that sends no command for idle_timeout is closed: it holds a slot.
+        wait_idle();
         auto [ec, n] = co_await asio::async_read_until(
             socket, asio::dynamic_buffer(input, config.max_line), '\n', nothrow);
         idle.cancel();
@@ -184,14 +188,7 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
             // A client that does not read its replies (a pipelined flood of status, history
             // 1000) holds no slot against an operator: while the reply waits on the client, the
             // slot may be taken, and after idle_timeout without progress the connection closes.
-            ConnectionSlots::idle(*slot);
-            idle.expires_after(config.idle_timeout);
-            idle.async_wait([&socket](boost::system::error_code ec) {
-                if (!ec) {
-                    boost::system::error_code ignored;
-                    socket.close(ignored);
-                }
-            });
+            wait_idle();
         }
         auto [wec, wn] = co_await asio::async_write(socket, asio::buffer(reply), nothrow);
         idle.cancel();

@@ -1091,10 +1091,10 @@ void Switchboard::applied(Origin& origin, Staged staged, RoutingTablePtr table) 
     }
     if (!is_guard_action(staged.kind)) {
         // Before anything else runs: the guard judges the state this change made.
-        queue_.push_front(Job{
-            internal_origin(std::string("guard check after ") + to_string(staged.kind),
-                            "rollout guard"),
-            GuardCheck{staged.kind == SwitchKind::fleet}});
+        queue_.push_front(
+            Job{internal_origin(std::string("guard check after ") + to_string(staged.kind),
+                                "rollout guard"),
+                GuardCheck{staged.kind == SwitchKind::fleet}});
     }
     const bool audited = audit_.append(record);
     json::object reply{{"ok", true},

@@ -133,10 +133,10 @@ void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
                 // The fleet moved on without this instance seeing it (its watch may be behind):
                 // catch up now, not when the watch says so; a guard action is judged again on
                 // the state that won.
-                enqueue(Job{internal_origin("fleet state version " +
-                                                std::to_string(saved.current->version),
-                                            "fleet"),
-                            FleetState{std::move(*saved.current)}});
+                enqueue(Job{
+                    internal_origin("fleet state version " + std::to_string(saved.current->version),
+                                    "fleet"),
+                    FleetState{std::move(*saved.current)}});
                 if (safety) {
                     enqueue(Job{internal_origin("guard check after a conflict", "rollout guard"),
                                 GuardCheck{false}});
@@ -195,8 +195,7 @@ void Switchboard::handle_fleet_state(Origin origin, const FleetState& fleet_stat
                 return;
             }
         }
-        if (std::exchange(rollback_pending_, false) &&
-            incoming.weight(incoming.stable) < 10000) {
+        if (std::exchange(rollback_pending_, false) && incoming.weight(incoming.stable) < 10000) {
             // An operator's rollback is not given up either: all traffic to the stable colour
             // of the state that won, written there.
             state_ = incoming;
@@ -260,8 +259,9 @@ void Switchboard::answer_applied(Origin& origin, json::object reply) {
             ++counts_.fleet_acks_partial;
             reply["warning"] =
                 ack.lagging.empty()
-                    ? std::string("committed to the fleet, but no member is known to have "
-                                  "applied it within fleet.apply_timeout")
+                    ? std::string(
+                          "committed to the fleet, but no member is known to have "
+                          "applied it within fleet.apply_timeout")
                     : "committed to the fleet, but not applied by every member within "
                       "fleet.apply_timeout: " +
                           joined(ack.lagging);

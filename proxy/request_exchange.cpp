@@ -357,8 +357,8 @@ Task<Exchange> RequestExchange<Stream>::forward(RoutingTablePtr& table, Colour c
         // else may have been processed: it is never sent twice. (Not after the worker cut the
         // try: its backend failed, and the retry goes elsewhere.)
         while (outcome == Exchange::upstream_failed && lease.reused() && facts.idempotent &&
-               !conn_.handle().try_cut &&
-               !body_started_ && !interim_sent_ && !conn_.close_watch.client_gone()) {
+               !conn_.handle().try_cut && !body_started_ && !interim_sent_ &&
+               !conn_.close_watch.client_gone()) {
             if (co_await conn_.upstreams.reconnect(ex_, lease) != Connected::yes) {
                 break;
             }
@@ -571,8 +571,7 @@ Task<Exchange> RequestExchange<Stream>::read_response_head(UpstreamStream& strea
         parser.skip(true);
     }
     conn_.deadline.arm(try_limit(), ConnectionDeadline::upstream);
-    AwaitingResponse awaiting(conn_.handle(),
-                              facts.idempotent && !body_started_ && !interim_sent_);
+    AwaitingResponse awaiting(conn_.handle(), facts.idempotent && !body_started_ && !interim_sent_);
     std::size_t checked = 0;
     HeadRead read;
     ResponseRefusal refusal;

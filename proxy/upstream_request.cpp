@@ -56,31 +56,10 @@ bool normalize_target(Request& request) {
 
 namespace {
 
-// RFC 9110 10.1.1: 100-continue is the one expectation there is; a server may answer 417 to
-// any other (which the proxy could not meet: it answers 100-continue itself). HTTP/1.0
-// requests' Expect is ignored (RFC 9110 10.1.1).
-bool unmet_expectation(const Request& request) {
-    if (request.version() < 11) {
-        return false;
-    }
-    for (const auto& field : request) {
-        if (field.name() != http::field::expect) {
-            continue;
-        }
-        bool unmet = false;
-        for_each_list_member(field.value(), [&](std::string_view member) {
-            unmet = !boost::beast::iequals(member, "100-continue");
-            return !unmet;
-        });
-        if (unmet) {
-            return true;
-        }
-    }
-    return false;
-}
-
-// Any Expect field of an HTTP/1.1 request naming 100-continue, not only the first.
-bool expects_continue(const Request& request) {
+// Whether any member of any Expect field of an HTTP/1.1 request satisfies `test` (HTTP/1.0
+// requests' Expect is ignored, RFC 9110 10.1.1).
+template <class Test>
+bool any_expectation(const Request& request, Test test) {
     if (request.version() < 11) {
         return false;
     }
@@ -90,7 +69,7 @@ bool expects_continue(const Request& request) {
         }
         bool found = false;
         for_each_list_member(field.value(), [&](std::string_view member) {
-            found = boost::beast::iequals(member, "100-continue");
+            found = test(member);
             return !found;
         });
         if (found) {
@@ -98,6 +77,21 @@ bool expects_continue(const Request& request) {
         }
     }
     return false;
+}
+
+bool is_continue(std::string_view member) {
+    return boost::beast::iequals(member, "100-continue");
+}
+
+// RFC 9110 10.1.1: 100-continue is the one expectation there is; a server may answer 417 to
+// any other (which the proxy could not meet: it answers 100-continue itself).
+bool unmet_expectation(const Request& request) {
+    return any_expectation(request, [](std::string_view m) { return !is_continue(m); });
+}
+
+// Any Expect field naming 100-continue, not only the first.
+bool expects_continue(const Request& request) {
+    return any_expectation(request, is_continue);
 }
 
 }  // namespace

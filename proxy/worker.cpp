@@ -235,7 +235,7 @@ bool Worker::make_room(std::size_t listener, std::uint32_t listener_max) {
     const bool per_listener = listener_max != 0;
     for (int tries = 0; tries < 2; ++tries) {
         if (!parked_->evict_one(per_listener ? std::optional<std::size_t>(listener)
-                                            : std::nullopt)) {
+                                             : std::nullopt)) {
             return false;
         }
         WorkerStats::add(stats_.idle_evicted);

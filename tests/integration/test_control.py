@@ -417,17 +417,21 @@ timeout = "30s"
         time.sleep(0.5)
         self.assertEqual(proxy.status()["colours"]["green"]["weight"], 0)
 
+    def small_house(self, extra=""):
+        """A proxy whose control socket takes three connections, one of them watching."""
+        blue = self.backend("blue-1")
+        green = self.backend("green-1")
+        return self.proxy(config([blue], [green], extra="""
+[control]
+max_connections = 3
+max_watchers = 1
+""" + extra))
+
     def test_clients_that_never_read_their_replies_do_not_lock_out_a_rollback(self):
         """Found by review: a connection whose reply could not be written (a pipelined flood of
         status lines, never read) held its slot as busy for good; three of them turned `bgctl
         rollback` away ("too many control connections")."""
-        blue = self.backend("blue-1")
-        green = self.backend("green-1")
-        proxy = self.proxy(config([blue], [green], extra="""
-[control]
-max_connections = 3
-max_watchers = 1
-"""))
+        proxy = self.small_house()
         for _ in range(3):
             hog = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.addCleanup(hog.close)
@@ -451,14 +455,7 @@ max_watchers = 1
     def test_a_full_house_makes_room_for_a_command_and_watchers_are_bounded(self):
         """Failed on c1c3662: idle or watching connections up to max_connections turned
         `bgctl rollback` away ("too many control connections"), for as long as they stayed."""
-        blue = self.backend("blue-1")
-        green = self.backend("green-1")
-        proxy = self.proxy(config([blue], [green], extra="""
-[control]
-max_connections = 3
-max_watchers = 1
-idle_timeout = "1s"
-"""))
+        proxy = self.small_house('idle_timeout = "1s"\n')
         watch = subprocess.Popen([BGCTL, "--socket", proxy.socket, "watch"],
                                  stdout=subprocess.PIPE, text=True)
         try:

@@ -135,55 +135,24 @@ backends = [{ name = "x", address = "127.0.0.1:2" }]
 )")
               .find("used twice") != std::string::npos);
     // Names a control command can address; no address clash with the proxy itself.
-    CHECK(first_error(R"(
-[[listener]]
-address = "127.0.0.1:8080"
-[pools.blue]
-backends = [{ name = "blue one", address = "127.0.0.1:1" }]
-[pools.green]
-backends = [{ name = "g", address = "127.0.0.1:2" }]
-)")
+    const auto pools = [](std::string_view blue, std::string_view extra = "",
+                          std::string_view listeners =
+                              "[[listener]]\naddress = \"127.0.0.1:8080\"\n") {
+        return std::string(listeners) + "[pools.blue]\nbackends = [" + std::string(blue) +
+               "]\n[pools.green]\nbackends = [\"127.0.0.1:2\"]\n" + std::string(extra);
+    };
+    CHECK(first_error(pools(R"({ name = "blue one", address = "127.0.0.1:1" })"))
               .find("letters, digits") != std::string::npos);
-    CHECK(first_error(R"(
-[[listener]]
-address = "127.0.0.1:8080"
-[[listener]]
-address = "127.0.0.1:8080"
-[pools.blue]
-backends = ["127.0.0.1:1"]
-[pools.green]
-backends = ["127.0.0.1:2"]
-)")
+    CHECK(first_error(pools(R"("127.0.0.1:1")", "",
+                            "[[listener]]\naddress = \"127.0.0.1:8080\"\n"
+                            "[[listener]]\naddress = \"127.0.0.1:8080\"\n"))
               .find("used twice") != std::string::npos);
-    CHECK(first_error(R"(
-[[listener]]
-address = "127.0.0.1:8080"
-[pools.blue]
-backends = ["127.0.0.1:8080"]
-[pools.green]
-backends = ["127.0.0.1:2"]
-)")
-              .find("the proxy would send requests to itself") != std::string::npos);
-    CHECK(first_error(R"(
-[[listener]]
-address = "127.0.0.1:8080"
-[pools.blue]
-backends = ["127.0.0.1:0"]
-[pools.green]
-backends = ["127.0.0.1:2"]
-)")
-              .find("port 0") != std::string::npos);
+    CHECK(
+        first_error(pools(R"("127.0.0.1:8080")")).find("the proxy would send requests to itself") !=
+        std::string::npos);
+    CHECK(first_error(pools(R"("127.0.0.1:0")")).find("port 0") != std::string::npos);
     // A timeout of 0 would fail every request (or spin): refused, not taken.
-    CHECK(first_error(R"(
-[[listener]]
-address = "127.0.0.1:8080"
-[pools.blue]
-backends = ["127.0.0.1:1"]
-[pools.green]
-backends = ["127.0.0.1:2"]
-[timeouts]
-client_header = "0s"
-)")
+    CHECK(first_error(pools(R"("127.0.0.1:1")", "[timeouts]\nclient_header = \"0s\"\n"))
               .find("timeouts.client_header must be more than 0") != std::string::npos);
     CHECK(first_error(R"(
 [[listener]]

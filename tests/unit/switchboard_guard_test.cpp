@@ -11,8 +11,8 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <thread>
 #include <memory>
+#include <thread>
 
 #include "audit_log.hpp"
 #include "state_store.hpp"
@@ -67,8 +67,8 @@ struct Board {
     bg::Caller operator_{1000, 1000, 42, bg::Role::operate};
 
     explicit Board(bg::Config config)
-        : board(io.get_executor(), std::make_shared<const bg::Config>(std::move(config)), "",
-                store, audit) {
+        : board(io.get_executor(), std::make_shared<const bg::Config>(std::move(config)), "", store,
+                audit) {
         std::string error;
         REQUIRE(audit.open(error));
         REQUIRE(board.load(error));
