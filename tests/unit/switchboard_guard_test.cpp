@@ -231,12 +231,18 @@ expect = 200
     server.join();
 }
 
-TEST_CASE("a ramp step that cannot be saved is tried again, not dropped") {
-    Board b;
+// A board with workers attached (ramps step only then), ramping green by 10% every 100 ms.
+struct Ramping : Board {
     HeldPublisher workers;
-    b.board.attach(workers);
-    CHECK(b.run("ramp green to=30 step=10 every=100ms").at("ok").as_bool());
-    CHECK(b.green() == 1000);
+    explicit Ramping(const char* to) {
+        board.attach(workers);
+        CHECK(run(std::string("ramp green to=") + to + " step=10 every=100ms").at("ok").as_bool());
+        CHECK(green() == 1000);
+    }
+};
+
+TEST_CASE("a ramp step that cannot be saved is tried again, not dropped") {
+    Ramping b("30");
     b.break_disk();
     b.run_until([] { return false; });  // several refused steps
     CHECK(b.green() == 1000);
@@ -248,11 +254,8 @@ TEST_CASE("a ramp step that cannot be saved is tried again, not dropped") {
 }
 
 TEST_CASE("a ramp step armed before a new ramp replaced it is not taken") {
-    Board b;
-    HeldPublisher workers;
-    b.board.attach(workers);
-    CHECK(b.run("ramp green to=50 step=10 every=100ms").at("ok").as_bool());
-    CHECK(b.green() == 1000);
+    Ramping b("50");
+    HeldPublisher& workers = b.workers;
     workers.hold = true;
     b.board.on_health("blue-1", true, "check passed");  // the line is busy
     json::object reply;
