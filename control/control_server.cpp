@@ -1,6 +1,7 @@
 #include "control_server.hpp"
 
 #include <grp.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -36,22 +37,30 @@ constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
 // Replies and events queued for one connection.
 using Outbox = asio::experimental::channel<void(boost::system::error_code, std::string)>;
 
+// The end of input is either a hang-up or a half-close (`echo flip | socat - UNIX-CONNECT:...`
+// shuts its side for writing, then waits for the reply, as with HAProxy's runtime API): only
+// a peer gone both ways makes a Unix socket report POLLHUP.
+bool peer_gone(int fd) {
+    pollfd p{fd, POLLIN, 0};
+    return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLERR)) != 0;
+}
+
 // While a command waits for its answer: a client that hangs up cancels it, if it has not
 // started applying (Switchboard::cancel). A client that sends more is not watched further.
-void cancel_if_client_leaves(local::socket& socket, Switchboard& switchboard, std::string id,
-                             std::shared_ptr<bool> answered) {
-    socket.async_wait(local::socket::wait_read,
-                      [&switchboard, fd = socket.native_handle(), id = std::move(id),
-                       answered](boost::system::error_code ec) {
-                          if (ec || *answered) {
-                              return;
-                          }
-                          char byte = 0;
-                          const ssize_t n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-                          if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
-                              switchboard.cancel(id, "the client closed the connection");
-                          }
-                      });
+void cancel_if_client_leaves(local::socket& socket, Switchboard& switchboard, const Caller& caller,
+                             std::string id, std::shared_ptr<bool> answered) {
+    socket.async_wait(
+        local::socket::wait_read, [&switchboard, caller, fd = socket.native_handle(),
+                                   id = std::move(id), answered](boost::system::error_code ec) {
+            if (ec || *answered) {
+                return;
+            }
+            char byte = 0;
+            const ssize_t n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+            if ((n == 0 && peer_gone(fd)) || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+                switchboard.cancel(caller, id, "the client closed the connection");
+            }
+        });
 }
 
 // Streams events to a `watch` client until it goes away (a read then fails).
@@ -166,7 +175,7 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
                 outbox->try_send(boost::system::error_code{}, json::serialize(reply) + "\n");
             });
         if (!*answered && input.empty()) {
-            cancel_if_client_leaves(socket, switchboard, id, answered);
+            cancel_if_client_leaves(socket, switchboard, caller, id, answered);
         }
         auto [rec, reply] = co_await outbox->async_receive(nothrow);
         *answered = true;

@@ -574,7 +574,9 @@ std::string Switchboard::execute(const Caller& caller, std::string line, Reply r
     }
     if (!parsed.command) {
         // Unparsable input is audited too: it was an attempt to control the proxy.
-        audit_.append(audit_record(origin, "refused", nullptr, parsed.error));
+        if (audits_refusal(caller)) {
+            audit_.append(audit_record(origin, "refused", nullptr, parsed.error));
+        }
         origin.reply(error_reply(parsed.error, state_.version));
         return id;
     }
@@ -583,7 +585,7 @@ std::string Switchboard::execute(const Caller& caller, std::string line, Reply r
         std::string message = std::string("'") + verb_name(cmd.verb) + "' needs the " +
                               to_string(required_role(cmd.verb)) + " role; " + caller.describe() +
                               " has " + to_string(caller.role);
-        if (changes_state(cmd.verb)) {
+        if (changes_state(cmd.verb) && audits_refusal(caller)) {
             audit_.append(audit_record(origin, "refused", nullptr, message));
         }
         origin.reply(error_reply(message, state_.version));
@@ -597,20 +599,50 @@ std::string Switchboard::execute(const Caller& caller, std::string line, Reply r
     return id;
 }
 
-void Switchboard::cancel(const std::string& id, const std::string& why) {
+// Operators' refusals are all audited; a lesser caller's, up to audit_refusals_per_second.
+bool Switchboard::audits_refusal(const Caller& caller) {
+    if (caller.role >= Role::operate) {
+        return true;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (now - refusals_since_ >= std::chrono::seconds(1)) {
+        if (refusals_unaudited_ > 0) {
+            spdlog::warn(
+                "{} refused control lines from callers below the operate role were not "
+                "audited ([control] audit_refusals_per_second)",
+                refusals_unaudited_);
+        }
+        refusals_since_ = now;
+        refusals_audited_ = 0;
+        refusals_unaudited_ = 0;
+    }
+    if (refusals_audited_ < config_->control.audit_refusals_per_second) {
+        ++refusals_audited_;
+        return true;
+    }
+    ++refusals_unaudited_;
+    return false;
+}
+
+void Switchboard::cancel(const Caller& caller, const std::string& id, const std::string& why) {
+    // Ids are the callers' own: another caller's command with the same id is not theirs to end.
+    auto theirs = [&](const Origin& origin) {
+        return !origin.internal && origin.id == id && origin.caller.uid == caller.uid &&
+               origin.caller.pid == caller.pid;
+    };
     auto cancelled = [&](Origin& origin) {
         audit_.append(audit_record(origin, "cancelled", nullptr, why));
         spdlog::info("command {} ({}) cancelled: {}", origin.id, origin.line, why);
         origin.reply(error_reply("cancelled: " + why, state_.version));
     };
     for (auto it = queue_.begin(); it != queue_.end(); ++it) {
-        if (!it->origin.internal && it->origin.id == id) {
+        if (theirs(it->origin)) {
             cancelled(it->origin);
             queue_.erase(it);
             return;
         }
     }
-    if (auto gate = gates_.find(id); gate != gates_.end()) {
+    if (auto gate = gates_.find(id); gate != gates_.end() && theirs(gate->second.origin)) {
         cancelled(gate->second.origin);
         gates_.erase(gate);
     }
@@ -896,6 +928,9 @@ void Switchboard::proceed(Origin origin, const Command& cmd, Staged staged) {
 
 std::string Switchboard::stage(const Command& cmd, Staged& out) {
     if (cmd.verb == Verb::reload) {
+        if (cmd.local) {
+            return "--local is not for reload: a reload changes this instance's config only";
+        }
         return stage_reload(out);
     }
     StagedChange change = stage_change(state_, *config_, cmd);

@@ -65,7 +65,7 @@ class Switchboard {
     std::string execute(const Caller& caller, std::string line, Reply reply);
     // The caller gave up (closed its connection): a command still waiting for its turn or on
     // its gate is cancelled, audited as such; one already applying completes, audited.
-    void cancel(const std::string& id, const std::string& why);
+    void cancel(const Caller& caller, const std::string& id, const std::string& why);
     // SIGHUP: a reload by the process itself.
     void reload_from_signal();
     // An active health check transition (HealthChecker's callback). The rollout guard may
@@ -183,6 +183,7 @@ class Switchboard {
     // Answers a command that never entered the line (read verbs, refusals at parse).
     void answer_read(Origin origin, const Command& cmd);
     void refuse(Origin& origin, const std::string& error);
+    bool audits_refusal(const Caller& caller);
     void run_command(Origin origin, const Command& cmd);
     void start_gate(Origin origin, const Command& cmd, Colour gaining);
     void gate_done(const std::string& id, std::uint64_t based_on, const std::string& failure);
@@ -268,6 +269,10 @@ class Switchboard {
     std::map<std::string, std::string> down_because_;  // why the checks took a backend down
     std::set<std::string> awaiting_first_check_;       // held by a reload: out of the guard's count
     bool republish_health_ = false;  // a reload changed verdicts after its table was built
+    std::chrono::steady_clock::time_point
+        refusals_since_{};  // lesser callers' refusals, per second
+    std::uint32_t refusals_audited_ = 0;
+    std::uint64_t refusals_unaudited_ = 0;
     ConfigListener config_listener_;
     std::deque<Job> queue_;
     bool busy_ = false;

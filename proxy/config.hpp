@@ -294,7 +294,10 @@ struct ControlConfig {
     std::uint64_t audit_log_max_size = 10 << 20;      // then rotated: audit.log.1, .2, ...
     unsigned audit_log_keep = 5;                      // rotated files kept
     std::size_t audit_command_max = 1024;             // longer command text is recorded truncated
-    RoleMembers admin;                                // the uid bgproxy runs as is always admin
+    // Refusals at the door (unparsable, or beyond the caller's role) of callers below the
+    // operate role, audited per second at most; the rest are counted in the log.
+    std::uint32_t audit_refusals_per_second = 20;
+    RoleMembers admin;  // the uid bgproxy runs as is always admin
     RoleMembers operate;
     RoleMembers read;
     Role default_role = Role::read;  // for a peer named in no list

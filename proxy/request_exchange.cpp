@@ -401,8 +401,9 @@ Colour RequestExchange<Stream>::routing_for_retry(RoutingTablePtr& table, Colour
         colour_pinned_ = sticky_colour(ex_.parser->get(), config_.sticky, *table).has_value();
         sticky_pinned_ = colour_pinned_;
     }
-    if (!colour_pinned_ && table->pool(colour).weight_bp == 0 &&
-        table->pool(other(colour)).weight_bp > 0) {
+    // By the weights the data plane acts on: a colour with nothing healthy left has none.
+    if (!colour_pinned_ && table->effective_weight_bp(colour) == 0 &&
+        table->effective_weight_bp(other(colour)) > 0) {
         return other(colour);
     }
     return colour;
@@ -503,7 +504,12 @@ Task<Exchange> RequestExchange<Stream>::exchange(UpstreamLease& lease, const Req
         conn_.close_watch.start();
     }
     std::size_t interims = 0;
-    for (;;) {
+    for (bool first = true;; first = false) {
+        if (!first && CoarseClock::now() >= response_due_) {
+            // A backend sending interim responses past upstream_response: each head would
+            // re-arm the least try limit (1 ms) from now, for as long as it kept sending.
+            co_return Exchange::upstream_timeout;
+        }
         const Exchange head = co_await read_response_head(stream, facts);
         if (head != Exchange::response_ready) {
             co_return head;

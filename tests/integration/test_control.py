@@ -395,6 +395,34 @@ timeout = "30s"
         flips = [json.loads(l) for l in open(proxy.audit_log) if '"command":"flip"' in l]
         self.assertEqual([f["result"] for f in flips], ["cancelled"])
 
+    def test_a_client_that_half_closes_after_its_command_still_gets_its_answer(self):
+        """`echo flip | socat - UNIX-CONNECT:...` shuts its writing side and waits for the
+        reply, as scripts do with HAProxy's runtime API: no hang-up (found by review: the
+        end of its input cancelled the gated flip)."""
+        blue = self.backend("blue-1")
+        green = self.backend("green-1")
+        proxy = self.proxy(config([blue], [green], extra="""
+[[gate]]
+name = "slow root"
+path = "/?delay=1500"
+expect = 200
+timeout = "10s"
+"""))
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(s.close)
+        s.connect(proxy.socket)
+        s.sendall(b"flip\n")
+        s.shutdown(socket.SHUT_WR)
+        s.settimeout(10)
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        self.assertTrue(json.loads(reply)["ok"], reply)
+        self.assertEqual(proxy.status()["colours"]["green"]["weight"], 100)
+
     def test_a_client_that_gives_up_cancels_its_command_and_history_says_so(self):
         proxy = self.gated_proxy()
         r = proxy.bgctl("--timeout", "1", "flip")

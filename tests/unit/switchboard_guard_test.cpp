@@ -272,3 +272,24 @@ TEST_CASE("a ramp step armed before a new ramp replaced it is not taken") {
     b.io.restart();
     CHECK(b.green() == 1500);  // the new ramp's first step, and no other
 }
+
+TEST_CASE("a caller that hangs up cancels its own queued command, not another's with its id") {
+    Board b;
+    HeldPublisher workers;
+    b.board.attach(workers);
+    workers.hold = true;
+    b.board.on_health("blue-1", true, "check passed");  // the line is busy
+    json::object reply;
+    b.board.execute(b.operator_, "set green=10 --id=deploy-42",
+                    [&](const json::object& r) { reply = r; });
+    const bg::Caller reader{2000, 2000, 7, bg::Role::read};
+    b.board.cancel(reader, "deploy-42", "the client closed the connection");
+    CHECK(reply.empty());  // still waiting: not the reader's to cancel
+    b.board.cancel(b.operator_, "deploy-42", "the client closed the connection");
+    REQUIRE_FALSE(reply.empty());
+    CHECK(b.error_of(reply).find("cancelled") != std::string::npos);
+    workers.hold = false;
+    workers.release();
+    b.run_until([] { return false; });
+    CHECK(b.green() == 0);
+}

@@ -152,3 +152,15 @@ TEST_CASE("a ramp takes its first step at once and ends at its target") {
     CHECK(f.board.state().weight(bg::Colour::green) == 1000);
     CHECK_FALSE(f.run("ramp resume").at("ok").as_bool());
 }
+
+TEST_CASE("a read-only caller's refusals are audited up to a rate; an operator's always") {
+    Fixture f;
+    bg::Caller reader{2000, 2000, 7, bg::Role::read};
+    for (int i = 0; i < 50; ++i) {
+        CHECK_FALSE(f.run("no such command", reader).at("ok").as_bool());
+    }
+    CHECK_FALSE(f.run("flip --bogus").at("ok").as_bool());  // the operator's
+    const auto records = f.audit.last(1000);
+    CHECK(records.size() == 21);  // audit_refusals_per_second (20), then the operator's
+    CHECK(json::parse(records.back()).as_object().at("uid").to_number<int>() == 1000);
+}
