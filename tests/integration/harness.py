@@ -230,6 +230,17 @@ def raw_exchange(port, data, timeout=5.0, shutdown_write=False):
         return b"".join(chunks)
 
 
+def read_until(sock, done):
+    """Bytes from `sock` until done(bytes so far) or the peer closes."""
+    data = b""
+    while not done(data):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def read_to_end(sock):
     """Everything the peer sends until it closes (the socket's own timeout bounds each wait)."""
     chunks = []

@@ -11,7 +11,7 @@ import threading
 import time
 import unittest
 
-from harness import BGCTL, ProcessTestCase, config
+from harness import BGCTL, ProcessTestCase, config, read_until
 
 
 class Load:
@@ -414,12 +414,7 @@ timeout = "10s"
         s.sendall(b"flip\n")
         s.shutdown(socket.SHUT_WR)
         s.settimeout(10)
-        reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
+        reply = read_until(s, lambda data: data.endswith(b"\n"))
         self.assertTrue(json.loads(reply)["ok"], reply)
         self.assertEqual(proxy.status()["colours"]["green"]["weight"], 100)
 

@@ -15,7 +15,8 @@ import time
 import unittest
 
 from harness import (Incomplete, ProcessTestCase, ScriptedBackend, admin_get, config, metric,
-                     ok_response, raw_exchange, read_response, read_to_end, status_of)
+                     ok_response, raw_exchange, read_response, read_to_end, read_until,
+                     status_of)
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -558,12 +559,7 @@ class UpgradeTest(ProxyWithScriptedBackend):
         s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nConnection: Upgrade\r\n"
                   b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
                   b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-        out = b""
-        while b"\r\n\r\n" not in out:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            out += chunk
+        out = read_until(s, lambda data: b"\r\n\r\n" in data)
         self.assertEqual(status_of(out), 101, out[:200])
         self.assertEqual(dict(self.upstream.requests()[0][3]).get("upgrade"), "websocket")
 
