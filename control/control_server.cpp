@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "access.hpp"
+#include "command.hpp"
 #include "connection_slots.hpp"
 
 namespace bg {
@@ -36,6 +37,11 @@ namespace {
 constexpr auto nothrow = asio::as_tuple(asio::use_awaitable);
 // Replies and events queued for one connection.
 using Outbox = asio::experimental::channel<void(boost::system::error_code, std::string)>;
+
+bool changes_state_line(std::string_view line) {
+    const ParsedCommand parsed = parse_command(line);
+    return !parsed.command || changes_state(parsed.command->verb);
+}
 
 // The end of input is either a hang-up or a half-close (`echo flip | socat - UNIX-CONNECT:...`
 // shuts its side for writing, then waits for the reply, as with HAProxy's runtime API): only
@@ -165,9 +171,13 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
         if (ec) {
             break;
         }
-        ConnectionSlots::busy(*slot);
         std::string line = input.substr(0, n - 1);
         input.erase(0, n);
+        if (changes_state_line(line)) {
+            // A change in flight holds its slot; a read (status, history) leaves it idle, so
+            // a client pipelining reads never fills the house against an operator's command.
+            ConnectionSlots::busy(*slot);
+        }
         auto answered = std::make_shared<bool>(false);
         const std::string id =
             switchboard.execute(caller, line, [outbox, answered](const json::object& reply) {

@@ -351,11 +351,10 @@ struct Config {
     std::string served_by_header;  // empty: off; else "NAME: colour/backend" on responses
     // Protocols a client may switch to through the proxy (Upgrade); others are stripped.
     std::vector<std::string> upgrade_protocols{"websocket"};
-    bool metrics = true;
+    bool metrics = true;  // count per-request traffic metrics (false: for measuring their cost)
     // Peers whose X-Forwarded-For / Forwarded / X-Forwarded-Proto are kept (and appended to);
     // from anyone else they are replaced.
-    NetworkSet
-        trusted_proxies;  // count per-request traffic metrics (false: for measuring their cost)
+    NetworkSet trusted_proxies;
     std::string admin_listen = "127.0.0.1:9901";  // empty: no admin listener
     std::size_t admin_max_connections = 64;       // past it the longest idle one is closed
     ControlConfig control;

@@ -64,14 +64,10 @@ Exchange connect_failure(Connected connected) {
 // Marks the session as waiting for a response head while in scope (for the stall check).
 class AwaitingResponse {
   public:
-    AwaitingResponse(SessionHandle& handle, bool retryable) : handle_(handle) {
+    explicit AwaitingResponse(SessionHandle& handle) : handle_(handle) {
         handle_.awaiting_since = CoarseClock::now();
-        handle_.awaiting_retryable = retryable;
     }
-    ~AwaitingResponse() {
-        handle_.awaiting_since = {};
-        handle_.awaiting_retryable = false;
-    }
+    ~AwaitingResponse() { handle_.awaiting_since = {}; }
     AwaitingResponse(const AwaitingResponse&) = delete;
     AwaitingResponse& operator=(const AwaitingResponse&) = delete;
 
@@ -350,15 +346,12 @@ Task<Exchange> RequestExchange<Stream>::forward(RoutingTablePtr& table, Colour c
             }
             continue_sent = true;
         }
-        conn_.handle().try_cut = false;
         outcome = co_await exchange(lease, facts);
         // A reused connection that the backend had closed: an idempotent request none of whose
         // body was consumed is intact, so it goes once more on a fresh connection. Anything
-        // else may have been processed: it is never sent twice. (Not after the worker cut the
-        // try: its backend failed, and the retry goes elsewhere.)
+        // else may have been processed: it is never sent twice.
         while (outcome == Exchange::upstream_failed && lease.reused() && facts.idempotent &&
-               !conn_.handle().try_cut && !body_started_ && !interim_sent_ &&
-               !conn_.close_watch.client_gone()) {
+               !body_started_ && !interim_sent_ && !conn_.close_watch.client_gone()) {
             if (co_await conn_.upstreams.reconnect(ex_, lease) != Connected::yes) {
                 break;
             }
@@ -577,7 +570,7 @@ Task<Exchange> RequestExchange<Stream>::read_response_head(UpstreamStream& strea
         parser.skip(true);
     }
     conn_.deadline.arm(try_limit(), ConnectionDeadline::upstream);
-    AwaitingResponse awaiting(conn_.handle(), facts.idempotent && !body_started_ && !interim_sent_);
+    AwaitingResponse awaiting(conn_.handle());
     std::size_t checked = 0;
     HeadRead read;
     ResponseRefusal refusal;

@@ -272,7 +272,6 @@ void Worker::apply(RoutingTablePtr table, std::shared_ptr<const Config> config,
     asio::post(io_, [this, table = std::move(table), config = std::move(config),
                      applied = std::move(applied)]() mutable {
         close_stale_upstreams(*table);
-        cut_tries_on_failed_backends(*table);
         // The table itself was already taken from the slot by the first request after the
         // publication; taking it here too covers a worker that serves none.
         this->table();
@@ -306,35 +305,6 @@ void Worker::close_stale_upstreams(const RoutingTable& table) {
     for (std::uint32_t id = 0; id < present.size(); ++id) {
         if (!present[id]) {
             pool_.close_backend(id);
-        }
-    }
-}
-
-// Requests waiting for a response head from a backend the new table holds failed (its checks
-// failed, or outlier detection ejected it: stalled while its peers answer) are cut now and
-// retried elsewhere, when they may be: not left to wait out upstream_try (10 s) on a backend
-// known to be hung. One that may not be retried waits on: cutting it would be a certain 502.
-void Worker::cut_tries_on_failed_backends(const RoutingTable& table) {
-    std::vector<bool> failed(table.backend_id_limit(), false);
-    bool any = false;
-    for (Colour colour : all_colours) {
-        for (const Backend& backend : table.pool(colour).backends) {
-            if (!backend.healthy && backend.id < failed.size()) {
-                failed[backend.id] = true;
-                any = true;
-            }
-        }
-    }
-    if (!any) {
-        return;
-    }
-    for (SessionHandle& session : sessions_) {
-        if (session.upstream != nullptr && session.awaiting_retryable &&
-            session.upstream_backend < failed.size() && failed[session.upstream_backend]) {
-            boost::system::error_code ignored;
-            session.try_cut = true;
-            session.upstream->shutdown(Socket::shutdown_both, ignored);
-            WorkerStats::add(stats_.tries_cut);
         }
     }
 }

@@ -141,7 +141,6 @@ class Worker {
     void sweep_client_closes();
     // A colour lost its whole share: its tunnels close after the table's tunnel_drain.
     void close_stale_upstreams(const RoutingTable& table);
-    void cut_tries_on_failed_backends(const RoutingTable& table);
     void follow_share(const RoutingTable& table);
     void close_tunnels(std::size_t colour);
 
