@@ -200,11 +200,10 @@ void Switchboard::handle_fleet_state(Origin origin, const FleetState& fleet_stat
             // of the state that won, written there.
             state_ = incoming;
             durable_ = {incoming.version, incoming.revision};
-            RoutingState next = incoming;
-            next.weight_bp[index_of(next.stable)] = 10000;
-            next.weight_bp[index_of(other(next.stable))] = 0;
-            next.ramp.reset();
-            next.failover.reset();
+            Command rollback;
+            rollback.verb = Verb::rollback;
+            RoutingState next = stage_change(incoming, *config_, rollback).next;
+            next.failover.reset();  // (as stage() drops it when weights change)
             commit(std::move(origin),
                    Staged{std::move(next), config_,
                           "rolled back on " + fleet_->instance() +

@@ -41,7 +41,10 @@ Task<Connected> UpstreamConnector::connect(const RoutingTable& table, Colour col
             co_return result;
         }
         crossed = crossed || backend->colour != colour;
-        result = co_await attempt_backend(*backend, verify, ex, lease);
+        if (reuse_idle(*backend, verify, ex, lease)) {
+            co_return Connected::yes;
+        }
+        result = co_await open_recorded(*backend, ex, lease);
         if (result != Connected::refused) {
             co_return result;
         }
@@ -51,19 +54,27 @@ Task<Connected> UpstreamConnector::connect(const RoutingTable& table, Colour col
         // marked down by their checks): one attempt on the other colour before a 502.
         if (const Backend* backend =
                 worker_.balancer().pick_backend(table, other(colour), ex.tried)) {
-            result = co_await attempt_backend(*backend, verify, ex, lease);
+            result = reuse_idle(*backend, verify, ex, lease)
+                         ? Connected::yes
+                         : co_await open_recorded(*backend, ex, lease);
         }
     }
     co_return result;
 }
 
-Task<Connected> UpstreamConnector::attempt_backend(const Backend& backend, bool verify,
-                                                   ExchangeState& ex, UpstreamLease& lease) {
+// Not a coroutine: a pooled connection, the common case, costs no frame.
+bool UpstreamConnector::reuse_idle(const Backend& backend, bool verify, ExchangeState& ex,
+                                   UpstreamLease& lease) {
     ex.tried.push_back(backend.id);
     if (auto idle = idle_connection(backend, verify)) {
         lease.hold(backend, std::move(*idle), true);
-        co_return Connected::yes;
+        return true;
     }
+    return false;
+}
+
+Task<Connected> UpstreamConnector::open_recorded(const Backend& backend, ExchangeState& ex,
+                                                 UpstreamLease& lease) {
     const Connected result = co_await open(backend, ex, lease);
     if (result == Connected::refused) {
         // (The proxy's own lack of descriptors says nothing of the backend: no outcome is

@@ -48,9 +48,10 @@ class UpstreamConnector {
   private:
     const Backend* private_backend(const RoutingTable& table, Colour colour) const;
     std::optional<UpstreamStream> idle_connection(const Backend& backend, bool verify);
-    // One backend: a pooled connection to it, else a new one (its failure recorded).
-    Task<Connected> attempt_backend(const Backend& backend, bool verify, ExchangeState& ex,
-                                    UpstreamLease& lease);
+    // One backend tried: a pooled connection to it held in `lease`, if there is one; else a new
+    // one, whose refusal is the backend's outcome.
+    bool reuse_idle(const Backend& backend, bool verify, ExchangeState& ex, UpstreamLease& lease);
+    Task<Connected> open_recorded(const Backend& backend, ExchangeState& ex, UpstreamLease& lease);
     Task<Connected> open(const Backend& backend, ExchangeState& ex, UpstreamLease& lease);
     Task<bool> handshake(const Backend& backend, UpstreamStream& stream, ExchangeState& ex);
 
