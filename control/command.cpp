@@ -182,14 +182,21 @@ std::string read_ramp_option(std::string_view word, Command& cmd, bool& have_to,
             return std::string(key) + "=" + std::string(value) +
                    ": a percentage from 0 to 100 with at most two decimals";
         }
+        bool& seen = key == "to" ? have_to : have_step;
+        if (seen) {
+            return std::string(key) + " is given twice";
+        }
         (key == "to" ? cmd.to_bp : cmd.step_bp) = *bp;
-        (key == "to" ? have_to : have_step) = true;
+        seen = true;
         return {};
     }
     if (key == "every") {
         auto d = parse_duration(value);
         if (!d || d->count() < 100) {
             return "every=" + std::string(value) + ": a duration of at least 100ms, like 30s or 5m";
+        }
+        if (have_every) {
+            return "every is given twice";
         }
         cmd.every = *d;
         have_every = true;
@@ -288,6 +295,18 @@ std::string split_words(std::string_view line, Words& words, Command& cmd) {
     return {};
 }
 
+// The options split_words took out that this verb does not take (as bgctl offers them).
+std::string check_options(const VerbSpec& spec, const Command& cmd) {
+    const std::string verb(spec.words);
+    if (cmd.skip_gate && !spec.gated) {
+        return verb + " runs no gate; --skip-gate applies to flip, set and ramp";
+    }
+    if (spec.role == Role::read && (cmd.dry_run || cmd.local)) {
+        return verb + " changes nothing; --dry-run and --local apply to changes";
+    }
+    return {};
+}
+
 }  // namespace
 
 ParsedCommand parse_command(std::string_view line) {
@@ -318,6 +337,9 @@ ParsedCommand parse_command(std::string_view line) {
         return fail("unknown command '" + std::string(words[0]) + "'; the commands are: " + list);
     }
     cmd.verb = spec->verb;
+    if (std::string error = check_options(*spec, cmd); !error.empty()) {
+        return fail(error);
+    }
     const Words args(words.begin() + static_cast<std::ptrdiff_t>(used), words.end());
     switch (spec->arguments) {
         case Arguments::none:

@@ -43,11 +43,19 @@ RoutingTable::RoutingTable(std::uint64_t version, std::array<ColourPool, 2> pool
     }
     if (pools_[0].eligible.empty() && pools_[1].eligible.empty()) {
         panic_ = true;
-        for (auto& pool : pools_) {
-            for (std::uint32_t i = 0; i < pool.backends.size(); ++i) {
-                if (pool.backends[i].admin != AdminState::maint) {
-                    pool.eligible.push_back(i);
+        // A drained backend that still passes its checks beats one that fails them: the drain
+        // gives way only when nothing ready can serve. Failing backends only when none passes.
+        for (bool healthy_only : {true, false}) {
+            for (auto& pool : pools_) {
+                for (std::uint32_t i = 0; i < pool.backends.size(); ++i) {
+                    const Backend& backend = pool.backends[i];
+                    if (backend.admin != AdminState::maint && (backend.healthy || !healthy_only)) {
+                        pool.eligible.push_back(i);
+                    }
                 }
+            }
+            if (!pools_[0].eligible.empty() || !pools_[1].eligible.empty()) {
+                break;
             }
         }
     }

@@ -50,6 +50,11 @@ TEST_CASE("ramp, its controls, and dry runs") {
     CHECK(error("ramp green to=100 every=30s").find("usage") != std::string::npos);
     CHECK(error("ramp green step=0 every=1s").find("more than 0") != std::string::npos);
     CHECK(error("ramp green step=10 every=1ms").find("at least 100ms") != std::string::npos);
+    // A repeated option is an operator's typo, not a last-one-wins override.
+    CHECK(error("ramp green to=50 step=10 every=1s to=100").find("to is given twice") !=
+          std::string::npos);
+    CHECK(error("ramp green step=10 step=20 every=1s").find("twice") != std::string::npos);
+    CHECK(error("ramp green step=10 every=1s every=2s").find("twice") != std::string::npos);
     CHECK(error("ramp green step=10 every=1s speed=2").find("unknown ramp option") !=
           std::string::npos);
 }
@@ -71,4 +76,15 @@ TEST_CASE("garbage is refused with a message") {
     CHECK(error("flip now").find("takes no arguments") != std::string::npos);
     CHECK(error("history 0").find("1 to 1000") != std::string::npos);
     CHECK(error("drain").find("usage") != std::string::npos);
+}
+
+TEST_CASE("an option only where the verb takes it, as bgctl offers them") {
+    CHECK(ok("flip --skip-gate").skip_gate);
+    CHECK(ok("set green=10 --skip-gate").skip_gate);
+    CHECK(ok("rollback --dry-run").dry_run);
+    // Accepted silently, these read as though they did something.
+    CHECK(error("rollback --skip-gate").find("runs no gate") != std::string::npos);
+    CHECK(error("drain blue-1 --skip-gate").find("runs no gate") != std::string::npos);
+    CHECK(error("status --dry-run").find("changes nothing") != std::string::npos);
+    CHECK(error("history 5 --local").find("changes nothing") != std::string::npos);
 }

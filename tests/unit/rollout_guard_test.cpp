@@ -96,3 +96,17 @@ TEST_CASE("both colours failing changes no routing state (the table panics inste
     CHECK(table.pool(bg::Colour::blue).eligible.size() == 1);  // maint stays out
     CHECK(table.pool(bg::Colour::green).eligible.size() == 1);
 }
+
+TEST_CASE("panic routing takes a drained backend that passes its checks before failing ones") {
+    std::array<bg::ColourPool, 2> pools;
+    pools[0].weight_bp = 10000;
+    pools[0].backends = {{0, "b", bg::Colour::blue, {}, bg::AdminState::ready, false}};
+    pools[1].backends = {{1, "g", bg::Colour::green, {}, bg::AdminState::drain, true},
+                         {2, "g2", bg::Colour::green, {}, bg::AdminState::ready, false}};
+    bg::RoutingTable table(1, std::move(pools));
+    CHECK(table.panic());
+    CHECK(table.pool(bg::Colour::blue).eligible.empty());
+    REQUIRE(table.pool(bg::Colour::green).eligible.size() == 1);
+    CHECK(table.pool(bg::Colour::green).eligible[0] == 0);  // g: drained but healthy
+    CHECK(table.effective_weight_bp(bg::Colour::green) == 10000);
+}
