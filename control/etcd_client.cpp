@@ -201,31 +201,34 @@ asio::awaitable<EtcdClient::Answer> EtcdClient::exchange(Stream& stream, const H
     request.prepare_payload();
     auto [wec, wn] = co_await http::async_write(stream, request, nothrow);
     if (wec) {
-        co_return Answer{"send: " + connect_error(wec, timeout_), {}};
+        co_return Answer{"send: " + connect_error(wec, timeout_), {}, false};
     }
     beast::flat_buffer buffer;
     http::response_parser<http::string_body> parser;
     parser.body_limit(max_answer);
+    // From here on etcd has the request: an error does not say it was not applied (etcd's own
+    // "request timed out" may still commit).
     auto [rec, rn] = co_await http::async_read(stream, buffer, parser, nothrow);
     if (rec) {
-        co_return Answer{"read: " + connect_error(rec, timeout_), {}};
+        co_return Answer{"read: " + connect_error(rec, timeout_), {}, true};
     }
     const auto& response = parser.get();
     if (response.result() != http::status::ok) {
-        co_return Answer{error_of(response.result_int(), response.body()), {}};
+        co_return Answer{error_of(response.result_int(), response.body()), {}, true};
     }
     boost::system::error_code ec;
     json::value parsed = json::parse(response.body(), ec);
     if (ec || !parsed.is_object()) {
-        co_return Answer{"an answer that is not a JSON object", {}};
+        co_return Answer{"an answer that is not a JSON object", {}, true};
     }
-    co_return Answer{{}, std::move(parsed.as_object())};
+    co_return Answer{{}, std::move(parsed.as_object()), true};
 }
 
 asio::awaitable<EtcdClient::Answer> EtcdClient::call(const char* path, const json::object& body) {
     const std::string text = json::serialize(body);
     auto executor = co_await asio::this_coro::executor;
     std::string errors;
+    bool delivered = false;
     const std::size_t first = current_;
     for (std::size_t i = 0; i < endpoints_.size(); ++i) {
         const std::size_t index = (first + i) % endpoints_.size();
@@ -248,8 +251,9 @@ asio::awaitable<EtcdClient::Answer> EtcdClient::call(const char* path, const jso
             co_return answer;
         }
         errors += (errors.empty() ? "" : "; ") + endpoint.text + ": " + answer.error;
+        delivered = delivered || answer.delivered;
     }
-    co_return Answer{"etcd unreachable (" + errors + ")", {}};
+    co_return Answer{"etcd unreachable (" + errors + ")", {}, delivered};
 }
 
 asio::awaitable<EtcdRange> EtcdClient::range(std::string key, bool prefix) {
@@ -280,6 +284,7 @@ asio::awaitable<EtcdTxn> EtcdClient::txn(json::object request, const std::string
     EtcdTxn result;
     result.error = std::move(answer.error);
     if (!result.error.empty()) {
+        result.maybe_applied = answer.delivered;
         co_return result;
     }
     result.revision = header_revision(answer.body);

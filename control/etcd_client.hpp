@@ -40,6 +40,9 @@ struct EtcdTxn {
     bool succeeded = false;               // false with no error: the compare failed
     std::int64_t revision = 0;            // after the put, when it succeeded
     std::optional<EtcdKeyValue> current;  // the key as it is, when the compare failed
+    // With an error: the request reached etcd before the answer was lost (a member that failed
+    // or timed out mid-request), so it may have applied.
+    bool maybe_applied = false;
 };
 
 struct EtcdLease {
@@ -104,6 +107,7 @@ class EtcdClient {
     struct Answer {
         std::string error;
         boost::json::object body;
+        bool delivered = false;  // with an error: the request was sent whole to an endpoint
     };
     // One JSON POST: to the current endpoint, then to each other one until one answers.
     boost::asio::awaitable<Answer> call(const char* path, const boost::json::object& body);

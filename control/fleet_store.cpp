@@ -189,10 +189,17 @@ SaveOutcome FleetStore::save(const RoutingState& next, StoredVersion expected) {
         // Someone deleted the fleet's state: this change writes it again.
         txn = run_blocking(client_.put_if(state_key(), value, 0));
     }
+    if (!txn.error.empty() && txn.maybe_applied) {
+        txn = read_back(value, expected, std::move(txn));
+    }
     SaveOutcome outcome;
     if (!txn.error.empty()) {
         outcome.unreachable = true;
         outcome.error = "the fleet store is unreachable: " + txn.error;
+        if (txn.maybe_applied) {
+            outcome.error += "; etcd may have taken the change before its answer was lost: if "
+                             "it did, every instance applies it once etcd answers (bgctl status)";
+        }
         if (executor_) {  // said at once in status and /metrics, not at the next keepalive
             asio::post(*executor_, [this, why = txn.error] { set_reachable(false, why); });
         }
@@ -219,6 +226,31 @@ SaveOutcome FleetStore::save(const RoutingState& next, StoredVersion expected) {
     cached.revision = txn.revision;
     remember(cached);
     return outcome;
+}
+
+// A save whose answer was lost after etcd had it: the key says whether it landed. As written,
+// it did (the value carries this change's version, command and time). As it was, it did not:
+// sent once more, the compare keeping a late first copy from applying twice. Anything else is a
+// peer's change: the fleet's state now, a conflict.
+EtcdTxn FleetStore::read_back(const std::string& value, StoredVersion expected, EtcdTxn lost) {
+    EtcdRange read = run_blocking(client_.range(state_key()));
+    if (!read.error.empty()) {
+        lost.error += "; reading the state back: " + read.error;
+        return lost;
+    }
+    const EtcdKeyValue* now = read.kvs.empty() ? nullptr : &read.kvs.front();
+    spdlog::warn("fleet {}: a save's answer was lost ({}); read back, it {}", fleet_.name,
+                 lost.error, now != nullptr && now->value == value ? "had landed" : "had not");
+    EtcdTxn known;
+    if (now != nullptr && now->value == value) {
+        known.succeeded = true;
+        known.revision = now->mod_revision;
+    } else if ((now == nullptr ? 0 : now->mod_revision) == expected.revision) {
+        known = run_blocking(client_.put_if(state_key(), value, expected.revision));
+    } else if (now != nullptr) {
+        known.current = *now;
+    }
+    return known;
 }
 
 void FleetStore::remember(const RoutingState& state) {

@@ -103,6 +103,7 @@ class FleetStore final : public StateStore {
         std::unique_ptr<boost::asio::steady_timer> timer;
     };
 
+    EtcdTxn read_back(const std::string& value, StoredVersion expected, EtcdTxn lost);
     std::string state_key() const { return base_ + "state"; }
     std::string members_prefix() const { return base_ + "members/"; }
     std::string driver_key() const { return base_ + "ramp-driver"; }

@@ -514,7 +514,9 @@ def read_response(sock, timeout=5.0, pending=b""):
 
 class TcpRelay:
     """A TCP relay on 127.0.0.1 to one port, for a network fault a test controls: cut() closes
-    every relayed connection and turns new ones away (closed at once), restore() relays again."""
+    every relayed connection and turns new ones away (closed at once), restore() relays again;
+    lose_answer(*markers) lets the next request holding every marker through, and closes its
+    connection once the answer comes, the answer unsent (a peer that failed mid-request)."""
 
     def __init__(self, target_port):
         self.target_port = target_port
@@ -526,6 +528,8 @@ class TcpRelay:
         self.cut_off = False
         self.open = []
         self.lock = threading.Lock()
+        self.losing = None  # the markers of the request whose answer is lost next
+        self.answers_lost = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
@@ -546,16 +550,33 @@ class TcpRelay:
             upstream.settimeout(None)
             with self.lock:
                 self.open += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            lost = threading.Event()  # this connection's answer is lost
+            threading.Thread(target=self._pump, args=(client, upstream, lost, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, lost, False),
+                             daemon=True).start()
 
-    @staticmethod
-    def _pump(src, dst):
+    def lose_answer(self, *markers, forward=True):
+        """forward=False: the request is lost too (closed before etcd or any peer has it)."""
+        self.losing = (markers, forward)
+
+    def _pump(self, src, dst, lost, request_side):
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                if request_side:
+                    with self.lock:
+                        if self.losing and all(m in data for m in self.losing[0]):
+                            forward = self.losing[1]
+                            self.losing = None
+                            self.answers_lost += 1
+                            lost.set()
+                            if not forward:
+                                break
+                elif lost.is_set():
+                    break  # the answer came: dropped, and the connection with it
                 dst.sendall(data)
         except OSError:
             pass

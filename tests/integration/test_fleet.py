@@ -443,6 +443,36 @@ class FleetTest(ProcessTestCase):
         cut_flip_restore(compact=True)   # that revision is compacted: read afresh
         self.assertTrue(any("compacted" in line for line in i2.lines), "".join(i2.lines[-20:]))
 
+    def test_a_change_whose_answer_etcd_lost_is_read_back_not_reported_unchanged(self):
+        relay = TcpRelay(self.etcd.members[0].client_port)
+        self.addCleanup(relay.close)
+        i1 = self.instance("i1", endpoints='"http://127.0.0.1:%d"' % relay.port)
+        i2 = self.instance("i2")
+        self.wait_members(i1, 2)
+        state_key = base64.b64encode(("/bgproxy/fleets/%s/state" % self.fleet_name).encode())
+        # etcd applies the flip, and its answer is lost: read back, the flip stands.
+        version = i1.status()["version"]
+        relay.lose_answer(b"/v3/kv/txn", state_key)
+        rc, reply = self.command(i1, "flip")
+        self.assertEqual(relay.answers_lost, 1)
+        self.assertEqual(rc, 0, reply)
+        self.assertEqual(reply["weights"]["green"], 100, reply)
+        self.assertEqual(reply["version"], version + 1, reply)
+        self.assertTrue(reply["fleet"]["complete"], reply)
+        # The request itself is lost: read back, nothing landed, so it is sent once more.
+        relay.lose_answer(b"/v3/kv/txn", state_key, forward=False)
+        rc, reply = self.command(i1, "flip")
+        self.assertEqual(relay.answers_lost, 2)
+        self.assertEqual(rc, 0, reply)
+        self.assertEqual(reply["weights"]["blue"], 100, reply)
+        self.assertEqual(reply["version"], version + 2, reply)
+        for p in (i1, i2):
+            self.wait_for("version %d everywhere" % (version + 2),
+                          lambda: p.status()["version"] == version + 2)
+        history = json.loads(i1.bgctl("--json", "history", "5").stdout)["history"]
+        flips = [r["result"] for r in history if r.get("command", "").startswith("flip")]
+        self.assertEqual(flips, ["applied", "applied"], history)
+
 
 @unittest.skipUnless(etcd_available(), "etcd-server is not installed (scripts/install-deps.sh)")
 class FleetTlsTest(ProcessTestCase):
