@@ -197,8 +197,9 @@ SaveOutcome FleetStore::save(const RoutingState& next, StoredVersion expected) {
         outcome.unreachable = true;
         outcome.error = "the fleet store is unreachable: " + txn.error;
         if (txn.maybe_applied) {
-            outcome.error += "; etcd may have taken the change before its answer was lost: if "
-                             "it did, every instance applies it once etcd answers (bgctl status)";
+            outcome.error +=
+                "; etcd may have taken the change before its answer was lost: if "
+                "it did, every instance applies it once etcd answers (bgctl status)";
         }
         if (executor_) {  // said at once in status and /metrics, not at the next keepalive
             asio::post(*executor_, [this, why = txn.error] { set_reachable(false, why); });
