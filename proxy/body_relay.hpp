@@ -394,6 +394,8 @@ class BodyRelay {
             stats_.breach(request ? LimitBreach::chunk_line : LimitBreach::response_chunk_line);
         } else if (over == ChunkFraming::bare_lf) {
             ex.body_error = "invalid chunked body: bare LF";
+        } else if (over == ChunkFraming::control_byte) {
+            ex.body_error = "invalid chunked body: a control byte in a chunk extension";
         } else if (over == ChunkFraming::trailer_too_long) {
             ex.body_error = "trailer section too large";
             stats_.breach(request ? LimitBreach::trailer : LimitBreach::response_trailer);

@@ -37,6 +37,22 @@ bool hex_digit(char c) {
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
+bool control_byte(char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return (u < 0x20 && c != '\t') || u == 0x7f;
+}
+
+// A CR not before an LF, or an LF not after a CR.
+bool has_bare_line_break(std::string_view text) {
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        if ((text[i] == '\r' && (i + 1 == text.size() || text[i + 1] != '\n')) ||
+            (text[i] == '\n' && (i == 0 || text[i - 1] != '\r'))) {
+            return true;
+        }
+    }
+    return false;
+}
+
 // The fields Beast's parser acts on wherever they appear (basic_parser::do_field).
 bool framing_field(std::string_view name) {
     for (const std::string_view known :
@@ -81,6 +97,13 @@ void ChunkHeaderGuard::operator()(std::uint64_t size, std::string_view extension
         ec = boost::beast::http::error::bad_chunk_extension;
         return;
     }
+    // Beast takes any byte but '"' and '\\' inside a quoted extension, a bare LF too: a front
+    // end that ends the line there reads a different message (a request smuggled past it).
+    if (std::any_of(extensions.begin(), extensions.end(), control_byte)) {
+        over = ChunkFraming::control_byte;
+        ec = boost::beast::http::error::bad_chunk_extension;
+        return;
+    }
     if (size != 0 || input_end == nullptr || extensions.data() == nullptr) {
         return;
     }
@@ -98,6 +121,11 @@ void ChunkHeaderGuard::operator()(std::uint64_t size, std::string_view extension
     if (length > max_trailer) {
         over = ChunkFraming::trailer_too_long;
         ec = boost::beast::http::error::header_limit;
+        return;
+    }
+    if (has_bare_line_break(rest.substr(0, length))) {
+        over = ChunkFraming::bare_lf;
+        ec = boost::beast::http::error::bad_line_ending;
         return;
     }
     defuse_trailer_fields(trailer, length);

@@ -10,7 +10,13 @@
 
 namespace bg {
 
-enum class ChunkFraming { within_limits, chunk_line_too_long, trailer_too_long, bare_lf };
+enum class ChunkFraming {
+    within_limits,
+    chunk_line_too_long,
+    trailer_too_long,
+    bare_lf,
+    control_byte,  // in a chunk extension: none is valid there, quoted or not (RFC 9112 7.1.1)
+};
 
 // Bytes a body parser holds back, unparsed, while it waits for the end of a chunk-size line
 // or of the trailer section: checked before more is buffered. A line ended by a bare LF is

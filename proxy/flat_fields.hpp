@@ -77,6 +77,9 @@ class FlatFields {
     // That field out; the one after it.
     const_iterator erase(const_iterator field);
     void clear();
+    // A response's reason phrase as received or set, maybe empty (Beast's reason() gives the
+    // status's standard name then, or "<unknown-status>").
+    std::string_view stored_reason() const { return reason_; }
 
   protected:
     // Beast's Fields requirements (http/type_traits.hpp is_fields), used by http::message.

@@ -69,7 +69,8 @@ void write_request_head(const RequestHeader& header, std::string& out) {
 
 void write_response_head(const ResponseHeader& header, std::string& out) {
     const unsigned code = header.result_int();
-    std::string_view reason = header.reason();
+    // An unregistered status with no reason keeps its empty reason, as HAProxy sends it.
+    std::string_view reason = header.stored_reason();
     if (reason.empty() && http::int_to_status(code) != http::status::unknown) {
         reason = http::obsolete_reason(header.result());
     }

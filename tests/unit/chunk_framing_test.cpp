@@ -80,3 +80,29 @@ TEST_CASE("a chunk-size line or trailer line ended by a bare LF is refused while
     CHECK(check("0\r\nX: y\r\n") == ChunkFraming::within_limits);
     CHECK(check("0\r\nX: y\r") == ChunkFraming::within_limits);
 }
+
+TEST_CASE("a control byte in a chunk extension is refused when the line arrives whole") {
+    // Found by an outside probe: with the line in one read, Beast took a bare LF inside a
+    // quoted extension, which a front end ending lines at LF reads as the end of the line.
+    using namespace std::string_literals;
+    for (const std::string& line : {"2;a=\"\n0\n\nGET /x HTTP/1.1\n\n\""s, "2;a=\"\x01\""s,
+                                    "2;a=\"\x7f\""s, "2;a=\"\0\""s}) {
+        CAPTURE(line);
+        const Parsed p = parse(chunked_head + line + "\r\nhi\r\n0\r\n\r\n");
+        CHECK(p.ec == http::error::bad_chunk_extension);
+        CHECK(p.over == bg::ChunkFraming::control_byte);
+    }
+    CHECK(parse(chunked_head + "2;a=\"\r\"\r\nhi\r\n0\r\n\r\n").ec);  // Beast's own refusal
+    const Parsed last = parse(chunked_head + "2\r\nhi\r\n0;a=\"\n\"\r\n\r\n");
+    CHECK(last.over == bg::ChunkFraming::control_byte);
+    // A tab and obs-text are allowed in a quoted extension.
+    CHECK_FALSE(parse(chunked_head + "2;a=\"x\ty\x80\"\r\nhi\r\n0\r\n\r\n").ec);
+}
+
+TEST_CASE("a trailer line broken by a bare CR or LF is refused when the section arrives whole") {
+    for (const std::string trailer : {"X: a\nGET /x HTTP/1.1\r\n", "X: a\rb\r\n"}) {
+        CAPTURE(trailer);
+        const Parsed p = parse(chunked_head + "2\r\nhi\r\n0\r\n" + trailer + "\r\n");
+        CHECK(p.ec);
+    }
+}
