@@ -885,6 +885,7 @@ void read_server(TableReader& server, Config& config) {
         [](std::string_view s) { return s.empty() || is_token(s); },
         "a header name like \"X-Served-By\" (or empty: off)");
     server.read_bool("metrics", config.metrics);
+    server.read_bool("abort_on_client_fin", config.abort_on_client_fin);
     server.read_networks("trusted_proxies", config.trusted_proxies);
     read_upgrade_protocols(server, config.upgrade_protocols);
     server.reject_unknown_keys();

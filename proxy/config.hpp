@@ -352,6 +352,9 @@ struct Config {
     // Protocols a client may switch to through the proxy (Upgrade); others are stripped.
     std::vector<std::string> upgrade_protocols{"websocket"};
     bool metrics = true;  // count per-request traffic metrics (false: for measuring their cost)
+    // A client's FIN with its request in flight: taken as leaving (nginx, Envoy), or as a
+    // half-close whose response is still sent (HAProxy without abortonclose).
+    bool abort_on_client_fin = true;
     // Peers whose X-Forwarded-For / Forwarded / X-Forwarded-Proto are kept (and appended to);
     // from anyone else they are replaced.
     NetworkSet trusted_proxies;

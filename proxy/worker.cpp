@@ -519,9 +519,10 @@ void Worker::sweep_in_flight() {
     }
 }
 
-// One poll() over the clients of every request in flight that is not reading them: a FIN or
-// a reset (POLLRDHUP, POLLHUP, POLLERR) marks the client gone and closes its backend
-// connection, which ends the exchange at once. Data (a pipelined request) is left alone.
+// One poll() over the clients of every request in flight that is not reading them: a reset
+// (POLLHUP, POLLERR), or a FIN (POLLRDHUP) unless server.abort_on_client_fin is off, marks the
+// client gone and closes its backend connection, which ends the exchange at once. Data (a
+// pipelined request) is left alone.
 void Worker::sweep_client_closes() {
     close_sweep_fds_.clear();
     close_sweep_of_.clear();
@@ -536,8 +537,10 @@ void Worker::sweep_client_closes() {
         ::poll(close_sweep_fds_.data(), close_sweep_fds_.size(), 0) <= 0) {
         return;
     }
+    const short gone = config_->abort_on_client_fin ? (POLLRDHUP | POLLHUP | POLLERR)
+                                                    : (POLLHUP | POLLERR);
     for (std::size_t i = 0; i < close_sweep_fds_.size(); ++i) {
-        if ((close_sweep_fds_[i].revents & (POLLRDHUP | POLLHUP | POLLERR)) == 0) {
+        if ((close_sweep_fds_[i].revents & gone) == 0) {
             continue;
         }
         SessionHandle& session = *close_sweep_of_[i];

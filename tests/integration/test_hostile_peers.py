@@ -834,6 +834,30 @@ class ClientGoneTest(ProxyWithScriptedBackend):
         # Not the backend's failure: it is still taken.
         self.assertEqual(status_of(raw_exchange(self.proxy_.port, b"GET /fine HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")), 200)
 
+    def test_a_half_closed_client_gets_its_response_when_fins_do_not_abort(self):
+        """`printf ... | nc -N`: a client that shuts its sending side after a complete request
+        and reads on. With server.abort_on_client_fin = false (HAProxy's way) it is answered;
+        by default (nginx's, Envoy's) it has left (found by an outside probe)."""
+        def answer(request, index, conn):
+            time.sleep(0.4)  # well past client_close_check (100 ms)
+            return ok_response(request[1])
+        for abort, expected in ((False, b"/slow"), (True, None)):
+            with self.subTest(abort_on_client_fin=abort):
+                self.start_proxy(answer, "[server]\nabort_on_client_fin = %s\n" % str(abort).lower())
+                s = self.connect()
+                s.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+                s.shutdown(socket.SHUT_WR)
+                s.settimeout(3)
+                try:
+                    out = read_to_end(s)
+                except ConnectionResetError:
+                    out = b""
+                if expected is None:
+                    self.assertEqual(out, b"")
+                else:
+                    self.assertTrue(out.startswith(b"HTTP/1.1 200"), out[:80])
+                    self.assertTrue(out.endswith(expected), out[-40:])
+
     def test_pipelined_request_is_not_mistaken_for_a_close(self):
         def answer(request, index, conn):
             if request[1] == b"/slow":
