@@ -121,8 +121,10 @@ class ClientSession {
         // TCP_NODELAY: inherited from the listener (worker.cpp).
         // Forwarding headers are believed only from a trusted proxy. Behind a PROXY header the
         // HTTP peer is the client the header named (the balancer in front is transparent), so
-        // that address is judged, never the balancer's.
-        client.trusted = config.trusted_proxies.contains(client.address);
+        // that address is judged, never the balancer's: a header that named none (UNKNOWN,
+        // LOCAL) leaves the client unknown, and an unknown client is not trusted.
+        client.trusted =
+            !client.endpoints.unnamed && config.trusted_proxies.contains(client.address);
         co_return true;
     }
 

@@ -59,9 +59,9 @@ Task<std::optional<ClientEndpoints>> read_proxy_header(Worker& worker, const Con
             deadline.disarm();
             if (parsed.header.local) {
                 // The balancer's own connection (a health check): it speaks for itself.
-                co_return ClientEndpoints{peer, socket.local_endpoint(ec)};
+                co_return ClientEndpoints{peer, socket.local_endpoint(ec), true};
             }
-            co_return ClientEndpoints{parsed.header.source, parsed.header.destination};
+            co_return ClientEndpoints{parsed.header.source, parsed.header.destination, false};
         }
         if (have == bytes.size()) {
             break;

@@ -18,6 +18,9 @@ class Worker;
 struct ClientEndpoints {
     boost::asio::ip::tcp::endpoint source;
     boost::asio::ip::tcp::endpoint destination;
+    // A PROXY header that named no client (v1 UNKNOWN, v2 LOCAL or an unspecified or Unix
+    // family): `source` is the balancer's own address, standing in for a client unknown.
+    bool unnamed = false;
 };
 
 // Reads the PROXY v1/v2 header that opens a connection on a listener with proxy_protocol,

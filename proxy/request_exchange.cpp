@@ -300,12 +300,14 @@ Task<bool> RequestExchange<Stream>::respond() {
 }
 
 // A preview header (from an allowed network) or a sticky cookie may name the colour; else the
-// weights choose.
+// weights choose. (A client a PROXY header left unnamed is in no network.)
 template <class Stream>
 Colour RequestExchange<Stream>::choose_colour(const RoutingTable& table) {
     auto& request = ex_.parser->get();
     const std::optional<Colour> preview =
-        preview_colour(request, conn_.client.address, config_.preview, table);
+        conn_.client.endpoints.unnamed
+            ? std::nullopt
+            : preview_colour(request, conn_.client.address, config_.preview, table);
     const std::optional<Colour> sticky =
         preview ? std::nullopt : sticky_colour(request, config_.sticky, table);
     set_sticky_ = !config_.sticky.cookie.empty() && !preview && !sticky &&

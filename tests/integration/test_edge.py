@@ -889,6 +889,15 @@ proxy_protocol_from = ["127.0.0.1"]
         # A named client that is itself a trusted proxy extends the chain.
         out, _ = exchange(proxy.port, b"PROXY TCP4 192.0.2.50 127.0.0.1 5 80\r\n" + forged)
         self.assertEqual(forwarded_for(out), ["6.6.6.6, 192.0.2.50"])
+        # A header that names no client (UNKNOWN, LOCAL, an unspecified family) leaves it
+        # unknown: the balancer's address stands in, and is not trusted for what the unknown
+        # client sent (was: "6.6.6.6, 127.0.0.1"; found by an outside probe).
+        unspec = b"\r\n\r\n\x00\r\nQUIT\n\x21\x00\x00\x00"  # v2 PROXY, AF_UNSPEC
+        for header in (b"PROXY UNKNOWN\r\n", b"PROXY UNKNOWN ff::1 ff::2 1 2\r\n",
+                       proxy_v2(("0.0.0.0", 0), ("0.0.0.0", 0), command=0x0), unspec):
+            with self.subTest(header=header):
+                out, _ = exchange(proxy.port, header + forged)
+                self.assertEqual(forwarded_for(out), ["127.0.0.1"])
 
 
 def read_head_and_body(sock):
