@@ -102,6 +102,9 @@ struct ClientConnection {
     UploadAnswerWatch answer_watch;  // while a request body goes to a plain backend connection
     UpstreamConnector upstreams;
     bool linger = false;        // an error response was sent: drain before closing
+    // A response went out cut short: closed with a reset, without TLS close_notify or FIN,
+    // which would make a body ended by the close (HTTP/1.0) look complete.
+    bool cut = false;
     bool last_request = false;  // max_requests_per_connection reached: close after this one
     // The wait for a connection's first request armed client_header: that clock, from the
     // connect, covers the whole head too (not restarted by its first byte).

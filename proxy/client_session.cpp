@@ -323,9 +323,17 @@ class ClientSession {
     }
 
     // TLS close_notify (so the client knows the response was not truncated), our FIN, and
-    // after an error response the lingering drain; each bounded.
+    // after an error response the lingering drain; each bounded. After a response cut short,
+    // a reset instead (as HAProxy and nginx abort it): a FIN would end a body delimited by
+    // the close as if it were whole.
     Task<void> close() {
         conn_.close_watch.stop();
+        if (conn_.cut) {
+            error_code ignored;
+            conn_.socket().set_option(asio::socket_base::linger(true, 0), ignored);
+            conn_.socket().close(ignored);
+            co_return;
+        }
         const auto& timeouts = conn_.config.timeouts;
         if constexpr (ClientConnection<Stream>::tls) {
             conn_.deadline.arm(timeouts.client_linger, ConnectionDeadline::client);

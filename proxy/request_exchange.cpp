@@ -695,6 +695,8 @@ Task<bool> RequestExchange<Stream>::relay_response(UpstreamLease& lease,
                 co_await reply_error(end == BodyEnd::read_timeout ? http::status::gateway_timeout
                                                                   : http::status::bad_gateway,
                                      reason, true);
+            } else if (ex_.head.empty()) {
+                conn_.cut = true;  // the head went out: the client must see the cut
             }
             co_return false;
         }

@@ -308,7 +308,7 @@ max_trailer = 1024
         # never left looking complete.
         s = self.connect()
         s.sendall(b"GET /chunk-line-later HTTP/1.1\r\nHost: x\r\n\r\n")
-        with self.assertRaises(Incomplete):
+        with self.assertRaises((Incomplete, ConnectionResetError)):
             read_response(s)
         self.assertGreaterEqual(metric(self.proxy_, "bgproxy_limit_refusals_total",
                                        'limit="response_fields"'), 1)
@@ -363,6 +363,41 @@ client_body = "2s"
                                     "bgproxy_client_body_timeouts", "bgproxy_client_aborts",
                                     "bgproxy_upstream_timeouts", "bgproxy_bad_requests"))
                 and not line.endswith(" 0")]
+
+
+class CutResponseTest(ProxyWithScriptedBackend):
+    """A response the backend cuts mid-body never looks complete: the client connection is
+    reset, not closed with a FIN (or a TLS close_notify), which to an HTTP/1.0 client ends a
+    body delimited by the close as if it were whole (found by an outside probe)."""
+
+    def test_a_cut_body_resets_the_client_connection(self):
+        cut = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n"
+        whole = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+        self.start_proxy(lambda r, i, c: (cut,) if r[1] == b"/cut" else whole)
+
+        def read_all(path, version):
+            s = self.connect()
+            s.settimeout(5)
+            s.sendall(b"GET " + path + b" HTTP/" + version + b"\r\nHost: x\r\n\r\n")
+            received = b""
+            try:
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        return received, "fin"
+                    received += chunk
+            except ConnectionResetError:
+                return received, "reset"
+
+        for version in (b"1.0", b"1.1"):
+            with self.subTest(version=version):
+                received, end = read_all(b"/cut", version)
+                self.assertEqual(end, "reset", received)
+                self.assertNotIn(b"\r\n0\r\n\r\n", received)
+        # A whole response to an HTTP/1.0 client still ends with a plain close.
+        received, end = read_all(b"/whole", b"1.0")
+        self.assertEqual(end, "fin")
+        self.assertTrue(received.endswith(b"\r\n\r\nok"), received)
 
 
 class ChunkedRequestTest(ProxyWithScriptedBackend):
