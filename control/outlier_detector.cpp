@@ -152,20 +152,59 @@ OutlierDetector::Verdicts OutlierDetector::observe(
                                  " requests (threshold " + percent(config_.error_rate) + ")") +
                 ", ejected for " + std::to_string(length.count()) + "ms";
         }
-        if (watched && *watched == colour && config_.error_rate > 0 &&
-            colour_requests >= config_.min_requests) {
-            const double rate =
-                static_cast<double>(colour_failures) / static_cast<double>(colour_requests);
-            if (rate >= config_.error_rate) {
+        if (watched && *watched == colour) {
+            std::string why = colour_failure(pool, colour_requests, colour_failures, load, now);
+            if (!why.empty()) {
                 verdicts.failed_colour = colour;
-                verdicts.colour_reason = std::string(to_string(colour)) + " error rate " +
-                                         percent(rate) + " over " +
-                                         std::to_string(colour_requests) + " requests (threshold " +
-                                         percent(config_.error_rate) + ")";
+                verdicts.colour_reason = std::string(to_string(colour)) + " " + why;
             }
         }
     }
     return verdicts;
+}
+
+std::string OutlierDetector::colour_failure(const ColourPool& pool, std::uint64_t requests,
+                                            std::uint64_t failures, const DataPlaneLoad& load,
+                                            Clock::time_point now) const {
+    if (config_.error_rate > 0 && requests >= config_.min_requests) {
+        const double rate = static_cast<double>(failures) / static_cast<double>(requests);
+        if (rate >= config_.error_rate) {
+            return "error rate " + percent(rate) + " over " + std::to_string(requests) +
+                   " requests (threshold " + percent(config_.error_rate) + ")";
+        }
+    }
+    const Duration after = config_.colour_stalled_after;
+    if (after <= Duration(0)) {
+        return {};
+    }
+    std::uint64_t longest = 0;
+    for (const Backend& b : pool.backends) {
+        longest = std::max(longest, at(load.oldest_wait_ms, b.id));
+    }
+    if (Duration(longest) < after) {
+        return {};
+    }
+    // Requests finished (answered, failed or timed out) since `after` ago: none, and one has
+    // waited all that time, means the whole colour holds its requests. (Judged only with a
+    // sample that old: not on a window just reset, nor past the window's own length.)
+    const Sample* then = nullptr;
+    for (const Sample& s : samples_) {
+        if (s.at <= now - after) {
+            then = &s;
+        }
+    }
+    if (then == nullptr) {
+        return {};
+    }
+    std::uint64_t finished = 0;
+    for (const Backend& b : pool.backends) {
+        finished += at(samples_.back().requests, b.id) - at(then->requests, b.id);
+    }
+    if (finished > 0) {
+        return {};
+    }
+    return "answered nothing for " + std::to_string(after.count()) +
+           "ms; its oldest request has waited " + std::to_string(longest) + "ms";
 }
 
 }  // namespace bg

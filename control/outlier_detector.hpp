@@ -26,7 +26,8 @@ class OutlierDetector {
         std::vector<std::string> ejected;   // newly ejected, with why in `reasons`
         std::vector<std::string> returned;  // ejection over and active checks passing
         std::map<std::string, std::string> reasons;
-        std::optional<Colour> failed_colour;  // the watched colour's error rate is too high
+        // The watched colour's error rate is too high, or it answers nothing.
+        std::optional<Colour> failed_colour;
         std::string colour_reason;
         bool empty() const { return ejected.empty() && returned.empty() && !failed_colour; }
     };
@@ -63,6 +64,11 @@ class OutlierDetector {
         std::uint64_t failures = 0;
         std::uint64_t consecutive = 0;
     };
+
+    // Why the watched colour fails as a whole, or empty.
+    std::string colour_failure(const ColourPool& pool, std::uint64_t requests,
+                               std::uint64_t failures, const DataPlaneLoad& load,
+                               Clock::time_point now) const;
 
     OutlierConfig config_;
     std::deque<Sample> samples_;

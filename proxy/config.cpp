@@ -1030,6 +1030,13 @@ void read_outlier(TableReader& o, OutlierConfig& out) {
     o.read_fraction("panic_threshold", out.panic_threshold, 0.0, 1.0);
     o.read_duration("stalled_after", out.stalled_after);  // 0: off
     o.read_fraction("stall_ratio", out.stall_ratio, 1.0, 1000.0);
+    o.read_duration("colour_stalled_after", out.colour_stalled_after);  // 0: off
+    if (out.colour_stalled_after > out.window) {
+        // Judged on the window's samples: a longer stall could never be seen.
+        if (const toml::node* node = o.take("colour_stalled_after")) {
+            o.error_at(*node, "outlier.colour_stalled_after must not exceed outlier.window");
+        }
+    }
     o.reject_unknown_keys();
 }
 

@@ -92,6 +92,11 @@ struct OutlierConfig {
     // requests without answering (its health checks may still pass). 0: off.
     Duration stalled_after{std::chrono::seconds(1)};
     double stall_ratio = 5;
+    // The candidate taking traffic fails when none of its backends has answered for this long
+    // while one of its requests has waited that long: a release that hangs everywhere has no
+    // answering peer for stalled_after to compare with, and its requests count in no error
+    // rate until they time out. 0: off.
+    Duration colour_stalled_after{std::chrono::seconds(5)};
 };
 
 // Canary analysis (control/canary_analysis.hpp): while a colour is a candidate, it is judged

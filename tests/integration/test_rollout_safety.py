@@ -268,6 +268,41 @@ class HungBackendTest(ProcessTestCase):
         self.assertEqual(proxy.status()["colours"]["green"]["role"], "candidate")
 
 
+class HungReleaseTest(ProcessTestCase):
+    def test_a_release_that_hangs_everywhere_is_reverted_at_low_load(self):
+        """Found by an outside probe: after a flip, green hung on every backend (requests read,
+        never answered; /healthz still 200) stayed live for up to a minute at 8 clients: no
+        answering peer to eject against, and timeouts too few for an error rate."""
+        blue = [self.backend("blue-1"), self.backend("blue-2")]
+        green = [self.backend("green-1"), self.backend("green-2")]
+        proxy = self.proxy(config(blue, green))
+        self.assertEqual(proxy.bgctl("flip").returncode, 0)
+        load = Load(proxy.port, threads=4, limit=40)
+        self.addCleanup(load.stop)
+        time.sleep(1)
+        hung_at = time.time()
+        for b in green:
+            admin(b, "hang?hang=1")
+        reverted = None
+        while time.time() - hung_at < 20:
+            s = proxy.status()
+            if s["colours"]["blue"]["weight"] == 100:
+                reverted = time.time() - hung_at
+                break
+            time.sleep(0.1)
+        load.stop()
+        s = proxy.status()
+        print("green hung everywhere after a flip, 4 clients: reverted %.1f s later by %s"
+              % (reverted or -1, s["changed_by"]))
+        self.assertIsNotNone(reverted, "green still live 20 s after it hung: %s" % s)
+        # colour_stalled_after (5 s), judged at least every quarter second.
+        self.assertLess(reverted, 8)
+        self.assertEqual(s["colours"]["green"]["role"], "failed")
+        # New requests go to blue at once; the ones caught on green finish by their try limit.
+        with urllib.request.urlopen("http://127.0.0.1:%d/" % proxy.port, timeout=5) as r:
+            self.assertTrue(r.headers["X-Backend"].startswith("blue"))
+
+
 class FailbackTest(ProcessTestCase):
     """A failover is temporary (on e53b836 the idle colour became stable for good)."""
 

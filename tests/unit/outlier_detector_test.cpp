@@ -191,3 +191,41 @@ TEST_CASE("a backend that holds requests while its peers answer is ejected; a sl
     v = detector.observe(table, load, t0 + std::chrono::seconds(2), std::nullopt, {});
     CHECK(v.ejected.empty());
 }
+
+TEST_CASE("a watched colour none of whose backends answers fails as a whole") {
+    // Found by an outside probe: green hung everywhere after a flip stayed live for up to a
+    // minute at 8 clients (no answering peer to compare with; too few timeouts for a rate).
+    bg::OutlierConfig config;
+    config.colour_stalled_after = std::chrono::seconds(5);
+    bg::OutlierDetector detector(config);
+    auto table = two_by_two();
+    auto t0 = Clock::now();
+    const auto s = [&](int seconds) { return t0 + std::chrono::seconds(seconds); };
+    auto load = counts({0, 0, 100, 100}, {0, 0, 0, 0});
+    detector.observe(table, load, s(0), bg::Colour::green, {});
+    // Green stops answering at 1 s: its requests wait; nothing finishes.
+    load = counts({0, 0, 150, 150}, {0, 0, 0, 0});
+    load.oldest_wait_ms = {0, 0, 0, 0};
+    detector.observe(table, load, s(1), bg::Colour::green, {});
+    load.oldest_wait_ms = {0, 0, 4000, 3900};
+    CHECK_FALSE(detector.observe(table, load, s(5), bg::Colour::green, {}).failed_colour);
+    load.oldest_wait_ms = {0, 0, 5200, 5100};
+    auto v = detector.observe(table, load, s(6), bg::Colour::green, {});
+    REQUIRE(v.failed_colour == bg::Colour::green);
+    CHECK(v.colour_reason.find("answered nothing for 5000ms") != std::string::npos);
+    // The same, but one request finished within those 5 s: a slow colour, not a stalled one.
+    bg::OutlierDetector slow(config);
+    load = counts({0, 0, 150, 150}, {0, 0, 0, 0});
+    slow.observe(table, load, s(0), bg::Colour::green, {});
+    slow.observe(table, load, s(1), bg::Colour::green, {});
+    load = counts({0, 0, 151, 150}, {0, 0, 0, 0});
+    load.oldest_wait_ms = {0, 0, 5200, 5100};
+    CHECK_FALSE(slow.observe(table, load, s(6), bg::Colour::green, {}).failed_colour);
+    // Not watched (no traffic of its own to lose): no verdict.
+    bg::OutlierDetector idle(config);
+    idle.observe(table, counts({0, 0, 150, 150}, {0, 0, 0, 0}), s(0), std::nullopt, {});
+    CHECK_FALSE(idle.observe(table, load, s(6), std::nullopt, {}).failed_colour);
+    // Just reset (after a revert): no sample old enough to judge on.
+    detector.reset_window();
+    CHECK_FALSE(detector.observe(table, load, s(7), bg::Colour::green, {}).failed_colour);
+}
