@@ -117,7 +117,10 @@ OutlierDetector::Verdicts OutlierDetector::observe(
                         answering_wait = std::max(answering_wait, at(load.oldest_wait_ms, peer.id));
                     }
                 }
-                stalled = answering &&
+                // And it answered nothing meanwhile: a backend that finishes other requests
+                // is slow on some endpoint, not holding (a healthy backend serving a slow
+                // endpoint was ejected when its peer happened to have only quick ones waiting).
+                stalled = answering && answered_since(b, now - config_.stalled_after) == 0 &&
                           static_cast<double>(waited.count()) >=
                               config_.stall_ratio *
                                   static_cast<double>(std::max<std::uint64_t>(answering_wait, 1));
@@ -163,6 +166,21 @@ OutlierDetector::Verdicts OutlierDetector::observe(
     return verdicts;
 }
 
+// Requests `b` answered (finished without failing) since the last sample at or before `since`;
+// all of the window's when none is that old.
+std::uint64_t OutlierDetector::answered_since(const Backend& b, Clock::time_point since) const {
+    const Sample* then = &samples_.front();
+    for (const Sample& s : samples_) {
+        if (s.at <= since) {
+            then = &s;
+        }
+    }
+    const Sample& now = samples_.back();
+    const std::uint64_t requests = at(now.requests, b.id) - at(then->requests, b.id);
+    const std::uint64_t failures = at(now.failures, b.id) - at(then->failures, b.id);
+    return requests > failures ? requests - failures : 0;
+}
+
 std::string OutlierDetector::colour_failure(const ColourPool& pool, std::uint64_t requests,
                                             std::uint64_t failures, const DataPlaneLoad& load,
                                             Clock::time_point now) const {
@@ -177,11 +195,24 @@ std::string OutlierDetector::colour_failure(const ColourPool& pool, std::uint64_
     if (after <= Duration(0)) {
         return {};
     }
+    // Every backend taking requests holds one (an idle one might answer: the clients may all
+    // be stuck on one hung backend, its peer healthy), and one has held it `after`.
+    const Duration holding = config_.stalled_after > Duration(0)
+                                 ? std::min(config_.stalled_after, after)
+                                 : after;
     std::uint64_t longest = 0;
+    unsigned taking = 0;
     for (const Backend& b : pool.backends) {
-        longest = std::max(longest, at(load.oldest_wait_ms, b.id));
+        const std::uint64_t waited = at(load.oldest_wait_ms, b.id);
+        if (b.takes_new_requests() && !ejections_.contains(b.name)) {
+            ++taking;
+            if (Duration(waited) < holding) {
+                return {};
+            }
+        }
+        longest = std::max(longest, waited);
     }
-    if (Duration(longest) < after) {
+    if (taking == 0 || Duration(longest) < after) {
         return {};
     }
     // Requests finished (answered, failed or timed out) since `after` ago: none, and one has

@@ -65,6 +65,7 @@ class OutlierDetector {
         std::uint64_t consecutive = 0;
     };
 
+    std::uint64_t answered_since(const Backend& b, Clock::time_point since) const;
     // Why the watched colour fails as a whole, or empty.
     std::string colour_failure(const ColourPool& pool, std::uint64_t requests,
                                std::uint64_t failures, const DataPlaneLoad& load,

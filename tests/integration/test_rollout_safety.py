@@ -265,7 +265,8 @@ class HungBackendTest(ProcessTestCase):
         self.assertEqual(failed, [], collections.Counter((r[2], r[3]) for r in failed))
         self.assertGreater(len(after), 1000)
         self.assertEqual(slow_after, [])
-        self.assertEqual(proxy.status()["colours"]["green"]["role"], "candidate")
+        s = proxy.status()
+        self.assertEqual(s["colours"]["green"]["role"], "candidate", proxy.bgctl("--json", "history", "3").stdout)
 
 
 class HungReleaseTest(ProcessTestCase):

@@ -177,9 +177,10 @@ TEST_CASE("a backend that holds requests while its peers answer is ejected; a sl
     bg::OutlierDetector detector(config);
     auto table = two_by_two();
     auto t0 = Clock::now();
-    auto load = counts({0, 0, 0, 0}, {0, 0, 0, 0});
+    auto load = counts({0, 0, 0, 10}, {0, 0, 0, 0});
     detector.observe(table, load, t0, std::nullopt, {});
-    // g1 answers (its oldest request 20 ms), g2 has held one for 1.5 s.
+    // g1 answers (its oldest request 20 ms), g2 has held one for 1.5 s and answered nothing
+    // for a second.
     load = counts({0, 0, 100, 10}, {0, 0, 0, 0});
     load.oldest_wait_ms = {0, 0, 20, 1500};
     auto v = detector.observe(table, load, t0 + std::chrono::seconds(1), std::nullopt, {});
@@ -190,6 +191,26 @@ TEST_CASE("a backend that holds requests while its peers answer is ejected; a sl
     load.oldest_wait_ms = {2000, 2100, 20, 1500};
     v = detector.observe(table, load, t0 + std::chrono::seconds(2), std::nullopt, {});
     CHECK(v.ejected.empty());
+}
+
+TEST_CASE("a backend that answers other requests while one waits long is slow, not stalled") {
+    // Found by an outside probe: a quarter of requests taking 1.5 s on both colours ejected
+    // healthy backends whenever a peer had only quick requests waiting (7 in 40 s).
+    bg::OutlierConfig config;
+    config.stalled_after = std::chrono::seconds(1);
+    bg::OutlierDetector detector(config);
+    auto table = two_by_two();
+    auto t0 = Clock::now();
+    detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, {});
+    auto load = counts({0, 0, 100, 60}, {0, 0, 0, 0});
+    load.oldest_wait_ms = {0, 0, 20, 1400};
+    CHECK(detector.observe(table, load, t0 + std::chrono::seconds(1), std::nullopt, {})
+              .ejected.empty());
+    // Timeouts are no answers: a backend whose only finished requests failed still holds.
+    load = counts({0, 0, 200, 70}, {0, 0, 0, 10});
+    load.oldest_wait_ms = {0, 0, 20, 1600};
+    CHECK(detector.observe(table, load, t0 + std::chrono::seconds(2), std::nullopt, {}).ejected ==
+          std::vector<std::string>{"g2"});
 }
 
 TEST_CASE("a watched colour none of whose backends answers fails as a whole") {
@@ -221,6 +242,14 @@ TEST_CASE("a watched colour none of whose backends answers fails as a whole") {
     load = counts({0, 0, 151, 150}, {0, 0, 0, 0});
     load.oldest_wait_ms = {0, 0, 5200, 5100};
     CHECK_FALSE(slow.observe(table, load, s(6), bg::Colour::green, {}).failed_colour);
+    // One backend holds, its peer has nothing in flight (the clients all stuck on the first,
+    // as in HungBackendTest): the peer may well answer; the per-backend rule is for this.
+    bg::OutlierDetector one(config);
+    one.observe(table, counts({0, 0, 150, 150}, {0, 0, 0, 0}), s(0), bg::Colour::green, {});
+    one.observe(table, counts({0, 0, 150, 150}, {0, 0, 0, 0}), s(1), bg::Colour::green, {});
+    auto stuck_on_one = counts({0, 0, 150, 150}, {0, 0, 0, 0});
+    stuck_on_one.oldest_wait_ms = {0, 0, 0, 6200};
+    CHECK_FALSE(one.observe(table, stuck_on_one, s(6), bg::Colour::green, {}).failed_colour);
     // Not watched (no traffic of its own to lose): no verdict.
     bg::OutlierDetector idle(config);
     idle.observe(table, counts({0, 0, 150, 150}, {0, 0, 0, 0}), s(0), std::nullopt, {});
