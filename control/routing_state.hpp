@@ -22,6 +22,8 @@ struct RampState {
     std::uint32_t step_bp = 1000;
     Duration every{std::chrono::seconds(30)};
     bool paused = false;
+
+    bool operator==(const RampState&) const = default;
 };
 
 // Traffic moved off the stable colour because it failed (the rollout guard's failover). The

@@ -886,9 +886,9 @@ void Switchboard::cancel_gates(SwitchKind because) {
 }
 
 void Switchboard::handle_ramp_step(Origin origin, const RampStep& tick) {
-    if (tick.armed_at != state_.version) {
-        // Armed for a state a change replaced while this step waited in line: that change
-        // armed its own timer (a new ramp has taken its first step just now).
+    if (ramp_course() != tick.course) {
+        // Armed for a course a change replaced while this step waited in line (a new ramp, a
+        // pause, a step already taken): that change armed its own timer.
         finish(origin, json::object{{"ok", true}});
         return;
     }
@@ -1160,23 +1160,41 @@ void Switchboard::applied(Origin& origin, Staged staged, RoutingTablePtr table) 
     arm_ramp_timer();
 }
 
+std::optional<Switchboard::RampCourse> Switchboard::ramp_course() const {
+    if (!state_.ramp) {
+        return std::nullopt;
+    }
+    return RampCourse{*state_.ramp, state_.weight(state_.ramp->colour)};
+}
+
+// After every applied change. One that leaves the ramp where it stands (a reload, a drain, a
+// guard check) leaves its step due when it was: re-armed each time, frequent changes would
+// hold a ramp back for good.
 void Switchboard::arm_ramp_timer() {
-    ramp_timer_.cancel();
-    if (!state_.ramp || state_.ramp->paused || publisher_ == nullptr) {
+    const std::optional<RampCourse> course = ramp_course();
+    // (In a fleet, one instance takes the steps; the others apply them.)
+    if (!course || course->ramp.paused || publisher_ == nullptr || !drives_ramp()) {
+        ramp_timer_.cancel();
+        ramp_armed_.reset();
         return;
     }
-    if (!drives_ramp()) {
-        return;  // in a fleet, one instance takes the steps; the others apply them
+    if (ramp_armed_ == course) {
+        return;
     }
-    ramp_timer_.expires_after(state_.ramp->every);
-    ramp_timer_.async_wait([this, armed_at = state_.version](boost::system::error_code ec) {
+    ramp_timer_.cancel();
+    ramp_armed_ = course;
+    ramp_timer_.expires_after(course->ramp.every);
+    ramp_timer_.async_wait([this, course = *course](boost::system::error_code ec) {
         if (!ec) {
-            ramp_tick(armed_at);
+            ramp_tick(course);
         }
     });
 }
 
-void Switchboard::ramp_tick(std::uint64_t armed_at) {
+void Switchboard::ramp_tick(RampCourse course) {
+    if (ramp_armed_ == course) {
+        ramp_armed_.reset();  // fired: a step refused is armed again, a full interval on
+    }
     Origin origin = internal_origin("ramp step", "ramp");
     origin.reply = [this](const json::object& reply) {
         if (!reply.at("ok").as_bool()) {
@@ -1186,7 +1204,7 @@ void Switchboard::ramp_tick(std::uint64_t armed_at) {
             arm_ramp_timer();
         }
     };
-    enqueue(Job{std::move(origin), RampStep{armed_at}});
+    enqueue(Job{std::move(origin), RampStep{course}});
 }
 
 namespace {

@@ -120,8 +120,15 @@ class Switchboard {
         Command command;
         std::uint64_t based_on = 0;  // the state version the gate was started on
     };
+    // Where a ramp stands: its timer runs on across changes that leave it there (a reload, a
+    // drain), and a step armed for another course is stale.
+    struct RampCourse {
+        RampState ramp;
+        std::uint32_t weight_bp = 0;  // of the ramp's colour
+        bool operator==(const RampCourse&) const = default;
+    };
     struct RampStep {
-        std::uint64_t armed_at = 0;  // the state version its timer was armed at
+        RampCourse course;  // the course its timer was armed for
     };
     struct HealthChange {
         std::string backend;
@@ -253,7 +260,8 @@ class Switchboard {
                                      const RoutingState* after, const std::string& error) const;
     void broadcast(const boost::json::object& event);
     void arm_ramp_timer();
-    void ramp_tick(std::uint64_t armed_at);
+    void ramp_tick(RampCourse course);
+    std::optional<RampCourse> ramp_course() const;
 
     boost::asio::any_io_executor executor_;
     std::shared_ptr<const Config> config_;
@@ -279,6 +287,7 @@ class Switchboard {
     std::map<std::string, PendingGate> gates_;  // by command id: gated commands, gate running
     std::uint64_t next_id_ = 1;                 // for commands that came without --id
     boost::asio::steady_timer ramp_timer_;
+    std::optional<RampCourse> ramp_armed_;  // the course ramp_timer_ runs for
     boost::asio::steady_timer sample_timer_;  // outlier detection and canary analysis
     bool sampling_ = false;                   // a gather is in flight
     bool sample_again_ = false;               // and another was asked for meanwhile

@@ -101,6 +101,24 @@ class ControlTest(ProcessTestCase):
         self.assertGreater(checked, 200)  # sanitizer builds serve far fewer requests
         self.assertEqual(wrong, 0)
 
+    def test_changes_that_leave_a_ramp_where_it_stands_do_not_hold_back_its_step(self):
+        """Found by an outside probe: every applied change re-armed the ramp's timer for a full
+        interval, so a reload every 2 s kept a 3 s ramp at its first step for good."""
+        proxy = self.proxy(self.two_by_two())
+        r = proxy.bgctl("ramp", "green", "to=50", "step=25", "every=2s")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        started = time.time()
+        toggles = 0
+        while time.time() - started < 3.5:
+            r = proxy.bgctl("drain" if toggles % 2 == 0 else "ready", "blue-2")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            toggles += 1
+            if time.time() - started > 3.0:
+                break
+            time.sleep(0.4)
+        green = proxy.status()["colours"]["green"]["weight"]
+        self.assertEqual(green, 50, "%d changes in 3 s held the 2 s step back" % toggles)
+
     def test_ramp_0_to_100_in_10_steps_matches_each_step(self):
         proxy = self.proxy(self.two_by_two())
         watch = subprocess.Popen([BGCTL, "--socket", proxy.socket, "--json", "watch"],
