@@ -90,6 +90,7 @@ class Worker {
     Balancer& balancer() { return balancer_; }
     UpstreamPool& upstream_pool() { return pool_; }
     ExchangePool& exchanges() { return exchanges_; }
+    HeapTrim& heap_trim() { return heap_trim_; }
     // Idle keep-alive connections waiting, without a session, for their next request.
     ParkedClients& parked() { return *parked_; }
     // Pipes for bodies spliced socket to socket.

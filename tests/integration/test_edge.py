@@ -188,6 +188,38 @@ class TlsTest(ProcessTestCase):
         super().setUp()
         self.blue = self.backend("blue-1")
 
+    def test_a_burst_of_tls_connections_leaves_no_memory_behind(self):
+        """What OpenSSL held for a burst of TLS connections goes back to the system once they
+        close (found by an outside probe: 2,000 handshaken connections left RSS at 54 MB, from
+        19, for good; no trim ever counted them)."""
+        def rss_kib(proxy):
+            with open("/proc/%d/status" % proxy.pid) as f:
+                return int(next(l for l in f if l.startswith("VmRSS:")).split()[1])
+
+        grown, trims = {}, {}
+        for after in ("1048576", "0"):
+            proxy = self.proxy(edge_config(tls_listener("a"), [self.blue], extra=(
+                '[limits]\nheap_trim_after = %s\nheap_trim_delay = "200ms"\n' % after)))
+            time.sleep(0.5)
+            before = rss_kib(proxy)
+            clients = []
+            for _ in range(300):
+                s = tls_connect(proxy.port, "a.test")
+                clients.append(s)
+            for s in clients:
+                s.close()
+            time.sleep(1.5)  # the sessions end, then heap_trim_delay
+            grown[after] = rss_kib(proxy) - before
+            trims[after] = metric(proxy, "bgproxy_heap_trims_total")
+            proxy.stop()
+        print("RSS growth after 300 TLS connections opened and closed: %d KiB trimmed, %d KiB not"
+              % (grown["1048576"], grown["0"]))
+        self.assertGreaterEqual(trims["1048576"], 1)
+        self.assertEqual(trims["0"], 0)
+        if os.environ.get("BGPROXY_SANITIZE"):
+            return  # the sanitizers' allocators keep what they like; malloc_trim is not theirs
+        self.assertLess(grown["1048576"], grown["0"] - 2048, grown)
+
     def test_versions_and_several_listeners(self):
         # Three listeners at once: plain, TLS (1.2 and up, the default) and TLS 1.3 only.
         proxy = self.proxy(edge_config("""
