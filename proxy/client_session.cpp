@@ -55,10 +55,16 @@ class ClientSession {
         // (No co_await inside && or ||: GCC 12 mishandles temporaries there.)
         bool open = resumed_;
         if (!resumed_) {
+            const auto& listeners = conn_.config.listeners;
+            if (ClientConnection<Stream>::tls ||
+                (conn_.listener < listeners.size() && listeners[conn_.listener].proxy_protocol)) {
+                conn_.worker.opening(conn_.handle());
+            }
             open = co_await identify_client();
-        }
-        if (open && !resumed_) {
-            open = co_await handshake();
+            if (open) {
+                open = co_await handshake();
+            }
+            conn_.worker.opened(conn_.handle());
         }
         // Resumed: the socket is readable, so the first wait reads at once.
         for (bool first = !resumed_, readable = resumed_; open; first = readable = false) {

@@ -4,15 +4,26 @@
 
 #include <boost/intrusive/list_hook.hpp>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 
 #include "io_types.hpp"
 
 namespace bg {
 
+struct OpeningTag;
+// In the worker's list of connections still opening (a TLS handshake or a PROXY header to
+// come): out of it by itself when the handle goes.
+using OpeningHook =
+    boost::intrusive::list_base_hook<boost::intrusive::tag<OpeningTag>,
+                                      boost::intrusive::link_mode<boost::intrusive::auto_unlink>>;
+
 // In its worker's list of connections (a link, no allocation per connection).
-struct SessionHandle : boost::intrusive::list_base_hook<> {
+struct SessionHandle : boost::intrusive::list_base_hook<>, OpeningHook {
     Socket* client = nullptr;            // the lowest layer, under TLS if any
+    std::size_t listener = 0;            // the index of the listener it came in on
+    // Closed while opening to make room: its connection slot went to a new connection.
+    bool slot_released = false;
     Socket* upstream = nullptr;          // while a request holds a backend connection
     std::uint32_t upstream_backend = 0;  // the backend id of `upstream`
     // An idle backend connection kept for this client only (it opened with a PROXY header),

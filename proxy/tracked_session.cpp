@@ -7,6 +7,7 @@ namespace bg {
 TrackedSession::TrackedSession(Worker& worker, Socket& client, std::size_t listener)
     : worker_(worker), listener_(listener) {
     handle_.client = &client;
+    handle_.listener = listener;
     worker_.track(&handle_);
     WorkerStats::add(worker_.stats().connections_open);
 }
@@ -14,7 +15,9 @@ TrackedSession::TrackedSession(Worker& worker, Socket& client, std::size_t liste
 TrackedSession::~TrackedSession() {
     worker_.untrack(&handle_);
     WorkerStats::sub(worker_.stats().connections_open);
-    worker_.connection_closed(listener_);
+    if (!handle_.slot_released) {
+        worker_.connection_closed(listener_);
+    }
 }
 
 }  // namespace bg

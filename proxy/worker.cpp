@@ -232,16 +232,40 @@ void Worker::accepted(Socket socket, std::size_t listener, const tcp::endpoint& 
 // nearest its own timeout): a flood of connections that each sent one request and went quiet
 // would otherwise turn every new client away for client_keepalive.
 bool Worker::make_room(std::size_t listener, std::uint32_t listener_max) {
-    const bool per_listener = listener_max != 0;
+    const auto only =
+        listener_max != 0 ? std::optional<std::size_t>(listener) : std::optional<std::size_t>();
     for (int tries = 0; tries < 2; ++tries) {
-        if (!parked_->evict_one(per_listener ? std::optional<std::size_t>(listener)
-                                             : std::nullopt)) {
+        if (parked_->evict_one(only)) {
+            WorkerStats::add(stats_.idle_evicted);
+        } else if (evict_opening(only)) {
+            WorkerStats::add(stats_.opening_evicted);
+        } else {
             return false;
         }
-        WorkerStats::add(stats_.idle_evicted);
         if (limits_.try_open(listener, config_->limits.max_connections, listener_max)) {
             return true;
         }
+    }
+    return false;
+}
+
+// The oldest connection still in its TLS handshake or PROXY header (of `listener`, when its
+// own cap is the one reached): silent ones on a TLS or PROXY listener filled every slot until
+// tls_handshake or client_header, turning every client away. Its slot is freed at once; the
+// connection ends as its handshake or header read fails on the closed socket.
+bool Worker::evict_opening(std::optional<std::size_t> listener) {
+    int looked = 0;
+    for (auto it = opening_.begin(); it != opening_.end() && looked < 64; ++it, ++looked) {
+        SessionHandle& session = *it;
+        if (listener && session.listener != *listener) {
+            continue;
+        }
+        session.OpeningHook::unlink();
+        session.slot_released = true;
+        limits_.close(session.listener);
+        boost::system::error_code ignored;
+        session.client->close(ignored);
+        return true;
     }
     return false;
 }

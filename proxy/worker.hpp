@@ -105,6 +105,10 @@ class Worker {
     void begin_closing();
     void track(SessionHandle* session) { sessions_.push_back(*session); }
     void untrack(SessionHandle* session);
+    // A connection that has said nothing yet (its TLS handshake or PROXY header to come) holds
+    // a slot: at the connection limit the oldest such one makes room, as an idle one does.
+    void opening(SessionHandle& session) { opening_.push_back(session); }
+    void opened(SessionHandle& session) { session.OpeningHook::unlink(); }
     // The address connections accepted on `listener` were made to, when the listener is bound
     // to one address (not a wildcard): known without a getsockname() per connection.
     const std::optional<boost::asio::ip::tcp::endpoint>& fixed_local_endpoint(
@@ -137,6 +141,7 @@ class Worker {
     void accepted(Socket socket, std::size_t listener, const boost::asio::ip::tcp::endpoint& peer);
     void refuse(Socket& socket, std::size_t listener);
     bool make_room(std::size_t listener, std::uint32_t listener_max);
+    bool evict_opening(std::optional<std::size_t> listener);
     void finish_if_drained();
     void sweep_in_flight();
     void sweep_client_closes();
@@ -167,6 +172,9 @@ class Worker {
     std::vector<std::optional<boost::asio::ip::tcp::endpoint>> fixed_locals_;  // by acceptor
     std::vector<bool> v6_listeners_;                                           // by acceptor
     boost::intrusive::list<SessionHandle> sessions_;  // every open client connection
+    boost::intrusive::list<SessionHandle, boost::intrusive::base_hook<OpeningHook>,
+                           boost::intrusive::constant_time_size<false>>
+        opening_;  // those still opening, oldest first
     std::vector<std::uint32_t> tunnels_;              // by backend id
     std::vector<std::uint64_t> requests_by_backend_;
     std::vector<std::uint64_t> failures_by_backend_;  // as outlier detection counts them

@@ -1018,6 +1018,34 @@ address = "127.0.0.1:0"
         with self.assertRaises((ssl.SSLError, ConnectionError, OSError)):
             tls_connect(tls, "a.test").close()
 
+    def test_silent_connections_on_tls_and_proxy_listeners_make_room(self):
+        """Connections that say nothing on a TLS or PROXY listener (no ClientHello, no header)
+        filled every slot until tls_handshake or client_header (10 s), every new client turned
+        away, again and again (found by an outside probe). At the limit the oldest one still
+        opening makes room, as an idle keep-alive connection does."""
+        proxy = self.proxy(edge_config("""
+[[listener]]
+address = "127.0.0.1:0"
+[listener.tls]
+certificates = [%s]
+[[listener]]
+address = "127.0.0.1:0"
+proxy_protocol = true
+proxy_protocol_from = ["127.0.0.1"]
+""" % certs("a"), [self.blue], extra="[limits]\nmax_connections = 10\n"))
+        tls, pp = proxy.ports
+        for port in (tls, pp) * 8:
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            self.addCleanup(s.close)
+        time.sleep(0.3)
+        conn = https_connection(tls, "a.test")
+        self.addCleanup(conn.close)
+        conn.request("GET", "/")
+        self.assertEqual(conn.getresponse().status, 200)
+        out, _ = exchange(pp, b"PROXY TCP4 192.0.2.1 127.0.0.1 1 2\r\n" + get_headers())
+        self.assertEqual(status_of(out), 200, out)
+        self.assertGreaterEqual(metric(proxy, "bgproxy_opening_connections_evicted_total"), 2)
+
     def test_global_max_connections_and_requests_per_connection(self):
         proxy = self.proxy(edge_config("""
 [[listener]]
