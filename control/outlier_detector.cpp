@@ -197,9 +197,8 @@ std::string OutlierDetector::colour_failure(const ColourPool& pool, std::uint64_
     }
     // Every backend taking requests holds one (an idle one might answer: the clients may all
     // be stuck on one hung backend, its peer healthy), and one has held it `after`.
-    const Duration holding = config_.stalled_after > Duration(0)
-                                 ? std::min(config_.stalled_after, after)
-                                 : after;
+    const Duration holding =
+        config_.stalled_after > Duration(0) ? std::min(config_.stalled_after, after) : after;
     std::uint64_t longest = 0;
     unsigned taking = 0;
     for (const Backend& b : pool.backends) {

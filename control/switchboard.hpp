@@ -287,7 +287,7 @@ class Switchboard {
     std::map<std::string, PendingGate> gates_;  // by command id: gated commands, gate running
     std::uint64_t next_id_ = 1;                 // for commands that came without --id
     boost::asio::steady_timer ramp_timer_;
-    std::optional<RampCourse> ramp_armed_;  // the course ramp_timer_ runs for
+    std::optional<RampCourse> ramp_armed_;    // the course ramp_timer_ runs for
     boost::asio::steady_timer sample_timer_;  // outlier detection and canary analysis
     bool sampling_ = false;                   // a gather is in flight
     bool sample_again_ = false;               // and another was asked for meanwhile

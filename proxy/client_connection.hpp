@@ -101,7 +101,7 @@ struct ClientConnection {
     ClientCloseWatch close_watch;    // while a request is in flight and the client is not read
     UploadAnswerWatch answer_watch;  // while a request body goes to a plain backend connection
     UpstreamConnector upstreams;
-    bool linger = false;        // an error response was sent: drain before closing
+    bool linger = false;  // an error response was sent: drain before closing
     // A response went out cut short: closed with a reset, without TLS close_notify or FIN,
     // which would make a body ended by the close (HTTP/1.0) look complete.
     bool cut = false;

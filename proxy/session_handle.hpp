@@ -16,12 +16,12 @@ struct OpeningTag;
 // come): out of it by itself when the handle goes.
 using OpeningHook =
     boost::intrusive::list_base_hook<boost::intrusive::tag<OpeningTag>,
-                                      boost::intrusive::link_mode<boost::intrusive::auto_unlink>>;
+                                     boost::intrusive::link_mode<boost::intrusive::auto_unlink>>;
 
 // In its worker's list of connections (a link, no allocation per connection).
 struct SessionHandle : boost::intrusive::list_base_hook<>, OpeningHook {
-    Socket* client = nullptr;            // the lowest layer, under TLS if any
-    std::size_t listener = 0;            // the index of the listener it came in on
+    Socket* client = nullptr;  // the lowest layer, under TLS if any
+    std::size_t listener = 0;  // the index of the listener it came in on
     // Closed while opening to make room: its connection slot went to a new connection.
     bool slot_released = false;
     Socket* upstream = nullptr;          // while a request holds a backend connection

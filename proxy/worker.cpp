@@ -561,8 +561,8 @@ void Worker::sweep_client_closes() {
         ::poll(close_sweep_fds_.data(), close_sweep_fds_.size(), 0) <= 0) {
         return;
     }
-    const short gone = config_->abort_on_client_fin ? (POLLRDHUP | POLLHUP | POLLERR)
-                                                    : (POLLHUP | POLLERR);
+    const short gone =
+        config_->abort_on_client_fin ? (POLLRDHUP | POLLHUP | POLLERR) : (POLLHUP | POLLERR);
     for (std::size_t i = 0; i < close_sweep_fds_.size(); ++i) {
         if ((close_sweep_fds_[i].revents & gone) == 0) {
             continue;

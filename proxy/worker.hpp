@@ -174,8 +174,8 @@ class Worker {
     boost::intrusive::list<SessionHandle> sessions_;  // every open client connection
     boost::intrusive::list<SessionHandle, boost::intrusive::base_hook<OpeningHook>,
                            boost::intrusive::constant_time_size<false>>
-        opening_;  // those still opening, oldest first
-    std::vector<std::uint32_t> tunnels_;              // by backend id
+        opening_;                         // those still opening, oldest first
+    std::vector<std::uint32_t> tunnels_;  // by backend id
     std::vector<std::uint64_t> requests_by_backend_;
     std::vector<std::uint64_t> failures_by_backend_;  // as outlier detection counts them
     std::vector<std::array<std::uint64_t, failure_kind_count>> failure_kinds_;

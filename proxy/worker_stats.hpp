@@ -47,9 +47,9 @@ struct WorkerStats {
     Counter spliced_bytes{0};  // body bytes moved socket to socket in the kernel
     Counter heap_trims{0};     // memory freed past the spare pools given back (HeapTrim)
     Counter upgraded_open{0};
-    Counter connections_refused{0};     // past max_connections
-    Counter idle_evicted{0};            // idle keep-alive connections closed to make room past it
-    Counter opening_evicted{0};  // connections still in a handshake or PROXY header, likewise
+    Counter connections_refused{0};  // past max_connections
+    Counter idle_evicted{0};         // idle keep-alive connections closed to make room past it
+    Counter opening_evicted{0};      // connections still in a handshake or PROXY header, likewise
     Counter tls_handshake_failures{0};  // failed or timed out
     Counter proxy_headers_refused{0};   // missing, malformed or from an untrusted peer
     Counter client_aborts{0};           // clients gone with their request in flight (499)

@@ -1023,16 +1023,12 @@ address = "127.0.0.1:0"
         filled every slot until tls_handshake or client_header (10 s), every new client turned
         away, again and again (found by an outside probe). At the limit the oldest one still
         opening makes room, as an idle keep-alive connection does."""
-        proxy = self.proxy(edge_config("""
-[[listener]]
-address = "127.0.0.1:0"
-[listener.tls]
-certificates = [%s]
+        proxy = self.proxy(edge_config(tls_listener("a") + """
 [[listener]]
 address = "127.0.0.1:0"
 proxy_protocol = true
 proxy_protocol_from = ["127.0.0.1"]
-""" % certs("a"), [self.blue], extra="[limits]\nmax_connections = 10\n"))
+""", [self.blue], extra="[limits]\nmax_connections = 10\n"))
         tls, pp = proxy.ports
         for port in (tls, pp) * 8:
             s = socket.create_connection(("127.0.0.1", port), timeout=5)

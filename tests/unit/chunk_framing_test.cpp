@@ -85,8 +85,8 @@ TEST_CASE("a control byte in a chunk extension is refused when the line arrives 
     // Found by an outside probe: with the line in one read, Beast took a bare LF inside a
     // quoted extension, which a front end ending lines at LF reads as the end of the line.
     using namespace std::string_literals;
-    for (const std::string& line : {"2;a=\"\n0\n\nGET /x HTTP/1.1\n\n\""s, "2;a=\"\x01\""s,
-                                    "2;a=\"\x7f\""s, "2;a=\"\0\""s}) {
+    for (const std::string& line :
+         {"2;a=\"\n0\n\nGET /x HTTP/1.1\n\n\""s, "2;a=\"\x01\""s, "2;a=\"\x7f\""s, "2;a=\"\0\""s}) {
         CAPTURE(line);
         const Parsed p = parse(chunked_head + line + "\r\nhi\r\n0\r\n\r\n");
         CHECK(p.ec == http::error::bad_chunk_extension);
