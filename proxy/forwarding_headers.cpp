@@ -91,10 +91,16 @@ bool rewrite_request_fields(Fields& fields, const ForwardedFor& hop) {
             }
             if (boost::beast::iequals(text, "X-Forwarded-For")) {
                 if (hop.trusted) {
-                    if (!chain.empty()) {
+                    // Empty list members (a trailing ", ") are dropped, not passed on doubled.
+                    std::string_view value = it->value();
+                    while (!value.empty() && (value.back() == ',' || value.back() == ' ' ||
+                                              value.back() == '\t')) {
+                        value.remove_suffix(1);
+                    }
+                    if (!chain.empty() && !value.empty()) {
                         chain.append(", ");
                     }
-                    chain.append(it->value());
+                    chain.append(value);
                 }
                 it = fields.erase(it);
                 continue;

@@ -208,6 +208,13 @@ Refusal rewrite_for_upstream(RequestParser& parser, const RequestFacts& facts,
     }
     if (chunked) {
         request.chunked(true);
+    } else if (const auto length = parser.content_length()) {
+        // Leading zeros are valid (and were checked), but a backend that limits the digits of
+        // a length, or reads them as octal, would frame the body otherwise: the value as read.
+        const std::string_view sent = request[http::field::content_length];
+        if (sent.size() > 1 && sent.front() == '0') {
+            request.content_length(*length);
+        }
     }
     request.version(11);
     return {};

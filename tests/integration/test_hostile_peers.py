@@ -51,6 +51,19 @@ class FramingTest(ProxyWithScriptedBackend):
     TOKENS = ["content-length", "Content-Length", "transfer-encoding", "host", "close, content-length",
               "keep-alive, Content-Length, host", "te, trailer, content-length"]
 
+    def test_a_length_with_leading_zeros_goes_on_as_read(self):
+        """Valid, and checked, but a backend limiting a length's digits (or reading them as
+        octal) would frame the body otherwise: the backend gets the value (found by an outside
+        probe; HAProxy passes the digits on as they came)."""
+        self.start_proxy(echo_body)
+        s = self.connect()
+        s.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 000000000000000000000000010"
+                  b"\r\n\r\n0123456789")
+        status, _, got, _ = read_response(s)
+        self.assertEqual((status, got), (200, b"/upload 0123456789"))
+        fields = self.upstream.requests()[-1][3]
+        self.assertEqual([v for k, v in fields if k == "content-length"], ["10"])
+
     def test_request_framing_survives_every_connection_token(self):
         self.start_proxy(echo_body)
         for token in self.TOKENS:

@@ -44,6 +44,17 @@ TEST_CASE("from a trusted proxy X-Forwarded-For is appended to and its Proto kep
     CHECK(f["X-Forwarded-Host"] == "shop.example:8080");
 }
 
+TEST_CASE("a trusted proxy's chain keeps no empty members") {
+    // Found by an outside probe: "1.1.1.1," became "1.1.1.1,, 10.0.0.1".
+    bg::Fields f;
+    f.set(http::field::host, "x");
+    f.insert("X-Forwarded-For", "1.1.1.1, ");
+    f.insert("X-Forwarded-For", ",");
+    f.insert("X-Forwarded-For", "2.2.2.2,");
+    bg::rewrite_request_fields(f, {"10.0.0.1", false, false, true});
+    CHECK(f["X-Forwarded-For"] == "1.1.1.1, 2.2.2.2, 10.0.0.1");
+}
+
 TEST_CASE("from anyone else X-Forwarded-For is replaced, Proto and Host are set") {
     bg::Fields f;
     f.set(http::field::host, "shop.example:8080");
