@@ -166,6 +166,10 @@ struct OutgoingPiece {
     std::size_t count = 0;
 };
 
+// What a tunnel first reads with, each way: WebSocket messages are mostly small, and a tunnel
+// idles for up to tunnel_idle (an hour). A read that fills it grows it to buffer_size.
+inline constexpr std::size_t tunnel_first_read = 2048;
+
 class BodyRelay {
   public:
     BodyRelay(ConnectionDeadline& deadline, WorkerStats& stats, std::size_t read_size,
@@ -440,8 +444,14 @@ class BodyRelay {
             ok = co_await flush(client_, ex.upstream_buffer, idle, ex.record.bytes_out);
         }
         if (ok) {
-            co_await (pump(client_, upstream, piece(ex.request_body), idle, ex.record.bytes_in) &&
-                      pump(upstream, client_, piece(ex.response_body), idle, ex.record.bytes_out));
+            // An idle tunnel (a chat's WebSocket) lives for tunnel_idle: it keeps no buffer the
+            // heads needed, and reads with a small one that grows once a read fills it.
+            ex.buffer.shrink_to_fit();
+            ex.upstream_buffer.shrink_to_fit();
+            co_await (pump(client_, upstream, tunnel_piece(ex.request_body), idle,
+                           ex.record.bytes_in) &&
+                      pump(upstream, client_, tunnel_piece(ex.response_body), idle,
+                           ex.record.bytes_out));
         }
         WorkerStats::sub(stats_.upgraded_open);
         boost::system::error_code ignored;
@@ -495,6 +505,9 @@ class BodyRelay {
             if (wec) {
                 break;
             }
+            if (n == scratch.size() && scratch.size() < read_size_) {
+                scratch.resize(read_size_);  // bytes in bulk: full-size reads from now on
+            }
         }
         // An error on one side ends both directions.
         boost::system::error_code ignored;
@@ -502,8 +515,15 @@ class BodyRelay {
         boost::beast::get_lowest_layer(to).close(ignored);
     }
 
-    // A scratch buffer for a tunnel or a lingering close, taken when first needed (kept with the
-    // exchange state).
+    // A tunnel's first scratch buffer: small, its memory given back if it was larger.
+    std::vector<char>& tunnel_piece(std::vector<char>& buffer) const {
+        buffer.resize(std::min<std::size_t>(read_size_, tunnel_first_read));
+        buffer.shrink_to_fit();
+        return buffer;
+    }
+
+    // A scratch buffer for a lingering close, taken when first needed (kept with the exchange
+    // state).
     std::vector<char>& piece(std::vector<char>& buffer) const {
         if (buffer.empty()) {
             buffer.resize(read_size_);
