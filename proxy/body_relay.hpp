@@ -448,10 +448,9 @@ class BodyRelay {
             // heads needed, and reads with a small one that grows once a read fills it.
             ex.buffer.shrink_to_fit();
             ex.upstream_buffer.shrink_to_fit();
-            co_await (pump(client_, upstream, tunnel_piece(ex.request_body), idle,
-                           ex.record.bytes_in) &&
-                      pump(upstream, client_, tunnel_piece(ex.response_body), idle,
-                           ex.record.bytes_out));
+            co_await (
+                pump(client_, upstream, tunnel_piece(ex.request_body), idle, ex.record.bytes_in) &&
+                pump(upstream, client_, tunnel_piece(ex.response_body), idle, ex.record.bytes_out));
         }
         WorkerStats::sub(stats_.upgraded_open);
         boost::system::error_code ignored;
