@@ -886,9 +886,10 @@ void Switchboard::cancel_gates(SwitchKind because) {
 }
 
 void Switchboard::handle_ramp_step(Origin origin, const RampStep& tick) {
-    if (ramp_course() != tick.course) {
+    if (ramp_course() != tick.course || tick.armed != ramp_armings_) {
         // Armed for a course a change replaced while this step waited in line (a new ramp, a
-        // pause, a step already taken): that change armed its own timer.
+        // pause, a step already taken, even one that led back to the same course): that change
+        // armed its own timer.
         finish(origin, json::object{{"ok", true}});
         return;
     }
@@ -1184,27 +1185,28 @@ void Switchboard::arm_ramp_timer() {
     ramp_timer_.cancel();
     ramp_armed_ = course;
     ramp_timer_.expires_after(course->ramp.every);
-    ramp_timer_.async_wait([this, course = *course](boost::system::error_code ec) {
-        if (!ec) {
-            ramp_tick(course);
-        }
-    });
+    ramp_timer_.async_wait(
+        [this, course = *course, armed = ++ramp_armings_](boost::system::error_code ec) {
+            if (!ec) {
+                ramp_tick(course, armed);
+            }
+        });
 }
 
-void Switchboard::ramp_tick(RampCourse course) {
-    if (ramp_armed_ == course) {
-        ramp_armed_.reset();  // fired: a step refused is armed again, a full interval on
-    }
+// The step waits in line as the timer's: a change applied meanwhile that leaves the course as
+// it was arms no other timer, and the step still goes.
+void Switchboard::ramp_tick(RampCourse course, std::uint64_t armed) {
     Origin origin = internal_origin("ramp step", "ramp");
     origin.reply = [this](const json::object& reply) {
         if (!reply.at("ok").as_bool()) {
             // Refused (the state could not be saved...): the ramp stays in progress, as status
             // says, and the step is tried again an interval later.
             spdlog::warn("ramp step: {}; trying again in an interval", json::serialize(reply));
+            ramp_armed_.reset();
             arm_ramp_timer();
         }
     };
-    enqueue(Job{std::move(origin), RampStep{course}});
+    enqueue(Job{std::move(origin), RampStep{course, armed}});
 }
 
 namespace {

@@ -128,7 +128,8 @@ class Switchboard {
         bool operator==(const RampCourse&) const = default;
     };
     struct RampStep {
-        RampCourse course;  // the course its timer was armed for
+        RampCourse course;        // the course its timer was armed for
+        std::uint64_t armed = 0;  // and which arming (the same course may come back)
     };
     struct HealthChange {
         std::string backend;
@@ -260,7 +261,7 @@ class Switchboard {
                                      const RoutingState* after, const std::string& error) const;
     void broadcast(const boost::json::object& event);
     void arm_ramp_timer();
-    void ramp_tick(RampCourse course);
+    void ramp_tick(RampCourse course, std::uint64_t armed);
     std::optional<RampCourse> ramp_course() const;
 
     boost::asio::any_io_executor executor_;
@@ -288,6 +289,7 @@ class Switchboard {
     std::uint64_t next_id_ = 1;                 // for commands that came without --id
     boost::asio::steady_timer ramp_timer_;
     std::optional<RampCourse> ramp_armed_;    // the course ramp_timer_ runs for
+    std::uint64_t ramp_armings_ = 0;          // timers armed so far: a step's own is the last
     boost::asio::steady_timer sample_timer_;  // outlier detection and canary analysis
     bool sampling_ = false;                   // a gather is in flight
     bool sample_again_ = false;               // and another was asked for meanwhile

@@ -49,6 +49,7 @@ class ClientSession {
         : conn_(worker, std::move(parked), std::move(stream)),
           served_(parked.served),
           resumed_(true),
+          handshaken_(true),
           busy_(came_back_soon(parked)) {}
 
     Task<void> run() {
@@ -64,6 +65,7 @@ class ClientSession {
             if (open) {
                 open = co_await handshake();
             }
+            handshaken_ = open;
             conn_.worker.opened(conn_.handle());
         }
         // Resumed: the socket is readable, so the first wait reads at once.
@@ -100,6 +102,10 @@ class ClientSession {
         if constexpr (ClientConnection<Stream>::tls) {
             // Its OpenSSL session and record buffers go back to malloc with the stream: a
             // burst of TLS connections left tens of MiB in the RSS, no trim ever counting them.
+            // (One that never got through its handshake took none: not counted.)
+            if (!handshaken_) {
+                co_return;
+            }
             const Limits& limits = conn_.config.limits;
             conn_.worker.heap_trim().freed(tls_connection_bytes, limits.heap_trim_after,
                                            limits.heap_trim_delay);
@@ -382,6 +388,7 @@ class ClientSession {
     std::array<char, 256> first_bytes_;  // where an idle connection's next request lands
     unsigned served_ = 0;                // requests on this connection so far
     bool resumed_ = false;               // from a park: no PROXY header or handshake again
+    bool handshaken_ = false;            // a TLS handshake completed, now or before a park
     IdleWait idle_wait_;                 // while idle, before it is parked
     bool busy_ = false;                  // its requests come close together: parked later
 };

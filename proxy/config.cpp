@@ -1032,9 +1032,12 @@ void read_outlier(TableReader& o, OutlierConfig& out) {
     o.read_fraction("stall_ratio", out.stall_ratio, 1.0, 1000.0);
     o.read_duration("colour_stalled_after", out.colour_stalled_after);  // 0: off
     if (out.colour_stalled_after > out.window) {
-        // Judged on the window's samples: a longer stall could never be seen.
+        // Judged on the window's samples: a longer stall could never be seen. Asked for, that
+        // is an error; the default follows a shorter window instead of going quietly off.
         if (const toml::node* node = o.take("colour_stalled_after")) {
             o.error_at(*node, "outlier.colour_stalled_after must not exceed outlier.window");
+        } else {
+            out.colour_stalled_after = out.window;
         }
     }
     o.reject_unknown_keys();

@@ -152,7 +152,10 @@ Task<Connected> UpstreamConnector::open(const Backend& backend, ExchangeState& e
     deadline_.arm(config_.timeouts.upstream_connect, ConnectionDeadline::upstream);
     std::tie(ec) = co_await connection.async_connect(endpoint, nothrow);
     if (!ec && backend.send_proxy_protocol) {
-        const std::string header = encode_proxy_v2(client_.source, client_.destination);
+        // A client the balancer's own header left unnamed is not named to the backend either.
+        const std::string header = client_.unnamed
+                                       ? encode_proxy_v2_local()
+                                       : encode_proxy_v2(client_.source, client_.destination);
         std::tie(ec, std::ignore) =
             co_await asio::async_write(connection, asio::buffer(header), nothrow);
     }

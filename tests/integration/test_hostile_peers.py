@@ -802,6 +802,30 @@ class PrivateUpstreamTest(IdleUpstreamTest):
     test_a_connection_the_backend_closes_leaves_the_pool_at_once = None
 
 
+class UnnamedClientTest(ProxyWithScriptedBackend):
+    def test_a_client_a_proxy_header_left_unnamed_is_not_named_to_the_backend(self):
+        """Behind `PROXY UNKNOWN` (or v2 LOCAL) the balancer's address stands in for a client
+        unknown: a PROXY header to the backend says LOCAL, never names the balancer as the
+        client (found by review)."""
+        self.upstream = self.start(ScriptedBackend(lambda r, i, c: ok_response(r[1]), "blue-1"))
+        text = config([self.upstream], [self.start(ScriptedBackend(ok_response, "green-1"))])
+        self.proxy_ = self.proxy(
+            text.replace('address = "127.0.0.1:0"\n', 'address = "127.0.0.1:0"\nproxy_protocol = '
+                         'true\nproxy_protocol_from = ["127.0.0.1"]\n', 1)
+                .replace("[pools.green]", "send_proxy_protocol = true\n[pools.green]"))
+        request = b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        for header, command in ((b"PROXY UNKNOWN\r\n", 0x20),
+                                (b"PROXY TCP4 192.0.2.1 127.0.0.1 5 80\r\n", 0x21)):
+            with self.subTest(header=header):
+                before = len(self.upstream.connections)
+                self.assertEqual(status_of(raw_exchange(self.proxy_.port, header + request)), 200)
+                # (Health checks open connections too, with a LOCAL header of their own.)
+                served = [c for c in self.upstream.connections[before:]
+                          if any(r[1] == b"/x" for r in c["requests"])]
+                sent = served[0]["proxy_header"]
+                self.assertEqual(sent[12], command, sent)
+
+
 class HalfCloseTest(ProxyWithScriptedBackend):
     """An end of stream that comes with a message's last bytes: a read that emptied the socket
     does not show it, and the poller does not report it again (socket_drain.hpp). Each must

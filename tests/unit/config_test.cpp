@@ -390,3 +390,17 @@ TEST_CASE("upgrade_protocols: websocket by default, any tokens, or none") {
           std::string::npos);
     CHECK(first_error(server + "\"websocket\"\n").find("upgrade_protocols") != std::string::npos);
 }
+
+TEST_CASE("colour_stalled_after within the outlier window: asked for past it is an error") {
+    auto shorter = bg::parse_config(std::string(minimal) + "[outlier]\nwindow = \"3s\"\n", "t");
+    REQUIRE(shorter.errors.empty());
+    // The default follows a shorter window rather than going quietly off (found by review).
+    CHECK(shorter.config->outlier.colour_stalled_after == std::chrono::seconds(3));
+    CHECK(first_error(std::string(minimal) +
+                      "[outlier]\nwindow = \"3s\"\ncolour_stalled_after = \"4s\"\n")
+              .find("must not exceed outlier.window") != std::string::npos);
+    auto off =
+        bg::parse_config(std::string(minimal) + "[outlier]\ncolour_stalled_after = \"0s\"\n", "t");
+    REQUIRE(off.errors.empty());
+    CHECK(off.config->outlier.colour_stalled_after == std::chrono::seconds(0));
+}
