@@ -159,7 +159,7 @@ class ClientSession {
             if (!input_waiting(conn_.socket().native_handle())) {
                 auto [wec] = co_await conn_.socket().async_wait(tcp::socket::wait_read, nothrow);
                 if (wec) {
-                    WorkerStats::add(conn_.worker.stats().tls_handshake_failures);
+                    count_handshake_failure();
                     co_return false;
                 }
             }
@@ -171,11 +171,18 @@ class ClientSession {
             auto [ec] =
                 co_await conn_.stream.async_handshake(asio::ssl::stream_base::server, nothrow);
             if (ec) {
-                WorkerStats::add(conn_.worker.stats().tls_handshake_failures);
+                count_handshake_failure();
                 co_return false;
             }
         }
         co_return true;
+    }
+
+    // Unless the connection was closed to make room (counted as such, not as a failure).
+    void count_handshake_failure() {
+        if (!conn_.handle().slot_released) {
+            WorkerStats::add(conn_.worker.stats().tls_handshake_failures);
+        }
     }
 
     // A plain HTTP request on a TLS listener gets a plain answer that says so (as nginx does),

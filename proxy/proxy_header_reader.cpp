@@ -67,7 +67,9 @@ Task<std::optional<ClientEndpoints>> read_proxy_header(Worker& worker, const Con
             break;
         }
     }
-    WorkerStats::add(worker.stats().proxy_headers_refused);
+    if (!handle.slot_released) {  // (closed to make room: counted as such)
+        WorkerStats::add(worker.stats().proxy_headers_refused);
+    }
     co_return std::nullopt;
 }
 

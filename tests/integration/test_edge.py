@@ -1041,6 +1041,9 @@ proxy_protocol_from = ["127.0.0.1"]
         out, _ = exchange(pp, b"PROXY TCP4 192.0.2.1 127.0.0.1 1 2\r\n" + get_headers())
         self.assertEqual(status_of(out), 200, out)
         self.assertGreaterEqual(metric(proxy, "bgproxy_opening_connections_evicted_total"), 2)
+        # Counted as evicted, not also as failed handshakes or refused headers.
+        self.assertEqual(metric(proxy, "bgproxy_tls_handshake_failures_total"), 0)
+        self.assertEqual(metric(proxy, "bgproxy_proxy_headers_refused_total"), 0)
 
     def test_global_max_connections_and_requests_per_connection(self):
         proxy = self.proxy(edge_config("""
