@@ -1023,12 +1023,14 @@ address = "127.0.0.1:0"
         filled every slot until tls_handshake or client_header (10 s), every new client turned
         away, again and again (found by an outside probe). At the limit the oldest one still
         opening makes room, as an idle keep-alive connection does."""
+        # One worker: each makes room among the connections it accepted itself (as for idle
+        # ones), and with two, a client could land on the one that has none left to close.
         proxy = self.proxy(edge_config(tls_listener("a") + """
 [[listener]]
 address = "127.0.0.1:0"
 proxy_protocol = true
 proxy_protocol_from = ["127.0.0.1"]
-""", [self.blue], extra="[limits]\nmax_connections = 10\n"))
+""", [self.blue], extra="[limits]\nmax_connections = 10\n"), workers=1)
         tls, pp = proxy.ports
         for port in (tls, pp) * 8:
             s = socket.create_connection(("127.0.0.1", port), timeout=5)
