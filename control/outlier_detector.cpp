@@ -166,14 +166,22 @@ OutlierDetector::Verdicts OutlierDetector::observe(
     return verdicts;
 }
 
+const OutlierDetector::Sample* OutlierDetector::sample_at_or_before(Clock::time_point t) const {
+    const Sample* found = nullptr;
+    for (const Sample& s : samples_) {
+        if (s.at <= t) {
+            found = &s;
+        }
+    }
+    return found;
+}
+
 // Requests `b` answered (finished without failing) since the last sample at or before `since`;
 // all of the window's when none is that old.
 std::uint64_t OutlierDetector::answered_since(const Backend& b, Clock::time_point since) const {
-    const Sample* then = &samples_.front();
-    for (const Sample& s : samples_) {
-        if (s.at <= since) {
-            then = &s;
-        }
+    const Sample* then = sample_at_or_before(since);
+    if (then == nullptr) {
+        then = &samples_.front();
     }
     const Sample& now = samples_.back();
     const std::uint64_t requests = at(now.requests, b.id) - at(then->requests, b.id);
@@ -217,12 +225,7 @@ std::string OutlierDetector::colour_failure(const ColourPool& pool, std::uint64_
     // Requests finished (answered, failed or timed out) since `after` ago: none, and one has
     // waited all that time, means the whole colour holds its requests. (Judged only with a
     // sample that old: not on a window just reset, nor past the window's own length.)
-    const Sample* then = nullptr;
-    for (const Sample& s : samples_) {
-        if (s.at <= now - after) {
-            then = &s;
-        }
-    }
+    const Sample* then = sample_at_or_before(now - after);
     if (then == nullptr) {
         return {};
     }
