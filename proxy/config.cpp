@@ -935,6 +935,7 @@ void read_limits(TableReader& l, Limits& out) {
     l.read_integer("max_interim_responses", out.max_interim_responses, 0, 1000);
     l.read_integer("min_request_body_rate", out.min_request_body_rate, 0, std::int64_t{1} << 40);
     l.read_integer("max_connections", out.max_connections, 1, 10000000);
+    l.read_duration("evict_opening_after", out.evict_opening_after);
     l.read_integer("max_requests_per_connection", out.max_requests_per_connection, 0, 1u << 31);
     l.reject_unknown_keys();
 }

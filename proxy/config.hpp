@@ -259,7 +259,11 @@ struct Limits {
     // 0: never.
     std::size_t heap_trim_after = 1 << 20;
     std::chrono::milliseconds heap_trim_delay{1000};
-    std::uint32_t max_connections = 16384;          // client connections over all listeners
+    std::uint32_t max_connections = 16384;  // client connections over all listeners
+    // At a connection limit, a connection still in its TLS handshake or PROXY header makes room
+    // only once it has been opening this long: a client a few milliseconds into its handshake
+    // is not closed for a newer one.
+    std::chrono::milliseconds evict_opening_after{1000};
     std::uint32_t max_requests_per_connection = 0;  // 0: no limit
 };
 

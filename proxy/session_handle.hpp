@@ -24,6 +24,7 @@ struct SessionHandle : boost::intrusive::list_base_hook<>, OpeningHook {
     std::size_t listener = 0;  // the index of the listener it came in on
     // Closed while opening to make room: its connection slot went to a new connection.
     bool slot_released = false;
+    std::chrono::steady_clock::time_point opening_since{};  // while in the worker's opening list
     Socket* upstream = nullptr;          // while a request holds a backend connection
     std::uint32_t upstream_backend = 0;  // the backend id of `upstream`
     // An idle backend connection kept for this client only (it opened with a PROXY header),

@@ -250,13 +250,19 @@ bool Worker::make_room(std::size_t listener, std::uint32_t listener_max) {
 }
 
 // The oldest connection still in its TLS handshake or PROXY header (of `listener`, when its
-// own cap is the one reached): silent ones on a TLS or PROXY listener filled every slot until
-// tls_handshake or client_header, turning every client away. Its slot is freed at once; the
-// connection ends as its handshake or header read fails on the closed socket.
+// own cap is the one reached), opening for evict_opening_after at least: silent ones on a TLS
+// or PROXY listener filled every slot until tls_handshake or client_header, turning every
+// client away. Its slot is freed at once; the connection ends as its handshake or header read
+// fails on the closed socket.
 bool Worker::evict_opening(std::optional<std::size_t> listener) {
+    const auto opened_before =
+        std::chrono::steady_clock::now() - config_->limits.evict_opening_after;
     int looked = 0;
     for (auto it = opening_.begin(); it != opening_.end() && looked < 64; ++it, ++looked) {
         SessionHandle& session = *it;
+        if (session.opening_since > opened_before) {
+            return false;  // oldest first: the rest are younger still
+        }
         if (listener && session.listener != *listener) {
             continue;
         }

@@ -106,8 +106,12 @@ class Worker {
     void track(SessionHandle* session) { sessions_.push_back(*session); }
     void untrack(SessionHandle* session);
     // A connection that has said nothing yet (its TLS handshake or PROXY header to come) holds
-    // a slot: at the connection limit the oldest such one makes room, as an idle one does.
-    void opening(SessionHandle& session) { opening_.push_back(session); }
+    // a slot: at the connection limit the oldest such one makes room, as an idle one does,
+    // once it has been opening for limits.evict_opening_after.
+    void opening(SessionHandle& session) {
+        session.opening_since = std::chrono::steady_clock::now();
+        opening_.push_back(session);
+    }
     void opened(SessionHandle& session) { session.OpeningHook::unlink(); }
     // The address connections accepted on `listener` were made to, when the listener is bound
     // to one address (not a wildcard): known without a getsockname() per connection.
