@@ -64,10 +64,14 @@ Exchange connect_failure(Connected connected) {
 // Marks the session as waiting for a response head while in scope (for the stall check).
 class AwaitingResponse {
   public:
-    explicit AwaitingResponse(SessionHandle& handle) : handle_(handle) {
+    AwaitingResponse(SessionHandle& handle, bool retryable) : handle_(handle) {
         handle_.awaiting_since = CoarseClock::now();
+        handle_.awaiting_retryable = retryable;
     }
-    ~AwaitingResponse() { handle_.awaiting_since = {}; }
+    ~AwaitingResponse() {
+        handle_.awaiting_since = {};
+        handle_.awaiting_retryable = false;
+    }
     AwaitingResponse(const AwaitingResponse&) = delete;
     AwaitingResponse& operator=(const AwaitingResponse&) = delete;
 
@@ -348,12 +352,16 @@ Task<Exchange> RequestExchange<Stream>::forward(RoutingTablePtr& table, Colour c
             }
             continue_sent = true;
         }
+        conn_.handle().try_cut = false;
+        tries_left_ = retries.tries_left();
         outcome = co_await exchange(lease, facts);
         // A reused connection that the backend had closed: an idempotent request none of whose
         // body was consumed is intact, so it goes once more on a fresh connection. Anything
-        // else may have been processed: it is never sent twice.
+        // else may have been processed: it is never sent twice. (Not after the worker cut the
+        // try: its backend was taken out, and the retry goes elsewhere.)
         while (outcome == Exchange::upstream_failed && lease.reused() && facts.idempotent &&
-               !body_started_ && !interim_sent_ && !conn_.close_watch.client_gone()) {
+               !conn_.handle().try_cut && !body_started_ && !interim_sent_ &&
+               !conn_.close_watch.client_gone()) {
             if (co_await conn_.upstreams.reconnect(ex_, lease) != Connected::yes) {
                 break;
             }
@@ -572,7 +580,8 @@ Task<Exchange> RequestExchange<Stream>::read_response_head(UpstreamStream& strea
         parser.skip(true);
     }
     conn_.deadline.arm(try_limit(), ConnectionDeadline::upstream);
-    AwaitingResponse awaiting(conn_.handle());
+    AwaitingResponse awaiting(conn_.handle(),
+                              facts.idempotent && tries_left_ && !body_started_ && !interim_sent_);
     std::size_t checked = 0;
     HeadRead read;
     ResponseRefusal refusal;

@@ -36,6 +36,8 @@ class RetryState {
     bool may_retry(bool idempotent, bool body_started, bool response_started, TryFailure failure);
     // One retry is made (counted, and in the budget until the request ends).
     void retrying();
+    // A try may still follow this one (a cut try with none left would be a certain 502).
+    bool tries_left() const { return left_ > 0; }
 
   private:
     RetryBudget& budget_;

@@ -35,6 +35,10 @@ struct SessionHandle : boost::intrusive::list_base_hook<>, OpeningHook {
     // While a request waits for `upstream_backend`'s response head: since when (else the
     // epoch). The worker reports each backend's oldest wait, so a stalled one is ejected.
     std::chrono::steady_clock::time_point awaiting_since{};
+    // And the request may go to another backend if this try fails (idempotent, no body byte
+    // consumed, nothing relayed yet): the worker may cut it when its backend is taken out.
+    bool awaiting_retryable = false;
+    bool try_cut = false;  // the worker cut that try: its retry goes elsewhere
     // A request in flight while nothing reads the client: the worker's close sweep looks for
     // the client's FIN or reset (ClientCloseWatch), and marks it gone.
     bool watch_close = false;

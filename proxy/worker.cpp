@@ -17,6 +17,7 @@
 
 #include "adopted_socket.hpp"
 #include "client_session.hpp"
+#include "coarse_clock.hpp"
 #include "http_date.hpp"
 #include "pending_input.hpp"
 #include "socket_drain.hpp"
@@ -309,6 +310,8 @@ void Worker::apply(RoutingTablePtr table, std::shared_ptr<const Config> config,
         if (config) {
             config_ = std::move(config);
         }
+        failed_upstreams_.follow(*table, CoarseClock::now());
+        cut_stalled_tries();
         applied();
     });
 }
@@ -379,8 +382,30 @@ void Worker::close_tunnels(std::size_t colour) {
     }
 }
 
+// Tries caught on a backend, or a colour, taken out of the routing (ejected, failing its
+// checks, reverted) are retried elsewhere once they have waited outlier.stalled_after, when
+// they may be: not left to wait out upstream_try (10 s) on a backend known to hold them. Looked
+// at with every table and every load sample (the control thread's beat). The socket is closed,
+// as an expiry closes it: never pooled again.
+void Worker::cut_stalled_tries() {
+    const Duration after = config_->outlier.stalled_after;
+    if (after <= Duration(0) || !failed_upstreams_.any()) {
+        return;
+    }
+    const auto now = CoarseClock::now();
+    for (SessionHandle& session : sessions_) {
+        if (!session.try_cut && failed_upstreams_.should_cut(session, now, after)) {
+            session.try_cut = true;
+            boost::system::error_code ignored;
+            session.upstream->close(ignored);
+            WorkerStats::add(stats_.tries_cut);
+        }
+    }
+}
+
 void Worker::report_load(std::function<void(DataPlaneLoad)> done) {
     asio::post(io_, [this, done = std::move(done)] {
+        cut_stalled_tries();
         DataPlaneLoad load;
         load.in_flight.resize(table_->backend_id_limit(), 0);
         for (std::uint32_t id = 0; id < load.in_flight.size(); ++id) {

@@ -21,6 +21,7 @@
 #include "connection_limits.hpp"
 #include "descriptor_limit.hpp"
 #include "exchange_pool.hpp"
+#include "failed_upstreams.hpp"
 #include "heap_trim.hpp"
 #include "io_types.hpp"
 #include "reactor_reserve.hpp"
@@ -153,6 +154,7 @@ class Worker {
     void close_stale_upstreams(const RoutingTable& table);
     void follow_share(const RoutingTable& table);
     void close_tunnels(std::size_t colour);
+    void cut_stalled_tries();
 
     unsigned index_;
     ConnectionLimits& limits_;
@@ -189,6 +191,7 @@ class Worker {
     boost::asio::steady_timer close_sweep_timer_;
     std::array<boost::asio::steady_timer, 2> tunnel_drain_timers_;  // by colour index
     std::array<bool, 2> had_share_{true, true};                     // at the last table
+    FailedUpstreams failed_upstreams_;                              // as of the last table applied
     bool close_sweep_armed_ = false;
     std::vector<pollfd> close_sweep_fds_;         // reused by each sweep
     std::vector<SessionHandle*> close_sweep_of_;  // the session of each pollfd

@@ -50,6 +50,7 @@ struct WorkerStats {
     Counter connections_refused{0};  // past max_connections
     Counter idle_evicted{0};         // idle keep-alive connections closed to make room past it
     Counter opening_evicted{0};      // connections still in a handshake or PROXY header, likewise
+    Counter tries_cut{0};            // tries waiting on a backend taken out of the routing, retried
     Counter tls_handshake_failures{0};  // failed or timed out
     Counter proxy_headers_refused{0};   // missing, malformed or from an untrusted peer
     Counter client_aborts{0};           // clients gone with their request in flight (499)

@@ -242,7 +242,9 @@ class HungBackendTest(ProcessTestCase):
             if not g2["healthy"]:
                 ejected = time.time() - hung_at
             time.sleep(0.05)
-        # The requests caught on it wait for their try (upstream_try, 10 s), then go elsewhere.
+        # The requests caught on it are cut as it is ejected, and retried elsewhere (they
+        # used to wait out their try, upstream_try, 10 s). Past its ejection (10 s) it comes
+        # back, still hung, and is ejected again.
         time.sleep(11)
         load.stop()
         records = list(load.records)
@@ -260,13 +262,55 @@ class HungBackendTest(ProcessTestCase):
               % (ejected or -1, len(after), len(slow_after), len(caught),
                  sorted(set(round(r[0] - hung_at, 1) for r in caught)), len(failed)))
         self.assertIsNotNone(ejected, "green-2 never ejected: %s" % proxy.status())
-        self.assertLess(len(caught), 20)
+        self.assertEqual(caught, [])
+        self.assertGreater(metric(proxy, "bgproxy_tries_cut_total"), 0)
         self.assertLess(ejected, 3)
         self.assertEqual(failed, [], collections.Counter((r[2], r[3]) for r in failed))
         self.assertGreater(len(after), 1000)
         self.assertEqual(slow_after, [])
         s = proxy.status()
         self.assertEqual(s["colours"]["green"]["role"], "candidate", proxy.bgctl("--json", "history", "3").stdout)
+
+
+    def test_a_backend_back_from_an_ejection_still_hung_is_ejected_again(self):
+        """A hung backend whose ejection ends comes back still hung: the requests it catches
+        then make it stalled again against its answering peer, and it is ejected again within
+        stalled_after, not after the tries time out (upstream_try). And those requests are cut
+        and retried elsewhere as it goes."""
+        blue = [self.backend("blue-1"), self.backend("blue-2")]
+        green = [self.backend("green-1"), self.backend("green-2")]
+        proxy = self.proxy(config(blue, green, weights=(50, 50),
+                                  extra='[outlier]\nbase_ejection = "3s"\n'
+                                        '[timeouts]\nupstream_try = "2s"\n'))
+        load = Load(proxy.port, threads=6, limit=40)
+        self.addCleanup(load.stop)
+        time.sleep(1)
+        hung_at = time.time()
+        admin(green[1], "hang?hang=1")
+        events = []  # (seconds after the hang, healthy)
+
+        def green_2_healthy():
+            s = proxy.status()
+            return [b for b in s["colours"]["green"]["backends"] if b["name"] == "green-2"][0]["healthy"]
+        healthy = True
+        while time.time() - hung_at < 25 and len(events) < 3:
+            now = green_2_healthy()
+            if now != healthy:
+                healthy = now
+                events.append((round(time.time() - hung_at, 2), now))
+            time.sleep(0.05)
+        load.stop()
+        print("green-2 hung, base_ejection 2 s: (seconds after the hang, healthy) %s" % events)
+        self.assertGreaterEqual(len(events), 3, events)
+        (ejected, _), (returned, _), (again, _) = events[:3]
+        self.assertLess(ejected, 3)
+        # Back (2 s, its checks passing), then out again once a request has waited
+        # stalled_after (1 s) with nothing answered: not after the tries time out (10 s).
+        self.assertLess(again - returned, 3, events)
+        failed = [r for r in load.records if r[3] != 200]
+        self.assertEqual(failed, [], collections.Counter((r[2], r[3]) for r in failed))
+        # upstream_try is 2 s here: none waits for it.
+        self.assertEqual([r for r in load.records if r[1] > 1.9], [])
 
 
 class HungReleaseTest(ProcessTestCase):
@@ -291,15 +335,28 @@ class HungReleaseTest(ProcessTestCase):
                 reverted = time.time() - hung_at
                 break
             time.sleep(0.1)
+        time.sleep(2)
         load.stop()
         s = proxy.status()
-        print("green hung everywhere after a flip, 4 clients: reverted %.1f s later by %s"
-              % (reverted or -1, s["changed_by"]))
+        records = list(load.records)
+        caught = [r for r in records if r[1] > 1]
+        print("green hung everywhere after a flip, 4 clients: reverted %.1f s later by %s; "
+              "%d requests caught on it, answered %s s after the hang by %s"
+              % (reverted or -1, s["changed_by"], len(caught),
+                 sorted(set(round(r[0] + r[1] - hung_at, 1) for r in caught)),
+                 sorted(set((r[2], r[3]) for r in caught))))
         self.assertIsNotNone(reverted, "green still live 20 s after it hung: %s" % s)
         # colour_stalled_after (5 s), judged at least every quarter second.
         self.assertLess(reverted, 8)
         self.assertEqual(s["colours"]["green"]["role"], "failed")
-        # New requests go to blue at once; the ones caught on green finish by their try limit.
+        # The requests caught on green are retried on blue as it is reverted, not after their
+        # try's limit (upstream_try, 10 s: what they waited before).
+        self.assertTrue(caught)
+        for start, seconds, backend, status in caught:
+            self.assertEqual(status, 200, caught)
+            self.assertTrue(backend.startswith("blue"), caught)
+            self.assertLess(start + seconds - hung_at, reverted + 1.5, caught)
+        self.assertGreaterEqual(metric(proxy, "bgproxy_tries_cut_total"), len(caught))
         with urllib.request.urlopen("http://127.0.0.1:%d/" % proxy.port, timeout=5) as r:
             self.assertTrue(r.headers["X-Backend"].startswith("blue"))
 

@@ -1,0 +1,68 @@
+#include "failed_upstreams.hpp"
+
+#include <algorithm>
+
+#include "routing_table.hpp"
+#include "session_handle.hpp"
+
+namespace bg {
+
+namespace {
+constexpr FailedUpstreams::Clock::time_point in_routing{};
+
+void start_or_end(FailedUpstreams::Clock::time_point& since, bool out,
+                  FailedUpstreams::Clock::time_point now) {
+    if (!out) {
+        since = in_routing;
+    } else if (since == in_routing) {
+        since = now;
+    }
+}
+}  // namespace
+
+void FailedUpstreams::follow(const RoutingTable& table, Clock::time_point now) {
+    const std::uint32_t limit = table.backend_id_limit();
+    backend_since_.resize(std::max<std::size_t>(backend_since_.size(), limit), in_routing);
+    colour_of_.assign(backend_since_.size(), -1);
+    std::vector<bool> present(backend_since_.size(), false);
+    any_ = false;
+    for (Colour colour : all_colours) {
+        const ColourPool& pool = table.pool(colour);
+        start_or_end(colour_since_[index_of(colour)], pool.failed, now);
+        any_ = any_ || pool.failed;
+        for (const Backend& backend : pool.backends) {
+            // Maintenance and drain are an operator's: in-flight requests finish there.
+            start_or_end(backend_since_[backend.id], !backend.healthy, now);
+            colour_of_[backend.id] = static_cast<std::int8_t>(index_of(colour));
+            present[backend.id] = true;
+            any_ = any_ || !backend.healthy;
+        }
+    }
+    for (std::size_t id = 0; id < present.size(); ++id) {
+        if (!present[id]) {
+            backend_since_[id] = in_routing;  // gone from the config: its tries finish as they may
+        }
+    }
+    panic_ = table.panic();
+}
+
+FailedUpstreams::Clock::time_point FailedUpstreams::out_since(std::uint32_t backend) const {
+    if (backend >= backend_since_.size() || colour_of_[backend] < 0) {
+        return in_routing;
+    }
+    // A try that began before either was taken out: the later of the two, if any is set.
+    return std::max(backend_since_[backend],
+                    colour_since_[static_cast<std::size_t>(colour_of_[backend])]);
+}
+
+bool FailedUpstreams::should_cut(const SessionHandle& session, Clock::time_point now,
+                                 Clock::duration after) const {
+    if (!any() || session.upstream == nullptr || !session.awaiting_retryable ||
+        session.awaiting_since == Clock::time_point{} || now - session.awaiting_since < after) {
+        return false;
+    }
+    const Clock::time_point since = out_since(session.upstream_backend);
+    return since != in_routing && session.awaiting_since < since;
+}
+
+}  // namespace bg
