@@ -85,6 +85,12 @@ count_instructions() {
   rm -f "$work/$name.cg"*
 }
 
+# Context switches of every thread of PID so far (each one a sleep in epoll_wait and a wake-up,
+# or a preemption): kernel time that no syscall count shows.
+context_switches() {
+  cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {n += $2} END {print n}'
+}
+
 per_request() { python3 -c "import sys; print('%.2f' % (float(sys.argv[1]) / float(sys.argv[2])))" "$1" "$2"; }
 
 # The proxies a shape measures: the deployment's, or (tls-upstream) those in front of the TLS
@@ -151,14 +157,16 @@ PY
     for target in bgproxy haproxy; do
       pid=${pid_of[${key_of[$target]}]}
       read -r user0 system0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+      switches0=$(context_switches "$pid")
       requests=$(wrk_for "$shape" "${key_of[$target]}")
       read -r user1 system1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
-      echo "$target $round $requests $((user1 - user0)) $((system1 - system0))" >> "$work/split"
+      switches1=$(context_switches "$pid")
+      echo "$target $round $requests $((user1 - user0)) $((system1 - system0)) $((switches1 - switches0))" >> "$work/split"
     done
   done
   awk -v tick="$tick" '
     { u = $4 / tick / $3 * 1e6; s = $5 / tick / $3 * 1e6; su[$1] += u; ss[$1] += s; n[$1]++
-      printf "%s round %d: user %.2f us + system %.2f us per request (%d requests)\n", $1, $2, u, s, $3 }
+      printf "%s round %d: user %.2f us + system %.2f us per request (%d requests), %.3f context switches per request\n", $1, $2, u, s, $3, $6 / $3 }
     END { for (t in n) printf "%s mean: user %.2f us + system %.2f us = %.2f us per request\n",
             t, su[t] / n[t], ss[t] / n[t], (su[t] + ss[t]) / n[t]
           printf "bgproxy / haproxy: user %.2f, system %.2f, total %.2f\n", su["bgproxy"] / su["haproxy"],

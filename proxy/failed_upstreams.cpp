@@ -20,7 +20,7 @@ void start_or_end(FailedUpstreams::Clock::time_point& since, bool out,
 }
 }  // namespace
 
-void FailedUpstreams::follow(const RoutingTable& table, Clock::time_point now) {
+void FailedUpstreams::follow(const RoutingTable& table, Clock::time_point now, bool cross_colour) {
     const std::uint32_t limit = table.backend_id_limit();
     backend_since_.resize(std::max<std::size_t>(backend_since_.size(), limit), in_routing);
     colour_of_.assign(backend_since_.size(), -1);
@@ -28,14 +28,18 @@ void FailedUpstreams::follow(const RoutingTable& table, Clock::time_point now) {
     any_ = false;
     for (Colour colour : all_colours) {
         const ColourPool& pool = table.pool(colour);
-        start_or_end(colour_since_[index_of(colour)], pool.failed, now);
-        any_ = any_ || pool.failed;
+        const bool other_serves = table.effective_weight_bp(other(colour)) > 0;
+        const bool colour_out = pool.failed && other_serves;
+        const bool retry_room = !pool.eligible.empty() || (cross_colour && other_serves);
+        start_or_end(colour_since_[index_of(colour)], colour_out, now);
+        any_ = any_ || colour_out;
         for (const Backend& backend : pool.backends) {
             // Maintenance and drain are an operator's: in-flight requests finish there.
-            start_or_end(backend_since_[backend.id], !backend.healthy, now);
+            const bool out = !backend.healthy && retry_room;
+            start_or_end(backend_since_[backend.id], out, now);
             colour_of_[backend.id] = static_cast<std::int8_t>(index_of(colour));
             present[backend.id] = true;
-            any_ = any_ || !backend.healthy;
+            any_ = any_ || out;
         }
     }
     for (std::size_t id = 0; id < present.size(); ++id) {

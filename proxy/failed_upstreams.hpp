@@ -20,13 +20,17 @@ class FailedUpstreams {
     using Clock = std::chrono::steady_clock;
 
     // A table was applied at `now`: backends and colours it holds failed start (or keep) their
-    // time; those back in it lose theirs.
-    void follow(const RoutingTable& table, Clock::time_point now);
+    // time; those back in it lose theirs. Only where a retry has somewhere to go: a backend
+    // whose colour keeps another one taking requests, or whose retry may cross to the other
+    // colour (`cross_colour`) while that one has a share; a reverted colour while the other
+    // has a share (with none, the reverted one still carries the traffic).
+    void follow(const RoutingTable& table, Clock::time_point now, bool cross_colour);
 
     // Whether the try `session` waits on should be cut now to be retried elsewhere: it may be
     // (idempotent, nothing consumed or relayed), it began before its backend or colour was
     // taken out, and it has waited `after` at least. Tries sent to a failed backend on
-    // purpose (panic routing, a preview header naming a reverted colour) are left alone.
+    // purpose (panic routing, a preview header naming a colour) are left alone: the session
+    // does not mark those retryable.
     bool should_cut(const SessionHandle& session, Clock::time_point now,
                     Clock::duration after) const;
 

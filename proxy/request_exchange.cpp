@@ -370,7 +370,9 @@ Task<Exchange> RequestExchange<Stream>::forward(RoutingTablePtr& table, Colour c
         if (conn_.close_watch.client_gone() && outcome != Exchange::response_ready) {
             co_return Exchange::client_gone;  // not the backend's failure: nothing recorded
         }
-        record_try(lease.backend(), outcome);
+        if (!conn_.handle().try_cut) {
+            record_try(lease.backend(), outcome);  // a cut is the proxy's doing, not the backend's
+        }
         const bool failed =
             outcome == Exchange::upstream_failed || outcome == Exchange::upstream_timeout;
         const TryFailure failure =
@@ -580,8 +582,10 @@ Task<Exchange> RequestExchange<Stream>::read_response_head(UpstreamStream& strea
         parser.skip(true);
     }
     conn_.deadline.arm(try_limit(), ConnectionDeadline::upstream);
-    AwaitingResponse awaiting(conn_.handle(),
-                              facts.idempotent && tries_left_ && !body_started_ && !interim_sent_);
+    // A request a preview header pins to its colour is not cut: it was sent there on purpose.
+    const bool preview_pinned = colour_pinned_ && !sticky_pinned_;
+    AwaitingResponse awaiting(conn_.handle(), facts.idempotent && tries_left_ && !preview_pinned &&
+                                                  !body_started_ && !interim_sent_);
     std::size_t checked = 0;
     HeadRead read;
     ResponseRefusal refusal;
@@ -610,7 +614,8 @@ Task<Exchange> RequestExchange<Stream>::read_response_head(UpstreamStream& strea
         ex_.body_error = "backend response " + refusal.why;
         co_return Exchange::response_invalid;
     }
-    if (read != HeadRead::done) {
+    if (read != HeadRead::done || conn_.handle().try_cut) {
+        // (Cut as its last read completed: the socket is closed, the body cannot follow.)
         co_return conn_.deadline.expired() ? Exchange::upstream_timeout : Exchange::upstream_failed;
     }
     co_return Exchange::response_ready;

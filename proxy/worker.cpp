@@ -310,7 +310,7 @@ void Worker::apply(RoutingTablePtr table, std::shared_ptr<const Config> config,
         if (config) {
             config_ = std::move(config);
         }
-        failed_upstreams_.follow(*table, CoarseClock::now());
+        failed_upstreams_.follow(*table, CoarseClock::now(), config_->retries.cross_colour);
         cut_stalled_tries();
         applied();
     });
@@ -386,15 +386,25 @@ void Worker::close_tunnels(std::size_t colour) {
 // checks, reverted) are retried elsewhere once they have waited outlier.stalled_after, when
 // they may be: not left to wait out upstream_try (10 s) on a backend known to hold them. Looked
 // at with every table and every load sample (the control thread's beat). The socket is closed,
-// as an expiry closes it: never pooled again.
+// as an expiry closes it: never pooled again. As many at a beat as the retry budget has room
+// for (the retries after timeouts it stands for): a backend out because it is overloaded does
+// not send all its waiting requests onto its peers at once.
 void Worker::cut_stalled_tries() {
     const Duration after = config_->outlier.stalled_after;
     if (after <= Duration(0) || !failed_upstreams_.any()) {
         return;
     }
+    const RetryConfig& retries = config_->retries;
+    const double budget = std::max<double>(
+        retries.min_budget, retries.budget * static_cast<double>(retry_budget_.active_requests));
+    double room = budget - static_cast<double>(retry_budget_.active_retries);
     const auto now = CoarseClock::now();
     for (SessionHandle& session : sessions_) {
+        if (room < 1) {
+            break;
+        }
         if (!session.try_cut && failed_upstreams_.should_cut(session, now, after)) {
+            room -= 1;
             session.try_cut = true;
             boost::system::error_code ignored;
             session.upstream->close(ignored);

@@ -254,7 +254,7 @@ class HungBackendTest(ProcessTestCase):
         # nothing.
         ejected_at = hung_at + (ejected if ejected is not None else 1e9)
         slow_after = [r for r in records if ejected_at + 0.1 < r[0] < ejected_at + 8 and r[1] > 1]
-        caught = [r for r in records if r[0] >= hung_at and r[1] > 5]
+        caught = [r for r in records if r[0] >= hung_at and r[1] > 3]
         after = [r for r in records if r[0] > hung_at + 1.0]
         print("green-2 hung at 50/50: ejected %.2f s later; %d requests after the first second, "
               "%d of those while it was ejected slower than 1 s; %d caught on it (answered after "
@@ -281,7 +281,7 @@ class HungBackendTest(ProcessTestCase):
         green = [self.backend("green-1"), self.backend("green-2")]
         proxy = self.proxy(config(blue, green, weights=(50, 50),
                                   extra='[outlier]\nbase_ejection = "3s"\n'
-                                        '[timeouts]\nupstream_try = "2s"\n'))
+                                        '[timeouts]\nupstream_try = "3s"\n'))
         load = Load(proxy.port, threads=6, limit=40)
         self.addCleanup(load.stop)
         time.sleep(1)
@@ -300,17 +300,17 @@ class HungBackendTest(ProcessTestCase):
                 events.append((round(time.time() - hung_at, 2), now))
             time.sleep(0.05)
         load.stop()
-        print("green-2 hung, base_ejection 2 s: (seconds after the hang, healthy) %s" % events)
+        print("green-2 hung, base_ejection 3 s: (seconds after the hang, healthy) %s" % events)
         self.assertGreaterEqual(len(events), 3, events)
         (ejected, _), (returned, _), (again, _) = events[:3]
         self.assertLess(ejected, 3)
-        # Back (2 s, its checks passing), then out again once a request has waited
+        # Back (3 s, its checks passing), then out again once a request has waited
         # stalled_after (1 s) with nothing answered: not after the tries time out (10 s).
         self.assertLess(again - returned, 3, events)
         failed = [r for r in load.records if r[3] != 200]
         self.assertEqual(failed, [], collections.Counter((r[2], r[3]) for r in failed))
-        # upstream_try is 2 s here: none waits for it.
-        self.assertEqual([r for r in load.records if r[1] > 1.9], [])
+        # upstream_try is 3 s here: none waits for it (a cut comes at 1 s and the next beat).
+        self.assertEqual([r for r in load.records if r[1] > 2.9], [])
 
 
 class HungReleaseTest(ProcessTestCase):
@@ -328,6 +328,19 @@ class HungReleaseTest(ProcessTestCase):
         hung_at = time.time()
         for b in green:
             admin(b, "hang?hang=1")
+        # A POST caught there may have been processed: it is never cut nor sent again; it
+        # waits for its try's limit (upstream_try, 10 s) and gets a 504.
+        posted = {}
+
+        def post():
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+            conn.request("POST", "/", body=b"once")
+            r = conn.getresponse()
+            r.read()
+            posted.update(status=r.status, error=r.getheader("X-BG-Error"),
+                          seconds=time.time() - hung_at)
+        poster = threading.Thread(target=post)
+        poster.start()
         reverted = None
         while time.time() - hung_at < 20:
             s = proxy.status()
@@ -359,6 +372,10 @@ class HungReleaseTest(ProcessTestCase):
         self.assertGreaterEqual(metric(proxy, "bgproxy_tries_cut_total"), len(caught))
         with urllib.request.urlopen("http://127.0.0.1:%d/" % proxy.port, timeout=5) as r:
             self.assertTrue(r.headers["X-Backend"].startswith("blue"))
+        poster.join(30)
+        print("a POST caught on green: %s" % posted)
+        self.assertEqual(posted.get("status"), 504, posted)
+        self.assertGreater(posted["seconds"], 9)
 
 
 class FailbackTest(ProcessTestCase):

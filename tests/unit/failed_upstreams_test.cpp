@@ -42,12 +42,12 @@ struct Try {
 TEST_CASE("a try caught on a backend taken out is cut once it has waited, not before") {
     bg::FailedUpstreams failed;
     const Clock::time_point t0 = Clock::now();
-    failed.follow(table(), t0);
+    failed.follow(table(), t0, true);
     CHECK_FALSE(failed.any());
     Try caught(3, t0 + seconds(1));
     Try other(2, t0 + seconds(1));
     Try post(3, t0 + seconds(1), false);
-    failed.follow(table({3}), t0 + seconds(2));
+    failed.follow(table({3}), t0 + seconds(2), true);
     CHECK(failed.any());
     // Waited 0.5 s of the 1 s asked: not yet.
     CHECK_FALSE(failed.should_cut(caught.handle, t0 + std::chrono::milliseconds(1500), seconds(1)));
@@ -56,17 +56,17 @@ TEST_CASE("a try caught on a backend taken out is cut once it has waited, not be
     // A request that may not go twice waits on: cutting it would be a certain error.
     CHECK_FALSE(failed.should_cut(post.handle, t0 + seconds(3), seconds(1)));
     // A later table that still holds it out keeps the time it went out.
-    failed.follow(table({3}), t0 + seconds(5));
+    failed.follow(table({3}), t0 + seconds(5), true);
     CHECK(failed.should_cut(caught.handle, t0 + seconds(5), seconds(1)));
     // Back in the routing: nothing to cut.
-    failed.follow(table(), t0 + seconds(6));
+    failed.follow(table(), t0 + seconds(6), true);
     CHECK_FALSE(failed.should_cut(caught.handle, t0 + seconds(6), seconds(1)));
 }
 
 TEST_CASE("a try sent after its backend went out was sent there on purpose and waits on") {
     bg::FailedUpstreams failed;
     const Clock::time_point t0 = Clock::now();
-    failed.follow(table({3}), t0);
+    failed.follow(table({3}), t0, true);
     Try later(3, t0 + seconds(1));
     CHECK_FALSE(failed.should_cut(later.handle, t0 + seconds(5), seconds(1)));
     Try earlier(3, t0 - seconds(1));
@@ -76,15 +76,33 @@ TEST_CASE("a try sent after its backend went out was sent there on purpose and w
 TEST_CASE("a reverted colour's waiting tries are cut, and none in panic routing") {
     bg::FailedUpstreams failed;
     const Clock::time_point t0 = Clock::now();
-    failed.follow(table(), t0);
+    failed.follow(table(), t0, true);
     Try green(2, t0);
     Try blue(0, t0);
-    failed.follow(table({}, true), t0 + seconds(1));
+    failed.follow(table({}, true), t0 + seconds(1), true);
     CHECK(failed.should_cut(green.handle, t0 + seconds(2), seconds(1)));
     CHECK_FALSE(failed.should_cut(blue.handle, t0 + seconds(2), seconds(1)));
     // Nothing left that can serve: requests go to every backend, and a retry could only land
     // on another failed one.
-    failed.follow(table({0, 1, 2, 3}, true), t0 + seconds(2));
+    failed.follow(table({0, 1, 2, 3}, true), t0 + seconds(2), true);
     CHECK_FALSE(failed.any());
     CHECK_FALSE(failed.should_cut(green.handle, t0 + seconds(3), seconds(1)));
+}
+
+TEST_CASE("nothing is cut where its retry would have nowhere to go") {
+    bg::FailedUpstreams failed;
+    const Clock::time_point t0 = Clock::now();
+    failed.follow(table(), t0, false);
+    Try green(2, t0);
+    // Both green backends out, and retries may not cross to blue: a cut would be a 502.
+    failed.follow(table({2, 3}), t0 + seconds(1), false);
+    CHECK_FALSE(failed.should_cut(green.handle, t0 + seconds(2), seconds(1)));
+    // They may cross: blue takes the retry.
+    failed.follow(table({2, 3}), t0 + seconds(2), true);
+    CHECK(failed.should_cut(green.handle, t0 + seconds(3), seconds(1)));
+    // Green reverted while blue has nothing healthy: green still carries the traffic.
+    bg::FailedUpstreams carried;
+    carried.follow(table(), t0, true);
+    carried.follow(table({0, 1}, true), t0 + seconds(1), true);
+    CHECK_FALSE(carried.should_cut(green.handle, t0 + seconds(3), seconds(1)));
 }
