@@ -4,9 +4,11 @@
 # over several rounds (medians). The proxies run as deployed: one worker, two pools of two
 # backends (HAProxy and nginx: the same four backends), health checks on. Then the same over
 # TLS (IDLE_TLS_CONNECTIONS, default 1,000: each handshake costs the Python client a millisecond
-# or two).
+# or two). Then idle WebSocket tunnels, plain and over TLS (IDLE_WS_CONNECTIONS, default 1,000:
+# each upgraded to the backends' /ws echo, one message each way, then idle: a chat's socket).
 #
 #   bench/idle.sh                          # 8,000 connections, 2 rounds
+#   IDLE_MODES="ws wss" IDLE_UPSTREAM_CONNECTIONS=0 bench/idle.sh   # the tunnels only
 # (HAProxy wants 2 descriptors per maxconn: 8,000 fits the 20,000-descriptor limit here.)
 #   IDLE_CONNECTIONS=5000 IDLE_ROUNDS=3 bench/idle.sh
 # Then idle backend connections (bench/idle_upstream.py): IDLE_UPSTREAM_CONNECTIONS (2,000)
@@ -20,6 +22,8 @@ n=${IDLE_CONNECTIONS:-8000}
 n_tls=${IDLE_TLS_CONNECTIONS:-1000}
 rounds=${IDLE_ROUNDS:-2}
 n_up=${IDLE_UPSTREAM_CONNECTIONS:-2000}
+n_ws=${IDLE_WS_CONNECTIONS:-1000}
+modes=${IDLE_MODES:-plain tls ws wss}
 connections=1 seconds=1 load_cpu=1
 
 scripts/install-deps.sh
@@ -72,6 +76,7 @@ defaults
     timeout client 60s
     timeout server 30s
     timeout http-keep-alive 60s
+    timeout tunnel 1h
     option http-keep-alive
 frontend fe
     bind 127.0.0.1:@PORT@
@@ -130,7 +135,7 @@ start() { # start NAME PORT TLS_PORT [POOL]: starts the proxy on both ports, set
 # Each measurement on a freshly started proxy: memory freed by an earlier one would hide growth.
 declare -A per_conn marginal
 for round in $(seq 1 "$rounds"); do
-  for mode in plain tls; do
+  for mode in $modes; do
     for name in bgproxy haproxy nginx; do
       port=$(free_port)
       tls_port=$(free_port)
@@ -139,11 +144,12 @@ for round in $(seq 1 "$rounds"); do
       # nginx: the worker holds the connections, not the master.
       target=$pid
       if [ "$name" = nginx ]; then target=$(pgrep -P "$pid" | head -1); fi
-      if [ "$mode" = plain ]; then
-        out=$(python3 bench/idle_clients.py "$port" "$target" "$n")
-      else
-        out=$(python3 bench/idle_clients.py "$tls_port" "$target" "$n_tls" tls)
-      fi
+      case $mode in
+        plain) out=$(python3 bench/idle_clients.py "$port" "$target" "$n") ;;
+        tls) out=$(python3 bench/idle_clients.py "$tls_port" "$target" "$n_tls" tls) ;;
+        ws) out=$(python3 bench/idle_clients.py "$port" "$target" "$n_ws" ws) ;;
+        wss) out=$(python3 bench/idle_clients.py "$tls_port" "$target" "$n_ws" wss) ;;
+      esac
       echo "round $round $mode $name: $out (KiB per connection, RSS before, after; KiB per connection of the second half)" >&2
       per_conn[$mode/$name]="${per_conn[$mode/$name]:-} $(echo "$out" | cut -d' ' -f1)"
       marginal[$mode/$name]="${marginal[$mode/$name]:-} $(echo "$out" | cut -d' ' -f4)"
@@ -155,6 +161,7 @@ done
 # Idle backend connections: each proxy with its pool on and off, in turns.
 declare -A up_growth up_sockets
 for round in $(seq 1 "$rounds"); do
+  [ "$n_up" -gt 0 ] || break
   for name in bgproxy haproxy nginx; do
     for pool in on off; do
       port=$(free_port)
@@ -187,16 +194,20 @@ report() {
   g=$(median ${figures[$mode/nginx]})
   printf '  bgproxy/haproxy %s   bgproxy/nginx %s\n' "$(ratio "$b" "$h")" "$(ratio "$b" "$g")"
 }
-for mode in plain tls; do
-  count=$n
-  [ "$mode" = tls ] && count=$n_tls
-  printf '\n%s idle keep-alive %s connections (one GET each), %s rounds; RSS growth per connection:\n' \
-    "$count" "$mode" "$rounds"
+for mode in $modes; do
+  case $mode in
+    plain) count=$n what="keep-alive plain connections (one GET each)" ;;
+    tls) count=$n_tls what="keep-alive TLS connections (one GET each)" ;;
+    ws) count=$n_ws what="WebSocket tunnels (one message each way)" ;;
+    wss) count=$n_ws what="WebSocket tunnels over TLS (one message each way)" ;;
+  esac
+  printf '\n%s idle %s, %s rounds; RSS growth per connection:\n' "$count" "$what" "$rounds"
   report per_conn "$mode"
   printf '  the second half alone (what one more idle connection costs):\n'
   report marginal "$mode"
 done
 
+[ "$n_up" -gt 0 ] || exit 0
 printf '\n%s backend connections opened at once, then idle in the pool, %s rounds:\n' "$n_up" "$rounds"
 for name in bgproxy haproxy nginx; do
   # shellcheck disable=SC2086

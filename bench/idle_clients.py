@@ -4,9 +4,11 @@ leaves them idle; prints the proxy's RSS growth per connection, then closes them
 growth per connection over the second half alone (the RSS once the first half is idle and
 settled, to the end): what one more idle connection costs, without what the proxy spends once
 on its first traffic (warm pools, a burst's high-water mark). With "tls",
-over TLS (one connection at a time: each handshake is the client's CPU anyway).
+over TLS (one connection at a time: each handshake is the client's CPU anyway). With "ws"
+(or "wss", over TLS), each connection is a WebSocket to the backends' /ws echo instead: upgraded,
+one message sent and its echo read, then idle, a tunnel through the proxy.
 
-    idle_clients.py PORT PID N [tls]
+    idle_clients.py PORT PID N [tls|ws|wss]
       -> prints "KIB_PER_CONNECTION RSS_BEFORE_KIB RSS_AFTER_KIB KIB_PER_CONNECTION_SECOND_HALF"
 """
 import resource
@@ -25,39 +27,60 @@ def rss_kib(pid):
     return 0
 
 
-def open_tls(port, n, request):
+UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+# One masked text frame, "hello" (a client's frames are masked: RFC 6455 5.3).
+MASK = b"\x01\x02\x03\x04"
+HELLO = b"\x81\x85" + MASK + bytes(c ^ MASK[i % 4] for i, c in enumerate(b"hello"))
+
+
+def read_until(s, done):
+    data = b""
+    while not done(data):
+        chunk = s.recv(65536)
+        if not chunk:
+            sys.exit("the proxy closed a connection")
+        data += chunk
+    return data
+
+
+def open_one_at_a_time(port, n, request, kind):
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     sockets = []
     for _ in range(n):
-        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
-                            server_hostname="bench.test")
-        s.sendall(request)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(65536)
-            if not chunk:
-                sys.exit("the proxy closed a connection")
-            data += chunk
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        if kind in ("tls", "wss"):
+            s = ctx.wrap_socket(s, server_hostname="bench.test")
+        if kind in ("ws", "wss"):
+            s.sendall(UPGRADE)
+            head = read_until(s, lambda d: b"\r\n\r\n" in d)
+            if b" 101 " not in head.split(b"\r\n")[0]:
+                sys.exit("no upgrade: %r" % head[:200])
+            s.sendall(HELLO)
+            read_until(s, lambda d: len(d) >= 7)  # the echo: 2 bytes of header, 5 of text
+        else:
+            s.sendall(request)
+            read_until(s, lambda d: b"\r\n\r\n" in d)
         sockets.append(s)
     return sockets
 
 
 def main():
     port, pid, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    tls = len(sys.argv) > 4 and sys.argv[4] == "tls"
+    kind = sys.argv[4] if len(sys.argv) > 4 else "plain"
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     time.sleep(0.5)
     before = rss_kib(pid)
     request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
     half = n // 2
-    if tls:
-        sockets = open_tls(port, half, request)
+    if kind != "plain":
+        sockets = open_one_at_a_time(port, half, request, kind)
         time.sleep(2)
         middle = rss_kib(pid)
-        sockets += open_tls(port, n - half, request)
+        sockets += open_one_at_a_time(port, n - half, request, kind)
         time.sleep(2)
         after = rss_kib(pid)
         print("%.2f %d %d %.2f" % ((after - before) / n, before, after,

@@ -444,13 +444,12 @@ class BodyRelay {
             ok = co_await flush(client_, ex.upstream_buffer, idle, ex.record.bytes_out);
         }
         if (ok) {
-            // An idle tunnel (a chat's WebSocket) lives for tunnel_idle: it keeps no buffer the
-            // heads needed, and reads with a small one that grows once a read fills it.
-            ex.buffer.shrink_to_fit();
-            ex.upstream_buffer.shrink_to_fit();
+            // An idle tunnel (a chat's WebSocket) lives for tunnel_idle: it keeps nothing the
+            // heads needed, and reads with a small buffer that grows once a read fills it.
+            ex.drop_messages();
             co_await (
-                pump(client_, upstream, tunnel_piece(ex.request_body), idle, ex.record.bytes_in) &&
-                pump(upstream, client_, tunnel_piece(ex.response_body), idle, ex.record.bytes_out));
+                pump(client_, upstream, ex.request_body, idle, ex.record.bytes_in) &&
+                pump(upstream, client_, ex.response_body, idle, ex.record.bytes_out));
         }
         WorkerStats::sub(stats_.upgraded_open);
         boost::system::error_code ignored;
@@ -475,9 +474,26 @@ class BodyRelay {
     template <class From, class To>
     Task<void> pump(From& from, To& to, std::vector<char>& scratch, std::chrono::milliseconds idle,
                     std::uint64_t& bytes) {
+        const bool plain = !is_tls(from);
+        // A small buffer to begin with, that grows once a read fills it; on a plain socket none
+        // while idle (the memory of a scratch buffer it had before goes back).
+        std::vector<char>().swap(scratch);
+        if (!plain) {
+            scratch.resize(std::min<std::size_t>(read_size_, tunnel_first_read));
+        }
         for (;;) {
             deadline_.arm(idle, ConnectionDeadline::both);
             forget_drained(boost::beast::get_lowest_layer(from));  // socket_drain.hpp
+            if (plain && scratch.empty()) {
+                // Idle with no buffer: one is taken when bytes are there to read. (Under TLS,
+                // bytes may wait decrypted above the socket: its read keeps its buffer.)
+                auto [wec] = co_await boost::beast::get_lowest_layer(from).async_wait(
+                    boost::asio::socket_base::wait_read, nothrow);
+                if (wec) {
+                    break;
+                }
+                scratch.resize(std::min<std::size_t>(read_size_, tunnel_first_read));
+            }
             auto [ec, n] = co_await from.async_read_some(boost::asio::buffer(scratch), nothrow);
             if (ec == boost::asio::error::eof) {
                 // The end passed on as it came: under TLS a close_notify before the FIN, so the
@@ -504,8 +520,10 @@ class BodyRelay {
             if (wec) {
                 break;
             }
-            if (n == scratch.size() && scratch.size() < read_size_) {
-                scratch.resize(read_size_);  // bytes in bulk: full-size reads from now on
+            if (n == scratch.size()) {
+                scratch.resize(read_size_);  // bytes in bulk: full-size reads, no wait between
+            } else if (plain) {
+                std::vector<char>().swap(scratch);  // all read: idle again, with no buffer
             }
         }
         // An error on one side ends both directions.
@@ -514,11 +532,15 @@ class BodyRelay {
         boost::beast::get_lowest_layer(to).close(ignored);
     }
 
-    // A tunnel's first scratch buffer: small, its memory given back if it was larger.
-    std::vector<char>& tunnel_piece(std::vector<char>& buffer) const {
-        buffer.resize(std::min<std::size_t>(read_size_, tunnel_first_read));
-        buffer.shrink_to_fit();
-        return buffer;
+    template <class Stream>
+    static bool is_tls(Stream& stream) {
+        if constexpr (is_tls_stream<Stream>::value) {
+            return true;
+        } else if constexpr (std::is_same_v<Stream, UpstreamStream>) {
+            return stream.tls() != nullptr;
+        } else {
+            return false;
+        }
     }
 
     // A scratch buffer for a lingering close, taken when first needed (kept with the exchange

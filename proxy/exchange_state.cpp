@@ -32,6 +32,20 @@ ResponseParser& ExchangeState::new_response() {
     return response_parser.emplace(&response_fields);
 }
 
+void ExchangeState::drop_messages() {
+    response_parser.reset();
+    parser.reset();
+    response_fields.release();
+    request_fields.release();
+    buffer.consume(buffer.size());
+    buffer.shrink_to_fit();
+    upstream_buffer.consume(upstream_buffer.size());
+    upstream_buffer.shrink_to_fit();
+    std::string().swap(head);
+    std::string().swap(gathered);
+    std::string().swap(coalesced);
+}
+
 void ExchangeState::end_request() {
     tried.clear();
     record = AccessRecord{};

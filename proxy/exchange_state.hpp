@@ -48,6 +48,9 @@ struct ExchangeState {
     std::size_t footprint() const;
     // A parser for the next request on the connection (the last exchange's fields go).
     RequestParser& new_request();
+    // After a 101 the connection is a tunnel, for as long as tunnel_idle (an hour) while
+    // idle: it keeps no parser, field arena, head or read buffer (about 9 KiB).
+    void drop_messages();
     // A parser for a response, interim or final, from this try or another: the last
     // response's fields go (a backend sending 1xx heads without end holds one at a time).
     ResponseParser& new_response();

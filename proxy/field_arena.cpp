@@ -29,4 +29,10 @@ void FieldArena::reset() {
     next_ = blocks_.front().get();
 }
 
+void FieldArena::release() {
+    blocks_.clear();
+    next_ = end_ = nullptr;
+    last_size_ = 0;
+}
+
 }  // namespace bg

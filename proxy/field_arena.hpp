@@ -29,6 +29,9 @@ class FieldArena {
     // Everything allocated is given back: only when nothing allocated is still in use. The
     // first block stays for the next exchange; larger heads' blocks are freed.
     void reset();
+    // As reset(), and the first block goes too: for an exchange that parses nothing more for
+    // a long while (a tunnel).
+    void release();
 
     static constexpr std::size_t first_block = 4096;  // kept from one exchange to the next
 

@@ -3,6 +3,7 @@ import base64
 import os
 import socket
 import struct
+import time
 import unittest
 
 from harness import ProcessTestCase, config
@@ -62,6 +63,39 @@ class WebSocketTest(ProcessTestCase):
                 s.sendall(ws_frame(message, 0x2))
                 opcode, payload, buf = read_frame(s, buf)
                 self.assertEqual(payload, message)
+            s.sendall(ws_frame(struct.pack("!H", 1000), 0x8))
+            opcode, payload, buf = read_frame(s, buf)
+            self.assertEqual(opcode, 0x8)
+
+    def test_messages_of_every_size_with_idle_pauses_between(self):
+        """An idle tunnel holds no read buffer (it waits for bytes with none, takes a small one
+        to read them, and gives it back once it has read all there was): messages that fill
+        the first buffer exactly, straddle it, or come in bulk after a pause all arrive whole,
+        and a frame sent with the upgrade request goes through."""
+        blue = self.backend("blue-1")
+        green = self.backend("green-1")
+        proxy = self.proxy(config([blue], [green]))
+        key = base64.b64encode(os.urandom(16))
+        first = os.urandom(300)
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+            s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n" +
+                      ws_frame(first, 0x2))
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += s.recv(4096)
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
+            opcode, payload, buf = read_frame(s, buf)
+            self.assertEqual(payload, first)
+            # 2040 + 8 bytes of frame: 2048, the first read buffer exactly; then one over it.
+            for size in (1, 2040, 2041, 4096, 200000, 5, 70000, 3):
+                message = os.urandom(size)
+                s.sendall(ws_frame(message, 0x2))
+                opcode, payload, buf = read_frame(s, buf)
+                self.assertEqual((opcode, len(payload)), (0x2, size))
+                self.assertEqual(payload, message)
+                time.sleep(0.05)  # idle in between: the buffers go back
             s.sendall(ws_frame(struct.pack("!H", 1000), 0x8))
             opcode, payload, buf = read_frame(s, buf)
             self.assertEqual(opcode, 0x8)
