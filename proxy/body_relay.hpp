@@ -447,9 +447,8 @@ class BodyRelay {
             // An idle tunnel (a chat's WebSocket) lives for tunnel_idle: it keeps nothing the
             // heads needed, and reads with a small buffer that grows once a read fills it.
             ex.drop_messages();
-            co_await (
-                pump(client_, upstream, ex.request_body, idle, ex.record.bytes_in) &&
-                pump(upstream, client_, ex.response_body, idle, ex.record.bytes_out));
+            co_await (pump(client_, upstream, ex.request_body, idle, ex.record.bytes_in) &&
+                      pump(upstream, client_, ex.response_body, idle, ex.record.bytes_out));
         }
         WorkerStats::sub(stats_.upgraded_open);
         boost::system::error_code ignored;
