@@ -9,12 +9,15 @@
 // its bytes go socket to pipe to socket inside the kernel and are never copied through the
 // proxy, under the same time limits and minimum rate.
 
+#include <sys/socket.h>
+
 #include <array>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/stream_traits.hpp>
 #include <boost/beast/http/parser.hpp>
+#include <cerrno>
 #include <chrono>
 #include <optional>
 #include <span>
@@ -474,26 +477,46 @@ class BodyRelay {
     Task<void> pump(From& from, To& to, std::vector<char>& scratch, std::chrono::milliseconds idle,
                     std::uint64_t& bytes) {
         const bool plain = !is_tls(from);
-        // A small buffer to begin with, that grows once a read fills it; on a plain socket none
-        // while idle (the memory of a scratch buffer it had before goes back).
-        std::vector<char>().swap(scratch);
-        if (!plain) {
-            scratch.resize(std::min<std::size_t>(read_size_, tunnel_first_read));
-        }
+        // A small buffer to begin with, that grows once a read fills it. On a plain socket none
+        // while idle: it is read without waiting, and when nothing is there its buffer goes
+        // back and it waits for bytes with none, taking one of the size the last bytes needed
+        // when they come. (Under TLS, bytes may wait decrypted above the socket: that read
+        // keeps its buffer.)
+        const std::size_t first = std::min<std::size_t>(read_size_, tunnel_first_read);
+        std::size_t wanted = first;
+        std::vector<char>().swap(scratch);  // the memory a scratch buffer had before goes back
         for (;;) {
             deadline_.arm(idle, ConnectionDeadline::both);
-            forget_drained(boost::beast::get_lowest_layer(from));  // socket_drain.hpp
-            if (plain && scratch.empty()) {
-                // Idle with no buffer: one is taken when bytes are there to read. (Under TLS,
-                // bytes may wait decrypted above the socket: its read keeps its buffer.)
-                auto [wec] = co_await boost::beast::get_lowest_layer(from).async_wait(
-                    boost::asio::socket_base::wait_read, nothrow);
-                if (wec) {
-                    break;
-                }
-                scratch.resize(std::min<std::size_t>(read_size_, tunnel_first_read));
+            boost::system::error_code ec;
+            std::size_t n = 0;
+            if (scratch.empty()) {
+                scratch.resize(wanted);
             }
-            auto [ec, n] = co_await from.async_read_some(boost::asio::buffer(scratch), nothrow);
+            if (plain) {
+                auto& socket = boost::beast::get_lowest_layer(from);
+                const ssize_t got =
+                    ::recv(socket.native_handle(), scratch.data(), scratch.size(), MSG_DONTWAIT);
+                if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                    std::vector<char>().swap(scratch);
+                    auto [wec] =
+                        co_await socket.async_wait(boost::asio::socket_base::wait_read, nothrow);
+                    if (wec) {
+                        break;
+                    }
+                    continue;
+                }
+                if (got < 0 && errno == EINTR) {
+                    continue;
+                }
+                ec = got < 0    ? boost::system::error_code(errno, boost::system::system_category())
+                     : got == 0 ? boost::system::error_code(boost::asio::error::eof)
+                                : boost::system::error_code();
+                n = got > 0 ? static_cast<std::size_t>(got) : 0;
+            } else {
+                forget_drained(boost::beast::get_lowest_layer(from));  // socket_drain.hpp
+                std::tie(ec, n) =
+                    co_await from.async_read_some(boost::asio::buffer(scratch), nothrow);
+            }
             if (ec == boost::asio::error::eof) {
                 // The end passed on as it came: under TLS a close_notify before the FIN, so the
                 // other side can tell an end from a cut (RFC 8446 6.1).
@@ -520,9 +543,10 @@ class BodyRelay {
                 break;
             }
             if (n == scratch.size()) {
-                scratch.resize(read_size_);  // bytes in bulk: full-size reads, no wait between
-            } else if (plain) {
-                std::vector<char>().swap(scratch);  // all read: idle again, with no buffer
+                wanted = read_size_;  // bytes in bulk: full-size reads from now on
+                scratch.resize(wanted);
+            } else if (n <= first) {
+                wanted = first;  // small messages again
             }
         }
         // An error on one side ends both directions.

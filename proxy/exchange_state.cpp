@@ -56,7 +56,8 @@ void ExchangeState::end_request() {
 std::size_t ExchangeState::footprint() const {
     return sizeof(ExchangeState) + buffer.capacity() + upstream_buffer.capacity() +
            request_body.capacity() + response_body.capacity() + head.capacity() +
-           gathered.capacity() + coalesced.capacity() + 2 * FieldArena::first_block;
+           gathered.capacity() + coalesced.capacity() + request_fields.capacity() +
+           response_fields.capacity();
 }
 
 ExchangePool::ExchangePool(HeapTrim& trim) : trim_(trim) {}

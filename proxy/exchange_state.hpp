@@ -44,7 +44,7 @@ struct ExchangeState {
     void end_request();
     // Ready for another connection's request: no bytes, no parsers; buffers keep capacity.
     void clear();
-    // About the memory it holds (buffers, strings, the arenas' first blocks), for HeapTrim.
+    // About the memory it holds (buffers, strings, the arenas' blocks), for HeapTrim.
     std::size_t footprint() const;
     // A parser for the next request on the connection (the last exchange's fields go).
     RequestParser& new_request();

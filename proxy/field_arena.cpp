@@ -11,6 +11,7 @@ void* FieldArena::allocate_in_new_block(std::size_t bytes) {
     next_ = blocks_.back().get();
     end_ = next_ + size;
     last_size_ = size;
+    held_ += size;
     void* at = next_;
     next_ += bytes;
     return at;
@@ -21,9 +22,7 @@ void FieldArena::reset() {
         return;
     }
     if (blocks_.size() > 1 || last_size_ != first_block) {
-        blocks_.clear();  // a large head's blocks: not kept for every exchange
-        next_ = end_ = nullptr;
-        last_size_ = 0;
+        release();  // a large head's blocks: not kept for every exchange
         return;
     }
     next_ = blocks_.front().get();
@@ -33,6 +32,7 @@ void FieldArena::release() {
     blocks_.clear();
     next_ = end_ = nullptr;
     last_size_ = 0;
+    held_ = 0;
 }
 
 }  // namespace bg

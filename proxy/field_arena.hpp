@@ -34,6 +34,8 @@ class FieldArena {
     void release();
 
     static constexpr std::size_t first_block = 4096;  // kept from one exchange to the next
+    // Bytes of the blocks it holds (for HeapTrim's count of what a freed exchange gives back).
+    std::size_t capacity() const { return held_; }
 
   private:
     static constexpr std::size_t align = alignof(std::max_align_t);
@@ -43,6 +45,7 @@ class FieldArena {
     std::byte* next_ = nullptr;
     std::byte* end_ = nullptr;
     std::size_t last_size_ = 0;
+    std::size_t held_ = 0;
 };
 
 }  // namespace bg

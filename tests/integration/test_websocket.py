@@ -96,9 +96,17 @@ class WebSocketTest(ProcessTestCase):
                 self.assertEqual((opcode, len(payload)), (0x2, size))
                 self.assertEqual(payload, message)
                 time.sleep(0.05)  # idle in between: the buffers go back
+            # Back to back in one write, small and bulk mixed.
+            burst = [os.urandom(n) for n in (10, 3000, 100000, 7)]
+            s.sendall(b"".join(ws_frame(m, 0x2) for m in burst))
+            for message in burst:
+                opcode, payload, buf = read_frame(s, buf)
+                self.assertEqual(payload, message)
             s.sendall(ws_frame(struct.pack("!H", 1000), 0x8))
             opcode, payload, buf = read_frame(s, buf)
             self.assertEqual(opcode, 0x8)
+            # The backend's end of the tunnel reaches the client.
+            self.assertEqual(buf + s.recv(4096), b"")
 
 
 if __name__ == "__main__":
