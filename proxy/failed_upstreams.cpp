@@ -59,6 +59,15 @@ FailedUpstreams::Clock::time_point FailedUpstreams::out_since(std::uint32_t back
                     colour_since_[static_cast<std::size_t>(colour_of_[backend])]);
 }
 
+bool FailedUpstreams::colour_reverted_under(const SessionHandle& session) const {
+    const std::uint32_t backend = session.upstream_backend;
+    if (backend >= colour_of_.size() || colour_of_[backend] < 0) {
+        return false;
+    }
+    const Clock::time_point since = colour_since_[static_cast<std::size_t>(colour_of_[backend])];
+    return since != in_routing && session.awaiting_since < since;
+}
+
 bool FailedUpstreams::should_cut(const SessionHandle& session, Clock::time_point now,
                                  Clock::duration after) const {
     if (!any() || session.upstream == nullptr || !session.awaiting_retryable ||

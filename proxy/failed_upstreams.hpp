@@ -34,6 +34,10 @@ class FailedUpstreams {
     bool should_cut(const SessionHandle& session, Clock::time_point now,
                     Clock::duration after) const;
 
+    // The try `session` waits on began before its colour was reverted (not only its backend
+    // taken out): its retry goes to the colour that carried the traffic before the release.
+    bool colour_reverted_under(const SessionHandle& session) const;
+
     // Any backend or colour is out and the table leaves somewhere else to go.
     bool any() const { return any_ && !panic_; }
 

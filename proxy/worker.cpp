@@ -388,7 +388,10 @@ void Worker::close_tunnels(std::size_t colour) {
 // at with every table and every load sample (the control thread's beat). The socket is closed,
 // as an expiry closes it: never pooled again. As many at a beat as the retry budget has room
 // for (the retries after timeouts it stands for): a backend out because it is overloaded does
-// not send all its waiting requests onto its peers at once.
+// not send all its waiting requests onto its peers at once. A reverted colour's tries are cut
+// whatever the budget: they go to the colour that carried the traffic before the release, and
+// retries stuck on its other hung backends would otherwise fill the budget and leave every
+// caught request to a 504.
 void Worker::cut_stalled_tries() {
     const Duration after = config_->outlier.stalled_after;
     if (after <= Duration(0) || !failed_upstreams_.any()) {
@@ -400,11 +403,13 @@ void Worker::cut_stalled_tries() {
     double room = budget - static_cast<double>(retry_budget_.active_retries);
     const auto now = CoarseClock::now();
     for (SessionHandle& session : sessions_) {
-        if (room < 1) {
-            break;
-        }
         if (!session.try_cut && failed_upstreams_.should_cut(session, now, after)) {
-            room -= 1;
+            if (!failed_upstreams_.colour_reverted_under(session)) {
+                if (room < 1) {
+                    continue;
+                }
+                room -= 1;
+            }
             session.try_cut = true;
             boost::system::error_code ignored;
             session.upstream->close(ignored);

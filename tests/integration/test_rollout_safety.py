@@ -378,6 +378,37 @@ class HungReleaseTest(ProcessTestCase):
         self.assertGreater(posted["seconds"], 9)
 
 
+    def test_a_release_hung_one_backend_after_the_other_is_answered_by_blue(self):
+        """Found by an outside probe: green-1 hung, its caught GETs cut and retried onto green-2,
+        which hung a second later. Those retries filled the retry budget, so at the revert
+        nothing more was cut, and every caught GET got a 504 at 10 s with blue idle (10 of 10).
+        A reverted colour's tries are cut whatever the budget."""
+        blue = [self.backend("blue-1"), self.backend("blue-2")]
+        green = [self.backend("green-1"), self.backend("green-2")]
+        proxy = self.proxy(config(blue, green), workers=1)
+        self.assertEqual(proxy.bgctl("flip").returncode, 0)
+        load = Load(proxy.port, threads=10, limit=40)
+        self.addCleanup(load.stop)
+        time.sleep(1)
+        hung_at = time.time()
+        admin(green[0], "hang?hang=1")
+        time.sleep(1.05)
+        admin(green[1], "hang?hang=1")
+        while time.time() - hung_at < 20 and proxy.status()["colours"]["green"]["role"] != "failed":
+            time.sleep(0.1)
+        reverted = time.time() - hung_at
+        time.sleep(2.5)
+        load.stop()
+        records = [r for r in load.records if r[0] >= hung_at - 0.2]
+        failed = [r for r in records if r[3] != 200]
+        print("green hung one backend after the other, 10 clients: reverted %.1f s after the "
+              "first hang; %d requests, %d failed; slowest %.1f s"
+              % (reverted, len(records), len(failed), max(r[1] for r in records)))
+        self.assertLess(reverted, 10)
+        self.assertEqual(failed, [], collections.Counter((r[2], r[3]) for r in failed))
+        self.assertLess(max(r[1] for r in records), reverted + 2)
+
+
 class FailbackTest(ProcessTestCase):
     """A failover is temporary (on e53b836 the idle colour became stable for good)."""
 

@@ -49,6 +49,7 @@ TEST_CASE("a try caught on a backend taken out is cut once it has waited, not be
     Try post(3, t0 + seconds(1), false);
     failed.follow(table({3}), t0 + seconds(2), true);
     CHECK(failed.any());
+    CHECK_FALSE(failed.colour_reverted_under(caught.handle));  // its backend only
     // Waited 0.5 s of the 1 s asked: not yet.
     CHECK_FALSE(failed.should_cut(caught.handle, t0 + std::chrono::milliseconds(1500), seconds(1)));
     CHECK(failed.should_cut(caught.handle, t0 + seconds(2), seconds(1)));
@@ -81,7 +82,9 @@ TEST_CASE("a reverted colour's waiting tries are cut, and none in panic routing"
     Try blue(0, t0);
     failed.follow(table({}, true), t0 + seconds(1), true);
     CHECK(failed.should_cut(green.handle, t0 + seconds(2), seconds(1)));
+    CHECK(failed.colour_reverted_under(green.handle));
     CHECK_FALSE(failed.should_cut(blue.handle, t0 + seconds(2), seconds(1)));
+    CHECK_FALSE(failed.colour_reverted_under(blue.handle));
     // Nothing left that can serve: requests go to every backend, and a retry could only land
     // on another failed one.
     failed.follow(table({0, 1, 2, 3}, true), t0 + seconds(2), true);
