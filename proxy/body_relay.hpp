@@ -418,11 +418,7 @@ class BodyRelay {
     template <class To>
     auto write_pieces(ExchangeState& ex, To& to,
                       std::span<const boost::asio::const_buffer> pieces) {
-        bool over_tls = is_tls_stream<To>::value;
-        if constexpr (std::is_same_v<To, UpstreamStream>) {
-            over_tls = to.tls() != nullptr;
-        }
-        if (over_tls && pieces.size() > 1) {
+        if (is_tls(to) && pieces.size() > 1) {
             ex.gathered.clear();
             for (const auto& piece : pieces) {
                 ex.gathered.append(static_cast<const char*>(piece.data()), piece.size());
@@ -555,6 +551,7 @@ class BodyRelay {
         boost::beast::get_lowest_layer(to).close(ignored);
     }
 
+    // Whether a client or backend stream speaks TLS (a backend's is known only at run time).
     template <class Stream>
     static bool is_tls(Stream& stream) {
         if constexpr (is_tls_stream<Stream>::value) {

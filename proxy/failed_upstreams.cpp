@@ -24,7 +24,6 @@ void FailedUpstreams::follow(const RoutingTable& table, Clock::time_point now, b
     const std::uint32_t limit = table.backend_id_limit();
     backend_since_.resize(std::max<std::size_t>(backend_since_.size(), limit), in_routing);
     colour_of_.assign(backend_since_.size(), -1);
-    std::vector<bool> present(backend_since_.size(), false);
     any_ = false;
     for (Colour colour : all_colours) {
         const ColourPool& pool = table.pool(colour);
@@ -38,43 +37,42 @@ void FailedUpstreams::follow(const RoutingTable& table, Clock::time_point now, b
             const bool out = !backend.healthy && retry_room;
             start_or_end(backend_since_[backend.id], out, now);
             colour_of_[backend.id] = static_cast<std::int8_t>(index_of(colour));
-            present[backend.id] = true;
             any_ = any_ || out;
         }
     }
-    for (std::size_t id = 0; id < present.size(); ++id) {
-        if (!present[id]) {
+    for (std::size_t id = 0; id < colour_of_.size(); ++id) {
+        if (colour_of_[id] < 0) {
             backend_since_[id] = in_routing;  // gone from the config: its tries finish as they may
         }
     }
     panic_ = table.panic();
 }
 
-FailedUpstreams::Clock::time_point FailedUpstreams::out_since(std::uint32_t backend) const {
-    if (backend >= backend_since_.size() || colour_of_[backend] < 0) {
+FailedUpstreams::Clock::time_point FailedUpstreams::colour_since(std::uint32_t backend) const {
+    if (backend >= colour_of_.size() || colour_of_[backend] < 0) {
         return in_routing;
     }
-    // A try that began before either was taken out: the later of the two, if any is set.
-    return std::max(backend_since_[backend],
-                    colour_since_[static_cast<std::size_t>(colour_of_[backend])]);
+    return colour_since_[static_cast<std::size_t>(colour_of_[backend])];
 }
 
 bool FailedUpstreams::colour_reverted_under(const SessionHandle& session) const {
-    const std::uint32_t backend = session.upstream_backend;
-    if (backend >= colour_of_.size() || colour_of_[backend] < 0) {
-        return false;
-    }
-    const Clock::time_point since = colour_since_[static_cast<std::size_t>(colour_of_[backend])];
+    const Clock::time_point since = colour_since(session.upstream_backend);
     return since != in_routing && session.awaiting_since < since;
 }
 
 bool FailedUpstreams::should_cut(const SessionHandle& session, Clock::time_point now,
                                  Clock::duration after) const {
+    // (Retryable only while waiting, so awaiting_since is set.)
     if (!any() || session.upstream == nullptr || !session.awaiting_retryable ||
-        session.awaiting_since == Clock::time_point{} || now - session.awaiting_since < after) {
+        now - session.awaiting_since < after) {
         return false;
     }
-    const Clock::time_point since = out_since(session.upstream_backend);
+    // Begun before its backend or its colour was taken out: the later of the two, if any.
+    const std::uint32_t backend = session.upstream_backend;
+    const Clock::time_point own = backend < colour_of_.size() && colour_of_[backend] >= 0
+                                      ? backend_since_[backend]
+                                      : in_routing;
+    const Clock::time_point since = std::max(own, colour_since(backend));
     return since != in_routing && session.awaiting_since < since;
 }
 

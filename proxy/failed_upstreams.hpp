@@ -42,7 +42,8 @@ class FailedUpstreams {
     bool any() const { return any_ && !panic_; }
 
   private:
-    Clock::time_point out_since(std::uint32_t backend) const;
+    // Since when the backend's colour is out (epoch: in the routing, or no such backend).
+    Clock::time_point colour_since(std::uint32_t backend) const;
 
     std::vector<Clock::time_point> backend_since_;  // by backend id; epoch: in the routing
     std::vector<std::int8_t> colour_of_;            // by backend id; -1: not in the table

@@ -4,6 +4,11 @@
 
 namespace bg {
 
+double RetryBudget::room(const RetryConfig& config) const {
+    const double budget = std::max<double>(config.min_budget, config.budget * active_requests);
+    return budget - static_cast<double>(active_retries);
+}
+
 RetryState::RetryState(RetryBudget& budget, const RetryConfig& config, WorkerStats& stats)
     : budget_(budget), config_(config), stats_(stats), left_(config.attempts) {
     ++budget_.active_requests;
@@ -24,9 +29,7 @@ bool RetryState::may_retry(bool idempotent, bool body_started, bool response_sta
     if (failure != TryFailure::timeout) {
         return true;
     }
-    const double budget =
-        std::max<double>(config_.min_budget, config_.budget * budget_.active_requests);
-    if (budget_.active_retries >= budget) {
+    if (budget_.room(config_) <= 0) {
         WorkerStats::add(stats_.retry_budget_exhausted);
         return false;
     }

@@ -13,6 +13,8 @@ namespace bg {
 struct RetryBudget {
     unsigned active_requests = 0;
     unsigned active_retries = 0;
+    // How many more retries the budget allows now (may be below zero).
+    double room(const RetryConfig& config) const;
 };
 
 // Why a try failed, as far as retrying is concerned.

@@ -397,10 +397,7 @@ void Worker::cut_stalled_tries() {
     if (after <= Duration(0) || !failed_upstreams_.any()) {
         return;
     }
-    const RetryConfig& retries = config_->retries;
-    const double budget = std::max<double>(
-        retries.min_budget, retries.budget * static_cast<double>(retry_budget_.active_requests));
-    double room = budget - static_cast<double>(retry_budget_.active_retries);
+    double room = retry_budget_.room(config_->retries);
     const auto now = CoarseClock::now();
     for (SessionHandle& session : sessions_) {
         if (!session.try_cut && failed_upstreams_.should_cut(session, now, after)) {
