@@ -425,8 +425,8 @@ void render_worker_counters(prometheus::Registry& registry,
             "Idle keep-alive client connections closed to make room past max_connections",
             &WorkerStats::idle_evicted);
     counter("bgproxy_opening_connections_evicted_total",
-            "Client connections still in their TLS handshake or PROXY header (the oldest) closed "
-            "to make room past max_connections",
+            "Client connections still in their TLS handshake, PROXY header or an incomplete "
+            "request head (the oldest) closed to make room past max_connections",
             &WorkerStats::opening_evicted);
     counter("bgproxy_tls_handshake_failures_total", "TLS handshakes that failed or timed out",
             &WorkerStats::tls_handshake_failures);

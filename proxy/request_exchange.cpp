@@ -122,6 +122,15 @@ Task<bool> RequestExchange<Stream>::read_head() {
         conn_.deadline.arm(config_.timeouts.client_header, ConnectionDeadline::client);
     }
     std::size_t checked = 0;  // bytes already seen to hold no line end
+    // A head still incomplete after a read holds its slot as a connection still opening does:
+    // at the connection limit it makes room once incomplete for evict_opening_after (one byte
+    // of a head per connection would hold every slot for client_header). Off the list when
+    // the read ends, however it ends.
+    struct Incomplete {
+        Worker& worker;
+        SessionHandle& handle;
+        ~Incomplete() { worker.opened(handle); }
+    } incomplete{conn_.worker, conn_.handle()};
     for (;;) {
         Refusal refusal;
         switch (parse_head(checked, refusal)) {
@@ -132,6 +141,9 @@ Task<bool> RequestExchange<Stream>::read_head() {
                 co_return false;
             case HeadRead::need_more:
                 break;
+        }
+        if (!conn_.handle().OpeningHook::is_linked()) {
+            conn_.worker.opening(conn_.handle());
         }
         forget_drained(conn_.socket());  // the head goes on (socket_drain.hpp)
         auto [ec, n] = co_await conn_.stream.async_read_some(

@@ -250,11 +250,12 @@ bool Worker::make_room(std::size_t listener, std::uint32_t listener_max) {
     return false;
 }
 
-// The oldest connection still in its TLS handshake or PROXY header (of `listener`, when its
-// own cap is the one reached), opening for evict_opening_after at least: silent ones on a TLS
-// or PROXY listener filled every slot until tls_handshake or client_header, turning every
-// client away. Its slot is freed at once; the connection ends as its handshake or header read
-// fails on the closed socket.
+// The oldest connection still in its TLS handshake, PROXY header or an incomplete request head
+// (of `listener`, when its own cap is the one reached), opening for evict_opening_after at
+// least: silent ones on a TLS or PROXY listener, or ones that sent a byte of a head, filled
+// every slot until tls_handshake or client_header, turning every client away. Its slot is
+// freed at once; the connection ends as its handshake or header read fails on the closed
+// socket.
 bool Worker::evict_opening(std::optional<std::size_t> listener) {
     const auto opened_before =
         std::chrono::steady_clock::now() - config_->limits.evict_opening_after;

@@ -106,9 +106,10 @@ class Worker {
     void begin_closing();
     void track(SessionHandle* session) { sessions_.push_back(*session); }
     void untrack(SessionHandle* session);
-    // A connection that has said nothing yet (its TLS handshake or PROXY header to come) holds
-    // a slot: at the connection limit the oldest such one makes room, as an idle one does,
-    // once it has been opening for limits.evict_opening_after.
+    // A connection that has not yet said what it wants (its TLS handshake, PROXY header or the
+    // rest of a request head to come) holds a slot: at the connection limit the oldest such
+    // one makes room, as an idle one does, once it has been opening for
+    // limits.evict_opening_after.
     void opening(SessionHandle& session) {
         session.opening_since = std::chrono::steady_clock::now();
         opening_.push_back(session);

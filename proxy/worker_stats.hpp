@@ -49,7 +49,7 @@ struct WorkerStats {
     Counter upgraded_open{0};
     Counter connections_refused{0};  // past max_connections
     Counter idle_evicted{0};         // idle keep-alive connections closed to make room past it
-    Counter opening_evicted{0};      // connections still in a handshake or PROXY header, likewise
+    Counter opening_evicted{0};      // still in a handshake, PROXY header or head, likewise
     Counter tries_cut{0};            // tries waiting on a backend taken out of the routing, retried
     Counter tls_handshake_failures{0};  // failed or timed out
     Counter proxy_headers_refused{0};   // missing, malformed or from an untrusted peer

@@ -1061,6 +1061,57 @@ proxy_protocol_from = ["127.0.0.1"]
         self.assertEqual(metric(proxy, "bgproxy_tls_handshake_failures_total"), 0)
         self.assertEqual(metric(proxy, "bgproxy_proxy_headers_refused_total"), 0)
 
+    def test_connections_trickling_a_request_head_make_room(self):
+        """One byte of a request head per connection (slowloris) held every slot until
+        client_header (10 s): 234 of 234 real clients got 503 in an outside probe. A head
+        unfinished for evict_opening_after now makes room, the first request's as a later
+        one's on a keep-alive connection, plain or TLS."""
+        proxy = self.proxy(edge_config("""
+[[listener]]
+address = "127.0.0.1:0"
+""" + tls_listener("a"), [self.blue], extra="[limits]\nmax_connections = 6\n"), workers=1)
+        plain, tls = proxy.ports
+        trickling = []
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", plain), timeout=5)
+            s.sendall(b"G")
+            trickling.append(s)
+        # A keep-alive connection whose second request stops after its first line.
+        again = self.served_connection(plain)
+        again.sendall(b"GET / HTTP/1.1\r\n")
+        trickling.append(again)
+        # A TLS connection through its handshake, then a byte of a head.
+        secure = tls_connect(tls, "a.test")
+        secure.sendall(b"G")
+        trickling.append(secure)
+        trickling.append(self.busy_connection(plain))  # the sixth slot: not evictable
+        self.addCleanup(lambda: [c.close() for c in trickling])
+        begun = time.monotonic()
+        self.wait_for_connections(proxy, 6)
+        # Only a moment into their heads, they are kept.
+        out, _ = exchange(plain, get_headers())
+        self.assertLess(time.monotonic() - begun, 1.0, "too slow to see the young ones kept")
+        self.assertEqual(status_of(out), 503, out)
+        self.assertEqual(metric(proxy, "bgproxy_opening_connections_evicted_total"), 0)
+        # Past evict_opening_after (1 s by default) each new client is taken in, the oldest
+        # trickling connection closed for it, five times over; its request stays in flight.
+        time.sleep(max(0.0, begun + 1.2 - time.monotonic()))
+        for _ in range(5):
+            self.busy_connection(plain)
+        self.wait_for_connections(proxy, 6)
+        self.assertEqual(metric(proxy, "bgproxy_opening_connections_evicted_total"), 5)
+        self.assertEqual(metric(proxy, "bgproxy_connections_refused_total"), 1)
+        self.assertEqual(metric(proxy, "bgproxy_client_header_timeouts_total"), 0)
+        for c in trickling[:5]:
+            c.settimeout(2)
+            try:
+                self.assertEqual(c.recv(100), b"")
+            except (ConnectionResetError, ssl.SSLError):
+                pass
+        # Requests in flight are never closed for a newcomer: with six, it is turned away.
+        out, _ = exchange(plain, get_headers())
+        self.assertEqual(status_of(out), 503, out)
+
     def test_global_max_connections_and_requests_per_connection(self):
         proxy = self.proxy(edge_config("""
 [[listener]]
