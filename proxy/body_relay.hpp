@@ -429,10 +429,11 @@ class BodyRelay {
         return boost::asio::async_write(to, pieces, nothrow);
     }
 
-    // After a 101: bytes flow both ways until either side closes, or both go idle.
+    // After a 101: bytes flow both ways until either side closes, or both go idle for `idle`;
+    // once one side has ended its half, for `half_closed`.
     template <class Client>
     Task<void> tunnel(ExchangeState& ex, Client& client_, UpstreamStream& upstream,
-                      std::chrono::milliseconds idle) {
+                      std::chrono::milliseconds idle, std::chrono::milliseconds half_closed) {
         using namespace boost::asio::experimental::awaitable_operators;
         WorkerStats::add(stats_.upgrades);
         WorkerStats::add(stats_.upgraded_open);
@@ -446,8 +447,9 @@ class BodyRelay {
             // An idle tunnel (a chat's WebSocket) lives for tunnel_idle: it keeps nothing the
             // heads needed, and reads with a small buffer that grows once a read fills it.
             ex.drop_messages();
-            co_await (pump(client_, upstream, ex.request_body, idle, ex.record.bytes_in) &&
-                      pump(upstream, client_, ex.response_body, idle, ex.record.bytes_out));
+            TunnelLimit limit{idle, half_closed};
+            co_await (pump(client_, upstream, ex.request_body, limit, ex.record.bytes_in) &&
+                      pump(upstream, client_, ex.response_body, limit, ex.record.bytes_out));
         }
         WorkerStats::sub(stats_.upgraded_open);
         boost::system::error_code ignored;
@@ -467,10 +469,16 @@ class BodyRelay {
         co_return !ec;
     }
 
+    // How long a tunnel may idle: shared by its two directions, shorter once one has ended.
+    struct TunnelLimit {
+        std::chrono::milliseconds idle;
+        std::chrono::milliseconds half_closed;
+    };
+
     // Each read or write in either direction pushes the shared idle deadline on. `bytes` counts
     // what went through, for the access log.
     template <class From, class To>
-    Task<void> pump(From& from, To& to, std::vector<char>& scratch, std::chrono::milliseconds idle,
+    Task<void> pump(From& from, To& to, std::vector<char>& scratch, TunnelLimit& limit,
                     std::uint64_t& bytes) {
         const bool plain = !is_tls(from);
         // A small buffer to begin with, that grows once a read fills it. On a plain socket none
@@ -482,7 +490,7 @@ class BodyRelay {
         std::size_t wanted = first;
         std::vector<char>().swap(scratch);  // the memory a scratch buffer had before goes back
         for (;;) {
-            deadline_.arm(idle, ConnectionDeadline::both);
+            deadline_.arm(limit.idle, ConnectionDeadline::both);
             boost::system::error_code ec;
             std::size_t n = 0;
             if (scratch.empty()) {
@@ -526,12 +534,15 @@ class BodyRelay {
                 boost::system::error_code ignored;
                 boost::beast::get_lowest_layer(to).shutdown(
                     boost::asio::ip::tcp::socket::shutdown_send, ignored);
+                // The other direction, waiting now, may idle only half_closed from here.
+                limit.idle = std::min(limit.idle, limit.half_closed);
+                deadline_.arm(limit.idle, ConnectionDeadline::both);
                 co_return;
             }
             if (ec) {
                 break;
             }
-            deadline_.arm(idle, ConnectionDeadline::both);
+            deadline_.arm(limit.idle, ConnectionDeadline::both);
             auto [wec, wn] = co_await boost::asio::async_write(
                 to, boost::asio::buffer(scratch.data(), n), nothrow);
             bytes += wn;

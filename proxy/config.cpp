@@ -901,6 +901,7 @@ void read_timeouts(TableReader& t, Timeouts& out) {
     t.read_duration("upstream_response", out.upstream_response, TableReader::Zero::refused);
     t.read_duration("upstream_try", out.upstream_try);  // 0: no per-try limit
     t.read_duration("tunnel_idle", out.tunnel_idle, TableReader::Zero::refused);
+    t.read_duration("tunnel_half_closed", out.tunnel_half_closed, TableReader::Zero::refused);
     t.read_duration("client_linger", out.client_linger);
     t.read_duration("shutdown_grace", out.shutdown_grace);
     t.read_duration("shutdown_ready_delay", out.shutdown_ready_delay);

@@ -216,6 +216,9 @@ struct Timeouts {
     // another backend within what is left of upstream_response. 0: a try may use all of it.
     Duration upstream_try{std::chrono::seconds(10)};
     Duration tunnel_idle{std::chrono::hours(1)};
+    // Once either side of a tunnel has ended its half (a FIN), the other's idle limit (as
+    // HAProxy's timeout client-fin and server-fin).
+    Duration tunnel_half_closed{std::chrono::seconds(30)};
     Duration client_linger{std::chrono::seconds(2)};
     Duration shutdown_grace{std::chrono::seconds(30)};
     Duration shutdown_ready_delay{std::chrono::seconds(2)};

@@ -696,8 +696,8 @@ Task<bool> RequestExchange<Stream>::relay_response(UpstreamLease& lease,
         const std::uint32_t backend = lease.backend().id;
         conn_.worker.tunnel_opened(backend);
         conn_.handle().tunnel_colour = static_cast<int>(index_of(lease.backend().colour));
-        co_await conn_.relay.tunnel(ex_, conn_.stream, lease.stream(),
-                                    config_.timeouts.tunnel_idle);
+        co_await conn_.relay.tunnel(ex_, conn_.stream, lease.stream(), config_.timeouts.tunnel_idle,
+                                    config_.timeouts.tunnel_half_closed);
         conn_.handle().tunnel_colour = -1;
         conn_.worker.tunnel_closed(backend);
         co_return false;

@@ -6,7 +6,7 @@ import struct
 import time
 import unittest
 
-from harness import ProcessTestCase, config
+from harness import ProcessTestCase, config, metric
 
 
 def ws_frame(payload, opcode=0x1):
@@ -107,6 +107,48 @@ class WebSocketTest(ProcessTestCase):
             self.assertEqual(opcode, 0x8)
             # The backend's end of the tunnel reaches the client.
             self.assertEqual(buf + s.recv(4096), b"")
+
+    def test_a_tunnel_whose_backend_died_closes_after_tunnel_half_closed(self):
+        """The backend's end (here: it died) reaches the client as a FIN; a client that keeps
+        its socket held the tunnel, its descriptors and its slot until tunnel_idle (an hour,
+        found by an outside probe). Half-closed, a tunnel idles only tunnel_half_closed."""
+        # Two blue backends: with one, its colour's failover would close the tunnel anyway.
+        blues = [self.backend("blue-1"), self.backend("blue-2")]
+        green = self.backend("green-1")
+        proxy = self.proxy(config(blues, [green], extra="""
+[timeouts]
+tunnel_half_closed = "1s"
+"""))
+        key = base64.b64encode(os.urandom(16))
+        s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        self.addCleanup(s.close)
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += s.recv(4096)
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
+        s.sendall(ws_frame(b"before", 0x2))
+        self.assertEqual(read_frame(s, buf)[1], b"before")
+        self.assertEqual(metric(proxy, "bgproxy_upgraded_connections"), 1)
+        serving = [b for b in blues if b"x-backend: " + b.name.encode() in head.lower()]
+        self.assertEqual(len(serving), 1, head)
+        serving[0].stop()
+        self.assertEqual(s.recv(4096), b"")  # the backend's FIN, passed on
+        ended = time.monotonic()
+        # Open (the client's half) a while, then closed at tunnel_half_closed, not tunnel_idle.
+        time.sleep(0.3)
+        self.assertEqual(metric(proxy, "bgproxy_upgraded_connections"), 1)
+        while metric(proxy, "bgproxy_upgraded_connections") > 0:
+            self.assertLess(time.monotonic() - ended, 5, "the half-closed tunnel stays open")
+            time.sleep(0.05)
+        self.assertGreater(time.monotonic() - ended, 0.9)
+        # Its end reaches the client as a reset on its next write.
+        with self.assertRaises(OSError):
+            for _ in range(20):
+                s.sendall(ws_frame(b"after", 0x2))
+                time.sleep(0.05)
 
 
 if __name__ == "__main__":
