@@ -6,8 +6,15 @@ namespace bg {
 
 namespace {
 
-std::uint64_t at(const std::vector<std::uint64_t>& v, std::uint32_t id) {
+template <class T>
+std::uint64_t at(const std::vector<T>& v, std::uint32_t id) {
     return id < v.size() ? v[id] : 0;
+}
+
+// How long ago the newest request `id` answered had begun (never_answered when none).
+std::uint64_t answer_begun_ms(const DataPlaneLoad& load, std::uint32_t id) {
+    return id < load.answer_begun_ms.size() ? load.answer_begun_ms[id]
+                                            : DataPlaneLoad::never_answered;
 }
 
 std::string percent(double fraction) {
@@ -57,15 +64,17 @@ OutlierDetector::Verdicts OutlierDetector::observe(
         std::uint64_t colour_requests = 0;
         std::uint64_t colour_failures = 0;
         unsigned ejected_here = 0;
-        // Peers that answer: requests completed in the window, none waiting long now.
         std::uint64_t answering_wait = 0;
         bool answering = false;
         for (const Backend& b : pool.backends) {
             ejected_here += ejections_.contains(b.name) ? 1 : 0;
         }
-        auto answers = [&](const Backend& b) {
+        // A peer that answers: it answered a request begun within the last `waited` (after the
+        // stalled one), and has none waiting long now. (A hung backend back from an ejection
+        // answered nothing begun since it hung: it is no such peer.)
+        auto answers_since = [&](const Backend& b, Duration waited) {
             return !ejections_.contains(b.name) &&
-                   at(newest.requests, b.id) > at(oldest.requests, b.id) &&
+                   answer_begun_ms(load, b.id) < static_cast<std::uint64_t>(waited.count()) &&
                    Duration(at(load.oldest_wait_ms, b.id)) < config_.stalled_after;
         };
         for (const Backend& b : pool.backends) {
@@ -112,15 +121,26 @@ OutlierDetector::Verdicts OutlierDetector::observe(
                 answering = false;
                 answering_wait = 0;
                 for (const Backend& peer : pool.backends) {
-                    if (peer.id != b.id && answers(peer)) {
+                    if (peer.id != b.id && answers_since(peer, waited)) {
                         answering = true;
                         answering_wait = std::max(answering_wait, at(load.oldest_wait_ms, peer.id));
                     }
                 }
-                // And it answered nothing meanwhile: a backend that finishes other requests
-                // is slow on some endpoint, not holding (a healthy backend serving a slow
-                // endpoint was ejected when its peer happened to have only quick ones waiting).
-                stalled = answering && answered_since(b, now - config_.stalled_after) == 0 &&
+                // And it answered none of the requests begun after its oldest: a backend that
+                // answers what it is sent is slow on some endpoint, not holding. Two held, or
+                // one for stalled_alone_after: least-request sends the fast requests to the
+                // peer while one slow request is in flight, so one alone is weak evidence (a
+                // healthy backend serving a 3 s report was ejected and the report run twice).
+                const bool held =
+                    at(load.stalled_waits, b.id) >= 2 || waited >= config_.stalled_alone_after;
+                // (Requests it had begun reading as it hung may still be answered: an answer
+                // counts when its request began a good while after the oldest waiting one.)
+                const std::uint64_t begun = answer_begun_ms(load, b.id);
+                const auto settle = static_cast<std::uint64_t>(config_.stalled_after.count() / 2);
+                const bool answered_newer =
+                    begun != DataPlaneLoad::never_answered &&
+                    begun + settle < static_cast<std::uint64_t>(waited.count());
+                stalled = answering && held && !answered_newer &&
                           static_cast<double>(waited.count()) >=
                               config_.stall_ratio *
                                   static_cast<double>(std::max<std::uint64_t>(answering_wait, 1));
@@ -174,19 +194,6 @@ const OutlierDetector::Sample* OutlierDetector::sample_at_or_before(Clock::time_
         }
     }
     return found;
-}
-
-// Requests `b` answered (finished without failing) since the last sample at or before `since`;
-// all of the window's when none is that old.
-std::uint64_t OutlierDetector::answered_since(const Backend& b, Clock::time_point since) const {
-    const Sample* then = sample_at_or_before(since);
-    if (then == nullptr) {
-        then = &samples_.front();
-    }
-    const Sample& now = samples_.back();
-    const std::uint64_t requests = at(now.requests, b.id) - at(then->requests, b.id);
-    const std::uint64_t failures = at(now.failures, b.id) - at(then->failures, b.id);
-    return requests > failures ? requests - failures : 0;
 }
 
 std::string OutlierDetector::colour_failure(const ColourPool& pool, std::uint64_t requests,

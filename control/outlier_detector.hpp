@@ -67,7 +67,6 @@ class OutlierDetector {
 
     // The window's last sample taken at or before `t`, if any.
     const Sample* sample_at_or_before(Clock::time_point t) const;
-    std::uint64_t answered_since(const Backend& b, Clock::time_point since) const;
     // Why the watched colour fails as a whole, or empty.
     std::string colour_failure(const ColourPool& pool, std::uint64_t requests,
                                std::uint64_t failures, const DataPlaneLoad& load,

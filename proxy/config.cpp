@@ -1031,6 +1031,7 @@ void read_outlier(TableReader& o, OutlierConfig& out) {
     o.read_duration("max_ejection", out.max_ejection, TableReader::Zero::refused);
     o.read_fraction("panic_threshold", out.panic_threshold, 0.0, 1.0);
     o.read_duration("stalled_after", out.stalled_after);  // 0: off
+    o.read_duration("stalled_alone_after", out.stalled_alone_after, TableReader::Zero::refused);
     o.read_fraction("stall_ratio", out.stall_ratio, 1.0, 1000.0);
     o.read_duration("colour_stalled_after", out.colour_stalled_after);  // 0: off
     if (out.colour_stalled_after > out.window) {

@@ -87,10 +87,14 @@ struct OutlierConfig {
     Duration base_ejection{std::chrono::seconds(10)};  // times the number of ejections so far
     Duration max_ejection{std::chrono::minutes(5)};
     double panic_threshold = 0.5;  // never eject below this fraction of a pool; route to all
-    // A backend whose oldest request has waited this long for a response head, while a peer
-    // of its colour answers and has waited at most 1/stall_ratio of that, is ejected: it holds
-    // requests without answering (its health checks may still pass). 0: off.
+    // A backend is ejected as holding requests without answering (its health checks may still
+    // pass) when two of its requests have waited this long for a response head, or one has
+    // waited stalled_alone_after, and it answered none begun after its oldest, while a peer of
+    // its colour answers ones begun since and has waited at most 1/stall_ratio of that.
+    // 0: off.
     Duration stalled_after{std::chrono::seconds(1)};
+    // One slow request alone is an endpoint's slowness as often as a hang.
+    Duration stalled_alone_after{std::chrono::seconds(5)};
     double stall_ratio = 5;
     // The candidate taking traffic fails when none of its backends has answered for this long
     // while one of its requests has waited that long: a release that hangs everywhere has no

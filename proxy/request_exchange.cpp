@@ -448,6 +448,7 @@ void RequestExchange<Stream>::record_try(const Backend& backend, Exchange outcom
             if (ex_.response_parser->get().result_int() >= 500) {
                 seen = TryOutcome::server_error;
             }
+            conn_.worker.record_answer(backend.id, upstream_started_);
             break;
         case Exchange::upstream_timeout:
             seen = TryOutcome::timeout;

@@ -27,6 +27,14 @@ struct DataPlaneLoad {
     // The longest a request has been waiting for a response head, by backend id (max over
     // workers), in milliseconds.
     std::vector<std::uint64_t> oldest_wait_ms;
+    // How many requests have waited [outlier] stalled_after for a response head, by backend id
+    // (summed over workers).
+    std::vector<std::uint32_t> stalled_waits;
+    // How long ago the newest try a backend answered (sent a response head, any status) had
+    // begun, by backend id, in milliseconds (min over workers; never_answered when none): what
+    // tells a backend that answers what it is sent from one that holds it.
+    std::vector<std::uint64_t> answer_begun_ms;
+    static constexpr std::uint64_t never_answered = ~std::uint64_t{0};
     TrafficCounters traffic;  // summed over workers
 };
 

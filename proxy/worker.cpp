@@ -434,7 +434,9 @@ void Worker::report_load(std::function<void(DataPlaneLoad)> done) {
             load.upstream_open[id] = static_cast<std::uint32_t>(pool_.idle_count(id));
         }
         load.oldest_wait_ms.resize(table_->backend_id_limit(), 0);
+        load.stalled_waits.resize(table_->backend_id_limit(), 0);
         const auto now = std::chrono::steady_clock::now();
+        const auto stalled_after = config_->outlier.stalled_after;
         for (const SessionHandle& session : sessions_) {
             const std::uint32_t backend = session.upstream_backend;
             if (session.upstream != nullptr && backend < load.upstream_open.size()) {
@@ -444,10 +446,19 @@ void Worker::report_load(std::function<void(DataPlaneLoad)> done) {
                         now - session.awaiting_since);
                     load.oldest_wait_ms[backend] = std::max<std::uint64_t>(
                         load.oldest_wait_ms[backend], static_cast<std::uint64_t>(waited.count()));
+                    load.stalled_waits[backend] += waited >= stalled_after ? 1 : 0;
                 }
             }
             if (session.kept && session.kept_backend < load.upstream_open.size()) {
                 ++load.upstream_open[session.kept_backend];
+            }
+        }
+        load.answer_begun_ms.assign(answer_begun_.size(), DataPlaneLoad::never_answered);
+        for (std::size_t id = 0; id < answer_begun_.size(); ++id) {
+            if (answer_begun_[id] != std::chrono::steady_clock::time_point{}) {
+                load.answer_begun_ms[id] = static_cast<std::uint64_t>(
+                    std::chrono::duration_cast<std::chrono::milliseconds>(now - answer_begun_[id])
+                        .count());
             }
         }
         load.traffic = traffic_;

@@ -129,6 +129,13 @@ class Worker {
     // One try at a backend: cumulative tries and failures (by kind) per backend id, read by
     // the control plane's outlier detector and canary analysis through report_load.
     void record_outcome(std::uint32_t backend_id, TryOutcome outcome);
+    // A try begun at `begun` got a response head from the backend.
+    void record_answer(std::uint32_t backend_id, std::chrono::steady_clock::time_point begun) {
+        if (backend_id >= answer_begun_.size()) {
+            answer_begun_.resize(backend_id + 1);
+        }
+        answer_begun_[backend_id] = std::max(answer_begun_[backend_id], begun);
+    }
     // A session watches its client for a close (ClientCloseWatch) or an upload for an early
     // answer (UploadAnswerWatch): the in-flight sweep runs while any do.
     void arm_in_flight_sweep();
@@ -187,6 +194,8 @@ class Worker {
     std::vector<std::uint64_t> failures_by_backend_;  // as outlier detection counts them
     std::vector<std::array<std::uint64_t, failure_kind_count>> failure_kinds_;
     std::vector<std::uint64_t> consecutive_failures_;
+    // When the newest try each backend answered had begun, by backend id.
+    std::vector<std::chrono::steady_clock::time_point> answer_begun_;
     std::function<void()> failure_run_alarm_;
     boost::asio::steady_timer grace_timer_;
     boost::asio::steady_timer close_sweep_timer_;

@@ -7,6 +7,46 @@ namespace bg {
 
 namespace asio = boost::asio;
 
+namespace {
+
+// Each element of `from` into `into`'s by `merge` (into's grows to from's size, new elements
+// `absent`).
+template <class T, class Merge>
+void merge_each(std::vector<T>& into, const std::vector<T>& from, T absent, Merge merge) {
+    if (into.size() < from.size()) {
+        into.resize(from.size(), absent);
+    }
+    for (std::size_t i = 0; i < from.size(); ++i) {
+        into[i] = merge(into[i], from[i]);
+    }
+}
+
+// One worker's load into the total: counts add up; the longest wait and run of failures, and
+// the most recent answer, are the process's.
+void add_load(DataPlaneLoad& total, const DataPlaneLoad& part) {
+    const auto sum = [](auto a, auto b) { return a + b; };
+    const auto most = [](auto a, auto b) { return std::max(a, b); };
+    const auto least = [](auto a, auto b) { return std::min(a, b); };
+    merge_each(total.in_flight, part.in_flight, 0u, sum);
+    merge_each(total.upgraded, part.upgraded, 0u, sum);
+    merge_each(total.requests, part.requests, std::uint64_t{0}, sum);
+    merge_each(total.failures, part.failures, std::uint64_t{0}, sum);
+    merge_each(total.failure_kinds, part.failure_kinds, {}, [](auto a, const auto& b) {
+        for (std::size_t k = 0; k < a.size(); ++k) {
+            a[k] += b[k];
+        }
+        return a;
+    });
+    merge_each(total.upstream_open, part.upstream_open, 0u, sum);
+    merge_each(total.stalled_waits, part.stalled_waits, 0u, sum);
+    merge_each(total.consecutive_failures, part.consecutive_failures, std::uint64_t{0}, most);
+    merge_each(total.oldest_wait_ms, part.oldest_wait_ms, std::uint64_t{0}, most);
+    merge_each(total.answer_begun_ms, part.answer_begun_ms, DataPlaneLoad::never_answered, least);
+    total.traffic.add(part.traffic);
+}
+
+}  // namespace
+
 WorkerGroup::WorkerGroup(asio::any_io_executor completions, unsigned count,
                          std::shared_ptr<const Config> config, RoutingTablePtr table)
     : completions_(std::move(completions)),
@@ -98,42 +138,7 @@ void WorkerGroup::gather_load(std::function<void(DataPlaneLoad)> done) {
         worker->report_load(
             [completions = completions_, total, remaining, callback](DataPlaneLoad part) {
                 asio::post(completions, [total, remaining, callback, part = std::move(part)] {
-                    auto add = [](auto& into, const auto& from) {
-                        if (into.size() < from.size()) {
-                            into.resize(from.size(), 0);
-                        }
-                        for (std::size_t i = 0; i < from.size(); ++i) {
-                            into[i] += from[i];
-                        }
-                    };
-                    add(total->in_flight, part.in_flight);
-                    add(total->upgraded, part.upgraded);
-                    add(total->requests, part.requests);
-                    add(total->failures, part.failures);
-                    if (total->failure_kinds.size() < part.failure_kinds.size()) {
-                        total->failure_kinds.resize(part.failure_kinds.size());
-                    }
-                    for (std::size_t i = 0; i < part.failure_kinds.size(); ++i) {
-                        for (std::size_t k = 0; k < failure_kind_count; ++k) {
-                            total->failure_kinds[i][k] += part.failure_kinds[i][k];
-                        }
-                    }
-                    add(total->upstream_open, part.upstream_open);
-                    total->traffic.add(part.traffic);
-                    if (total->consecutive_failures.size() < part.consecutive_failures.size()) {
-                        total->consecutive_failures.resize(part.consecutive_failures.size(), 0);
-                    }
-                    if (total->oldest_wait_ms.size() < part.oldest_wait_ms.size()) {
-                        total->oldest_wait_ms.resize(part.oldest_wait_ms.size(), 0);
-                    }
-                    for (std::size_t i = 0; i < part.oldest_wait_ms.size(); ++i) {
-                        total->oldest_wait_ms[i] =
-                            std::max(total->oldest_wait_ms[i], part.oldest_wait_ms[i]);
-                    }
-                    for (std::size_t i = 0; i < part.consecutive_failures.size(); ++i) {
-                        total->consecutive_failures[i] =
-                            std::max(total->consecutive_failures[i], part.consecutive_failures[i]);
-                    }
+                    add_load(*total, part);
                     if (--*remaining == 0) {
                         (*callback)(std::move(*total));
                     }

@@ -313,6 +313,53 @@ class HungBackendTest(ProcessTestCase):
         self.assertEqual([r for r in load.records if r[1] > 2.9], [])
 
 
+class SlowEndpointTest(ProcessTestCase):
+    def test_a_healthy_backend_serving_slow_requests_is_not_ejected(self):
+        """Found by an outside probe: a healthy backend serving a 3 s GET was ejected by the
+        stall rule (least-request sent every quick request to its peer meanwhile, so it
+        "answered nothing while its peer answered"), and the GET was cut and run a second time
+        on the peer. Slow requests one at a time, under light load. (Two held at once on one
+        backend that answers nothing newer look like a hang, and are taken as one.)"""
+        blue = [self.backend("blue-1"), self.backend("blue-2")]
+        green = [self.backend("green-1")]
+        # One worker: its balancer sees the slow request in flight for every quick one (with
+        # two, the other worker's quick ones still go to the slow backend and it answers).
+        proxy = self.proxy(config(blue, green), workers=1)
+        load = Load(proxy.port, threads=1, limit=30)
+        self.addCleanup(load.stop)
+        time.sleep(1)
+        results = []  # (status, backend, seconds)
+
+        def slow(i):
+            started = time.time()
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=15)
+            conn.request("GET", "/?delay=3000&n=%d" % i)
+            r = conn.getresponse()
+            r.read()
+            results.append((r.status, r.getheader("X-Backend"), round(time.time() - started, 1)))
+        rounds = [[i] for i in range(4)]
+        unhealthy = set()
+        for numbers in rounds:
+            threads = [threading.Thread(target=slow, args=(i,)) for i in numbers]
+            for t in threads:
+                t.start()
+            while any(t.is_alive() for t in threads):
+                for b in proxy.status()["colours"]["blue"]["backends"]:
+                    if not b["healthy"]:
+                        unhealthy.add(b["name"])
+                time.sleep(0.05)
+        load.stop()
+        print("slow GETs under light load: %s; ejected: %s; cut: %d"
+              % (results, sorted(unhealthy), metric(proxy, "bgproxy_tries_cut_total")))
+        self.assertEqual(unhealthy, set())
+        self.assertEqual(metric(proxy, "bgproxy_tries_cut_total"), 0)
+        self.assertEqual(metric(proxy, "bgproxy_retries_total"), 0)
+        self.assertEqual([r[0] for r in results], [200] * 4)
+        self.assertTrue(all(r[2] < 4 for r in results), results)
+        failed = [r for r in load.records if r[3] != 200]
+        self.assertEqual(failed, [])
+
+
 class HungReleaseTest(ProcessTestCase):
     def test_a_release_that_hangs_everywhere_is_reverted_at_low_load(self):
         """Found by an outside probe: after a flip, green hung on every backend (requests read,

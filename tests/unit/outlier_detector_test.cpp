@@ -170,6 +170,10 @@ TEST_CASE("a backend the active checks bring back is judged on what comes after"
     CHECK(v.ejected == std::vector<std::string>{"b2"});  // the fifth
 }
 
+namespace {
+constexpr auto never = bg::DataPlaneLoad::never_answered;
+}
+
 TEST_CASE("a backend that holds requests while its peers answer is ejected; a slow pool is not") {
     bg::OutlierConfig config;
     config.stalled_after = std::chrono::seconds(1);
@@ -179,21 +183,53 @@ TEST_CASE("a backend that holds requests while its peers answer is ejected; a sl
     auto t0 = Clock::now();
     auto load = counts({0, 0, 0, 10}, {0, 0, 0, 0});
     detector.observe(table, load, t0, std::nullopt, {});
-    // g1 answers (its oldest request 20 ms), g2 has held one for 1.5 s and answered nothing
-    // for a second.
+    // g1 answers (a request begun 5 ms ago; its oldest waits 20 ms); g2 holds two, the oldest
+    // for 1.5 s, and answered only one begun 100 ms after it (read as it hung: no answer
+    // since, as HungBackendTest saw under load).
     load = counts({0, 0, 100, 10}, {0, 0, 0, 0});
     load.oldest_wait_ms = {0, 0, 20, 1500};
+    load.stalled_waits = {0, 0, 0, 2};
+    load.answer_begun_ms = {never, never, 5, 1400};
     auto v = detector.observe(table, load, t0 + std::chrono::seconds(1), std::nullopt, {});
     CHECK(v.ejected == std::vector<std::string>{"g2"});
     CHECK(v.reasons["g2"].find("waiting 1500ms") != std::string::npos);
     // Blue is slow as a whole: both wait 2 s; neither is ejected.
     load = counts({50, 50, 100, 10}, {0, 0, 0, 0});
     load.oldest_wait_ms = {2000, 2100, 20, 1500};
+    load.stalled_waits = {2, 2, 0, 2};
+    load.answer_begun_ms = {3000, 3000, 5, 9000};
     v = detector.observe(table, load, t0 + std::chrono::seconds(2), std::nullopt, {});
     CHECK(v.ejected.empty());
 }
 
-TEST_CASE("a backend that answers other requests while one waits long is slow, not stalled") {
+TEST_CASE("one slow request alone is not a stall until stalled_alone_after") {
+    // Found by an outside probe: a healthy backend serving a 3 s GET was ejected (least-request
+    // sent every fast request to its peer, so it "answered nothing" while the peer did), and
+    // the GET was cut and run a second time on the peer.
+    bg::OutlierConfig config;
+    config.stalled_after = std::chrono::seconds(1);
+    config.stalled_alone_after = std::chrono::seconds(5);
+    bg::OutlierDetector detector(config);
+    auto table = two_by_two();
+    auto t0 = Clock::now();
+    const auto s = [&](int seconds) { return t0 + std::chrono::seconds(seconds); };
+    detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, {});
+    auto load = counts({0, 0, 100, 10}, {0, 0, 0, 0});
+    load.stalled_waits = {0, 0, 0, 1};
+    for (std::uint64_t second = 1; second <= 4; ++second) {
+        load.oldest_wait_ms = {0, 0, 20, second * 1000};
+        load.answer_begun_ms = {never, never, 5, second * 1000 + 100};  // from before it
+        CHECK(detector.observe(table, load, s(static_cast<int>(second)), std::nullopt, {})
+                  .ejected.empty());
+    }
+    // Still alone and unanswered at 5 s: a hang as often as not, and upstream_try is near.
+    load.oldest_wait_ms = {0, 0, 20, 5000};
+    load.answer_begun_ms = {never, never, 5, 5100};
+    CHECK(detector.observe(table, load, s(5), std::nullopt, {}).ejected ==
+          std::vector<std::string>{"g2"});
+}
+
+TEST_CASE("a backend that answers requests begun after its oldest is slow, not stalled") {
     // Found by an outside probe: a quarter of requests taking 1.5 s on both colours ejected
     // healthy backends whenever a peer had only quick requests waiting (7 in 40 s).
     bg::OutlierConfig config;
@@ -204,11 +240,37 @@ TEST_CASE("a backend that answers other requests while one waits long is slow, n
     detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, {});
     auto load = counts({0, 0, 100, 60}, {0, 0, 0, 0});
     load.oldest_wait_ms = {0, 0, 20, 1400};
+    load.stalled_waits = {0, 0, 0, 3};
+    load.answer_begun_ms = {never, never, 5, 300};
     CHECK(detector.observe(table, load, t0 + std::chrono::seconds(1), std::nullopt, {})
               .ejected.empty());
     // Timeouts are no answers: a backend whose only finished requests failed still holds.
     load = counts({0, 0, 200, 70}, {0, 0, 0, 10});
     load.oldest_wait_ms = {0, 0, 20, 1600};
+    load.stalled_waits = {0, 0, 0, 3};
+    load.answer_begun_ms = {never, never, 5, 2500};
+    CHECK(detector.observe(table, load, t0 + std::chrono::seconds(2), std::nullopt, {}).ejected ==
+          std::vector<std::string>{"g2"});
+}
+
+TEST_CASE("a peer that answers nothing begun since is no evidence against a backend") {
+    // Found by an outside probe: a hung backend back from its ejection (old answers in the
+    // window, no request waiting yet) counted as the answering peer, and its healthy peer,
+    // serving two slow requests, was ejected.
+    bg::OutlierConfig config;
+    config.stalled_after = std::chrono::seconds(1);
+    bg::OutlierDetector detector(config);
+    auto table = two_by_two();
+    auto t0 = Clock::now();
+    detector.observe(table, counts({0, 0, 100, 100}, {0, 0, 0, 0}), t0, std::nullopt, {});
+    auto load = counts({0, 0, 150, 150}, {0, 0, 0, 0});
+    load.oldest_wait_ms = {0, 0, 0, 2000};
+    load.stalled_waits = {0, 0, 0, 2};
+    load.answer_begun_ms = {never, never, 40000, 2500};  // g1's last answer is from before
+    CHECK(detector.observe(table, load, t0 + std::chrono::seconds(1), std::nullopt, {})
+              .ejected.empty());
+    // g1 answers a request begun since: now g2's hold is evidence.
+    load.answer_begun_ms = {never, never, 30, 2500};
     CHECK(detector.observe(table, load, t0 + std::chrono::seconds(2), std::nullopt, {}).ejected ==
           std::vector<std::string>{"g2"});
 }
