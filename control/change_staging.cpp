@@ -124,10 +124,20 @@ StagedChange stage_change(const RoutingState& state, const Config& config, const
             end_ramp(out);
             return out;
         }
-        case Verb::rollback:
+        case Verb::rollback: {
+            // The release's traffic is taken back because it is bad: what waits on it is cut
+            // and retried on stable, as at the guard's revert. (Not the end of a failover: the
+            // colour that took over was serving for a failing stable one.)
+            const Colour release = other(state.stable);
+            const bool had_traffic =
+                state.weight(release) > 0 || (state.ramp && state.ramp->colour == release);
+            if (had_traffic && !state.failover) {
+                out.next.withdrawn[index_of(release)] = true;
+            }
             set_weight(out.next, state.stable, 10000);
             end_ramp(out);
             return out;
+        }
         case Verb::promote: {
             const auto sole = state.sole_colour();
             if (!sole) {

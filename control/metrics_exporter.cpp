@@ -417,10 +417,11 @@ void render_worker_counters(prometheus::Registry& registry,
     gauge("bgproxy_upgraded_connections", "Upgraded connections open", &WorkerStats::upgraded_open);
     counter("bgproxy_connections_refused_total", "Client connections refused past max_connections",
             &WorkerStats::connections_refused);
-    counter("bgproxy_tries_cut_total",
-            "Tries waiting for a response head from a backend taken out of the routing (ejected, "
-            "failing its checks, or its colour reverted), cut to be retried elsewhere",
-            &WorkerStats::tries_cut);
+    counter(
+        "bgproxy_tries_cut_total",
+        "Tries waiting for a response head from a backend taken out of the routing (ejected, "
+        "failing its checks, or its colour reverted or rolled back), cut to be retried elsewhere",
+        &WorkerStats::tries_cut);
     counter("bgproxy_idle_connections_evicted_total",
             "Idle keep-alive client connections closed to make room past max_connections",
             &WorkerStats::idle_evicted);

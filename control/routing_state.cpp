@@ -88,6 +88,13 @@ json::object to_json(const RoutingState& state) {
         }
     }
     out["failed"] = std::move(failed);
+    json::array withdrawn;
+    for (Colour c : all_colours) {
+        if (state.withdrawn[index_of(c)]) {
+            withdrawn.emplace_back(to_string(c));
+        }
+    }
+    out["withdrawn"] = std::move(withdrawn);
     json::object admin;
     for (const auto& [name, value] : state.admin) {
         admin[name] = to_string(value);
@@ -171,6 +178,16 @@ bool marks_from_json(const json::object& in, RoutingState& state, std::string& e
             return false;
         }
         state.failed[index_of(*c)] = true;
+    }
+    if (const json::value* withdrawn = in.if_contains("withdrawn")) {  // since session 26
+        for (const auto& item : withdrawn->as_array()) {
+            auto c = colour_from_name(item.as_string());
+            if (!c) {
+                error = "withdrawn names an unknown colour";
+                return false;
+            }
+            state.withdrawn[index_of(*c)] = true;
+        }
     }
     for (const auto& [name, admin] : in.at("admin").as_object()) {
         auto a = admin_named(admin.as_string());
@@ -308,6 +325,7 @@ RoutingTablePtr build_table(const Config& config, const RoutingState& state, Bac
         ColourPool& pool = pools[index_of(colour)];
         pool.weight_bp = state.weight(colour);
         pool.failed = state.failed[index_of(colour)];
+        pool.withdrawn = state.withdrawn[index_of(colour)] && state.weight(colour) == 0;
         for (const auto& backend : source.backends) {
             auto health = healthy.find(backend.name);
             pool.backends.push_back(Backend{ids.id_of(backend.name), backend.name, colour,

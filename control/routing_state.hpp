@@ -41,6 +41,10 @@ struct RoutingState {
     std::array<std::uint32_t, 2> weight_bp{10000, 0};
     Colour stable = Colour::blue;
     std::array<bool, 2> failed{false, false};
+    // Taken out by an operator's rollback (a judgement on the release, as the guard's revert
+    // is): requests waiting on it are cut and retried on the stable colour. Until it has
+    // traffic again.
+    std::array<bool, 2> withdrawn{false, false};
     std::map<std::string, AdminState> admin;  // backends not in the map are ready
     std::optional<RampState> ramp;
     std::optional<FailoverState> failover;

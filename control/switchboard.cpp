@@ -1020,6 +1020,10 @@ std::string Switchboard::stage_reload(Staged& out) {
 void Switchboard::commit(Origin origin, Staged staged) {
     RoutingState& next = staged.next;
     next.version = state_.version + 1;
+    for (Colour c : all_colours) {
+        // Given traffic again (by any change): no longer taken out.
+        next.withdrawn[index_of(c)] = next.withdrawn[index_of(c)] && next.weight(c) == 0;
+    }
     next.changed_at = now_iso8601();
     next.changed_by = origin.by;
     // Bounded as the audit log bounds it: the state (file, status, every later audit record)

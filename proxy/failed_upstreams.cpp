@@ -28,7 +28,7 @@ void FailedUpstreams::follow(const RoutingTable& table, Clock::time_point now, b
     for (Colour colour : all_colours) {
         const ColourPool& pool = table.pool(colour);
         const bool other_serves = table.effective_weight_bp(other(colour)) > 0;
-        const bool colour_out = pool.failed && other_serves;
+        const bool colour_out = (pool.failed || pool.withdrawn) && other_serves;
         const bool retry_room = !pool.eligible.empty() || (cross_colour && other_serves);
         start_or_end(colour_since_[index_of(colour)], colour_out, now);
         any_ = any_ || colour_out;

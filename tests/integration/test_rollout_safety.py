@@ -225,6 +225,45 @@ class RetryAfterRevertTest(ProcessTestCase):
             self.assertLess(seconds, 1.9)  # one try's timeout, then blue
 
 
+class RollbackCutTest(ProcessTestCase):
+    def test_gets_caught_on_a_hung_release_are_answered_by_blue_soon_after_a_rollback(self):
+        """Found by an outside probe: an operator's `bgctl rollback` of a release hung
+        everywhere left the GETs caught on it to wait out upstream_try (10 s), where the
+        guard's own revert, later, had them cut and retried on blue: the quicker reaction
+        was the slower answer. A rollback withdraws the release as the revert does. A POST
+        caught there is never sent twice: it waits for its 504."""
+        blue = [self.backend("blue-1")]
+        green = [self.backend("green-1"), self.backend("green-2")]
+        proxy = self.proxy(config(blue, green))
+        self.assertEqual(proxy.bgctl("flip").returncode, 0)  # green live, blue stable
+        for b in green:
+            admin(b, "hang?hang=1")
+        results = {}
+
+        def call(i, method):
+            started = time.time()
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=15)
+            conn.request(method, "/", body=b"x" if method == "POST" else None)
+            r = conn.getresponse()
+            r.read()
+            results[i] = (method, r.status, r.getheader("X-Backend"), round(time.time() - started, 1))
+        calls = ["GET", "GET", "GET", "POST"]
+        threads = [threading.Thread(target=call, args=(i, m)) for i, m in enumerate(calls)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        self.assertEqual(proxy.bgctl("rollback").returncode, 0)
+        for t in threads:
+            t.join(20)
+        print("caught on a hung green, rolled back 0.3 s in: %s" % results)
+        for i, method in enumerate(calls[:3]):
+            _, status, backend, seconds = results[i]
+            self.assertEqual((status, backend), (200, "blue-1"), results)
+            self.assertLess(seconds, 3, results)  # cut at stalled_after (1 s), the next beat
+        self.assertEqual(results[3][1], 504, results)
+        self.assertGreaterEqual(metric(proxy, "bgproxy_tries_cut_total"), 3)
+
+
 class HungBackendTest(ProcessTestCase):
     def test_a_backend_that_never_answers_is_routed_around(self):
         blue = [self.backend("blue-1"), self.backend("blue-2")]

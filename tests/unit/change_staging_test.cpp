@@ -69,6 +69,25 @@ TEST_CASE("rollback returns to stable; promote needs one colour; clear needs a f
     CHECK_FALSE(stage(state, "clear").next.failed[1]);
 }
 
+TEST_CASE("a rollback withdraws the release it takes traffic from; a set or a ramp does not") {
+    // Found by an outside probe: only the guard's revert cut the requests waiting on a hung
+    // release, so an operator's quicker rollback left them waiting out upstream_try.
+    bg::RoutingState state;
+    state.weight_bp = {5000, 5000};
+    CHECK(stage(state, "rollback").next.withdrawn == std::array<bool, 2>{false, true});
+    CHECK(stage(state, "set green=0").next.withdrawn == std::array<bool, 2>{false, false});
+    // A ramp on its way to green, still at 0 after its abort: its colour is the release.
+    state.weight_bp = {10000, 0};
+    CHECK(stage(state, "rollback").next.withdrawn == std::array<bool, 2>{false, false});
+    state.ramp = bg::RampState{bg::Colour::green, 10000, 1000, std::chrono::seconds(30), false};
+    CHECK(stage(state, "rollback").next.withdrawn == std::array<bool, 2>{false, true});
+    // Ending a failover: green was serving for a failing blue, not judged bad.
+    state.ramp.reset();
+    state.weight_bp = {0, 10000};
+    state.failover = bg::FailoverState{{10000, 0}, "2026-12-05T00:00:00Z"};
+    CHECK(stage(state, "rollback").next.withdrawn == std::array<bool, 2>{false, false});
+}
+
 TEST_CASE("ramp takes its first step now and the rest by stage_ramp_step, up or down") {
     bg::RoutingState state;
     auto ramp = stage(state, "ramp green to=25 step=10 every=1s");

@@ -11,11 +11,14 @@ using std::chrono::seconds;
 
 // Blue b1 (id 0), b2 (1); green g1 (2), g2 (3). `failed` ids are out; `colour_failed` marks
 // green reverted.
-bg::RoutingTable table(std::vector<std::uint32_t> failed = {}, bool green_failed = false) {
+bg::RoutingTable table(std::vector<std::uint32_t> failed = {}, bool green_failed = false,
+                       bool green_withdrawn = false) {
     std::array<bg::ColourPool, 2> pools;
-    pools[0].weight_bp = green_failed ? 10000 : 5000;
-    pools[1].weight_bp = green_failed ? 0 : 5000;
+    const bool green_out = green_failed || green_withdrawn;
+    pools[0].weight_bp = green_out ? 10000 : 5000;
+    pools[1].weight_bp = green_out ? 0 : 5000;
     pools[1].failed = green_failed;
+    pools[1].withdrawn = green_withdrawn;
     pools[0].backends = {{0, "b1", bg::Colour::blue, {}}, {1, "b2", bg::Colour::blue, {}}};
     pools[1].backends = {{2, "g1", bg::Colour::green, {}}, {3, "g2", bg::Colour::green, {}}};
     for (auto& pool : pools) {
@@ -90,6 +93,26 @@ TEST_CASE("a reverted colour's waiting tries are cut, and none in panic routing"
     failed.follow(table({0, 1, 2, 3}, true), t0 + seconds(2), true);
     CHECK_FALSE(failed.any());
     CHECK_FALSE(failed.should_cut(green.handle, t0 + seconds(3), seconds(1)));
+}
+
+TEST_CASE("a colour an operator rolled back is cut as a reverted one; one ramped down is not") {
+    bg::FailedUpstreams failed;
+    const Clock::time_point t0 = Clock::now();
+    failed.follow(table(), t0, true);
+    Try green(2, t0);
+    failed.follow(table({}, false, true), t0 + seconds(1), true);
+    CHECK(failed.should_cut(green.handle, t0 + seconds(2), seconds(1)));
+    CHECK(failed.colour_reverted_under(green.handle));
+    // Its weight taken away by a set (planned): its requests finish where they are.
+    bg::FailedUpstreams planned;
+    planned.follow(table(), t0, true);
+    auto ramped_down = table();
+    std::array<bg::ColourPool, 2> pools = {ramped_down.pool(bg::Colour::blue),
+                                           ramped_down.pool(bg::Colour::green)};
+    pools[0].weight_bp = 10000;
+    pools[1].weight_bp = 0;
+    planned.follow(bg::RoutingTable(2, std::move(pools)), t0 + seconds(1), true);
+    CHECK_FALSE(planned.should_cut(green.handle, t0 + seconds(2), seconds(1)));
 }
 
 TEST_CASE("nothing is cut where its retry would have nowhere to go") {

@@ -17,6 +17,7 @@ bg::RoutingState full_state() {
     state.weight_bp = {9000, 1000};
     state.stable = bg::Colour::blue;
     state.failed[1] = true;
+    state.withdrawn[0] = true;
     state.admin["green-1"] = bg::AdminState::drain;
     state.ramp = bg::RampState{};
     state.ramp->step_bp = 500;
@@ -47,6 +48,13 @@ TEST_CASE("a routing state survives its JSON form whole") {
     CHECK(back->ramp->step_bp == 500);
     CHECK(back->failover->weight_bp[1] == 8000);
     CHECK(back->admin.at("green-1") == bg::AdminState::drain);
+    CHECK(back->withdrawn == std::array<bool, 2>{true, false});
+    // A state file from before withdrawn marks reads as none.
+    json::object old = bg::to_json(full_state());
+    old.erase("withdrawn");
+    const auto before = bg::routing_state_from_json(old, error);
+    REQUIRE(before.has_value());
+    CHECK(before->withdrawn == std::array<bool, 2>{false, false});
 }
 
 TEST_CASE("a routing state with a wrong value is refused, saying which") {
