@@ -429,6 +429,10 @@ void render_worker_counters(prometheus::Registry& registry,
             "Client connections still in their TLS handshake, PROXY header or an incomplete "
             "request head (the oldest) closed to make room past max_connections",
             &WorkerStats::opening_evicted);
+    counter("bgproxy_slow_uploads_evicted_total",
+            "Client connections sending a request body slower than min_request_body_rate (the "
+            "oldest) closed to make room past max_connections",
+            &WorkerStats::slow_uploads_evicted);
     counter("bgproxy_tls_handshake_failures_total", "TLS handshakes that failed or timed out",
             &WorkerStats::tls_handshake_failures);
     counter("bgproxy_proxy_headers_refused_total",

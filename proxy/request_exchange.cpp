@@ -656,11 +656,25 @@ Task<Exchange> RequestExchange<Stream>::send_request_body(UpstreamStream& stream
                       ex_.parser->get().chunked(),
                       config_.limits.min_request_body_rate};
     BodyRelay& relay = conn_.relay;
+    // A body still to come may make room at the connection limit if it comes too slowly.
+    struct Uploading {
+        Worker& worker;
+        SessionHandle& handle;
+        ~Uploading() { worker.uploaded(handle); }
+    } uploading{conn_.worker, conn_.handle()};
+    if (!ex_.parser->is_done() && !conn_.handle().OpeningHook::is_linked()) {
+        conn_.worker.uploading(conn_.handle(), ex_.record.bytes_in);
+    }
     switch (co_await relay.relay(ex_, conn_.stream, ex_.buffer, *ex_.parser, stream, leg,
                                  ex_.record.bytes_in, body_started_)) {
         case BodyEnd::done:
             co_return Exchange::response_ready;
         case BodyEnd::read_failed:
+            if (conn_.handle().slot_released) {
+                ex_.body_error = "request body slower than min_request_body_rate, closed to make "
+                                 "room at max_connections";
+                co_return Exchange::body_too_slow;
+            }
             co_return Exchange::client_gone;
         case BodyEnd::read_timeout:
             co_return Exchange::body_too_slow;
@@ -814,8 +828,11 @@ Task<bool> RequestExchange<Stream>::answer_failure(Exchange outcome, const Reque
             co_await reply_error(http::status::bad_request, ex_.body_error);
             co_return false;
         case Exchange::body_too_slow:
-            // The deadline closed the socket: the 408 is for the log and the metrics.
-            WorkerStats::add(stats.client_body_timeouts);
+            // The deadline (or a newcomer past max_connections: counted as such) closed the
+            // socket: the 408 is for the log and the metrics.
+            if (!conn_.handle().slot_released) {
+                WorkerStats::add(stats.client_body_timeouts);
+            }
             ex_.record.status = 408;
             ex_.record.error = ex_.body_error;
             co_return false;

@@ -238,8 +238,9 @@ bool Worker::make_room(std::size_t listener, std::uint32_t listener_max) {
     for (int tries = 0; tries < 2; ++tries) {
         if (parked_->evict_one(only)) {
             WorkerStats::add(stats_.idle_evicted);
-        } else if (evict_opening(only)) {
-            WorkerStats::add(stats_.opening_evicted);
+        } else if (const Evicted evicted = evict_opening(only); evicted != Evicted::none) {
+            WorkerStats::add(evicted == Evicted::opening ? stats_.opening_evicted
+                                                         : stats_.slow_uploads_evicted);
         } else {
             return false;
         }
@@ -250,22 +251,22 @@ bool Worker::make_room(std::size_t listener, std::uint32_t listener_max) {
     return false;
 }
 
-// The oldest connection still in its TLS handshake, PROXY header or an incomplete request head
-// (of `listener`, when its own cap is the one reached), opening for evict_opening_after at
-// least: silent ones on a TLS or PROXY listener, or ones that sent a byte of a head, filled
-// every slot until tls_handshake or client_header, turning every client away. Its slot is
-// freed at once; the connection ends as its handshake or header read fails on the closed
-// socket.
-bool Worker::evict_opening(std::optional<std::size_t> listener) {
-    const auto opened_before =
-        std::chrono::steady_clock::now() - config_->limits.evict_opening_after;
+// The oldest connection still in its TLS handshake, PROXY header or an incomplete request head,
+// or reading a request body slower than min_request_body_rate (of `listener`, when its own cap
+// is the one reached), at it for evict_opening_after at least: silent ones on a TLS or PROXY
+// listener, ones that sent a byte of a head, or a few bytes a second of a body, filled every
+// slot until tls_handshake, client_header or client_body, turning every client away. Its slot
+// is freed at once; the connection ends as its read fails on the closed socket.
+Worker::Evicted Worker::evict_opening(std::optional<std::size_t> listener) {
+    const auto now = std::chrono::steady_clock::now();
+    const auto opened_before = now - config_->limits.evict_opening_after;
     int looked = 0;
     for (auto it = opening_.begin(); it != opening_.end() && looked < 64; ++it, ++looked) {
         SessionHandle& session = *it;
         if (session.opening_since > opened_before) {
-            return false;  // oldest first: the rest are younger still
+            return Evicted::none;  // oldest first: the rest are younger still
         }
-        if (listener && session.listener != *listener) {
+        if ((listener && session.listener != *listener) || !upload_too_slow(session, now)) {
             continue;
         }
         session.OpeningHook::unlink();
@@ -273,9 +274,23 @@ bool Worker::evict_opening(std::optional<std::size_t> listener) {
         limits_.close(session.listener);
         boost::system::error_code ignored;
         session.client->close(ignored);
+        return session.upload_bytes != nullptr ? Evicted::slow_upload : Evicted::opening;
+    }
+    return Evicted::none;
+}
+
+// Not an upload, or one whose body has come slower than min_request_body_rate so far (0: no
+// rate asked, never too slow).
+bool Worker::upload_too_slow(const SessionHandle& session,
+                             std::chrono::steady_clock::time_point now) const {
+    if (session.upload_bytes == nullptr) {
         return true;
     }
-    return false;
+    const std::uint64_t rate = config_->limits.min_request_body_rate;
+    const auto elapsed =
+        std::chrono::duration_cast<std::chrono::milliseconds>(now - session.opening_since);
+    const std::uint64_t arrived = *session.upload_bytes - session.upload_base;
+    return rate > 0 && arrived * 1000 < rate * static_cast<std::uint64_t>(elapsed.count());
 }
 
 // Past max_connections a plain HTTP client gets a 503 it can read (one non-blocking send,

@@ -115,6 +115,18 @@ class Worker {
         opening_.push_back(session);
     }
     void opened(SessionHandle& session) { session.OpeningHook::unlink(); }
+    // A request body that arrives slower than limits.min_request_body_rate holds a slot the
+    // same way (R-U-D-Y): it makes room too, once read for evict_opening_after. `bytes`
+    // counts what has arrived and outlives the read.
+    void uploading(SessionHandle& session, const std::uint64_t& bytes) {
+        session.upload_bytes = &bytes;
+        session.upload_base = bytes;
+        opening(session);
+    }
+    void uploaded(SessionHandle& session) {
+        opened(session);
+        session.upload_bytes = nullptr;
+    }
     // The address connections accepted on `listener` were made to, when the listener is bound
     // to one address (not a wildcard): known without a getsockname() per connection.
     const std::optional<boost::asio::ip::tcp::endpoint>& fixed_local_endpoint(
@@ -154,7 +166,10 @@ class Worker {
     void accepted(Socket socket, std::size_t listener, const boost::asio::ip::tcp::endpoint& peer);
     void refuse(Socket& socket, std::size_t listener);
     bool make_room(std::size_t listener, std::uint32_t listener_max);
-    bool evict_opening(std::optional<std::size_t> listener);
+    enum class Evicted { none, opening, slow_upload };
+    Evicted evict_opening(std::optional<std::size_t> listener);
+    bool upload_too_slow(const SessionHandle& session,
+                         std::chrono::steady_clock::time_point now) const;
     void finish_if_drained();
     void sweep_in_flight();
     void sweep_client_closes();

@@ -1112,6 +1112,53 @@ address = "127.0.0.1:0"
         out, _ = exchange(plain, get_headers())
         self.assertEqual(status_of(out), 503, out)
 
+    def test_connections_trickling_a_request_body_make_room(self):
+        """A whole head, then a body at a few bytes a second (R-U-D-Y), held a slot for client_body
+        (60 s) past which min_request_body_rate judges it: 50 such connections turned away 97%
+        of real clients for a minute (an outside probe). A body slower than the rate for
+        evict_opening_after now makes room; one that keeps to the rate is not closed."""
+        proxy = self.proxy(edge_config("""
+[[listener]]
+address = "127.0.0.1:0"
+""", [self.blue], extra="[limits]\nmax_connections = 5\n"), workers=1)
+        port = proxy.port
+        head = (b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        slow = []
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(head + b"hello")
+            slow.append(s)
+        keeping_up = socket.create_connection(("127.0.0.1", port), timeout=5)
+        keeping_up.sendall(head + b"x" * 60000)  # 60 KB: ahead of 1 KiB/s for a minute
+        self.addCleanup(lambda: [c.close() for c in slow + [keeping_up]])
+        self.busy_connection(port)
+        begun = time.monotonic()
+        self.wait_for_connections(proxy, 5)
+        time.sleep(max(0.0, begun + 1.2 - time.monotonic()))
+        for _ in range(3):
+            self.busy_connection(port)
+        self.wait_for_connections(proxy, 5)
+        self.assertEqual(metric(proxy, "bgproxy_connections_refused_total"), 0)
+        self.assertEqual(metric(proxy, "bgproxy_slow_uploads_evicted_total"), 3)
+        # The one keeping to the rate, and the requests in flight, are not closed for a fourth.
+        out, _ = exchange(port, get_headers())
+        self.assertEqual(status_of(out), 503, out)
+        self.assertEqual(metric(proxy, "bgproxy_client_body_timeouts_total"), 0)
+        for c in slow:
+            c.settimeout(2)
+            try:
+                self.assertEqual(c.recv(100), b"")
+            except ConnectionResetError:
+                pass
+        keeping_up.sendall(b"x" * 40000)
+        keeping_up.settimeout(5)
+        response = b""
+        while b"\r\n\r\n" not in response:
+            chunk = keeping_up.recv(65536)
+            self.assertTrue(chunk, response)
+            response += chunk
+        self.assertEqual(status_of(response), 200, response)
+
     def test_global_max_connections_and_requests_per_connection(self):
         proxy = self.proxy(edge_config("""
 [[listener]]
