@@ -6,6 +6,8 @@
 # TLS (IDLE_TLS_CONNECTIONS, default 1,000: each handshake costs the Python client a millisecond
 # or two). Then idle WebSocket tunnels, plain and over TLS (IDLE_WS_CONNECTIONS, default 1,000:
 # each upgraded to the backends' /ws echo, one message each way, then idle: a chat's socket).
+# Then connections that each sent 8 KiB of a request head and stopped (IDLE_HEAD_CONNECTIONS,
+# default 1,000): what a flood of unfinished heads holds until the header timeout.
 #
 #   bench/idle.sh                          # 8,000 connections, 2 rounds
 #   IDLE_MODES="ws wss" IDLE_UPSTREAM_CONNECTIONS=0 bench/idle.sh   # the tunnels only
@@ -23,7 +25,8 @@ n_tls=${IDLE_TLS_CONNECTIONS:-1000}
 rounds=${IDLE_ROUNDS:-2}
 n_up=${IDLE_UPSTREAM_CONNECTIONS:-2000}
 n_ws=${IDLE_WS_CONNECTIONS:-1000}
-modes=${IDLE_MODES:-plain tls ws wss}
+n_head=${IDLE_HEAD_CONNECTIONS:-1000}
+modes=${IDLE_MODES:-plain tls ws wss head}
 connections=1 seconds=1 load_cpu=1
 
 scripts/install-deps.sh
@@ -149,6 +152,7 @@ for round in $(seq 1 "$rounds"); do
         tls) out=$(python3 bench/idle_clients.py "$tls_port" "$target" "$n_tls" tls) ;;
         ws) out=$(python3 bench/idle_clients.py "$port" "$target" "$n_ws" ws) ;;
         wss) out=$(python3 bench/idle_clients.py "$tls_port" "$target" "$n_ws" wss) ;;
+        head) out=$(python3 bench/idle_clients.py "$port" "$target" "$n_head" head) ;;
       esac
       echo "round $round $mode $name: $out (KiB per connection, RSS before, after; KiB per connection of the second half)" >&2
       per_conn[$mode/$name]="${per_conn[$mode/$name]:-} $(echo "$out" | cut -d' ' -f1)"
@@ -200,6 +204,7 @@ for mode in $modes; do
     tls) count=$n_tls what="keep-alive TLS connections (one GET each)" ;;
     ws) count=$n_ws what="WebSocket tunnels (one message each way)" ;;
     wss) count=$n_ws what="WebSocket tunnels over TLS (one message each way)" ;;
+    head) count=$n_head what="connections with 8 KiB of a request head, unfinished" ;;
   esac
   printf '\n%s idle %s, %s rounds; RSS growth per connection:\n' "$count" "$what" "$rounds"
   report per_conn "$mode"

@@ -32,6 +32,9 @@ UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection
 # One masked text frame, "hello" (a client's frames are masked: RFC 6455 5.3).
 MASK = b"\x01\x02\x03\x04"
 HELLO = b"\x81\x85" + MASK + bytes(c ^ MASK[i % 4] for i, c in enumerate(b"hello"))
+# 8 KiB of a request head in 1 KiB fields (within every proxy's limits), never finished.
+PARTIAL_HEAD = (b"GET / HTTP/1.1\r\nHost: bench\r\n" +
+                b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 1000) for i in range(8)))
 
 
 def read_until(s, done):
@@ -53,7 +56,9 @@ def open_one_at_a_time(port, n, request, kind):
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
         if kind in ("tls", "wss"):
             s = ctx.wrap_socket(s, server_hostname="bench.test")
-        if kind in ("ws", "wss"):
+        if kind == "head":
+            s.sendall(PARTIAL_HEAD)  # and never the rest: nothing to read
+        elif kind in ("ws", "wss"):
             s.sendall(UPGRADE)
             head = read_until(s, lambda d: b"\r\n\r\n" in d)
             if b" 101 " not in head.split(b"\r\n")[0]:

@@ -126,11 +126,20 @@ Task<bool> RequestExchange<Stream>::read_head() {
     // at the connection limit it makes room once incomplete for evict_opening_after (one byte
     // of a head per connection would hold every slot for client_header). Off the list when
     // the read ends, however it ends.
+    // And it holds no more than the head's limit meanwhile (what a client pipelines behind it
+    // waits in the socket): the buffer's doubling took 64 KiB for a 32 KiB head, and heads
+    // left unfinished are what a memory flood sends.
     struct Incomplete {
         Worker& worker;
         SessionHandle& handle;
-        ~Incomplete() { worker.opened(handle); }
-    } incomplete{conn_.worker, conn_.handle()};
+        boost::beast::flat_buffer& buffer;
+        std::size_t max_size;
+        ~Incomplete() {
+            worker.opened(handle);
+            buffer.max_size(max_size);
+        }
+    } incomplete{conn_.worker, conn_.handle(), ex_.buffer, ex_.buffer.max_size()};
+    ex_.buffer.max_size(std::max(ex_.buffer.size(), config_.limits.max_request_header + 1));
     for (;;) {
         Refusal refusal;
         switch (parse_head(checked, refusal)) {

@@ -75,6 +75,28 @@ client_header = "1s"
                 self.assertIn(b"connection: close", out.lower())
         self.assertEqual(self.backend_log(), "")
 
+    def test_a_head_at_the_limit_with_a_request_behind_it_is_served_and_one_past_refused(self):
+        """A head is read into at most max_request_header (+1) bytes (the buffer's doubling took
+        64 KiB for a 32 KiB head, 54 KiB a connection when a flood leaves heads unfinished):
+        one exactly at the limit, whole in one write with a pipelined request behind it, gets
+        both answers; one byte more gets 431."""
+        request = b"GET / HTTP/1.1\r\n" + H + b"".join(b"X-F%d: %s\r\n" % (i, b"f" * 10000)
+                                                   for i in range(3))  # fields under 16 KiB
+        pad = 32768 - len(request) - len(b"X-Pad: \r\n\r\n")
+        at_limit = request + b"X-Pad: " + b"p" * pad + b"\r\n\r\n"
+        self.assertEqual(len(at_limit), 32768)
+        with socket.create_connection(("127.0.0.1", self.proxy_.port), timeout=5) as s:
+            s.sendall(at_limit + b"GET /second HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+            out = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+        self.assertEqual(out.count(b"HTTP/1.1 200 "), 2, out[:300])
+        past = request + b"X-Pad: " + b"p" * (pad + 1) + b"\r\n\r\n"
+        self.assertEqual(status_of(raw_exchange(self.proxy_.port, past)), 431)
+
     def test_a_405_says_what_is_allowed(self):
         """RFC 9110 15.5.6: a 405 carries Allow (CONNECT's had none; found by review)."""
         out = raw_exchange(self.proxy_.port, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
