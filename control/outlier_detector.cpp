@@ -181,6 +181,14 @@ OutlierDetector::Verdicts OutlierDetector::observe(
                 verdicts.failed_colour = colour;
                 verdicts.colour_reason = std::string(to_string(colour)) + " " + why;
             }
+        } else if (pool.weight_bp > 0) {
+            // The stable colour serving: only a hang everywhere is judged (an error rate may
+            // well be a dependency both colours share; the checks judge the rest).
+            std::string why = colour_stalled(pool, load, now);
+            if (!why.empty()) {
+                verdicts.stalled_stable = colour;
+                verdicts.stable_reason = std::string(to_string(colour)) + " " + why;
+            }
         }
     }
     return verdicts;
@@ -206,6 +214,11 @@ std::string OutlierDetector::colour_failure(const ColourPool& pool, std::uint64_
                    " requests (threshold " + percent(config_.error_rate) + ")";
         }
     }
+    return colour_stalled(pool, load, now);
+}
+
+std::string OutlierDetector::colour_stalled(const ColourPool& pool, const DataPlaneLoad& load,
+                                            Clock::time_point now) const {
     const Duration after = config_.colour_stalled_after;
     if (after <= Duration(0)) {
         return {};

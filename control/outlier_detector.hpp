@@ -29,7 +29,12 @@ class OutlierDetector {
         // The watched colour's error rate is too high, or it answers nothing.
         std::optional<Colour> failed_colour;
         std::string colour_reason;
-        bool empty() const { return ejected.empty() && returned.empty() && !failed_colour; }
+        // A colour taking traffic that is not watched (the stable one) answers nothing.
+        std::optional<Colour> stalled_stable;
+        std::string stable_reason;
+        bool empty() const {
+            return ejected.empty() && returned.empty() && !failed_colour && !stalled_stable;
+        }
     };
 
     explicit OutlierDetector(OutlierConfig config) : config_(std::move(config)) {}
@@ -67,7 +72,10 @@ class OutlierDetector {
 
     // The window's last sample taken at or before `t`, if any.
     const Sample* sample_at_or_before(Clock::time_point t) const;
-    // Why the watched colour fails as a whole, or empty.
+    // Why the colour answers nothing, its requests waiting, or empty.
+    std::string colour_stalled(const ColourPool& pool, const DataPlaneLoad& load,
+                               Clock::time_point now) const;
+    // Why the watched colour fails as a whole (its error rate, or a stall), or empty.
     std::string colour_failure(const ColourPool& pool, std::uint64_t requests,
                                std::uint64_t failures, const DataPlaneLoad& load,
                                Clock::time_point now) const;

@@ -47,19 +47,48 @@ GuardDecision evaluate_guard(const RoutingState& state, const std::array<ColourH
     }
     if (stable_failed && !candidate_failed && !state.failed[index_of(candidate)] &&
         rollout.stable_failure == StableFailurePolicy::failover && state.weight(stable) > 0) {
-        decision.changed = true;
-        decision.kind = SwitchKind::failover;
-        decision.next.failover = FailoverState{state.weight_bp, {}};
-        decision.next.weight_bp[index_of(candidate)] = 10000;
-        decision.next.weight_bp[index_of(stable)] = 0;
-        decision.next.ramp.reset();
-        decision.reason = std::string("the stable colour ") + to_string(stable) + " failed (" +
-                          std::to_string(health[index_of(stable)].healthy) + "/" +
-                          std::to_string(health[index_of(stable)].total) +
-                          " healthy): " + to_string(candidate) + " takes all traffic until " +
-                          to_string(stable) + " recovers";
-        return decision;
+        decision = fail_over(state, std::string("the stable colour ") + to_string(stable) +
+                                        " failed (" +
+                                        std::to_string(health[index_of(stable)].healthy) + "/" +
+                                        std::to_string(health[index_of(stable)].total) +
+                                        " healthy): " + to_string(candidate) +
+                                        " takes all traffic until " + to_string(stable) +
+                                        " recovers");
     }
+    return decision;
+}
+
+GuardDecision fail_over(const RoutingState& state, std::string reason) {
+    GuardDecision decision;
+    decision.next = state;
+    decision.changed = true;
+    decision.kind = SwitchKind::failover;
+    decision.next.failover = FailoverState{state.weight_bp, {}};
+    decision.next.weight_bp[index_of(other(state.stable))] = 10000;
+    decision.next.weight_bp[index_of(state.stable)] = 0;
+    decision.next.ramp.reset();
+    decision.reason = std::move(reason);
+    return decision;
+}
+
+GuardDecision fail_over_stalled(const RoutingState& state,
+                                const std::array<ColourHealth, 2>& health,
+                                const RolloutConfig& rollout, const std::string& why) {
+    const Colour stable = state.stable;
+    const Colour candidate = other(stable);
+    if (state.failover || state.weight(stable) == 0 ||
+        rollout.stable_failure != StableFailurePolicy::failover ||
+        colour_failed(health[index_of(candidate)], rollout) || state.failed[index_of(candidate)]) {
+        GuardDecision unchanged;
+        unchanged.next = state;
+        return unchanged;
+    }
+    GuardDecision decision =
+        fail_over(state, "the stable colour " + why + ": " + to_string(candidate) +
+                             " takes all traffic until an operator's rollback (its checks "
+                             "pass: nothing else tells when it answers again)");
+    decision.next.failover->stalled = true;
+    decision.next.withdrawn[index_of(stable)] = true;  // what waits on it goes to the other
     return decision;
 }
 
@@ -68,7 +97,8 @@ GuardDecision evaluate_failback(const RoutingState& state,
                                 const RolloutConfig& rollout) {
     GuardDecision decision;
     decision.next = state;
-    if (!state.failover || colour_failed(health[index_of(state.stable)], rollout)) {
+    if (!state.failover || state.failover->stalled ||
+        colour_failed(health[index_of(state.stable)], rollout)) {
         return decision;
     }
     decision.changed = true;

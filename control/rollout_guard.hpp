@@ -36,8 +36,19 @@ GuardDecision revert_to_stable(const RoutingState& state, Colour failed, std::st
 GuardDecision evaluate_guard(const RoutingState& state, const std::array<ColourHealth, 2>& health,
                              const RolloutConfig& rollout);
 
+// All traffic to the other colour, the weights before kept for the failback.
+GuardDecision fail_over(const RoutingState& state, std::string reason);
+
+// The stable colour answers nothing (`why`, from outlier detection) while its checks pass: a
+// failover as for a failing one (by rollout.stable_failure, onto a candidate that is healthy
+// and not marked failed), marked stalled, its waiting tries cut. Unchanged when none applies.
+// Nothing tells when it answers again, so only an operator's rollback fails back.
+GuardDecision fail_over_stalled(const RoutingState& state,
+                                const std::array<ColourHealth, 2>& health,
+                                const RolloutConfig& rollout, const std::string& why);
+
 // After a failover, with the stable colour healthy again: the weights before it, restored.
-// Unchanged when there was no failover or the stable colour is still failed.
+// Unchanged when there was no failover, the stable colour is still failed, or it stalled.
 GuardDecision evaluate_failback(const RoutingState& state,
                                 const std::array<ColourHealth, 2>& health,
                                 const RolloutConfig& rollout);

@@ -114,6 +114,9 @@ json::object to_json(const RoutingState& state) {
             json::object{{"weights", json::object{{"blue", state.failover->weight_bp[0]},
                                                   {"green", state.failover->weight_bp[1]}}},
                          {"at", state.failover->at}};
+        if (state.failover->stalled) {
+            out["failover"].as_object()["stalled"] = true;
+        }
     }
     out["changed_at"] = state.changed_at;
     out["changed_by"] = state.changed_by;
@@ -242,6 +245,9 @@ std::optional<RoutingState> routing_state_from_json(const json::value& value, st
             }
             state.failover =
                 FailoverState{.weight_bp = *failover, .at = std::string(f->at("at").as_string())};
+            if (const json::value* stalled = f->as_object().if_contains("stalled")) {
+                state.failover->stalled = stalled->as_bool();
+            }
         }
         state.changed_at = std::string(in.at("changed_at").as_string());
         state.changed_by = std::string(in.at("changed_by").as_string());

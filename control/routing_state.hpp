@@ -31,6 +31,8 @@ struct RampState {
 struct FailoverState {
     std::array<std::uint32_t, 2> weight_bp{10000, 0};  // the operator's weights before it
     std::string at;                                    // ISO 8601 UTC
+    // The stable colour hung everywhere, its checks passing: failback is the operator's.
+    bool stalled = false;
 };
 
 struct RoutingState {

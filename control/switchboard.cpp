@@ -525,13 +525,23 @@ void Switchboard::handle_outlier(Origin origin, const OutlierFindings& findings)
                                {"change", name + " returns"}});
     }
     // Marked failed once; reverted again whenever it takes traffic again while still failing.
-    if (v.failed_colour && *v.failed_colour != state_.stable &&
+    // (Not while it serves for a failing stable colour: never reverted onto that.)
+    if (v.failed_colour && *v.failed_colour != state_.stable && !state_.failover &&
         (!state_.failed[index_of(*v.failed_colour)] || watched_colour() == v.failed_colour)) {
         outlier_.reset_window();
         GuardDecision decision = revert_to_stable(state_, *v.failed_colour, v.colour_reason);
         decision.kind = SwitchKind::outlier_revert;
         apply_guard(std::move(origin), std::move(decision));
         return;
+    }
+    if (v.stalled_stable && *v.stalled_stable == state_.stable) {
+        GuardDecision decision =
+            fail_over_stalled(state_, guard_health(state_), config_->rollout, v.stable_reason);
+        if (decision.changed) {
+            outlier_.reset_window();
+            apply_guard(std::move(origin), std::move(decision));
+            return;
+        }
     }
     publish_health(std::move(origin));
 }
@@ -1297,7 +1307,10 @@ void Switchboard::reply_status(Origin origin) {
                 {"since", state_.failover->at},
                 {"weights", json::object{{"blue", percent_json(state_.failover->weight_bp[0])},
                                          {"green", percent_json(state_.failover->weight_bp[1])}}},
-                {"failback", !config_->rollout.failback_auto ? "manual (bgctl rollback)"
+                {"stalled", state_.failover->stalled},
+                {"failback", state_.failover->stalled
+                                 ? "manual (bgctl rollback): the stable colour answered nothing"
+                             : !config_->rollout.failback_auto ? "manual (bgctl rollback)"
                              : failback_armed_ ? "pending: the stable colour is healthy"
                                                : "when the stable colour is healthy"}};
         }

@@ -495,6 +495,55 @@ class HungReleaseTest(ProcessTestCase):
         self.assertLess(max(r[1] for r in records), reverted + 2)
 
 
+class StableHangTest(ProcessTestCase):
+    def test_a_stable_colour_hung_everywhere_fails_over_and_waits_for_the_operator(self):
+        """Found by an outside probe: blue hung on every backend (requests read, never
+        answered; /healthz still 200), green healthy and idle: nothing failed over, and GETs
+        got 504 after 20 s (blue-1, then blue-2). A stable colour hung everywhere now fails
+        over as a failing one does ([rollout] stable_failure), its caught GETs cut and answered
+        by green; its checks never failed, so it fails back only by an operator's rollback
+        (not after failback_hold, here 1 s)."""
+        blue = [self.backend("blue-1"), self.backend("blue-2")]
+        green = [self.backend("green-1"), self.backend("green-2")]
+        proxy = self.proxy(config(blue, green, extra='[rollout]\nfailback_hold = "1s"\n'))
+        load = Load(proxy.port, threads=4, limit=40)
+        self.addCleanup(load.stop)
+        time.sleep(1)
+        hung_at = time.time()
+        for b in blue:
+            admin(b, "hang?hang=1")
+        failover = None
+        while time.time() - hung_at < 15 and failover is None:
+            if proxy.status()["failover"] is not None:
+                failover = time.time() - hung_at
+            time.sleep(0.1)
+        self.assertIsNotNone(failover, "no failover: %s" % proxy.status())
+        time.sleep(4)  # past failback_hold: still on green
+        s = proxy.status()
+        self.assertEqual(s["colours"]["green"]["weight"], 100, s)
+        self.assertTrue(s["failover"].get("stalled"), s["failover"])
+        self.assertEqual(s["stable"], "blue")
+        load.stop()
+        records = list(load.records)
+        failed = [r for r in records if r[3] != 200]
+        caught = [r for r in records if r[0] >= hung_at - 0.1 and r[0] < hung_at + failover]
+        slowest = max((r[1] for r in caught), default=0)
+        print("blue hung everywhere at 100%%: failover to green %.1f s later; %d requests begun "
+              "before it, slowest %.1f s; %d failed; cut %d"
+              % (failover, len(caught), slowest, len(failed),
+                 metric(proxy, "bgproxy_tries_cut_total")))
+        self.assertLess(failover, 8)
+        self.assertEqual(failed, [], collections.Counter((r[2], r[3]) for r in failed))
+        self.assertLess(slowest, 9)  # cut at the failover, not left to upstream_try twice
+        # The operator's rollback returns traffic to blue, answering again.
+        for b in blue:
+            admin(b, "hang?hang=0")
+        self.assertEqual(proxy.bgctl("rollback").returncode, 0)
+        s = proxy.status()
+        self.assertIsNone(s["failover"])
+        self.assertEqual(s["colours"]["blue"]["weight"], 100)
+
+
 class FailbackTest(ProcessTestCase):
     """A failover is temporary (on e53b836 the idle colour became stable for good)."""
 

@@ -312,6 +312,16 @@ TEST_CASE("a watched colour none of whose backends answers fails as a whole") {
     auto stuck_on_one = counts({0, 0, 150, 150}, {0, 0, 0, 0});
     stuck_on_one.oldest_wait_ms = {0, 0, 0, 6200};
     CHECK_FALSE(one.observe(table, stuck_on_one, s(6), bg::Colour::green, {}).failed_colour);
+    // Not watched but taking traffic (the stable colour): stalled, not failed.
+    bg::OutlierDetector stable(config);
+    stable.observe(table, counts({0, 0, 150, 150}, {0, 0, 0, 0}), s(0), std::nullopt, {});
+    stable.observe(table, counts({0, 0, 150, 150}, {0, 0, 0, 0}), s(1), std::nullopt, {});
+    auto hung = counts({0, 0, 150, 150}, {0, 0, 0, 0});
+    hung.oldest_wait_ms = {0, 0, 5200, 5100};
+    const auto found = stable.observe(table, hung, s(6), std::nullopt, {});
+    CHECK_FALSE(found.failed_colour);
+    REQUIRE(found.stalled_stable == bg::Colour::green);
+    CHECK(found.stable_reason.find("answered nothing") != std::string::npos);
     // Not watched (no traffic of its own to lose): no verdict.
     bg::OutlierDetector idle(config);
     idle.observe(table, counts({0, 0, 150, 150}, {0, 0, 0, 0}), s(0), std::nullopt, {});

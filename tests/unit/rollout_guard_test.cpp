@@ -81,6 +81,35 @@ TEST_CASE("the stable colour failing: failover (temporary) or hold") {
     CHECK_FALSE(bg::evaluate_guard(weights(10000), healthy(0, 2), rollout).changed);
 }
 
+TEST_CASE("a stable colour hung everywhere fails over, and fails back only by an operator") {
+    // Found by an outside probe: blue hung on every backend, its checks passing, green healthy
+    // and idle: GETs got 504 after 20 s (blue-1, then blue-2), nothing failed over.
+    bg::RolloutConfig rollout;
+    const std::string why = "blue answered nothing for 5000ms";
+    auto d = bg::fail_over_stalled(weights(10000), healthy(2, 2), rollout, why);
+    REQUIRE(d.changed);
+    CHECK(d.kind == bg::SwitchKind::failover);
+    CHECK(d.next.weight_bp == std::array<std::uint32_t, 2>{0, 10000});
+    REQUIRE(d.next.failover);
+    CHECK(d.next.failover->stalled);
+    CHECK(d.next.failover->weight_bp == std::array<std::uint32_t, 2>{10000, 0});
+    CHECK(d.next.withdrawn[0]);  // blue's waiting requests are cut for green
+    CHECK(d.next.stable == bg::Colour::blue);
+    CHECK(d.reason.find(why) != std::string::npos);
+    // Its checks pass all along: no automatic failback into the hang.
+    CHECK_FALSE(bg::evaluate_failback(d.next, healthy(2, 2), rollout).changed);
+    // None onto a candidate that fails its checks or was reverted, none under "hold", none
+    // twice.
+    CHECK_FALSE(bg::fail_over_stalled(weights(10000), healthy(2, 0), rollout, why).changed);
+    auto reverted = weights(10000);
+    reverted.failed[1] = true;
+    CHECK_FALSE(bg::fail_over_stalled(reverted, healthy(2, 2), rollout, why).changed);
+    CHECK_FALSE(bg::fail_over_stalled(d.next, healthy(2, 2), rollout, why).changed);
+    bg::RolloutConfig hold = rollout;
+    hold.stable_failure = bg::StableFailurePolicy::hold;
+    CHECK_FALSE(bg::fail_over_stalled(weights(10000), healthy(2, 2), hold, why).changed);
+}
+
 TEST_CASE("both colours failing changes no routing state (the table panics instead)") {
     bg::RolloutConfig rollout;
     CHECK_FALSE(bg::evaluate_guard(weights(5000), healthy(0, 0), rollout).changed);
