@@ -47,13 +47,12 @@ GuardDecision evaluate_guard(const RoutingState& state, const std::array<ColourH
     }
     if (stable_failed && !candidate_failed && !state.failed[index_of(candidate)] &&
         rollout.stable_failure == StableFailurePolicy::failover && state.weight(stable) > 0) {
-        decision = fail_over(state, std::string("the stable colour ") + to_string(stable) +
-                                        " failed (" +
-                                        std::to_string(health[index_of(stable)].healthy) + "/" +
-                                        std::to_string(health[index_of(stable)].total) +
-                                        " healthy): " + to_string(candidate) +
-                                        " takes all traffic until " + to_string(stable) +
-                                        " recovers");
+        decision =
+            fail_over(state, std::string("the stable colour ") + to_string(stable) + " failed (" +
+                                 std::to_string(health[index_of(stable)].healthy) + "/" +
+                                 std::to_string(health[index_of(stable)].total) +
+                                 " healthy): " + to_string(candidate) +
+                                 " takes all traffic until " + to_string(stable) + " recovers");
     }
     return decision;
 }

@@ -93,8 +93,8 @@ bool rewrite_request_fields(Fields& fields, const ForwardedFor& hop) {
                 if (hop.trusted) {
                     // Empty list members (a trailing ", ") are dropped, not passed on doubled.
                     std::string_view value = it->value();
-                    while (!value.empty() && (value.back() == ',' || value.back() == ' ' ||
-                                              value.back() == '\t')) {
+                    while (!value.empty() &&
+                           (value.back() == ',' || value.back() == ' ' || value.back() == '\t')) {
                         value.remove_suffix(1);
                     }
                     if (!chain.empty() && !value.empty()) {
