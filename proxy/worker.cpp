@@ -219,29 +219,62 @@ void Worker::accepted(Socket socket, std::size_t listener, const tcp::endpoint& 
         listener < config_->listeners.size() ? config_->listeners[listener].max_connections : 0;
     if (limits_.try_open(listener, config_->limits.max_connections, listener_max) ||
         make_room(listener, listener_max)) {
-        // Its request is rarely there yet: the first read waits for the poller (whose
-        // registration of the socket reports bytes that are) rather than trying a recv first.
-        assume_drained(socket);
-        asio::co_spawn(io_.get_executor(), serve_client(*this, std::move(socket), listener, peer),
-                       asio::detached);
+        admit(std::move(socket), listener, peer);
+    } else if (!siblings_.empty() && borrowing_.size() < max_borrowing &&
+               listener < config_->listeners.size()) {
+        limits_.force_open(listener);
+        borrow_room(std::move(socket), listener, peer, 0);
     } else {
         refuse(socket, listener);
     }
+}
+
+void Worker::admit(Socket socket, std::size_t listener, const tcp::endpoint& peer) {
+    // Its request is rarely there yet: the first read waits for the poller (whose registration
+    // of the socket reports bytes that are) rather than trying a recv first.
+    assume_drained(socket);
+    asio::co_spawn(io_.get_executor(), serve_client(*this, std::move(socket), listener, peer),
+                   asio::detached);
+}
+
+// At the limit with nothing of its own to close, the other workers are asked in turn: one may
+// hold the idle or opening connections that can make room (each worker closes only its own,
+// and the kernel spreads connections over the workers' listeners, so with two a new client was
+// refused beside evictable connections on the other). The newcomer holds a slot past the limit
+// meanwhile (force_open), which the sibling's close brings back to it: no accept in between
+// can take the freed one. The socket waits here (microseconds); only the question crosses
+// threads.
+void Worker::borrow_room(Socket socket, std::size_t listener, const tcp::endpoint& peer,
+                         std::size_t next) {
+    if (next >= siblings_.size()) {
+        limits_.close(listener);
+        refuse(socket, listener);
+        return;
+    }
+    const std::uint32_t listener_max =
+        listener < config_->listeners.size() ? config_->listeners[listener].max_connections : 0;
+    const auto waiting = borrowing_.insert(borrowing_.end(), {std::move(socket), listener, peer});
+    Worker& sibling = *siblings_[next];
+    asio::post(sibling.io_, [this, &sibling, waiting, listener, listener_max, next] {
+        const bool freed = sibling.close_one_for_room(listener, listener_max);
+        asio::post(io_, [this, waiting, next, freed] {
+            Borrowing newcomer = std::move(*waiting);
+            borrowing_.erase(waiting);
+            if (freed) {
+                admit(std::move(newcomer.socket), newcomer.listener, newcomer.peer);
+            } else {
+                borrow_room(std::move(newcomer.socket), newcomer.listener, newcomer.peer, next + 1);
+            }
+        });
+    });
 }
 
 // At a connection limit, an idle keep-alive connection of this worker makes room (the one
 // nearest its own timeout): a flood of connections that each sent one request and went quiet
 // would otherwise turn every new client away for client_keepalive.
 bool Worker::make_room(std::size_t listener, std::uint32_t listener_max) {
-    const auto only =
-        listener_max != 0 ? std::optional<std::size_t>(listener) : std::optional<std::size_t>();
     for (int tries = 0; tries < 2; ++tries) {
-        if (parked_->evict_one(only)) {
-            WorkerStats::add(stats_.idle_evicted);
-        } else if (const Evicted evicted = evict_opening(only); evicted != Evicted::none) {
-            WorkerStats::add(evicted == Evicted::opening ? stats_.opening_evicted
-                                                         : stats_.slow_uploads_evicted);
-        } else {
+        if (!close_one_for_room(listener, listener_max)) {
             return false;
         }
         if (limits_.try_open(listener, config_->limits.max_connections, listener_max)) {
@@ -249,6 +282,24 @@ bool Worker::make_room(std::size_t listener, std::uint32_t listener_max) {
         }
     }
     return false;
+}
+
+// One idle connection of this worker closed, else one still opening (or uploading too slowly),
+// of `listener` when its own cap is the one reached: its slot is free.
+bool Worker::close_one_for_room(std::size_t listener, std::uint32_t listener_max) {
+    const auto only =
+        listener_max != 0 ? std::optional<std::size_t>(listener) : std::optional<std::size_t>();
+    if (parked_->evict_one(only)) {
+        WorkerStats::add(stats_.idle_evicted);
+        return true;
+    }
+    const Evicted evicted = evict_opening(only);
+    if (evicted == Evicted::none) {
+        return false;
+    }
+    WorkerStats::add(evicted == Evicted::opening ? stats_.opening_evicted
+                                                 : stats_.slow_uploads_evicted);
+    return true;
 }
 
 // The oldest connection still in its TLS handshake, PROXY header or an incomplete request head,

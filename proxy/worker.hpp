@@ -9,6 +9,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/intrusive/list.hpp>
 #include <functional>
+#include <list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -137,6 +138,9 @@ class Worker {
     bool listener_v6(std::size_t listener) const { return v6_listeners_[listener]; }
     // A connection accepted on `listener` has closed: its slot is free again.
     void connection_closed(std::size_t listener) { limits_.close(listener); }
+    // The other workers, asked for room at the connection limit when this one has nothing of
+    // its own to close. Set once, before the workers run.
+    void set_siblings(std::vector<Worker*> siblings) { siblings_ = std::move(siblings); }
     RetryBudget& retry_budget() { return retry_budget_; }
     // One try at a backend: cumulative tries and failures (by kind) per backend id, read by
     // the control plane's outlier detector and canary analysis through report_load.
@@ -166,6 +170,10 @@ class Worker {
     void accepted(Socket socket, std::size_t listener, const boost::asio::ip::tcp::endpoint& peer);
     void refuse(Socket& socket, std::size_t listener);
     bool make_room(std::size_t listener, std::uint32_t listener_max);
+    bool close_one_for_room(std::size_t listener, std::uint32_t listener_max);
+    void borrow_room(Socket socket, std::size_t listener,
+                     const boost::asio::ip::tcp::endpoint& peer, std::size_t next);
+    void admit(Socket socket, std::size_t listener, const boost::asio::ip::tcp::endpoint& peer);
     enum class Evicted { none, opening, slow_upload };
     Evicted evict_opening(std::optional<std::size_t> listener);
     bool upload_too_slow(const SessionHandle& session,
@@ -217,6 +225,16 @@ class Worker {
     std::array<boost::asio::steady_timer, 2> tunnel_drain_timers_;  // by colour index
     std::array<bool, 2> had_share_{true, true};                     // at the last table
     FailedUpstreams failed_upstreams_;                              // as of the last table applied
+    std::vector<Worker*> siblings_;
+    // New connections waiting on a sibling's answer for room (borrow_room), at most
+    // max_borrowing: past it, refused at once.
+    struct Borrowing {
+        Socket socket;
+        std::size_t listener;
+        boost::asio::ip::tcp::endpoint peer;
+    };
+    std::list<Borrowing> borrowing_;
+    static constexpr std::size_t max_borrowing = 64;
     bool close_sweep_armed_ = false;
     std::vector<pollfd> close_sweep_fds_;         // reused by each sweep
     std::vector<SessionHandle*> close_sweep_of_;  // the session of each pollfd

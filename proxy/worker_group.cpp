@@ -55,6 +55,14 @@ WorkerGroup::WorkerGroup(asio::any_io_executor completions, unsigned count,
     for (unsigned i = 0; i < count; ++i) {
         workers_.push_back(std::make_unique<Worker>(i, config, slot_, limits_));
     }
+    // Each asks the ones after it first, so no one worker is asked by all.
+    for (std::size_t i = 0; i < workers_.size(); ++i) {
+        std::vector<Worker*> siblings;
+        for (std::size_t k = 1; k < workers_.size(); ++k) {
+            siblings.push_back(workers_[(i + k) % workers_.size()].get());
+        }
+        workers_[i]->set_siblings(std::move(siblings));
+    }
 }
 
 bool WorkerGroup::bind(std::string& error) {

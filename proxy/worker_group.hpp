@@ -17,6 +17,8 @@ class WorkerGroup final : public TablePublisher {
     // Completions (publish acknowledgements, gathered load) run on `completions`.
     WorkerGroup(boost::asio::any_io_executor completions, unsigned count,
                 std::shared_ptr<const Config> config, RoutingTablePtr table);
+    // Every worker's thread ends before any worker goes: they post to each other.
+    ~WorkerGroup() override { join(); }
 
     // Binds every worker's listeners; false with a message when one cannot be bound.
     bool bind(std::string& error);

@@ -1023,8 +1023,8 @@ address = "127.0.0.1:0"
         filled every slot until tls_handshake or client_header (10 s), every new client turned
         away, again and again (found by an outside probe). At the limit the oldest one opening
         for evict_opening_after makes room, as an idle keep-alive connection does."""
-        # One worker: each makes room among the connections it accepted itself (as for idle
-        # ones), and with two, a client could land on the one that has none left to close.
+        # One worker: which connections make room is then certain (with two, the one that
+        # accepts asks the other; test_any_worker_makes_room_for_a_newcomer).
         proxy = self.proxy(edge_config(tls_listener("a") + """
 [[listener]]
 address = "127.0.0.1:0"
@@ -1158,6 +1158,31 @@ address = "127.0.0.1:0"
             self.assertTrue(chunk, response)
             response += chunk
         self.assertEqual(status_of(response), 200, response)
+
+    def test_any_worker_makes_room_for_a_newcomer(self):
+        """Each worker closed only connections it had accepted itself: with two, a newcomer
+        the kernel gave to the one with none left to close was refused while the other held
+        closable ones (2 of 20 in an outside probe). A worker with none asks the others."""
+        proxy = self.proxy(edge_config("""
+[[listener]]
+address = "127.0.0.1:0"
+""", [self.blue], extra="[limits]\nmax_connections = 12\n"), workers=2)
+        trickling = []
+        for _ in range(12):
+            s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+            s.sendall(b"G")
+            trickling.append(s)
+        self.addCleanup(lambda: [c.close() for c in trickling])
+        begun = time.monotonic()
+        self.wait_for_connections(proxy, 12)
+        time.sleep(max(0.0, begun + 1.2 - time.monotonic()))
+        # Twelve newcomers, each with a request in flight: however the kernel spreads them over
+        # the two workers, each is taken in, a trickling connection closed for it.
+        for _ in range(12):
+            self.busy_connection(proxy.port)
+        self.wait_for_connections(proxy, 12)
+        self.assertEqual(metric(proxy, "bgproxy_connections_refused_total"), 0)
+        self.assertEqual(metric(proxy, "bgproxy_opening_connections_evicted_total"), 12)
 
     def test_global_max_connections_and_requests_per_connection(self):
         proxy = self.proxy(edge_config("""
