@@ -190,39 +190,46 @@ class FailingBackendTest(ProcessTestCase):
         self.assertLess(len(failed), 30)
 
 
+def caught_then_rolled_back(test, extra="", methods=("GET", "GET", "GET")):
+    """Green live and hung on every backend; `methods` sent, then `bgctl rollback` 0.3 s in.
+    Returns (method, status, X-Backend, seconds) for each."""
+    blue = [test.backend("blue-1")]
+    green = [test.backend("green-1"), test.backend("green-2")]
+    proxy = test.proxy(config(blue, green, extra=extra))
+    test.assertEqual(proxy.bgctl("flip").returncode, 0)  # green live, blue stable
+    for b in green:
+        admin(b, "hang?hang=1")
+    results = [None] * len(methods)
+
+    def call(i, method):
+        started = time.time()
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=15)
+        conn.request(method, "/", body=b"x" if method == "POST" else None)
+        r = conn.getresponse()
+        r.read()
+        results[i] = (method, r.status, r.getheader("X-Backend"), round(time.time() - started, 1))
+    threads = [threading.Thread(target=call, args=(i, m)) for i, m in enumerate(methods)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    test.assertEqual(proxy.bgctl("rollback").returncode, 0)
+    for t in threads:
+        t.join(20)
+    print("caught on a hung green, rolled back 0.3 s in: %s" % results)
+    return proxy, results
+
+
 class RetryAfterRevertTest(ProcessTestCase):
     def test_a_retry_after_a_rollback_goes_by_the_routing_of_now(self):
         """Found by an outside probe: GETs caught on a hung green made their second try on green
         again, from the routing of when they began, though green had been rolled back since
         (failed on 728fe77: the second try went to green-2, hung too, and blue answered only
         the third, 2 s in; with the default timeouts, 504s after 20 s)."""
-        blue = [self.backend("blue-1")]
-        green = [self.backend("green-1"), self.backend("green-2")]
-        proxy = self.proxy(config(blue, green,
-                                  extra='[timeouts]\nupstream_try = "1s"\nupstream_response = "10s"\n'))
-        self.assertEqual(proxy.bgctl("flip").returncode, 0)  # green live, blue stable
-        for b in green:
-            admin(b, "hang?hang=1")
-        results = [None] * 3
-
-        def get(i):
-            started = time.time()
-            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=15)
-            conn.request("GET", "/")
-            r = conn.getresponse()
-            r.read()
-            results[i] = (r.status, r.getheader("X-Backend"), time.time() - started)
-        threads = [threading.Thread(target=get, args=(i,)) for i in range(len(results))]
-        for t in threads:
-            t.start()
-        time.sleep(0.3)
-        self.assertEqual(proxy.bgctl("rollback").returncode, 0)
-        for t in threads:
-            t.join(20)
-        print("GETs caught on a hung green, rolled back 0.3 s in: %s" % results)
-        for status, backend, seconds in results:
+        _, results = caught_then_rolled_back(
+            self, extra='[timeouts]\nupstream_try = "1s"\nupstream_response = "10s"\n')
+        for _, status, backend, seconds in results:
             self.assertEqual((status, backend), (200, "blue-1"))
-            self.assertLess(seconds, 1.9)  # one try's timeout, then blue
+            self.assertLess(seconds, 1.9)  # one try's timeout (or the cut), then blue
 
 
 class RollbackCutTest(ProcessTestCase):
@@ -232,32 +239,8 @@ class RollbackCutTest(ProcessTestCase):
         guard's own revert, later, had them cut and retried on blue: the quicker reaction
         was the slower answer. A rollback withdraws the release as the revert does. A POST
         caught there is never sent twice: it waits for its 504."""
-        blue = [self.backend("blue-1")]
-        green = [self.backend("green-1"), self.backend("green-2")]
-        proxy = self.proxy(config(blue, green))
-        self.assertEqual(proxy.bgctl("flip").returncode, 0)  # green live, blue stable
-        for b in green:
-            admin(b, "hang?hang=1")
-        results = {}
-
-        def call(i, method):
-            started = time.time()
-            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=15)
-            conn.request(method, "/", body=b"x" if method == "POST" else None)
-            r = conn.getresponse()
-            r.read()
-            results[i] = (method, r.status, r.getheader("X-Backend"), round(time.time() - started, 1))
-        calls = ["GET", "GET", "GET", "POST"]
-        threads = [threading.Thread(target=call, args=(i, m)) for i, m in enumerate(calls)]
-        for t in threads:
-            t.start()
-        time.sleep(0.3)
-        self.assertEqual(proxy.bgctl("rollback").returncode, 0)
-        for t in threads:
-            t.join(20)
-        print("caught on a hung green, rolled back 0.3 s in: %s" % results)
-        for i, method in enumerate(calls[:3]):
-            _, status, backend, seconds = results[i]
+        proxy, results = caught_then_rolled_back(self, methods=("GET", "GET", "GET", "POST"))
+        for _, status, backend, seconds in results[:3]:
             self.assertEqual((status, backend), (200, "blue-1"), results)
             self.assertLess(seconds, 3, results)  # cut at stalled_after (1 s), the next beat
         self.assertEqual(results[3][1], 504, results)

@@ -44,19 +44,29 @@ def read_frame(s, buf):
     return opcode, payload, buf
 
 
+def upgrade(s, then=b""):
+    """Sends a WebSocket upgrade for /ws (and `then` in the same write); returns the response
+    head and what came after it."""
+    key = base64.b64encode(os.urandom(16))
+    s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n" + then)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise EOFError("closed before the upgrade's answer")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    return head, rest
+
+
 class WebSocketTest(ProcessTestCase):
     def test_echo_round_trip_through_the_proxy(self):
         blue = self.backend("blue-1")
         green = self.backend("green-1")
         proxy = self.proxy(config([blue], [green]))
-        key = base64.b64encode(os.urandom(16))
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
-            s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                      b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                buf += s.recv(4096)
-            head, _, buf = buf.partition(b"\r\n\r\n")
+            head, buf = upgrade(s)
             self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
             self.assertIn(b"upgrade: websocket", head.lower())
             for message in (b"hello through bgproxy", os.urandom(100000)):
@@ -75,16 +85,9 @@ class WebSocketTest(ProcessTestCase):
         blue = self.backend("blue-1")
         green = self.backend("green-1")
         proxy = self.proxy(config([blue], [green]))
-        key = base64.b64encode(os.urandom(16))
         first = os.urandom(300)
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
-            s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                      b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n" +
-                      ws_frame(first, 0x2))
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                buf += s.recv(4096)
-            head, _, buf = buf.partition(b"\r\n\r\n")
+            head, buf = upgrade(s, ws_frame(first, 0x2))
             self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
             opcode, payload, buf = read_frame(s, buf)
             self.assertEqual(payload, first)
@@ -119,15 +122,9 @@ class WebSocketTest(ProcessTestCase):
 [timeouts]
 tunnel_half_closed = "1s"
 """))
-        key = base64.b64encode(os.urandom(16))
         s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
         self.addCleanup(s.close)
-        s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            buf += s.recv(4096)
-        head, _, buf = buf.partition(b"\r\n\r\n")
+        head, buf = upgrade(s)
         self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
         s.sendall(ws_frame(b"before", 0x2))
         self.assertEqual(read_frame(s, buf)[1], b"before")
