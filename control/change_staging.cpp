@@ -125,13 +125,14 @@ StagedChange stage_change(const RoutingState& state, const Config& config, const
             return out;
         }
         case Verb::rollback: {
-            // The release's traffic is taken back because it is bad: what waits on it is cut
-            // and retried on stable, as at the guard's revert. (Not the end of a failover: the
-            // colour that took over was serving for a failing stable one.)
+            // The traffic is taken back because something is wrong with it: what waits on it
+            // is cut and retried on stable, as at the guard's revert. Also at the end of a
+            // failover: the colour that took over may be the one that hung (only requests
+            // already waiting stalled_after for a head are cut).
             const Colour release = other(state.stable);
             const bool had_traffic =
                 state.weight(release) > 0 || (state.ramp && state.ramp->colour == release);
-            if (had_traffic && !state.failover) {
+            if (had_traffic) {
                 out.next.withdrawn[index_of(release)] = true;
             }
             set_weight(out.next, state.stable, 10000);

@@ -64,19 +64,24 @@ OutlierDetector::Verdicts OutlierDetector::observe(
         std::uint64_t colour_requests = 0;
         std::uint64_t colour_failures = 0;
         unsigned ejected_here = 0;
-        std::uint64_t answering_wait = 0;
-        bool answering = false;
+        std::uint64_t answering_begun = 0;
         for (const Backend& b : pool.backends) {
             ejected_here += ejections_.contains(b.name) ? 1 : 0;
         }
-        // A peer that answers: it answered a request begun within the last `waited` (after the
-        // stalled one), and has none waiting long now. (A hung backend back from an ejection
-        // answered nothing begun since it hung: it is no such peer.)
-        auto answers_since = [&](const Backend& b, Duration waited) {
-            return !ejections_.contains(b.name) &&
-                   answer_begun_ms(load, b.id) < static_cast<std::uint64_t>(waited.count()) &&
-                   Duration(at(load.oldest_wait_ms, b.id)) < config_.stalled_after;
+        // A peer that answers: it answered a request begun within the last 1/stall_ratio of
+        // `waited`, well after the stalled one began (a pool slow as a whole answers nothing
+        // that recent; a hung backend back from an ejection answered nothing begun since it
+        // hung). Its own slow requests do not matter: a hung backend was never ejected while
+        // its peer served legitimate 3 s requests besides quick ones.
+        auto answers_recent = [&](const Backend& peer, Duration waited) {
+            const std::uint64_t begun = answer_begun_ms(load, peer.id);
+            return !ejections_.contains(peer.name) && begun != DataPlaneLoad::never_answered &&
+                   static_cast<double>(begun) * config_.stall_ratio <=
+                       static_cast<double>(waited.count());
         };
+        // No stall is judged where no new requests go (a colour without a share): its
+        // backends answer nothing newer because they are sent nothing.
+        const bool takes_traffic = pool.weight_bp > 0;
         for (const Backend& b : pool.backends) {
             std::uint64_t requests = at(newest.requests, b.id) - at(oldest.requests, b.id);
             std::uint64_t failures = at(newest.failures, b.id) - at(oldest.failures, b.id);
@@ -117,13 +122,14 @@ OutlierDetector::Verdicts OutlierDetector::observe(
             }
             const Duration waited(at(load.oldest_wait_ms, b.id));
             bool stalled = false;
-            if (config_.stalled_after > Duration(0) && waited >= config_.stalled_after) {
-                answering = false;
-                answering_wait = 0;
+            if (takes_traffic && config_.stalled_after > Duration(0) &&
+                waited >= config_.stalled_after) {
+                bool answering = false;
+                answering_begun = DataPlaneLoad::never_answered;
                 for (const Backend& peer : pool.backends) {
-                    if (peer.id != b.id && answers_since(peer, waited)) {
+                    if (peer.id != b.id && answers_recent(peer, waited)) {
                         answering = true;
-                        answering_wait = std::max(answering_wait, at(load.oldest_wait_ms, peer.id));
+                        answering_begun = std::min(answering_begun, answer_begun_ms(load, peer.id));
                     }
                 }
                 // And it answered none of the requests begun after its oldest: a backend that
@@ -140,10 +146,7 @@ OutlierDetector::Verdicts OutlierDetector::observe(
                 const bool answered_newer =
                     begun != DataPlaneLoad::never_answered &&
                     begun + settle < static_cast<std::uint64_t>(waited.count());
-                stalled = answering && held && !answered_newer &&
-                          static_cast<double>(waited.count()) >=
-                              config_.stall_ratio *
-                                  static_cast<double>(std::max<std::uint64_t>(answering_wait, 1));
+                stalled = answering && held && !answered_newer;
             }
             const bool consecutive =
                 config_.consecutive_failures > 0 && in_a_row >= config_.consecutive_failures;
@@ -169,8 +172,8 @@ OutlierDetector::Verdicts OutlierDetector::observe(
             verdicts.reasons[b.name] =
                 (consecutive ? std::to_string(in_a_row) + " failures in a row"
                  : stalled   ? "oldest request waiting " + std::to_string(waited.count()) +
-                                 "ms for a response (peers answering, oldest " +
-                                 std::to_string(answering_wait) + "ms)"
+                                 "ms for a response (a peer answered one begun " +
+                                 std::to_string(answering_begun) + "ms ago)"
                            : "error rate " + percent(rate) + " of " + std::to_string(requests) +
                                  " requests (threshold " + percent(config_.error_rate) + ")") +
                 ", ejected for " + std::to_string(length.count()) + "ms";

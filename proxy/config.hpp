@@ -90,8 +90,7 @@ struct OutlierConfig {
     // A backend is ejected as holding requests without answering (its health checks may still
     // pass) when two of its requests have waited this long for a response head, or one has
     // waited stalled_alone_after, and it answered none begun after its oldest, while a peer of
-    // its colour answers ones begun since and has waited at most 1/stall_ratio of that.
-    // 0: off.
+    // its colour answered one begun within the last 1/stall_ratio of that wait. 0: off.
     Duration stalled_after{std::chrono::seconds(1)};
     // One slow request alone is an endpoint's slowness as often as a hang.
     Duration stalled_alone_after{std::chrono::seconds(5)};

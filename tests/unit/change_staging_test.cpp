@@ -81,11 +81,11 @@ TEST_CASE("a rollback withdraws the release it takes traffic from; a set or a ra
     CHECK(stage(state, "rollback").next.withdrawn == std::array<bool, 2>{false, false});
     state.ramp = bg::RampState{bg::Colour::green, 10000, 1000, std::chrono::seconds(30), false};
     CHECK(stage(state, "rollback").next.withdrawn == std::array<bool, 2>{false, true});
-    // Ending a failover: green was serving for a failing blue, not judged bad.
+    // Ending a failover, green hung since (found by an outside probe: its GETs waited 10 s).
     state.ramp.reset();
     state.weight_bp = {0, 10000};
     state.failover = bg::FailoverState{{10000, 0}, "2026-12-05T00:00:00Z"};
-    CHECK(stage(state, "rollback").next.withdrawn == std::array<bool, 2>{false, false});
+    CHECK(stage(state, "rollback").next.withdrawn == std::array<bool, 2>{false, true});
 }
 
 TEST_CASE("ramp takes its first step now and the rest by stage_ramp_step, up or down") {

@@ -253,6 +253,43 @@ TEST_CASE("a backend that answers requests begun after its oldest is slow, not s
           std::vector<std::string>{"g2"});
 }
 
+TEST_CASE("a hung backend is ejected beside a peer serving slow requests among quick ones") {
+    // Found by an outside probe: blue-2 hung while blue-1 served one request in seven in 3 s;
+    // the peer's own 3 s waits kept the rule from firing, and blue-2 went only after five
+    // timeouts in a row, 21 s in.
+    bg::OutlierConfig config;
+    config.stalled_after = std::chrono::seconds(1);
+    bg::OutlierDetector detector(config);
+    auto table = two_by_two();
+    auto t0 = Clock::now();
+    detector.observe(table, counts({0, 0, 100, 100}, {0, 0, 0, 0}), t0, std::nullopt, {});
+    auto load = counts({0, 0, 300, 100}, {0, 0, 0, 0});
+    load.oldest_wait_ms = {0, 0, 2900, 1500};  // g1's oldest: a legitimate 3 s request
+    load.stalled_waits = {0, 0, 1, 3};
+    load.answer_begun_ms = {never, never, 12, 9000};
+    CHECK(detector.observe(table, load, t0 + std::chrono::seconds(1), std::nullopt, {}).ejected ==
+          std::vector<std::string>{"g2"});
+}
+
+TEST_CASE("no stall is judged in a colour without a share: it is sent nothing new") {
+    bg::OutlierConfig config;
+    config.stalled_after = std::chrono::seconds(1);
+    bg::OutlierDetector detector(config);
+    std::array<bg::ColourPool, 2> pools;
+    pools[0].weight_bp = 10000;
+    pools[0].backends = {{0, "b1", bg::Colour::blue, {}}, {1, "b2", bg::Colour::blue, {}}};
+    pools[1].backends = {{2, "g1", bg::Colour::green, {}}, {3, "g2", bg::Colour::green, {}}};
+    const bg::RoutingTable table(1, std::move(pools));
+    auto t0 = Clock::now();
+    detector.observe(table, counts({0, 0, 100, 100}, {0, 0, 0, 0}), t0, std::nullopt, {});
+    auto load = counts({100, 100, 100, 100}, {0, 0, 0, 0});
+    load.oldest_wait_ms = {0, 0, 10, 1500};  // slow requests left over from its share
+    load.stalled_waits = {0, 0, 0, 2};
+    load.answer_begun_ms = {5, 5, 20, 9000};
+    CHECK(detector.observe(table, load, t0 + std::chrono::seconds(1), std::nullopt, {})
+              .ejected.empty());
+}
+
 TEST_CASE("a peer that answers nothing begun since is no evidence against a backend") {
     // Found by an outside probe: a hung backend back from its ejection (old answers in the
     // window, no request waiting yet) counted as the answering peer, and its healthy peer,
