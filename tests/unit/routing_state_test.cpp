@@ -21,8 +21,8 @@ bg::RoutingState full_state() {
     state.admin["green-1"] = bg::AdminState::drain;
     state.ramp = bg::RampState{};
     state.ramp->step_bp = 500;
-    state.failover = bg::FailoverState{
-        .weight_bp = {2000, 8000}, .at = "2026-12-03T00:00:00Z", .stalled = true};
+    state.failover =
+        bg::FailoverState{.weight_bp = {2000, 8000}, .at = "2026-12-03T00:00:00Z", .stalled = true};
     state.changed_at = "2026-12-03T00:00:01Z";
     state.changed_by = "ops";
     state.command = "set green=10";
