@@ -29,12 +29,13 @@ class ConnectionLimits {
         }
         return true;
     }
-    // Takes a slot past the limits: a newcomer holds it while another worker closes one of its
-    // connections for it (Worker::borrow_room), so no accept meanwhile takes the freed one.
-    // Over by at most the newcomers waiting so, for microseconds.
-    void force_open(std::size_t listener) {
-        per_listener_[listener].fetch_add(1, std::memory_order_relaxed);
-        total_.fetch_add(1, std::memory_order_relaxed);
+    // A slot counted on `from` passes to a connection on `to` (a connection closed to make room
+    // for it): the total never drops, so no other accept can take the slot in between.
+    void hand_over(std::size_t from, std::size_t to) {
+        if (from != to) {
+            per_listener_[to].fetch_add(1, std::memory_order_relaxed);
+            per_listener_[from].fetch_sub(1, std::memory_order_relaxed);
+        }
     }
     void close(std::size_t listener) {
         per_listener_[listener].fetch_sub(1, std::memory_order_relaxed);

@@ -1,9 +1,9 @@
 #pragma once
 // FailedUpstreams: since when each backend, and each colour, has been out of the routing (a
 // backend failing its checks or ejected by outlier detection; a colour the rollout guard
-// reverted or an operator rolled back), as the tables a worker applies say. It tells which waiting tries to cut: one
-// caught on a hung backend would otherwise wait out upstream_try (10 s) after the backend, or
-// its whole release, was taken out. Worker thread only; no I/O.
+// reverted or an operator rolled back), as the tables a worker applies say. It tells which waiting
+// tries to cut: one caught on a hung backend would otherwise wait out upstream_try (10 s) after the
+// backend, or its whole release, was taken out. Worker thread only; no I/O.
 
 #include <array>
 #include <chrono>

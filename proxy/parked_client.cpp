@@ -226,7 +226,7 @@ void ParkedClients::arm() {
     });
 }
 
-bool ParkedClients::evict_one(std::optional<std::size_t> listener) {
+std::optional<std::size_t> ParkedClients::evict_one(std::optional<std::size_t> listener) {
     constexpr int scan = 64;  // per FIFO, for a listener's own: bounded work per accept
     ParkedClient* victim = nullptr;
     for (auto& [timeout, fifo] : fifos_) {
@@ -242,10 +242,13 @@ bool ParkedClients::evict_one(std::optional<std::size_t> listener) {
         }
     }
     if (victim == nullptr) {
-        return false;
+        return std::nullopt;
     }
-    unpark(*victim);  // closed at once; its TrackedSession gives its slot back
-    return true;
+    // Closed at once; its slot stays taken, for the caller to give the new connection.
+    victim->tracked->handle().slot_released = true;
+    const std::size_t held = victim->listener;
+    unpark(*victim);
+    return held;
 }
 
 void ParkedClients::expire() {

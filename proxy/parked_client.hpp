@@ -85,9 +85,11 @@ class ParkedClients {
     // Closes every parked connection (a shutdown: they have nothing in flight).
     void close_all();
     // Closes the parked connection nearest its timeout (of `listener`, when given), to make room
-    // for a new one past max_connections, as nginx reuses its idle keep-alive connections.
-    // False when none is parked (among the first few of each FIFO, for a listener).
-    bool evict_one(std::optional<std::size_t> listener);
+    // for a new one past max_connections, as nginx reuses its idle keep-alive connections. Its
+    // connection slot is not given back: the listener it was counted on is returned, for the
+    // new connection to take it over. None when none is parked (among the first few of each
+    // FIFO, for a listener).
+    std::optional<std::size_t> evict_one(std::optional<std::size_t> listener);
     // A shutdown begins: each parked connection with a request waiting is served (its answer
     // closes it); the others are closed.
     void drain();

@@ -680,8 +680,9 @@ Task<Exchange> RequestExchange<Stream>::send_request_body(UpstreamStream& stream
             co_return Exchange::response_ready;
         case BodyEnd::read_failed:
             if (conn_.handle().slot_released) {
-                ex_.body_error = "request body slower than min_request_body_rate, closed to make "
-                                 "room at max_connections";
+                ex_.body_error =
+                    "request body slower than min_request_body_rate, closed to make "
+                    "room at max_connections";
                 co_return Exchange::body_too_slow;
             }
             co_return Exchange::client_gone;

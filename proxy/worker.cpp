@@ -222,7 +222,6 @@ void Worker::accepted(Socket socket, std::size_t listener, const tcp::endpoint& 
         admit(std::move(socket), listener, peer);
     } else if (!siblings_.empty() && borrowing_.size() < max_borrowing &&
                listener < config_->listeners.size()) {
-        limits_.force_open(listener);
         borrow_room(std::move(socket), listener, peer, 0);
     } else {
         refuse(socket, listener);
@@ -240,14 +239,12 @@ void Worker::admit(Socket socket, std::size_t listener, const tcp::endpoint& pee
 // At the limit with nothing of its own to close, the other workers are asked in turn: one may
 // hold the idle or opening connections that can make room (each worker closes only its own,
 // and the kernel spreads connections over the workers' listeners, so with two a new client was
-// refused beside evictable connections on the other). The newcomer holds a slot past the limit
-// meanwhile (force_open), which the sibling's close brings back to it: no accept in between
-// can take the freed one. The socket waits here (microseconds); only the question crosses
-// threads.
+// refused beside evictable connections on the other). The slot of the connection a sibling
+// closes passes to the newcomer (make_room). The socket waits here (microseconds); only the
+// question crosses threads.
 void Worker::borrow_room(Socket socket, std::size_t listener, const tcp::endpoint& peer,
                          std::size_t next) {
     if (next >= siblings_.size()) {
-        limits_.close(listener);
         refuse(socket, listener);
         return;
     }
@@ -256,11 +253,11 @@ void Worker::borrow_room(Socket socket, std::size_t listener, const tcp::endpoin
     const auto waiting = borrowing_.insert(borrowing_.end(), {std::move(socket), listener, peer});
     Worker& sibling = *siblings_[next];
     asio::post(sibling.io_, [this, &sibling, waiting, listener, listener_max, next] {
-        const bool freed = sibling.close_one_for_room(listener, listener_max);
-        asio::post(io_, [this, waiting, next, freed] {
+        const bool made = sibling.make_room(listener, listener_max);
+        asio::post(io_, [this, waiting, next, made] {
             Borrowing newcomer = std::move(*waiting);
             borrowing_.erase(waiting);
-            if (freed) {
+            if (made) {
                 admit(std::move(newcomer.socket), newcomer.listener, newcomer.peer);
             } else {
                 borrow_room(std::move(newcomer.socket), newcomer.listener, newcomer.peer, next + 1);
@@ -271,34 +268,26 @@ void Worker::borrow_room(Socket socket, std::size_t listener, const tcp::endpoin
 
 // At a connection limit, an idle keep-alive connection of this worker makes room (the one
 // nearest its own timeout): a flood of connections that each sent one request and went quiet
-// would otherwise turn every new client away for client_keepalive.
+// would otherwise turn every new client away for client_keepalive. Else one still opening (or
+// uploading too slowly). Of `listener` when its own cap is the one reached. The closed one's
+// slot passes to the new connection on `listener` at once (ConnectionLimits::hand_over): freed
+// first, a concurrent accept on another worker could take it, and the newcomer be refused
+// though a connection was closed for it (seen under TSan).
 bool Worker::make_room(std::size_t listener, std::uint32_t listener_max) {
-    for (int tries = 0; tries < 2; ++tries) {
-        if (!close_one_for_room(listener, listener_max)) {
-            return false;
-        }
-        if (limits_.try_open(listener, config_->limits.max_connections, listener_max)) {
-            return true;
-        }
-    }
-    return false;
-}
-
-// One idle connection of this worker closed, else one still opening (or uploading too slowly),
-// of `listener` when its own cap is the one reached: its slot is free.
-bool Worker::close_one_for_room(std::size_t listener, std::uint32_t listener_max) {
     const auto only =
         listener_max != 0 ? std::optional<std::size_t>(listener) : std::optional<std::size_t>();
-    if (parked_->evict_one(only)) {
+    std::optional<std::size_t> held = parked_->evict_one(only);
+    if (held) {
         WorkerStats::add(stats_.idle_evicted);
-        return true;
+    } else {
+        const Evicted evicted = evict_opening(only, held);
+        if (evicted == Evicted::none) {
+            return false;
+        }
+        WorkerStats::add(evicted == Evicted::opening ? stats_.opening_evicted
+                                                     : stats_.slow_uploads_evicted);
     }
-    const Evicted evicted = evict_opening(only);
-    if (evicted == Evicted::none) {
-        return false;
-    }
-    WorkerStats::add(evicted == Evicted::opening ? stats_.opening_evicted
-                                                 : stats_.slow_uploads_evicted);
+    limits_.hand_over(*held, listener);
     return true;
 }
 
@@ -307,8 +296,10 @@ bool Worker::close_one_for_room(std::size_t listener, std::uint32_t listener_max
 // is the one reached), at it for evict_opening_after at least: silent ones on a TLS or PROXY
 // listener, ones that sent a byte of a head, or a few bytes a second of a body, filled every
 // slot until tls_handshake, client_header or client_body, turning every client away. Its slot
-// is freed at once; the connection ends as its read fails on the closed socket.
-Worker::Evicted Worker::evict_opening(std::optional<std::size_t> listener) {
+// stays taken, counted on the listener set in `held`, for make_room to hand over; the
+// connection ends as its read fails on the closed socket.
+Worker::Evicted Worker::evict_opening(std::optional<std::size_t> listener,
+                                      std::optional<std::size_t>& held) {
     const auto now = std::chrono::steady_clock::now();
     const auto opened_before = now - config_->limits.evict_opening_after;
     int looked = 0;
@@ -322,7 +313,7 @@ Worker::Evicted Worker::evict_opening(std::optional<std::size_t> listener) {
         }
         session.OpeningHook::unlink();
         session.slot_released = true;
-        limits_.close(session.listener);
+        held = session.listener;
         boost::system::error_code ignored;
         session.client->close(ignored);
         return session.upload_bytes != nullptr ? Evicted::slow_upload : Evicted::opening;

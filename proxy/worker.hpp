@@ -170,12 +170,11 @@ class Worker {
     void accepted(Socket socket, std::size_t listener, const boost::asio::ip::tcp::endpoint& peer);
     void refuse(Socket& socket, std::size_t listener);
     bool make_room(std::size_t listener, std::uint32_t listener_max);
-    bool close_one_for_room(std::size_t listener, std::uint32_t listener_max);
     void borrow_room(Socket socket, std::size_t listener,
                      const boost::asio::ip::tcp::endpoint& peer, std::size_t next);
     void admit(Socket socket, std::size_t listener, const boost::asio::ip::tcp::endpoint& peer);
     enum class Evicted { none, opening, slow_upload };
-    Evicted evict_opening(std::optional<std::size_t> listener);
+    Evicted evict_opening(std::optional<std::size_t> listener, std::optional<std::size_t>& held);
     bool upload_too_slow(const SessionHandle& session,
                          std::chrono::steady_clock::time_point now) const;
     void finish_if_drained();
