@@ -171,34 +171,52 @@ TEST_CASE("a backend the active checks bring back is judged on what comes after"
 }
 
 namespace {
+
 constexpr auto never = bg::DataPlaneLoad::never_answered;
+using Names = std::vector<std::string>;
+
+// A sample by backend (b1, b2, g1, g2): requests so far, each one's oldest wait and its waits
+// past stalled_after, how long ago its newest answered request began (ms), failures so far.
+bg::DataPlaneLoad waiting(std::vector<std::uint64_t> requests, std::vector<std::uint64_t> oldest,
+                          std::vector<std::uint32_t> stalled, std::vector<std::uint64_t> begun,
+                          std::vector<std::uint64_t> failures = {0, 0, 0, 0}) {
+    auto load = counts(std::move(requests), std::move(failures));
+    load.oldest_wait_ms = std::move(oldest);
+    load.stalled_waits = std::move(stalled);
+    load.answer_begun_ms = std::move(begun);
+    return load;
 }
 
+// The stall rule's defaults (stalled_after 1 s, stalled_alone_after 5 s, stall_ratio 5) over
+// `table`, having seen `requests` at t0; then one sample a second.
+struct StallCase {
+    bg::OutlierDetector detector{bg::OutlierConfig{}};
+    bg::RoutingTable table;
+    Clock::time_point t0 = Clock::now();
+
+    explicit StallCase(std::vector<std::uint64_t> requests, bg::RoutingTable t = two_by_two())
+        : table(std::move(t)) {
+        detector.observe(table, counts(std::move(requests), {0, 0, 0, 0}), t0, std::nullopt, {});
+    }
+    bg::OutlierDetector::Verdicts at(int seconds, const bg::DataPlaneLoad& load) {
+        return detector.observe(table, load, t0 + std::chrono::seconds(seconds), std::nullopt, {});
+    }
+};
+
+}  // namespace
+
 TEST_CASE("a backend that holds requests while its peers answer is ejected; a slow pool is not") {
-    bg::OutlierConfig config;
-    config.stalled_after = std::chrono::seconds(1);
-    config.stall_ratio = 5;
-    bg::OutlierDetector detector(config);
-    auto table = two_by_two();
-    auto t0 = Clock::now();
-    auto load = counts({0, 0, 0, 10}, {0, 0, 0, 0});
-    detector.observe(table, load, t0, std::nullopt, {});
+    StallCase c({0, 0, 0, 10});
     // g1 answers (a request begun 5 ms ago; its oldest waits 20 ms); g2 holds two, the oldest
     // for 1.5 s, and answered only one begun 100 ms after it (read as it hung: no answer
     // since, as HungBackendTest saw under load).
-    load = counts({0, 0, 100, 10}, {0, 0, 0, 0});
-    load.oldest_wait_ms = {0, 0, 20, 1500};
-    load.stalled_waits = {0, 0, 0, 2};
-    load.answer_begun_ms = {never, never, 5, 1400};
-    auto v = detector.observe(table, load, t0 + std::chrono::seconds(1), std::nullopt, {});
-    CHECK(v.ejected == std::vector<std::string>{"g2"});
+    auto v =
+        c.at(1, waiting({0, 0, 100, 10}, {0, 0, 20, 1500}, {0, 0, 0, 2}, {never, never, 5, 1400}));
+    CHECK(v.ejected == Names{"g2"});
     CHECK(v.reasons["g2"].find("waiting 1500ms") != std::string::npos);
-    // Blue is slow as a whole: both wait 2 s; neither is ejected.
-    load = counts({50, 50, 100, 10}, {0, 0, 0, 0});
-    load.oldest_wait_ms = {2000, 2100, 20, 1500};
-    load.stalled_waits = {2, 2, 0, 2};
-    load.answer_begun_ms = {3000, 3000, 5, 9000};
-    v = detector.observe(table, load, t0 + std::chrono::seconds(2), std::nullopt, {});
+    // Blue is slow as a whole: both wait 2 s, answer nothing begun since; neither is ejected.
+    v = c.at(
+        2, waiting({50, 50, 100, 10}, {2000, 2100, 20, 1500}, {2, 2, 0, 2}, {3000, 3000, 5, 9000}));
     CHECK(v.ejected.empty());
 }
 
@@ -206,87 +224,48 @@ TEST_CASE("one slow request alone is not a stall until stalled_alone_after") {
     // Found by an outside probe: a healthy backend serving a 3 s GET was ejected (least-request
     // sent every fast request to its peer, so it "answered nothing" while the peer did), and
     // the GET was cut and run a second time on the peer.
-    bg::OutlierConfig config;
-    config.stalled_after = std::chrono::seconds(1);
-    config.stalled_alone_after = std::chrono::seconds(5);
-    bg::OutlierDetector detector(config);
-    auto table = two_by_two();
-    auto t0 = Clock::now();
-    const auto s = [&](int seconds) { return t0 + std::chrono::seconds(seconds); };
-    detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, {});
-    auto load = counts({0, 0, 100, 10}, {0, 0, 0, 0});
-    load.stalled_waits = {0, 0, 0, 1};
+    StallCase c({0, 0, 0, 0});
     for (std::uint64_t second = 1; second <= 4; ++second) {
-        load.oldest_wait_ms = {0, 0, 20, second * 1000};
-        load.answer_begun_ms = {never, never, 5, second * 1000 + 100};  // from before it
-        CHECK(detector.observe(table, load, s(static_cast<int>(second)), std::nullopt, {})
-                  .ejected.empty());
+        // Its last answer is from before its one request began.
+        const auto load = waiting({0, 0, 100, 10}, {0, 0, 20, second * 1000}, {0, 0, 0, 1},
+                                  {never, never, 5, second * 1000 + 100});
+        CHECK(c.at(static_cast<int>(second), load).ejected.empty());
     }
     // Still alone and unanswered at 5 s: a hang as often as not, and upstream_try is near.
-    load.oldest_wait_ms = {0, 0, 20, 5000};
-    load.answer_begun_ms = {never, never, 5, 5100};
-    CHECK(detector.observe(table, load, s(5), std::nullopt, {}).ejected ==
-          std::vector<std::string>{"g2"});
+    CHECK(c.at(5, waiting({0, 0, 100, 10}, {0, 0, 20, 5000}, {0, 0, 0, 1}, {never, never, 5, 5100}))
+              .ejected == Names{"g2"});
 }
 
 TEST_CASE("a backend that answers requests begun after its oldest is slow, not stalled") {
     // Found by an outside probe: a quarter of requests taking 1.5 s on both colours ejected
     // healthy backends whenever a peer had only quick requests waiting (7 in 40 s).
-    bg::OutlierConfig config;
-    config.stalled_after = std::chrono::seconds(1);
-    bg::OutlierDetector detector(config);
-    auto table = two_by_two();
-    auto t0 = Clock::now();
-    detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, {});
-    auto load = counts({0, 0, 100, 60}, {0, 0, 0, 0});
-    load.oldest_wait_ms = {0, 0, 20, 1400};
-    load.stalled_waits = {0, 0, 0, 3};
-    load.answer_begun_ms = {never, never, 5, 300};
-    CHECK(detector.observe(table, load, t0 + std::chrono::seconds(1), std::nullopt, {})
+    StallCase c({0, 0, 0, 0});
+    CHECK(c.at(1, waiting({0, 0, 100, 60}, {0, 0, 20, 1400}, {0, 0, 0, 3}, {never, never, 5, 300}))
               .ejected.empty());
     // Timeouts are no answers: a backend whose only finished requests failed still holds.
-    load = counts({0, 0, 200, 70}, {0, 0, 0, 10});
-    load.oldest_wait_ms = {0, 0, 20, 1600};
-    load.stalled_waits = {0, 0, 0, 3};
-    load.answer_begun_ms = {never, never, 5, 2500};
-    CHECK(detector.observe(table, load, t0 + std::chrono::seconds(2), std::nullopt, {}).ejected ==
-          std::vector<std::string>{"g2"});
+    CHECK(c.at(2, waiting({0, 0, 200, 70}, {0, 0, 20, 1600}, {0, 0, 0, 3}, {never, never, 5, 2500},
+                          {0, 0, 0, 10}))
+              .ejected == Names{"g2"});
 }
 
 TEST_CASE("a hung backend is ejected beside a peer serving slow requests among quick ones") {
     // Found by an outside probe: blue-2 hung while blue-1 served one request in seven in 3 s;
     // the peer's own 3 s waits kept the rule from firing, and blue-2 went only after five
-    // timeouts in a row, 21 s in.
-    bg::OutlierConfig config;
-    config.stalled_after = std::chrono::seconds(1);
-    bg::OutlierDetector detector(config);
-    auto table = two_by_two();
-    auto t0 = Clock::now();
-    detector.observe(table, counts({0, 0, 100, 100}, {0, 0, 0, 0}), t0, std::nullopt, {});
-    auto load = counts({0, 0, 300, 100}, {0, 0, 0, 0});
-    load.oldest_wait_ms = {0, 0, 2900, 1500};  // g1's oldest: a legitimate 3 s request
-    load.stalled_waits = {0, 0, 1, 3};
-    load.answer_begun_ms = {never, never, 12, 9000};
-    CHECK(detector.observe(table, load, t0 + std::chrono::seconds(1), std::nullopt, {}).ejected ==
-          std::vector<std::string>{"g2"});
+    // timeouts in a row, 21 s in. (g1's oldest here: a legitimate 3 s request.)
+    StallCase c({0, 0, 100, 100});
+    CHECK(c.at(1, waiting({0, 0, 300, 100}, {0, 0, 2900, 1500}, {0, 0, 1, 3},
+                          {never, never, 12, 9000}))
+              .ejected == Names{"g2"});
 }
 
 TEST_CASE("no stall is judged in a colour without a share: it is sent nothing new") {
-    bg::OutlierConfig config;
-    config.stalled_after = std::chrono::seconds(1);
-    bg::OutlierDetector detector(config);
     std::array<bg::ColourPool, 2> pools;
     pools[0].weight_bp = 10000;
     pools[0].backends = {{0, "b1", bg::Colour::blue, {}}, {1, "b2", bg::Colour::blue, {}}};
     pools[1].backends = {{2, "g1", bg::Colour::green, {}}, {3, "g2", bg::Colour::green, {}}};
-    const bg::RoutingTable table(1, std::move(pools));
-    auto t0 = Clock::now();
-    detector.observe(table, counts({0, 0, 100, 100}, {0, 0, 0, 0}), t0, std::nullopt, {});
-    auto load = counts({100, 100, 100, 100}, {0, 0, 0, 0});
-    load.oldest_wait_ms = {0, 0, 10, 1500};  // slow requests left over from its share
-    load.stalled_waits = {0, 0, 0, 2};
-    load.answer_begun_ms = {5, 5, 20, 9000};
-    CHECK(detector.observe(table, load, t0 + std::chrono::seconds(1), std::nullopt, {})
+    StallCase c({0, 0, 100, 100}, bg::RoutingTable(1, std::move(pools)));
+    // Slow requests left over from its share.
+    CHECK(c.at(1, waiting({100, 100, 100, 100}, {0, 0, 10, 1500}, {0, 0, 0, 2}, {5, 5, 20, 9000}))
               .ejected.empty());
 }
 
@@ -294,22 +273,15 @@ TEST_CASE("a peer that answers nothing begun since is no evidence against a back
     // Found by an outside probe: a hung backend back from its ejection (old answers in the
     // window, no request waiting yet) counted as the answering peer, and its healthy peer,
     // serving two slow requests, was ejected.
-    bg::OutlierConfig config;
-    config.stalled_after = std::chrono::seconds(1);
-    bg::OutlierDetector detector(config);
-    auto table = two_by_two();
-    auto t0 = Clock::now();
-    detector.observe(table, counts({0, 0, 100, 100}, {0, 0, 0, 0}), t0, std::nullopt, {});
-    auto load = counts({0, 0, 150, 150}, {0, 0, 0, 0});
-    load.oldest_wait_ms = {0, 0, 0, 2000};
-    load.stalled_waits = {0, 0, 0, 2};
-    load.answer_begun_ms = {never, never, 40000, 2500};  // g1's last answer is from before
-    CHECK(detector.observe(table, load, t0 + std::chrono::seconds(1), std::nullopt, {})
+    StallCase c({0, 0, 100, 100});
+    // g1's last answer is from before.
+    CHECK(c.at(1, waiting({0, 0, 150, 150}, {0, 0, 0, 2000}, {0, 0, 0, 2},
+                          {never, never, 40000, 2500}))
               .ejected.empty());
     // g1 answers a request begun since: now g2's hold is evidence.
-    load.answer_begun_ms = {never, never, 30, 2500};
-    CHECK(detector.observe(table, load, t0 + std::chrono::seconds(2), std::nullopt, {}).ejected ==
-          std::vector<std::string>{"g2"});
+    CHECK(
+        c.at(2, waiting({0, 0, 150, 150}, {0, 0, 0, 2000}, {0, 0, 0, 2}, {never, never, 30, 2500}))
+            .ejected == Names{"g2"});
 }
 
 TEST_CASE("a watched colour none of whose backends answers fails as a whole") {
