@@ -68,16 +68,24 @@ OutlierDetector::Verdicts OutlierDetector::observe(
         for (const Backend& b : pool.backends) {
             ejected_here += ejections_.contains(b.name) ? 1 : 0;
         }
-        // A peer that answers: it answered a request begun within the last 1/stall_ratio of
-        // `waited`, well after the stalled one began (a pool slow as a whole answers nothing
-        // that recent; a hung backend back from an ejection answered nothing begun since it
-        // hung). Its own slow requests do not matter: a hung backend was never ejected while
-        // its peer served legitimate 3 s requests besides quick ones.
+        // Whether `b` answered a request begun a good while (half of stalled_after) after the
+        // oldest one now waiting `waited` began. (Requests read as a backend hung may still be
+        // answered: only a later one says it answers what it is sent.)
+        const auto settle = static_cast<std::uint64_t>(config_.stalled_after.count() / 2);
+        auto answered_after = [&](const Backend& b, Duration waited) {
+            const std::uint64_t begun = answer_begun_ms(load, b.id);
+            return begun != DataPlaneLoad::never_answered &&
+                   begun + settle < static_cast<std::uint64_t>(waited.count());
+        };
+        // A peer that answers: it answered a request begun after the stalled one (a pool slow
+        // as a whole answers nothing that recent; a hung backend back from an ejection answered
+        // nothing begun since it hung). Its own slow requests do not matter (a hung backend was
+        // never ejected while its peer served legitimate 3 s requests besides quick ones), nor
+        // does it need to be answering now: the clients may all be stuck on the hung one.
+        // (No margin here: the clients may all be stuck on the hung one within half a second.)
         auto answers_recent = [&](const Backend& peer, Duration waited) {
-            const std::uint64_t begun = answer_begun_ms(load, peer.id);
-            return !ejections_.contains(peer.name) && begun != DataPlaneLoad::never_answered &&
-                   static_cast<double>(begun) * config_.stall_ratio <=
-                       static_cast<double>(waited.count());
+            return !ejections_.contains(peer.name) &&
+                   answer_begun_ms(load, peer.id) < static_cast<std::uint64_t>(waited.count());
         };
         // No stall is judged where no new requests go (a colour without a share): its
         // backends answer nothing newer because they are sent nothing.
@@ -139,14 +147,7 @@ OutlierDetector::Verdicts OutlierDetector::observe(
                 // healthy backend serving a 3 s report was ejected and the report run twice).
                 const bool held =
                     at(load.stalled_waits, b.id) >= 2 || waited >= config_.stalled_alone_after;
-                // (Requests it had begun reading as it hung may still be answered: an answer
-                // counts when its request began a good while after the oldest waiting one.)
-                const std::uint64_t begun = answer_begun_ms(load, b.id);
-                const auto settle = static_cast<std::uint64_t>(config_.stalled_after.count() / 2);
-                const bool answered_newer =
-                    begun != DataPlaneLoad::never_answered &&
-                    begun + settle < static_cast<std::uint64_t>(waited.count());
-                stalled = answering && held && !answered_newer;
+                stalled = answering && held && !answered_after(b, waited);
             }
             const bool consecutive =
                 config_.consecutive_failures > 0 && in_a_row >= config_.consecutive_failures;

@@ -38,7 +38,9 @@ GuardDecision evaluate_guard(const RoutingState& state, const std::array<ColourH
     const bool candidate_takes_traffic =
         state.weight(candidate) > 0 || (state.ramp && state.ramp->colour == candidate);
 
-    if (candidate_failed && candidate_takes_traffic && !stable_failed) {
+    // (Not onto a stable colour that hung everywhere: its checks pass, and it answers nothing.)
+    const bool stable_hung = state.failover && state.failover->stalled;
+    if (candidate_failed && candidate_takes_traffic && !stable_failed && !stable_hung) {
         return revert_to_stable(state, candidate,
                                 std::string(to_string(candidate)) + " failed (" +
                                     std::to_string(health[index_of(candidate)].healthy) + "/" +

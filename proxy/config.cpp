@@ -1032,7 +1032,9 @@ void read_outlier(TableReader& o, OutlierConfig& out) {
     o.read_fraction("panic_threshold", out.panic_threshold, 0.0, 1.0);
     o.read_duration("stalled_after", out.stalled_after);  // 0: off
     o.read_duration("stalled_alone_after", out.stalled_alone_after, TableReader::Zero::refused);
-    o.read_fraction("stall_ratio", out.stall_ratio, 1.0, 1000.0);
+    // Retired (the rule now compares when requests began, not how long peers wait): still
+    // accepted, and ignored, so a config that sets it loads.
+    (void)o.take("stall_ratio");
     o.read_duration("colour_stalled_after", out.colour_stalled_after);  // 0: off
     if (out.colour_stalled_after > out.window) {
         // Judged on the window's samples: a longer stall could never be seen. Asked for, that

@@ -90,11 +90,10 @@ struct OutlierConfig {
     // A backend is ejected as holding requests without answering (its health checks may still
     // pass) when two of its requests have waited this long for a response head, or one has
     // waited stalled_alone_after, and it answered none begun after its oldest, while a peer of
-    // its colour answered one begun within the last 1/stall_ratio of that wait. 0: off.
+    // its colour answered one begun since. 0: off.
     Duration stalled_after{std::chrono::seconds(1)};
     // One slow request alone is an endpoint's slowness as often as a hang.
     Duration stalled_alone_after{std::chrono::seconds(5)};
-    double stall_ratio = 5;
     // The candidate taking traffic fails when none of its backends has answered for this long
     // while one of its requests has waited that long: a release that hangs everywhere has no
     // answering peer for stalled_after to compare with, and its requests count in no error

@@ -151,6 +151,9 @@ Task<bool> RequestExchange<Stream>::read_head() {
             case HeadRead::need_more:
                 break;
         }
+        if (conn_.handle().slot_released) {
+            co_return false;  // closed to make room (its read may have completed meanwhile)
+        }
         if (!conn_.handle().OpeningHook::is_linked()) {
             conn_.worker.opening(conn_.handle());
         }
@@ -671,7 +674,8 @@ Task<Exchange> RequestExchange<Stream>::send_request_body(UpstreamStream& stream
         SessionHandle& handle;
         ~Uploading() { worker.uploaded(handle); }
     } uploading{conn_.worker, conn_.handle()};
-    if (!ex_.parser->is_done() && !conn_.handle().OpeningHook::is_linked()) {
+    if (!ex_.parser->is_done() && !conn_.handle().OpeningHook::is_linked() &&
+        !conn_.handle().slot_released) {
         conn_.worker.uploading(conn_.handle(), ex_.record.bytes_in);
     }
     switch (co_await relay.relay(ex_, conn_.stream, ex_.buffer, *ex_.parser, stream, leg,

@@ -308,7 +308,9 @@ Worker::Evicted Worker::evict_opening(std::optional<std::size_t> listener,
         if (session.opening_since > opened_before) {
             return Evicted::none;  // oldest first: the rest are younger still
         }
-        if ((listener && session.listener != *listener) || !upload_too_slow(session, now)) {
+        // (Never one already closed to make room: its slot went to another connection.)
+        if ((listener && session.listener != *listener) || session.slot_released ||
+            !upload_too_slow(session, now)) {
             continue;
         }
         session.OpeningHook::unlink();

@@ -187,7 +187,7 @@ bg::DataPlaneLoad waiting(std::vector<std::uint64_t> requests, std::vector<std::
     return load;
 }
 
-// The stall rule's defaults (stalled_after 1 s, stalled_alone_after 5 s, stall_ratio 5) over
+// The stall rule's defaults (stalled_after 1 s, stalled_alone_after 5 s) over
 // `table`, having seen `requests` at t0; then one sample a second.
 struct StallCase {
     bg::OutlierDetector detector{bg::OutlierConfig{}};

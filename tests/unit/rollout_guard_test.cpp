@@ -96,8 +96,10 @@ TEST_CASE("a stable colour hung everywhere fails over, and fails back only by an
     CHECK(d.next.withdrawn[0]);  // blue's waiting requests are cut for green
     CHECK(d.next.stable == bg::Colour::blue);
     CHECK(d.reason.find(why) != std::string::npos);
-    // Its checks pass all along: no automatic failback into the hang.
+    // Its checks pass all along: no automatic failback into the hang, and green failing its
+    // checks meanwhile is not reverted onto it (found by review).
     CHECK_FALSE(bg::evaluate_failback(d.next, healthy(2, 2), rollout).changed);
+    CHECK_FALSE(bg::evaluate_guard(d.next, healthy(2, 0), rollout).changed);
     // None onto a candidate that fails its checks or was reverted, none under "hold", none
     // twice.
     CHECK_FALSE(bg::fail_over_stalled(weights(10000), healthy(2, 0), rollout, why).changed);
