@@ -81,8 +81,8 @@ OutlierDetector::Verdicts OutlierDetector::observe(
         // as a whole answers nothing that recent; a hung backend back from an ejection answered
         // nothing begun since it hung). Its own slow requests do not matter (a hung backend was
         // never ejected while its peer served legitimate 3 s requests besides quick ones), nor
-        // does it need to be answering now: the clients may all be stuck on the hung one.
-        // (No margin here: the clients may all be stuck on the hung one within half a second.)
+        // does it need to be answering now, and no margin applies: the clients may all be stuck
+        // on the hung one within half a second.
         auto answers_recent = [&](const Backend& peer, Duration waited) {
             return !ejections_.contains(peer.name) &&
                    answer_begun_ms(load, peer.id) < static_cast<std::uint64_t>(waited.count());
@@ -132,14 +132,13 @@ OutlierDetector::Verdicts OutlierDetector::observe(
             bool stalled = false;
             if (takes_traffic && config_.stalled_after > Duration(0) &&
                 waited >= config_.stalled_after) {
-                bool answering = false;
-                answering_begun = DataPlaneLoad::never_answered;
+                answering_begun = DataPlaneLoad::never_answered;  // the most recent peer answer
                 for (const Backend& peer : pool.backends) {
                     if (peer.id != b.id && answers_recent(peer, waited)) {
-                        answering = true;
                         answering_begun = std::min(answering_begun, answer_begun_ms(load, peer.id));
                     }
                 }
+                const bool answering = answering_begun != DataPlaneLoad::never_answered;
                 // And it answered none of the requests begun after its oldest: a backend that
                 // answers what it is sent is slow on some endpoint, not holding. Two held, or
                 // one for stalled_alone_after: least-request sends the fast requests to the

@@ -215,13 +215,11 @@ void Worker::accept_failed(Acceptor& acceptor, std::size_t listener,
 
 void Worker::accepted(Socket socket, std::size_t listener, const tcp::endpoint& peer) {
     WorkerStats::add(stats_.connections_accepted);
-    const std::uint32_t listener_max =
-        listener < config_->listeners.size() ? config_->listeners[listener].max_connections : 0;
+    const std::uint32_t listener_max = listener_cap(listener);
     if (limits_.try_open(listener, config_->limits.max_connections, listener_max) ||
         make_room(listener, listener_max)) {
         admit(std::move(socket), listener, peer);
-    } else if (!siblings_.empty() && borrowing_.size() < max_borrowing &&
-               listener < config_->listeners.size()) {
+    } else if (!siblings_.empty() && borrowing_.size() < max_borrowing) {
         borrow_room(std::move(socket), listener, peer, 0);
     } else {
         refuse(socket, listener);
@@ -248,8 +246,7 @@ void Worker::borrow_room(Socket socket, std::size_t listener, const tcp::endpoin
         refuse(socket, listener);
         return;
     }
-    const std::uint32_t listener_max =
-        listener < config_->listeners.size() ? config_->listeners[listener].max_connections : 0;
+    const std::uint32_t listener_max = listener_cap(listener);
     const auto waiting = borrowing_.insert(borrowing_.end(), {std::move(socket), listener, peer});
     Worker& sibling = *siblings_[next];
     asio::post(sibling.io_, [this, &sibling, waiting, listener, listener_max, next] {

@@ -170,6 +170,11 @@ class Worker {
     void accepted(Socket socket, std::size_t listener, const boost::asio::ip::tcp::endpoint& peer);
     void refuse(Socket& socket, std::size_t listener);
     bool make_room(std::size_t listener, std::uint32_t listener_max);
+    // The listener's own max_connections (0: none).
+    std::uint32_t listener_cap(std::size_t listener) const {
+        return listener < config_->listeners.size() ? config_->listeners[listener].max_connections
+                                                    : 0;
+    }
     void borrow_room(Socket socket, std::size_t listener,
                      const boost::asio::ip::tcp::endpoint& peer, std::size_t next);
     void admit(Socket socket, std::size_t listener, const boost::asio::ip::tcp::endpoint& peer);

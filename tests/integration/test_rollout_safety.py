@@ -7,7 +7,6 @@ import base64
 import collections
 import json
 import os
-import random
 import socket
 import shutil
 import tempfile
@@ -294,56 +293,6 @@ class HungBackendTest(ProcessTestCase):
         s = proxy.status()
         self.assertEqual(s["colours"]["green"]["role"], "candidate", proxy.bgctl("--json", "history", "3").stdout)
 
-
-    def test_a_hung_backend_is_ejected_beside_a_peer_serving_slow_requests(self):
-        """Found by an outside probe: blue-2 hung while one request in seven took 3 s
-        (legitimately), so blue-1 always had a 3 s request waiting too; the peer's own long
-        waits kept the stall rule from firing and blue-2 was ejected only after five timeouts
-        in a row, 21 s in, GETs waiting 10-13 s. The peer's answers to newer requests are the
-        evidence, not its oldest wait."""
-        blue = [self.backend("blue-1"), self.backend("blue-2")]
-        green = [self.backend("green-1")]
-        proxy = self.proxy(config(blue, green))
-        stop = threading.Event()
-        records = []  # (start, seconds, status) of the quick requests
-        lock = threading.Lock()
-
-        def client(seed):
-            rng = random.Random(seed)
-            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
-            deadline = time.time() + 40
-            while not stop.is_set() and time.time() < deadline:
-                quick = rng.random() >= 1 / 7
-                start = time.time()
-                conn.request("GET", "/" if quick else "/?delay=3000")
-                r = conn.getresponse()
-                r.read()
-                if quick:
-                    with lock:
-                        records.append((start, time.time() - start, r.status))
-                time.sleep(0.05)
-        clients = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(8)]
-        for c in clients:
-            c.start()
-        time.sleep(4)
-        hung_at = time.time()
-        admin(blue[1], "hang?hang=1")
-        ejected = None
-        while time.time() - hung_at < 15 and ejected is None:
-            b2 = [b for b in proxy.status()["colours"]["blue"]["backends"] if b["name"] == "blue-2"]
-            if not b2[0]["healthy"]:
-                ejected = time.time() - hung_at
-            time.sleep(0.05)
-        stop.set()
-        for c in clients:
-            c.join(35)
-        waited = [r[1] for r in records if r[0] >= hung_at]
-        print("blue-2 hung while 1 in 7 requests takes 3 s: ejected %.1f s later; slowest quick "
-              "GET after the hang %.1f s" % (ejected or -1, max(waited, default=0)))
-        self.assertIsNotNone(ejected, "blue-2 never ejected")
-        self.assertLess(ejected, 4.5)  # the previous rule: 6.5 s here, 21 s in the probe's run
-        self.assertLess(max(waited, default=0), 5)
-        self.assertEqual([r for r in records if r[2] != 200], [])
 
     def test_a_backend_back_from_an_ejection_still_hung_is_ejected_again(self):
         """A hung backend whose ejection ends comes back still hung: the requests it catches
