@@ -10,6 +10,8 @@
 //                              before its header (process-wide, 0 turns it off); 200 `ok\n`
 //   /admin/hang?hang=1         every later request (but /healthz and /admin/*) is read and never
 //                              answered, as hang=1 does (hang=0 turns it off); 200 `ok\n`
+//   /admin/reset?reset=1       every later request (but /healthz and /admin/*) is closed with
+//                              RST after its header, as reset=1 does (reset=0 turns it off)
 //   /admin/mark                from now on, remember when the first request (but /healthz and
 //                              /admin/*) arrives; 200 `ok\n`
 //   /admin/first               that arrival as Unix nanoseconds (0: none since the mark)
@@ -178,6 +180,7 @@ struct Backend {
     std::atomic<double> fail_rate{0.0};      // set by /admin/fail
     std::atomic<std::uint64_t> delay_ms{0};  // set by /admin/delay
     std::atomic<bool> hang{false};           // set by /admin/hang
+    std::atomic<bool> reset{false};          // set by /admin/reset
     // For the switch and kill benchmarks: when traffic first arrived after /admin/mark (-1:
     // not marked), and how much has arrived.
     std::atomic<std::int64_t> first_after_mark{-1};
@@ -373,7 +376,7 @@ class Session {
             backend_.fail_rate.store(query.fail_rate, std::memory_order_relaxed);
             fail_rate = 0.0;
             body = kOkBody;
-        } else if (path == "/admin/hang") {
+        } else if (path == "/admin/hang" || path == "/admin/reset") {
             body = kOkBody;
         } else if (path == "/admin/delay") {
             backend_.delay_ms.store(query.delay_ms, std::memory_order_relaxed);
@@ -415,7 +418,10 @@ class Session {
         auto const method = to_std(req.method_string());
         note_arrival(path);
 
-        if (query.reset) {
+        const bool served = path != "/healthz" && !path.starts_with("/admin/");
+        if (path == "/admin/reset") {
+            backend_.reset.store(query.reset, std::memory_order_relaxed);
+        } else if (query.reset || (served && backend_.reset.load(std::memory_order_relaxed))) {
             backend_.log.write(method, target, 0);
             beast::error_code ignored;
             stream_.socket().set_option(net::socket_base::linger(true, 0), ignored);
@@ -446,8 +452,7 @@ class Session {
         backend_.log.write(method, target, body_bytes);
         if (path == "/admin/hang") {
             backend_.hang.store(query.hang, std::memory_order_relaxed);
-        } else if (query.hang || (path != "/healthz" && !path.starts_with("/admin/") &&
-                                  backend_.hang.load(std::memory_order_relaxed))) {
+        } else if (query.hang || (served && backend_.hang.load(std::memory_order_relaxed))) {
             co_await hang();
             co_return false;
         }

@@ -359,9 +359,10 @@ Task<Exchange> RequestExchange<Stream>::forward(RoutingTablePtr& table, Colour c
     response_due_ = std::chrono::steady_clock::time_point::max();  // set once the request is sent
     bool continue_sent = false;
     Exchange outcome = Exchange::upstream_failed;
+    unsigned failed_colours = 0;  // bit index_of(colour): a try of this request failed there
     for (bool retry = false;; retry = true) {
         if (retry) {
-            colour = routing_for_retry(table, colour);
+            colour = routing_for_retry(table, colour, failed_colours);
         }
         const Connected connected =
             co_await conn_.upstreams.connect(*table, colour, verify, ex_, lease);
@@ -402,9 +403,11 @@ Task<Exchange> RequestExchange<Stream>::forward(RoutingTablePtr& table, Colour c
         const TryFailure failure =
             outcome == Exchange::upstream_timeout ? TryFailure::timeout : TryFailure::reset;
         if (!failed || CoarseClock::now() >= response_due_ ||
-            !retries.may_retry(facts.idempotent, body_started_, interim_sent_, failure)) {
+            !retries.may_retry(facts.idempotent, body_started_, interim_sent_, failure,
+                               conn_.worker.failed_upstreams().out(lease.backend().id))) {
             co_return outcome;
         }
+        failed_colours |= 1u << index_of(lease.backend().colour);
         // Retry elsewhere: the failed backend stays in ex_.tried, so it is not picked again.
         retries.retrying();
         ++ex_.record.retries;
@@ -414,28 +417,31 @@ Task<Exchange> RequestExchange<Stream>::forward(RoutingTablePtr& table, Colour c
 
 // A retry is a new try: it goes by the routing of now, not of when the request began (a revert
 // or an ejection meanwhile is heeded: a request caught on a hung candidate is not sent to it
-// again once it was reverted). It keeps its colour unless the colour takes no new traffic now
-// and was not pinned by a preview header or a sticky cookie.
+// again once it was reverted). Unless a preview header or a sticky cookie pinned the colour, it
+// goes to the other colour when that one takes traffic and either its own takes none now or
+// this request has failed only in its own: a release whose backends are killed or reset one
+// after another would otherwise take every try (kill -9 of four green backends at 50/50 got
+// 502s with the retries spent on three of them), and the other colour is serving anyway.
 template <class Stream>
-Colour RequestExchange<Stream>::routing_for_retry(RoutingTablePtr& table, Colour colour) {
-    const RoutingTablePtr& now = conn_.worker.table();
-    if (now == table) {
-        return colour;
-    }
-    table = now;
-    ex_.record.version = table->version();
-    if (sticky_pinned_) {
-        // A cookie pins a client to its colour only while that colour takes traffic: after a
-        // rollback or a revert its retry goes where a new request with it would.
-        colour_pinned_ = sticky_colour(ex_.parser->get(), config_.sticky, *table).has_value();
-        sticky_pinned_ = colour_pinned_;
+Colour RequestExchange<Stream>::routing_for_retry(RoutingTablePtr& table, Colour colour,
+                                                  unsigned failed_colours) {
+    if (const RoutingTablePtr& now = conn_.worker.table(); now != table) {
+        table = now;
+        ex_.record.version = table->version();
+        if (sticky_pinned_) {
+            // A cookie pins a client to its colour only while that colour takes traffic: after
+            // a rollback or a revert its retry goes where a new request with it would.
+            colour_pinned_ = sticky_colour(ex_.parser->get(), config_.sticky, *table).has_value();
+            sticky_pinned_ = colour_pinned_;
+        }
     }
     // By the weights the data plane acts on: a colour with nothing healthy left has none.
-    if (!colour_pinned_ && table->effective_weight_bp(colour) == 0 &&
-        table->effective_weight_bp(other(colour)) > 0) {
-        return other(colour);
+    if (colour_pinned_ || table->effective_weight_bp(other(colour)) == 0) {
+        return colour;
     }
-    return colour;
+    const bool other_failed = (failed_colours & (1u << index_of(other(colour)))) != 0;
+    const bool cross = config_.retries.cross_colour && !other_failed;
+    return table->effective_weight_bp(colour) == 0 || cross ? other(colour) : colour;
 }
 
 // The last backend tried answers for the request in metrics and log, also when the proxy

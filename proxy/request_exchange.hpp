@@ -43,7 +43,7 @@ class RequestExchange {
     Colour choose_colour(const RoutingTable& table);
     Task<Exchange> forward(RoutingTablePtr& table, Colour colour, const RequestFacts& facts,
                            UpstreamLease& lease, RetryState& retries);
-    Colour routing_for_retry(RoutingTablePtr& table, Colour colour);
+    Colour routing_for_retry(RoutingTablePtr& table, Colour colour, unsigned failed_colours);
     void served_by(const Backend& backend);
     void record_try(const Backend& backend, Exchange outcome);
     Duration try_limit() const;

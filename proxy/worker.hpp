@@ -90,6 +90,7 @@ class Worker {
     }
     const std::shared_ptr<const Config>& config() const { return config_; }
     Balancer& balancer() { return balancer_; }
+    const FailedUpstreams& failed_upstreams() const { return failed_upstreams_; }
     UpstreamPool& upstream_pool() { return pool_; }
     ExchangePool& exchanges() { return exchanges_; }
     HeapTrim& heap_trim() { return heap_trim_; }

@@ -296,6 +296,16 @@ def admin_get(proxy, path):
     return r.status, body
 
 
+def backend_admin(backend, path):
+    """GET on a bg-backend's own /admin/... (fault switches): the body."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", int(backend.address.rsplit(":", 1)[1]), timeout=5)
+    conn.request("GET", path)
+    body = conn.getresponse().read()
+    conn.close()
+    return body
+
+
 def metric(proxy, name, labels=""):
     """One sample of /metrics (0 when absent): name as written, labels like 'limit="trailer"'."""
     _, body = admin_get(proxy, "/metrics")

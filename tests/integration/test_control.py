@@ -11,7 +11,7 @@ import threading
 import time
 import unittest
 
-from harness import BGCTL, ProcessTestCase, config, read_until
+from harness import BGCTL, ProcessTestCase, backend_admin, config, read_until
 
 
 class Load:
@@ -353,10 +353,7 @@ rise = 1
 
 def hang(backend, on=True):
     """Makes a bg-backend read requests and never answer (its /healthz still does)."""
-    conn = http.client.HTTPConnection("127.0.0.1", int(backend.address.rsplit(":", 1)[1]), timeout=5)
-    conn.request("GET", "/admin/hang?hang=%d" % (1 if on else 0))
-    conn.getresponse().read()
-    conn.close()
+    backend_admin(backend, "/admin/hang?hang=%d" % (1 if on else 0))
 
 
 class ControlNeverStuckTest(ProcessTestCase):

@@ -10,8 +10,8 @@ import time
 import unittest
 import urllib.request
 
-from harness import ProcessTestCase, config, raw_exchange, status_of
-from test_control import Load
+from harness import ProcessTestCase, backend_admin, config, raw_exchange, status_of
+from test_control import Load, hang
 
 FAST = """
 [health]
@@ -60,6 +60,71 @@ class RetryTest(ProcessTestCase):
         self.assertLess(reverted_at - killed_at, 3 * 0.5 + 0.5)
         s = proxy.status()
         self.assertEqual(s["colours"]["green"]["role"], "failed")
+
+    def test_a_release_resetting_on_every_backend_spends_one_try_not_all(self):
+        # Four green backends reset every request (as a release dying backend by backend does),
+        # their checks still passing. A GET sent to green is retried on blue at once: before,
+        # its two retries went to two more green backends and it got a 502.
+        blue = [self.backend("blue-1"), self.backend("blue-2")]
+        green = [self.backend("green-%d" % i) for i in range(1, 5)]
+        for b in green:
+            backend_admin(b, "/admin/reset?reset=1")
+        proxy = self.proxy(config(blue, green, weights=(50, 50), extra=FAST))
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        served = []
+        for _ in range(12):
+            conn.request("GET", "/")
+            r = conn.getresponse()
+            served.append((r.status, r.read()))
+        self.assertTrue(all(status == 200 and body.startswith(b"blue") for status, body in served),
+                        served)
+
+    def test_tries_timing_out_on_a_reverted_colour_are_all_retried(self):
+        # Green hangs every request and fails its checks: the guard reverts it before the hung
+        # tries time out (upstream_try), and every one of them is retried on blue, whatever the
+        # retry budget (3 here, of 24 requests): the budget guards peers of an overloaded
+        # backend, not a colour taken out of the routing.
+        blue = [self.backend("blue-1"), self.backend("blue-2")]
+        green = [self.backend("green-1"), self.backend("green-2")]
+        proxy = self.proxy(config(blue, green, weights=(50, 50), extra="""
+[health]
+interval = "100ms"
+fast_interval = "100ms"
+jitter = "0ms"
+timeout = "100ms"
+fall = 2
+[timeouts]
+upstream_try = "1500ms"
+upstream_response = "5s"
+[outlier]
+stalled_after = "10s"
+stalled_alone_after = "10s"
+"""))
+        for b in green:
+            hang(b)
+            backend_admin(b, "/admin/health?status=500")
+        for b in blue:
+            # The retries stay in flight together: the budget would let only 3 of them go.
+            backend_admin(b, "/admin/delay?delay=300")
+        results = []
+        lock = threading.Lock()
+
+        def client():
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+            conn.request("GET", "/")
+            r = conn.getresponse()
+            with lock:
+                results.append((r.status, r.read()))
+
+        threads = [threading.Thread(target=client) for _ in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        print("green hung and failing its checks at 50/50: %d of 24 GETs got 200"
+              % sum(1 for status, _ in results if status == 200))
+        self.assertEqual(proxy.status()["colours"]["green"]["role"], "failed")
+        self.assertEqual([status for status, _ in results], [200] * 24, results)
 
     def test_a_hanging_backend_has_its_requests_retried_elsewhere(self):
         blue = [self.backend("blue-1"), self.backend("blue-2")]

@@ -132,3 +132,21 @@ TEST_CASE("nothing is cut where its retry would have nowhere to go") {
     carried.follow(table({0, 1}, true), t0 + seconds(1), true);
     CHECK_FALSE(carried.should_cut(green.handle, t0 + seconds(3), seconds(1)));
 }
+
+TEST_CASE("a backend is out while it, or its colour, is out of the routing") {
+    bg::FailedUpstreams failed;
+    const Clock::time_point t0 = Clock::now();
+    failed.follow(table(), t0, true);
+    CHECK_FALSE(failed.out(0));
+    CHECK_FALSE(failed.out(3));
+    failed.follow(table({3}), t0, true);
+    CHECK(failed.out(3));
+    CHECK_FALSE(failed.out(2));
+    failed.follow(table({}, true), t0, true);  // green reverted: both its backends
+    CHECK(failed.out(2));
+    CHECK(failed.out(3));
+    CHECK_FALSE(failed.out(0));
+    CHECK_FALSE(failed.out(99));  // no such backend
+    failed.follow(table(), t0, true);
+    CHECK_FALSE(failed.out(3));
+}
