@@ -40,6 +40,7 @@ OutlierDetector::Verdicts OutlierDetector::observe(
     std::optional<Colour> watched, const std::map<std::string, bool>& active_healthy) {
     Verdicts verdicts;
     samples_.push_back(Sample{now, load.requests, load.failures});
+    note_answer_waits(table, load, now);
     // Keep one sample at or before the window's start to measure the whole window.
     while (samples_.size() > 2 && samples_[1].at <= now - config_.window) {
         samples_.pop_front();
@@ -64,32 +65,18 @@ OutlierDetector::Verdicts OutlierDetector::observe(
         std::uint64_t colour_requests = 0;
         std::uint64_t colour_failures = 0;
         unsigned ejected_here = 0;
-        std::uint64_t answering_begun = 0;
         for (const Backend& b : pool.backends) {
             ejected_here += ejections_.contains(b.name) ? 1 : 0;
         }
-        // Whether `b` answered a request begun a good while (half of stalled_after) after the
-        // oldest one now waiting `waited` began. (Requests read as a backend hung may still be
-        // answered: only a later one says it answers what it is sent.)
-        const auto settle = static_cast<std::uint64_t>(config_.stalled_after.count() / 2);
-        auto answered_after = [&](const Backend& b, Duration waited) {
-            const std::uint64_t begun = answer_begun_ms(load, b.id);
-            return begun != DataPlaneLoad::never_answered &&
-                   begun + settle < static_cast<std::uint64_t>(waited.count());
-        };
-        // A peer that answers: it answered a request begun after the stalled one (a pool slow
-        // as a whole answers nothing that recent; a hung backend back from an ejection answered
-        // nothing begun since it hung). Its own slow requests do not matter (a hung backend was
-        // never ejected while its peer served legitimate 3 s requests besides quick ones), nor
-        // does it need to be answering now, and no margin applies: the clients may all be stuck
-        // on the hung one within half a second.
-        auto answers_recent = [&](const Backend& peer, Duration waited) {
-            return !ejections_.contains(peer.name) &&
-                   answer_begun_ms(load, peer.id) < static_cast<std::uint64_t>(waited.count());
-        };
         // No stall is judged where no new requests go (a colour without a share): its
         // backends answer nothing newer because they are sent nothing.
         const bool takes_traffic = pool.weight_bp > 0;
+        // Nor before a request has outwaited what the service's answers take (both colours':
+        // a release serves the same requests): a backend holding two legitimately slow
+        // requests is sent nothing new by least-request, so it answers nothing newer either (a
+        // healthy one was ejected so, 1 request in 7 taking 3 s); a hung one's requests
+        // outwait them all.
+        const Duration ordinary = ordinary_wait(now);
         for (const Backend& b : pool.backends) {
             std::uint64_t requests = at(newest.requests, b.id) - at(oldest.requests, b.id);
             std::uint64_t failures = at(newest.failures, b.id) - at(oldest.failures, b.id);
@@ -128,26 +115,7 @@ OutlierDetector::Verdicts OutlierDetector::observe(
                     in_a_row = new_failures;  // the old run goes on: only new failures count
                 }
             }
-            const Duration waited(at(load.oldest_wait_ms, b.id));
-            bool stalled = false;
-            if (takes_traffic && config_.stalled_after > Duration(0) &&
-                waited >= config_.stalled_after) {
-                answering_begun = DataPlaneLoad::never_answered;  // the most recent peer answer
-                for (const Backend& peer : pool.backends) {
-                    if (peer.id != b.id && answers_recent(peer, waited)) {
-                        answering_begun = std::min(answering_begun, answer_begun_ms(load, peer.id));
-                    }
-                }
-                const bool answering = answering_begun != DataPlaneLoad::never_answered;
-                // And it answered none of the requests begun after its oldest: a backend that
-                // answers what it is sent is slow on some endpoint, not holding. Two held, or
-                // one for stalled_alone_after: least-request sends the fast requests to the
-                // peer while one slow request is in flight, so one alone is weak evidence (a
-                // healthy backend serving a 3 s report was ejected and the report run twice).
-                const bool held =
-                    at(load.stalled_waits, b.id) >= 2 || waited >= config_.stalled_alone_after;
-                stalled = answering && held && !answered_after(b, waited);
-            }
+            const bool stalled = takes_traffic && holds_requests(pool, b, load, ordinary);
             const bool consecutive =
                 config_.consecutive_failures > 0 && in_a_row >= config_.consecutive_failures;
             const double rate =
@@ -171,11 +139,13 @@ OutlierDetector::Verdicts OutlierDetector::observe(
             verdicts.ejected.push_back(b.name);
             verdicts.reasons[b.name] =
                 (consecutive ? std::to_string(in_a_row) + " failures in a row"
-                 : stalled   ? "oldest request waiting " + std::to_string(waited.count()) +
-                                 "ms for a response (a peer answered one begun " +
-                                 std::to_string(answering_begun) + "ms ago)"
-                           : "error rate " + percent(rate) + " of " + std::to_string(requests) +
-                                 " requests (threshold " + percent(config_.error_rate) + ")") +
+                 : stalled
+                     ? "oldest request waiting " + std::to_string(at(load.oldest_wait_ms, b.id)) +
+                           "ms for a response, longer than the service's answers (" +
+                           std::to_string(ordinary.count()) +
+                           "ms) and its peers' waits, while a peer answers"
+                     : "error rate " + percent(rate) + " of " + std::to_string(requests) +
+                           " requests (threshold " + percent(config_.error_rate) + ")") +
                 ", ejected for " + std::to_string(length.count()) + "ms";
         }
         if (watched && *watched == colour) {
@@ -218,6 +188,92 @@ std::string OutlierDetector::colour_failure(const ColourPool& pool, std::uint64_
         }
     }
     return colour_stalled(pool, load, now);
+}
+
+// Whether `b` holds its requests without answering (see OutlierConfig::stalled_after).
+bool OutlierDetector::holds_requests(const ColourPool& pool, const Backend& b,
+                                     const DataPlaneLoad& load, Duration ordinary) const {
+    const Duration waited(at(load.oldest_wait_ms, b.id));
+    const auto waited_ms = static_cast<std::uint64_t>(waited.count());
+    if (config_.stalled_after <= Duration(0) || waited < config_.stalled_after ||
+        waited <= ordinary) {
+        return false;
+    }
+    // A peer that answers: it answered a request begun after the stalled one (a pool slow as a
+    // whole answers nothing that recent; a hung backend back from an ejection answered nothing
+    // begun since it hung). No margin applies: the clients may all be stuck on the hung one
+    // within half a second. And the stalled request has outwaited every peer's oldest: one
+    // that has not is no sign of a hang (the colour is slow as a whole, e.g. before any of its
+    // slow answers is remembered), while a hung backend's waits outgrow a slow peer's.
+    bool peer_answers = false;
+    Duration peers_wait(0);
+    for (const Backend& peer : pool.backends) {
+        if (peer.id == b.id || ejections_.contains(peer.name)) {
+            continue;
+        }
+        peers_wait = std::max(peers_wait, Duration(at(load.oldest_wait_ms, peer.id)));
+        peer_answers = peer_answers || answer_begun_ms(load, peer.id) < waited_ms;
+    }
+    // And `b` answered none of the requests begun a good while (half of stalled_after) after
+    // its oldest: a backend that answers what it is sent is slow on some endpoint, not
+    // holding. (Requests read as the backend hung may still be answered.)
+    const auto settle = static_cast<std::uint64_t>(config_.stalled_after.count() / 2);
+    const std::uint64_t begun = answer_begun_ms(load, b.id);
+    const bool answers_newer = begun != DataPlaneLoad::never_answered && begun + settle < waited_ms;
+    // Two held, or one for stalled_alone_after: least-request sends the fast requests to the
+    // peer while one slow request is in flight, so one alone is weak evidence (a healthy
+    // backend serving a 3 s report was ejected and the report run twice).
+    const bool held = at(load.stalled_waits, b.id) >= 2 || waited >= config_.stalled_alone_after;
+    return peer_answers && held && waited > peers_wait && !answers_newer;
+}
+
+void OutlierDetector::note_answer_waits(const RoutingTable& table, const DataPlaneLoad& load,
+                                        Clock::time_point now) {
+    const bool remembered =
+        std::any_of(answered_in_.begin(), answered_in_.end(), [&](Clock::time_point t) {
+            return t != Clock::time_point{} && now - t <= config_.slow_answer_memory;
+        });
+    if (!remembered) {
+        answering_since_ = Clock::time_point{};  // learnt afresh
+    }
+    for (Colour colour : all_colours) {
+        for (const Backend& b : table.pool(colour).backends) {
+            if (b.id >= load.answer_waits.size()) {
+                continue;
+            }
+            const AnswerWaits& current = load.answer_waits[b.id];
+            const AnswerWaits before =
+                b.id < last_answer_waits_.size() ? last_answer_waits_[b.id] : AnswerWaits{};
+            for (std::size_t bucket = 0; bucket < AnswerWaits::buckets; ++bucket) {
+                if (current.counts[bucket] > before.counts[bucket]) {
+                    answered_in_[bucket] = now;
+                    if (answering_since_ == Clock::time_point{}) {
+                        answering_since_ = now;
+                    }
+                }
+            }
+        }
+    }
+    last_answer_waits_ = load.answer_waits;
+}
+
+Duration OutlierDetector::ordinary_wait(Clock::time_point now) const {
+    if (config_.slow_answer_memory <= Duration(0)) {
+        return Duration(0);  // off: stalled_after and the peers' waits alone
+    }
+    // Until the service has answered for stalled_alone_after, a slow request begun at its
+    // start may not have been answered yet: its answers so far are the quick ones.
+    const Duration learning = answering_since_ == Clock::time_point{} ||
+                                      now - answering_since_ < config_.stalled_alone_after
+                                  ? config_.stalled_alone_after
+                                  : Duration(0);
+    for (std::size_t bucket = AnswerWaits::buckets; bucket-- > 0;) {
+        if (answered_in_[bucket] != Clock::time_point{} &&
+            now - answered_in_[bucket] <= config_.slow_answer_memory) {
+            return std::max(learning, AnswerWaits::upper_bound(bucket));
+        }
+    }
+    return learning;
 }
 
 std::string OutlierDetector::colour_stalled(const ColourPool& pool, const DataPlaneLoad& load,

@@ -4,6 +4,7 @@
 // backends to eject, which to return, and whether the colour taking new traffic fails on its
 // error rate. Pure bookkeeping: no timers, no I/O, so it is tested with made-up snapshots.
 
+#include <array>
 #include <chrono>
 #include <deque>
 #include <map>
@@ -72,6 +73,17 @@ class OutlierDetector {
 
     // The window's last sample taken at or before `t`, if any.
     const Sample* sample_at_or_before(Clock::time_point t) const;
+    // Notes which answer-wait buckets each colour's backends answered in since the last load.
+    void note_answer_waits(const RoutingTable& table, const DataPlaneLoad& load,
+                           Clock::time_point now);
+    // Whether `b` holds its requests without answering: its oldest has outwaited `ordinary`
+    // (what the service's answers take), stalled_after and its peers' waits, and a peer
+    // answers what it is sent while `b` does not.
+    bool holds_requests(const ColourPool& pool, const Backend& b, const DataPlaneLoad& load,
+                        Duration ordinary) const;
+    // The longest wait an answer (of either colour) took within slow_answer_memory, rounded up
+    // to its bucket; at least stalled_alone_after while answers have come for less than that.
+    Duration ordinary_wait(Clock::time_point now) const;
     // Why the colour answers nothing, its requests waiting, or empty.
     std::string colour_stalled(const ColourPool& pool, const DataPlaneLoad& load,
                                Clock::time_point now) const;
@@ -86,6 +98,11 @@ class OutlierDetector {
     std::map<std::string, unsigned> times_ejected_;
     std::map<std::string, SinceReturn> since_return_;
     std::set<std::string> checks_failed_;  // backends the active checks had down at the last sample
+    std::vector<AnswerWaits> last_answer_waits_;  // as of the last load, by backend id
+    // When a try (of either colour) was last answered in each wait bucket (epoch: never).
+    std::array<Clock::time_point, AnswerWaits::buckets> answered_in_{};
+    // Since when tries have been answered, the memory unbroken (epoch: none remembered).
+    Clock::time_point answering_since_{};
 };
 
 }  // namespace bg

@@ -332,6 +332,7 @@ RoutingTablePtr build_table(const Config& config, const RoutingState& state, Bac
         pool.weight_bp = state.weight(colour);
         pool.failed = state.failed[index_of(colour)];
         pool.withdrawn = state.withdrawn[index_of(colour)] && state.weight(colour) == 0;
+        pool.stable = state.stable == colour;
         for (const auto& backend : source.backends) {
             auto health = healthy.find(backend.name);
             pool.backends.push_back(Backend{ids.id_of(backend.name), backend.name, colour,

@@ -1032,9 +1032,13 @@ void read_outlier(TableReader& o, OutlierConfig& out) {
     o.read_fraction("panic_threshold", out.panic_threshold, 0.0, 1.0);
     o.read_duration("stalled_after", out.stalled_after);  // 0: off
     o.read_duration("stalled_alone_after", out.stalled_alone_after, TableReader::Zero::refused);
-    // Retired (the rule now compares when requests began, not how long peers wait): still
-    // accepted, and ignored, so a config that sets it loads.
-    (void)o.take("stall_ratio");
+    o.read_duration("slow_answer_memory", out.slow_answer_memory);  // 0: no memory
+    // Retired: an ignored key would be a silent default, so it is refused with what replaced it.
+    if (const toml::node* node = o.take("stall_ratio")) {
+        o.error_at(*node,
+                   "outlier.stall_ratio is retired: remove it (a backend is stalled once its "
+                   "requests outwait what its colour's answers took, see slow_answer_memory)");
+    }
     o.read_duration("colour_stalled_after", out.colour_stalled_after);  // 0: off
     if (out.colour_stalled_after > out.window) {
         // Judged on the window's samples: a longer stall could never be seen. Asked for, that

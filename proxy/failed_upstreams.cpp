@@ -60,11 +60,8 @@ bool FailedUpstreams::colour_reverted_under(const SessionHandle& session) const 
     return since != in_routing && session.awaiting_since < since;
 }
 
-bool FailedUpstreams::out(std::uint32_t backend) const {
-    if (!any() || backend >= colour_of_.size() || colour_of_[backend] < 0) {
-        return false;
-    }
-    return backend_since_[backend] != in_routing || colour_since(backend) != in_routing;
+bool FailedUpstreams::colour_out(std::uint32_t backend) const {
+    return any() && colour_since(backend) != in_routing;
 }
 
 bool FailedUpstreams::should_cut(const SessionHandle& session, Clock::time_point now,

@@ -38,9 +38,10 @@ class FailedUpstreams {
     // taken out): its retry goes to the colour that carried the traffic before the release.
     bool colour_reverted_under(const SessionHandle& session) const;
 
-    // The backend, or its colour, is out of the routing now, with somewhere else to go: a try
-    // that timed out there is retried whatever the retry budget (as a cut one is).
-    bool out(std::uint32_t backend) const;
+    // The backend's colour is out of the routing now (reverted or rolled back), with the other
+    // serving: a try that timed out there is retried whatever the retry budget, as a cut one
+    // is. (Not a backend ejected alone: it may be overloaded, and its peers with it.)
+    bool colour_out(std::uint32_t backend) const;
 
     // Any backend or colour is out and the table leaves somewhere else to go.
     bool any() const { return any_ && !panic_; }

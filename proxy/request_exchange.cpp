@@ -250,6 +250,7 @@ template <class Stream>
 void RequestExchange<Stream>::begin_record(const Request* request) {
     head_arrived_ = true;
     started_ = std::chrono::steady_clock::now();
+    colour_started_ = started_;
     method_ = request != nullptr ? method_class(request->method()) : MethodClass::other;
     if (!conn_.worker.logs_access()) {
         return;
@@ -270,7 +271,8 @@ void RequestExchange<Stream>::finish_record() {
     if (!head_arrived_) {
         return;
     }
-    const auto elapsed = std::chrono::steady_clock::now() - started_;
+    const auto now = std::chrono::steady_clock::now();
+    const auto elapsed = now - started_;
     Worker& worker = conn_.worker;
     if (config_.metrics) {
         TrafficCounters& traffic = worker.traffic();
@@ -279,7 +281,7 @@ void RequestExchange<Stream>::finish_record() {
         }
         if (served_slot_ != 0) {
             traffic.request_duration[served_colour_].observe(
-                std::chrono::duration<double>(elapsed).count());
+                std::chrono::duration<double>(now - colour_started_).count());
             if (ex_.record.upstream_ms > 0) {
                 traffic.upstream_duration[served_colour_].observe(ex_.record.upstream_ms / 1000);
             }
@@ -404,7 +406,7 @@ Task<Exchange> RequestExchange<Stream>::forward(RoutingTablePtr& table, Colour c
             outcome == Exchange::upstream_timeout ? TryFailure::timeout : TryFailure::reset;
         if (!failed || CoarseClock::now() >= response_due_ ||
             !retries.may_retry(facts.idempotent, body_started_, interim_sent_, failure,
-                               conn_.worker.failed_upstreams().out(lease.backend().id))) {
+                               conn_.worker.failed_upstreams().colour_out(lease.backend().id))) {
             co_return outcome;
         }
         failed_colours |= 1u << index_of(lease.backend().colour);
@@ -419,9 +421,11 @@ Task<Exchange> RequestExchange<Stream>::forward(RoutingTablePtr& table, Colour c
 // or an ejection meanwhile is heeded: a request caught on a hung candidate is not sent to it
 // again once it was reverted). Unless a preview header or a sticky cookie pinned the colour, it
 // goes to the other colour when that one takes traffic and either its own takes none now or
-// this request has failed only in its own: a release whose backends are killed or reset one
-// after another would otherwise take every try (kill -9 of four green backends at 50/50 got
-// 502s with the retries spent on three of them), and the other colour is serving anyway.
+// the request failed in the candidate and the other is the stable colour: a release whose
+// backends are killed or reset one after another would otherwise take every try (kill -9 of
+// four green backends at 50/50 got 502s with the retries spent on three of them). Never from
+// the stable colour to the candidate: a failing stable backend's requests would pile onto the
+// small share (and sticky cookies pin clients there) against the weights.
 template <class Stream>
 Colour RequestExchange<Stream>::routing_for_retry(RoutingTablePtr& table, Colour colour,
                                                   unsigned failed_colours) {
@@ -440,7 +444,8 @@ Colour RequestExchange<Stream>::routing_for_retry(RoutingTablePtr& table, Colour
         return colour;
     }
     const bool other_failed = (failed_colours & (1u << index_of(other(colour)))) != 0;
-    const bool cross = config_.retries.cross_colour && !other_failed;
+    const bool cross =
+        config_.retries.cross_colour && !other_failed && table->pool(other(colour)).stable;
     return table->effective_weight_bp(colour) == 0 || cross ? other(colour) : colour;
 }
 
@@ -448,13 +453,18 @@ Colour RequestExchange<Stream>::routing_for_retry(RoutingTablePtr& table, Colour
 // reports its failure.
 template <class Stream>
 void RequestExchange<Stream>::served_by(const Backend& backend) {
+    upstream_started_ = std::chrono::steady_clock::now();
+    if (served_slot_ != 0 && index_of(backend.colour) != served_colour_) {
+        // A retry crossed colours: the colour that serves it is timed from its own try, not
+        // charged the other's failure (canary analysis compares the colours' latencies).
+        colour_started_ = upstream_started_;
+    }
     served_slot_ = backend.id + 1;
     served_colour_ = index_of(backend.colour);
     if (conn_.worker.logs_access()) {
         ex_.record.colour = to_string(backend.colour);
         ex_.record.backend = backend.name;
     }
-    upstream_started_ = std::chrono::steady_clock::now();
 }
 
 // What the try tells of the backend, for outlier detection and canary analysis.

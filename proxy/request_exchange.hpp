@@ -76,6 +76,8 @@ class RequestExchange {
     bool sticky_pinned_ = false;  // the sticky cookie did: it yields to a revert, as new requests'
     std::chrono::steady_clock::time_point started_;
     std::chrono::steady_clock::time_point upstream_started_;
+    // For the served colour's latency: started_, or its first try's start after a crossing.
+    std::chrono::steady_clock::time_point colour_started_;
     std::chrono::steady_clock::time_point response_due_;  // upstream_response, from the first try
     MethodClass method_ = MethodClass::other;
     std::uint32_t served_slot_ = 0;  // 0: no backend; else the backend id + 1

@@ -22,11 +22,11 @@ RetryState::~RetryState() {
 }
 
 bool RetryState::may_retry(bool idempotent, bool body_started, bool response_started,
-                           TryFailure failure, bool backend_out) {
+                           TryFailure failure, bool colour_out) {
     if (left_ == 0 || !idempotent || body_started || response_started) {
         return false;
     }
-    if (failure != TryFailure::timeout || backend_out) {
+    if (failure != TryFailure::timeout || colour_out) {
         return true;
     }
     if (budget_.room(config_) <= 0) {

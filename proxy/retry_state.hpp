@@ -33,12 +33,12 @@ class RetryState {
 
     // A failed try may be repeated elsewhere only while that is safe: an idempotent method, no
     // byte of a body consumed (bodies are streamed, not kept), nothing sent to the client,
-    // tries left, and for a timeout room in the budget, unless the backend is out of the
-    // routing by now (`backend_out`: its requests go elsewhere, as cut ones do). A reset is
+    // tries left, and for a timeout room in the budget, unless the backend's colour is out of
+    // the routing by now (`colour_out`: its requests go elsewhere, as cut ones do). A reset is
     // retried by `attempts` alone: a backend going away resets all its requests at once, and
     // each should be served.
     bool may_retry(bool idempotent, bool body_started, bool response_started, TryFailure failure,
-                   bool backend_out);
+                   bool colour_out);
     // One retry is made (counted, and in the budget until the request ends).
     void retrying();
     // A try may still follow this one (a cut try with none left would be a certain 502).

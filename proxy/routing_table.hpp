@@ -49,6 +49,7 @@ struct ColourPool {
     std::uint32_t weight_bp = 0;  // 0..10000
     bool failed = false;          // marked by the rollout guard until an operator clears it
     bool withdrawn = false;       // taken out by an operator's rollback
+    bool stable = false;          // the last known good colour (the other is the candidate)
     std::vector<Backend> backends;
     // Indexes into backends of those taking new requests, computed once per table.
     std::vector<std::uint32_t> eligible;

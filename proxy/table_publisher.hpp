@@ -8,6 +8,7 @@
 #include <memory>
 #include <vector>
 
+#include "answer_waits.hpp"
 #include "config.hpp"
 #include "routing_table.hpp"
 #include "traffic_counters.hpp"
@@ -35,6 +36,9 @@ struct DataPlaneLoad {
     // tells a backend that answers what it is sent from one that holds it.
     std::vector<std::uint64_t> answer_begun_ms;
     static constexpr std::uint64_t never_answered = ~std::uint64_t{0};
+    // How long answered tries waited for their response head, by backend id (cumulative,
+    // summed over workers).
+    std::vector<AnswerWaits> answer_waits;
     TrafficCounters traffic;  // summed over workers
 };
 

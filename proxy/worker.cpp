@@ -517,6 +517,7 @@ void Worker::report_load(std::function<void(DataPlaneLoad)> done) {
                         .count());
             }
         }
+        load.answer_waits = answer_waits_;
         load.traffic = traffic_;
         done(std::move(load));
     });

@@ -17,7 +17,9 @@
 #include <vector>
 
 #include "access_log.hpp"
+#include "answer_waits.hpp"
 #include "balancer.hpp"
+#include "coarse_clock.hpp"
 #include "config.hpp"
 #include "connection_limits.hpp"
 #include "descriptor_limit.hpp"
@@ -150,8 +152,11 @@ class Worker {
     void record_answer(std::uint32_t backend_id, std::chrono::steady_clock::time_point begun) {
         if (backend_id >= answer_begun_.size()) {
             answer_begun_.resize(backend_id + 1);
+            answer_waits_.resize(backend_id + 1);
         }
         answer_begun_[backend_id] = std::max(answer_begun_[backend_id], begun);
+        answer_waits_[backend_id].count(
+            std::chrono::duration_cast<std::chrono::milliseconds>(CoarseClock::now() - begun));
     }
     // A session watches its client for a close (ClientCloseWatch) or an upload for an early
     // answer (UploadAnswerWatch): the in-flight sweep runs while any do.
@@ -224,6 +229,7 @@ class Worker {
     std::vector<std::uint64_t> consecutive_failures_;
     // When the newest try each backend answered had begun, by backend id.
     std::vector<std::chrono::steady_clock::time_point> answer_begun_;
+    std::vector<AnswerWaits> answer_waits_;  // by backend id, cumulative
     std::function<void()> failure_run_alarm_;
     boost::asio::steady_timer grace_timer_;
     boost::asio::steady_timer close_sweep_timer_;

@@ -42,6 +42,11 @@ void add_load(DataPlaneLoad& total, const DataPlaneLoad& part) {
     merge_each(total.consecutive_failures, part.consecutive_failures, std::uint64_t{0}, most);
     merge_each(total.oldest_wait_ms, part.oldest_wait_ms, std::uint64_t{0}, most);
     merge_each(total.answer_begun_ms, part.answer_begun_ms, DataPlaneLoad::never_answered, least);
+    merge_each(total.answer_waits, part.answer_waits, AnswerWaits{},
+               [](AnswerWaits a, const AnswerWaits& b) {
+                   a.add(b);
+                   return a;
+               });
     total.traffic.add(part.traffic);
 }
 

@@ -1,4 +1,5 @@
 """Retries and the automatic revert under real failures: killed and frozen backends."""
+import collections
 import datetime
 import http.client
 import json
@@ -78,6 +79,24 @@ class RetryTest(ProcessTestCase):
             served.append((r.status, r.read()))
         self.assertTrue(all(status == 200 and body.startswith(b"blue") for status, body in served),
                         served)
+
+    def test_a_failing_stable_backend_retries_in_its_colour_not_onto_the_candidate(self):
+        # From a review: a retry crossing from the stable colour piled a failing blue backend's
+        # requests onto a 10% canary (35% of requests served by it).
+        blue = [self.backend("blue-%d" % i) for i in range(1, 4)]
+        green = [self.backend("green-1")]
+        backend_admin(blue[0], "/admin/reset?reset=1")
+        proxy = self.proxy(config(blue, green, weights=(90, 10), extra=FAST))
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        served = collections.Counter()
+        for _ in range(60):
+            conn.request("GET", "/")
+            r = conn.getresponse()
+            r.read()
+            self.assertEqual(r.status, 200)
+            served[r.getheader("X-Backend")] += 1
+        print("90/10, blue-1 resetting every request: served %s" % dict(served))
+        self.assertLessEqual(served["green-1"], 15)
 
     def test_tries_timing_out_on_a_reverted_colour_are_all_retried(self):
         # Green hangs every request and fails its checks: the guard reverts it before the hung

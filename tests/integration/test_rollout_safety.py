@@ -7,6 +7,7 @@ import base64
 import collections
 import json
 import os
+import random
 import socket
 import shutil
 import tempfile
@@ -254,7 +255,9 @@ class HungBackendTest(ProcessTestCase):
         proxy = self.proxy(config(blue, green, weights=(50, 50)))
         load = Load(proxy.port, threads=6, limit=40)
         self.addCleanup(load.stop)
-        time.sleep(2)
+        # Past the first stalled_alone_after (5 s) of answers, while slow requests begun at the
+        # start may still be unanswered and a hold must last that long.
+        time.sleep(5.5)
         hung_at = time.time()
         admin(green[1], "hang?hang=1")  # reads requests, never answers; /healthz still does
         ejected = None  # seconds after the hang
@@ -294,6 +297,65 @@ class HungBackendTest(ProcessTestCase):
         self.assertEqual(s["colours"]["green"]["role"], "candidate", proxy.bgctl("--json", "history", "3").stdout)
 
 
+    def test_a_hung_backend_is_ejected_beside_a_peer_serving_slow_requests(self):
+        """Found by an outside probe: blue-2 hung while one request in seven took 3 s
+        (legitimately). The rule then either waited for five timeouts in a row (21 s, GETs
+        waiting 10-13 s), or, read the other way, ejected a healthy backend holding two of the
+        slow requests (least-request sent it nothing newer to answer). A hold now has to
+        outwait the colour's slowest recent answers and its peers' own waits."""
+        blue = [self.backend("blue-1"), self.backend("blue-2")]
+        green = [self.backend("green-1")]
+        proxy = self.proxy(config(blue, green))
+        stop = threading.Event()
+        records = []  # (start, seconds, status) of the quick requests
+        lock = threading.Lock()
+
+        def client(seed):
+            rng = random.Random(seed)
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+            deadline = time.time() + 40
+            while not stop.is_set() and time.time() < deadline:
+                quick = rng.random() >= 1 / 7
+                start = time.time()
+                conn.request("GET", "/" if quick else "/?delay=3000")
+                r = conn.getresponse()
+                r.read()
+                if quick:
+                    with lock:
+                        records.append((start, time.time() - start, r.status))
+                time.sleep(0.05)
+        clients = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(8)]
+        for c in clients:
+            c.start()
+
+        def healthy():
+            return {b["name"]: b["healthy"] for b in proxy.status()["colours"]["blue"]["backends"]}
+        # Warming up with slow requests from the first moment: nothing is ejected.
+        warm_until = time.time() + 5
+        while time.time() < warm_until:
+            self.assertEqual(healthy(), {"blue-1": True, "blue-2": True}, "a healthy backend ejected")
+            time.sleep(0.1)
+        hung_at = time.time()
+        admin(blue[1], "hang?hang=1")
+        ejected = None
+        while time.time() - hung_at < 15 and ejected is None:
+            state = healthy()
+            self.assertTrue(state["blue-1"], "the healthy peer ejected")
+            if not state["blue-2"]:
+                ejected = time.time() - hung_at
+            time.sleep(0.05)
+        stop.set()
+        for c in clients:
+            c.join(35)
+        waited = [r[1] for r in records if r[0] >= hung_at]
+        print("blue-2 hung while 1 in 7 requests takes 3 s: ejected %.1f s later; slowest quick "
+              "GET after the hang %.1f s" % (ejected or -1, max(waited, default=0)))
+        self.assertIsNotNone(ejected, "blue-2 never ejected")
+        # Its holds must outwait the 3 s answers (the 4.1 s bucket), then a tick (1 s).
+        self.assertLess(ejected, 7)  # 21 s in the probe's run before any stall rule saw it
+        self.assertLess(max(waited, default=0), 8)  # upstream_try is 10 s
+        self.assertEqual([r for r in records if r[2] != 200], [])
+
     def test_a_backend_back_from_an_ejection_still_hung_is_ejected_again(self):
         """A hung backend whose ejection ends comes back still hung: the requests it catches
         then make it stalled again against its answering peer, and it is ejected again within
@@ -306,7 +368,7 @@ class HungBackendTest(ProcessTestCase):
                                         '[timeouts]\nupstream_try = "3s"\n'))
         load = Load(proxy.port, threads=6, limit=40)
         self.addCleanup(load.stop)
-        time.sleep(1)
+        time.sleep(5.5)  # past the first stalled_alone_after of answers, as above
         hung_at = time.time()
         admin(green[1], "hang?hang=1")
         events = []  # (seconds after the hang, healthy)

@@ -404,3 +404,16 @@ TEST_CASE("colour_stalled_after within the outlier window: asked for past it is 
     REQUIRE(off.errors.empty());
     CHECK(off.config->outlier.colour_stalled_after == std::chrono::seconds(0));
 }
+
+TEST_CASE("outlier.slow_answer_memory is a duration; the retired stall_ratio is refused") {
+    auto defaults = bg::parse_config(minimal, "t");
+    REQUIRE(defaults.errors.empty());
+    CHECK(defaults.config->outlier.slow_answer_memory == std::chrono::minutes(10));
+    auto set =
+        bg::parse_config(std::string(minimal) + "[outlier]\nslow_answer_memory = \"0s\"\n", "t");
+    REQUIRE(set.errors.empty());
+    CHECK(set.config->outlier.slow_answer_memory == std::chrono::seconds(0));
+    // Accepted and ignored once: a silent default. Now it says what replaced it.
+    CHECK(first_error(std::string(minimal) + "[outlier]\nstall_ratio = 0.5\n")
+              .find("stall_ratio is retired") != std::string::npos);
+}

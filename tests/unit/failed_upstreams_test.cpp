@@ -133,20 +133,19 @@ TEST_CASE("nothing is cut where its retry would have nowhere to go") {
     CHECK_FALSE(carried.should_cut(green.handle, t0 + seconds(3), seconds(1)));
 }
 
-TEST_CASE("a backend is out while it, or its colour, is out of the routing") {
+TEST_CASE("a backend's colour is out while it is reverted, not while the backend alone is") {
     bg::FailedUpstreams failed;
     const Clock::time_point t0 = Clock::now();
     failed.follow(table(), t0, true);
-    CHECK_FALSE(failed.out(0));
-    CHECK_FALSE(failed.out(3));
-    failed.follow(table({3}), t0, true);
-    CHECK(failed.out(3));
-    CHECK_FALSE(failed.out(2));
+    CHECK_FALSE(failed.colour_out(0));
+    CHECK_FALSE(failed.colour_out(3));
+    failed.follow(table({3}), t0, true);  // ejected alone: perhaps overloaded, as its peers
+    CHECK_FALSE(failed.colour_out(3));
     failed.follow(table({}, true), t0, true);  // green reverted: both its backends
-    CHECK(failed.out(2));
-    CHECK(failed.out(3));
-    CHECK_FALSE(failed.out(0));
-    CHECK_FALSE(failed.out(99));  // no such backend
+    CHECK(failed.colour_out(2));
+    CHECK(failed.colour_out(3));
+    CHECK_FALSE(failed.colour_out(0));
+    CHECK_FALSE(failed.colour_out(99));  // no such backend
     failed.follow(table(), t0, true);
-    CHECK_FALSE(failed.out(3));
+    CHECK_FALSE(failed.colour_out(3));
 }

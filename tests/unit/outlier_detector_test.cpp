@@ -187,8 +187,18 @@ bg::DataPlaneLoad waiting(std::vector<std::uint64_t> requests, std::vector<std::
     return load;
 }
 
-// The stall rule's defaults (stalled_after 1 s, stalled_alone_after 5 s) over
-// `table`, having seen `requests` at t0; then one sample a second.
+// `load` with `count` answers so far that waited under 64 ms, by every backend.
+bg::DataPlaneLoad quick_answers(bg::DataPlaneLoad load, std::uint64_t count) {
+    load.answer_waits.assign(4, bg::AnswerWaits{});
+    for (auto& waits : load.answer_waits) {
+        waits.counts[0] = count;
+    }
+    return load;
+}
+
+// The stall rule's defaults (stalled_after 1 s, stalled_alone_after 5 s) over `table`, both
+// colours answering quickly for 10 s before t0, having seen `requests` at t0; then one sample a
+// second.
 struct StallCase {
     bg::OutlierDetector detector{bg::OutlierConfig{}};
     bg::RoutingTable table;
@@ -196,7 +206,10 @@ struct StallCase {
 
     explicit StallCase(std::vector<std::uint64_t> requests, bg::RoutingTable t = two_by_two())
         : table(std::move(t)) {
-        detector.observe(table, counts(std::move(requests), {0, 0, 0, 0}), t0, std::nullopt, {});
+        detector.observe(table, quick_answers(counts({0, 0, 0, 0}, {0, 0, 0, 0}), 1),
+                         t0 - std::chrono::seconds(10), std::nullopt, {});
+        detector.observe(table, quick_answers(counts(std::move(requests), {0, 0, 0, 0}), 2), t0,
+                         std::nullopt, {});
     }
     bg::OutlierDetector::Verdicts at(int seconds, const bg::DataPlaneLoad& load) {
         return detector.observe(table, load, t0 + std::chrono::seconds(seconds), std::nullopt, {});
@@ -253,9 +266,79 @@ TEST_CASE("a hung backend is ejected beside a peer serving slow requests among q
     // the peer's own 3 s waits kept the rule from firing, and blue-2 went only after five
     // timeouts in a row, 21 s in. (g1's oldest here: a legitimate 3 s request.)
     StallCase c({0, 0, 100, 100});
+    // Not while g1's own request has waited longer: the colour may be slow as a whole.
     CHECK(c.at(1, waiting({0, 0, 300, 100}, {0, 0, 2900, 1500}, {0, 0, 1, 3},
                           {never, never, 12, 9000}))
+              .ejected.empty());
+    // Once g2's hold outlasts it (g1's slow request answered, another begun).
+    CHECK(c.at(2,
+               waiting({0, 0, 400, 100}, {0, 0, 900, 2500}, {0, 0, 0, 3}, {never, never, 12, 9000}))
               .ejected == Names{"g2"});
+}
+
+// `load` with answers of `backend` that waited `ms` for their head: `count` of them so far.
+bg::DataPlaneLoad answered(bg::DataPlaneLoad load, std::uint32_t backend, std::int64_t ms,
+                           std::uint64_t count) {
+    load.answer_waits.resize(4);
+    load.answer_waits[backend].counts[bg::AnswerWaits::bucket_of(std::chrono::milliseconds(ms))] =
+        count;
+    return load;
+}
+
+TEST_CASE("a backend holding requests no longer than its colour's answers take is not stalled") {
+    // Found by an outside probe: one request in seven taking 3 s, a healthy backend holding two
+    // of them was sent nothing new by least-request, so it answered nothing newer while its
+    // peer did, and was ejected. Its colour answered in 3 s lately: 2.5 s is no hang.
+    StallCase c({0, 0, 100, 100});
+    c.at(1, answered(waiting({0, 0, 150, 150}, {0, 0, 20, 20}, {0, 0, 0, 0}, {never, never, 5, 5}),
+                     2, 3000, 1));
+    // (The samples after it carry the same count: no newer answer, the memory holds.)
+    const auto held =
+        waiting({0, 0, 200, 150}, {0, 0, 20, 2500}, {0, 0, 0, 2}, {never, never, 5, 3000});
+    CHECK(c.at(2, answered(held, 2, 3000, 1)).ejected.empty());
+    // Past the slowest answer's bucket (up to 4.1 s), it holds.
+    const auto hung =
+        waiting({0, 0, 250, 150}, {0, 0, 20, 4200}, {0, 0, 0, 2}, {never, never, 5, 4700});
+    CHECK(c.at(3, answered(hung, 2, 3000, 1)).ejected == Names{"g2"});
+}
+
+TEST_CASE("until a colour has answered for stalled_alone_after, a hold must last that long") {
+    // Its slow requests begun at the start are not answered yet: its answers are the quick
+    // ones (a healthy backend holding two 3 s requests was ejected 1 s into the traffic).
+    bg::OutlierDetector detector{bg::OutlierConfig{}};
+    const bg::RoutingTable table = two_by_two();
+    const Clock::time_point t0 = Clock::now();
+    auto at = [&](int seconds, const bg::DataPlaneLoad& load) {
+        return detector.observe(table, load, t0 + std::chrono::seconds(seconds), std::nullopt, {});
+    };
+    at(0, quick_answers(counts({0, 0, 100, 100}, {0, 0, 0, 0}), 1));
+    const auto held = [](std::uint64_t ms) {
+        return quick_answers(
+            waiting({0, 0, 200, 150}, {0, 0, 20, ms}, {0, 0, 0, 2}, {never, never, 5, ms + 100}),
+            2);
+    };
+    CHECK(at(3, held(2500)).ejected.empty());
+    CHECK(at(4, held(3500)).ejected.empty());
+    CHECK(at(5, held(5100)).ejected == Names{"g2"});
+}
+
+TEST_CASE("a slow answer is remembered for slow_answer_memory, then forgotten") {
+    bg::OutlierConfig config;
+    config.slow_answer_memory = std::chrono::seconds(30);
+    bg::OutlierDetector detector(config);
+    const bg::RoutingTable table = two_by_two();
+    const Clock::time_point t0 = Clock::now();
+    auto at = [&](int seconds, const bg::DataPlaneLoad& load) {
+        return detector.observe(table, load, t0 + std::chrono::seconds(seconds), std::nullopt, {});
+    };
+    // Quick answers all along; one 3 s answer at 1 s.
+    at(0, quick_answers(counts({0, 0, 100, 100}, {0, 0, 0, 0}), 1));
+    at(1, answered(quick_answers(counts({0, 0, 150, 150}, {0, 0, 0, 0}), 2), 3, 3000, 1));
+    const auto held =
+        waiting({0, 0, 200, 150}, {0, 0, 20, 2500}, {0, 0, 0, 2}, {never, never, 5, 3000});
+    CHECK(at(20, answered(quick_answers(held, 20), 3, 3000, 1)).ejected.empty());
+    // 40 s on, no slow answer since: 2.5 s without an answer is a hold again.
+    CHECK(at(41, answered(quick_answers(held, 41), 3, 3000, 1)).ejected == Names{"g2"});
 }
 
 TEST_CASE("no stall is judged in a colour without a share: it is sent nothing new") {
