@@ -188,7 +188,8 @@ class BodyRelay {
                         std::uint64_t& bytes, bool& started) {
         auto& body = parser.get().body();
         BodyCork cork(BodyCork::plain(from), BodyCork::plain(to));  // pushes at the end
-        const auto body_start = CoarseClock::now();
+        BodyRateClock& clock = ex.body_clock;
+        clock.begin(CoarseClock::now());
         std::uint64_t moved = 0;
         bool ended = false;    // the end of the body has been written
         ex.coalesced.clear();  // what an earlier relay gathered and never sent (it failed)
@@ -199,7 +200,7 @@ class BodyRelay {
                     cork.push();  // the splice may wait on the source first: nothing waits held
                     const BodyEnd end =
                         co_await splice(ex, *BodyCork::plain(from), *BodyCork::plain(to), *pipe,
-                                        *length, leg, body_start, moved, bytes, started);
+                                        *length, leg, moved, bytes, started);
                     if (end == BodyEnd::done) {
                         account_spliced(parser, *length);
                         if constexpr (!isRequest) {
@@ -212,7 +213,7 @@ class BodyRelay {
             std::size_t n = 0;
             if (!parser.is_done()) {
                 body = {};
-                const auto read_limit = body_read_limit(leg, body_start, moved);
+                const auto read_limit = body_read_limit(leg, clock, moved);
                 if (read_limit <= std::chrono::milliseconds::zero()) {
                     co_return read_timed_out(ex, true);
                 }
@@ -298,6 +299,9 @@ class BodyRelay {
             co_return BodyEnd::done;
         }
         deadline_.arm(leg.write_limit, leg.write_side);
+        if (leg.min_rate > 0) {
+            ex.body_clock.writing(CoarseClock::now());
+        }
         const std::span<const boost::asio::const_buffer> pieces(out.buffers.data(), out.count);
         const bool hold = ex.coalesced.empty() && cork.may_hold(n == read_size_, !ended);
         boost::system::error_code ec;
@@ -308,6 +312,9 @@ class BodyRelay {
             std::tie(ec, std::ignore) = co_await write_pieces(ex, to, pieces);
         }
         cork.sent(hold);
+        if (leg.min_rate > 0) {
+            ex.body_clock.written(CoarseClock::now());
+        }
         if (ec) {
             co_return deadline_.expired() ? BodyEnd::write_timeout : BodyEnd::write_failed;
         }
@@ -318,16 +325,16 @@ class BodyRelay {
 
     // The time the next body read may take: the leg's pause limit, and with a minimum rate
     // no later than read_limit after the start plus one second per min_rate bytes received
-    // (mod_reqtimeout's MinRate). Zero or less: the body is already too slow.
-    static std::chrono::milliseconds body_read_limit(const BodyLeg& leg,
-                                                     std::chrono::steady_clock::time_point start,
+    // (mod_reqtimeout's MinRate), the start moved on by the waits to write (BodyRateClock).
+    // Zero or less: the body is already too slow.
+    static std::chrono::milliseconds body_read_limit(const BodyLeg& leg, const BodyRateClock& clock,
                                                      std::uint64_t received) {
         if (leg.min_rate == 0) {
             return leg.read_limit;
         }
         const auto earned = std::chrono::milliseconds(received * 1000 / leg.min_rate);
         const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-            start + leg.read_limit + earned - CoarseClock::now());
+            clock.start() + leg.read_limit + earned - CoarseClock::now());
         return std::min(leg.read_limit, left);
     }
 
@@ -362,10 +369,10 @@ class BodyRelay {
     }
 
     // The rest of a body, `length` bytes, moved from `from` to `to` through `pipe` inside the
-    // kernel (body_splice.cpp). `moved`, `bytes` and `started` count as in relay().
+    // kernel (body_splice.cpp). `moved`, `bytes` and `started` count as in relay(), and the
+    // rate's time on ex.body_clock.
     Task<BodyEnd> splice(ExchangeState& ex, Socket& from, Socket& to, SplicePipe& pipe,
-                         std::uint64_t length, const BodyLeg& leg,
-                         std::chrono::steady_clock::time_point body_start, std::uint64_t& moved,
+                         std::uint64_t length, const BodyLeg& leg, std::uint64_t& moved,
                          std::uint64_t& bytes, bool& started);
 
     // Bytes a backend sent past a spliced response's end are read into `in`, where they keep

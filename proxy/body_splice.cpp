@@ -31,9 +31,9 @@ bool make_non_blocking(Socket& socket) {
 }  // namespace
 
 Task<BodyEnd> BodyRelay::splice(ExchangeState& ex, Socket& from, Socket& to, SplicePipe& pipe,
-                                std::uint64_t length, const BodyLeg& leg,
-                                std::chrono::steady_clock::time_point body_start,
-                                std::uint64_t& moved, std::uint64_t& bytes, bool& started) {
+                                std::uint64_t length, const BodyLeg& leg, std::uint64_t& moved,
+                                std::uint64_t& bytes, bool& started) {
+    BodyRateClock& clock = ex.body_clock;
     if (!make_non_blocking(from)) {
         co_return BodyEnd::read_failed;
     }
@@ -46,7 +46,7 @@ Task<BodyEnd> BodyRelay::splice(ExchangeState& ex, Socket& from, Socket& to, Spl
     // doing, not the peer's (a 408 counted against the minimum rate, never a "client gone").
     const auto read_failed = [&] {
         if (deadline_.expired() && !from.is_open()) {
-            return read_timed_out(ex, body_read_limit(leg, body_start, moved) < leg.read_limit);
+            return read_timed_out(ex, body_read_limit(leg, clock, moved) < leg.read_limit);
         }
         return BodyEnd::read_failed;
     };
@@ -72,7 +72,7 @@ Task<BodyEnd> BodyRelay::splice(ExchangeState& ex, Socket& from, Socket& to, Spl
                 // The deadline is renewed by progress, as the copying relay's is before each
                 // read and write, not only by waits: with bytes ready on both sides this loop
                 // may never wait, and a stale deadline would cut a body that is moving.
-                const auto read_limit = body_read_limit(leg, body_start, moved);
+                const auto read_limit = body_read_limit(leg, clock, moved);
                 if (read_limit <= std::chrono::milliseconds::zero()) {
                     co_return read_timed_out(ex, true);
                 }
@@ -99,14 +99,20 @@ Task<BodyEnd> BodyRelay::splice(ExchangeState& ex, Socket& from, Socket& to, Spl
                 co_return write_failed();
             }
             deadline_.arm(leg.write_limit, leg.write_side);
+            if (leg.min_rate > 0) {
+                clock.writing(CoarseClock::now());
+            }
             auto [ec] = co_await to.async_wait(Socket::wait_write, nothrow);
+            if (leg.min_rate > 0) {
+                clock.written(CoarseClock::now());
+            }
             if (ec) {
                 co_return write_failed();
             }
             continue;
         }
         if (source_empty) {
-            const auto read_limit = body_read_limit(leg, body_start, moved);
+            const auto read_limit = body_read_limit(leg, clock, moved);
             if (read_limit <= std::chrono::milliseconds::zero()) {
                 co_return read_timed_out(ex, true);
             }

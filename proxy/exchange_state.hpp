@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "access_record.hpp"
+#include "body_rate_clock.hpp"
 #include "chunk_framing.hpp"
 #include "proxied_message.hpp"
 
@@ -38,6 +39,7 @@ struct ExchangeState {
     std::string body_error;            // why a body or response head was refused, for reply and log
     ChunkHeaderGuard request_chunks;   // called by `parser` (which holds a reference)
     ChunkHeaderGuard response_chunks;  // called by `response_parser`
+    BodyRateClock body_clock;          // the body being relayed: its minimum rate's time
 
     // What one request leaves behind (tried backends, the record, errors): reset when it
     // ends, so a pipelined request on the same state starts clean.

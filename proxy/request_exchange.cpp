@@ -692,7 +692,7 @@ Task<Exchange> RequestExchange<Stream>::send_request_body(UpstreamStream& stream
     } uploading{conn_.worker, conn_.handle()};
     if (!ex_.parser->is_done() && !conn_.handle().OpeningHook::is_linked() &&
         !conn_.handle().slot_released) {
-        conn_.worker.uploading(conn_.handle(), ex_.record.bytes_in);
+        conn_.worker.uploading(conn_.handle(), ex_.record.bytes_in, ex_.body_clock);
     }
     switch (co_await relay.relay(ex_, conn_.stream, ex_.buffer, *ex_.parser, stream, leg,
                                  ex_.record.bytes_in, body_started_)) {

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "body_rate_clock.hpp"
 #include "io_types.hpp"
 
 namespace bg {
@@ -25,10 +26,12 @@ struct SessionHandle : boost::intrusive::list_base_hook<>, OpeningHook {
     // Closed while opening to make room: its connection slot went to a new connection.
     bool slot_released = false;
     std::chrono::steady_clock::time_point opening_since{};  // while in the worker's opening list
-    // While in it for a request body being read: the count of its bytes so far, and that
-    // count when the body began (the slow-upload eviction judges the rate between).
+    // While in it for a request body being read: the count of its bytes so far, that count
+    // when the body began, and the body's rate clock (the slow-upload eviction judges the rate
+    // over the time it counts, not the waits for a slow backend).
     const std::uint64_t* upload_bytes = nullptr;
     std::uint64_t upload_base = 0;
+    const BodyRateClock* upload_clock = nullptr;
     Socket* upstream = nullptr;          // while a request holds a backend connection
     std::uint32_t upstream_backend = 0;  // the backend id of `upstream`
     // An idle backend connection kept for this client only (it opened with a PROXY header),

@@ -329,7 +329,7 @@ bool Worker::upload_too_slow(const SessionHandle& session,
     }
     const std::uint64_t rate = config_->limits.min_request_body_rate;
     const auto elapsed =
-        std::chrono::duration_cast<std::chrono::milliseconds>(now - session.opening_since);
+        std::chrono::duration_cast<std::chrono::milliseconds>(session.upload_clock->counted(now));
     const std::uint64_t arrived = *session.upload_bytes - session.upload_base;
     return rate > 0 && arrived * 1000 < rate * static_cast<std::uint64_t>(elapsed.count());
 }

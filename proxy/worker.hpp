@@ -122,14 +122,16 @@ class Worker {
     // A request body that arrives slower than limits.min_request_body_rate holds a slot the
     // same way (R-U-D-Y): it makes room too, once read for evict_opening_after. `bytes`
     // counts what has arrived and outlives the read.
-    void uploading(SessionHandle& session, const std::uint64_t& bytes) {
+    void uploading(SessionHandle& session, const std::uint64_t& bytes, const BodyRateClock& clock) {
         session.upload_bytes = &bytes;
         session.upload_base = bytes;
+        session.upload_clock = &clock;
         opening(session);
     }
     void uploaded(SessionHandle& session) {
         opened(session);
         session.upload_bytes = nullptr;
+        session.upload_clock = nullptr;
     }
     // The address connections accepted on `listener` were made to, when the listener is bound
     // to one address (not a wildcard): known without a getsockname() per connection.

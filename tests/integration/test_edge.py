@@ -21,8 +21,8 @@ import time
 import unittest
 
 from certificates import TestAuthority
-from harness import (ProcessTestCase, end_process, free_port, metric, read_response, read_to_end,
-                     status_of)
+from harness import (ProcessTestCase, config, end_process, free_port, metric, read_response,
+                     read_to_end, status_of)
 
 CA = None  # made once for the whole module by setUpModule
 CA_DIR = None
@@ -1242,6 +1242,34 @@ address = "127.0.0.1:0"
 @unittest.skipIf(os.environ.get("BGPROXY_SANITIZE"),
                  "counts an ACK that waits 40 ms for the response: a sanitizer build can take "
                  "longer to answer, and then the ACK goes alone")
+class SlowBackendUploadTest(ProcessTestCase):
+    def test_a_fast_upload_to_a_backend_slow_to_read_is_not_cut_as_too_slow(self):
+        """min_request_body_rate judges the client: the time the relay waits on a backend slow
+        to read does not count (it did: a fast upload to a backend paused for 3 s got a 408 as
+        a slow client, its bytes having come at only the backend's pace)."""
+        blue = [self.backend("blue-1")]
+        green = [self.backend("green-1")]
+        proxy = self.proxy(config(blue, green, extra="""
+[limits]
+min_request_body_rate = 10000000
+[timeouts]
+client_body = "1s"
+upstream_try = "10s"
+"""))
+        size = 32 * 1024 * 1024
+        blue[0].signal(signal.SIGSTOP)  # reads nothing for 3 s: the proxy's writes wait
+        self.addCleanup(lambda: blue[0].signal(signal.SIGCONT))
+        resume = threading.Timer(3.0, lambda: blue[0].signal(signal.SIGCONT))
+        resume.start()
+        self.addCleanup(resume.cancel)
+        piece = b"x" * (1 << 20)
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+        conn.request("POST", "/upload", body=(piece for _ in range(size >> 20)),
+                     headers={"Content-Length": str(size)})
+        r = conn.getresponse()
+        self.assertEqual((r.status, r.read()), (200, b"received %d\n" % size))
+
+
 class SmartAcceptTest(ProcessTestCase):
     """listener.smart_accept (HAProxy's tcp-smart-accept): the ACK of a new connection's request
     rides on the response instead of going alone, one segment less per connection."""
