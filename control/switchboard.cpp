@@ -47,7 +47,8 @@ std::string needs_restart(const Config& current, const Config& fresh) {
     bool listeners = fresh.listeners.size() != current.listeners.size();
     for (std::size_t i = 0; !listeners && i < fresh.listeners.size(); ++i) {
         listeners = fresh.listeners[i].address.text != current.listeners[i].address.text ||
-                    fresh.listeners[i].smart_accept != current.listeners[i].smart_accept;
+                    fresh.listeners[i].smart_accept != current.listeners[i].smart_accept ||
+                    fresh.listeners[i].send_buffer != current.listeners[i].send_buffer;
     }
     if (listeners) {
         restart = "listeners";

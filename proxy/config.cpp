@@ -1115,6 +1115,12 @@ ListenerConfig read_listener(TableReader& entry, const toml::node& item) {
     }
     entry.read_integer("max_connections", listener.max_connections, 0, 10000000);
     entry.read_bool("smart_accept", listener.smart_accept);
+    entry.read_integer("send_buffer", listener.send_buffer, 0, 64 * 1024 * 1024);
+    if (listener.send_buffer > 0 && listener.send_buffer < 4096) {
+        entry.error_at(*entry.table().get("send_buffer"),
+                       "listener.send_buffer must be 0 (the kernel's autotuning) or at least "
+                       "4096 bytes");
+    }
     if (auto tls = entry.sub_table("tls")) {
         read_tls(*tls, *entry.table().get("tls"), listener);
     }

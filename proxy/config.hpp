@@ -206,6 +206,9 @@ struct ListenerConfig {
     // The request's ACK rides on the response instead of going alone (HAProxy's
     // tcp-smart-accept): the listener is set TCP_QUICKACK off, which accepted sockets inherit.
     bool smart_accept = true;
+    // SO_SNDBUF of accepted connections in bytes (HAProxy's tune.sndbuf.client, nginx's
+    // sndbuf); 0: the kernel's autotuning.
+    std::uint32_t send_buffer = 0;
 };
 
 struct Timeouts {

@@ -103,6 +103,13 @@ bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
                 ec.assign(errno, boost::system::system_category());
             }
         }
+        if (!ec && config_->listeners[i].send_buffer > 0) {
+            // Accepted connections inherit it (and lose the kernel's autotuning, up to ~4 MB
+            // each: what a client that reads slowly holds of the kernel's memory).
+            acceptor->set_option(asio::socket_base::send_buffer_size(
+                                     static_cast<int>(config_->listeners[i].send_buffer)),
+                                 ec);
+        }
         if (ec) {
             error = "cannot listen on " + address.text + ": " + ec.message();
             return false;

@@ -5,6 +5,7 @@ set -euo pipefail
 packages=(cmake g++ make libboost1.81-dev libboost-json1.81-dev libboost-url1.81-dev libssl-dev
           libtomlplusplus-dev prometheus-cpp-dev doctest-dev libcli11-dev libspdlog-dev ccache
           curl openssl python3 haproxy wrk nginx-light prometheus
+          iproute2  # ss: the tests read a socket's kernel buffers
           # The fuzz build: clang and its runtimes (libclang_rt.fuzzer, asan, ubsan: only
           # recommended by clang-14, so named), llhttp's C sources for the differential checks.
           clang-14 libclang-rt-14-dev node-llhttp

@@ -1270,6 +1270,42 @@ upstream_try = "10s"
         self.assertEqual((r.status, r.read()), (200, b"received %d\n" % size))
 
 
+class SendBufferTest(ProcessTestCase):
+    def test_a_listeners_send_buffer_caps_what_a_slow_reader_holds(self):
+        """A client that asks for 16 MiB and reads nothing: by default the kernel grows the
+        proxy's socket buffer for it to about 4 MB; with send_buffer = 65536 it stays at twice
+        that (the kernel's doubling), on the listener that sets it only."""
+        blue = [self.backend("blue-1")]
+        green = [self.backend("green-1")]
+        proxy = self.proxy(config(blue, green, extra="""
+[[listener]]
+address = "127.0.0.1:0"
+send_buffer = 65536
+"""))
+
+        def held_by_proxy(port):
+            s = socket.create_connection(("127.0.0.1", port))
+            self.addCleanup(s.close)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(b"GET /?bytes=16777216 HTTP/1.1\r\nHost: x\r\n\r\n")
+            client_port = s.getsockname()[1]
+            deadline = time.time() + 3
+            largest = 0
+            while time.time() < deadline:
+                out = subprocess.run(["ss", "-tmnH", "state", "established", "( dport = :%d )"
+                                      % client_port], capture_output=True, text=True).stdout
+                sizes = [int(x) for x in re.findall(r"tb(\d+)", out)]
+                largest = max([largest] + sizes)
+                time.sleep(0.2)
+            return largest
+        ports = proxy.ports
+        capped, default = held_by_proxy(ports[1]), held_by_proxy(ports[0])
+        print("a slow reader's socket buffer at the proxy: %d bytes by default, %d with "
+              "send_buffer = 65536" % (default, capped))
+        self.assertEqual(capped, 131072)
+        self.assertGreater(default, 1000000)
+
+
 class SmartAcceptTest(ProcessTestCase):
     """listener.smart_accept (HAProxy's tcp-smart-accept): the ACK of a new connection's request
     rides on the response instead of going alone, one segment less per connection."""

@@ -417,3 +417,15 @@ TEST_CASE("outlier.slow_answer_memory is a duration; the retired stall_ratio is 
     CHECK(first_error(std::string(minimal) + "[outlier]\nstall_ratio = 0.5\n")
               .find("stall_ratio is retired") != std::string::npos);
 }
+
+TEST_CASE("a listener's send_buffer is 0 (the kernel's) or at least 4096 bytes") {
+    const std::string listener = "[[listener]]\naddress = \"127.0.0.1:8081\"\nsend_buffer = ";
+    auto result = bg::parse_config(std::string(minimal) + listener + "65536\n", "t");
+    REQUIRE(result.errors.empty());
+    CHECK(result.config->listeners.at(0).send_buffer == 0);
+    CHECK(result.config->listeners.at(1).send_buffer == 65536);
+    CHECK(first_error(std::string(minimal) + listener + "100\n").find("at least 4096") !=
+          std::string::npos);
+    CHECK(first_error(std::string(minimal) + listener + "-1\n").find("send_buffer") !=
+          std::string::npos);
+}
