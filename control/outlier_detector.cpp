@@ -206,14 +206,22 @@ bool OutlierDetector::holds_requests(const ColourPool& pool, const Backend& b,
     // that has not is no sign of a hang (the colour is slow as a whole, e.g. before any of its
     // slow answers is remembered), while a hung backend's waits outgrow a slow peer's.
     bool peer_answers = false;
+    bool peer_in_routing = false;
     Duration peers_wait(0);
     for (const Backend& peer : pool.backends) {
         if (peer.id == b.id || ejections_.contains(peer.name)) {
             continue;
         }
+        peer_in_routing = true;
         peers_wait = std::max(peers_wait, Duration(at(load.oldest_wait_ms, peer.id)));
         peer_answers = peer_answers || answer_begun_ms(load, peer.id) < waited_ms;
     }
+    // Or, past stalled_alone_after, peers with nothing waiting at all: no newer request reached
+    // them because the clients are stuck on this one (one client sending one request at a
+    // time waited upstream_try, 10 s, on every other request, and the backend went only after
+    // five timeouts in a row, 50 s in). A peer that holds requests too is no such witness.
+    peer_answers = peer_answers || (peer_in_routing && peers_wait == Duration(0) &&
+                                    waited >= config_.stalled_alone_after);
     // And `b` answered none of the requests begun a good while (half of stalled_after) after
     // its oldest: a backend that answers what it is sent is slow on some endpoint, not
     // holding. (Requests read as the backend hung may still be answered.)

@@ -356,6 +356,39 @@ class HungBackendTest(ProcessTestCase):
         self.assertLess(max(waited, default=0), 8)  # upstream_try is 10 s
         self.assertEqual([r for r in records if r[2] != 200], [])
 
+    def test_one_client_at_a_time_waits_once_on_a_hung_backend_not_at_every_other_request(self):
+        """Found by an outside probe: one client sending one request at a time. With blue-2
+        hung, no peer ever answered a request begun after the stuck one (none reached it), so
+        every other request waited upstream_try (10 s) and blue-2 went only after five timeouts
+        in a row, 50 s in. Past stalled_alone_after, idle peers stand witness."""
+        blue = [self.backend("blue-1"), self.backend("blue-2")]
+        green = [self.backend("green-1")]
+        proxy = self.proxy(config(blue, green))
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+
+        def get():
+            start = time.time()
+            conn.request("GET", "/")
+            r = conn.getresponse()
+            r.read()
+            return r.status, time.time() - start
+        warm_until = time.time() + 5.5  # past the first stalled_alone_after of answers
+        while time.time() < warm_until:
+            self.assertEqual(get()[0], 200)
+            time.sleep(0.02)
+        admin(blue[1], "hang?hang=1")
+        hung_at = time.time()
+        results = []
+        while time.time() - hung_at < 15:
+            results.append(get())
+            time.sleep(0.02)
+        slow = [round(seconds, 1) for _, seconds in results if seconds > 1]
+        print("one client at a time, blue-2 hung: %d requests in 15 s, slow ones %s"
+              % (len(results), slow))
+        self.assertEqual([status for status, _ in results if status != 200], [])
+        self.assertLessEqual(len(slow), 1, slow)  # the one caught as it hung
+        self.assertLess(max(slow, default=0), 7.5)  # ejected at stalled_alone_after, then cut
+
     def test_a_backend_back_from_an_ejection_still_hung_is_ejected_again(self):
         """A hung backend whose ejection ends comes back still hung: the requests it catches
         then make it stalled again against its answering peer, and it is ejected again within

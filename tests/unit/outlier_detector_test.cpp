@@ -422,3 +422,25 @@ TEST_CASE("a watched colour none of whose backends answers fails as a whole") {
     detector.reset_window();
     CHECK_FALSE(detector.observe(table, load, s(7), bg::Colour::green, {}).failed_colour);
 }
+
+TEST_CASE("past stalled_alone_after, idle peers stand witness for one client stuck on a backend") {
+    // Found by an outside probe: one client sending one request at a time to a pool with a
+    // hung backend waited upstream_try on every other request (no peer answered anything
+    // begun after the stuck one: nothing reached it); ejected only after five timeouts, 50 s.
+    StallCase c({0, 0, 100, 100});
+    // g1 idle (nothing waiting), its last answer from before g2's one request began.
+    CHECK(c.at(1,
+               waiting({0, 0, 120, 101}, {0, 0, 0, 4000}, {0, 0, 0, 1}, {never, never, 4500, 9000}))
+              .ejected.empty());
+    CHECK(c.at(2,
+               waiting({0, 0, 120, 101}, {0, 0, 0, 5000}, {0, 0, 0, 1}, {never, never, 5500, 9000}))
+              .ejected == Names{"g2"});
+}
+
+TEST_CASE("a peer holding a request of its own is no witness for an idle pool") {
+    StallCase c({0, 0, 100, 100});
+    // Both wait, one request each, nothing answered since: the service is slow, not g2.
+    CHECK(c.at(1, waiting({0, 0, 101, 101}, {0, 0, 4800, 5000}, {0, 0, 1, 1},
+                          {never, never, 5500, 9000}))
+              .ejected.empty());
+}
