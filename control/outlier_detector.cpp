@@ -275,10 +275,16 @@ Duration OutlierDetector::ordinary_wait(Clock::time_point now) const {
                                       now - answering_since_ < config_.stalled_alone_after
                                   ? config_.stalled_alone_after
                                   : Duration(0);
+    // At most stalled_alone_after, as a request alone is held to: one 9 s answer (its bucket
+    // 16.4 s, past upstream_try) left hung backends to five timeouts in a row for the memory's
+    // ten minutes, and 7 s preview answers on the idle colour slowed the live one's detection
+    // to 8 s (an outside probe). A service whose requests legitimately wait longer raises
+    // stalled_alone_after.
     for (std::size_t bucket = AnswerWaits::buckets; bucket-- > 0;) {
         if (answered_in_[bucket] != Clock::time_point{} &&
             now - answered_in_[bucket] <= config_.slow_answer_memory) {
-            return std::max(learning, AnswerWaits::upper_bound(bucket));
+            return std::max(
+                learning, std::min(AnswerWaits::upper_bound(bucket), config_.stalled_alone_after));
         }
     }
     return learning;

@@ -95,9 +95,10 @@ struct OutlierConfig {
     // One slow request alone is an endpoint's slowness as often as a hang.
     Duration stalled_alone_after{std::chrono::seconds(5)};
     // And a stalled request has waited longer than any answer (of either colour) within this
-    // time took (rounded up to a power-of-two bucket from 64 ms): a service that answers in
-    // 3 s at times is not hung at 1 s; and for the first stalled_alone_after of answers, at
-    // least that long. 0: off (stalled_after and the peers' waits alone).
+    // time took (rounded up to a power-of-two bucket from 64 ms, at most stalled_alone_after):
+    // a service that answers in 3 s at times is not hung at 1 s; and for the first
+    // stalled_alone_after of answers, that long. 0: off (stalled_after and the peers' waits
+    // alone).
     Duration slow_answer_memory{std::chrono::minutes(10)};
     // The candidate taking traffic fails when none of its backends has answered for this long
     // while one of its requests has waited that long: a release that hangs everywhere has no

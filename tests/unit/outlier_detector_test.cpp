@@ -322,6 +322,17 @@ TEST_CASE("until a colour has answered for stalled_alone_after, a hold must last
     CHECK(at(5, held(5100)).ejected == Names{"g2"});
 }
 
+TEST_CASE("what the service's answers take counts up to stalled_alone_after, no more") {
+    // Found by an outside probe: one 9 s answer (bucket 16.4 s, past upstream_try) left hung
+    // backends to five timeouts in a row for ten minutes.
+    StallCase c({0, 0, 100, 100});
+    c.at(1, answered(waiting({0, 0, 150, 150}, {0, 0, 20, 20}, {0, 0, 0, 0}, {never, never, 5, 5}),
+                     2, 9000, 1));
+    const auto held =
+        waiting({0, 0, 200, 150}, {0, 0, 20, 5100}, {0, 0, 0, 2}, {never, never, 5, 5600});
+    CHECK(c.at(2, answered(held, 2, 9000, 1)).ejected == Names{"g2"});
+}
+
 TEST_CASE("a slow answer is remembered for slow_answer_memory, then forgotten") {
     bg::OutlierConfig config;
     config.slow_answer_memory = std::chrono::seconds(30);
