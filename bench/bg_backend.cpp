@@ -581,6 +581,11 @@ class Session {
     // Reads the rest of the request body into the discard buffer; returns the byte count.
     net::awaitable<std::optional<std::uint64_t>> read_body() {
         std::uint64_t total = 0;
+        // Beast reads as much as the buffer has room for, at least 512 bytes: a buffer sized for
+        // heads took a 1 MiB upload in 2,048 reads, and the backend, not the proxy, was the limit.
+        if (!parser_->is_done()) {
+            buffer_.reserve(kPiece);
+        }
         while (!parser_->is_done()) {
             auto& discard = t_discard;
             auto& body = parser_->get().body();
