@@ -85,7 +85,6 @@ OutlierDetector::Verdicts OutlierDetector::observe(
             if (ejections_.contains(b.name)) {
                 continue;
             }
-            std::uint64_t in_a_row = at(load.consecutive_failures, b.id);
             const auto checks = active_healthy.find(b.name);
             const bool checks_pass = checks == active_healthy.end() || checks->second;
             bool recovered = false;
@@ -98,8 +97,11 @@ OutlierDetector::Verdicts OutlierDetector::observe(
             // failures then was while it was down, the panic threshold keeping it in the pool).
             if (recovered || std::find(verdicts.returned.begin(), verdicts.returned.end(),
                                        b.name) != verdicts.returned.end()) {
-                since_return_[b.name] = {at(newest.requests, b.id), at(newest.failures, b.id),
-                                         in_a_row};
+                since_return_[b.name] = {at(newest.requests, b.id), at(newest.failures, b.id)};
+                if (b.failure_run) {
+                    b.failure_run->restart();
+                }
+                runs_seen_[b.name] = {0, now};
                 continue;  // back this moment: judged on what comes next
             }
             if (auto base = since_return_.find(b.name); base != since_return_.end()) {
@@ -110,14 +112,12 @@ OutlierDetector::Verdicts OutlierDetector::observe(
                 requests = std::min(requests, new_requests);
                 failures = std::min(failures, new_failures);
                 if (new_requests > new_failures) {
-                    since_return_.erase(base);  // a success ended the old run: the count is fresh
-                } else {
-                    in_a_row = new_failures;  // the old run goes on: only new failures count
+                    since_return_.erase(base);  // a success: the window's rate applies again
                 }
             }
+            const std::uint64_t in_a_row = b.failure_run ? b.failure_run->length() : 0;
             const bool stalled = takes_traffic && holds_requests(pool, b, load, ordinary);
-            const bool consecutive =
-                config_.consecutive_failures > 0 && in_a_row >= config_.consecutive_failures;
+            const bool consecutive = failing_in_a_row(b, now);
             const double rate =
                 requests > 0 ? static_cast<double>(failures) / static_cast<double>(requests) : 0;
             const bool rate_exceeded = config_.error_rate > 0 && requests >= config_.min_requests &&
@@ -188,6 +188,22 @@ std::string OutlierDetector::colour_failure(const ColourPool& pool, std::uint64_
         }
     }
     return colour_stalled(pool, load, now);
+}
+
+bool OutlierDetector::failing_in_a_row(const Backend& b, Clock::time_point now) {
+    if (!b.failure_run) {
+        return false;
+    }
+    const std::uint64_t length = b.failure_run->length();
+    RunSeen& seen = runs_seen_[b.name];
+    const bool grew = length > seen.length;
+    if (length != seen.length) {
+        seen = {length, now};
+    } else if (length > 0 && now - seen.since >= config_.window) {
+        b.failure_run->restart();
+        seen = {0, now};
+    }
+    return config_.consecutive_failures > 0 && grew && length >= config_.consecutive_failures;
 }
 
 // Whether `b` holds its requests without answering (see OutlierConfig::stalled_after).

@@ -62,17 +62,26 @@ class OutlierDetector {
         Clock::time_point until;
     };
     // A backend's cumulative counters when it returned: no request reached it while it was
-    // out, so the failures that got it ejected are still in the workers' counters (the run of
-    // consecutive failures, the window's rate). It is judged on what came after (Envoy resets
-    // a host's counters when it unejects it), or freshly once a success ended that run.
+    // out, so the failures that got it ejected are still in the window's rate. It is judged
+    // on what came after (Envoy resets a host's counters when it unejects it), or on the
+    // whole window once a success shows it answers. (Its run of failures restarts then.)
     struct SinceReturn {
         std::uint64_t requests = 0;
         std::uint64_t failures = 0;
-        std::uint64_t consecutive = 0;
     };
 
     // The window's last sample taken at or before `t`, if any.
     const Sample* sample_at_or_before(Clock::time_point t) const;
+    // A backend's run of failures as last seen, and since when it has stood at that length.
+    struct RunSeen {
+        std::uint64_t length = 0;
+        Clock::time_point since{};
+    };
+    // Whether `b`'s run of failures has reached consecutive_failures and grown since the last
+    // look: a run that stands still (no traffic reaches the backend: its colour idle, or
+    // reverted) is an old one, and one that stands a whole window is restarted, so that
+    // the first failure once traffic returns is not the sixth in a row.
+    bool failing_in_a_row(const Backend& b, Clock::time_point now);
     // Notes which answer-wait buckets each colour's backends answered in since the last load.
     void note_answer_waits(const RoutingTable& table, const DataPlaneLoad& load,
                            Clock::time_point now);
@@ -97,6 +106,7 @@ class OutlierDetector {
     std::map<std::string, Ejection> ejections_;
     std::map<std::string, unsigned> times_ejected_;
     std::map<std::string, SinceReturn> since_return_;
+    std::map<std::string, RunSeen> runs_seen_;
     std::set<std::string> checks_failed_;  // backends the active checks had down at the last sample
     std::vector<AnswerWaits> last_answer_waits_;  // as of the last load, by backend id
     // When a try (of either colour) was last answered in each wait bucket (epoch: never).

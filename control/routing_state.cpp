@@ -323,6 +323,16 @@ std::uint32_t BackendIds::id_of(const std::string& name) {
     return it->second;
 }
 
+const std::shared_ptr<FailureRun>& BackendIds::failure_run(std::uint32_t id) {
+    if (id >= runs_.size()) {
+        runs_.resize(id + 1);
+    }
+    if (!runs_[id]) {
+        runs_[id] = std::make_shared<FailureRun>();
+    }
+    return runs_[id];
+}
+
 RoutingTablePtr build_table(const Config& config, const RoutingState& state, BackendIds& ids,
                             const std::map<std::string, bool>& healthy, Duration tunnel_drain) {
     std::array<ColourPool, 2> pools;
@@ -335,10 +345,11 @@ RoutingTablePtr build_table(const Config& config, const RoutingState& state, Bac
         pool.stable = state.stable == colour;
         for (const auto& backend : source.backends) {
             auto health = healthy.find(backend.name);
-            pool.backends.push_back(Backend{ids.id_of(backend.name), backend.name, colour,
-                                            backend.address, state.admin_state(backend.name),
-                                            health == healthy.end() || health->second,
-                                            source.tls_context, source.send_proxy_protocol});
+            const std::uint32_t id = ids.id_of(backend.name);
+            pool.backends.push_back(
+                Backend{id, backend.name, colour, backend.address, state.admin_state(backend.name),
+                        health == healthy.end() || health->second, source.tls_context,
+                        source.send_proxy_protocol, ids.failure_run(id)});
         }
     }
     auto table = std::make_shared<RoutingTable>(state.version, std::move(pools));

@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "config.hpp"
 #include "routing_table.hpp"
@@ -74,12 +75,16 @@ std::string format_percent(std::uint32_t bp);       // 1250 -> "12.5"
 boost::json::value percent_json(std::uint32_t bp);  // 9000 -> 90, 1250 -> 12.5
 
 // Gives each backend name a process-wide stable id (indexes per-worker arrays).
+// A backend's identity for the life of the process, by name: its id, and its run of failures
+// (every table carries the same FailureRun).
 class BackendIds {
   public:
     std::uint32_t id_of(const std::string& name);
+    const std::shared_ptr<FailureRun>& failure_run(std::uint32_t id);
 
   private:
     std::unordered_map<std::string, std::uint32_t> ids_;
+    std::vector<std::shared_ptr<FailureRun>> runs_;  // by id
 };
 
 // The table for the data plane: backends from the config, admin states and weights from the

@@ -488,7 +488,7 @@ void RequestExchange<Stream>::record_try(const Backend& backend, Exchange outcom
         default:
             break;  // the client's doing, or no try at all: nothing to tell of the backend
     }
-    conn_.worker.record_outcome(backend.id, seen);
+    conn_.worker.record_outcome(backend, seen);
 }
 
 // How long this try may wait for the backend: upstream_try, within what is left of

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "config.hpp"
+#include "failure_run.hpp"
 
 namespace bg {
 
@@ -41,6 +42,9 @@ struct Backend {
     // How to connect, from the backend's pool: TLS (when set) and a PROXY header.
     std::shared_ptr<const BackendTlsContext> tls{};
     bool send_proxy_protocol = false;
+    // The same object in every table for the life of the process (see failure_run.hpp); none
+    // in a table built before the control plane's first (no run is counted there).
+    std::shared_ptr<FailureRun> failure_run{};
 
     bool takes_new_requests() const { return admin == AdminState::ready && healthy; }
 };

@@ -23,8 +23,7 @@ struct DataPlaneLoad {
     std::vector<std::uint64_t> failures;   // cumulative, by backend id
     // Cumulative failed tries by backend id, then failure kind (see try_outcome.hpp).
     std::vector<std::array<std::uint64_t, failure_kind_count>> failure_kinds;
-    std::vector<std::uint64_t> consecutive_failures;  // now, by backend id (max over workers)
-    std::vector<std::uint32_t> upstream_open;         // connections open now (idle + in use)
+    std::vector<std::uint32_t> upstream_open;  // connections open now (idle + in use)
     // The longest a request has been waiting for a response head, by backend id (max over
     // workers), in milliseconds.
     std::vector<std::uint64_t> oldest_wait_ms;

@@ -79,7 +79,7 @@ Task<Connected> UpstreamConnector::open_recorded(const Backend& backend, Exchang
     if (result == Connected::refused) {
         // (The proxy's own lack of descriptors says nothing of the backend: no outcome is
         // recorded, no ejection, no revert; and no other backend would fare better.)
-        worker_.record_outcome(backend.id, TryOutcome::connect_failed);
+        worker_.record_outcome(backend, TryOutcome::connect_failed);
     }
     co_return result;
 }

@@ -491,7 +491,6 @@ void Worker::report_load(std::function<void(DataPlaneLoad)> done) {
         load.requests = requests_by_backend_;
         load.failures = failures_by_backend_;
         load.failure_kinds = failure_kinds_;
-        load.consecutive_failures = consecutive_failures_;
         load.upstream_open.resize(table_->backend_id_limit(), 0);
         for (std::uint32_t id = 0; id < load.upstream_open.size(); ++id) {
             load.upstream_open[id] = static_cast<std::uint32_t>(pool_.idle_count(id));
@@ -530,11 +529,11 @@ void Worker::report_load(std::function<void(DataPlaneLoad)> done) {
     });
 }
 
-void Worker::record_outcome(std::uint32_t backend_id, TryOutcome outcome) {
+void Worker::record_outcome(const Backend& backend, TryOutcome outcome) {
+    const std::uint32_t backend_id = backend.id;
     if (backend_id >= requests_by_backend_.size()) {
         requests_by_backend_.resize(backend_id + 1, 0);
         failures_by_backend_.resize(backend_id + 1, 0);
-        consecutive_failures_.resize(backend_id + 1, 0);
         failure_kinds_.resize(backend_id + 1);
     }
     ++requests_by_backend_[backend_id];
@@ -544,9 +543,13 @@ void Worker::record_outcome(std::uint32_t backend_id, TryOutcome outcome) {
     const bool failed = outcome != TryOutcome::ok &&
                         (outcome != TryOutcome::server_error || config_->outlier.count_5xx);
     failures_by_backend_[backend_id] += failed ? 1 : 0;
-    consecutive_failures_[backend_id] = failed ? consecutive_failures_[backend_id] + 1 : 0;
-    if (failed && consecutive_failures_[backend_id] == config_->outlier.consecutive_failures &&
-        failure_run_alarm_) {
+    if (!backend.failure_run) {
+        return;
+    }
+    if (!failed) {
+        backend.failure_run->succeed();
+    } else if (backend.failure_run->fail() == config_->outlier.consecutive_failures &&
+               failure_run_alarm_) {
         failure_run_alarm_();  // once a run: the control thread looks now
     }
 }

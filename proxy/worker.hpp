@@ -149,7 +149,7 @@ class Worker {
     RetryBudget& retry_budget() { return retry_budget_; }
     // One try at a backend: cumulative tries and failures (by kind) per backend id, read by
     // the control plane's outlier detector and canary analysis through report_load.
-    void record_outcome(std::uint32_t backend_id, TryOutcome outcome);
+    void record_outcome(const Backend& backend, TryOutcome outcome);
     // A try begun at `begun` got a response head from the backend.
     void record_answer(std::uint32_t backend_id, std::chrono::steady_clock::time_point begun) {
         if (backend_id >= answer_begun_.size()) {
@@ -228,7 +228,6 @@ class Worker {
     std::vector<std::uint64_t> requests_by_backend_;
     std::vector<std::uint64_t> failures_by_backend_;  // as outlier detection counts them
     std::vector<std::array<std::uint64_t, failure_kind_count>> failure_kinds_;
-    std::vector<std::uint64_t> consecutive_failures_;
     // When the newest try each backend answered had begun, by backend id.
     std::vector<std::chrono::steady_clock::time_point> answer_begun_;
     std::vector<AnswerWaits> answer_waits_;  // by backend id, cumulative

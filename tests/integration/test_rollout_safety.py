@@ -190,6 +190,32 @@ class FailingBackendTest(ProcessTestCase):
         # the control thread gathered the load and published the ejection (a few ms).
         self.assertLess(len(failed), 30)
 
+    def test_back_from_its_ejection_a_failing_backend_goes_again_after_a_run_not_a_sample(self):
+        """A backend that still fails every request when its ejection ends is ejected again
+        after a run of 5 (the alarm), not at the next periodic sample (found by an outside
+        probe: 678 and 669 failed requests in the 250 ms after each return; the workers' runs
+        were past the threshold and never reached it again to raise the alarm)."""
+        blue = [self.backend("blue-1"), self.backend("blue-2")]
+        proxy = self.proxy(config(blue, [self.backend("green-1")],
+                                  extra='[outlier]\nbase_ejection = "1s"\n'))
+        load = Load(proxy.port, threads=8, limit=30)
+        self.addCleanup(load.stop)
+        time.sleep(1.0)
+        admin(blue[0], "fail?fail_rate=1")
+        start = time.time()
+        ejections = 0
+        while time.time() - start < 20 and ejections < 3:
+            ejections = metric(proxy, "bgproxy_ejections_total")
+            time.sleep(0.05)
+        load.stop()
+        failed = [r for r in load.records if r[3] != 200]
+        rate = len([r for r in load.records if r[0] < start]) / 1.0
+        print("blue-1 failing every request at %.0f requests/s: %d ejections in %.1f s, %d failed "
+              "responses" % (rate, ejections, time.time() - start, len(failed)))
+        self.assertGreaterEqual(ejections, 3, "blue-1 not ejected three times")
+        # Each of three runs: 5, and what was in flight while the ejection was published.
+        self.assertLess(len(failed), 3 * 30)
+
 
 def caught_then_rolled_back(test, extra="", methods=("GET", "GET", "GET")):
     """Green live and hung on every backend; `methods` sent, then `bgctl rollback` 0.3 s in.

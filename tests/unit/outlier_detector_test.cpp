@@ -12,16 +12,44 @@ bg::RoutingTable two_by_two() {
     pools[1].weight_bp = 5000;
     pools[0].backends = {{0, "b1", bg::Colour::blue, {}}, {1, "b2", bg::Colour::blue, {}}};
     pools[1].backends = {{2, "g1", bg::Colour::green, {}}, {3, "g2", bg::Colour::green, {}}};
+    for (auto& pool : pools) {
+        for (auto& b : pool.backends) {
+            b.failure_run = std::make_shared<bg::FailureRun>();
+        }
+    }
     return bg::RoutingTable(1, std::move(pools));
 }
 
-bg::DataPlaneLoad counts(std::vector<std::uint64_t> requests, std::vector<std::uint64_t> failures,
-                         std::vector<std::uint64_t> consecutive = {0, 0, 0, 0}) {
+bg::DataPlaneLoad counts(std::vector<std::uint64_t> requests, std::vector<std::uint64_t> failures) {
     bg::DataPlaneLoad load;
     load.requests = std::move(requests);
     load.failures = std::move(failures);
-    load.consecutive_failures = std::move(consecutive);
     return load;
+}
+
+const bg::Backend& backend_named(const bg::RoutingTable& table, const std::string& name) {
+    for (bg::Colour colour : bg::all_colours) {
+        for (const auto& b : table.pool(colour).backends) {
+            if (b.name == name) {
+                return b;
+            }
+        }
+    }
+    FAIL("no backend " << name);
+    throw;
+}
+
+// What the workers do on a try's outcome.
+void fail(const bg::RoutingTable& table, const std::string& name, int times) {
+    for (int i = 0; i < times; ++i) {
+        backend_named(table, name).failure_run->fail();
+    }
+}
+void succeed(const bg::RoutingTable& table, const std::string& name) {
+    backend_named(table, name).failure_run->succeed();
+}
+std::uint32_t run_of(const bg::RoutingTable& table, const std::string& name) {
+    return backend_named(table, name).failure_run->length();
 }
 
 }  // namespace
@@ -54,17 +82,6 @@ TEST_CASE(
     CHECK(v.returned == std::vector<std::string>{"b1"});
 }
 
-TEST_CASE("consecutive failures eject without waiting for the minimum count") {
-    bg::OutlierConfig config;
-    config.consecutive_failures = 5;
-    bg::OutlierDetector detector(config);
-    auto table = two_by_two();
-    auto v = detector.observe(table, counts({5, 0, 0, 0}, {5, 0, 0, 0}, {5, 0, 0, 0}), Clock::now(),
-                              std::nullopt, {});
-    CHECK(v.ejected == std::vector<std::string>{"b1"});
-    CHECK(v.reasons["b1"].find("5 failures in a row") != std::string::npos);
-}
-
 TEST_CASE("the watched colour fails on its error rate once the minimum count is reached") {
     bg::OutlierConfig config;
     config.error_rate = 0.1;
@@ -91,9 +108,44 @@ TEST_CASE("the watched colour fails on its error rate once the minimum count is 
                     .failed_colour);
 }
 
+TEST_CASE("consecutive failures eject without waiting for the minimum count") {
+    bg::OutlierConfig config;
+    config.consecutive_failures = 5;
+    bg::OutlierDetector detector(config);
+    auto table = two_by_two();
+    auto t0 = Clock::now();
+    detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, {});
+    fail(table, "b1", 5);
+    auto v = detector.observe(table, counts({5, 0, 0, 0}, {5, 0, 0, 0}),
+                              t0 + std::chrono::milliseconds(250), std::nullopt, {});
+    CHECK(v.ejected == std::vector<std::string>{"b1"});
+    CHECK(v.reasons["b1"].find("5 failures in a row") != std::string::npos);
+}
+
+TEST_CASE("a success on any worker ends the run: the run is the backend's, not a worker's") {
+    // Found by an outside probe: with two workers, one served the backend's successes while the
+    // other's old run of 79 (max over workers) stood, and a healthy backend was ejected.
+    bg::OutlierConfig config;
+    config.consecutive_failures = 5;
+    bg::OutlierDetector detector(config);
+    auto table = two_by_two();
+    auto t0 = Clock::now();
+    detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, {});
+    fail(table, "b1", 4);  // one worker
+    succeed(table, "b1");  // another
+    fail(table, "b1", 4);  // the first again
+    auto v = detector.observe(table, counts({9, 0, 0, 0}, {8, 0, 0, 0}),
+                              t0 + std::chrono::milliseconds(250), std::nullopt, {});
+    CHECK(v.ejected.empty());
+    CHECK(run_of(table, "b1") == 4);
+}
+
 TEST_CASE("a returned backend is judged on what comes after, not on the run that ejected it") {
     // Found by bench/soak.sh: a backend killed and restarted was ejected again the moment its
-    // ejection ended, on the same stale count of consecutive failures, for ever longer.
+    // ejection ended, on the same stale count of consecutive failures, for ever longer. And by
+    // an outside probe: a backend failing every request, back from its ejection, served 250 ms
+    // (678 failed requests) before the next periodic look ejected it again, as the workers'
+    // runs were past the threshold and never reached it again to raise the alarm.
     bg::OutlierConfig config;
     config.consecutive_failures = 5;
     config.base_ejection = std::chrono::seconds(10);
@@ -101,44 +153,70 @@ TEST_CASE("a returned backend is judged on what comes after, not on the run that
     auto table = two_by_two();
     auto t0 = Clock::now();
     detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, {});
-    auto v = detector.observe(table, counts({5, 10, 0, 0}, {5, 0, 0, 0}, {5, 0, 0, 0}),
+    fail(table, "b1", 5);
+    auto v = detector.observe(table, counts({5, 10, 0, 0}, {5, 0, 0, 0}),
                               t0 + std::chrono::seconds(1), std::nullopt, {});
     CHECK(v.ejected == std::vector<std::string>{"b1"});
-    // Over, checks pass: it returns, and the workers' counters have not moved (no traffic).
-    v = detector.observe(table, counts({5, 30, 0, 0}, {5, 0, 0, 0}, {5, 0, 0, 0}),
-                         t0 + std::chrono::seconds(12), std::nullopt, {{"b1", true}});
+    fail(table, "b1", 2);  // requests in flight when it was ejected
+    // Over, checks pass: it returns, its run restarted.
+    v = detector.observe(table, counts({7, 30, 0, 0}, {7, 0, 0, 0}), t0 + std::chrono::seconds(12),
+                         std::nullopt, {{"b1", true}});
     CHECK(v.returned == std::vector<std::string>{"b1"});
-    v = detector.observe(table, counts({5, 40, 0, 0}, {5, 0, 0, 0}, {5, 0, 0, 0}),
-                         t0 + std::chrono::seconds(13), std::nullopt, {{"b1", true}});
+    CHECK(run_of(table, "b1") == 0);
+    v = detector.observe(table, counts({7, 40, 0, 0}, {7, 0, 0, 0}), t0 + std::chrono::seconds(13),
+                         std::nullopt, {{"b1", true}});
     CHECK(v.ejected.empty());
     CHECK_FALSE(detector.ejected("b1"));
-    // Two more failures continue the old run in the workers' count (7), but only 2 are new.
-    v = detector.observe(table, counts({7, 50, 0, 0}, {7, 0, 0, 0}, {7, 0, 0, 0}),
+    fail(table, "b1", 4);
+    v = detector.observe(table, counts({11, 50, 0, 0}, {11, 0, 0, 0}),
                          t0 + std::chrono::seconds(14), std::nullopt, {{"b1", true}});
     CHECK(v.ejected.empty());
-    // Five new failures in a row: out again, for longer.
-    v = detector.observe(table, counts({10, 60, 0, 0}, {10, 0, 0, 0}, {10, 0, 0, 0}),
+    // The fifth new failure reaches the threshold (where a worker raises the alarm): out
+    // again, for longer.
+    CHECK(table.pool(bg::Colour::blue).backends[0].failure_run->fail() == 5);
+    v = detector.observe(table, counts({12, 60, 0, 0}, {12, 0, 0, 0}),
                          t0 + std::chrono::seconds(15), std::nullopt, {{"b1", true}});
     CHECK(v.ejected == std::vector<std::string>{"b1"});
     CHECK(v.reasons["b1"].find("ejected for 20000ms") != std::string::npos);
 }
 
-TEST_CASE("after a success the run of failures a returned backend is judged on starts afresh") {
+TEST_CASE("a run that no longer grows ejects no one, and is forgotten after a window") {
+    // Found by an outside probe: green's backends killed at 30% (reverted), restarted and
+    // passing their checks; 40 s later the first requests to green, answered, were followed by
+    // green-2's ejection for "79 failures in a row", and a failover onto green halved it at once
+    // ("177 in a row"): both runs were from the outage.
     bg::OutlierConfig config;
-    config.consecutive_failures = 3;
+    config.consecutive_failures = 5;
+    config.window = std::chrono::seconds(10);
     bg::OutlierDetector detector(config);
     auto table = two_by_two();
     auto t0 = Clock::now();
     detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, {});
-    detector.observe(table, counts({3, 10, 0, 0}, {3, 0, 0, 0}, {3, 0, 0, 0}),
-                     t0 + std::chrono::seconds(1), std::nullopt, {});
-    auto v = detector.observe(table, counts({3, 10, 0, 0}, {3, 0, 0, 0}, {3, 0, 0, 0}),
-                              t0 + std::chrono::seconds(40), std::nullopt, {{"b1", true}});
-    CHECK(v.returned == std::vector<std::string>{"b1"});
-    // One success, then three failures: a fresh run of 3.
-    v = detector.observe(table, counts({7, 20, 0, 0}, {6, 0, 0, 0}, {3, 0, 0, 0}),
-                         t0 + std::chrono::seconds(41), std::nullopt, {{"b1", true}});
-    CHECK(v.ejected == std::vector<std::string>{"b1"});
+    // Both green backends fail 3 in a row, then 3 more each after the panic threshold let one
+    // go: g1 is ejected, g2 is held in the pool.
+    fail(table, "g1", 6);
+    fail(table, "g2", 6);
+    auto v = detector.observe(table, counts({0, 0, 6, 6}, {0, 0, 6, 6}),
+                              t0 + std::chrono::seconds(1), std::nullopt, {});
+    CHECK(v.ejected.size() == 1);
+    const std::string held = v.ejected.front() == "g1" ? "g2" : "g1";
+    // Green gets no more traffic (reverted): g2's run stands at 6, and nothing is ejected on it.
+    for (int s = 2; s < 10; ++s) {
+        v = detector.observe(table, counts({0, 0, 6, 6}, {0, 0, 6, 6}),
+                             t0 + std::chrono::seconds(s), std::nullopt, {});
+        CHECK(v.ejected.empty());
+    }
+    CHECK(run_of(table, held) == 6);
+    // A whole window standing still: forgotten.
+    v = detector.observe(table, counts({0, 0, 6, 6}, {0, 0, 6, 6}), t0 + std::chrono::seconds(11),
+                         std::nullopt, {});
+    CHECK(v.ejected.empty());
+    CHECK(run_of(table, held) == 0);
+    // Traffic back: one failure is one in a row, not the seventh.
+    fail(table, held, 1);
+    v = detector.observe(table, counts({0, 0, 7, 7}, {0, 0, 7, 7}), t0 + std::chrono::seconds(12),
+                         std::nullopt, {});
+    CHECK(v.ejected.empty());
 }
 
 TEST_CASE("a backend the active checks bring back is judged on what comes after") {
@@ -153,19 +231,24 @@ TEST_CASE("a backend the active checks bring back is judged on what comes after"
     auto t0 = Clock::now();
     const std::map<std::string, bool> down{{"b1", false}, {"b2", false}};
     detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, down);
-    auto v = detector.observe(table, counts({100, 100, 0, 0}, {100, 100, 0, 0}, {100, 100, 0, 0}),
+    fail(table, "b1", 100);
+    fail(table, "b2", 100);
+    auto v = detector.observe(table, counts({100, 100, 0, 0}, {100, 100, 0, 0}),
                               t0 + std::chrono::seconds(1), std::nullopt, down);
     CHECK(v.ejected == std::vector<std::string>{"b1"});  // one of two: the panic threshold
     const std::map<std::string, bool> up{{"b1", true}, {"b2", true}};
-    v = detector.observe(table, counts({100, 100, 0, 0}, {100, 100, 0, 0}, {100, 100, 0, 0}),
+    v = detector.observe(table, counts({100, 100, 0, 0}, {100, 100, 0, 0}),
                          t0 + std::chrono::seconds(2), std::nullopt, up);
     CHECK(v.ejected.empty());
-    // b1's ejection is over: the panic threshold no longer holds b2, whose run is old.
-    v = detector.observe(table, counts({100, 104, 0, 0}, {100, 104, 0, 0}, {100, 104, 0, 0}),
+    CHECK(run_of(table, "b2") == 0);  // back from its checks: restarted
+    // b1's ejection is over: the panic threshold no longer holds b2.
+    fail(table, "b2", 4);
+    v = detector.observe(table, counts({100, 104, 0, 0}, {100, 104, 0, 0}),
                          t0 + std::chrono::seconds(12), std::nullopt, up);
     CHECK(v.returned == std::vector<std::string>{"b1"});
     CHECK(v.ejected.empty());  // 4 new failures
-    v = detector.observe(table, counts({100, 105, 0, 0}, {100, 105, 0, 0}, {100, 105, 0, 0}),
+    fail(table, "b2", 1);
+    v = detector.observe(table, counts({100, 105, 0, 0}, {100, 105, 0, 0}),
                          t0 + std::chrono::seconds(13), std::nullopt, up);
     CHECK(v.ejected == std::vector<std::string>{"b2"});  // the fifth
 }

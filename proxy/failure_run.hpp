@@ -1,0 +1,34 @@
+#pragma once
+// FailureRun: a backend's current run of failed tries, one per backend for the process and
+// shared by every worker. [outlier] consecutive_failures counts failures in a row as the
+// backend's request stream has them, as Envoy's consecutive_5xx does: each worker's own run
+// (its share of the stream) read as a maximum let a success on one worker leave another's old
+// run standing, and a healthy backend was ejected for "79 failures in a row" from an outage
+// 40 s before (an outside probe).
+
+#include <atomic>
+#include <cstdint>
+
+namespace bg {
+
+class alignas(64) FailureRun {  // its own cache line: workers write it when a run changes
+  public:
+    // A failed try: the run's length with it.
+    std::uint32_t fail() { return in_a_row_.fetch_add(1, std::memory_order_relaxed) + 1; }
+    // A successful try ends the run. Written only when there is a run to end, so that while a
+    // backend answers, its line stays shared in every worker's cache.
+    void succeed() {
+        if (in_a_row_.load(std::memory_order_relaxed) != 0) {
+            in_a_row_.store(0, std::memory_order_relaxed);
+        }
+    }
+    std::uint32_t length() const { return in_a_row_.load(std::memory_order_relaxed); }
+    // The control plane starts the count afresh for a backend back in the routing (from an
+    // ejection, or from its checks failing): it is judged on what comes next.
+    void restart() { in_a_row_.store(0, std::memory_order_relaxed); }
+
+  private:
+    std::atomic<std::uint32_t> in_a_row_{0};
+};
+
+}  // namespace bg
