@@ -67,7 +67,8 @@ class CanaryAnalysis {
     // taking traffic that is not the stable one), if any, against `stable`.
     const CanaryVerdict& observe(Clock::time_point now, const std::array<ColourFigures, 2>& figures,
                                  std::optional<Colour> candidate, Colour stable);
-    // The candidate's history is forgotten (after a revert or a promotion); baselines stay.
+    // The candidate's history is forgotten (a candidacy begins: see Switchboard::applied);
+    // baselines stay.
     void reset();
     const CanaryVerdict& verdict() const { return verdict_; }
 

@@ -1094,6 +1094,30 @@ void Switchboard::settle(Committing& change) {
     applied(change.origin, std::move(change.staged), change.table);
 }
 
+namespace {
+// Whether traffic after a change of `kind` is a candidacy of its own for canary analysis, not
+// the one before it going on (as a ramp's steps or a second `set` of the same canary are).
+// A failover's traffic carried into a following `set` was judged as the canary's: all
+// backends slow during the failover, fast again by the `set`, and green's p99 over the window
+// (92 ms, most of it from the failover) against stable's since (3 ms) reverted a healthy green
+// (an outside probe; also with `rollback; set` 9 ms apart, within one sample).
+bool begins_candidacy(SwitchKind kind) {
+    switch (kind) {
+        case SwitchKind::flip:
+        case SwitchKind::rollback:
+        case SwitchKind::promote:
+        case SwitchKind::auto_revert:
+        case SwitchKind::outlier_revert:
+        case SwitchKind::canary_revert:
+        case SwitchKind::failover:
+        case SwitchKind::failback:
+            return true;
+        default:
+            return false;
+    }
+}
+}  // namespace
+
 // Every worker has the new table: the change is live. Audit, answer, tell the watchers.
 void Switchboard::applied(Origin& origin, Staged staged, RoutingTablePtr table) {
     const RoutingState& next = staged.next;
@@ -1121,6 +1145,9 @@ void Switchboard::applied(Origin& origin, Staged staged, RoutingTablePtr table) 
     if (durable_.version != next.version) {
         record["durable"] = false;
         record["persist_error"] = persist_error_;
+    }
+    if (begins_candidacy(staged.kind) || state_.failover) {
+        canary_.reset();
     }
     state_ = next;
     table_ = std::move(table);
