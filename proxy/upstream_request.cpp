@@ -1,8 +1,10 @@
 #include "upstream_request.hpp"
 
+#include <algorithm>
 #include <boost/beast/core/string.hpp>
 #include <boost/url/parse.hpp>
 #include <charconv>
+#include <limits>
 #include <stdexcept>
 
 #include "exchange_outcome.hpp"
@@ -16,13 +18,39 @@ namespace http = boost::beast::http;
 
 namespace {
 
+// A port, when an authority has one: digits, at most 65535 (RFC 9110 4.2.1; "a:" is the
+// default port, RFC 3986 3.2.3). Boost.URL 1.81 takes the digits a port begins with and leaves
+// the rest to the path: "http://a:http://b/x" became host "a:" and target "http://b/x", which a
+// backend reads as host b (found by an outside probe).
+bool valid_port(std::string_view port) {
+    if (port.size() > 5) {
+        return false;
+    }
+    unsigned value = 0;
+    for (const char c : port) {
+        if (c < '0' || c > '9') {
+            return false;
+        }
+        value = value * 10 + static_cast<unsigned>(c - '0');
+    }
+    return value <= 65535;
+}
+
+// RFC 9112 3.2: a target is ASCII (URI characters; Beast refuses controls but lets obs-text
+// through). HAProxy answers 400 too.
+bool ascii(std::string_view target) {
+    return std::all_of(target.begin(), target.end(),
+                       [](char c) { return static_cast<unsigned char>(c) < 0x80; });
+}
+
 // Origin-form stays; absolute-form ("GET http://host/path") becomes origin-form with Host set
 // from it (RFC 9112 3.2.2); "*" is kept for OPTIONS. Refused: a fragment (in no request form,
 // RFC 9112 3.2), a scheme other than http and https (this is no forward proxy), an empty host
-// or userinfo (RFC 9110 4.2.1 and 4.2.4: to be rejected as invalid).
+// or userinfo (RFC 9110 4.2.1 and 4.2.4: to be rejected as invalid), a port that is no port,
+// and a path after the authority that does not begin with "/" (RFC 3986 3.3).
 bool normalize_target(Request& request) {
     auto target = request.target();
-    if (target.find('#') != std::string_view::npos) {
+    if (target.find('#') != std::string_view::npos || !ascii(target)) {
         return false;
     }
     if (target.starts_with('/')) {
@@ -37,7 +65,14 @@ bool normalize_target(Request& request) {
          uri->scheme_id() != boost::urls::scheme::https)) {
         return false;
     }
+    // The port as written: the text between the host and the path.
+    const std::string_view authority = uri->encoded_authority();
+    const std::string_view port =
+        uri->has_port() ? authority.substr(uri->encoded_host().size() + 1) : std::string_view{};
     std::string origin(uri->encoded_path());
+    if (!valid_port(port) || (!origin.empty() && origin.front() != '/')) {
+        return false;
+    }
     if (origin.empty()) {
         // RFC 9112 3.2.4: an OPTIONS for the server as a whole goes on as asterisk-form.
         origin = request.method() == http::verb::options && !uri->has_query() ? "*" : "/";
@@ -46,7 +81,11 @@ bool normalize_target(Request& request) {
         origin.push_back('?');
         origin.append(uri->encoded_query());
     }
-    std::string host(uri->encoded_host_and_port());
+    std::string host(uri->encoded_host());
+    if (!port.empty()) {
+        host.push_back(':');
+        host.append(port);
+    }
     request.set(http::field::host, host);
     request.target(origin);
     return true;
@@ -130,7 +169,14 @@ std::optional<LocalAnswer> apply_max_forwards(Request& request) {
     const std::string_view value = field->value();
     std::uint64_t hops = 0;
     const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), hops);
-    if (ec != std::errc{} || end != value.data() + value.size()) {
+    if (end != value.data() + value.size()) {
+        return std::nullopt;  // not a count: left alone
+    }
+    if (ec == std::errc::result_out_of_range) {
+        // Digits past 2^64 - 1: RFC 9110 7.6.2 forwards the lesser of the count less one and
+        // the proxy's own maximum (went on unchanged before).
+        hops = std::numeric_limits<std::uint64_t>::max();
+    } else if (ec != std::errc{}) {
         return std::nullopt;
     }
     if (hops > 0) {

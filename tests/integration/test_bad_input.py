@@ -37,6 +37,13 @@ CASES = [
     ("absolute-form, not http", b"GET ftp://other.example/p HTTP/1.1\r\n" + H + b"\r\n", 400),
     ("absolute-form, userinfo", b"GET http://u:p@x/p HTTP/1.1\r\n" + H + b"\r\n", 400),
     ("a fragment in the target", b"GET /a#frag HTTP/1.1\r\n" + H + b"\r\n", 400),
+    # Boost.URL takes the digits a port begins with and leaves the rest to the path: "b" was
+    # the host the backend read, "a" the proxy's (an outside probe).
+    ("absolute-form, a port that is a URI", b"GET http://a:http://b/x HTTP/1.1\r\n" + H + b"\r\n", 400),
+    ("absolute-form, a port that is a word", b"GET http://a:bad/p HTTP/1.1\r\n" + H + b"\r\n", 400),
+    ("absolute-form, digits then a path", b"GET http://a:80x/p HTTP/1.1\r\n" + H + b"\r\n", 400),
+    ("absolute-form, a port past 65535", b"GET http://a:65536/p HTTP/1.1\r\n" + H + b"\r\n", 400),
+    ("bytes past 0x7F in the target", b"GET /caf\xc3\xa9\xff HTTP/1.1\r\n" + H + b"\r\n", 400),
     ("userinfo in Host", b"GET / HTTP/1.1\r\nHost: a@b\r\n\r\n", 400),
     ("empty Host", b"GET / HTTP/1.1\r\nHost:\r\n\r\n", 400),
     ("empty Host on 1.0", b"GET / HTTP/1.0\r\nHost: \r\n\r\n", 400),

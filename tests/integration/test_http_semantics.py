@@ -155,6 +155,10 @@ class HttpSemanticsTest(ProcessTestCase):
         self.assertEqual(status, 200)
         self.assertIn(b"OPTIONS /headers HTTP/1.1\n", body)
         self.assertIn(b"Max-Forwards: 2\n", body)
+        # Past 2^64 - 1 it is still a count: one less than the most the proxy forwards.
+        s.sendall(b"OPTIONS /headers HTTP/1.1\r\nHost: x\r\nMax-Forwards: 18446744073709551616\r\n\r\n")
+        status, _, body, _ = read_response(s)
+        self.assertIn(b"Max-Forwards: 18446744073709551614\n", body)
         s.sendall(b"GET /headers HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\n\r\n")
         status, _, body, _ = read_response(s)
         self.assertIn(b"Max-Forwards: 0\n", body)
@@ -171,6 +175,12 @@ class HttpSemanticsTest(ProcessTestCase):
         body = out.partition(b"\r\n\r\n")[2]
         self.assertIn(b"GET /headers HTTP/1.1", body)
         self.assertIn(b"Host: shop.example:8443", body)
+        # An empty port is the default one (RFC 3986 3.2.3).
+        out = raw_exchange(self.port, b"GET http://shop.example:/headers HTTP/1.1\r\n"
+                           b"Host: ignored\r\nConnection: close\r\n\r\n")
+        body = out.partition(b"\r\n\r\n")[2]
+        self.assertIn(b"GET /headers HTTP/1.1", body)
+        self.assertIn(b"Host: shop.example\n", body)
 
     def test_curl_chunked_upload(self):
         out = subprocess.run(["curl", "-s", "-H", "Transfer-Encoding: chunked", "--data-binary",
