@@ -140,6 +140,20 @@ StartLineVersion normalize_response_version(std::span<char> status_line) {
     return normalize_version(status_line.first(8));
 }
 
+bool valid_port(std::string_view port) {
+    if (port.size() > 5) {
+        return false;
+    }
+    unsigned value = 0;
+    for (const char c : port) {
+        if (c < '0' || c > '9') {
+            return false;
+        }
+        value = value * 10 + static_cast<unsigned>(c - '0');
+    }
+    return value <= 65535;
+}
+
 namespace {
 
 // The common Host, "name.example:8080" or "10.0.0.1": letters, digits, dots and dashes, then
@@ -159,15 +173,7 @@ bool plain_host(std::string_view host) {
         return true;
     }
     const std::string_view port = host.substr(colon + 1);
-    if (port.empty() || port.size() > 5) {
-        return false;
-    }
-    for (const char c : port) {
-        if (c < '0' || c > '9') {
-            return false;
-        }
-    }
-    return true;
+    return !port.empty() && valid_port(port);
 }
 
 bool all_digits(std::string_view s) {
@@ -242,7 +248,8 @@ std::string_view framing_problem(const RequestHeader& header) {
         // host (an empty field, or ":80") is an http URI with none, which RFC 9110 4.2.1 says to
         // reject (nginx does; RFC 9112 3.2's empty Host is for schemes without an authority).
         const auto authority = boost::urls::parse_authority(host);
-        if (!authority || authority->has_userinfo() || authority->host().empty()) {
+        if (!authority || authority->has_userinfo() || authority->host().empty() ||
+            !valid_port(authority->port())) {
             return "invalid Host";
         }
     }

@@ -48,6 +48,10 @@ enum class StartLineVersion { http1, other_major, unreadable };
 StartLineVersion normalize_request_version(std::span<char> request_line);
 StartLineVersion normalize_response_version(std::span<char> status_line);
 
+// A port, when an authority has one: digits, at most 65535 (RFC 9110 4.2.1; "" is the
+// default port, RFC 3986 3.2.3).
+bool valid_port(std::string_view port);
+
 // Checks a parsed request header; returns a reason for a 400, or empty when it is acceptable.
 std::string_view framing_problem(const RequestHeader& header);
 

@@ -48,6 +48,8 @@ CASES = [
     ("empty Host", b"GET / HTTP/1.1\r\nHost:\r\n\r\n", 400),
     ("empty Host on 1.0", b"GET / HTTP/1.0\r\nHost: \r\n\r\n", 400),
     ("a port and no host in Host", b"GET / HTTP/1.1\r\nHost: :80\r\n\r\n", 400),
+    ("a port past 65535 in Host", b"GET / HTTP/1.1\r\nHost: a:70000\r\n\r\n", 400),
+    ("a port of nine digits in Host", b"GET / HTTP/1.1\r\nHost: a:123456789\r\n\r\n", 400),
     ("CONNECT", b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405),
     ("declared body over max_request_body", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 2000\r\n\r\n", 413),
 ]
