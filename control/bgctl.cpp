@@ -212,10 +212,15 @@ void print_status(const json::object& s) {
             const auto& o = b.as_object();
             std::printf("%-12s %-6s %-22s %-6s %-9s %9s %9s\n", str(o.at("name")).c_str(), c,
                         str(o.at("address")).c_str(), str(o.at("admin")).c_str(),
-                        o.at("healthy").as_bool() ? "healthy" : "DOWN",
+                        o.at("healthy").as_bool() ? "healthy"
+                        : o.contains("ejected")   ? "EJECTED"
+                                                  : "DOWN",
                         str(o.at("in_flight")).c_str(), str(o.at("upgraded")).c_str());
             if (const auto* why = o.if_contains("check")) {
                 std::printf("%-12s   check: %s\n", "", str(*why).c_str());
+            }
+            if (const auto* why = o.if_contains("ejected")) {
+                std::printf("%-12s   ejected: %s\n", "", str(*why).c_str());
             }
         }
     }

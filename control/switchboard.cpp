@@ -511,6 +511,7 @@ void Switchboard::handle_outlier(Origin origin, const OutlierFindings& findings)
     counts_.ejections += v.ejected.size();
     for (const auto& name : v.ejected) {
         spdlog::warn("outlier detection: {} {}", name, v.reasons.at(name));
+        ejected_because_[name] = v.reasons.at(name) + " (at " + now_iso8601() + ")";
         broadcast(json::object{{"event", "ejection"},
                                {"time", now_iso8601()},
                                {"backend", name},
@@ -519,6 +520,7 @@ void Switchboard::handle_outlier(Origin origin, const OutlierFindings& findings)
     }
     for (const auto& name : v.returned) {
         spdlog::info("outlier detection: {} returns", name);
+        ejected_because_.erase(name);
         broadcast(json::object{{"event", "ejection"},
                                {"time", now_iso8601()},
                                {"backend", name},
@@ -1274,6 +1276,10 @@ json::object Switchboard::status_colours(const DataPlaneLoad& load) const {
                                {"upgraded", count_of(load.upgraded, b.id)}};
             if (auto why = down_because_.find(b.name); why != down_because_.end()) {
                 entry["check"] = why->second;  // as HAProxy's "last check" says
+            }
+            if (auto why = ejected_because_.find(b.name);
+                why != ejected_because_.end() && outlier_.ejected(b.name)) {
+                entry["ejected"] = why->second;  // its checks may pass: down for this
             }
             backends.push_back(std::move(entry));
         }

@@ -274,9 +274,10 @@ class Switchboard {
     RoutingState state_;
     RoutingTablePtr table_;
     BackendIds ids_;
-    std::map<std::string, bool> health_;               // by backend name, from active checks
-    std::map<std::string, std::string> down_because_;  // why the checks took a backend down
-    std::set<std::string> awaiting_first_check_;       // held by a reload: out of the guard's count
+    std::map<std::string, bool> health_;                  // by backend name, from active checks
+    std::map<std::string, std::string> down_because_;     // why the checks took a backend down
+    std::map<std::string, std::string> ejected_because_;  // why outlier detection took it out
+    std::set<std::string> awaiting_first_check_;  // held by a reload: out of the guard's count
     bool republish_health_ = false;  // a reload changed verdicts after its table was built
     std::chrono::steady_clock::time_point
         refusals_since_{};  // lesser callers' refusals, per second

@@ -211,6 +211,9 @@ class FailingBackendTest(ProcessTestCase):
             b1 = [b for b in proxy.status()["colours"]["blue"]["backends"] if b["name"] == "blue-1"][0]
             if not b1["healthy"]:
                 ejected = time.time() - start
+                # bgctl status says why it is down: its checks still pass.
+                self.assertIn("failures in a row", b1.get("ejected", ""))
+                self.assertIn("EJECTED", proxy.bgctl("status").stdout)
             time.sleep(0.02)
         time.sleep(0.5)
         load.stop()
