@@ -54,6 +54,7 @@ OutlierDetector::Verdicts OutlierDetector::observe(
         bool passing = health == active_healthy.end() || health->second;
         if (now >= it->second.until && passing) {
             verdicts.returned.push_back(it->first);
+            returned_at_[it->first] = now;
             it = ejections_.erase(it);
         } else {
             ++it;
@@ -131,6 +132,15 @@ OutlierDetector::Verdicts OutlierDetector::observe(
                 continue;
             }
             unsigned& times = times_ejected_[b.name];
+            // One ejection forgiven per base_ejection back in the routing, as Envoy lowers a
+            // host's multiplier while it stays in: a backend ejected a few times last week is
+            // not out for max_ejection at its next bad minute.
+            if (auto back = returned_at_.find(b.name);
+                back != returned_at_.end() && config_.base_ejection > Duration(0)) {
+                const auto forgiven =
+                    static_cast<unsigned>((now - back->second) / config_.base_ejection);
+                times -= std::min(times, forgiven);
+            }
             ++times;
             auto length = std::min<Duration>(config_.base_ejection * times, config_.max_ejection);
             ejections_[b.name] = Ejection{now + length};

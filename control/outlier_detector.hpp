@@ -105,6 +105,7 @@ class OutlierDetector {
     std::deque<Sample> samples_;
     std::map<std::string, Ejection> ejections_;
     std::map<std::string, unsigned> times_ejected_;
+    std::map<std::string, Clock::time_point> returned_at_;  // the last return from an ejection
     std::map<std::string, SinceReturn> since_return_;
     std::map<std::string, RunSeen> runs_seen_;
     std::set<std::string> checks_failed_;  // backends the active checks had down at the last sample

@@ -180,6 +180,32 @@ TEST_CASE("a returned backend is judged on what comes after, not on the run that
     CHECK(v.reasons["b1"].find("ejected for 20000ms") != std::string::npos);
 }
 
+TEST_CASE("time back in the routing forgives past ejections, one per base_ejection") {
+    // From an outside probe: a backend's fifth ejection lasted 50 s, whatever the time between.
+    bg::OutlierConfig config;
+    config.consecutive_failures = 5;
+    config.base_ejection = std::chrono::seconds(10);
+    bg::OutlierDetector detector(config);
+    auto table = two_by_two();
+    auto t0 = Clock::now();
+    const auto at = [&](int s) { return t0 + std::chrono::seconds(s); };
+    detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, {});
+    fail(table, "b1", 5);
+    auto v = detector.observe(table, counts({5, 0, 0, 0}, {5, 0, 0, 0}), at(1), std::nullopt, {});
+    CHECK(v.reasons["b1"].find("ejected for 10000ms") != std::string::npos);
+    v = detector.observe(table, counts({5, 0, 0, 0}, {5, 0, 0, 0}), at(12), std::nullopt, {});
+    CHECK(v.returned == std::vector<std::string>{"b1"});
+    fail(table, "b1", 5);  // at once: twice
+    v = detector.observe(table, counts({10, 0, 0, 0}, {10, 0, 0, 0}), at(13), std::nullopt, {});
+    CHECK(v.reasons["b1"].find("ejected for 20000ms") != std::string::npos);
+    v = detector.observe(table, counts({10, 0, 0, 0}, {10, 0, 0, 0}), at(34), std::nullopt, {});
+    CHECK(v.returned == std::vector<std::string>{"b1"});
+    // 25 s back in: two of the two ejections forgiven, so this one is the first again.
+    fail(table, "b1", 5);
+    v = detector.observe(table, counts({15, 0, 0, 0}, {15, 0, 0, 0}), at(59), std::nullopt, {});
+    CHECK(v.reasons["b1"].find("ejected for 10000ms") != std::string::npos);
+}
+
 TEST_CASE("a run that no longer grows ejects no one, and is forgotten after a window") {
     // Found by an outside probe: green's backends killed at 30% (reverted), restarted and
     // passing their checks; 40 s later the first requests to green, answered, were followed by
