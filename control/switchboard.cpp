@@ -1120,6 +1120,18 @@ bool begins_candidacy(SwitchKind kind) {
 }
 }  // namespace
 
+// As each worker does (Worker::follow_share): a colour that loses its whole share has its
+// tunnels closed after the table's drain; one that gets a share back keeps them.
+void Switchboard::follow_tunnel_deadlines(const RoutingState& next, const RoutingTable& table) {
+    for (Colour c : all_colours) {
+        if (next.weight(c) > 0) {
+            tunnel_deadline_[index_of(c)].reset();
+        } else if (state_.weight(c) > 0) {
+            tunnel_deadline_[index_of(c)] = std::chrono::system_clock::now() + table.tunnel_drain();
+        }
+    }
+}
+
 // Every worker has the new table: the change is live. Audit, answer, tell the watchers.
 void Switchboard::applied(Origin& origin, Staged staged, RoutingTablePtr table) {
     const RoutingState& next = staged.next;
@@ -1130,16 +1142,7 @@ void Switchboard::applied(Origin& origin, Staged staged, RoutingTablePtr table) 
     if (staged.kind == SwitchKind::reload) {
         ++counts_.reloads_applied;
     }
-    for (Colour c : all_colours) {
-        // As each worker does (Worker::follow_share): a colour that loses its whole share has
-        // its tunnels closed after the table's drain; one that gets a share back keeps them.
-        if (next.weight(c) > 0) {
-            tunnel_deadline_[index_of(c)].reset();
-        } else if (state_.weight(c) > 0) {
-            tunnel_deadline_[index_of(c)] =
-                std::chrono::system_clock::now() + table->tunnel_drain();
-        }
-    }
+    follow_tunnel_deadlines(next, *table);
     json::object record = audit_record(origin, "applied", &next, {});
     if (!staged.note.empty()) {
         record["note"] = staged.note;

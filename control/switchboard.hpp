@@ -226,6 +226,8 @@ class Switchboard {
                  std::function<void()> done);
     void handle_persist_retry(Origin origin);
     void applied(Origin& origin, Staged staged, RoutingTablePtr table);
+    // When each colour's tunnels close, after the change to `next` that `table` carries.
+    void follow_tunnel_deadlines(const RoutingState& next, const RoutingTable& table);
     void handle_ramp_step(Origin origin, const RampStep& step);
     void handle_health(Origin origin, const HealthChange& change);
     void handle_outlier(Origin origin, const OutlierFindings& findings);
