@@ -72,6 +72,16 @@ OutlierDetector::Verdicts OutlierDetector::observe(
         // No stall is judged where no new requests go (a colour without a share): its
         // backends answer nothing newer because they are sent nothing.
         const bool takes_traffic = pool.weight_bp > 0;
+        // A colour that lost its share (a revert, a rollback, a flip back) is judged afresh when
+        // it gets one again: the runs its backends left (killed, say, and reverted) are not
+        // the first failures of its next canary (an outside probe: a failover onto green ejected
+        // green-2 at once for "177 failures in a row" from an outage before).
+        if (!takes_traffic && had_share_[index_of(colour)]) {
+            for (const Backend& b : pool.backends) {
+                restart_run(b);
+            }
+        }
+        had_share_[index_of(colour)] = takes_traffic;
         // Nor before a request has outwaited what the service's answers take (both colours':
         // a release serves the same requests): a backend holding two legitimately slow
         // requests is sent nothing new by least-request, so it answers nothing newer either (a
@@ -99,10 +109,7 @@ OutlierDetector::Verdicts OutlierDetector::observe(
             if (recovered || std::find(verdicts.returned.begin(), verdicts.returned.end(),
                                        b.name) != verdicts.returned.end()) {
                 since_return_[b.name] = {at(newest.requests, b.id), at(newest.failures, b.id)};
-                if (b.failure_run) {
-                    b.failure_run->restart();
-                }
-                runs_seen_[b.name] = {0, now};
+                restart_run(b);
                 continue;  // back this moment: judged on what comes next
             }
             if (auto base = since_return_.find(b.name); base != since_return_.end()) {
@@ -116,21 +123,22 @@ OutlierDetector::Verdicts OutlierDetector::observe(
                     since_return_.erase(base);  // a success: the window's rate applies again
                 }
             }
-            const std::uint64_t in_a_row = b.failure_run ? b.failure_run->length() : 0;
+            // Never eject below the panic threshold: the pool keeps enough backends to try.
+            const double remaining = static_cast<double>(pool.backends.size() - ejected_here - 1);
+            const bool ejectable =
+                remaining >= config_.panic_threshold * static_cast<double>(pool.backends.size());
             const bool stalled = takes_traffic && holds_requests(pool, b, load, ordinary);
-            const bool consecutive = failing_in_a_row(b, now);
+            const bool consecutive = failing_in_a_row(b, ejectable);
             const double rate =
                 requests > 0 ? static_cast<double>(failures) / static_cast<double>(requests) : 0;
             const bool rate_exceeded = config_.error_rate > 0 && requests >= config_.min_requests &&
                                        rate >= config_.error_rate;
-            if (!consecutive && !rate_exceeded && !stalled) {
+            if ((!consecutive && !rate_exceeded && !stalled) || !ejectable) {
                 continue;
             }
-            // Never eject below the panic threshold: the pool keeps enough backends to try.
-            const double remaining = static_cast<double>(pool.backends.size() - ejected_here - 1);
-            if (remaining < config_.panic_threshold * static_cast<double>(pool.backends.size())) {
-                continue;
-            }
+            // At least the threshold: a success may have ended the run since it got there.
+            const std::uint64_t in_a_row = std::max<std::uint64_t>(
+                b.failure_run ? b.failure_run->length() : 0, config_.consecutive_failures);
             unsigned& times = times_ejected_[b.name];
             // One ejection forgiven per base_ejection back in the routing, as Envoy lowers a
             // host's multiplier while it stays in: a backend ejected a few times last week is
@@ -200,20 +208,25 @@ std::string OutlierDetector::colour_failure(const ColourPool& pool, std::uint64_
     return colour_stalled(pool, load, now);
 }
 
-bool OutlierDetector::failing_in_a_row(const Backend& b, Clock::time_point now) {
-    if (!b.failure_run) {
+void OutlierDetector::restart_run(const Backend& b) {
+    if (b.failure_run) {
+        b.failure_run->restart();
+        runs_seen_[b.name] = {b.failure_run->crossings(), false};
+    }
+}
+
+bool OutlierDetector::failing_in_a_row(const Backend& b, bool ejectable) {
+    if (!b.failure_run || config_.consecutive_failures == 0) {
         return false;
     }
-    const std::uint64_t length = b.failure_run->length();
     RunSeen& seen = runs_seen_[b.name];
-    const bool grew = length > seen.length;
-    if (length != seen.length) {
-        seen = {length, now};
-    } else if (length > 0 && now - seen.since >= config_.window) {
-        b.failure_run->restart();
-        seen = {0, now};
-    }
-    return config_.consecutive_failures > 0 && grew && length >= config_.consecutive_failures;
+    const std::uint32_t crossings = b.failure_run->crossings();
+    const bool crossed = crossings != seen.crossings;
+    seen.crossings = crossings;
+    // A crossing held back stays to be judged only while its run goes on.
+    const bool held = seen.pending && b.failure_run->length() >= config_.consecutive_failures;
+    seen.pending = (crossed || held) && !ejectable;
+    return crossed || held;
 }
 
 // Whether `b` holds its requests without answering (see OutlierConfig::stalled_after).

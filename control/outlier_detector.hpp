@@ -72,16 +72,21 @@ class OutlierDetector {
 
     // The window's last sample taken at or before `t`, if any.
     const Sample* sample_at_or_before(Clock::time_point t) const;
-    // A backend's run of failures as last seen, and since when it has stood at that length.
+    // What the detector has seen of a backend's runs of failures: how many reached the
+    // threshold, and whether the last one is still to be judged (the panic threshold held the
+    // backend in the pool while it went on failing).
     struct RunSeen {
-        std::uint64_t length = 0;
-        Clock::time_point since{};
+        std::uint32_t crossings = 0;
+        bool pending = false;
     };
-    // Whether `b`'s run of failures has reached consecutive_failures and grown since the last
-    // look: a run that stands still (no traffic reaches the backend: its colour idle, or
-    // reverted) is an old one, and one that stands a whole window is restarted, so that
-    // the first failure once traffic returns is not the sixth in a row.
-    bool failing_in_a_row(const Backend& b, Clock::time_point now);
+    // Whether `b` is to be ejected for failures in a row: a run of it reached
+    // consecutive_failures since the last look (even if a success has ended it since), or one
+    // did before and still stands at least that long. An old run standing still does not
+    // eject: no new crossing. `ejectable`: the panic threshold allows it now.
+    bool failing_in_a_row(const Backend& b, bool ejectable);
+    // `b`'s run of failures starts afresh (back in the routing, or its colour without a share
+    // any more), and what it reached before is not judged.
+    void restart_run(const Backend& b);
     // Notes which answer-wait buckets each colour's backends answered in since the last load.
     void note_answer_waits(const RoutingTable& table, const DataPlaneLoad& load,
                            Clock::time_point now);
@@ -108,6 +113,7 @@ class OutlierDetector {
     std::map<std::string, Clock::time_point> returned_at_;  // the last return from an ejection
     std::map<std::string, SinceReturn> since_return_;
     std::map<std::string, RunSeen> runs_seen_;
+    std::array<bool, 2> had_share_{};      // by colour, at the last look
     std::set<std::string> checks_failed_;  // backends the active checks had down at the last sample
     std::vector<AnswerWaits> last_answer_waits_;  // as of the last load, by backend id
     // When a try (of either colour) was last answered in each wait bucket (epoch: never).

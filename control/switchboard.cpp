@@ -260,6 +260,9 @@ void Switchboard::adopt_new_backends(const Config& before, const Config& after,
         }
     }
     for (const auto& name : added_backends(before, after)) {
+        // A backend back under its old name, or at a new address, is another backend: its
+        // failures in a row start afresh (an old run of 4 and one new failure are not 5).
+        ids_.failure_run(ids_.id_of(name))->restart();
         if (held.contains(name)) {
             health_[name] = false;
             down_because_[name] = "added by a reload: waiting for its first health check";
@@ -272,12 +275,33 @@ void Switchboard::adopt_new_backends(const Config& before, const Config& after,
     }
 }
 
-std::optional<Colour> Switchboard::watched_colour() const {
-    const Colour candidate = other(state_.stable);
-    if (state_.weight(candidate) > 0 || (state_.ramp && state_.ramp->colour == candidate)) {
+namespace {
+// The colour a state's canary analysis judges: the one taking traffic (or being ramped onto)
+// that is not the stable one.
+std::optional<Colour> candidate_in(const RoutingState& state) {
+    const Colour candidate = other(state.stable);
+    if (state.weight(candidate) > 0 || (state.ramp && state.ramp->colour == candidate)) {
         return candidate;
     }
     return std::nullopt;
+}
+
+// Whether the traffic after the change from `before` to `after` is a candidacy of its own for
+// canary analysis, not the one before it going on (as through a ramp's steps, a second `set`
+// or a flip of the same candidate). Judged on the states, not on the command, so that a fleet
+// peer applying the change resets as the instance that made it. A failover's traffic carried
+// into a following `set` was judged as the canary's: all backends slow during the failover,
+// fast again by the `set`, and green's p99 over the window (92 ms, most of it from the
+// failover) against stable's since (3 ms) reverted a healthy green (an outside probe; also
+// with `rollback; set` 9 ms apart, within one sample).
+bool begins_candidacy(const RoutingState& before, const RoutingState& after) {
+    return candidate_in(before) != candidate_in(after) || before.stable != after.stable ||
+           before.failover.has_value() || after.failover.has_value();
+}
+}  // namespace
+
+std::optional<Colour> Switchboard::watched_colour() const {
+    return candidate_in(state_);
 }
 
 // One sample of the data plane's counters feeds both passive outlier detection and canary
@@ -1096,30 +1120,6 @@ void Switchboard::settle(Committing& change) {
     applied(change.origin, std::move(change.staged), change.table);
 }
 
-namespace {
-// Whether traffic after a change of `kind` is a candidacy of its own for canary analysis, not
-// the one before it going on (as a ramp's steps or a second `set` of the same canary are).
-// A failover's traffic carried into a following `set` was judged as the canary's: all
-// backends slow during the failover, fast again by the `set`, and green's p99 over the window
-// (92 ms, most of it from the failover) against stable's since (3 ms) reverted a healthy green
-// (an outside probe; also with `rollback; set` 9 ms apart, within one sample).
-bool begins_candidacy(SwitchKind kind) {
-    switch (kind) {
-        case SwitchKind::flip:
-        case SwitchKind::rollback:
-        case SwitchKind::promote:
-        case SwitchKind::auto_revert:
-        case SwitchKind::outlier_revert:
-        case SwitchKind::canary_revert:
-        case SwitchKind::failover:
-        case SwitchKind::failback:
-            return true;
-        default:
-            return false;
-    }
-}
-}  // namespace
-
 // As each worker does (Worker::follow_share): a colour that loses its whole share has its
 // tunnels closed after the table's drain; one that gets a share back keeps them.
 void Switchboard::follow_tunnel_deadlines(const RoutingState& next, const RoutingTable& table) {
@@ -1151,7 +1151,7 @@ void Switchboard::applied(Origin& origin, Staged staged, RoutingTablePtr table) 
         record["durable"] = false;
         record["persist_error"] = persist_error_;
     }
-    if (begins_candidacy(staged.kind) || state_.failover) {
+    if (begins_candidacy(state_, next)) {
         canary_.reset();
     }
     state_ = next;

@@ -141,6 +141,7 @@ StartLineVersion normalize_response_version(std::span<char> status_line) {
 }
 
 bool valid_port(std::string_view port) {
+    port.remove_prefix(std::min(port.find_first_not_of('0'), port.size()));  // "000080" is 80
     if (port.size() > 5) {
         return false;
     }

@@ -22,11 +22,11 @@ namespace {
 // "http://a:http://b/x" became host "a:" and target "http://b/x", which a backend reads as host
 // b (found by an outside probe); hence the checks of the port and the path below.
 
-// RFC 9112 3.2: a target is ASCII (URI characters; Beast refuses controls but lets obs-text
-// through). HAProxy answers 400 too.
-bool ascii(std::string_view target) {
+// RFC 9112 3.2: a target is ASCII URI characters (Beast refuses controls but lets obs-text
+// through; HAProxy answers 400 too), without a fragment (in no request form).
+bool ascii_without_fragment(std::string_view target) {
     return std::all_of(target.begin(), target.end(),
-                       [](char c) { return static_cast<unsigned char>(c) < 0x80; });
+                       [](char c) { return static_cast<unsigned char>(c) < 0x80 && c != '#'; });
 }
 
 // Origin-form stays; absolute-form ("GET http://host/path") becomes origin-form with Host set
@@ -36,7 +36,7 @@ bool ascii(std::string_view target) {
 // and a path after the authority that does not begin with "/" (RFC 3986 3.3).
 bool normalize_target(Request& request) {
     auto target = request.target();
-    if (target.find('#') != std::string_view::npos || !ascii(target)) {
+    if (!ascii_without_fragment(target)) {
         return false;
     }
     if (target.starts_with('/')) {
@@ -51,10 +51,7 @@ bool normalize_target(Request& request) {
          uri->scheme_id() != boost::urls::scheme::https)) {
         return false;
     }
-    // The port as written: the text between the host and the path.
-    const std::string_view authority = uri->encoded_authority();
-    const std::string_view port =
-        uri->has_port() ? authority.substr(uri->encoded_host().size() + 1) : std::string_view{};
+    const std::string_view port = uri->port();
     std::string origin(uri->encoded_path());
     if (!valid_port(port) || (!origin.empty() && origin.front() != '/')) {
         return false;

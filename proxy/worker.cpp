@@ -543,13 +543,13 @@ void Worker::record_outcome(const Backend& backend, TryOutcome outcome) {
     const bool failed = outcome != TryOutcome::ok &&
                         (outcome != TryOutcome::server_error || config_->outlier.count_5xx);
     failures_by_backend_[backend_id] += failed ? 1 : 0;
-    if (!backend.failure_run) {
+    const unsigned threshold = config_->outlier.consecutive_failures;
+    if (!backend.failure_run || threshold == 0) {
         return;
     }
     if (!failed) {
         backend.failure_run->succeed();
-    } else if (backend.failure_run->fail() == config_->outlier.consecutive_failures &&
-               failure_run_alarm_) {
+    } else if (backend.failure_run->fail(threshold) && failure_run_alarm_) {
         failure_run_alarm_();  // once a run: the control thread looks now
     }
 }
