@@ -42,9 +42,24 @@ class ConnectionLimits {
         total_.fetch_sub(1, std::memory_order_relaxed);
     }
     std::uint32_t open() const { return total_.load(std::memory_order_relaxed); }
+    // A client connection accepted on descriptor `number` or above is handled as past
+    // max_connections (descriptor_limit.hpp), while the accept loop still has a descriptor to
+    // do so, and the control socket, the admin listener and the health checks keep theirs. (A
+    // probe: 9,500 slow uploads, a client's and a backend's descriptor each, ran a
+    // 20,000-descriptor limit out below max_connections 16,384; newcomers then waited in the
+    // backlog and `bgctl status` got no reply.) Idle clients hold one descriptor, uploads and
+    // tunnels two: the number says what is in use, where a count of clients would not.
+    void set_descriptor_ceiling(std::uint64_t number) {
+        descriptor_ceiling_.store(number, std::memory_order_relaxed);
+    }
+    bool near_descriptor_limit(int descriptor) const {
+        const std::uint64_t ceiling = descriptor_ceiling_.load(std::memory_order_relaxed);
+        return ceiling != 0 && static_cast<std::uint64_t>(descriptor) >= ceiling;
+    }
 
   private:
     std::atomic<std::uint32_t> total_{0};
+    std::atomic<std::uint64_t> descriptor_ceiling_{0};
     std::unique_ptr<std::atomic<std::uint32_t>[]> per_listener_;
     std::size_t listeners_;
 };

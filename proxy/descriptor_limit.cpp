@@ -3,8 +3,11 @@
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <boost/asio/error.hpp>
 #include <cerrno>
+
+#include "config.hpp"
 
 namespace bg {
 
@@ -36,6 +39,24 @@ DescriptorLimit raise_descriptor_limit() {
         }
     }
     return {static_cast<std::uint64_t>(limit.rlim_cur), static_cast<std::uint64_t>(limit.rlim_max)};
+}
+
+DescriptorLimit descriptor_limit() {
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) {
+        return {};
+    }
+    return {static_cast<std::uint64_t>(limit.rlim_cur), static_cast<std::uint64_t>(limit.rlim_max)};
+}
+
+std::uint64_t descriptor_ceiling(std::uint64_t soft, const Config& config, unsigned workers) {
+    if (soft == 0 || soft == RLIM_INFINITY) {
+        return 0;
+    }
+    const std::uint64_t backends = config.blue.backends.size() + config.green.backends.size();
+    const std::uint64_t kept = std::uint64_t{workers} * config.listeners.size() + backends +
+                               config.control.max_connections + config.admin_max_connections + 64;
+    return soft - std::min(kept, soft / 4);
 }
 
 AcceptPause::AcceptPause(boost::asio::io_context& io, std::string listener)

@@ -23,6 +23,16 @@ struct DescriptorLimit {
 };
 // Raises the soft RLIMIT_NOFILE to the hard limit; returns the limits now in force.
 DescriptorLimit raise_descriptor_limit();
+// The limits in force (0s when unknown).
+DescriptorLimit descriptor_limit();
+
+struct Config;
+// The descriptor number from which an accepted client connection is handled as one past
+// max_connections (room made, or a 503): the kernel gives the lowest free number, so an accept
+// that returns it has that many in use. Below `soft` by what the proxy must keep for itself
+// (control and admin connections, health checks, listeners, a margin), at most a quarter of
+// `soft`. 0 (none) when `soft` is unknown.
+std::uint64_t descriptor_ceiling(std::uint64_t soft, const Config& config, unsigned workers);
 
 // One accept loop's pause after an exhaustion error. Logs at most once a second.
 class AcceptPause {

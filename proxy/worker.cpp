@@ -223,8 +223,9 @@ void Worker::accept_failed(Acceptor& acceptor, std::size_t listener,
 void Worker::accepted(Socket socket, std::size_t listener, const tcp::endpoint& peer) {
     WorkerStats::add(stats_.connections_accepted);
     const std::uint32_t listener_max = listener_cap(listener);
-    if (limits_.try_open(listener, config_->limits.max_connections, listener_max) ||
-        make_room(listener, listener_max)) {
+    const bool room = !limits_.near_descriptor_limit(socket.native_handle()) &&
+                      limits_.try_open(listener, config_->limits.max_connections, listener_max);
+    if (room || make_room(listener, listener_max)) {
         admit(std::move(socket), listener, peer);
     } else if (!siblings_.empty() && borrowing_.size() < max_borrowing) {
         borrow_room(std::move(socket), listener, peer, 0);

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <boost/asio/post.hpp>
 
+#include "descriptor_limit.hpp"
+
 namespace bg {
 
 namespace asio = boost::asio;
@@ -56,6 +58,7 @@ WorkerGroup::WorkerGroup(asio::any_io_executor completions, unsigned count,
     : completions_(std::move(completions)),
       limits_(config->listeners.size()),
       slot_(std::move(table)) {
+    cap_connections(*config, count);
     for (unsigned i = 0; i < count; ++i) {
         workers_.push_back(std::make_unique<Worker>(i, config, slot_, limits_));
     }
@@ -123,11 +126,16 @@ void WorkerGroup::join() {
     }
 }
 
+void WorkerGroup::cap_connections(const Config& config, unsigned workers) {
+    limits_.set_descriptor_ceiling(descriptor_ceiling(descriptor_limit().soft, config, workers));
+}
+
 void WorkerGroup::publish(RoutingTablePtr table, std::shared_ptr<const Config> config,
                           std::function<void()> on_applied) {
     // Seen by the next request on every worker from here on; the posted apply (pool cleanup,
     // a reload's config) follows on each worker's loop, and the ack waits for all of them.
     slot_.store(table);
+    cap_connections(*config, static_cast<unsigned>(workers_.size()));
     // The countdown lives on the completion executor only: each worker posts its ack there.
     auto remaining = std::make_shared<std::size_t>(workers_.size());
     auto done = std::make_shared<std::function<void()>>(std::move(on_applied));

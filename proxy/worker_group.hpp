@@ -40,6 +40,10 @@ class WorkerGroup final : public TablePublisher {
     void on_failure_run(std::function<void()> alarm) override;
 
   private:
+    // The descriptor number past which newcomers are handled as at max_connections, for
+    // `config` and `workers` (connection_limits.hpp).
+    void cap_connections(const Config& config, unsigned workers);
+
     boost::asio::any_io_executor completions_;
     ConnectionLimits limits_;  // before workers_: they point at it
     TableSlot slot_;           // likewise

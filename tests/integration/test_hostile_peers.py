@@ -1120,11 +1120,14 @@ class StuckUploadTest(ProcessTestCase):
                  "sanitizer runtimes need descriptors of their own (UBSan's vptr check opens a "
                  "pipe): out of descriptors they report errors that are not the proxy's")
 class DescriptorsTest(ProcessTestCase):
-    """Out of file descriptors: the listener pauses instead of spinning, and serves again once
-    descriptors are free (failed on e53b836: accept() failing with EMFILE was retried at once,
-    a CPU at 100%)."""
+    """Near the file descriptor limit, newcomers are handled as past max_connections: a 503 they
+    can read, while the proxy keeps descriptors for its control socket and checks, and serves
+    again once the flood leaves. (An outside probe: 9,500 slow uploads ran a 20,000-descriptor
+    limit out below max_connections; newcomers waited in the backlog and `bgctl status` got no
+    reply. Before e53b836, accept() failing with EMFILE was also retried at once, a CPU at
+    100%; the listener now pauses then, for exhaustion from elsewhere.)"""
 
-    def test_accept_pauses_and_recovers(self):
+    def test_a_flood_at_the_descriptor_limit_is_turned_away_and_the_proxy_keeps_answering(self):
         blue, green = self.backend("blue-1"), self.backend("green-1")
 
         def low_limit():
@@ -1144,19 +1147,25 @@ class DescriptorsTest(ProcessTestCase):
                 fields = f.read().rsplit(")", 1)[1].split()
             return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         before = cpu_seconds()
-        time.sleep(2)
+        status = proxy.bgctl("status", timeout=5)
+        time.sleep(1.5)
         spent = cpu_seconds() - before
-        # A busy accept loop takes the whole 2 s; a paused one nearly nothing.
-        self.assertLess(spent, 1.0, "the proxy spun while out of descriptors")
+        self.assertLess(spent, 1.0, "the proxy spun at its descriptor limit")
+        self.assertEqual(status.returncode, 0, status.stderr)
+        turned_away = 0
+        for c in clients:
+            c.setblocking(False)
+            try:
+                turned_away += c.recv(100).startswith(b"HTTP/1.1 503")
+            except OSError:
+                pass
+        self.assertGreater(turned_away, 0, "no newcomer was told the proxy is full")
         for c in clients:
             c.close()
         time.sleep(0.5)
         out = raw_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         self.assertEqual(status_of(out), 200, out[:200])
         proc.kill()
-        log = proc.stdout.read() + proc.stderr.read()
-        self.assertIn("pausing the listener", log)
-        self.assertLess(log.count("pausing the listener"), 10, "logged more than once a second")
 
 
 class SigpipeTest(ProcessTestCase):
