@@ -1,6 +1,7 @@
 #include <doctest/doctest.h>
 
 #include <boost/beast/http/fields.hpp>
+#include <string>
 
 #include "exchange_outcome.hpp"
 #include "forwarding_headers.hpp"
@@ -27,6 +28,30 @@ TEST_CASE("hop-by-hop fields are removed, with those Connection names") {
     }
     CHECK(f["X-Kept"] == "yes");
     CHECK(f[http::field::host] == "example.com");
+}
+
+TEST_CASE("Connection's options remove every field they name, however many fields and options") {
+    // The options are looked up in a table of the fields' names (an option at a time over every
+    // field cost 3 ms a request for 16,000 options).
+    bg::Fields f;
+    f.set(http::field::host, "example.com");
+    for (int i = 0; i < 300; ++i) {
+        f.insert("X-" + std::to_string(i), "v");
+    }
+    f.insert("x-7", "again");  // a second field of one name, in another case
+    f.insert(http::field::content_length, "0");
+    std::string options = "host, Content-Length";
+    for (int i = 0; i < 5000; ++i) {
+        options += ", " + std::string(i % 2 == 0 ? "x-" : "X-") + std::to_string(i % 10) +
+                   ", unknown-" + std::to_string(i);
+    }
+    f.insert(http::field::connection, options);
+    bg::rewrite_request_fields(f, {"10.0.0.1", false, false});
+    for (int i = 0; i < 300; ++i) {
+        CHECK_MESSAGE((f.find("X-" + std::to_string(i)) == f.end()) == (i < 10), i);
+    }
+    CHECK(f[http::field::host] == "example.com");  // framing and routing stay (see above)
+    CHECK(f[http::field::content_length] == "0");
 }
 
 TEST_CASE("from a trusted proxy X-Forwarded-For is appended to and its Proto kept") {
