@@ -108,15 +108,29 @@ TEST_CASE("the watched colour fails on its error rate once the minimum count is 
                     .failed_colour);
 }
 
+// consecutive_failures 5, base_ejection 10 s, over two_by_two(): a first sample at t0 (the
+// active checks as `health` say).
+struct RunCase {
+    explicit RunCase(const std::map<std::string, bool>& health = {})
+        : detector(config()), table(two_by_two()), t0(Clock::now()) {
+        detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, health);
+    }
+    static bg::OutlierConfig config() {
+        bg::OutlierConfig c;
+        c.consecutive_failures = 5;
+        c.base_ejection = std::chrono::seconds(10);
+        return c;
+    }
+    bg::OutlierDetector detector;
+    bg::RoutingTable table;
+    Clock::time_point t0;
+};
+
 TEST_CASE("a success on any worker ends the run: the run is the backend's, not a worker's") {
     // Found by an outside probe: with two workers, one served the backend's successes while the
     // other's old run of 79 (max over workers) stood, and a healthy backend was ejected.
-    bg::OutlierConfig config;
-    config.consecutive_failures = 5;
-    bg::OutlierDetector detector(config);
-    auto table = two_by_two();
-    auto t0 = Clock::now();
-    detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, {});
+    RunCase c;
+    auto& [detector, table, t0] = c;
     fail(table, "b1", 4);  // one worker
     succeed(table, "b1");  // another
     fail(table, "b1", 4);  // the first again
@@ -132,13 +146,8 @@ TEST_CASE("consecutive failures eject at once; a returned backend is judged on w
     // an outside probe: a backend failing every request, back from its ejection, served 250 ms
     // (678 failed requests) before the next periodic look ejected it again, as the workers'
     // runs were past the threshold and never reached it again to raise the alarm.
-    bg::OutlierConfig config;
-    config.consecutive_failures = 5;
-    config.base_ejection = std::chrono::seconds(10);
-    bg::OutlierDetector detector(config);
-    auto table = two_by_two();
-    auto t0 = Clock::now();
-    detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, {});
+    RunCase c;
+    auto& [detector, table, t0] = c;
     fail(table, "b1", 5);
     auto v = detector.observe(table, counts({5, 10, 0, 0}, {5, 0, 0, 0}),
                               t0 + std::chrono::seconds(1), std::nullopt, {});
@@ -190,12 +199,8 @@ bg::RoutingTable with_green(const bg::RoutingTable& table, std::uint32_t green_b
 TEST_CASE("failures in a row count however far apart they come") {
     // From a review: a run forgotten after standing still a window (10 s) never reached 5 on a
     // canary getting a try every 15 s; no other passive rule sees so few requests.
-    bg::OutlierConfig config;
-    config.consecutive_failures = 5;
-    bg::OutlierDetector detector(config);
-    auto table = two_by_two();
-    auto t0 = Clock::now();
-    detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, {});
+    RunCase c;
+    auto& [detector, table, t0] = c;
     for (std::uint64_t i = 1; i <= 5; ++i) {
         fail(table, "g1", 1);
         auto v = detector.observe(table, counts({0, 0, i, 0}, {0, 0, i, 0}),
@@ -207,12 +212,8 @@ TEST_CASE("failures in a row count however far apart they come") {
 TEST_CASE("a run that reached the threshold is judged though a success ended it before the look") {
     // From a review: the alarm's look comes a gather later; a success on another worker in
     // between left nothing to see, and the run went unjudged.
-    bg::OutlierConfig config;
-    config.consecutive_failures = 5;
-    bg::OutlierDetector detector(config);
-    auto table = two_by_two();
-    auto t0 = Clock::now();
-    detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, {});
+    RunCase c;
+    auto& [detector, table, t0] = c;
     fail(table, "b1", 5);
     succeed(table, "b1");
     auto v = detector.observe(table, counts({6, 0, 0, 0}, {5, 0, 0, 0}),
@@ -228,14 +229,9 @@ TEST_CASE(
     // passing their checks; the first requests to green 40 s later, answered, were followed by
     // green-2's ejection for "79 failures in a row", and a failover onto green halved it at once
     // ("177 in a row"): both runs were from the outage.
-    bg::OutlierConfig config;
-    config.consecutive_failures = 5;
-    config.base_ejection = std::chrono::seconds(10);
-    bg::OutlierDetector detector(config);
-    auto table = two_by_two();
-    auto t0 = Clock::now();
+    RunCase c;
+    auto& [detector, table, t0] = c;
     const auto at = [&](int s) { return t0 + std::chrono::seconds(s); };
-    detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, {});
     // Both green backends fail 6 in a row: one is ejected, the panic threshold holds the other.
     fail(table, "g1", 6);
     fail(table, "g2", 6);
@@ -271,14 +267,9 @@ TEST_CASE("a backend the active checks bring back is judged on what comes after"
     // Found by an outside probe: both blue backends dead, one ejected, the panic threshold kept
     // the other in the pool; back up, it was ejected for "3261 failures in a row", all from
     // while it was down, once the first returned.
-    bg::OutlierConfig config;
-    config.consecutive_failures = 5;
-    config.base_ejection = std::chrono::seconds(10);
-    bg::OutlierDetector detector(config);
-    auto table = two_by_two();
-    auto t0 = Clock::now();
     const std::map<std::string, bool> down{{"b1", false}, {"b2", false}};
-    detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, down);
+    RunCase c(down);
+    auto& [detector, table, t0] = c;
     fail(table, "b1", 100);
     fail(table, "b2", 100);
     auto v = detector.observe(table, counts({100, 100, 0, 0}, {100, 100, 0, 0}),
