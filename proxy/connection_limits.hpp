@@ -42,24 +42,34 @@ class ConnectionLimits {
         total_.fetch_sub(1, std::memory_order_relaxed);
     }
     std::uint32_t open() const { return total_.load(std::memory_order_relaxed); }
-    // A client connection accepted on descriptor `number` or above is handled as past
-    // max_connections (descriptor_limit.hpp), while the accept loop still has a descriptor to
-    // do so, and the control socket, the admin listener and the health checks keep theirs. (A
-    // probe: 9,500 slow uploads, a client's and a backend's descriptor each, ran a
-    // 20,000-descriptor limit out below max_connections 16,384; newcomers then waited in the
-    // backlog and `bgctl status` got no reply.) Idle clients hold one descriptor, uploads and
-    // tunnels two: the number says what is in use, where a count of clients would not.
-    void set_descriptor_ceiling(std::uint64_t number) {
-        descriptor_ceiling_.store(number, std::memory_order_relaxed);
+    // Near the descriptor limit (descriptor_limit.hpp): a client connection accepted on a
+    // number at or above `clients` is handled as past max_connections, and a backend connection
+    // opened on one at or above `upstream` is not made (a 503), so that the control socket, the
+    // admin listener and the health checks keep descriptors of their own. (A probe: 9,500 slow
+    // uploads, a client's and a backend's descriptor each, ran a 20,000-descriptor limit out
+    // below max_connections 16,384; newcomers then waited in the backlog and `bgctl status` got
+    // no reply.) The kernel gives the lowest free number, so a number says how many are in use:
+    // idle clients count one, uploads and tunnels two, where a count of clients would not.
+    void set_descriptor_ceilings(std::uint64_t clients, std::uint64_t upstream) {
+        client_ceiling_.store(clients, std::memory_order_relaxed);
+        upstream_ceiling_.store(upstream, std::memory_order_relaxed);
     }
-    bool near_descriptor_limit(int descriptor) const {
-        const std::uint64_t ceiling = descriptor_ceiling_.load(std::memory_order_relaxed);
-        return ceiling != 0 && static_cast<std::uint64_t>(descriptor) >= ceiling;
+    bool client_near_descriptor_limit(int descriptor) const {
+        return past(client_ceiling_, descriptor);
+    }
+    bool upstream_near_descriptor_limit(int descriptor) const {
+        return past(upstream_ceiling_, descriptor);
     }
 
   private:
     std::atomic<std::uint32_t> total_{0};
-    std::atomic<std::uint64_t> descriptor_ceiling_{0};
+    static bool past(const std::atomic<std::uint64_t>& ceiling, int descriptor) {
+        const std::uint64_t number = ceiling.load(std::memory_order_relaxed);
+        return number != 0 && static_cast<std::uint64_t>(descriptor) >= number;
+    }
+
+    std::atomic<std::uint64_t> client_ceiling_{0};  // 0: none
+    std::atomic<std::uint64_t> upstream_ceiling_{0};
     std::unique_ptr<std::atomic<std::uint32_t>[]> per_listener_;
     std::size_t listeners_;
 };

@@ -49,14 +49,14 @@ DescriptorLimit descriptor_limit() {
     return {static_cast<std::uint64_t>(limit.rlim_cur), static_cast<std::uint64_t>(limit.rlim_max)};
 }
 
-std::uint64_t descriptor_ceiling(std::uint64_t soft, const Config& config, unsigned workers) {
+DescriptorCeilings descriptor_ceilings(std::uint64_t soft, const Config& config) {
     if (soft == 0 || soft == RLIM_INFINITY) {
-        return 0;
+        return {};
     }
     const std::uint64_t backends = config.blue.backends.size() + config.green.backends.size();
-    const std::uint64_t kept = std::uint64_t{workers} * config.listeners.size() + backends +
-                               config.control.max_connections + config.admin_max_connections + 64;
-    return soft - std::min(kept, soft / 4);
+    const std::uint64_t kept = std::min<std::uint64_t>(
+        backends + config.control.max_connections + config.admin_max_connections + 64, soft / 4);
+    return {soft - 2 * kept, soft - kept};
 }
 
 AcceptPause::AcceptPause(boost::asio::io_context& io, std::string listener)

@@ -27,12 +27,17 @@ DescriptorLimit raise_descriptor_limit();
 DescriptorLimit descriptor_limit();
 
 struct Config;
-// The descriptor number from which an accepted client connection is handled as one past
-// max_connections (room made, or a 503): the kernel gives the lowest free number, so an accept
-// that returns it has that many in use. Below `soft` by what the proxy must keep for itself
-// (control and admin connections, health checks, listeners, a margin), at most a quarter of
-// `soft`. 0 (none) when `soft` is unknown.
-std::uint64_t descriptor_ceiling(std::uint64_t soft, const Config& config, unsigned workers);
+// The descriptor numbers from which the proxy stops taking on more (connection_limits.hpp): the
+// kernel gives the lowest free number, so one that returns it has that many in use. Backend
+// connections stop below `soft` by what the proxy must keep for itself (control and admin
+// connections, health checks, a margin; at most a quarter of `soft`), and new clients that much
+// lower again, which leaves the clients already in room for their backend connections. 0s
+// (none) when `soft` is unknown.
+struct DescriptorCeilings {
+    std::uint64_t clients = 0;
+    std::uint64_t upstream = 0;
+};
+DescriptorCeilings descriptor_ceilings(std::uint64_t soft, const Config& config);
 
 // One accept loop's pause after an exhaustion error. Logs at most once a second.
 class AcceptPause {

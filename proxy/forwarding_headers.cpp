@@ -21,16 +21,25 @@ bool frames_or_routes(std::string_view name) {
 }
 
 // A case-blind hash of a field name, keyed per process: no one can pick names that share a
-// slot of the table below.
+// slot of the table below. (The key is drawn at start, not on a request: out of descriptors,
+// random_device may need one to read /dev/urandom.)
+const std::uint64_t name_hash_key =
+    (std::uint64_t{std::random_device{}()} << 32) | std::random_device{}();
+
 std::uint64_t name_hash(std::string_view name) {
-    static const std::uint64_t key =
-        (std::uint64_t{std::random_device{}()} << 32) | std::random_device{}();
-    std::uint64_t h = 14695981039346656037ull ^ key;  // FNV-1a
+    std::uint64_t h = 14695981039346656037ull ^ name_hash_key;  // FNV-1a
     for (const char c : name) {
         h ^= static_cast<unsigned char>(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
         h *= 1099511628211ull;
     }
     return h ^ (h >> 29);
+}
+
+// An option that removes nothing: the framing and routing fields, Keep-Alive (gone with the
+// other hop-by-hop fields), and Upgrade when the upgrade goes on.
+bool kept_option(std::string_view option, bool keep_upgrade) {
+    return (keep_upgrade && boost::beast::iequals(option, "upgrade")) || frames_or_routes(option) ||
+           boost::beast::iequals(option, "keep-alive");
 }
 
 // Erases the fields the Connection options in `named` (a comma list) name. Each option is one
@@ -69,9 +78,8 @@ void strip_named_fields(Fields& fields, std::string_view named, bool keep_upgrad
     }
     for (auto token : http::token_list(named)) {
         const std::string_view option(token.data(), token.size());
-        if ((keep_upgrade && boost::beast::iequals(option, "upgrade")) ||
-            frames_or_routes(option) || boost::beast::iequals(option, "keep-alive")) {
-            continue;  // (Keep-Alive went with the others.)
+        if (kept_option(option, keep_upgrade)) {
+            continue;
         }
         Slot& slot = slot_of(option, name_hash(option));
         slot.doomed = slot.field != 0;
@@ -115,8 +123,23 @@ void strip_hop_fields(Fields& fields, bool keep_upgrade) {
         }
         it = is_hop_field(name, keep_upgrade) ? fields.erase(it) : std::next(it);
     }
-    if (!named.empty()) {
-        strip_named_fields(fields, named, keep_upgrade);
+    // Most messages' options are "close" or "keep-alive" at most: a few are looked for field by
+    // field (no table to build for each Connection: close request).
+    std::size_t options = 0;
+    for (auto token : http::token_list(named)) {
+        options += kept_option({token.data(), token.size()}, keep_upgrade) ? 0 : 1;
+        if (options > 4) {
+            strip_named_fields(fields, named, keep_upgrade);
+            return;
+        }
+    }
+    if (options > 0) {
+        for (auto token : http::token_list(named)) {
+            const std::string_view option(token.data(), token.size());
+            if (!kept_option(option, keep_upgrade)) {
+                fields.erase(option);
+            }
+        }
     }
 }
 

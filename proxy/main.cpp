@@ -50,8 +50,9 @@ void warn_if_descriptors_short(const bg::Config& config, unsigned workers) {
     if (limit.soft != 0 && needed > limit.soft) {
         spdlog::warn(
             "file descriptor limit {} (hard {}) is below the {} that max_connections={} "
-            "and the upstream pools may need: past it, connections wait in the backlog "
-            "and backend connects answer 503 (raise LimitNOFILE or lower "
+            "and the upstream pools may need: near it, new clients are handled as past "
+            "max_connections and backend connects answer 503, so that the control socket, "
+            "admin listener and checks keep descriptors (raise LimitNOFILE or lower "
             "limits.max_connections)",
             limit.soft, limit.hard, needed, config.limits.max_connections);
     }

@@ -150,7 +150,16 @@ Task<Connected> UpstreamConnector::open(const Backend& backend, ExchangeState& e
     handle_.upstream = &connection;
     handle_.upstream_backend = backend.id;
     deadline_.arm(config_.timeouts.upstream_connect, ConnectionDeadline::upstream);
-    std::tie(ec) = co_await connection.async_connect(endpoint, nothrow);
+    // Opened first, to see its number: near the descriptor limit the connection is not made
+    // (connection_limits.hpp), as when none is left.
+    connection.open(endpoint.protocol(), ec);
+    if (!ec && worker_.upstream_near_descriptor_limit(connection.native_handle())) {
+        connection.close(ec);
+        ec = boost::system::error_code(EMFILE, boost::system::system_category());
+    }
+    if (!ec) {
+        std::tie(ec) = co_await connection.async_connect(endpoint, nothrow);
+    }
     if (!ec && backend.send_proxy_protocol) {
         // A client the balancer's own header left unnamed is not named to the backend either.
         const std::string header = client_.unnamed

@@ -2,6 +2,7 @@
 
 #include "parked_client.hpp"
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <spdlog/spdlog.h>
@@ -223,7 +224,7 @@ void Worker::accept_failed(Acceptor& acceptor, std::size_t listener,
 void Worker::accepted(Socket socket, std::size_t listener, const tcp::endpoint& peer) {
     WorkerStats::add(stats_.connections_accepted);
     const std::uint32_t listener_max = listener_cap(listener);
-    const bool room = !limits_.near_descriptor_limit(socket.native_handle()) &&
+    const bool room = !limits_.client_near_descriptor_limit(socket.native_handle()) &&
                       limits_.try_open(listener, config_->limits.max_connections, listener_max);
     if (room || make_room(listener, listener_max)) {
         admit(std::move(socket), listener, peer);
@@ -235,11 +236,39 @@ void Worker::accepted(Socket socket, std::size_t listener, const tcp::endpoint& 
 }
 
 void Worker::admit(Socket socket, std::size_t listener, const tcp::endpoint& peer) {
+    if (limits_.client_near_descriptor_limit(socket.native_handle())) {
+        socket = lower_descriptor(std::move(socket), listener);
+    }
     // Its request is rarely there yet: the first read waits for the poller (whose registration
     // of the socket reports bytes that are) rather than trying a recv first.
     assume_drained(socket);
     asio::co_spawn(io_.get_executor(), serve_client(*this, std::move(socket), listener, peer),
                    asio::detached);
+}
+
+// A newcomer accepted near the descriptor limit, for which a connection was closed to make
+// room, moves down to the lowest free number (the one the closed connection left): numbers go
+// on saying how many are in use. (A review: else the next client took that number unchecked,
+// and each eviction let the count grow by one.) F_DUPFD takes the lowest free number at once,
+// never one another thread holds.
+Socket Worker::lower_descriptor(Socket socket, std::size_t listener) {
+    const int high = socket.native_handle();
+    const int low = ::fcntl(high, F_DUPFD_CLOEXEC, 0);
+    if (low < 0) {
+        return socket;
+    }
+    boost::system::error_code ec;
+    if (low > high) {
+        ::close(low);
+        return socket;
+    }
+    Socket lowered = adopt_socket(io_, v6_listeners_[listener], low, ec);
+    if (ec) {
+        ::close(low);
+        return socket;
+    }
+    socket.close(ec);
+    return lowered;
 }
 
 // At the limit with nothing of its own to close, the other workers are asked in turn: one may

@@ -143,6 +143,10 @@ class Worker {
     bool listener_v6(std::size_t listener) const { return v6_listeners_[listener]; }
     // A connection accepted on `listener` has closed: its slot is free again.
     void connection_closed(std::size_t listener) { limits_.close(listener); }
+    // A backend connection on this descriptor would leave the proxy too few of its own.
+    bool upstream_near_descriptor_limit(int descriptor) const {
+        return limits_.upstream_near_descriptor_limit(descriptor);
+    }
     // The other workers, asked for room at the connection limit when this one has nothing of
     // its own to close. Set once, before the workers run.
     void set_siblings(std::vector<Worker*> siblings) { siblings_ = std::move(siblings); }
@@ -185,6 +189,7 @@ class Worker {
     }
     void borrow_room(Socket socket, std::size_t listener,
                      const boost::asio::ip::tcp::endpoint& peer, std::size_t next);
+    Socket lower_descriptor(Socket socket, std::size_t listener);
     void admit(Socket socket, std::size_t listener, const boost::asio::ip::tcp::endpoint& peer);
     enum class Evicted { none, opening, slow_upload };
     Evicted evict_opening(std::optional<std::size_t> listener, std::optional<std::size_t>& held);

@@ -58,7 +58,7 @@ WorkerGroup::WorkerGroup(asio::any_io_executor completions, unsigned count,
     : completions_(std::move(completions)),
       limits_(config->listeners.size()),
       slot_(std::move(table)) {
-    cap_connections(*config, count);
+    cap_connections(*config);
     for (unsigned i = 0; i < count; ++i) {
         workers_.push_back(std::make_unique<Worker>(i, config, slot_, limits_));
     }
@@ -126,8 +126,9 @@ void WorkerGroup::join() {
     }
 }
 
-void WorkerGroup::cap_connections(const Config& config, unsigned workers) {
-    limits_.set_descriptor_ceiling(descriptor_ceiling(descriptor_limit().soft, config, workers));
+void WorkerGroup::cap_connections(const Config& config) {
+    const DescriptorCeilings ceilings = descriptor_ceilings(descriptor_limit().soft, config);
+    limits_.set_descriptor_ceilings(ceilings.clients, ceilings.upstream);
 }
 
 void WorkerGroup::publish(RoutingTablePtr table, std::shared_ptr<const Config> config,
@@ -135,7 +136,7 @@ void WorkerGroup::publish(RoutingTablePtr table, std::shared_ptr<const Config> c
     // Seen by the next request on every worker from here on; the posted apply (pool cleanup,
     // a reload's config) follows on each worker's loop, and the ack waits for all of them.
     slot_.store(table);
-    cap_connections(*config, static_cast<unsigned>(workers_.size()));
+    cap_connections(*config);
     // The countdown lives on the completion executor only: each worker posts its ack there.
     auto remaining = std::make_shared<std::size_t>(workers_.size());
     auto done = std::make_shared<std::function<void()>>(std::move(on_applied));

@@ -40,9 +40,9 @@ class WorkerGroup final : public TablePublisher {
     void on_failure_run(std::function<void()> alarm) override;
 
   private:
-    // The descriptor number past which newcomers are handled as at max_connections, for
-    // `config` and `workers` (connection_limits.hpp).
-    void cap_connections(const Config& config, unsigned workers);
+    // The descriptor numbers past which the data plane takes on no more, for `config`
+    // (connection_limits.hpp).
+    void cap_connections(const Config& config);
 
     boost::asio::any_io_executor completions_;
     ConnectionLimits limits_;  // before workers_: they point at it
