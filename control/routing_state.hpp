@@ -74,9 +74,8 @@ std::string describe_change(const RoutingState& before, const RoutingState& afte
 std::string format_percent(std::uint32_t bp);       // 1250 -> "12.5"
 boost::json::value percent_json(std::uint32_t bp);  // 9000 -> 90, 1250 -> 12.5
 
-// Gives each backend name a process-wide stable id (indexes per-worker arrays).
-// A backend's identity for the life of the process, by name: its id, and its run of failures
-// (every table carries the same FailureRun).
+// A backend's identity for the life of the process, by name: its stable id (indexes per-worker
+// arrays) and its run of failures (every table carries the same FailureRun).
 class BackendIds {
   public:
     std::uint32_t id_of(const std::string& name);

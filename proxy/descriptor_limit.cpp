@@ -26,27 +26,23 @@ bool out_of_descriptors(const boost::system::error_code& ec) {
     }
 }
 
-DescriptorLimit raise_descriptor_limit() {
-    rlimit limit{};
-    if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) {
-        return {};
-    }
-    if (limit.rlim_cur < limit.rlim_max) {
-        rlimit raised = limit;
-        raised.rlim_cur = limit.rlim_max;
-        if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) {
-            limit = raised;
-        }
-    }
-    return {static_cast<std::uint64_t>(limit.rlim_cur), static_cast<std::uint64_t>(limit.rlim_max)};
-}
-
 DescriptorLimit descriptor_limit() {
     rlimit limit{};
     if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) {
         return {};
     }
     return {static_cast<std::uint64_t>(limit.rlim_cur), static_cast<std::uint64_t>(limit.rlim_max)};
+}
+
+DescriptorLimit raise_descriptor_limit() {
+    const DescriptorLimit limit = descriptor_limit();
+    if (limit.soft < limit.hard) {
+        const rlimit raised{static_cast<rlim_t>(limit.hard), static_cast<rlim_t>(limit.hard)};
+        if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) {
+            return {limit.hard, limit.hard};
+        }
+    }
+    return limit;
 }
 
 DescriptorCeilings descriptor_ceilings(std::uint64_t soft, const Config& config) {

@@ -124,22 +124,18 @@ void strip_hop_fields(Fields& fields, bool keep_upgrade) {
         it = is_hop_field(name, keep_upgrade) ? fields.erase(it) : std::next(it);
     }
     // Most messages' options are "close" or "keep-alive" at most: a few are looked for field by
-    // field (no table to build for each Connection: close request).
+    // field (no table to build for each Connection: close request), more through the table.
     std::size_t options = 0;
     for (auto token : http::token_list(named)) {
-        options += kept_option({token.data(), token.size()}, keep_upgrade) ? 0 : 1;
-        if (options > 4) {
+        const std::string_view option(token.data(), token.size());
+        if (kept_option(option, keep_upgrade)) {
+            continue;
+        }
+        if (++options > 4) {
             strip_named_fields(fields, named, keep_upgrade);
             return;
         }
-    }
-    if (options > 0) {
-        for (auto token : http::token_list(named)) {
-            const std::string_view option(token.data(), token.size());
-            if (!kept_option(option, keep_upgrade)) {
-                fields.erase(option);
-            }
-        }
+        fields.erase(option);
     }
 }
 

@@ -18,10 +18,6 @@ namespace http = boost::beast::http;
 
 namespace {
 
-// Boost.URL 1.81 takes the digits a port begins with and leaves the rest to the path:
-// "http://a:http://b/x" became host "a:" and target "http://b/x", which a backend reads as host
-// b (found by an outside probe); hence the checks of the port and the path below.
-
 // RFC 9112 3.2: a target is ASCII URI characters (Beast refuses controls but lets obs-text
 // through; HAProxy answers 400 too), without a fragment (in no request form).
 bool ascii_without_fragment(std::string_view target) {
@@ -33,7 +29,9 @@ bool ascii_without_fragment(std::string_view target) {
 // from it (RFC 9112 3.2.2); "*" is kept for OPTIONS. Refused: a fragment (in no request form,
 // RFC 9112 3.2), a scheme other than http and https (this is no forward proxy), an empty host
 // or userinfo (RFC 9110 4.2.1 and 4.2.4: to be rejected as invalid), a port that is no port,
-// and a path after the authority that does not begin with "/" (RFC 3986 3.3).
+// and a path after the authority that does not begin with "/" (RFC 3986 3.3). Boost.URL 1.81
+// takes the digits a port begins with and leaves the rest to the path: "http://a:http://b/x"
+// became host "a:" and target "http://b/x", which a backend reads as host b (an outside probe).
 bool normalize_target(Request& request) {
     auto target = request.target();
     if (!ascii_without_fragment(target)) {
