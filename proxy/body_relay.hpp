@@ -52,6 +52,9 @@ struct BodyLeg {
     ConnectionDeadline::Target write_side;
     bool chunked;                // frame the pieces as chunks on the way out
     std::uint64_t min_rate = 0;  // bytes/s the body must average once read_limit has passed
+    // The sink is closed once the body ends: its last piece waits in the kernel for the FIN
+    // and leaves with it in one segment (see send_piece).
+    bool sink_closes = false;
 };
 
 // When bodies are spliced: the worker's pipes, at most `max_pipes` of them in use, each of
@@ -303,7 +306,11 @@ class BodyRelay {
             ex.body_clock.writing(CoarseClock::now());
         }
         const std::span<const boost::asio::const_buffer> pieces(out.buffers.data(), out.count);
-        const bool hold = ex.coalesced.empty() && cork.may_hold(n == read_size_, !ended);
+        // The last piece before a close goes with MSG_MORE and is not pushed: the close's FIN
+        // joins it (tcp_send_fin), one segment for the client to take instead of two.
+        const bool with_fin = ended && leg.sink_closes && cork.plain_sink();
+        const bool hold =
+            with_fin || (ex.coalesced.empty() && cork.may_hold(n == read_size_, !ended));
         boost::system::error_code ec;
         if (hold) {
             HeldSend held(cork.sink());
@@ -311,7 +318,7 @@ class BodyRelay {
         } else {
             std::tie(ec, std::ignore) = co_await write_pieces(ex, to, pieces);
         }
-        cork.sent(hold);
+        cork.sent(hold && !with_fin);
         if (leg.min_rate > 0) {
             ex.body_clock.written(CoarseClock::now());
         }

@@ -730,7 +730,16 @@ Task<bool> RequestExchange<Stream>::relay_response(UpstreamLease& lease,
     // the first piece of body in one write (one syscall instead of two).
     if (plan.no_body || (ex_.upstream_buffer.size() == 0 && !ex_.response_parser->is_done())) {
         conn_.deadline.arm(config_.timeouts.client_write, ConnectionDeadline::client);
-        auto [ec, n] = co_await asio::async_write(conn_.stream, asio::buffer(ex_.head), nothrow);
+        error_code ec;
+        if (!ClientConnection<Stream>::tls && plan.no_body && !plan.keep_alive && !plan.switching) {
+            // The whole answer before a close: it waits for the FIN (see BodyLeg::sink_closes).
+            HeldSend held(conn_.socket());
+            std::tie(ec, std::ignore) =
+                co_await asio::async_write(held, asio::buffer(ex_.head), nothrow);
+        } else {
+            std::tie(ec, std::ignore) =
+                co_await asio::async_write(conn_.stream, asio::buffer(ex_.head), nothrow);
+        }
         if (ec) {
             co_return false;
         }
@@ -748,8 +757,9 @@ Task<bool> RequestExchange<Stream>::relay_response(UpstreamLease& lease,
         co_return false;
     }
     if (!plan.no_body) {
-        const BodyLeg leg{config_.timeouts.upstream_response, ConnectionDeadline::upstream,
-                          config_.timeouts.client_write, ConnectionDeadline::client, plan.chunked};
+        BodyLeg leg{config_.timeouts.upstream_response, ConnectionDeadline::upstream,
+                    config_.timeouts.client_write, ConnectionDeadline::client, plan.chunked};
+        leg.sink_closes = !plan.keep_alive;
         bool started = false;
         const BodyEnd end = co_await conn_.relay.relay(ex_, lease.stream(), ex_.upstream_buffer,
                                                        *ex_.response_parser, conn_.stream, leg,
