@@ -369,11 +369,14 @@ class ClientSession {
             conn_.deadline.arm(timeouts.client_linger, ConnectionDeadline::client);
             co_await conn_.stream.async_shutdown(nothrow);
         }
-        if (!conn_.linger || !ex_) {
-            co_return;  // the close that follows sends the FIN: no shutdown call of its own
-        }
+        // A shutdown, not the close alone: with client bytes still unread, close() sends a
+        // reset and throws away what the kernel holds of the response (its last piece waits
+        // there for this FIN); the shutdown sends them both first.
         error_code ignored;
         conn_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+        if (!conn_.linger || !ex_) {
+            co_return;
+        }
         // Closing a socket with unread input makes the kernel send a reset, which can destroy
         // the error response before the client reads it. So read and discard what the client
         // still sends, for a bounded time and amount (nginx's lingering close).

@@ -776,8 +776,11 @@ Task<bool> RequestExchange<Stream>::relay_response(UpstreamLease& lease,
                 co_await reply_error(end == BodyEnd::read_timeout ? http::status::gateway_timeout
                                                                   : http::status::bad_gateway,
                                      reason, true);
-            } else if (ex_.head.empty()) {
-                conn_.cut = true;  // the head went out: the client must see the cut
+            } else if (ex_.head.empty() && end != BodyEnd::done) {
+                // The head went out, not all of the body: the client must see the cut. (A
+                // client gone after the whole response went gets it closed as usual: its last
+                // piece may wait in the kernel for the FIN, which a reset would throw away.)
+                conn_.cut = true;
             }
             co_return false;
         }

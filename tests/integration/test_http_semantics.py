@@ -4,6 +4,7 @@ import http.client
 import re
 import socket
 import subprocess
+import time
 import unittest
 
 from harness import ProcessTestCase, config, raw_exchange, read_response, status_of
@@ -31,6 +32,30 @@ class HttpSemanticsTest(ProcessTestCase):
         reqs += b"GET /?status=204 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         out = raw_exchange(self.port, reqs)
         self.assertEqual([int(s) for s in re.findall(rb"HTTP/1\.1 (\d{3})", out)], [201, 202, 203, 204])
+
+    def test_a_closing_answer_survives_bytes_the_client_sent_after_it(self):
+        # The client sends more after its Connection: close (or past the per-connection request
+        # limit) while the answer is on its way: the proxy closes with those bytes unread, which
+        # makes the kernel reset the connection. The answer, and its FIN, must be out before.
+        # (A first version of the FIN-with-the-last-piece change held the answer back for the
+        # close's FIN, and the reset threw it away.)
+        for head, body in ((b"GET /?delay=300 HTTP/1.1\r\nHost: x\r\nConnection: close", b"blue-1\n"),
+                           (b"HEAD /?delay=300 HTTP/1.1\r\nHost: x\r\nConnection: close", b""),
+                           (b"GET /?delay=300&bytes=100000 HTTP/1.0", b"x" * 100000)):
+            with self.subTest(head=head):
+                with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+                    s.sendall(head + b"\r\n\r\n")
+                    time.sleep(0.1)
+                    s.sendall(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+                    out = b""
+                    try:
+                        while chunk := s.recv(65536):
+                            out += chunk
+                    except ConnectionResetError:
+                        pass
+                answer_head, _, answer_body = out.partition(b"\r\n\r\n")
+                self.assertEqual(status_of(out), 200, out[:300])
+                self.assertEqual(answer_body, body)
 
     def test_http10_client_gets_a_close_delimited_or_sized_answer(self):
         out = raw_exchange(self.port, b"GET / HTTP/1.0\r\n\r\n")
