@@ -208,6 +208,19 @@ std::string OutlierDetector::colour_failure(const ColourPool& pool, std::uint64_
     return colour_stalled(pool, load, now);
 }
 
+void OutlierDetector::reconfigure(OutlierConfig config, const RoutingTable& table) {
+    const bool new_threshold = config.consecutive_failures != config_.consecutive_failures;
+    config_ = std::move(config);
+    if (!new_threshold) {
+        return;
+    }
+    for (Colour colour : all_colours) {
+        for (const auto& b : table.pool(colour).backends) {
+            restart_run(b);
+        }
+    }
+}
+
 void OutlierDetector::restart_run(const Backend& b) {
     if (b.failure_run) {
         b.failure_run->restart();

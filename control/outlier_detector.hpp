@@ -39,7 +39,9 @@ class OutlierDetector {
     };
 
     explicit OutlierDetector(OutlierConfig config) : config_(std::move(config)) {}
-    void reconfigure(OutlierConfig config) { config_ = std::move(config); }
+    // A new config. With a new consecutive_failures, every backend of `table` starts its run
+    // afresh: a run already past a lowered threshold would never reach it.
+    void reconfigure(OutlierConfig config, const RoutingTable& table);
 
     // One sample. `watched` is the colour whose error rate can fail it (the candidate taking
     // new traffic), if any; `active_healthy` gates the return of an ejected backend.

@@ -1163,7 +1163,7 @@ void Switchboard::applied(Origin& origin, Staged staged, RoutingTablePtr table) 
         // this change publishes one on the new ones.
         republish_health_ = effective_health(staged.held) != verdicts;
         config_ = staged.config;
-        outlier_.reconfigure(config_->outlier);
+        outlier_.reconfigure(config_->outlier, *table_);
         canary_.reconfigure(config_->canary);
         if (config_listener_) {
             config_listener_(*config_, staged.held);

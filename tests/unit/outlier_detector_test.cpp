@@ -209,6 +209,35 @@ TEST_CASE("failures in a row count however far apart they come") {
     }
 }
 
+TEST_CASE("a reload that lowers consecutive_failures judges runs from then on") {
+    // From a review: a run of 7 under a threshold of 10, then a reload to 3. The workers count
+    // a crossing when a run reaches the threshold, which this run had passed: it never crossed.
+    bg::OutlierConfig ten = RunCase::config();
+    ten.consecutive_failures = 10;
+    bg::OutlierDetector detector(ten);
+    const bg::RoutingTable table = two_by_two();
+    const auto t0 = Clock::now();
+    detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), t0, std::nullopt, {});
+    auto& run = *backend_named(table, "b1").failure_run;
+    for (int i = 0; i < 7; ++i) {
+        run.fail(10);
+    }
+    bg::OutlierConfig three = ten;
+    three.consecutive_failures = 3;
+    detector.reconfigure(three, table);
+    CHECK(run.length() == 0);
+    for (int i = 0; i < 3; ++i) {
+        run.fail(3);
+    }
+    auto v = detector.observe(table, counts({10, 0, 0, 0}, {10, 0, 0, 0}),
+                              t0 + std::chrono::milliseconds(250), std::nullopt, {});
+    CHECK(v.ejected == std::vector<std::string>{"b1"});
+    // The same threshold again (a reload of something else) leaves the runs as they are.
+    fail(table, "b2", 2);
+    detector.reconfigure(three, table);
+    CHECK(run_of(table, "b2") == 2);
+}
+
 TEST_CASE("a run that reached the threshold is judged though a success ended it before the look") {
     // From a review: the alarm's look comes a gather later; a success on another worker in
     // between left nothing to see, and the run went unjudged.
