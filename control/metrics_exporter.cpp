@@ -415,7 +415,9 @@ void render_worker_counters(prometheus::Registry& registry,
     counter("bgproxy_upgrades_total", "Connections upgraded (WebSocket...)",
             &WorkerStats::upgrades);
     gauge("bgproxy_upgraded_connections", "Upgraded connections open", &WorkerStats::upgraded_open);
-    counter("bgproxy_connections_refused_total", "Client connections refused past max_connections",
+    counter("bgproxy_connections_refused_total",
+            "Client connections refused past max_connections, or with the process's file "
+            "descriptors nearly all in use",
             &WorkerStats::connections_refused);
     counter(
         "bgproxy_tries_cut_total",
