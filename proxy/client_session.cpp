@@ -367,7 +367,12 @@ class ClientSession {
         const auto& timeouts = conn_.config.timeouts;
         if constexpr (ClientConnection<Stream>::tls) {
             conn_.deadline.arm(timeouts.client_linger, ConnectionDeadline::client);
-            co_await conn_.stream.async_shutdown(nothrow);
+            auto [ec] = co_await conn_.stream.async_shutdown(nothrow);
+            if (!ec || ec == asio::error::eof) {
+                // The client's close_notify came: it sends nothing more, and has usually
+                // closed its socket by now (a shutdown would fail with ENOTCONN).
+                co_return;
+            }
         }
         // A shutdown, not the close alone: with client bytes still unread, close() sends a
         // reset and throws away what the kernel holds of the response (its last piece waits

@@ -21,8 +21,11 @@ TlsStream::TlsStream(Socket socket, asio::ssl::context& context)
             "SSL_new");
     }
     // Non-blocking at the descriptor: OpenSSL's reads and writes return at once, and the
-    // operations wait on the socket instead.
-    socket_.native_non_blocking(true);
+    // operations wait on the socket instead. (An accepted socket already is, and asio knows it:
+    // adopted_socket.hpp. Setting it again was an ioctl per TLS connection.)
+    if (!socket_.native_non_blocking()) {
+        socket_.native_non_blocking(true);
+    }
     if (!attach_socket_bio(ssl_.get(), socket_.native_handle())) {
         throw boost::system::system_error(
             error_code(static_cast<int>(ERR_get_error()), asio::error::get_ssl_category()),
