@@ -41,6 +41,7 @@
 #include "tls_stream.hpp"
 #include "upstream_stream.hpp"
 #include "worker_stats.hpp"
+#include "write_at_once.hpp"
 
 namespace bg {
 
@@ -305,14 +306,21 @@ class BodyRelay {
         if (leg.min_rate > 0) {
             ex.body_clock.writing(CoarseClock::now());
         }
-        const std::span<const boost::asio::const_buffer> pieces(out.buffers.data(), out.count);
+        std::span<const boost::asio::const_buffer> pieces(out.buffers.data(), out.count);
         // The last piece before a close goes with MSG_MORE and is not pushed: the close's FIN
         // joins it (tcp_send_fin), one segment for the client to take instead of two.
         const bool with_fin = ended && leg.sink_closes && cork.plain_sink();
         const bool hold =
             with_fin || (ex.coalesced.empty() && cork.may_hold(n == read_size_, !ended));
         boost::system::error_code ec;
-        if (hold) {
+        decltype(out.buffers) rest;
+        if (Socket* socket = BodyCork::plain(to); socket != nullptr) {
+            const std::size_t n = write_at_once(*socket, pieces, ec, hold ? MSG_MORE : 0);
+            pieces = unwritten(pieces, n, rest);
+        }
+        if (ec || pieces.empty()) {
+            // All of it went at once (or the connection is gone): no wait, no loop turn.
+        } else if (hold) {
             HeldSend held(cork.sink());
             std::tie(ec, std::ignore) = co_await boost::asio::async_write(held, pieces, nothrow);
         } else {

@@ -522,7 +522,16 @@ Task<Exchange> RequestExchange<Stream>::exchange(UpstreamLease& lease, const Req
     // answer early); otherwise it leaves with the first piece of body in one write.
     if (ex_.parser->is_done() || ex_.buffer.size() == 0) {
         conn_.deadline.arm(try_limit(), ConnectionDeadline::upstream);
-        auto [ec, n] = co_await asio::async_write(stream, asio::buffer(ex_.head), nothrow);
+        error_code ec;
+        std::size_t sent = 0;
+        if (stream.tls() == nullptr) {
+            const asio::const_buffer head = asio::buffer(ex_.head);
+            sent = write_at_once(stream.socket(), {&head, 1}, ec);
+        }
+        if (!ec && sent < ex_.head.size()) {
+            std::tie(ec, std::ignore) =
+                co_await asio::async_write(stream, asio::buffer(ex_.head) + sent, nothrow);
+        }
         if (ec) {
             co_return conn_.deadline.expired() ? Exchange::upstream_timeout
                                                : Exchange::upstream_failed;
@@ -730,15 +739,24 @@ Task<bool> RequestExchange<Stream>::relay_response(UpstreamLease& lease,
     // the first piece of body in one write (one syscall instead of two).
     if (plan.no_body || (ex_.upstream_buffer.size() == 0 && !ex_.response_parser->is_done())) {
         conn_.deadline.arm(config_.timeouts.client_write, ConnectionDeadline::client);
+        // The whole answer before a close waits for the FIN (see BodyLeg::sink_closes).
+        const bool hold =
+            !ClientConnection<Stream>::tls && plan.no_body && !plan.keep_alive && !plan.switching;
         error_code ec;
-        if (!ClientConnection<Stream>::tls && plan.no_body && !plan.keep_alive && !plan.switching) {
-            // The whole answer before a close: it waits for the FIN (see BodyLeg::sink_closes).
+        std::size_t sent = 0;
+        if constexpr (!ClientConnection<Stream>::tls) {
+            const asio::const_buffer head = asio::buffer(ex_.head);
+            sent = write_at_once(conn_.socket(), {&head, 1}, ec, hold ? MSG_MORE : 0);
+        }
+        if (ec || sent == ex_.head.size()) {
+            // All of it went at once (or the client is gone).
+        } else if (hold) {
             HeldSend held(conn_.socket());
             std::tie(ec, std::ignore) =
-                co_await asio::async_write(held, asio::buffer(ex_.head), nothrow);
+                co_await asio::async_write(held, asio::buffer(ex_.head) + sent, nothrow);
         } else {
             std::tie(ec, std::ignore) =
-                co_await asio::async_write(conn_.stream, asio::buffer(ex_.head), nothrow);
+                co_await asio::async_write(conn_.stream, asio::buffer(ex_.head) + sent, nothrow);
         }
         if (ec) {
             co_return false;

@@ -1,0 +1,30 @@
+#pragma once
+// write_at_once: what a socket takes now, in one non-blocking sendmsg, before any asynchronous
+// write. asio posts the completion of a write that finished at once, so the coroutine resumed a
+// turn of the worker's loop later, behind every other ready connection's step (a TLS
+// handshake's is hundreds of microseconds): two such turns on each proxied request, the
+// request to the backend and the answer to the client. HAProxy and nginx send in place.
+// Worker thread only.
+
+#include <boost/asio/buffer.hpp>
+#include <boost/system/error_code.hpp>
+#include <cstddef>
+#include <span>
+
+#include "io_types.hpp"
+
+namespace bg {
+
+// Writes at most once, without waiting; returns the bytes the kernel took (0 when its buffer is
+// full). `ec` is set on a real error only (the connection is gone), never for would-block.
+// `flags` adds to MSG_DONTWAIT | MSG_NOSIGNAL (MSG_MORE, as BodyCork's HeldSend).
+std::size_t write_at_once(Socket& socket, std::span<const boost::asio::const_buffer> pieces,
+                          boost::system::error_code& ec, int flags = 0);
+
+// What is left of `pieces` after their first `written` bytes: a view of `storage`, which must
+// have room for as many buffers as `pieces`.
+std::span<const boost::asio::const_buffer> unwritten(
+    std::span<const boost::asio::const_buffer> pieces, std::size_t written,
+    std::span<boost::asio::const_buffer> storage);
+
+}  // namespace bg
