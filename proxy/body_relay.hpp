@@ -315,11 +315,18 @@ class BodyRelay {
         boost::system::error_code ec;
         decltype(out.buffers) rest;
         if (Socket* socket = BodyCork::plain(to); socket != nullptr) {
-            const std::size_t n = write_at_once(*socket, pieces, ec, hold ? MSG_MORE : 0);
-            pieces = unwritten(pieces, n, rest);
+            const std::size_t sent = write_at_once(*socket, pieces, ec, hold ? MSG_MORE : 0);
+            pieces = unwritten(pieces, sent, rest);
         }
         if (ec || pieces.empty()) {
-            // All of it went at once (or the connection is gone): no wait, no loop turn.
+            // All of it went at once (or the connection is gone): no wait. With more of the
+            // body to come, whose reads may not wait either (bytes already at hand, BodyCork's
+            // read at once), the worker's other connections get their turn between pieces, as
+            // the asynchronous write gave them: else a fast backend's body to a fast client
+            // held the worker for all of it (a review).
+            if (!ec && !ended) {
+                co_await boost::asio::post(to.get_executor(), nothrow);
+            }
         } else if (hold) {
             HeldSend held(cork.sink());
             std::tie(ec, std::ignore) = co_await boost::asio::async_write(held, pieces, nothrow);
