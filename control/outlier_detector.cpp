@@ -214,9 +214,13 @@ void OutlierDetector::reconfigure(OutlierConfig config, const RoutingTable& tabl
     if (!new_threshold) {
         return;
     }
+    // The runs only: a crossing the workers counted under the old threshold and the next look
+    // has not judged yet still is (restart_run would mark it seen).
     for (Colour colour : all_colours) {
         for (const auto& b : table.pool(colour).backends) {
-            restart_run(b);
+            if (b.failure_run) {
+                b.failure_run->restart();
+            }
         }
     }
 }

@@ -232,6 +232,16 @@ TEST_CASE("a reload that lowers consecutive_failures judges runs from then on") 
     auto v = detector.observe(table, counts({10, 0, 0, 0}, {10, 0, 0, 0}),
                               t0 + std::chrono::milliseconds(250), std::nullopt, {});
     CHECK(v.ejected == std::vector<std::string>{"b1"});
+    // A crossing counted under the old threshold that no look has judged yet is judged: the
+    // reload reached the control plane only after the workers' switch (a review).
+    fail(table, "g1", 5);
+    bg::OutlierConfig four = three;
+    four.consecutive_failures = 4;
+    detector.reconfigure(four, table);
+    v = detector.observe(table, counts({10, 0, 5, 0}, {10, 0, 5, 0}),
+                         t0 + std::chrono::milliseconds(500), std::nullopt, {});
+    CHECK(v.ejected == std::vector<std::string>{"g1"});
+    detector.reconfigure(three, table);
     // The same threshold again (a reload of something else) leaves the runs as they are.
     fail(table, "b2", 2);
     detector.reconfigure(three, table);
