@@ -523,11 +523,8 @@ Task<Exchange> RequestExchange<Stream>::exchange(UpstreamLease& lease, const Req
     if (ex_.parser->is_done() || ex_.buffer.size() == 0) {
         conn_.deadline.arm(try_limit(), ConnectionDeadline::upstream);
         error_code ec;
-        std::size_t sent = 0;
-        if (stream.tls() == nullptr) {
-            const asio::const_buffer head = asio::buffer(ex_.head);
-            sent = write_at_once(stream.socket(), {&head, 1}, ec);
-        }
+        const std::size_t sent =
+            stream.tls() == nullptr ? write_at_once(stream.socket(), ex_.head, ec) : 0;
         if (!ec && sent < ex_.head.size()) {
             std::tie(ec, std::ignore) =
                 co_await asio::async_write(stream, asio::buffer(ex_.head) + sent, nothrow);
@@ -745,8 +742,7 @@ Task<bool> RequestExchange<Stream>::relay_response(UpstreamLease& lease,
         error_code ec;
         std::size_t sent = 0;
         if constexpr (!ClientConnection<Stream>::tls) {
-            const asio::const_buffer head = asio::buffer(ex_.head);
-            sent = write_at_once(conn_.socket(), {&head, 1}, ec, hold ? MSG_MORE : 0);
+            sent = write_at_once(conn_.socket(), ex_.head, ec, hold ? MSG_MORE : 0);
         }
         if (ec || sent == ex_.head.size()) {
             // All of it went at once (or the client is gone).

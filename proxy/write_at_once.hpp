@@ -10,6 +10,7 @@
 #include <boost/system/error_code.hpp>
 #include <cstddef>
 #include <span>
+#include <string_view>
 
 #include "io_types.hpp"
 
@@ -20,6 +21,13 @@ namespace bg {
 // `flags` adds to MSG_DONTWAIT | MSG_NOSIGNAL (MSG_MORE, as BodyCork's HeldSend).
 std::size_t write_at_once(Socket& socket, std::span<const boost::asio::const_buffer> pieces,
                           boost::system::error_code& ec, int flags = 0);
+
+// One piece.
+inline std::size_t write_at_once(Socket& socket, std::string_view bytes,
+                                 boost::system::error_code& ec, int flags = 0) {
+    const boost::asio::const_buffer piece(bytes.data(), bytes.size());
+    return write_at_once(socket, {&piece, 1}, ec, flags);
+}
 
 // What is left of `pieces` after their first `written` bytes: a view of `storage`, which must
 // have room for as many buffers as `pieces`.
