@@ -30,7 +30,6 @@ class BodyCork {
     bool may_hold(bool full_read, bool more_follows) const {
         return full_read && more_follows && source_ != nullptr && sink_ != nullptr;
     }
-    bool plain_sink() const { return sink_ != nullptr; }
     Socket& sink() { return *sink_; }
     // A piece went out with MSG_MORE, or without it (which pushes out what was held).
     void sent(bool held) { holding_ = held; }

@@ -309,12 +309,13 @@ class BodyRelay {
         std::span<const boost::asio::const_buffer> pieces(out.buffers.data(), out.count);
         // The last piece before a close goes with MSG_MORE and is not pushed: the close's FIN
         // joins it (tcp_send_fin), one segment for the client to take instead of two.
-        const bool with_fin = ended && leg.sink_closes && cork.plain_sink();
+        Socket* socket = BodyCork::plain(to);
+        const bool with_fin = ended && leg.sink_closes && socket != nullptr;
         const bool hold =
             with_fin || (ex.coalesced.empty() && cork.may_hold(n == read_size_, !ended));
         boost::system::error_code ec;
         decltype(out.buffers) rest;
-        if (Socket* socket = BodyCork::plain(to); socket != nullptr) {
+        if (socket != nullptr) {
             const std::size_t sent = write_at_once(*socket, pieces, ec, hold ? MSG_MORE : 0);
             pieces = unwritten(pieces, sent, rest);
         }
