@@ -318,6 +318,9 @@ class BodyRelay {
         if (socket != nullptr) {
             const std::size_t sent = write_at_once(*socket, pieces, ec, hold ? MSG_MORE : 0);
             pieces = unwritten(pieces, sent, rest);
+        } else {
+            pieces = one_piece_for_tls(ex, pieces);
+            pieces = unwritten(pieces, write_at_once(to, pieces, ec), rest);
         }
         if (ec || pieces.empty()) {
             // All of it went at once (or the connection is gone): no wait. With more of the
@@ -441,20 +444,29 @@ class BodyRelay {
         }
     }
 
-    // One write of several pieces: gathered into one sendmsg on a socket; copied into one
-    // buffer first on TLS, whose streams write one piece (one record) per call otherwise.
-    // Not a coroutine itself: it hands back the write (deferred) to await in the caller's frame.
-    // `pieces` must outlive the await (the caller's frame holds them).
+    // Over TLS, several pieces copied into one buffer: a TLS stream writes one piece (one
+    // record) per call otherwise. The buffer lives until the next call.
+    std::span<const boost::asio::const_buffer> one_piece_for_tls(
+        ExchangeState& ex, std::span<const boost::asio::const_buffer> pieces) {
+        if (pieces.size() <= 1) {
+            return pieces;
+        }
+        ex.gathered.clear();
+        for (const auto& piece : pieces) {
+            ex.gathered.append(static_cast<const char*>(piece.data()), piece.size());
+        }
+        gathered_ = boost::asio::buffer(ex.gathered);
+        return {&gathered_, 1};
+    }
+
+    // One write of several pieces: gathered into one sendmsg on a socket, into one buffer on
+    // TLS. Not a coroutine itself: it hands back the write (deferred) to await in the caller's
+    // frame. `pieces` must outlive the await (the caller's frame holds them).
     template <class To>
     auto write_pieces(ExchangeState& ex, To& to,
                       std::span<const boost::asio::const_buffer> pieces) {
-        if (is_tls(to) && pieces.size() > 1) {
-            ex.gathered.clear();
-            for (const auto& piece : pieces) {
-                ex.gathered.append(static_cast<const char*>(piece.data()), piece.size());
-            }
-            gathered_ = boost::asio::buffer(ex.gathered);
-            pieces = {&gathered_, 1};
+        if (is_tls(to)) {
+            pieces = one_piece_for_tls(ex, pieces);
         }
         return boost::asio::async_write(to, pieces, nothrow);
     }

@@ -523,8 +523,7 @@ Task<Exchange> RequestExchange<Stream>::exchange(UpstreamLease& lease, const Req
     if (ex_.parser->is_done() || ex_.buffer.size() == 0) {
         conn_.deadline.arm(try_limit(), ConnectionDeadline::upstream);
         error_code ec;
-        const std::size_t sent =
-            stream.tls() == nullptr ? write_at_once(stream.socket(), ex_.head, ec) : 0;
+        const std::size_t sent = write_at_once(stream, ex_.head, ec);
         if (!ec && sent < ex_.head.size()) {
             std::tie(ec, std::ignore) =
                 co_await asio::async_write(stream, asio::buffer(ex_.head) + sent, nothrow);
@@ -741,7 +740,9 @@ Task<bool> RequestExchange<Stream>::relay_response(UpstreamLease& lease,
             !ClientConnection<Stream>::tls && plan.no_body && !plan.keep_alive && !plan.switching;
         error_code ec;
         std::size_t sent = 0;
-        if constexpr (!ClientConnection<Stream>::tls) {
+        if constexpr (ClientConnection<Stream>::tls) {
+            sent = write_at_once(conn_.stream, ex_.head, ec);
+        } else {
             sent = write_at_once(conn_.socket(), ex_.head, ec, hold ? MSG_MORE : 0);
         }
         if (ec || sent == ex_.head.size()) {

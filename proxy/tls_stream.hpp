@@ -93,6 +93,35 @@ class TlsStream {
         return run<true>([this, buffers] { return try_write(gather(buffers)); }, token);
     }
 
+    static constexpr std::size_t record_size = 16384;  // TLS's largest plaintext record
+
+    // One record's worth: the first non-empty buffer itself when it fills a record or is the
+    // only one, else the buffers copied into this thread's scratch up to a record's size. (A
+    // retried write gathers the same bytes again; OpenSSL resends the record it holds.)
+    template <class ConstBuffers>
+    static boost::asio::const_buffer gather(const ConstBuffers& buffers) {
+        auto it = boost::asio::buffer_sequence_begin(buffers);
+        const auto end = boost::asio::buffer_sequence_end(buffers);
+        while (it != end && boost::asio::const_buffer(*it).size() == 0) {
+            ++it;
+        }
+        if (it == end) {
+            return {};
+        }
+        const boost::asio::const_buffer head(*it);
+        if (head.size() >= record_size || std::next(it) == end) {
+            return head;
+        }
+        char* scratch = gather_scratch();
+        std::size_t used = 0;
+        for (; it != end && used < record_size; ++it) {
+            const boost::asio::const_buffer b(*it);
+            used += boost::asio::buffer_copy(
+                boost::asio::buffer(scratch + used, record_size - used), b);
+        }
+        return {scratch, used};
+    }
+
   private:
     // Tries `attempt` until it is done, waiting on the socket between tries. A result ready
     // at the first try is posted: a handler never runs inside its initiating call.
@@ -180,35 +209,7 @@ class TlsStream {
         return {};
     }
 
-    // One record's worth: the first non-empty buffer itself when it fills a record or is the
-    // only one, else the buffers copied into this thread's scratch up to a record's size. (A
-    // retried write gathers the same bytes again; OpenSSL resends the record it holds.)
-    template <class ConstBuffers>
-    static boost::asio::const_buffer gather(const ConstBuffers& buffers) {
-        auto it = boost::asio::buffer_sequence_begin(buffers);
-        const auto end = boost::asio::buffer_sequence_end(buffers);
-        while (it != end && boost::asio::const_buffer(*it).size() == 0) {
-            ++it;
-        }
-        if (it == end) {
-            return {};
-        }
-        const boost::asio::const_buffer head(*it);
-        if (head.size() >= record_size || std::next(it) == end) {
-            return head;
-        }
-        char* scratch = gather_scratch();
-        std::size_t used = 0;
-        for (; it != end && used < record_size; ++it) {
-            const boost::asio::const_buffer b(*it);
-            used += boost::asio::buffer_copy(
-                boost::asio::buffer(scratch + used, record_size - used), b);
-        }
-        return {scratch, used};
-    }
-
-    static constexpr std::size_t record_size = 16384;  // TLS's largest plaintext record
-    static char* gather_scratch();                     // record_size bytes, per thread
+    static char* gather_scratch();  // record_size bytes, per thread
     // What a peek copies, then drops: a peek that fills it leaves asio trying the next one at
     // once, so it holds what usually comes at a time (a request's records).
     static constexpr std::size_t peek_size = 4096;

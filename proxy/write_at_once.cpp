@@ -3,8 +3,12 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
+
+#include "tls_stream.hpp"
+#include "upstream_stream.hpp"
 
 namespace bg {
 
@@ -41,6 +45,42 @@ std::size_t write_at_once(Socket& socket, std::span<const boost::asio::const_buf
         }
         return 0;
     }
+}
+
+std::size_t write_at_once(TlsStream& tls, std::span<const boost::asio::const_buffer> pieces,
+                          boost::system::error_code& ec) {
+    std::array<boost::asio::const_buffer, 8> storage;
+    pieces = pieces.first(std::min(pieces.size(), storage.size()));  // the rest: asynchronously
+    std::size_t total = 0;
+    while (!tls.closed()) {
+        const auto rest = unwritten(pieces, total, storage);
+        if (rest.empty()) {
+            break;
+        }
+        // One record per call, never more: the asynchronous write that follows a would-block
+        // must offer OpenSSL at least the bytes of the record it holds, and offers one record
+        // at least (a longer try could leave a multi-record write pending: OpenSSL's
+        // multiblock ciphers, which asio's 64 KiB writes could not repeat, a review).
+        const auto record = boost::asio::buffer(TlsStream::gather(rest), TlsStream::record_size);
+        const TlsStream::Attempt attempt = tls.try_write(record);
+        if (attempt.wait != TlsStream::Wait::none || (!attempt.ec && attempt.bytes == 0)) {
+            break;
+        }
+        if (attempt.ec) {
+            ec = attempt.ec;
+            break;
+        }
+        total += attempt.bytes;
+    }
+    return total;
+}
+
+std::size_t write_at_once(UpstreamStream& stream, std::span<const boost::asio::const_buffer> pieces,
+                          boost::system::error_code& ec) {
+    if (TlsStream* tls = stream.tls()) {
+        return write_at_once(*tls, pieces, ec);
+    }
+    return write_at_once(stream.socket(), pieces, ec);
 }
 
 std::span<const boost::asio::const_buffer> unwritten(

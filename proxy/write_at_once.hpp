@@ -4,17 +4,21 @@
 // turn of the worker's loop later, behind every other ready connection's step (a TLS
 // handshake's is hundreds of microseconds): two such turns on each proxied request, the
 // request to the backend and the answer to the client. HAProxy and nginx send in place.
-// Worker thread only.
+// Over TLS the same, record by record. Worker thread only.
 
 #include <boost/asio/buffer.hpp>
 #include <boost/system/error_code.hpp>
 #include <cstddef>
 #include <span>
 #include <string_view>
+#include <type_traits>
 
 #include "io_types.hpp"
 
 namespace bg {
+
+class TlsStream;
+class UpstreamStream;
 
 // Writes at most once, without waiting; returns the bytes the kernel took (0 when its buffer is
 // full). `ec` is set on a real error only (the connection is gone), never for would-block.
@@ -27,6 +31,23 @@ inline std::size_t write_at_once(Socket& socket, std::string_view bytes,
                                  boost::system::error_code& ec, int flags = 0) {
     const boost::asio::const_buffer piece(bytes.data(), bytes.size());
     return write_at_once(socket, {&piece, 1}, ec, flags);
+}
+
+// Over TLS: records written until all of `pieces` is, or the socket is full (OpenSSL then
+// holds the record it could not finish: the asynchronous write that follows must start at the
+// first unwritten byte, with a record's worth at least or all that is left, as asio's writes
+// over a TlsStream do). The bytes taken are returned.
+std::size_t write_at_once(TlsStream& tls, std::span<const boost::asio::const_buffer> pieces,
+                          boost::system::error_code& ec);
+// A backend's connection, plain or TLS.
+std::size_t write_at_once(UpstreamStream& stream, std::span<const boost::asio::const_buffer> pieces,
+                          boost::system::error_code& ec);
+
+template <class Stream>
+requires(!std::is_same_v<Stream, Socket>) std::size_t
+    write_at_once(Stream& stream, std::string_view bytes, boost::system::error_code& ec) {
+    const boost::asio::const_buffer piece(bytes.data(), bytes.size());
+    return write_at_once(stream, {&piece, 1}, ec);
 }
 
 // What is left of `pieces` after their first `written` bytes: a view of `storage`, which must

@@ -2,13 +2,16 @@
 `proxy_protocol` on its listeners is the green pool, and tells in each response what it saw:
 the SNI name, whether the TLS session was resumed, the client address from the PROXY header and
 X-Forwarded-For. Certificates come from a throwaway CA made with the openssl CLI."""
+import hashlib
 import http.client
 import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 import urllib.request
@@ -88,6 +91,70 @@ http {
         end_process(self.proc)
         self.proc.stderr.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+        return ""
+
+
+class SlowCbcBackend:
+    """A TLS backend that reads request bodies slowly, over TLS 1.2 with a CBC cipher and no
+    encrypt-then-MAC: the kind of peer with which OpenSSL writes several records in one call
+    (its multiblock ciphers), and the proxy's writes to it fill the socket and must be resumed.
+    It answers each request with the body's length and SHA-256."""
+
+    def __init__(self, pem, key):
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(pem, key)
+        self.context.minimum_version = self.context.maximum_version = ssl.TLSVersion.TLSv1_2
+        self.context.set_ciphers("ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA")
+        self.context.options |= 0x80000  # SSL_OP_NO_ENCRYPT_THEN_MAC (not in the ssl module)
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)  # fills soon
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.stopping = False
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while not self.stopping:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, raw):
+        try:
+            with self.context.wrap_socket(raw, server_side=True) as s:
+                s.settimeout(20)
+                pending = b""
+                while not self.stopping:
+                    while b"\r\n\r\n" not in pending:
+                        data = s.recv(65536)
+                        if not data:
+                            return
+                        pending += data
+                    head, pending = pending.split(b"\r\n\r\n", 1)
+                    match = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                    left = int(match.group(1)) if match else 0
+                    digest = hashlib.sha256(pending[:left])
+                    received = min(left, len(pending))
+                    pending = pending[left:]
+                    while received < left:
+                        data = s.recv(min(8192, left - received))
+                        if not data:
+                            return
+                        digest.update(data)
+                        received += len(data)
+                        time.sleep(0.001)
+                    body = b"%d %s\n" % (received, digest.hexdigest().encode())
+                    s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+                              + body)
+        except (OSError, ssl.SSLError):
+            return
+
+    def stop(self):
+        self.stopping = True
+        self.listener.close()
         return ""
 
 
@@ -314,6 +381,48 @@ class BackendTlsTest(ProcessTestCase):
             with open(access_log) as f:
                 line = f.read()
         self.assertIn('"error":"no backend reachable (TLS to green-1: %s)"' % why, line)
+
+    def test_uploads_to_a_slow_tls_backend_resume_every_record(self):
+        # Request bodies of large pieces (buffer_size 128 KiB) to a backend that reads them
+        # slowly over a CBC cipher: every write that fills the socket is resumed with the record
+        # OpenSSL holds. A write tried at once with more than a record left OpenSSL holding
+        # several, which the asynchronous write (64 KiB at most) could not offer again: the
+        # upload failed (a review).
+        backend = self.start(SlowCbcBackend(os.path.join(CA.dir, "backend.pem"),
+                                            os.path.join(CA.dir, "backend.key")))
+        proxy = self.proxy("""
+[[listener]]
+address = "127.0.0.1:0"
+[server]
+buffer_size = 131072
+[routing]
+blue = 100
+green = 0
+[health]
+interval = "60s"
+[pools.blue]
+backends = [{ name = "blue-1", address = "127.0.0.1:%d" }]
+[pools.blue.tls]
+ca_file = "%s"
+server_name = "backend.test"
+[pools.green]
+backends = [{ name = "green-1", address = "127.0.0.1:%d" }]
+""" % (backend.port, CA.ca_file, free_port()))
+        payload = os.urandom(4 * 1048576 + 5)
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as s:
+            s.sendall(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n"
+                      % len(payload) + payload)
+            answer = b""
+            while not answer.endswith(b"\n") or b"\r\n\r\n" not in answer:
+                data = s.recv(65536)
+                if not data:
+                    break
+                answer += data
+        expected = b"%d %s\n" % (len(payload), hashlib.sha256(payload).hexdigest().encode())
+        why = (answer[:300], proxy.status()["colours"]["blue"])
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200"), why)
+        self.assertTrue(answer.endswith(expected), why)
+        self.assertEqual(metric(proxy, "bgproxy_upstream_tls_failures_total"), 0)
 
     def test_broken_tls_settings_are_config_errors(self):
         blue = self.backend("blue-1")
