@@ -112,6 +112,11 @@ TlsStream::Attempt TlsStream::try_handshake(asio::ssl::stream_base::handshake_ty
     return outcome(ssl, result, errno);
 }
 
+bool TlsStream::before_first_flight() {
+    const OSSL_HANDSHAKE_STATE state = SSL_get_state(ssl_.get());
+    return state == TLS_ST_BEFORE || state == TLS_ST_SR_CLNT_HELLO;
+}
+
 void TlsStream::send_close_notify() {
     if (closed()) {
         return;

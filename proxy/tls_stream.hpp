@@ -21,6 +21,7 @@
 #include <memory>
 #include <type_traits>
 
+#include "heavy_queue.hpp"
 #include "io_types.hpp"
 #include "socket_drain.hpp"
 
@@ -66,13 +67,21 @@ class TlsStream {
         std::size_t bytes = 0;
     };
     Attempt try_handshake(boost::asio::ssl::stream_base::handshake_type type);
+    // A server's handshake has not yet read a whole ClientHello (and answered it).
+    bool before_first_flight();
     Attempt try_shutdown();
     Attempt try_read(boost::asio::mutable_buffer into);
     Attempt try_write(boost::asio::const_buffer from);
 
+    // A server's handshake tries are heavy until its first flight is out: the try that reads
+    // the whole ClientHello makes the key exchange and the signature (hundreds of microseconds).
+    // Each such try waits its turn in the worker's HeavyQueue, behind the light steps ready
+    // before it. The later tries, which read the client's Finished and the request behind it,
+    // do not wait.
     template <class Token>
     auto async_handshake(boost::asio::ssl::stream_base::handshake_type type, Token&& token) {
-        return run<false>([this, type] { return try_handshake(type); }, token);
+        return run<false>([this, type] { return try_handshake(type); }, token,
+                          type == boost::asio::ssl::stream_base::server);
     }
     // Sends close_notify now, without waiting for the peer's (a tunnel's end passed on while
     // the other direction still reads); best effort: a full socket buffer leaves just the FIN.
@@ -124,13 +133,15 @@ class TlsStream {
 
   private:
     // Tries `attempt` until it is done, waiting on the socket between tries. A result ready
-    // at the first try is posted: a handler never runs inside its initiating call.
+    // in the initiating call is posted: a handler never runs inside it.
     template <bool WithBytes, class Try>
     struct Operation {
         TlsStream& stream;
         Try attempt;
+        bool heavy = false;  // tries before the first flight wait their turn (HeavyQueue)
         bool started = false;
         bool finished = false;
+        bool in_turn = false;  // this try's turn in the HeavyQueue came
         Attempt result{};
 
         template <class Self>
@@ -144,6 +155,12 @@ class TlsStream {
                 result = Attempt{Wait::none, waited, 0};
                 return complete(self);
             }
+            if (heavy && !in_turn && !stream.closed() && stream.before_first_flight()) {
+                in_turn = true;
+                HeavyQueue::of(stream.get_executor()).enqueue(std::move(self));
+                return;
+            }
+            in_turn = false;
             // OpenSSL's BIO holds the descriptor's number, which a closed socket (a deadline,
             // the other end of a tunnel) may have handed to another connection by now.
             result = stream.closed() ? Attempt{Wait::none, boost::asio::error::bad_descriptor, 0}
@@ -189,12 +206,12 @@ class TlsStream {
     };
 
     template <bool WithBytes, class Try, class Token>
-    auto run(Try attempt, Token& token) {
+    auto run(Try attempt, Token& token, bool heavy = false) {
         using Signature =
             std::conditional_t<WithBytes, void(boost::system::error_code, std::size_t),
                                void(boost::system::error_code)>;
         return boost::asio::async_compose<Token, Signature>(
-            Operation<WithBytes, Try>{*this, std::move(attempt)}, token, socket_);
+            Operation<WithBytes, Try>{*this, std::move(attempt), heavy}, token, socket_);
     }
 
     template <class MutableBuffers>
