@@ -17,6 +17,10 @@
 #   tls-handshake  HTTPS, a new connection (a full handshake) per request, 32 connections
 #   tls-keepalive  HTTPS keep-alive GETs, 64 connections
 #   tls-upstream   plain in front, TLS to an nginx backend (bgproxy and HAProxy), 64 connections
+#   tls-flood      keep-alive GETs, 32 connections, while another wrk opens TLS connections (a
+#                  full handshake and one request each, 16 at a time) as fast as the proxy takes
+#                  them: the latency of open connections' requests under a handshake flood (the
+#                  CPU column counts the flood's handshakes too)
 #   metrics-cost   keep-alive GETs, bgproxy with per-request metrics on vs off
 #   splice-cost    1 MiB responses, bgproxy splicing bodies vs copying them (splice_min_body = 0)
 #   idle           bench/idle.sh: memory per idle connection (its own processes)
@@ -71,6 +75,12 @@ run_shape() {
           connections=32 measure "$shape" "$t" "https://127.0.0.1:${tls_port[$t]}/" \
             -H "Connection: close" ;;
         tls-keepalive) connections=64 measure "$shape" "$t" "https://127.0.0.1:${tls_port[$t]}/" ;;
+        tls-flood)
+          # Over the warm-up and the measurement, and a second more: it stops by itself.
+          taskset -c "$load_cpu" wrk -t1 -c16 -d$((seconds + 3))s -H "Connection: close" \
+            "https://127.0.0.1:${tls_port[$t]}/" >/dev/null 2>&1 &
+          connections=32 measure "$shape" "$t" "$(url "$t")/"
+          wait $! ;;
         *) connections=64 measure "$shape" "$t" "$(url "$t")/" ;;
       esac
     done
@@ -83,7 +93,7 @@ summary_targets=()
 for shape in $shapes; do
   case $shape in
     keepalive | close) run_shape "$shape" direct "${targets[@]}" ;;
-    download | upload | tls-handshake | tls-keepalive) run_shape "$shape" "${targets[@]}" ;;
+    download | upload | tls-handshake | tls-keepalive | tls-flood) run_shape "$shape" "${targets[@]}" ;;
     tls-upstream)
       start_tls_upstream
       targets_up=(bgproxy-up haproxy-up)
