@@ -319,7 +319,7 @@ class BodyRelay {
             const std::size_t sent = write_at_once(*socket, pieces, ec, hold ? MSG_MORE : 0);
             pieces = unwritten(pieces, sent, rest);
         } else {
-            pieces = one_piece_for_tls(ex, pieces);
+            // Record by record: small pieces are packed into one (TlsStream::gather).
             pieces = unwritten(pieces, write_at_once(to, pieces, ec), rest);
         }
         if (ec || pieces.empty()) {
@@ -444,8 +444,9 @@ class BodyRelay {
         }
     }
 
-    // Over TLS, several pieces copied into one buffer: a TLS stream writes one piece (one
-    // record) per call otherwise. The buffer lives until the next call.
+    // Over TLS, several pieces copied into one buffer: each asynchronous write_some of a
+    // TlsStream takes one record, so the pieces' write takes as few loop turns as records.
+    // The buffer lives until the next call.
     std::span<const boost::asio::const_buffer> one_piece_for_tls(
         ExchangeState& ex, std::span<const boost::asio::const_buffer> pieces) {
         if (pieces.size() <= 1) {
@@ -630,7 +631,7 @@ class BodyRelay {
     WorkerStats& stats_;
     std::size_t read_size_;
     SpliceSettings splice_;
-    boost::asio::const_buffer gathered_;  // write_pieces' one piece over TLS, until awaited
+    boost::asio::const_buffer gathered_;  // one_piece_for_tls's buffer, until awaited
 };
 
 }  // namespace bg

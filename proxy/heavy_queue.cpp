@@ -32,6 +32,7 @@ void HeavyQueue::run_one() {
         HeavyQueue& queue;
         ~Next() { queue.schedule_next(); }
     } next{*this};
+    ++steps_run_;
     std::move(step)();
 }
 

@@ -113,8 +113,17 @@ TlsStream::Attempt TlsStream::try_handshake(asio::ssl::stream_base::handshake_ty
 }
 
 bool TlsStream::before_first_flight() {
-    const OSSL_HANDSHAKE_STATE state = SSL_get_state(ssl_.get());
-    return state == TLS_ST_BEFORE || state == TLS_ST_SR_CLNT_HELLO;
+    SSL* ssl = ssl_.get();
+    if (ssl == nullptr) {
+        return false;
+    }
+    const OSSL_HANDSHAKE_STATE state = SSL_get_state(ssl);
+    // After a HelloRetryRequest a TLS 1.3 server waits for the second ClientHello in
+    // TLS_ST_EARLY_DATA, as it waits for the client's Finished after its own flight: whether
+    // our Finished went tells them apart (a client can force a retry on every connection).
+    unsigned char none[1];
+    return state == TLS_ST_BEFORE || state == TLS_ST_SR_CLNT_HELLO ||
+           (state == TLS_ST_EARLY_DATA && SSL_get_finished(ssl, none, 0) == 0);
 }
 
 void TlsStream::send_close_notify() {

@@ -67,7 +67,8 @@ class TlsStream {
         std::size_t bytes = 0;
     };
     Attempt try_handshake(boost::asio::ssl::stream_base::handshake_type type);
-    // A server's handshake has not yet read a whole ClientHello (and answered it).
+    // A server's handshake has not yet read a whole ClientHello and answered it (after a
+    // HelloRetryRequest, the second one). False once the TLS state is gone.
     bool before_first_flight();
     Attempt try_shutdown();
     Attempt try_read(boost::asio::mutable_buffer into);
@@ -80,8 +81,8 @@ class TlsStream {
     // do not wait.
     template <class Token>
     auto async_handshake(boost::asio::ssl::stream_base::handshake_type type, Token&& token) {
-        return run<false>([this, type] { return try_handshake(type); }, token,
-                          type == boost::asio::ssl::stream_base::server);
+        return run<false, true>([this, type] { return try_handshake(type); }, token,
+                                type == boost::asio::ssl::stream_base::server);
     }
     // Sends close_notify now, without waiting for the peer's (a tunnel's end passed on while
     // the other direction still reads); best effort: a full socket buffer leaves just the FIN.
@@ -132,16 +133,17 @@ class TlsStream {
     }
 
   private:
-    // Tries `attempt` until it is done, waiting on the socket between tries. A result ready
-    // in the initiating call is posted: a handler never runs inside it.
-    template <bool WithBytes, class Try>
+    // Tries `attempt` until it is done, waiting on the socket between tries (and, for a heavy
+    // handshake's tries, for a turn in the HeavyQueue). A result ready in the initiating call
+    // is posted: a handler never runs inside it. Only handshakes (MayDefer) compile the queue.
+    template <bool WithBytes, bool MayDefer, class Try>
     struct Operation {
         TlsStream& stream;
         Try attempt;
         bool heavy = false;  // tries before the first flight wait their turn (HeavyQueue)
         bool started = false;
         bool finished = false;
-        bool in_turn = false;  // this try's turn in the HeavyQueue came
+        bool queued = false;  // this try was queued: the next call is its turn
         Attempt result{};
 
         template <class Self>
@@ -155,12 +157,14 @@ class TlsStream {
                 result = Attempt{Wait::none, waited, 0};
                 return complete(self);
             }
-            if (heavy && !in_turn && !stream.closed() && stream.before_first_flight()) {
-                in_turn = true;
-                HeavyQueue::of(stream.get_executor()).enqueue(std::move(self));
-                return;
+            if constexpr (MayDefer) {
+                if (heavy && !queued && !stream.closed() && stream.before_first_flight()) {
+                    queued = true;
+                    HeavyQueue::of(stream.get_executor()).enqueue(std::move(self));
+                    return;
+                }
+                queued = false;
             }
-            in_turn = false;
             // OpenSSL's BIO holds the descriptor's number, which a closed socket (a deadline,
             // the other end of a tunnel) may have handed to another connection by now.
             result = stream.closed() ? Attempt{Wait::none, boost::asio::error::bad_descriptor, 0}
@@ -205,13 +209,13 @@ class TlsStream {
         }
     };
 
-    template <bool WithBytes, class Try, class Token>
+    template <bool WithBytes, bool MayDefer = false, class Try, class Token>
     auto run(Try attempt, Token& token, bool heavy = false) {
         using Signature =
             std::conditional_t<WithBytes, void(boost::system::error_code, std::size_t),
                                void(boost::system::error_code)>;
         return boost::asio::async_compose<Token, Signature>(
-            Operation<WithBytes, Try>{*this, std::move(attempt), heavy}, token, socket_);
+            Operation<WithBytes, MayDefer, Try>{*this, std::move(attempt), heavy}, token, socket_);
     }
 
     template <class MutableBuffers>

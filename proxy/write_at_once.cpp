@@ -83,6 +83,17 @@ std::size_t write_at_once(UpstreamStream& stream, std::span<const boost::asio::c
     return write_at_once(stream.socket(), pieces, ec);
 }
 
+std::size_t write_at_once(TlsStream& tls, std::string_view bytes, boost::system::error_code& ec) {
+    const boost::asio::const_buffer piece(bytes.data(), bytes.size());
+    return write_at_once(tls, {&piece, 1}, ec);
+}
+
+std::size_t write_at_once(UpstreamStream& stream, std::string_view bytes,
+                          boost::system::error_code& ec) {
+    const boost::asio::const_buffer piece(bytes.data(), bytes.size());
+    return write_at_once(stream, {&piece, 1}, ec);
+}
+
 std::span<const boost::asio::const_buffer> unwritten(
     std::span<const boost::asio::const_buffer> pieces, std::size_t written,
     std::span<boost::asio::const_buffer> storage) {

@@ -11,7 +11,6 @@
 #include <cstddef>
 #include <span>
 #include <string_view>
-#include <type_traits>
 
 #include "io_types.hpp"
 
@@ -43,12 +42,10 @@ std::size_t write_at_once(TlsStream& tls, std::span<const boost::asio::const_buf
 std::size_t write_at_once(UpstreamStream& stream, std::span<const boost::asio::const_buffer> pieces,
                           boost::system::error_code& ec);
 
-template <class Stream>
-requires(!std::is_same_v<Stream, Socket>) std::size_t
-    write_at_once(Stream& stream, std::string_view bytes, boost::system::error_code& ec) {
-    const boost::asio::const_buffer piece(bytes.data(), bytes.size());
-    return write_at_once(stream, {&piece, 1}, ec);
-}
+// One piece.
+std::size_t write_at_once(TlsStream& tls, std::string_view bytes, boost::system::error_code& ec);
+std::size_t write_at_once(UpstreamStream& stream, std::string_view bytes,
+                          boost::system::error_code& ec);
 
 // What is left of `pieces` after their first `written` bytes: a view of `storage`, which must
 // have room for as many buffers as `pieces`.

@@ -157,6 +157,31 @@ TEST_CASE("a server's handshake answers a ClientHello after the light handlers r
     CHECK_FALSE(*connected);
 }
 
+TEST_CASE("a server's handshake waits its turn again for the ClientHello after a retry request") {
+    for (const bool retry : {false, true}) {
+        CAPTURE(retry);
+        TlsPair pair(false);
+        if (retry) {
+            // The client's key share (for X25519, its first group) is not for a group the
+            // server takes: a HelloRetryRequest asks for P-384, and a second ClientHello comes.
+            REQUIRE(SSL_set1_groups_list(pair.client->native_handle(), "X25519:P-384") == 1);
+            REQUIRE(SSL_set1_groups_list(pair.server->native_handle(), "P-384") == 1);
+        }
+        std::optional<error_code> served, connected;
+        pair.client->async_handshake(asio::ssl::stream_base::client,
+                                     [&](error_code ec) { connected = ec; });
+        pair.server->async_handshake(asio::ssl::stream_base::server,
+                                     [&](error_code ec) { served = ec; });
+        pair.run_until([&] { return served && connected; });
+        REQUIRE(served);
+        REQUIRE(connected);
+        CHECK_FALSE(*served);
+        CHECK_FALSE(*connected);
+        // Each ClientHello's answer (key exchange, signature) took a turn in the queue.
+        CHECK(bg::HeavyQueue::of(pair.io.get_executor()).steps_run() == (retry ? 2 : 1));
+    }
+}
+
 TEST_CASE("a TLS read that emptied the socket waits for the next bytes, and gets them") {
     TlsPair pair;
     pair.client_sends("GET one");
