@@ -3,7 +3,7 @@
 # backend where that means something), configured as bgproxy is deployed: two pools of two
 # bg-backends (blue serving, green idle), health checks on, a plain and a TLS listener each.
 #
-#   bench/run.sh                                   # every shape, 3 rounds of 5 s per target
+#   bench/run.sh                                   # the default shapes, 3 rounds of 5 s per target
 #   BENCH_SHAPES="keepalive close" BENCH_ROUNDS=5 BENCH_SECONDS=10 bench/run.sh
 #   BENCH_BASELINE=/path/to/older/bgproxy bench/run.sh   # that build runs too (bgproxy:baseline)
 #   BENCH_PROXY_SHARE=35 bench/run.sh   # each proxy held to 35% of a CPU (bench/deployment.sh)
@@ -34,7 +34,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${BENCH_SECONDS:-5}
 rounds=${BENCH_ROUNDS:-3}
-shapes=${BENCH_SHAPES:-keepalive close download upload tls-handshake tls-keepalive tls-upstream}
+shapes=${BENCH_SHAPES:-keepalive close download upload tls-handshake tls-keepalive tls-upstream tls-flood}
 connections=64
 source bench/deployment.sh
 bgproxy_config bgproxy ""
@@ -75,16 +75,36 @@ run_shape() {
           connections=32 measure "$shape" "$t" "https://127.0.0.1:${tls_port[$t]}/" \
             -H "Connection: close" ;;
         tls-keepalive) connections=64 measure "$shape" "$t" "https://127.0.0.1:${tls_port[$t]}/" ;;
-        tls-flood)
-          # Over the warm-up and the measurement, and a second more: it stops by itself.
-          taskset -c "$load_cpu" wrk -t1 -c16 -d$((seconds + 3))s -H "Connection: close" \
-            "https://127.0.0.1:${tls_port[$t]}/" >/dev/null 2>&1 &
-          connections=32 measure "$shape" "$t" "$(url "$t")/"
-          wait $! ;;
+        tls-flood) flooded "$t" ;;
         *) connections=64 measure "$shape" "$t" "$(url "$t")/" ;;
       esac
     done
   done
+}
+# tls-flood: keep-alive GETs measured while another wrk floods the TLS listener. The flood lasts
+# over the warm-up and the measurement and a second more (it stops by itself); its handshakes/s
+# are a result line of their own (tls-flood-handshakes/TARGET): a proxy that kept its open
+# connections fast by starving the handshakes would show there.
+flooded() {
+  local t=$1 flood_out="$work/flood-$1"
+  taskset -c "$load_cpu" wrk -t1 -c16 -d$((warmup_seconds + seconds + 1))s --latency \
+    -H "Connection: close" "https://127.0.0.1:${tls_port[$t]}/" > "$flood_out" 2>&1 &
+  local flood=$!
+  pids+=("$flood")
+  connections=32 measure tls-flood "$t" "$(url "$t")/"
+  if ! wait "$flood"; then
+    echo "tls-flood/$t: the flood's wrk failed: $(tail -2 "$flood_out")" >&2
+    return
+  fi
+  if grep -q "Non-2xx\|Socket errors" "$flood_out"; then
+    echo "tls-flood-handshakes/$t: errors during the flood:" >&2
+    grep "Non-2xx\|Socket errors" "$flood_out" >&2
+  fi
+  local out
+  out=$(cat "$flood_out")
+  echo "tls-flood-handshakes/$t $(echo "$out" | awk '/Requests\/sec/ {print $2}')" \
+    "$(to_us "$(echo "$out" | awk '$1 == "50%" {print $2}')")" \
+    "$(to_us "$(echo "$out" | awk '$1 == "99%" {print $2}')") -" >> "$results"
 }
 url() { if [ "$1" = direct ]; then echo "http://127.0.0.1:${backend[blue-1]}"; else echo "http://127.0.0.1:${port[$1]}"; fi; }
 
@@ -93,7 +113,18 @@ summary_targets=()
 for shape in $shapes; do
   case $shape in
     keepalive | close) run_shape "$shape" direct "${targets[@]}" ;;
-    download | upload | tls-handshake | tls-keepalive | tls-flood) run_shape "$shape" "${targets[@]}" ;;
+    download | upload | tls-handshake | tls-keepalive) run_shape "$shape" "${targets[@]}" ;;
+    tls-flood)
+      run_shape "$shape" "${targets[@]}"
+      for t in "${targets[@]}"; do summary_targets+=("$shape/$t" "tls-flood-handshakes/$t"); done
+      pairs+=("$shape/bgproxy:$shape/haproxy" "$shape/bgproxy:$shape/nginx"
+        "tls-flood-handshakes/bgproxy:tls-flood-handshakes/haproxy"
+        "tls-flood-handshakes/bgproxy:tls-flood-handshakes/nginx")
+      if [ -n "${BENCH_BASELINE:-}" ]; then
+        pairs+=("$shape/bgproxy:$shape/baseline"
+          "tls-flood-handshakes/bgproxy:tls-flood-handshakes/baseline")
+      fi
+      continue ;;
     tls-upstream)
       start_tls_upstream
       targets_up=(bgproxy-up haproxy-up)

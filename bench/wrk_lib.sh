@@ -49,13 +49,15 @@ print(total)
 PY
 }
 
+warmup_seconds=2  # before each measurement, on the same connections' shape
+
 # run NAME URL [wrk options...]: one warm-up, one measurement into rps/p50/p99 and $results.
 # With pid_of[NAME] set, the CPU that process spent per request is measured too.
 run() {
   local name=$1 url=$2
   shift 2
   # Warm up keep-alive pools, then measure.
-  taskset -c "$load_cpu" wrk -t1 -c"$connections" -d2s "$@" "$url" >/dev/null
+  taskset -c "$load_cpu" wrk -t1 -c"$connections" -d"${warmup_seconds}s" "$@" "$url" >/dev/null
   local out pid=${pid_of[$name]:-} before=0 after=0 cpu=-
   [ -n "$pid" ] && before=$(proc_ticks "$pid")
   out=$(taskset -c "$load_cpu" wrk -t1 -c"$connections" -d"${seconds}s" --latency "$@" "$url")
