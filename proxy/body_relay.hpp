@@ -314,14 +314,13 @@ class BodyRelay {
         const bool hold =
             with_fin || (ex.coalesced.empty() && cork.may_hold(n == read_size_, !ended));
         boost::system::error_code ec;
+        // In place first: on a plain socket one sendmsg; over TLS record by record, small
+        // pieces packed into one (TlsStream::gather).
+        const std::size_t sent = socket != nullptr
+                                     ? write_at_once(*socket, pieces, ec, hold ? MSG_MORE : 0)
+                                     : write_at_once(to, pieces, ec);
         decltype(out.buffers) rest;
-        if (socket != nullptr) {
-            const std::size_t sent = write_at_once(*socket, pieces, ec, hold ? MSG_MORE : 0);
-            pieces = unwritten(pieces, sent, rest);
-        } else {
-            // Record by record: small pieces are packed into one (TlsStream::gather).
-            pieces = unwritten(pieces, write_at_once(to, pieces, ec), rest);
-        }
+        pieces = unwritten(pieces, sent, rest);
         if (ec || pieces.empty()) {
             // All of it went at once (or the connection is gone): no wait. With more of the
             // body to come, whose reads may not wait either (bytes already at hand, BodyCork's
