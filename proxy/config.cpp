@@ -718,6 +718,16 @@ void read_tls(TableReader& tls, const toml::node& where, ListenerConfig& listene
     if (auto ciphers = tls.read_string("ciphers")) {
         settings.ciphers = *ciphers;
     }
+    tls.read_bool("session_tickets", settings.session_tickets);
+    tls.read_integer("session_cache", settings.session_cache, 0, 10'000'000);
+    tls.read_duration("session_lifetime", settings.session_lifetime);
+    // OpenSSL counts it in seconds; RFC 8446 4.6.1: a ticket lives a week at most.
+    if (settings.session_lifetime < std::chrono::seconds(1) ||
+        settings.session_lifetime > std::chrono::hours(24 * 7)) {
+        tls.error_at(*tls.table().get("session_lifetime"),
+                     "listener.tls.session_lifetime must be from 1s to 168h (a week: RFC 8446 "
+                     "4.6.1)");
+    }
     tls.reject_unknown_keys();
     if (settings.certificates.empty()) {
         return;

@@ -191,6 +191,12 @@ struct TlsSettings {
     std::string ciphers =
         "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
         "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+    // Resumption. Tickets (TLS 1.2 and 1.3) carry the session to the client, sealed with this
+    // listener's keys (new ones at every reload); the cache keeps sessions here, looked up by
+    // id (TLS 1.2, and TLS 1.3 when tickets are off). Both off: every handshake is full.
+    bool session_tickets = true;
+    std::size_t session_cache = 20480;  // sessions per certificate; 0: no cache
+    Duration session_lifetime{std::chrono::minutes(5)};
 };
 
 class TlsServerContext;

@@ -128,6 +128,34 @@ int on_server_name(SSL*, int*, void*) {
     return SSL_TLSEXT_ERR_OK;
 }
 
+// Resumption as configured: a server-side session cache (TLS 1.2 session ids; TLS 1.3's
+// tickets are ids into it when tickets are off) and tickets, each session bound to its
+// certificate by a session id context of its own.
+void set_resumption(SSL_CTX* ctx, const TlsSettings& settings, std::size_t certificate) {
+    const std::string session_context = "bgproxy-" + std::to_string(certificate);
+    SSL_CTX_set_session_id_context(ctx,
+                                   reinterpret_cast<const unsigned char*>(session_context.data()),
+                                   static_cast<unsigned int>(session_context.size()));
+    SSL_CTX_set_timeout(
+        ctx,
+        static_cast<long>(
+            std::chrono::duration_cast<std::chrono::seconds>(settings.session_lifetime).count()));
+    if (!settings.session_tickets) {
+        SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    }
+    if (settings.session_cache == 0) {
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+        if (!settings.session_tickets) {
+            // TLS 1.3 would still send tickets naming sessions nobody keeps: bytes and a
+            // client's hope for nothing.
+            SSL_CTX_set_num_tickets(ctx, 0);
+        }
+        return;
+    }
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+    SSL_CTX_sess_set_cache_size(ctx, static_cast<long>(settings.session_cache));
+}
+
 }  // namespace
 
 std::shared_ptr<TlsServerContext> TlsServerContext::create(const TlsSettings& settings,
@@ -160,13 +188,7 @@ std::shared_ptr<TlsServerContext> TlsServerContext::create(const TlsSettings& se
             error = openssl_error("key " + files.key + " does not match certificate " + files.cert);
             return nullptr;
         }
-        // Resumption: a server-side session cache (TLS 1.2 session ids) and tickets (both),
-        // each session bound to its certificate by a session id context of its own.
-        const std::string session_context = "bgproxy-" + std::to_string(self->contexts_.size());
-        SSL_CTX_set_session_id_context(
-            ctx, reinterpret_cast<const unsigned char*>(session_context.data()),
-            static_cast<unsigned int>(session_context.size()));
-        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+        set_resumption(ctx, settings, self->contexts_.size());
         SSL_CTX_set_alpn_select_cb(ctx, select_alpn, nullptr);
         SSL_CTX_set_client_hello_cb(ctx, on_client_hello, self.get());
         SSL_CTX_set_tlsext_servername_callback(ctx, on_server_name);

@@ -494,24 +494,79 @@ client_keepalive = "%s"
                   "https://unknown.test:%d/" % port])
         self.assertNotEqual(r.returncode, 0)  # served a.test's certificate: name mismatch
 
+    def resumptions(self, port, version, connections=8, pause=0.0):
+        """Connections offering the first one's session: whether each resumed, and that
+        session (its ticket, if the server sent one, and its lifetime)."""
+        ctx = client_context()
+        ctx.minimum_version = ctx.maximum_version = version
+        session = None
+        reused = []
+        for _ in range(connections):
+            with tls_connect(port, "a.test", ctx, session=session) as s:
+                s.sendall(get_headers("a.test"))
+                self.assertEqual(status_of(s.recv(65536)), 200)
+                reused.append(s.session_reused)
+                if session is None:
+                    session = s.session  # after a read: TLS 1.3 tickets are in
+            time.sleep(pause)
+        return reused, session
+
     def test_sessions_are_resumed(self):
         proxy = self.proxy(edge_config(tls_listener("a"), [self.blue]))
         for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
             with self.subTest(version=version):
-                ctx = client_context()
-                ctx.minimum_version = ctx.maximum_version = version
-                session = None
-                reused = []
                 # Several connections, so both workers (each with its own SO_REUSEPORT
                 # listener) take some: the session cache and ticket keys are the listener's.
-                for _ in range(8):
-                    with tls_connect(proxy.port, "a.test", ctx, session=session) as s:
-                        s.sendall(get_headers("a.test"))
-                        self.assertEqual(status_of(s.recv(65536)), 200)
-                        reused.append(s.session_reused)
-                        if session is None:
-                            session = s.session  # after a read: TLS 1.3 tickets are in
+                reused, session = self.resumptions(proxy.port, version)
                 self.assertEqual(reused, [False] + [True] * 7)
+                self.assertTrue(session.has_ticket)
+                self.assertEqual(session.ticket_lifetime_hint, 300)  # session_lifetime's default
+
+    def test_resumption_settings(self):
+        """session_tickets, session_cache and session_lifetime, as HAProxy's no-tls-tickets
+        and tune.ssl.cachesize / lifetime: each way of resuming turns off on its own."""
+        v12, v13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
+        cases = [
+            # settings, version, resumed, the client got a ticket
+            ("session_tickets = false", v12, True, False),  # by id, from the cache
+            ("session_tickets = false", v13, True, True),   # a ticket naming a cached session
+            ("session_cache = 0", v12, True, True),
+            ("session_cache = 0", v13, True, True),
+            ("session_tickets = false\nsession_cache = 0", v12, False, False),
+            ("session_tickets = false\nsession_cache = 0", v13, False, False),
+        ]
+        for settings, version, resumed, ticket in cases:
+            with self.subTest(settings=settings, version=version):
+                proxy = self.proxy(edge_config(tls_listener("a") + settings + "\n", [self.blue]))
+                reused, session = self.resumptions(proxy.port, version, connections=4)
+                self.assertEqual(reused, [False] + [resumed] * 3)
+                self.assertEqual(session.has_ticket, ticket)
+                proxy.stop()
+        # A session past its lifetime is not resumed (the client is offered it all the same).
+        proxy = self.proxy(edge_config(tls_listener("a") + 'session_lifetime = "1s"\n',
+                                       [self.blue]))
+        for version in (v12, v13):
+            with self.subTest(lifetime="1s", version=version):
+                reused, _ = self.resumptions(proxy.port, version, connections=2, pause=2.2)
+                self.assertEqual(reused, [False, False])
+
+    def test_resumption_settings_are_checked(self):
+        work = tempfile.mkdtemp(prefix="bgproxy-edge-resumption-")
+        self.addCleanup(shutil.rmtree, work, True)
+        path = os.path.join(work, "bad.toml")
+        for setting, message in (
+                ("session_cache = -1", "session_cache must be an integer from 0"),
+                ('session_lifetime = "500ms"', "session_lifetime must be from 1s to 168h"),
+                ('session_lifetime = "169h"', "session_lifetime must be from 1s to 168h"),
+                ("session_tickets = 1", "session_tickets must be true or false")):
+            with self.subTest(setting=setting):
+                with open(path, "w") as f:
+                    f.write(edge_config(tls_listener("a") + setting + "\n", [self.blue]))
+                from harness import BGPROXY
+                r = subprocess.run([BGPROXY, "--check", path], capture_output=True, text=True,
+                                   timeout=30)
+                self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+                self.assertIn(message, r.stdout + r.stderr)
 
     def test_a_session_resumes_under_its_own_certificate_only(self):
         """RFC 6066 3: no resumption under another server name's certificate (virtual-host
