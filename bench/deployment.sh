@@ -67,18 +67,24 @@ for name in blue-1 blue-2 green-1 green-2; do
 done
 for name in "${!backend[@]}"; do wait_port "${backend[$name]}"; done
 
-fill() {  # template, plain port, TLS port
+# Each proxy has three listeners: plain, TLS as deployed (sessions resume), and TLS with
+# resumption off, where every handshake is full. wrk resumes whenever the server lets it (it
+# keeps its SSL object across reconnects, and with it the last session ticket), so only the
+# third measures what a new client costs.
+fill() {  # template, plain port, TLS port, full-handshake TLS port
   sed -e "s|@LISTEN@|127.0.0.1:$2|" -e "s|@TLS_LISTEN@|127.0.0.1:$3|" -e "s|@DIR@|$work|" \
+    -e "s|@FULL_LISTEN@|127.0.0.1:${4:-0}|" \
     -e "s|@BLUE1@|127.0.0.1:${backend[blue-1]}|" -e "s|@BLUE2@|127.0.0.1:${backend[blue-2]}|" \
     -e "s|@GREEN1@|127.0.0.1:${backend[green-1]}|" -e "s|@GREEN2@|127.0.0.1:${backend[green-2]}|" \
     -e "s|@BACKEND@|127.0.0.1:${tls_backend:-0}|" "$1"
 }
 
 # bgproxy as deployed: the two pools, health checks (the defaults), a control socket and state.
-declare -A port tls_port
+declare -A port tls_port full_port
 bgproxy_config() {  # name, extra TOML
   port[$1]=$(free_port)
   tls_port[$1]=$(free_port)
+  full_port[$1]=$(free_port)
   cat > "$work/$1.toml" <<TOML
 [server]
 workers = 1
@@ -90,6 +96,12 @@ address = "127.0.0.1:${port[$1]}"
 address = "127.0.0.1:${tls_port[$1]}"
 [listener.tls]
 certificates = [{ cert = "$work/site.crt", key = "$work/site.key" }]
+[[listener]]
+address = "127.0.0.1:${full_port[$1]}"
+[listener.tls]
+certificates = [{ cert = "$work/site.crt", key = "$work/site.key" }]
+session_tickets = false
+session_cache = 0
 [control]
 socket = "$work/$1.sock"
 state_file = "$work/$1.state.json"
@@ -110,7 +122,8 @@ start_bgproxy() {  # name, binary
 start_haproxy() {
   port[haproxy]=$(free_port)
   tls_port[haproxy]=$(free_port)
-  fill bench/haproxy.cfg.in "${port[haproxy]}" "${tls_port[haproxy]}" > "$work/haproxy.cfg"
+  full_port[haproxy]=$(free_port)
+  fill bench/haproxy.cfg.in "${port[haproxy]}" "${tls_port[haproxy]}" "${full_port[haproxy]}" > "$work/haproxy.cfg"
   on_proxy_cpu haproxy haproxy -q -f "$work/haproxy.cfg"
   pids+=($!)
   pid_of[haproxy]=$!
@@ -118,7 +131,8 @@ start_haproxy() {
 start_nginx() {
   port[nginx]=$(free_port)
   tls_port[nginx]=$(free_port)
-  fill bench/nginx.conf.in "${port[nginx]}" "${tls_port[nginx]}" > "$work/nginx.conf"
+  full_port[nginx]=$(free_port)
+  fill bench/nginx.conf.in "${port[nginx]}" "${tls_port[nginx]}" "${full_port[nginx]}" > "$work/nginx.conf"
   on_proxy_cpu nginx nginx -c "$work/nginx.conf" -e "$work/nginx-error.log"
   pids+=($!)
   pid_of[nginx]=$!

@@ -1,7 +1,8 @@
 """Exactly N requests of one bench shape, one after another (bench/profile.sh counts a proxy's
 instructions over them): keepalive (GETs on one connection), close (a connection each),
 download (1 MiB responses), upload (1 MiB POST bodies); tls-keepalive and tls-handshake are
-keepalive and close over TLS (PORT is then the TLS listener). Exits non-zero on a short response.
+keepalive and close over TLS (PORT is then the TLS listener), tls-resume is close over TLS
+offering the last session (resumed if the listener allows). Exits non-zero on a short response.
 
     python3 bench/http_requests.py PORT SHAPE N
 """
@@ -45,8 +46,11 @@ def read_response(sock):
 def main():
     port, shape, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     tls = None
+    resume = False
+    session = None
     if shape.startswith("tls-"):
-        shape = {"tls-keepalive": "keepalive", "tls-handshake": "close"}[shape]
+        resume = shape == "tls-resume"
+        shape = {"tls-keepalive": "keepalive", "tls-handshake": "close", "tls-resume": "close"}[shape]
         tls = ssl.create_default_context()
         tls.check_hostname = False
         tls.verify_mode = ssl.CERT_NONE
@@ -58,9 +62,12 @@ def main():
                 sock.close()
             sock = socket.create_connection(("127.0.0.1", port))
             if tls is not None:
-                sock = tls.wrap_socket(sock, server_hostname="bench.test")
+                sock = tls.wrap_socket(sock, server_hostname="bench.test",
+                                       session=session if resume else None)
         sock.sendall(message)
         read_response(sock)
+        if resume:
+            session = sock.session  # after a read: TLS 1.3 tickets are in
     sock.close()
 
 

@@ -100,7 +100,8 @@ mkdir -p "$work"/{body,proxy,fastcgi,uwsgi,scgi}
 # nginx.conf.in with its TLS listener on a port of its own and room for the connections.
 sed -e "s|worker_connections [0-9]*;|worker_connections 30000;|" \
     -e "s|worker_rlimit_nofile [0-9]*;|worker_rlimit_nofile 40000;|" \
-    -e "s|@TLS_LISTEN@|127.0.0.1:@TLS_PORT@|" -e "s|@BLUE1@|${backends[0]}|" \
+    -e "s|@TLS_LISTEN@|127.0.0.1:@TLS_PORT@|" -e "s|@FULL_LISTEN@|127.0.0.1:$(free_port)|" \
+    -e "s|@BLUE1@|${backends[0]}|" \
     -e "s|@BLUE2@|${backends[1]}|" -e "s|@GREEN1@|${backends[2]}|" -e "s|@GREEN2@|${backends[3]}|" \
     -e "s|@DIR@|$work|g" bench/nginx.conf.in > "$work/nginx.conf.in"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \

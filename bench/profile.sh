@@ -15,7 +15,7 @@
 # Each measurement is its own wrk run of BENCH_SECONDS; counts are divided by wrk's requests.
 #
 #   bench/profile.sh                        # shapes keepalive close download upload
-#   PROFILE_SHAPES="tls-keepalive tls-handshake" bench/profile.sh    # HTTPS on the listener
+#   PROFILE_SHAPES="tls-keepalive tls-handshake tls-resume" bench/profile.sh  # HTTPS on the listener
 #   PROFILE_SHAPES=tls-upstream bench/profile.sh   # TLS to an nginx backend (no instruction count)
 #   PROFILE_SHAPES=close BENCH_SECONDS=5 PROFILE_BINARY=/path/to/bgproxy bench/profile.sh
 # Needs root (perf probe, perf record, perf stat on tracepoints) and linux-perf, valgrind
@@ -48,6 +48,8 @@ wrk_for() {
     upload) connections=16 url="${url}upload" options=(-s bench/upload.lua) ;;
     tls-keepalive) connections=64 url="https://127.0.0.1:${tls_port[$2]}/" ;;
     tls-handshake)
+      connections=32 url="https://127.0.0.1:${full_port[$2]}/" options=(-H "Connection: close") ;;
+    tls-resume)
       connections=32 url="https://127.0.0.1:${tls_port[$2]}/" options=(-H "Connection: close") ;;
     tls-upstream) connections=64 ;;
     *) echo "unknown shape $1" >&2; exit 2 ;;
@@ -188,11 +190,13 @@ PY
     continue  # bench/http_requests.py speaks to one proxy of the deployment's
   fi
   bgproxy_config counted ""
-  counted=${port[counted]} counted_tls=${tls_port[counted]}
+  counted=${port[counted]} counted_tls=${tls_port[counted]} counted_full=${full_port[counted]}
   [[ $shape == tls-* ]] && counted=$counted_tls
+  [[ $shape == tls-handshake ]] && counted=$counted_full
   count_instructions bgproxy "$counted" "$shape" "$binary" --config "$work/counted.toml"
-  counted=$(free_port) counted_tls=$(free_port)
-  fill bench/haproxy.cfg.in "$counted" "$counted_tls" > "$work/haproxy-counted.cfg"
+  counted=$(free_port) counted_tls=$(free_port) counted_full=$(free_port)
+  fill bench/haproxy.cfg.in "$counted" "$counted_tls" "$counted_full" > "$work/haproxy-counted.cfg"
   [[ $shape == tls-* ]] && counted=$counted_tls
+  [[ $shape == tls-handshake ]] && counted=$counted_full
   count_instructions haproxy "$counted" "$shape" haproxy -q -f "$work/haproxy-counted.cfg"
 done

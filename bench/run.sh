@@ -14,11 +14,14 @@
 #   close          a new connection per request (Connection: close), 32 connections
 #   download       1 MiB responses, 16 keep-alive connections (requests/s x 1 MiB = bytes/s)
 #   upload         1 MiB POST bodies, 16 keep-alive connections
-#   tls-handshake  HTTPS, a new connection (a full handshake) per request, 32 connections
+#   tls-handshake  HTTPS, a new connection (a full handshake) per request, 32 connections, on
+#                  a listener with resumption off (wrk resumes wherever it may)
+#   tls-resume     the same on the listener as deployed: each reconnect resumes its session
 #   tls-keepalive  HTTPS keep-alive GETs, 64 connections
 #   tls-upstream   plain in front, TLS to an nginx backend (bgproxy and HAProxy), 64 connections
 #   tls-flood      keep-alive GETs, 32 connections, while another wrk opens TLS connections (a
-#                  full handshake and one request each, 16 at a time) as fast as the proxy takes
+#                  full handshake and one request each, 16 at a time, on the listener with
+#                  resumption off) as fast as the proxy takes
 #                  them: the latency of open connections' requests under a handshake flood (the
 #                  CPU column counts the flood's handshakes too)
 #   metrics-cost   keep-alive GETs, bgproxy with per-request metrics on vs off
@@ -34,7 +37,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${BENCH_SECONDS:-5}
 rounds=${BENCH_ROUNDS:-3}
-shapes=${BENCH_SHAPES:-keepalive close download upload tls-handshake tls-keepalive tls-upstream tls-flood}
+shapes=${BENCH_SHAPES:-keepalive close download upload tls-handshake tls-resume tls-keepalive tls-upstream tls-flood}
 connections=64
 source bench/deployment.sh
 bgproxy_config bgproxy ""
@@ -48,7 +51,42 @@ fi
 
 start_haproxy
 start_nginx
-for t in "${targets[@]}"; do wait_port "${port[$t]}"; wait_port "${tls_port[$t]}"; done
+for t in "${targets[@]}"; do
+  wait_port "${port[$t]}"
+  wait_port "${tls_port[$t]}"
+  wait_port "${full_port[$t]}"
+done
+
+# resumed PORT: how many of 4 reconnections, each offering the session before, resumed it.
+resumed() {
+  python3 - "$1" <<'PY'
+import socket, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+session, resumed = None, 0
+for _ in range(5):
+    raw = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+    with ctx.wrap_socket(raw, server_hostname="bench.test", session=session) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        while s.recv(65536):
+            pass
+        resumed += s.session_reused
+        session = s.session
+print(resumed)
+PY
+}
+# The TLS shapes measure what they say only if every target's listeners resume as configured.
+if [[ " $shapes " =~ \ tls-(handshake|resume|flood)\  ]]; then
+  for t in "${targets[@]}"; do
+    full=$(resumed "${full_port[$t]}") deployed=$(resumed "${tls_port[$t]}")
+    if [ "$full" != 0 ] || [ "$deployed" != 4 ]; then
+      echo "$t: of 4 reconnections, $full resumed on the full-handshake listener (must be 0)" \
+        "and $deployed on the deployed one (must be 4)" >&2
+      exit 2
+    fi
+  done
+fi
 
 # measure SHAPE TARGET URL [wrk options]: one result line named SHAPE/TARGET, with the CPU of
 # the target's process per request.
@@ -72,6 +110,9 @@ run_shape() {
         download | splice-cost) connections=16 measure "$shape" "$t" "$(url "$t")/?bytes=1048576" ;;
         upload) connections=16 measure "$shape" "$t" "$(url "$t")/upload" -s bench/upload.lua ;;
         tls-handshake)
+          connections=32 measure "$shape" "$t" "https://127.0.0.1:${full_port[$t]}/" \
+            -H "Connection: close" ;;
+        tls-resume)
           connections=32 measure "$shape" "$t" "https://127.0.0.1:${tls_port[$t]}/" \
             -H "Connection: close" ;;
         tls-keepalive) connections=64 measure "$shape" "$t" "https://127.0.0.1:${tls_port[$t]}/" ;;
@@ -88,7 +129,7 @@ run_shape() {
 flooded() {
   local t=$1 flood_out="$work/flood-$1"
   taskset -c "$load_cpu" wrk -t1 -c16 -d$((warmup_seconds + seconds + 1))s --latency \
-    -H "Connection: close" "https://127.0.0.1:${tls_port[$t]}/" > "$flood_out" 2>&1 &
+    -H "Connection: close" "https://127.0.0.1:${full_port[$t]}/" > "$flood_out" 2>&1 &
   local flood=$!
   pids+=("$flood")
   connections=32 measure tls-flood "$t" "$(url "$t")/"
@@ -113,7 +154,7 @@ summary_targets=()
 for shape in $shapes; do
   case $shape in
     keepalive | close) run_shape "$shape" direct "${targets[@]}" ;;
-    download | upload | tls-handshake | tls-keepalive) run_shape "$shape" "${targets[@]}" ;;
+    download | upload | tls-handshake | tls-resume | tls-keepalive) run_shape "$shape" "${targets[@]}" ;;
     tls-flood)
       run_shape "$shape" "${targets[@]}"
       for t in "${targets[@]}"; do summary_targets+=("$shape/$t" "tls-flood-handshakes/$t"); done
