@@ -723,10 +723,11 @@ void read_tls(TableReader& tls, const toml::node& where, ListenerConfig& listene
     tls.read_duration("session_lifetime", settings.session_lifetime);
     // OpenSSL counts it in seconds; RFC 8446 4.6.1: a ticket lives a week at most.
     if (settings.session_lifetime < std::chrono::seconds(1) ||
-        settings.session_lifetime > std::chrono::hours(24 * 7)) {
+        settings.session_lifetime > std::chrono::hours(24 * 7) ||
+        settings.session_lifetime.count() % 1000 != 0) {
         tls.error_at(*tls.table().get("session_lifetime"),
-                     "listener.tls.session_lifetime must be from 1s to 168h (a week: RFC 8446 "
-                     "4.6.1)");
+                     "listener.tls.session_lifetime must be whole seconds from 1s to 168h (a "
+                     "week: RFC 8446 4.6.1)");
     }
     tls.reject_unknown_keys();
     if (settings.certificates.empty()) {

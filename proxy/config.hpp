@@ -195,7 +195,9 @@ struct TlsSettings {
     // listener's keys (new ones at every reload); the cache keeps sessions here, looked up by
     // id (TLS 1.2, and TLS 1.3 when tickets are off). Both off: every handshake is full.
     bool session_tickets = true;
-    std::size_t session_cache = 20480;  // sessions per certificate; 0: no cache
+    // Sessions this listener keeps (OpenSSL keeps them in the context a connection starts
+    // with, whichever certificate SNI then picks); 0: no cache.
+    std::size_t session_cache = 20480;
     Duration session_lifetime{std::chrono::minutes(5)};
 };
 

@@ -542,7 +542,9 @@ client_keepalive = "%s"
                 self.assertEqual(reused, [False] + [resumed] * 3)
                 self.assertEqual(session.has_ticket, ticket)
                 proxy.stop()
-        # A session past its lifetime is not resumed (the client is offered it all the same).
+        # A session past its lifetime is not resumed. (A TLS 1.3 client may drop its ticket
+        # by the hint before offering it: this checks the lifetime reaches the client, or the
+        # server enforces it.)
         proxy = self.proxy(edge_config(tls_listener("a") + 'session_lifetime = "1s"\n',
                                        [self.blue]))
         for version in (v12, v13):
@@ -556,8 +558,9 @@ client_keepalive = "%s"
         path = os.path.join(work, "bad.toml")
         for setting, message in (
                 ("session_cache = -1", "session_cache must be an integer from 0"),
-                ('session_lifetime = "500ms"', "session_lifetime must be from 1s to 168h"),
-                ('session_lifetime = "169h"', "session_lifetime must be from 1s to 168h"),
+                ('session_lifetime = "500ms"', "session_lifetime must be whole seconds from 1s"),
+                ('session_lifetime = "1500ms"', "session_lifetime must be whole seconds from 1s"),
+                ('session_lifetime = "169h"', "session_lifetime must be whole seconds from 1s"),
                 ("session_tickets = 1", "session_tickets must be true or false")):
             with self.subTest(setting=setting):
                 with open(path, "w") as f:
