@@ -68,7 +68,7 @@ done
 for name in "${!backend[@]}"; do wait_port "${backend[$name]}"; done
 
 # Each proxy has three listeners: plain, TLS as deployed (sessions resume), and TLS with
-# resumption off, where every handshake is full. wrk resumes whenever the server lets it (it
+# resumption off, where every handshake is full (HAProxy's in a second process: below). wrk resumes whenever the server lets it (it
 # keeps its SSL object across reconnects, and with it the last session ticket), so only the
 # third measures what a new client costs.
 fill() {  # template, plain port, TLS port, full-handshake TLS port
@@ -122,11 +122,28 @@ start_bgproxy() {  # name, binary
 start_haproxy() {
   port[haproxy]=$(free_port)
   tls_port[haproxy]=$(free_port)
-  full_port[haproxy]=$(free_port)
-  fill bench/haproxy.cfg.in "${port[haproxy]}" "${tls_port[haproxy]}" "${full_port[haproxy]}" > "$work/haproxy.cfg"
+  fill bench/haproxy.cfg.in "${port[haproxy]}" "${tls_port[haproxy]}" > "$work/haproxy.cfg"
   on_proxy_cpu haproxy haproxy -q -f "$work/haproxy.cfg"
   pids+=($!)
   pid_of[haproxy]=$!
+  start_haproxy_full
+}
+# HAProxy's session cache is global, and with it a TLS 1.3 listener without tickets resumes
+# from the cache: resumption cannot be off on one listener only. Its full-handshake listener is
+# a second HAProxy (haproxy-full; its plain listener unused), the same config with no tickets
+# and no cache. Without the cache it does less per handshake (no store per ticket): the
+# deployed HAProxy keeps its cache.
+haproxy_full_config() {  # plain port, TLS port
+  fill bench/haproxy.cfg.in "$1" "$2" |
+    sed -e 's|^\(    bind .* ssl .*\)$|\1 no-tls-tickets|' -e 's|^global$|global\n    tune.ssl.cachesize 0|'
+}
+start_haproxy_full() {
+  full_port[haproxy]=$(free_port)
+  full_port[haproxy-full]=${full_port[haproxy]}
+  haproxy_full_config "$(free_port)" "${full_port[haproxy]}" > "$work/haproxy-full.cfg"
+  on_proxy_cpu haproxy-full haproxy -q -f "$work/haproxy-full.cfg"
+  pids+=($!)
+  pid_of[haproxy-full]=$!
 }
 start_nginx() {
   port[nginx]=$(free_port)

@@ -100,7 +100,7 @@ mkdir -p "$work"/{body,proxy,fastcgi,uwsgi,scgi}
 # nginx.conf.in with its TLS listener on a port of its own and room for the connections.
 sed -e "s|worker_connections [0-9]*;|worker_connections 30000;|" \
     -e "s|worker_rlimit_nofile [0-9]*;|worker_rlimit_nofile 40000;|" \
-    -e "s|@TLS_LISTEN@|127.0.0.1:@TLS_PORT@|" -e "s|@FULL_LISTEN@|127.0.0.1:$(free_port)|" \
+    -e "s|@TLS_LISTEN@|127.0.0.1:@TLS_PORT@|" -e "s|@FULL_LISTEN@|127.0.0.1:@FULL_PORT@|" \
     -e "s|@BLUE1@|${backends[0]}|" \
     -e "s|@BLUE2@|${backends[1]}|" -e "s|@GREEN1@|${backends[2]}|" -e "s|@GREEN2@|${backends[3]}|" \
     -e "s|@DIR@|$work|g" bench/nginx.conf.in > "$work/nginx.conf.in"
@@ -123,7 +123,8 @@ start() { # start NAME PORT TLS_PORT [POOL]: starts the proxy on both ports, set
                sed -i 's|^    option http-keep-alive$|    option http-server-close|' "$work/haproxy.cfg"
              fi
              haproxy -q -f "$work/haproxy.cfg" & ;;
-    nginx)   sed -e "s|@LISTEN@|127.0.0.1:$2|" -e "s|@TLS_PORT@|$3|" "$work/nginx.conf.in" \
+    nginx)   sed -e "s|@LISTEN@|127.0.0.1:$2|" -e "s|@TLS_PORT@|$3|" \
+               -e "s|@FULL_PORT@|$(free_port)|" "$work/nginx.conf.in" \
                > "$work/nginx.conf"
              case $pool in
                on) sed -i "s|keepalive [0-9]*;|keepalive $n_up;|" "$work/nginx.conf" ;;

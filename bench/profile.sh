@@ -104,6 +104,8 @@ for shape in $shapes; do
   if [[ $shape == tls-upstream ]]; then
     [[ -n ${pid_of[bgproxy-up]:-} ]] || start_tls_upstream "$binary"
     key_of=([bgproxy]=bgproxy-up [haproxy]=haproxy-up)
+  elif [[ $shape == tls-handshake ]]; then
+    key_of=([bgproxy]=bgproxy [haproxy]=haproxy-full)  # bench/deployment.sh: why a second
   fi
   for target in bgproxy haproxy; do
     pid=${pid_of[${key_of[$target]}]}
@@ -194,9 +196,12 @@ PY
   [[ $shape == tls-* ]] && counted=$counted_tls
   [[ $shape == tls-handshake ]] && counted=$counted_full
   count_instructions bgproxy "$counted" "$shape" "$binary" --config "$work/counted.toml"
-  counted=$(free_port) counted_tls=$(free_port) counted_full=$(free_port)
-  fill bench/haproxy.cfg.in "$counted" "$counted_tls" "$counted_full" > "$work/haproxy-counted.cfg"
+  counted=$(free_port) counted_tls=$(free_port)
+  if [[ $shape == tls-handshake ]]; then
+    haproxy_full_config "$counted" "$counted_tls" > "$work/haproxy-counted.cfg"
+  else
+    fill bench/haproxy.cfg.in "$counted" "$counted_tls" > "$work/haproxy-counted.cfg"
+  fi
   [[ $shape == tls-* ]] && counted=$counted_tls
-  [[ $shape == tls-handshake ]] && counted=$counted_full
   count_instructions haproxy "$counted" "$shape" haproxy -q -f "$work/haproxy-counted.cfg"
 done

@@ -15,13 +15,14 @@
 #   download       1 MiB responses, 16 keep-alive connections (requests/s x 1 MiB = bytes/s)
 #   upload         1 MiB POST bodies, 16 keep-alive connections
 #   tls-handshake  HTTPS, a new connection (a full handshake) per request, 32 connections, on
-#                  a listener with resumption off (wrk resumes wherever it may)
+#                  a listener with resumption off (wrk resumes wherever it may; HAProxy's is a
+#                  second process, bench/deployment.sh)
 #   tls-resume     the same on the listener as deployed: each reconnect resumes its session
 #   tls-keepalive  HTTPS keep-alive GETs, 64 connections
 #   tls-upstream   plain in front, TLS to an nginx backend (bgproxy and HAProxy), 64 connections
 #   tls-flood      keep-alive GETs, 32 connections, while another wrk opens TLS connections (a
-#                  full handshake and one request each, 16 at a time, on the listener with
-#                  resumption off) as fast as the proxy takes
+#                  handshake and one request each, 16 at a time: returning clients, resumed,
+#                  each still a key exchange) as fast as the proxy takes
 #                  them: the latency of open connections' requests under a handshake flood (the
 #                  CPU column counts the flood's handshakes too)
 #   metrics-cost   keep-alive GETs, bgproxy with per-request metrics on vs off
@@ -45,6 +46,11 @@ start_bgproxy bgproxy build/proxy/bgproxy
 targets=(bgproxy haproxy nginx)
 if [ -n "${BENCH_BASELINE:-}" ]; then
   bgproxy_config baseline ""
+  if ! why=$("$BENCH_BASELINE" --check "$work/baseline.toml" 2>&1); then
+    echo "BENCH_BASELINE: $BENCH_BASELINE does not take the bench's config (the full-handshake" \
+      "listener's session_tickets and session_cache came with d8b6689): $why" >&2
+    exit 2
+  fi
   start_bgproxy baseline "$BENCH_BASELINE"
   targets+=(baseline)
 fi
@@ -91,9 +97,12 @@ fi
 # measure SHAPE TARGET URL [wrk options]: one result line named SHAPE/TARGET, with the CPU of
 # the target's process per request.
 measure() {
-  local shape=$1 target=$2
+  local shape=$1 target=$2 process=$2
   shift 2
-  pid_of[$shape/$target]=${pid_of[$target]:-}
+  if [ "$shape" = tls-handshake ] && [ -n "${pid_of[$target-full]:-}" ]; then
+    process=$target-full
+  fi
+  pid_of[$shape/$target]=${pid_of[$process]:-}
   run "$shape/$target" "$@"
 }
 
@@ -129,7 +138,7 @@ run_shape() {
 flooded() {
   local t=$1 flood_out="$work/flood-$1"
   taskset -c "$load_cpu" wrk -t1 -c16 -d$((warmup_seconds + seconds + 1))s --latency \
-    -H "Connection: close" "https://127.0.0.1:${full_port[$t]}/" > "$flood_out" 2>&1 &
+    -H "Connection: close" "https://127.0.0.1:${tls_port[$t]}/" > "$flood_out" 2>&1 &
   local flood=$!
   pids+=("$flood")
   connections=32 measure tls-flood "$t" "$(url "$t")/"
