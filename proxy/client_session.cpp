@@ -156,14 +156,25 @@ class ClientSession {
             conn_.deadline.arm(conn_.config.timeouts.tls_handshake, ConnectionDeadline::client);
             // OpenSSL takes its record and handshake buffers (~40 KB) at its first read: a
             // connection that has sent nothing yet (a flood of silent ones) costs none of it.
-            if (!input_waiting(conn_.socket().native_handle())) {
-                auto [wec] = co_await conn_.socket().async_wait(tcp::socket::wait_read, nothrow);
+            // The peek that found nothing found no end of stream either: the next input is a
+            // poller event, and the wait needs no syscall (socket_drain.hpp).
+            Socket& socket = conn_.socket();
+            FirstByte first = peek_first_byte(socket.native_handle());
+            if (first.kind == FirstByte::none_yet) {
+                assume_drained(socket);
+                auto [wec, none] =
+                    co_await socket.async_receive(ReadinessWait(), Socket::message_peek, nothrow);
                 if (wec) {
                     count_handshake_failure();
                     co_return false;
                 }
+                first = peek_first_byte(socket.native_handle());
             }
-            if (plain_http_first(conn_.socket().native_handle())) {
+            if (first.kind == FirstByte::ended) {  // closed (or reset) before a ClientHello
+                count_handshake_failure();
+                co_return false;
+            }
+            if (first.plain_http()) {
                 WorkerStats::add(conn_.worker.stats().tls_handshake_failures);
                 co_await answer_plain_http();
                 co_return false;

@@ -2,6 +2,8 @@
 
 #include <sys/socket.h>
 
+#include <cerrno>
+
 namespace bg {
 
 bool input_waiting(int descriptor) {
@@ -9,10 +11,17 @@ bool input_waiting(int descriptor) {
     return descriptor >= 0 && ::recv(descriptor, &byte, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
 }
 
-bool plain_http_first(int descriptor) {
-    char byte = 0;
-    return descriptor >= 0 && ::recv(descriptor, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 1 &&
-           byte >= 'A' && byte <= 'Z';
+FirstByte peek_first_byte(int descriptor) {
+    if (descriptor < 0) {
+        return {FirstByte::ended};
+    }
+    unsigned char byte = 0;
+    const ssize_t n = ::recv(descriptor, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 1) {
+        return {FirstByte::byte, byte};
+    }
+    const bool nothing_yet = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+    return {nothing_yet ? FirstByte::none_yet : FirstByte::ended};
 }
 
 }  // namespace bg

@@ -9,8 +9,15 @@ namespace bg {
 // One non-blocking MSG_PEEK of a byte; false on EOF, error or nothing yet.
 bool input_waiting(int descriptor);
 
-// Whether the bytes waiting start as plain HTTP does (a method's capital letter), where a TLS
-// client's first record starts with its type, a control byte (0x16 for a ClientHello).
-bool plain_http_first(int descriptor);
+// The first byte waiting, peeked: what a TLS listener's new connection has sent so far.
+struct FirstByte {
+    enum Kind { none_yet, byte, ended } kind;  // ended: the end of stream, or an error
+    unsigned char value = 0;
+
+    // Plain HTTP starts with a method's capital letter, where a TLS client's first record
+    // starts with its type, a control byte (0x16 for a ClientHello).
+    bool plain_http() const { return kind == byte && value >= 'A' && value <= 'Z'; }
+};
+FirstByte peek_first_byte(int descriptor);
 
 }  // namespace bg

@@ -66,6 +66,12 @@ bool* try_read_first(Socket& socket) {
 
 }  // namespace
 
+namespace {
+char never_written;  // a ReadinessWait's byte: a receive of none would end at once in asio
+}  // namespace
+
+ReadinessWait::ReadinessWait() : boost::asio::mutable_buffer(&never_written, 1) {}
+
 bool input_seen_since_drained(Socket& socket) {
     const bool* flag = try_read_first(socket);
     return flag == nullptr || *flag;

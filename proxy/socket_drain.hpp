@@ -48,6 +48,16 @@ inline DrainingBuffer draining(boost::asio::mutable_buffer b) {
     return DrainingBuffer(b);
 }
 
+// A receive that reads nothing: it ends when the poller reports input on the socket (or an
+// error, or the end), as async_wait does, but queued on the socket's edge-triggered
+// registration as a read is, with no epoll_ctl. For a reader whose own recv (OpenSSL's, through
+// its BIO) found the socket empty: start it with the socket marked drained (assume_drained), so
+// the reactor does not "try it first", which would end it at once. Its one byte is never
+// written.
+struct ReadinessWait : boost::asio::mutable_buffer {
+    ReadinessWait();
+};
+
 // False while the reactor has seen no input on `socket` since a read into a DrainingBuffer
 // returned short (see above); true otherwise, and always for a socket the reactor has not
 // registered.
@@ -56,8 +66,9 @@ bool input_seen_since_drained(Socket& socket);
 // Before a read that continues a message: its first recv is tried at once (see above).
 void forget_drained(Socket& socket);
 
-// Marks a socket drained without a read: a connection just accepted, whose first bytes (if
-// already there) the poller reports at its next wait, as it reports a new socket's readiness.
+// Marks a socket drained without a read of asio's: a connection just accepted, whose first
+// bytes (if already there) the poller reports at its next wait, as it reports a new socket's
+// readiness; or one whose own recv (a peek, OpenSSL's) just found it empty (EAGAIN).
 void assume_drained(Socket& socket);
 
 // After a connect, which asio waits for as writability: the poller stops reporting the socket
@@ -101,6 +112,19 @@ class reactive_socket_recv_op_base<bg::DrainingBuffer> : public reactor_op {
     socket_ops::state_type state_;
     bg::DrainingBuffer buffer_;
     socket_base::message_flags flags_;
+};
+
+// asio's receive operation for a ReadinessWait: the reactor runs it when the poller reports the
+// socket readable (or in error, or hung up); it is done then, with no recv.
+template <>
+class reactive_socket_recv_op_base<bg::ReadinessWait> : public reactor_op {
+  public:
+    reactive_socket_recv_op_base(const boost::system::error_code& success_ec, socket_type,
+                                 socket_ops::state_type, const bg::ReadinessWait&,
+                                 socket_base::message_flags, func_type complete_func)
+        : reactor_op(success_ec, &reactive_socket_recv_op_base::do_perform, complete_func) {}
+
+    static status do_perform(reactor_op*) { return done; }
 };
 
 }  // namespace boost::asio::detail

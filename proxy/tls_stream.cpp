@@ -44,11 +44,6 @@ char* TlsStream::gather_scratch() {
     return scratch.data();
 }
 
-asio::mutable_buffer TlsStream::peek_scratch() {
-    thread_local std::array<char, peek_size> scratch;
-    return asio::buffer(scratch);
-}
-
 void TlsStream::note_bytes_came() {
     if (ssl_) {  // (a cancelled wait may end after the TLS state was handed on)
         forget_socket_bio_drained(ssl_.get());
@@ -105,8 +100,14 @@ TlsStream::Attempt TlsStream::try_handshake(asio::ssl::stream_base::handshake_ty
     }
     ERR_clear_error();
     errno = 0;
+    forget_socket_bio_drained(ssl);  // this try's reads decide it
     const int result = SSL_do_handshake(ssl);
     if (result == 1) {
+        // As try_read: the first request (or response) starts a new message, and the reactor
+        // may trust a read of this try that emptied the socket (socket_drain.hpp).
+        if (socket_bio_drained(ssl)) {
+            assume_drained(socket_);
+        }
         return {};
     }
     return outcome(ssl, result, errno);

@@ -170,10 +170,17 @@ class TlsStream {
             result = stream.closed() ? Attempt{Wait::none, boost::asio::error::bad_descriptor, 0}
                                      : attempt();
             if (result.wait == Wait::read) {
-                // A peek, not async_wait: asio re-arms the descriptor in epoll (epoll_ctl) for
-                // every wait, while a receive is queued on its edge-triggered registration as
-                // is. A short peek marks the socket drained in the reactor (socket_drain.hpp).
-                stream.socket_.async_receive(draining(peek_scratch()), Socket::message_peek,
+                // OpenSSL wants bytes only when its recv (in this try) found the socket empty
+                // (EAGAIN: an end of stream would have been found), or try_read trusted the
+                // reactor's drained mark without one (socket_drain.hpp: a mark from a short
+                // read, as the peek this replaces trusted it): input from now on is a poller
+                // event. So the wait is a ReadinessWait, with no syscall of its own: not
+                // async_wait, which re-arms the descriptor in epoll (epoll_ctl) each time, nor
+                // a peek, which asio tries at once (EAGAIN) and again at the event, before
+                // OpenSSL's read. (message_peek: were the specialization ever not used, asio's
+                // own receive would peek, not take a byte.)
+                assume_drained(stream.socket_);
+                stream.socket_.async_receive(ReadinessWait(), Socket::message_peek,
                                              std::move(self));
                 return;
             }
@@ -189,14 +196,11 @@ class TlsStream {
             complete(self);
         }
 
-        // The peek ended: bytes (or the end of the stream, or an error) for OpenSSL to read.
+        // The wait ended: bytes (or the end of the stream, or an error) for OpenSSL to read.
         template <class Self>
-        void operator()(Self& self, boost::system::error_code peeked, std::size_t) {
+        void operator()(Self& self, boost::system::error_code waited, std::size_t) {
             stream.note_bytes_came();
-            if (peeked == boost::asio::error::eof) {
-                peeked = {};  // OpenSSL's read finds it: a truncation or a close_notify
-            }
-            (*this)(self, peeked);
+            (*this)(self, waited);
         }
 
         template <class Self>
@@ -231,10 +235,6 @@ class TlsStream {
     }
 
     static char* gather_scratch();  // record_size bytes, per thread
-    // What a peek copies, then drops: a peek that fills it leaves asio trying the next one at
-    // once, so it holds what usually comes at a time (a request's records).
-    static constexpr std::size_t peek_size = 4096;
-    static boost::asio::mutable_buffer peek_scratch();  // peek_size bytes, per thread
     void note_bytes_came();
 
     Socket socket_;

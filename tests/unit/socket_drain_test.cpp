@@ -1,6 +1,7 @@
 #include <doctest/doctest.h>
 
 #include <sys/epoll.h>
+#include <sys/socket.h>
 
 #include <array>
 #include <boost/asio/connect.hpp>
@@ -127,6 +128,60 @@ TEST_CASE("a socket just accepted and assumed drained still reads bytes already 
     bg::assume_drained(pair.ours);
     CHECK_FALSE(bg::input_seen_since_drained(pair.ours));
     CHECK(pair.read(256) == 5);
+}
+
+namespace {
+
+// A ReadinessWait started on `pair` (marked drained first, as its users do); the result is
+// written when it ends.
+void start_readiness_wait(SocketPair& pair, std::optional<boost::system::error_code>& ended) {
+    bg::assume_drained(pair.ours);
+    pair.ours.async_receive(bg::ReadinessWait(), bg::Socket::message_peek,
+                            [&](boost::system::error_code ec, std::size_t n) {
+                                CHECK(n == 0);
+                                ended = ec;
+                            });
+}
+
+long recv_now(bg::Socket& socket) {
+    std::array<char, 64> buffer{};
+    return static_cast<long>(
+        ::recv(socket.native_handle(), buffer.data(), buffer.size(), MSG_DONTWAIT));
+}
+
+}  // namespace
+
+TEST_CASE("a readiness wait ends when bytes come, and leaves them to be read") {
+    SocketPair pair;
+    std::optional<boost::system::error_code> ended;
+    start_readiness_wait(pair, ended);
+    pair.turn();
+    CHECK_FALSE(ended);  // nothing came: it waits
+    pair.send("abc");
+    pair.turn();
+    REQUIRE(ended);
+    CHECK_FALSE(*ended);
+    CHECK(recv_now(pair.ours) == 3);  // none taken
+}
+
+TEST_CASE("a readiness wait ends at the peer's end of stream, and when cancelled") {
+    SocketPair pair;
+    std::optional<boost::system::error_code> ended;
+    start_readiness_wait(pair, ended);
+    pair.peer.shutdown(tcp::socket::shutdown_send);
+    pair.turn();
+    REQUIRE(ended);
+    CHECK_FALSE(*ended);
+    CHECK(recv_now(pair.ours) == 0);  // the reader's own read finds the end
+
+    SocketPair other;
+    std::optional<boost::system::error_code> cancelled;
+    start_readiness_wait(other, cancelled);
+    other.turn();
+    other.ours.cancel();
+    other.turn();
+    REQUIRE(cancelled);
+    CHECK(*cancelled == asio::error::operation_aborted);
 }
 
 namespace {

@@ -177,8 +177,16 @@ TEST_CASE("a server's handshake waits its turn again for the ClientHello after a
         REQUIRE(connected);
         CHECK_FALSE(*served);
         CHECK_FALSE(*connected);
-        // Each ClientHello's answer (key exchange, signature) took a turn in the queue.
-        CHECK(bg::HeavyQueue::of(pair.io.get_executor()).steps_run() == (retry ? 2 : 1));
+        // Each ClientHello's answer (key exchange, signature) took a turn in the queue. (After
+        // a retry request the wait may also end at the first ClientHello's event, which the
+        // poller reported before the queued try read it: a try that finds nothing yet, in a
+        // turn of its own.)
+        const std::size_t turns = bg::HeavyQueue::of(pair.io.get_executor()).steps_run();
+        if (retry) {
+            CHECK(turns >= 2);
+        } else {
+            CHECK(turns == 1);
+        }
     }
 }
 
