@@ -52,8 +52,11 @@ inline DrainingBuffer draining(boost::asio::mutable_buffer b) {
 // error, or the end), as async_wait does, but queued on the socket's edge-triggered
 // registration as a read is, with no epoll_ctl. For a reader whose own recv (OpenSSL's, through
 // its BIO) found the socket empty: start it with the socket marked drained (assume_drained), so
-// the reactor does not "try it first", which would end it at once. Its one byte is never
-// written.
+// the reactor does not "try it first", which would end it at once. Unlike async_wait, whose
+// epoll_ctl reports what is already waiting, it needs an event to come: so it only follows a
+// recv that found nothing (or a drained mark trusted as above). It may also end at an event
+// whose bytes a recv of the reader's already took: the reader's next read finds nothing and
+// waits again. Its one byte is never written.
 struct ReadinessWait : boost::asio::mutable_buffer {
     ReadinessWait();
 };
