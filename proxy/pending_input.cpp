@@ -18,7 +18,7 @@ FirstByte peek_first_byte(int descriptor) {
     unsigned char byte = 0;
     const ssize_t n = ::recv(descriptor, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
     if (n == 1) {
-        return {FirstByte::byte, byte};
+        return {FirstByte::sent, byte};
     }
     const bool nothing_yet = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
     return {nothing_yet ? FirstByte::none_yet : FirstByte::ended};

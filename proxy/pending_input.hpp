@@ -2,7 +2,8 @@
 // What a client has waiting on its socket, peeked and left there: whether there is anything (a
 // shutdown serves such a connection's request, answered with Connection: close, instead of
 // closing it under the request, which the client would see as a reset with no answer), and
-// whether it is plain HTTP sent to a TLS listener.
+// what a new connection on a TLS listener has sent: nothing yet, a first byte (plain HTTP
+// sent to a TLS listener starts with a capital letter), or the end.
 
 namespace bg {
 
@@ -11,12 +12,12 @@ bool input_waiting(int descriptor);
 
 // The first byte waiting, peeked: what a TLS listener's new connection has sent so far.
 struct FirstByte {
-    enum Kind { none_yet, byte, ended } kind;  // ended: the end of stream, or an error
+    enum Kind { none_yet, sent, ended } kind;  // ended: the end of stream, or an error
     unsigned char value = 0;
 
     // Plain HTTP starts with a method's capital letter, where a TLS client's first record
     // starts with its type, a control byte (0x16 for a ClientHello).
-    bool plain_http() const { return kind == byte && value >= 'A' && value <= 'Z'; }
+    bool plain_http() const { return kind == sent && value >= 'A' && value <= 'Z'; }
 };
 FirstByte peek_first_byte(int descriptor);
 

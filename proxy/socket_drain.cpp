@@ -64,10 +64,8 @@ bool* try_read_first(Socket& socket) {
     return state == nullptr ? nullptr : &(state->*speculative_flags())[epoll_reactor::read_op];
 }
 
-}  // namespace
-
-namespace {
 char never_written;  // a ReadinessWait's byte: a receive of none would end at once in asio
+
 }  // namespace
 
 ReadinessWait::ReadinessWait() : boost::asio::mutable_buffer(&never_written, 1) {}
