@@ -6,11 +6,6 @@
 
 namespace bg {
 
-bool input_waiting(int descriptor) {
-    char byte = 0;
-    return descriptor >= 0 && ::recv(descriptor, &byte, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
-}
-
 FirstByte peek_first_byte(int descriptor) {
     if (descriptor < 0) {
         return {FirstByte::ended};
@@ -22,6 +17,10 @@ FirstByte peek_first_byte(int descriptor) {
     }
     const bool nothing_yet = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
     return {nothing_yet ? FirstByte::none_yet : FirstByte::ended};
+}
+
+bool input_waiting(int descriptor) {
+    return peek_first_byte(descriptor).kind == FirstByte::sent;
 }
 
 }  // namespace bg
