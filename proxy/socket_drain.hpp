@@ -56,7 +56,8 @@ inline DrainingBuffer draining(boost::asio::mutable_buffer b) {
 // epoll_ctl reports what is already waiting, it needs an event to come: so it only follows a
 // recv that found nothing (or a drained mark trusted as above). It may also end at an event
 // whose bytes a recv of the reader's already took: the reader's next read finds nothing and
-// waits again. Its one byte is never written.
+// waits again. Its one byte is never written. A listening socket is waited on the same way
+// once accept4 has found its backlog empty (Worker::wait_for_connection).
 struct ReadinessWait : boost::asio::mutable_buffer {
     ReadinessWait();
 };

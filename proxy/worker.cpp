@@ -65,33 +65,33 @@ bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
         boost::system::error_code ec;
         tcp::endpoint endpoint(asio::ip::make_address(address.ip, ec),
                                ports[i] != 0 ? ports[i] : address.port);
-        auto acceptor = std::make_unique<Acceptor>(io_);
+        Acceptor acceptor(io_);
         if (!ec) {
-            acceptor->open(endpoint.protocol(), ec);
+            acceptor.open(endpoint.protocol(), ec);
         }
         if (!ec) {
-            acceptor->set_option(asio::socket_base::reuse_address(true), ec);
+            acceptor.set_option(asio::socket_base::reuse_address(true), ec);
         }
         if (!ec) {
             // Every worker binds the same port; the kernel spreads connections among them.
             int one = 1;
-            if (::setsockopt(acceptor->native_handle(), SOL_SOCKET, SO_REUSEPORT, &one,
+            if (::setsockopt(acceptor.native_handle(), SOL_SOCKET, SO_REUSEPORT, &one,
                              sizeof(one)) != 0) {
                 ec.assign(errno, boost::system::system_category());
             }
         }
         if (!ec) {
-            acceptor->bind(endpoint, ec);
+            acceptor.bind(endpoint, ec);
         }
         if (!ec) {
-            acceptor->listen(asio::socket_base::max_listen_connections, ec);
+            acceptor.listen(asio::socket_base::max_listen_connections, ec);
         }
         if (!ec) {
-            acceptor->native_non_blocking(true, ec);  // accept_ready takes until EAGAIN
+            acceptor.native_non_blocking(true, ec);  // accept_ready takes until EAGAIN
         }
         if (!ec) {
             // Accepted connections inherit it: no setsockopt per connection.
-            acceptor->set_option(tcp::no_delay(true), ec);
+            acceptor.set_option(tcp::no_delay(true), ec);
         }
         if (!ec && config_->listeners[i].smart_accept) {
             // Linux acknowledges a new connection's first segments at once ("quick ack"): the
@@ -99,7 +99,7 @@ bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
             // Off on the listener (accepted sockets inherit it), it is delayed, and the
             // response carries it.
             int zero = 0;
-            if (::setsockopt(acceptor->native_handle(), IPPROTO_TCP, TCP_QUICKACK, &zero,
+            if (::setsockopt(acceptor.native_handle(), IPPROTO_TCP, TCP_QUICKACK, &zero,
                              sizeof(zero)) != 0) {
                 ec.assign(errno, boost::system::system_category());
             }
@@ -107,17 +107,32 @@ bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
         if (!ec && config_->listeners[i].send_buffer > 0) {
             // Accepted connections inherit it (and lose the kernel's autotuning, up to ~4 MB
             // each: what a client that reads slowly holds of the kernel's memory).
-            acceptor->set_option(asio::socket_base::send_buffer_size(
-                                     static_cast<int>(config_->listeners[i].send_buffer)),
-                                 ec);
+            acceptor.set_option(asio::socket_base::send_buffer_size(
+                                    static_cast<int>(config_->listeners[i].send_buffer)),
+                                ec);
         }
         if (ec) {
             error = "cannot listen on " + address.text + ": " + ec.message();
             return false;
         }
-        const tcp::endpoint bound = acceptor->local_endpoint();
+        const tcp::endpoint bound = acceptor.local_endpoint(ec);
+        // Waited on as a socket (listen_sockets_): an acceptor's wait costs an epoll_ctl each.
+        Socket listening(io_);
+        if (!ec) {
+            const int descriptor = acceptor.release(ec);
+            if (!ec) {
+                listening = adopt_socket(io_, bound.address().is_v6(), descriptor, ec);
+                if (ec) {
+                    ::close(descriptor);
+                }
+            }
+        }
+        if (ec) {
+            error = "cannot listen on " + address.text + ": " + ec.message();
+            return false;
+        }
         ports[i] = bound.port();
-        acceptors_.push_back(std::move(acceptor));
+        listen_sockets_.push_back(std::make_unique<Socket>(std::move(listening)));
         fixed_locals_.push_back(bound.address().is_unspecified() ? std::nullopt
                                                                  : std::optional(bound));
         v6_listeners_.push_back(bound.address().is_v6());
@@ -128,8 +143,9 @@ bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
 }
 
 void Worker::start() {
-    for (std::size_t i = 0; i < acceptors_.size(); ++i) {
-        accept_loop(*acceptors_[i], i);
+    for (std::size_t i = 0; i < listen_sockets_.size(); ++i) {
+        // On the worker's thread: connections may be waiting already.
+        asio::post(io_, [this, i] { accept_ready(*listen_sockets_[i], i); });
     }
     thread_ = std::thread([this] {
         try {
@@ -141,44 +157,50 @@ void Worker::start() {
     });
 }
 
-void Worker::accept_loop(Acceptor& acceptor, std::size_t listener) {
-    acceptor.async_wait(Acceptor::wait_read,
-                        [this, &acceptor, listener](boost::system::error_code ec) {
-                            if (ec != asio::error::operation_aborted) {
-                                accept_ready(acceptor, listener);
-                            }
-                        });
+// Waits for the next connection after accept4 found the backlog empty: a ReadinessWait on the
+// listening socket's edge-triggered registration (socket_drain.hpp), which the next connection
+// to arrive ends. asio's async_wait re-armed the registration with an epoll_ctl every time: a
+// syscall per connection when they come one at a time.
+void Worker::wait_for_connection(Socket& listening, std::size_t listener) {
+    assume_drained(listening);
+    listening.async_receive(
+        ReadinessWait(), Socket::message_peek,
+        [this, &listening, listener](boost::system::error_code ec, std::size_t) {
+            if (ec != asio::error::operation_aborted) {
+                accept_ready(listening, listener);
+            }
+        });
 }
 
 // The listener's connections are taken with accept4 (non-blocking from the start, the peer's
 // address with it: no getpeername()), up to a batch, then other work runs before the rest.
-void Worker::accept_ready(Acceptor& acceptor, std::size_t listener) {
+void Worker::accept_ready(Socket& listening, std::size_t listener) {
     constexpr int batch = 64;
     for (int taken = 0; taken < batch; ++taken) {
-        if (!acceptor.is_open()) {
+        if (!listening.is_open()) {
             return;
         }
-        const boost::system::error_code ec = accept_one(acceptor, listener);
+        const boost::system::error_code ec = accept_one(listening, listener);
         if (ec == asio::error::would_block) {
-            accept_loop(acceptor, listener);
+            wait_for_connection(listening, listener);
             return;
         }
         if (ec) {
-            accept_failed(acceptor, listener, ec);
+            accept_failed(listening, listener, ec);
             return;
         }
     }
-    asio::post(io_, [this, &acceptor, listener] { accept_ready(acceptor, listener); });
+    asio::post(io_, [this, &listening, listener] { accept_ready(listening, listener); });
 }
 
 // One connection from the backlog to a session (connections reset while queued are skipped);
 // would_block when there is none.
-boost::system::error_code Worker::accept_one(Acceptor& acceptor, std::size_t listener) {
+boost::system::error_code Worker::accept_one(Socket& listening, std::size_t listener) {
     for (;;) {
         tcp::endpoint peer;
         socklen_t length = static_cast<socklen_t>(peer.capacity());
-        const int descriptor =
-            ::accept4(acceptor.native_handle(), peer.data(), &length, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        const int descriptor = ::accept4(listening.native_handle(), peer.data(), &length,
+                                         SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (descriptor < 0) {
             if (errno == EINTR || errno == ECONNABORTED) {
                 continue;
@@ -202,23 +224,27 @@ boost::system::error_code Worker::accept_one(Acceptor& acceptor, std::size_t lis
 }
 
 // Empty, or out of descriptors: the rest are reset with the listener.
-void Worker::take_backlog(Acceptor& acceptor, std::size_t listener) {
-    while (!accept_one(acceptor, listener)) {
+void Worker::take_backlog(Socket& listening, std::size_t listener) {
+    while (!accept_one(listening, listener)) {
     }
 }
 
 // Out of descriptors: the pending connection stays in the backlog, and accepting again at once
 // would fail at once (a busy loop): the listener pauses instead.
-void Worker::accept_failed(Acceptor& acceptor, std::size_t listener,
+void Worker::accept_failed(Socket& listening, std::size_t listener,
                            const boost::system::error_code& ec) {
     if (accept_pauses_[listener]->pause_after(
             ec, config_->timeouts.accept_pause,
-            [this, &acceptor, listener] { accept_loop(acceptor, listener); })) {
+            // The backlog's connections stay pending, with no event to come for them: taken at
+            // once after the pause.
+            [this, &listening, listener] { accept_ready(listening, listener); })) {
         WorkerStats::add(stats_.accept_failures);
         return;
     }
     spdlog::warn("worker {}: accept failed: {}", index_, ec.message());
-    accept_loop(acceptor, listener);
+    // A connection's own failure: the next may be taken (as an acceptor's wait reported the
+    // backlog's readiness at once).
+    asio::post(io_, [this, &listening, listener] { accept_ready(listening, listener); });
 }
 
 void Worker::accepted(Socket socket, std::size_t listener, const tcp::endpoint& peer) {
@@ -609,10 +635,10 @@ void Worker::begin_shutdown() {
         draining_ = true;
         // Connections already in a listener's backlog are taken (closing the listener would
         // reset them): each is served if its request came, like the idle ones below.
-        for (std::size_t i = 0; i < acceptors_.size(); ++i) {
-            take_backlog(*acceptors_[i], i);
+        for (std::size_t i = 0; i < listen_sockets_.size(); ++i) {
+            take_backlog(*listen_sockets_[i], i);
             boost::system::error_code ignored;
-            acceptors_[i]->close(ignored);
+            listen_sockets_[i]->close(ignored);
         }
         for (auto& pause : accept_pauses_) {
             pause->cancel();
@@ -657,7 +683,7 @@ void Worker::reserve_socket_records() {
     // Parked connections have no asio socket; each other one may have a backend's beside it.
     const std::size_t parked = parked_->size();
     const std::size_t active = sessions_.size() > parked ? sessions_.size() - parked : 0;
-    reactor_reserve_.ensure(2 * (active + 1) + pool_.idle_count() + acceptors_.size());
+    reactor_reserve_.ensure(2 * (active + 1) + pool_.idle_count() + listen_sockets_.size());
 }
 
 void Worker::arm_in_flight_sweep() {

@@ -173,11 +173,11 @@ class Worker {
     void tunnel_closed(std::uint32_t backend_id);
 
   private:
-    void accept_loop(Acceptor& acceptor, std::size_t listener);
-    void accept_ready(Acceptor& acceptor, std::size_t listener);
-    boost::system::error_code accept_one(Acceptor& acceptor, std::size_t listener);
-    void take_backlog(Acceptor& acceptor, std::size_t listener);
-    void accept_failed(Acceptor& acceptor, std::size_t listener,
+    void wait_for_connection(Socket& listening, std::size_t listener);
+    void accept_ready(Socket& listening, std::size_t listener);
+    boost::system::error_code accept_one(Socket& listening, std::size_t listener);
+    void take_backlog(Socket& listening, std::size_t listener);
+    void accept_failed(Socket& listening, std::size_t listener,
                        const boost::system::error_code& ec);
     void accepted(Socket socket, std::size_t listener, const boost::asio::ip::tcp::endpoint& peer);
     void refuse(Socket& socket, std::size_t listener);
@@ -222,9 +222,11 @@ class Worker {
     RetryBudget retry_budget_;
     WorkerStats stats_;
     TrafficCounters traffic_;
-    std::vector<std::unique_ptr<Acceptor>> acceptors_;
-    std::vector<std::optional<boost::asio::ip::tcp::endpoint>> fixed_locals_;  // by acceptor
-    std::vector<bool> v6_listeners_;                                           // by acceptor
+    // Each listener's socket, set up as an acceptor and then waited on as a socket (a
+    // ReadinessWait: Worker::wait_for_connection).
+    std::vector<std::unique_ptr<Socket>> listen_sockets_;
+    std::vector<std::optional<boost::asio::ip::tcp::endpoint>> fixed_locals_;  // by listener
+    std::vector<bool> v6_listeners_;                                           // by listener
     boost::intrusive::list<SessionHandle> sessions_;  // every open client connection
     boost::intrusive::list<SessionHandle, boost::intrusive::base_hook<OpeningHook>,
                            boost::intrusive::constant_time_size<false>>
@@ -257,7 +259,7 @@ class Worker {
     std::vector<SessionHandle*> close_sweep_of_;  // the session of each pollfd
     boost::intrusive::list<UploadAnswerWatch, boost::intrusive::constant_time_size<false>>
         upload_watches_;
-    std::vector<std::unique_ptr<AcceptPause>> accept_pauses_;  // one per acceptor
+    std::vector<std::unique_ptr<AcceptPause>> accept_pauses_;  // one per listener
     bool draining_ = false;
     bool closing_ = false;
     std::thread thread_;

@@ -1167,6 +1167,59 @@ class DescriptorsTest(ProcessTestCase):
         self.assertEqual(status_of(out), 200, out[:200])
         proc.kill()
 
+    def test_a_listener_out_of_descriptors_pauses_then_serves_its_backlog(self):
+        """accept() failing with EMFILE, the descriptors taken from outside what the proxy's
+        ceilings foresee (here its limit is lowered under it), pauses the listener instead of
+        spinning; when descriptors come back, the connections already waiting in the backlog
+        are served with no newcomer to wake the listener. (No new poller event comes for them:
+        a resume that waited for one, as the listener waits after accept() finds the backlog
+        empty, never ends.)"""
+        blue, green = self.backend("blue-1"), self.backend("green-1")
+        proxy = self.proxy(config([blue], [green]), workers=1)
+        pid, port = proxy.proc.pid, proxy.port
+        request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        self.assertEqual(status_of(raw_exchange(port, request)), 200)
+        soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+
+        def lowest_free():
+            used = {int(fd) for fd in os.listdir("/proc/%d/fd" % pid)}
+            return next(n for n in range(len(used) + 1) if n not in used)
+        # The limit at the lowest free number: no descriptor can be made. Taken again if one
+        # closed meanwhile (the last exchange's socket, a health check's).
+        for _ in range(20):
+            limit = lowest_free()
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, hard))
+            time.sleep(0.1)
+            if lowest_free() == limit:
+                break
+        try:
+            waiting = []
+            for _ in range(3):
+                c = socket.create_connection(("127.0.0.1", port), timeout=5)
+                c.sendall(request)
+                waiting.append(c)
+            time.sleep(0.5)
+
+            def cpu_seconds():
+                with open("/proc/%d/stat" % pid) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            before = cpu_seconds()
+            time.sleep(1.0)
+            self.assertLess(cpu_seconds() - before, 0.5, "the listener spun on EMFILE")
+            for c in waiting:  # still in the backlog: the limit took
+                c.setblocking(False)
+                with self.assertRaises(BlockingIOError):
+                    c.recv(100)
+                c.settimeout(5)
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+        for c in waiting:
+            out = read_to_end(c)
+            c.close()
+            self.assertEqual(status_of(out), 200, out[:200])
+        self.assertGreater(metric(proxy, "bgproxy_accept_failures_total"), 0)
+
 
 class SigpipeTest(ProcessTestCase):
     def test_access_log_on_a_closed_pipe_does_not_kill_the_proxy(self):
