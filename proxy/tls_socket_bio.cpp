@@ -11,22 +11,37 @@ namespace bg {
 
 namespace {
 
-// The descriptor and the drained flag, packed into the BIO's data pointer: no allocation of
-// our own beside the BIO itself.
+// The descriptor and the flags, packed into the BIO's data pointer: no allocation of our own
+// beside the BIO itself.
 struct SocketState {
     int descriptor;
     bool drained;
+    bool in_handshake;  // the current try is a handshake's
+    bool emptied;       // and a read of it emptied the socket
+    bool sent_since;    // and a write of it has sent something since
 };
 
 SocketState state_of(BIO* bio) {
     const auto packed = reinterpret_cast<std::intptr_t>(BIO_get_data(bio));
-    return {static_cast<int>(packed >> 1), (packed & 1) != 0};
+    return {static_cast<int>(packed >> 4), (packed & 1) != 0, (packed & 2) != 0, (packed & 4) != 0,
+            (packed & 8) != 0};
 }
 
 void store(BIO* bio, SocketState state) {
-    const std::intptr_t packed = (static_cast<std::intptr_t>(state.descriptor) << 1) |
+    const std::intptr_t packed = (static_cast<std::intptr_t>(state.descriptor) << 4) |
+                                 (static_cast<std::intptr_t>(state.sent_since) << 3) |
+                                 (static_cast<std::intptr_t>(state.emptied) << 2) |
+                                 (static_cast<std::intptr_t>(state.in_handshake) << 1) |
                                  static_cast<std::intptr_t>(state.drained);
     BIO_set_data(bio, reinterpret_cast<void*>(packed));
+}
+
+// After a read: whether it emptied the socket during a handshake's try.
+void note_read(SocketState& state) {
+    if (state.in_handshake && state.drained) {
+        state.emptied = true;
+        state.sent_since = false;
+    }
 }
 
 bool would_block(int error) {
@@ -36,18 +51,30 @@ bool would_block(int error) {
 int read_socket(BIO* bio, char* into, std::size_t size, std::size_t* done) {
     SocketState state = state_of(bio);
     BIO_clear_retry_flags(bio);
+    if (state.emptied && state.sent_since) {
+        // The socket was empty a moment ago, in this same handshake call into OpenSSL, and
+        // what we sent since (our flight) takes the peer a round trip to answer: a recv would
+        // find nothing. Anything that has come since is a poller event still to be collected
+        // (no poll runs within the call), which ends the wait that follows. (Not so an end of
+        // stream that came behind the bytes the emptying read took: see the header.)
+        BIO_set_retry_read(bio);
+        errno = EAGAIN;
+        return 0;
+    }
     ssize_t n = 0;
     do {  // (an interrupted recv is no sign the socket is empty: it is tried again)
         n = ::recv(state.descriptor, into, size, 0);
     } while (n < 0 && errno == EINTR);
     if (n > 0) {
         state.drained = static_cast<std::size_t>(n) < size;
+        note_read(state);
         store(bio, state);
         *done = static_cast<std::size_t>(n);
         return 1;
     }
     const int error = errno;
     state.drained = n < 0 && would_block(error);
+    note_read(state);
     store(bio, state);
     if (state.drained) {
         BIO_set_retry_read(bio);
@@ -59,12 +86,17 @@ int read_socket(BIO* bio, char* into, std::size_t size, std::size_t* done) {
 }
 
 int write_socket(BIO* bio, const char* from, std::size_t size, std::size_t* done) {
+    SocketState state = state_of(bio);
     BIO_clear_retry_flags(bio);
     ssize_t n = 0;
     do {
-        n = ::send(state_of(bio).descriptor, from, size, MSG_NOSIGNAL);
+        n = ::send(state.descriptor, from, size, MSG_NOSIGNAL);
     } while (n < 0 && errno == EINTR);
     if (n >= 0) {
+        if (n > 0 && state.emptied && !state.sent_since) {
+            state.sent_since = true;
+            store(bio, state);
+        }
         *done = static_cast<std::size_t>(n);
         return 1;
     }
@@ -126,7 +158,7 @@ bool attach_socket_bio(SSL* ssl, int descriptor) {
     if (bio == nullptr) {
         return false;
     }
-    store(bio, {descriptor, false});
+    store(bio, {descriptor, false, false, false, false});
     SSL_set_bio(ssl, bio, bio);  // the same BIO both ways: it takes the one reference
     return true;
 }
@@ -140,6 +172,16 @@ void forget_socket_bio_drained(SSL* ssl) {
     if (BIO* bio = SSL_get_rbio(ssl); is_socket_bio(bio)) {
         SocketState state = state_of(bio);
         state.drained = false;
+        store(bio, state);
+    }
+}
+
+void begin_socket_bio_try(SSL* ssl, bool handshake) {
+    if (BIO* bio = SSL_get_rbio(ssl); is_socket_bio(bio)) {
+        SocketState state = state_of(bio);
+        state.in_handshake = handshake;
+        state.emptied = false;
+        state.sent_since = false;
         store(bio, state);
     }
 }

@@ -21,4 +21,16 @@ bool socket_bio_drained(SSL* ssl);
 // Forgets that: bytes have come (a wait for them ended), or the next read decides it anew.
 void forget_socket_bio_drained(SSL* ssl);
 
+// Before each call into OpenSSL on `ssl` (a "try"): `handshake` for SSL_do_handshake's. In a
+// handshake's try, a read that follows a read that emptied the socket and a write that sent
+// something since (our flight) makes no recv: it reports "retry" as the recv would have, and
+// the caller waits for the poller. The peer needs a round trip to answer a flight, so that
+// recv found nothing: one syscall per server handshake (two after a HelloRetryRequest), and per
+// TLS 1.2 full handshake as a client. Only within a try: no poll runs there, so bytes that came
+// meanwhile are an event still to come (across tries a poll may have taken it). The cost: an
+// end of stream that came behind the bytes the emptying read took (a client that half-closed
+// after its ClientHello, which can never finish) is found at the tls_handshake deadline, not
+// at once; a client that closes or resets is found when our flight reaches it.
+void begin_socket_bio_try(SSL* ssl, bool handshake);
+
 }  // namespace bg

@@ -100,7 +100,8 @@ TlsStream::Attempt TlsStream::try_handshake(asio::ssl::stream_base::handshake_ty
     }
     ERR_clear_error();
     errno = 0;
-    forget_socket_bio_drained(ssl);  // this try's reads decide it
+    forget_socket_bio_drained(ssl);   // this try's reads decide it
+    begin_socket_bio_try(ssl, true);  // the read after our flight is a wait (tls_socket_bio.hpp)
     const int result = SSL_do_handshake(ssl);
     if (result == 1) {
         // As try_read: the first request (or response) starts a new message, and the reactor
@@ -131,6 +132,7 @@ void TlsStream::send_close_notify() {
     if (closed()) {
         return;
     }
+    begin_socket_bio_try(ssl_.get(), false);
     ERR_clear_error();
     SSL_shutdown(ssl_.get());
     ERR_clear_error();
@@ -138,6 +140,7 @@ void TlsStream::send_close_notify() {
 
 TlsStream::Attempt TlsStream::try_shutdown() {
     SSL* ssl = ssl_.get();
+    begin_socket_bio_try(ssl, false);
     ERR_clear_error();
     errno = 0;
     int result = SSL_shutdown(ssl);
@@ -202,6 +205,7 @@ TlsStream::Attempt TlsStream::try_read(asio::mutable_buffer into) {
         return {Wait::read, {}, 0};
     }
     forget_socket_bio_drained(ssl);  // this try's reads decide it
+    begin_socket_bio_try(ssl, false);
     Attempt result = read_records(ssl, into);
     if (socket_bio_drained(ssl)) {
         assume_drained(socket_);
@@ -214,6 +218,7 @@ TlsStream::Attempt TlsStream::try_write(asio::const_buffer from) {
         return {};
     }
     SSL* ssl = ssl_.get();
+    begin_socket_bio_try(ssl, false);
     ERR_clear_error();
     errno = 0;
     std::size_t n = 0;

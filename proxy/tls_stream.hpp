@@ -171,7 +171,10 @@ class TlsStream {
                                      : attempt();
             if (result.wait == Wait::read) {
                 // OpenSSL wants bytes only when its recv (in this try) found the socket empty
-                // (EAGAIN: an end of stream would have been found), or try_read trusted the
+                // (EAGAIN: an end of stream would have been found), or the BIO skipped the recv
+                // after our handshake flight (tls_socket_bio.hpp: a recv of this try emptied
+                // the socket just before; an end of stream behind those bytes waits for the
+                // handshake's deadline), or try_read trusted the
                 // reactor's drained mark without one (socket_drain.hpp: a mark from a short
                 // read, as the peek this replaces trusted it): input from now on is a poller
                 // event. So the wait is a ReadinessWait, with no syscall of its own: not

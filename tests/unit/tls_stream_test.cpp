@@ -312,3 +312,71 @@ TEST_CASE("TLS on a closed socket touches no descriptor, though its number was g
     ::close(number);
     ::close(other[1]);
 }
+
+TEST_CASE("in a handshake's try, the read after the socket emptied and our flight makes no recv") {
+    int fds[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fds) == 0);
+    struct Closer {
+        int* fds;
+        ~Closer() {
+            ::close(fds[0]);  // (the SSL's BIO does not own it)
+            ::close(fds[1]);
+        }
+    } closer{fds};
+    std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx(SSL_CTX_new(TLS_method()), SSL_CTX_free);
+    std::unique_ptr<SSL, decltype(&SSL_free)> ssl(SSL_new(ctx.get()), SSL_free);
+    REQUIRE(bg::attach_socket_bio(ssl.get(), fds[0]));
+    BIO* bio = SSL_get_rbio(ssl.get());
+    std::array<char, 64> buffer{};
+    std::size_t n = 0;
+    const auto peer_sends = [&](std::string_view bytes) {
+        REQUIRE(::send(fds[1], bytes.data(), bytes.size(), 0) ==
+                static_cast<ssize_t>(bytes.size()));
+    };
+    const auto read = [&] {
+        n = 0;
+        return BIO_read_ex(bio, buffer.data(), buffer.size(), &n) == 1
+                   ? std::string(buffer.data(), n)
+                   : std::string();
+    };
+    const auto send_flight = [&] { REQUIRE(BIO_write_ex(bio, "flight", 6, &n) == 1); };
+
+    bg::begin_socket_bio_try(ssl.get(), true);
+    peer_sends("hello");
+    CHECK(read() == "hello");  // fewer bytes than asked: the socket is empty
+    send_flight();
+    peer_sends("answer");  // came meanwhile: the poller's event is still to be collected
+    CHECK(read().empty());
+    CHECK(BIO_should_retry(bio));
+    CHECK(BIO_should_read(bio));
+    CHECK(bg::socket_bio_drained(ssl.get()));
+
+    // The next try (after the poller's event) reads it.
+    bg::begin_socket_bio_try(ssl.get(), true);
+    CHECK(read() == "answer");
+    // With no write since, a read after the socket emptied makes its recv (a record's rest).
+    peer_sends("rest");
+    CHECK(read() == "rest");
+
+    // Emptied by a recv that found nothing: the same.
+    bg::begin_socket_bio_try(ssl.get(), true);
+    CHECK(read().empty());
+    send_flight();
+    peer_sends("late");
+    CHECK(read().empty());
+    // A write before the emptying read does not count.
+    bg::begin_socket_bio_try(ssl.get(), true);
+    send_flight();
+    CHECK(read() == "late");
+    peer_sends("more");
+    CHECK(read() == "more");
+
+    // In a try that is not a handshake's (a KeyUpdate answered in SSL_read, a close_notify),
+    // every read makes its recv.
+    bg::begin_socket_bio_try(ssl.get(), false);
+    peer_sends("request");
+    CHECK(read() == "request");
+    send_flight();
+    peer_sends("next");
+    CHECK(read() == "next");
+}
