@@ -176,10 +176,10 @@ void forget_socket_bio_drained(SSL* ssl) {
     }
 }
 
-void begin_socket_bio_try(SSL* ssl, bool handshake) {
+void begin_socket_bio_try(SSL* ssl, BioTry kind) {
     if (BIO* bio = SSL_get_rbio(ssl); is_socket_bio(bio)) {
         SocketState state = state_of(bio);
-        state.in_handshake = handshake;
+        state.in_handshake = kind == BioTry::handshake;
         state.emptied = false;
         state.sent_since = false;
         store(bio, state);

@@ -21,16 +21,20 @@ bool socket_bio_drained(SSL* ssl);
 // Forgets that: bytes have come (a wait for them ended), or the next read decides it anew.
 void forget_socket_bio_drained(SSL* ssl);
 
-// Before each call into OpenSSL on `ssl` (a "try"): `handshake` for SSL_do_handshake's. In a
-// handshake's try, a read that follows a read that emptied the socket and a write that sent
-// something since (our flight) makes no recv: it reports "retry" as the recv would have, and
-// the caller waits for the poller. The peer needs a round trip to answer a flight, so that
-// recv found nothing: one syscall per server handshake (two after a HelloRetryRequest), and per
-// TLS 1.2 full handshake as a client. Only within a try: no poll runs there, so bytes that came
-// meanwhile are an event still to come (across tries a poll may have taken it). The cost: an
-// end of stream that came behind the bytes the emptying read took (a client that half-closed
-// after its ClientHello, which can never finish) is found at the tls_handshake deadline, not
-// at once; a client that closes or resets is found when our flight reaches it.
-void begin_socket_bio_try(SSL* ssl, bool handshake);
+// Before each call into OpenSSL on `ssl` (a "try"). In a handshake's try, a read that follows
+// a read that emptied the socket and a write that sent something since (our flight) makes no
+// recv: it reports "retry" as the recv would have, and the caller waits for the poller. The
+// peer needs a round trip to answer a flight, so that recv found nothing (unless the peer sent
+// something unasked, a compatibility ChangeCipherSpec: then the wait ends at once): one syscall
+// fewer per server handshake (two after a HelloRetryRequest), and per TLS 1.2 full handshake as
+// a backend's client (a TLS 1.3 client reads nothing after its Finished). Only within a try: no
+// poll runs there, so bytes that came meanwhile are an event still to come (across tries a
+// poll may have taken it). The cost: an end of stream that came behind the bytes the emptying
+// read took (a client that half-closed after its ClientHello, which can never finish; a TLS
+// 1.2 backend that half-closed behind its flight) is found at the deadline (tls_handshake,
+// upstream_connect), not at once. A peer that closes or resets is found when our flight
+// reaches it.
+enum class BioTry { handshake, other };
+void begin_socket_bio_try(SSL* ssl, BioTry kind);
 
 }  // namespace bg

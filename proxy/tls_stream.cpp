@@ -100,8 +100,9 @@ TlsStream::Attempt TlsStream::try_handshake(asio::ssl::stream_base::handshake_ty
     }
     ERR_clear_error();
     errno = 0;
-    forget_socket_bio_drained(ssl);   // this try's reads decide it
-    begin_socket_bio_try(ssl, true);  // the read after our flight is a wait (tls_socket_bio.hpp)
+    forget_socket_bio_drained(ssl);  // this try's reads decide it
+    // The read after our flight is a wait (tls_socket_bio.hpp).
+    begin_socket_bio_try(ssl, BioTry::handshake);
     const int result = SSL_do_handshake(ssl);
     if (result == 1) {
         // As try_read: the first request (or response) starts a new message, and the reactor
@@ -132,7 +133,7 @@ void TlsStream::send_close_notify() {
     if (closed()) {
         return;
     }
-    begin_socket_bio_try(ssl_.get(), false);
+    begin_socket_bio_try(ssl_.get(), BioTry::other);
     ERR_clear_error();
     SSL_shutdown(ssl_.get());
     ERR_clear_error();
@@ -140,7 +141,7 @@ void TlsStream::send_close_notify() {
 
 TlsStream::Attempt TlsStream::try_shutdown() {
     SSL* ssl = ssl_.get();
-    begin_socket_bio_try(ssl, false);
+    begin_socket_bio_try(ssl, BioTry::other);
     ERR_clear_error();
     errno = 0;
     int result = SSL_shutdown(ssl);
@@ -205,7 +206,7 @@ TlsStream::Attempt TlsStream::try_read(asio::mutable_buffer into) {
         return {Wait::read, {}, 0};
     }
     forget_socket_bio_drained(ssl);  // this try's reads decide it
-    begin_socket_bio_try(ssl, false);
+    begin_socket_bio_try(ssl, BioTry::other);
     Attempt result = read_records(ssl, into);
     if (socket_bio_drained(ssl)) {
         assume_drained(socket_);
@@ -218,7 +219,7 @@ TlsStream::Attempt TlsStream::try_write(asio::const_buffer from) {
         return {};
     }
     SSL* ssl = ssl_.get();
-    begin_socket_bio_try(ssl, false);
+    begin_socket_bio_try(ssl, BioTry::other);
     ERR_clear_error();
     errno = 0;
     std::size_t n = 0;

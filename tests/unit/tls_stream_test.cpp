@@ -341,7 +341,7 @@ TEST_CASE("in a handshake's try, the read after the socket emptied and our fligh
     };
     const auto send_flight = [&] { REQUIRE(BIO_write_ex(bio, "flight", 6, &n) == 1); };
 
-    bg::begin_socket_bio_try(ssl.get(), true);
+    bg::begin_socket_bio_try(ssl.get(), bg::BioTry::handshake);
     peer_sends("hello");
     CHECK(read() == "hello");  // fewer bytes than asked: the socket is empty
     send_flight();
@@ -352,20 +352,20 @@ TEST_CASE("in a handshake's try, the read after the socket emptied and our fligh
     CHECK(bg::socket_bio_drained(ssl.get()));
 
     // The next try (after the poller's event) reads it.
-    bg::begin_socket_bio_try(ssl.get(), true);
+    bg::begin_socket_bio_try(ssl.get(), bg::BioTry::handshake);
     CHECK(read() == "answer");
     // With no write since, a read after the socket emptied makes its recv (a record's rest).
     peer_sends("rest");
     CHECK(read() == "rest");
 
     // Emptied by a recv that found nothing: the same.
-    bg::begin_socket_bio_try(ssl.get(), true);
+    bg::begin_socket_bio_try(ssl.get(), bg::BioTry::handshake);
     CHECK(read().empty());
     send_flight();
     peer_sends("late");
     CHECK(read().empty());
     // A write before the emptying read does not count.
-    bg::begin_socket_bio_try(ssl.get(), true);
+    bg::begin_socket_bio_try(ssl.get(), bg::BioTry::handshake);
     send_flight();
     CHECK(read() == "late");
     peer_sends("more");
@@ -373,7 +373,7 @@ TEST_CASE("in a handshake's try, the read after the socket emptied and our fligh
 
     // In a try that is not a handshake's (a KeyUpdate answered in SSL_read, a close_notify),
     // every read makes its recv.
-    bg::begin_socket_bio_try(ssl.get(), false);
+    bg::begin_socket_bio_try(ssl.get(), bg::BioTry::other);
     peer_sends("request");
     CHECK(read() == "request");
     send_flight();
