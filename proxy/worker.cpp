@@ -58,6 +58,26 @@ Worker::~Worker() {
     parked_->close_all();  // while the session list they are in still stands
 }
 
+namespace {
+
+// The listening descriptor, taken from its acceptor (once its options are set) into a socket:
+// Worker::wait_for_connection waits on it with a ReadinessWait, where an acceptor's async_wait
+// costs an epoll_ctl each time.
+Socket waitable_listener(asio::io_context& io, Acceptor& acceptor, bool v6,
+                         boost::system::error_code& ec) {
+    const int descriptor = acceptor.release(ec);
+    if (ec) {
+        return Socket(io);
+    }
+    Socket listening = adopt_socket(io, v6, descriptor, ec);
+    if (ec) {
+        ::close(descriptor);
+    }
+    return listening;
+}
+
+}  // namespace
+
 bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
     ports.resize(config_->listeners.size(), 0);
     for (std::size_t i = 0; i < config_->listeners.size(); ++i) {
@@ -116,16 +136,9 @@ bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
             return false;
         }
         const tcp::endpoint bound = acceptor.local_endpoint(ec);
-        // Waited on as a socket (listen_sockets_): an acceptor's wait costs an epoll_ctl each.
         Socket listening(io_);
         if (!ec) {
-            const int descriptor = acceptor.release(ec);
-            if (!ec) {
-                listening = adopt_socket(io_, bound.address().is_v6(), descriptor, ec);
-                if (ec) {
-                    ::close(descriptor);
-                }
-            }
+            listening = waitable_listener(io_, acceptor, bound.address().is_v6(), ec);
         }
         if (ec) {
             error = "cannot listen on " + address.text + ": " + ec.message();
