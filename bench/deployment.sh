@@ -140,7 +140,8 @@ haproxy_full_config() {  # plain port, TLS port
 start_haproxy_full() {
   full_port[haproxy]=$(free_port)
   full_port[haproxy-full]=${full_port[haproxy]}
-  haproxy_full_config "$(free_port)" "${full_port[haproxy]}" > "$work/haproxy-full.cfg"
+  port[haproxy-full]=$(free_port)
+  haproxy_full_config "${port[haproxy-full]}" "${full_port[haproxy]}" > "$work/haproxy-full.cfg"
   on_proxy_cpu haproxy-full haproxy -q -f "$work/haproxy-full.cfg"
   pids+=($!)
   pid_of[haproxy-full]=$!
