@@ -131,11 +131,10 @@ bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
                                     static_cast<int>(config_->listeners[i].send_buffer)),
                                 ec);
         }
-        if (ec) {
-            error = "cannot listen on " + address.text + ": " + ec.message();
-            return false;
+        tcp::endpoint bound;
+        if (!ec) {
+            bound = acceptor.local_endpoint(ec);
         }
-        const tcp::endpoint bound = acceptor.local_endpoint(ec);
         Socket listening(io_);
         if (!ec) {
             listening = waitable_listener(io_, acceptor, bound.address().is_v6(), ec);

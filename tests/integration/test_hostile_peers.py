@@ -1116,6 +1116,13 @@ class StuckUploadTest(ProcessTestCase):
         self.assertEqual(self.upstream.drained, [size], "the upload was cut")
 
 
+def cpu_seconds(pid):
+    """User and system CPU a process has spent so far."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @unittest.skipIf(os.environ.get("BGPROXY_SANITIZE"),
                  "sanitizer runtimes need descriptors of their own (UBSan's vptr check opens a "
                  "pipe): out of descriptors they report errors that are not the proxy's")
@@ -1142,14 +1149,10 @@ class DescriptorsTest(ProcessTestCase):
                 break
         time.sleep(0.5)
 
-        def cpu_seconds():
-            with open("/proc/%d/stat" % proc.pid) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        before = cpu_seconds()
+        before = cpu_seconds(proc.pid)
         status = proxy.bgctl("status", timeout=5)
         time.sleep(1.5)
-        spent = cpu_seconds() - before
+        spent = cpu_seconds(proc.pid) - before
         self.assertLess(spent, 1.0, "the proxy spun at its descriptor limit")
         self.assertEqual(status.returncode, 0, status.stderr)
         turned_away = 0
@@ -1199,14 +1202,9 @@ class DescriptorsTest(ProcessTestCase):
                 c.sendall(request)
                 waiting.append(c)
             time.sleep(0.5)
-
-            def cpu_seconds():
-                with open("/proc/%d/stat" % pid) as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            before = cpu_seconds()
+            before = cpu_seconds(pid)
             time.sleep(1.0)
-            self.assertLess(cpu_seconds() - before, 0.5, "the listener spun on EMFILE")
+            self.assertLess(cpu_seconds(pid) - before, 0.5, "the listener spun on EMFILE")
             # Still in the backlog: the limit took. (A descriptor the proxy closed meanwhile,
             # a health check's, lets one through.)
             unanswered = 0
