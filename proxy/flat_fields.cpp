@@ -173,21 +173,13 @@ void FlatFields::set(std::string_view name, std::string_view value) {
     insert(name, value);
 }
 
-template <class Match>
-std::size_t FlatFields::erase_matching(Match match) {
-    const auto erased =
-        static_cast<std::size_t>(items_ + size_ - std::remove_if(items_, items_ + size_, match));
-    size_ -= static_cast<std::uint32_t>(erased);
-    return erased;
-}
-
 std::size_t FlatFields::erase(http::field name) {
-    return erase_matching([name](const value_type& f) { return f.name() == name; });
+    return erase_if([name](const value_type& f) { return f.name() == name; });
 }
 
 std::size_t FlatFields::erase(std::string_view name) {
     const http::field code = http::string_to_field(name);
-    return erase_matching([&](const value_type& f) { return same_name(f, code, name); });
+    return erase_if([&](const value_type& f) { return same_name(f, code, name); });
 }
 
 FlatFields::const_iterator FlatFields::erase(const_iterator field) {

@@ -10,6 +10,7 @@
 // a field keeps its place in arrival order (basic_fields moves a repeated name beside the
 // first).
 
+#include <algorithm>
 #include <boost/beast/http/field.hpp>
 #include <boost/optional/optional.hpp>
 #include <cstddef>
@@ -76,6 +77,16 @@ class FlatFields {
     std::size_t erase(std::string_view name);
     // That field out; the one after it.
     const_iterator erase(const_iterator field);
+    // Every field `doomed(field)` holds for out, in one pass, the others kept in order; how many
+    // there were. `doomed` sees each field once, and may keep the names it saw: fields move, the
+    // bytes of their names and values do not.
+    template <class Predicate>
+    std::size_t erase_if(Predicate doomed) {
+        value_type* kept_end = std::remove_if(items_, items_ + size_, doomed);
+        const auto erased = static_cast<std::size_t>(items_ + size_ - kept_end);
+        size_ -= static_cast<std::uint32_t>(erased);
+        return erased;
+    }
     void clear();
     // A response's reason phrase as received or set, maybe empty (Beast's reason() gives the
     // status's standard name then, or "<unknown-status>").
@@ -106,8 +117,6 @@ class FlatFields {
         return new (items_ + size_++) value_type;
     }
     void grow();  // a larger array in the arena, the fields copied over
-    template <class Match>
-    std::size_t erase_matching(Match match);
     void copy_from(const FlatFields& other);
     void take(FlatFields& other) noexcept;  // its fields and arena; it is left empty
 
