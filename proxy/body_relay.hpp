@@ -308,9 +308,15 @@ class BodyRelay {
         }
         std::span<const boost::asio::const_buffer> pieces(out.buffers.data(), out.count);
         // The last piece before a close goes with MSG_MORE and is not pushed: the close's FIN
-        // joins it (tcp_send_fin), one segment for the client to take instead of two.
+        // joins it (tcp_send_fin), one segment for the client to take instead of two. Under
+        // TLS the close_notify pushes it out (TlsStream::hold_until_close).
         Socket* socket = BodyCork::plain(to);
         const bool with_fin = ended && leg.sink_closes && socket != nullptr;
+        if constexpr (is_tls_stream<To>::value) {
+            if (ended && leg.sink_closes) {
+                to.hold_until_close();
+            }
+        }
         const bool hold =
             with_fin || (ex.coalesced.empty() && cork.may_hold(n == read_size_, !ended));
         boost::system::error_code ec;

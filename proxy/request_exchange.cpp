@@ -735,12 +735,16 @@ Task<bool> RequestExchange<Stream>::relay_response(UpstreamLease& lease,
     // the first piece of body in one write (one syscall instead of two).
     if (plan.no_body || (ex_.upstream_buffer.size() == 0 && !ex_.response_parser->is_done())) {
         conn_.deadline.arm(config_.timeouts.client_write, ConnectionDeadline::client);
-        // The whole answer before a close waits for the FIN (see BodyLeg::sink_closes).
-        const bool hold =
-            !ClientConnection<Stream>::tls && plan.no_body && !plan.keep_alive && !plan.switching;
+        // The whole answer before a close waits for the FIN (see BodyLeg::sink_closes), or
+        // under TLS for the close_notify.
+        const bool closes_after = plan.no_body && !plan.keep_alive && !plan.switching;
+        const bool hold = !ClientConnection<Stream>::tls && closes_after;
         error_code ec;
         std::size_t sent = 0;
         if constexpr (ClientConnection<Stream>::tls) {
+            if (closes_after) {
+                conn_.stream.hold_until_close();
+            }
             sent = write_at_once(conn_.stream, ex_.head, ec);
         } else {
             sent = write_at_once(conn_.socket(), ex_.head, ec, hold ? MSG_MORE : 0);

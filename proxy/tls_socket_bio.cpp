@@ -1,5 +1,7 @@
 #include "tls_socket_bio.hpp"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/bio.h>
 #include <openssl/ssl.h>
 #include <sys/socket.h>
@@ -16,23 +18,39 @@ namespace {
 struct SocketState {
     int descriptor;
     bool drained;
-    bool in_handshake;  // the current try is a handshake's
-    bool emptied;       // and a read of it emptied the socket
-    bool sent_since;    // and a write of it has sent something since
+    bool in_handshake;    // the current try is a handshake's
+    bool emptied;         // and a read of it emptied the socket
+    bool sent_since;      // and a write of it has sent something since
+    bool until_flush;     // this try's sends are held (MSG_MORE) until OpenSSL flushes
+    bool held_for_close;  // every send is held until a closing try
+    bool ticket_owed;     // the session ticket goes with the first write
+    bool held_unpushed;   // the last send was held, and nothing has pushed it since
 };
+
+constexpr int flag_count = 8;
 
 SocketState state_of(BIO* bio) {
     const auto packed = reinterpret_cast<std::intptr_t>(BIO_get_data(bio));
-    return {static_cast<int>(packed >> 4), (packed & 1) != 0, (packed & 2) != 0, (packed & 4) != 0,
-            (packed & 8) != 0};
+    const auto bit = [packed](int i) { return ((packed >> i) & 1) != 0; };
+    return {static_cast<int>(packed >> flag_count),
+            bit(0),
+            bit(1),
+            bit(2),
+            bit(3),
+            bit(4),
+            bit(5),
+            bit(6),
+            bit(7)};
 }
 
 void store(BIO* bio, SocketState state) {
-    const std::intptr_t packed = (static_cast<std::intptr_t>(state.descriptor) << 4) |
-                                 (static_cast<std::intptr_t>(state.sent_since) << 3) |
-                                 (static_cast<std::intptr_t>(state.emptied) << 2) |
-                                 (static_cast<std::intptr_t>(state.in_handshake) << 1) |
-                                 static_cast<std::intptr_t>(state.drained);
+    const bool flags[flag_count] = {state.drained,     state.in_handshake, state.emptied,
+                                    state.sent_since,  state.until_flush,  state.held_for_close,
+                                    state.ticket_owed, state.held_unpushed};
+    std::intptr_t packed = static_cast<std::intptr_t>(state.descriptor) << flag_count;
+    for (int i = 0; i < flag_count; ++i) {
+        packed |= static_cast<std::intptr_t>(flags[i]) << i;
+    }
     BIO_set_data(bio, reinterpret_cast<void*>(packed));
 }
 
@@ -88,13 +106,16 @@ int read_socket(BIO* bio, char* into, std::size_t size, std::size_t* done) {
 int write_socket(BIO* bio, const char* from, std::size_t size, std::size_t* done) {
     SocketState state = state_of(bio);
     BIO_clear_retry_flags(bio);
+    const bool hold = state.until_flush || state.held_for_close;
     ssize_t n = 0;
     do {
-        n = ::send(state.descriptor, from, size, MSG_NOSIGNAL);
+        n = ::send(state.descriptor, from, size, MSG_NOSIGNAL | (hold ? MSG_MORE : 0));
     } while (n < 0 && errno == EINTR);
     if (n >= 0) {
-        if (n > 0 && state.emptied && !state.sent_since) {
-            state.sent_since = true;
+        const bool handshake_flight = n > 0 && state.emptied && !state.sent_since;
+        if (handshake_flight || (n > 0 && state.held_unpushed != hold)) {
+            state.sent_since = state.sent_since || handshake_flight;
+            state.held_unpushed = hold;
             store(bio, state);
         }
         *done = static_cast<std::size_t>(n);
@@ -108,7 +129,11 @@ int write_socket(BIO* bio, const char* from, std::size_t size, std::size_t* done
 
 long control(BIO* bio, int command, long, void* argument) {
     switch (command) {
-        case BIO_CTRL_FLUSH:  // nothing held back: every write went to the socket
+        case BIO_CTRL_FLUSH:  // every write went to the socket; a ticket's hold ends here
+            if (SocketState state = state_of(bio); state.until_flush) {
+                state.until_flush = false;
+                store(bio, state);
+            }
             return 1;
         case BIO_C_GET_FD:
             if (argument != nullptr) {
@@ -158,7 +183,7 @@ bool attach_socket_bio(SSL* ssl, int descriptor) {
     if (bio == nullptr) {
         return false;
     }
-    store(bio, {descriptor, false, false, false, false});
+    store(bio, {descriptor, false, false, false, false, false, false, false, false});
     SSL_set_bio(ssl, bio, bio);  // the same BIO both ways: it takes the one reference
     return true;
 }
@@ -176,14 +201,62 @@ void forget_socket_bio_drained(SSL* ssl) {
     }
 }
 
-void begin_socket_bio_try(SSL* ssl, BioTry kind) {
+bool begin_socket_bio_try(SSL* ssl, BioTry kind) {
+    BIO* bio = SSL_get_rbio(ssl);
+    if (!is_socket_bio(bio)) {
+        return false;
+    }
+    SocketState state = state_of(bio);
+    state.in_handshake = kind == BioTry::handshake;
+    state.emptied = false;
+    state.sent_since = false;
+    state.until_flush = false;
+    state.held_for_close = state.held_for_close && kind != BioTry::closing;
+    const bool ticket = kind == BioTry::write && state.ticket_owed;
+    state.ticket_owed = state.ticket_owed && !ticket;
+    store(bio, state);
+    return ticket;
+}
+
+void defer_socket_bio_ticket(SSL* ssl) {
     if (BIO* bio = SSL_get_rbio(ssl); is_socket_bio(bio)) {
         SocketState state = state_of(bio);
-        state.in_handshake = kind == BioTry::handshake;
-        state.emptied = false;
-        state.sent_since = false;
+        state.ticket_owed = true;
         store(bio, state);
     }
+}
+
+void hold_socket_bio_until_flush(SSL* ssl) {
+    if (BIO* bio = SSL_get_rbio(ssl); is_socket_bio(bio)) {
+        SocketState state = state_of(bio);
+        state.until_flush = true;
+        store(bio, state);
+    }
+}
+
+void hold_socket_bio_until_close(SSL* ssl) {
+    if (BIO* bio = SSL_get_rbio(ssl); is_socket_bio(bio)) {
+        SocketState state = state_of(bio);
+        state.held_for_close = true;
+        store(bio, state);
+    }
+}
+
+void push_socket_bio_held(SSL* ssl) {
+    BIO* bio = SSL_get_rbio(ssl);
+    if (!is_socket_bio(bio)) {
+        return;
+    }
+    SocketState state = state_of(bio);
+    if (!state.held_unpushed || state.held_for_close) {
+        return;
+    }
+    // Setting TCP_NODELAY sends what the socket holds back (tcp_push_pending_frames), as a
+    // send without MSG_MORE would.
+    const int on = 1;
+    ::setsockopt(state.descriptor, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    state.held_unpushed = false;
+    store(bio, state);
 }
 
 }  // namespace bg

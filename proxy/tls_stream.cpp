@@ -96,6 +96,13 @@ TlsStream::Attempt TlsStream::try_handshake(asio::ssl::stream_base::handshake_ty
             SSL_set_connect_state(ssl);
         } else {
             SSL_set_accept_state(ssl);
+            // TLS 1.3's session ticket goes with the first response, in its segment, not in
+            // one of its own at the handshake's end; one ticket, not OpenSSL's two after a
+            // full handshake (tls_socket_bio.hpp).
+            if (SSL_get_num_tickets(ssl) > 0) {
+                SSL_set_num_tickets(ssl, 0);
+                defer_socket_bio_ticket(ssl);
+            }
         }
     }
     ERR_clear_error();
@@ -113,6 +120,12 @@ TlsStream::Attempt TlsStream::try_handshake(asio::ssl::stream_base::handshake_ty
         return {};
     }
     return outcome(ssl, result, errno);
+}
+
+void TlsStream::hold_until_close() {
+    if (ssl_) {
+        hold_socket_bio_until_close(ssl_.get());
+    }
 }
 
 bool TlsStream::before_first_flight() {
@@ -133,7 +146,7 @@ void TlsStream::send_close_notify() {
     if (closed()) {
         return;
     }
-    begin_socket_bio_try(ssl_.get(), BioTry::other);
+    begin_socket_bio_try(ssl_.get(), BioTry::closing);
     ERR_clear_error();
     SSL_shutdown(ssl_.get());
     ERR_clear_error();
@@ -141,7 +154,7 @@ void TlsStream::send_close_notify() {
 
 TlsStream::Attempt TlsStream::try_shutdown() {
     SSL* ssl = ssl_.get();
-    begin_socket_bio_try(ssl, BioTry::other);
+    begin_socket_bio_try(ssl, BioTry::closing);
     ERR_clear_error();
     errno = 0;
     int result = SSL_shutdown(ssl);
@@ -219,15 +232,25 @@ TlsStream::Attempt TlsStream::try_write(asio::const_buffer from) {
         return {};
     }
     SSL* ssl = ssl_.get();
-    begin_socket_bio_try(ssl, BioTry::other);
+    // The deferred session ticket goes first, in this call, held until the record behind it
+    // goes (tls_socket_bio.hpp).
+    const bool ticket =
+        begin_socket_bio_try(ssl, BioTry::write) && SSL_new_session_ticket(ssl) == 1;
+    if (ticket) {
+        hold_socket_bio_until_flush(ssl);
+    }
     ERR_clear_error();
     errno = 0;
     std::size_t n = 0;
     const int result = SSL_write_ex(ssl, from.data(), from.size(), &n);
+    const int saved_errno = errno;
+    if (ticket) {
+        push_socket_bio_held(ssl);
+    }
     if (result == 1) {
         return {Wait::none, {}, n};
     }
-    return outcome(ssl, result, errno);
+    return outcome(ssl, result, saved_errno);
 }
 
 }  // namespace bg

@@ -9,11 +9,14 @@
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -221,6 +224,94 @@ TEST_CASE("a handshake whose last read emptied the socket tells the reactor so")
     REQUIRE(next.ec);
     CHECK_FALSE(*next.ec);
     CHECK(next.text() == "GET first");
+}
+
+// Segments that carried data out of `socket` so far. glibc's tcp_info stops before the field,
+// and linux/tcp.h clashes with netinet/tcp.h: the kernel's layout after glibc's fields.
+std::uint32_t data_segments_out(bg::Socket& socket) {
+    struct {
+        tcp_info glibc_part;
+        std::uint64_t pacing_rate, max_pacing_rate, bytes_acked, bytes_received;
+        std::uint32_t segs_out, segs_in, notsent_bytes, min_rtt, data_segs_in, data_segs_out;
+    } info{};
+    socklen_t size = sizeof info;
+    REQUIRE(::getsockopt(socket.native_handle(), IPPROTO_TCP, TCP_INFO, &info, &size) == 0);
+    REQUIRE(size >= sizeof info);
+    return info.data_segs_out;
+}
+
+bool holds_bytes_to_read(bg::Socket& socket) {
+    char byte = 0;
+    return ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 1;
+}
+
+TEST_CASE("a TLS 1.3 server's ticket leaves with its first response, which a close_notify joins") {
+    TlsPair pair;
+    REQUIRE(SSL_version(pair.server->native_handle()) == TLS1_3_VERSION);
+    pair.settle();
+    // Nothing after the handshake on its own: the ticket waits for the first response.
+    CHECK_FALSE(holds_bytes_to_read(pair.client->next_layer()));
+    const std::uint32_t before = data_segments_out(pair.server->next_layer());
+
+    // The last response before a close is held until the close_notify pushes it out.
+    pair.server->hold_until_close();
+    const std::string_view response = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    std::optional<error_code> written;
+    pair.server->async_write_some(asio::buffer(response),
+                                  [&](error_code ec, std::size_t) { written = ec; });
+    pair.run_until([&] { return written.has_value(); });
+    REQUIRE(written);
+    REQUIRE_FALSE(*written);
+    pair.settle();
+    CHECK_FALSE(holds_bytes_to_read(pair.client->next_layer()));
+    std::optional<error_code> shut;
+    pair.server->async_shutdown([&](error_code ec) { shut = ec; });  // sends, then waits
+    pair.settle();
+    // Ticket, response and close_notify: one segment.
+    CHECK(data_segments_out(pair.server->next_layer()) - before == 1);
+
+    std::array<char, 256> bytes{};
+    std::optional<error_code> read;
+    std::size_t n = 0;
+    pair.client->async_read_some(asio::buffer(bytes), [&](error_code ec, std::size_t got) {
+        read = ec;
+        n = got;
+    });
+    pair.run_until([&] { return read.has_value(); });
+    REQUIRE(read);
+    REQUIRE_FALSE(*read);
+    CHECK(std::string_view(bytes.data(), n) == response);
+    // The client has the ticket: its session can be resumed.
+    CHECK(SSL_SESSION_is_resumable(SSL_get0_session(pair.client->native_handle())) == 1);
+    read.reset();
+    pair.client->async_read_some(asio::buffer(bytes),
+                                 [&](error_code ec, std::size_t) { read = ec; });
+    pair.run_until([&] { return read.has_value(); });
+    REQUIRE(read);
+    CHECK(*read == asio::error::eof);  // the close_notify
+}
+
+TEST_CASE("a TLS server's later responses carry no ticket and are not held") {
+    TlsPair pair;
+    for (const std::string_view response : {"first", "second"}) {
+        std::optional<error_code> written;
+        pair.server->async_write_some(asio::buffer(response),
+                                      [&](error_code ec, std::size_t) { written = ec; });
+        pair.run_until([&] { return written.has_value(); });
+        REQUIRE(written);
+        REQUIRE_FALSE(*written);
+        std::array<char, 64> bytes{};
+        std::optional<error_code> read;
+        std::size_t n = 0;
+        pair.client->async_read_some(asio::buffer(bytes), [&](error_code ec, std::size_t got) {
+            read = ec;
+            n = got;
+        });
+        pair.run_until([&] { return read.has_value(); });
+        REQUIRE(read);
+        REQUIRE_FALSE(*read);
+        CHECK(std::string_view(bytes.data(), n) == response);
+    }
 }
 
 TEST_CASE("TLS bytes that came while no read waited are read at once") {
