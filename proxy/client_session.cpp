@@ -157,9 +157,17 @@ class ClientSession {
             // OpenSSL takes its record and handshake buffers (~40 KB) at its first read: a
             // connection that has sent nothing yet (a flood of silent ones) costs none of it.
             // The peek that found nothing found no end of stream either: the next input is a
-            // poller event, and the wait needs no syscall (socket_drain.hpp).
+            // poller event, and the wait needs no syscall (socket_drain.hpp). A connection just
+            // accepted, with no input reported since (Worker::admit marked it drained; its
+            // registration reports a ClientHello already there), waits before it peeks, as a
+            // plain connection's first read does: a peek now would mostly find nothing. Not
+            // behind a PROXY header, whose reader's reads leave the mark their own.
             Socket& socket = conn_.socket();
-            FirstByte first = peek_first_byte(socket.native_handle());
+            const bool behind_header = conn_.config.listeners[conn_.listener].proxy_protocol;
+            FirstByte first{FirstByte::none_yet};
+            if (behind_header || input_seen_since_drained(socket)) {
+                first = peek_first_byte(socket.native_handle());
+            }
             if (first.kind == FirstByte::none_yet) {
                 assume_drained(socket);
                 auto [wec, none] =

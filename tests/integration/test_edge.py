@@ -188,6 +188,44 @@ class TlsTest(ProcessTestCase):
         super().setUp()
         self.blue = self.backend("blue-1")
 
+    def test_tls_clients_whose_hello_came_before_the_accept_are_answered(self):
+        """A new TLS connection whose ClientHello the poller has not reported yet waits for
+        the report before it peeks (one syscall fewer); a wait that missed it would hang until
+        the handshake deadline. Here the proxy is stopped while the clients connect and send
+        their ClientHello, so each is there before its accept and is reported by the socket's
+        registration, in a batch of accepts; then clients arrive one at a time, each reported
+        by its ClientHello's arrival."""
+        proxy = self.proxy(edge_config(tls_listener("a"), [self.blue], extra=(
+            '[timeouts]\ntls_handshake = "60s"\n')))
+        ctx = client_context()
+        outcomes = []
+
+        def client():
+            try:
+                with tls_connect(proxy.port, "a.test", ctx, timeout=10) as s:
+                    s.sendall(get_headers("a.test"))
+                    outcomes.append(status_of(s.recv(65536)))
+            except (OSError, ssl.SSLError) as e:
+                outcomes.append(repr(e))
+
+        os.kill(proxy.pid, signal.SIGSTOP)
+        try:
+            threads = [threading.Thread(target=client) for _ in range(32)]
+            for t in threads:
+                t.start()
+            time.sleep(1.0)  # connected (the kernel's backlog) and their ClientHellos sent
+        finally:
+            os.kill(proxy.pid, signal.SIGCONT)
+        for t in threads:
+            t.join(30)
+        # A handshake stuck in a wait that missed its report times out at 10 s here, far
+        # inside the 60 s tls_handshake deadline.
+        self.assertEqual(outcomes, [200] * 32)
+        for _ in range(8):
+            outcomes.clear()
+            client()
+            self.assertEqual(outcomes, [200])
+
     def test_a_burst_of_tls_connections_leaves_no_memory_behind(self):
         """What OpenSSL held for a burst of TLS connections goes back to the system once they
         close (found by an outside probe: 2,000 handshaken connections left RSS at 54 MB, from
