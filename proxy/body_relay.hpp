@@ -54,7 +54,7 @@ struct BodyLeg {
     bool chunked;                // frame the pieces as chunks on the way out
     std::uint64_t min_rate = 0;  // bytes/s the body must average once read_limit has passed
     // The sink is closed once the body ends: its last piece waits in the kernel for the FIN
-    // and leaves with it in one segment (see send_piece).
+    // (under TLS the close_notify) and leaves with it in one segment (see send_piece).
     bool sink_closes = false;
 };
 

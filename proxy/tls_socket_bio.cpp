@@ -18,21 +18,22 @@ namespace {
 struct SocketState {
     int descriptor;
     bool drained;
-    bool in_handshake;    // the current try is a handshake's
-    bool emptied;         // and a read of it emptied the socket
-    bool sent_since;      // and a write of it has sent something since
-    bool until_flush;     // this try's sends are held (MSG_MORE) until OpenSSL flushes
-    bool held_for_close;  // every send is held until a closing try
-    bool ticket_owed;     // the session ticket goes with the first write
-    bool held_unpushed;   // the last send was held, and nothing has pushed it since
+    bool in_handshake;      // the current try is a handshake's
+    bool emptied;           // and a read of it emptied the socket
+    bool sent_since;        // and a write of it has sent something since
+    bool held_for_close;    // every send is held until a closing try
+    bool ticket_owed;       // the session tickets go with the first write
+    bool held_unpushed;     // the last send was held, and nothing has pushed it since
+    unsigned held_flushes;  // this try's sends are held until OpenSSL flushes so many times
 };
 
-constexpr int flag_count = 8;
+constexpr int flag_bits = 9;  // 7 flags, then held_flushes in 2 bits
+constexpr unsigned max_held_flushes = 3;
 
 SocketState state_of(BIO* bio) {
     const auto packed = reinterpret_cast<std::intptr_t>(BIO_get_data(bio));
     const auto bit = [packed](int i) { return ((packed >> i) & 1) != 0; };
-    return {static_cast<int>(packed >> flag_count),
+    return {static_cast<int>(packed >> flag_bits),
             bit(0),
             bit(1),
             bit(2),
@@ -40,18 +41,27 @@ SocketState state_of(BIO* bio) {
             bit(4),
             bit(5),
             bit(6),
-            bit(7)};
+            static_cast<unsigned>((packed >> 7) & 3)};
 }
 
 void store(BIO* bio, SocketState state) {
-    const bool flags[flag_count] = {state.drained,     state.in_handshake, state.emptied,
-                                    state.sent_since,  state.until_flush,  state.held_for_close,
-                                    state.ticket_owed, state.held_unpushed};
-    std::intptr_t packed = static_cast<std::intptr_t>(state.descriptor) << flag_count;
-    for (int i = 0; i < flag_count; ++i) {
+    const bool flags[] = {state.drained,      state.in_handshake,   state.emptied,
+                          state.sent_since,   state.held_for_close, state.ticket_owed,
+                          state.held_unpushed};
+    std::intptr_t packed = static_cast<std::intptr_t>(state.descriptor) << flag_bits;
+    for (int i = 0; i < 7; ++i) {
         packed |= static_cast<std::intptr_t>(flags[i]) << i;
     }
+    packed |= static_cast<std::intptr_t>(state.held_flushes & 3) << 7;
     BIO_set_data(bio, reinterpret_cast<void*>(packed));
+}
+
+// Setting TCP_NODELAY sends what the socket holds back (tcp_push_pending_frames), as a send
+// without MSG_MORE would.
+void push(SocketState& state) {
+    const int on = 1;
+    ::setsockopt(state.descriptor, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    state.held_unpushed = false;
 }
 
 // After a read: whether it emptied the socket during a handshake's try.
@@ -106,7 +116,7 @@ int read_socket(BIO* bio, char* into, std::size_t size, std::size_t* done) {
 int write_socket(BIO* bio, const char* from, std::size_t size, std::size_t* done) {
     SocketState state = state_of(bio);
     BIO_clear_retry_flags(bio);
-    const bool hold = state.until_flush || state.held_for_close;
+    const bool hold = state.held_flushes > 0 || state.held_for_close;
     ssize_t n = 0;
     do {
         n = ::send(state.descriptor, from, size, MSG_NOSIGNAL | (hold ? MSG_MORE : 0));
@@ -130,8 +140,8 @@ int write_socket(BIO* bio, const char* from, std::size_t size, std::size_t* done
 long control(BIO* bio, int command, long, void* argument) {
     switch (command) {
         case BIO_CTRL_FLUSH:  // every write went to the socket; a ticket's hold ends here
-            if (SocketState state = state_of(bio); state.until_flush) {
-                state.until_flush = false;
+            if (SocketState state = state_of(bio); state.held_flushes > 0) {
+                --state.held_flushes;
                 store(bio, state);
             }
             return 1;
@@ -183,7 +193,7 @@ bool attach_socket_bio(SSL* ssl, int descriptor) {
     if (bio == nullptr) {
         return false;
     }
-    store(bio, {descriptor, false, false, false, false, false, false, false, false});
+    store(bio, {descriptor, false, false, false, false, false, false, false, 0});
     SSL_set_bio(ssl, bio, bio);  // the same BIO both ways: it takes the one reference
     return true;
 }
@@ -210,15 +220,13 @@ bool begin_socket_bio_try(SSL* ssl, BioTry kind) {
     state.in_handshake = kind == BioTry::handshake;
     state.emptied = false;
     state.sent_since = false;
-    state.until_flush = false;
+    state.held_flushes = 0;
     state.held_for_close = state.held_for_close && kind != BioTry::closing;
-    const bool ticket = kind == BioTry::write && state.ticket_owed;
-    state.ticket_owed = state.ticket_owed && !ticket;
     store(bio, state);
-    return ticket;
+    return kind == BioTry::write && state.ticket_owed;
 }
 
-void defer_socket_bio_ticket(SSL* ssl) {
+void defer_socket_bio_tickets(SSL* ssl) {
     if (BIO* bio = SSL_get_rbio(ssl); is_socket_bio(bio)) {
         SocketState state = state_of(bio);
         state.ticket_owed = true;
@@ -226,10 +234,11 @@ void defer_socket_bio_ticket(SSL* ssl) {
     }
 }
 
-void hold_socket_bio_until_flush(SSL* ssl) {
+void hold_socket_bio_for_tickets(SSL* ssl, unsigned tickets) {
     if (BIO* bio = SSL_get_rbio(ssl); is_socket_bio(bio)) {
         SocketState state = state_of(bio);
-        state.until_flush = true;
+        state.ticket_owed = false;
+        state.held_flushes = tickets < max_held_flushes ? tickets : max_held_flushes;
         store(bio, state);
     }
 }
@@ -248,15 +257,25 @@ void push_socket_bio_held(SSL* ssl) {
         return;
     }
     SocketState state = state_of(bio);
-    if (!state.held_unpushed || state.held_for_close) {
+    if (state.held_unpushed && !state.held_for_close) {
+        push(state);
+        store(bio, state);
+    }
+}
+
+void release_socket_bio_holds(SSL* ssl) {
+    BIO* bio = SSL_get_rbio(ssl);
+    if (!is_socket_bio(bio)) {
         return;
     }
-    // Setting TCP_NODELAY sends what the socket holds back (tcp_push_pending_frames), as a
-    // send without MSG_MORE would.
-    const int on = 1;
-    ::setsockopt(state.descriptor, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
-    state.held_unpushed = false;
-    store(bio, state);
+    SocketState state = state_of(bio);
+    if (state.held_for_close || state.held_unpushed) {
+        state.held_for_close = false;
+        if (state.held_unpushed) {
+            push(state);
+        }
+        store(bio, state);
+    }
 }
 
 }  // namespace bg

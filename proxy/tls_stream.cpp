@@ -96,12 +96,11 @@ TlsStream::Attempt TlsStream::try_handshake(asio::ssl::stream_base::handshake_ty
             SSL_set_connect_state(ssl);
         } else {
             SSL_set_accept_state(ssl);
-            // TLS 1.3's session ticket goes with the first response, in its segment, not in
-            // one of its own at the handshake's end; one ticket, not OpenSSL's two after a
-            // full handshake (tls_socket_bio.hpp).
+            // TLS 1.3's session tickets go with the first response, in its segment, not in
+            // one of their own at the handshake's end (tls_socket_bio.hpp).
             if (SSL_get_num_tickets(ssl) > 0) {
                 SSL_set_num_tickets(ssl, 0);
-                defer_socket_bio_ticket(ssl);
+                defer_socket_bio_tickets(ssl);
             }
         }
     }
@@ -171,6 +170,29 @@ TlsStream::Attempt TlsStream::try_shutdown() {
 
 namespace {
 
+// The session tickets deferred from the handshake (tls_socket_bio.hpp), asked of OpenSSL for
+// the write about to be made: as many as it sends after a full handshake (the context's
+// num_tickets: the connection's own is 0 now), one after a resumption, as it did at the
+// handshake's end. False when none is asked for: a TLS 1.2 connection owes none, and one that
+// OpenSSL refuses now (a post-handshake message under way) keeps owing them.
+bool ask_for_tickets(SSL* ssl) {
+    if (SSL_version(ssl) != TLS1_3_VERSION) {
+        hold_socket_bio_for_tickets(ssl, 0);
+        return false;
+    }
+    const std::size_t wanted =
+        SSL_session_reused(ssl) == 1 ? 1 : SSL_CTX_get_num_tickets(SSL_get_SSL_CTX(ssl));
+    unsigned asked = 0;
+    while (asked < wanted && SSL_new_session_ticket(ssl) == 1) {
+        ++asked;
+    }
+    if (asked == 0 && wanted > 0) {
+        return false;
+    }
+    hold_socket_bio_for_tickets(ssl, asked);
+    return asked > 0;
+}
+
 // Every record OpenSSL already holds, up to `into`'s size: one read from the socket at most.
 TlsStream::Attempt read_records(SSL* ssl, asio::mutable_buffer into) {
     auto* at = static_cast<char*>(into.data());
@@ -216,6 +238,7 @@ bool TlsStream::holds_input() {
 TlsStream::Attempt TlsStream::try_read(asio::mutable_buffer into) {
     SSL* ssl = ssl_.get();
     if (!holds_input() && !input_seen_since_drained(socket_)) {
+        release_socket_bio_holds(ssl);  // nothing held waits on the peer's bytes
         return {Wait::read, {}, 0};
     }
     forget_socket_bio_drained(ssl);  // this try's reads decide it
@@ -223,6 +246,9 @@ TlsStream::Attempt TlsStream::try_read(asio::mutable_buffer into) {
     Attempt result = read_records(ssl, into);
     if (socket_bio_drained(ssl)) {
         assume_drained(socket_);
+    }
+    if (result.wait == Wait::read) {
+        release_socket_bio_holds(ssl);
     }
     return result;
 }
@@ -232,13 +258,9 @@ TlsStream::Attempt TlsStream::try_write(asio::const_buffer from) {
         return {};
     }
     SSL* ssl = ssl_.get();
-    // The deferred session ticket goes first, in this call, held until the record behind it
+    // The deferred session tickets go first, in this call, held until the record behind them
     // goes (tls_socket_bio.hpp).
-    const bool ticket =
-        begin_socket_bio_try(ssl, BioTry::write) && SSL_new_session_ticket(ssl) == 1;
-    if (ticket) {
-        hold_socket_bio_until_flush(ssl);
-    }
+    const bool ticket = begin_socket_bio_try(ssl, BioTry::write) && ask_for_tickets(ssl);
     ERR_clear_error();
     errno = 0;
     std::size_t n = 0;

@@ -85,8 +85,9 @@ class TlsStream {
                                 type == boost::asio::ssl::stream_base::server);
     }
     // The bytes written from now on are the last before close_notify (or the FIN): they are
-    // held in the kernel, and the close_notify pushes them out in its segment, one segment
-    // for the peer instead of two (tls_socket_bio.hpp). Call only when the close follows.
+    // held in the kernel, and the close_notify pushes them out with their last segment, one
+    // segment fewer for the peer (tls_socket_bio.hpp). Call only when the close follows (a
+    // read's wait pushes them too).
     void hold_until_close();
     // Sends close_notify now, without waiting for the peer's (a tunnel's end passed on while
     // the other direction still reads); best effort: a full socket buffer leaves just the FIN.

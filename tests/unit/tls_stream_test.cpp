@@ -15,8 +15,10 @@
 #include <string>
 #include <string_view>
 
+#include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -67,11 +69,15 @@ struct TlsPair {
         bg::Socket peer(io.get_executor());
         peer.connect(acceptor.local_endpoint());
         acceptor.accept(ours);
+        ours.set_option(tcp::no_delay(true));  // as the proxy's accepted sockets have it
         server.emplace(std::move(ours), server_context);
         client.emplace(std::move(peer), client_context);
-        if (!handshake) {
-            return;
+        if (handshake) {
+            shake_hands();
         }
+    }
+
+    void shake_hands() {
         std::optional<error_code> served, connected;
         server->async_handshake(asio::ssl::stream_base::server,
                                 [&](error_code ec) { served = ec; });
@@ -240,10 +246,41 @@ std::uint32_t data_segments_out(bg::Socket& socket) {
     return info.data_segs_out;
 }
 
+// Bytes written to `socket` that the kernel holds back, not sent yet (a held send's).
+int unsent_bytes(bg::Socket& socket) {
+    int unsent = -1;
+    REQUIRE(::ioctl(socket.native_handle(), SIOCOUTQNSD, &unsent) == 0);
+    return unsent;
+}
+
 bool holds_bytes_to_read(bg::Socket& socket) {
     char byte = 0;
     return ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 1;
 }
+
+void server_writes(TlsPair& pair, std::string_view bytes) {
+    std::optional<error_code> written;
+    pair.server->async_write_some(asio::buffer(bytes),
+                                  [&](error_code ec, std::size_t) { written = ec; });
+    pair.run_until([&] { return written.has_value(); });
+    REQUIRE(written);
+    REQUIRE_FALSE(*written);
+}
+
+std::string client_reads(TlsPair& pair, std::optional<error_code>& outcome) {
+    std::array<char, 256> bytes{};
+    std::size_t n = 0;
+    outcome.reset();
+    pair.client->async_read_some(asio::buffer(bytes), [&](error_code ec, std::size_t got) {
+        outcome = ec;
+        n = got;
+    });
+    pair.run_until([&] { return outcome.has_value(); });
+    REQUIRE(outcome);
+    return std::string(bytes.data(), n);
+}
+
+int tickets_seen = 0;  // by the client context of the test that counts them
 
 TEST_CASE("a TLS 1.3 server's ticket leaves with its first response, which a close_notify joins") {
     TlsPair pair;
@@ -251,67 +288,73 @@ TEST_CASE("a TLS 1.3 server's ticket leaves with its first response, which a clo
     pair.settle();
     // Nothing after the handshake on its own: the ticket waits for the first response.
     CHECK_FALSE(holds_bytes_to_read(pair.client->next_layer()));
-    const std::uint32_t before = data_segments_out(pair.server->next_layer());
+    bg::Socket& socket = pair.server->next_layer();
+    const std::uint32_t before = data_segments_out(socket);
 
-    // The last response before a close is held until the close_notify pushes it out.
+    // The last response before a close is held until the close_notify pushes it out. (Checked
+    // at once: the kernel sends a held segment by itself at its probe timer, 200 ms on.)
     pair.server->hold_until_close();
     const std::string_view response = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-    std::optional<error_code> written;
-    pair.server->async_write_some(asio::buffer(response),
-                                  [&](error_code ec, std::size_t) { written = ec; });
-    pair.run_until([&] { return written.has_value(); });
-    REQUIRE(written);
-    REQUIRE_FALSE(*written);
-    pair.settle();
-    CHECK_FALSE(holds_bytes_to_read(pair.client->next_layer()));
+    server_writes(pair, response);
+    CHECK(unsent_bytes(socket) > 0);
     std::optional<error_code> shut;
     pair.server->async_shutdown([&](error_code ec) { shut = ec; });  // sends, then waits
-    pair.settle();
+    CHECK(unsent_bytes(socket) == 0);
     // Ticket, response and close_notify: one segment.
-    CHECK(data_segments_out(pair.server->next_layer()) - before == 1);
+    CHECK(data_segments_out(socket) - before == 1);
 
-    std::array<char, 256> bytes{};
     std::optional<error_code> read;
-    std::size_t n = 0;
-    pair.client->async_read_some(asio::buffer(bytes), [&](error_code ec, std::size_t got) {
-        read = ec;
-        n = got;
-    });
-    pair.run_until([&] { return read.has_value(); });
-    REQUIRE(read);
-    REQUIRE_FALSE(*read);
-    CHECK(std::string_view(bytes.data(), n) == response);
+    CHECK(client_reads(pair, read) == response);
+    CHECK_FALSE(*read);
     // The client has the ticket: its session can be resumed.
     CHECK(SSL_SESSION_is_resumable(SSL_get0_session(pair.client->native_handle())) == 1);
-    read.reset();
-    pair.client->async_read_some(asio::buffer(bytes),
-                                 [&](error_code ec, std::size_t) { read = ec; });
-    pair.run_until([&] { return read.has_value(); });
-    REQUIRE(read);
+    client_reads(pair, read);
     CHECK(*read == asio::error::eof);  // the close_notify
+}
+
+TEST_CASE("a full TLS 1.3 handshake's tickets, as many as OpenSSL sends, leave with one response") {
+    TlsPair pair(false);
+    SSL_CTX* client = pair.client_context.native_handle();
+    SSL_CTX_set_session_cache_mode(client, SSL_SESS_CACHE_CLIENT);
+    tickets_seen = 0;
+    SSL_CTX_sess_set_new_cb(client, [](SSL*, SSL_SESSION*) {
+        ++tickets_seen;
+        return 0;  // not kept
+    });
+    pair.shake_hands();
+    bg::Socket& socket = pair.server->next_layer();
+    const std::uint32_t before = data_segments_out(socket);
+    server_writes(pair, "first");
+    CHECK(unsent_bytes(socket) == 0);  // pushed by the response's record
+    CHECK(data_segments_out(socket) - before == 1);
+    std::optional<error_code> read;
+    CHECK(client_reads(pair, read) == "first");
+    CHECK(tickets_seen == SSL_CTX_get_num_tickets(pair.server_context.native_handle()));
+    CHECK(tickets_seen == 2);  // OpenSSL's default
 }
 
 TEST_CASE("a TLS server's later responses carry no ticket and are not held") {
     TlsPair pair;
     for (const std::string_view response : {"first", "second"}) {
-        std::optional<error_code> written;
-        pair.server->async_write_some(asio::buffer(response),
-                                      [&](error_code ec, std::size_t) { written = ec; });
-        pair.run_until([&] { return written.has_value(); });
-        REQUIRE(written);
-        REQUIRE_FALSE(*written);
-        std::array<char, 64> bytes{};
+        server_writes(pair, response);
+        CHECK(unsent_bytes(pair.server->next_layer()) == 0);
         std::optional<error_code> read;
-        std::size_t n = 0;
-        pair.client->async_read_some(asio::buffer(bytes), [&](error_code ec, std::size_t got) {
-            read = ec;
-            n = got;
-        });
-        pair.run_until([&] { return read.has_value(); });
-        REQUIRE(read);
-        REQUIRE_FALSE(*read);
-        CHECK(std::string_view(bytes.data(), n) == response);
+        CHECK(client_reads(pair, read) == response);
+        CHECK_FALSE(*read);
     }
+}
+
+TEST_CASE("a TLS read's wait pushes out what a hold until close kept") {
+    TlsPair pair;
+    server_writes(pair, "first");
+    pair.server->hold_until_close();
+    server_writes(pair, "last");
+    CHECK(unsent_bytes(pair.server->next_layer()) > 0);
+    TlsPair::Read read;
+    pair.start_read(read);  // no close came: the wait is for the client
+    CHECK(unsent_bytes(pair.server->next_layer()) == 0);
+    server_writes(pair, "after");  // and the hold is over
+    CHECK(unsent_bytes(pair.server->next_layer()) == 0);
 }
 
 TEST_CASE("TLS bytes that came while no read waited are read at once") {
