@@ -230,6 +230,11 @@ boost::system::error_code Worker::accept_one(Socket& listening, std::size_t list
             ::close(descriptor);
             return ec;
         }
+        // Its request is rarely there yet: the first read waits for the poller (whose new
+        // registration of the socket reports bytes that are) rather than trying a recv first.
+        // Marked here, at the registration: a socket that waits for room (borrow_room) keeps
+        // what the poller reports meanwhile, which no later event would repeat.
+        assume_drained(socket);
         accepted(std::move(socket), listener, peer);
         return {};
     }
@@ -277,9 +282,6 @@ void Worker::admit(Socket socket, std::size_t listener, const tcp::endpoint& pee
     if (limits_.client_near_descriptor_limit(socket.native_handle())) {
         socket = lower_descriptor(std::move(socket), listener);
     }
-    // Its request is rarely there yet: the first read waits for the poller (whose registration
-    // of the socket reports bytes that are) rather than trying a recv first.
-    assume_drained(socket);
     asio::co_spawn(io_.get_executor(), serve_client(*this, std::move(socket), listener, peer),
                    asio::detached);
 }
@@ -305,7 +307,16 @@ Socket Worker::lower_descriptor(Socket socket, std::size_t listener) {
         ::close(low);
         return socket;
     }
-    socket.close(ec);
+    // A new registration, which reports the bytes already there (as at the accept).
+    assume_drained(lowered);
+    // The old number leaves epoll before it closes: the duplicate keeps the file open, and the
+    // kernel drops a registration only with the file, so asio's close (which leaves that to
+    // the kernel) would leave it reporting the connection's events to whatever socket asio
+    // gives the old number's reactor state next. release() deregisters it.
+    const int old_number = socket.release(ec);
+    if (!ec) {
+        ::close(old_number);
+    }
     return lowered;
 }
 
