@@ -186,6 +186,16 @@ bool is_socket_bio(BIO* bio) {
     return bio != nullptr && BIO_method_type(bio) == socket_method().type;
 }
 
+// Changes the state of `ssl`'s BIO, when it is one of this kind.
+template <class Change>
+void update_state(SSL* ssl, Change change) {
+    if (BIO* bio = SSL_get_rbio(ssl); is_socket_bio(bio)) {
+        SocketState state = state_of(bio);
+        change(state);
+        store(bio, state);
+    }
+}
+
 }  // namespace
 
 bool attach_socket_bio(SSL* ssl, int descriptor) {
@@ -204,78 +214,52 @@ bool socket_bio_drained(SSL* ssl) {
 }
 
 void forget_socket_bio_drained(SSL* ssl) {
-    if (BIO* bio = SSL_get_rbio(ssl); is_socket_bio(bio)) {
-        SocketState state = state_of(bio);
-        state.drained = false;
-        store(bio, state);
-    }
+    update_state(ssl, [](SocketState& state) { state.drained = false; });
 }
 
 bool begin_socket_bio_try(SSL* ssl, BioTry kind) {
-    BIO* bio = SSL_get_rbio(ssl);
-    if (!is_socket_bio(bio)) {
-        return false;
-    }
-    SocketState state = state_of(bio);
-    state.in_handshake = kind == BioTry::handshake;
-    state.emptied = false;
-    state.sent_since = false;
-    state.held_flushes = 0;
-    state.held_for_close = state.held_for_close && kind != BioTry::closing;
-    store(bio, state);
-    return kind == BioTry::write && state.ticket_owed;
+    bool tickets_owed = false;
+    update_state(ssl, [&](SocketState& state) {
+        state.in_handshake = kind == BioTry::handshake;
+        state.emptied = false;
+        state.sent_since = false;
+        state.held_flushes = 0;
+        state.held_for_close = state.held_for_close && kind != BioTry::closing;
+        tickets_owed = kind == BioTry::write && state.ticket_owed;
+    });
+    return tickets_owed;
 }
 
 void defer_socket_bio_tickets(SSL* ssl) {
-    if (BIO* bio = SSL_get_rbio(ssl); is_socket_bio(bio)) {
-        SocketState state = state_of(bio);
-        state.ticket_owed = true;
-        store(bio, state);
-    }
+    update_state(ssl, [](SocketState& state) { state.ticket_owed = true; });
 }
 
 void hold_socket_bio_for_tickets(SSL* ssl, unsigned tickets) {
-    if (BIO* bio = SSL_get_rbio(ssl); is_socket_bio(bio)) {
-        SocketState state = state_of(bio);
+    update_state(ssl, [tickets](SocketState& state) {
         state.ticket_owed = false;
         state.held_flushes = tickets < max_held_flushes ? tickets : max_held_flushes;
-        store(bio, state);
-    }
+    });
 }
 
 void hold_socket_bio_until_close(SSL* ssl) {
-    if (BIO* bio = SSL_get_rbio(ssl); is_socket_bio(bio)) {
-        SocketState state = state_of(bio);
-        state.held_for_close = true;
-        store(bio, state);
-    }
+    update_state(ssl, [](SocketState& state) { state.held_for_close = true; });
 }
 
 void push_socket_bio_held(SSL* ssl) {
-    BIO* bio = SSL_get_rbio(ssl);
-    if (!is_socket_bio(bio)) {
-        return;
-    }
-    SocketState state = state_of(bio);
-    if (state.held_unpushed && !state.held_for_close) {
-        push(state);
-        store(bio, state);
-    }
+    update_state(ssl, [](SocketState& state) {
+        if (state.held_unpushed && !state.held_for_close) {
+            push(state);
+        }
+    });
 }
 
 void release_socket_bio_holds(SSL* ssl) {
-    BIO* bio = SSL_get_rbio(ssl);
-    if (!is_socket_bio(bio)) {
-        return;
-    }
-    SocketState state = state_of(bio);
-    if (state.held_for_close || state.held_unpushed) {
+    update_state(ssl, [](SocketState& state) {
         state.held_for_close = false;
         if (state.held_unpushed) {
             push(state);
         }
-        store(bio, state);
-    }
+    });
 }
 
 }  // namespace bg
