@@ -18,41 +18,37 @@ namespace {
 struct SocketState {
     int descriptor;
     bool drained;
-    bool in_handshake;      // the current try is a handshake's
-    bool emptied;           // and a read of it emptied the socket
-    bool sent_since;        // and a write of it has sent something since
-    bool held_for_close;    // every send is held until a closing try
-    bool ticket_owed;       // the session tickets go with the first write
-    bool held_unpushed;     // the last send was held, and nothing has pushed it since
-    unsigned held_flushes;  // this try's sends are held until OpenSSL flushes so many times
+    bool in_handshake;    // the current try is a handshake's
+    bool emptied;         // and a read of it emptied the socket
+    bool sent_since;      // and a write of it has sent something since
+    bool held_for_close;  // every send is held until a closing try
+    bool held_this_try;   // this try's sends are held (a server's session tickets)
+    bool held_unpushed;   // the last send was held, and nothing has pushed it since
 };
 
-constexpr int flag_bits = 9;  // 7 flags, then held_flushes in 2 bits
-constexpr unsigned max_held_flushes = 3;
+constexpr int flag_count = 7;
 
 SocketState state_of(BIO* bio) {
     const auto packed = reinterpret_cast<std::intptr_t>(BIO_get_data(bio));
     const auto bit = [packed](int i) { return ((packed >> i) & 1) != 0; };
-    return {static_cast<int>(packed >> flag_bits),
+    return {static_cast<int>(packed >> flag_count),
             bit(0),
             bit(1),
             bit(2),
             bit(3),
             bit(4),
             bit(5),
-            bit(6),
-            static_cast<unsigned>((packed >> 7) & 3)};
+            bit(6)};
 }
 
 void store(BIO* bio, SocketState state) {
-    const bool flags[] = {state.drained,      state.in_handshake,   state.emptied,
-                          state.sent_since,   state.held_for_close, state.ticket_owed,
-                          state.held_unpushed};
-    std::intptr_t packed = static_cast<std::intptr_t>(state.descriptor) << flag_bits;
-    for (int i = 0; i < 7; ++i) {
+    const bool flags[flag_count] = {state.drained,      state.in_handshake,   state.emptied,
+                                    state.sent_since,   state.held_for_close, state.held_this_try,
+                                    state.held_unpushed};
+    std::intptr_t packed = static_cast<std::intptr_t>(state.descriptor) << flag_count;
+    for (int i = 0; i < flag_count; ++i) {
         packed |= static_cast<std::intptr_t>(flags[i]) << i;
     }
-    packed |= static_cast<std::intptr_t>(state.held_flushes & 3) << 7;
     BIO_set_data(bio, reinterpret_cast<void*>(packed));
 }
 
@@ -116,7 +112,7 @@ int read_socket(BIO* bio, char* into, std::size_t size, std::size_t* done) {
 int write_socket(BIO* bio, const char* from, std::size_t size, std::size_t* done) {
     SocketState state = state_of(bio);
     BIO_clear_retry_flags(bio);
-    const bool hold = state.held_flushes > 0 || state.held_for_close;
+    const bool hold = state.held_this_try || state.held_for_close;
     ssize_t n = 0;
     do {
         n = ::send(state.descriptor, from, size, MSG_NOSIGNAL | (hold ? MSG_MORE : 0));
@@ -139,11 +135,7 @@ int write_socket(BIO* bio, const char* from, std::size_t size, std::size_t* done
 
 long control(BIO* bio, int command, long, void* argument) {
     switch (command) {
-        case BIO_CTRL_FLUSH:  // every write went to the socket; a ticket's hold ends here
-            if (SocketState state = state_of(bio); state.held_flushes > 0) {
-                --state.held_flushes;
-                store(bio, state);
-            }
+        case BIO_CTRL_FLUSH:  // nothing held back here: every write went to the socket
             return 1;
         case BIO_C_GET_FD:
             if (argument != nullptr) {
@@ -203,7 +195,7 @@ bool attach_socket_bio(SSL* ssl, int descriptor) {
     if (bio == nullptr) {
         return false;
     }
-    store(bio, {descriptor, false, false, false, false, false, false, false, 0});
+    store(bio, {descriptor, false, false, false, false, false, false, false});
     SSL_set_bio(ssl, bio, bio);  // the same BIO both ways: it takes the one reference
     return true;
 }
@@ -217,48 +209,30 @@ void forget_socket_bio_drained(SSL* ssl) {
     update_state(ssl, [](SocketState& state) { state.drained = false; });
 }
 
-bool begin_socket_bio_try(SSL* ssl, BioTry kind) {
-    bool tickets_owed = false;
-    update_state(ssl, [&](SocketState& state) {
+void begin_socket_bio_try(SSL* ssl, BioTry kind) {
+    update_state(ssl, [kind](SocketState& state) {
         state.in_handshake = kind == BioTry::handshake;
         state.emptied = false;
         state.sent_since = false;
-        state.held_flushes = 0;
+        state.held_this_try = false;
         state.held_for_close = state.held_for_close && kind != BioTry::closing;
-        tickets_owed = kind == BioTry::write && state.ticket_owed;
     });
-    return tickets_owed;
 }
 
-void defer_socket_bio_tickets(SSL* ssl) {
-    update_state(ssl, [](SocketState& state) { state.ticket_owed = true; });
-}
-
-void hold_socket_bio_for_tickets(SSL* ssl, unsigned tickets) {
-    update_state(ssl, [tickets](SocketState& state) {
-        state.ticket_owed = false;
-        state.held_flushes = tickets < max_held_flushes ? tickets : max_held_flushes;
-    });
+void hold_socket_bio_try(SSL* ssl) {
+    update_state(ssl, [](SocketState& state) { state.held_this_try = true; });
 }
 
 void hold_socket_bio_until_close(SSL* ssl) {
     update_state(ssl, [](SocketState& state) { state.held_for_close = true; });
 }
 
-void push_socket_bio_held(SSL* ssl) {
-    update_state(ssl, [](SocketState& state) {
-        if (state.held_unpushed && !state.held_for_close) {
-            push(state);
-        }
-    });
-}
-
 void release_socket_bio_holds(SSL* ssl) {
     update_state(ssl, [](SocketState& state) {
-        state.held_for_close = false;
-        if (state.held_unpushed) {
+        if (state.held_for_close && state.held_unpushed) {
             push(state);
         }
+        state.held_for_close = false;
     });
 }
 

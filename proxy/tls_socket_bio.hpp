@@ -34,36 +34,26 @@ void forget_socket_bio_drained(SSL* ssl);
 // 1.2 backend that half-closed behind its flight) is found at the deadline (tls_handshake,
 // upstream_connect), not at once. A peer that closes or resets is found when our flight
 // reaches it.
-// A write's try (BioTry::write) returns whether session tickets deferred by
-// defer_socket_bio_tickets are still owed; a closing try (close_notify) ends the hold of
-// hold_socket_bio_until_close.
-enum class BioTry { handshake, write, closing, other };
-bool begin_socket_bio_try(SSL* ssl, BioTry kind);
+// A closing try (close_notify) ends the hold of hold_socket_bio_until_close.
+enum class BioTry { handshake, closing, other };
+void begin_socket_bio_try(SSL* ssl, BioTry kind);
 
 // Held sends (MSG_MORE): the kernel keeps a send's last partial segment until a send without
 // it, or the FIN, pushes it out; what several sends wrote then reaches the peer in one segment
-// instead of several (less work for both kernels, fewer ACKs). Each hold below ends in a push
-// that comes in the same call into OpenSSL or the next; else the kernel itself sends a held
-// segment when a peer's ACK comes, or at its probe timer (200 ms or more), never later.
+// instead of several (less work for both kernels, fewer ACKs). Only bytes no peer waits for
+// are held, and the kernel itself sends a held segment at a peer's ACK or at its probe timer
+// (about 200 ms), so nothing waits longer than that.
 //
-// A TLS 1.3 server's session tickets, owed from the handshake on: they are sent with the
-// connection's first write (TlsStream::try_write asks OpenSSL for them there,
-// SSL_new_session_ticket), not in a segment of their own at the end of the handshake. Each
-// ticket is flushed on its own; the sends are held until the last ticket's flush
-// (hold_socket_bio_for_tickets, `tickets` of them; 0: none asked for, none owed any more), and
-// the record written behind them in the same call pushes them out with itself. A client gets
-// its tickets with its first response, then: one that never gets an answer gets none.
-void defer_socket_bio_tickets(SSL* ssl);
-void hold_socket_bio_for_tickets(SSL* ssl, unsigned tickets);
+// This try's sends held: a TLS 1.3 server's last handshake try, after its own Finished, sends
+// only its session tickets (which no client waits for: it sends its request at once). They go
+// out with the first response's record, in its segment, not in one of their own.
+void hold_socket_bio_try(SSL* ssl);
 // Every send held from now on, until a closing try's (close_notify) pushes them out with it:
 // the last response before a close. The FIN pushes them too, or the close.
 void hold_socket_bio_until_close(SSL* ssl);
-// After a try: pushes a held send nothing pushed (a flush that never came), unless the sends
-// are held until close.
-void push_socket_bio_held(SSL* ssl);
-// Before a wait for the peer: whatever is held goes out, and the hold until close ends (a
+// Before a wait for the peer: what a hold until close kept goes out, and that hold ends (a
 // caller that held its last bytes and then waited for the peer would leave them to the
-// kernel's timer).
+// kernel's timer). A held ticket stays: the client needs none to send its request.
 void release_socket_bio_holds(SSL* ssl);
 
 }  // namespace bg

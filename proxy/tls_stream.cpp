@@ -52,6 +52,13 @@ void TlsStream::note_bytes_came() {
 
 namespace {
 
+// A TLS 1.3 server whose Finished has gone waits for the client's; the try that reads it sends
+// only the session tickets (or a fatal alert, before a close).
+bool sends_only_tickets(SSL* ssl) {
+    unsigned char none[1];
+    return SSL_version(ssl) == TLS1_3_VERSION && SSL_get_finished(ssl, none, 0) != 0;
+}
+
 // After an OpenSSL call returned `result`: what to wait for, or the error, as asio::ssl::stream
 // reports them.
 TlsStream::Attempt outcome(SSL* ssl, int result, int saved_errno) {
@@ -96,12 +103,6 @@ TlsStream::Attempt TlsStream::try_handshake(asio::ssl::stream_base::handshake_ty
             SSL_set_connect_state(ssl);
         } else {
             SSL_set_accept_state(ssl);
-            // TLS 1.3's session tickets go with the first response, in its segment, not in
-            // one of their own at the handshake's end (tls_socket_bio.hpp).
-            if (SSL_get_num_tickets(ssl) > 0) {
-                SSL_set_num_tickets(ssl, 0);
-                defer_socket_bio_tickets(ssl);
-            }
         }
     }
     ERR_clear_error();
@@ -109,6 +110,9 @@ TlsStream::Attempt TlsStream::try_handshake(asio::ssl::stream_base::handshake_ty
     forget_socket_bio_drained(ssl);  // this try's reads decide it
     // The read after our flight is a wait (tls_socket_bio.hpp).
     begin_socket_bio_try(ssl, BioTry::handshake);
+    if (type == asio::ssl::stream_base::server && sends_only_tickets(ssl)) {
+        hold_socket_bio_try(ssl);  // they leave with the first response
+    }
     const int result = SSL_do_handshake(ssl);
     if (result == 1) {
         // As try_read: the first request (or response) starts a new message, and the reactor
@@ -169,29 +173,6 @@ TlsStream::Attempt TlsStream::try_shutdown() {
 }
 
 namespace {
-
-// The session tickets deferred from the handshake (tls_socket_bio.hpp), asked of OpenSSL for
-// the write about to be made: as many as it sends after a full handshake (the context's
-// num_tickets: the connection's own is 0 now), one after a resumption, as it did at the
-// handshake's end. False when none is asked for: a TLS 1.2 connection owes none, and one that
-// OpenSSL refuses now (a post-handshake message under way) keeps owing them.
-bool ask_for_tickets(SSL* ssl) {
-    if (SSL_version(ssl) != TLS1_3_VERSION) {
-        hold_socket_bio_for_tickets(ssl, 0);
-        return false;
-    }
-    const std::size_t wanted =
-        SSL_session_reused(ssl) == 1 ? 1 : SSL_CTX_get_num_tickets(SSL_get_SSL_CTX(ssl));
-    unsigned asked = 0;
-    while (asked < wanted && SSL_new_session_ticket(ssl) == 1) {
-        ++asked;
-    }
-    if (asked == 0 && wanted > 0) {
-        return false;
-    }
-    hold_socket_bio_for_tickets(ssl, asked);
-    return asked > 0;
-}
 
 // Every record OpenSSL already holds, up to `into`'s size: one read from the socket at most.
 TlsStream::Attempt read_records(SSL* ssl, asio::mutable_buffer into) {
@@ -258,21 +239,15 @@ TlsStream::Attempt TlsStream::try_write(asio::const_buffer from) {
         return {};
     }
     SSL* ssl = ssl_.get();
-    // The deferred session tickets go first, in this call, held until the record behind them
-    // goes (tls_socket_bio.hpp).
-    const bool ticket = begin_socket_bio_try(ssl, BioTry::write) && ask_for_tickets(ssl);
+    begin_socket_bio_try(ssl, BioTry::other);
     ERR_clear_error();
     errno = 0;
     std::size_t n = 0;
     const int result = SSL_write_ex(ssl, from.data(), from.size(), &n);
-    const int saved_errno = errno;
-    if (ticket) {
-        push_socket_bio_held(ssl);
-    }
     if (result == 1) {
         return {Wait::none, {}, n};
     }
-    return outcome(ssl, result, saved_errno);
+    return outcome(ssl, result, errno);
 }
 
 }  // namespace bg
