@@ -183,6 +183,34 @@ def get_headers(host="x", close=True):
             (host.encode(), b"Connection: close\r\n" if close else b""))
 
 
+def tls_get(port):
+    """One TLS request to a.test on 127.0.0.1:port: its status, or the error (10 s at most)."""
+    try:
+        with tls_connect(port, "a.test", client_context(), timeout=10) as s:
+            s.sendall(get_headers("a.test"))
+            return status_of(s.recv(65536))
+    except (OSError, ssl.SSLError) as e:
+        return repr(e)
+
+
+def tls_gets_while_stopped(proxy, count):
+    """`count` TLS requests whose clients connect and send their ClientHello while the proxy
+    is stopped (SIGSTOP), so each is there before its accept: their outcomes."""
+    outcomes = []
+    threads = [threading.Thread(target=lambda: outcomes.append(tls_get(proxy.port)))
+               for _ in range(count)]
+    os.kill(proxy.pid, signal.SIGSTOP)
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(1.0)  # connected (the kernel's backlog) and their ClientHellos sent
+    finally:
+        os.kill(proxy.pid, signal.SIGCONT)
+    for t in threads:
+        t.join(30)
+    return outcomes
+
+
 class TlsTest(ProcessTestCase):
     def setUp(self):
         super().setUp()
@@ -197,34 +225,11 @@ class TlsTest(ProcessTestCase):
         by its ClientHello's arrival."""
         proxy = self.proxy(edge_config(tls_listener("a"), [self.blue], extra=(
             '[timeouts]\ntls_handshake = "60s"\n')))
-        ctx = client_context()
-        outcomes = []
-
-        def client():
-            try:
-                with tls_connect(proxy.port, "a.test", ctx, timeout=10) as s:
-                    s.sendall(get_headers("a.test"))
-                    outcomes.append(status_of(s.recv(65536)))
-            except (OSError, ssl.SSLError) as e:
-                outcomes.append(repr(e))
-
-        os.kill(proxy.pid, signal.SIGSTOP)
-        try:
-            threads = [threading.Thread(target=client) for _ in range(32)]
-            for t in threads:
-                t.start()
-            time.sleep(1.0)  # connected (the kernel's backlog) and their ClientHellos sent
-        finally:
-            os.kill(proxy.pid, signal.SIGCONT)
-        for t in threads:
-            t.join(30)
         # A handshake stuck in a wait that missed its report times out at 10 s here, far
         # inside the 60 s tls_handshake deadline.
-        self.assertEqual(outcomes, [200] * 32)
+        self.assertEqual(tls_gets_while_stopped(proxy, 32), [200] * 32)
         for _ in range(8):
-            outcomes.clear()
-            client()
-            self.assertEqual(outcomes, [200])
+            self.assertEqual(tls_get(proxy.port), 200)
 
     def test_a_burst_of_tls_connections_leaves_no_memory_behind(self):
         """What OpenSSL held for a burst of TLS connections goes back to the system once they
@@ -1299,27 +1304,7 @@ address = "127.0.0.1:0"
         # there before its accept. However the kernel spreads them and the silent ones over the
         # two workers, a worker with more newcomers than silent connections of its own asks
         # the other for room (in about nine runs in ten; an even spread needs no asking).
-        outcomes = []
-        ctx = client_context()
-
-        def client():
-            try:
-                with tls_connect(proxy.port, "a.test", ctx, timeout=10) as s:
-                    s.sendall(get_headers("a.test"))
-                    outcomes.append(status_of(s.recv(65536)))
-            except (OSError, ssl.SSLError) as e:
-                outcomes.append(repr(e))
-
-        os.kill(proxy.pid, signal.SIGSTOP)
-        try:
-            threads = [threading.Thread(target=client) for _ in range(24)]
-            for t in threads:
-                t.start()
-            time.sleep(1.0)
-        finally:
-            os.kill(proxy.pid, signal.SIGCONT)
-        for t in threads:
-            t.join(30)
+        outcomes = tls_gets_while_stopped(proxy, 24)
         self.assertEqual(outcomes, [200] * 24)  # a stuck handshake times out at 10 s
         self.assertEqual(metric(proxy, "bgproxy_connections_refused_total"), 0)
 
