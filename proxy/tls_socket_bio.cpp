@@ -223,6 +223,15 @@ void hold_socket_bio_try(SSL* ssl) {
     update_state(ssl, [](SocketState& state) { state.held_this_try = true; });
 }
 
+void end_socket_bio_try_hold(SSL* ssl, bool push_now) {
+    update_state(ssl, [push_now](SocketState& state) {
+        state.held_this_try = false;
+        if (push_now && state.held_unpushed) {
+            push(state);
+        }
+    });
+}
+
 void hold_socket_bio_until_close(SSL* ssl) {
     update_state(ssl, [](SocketState& state) { state.held_for_close = true; });
 }

@@ -40,14 +40,18 @@ void begin_socket_bio_try(SSL* ssl, BioTry kind);
 
 // Held sends (MSG_MORE): the kernel keeps a send's last partial segment until a send without
 // it, or the FIN, pushes it out; what several sends wrote then reaches the peer in one segment
-// instead of several (less work for both kernels, fewer ACKs). Only bytes no peer waits for
-// are held, and the kernel itself sends a held segment at a peer's ACK or at its probe timer
-// (about 200 ms), so nothing waits longer than that.
+// instead of several (less work for both kernels, fewer ACKs). What is held is bytes the peer
+// does not wait for (tickets), or the last bytes before our close_notify or FIN. Left alone,
+// the kernel sends a held segment at its retransmission timeout (200 ms or more; 204-212 ms
+// measured on 127.0.0.1).
 //
-// This try's sends held: a TLS 1.3 server's last handshake try, after its own Finished, sends
-// only its session tickets (which no client waits for: it sends its request at once). They go
-// out with the first response's record, in its segment, not in one of their own.
+// This try's sends held, until end_socket_bio_try_hold: a TLS 1.3 server's handshake try after
+// its whole first flight went out sends only its session tickets, which no client waits for
+// (it sends its request at once). They go out with the first response's record, in its
+// segment, not in one of their own. `push_now`: the try failed, and a held fatal alert goes
+// out before the close.
 void hold_socket_bio_try(SSL* ssl);
+void end_socket_bio_try_hold(SSL* ssl, bool push_now);
 // Every send held from now on, until a closing try's (close_notify) pushes them out with it:
 // the last response before a close. The FIN pushes them too, or the close.
 void hold_socket_bio_until_close(SSL* ssl);

@@ -52,11 +52,14 @@ void TlsStream::note_bytes_came() {
 
 namespace {
 
-// A TLS 1.3 server whose Finished has gone waits for the client's; the try that reads it sends
-// only the session tickets (or a fatal alert, before a close).
+// A TLS 1.3 server whose whole first flight, its Finished included, is out (not only written:
+// a flight cut short by a full socket stays in TLS_ST_SW_FINISHED) waits for the client's
+// Finished in TLS_ST_EARLY_DATA; the try that reads it sends only the session tickets, or a
+// fatal alert.
 bool sends_only_tickets(SSL* ssl) {
     unsigned char none[1];
-    return SSL_version(ssl) == TLS1_3_VERSION && SSL_get_finished(ssl, none, 0) != 0;
+    return SSL_version(ssl) == TLS1_3_VERSION && SSL_get_state(ssl) == TLS_ST_EARLY_DATA &&
+           SSL_get_finished(ssl, none, 0) != 0;
 }
 
 // After an OpenSSL call returned `result`: what to wait for, or the error, as asio::ssl::stream
@@ -110,10 +113,19 @@ TlsStream::Attempt TlsStream::try_handshake(asio::ssl::stream_base::handshake_ty
     forget_socket_bio_drained(ssl);  // this try's reads decide it
     // The read after our flight is a wait (tls_socket_bio.hpp).
     begin_socket_bio_try(ssl, BioTry::handshake);
-    if (type == asio::ssl::stream_base::server && sends_only_tickets(ssl)) {
+    const bool tickets = type == asio::ssl::stream_base::server && sends_only_tickets(ssl);
+    if (tickets) {
         hold_socket_bio_try(ssl);  // they leave with the first response
     }
     const int result = SSL_do_handshake(ssl);
+    const int saved_errno = errno;
+    if (tickets) {
+        // The hold ends with the try. Held tickets wait for the response; a held alert goes
+        // now, before the close (which a client's unread bytes would turn into a reset).
+        const int error = SSL_get_error(ssl, result);
+        end_socket_bio_try_hold(
+            ssl, result != 1 && error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE);
+    }
     if (result == 1) {
         // As try_read: the first request (or response) starts a new message, and the reactor
         // may trust a read of this try that emptied the socket (socket_drain.hpp).
@@ -122,7 +134,7 @@ TlsStream::Attempt TlsStream::try_handshake(asio::ssl::stream_base::handshake_ty
         }
         return {};
     }
-    return outcome(ssl, result, errno);
+    return outcome(ssl, result, saved_errno);
 }
 
 void TlsStream::hold_until_close() {
