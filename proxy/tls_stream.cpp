@@ -231,7 +231,7 @@ bool TlsStream::holds_input() {
 TlsStream::Attempt TlsStream::try_read(asio::mutable_buffer into) {
     SSL* ssl = ssl_.get();
     if (!holds_input() && !input_seen_since_drained(socket_)) {
-        release_socket_bio_holds(ssl);  // nothing held waits on the peer's bytes
+        release_socket_bio_holds(ssl);  // a hold until close ends before a wait for the peer
         return {Wait::read, {}, 0};
     }
     forget_socket_bio_drained(ssl);  // this try's reads decide it
