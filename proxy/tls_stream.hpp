@@ -179,9 +179,9 @@ class TlsStream {
                 // (EAGAIN: an end of stream would have been found), or the BIO skipped the recv
                 // after our handshake flight (tls_socket_bio.hpp: a recv of this try emptied
                 // the socket just before; an end of stream behind those bytes waits for the
-                // handshake's deadline), or try_read trusted the
-                // reactor's drained mark without one (socket_drain.hpp: a mark from a short
-                // read, as the peek this replaces trusted it): input from now on is a poller
+                // handshake's deadline), or try_read trusted the reactor's drained mark without
+                // one (socket_drain.hpp: a mark from a short read, as the peek this replaces
+                // trusted it): input from now on is a poller
                 // event. So the wait is a ReadinessWait, with no syscall of its own: not
                 // async_wait, which re-arms the descriptor in epoll (epoll_ctl) each time, nor
                 // a peek, which asio tries at once (EAGAIN) and again at the event, before
