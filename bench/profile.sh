@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 seconds=${BENCH_SECONDS:-5}
 shapes=${PROFILE_SHAPES:-keepalive close download upload}
 binary=${PROFILE_BINARY:-build/proxy/bgproxy}
-requests=${PROFILE_REQUESTS:-200}
+counted_requests=${PROFILE_REQUESTS:-200}  # callgrind's; each wrk run counts its own
 connections=64
 source bench/deployment.sh
 libc=$(ldd "$binary" | awk '/libc.so/ {print $3}')
@@ -59,7 +59,8 @@ wrk_for() {
 }
 
 # count_instructions NAME PORT SHAPE COMMAND...: COMMAND (a proxy listening on PORT) is started
-# under callgrind with counting off; after a warm-up, $requests requests of SHAPE are counted.
+# under callgrind with counting off; after a warm-up, $counted_requests requests of SHAPE are
+# counted. PROFILE_KEEP=DIR keeps each dump there (DIR/NAME-SHAPE.cg, for callgrind_annotate).
 count_instructions() {
   local name=$1 listen=$2 shape=$3
   shift 3
@@ -73,7 +74,7 @@ count_instructions() {
   done
   python3 bench/http_requests.py "$listen" "$shape" 5
   callgrind_control -i on "$pid" >/dev/null 2>&1
-  python3 bench/http_requests.py "$listen" "$shape" "$requests"
+  python3 bench/http_requests.py "$listen" "$shape" "$counted_requests"
   callgrind_control -i off "$pid" >/dev/null 2>&1
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill "$pid"
@@ -81,9 +82,13 @@ count_instructions() {
   local dump total
   dump=$(ls "$work/$name.cg".* | sort -V | head -1)
   total=$(callgrind_annotate "$dump" | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-  echo "$name: $(per_request "$total" "$requests" | cut -d. -f1) user-space instructions per request; the top functions:"
+  echo "$name: $(per_request "$total" "$counted_requests" | cut -d. -f1) user-space instructions per request; the top functions:"
   callgrind_annotate --inclusive=no "$dump" | awk '/file:function/ {on=1; next} on && NF' |
     sed -n '2,13p' | sed -E 's/^ *([0-9,]+) *\( *([0-9.]+%)\) *[^:]*:([^([]*).*/    \2 \3/' | cut -c1-110
+  if [[ -n ${PROFILE_KEEP:-} ]]; then
+    mkdir -p "$PROFILE_KEEP"
+    cp "$dump" "$PROFILE_KEEP/$name-$shape.cg"
+  fi
   rm -f "$work/$name.cg"*
 }
 
