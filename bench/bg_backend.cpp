@@ -12,6 +12,9 @@
 //                              answered, as hang=1 does (hang=0 turns it off); 200 `ok\n`
 //   /admin/reset?reset=1       every later request (but /healthz and /admin/*) is closed with
 //                              RST after its header, as reset=1 does (reset=0 turns it off)
+//   /admin/die_after?die_after=N  every later request (but /healthz and /admin/*) without its
+//                              own die_after= is cut after N body bytes, as die_after=N does
+//                              (/admin/die_after alone turns it off); 200 `ok\n`
 //   /admin/mark                from now on, remember when the first request (but /healthz and
 //                              /admin/*) arrives; 200 `ok\n`
 //   /admin/first               that arrival as Unix nanoseconds (0: none since the mark)
@@ -177,10 +180,11 @@ struct Backend {
     const std::string name_body;      // "NAME\n"
     const std::string fixed_headers;  // pre-built header lines common to every response
     std::atomic<int> health_status{200};
-    std::atomic<double> fail_rate{0.0};      // set by /admin/fail
-    std::atomic<std::uint64_t> delay_ms{0};  // set by /admin/delay
-    std::atomic<bool> hang{false};           // set by /admin/hang
-    std::atomic<bool> reset{false};          // set by /admin/reset
+    std::atomic<double> fail_rate{0.0};       // set by /admin/fail
+    std::atomic<std::uint64_t> delay_ms{0};   // set by /admin/delay
+    std::atomic<bool> hang{false};            // set by /admin/hang
+    std::atomic<bool> reset{false};           // set by /admin/reset
+    std::atomic<std::int64_t> die_after{-1};  // set by /admin/die_after (-1: off)
     // For the switch and kill benchmarks: when traffic first arrived after /admin/mark (-1:
     // not marked), and how much has arrived.
     std::atomic<std::int64_t> first_after_mark{-1};
@@ -376,7 +380,7 @@ class Session {
             backend_.fail_rate.store(query.fail_rate, std::memory_order_relaxed);
             fail_rate = 0.0;
             body = kOkBody;
-        } else if (path == "/admin/hang" || path == "/admin/reset") {
+        } else if (path == "/admin/hang" || path == "/admin/reset" || path == "/admin/die_after") {
             body = kOkBody;
         } else if (path == "/admin/delay") {
             backend_.delay_ms.store(query.delay_ms, std::memory_order_relaxed);
@@ -413,12 +417,21 @@ class Session {
         auto const target = to_std(req.target());
         auto const qmark = target.find('?');
         auto const path = target.substr(0, qmark);
-        Query const query = parse_query(qmark == std::string_view::npos ? std::string_view{}
-                                                                        : target.substr(qmark + 1));
+        Query query = parse_query(qmark == std::string_view::npos ? std::string_view{}
+                                                                  : target.substr(qmark + 1));
         auto const method = to_std(req.method_string());
         note_arrival(path);
 
         const bool served = path != "/healthz" && !path.starts_with("/admin/");
+        if (path == "/admin/die_after") {
+            backend_.die_after.store(
+                query.die_after ? static_cast<std::int64_t>(*query.die_after) : -1,
+                std::memory_order_relaxed);
+            query.die_after.reset();  // the setting's own answer is whole
+        } else if (const std::int64_t cut = backend_.die_after.load(std::memory_order_relaxed);
+                   served && !query.die_after && cut >= 0) {
+            query.die_after = static_cast<std::uint64_t>(cut);
+        }
         if (path == "/admin/reset") {
             backend_.reset.store(query.reset, std::memory_order_relaxed);
         } else if (query.reset || (served && backend_.reset.load(std::memory_order_relaxed))) {

@@ -65,10 +65,6 @@ OutlierDetector::Verdicts OutlierDetector::observe(
         const ColourPool& pool = table.pool(colour);
         std::uint64_t colour_requests = 0;
         std::uint64_t colour_failures = 0;
-        unsigned ejected_here = 0;
-        for (const Backend& b : pool.backends) {
-            ejected_here += ejections_.contains(b.name) ? 1 : 0;
-        }
         // No stall is judged where no new requests go (a colour without a share): its
         // backends answer nothing newer because they are sent nothing.
         const bool takes_traffic = pool.weight_bp > 0;
@@ -123,10 +119,7 @@ OutlierDetector::Verdicts OutlierDetector::observe(
                     since_return_.erase(base);  // a success: the window's rate applies again
                 }
             }
-            // Never eject below the panic threshold: the pool keeps enough backends to try.
-            const double remaining = static_cast<double>(pool.backends.size() - ejected_here - 1);
-            const bool ejectable =
-                remaining >= config_.panic_threshold * static_cast<double>(pool.backends.size());
+            const bool ejectable = ejection_leaves_enough(pool, b);
             const bool stalled = takes_traffic && holds_requests(pool, b, load, ordinary);
             const bool consecutive = failing_in_a_row(b, ejectable);
             const double rate =
@@ -153,7 +146,6 @@ OutlierDetector::Verdicts OutlierDetector::observe(
             auto length = std::min<Duration>(config_.base_ejection * times, config_.max_ejection);
             ejections_[b.name] = Ejection{now + length};
             since_return_.erase(b.name);
-            ++ejected_here;
             verdicts.ejected.push_back(b.name);
             verdicts.reasons[b.name] =
                 (consecutive ? std::to_string(in_a_row) + " failures in a row"
@@ -183,6 +175,24 @@ OutlierDetector::Verdicts OutlierDetector::observe(
         }
     }
     return verdicts;
+}
+
+// Never below the panic threshold: the pool keeps enough backends serving to try. Only those
+// serving count (admin ready, checks passing, not ejected): with its other backends drained or
+// down, an ejection would leave the colour nothing, and its traffic would go to the other
+// colour whatever the weights say. Of the backends the operator left in (admin ready): one
+// drained of three does not stop the other two's ejections.
+bool OutlierDetector::ejection_leaves_enough(const ColourPool& pool, const Backend& b) const {
+    std::size_t serving = 0;
+    std::size_t ready = 0;
+    for (const Backend& other : pool.backends) {
+        ready += other.admin == AdminState::ready ? 1 : 0;
+        // The table's health is the checks' and the ejections published; ejections_ has those
+        // of this look too.
+        serving +=
+            &other != &b && other.takes_new_requests() && !ejections_.contains(other.name) ? 1 : 0;
+    }
+    return static_cast<double>(serving) >= config_.panic_threshold * static_cast<double>(ready);
 }
 
 const OutlierDetector::Sample* OutlierDetector::sample_at_or_before(Clock::time_point t) const {

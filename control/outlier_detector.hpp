@@ -86,6 +86,9 @@ class OutlierDetector {
     // did before and still stands at least that long. An old run standing still does not
     // eject: no new crossing. `ejectable`: the panic threshold allows it now.
     bool failing_in_a_row(const Backend& b, bool ejectable);
+    // Whether ejecting `b` leaves `pool` at least panic_threshold of its admin-ready backends
+    // serving (admin ready, checks passing, not ejected).
+    bool ejection_leaves_enough(const ColourPool& pool, const Backend& b) const;
     // `b`'s run of failures starts afresh (back in the routing, or its colour without a share
     // any more), and what it reached before is not judged.
     void restart_run(const Backend& b);

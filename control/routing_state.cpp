@@ -285,6 +285,10 @@ std::string describe_change(const RoutingState& before, const RoutingState& afte
                 << (after.failed[index_of(c)] ? " marked failed" : " failed mark cleared");
         }
     }
+    if (before.failover && !after.failover) {
+        sep();
+        out << "failover ended";
+    }
     std::map<std::string, bool> names;
     for (const auto& [name, _] : before.admin) {
         names[name] = true;

@@ -990,10 +990,11 @@ std::string Switchboard::stage(const Command& cmd, Staged& out) {
             "applied to this instance only (--local): the fleet's state replaces it "
             "when the fleet store is back";
     }
-    if (out.next.failover &&
-        (out.next.weight_bp != state_.weight_bp || out.next.stable != state_.stable)) {
+    if (out.next.failover && (cmd.verb == Verb::set || out.next.weight_bp != state_.weight_bp ||
+                              out.next.stable != state_.stable)) {
         // An operator set weights, or promoted the colour that took over, after a failover:
-        // theirs stand, no failback (to a colour that failed and is no longer stable).
+        // theirs stand, no failback (to a colour that failed and is no longer stable). A `set`
+        // to the weights the failover gave ends it too: the operator chose them.
         out.next.failover.reset();
     }
     return judge_by_guard(cmd, out);

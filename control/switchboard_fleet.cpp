@@ -203,7 +203,7 @@ void Switchboard::handle_fleet_state(Origin origin, const FleetState& fleet_stat
             Command rollback;
             rollback.verb = Verb::rollback;
             RoutingState next = stage_change(incoming, *config_, rollback).next;
-            next.failover.reset();  // (as stage() drops it when weights change)
+            next.failover.reset();  // (as stage() drops it when an operator sets weights)
             commit(std::move(origin),
                    Staged{std::move(next), config_,
                           "rolled back on " + fleet_->instance() +

@@ -13,6 +13,7 @@
 #include <charconv>
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -86,6 +87,10 @@ std::optional<std::uint32_t> percent_to_basis_points(double percent) {
         return std::nullopt;  // more than two decimals
     }
     return static_cast<std::uint32_t>(rounded);
+}
+
+std::uint64_t HostPort::key() const {
+    return std::hash<std::string_view>{}(ip)*65537u + port;
 }
 
 std::optional<HostPort> resolve_host_port(std::string_view text, std::string& error) {

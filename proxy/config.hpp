@@ -24,6 +24,10 @@ struct HostPort {
     std::string text;  // as written, for messages and status
     std::string ip;    // numeric, resolved
     std::uint16_t port = 0;
+
+    // ip and port as one number: a pooled connection is reused only by requests whose
+    // backend still has the address it was made to (a reload may move a backend).
+    std::uint64_t key() const;
 };
 
 struct BackendConfig {

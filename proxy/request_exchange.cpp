@@ -324,7 +324,10 @@ Task<bool> RequestExchange<Stream>::respond() {
     RetryState retries(conn_.worker.retry_budget(), config_.retries, conn_.worker.stats());
     const Exchange outcome = co_await forward(table, colour, facts, lease, retries);
     if (outcome == Exchange::response_ready) {
-        co_return co_await relay_response(lease, facts);
+        const Backend& backend = lease.backend();
+        const bool stays = co_await relay_response(lease, facts);
+        tell_answer(backend);
+        co_return stays;
     }
     co_return co_await answer_failure(outcome, facts);
 }
@@ -467,17 +470,22 @@ void RequestExchange<Stream>::served_by(const Backend& backend) {
     }
 }
 
-// What the try tells of the backend, for outlier detection and canary analysis.
+// What the try tells of the backend, for outlier detection and canary analysis. A response
+// head counts as an answer at once (the stall rules), and is judged once its body is through
+// (tell_answer): judged a success at its head, a backend that sent 200 and then reset or
+// stalled every body was never ejected, each head ending its run of failures, and a release
+// doing so passed its canary.
 template <class Stream>
 void RequestExchange<Stream>::record_try(const Backend& backend, Exchange outcome) {
     TryOutcome seen = TryOutcome::ok;
     switch (outcome) {
         case Exchange::response_ready:
-            if (ex_.response_parser->get().result_int() >= 500) {
-                seen = TryOutcome::server_error;
-            }
             conn_.worker.record_answer(backend.id, upstream_started_);
-            break;
+            answer_outcome_ = ex_.response_parser->get().result_int() >= 500
+                                  ? TryOutcome::server_error
+                                  : TryOutcome::ok;
+            answer_untold_ = true;
+            return;
         case Exchange::upstream_timeout:
             seen = TryOutcome::timeout;
             break;
@@ -486,9 +494,21 @@ void RequestExchange<Stream>::record_try(const Backend& backend, Exchange outcom
             seen = TryOutcome::reset;
             break;
         default:
-            break;  // the client's doing, or no try at all: nothing to tell of the backend
+            // The client's doing (its body too slow, too large or malformed; it left): the
+            // try counts, and tells nothing of the backend (a success would end its run of
+            // failures).
+            conn_.worker.count_try(backend.id);
+            return;
     }
     conn_.worker.record_outcome(backend, seen);
+}
+
+template <class Stream>
+void RequestExchange<Stream>::tell_answer(const Backend& backend) {
+    if (answer_untold_) {
+        answer_untold_ = false;
+        conn_.worker.judge_try(backend, answer_outcome_);
+    }
 }
 
 // How long this try may wait for the backend: upstream_try, within what is left of
@@ -765,7 +785,8 @@ Task<bool> RequestExchange<Stream>::relay_response(UpstreamLease& lease,
         ex_.head.clear();
     }
     if (plan.switching) {
-        conn_.close_watch.stop();  // the tunnel reads the client itself
+        tell_answer(lease.backend());  // the 101 was the answer; a tunnel may last an hour
+        conn_.close_watch.stop();      // the tunnel reads the client itself
         const std::uint32_t backend = lease.backend().id;
         conn_.worker.tunnel_opened(backend);
         conn_.handle().tunnel_colour = static_cast<int>(index_of(lease.backend().colour));
@@ -853,8 +874,9 @@ bool RequestExchange<Stream>::response_body_relayed(BodyEnd end) {
         return false;
     }
     if (end == BodyEnd::read_failed || end == BodyEnd::read_timeout || end == BodyEnd::malformed) {
-        // The backend died, stalled or framed its body wrongly mid-body.
+        // The backend died, stalled or framed its body wrongly mid-body: its try failed.
         WorkerStats::add(stats.upstream_broken_responses);
+        answer_outcome_ = end == BodyEnd::read_timeout ? TryOutcome::timeout : TryOutcome::reset;
         if (end == BodyEnd::malformed) {
             ex_.record.error = "backend response " + ex_.body_error;
         }

@@ -14,6 +14,7 @@
 #include "exchange_state.hpp"
 #include "retry_state.hpp"
 #include "traffic_counters.hpp"
+#include "try_outcome.hpp"
 #include "upstream_lease.hpp"
 #include "upstream_request.hpp"
 #include "upstream_response.hpp"
@@ -46,6 +47,7 @@ class RequestExchange {
     Colour routing_for_retry(RoutingTablePtr& table, Colour colour, unsigned failed_colours);
     void served_by(const Backend& backend);
     void record_try(const Backend& backend, Exchange outcome);
+    void tell_answer(const Backend& backend);
     Duration try_limit() const;
     Task<Exchange> exchange(UpstreamLease& lease, const RequestFacts& facts);
     Task<Exchange> read_response_head(UpstreamStream& stream, const RequestFacts& facts);
@@ -81,6 +83,10 @@ class RequestExchange {
     std::chrono::steady_clock::time_point response_due_;  // upstream_response, from the first try
     MethodClass method_ = MethodClass::other;
     std::uint32_t served_slot_ = 0;  // 0: no backend; else the backend id + 1
+    // The answering try's outcome, told to outlier detection and canary analysis once its body
+    // is through (tell_answer): a response cut or stalled mid-body is the backend's failure.
+    TryOutcome answer_outcome_ = TryOutcome::ok;
+    bool answer_untold_ = false;
     std::size_t served_colour_ = 0;
 };
 

@@ -13,9 +13,9 @@ namespace bg {
 
 enum class TryOutcome : std::uint8_t {
     ok,
-    server_error,    // a 5xx response
-    reset,           // closed, reset or cut before a whole response head; or an invalid head
-    timeout,         // no response within upstream_response
+    server_error,  // a 5xx response
+    reset,    // closed, reset or cut before the response's end; or an invalid head or body framing
+    timeout,  // no response head, or no more of its body, within upstream_response
     connect_failed,  // refused, unreachable or a failed TLS handshake
 };
 

@@ -93,8 +93,8 @@ Task<Connected> UpstreamConnector::reconnect(ExchangeState& ex, UpstreamLease& l
 void UpstreamConnector::keep(UpstreamLease& lease) {
     const Backend& backend = lease.backend();
     if (backend.send_proxy_protocol) {
-        private_.emplace(PrivateUpstream{backend.id, backend.address.ip, backend.address.port,
-                                         lease.give_back(), std::chrono::steady_clock::now()});
+        private_.emplace(
+            PrivateUpstream{backend.id, lease.give_back(), std::chrono::steady_clock::now()});
         handle_.kept = true;
         handle_.kept_backend = backend.id;
     } else {
@@ -123,7 +123,7 @@ std::optional<UpstreamStream> UpstreamConnector::idle_connection(const Backend& 
                                                                  bool verify) {
     UpstreamPool& pool = worker_.upstream_pool();
     if (!backend.send_proxy_protocol) {
-        return pool.lease(backend.id, verify, backend.tls.get());
+        return pool.lease(backend.id, backend.address.key(), verify, backend.tls.get());
     }
     std::optional<PrivateUpstream> kept = std::move(private_);
     private_.reset();
@@ -131,9 +131,8 @@ std::optional<UpstreamStream> UpstreamConnector::idle_connection(const Backend& 
     // Checked every time (one peek), whatever `verify` says: unlike a pooled connection, it is
     // not watched while the session waits for its client, and bytes the backend sent since its
     // last response must not be read as the next one.
-    if (kept && kept->backend_id == backend.id && kept->ip == backend.address.ip &&
-        kept->port == backend.address.port &&
-        pool.reusable(kept->stream, kept->since, true, backend.tls.get())) {
+    if (kept && kept->backend_id == backend.id &&
+        pool.reusable(kept->stream, kept->since, backend.address.key(), true, backend.tls.get())) {
         return std::move(kept->stream);
     }
     return std::nullopt;  // a kept connection to another backend closes here
@@ -180,13 +179,15 @@ Task<Connected> UpstreamConnector::open(const Backend& backend, ExchangeState& e
     connection.set_option(tcp::no_delay(true), ec);
     stop_watching_writable(connection);  // socket_drain.hpp
     if (backend.tls) {
-        lease.hold(backend, UpstreamStream(std::move(connection), backend.tls), false);
+        lease.hold(backend,
+                   UpstreamStream(std::move(connection), backend.address.key(), backend.tls),
+                   false);
         if (!co_await handshake(backend, lease.stream(), ex)) {
             lease.drop();
             co_return Connected::refused;
         }
     } else {
-        lease.hold(backend, UpstreamStream(std::move(connection)), false);
+        lease.hold(backend, UpstreamStream(std::move(connection), backend.address.key()), false);
     }
     worker_.traffic().count_connect(backend.id);
     co_return Connected::yes;
@@ -200,8 +201,8 @@ Task<bool> UpstreamConnector::handshake(const Backend& backend, UpstreamStream& 
     SSL* ssl = stream.tls()->native_handle();
     std::string why;
     if (backend.tls->prepare(ssl, backend.address, why)) {
-        if (SSL_SESSION* session =
-                worker_.upstream_pool().tls_session(backend.id, backend.tls.get())) {
+        if (SSL_SESSION* session = worker_.upstream_pool().tls_session(
+                backend.id, backend.address.key(), backend.tls.get())) {
             SSL_set_session(ssl, session);
         }
         auto [ec] = co_await stream.tls()->async_handshake(asio::ssl::stream_base::client, nothrow);

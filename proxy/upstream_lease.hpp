@@ -56,10 +56,7 @@ class UpstreamLease {
 // serve this client connection only, so it stays with the session instead of the pool.
 struct PrivateUpstream {
     std::uint32_t backend_id = 0;
-    // Ids are stable across reloads, addresses need not be (numeric: no copy of a host name).
-    std::string ip;
-    std::uint16_t port = 0;
-    UpstreamStream stream;
+    UpstreamStream stream;  // (ids are stable across reloads; its address() need not stay)
     std::chrono::steady_clock::time_point since;  // idle since: the pool's age rules apply
 };
 

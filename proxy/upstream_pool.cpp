@@ -22,8 +22,8 @@ UpstreamPool::~UpstreamPool() {
     }
 }
 
-std::optional<UpstreamStream> UpstreamPool::lease(std::uint32_t backend_id, bool verify,
-                                                  const BackendTlsContext* tls) {
+std::optional<UpstreamStream> UpstreamPool::lease(std::uint32_t backend_id, std::uint64_t address,
+                                                  bool verify, const BackendTlsContext* tls) {
     if (backend_id >= idle_.size()) {
         return std::nullopt;
     }
@@ -35,7 +35,7 @@ std::optional<UpstreamStream> UpstreamPool::lease(std::uint32_t backend_id, bool
         if (idle.watched) {
             idle.stream.socket().cancel(ignored);  // the request reads it now
         }
-        if (reusable(idle.stream, idle.since, verify, tls)) {
+        if (reusable(idle.stream, idle.since, address, verify, tls)) {
             return std::move(idle.stream);
         }
         idle.stream.socket().close(ignored);
@@ -44,19 +44,21 @@ std::optional<UpstreamStream> UpstreamPool::lease(std::uint32_t backend_id, bool
 }
 
 bool UpstreamPool::reusable(UpstreamStream& stream,
-                            std::chrono::steady_clock::time_point idle_since, bool verify,
-                            const BackendTlsContext* tls) const {
+                            std::chrono::steady_clock::time_point idle_since, std::uint64_t address,
+                            bool verify, const BackendTlsContext* tls) const {
     const auto idle = std::chrono::steady_clock::now() - idle_since;
     // The peek is skipped when the poller has said nothing of the socket since the response's
     // last read emptied it (as HAProxy knows from its poller), or (recheck_after) when the
     // connection was parked moments ago. Requests that cannot be sent twice always peek.
     const bool check = verify || (idle > recheck_after_ && stream.may_have_sent());
-    return idle < idle_timeout_ && stream.tls_context() == tls && (!check || stream.still_open());
+    return idle < idle_timeout_ && stream.address() == address && stream.tls_context() == tls &&
+           (!check || stream.still_open());
 }
 
-ssl_session_st* UpstreamPool::tls_session(std::uint32_t backend_id,
+ssl_session_st* UpstreamPool::tls_session(std::uint32_t backend_id, std::uint64_t address,
                                           const BackendTlsContext* tls) const {
-    if (backend_id >= sessions_.size() || sessions_[backend_id].context.get() != tls) {
+    if (backend_id >= sessions_.size() || sessions_[backend_id].context.get() != tls ||
+        sessions_[backend_id].address != address) {
         return nullptr;
     }
     return sessions_[backend_id].session;
@@ -82,6 +84,7 @@ void UpstreamPool::keep_tls_session(std::uint32_t backend_id, UpstreamStream& st
     slot.session = session;
     // The pool's context, shared: so the pointer compared in tls_session() stays unique.
     slot.context = stream.shared_tls_context();
+    slot.address = stream.address();
 }
 
 void UpstreamPool::give_back(std::uint32_t backend_id, UpstreamStream stream) {
@@ -192,17 +195,13 @@ void UpstreamPool::close_backend(std::uint32_t backend_id) {
     }
 }
 
-void UpstreamPool::close_moved(std::uint32_t backend_id,
-                               const boost::asio::ip::tcp::endpoint& address) {
+void UpstreamPool::close_moved(std::uint32_t backend_id, std::uint64_t address) {
     if (backend_id >= idle_.size()) {
         return;
     }
     auto& idle = idle_[backend_id];
-    const bool moved = std::any_of(idle.begin(), idle.end(), [&](Idle& entry) {
-        boost::system::error_code ec;
-        const auto peer = entry.stream.socket().remote_endpoint(ec);
-        return !ec && peer != address;  // (one already closed is found when it is leased)
-    });
+    const bool moved = std::any_of(idle.begin(), idle.end(),
+                                   [&](Idle& entry) { return entry.stream.address() != address; });
     if (moved) {
         close_backend(backend_id);  // (its TLS session too: it was the old address's)
     }

@@ -7,7 +7,6 @@
 // asked for would otherwise be read as the response to the next request sent on it.
 
 #include <algorithm>
-#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <cstdint>
@@ -31,21 +30,24 @@ class UpstreamPool {
     UpstreamPool(const UpstreamPool&) = delete;
     UpstreamPool& operator=(const UpstreamPool&) = delete;
 
-    // An idle connection to the backend made with `tls` (nullptr: plain), or nothing. With
-    // `verify`, or when it sat idle for a while, it is checked to be still open first.
-    std::optional<UpstreamStream> lease(std::uint32_t backend_id, bool verify,
-                                        const BackendTlsContext* tls);
+    // An idle connection to the backend made to `address` (HostPort::key()) with `tls`
+    // (nullptr: plain), or nothing. With `verify`, or when it sat idle for a while, it is
+    // checked to be still open first.
+    std::optional<UpstreamStream> lease(std::uint32_t backend_id, std::uint64_t address,
+                                        bool verify, const BackendTlsContext* tls);
     // The one rule an idle connection is reused by, the pool's and a session's private one:
-    // younger than idle_timeout, made with `tls`, and seen to be still open when `verify`
-    // asks or it sat idle past recheck_after.
+    // younger than idle_timeout, made to `address` with `tls` (a connection in flight across
+    // a reload that moved its backend comes back with the old address), and seen to be still
+    // open when `verify` asks or it sat idle past recheck_after.
     bool reusable(UpstreamStream& stream, std::chrono::steady_clock::time_point idle_since,
-                  bool verify, const BackendTlsContext* tls) const;
+                  std::uint64_t address, bool verify, const BackendTlsContext* tls) const;
     // Parks a connection whose last exchange completed cleanly; closes it past the bound.
     void give_back(std::uint32_t backend_id, UpstreamStream stream);
     void close_backend(std::uint32_t backend_id);
     // After a new routing table, for a backend it still has: closes the idle connections made
-    // to another address than `address` (a reload that kept the backend's name and moved it).
-    void close_moved(std::uint32_t backend_id, const boost::asio::ip::tcp::endpoint& address);
+    // to another address than `address` (HostPort::key(): a reload that kept the backend's
+    // name and moved it). Those in flight meet the same rule when leased again (reusable).
+    void close_moved(std::uint32_t backend_id, std::uint64_t address);
     // One past the highest backend id the pool has held connections or sessions for.
     std::size_t backend_slots() const { return std::max(idle_.size(), sessions_.size()); }
     void close_all();
@@ -54,8 +56,10 @@ class UpstreamPool {
         return backend_id < idle_.size() ? idle_[backend_id].size() : 0;
     }
 
-    // The session to offer when connecting to the backend with `tls` (nullptr when none).
-    ssl_session_st* tls_session(std::uint32_t backend_id, const BackendTlsContext* tls) const;
+    // The session to offer when connecting to the backend at `address` (HostPort::key()) with
+    // `tls` (nullptr when none).
+    ssl_session_st* tls_session(std::uint32_t backend_id, std::uint64_t address,
+                                const BackendTlsContext* tls) const;
     // Keeps the resumable session of a connection that completed its handshake.
     void keep_tls_session(std::uint32_t backend_id, UpstreamStream& stream);
 
@@ -71,6 +75,7 @@ class UpstreamPool {
     struct Resumable {
         std::shared_ptr<const BackendTlsContext> context;
         ssl_session_st* session = nullptr;
+        std::uint64_t address = 0;  // the server it came from (a reload may move the backend)
     };
     Idle* find(std::uint32_t backend_id, std::uint64_t serial);
     void arm_watch();

@@ -10,10 +10,14 @@
 
 namespace bg {
 
-UpstreamStream::UpstreamStream(Socket socket) : stream_(std::move(socket)) {}
+UpstreamStream::UpstreamStream(Socket socket, std::uint64_t address)
+    : stream_(std::move(socket)), address_(address) {}
 
-UpstreamStream::UpstreamStream(Socket socket, std::shared_ptr<const BackendTlsContext> tls)
-    : stream_(TlsStream(std::move(socket), tls->context())), tls_context_(std::move(tls)) {
+UpstreamStream::UpstreamStream(Socket socket, std::uint64_t address,
+                               std::shared_ptr<const BackendTlsContext> tls)
+    : stream_(TlsStream(std::move(socket), tls->context())),
+      tls_context_(std::move(tls)),
+      address_(address) {
     // TlsStream asks OpenSSL to free a connection's record buffers whenever they are empty, so
     // each request would allocate and free them (perf probe on malloc). Backend connections
     // are few (pooled, bounded by max_idle_per_backend), so they keep theirs.

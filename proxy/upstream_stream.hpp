@@ -4,6 +4,7 @@
 // copy of its code. Which kind is decided per connection, by the backend's pool.
 
 #include <boost/asio/async_result.hpp>
+#include <cstdint>
 #include <memory>
 #include <variant>
 
@@ -18,10 +19,11 @@ class UpstreamStream {
   public:
     using executor_type = Executor;
 
-    // A plain connection.
-    explicit UpstreamStream(Socket socket);
+    // A plain connection to the address whose HostPort::key() is `address`.
+    UpstreamStream(Socket socket, std::uint64_t address);
     // A TLS connection over `socket`, before its handshake.
-    UpstreamStream(Socket socket, std::shared_ptr<const BackendTlsContext> tls);
+    UpstreamStream(Socket socket, std::uint64_t address,
+                   std::shared_ptr<const BackendTlsContext> tls);
 
     executor_type get_executor() { return socket().get_executor(); }
     // The TCP socket, under TLS if any.
@@ -37,6 +39,8 @@ class UpstreamStream {
     const std::shared_ptr<const BackendTlsContext>& shared_tls_context() const {
         return tls_context_;
     }
+    // The HostPort::key() of the address it was made to.
+    std::uint64_t address() const { return address_; }
 
     // An idle keep-alive connection must have nothing to read: bytes mean a protocol error,
     // end-of-file means the backend closed it. One non-blocking peek.
@@ -77,6 +81,7 @@ class UpstreamStream {
     // of buffers), which had to be held out of line.
     std::variant<Socket, TlsStream> stream_;
     std::shared_ptr<const BackendTlsContext> tls_context_;
+    std::uint64_t address_ = 0;
 };
 
 }  // namespace bg

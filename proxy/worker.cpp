@@ -468,13 +468,10 @@ void Worker::close_stale_upstreams(const RoutingTable& table) {
             if (backend.id < present.size()) {
                 present[backend.id] = true;
             }
-            boost::system::error_code ec;
-            const tcp::endpoint address(asio::ip::make_address(backend.address.ip, ec),
-                                        backend.address.port);
-            if (!backend.takes_new_requests() || ec) {
+            if (!backend.takes_new_requests()) {
                 pool_.close_backend(backend.id);
             } else {
-                pool_.close_moved(backend.id, address);
+                pool_.close_moved(backend.id, backend.address.key());
             }
         }
     }
@@ -609,13 +606,24 @@ void Worker::report_load(std::function<void(DataPlaneLoad)> done) {
 }
 
 void Worker::record_outcome(const Backend& backend, TryOutcome outcome) {
-    const std::uint32_t backend_id = backend.id;
+    count_try(backend.id);
+    judge_try(backend, outcome);
+}
+
+void Worker::count_try(std::uint32_t backend_id) {
     if (backend_id >= requests_by_backend_.size()) {
         requests_by_backend_.resize(backend_id + 1, 0);
         failures_by_backend_.resize(backend_id + 1, 0);
         failure_kinds_.resize(backend_id + 1);
     }
     ++requests_by_backend_[backend_id];
+}
+
+void Worker::judge_try(const Backend& backend, TryOutcome outcome) {
+    const std::uint32_t backend_id = backend.id;
+    if (backend_id >= requests_by_backend_.size()) {
+        return;  // (counted first, always)
+    }
     if (outcome != TryOutcome::ok) {
         ++failure_kinds_[backend_id][failure_index(outcome)];
     }

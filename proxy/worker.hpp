@@ -151,10 +151,13 @@ class Worker {
     // its own to close. Set once, before the workers run.
     void set_siblings(std::vector<Worker*> siblings) { siblings_ = std::move(siblings); }
     RetryBudget& retry_budget() { return retry_budget_; }
-    // One try at a backend: cumulative tries and failures (by kind) per backend id, read by
-    // the control plane's outlier detector and canary analysis through report_load.
+    // One try at a backend that got no response head: cumulative tries and failures (by
+    // kind) per backend id, read by the control plane's outlier detector and canary analysis
+    // through report_load.
     void record_outcome(const Backend& backend, TryOutcome outcome);
-    // A try begun at `begun` got a response head from the backend.
+    // A try begun at `begun` got a response head from the backend: it counts as a try (an
+    // answer, for the stall rules) now, and is judged by judge_try once its body is through
+    // (a body the backend cuts or stalls is the try's failure).
     void record_answer(std::uint32_t backend_id, std::chrono::steady_clock::time_point begun) {
         if (backend_id >= answer_begun_.size()) {
             answer_begun_.resize(backend_id + 1);
@@ -163,7 +166,12 @@ class Worker {
         answer_begun_[backend_id] = std::max(answer_begun_[backend_id], begun);
         answer_waits_[backend_id].count(
             std::chrono::duration_cast<std::chrono::milliseconds>(CoarseClock::now() - begun));
+        count_try(backend_id);
     }
+    // The outcome of a try counted before: failures by kind, and the backend's failure run.
+    void judge_try(const Backend& backend, TryOutcome outcome);
+    // A try counted, not judged (record_answer's first half; a try the client cut short).
+    void count_try(std::uint32_t backend_id);
     // A session watches its client for a close (ClientCloseWatch) or an upload for an early
     // answer (UploadAnswerWatch): the in-flight sweep runs while any do.
     void arm_in_flight_sweep();

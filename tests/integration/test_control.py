@@ -1,4 +1,5 @@
 """The control plane end to end: the real bgproxy, bg-backends and bgctl."""
+import collections
 import http.client
 import datetime
 import json
@@ -353,6 +354,46 @@ rise = 1
             seen.add(r.getheader("X-Backend"))
             conn.close()
         self.assertNotIn("blue-1", seen)  # the old address, still up, gets nothing
+        self.assertIn("blue-1-moved", seen)
+
+    def test_connections_in_flight_across_a_move_are_not_pooled_for_the_new_address(self):
+        """Requests to blue-1 in flight when a reload moves it: their connections, done, are
+        not reused for the moved backend (on c80a3f8 they went back to the pool by the
+        backend's id, and later requests kept reaching the old address)."""
+        proxy = self.proxy(self.two_by_two(extra="[health]\nenabled = false\n"))
+        answers = []
+
+        def slow():
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+            conn.request("GET", "/?delay=1500")
+            r = conn.getresponse()
+            r.read()
+            answers.append(r.getheader("X-Backend"))
+            conn.close()
+
+        threads = [threading.Thread(target=slow) for _ in range(12)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)  # all sent, none answered
+        moved = self.backend("blue-1-moved")
+        with open(proxy.config_path) as f:
+            text = f.read()
+        with open(proxy.config_path, "w") as f:
+            f.write(text.replace(self.blue[0].address, moved.address))
+        self.assertEqual(proxy.bgctl("reload").returncode, 0)
+        for t in threads:
+            t.join(10)
+        self.assertIn("blue-1", answers)  # some were in flight to the old address
+        seen = collections.Counter()
+        for _ in range(60):
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+            conn.request("GET", "/")
+            r = conn.getresponse()
+            r.read()
+            seen[r.getheader("X-Backend")] += 1
+            conn.close()
+        print("in flight across the move: %s; after it: %s" % (collections.Counter(answers), seen))
+        self.assertNotIn("blue-1", seen)
         self.assertIn("blue-1-moved", seen)
 
 

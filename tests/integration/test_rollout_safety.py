@@ -140,6 +140,22 @@ class CanaryTest(ProcessTestCase):
         self.assertIn("vs stable", last["note"])
         self.assertEqual(metric(self.proxy_, "bgproxy_switches_total", 'kind="canary_revert"'), 1)
 
+    def test_a_candidate_cutting_every_body_short_is_reverted(self):
+        """Green answers 200 and closes 3 bytes into each body: a failed try, not a success
+        (on c80a3f8 each head counted a success, and green was never reverted)."""
+        self.start_pools()
+        load = Load(self.proxy_.port)
+        self.addCleanup(load.stop)
+        time.sleep(2)
+        for b in self.green:
+            admin(b, "die_after?die_after=3")
+        reverted = self.wait_for_revert(15)
+        counts = load.stop()
+        print("green cutting its bodies: reverted %.2f s after the cuts started (responses: %s)"
+              % (reverted or -1, counts))
+        self.assertIsNotNone(reverted, "not reverted: %s" % self.proxy_.status())
+        self.assertEqual(self.proxy_.status()["colours"]["blue"]["weight"], 100)
+
     def test_a_failed_candidate_given_traffic_again_is_reverted_again(self):
         """Failed on 43f2a07: after the revert, `set green=50` kept the failed mark, and the
         guard, which skipped marked colours, let green fail half the requests for good."""
@@ -225,6 +241,75 @@ class FailingBackendTest(ProcessTestCase):
         # A run of 5 in each of the 2 workers at most, and what was in flight to blue-1 while
         # the control thread gathered the load and published the ejection (a few ms).
         self.assertLess(len(failed), 30)
+
+    def test_a_backend_cutting_its_bodies_short_is_ejected(self):
+        """A 200 whose body the backend cuts is that try's failure (on c80a3f8 each head ended
+        the backend's run of failures, and it was never ejected)."""
+        blue = [self.backend("blue-1"), self.backend("blue-2")]
+        green = [self.backend("green-1")]
+        proxy = self.proxy(config(blue, green))
+        load = Load(proxy.port, threads=4, limit=30)
+        self.addCleanup(load.stop)
+        time.sleep(1)
+        admin(blue[0], "die_after?die_after=3")
+        start = time.time()
+        why = None
+        while time.time() - start < 5 and why is None:
+            b1 = [b for b in proxy.status()["colours"]["blue"]["backends"] if b["name"] == "blue-1"][0]
+            if not b1["healthy"]:
+                why = b1.get("ejected", "")
+            time.sleep(0.02)
+        load.stop()
+        cut = len([r for r in load.records if r[3] == "error"])
+        print("blue-1 cutting every body: ejected after %.2f s (%s), %d cut responses"
+              % (time.time() - start, why, cut))
+        self.assertIsNotNone(why, "blue-1 never ejected: %s" % proxy.status())
+        self.assertIn("failures in a row", why)
+
+    def test_the_last_backend_serving_its_colour_is_not_ejected(self):
+        """blue-2 drained, blue-1 failing: ejecting blue-1 would leave blue nothing, and its
+        traffic would go to green at weight 0 (on c80a3f8 the panic threshold counted only
+        ejections: blue-1 was ejected and green-1 answered blue's requests)."""
+        blue = [self.backend("blue-1"), self.backend("blue-2")]
+        green = [self.backend("green-1")]
+        proxy = self.proxy(config(blue, green))
+        self.assertEqual(proxy.bgctl("drain", "blue-2").returncode, 0)
+        admin(blue[0], "fail?fail_rate=1")
+        load = Load(proxy.port, threads=4, limit=30)
+        self.addCleanup(load.stop)
+        ejected = None
+        start = time.time()
+        while time.time() - start < 3 and ejected is None:
+            b1 = [b for b in proxy.status()["colours"]["blue"]["backends"] if b["name"] == "blue-1"][0]
+            if not b1["healthy"]:
+                ejected = b1.get("ejected", "down")
+            time.sleep(0.05)
+        counts = load.stop()
+        print("blue-1 failing, blue-2 drained: responses %s" % counts)
+        self.assertIsNone(ejected, "blue's last serving backend ejected: %s" % ejected)
+        self.assertNotIn(("green", 200), counts)
+        self.assertGreater(counts.get(("blue", 500), 0), 20)
+
+    def test_a_backend_in_maint_does_not_stop_its_peers_ejections(self):
+        """blue-3 in maint, blue-1 failing: one of the two left serving still goes (the panic
+        threshold is of the backends the operator left in)."""
+        blue = [self.backend("blue-1"), self.backend("blue-2"), self.backend("blue-3")]
+        green = [self.backend("green-1")]
+        proxy = self.proxy(config(blue, green))
+        self.assertEqual(proxy.bgctl("maint", "blue-3").returncode, 0)
+        admin(blue[0], "fail?fail_rate=1")
+        load = Load(proxy.port, threads=4, limit=30)
+        self.addCleanup(load.stop)
+        ejected = None
+        start = time.time()
+        while time.time() - start < 5 and ejected is None:
+            b1 = [b for b in proxy.status()["colours"]["blue"]["backends"] if b["name"] == "blue-1"][0]
+            if not b1["healthy"]:
+                ejected = b1.get("ejected", "")
+            time.sleep(0.05)
+        load.stop()
+        self.assertIsNotNone(ejected, "blue-1 not ejected: %s" % proxy.status())
+        self.assertIn("failures in a row", ejected)
 
     def test_back_from_its_ejection_a_failing_backend_goes_again_after_a_run_not_a_sample(self):
         """A backend that still fails every request when its ejection ends is ejected again
@@ -751,6 +836,21 @@ failback_hold = "3s"
         time.sleep(4)  # past the hold: no failback to the colour that failed
         s = proxy.status()
         self.assertEqual((s["stable"], s["colours"]["green"]["weight"]), ("green", 100), s)
+
+    def test_setting_the_weights_the_failover_gave_ends_it(self):
+        """`set green=100` during a failover to green keeps green: the operator chose it (on
+        c80a3f8 it was "no change", and the failback moved traffic to blue anyway)."""
+        blue, text = self.one_by_one('failback_hold = "1s"')
+        proxy = self.proxy(text)
+        self.fail_over(proxy, blue)
+        r = proxy.bgctl("set", "green=100")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("failover ended", r.stdout)
+        self.assertIsNone(proxy.status()["failover"])
+        admin(blue[0], "health?status=200")
+        time.sleep(4)  # past the hold: no failback
+        s = proxy.status()
+        self.assertEqual((s["stable"], s["colours"]["green"]["weight"]), ("blue", 100), s)
 
     def test_a_failover_restored_at_start_fails_back_when_the_stable_colour_is_healthy(self):
         blue, text = self.one_by_one('failback_hold = "2s"')
