@@ -411,6 +411,20 @@ class Session {
         return Answer{status, body, fail_rate, delay_ms};
     }
 
+    // /admin/die_after sets the process-wide cut (its own answer is whole); a served request
+    // without its own die_after= takes it.
+    void apply_die_after(std::string_view path, bool served, Query& query) {
+        if (path == "/admin/die_after") {
+            backend_.die_after.store(
+                query.die_after ? static_cast<std::int64_t>(*query.die_after) : -1,
+                std::memory_order_relaxed);
+            query.die_after.reset();
+        } else if (const std::int64_t cut = backend_.die_after.load(std::memory_order_relaxed);
+                   served && !query.die_after && cut >= 0) {
+            query.die_after = static_cast<std::uint64_t>(cut);
+        }
+    }
+
     // Returns whether the connection stays open for the next request.
     net::awaitable<bool> handle_request() {
         Request& req = parser_->get();
@@ -423,15 +437,7 @@ class Session {
         note_arrival(path);
 
         const bool served = path != "/healthz" && !path.starts_with("/admin/");
-        if (path == "/admin/die_after") {
-            backend_.die_after.store(
-                query.die_after ? static_cast<std::int64_t>(*query.die_after) : -1,
-                std::memory_order_relaxed);
-            query.die_after.reset();  // the setting's own answer is whole
-        } else if (const std::int64_t cut = backend_.die_after.load(std::memory_order_relaxed);
-                   served && !query.die_after && cut >= 0) {
-            query.die_after = static_cast<std::uint64_t>(cut);
-        }
+        apply_die_after(path, served, query);
         if (path == "/admin/reset") {
             backend_.reset.store(query.reset, std::memory_order_relaxed);
         } else if (query.reset || (served && backend_.reset.load(std::memory_order_relaxed))) {

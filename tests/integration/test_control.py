@@ -329,6 +329,19 @@ rise = 1
             f.write(good)
         self.assertEqual(proxy.bgctl("reload").returncode, 0)
 
+    @staticmethod
+    def backends_answering(proxy, requests):
+        """How many of `requests` GETs, each on a new connection, each backend answered."""
+        seen = collections.Counter()
+        for _ in range(requests):
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+            conn.request("GET", "/")
+            r = conn.getresponse()
+            r.read()
+            seen[r.getheader("X-Backend")] += 1
+            conn.close()
+        return seen
+
     def test_a_reload_that_moves_a_backend_leaves_no_pooled_connection_to_its_old_address(self):
         # No health checks: nothing holds the moved backend out until a check passes, so only
         # the pool's own sweep keeps requests off the old address.
@@ -345,14 +358,7 @@ rise = 1
             f.write(text.replace(self.blue[0].address, moved.address))
         r = proxy.bgctl("reload")
         self.assertEqual(r.returncode, 0, r.stderr)
-        seen = set()
-        for _ in range(40):
-            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
-            conn.request("GET", "/")
-            r = conn.getresponse()
-            r.read()
-            seen.add(r.getheader("X-Backend"))
-            conn.close()
+        seen = self.backends_answering(proxy, 40)
         self.assertNotIn("blue-1", seen)  # the old address, still up, gets nothing
         self.assertIn("blue-1-moved", seen)
 
@@ -384,14 +390,7 @@ rise = 1
         for t in threads:
             t.join(10)
         self.assertIn("blue-1", answers)  # some were in flight to the old address
-        seen = collections.Counter()
-        for _ in range(60):
-            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
-            conn.request("GET", "/")
-            r = conn.getresponse()
-            r.read()
-            seen[r.getheader("X-Backend")] += 1
-            conn.close()
+        seen = self.backends_answering(proxy, 60)
         print("in flight across the move: %s; after it: %s" % (collections.Counter(answers), seen))
         self.assertNotIn("blue-1", seen)
         self.assertIn("blue-1-moved", seen)

@@ -25,6 +25,18 @@ def admin(backend, what):
         r.read()
 
 
+def wait_for_ejection(proxy, name, seconds):
+    """Why `name` (a blue backend) went out of the routing ("down" for its checks), or None
+    if it did not within `seconds`."""
+    start = time.time()
+    while time.time() - start < seconds:
+        backend = [b for b in proxy.status()["colours"]["blue"]["backends"] if b["name"] == name][0]
+        if not backend["healthy"]:
+            return backend.get("ejected", "down")
+        time.sleep(0.02)
+    return None
+
+
 class Load:
     """Keep-alive GETs from `threads` clients until stopped (or `limit` seconds): counts
     responses by colour and status."""
@@ -253,12 +265,7 @@ class FailingBackendTest(ProcessTestCase):
         time.sleep(1)
         admin(blue[0], "die_after?die_after=3")
         start = time.time()
-        why = None
-        while time.time() - start < 5 and why is None:
-            b1 = [b for b in proxy.status()["colours"]["blue"]["backends"] if b["name"] == "blue-1"][0]
-            if not b1["healthy"]:
-                why = b1.get("ejected", "")
-            time.sleep(0.02)
+        why = wait_for_ejection(proxy, "blue-1", 5)
         load.stop()
         cut = len([r for r in load.records if r[3] == "error"])
         print("blue-1 cutting every body: ejected after %.2f s (%s), %d cut responses"
@@ -277,13 +284,7 @@ class FailingBackendTest(ProcessTestCase):
         admin(blue[0], "fail?fail_rate=1")
         load = Load(proxy.port, threads=4, limit=30)
         self.addCleanup(load.stop)
-        ejected = None
-        start = time.time()
-        while time.time() - start < 3 and ejected is None:
-            b1 = [b for b in proxy.status()["colours"]["blue"]["backends"] if b["name"] == "blue-1"][0]
-            if not b1["healthy"]:
-                ejected = b1.get("ejected", "down")
-            time.sleep(0.05)
+        ejected = wait_for_ejection(proxy, "blue-1", 3)
         counts = load.stop()
         print("blue-1 failing, blue-2 drained: responses %s" % counts)
         self.assertIsNone(ejected, "blue's last serving backend ejected: %s" % ejected)
@@ -300,13 +301,7 @@ class FailingBackendTest(ProcessTestCase):
         admin(blue[0], "fail?fail_rate=1")
         load = Load(proxy.port, threads=4, limit=30)
         self.addCleanup(load.stop)
-        ejected = None
-        start = time.time()
-        while time.time() - start < 5 and ejected is None:
-            b1 = [b for b in proxy.status()["colours"]["blue"]["backends"] if b["name"] == "blue-1"][0]
-            if not b1["healthy"]:
-                ejected = b1.get("ejected", "")
-            time.sleep(0.05)
+        ejected = wait_for_ejection(proxy, "blue-1", 5)
         load.stop()
         self.assertIsNotNone(ejected, "blue-1 not ejected: %s" % proxy.status())
         self.assertIn("failures in a row", ejected)
