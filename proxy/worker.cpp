@@ -386,14 +386,22 @@ Worker::Evicted Worker::evict_opening(std::optional<std::size_t> listener,
     const auto now = std::chrono::steady_clock::now();
     const auto opened_before = now - config_->limits.evict_opening_after;
     int looked = 0;
-    for (auto it = opening_.begin(); it != opening_.end() && looked < 64; ++it, ++looked) {
-        SessionHandle& session = *it;
+    for (auto it = opening_.begin(); it != opening_.end() && looked < 64;) {
+        SessionHandle& session = *it++;
         if (session.opening_since > opened_before) {
             return Evicted::none;  // oldest first: the rest are younger still
         }
+        if (session.upload_bytes != nullptr && !upload_too_slow(session, now)) {
+            // An upload keeping to the rate goes to the back, young again, and is not counted
+            // in the look: a few dozen at the front hid every connection behind them, and
+            // made room for none. Each goes round once per evict_opening_after at most.
+            session.OpeningHook::unlink();
+            opening(session);
+            continue;
+        }
+        ++looked;
         // (Never one already closed to make room: its slot went to another connection.)
-        if ((listener && session.listener != *listener) || session.slot_released ||
-            !upload_too_slow(session, now)) {
+        if ((listener && session.listener != *listener) || session.slot_released) {
             continue;
         }
         session.OpeningHook::unlink();

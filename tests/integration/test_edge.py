@@ -1260,6 +1260,36 @@ address = "127.0.0.1:0"
             response += chunk
         self.assertEqual(status_of(response), 200, response)
 
+    def test_uploads_keeping_to_the_rate_do_not_hide_slower_connections(self):
+        """70 uploads keeping to min_request_body_rate ahead of 4 tricklers in the list of
+        opening connections: each look passed over at most 64, the uploads, and made room for
+        no one (on 523726c every newcomer got a 503). Those keeping up now go to the back."""
+        proxy = self.proxy(edge_config("""
+[[listener]]
+address = "127.0.0.1:0"
+""", [self.blue], extra="[limits]\nmax_connections = 74\n"), workers=1)
+        head = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n"
+        held = []
+        self.addCleanup(lambda: [c.close() for c in held])
+        for _ in range(70):
+            s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+            s.sendall(head + b"x" * 60000)  # ahead of 1 KiB/s for a minute
+            held.append(s)
+        self.wait_for_connections(proxy, 70)
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+            s.sendall(b"GET / HT")
+            held.append(s)
+        begun = time.monotonic()
+        self.wait_for_connections(proxy, 74)
+        time.sleep(max(0.0, begun + 1.2 - time.monotonic()))
+        for _ in range(4):
+            self.busy_connection(proxy.port)
+        self.wait_for_connections(proxy, 74)
+        self.assertEqual(metric(proxy, "bgproxy_connections_refused_total"), 0)
+        self.assertEqual(metric(proxy, "bgproxy_opening_connections_evicted_total"), 4)
+        self.assertEqual(metric(proxy, "bgproxy_slow_uploads_evicted_total"), 0)
+
     def test_any_worker_makes_room_for_a_newcomer(self):
         """Each worker closed only connections it had accepted itself: with two, a newcomer
         the kernel gave to the one with none left to close was refused while the other held
