@@ -64,7 +64,7 @@ GuardDecision fail_over(const RoutingState& state, std::string reason) {
     decision.next = state;
     decision.changed = true;
     decision.kind = SwitchKind::failover;
-    decision.next.failover = FailoverState{state.weight_bp, {}};
+    decision.next.failover = FailoverState{state.weight_bp, {}, false, state.ramp};
     decision.next.weight_bp[index_of(other(state.stable))] = 10000;
     decision.next.weight_bp[index_of(state.stable)] = 0;
     decision.next.ramp.reset();
@@ -105,12 +105,14 @@ GuardDecision evaluate_failback(const RoutingState& state,
     decision.changed = true;
     decision.kind = SwitchKind::failback;
     decision.next.weight_bp = state.failover->weight_bp;
+    decision.next.ramp = state.failover->ramp;
     decision.next.failover.reset();
     decision.reason = std::string("the stable colour ") + to_string(state.stable) +
                       " is healthy again (" +
                       std::to_string(health[index_of(state.stable)].healthy) + "/" +
                       std::to_string(health[index_of(state.stable)].total) +
-                      " healthy): traffic back to the weights before the failover";
+                      " healthy): traffic back to the weights before the failover" +
+                      (decision.next.ramp ? ", and the ramp resumes" : "");
     return decision;
 }
 

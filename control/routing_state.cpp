@@ -71,6 +71,21 @@ json::value percent_json(std::uint32_t bp) {
     return json::value(bp / 100.0);
 }
 
+namespace {
+
+json::value ramp_to_json(const std::optional<RampState>& ramp) {
+    if (!ramp) {
+        return nullptr;
+    }
+    return json::object{{"colour", to_string(ramp->colour)},
+                        {"to", ramp->to_bp},
+                        {"step", ramp->step_bp},
+                        {"every_ms", ramp->every.count()},
+                        {"paused", ramp->paused}};
+}
+
+}  // namespace
+
 json::object to_json(const RoutingState& state) {
     json::object out;
     out["format"] = 1;
@@ -100,15 +115,7 @@ json::object to_json(const RoutingState& state) {
         admin[name] = to_string(value);
     }
     out["admin"] = std::move(admin);
-    if (state.ramp) {
-        out["ramp"] = json::object{{"colour", to_string(state.ramp->colour)},
-                                   {"to", state.ramp->to_bp},
-                                   {"step", state.ramp->step_bp},
-                                   {"every_ms", state.ramp->every.count()},
-                                   {"paused", state.ramp->paused}};
-    } else {
-        out["ramp"] = nullptr;
-    }
+    out["ramp"] = ramp_to_json(state.ramp);
     if (state.failover) {
         out["failover"] =
             json::object{{"weights", json::object{{"blue", state.failover->weight_bp[0]},
@@ -116,6 +123,9 @@ json::object to_json(const RoutingState& state) {
                          {"at", state.failover->at}};
         if (state.failover->stalled) {
             out["failover"].as_object()["stalled"] = true;
+        }
+        if (state.failover->ramp) {
+            out["failover"].as_object()["ramp"] = ramp_to_json(state.failover->ramp);
         }
     }
     out["changed_at"] = state.changed_at;
@@ -247,6 +257,13 @@ std::optional<RoutingState> routing_state_from_json(const json::value& value, st
                 FailoverState{.weight_bp = *failover, .at = std::string(f->at("at").as_string())};
             if (const json::value* stalled = f->as_object().if_contains("stalled")) {
                 state.failover->stalled = stalled->as_bool();
+            }
+            if (const json::value* ramp = f->as_object().if_contains("ramp");
+                ramp != nullptr && !ramp->is_null()) {
+                state.failover->ramp = ramp_from_json(ramp->as_object(), error);
+                if (!state.failover->ramp) {
+                    return std::nullopt;
+                }
             }
         }
         state.changed_at = std::string(in.at("changed_at").as_string());

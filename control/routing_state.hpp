@@ -34,6 +34,8 @@ struct FailoverState {
     std::string at;                                    // ISO 8601 UTC
     // The stable colour hung everywhere, its checks passing: failback is the operator's.
     bool stalled = false;
+    // The ramp the failover stopped: the failback resumes it from the weights above.
+    std::optional<RampState> ramp{};
 };
 
 struct RoutingState {

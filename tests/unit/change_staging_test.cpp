@@ -57,6 +57,20 @@ TEST_CASE("set gives traffic to a colour marked failed only with its mark cleare
     CHECK(none.note.empty());
 }
 
+TEST_CASE("a ramp giving a colour marked failed traffic clears its mark, whichever it names") {
+    bg::RoutingState state;
+    state.failed[1] = true;
+    // Failed on 523726c: `ramp blue to=0` gave green half the traffic and kept its mark (the
+    // failed role and alert on a colour serving; no failover to it).
+    const auto down = stage(state, "ramp blue to=0 step=50 every=1h");
+    REQUIRE(down.error.empty());
+    CHECK(down.next.weight(bg::Colour::green) == 5000);
+    CHECK_FALSE(down.next.failed[1]);
+    CHECK(down.note.find("green was marked failed") != std::string::npos);
+    const auto up = stage(state, "ramp green to=20 step=10 every=1h");
+    CHECK_FALSE(up.next.failed[1]);
+}
+
 TEST_CASE("rollback returns to stable; promote needs one colour; clear needs a failed mark") {
     bg::RoutingState state;
     state.weight_bp = {2000, 8000};

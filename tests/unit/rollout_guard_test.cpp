@@ -81,6 +81,22 @@ TEST_CASE("the stable colour failing: failover (temporary) or hold") {
     CHECK_FALSE(bg::evaluate_guard(weights(10000), healthy(0, 2), rollout).changed);
 }
 
+TEST_CASE("a ramp a failover stopped resumes at the failback") {
+    // Found by a review (523726c): the failback restored the weights and dropped the ramp, and
+    // the release stayed at the step it had reached.
+    bg::RolloutConfig rollout;
+    bg::RoutingState ramping = weights(8000);
+    ramping.ramp = bg::RampState{bg::Colour::green, 10000, 1000, std::chrono::seconds(30), false};
+    auto d = bg::evaluate_guard(ramping, healthy(0, 2), rollout);
+    REQUIRE(d.changed);
+    CHECK_FALSE(d.next.ramp);  // no steps while failed over
+    auto back = bg::evaluate_failback(d.next, healthy(2, 2), rollout);
+    REQUIRE(back.changed);
+    CHECK(back.next.weight_bp == ramping.weight_bp);
+    CHECK(back.next.ramp == ramping.ramp);
+    CHECK(back.reason.find("the ramp resumes") != std::string::npos);
+}
+
 TEST_CASE("a stable colour hung everywhere fails over, and fails back only by an operator") {
     // Found by an outside probe: blue hung on every backend, its checks passing, green healthy
     // and idle: GETs got 504 after 20 s (blue-1, then blue-2), nothing failed over.

@@ -23,6 +23,8 @@ bg::RoutingState full_state() {
     state.ramp->step_bp = 500;
     state.failover =
         bg::FailoverState{.weight_bp = {2000, 8000}, .at = "2026-12-03T00:00:00Z", .stalled = true};
+    state.failover->ramp = bg::RampState{};
+    state.failover->ramp->to_bp = 3000;
     state.changed_at = "2026-12-03T00:00:01Z";
     state.changed_by = "ops";
     state.command = "set green=10";
@@ -49,6 +51,7 @@ TEST_CASE("a routing state survives its JSON form whole") {
     CHECK(back->ramp->step_bp == 500);
     CHECK(back->failover->weight_bp[1] == 8000);
     CHECK(back->failover->stalled);
+    CHECK(back->failover->ramp->to_bp == 3000);
     CHECK(back->admin.at("green-1") == bg::AdminState::drain);
     CHECK(back->withdrawn == std::array<bool, 2>{true, false});
     // A state file from before withdrawn marks reads as none.
