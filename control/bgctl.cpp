@@ -164,6 +164,11 @@ void print_status(const json::object& s) {
         std::printf("failover since %s (weights before: blue %s, green %s); failback: %s\n",
                     str(o.at("since")).c_str(), percent(o.at("weights").at("blue")).c_str(),
                     percent(o.at("weights").at("green")).c_str(), str(o.at("failback")).c_str());
+        if (const auto* r = o.if_contains("ramp"); r != nullptr && r->is_object()) {
+            std::printf("  the failback resumes the ramp of %s to %s%s\n",
+                        str(r->at("colour")).c_str(), percent(r->at("to")).c_str(),
+                        r->at("paused").as_bool() ? " (paused)" : "");
+        }
     }
     if (const auto* c = s.if_contains("canary"); c != nullptr && c->is_object()) {
         const auto& o = c->as_object();

@@ -164,17 +164,22 @@ StagedChange stage_change(const RoutingState& state, const Config& config, const
             return stage_ramp(state, cmd);
         case Verb::ramp_pause:
         case Verb::ramp_resume:
-        case Verb::ramp_abort:
-            if (!state.ramp) {
+        case Verb::ramp_abort: {
+            // During a failover, the ramp it stopped (to resume at the failback) is the one.
+            std::optional<RampState>& ramp =
+                state.ramp || !state.failover ? out.next.ramp : out.next.failover->ramp;
+            if (!ramp) {
                 return refused("no ramp in progress");
             }
             if (cmd.verb == Verb::ramp_abort) {
-                out.next.ramp.reset();
-                out.note = "weights stay where the ramp left them";
+                ramp.reset();
+                out.note = state.ramp ? "weights stay where the ramp left them"
+                                      : "the failback will not resume it";
             } else {
-                out.next.ramp->paused = cmd.verb == Verb::ramp_pause;
+                ramp->paused = cmd.verb == Verb::ramp_pause;
             }
             return out;
+        }
         case Verb::drain:
         case Verb::maint:
         case Verb::ready:

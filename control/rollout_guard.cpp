@@ -112,7 +112,9 @@ GuardDecision evaluate_failback(const RoutingState& state,
                       std::to_string(health[index_of(state.stable)].healthy) + "/" +
                       std::to_string(health[index_of(state.stable)].total) +
                       " healthy): traffic back to the weights before the failover" +
-                      (decision.next.ramp ? ", and the ramp resumes" : "");
+                      (!decision.next.ramp          ? ""
+                       : decision.next.ramp->paused ? ", and the paused ramp is back"
+                                                    : ", and the ramp resumes");
     return decision;
 }
 

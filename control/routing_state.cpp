@@ -306,6 +306,16 @@ std::string describe_change(const RoutingState& before, const RoutingState& afte
         sep();
         out << "failover ended";
     }
+    const auto stored_ramp = [](const RoutingState& s) {
+        return s.failover ? s.failover->ramp : std::optional<RampState>{};
+    };
+    if (stored_ramp(before) != stored_ramp(after) && after.failover) {
+        sep();
+        out << (!stored_ramp(after)          ? "the stopped ramp dropped"
+                : !before.failover           ? "ramp suspended until the failback"
+                : stored_ramp(after)->paused ? "the stopped ramp paused"
+                                             : "the stopped ramp resumes at the failback");
+    }
     std::map<std::string, bool> names;
     for (const auto& [name, _] : before.admin) {
         names[name] = true;
@@ -321,8 +331,9 @@ std::string describe_change(const RoutingState& before, const RoutingState& afte
             out << name << ' ' << to_string(a) << " -> " << to_string(b);
         }
     }
-    if (before.ramp.has_value() != after.ramp.has_value() ||
-        (before.ramp && after.ramp && before.ramp->paused != after.ramp->paused)) {
+    const bool suspended = !after.ramp && before.ramp && stored_ramp(after) == before.ramp;
+    if (!suspended && (before.ramp.has_value() != after.ramp.has_value() ||
+                       (before.ramp && after.ramp && before.ramp->paused != after.ramp->paused))) {
         sep();
         if (!after.ramp) {
             out << "ramp ended";

@@ -1265,6 +1265,21 @@ std::uint32_t count_of(const std::vector<std::uint32_t>& v, std::uint32_t id) {
 
 }  // namespace
 
+namespace {
+
+json::value ramp_status(const std::optional<RampState>& ramp) {
+    if (!ramp) {
+        return nullptr;
+    }
+    return json::object{{"colour", to_string(ramp->colour)},
+                        {"to", percent_json(ramp->to_bp)},
+                        {"step", percent_json(ramp->step_bp)},
+                        {"every_ms", ramp->every.count()},
+                        {"paused", ramp->paused}};
+}
+
+}  // namespace
+
 json::object Switchboard::status_colours(const DataPlaneLoad& load) const {
     json::object colours;
     for (Colour c : all_colours) {
@@ -1326,14 +1341,7 @@ void Switchboard::reply_status(Origin origin) {
                            {"stable", to_string(state_.stable)},
                            {"panic", table_->panic()},
                            {"colours", status_colours(load)}};
-        reply["ramp"] = nullptr;
-        if (state_.ramp) {
-            reply["ramp"] = json::object{{"colour", to_string(state_.ramp->colour)},
-                                         {"to", percent_json(state_.ramp->to_bp)},
-                                         {"step", percent_json(state_.ramp->step_bp)},
-                                         {"every_ms", state_.ramp->every.count()},
-                                         {"paused", state_.ramp->paused}};
-        }
+        reply["ramp"] = ramp_status(state_.ramp);
         reply["canary"] = to_json(canary_.verdict());
         reply["durable"] = durable();
         if (!durable()) {
@@ -1346,6 +1354,7 @@ void Switchboard::reply_status(Origin origin) {
                 {"weights", json::object{{"blue", percent_json(state_.failover->weight_bp[0])},
                                          {"green", percent_json(state_.failover->weight_bp[1])}}},
                 {"stalled", state_.failover->stalled},
+                {"ramp", ramp_status(state_.failover->ramp)},  // to resume at the failback
                 {"failback", state_.failover->stalled
                                  ? "manual (bgctl rollback): the stable colour answered nothing"
                              : !config_->rollout.failback_auto ? "manual (bgctl rollback)"

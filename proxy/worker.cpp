@@ -386,15 +386,22 @@ Worker::Evicted Worker::evict_opening(std::optional<std::size_t> listener,
     const auto now = std::chrono::steady_clock::now();
     const auto opened_before = now - config_->limits.evict_opening_after;
     int looked = 0;
+    int moved = 0;
+    const SessionHandle* first_moved = nullptr;
     for (auto it = opening_.begin(); it != opening_.end() && looked < 64;) {
         SessionHandle& session = *it++;
-        if (session.opening_since > opened_before) {
-            return Evicted::none;  // oldest first: the rest are younger still
+        if (session.opening_since > opened_before || &session == first_moved) {
+            return Evicted::none;  // oldest first: the rest are younger still (or seen)
         }
         if (session.upload_bytes != nullptr && !upload_too_slow(session, now)) {
             // An upload keeping to the rate goes to the back, young again, and is not counted
             // in the look: a few dozen at the front hid every connection behind them, and
-            // made room for none. Each goes round once per evict_opening_after at most.
+            // made room for none. Each goes round once per evict_opening_after at most, and
+            // once a look (evict_opening_after 0); a look moves 1,024 at most.
+            if (++moved > 1024) {
+                return Evicted::none;
+            }
+            first_moved = first_moved != nullptr ? first_moved : &session;
             session.OpeningHook::unlink();
             opening(session);
             continue;

@@ -847,6 +847,30 @@ failback_hold = "3s"
         s = proxy.status()
         self.assertEqual((s["stable"], s["colours"]["green"]["weight"]), ("blue", 100), s)
 
+    def test_a_ramp_a_failover_stopped_resumes_at_the_failback(self):
+        """On c80a3f8 the failback restored the weights and dropped the ramp: the release
+        stayed at its step for good."""
+        blue, text = self.one_by_one('failback_hold = "1s"')
+        proxy = self.proxy(text)
+        r = proxy.bgctl("ramp", "green", "to=100", "step=10", "every=2s")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.fail_over(proxy, blue)
+        s = proxy.status()
+        self.assertIsNone(s["ramp"])
+        self.assertEqual(s["failover"]["ramp"]["to"], 100, s)
+        self.assertIn("the failback resumes the ramp of green to 100%", proxy.bgctl("status").stdout)
+        admin(blue[0], "health?status=200")
+        start = time.time()
+        while time.time() - start < 15 and proxy.status()["failover"] is not None:
+            time.sleep(0.1)
+        s = proxy.status()
+        self.assertIsNone(s["failover"], s)
+        self.assertEqual(s["ramp"]["to"], 100, s)
+        at_failback = s["colours"]["green"]["weight"]
+        while time.time() - start < 20 and proxy.status()["colours"]["green"]["weight"] <= at_failback:
+            time.sleep(0.1)
+        self.assertGreater(proxy.status()["colours"]["green"]["weight"], at_failback)
+
     def test_a_failover_restored_at_start_fails_back_when_the_stable_colour_is_healthy(self):
         blue, text = self.one_by_one('failback_hold = "2s"')
         state_dir = tempfile.mkdtemp(prefix="bgproxy-state-")

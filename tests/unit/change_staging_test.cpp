@@ -71,6 +71,25 @@ TEST_CASE("a ramp giving a colour marked failed traffic clears its mark, whichev
     CHECK_FALSE(up.next.failed[1]);
 }
 
+TEST_CASE("during a failover, ramp pause and abort act on the ramp it stopped") {
+    bg::RoutingState state;
+    state.weight_bp = {0, 10000};
+    state.failover = bg::FailoverState{{8000, 2000}, "2026-12-06T00:00:00Z"};
+    state.failover->ramp =
+        bg::RampState{bg::Colour::green, 10000, 1000, std::chrono::seconds(30), false};
+    const auto paused = stage(state, "ramp pause");
+    REQUIRE(paused.error.empty());
+    CHECK(paused.next.failover->ramp->paused);
+    CHECK(paused.next.weight_bp == state.weight_bp);
+    const auto aborted = stage(state, "ramp abort");
+    REQUIRE(aborted.error.empty());
+    CHECK_FALSE(aborted.next.failover->ramp);
+    CHECK(aborted.note == "the failback will not resume it");
+    CHECK(bg::describe_change(state, aborted.next) == "the stopped ramp dropped");
+    state.failover->ramp.reset();
+    CHECK(stage(state, "ramp abort").error == "no ramp in progress");
+}
+
 TEST_CASE("rollback returns to stable; promote needs one colour; clear needs a failed mark") {
     bg::RoutingState state;
     state.weight_bp = {2000, 8000};

@@ -90,6 +90,9 @@ TEST_CASE("a ramp a failover stopped resumes at the failback") {
     auto d = bg::evaluate_guard(ramping, healthy(0, 2), rollout);
     REQUIRE(d.changed);
     CHECK_FALSE(d.next.ramp);  // no steps while failed over
+    const std::string change = bg::describe_change(ramping, d.next);
+    CHECK(change.find("ramp suspended until the failback") != std::string::npos);
+    CHECK(change.find("ramp ended") == std::string::npos);
     auto back = bg::evaluate_failback(d.next, healthy(2, 2), rollout);
     REQUIRE(back.changed);
     CHECK(back.next.weight_bp == ramping.weight_bp);
