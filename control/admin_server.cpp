@@ -178,6 +178,10 @@ asio::awaitable<void> AdminServer::serve(tcp::socket socket) {
         if (!rec && request.method() == http::verb::head) {
             response.body().clear();  // the length stays: what a GET would get (RFC 9110 9.3.2)
         }
+        // While the answer waits on its client the slot may be taken, as the control socket's:
+        // clients pipelining requests they never read held every slot, and a load balancer's
+        // readiness probe was closed unanswered.
+        ConnectionSlots::idle(*slot);
         stream.expires_after(timeouts.client_write);
         auto [wec, wn] = co_await http::async_write(stream, response, nothrow);
         if (!wec && !stays && response.result() != http::status::ok) {

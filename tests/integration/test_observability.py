@@ -170,6 +170,29 @@ class AdminTest(ProcessTestCase):
         self.assertTrue(exchange(b"GET /he\x01 HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 400 "))
         self.assertEqual(admin_get(proxy, "/healthz"), (200, b"ok\n"))
 
+    def test_clients_that_never_read_their_answers_do_not_lock_out_a_probe(self):
+        """Every admin slot held by a client pipelining requests it never reads: the answer
+        waiting on its client held the slot busy, and /readyz was closed unanswered (found by
+        a review, 523726c)."""
+        proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")],
+                                  extra='[server]\nadmin_max_connections = 8\n'))
+        address = ("127.0.0.1", proxy.admin_port)
+        flood = b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n" * 4000
+        stuck = []
+        self.addCleanup(lambda: [s.close() for s in stuck])
+        for _ in range(8):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(address)
+            s.setblocking(False)
+            try:
+                s.send(flood)  # as much as the kernel takes (answers of ~10 KiB each); never read
+            except BlockingIOError:
+                pass
+            stuck.append(s)
+        time.sleep(1.0)  # each answer waits on its client, its socket full
+        self.assertEqual(admin_get(proxy, "/readyz")[0], 200)
+
     def test_readyz_turns_503_before_the_listener_closes_on_sigterm(self):
         proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")],
                                   extra='[timeouts]\nshutdown_ready_delay = "1s"\n'))
