@@ -312,6 +312,15 @@ class ClientSession {
                            ConnectionDeadline::client);
         conn_.header_clock_running = before_first;
         conn_.handle().idle = true;
+        // A wait that cannot park (a resumed connection's bytes, a TLS record begun, a private
+        // backend connection kept) holds its session and slot: at the connection limit it
+        // makes room as a connection still opening does. A TLS client sending one byte of a
+        // record after each resume held a slot for client_keepalive, out of every eviction's
+        // reach, where a plain one's byte of a head was evicted after evict_opening_after.
+        const bool evictable = !may_park && !conn_.handle().OpeningHook::is_linked();
+        if (evictable) {
+            conn_.worker.opening(conn_.handle());
+        }
         if (may_park) {
             conn_.worker.parked().wait_idle(idle_wait_, conn_.socket(), timeouts.client_park_after);
         } else {
@@ -323,6 +332,9 @@ class ClientSession {
             co_await conn_.stream.async_read_some(draining(asio::buffer(first_bytes_)), nothrow);
         if (idle_wait_.is_linked()) {
             idle_wait_.unlink();
+        }
+        if (evictable) {
+            conn_.worker.opened(conn_.handle());  // (read_head links it again if need be)
         }
         conn_.handle().idle = false;
         if (ec) {

@@ -1338,6 +1338,48 @@ address = "127.0.0.1:0"
         self.assertEqual(outcomes, [200] * 24)  # a stuck handshake times out at 10 s
         self.assertEqual(metric(proxy, "bgproxy_connections_refused_total"), 0)
 
+    def test_tls_connections_holding_a_byte_of_a_record_make_room(self):
+        """Parked TLS connections each sent one byte of a record: resumed, each waited for the
+        rest unparked, out of every eviction's reach, for client_keepalive, and newcomers were
+        turned away (found by a review, 523726c). A plain connection's byte of a head was
+        already evicted after evict_opening_after."""
+        proxy = self.proxy(edge_config(tls_listener("a"), [self.blue], extra=(
+            '[limits]\nmax_connections = 6\n[timeouts]\nclient_park_after = "50ms"\n')),
+            workers=1)
+        held = []
+        self.addCleanup(lambda: [c.close() for c in held])
+        for _ in range(6):
+            raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+            held.append(raw)
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = client_context().wrap_bio(incoming, outgoing, server_hostname="a.test")
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    raw.sendall(outgoing.read())
+                    incoming.write(raw.recv(65536))
+            tls.write(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            raw.sendall(outgoing.read())
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                incoming.write(raw.recv(65536))
+                try:
+                    answer += tls.read(65536)
+                except ssl.SSLWantReadError:
+                    pass
+            self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer[:60])
+        deadline = time.time() + 5
+        while metric(proxy, "bgproxy_downstream_connections_idle") != 6 and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # parked
+        for raw in held:
+            raw.sendall(b"\x17")  # the first byte of an application data record
+        time.sleep(1.3)  # past evict_opening_after
+        self.assertEqual([tls_get(proxy.port) for _ in range(3)], [200] * 3)
+        self.assertEqual(metric(proxy, "bgproxy_connections_refused_total"), 0)
+
     def test_global_max_connections_and_requests_per_connection(self):
         proxy = self.proxy(edge_config("""
 [[listener]]
