@@ -128,6 +128,12 @@ asio::awaitable<void> AdminServer::serve(tcp::socket socket) {
         boost::system::error_code ignored;
         stream.socket().close(ignored);
     });
+    // Released however the coroutine ends: a slot left behind would close a dead stream.
+    struct Leave {
+        ConnectionSlots& slots;
+        const ConnectionSlots::Handle& slot;
+        ~Leave() { slots.release(slot); }
+    } leave{slots_, slot};
     beast::flat_buffer buffer;
     for (bool first = true; slot != nullptr && stream.socket().is_open(); first = false) {
         ConnectionSlots::idle(*slot);
@@ -180,7 +186,8 @@ asio::awaitable<void> AdminServer::serve(tcp::socket socket) {
         }
         // While the answer waits on its client the slot may be taken, as the control socket's:
         // clients pipelining requests they never read held every slot, and a load balancer's
-        // readiness probe was closed unanswered.
+        // readiness probe was closed unanswered. (An answer the socket buffers take whole, as
+        // a reading client's /metrics, is written before any newcomer can come.)
         ConnectionSlots::idle(*slot);
         stream.expires_after(timeouts.client_write);
         auto [wec, wn] = co_await http::async_write(stream, response, nothrow);
@@ -191,7 +198,6 @@ asio::awaitable<void> AdminServer::serve(tcp::socket socket) {
             break;
         }
     }
-    slots_.release(slot);
     boost::system::error_code ignored;
     stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
 }

@@ -337,8 +337,13 @@ class ClientSession {
             conn_.worker.opened(conn_.handle());  // (read_head links it again if need be)
         }
         conn_.handle().idle = false;
+        if (conn_.handle().slot_released) {
+            // Closed to make room: a read the poller completed in the same turn still brings
+            // its bytes, and must not become a request nobody will get the answer to.
+            co_return IdleEnd::closed;
+        }
         if (ec) {
-            const bool park = idle_wait_.park && ec == asio::error::operation_aborted &&
+            const bool park = may_park && idle_wait_.park && ec == asio::error::operation_aborted &&
                               !conn_.deadline.expired() && !conn_.worker.draining();
             co_return park ? IdleEnd::park : IdleEnd::closed;
         }

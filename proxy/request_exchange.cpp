@@ -144,7 +144,8 @@ Task<bool> RequestExchange<Stream>::read_head() {
         Refusal refusal;
         switch (parse_head(checked, refusal)) {
             case HeadRead::done:
-                co_return true;
+                // (Not one closed to make room whose last read completed in the same turn.)
+                co_return !conn_.handle().slot_released;
             case HeadRead::invalid:
                 co_await refuse(refusal);
                 co_return false;

@@ -13,8 +13,9 @@
 namespace bg {
 
 struct OpeningTag;
-// In the worker's list of connections still opening (a TLS handshake or a PROXY header to
-// come): out of it by itself when the handle goes.
+// In the worker's list of connections still opening (a TLS handshake, a PROXY header or the
+// rest of a head to come, a slow upload, an idle wait that cannot park): out of it by itself
+// when the handle goes.
 using OpeningHook =
     boost::intrusive::list_base_hook<boost::intrusive::tag<OpeningTag>,
                                      boost::intrusive::link_mode<boost::intrusive::auto_unlink>>;

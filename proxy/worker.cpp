@@ -349,13 +349,13 @@ void Worker::borrow_room(Socket socket, std::size_t listener, const tcp::endpoin
     });
 }
 
-// At a connection limit, an idle keep-alive connection of this worker makes room (the one
+// At a connection limit, a parked keep-alive connection of this worker makes room (the one
 // nearest its own timeout): a flood of connections that each sent one request and went quiet
-// would otherwise turn every new client away for client_keepalive. Else one still opening (or
-// uploading too slowly). Of `listener` when its own cap is the one reached. The closed one's
-// slot passes to the new connection on `listener` at once (ConnectionLimits::hand_over): freed
-// first, a concurrent accept on another worker could take it, and the newcomer be refused
-// though a connection was closed for it (seen under TSan).
+// would otherwise turn every new client away for client_keepalive. Else one still opening, an
+// idle one that cannot park, or one uploading too slowly, oldest first. Of `listener` when its own
+// cap is the one reached. The closed one's slot passes to the new connection on `listener` at once
+// (ConnectionLimits::hand_over): freed first, a concurrent accept on another worker could take it,
+// and the newcomer be refused though a connection was closed for it (seen under TSan).
 bool Worker::make_room(std::size_t listener, std::uint32_t listener_max) {
     const auto only =
         listener_max != 0 ? std::optional<std::size_t>(listener) : std::optional<std::size_t>();
@@ -368,6 +368,7 @@ bool Worker::make_room(std::size_t listener, std::uint32_t listener_max) {
             return false;
         }
         WorkerStats::add(evicted == Evicted::opening ? stats_.opening_evicted
+                         : evicted == Evicted::idle  ? stats_.idle_evicted
                                                      : stats_.slow_uploads_evicted);
     }
     limits_.hand_over(*held, listener);
@@ -416,7 +417,9 @@ Worker::Evicted Worker::evict_opening(std::optional<std::size_t> listener,
         held = session.listener;
         boost::system::error_code ignored;
         session.client->close(ignored);
-        return session.upload_bytes != nullptr ? Evicted::slow_upload : Evicted::opening;
+        return session.upload_bytes != nullptr ? Evicted::slow_upload
+               : session.idle                  ? Evicted::idle
+                                               : Evicted::opening;
     }
     return Evicted::none;
 }

@@ -111,9 +111,9 @@ class Worker {
     void track(SessionHandle* session) { sessions_.push_back(*session); }
     void untrack(SessionHandle* session);
     // A connection that has not yet said what it wants (its TLS handshake, PROXY header or the
-    // rest of a request head to come) holds a slot: at the connection limit the oldest such
-    // one makes room, as an idle one does, once it has been opening for
-    // limits.evict_opening_after.
+    // rest of a request head to come; or an idle wait that cannot park) holds a slot: at the
+    // connection limit the oldest such one makes room, as a parked one does, once it has been
+    // opening for limits.evict_opening_after.
     void opening(SessionHandle& session) {
         session.opening_since = std::chrono::steady_clock::now();
         opening_.push_back(session);
@@ -199,7 +199,7 @@ class Worker {
                      const boost::asio::ip::tcp::endpoint& peer, std::size_t next);
     Socket lower_descriptor(Socket socket, std::size_t listener);
     void admit(Socket socket, std::size_t listener, const boost::asio::ip::tcp::endpoint& peer);
-    enum class Evicted { none, opening, slow_upload };
+    enum class Evicted { none, opening, slow_upload, idle };
     Evicted evict_opening(std::optional<std::size_t> listener, std::optional<std::size_t>& held);
     bool upload_too_slow(const SessionHandle& session,
                          std::chrono::steady_clock::time_point now) const;

@@ -1379,6 +1379,9 @@ address = "127.0.0.1:0"
         time.sleep(1.3)  # past evict_opening_after
         self.assertEqual([tls_get(proxy.port) for _ in range(3)], [200] * 3)
         self.assertEqual(metric(proxy, "bgproxy_connections_refused_total"), 0)
+        # The first newcomer's slot was an idle one's; the next ones took the slot it left.
+        self.assertEqual(metric(proxy, "bgproxy_idle_connections_evicted_total"), 1)
+        self.assertEqual(metric(proxy, "bgproxy_opening_connections_evicted_total"), 0)
 
     def test_global_max_connections_and_requests_per_connection(self):
         proxy = self.proxy(edge_config("""
