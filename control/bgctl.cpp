@@ -146,11 +146,8 @@ void print_fleet(const json::object& s) {
     }
 }
 
-void print_status(const json::object& s) {
-    std::printf("version %s, changed %s by %s (%s)\n", str(s.at("version")).c_str(),
-                str(s.at("changed_at")).c_str(), str(s.at("changed_by")).c_str(),
-                str(s.at("last_command")).c_str());
-    std::printf("stable colour: %s\n", str(s.at("stable")).c_str());
+// The ramp in progress, and the failover with the ramp it stopped.
+void print_ramp_and_failover(const json::object& s) {
     if (s.at("ramp").is_object()) {
         const auto& r = s.at("ramp").as_object();
         std::printf("ramp: %s to %s by %s every %sms%s\n", str(r.at("colour")).c_str(),
@@ -170,6 +167,14 @@ void print_status(const json::object& s) {
                         r->at("paused").as_bool() ? " (paused)" : "");
         }
     }
+}
+
+void print_status(const json::object& s) {
+    std::printf("version %s, changed %s by %s (%s)\n", str(s.at("version")).c_str(),
+                str(s.at("changed_at")).c_str(), str(s.at("changed_by")).c_str(),
+                str(s.at("last_command")).c_str());
+    std::printf("stable colour: %s\n", str(s.at("stable")).c_str());
+    print_ramp_and_failover(s);
     if (const auto* c = s.if_contains("canary"); c != nullptr && c->is_object()) {
         const auto& o = c->as_object();
         std::string line = "canary: " + str(o.at("verdict"));

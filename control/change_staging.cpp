@@ -85,6 +85,25 @@ StagedChange stage_ramp(const RoutingState& state, const Command& cmd) {
     return out;
 }
 
+// ramp pause, resume or abort. During a failover, the ramp it stopped (to resume at the
+// failback) is the one.
+StagedChange stage_ramp_control(const RoutingState& state, Verb verb) {
+    StagedChange out{state, {}, {}};
+    std::optional<RampState>& ramp =
+        state.ramp || !state.failover ? out.next.ramp : out.next.failover->ramp;
+    if (!ramp) {
+        return refused("no ramp in progress");
+    }
+    if (verb == Verb::ramp_abort) {
+        ramp.reset();
+        out.note = state.ramp ? "weights stay where the ramp left them"
+                              : "the failback will not resume it";
+    } else {
+        ramp->paused = verb == Verb::ramp_pause;
+    }
+    return out;
+}
+
 StagedChange stage_admin(const RoutingState& state, const Config& config, const Command& cmd) {
     bool known = false;
     std::string names;
@@ -164,22 +183,8 @@ StagedChange stage_change(const RoutingState& state, const Config& config, const
             return stage_ramp(state, cmd);
         case Verb::ramp_pause:
         case Verb::ramp_resume:
-        case Verb::ramp_abort: {
-            // During a failover, the ramp it stopped (to resume at the failback) is the one.
-            std::optional<RampState>& ramp =
-                state.ramp || !state.failover ? out.next.ramp : out.next.failover->ramp;
-            if (!ramp) {
-                return refused("no ramp in progress");
-            }
-            if (cmd.verb == Verb::ramp_abort) {
-                ramp.reset();
-                out.note = state.ramp ? "weights stay where the ramp left them"
-                                      : "the failback will not resume it";
-            } else {
-                ramp->paused = cmd.verb == Verb::ramp_pause;
-            }
-            return out;
-        }
+        case Verb::ramp_abort:
+            return stage_ramp_control(state, cmd.verb);
         case Verb::drain:
         case Verb::maint:
         case Verb::ready:

@@ -82,6 +82,21 @@ backends = [%s]
 """ % (listeners, pool(blue), pool(blue, "green-"), extra)
 
 
+def memory_tls_client(port):
+    """A TLS client to a.test whose records go through memory, so a test may send them in
+    pieces: (raw socket, SSLObject, incoming BIO, outgoing BIO), handshake done."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_context().wrap_bio(incoming, outgoing, server_hostname="a.test")
+    while True:
+        try:
+            tls.do_handshake()
+            return raw, tls, incoming, outgoing
+        except ssl.SSLWantReadError:
+            raw.sendall(outgoing.read())
+            incoming.write(raw.recv(65536))
+
+
 def client_context(check_hostname=True):
     ctx = ssl.create_default_context(cafile=ca_file())
     ctx.check_hostname = check_hostname
@@ -422,17 +437,8 @@ client_keepalive = "%s"
         # (its requests came close together, so it waits client_park_after before parking):
         # its idle read takes the first half and wants more; it parks holding that half, and
         # the second half resumes it and completes the request.
-        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        raw, tls, incoming, outgoing = memory_tls_client(port)
         self.addCleanup(raw.close)
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        tls = client_context().wrap_bio(incoming, outgoing, server_hostname="a.test")
-        while True:
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                raw.sendall(outgoing.read())
-                incoming.write(raw.recv(65536))
 
         def response():
             received = b""
@@ -1349,17 +1355,8 @@ address = "127.0.0.1:0"
         held = []
         self.addCleanup(lambda: [c.close() for c in held])
         for _ in range(6):
-            raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+            raw, tls, incoming, outgoing = memory_tls_client(proxy.port)
             held.append(raw)
-            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-            tls = client_context().wrap_bio(incoming, outgoing, server_hostname="a.test")
-            while True:
-                try:
-                    tls.do_handshake()
-                    break
-                except ssl.SSLWantReadError:
-                    raw.sendall(outgoing.read())
-                    incoming.write(raw.recv(65536))
             tls.write(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
             raw.sendall(outgoing.read())
             answer = b""
