@@ -66,7 +66,7 @@ bool write_all(int fd, const std::string& data) {
 }  // namespace
 
 SaveOutcome FileStateStore::save(const RoutingState& next, StoredVersion expected) {
-    if (stored_version_ && *stored_version_ != expected.version) {
+    if (stored_version_ && *stored_version_ != expected.version && !expected.whatever_stored) {
         SaveOutcome refused;
         refused.conflict = true;
         refused.error = "state changed underneath (stored version " +

@@ -19,6 +19,9 @@ struct StoreLoad {
 struct StoredVersion {
     std::uint64_t version = 0;  // 0: nothing stored
     std::int64_t revision = 0;
+    // Outside a fleet, after a save given up on (state_save_timeout) that may or may not have
+    // landed: replace whatever is stored.
+    bool whatever_stored = false;
 };
 
 struct SaveOutcome {
@@ -65,7 +68,7 @@ class MemoryStateStore final : public StateStore {
     StoreLoad load() override { return {}; }
     SaveOutcome save(const RoutingState& next, StoredVersion expected) override {
         SaveOutcome outcome;
-        if (version_ != 0 && version_ != expected.version) {
+        if (version_ != 0 && version_ != expected.version && !expected.whatever_stored) {
             outcome.error = "state changed underneath";
             outcome.conflict = true;
             return outcome;

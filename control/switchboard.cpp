@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <boost/asio/post.hpp>
 #include <boost/json.hpp>
 #include <utility>
@@ -451,18 +452,112 @@ void Switchboard::handle_persist_retry(Origin origin) {
                });
 }
 
+// A save in flight outside a fleet: answered once, by the store or by its timeout, whichever
+// comes first.
+struct Switchboard::PendingSave {
+    PendingSave(boost::asio::any_io_executor executor, std::function<void(SaveOutcome)> then)
+        : timer(executor), done(std::move(then)) {}
+    boost::asio::steady_timer timer;  // control thread
+    std::function<void(SaveOutcome)> done;
+    bool answered = false;              // control thread
+    std::atomic<bool> given_up{false};  // read by the persister
+    std::chrono::steady_clock::time_point posted = std::chrono::steady_clock::now();
+};
+
 // An fsync takes milliseconds: saves run on their own thread, so publication never waits for
-// one. `done` runs on the control thread.
+// one. `done` runs on the control thread. Outside a fleet a save is given up on after
+// control.state_save_timeout, so a stalled disk or mount never holds the control plane (a
+// fleet's etcd requests have timeouts of their own).
 void Switchboard::save_async(RoutingState next, StoredVersion expected,
                              std::function<void(SaveOutcome)> done) {
     auto guard = boost::asio::make_work_guard(executor_);
-    boost::asio::post(persister_, [this, next = std::move(next), expected, done = std::move(done),
+    if (store_.shared()) {
+        boost::asio::post(persister_, [this, next = std::move(next), expected,
+                                       done = std::move(done), guard = std::move(guard)]() mutable {
+            SaveOutcome saved = store_.save(next, expected);
+            boost::asio::post(executor_,
+                              [done = std::move(done), saved = std::move(saved)]() mutable {
+                                  done(std::move(saved));
+                              });
+        });
+        return;
+    }
+    if (overdue_saves_ > 0) {
+        // It would only queue behind the save that has not returned.
+        SaveOutcome refused;
+        refused.error = stalled_save_error();
+        boost::asio::post(
+            executor_, [done = std::move(done), refused = std::move(refused)] { done(refused); });
+        return;
+    }
+    expected.whatever_stored = store_unknown_;
+    auto pending = std::make_shared<PendingSave>(executor_, std::move(done));
+    pending->timer.expires_after(config_->control.state_save_timeout);
+    pending->timer.async_wait([this, pending](boost::system::error_code ec) {
+        if (!ec && !pending->answered) {
+            give_up_save(*pending);
+        }
+    });
+    boost::asio::post(persister_, [this, pending, next = std::move(next), expected,
                                    guard = std::move(guard)]() mutable {
-        SaveOutcome saved = store_.save(next, expected);
-        boost::asio::post(executor_, [done = std::move(done), saved = std::move(saved)]() mutable {
+        SaveOutcome saved;
+        const bool written = !pending->given_up.load();
+        if (written) {
+            saved = store_.save(next, expected);
+        }
+        boost::asio::post(executor_, [this, pending, written, saved = std::move(saved)]() mutable {
+            if (pending->answered) {
+                late_save(saved, written);
+                return;
+            }
+            pending->answered = true;
+            pending->timer.cancel();
+            if (saved.ok && overdue_saves_ == 0) {
+                store_unknown_ = false;  // the persister runs in order: nothing is left behind
+            }
+            auto done = std::move(pending->done);
             done(std::move(saved));
         });
     });
+}
+
+// The store may still take the save given up on, or not: what it holds is unknown until a
+// later save returns in time (saves run in order), and later ones replace whatever it holds.
+void Switchboard::give_up_save(PendingSave& save) {
+    save.answered = true;
+    save.given_up = true;
+    if (overdue_saves_++ == 0) {
+        stalled_since_ = save.posted;
+    }
+    store_unknown_ = true;
+    persist_error_ = stalled_save_error();
+    spdlog::error("{}", persist_error_);
+    SaveOutcome outcome;
+    outcome.error = persist_error_;
+    auto done = std::move(save.done);
+    done(std::move(outcome));
+}
+
+void Switchboard::late_save(const SaveOutcome& saved, bool written) {
+    --overdue_saves_;
+    if (written) {
+        const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
+            std::chrono::steady_clock::now() - stalled_since_);
+        spdlog::warn("the state-file save given up on returned after {} ms: {}", took.count(),
+                     saved.ok ? "written" : saved.error);
+    }
+    // Whatever it wrote, the state served is written again, in line with the changes.
+    arm_persist_retry();
+}
+
+std::string Switchboard::stalled_save_error() const {
+    const auto stalled = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - stalled_since_);
+    return "the state file has not finished a save for " + std::to_string(stalled.count()) +
+           " ms (control.state_save_timeout " +
+           std::to_string(config_->control.state_save_timeout.count()) +
+           " ms): a stalled disk or mount? A rollback or a rollout-guard revert applies all "
+           "the same, not durable";
 }
 
 void Switchboard::publish(RoutingTablePtr table, std::shared_ptr<const Config> config,
@@ -1069,6 +1164,10 @@ void Switchboard::commit(Origin origin, Staged staged) {
     next.command = origin.line.substr(0, config_->control.audit_command_max);
     if (store_.shared()) {
         commit_to_fleet(std::move(origin), std::move(staged));
+        return;
+    }
+    if (save_stalled() && !is_safety_action(staged.kind)) {
+        refuse(origin, "cannot persist the new state (not applied): " + stalled_save_error());
         return;
     }
     const RolloutConfig& rollout = staged.config->rollout;

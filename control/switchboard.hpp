@@ -78,7 +78,10 @@ class Switchboard {
     void on_config_change(ConfigListener listener) { config_listener_ = std::move(listener); }
     bool panic() const { return table_->panic(); }
     // The state served is the state on disk (a safety action may apply without it).
-    bool durable() const { return durable_.version == state_.version; }
+    bool durable() const { return !store_unknown_ && durable_.version == state_.version; }
+    // A state-file save given up on (control.state_save_timeout) has not returned yet: the
+    // persister thread is stuck in the store and cannot be joined at exit.
+    bool save_stalled() const { return overdue_saves_ > 0; }
 
     // Counts for the metrics endpoint. Control thread only.
     struct Counts {
@@ -210,6 +213,11 @@ class Switchboard {
     void settle(Committing& change);
     void save_async(RoutingState next, StoredVersion expected,
                     std::function<void(SaveOutcome)> done);
+    struct PendingSave;
+    void give_up_save(PendingSave& save);
+    // A save given up on returned at last (`written`: it ran; else it was skipped).
+    void late_save(const SaveOutcome& saved, bool written);
+    std::string stalled_save_error() const;
     // In a fleet: committed to the fleet first, then published (switchboard_fleet.cpp).
     void commit_to_fleet(Origin origin, Staged staged);
     void handle_fleet_state(Origin origin, const FleetState& fleet_state);
@@ -302,6 +310,12 @@ class Switchboard {
     bool persist_retry_armed_ = false;
     boost::asio::thread_pool persister_;  // one thread: saves, in order
     StoredVersion durable_;               // the version the store holds
+    // Outside a fleet: saves given up on and not yet returned, since when the oldest of them
+    // ran, and whether what the store holds is known (not after a save given up on, until a
+    // later one returns in time).
+    std::uint64_t overdue_saves_ = 0;
+    std::chrono::steady_clock::time_point stalled_since_{};
+    bool store_unknown_ = false;
     FleetStore* fleet_ = nullptr;
     // The state served differs from the fleet's by --local changes only: when the store is
     // back it is replaced by the fleet's, not written there (a revert is written).

@@ -656,6 +656,7 @@ void read_control(TableReader& control, ControlConfig& out) {
     control.read_integer("audit_log_keep", out.audit_log_keep, 0, 1000);
     control.read_integer("audit_command_max", out.audit_command_max, 64, 1 << 20);
     control.read_integer("audit_refusals_per_second", out.audit_refusals_per_second, 1, 100000);
+    control.read_duration("state_save_timeout", out.state_save_timeout, TableReader::Zero::refused);
     if (auto role = control.read_string("default_role")) {
         if (*role == "none") {
             out.default_role = Role::none;

@@ -8,6 +8,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <iostream>
 #include <memory>
@@ -341,6 +342,15 @@ int run(const std::shared_ptr<const bg::Config>& config, const std::string& conf
     }
     if (access_log) {
         access_log->stop();
+    }
+    if (switchboard.save_stalled()) {
+        // Its thread is stuck in the store (a hung mount): the Switchboard's destructor would
+        // join it for ever. Traffic is drained; the state file may be behind the state served.
+        spdlog::error(
+            "stopped with a state-file save still stalled: the state file may not "
+            "hold the last routing state");
+        spdlog::shutdown();
+        std::_Exit(1);
     }
     spdlog::info("stopped");
     return 0;

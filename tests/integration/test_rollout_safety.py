@@ -10,6 +10,7 @@ import os
 import random
 import socket
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -950,6 +951,63 @@ class DiskTest(ProcessTestCase):
             stored = json.load(f)
         self.assertEqual(stored["weights"], {"blue": 10000, "green": 0})
         self.assertEqual(stored["version"], s["version"])
+
+    def stalled_proxy(self):
+        """A proxy whose state file stops taking saves: a FIFO no one reads stands where the
+        save writes its temporary file, so the save's open() blocks, as on a hung mount."""
+        blue, green = self.backend("blue-1"), self.backend("green-1")
+        proxy = self.proxy(config([blue], [green],
+                                  extra='[control]\nstate_save_timeout = "1s"\n'))
+        self.assertEqual(proxy.bgctl("set", "green=50").returncode, 0)
+        fifo = proxy.state_file + ".tmp"
+        os.mkfifo(fifo)
+        return proxy, fifo
+
+    def test_a_stalled_state_file_holds_no_command(self):
+        """On 9c062d2 the first save that stalled held every later change, rollback and guard
+        revert included, for as long as the disk did; status showed the weights before."""
+        proxy, fifo = self.stalled_proxy()
+        started = time.time()
+        r = proxy.bgctl("set", "green=60", timeout=10)
+        self.assertEqual(r.returncode, 1, r)  # refused once the save is given up on
+        self.assertIn("state_save_timeout", r.stderr)
+        self.assertLess(time.time() - started, 5)
+        self.assertEqual(proxy.status()["colours"]["green"]["weight"], 50)  # withdrawn
+        started = time.time()
+        r = proxy.bgctl("set", "green=70", timeout=10)
+        self.assertEqual(r.returncode, 1, r)  # refused at once while the save stays stalled
+        self.assertIn("not applied", r.stderr)
+        self.assertLess(time.time() - started, 1)
+        r = proxy.bgctl("rollback", timeout=10)
+        self.assertEqual(r.returncode, 0, r)  # the way back does not wait for the disk
+        self.assertIn("not durable", r.stderr)
+        s = proxy.status()
+        self.assertEqual(s["colours"]["blue"]["weight"], 100)
+        self.assertFalse(s["durable"])
+        self.assertIn("stalled", s["persist_error"])
+        self.assertEqual(metric(proxy, "bgproxy_state_durable"), 0)
+        # The disk comes back: the stalled save ends (a FIFO cannot be fsynced: it fails), and
+        # the state served is written within the retry period.
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        self.addCleanup(os.close, reader)
+        deadline = time.time() + 10
+        while time.time() < deadline and not proxy.status()["durable"]:
+            time.sleep(0.1)
+        self.assertTrue(proxy.status()["durable"])
+        with open(proxy.state_file) as f:
+            stored = json.load(f)
+        self.assertEqual(stored["weights"], {"blue": 10000, "green": 0})  # basis points
+        self.assertEqual(stored["version"], proxy.status()["version"])
+        r = proxy.bgctl("set", "green=10", timeout=10)
+        self.assertEqual(r.returncode, 0, r)
+        self.assertNotIn("durable", r.stderr)
+
+    def test_sigterm_ends_with_a_save_stalled(self):
+        """On 9c062d2 SIGTERM drained the traffic and then waited for ever on the stalled save."""
+        proxy, _ = self.stalled_proxy()
+        self.assertEqual(proxy.bgctl("set", "green=60", timeout=10).returncode, 1)
+        proxy.signal(signal.SIGTERM)
+        self.assertEqual(proxy.wait(15), 1)  # said: the state file may be behind
 
 
 class TunnelDrainTest(ProcessTestCase):
