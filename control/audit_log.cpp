@@ -5,9 +5,15 @@
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
 #include <cerrno>
+#include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <thread>
+
+#include <spdlog/spdlog.h>
 
 namespace bg {
 
@@ -76,12 +82,158 @@ json::object bounded_record(json::object record, std::size_t field_max) {
     return record;
 }
 
-AuditLog::AuditLog(std::string path, AuditLimits limits)
-    : path_(std::move(path)), limits_(limits) {}
+// The file and the queue to it. The writer thread owns the file; the rest is under `lock`.
+struct AuditLog::Writer {
+    Writer(std::string file_path, AuditLimits file_limits)
+        : path(std::move(file_path)), limits(file_limits) {}
+
+    const std::string path;
+    const AuditLimits limits;
+    std::FILE* file = nullptr;  // the writer thread's (before it starts: open's)
+    std::uint64_t size = 0;     // of the current file
+
+    std::mutex lock;
+    std::condition_variable work;     // the writer waits on it for lines, a reopen or the end
+    std::condition_variable written;  // append and the destructor wait on it
+    std::deque<std::string> queue;
+    std::size_t queued_bytes = 0;
+    std::uint64_t queued = 0;        // sequence number of the last line queued
+    std::uint64_t done = 0;          // of the last line the writer handled
+    std::uint64_t failed = 0;        // of the last line it could not write
+    bool reopen_asked = false;       // ordered with the lines: taken with the batch before it
+    std::uint64_t reopen_after = 0;  // the line after which it was asked
+    bool stuck = false;              // an append gave up waiting; cleared when caught up
+    bool stopping = false;
+    bool finished = false;
+    std::uint64_t dropped = 0;
+
+    bool open_file(std::string& error);
+    void rotate();
+    bool write_line(const std::string& line);
+    void run();
+};
+
+bool AuditLog::Writer::open_file(std::string& error) {
+    file = std::fopen(path.c_str(), "ae");
+    if (file == nullptr) {
+        error = "cannot open audit log " + path + ": " + std::strerror(errno);
+        return false;
+    }
+    std::error_code ec;
+    const auto bytes = std::filesystem::file_size(path, ec);
+    size = ec ? 0 : bytes;
+    return true;
+}
+
+// PATH -> PATH.1 -> PATH.2 ... PATH.keep; the oldest beyond keep is removed.
+void AuditLog::Writer::rotate() {
+    std::fclose(file);
+    file = nullptr;
+    std::error_code ignored;
+    namespace fs = std::filesystem;
+    if (limits.keep_files == 0) {
+        fs::remove(path, ignored);
+    } else {
+        fs::remove(path + "." + std::to_string(limits.keep_files), ignored);
+        for (unsigned k = limits.keep_files; k > 1; --k) {
+            fs::rename(path + "." + std::to_string(k - 1), path + "." + std::to_string(k), ignored);
+        }
+        fs::rename(path, path + ".1", ignored);
+    }
+    std::string error;
+    open_file(error);
+}
+
+bool AuditLog::Writer::write_line(const std::string& line) {
+    if (file != nullptr && size > 0 && size + line.size() > limits.max_size) {
+        rotate();
+    }
+    std::string error;
+    if (file == nullptr && !open_file(error)) {
+        return false;  // said in the reply; the next record tries to open it again
+    }
+    const bool ok =
+        std::fwrite(line.data(), 1, line.size(), file) == line.size() && std::fflush(file) == 0;
+    size += ok ? line.size() : 0;
+    return ok;
+}
+
+void AuditLog::Writer::run() {
+    std::unique_lock guard(lock);
+    for (;;) {
+        work.wait(guard, [this] { return !queue.empty() || reopen_asked || stopping; });
+        if (queue.empty() && !reopen_asked) {
+            break;  // stopping, and everything is written
+        }
+        // A reopen asked after line N comes after line N and before N + 1.
+        const std::uint64_t first = done + 1;
+        std::size_t take = queue.size();
+        bool reopen_now = false;
+        if (reopen_asked && reopen_after < first + take) {
+            take = static_cast<std::size_t>(reopen_after + 1 - first);
+            reopen_now = true;
+        }
+        std::deque<std::string> batch;
+        for (std::size_t i = 0; i < take; ++i) {
+            queued_bytes -= queue.front().size();
+            batch.push_back(std::move(queue.front()));
+            queue.pop_front();
+        }
+        if (reopen_now) {
+            reopen_asked = false;
+        }
+        guard.unlock();
+        std::uint64_t last_failed = 0;
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+            if (!write_line(batch[i])) {
+                last_failed = first + i;
+            }
+        }
+        if (reopen_now) {
+            if (file != nullptr) {
+                std::fclose(file);
+                file = nullptr;
+            }
+            std::string error;
+            if (!open_file(error)) {
+                spdlog::error("SIGUSR1: {}", error);
+            }
+        }
+        guard.lock();
+        done = first + batch.size() - 1;
+        failed = last_failed != 0 ? last_failed : failed;
+        if (queue.empty()) {
+            stuck = false;
+        }
+        written.notify_all();
+    }
+    if (file != nullptr) {
+        std::fclose(file);
+        file = nullptr;
+    }
+    finished = true;
+    written.notify_all();
+}
+
+AuditLog::AuditLog(std::string path, AuditLimits limits) : path_(std::move(path)), limits_(limits) {
+    if (!path_.empty()) {
+        writer_ = std::make_shared<Writer>(path_, limits_);
+        std::thread([writer = writer_] { writer->run(); }).detach();
+    }
+}
 
 AuditLog::~AuditLog() {
-    if (file_ != nullptr) {
-        std::fclose(file_);
+    if (writer_ == nullptr) {
+        return;
+    }
+    std::unique_lock guard(writer_->lock);
+    writer_->stopping = true;
+    writer_->work.notify_one();
+    // Detached: if it is stuck in the disk it finishes (or not) on its own, owning its state.
+    if (!writer_->written.wait_for(guard, limits_.write_wait,
+                                   [this] { return writer_->finished; })) {
+        spdlog::error("the audit log's writer is stuck: {} records not written to {}",
+                      writer_->queue.size(), path_);
     }
 }
 
@@ -107,50 +259,19 @@ bool AuditLog::open(std::string& error) {
             }
         }
     }
-    return open_file(error);
+    // Before any record: the writer touches the file only for one.
+    std::lock_guard guard(writer_->lock);
+    return writer_->open_file(error);
 }
 
-bool AuditLog::open_file(std::string& error) {
-    file_ = std::fopen(path_.c_str(), "ae");
-    if (file_ == nullptr) {
-        error = "cannot open audit log " + path_ + ": " + std::strerror(errno);
-        return false;
+void AuditLog::reopen() {
+    if (writer_ == nullptr) {
+        return;
     }
-    std::error_code ec;
-    const auto size = std::filesystem::file_size(path_, ec);
-    size_ = ec ? 0 : size;
-    return true;
-}
-
-bool AuditLog::reopen(std::string& error) {
-    if (path_.empty()) {
-        return true;
-    }
-    if (file_ != nullptr) {
-        std::fclose(file_);
-        file_ = nullptr;
-    }
-    return open_file(error);
-}
-
-// PATH -> PATH.1 -> PATH.2 ... PATH.keep; the oldest beyond keep is removed.
-void AuditLog::rotate() {
-    std::fclose(file_);
-    file_ = nullptr;
-    std::error_code ignored;
-    namespace fs = std::filesystem;
-    if (limits_.keep_files == 0) {
-        fs::remove(path_, ignored);
-    } else {
-        fs::remove(path_ + "." + std::to_string(limits_.keep_files), ignored);
-        for (unsigned k = limits_.keep_files; k > 1; --k) {
-            fs::rename(path_ + "." + std::to_string(k - 1), path_ + "." + std::to_string(k),
-                       ignored);
-        }
-        fs::rename(path_, path_ + ".1", ignored);
-    }
-    std::string error;
-    open_file(error);
+    std::lock_guard guard(writer_->lock);
+    writer_->reopen_asked = true;
+    writer_->reopen_after = writer_->queued;
+    writer_->work.notify_one();
 }
 
 bool AuditLog::append(json::object record) {
@@ -159,21 +280,38 @@ bool AuditLog::append(json::object record) {
     if (recent_.size() > limits_.keep_records) {
         recent_.pop_front();
     }
-    if (path_.empty()) {
+    if (writer_ == nullptr) {
         return true;
     }
     line.push_back('\n');
-    if (file_ != nullptr && size_ > 0 && size_ + line.size() > limits_.max_size) {
-        rotate();
+    Writer& w = *writer_;
+    std::unique_lock guard(w.lock);
+    if (w.queued_bytes + line.size() > limits_.max_size) {
+        // Stuck for a whole file's worth of records: the rest are kept in memory only.
+        if (w.dropped++ == 0) {
+            spdlog::error(
+                "the audit log's writer is stuck with {} bytes queued: records are "
+                "dropped from {} (kept for history only) until it catches up",
+                w.queued_bytes, path_);
+        }
+        return false;
     }
-    std::string error;
-    if (file_ == nullptr && !open_file(error)) {
-        return false;  // said in the reply; the next record tries to open it again
+    w.queued_bytes += line.size();
+    w.queue.push_back(std::move(line));
+    const std::uint64_t mine = ++w.queued;
+    w.work.notify_one();
+    if (w.stuck) {
+        return false;  // queued behind records it has not written yet: no wait
     }
-    const bool ok =
-        std::fwrite(line.data(), 1, line.size(), file_) == line.size() && std::fflush(file_) == 0;
-    size_ += ok ? line.size() : 0;
-    return ok;
+    if (!w.written.wait_for(guard, limits_.write_wait, [&w, mine] { return w.done >= mine; })) {
+        w.stuck = true;
+        spdlog::error(
+            "the audit log's writer has not written a record for {} ms: {} stalled? "
+            "Records queue in memory meanwhile",
+            limits_.write_wait.count(), path_);
+        return false;
+    }
+    return w.failed < mine;
 }
 
 std::deque<std::string> AuditLog::last(std::size_t n) const {
@@ -183,6 +321,14 @@ std::deque<std::string> AuditLog::last(std::size_t n) const {
         out.push_back(recent_[i]);
     }
     return out;
+}
+
+std::uint64_t AuditLog::dropped() const {
+    if (writer_ == nullptr) {
+        return 0;
+    }
+    std::lock_guard guard(writer_->lock);
+    return writer_->dropped;
 }
 
 }  // namespace bg

@@ -65,7 +65,8 @@ bool write_all(int fd, const std::string& data) {
 
 }  // namespace
 
-SaveOutcome FileStateStore::save(const RoutingState& next, StoredVersion expected) {
+SaveOutcome FileStateStore::save(const RoutingState& next, StoredVersion expected,
+                                 const std::atomic<bool>* given_up) {
     if (stored_version_ && *stored_version_ != expected.version && !expected.whatever_stored) {
         SaveOutcome refused;
         refused.conflict = true;
@@ -74,10 +75,10 @@ SaveOutcome FileStateStore::save(const RoutingState& next, StoredVersion expecte
                         std::to_string(expected.version) + ")";
         return refused;
     }
-    return overwrite(next);
+    return overwrite(next, given_up);
 }
 
-SaveOutcome FileStateStore::overwrite(const RoutingState& next) {
+SaveOutcome FileStateStore::overwrite(const RoutingState& next, const std::atomic<bool>* given_up) {
     SaveOutcome outcome;
     std::string& error = outcome.error;
     namespace fs = std::filesystem;
@@ -99,6 +100,13 @@ SaveOutcome FileStateStore::overwrite(const RoutingState& next) {
     if (!ok) {
         ::unlink(temp.c_str());
         error = "cannot write state file " + temp + ": " + std::strerror(saved);
+        return outcome;
+    }
+    // The stall is in the open, the write or the fsync; the rename is what makes a save count.
+    // One given up on was answered as failed (a change refused, withdrawn): it must not land.
+    if (given_up != nullptr && given_up->load()) {
+        ::unlink(temp.c_str());
+        error = "given up on after control.state_save_timeout; not stored";
         return outcome;
     }
     if (::rename(temp.c_str(), path_.c_str()) != 0) {

@@ -12,6 +12,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/json.hpp>
 #include <functional>
+#include <thread>
 
 namespace bg {
 
@@ -180,7 +181,8 @@ StoreLoad FleetStore::load() {
     return result;
 }
 
-SaveOutcome FleetStore::save(const RoutingState& next, StoredVersion expected) {
+SaveOutcome FleetStore::save(const RoutingState& next, StoredVersion expected,
+                             const std::atomic<bool>*) {
     RoutingState stored = next;
     stored.revision = 0;  // the key's mod_revision says it
     const std::string value = json::serialize(to_json(stored));
@@ -258,12 +260,27 @@ void FleetStore::remember(const RoutingState& state) {
     if (!cache_) {
         return;
     }
-    asio::post(cache_writer_, [this, state] {
-        SaveOutcome written = cache_->overwrite(state);
-        if (!written.ok) {
-            spdlog::warn("fleet: cannot keep the fleet state in the state file: {}", written.error);
+    const std::uint64_t mine = ++cache_writes_;
+    asio::post(cache_writer_, [this, state, mine] {
+        // Only the latest matters: one queued behind a stalled write is passed over.
+        if (mine == cache_writes_.load()) {
+            SaveOutcome written = cache_->overwrite(state);
+            if (!written.ok) {
+                spdlog::warn("fleet: cannot keep the fleet state in the state file: {}",
+                             written.error);
+            }
         }
+        cache_written_ = mine;
     });
+}
+
+bool FleetStore::finish_cache(std::chrono::milliseconds wait) {
+    const auto deadline = std::chrono::steady_clock::now() + wait;
+    while (cache_written_.load() != cache_writes_.load() &&
+           std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return cache_written_.load() == cache_writes_.load();
 }
 
 void FleetStore::start(asio::any_io_executor executor, Events events) {

@@ -66,7 +66,8 @@ class FleetStore final : public StateStore {
 
     // StateStore, on the persister thread.
     StoreLoad load() override;
-    SaveOutcome save(const RoutingState& next, StoredVersion expected) override;
+    SaveOutcome save(const RoutingState& next, StoredVersion expected,
+                     const std::atomic<bool>* given_up = nullptr) override;  // not used
     bool shared() const override { return true; }
 
     // Control thread from here on.
@@ -80,6 +81,9 @@ class FleetStore final : public StateStore {
     void report(const RoutingState& applied, const std::map<std::string, bool>& health);
     // Keeps the last state applied for a restart while etcd is away (cache writer thread).
     void remember(const RoutingState& state);
+    // At exit: waits up to `wait` for the cache writer; false when it is stuck in the disk (it
+    // cannot be joined then).
+    bool finish_cache(std::chrono::milliseconds wait);
     // Reads the fleet's state again and hands it over as if it had changed.
     void refresh();
     // Calls `done` once every live member has applied `revision`, or at the apply timeout.
@@ -131,6 +135,8 @@ class FleetStore final : public StateStore {
     std::unique_ptr<FileStateStore> cache_;  // empty without a state file
     EtcdClient client_;
     boost::asio::thread_pool cache_writer_{1};
+    std::atomic<std::uint64_t> cache_writes_{0};   // queued so far (control thread)
+    std::atomic<std::uint64_t> cache_written_{0};  // of those, done or passed over
 
     std::optional<boost::asio::any_io_executor> executor_;
     Events events_;

@@ -311,6 +311,14 @@ void render_routing(prometheus::Registry& registry, const Switchboard& board,
         .Register(registry)
         .Add({})
         .Set(board.durable() ? 1 : 0);
+    prometheus::BuildCounter()
+        .Name("bgproxy_audit_records_dropped_total")
+        .Help(
+            "Audit records not written to the audit log because its writer was stuck (a "
+            "stalled disk) with a whole audit_log_max_size of records queued")
+        .Register(registry)
+        .Add({})
+        .Increment(static_cast<double>(board.audit().dropped()));
     prometheus::BuildGauge()
         .Name("bgproxy_state_version")
         .Help("Version of the routing state")

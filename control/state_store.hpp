@@ -3,6 +3,7 @@
 // so a fleet can later share one state through a store with compare-and-swap and watch (etcd)
 // without the Switchboard knowing.
 
+#include <atomic>
 #include <optional>
 #include <string>
 
@@ -41,7 +42,10 @@ class StateStore {
     virtual ~StateStore() = default;
     virtual StoreLoad load() = 0;
     // Stores `next` only if what is stored is still `expected`. Any thread, one call at a time.
-    virtual SaveOutcome save(const RoutingState& next, StoredVersion expected) = 0;
+    // `given_up`, when given, is set by another thread once the caller stopped waiting (a
+    // stalled disk): a file store then leaves what it holds as it was, if it still can.
+    virtual SaveOutcome save(const RoutingState& next, StoredVersion expected,
+                             const std::atomic<bool>* given_up = nullptr) = 0;
     // Shared by a fleet: a change is live only once the store has it, and others' changes
     // arrive from the store (FleetStore).
     virtual bool shared() const { return false; }
@@ -53,9 +57,10 @@ class FileStateStore final : public StateStore {
   public:
     explicit FileStateStore(std::string path);
     StoreLoad load() override;
-    SaveOutcome save(const RoutingState& next, StoredVersion expected) override;
+    SaveOutcome save(const RoutingState& next, StoredVersion expected,
+                     const std::atomic<bool>* given_up = nullptr) override;
     // Writes `state` whatever is stored: the fleet's local cache of its last state.
-    SaveOutcome overwrite(const RoutingState& state);
+    SaveOutcome overwrite(const RoutingState& state, const std::atomic<bool>* given_up = nullptr);
 
   private:
     std::string path_;
@@ -66,7 +71,8 @@ class FileStateStore final : public StateStore {
 class MemoryStateStore final : public StateStore {
   public:
     StoreLoad load() override { return {}; }
-    SaveOutcome save(const RoutingState& next, StoredVersion expected) override {
+    SaveOutcome save(const RoutingState& next, StoredVersion expected,
+                     const std::atomic<bool>* = nullptr) override {
         SaveOutcome outcome;
         if (version_ != 0 && version_ != expected.version && !expected.whatever_stored) {
             outcome.error = "state changed underneath";

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <boost/asio/post.hpp>
 #include <boost/json.hpp>
+#include <thread>
 #include <utility>
 
 namespace bg {
@@ -472,9 +473,11 @@ void Switchboard::save_async(RoutingState next, StoredVersion expected,
                              std::function<void(SaveOutcome)> done) {
     auto guard = boost::asio::make_work_guard(executor_);
     if (store_.shared()) {
+        ++saves_running_;
         boost::asio::post(persister_, [this, next = std::move(next), expected,
                                        done = std::move(done), guard = std::move(guard)]() mutable {
             SaveOutcome saved = store_.save(next, expected);
+            --saves_running_;
             boost::asio::post(executor_,
                               [done = std::move(done), saved = std::move(saved)]() mutable {
                                   done(std::move(saved));
@@ -498,13 +501,15 @@ void Switchboard::save_async(RoutingState next, StoredVersion expected,
             give_up_save(*pending);
         }
     });
+    ++saves_running_;
     boost::asio::post(persister_, [this, pending, next = std::move(next), expected,
                                    guard = std::move(guard)]() mutable {
         SaveOutcome saved;
         const bool written = !pending->given_up.load();
         if (written) {
-            saved = store_.save(next, expected);
+            saved = store_.save(next, expected, &pending->given_up);
         }
+        --saves_running_;
         boost::asio::post(executor_, [this, pending, written, saved = std::move(saved)]() mutable {
             if (pending->answered) {
                 late_save(saved, written);
@@ -548,6 +553,44 @@ void Switchboard::late_save(const SaveOutcome& saved, bool written) {
     }
     // Whatever it wrote, the state served is written again, in line with the changes.
     arm_persist_retry();
+}
+
+// The control loop has stopped: nothing else touches the state now.
+bool Switchboard::finish_saves() {
+    const auto timeout = config_->control.state_save_timeout;
+    auto idle_within = [this](std::chrono::milliseconds wait) {
+        const auto deadline = std::chrono::steady_clock::now() + wait;
+        while (saves_running_ > 0 && std::chrono::steady_clock::now() < deadline) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        return saves_running_ == 0;
+    };
+    if (!idle_within(timeout)) {
+        return false;
+    }
+    if (store_.shared() || durable()) {
+        return true;
+    }
+    // Not durable (a way back applied while the disk failed, or a save given up on that may
+    // have landed): the state served is written now, so a restart serves it.
+    auto outcome = std::make_shared<SaveOutcome>();
+    StoredVersion whatever;
+    whatever.whatever_stored = true;
+    ++saves_running_;
+    boost::asio::post(persister_, [this, state = state_, whatever, outcome] {
+        *outcome = store_.save(state, whatever);
+        --saves_running_;
+    });
+    if (!idle_within(timeout)) {
+        return false;
+    }
+    if (outcome->ok) {
+        spdlog::warn("routing state version {} written at exit", state_.version);
+    } else {
+        spdlog::error("routing state version {} could not be written at exit: {}", state_.version,
+                      outcome->error);
+    }
+    return true;
 }
 
 std::string Switchboard::stalled_save_error() const {
@@ -1166,7 +1209,7 @@ void Switchboard::commit(Origin origin, Staged staged) {
         commit_to_fleet(std::move(origin), std::move(staged));
         return;
     }
-    if (save_stalled() && !is_safety_action(staged.kind)) {
+    if (overdue_saves_ > 0 && !is_safety_action(staged.kind)) {
         refuse(origin, "cannot persist the new state (not applied): " + stalled_save_error());
         return;
     }
@@ -1290,7 +1333,8 @@ void Switchboard::applied(Origin& origin, Staged staged, RoutingTablePtr table) 
         reply["note"] = staged.note;
     }
     if (!audited) {
-        reply["warning"] = "the change is applied but the audit log could not be written";
+        reply["warning"] =
+            "the change is applied but its audit record is not written (yet): see the log";
     }
     if (!durable()) {
         reply["durable"] = false;

@@ -8,6 +8,7 @@
 // and watch are answered at once, and the [[gate]] smoke checks of a flip, set or ramp run
 // beside it, so a hanging gate holds only its own command (a rollback cancels it).
 
+#include <atomic>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
@@ -79,9 +80,10 @@ class Switchboard {
     bool panic() const { return table_->panic(); }
     // The state served is the state on disk (a safety action may apply without it).
     bool durable() const { return !store_unknown_ && durable_.version == state_.version; }
-    // A state-file save given up on (control.state_save_timeout) has not returned yet: the
-    // persister thread is stuck in the store and cannot be joined at exit.
-    bool save_stalled() const { return overdue_saves_ > 0; }
+    // At exit, once the control loop has stopped: writes the state served if the store does
+    // not hold it, waiting for the persister up to control.state_save_timeout. False when a
+    // save is still in the store then (a stalled disk): the persister cannot be joined.
+    bool finish_saves();
 
     // Counts for the metrics endpoint. Control thread only.
     struct Counts {
@@ -95,6 +97,7 @@ class Switchboard {
         std::uint64_t fleet_states_applied = 0;  // states other instances committed
     };
     const Counts& counts() const { return counts_; }
+    const AuditLog& audit() const { return audit_; }
     bool ejected(const std::string& backend) const { return outlier_.ejected(backend); }
     // When the tunnels (WebSockets...) of a colour that lost its share will be closed, while
     // that is still ahead.
@@ -314,6 +317,7 @@ class Switchboard {
     // ran, and whether what the store holds is known (not after a save given up on, until a
     // later one returns in time).
     std::uint64_t overdue_saves_ = 0;
+    std::atomic<int> saves_running_{0};  // in the store now, on the persister
     std::chrono::steady_clock::time_point stalled_since_{};
     bool store_unknown_ = false;
     FleetStore* fleet_ = nullptr;

@@ -70,11 +70,22 @@ void AccessLog::start() {
     writer_ = std::thread([this] { run(); });
 }
 
-void AccessLog::stop() {
-    if (writer_.joinable()) {
-        stopping_.store(true, std::memory_order_relaxed);
-        writer_.join();
+bool AccessLog::stop(std::chrono::milliseconds wait) {
+    if (!writer_.joinable()) {
+        return true;
     }
+    stopping_.store(true, std::memory_order_relaxed);
+    if (wait != std::chrono::milliseconds::max()) {
+        const auto deadline = std::chrono::steady_clock::now() + wait;
+        while (!finished_.load() && std::chrono::steady_clock::now() < deadline) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        if (!finished_.load()) {
+            return false;  // stuck in the file (a stalled disk): not joinable now
+        }
+    }
+    writer_.join();
+    return true;
 }
 
 void AccessLog::submit(std::size_t index, std::string&& line) {
@@ -104,6 +115,7 @@ void AccessLog::run() {
         if (any) {
             std::fflush(file_);
         } else if (stopping_.load(std::memory_order_relaxed)) {
+            finished_.store(true);
             return;
         } else {
             // Idle: a short sleep keeps the writer cheap and the lines timely.

@@ -4,6 +4,7 @@
 // counts it: the proxy never blocks on its log. SIGUSR1 reopens the file (logrotate).
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -35,7 +36,9 @@ class AccessLog {
 
     bool open(std::string& error);
     void start();
-    void stop();  // writes what is queued, then ends the writer thread
+    // Writes what is queued, then ends the writer thread; false (the thread left running) when
+    // it has not ended within `wait`, stuck in the file.
+    bool stop(std::chrono::milliseconds wait = std::chrono::milliseconds::max());
     void reopen() { reopen_.store(true, std::memory_order_relaxed); }  // any thread
 
     // Worker `index`'s thread only.
@@ -52,6 +55,7 @@ class AccessLog {
     std::FILE* file_ = nullptr;
     std::thread writer_;
     std::atomic<bool> stopping_{false};
+    std::atomic<bool> finished_{false};  // the writer wrote all and ended
     std::atomic<bool> reopen_{false};
     std::atomic<std::uint64_t> dropped_{0};
     std::atomic<std::uint64_t> written_{0};

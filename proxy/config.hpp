@@ -329,6 +329,8 @@ struct ControlConfig {
     std::uint64_t audit_log_max_size = 10 << 20;      // then rotated: audit.log.1, .2, ...
     unsigned audit_log_keep = 5;                      // rotated files kept
     std::size_t audit_command_max = 1024;             // longer command text is recorded truncated
+    // An audit record not written by then (a stalled disk) is answered "not written yet".
+    Duration audit_log_wait{std::chrono::milliseconds(100)};
     // Refusals at the door (unparsable, or beyond the caller's role) of callers below the
     // operate role, audited per second at most; the rest are counted in the log.
     std::uint32_t audit_refusals_per_second = 20;

@@ -227,10 +227,7 @@ void wait_for_signal(Daemon& d, boost::asio::signal_set& signals) {
             if (d.access_log != nullptr) {
                 d.access_log->reopen();
             }
-            std::string error;
-            if (!d.audit.reopen(error)) {
-                spdlog::error("SIGUSR1: {}", error);
-            }
+            d.audit.reopen();
         } else {
             shut_down_gracefully(d, signal);
             return;
@@ -260,7 +257,7 @@ int run(const std::shared_ptr<const bg::Config>& config, const std::string& conf
     bg::AuditLog audit(
         config->control.audit_log,
         bg::AuditLimits{config->control.audit_log_max_size, config->control.audit_log_keep,
-                        config->control.audit_command_max});
+                        config->control.audit_command_max, 1000, config->control.audit_log_wait});
     std::string error;
     if (!audit.open(error)) {
         spdlog::error("{}", error);
@@ -340,15 +337,18 @@ int run(const std::shared_ptr<const bg::Config>& config, const std::string& conf
     if (fleet != nullptr) {
         fleet->leave();  // out of the membership now, not at the lease's end
     }
-    if (access_log) {
-        access_log->stop();
-    }
-    if (switchboard.save_stalled()) {
-        // Its thread is stuck in the store (a hung mount): the Switchboard's destructor would
-        // join it for ever. Traffic is drained; the state file may be behind the state served.
-        spdlog::error(
-            "stopped with a state-file save still stalled: the state file may not "
-            "hold the last routing state");
+    // Every file writer gets control.state_save_timeout to finish. One stuck in a stalled disk
+    // or mount cannot be joined (the destructors would wait for ever): the process then exits
+    // without them, saying so; traffic is drained already.
+    const auto wait = config->control.state_save_timeout;
+    const bool access_logged = access_log == nullptr || access_log->stop(wait);
+    const bool saved = switchboard.finish_saves();
+    const bool cached = fleet == nullptr || fleet->finish_cache(wait);
+    if (!access_logged || !saved || !cached) {
+        spdlog::error("stopped with a file write stalled: {}{}{}",
+                      access_logged ? "" : "the access log's last lines are not written; ",
+                      saved ? "" : "the state file may not hold the last routing state; ",
+                      cached ? "" : "the fleet state's local copy may be behind; ");
         spdlog::shutdown();
         std::_Exit(1);
     }

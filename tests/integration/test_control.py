@@ -620,6 +620,40 @@ audit_command_max = 200
         with open(proxy.audit_log) as log:
             self.assertIn("set green=10", log.read())
 
+    def test_a_stalled_audit_log_holds_no_command(self):
+        """On e35ef7f the audit log was written on the control thread: once its file stalled
+        (here a FIFO no one reads, reopened at SIGUSR1, as on a hung mount) no command, not
+        even status or a rollback, was answered again."""
+        proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")]))
+        self.assertEqual(proxy.bgctl("set", "green=10").returncode, 0)
+        os.rename(proxy.audit_log, proxy.audit_log + ".moved")
+        os.mkfifo(proxy.audit_log)
+        proxy.signal(signal.SIGUSR1)
+        time.sleep(0.3)
+        r = proxy.bgctl("rollback", timeout=10)
+        self.assertEqual(r.returncode, 0, r)
+        self.assertIn("audit record is not written", r.stderr)
+        self.assertEqual(proxy.status()["colours"]["blue"]["weight"], 100)
+        started = time.time()
+        r = proxy.bgctl("set", "green=20", timeout=10)
+        self.assertEqual(r.returncode, 0, r)
+        self.assertLess(time.time() - started, 1)  # no wait while the writer is stuck
+        # The disk comes back: the records queued meanwhile are written, in order.
+        reader = os.open(proxy.audit_log, os.O_RDONLY | os.O_NONBLOCK)
+        self.addCleanup(os.close, reader)
+        text = b""
+        deadline = time.time() + 5
+        while time.time() < deadline and b"set green=20" not in text:
+            try:
+                text += os.read(reader, 65536)
+            except BlockingIOError:
+                time.sleep(0.05)
+        lines = [json.loads(line) for line in text.decode().splitlines()]
+        self.assertEqual([l["command"] for l in lines], ["rollback", "set green=20"])
+        r = proxy.bgctl("set", "green=30", timeout=10)  # caught up: written before the reply
+        self.assertEqual(r.returncode, 0, r)
+        self.assertNotIn("audit", r.stderr)
+
 
 class BgctlTest(ProcessTestCase):
     def test_unknown_commands_and_control_characters_are_usage_errors(self):
