@@ -12,6 +12,7 @@
 #include <fstream>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 #include <spdlog/spdlog.h>
 
@@ -106,6 +107,7 @@ struct AuditLog::Writer {
     bool stopping = false;
     bool finished = false;
     std::uint64_t dropped = 0;
+    bool drop_said = false;  // logged in this stall
 
     bool open_file(std::string& error);
     void rotate();
@@ -204,6 +206,7 @@ void AuditLog::Writer::run() {
         failed = last_failed != 0 ? last_failed : failed;
         if (queue.empty()) {
             stuck = false;
+            drop_said = false;
         }
         written.notify_all();
     }
@@ -223,18 +226,28 @@ AuditLog::AuditLog(std::string path, AuditLimits limits) : path_(std::move(path)
 }
 
 AuditLog::~AuditLog() {
+    finish(limits_.write_wait);
+}
+
+bool AuditLog::finish(std::chrono::milliseconds wait) {
     if (writer_ == nullptr) {
-        return;
+        return true;
     }
     std::unique_lock guard(writer_->lock);
+    if (writer_->finished) {
+        return true;
+    }
     writer_->stopping = true;
     writer_->work.notify_one();
     // Detached: if it is stuck in the disk it finishes (or not) on its own, owning its state.
-    if (!writer_->written.wait_for(guard, limits_.write_wait,
-                                   [this] { return writer_->finished; })) {
-        spdlog::error("the audit log's writer is stuck: {} records not written to {}",
-                      writer_->queue.size(), path_);
+    if (!writer_->written.wait_for(guard, wait, [this] { return writer_->finished; })) {
+        spdlog::error(
+            "the audit log's writer is stuck: records from line {} on are not "
+            "written to {}",
+            writer_->done + 1, path_);
+        return false;
     }
+    return true;
 }
 
 bool AuditLog::open(std::string& error) {
@@ -286,9 +299,10 @@ bool AuditLog::append(json::object record) {
     line.push_back('\n');
     Writer& w = *writer_;
     std::unique_lock guard(w.lock);
-    if (w.queued_bytes + line.size() > limits_.max_size) {
+    if (!w.queue.empty() && w.queued_bytes + line.size() > limits_.max_size) {
         // Stuck for a whole file's worth of records: the rest are kept in memory only.
-        if (w.dropped++ == 0) {
+        ++w.dropped;
+        if (!std::exchange(w.drop_said, true)) {
             spdlog::error(
                 "the audit log's writer is stuck with {} bytes queued: records are "
                 "dropped from {} (kept for history only) until it catches up",

@@ -31,8 +31,7 @@ class AuditLog {
   public:
     // An empty path keeps records in memory only.
     explicit AuditLog(std::string path, AuditLimits limits = {});
-    // Lets the writer finish the queued records for up to write_wait, then leaves it: a writer
-    // stuck in the disk must not hold the process's exit.
+    // finish(write_wait).
     ~AuditLog();
     AuditLog(const AuditLog&) = delete;
     AuditLog& operator=(const AuditLog&) = delete;
@@ -48,6 +47,9 @@ class AuditLog {
     bool append(boost::json::object record);
     // The last n records, oldest first.
     std::deque<std::string> last(std::size_t n) const;
+    // Lets the writer finish the queued records for up to `wait`; false (the writer left
+    // behind, stuck in the disk) when it has not. No append after it.
+    bool finish(std::chrono::milliseconds wait);
     // Records dropped because the writer was stuck with a full backlog.
     std::uint64_t dropped() const;
 

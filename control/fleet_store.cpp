@@ -270,7 +270,10 @@ void FleetStore::remember(const RoutingState& state) {
                              written.error);
             }
         }
-        cache_written_ = mine;
+        // remember() runs on the persister and the control thread: never backwards.
+        std::uint64_t seen = cache_written_.load();
+        while (seen < mine && !cache_written_.compare_exchange_weak(seen, mine)) {
+        }
     });
 }
 

@@ -135,7 +135,7 @@ class FleetStore final : public StateStore {
     std::unique_ptr<FileStateStore> cache_;  // empty without a state file
     EtcdClient client_;
     boost::asio::thread_pool cache_writer_{1};
-    std::atomic<std::uint64_t> cache_writes_{0};   // queued so far (control thread)
+    std::atomic<std::uint64_t> cache_writes_{0};   // queued so far
     std::atomic<std::uint64_t> cache_written_{0};  // of those, done or passed over
 
     std::optional<boost::asio::any_io_executor> executor_;

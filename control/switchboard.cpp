@@ -424,12 +424,14 @@ void Switchboard::handle_persist_retry(Origin origin) {
         finish(origin, json::object{{"ok", true}});
         return;
     }
-    const std::uint64_t version = state_.version;
-    if (local_only_) {  // --local changes are never written to the fleet
+    if (local_only_ && !fleet_bound_) {  // --local changes are never written to the fleet
         finish(origin, json::object{{"ok", true}});
         return;
     }
-    save_async(state_, durable_,
+    // Under --local changes, the revert they were made above.
+    const RoutingState& unwritten = fleet_bound_ ? *fleet_bound_ : state_;
+    const std::uint64_t version = unwritten.version;
+    save_async(unwritten, durable_,
                [this, origin = std::move(origin), version](SaveOutcome saved) mutable {
                    if (!saved.ok && saved.conflict && saved.current && store_.shared()) {
                        persist_conflict(std::move(origin), std::move(*saved.current));
@@ -438,7 +440,16 @@ void Switchboard::handle_persist_retry(Origin origin) {
                    if (!saved.warning.empty()) {
                        spdlog::error("{}", saved.warning);
                    }
-                   if (saved.ok && state_.version == version) {
+                   if (saved.ok && fleet_bound_ && fleet_bound_->version == version) {
+                       // The fleet has the revert; the --local changes end as its state
+                       // comes back.
+                       spdlog::warn("the revert of version {} is written to the fleet", version);
+                       durable_ = {version, saved.revision};
+                       fleet_bound_.reset();
+                       persist_error_.clear();
+                       rollback_pending_ = false;
+                       fleet_->refresh();
+                   } else if (saved.ok && state_.version == version) {
                        spdlog::warn("routing state version {} is durable again", version);
                        state_.revision = saved.revision;
                        durable_ = {version, saved.revision};
@@ -556,16 +567,14 @@ void Switchboard::late_save(const SaveOutcome& saved, bool written) {
 }
 
 // The control loop has stopped: nothing else touches the state now.
-bool Switchboard::finish_saves() {
-    const auto timeout = config_->control.state_save_timeout;
-    auto idle_within = [this](std::chrono::milliseconds wait) {
-        const auto deadline = std::chrono::steady_clock::now() + wait;
+bool Switchboard::finish_saves(std::chrono::steady_clock::time_point deadline) {
+    auto idle_by_deadline = [this, deadline] {
         while (saves_running_ > 0 && std::chrono::steady_clock::now() < deadline) {
             std::this_thread::sleep_for(std::chrono::milliseconds(5));
         }
         return saves_running_ == 0;
     };
-    if (!idle_within(timeout)) {
+    if (!idle_by_deadline()) {
         return false;
     }
     if (store_.shared() || durable()) {
@@ -581,7 +590,7 @@ bool Switchboard::finish_saves() {
         *outcome = store_.save(state, whatever);
         --saves_running_;
     });
-    if (!idle_within(timeout)) {
+    if (!idle_by_deadline()) {
         return false;
     }
     if (outcome->ok) {

@@ -81,9 +81,9 @@ class Switchboard {
     // The state served is the state on disk (a safety action may apply without it).
     bool durable() const { return !store_unknown_ && durable_.version == state_.version; }
     // At exit, once the control loop has stopped: writes the state served if the store does
-    // not hold it, waiting for the persister up to control.state_save_timeout. False when a
-    // save is still in the store then (a stalled disk): the persister cannot be joined.
-    bool finish_saves();
+    // not hold it, waiting for the persister up to `deadline`. False when a save is still in
+    // the store then (a stalled disk): the persister cannot be joined.
+    bool finish_saves(std::chrono::steady_clock::time_point deadline);
 
     // Counts for the metrics endpoint. Control thread only.
     struct Counts {
@@ -324,6 +324,9 @@ class Switchboard {
     // The state served differs from the fleet's by --local changes only: when the store is
     // back it is replaced by the fleet's, not written there (a revert is written).
     bool local_only_ = false;
+    // A revert applied while the store was away, not yet written there, under --local changes
+    // made since: what the persist retry writes (set only while local_only_).
+    std::optional<RoutingState> fleet_bound_;
     std::string persist_error_;  // why the last save failed, while not durable
     // In a fleet, a rollback applied here while the store was away and not yet written: staged
     // again on the fleet's state if another instance's change wins meanwhile.

@@ -69,10 +69,12 @@ void Switchboard::fleet_reachable_again() {
     if (durable()) {
         return;
     }
-    if (local_only_) {
+    if (local_only_ && !fleet_bound_) {
         fleet_->refresh();  // --local changes end: the fleet's state replaces them
     } else {
-        arm_persist_retry();  // a revert applied while it was away goes to the fleet now
+        // A revert applied while it was away goes to the fleet now (then the --local changes
+        // made above it end, as the fleet's state comes back).
+        arm_persist_retry();
     }
 }
 
@@ -94,9 +96,11 @@ void Switchboard::report_to_fleet() {
 void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
     auto change = std::make_shared<std::pair<Origin, Staged>>(std::move(origin), std::move(staged));
     if (change->second.local) {
-        if (durable()) {
-            local_only_ = true;  // (a revert waiting to be written keeps it false: it is written)
+        if (!durable() && !local_only_) {
+            // A revert waits to be written to the fleet: it still is, without this change.
+            fleet_bound_ = state_;
         }
+        local_only_ = true;
         change->second.next.revision = state_.revision;
         auto table = build_table(*config_, change->second.next, ids_, effective_health(),
                                  config_->rollout.tunnel_drain);
@@ -114,8 +118,10 @@ void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
             persist_error_.clear();
             rollback_pending_ = false;
             local_only_ = false;
+            fleet_bound_.reset();
         } else if (saved.unreachable && is_safety_action(staged.kind)) {
             local_only_ = false;  // this one is written when the store is back
+            fleet_bound_.reset();
             spdlog::error(
                 "{} applied on this instance only: {}; written to the fleet when it "
                 "is back",
@@ -179,10 +185,12 @@ void Switchboard::handle_fleet_state(Origin origin, const FleetState& fleet_stat
         spdlog::warn("fleet state names backends this instance's config does not have: {}",
                      dropped);
     }
-    if (!durable() && !local_only_) {
+    if (!durable() && (!local_only_ || fleet_bound_)) {
         // A revert applied here while the fleet store was away is not given up for a state
-        // committed without it: it is staged again on the fleet's state and written there.
-        const RoutingState local = state_;
+        // committed without it: it is staged again on the fleet's state and written there
+        // (without the --local changes made above it).
+        const RoutingState local = fleet_bound_ ? *fleet_bound_ : state_;
+        fleet_bound_.reset();
         for (Colour c : all_colours) {
             if (local.failed[index_of(c)] && !incoming.failed[index_of(c)] &&
                 incoming.weight(c) > 0 && c != incoming.stable) {
@@ -214,6 +222,7 @@ void Switchboard::handle_fleet_state(Origin origin, const FleetState& fleet_stat
         persist_error_.clear();  // the fleet's state stands (it has the revert, or it is moot)
     }
     local_only_ = false;
+    fleet_bound_.reset();
     auto table = build_table(*config_, incoming, ids_, effective_health());
     auto staged = std::make_shared<Staged>(
         Staged{incoming, config_, "committed by another instance", SwitchKind::fleet});

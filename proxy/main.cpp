@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -337,17 +338,25 @@ int run(const std::shared_ptr<const bg::Config>& config, const std::string& conf
     if (fleet != nullptr) {
         fleet->leave();  // out of the membership now, not at the lease's end
     }
-    // Every file writer gets control.state_save_timeout to finish. One stuck in a stalled disk
-    // or mount cannot be joined (the destructors would wait for ever): the process then exits
-    // without them, saying so; traffic is drained already.
-    const auto wait = config->control.state_save_timeout;
-    const bool access_logged = access_log == nullptr || access_log->stop(wait);
-    const bool saved = switchboard.finish_saves();
-    const bool cached = fleet == nullptr || fleet->finish_cache(wait);
-    if (!access_logged || !saved || !cached) {
-        spdlog::error("stopped with a file write stalled: {}{}{}",
-                      access_logged ? "" : "the access log's last lines are not written; ",
+    // The file writers get control.state_save_timeout in all to finish. One stuck in a stalled
+    // disk or mount cannot be joined (the destructors would wait for ever, and exit() could
+    // block on its stdio lock): the process then exits without them, saying which; traffic is
+    // drained already.
+    const auto deadline = std::chrono::steady_clock::now() + config->control.state_save_timeout;
+    auto left = [deadline] {
+        return std::max(std::chrono::milliseconds(0),
+                        std::chrono::duration_cast<std::chrono::milliseconds>(
+                            deadline - std::chrono::steady_clock::now()));
+    };
+    const bool saved = switchboard.finish_saves(deadline);
+    const bool audited = audit.finish(left());
+    const bool access_logged = access_log == nullptr || access_log->stop(left());
+    const bool cached = fleet == nullptr || fleet->finish_cache(left());
+    if (!saved || !audited || !access_logged || !cached) {
+        spdlog::error("stopped with a file write stalled: {}{}{}{}",
                       saved ? "" : "the state file may not hold the last routing state; ",
+                      audited ? "" : "the last audit records are not written; ",
+                      access_logged ? "" : "the access log's last lines are not written; ",
                       cached ? "" : "the fleet state's local copy may be behind; ");
         spdlog::shutdown();
         std::_Exit(1);

@@ -654,6 +654,19 @@ audit_command_max = 200
         self.assertEqual(r.returncode, 0, r)
         self.assertNotIn("audit", r.stderr)
 
+    def test_sigterm_ends_with_the_audit_log_stalled(self):
+        """The writer stuck in a stalled audit file is left behind at exit, said (exit 1)."""
+        proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")]))
+        os.rename(proxy.audit_log, proxy.audit_log + ".moved")
+        os.mkfifo(proxy.audit_log)
+        proxy.signal(signal.SIGUSR1)
+        time.sleep(0.3)
+        r = proxy.bgctl("set", "green=10", timeout=10)
+        self.assertEqual(r.returncode, 0, r)
+        proxy.signal(signal.SIGTERM)
+        self.assertEqual(proxy.wait(20), 1)
+        self.assertIn("audit records are not written", proxy.proc.stdout.read())
+
 
 class BgctlTest(ProcessTestCase):
     def test_unknown_commands_and_control_characters_are_usage_errors(self):
