@@ -106,7 +106,7 @@ SaveOutcome FileStateStore::overwrite(const RoutingState& next, const std::atomi
     // One given up on was answered as failed (a change refused, withdrawn): it must not land.
     if (given_up != nullptr && given_up->load()) {
         ::unlink(temp.c_str());
-        error = "given up on after control.state_save_timeout; not stored";
+        error = "given up on after control.disk_timeout; not stored";
         return outcome;
     }
     if (::rename(temp.c_str(), path_.c_str()) != 0) {

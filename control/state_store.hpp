@@ -20,7 +20,7 @@ struct StoreLoad {
 struct StoredVersion {
     std::uint64_t version = 0;  // 0: nothing stored
     std::int64_t revision = 0;
-    // Outside a fleet, after a save given up on (state_save_timeout) that may or may not have
+    // Outside a fleet, after a save given up on (disk_timeout) that may or may not have
     // landed: replace whatever is stored.
     bool whatever_stored = false;
 };

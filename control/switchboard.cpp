@@ -12,6 +12,7 @@
 #include <atomic>
 #include <boost/asio/post.hpp>
 #include <boost/json.hpp>
+#include <mutex>
 #include <thread>
 #include <utility>
 
@@ -104,6 +105,17 @@ std::string needs_restart(const Config& current, const Config& fresh) {
 
 }  // namespace
 
+// The reader threads' way back to the control thread, closed when the Switchboard goes.
+struct Switchboard::ConfigReads {
+    explicit ConfigReads(boost::asio::any_io_executor control) : executor(std::move(control)) {}
+    boost::asio::any_io_executor executor;
+    std::mutex lock;
+    bool closed = false;
+    // Control thread: a read given up on has not returned, since when.
+    bool stuck = false;
+    std::chrono::steady_clock::time_point since{};
+};
+
 Switchboard::Switchboard(boost::asio::any_io_executor executor,
                          std::shared_ptr<const Config> config, std::string config_path,
                          StateStore& store, AuditLog& audit, ConfigOverrides flags)
@@ -119,7 +131,13 @@ Switchboard::Switchboard(boost::asio::any_io_executor executor,
       persist_timer_(executor),
       persister_(1),
       outlier_(config_->outlier),
-      canary_(config_->canary) {}
+      canary_(config_->canary),
+      config_reads_(std::make_shared<ConfigReads>(executor)) {}
+
+Switchboard::~Switchboard() {
+    std::lock_guard guard(config_reads_->lock);
+    config_reads_->closed = true;  // a reader still stuck in a file posts nothing now
+}
 
 bool Switchboard::load(std::string& error) {
     StoreLoad loaded = store_.load();
@@ -478,7 +496,7 @@ struct Switchboard::PendingSave {
 
 // An fsync takes milliseconds: saves run on their own thread, so publication never waits for
 // one. `done` runs on the control thread. Outside a fleet a save is given up on after
-// control.state_save_timeout, so a stalled disk or mount never holds the control plane (a
+// control.disk_timeout, so a stalled disk or mount never holds the control plane (a
 // fleet's etcd requests have timeouts of their own).
 void Switchboard::save_async(RoutingState next, StoredVersion expected,
                              std::function<void(SaveOutcome)> done) {
@@ -506,7 +524,7 @@ void Switchboard::save_async(RoutingState next, StoredVersion expected,
     }
     expected.whatever_stored = store_unknown_;
     auto pending = std::make_shared<PendingSave>(executor_, std::move(done));
-    pending->timer.expires_after(config_->control.state_save_timeout);
+    pending->timer.expires_after(config_->control.disk_timeout);
     pending->timer.async_wait([this, pending](boost::system::error_code ec) {
         if (!ec && !pending->answered) {
             give_up_save(*pending);
@@ -606,8 +624,7 @@ std::string Switchboard::stalled_save_error() const {
     const auto stalled = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::steady_clock::now() - stalled_since_);
     return "the state file has not finished a save for " + std::to_string(stalled.count()) +
-           " ms (control.state_save_timeout " +
-           std::to_string(config_->control.state_save_timeout.count()) +
+           " ms (control.disk_timeout " + std::to_string(config_->control.disk_timeout.count()) +
            " ms): a stalled disk or mount? A rollback or a rollout-guard revert applies all "
            "the same, not durable";
 }
@@ -929,6 +946,8 @@ void Switchboard::run(Job job) {
                 handle_persist_retry(std::move(origin));
             } else if constexpr (std::is_same_v<W, FleetState>) {
                 handle_fleet_state(std::move(origin), work);
+            } else if constexpr (std::is_same_v<W, ConfigRead>) {
+                run_staged(std::move(origin), work.command, work.loaded.get());
             } else {
                 static_assert(std::is_same_v<W, FailbackDue>);
                 handle_failback(std::move(origin));
@@ -978,8 +997,76 @@ json::object Switchboard::reply_history(const Command& cmd) const {
 }
 
 void Switchboard::run_command(Origin origin, const Command& cmd) {
+    if (cmd.verb == Verb::reload && !config_path_.empty() && !cmd.local) {
+        read_config(std::move(origin), cmd);
+        return;
+    }
+    run_staged(std::move(origin), cmd, nullptr);
+}
+
+// One detached thread per read: one stuck in a stalled mount holds neither the line nor the
+// exit. A reload whose caller hangs up while its files are read is applied all the same.
+void Switchboard::read_config(Origin origin, const Command& cmd) {
+    ConfigReads& reads = *config_reads_;
+    const auto timeout = config_->control.disk_timeout;
+    if (reads.stuck) {
+        ++counts_.reloads_refused;
+        refuse(origin, "the config files have not been read for " +
+                           std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                              std::chrono::steady_clock::now() - reads.since)
+                                              .count()) +
+                           " ms: a stalled disk or mount? Reload refused until they are");
+        return;
+    }
+    struct Read {
+        Read(boost::asio::any_io_executor executor, Origin from, Command command)
+            : timer(executor), origin(std::move(from)), cmd(std::move(command)) {}
+        boost::asio::steady_timer timer;
+        Origin origin;
+        Command cmd;
+        bool answered = false;
+    };
+    auto read = std::make_shared<Read>(executor_, std::move(origin), cmd);
+    read->timer.expires_after(timeout);
+    read->timer.async_wait([this, read, timeout](boost::system::error_code ec) {
+        if (ec || read->answered) {
+            return;
+        }
+        read->answered = true;
+        config_reads_->stuck = true;
+        config_reads_->since = std::chrono::steady_clock::now() - timeout;
+        ++counts_.reloads_refused;
+        // Outside the line (it moved on): answered and audited here, as a gate's failure.
+        const std::string message = "the config files were not read within control.disk_timeout (" +
+                                    std::to_string(timeout.count()) +
+                                    " ms): a stalled disk or mount? Nothing changed";
+        spdlog::error("reload: {}", message);
+        audit_.append(audit_record(read->origin, "refused", nullptr, message));
+        read->origin.reply(error_reply(message, state_.version));
+    });
+    std::thread([reads = config_reads_, read, path = config_path_, flags = flags_, this] {
+        auto loaded = std::make_shared<const ConfigResult>(load_config_file(path, flags));
+        std::lock_guard guard(reads->lock);
+        if (reads->closed) {
+            return;
+        }
+        boost::asio::post(reads->executor, [this, read, loaded] {
+            config_reads_->stuck = false;
+            if (read->answered) {
+                return;  // given up on: refused already
+            }
+            read->answered = true;
+            read->timer.cancel();
+            enqueue(Job{std::move(read->origin), ConfigRead{read->cmd, loaded}});
+        });
+    }).detach();
+    busy_ = false;
+    boost::asio::post(executor_, [this] { run_next(); });
+}
+
+void Switchboard::run_staged(Origin origin, const Command& cmd, const ConfigResult* loaded) {
     Staged staged{state_, config_, {}, switch_kind_of(cmd.verb)};
-    if (std::string error = stage(cmd, staged); !error.empty()) {
+    if (std::string error = stage(cmd, staged, loaded); !error.empty()) {
         if (cmd.verb == Verb::reload) {
             ++counts_.reloads_refused;
         }
@@ -1111,12 +1198,12 @@ void Switchboard::proceed(Origin origin, const Command& cmd, Staged staged) {
     commit(std::move(origin), std::move(staged));
 }
 
-std::string Switchboard::stage(const Command& cmd, Staged& out) {
+std::string Switchboard::stage(const Command& cmd, Staged& out, const ConfigResult* loaded) {
     if (cmd.verb == Verb::reload) {
         if (cmd.local) {
             return "--local is not for reload: a reload changes this instance's config only";
         }
-        return stage_reload(out);
+        return stage_reload(loaded, out);
     }
     StagedChange change = stage_change(state_, *config_, cmd);
     if (!change.error.empty()) {
@@ -1163,11 +1250,14 @@ std::string Switchboard::judge_by_guard(const Command& cmd, Staged& staged) cons
     return {};
 }
 
-std::string Switchboard::stage_reload(Staged& out) {
+std::string Switchboard::stage_reload(const ConfigResult* read, Staged& out) {
     if (config_path_.empty()) {
         return "no config file to reload: bgproxy was started from flags only";
     }
-    ConfigResult loaded = load_config_file(config_path_, flags_);
+    // Read by read_config off the control thread; a caller without it reads here.
+    std::optional<ConfigResult> here;
+    const ConfigResult& loaded =
+        read != nullptr ? *read : here.emplace(load_config_file(config_path_, flags_));
     if (!loaded.errors.empty()) {
         std::string message = "the config has errors:";
         for (const auto& e : loaded.errors) {
@@ -1178,7 +1268,7 @@ std::string Switchboard::stage_reload(Staged& out) {
     }
     // The flags given at start are applied over the file above; what needs a restart to change
     // stays as it is.
-    Config fresh = std::move(*loaded.config);
+    Config fresh = *loaded.config;
     if (std::string restart = needs_restart(*config_, fresh); !restart.empty()) {
         return "changes to " + restart + " need a restart";
     }

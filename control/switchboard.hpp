@@ -46,6 +46,7 @@ class Switchboard {
     Switchboard(boost::asio::any_io_executor executor, std::shared_ptr<const Config> config,
                 std::string config_path, StateStore& store, AuditLog& audit,
                 ConfigOverrides flags = {});
+    ~Switchboard();
 
     // Loads the stored state, or starts from the config's when nothing is stored (and stores
     // it). False, with a message, when the stored state cannot be read: never a silent reset.
@@ -155,12 +156,17 @@ class Switchboard {
         // otherwise undo each other's failover and failback every failback_hold.
         bool revert_only = false;
     };
+    struct ConfigRead {  // a reload whose files were read (off the control thread), back in line
+        Command command;
+        std::shared_ptr<const ConfigResult> loaded;
+    };
     struct PersistRetry {};  // the state served is not on disk yet: try again
     struct FleetState {      // the fleet's state, as the fleet store saw it change
         RoutingState state;
     };
-    using Work = std::variant<OperatorCommand, GatePassed, RampStep, HealthChange, OutlierFindings,
-                              CanaryFailure, FailbackDue, GuardCheck, PersistRetry, FleetState>;
+    using Work =
+        std::variant<OperatorCommand, GatePassed, RampStep, HealthChange, OutlierFindings,
+                     CanaryFailure, FailbackDue, GuardCheck, PersistRetry, FleetState, ConfigRead>;
     struct Job {
         Origin origin;
         Work work;
@@ -199,14 +205,19 @@ class Switchboard {
     void refuse(Origin& origin, const std::string& error);
     bool audits_refusal(const Caller& caller);
     void run_command(Origin origin, const Command& cmd);
+    // `loaded`: a reload's config, read by read_config.
+    void run_staged(Origin origin, const Command& cmd, const ConfigResult* loaded);
+    // A reload reads its files beside the line, so a stalled mount holds only the reload.
+    struct ConfigReads;
+    void read_config(Origin origin, const Command& cmd);
     void start_gate(Origin origin, const Command& cmd, Colour gaining);
     void gate_done(const std::string& id, std::uint64_t based_on, const std::string& failure);
     void run_gate_passed(Origin origin, const GatePassed& passed);
     // Cancels every command waiting on its gate: a way back was just taken.
     void cancel_gates(SwitchKind because);
     // A command's staged change (reload reads the file), or an error message.
-    std::string stage(const Command& cmd, Staged& out);
-    std::string stage_reload(Staged& out);
+    std::string stage(const Command& cmd, Staged& out, const ConfigResult* loaded = nullptr);
+    std::string stage_reload(const ConfigResult* loaded, Staged& out);
     // Refuses a change that gives traffic to a colour the guard would take it from at once;
     // notes what the guard will do after any other.
     std::string judge_by_guard(const Command& cmd, Staged& staged) const;
@@ -333,6 +344,7 @@ class Switchboard {
     bool rollback_pending_ = false;
     OutlierDetector outlier_;
     CanaryAnalysis canary_;
+    std::shared_ptr<ConfigReads> config_reads_;  // shared with the reader threads
     std::map<std::uint64_t, Watcher> watchers_;
     std::array<std::optional<std::chrono::system_clock::time_point>, 2> tunnel_deadline_{};
     Counts counts_;

@@ -174,9 +174,11 @@ void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
 // Another instance's change (or this one's, seen again through the watch).
 void Switchboard::handle_fleet_state(Origin origin, const FleetState& fleet_state) {
     RoutingState incoming = fleet_state.state;
-    const bool news = durable()     ? incoming.revision > state_.revision
-                      : local_only_ ? incoming.revision >= durable_.revision
-                                    : incoming.revision > durable_.revision;
+    // Under --local changes alone, the fleet's own state is news: it replaces them. A revert
+    // waiting to be written (fleet_bound_) is based on that state: only a newer one is news.
+    const bool news = durable()                      ? incoming.revision > state_.revision
+                      : local_only_ && !fleet_bound_ ? incoming.revision >= durable_.revision
+                                                     : incoming.revision > durable_.revision;
     if (!news) {
         finish(origin, json::object{{"ok", true}});  // served already
         return;

@@ -657,11 +657,11 @@ void read_control(TableReader& control, ControlConfig& out) {
     control.read_integer("audit_command_max", out.audit_command_max, 64, 1 << 20);
     control.read_duration("audit_log_wait", out.audit_log_wait, TableReader::Zero::refused);
     control.read_integer("audit_refusals_per_second", out.audit_refusals_per_second, 1, 100000);
-    control.read_duration("state_save_timeout", out.state_save_timeout, TableReader::Zero::refused);
-    if (out.state_save_timeout < std::chrono::milliseconds(100)) {
+    control.read_duration("disk_timeout", out.disk_timeout, TableReader::Zero::refused);
+    if (out.disk_timeout < std::chrono::milliseconds(100)) {
         // Shorter than a busy disk's fsync: every ordinary change would be refused.
-        control.error_at(*control.table().get("state_save_timeout"),
-                         "control.state_save_timeout must be at least \"100ms\"");
+        control.error_at(*control.table().get("disk_timeout"),
+                         "control.disk_timeout must be at least \"100ms\"");
     }
     if (auto role = control.read_string("default_role")) {
         if (*role == "none") {

@@ -334,9 +334,9 @@ struct ControlConfig {
     // Refusals at the door (unparsable, or beyond the caller's role) of callers below the
     // operate role, audited per second at most; the rest are counted in the log.
     std::uint32_t audit_refusals_per_second = 20;
-    // A state-file save not done by then is given up on: a way back applies without it, any
-    // other change is refused (a stalled disk or mount must not hold the control plane).
-    Duration state_save_timeout{std::chrono::seconds(5)};
+    // How long the control plane waits on a file (a state save, a reload's read, the writers
+    // at exit) before it gives up on it: a stalled disk or mount must not hold it.
+    Duration disk_timeout{std::chrono::seconds(5)};
     RoleMembers admin;  // the uid bgproxy runs as is always admin
     RoleMembers operate;
     RoleMembers read;

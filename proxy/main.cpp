@@ -338,11 +338,11 @@ int run(const std::shared_ptr<const bg::Config>& config, const std::string& conf
     if (fleet != nullptr) {
         fleet->leave();  // out of the membership now, not at the lease's end
     }
-    // The file writers get control.state_save_timeout in all to finish. One stuck in a stalled
+    // The file writers get control.disk_timeout in all to finish. One stuck in a stalled
     // disk or mount cannot be joined (the destructors would wait for ever, and exit() could
     // block on its stdio lock): the process then exits without them, saying which; traffic is
     // drained already.
-    const auto deadline = std::chrono::steady_clock::now() + config->control.state_save_timeout;
+    const auto deadline = std::chrono::steady_clock::now() + config->control.disk_timeout;
     auto left = [deadline] {
         return std::max(std::chrono::milliseconds(0),
                         std::chrono::duration_cast<std::chrono::milliseconds>(

@@ -405,6 +405,44 @@ class ControlNeverStuckTest(ProcessTestCase):
     """A hanging gate holds only its own command; clients that leave cancel what they asked;
     connections are limited and idle ones closed."""
 
+    def test_a_reload_on_a_stalled_config_file_holds_only_itself(self):
+        """On 6f6830d a reload read its files on the control thread: a config file that did not
+        answer (a FIFO no one writes, as on a hung mount) stopped every command, status and
+        rollback included."""
+        proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")],
+                                  extra='[control]\ndisk_timeout = "1s"\n'))
+        real = proxy.config_path + ".real"
+        os.rename(proxy.config_path, real)
+        os.mkfifo(proxy.config_path)
+        reload = subprocess.Popen([BGCTL, "--socket", proxy.socket, "reload"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(reload.kill)
+        time.sleep(0.2)
+        started = time.time()
+        r = proxy.bgctl("set", "green=10", timeout=10)
+        self.assertEqual(r.returncode, 0, r)  # the line moved on
+        self.assertLess(time.time() - started, 0.9)
+        self.assertEqual(proxy.status()["colours"]["green"]["weight"], 10)
+        _, err = reload.communicate(timeout=10)
+        self.assertEqual(reload.returncode, 1, err)
+        self.assertIn("not read within control.disk_timeout", err)
+        r = proxy.bgctl("reload", timeout=10)  # refused at once while the read is stuck
+        self.assertEqual(r.returncode, 1, r)
+        self.assertIn("have not been read", r.stderr)
+        # The file answers at last: the stuck read ends, and reloads work again.
+        with open(proxy.config_path, "w") as fifo, open(real) as text:
+            fifo.write(text.read())
+        os.unlink(proxy.config_path)
+        os.rename(real, proxy.config_path)
+        deadline = time.time() + 5
+        while True:
+            r = proxy.bgctl("reload", timeout=10)
+            if r.returncode == 0 or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertEqual(r.returncode, 0, r)
+        self.assertEqual(proxy.status()["colours"]["green"]["weight"], 10)
+
     HANGING_GATE = """
 [[gate]]
 name = "root"

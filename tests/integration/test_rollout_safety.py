@@ -957,7 +957,7 @@ class DiskTest(ProcessTestCase):
         save writes its temporary file, so the save's open() blocks, as on a hung mount."""
         blue, green = self.backend("blue-1"), self.backend("green-1")
         proxy = self.proxy(config([blue], [green],
-                                  extra='[control]\nstate_save_timeout = "1s"\n'))
+                                  extra='[control]\ndisk_timeout = "1s"\n'))
         self.assertEqual(proxy.bgctl("set", "green=50").returncode, 0)
         fifo = proxy.state_file + ".tmp"
         os.mkfifo(fifo)
@@ -970,7 +970,7 @@ class DiskTest(ProcessTestCase):
         started = time.time()
         r = proxy.bgctl("set", "green=60", timeout=10)
         self.assertEqual(r.returncode, 1, r)  # refused once the save is given up on
-        self.assertIn("state_save_timeout", r.stderr)
+        self.assertIn("disk_timeout", r.stderr)
         self.assertLess(time.time() - started, 5)
         self.assertEqual(proxy.status()["colours"]["green"]["weight"], 50)  # withdrawn
         started = time.time()
