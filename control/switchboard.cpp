@@ -105,15 +105,14 @@ std::string needs_restart(const Config& current, const Config& fresh) {
 
 }  // namespace
 
-// The reader threads' way back to the control thread, closed when the Switchboard goes.
+// The reader threads' way back to the control thread, closed when the Switchboard goes. The
+// threads hold nothing else of the control thread's (no timer, no reply): one that returns
+// late, even during the exit, touches no io_context.
 struct Switchboard::ConfigReads {
     explicit ConfigReads(boost::asio::any_io_executor control) : executor(std::move(control)) {}
     boost::asio::any_io_executor executor;
     std::mutex lock;
     bool closed = false;
-    // Control thread: a read given up on has not returned, since when.
-    bool stuck = false;
-    std::chrono::steady_clock::time_point since{};
 };
 
 Switchboard::Switchboard(boost::asio::any_io_executor executor,
@@ -846,6 +845,14 @@ void Switchboard::cancel(const Caller& caller, const std::string& id, const std:
     if (auto gate = gates_.find(id); gate != gates_.end() && theirs(gate->second.origin)) {
         cancelled(gate->second.origin);
         gates_.erase(gate);
+        return;
+    }
+    for (auto it = reads_.begin(); it != reads_.end(); ++it) {  // a reload reading its files
+        if (theirs(it->second.origin)) {
+            cancelled(it->second.origin);
+            reads_.erase(it);
+            return;
+        }
     }
 }
 
@@ -947,7 +954,15 @@ void Switchboard::run(Job job) {
             } else if constexpr (std::is_same_v<W, FleetState>) {
                 handle_fleet_state(std::move(origin), work);
             } else if constexpr (std::is_same_v<W, ConfigRead>) {
-                run_staged(std::move(origin), work.command, work.loaded.get());
+                if (work.seq < newest_read_staged_) {
+                    // Reads return in any order: the file as read last wins.
+                    ++counts_.reloads_refused;
+                    refuse(origin,
+                           "a later reload read the config files after this one and came first");
+                } else {
+                    newest_read_staged_ = work.seq;
+                    run_staged(std::move(origin), work.command, work.loaded.get());
+                }
             } else {
                 static_assert(std::is_same_v<W, FailbackDue>);
                 handle_failback(std::move(origin));
@@ -1005,63 +1020,74 @@ void Switchboard::run_command(Origin origin, const Command& cmd) {
 }
 
 // One detached thread per read: one stuck in a stalled mount holds neither the line nor the
-// exit. A reload whose caller hangs up while its files are read is applied all the same.
+// exit.
 void Switchboard::read_config(Origin origin, const Command& cmd) {
-    ConfigReads& reads = *config_reads_;
-    const auto timeout = config_->control.disk_timeout;
-    if (reads.stuck) {
+    if (!stuck_reads_.empty()) {
+        const auto stuck = std::chrono::duration_cast<std::chrono::milliseconds>(
+            std::chrono::steady_clock::now() - stuck_reads_.begin()->second);
         ++counts_.reloads_refused;
-        refuse(origin, "the config files have not been read for " +
-                           std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                              std::chrono::steady_clock::now() - reads.since)
-                                              .count()) +
-                           " ms: a stalled disk or mount? Reload refused until they are");
+        refuse(origin, "a read of the config files has not returned for " +
+                           std::to_string(stuck.count()) +
+                           " ms (a stalled disk or mount, or a resolver not answering for a "
+                           "backend's host name?): reloads are refused until it does");
         return;
     }
-    struct Read {
-        Read(boost::asio::any_io_executor executor, Origin from, Command command)
-            : timer(executor), origin(std::move(from)), cmd(std::move(command)) {}
-        boost::asio::steady_timer timer;
-        Origin origin;
-        Command cmd;
-        bool answered = false;
-    };
-    auto read = std::make_shared<Read>(executor_, std::move(origin), cmd);
-    read->timer.expires_after(timeout);
-    read->timer.async_wait([this, read, timeout](boost::system::error_code ec) {
-        if (ec || read->answered) {
-            return;
+    const std::uint64_t seq = ++reads_started_;
+    auto timer = std::make_unique<boost::asio::steady_timer>(executor_);
+    timer->expires_after(config_->control.disk_timeout);
+    timer->async_wait([this, seq](boost::system::error_code ec) {
+        if (!ec) {
+            config_read_timed_out(seq);
         }
-        read->answered = true;
-        config_reads_->stuck = true;
-        config_reads_->since = std::chrono::steady_clock::now() - timeout;
-        ++counts_.reloads_refused;
-        // Outside the line (it moved on): answered and audited here, as a gate's failure.
-        const std::string message = "the config files were not read within control.disk_timeout (" +
-                                    std::to_string(timeout.count()) +
-                                    " ms): a stalled disk or mount? Nothing changed";
-        spdlog::error("reload: {}", message);
-        audit_.append(audit_record(read->origin, "refused", nullptr, message));
-        read->origin.reply(error_reply(message, state_.version));
     });
-    std::thread([reads = config_reads_, read, path = config_path_, flags = flags_, this] {
-        auto loaded = std::make_shared<const ConfigResult>(load_config_file(path, flags));
-        std::lock_guard guard(reads->lock);
-        if (reads->closed) {
-            return;
-        }
-        boost::asio::post(reads->executor, [this, read, loaded] {
-            config_reads_->stuck = false;
-            if (read->answered) {
-                return;  // given up on: refused already
+    try {
+        std::thread([reads = config_reads_, seq, path = config_path_, flags = flags_, this] {
+            auto loaded = std::make_shared<const ConfigResult>(load_config_file(path, flags));
+            std::lock_guard guard(reads->lock);
+            if (!reads->closed) {
+                boost::asio::post(reads->executor,
+                                  [this, seq, loaded] { config_read_returned(seq, loaded); });
             }
-            read->answered = true;
-            read->timer.cancel();
-            enqueue(Job{std::move(read->origin), ConfigRead{read->cmd, loaded}});
-        });
-    }).detach();
+        }).detach();
+    } catch (const std::system_error& e) {  // no thread to be had (a pids limit)
+        ++counts_.reloads_refused;
+        refuse(origin, std::string("cannot start reading the config files: ") + e.what());
+        return;
+    }
+    reads_.emplace(seq, PendingRead{std::move(origin), cmd, std::move(timer),
+                                    std::chrono::steady_clock::now()});
     busy_ = false;
     boost::asio::post(executor_, [this] { run_next(); });
+}
+
+// Outside the line (it moved on): answered and audited here, as a gate's failure.
+void Switchboard::config_read_timed_out(std::uint64_t seq) {
+    auto it = reads_.find(seq);
+    if (it == reads_.end()) {
+        return;
+    }
+    PendingRead read = std::move(it->second);
+    reads_.erase(it);
+    stuck_reads_.emplace(seq, read.started);
+    ++counts_.reloads_refused;
+    const std::string message =
+        "the config files were not read within control.disk_timeout (" +
+        std::to_string(config_->control.disk_timeout.count()) +
+        " ms): a stalled disk or mount, or a resolver not answering for a backend's host name?";
+    audit_.append(audit_record(read.origin, "refused", nullptr, message));
+    read.origin.reply(error_reply(message, state_.version));
+}
+
+void Switchboard::config_read_returned(std::uint64_t seq,
+                                       std::shared_ptr<const ConfigResult> loaded) {
+    stuck_reads_.erase(seq);
+    auto it = reads_.find(seq);
+    if (it == reads_.end()) {
+        return;  // given up on, or its caller left: answered already
+    }
+    PendingRead read = std::move(it->second);
+    reads_.erase(it);
+    enqueue(Job{std::move(read.origin), ConfigRead{read.command, std::move(loaded), seq}});
 }
 
 void Switchboard::run_staged(Origin origin, const Command& cmd, const ConfigResult* loaded) {

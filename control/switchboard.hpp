@@ -159,6 +159,7 @@ class Switchboard {
     struct ConfigRead {  // a reload whose files were read (off the control thread), back in line
         Command command;
         std::shared_ptr<const ConfigResult> loaded;
+        std::uint64_t seq = 0;  // which read
     };
     struct PersistRetry {};  // the state served is not on disk yet: try again
     struct FleetState {      // the fleet's state, as the fleet store saw it change
@@ -209,7 +210,15 @@ class Switchboard {
     void run_staged(Origin origin, const Command& cmd, const ConfigResult* loaded);
     // A reload reads its files beside the line, so a stalled mount holds only the reload.
     struct ConfigReads;
+    struct PendingRead {
+        Origin origin;
+        Command command;
+        std::unique_ptr<boost::asio::steady_timer> timer;  // control.disk_timeout
+        std::chrono::steady_clock::time_point started;
+    };
     void read_config(Origin origin, const Command& cmd);
+    void config_read_timed_out(std::uint64_t seq);
+    void config_read_returned(std::uint64_t seq, std::shared_ptr<const ConfigResult> loaded);
     void start_gate(Origin origin, const Command& cmd, Colour gaining);
     void gate_done(const std::string& id, std::uint64_t based_on, const std::string& failure);
     void run_gate_passed(Origin origin, const GatePassed& passed);
@@ -344,7 +353,12 @@ class Switchboard {
     bool rollback_pending_ = false;
     OutlierDetector outlier_;
     CanaryAnalysis canary_;
-    std::shared_ptr<ConfigReads> config_reads_;  // shared with the reader threads
+    std::shared_ptr<ConfigReads> config_reads_;   // shared with the reader threads
+    std::map<std::uint64_t, PendingRead> reads_;  // reloads reading their files, by sequence
+    // Reads given up on that have not returned, and when each began.
+    std::map<std::uint64_t, std::chrono::steady_clock::time_point> stuck_reads_;
+    std::uint64_t reads_started_ = 0;
+    std::uint64_t newest_read_staged_ = 0;  // reads return in any order: the last one wins
     std::map<std::uint64_t, Watcher> watchers_;
     std::array<std::optional<std::chrono::system_clock::time_point>, 2> tunnel_deadline_{};
     Counts counts_;

@@ -428,7 +428,7 @@ class ControlNeverStuckTest(ProcessTestCase):
         self.assertIn("not read within control.disk_timeout", err)
         r = proxy.bgctl("reload", timeout=10)  # refused at once while the read is stuck
         self.assertEqual(r.returncode, 1, r)
-        self.assertIn("have not been read", r.stderr)
+        self.assertIn("has not returned", r.stderr)
         # The file answers at last: the stuck read ends, and reloads work again.
         with open(proxy.config_path, "w") as fifo, open(real) as text:
             fifo.write(text.read())
@@ -442,6 +442,53 @@ class ControlNeverStuckTest(ProcessTestCase):
             time.sleep(0.1)
         self.assertEqual(r.returncode, 0, r)
         self.assertEqual(proxy.status()["colours"]["green"]["weight"], 10)
+
+    def test_reloads_whose_reads_return_out_of_order_leave_the_newest_file(self):
+        """A read held up (here a FIFO that answers late) returns after a later reload's: on
+        66a5a0a the older file was applied last and won."""
+        blue, green, green2 = (self.backend(n) for n in ("blue-1", "green-1", "green-2"))
+        proxy = self.proxy(config([blue], [green], extra='[control]\ndisk_timeout = "5s"\n'))
+        old_text = open(proxy.config_path).read()
+        new_text = config([blue], [green, green2], extra='[control]\ndisk_timeout = "5s"\n')
+        os.unlink(proxy.config_path)
+        os.mkfifo(proxy.config_path)
+        first = subprocess.Popen([BGCTL, "--socket", proxy.socket, "reload"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(first.kill)
+        time.sleep(0.3)
+        # The first read is in the FIFO now: it gets the old text, but no end of file yet.
+        writer = os.open(proxy.config_path, os.O_WRONLY | os.O_NONBLOCK)
+        os.write(writer, old_text.encode())
+        os.unlink(proxy.config_path)
+        with open(proxy.config_path, "w") as f:
+            f.write(new_text)
+        r = proxy.bgctl("reload", timeout=10)
+        self.assertEqual(r.returncode, 0, r)
+        os.close(writer)  # the first read returns now, with the older file
+        _, err = first.communicate(timeout=10)
+        self.assertEqual(first.returncode, 1, err)
+        self.assertIn("a later reload", err)
+        names = [b["name"] for b in proxy.status()["colours"]["green"]["backends"]]
+        self.assertEqual(names, ["green-1", "green-2"])
+
+    def test_a_client_that_leaves_during_a_reload_read_cancels_it(self):
+        proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")]))
+        os.rename(proxy.config_path, proxy.config_path + ".real")
+        os.mkfifo(proxy.config_path)
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(proxy.socket)
+        s.sendall(b"reload --id=leaving\n")
+        time.sleep(0.3)
+        s.close()
+        deadline = time.time() + 5
+        record = None
+        while time.time() < deadline and record is None:
+            r = proxy.bgctl("--json", "history", "--id=leaving")
+            records = json.loads(r.stdout)["history"] if r.returncode == 0 else []
+            record = records[0] if records else None
+            time.sleep(0.05)
+        self.assertIsNotNone(record)
+        self.assertEqual(record["result"], "cancelled")
 
     HANGING_GATE = """
 [[gate]]
