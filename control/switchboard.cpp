@@ -847,10 +847,11 @@ void Switchboard::cancel(const Caller& caller, const std::string& id, const std:
         gates_.erase(gate);
         return;
     }
-    for (auto it = reads_.begin(); it != reads_.end(); ++it) {  // a reload reading its files
-        if (theirs(it->second.origin)) {
-            cancelled(it->second.origin);
-            reads_.erase(it);
+    for (auto& [seq, read] : reads_) {  // a reload reading its files
+        if (!read.cancelled && theirs(read.origin)) {
+            cancelled(read.origin);
+            // Its timer runs on: a read that never returns is still known stuck.
+            read.cancelled = true;
             return;
         }
     }
@@ -955,13 +956,12 @@ void Switchboard::run(Job job) {
                 handle_fleet_state(std::move(origin), work);
             } else if constexpr (std::is_same_v<W, ConfigRead>) {
                 if (work.seq < newest_read_staged_) {
-                    // Reads return in any order: the file as read last wins.
+                    // Reads return in any order: the one begun last wins.
                     ++counts_.reloads_refused;
                     refuse(origin,
                            "a later reload read the config files after this one and came first");
                 } else {
-                    newest_read_staged_ = work.seq;
-                    run_staged(std::move(origin), work.command, work.loaded.get());
+                    run_staged(std::move(origin), work.command, work.loaded.get(), work.seq);
                 }
             } else {
                 static_assert(std::is_same_v<W, FailbackDue>);
@@ -1055,7 +1055,7 @@ void Switchboard::read_config(Origin origin, const Command& cmd) {
         return;
     }
     reads_.emplace(seq, PendingRead{std::move(origin), cmd, std::move(timer),
-                                    std::chrono::steady_clock::now()});
+                                    std::chrono::steady_clock::now(), false});
     busy_ = false;
     boost::asio::post(executor_, [this] { run_next(); });
 }
@@ -1069,6 +1069,9 @@ void Switchboard::config_read_timed_out(std::uint64_t seq) {
     PendingRead read = std::move(it->second);
     reads_.erase(it);
     stuck_reads_.emplace(seq, read.started);
+    if (read.cancelled) {
+        return;  // answered already
+    }
     ++counts_.reloads_refused;
     const std::string message =
         "the config files were not read within control.disk_timeout (" +
@@ -1087,10 +1090,13 @@ void Switchboard::config_read_returned(std::uint64_t seq,
     }
     PendingRead read = std::move(it->second);
     reads_.erase(it);
-    enqueue(Job{std::move(read.origin), ConfigRead{read.command, std::move(loaded), seq}});
+    if (!read.cancelled) {
+        enqueue(Job{std::move(read.origin), ConfigRead{read.command, std::move(loaded), seq}});
+    }
 }
 
-void Switchboard::run_staged(Origin origin, const Command& cmd, const ConfigResult* loaded) {
+void Switchboard::run_staged(Origin origin, const Command& cmd, const ConfigResult* loaded,
+                             std::uint64_t read) {
     Staged staged{state_, config_, {}, switch_kind_of(cmd.verb)};
     if (std::string error = stage(cmd, staged, loaded); !error.empty()) {
         if (cmd.verb == Verb::reload) {
@@ -1098,6 +1104,10 @@ void Switchboard::run_staged(Origin origin, const Command& cmd, const ConfigResu
         }
         refuse(origin, error);
         return;
+    }
+    if (!cmd.dry_run) {
+        // A valid file read later than any other being read: older reads are refused.
+        newest_read_staged_ = std::max(newest_read_staged_, read);
     }
     // The pre-promotion gate: a colour about to gain traffic by flip, set or ramp must pass the
     // smoke checks first. Rollback is never gated: it is the way out.
@@ -1225,6 +1235,13 @@ void Switchboard::proceed(Origin origin, const Command& cmd, Staged staged) {
 }
 
 std::string Switchboard::stage(const Command& cmd, Staged& out, const ConfigResult* loaded) {
+    if (!cmd.local && local_only_ && store_.shared() && store_reachable() &&
+        !is_safety_action(switch_kind_of(cmd.verb))) {
+        // Staged on this instance's state, the change would carry its --local changes to the
+        // whole fleet. A way back is not held for this: it goes on (and carries them).
+        return "this instance still serves --local changes, which the fleet's state replaces "
+               "now that the fleet store is back: run the command again in a moment";
+    }
     if (cmd.verb == Verb::reload) {
         if (cmd.local) {
             return "--local is not for reload: a reload changes this instance's config only";

@@ -207,7 +207,9 @@ class Switchboard {
     bool audits_refusal(const Caller& caller);
     void run_command(Origin origin, const Command& cmd);
     // `loaded`: a reload's config, read by read_config.
-    void run_staged(Origin origin, const Command& cmd, const ConfigResult* loaded);
+    // `read`: its number, for a reload.
+    void run_staged(Origin origin, const Command& cmd, const ConfigResult* loaded,
+                    std::uint64_t read = 0);
     // A reload reads its files beside the line, so a stalled mount holds only the reload.
     struct ConfigReads;
     struct PendingRead {
@@ -215,6 +217,7 @@ class Switchboard {
         Command command;
         std::unique_ptr<boost::asio::steady_timer> timer;  // control.disk_timeout
         std::chrono::steady_clock::time_point started;
+        bool cancelled = false;  // its caller left: answered, the read goes on
     };
     void read_config(Origin origin, const Command& cmd);
     void config_read_timed_out(std::uint64_t seq);
@@ -358,7 +361,7 @@ class Switchboard {
     // Reads given up on that have not returned, and when each began.
     std::map<std::uint64_t, std::chrono::steady_clock::time_point> stuck_reads_;
     std::uint64_t reads_started_ = 0;
-    std::uint64_t newest_read_staged_ = 0;  // reads return in any order: the last one wins
+    std::uint64_t newest_read_staged_ = 0;  // reads return in any order: the last begun wins
     std::map<std::uint64_t, Watcher> watchers_;
     std::array<std::optional<std::chrono::system_clock::time_point>, 2> tunnel_deadline_{};
     Counts counts_;

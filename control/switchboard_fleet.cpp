@@ -72,9 +72,9 @@ void Switchboard::fleet_reachable_again() {
     if (local_only_ && !fleet_bound_) {
         fleet_->refresh();  // --local changes end: the fleet's state replaces them
     } else {
-        // A revert applied while it was away goes to the fleet now (then the --local changes
-        // made above it end, as the fleet's state comes back).
-        arm_persist_retry();
+        // A revert applied while it was away goes to the fleet now, not after the retry's
+        // second (then the --local changes made above it end, as the fleet's state comes back).
+        enqueue(Job{internal_origin("persist retry", "persist"), PersistRetry{}});
     }
 }
 

@@ -472,7 +472,11 @@ class ControlNeverStuckTest(ProcessTestCase):
         self.assertEqual(names, ["green-1", "green-2"])
 
     def test_a_client_that_leaves_during_a_reload_read_cancels_it(self):
-        proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")]))
+        """Cancelled, and its read still known stuck after disk_timeout (a caller that gives up
+        and tries again does not start one stuck thread after another)."""
+        proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")],
+                                  extra='[control]\ndisk_timeout = "1s"\n'))
+        started = time.time()
         os.rename(proxy.config_path, proxy.config_path + ".real")
         os.mkfifo(proxy.config_path)
         s = socket.socket(socket.AF_UNIX)
@@ -489,6 +493,10 @@ class ControlNeverStuckTest(ProcessTestCase):
             time.sleep(0.05)
         self.assertIsNotNone(record)
         self.assertEqual(record["result"], "cancelled")
+        time.sleep(max(0, started + 1.5 - time.time()))
+        r = proxy.bgctl("reload", timeout=10)
+        self.assertEqual(r.returncode, 1, r)
+        self.assertIn("has not returned", r.stderr)
 
     HANGING_GATE = """
 [[gate]]
