@@ -346,19 +346,21 @@ class FleetTest(ProcessTestCase):
         self.assertEqual(state["failed"], ["green"])
         self.assertIn("health", state["command"])
 
-    def test_a_guard_revert_with_etcd_away_applies_at_once_and_reaches_the_fleet_after(self):
+    def revert_with_etcd_away(self):
+        """etcd stops, then green fails on i1 only: i1 reverts at once without etcd; i2 and i3
+        see green healthy and keep serving it."""
         proxies = self.guard_fleet()
         self.etcd.stop_all()
         self.wait_for("every instance sees etcd unreachable",
                       lambda: not any(p.status()["fleet"]["reachable"] for p in proxies))
         set_health(self.green[0], 500)
-        # i1 reverts at once without etcd; i2 and i3 see green healthy and keep serving it.
         self.wait_for("i1 reverted locally",
                       lambda: proxies[0].status()["colours"]["green"]["weight"] == 0, timeout=5)
-        self.assertFalse(proxies[0].status()["durable"])
-        self.assertEqual(proxies[1].status()["colours"]["green"]["weight"], 50)
-        self.etcd.start_all()
-        # Written to the fleet when it is back, and the fleet converges on it, not on green.
+        return proxies
+
+    def wait_for_the_fleet_to_serve_the_revert(self, proxies):
+        """Written to the fleet when etcd is back, and the fleet converges on it, not on green.
+        Returns the fleet's state."""
         self.wait_for("every instance serves the revert",
                       lambda: all(p.status()["colours"]["green"]["weight"] == 0 and
                                   p.status()["durable"] for p in proxies), timeout=15)
@@ -366,32 +368,28 @@ class FleetTest(ProcessTestCase):
         self.assertEqual(state["weights"]["green"], 0)
         self.assertEqual(state["failed"], ["green"])
         self.assertEqual({p.status()["version"] for p in proxies}, {state["version"]})
+        return state
+
+    def test_a_guard_revert_with_etcd_away_applies_at_once_and_reaches_the_fleet_after(self):
+        proxies = self.revert_with_etcd_away()
+        self.assertFalse(proxies[0].status()["durable"])
+        self.assertEqual(proxies[1].status()["colours"]["green"]["weight"], 50)
+        self.etcd.start_all()
+        self.wait_for_the_fleet_to_serve_the_revert(proxies)
 
     def test_a_local_change_above_an_unwritten_revert_stays_local(self):
         """On 9d32043 a --local change made after a revert that etcd had not taken yet was
         written to the whole fleet with the revert when etcd came back."""
-        proxies = self.guard_fleet()
-        self.etcd.stop_all()
-        self.wait_for("every instance sees etcd unreachable",
-                      lambda: not any(p.status()["fleet"]["reachable"] for p in proxies))
-        set_health(self.green[0], 500)
-        self.wait_for("i1 reverted locally",
-                      lambda: proxies[0].status()["colours"]["green"]["weight"] == 0, timeout=5)
+        proxies = self.revert_with_etcd_away()
         rc, reply = self.command(proxies[0], "maint", "green-1", "--local")
         self.assertEqual(rc, 0, reply)
         self.assertTrue(reply["fleet"]["local"])
         self.etcd.start_all()
         # The revert reaches the fleet; the maint stays i1's, and ends as the fleet's state
         # comes back to it.
-        self.wait_for("every instance serves the revert",
-                      lambda: all(p.status()["colours"]["green"]["weight"] == 0 and
-                                  p.status()["durable"] for p in proxies), timeout=15)
-        state = self.fleet_state()
-        self.assertEqual(state["weights"]["green"], 0)
-        self.assertEqual(state["failed"], ["green"])
+        state = self.wait_for_the_fleet_to_serve_the_revert(proxies)
         self.assertNotEqual(state["admin"].get("green-1"), "maint", state)
         self.assertNotIn("--local", state["command"])
-        self.assertEqual({p.status()["version"] for p in proxies}, {state["version"]})
 
     def test_local_changes_apply_to_one_instance_and_yield_to_the_fleet_when_it_is_back(self):
         proxies = self.fleet(3)
