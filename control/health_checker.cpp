@@ -118,8 +118,14 @@ asio::awaitable<void> HealthChecker::run(std::shared_ptr<Probe> probe) {
             co_return;
         }
         std::string why;
-        const Check check =
-            co_await probe_once(probe->address, probe->check, probe->transport, why);
+        Check check = Check::not_run;
+        try {
+            check = co_await probe_once(probe->address, probe->check, probe->transport, why);
+        } catch (const std::exception& e) {
+            // (SSL_new or an allocation failing under memory pressure): this loop must go on,
+            // or the backend's verdict would freeze where it is.
+            why = e.what();
+        }
         if (probe->stopped) {
             co_return;
         }
@@ -165,8 +171,10 @@ void HealthChecker::configure(const Config& config, const std::set<std::string>&
     for (const PoolConfig* pool : {&config.blue, &config.green}) {
         for (const auto& backend : pool->backends) {
             auto old = probes_.find(backend.name);
+            // The same name at the same address: a reload that resolved the host name to
+            // another ip moved it, and its checks go where its traffic goes.
             if (old != probes_.end() && old->second->address.text == backend.address.text &&
-                pool->health.enabled) {
+                old->second->address.key() == backend.address.key() && pool->health.enabled) {
                 old->second->check = pool->health;  // takes effect at the next probe
                 old->second->transport = connecting_as(*pool);
                 next[backend.name] = old->second;

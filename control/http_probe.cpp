@@ -14,6 +14,7 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
+#include <optional>
 
 #include "backend_tls_context.hpp"
 #include "proxy_protocol.hpp"
@@ -46,15 +47,32 @@ asio::awaitable<void> exchange(Stream& stream, const HostPort& backend, const Pr
         result.error = "send: " + wec.message();
         co_return;
     }
-    beast::flat_buffer buffer;
-    http::response_parser<http::string_body> parser;
-    parser.body_limit(1 << 20);
-    if (!probe.want_body) {
-        parser.skip(true);
+    // Bounded: Beast 1.81 limits neither a chunk-size line nor the trailers, so an endless one
+    // fails here instead of growing the buffer until the timeout.
+    beast::flat_buffer buffer(64 * 1024);
+    std::optional<http::response_parser<http::string_body>> parser;
+    beast::error_code rec;
+    // Interim responses (100, 103 Early Hints) come before the answer: each is a whole message
+    // to Beast, and the final one follows (a few at most).
+    for (int interim = 0;; ++interim) {
+        parser.emplace();
+        parser->body_limit(1 << 20);
+        if (!probe.want_body) {
+            parser->skip(true);
+        }
+        std::tie(rec, std::ignore) =
+            co_await http::async_read_header(stream, buffer, *parser, nothrow);
+        const unsigned status = parser->get().result_int();
+        if (rec || status < 100 || status >= 200 || status == 101) {
+            break;
+        }
+        if (interim == 8) {
+            result.error = "more than 8 interim (1xx) responses";
+            co_return;
+        }
     }
-    auto [rec, rn] = co_await http::async_read_header(stream, buffer, parser, nothrow);
     if (!rec && probe.want_body) {
-        std::tie(rec, rn) = co_await http::async_read(stream, buffer, parser, nothrow);
+        std::tie(rec, std::ignore) = co_await http::async_read(stream, buffer, *parser, nothrow);
     }
     if (rec) {
         result.error = rec == beast::error::timeout
@@ -63,8 +81,8 @@ asio::awaitable<void> exchange(Stream& stream, const HostPort& backend, const Pr
         co_return;
     }
     result.answered = true;
-    result.status = parser.get().result_int();
-    result.body = std::move(parser.get().body());
+    result.status = parser->get().result_int();
+    result.body = std::move(parser->get().body());
 }
 
 }  // namespace

@@ -323,5 +323,99 @@ expect = [200, 204]
         self.assertEqual(r.returncode, 0, r.stderr)
 
 
+class RawBackend:
+    """A backend that answers every connection with the bytes `answer(request)` yields, then
+    closes: misbehaviour bg-backend does not have."""
+
+    def __init__(self, name, answer):
+        import threading
+        self.name = name
+        self.answer = answer
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.address = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        import threading
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self.reply, args=(conn,), daemon=True).start()
+
+    def reply(self, conn):
+        try:
+            request = conn.recv(65536)
+            for chunk in self.answer(request):
+                conn.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def stop(self):
+        self.listener.close()
+        return ""
+
+
+def vm_hwm_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+class HostileProbeTest(ProcessTestCase):
+    """Health checks and smoke checks against backends that misbehave."""
+
+    def test_an_interim_response_before_the_answer_is_not_a_failure(self):
+        """On 5b33ff4 a 103 Early Hints before the 200 was taken as the answer (status 103):
+        the backend was marked down."""
+        early = RawBackend("green-1", lambda request: [
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"])
+        self.processes.append(early)
+        proxy = self.proxy(config([self.backend("blue-1")], [early], extra=HEALTH))
+        deadline = time.time() + 3  # fall = 3 checks of 500 ms
+        while time.time() < deadline:
+            green = proxy.status()["colours"]["green"]["backends"][0]
+            self.assertTrue(green["healthy"], green)
+            time.sleep(0.1)
+        self.assertGreaterEqual(early.connections, 3)
+
+    def test_an_endless_chunk_line_does_not_grow_the_proxy(self):
+        """A smoke check reading a body (body_contains) from a backend that sends a chunk-size
+        line without end: on 5b33ff4 the buffer grew with it (256 MiB sent, 512 MiB held)."""
+        def endless_chunk_line(request):
+            yield b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;"
+            for _ in range(4096):  # 256 MiB at most, then the backend closes
+                yield b"x" * 65536
+        flood = RawBackend("green-1", endless_chunk_line)
+        self.processes.append(flood)
+        proxy = self.proxy(config([self.backend("blue-1")], [flood], extra="""
+[health]
+enabled = false
+[[gate]]
+name = "page"
+path = "/"
+expect = 200
+body_contains = "green"
+timeout = "5s"
+"""))
+        before = vm_hwm_kib(proxy.proc.pid)
+        r = proxy.bgctl("flip", timeout=20)
+        self.assertEqual(r.returncode, 1, r)
+        self.assertIn("smoke check 'page' failed on green-1", r.stderr)
+        grown = vm_hwm_kib(proxy.proc.pid) - before
+        print("peak RSS grew by %d KiB during the check" % grown)
+        self.assertLess(grown, 64 * 1024)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
