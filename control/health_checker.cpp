@@ -10,6 +10,7 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <optional>
 #include <random>
 #include <utility>
 
@@ -171,10 +172,15 @@ void HealthChecker::configure(const Config& config, const std::set<std::string>&
     for (const PoolConfig* pool : {&config.blue, &config.green}) {
         for (const auto& backend : pool->backends) {
             auto old = probes_.find(backend.name);
-            // The same name at the same address: a reload that resolved the host name to
-            // another ip moved it, and its checks go where its traffic goes.
+            std::optional<bool> moved_from;  // the verdict at the address it had
             if (old != probes_.end() && old->second->address.text == backend.address.text &&
-                old->second->address.key() == backend.address.key() && pool->health.enabled) {
+                old->second->address.ip != backend.address.ip && pool->health.enabled) {
+                // A reload resolved its host name to another ip: its checks go where its
+                // traffic goes, from the verdict the Switchboard holds (probes report only
+                // changes), so a backend that was down reports when it passes there.
+                moved_from = old->second->healthy;
+            } else if (old != probes_.end() && old->second->address.text == backend.address.text &&
+                       pool->health.enabled) {
                 old->second->check = pool->health;  // takes effect at the next probe
                 old->second->transport = connecting_as(*pool);
                 next[backend.name] = old->second;
@@ -191,7 +197,7 @@ void HealthChecker::configure(const Config& config, const std::set<std::string>&
             probe->transport = connecting_as(*pool);
             probe->first_at_once = configured_;
             probe->awaiting_first = held.contains(backend.name);
-            probe->healthy = !probe->awaiting_first;
+            probe->healthy = moved_from.value_or(!probe->awaiting_first);
             next[backend.name] = probe;
             // Each loop holds its probe; `stopped` ends it when the backend leaves the config.
             asio::co_spawn(executor_, run(probe), asio::detached);
