@@ -1,5 +1,7 @@
 #include "fleet_store.hpp"
 
+#include "poll_until.hpp"
+
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -12,7 +14,6 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/json.hpp>
 #include <functional>
-#include <thread>
 
 namespace bg {
 
@@ -278,12 +279,8 @@ void FleetStore::remember(const RoutingState& state) {
 }
 
 bool FleetStore::finish_cache(std::chrono::milliseconds wait) {
-    const auto deadline = std::chrono::steady_clock::now() + wait;
-    while (cache_written_.load() != cache_writes_.load() &&
-           std::chrono::steady_clock::now() < deadline) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    return cache_written_.load() == cache_writes_.load();
+    return poll_until(std::chrono::steady_clock::now() + wait,
+                      [this] { return cache_written_.load() == cache_writes_.load(); });
 }
 
 void FleetStore::start(asio::any_io_executor executor, Events events) {

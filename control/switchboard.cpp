@@ -1,6 +1,7 @@
 #include "switchboard.hpp"
 
 #include "fleet_store.hpp"
+#include "poll_until.hpp"
 
 #include "smoke_gate.hpp"
 
@@ -586,10 +587,7 @@ void Switchboard::late_save(const SaveOutcome& saved, bool written) {
 // The control loop has stopped: nothing else touches the state now.
 bool Switchboard::finish_saves(std::chrono::steady_clock::time_point deadline) {
     auto idle_by_deadline = [this, deadline] {
-        while (saves_running_ > 0 && std::chrono::steady_clock::now() < deadline) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(5));
-        }
-        return saves_running_ == 0;
+        return poll_until(deadline, [this] { return saves_running_ == 0; });
     };
     if (!idle_by_deadline()) {
         return false;
@@ -1297,10 +1295,10 @@ std::string Switchboard::stage_reload(const ConfigResult* read, Staged& out) {
     if (config_path_.empty()) {
         return "no config file to reload: bgproxy was started from flags only";
     }
-    // Read by read_config off the control thread; a caller without it reads here.
-    std::optional<ConfigResult> here;
-    const ConfigResult& loaded =
-        read != nullptr ? *read : here.emplace(load_config_file(config_path_, flags_));
+    if (read == nullptr) {  // (run_command sends each reload with a file to read_config)
+        return "the config files were not read";
+    }
+    const ConfigResult& loaded = *read;
     if (!loaded.errors.empty()) {
         std::string message = "the config has errors:";
         for (const auto& e : loaded.errors) {

@@ -1,5 +1,7 @@
 #include "access_log.hpp"
 
+#include "poll_until.hpp"
+
 #include <spdlog/spdlog.h>
 
 #include <cerrno>
@@ -75,14 +77,9 @@ bool AccessLog::stop(std::chrono::milliseconds wait) {
         return true;
     }
     stopping_.store(true, std::memory_order_relaxed);
-    if (wait != std::chrono::milliseconds::max()) {
-        const auto deadline = std::chrono::steady_clock::now() + wait;
-        while (!finished_.load() && std::chrono::steady_clock::now() < deadline) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(5));
-        }
-        if (!finished_.load()) {
-            return false;  // stuck in the file (a stalled disk): not joinable now
-        }
+    if (wait != std::chrono::milliseconds::max() &&
+        !poll_until(std::chrono::steady_clock::now() + wait, [this] { return finished_.load(); })) {
+        return false;  // stuck in the file (a stalled disk): not joinable now
     }
     writer_.join();
     return true;
