@@ -124,10 +124,14 @@ void AdminServer::accept() {
 
 asio::awaitable<void> AdminServer::serve(tcp::socket socket) {
     beast::tcp_stream stream(std::move(socket));
-    const ConnectionSlots::Handle slot = slots_.take([&stream] {
+    // A newcomer finding every slot busy waits its turn, for as long as it has to send a head.
+    // (The close is built outside the co_await: GCC 12 miscompiles temporaries there.)
+    const std::function<void()> close = [&stream] {
         boost::system::error_code ignored;
         stream.socket().close(ignored);
-    });
+    };
+    const Duration patience = switchboard_.config()->timeouts.client_header;
+    const ConnectionSlots::Handle slot = co_await slots_.take_in_turn(close, patience);
     // Released however the coroutine ends: a slot left behind would close a dead stream.
     struct Leave {
         ConnectionSlots& slots;
@@ -136,7 +140,7 @@ asio::awaitable<void> AdminServer::serve(tcp::socket socket) {
     } leave{slots_, slot};
     beast::flat_buffer buffer;
     for (bool first = true; slot != nullptr && stream.socket().is_open(); first = false) {
-        ConnectionSlots::idle(*slot);
+        slots_.idle(*slot);
         const Timeouts& timeouts = switchboard_.config()->timeouts;
         if (!first && buffer.size() == 0) {
             // Between requests only the keep-alive timeout; the next head then has client_header.
@@ -187,8 +191,8 @@ asio::awaitable<void> AdminServer::serve(tcp::socket socket) {
         // While the answer waits on its client the slot may be taken, as the control socket's:
         // clients pipelining requests they never read held every slot, and a load balancer's
         // readiness probe was closed unanswered. (An answer the socket buffers take whole, as
-        // a reading client's /metrics, is written before any newcomer can come.)
-        ConnectionSlots::idle(*slot);
+        // a reading client's /metrics, is written before a newcomer waiting its turn wakes.)
+        slots_.idle(*slot);
         stream.expires_after(timeouts.client_write);
         auto [wec, wn] = co_await http::async_write(stream, response, nothrow);
         if (!wec && !stays && response.result() != http::status::ok) {

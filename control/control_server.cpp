@@ -110,24 +110,28 @@ asio::awaitable<void> stream_events(local::socket& socket, Switchboard& switchbo
     }
 }
 
-// Over max_connections with no connection idle to make room: the client is told why, and the
-// connection closed.
+// Over max_connections with no connection idle to make room within idle_timeout (or as many
+// newcomers already waiting): the client is told why, and the connection closed.
 asio::awaitable<void> turn_away(local::socket& socket, std::size_t limit) {
     std::string reply = json::serialize(
         json::object{{"ok", false},
                      {"error", "too many control connections (limit " + std::to_string(limit) +
                                    ", [control] max_connections), each running a command or "
-                                   "watching; nothing changed"}});
+                                   "watching, and none came free in time; nothing changed"}});
     reply.push_back('\n');
     co_await asio::async_write(socket, asio::buffer(reply), nothrow);
 }
 
 asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchboard& switchboard,
                             std::shared_ptr<ConnectionSlots> slots) {
-    const ConnectionSlots::Handle slot = slots->take([&socket] {
+    // A newcomer finding every slot running a change or watching waits its turn, as long as a
+    // connection may stay without a command. (The close is built outside the co_await: GCC 12
+    // miscompiles temporaries there.)
+    const std::function<void()> close = [&socket] {
         boost::system::error_code ignored;
         socket.close(ignored);
-    });
+    };
+    const ConnectionSlots::Handle slot = co_await slots->take_in_turn(close, config.idle_timeout);
     if (!slot) {
         co_await turn_away(socket, config.max_connections);
         co_return;
@@ -142,7 +146,7 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
     asio::steady_timer idle(socket.get_executor());
     // Idle (its slot may be taken), and closed after idle_timeout unless `idle` is cancelled.
     auto wait_idle = [&] {
-        ConnectionSlots::idle(*slot);
+        slots->idle(*slot);
         idle.expires_after(config.idle_timeout);
         idle.async_wait([&socket](boost::system::error_code ec) {
             if (!ec) {

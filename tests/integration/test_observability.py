@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 import unittest
 
@@ -173,7 +174,8 @@ class AdminTest(ProcessTestCase):
     def test_clients_that_never_read_their_answers_do_not_lock_out_a_probe(self):
         """Every admin slot held by a client pipelining requests it never reads: the answer
         waiting on its client held the slot busy, and /readyz was closed unanswered (found by
-        a review, 523726c)."""
+        a review, 523726c). And while the flood's answers are rendered every slot is busy: a
+        probe then was closed unanswered too (found by CI under ASan); it now waits its turn."""
         proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")],
                                   extra='[server]\nadmin_max_connections = 8\n'))
         address = ("127.0.0.1", proxy.admin_port)
@@ -190,8 +192,47 @@ class AdminTest(ProcessTestCase):
             except BlockingIOError:
                 pass
             stuck.append(s)
-        time.sleep(1.0)  # each answer waits on its client, its socket full
-        self.assertEqual(admin_get(proxy, "/readyz")[0], 200)
+        # Probed while the answers are rendered (every slot busy: on 7a139da the probe was
+        # turned away) and once each answer waits on its client, its socket full.
+        for _ in range(10):
+            self.assertEqual(admin_get(proxy, "/readyz")[0], 200)
+            time.sleep(0.1)
+
+    def test_a_readiness_probe_is_answered_while_every_slot_renders_an_answer(self):
+        """A scrape storm: every admin slot held by a client pipelining /metrics and reading
+        the answers as fast as they come, so each slot is busy rendering nearly all the time.
+        On 7a139da a readiness probe arriving then was closed unanswered (found by CI under
+        ASan, where rendering is slow); it now waits its turn, for the first slot to go idle."""
+        proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")],
+                                  extra='[server]\nadmin_max_connections = 4\n'))
+        address = ("127.0.0.1", proxy.admin_port)
+        stop = threading.Event()
+
+        def scrape_storm():
+            deadline = time.time() + 20  # bounded even if never stopped
+            while not stop.is_set() and time.time() < deadline:
+                try:  # a scraper whose slot a probe took connects again
+                    with socket.create_connection(address, timeout=2) as s:
+                        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n" * 3000)
+                        while not stop.is_set() and s.recv(65536):
+                            pass  # read as fast as answers come, until closed or stopped
+                except OSError:
+                    pass
+
+        storm = [threading.Thread(target=scrape_storm) for _ in range(4)]
+        for t in storm:
+            t.start()
+        self.addCleanup(lambda: [stop.set()] + [t.join(10) for t in storm])
+        time.sleep(0.2)
+        answered = 0
+        for _ in range(20):
+            try:
+                answered += admin_get(proxy, "/readyz")[0] == 200
+            except (OSError, http.client.HTTPException):
+                pass
+            time.sleep(0.02)
+        print("readiness probes answered during the scrape storm: %d of 20" % answered)
+        self.assertEqual(answered, 20)
 
     def test_readyz_turns_503_before_the_listener_closes_on_sigterm(self):
         proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")],
