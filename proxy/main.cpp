@@ -237,6 +237,18 @@ void wait_for_signal(Daemon& d, boost::asio::signal_set& signals) {
     });
 }
 
+// The control thread's loop. What is still pending on it at exit (a connection's coroutine, a
+// probe, a timer) refers to the servers and checkers run() builds after it, so it is dropped
+// while they live: left to the loop's destructor, an admin connection's coroutine was destroyed
+// after its AdminServer, and SIGTERM with a keep-alive scraper connected crashed at exit.
+class ControlLoop : public boost::asio::io_context {
+  public:
+    using io_context::io_context;
+    // Destroys every pending handler (and so every suspended coroutine) now. Nothing posted
+    // after it runs; the loop's objects may still be destroyed (as in the destructor's order).
+    void drop_pending() { shutdown(); }
+};
+
 // Opens everything, serves until a signal ends it, and drains. The main thread is the control
 // thread: Switchboard, control socket, admin listener, health checks, signals.
 int run(const std::shared_ptr<const bg::Config>& config, const std::string& config_path,
@@ -246,7 +258,7 @@ int run(const std::shared_ptr<const bg::Config>& config, const std::string& conf
     // EPIPE, not kill the proxy. Sockets already send with MSG_NOSIGNAL.
     std::signal(SIGPIPE, SIG_IGN);
     warn_if_descriptors_short(*config, workers);
-    boost::asio::io_context control(1);
+    ControlLoop control(1);
     // Before any listener opens: the signal set needs descriptors of its own (asio's self-pipe),
     // which a connection flood could leave none of, and a SIGTERM that came before it would
     // kill the proxy without its graceful shutdown. Signals that come before the wait below
@@ -338,6 +350,7 @@ int run(const std::shared_ptr<const bg::Config>& config, const std::string& conf
     if (fleet != nullptr) {
         fleet->leave();  // out of the membership now, not at the lease's end
     }
+    control.drop_pending();
     // The file writers get control.disk_timeout in all to finish. One stuck in a stalled
     // disk or mount cannot be joined (the destructors would wait for ever, and exit() could
     // block on its stdio lock): the process then exits without them, saying which; traffic is

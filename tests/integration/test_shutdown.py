@@ -106,5 +106,48 @@ class PendingDrainTest(ProcessTestCase):
         self.assertLess(time.time() - start, 10)
 
 
+
+class OpenConnectionsAtExitTest(ProcessTestCase):
+    def test_sigterm_with_admin_and_control_connections_open_exits_cleanly(self):
+        """Found while fixing the admin listener's full house: SIGTERM with an admin connection
+        open (a keep-alive scraper, say) crashed the exit (7a139da: killed by SIGBUS; under
+        ASan a use after free), since its coroutine was destroyed after its server. Every kind
+        of connection the control thread serves is left open here: admin keep-alive, admin
+        half a head, a newcomer waiting for a slot, control idle, control watching."""
+        proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")], extra="""
+[server]
+admin_max_connections = 2
+[timeouts]
+shutdown_ready_delay = "100ms"
+"""))
+        admin = ("127.0.0.1", proxy.admin_port)
+        kept = []
+        self.addCleanup(lambda: [s.close() for s in kept])
+        scraper = socket.create_connection(admin, timeout=5)
+        kept.append(scraper)
+        scraper.sendall(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertIn(b"bgproxy_", scraper.recv(65536))  # answered; the connection stays
+        half = socket.create_connection(admin, timeout=5)
+        kept.append(half)
+        half.sendall(b"GET /healthz HTTP/1.1\r\nHo")
+        for _ in range(2):  # over the bound: the idle scraper gives way, then one waits
+            kept.append(socket.create_connection(admin, timeout=5))
+        idle = socket.socket(socket.AF_UNIX)
+        kept.append(idle)
+        idle.connect(proxy.socket)
+        watcher = socket.socket(socket.AF_UNIX)
+        kept.append(watcher)
+        watcher.connect(proxy.socket)
+        watcher.settimeout(5)
+        watcher.sendall(b"watch\n")
+        self.assertIn(b"watching", watcher.recv(4096))
+        time.sleep(0.3)
+        proxy.signal(signal.SIGTERM)
+        rc = proxy.wait(20)
+        errors = proxy.stop()
+        self.assertEqual(rc, 0, errors[-2000:])
+        self.assertNotIn("AddressSanitizer", errors)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
