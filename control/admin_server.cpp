@@ -124,24 +124,30 @@ void AdminServer::accept() {
 
 asio::awaitable<void> AdminServer::serve(tcp::socket socket) {
     beast::tcp_stream stream(std::move(socket));
+    beast::flat_buffer buffer;
     // A newcomer finding every slot busy waits its turn, for as long as it has to send a head.
-    // (The close is built outside the co_await: GCC 12 miscompiles temporaries there.)
-    const std::function<void()> close = [&stream] {
-        boost::system::error_code ignored;
-        stream.socket().close(ignored);
-    };
+    // (Built outside the co_await: GCC 12 miscompiles temporaries there.)
+    const ConnectionSlots::Connection connection{[&stream] {
+                                                     boost::system::error_code ignored;
+                                                     stream.socket().close(ignored);
+                                                 },
+                                                 [&stream, &buffer] {
+                                                     boost::system::error_code ignored;
+                                                     return buffer.size() > 0 ||
+                                                            stream.socket().available(ignored) > 0;
+                                                 }};
     const Duration patience = switchboard_.config()->timeouts.client_header;
-    const ConnectionSlots::Handle slot = co_await slots_.take_in_turn(close, patience);
+    const ConnectionSlots::Handle slot = co_await slots_.take_in_turn(connection, patience);
     // Released however the coroutine ends: a slot left behind would close a dead stream.
     struct Leave {
         ConnectionSlots& slots;
         const ConnectionSlots::Handle& slot;
         ~Leave() { slots.release(slot); }
     } leave{slots_, slot};
-    beast::flat_buffer buffer;
     for (bool first = true; slot != nullptr && stream.socket().is_open(); first = false) {
-        slots_.idle(*slot);
-        const Timeouts& timeouts = switchboard_.config()->timeouts;
+        slots_.idle(slot);
+        // A copy: a reload while this connection waits replaces the config it would point into.
+        const Timeouts timeouts = switchboard_.config()->timeouts;
         if (!first && buffer.size() == 0) {
             // Between requests only the keep-alive timeout; the next head then has client_header.
             stream.expires_after(timeouts.client_keepalive);
@@ -192,7 +198,7 @@ asio::awaitable<void> AdminServer::serve(tcp::socket socket) {
         // clients pipelining requests they never read held every slot, and a load balancer's
         // readiness probe was closed unanswered. (An answer the socket buffers take whole, as
         // a reading client's /metrics, is written before a newcomer waiting its turn wakes.)
-        slots_.idle(*slot);
+        slots_.answering(slot);
         stream.expires_after(timeouts.client_write);
         auto [wec, wn] = co_await http::async_write(stream, response, nothrow);
         if (!wec && !stays && response.result() != http::status::ok) {

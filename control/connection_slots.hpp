@@ -1,8 +1,9 @@
 #pragma once
 // ConnectionSlots: a listener's connections by what each is doing, so that a full house never
 // locks out the one who needs in (an operator's rollback, a load balancer's readiness probe). A
-// connection over the bound takes the slot of the one that has waited longest for its next
-// request (closing it), and the control socket's `watch` streams, which are never idle-closed,
+// connection over the bound takes the slot of the one that has waited longest, for its next
+// request or for its client to read an answer (closing it); one whose request is already in its
+// socket is not waiting. The control socket's `watch` streams, which are never idle-closed,
 // have a bound of their own (max_watchers, below max_connections). A newcomer finding the house
 // full of requests in flight and watchers waits its turn (take_in_turn) for the first slot to
 // free or go idle, so a readiness probe is answered however busy its neighbours; only a house
@@ -21,44 +22,68 @@ namespace bg {
 class ConnectionSlots {
   public:
     using Clock = std::chrono::steady_clock;
+    // What the slots need of a connection.
+    struct Connection {
+        std::function<void()> close;      // ends it (its socket)
+        std::function<bool()> has_input;  // a request's bytes already in its socket (optional)
+    };
     struct Slot {
-        enum class State { idle, busy, watching };
+        // idle: waiting for its next (or first) request; answering: its answer waits on its
+        // client. Either may be taken, idle unless its request has come.
+        enum class State { idle, answering, busy, watching };
         State state = State::idle;
         Clock::time_point idle_since = Clock::now();
-        std::function<void()> close;  // ends the connection (its socket)
+        Connection connection;
     };
     using Handle = std::shared_ptr<Slot>;
 
     ConnectionSlots(std::size_t max_connections, std::size_t max_watchers)
         : max_connections_(max_connections), max_watchers_(max_watchers) {}
 
-    // A slot for a new connection, idle; when all are taken, the connection idle longest is
-    // closed and loses its own. Null when every slot is busy or watching.
-    Handle take(std::function<void()> close);
-    // As take(), but when every slot is busy or watching, waits (at most `patience`) for the
-    // first to be released or to go idle, in turn with other newcomers. Null when none did,
-    // or when as many newcomers wait already as there are slots. (`close` is the caller's, kept
-    // by reference while it waits.)
-    boost::asio::awaitable<Handle> take_in_turn(const std::function<void()>& close,
+    // A slot for a new connection, idle; when all are taken, the connection waiting longest
+    // is closed and loses its own. Null when every slot is busy or watching.
+    Handle take(Connection connection);
+    // As take(), but when no slot can be had, or other newcomers wait already, waits in turn
+    // (at most `patience`) for a slot to be released or to stop being busy: each such change
+    // is offered to the first in line without an offer, who takes it when it wakes. Null when
+    // none came, or when as many newcomers wait already as there are slots. (`connection` is
+    // the caller's, kept by reference while it waits.)
+    boost::asio::awaitable<Handle> take_in_turn(const Connection& connection,
                                                 Clock::duration patience);
     // The connection ended: its slot is free (a no-op for one that lost its slot).
     void release(const Handle& slot);
-    // Waiting for its next request, or for its client to read an answer: its slot may be
-    // taken (and a newcomer waiting its turn is told).
-    void idle(Slot& slot);
+    // Waiting for its next request. One that was busy is offered to the first in line.
+    void idle(const Handle& slot) { stop_working(slot, Slot::State::idle); }
+    // Its answer waits on its client: offered to the first in line.
+    void answering(const Handle& slot) { stop_working(slot, Slot::State::answering); }
     static void busy(Slot& slot) { slot.state = Slot::State::busy; }
     // False, and the slot stays as it was, past max_watchers.
     bool watch(Slot& slot);
     std::size_t size() const { return slots_.size(); }
 
   private:
+    // A newcomer waiting its turn, in its coroutine's frame.
+    struct Waiter {
+        std::function<void()> wake;  // ends its wait now
+        bool offered = false;
+        bool room = false;         // offered a free place, not
+        std::weak_ptr<Slot> slot;  // this slot, no longer busy
+    };
+
     std::size_t max_connections_;
     std::size_t max_watchers_;
     std::list<Handle> slots_;
-    // Newcomers waiting their turn: each entry wakes one (it then tries take() again).
-    std::list<std::function<void()>> waiting_;
+    std::list<Waiter*> waiting_;  // in order of arrival
 
-    void wake_waiting();
+    void stop_working(const Handle& slot, Slot::State now);
+    // May be closed to make room: waiting on its client, or for a request that has not come.
+    static bool closable(const Slot& slot);
+    Handle add(const Connection& connection);
+    // Offers a free place (null) or a slot no longer busy to the first in line without one.
+    void offer(const Handle& slot);
+    // The offered place or slot, taken for a new slot; null when it went before the waiter's
+    // turn came (the waiter then waits for the next offer).
+    Handle claim(Waiter& waiter, const Connection& connection);
 };
 
 }  // namespace bg

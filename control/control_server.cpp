@@ -124,14 +124,21 @@ asio::awaitable<void> turn_away(local::socket& socket, std::size_t limit) {
 
 asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchboard& switchboard,
                             std::shared_ptr<ConnectionSlots> slots) {
+    std::string input;  // read, not yet run
     // A newcomer finding every slot running a change or watching waits its turn, as long as a
-    // connection may stay without a command. (The close is built outside the co_await: GCC 12
-    // miscompiles temporaries there.)
-    const std::function<void()> close = [&socket] {
-        boost::system::error_code ignored;
-        socket.close(ignored);
-    };
-    const ConnectionSlots::Handle slot = co_await slots->take_in_turn(close, config.idle_timeout);
+    // connection may stay without a command. (Built outside the co_await: GCC 12 miscompiles
+    // temporaries there.)
+    const ConnectionSlots::Connection connection{[&socket] {
+                                                     boost::system::error_code ignored;
+                                                     socket.close(ignored);
+                                                 },
+                                                 [&socket, &input] {
+                                                     boost::system::error_code ignored;
+                                                     return !input.empty() ||
+                                                            socket.available(ignored) > 0;
+                                                 }};
+    const ConnectionSlots::Handle slot =
+        co_await slots->take_in_turn(connection, config.idle_timeout);
     if (!slot) {
         co_await turn_away(socket, config.max_connections);
         co_return;
@@ -144,9 +151,14 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
     const Caller caller = identify_peer(socket.native_handle(), config);
     auto outbox = std::make_shared<Outbox>(socket.get_executor(), 1024);
     asio::steady_timer idle(socket.get_executor());
-    // Idle (its slot may be taken), and closed after idle_timeout unless `idle` is cancelled.
-    auto wait_idle = [&] {
-        slots->idle(*slot);
+    // Waiting for a command, or for its client to read a reply (its slot may be taken either
+    // way), and closed after idle_timeout unless `idle` is cancelled.
+    auto wait_idle = [&](bool answering) {
+        if (answering) {
+            slots->answering(slot);
+        } else {
+            slots->idle(slot);
+        }
         idle.expires_after(config.idle_timeout);
         idle.async_wait([&socket](boost::system::error_code ec) {
             if (!ec) {
@@ -155,10 +167,9 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
             }
         });
     };
-    std::string input;
     for (;;) {
         // A connection that sends no command for idle_timeout is closed: it holds a slot.
-        wait_idle();
+        wait_idle(false);
         auto [ec, n] = co_await asio::async_read_until(
             socket, asio::dynamic_buffer(input, config.max_line), '\n', nothrow);
         idle.cancel();
@@ -211,7 +222,7 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
             // A client that does not read its replies (a pipelined flood of status, history
             // 1000) holds no slot against an operator: while the reply waits on the client, the
             // slot may be taken, and after idle_timeout without progress the connection closes.
-            wait_idle();
+            wait_idle(true);
         }
         auto [wec, wn] = co_await asio::async_write(socket, asio::buffer(reply), nothrow);
         idle.cancel();

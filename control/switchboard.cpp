@@ -135,6 +135,10 @@ Switchboard::Switchboard(boost::asio::any_io_executor executor,
       config_reads_(std::make_shared<ConfigReads>(executor)) {}
 
 Switchboard::~Switchboard() {
+    stop_posting();
+}
+
+void Switchboard::stop_posting() {
     std::lock_guard guard(config_reads_->lock);
     config_reads_->closed = true;  // a reader still stuck in a file posts nothing now
 }
@@ -506,11 +510,11 @@ void Switchboard::save_async(RoutingState next, StoredVersion expected,
         boost::asio::post(persister_, [this, next = std::move(next), expected,
                                        done = std::move(done), guard = std::move(guard)]() mutable {
             SaveOutcome saved = store_.save(next, expected);
-            --saves_running_;
             boost::asio::post(executor_,
                               [done = std::move(done), saved = std::move(saved)]() mutable {
                                   done(std::move(saved));
                               });
+            --saves_running_;  // after the post: no save in flight means none still posting
         });
         return;
     }
@@ -538,7 +542,6 @@ void Switchboard::save_async(RoutingState next, StoredVersion expected,
         if (written) {
             saved = store_.save(next, expected, &pending->given_up);
         }
-        --saves_running_;
         boost::asio::post(executor_, [this, pending, written, saved = std::move(saved)]() mutable {
             if (pending->answered) {
                 late_save(saved, written);
@@ -552,6 +555,7 @@ void Switchboard::save_async(RoutingState next, StoredVersion expected,
             auto done = std::move(pending->done);
             done(std::move(saved));
         });
+        --saves_running_;  // after the post: no save in flight means none still posting
     });
 }
 

@@ -85,6 +85,10 @@ class Switchboard {
     // not hold it, waiting for the persister up to `deadline`. False when a save is still in
     // the store then (a stalled disk): the persister cannot be joined.
     bool finish_saves(std::chrono::steady_clock::time_point deadline);
+    // After finish_saves returned true: none of this Switchboard's threads posts to the control
+    // loop from here on (a config read still stuck in a file drops its result), so what is
+    // pending on the loop may be destroyed from this thread.
+    void stop_posting();
 
     // Counts for the metrics endpoint. Control thread only.
     struct Counts {

@@ -246,6 +246,7 @@ class ControlLoop : public boost::asio::io_context {
     using io_context::io_context;
     // Destroys every pending handler (and so every suspended coroutine) now. Nothing posted
     // after it runs; the loop's objects may still be destroyed (as in the destructor's order).
+    // Not thread-safe against a post from another thread: call it once none can come.
     void drop_pending() { shutdown(); }
 };
 
@@ -350,7 +351,6 @@ int run(const std::shared_ptr<const bg::Config>& config, const std::string& conf
     if (fleet != nullptr) {
         fleet->leave();  // out of the membership now, not at the lease's end
     }
-    control.drop_pending();
     // The file writers get control.disk_timeout in all to finish. One stuck in a stalled
     // disk or mount cannot be joined (the destructors would wait for ever, and exit() could
     // block on its stdio lock): the process then exits without them, saying which; traffic is
@@ -374,6 +374,11 @@ int run(const std::shared_ptr<const bg::Config>& config, const std::string& conf
         spdlog::shutdown();
         std::_Exit(1);
     }
+    // The persister has posted its last (finish_saves waited for it) and the workers are
+    // joined: nothing else posts to the control loop now, so its pending work goes while what
+    // it refers to lives.
+    switchboard.stop_posting();
+    control.drop_pending();
     spdlog::info("stopped");
     return 0;
 }
