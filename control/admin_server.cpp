@@ -127,15 +127,17 @@ asio::awaitable<void> AdminServer::serve(tcp::socket socket) {
     beast::flat_buffer buffer;
     // A newcomer finding every slot busy waits its turn, for as long as it has to send a head.
     // (Built outside the co_await: GCC 12 miscompiles temporaries there.)
-    const ConnectionSlots::Connection connection{[&stream] {
-                                                     boost::system::error_code ignored;
-                                                     stream.socket().close(ignored);
-                                                 },
-                                                 [&stream, &buffer] {
-                                                     boost::system::error_code ignored;
-                                                     return buffer.size() > 0 ||
-                                                            stream.socket().available(ignored) > 0;
-                                                 }};
+    ConnectionSlots::Connection connection;
+    connection.close = [&stream] {
+        boost::system::error_code ignored;
+        stream.socket().close(ignored);
+    };
+    connection.has_request = [&stream, &buffer] {
+        const auto read = buffer.data();
+        return ConnectionSlots::request_pending(
+            stream.socket().native_handle(),
+            std::string_view(static_cast<const char*>(read.data()), read.size()), "\r\n\r\n");
+    };
     const Duration patience = switchboard_.config()->timeouts.client_header;
     const ConnectionSlots::Handle slot = co_await slots_.take_in_turn(connection, patience);
     // Released however the coroutine ends: a slot left behind would close a dead stream.

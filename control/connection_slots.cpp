@@ -1,14 +1,33 @@
 #include "connection_slots.hpp"
 
+#include <sys/socket.h>
+
 #include <algorithm>
+#include <array>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <string>
 
 namespace bg {
 
 namespace asio = boost::asio;
+
+bool ConnectionSlots::request_pending(int fd, std::string_view read, std::string_view end) {
+    if (read.find(end) != std::string_view::npos) {
+        return true;
+    }
+    std::array<char, 2048> waiting;
+    const ssize_t n = ::recv(fd, waiting.data(), waiting.size(), MSG_PEEK | MSG_DONTWAIT);
+    if (n <= 0) {
+        return false;
+    }
+    // The end may straddle what was read and what waits.
+    std::string joined(read.substr(read.size() - std::min(read.size(), end.size() - 1)));
+    joined.append(waiting.data(), static_cast<std::size_t>(n));
+    return joined.find(end) != std::string::npos;
+}
 
 bool ConnectionSlots::closable(const Slot& slot) {
     if (slot.state == Slot::State::answering) {
@@ -17,7 +36,7 @@ bool ConnectionSlots::closable(const Slot& slot) {
     // A new connection whose head is in its socket, or a pipelined next request, is about to
     // be busy: closing it would lose a request already sent (a probe's, say).
     return slot.state == Slot::State::idle &&
-           !(slot.connection.has_input && slot.connection.has_input());
+           !(slot.connection.has_request && slot.connection.has_request());
 }
 
 ConnectionSlots::Handle ConnectionSlots::add(const Connection& connection) {
@@ -27,31 +46,39 @@ ConnectionSlots::Handle ConnectionSlots::add(const Connection& connection) {
     return slot;
 }
 
-ConnectionSlots::Handle ConnectionSlots::take(Connection connection) {
-    if (slots_.size() >= max_connections_) {
-        auto longest = slots_.end();
-        for (auto it = slots_.begin(); it != slots_.end(); ++it) {
-            if ((longest == slots_.end() || (*it)->idle_since < (*longest)->idle_since) &&
-                closable(**it)) {
-                longest = it;
-            }
-        }
-        if (longest == slots_.end()) {
-            return nullptr;
-        }
-        const Handle evicted = *longest;
-        slots_.erase(longest);
-        evicted->connection.close();
+bool ConnectionSlots::make_room() {
+    if (slots_.size() < max_connections_) {
+        return true;
     }
-    return add(connection);
+    auto longest = slots_.end();
+    for (auto it = slots_.begin(); it != slots_.end(); ++it) {
+        if ((longest == slots_.end() || (*it)->idle_since < (*longest)->idle_since) &&
+            closable(**it)) {
+            longest = it;
+        }
+    }
+    if (longest == slots_.end()) {
+        return false;
+    }
+    const Handle closed = *longest;
+    slots_.erase(longest);
+    closed->gone = true;
+    closed->connection.close();
+    return true;
+}
+
+ConnectionSlots::Handle ConnectionSlots::take(Connection connection) {
+    return make_room() ? add(connection) : nullptr;
 }
 
 asio::awaitable<ConnectionSlots::Handle> ConnectionSlots::take_in_turn(const Connection& connection,
                                                                        Clock::duration patience) {
-    if (waiting_.empty()) {  // else the first in line comes first
-        if (Handle slot = take(connection)) {
-            co_return slot;
-        }
+    // Behind a newcomer still waiting for an offer, in line; else (changes may have come
+    // while every waiter held one) whatever is free now.
+    const bool line_moves = std::all_of(waiting_.begin(), waiting_.end(),
+                                        [](const Waiter* waiter) { return waiter->offered; });
+    if (line_moves && make_room()) {
+        co_return add(connection);
     }
     if (waiting_.size() >= max_connections_) {
         co_return nullptr;
@@ -69,40 +96,44 @@ asio::awaitable<ConnectionSlots::Handle> ConnectionSlots::take_in_turn(const Con
         ~InLine() {
             slots.waiting_.erase(entry);
             const Handle slot = me.slot.lock();
-            if (me.offered && (me.room || slot != nullptr)) {
+            if (me.offered && (me.room || (slot != nullptr && !slot->gone))) {
                 slots.offer(slot);
             }
         }
     } in_line{*this, me, waiting_.insert(waiting_.end(), &me)};
     for (;;) {
         co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
-        if (me.offered) {
+        const bool expired = Clock::now() >= timer.expiry();
+        if (me.offered || expired) {
             // Woken by a posted completion, so a connection that went idle has begun writing
             // its answer: what the socket takes at once still reaches its client.
             if (Handle slot = claim(me, connection)) {
                 co_return slot;
             }
         }
-        if (Clock::now() >= timer.expiry()) {
+        if (expired) {
             co_return nullptr;
         }
     }
 }
 
 ConnectionSlots::Handle ConnectionSlots::claim(Waiter& waiter, const Connection& connection) {
+    const Handle offered = waiter.offered && !waiter.room ? waiter.slot.lock() : nullptr;
     waiter.offered = false;
-    const Handle offered = waiter.room ? nullptr : waiter.slot.lock();
-    const auto it = offered ? std::find(slots_.begin(), slots_.end(), offered) : slots_.end();
-    if (it != slots_.end() && closable(*offered)) {
-        slots_.erase(it);
+    if (offered != nullptr && !offered->gone && closable(*offered)) {
+        slots_.remove(offered);
+        offered->gone = true;
         offered->connection.close();
-    } else if (slots_.size() >= max_connections_) {
-        return nullptr;  // (an offered slot that ended left a free place: taken as well)
+    } else if (!make_room()) {
+        return nullptr;
     }
     return add(connection);
 }
 
 void ConnectionSlots::offer(const Handle& slot) {
+    if (slot != nullptr && slot->gone) {
+        return;  // (a connection closed to make room, winding down)
+    }
     for (Waiter* waiter : waiting_) {
         if (!waiter->offered) {
             waiter->offered = true;
@@ -116,6 +147,7 @@ void ConnectionSlots::offer(const Handle& slot) {
 
 void ConnectionSlots::release(const Handle& slot) {
     if (slot != nullptr && slots_.remove(slot) > 0) {
+        slot->gone = true;
         offer(nullptr);
     }
 }

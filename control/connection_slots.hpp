@@ -2,8 +2,8 @@
 // ConnectionSlots: a listener's connections by what each is doing, so that a full house never
 // locks out the one who needs in (an operator's rollback, a load balancer's readiness probe). A
 // connection over the bound takes the slot of the one that has waited longest, for its next
-// request or for its client to read an answer (closing it); one whose request is already in its
-// socket is not waiting. The control socket's `watch` streams, which are never idle-closed,
+// request or for its client to read an answer (closing it); one whose whole request is already
+// in its socket is not waiting. The control socket's `watch` streams, which are never idle-closed,
 // have a bound of their own (max_watchers, below max_connections). A newcomer finding the house
 // full of requests in flight and watchers waits its turn (take_in_turn) for the first slot to
 // free or go idle, so a readiness probe is answered however busy its neighbours; only a house
@@ -16,6 +16,7 @@
 #include <functional>
 #include <list>
 #include <memory>
+#include <string_view>
 
 namespace bg {
 
@@ -24,16 +25,21 @@ class ConnectionSlots {
     using Clock = std::chrono::steady_clock;
     // What the slots need of a connection.
     struct Connection {
-        std::function<void()> close;      // ends it (its socket)
-        std::function<bool()> has_input;  // a request's bytes already in its socket (optional)
+        std::function<void()> close;        // ends it (its socket)
+        std::function<bool()> has_request;  // a whole request already sent (optional)
     };
+    // Whether a whole request was sent: `end` (a head's blank line, a command's newline) in
+    // what was `read` and not yet handled, or in the first bytes waiting in the socket `fd`.
+    // A part of one is not: a client stalling half-way holds no slot by it.
+    static bool request_pending(int fd, std::string_view read, std::string_view end);
     struct Slot {
         // idle: waiting for its next (or first) request; answering: its answer waits on its
-        // client. Either may be taken, idle unless its request has come.
+        // client. Either may be taken, idle unless a whole request has come.
         enum class State { idle, answering, busy, watching };
         State state = State::idle;
         Clock::time_point idle_since = Clock::now();
         Connection connection;
+        bool gone = false;  // released, or closed to make room: offered no more
     };
     using Handle = std::shared_ptr<Slot>;
 
@@ -76,13 +82,15 @@ class ConnectionSlots {
     std::list<Waiter*> waiting_;  // in order of arrival
 
     void stop_working(const Handle& slot, Slot::State now);
+    // True when there is room, or once the slot that has waited longest and may be closed is.
+    bool make_room();
     // May be closed to make room: waiting on its client, or for a request that has not come.
     static bool closable(const Slot& slot);
     Handle add(const Connection& connection);
     // Offers a free place (null) or a slot no longer busy to the first in line without one.
     void offer(const Handle& slot);
-    // The offered place or slot, taken for a new slot; null when it went before the waiter's
-    // turn came (the waiter then waits for the next offer).
+    // The offered place or slot (or, when it went before the waiter's turn came, whatever
+    // make_room finds), taken for a new slot; null when there is none.
     Handle claim(Waiter& waiter, const Connection& connection);
 };
 

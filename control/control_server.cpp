@@ -128,15 +128,14 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
     // A newcomer finding every slot running a change or watching waits its turn, as long as a
     // connection may stay without a command. (Built outside the co_await: GCC 12 miscompiles
     // temporaries there.)
-    const ConnectionSlots::Connection connection{[&socket] {
-                                                     boost::system::error_code ignored;
-                                                     socket.close(ignored);
-                                                 },
-                                                 [&socket, &input] {
-                                                     boost::system::error_code ignored;
-                                                     return !input.empty() ||
-                                                            socket.available(ignored) > 0;
-                                                 }};
+    ConnectionSlots::Connection connection;
+    connection.close = [&socket] {
+        boost::system::error_code ignored;
+        socket.close(ignored);
+    };
+    connection.has_request = [&socket, &input] {
+        return ConnectionSlots::request_pending(socket.native_handle(), input, "\n");
+    };
     const ConnectionSlots::Handle slot =
         co_await slots->take_in_turn(connection, config.idle_timeout);
     if (!slot) {
@@ -209,8 +208,9 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
         if (rec) {
             break;
         }
-        const bool watching = reply.find("\"watching\":true") != std::string::npos;
+        bool watching = reply.find("\"watching\":true") != std::string::npos;
         if (watching && !slots->watch(*slot)) {
+            watching = false;  // refused: written as any reply, its slot closable meanwhile
             reply = json::serialize(
                         json::object{{"ok", false},
                                      {"error", "too many watch streams (limit " +
@@ -229,7 +229,7 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
         if (wec) {
             break;
         }
-        if (watching && slot->state == ConnectionSlots::Slot::State::watching) {
+        if (watching) {
             co_await stream_events(socket, switchboard, outbox);
             co_return;
         }

@@ -510,10 +510,11 @@ void Switchboard::save_async(RoutingState next, StoredVersion expected,
         boost::asio::post(persister_, [this, next = std::move(next), expected,
                                        done = std::move(done), guard = std::move(guard)]() mutable {
             SaveOutcome saved = store_.save(next, expected);
+            // What belongs to the control loop goes with the post: after the count drops, this
+            // thread touches nothing of it (the exit may be destroying what is pending there).
             boost::asio::post(executor_,
-                              [done = std::move(done), saved = std::move(saved)]() mutable {
-                                  done(std::move(saved));
-                              });
+                              [done = std::move(done), saved = std::move(saved),
+                               guard = std::move(guard)]() mutable { done(std::move(saved)); });
             --saves_running_;  // after the post: no save in flight means none still posting
         });
         return;
@@ -542,19 +543,22 @@ void Switchboard::save_async(RoutingState next, StoredVersion expected,
         if (written) {
             saved = store_.save(next, expected, &pending->given_up);
         }
-        boost::asio::post(executor_, [this, pending, written, saved = std::move(saved)]() mutable {
-            if (pending->answered) {
-                late_save(saved, written);
-                return;
-            }
-            pending->answered = true;
-            pending->timer.cancel();
-            if (saved.ok && overdue_saves_ == 0) {
-                store_unknown_ = false;  // the persister runs in order: nothing is left behind
-            }
-            auto done = std::move(pending->done);
-            done(std::move(saved));
-        });
+        // (pending and guard go with the post, as above)
+        boost::asio::post(
+            executor_, [this, pending = std::move(pending), written, saved = std::move(saved),
+                        guard = std::move(guard)]() mutable {
+                if (pending->answered) {
+                    late_save(saved, written);
+                    return;
+                }
+                pending->answered = true;
+                pending->timer.cancel();
+                if (saved.ok && overdue_saves_ == 0) {
+                    store_unknown_ = false;  // the persister runs in order: nothing is left behind
+                }
+                auto done = std::move(pending->done);
+                done(std::move(saved));
+            });
         --saves_running_;  // after the post: no save in flight means none still posting
     });
 }

@@ -234,6 +234,26 @@ class AdminTest(ProcessTestCase):
         print("readiness probes answered during the scrape storm: %d of 20" % answered)
         self.assertEqual(answered, 20)
 
+    def test_clients_sending_half_a_head_hold_no_slot_against_a_probe(self):
+        """Every admin slot held by a client that sent half a head and stalled: the one that
+        has waited longest gives way to a probe at once. (29c768b counted any byte waiting
+        as a request come, and the probe waited for client_header; found by review.)"""
+        proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")],
+                                  extra='[server]\nadmin_max_connections = 4\n'))
+        stalled = []
+        self.addCleanup(lambda: [s.close() for s in stalled])
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", proxy.admin_port), timeout=5)
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHo")
+            stalled.append(s)
+        time.sleep(0.3)
+        started = time.time()
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.admin_port, timeout=3)
+        conn.request("GET", "/readyz")
+        self.assertEqual(conn.getresponse().status, 200)
+        conn.close()
+        self.assertLess(time.time() - started, 2.0)
+
     def test_readyz_turns_503_before_the_listener_closes_on_sigterm(self):
         proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")],
                                   extra='[timeouts]\nshutdown_ready_delay = "1s"\n'))

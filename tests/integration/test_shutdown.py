@@ -110,10 +110,10 @@ class PendingDrainTest(ProcessTestCase):
 class OpenConnectionsAtExitTest(ProcessTestCase):
     def test_sigterm_with_admin_and_control_connections_open_exits_cleanly(self):
         """Found while fixing the admin listener's full house: SIGTERM with an admin connection
-        open (a keep-alive scraper, say) crashed the exit (7a139da: killed by SIGBUS; under
+        open (a keep-alive scraper, say) crashed the exit (7a139da: SIGSEGV or SIGBUS; under
         ASan a use after free), since its coroutine was destroyed after its server. Every kind
         of connection the control thread serves is left open here: admin keep-alive, admin
-        half a head, a newcomer waiting for a slot, control idle, control watching."""
+        half a head, newcomers over the bound, control idle, control watching."""
         proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")], extra="""
 [server]
 admin_max_connections = 2
@@ -130,7 +130,7 @@ shutdown_ready_delay = "100ms"
         half = socket.create_connection(admin, timeout=5)
         kept.append(half)
         half.sendall(b"GET /healthz HTTP/1.1\r\nHo")
-        for _ in range(2):  # over the bound: the idle scraper gives way, then one waits
+        for _ in range(2):  # over the bound: the idle scraper and the half head give way
             kept.append(socket.create_connection(admin, timeout=5))
         idle = socket.socket(socket.AF_UNIX)
         kept.append(idle)
