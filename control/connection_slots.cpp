@@ -23,6 +23,9 @@ bool ConnectionSlots::request_pending(int fd, std::string_view read, std::string
     if (n <= 0) {
         return false;
     }
+    if (static_cast<std::size_t>(n) == waiting.size()) {
+        return true;
+    }
     // The end may straddle what was read and what waits.
     std::string joined(read.substr(read.size() - std::min(read.size(), end.size() - 1)));
     joined.append(waiting.data(), static_cast<std::size_t>(n));
@@ -47,13 +50,13 @@ ConnectionSlots::Handle ConnectionSlots::add(const Connection& connection) {
 }
 
 bool ConnectionSlots::make_room() {
-    if (slots_.size() < max_connections_) {
+    if (slots_.size() + rooms_offered_ < max_connections_) {
         return true;
     }
     auto longest = slots_.end();
     for (auto it = slots_.begin(); it != slots_.end(); ++it) {
         if ((longest == slots_.end() || (*it)->idle_since < (*longest)->idle_since) &&
-            closable(**it)) {
+            !(*it)->offered && closable(**it)) {
             longest = it;
         }
     }
@@ -74,7 +77,7 @@ ConnectionSlots::Handle ConnectionSlots::take(Connection connection) {
 asio::awaitable<ConnectionSlots::Handle> ConnectionSlots::take_in_turn(const Connection& connection,
                                                                        Clock::duration patience) {
     // Behind a newcomer still waiting for an offer, in line; else (changes may have come
-    // while every waiter held one) whatever is free now.
+    // while every waiter held one) whatever is free now and not offered.
     const bool line_moves = std::all_of(waiting_.begin(), waiting_.end(),
                                         [](const Waiter* waiter) { return waiter->offered; });
     if (line_moves && make_room()) {
@@ -95,9 +98,13 @@ asio::awaitable<ConnectionSlots::Handle> ConnectionSlots::take_in_turn(const Con
         std::list<Waiter*>::iterator entry;
         ~InLine() {
             slots.waiting_.erase(entry);
-            const Handle slot = me.slot.lock();
-            if (me.offered && (me.room || (slot != nullptr && !slot->gone))) {
-                slots.offer(slot);
+            if (me.offered) {
+                const Handle slot = me.slot.lock();
+                const bool room = me.room;
+                slots.withdraw(me);
+                if (room || slot != nullptr) {
+                    slots.offer(slot);
+                }
             }
         }
     } in_line{*this, me, waiting_.insert(waiting_.end(), &me)};
@@ -117,9 +124,21 @@ asio::awaitable<ConnectionSlots::Handle> ConnectionSlots::take_in_turn(const Con
     }
 }
 
+void ConnectionSlots::withdraw(Waiter& waiter) {
+    if (!waiter.offered) {
+        return;
+    }
+    waiter.offered = false;
+    if (waiter.room) {
+        --rooms_offered_;
+    } else if (const Handle slot = waiter.slot.lock()) {
+        slot->offered = false;
+    }
+}
+
 ConnectionSlots::Handle ConnectionSlots::claim(Waiter& waiter, const Connection& connection) {
     const Handle offered = waiter.offered && !waiter.room ? waiter.slot.lock() : nullptr;
-    waiter.offered = false;
+    withdraw(waiter);
     if (offered != nullptr && !offered->gone && closable(*offered)) {
         slots_.remove(offered);
         offered->gone = true;
@@ -139,6 +158,11 @@ void ConnectionSlots::offer(const Handle& slot) {
             waiter->offered = true;
             waiter->room = slot == nullptr;
             waiter->slot = slot;
+            if (slot == nullptr) {
+                ++rooms_offered_;
+            } else {
+                slot->offered = true;
+            }
             waiter->wake();
             return;
         }

@@ -29,8 +29,9 @@ class ConnectionSlots {
         std::function<bool()> has_request;  // a whole request already sent (optional)
     };
     // Whether a whole request was sent: `end` (a head's blank line, a command's newline) in
-    // what was `read` and not yet handled, or in the first bytes waiting in the socket `fd`.
-    // A part of one is not: a client stalling half-way holds no slot by it.
+    // what was `read` and not yet handled, or in the first bytes waiting in the socket `fd`
+    // (2 KiB of them waiting count as one: a large head being read). A part of one is not: a
+    // client stalling half-way holds no slot by it (what it sent is read in meanwhile).
     static bool request_pending(int fd, std::string_view read, std::string_view end);
     struct Slot {
         // idle: waiting for its next (or first) request; answering: its answer waits on its
@@ -39,7 +40,8 @@ class ConnectionSlots {
         State state = State::idle;
         Clock::time_point idle_since = Clock::now();
         Connection connection;
-        bool gone = false;  // released, or closed to make room: offered no more
+        bool gone = false;     // released, or closed to make room: offered no more
+        bool offered = false;  // to a waiter, whose it is until it wakes
     };
     using Handle = std::shared_ptr<Slot>;
 
@@ -79,11 +81,15 @@ class ConnectionSlots {
     std::size_t max_connections_;
     std::size_t max_watchers_;
     std::list<Handle> slots_;
-    std::list<Waiter*> waiting_;  // in order of arrival
+    std::list<Waiter*> waiting_;     // in order of arrival
+    std::size_t rooms_offered_ = 0;  // free places offered to waiters not yet woken
 
     void stop_working(const Handle& slot, Slot::State now);
-    // True when there is room, or once the slot that has waited longest and may be closed is.
+    // True when there is room, or once the slot that has waited longest and may be closed is;
+    // neither a place nor a slot offered to a waiter counts.
     bool make_room();
+    // The waiter's offer is no longer outstanding (taken, gone, or passed on).
+    void withdraw(Waiter& waiter);
     // May be closed to make room: waiting on its client, or for a request that has not come.
     static bool closable(const Slot& slot);
     Handle add(const Connection& connection);

@@ -179,7 +179,10 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
                 {"error", "command line longer than " + std::to_string(config.max_line) +
                               " bytes; nothing changed"}});
             reply.push_back('\n');
+            input.clear();    // what it sent is dropped, so it counts as no request
+            wait_idle(true);  // as any reply: closable, and timed, while it waits on the client
             co_await asio::async_write(socket, asio::buffer(reply), nothrow);
+            idle.cancel();
             break;
         }
         if (ec) {
