@@ -150,8 +150,8 @@ ConnectionSlots::Handle ConnectionSlots::claim(Waiter& waiter, const Connection&
 }
 
 void ConnectionSlots::offer(const Handle& slot) {
-    if (slot != nullptr && slot->gone) {
-        return;  // (a connection closed to make room, winding down)
+    if (slot != nullptr && (slot->gone || slot->offered)) {
+        return;  // (a connection closed to make room, winding down; or offered already)
     }
     for (Waiter* waiter : waiting_) {
         if (!waiter->offered) {
@@ -170,10 +170,22 @@ void ConnectionSlots::offer(const Handle& slot) {
 }
 
 void ConnectionSlots::release(const Handle& slot) {
-    if (slot != nullptr && slots_.remove(slot) > 0) {
-        slot->gone = true;
-        offer(nullptr);
+    if (slot == nullptr || slots_.remove(slot) == 0) {
+        return;
     }
+    slot->gone = true;
+    if (slot->offered) {
+        // Its place goes to the waiter it was offered to.
+        for (Waiter* waiter : waiting_) {
+            if (waiter->offered && !waiter->room && waiter->slot.lock() == slot) {
+                waiter->room = true;
+                waiter->slot.reset();
+                ++rooms_offered_;
+                return;
+            }
+        }
+    }
+    offer(nullptr);
 }
 
 void ConnectionSlots::stop_working(const Handle& slot, Slot::State now) {

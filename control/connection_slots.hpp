@@ -41,7 +41,7 @@ class ConnectionSlots {
         Clock::time_point idle_since = Clock::now();
         Connection connection;
         bool gone = false;     // released, or closed to make room: offered no more
-        bool offered = false;  // to a waiter, whose it is until it wakes
+        bool offered = false;  // to a waiter, whose it is until it claims it or leaves
     };
     using Handle = std::shared_ptr<Slot>;
 
@@ -49,13 +49,14 @@ class ConnectionSlots {
         : max_connections_(max_connections), max_watchers_(max_watchers) {}
 
     // A slot for a new connection, idle; when all are taken, the connection waiting longest
-    // is closed and loses its own. Null when every slot is busy or watching.
+    // (and not offered to a waiter) is closed and loses its own. Null when every slot is
+    // busy, watching or offered. (It does not look at the line of waiters: take_in_turn does.)
     Handle take(Connection connection);
-    // As take(), but when no slot can be had, or other newcomers wait already, waits in turn
-    // (at most `patience`) for a slot to be released or to stop being busy: each such change
-    // is offered to the first in line without an offer, who takes it when it wakes. Null when
-    // none came, or when as many newcomers wait already as there are slots. (`connection` is
-    // the caller's, kept by reference while it waits.)
+    // As take(), unless newcomers still without an offer wait already; else, or when no slot
+    // can be had, waits in turn (at most `patience`) for a slot to be released or to stop
+    // being busy: each such change is offered to the first in line without an offer, who
+    // takes it when it wakes. Null when none came, or when as many newcomers wait already as
+    // there are slots. (`connection` is the caller's, kept by reference while it waits.)
     boost::asio::awaitable<Handle> take_in_turn(const Connection& connection,
                                                 Clock::duration patience);
     // The connection ended: its slot is free (a no-op for one that lost its slot).
@@ -82,7 +83,7 @@ class ConnectionSlots {
     std::size_t max_watchers_;
     std::list<Handle> slots_;
     std::list<Waiter*> waiting_;     // in order of arrival
-    std::size_t rooms_offered_ = 0;  // free places offered to waiters not yet woken
+    std::size_t rooms_offered_ = 0;  // free places offered, not yet claimed
 
     void stop_working(const Handle& slot, Slot::State now);
     // True when there is room, or once the slot that has waited longest and may be closed is;

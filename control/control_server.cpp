@@ -150,8 +150,12 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
     const Caller caller = identify_peer(socket.native_handle(), config);
     auto outbox = std::make_shared<Outbox>(socket.get_executor(), 1024);
     asio::steady_timer idle(socket.get_executor());
+    // Each wait is numbered: a wait that expired as its read or write completed is already
+    // queued, and cancel() no longer stops it; it must not close the socket afterwards (the
+    // coroutine may be gone by then).
+    auto idle_wait = std::make_shared<std::uint64_t>(0);
     // Waiting for a command, or for its client to read a reply (its slot may be taken either
-    // way), and closed after idle_timeout unless `idle` is cancelled.
+    // way), and closed after idle_timeout unless stop_idle() comes first.
     auto wait_idle = [&](bool answering) {
         if (answering) {
             slots->answering(slot);
@@ -159,19 +163,23 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
             slots->idle(slot);
         }
         idle.expires_after(config.idle_timeout);
-        idle.async_wait([&socket](boost::system::error_code ec) {
-            if (!ec) {
+        idle.async_wait([&socket, idle_wait, mine = ++*idle_wait](boost::system::error_code ec) {
+            if (!ec && *idle_wait == mine) {
                 boost::system::error_code ignored;
                 socket.close(ignored);
             }
         });
+    };
+    auto stop_idle = [&] {
+        ++*idle_wait;
+        idle.cancel();
     };
     for (;;) {
         // A connection that sends no command for idle_timeout is closed: it holds a slot.
         wait_idle(false);
         auto [ec, n] = co_await asio::async_read_until(
             socket, asio::dynamic_buffer(input, config.max_line), '\n', nothrow);
-        idle.cancel();
+        stop_idle();
         if (ec == asio::error::not_found) {
             // A line longer than the limit: say so and hang up; nothing was run.
             std::string reply = json::serialize(json::object{
@@ -182,7 +190,7 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
             input.clear();    // what it sent is dropped, so it counts as no request
             wait_idle(true);  // as any reply: closable, and timed, while it waits on the client
             co_await asio::async_write(socket, asio::buffer(reply), nothrow);
-            idle.cancel();
+            stop_idle();
             break;
         }
         if (ec) {
@@ -228,7 +236,7 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
             wait_idle(true);
         }
         auto [wec, wn] = co_await asio::async_write(socket, asio::buffer(reply), nothrow);
-        idle.cancel();
+        stop_idle();
         if (wec) {
             break;
         }

@@ -171,6 +171,22 @@ TEST_CASE("an offer left unused by a waiter that goes passes to the next in line
     CHECK(house.closed == strings{"a"});
 }
 
+TEST_CASE("a slot released while offered leaves its place to the waiter it was offered to") {
+    // Found by review: the place went to the next in line, and the first, waking to a slot
+    // gone, lost its turn.
+    BusyHouse house;
+    asio::io_context io;
+    house.newcomer(io, "first", patient);
+    house.newcomer(io, "second", std::chrono::milliseconds(100));
+    io.poll();
+    house.slots.answering(house.a);  // offered to the first
+    house.slots.release(house.a);    // a's client hangs up before the first wakes
+    io.restart();
+    io.run_for(std::chrono::milliseconds(400));
+    CHECK(house.got == strings{"first in", "second away"});
+    CHECK(house.closed.empty());
+}
+
 TEST_CASE("a house that stays busy past the newcomer's patience turns it away") {
     BusyHouse house;
     asio::io_context io;
