@@ -1038,6 +1038,14 @@ SmokeCheck read_gate_check(TableReader& entry, const toml::node& item) {
     }
     if (auto body = entry.read_string("body_contains")) {
         check.body_contains = *body;
+        if (check.method == "HEAD") {
+            // The answer to a HEAD has no body: the check would wait for one until its timeout
+            // and fail a healthy release.
+            entry.error_at(*entry.table().get("body_contains"),
+                           "gate check '" + check.name +
+                               "': body_contains needs a method whose answer has a body (the "
+                               "answer to a HEAD has none): use GET, or drop body_contains");
+        }
     }
     entry.read_duration("timeout", check.timeout, TableReader::Zero::refused);
     entry.reject_unknown_keys();

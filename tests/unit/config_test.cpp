@@ -227,6 +227,11 @@ target = "stdout"
               .find("prefix") != std::string::npos);
     CHECK(first_error(std::string(minimal) + "[[gate]]\npath = \"/\"\n").find("needs a name") !=
           std::string::npos);
+    // Found by review: a HEAD with body_contains waited for a body that never comes, and failed
+    // the gate at its timeout against a healthy release.
+    CHECK(first_error(std::string(minimal) +
+                      "[[gate]]\nname = \"s\"\nmethod = \"HEAD\"\nbody_contains = \"ok\"\n")
+              .find("the answer to a HEAD has none") != std::string::npos);
     CHECK(first_error(std::string(minimal) + "[health]\nexpect = []\n").find("status codes") !=
           std::string::npos);
     CHECK(first_error(std::string(minimal) + "[rollout]\nstable_failure = \"panic\"\n")
