@@ -618,13 +618,17 @@ FleetAck FleetStore::ack_of(std::int64_t revision) const {
 
 void FleetStore::await_applied(std::int64_t revision, std::function<void(FleetAck)> done) {
     Waiter& w = waiters_.emplace_back();
+    w.id = ++waiter_ids_;
     w.revision = revision;
     w.done = std::move(done);
     w.timer = std::make_unique<asio::steady_timer>(*executor_, fleet_.apply_timeout);
-    auto it = std::prev(waiters_.end());
-    w.timer->async_wait([this, it](boost::system::error_code ec) {
-        if (ec) {
-            return;  // completed (or stopping)
+    // Found by id, not kept by iterator: a timeout that came as check_waiters answered its
+    // waiter is queued already (cancel() no longer stops it), and finds the waiter gone.
+    w.timer->async_wait([this, id = w.id](boost::system::error_code ec) {
+        const auto it = std::find_if(waiters_.begin(), waiters_.end(),
+                                     [id](const Waiter& waiter) { return waiter.id == id; });
+        if (ec || it == waiters_.end()) {
+            return;  // answered (or stopping)
         }
         auto done = std::move(it->done);
         FleetAck ack = ack_of(it->revision);

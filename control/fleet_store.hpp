@@ -102,6 +102,7 @@ class FleetStore final : public StateStore {
 
   private:
     struct Waiter {
+        std::uint64_t id = 0;  // its timer finds it by this (see await_applied)
         std::int64_t revision = 0;
         std::function<void(FleetAck)> done;
         std::unique_ptr<boost::asio::steady_timer> timer;
@@ -154,6 +155,7 @@ class FleetStore final : public StateStore {
     bool member_dirty_ = false;
     bool member_writing_ = false;
     std::list<Waiter> waiters_;
+    std::uint64_t waiter_ids_ = 0;
     std::atomic<std::uint64_t> conflicts_{0};  // counted on the persister thread
 };
 
