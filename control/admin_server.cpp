@@ -167,27 +167,10 @@ asio::awaitable<void> AdminServer::serve(tcp::socket socket) {
         ConnectionSlots::busy(*slot);  // (until its head is in, a connection may give way)
         const auto& request = parser.get();
         Response response{http::status::ok, rec ? 11u : request.version()};
-        response.set(http::field::content_type, "text/plain; charset=utf-8");
-        if (rec == http::error::header_limit) {
-            response.result(http::status::request_header_fields_too_large);
-            response.body() = "request header too large\n";
-        } else if (rec &&
-                   rec.category() == http::make_error_code(http::error::bad_target).category() &&
-                   rec != http::error::end_of_stream && rec != http::error::partial_message) {
-            response.result(http::status::bad_request);
-            response.body() = "malformed request: " + rec.message() + "\n";
-        } else if (rec) {
+        const bool has_body = !rec && (parser.chunked() || parser.content_length().value_or(0) > 0);
+        const bool owed = co_await respond(request, has_body, rec, response);
+        if (!owed) {
             break;  // gone, or too slow: nothing to answer
-        } else if (parser.chunked() || parser.content_length().value_or(0) > 0) {
-            response.result(http::status::payload_too_large);
-            response.body() = "the admin listener takes no request body\n";
-        } else if (request.method() != http::verb::get && request.method() != http::verb::head) {
-            // A read-only listener: nothing here changes state.
-            response.result(http::status::method_not_allowed);
-            response.set(http::field::allow, "GET, HEAD");
-            response.body() = "the admin listener is read-only: use bgctl\n";
-        } else {
-            co_await answer(path_of(request.target()), response);
         }
         const bool stays =
             !rec && response.result() != http::status::payload_too_large && request.keep_alive();
@@ -212,6 +195,33 @@ asio::awaitable<void> AdminServer::serve(tcp::socket socket) {
     }
     boost::system::error_code ignored;
     stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+}
+
+asio::awaitable<bool> AdminServer::respond(const Request& request, bool has_body,
+                                           boost::system::error_code failed, Response& response) {
+    response.set(http::field::content_type, "text/plain; charset=utf-8");
+    if (failed == http::error::header_limit) {
+        response.result(http::status::request_header_fields_too_large);
+        response.body() = "request header too large\n";
+    } else if (failed &&
+               failed.category() == http::make_error_code(http::error::bad_target).category() &&
+               failed != http::error::end_of_stream && failed != http::error::partial_message) {
+        response.result(http::status::bad_request);
+        response.body() = "malformed request: " + failed.message() + "\n";
+    } else if (failed) {
+        co_return false;
+    } else if (has_body) {
+        response.result(http::status::payload_too_large);
+        response.body() = "the admin listener takes no request body\n";
+    } else if (request.method() != http::verb::get && request.method() != http::verb::head) {
+        // A read-only listener: nothing here changes state.
+        response.result(http::status::method_not_allowed);
+        response.set(http::field::allow, "GET, HEAD");
+        response.body() = "the admin listener is read-only: use bgctl\n";
+    } else {
+        co_await answer(path_of(request.target()), response);
+    }
+    co_return true;
 }
 
 asio::awaitable<void> AdminServer::answer(std::string_view path, Response& response) {

@@ -11,6 +11,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <functional>
@@ -40,10 +41,15 @@ class AdminServer {
     std::uint16_t port() const { return port_; }
 
   private:
+    using Request = boost::beast::http::request<boost::beast::http::empty_body>;
     using Response = boost::beast::http::response<boost::beast::http::string_body>;
 
     void accept();
     boost::asio::awaitable<void> serve(boost::asio::ip::tcp::socket socket);
+    // The answer to a head read whole (`has_body`: it announced a body, refused), or to
+    // `failed`, why none was read; false when none is owed (the client went, or was slow).
+    boost::asio::awaitable<bool> respond(const Request& request, bool has_body,
+                                         boost::system::error_code failed, Response& response);
     // The answer to a GET or HEAD of `path` (its body; HEAD's is dropped when written).
     boost::asio::awaitable<void> answer(std::string_view path, Response& response);
 
