@@ -505,13 +505,18 @@ void Worker::follow_share(const RoutingTable& table) {
         const std::size_t i = index_of(c);
         const bool share = table.pool(c).weight_bp > 0;
         if (had_share_[i] && !share && !draining_) {
+            // Numbered: a drain that expired as the share came back is queued already, and
+            // cancel() no longer stops it; it must not cut a colour that has its share again,
+            // nor one whose new drain has only begun.
+            const std::uint64_t mine = ++tunnel_drains_[i];
             tunnel_drain_timers_[i].expires_after(table.tunnel_drain());
-            tunnel_drain_timers_[i].async_wait([this, i](boost::system::error_code ec) {
-                if (!ec) {
+            tunnel_drain_timers_[i].async_wait([this, i, mine](boost::system::error_code ec) {
+                if (!ec && tunnel_drains_[i] == mine) {
                     close_tunnels(i);
                 }
             });
         } else if (share) {
+            ++tunnel_drains_[i];
             tunnel_drain_timers_[i].cancel();  // the share came back before the deadline
         }
         had_share_[i] = share;
