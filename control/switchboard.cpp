@@ -1134,17 +1134,21 @@ void Switchboard::start_gate(Origin origin, const Command& cmd, Colour gaining) 
         refuse(origin, "a command with id " + id + " is already waiting on its gate");
         return;
     }
-    gates_.emplace(id, PendingGate{std::move(origin), cmd});
+    // Numbered: a command cancelled while its checks ran may come again with the same id,
+    // and the first run's verdict must not answer the second.
+    const std::uint64_t run = ++gate_runs_;
+    gates_.emplace(id, PendingGate{std::move(origin), cmd, run});
     busy_ = false;
     boost::asio::post(executor_, [this] { run_next(); });
-    run_smoke_gate(executor_, *config_, gaining,
-                   [this, id, based_on](std::string failure) { gate_done(id, based_on, failure); });
+    run_smoke_gate(executor_, *config_, gaining, [this, id, run, based_on](std::string failure) {
+        gate_done(id, run, based_on, failure);
+    });
 }
 
-void Switchboard::gate_done(const std::string& id, std::uint64_t based_on,
+void Switchboard::gate_done(const std::string& id, std::uint64_t run, std::uint64_t based_on,
                             const std::string& failure) {
     auto it = gates_.find(id);
-    if (it == gates_.end()) {
+    if (it == gates_.end() || it->second.run != run) {
         return;  // cancelled while the checks ran: already answered and audited
     }
     PendingGate pending = std::move(it->second);

@@ -197,6 +197,7 @@ class Switchboard {
     struct PendingGate {
         Origin origin;
         Command command;
+        std::uint64_t run = 0;  // which gate run answers it (ids are the client's, reusable)
     };
 
     Origin internal_origin(std::string line, std::string by) const;
@@ -227,7 +228,8 @@ class Switchboard {
     void config_read_timed_out(std::uint64_t seq);
     void config_read_returned(std::uint64_t seq, std::shared_ptr<const ConfigResult> loaded);
     void start_gate(Origin origin, const Command& cmd, Colour gaining);
-    void gate_done(const std::string& id, std::uint64_t based_on, const std::string& failure);
+    void gate_done(const std::string& id, std::uint64_t run, std::uint64_t based_on,
+                   const std::string& failure);
     void run_gate_passed(Origin origin, const GatePassed& passed);
     // Cancels every command waiting on its gate: a way back was just taken.
     void cancel_gates(SwitchKind because);
@@ -327,6 +329,7 @@ class Switchboard {
     std::deque<Job> queue_;
     bool busy_ = false;
     std::map<std::string, PendingGate> gates_;  // by command id: gated commands, gate running
+    std::uint64_t gate_runs_ = 0;
     std::uint64_t next_id_ = 1;                 // for commands that came without --id
     boost::asio::steady_timer ramp_timer_;
     std::optional<RampCourse> ramp_armed_;    // the course ramp_timer_ runs for

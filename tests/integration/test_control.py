@@ -571,6 +571,41 @@ timeout = "10s"
         self.assertTrue(json.loads(reply)["ok"], reply)
         self.assertEqual(proxy.status()["colours"]["green"]["weight"], 100)
 
+    def test_a_command_cancelled_on_its_gate_does_not_answer_a_new_one_with_its_id(self):
+        """Ids are the client's: `flip --id=x` left on its gate (its client hung up) and sent
+        again was answered by the first gate run's verdict, before its own checks had run
+        (c24a842; found by review)."""
+        blue = self.backend("blue-1")
+        green = self.backend("green-1")
+        proxy = self.proxy(config([blue], [green], extra="""
+[[gate]]
+name = "slow root"
+path = "/?delay=2000"
+expect = 200
+timeout = "10s"
+"""))
+        first = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        first.connect(proxy.socket)
+        first.sendall(b"flip --id=same\n")
+        self.wait_on_gate(proxy)
+        gated = time.time()
+        first.close()  # hangs up: the command is cancelled, its gate run goes on
+        deadline = time.time() + 5
+        while proxy.status()["waiting"]["on_gate"] != 0 and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(max(0, gated + 1.0 - time.time()))  # the first run ends a second from now
+        second = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(second.close)
+        second.connect(proxy.socket)
+        sent = time.time()
+        second.sendall(b"flip --id=same\n")
+        second.settimeout(10)
+        reply = read_until(second, lambda data: data.endswith(b"\n"))
+        took = time.time() - sent
+        print("the second flip --id=same answered after %.2f s (its gate takes 2 s)" % took)
+        self.assertTrue(json.loads(reply)["ok"], reply)
+        self.assertGreater(took, 1.8)
+
     def test_a_client_that_gives_up_cancels_its_command_and_history_says_so(self):
         proxy = self.gated_proxy()
         r = proxy.bgctl("--timeout", "1", "flip")
