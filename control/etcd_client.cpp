@@ -522,9 +522,16 @@ asio::awaitable<EtcdWatchEnd> EtcdClient::watch(
     const HostPort& endpoint = endpoints_[index];
     beast::tcp_stream stream(executor);
     stream.expires_after(timeout_);
-    handle->cancel_ = [&stream] { stream.cancel(); };
+    // A close, not a cancel: a cancel is lost on a read whose completion is queued already,
+    // and the next read would wait on (the watch going on through the exit's drain).
+    handle->cancel_ = [&stream] {
+        boost::system::error_code ignored;
+        stream.socket().close(ignored);
+    };
     end.error = co_await connect(stream, endpoint, timeout_);
-    if (!end.error.empty()) {
+    if (handle->cancelled()) {
+        // (cancelled while connecting, or before: it goes no further)
+    } else if (!end.error.empty()) {
         end.error = endpoint.text + ": " + end.error;
     } else if (tls_) {
         asio::ssl::stream<beast::tcp_stream&> tls(stream, tls_->context());

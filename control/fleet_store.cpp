@@ -301,8 +301,16 @@ void FleetStore::stop() {
     if (watch_handle_) {
         watch_handle_->cancel();
     }
-    for (Waiter& w : waiters_) {
-        w.timer->cancel();
+    // Each caller waiting for the members to apply its change is answered now, with what
+    // they have applied so far: the watch that would tell more ends here, and the exit would
+    // otherwise drop the wait, the caller of a committed change getting no reply at all.
+    std::list<Waiter> waiting = std::move(waiters_);
+    waiters_.clear();
+    for (Waiter& w : waiting) {
+        w.timer->cancel();  // its handler finds no waiter by its id
+        asio::post(*executor_, [done = std::move(w.done), ack = ack_of(w.revision)]() mutable {
+            done(std::move(ack));
+        });
     }
 }
 

@@ -6,6 +6,7 @@ import http.client
 import json
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -14,7 +15,7 @@ import urllib.request
 
 from certificates import TestAuthority
 from etcd_cluster import EtcdCluster, etcd_available
-from harness import ProcessTestCase, Proxy, TcpRelay, config, metric
+from harness import BGCTL, ProcessTestCase, Proxy, TcpRelay, config, metric
 
 FLEET = """
 [fleet]
@@ -238,6 +239,29 @@ class FleetTest(ProcessTestCase):
         self.assertFalse(reply["fleet"]["complete"])
         self.assertIn("i3", " ".join(reply["fleet"]["lagging"]))
         self.assertIn("i3", reply["warning"])
+
+    def test_a_caller_waiting_for_the_fleet_is_answered_when_its_instance_stops(self):
+        """A committed change waits for every member to apply it; SIGTERM on the instance it
+        came through ended that wait unanswered, and the caller got no reply at all for a
+        change the fleet had taken (c24a842; found by review)."""
+        proxies = self.fleet(2, lease="10s", apply_timeout="60s")
+        proxies[1].signal(signal.SIGSTOP)  # a member still, but it applies nothing
+        try:
+            flip = subprocess.Popen([BGCTL, "--socket", proxies[0].socket, "--json", "flip"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self.wait_for("the flip served by i1",
+                          lambda: proxies[0].status()["colours"]["green"]["weight"] == 100)
+            proxies[0].signal(signal.SIGTERM)
+            out, err = flip.communicate(timeout=20)
+        finally:
+            proxies[1].signal(signal.SIGCONT)
+            if flip.poll() is None:
+                flip.kill()
+        self.assertEqual(flip.returncode, 5, out + err)
+        reply = json.loads(out)
+        self.assertFalse(reply["fleet"]["complete"])
+        self.assertIn("i2", " ".join(reply["fleet"]["lagging"]))
+        self.assertEqual(proxies[0].wait(20), 0)
 
     def test_etcd_leader_killed_during_flips_loses_no_ack(self):
         proxies = self.fleet(3)
