@@ -123,7 +123,8 @@ asio::awaitable<void> turn_away(local::socket& socket, std::size_t limit) {
 }
 
 asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchboard& switchboard,
-                            std::shared_ptr<ConnectionSlots> slots) {
+                            std::shared_ptr<ConnectionSlots> slots,
+                            std::shared_ptr<std::size_t> replies_due) {
     std::string input;  // read, not yet run
     // A newcomer finding every slot running a change or watching waits its turn, as long as a
     // connection may stay without a command. (Built outside the co_await: GCC 12 miscompiles
@@ -204,9 +205,10 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
             ConnectionSlots::busy(*slot);
         }
         auto answered = std::make_shared<bool>(false);
-        const std::string id =
-            switchboard.execute(caller, line, [outbox, answered](const json::object& reply) {
+        const std::string id = switchboard.execute(
+            caller, line, [outbox, answered, replies_due](const json::object& reply) {
                 *answered = true;
+                ++*replies_due;  // until written (below)
                 outbox->try_send(boost::system::error_code{}, json::serialize(reply) + "\n");
             });
         if (!*answered && input.empty()) {
@@ -237,6 +239,7 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
         }
         auto [wec, wn] = co_await asio::async_write(socket, asio::buffer(reply), nothrow);
         stop_idle();
+        --*replies_due;
         if (wec) {
             break;
         }
@@ -256,7 +259,9 @@ ControlServer::ControlServer(asio::io_context& io, const ControlConfig& config,
       switchboard_(switchboard),
       acceptor_(io),
       accept_pause_(io, "control socket"),
-      slots_(std::make_shared<ConnectionSlots>(config.max_connections, config.max_watchers)) {}
+      slots_(std::make_shared<ConnectionSlots>(config.max_connections, config.max_watchers)),
+      replies_due_(std::make_shared<std::size_t>(0)),
+      flush_timer_(io) {}
 
 ControlServer::~ControlServer() {
     close();
@@ -342,6 +347,20 @@ void ControlServer::close() {
     }
 }
 
+void ControlServer::when_replies_written(std::chrono::milliseconds limit,
+                                         std::function<void()> then) {
+    if (*replies_due_ == 0 || limit <= std::chrono::milliseconds(0)) {
+        then();
+        return;
+    }
+    const auto step = std::chrono::milliseconds(5);
+    flush_timer_.expires_after(step);
+    flush_timer_.async_wait(
+        [this, limit, step, then = std::move(then)](boost::system::error_code) mutable {
+            when_replies_written(limit - step, std::move(then));
+        });
+}
+
 void ControlServer::accept() {
     acceptor_.async_accept([this](boost::system::error_code ec, local::socket socket) {
         if (ec == asio::error::operation_aborted || !acceptor_.is_open()) {
@@ -352,7 +371,8 @@ void ControlServer::accept() {
             return;  // out of descriptors: accepting again at once would spin
         }
         if (!ec) {
-            asio::co_spawn(io_, serve(std::move(socket), config_, switchboard_, slots_),
+            asio::co_spawn(io_,
+                           serve(std::move(socket), config_, switchboard_, slots_, replies_due_),
                            asio::detached);
         }
         accept();

@@ -6,6 +6,9 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -28,6 +31,9 @@ class ControlServer {
     bool open(std::string& error);
     void start();
     void close();
+    // Runs `then` once every reply already due to a client is written (or `limit` passed):
+    // at exit, the answers the fleet gives at its stop are not dropped with the loop.
+    void when_replies_written(std::chrono::milliseconds limit, std::function<void()> then);
 
   private:
     void accept();
@@ -38,6 +44,8 @@ class ControlServer {
     boost::asio::local::stream_protocol::acceptor acceptor_;
     AcceptPause accept_pause_;
     std::shared_ptr<ConnectionSlots> slots_;
+    std::shared_ptr<std::size_t> replies_due_;  // given by the Switchboard, not yet written
+    boost::asio::steady_timer flush_timer_;
     // The socket file this process made (device, inode), so close() never removes another's.
     std::optional<std::pair<dev_t, ino_t>> bound_;
 };

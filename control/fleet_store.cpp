@@ -308,10 +308,15 @@ void FleetStore::stop() {
     waiters_.clear();
     for (Waiter& w : waiting) {
         w.timer->cancel();  // its handler finds no waiter by its id
-        asio::post(*executor_, [done = std::move(w.done), ack = ack_of(w.revision)]() mutable {
-            done(std::move(ack));
-        });
+        answer_now(w.revision, std::move(w.done));
     }
+}
+
+void FleetStore::answer_now(std::int64_t revision, std::function<void(FleetAck)> done) {
+    FleetAck ack = ack_of(revision);
+    ack.cut_short = !ack.complete;
+    asio::post(*executor_,
+               [done = std::move(done), ack = std::move(ack)]() mutable { done(std::move(ack)); });
 }
 
 void FleetStore::leave() {
@@ -489,6 +494,9 @@ asio::awaitable<void> FleetStore::run_watch() {
         EtcdWatchEnd end = co_await client_.watch(
             base_, next,
             [this](std::int64_t revision, const std::vector<EtcdWatchEvent>& events) {
+                if (stopped_) {
+                    return;  // (a batch read as the watch was stopped)
+                }
                 revision_seen_ = std::max(revision_seen_, revision);
                 take_events(events);
             },
@@ -625,6 +633,10 @@ FleetAck FleetStore::ack_of(std::int64_t revision) const {
 }
 
 void FleetStore::await_applied(std::int64_t revision, std::function<void(FleetAck)> done) {
+    if (stopped_) {
+        answer_now(revision, std::move(done));  // a change committed during the exit's drain
+        return;
+    }
     Waiter& w = waiters_.emplace_back();
     w.id = ++waiter_ids_;
     w.revision = revision;

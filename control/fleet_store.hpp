@@ -48,6 +48,7 @@ struct FleetMember {
 // The fleet ack of one change: complete when every live member has applied its revision.
 struct FleetAck {
     bool complete = false;
+    bool cut_short = false;  // this instance stopped before every member had applied it
     std::int64_t revision = 0;
     std::vector<std::string> applied;
     std::vector<std::string> lagging;  // instance (applied revision)
@@ -109,6 +110,8 @@ class FleetStore final : public StateStore {
     };
 
     EtcdTxn read_back(const std::string& value, StoredVersion expected, EtcdTxn lost);
+    // At stop: the caller is answered (posted) with what the members have applied so far.
+    void answer_now(std::int64_t revision, std::function<void(FleetAck)> done);
     std::string state_key() const { return base_ + "state"; }
     std::string members_prefix() const { return base_ + "members/"; }
     std::string driver_key() const { return base_ + "ramp-driver"; }

@@ -267,13 +267,13 @@ void Switchboard::answer_applied(Origin& origin, json::object reply) {
             ++counts_.fleet_acks_complete;
         } else {
             ++counts_.fleet_acks_partial;
+            const std::string within = ack.cut_short
+                                           ? "before this instance stopped (shutting down)"
+                                           : "within fleet.apply_timeout";
             reply["warning"] =
                 ack.lagging.empty()
-                    ? std::string(
-                          "committed to the fleet, but no member is known to have "
-                          "applied it within fleet.apply_timeout")
-                    : "committed to the fleet, but not applied by every member within "
-                      "fleet.apply_timeout: " +
+                    ? "committed to the fleet, but no member is known to have applied it " + within
+                    : "committed to the fleet, but not applied by every member " + within + ": " +
                           joined(ack.lagging);
         }
         answer(reply);

@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <csignal>
@@ -210,7 +211,12 @@ void shut_down_gracefully(Daemon& d, int signal) {
         d.group.begin_shutdown();
         d.joiner = std::thread([&d] {
             d.group.join();
-            d.control.stop();
+            // Replies already due (the fleet's answers at its stop) are written first, for
+            // client_linger at most: the loop's stop would drop them.
+            boost::asio::post(d.control, [&d] {
+                d.server.when_replies_written(d.config.timeouts.client_linger,
+                                              [&d] { d.control.stop(); });
+            });
         });
     });
 }

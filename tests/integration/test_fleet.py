@@ -246,6 +246,7 @@ class FleetTest(ProcessTestCase):
         change the fleet had taken (c24a842; found by review)."""
         proxies = self.fleet(2, lease="10s", apply_timeout="60s")
         proxies[1].signal(signal.SIGSTOP)  # a member still, but it applies nothing
+        flip = None
         try:
             flip = subprocess.Popen([BGCTL, "--socket", proxies[0].socket, "--json", "flip"],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -255,11 +256,12 @@ class FleetTest(ProcessTestCase):
             out, err = flip.communicate(timeout=20)
         finally:
             proxies[1].signal(signal.SIGCONT)
-            if flip.poll() is None:
+            if flip is not None and flip.poll() is None:
                 flip.kill()
         self.assertEqual(flip.returncode, 5, out + err)
         reply = json.loads(out)
         self.assertFalse(reply["fleet"]["complete"])
+        self.assertIn("before this instance stopped", reply["warning"])
         self.assertIn("i2", " ".join(reply["fleet"]["lagging"]))
         self.assertEqual(proxies[0].wait(20), 0)
 
