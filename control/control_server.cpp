@@ -205,10 +205,10 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
             ConnectionSlots::busy(*slot);
         }
         auto answered = std::make_shared<bool>(false);
-        const std::string id = switchboard.execute(
-            caller, line, [outbox, answered, replies_due](const json::object& reply) {
+        ++*replies_due;  // until its reply is written (below), however long it takes to come
+        const std::string id =
+            switchboard.execute(caller, line, [outbox, answered](const json::object& reply) {
                 *answered = true;
-                ++*replies_due;  // until written (below)
                 outbox->try_send(boost::system::error_code{}, json::serialize(reply) + "\n");
             });
         if (!*answered && input.empty()) {
@@ -219,6 +219,7 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
         boost::system::error_code ignored;
         socket.cancel(ignored);  // the wait for a hang-up, if any
         if (rec) {
+            --*replies_due;
             break;
         }
         bool watching = reply.find("\"watching\":true") != std::string::npos;

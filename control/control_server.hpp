@@ -31,8 +31,8 @@ class ControlServer {
     bool open(std::string& error);
     void start();
     void close();
-    // Runs `then` once every reply already due to a client is written (or `limit` passed):
-    // at exit, the answers the fleet gives at its stop are not dropped with the loop.
+    // Runs `then` once every command taken has its reply written (or `limit` passed): at
+    // exit, the answers the fleet gives at its stop are not dropped with the loop.
     void when_replies_written(std::chrono::milliseconds limit, std::function<void()> then);
 
   private:
@@ -44,7 +44,7 @@ class ControlServer {
     boost::asio::local::stream_protocol::acceptor acceptor_;
     AcceptPause accept_pause_;
     std::shared_ptr<ConnectionSlots> slots_;
-    std::shared_ptr<std::size_t> replies_due_;  // given by the Switchboard, not yet written
+    std::shared_ptr<std::size_t> replies_due_;  // commands whose reply is not written yet
     boost::asio::steady_timer flush_timer_;
     // The socket file this process made (device, inode), so close() never removes another's.
     std::optional<std::pair<dev_t, ino_t>> bound_;

@@ -619,10 +619,14 @@ FleetAck FleetStore::ack_of(std::int64_t revision) const {
     FleetAck ack;
     ack.revision = revision;
     for (const auto& [name, member] : members_) {
-        if (member.applied_revision >= revision) {
+        // This instance knows what it applied before etcd says so (after the stop, it never
+        // will: its watch has ended).
+        const bool mine = name == instance_ && self_.applied_revision > member.applied_revision;
+        const FleetMember& known = mine ? self_ : member;
+        if (known.applied_revision >= revision) {
             ack.applied.push_back(name);
         } else {
-            ack.lagging.push_back(name + " (at version " + std::to_string(member.applied_version) +
+            ack.lagging.push_back(name + " (at version " + std::to_string(known.applied_version) +
                                   ")");
         }
     }

@@ -211,8 +211,8 @@ void shut_down_gracefully(Daemon& d, int signal) {
         d.group.begin_shutdown();
         d.joiner = std::thread([&d] {
             d.group.join();
-            // Replies already due (the fleet's answers at its stop) are written first, for
-            // client_linger at most: the loop's stop would drop them.
+            // Commands still waiting for their reply (the fleet's answers at its stop) get it
+            // written first, for client_linger at most: the loop's stop would drop them.
             boost::asio::post(d.control, [&d] {
                 d.server.when_replies_written(d.config.timeouts.client_linger,
                                               [&d] { d.control.stop(); });
