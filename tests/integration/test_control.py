@@ -548,19 +548,21 @@ timeout = "30s"
         flips = [json.loads(l) for l in open(proxy.audit_log) if '"command":"flip"' in l]
         self.assertEqual([f["result"] for f in flips], ["cancelled"])
 
+    def slow_gate_proxy(self, delay_ms):
+        """A proxy whose gate's one check takes delay_ms to pass."""
+        return self.proxy(config([self.backend("blue-1")], [self.backend("green-1")], extra="""
+[[gate]]
+name = "slow root"
+path = "/?delay=%d"
+expect = 200
+timeout = "10s"
+""" % delay_ms))
+
     def test_a_client_that_half_closes_after_its_command_still_gets_its_answer(self):
         """`echo flip | socat - UNIX-CONNECT:...` shuts its writing side and waits for the
         reply, as scripts do with HAProxy's runtime API: no hang-up (found by review: the
         end of its input cancelled the gated flip)."""
-        blue = self.backend("blue-1")
-        green = self.backend("green-1")
-        proxy = self.proxy(config([blue], [green], extra="""
-[[gate]]
-name = "slow root"
-path = "/?delay=1500"
-expect = 200
-timeout = "10s"
-"""))
+        proxy = self.slow_gate_proxy(1500)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.addCleanup(s.close)
         s.connect(proxy.socket)
@@ -575,15 +577,7 @@ timeout = "10s"
         """Ids are the client's: `flip --id=x` left on its gate (its client hung up) and sent
         again was answered by the first gate run's verdict, before its own checks had run
         (c24a842; found by review)."""
-        blue = self.backend("blue-1")
-        green = self.backend("green-1")
-        proxy = self.proxy(config([blue], [green], extra="""
-[[gate]]
-name = "slow root"
-path = "/?delay=2000"
-expect = 200
-timeout = "10s"
-"""))
+        proxy = self.slow_gate_proxy(2000)
         first = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         first.connect(proxy.socket)
         first.sendall(b"flip --id=same\n")
