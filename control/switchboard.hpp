@@ -330,7 +330,7 @@ class Switchboard {
     bool busy_ = false;
     std::map<std::string, PendingGate> gates_;  // by command id: gated commands, gate running
     std::uint64_t gate_runs_ = 0;
-    std::uint64_t next_id_ = 1;                 // for commands that came without --id
+    std::uint64_t next_id_ = 1;  // for commands that came without --id
     boost::asio::steady_timer ramp_timer_;
     std::optional<RampCourse> ramp_armed_;    // the course ramp_timer_ runs for
     std::uint64_t ramp_armings_ = 0;          // timers armed so far: a step's own is the last

@@ -251,8 +251,8 @@ class Worker {
     boost::asio::steady_timer close_sweep_timer_;
     std::array<boost::asio::steady_timer, 2> tunnel_drain_timers_;  // by colour index
     std::array<std::uint64_t, 2> tunnel_drains_{};  // the current drain's number, by colour
-    std::array<bool, 2> had_share_{true, true};                     // at the last table
-    FailedUpstreams failed_upstreams_;                              // as of the last table applied
+    std::array<bool, 2> had_share_{true, true};     // at the last table
+    FailedUpstreams failed_upstreams_;              // as of the last table applied
     std::vector<Worker*> siblings_;
     // New connections waiting on a sibling's answer for room (borrow_room), at most
     // max_borrowing: past it, refused at once.
