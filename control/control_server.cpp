@@ -188,7 +188,7 @@ asio::awaitable<void> serve(local::socket socket, ControlConfig config, Switchbo
                 {"error", "command line longer than " + std::to_string(config.max_line) +
                               " bytes; nothing changed"}});
             reply.push_back('\n');
-            input.clear();    // what it sent is dropped, so it counts as no request
+            input.clear();    // what it sent is dropped
             wait_idle(true);  // as any reply: closable, and timed, while it waits on the client
             co_await asio::async_write(socket, asio::buffer(reply), nothrow);
             stop_idle();
