@@ -275,8 +275,10 @@ struct Limits {
     // What is left of a body of known length, at least this large, between two plain sockets
     // is spliced (moved in the kernel, never copied through the proxy). 0: never.
     std::uint64_t splice_min_body = 65536;
-    std::size_t splice_pipes = 256;        // per worker, in use at once; past it bodies are copied
-    std::size_t splice_pipe_size = 65536;  // bytes a pipe holds (F_SETPIPE_SZ); 64 KiB: Linux's
+    std::size_t splice_pipes = 256;  // per worker, in use at once; past it bodies are copied
+    // Bytes a pipe holds (F_SETPIPE_SZ), while the process's PipePageBudget allows; 1 MiB is
+    // the most an unprivileged process may ask (/proc/sys/fs/pipe-max-size).
+    std::size_t splice_pipe_size = 1048576;
     // Per worker, the buffers of this many finished requests are kept warm for the next ones
     // (each about 2 x buffer_size); past it they are freed.
     std::size_t spare_exchanges = 64;

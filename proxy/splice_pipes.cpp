@@ -3,27 +3,69 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <bit>
+
 namespace bg {
 
 namespace {
 
-void close_pipe(SplicePipe& pipe) {
-    ::close(pipe.read_end);
-    ::close(pipe.write_end);
-    pipe = {};
+std::size_t pages_of(long bytes) {
+    static const long page = ::sysconf(_SC_PAGESIZE);
+    return static_cast<std::size_t>((bytes + page - 1) / page);
 }
 
 }  // namespace
 
 SplicePipes::~SplicePipes() {
     for (SplicePipe& pipe : spare_) {
-        close_pipe(pipe);
+        close(pipe);
     }
+}
+
+void SplicePipes::close(SplicePipe& pipe) {
+    ::close(pipe.read_end);
+    ::close(pipe.write_end);
+    budget_.give(pipe.grown_pages);
+    pipe = {};
+}
+
+bool SplicePipes::make(SplicePipe& pipe, std::size_t pipe_size) {
+    int ends[2];
+    if (::pipe2(ends, O_NONBLOCK | O_CLOEXEC) != 0) {
+        return false;
+    }
+    pipe = {ends[0], ends[1], 0, 0};
+    const long size = ::fcntl(ends[1], F_GETPIPE_SZ);
+    // A user past /proc/sys/fs/pipe-user-pages-soft gets pipes of two pages: moving a body
+    // through one takes more syscalls than copying it.
+    constexpr long linux_default_pages = 16;
+    if (size < linux_default_pages * ::sysconf(_SC_PAGESIZE) &&
+        (pipe_size == 0 || static_cast<long>(pipe_size) > size)) {
+        close(pipe);
+        return false;
+    }
+    if (pipe_size == 0 || static_cast<long>(pipe_size) == size) {
+        return true;
+    }
+    const long wanted = static_cast<long>(std::min<std::size_t>(pipe_size, 1L << 30));
+    // The kernel rounds a pipe's size up to a power of two pages.
+    const std::size_t extra = wanted > size ? std::bit_ceil(pages_of(wanted)) - pages_of(size) : 0;
+    if (extra > 0 && !budget_.take(extra)) {
+        return true;  // keeps the kernel's size: it works, with more splices
+    }
+    // Refused past /proc/sys/fs/pipe-max-size (unprivileged) or the user's pipe pages: the
+    // pipe keeps the kernel's size.
+    const long given = ::fcntl(ends[1], F_SETPIPE_SZ, static_cast<int>(wanted));
+    const std::size_t grown = given > size ? std::min(extra, pages_of(given) - pages_of(size)) : 0;
+    budget_.give(extra - grown);
+    pipe.grown_pages = grown;
+    return true;
 }
 
 void SplicePipes::close_spares_past(std::size_t max_pipes) {
     while (!spare_.empty() && in_use_ + spare_.size() > max_pipes) {
-        close_pipe(spare_.back());
+        close(spare_.back());
         spare_.pop_back();
     }
 }
@@ -36,17 +78,8 @@ bool SplicePipes::take(SplicePipe& pipe, std::size_t max_pipes, std::size_t pipe
     if (!spare_.empty()) {
         pipe = spare_.back();
         spare_.pop_back();
-    } else {
-        int ends[2];
-        if (::pipe2(ends, O_NONBLOCK | O_CLOEXEC) != 0) {
-            return false;
-        }
-        if (pipe_size != 0) {
-            // Refused past /proc/sys/fs/pipe-max-size, or past the user's pipe page limits:
-            // the pipe keeps the kernel's size (64 KiB), which works, with more splices.
-            ::fcntl(ends[1], F_SETPIPE_SZ, static_cast<int>(pipe_size));
-        }
-        pipe = {ends[0], ends[1], 0};
+    } else if (!make(pipe, pipe_size)) {
+        return false;
     }
     ++in_use_;
     return true;
@@ -55,7 +88,7 @@ bool SplicePipes::take(SplicePipe& pipe, std::size_t max_pipes, std::size_t pipe
 void SplicePipes::give(SplicePipe& pipe, std::size_t max_pipes) {
     --in_use_;
     if (pipe.held > 0 || in_use_ + spare_.size() >= max_pipes) {
-        close_pipe(pipe);  // what it holds belongs to a body that failed, or past the bound
+        close(pipe);  // what it holds belongs to a body that failed, or past the bound
         close_spares_past(max_pipes);
         return;
     }

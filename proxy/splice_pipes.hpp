@@ -3,30 +3,35 @@
 // kernel (splice(2): socket to pipe, pipe to socket), so its bytes are never copied into the
 // proxy and out again (HAProxy's pipe pool, tune.maxpipes). A relay takes a pipe for one body
 // and gives it back empty; a pipe left holding bytes (the body failed) is closed, never reused.
-// Past the config's limit in use, take() finds none and the relay copies as before. Worker
-// thread only.
+// Past the config's limit in use, take() finds none and the relay copies as before. A new pipe
+// grows to the configured size while the process's PipePageBudget allows. Worker thread only.
 
 #include <cstddef>
 #include <cstdint>
 #include <vector>
+
+#include "pipe_page_budget.hpp"
 
 namespace bg {
 
 struct SplicePipe {
     int read_end = -1;
     int write_end = -1;
-    std::size_t held = 0;  // bytes in the pipe, not yet spliced out
+    std::size_t held = 0;         // bytes in the pipe, not yet spliced out
+    std::size_t grown_pages = 0;  // taken from the budget past the kernel's default size
 };
 
 class SplicePipes {
   public:
-    SplicePipes() = default;
+    explicit SplicePipes(PipePageBudget& budget = PipePageBudget::process()) : budget_(budget) {}
     ~SplicePipes();
     SplicePipes(const SplicePipes&) = delete;
     SplicePipes& operator=(const SplicePipes&) = delete;
 
     // A pipe for one body, or false when `max_pipes` are in use or none can be made (out of
-    // descriptors): the caller copies instead. A new pipe is given `pipe_size` (0: the kernel's).
+    // descriptors, or the user is past its pipe pages and the kernel makes them too small to
+    // splice through): the caller copies instead. A new pipe is given `pipe_size` (0: the
+    // kernel's); past the budget, a larger size is not given and the pipe keeps the kernel's.
     bool take(SplicePipe& pipe, std::size_t max_pipes, std::size_t pipe_size);
     // Kept for the next body while fewer than `max_pipes` are open, else closed: a reload that
     // lowers server.splice_pipes closes the spares past it.
@@ -35,7 +40,10 @@ class SplicePipes {
     std::size_t in_use() const { return in_use_; }
 
   private:
+    bool make(SplicePipe& pipe, std::size_t pipe_size);
+    void close(SplicePipe& pipe);
     void close_spares_past(std::size_t max_pipes);
+    PipePageBudget& budget_;
     std::size_t in_use_ = 0;
     std::vector<SplicePipe> spare_;
 };

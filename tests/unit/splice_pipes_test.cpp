@@ -1,4 +1,6 @@
 #include <doctest/doctest.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <vector>
 
@@ -36,4 +38,44 @@ TEST_CASE("the spare pipes never outnumber the bound, a lowered one included") {
     failed.held = 10;
     pipes.give(failed, 1);
     CHECK(pipes.spare_count() == 0);
+}
+
+namespace {
+
+long pipe_bytes(const bg::SplicePipe& pipe) {
+    return ::fcntl(pipe.write_end, F_GETPIPE_SZ);
+}
+
+}  // namespace
+
+TEST_CASE("a pipe grows to the configured size only within the process's pipe page budget") {
+    const long page = ::sysconf(_SC_PAGESIZE);
+    const long linux_default = 16 * page;
+    // Room for one pipe of 64 pages (48 past the default), not for two.
+    bg::PipePageBudget budget(60);
+    {
+        bg::SplicePipes pipes(budget);
+        bg::SplicePipe grown;
+        bg::SplicePipe kept;
+        REQUIRE(pipes.take(grown, 4, static_cast<std::size_t>(64 * page)));
+        CHECK(pipe_bytes(grown) == 64 * page);
+        CHECK(grown.grown_pages == 48);
+        CHECK(budget.left() == 12);
+        REQUIRE(pipes.take(kept, 4, static_cast<std::size_t>(64 * page)));
+        CHECK(pipe_bytes(kept) == linux_default);  // past the budget: the kernel's size, spliced
+        CHECK(kept.grown_pages == 0);
+        CHECK(budget.left() == 12);
+        pipes.give(grown, 4);
+        pipes.give(kept, 4);
+        CHECK(budget.left() == 12);  // a spare keeps its pages
+    }
+    CHECK(budget.left() == 60);  // closed pipes give theirs back
+    // A size the kernel rounds up (40 pages: 64) is counted as rounded.
+    bg::SplicePipes pipes(budget);
+    bg::SplicePipe rounded;
+    REQUIRE(pipes.take(rounded, 1, static_cast<std::size_t>(40 * page)));
+    CHECK(pipe_bytes(rounded) == 64 * page);
+    CHECK(budget.left() == 12);
+    pipes.give(rounded, 0);  // past the bound: closed
+    CHECK(budget.left() == 60);
 }
