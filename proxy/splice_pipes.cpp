@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <bit>
 
+#include "coarse_clock.hpp"
+
 namespace bg {
 
 namespace {
@@ -37,12 +39,12 @@ bool SplicePipes::make(SplicePipe& pipe, std::size_t pipe_size) {
     }
     pipe = {ends[0], ends[1], 0, 0};
     const long size = ::fcntl(ends[1], F_GETPIPE_SZ);
-    // A user past /proc/sys/fs/pipe-user-pages-soft gets pipes of two pages: moving a body
-    // through one takes more syscalls than copying it.
-    constexpr long linux_default_pages = 16;
-    if (size < linux_default_pages * ::sysconf(_SC_PAGESIZE) &&
-        (pipe_size == 0 || static_cast<long>(pipe_size) > size)) {
+    // A user past /proc/sys/fs/pipe-user-pages-soft gets pipes of two pages (8 KiB with 4 KiB
+    // pages): moving a body through one takes more syscalls than copying it.
+    constexpr long linux_default_size = 65536;
+    if (size < linux_default_size && (pipe_size == 0 || static_cast<long>(pipe_size) > size)) {
         close(pipe);
+        no_new_pipe_until_ = CoarseClock::now() + small_pipe_pause;
         return false;
     }
     if (pipe_size == 0 || static_cast<long>(pipe_size) == size) {
@@ -78,8 +80,16 @@ bool SplicePipes::take(SplicePipe& pipe, std::size_t max_pipes, std::size_t pipe
     if (!spare_.empty()) {
         pipe = spare_.back();
         spare_.pop_back();
-    } else if (!make(pipe, pipe_size)) {
-        return false;
+    } else {
+        if (no_new_pipe_until_) {
+            if (CoarseClock::now() < *no_new_pipe_until_) {
+                return false;
+            }
+            no_new_pipe_until_.reset();
+        }
+        if (!make(pipe, pipe_size)) {
+            return false;
+        }
     }
     ++in_use_;
     return true;

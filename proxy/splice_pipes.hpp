@@ -6,8 +6,10 @@
 // Past the config's limit in use, take() finds none and the relay copies as before. A new pipe
 // grows to the configured size while the process's PipePageBudget allows. Worker thread only.
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "pipe_page_budget.hpp"
@@ -30,8 +32,9 @@ class SplicePipes {
 
     // A pipe for one body, or false when `max_pipes` are in use or none can be made (out of
     // descriptors, or the user is past its pipe pages and the kernel makes them too small to
-    // splice through): the caller copies instead. A new pipe is given `pipe_size` (0: the
-    // kernel's); past the budget, a larger size is not given and the pipe keeps the kernel's.
+    // splice through; then no new pipe is tried for `small_pipe_pause`): the caller copies. A new
+    // pipe is given `pipe_size` (0: the kernel's); past the budget, a larger size is not given and
+    // the pipe keeps the kernel's.
     bool take(SplicePipe& pipe, std::size_t max_pipes, std::size_t pipe_size);
     // Kept for the next body while fewer than `max_pipes` are open, else closed: a reload that
     // lowers server.splice_pipes closes the spares past it.
@@ -40,10 +43,15 @@ class SplicePipes {
     std::size_t in_use() const { return in_use_; }
 
   private:
+    static constexpr std::chrono::seconds small_pipe_pause{1};
+
     bool make(SplicePipe& pipe, std::size_t pipe_size);
     void close(SplicePipe& pipe);
     void close_spares_past(std::size_t max_pipes);
     PipePageBudget& budget_;
+    // Until then a new pipe would come out too small: each copied piece of a body asks again,
+    // and would make and close one each time.
+    std::optional<std::chrono::steady_clock::time_point> no_new_pipe_until_;
     std::size_t in_use_ = 0;
     std::vector<SplicePipe> spare_;
 };

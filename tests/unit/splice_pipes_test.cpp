@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <vector>
@@ -78,4 +79,57 @@ TEST_CASE("a pipe grows to the configured size only within the process's pipe pa
     CHECK(budget.left() == 12);
     pipes.give(rounded, 0);  // past the bound: closed
     CHECK(budget.left() == 60);
+}
+
+// A user past its pipe pages (/proc/sys/fs/pipe-user-pages-soft) gets pipes of two pages: none
+// is used, and none is tried again for a while. Root is exempt from the limit, so the check
+// runs in a child as nobody.
+TEST_CASE("a pipe the kernel makes too small to splice through is not used, nor tried again") {
+    if (::geteuid() != 0) {
+        MESSAGE("skipped: needs root, to run as nobody");
+        return;
+    }
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        if (::setgid(65534) != 0 || ::setuid(65534) != 0) {
+            ::_exit(77);
+        }
+        std::vector<int> filler;  // pipes of 1 MiB until the user is past its soft limit
+        for (int i = 0; i < 1000; ++i) {
+            int ends[2];
+            if (::pipe2(ends, O_CLOEXEC) != 0) {
+                ::_exit(10);
+            }
+            filler.push_back(ends[0]);
+            filler.push_back(ends[1]);
+            if (::fcntl(ends[1], F_SETPIPE_SZ, 1 << 20) < 0) {
+                break;
+            }
+        }
+        bg::PipePageBudget budget(1 << 20);
+        bg::SplicePipes pipes(budget);
+        bg::SplicePipe pipe;
+        if (pipes.take(pipe, 4, 1 << 20)) {
+            ::_exit(11);  // a two-page pipe was used
+        }
+        if (pipes.in_use() != 0 || budget.left() != (1 << 20)) {
+            ::_exit(12);
+        }
+        for (const int fd : filler) {
+            ::close(fd);
+        }
+        if (pipes.take(pipe, 4, 1 << 20)) {
+            ::_exit(13);  // tried again at once (a pipe would be fine now)
+        }
+        ::_exit(0);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    REQUIRE(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 77) {
+        MESSAGE("skipped: cannot become nobody");
+        return;
+    }
+    CHECK(WEXITSTATUS(status) == 0);
 }
