@@ -550,8 +550,11 @@ class BodyRelay {
                     ::recv(socket.native_handle(), scratch.data(), scratch.size(), MSG_DONTWAIT);
                 if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
                     std::vector<char>().swap(scratch);
-                    auto [wec] =
-                        co_await socket.async_wait(boost::asio::socket_base::wait_read, nothrow);
+                    // The recv found it empty: the poller's next event, with no epoll_ctl
+                    // (socket_drain.hpp).
+                    assume_drained(socket);
+                    auto [wec, none] = co_await socket.async_receive(
+                        ReadinessWait(), boost::asio::socket_base::message_peek, nothrow);
                     if (wec) {
                         break;
                     }
