@@ -8,13 +8,14 @@
 
 namespace bg {
 
-std::size_t BodyCork::read_at_once(boost::asio::mutable_buffer into,
-                                   boost::system::error_code& ec) {
+std::size_t BodyCork::read_at_once(boost::asio::mutable_buffer into, boost::system::error_code& ec,
+                                   bool& empty) {
     const ssize_t n = ::recv(source_->native_handle(), into.data(), into.size(), MSG_DONTWAIT);
     if (n > 0) {
         return static_cast<std::size_t>(n);
     }
-    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+    empty = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+    if (n < 0 && !empty && errno != EINTR) {
         ec.assign(errno, boost::system::system_category());
     }
     push();  // nothing now (or the end): what is held must not wait for it

@@ -33,12 +33,16 @@ class BodyCork {
     Socket& sink() { return *sink_; }
     // A piece went out with MSG_MORE, or without it (which pushes out what was held).
     void sent(bool held) { holding_ = held; }
-    bool holding() const { return holding_; }
-    // Before waiting on the source while bytes are held: what it has at once, read into `into`.
-    // 0 with no error: nothing yet, or its end (which the caller's own read then sees); an
-    // error (a reset) is returned here, since the socket reports it only once. Unless bytes
-    // came, the held ones are pushed out first.
-    std::size_t read_at_once(boost::asio::mutable_buffer into, boost::system::error_code& ec);
+    // Whether the source is a plain socket, read at once by read_at_once.
+    bool reads_at_once() const { return source_ != nullptr; }
+    // What the source has at once, read into `into` without waiting (asio's read posts its
+    // completion even when its recv found bytes: a turn of the worker's loop per piece, and an
+    // epoll_wait with it). 0 with no error: nothing yet (`empty`), or its end (which the
+    // caller's own read then sees); an error (a reset) is returned here, since the socket
+    // reports it only once. Unless bytes came, what the sink holds is pushed out first.
+    std::size_t read_at_once(boost::asio::mutable_buffer into, boost::system::error_code& ec,
+                             bool& empty);
+    Socket& source() { return *source_; }
     void push();
 
     static Socket* plain(Socket& stream) { return &stream; }

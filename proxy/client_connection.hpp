@@ -42,7 +42,7 @@ struct ClientConnection {
           stream(std::move(s)),
           tracked(std::make_unique<TrackedSession>(w, socket(), listener_index)),
           deadline(socket().get_executor(), handle()),
-          relay(deadline, w.stats(), read_chunk(), splice_settings()),
+          relay(deadline, w.stats(), read_chunk(), config.limits.body_burst, splice_settings()),
           close_watch(w, handle()),
           answer_watch(w, handle(), deadline),
           upstreams(w, config, deadline, handle()) {}
@@ -57,7 +57,7 @@ struct ClientConnection {
           tracked(std::move(parked.tracked)),
           client(std::move(parked.client)),
           deadline(socket().get_executor(), handle()),
-          relay(deadline, w.stats(), read_chunk(), splice_settings()),
+          relay(deadline, w.stats(), read_chunk(), config.limits.body_burst, splice_settings()),
           close_watch(w, handle()),
           answer_watch(w, handle(), deadline),
           upstreams(w, config, deadline, handle()) {

@@ -23,7 +23,8 @@
 // parked client's registration reports it; a stale pooled connection fails its request, which
 // goes again on a fresh one). A read that continues a message forgets the mark first
 // (forget_drained): it tries a recv at once, as asio does, and finds a peer that sent part of a
-// message and left.
+// message and left. (A body relay does that recv itself, and marks the socket drained only when
+// it found nothing: no end can hide behind an EAGAIN.)
 //
 // This reaches into asio's epoll reactor (Boost 1.81, Debian 12's; the stack is fixed): the
 // read operation of a DrainingBuffer is asio's, with its own perform step (below).

@@ -62,6 +62,21 @@ TEST_CASE("heap_trim_after is a byte count and heap_trim_delay a duration") {
               .find("heap_trim_delay") != std::string::npos);
 }
 
+TEST_CASE("server.body_burst is a byte count from 1") {
+    auto defaults = bg::parse_config(minimal, "t");
+    REQUIRE(defaults.errors.empty());
+    CHECK(defaults.config->limits.body_burst == 262144);
+    auto set = bg::parse_config(std::string(minimal) + "[server]\nbody_burst = 16384\n", "t");
+    REQUIRE(set.errors.empty());
+    CHECK(set.config->limits.body_burst == 16384);
+    for (const char* bad : {"0", "-1", "\"256k\"", "2147483648"}) {
+        CAPTURE(bad);
+        CHECK(first_error(std::string(minimal) + "[server]\nbody_burst = " + bad + "\n")
+                  .find("server.body_burst must be an integer from 1 to 1073741824") !=
+              std::string::npos);
+    }
+}
+
 TEST_CASE("control.max_watchers is below control.max_connections") {
     auto defaults = bg::parse_config(minimal, "t");
     REQUIRE(defaults.errors.empty());
