@@ -1,8 +1,9 @@
 """Exactly N requests of one bench shape, one after another (bench/profile.sh counts a proxy's
 instructions over them): keepalive (GETs on one connection), close (a connection each),
-download (1 MiB responses), upload (1 MiB POST bodies); tls-keepalive and tls-handshake are
-keepalive and close over TLS (PORT is then the TLS listener), tls-resume is close over TLS
-offering the last session (resumed if the listener allows). Exits non-zero on a short response.
+download (1 MiB responses), upload (1 MiB POST bodies); tls-keepalive, tls-handshake,
+tls-download and tls-upload are keepalive, close, download and upload over TLS (PORT is then the
+TLS listener), tls-resume is close over TLS offering the last session (resumed if the listener
+allows). Exits non-zero on a short response.
 
     python3 bench/http_requests.py PORT SHAPE N
 """
@@ -50,7 +51,8 @@ def main():
     session = None
     if shape.startswith("tls-"):
         resume = shape == "tls-resume"
-        shape = {"tls-keepalive": "keepalive", "tls-handshake": "close", "tls-resume": "close"}[shape]
+        shape = {"tls-keepalive": "keepalive", "tls-handshake": "close", "tls-resume": "close",
+                 "tls-download": "download", "tls-upload": "upload"}[shape]
         tls = ssl.create_default_context()
         tls.check_hostname = False
         tls.verify_mode = ssl.CERT_NONE

@@ -47,6 +47,9 @@ wrk_for() {
     download) connections=16 url="${url}?bytes=1048576" ;;
     upload) connections=16 url="${url}upload" options=(-s bench/upload.lua) ;;
     tls-keepalive) connections=64 url="https://127.0.0.1:${tls_port[$2]}/" ;;
+    tls-download) connections=16 url="https://127.0.0.1:${tls_port[$2]}/?bytes=1048576" ;;
+    tls-upload)
+      connections=16 url="https://127.0.0.1:${tls_port[$2]}/upload" options=(-s bench/upload.lua) ;;
     tls-handshake)
       connections=32 url="https://127.0.0.1:${full_port[$2]}/" options=(-H "Connection: close") ;;
     tls-resume)

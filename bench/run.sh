@@ -19,6 +19,9 @@
 #                  second process, bench/deployment.sh)
 #   tls-resume     the same on the listener as deployed: each reconnect resumes its session
 #   tls-keepalive  HTTPS keep-alive GETs, 64 connections
+#   tls-download   1 MiB responses over HTTPS, 16 keep-alive connections (copied and encrypted:
+#                  no splice under TLS)
+#   tls-upload     1 MiB POST bodies over HTTPS, 16 keep-alive connections
 #   tls-upstream   plain in front, TLS to an nginx backend (bgproxy and HAProxy), 64 connections
 #   tls-flood      keep-alive GETs, 32 connections, while another wrk opens TLS connections (a
 #                  handshake and one request each, 16 at a time: returning clients, resumed,
@@ -38,7 +41,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${BENCH_SECONDS:-5}
 rounds=${BENCH_ROUNDS:-3}
-shapes=${BENCH_SHAPES:-keepalive close download upload tls-handshake tls-resume tls-keepalive tls-upstream tls-flood}
+shapes=${BENCH_SHAPES:-keepalive close download upload tls-handshake tls-resume tls-keepalive tls-download tls-upload tls-upstream tls-flood}
 connections=64
 source bench/deployment.sh
 bgproxy_config bgproxy ""
@@ -125,6 +128,11 @@ run_shape() {
           connections=32 measure "$shape" "$t" "https://127.0.0.1:${tls_port[$t]}/" \
             -H "Connection: close" ;;
         tls-keepalive) connections=64 measure "$shape" "$t" "https://127.0.0.1:${tls_port[$t]}/" ;;
+        tls-download)
+          connections=16 measure "$shape" "$t" "https://127.0.0.1:${tls_port[$t]}/?bytes=1048576" ;;
+        tls-upload)
+          connections=16 measure "$shape" "$t" "https://127.0.0.1:${tls_port[$t]}/upload" \
+            -s bench/upload.lua ;;
         tls-flood) flooded "$t" ;;
         *) connections=64 measure "$shape" "$t" "$(url "$t")/" ;;
       esac
@@ -163,7 +171,8 @@ summary_targets=()
 for shape in $shapes; do
   case $shape in
     keepalive | close) run_shape "$shape" direct "${targets[@]}" ;;
-    download | upload | tls-handshake | tls-resume | tls-keepalive) run_shape "$shape" "${targets[@]}" ;;
+    download | upload | tls-handshake | tls-resume | tls-keepalive | tls-download | tls-upload)
+      run_shape "$shape" "${targets[@]}" ;;
     tls-flood)
       run_shape "$shape" "${targets[@]}"
       for t in "${targets[@]}"; do summary_targets+=("$shape/$t" "tls-flood-handshakes/$t"); done

@@ -67,12 +67,62 @@ struct SpliceSettings {
     std::size_t pipe_size = 0;
 };
 
+// The TLS session under a client or backend stream, if it has one.
+inline TlsStream* tls_of(TlsStream& stream) {
+    return &stream;
+}
+inline TlsStream* tls_of(UpstreamStream& stream) {
+    return stream.tls();
+}
+inline TlsStream* tls_of(Socket&) {
+    return nullptr;
+}
+
+// What `from` has at hand, read into `into` without waiting: asio posts a read's completion even
+// when its first try found bytes, a pass of the worker's event loop per piece. True with bytes
+// (`n`) or an error (`ec`, an end of stream included); false when nothing is there yet: the
+// caller's asynchronous read then waits for the poller, with no try of its own (a plain socket
+// is marked drained here, a TLS session's try marks it: socket_drain.hpp), or finds the end or
+// the closed socket that this left to it.
+template <class AsyncStream>
+bool read_at_once(AsyncStream& from, BodyCork& cork, boost::asio::mutable_buffer into,
+                  boost::system::error_code& ec, std::size_t& n) {
+    if (cork.reads_at_once()) {
+        bool empty = false;
+        n = cork.read_at_once(into, ec, empty);
+        if (n > 0 || ec) {
+            return true;
+        }
+        if (empty) {
+            assume_drained(cork.source());
+        } else {
+            forget_drained(cork.source());  // its end (0): the read's to find
+        }
+        return false;
+    }
+    // A read that continues a message tries at once (socket_drain.hpp).
+    forget_drained(boost::beast::get_lowest_layer(from));
+    TlsStream* tls = tls_of(from);
+    // (A socket a deadline closed: OpenSSL's BIO would read a descriptor number that may be
+    // another connection's by now. The asynchronous read reports it.)
+    if (tls == nullptr || tls->closed()) {
+        return false;
+    }
+    const TlsStream::Attempt attempt = tls->try_read(into);
+    if (attempt.wait != TlsStream::Wait::none) {
+        return false;
+    }
+    ec = attempt.ec;
+    n = attempt.bytes;
+    return true;
+}
+
 // Finds the next piece of a message body: in what `buffer` already holds, else after one read
 // from `from`. Success means progress (possibly only a chunk header); the parser's BodyView
-// (reset by the caller) then says where the piece lies in `buffer`, if one was found. A plain
-// source is first read at once (see BodyCork). `buffered_only`: no read; would_block when the
+// (reset by the caller) then says where the piece lies in `buffer`, if one was found. The source
+// is first read at once (read_at_once). `buffered_only`: no read; would_block when the
 // next piece is not all in `buffer`. `run` (BodyRelay's bytes read since the worker's loop last
-// had a turn) counts what is read at once, and is reset when the read waits.
+// had a turn) counts what is read at once (read_at_once), and is reset when the read waits.
 template <class AsyncStream, bool isRequest>
 Task<boost::system::error_code> read_body_piece(AsyncStream& from,
                                                 boost::beast::flat_buffer& buffer,
@@ -117,29 +167,14 @@ Task<boost::system::error_code> read_body_piece(AsyncStream& from,
                                                                    // practice
         }
         const auto into = buffer.prepare(read_size);
-        if (cork.reads_at_once()) {
-            boost::system::error_code failed;
-            bool empty = false;
-            if (const std::size_t got = cork.read_at_once(into, failed, empty); got > 0) {
-                buffer.commit(got);
-                run += got;
-                continue;
-            }
-            if (failed) {
-                co_return failed;
-            }
-            // Found empty: the read below waits for the poller's next event, with no recv of
-            // its own first (socket_drain.hpp); an end (0) is the read's to find.
-            if (empty) {
-                assume_drained(cork.source());
-            } else {
-                forget_drained(cork.source());
-            }
+        boost::system::error_code ec;
+        std::size_t n = 0;
+        if (read_at_once(from, cork, into, ec, n)) {
+            run += n;
         } else {
-            forget_drained(boost::beast::get_lowest_layer(from));  // socket_drain.hpp
+            run = 0;  // the read's completion is posted: a turn of the loop for the others
+            std::tie(ec, n) = co_await from.async_read_some(draining(into), nothrow);
         }
-        run = 0;  // the read's completion is posted: a turn of the loop for the others
-        auto [ec, n] = co_await from.async_read_some(draining(into), nothrow);
         if (ec == boost::asio::error::eof) {
             boost::system::error_code end;
             parser.put_eof(end);  // completes a read-until-close body, else partial_message
