@@ -15,7 +15,8 @@
 # Each measurement is its own wrk run of BENCH_SECONDS; counts are divided by wrk's requests.
 #
 #   bench/profile.sh                        # shapes keepalive close download upload
-#   PROFILE_SHAPES="tls-keepalive tls-handshake tls-resume" bench/profile.sh  # HTTPS on the listener
+#   PROFILE_SHAPES="tls-keepalive tls-handshake tls-resume tls-download tls-upload" bench/profile.sh
+#                                           # HTTPS on the listener
 #   PROFILE_SHAPES=tls-upstream bench/profile.sh   # TLS to an nginx backend (no instruction count)
 #   PROFILE_SHAPES=close BENCH_SECONDS=5 PROFILE_BINARY=/path/to/bgproxy bench/profile.sh
 # Needs root (perf probe, perf record, perf stat on tracepoints) and linux-perf, valgrind

@@ -78,27 +78,35 @@ inline TlsStream* tls_of(Socket&) {
     return nullptr;
 }
 
+// How a read at once (read_at_once) ended.
+enum class AtOnce {
+    read,        // bytes, or an error (an end of stream included)
+    wait_input,  // a TLS session's try found the socket empty: wait for the poller's next event
+    read_async,  // nothing yet, or left to the asynchronous read (an end, a closed socket)
+};
+
 // What `from` has at hand, read into `into` without waiting: asio posts a read's completion even
-// when its first try found bytes, a pass of the worker's event loop per piece. True with bytes
-// (`n`) or an error (`ec`, an end of stream included); false when nothing is there yet: the
-// caller's asynchronous read then waits for the poller, with no try of its own (a plain socket
-// is marked drained here, a TLS session's try marks it: socket_drain.hpp), or finds the end or
-// the closed socket that this left to it.
+// when its first try found bytes, a pass of the worker's event loop per piece. On `read_async`
+// the caller's asynchronous read waits for the poller with no try of its own when the plain
+// socket was found empty (marked drained here: socket_drain.hpp), or finds the end or the closed
+// socket this left to it. On `wait_input` the TLS session's try marked the socket drained; its
+// own read would try again first (OpenSSL may hold part of a record), so the caller waits for
+// input (ReadinessWait) and reads at once again.
 template <class AsyncStream>
-bool read_at_once(AsyncStream& from, BodyCork& cork, boost::asio::mutable_buffer into,
-                  boost::system::error_code& ec, std::size_t& n) {
+AtOnce read_at_once(AsyncStream& from, BodyCork& cork, boost::asio::mutable_buffer into,
+                    boost::system::error_code& ec, std::size_t& n) {
     if (cork.reads_at_once()) {
         bool empty = false;
         n = cork.read_at_once(into, ec, empty);
         if (n > 0 || ec) {
-            return true;
+            return AtOnce::read;
         }
         if (empty) {
             assume_drained(cork.source());
         } else {
             forget_drained(cork.source());  // its end (0): the read's to find
         }
-        return false;
+        return AtOnce::read_async;
     }
     // A read that continues a message tries at once (socket_drain.hpp).
     forget_drained(boost::beast::get_lowest_layer(from));
@@ -106,15 +114,18 @@ bool read_at_once(AsyncStream& from, BodyCork& cork, boost::asio::mutable_buffer
     // (A socket a deadline closed: OpenSSL's BIO would read a descriptor number that may be
     // another connection's by now. The asynchronous read reports it.)
     if (tls == nullptr || tls->closed()) {
-        return false;
+        return AtOnce::read_async;
     }
     const TlsStream::Attempt attempt = tls->try_read(into);
-    if (attempt.wait != TlsStream::Wait::none) {
-        return false;
+    if (attempt.wait == TlsStream::Wait::read) {
+        return AtOnce::wait_input;
+    }
+    if (attempt.wait == TlsStream::Wait::write) {
+        return AtOnce::read_async;  // (renegotiation is off: not expected)
     }
     ec = attempt.ec;
     n = attempt.bytes;
-    return true;
+    return AtOnce::read;
 }
 
 // Finds the next piece of a message body: in what `buffer` already holds, else after one read
@@ -169,8 +180,20 @@ Task<boost::system::error_code> read_body_piece(AsyncStream& from,
         const auto into = buffer.prepare(read_size);
         boost::system::error_code ec;
         std::size_t n = 0;
-        if (read_at_once(from, cork, into, ec, n)) {
-            run += n;
+        const AtOnce at_once = read_at_once(from, cork, into, ec, n);
+        if (at_once == AtOnce::read) {
+            // A read counts as a full one at least: one of many tiny TLS records decrypts each.
+            run += std::max(n, read_size);
+        } else if (at_once == AtOnce::wait_input) {
+            run = 0;  // the wait's completion is posted: a turn of the loop for the others
+            Socket& socket = boost::beast::get_lowest_layer(from);
+            assume_drained(socket);
+            auto [waited, none] = co_await socket.async_receive(
+                ReadinessWait(), boost::asio::socket_base::message_peek, nothrow);
+            if (waited) {
+                co_return waited;  // a deadline's close, as the read would report it
+            }
+            continue;
         } else {
             run = 0;  // the read's completion is posted: a turn of the loop for the others
             std::tie(ec, n) = co_await from.async_read_some(draining(into), nothrow);
