@@ -5,8 +5,8 @@
 // segment of its own (112 TCP segments per proxied MiB against HAProxy's 69, and the kernel
 // work of each). What the kernel holds is pushed out (TCP_NODELAY set again) as soon as the
 // source has nothing more at once, so a pause in a body never holds back what came before it,
-// and when the relay ends. Plain sockets on both sides only: TLS writes records its own way.
-// Worker thread only.
+// and when the relay ends (a TLS source's relay pushes before it waits: read_at_once). The
+// sink must be a plain socket: TLS writes records its own way. Worker thread only.
 
 #include <boost/asio/buffer.hpp>
 #include <boost/system/error_code.hpp>
@@ -26,9 +26,11 @@ class BodyCork {
     BodyCork& operator=(const BodyCork&) = delete;
 
     // Whether the next piece may be held back: it filled its read (the body flows in bulk),
-    // more of the body follows, and both sides are plain sockets.
+    // more of the body follows, and the sink is a plain socket. A source under TLS too: a body
+    // decrypted from a client went to the backend in a segment per 16 KiB piece, 147 TCP
+    // segments per MiB uploaded over TLS against HAProxy's 99.
     bool may_hold(bool full_read, bool more_follows) const {
-        return full_read && more_follows && source_ != nullptr && sink_ != nullptr;
+        return full_read && more_follows && sink_ != nullptr;
     }
     Socket& sink() { return *sink_; }
     // A piece went out with MSG_MORE, or without it (which pushes out what was held).

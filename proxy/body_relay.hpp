@@ -114,9 +114,13 @@ AtOnce read_at_once(AsyncStream& from, BodyCork& cork, boost::asio::mutable_buff
     // (A socket a deadline closed: OpenSSL's BIO would read a descriptor number that may be
     // another connection's by now. The asynchronous read reports it.)
     if (tls == nullptr || tls->closed()) {
+        cork.push();  // what the sink holds must not wait for the read
         return AtOnce::read_async;
     }
     const TlsStream::Attempt attempt = tls->try_read(into);
+    if (attempt.wait != TlsStream::Wait::none) {
+        cork.push();  // nothing at once: what the sink holds must not wait for the wait
+    }
     if (attempt.wait == TlsStream::Wait::read) {
         return AtOnce::wait_input;
     }
@@ -250,7 +254,7 @@ inline constexpr std::size_t tunnel_first_read = 2048;
 
 class BodyRelay {
   public:
-    // `burst`: bytes relayed in a row, when neither side makes the relay wait, before the
+    // `burst`: bytes read in a row, when neither side makes the relay wait, before the
     // worker's other connections get a turn (server.body_burst).
     BodyRelay(ConnectionDeadline& deadline, WorkerStats& stats, std::size_t read_size,
               std::size_t burst, SpliceSettings splice)
@@ -556,7 +560,7 @@ class BodyRelay {
     template <class To>
     auto write_pieces(ExchangeState& ex, To& to,
                       std::span<const boost::asio::const_buffer> pieces) {
-        if (is_tls(to)) {
+        if (tls_of(to) != nullptr) {
             pieces = one_piece_for_tls(ex, pieces);
         }
         return boost::asio::async_write(to, pieces, nothrow);
@@ -613,7 +617,7 @@ class BodyRelay {
     template <class From, class To>
     Task<void> pump(From& from, To& to, std::vector<char>& scratch, TunnelLimit& limit,
                     std::uint64_t& bytes) {
-        const bool plain = !is_tls(from);
+        const bool plain = tls_of(from) == nullptr;
         // A small buffer to begin with, that grows once a read fills it. On a plain socket none
         // while idle: it is read without waiting, and when nothing is there its buffer goes
         // back and it waits for bytes with none, taking one of the size the last bytes needed
@@ -696,18 +700,6 @@ class BodyRelay {
         boost::system::error_code ignored;
         boost::beast::get_lowest_layer(from).close(ignored);
         boost::beast::get_lowest_layer(to).close(ignored);
-    }
-
-    // Whether a client or backend stream speaks TLS (a backend's is known only at run time).
-    template <class Stream>
-    static bool is_tls(Stream& stream) {
-        if constexpr (is_tls_stream<Stream>::value) {
-            return true;
-        } else if constexpr (std::is_same_v<Stream, UpstreamStream>) {
-            return stream.tls() != nullptr;
-        } else {
-            return false;
-        }
     }
 
     // A scratch buffer for a lingering close, taken when first needed (kept with the exchange
