@@ -350,15 +350,21 @@ void ControlServer::close() {
 
 void ControlServer::when_replies_written(std::chrono::milliseconds limit,
                                          std::function<void()> then) {
-    if (*replies_due_ == 0 || limit <= std::chrono::milliseconds(0)) {
+    wait_for_replies(std::chrono::steady_clock::now() + limit, std::move(then));
+}
+
+void ControlServer::wait_for_replies(std::chrono::steady_clock::time_point deadline,
+                                     std::function<void()> then) {
+    // Polled: the count is shared with every control session's coroutine, none of which knows
+    // it was the last. One deadline, however late each poll's timer fires.
+    if (*replies_due_ == 0 || std::chrono::steady_clock::now() >= deadline) {
         then();
         return;
     }
-    const auto step = std::chrono::milliseconds(5);
-    flush_timer_.expires_after(step);
+    flush_timer_.expires_after(std::chrono::milliseconds(5));
     flush_timer_.async_wait(
-        [this, limit, step, then = std::move(then)](boost::system::error_code) mutable {
-            when_replies_written(limit - step, std::move(then));
+        [this, deadline, then = std::move(then)](boost::system::error_code) mutable {
+            wait_for_replies(deadline, std::move(then));
         });
 }
 

@@ -36,6 +36,8 @@ class ControlServer {
     void when_replies_written(std::chrono::milliseconds limit, std::function<void()> then);
 
   private:
+    void wait_for_replies(std::chrono::steady_clock::time_point deadline,
+                          std::function<void()> then);
     void accept();
 
     boost::asio::io_context& io_;
