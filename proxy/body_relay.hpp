@@ -114,13 +114,9 @@ AtOnce read_at_once(AsyncStream& from, BodyCork& cork, boost::asio::mutable_buff
     // (A socket a deadline closed: OpenSSL's BIO would read a descriptor number that may be
     // another connection's by now. The asynchronous read reports it.)
     if (tls == nullptr || tls->closed()) {
-        cork.push();  // what the sink holds must not wait for the read
         return AtOnce::read_async;
     }
     const TlsStream::Attempt attempt = tls->try_read(into);
-    if (attempt.wait != TlsStream::Wait::none) {
-        cork.push();  // nothing at once: what the sink holds must not wait for the wait
-    }
     if (attempt.wait == TlsStream::Wait::read) {
         return AtOnce::wait_input;
     }

@@ -480,10 +480,10 @@ backends = [{ name = "green-1", address = "127.0.0.1:%d" }]
 
     def test_a_pause_in_a_body_from_a_tls_backend_holds_back_nothing_before_it(self):
         # A piece of a body decrypted from a TLS backend that fills a whole read (buffer_size,
-        # 16384 by default) with more to come goes to the client with MSG_MORE, and the kernel
-        # may hold it to fill a segment. When the backend then pauses, the client must have it
-        # at once, not when the rest comes (nor after the kernel's 200 ms limit on a held
-        # segment: 0.31 s after the request when it was not pushed, 0.10 s when it was).
+        # 16384 by default) reaches the client at once when the backend then pauses. Held for a
+        # fuller segment (MSG_MORE, as a plain body's full pieces are) and not pushed before the
+        # relay waited, it came 0.31 s after the request (the kernel's own limit on a held
+        # segment), against 0.10 s (0.1 s of it the backend's own wait).
         backend = self.start(PausingTlsBackend(os.path.join(CA.dir, "backend.pem"),
                                                os.path.join(CA.dir, "backend.key")))
         proxy = self.proxy("""

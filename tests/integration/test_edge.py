@@ -249,10 +249,10 @@ class TlsTest(ProcessTestCase):
 
     def test_a_pause_in_a_body_uploaded_over_tls_holds_back_nothing_before_it(self):
         """A piece of a body decrypted from a TLS client that fills a whole read (buffer_size,
-        16384 by default) with more to come goes to the backend with MSG_MORE, and the kernel
-        may hold it to fill a segment. When the client then pauses, the backend must have it
-        at once, not when the rest comes (nor after the kernel's 200 ms limit on a held segment:
-        0.21 s when it was not pushed, 0.006 s when it was)."""
+        16384 by default) reaches the backend at once when the client then pauses. Held for a
+        fuller segment (MSG_MORE, as a plain body's full pieces are) and not pushed before the
+        relay waited, it came 0.21 s after it was sent (the kernel's own limit on a held
+        segment), against 0.006 s."""
         piece, rest = 16384, 1000
         blue = self.start(ScriptedBackend(lambda request, index, conn: ok_response(), "blue-1"))
         proxy = self.proxy(edge_config(tls_listener("a"), [blue]))
