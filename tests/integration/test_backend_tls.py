@@ -94,122 +94,108 @@ http {
         return ""
 
 
-class SlowCbcBackend:
+class ThreadedTlsBackend:
+    """A TLS backend in Python threads, one per connection. A subclass's `answer(s, head,
+    pending)` gets each request's head and what came behind it, and returns what is still
+    unread behind the request (None: close). `context` is the server's; `receive_buffer`, if
+    given, its SO_RCVBUF."""
+
+    def __init__(self, context, receive_buffer=None):
+        self.context = context
+        self.listener = socket.socket()
+        if receive_buffer:
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.stopping = False
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while not self.stopping:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.handshake, args=(conn,), daemon=True).start()
+
+    def handshake(self, raw):
+        try:
+            with self.context.wrap_socket(raw, server_side=True) as s:
+                s.settimeout(20)
+                self.serve(s)
+        except (OSError, ssl.SSLError):
+            return
+
+    def serve(self, s):
+        pending = b""
+        while not self.stopping and pending is not None:
+            while b"\r\n\r\n" not in pending:
+                data = s.recv(65536)
+                if not data:
+                    return
+                pending += data
+            head, pending = pending.split(b"\r\n\r\n", 1)
+            pending = self.answer(s, head, pending)
+
+    def stop(self):
+        self.stopping = True
+        self.listener.close()
+        return ""
+
+
+class SlowCbcBackend(ThreadedTlsBackend):
     """A TLS backend that reads request bodies slowly, over TLS 1.2 with a CBC cipher and no
     encrypt-then-MAC: the kind of peer with which OpenSSL writes several records in one call
     (its multiblock ciphers), and the proxy's writes to it fill the socket and must be resumed.
     It answers each request with the body's length and SHA-256."""
 
     def __init__(self, pem, key):
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(pem, key)
-        self.context.minimum_version = self.context.maximum_version = ssl.TLSVersion.TLSv1_2
-        self.context.set_ciphers("ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA")
-        self.context.options |= 0x80000  # SSL_OP_NO_ENCRYPT_THEN_MAC (not in the ssl module)
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)  # fills soon
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.port = self.listener.getsockname()[1]
-        self.stopping = False
-        threading.Thread(target=self.accept, daemon=True).start()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(pem, key)
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers("ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA")
+        context.options |= 0x80000  # SSL_OP_NO_ENCRYPT_THEN_MAC (not in the ssl module)
+        super().__init__(context, receive_buffer=32768)  # fills soon
 
-    def accept(self):
-        while not self.stopping:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
-
-    def serve(self, raw):
-        try:
-            with self.context.wrap_socket(raw, server_side=True) as s:
-                s.settimeout(20)
-                pending = b""
-                while not self.stopping:
-                    while b"\r\n\r\n" not in pending:
-                        data = s.recv(65536)
-                        if not data:
-                            return
-                        pending += data
-                    head, pending = pending.split(b"\r\n\r\n", 1)
-                    match = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
-                    left = int(match.group(1)) if match else 0
-                    digest = hashlib.sha256(pending[:left])
-                    received = min(left, len(pending))
-                    pending = pending[left:]
-                    while received < left:
-                        data = s.recv(min(8192, left - received))
-                        if not data:
-                            return
-                        digest.update(data)
-                        received += len(data)
-                        time.sleep(0.001)
-                    body = b"%d %s\n" % (received, digest.hexdigest().encode())
-                    s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
-                              + body)
-        except (OSError, ssl.SSLError):
-            return
-
-    def stop(self):
-        self.stopping = True
-        self.listener.close()
-        return ""
+    def answer(self, s, head, pending):
+        match = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        left = int(match.group(1)) if match else 0
+        digest = hashlib.sha256(pending[:left])
+        received = min(left, len(pending))
+        while received < left:
+            data = s.recv(min(8192, left - received))
+            if not data:
+                return None
+            digest.update(data)
+            received += len(data)
+            time.sleep(0.001)
+        body = b"%d %s\n" % (received, digest.hexdigest().encode())
+        s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        return pending[left:]
 
 
-class PausingTlsBackend:
+class PausingTlsBackend(ThreadedTlsBackend):
     """A TLS backend whose answer to GET /pause is a head, after 0.1 s one full TLS record of
     body (16384 bytes), after 1.5 s the rest (1000 bytes); to anything else (health checks) an
     empty 200 at once."""
     piece, rest = 16384, 1000
 
     def __init__(self, pem, key):
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(pem, key)
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.port = self.listener.getsockname()[1]
-        self.stopping = False
-        threading.Thread(target=self.accept, daemon=True).start()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(pem, key)
+        super().__init__(context)
 
-    def accept(self):
-        while not self.stopping:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
-
-    def serve(self, raw):
-        try:
-            with self.context.wrap_socket(raw, server_side=True) as s:
-                s.settimeout(20)
-                pending = b""
-                while not self.stopping:
-                    while b"\r\n\r\n" not in pending:
-                        data = s.recv(65536)
-                        if not data:
-                            return
-                        pending += data
-                    head, pending = pending.split(b"\r\n\r\n", 1)
-                    if not head.startswith(b"GET /pause "):
-                        s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-                        continue
-                    s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
-                              % (self.piece + self.rest))
-                    time.sleep(0.1)
-                    s.sendall(b"a" * self.piece)
-                    time.sleep(1.5)
-                    s.sendall(b"b" * self.rest)
-        except (OSError, ssl.SSLError):
-            return
-
-    def stop(self):
-        self.stopping = True
-        self.listener.close()
-        return ""
+    def answer(self, s, head, pending):
+        if not head.startswith(b"GET /pause "):
+            s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            return pending
+        s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (self.piece + self.rest))
+        time.sleep(0.1)
+        s.sendall(b"a" * self.piece)
+        time.sleep(1.5)
+        s.sendall(b"b" * self.rest)
+        return pending
 
 
 CA = None
@@ -261,6 +247,25 @@ send_proxy_protocol = true
 """ % (100 - green_weight, green_weight,
        ", ".join('{ name = "%s", address = "%s" }' % (b.name, b.address) for b in blue), green, tls,
        extra)
+
+
+def tls_blue_config(backend, extra=""):
+    """Blue: the one TLS `backend` (verified as backend.test), at 100%; green: a port where
+    nothing listens. `extra`: more TOML tables."""
+    return """
+[[listener]]
+address = "127.0.0.1:0"
+[routing]
+blue = 100
+green = 0
+[pools.blue]
+backends = [{ name = "blue-1", address = "127.0.0.1:%d" }]
+[pools.blue.tls]
+ca_file = "%s"
+server_name = "backend.test"
+[pools.green]
+backends = [{ name = "green-1", address = "127.0.0.1:%d" }]
+%s""" % (backend.port, CA.ca_file, free_port(), extra)
 
 
 def get(port, path="/", source="127.0.0.1", conn=None, headers=None):
@@ -444,24 +449,12 @@ class BackendTlsTest(ProcessTestCase):
         # upload failed (a review).
         backend = self.start(SlowCbcBackend(os.path.join(CA.dir, "backend.pem"),
                                             os.path.join(CA.dir, "backend.key")))
-        proxy = self.proxy("""
-[[listener]]
-address = "127.0.0.1:0"
+        proxy = self.proxy(tls_blue_config(backend, extra="""
 [server]
 buffer_size = 131072
-[routing]
-blue = 100
-green = 0
 [health]
 interval = "60s"
-[pools.blue]
-backends = [{ name = "blue-1", address = "127.0.0.1:%d" }]
-[pools.blue.tls]
-ca_file = "%s"
-server_name = "backend.test"
-[pools.green]
-backends = [{ name = "green-1", address = "127.0.0.1:%d" }]
-""" % (backend.port, CA.ca_file, free_port()))
+"""))
         payload = os.urandom(4 * 1048576 + 5)
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as s:
             s.sendall(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n"
@@ -486,20 +479,7 @@ backends = [{ name = "green-1", address = "127.0.0.1:%d" }]
         # segment), against 0.10 s (0.1 s of it the backend's own wait).
         backend = self.start(PausingTlsBackend(os.path.join(CA.dir, "backend.pem"),
                                                os.path.join(CA.dir, "backend.key")))
-        proxy = self.proxy("""
-[[listener]]
-address = "127.0.0.1:0"
-[routing]
-blue = 100
-green = 0
-[pools.blue]
-backends = [{ name = "blue-1", address = "127.0.0.1:%d" }]
-[pools.blue.tls]
-ca_file = "%s"
-server_name = "backend.test"
-[pools.green]
-backends = [{ name = "green-1", address = "127.0.0.1:%d" }]
-""" % (backend.port, CA.ca_file, free_port()))
+        proxy = self.proxy(tls_blue_config(backend))
         piece, rest = PausingTlsBackend.piece, PausingTlsBackend.rest
         self.assertEqual(get(proxy.port, "/warm")[0], 200)  # the backend connection, handshaken
 
