@@ -272,8 +272,9 @@ struct Limits {
     // since its start (Apache's mod_reqtimeout MinRate). 0: no minimum.
     std::uint64_t min_request_body_rate = 1024;
     std::size_t buffer_size = 16384;
-    // Bytes of a body relayed in a row, while neither side makes the relay wait, before the
-    // worker's other connections get a turn (each turn is a pass of its event loop).
+    // Bytes of a body read in a row (each read counting as a full buffer_size at least), while
+    // neither side makes the relay wait, before the worker's other connections get a turn (each
+    // turn is a pass of its event loop).
     std::size_t body_burst = 262144;
     // What is left of a body of known length, at least this large, between two plain sockets
     // is spliced (moved in the kernel, never copied through the proxy). 0: never.
