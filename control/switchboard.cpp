@@ -52,6 +52,7 @@ std::string needs_restart(const Config& current, const Config& fresh) {
     for (std::size_t i = 0; !listeners && i < fresh.listeners.size(); ++i) {
         listeners = fresh.listeners[i].address.text != current.listeners[i].address.text ||
                     fresh.listeners[i].smart_accept != current.listeners[i].smart_accept ||
+                    fresh.listeners[i].defer_accept != current.listeners[i].defer_accept ||
                     fresh.listeners[i].send_buffer != current.listeners[i].send_buffer;
     }
     if (listeners) {

@@ -1147,6 +1147,7 @@ ListenerConfig read_listener(TableReader& entry, const toml::node& item) {
     }
     entry.read_integer("max_connections", listener.max_connections, 0, 10000000);
     entry.read_bool("smart_accept", listener.smart_accept);
+    entry.read_bool("defer_accept", listener.defer_accept);
     entry.read_integer("send_buffer", listener.send_buffer, 0, 64 * 1024 * 1024);
     if (listener.send_buffer > 0 && listener.send_buffer < 4096) {
         entry.error_at(*entry.table().get("send_buffer"),

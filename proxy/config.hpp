@@ -219,6 +219,10 @@ struct ListenerConfig {
     // The request's ACK rides on the response instead of going alone (HAProxy's
     // tcp-smart-accept): the listener is set TCP_QUICKACK off, which accepted sockets inherit.
     bool smart_accept = true;
+    // A new connection is taken only once its first bytes have come (TCP_DEFER_ACCEPT,
+    // HAProxy's defer-accept, nginx's deferred), or after the kernel's first SYN-ACK
+    // retransmission (about 1 s) for one that stays silent: an HTTP client speaks first.
+    bool defer_accept = true;
     // SO_SNDBUF of accepted connections in bytes (HAProxy's tune.sndbuf.client, nginx's
     // sndbuf); 0: the kernel's autotuning.
     std::uint32_t send_buffer = 0;

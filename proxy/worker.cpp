@@ -124,6 +124,17 @@ bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
                 ec.assign(errno, boost::system::system_category());
             }
         }
+        if (!ec && config_->listeners[i].defer_accept) {
+            // The connection is woken, taken and read once, with its request there: without
+            // it, accept4 mostly came before the request, and a second wake-up read it.
+            // The kernel rounds the 1 s to one SYN-ACK retransmission, after which a silent
+            // client's ACK makes the connection acceptable (the header timeout then runs).
+            int one_second = 1;
+            if (::setsockopt(acceptor.native_handle(), IPPROTO_TCP, TCP_DEFER_ACCEPT, &one_second,
+                             sizeof(one_second)) != 0) {
+                ec.assign(errno, boost::system::system_category());
+            }
+        }
         if (!ec && config_->listeners[i].send_buffer > 0) {
             // Accepted connections inherit it (and lose the kernel's autotuning, up to ~4 MB
             // each: what a client that reads slowly holds of the kernel's memory).

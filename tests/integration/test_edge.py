@@ -1172,10 +1172,14 @@ address = "127.0.0.1:0"
         away, again and again (found by an outside probe). At the limit the oldest one opening
         for evict_opening_after makes room, as an idle keep-alive connection does."""
         # One worker: which connections make room is then certain (with two, the one that
-        # accepts asks the other; test_any_worker_makes_room_for_a_newcomer).
-        proxy = self.proxy(edge_config(tls_listener("a") + """
+        # accepts asks the other; test_any_worker_makes_room_for_a_newcomer). Without
+        # defer_accept the silent ones are taken at once; with it (the default) the kernel
+        # holds them for a second first, and then they are taken as here.
+        listener = tls_listener("a").replace("[listener.tls]", "defer_accept = false\n[listener.tls]")
+        proxy = self.proxy(edge_config(listener + """
 [[listener]]
 address = "127.0.0.1:0"
+defer_accept = false
 proxy_protocol = true
 proxy_protocol_from = ["127.0.0.1"]
 """, [self.blue], extra="[limits]\nmax_connections = 10\n"), workers=1)
@@ -1571,6 +1575,57 @@ class SmartAcceptTest(ProcessTestCase):
     def test_off_the_ack_goes_at_once(self):
         counts = self.counts('[[listener]]\naddress = "127.0.0.1:0"\nsmart_accept = false\n')
         self.assertEqual(counts, [(200, 3)] * 6)
+
+
+class DeferAcceptTest(ProcessTestCase):
+    """listener.defer_accept (HAProxy's defer-accept): a connection is taken once its request
+    has come, so one wake-up accepts and reads it; a silent one is taken about 1 s later."""
+
+    @staticmethod
+    def waiting_in_kernel(proxy_port, client_port):
+        """True while the proxy's side of the connection is still SYN-RECV: not yet taken."""
+        out = subprocess.run(["ss", "-tnH", "state", "syn-recv",
+                              "( sport = :%d and dport = :%d )" % (proxy_port, client_port)],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+        return out.strip() != ""
+
+    def listening(self, listener_extra):
+        blue = self.backend("blue-1")
+        return self.proxy(edge_config('[[listener]]\naddress = "127.0.0.1:0"\n' + listener_extra,
+                                      [blue], extra='[timeouts]\nclient_header = "1s"\n'))
+
+    def silent_connection_life(self, proxy):
+        """Connects, sends nothing; whether the proxy's side was still waiting in the kernel
+        0.3 s later, and when the proxy closed it (client_header after it was taken)."""
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            start = time.time()
+            time.sleep(0.3)
+            waiting = self.waiting_in_kernel(proxy.port, s.getsockname()[1])
+            self.assertEqual(s.recv(1), b"")  # the header timeout's close
+            return waiting, time.time() - start
+
+    def test_a_connection_is_taken_with_its_request_and_a_silent_one_a_second_later(self):
+        proxy = self.listening("")
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+            time.sleep(0.3)
+            self.assertTrue(self.waiting_in_kernel(proxy.port, s.getsockname()[1]))
+            start = time.time()
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            status, _, _, _ = read_response(s)
+            self.assertEqual(status, 200)
+            self.assertLess(time.time() - start, 0.5)
+        waiting, closed_after = self.silent_connection_life(proxy)
+        self.assertTrue(waiting)
+        # Taken at the kernel's first SYN-ACK resend (1 s), then client_header (1 s).
+        self.assertGreater(closed_after, 1.8)
+        self.assertLess(closed_after, 4.5)
+
+    def test_off_a_connection_is_taken_at_once(self):
+        proxy = self.listening("defer_accept = false\n")
+        waiting, closed_after = self.silent_connection_life(proxy)
+        self.assertFalse(waiting)
+        self.assertGreater(closed_after, 0.8)
+        self.assertLess(closed_after, 1.8)
 
 
 class ReadyzTest(ProcessTestCase):

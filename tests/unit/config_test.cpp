@@ -34,6 +34,7 @@ TEST_CASE("a minimal config gets the documented defaults") {
     CHECK(c.timeouts.client_header == std::chrono::seconds(10));
     CHECK(c.limits.max_request_body == 0);
     CHECK(c.listeners.at(0).smart_accept);
+    CHECK(c.listeners.at(0).defer_accept);
 }
 
 TEST_CASE("a listener's smart_accept is a boolean") {
@@ -43,6 +44,16 @@ TEST_CASE("a listener's smart_accept is a boolean") {
     CHECK(result.config->listeners.at(0).smart_accept);
     CHECK_FALSE(result.config->listeners.at(1).smart_accept);
     CHECK(first_error(std::string(minimal) + listener + "\"no\"\n").find("smart_accept") !=
+          std::string::npos);
+}
+
+TEST_CASE("a listener's defer_accept is a boolean") {
+    const std::string listener = "[[listener]]\naddress = \"127.0.0.1:8081\"\ndefer_accept = ";
+    auto result = bg::parse_config(std::string(minimal) + listener + "false\n", "t");
+    REQUIRE(result.errors.empty());
+    CHECK(result.config->listeners.at(0).defer_accept);
+    CHECK_FALSE(result.config->listeners.at(1).defer_accept);
+    CHECK(first_error(std::string(minimal) + listener + "1\n").find("defer_accept") !=
           std::string::npos);
 }
 
