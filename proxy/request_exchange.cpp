@@ -305,6 +305,7 @@ Task<bool> RequestExchange<Stream>::respond() {
         co_return false;
     }
     const RequestFacts facts = request_facts(*ex_.parser, config_.upgrade_protocols);
+    client_version_ = facts.version;
     if (const auto local = apply_max_forwards(ex_.parser->get())) {
         co_return co_await answer_here(*local, facts);
     }
@@ -894,7 +895,8 @@ Task<bool> RequestExchange<Stream>::answer_failure(Exchange outcome, const Reque
     WorkerStats& stats = conn_.worker.stats();
     // Without the whole request body read, the connection cannot carry another request.
     const bool body_read = ex_.parser->is_done();
-    const bool can_continue = body_read && facts.keep_alive && !conn_.worker.closing();
+    const bool can_continue =
+        body_read && facts.keep_alive && !conn_.worker.closing() && !conn_.last_request;
     switch (outcome) {
         case Exchange::response_ready:
             break;
@@ -923,28 +925,28 @@ Task<bool> RequestExchange<Stream>::answer_failure(Exchange outcome, const Reque
             co_return false;
         case Exchange::no_backend:
             co_await reply_error(http::status::service_unavailable, "no backend available",
-                                 !body_read);
+                                 !can_continue);
             co_return can_continue;
         case Exchange::unreachable:
-            co_await reply_error(http::status::bad_gateway, "no backend reachable", !body_read);
+            co_await reply_error(http::status::bad_gateway, "no backend reachable", !can_continue);
             co_return can_continue;
         case Exchange::out_of_descriptors:
             co_await reply_error(http::status::service_unavailable, "proxy out of file descriptors",
-                                 !body_read);
+                                 !can_continue);
             co_return can_continue;
         case Exchange::upstream_timeout:
             WorkerStats::add(stats.upstream_timeouts);
             co_await reply_error(http::status::gateway_timeout, "backend did not answer in time",
-                                 !body_read);
+                                 !can_continue);
             co_return can_continue;
         case Exchange::upstream_failed:
             WorkerStats::add(stats.upstream_broken_responses);
             co_await reply_error(http::status::bad_gateway, "backend failed before responding",
-                                 !body_read);
+                                 !can_continue);
             co_return can_continue;
         case Exchange::response_invalid:
             WorkerStats::add(stats.upstream_broken_responses);
-            co_await reply_error(http::status::bad_gateway, ex_.body_error, !body_read);
+            co_await reply_error(http::status::bad_gateway, ex_.body_error, !can_continue);
             co_return can_continue;
     }
     co_return false;
@@ -972,6 +974,8 @@ Task<bool> RequestExchange<Stream>::answer_here(const LocalAnswer& answer,
     if (!keep) {
         response.set(http::field::connection, "close");
         conn_.linger = true;
+    } else if (facts.version < 11) {
+        response.set(http::field::connection, "keep-alive");  // RFC 9112 C.2.2
     }
     write_response_head(response, ex_.head);
     conn_.deadline.arm(config_.timeouts.client_write, ConnectionDeadline::client);
@@ -1015,11 +1019,18 @@ Task<void> RequestExchange<Stream>::reply_error(http::status status, std::string
     response.set(http::field::content_length, std::to_string(body.size()));
     if (close || conn_.worker.closing()) {
         response.set(http::field::connection, "close");
+    } else if (client_version_ < 11) {
+        response.set(http::field::connection, "keep-alive");  // RFC 9112 C.2.2
     }
     conn_.linger = conn_.linger || close;
     write_response_head(response, ex_.head);
     conn_.deadline.arm(config_.timeouts.client_write, ConnectionDeadline::client);
-    std::array<asio::const_buffer, 2> out{asio::buffer(ex_.head), asio::buffer(body)};
+    // The answer to HEAD ends with its head (RFC 9110 9.3.2): a body after it would be read as
+    // the next response on the connection.
+    const bool head_only =
+        ex_.parser->is_header_done() && ex_.parser->get().method() == http::verb::head;
+    std::array<asio::const_buffer, 2> out{asio::buffer(ex_.head),
+                                          asio::buffer(body.data(), head_only ? 0 : body.size())};
     co_await conn_.relay.write_pieces(ex_, conn_.stream, out);
 }
 

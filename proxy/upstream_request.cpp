@@ -199,7 +199,15 @@ RequestFacts request_facts(const RequestParser& parser, const std::vector<std::s
     if (request.version() >= 11 && is_upgrade_request(request.base())) {
         // h2c and the like would make a tunnel of HTTP requests that no routing, limit or log
         // sees (Envoy and nginx switch only to protocols configured).
-        facts.upgrade_to = allowed_upgrade(request[http::field::upgrade], upgrades);
+        // Upgrade fields on several lines are one list (RFC 9110 5.3).
+        for (const auto& field : request) {
+            if (field.name() == http::field::upgrade) {
+                const std::string allowed = allowed_upgrade(field.value(), upgrades);
+                if (!allowed.empty()) {
+                    facts.upgrade_to.append(facts.upgrade_to.empty() ? "" : ", ").append(allowed);
+                }
+            }
+        }
         facts.upgrade = !facts.upgrade_to.empty();
     }
     return facts;

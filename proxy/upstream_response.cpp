@@ -106,12 +106,15 @@ ResponsePlan rewrite_response_head(ResponseParser& parser, const RequestFacts& f
 
     strip_response_hop_fields(response, plan.switching);
     plan.keep_alive = may_stay;
-    if (const auto length = parser.content_length();
-        length && (response.count(http::field::content_length) > 1 ||
-                   response[http::field::content_length].find(',') != std::string_view::npos)) {
-        // The length as the proxy read it, once: never a list ("3, 3") nor repeated fields
-        // passed on (RFC 9110 8.6, RFC 9112 6.3).
-        response.content_length(*length);
+    if (const auto length = parser.content_length(); length) {
+        const std::string_view text = response[http::field::content_length];
+        if (response.count(http::field::content_length) > 1 ||
+            text.find(',') != std::string_view::npos || (text.size() > 1 && text.front() == '0')) {
+            // The length as the proxy read it, once: never a list ("3, 3") nor repeated fields
+            // passed on (RFC 9110 8.6, RFC 9112 6.3), nor leading zeros that a client might
+            // read as octal (as a request's are rewritten).
+            response.content_length(*length);
+        }
     }
     if (status == 204 || plan.switching) {
         // These never have a body, so no length either (RFC 9110 8.6): a client that read one

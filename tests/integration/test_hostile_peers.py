@@ -214,6 +214,16 @@ allowed_networks = ["127.0.0.0/8"]
         out = raw_exchange(self.proxy_.port, b"GET /differ HTTP/1.1\r\nHost: x\r\n\r\n", timeout=3)
         self.assertEqual(status_of(out), 502, out[:200])
 
+    def test_a_response_length_with_leading_zeros_reaches_the_client_without_them(self):
+        """As a request's: a client reading the digits as octal would frame the body otherwise
+        (found by an outside probe: 'Content-Length: 010' went on as it came)."""
+        self.start_proxy(lambda request, index, conn:
+                         b"HTTP/1.1 200 OK\r\nContent-Length: 010\r\n\r\n0123456789")
+        out = raw_exchange(self.proxy_.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        head, _, body = out.partition(b"\r\n\r\n")
+        self.assertIn(b"\r\nContent-Length: 10\r\n", head)
+        self.assertEqual(body, b"0123456789")
+
     def test_no_length_on_a_204_or_a_101(self):
         """Neither has a body (RFC 9110 8.6); a length passed on makes a client wait for bytes
         that belong to the tunnel or to nothing (found by fuzz_response)."""
@@ -585,6 +595,46 @@ class UnderscoreFieldsTest(ProxyWithScriptedBackend):
         self.assertIn("x_forwarded_for", names)
 
 
+class ProxyErrorAnswerTest(ProxyWithScriptedBackend):
+    """The proxy's own error answers (502, 503, 504) frame like any response: none to HEAD has a
+    body, and each says whether the connection stays (found by an outside probe: a 502 to HEAD
+    carried its 50-byte text, which a client reusing the connection read as the start of the
+    next response, and a 502 to 'Connection: close' said nothing of the close)."""
+
+    @staticmethod
+    def failing(request, index, conn):
+        if request[1] == b"/fail":
+            return None  # closes without a word: 502
+        return ok_response(b"next")
+
+    def test_the_answer_to_head_ends_with_its_head(self):
+        self.start_proxy(self.failing)
+        s = self.connect()
+        s.sendall(b"HEAD /fail HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+        out = read_until(s, lambda data: b"\r\n\r\n" in data)
+        head, _, rest = out.partition(b"\r\n\r\n")
+        self.assertEqual(status_of(head), 502, head)
+        self.assertIn(b"\r\nContent-Length: ", head)  # what a GET would have had
+        # The next bytes are the next response's, not a body's.
+        status, _, body, _ = read_response(s, pending=rest)
+        self.assertEqual((status, body), (200, b"next"))
+
+    def test_it_says_whether_the_connection_stays(self):
+        self.start_proxy(self.failing)
+        s = self.connect()
+        s.sendall(b"GET /fail HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        status, fields, _, _ = read_response(s)
+        self.assertEqual((status, dict(fields).get("connection")), (502, "close"))
+        self.assertEqual(s.recv(1), b"")
+        s = self.connect()
+        s.sendall(b"GET /fail HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        status, fields, _, _ = read_response(s)
+        self.assertEqual((status, dict(fields).get("connection")), (502, "keep-alive"))
+        s.sendall(b"GET /after HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        status, _, body, _ = read_response(s)
+        self.assertEqual((status, body), (200, b"next"))
+
+
 class UpgradeTest(ProxyWithScriptedBackend):
     """Only [server] upgrade_protocols go through (websocket by default): an h2c upgrade would
     make a tunnel of HTTP/2 requests that no routing, limit or log sees (failed on 3351e3b: the
@@ -626,6 +676,18 @@ class UpgradeTest(ProxyWithScriptedBackend):
         self.start_proxy(self.switch_to(b"websocket"))
         s = self.connect()
         s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nConnection: Upgrade\r\n"
+                  b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        out = read_until(s, lambda data: b"\r\n\r\n" in data)
+        self.assertEqual(status_of(out), 101, out[:200])
+        self.assertEqual(dict(self.upstream.requests()[0][3]).get("upgrade"), "websocket")
+
+    def test_upgrade_fields_on_two_lines_are_one_list(self):
+        """RFC 9110 5.3 (was: only the first line was read, so an allowed protocol on a second
+        one went unseen; found by an outside probe)."""
+        self.start_proxy(self.switch_to(b"websocket"))
+        s = self.connect()
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
                   b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
                   b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
         out = read_until(s, lambda data: b"\r\n\r\n" in data)
