@@ -835,6 +835,11 @@ Task<bool> RequestExchange<Stream>::relay_response(UpstreamLease& lease,
     // it.
     if (complete && ex_.parser->is_done() && ex_.response_parser->keep_alive() &&
         !plan.until_close && ex_.upstream_buffer.size() == 0 && !conn_.close_watch.client_gone()) {
+        if (plan.no_body) {
+            // A body the backend sent anyway (to HEAD, a 204, a 304: the usual stray bytes)
+            // must come before the next request does (UpstreamStream::acknowledge_received).
+            lease.stream().acknowledge_received();
+        }
         conn_.upstreams.keep(lease);
     }
     co_return plan.keep_alive&& complete;

@@ -98,20 +98,21 @@ void UpstreamPool::give_back(std::uint32_t backend_id, UpstreamStream stream) {
         return;
     }
     const std::uint64_t serial = next_serial_++;
-    list.push_back(Idle{std::move(stream), std::chrono::steady_clock::now(), serial});
-    arm_watch();
+    const auto now = std::chrono::steady_clock::now();
+    list.push_back(Idle{std::move(stream), now, serial});
+    arm_watch(now + watch_after_);
     arm_sweep();
 }
 
 // A connection is watched once it has sat idle for watch_after. Under load most are leased
 // again sooner, and a watch started on each would cost it a syscall (asio's first peek is
 // tried at once) for nothing.
-void UpstreamPool::arm_watch() {
+void UpstreamPool::arm_watch(std::chrono::steady_clock::time_point when) {
     if (watch_armed_) {
         return;
     }
     watch_armed_ = true;
-    watch_timer_.expires_after(watch_after_);
+    watch_timer_.expires_at(when);
     // On cancellation (close_all, or the pool being destroyed) `this` must not be touched.
     watch_timer_.async_wait([this](boost::system::error_code ec) {
         if (ec) {
@@ -123,21 +124,25 @@ void UpstreamPool::arm_watch() {
 }
 
 void UpstreamPool::watch_the_settled() {
-    const auto settled = std::chrono::steady_clock::now() - watch_after_;
-    bool young_left = false;
+    const auto now = std::chrono::steady_clock::now();
+    const auto settled = now - watch_after_;
+    // Next when the oldest connection left unwatched settles: each is watched at watch_after
+    // (not up to twice that, as when the timer was set for a full watch_after each time), the
+    // timer firing at most four times per watch_after.
+    std::optional<std::chrono::steady_clock::time_point> next;
     for (std::uint32_t id = 0; id < idle_.size(); ++id) {
         auto& list = idle_[id];
         // Newest at the back; the watched, oldest, at the front.
         for (auto it = list.rbegin(); it != list.rend() && !it->watched; ++it) {
             if (it->since > settled) {
-                young_left = true;
+                next = std::min(next.value_or(it->since), it->since);
             } else {
                 watch(id, *it);
             }
         }
     }
-    if (young_left) {
-        arm_watch();
+    if (next) {
+        arm_watch(std::max(*next + watch_after_, now + watch_after_ / 4));
     }
 }
 
@@ -151,6 +156,8 @@ UpstreamPool::Idle* UpstreamPool::find(std::uint32_t backend_id, std::uint64_t s
 
 void UpstreamPool::watch(std::uint32_t backend_id, Idle& idle) {
     idle.watched = true;
+    // Bytes the backend's stack holds back for the ACK of its response come now, and are seen.
+    idle.stream.acknowledge_received();
     // A one-byte peek rather than async_wait, which asio starts with an epoll_ctl each time:
     // asio 1.81 tries a read op at once (one recv, EAGAIN when idle as it should be), so a byte
     // already there is seen too, then queues it without a syscall. On cancellation (leased,

@@ -78,7 +78,7 @@ class UpstreamPool {
         std::uint64_t address = 0;  // the server it came from (a reload may move the backend)
     };
     Idle* find(std::uint32_t backend_id, std::uint64_t serial);
-    void arm_watch();
+    void arm_watch(std::chrono::steady_clock::time_point when);
     void watch_the_settled();
     void watch(std::uint32_t backend_id, Idle& idle);
     void readable(std::uint32_t backend_id, std::uint64_t serial);

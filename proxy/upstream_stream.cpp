@@ -1,5 +1,7 @@
 #include "upstream_stream.hpp"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/bio.h>
 #include <openssl/ssl.h>
 #include <sys/socket.h>
@@ -29,6 +31,11 @@ bool UpstreamStream::may_have_sent() {
         return true;
     }
     return input_seen_since_drained(socket());
+}
+
+void UpstreamStream::acknowledge_received() {
+    int one = 1;
+    ::setsockopt(socket().native_handle(), IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
 }
 
 bool UpstreamStream::still_open() {

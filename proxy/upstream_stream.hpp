@@ -49,6 +49,13 @@ class UpstreamStream {
     // emptied the socket: false only when the poller has reported no input since
     // (socket_drain.hpp) and, under TLS, OpenSSL holds no records.
     bool may_have_sent();
+    // Acknowledges what was received now, not with the next request: Linux delays the ACK of
+    // a response (up to 40 ms on a request-response connection), and a backend whose stack
+    // holds a small write until its last ones are acknowledged (Nagle) would hold any bytes
+    // it wrote after the response until the next request went, when they would arrive as its
+    // answer, a desync no check can see. Acknowledged, they come at once, and the poller's
+    // report closes the connection before reuse. A segment of its own: not for every response.
+    void acknowledge_received();
 
     template <class MutableBuffers, class Token>
     auto async_read_some(const MutableBuffers& buffers, Token&& token) {
