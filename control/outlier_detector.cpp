@@ -77,6 +77,16 @@ OutlierDetector::Verdicts OutlierDetector::observe(
                 restart_run(b);
             }
         }
+        // Its rates too: a flip onto a colour that failed its previews, or was reverted for
+        // errors and then mended, was reverted again at once for those errors (an outside
+        // probe: "green error rate 86% over 35 requests", none of them after the flip).
+        std::optional<Sample>& gained_after = share_gained_after_[index_of(colour)];
+        if (takes_traffic && !had_share_[index_of(colour)] && samples_.size() >= 2) {
+            gained_after = samples_[samples_.size() - 2];
+        } else if (!takes_traffic || (gained_after && gained_after->at <= oldest.at)) {
+            gained_after.reset();
+        }
+        const Sample& start = gained_after ? *gained_after : oldest;
         had_share_[index_of(colour)] = takes_traffic;
         // Nor before a request has outwaited what the service's answers take (both colours':
         // a release serves the same requests): a backend holding two legitimately slow
@@ -85,8 +95,8 @@ OutlierDetector::Verdicts OutlierDetector::observe(
         // outwait them all.
         const Duration ordinary = ordinary_wait(now);
         for (const Backend& b : pool.backends) {
-            std::uint64_t requests = at(newest.requests, b.id) - at(oldest.requests, b.id);
-            std::uint64_t failures = at(newest.failures, b.id) - at(oldest.failures, b.id);
+            std::uint64_t requests = at(newest.requests, b.id) - at(start.requests, b.id);
+            std::uint64_t failures = at(newest.failures, b.id) - at(start.failures, b.id);
             colour_requests += requests;
             colour_failures += failures;
             if (ejections_.contains(b.name)) {

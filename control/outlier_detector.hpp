@@ -118,7 +118,11 @@ class OutlierDetector {
     std::map<std::string, Clock::time_point> returned_at_;  // the last return from an ejection
     std::map<std::string, SinceReturn> since_return_;
     std::map<std::string, RunSeen> runs_seen_;
-    std::array<bool, 2> had_share_{};      // by colour, at the last look
+    std::array<bool, 2> had_share_{};  // by colour, at the last look
+    // By colour: the last look before it gained its share, while that is inside the window.
+    // Its rates count from there (what came before, previews of a broken build, errors of a
+    // share reverted, is not its next canary's).
+    std::array<std::optional<Sample>, 2> share_gained_after_{};
     std::set<std::string> checks_failed_;  // backends the active checks had down at the last sample
     std::vector<AnswerWaits> last_answer_waits_;  // as of the last load, by backend id
     // When a try (of either colour) was last answered in each wait bucket (epoch: never).

@@ -196,6 +196,36 @@ bg::RoutingTable with_green(const bg::RoutingTable& table, std::uint32_t green_b
     return bg::RoutingTable(table.version() + 1, std::move(pools));
 }
 
+TEST_CASE(
+    "a colour that gains a share is judged on what comes after: previews and a reverted "
+    "share's errors are not its next canary's") {
+    // Found by an outside probe: green failed 30 previews, was mended (5 previews answered), and
+    // was flipped to; the guard reverted it 0.25 s later for "green error rate 86% over 35
+    // requests", none of them after the flip.
+    bg::OutlierConfig config;
+    config.error_rate = 0.5;
+    config.min_requests = 10;
+    config.window = std::chrono::seconds(10);
+    bg::OutlierDetector detector(config);
+    auto table = two_by_two();
+    const auto idle_green = with_green(table, 0);
+    auto t0 = Clock::now();
+    const auto at = [&](int ms) { return t0 + std::chrono::milliseconds(ms); };
+    detector.observe(idle_green, counts({0, 0, 0, 0}, {0, 0, 0, 0}), at(0), std::nullopt, {});
+    detector.observe(idle_green, counts({0, 0, 15, 20}, {0, 0, 15, 15}), at(1000), std::nullopt,
+                     {});
+    // Flipped: green's share, its next 12 requests answered but one.
+    auto v = detector.observe(table, counts({0, 0, 21, 26}, {0, 0, 16, 15}), at(2000),
+                              bg::Colour::green, {});
+    CHECK_FALSE(v.failed_colour.has_value());
+    CHECK(v.ejected.empty());
+    // Failing after the flip is judged as ever.
+    v = detector.observe(table, counts({0, 0, 31, 36}, {0, 0, 26, 25}), at(3000), bg::Colour::green,
+                         {});
+    REQUIRE(v.failed_colour.has_value());
+    CHECK(v.colour_reason.find("over 32 requests") != std::string::npos);
+}
+
 TEST_CASE("failures in a row count however far apart they come") {
     // From a review: a run forgotten after standing still a window (10 s) never reached 5 on a
     // canary getting a try every 15 s; no other passive rule sees so few requests.
