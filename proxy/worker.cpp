@@ -241,11 +241,15 @@ boost::system::error_code Worker::accept_one(Socket& listening, std::size_t list
             ::close(descriptor);
             return ec;
         }
-        // Its request is rarely there yet: the first read waits for the poller (whose new
-        // registration of the socket reports bytes that are) rather than trying a recv first.
-        // Marked here, at the registration: a socket that waits for room (borrow_room) keeps
-        // what the poller reports meanwhile, which no later event would repeat.
-        assume_drained(socket);
+        // Without defer_accept its request is rarely there yet: the first read waits for the
+        // poller (whose new registration of the socket reports bytes that are) rather than
+        // trying a recv first. Marked here, at the registration: a socket that waits for room
+        // (borrow_room) keeps what the poller reports meanwhile, which no later event would
+        // repeat. With it, the request is there (or the client stayed silent a second): read
+        // at once, without a turn of the event loop first.
+        if (!config_->listeners[listener].defer_accept) {
+            assume_drained(socket);
+        }
         accepted(std::move(socket), listener, peer);
         return {};
     }
@@ -466,6 +470,11 @@ void Worker::refuse(Socket& socket, std::size_t listener) {
         socket.non_blocking(true, ignored);
         socket.send(answer, 0, ignored);
         socket.shutdown(Socket::shutdown_send, ignored);
+        // The request unread at close would make the kernel reset the connection at once, and
+        // a client (or a load balancer) may drop the 503 for the reset: read what came (with
+        // defer_accept, the request is always there). At most one read: the rest is the
+        // client's to lose. (MSG_TRUNC: TCP discards it, copying nothing.)
+        ::recv(socket.native_handle(), nullptr, 65536, MSG_DONTWAIT | MSG_TRUNC);
     }
     socket.close(ignored);
 }
