@@ -130,7 +130,8 @@ OutlierDetector::Verdicts OutlierDetector::observe(
                 }
             }
             const bool ejectable = ejection_leaves_enough(pool, b);
-            const bool stalled = takes_traffic && holds_requests(pool, b, load, ordinary);
+            const char* witness = takes_traffic ? holds_requests(pool, b, load, ordinary) : nullptr;
+            const bool stalled = witness != nullptr;
             const bool consecutive = failing_in_a_row(b, ejectable);
             const double rate =
                 requests > 0 ? static_cast<double>(failures) / static_cast<double>(requests) : 0;
@@ -162,8 +163,7 @@ OutlierDetector::Verdicts OutlierDetector::observe(
                  : stalled
                      ? "oldest request waiting " + std::to_string(at(load.oldest_wait_ms, b.id)) +
                            "ms for a response, longer than the service's answers (" +
-                           std::to_string(ordinary.count()) +
-                           "ms) and its peers' waits, while a peer answers"
+                           std::to_string(ordinary.count()) + "ms) and its peers' waits, " + witness
                      : "error rate " + percent(rate) + " of " + std::to_string(requests) +
                            " requests (threshold " + percent(config_.error_rate) + ")") +
                 ", ejected for " + std::to_string(length.count()) + "ms";
@@ -267,13 +267,13 @@ bool OutlierDetector::failing_in_a_row(const Backend& b, bool ejectable) {
 }
 
 // Whether `b` holds its requests without answering (see OutlierConfig::stalled_after).
-bool OutlierDetector::holds_requests(const ColourPool& pool, const Backend& b,
-                                     const DataPlaneLoad& load, Duration ordinary) const {
+const char* OutlierDetector::holds_requests(const ColourPool& pool, const Backend& b,
+                                            const DataPlaneLoad& load, Duration ordinary) const {
     const Duration waited(at(load.oldest_wait_ms, b.id));
     const auto waited_ms = static_cast<std::uint64_t>(waited.count());
     if (config_.stalled_after <= Duration(0) || waited < config_.stalled_after ||
         waited <= ordinary) {
-        return false;
+        return nullptr;
     }
     // A peer that answers: it answered a request begun after the stalled one (a pool slow as a
     // whole answers nothing that recent; a hung backend back from an ejection answered nothing
@@ -296,8 +296,8 @@ bool OutlierDetector::holds_requests(const ColourPool& pool, const Backend& b,
     // them because the clients are stuck on this one (one client sending one request at a
     // time waited upstream_try, 10 s, on every other request, and the backend went only after
     // five timeouts in a row, 50 s in). A peer that holds requests too is no such witness.
-    peer_answers = peer_answers || (peer_in_routing && peers_wait == Duration(0) &&
-                                    waited >= config_.stalled_alone_after);
+    const bool idle_peers = !peer_answers && peer_in_routing && peers_wait == Duration(0) &&
+                            waited >= config_.stalled_alone_after;
     // And `b` answered none of the requests begun a good while (half of stalled_after) after
     // its oldest: a backend that answers what it is sent is slow on some endpoint, not
     // holding. (Requests read as the backend hung may still be answered.)
@@ -308,7 +308,10 @@ bool OutlierDetector::holds_requests(const ColourPool& pool, const Backend& b,
     // peer while one slow request is in flight, so one alone is weak evidence (a healthy
     // backend serving a 3 s report was ejected and the report run twice).
     const bool held = at(load.stalled_waits, b.id) >= 2 || waited >= config_.stalled_alone_after;
-    return peer_answers && held && waited > peers_wait && !answers_newer;
+    if (!(peer_answers || idle_peers) || !held || waited <= peers_wait || answers_newer) {
+        return nullptr;
+    }
+    return peer_answers ? "while a peer answers" : "while its peers have nothing waiting";
 }
 
 void OutlierDetector::note_answer_waits(const RoutingTable& table, const DataPlaneLoad& load,

@@ -97,9 +97,10 @@ class OutlierDetector {
                            Clock::time_point now);
     // Whether `b` holds its requests without answering: its oldest has outwaited `ordinary`
     // (what the service's answers take), stalled_after and its peers' waits, and a peer
-    // answers what it is sent while `b` does not.
-    bool holds_requests(const ColourPool& pool, const Backend& b, const DataPlaneLoad& load,
-                        Duration ordinary) const;
+    // answers what it is sent while `b` does not (or, past stalled_alone_after, its peers have
+    // nothing waiting). Its witness, for the reason ("while a peer answers"...), or nullptr.
+    const char* holds_requests(const ColourPool& pool, const Backend& b, const DataPlaneLoad& load,
+                               Duration ordinary) const;
     // The longest wait an answer (of either colour) took within slow_answer_memory, rounded up
     // to its bucket; at least stalled_alone_after while answers have come for less than that.
     Duration ordinary_wait(Clock::time_point now) const;

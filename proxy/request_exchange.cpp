@@ -64,13 +64,15 @@ Exchange connect_failure(Connected connected) {
 // Marks the session as waiting for a response head while in scope (for the stall check).
 class AwaitingResponse {
   public:
-    AwaitingResponse(SessionHandle& handle, bool retryable) : handle_(handle) {
+    AwaitingResponse(SessionHandle& handle, bool retryable, bool after_cut) : handle_(handle) {
         handle_.awaiting_since = CoarseClock::now();
         handle_.awaiting_retryable = retryable;
+        handle_.awaiting_after_cut = after_cut;
     }
     ~AwaitingResponse() {
         handle_.awaiting_since = {};
         handle_.awaiting_retryable = false;
+        handle_.awaiting_after_cut = false;
     }
     AwaitingResponse(const AwaitingResponse&) = delete;
     AwaitingResponse& operator=(const AwaitingResponse&) = delete;
@@ -404,6 +406,8 @@ Task<Exchange> RequestExchange<Stream>::forward(RoutingTablePtr& table, Colour c
         }
         if (!conn_.handle().try_cut) {
             record_try(lease.backend(), outcome);  // a cut is the proxy's doing, not the backend's
+        } else {
+            cut_before_ = true;
         }
         const bool failed =
             outcome == Exchange::upstream_failed || outcome == Exchange::upstream_timeout;
@@ -652,8 +656,10 @@ Task<Exchange> RequestExchange<Stream>::read_response_head(UpstreamStream& strea
     conn_.deadline.arm(try_limit(), ConnectionDeadline::upstream);
     // A request a preview header pins to its colour is not cut: it was sent there on purpose.
     const bool preview_pinned = colour_pinned_ && !sticky_pinned_;
-    AwaitingResponse awaiting(conn_.handle(), facts.idempotent && tries_left_ && !preview_pinned &&
-                                                  !body_started_ && !interim_sent_);
+    AwaitingResponse awaiting(
+        conn_.handle(),
+        facts.idempotent && tries_left_ && !preview_pinned && !body_started_ && !interim_sent_,
+        cut_before_);
     std::size_t checked = 0;
     HeadRead read;
     ResponseRefusal refusal;

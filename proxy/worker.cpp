@@ -622,7 +622,8 @@ void Worker::report_load(std::function<void(DataPlaneLoad)> done) {
             const std::uint32_t backend = session.upstream_backend;
             if (session.upstream != nullptr && backend < load.upstream_open.size()) {
                 ++load.upstream_open[backend];
-                if (session.awaiting_since != std::chrono::steady_clock::time_point{}) {
+                if (session.awaiting_since != std::chrono::steady_clock::time_point{} &&
+                    !session.awaiting_after_cut) {
                     const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(
                         now - session.awaiting_since);
                     load.oldest_wait_ms[backend] = std::max<std::uint64_t>(

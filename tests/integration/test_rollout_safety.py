@@ -620,6 +620,33 @@ class SlowEndpointTest(ProcessTestCase):
         self.assertEqual(failed, [])
 
 
+    def test_one_slow_request_on_a_quiet_proxy_moves_no_traffic(self):
+        """Found by an outside probe: one 6 s GET on a quiet proxy. Past stalled_alone_after its
+        backend was ejected (its idle peer standing witness) and the try cut; waiting on the peer
+        next, blue "answered nothing" and failed over to green until an operator's rollback, and
+        the GET ran a third time there (16 s). A try after a cut is the request's own slowness,
+        no evidence against its backend or its colour. (Timings scaled down.)"""
+        blue = [self.backend("blue-1"), self.backend("blue-2")]
+        green = [self.backend("green-1")]
+        proxy = self.proxy(config(blue, green, extra='[outlier]\nstalled_alone_after = "1s"\n'
+                                                     'colour_stalled_after = "1500ms"\n'))
+        started = time.time()
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=15)
+        conn.request("GET", "/report?delay=3000")
+        r = conn.getresponse()
+        r.read()
+        took = time.time() - started
+        status = proxy.status()
+        print("one 3 s GET on a quiet proxy: %d from %s in %.1f s; failover %s; cut %d"
+              % (r.status, r.getheader("X-Backend"), took, status["failover"],
+                 metric(proxy, "bgproxy_tries_cut_total")))
+        self.assertEqual(r.status, 200)
+        self.assertIsNone(status["failover"])
+        self.assertEqual(status["colours"]["green"]["weight"], 0)
+        self.assertTrue(r.getheader("X-Backend").startswith("blue"), r.getheader("X-Backend"))
+        self.assertLessEqual(metric(proxy, "bgproxy_tries_cut_total"), 1)
+
+
 class HungReleaseTest(ProcessTestCase):
     def test_a_release_that_hangs_everywhere_is_reverted_at_low_load(self):
         """Found by an outside probe: after a flip, green hung on every backend (requests read,
