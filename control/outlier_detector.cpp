@@ -35,6 +35,12 @@ void OutlierDetector::reset_window() {
     samples_.clear();
 }
 
+void OutlierDetector::colour_gains_share(Colour colour) {
+    if (!samples_.empty()) {
+        share_gained_after_[index_of(colour)] = samples_.back();
+    }
+}
+
 OutlierDetector::Verdicts OutlierDetector::observe(
     const RoutingTable& table, const DataPlaneLoad& load, Clock::time_point now,
     std::optional<Colour> watched, const std::map<std::string, bool>& active_healthy) {
@@ -81,7 +87,8 @@ OutlierDetector::Verdicts OutlierDetector::observe(
         // errors and then mended, was reverted again at once for those errors (an outside
         // probe: "green error rate 86% over 35 requests", none of them after the flip).
         std::optional<Sample>& gained_after = share_gained_after_[index_of(colour)];
-        if (takes_traffic && !had_share_[index_of(colour)] && samples_.size() >= 2) {
+        if (takes_traffic && !had_share_[index_of(colour)] && samples_.size() >= 2 &&
+            (!gained_after || gained_after->at < samples_[samples_.size() - 2].at)) {
             gained_after = samples_[samples_.size() - 2];
         } else if (!takes_traffic || (gained_after && gained_after->at <= oldest.at)) {
             gained_after.reset();

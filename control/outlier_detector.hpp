@@ -53,6 +53,10 @@ class OutlierDetector {
     const std::map<std::string, bool> ejected_map() const;
     // Forget the colour's history, e.g. after a revert, so old errors do not count twice.
     void reset_window();
+    // A change gives `colour` a share it did not have: its rates count from the last look.
+    // (Each look also sees a gain itself, but not one undone and redone between two looks:
+    // `rollback; set` 9 ms apart, as an outside probe sent them.)
+    void colour_gains_share(Colour colour);
 
   private:
     struct Sample {

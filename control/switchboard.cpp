@@ -1450,6 +1450,11 @@ void Switchboard::applied(Origin& origin, Staged staged, RoutingTablePtr table) 
     if (begins_candidacy(state_, next)) {
         canary_.reset();
     }
+    for (Colour c : all_colours) {
+        if (table_->pool(c).weight_bp == 0 && table->pool(c).weight_bp > 0) {
+            outlier_.colour_gains_share(c);
+        }
+    }
     state_ = next;
     table_ = std::move(table);
     if (config_ != staged.config) {

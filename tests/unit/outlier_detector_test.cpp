@@ -226,6 +226,37 @@ TEST_CASE(
     CHECK(v.colour_reason.find("over 32 requests") != std::string::npos);
 }
 
+TEST_CASE("a share lost and given again between two looks is judged on what comes after") {
+    // From a review: the looks saw green's share at both, so its reverted share's errors
+    // counted against the next one (a probe sent `rollback; set` 9 ms apart). The switchboard
+    // tells the detector of the gain as it applies the change.
+    bg::OutlierConfig config;
+    config.error_rate = 0.5;
+    config.min_requests = 10;
+    config.window = std::chrono::seconds(10);
+    bg::OutlierDetector detector(config);
+    auto table = two_by_two();
+    auto t0 = Clock::now();
+    const auto at = [&](int ms) { return t0 + std::chrono::milliseconds(ms); };
+    detector.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), at(0), bg::Colour::green, {});
+    auto v = detector.observe(table, counts({0, 0, 20, 20}, {0, 0, 20, 20}), at(250),
+                              bg::Colour::green, {});
+    REQUIRE(v.failed_colour.has_value());
+    detector.reset_window();                         // the revert (switchboard::handle_outlier)
+    detector.colour_gains_share(bg::Colour::green);  // `set green=50`, before the next look
+    v = detector.observe(table, counts({0, 0, 26, 26}, {0, 0, 20, 20}), at(500), bg::Colour::green,
+                         {});
+    CHECK_FALSE(v.failed_colour.has_value());
+    // Without the reset (a canary revert does none): the same.
+    bg::OutlierDetector other(config);
+    other.observe(table, counts({0, 0, 0, 0}, {0, 0, 0, 0}), at(0), bg::Colour::green, {});
+    other.observe(table, counts({0, 0, 20, 20}, {0, 0, 20, 20}), at(250), std::nullopt, {});
+    other.colour_gains_share(bg::Colour::green);
+    v = other.observe(table, counts({0, 0, 26, 26}, {0, 0, 20, 20}), at(500), bg::Colour::green,
+                      {});
+    CHECK_FALSE(v.failed_colour.has_value());
+}
+
 TEST_CASE("failures in a row count however far apart they come") {
     // From a review: a run forgotten after standing still a window (10 s) never reached 5 on a
     // canary getting a try every 15 s; no other passive rule sees so few requests.
