@@ -158,10 +158,12 @@ class ClientSession {
             // connection that has sent nothing yet (a flood of silent ones) costs none of it.
             // The peek that found nothing found no end of stream either: the next input is a
             // poller event, and the wait needs no syscall (socket_drain.hpp). A connection just
-            // accepted, with no input reported since (Worker::accept_one marked it drained at
-            // its registration, which reports a ClientHello already there), waits before it peeks,
-            // as a plain connection's first read does: a peek now would mostly find nothing. Not
-            // behind a PROXY header, whose reader's reads leave the mark their own.
+            // accepted without defer_accept, with no input reported since (Worker::accept_one
+            // marked it drained at its registration, which reports a ClientHello already there),
+            // waits before it peeks, as a plain connection's first read does: a peek now would
+            // mostly find nothing. With defer_accept it was not marked: the ClientHello is
+            // there, and the peek finds it. Not behind a PROXY header, whose reader's reads leave
+            // the mark their own.
             Socket& socket = conn_.socket();
             const bool behind_header = conn_.config.listeners[conn_.listener].proxy_protocol;
             FirstByte first{FirstByte::none_yet};

@@ -322,7 +322,8 @@ Socket Worker::lower_descriptor(Socket socket, std::size_t listener) {
         ::close(low);
         return socket;
     }
-    // A new registration, which reports the bytes already there (as at the accept).
+    // A new registration, which reports the bytes already there (as at an accept without
+    // defer_accept). Rare (a connection at the limit): the read after it waits one turn.
     assume_drained(lowered);
     // The old number leaves epoll before it closes: the duplicate keeps the file open, and the
     // kernel drops a registration only with the file, so asio's close (which leaves that to
