@@ -76,6 +76,39 @@ Socket waitable_listener(asio::io_context& io, Acceptor& acceptor, bool v6,
     return listening;
 }
 
+// One socket option on the listener; `ec` says why it failed.
+void set_option(Acceptor& acceptor, int level, int name, int value, boost::system::error_code& ec) {
+    if (::setsockopt(acceptor.native_handle(), level, name, &value, sizeof(value)) != 0) {
+        ec.assign(errno, boost::system::system_category());
+    }
+}
+
+// The listener's options its accepted connections inherit: no setsockopt per connection.
+void set_inherited_options(Acceptor& acceptor, const ListenerConfig& listener,
+                           boost::system::error_code& ec) {
+    acceptor.set_option(tcp::no_delay(true), ec);
+    if (!ec && listener.smart_accept) {
+        // Linux acknowledges a new connection's first segments at once ("quick ack"): the
+        // request's ACK went out alone, a segment per connection more than HAProxy sends.
+        // Off on the listener (accepted sockets inherit it), it is delayed, and the
+        // response carries it.
+        set_option(acceptor, IPPROTO_TCP, TCP_QUICKACK, 0, ec);
+    }
+    if (!ec && listener.defer_accept) {
+        // The connection is woken, taken and read once, with its request there: without
+        // it, accept4 mostly came before the request, and a second wake-up read it.
+        // The kernel rounds the 1 s to one SYN-ACK retransmission, after which a silent
+        // client's ACK makes the connection acceptable (the header timeout then runs).
+        set_option(acceptor, IPPROTO_TCP, TCP_DEFER_ACCEPT, 1, ec);
+    }
+    if (!ec && listener.send_buffer > 0) {
+        // Accepted connections inherit it (and lose the kernel's autotuning, up to ~4 MB
+        // each: what a client that reads slowly holds of the kernel's memory).
+        acceptor.set_option(
+            boost::asio::socket_base::send_buffer_size(static_cast<int>(listener.send_buffer)), ec);
+    }
+}
+
 }  // namespace
 
 bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
@@ -94,11 +127,7 @@ bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
         }
         if (!ec) {
             // Every worker binds the same port; the kernel spreads connections among them.
-            int one = 1;
-            if (::setsockopt(acceptor.native_handle(), SOL_SOCKET, SO_REUSEPORT, &one,
-                             sizeof(one)) != 0) {
-                ec.assign(errno, boost::system::system_category());
-            }
+            set_option(acceptor, SOL_SOCKET, SO_REUSEPORT, 1, ec);
         }
         if (!ec) {
             acceptor.bind(endpoint, ec);
@@ -110,37 +139,7 @@ bool Worker::bind(std::vector<std::uint16_t>& ports, std::string& error) {
             acceptor.native_non_blocking(true, ec);  // accept_ready takes until EAGAIN
         }
         if (!ec) {
-            // Accepted connections inherit it: no setsockopt per connection.
-            acceptor.set_option(tcp::no_delay(true), ec);
-        }
-        if (!ec && config_->listeners[i].smart_accept) {
-            // Linux acknowledges a new connection's first segments at once ("quick ack"): the
-            // request's ACK went out alone, a segment per connection more than HAProxy sends.
-            // Off on the listener (accepted sockets inherit it), it is delayed, and the
-            // response carries it.
-            int zero = 0;
-            if (::setsockopt(acceptor.native_handle(), IPPROTO_TCP, TCP_QUICKACK, &zero,
-                             sizeof(zero)) != 0) {
-                ec.assign(errno, boost::system::system_category());
-            }
-        }
-        if (!ec && config_->listeners[i].defer_accept) {
-            // The connection is woken, taken and read once, with its request there: without
-            // it, accept4 mostly came before the request, and a second wake-up read it.
-            // The kernel rounds the 1 s to one SYN-ACK retransmission, after which a silent
-            // client's ACK makes the connection acceptable (the header timeout then runs).
-            int one_second = 1;
-            if (::setsockopt(acceptor.native_handle(), IPPROTO_TCP, TCP_DEFER_ACCEPT, &one_second,
-                             sizeof(one_second)) != 0) {
-                ec.assign(errno, boost::system::system_category());
-            }
-        }
-        if (!ec && config_->listeners[i].send_buffer > 0) {
-            // Accepted connections inherit it (and lose the kernel's autotuning, up to ~4 MB
-            // each: what a client that reads slowly holds of the kernel's memory).
-            acceptor.set_option(asio::socket_base::send_buffer_size(
-                                    static_cast<int>(config_->listeners[i].send_buffer)),
-                                ec);
+            set_inherited_options(acceptor, config_->listeners[i], ec);
         }
         tcp::endpoint bound;
         if (!ec) {

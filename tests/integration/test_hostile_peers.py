@@ -670,29 +670,27 @@ class UpgradeTest(ProxyWithScriptedBackend):
         self.assertEqual(status_of(out), 502, out[:200])  # a 101 to h2c, which was not offered
         self.assertEqual(dict(self.upstream.requests()[0][3]).get("upgrade"), "WebSocket")
 
-    def test_upgrade_named_in_a_second_connection_field_is_an_upgrade(self):
-        """Connection is a list that may span fields (RFC 9110 5.3; was: only the first field
-        was read, so the request went on as a plain one without its Upgrade; found by review)."""
+    def switches_to_websocket(self, fields):
+        """A WebSocket upgrade with `fields` (Connection and Upgrade lines) switches, and the
+        backend is offered websocket alone."""
         self.start_proxy(self.switch_to(b"websocket"))
         s = self.connect()
-        s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nConnection: Upgrade\r\n"
-                  b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\n" + fields + b"Sec-WebSocket-Version: 13\r\n"
                   b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
         out = read_until(s, lambda data: b"\r\n\r\n" in data)
         self.assertEqual(status_of(out), 101, out[:200])
         self.assertEqual(dict(self.upstream.requests()[0][3]).get("upgrade"), "websocket")
 
+    def test_upgrade_named_in_a_second_connection_field_is_an_upgrade(self):
+        """Connection is a list that may span fields (RFC 9110 5.3; was: only the first field
+        was read, so the request went on as a plain one without its Upgrade; found by review)."""
+        self.switches_to_websocket(b"Connection: keep-alive\r\nConnection: Upgrade\r\n"
+                                   b"Upgrade: websocket\r\n")
+
     def test_upgrade_fields_on_two_lines_are_one_list(self):
         """RFC 9110 5.3 (was: only the first line was read, so an allowed protocol on a second
         one went unseen; found by an outside probe)."""
-        self.start_proxy(self.switch_to(b"websocket"))
-        s = self.connect()
-        s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
-                  b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-        out = read_until(s, lambda data: b"\r\n\r\n" in data)
-        self.assertEqual(status_of(out), 101, out[:200])
-        self.assertEqual(dict(self.upstream.requests()[0][3]).get("upgrade"), "websocket")
+        self.switches_to_websocket(b"Connection: Upgrade\r\nUpgrade: h2c\r\nUpgrade: websocket\r\n")
 
     def test_no_upgrades_at_all(self):
         self.start_proxy(self.switch_to(b"websocket"), extra="[server]\nupgrade_protocols = []\n")

@@ -1,5 +1,8 @@
 #include <doctest/doctest.h>
 
+#include <string>
+#include <utility>
+
 #include "config.hpp"
 
 namespace {
@@ -37,24 +40,20 @@ TEST_CASE("a minimal config gets the documented defaults") {
     CHECK(c.listeners.at(0).defer_accept);
 }
 
-TEST_CASE("a listener's smart_accept is a boolean") {
-    const std::string listener = "[[listener]]\naddress = \"127.0.0.1:8081\"\nsmart_accept = ";
-    auto result = bg::parse_config(std::string(minimal) + listener + "false\n", "t");
-    REQUIRE(result.errors.empty());
-    CHECK(result.config->listeners.at(0).smart_accept);
-    CHECK_FALSE(result.config->listeners.at(1).smart_accept);
-    CHECK(first_error(std::string(minimal) + listener + "\"no\"\n").find("smart_accept") !=
-          std::string::npos);
-}
-
-TEST_CASE("a listener's defer_accept is a boolean") {
-    const std::string listener = "[[listener]]\naddress = \"127.0.0.1:8081\"\ndefer_accept = ";
-    auto result = bg::parse_config(std::string(minimal) + listener + "false\n", "t");
-    REQUIRE(result.errors.empty());
-    CHECK(result.config->listeners.at(0).defer_accept);
-    CHECK_FALSE(result.config->listeners.at(1).defer_accept);
-    CHECK(first_error(std::string(minimal) + listener + "1\n").find("defer_accept") !=
-          std::string::npos);
+TEST_CASE("a listener's smart_accept and defer_accept are booleans, true by default") {
+    using Flag = bool bg::ListenerConfig::*;
+    for (const auto& [name, flag] :
+         {std::pair<std::string, Flag>{"smart_accept", &bg::ListenerConfig::smart_accept},
+          {"defer_accept", &bg::ListenerConfig::defer_accept}}) {
+        const std::string listener = "[[listener]]\naddress = \"127.0.0.1:8081\"\n" + name + " = ";
+        auto result = bg::parse_config(std::string(minimal) + listener + "false\n", "t");
+        REQUIRE(result.errors.empty());
+        CHECK(result.config->listeners.at(0).*flag);
+        CHECK_FALSE(result.config->listeners.at(1).*flag);
+        CHECK(first_error(std::string(minimal) + listener + "\"no\"\n").find(name) !=
+              std::string::npos);
+        CHECK(first_error(std::string(minimal) + listener + "1\n").find(name) != std::string::npos);
+    }
 }
 
 TEST_CASE("heap_trim_after is a byte count and heap_trim_delay a duration") {

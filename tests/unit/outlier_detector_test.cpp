@@ -196,16 +196,22 @@ bg::RoutingTable with_green(const bg::RoutingTable& table, std::uint32_t green_b
     return bg::RoutingTable(table.version() + 1, std::move(pools));
 }
 
+// Error rate 50% over at least 10 requests, in a 10 s window.
+bg::OutlierConfig half_failing_fails() {
+    bg::OutlierConfig config;
+    config.error_rate = 0.5;
+    config.min_requests = 10;
+    config.window = std::chrono::seconds(10);
+    return config;
+}
+
 TEST_CASE(
     "a colour that gains a share is judged on what comes after: previews and a reverted "
     "share's errors are not its next canary's") {
     // Found by an outside probe: green failed 30 previews, was mended (5 previews answered), and
     // was flipped to; the guard reverted it 0.25 s later for "green error rate 86% over 35
     // requests", none of them after the flip.
-    bg::OutlierConfig config;
-    config.error_rate = 0.5;
-    config.min_requests = 10;
-    config.window = std::chrono::seconds(10);
+    const bg::OutlierConfig config = half_failing_fails();
     bg::OutlierDetector detector(config);
     auto table = two_by_two();
     const auto idle_green = with_green(table, 0);
@@ -230,10 +236,7 @@ TEST_CASE("a share lost and given again between two looks is judged on what come
     // From a review: the looks saw green's share at both, so its reverted share's errors
     // counted against the next one (a probe sent `rollback; set` 9 ms apart). The switchboard
     // tells the detector of the gain as it applies the change.
-    bg::OutlierConfig config;
-    config.error_rate = 0.5;
-    config.min_requests = 10;
-    config.window = std::chrono::seconds(10);
+    const bg::OutlierConfig config = half_failing_fails();
     bg::OutlierDetector detector(config);
     auto table = two_by_two();
     auto t0 = Clock::now();
