@@ -514,7 +514,9 @@ int print_outcome(Connection& conn, const std::string& reply_line, const std::st
         } else {
             std::fprintf(stderr, "bgctl: refused: %s\n", str(obj.at("error")).c_str());
         }
-        return refused;
+        const json::value* usage_error = obj.if_contains("usage");
+        return usage_error != nullptr && usage_error->is_bool() && usage_error->as_bool() ? usage
+                                                                                          : refused;
     }
     if (as_json) {
         std::printf("%s\n", reply_line.c_str());

@@ -784,7 +784,11 @@ std::string Switchboard::execute(const Caller& caller, std::string line, Reply r
         if (audits_refusal(caller)) {
             audit_.append(audit_record(origin, "refused", nullptr, parsed.error));
         }
-        origin.reply(error_reply(parsed.error, state_.version));
+        // A command the proxy cannot read is a usage error (bgctl's exit code 2), whether
+        // bgctl's own parser or the proxy's found it.
+        json::object reply = error_reply(parsed.error, state_.version);
+        reply["usage"] = true;
+        origin.reply(reply);
         return id;
     }
     const Command& cmd = *parsed.command;
@@ -1431,7 +1435,12 @@ void Switchboard::follow_tunnel_deadlines(const RoutingState& next, const Routin
 // Every worker has the new table: the change is live. Audit, answer, tell the watchers.
 void Switchboard::applied(Origin& origin, Staged staged, RoutingTablePtr table) {
     const RoutingState& next = staged.next;
-    const std::string change = describe_change(state_, next);
+    std::string change = describe_change(state_, next);
+    if (staged.config != config_) {
+        // A reload's own change is its config (an outside probe: a reload that moved a backend
+        // answered "no change", so an operator could not tell it from one that read nothing new).
+        change = change == "no change" ? "config reloaded" : change + "; config reloaded";
+    }
     ++counts_.switches[staged.kind];
     counts_.last_switch_unix =
         std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();

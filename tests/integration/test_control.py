@@ -225,9 +225,13 @@ class ControlTest(ProcessTestCase):
                 self.assertFalse(reply["ok"])
                 self.assertIn(expected, reply["error"])
                 self.assertIn("nothing changed", reply["error"])
-        for args, expected in ((["set", "green=abc"], "percentage"), (["ready", "nope"], "unknown backend")):
+        # A command the proxy cannot read is a usage error (2) as one bgctl's parser finds (an
+        # outside probe: 1, as a refusal); one it reads and refuses is a refusal (1).
+        for args, expected, code in ((["set", "green=abc"], "percentage", 2),
+                                     (["drain", "blue-1", "blue-2"], "usage: drain", 2),
+                                     (["ready", "nope"], "unknown backend", 1)):
             r = proxy.bgctl(*args)
-            self.assertEqual(r.returncode, 1)
+            self.assertEqual(r.returncode, code, r)
             self.assertIn(expected, r.stderr)
         self.assertEqual(proxy.bgctl("no-such-verb").returncode, 2)
         self.assertEqual(proxy.status()["version"], before)
@@ -267,6 +271,8 @@ class ControlTest(ProcessTestCase):
             f.write(good.replace('{ name = "green-2"', '{ name = "green-3", address = "%s" }, { name = "green-2"' % extra.address))
         r = proxy.bgctl("reload")
         self.assertEqual(r.returncode, 0, r.stderr)
+        # Said so (an outside probe: "no change", as a reload that read nothing new).
+        self.assertIn("config reloaded", r.stdout)
         names = [b["name"] for b in proxy.status()["colours"]["green"]["backends"]]
         self.assertEqual(names, ["green-1", "green-3", "green-2"])
         # SIGHUP does the same.
