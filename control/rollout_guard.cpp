@@ -41,6 +41,19 @@ GuardDecision evaluate_guard(const RoutingState& state, const std::array<ColourH
     // (Not onto a stable colour that hung everywhere: its checks pass, and it answers nothing.)
     const bool stable_hung = state.failover && state.failover->stalled;
     if (candidate_failed && candidate_takes_traffic && !stable_failed && !stable_hung) {
+        if (state.failover && state.failover->weight_bp[index_of(candidate)] == 0) {
+            // It took traffic only to carry the failover, not as a release under test: back to
+            // the weights before it, unmarked (an outside probe: an outage of both colours left
+            // green marked failed, its alert firing and failover disarmed until `bgctl clear`).
+            GuardDecision back = evaluate_failback(state, health, rollout);
+            if (back.changed) {
+                back.reason = std::string(to_string(candidate)) +
+                              " failed while it carried the "
+                              "failover, and " +
+                              back.reason;
+                return back;
+            }
+        }
         return revert_to_stable(state, candidate,
                                 std::string(to_string(candidate)) + " failed (" +
                                     std::to_string(health[index_of(candidate)].healthy) + "/" +

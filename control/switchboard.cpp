@@ -225,6 +225,9 @@ std::array<ColourHealth, 2> Switchboard::guard_health(const RoutingState& state)
 }
 
 void Switchboard::handle_health(Origin origin, const HealthChange& change) {
+    const auto before = guard_health(state_);
+    const bool panic_before =
+        colour_failed(before[0], config_->rollout) && colour_failed(before[1], config_->rollout);
     health_[change.backend] = change.healthy;
     awaiting_first_check_.erase(change.backend);
     if (change.healthy) {
@@ -240,6 +243,13 @@ void Switchboard::handle_health(Origin origin, const HealthChange& change) {
                            {"change", origin.line}});
     GuardDecision decision = evaluate_guard(state_, guard_health(state_), config_->rollout);
     if (decision.changed) {
+        if (decision.kind == SwitchKind::failover && panic_before) {
+            // Both colours down (a shared dependency, say) and the idle one's checks passed a
+            // moment first: the stable colour did not fail on its own, and a 30 s hold on what
+            // may be an unvetted release is no guard against its flapping (an outside probe:
+            // blue back 0.3 s after green, green kept all traffic for failback_hold).
+            panic_failover_began_ = std::chrono::steady_clock::now();
+        }
         apply_guard(std::move(origin), std::move(decision));
         return;
     }
@@ -647,6 +657,9 @@ void Switchboard::publish(RoutingTablePtr table, std::shared_ptr<const Config> c
 // After any change: a failover whose stable colour is healthy again fails back after
 // failback_hold of continuous health (auto); a relapse restarts the wait.
 void Switchboard::consider_failback() {
+    if (!state_.failover) {
+        panic_failover_began_.reset();
+    }
     const bool due = state_.failover && config_->rollout.failback_auto &&
                      evaluate_failback(state_, guard_health(state_), config_->rollout).changed;
     if (!due) {
@@ -660,7 +673,12 @@ void Switchboard::consider_failback() {
         return;
     }
     failback_armed_ = true;
-    failback_timer_.expires_after(config_->rollout.failback_hold);
+    Duration hold = config_->rollout.failback_hold;
+    if (panic_failover_began_) {
+        hold = std::min(hold, std::chrono::duration_cast<Duration>(
+                                  std::chrono::steady_clock::now() - *panic_failover_began_));
+    }
+    failback_timer_.expires_after(hold);
     failback_timer_.async_wait([this](boost::system::error_code ec) {
         if (ec) {
             return;

@@ -339,6 +339,9 @@ class Switchboard {
     bool sample_again_ = false;               // and another was asked for meanwhile
     boost::asio::steady_timer failback_timer_;
     bool failback_armed_ = false;
+    // When the failover in force began, if it began as both colours left a panic (the other
+    // colour's checks passed first): its failback waits no longer than it had lasted.
+    std::optional<std::chrono::steady_clock::time_point> panic_failover_began_;
     boost::asio::steady_timer persist_timer_;
     bool persist_retry_armed_ = false;
     boost::asio::thread_pool persister_;  // one thread: saves, in order

@@ -113,6 +113,30 @@ class HealthTest(ProcessTestCase):
             set_health(b, 200)
         self.wait_for(lambda s: not s["panic"], 10)
 
+    def test_leaving_a_panic_the_idle_colour_first_holds_traffic_no_longer_than_that(self):
+        """Found by an outside probe: both colours down, then up again, green's checks passing
+        0.3 s before blue's: a failover to green (at 0%, maybe an unvetted release), held for
+        failback_hold (30 s). Begun as both left a panic, its failback waits no longer than the
+        failover had lasted."""
+        # Green down first: blue's fall is then a panic, not a failover of its own.
+        for b in self.green:
+            set_health(b, 503)
+        self.wait_for(lambda s: s["colours"]["green"]["healthy"] == 0, 10)
+        for b in self.blue:
+            set_health(b, 503)
+        self.wait_for(lambda s: s["panic"], 10)
+        for b in self.green:
+            set_health(b, 200)
+        _, s = self.wait_for(lambda s: s["failover"] is not None, 10)
+        for b in self.blue:
+            set_health(b, 200)
+        elapsed, s = self.wait_for(lambda s: s["failover"] is None, 10)
+        print("leaving a panic, green first: failed back %.2f s after blue's checks were "
+              "turned back" % elapsed)
+        self.assertEqual(s["colours"]["blue"]["weight"], 100)
+        self.assertEqual(s["colours"]["green"]["weight"], 0)
+        self.assertNotEqual(s["colours"]["green"]["role"], "failed")
+
     def test_an_unhealthy_backend_gets_no_requests(self):
         set_health(self.blue[0], 503)
         self.wait_for(lambda s: s["colours"]["blue"]["healthy"] == 1, 10)

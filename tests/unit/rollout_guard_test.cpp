@@ -81,6 +81,22 @@ TEST_CASE("the stable colour failing: failover (temporary) or hold") {
     CHECK_FALSE(bg::evaluate_guard(weights(10000), healthy(0, 2), rollout).changed);
 }
 
+TEST_CASE("a colour that only carried a failover and fails is not marked as a release") {
+    // Found by an outside probe: blue failed (failover to green), then green too (panic), then
+    // both came back, blue first: green was reverted and marked failed, its alert firing and
+    // failover disarmed until `bgctl clear`, though no release of it was ever tried.
+    bg::RolloutConfig rollout;
+    auto d = bg::evaluate_guard(weights(10000), healthy(0, 2), rollout);
+    REQUIRE(d.kind == bg::SwitchKind::failover);
+    auto back = bg::evaluate_guard(d.next, healthy(2, 0), rollout);
+    REQUIRE(back.changed);
+    CHECK(back.kind == bg::SwitchKind::failback);
+    CHECK(back.next.weight(bg::Colour::blue) == 10000);
+    CHECK_FALSE(back.next.failed[1]);
+    CHECK_FALSE(back.next.failover);
+    CHECK(back.reason.find("green failed while it carried the failover") != std::string::npos);
+}
+
 TEST_CASE("a ramp a failover stopped resumes at the failback") {
     // Found by a review (523726c): the failback restored the weights and dropped the ramp, and
     // the release stayed at the step it had reached.
