@@ -41,24 +41,21 @@ GuardDecision evaluate_guard(const RoutingState& state, const std::array<ColourH
     // (Not onto a stable colour that hung everywhere: its checks pass, and it answers nothing.)
     const bool stable_hung = state.failover && state.failover->stalled;
     if (candidate_failed && candidate_takes_traffic && !stable_failed && !stable_hung) {
+        const std::string failed = std::string(to_string(candidate)) + " failed (" +
+                                   std::to_string(health[index_of(candidate)].healthy) + "/" +
+                                   std::to_string(health[index_of(candidate)].total) + " healthy)";
         if (state.failover && state.failover->weight_bp[index_of(candidate)] == 0) {
-            // It took traffic only to carry the failover, not as a release under test: back to
-            // the weights before it, unmarked (an outside probe: an outage of both colours left
-            // green marked failed, its alert firing and failover disarmed until `bgctl clear`).
-            GuardDecision back = evaluate_failback(state, health, rollout);
-            if (back.changed) {
-                back.reason = std::string(to_string(candidate)) +
-                              " failed while it carried the "
-                              "failover, and " +
-                              back.reason;
-                return back;
-            }
+            // It took traffic only to carry the failover, not as a release under test: all
+            // traffic back to the stable colour, as a revert (a safety action, applied even
+            // with the store out of reach), but unmarked (an outside probe: an outage of both
+            // colours left green marked failed, its alert firing and failover disarmed until
+            // `bgctl clear`).
+            GuardDecision back =
+                revert_to_stable(state, candidate, failed + " while it carried the failover");
+            back.next.failed[index_of(candidate)] = state.failed[index_of(candidate)];
+            return back;
         }
-        return revert_to_stable(state, candidate,
-                                std::string(to_string(candidate)) + " failed (" +
-                                    std::to_string(health[index_of(candidate)].healthy) + "/" +
-                                    std::to_string(health[index_of(candidate)].total) +
-                                    " healthy)");
+        return revert_to_stable(state, candidate, failed);
     }
     if (stable_failed && !candidate_failed && !state.failed[index_of(candidate)] &&
         rollout.stable_failure == StableFailurePolicy::failover && state.weight(stable) > 0) {
