@@ -1450,6 +1450,19 @@ void Switchboard::follow_tunnel_deadlines(const RoutingState& next, const Routin
     }
 }
 
+// What the change makes new for canary analysis (a candidacy of its own) and outlier detection
+// (a colour given a share it did not have): judged on what comes after.
+void Switchboard::judge_afresh(const RoutingState& next, const RoutingTable& table) {
+    if (begins_candidacy(state_, next)) {
+        canary_.reset();
+    }
+    for (Colour c : all_colours) {
+        if (table_->pool(c).weight_bp == 0 && table.pool(c).weight_bp > 0) {
+            outlier_.colour_gains_share(c);
+        }
+    }
+}
+
 // Every worker has the new table: the change is live. Audit, answer, tell the watchers.
 void Switchboard::applied(Origin& origin, Staged staged, RoutingTablePtr table) {
     const RoutingState& next = staged.next;
@@ -1474,14 +1487,7 @@ void Switchboard::applied(Origin& origin, Staged staged, RoutingTablePtr table) 
         record["durable"] = false;
         record["persist_error"] = persist_error_;
     }
-    if (begins_candidacy(state_, next)) {
-        canary_.reset();
-    }
-    for (Colour c : all_colours) {
-        if (table_->pool(c).weight_bp == 0 && table->pool(c).weight_bp > 0) {
-            outlier_.colour_gains_share(c);
-        }
-    }
+    judge_afresh(next, *table);
     state_ = next;
     table_ = std::move(table);
     if (config_ != staged.config) {

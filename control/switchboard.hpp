@@ -266,6 +266,8 @@ class Switchboard {
                  std::function<void()> done);
     void handle_persist_retry(Origin origin);
     void applied(Origin& origin, Staged staged, RoutingTablePtr table);
+    // What the change to `next` makes new for the analyses, judged on what comes after.
+    void judge_afresh(const RoutingState& next, const RoutingTable& table);
     // When each colour's tunnels close, after the change to `next` that `table` carries.
     void follow_tunnel_deadlines(const RoutingState& next, const RoutingTable& table);
     void handle_ramp_step(Origin origin, const RampStep& step);
