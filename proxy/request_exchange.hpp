@@ -69,15 +69,14 @@ class RequestExchange {
     ClientConnection<Stream>& conn_;
     const Config& config_;
     ExchangeState& ex_;
-    unsigned client_version_ = 11;
-    bool cut_before_ = false;  // a try of this request was cut (SessionHandle::awaiting_after_cut)
-                               // // the request's, before it is rewritten as HTTP/1.1
-    bool head_arrived_ = false;   // a head arrived (parsed or refused): the request is counted
-    bool body_started_ = false;   // some of the request body was consumed: it cannot go twice
-    bool interim_sent_ = false;   // a 1xx went to the client: no retry past it
-    bool tries_left_ = false;     // the try in progress may be followed by another
-    bool set_sticky_ = false;     // the weights chose: the response pins the colour
-    bool colour_pinned_ = false;  // a preview header or a sticky cookie chose the colour
+    unsigned client_version_ = 11;  // the request's, before it is rewritten as HTTP/1.1
+    bool cut_before_ = false;       // a try of it was cut (SessionHandle::awaiting_after_cut)
+    bool head_arrived_ = false;     // a head arrived (parsed or refused): the request is counted
+    bool body_started_ = false;     // some of the request body was consumed: it cannot go twice
+    bool interim_sent_ = false;     // a 1xx went to the client: no retry past it
+    bool tries_left_ = false;       // the try in progress may be followed by another
+    bool set_sticky_ = false;       // the weights chose: the response pins the colour
+    bool colour_pinned_ = false;    // a preview header or a sticky cookie chose the colour
     bool sticky_pinned_ = false;  // the sticky cookie did: it yields to a revert, as new requests'
     std::chrono::steady_clock::time_point started_;
     std::chrono::steady_clock::time_point upstream_started_;
