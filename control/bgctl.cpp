@@ -390,6 +390,14 @@ void add_subcommands(CLI::App& app, Subcommands& subs) {
             if (spec.arguments != bg::Arguments::count) {
                 opt->required();
             }
+            if (spec.arguments == bg::Arguments::count ||
+                spec.arguments == bg::Arguments::backend) {
+                // One argument: the help says `BACKEND`, not CLI11's `BACKEND TEXT ...`.
+                opt->expected(1)->type_name("")->description(
+                    spec.arguments == bg::Arguments::backend
+                        ? "a backend's name, as `bgctl status` lists it"
+                        : "how many records, newest last (default 20)");
+            }
         }
         if (spec.role != bg::Role::read) {
             sub->add_flag("--dry-run", subs.dry_run,

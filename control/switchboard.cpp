@@ -1037,6 +1037,13 @@ json::object Switchboard::reply_history(const Command& cmd) const {
         }
         records.push_back(ec ? json::value(line) : value);
     }
+    if (!cmd.id.empty() && records.empty()) {
+        // An id that matches nothing is most often mistyped: say so rather than print nothing.
+        return json::object{
+            {"ok", false},
+            {"error", "no record of command id " + cmd.id + " among the last 1000 kept"},
+            {"version", state_.version}};
+    }
     return json::object{{"ok", true}, {"history", std::move(records)}};
 }
 

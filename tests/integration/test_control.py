@@ -228,8 +228,10 @@ class ControlTest(ProcessTestCase):
         # A command the proxy cannot read is a usage error (2) as one bgctl's parser finds (an
         # outside probe: 1, as a refusal); one it reads and refuses is a refusal (1).
         for args, expected, code in ((["set", "green=abc"], "percentage", 2),
-                                     (["drain", "blue-1", "blue-2"], "usage: drain", 2),
-                                     (["ready", "nope"], "unknown backend", 1)):
+                                     (["ramp", "green", "to=abc"], "to=abc: a percentage", 2),
+                                     (["drain", "blue-1", "blue-2"], "At Most 1", 2),
+                                     (["ready", "nope"], "unknown backend", 1),
+                                     (["history", "--id=no-such-id"], "no record", 1)):
             r = proxy.bgctl(*args)
             self.assertEqual(r.returncode, code, r)
             self.assertIn(expected, r.stderr)
@@ -617,7 +619,7 @@ timeout = "10s"
         records = []
         while time.time() < deadline:
             h = proxy.bgctl("--json", "history", "--id", command_id)
-            records = json.loads(h.stdout)["history"]
+            records = json.loads(h.stdout).get("history", [])
             if records:
                 break
             time.sleep(0.05)
