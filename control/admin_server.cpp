@@ -172,8 +172,8 @@ asio::awaitable<void> AdminServer::serve(tcp::socket socket) {
         if (!owed) {
             break;  // gone, or too slow: nothing to answer
         }
-        const bool stays =
-            !rec && response.result() != http::status::payload_too_large && request.keep_alive();
+        const bool stays = !rec && response.result() != http::status::payload_too_large &&
+                           response.result() != http::status::bad_request && request.keep_alive();
         response.keep_alive(stays);
         response.prepare_payload();
         if (!rec && request.method() == http::verb::head) {
@@ -210,6 +210,11 @@ asio::awaitable<bool> AdminServer::respond(const Request& request, bool has_body
         response.body() = "malformed request: " + failed.message() + "\n";
     } else if (failed) {
         co_return false;
+    } else if (const std::size_t hosts = request.count(http::field::host);
+               hosts > 1 || (hosts == 0 && request.version() >= 11)) {
+        // RFC 9112 3.2: a server MUST refuse these, as the data path does.
+        response.result(http::status::bad_request);
+        response.body() = "an HTTP/1.1 request carries exactly one Host field\n";
     } else if (has_body) {
         response.result(http::status::payload_too_large);
         response.body() = "the admin listener takes no request body\n";

@@ -169,6 +169,12 @@ class AdminTest(ProcessTestCase):
         self.assertTrue(exchange(b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: " + b"b" * 100000 + b"\r\n\r\n")
                         .startswith(b"HTTP/1.1 431 "))
         self.assertTrue(exchange(b"GET /he\x01 HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 400 "))
+        # Host: one, on HTTP/1.1 (RFC 9112 3.2; an outside probe found it answered without).
+        for bad in (b"GET /healthz HTTP/1.1\r\n\r\n",
+                    b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                    b"GET /healthz HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n"):
+            self.assertIn(b" 400 ", exchange(bad).split(b"\r\n")[0], bad)
+        self.assertTrue(exchange(b"GET /healthz HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200 "))
         self.assertEqual(admin_get(proxy, "/healthz"), (200, b"ok\n"))
 
     def test_clients_that_never_read_their_answers_do_not_lock_out_a_probe(self):
