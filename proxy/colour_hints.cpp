@@ -40,6 +40,14 @@ std::optional<Colour> preview_colour(const Fields& fields, const boost::asio::ip
         return std::nullopt;
     }
     auto colour = named(trim(it->value()));
+    // The header on several lines: one colour, or none. (A front proxy that checks the last
+    // line, as HAProxy's req.hdr does, and this one the first would disagree on where it goes.)
+    for (++it; colour && it != fields.end(); ++it) {
+        if (boost::beast::iequals(it->name_string(), preview.header) &&
+            named(trim(it->value())) != colour) {
+            colour.reset();
+        }
+    }
     if (!colour || !preview.allowed.contains(client) || table.pool(*colour).eligible.empty()) {
         return std::nullopt;
     }

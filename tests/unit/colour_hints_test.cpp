@@ -39,6 +39,13 @@ TEST_CASE("the preview header reaches an idle colour, only from an allowed netwo
     CHECK_FALSE(bg::preview_colour(f, remote, preview, t));
     f.set("X-BG-Color", "purple");
     CHECK_FALSE(bg::preview_colour(f, local, preview, t));
+    // On several lines: one colour, or ignored (the first line won before).
+    f.set("X-BG-Color", "green");
+    f.insert("x-bg-color", " green");
+    CHECK(bg::preview_colour(f, local, preview, t) == bg::Colour::green);
+    f.insert("X-Other", "blue");
+    f.insert("X-BG-COLOR", "blue");
+    CHECK_FALSE(bg::preview_colour(f, local, preview, t));
 }
 
 TEST_CASE("the sticky cookie holds unless its colour is failed or at weight 0") {
