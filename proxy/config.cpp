@@ -810,6 +810,10 @@ void parse_etcd_endpoints(std::string_view list, FleetConfig& fleet,
             item.remove_prefix(8);
         } else if (item.starts_with("http://")) {
             item.remove_prefix(7);
+        } else if (item.find("://") != std::string_view::npos) {
+            errors.push_back("etcd endpoint '" + std::string(item) +
+                             "': the scheme must be http:// or https://");
+            return;
         }
         if (!item.empty() && item.back() == '/') {
             item.remove_suffix(1);
@@ -1557,6 +1561,16 @@ ConfigResult apply_overrides(Config config, const ConfigOverrides& flags) {
     }
     if (flags.fleet) {
         config.fleet.name = *flags.fleet;
+    }
+    if (config.fleet.etcd_tls && !config.fleet.tls) {
+        // https:// endpoints without [fleet.tls]: verified against the system's CAs, as etcdctl
+        // and curl do. (Without a context the calls went out as plain HTTP: an outside probe.)
+        std::string why;
+        config.fleet.tls = BackendTlsSettings{};
+        config.fleet.tls_context = BackendTlsContext::create(*config.fleet.tls, why);
+        if (!config.fleet.tls_context) {
+            result.errors.push_back({"", 0, 0, "fleet: https:// etcd endpoints: " + why});
+        }
     }
     if (result.errors.empty()) {
         validate(config, result.errors);

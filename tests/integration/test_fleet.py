@@ -2,6 +2,7 @@
 cluster on 127.0.0.1, under load. Nothing is mocked: etcd members are started, killed and
 stopped by the tests."""
 import base64
+import os
 import http.client
 import json
 import shutil
@@ -15,7 +16,7 @@ import urllib.request
 
 from certificates import TestAuthority
 from etcd_cluster import EtcdCluster, etcd_available
-from harness import BGCTL, ProcessTestCase, Proxy, TcpRelay, config, metric
+from harness import BGCTL, BGPROXY, ProcessTestCase, Proxy, TcpRelay, config, metric
 
 FLEET = """
 [fleet]
@@ -555,6 +556,39 @@ class FleetTlsTest(ProcessTestCase):
                 '[fleet.tls]\nca_file = "%s"\n' % ca.ca_file), workers=1,
                 state_dir=empty_dir))
         self.assertIn("the fleet store is unreachable", str(refused.exception))
+
+    def test_https_endpoints_without_a_tls_section_speak_tls(self):
+        """An outside probe: https:// endpoints without [fleet.tls] were called in plain HTTP
+        (a POST in clear text). Now over TLS, verified against the system's CAs."""
+        import socket
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        listener.settimeout(10)
+        first = []
+
+        def record():
+            try:
+                conn, _ = listener.accept()
+                with conn:
+                    conn.settimeout(5)
+                    first.append(conn.recv(16))
+            except OSError:
+                pass
+        threading.Thread(target=record, daemon=True).start()
+        empty_dir = tempfile.mkdtemp(prefix="bgproxy-test-")
+        self.addCleanup(shutil.rmtree, empty_dir, True)
+        blue, green = [self.backend("blue-1")], [self.backend("green-1")]
+        url = '"https://127.0.0.1:%d"' % listener.getsockname()[1]
+        with self.assertRaises(RuntimeError):
+            self.start(Proxy(config(blue, green, extra=FLEET % (url, "tls", "i1", "2s", "5s")),
+                             workers=1, state_dir=empty_dir))
+        self.assertTrue(first and first[0].startswith(b"\x16\x03"), first)  # a ClientHello
+        # And a scheme that is neither is named as such.
+        conf = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../conf/bgproxy.toml")
+        r = subprocess.run([BGPROXY, "--check", conf, "--etcd", "foo://127.0.0.1:1", "--fleet", "x"],
+                           capture_output=True, text=True, timeout=10)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("the scheme must be http:// or https://", r.stdout + r.stderr)
 
 
 if __name__ == "__main__":
