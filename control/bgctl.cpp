@@ -517,14 +517,19 @@ int print_outcome(Connection& conn, const std::string& reply_line, const std::st
     }
     const json::object& obj = reply.as_object();
     if (!obj.at("ok").as_bool()) {
+        const auto flag = [&obj](const char* name) {
+            const json::value* value = obj.if_contains(name);
+            return value != nullptr && value->is_bool() && value->as_bool();
+        };
+        // "uncertain": the fleet store may have taken it though its answer was lost.
+        const bool uncertain = flag("uncertain");
         if (as_json) {
             std::printf("%s\n", reply_line.c_str());
         } else {
-            std::fprintf(stderr, "bgctl: refused: %s\n", str(obj.at("error")).c_str());
+            std::fprintf(stderr, "bgctl: %s: %s\n", uncertain ? "not confirmed" : "refused",
+                         str(obj.at("error")).c_str());
         }
-        const json::value* usage_error = obj.if_contains("usage");
-        return usage_error != nullptr && usage_error->is_bool() && usage_error->as_bool() ? usage
-                                                                                          : refused;
+        return flag("usage") ? usage : uncertain ? no_answer : refused;
     }
     if (as_json) {
         std::printf("%s\n", reply_line.c_str());

@@ -200,6 +200,7 @@ SaveOutcome FleetStore::save(const RoutingState& next, StoredVersion expected,
         outcome.unreachable = true;
         outcome.error = "the fleet store is unreachable: " + txn.error;
         if (txn.maybe_applied) {
+            outcome.uncertain = true;
             outcome.error +=
                 "; etcd may have taken the change before its answer was lost: if "
                 "it did, every instance applies it once etcd answers (bgctl status)";

@@ -26,11 +26,12 @@ struct StoredVersion {
 };
 
 struct SaveOutcome {
-    bool ok = false;                      // durable (in a fleet: committed) when true
-    std::string error;                    // why not; nothing changed
-    bool conflict = false;                // another change was stored first
-    bool unreachable = false;             // the store could not be reached (a fleet's etcd)
-    std::int64_t revision = 0;            // in a fleet: the revision that now holds the state
+    bool ok = false;            // durable (in a fleet: committed) when true
+    std::string error;          // why not; nothing changed
+    bool conflict = false;      // another change was stored first
+    bool unreachable = false;   // the store could not be reached (a fleet's etcd)
+    bool uncertain = false;     // unreachable after the request was sent: it may have been stored
+    std::int64_t revision = 0;  // in a fleet: the revision that now holds the state
     std::optional<RoutingState> current;  // on a conflict, what is stored, when known
     // Stored, but not as durably as promised (a failed directory fsync after the rename: the
     // file is the new state, which a power loss may still undo). Said in the reply.

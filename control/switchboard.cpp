@@ -940,6 +940,14 @@ void Switchboard::refuse(Origin& origin, const std::string& error) {
     finish(origin, error_reply(error, state_.version));
 }
 
+void Switchboard::uncertain(Origin& origin, const std::string& error) {
+    audit_.append(audit_record(origin, "uncertain", nullptr, error));
+    finish(origin, json::object{{"ok", false},
+                                {"uncertain", true},
+                                {"error", error + "; not applied here (yet)"},
+                                {"version", state_.version}});
+}
+
 json::object Switchboard::audit_record(const Origin& origin, const char* result,
                                        const RoutingState* after, const std::string& error) const {
     json::object record{{"time", now_iso8601()},

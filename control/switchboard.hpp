@@ -209,6 +209,8 @@ class Switchboard {
     // Answers a command that never entered the line (read verbs, refusals at parse).
     void answer_read(Origin origin, const Command& cmd);
     void refuse(Origin& origin, const std::string& error);
+    // Not applied here, but the store may have it (its answer was lost): it may still apply.
+    void uncertain(Origin& origin, const std::string& error);
     bool audits_refusal(const Caller& caller);
     void run_command(Origin origin, const Command& cmd);
     // `loaded`: a reload's config, read by read_config.

@@ -119,17 +119,37 @@ void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
             rollback_pending_ = false;
             local_only_ = false;
             fleet_bound_.reset();
-        } else if (saved.unreachable && is_safety_action(staged.kind)) {
+        } else if (is_safety_action(staged.kind) &&
+                   (saved.unreachable || (saved.conflict && saved.current))) {
             local_only_ = false;  // this one is written when the store is back
             fleet_bound_.reset();
-            spdlog::error(
-                "{} applied on this instance only: {}; written to the fleet when it "
-                "is back",
-                to_string(staged.kind), saved.error);
+            spdlog::error("{} applied on this instance only: {}; {}", to_string(staged.kind),
+                          saved.error,
+                          saved.unreachable ? "written to the fleet when it is back"
+                                            : "staged again on the fleet's state");
             staged.next.revision = state_.revision;  // still based on the fleet's last state
             persist_error_ = saved.error;
             rollback_pending_ = rollback_pending_ || staged.kind == SwitchKind::rollback;
-            arm_persist_retry();
+            if (saved.unreachable) {
+                arm_persist_retry();
+            } else {
+                // Another change reached the fleet first: a way back is not given up for it (an
+                // outside probe: a revert was dropped for an operator's `set` committed while
+                // its save hung). Kept here, it is staged again on the state that won, as one
+                // made while the store was away (handle_fleet_state); a failover is judged
+                // again there.
+                enqueue(Job{
+                    internal_origin("fleet state version " + std::to_string(saved.current->version),
+                                    "fleet"),
+                    FleetState{std::move(*saved.current)}});
+                enqueue(Job{internal_origin("guard check after a conflict", "rollout guard"),
+                            GuardCheck{false}});
+            }
+        } else if (saved.uncertain) {
+            // The answer was lost after etcd had the request: it may stand. Not "nothing
+            // changed" (an outside probe: such a flip applied fleet-wide once etcd answered).
+            uncertain(origin, saved.error);
+            return;
         } else {
             const bool safety = is_safety_action(staged.kind);
             refuse(origin, saved.unreachable
@@ -158,7 +178,8 @@ void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
             applied(change->first, std::move(change->second), table);
         });
     };
-    if (is_safety_action(change->second.kind) && !store_reachable()) {
+    const bool safety = is_safety_action(change->second.kind);
+    if (safety && !store_reachable()) {
         // Known away: a way back applies at once, not after a save that would time out on
         // every endpoint first (seconds of traffic on a failing colour); the persist retry
         // writes it when the store is back.
@@ -167,6 +188,17 @@ void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
         away.error = "the fleet store is unreachable";
         on_saved(std::move(away));
         return;
+    }
+    if (safety) {
+        // Served at once: the fleet's answer only says how it is recorded. With etcd hung
+        // rather than down, it comes after every endpoint's timeout and a read-back (an outside
+        // probe: a revert served the failing colour 3 to 12 s more, a rollback 12 s).
+        const Staged& staged = change->second;
+        RoutingState serving = staged.next;
+        serving.revision = state_.revision;
+        publish(build_table(*staged.config, serving, ids_, effective_health(staged.held),
+                            staged.config->rollout.tunnel_drain_revert),
+                staged.config, [] {});
     }
     save_async(change->second.next, durable_, std::move(on_saved));
 }

@@ -122,6 +122,18 @@ class EtcdCluster:
             m.proc.send_signal(sig)
             m.proc.wait(10)
 
+    def pause_all(self):
+        """SIGSTOP every member: a hung etcd, whose kernel still takes connections and requests
+        that no one answers."""
+        for i, m in enumerate(self.members):
+            if self.running(i):
+                m.proc.send_signal(signal.SIGSTOP)
+
+    def resume_all(self):
+        for i, m in enumerate(self.members):
+            if self.running(i):
+                m.proc.send_signal(signal.SIGCONT)
+
     def stop_all(self):
         for i in range(len(self.members)):
             self.kill(i, signal.SIGTERM)

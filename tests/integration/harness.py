@@ -525,6 +525,7 @@ def read_response(sock, timeout=5.0, pending=b""):
 class TcpRelay:
     """A TCP relay on 127.0.0.1 to one port, for a network fault a test controls: cut() closes
     every relayed connection and turns new ones away (closed at once), restore() relays again;
+    pause() holds every byte until resume();
     lose_answer(*markers) lets the next request holding every marker through, and closes its
     connection once the answer comes, the answer unsent (a peer that failed mid-request)."""
 
@@ -540,6 +541,8 @@ class TcpRelay:
         self.lock = threading.Lock()
         self.losing = None  # the markers of the request whose answer is lost next
         self.answers_lost = 0
+        self.flowing = threading.Event()  # cleared: bytes are held (a hung peer), not relayed
+        self.flowing.set()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
@@ -587,6 +590,7 @@ class TcpRelay:
                                 break
                 elif lost.is_set():
                     break  # the answer came: dropped, and the connection with it
+                self.flowing.wait(60)
                 dst.sendall(data)
         except OSError:
             pass
@@ -609,6 +613,13 @@ class TcpRelay:
 
     def restore(self):
         self.cut_off = False
+
+    def pause(self):
+        """A hang: connections are taken and bytes held, in both directions, until resume()."""
+        self.flowing.clear()
+
+    def resume(self):
+        self.flowing.set()
 
     def close(self):
         self.cut()

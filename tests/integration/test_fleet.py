@@ -86,6 +86,19 @@ class Load:
         if conn is not None:
             conn.close()
 
+    @staticmethod
+    def one(port):
+        """The colour one fresh connection's GET is answered by, or None."""
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/")
+            r = conn.getresponse()
+            body = r.read()
+            conn.close()
+            return colour_of(body) if r.status == 200 else None
+        except (OSError, http.client.HTTPException):
+            return None
+
     def stop(self):
         self.stop_at = 0
         for t in self.threads:
@@ -109,10 +122,11 @@ class FleetTest(ProcessTestCase):
         return ", ".join('"%s"' % m.url for m in self.etcd.members)
 
     def instance(self, name, state_dir=None, extra="", lease="2s", apply_timeout="5s",
-                 endpoints=None):
+                 endpoints=None, request_timeout="500ms"):
         text = config(self.blue, self.green,
-                      extra=FLEET % (endpoints or self.endpoints(), self.fleet_name, name, lease,
-                                     apply_timeout) + extra)
+                      extra=FLEET.replace('"500ms"\nretry_max', '"%s"\nretry_max' % request_timeout)
+                      % (endpoints or self.endpoints(), self.fleet_name, name, lease,
+                         apply_timeout) + extra)
         return self.start(Proxy(text, workers=1, state_dir=state_dir)).follow()
 
     def fleet(self, n=3, **kw):
@@ -493,6 +507,74 @@ class FleetTest(ProcessTestCase):
         cut_flip_restore(compact=False)  # the watch resumes from the last revision it saw
         cut_flip_restore(compact=True)   # that revision is compacted: read afresh
         self.assertTrue(any("compacted" in line for line in i2.lines), "".join(i2.lines[-20:]))
+
+    def test_with_etcd_hung_a_rollback_applies_at_once_and_a_change_is_not_called_unchanged(self):
+        """An outside probe: with etcd hung (SIGSTOP: connections taken, nothing answered) a
+        rollback served green until every endpoint's timeout and a read-back had passed (3 s
+        here; 12 s at the default request_timeout). And a change refused as "nothing changed"
+        applied fleet-wide once etcd answered."""
+        proxies = self.fleet(2)
+        rc, reply = self.command(proxies[0], "set", "green=50")
+        self.assertEqual(rc, 0, reply)
+        self.etcd.pause_all()
+        self.addCleanup(self.etcd.resume_all)
+        outcome = []
+        rollback = threading.Thread(
+            target=lambda: outcome.append(self.command(proxies[0], "rollback")), daemon=True)
+        issued = time.time()
+        rollback.start()
+        time.sleep(0.3)
+        load = Load(proxies[:1])
+        time.sleep(0.5)
+        load.stop()
+        colours = {c for _, _, c in load.records}
+        self.assertEqual(colours, {"blue"}, "%.1f s after the rollback" % (time.time() - issued))
+        self.assertEqual(load.failures, [])
+        rollback.join(30)
+        rc, reply = outcome[0]
+        self.assertEqual(rc, 5, reply)  # served here, not (yet) in the fleet
+        self.assertIn("not written to the fleet", reply["fleet"]["error"])
+        # A change that is not a way back waits for etcd: its answer lost, it may still land.
+        r = proxies[1].bgctl("set", "green=30")
+        self.assertEqual(r.returncode, 4, r.stdout + r.stderr)
+        self.assertIn("not confirmed", r.stderr)
+        self.assertNotIn("nothing changed", r.stderr)
+        self.etcd.resume_all()
+        # The rollback reaches the fleet (the set, landed or not, was staged on the state
+        # before it and loses to it or is overruled by it: the fleet ends on blue).
+        self.wait_for("the fleet serves blue",
+                      lambda: all(p.status()["colours"]["blue"]["weight"] == 100 and p.status()["durable"]
+                                  for p in proxies), timeout=20)
+
+    def test_a_guard_revert_is_not_given_up_for_a_change_that_reached_the_fleet_first(self):
+        """An outside probe: i1's revert, its save hung (etcd unreachable through i1's relay),
+        met an operator's `set` committed meanwhile on i2: refused as a conflict and dropped,
+        green stayed live. It is staged again on the state that won."""
+        relay = TcpRelay(self.etcd.members[0].client_port)
+        self.addCleanup(relay.close)
+        # (Its save hangs until the relay resumes, not until a timeout ends it.)
+        i1 = self.instance("i1", extra=HEALTH, endpoints='"http://127.0.0.1:%d"' % relay.port,
+                           request_timeout="4s")
+        others = [self.instance(n, extra=HEALTH + 'path = "/"\n') for n in ("i2", "i3")]
+        proxies = [i1] + others
+        self.wait_members(i1, 3)
+        rc, reply = self.command(i1, "set", "green=50")
+        self.assertEqual(rc, 0, reply)
+        relay.pause()
+        set_health(self.green[0], 500)
+        self.wait_for("i1 reverted (served at once)",
+                      lambda: all(Load.one(i1.port) == "blue" for _ in range(10)), timeout=5)
+        rc, reply = self.command(proxies[1], "set", "green=40")
+        self.assertEqual(rc, 0, reply)
+        # Green mends (as a hang that passed): judged again now, it would keep its traffic.
+        set_health(self.green[0], 200)
+        time.sleep(0.5)  # i1's checks see it, their news queued behind the save
+        relay.resume()
+        self.wait_for("the revert reaches the fleet over the set",
+                      lambda: all(p.status()["colours"]["green"]["role"] == "failed" and
+                                  p.status()["durable"] for p in proxies), timeout=20)
+        state = self.fleet_state()
+        self.assertEqual(state["weights"]["green"], 0)
 
     def test_a_change_whose_answer_etcd_lost_is_read_back_not_reported_unchanged(self):
         relay = TcpRelay(self.etcd.members[0].client_port)
