@@ -440,9 +440,55 @@ asio::awaitable<void> FleetStore::run_session() {
         if (member_dirty_ && error.empty()) {
             continue;
         }
+        if (error.empty()) {
+            co_await check_watch();
+            if (stopped_) {
+                co_return;
+            }
+        }
         session_timer_->expires_after(std::max(wait, Duration(1)));
         co_await session_timer_->async_wait(nothrow);  // report() wakes it early
     }
+}
+
+asio::awaitable<void> FleetStore::check_watch() {
+    EtcdRange read = co_await client_.range(state_key());
+    if (stopped_ || !read.error.empty() || watch_handle_ == nullptr) {
+        co_return;  // (the session's own calls say whether etcd answers)
+    }
+    if (read.revision < revision_seen_) {
+        spdlog::error(
+            "fleet {}: etcd's revision went back from {} to {} (a cluster replaced or restored "
+            "from a backup): reading the fleet afresh",
+            fleet_.name, revision_seen_, read.revision);
+        revision_seen_ = 0;
+        watch_behind_since_.reset();
+        read_afresh_ = true;
+        if (events_.restarted) {
+            events_.restarted();
+        }
+        watch_handle_->cancel();
+        co_return;
+    }
+    const std::int64_t state_revision = read.kvs.empty() ? 0 : read.kvs.front().mod_revision;
+    if (state_revision <= revision_seen_) {
+        watch_behind_since_.reset();
+        co_return;
+    }
+    // A change on its way through the watch is behind for a moment; one still behind a check
+    // later (a third of the lease) is not coming.
+    const auto now = std::chrono::steady_clock::now();
+    if (!watch_behind_since_) {
+        watch_behind_since_ = now;
+        co_return;
+    }
+    spdlog::warn(
+        "fleet {}: the watch (through {}) has not delivered revision {} of the state: taking "
+        "it from a read and watching again",
+        fleet_.name, client_.current_endpoint(), state_revision);
+    watch_behind_since_.reset();
+    take_state(read.kvs.front());
+    watch_handle_->cancel();
 }
 
 // The fleet's keys as they are now: the state and the members (after a start or a compaction).
@@ -505,7 +551,13 @@ asio::awaitable<void> FleetStore::run_watch() {
         if (stopped_) {
             co_return;
         }
-        next = std::max(next, end.next_revision);
+        // (From what was seen: a watch ended by check_watch reports no revision of its own.)
+        next = std::max({next, end.next_revision, revision_seen_ + 1});
+        if (std::exchange(read_afresh_, false)) {
+            need_read = true;
+            next = 0;
+            continue;
+        }
         if (end.compacted_before > 0) {
             spdlog::warn("fleet {}: revisions up to {} were compacted: reading the fleet afresh",
                          fleet_.name, end.compacted_before);
@@ -585,6 +637,12 @@ void FleetStore::take_member(const EtcdKeyValue& kv, bool deleted) {
     if (!member) {
         spdlog::warn("fleet {}: ignoring an unreadable member record for {}", fleet_.name, name);
         return;
+    }
+    if (member->applied_revision >= kv.mod_revision) {
+        // It wrote this after applying what it names, so at a later revision: a revision from
+        // before etcd's revisions went back (a replaced cluster), not one of this cluster's.
+        // It applied nothing here yet: never counted in an ack.
+        member->applied_revision = 0;
     }
     if (!members_.contains(name)) {
         spdlog::info("fleet {}: {} joined (applied revision {})", fleet_.name, name,

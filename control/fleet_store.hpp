@@ -60,6 +60,9 @@ class FleetStore final : public StateStore {
         std::function<void(RoutingState)> state;  // the fleet's state changed (any instance)
         std::function<void(bool reachable, const std::string& why)> reachability;
         std::function<void()> driver;  // this instance became, or stopped being, the ramp driver
+        // etcd's revisions went back (a cluster replaced, or restored from a backup): the
+        // states that come next are news whatever their revisions.
+        std::function<void()> restarted;
     };
 
     FleetStore(const Config& config, std::string instance, std::string cache_path);
@@ -119,6 +122,10 @@ class FleetStore final : public StateStore {
     boost::asio::awaitable<void> run_session();
     boost::asio::awaitable<void> run_watch();
     boost::asio::awaitable<bool> read_all();
+    // Whether the watch still follows the fleet: a watch through a hung member (its kernel
+    // still answering TCP keepalives) or waiting for a revision a replaced cluster has not
+    // reached says nothing. The state key, read where calls succeed, tells.
+    boost::asio::awaitable<void> check_watch();
     boost::asio::awaitable<void> read_state();
     void take_events(const std::vector<EtcdWatchEvent>& events);
     void take_state(const EtcdKeyValue& kv);
@@ -152,6 +159,10 @@ class FleetStore final : public StateStore {
     bool reachable_ = true;
     std::string unreachable_why_;
     std::int64_t revision_seen_ = 0;
+    // Since when the state key has held a revision the watch has not delivered.
+    std::optional<std::chrono::steady_clock::time_point> watch_behind_since_;
+    bool read_afresh_ =
+        false;  // the watch was ended to read the fleet afresh (revisions restarted)
     std::map<std::string, FleetMember> members_;
     std::string ramp_driver_;  // as the watch saw the ramp-driver key; empty: nobody
     FleetMember self_;

@@ -991,6 +991,8 @@ void Switchboard::run(Job job) {
                 handle_persist_retry(std::move(origin));
             } else if constexpr (std::is_same_v<W, FleetState>) {
                 handle_fleet_state(std::move(origin), work);
+            } else if constexpr (std::is_same_v<W, StoreRestarted>) {
+                handle_store_restarted(std::move(origin));
             } else if constexpr (std::is_same_v<W, ConfigRead>) {
                 if (work.seq < newest_read_staged_) {
                     // Reads return in any order: the one begun last wins.

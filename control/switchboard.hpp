@@ -169,9 +169,10 @@ class Switchboard {
     struct FleetState {      // the fleet's state, as the fleet store saw it change
         RoutingState state;
     };
-    using Work =
-        std::variant<OperatorCommand, GatePassed, RampStep, HealthChange, OutlierFindings,
-                     CanaryFailure, FailbackDue, GuardCheck, PersistRetry, FleetState, ConfigRead>;
+    struct StoreRestarted {};  // the fleet store's revisions went back: see handle_store_restarted
+    using Work = std::variant<OperatorCommand, GatePassed, RampStep, HealthChange, OutlierFindings,
+                              CanaryFailure, FailbackDue, GuardCheck, PersistRetry, FleetState,
+                              StoreRestarted, ConfigRead>;
     struct Job {
         Origin origin;
         Work work;
@@ -255,6 +256,9 @@ class Switchboard {
     // In a fleet: committed to the fleet first, then published (switchboard_fleet.cpp).
     void commit_to_fleet(Origin origin, Staged staged);
     void handle_fleet_state(Origin origin, const FleetState& fleet_state);
+    // etcd's revisions started again (a cluster replaced or restored): the states it holds are
+    // news whatever their revisions, and saves expect what it holds.
+    void handle_store_restarted(Origin origin);
     // Answers an applied change: at once, or in a fleet once every member applied it.
     void answer_applied(Origin& origin, boost::json::object reply);
     void report_to_fleet();

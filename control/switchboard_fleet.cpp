@@ -53,6 +53,9 @@ void Switchboard::attach_fleet(FleetStore& fleet) {
         }
     };
     events.driver = [this] { arm_ramp_timer(); };
+    events.restarted = [this] {
+        enqueue(Job{internal_origin("fleet store restarted", "fleet"), StoreRestarted{}});
+    };
     fleet.start(executor_, std::move(events));
     report_to_fleet();
 }
@@ -270,6 +273,19 @@ void Switchboard::handle_fleet_state(Origin origin, const FleetState& fleet_stat
         }
         applied(origin, std::move(*staged), table);
     });
+}
+
+void Switchboard::handle_store_restarted(Origin origin) {
+    // The state served stays; the fleet's, read afresh, follows this job (an outside probe:
+    // after etcd was rebuilt empty, the instances that had not made the first change there
+    // ignored it, its revision below theirs, and still counted in its ack).
+    state_.revision = 0;
+    durable_.revision = 0;
+    if (fleet_bound_) {
+        fleet_bound_->revision = 0;
+    }
+    report_to_fleet();
+    finish(origin, json::object{{"ok", true}});
 }
 
 void Switchboard::answer_applied(Origin& origin, json::object reply) {

@@ -122,17 +122,31 @@ class EtcdCluster:
             m.proc.send_signal(sig)
             m.proc.wait(10)
 
+    def pause(self, i):
+        """SIGSTOP member i: hung, its kernel still taking connections and requests (and
+        answering TCP keepalives) that no one answers."""
+        if self.running(i):
+            self.members[i].proc.send_signal(signal.SIGSTOP)
+
+    def resume(self, i):
+        if self.running(i):
+            self.members[i].proc.send_signal(signal.SIGCONT)
+
     def pause_all(self):
-        """SIGSTOP every member: a hung etcd, whose kernel still takes connections and requests
-        that no one answers."""
-        for i, m in enumerate(self.members):
-            if self.running(i):
-                m.proc.send_signal(signal.SIGSTOP)
+        for i in range(len(self.members)):
+            self.pause(i)
 
     def resume_all(self):
-        for i, m in enumerate(self.members):
-            if self.running(i):
-                m.proc.send_signal(signal.SIGCONT)
+        for i in range(len(self.members)):
+            self.resume(i)
+
+    def rebuild(self):
+        """Every member stopped, its data gone, started again: an empty cluster whose
+        revisions start again from 1."""
+        self.stop_all()
+        for m in self.members:
+            shutil.rmtree(m.data_dir, ignore_errors=True)
+        self.start_all()
 
     def stop_all(self):
         for i in range(len(self.members)):

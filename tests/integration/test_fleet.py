@@ -576,6 +576,37 @@ class FleetTest(ProcessTestCase):
         state = self.fleet_state()
         self.assertEqual(state["weights"]["green"], 0)
 
+    def test_a_watch_through_a_hung_member_is_noticed_and_moved(self):
+        """An outside probe: with the member every watch went through hung (SIGSTOP; its
+        kernel still answers TCP keepalives) and quorum intact, a flip on one instance was
+        never applied by the others, who still said etcd was reachable."""
+        proxies = self.fleet(2)
+        self.etcd.pause(0)  # the first endpoint: where both watches are
+        self.addCleanup(self.etcd.resume, 0)
+        rc, reply = self.command(proxies[1], "flip")
+        self.assertEqual(rc, 0, reply)
+        self.assertTrue(reply["fleet"]["complete"], reply)
+        self.assertEqual(proxies[0].status()["colours"]["green"]["weight"], 100)
+
+    def test_after_etcd_is_rebuilt_empty_every_instance_follows_the_new_cluster(self):
+        """An outside probe: etcd rebuilt empty (its revisions from 1 again), a flip on i1 was
+        acked 'applied by i1, i2, i3' while i2 and i3 still served the old state: their
+        watches waited for a revision the new cluster had not reached, their member records
+        named old revisions, and a state at a lower revision was not news to them."""
+        proxies = self.fleet(3)
+        for _ in range(4):  # revisions the new cluster will not have reached
+            rc, reply = self.command(proxies[0], "flip")
+            self.assertEqual(rc, 0, reply)
+        self.etcd.rebuild()
+        self.wait_members(proxies[0], 3, timeout=15)
+        rc, reply = self.command(proxies[0], "flip")
+        self.assertEqual(rc, 0, reply)
+        version = reply["version"]
+        for p in proxies:
+            self.wait_for("version %d on every instance" % version,
+                          lambda: p.status()["version"] == version and
+                          p.status()["colours"]["green"]["weight"] == 100)
+
     def test_a_change_whose_answer_etcd_lost_is_read_back_not_reported_unchanged(self):
         relay = TcpRelay(self.etcd.members[0].client_port)
         self.addCleanup(relay.close)
