@@ -562,7 +562,8 @@ int main(int argc, char** argv) {
     CLI::App app{
         "bgctl: control a running bgproxy through its control socket.\n"
         "Exit codes: 0 done, 1 refused by the proxy, 2 usage error, 3 proxy unreachable, 4 no\n"
-        "answer in time (the command may still apply: see `bgctl history --id=ID`), 5 in a\n"
+        "answer in time, or not confirmed by a fleet's etcd (the command may still apply: see\n"
+        "`bgctl history --id=ID`), 5 in a\n"
         "fleet: committed, but not applied by every member within the apply timeout (named)."};
     const char* env_socket = std::getenv("BGCTL_SOCKET");
     std::string socket_path = env_socket != nullptr ? env_socket : "/run/bgproxy/control.sock";

@@ -252,6 +252,8 @@ EtcdTxn FleetStore::read_back(const std::string& value, StoredVersion expected, 
         known.revision = now->mod_revision;
     } else if ((now == nullptr ? 0 : now->mod_revision) == expected.revision) {
         known = run_blocking(client_.put_if(state_key(), value, expected.revision));
+        // The first copy may still land late, whatever became of this one (a review).
+        known.maybe_applied = known.maybe_applied || !known.error.empty();
     } else if (now != nullptr) {
         known.current = *now;
     }

@@ -184,7 +184,7 @@ OutlierDetector::Verdicts OutlierDetector::observe(
         } else if (pool.weight_bp > 0) {
             // The stable colour serving: only a hang everywhere is judged (an error rate may
             // well be a dependency both colours share; the checks judge the rest).
-            std::string why = colour_stalled(pool, load, now);
+            std::string why = colour_stalled(pool, load, now, false);
             if (!why.empty()) {
                 verdicts.stalled_stable = colour;
                 verdicts.stable_reason = std::string(to_string(colour)) + " " + why;
@@ -232,7 +232,10 @@ std::string OutlierDetector::colour_failure(const ColourPool& pool, std::uint64_
                    " requests (threshold " + percent(config_.error_rate) + ")";
         }
     }
-    return colour_stalled(pool, load, now);
+    // A candidate hung everywhere under one client sending one request at a time holds one
+    // request at a time: cut on its first backend (stalled_alone_after), then waiting on the
+    // next. That wait is its evidence (an outside probe: 15 s a request and never reverted).
+    return colour_stalled(pool, load, now, true);
 }
 
 void OutlierDetector::reconfigure(OutlierConfig config, const RoutingTable& table) {
@@ -377,7 +380,7 @@ Duration OutlierDetector::ordinary_wait(Clock::time_point now) const {
 }
 
 std::string OutlierDetector::colour_stalled(const ColourPool& pool, const DataPlaneLoad& load,
-                                            Clock::time_point now) const {
+                                            Clock::time_point now, bool after_cuts) const {
     const Duration after = config_.colour_stalled_after;
     if (after <= Duration(0)) {
         return {};
@@ -389,7 +392,9 @@ std::string OutlierDetector::colour_stalled(const ColourPool& pool, const DataPl
     std::uint64_t longest = 0;
     unsigned taking = 0;
     for (const Backend& b : pool.backends) {
-        const std::uint64_t waited = at(load.oldest_wait_ms, b.id);
+        const std::uint64_t waited =
+            std::max(at(load.oldest_wait_ms, b.id),
+                     after_cuts ? at(load.oldest_wait_after_cut_ms, b.id) : std::uint64_t{0});
         if (b.takes_new_requests() && !ejections_.contains(b.name)) {
             ++taking;
             if (Duration(waited) < holding) {

@@ -108,9 +108,11 @@ class OutlierDetector {
     // The longest wait an answer (of either colour) took within slow_answer_memory, rounded up
     // to its bucket; at least stalled_alone_after while answers have come for less than that.
     Duration ordinary_wait(Clock::time_point now) const;
-    // Why the colour answers nothing, its requests waiting, or empty.
+    // Why the colour answers nothing, its requests waiting, or empty. `after_cuts`: tries after
+    // one the worker cut count too (a request slow everywhere looks the same: evidence enough
+    // to take traffic back from a candidate, not to move it off the stable colour).
     std::string colour_stalled(const ColourPool& pool, const DataPlaneLoad& load,
-                               Clock::time_point now) const;
+                               Clock::time_point now, bool after_cuts) const;
     // Why the watched colour fails as a whole (its error rate, or a stall), or empty.
     std::string colour_failure(const ColourPool& pool, std::uint64_t requests,
                                std::uint64_t failures, const DataPlaneLoad& load,

@@ -32,6 +32,24 @@ std::string joined(const std::vector<std::string>& names) {
     return out;
 }
 
+// Whether the fleet's state already is the way back `next` (of `kind`) takes: another instance,
+// seeing the same backends, took it first.
+bool already_in(const RoutingState& fleet, SwitchKind kind, const RoutingState& next) {
+    switch (kind) {
+        case SwitchKind::rollback:
+            return fleet.stable == next.stable && fleet.weight(fleet.stable) == 10000;
+        case SwitchKind::failover:
+            return fleet.failover.has_value() && fleet.weight_bp == next.weight_bp;
+        default:  // the reverts
+            for (Colour c : all_colours) {
+                if (next.failed[index_of(c)] && !fleet.failed[index_of(c)]) {
+                    return false;
+                }
+            }
+            return fleet.weight_bp == next.weight_bp;
+    }
+}
+
 }  // namespace
 
 void Switchboard::attach_fleet(FleetStore& fleet) {
@@ -122,25 +140,35 @@ void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
             rollback_pending_ = false;
             local_only_ = false;
             fleet_bound_.reset();
-        } else if (is_safety_action(staged.kind) &&
-                   (saved.unreachable || (saved.conflict && saved.current))) {
+        } else if (is_safety_action(staged.kind) && saved.conflict && saved.current &&
+                   already_in(*saved.current, staged.kind, staged.next)) {
+            // Another instance took the same way back first (they see the same backends): the
+            // fleet's state has it. Served as that, not as this instance's unwritten own.
+            finish(origin, json::object{{"ok", true}});
+            enqueue(
+                Job{internal_origin("fleet state version " + std::to_string(saved.current->version),
+                                    "fleet"),
+                    FleetState{std::move(*saved.current)}});
+            return;
+        } else if (is_safety_action(staged.kind)) {
+            // Never refused: the data plane serves it already (published before the save).
             local_only_ = false;  // this one is written when the store is back
             fleet_bound_.reset();
+            const bool lost_race = saved.conflict && saved.current;
             spdlog::error("{} applied on this instance only: {}; {}", to_string(staged.kind),
                           saved.error,
-                          saved.unreachable ? "written to the fleet when it is back"
-                                            : "staged again on the fleet's state");
+                          lost_race ? "staged again on the fleet's state"
+                                    : "written to the fleet when it answers");
             staged.next.revision = state_.revision;  // still based on the fleet's last state
             persist_error_ = saved.error;
             rollback_pending_ = rollback_pending_ || staged.kind == SwitchKind::rollback;
-            if (saved.unreachable) {
+            if (!lost_race) {
                 arm_persist_retry();
             } else {
                 // Another change reached the fleet first: a way back is not given up for it (an
                 // outside probe: a revert was dropped for an operator's `set` committed while
                 // its save hung). Kept here, it is staged again on the state that won, as one
-                // made while the store was away (handle_fleet_state); a failover is judged
-                // again there.
+                // made while the store was away (handle_fleet_state).
                 enqueue(Job{
                     internal_origin("fleet state version " + std::to_string(saved.current->version),
                                     "fleet"),
@@ -154,22 +182,16 @@ void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
             uncertain(origin, saved.error);
             return;
         } else {
-            const bool safety = is_safety_action(staged.kind);
             refuse(origin, saved.unreachable
                                ? saved.error + " (changes need the fleet store)"
                                : saved.error + "; run the command again on the current state");
             if (saved.conflict && saved.current) {
                 // The fleet moved on without this instance seeing it (its watch may be behind):
-                // catch up now, not when the watch says so; a guard action is judged again on
-                // the state that won.
+                // catch up now, not when the watch says so.
                 enqueue(Job{
                     internal_origin("fleet state version " + std::to_string(saved.current->version),
                                     "fleet"),
                     FleetState{std::move(*saved.current)}});
-                if (safety) {
-                    enqueue(Job{internal_origin("guard check after a conflict", "rollout guard"),
-                                GuardCheck{false}});
-                }
             }
             return;
         }
@@ -228,8 +250,13 @@ void Switchboard::handle_fleet_state(Origin origin, const FleetState& fleet_stat
         // (without the --local changes made above it).
         const RoutingState local = fleet_bound_ ? *fleet_bound_ : state_;
         fleet_bound_.reset();
+        // Not onto a failover, nor a stable colour failing here: all traffic to it would be the
+        // worse way (a review); the guard check after the fleet's state judges that.
+        const bool stable_serves =
+            !incoming.failover &&
+            !colour_failed(guard_health(incoming)[index_of(incoming.stable)], config_->rollout);
         for (Colour c : all_colours) {
-            if (local.failed[index_of(c)] && !incoming.failed[index_of(c)] &&
+            if (stable_serves && local.failed[index_of(c)] && !incoming.failed[index_of(c)] &&
                 incoming.weight(c) > 0 && c != incoming.stable) {
                 state_ = incoming;
                 durable_ = {incoming.version, incoming.revision};
@@ -240,7 +267,8 @@ void Switchboard::handle_fleet_state(Origin origin, const FleetState& fleet_stat
                 return;
             }
         }
-        if (std::exchange(rollback_pending_, false) && incoming.weight(incoming.stable) < 10000) {
+        if (std::exchange(rollback_pending_, false) && stable_serves &&
+            incoming.weight(incoming.stable) < 10000) {
             // An operator's rollback is not given up either: all traffic to the stable colour
             // of the state that won, written there.
             state_ = incoming;
@@ -255,6 +283,26 @@ void Switchboard::handle_fleet_state(Origin origin, const FleetState& fleet_stat
                               " while the fleet store was away: applied again on the fleet's state",
                           SwitchKind::rollback});
             return;
+        }
+        if (local.failover && !incoming.failover && local.stable == incoming.stable &&
+            incoming.weight(incoming.stable) > 0) {
+            // A failover is not given up either while its cause holds: a failing stable colour
+            // (its checks), or one that answered nothing (stalled: no check tells when it
+            // answers again).
+            const auto health = guard_health(incoming);
+            const std::string why =
+                "failed over on " + fleet_->instance() + " while its save met another change";
+            GuardDecision decision =
+                local.failover->stalled ? fail_over_stalled(incoming, health, config_->rollout, why)
+                : colour_failed(health[index_of(incoming.stable)], config_->rollout)
+                    ? fail_over(incoming, why)
+                    : GuardDecision{};
+            if (decision.changed) {
+                state_ = incoming;
+                durable_ = {incoming.version, incoming.revision};
+                apply_guard(std::move(origin), std::move(decision));
+                return;
+            }
         }
         persist_error_.clear();  // the fleet's state stands (it has the revert, or it is moot)
     }

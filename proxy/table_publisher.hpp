@@ -27,6 +27,9 @@ struct DataPlaneLoad {
     // The longest a request has been waiting for a response head, by backend id (max over
     // workers), in milliseconds.
     std::vector<std::uint64_t> oldest_wait_ms;
+    // The same for tries after one the worker cut (SessionHandle::awaiting_after_cut), apart:
+    // a request that waits on its second backend too may be slow itself.
+    std::vector<std::uint64_t> oldest_wait_after_cut_ms;
     // How many requests have waited [outlier] stalled_after for a response head, by backend id
     // (summed over workers).
     std::vector<std::uint32_t> stalled_waits;

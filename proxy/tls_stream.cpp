@@ -1,11 +1,15 @@
 #include "tls_stream.hpp"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/err.h>
+#include <sys/socket.h>
 
 #include <array>
 #include <boost/asio/ssl/error.hpp>
 #include <cerrno>
 
+#include "pending_input.hpp"
 #include "tls_socket_bio.hpp"
 
 namespace bg {
@@ -127,9 +131,19 @@ TlsStream::Attempt TlsStream::try_handshake(asio::ssl::stream_base::handshake_ty
             ssl, result != 1 && error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE);
     }
     if (result == 1) {
+        const bool drained = socket_bio_drained(ssl);
+        if (tickets && SSL_has_pending(ssl) == 0 &&
+            (drained || !input_waiting(socket_.native_handle()))) {
+            // The tickets wait for the response, so nothing of ours acknowledges the client's
+            // Finished now, and a client with Nagle on (ab, wget, Java's default) holds its
+            // request until our delayed ACK: 40 ms a new connection (an outside probe; HAProxy
+            // sends its tickets at once). An ACK alone, unless the request is here already.
+            int one = 1;
+            ::setsockopt(socket_.native_handle(), IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+        }
         // As try_read: the first request (or response) starts a new message, and the reactor
         // may trust a read of this try that emptied the socket (socket_drain.hpp).
-        if (socket_bio_drained(ssl)) {
+        if (drained) {
             assume_drained(socket_);
         }
         return {};

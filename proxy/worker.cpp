@@ -615,6 +615,7 @@ void Worker::report_load(std::function<void(DataPlaneLoad)> done) {
             load.upstream_open[id] = static_cast<std::uint32_t>(pool_.idle_count(id));
         }
         load.oldest_wait_ms.resize(table_->backend_id_limit(), 0);
+        load.oldest_wait_after_cut_ms.resize(table_->backend_id_limit(), 0);
         load.stalled_waits.resize(table_->backend_id_limit(), 0);
         const auto now = std::chrono::steady_clock::now();
         const auto stalled_after = config_->outlier.stalled_after;
@@ -622,13 +623,20 @@ void Worker::report_load(std::function<void(DataPlaneLoad)> done) {
             const std::uint32_t backend = session.upstream_backend;
             if (session.upstream != nullptr && backend < load.upstream_open.size()) {
                 ++load.upstream_open[backend];
-                if (session.awaiting_since != std::chrono::steady_clock::time_point{} &&
-                    !session.awaiting_after_cut) {
-                    const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(
-                        now - session.awaiting_since);
-                    load.oldest_wait_ms[backend] = std::max<std::uint64_t>(
-                        load.oldest_wait_ms[backend], static_cast<std::uint64_t>(waited.count()));
-                    load.stalled_waits[backend] += waited >= stalled_after ? 1 : 0;
+                if (session.awaiting_since != std::chrono::steady_clock::time_point{}) {
+                    const auto waited = static_cast<std::uint64_t>(
+                        std::chrono::duration_cast<std::chrono::milliseconds>(
+                            now - session.awaiting_since)
+                            .count());
+                    if (session.awaiting_after_cut) {
+                        auto& oldest = load.oldest_wait_after_cut_ms[backend];
+                        oldest = std::max(oldest, waited);
+                    } else {
+                        load.oldest_wait_ms[backend] =
+                            std::max(load.oldest_wait_ms[backend], waited);
+                        load.stalled_waits[backend] +=
+                            std::chrono::milliseconds(waited) >= stalled_after ? 1 : 0;
+                    }
                 }
             }
             if (session.kept && session.kept_backend < load.upstream_open.size()) {

@@ -42,6 +42,8 @@ void add_load(DataPlaneLoad& total, const DataPlaneLoad& part) {
     merge_each(total.upstream_open, part.upstream_open, 0u, sum);
     merge_each(total.stalled_waits, part.stalled_waits, 0u, sum);
     merge_each(total.oldest_wait_ms, part.oldest_wait_ms, std::uint64_t{0}, most);
+    merge_each(total.oldest_wait_after_cut_ms, part.oldest_wait_after_cut_ms, std::uint64_t{0},
+               most);
     merge_each(total.answer_begun_ms, part.answer_begun_ms, DataPlaneLoad::never_answered, least);
     merge_each(total.answer_waits, part.answer_waits, AnswerWaits{},
                [](AnswerWaits a, const AnswerWaits& b) {

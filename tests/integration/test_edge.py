@@ -247,6 +247,26 @@ class TlsTest(ProcessTestCase):
         for _ in range(8):
             self.assertEqual(tls_get(proxy.port), 200)
 
+    def test_a_client_with_nagle_on_is_not_held_for_our_delayed_ack(self):
+        """Found by an outside probe: a TLS 1.3 client with Nagle on (ab, wget) sends its
+        request only once its Finished is acknowledged; our session tickets wait for the
+        response, so nothing went back until the delayed ACK: 43 ms a new connection (HAProxy:
+        1.3 ms). The handshake now acknowledges it when the request is not there yet."""
+        proxy = self.proxy(edge_config(tls_listener("a"), [self.blue]))
+        ctx = client_context()
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        took = []
+        for _ in range(9):
+            with tls_connect(proxy.port, "a.test", ctx, timeout=5) as s:  # no TCP_NODELAY
+                start = time.monotonic()
+                s.sendall(get_headers("a.test"))
+                self.assertEqual(status_of(s.recv(65536)), 200)
+                took.append(time.monotonic() - start)
+        took.sort()
+        print("a request right after a TLS 1.3 handshake, Nagle on: median %.1f ms (of %s)"
+              % (took[4] * 1000, [round(t * 1000, 1) for t in took]))
+        self.assertLess(took[4], 0.02)  # the delayed ACK's 40 ms, or none
+
     def test_a_pause_in_a_body_uploaded_over_tls_holds_back_nothing_before_it(self):
         """A piece of a body decrypted from a TLS client that fills a whole read (buffer_size,
         16384 by default) reaches the backend at once when the client then pauses. Held for a

@@ -712,6 +712,40 @@ class HungReleaseTest(ProcessTestCase):
         self.assertGreater(posted["seconds"], 9)
 
 
+    def test_a_release_that_hangs_everywhere_is_reverted_under_one_sequential_client(self):
+        """Found by an outside probe: under one client sending one request at a time, green
+        hung everywhere after a flip held one request at a time: cut on its first backend at
+        stalled_alone_after, then waiting on the next, a wait no rule counted (since f80aa53).
+        Each GET took 15 s and green was never reverted. (Timings scaled down.)"""
+        blue = [self.backend("blue-1"), self.backend("blue-2")]
+        green = [self.backend("green-1"), self.backend("green-2")]
+        # (An ejection longer than stalled_alone_after + colour_stalled_after and shorter than a
+        # request's two tries, as 10 s is beside 5 + 5 s and 5 + 10 s.)
+        proxy = self.proxy(config(blue, green, extra='[outlier]\nstalled_alone_after = "1s"\n'
+                                                     'colour_stalled_after = "1500ms"\n'
+                                                     'base_ejection = "2s"\n'
+                                                     '[timeouts]\nupstream_try = "4s"\n'))
+        self.assertEqual(proxy.bgctl("flip").returncode, 0)
+        for b in green:
+            admin(b, "hang?hang=1")
+        hung_at = time.time()
+        answers = []
+        while time.time() - hung_at < 20 and proxy.status()["colours"]["green"]["weight"] > 0:
+            started = time.time()
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=15)
+            conn.request("GET", "/")
+            r = conn.getresponse()
+            r.read()
+            answers.append((r.status, r.getheader("X-Backend"), round(time.time() - started, 1)))
+            conn.close()
+        reverted = time.time() - hung_at
+        s = proxy.status()
+        print("green hung everywhere, one sequential client: reverted after %.1f s; answers %s"
+              % (reverted, answers))
+        self.assertEqual(s["colours"]["green"]["role"], "failed", s)
+        # stalled_alone_after on the first backend, then colour_stalled_after on the next.
+        self.assertLess(reverted, 4, answers)
+
     def test_a_release_hung_one_backend_after_the_other_is_answered_by_blue(self):
         """Found by an outside probe: green-1 hung, its caught GETs cut and retried onto green-2,
         which hung a second later. Those retries filled the retry budget, so at the revert

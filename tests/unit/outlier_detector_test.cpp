@@ -603,6 +603,36 @@ TEST_CASE("a peer that answers nothing begun since is no evidence against a back
             .ejected == Names{"g2"});
 }
 
+TEST_CASE("a try after a cut counts in a candidate's stall, not in the stable colour's") {
+    // Found by an outside probe: a candidate hung everywhere under one client sending one
+    // request at a time held one request at a time: cut on g1 at stalled_alone_after, then
+    // waiting on g2, a wait no rule counted (15 s a request, never reverted).
+    bg::OutlierConfig config;
+    config.colour_stalled_after = std::chrono::seconds(5);
+    auto table = two_by_two();
+    auto t0 = Clock::now();
+    const auto s = [&](int seconds) { return t0 + std::chrono::seconds(seconds); };
+    auto quiet = counts({0, 0, 150, 150}, {0, 0, 0, 0});
+    auto first = counts({0, 0, 150, 150}, {0, 0, 0, 0});
+    first.oldest_wait_ms = {0, 0, 5100, 0};  // the first try, alone on g1
+    auto next = counts({0, 0, 150, 150}, {0, 0, 0, 0});
+    next.oldest_wait_after_cut_ms = {0, 0, 0, 5100};  // g1's try cut, g2 holding the next
+    for (const auto watched : {std::optional<bg::Colour>(bg::Colour::green),
+                               std::optional<bg::Colour>()}) {
+        bg::OutlierDetector detector(config);
+        detector.observe(table, quiet, s(0), watched, {});
+        const auto cut = detector.observe(table, first, s(5), watched, {});
+        CHECK(cut.ejected == Names{"g1"});
+        const auto v = detector.observe(table, next, s(10), watched, {});
+        if (watched) {
+            CHECK(v.failed_colour == bg::Colour::green);
+        } else {
+            // The stable colour: a request slow everywhere looks alike; no failover on it.
+            CHECK_FALSE(v.stalled_stable);
+        }
+    }
+}
+
 TEST_CASE("a watched colour none of whose backends answers fails as a whole") {
     // Found by an outside probe: green hung everywhere after a flip stayed live for up to a
     // minute at 8 clients (no answering peer to compare with; too few timeouts for a rate).
