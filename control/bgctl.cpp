@@ -552,6 +552,10 @@ int print_outcome(Connection& conn, const std::string& reply_line, const std::st
             }
             std::fflush(stdout);
         }
+        // A watch never ends by itself: the proxy stopped (or restarted), which a script must
+        // tell from success (an outside probe: exit 0).
+        std::fprintf(stderr, "bgctl: the proxy closed the watch (stopped or restarting)\n");
+        return unreachable;
     }
     return done;
 }

@@ -1283,7 +1283,8 @@ void Switchboard::proceed(Origin origin, const Command& cmd, Staged staged) {
             reply["version"] = state_.version;
         }
         if (!staged.note.empty()) {
-            reply["note"] = staged.note;
+            // A dry run's note says what applying would do ("first step taken"...).
+            reply["note"] = (cmd.dry_run ? "if applied: " : "") + staged.note;
         }
         finish(origin, reply);
         return;

@@ -838,6 +838,15 @@ rise = 1
         self.assertIn("green-1", out)
         self.assertIn("set", out)
         self.assertIn("auto_revert", out)
+        # The proxy going away ends a watch as "proxy unreachable" (3), not as success (an
+        # outside probe: exit 0, nothing said).
+        watch = subprocess.Popen([BGCTL, "--socket", proxy.socket, "watch"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        self.addCleanup(watch.kill)
+        time.sleep(0.3)
+        proxy.stop()
+        self.assertEqual(watch.wait(10), 3)
+        self.assertIn("closed the watch", watch.stderr.read())
 
 
 class ControlSocketTest(ProcessTestCase):

@@ -75,6 +75,10 @@ TEST_CASE("a refused or dry-run command changes nothing") {
     auto dry = f.run("set green=30 --dry-run");
     CHECK(dry.at("dry_run").as_bool());
     CHECK(std::string(dry.at("change").as_string()) == "blue 100% -> 70%, green 0% -> 30%");
+    // A dry ramp's note says what applying would do, not that a step was taken (an outside
+    // probe).
+    auto ramp = f.run("ramp green to=50 step=10 every=30s --dry-run");
+    CHECK(std::string(ramp.at("note").as_string()).starts_with("if applied: first step taken"));
     CHECK(f.board.state().version == version);
     CHECK(f.board.state().weight(bg::Colour::green) == 0);
 }
