@@ -43,6 +43,26 @@ StoreLoad FileStateStore::load() {
         return result;
     }
     stored_version_ = result.state->version;
+    if (const auto* mark =
+            json.is_object() ? json.as_object().if_contains("fleet_unwritten") : nullptr;
+        mark != nullptr && mark->is_object()) {
+        const auto& m = mark->as_object();
+        const auto* version = m.if_contains("base_version");
+        const auto* revision = m.if_contains("base_revision");
+        const auto* rollback = m.if_contains("rollback");
+        if (version == nullptr || revision == nullptr || !version->is_number() ||
+            !revision->is_number()) {
+            result.state.reset();
+            result.error = "state file " + path_ + " is corrupt: a bad fleet_unwritten mark" +
+                           "; fix or remove it to start from the config";
+            return result;
+        }
+        UnwrittenWayBack way;
+        way.base.version = version->to_number<std::uint64_t>();
+        way.base.revision = revision->to_number<std::int64_t>();
+        way.rollback = rollback != nullptr && rollback->is_bool() && rollback->as_bool();
+        result.unwritten = way;
+    }
     return result;
 }
 
@@ -78,7 +98,8 @@ SaveOutcome FileStateStore::save(const RoutingState& next, StoredVersion expecte
     return overwrite(next, given_up);
 }
 
-SaveOutcome FileStateStore::overwrite(const RoutingState& next, const std::atomic<bool>* given_up) {
+SaveOutcome FileStateStore::overwrite(const RoutingState& next, const std::atomic<bool>* given_up,
+                                      const std::optional<UnwrittenWayBack>& unwritten) {
     SaveOutcome outcome;
     std::string& error = outcome.error;
     namespace fs = std::filesystem;
@@ -87,7 +108,13 @@ SaveOutcome FileStateStore::overwrite(const RoutingState& next, const std::atomi
     std::error_code fs_error;
     fs::create_directories(dir, fs_error);
     const std::string temp = path_ + ".tmp";
-    const std::string data = boost::json::serialize(to_json(next)) + "\n";
+    boost::json::object json = to_json(next);
+    if (unwritten) {
+        json["fleet_unwritten"] = boost::json::object{{"base_version", unwritten->base.version},
+                                                      {"base_revision", unwritten->base.revision},
+                                                      {"rollback", unwritten->rollback}};
+    }
+    const std::string data = boost::json::serialize(json) + "\n";
 
     int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
     if (fd < 0) {

@@ -142,6 +142,20 @@ Result FleetStore::run_blocking(asio::awaitable<Result> call) {
 }
 
 StoreLoad FleetStore::load() {
+    if (cache_) {
+        // A way back of this instance's own, applied before its restart and not yet taken by
+        // the fleet: served again, and written there when it answers (not given up for the
+        // fleet's state: the Switchboard stages it again on that if the fleet moved).
+        StoreLoad cached = cache_->load();
+        if (cached.error.empty() && cached.state && cached.unwritten) {
+            spdlog::warn(
+                "fleet {}: serving this instance's own version {} (a way back applied before "
+                "its restart, not yet in the fleet, staged on the fleet's version {}): it is "
+                "written to the fleet when etcd answers",
+                fleet_.name, cached.state->version, cached.unwritten->base.version);
+            return cached;
+        }
+    }
     EtcdRange read = run_blocking(client_.range(state_key()));
     StoreLoad result;
     if (!read.error.empty()) {
@@ -260,15 +274,15 @@ EtcdTxn FleetStore::read_back(const std::string& value, StoredVersion expected, 
     return known;
 }
 
-void FleetStore::remember(const RoutingState& state) {
+void FleetStore::remember(const RoutingState& state, std::optional<UnwrittenWayBack> unwritten) {
     if (!cache_) {
         return;
     }
     const std::uint64_t mine = ++cache_writes_;
-    asio::post(cache_writer_, [this, state, mine] {
+    asio::post(cache_writer_, [this, state, unwritten, mine] {
         // Only the latest matters: one queued behind a stalled write is passed over.
         if (mine == cache_writes_.load()) {
-            SaveOutcome written = cache_->overwrite(state);
+            SaveOutcome written = cache_->overwrite(state, nullptr, unwritten);
             if (!written.ok) {
                 spdlog::warn("fleet: cannot keep the fleet state in the state file: {}",
                              written.error);

@@ -83,8 +83,12 @@ class FleetStore final : public StateStore {
 
     // What this instance serves now and what it sees of its backends: written to its member key.
     void report(const RoutingState& applied, const std::map<std::string, bool>& health);
-    // Keeps the last state applied for a restart while etcd is away (cache writer thread).
-    void remember(const RoutingState& state);
+    // Keeps the last state applied for a restart while etcd is away (cache writer thread);
+    // with `unwritten`, a way back of this instance's own the fleet has not taken yet, which a
+    // restart serves and writes to the fleet (an outside probe: one lost at a restart while
+    // etcd was away, the fleet converged on the failing colour).
+    void remember(const RoutingState& state,
+                  std::optional<UnwrittenWayBack> unwritten = std::nullopt);
     // At exit: waits up to `wait` for the cache writer; false when it is stuck in the disk (it
     // cannot be joined then).
     bool finish_cache(std::chrono::milliseconds wait);

@@ -11,11 +11,6 @@
 
 namespace bg {
 
-struct StoreLoad {
-    std::optional<RoutingState> state;  // nothing stored yet when empty and error is empty
-    std::string error;                  // unreadable or corrupt: never a silent reset
-};
-
 // Which stored state a change replaces: its version, and in a fleet its revision.
 struct StoredVersion {
     std::uint64_t version = 0;  // 0: nothing stored
@@ -23,6 +18,20 @@ struct StoredVersion {
     // Outside a fleet, after a save given up on (disk_timeout) that may or may not have
     // landed: replace whatever is stored.
     bool whatever_stored = false;
+};
+
+// In a fleet's state file (its cache): the state is this instance's own way back (a guard's
+// revert, a rollback, a failover) that the fleet's store has not taken yet, staged on the
+// fleet's state `base`. A restart serves it and writes it to the fleet, not the fleet's.
+struct UnwrittenWayBack {
+    StoredVersion base;
+    bool rollback = false;  // an operator's rollback (staged again as one if the fleet moved)
+};
+
+struct StoreLoad {
+    std::optional<RoutingState> state;          // nothing stored yet when empty and error is empty
+    std::string error;                          // unreadable or corrupt: never a silent reset
+    std::optional<UnwrittenWayBack> unwritten;  // a fleet's cache only
 };
 
 struct SaveOutcome {
@@ -60,8 +69,10 @@ class FileStateStore final : public StateStore {
     StoreLoad load() override;
     SaveOutcome save(const RoutingState& next, StoredVersion expected,
                      const std::atomic<bool>* given_up = nullptr) override;
-    // Writes `state` whatever is stored: the fleet's local cache of its last state.
-    SaveOutcome overwrite(const RoutingState& state, const std::atomic<bool>* given_up = nullptr);
+    // Writes `state` whatever is stored: the fleet's local cache of its last state (with
+    // `unwritten`: one of its own the fleet has not taken yet).
+    SaveOutcome overwrite(const RoutingState& state, const std::atomic<bool>* given_up = nullptr,
+                          const std::optional<UnwrittenWayBack>& unwritten = std::nullopt);
 
   private:
     std::string path_;

@@ -176,6 +176,14 @@ bool Switchboard::load(std::string& error) {
         }
     }
     durable_ = {state_.version, state_.revision};
+    if (loaded.unwritten) {
+        // This instance's own way back, not in the fleet yet: not durable, written by the
+        // persist retry (staged again on the fleet's state if that moved on).
+        durable_ = loaded.unwritten->base;
+        rollback_pending_ = loaded.unwritten->rollback;
+        persist_error_ = "applied on this instance before its restart, not yet in the fleet";
+        arm_persist_retry();
+    }
     table_ = build_table(*config_, state_, ids_, health_);
     return true;
 }

@@ -162,6 +162,7 @@ void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
             staged.next.revision = state_.revision;  // still based on the fleet's last state
             persist_error_ = saved.error;
             rollback_pending_ = rollback_pending_ || staged.kind == SwitchKind::rollback;
+            fleet_->remember(staged.next, UnwrittenWayBack{durable_, rollback_pending_});
             if (!lost_race) {
                 arm_persist_retry();
             } else {

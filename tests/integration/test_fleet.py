@@ -418,6 +418,24 @@ class FleetTest(ProcessTestCase):
         self.etcd.start_all()
         self.wait_for_the_fleet_to_serve_the_revert(proxies)
 
+    def test_a_revert_made_while_etcd_is_away_survives_its_instances_restart(self):
+        """An outside probe: i1 reverted green while etcd was away, then restarted (kill -9 or
+        SIGTERM) before etcd returned: it served the fleet's last state (green) again, its
+        state file holding only the fleet's copy, and when etcd returned the fleet converged on
+        green. The way back is kept in the state file, marked unwritten, and written after."""
+        proxies = self.revert_with_etcd_away()
+        set_health(self.green[0], 200)  # a passing failure: judged again, green would stay
+        state_dir = proxies[0].dir
+        proxies[0].owns_dir = False
+        proxies[0].stop()
+        self.processes.remove(proxies[0])
+        proxies[0] = self.instance("i1", state_dir=state_dir, extra=HEALTH)
+        status = proxies[0].status()
+        self.assertEqual(status["colours"]["green"]["weight"], 0, status)
+        self.assertFalse(status["durable"])
+        self.etcd.start_all()
+        self.wait_for_the_fleet_to_serve_the_revert(proxies)
+
     def test_a_local_change_above_an_unwritten_revert_stays_local(self):
         """On 9d32043 a --local change made after a revert that etcd had not taken yet was
         written to the whole fleet with the revert when etcd came back."""
