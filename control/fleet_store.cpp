@@ -468,15 +468,18 @@ asio::awaitable<void> FleetStore::run_session() {
 }
 
 asio::awaitable<void> FleetStore::check_watch() {
+    // What the watch had seen before the read was sent: a linearizable read answers at or past
+    // it (the watch may deliver later revisions while the read is on its way).
+    const std::int64_t seen_before = revision_seen_;
     EtcdRange read = co_await client_.range(state_key());
     if (stopped_ || !read.error.empty() || watch_handle_ == nullptr) {
         co_return;  // (the session's own calls say whether etcd answers)
     }
-    if (read.revision < revision_seen_) {
+    if (read.revision < seen_before) {
         spdlog::error(
             "fleet {}: etcd's revision went back from {} to {} (a cluster replaced or restored "
             "from a backup): reading the fleet afresh",
-            fleet_.name, revision_seen_, read.revision);
+            fleet_.name, seen_before, read.revision);
         revision_seen_ = 0;
         watch_behind_since_.reset();
         read_afresh_ = true;
@@ -491,11 +494,14 @@ asio::awaitable<void> FleetStore::check_watch() {
         watch_behind_since_.reset();
         co_return;
     }
-    // A change on its way through the watch is behind for a moment; one still behind a check
-    // later (a third of the lease) is not coming.
+    // A change on its way through the watch (or a watch catching up) is behind for a moment;
+    // one still behind a third of the lease later is not coming.
     const auto now = std::chrono::steady_clock::now();
     if (!watch_behind_since_) {
         watch_behind_since_ = now;
+        co_return;
+    }
+    if (now - *watch_behind_since_ < fleet_.lease_ttl / 3) {
         co_return;
     }
     spdlog::warn(
@@ -553,6 +559,7 @@ asio::awaitable<void> FleetStore::run_watch() {
             next = revision_seen_ + 1;
         }
         watch_handle_ = std::make_shared<EtcdWatchHandle>();
+        watch_behind_since_.reset();  // a new watch is judged afresh
         const auto started = std::chrono::steady_clock::now();
         EtcdWatchEnd end = co_await client_.watch(
             base_, next,

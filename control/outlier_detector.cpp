@@ -39,6 +39,12 @@ void OutlierDetector::colour_gains_share(Colour colour) {
     if (!samples_.empty()) {
         share_gained_after_[index_of(colour)] = samples_.back();
     }
+    // Its holds before are no evidence against what it serves now.
+    std::erase_if(held_, [colour](const Held& h) { return h.colour == colour; });
+}
+
+Duration OutlierDetector::held_memory() const {
+    return config_.slow_answer_memory > Duration(0) ? config_.slow_answer_memory : config_.window;
 }
 
 OutlierDetector::Verdicts OutlierDetector::observe(
@@ -163,6 +169,12 @@ OutlierDetector::Verdicts OutlierDetector::observe(
             ++times;
             auto length = std::min<Duration>(config_.base_ejection * times, config_.max_ejection);
             ejections_[b.name] = Ejection{now + length};
+            if (stalled) {
+                while (!held_.empty() && now - held_.front().at > held_memory()) {
+                    held_.pop_front();
+                }
+                held_.push_back(Held{b.name, colour, now});
+            }
             since_return_.erase(b.name);
             verdicts.ejected.push_back(b.name);
             verdicts.reasons[b.name] =
@@ -385,6 +397,16 @@ std::string OutlierDetector::colour_stalled(const ColourPool& pool, const DataPl
     if (after <= Duration(0)) {
         return {};
     }
+    const Duration memory = held_memory();
+    const auto recent = [&](const Held& h) {
+        return !pool.backends.empty() && h.colour == pool.backends.front().colour &&
+               now - h.at <= memory;
+    };
+    after_cuts = after_cuts && std::count_if(held_.begin(), held_.end(), recent) >= 2;
+    const auto held_recently = [&](const Backend& b) {
+        return std::any_of(held_.begin(), held_.end(),
+                           [&](const Held& h) { return recent(h) && h.backend == b.name; });
+    };
     // Every backend taking requests holds one (an idle one might answer: the clients may all
     // be stuck on one hung backend, its peer healthy), and one has held it `after`.
     const Duration holding =
@@ -397,7 +419,7 @@ std::string OutlierDetector::colour_stalled(const ColourPool& pool, const DataPl
                      after_cuts ? at(load.oldest_wait_after_cut_ms, b.id) : std::uint64_t{0});
         if (b.takes_new_requests() && !ejections_.contains(b.name)) {
             ++taking;
-            if (Duration(waited) < holding) {
+            if (Duration(waited) < holding && !(after_cuts && held_recently(b))) {
                 return {};
             }
         }

@@ -108,9 +108,11 @@ class OutlierDetector {
     // The longest wait an answer (of either colour) took within slow_answer_memory, rounded up
     // to its bucket; at least stalled_alone_after while answers have come for less than that.
     Duration ordinary_wait(Clock::time_point now) const;
-    // Why the colour answers nothing, its requests waiting, or empty. `after_cuts`: tries after
-    // one the worker cut count too (a request slow everywhere looks the same: evidence enough
-    // to take traffic back from a candidate, not to move it off the stable colour).
+    // Why the colour answers nothing, its requests waiting, or empty. `after_cuts`: once two
+    // of the colour's tries were cut for holding (held_), tries after a cut count too, and a
+    // backend that held one is no idle witness: one request slow everywhere is cut once (its
+    // answer then teaches ordinary_wait), a hung colour's every request is. Evidence enough to
+    // take traffic back from a candidate, not to move it off the stable colour.
     std::string colour_stalled(const ColourPool& pool, const DataPlaneLoad& load,
                                Clock::time_point now, bool after_cuts) const;
     // Why the watched colour fails as a whole (its error rate, or a stall), or empty.
@@ -121,6 +123,15 @@ class OutlierDetector {
     OutlierConfig config_;
     std::deque<Sample> samples_;
     std::map<std::string, Ejection> ejections_;
+    // Ejections for holding requests (each cut the try it held), oldest first, within
+    // held_memory(): a candidate's waits after cuts count once two came (see colour_stalled).
+    struct Held {
+        std::string backend;
+        Colour colour;
+        Clock::time_point at;
+    };
+    std::deque<Held> held_;
+    Duration held_memory() const;  // slow_answer_memory, or the window without one
     std::map<std::string, unsigned> times_ejected_;
     std::map<std::string, Clock::time_point> returned_at_;  // the last return from an ejection
     std::map<std::string, SinceReturn> since_return_;

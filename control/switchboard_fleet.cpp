@@ -36,8 +36,6 @@ std::string joined(const std::vector<std::string>& names) {
 // seeing the same backends, took it first.
 bool already_in(const RoutingState& fleet, SwitchKind kind, const RoutingState& next) {
     switch (kind) {
-        case SwitchKind::rollback:
-            return fleet.stable == next.stable && fleet.weight(fleet.stable) == 10000;
         case SwitchKind::failover:
             return fleet.failover.has_value() && fleet.weight_bp == next.weight_bp;
         default:  // the reverts
@@ -140,7 +138,7 @@ void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
             rollback_pending_ = false;
             local_only_ = false;
             fleet_bound_.reset();
-        } else if (is_safety_action(staged.kind) && saved.conflict && saved.current &&
+        } else if (is_guard_action(staged.kind) && saved.conflict && saved.current &&
                    already_in(*saved.current, staged.kind, staged.next)) {
             // Another instance took the same way back first (they see the same backends): the
             // fleet's state has it. Served as that, not as this instance's unwritten own.
@@ -261,6 +259,7 @@ void Switchboard::handle_fleet_state(Origin origin, const FleetState& fleet_stat
                 incoming.weight(c) > 0 && c != incoming.stable) {
                 state_ = incoming;
                 durable_ = {incoming.version, incoming.revision};
+                rollback_pending_ = false;  // the revert takes all traffic to stable too
                 GuardDecision decision = revert_to_stable(
                     incoming, c,
                     "reverted on " + fleet_->instance() + " while the fleet store was away");
@@ -293,11 +292,14 @@ void Switchboard::handle_fleet_state(Origin origin, const FleetState& fleet_stat
             const auto health = guard_health(incoming);
             const std::string why =
                 "failed over on " + fleet_->instance() + " while its save met another change";
+            // (Through the guard's own rules: the candidate healthy, not marked failed,
+            // rollout.stable_failure.)
             GuardDecision decision =
                 local.failover->stalled ? fail_over_stalled(incoming, health, config_->rollout, why)
-                : colour_failed(health[index_of(incoming.stable)], config_->rollout)
-                    ? fail_over(incoming, why)
-                    : GuardDecision{};
+                                        : evaluate_guard(incoming, health, config_->rollout);
+            if (decision.kind != SwitchKind::failover) {
+                decision.changed = false;
+            }
             if (decision.changed) {
                 state_ = incoming;
                 durable_ = {incoming.version, incoming.revision};
@@ -317,6 +319,7 @@ void Switchboard::handle_fleet_state(Origin origin, const FleetState& fleet_stat
     publish(table, config_, [this, origin = std::move(origin), staged, table]() mutable {
         ++counts_.fleet_states_applied;
         durable_ = {staged->next.version, staged->next.revision};
+        rollback_pending_ = false;  // the fleet's state stands
         if (fleet_ != nullptr) {
             fleet_->remember(staged->next);
         }
@@ -332,6 +335,14 @@ void Switchboard::handle_store_restarted(Origin origin) {
     durable_.revision = 0;
     if (fleet_bound_) {
         fleet_bound_->revision = 0;
+    }
+    if (durable()) {
+        // The served state is written back to a cluster that has none (a create: a state
+        // there, read afresh next, wins), so an instance starting later does not store the
+        // config's weights as the fleet's first state (a review).
+        durable_.version = 0;
+        persist_error_ = "etcd's revisions went back: writing the served state to it again";
+        arm_persist_retry();
     }
     report_to_fleet();
     finish(origin, json::object{{"ok", true}});

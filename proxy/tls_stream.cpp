@@ -138,8 +138,12 @@ TlsStream::Attempt TlsStream::try_handshake(asio::ssl::stream_base::handshake_ty
             // Finished now, and a client with Nagle on (ab, wget, Java's default) holds its
             // request until our delayed ACK: 40 ms a new connection (an outside probe; HAProxy
             // sends its tickets at once). An ACK alone, unless the request is here already.
-            int one = 1;
-            ::setsockopt(socket_.native_handle(), IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+            // (Then back to delayed ACKs, which smart_accept set and the request's own
+            // acknowledgement would otherwise lose.)
+            const int fd = socket_.native_handle();
+            for (int quick : {1, 0}) {
+                ::setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &quick, sizeof(quick));
+            }
         }
         // As try_read: the first request (or response) starts a new message, and the reactor
         // may trust a read of this try that emptied the socket (socket_drain.hpp).

@@ -603,27 +603,38 @@ TEST_CASE("a peer that answers nothing begun since is no evidence against a back
             .ejected == Names{"g2"});
 }
 
-TEST_CASE("a try after a cut counts in a candidate's stall, not in the stable colour's") {
+TEST_CASE("a try after a cut counts in a candidate's stall once two were cut, not the stable's") {
     // Found by an outside probe: a candidate hung everywhere under one client sending one
-    // request at a time held one request at a time: cut on g1 at stalled_alone_after, then
-    // waiting on g2, a wait no rule counted (15 s a request, never reverted).
+    // request at a time held one request at a time: cut on one backend at
+    // stalled_alone_after, then waiting on the other, a wait no rule counted (15 s a request,
+    // never reverted). One request slow everywhere is cut once (its answer then teaches what
+    // the service's answers take): one cut is no evidence; a hung colour's every request is.
     bg::OutlierConfig config;
     config.colour_stalled_after = std::chrono::seconds(5);
+    config.base_ejection = std::chrono::seconds(1);
     auto table = two_by_two();
     auto t0 = Clock::now();
     const auto s = [&](int seconds) { return t0 + std::chrono::seconds(seconds); };
-    auto quiet = counts({0, 0, 150, 150}, {0, 0, 0, 0});
-    auto first = counts({0, 0, 150, 150}, {0, 0, 0, 0});
-    first.oldest_wait_ms = {0, 0, 5100, 0};  // the first try, alone on g1
-    auto next = counts({0, 0, 150, 150}, {0, 0, 0, 0});
-    next.oldest_wait_after_cut_ms = {0, 0, 0, 5100};  // g1's try cut, g2 holding the next
-    for (const auto watched : {std::optional<bg::Colour>(bg::Colour::green),
-                               std::optional<bg::Colour>()}) {
+    const auto waits = [](std::vector<std::uint64_t> first, std::vector<std::uint64_t> after_cut) {
+        auto load = counts({0, 0, 150, 150}, {0, 0, 0, 0});
+        load.oldest_wait_ms = std::move(first);
+        load.oldest_wait_after_cut_ms = std::move(after_cut);
+        return load;
+    };
+    for (const auto watched :
+         {std::optional<bg::Colour>(bg::Colour::green), std::optional<bg::Colour>()}) {
         bg::OutlierDetector detector(config);
-        detector.observe(table, quiet, s(0), watched, {});
-        const auto cut = detector.observe(table, first, s(5), watched, {});
-        CHECK(cut.ejected == Names{"g1"});
-        const auto v = detector.observe(table, next, s(10), watched, {});
+        detector.observe(table, waits({}, {}), s(0), watched, {});
+        detector.observe(table, waits({}, {}), s(1), watched, {});
+        // Request 1 held alone on g1: cut. Its next try holds on g2: one cut, no verdict.
+        CHECK(detector.observe(table, waits({0, 0, 5100, 0}, {}), s(5), watched, {}).ejected ==
+              Names{"g1"});
+        CHECK_FALSE(
+            detector.observe(table, waits({}, {0, 0, 0, 5100}), s(6), watched, {}).failed_colour);
+        // Request 2 held alone on g2: cut. Its next try holds on g1, back from its ejection.
+        CHECK(detector.observe(table, waits({0, 0, 0, 5100}, {}), s(7), watched, {}).ejected ==
+              Names{"g2"});
+        const auto v = detector.observe(table, waits({}, {0, 0, 5100, 0}), s(12), watched, {});
         if (watched) {
             CHECK(v.failed_colour == bg::Colour::green);
         } else {
