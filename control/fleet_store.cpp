@@ -142,21 +142,37 @@ Result FleetStore::run_blocking(asio::awaitable<Result> call) {
 }
 
 StoreLoad FleetStore::load() {
+    EtcdRange read = run_blocking(client_.range(state_key()));
     if (cache_) {
         // A way back of this instance's own, applied before its restart and not yet taken by
-        // the fleet: served again, and written there when it answers (not given up for the
-        // fleet's state: the Switchboard stages it again on that if the fleet moved).
+        // the fleet: served again while etcd is away, and written there when it answers (staged
+        // again on the fleet's state if that moved meanwhile), or now if the fleet's state is
+        // still the one it was staged on. One the fleet moved on from while this instance was
+        // down (or a cluster replaced since) is given up: the fleet's state is newer news.
         StoreLoad cached = cache_->load();
         if (cached.error.empty() && cached.state && cached.unwritten) {
+            const std::int64_t now_at =
+                read.error.empty() && !read.kvs.empty() ? read.kvs.front().mod_revision : 0;
+            if (!read.error.empty() || now_at == cached.unwritten->base.revision) {
+                spdlog::warn(
+                    "fleet {}: serving this instance's own version {} (a way back applied "
+                    "before its restart, not yet in the fleet, staged on the fleet's version "
+                    "{}): it is written to the fleet {}",
+                    fleet_.name, cached.state->version, cached.unwritten->base.version,
+                    read.error.empty() ? "now" : "when etcd answers");
+                if (!read.error.empty()) {
+                    reachable_ = false;
+                    unreachable_why_ = read.error;
+                }
+                return cached;
+            }
             spdlog::warn(
-                "fleet {}: serving this instance's own version {} (a way back applied before "
-                "its restart, not yet in the fleet, staged on the fleet's version {}): it is "
-                "written to the fleet when etcd answers",
-                fleet_.name, cached.state->version, cached.unwritten->base.version);
-            return cached;
+                "fleet {}: giving up this instance's own version {} (a way back applied before "
+                "its restart, never written): the fleet's state has moved on since (revision "
+                "{}, not {})",
+                fleet_.name, cached.state->version, now_at, cached.unwritten->base.revision);
         }
     }
-    EtcdRange read = run_blocking(client_.range(state_key()));
     StoreLoad result;
     if (!read.error.empty()) {
         reachable_ = false;

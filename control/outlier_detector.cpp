@@ -399,8 +399,9 @@ std::string OutlierDetector::colour_stalled(const ColourPool& pool, const DataPl
     }
     const Duration memory = held_memory();
     const auto recent = [&](const Held& h) {
-        return !pool.backends.empty() && h.colour == pool.backends.front().colour &&
-               now - h.at <= memory;
+        return now - h.at <= memory &&
+               std::any_of(pool.backends.begin(), pool.backends.end(),
+                           [&h](const Backend& b) { return b.name == h.backend; });
     };
     after_cuts = after_cuts && std::count_if(held_.begin(), held_.end(), recent) >= 2;
     const auto held_recently = [&](const Backend& b) {

@@ -176,7 +176,7 @@ bool Switchboard::load(std::string& error) {
         }
     }
     durable_ = {state_.version, state_.revision};
-    if (loaded.unwritten) {
+    if (loaded.unwritten && store_.shared()) {
         // This instance's own way back, not in the fleet yet: not durable, written by the
         // persist retry (staged again on the fleet's state if that moved on).
         durable_ = loaded.unwritten->base;

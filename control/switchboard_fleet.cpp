@@ -220,6 +220,10 @@ void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
         const Staged& staged = change->second;
         RoutingState serving = staged.next;
         serving.revision = state_.revision;
+        // Kept for a restart meanwhile (the save's own success replaces it, unmarked).
+        fleet_->remember(
+            serving,
+            UnwrittenWayBack{durable_, rollback_pending_ || staged.kind == SwitchKind::rollback});
         publish(build_table(*staged.config, serving, ids_, effective_health(staged.held),
                             staged.config->rollout.tunnel_drain_revert),
                 staged.config, [] {});
@@ -336,7 +340,12 @@ void Switchboard::handle_store_restarted(Origin origin) {
     if (fleet_bound_) {
         fleet_bound_->revision = 0;
     }
-    if (durable()) {
+    if (!durable() && !local_only_) {
+        // A way back waiting to be written: its mark in the state file names the new
+        // cluster's revisions too.
+        fleet_->remember(fleet_bound_ ? *fleet_bound_ : state_,
+                         UnwrittenWayBack{durable_, rollback_pending_});
+    } else if (durable()) {
         // The served state is written back to a cluster that has none (a create: a state
         // there, read afresh next, wins), so an instance starting later does not store the
         // config's weights as the fleet's first state (a review).

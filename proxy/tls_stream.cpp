@@ -138,10 +138,15 @@ TlsStream::Attempt TlsStream::try_handshake(asio::ssl::stream_base::handshake_ty
             // Finished now, and a client with Nagle on (ab, wget, Java's default) holds its
             // request until our delayed ACK: 40 ms a new connection (an outside probe; HAProxy
             // sends its tickets at once). An ACK alone, unless the request is here already.
-            // (Then back to delayed ACKs, which smart_accept set and the request's own
-            // acknowledgement would otherwise lose.)
+            // Then back to delayed ACKs if it was in that mode (smart_accept), which the
+            // request's own acknowledgement would otherwise lose.
             const int fd = socket_.native_handle();
-            for (int quick : {1, 0}) {
+            int quick = 1;
+            socklen_t size = sizeof(quick);
+            ::getsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &quick, &size);
+            const int one = 1;
+            ::setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+            if (quick == 0) {
                 ::setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &quick, sizeof(quick));
             }
         }

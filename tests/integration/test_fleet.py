@@ -436,6 +436,25 @@ class FleetTest(ProcessTestCase):
         self.etcd.start_all()
         self.wait_for_the_fleet_to_serve_the_revert(proxies)
 
+    def test_an_unwritten_revert_the_fleet_moved_on_from_is_given_up_at_a_restart(self):
+        """The other side of the test above (a review): i1 down with its revert unwritten, the
+        fleet changes meanwhile; restarted with etcd reachable, i1 serves the fleet's state,
+        not a revert judged on evidence from before the fleet moved."""
+        proxies = self.revert_with_etcd_away()
+        set_health(self.green[0], 200)
+        state_dir = proxies[0].dir
+        proxies[0].owns_dir = False
+        proxies[0].stop()
+        self.processes.remove(proxies[0])
+        self.etcd.start_all()
+        self.wait_for("i2 sees etcd again", lambda: proxies[1].status()["fleet"]["reachable"])
+        rc, reply = self.command(proxies[1], "set", "green=30")
+        self.assertEqual(rc, 0, reply)
+        proxies[0] = self.instance("i1", state_dir=state_dir, extra=HEALTH)
+        status = proxies[0].status()
+        self.assertEqual(status["colours"]["green"]["weight"], 30, status)
+        self.assertTrue(status["durable"], status)
+
     def test_a_local_change_above_an_unwritten_revert_stays_local(self):
         """On 9d32043 a --local change made after a revert that etcd had not taken yet was
         written to the whole fleet with the revert when etcd came back."""
