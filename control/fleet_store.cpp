@@ -417,30 +417,8 @@ asio::awaitable<void> FleetStore::run_session() {
                 last_keepalive = std::chrono::steady_clock::now();
             }
         }
-        if (error.empty() && member_dirty_) {
-            member_dirty_ = false;
-            self_.updated_at = now_iso8601();
-            EtcdTxn put = co_await client_.put(members_prefix() + instance_,
-                                               json::serialize(member_json(self_)), lease_);
-            error = put.error;
-            answered = answered || error.empty();
-            if (!error.empty()) {
-                member_dirty_ = true;
-                if (error.find("lease not found") != std::string::npos) {
-                    lease_ = 0;  // expired while etcd was away: join again
-                }
-            }
-        }
-        if (error.empty() && ramp_driver_.empty() && lease_ != 0) {
-            // Nobody drives ramps: this instance offers to (one wins the create).
-            EtcdTxn taken = co_await client_.create(driver_key(), instance_, lease_);
-            error = taken.error;
-            answered = answered || error.empty();
-            if (error.empty() && taken.succeeded) {
-                set_driver(instance_);
-            } else if (error.empty() && taken.current) {
-                set_driver(taken.current->value);
-            }
+        if (error.empty()) {
+            error = co_await keep_membership(answered);
         }
         if (error.empty() && std::chrono::steady_clock::now() - last_keepalive >= keepalive_every) {
             EtcdLease kept = co_await client_.keepalive(lease_);
@@ -481,6 +459,36 @@ asio::awaitable<void> FleetStore::run_session() {
         session_timer_->expires_after(std::max(wait, Duration(1)));
         co_await session_timer_->async_wait(nothrow);  // report() wakes it early
     }
+}
+
+asio::awaitable<std::string> FleetStore::keep_membership(bool& answered) {
+    std::string error;
+    if (member_dirty_) {
+        member_dirty_ = false;
+        self_.updated_at = now_iso8601();
+        EtcdTxn put = co_await client_.put(members_prefix() + instance_,
+                                           json::serialize(member_json(self_)), lease_);
+        error = put.error;
+        answered = answered || error.empty();
+        if (!error.empty()) {
+            member_dirty_ = true;
+            if (error.find("lease not found") != std::string::npos) {
+                lease_ = 0;  // expired while etcd was away: join again
+            }
+        }
+    }
+    if (error.empty() && ramp_driver_.empty() && lease_ != 0) {
+        // Nobody drives ramps: this instance offers to (one wins the create).
+        EtcdTxn taken = co_await client_.create(driver_key(), instance_, lease_);
+        error = taken.error;
+        answered = answered || error.empty();
+        if (error.empty() && taken.succeeded) {
+            set_driver(instance_);
+        } else if (error.empty() && taken.current) {
+            set_driver(taken.current->value);
+        }
+    }
+    co_return error;
 }
 
 asio::awaitable<void> FleetStore::check_watch() {

@@ -124,6 +124,9 @@ class FleetStore final : public StateStore {
     std::string driver_key() const { return base_ + "ramp-driver"; }
     void set_driver(std::string driver);
     boost::asio::awaitable<void> run_session();
+    // The member key written when it changed, and the ramp driver's key offered for when
+    // nobody holds it: the first error, or empty.
+    boost::asio::awaitable<std::string> keep_membership(bool& answered);
     boost::asio::awaitable<void> run_watch();
     boost::asio::awaitable<bool> read_all();
     // Whether the watch still follows the fleet: a watch through a hung member (its kernel

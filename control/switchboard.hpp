@@ -255,7 +255,12 @@ class Switchboard {
     std::string stalled_save_error() const;
     // In a fleet: committed to the fleet first, then published (switchboard_fleet.cpp).
     void commit_to_fleet(Origin origin, Staged staged);
+    using FleetChange = std::pair<Origin, Staged>;
+    void fleet_saved(const std::shared_ptr<FleetChange>& change, SaveOutcome saved);
+    void publish_way_back_now(const Staged& staged);
+    void keep_way_back(Staged& staged, SaveOutcome& saved);
     void handle_fleet_state(Origin origin, const FleetState& fleet_state);
+    bool restage_way_back(Origin& origin, const RoutingState& incoming);
     // etcd's revisions started again (a cluster replaced or restored): the states it holds are
     // news whatever their revisions, and saves expect what it holds.
     void handle_store_restarted(Origin origin);

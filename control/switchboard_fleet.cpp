@@ -113,7 +113,7 @@ void Switchboard::report_to_fleet() {
 // of two instances' changes staged on the same state one wins. A way back (a guard revert)
 // does not wait for etcd: with etcd away it applies here at once and is written when it is back.
 void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
-    auto change = std::make_shared<std::pair<Origin, Staged>>(std::move(origin), std::move(staged));
+    auto change = std::make_shared<FleetChange>(std::move(origin), std::move(staged));
     if (change->second.local) {
         if (!durable() && !local_only_) {
             // A revert waits to be written to the fleet: it still is, without this change.
@@ -128,80 +128,7 @@ void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
         });
         return;
     }
-    auto on_saved = [this, change](SaveOutcome saved) {
-        Origin& origin = change->first;
-        Staged& staged = change->second;
-        if (saved.ok) {
-            staged.next.revision = saved.revision;
-            durable_ = {staged.next.version, saved.revision};
-            persist_error_.clear();
-            rollback_pending_ = false;
-            local_only_ = false;
-            fleet_bound_.reset();
-        } else if (is_guard_action(staged.kind) && saved.conflict && saved.current &&
-                   already_in(*saved.current, staged.kind, staged.next)) {
-            // Another instance took the same way back first (they see the same backends): the
-            // fleet's state has it. Served as that, not as this instance's unwritten own.
-            finish(origin, json::object{{"ok", true}});
-            enqueue(
-                Job{internal_origin("fleet state version " + std::to_string(saved.current->version),
-                                    "fleet"),
-                    FleetState{std::move(*saved.current)}});
-            return;
-        } else if (is_safety_action(staged.kind)) {
-            // Never refused: the data plane serves it already (published before the save).
-            local_only_ = false;  // this one is written when the store is back
-            fleet_bound_.reset();
-            const bool lost_race = saved.conflict && saved.current;
-            spdlog::error("{} applied on this instance only: {}; {}", to_string(staged.kind),
-                          saved.error,
-                          lost_race ? "staged again on the fleet's state"
-                                    : "written to the fleet when it answers");
-            staged.next.revision = state_.revision;  // still based on the fleet's last state
-            persist_error_ = saved.error;
-            rollback_pending_ = rollback_pending_ || staged.kind == SwitchKind::rollback;
-            fleet_->remember(staged.next, UnwrittenWayBack{durable_, rollback_pending_});
-            if (!lost_race) {
-                arm_persist_retry();
-            } else {
-                // Another change reached the fleet first: a way back is not given up for it (an
-                // outside probe: a revert was dropped for an operator's `set` committed while
-                // its save hung). Kept here, it is staged again on the state that won, as one
-                // made while the store was away (handle_fleet_state).
-                enqueue(Job{
-                    internal_origin("fleet state version " + std::to_string(saved.current->version),
-                                    "fleet"),
-                    FleetState{std::move(*saved.current)}});
-                enqueue(Job{internal_origin("guard check after a conflict", "rollout guard"),
-                            GuardCheck{false}});
-            }
-        } else if (saved.uncertain) {
-            // The answer was lost after etcd had the request: it may stand. Not "nothing
-            // changed" (an outside probe: such a flip applied fleet-wide once etcd answered).
-            uncertain(origin, saved.error);
-            return;
-        } else {
-            refuse(origin, saved.unreachable
-                               ? saved.error + " (changes need the fleet store)"
-                               : saved.error + "; run the command again on the current state");
-            if (saved.conflict && saved.current) {
-                // The fleet moved on without this instance seeing it (its watch may be behind):
-                // catch up now, not when the watch says so.
-                enqueue(Job{
-                    internal_origin("fleet state version " + std::to_string(saved.current->version),
-                                    "fleet"),
-                    FleetState{std::move(*saved.current)}});
-            }
-            return;
-        }
-        const RolloutConfig& rollout = staged.config->rollout;
-        auto table = build_table(
-            *staged.config, staged.next, ids_, effective_health(staged.held),
-            is_safety_action(staged.kind) ? rollout.tunnel_drain_revert : rollout.tunnel_drain);
-        publish(table, staged.config, [this, change, table] {
-            applied(change->first, std::move(change->second), table);
-        });
-    };
+    auto on_saved = [this, change](SaveOutcome saved) { fleet_saved(change, std::move(saved)); };
     const bool safety = is_safety_action(change->second.kind);
     if (safety && !store_reachable()) {
         // Known away: a way back applies at once, not after a save that would time out on
@@ -214,21 +141,100 @@ void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
         return;
     }
     if (safety) {
-        // Served at once: the fleet's answer only says how it is recorded. With etcd hung
-        // rather than down, it comes after every endpoint's timeout and a read-back (an outside
-        // probe: a revert served the failing colour 3 to 12 s more, a rollback 12 s).
-        const Staged& staged = change->second;
-        RoutingState serving = staged.next;
-        serving.revision = state_.revision;
-        // Kept for a restart meanwhile (the save's own success replaces it, unmarked).
-        fleet_->remember(
-            serving,
-            UnwrittenWayBack{durable_, rollback_pending_ || staged.kind == SwitchKind::rollback});
-        publish(build_table(*staged.config, serving, ids_, effective_health(staged.held),
-                            staged.config->rollout.tunnel_drain_revert),
-                staged.config, [] {});
+        publish_way_back_now(change->second);
     }
     save_async(change->second.next, durable_, std::move(on_saved));
+}
+
+// Served at once: the fleet's answer only says how it is recorded. With etcd hung rather than
+// down, it comes after every endpoint's timeout and a read-back (an outside probe: a revert
+// served the failing colour 3 to 12 s more, a rollback 12 s).
+void Switchboard::publish_way_back_now(const Staged& staged) {
+    RoutingState serving = staged.next;
+    serving.revision = state_.revision;
+    // Kept for a restart meanwhile (the save's own success replaces it, unmarked).
+    fleet_->remember(serving, UnwrittenWayBack{durable_, rollback_pending_ ||
+                                                             staged.kind == SwitchKind::rollback});
+    publish(build_table(*staged.config, serving, ids_, effective_health(staged.held),
+                        staged.config->rollout.tunnel_drain_revert),
+            staged.config, [] {});
+}
+
+// A change's save answered: publish it (committed, or a way back kept here), or refuse it.
+void Switchboard::fleet_saved(const std::shared_ptr<FleetChange>& change, SaveOutcome saved) {
+    Origin& origin = change->first;
+    Staged& staged = change->second;
+    if (saved.ok) {
+        staged.next.revision = saved.revision;
+        durable_ = {staged.next.version, saved.revision};
+        persist_error_.clear();
+        rollback_pending_ = false;
+        local_only_ = false;
+        fleet_bound_.reset();
+    } else if (is_guard_action(staged.kind) && saved.conflict && saved.current &&
+               already_in(*saved.current, staged.kind, staged.next)) {
+        // Another instance took the same way back first (they see the same backends): the
+        // fleet's state has it. Served as that, not as this instance's unwritten own.
+        finish(origin, json::object{{"ok", true}});
+        enqueue(Job{internal_origin("fleet state version " + std::to_string(saved.current->version),
+                                    "fleet"),
+                    FleetState{std::move(*saved.current)}});
+        return;
+    } else if (is_safety_action(staged.kind)) {
+        keep_way_back(staged, saved);
+    } else if (saved.uncertain) {
+        // The answer was lost after etcd had the request: it may stand. Not "nothing
+        // changed" (an outside probe: such a flip applied fleet-wide once etcd answered).
+        uncertain(origin, saved.error);
+        return;
+    } else {
+        refuse(origin, saved.unreachable
+                           ? saved.error + " (changes need the fleet store)"
+                           : saved.error + "; run the command again on the current state");
+        if (saved.conflict && saved.current) {
+            // The fleet moved on without this instance seeing it (its watch may be behind):
+            // catch up now, not when the watch says so.
+            enqueue(
+                Job{internal_origin("fleet state version " + std::to_string(saved.current->version),
+                                    "fleet"),
+                    FleetState{std::move(*saved.current)}});
+        }
+        return;
+    }
+    const RolloutConfig& rollout = staged.config->rollout;
+    auto table = build_table(
+        *staged.config, staged.next, ids_, effective_health(staged.held),
+        is_safety_action(staged.kind) ? rollout.tunnel_drain_revert : rollout.tunnel_drain);
+    publish(table, staged.config,
+            [this, change, table] { applied(change->first, std::move(change->second), table); });
+}
+
+// A way back whose save failed is never refused: the data plane serves it already (published
+// before the save). It stays here, not durable, and goes to the fleet when it answers.
+void Switchboard::keep_way_back(Staged& staged, SaveOutcome& saved) {
+    local_only_ = false;  // this one is written when the store is back
+    fleet_bound_.reset();
+    const bool lost_race = saved.conflict && saved.current;
+    spdlog::error(
+        "{} applied on this instance only: {}; {}", to_string(staged.kind), saved.error,
+        lost_race ? "staged again on the fleet's state" : "written to the fleet when it answers");
+    staged.next.revision = state_.revision;  // still based on the fleet's last state
+    persist_error_ = saved.error;
+    rollback_pending_ = rollback_pending_ || staged.kind == SwitchKind::rollback;
+    fleet_->remember(staged.next, UnwrittenWayBack{durable_, rollback_pending_});
+    if (!lost_race) {
+        arm_persist_retry();
+        return;
+    }
+    // Another change reached the fleet first: a way back is not given up for it (an outside
+    // probe: a revert was dropped for an operator's `set` committed while its save hung). Kept
+    // here, it is staged again on the state that won, as one made while the store was away
+    // (handle_fleet_state).
+    enqueue(Job{
+        internal_origin("fleet state version " + std::to_string(saved.current->version), "fleet"),
+        FleetState{std::move(*saved.current)}});
+    enqueue(
+        Job{internal_origin("guard check after a conflict", "rollout guard"), GuardCheck{false}});
 }
 
 // Another instance's change (or this one's, seen again through the watch).
@@ -247,71 +253,8 @@ void Switchboard::handle_fleet_state(Origin origin, const FleetState& fleet_stat
         spdlog::warn("fleet state names backends this instance's config does not have: {}",
                      dropped);
     }
-    if (!durable() && (!local_only_ || fleet_bound_)) {
-        // A revert applied here while the fleet store was away is not given up for a state
-        // committed without it: it is staged again on the fleet's state and written there
-        // (without the --local changes made above it).
-        const RoutingState local = fleet_bound_ ? *fleet_bound_ : state_;
-        fleet_bound_.reset();
-        // Not onto a failover, nor a stable colour failing here: all traffic to it would be the
-        // worse way (a review); the guard check after the fleet's state judges that.
-        const bool stable_serves =
-            !incoming.failover &&
-            !colour_failed(guard_health(incoming)[index_of(incoming.stable)], config_->rollout);
-        for (Colour c : all_colours) {
-            if (stable_serves && local.failed[index_of(c)] && !incoming.failed[index_of(c)] &&
-                incoming.weight(c) > 0 && c != incoming.stable) {
-                state_ = incoming;
-                durable_ = {incoming.version, incoming.revision};
-                rollback_pending_ = false;  // the revert takes all traffic to stable too
-                GuardDecision decision = revert_to_stable(
-                    incoming, c,
-                    "reverted on " + fleet_->instance() + " while the fleet store was away");
-                apply_guard(std::move(origin), std::move(decision));
-                return;
-            }
-        }
-        if (std::exchange(rollback_pending_, false) && stable_serves &&
-            incoming.weight(incoming.stable) < 10000) {
-            // An operator's rollback is not given up either: all traffic to the stable colour
-            // of the state that won, written there.
-            state_ = incoming;
-            durable_ = {incoming.version, incoming.revision};
-            Command rollback;
-            rollback.verb = Verb::rollback;
-            RoutingState next = stage_change(incoming, *config_, rollback).next;
-            next.failover.reset();  // (as stage() drops it when an operator sets weights)
-            commit(std::move(origin),
-                   Staged{std::move(next), config_,
-                          "rolled back on " + fleet_->instance() +
-                              " while the fleet store was away: applied again on the fleet's state",
-                          SwitchKind::rollback});
-            return;
-        }
-        if (local.failover && !incoming.failover && local.stable == incoming.stable &&
-            incoming.weight(incoming.stable) > 0) {
-            // A failover is not given up either while its cause holds: a failing stable colour
-            // (its checks), or one that answered nothing (stalled: no check tells when it
-            // answers again).
-            const auto health = guard_health(incoming);
-            const std::string why =
-                "failed over on " + fleet_->instance() + " while its save met another change";
-            // (Through the guard's own rules: the candidate healthy, not marked failed,
-            // rollout.stable_failure.)
-            GuardDecision decision =
-                local.failover->stalled ? fail_over_stalled(incoming, health, config_->rollout, why)
-                                        : evaluate_guard(incoming, health, config_->rollout);
-            if (decision.kind != SwitchKind::failover) {
-                decision.changed = false;
-            }
-            if (decision.changed) {
-                state_ = incoming;
-                durable_ = {incoming.version, incoming.revision};
-                apply_guard(std::move(origin), std::move(decision));
-                return;
-            }
-        }
-        persist_error_.clear();  // the fleet's state stands (it has the revert, or it is moot)
+    if (!durable() && (!local_only_ || fleet_bound_) && restage_way_back(origin, incoming)) {
+        return;
     }
     local_only_ = false;
     fleet_bound_.reset();
@@ -329,6 +272,75 @@ void Switchboard::handle_fleet_state(Origin origin, const FleetState& fleet_stat
         }
         applied(origin, std::move(*staged), table);
     });
+}
+
+// A way back applied here and not written (while the fleet store was away, or when another
+// change reached it first) is not given up for a state committed without it: staged again on
+// the fleet's state and written there (without the --local changes made above it). True when
+// it was (the job goes on there); false when the fleet's state stands.
+bool Switchboard::restage_way_back(Origin& origin, const RoutingState& incoming) {
+    const RoutingState local = fleet_bound_ ? *fleet_bound_ : state_;
+    fleet_bound_.reset();
+    // Not onto a failover, nor a stable colour failing here: all traffic to it would be the
+    // worse way (a review); the guard check after the fleet's state judges that.
+    const bool stable_serves =
+        !incoming.failover &&
+        !colour_failed(guard_health(incoming)[index_of(incoming.stable)], config_->rollout);
+    for (Colour c : all_colours) {
+        if (stable_serves && local.failed[index_of(c)] && !incoming.failed[index_of(c)] &&
+            incoming.weight(c) > 0 && c != incoming.stable) {
+            state_ = incoming;
+            durable_ = {incoming.version, incoming.revision};
+            rollback_pending_ = false;  // the revert takes all traffic to stable too
+            GuardDecision decision = revert_to_stable(
+                incoming, c,
+                "reverted on " + fleet_->instance() + " while the fleet store was away");
+            apply_guard(std::move(origin), std::move(decision));
+            return true;
+        }
+    }
+    if (std::exchange(rollback_pending_, false) && stable_serves &&
+        incoming.weight(incoming.stable) < 10000) {
+        // An operator's rollback is not given up either: all traffic to the stable colour
+        // of the state that won, written there.
+        state_ = incoming;
+        durable_ = {incoming.version, incoming.revision};
+        Command rollback;
+        rollback.verb = Verb::rollback;
+        RoutingState next = stage_change(incoming, *config_, rollback).next;
+        next.failover.reset();  // (as stage() drops it when an operator sets weights)
+        commit(std::move(origin),
+               Staged{std::move(next), config_,
+                      "rolled back on " + fleet_->instance() +
+                          " while the fleet store was away: applied again on the fleet's state",
+                      SwitchKind::rollback});
+        return true;
+    }
+    if (local.failover && !incoming.failover && local.stable == incoming.stable &&
+        incoming.weight(incoming.stable) > 0) {
+        // A failover is not given up either while its cause holds: a failing stable colour
+        // (its checks), or one that answered nothing (stalled: no check tells when it
+        // answers again).
+        const auto health = guard_health(incoming);
+        const std::string why =
+            "failed over on " + fleet_->instance() + " while its save met another change";
+        // (Through the guard's own rules: the candidate healthy, not marked failed,
+        // rollout.stable_failure.)
+        GuardDecision decision = local.failover->stalled
+                                     ? fail_over_stalled(incoming, health, config_->rollout, why)
+                                     : evaluate_guard(incoming, health, config_->rollout);
+        if (decision.kind != SwitchKind::failover) {
+            decision.changed = false;
+        }
+        if (decision.changed) {
+            state_ = incoming;
+            durable_ = {incoming.version, incoming.revision};
+            apply_guard(std::move(origin), std::move(decision));
+            return true;
+        }
+    }
+    persist_error_.clear();  // the fleet's state stands (it has the revert, or it is moot)
+    return false;
 }
 
 void Switchboard::handle_store_restarted(Origin origin) {
