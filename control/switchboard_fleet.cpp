@@ -110,8 +110,9 @@ void Switchboard::report_to_fleet() {
 }
 
 // Nothing is served before the fleet has it: a change whose transaction fails is refused, and
-// of two instances' changes staged on the same state one wins. A way back (a guard revert)
-// does not wait for etcd: with etcd away it applies here at once and is written when it is back.
+// of two instances' changes staged on the same state one wins. A way back (a rollback, a guard's
+// revert or failover) does not wait for etcd: it is served before its save, and kept here when
+// the save fails (etcd away or hung, or another change first) until the fleet has it.
 void Switchboard::commit_to_fleet(Origin origin, Staged staged) {
     auto change = std::make_shared<FleetChange>(std::move(origin), std::move(staged));
     if (change->second.local) {
