@@ -143,13 +143,14 @@ Result FleetStore::run_blocking(asio::awaitable<Result> call) {
 
 StoreLoad FleetStore::load() {
     EtcdRange read = run_blocking(client_.range(state_key()));
+    StoreLoad cached;  // the state file's, read once
     if (cache_) {
         // A way back of this instance's own, applied before its restart and not yet taken by
         // the fleet: served again while etcd is away, and written there when it answers (staged
         // again on the fleet's state if that moved meanwhile), or now if the fleet's state is
         // still the one it was staged on. One the fleet moved on from while this instance was
         // down (or a cluster replaced since) is given up: the fleet's state is newer news.
-        StoreLoad cached = cache_->load();
+        cached = cache_->load();
         if (cached.error.empty() && cached.state && cached.unwritten) {
             const std::int64_t now_at =
                 read.error.empty() && !read.kvs.empty() ? read.kvs.front().mod_revision : 0;
@@ -183,7 +184,7 @@ StoreLoad FleetStore::load() {
                            "cannot know what the fleet serves";
             return result;
         }
-        result = cache_->load();
+        result = std::move(cached);
         if (result.error.empty() && (!result.state || result.state->revision == 0)) {
             result.state.reset();
             result.error = "the fleet store is unreachable (" + read.error +

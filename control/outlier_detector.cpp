@@ -405,8 +405,9 @@ std::string OutlierDetector::colour_stalled(const ColourPool& pool, const DataPl
     };
     after_cuts = after_cuts && std::count_if(held_.begin(), held_.end(), recent) >= 2;
     const auto held_recently = [&](const Backend& b) {
-        return std::any_of(held_.begin(), held_.end(),
-                           [&](const Held& h) { return recent(h) && h.backend == b.name; });
+        return std::any_of(held_.begin(), held_.end(), [&](const Held& h) {
+            return h.backend == b.name && now - h.at <= memory;
+        });
     };
     // Every backend taking requests holds one (an idle one might answer: the clients may all
     // be stuck on one hung backend, its peer healthy), and one has held it `after`.

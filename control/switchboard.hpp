@@ -273,6 +273,8 @@ class Switchboard {
     void fleet_reachable_again();
     // A state the fleet refused because another was stored first: go on from that one.
     void persist_conflict(Origin origin, RoutingState current);
+    // Queues the fleet's state (as the store saw it, or as a conflict returned it).
+    void take_fleet_state(RoutingState state);
     void publish(RoutingTablePtr table, std::shared_ptr<const Config> config,
                  std::function<void()> done);
     void handle_persist_retry(Origin origin);

@@ -53,11 +53,7 @@ bool already_in(const RoutingState& fleet, SwitchKind kind, const RoutingState& 
 void Switchboard::attach_fleet(FleetStore& fleet) {
     fleet_ = &fleet;
     FleetStore::Events events;
-    events.state = [this](RoutingState state) {
-        enqueue(
-            Job{internal_origin("fleet state version " + std::to_string(state.version), "fleet"),
-                FleetState{std::move(state)}});
-    };
+    events.state = [this](RoutingState state) { take_fleet_state(std::move(state)); };
     events.reachability = [this](bool reachable, const std::string& why) {
         broadcast(json::object{{"event", "fleet"},
                                {"time", now_iso8601()},
@@ -97,10 +93,14 @@ void Switchboard::fleet_reachable_again() {
     }
 }
 
+void Switchboard::take_fleet_state(RoutingState state) {
+    const std::string line = "fleet state version " + std::to_string(state.version);
+    enqueue(Job{internal_origin(line, "fleet"), FleetState{std::move(state)}});
+}
+
 void Switchboard::persist_conflict(Origin origin, RoutingState current) {
     finish(origin, json::object{{"ok", false}});
-    enqueue(Job{internal_origin("fleet state version " + std::to_string(current.version), "fleet"),
-                FleetState{std::move(current)}});
+    take_fleet_state(std::move(current));
 }
 
 void Switchboard::report_to_fleet() {
@@ -177,9 +177,7 @@ void Switchboard::fleet_saved(const std::shared_ptr<FleetChange>& change, SaveOu
         // Another instance took the same way back first (they see the same backends): the
         // fleet's state has it. Served as that, not as this instance's unwritten own.
         finish(origin, json::object{{"ok", true}});
-        enqueue(Job{internal_origin("fleet state version " + std::to_string(saved.current->version),
-                                    "fleet"),
-                    FleetState{std::move(*saved.current)}});
+        take_fleet_state(std::move(*saved.current));
         return;
     } else if (is_safety_action(staged.kind)) {
         keep_way_back(staged, saved);
@@ -195,10 +193,7 @@ void Switchboard::fleet_saved(const std::shared_ptr<FleetChange>& change, SaveOu
         if (saved.conflict && saved.current) {
             // The fleet moved on without this instance seeing it (its watch may be behind):
             // catch up now, not when the watch says so.
-            enqueue(
-                Job{internal_origin("fleet state version " + std::to_string(saved.current->version),
-                                    "fleet"),
-                    FleetState{std::move(*saved.current)}});
+            take_fleet_state(std::move(*saved.current));
         }
         return;
     }
@@ -231,9 +226,7 @@ void Switchboard::keep_way_back(Staged& staged, SaveOutcome& saved) {
     // probe: a revert was dropped for an operator's `set` committed while its save hung). Kept
     // here, it is staged again on the state that won, as one made while the store was away
     // (handle_fleet_state).
-    enqueue(Job{
-        internal_origin("fleet state version " + std::to_string(saved.current->version), "fleet"),
-        FleetState{std::move(*saved.current)}});
+    take_fleet_state(std::move(*saved.current));
     enqueue(
         Job{internal_origin("guard check after a conflict", "rollout guard"), GuardCheck{false}});
 }
