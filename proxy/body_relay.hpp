@@ -262,27 +262,27 @@ class BodyRelay {
 
     // Streams a message body from `from` to `to` one piece at a time (bounded memory whatever
     // its size), each piece written from `in`, where it was read, before the next read. A head
-    // still in ex.head leaves with the first piece; chunk framing is added when the leg says so.
+    // still in out.head leaves with the first piece; chunk framing is added when the leg says so.
     template <class From, class To, bool isRequest>
-    Task<BodyEnd> relay(ExchangeState& ex, From& from, boost::beast::flat_buffer& in,
-                        FlatParser<isRequest>& parser, To& to, const BodyLeg& leg,
-                        std::uint64_t& bytes, bool& started) {
+    Task<BodyEnd> relay(ExchangeState& ex, OutgoingMessage& out, From& from,
+                        boost::beast::flat_buffer& in, FlatParser<isRequest>& parser, To& to,
+                        const BodyLeg& leg, std::uint64_t& bytes, bool& started) {
         auto& body = parser.get().body();
         BodyCork cork(BodyCork::plain(from), BodyCork::plain(to));  // pushes at the end
-        BodyRateClock& clock = ex.body_clock;
+        BodyRateClock& clock = out.body_clock;
         clock.begin(CoarseClock::now());
         std::uint64_t moved = 0;
-        bool ended = false;    // the end of the body has been written
-        ex.coalesced.clear();  // what an earlier relay gathered and never sent (it failed)
+        bool ended = false;     // the end of the body has been written
+        out.coalesced.clear();  // what an earlier relay gathered and never sent (it failed)
         run_ = 0;
         while (!ended) {
-            if (const auto length = splice_length(ex, from, in, parser, to, leg)) {
+            if (const auto length = splice_length(out, from, in, parser, to, leg)) {
                 SplicePipeLease pipe(*splice_.pipes, splice_.max_pipes, splice_.pipe_size);
                 if (pipe) {
                     cork.push();  // the splice may wait on the source first: nothing waits held
                     const BodyEnd end =
-                        co_await splice(ex, *BodyCork::plain(from), *BodyCork::plain(to), *pipe,
-                                        *length, leg, moved, bytes, started);
+                        co_await splice(ex, out, *BodyCork::plain(from), *BodyCork::plain(to),
+                                        *pipe, *length, leg, moved, bytes, started);
                     if (end == BodyEnd::done) {
                         account_spliced(parser, *length);
                         if constexpr (!isRequest) {
@@ -302,10 +302,10 @@ class BodyRelay {
                 deadline_.arm(read_limit, leg.read_side);
                 ChunkHeaderGuard& chunks = isRequest ? ex.request_chunks : ex.response_chunks;
                 const boost::system::error_code ec = co_await read_body_piece(
-                    from, in, parser, read_size_, chunks, cork, !ex.coalesced.empty(), run_);
+                    from, in, parser, read_size_, chunks, cork, !out.coalesced.empty(), run_);
                 if (ec == boost::asio::error::would_block) {
                     // Nothing more at hand: what was gathered goes before a read waits.
-                    const BodyEnd sent = co_await send_piece(ex, to, cork, nullptr, 0, leg, false);
+                    const BodyEnd sent = co_await send_piece(out, to, cork, nullptr, 0, leg, false);
                     if (sent != BodyEnd::done) {
                         co_return sent;
                     }
@@ -334,10 +334,10 @@ class BodyRelay {
                 }
             }
             ended = parser.is_done();
-            if (gather_small_piece(ex, body.data, n, in.size(), ended, leg.chunked)) {
+            if (gather_small_piece(out, body.data, n, in.size(), ended, leg.chunked)) {
                 continue;  // more of the body is at hand: it goes in one write with this
             }
-            const BodyEnd sent = co_await send_piece(ex, to, cork, body.data, n, leg, ended);
+            const BodyEnd sent = co_await send_piece(out, to, cork, body.data, n, leg, ended);
             if (sent != BodyEnd::done) {
                 co_return sent;
             }
@@ -349,40 +349,40 @@ class BodyRelay {
     // it, to leave in one write with them: a body of tiny chunks (a hostile client's or
     // backend's) cost a send and a TCP segment per chunk, 100,000 sends for 600 KB of 1-byte
     // chunks. Bounded by a read's size; larger pieces are written from where they were read.
-    bool gather_small_piece(ExchangeState& ex, const char* data, std::size_t n, std::size_t at_hand,
-                            bool ended, bool chunked) const {
+    bool gather_small_piece(OutgoingMessage& out, const char* data, std::size_t n,
+                            std::size_t at_hand, bool ended, bool chunked) const {
         constexpr std::size_t small_piece = 2048;
         constexpr std::size_t framing = 24;  // a chunk's size line and its CRLF, at most
         if (ended || n == 0 || n > small_piece || at_hand == 0 ||
-            ex.coalesced.size() + n + framing > read_size_) {
+            out.coalesced.size() + n + framing > read_size_) {
             return false;
         }
         if (chunked) {
             const ChunkPrefix prefix(n);
             const auto line = prefix.buffer();
-            ex.coalesced.append(static_cast<const char*>(line.data()), line.size());
+            out.coalesced.append(static_cast<const char*>(line.data()), line.size());
         }
-        ex.coalesced.append(data, n);
+        out.coalesced.append(data, n);
         if (chunked) {
-            ex.coalesced.append(chunk_end);
+            out.coalesced.append(chunk_end);
         }
         return true;
     }
 
     // Writes the head if still unsent, what was gathered (gather_small_piece), the piece of `n`
     // bytes at `data` (framed as a chunk when the leg asks), and the last chunk if the body
-    // `ended`; in one write. The head stays in ex.head until it is written: the caller tells by
-    // it whether anything of the message went out.
+    // `ended`; in one write. The head stays in message.head until it is written: the caller
+    // tells by it whether anything of the message went out.
     template <class To>
-    Task<BodyEnd> send_piece(ExchangeState& ex, To& to, BodyCork& cork, const char* data,
+    Task<BodyEnd> send_piece(OutgoingMessage& message, To& to, BodyCork& cork, const char* data,
                              std::size_t n, const BodyLeg& leg, bool ended) {
-        const OutgoingPiece out(ex.head, ex.coalesced, data, n, leg.chunked, ended);
+        const OutgoingPiece out(message.head, message.coalesced, data, n, leg.chunked, ended);
         if (out.count == 0) {
             co_return BodyEnd::done;
         }
         deadline_.arm(leg.write_limit, leg.write_side);
         if (leg.min_rate > 0) {
-            ex.body_clock.writing(CoarseClock::now());
+            message.body_clock.writing(CoarseClock::now());
         }
         std::span<const boost::asio::const_buffer> pieces(out.buffers.data(), out.count);
         // The last piece before a close goes with MSG_MORE and is not pushed: the close's FIN
@@ -396,7 +396,7 @@ class BodyRelay {
             }
         }
         const bool hold =
-            with_fin || (ex.coalesced.empty() && cork.may_hold(n == read_size_, !ended));
+            with_fin || (message.coalesced.empty() && cork.may_hold(n == read_size_, !ended));
         boost::system::error_code ec;
         // In place first: on a plain socket one sendmsg; over TLS record by record, small
         // pieces packed into one (TlsStream::gather).
@@ -425,17 +425,17 @@ class BodyRelay {
             std::tie(ec, std::ignore) = co_await boost::asio::async_write(held, pieces, nothrow);
         } else {
             run_ = 0;
-            std::tie(ec, std::ignore) = co_await write_pieces(ex, to, pieces);
+            std::tie(ec, std::ignore) = co_await write_pieces(message, to, pieces);
         }
         cork.sent(hold && !with_fin);
         if (leg.min_rate > 0) {
-            ex.body_clock.written(CoarseClock::now());
+            message.body_clock.written(CoarseClock::now());
         }
         if (ec) {
             co_return deadline_.expired() ? BodyEnd::write_timeout : BodyEnd::write_failed;
         }
-        ex.head.clear();
-        ex.coalesced.clear();
+        message.head.clear();
+        message.coalesced.clear();
         co_return BodyEnd::done;
     }
 
@@ -468,12 +468,12 @@ class BodyRelay {
     // length, goes out as it came (no chunk framing), nothing of it or of the head waits in the
     // proxy's buffers, and both sides are plain sockets.
     template <class From, class To, class Parser>
-    std::optional<std::uint64_t> splice_length(const ExchangeState& ex, From& from,
+    std::optional<std::uint64_t> splice_length(const OutgoingMessage& out, From& from,
                                                const boost::beast::flat_buffer& in,
                                                const Parser& parser, To& to,
                                                const BodyLeg& leg) const {
-        if (splice_.min_body == 0 || leg.chunked || in.size() > 0 || !ex.head.empty() ||
-            !ex.coalesced.empty() || parser.is_done() || parser.chunked() ||
+        if (splice_.min_body == 0 || leg.chunked || in.size() > 0 || !out.head.empty() ||
+            !out.coalesced.empty() || parser.is_done() || parser.chunked() ||
             BodyCork::plain(from) == nullptr || BodyCork::plain(to) == nullptr) {
             return std::nullopt;
         }
@@ -486,10 +486,10 @@ class BodyRelay {
 
     // The rest of a body, `length` bytes, moved from `from` to `to` through `pipe` inside the
     // kernel (body_splice.cpp). `moved`, `bytes` and `started` count as in relay(), and the
-    // rate's time on ex.body_clock.
-    Task<BodyEnd> splice(ExchangeState& ex, Socket& from, Socket& to, SplicePipe& pipe,
-                         std::uint64_t length, const BodyLeg& leg, std::uint64_t& moved,
-                         std::uint64_t& bytes, bool& started);
+    // rate's time on out.body_clock.
+    Task<BodyEnd> splice(ExchangeState& ex, OutgoingMessage& out, Socket& from, Socket& to,
+                         SplicePipe& pipe, std::uint64_t length, const BodyLeg& leg,
+                         std::uint64_t& moved, std::uint64_t& bytes, bool& started);
 
     // Bytes a backend sent past a spliced response's end are read into `in`, where they keep
     // the connection from being pooled, as a copied body's last read would have taken them
@@ -538,15 +538,15 @@ class BodyRelay {
     // TlsStream takes one record, so the pieces' write takes as few loop turns as records.
     // The buffer lives until the next call.
     std::span<const boost::asio::const_buffer> one_piece_for_tls(
-        ExchangeState& ex, std::span<const boost::asio::const_buffer> pieces) {
+        OutgoingMessage& out, std::span<const boost::asio::const_buffer> pieces) {
         if (pieces.size() <= 1) {
             return pieces;
         }
-        ex.gathered.clear();
+        out.gathered.clear();
         for (const auto& piece : pieces) {
-            ex.gathered.append(static_cast<const char*>(piece.data()), piece.size());
+            out.gathered.append(static_cast<const char*>(piece.data()), piece.size());
         }
-        gathered_ = boost::asio::buffer(ex.gathered);
+        gathered_ = boost::asio::buffer(out.gathered);
         return {&gathered_, 1};
     }
 
@@ -554,10 +554,10 @@ class BodyRelay {
     // TLS. Not a coroutine itself: it hands back the write (deferred) to await in the caller's
     // frame. `pieces` must outlive the await (the caller's frame holds them).
     template <class To>
-    auto write_pieces(ExchangeState& ex, To& to,
+    auto write_pieces(OutgoingMessage& out, To& to,
                       std::span<const boost::asio::const_buffer> pieces) {
         if (tls_of(to) != nullptr) {
-            pieces = one_piece_for_tls(ex, pieces);
+            pieces = one_piece_for_tls(out, pieces);
         }
         return boost::asio::async_write(to, pieces, nothrow);
     }

@@ -31,10 +31,10 @@ bool make_non_blocking(Socket& socket) {
 
 }  // namespace
 
-Task<BodyEnd> BodyRelay::splice(ExchangeState& ex, Socket& from, Socket& to, SplicePipe& pipe,
-                                std::uint64_t length, const BodyLeg& leg, std::uint64_t& moved,
-                                std::uint64_t& bytes, bool& started) {
-    BodyRateClock& clock = ex.body_clock;
+Task<BodyEnd> BodyRelay::splice(ExchangeState& ex, OutgoingMessage& out, Socket& from, Socket& to,
+                                SplicePipe& pipe, std::uint64_t length, const BodyLeg& leg,
+                                std::uint64_t& moved, std::uint64_t& bytes, bool& started) {
+    BodyRateClock& clock = out.body_clock;
     if (!make_non_blocking(from)) {
         co_return BodyEnd::read_failed;
     }

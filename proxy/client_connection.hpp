@@ -23,7 +23,6 @@
 #include "proxy_header_reader.hpp"
 #include "session_handle.hpp"
 #include "tracked_session.hpp"
-#include "upload_answer_watch.hpp"
 #include "upstream_connector.hpp"
 #include "worker.hpp"
 
@@ -44,7 +43,6 @@ struct ClientConnection {
           deadline(socket().get_executor(), handle()),
           relay(deadline, w.stats(), read_chunk(), config.limits.body_burst, splice_settings()),
           close_watch(w, handle()),
-          answer_watch(w, handle(), deadline),
           upstreams(w, config, deadline, handle()) {}
 
     // A parked connection whose next request arrives on `s`.
@@ -59,7 +57,6 @@ struct ClientConnection {
           deadline(socket().get_executor(), handle()),
           relay(deadline, w.stats(), read_chunk(), config.limits.body_burst, splice_settings()),
           close_watch(w, handle()),
-          answer_watch(w, handle(), deadline),
           upstreams(w, config, deadline, handle()) {
         handle().client = &socket();
         upstreams.set_client(client.endpoints);
@@ -97,9 +94,8 @@ struct ClientConnection {
     std::unique_ptr<TrackedSession> tracked;  // after stream: it points at the socket
     ClientIdentity client;
     ConnectionDeadline deadline;
-    BodyRelay relay;                 // moves bodies and tunnels under `deadline`
-    ClientCloseWatch close_watch;    // while a request is in flight and the client is not read
-    UploadAnswerWatch answer_watch;  // while a request body goes to a plain backend connection
+    BodyRelay relay;               // moves bodies and tunnels under `deadline`
+    ClientCloseWatch close_watch;  // while a request is in flight and the client is not read
     UpstreamConnector upstreams;
     bool linger = false;  // an error response was sent: drain before closing
     // A response went out cut short: closed with a reset, without TLS close_notify or FIN,

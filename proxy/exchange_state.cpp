@@ -9,9 +9,8 @@ namespace bg {
 void ExchangeState::clear() {
     buffer.clear();
     upstream_buffer.clear();
-    head.clear();
-    gathered.clear();
-    coalesced.clear();
+    to_client.clear();
+    to_backend.clear();
     parser.reset();
     response_parser.reset();
     request_fields.reset();
@@ -41,9 +40,8 @@ void ExchangeState::drop_messages() {
     buffer.shrink_to_fit();
     upstream_buffer.consume(upstream_buffer.size());
     upstream_buffer.shrink_to_fit();
-    std::string().swap(head);
-    std::string().swap(gathered);
-    std::string().swap(coalesced);
+    to_client.release();
+    to_backend.release();
 }
 
 void ExchangeState::end_request() {
@@ -55,9 +53,8 @@ void ExchangeState::end_request() {
 
 std::size_t ExchangeState::footprint() const {
     return sizeof(ExchangeState) + buffer.capacity() + upstream_buffer.capacity() +
-           request_body.capacity() + response_body.capacity() + head.capacity() +
-           gathered.capacity() + coalesced.capacity() + request_fields.capacity() +
-           response_fields.capacity();
+           request_body.capacity() + response_body.capacity() + to_client.capacity() +
+           to_backend.capacity() + request_fields.capacity() + response_fields.capacity();
 }
 
 ExchangePool::ExchangePool(HeapTrim& trim) : trim_(trim) {}

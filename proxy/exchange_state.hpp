@@ -19,14 +19,39 @@
 
 namespace bg {
 
+// What a message on its way out keeps between its pieces (body_relay.hpp): its serialized head,
+// until it leaves with the first piece of body; small pieces held for one write; a TLS write's
+// pieces copied together; and its body's minimum-rate clock. A request's and its response's go
+// at the same time (a backend may answer before the request body has all gone), each with its
+// own.
+struct OutgoingMessage {
+    std::string head;
+    std::string gathered;   // TLS only: pieces of one write copied together
+    std::string coalesced;  // small body pieces held for one write
+    BodyRateClock body_clock;
+
+    void clear() {
+        head.clear();
+        gathered.clear();
+        coalesced.clear();
+    }
+    void release() {
+        std::string().swap(head);
+        std::string().swap(gathered);
+        std::string().swap(coalesced);
+    }
+    std::size_t capacity() const {
+        return head.capacity() + gathered.capacity() + coalesced.capacity();
+    }
+};
+
 struct ExchangeState {
     boost::beast::flat_buffer buffer;           // bytes read from the client, not yet parsed
     boost::beast::flat_buffer upstream_buffer;  // bytes read from the backend, not yet parsed
     std::vector<char> request_body;   // a tunnel's client-to-backend bytes; a lingering close's
     std::vector<char> response_body;  // a tunnel's backend-to-client bytes
-    std::string head;                 // the serialized head of the message being sent
-    std::string gathered;             // TLS only: pieces of one write copied together
-    std::string coalesced;            // small body pieces held for one write (body_relay.hpp)
+    OutgoingMessage to_client;        // the response (or the proxy's own answer)
+    OutgoingMessage to_backend;       // the request
     // Each parser's fields live in an arena of its own (declared first: it outlives them).
     // See new_request() and new_response().
     FieldArena request_fields;
@@ -39,7 +64,6 @@ struct ExchangeState {
     std::string body_error;            // why a body or response head was refused, for reply and log
     ChunkHeaderGuard request_chunks;   // called by `parser` (which holds a reference)
     ChunkHeaderGuard response_chunks;  // called by `response_parser`
-    BodyRateClock body_clock;          // the body being relayed: its minimum rate's time
 
     // What one request leaves behind (tried backends, the record, errors): reset when it
     // ends, so a pipelined request on the same state starts clean.

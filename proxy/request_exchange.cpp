@@ -329,7 +329,20 @@ Task<bool> RequestExchange<Stream>::respond() {
     const Exchange outcome = co_await forward(table, colour, facts, lease, retries);
     if (outcome == Exchange::response_ready) {
         const Backend& backend = lease.backend();
-        const bool stays = co_await relay_response(lease, facts);
+        bool stays = co_await relay_response(lease, facts);
+        response_over_ = true;
+        if (upload_) {
+            co_await let_upload_run_out(lease.stream());
+            if (!ex_.parser->is_done()) {
+                // The rest of the body was never read: the connection cannot carry another
+                // request, and closes after a lingering drain (its answer is not lost to a reset).
+                stays = false;
+                conn_.linger = true;
+                if (ex_.record.error.empty()) {
+                    ex_.record.error = "backend answered before the request body ended";
+                }
+            }
+        }
         tell_answer(backend);
         co_return stays;
     }
@@ -537,49 +550,71 @@ Task<bool> RequestExchange<Stream>::send_continue() {
     co_return !ec;
 }
 
-// Sends the request (head, then the body as it arrives) and reads the response head, relaying
-// interim 1xx responses to the client.
+// Sends the request (head, then the body as it arrives, beside the response) and reads the
+// response head, relaying interim 1xx responses to the client. An upload still going on when
+// the response head is here goes on beside it; on any other outcome it has ended.
 template <class Stream>
 Task<Exchange> RequestExchange<Stream>::exchange(UpstreamLease& lease, const RequestFacts& facts) {
     UpstreamStream& stream = lease.stream();
     ex_.upstream_buffer.clear();
-    write_request_head(ex_.parser->get(), ex_.head);
+    std::string& head = ex_.to_backend.head;
+    write_request_head(ex_.parser->get(), head);
     // With no body, or no body byte at hand yet, the head goes now (the backend can start, and
     // answer early); otherwise it leaves with the first piece of body in one write.
     if (ex_.parser->is_done() || ex_.buffer.size() == 0) {
         conn_.deadline.arm(try_limit(), ConnectionDeadline::upstream);
         error_code ec;
-        const std::size_t sent = write_at_once(stream, ex_.head, ec);
-        if (!ec && sent < ex_.head.size()) {
+        const std::size_t sent = write_at_once(stream, head, ec);
+        if (!ec && sent < head.size()) {
             std::tie(ec, std::ignore) =
-                co_await asio::async_write(stream, asio::buffer(ex_.head) + sent, nothrow);
+                co_await asio::async_write(stream, asio::buffer(head) + sent, nothrow);
         }
         if (ec) {
             co_return conn_.deadline.expired() ? Exchange::upstream_timeout
                                                : Exchange::upstream_failed;
         }
-        ex_.head.clear();
+        head.clear();
     }
-    if (!ex_.parser->is_done() || !ex_.head.empty()) {
-        if (stream.tls() == nullptr) {
-            conn_.answer_watch.start(ex_.record.bytes_in);
-        }
-        const Exchange sent = co_await send_request_body(stream);
-        conn_.answer_watch.stop();
-        if (sent != Exchange::response_ready && !answered_early(stream, sent)) {
-            co_return sent;
-        }
+    if (!ex_.parser->is_done() || !head.empty()) {
+        start_upload(stream);
+    } else {
+        request_sent();
     }
+    const Exchange outcome = co_await await_response(lease, facts);
+    if (outcome == Exchange::response_ready || !upload_) {
+        co_return outcome;
+    }
+    // No response: the upload ends too. Its own failure explains the exchange's when it failed
+    // first on the client's side, or timed out writing (its deadline closed the backend
+    // connection under the response's read).
+    const bool failed_by_itself = upload_->ended && !upload_->stopped;
+    const Exchange sent = upload_->outcome;
+    co_await stop_upload(stream);
+    if (failed_by_itself && sent != Exchange::response_ready && sent != Exchange::upstream_failed) {
+        co_return sent;
+    }
+    co_return outcome;
+}
+
+// The request has gone whole: the response's time runs, and the client is watched for leaving.
+template <class Stream>
+void RequestExchange<Stream>::request_sent() {
     if (response_due_ == std::chrono::steady_clock::time_point::max()) {
         // upstream_response runs from the first try's request sent, over every try after it.
         response_due_ = CoarseClock::now() + config_.timeouts.upstream_response;
     }
-    if (ex_.parser->is_done()) {
+    if (!response_over_) {
         // Nothing more is read from the client until the response is over: watch it instead,
-        // so a client that leaves releases the backend at once. (After an early answer the
-        // client is still sending its body: that is no sign of leaving.)
+        // so a client that leaves releases the backend at once.
         conn_.close_watch.start();
     }
+}
+
+// The response head, after any interim responses (relayed to the client).
+template <class Stream>
+Task<Exchange> RequestExchange<Stream>::await_response(UpstreamLease& lease,
+                                                       const RequestFacts& facts) {
+    UpstreamStream& stream = lease.stream();
     std::size_t interims = 0;
     for (bool first = true;; first = false) {
         if (!first && CoarseClock::now() >= response_due_) {
@@ -605,6 +640,14 @@ Task<Exchange> RequestExchange<Stream>::exchange(UpstreamLease& lease, const Req
             ex_.body_error = "backend switched to a protocol the client did not offer (101)";
             co_return Exchange::response_invalid;
         }
+        if (status == 101 && uploading()) {
+            // The tunnel begins after the request's body: it goes first, as long as it moves.
+            co_await let_upload_run_out(stream);
+            if (!upload_sent_all()) {
+                ex_.body_error = "backend switched protocols before the request body ended (101)";
+                co_return Exchange::response_invalid;
+            }
+        }
         if (status >= 200 || status == 101) {
             co_return Exchange::response_ready;
         }
@@ -620,26 +663,6 @@ Task<Exchange> RequestExchange<Stream>::exchange(UpstreamLease& lease, const Req
     }
 }
 
-// A backend may answer before it has read the whole request body (a 413, a 401) and then stop
-// reading, or close, which resets the connection under the rest of the body being written
-// (RFC 9112 9.5). When a write failed so and the backend's bytes wait to be read, they are the
-// answer: it goes to the client, and the client connection closes after it with a lingering
-// drain, its body's rest unread. A backend that stops reading without closing leaves the write
-// stuck: UploadAnswerWatch cancels it. A write that timed out closed the socket: nothing to read.
-template <class Stream>
-bool RequestExchange<Stream>::answered_early(UpstreamStream& stream, Exchange sent) {
-    if (sent != Exchange::upstream_failed || conn_.deadline.expired()) {
-        return false;
-    }
-    boost::system::error_code ec;
-    if (!conn_.answer_watch.answered() && (stream.socket().available(ec) == 0 || ec)) {
-        return false;
-    }
-    ex_.record.error = "backend answered before the request body ended";
-    conn_.linger = true;
-    return true;
-}
-
 // One response head (final or interim) into the response parser, screened and within the
 // limits: response_ready when it is there.
 template <class Stream>
@@ -653,13 +676,12 @@ Task<Exchange> RequestExchange<Stream>::read_response_head(UpstreamStream& strea
     if (facts.head) {
         parser.skip(true);
     }
-    conn_.deadline.arm(try_limit(), ConnectionDeadline::upstream);
     // A request a preview header pins to its colour is not cut: it was sent there on purpose.
     const bool preview_pinned = colour_pinned_ && !sticky_pinned_;
-    AwaitingResponse awaiting(
-        conn_.handle(),
-        facts.idempotent && tries_left_ && !preview_pinned && !body_started_ && !interim_sent_,
-        cut_before_);
+    // While the request body still goes, the backend may answer at any time, or only once it
+    // has it all: the wait is no stall, and the try's limit does not run, until the upload
+    // ends (which restarts the read: upload_ended).
+    std::optional<AwaitingResponse> awaiting;
     std::size_t checked = 0;
     HeadRead read;
     ResponseRefusal refusal;
@@ -673,8 +695,23 @@ Task<Exchange> RequestExchange<Stream>::read_response_head(UpstreamStream& strea
         if (continuing) {
             forget_drained(stream.socket());  // a head begun (socket_drain.hpp)
         }
+        if (!uploading() && !awaiting) {
+            conn_.deadline.arm(try_limit(), ConnectionDeadline::upstream);
+            awaiting.emplace(conn_.handle(),
+                             facts.idempotent && tries_left_ && !preview_pinned && !body_started_ &&
+                                 !interim_sent_,
+                             cut_before_);
+        } else if (!awaiting) {
+            conn_.deadline.disarm();
+        }
+        reading_head_ = uploading();
         auto [ec, n] = co_await stream.async_read_some(
             draining(ex_.upstream_buffer.prepare(conn_.read_room(ex_.upstream_buffer))), nothrow);
+        reading_head_ = false;
+        if (ec == asio::error::operation_aborted && !awaiting && !uploading() &&
+            stream.socket().is_open()) {
+            continue;  // the upload ended: the read starts over under the response's limits
+        }
         if (ec) {
             break;
         }
@@ -700,11 +737,105 @@ template <class Stream>
 Task<bool> RequestExchange<Stream>::relay_interim() {
     auto& interim = ex_.response_parser->get();
     rewrite_interim_head(interim.base());
-    write_response_head(interim.base(), ex_.head);
+    write_response_head(interim.base(), ex_.to_client.head);
     conn_.deadline.arm(config_.timeouts.client_write, ConnectionDeadline::client);
     interim_sent_ = true;
-    auto [ec, n] = co_await asio::async_write(conn_.stream, asio::buffer(ex_.head), nothrow);
+    auto [ec, n] =
+        co_await asio::async_write(conn_.stream, asio::buffer(ex_.to_client.head), nothrow);
     co_return !ec;
+}
+
+// ---- the upload ----------------------------------------------------------------------------
+
+template <class Stream>
+RequestExchange<Stream>::Upload::Upload(ClientConnection<Stream>& conn)
+    : deadline(conn.socket().get_executor(), conn.handle()),
+      relay(deadline, conn.worker.stats(), conn.read_chunk(), conn.config.limits.body_burst,
+            conn.splice_settings()),
+      task(conn.socket().get_executor()) {}
+
+// Runs at once as far as it goes without waiting: a body at hand that the backend takes has
+// gone before the response is read, as when the two went in turn.
+template <class Stream>
+void RequestExchange<Stream>::start_upload(UpstreamStream& stream) {
+    upload_.emplace(conn_);
+    upload_->task.start(upload(stream));
+}
+
+template <class Stream>
+Task<void> RequestExchange<Stream>::upload(UpstreamStream& stream) {
+    const Exchange sent = co_await send_request_body(stream);
+    upload_ended(stream, sent);
+}
+
+namespace {
+// An upload that failed on the client's side: the request is broken, whatever the backend says.
+bool failed_on_client(Exchange sent) {
+    return sent == Exchange::client_gone || sent == Exchange::body_too_slow ||
+           sent == Exchange::body_too_large || sent == Exchange::body_malformed;
+}
+}  // namespace
+
+template <class Stream>
+void RequestExchange<Stream>::upload_ended(UpstreamStream& stream, Exchange sent) {
+    upload_->outcome = sent;
+    upload_->ended = true;
+    if (upload_->stopped) {
+        return;
+    }
+    error_code ignored;
+    if (sent == Exchange::response_ready) {
+        request_sent();
+    } else if (failed_on_client(sent)) {
+        // No response can complete the request now: the backend connection goes, and with it
+        // the response's read (its outcome is the upload's).
+        stream.socket().close(ignored);
+        return;
+    }
+    if (reading_head_) {
+        stream.socket().cancel(ignored);  // the read starts over under the response's limits
+    }
+}
+
+template <class Stream>
+bool RequestExchange<Stream>::upload_sent_all() const {
+    return !upload_ || (upload_->ended && upload_->outcome == Exchange::response_ready);
+}
+
+template <class Stream>
+bool RequestExchange<Stream>::upload_failed_on_client() const {
+    return upload_ && upload_->ended && !upload_->stopped && failed_on_client(upload_->outcome);
+}
+
+// Ends an upload still going: its write to the backend (the connection closes) or its read from
+// the client; then waits for its coroutine's end.
+template <class Stream>
+Task<void> RequestExchange<Stream>::stop_upload(UpstreamStream& stream) {
+    if (!upload_) {
+        co_return;
+    }
+    if (!upload_->ended) {
+        upload_->stopped = true;
+        error_code ignored;
+        stream.socket().close(ignored);
+        conn_.socket().cancel(ignored);
+    }
+    co_await upload_->task.wait();
+}
+
+// After the response (or a 101), an upload still going goes on as long as it moves: a backend
+// that answered early may still take the body (an answer alone never cuts an upload). One
+// that did not move between two looks (timeouts.client_close_check) is stopped: the backend
+// stopped reading, or the client stopped sending once it had its answer.
+template <class Stream>
+Task<void> RequestExchange<Stream>::let_upload_run_out(UpstreamStream& stream) {
+    while (upload_ && upload_->task.running()) {
+        const std::uint64_t before = ex_.record.bytes_in;
+        if (!co_await upload_->task.wait(config_.timeouts.client_close_check) &&
+            ex_.record.bytes_in == before && !upload_->ended) {
+            co_await stop_upload(stream);
+        }
+    }
 }
 
 // Streams the request body to the backend; response_ready means all of it went.
@@ -716,7 +847,7 @@ Task<Exchange> RequestExchange<Stream>::send_request_body(UpstreamStream& stream
                       ConnectionDeadline::upstream,
                       ex_.parser->get().chunked(),
                       config_.limits.min_request_body_rate};
-    BodyRelay& relay = conn_.relay;
+    BodyRelay& relay = upload_->relay;
     // A body still to come may make room at the connection limit if it comes too slowly.
     struct Uploading {
         Worker& worker;
@@ -725,10 +856,10 @@ Task<Exchange> RequestExchange<Stream>::send_request_body(UpstreamStream& stream
     } uploading{conn_.worker, conn_.handle()};
     if (!ex_.parser->is_done() && !conn_.handle().OpeningHook::is_linked() &&
         !conn_.handle().slot_released) {
-        conn_.worker.uploading(conn_.handle(), ex_.record.bytes_in, ex_.body_clock);
+        conn_.worker.uploading(conn_.handle(), ex_.record.bytes_in, ex_.to_backend.body_clock);
     }
-    switch (co_await relay.relay(ex_, conn_.stream, ex_.buffer, *ex_.parser, stream, leg,
-                                 ex_.record.bytes_in, body_started_)) {
+    switch (co_await relay.relay(ex_, ex_.to_backend, conn_.stream, ex_.buffer, *ex_.parser, stream,
+                                 leg, ex_.record.bytes_in, body_started_)) {
         case BodyEnd::done:
             co_return Exchange::response_ready;
         case BodyEnd::read_failed:
@@ -764,8 +895,10 @@ Task<bool> RequestExchange<Stream>::relay_response(UpstreamLease& lease,
     if (plan.no_body || (ex_.upstream_buffer.size() == 0 && !ex_.response_parser->is_done())) {
         conn_.deadline.arm(config_.timeouts.client_write, ConnectionDeadline::client);
         // The whole answer before a close waits for the FIN (see BodyLeg::sink_closes), or
-        // under TLS for the close_notify.
-        const bool closes_after = plan.no_body && !plan.keep_alive && !plan.switching;
+        // under TLS for the close_notify. (Not while the request body still goes: the close
+        // waits for its end.)
+        const bool closes_after =
+            plan.no_body && !plan.keep_alive && !plan.switching && !uploading();
         const bool hold = !ClientConnection<Stream>::tls && closes_after;
         error_code ec;
         std::size_t sent = 0;
@@ -773,24 +906,24 @@ Task<bool> RequestExchange<Stream>::relay_response(UpstreamLease& lease,
             if (closes_after) {
                 conn_.stream.hold_until_close();
             }
-            sent = write_at_once(conn_.stream, ex_.head, ec);
+            sent = write_at_once(conn_.stream, ex_.to_client.head, ec);
         } else {
-            sent = write_at_once(conn_.socket(), ex_.head, ec, hold ? MSG_MORE : 0);
+            sent = write_at_once(conn_.socket(), ex_.to_client.head, ec, hold ? MSG_MORE : 0);
         }
-        if (ec || sent == ex_.head.size()) {
+        if (ec || sent == ex_.to_client.head.size()) {
             // All of it went at once (or the client is gone).
         } else if (hold) {
             HeldSend held(conn_.socket());
             std::tie(ec, std::ignore) =
-                co_await asio::async_write(held, asio::buffer(ex_.head) + sent, nothrow);
+                co_await asio::async_write(held, asio::buffer(ex_.to_client.head) + sent, nothrow);
         } else {
-            std::tie(ec, std::ignore) =
-                co_await asio::async_write(conn_.stream, asio::buffer(ex_.head) + sent, nothrow);
+            std::tie(ec, std::ignore) = co_await asio::async_write(
+                conn_.stream, asio::buffer(ex_.to_client.head) + sent, nothrow);
         }
         if (ec) {
             co_return false;
         }
-        ex_.head.clear();
+        ex_.to_client.head.clear();
     }
     if (plan.switching) {
         tell_answer(lease.backend());  // the 101 was the answer; a tunnel may last an hour
@@ -807,24 +940,34 @@ Task<bool> RequestExchange<Stream>::relay_response(UpstreamLease& lease,
     if (!plan.no_body) {
         BodyLeg leg{config_.timeouts.upstream_response, ConnectionDeadline::upstream,
                     config_.timeouts.client_write, ConnectionDeadline::client, plan.chunked};
-        leg.sink_closes = !plan.keep_alive;
+        leg.sink_closes = !plan.keep_alive && !uploading();
         bool started = false;
-        const BodyEnd end = co_await conn_.relay.relay(ex_, lease.stream(), ex_.upstream_buffer,
-                                                       *ex_.response_parser, conn_.stream, leg,
-                                                       ex_.record.bytes_out, started);
+        const BodyEnd end = co_await conn_.relay.relay(
+            ex_, ex_.to_client, lease.stream(), ex_.upstream_buffer, *ex_.response_parser,
+            conn_.stream, leg, ex_.record.bytes_out, started);
         if (!response_body_relayed(end)) {
+            if (upload_failed_on_client()) {
+                // The request failed on the client's side (the backend connection went with it):
+                // answered as such while nothing of the response has gone, else cut.
+                if (!ex_.to_client.head.empty()) {
+                    co_await answer_failure(upload_->outcome, facts);
+                } else {
+                    conn_.cut = true;
+                }
+                co_return false;
+            }
             // Nothing of the response has gone out (its head waits for the first piece of
             // body): the client gets the proxy's 502 or 504, not a cut connection with no answer.
             const bool backend_side = end == BodyEnd::read_failed || end == BodyEnd::read_timeout ||
                                       end == BodyEnd::malformed;
-            if (!ex_.head.empty() && backend_side && !conn_.close_watch.client_gone()) {
+            if (!ex_.to_client.head.empty() && backend_side && !conn_.close_watch.client_gone()) {
                 const std::string reason = ex_.record.error.empty()
                                                ? std::string("backend response cut before its body")
                                                : ex_.record.error;
                 co_await reply_error(end == BodyEnd::read_timeout ? http::status::gateway_timeout
                                                                   : http::status::bad_gateway,
                                      reason, true);
-            } else if (ex_.head.empty() && end != BodyEnd::done) {
+            } else if (ex_.to_client.head.empty() && end != BodyEnd::done) {
                 // The head went out, not all of the body: the client must see the cut. (A
                 // client gone after the whole response went gets it closed as usual: its last
                 // piece may wait in the kernel for the FIN, which a reset would throw away.)
@@ -839,8 +982,9 @@ Task<bool> RequestExchange<Stream>::relay_response(UpstreamLease& lease,
     const bool complete = ex_.response_parser->is_done() || plan.no_body;
     // The connection is kept only after a clean, fully framed exchange; else the lease closes
     // it.
-    if (complete && ex_.parser->is_done() && ex_.response_parser->keep_alive() &&
-        !plan.until_close && ex_.upstream_buffer.size() == 0 && !conn_.close_watch.client_gone()) {
+    if (complete && ex_.parser->is_done() && upload_sent_all() &&
+        ex_.response_parser->keep_alive() && !plan.until_close && ex_.upstream_buffer.size() == 0 &&
+        !conn_.close_watch.client_gone()) {
         if (plan.no_body) {
             // A body the backend sent anyway (to HEAD, a 204, a 304: the usual stray bytes)
             // must come before the next request does (UpstreamStream::acknowledge_received).
@@ -852,7 +996,7 @@ Task<bool> RequestExchange<Stream>::relay_response(UpstreamLease& lease,
 }
 
 // The response head for the client (rewrite_response_head, then the served-by and sticky
-// fields) serialized into ex_.head.
+// fields) serialized into ex_.to_client.head.
 template <class Stream>
 ResponsePlan RequestExchange<Stream>::prepare_response_head(const Backend& backend,
                                                             const RequestFacts& facts) {
@@ -872,7 +1016,7 @@ ResponsePlan RequestExchange<Stream>::prepare_response_head(const Backend& backe
     if (response.find(http::field::date) == response.end()) {
         response.insert(http::field::date, http_date_now());  // (set would look it up again)
     }
-    write_response_head(response.base(), ex_.head);
+    write_response_head(response.base(), ex_.to_client.head);
     return plan;
 }
 
@@ -880,6 +1024,9 @@ ResponsePlan RequestExchange<Stream>::prepare_response_head(const Backend& backe
 // client connection is to close so a cut response never looks complete.
 template <class Stream>
 bool RequestExchange<Stream>::response_body_relayed(BodyEnd end) {
+    if (upload_failed_on_client()) {
+        return false;  // the backend connection went with the request (upload_ended)
+    }
     WorkerStats& stats = conn_.worker.stats();
     if (conn_.close_watch.client_gone()) {
         WorkerStats::add(stats.client_aborts);
@@ -988,10 +1135,11 @@ Task<bool> RequestExchange<Stream>::answer_here(const LocalAnswer& answer,
     } else if (facts.version < 11) {
         response.set(http::field::connection, "keep-alive");  // RFC 9112 C.2.2
     }
-    write_response_head(response, ex_.head);
+    write_response_head(response, ex_.to_client.head);
     conn_.deadline.arm(config_.timeouts.client_write, ConnectionDeadline::client);
-    std::array<asio::const_buffer, 2> out{asio::buffer(ex_.head), asio::buffer(answer.body)};
-    const auto [ec, written] = co_await conn_.relay.write_pieces(ex_, conn_.stream, out);
+    std::array<asio::const_buffer, 2> out{asio::buffer(ex_.to_client.head),
+                                          asio::buffer(answer.body)};
+    const auto [ec, written] = co_await conn_.relay.write_pieces(ex_.to_client, conn_.stream, out);
     co_return !ec && keep;
 }
 
@@ -1034,15 +1182,15 @@ Task<void> RequestExchange<Stream>::reply_error(http::status status, std::string
         response.set(http::field::connection, "keep-alive");  // RFC 9112 C.2.2
     }
     conn_.linger = conn_.linger || close;
-    write_response_head(response, ex_.head);
+    write_response_head(response, ex_.to_client.head);
     conn_.deadline.arm(config_.timeouts.client_write, ConnectionDeadline::client);
     // The answer to HEAD ends with its head (RFC 9110 9.3.2): a body after it would be read as
     // the next response on the connection.
     const bool head_only =
         ex_.parser->is_header_done() && ex_.parser->get().method() == http::verb::head;
-    std::array<asio::const_buffer, 2> out{asio::buffer(ex_.head),
+    std::array<asio::const_buffer, 2> out{asio::buffer(ex_.to_client.head),
                                           asio::buffer(body.data(), head_only ? 0 : body.size())};
-    co_await conn_.relay.write_pieces(ex_, conn_.stream, out);
+    co_await conn_.relay.write_pieces(ex_.to_client, conn_.stream, out);
 }
 
 template class RequestExchange<Socket>;

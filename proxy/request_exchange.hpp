@@ -8,11 +8,13 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string_view>
 
 #include "client_connection.hpp"
 #include "exchange_state.hpp"
 #include "retry_state.hpp"
+#include "side_task.hpp"
 #include "traffic_counters.hpp"
 #include "try_outcome.hpp"
 #include "upstream_lease.hpp"
@@ -50,11 +52,26 @@ class RequestExchange {
     void tell_answer(const Backend& backend);
     Duration try_limit() const;
     Task<Exchange> exchange(UpstreamLease& lease, const RequestFacts& facts);
+    Task<Exchange> await_response(UpstreamLease& lease, const RequestFacts& facts);
+    void request_sent();
     Task<Exchange> read_response_head(UpstreamStream& stream, const RequestFacts& facts);
     Task<bool> send_continue();
     Task<bool> relay_interim();
+
+    // The request body goes to the backend beside the response coming back (full duplex):
+    // RFC 9112 9.5 has a backend answer before it has the whole body (a 413, a 401), and an
+    // echo, a transcoder or a streaming RPC answers as it reads. Relayed in turn, either
+    // stalled: the answer held behind the upload, or both sides' buffers full and no side
+    // moving.
+    void start_upload(UpstreamStream& stream);
+    Task<void> upload(UpstreamStream& stream);
     Task<Exchange> send_request_body(UpstreamStream& stream);
-    bool answered_early(UpstreamStream& stream, Exchange sent);
+    void upload_ended(UpstreamStream& stream, Exchange sent);
+    Task<void> stop_upload(UpstreamStream& stream);
+    Task<void> let_upload_run_out(UpstreamStream& stream);
+    bool uploading() const { return upload_ && !upload_->ended; }
+    bool upload_sent_all() const;
+    bool upload_failed_on_client() const;
 
     Task<bool> relay_response(UpstreamLease& lease, const RequestFacts& facts);
     ResponsePlan prepare_response_head(const Backend& backend, const RequestFacts& facts);
@@ -66,9 +83,24 @@ class RequestExchange {
     Task<void> reply_error(boost::beast::http::status status, std::string_view reason,
                            bool close = true);
 
+    // An upload beside the response: its own deadline and relay (the response's steps arm the
+    // connection's), and its coroutine.
+    struct Upload {
+        explicit Upload(ClientConnection<Stream>& conn);
+        ConnectionDeadline deadline;
+        BodyRelay relay;
+        SideTask task;
+        Exchange outcome = Exchange::response_ready;  // once ended: response_ready if all went
+        bool ended = false;
+        bool stopped = false;  // ended by stop_upload, not by itself
+    };
+
     ClientConnection<Stream>& conn_;
     const Config& config_;
     ExchangeState& ex_;
+    std::optional<Upload> upload_;  // while the request has a body to send, and until it is sent
+    bool reading_head_ = false;     // a response head read the upload's end is to restart
+    bool response_over_ = false;    // the response has been relayed (or failed)
     unsigned client_version_ = 11;  // the request's, before it is rewritten as HTTP/1.1
     bool cut_before_ = false;       // a try of it was cut (SessionHandle::awaiting_after_cut)
     bool head_arrived_ = false;     // a head arrived (parsed or refused): the request is counted

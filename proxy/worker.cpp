@@ -785,21 +785,11 @@ void Worker::arm_in_flight_sweep() {
     });
 }
 
-void Worker::watch_upload(UploadAnswerWatch& watch) {
-    if (!watch.is_linked()) {
-        upload_watches_.push_back(watch);
-    }
-    arm_in_flight_sweep();
-}
-
-// The requests in flight that watch something: clients that may close, uploads that may be
-// stuck on a backend that answered. The sweep runs again while any do; the next watch arms it.
+// The requests in flight whose clients may close. The sweep runs again while any do; the next
+// watch arms it.
 void Worker::sweep_in_flight() {
     sweep_client_closes();
-    for (UploadAnswerWatch& watch : upload_watches_) {
-        watch.look();  // (a cancel completes later: the list is not changed under us)
-    }
-    if (!close_sweep_fds_.empty() || !upload_watches_.empty()) {
+    if (!close_sweep_fds_.empty()) {
         arm_in_flight_sweep();
     }
 }

@@ -36,7 +36,6 @@
 #include "table_slot.hpp"
 #include "traffic_counters.hpp"
 #include "try_outcome.hpp"
-#include "upload_answer_watch.hpp"
 #include "upstream_pool.hpp"
 #include "worker_stats.hpp"
 
@@ -172,10 +171,9 @@ class Worker {
     void judge_try(const Backend& backend, TryOutcome outcome);
     // A try counted, not judged (record_answer's first half; a try the client cut short).
     void count_try(std::uint32_t backend_id);
-    // A session watches its client for a close (ClientCloseWatch) or an upload for an early
-    // answer (UploadAnswerWatch): the in-flight sweep runs while any do.
+    // A session watches its client for a close (ClientCloseWatch): the in-flight sweep runs
+    // while any do.
     void arm_in_flight_sweep();
-    void watch_upload(UploadAnswerWatch& watch);
     // Upgraded (tunnelled) connections open per backend id.
     void tunnel_opened(std::uint32_t backend_id);
     void tunnel_closed(std::uint32_t backend_id);
@@ -264,10 +262,8 @@ class Worker {
     std::list<Borrowing> borrowing_;
     static constexpr std::size_t max_borrowing = 64;
     bool close_sweep_armed_ = false;
-    std::vector<pollfd> close_sweep_fds_;         // reused by each sweep
-    std::vector<SessionHandle*> close_sweep_of_;  // the session of each pollfd
-    boost::intrusive::list<UploadAnswerWatch, boost::intrusive::constant_time_size<false>>
-        upload_watches_;
+    std::vector<pollfd> close_sweep_fds_;                      // reused by each sweep
+    std::vector<SessionHandle*> close_sweep_of_;               // the session of each pollfd
     std::vector<std::unique_ptr<AcceptPause>> accept_pauses_;  // one per listener
     bool draining_ = false;
     bool closing_ = false;

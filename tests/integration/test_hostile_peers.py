@@ -1193,12 +1193,34 @@ class StuckUploadTest(ProcessTestCase):
         self.assertEqual(metric(self.proxy_, "bgproxy_upstream_broken_responses_total"), 0)
 
     def test_a_backend_that_answered_and_reads_on_gets_the_whole_body(self):
+        """And its answer reaches the client at once, not after the upload (failed on dea94dc:
+        the answer waited behind the whole body, 1.3 s here; HAProxy relays it at once)."""
         self.start_proxy("drain")
         size = 16 << 20  # about 1.3 s at the backend's pace: a few of the sweep's looks
         piece = b"x" * 65536
         head = b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size
-        status, fields, body = self.upload(head, [piece] * (size // len(piece)))
+        s = socket.create_connection(("127.0.0.1", self.proxy_.port), timeout=10)
+        self.addCleanup(s.close)
+        started = time.time()
+        s.sendall(head)
+
+        def send_body():
+            try:
+                for _ in range(size // len(piece)):
+                    s.sendall(piece)
+            except OSError:
+                pass
+        sender = threading.Thread(target=send_body, daemon=True)
+        sender.start()
+        status, fields, body, _ = read_response(s, timeout=10)
+        answered = time.time()
+        sender.join(10)
         self.assertEqual((status, body), (413, b"too large"))
+        # The backend takes the body in 1.3 s at least.
+        self.assertLess(answered - started, 0.5,
+                        "the answer waited %.2f s for the upload" % (answered - started))
+        # Sent before the body had all gone: the connection cannot be kept.
+        self.assertEqual(dict(fields).get("connection"), "close")
         deadline = time.time() + 5
         while not self.upstream.drained and time.time() < deadline:
             time.sleep(0.05)
