@@ -184,6 +184,7 @@ HeadRead RequestExchange<Stream>::parse_head(std::size_t& checked, Refusal& refu
     checked = checked > skipped ? checked - skipped : 0;
     char* data = static_cast<char*>(ex_.buffer.data().data());
     const std::string_view bytes(data, ex_.buffer.size());
+    fflush(stdout);
     // A head that trickles in is scanned again only when a line has ended (else a
     // byte-at-a-time client would make the scan quadratic), or to refuse it as too long.
     RawHeaderScan scan;
@@ -238,6 +239,7 @@ std::size_t RequestExchange<Stream>::skip_leading_empty_lines() {
     for (;;) {
         const std::string_view bytes(static_cast<const char*>(ex_.buffer.data().data()),
                                      ex_.buffer.size());
+        fflush(stdout);
         if (!bytes.starts_with("\r\n")) {
             return skipped;
         }
@@ -331,16 +333,14 @@ Task<bool> RequestExchange<Stream>::respond() {
         const Backend& backend = lease.backend();
         bool stays = co_await relay_response(lease, facts);
         response_over_ = true;
-        if (upload_) {
-            co_await let_upload_run_out(lease.stream());
-            if (!ex_.parser->is_done()) {
-                // The rest of the body was never read: the connection cannot carry another
-                // request, and closes after a lingering drain (its answer is not lost to a reset).
-                stays = false;
-                conn_.linger = true;
-                if (ex_.record.error.empty()) {
-                    ex_.record.error = "backend answered before the request body ended";
-                }
+        co_await let_upload_run_out();
+        if (!ex_.parser->is_done()) {
+            // The rest of the body was never read: the connection cannot carry another
+            // request, and closes after a lingering drain (its answer is not lost to a reset).
+            stays = false;
+            conn_.linger = true;
+            if (ex_.record.error.empty()) {
+                ex_.record.error = "backend answered before the request body ended";
             }
         }
         tell_answer(backend);
@@ -575,10 +575,20 @@ Task<Exchange> RequestExchange<Stream>::exchange(UpstreamLease& lease, const Req
         }
         head.clear();
     }
-    if (!ex_.parser->is_done() || !head.empty()) {
-        start_upload(stream);
-    } else {
+    if (ex_.parser->is_done() && head.empty()) {
         request_sent();
+    } else if (body_at_hand()) {
+        // All of it is here (a small POST): it goes at once, with the head, as a backend's
+        // socket buffer takes a read's worth whatever the backend does; an upload of its own
+        // would cost a coroutine and a timer for nothing. A backend that closed under it may
+        // have answered first: its answer is read.
+        const Exchange sent = co_await send_request_body(stream, conn_.relay);
+        if (sent != Exchange::response_ready && sent != Exchange::upstream_failed) {
+            co_return sent;
+        }
+        request_sent();
+    } else {
+        start_upload(stream);
     }
     const Exchange outcome = co_await await_response(lease, facts);
     if (outcome == Exchange::response_ready || !upload_) {
@@ -589,7 +599,7 @@ Task<Exchange> RequestExchange<Stream>::exchange(UpstreamLease& lease, const Req
     // connection under the response's read).
     const bool failed_by_itself = upload_->ended && !upload_->stopped;
     const Exchange sent = upload_->outcome;
-    co_await stop_upload(stream);
+    co_await stop_upload();
     if (failed_by_itself && sent != Exchange::response_ready && sent != Exchange::upstream_failed) {
         co_return sent;
     }
@@ -642,10 +652,11 @@ Task<Exchange> RequestExchange<Stream>::await_response(UpstreamLease& lease,
         }
         if (status == 101 && uploading()) {
             // The tunnel begins after the request's body: it goes first, as long as it moves.
-            co_await let_upload_run_out(stream);
-            if (!upload_sent_all()) {
-                ex_.body_error = "backend switched protocols before the request body ended (101)";
-                co_return Exchange::response_invalid;
+            co_await let_upload_run_out();
+            if (!upload_sent_all() && !upload_failed_on_client()) {
+                // Stalled on either side: not the backend's failure to answer.
+                ex_.body_error = "request body stalled before the protocol switch (101)";
+                co_return Exchange::body_too_slow;
             }
         }
         if (status >= 200 || status == 101) {
@@ -748,8 +759,9 @@ Task<bool> RequestExchange<Stream>::relay_interim() {
 // ---- the upload ----------------------------------------------------------------------------
 
 template <class Stream>
-RequestExchange<Stream>::Upload::Upload(ClientConnection<Stream>& conn)
-    : deadline(conn.socket().get_executor(), conn.handle()),
+RequestExchange<Stream>::Upload::Upload(ClientConnection<Stream>& conn, UpstreamStream& to)
+    : stream(to),
+      deadline(conn.socket().get_executor(), conn.handle()),
       relay(deadline, conn.worker.stats(), conn.read_chunk(), conn.config.limits.body_burst,
             conn.splice_settings()),
       task(conn.socket().get_executor()) {}
@@ -758,14 +770,14 @@ RequestExchange<Stream>::Upload::Upload(ClientConnection<Stream>& conn)
 // gone before the response is read, as when the two went in turn.
 template <class Stream>
 void RequestExchange<Stream>::start_upload(UpstreamStream& stream) {
-    upload_.emplace(conn_);
-    upload_->task.start(upload(stream));
+    upload_.emplace(conn_, stream);
+    upload_->task.start(upload());
 }
 
 template <class Stream>
-Task<void> RequestExchange<Stream>::upload(UpstreamStream& stream) {
-    const Exchange sent = co_await send_request_body(stream);
-    upload_ended(stream, sent);
+Task<void> RequestExchange<Stream>::upload() {
+    const Exchange sent = co_await send_request_body(upload_->stream, upload_->relay);
+    upload_ended(sent);
 }
 
 namespace {
@@ -777,12 +789,15 @@ bool failed_on_client(Exchange sent) {
 }  // namespace
 
 template <class Stream>
-void RequestExchange<Stream>::upload_ended(UpstreamStream& stream, Exchange sent) {
+void RequestExchange<Stream>::upload_ended(Exchange sent) {
     upload_->outcome = sent;
     upload_->ended = true;
+    // Its last write's limit must not close the connection the response still comes on.
+    upload_->deadline.disarm();
     if (upload_->stopped) {
         return;
     }
+    UpstreamStream& stream = upload_->stream;
     error_code ignored;
     if (sent == Exchange::response_ready) {
         request_sent();
@@ -807,47 +822,84 @@ bool RequestExchange<Stream>::upload_failed_on_client() const {
     return upload_ && upload_->ended && !upload_->stopped && failed_on_client(upload_->outcome);
 }
 
-// Ends an upload still going: its write to the backend (the connection closes) or its read from
-// the client; then waits for its coroutine's end.
+// The rest of a body of known length, up to a read's worth, is all in what was read from the
+// client, with what the client has sent since (a keep-alive connection's next request lands in
+// a small first read, its body behind it in the socket).
 template <class Stream>
-Task<void> RequestExchange<Stream>::stop_upload(UpstreamStream& stream) {
+bool RequestExchange<Stream>::body_at_hand() {
+    const auto left = ex_.parser->content_length_remaining();
+    if (ex_.parser->chunked() || !left || *left > conn_.read_chunk()) {
+        return false;
+    }
+    if (*left > ex_.buffer.size()) {
+        BodyCork cork(BodyCork::plain(conn_.stream), nullptr);
+        error_code ec;
+        std::size_t n = 0;
+        const auto into = ex_.buffer.prepare(conn_.read_room(ex_.buffer));
+        if (read_at_once(conn_.stream, cork, into, ec, n) == AtOnce::read && !ec) {
+            ex_.buffer.commit(n);
+        }
+    }
+    return *left <= ex_.buffer.size();
+}
+
+// Ends an upload still going: its write to the backend (the connection closes) or its read from
+// the client; then waits for its coroutine's end. (Caught between two steps, in a turn it gave
+// the worker's other connections, it starts its next read afterwards: cancelled again.)
+template <class Stream>
+Task<void> RequestExchange<Stream>::stop_upload() {
     if (!upload_) {
         co_return;
     }
-    if (!upload_->ended) {
+    while (!upload_->ended) {
         upload_->stopped = true;
         error_code ignored;
-        stream.socket().close(ignored);
+        upload_->stream.socket().close(ignored);
         conn_.socket().cancel(ignored);
+        co_await upload_->task.wait(std::chrono::milliseconds(10));
     }
     co_await upload_->task.wait();
 }
 
 // After the response (or a 101), an upload still going goes on as long as it moves: a backend
-// that answered early may still take the body (an answer alone never cuts an upload). One
-// that did not move between two looks (timeouts.client_close_check) is stopped: the backend
-// stopped reading, or the client stopped sending once it had its answer.
+// that answered early may still take the body (an answer alone never cuts an upload). One that
+// has not moved for timeouts.client_linger (as long as a client gets to send the rest of a
+// body nobody reads) is stopped: the backend stopped reading, or the client stopped sending
+// once it had its answer.
 template <class Stream>
-Task<void> RequestExchange<Stream>::let_upload_run_out(UpstreamStream& stream) {
-    while (upload_ && upload_->task.running()) {
-        const std::uint64_t before = ex_.record.bytes_in;
-        if (!co_await upload_->task.wait(config_.timeouts.client_close_check) &&
-            ex_.record.bytes_in == before && !upload_->ended) {
-            co_await stop_upload(stream);
+Task<void> RequestExchange<Stream>::let_upload_run_out() {
+    const Duration still_limit = std::max(config_.timeouts.client_linger, Duration(100));
+    const Duration look =
+        std::clamp(config_.timeouts.client_close_check, Duration(10), still_limit);
+    auto moved_at = CoarseClock::now();
+    std::uint64_t seen = ex_.record.bytes_in;
+    while (upload_ && !upload_->ended) {
+        if (co_await upload_->task.wait(look)) {
+            break;
         }
+        const auto now = CoarseClock::now();
+        if (ex_.record.bytes_in != seen) {
+            seen = ex_.record.bytes_in;
+            moved_at = now;
+        } else if (now - moved_at >= still_limit) {
+            co_await stop_upload();
+        }
+    }
+    if (upload_) {
+        co_await upload_->task.wait();
     }
 }
 
 // Streams the request body to the backend; response_ready means all of it went.
 template <class Stream>
-Task<Exchange> RequestExchange<Stream>::send_request_body(UpstreamStream& stream) {
+Task<Exchange> RequestExchange<Stream>::send_request_body(UpstreamStream& stream,
+                                                          BodyRelay& relay) {
     const BodyLeg leg{config_.timeouts.client_body,
                       ConnectionDeadline::client,
                       try_limit(),
                       ConnectionDeadline::upstream,
                       ex_.parser->get().chunked(),
                       config_.limits.min_request_body_rate};
-    BodyRelay& relay = upload_->relay;
     // A body still to come may make room at the connection limit if it comes too slowly.
     struct Uploading {
         Worker& worker;
@@ -1024,7 +1076,7 @@ ResponsePlan RequestExchange<Stream>::prepare_response_head(const Backend& backe
 // client connection is to close so a cut response never looks complete.
 template <class Stream>
 bool RequestExchange<Stream>::response_body_relayed(BodyEnd end) {
-    if (upload_failed_on_client()) {
+    if (upload_failed_on_client() && end != BodyEnd::done) {
         return false;  // the backend connection went with the request (upload_ended)
     }
     WorkerStats& stats = conn_.worker.stats();

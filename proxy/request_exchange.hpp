@@ -64,11 +64,12 @@ class RequestExchange {
     // stalled: the answer held behind the upload, or both sides' buffers full and no side
     // moving.
     void start_upload(UpstreamStream& stream);
-    Task<void> upload(UpstreamStream& stream);
-    Task<Exchange> send_request_body(UpstreamStream& stream);
-    void upload_ended(UpstreamStream& stream, Exchange sent);
-    Task<void> stop_upload(UpstreamStream& stream);
-    Task<void> let_upload_run_out(UpstreamStream& stream);
+    Task<void> upload();
+    Task<Exchange> send_request_body(UpstreamStream& stream, BodyRelay& relay);
+    bool body_at_hand();
+    void upload_ended(Exchange sent);
+    Task<void> stop_upload();
+    Task<void> let_upload_run_out();
     bool uploading() const { return upload_ && !upload_->ended; }
     bool upload_sent_all() const;
     bool upload_failed_on_client() const;
@@ -86,7 +87,8 @@ class RequestExchange {
     // An upload beside the response: its own deadline and relay (the response's steps arm the
     // connection's), and its coroutine.
     struct Upload {
-        explicit Upload(ClientConnection<Stream>& conn);
+        Upload(ClientConnection<Stream>& conn, UpstreamStream& to);
+        UpstreamStream& stream;  // the try's backend connection (its lease may have let it go)
         ConnectionDeadline deadline;
         BodyRelay relay;
         SideTask task;

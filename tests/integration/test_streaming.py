@@ -486,3 +486,29 @@ certificates = [{ cert = "%s", key = "%s" }]
         s = context.wrap_socket(raw, server_hostname="a.test")
         self.addCleanup(s.close)
         self.check_echo(s)
+
+
+class LongResponseAfterUploadTest(ProcessTestCase):
+    """A request body's last write does not limit its response: a POST whose streamed answer
+    lasts past upstream_try after the upload is relayed whole (a review of 39430c7: the upload's
+    own deadline, left armed, closed the backend connection upstream_try after the body's last
+    write, the answer cut and the backend blamed)."""
+
+    def test_a_streamed_answer_outlasts_the_try_limit_counted_from_the_upload(self):
+        blue, green = self.backend("blue-1"), self.backend("green-1")
+        proxy = self.proxy(config([blue], [green], extra='[timeouts]\nupstream_try = "1s"\n'))
+        s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        self.addCleanup(s.close)
+        # The body comes in two pieces, apart: not all at hand, so it goes beside the response.
+        s.sendall(b"POST /?chunks=6&chunk_delay=400 HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Length: 20000\r\n\r\n" + b"x" * 10000)
+        time.sleep(0.2)
+        s.sendall(b"y" * 10000)
+        started = time.time()
+        status, fields, body, _ = read_response(s, timeout=10)
+        took = time.time() - started
+        self.assertEqual(status, 200)
+        self.assertEqual(len(body), 6 * 1024, "the answer was cut after %.1f s" % took)
+        self.assertGreater(took, 1.5)  # it did outlast upstream_try
+        self.assertEqual(metric(proxy, "bgproxy_backend_failures_total",
+                                'backend="blue-1",colour="blue"'), 0)
