@@ -334,7 +334,8 @@ Task<bool> RequestExchange<Stream>::respond() {
         bool stays = co_await relay_response(lease, facts);
         response_over_ = true;
         co_await let_upload_run_out();
-        if (!ex_.parser->is_done()) {
+        // (After a tunnel the parser is gone: ExchangeState::drop_messages.)
+        if (ex_.parser && !ex_.parser->is_done()) {
             // The rest of the body was never read: the connection cannot carry another
             // request, and closes after a lingering drain (its answer is not lost to a reset).
             stays = false;
