@@ -398,30 +398,14 @@ void Switchboard::observe_outliers(const DataPlaneLoad& load) {
 
 void Switchboard::observe_canary(const DataPlaneLoad& load) {
     const std::optional<Colour> candidate = watched_colour();
-    const CanaryVerdict& verdict = canary_.observe(CanaryAnalysis::Clock::now(),
-                                                   colour_figures(load), candidate, state_.stable);
+    const CanaryVerdict& verdict = canary_.observe(
+        CanaryAnalysis::Clock::now(), tally_.figures(*table_, load, config_->canary.errors),
+        candidate, state_.stable);
     // A colour marked failed that takes traffic again (a set, a fleet peer's state) is
     // reverted again: the mark never shields a failing colour from the guard.
     if (verdict.state == CanaryVerdict::State::failing && candidate) {
         enqueue(Job{internal_origin("canary analysis", "rollout guard"), CanaryFailure{verdict}});
     }
-}
-
-std::array<ColourFigures, 2> Switchboard::colour_figures(const DataPlaneLoad& load) const {
-    std::array<ColourFigures, 2> out;
-    for (Colour c : all_colours) {
-        ColourFigures& f = out[index_of(c)];
-        for (const Backend& b : table_->pool(c).backends) {
-            f.requests += b.id < load.requests.size() ? load.requests[b.id] : 0;
-            if (b.id < load.failure_kinds.size()) {
-                for (std::size_t k = 0; k < failure_kind_count; ++k) {
-                    f.errors += config_->canary.errors[k] ? load.failure_kinds[b.id][k] : 0;
-                }
-            }
-        }
-        f.latency = load.traffic.request_duration[index_of(c)];
-    }
-    return out;
 }
 
 // A failing verdict, once it reaches the head of the queue: reverted if the colour is still

@@ -25,6 +25,7 @@
 #include "audit_log.hpp"
 #include "canary_analysis.hpp"
 #include "change_staging.hpp"
+#include "colour_tally.hpp"
 #include "command.hpp"
 #include "config.hpp"
 #include "outlier_detector.hpp"
@@ -300,8 +301,6 @@ class Switchboard {
     void sample();
     void observe_outliers(const DataPlaneLoad& load);
     void observe_canary(const DataPlaneLoad& load);
-    // Both colours' cumulative figures as [canary] counts them.
-    std::array<ColourFigures, 2> colour_figures(const DataPlaneLoad& load) const;
     std::optional<Colour> watched_colour() const;
     // Active health and passive ejection together: what the table says of each backend.
     // `held`: a reload's new backends, down in the table it is about to build.
@@ -381,6 +380,7 @@ class Switchboard {
     bool rollback_pending_ = false;
     OutlierDetector outlier_;
     CanaryAnalysis canary_;
+    ColourTally tally_;                           // what canary_ is given, sample by sample
     std::shared_ptr<ConfigReads> config_reads_;   // shared with the reader threads
     std::map<std::uint64_t, PendingRead> reads_;  // reloads reading their files, by sequence
     // Reads given up on that have not returned, and when each began.

@@ -132,6 +132,39 @@ class CanaryTest(ProcessTestCase):
               "canary: %s)" % (reverted, counts, self.proxy_.status()["canary"]))
         self.assertIsNone(reverted, "a healthy green was reverted on the failover's figures")
 
+    def test_a_backend_a_reload_adds_back_brings_none_of_its_past_into_the_canary(self):
+        """A backend's counters live as long as the process: one a reload removed and adds back
+        mid-rollout counts from its return, not with its old failures (an outside probe: 295
+        failures green-1 had served to preview requests before it was removed reverted a
+        healthy green 0.2 s after the reload that added it back)."""
+        self.blue = [self.backend("blue-1"), self.backend("blue-2")]
+        self.green = [self.backend("green-1"), self.backend("green-2")]
+        extra = ('[preview]\nheader = "X-BG-Color"\nallowed_networks = ["127.0.0.0/8"]\n'
+                 '[outlier]\ncount_5xx = false\n')
+        self.proxy_ = self.proxy(config(self.blue, self.green, extra=extra))
+        conn = http.client.HTTPConnection("127.0.0.1", self.proxy_.port, timeout=5)
+        for _ in range(200):
+            conn.request("GET", "/?status=500", headers={"X-BG-Color": "green"})
+            conn.getresponse().read()
+
+        def reload_with(green):
+            with open(self.proxy_.config_path, "w") as f:
+                f.write(config(self.blue, green, extra=extra))
+            r = self.proxy_.bgctl("reload")
+            self.assertEqual(r.returncode, 0, r.stderr)
+        reload_with(self.green[1:])
+        self.assertEqual(self.proxy_.bgctl("set", "green=50").returncode, 0)
+        load = Load(self.proxy_.port)
+        self.addCleanup(load.stop)
+        time.sleep(2)
+        reload_with(self.green)
+        reverted = self.wait_for_revert(4)
+        counts = load.stop()
+        print("green-1 added back with ~100 old failures: reverted after %s s (responses: %s; "
+              "canary: %s)" % (reverted, counts, self.proxy_.status()["canary"]))
+        self.assertIsNone(reverted, "a healthy green was reverted on a backend's old failures")
+        self.assertEqual({s for (_, s) in counts}, {200})
+
     def test_a_candidate_failing_20_percent_is_reverted(self):
         self.start_pools()
         load = Load(self.proxy_.port)
