@@ -27,6 +27,7 @@ RoutingState initial_state(const Config& config) {
     RoutingState state;
     state.weight_bp = {config.blue_weight_bp, config.green_weight_bp};
     state.stable = config.green_weight_bp > config.blue_weight_bp ? Colour::green : Colour::blue;
+    state.split_since = state.split() ? state.version : 0;
     state.changed_at = now_iso8601();
     state.changed_by = "config";
     state.command = "start";
@@ -96,6 +97,9 @@ json::object to_json(const RoutingState& state) {
     out["weights"] =
         json::object{{"blue", state.weight(Colour::blue)}, {"green", state.weight(Colour::green)}};
     out["stable"] = to_string(state.stable);
+    if (state.split_since != 0) {
+        out["split_since"] = state.split_since;
+    }
     json::array failed;
     for (Colour c : all_colours) {
         if (state.failed[index_of(c)]) {
@@ -226,6 +230,9 @@ std::optional<RoutingState> routing_state_from_json(const json::value& value, st
         state.version = in.at("version").to_number<std::uint64_t>();
         if (const json::value* revision = in.if_contains("revision")) {
             state.revision = revision->to_number<std::int64_t>();
+        }
+        if (const json::value* since = in.if_contains("split_since")) {  // since session 42
+            state.split_since = since->to_number<std::uint64_t>();
         }
         const auto weights = weights_from_json(in.at("weights").as_object(), "weights", error);
         if (!weights) {
@@ -386,6 +393,7 @@ RoutingTablePtr build_table(const Config& config, const RoutingState& state, Bac
     }
     auto table = std::make_shared<RoutingTable>(state.version, std::move(pools));
     table->set_tunnel_drain(tunnel_drain);
+    table->set_split_since(state.split_since);
     return table;
 }
 

@@ -44,6 +44,10 @@ struct RoutingState {
     // version each instance applied is compared by it. 0 outside a fleet.
     std::int64_t revision = 0;
     std::array<std::uint32_t, 2> weight_bp{10000, 0};
+    // The version the current split of traffic (both colours weighted) began at: sticky
+    // cookies name it, so one given in an earlier split does not pin a client in this one.
+    // 0: no split (or a state from before it was kept).
+    std::uint64_t split_since = 0;
     Colour stable = Colour::blue;
     std::array<bool, 2> failed{false, false};
     // Taken out by an operator's rollback (a judgement on the release, as the guard's revert
@@ -58,6 +62,7 @@ struct RoutingState {
     std::string command;     // what made this version
 
     std::uint32_t weight(Colour c) const { return weight_bp[index_of(c)]; }
+    bool split() const { return weight_bp[0] > 0 && weight_bp[1] > 0; }
     AdminState admin_state(const std::string& backend) const;
     // The colour with all traffic, if one has it.
     std::optional<Colour> sole_colour() const;

@@ -1388,6 +1388,8 @@ std::string Switchboard::stage_reload(const ConfigResult* read, Staged& out) {
 void Switchboard::commit(Origin origin, Staged staged) {
     RoutingState& next = staged.next;
     next.version = state_.version + 1;
+    // A split that goes on keeps its beginning (a ramp's steps, a drain); a new one begins here.
+    next.split_since = !next.split() ? 0 : state_.split() ? state_.split_since : next.version;
     for (Colour c : all_colours) {
         // Given traffic again (by any change): no longer taken out.
         next.withdrawn[index_of(c)] = next.withdrawn[index_of(c)] && next.weight(c) == 0;

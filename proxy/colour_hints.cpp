@@ -70,7 +70,14 @@ std::optional<Colour> sticky_colour(const Fields& fields, const StickyConfig& st
             if (eq == std::string_view::npos || pair.substr(0, eq) != sticky.cookie) {
                 continue;
             }
-            auto colour = named(pair.substr(eq + 1));
+            std::string_view value = pair.substr(eq + 1);
+            if (const auto dot = value.find('.'); dot != std::string_view::npos) {
+                if (value.substr(dot + 1) != std::to_string(table.split_since())) {
+                    return std::nullopt;  // given in another split
+                }
+                value = value.substr(0, dot);
+            }
+            auto colour = named(value);
             if (!colour) {
                 return std::nullopt;
             }
@@ -84,8 +91,9 @@ std::optional<Colour> sticky_colour(const Fields& fields, const StickyConfig& st
     return std::nullopt;
 }
 
-std::string sticky_cookie(const StickyConfig& sticky, Colour colour) {
-    return sticky.cookie + "=" + to_string(colour) + "; Path=/; Max-Age=" +
+std::string sticky_cookie(const StickyConfig& sticky, Colour colour, std::uint64_t split) {
+    return sticky.cookie + "=" + to_string(colour) + "." + std::to_string(split) +
+           "; Path=/; Max-Age=" +
            std::to_string(
                std::chrono::duration_cast<std::chrono::seconds>(sticky.max_age).count()) +
            "; HttpOnly; SameSite=Lax";

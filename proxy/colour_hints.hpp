@@ -17,12 +17,16 @@ namespace bg {
 std::optional<Colour> preview_colour(const Fields& fields, const boost::asio::ip::address& client,
                                      const PreviewConfig& preview, const RoutingTable& table);
 
-// The colour in the sticky cookie, when it still takes traffic: not failed, weight above 0,
-// a backend able to serve.
+// The colour in the sticky cookie, when it still takes traffic (not failed, weight above 0, a
+// backend able to serve) and the cookie was given in the split going on now: one from an
+// earlier split (before a rollback, a promote, a flip) pinned returning clients to the next
+// candidate whatever its weight (an outside probe: half of them on a 10% canary). A cookie
+// naming no split (an older proxy's) holds as before.
 std::optional<Colour> sticky_colour(const Fields& fields, const StickyConfig& sticky,
                                     const RoutingTable& table);
 
-// "NAME=green; Path=/; Max-Age=3600; HttpOnly; SameSite=Lax"
-std::string sticky_cookie(const StickyConfig& sticky, Colour colour);
+// "NAME=green.7; Path=/; Max-Age=3600; HttpOnly; SameSite=Lax": the colour and the split it
+// was given in (RoutingTable::split_since).
+std::string sticky_cookie(const StickyConfig& sticky, Colour colour, std::uint64_t split);
 
 }  // namespace bg

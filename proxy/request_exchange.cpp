@@ -361,6 +361,7 @@ Colour RequestExchange<Stream>::choose_colour(const RoutingTable& table) {
             : preview_colour(request, conn_.client.address, config_.preview, table);
     const std::optional<Colour> sticky =
         preview ? std::nullopt : sticky_colour(request, config_.sticky, table);
+    split_since_ = table.split_since();
     set_sticky_ = !config_.sticky.cookie.empty() && !preview && !sticky &&
                   table.pool(Colour::blue).weight_bp > 0 && table.pool(Colour::green).weight_bp > 0;
     colour_pinned_ = preview || sticky;
@@ -455,6 +456,7 @@ Colour RequestExchange<Stream>::routing_for_retry(RoutingTablePtr& table, Colour
     if (const RoutingTablePtr& now = conn_.worker.table(); now != table) {
         table = now;
         ex_.record.version = table->version();
+        split_since_ = table->split_since();
         if (sticky_pinned_) {
             // A cookie pins a client to its colour only while that colour takes traffic: after
             // a rollback or a revert its retry goes where a new request with it would.
@@ -1064,7 +1066,8 @@ ResponsePlan RequestExchange<Stream>::prepare_response_head(const Backend& backe
     }
     if (set_sticky_) {
         // The colour that served, which a retry may have changed.
-        response.insert(http::field::set_cookie, sticky_cookie(config_.sticky, backend.colour));
+        response.insert(http::field::set_cookie,
+                        sticky_cookie(config_.sticky, backend.colour, split_since_));
     }
     if (response.find(http::field::date) == response.end()) {
         response.insert(http::field::date, http_date_now());  // (set would look it up again)

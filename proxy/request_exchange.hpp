@@ -112,6 +112,7 @@ class RequestExchange {
     bool set_sticky_ = false;       // the weights chose: the response pins the colour
     bool colour_pinned_ = false;    // a preview header or a sticky cookie chose the colour
     bool sticky_pinned_ = false;  // the sticky cookie did: it yields to a revert, as new requests'
+    std::uint64_t split_since_ = 0;  // the routing snapshot's split, which a new cookie names
     std::chrono::steady_clock::time_point started_;
     std::chrono::steady_clock::time_point upstream_started_;
     // For the served colour's latency: started_, or its first try's start after a crossing.

@@ -82,7 +82,10 @@ RoutingTablePtr make_initial_table(const Config& config) {
                                             source.send_proxy_protocol});
         }
     }
-    return std::make_shared<const RoutingTable>(1, std::move(pools));
+    auto table = std::make_shared<RoutingTable>(1, std::move(pools));
+    // (As the Switchboard's initial state: a split in the config begins at version 1.)
+    table->set_split_since(config.blue_weight_bp > 0 && config.green_weight_bp > 0 ? 1 : 0);
+    return table;
 }
 
 }  // namespace bg

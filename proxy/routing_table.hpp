@@ -79,6 +79,10 @@ class RoutingTable {
     // How long tunnels of a colour this table takes the whole share from stay open.
     Duration tunnel_drain() const { return tunnel_drain_; }
     void set_tunnel_drain(Duration drain) { tunnel_drain_ = drain; }
+    // The routing state's version the current split of traffic began at (RoutingState's
+    // split_since): what a sticky cookie names.
+    std::uint64_t split_since() const { return split_since_; }
+    void set_split_since(std::uint64_t version) { split_since_ = version; }
 
   private:
     std::uint64_t version_;
@@ -87,6 +91,7 @@ class RoutingTable {
     std::uint32_t backend_id_limit_ = 0;
     bool panic_ = false;
     Duration tunnel_drain_{std::chrono::seconds(30)};
+    std::uint64_t split_since_ = 0;
 };
 
 using RoutingTablePtr = std::shared_ptr<const RoutingTable>;

@@ -289,7 +289,8 @@ allowed_networks = ["10.0.0.0/8"]
             r = conn.getresponse()
             body = r.read().decode().strip()
             cookie = r.getheader("Set-Cookie")
-            self.assertTrue(cookie.startswith("bg=%s;" % body.split("-")[0]), cookie)
+            # The colour and the split it was given in (the config's: version 1).
+            self.assertTrue(cookie.startswith("bg=%s.1;" % body.split("-")[0]), cookie)
             clients.append((cookie.split(";")[0], body))
         self.assertEqual({b for _, b in clients}, {"blue-1", "green-1"})
         self.assertEqual(proxy.bgctl("set", "green=70").returncode, 0)  # a ramp step
@@ -304,6 +305,21 @@ allowed_networks = ["10.0.0.0/8"]
         conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
         conn.request("GET", "/", headers={"Cookie": "bg=green"})
         self.assertEqual(conn.getresponse().read(), b"blue-1\n")
+        # Nor in the next split, a rollout of its own: its weights place every client afresh
+        # (failed on dea94dc: a cookie from the split before pinned its client to green, half of
+        # the returning clients on a 10% canary in an outside probe).
+        self.assertEqual(proxy.bgctl("set", "green=10").returncode, 0)
+        since = proxy.status()["version"]  # the split begins with this change
+        on_green = 0
+        for cookie, first in clients:
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+            conn.request("GET", "/", headers={"Cookie": cookie})
+            r = conn.getresponse()
+            on_green += r.read() == b"green-1\n"
+            fresh = r.getheader("Set-Cookie") or ""
+            self.assertTrue(fresh.startswith("bg=") and (".%d;" % since) in fresh,
+                            "%s kept its client (%r)" % (cookie, fresh))
+        self.assertLess(on_green, 12, "the returning clients were not placed by the 10% weight")
 
 
 

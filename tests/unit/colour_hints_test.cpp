@@ -59,8 +59,24 @@ TEST_CASE("the sticky cookie holds unless its colour is failed or at weight 0") 
     sticky.cookie = "";
     CHECK_FALSE(bg::sticky_colour(f, sticky, table(5000)));
     sticky.cookie = "bg";
-    CHECK(bg::sticky_cookie(sticky, bg::Colour::blue) ==
-          "bg=blue; Path=/; Max-Age=3600; HttpOnly; SameSite=Lax");
+    CHECK(bg::sticky_cookie(sticky, bg::Colour::blue, 7) ==
+          "bg=blue.7; Path=/; Max-Age=3600; HttpOnly; SameSite=Lax");
+}
+
+TEST_CASE("a sticky cookie holds only in the split it was given in") {
+    bg::StickyConfig sticky;
+    sticky.cookie = "bg";
+    bg::RoutingTable now = table(5000);
+    now.set_split_since(7);
+    bg::Fields f;
+    f.insert(http::field::cookie, "bg=green.7");
+    CHECK(bg::sticky_colour(f, sticky, now) == bg::Colour::green);
+    f.set(http::field::cookie, "bg=green.3");  // from a split before a rollback
+    CHECK_FALSE(bg::sticky_colour(f, sticky, now));
+    f.set(http::field::cookie, "bg=green.");
+    CHECK_FALSE(bg::sticky_colour(f, sticky, now));
+    f.set(http::field::cookie, "bg=green");  // an older proxy's: no split named
+    CHECK(bg::sticky_colour(f, sticky, now) == bg::Colour::green);
 }
 
 TEST_CASE("network sets match by prefix") {

@@ -67,6 +67,26 @@ TEST_CASE("flip, promote, rollback move weights and the stable colour") {
     CHECK_FALSE(f.run("promote").at("ok").as_bool());
 }
 
+TEST_CASE("a split keeps the version it began at through its steps; a new split, its own") {
+    Fixture f;
+    CHECK(f.board.state().split_since == 0);
+    REQUIRE(f.run("set green=10").at("ok").as_bool());
+    const std::uint64_t began = f.board.state().version;
+    CHECK(f.board.state().split_since == began);
+    REQUIRE(f.run("set green=30").at("ok").as_bool());  // a step of the same rollout
+    CHECK(f.board.state().split_since == began);
+    REQUIRE(f.run("rollback").at("ok").as_bool());
+    CHECK(f.board.state().split_since == 0);
+    REQUIRE(f.run("set green=10").at("ok").as_bool());
+    CHECK(f.board.state().split_since == f.board.state().version);
+    CHECK(f.board.state().split_since != began);
+    // Kept with the state: a restart goes on with the same split.
+    std::string error;
+    const auto saved = bg::routing_state_from_json(bg::to_json(f.board.state()), error);
+    REQUIRE(saved);
+    CHECK(saved->split_since == f.board.state().split_since);
+}
+
 TEST_CASE("a refused or dry-run command changes nothing") {
     Fixture f;
     const auto version = f.board.state().version;
