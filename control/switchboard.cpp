@@ -995,7 +995,7 @@ void Switchboard::run(Job job) {
             } else if constexpr (std::is_same_v<W, ConfigRead>) {
                 if (work.seq < newest_read_staged_) {
                     // Reads return in any order: the one begun last wins.
-                    ++counts_.reloads_refused;
+                    count_refused_reload(work.command);
                     refuse(origin,
                            "a later reload read the config files after this one and came first");
                 } else {
@@ -1070,7 +1070,7 @@ void Switchboard::read_config(Origin origin, const Command& cmd) {
     if (!stuck_reads_.empty()) {
         const auto stuck = std::chrono::duration_cast<std::chrono::milliseconds>(
             std::chrono::steady_clock::now() - stuck_reads_.begin()->second);
-        ++counts_.reloads_refused;
+        count_refused_reload(cmd);
         refuse(origin, "a read of the config files has not returned for " +
                            std::to_string(stuck.count()) +
                            " ms (a stalled disk or mount, or a resolver not answering for a "
@@ -1095,7 +1095,7 @@ void Switchboard::read_config(Origin origin, const Command& cmd) {
             }
         }).detach();
     } catch (const std::system_error& e) {  // no thread to be had (a pids limit)
-        ++counts_.reloads_refused;
+        count_refused_reload(cmd);
         refuse(origin, std::string("cannot start reading the config files: ") + e.what());
         return;
     }
@@ -1117,7 +1117,7 @@ void Switchboard::config_read_timed_out(std::uint64_t seq) {
     if (read.cancelled) {
         return;  // answered already
     }
-    ++counts_.reloads_refused;
+    count_refused_reload(read.command);
     const std::string message =
         "the config files were not read within control.disk_timeout (" +
         std::to_string(config_->control.disk_timeout.count()) +
@@ -1145,7 +1145,7 @@ void Switchboard::run_staged(Origin origin, const Command& cmd, const ConfigResu
     Staged staged{state_, config_, {}, switch_kind_of(cmd.verb)};
     if (std::string error = stage(cmd, staged, loaded); !error.empty()) {
         if (cmd.verb == Verb::reload) {
-            ++counts_.reloads_refused;
+            count_refused_reload(cmd);
         }
         refuse(origin, error);
         return;
@@ -1258,9 +1258,21 @@ void Switchboard::handle_ramp_step(Origin origin, const RampStep& tick) {
            Staged{std::move(step.next), config_, std::move(step.note), SwitchKind::ramp_step});
 }
 
+// bgproxy_config_reloads_total{result="refused"} counts reloads, not dry runs (nor does
+// "applied" count a dry run that would apply).
+void Switchboard::count_refused_reload(const Command& cmd) {
+    if (!cmd.dry_run) {
+        ++counts_.reloads_refused;
+    }
+}
+
 void Switchboard::proceed(Origin origin, const Command& cmd, Staged staged) {
-    const std::string change = describe_change(state_, staged.next);
+    std::string change = describe_change(state_, staged.next);
     const bool config_changed = staged.config != config_;
+    if (cmd.dry_run && config_changed) {
+        // As applied() says it: a dry run of a reload that adds backends said "no change".
+        change = change == "no change" ? "config reloaded" : change + "; config reloaded";
+    }
     if (!cmd.dry_run && change == "no change" && is_safety_action(staged.kind)) {
         cancel_gates(staged.kind);  // a rollback onto the colour already serving still cancels
     }

@@ -229,6 +229,7 @@ class Switchboard {
         bool cancelled = false;  // its caller left: answered, the read goes on
     };
     void read_config(Origin origin, const Command& cmd);
+    void count_refused_reload(const Command& cmd);
     void config_read_timed_out(std::uint64_t seq);
     void config_read_returned(std::uint64_t seq, std::shared_ptr<const ConfigResult> loaded);
     void start_gate(Origin origin, const Command& cmd, Colour gaining);

@@ -13,7 +13,7 @@ import threading
 import time
 import unittest
 
-from harness import BGCTL, ProcessTestCase, backend_admin, config, read_until
+from harness import BGCTL, ProcessTestCase, backend_admin, config, metric, read_until
 
 
 class Load:
@@ -268,9 +268,18 @@ class ControlTest(ProcessTestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn("bgproxy.toml:", r.stderr)
         self.assertEqual(proxy.status()["version"], before["version"])
+        # A dry run is no reload: not counted (an outside probe: counted as refused when its
+        # config was broken, and not at all when it would have applied).
+        self.assertEqual(proxy.bgctl("reload", "--dry-run").returncode, 1)
+        self.assertEqual(metric(proxy, "bgproxy_config_reloads_total", 'result="refused"'), 1)
         extra = self.backend("green-3")
         with open(proxy.config_path, "w") as f:
             f.write(good.replace('{ name = "green-2"', '{ name = "green-3", address = "%s" }, { name = "green-2"' % extra.address))
+        # A dry run of a reload that adds a backend says the config changes (it said "no change").
+        r = proxy.bgctl("reload", "--dry-run")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("dry run: config reloaded", r.stdout)
+        self.assertEqual(len(proxy.status()["colours"]["green"]["backends"]), 2)
         r = proxy.bgctl("reload")
         self.assertEqual(r.returncode, 0, r.stderr)
         # Said so (an outside probe: "no change", as a reload that read nothing new).
