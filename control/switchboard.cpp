@@ -1400,8 +1400,17 @@ std::string Switchboard::stage_reload(const ConfigResult* read, Staged& out) {
 void Switchboard::commit(Origin origin, Staged staged) {
     RoutingState& next = staged.next;
     next.version = state_.version + 1;
-    // A split that goes on keeps its beginning (a ramp's steps, a drain); a new one begins here.
-    next.split_since = !next.split() ? 0 : state_.split() ? state_.split_since : next.version;
+    // A split that goes on keeps its beginning (a ramp's steps, a drain), and so does one a
+    // failover interrupts (its failback restores the weights, and the cookies hold again); a
+    // new one begins here.
+    const bool through_failover = next.failover || state_.failover;
+    if (!next.split() && !next.failover) {
+        next.split_since = 0;
+    } else if ((state_.split() || through_failover) && state_.split_since != 0) {
+        next.split_since = state_.split_since;
+    } else {
+        next.split_since = next.split() ? next.version : 0;
+    }
     for (Colour c : all_colours) {
         // Given traffic again (by any change): no longer taken out.
         next.withdrawn[index_of(c)] = next.withdrawn[index_of(c)] && next.weight(c) == 0;

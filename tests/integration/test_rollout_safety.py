@@ -871,7 +871,14 @@ class FailbackTest(ProcessTestCase):
         proxy = self.proxy(config(blue, green, weights=(90, 10), extra="""
 [rollout]
 failback_hold = "3s"
+[sticky]
+cookie = "bg"
 """))
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+        conn.request("GET", "/")
+        r = conn.getresponse()
+        served = r.read()
+        cookie = r.getheader("Set-Cookie").split(";")[0]
         for b in blue:
             admin(b, "health?status=500")
         start = time.time()
@@ -902,6 +909,13 @@ failback_hold = "3s"
             notes = [json.loads(l).get("note", "") for l in f]
         self.assertTrue(any("traffic back to the weights before the failover" in n for n in notes),
                         notes)
+        # The split the failover interrupted goes on: its cookies hold again (a review of
+        # 26a868d: the failback began a new split, and every client was placed anew).
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+        conn.request("GET", "/", headers={"Cookie": cookie})
+        r = conn.getresponse()
+        self.assertEqual(r.read().split(b"-")[0], served.split(b"-")[0])  # its colour
+        self.assertIsNone(r.getheader("Set-Cookie"))
 
     def fail_over(self, proxy, blue):
         for b in blue:

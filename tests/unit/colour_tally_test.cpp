@@ -84,3 +84,16 @@ TEST_CASE("only the failure kinds [canary] errors names count") {
     const auto f = tally.figures(table, after, {true, false, false, false});
     CHECK(f[1].errors == 2);
 }
+
+TEST_CASE("a backend that leaves its colour takes back nothing it added: the figures only grow") {
+    bg::ColourTally tally;
+    tally.figures(table_of({0}, {1, 2}), load_of({0, 0, 0}, {0, 0, 0}), all_kinds);
+    auto f = tally.figures(table_of({0}, {1, 2}), load_of({0, 10, 10}, {0, 1, 1}), all_kinds);
+    CHECK(f[1].requests == 20);
+    CHECK(f[1].errors == 2);
+    // A reload removes backend 2 (a review: its whole count dropped out, and the analysis's
+    // windows clamped the shrinking figures to nothing for as long as the window).
+    f = tally.figures(table_of({0}, {1}), load_of({0, 20, 10}, {0, 1, 1}), all_kinds);
+    CHECK(f[1].requests == 30);
+    CHECK(f[1].errors == 2);
+}
