@@ -285,6 +285,44 @@ class ProcessTestCase(unittest.TestCase):
         return self.start(Proxy(*a, **kw))
 
 
+class ConnectionServer:
+    """A raw backend on a port of its own: each connection is served by the subclass's
+    serve(conn) on a thread of its own. `name` and `address` as a Backend's, for config()."""
+
+    def __init__(self, name):
+        self.name = name
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.address = "127.0.0.1:%d" % self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def read_head(conn, piece=65536):
+        """What a connection sent up to a head's end and behind it, or None if it closed
+        first."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(piece)
+            if not chunk:
+                return None
+            data += chunk
+        return data
+
+    def stop(self):
+        self.server.close()
+        return ""
+
+
 def admin_get(proxy, path):
     """GET on the proxy's admin listener: (status, body bytes)."""
     import http.client

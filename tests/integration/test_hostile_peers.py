@@ -14,9 +14,9 @@ import threading
 import time
 import unittest
 
-from harness import (Incomplete, ProcessTestCase, ScriptedBackend, admin_get, config, metric,
-                     ok_response, raw_exchange, read_response, read_to_end, read_until,
-                     status_of)
+from harness import (ConnectionServer, Incomplete, ProcessTestCase, ScriptedBackend, admin_get,
+                     config, metric, ok_response, raw_exchange, read_response, read_to_end,
+                     read_until, status_of)
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -1032,7 +1032,7 @@ class ClientGoneTest(ProxyWithScriptedBackend):
         self.assertEqual(read_response(s, pending=leftover)[2], b"/next")
 
 
-class EarlyAnswerBackend:
+class EarlyAnswerBackend(ConnectionServer):
     """Answers each request as soon as its head arrived, without reading its body, then
     (`then`) closes: with the body unread, the kernel resets the connection. What a backend
     refusing an upload (413, 401, 417) usually does. Or it "holds" the connection, neither
@@ -1040,35 +1040,18 @@ class EarlyAnswerBackend:
     what it read (in `drained`) until the proxy closes."""
 
     def __init__(self, name, reply, then="close"):
-        self.name = name
         self.reply = reply
         self.then = then
         self.stopped = threading.Event()
         self.drained = []
-        self.server = socket.socket()
-        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.server.bind(("127.0.0.1", 0))
-        self.server.listen(16)
-        self.address = "127.0.0.1:%d" % self.server.getsockname()[1]
         self.heads = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(name)
 
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn):
+    def serve(self, conn):
         with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
+            data = self.read_head(conn, 4096)
+            if data is None:
+                return
             self.heads.append(data.split(b"\r\n\r\n")[0])
             conn.sendall(self.reply)
             if self.then == "hold":
@@ -1093,8 +1076,7 @@ class EarlyAnswerBackend:
 
     def stop(self):
         self.stopped.set()
-        self.server.close()
-        return ""
+        return super().stop()
 
 
 class EarlyResponseTest(ProcessTestCase):

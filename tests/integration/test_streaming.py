@@ -10,8 +10,8 @@ import time
 import unittest
 
 from certificates import TestAuthority
-from harness import (Incomplete, ProcessTestCase, ScriptedBackend, config, metric, ok_response,
-                     read_response)
+from harness import (ConnectionServer, Incomplete, ProcessTestCase, ScriptedBackend, config,
+                     metric, ok_response, read_response)
 
 MB = 1000 * 1000
 
@@ -347,36 +347,16 @@ if __name__ == "__main__":
     unittest.main(verbosity=2)
 
 
-class EchoBackend:
+class EchoBackend(ConnectionServer):
     """Streams each request's body back as it reads it (an echo, a transcoder, a streaming RPC):
     the response head goes at once, then each piece read is written back before the next read.
     Nothing is buffered: if no one reads its answer, it stops reading the body."""
 
-    def __init__(self, name):
-        self.name = name
-        self.server = socket.socket()
-        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.server.bind(("127.0.0.1", 0))
-        self.server.listen(16)
-        self.address = "127.0.0.1:%d" % self.server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn):
+    def serve(self, conn):
         with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
+            data = self.read_head(conn)
+            if data is None:
+                return
             head, rest = data.split(b"\r\n\r\n", 1)
             length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
                           if line.lower().startswith(b"content-length:"))
@@ -392,9 +372,6 @@ class EchoBackend:
                     left -= len(chunk)
             except OSError:
                 return
-
-    def stop(self):
-        self.server.close()
 
 
 def duplex_exchange(s, head, size, timeout=20.0):
