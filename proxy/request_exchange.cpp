@@ -184,7 +184,6 @@ HeadRead RequestExchange<Stream>::parse_head(std::size_t& checked, Refusal& refu
     checked = checked > skipped ? checked - skipped : 0;
     char* data = static_cast<char*>(ex_.buffer.data().data());
     const std::string_view bytes(data, ex_.buffer.size());
-    fflush(stdout);
     // A head that trickles in is scanned again only when a line has ended (else a
     // byte-at-a-time client would make the scan quadratic), or to refuse it as too long.
     RawHeaderScan scan;
@@ -239,7 +238,6 @@ std::size_t RequestExchange<Stream>::skip_leading_empty_lines() {
     for (;;) {
         const std::string_view bytes(static_cast<const char*>(ex_.buffer.data().data()),
                                      ex_.buffer.size());
-        fflush(stdout);
         if (!bytes.starts_with("\r\n")) {
             return skipped;
         }
