@@ -331,7 +331,9 @@ Task<bool> RequestExchange<Stream>::respond() {
         const Backend& backend = lease.backend();
         bool stays = co_await relay_response(lease, facts);
         response_over_ = true;
-        co_await let_upload_run_out();
+        if (upload_) {
+            co_await let_upload_run_out();  // (a coroutine frame: not for every request)
+        }
         // (After a tunnel the parser is gone: ExchangeState::drop_messages.)
         if (ex_.parser && !ex_.parser->is_done()) {
             // The rest of the body was never read: the connection cannot carry another

@@ -69,23 +69,4 @@ RoutingTable::RoutingTable(std::uint64_t version, std::array<ColourPool, 2> pool
     }
 }
 
-RoutingTablePtr make_initial_table(const Config& config) {
-    std::array<ColourPool, 2> pools;
-    std::uint32_t next_id = 0;
-    for (Colour colour : all_colours) {
-        const PoolConfig& source = colour == Colour::blue ? config.blue : config.green;
-        ColourPool& pool = pools[index_of(colour)];
-        pool.weight_bp = colour == Colour::blue ? config.blue_weight_bp : config.green_weight_bp;
-        for (const auto& backend : source.backends) {
-            pool.backends.push_back(Backend{next_id++, backend.name, colour, backend.address,
-                                            AdminState::ready, true, source.tls_context,
-                                            source.send_proxy_protocol});
-        }
-    }
-    auto table = std::make_shared<RoutingTable>(1, std::move(pools));
-    // (As the Switchboard's initial state: a split in the config begins at version 1.)
-    table->set_split_since(config.blue_weight_bp > 0 && config.green_weight_bp > 0 ? 1 : 0);
-    return table;
-}
-
 }  // namespace bg

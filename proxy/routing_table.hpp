@@ -96,7 +96,4 @@ class RoutingTable {
 
 using RoutingTablePtr = std::shared_ptr<const RoutingTable>;
 
-// The first table of a process, straight from the config: every backend ready and healthy.
-RoutingTablePtr make_initial_table(const Config& config);
-
 }  // namespace bg
