@@ -730,6 +730,10 @@ void read_tls(TableReader& tls, const toml::node& where, ListenerConfig& listene
     if (auto ciphers = tls.read_string("ciphers")) {
         settings.ciphers = *ciphers;
     }
+    if (auto suites = tls.read_string("ciphersuites")) {
+        settings.ciphersuites = *suites;
+    }
+    tls.read_bool("prefer_server_ciphers", settings.prefer_server_ciphers);
     tls.read_bool("session_tickets", settings.session_tickets);
     tls.read_integer("session_cache", settings.session_cache, 0, 10'000'000);
     tls.read_duration("session_lifetime", settings.session_lifetime);

@@ -191,10 +191,17 @@ enum class BalancePolicy { round_robin, least_request };
 struct TlsSettings {
     std::vector<CertificateFiles> certificates;
     std::string min_version = "1.2";  // "1.2" or "1.3"; older versions are never offered
-    // TLS 1.2 ciphers (Mozilla's "intermediate" list); TLS 1.3 suites are OpenSSL's defaults.
+    // TLS 1.2 ciphers (Mozilla's "intermediate" list).
     std::string ciphers =
         "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
         "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+    // TLS 1.3 suites, in Mozilla's order: AES-128 first (its SHA-256 key schedule and
+    // transcript cost less per handshake than AES-256's SHA-384; both are strong).
+    std::string ciphersuites =
+        "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+    // The listener's order decides (HAProxy's default), except that a client that puts
+    // ChaCha20 first (one without AES instructions) gets it; false: the client's order.
+    bool prefer_server_ciphers = true;
     // Resumption. Tickets (TLS 1.2 and 1.3) carry the session to the client, sealed with this
     // listener's keys (new ones at every reload); the cache keeps sessions here, looked up by
     // id (TLS 1.2, and TLS 1.3 when tickets are off). Both off: every handshake is full.

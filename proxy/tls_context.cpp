@@ -4,6 +4,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include <algorithm>
 #include <boost/asio/ssl/context.hpp>
 #include <cctype>
 #include <optional>
@@ -128,6 +129,30 @@ int on_server_name(SSL*, int*, void*) {
     return SSL_TLSEXT_ERR_OK;
 }
 
+// OpenSSL skips a TLS 1.3 suite name it does not know, and an empty list turns TLS 1.3 off:
+// either would be a typo taken silently. Says what is wrong, or nothing.
+std::string unknown_suites(const std::string& list) {
+    static constexpr std::string_view known[] = {
+        "TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256",
+        "TLS_AES_128_CCM_SHA256", "TLS_AES_128_CCM_8_SHA256"};
+    std::string_view rest = list;
+    if (rest.empty()) {
+        return "tls ciphersuites must name at least one TLS 1.3 suite";
+    }
+    while (!rest.empty()) {
+        const std::size_t colon = rest.find(':');
+        const std::string_view name = rest.substr(0, colon);
+        if (std::find(std::begin(known), std::end(known), name) == std::end(known)) {
+            return "tls ciphersuites: unknown TLS 1.3 suite '" + std::string(name) +
+                   "' (known: TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384, "
+                   "TLS_CHACHA20_POLY1305_SHA256, TLS_AES_128_CCM_SHA256, "
+                   "TLS_AES_128_CCM_8_SHA256)";
+        }
+        rest = colon == std::string_view::npos ? std::string_view() : rest.substr(colon + 1);
+    }
+    return {};
+}
+
 // Resumption as configured: a server-side session cache (TLS 1.2 session ids; TLS 1.3's
 // tickets are ids into it when tickets are off) and tickets, each session bound to its
 // certificate by a session id context of its own.
@@ -172,8 +197,19 @@ std::shared_ptr<TlsServerContext> TlsServerContext::create(const TlsSettings& se
         SSL_CTX_set_min_proto_version(
             ctx, settings.min_version == "1.3" ? TLS1_3_VERSION : TLS1_2_VERSION);
         SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+        if (settings.prefer_server_ciphers) {
+            SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_PRIORITIZE_CHACHA);
+        }
         if (SSL_CTX_set_cipher_list(ctx, settings.ciphers.c_str()) != 1) {
             error = openssl_error("tls ciphers '" + settings.ciphers + "'");
+            return nullptr;
+        }
+        if (const std::string why = unknown_suites(settings.ciphersuites); !why.empty()) {
+            error = why;
+            return nullptr;
+        }
+        if (SSL_CTX_set_ciphersuites(ctx, settings.ciphersuites.c_str()) != 1) {
+            error = openssl_error("tls ciphersuites '" + settings.ciphersuites + "'");
             return nullptr;
         }
         if (SSL_CTX_use_certificate_chain_file(ctx, files.cert.c_str()) != 1) {

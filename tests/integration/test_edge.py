@@ -681,6 +681,58 @@ client_keepalive = "%s"
                 self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
                 self.assertIn(message, r.stdout + r.stderr)
 
+    def negotiated_suite(self, port, *client_args):
+        code, out = s_client(port, *client_args)
+        self.assertEqual(code, 0, out)
+        match = re.search(r"Cipher is (\S+)", out)
+        self.assertIsNotNone(match, out)
+        return match.group(1)
+
+    def test_the_listener_picks_the_suite_in_its_own_order(self):
+        """ciphersuites and prefer_server_ciphers, as HAProxy's ciphersuites and
+        prefer-client-ciphers. The clients here put AES-256 first (OpenSSL's default order)."""
+        v13, v12 = ("-tls1_3",), ("-tls1_2",)
+        chacha_first = ("-tls1_3", "-ciphersuites",
+                        "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256")
+        chacha_first_12 = ("-tls1_2", "-cipher",
+                           "ECDHE-RSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:"
+                           "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256")
+        cases = [
+            # settings, client, the suite negotiated
+            ("", v13, "TLS_AES_128_GCM_SHA256"),
+            ("", v12, "-AES128-GCM-SHA256"),
+            ("", chacha_first, "TLS_CHACHA20_POLY1305_SHA256"),  # no AES instructions
+            ("", chacha_first_12, "-CHACHA20-POLY1305"),
+            ("prefer_server_ciphers = false", v13, "TLS_AES_256_GCM_SHA384"),
+            ("prefer_server_ciphers = false", v12, "-AES256-GCM-SHA384"),
+            ('ciphersuites = "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"', v13,
+             "TLS_AES_256_GCM_SHA384"),
+        ]
+        for settings, client, suite in cases:
+            with self.subTest(settings=settings, client=client):
+                proxy = self.proxy(edge_config(tls_listener("a") + settings + "\n", [self.blue]))
+                negotiated = self.negotiated_suite(proxy.port, *client)
+                self.assertTrue(negotiated.endswith(suite), negotiated)
+                proxy.stop()
+
+    def test_suite_settings_are_checked(self):
+        work = tempfile.mkdtemp(prefix="bgproxy-edge-suites-")
+        self.addCleanup(shutil.rmtree, work, True)
+        path = os.path.join(work, "bad.toml")
+        for setting, message in (
+                ('ciphersuites = "TLS_AES_128_GCM_SHA265"',  # a typo OpenSSL would skip
+                 "unknown TLS 1.3 suite 'TLS_AES_128_GCM_SHA265'"),
+                ('ciphersuites = ""', "ciphersuites must name at least one TLS 1.3 suite"),
+                ("prefer_server_ciphers = 1", "prefer_server_ciphers must be true or false")):
+            with self.subTest(setting=setting):
+                with open(path, "w") as f:
+                    f.write(edge_config(tls_listener("a") + setting + "\n", [self.blue]))
+                from harness import BGPROXY
+                r = subprocess.run([BGPROXY, "--check", path], capture_output=True, text=True,
+                                   timeout=30)
+                self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+                self.assertIn(message, r.stdout + r.stderr)
+
     def test_a_session_resumes_under_its_own_certificate_only(self):
         """RFC 6066 3: no resumption under another server name's certificate (virtual-host
         confusion; found by an outside probe: a.test's session resumed for b.test, TLS 1.2 and
