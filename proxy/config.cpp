@@ -731,7 +731,12 @@ void read_tls(TableReader& tls, const toml::node& where, ListenerConfig& listene
         settings.ciphers = *ciphers;
     }
     if (auto suites = tls.read_string("ciphersuites")) {
-        settings.ciphersuites = *suites;
+        if (const std::string why = tls13_suites_problem(*suites); !why.empty()) {
+            tls.error_at(*tls.table().get("ciphersuites"),
+                         tls.qualified("ciphersuites") + " " + why);
+        } else {
+            settings.ciphersuites = *suites;
+        }
     }
     tls.read_bool("prefer_server_ciphers", settings.prefer_server_ciphers);
     tls.read_bool("session_tickets", settings.session_tickets);

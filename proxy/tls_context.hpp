@@ -22,6 +22,10 @@ namespace bg {
 // `what`, followed by each error on OpenSSL's error queue (which it empties).
 std::string openssl_error(const std::string& what);
 
+// What is wrong with a TLS 1.3 suite list ("A:B"), or nothing: a name OpenSSL does not know
+// (it would skip it silently beside a known one), or no name at all.
+std::string tls13_suites_problem(const std::string& list);
+
 class TlsServerContext {
   public:
     // Reads the certificate and key files; nullptr with a message when one cannot be used.

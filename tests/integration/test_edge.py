@@ -690,8 +690,11 @@ client_keepalive = "%s"
 
     def test_the_listener_picks_the_suite_in_its_own_order(self):
         """ciphersuites and prefer_server_ciphers, as HAProxy's ciphersuites and
-        prefer-client-ciphers. The clients here put AES-256 first (OpenSSL's default order)."""
-        v13, v12 = ("-tls1_3",), ("-tls1_2",)
+        prefer-client-ciphers. Most clients put AES-256 first (OpenSSL's default order)."""
+        v13 = ("-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256")
+        v12 = ("-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256")
+        aes128_first = ("-tls1_3", "-ciphersuites",
+                        "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384")
         chacha_first = ("-tls1_3", "-ciphersuites",
                         "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256")
         chacha_first_12 = ("-tls1_2", "-cipher",
@@ -705,7 +708,7 @@ client_keepalive = "%s"
             ("", chacha_first_12, "-CHACHA20-POLY1305"),
             ("prefer_server_ciphers = false", v13, "TLS_AES_256_GCM_SHA384"),
             ("prefer_server_ciphers = false", v12, "-AES256-GCM-SHA384"),
-            ('ciphersuites = "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"', v13,
+            ('ciphersuites = "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"', aes128_first,
              "TLS_AES_256_GCM_SHA384"),
         ]
         for settings, client, suite in cases:
@@ -720,9 +723,11 @@ client_keepalive = "%s"
         self.addCleanup(shutil.rmtree, work, True)
         path = os.path.join(work, "bad.toml")
         for setting, message in (
-                ('ciphersuites = "TLS_AES_128_GCM_SHA265"',  # a typo OpenSSL would skip
-                 "unknown TLS 1.3 suite 'TLS_AES_128_GCM_SHA265'"),
-                ('ciphersuites = ""', "ciphersuites must name at least one TLS 1.3 suite"),
+                # A typo beside a good name: OpenSSL would skip it and go on with the other.
+                ('ciphersuites = "TLS_AES_256_GCM_SHA384: TLS_AES_128_GCM_SHA265"',
+                 "listener.tls.ciphersuites has an unknown TLS 1.3 suite 'TLS_AES_128_GCM_SHA265'"),
+                ('ciphersuites = ""',
+                 "listener.tls.ciphersuites must name at least one TLS 1.3 suite"),
                 ("prefer_server_ciphers = 1", "prefer_server_ciphers must be true or false")):
             with self.subTest(setting=setting):
                 with open(path, "w") as f:
