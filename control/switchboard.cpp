@@ -45,6 +45,15 @@ json::object error_reply(const std::string& message, std::uint64_t version) {
 
 void ignore_reply(const json::object&) {}
 
+// The routing a state sets, without its history (which version, when, by whom, by what).
+json::object routing_of(const RoutingState& state) {
+    json::object routing = to_json(state);
+    for (const char* history : {"version", "revision", "changed_at", "changed_by", "command"}) {
+        routing.erase(history);
+    }
+    return routing;
+}
+
 // What a reload cannot change in place, named; empty when nothing.
 std::string needs_restart(const Config& current, const Config& fresh) {
     std::string restart;
@@ -1168,7 +1177,7 @@ void Switchboard::run_staged(Origin origin, const Command& cmd, const ConfigResu
 // line when its checks are done, if nothing cancelled it meanwhile.
 void Switchboard::start_gate(Origin origin, const Command& cmd, Colour gaining) {
     const std::string id = origin.id;
-    const std::uint64_t based_on = state_.version;
+    auto basis = std::make_shared<GateBasis>(GateBasis{state_, gaining, backend_list(gaining)});
     if (gates_.contains(id)) {
         refuse(origin, "a command with id " + id + " is already waiting on its gate");
         return;
@@ -1179,13 +1188,22 @@ void Switchboard::start_gate(Origin origin, const Command& cmd, Colour gaining) 
     gates_.emplace(id, PendingGate{std::move(origin), cmd, run});
     busy_ = false;
     boost::asio::post(executor_, [this] { run_next(); });
-    run_smoke_gate(executor_, *config_, gaining, [this, id, run, based_on](std::string failure) {
-        gate_done(id, run, based_on, failure);
-    });
+    run_smoke_gate(executor_, *config_, gaining,
+                   [this, id, run, basis = std::move(basis)](std::string failure) {
+                       gate_done(id, run, basis, failure);
+                   });
 }
 
-void Switchboard::gate_done(const std::string& id, std::uint64_t run, std::uint64_t based_on,
-                            const std::string& failure) {
+std::vector<std::pair<std::string, std::string>> Switchboard::backend_list(Colour c) const {
+    std::vector<std::pair<std::string, std::string>> list;
+    for (const BackendConfig& b : (c == Colour::blue ? config_->blue : config_->green).backends) {
+        list.emplace_back(b.name, b.address.text);
+    }
+    return list;
+}
+
+void Switchboard::gate_done(const std::string& id, std::uint64_t run,
+                            std::shared_ptr<const GateBasis> basis, const std::string& failure) {
     auto it = gates_.find(id);
     if (it == gates_.end() || it->second.run != run) {
         return;  // cancelled while the checks ran: already answered and audited
@@ -1198,16 +1216,23 @@ void Switchboard::gate_done(const std::string& id, std::uint64_t run, std::uint6
         pending.origin.reply(error_reply(message, state_.version));
         return;
     }
-    enqueue(Job{std::move(pending.origin), GatePassed{pending.command, based_on}});
+    enqueue(Job{std::move(pending.origin), GatePassed{pending.command, std::move(basis)}});
 }
 
 void Switchboard::run_gate_passed(Origin origin, const GatePassed& passed) {
-    // What the gate checked was a change to the state it started on: if another change came
-    // first, this one is not applied on top of it unseen.
-    if (state_.version != passed.based_on) {
+    // What the gate checked was a change to the state it started on, onto the backends it
+    // probed: if another change came first, this one is not applied on top of it unseen. A
+    // reload that changed neither (a config management run's SIGHUP) is no such change.
+    const GateBasis& basis = *passed.basis;
+    if (routing_of(state_) != routing_of(basis.state)) {
         refuse(origin, "the routing state changed while the gate ran (version " +
-                           std::to_string(passed.based_on) + ", now " +
+                           std::to_string(basis.state.version) + ", now " +
                            std::to_string(state_.version) + "): run the command again");
+        return;
+    }
+    if (backend_list(basis.gaining) != basis.backends) {
+        refuse(origin, std::string("a reload changed the ") + to_string(basis.gaining) +
+                           " backends while the gate ran: run the command again");
         return;
     }
     Staged staged{state_, config_, {}, switch_kind_of(passed.command.verb)};

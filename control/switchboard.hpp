@@ -128,9 +128,15 @@ class Switchboard {
     struct OperatorCommand {
         Command command;
     };
+    // What a gate checked: a change to this routing state, onto these backends.
+    struct GateBasis {
+        RoutingState state;
+        Colour gaining = Colour::green;
+        std::vector<std::pair<std::string, std::string>> backends;  // names and addresses
+    };
     struct GatePassed {  // a gated command whose gate passed, back in line
         Command command;
-        std::uint64_t based_on = 0;  // the state version the gate was started on
+        std::shared_ptr<const GateBasis> basis;
     };
     // Where a ramp stands: its timer runs on across changes that leave it there (a reload, a
     // drain), and a step armed for another course is stale.
@@ -233,7 +239,9 @@ class Switchboard {
     void config_read_timed_out(std::uint64_t seq);
     void config_read_returned(std::uint64_t seq, std::shared_ptr<const ConfigResult> loaded);
     void start_gate(Origin origin, const Command& cmd, Colour gaining);
-    void gate_done(const std::string& id, std::uint64_t run, std::uint64_t based_on,
+    // A colour's backends as configured, names and addresses.
+    std::vector<std::pair<std::string, std::string>> backend_list(Colour c) const;
+    void gate_done(const std::string& id, std::uint64_t run, std::shared_ptr<const GateBasis> basis,
                    const std::string& failure);
     void run_gate_passed(Origin origin, const GatePassed& passed);
     // Cancels every command waiting on its gate: a way back was just taken.

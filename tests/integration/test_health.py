@@ -3,6 +3,7 @@ import http.client
 import json
 import os
 import resource
+import signal
 import socket
 import time
 import unittest
@@ -361,6 +362,64 @@ expect = [200, 204]
             r.read()
         r = proxy.bgctl("flip")
         self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_a_reload_that_changes_nothing_lets_a_flip_on_its_gate_through(self):
+        """A reload applied while a flip's gate ran refused the flip ("the routing state changed
+        while the gate ran"), even one that changed nothing: a config management run's SIGHUP
+        could fail every gated flip it met. A reload that moves the gaining colour's backends,
+        or a drain, still does."""
+        import concurrent.futures
+        blue = [self.backend("blue-1")]
+        green = [self.backend("green-1"), self.backend("green-2")]
+        slow_gate = """
+[health]
+enabled = false
+[[gate]]
+name = "slow page"
+path = "/?delay=1500"
+expect = 200
+"""
+        proxy = self.proxy(config(blue, green, extra=slow_gate))
+        with open(proxy.config_path) as f:
+            text = f.read()
+        pool = concurrent.futures.ThreadPoolExecutor(1)
+        self.addCleanup(pool.shutdown)
+
+        def flip_meeting(during_gate, verb="flip"):
+            flip = pool.submit(proxy.bgctl, verb)
+            time.sleep(0.5)  # the gate's checks take 1.5 s
+            during_gate()
+            return flip.result()
+
+        def reload(new_text=None):
+            if new_text is not None:
+                with open(proxy.config_path, "w") as f:
+                    f.write(new_text)
+            r = proxy.bgctl("reload")
+            self.assertEqual(r.returncode, 0, r.stderr)
+
+        def weights():
+            colours = proxy.status()["colours"]
+            return colours["blue"]["weight"], colours["green"]["weight"]
+
+        r = flip_meeting(lambda: reload())
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(weights(), (0, 100))
+        r = flip_meeting(lambda: os.kill(proxy.proc.pid, signal.SIGHUP))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(weights(), (100, 0))
+        # Green gains the next flip: a reload moving a green backend refuses it.
+        moved = text.replace('address = "%s"' % green[1].address,
+                             'address = "%s"' % blue[0].address)
+        self.assertNotEqual(moved, text)
+        r = flip_meeting(lambda: reload(moved))
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("a reload changed the green backends while the gate ran", r.stderr)
+        reload(text)
+        r = flip_meeting(lambda: self.assertEqual(proxy.bgctl("drain", "green-2").returncode, 0))
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("the routing state changed while the gate ran", r.stderr)
+        self.assertEqual(weights(), (100, 0))
 
 
 class RawBackend:
