@@ -1177,11 +1177,11 @@ void Switchboard::run_staged(Origin origin, const Command& cmd, const ConfigResu
 // line when its checks are done, if nothing cancelled it meanwhile.
 void Switchboard::start_gate(Origin origin, const Command& cmd, Colour gaining) {
     const std::string id = origin.id;
-    auto basis = std::make_shared<GateBasis>(GateBasis{state_, gaining, backend_list(gaining)});
     if (gates_.contains(id)) {
         refuse(origin, "a command with id " + id + " is already waiting on its gate");
         return;
     }
+    auto basis = std::make_shared<GateBasis>(GateBasis{state_, gaining, gate_target(gaining)});
     // Numbered: a command cancelled while its checks ran may come again with the same id,
     // and the first run's verdict must not answer the second.
     const std::uint64_t run = ++gate_runs_;
@@ -1194,12 +1194,15 @@ void Switchboard::start_gate(Origin origin, const Command& cmd, Colour gaining) 
                    });
 }
 
-std::vector<std::pair<std::string, std::string>> Switchboard::backend_list(Colour c) const {
-    std::vector<std::pair<std::string, std::string>> list;
-    for (const BackendConfig& b : (c == Colour::blue ? config_->blue : config_->green).backends) {
-        list.emplace_back(b.name, b.address.text);
+Switchboard::GateTarget Switchboard::gate_target(Colour c) const {
+    const PoolConfig& pool = c == Colour::blue ? config_->blue : config_->green;
+    GateTarget target{{}, pool.tls, pool.send_proxy_protocol, config_->gate};
+    for (const BackendConfig& b : pool.backends) {
+        // Resolved: a reload re-resolves names, and a name may now lead elsewhere.
+        target.backends.emplace_back(b.name,
+                                     b.address.ip + " port " + std::to_string(b.address.port));
     }
-    return list;
+    return target;
 }
 
 void Switchboard::gate_done(const std::string& id, std::uint64_t run,
@@ -1221,8 +1224,9 @@ void Switchboard::gate_done(const std::string& id, std::uint64_t run,
 
 void Switchboard::run_gate_passed(Origin origin, const GatePassed& passed) {
     // What the gate checked was a change to the state it started on, onto the backends it
-    // probed: if another change came first, this one is not applied on top of it unseen. A
-    // reload that changed neither (a config management run's SIGHUP) is no such change.
+    // probed, as it probed them: if another change came first, this one is not applied on
+    // top of it unseen. A reload that changed none of it (a config management run's SIGHUP)
+    // is no such change.
     const GateBasis& basis = *passed.basis;
     if (routing_of(state_) != routing_of(basis.state)) {
         refuse(origin, "the routing state changed while the gate ran (version " +
@@ -1230,9 +1234,10 @@ void Switchboard::run_gate_passed(Origin origin, const GatePassed& passed) {
                            std::to_string(state_.version) + "): run the command again");
         return;
     }
-    if (backend_list(basis.gaining) != basis.backends) {
+    if (gate_target(basis.gaining) != basis.target) {
         refuse(origin, std::string("a reload changed the ") + to_string(basis.gaining) +
-                           " backends while the gate ran: run the command again");
+                           " backends, their TLS or PROXY settings or the gate's checks while "
+                           "the gate ran: run the command again");
         return;
     }
     Staged staged{state_, config_, {}, switch_kind_of(passed.command.verb)};

@@ -128,11 +128,19 @@ class Switchboard {
     struct OperatorCommand {
         Command command;
     };
-    // What a gate checked: a change to this routing state, onto these backends.
+    // How a gate reached a colour's backends, and what it asked them.
+    struct GateTarget {
+        std::vector<std::pair<std::string, std::string>> backends;  // names, resolved addresses
+        std::optional<BackendTlsSettings> tls;
+        bool send_proxy_protocol = false;
+        std::vector<SmokeCheck> checks;
+        bool operator==(const GateTarget&) const = default;
+    };
+    // What a gate checked: a change to this routing state, onto this target.
     struct GateBasis {
         RoutingState state;
         Colour gaining = Colour::green;
-        std::vector<std::pair<std::string, std::string>> backends;  // names and addresses
+        GateTarget target;
     };
     struct GatePassed {  // a gated command whose gate passed, back in line
         Command command;
@@ -239,8 +247,8 @@ class Switchboard {
     void config_read_timed_out(std::uint64_t seq);
     void config_read_returned(std::uint64_t seq, std::shared_ptr<const ConfigResult> loaded);
     void start_gate(Origin origin, const Command& cmd, Colour gaining);
-    // A colour's backends as configured, names and addresses.
-    std::vector<std::pair<std::string, std::string>> backend_list(Colour c) const;
+    // What a gate onto colour c would check now, as configured.
+    GateTarget gate_target(Colour c) const;
     void gate_done(const std::string& id, std::uint64_t run, std::shared_ptr<const GateBasis> basis,
                    const std::string& failure);
     void run_gate_passed(Origin origin, const GatePassed& passed);

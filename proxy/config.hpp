@@ -164,6 +164,7 @@ struct SmokeCheck {
     std::vector<unsigned> expect{200};
     std::string body_contains;  // empty: not checked
     Duration timeout{std::chrono::seconds(2)};
+    bool operator==(const SmokeCheck&) const = default;
 };
 
 enum class StableFailurePolicy { failover, hold };

@@ -9,7 +9,7 @@ import time
 import unittest
 import urllib.request
 
-from harness import ProcessTestCase, config
+from harness import ProcessTestCase, config, metric
 
 HEALTH = """
 [health]
@@ -366,8 +366,8 @@ expect = [200, 204]
     def test_a_reload_that_changes_nothing_lets_a_flip_on_its_gate_through(self):
         """A reload applied while a flip's gate ran refused the flip ("the routing state changed
         while the gate ran"), even one that changed nothing: a config management run's SIGHUP
-        could fail every gated flip it met. A reload that moves the gaining colour's backends,
-        or a drain, still does."""
+        could fail every gated flip it met. A reload that moves the gaining colour's backends
+        or changes the gate's checks, or a drain, still does."""
         import concurrent.futures
         blue = [self.backend("blue-1")]
         green = [self.backend("green-1"), self.backend("green-2")]
@@ -376,8 +376,9 @@ expect = [200, 204]
 enabled = false
 [[gate]]
 name = "slow page"
-path = "/?delay=1500"
+path = "/?delay=2000"
 expect = 200
+timeout = "10s"
 """
         proxy = self.proxy(config(blue, green, extra=slow_gate))
         with open(proxy.config_path) as f:
@@ -385,11 +386,25 @@ expect = 200
         pool = concurrent.futures.ThreadPoolExecutor(1)
         self.addCleanup(pool.shutdown)
 
-        def flip_meeting(during_gate, verb="flip"):
-            flip = pool.submit(proxy.bgctl, verb)
-            time.sleep(0.5)  # the gate's checks take 1.5 s
+        def flip_meeting(during_gate):
+            flip = pool.submit(proxy.bgctl, "flip")
+            deadline = time.time() + 5
+            while proxy.status()["waiting"]["on_gate"] != 1:  # 2 s per backend from here
+                self.assertLess(time.time(), deadline, "the flip never started its gate")
+                time.sleep(0.02)
             during_gate()
             return flip.result()
+
+        def applied_reloads():
+            return metric(proxy, "bgproxy_config_reloads_total", 'result="applied"')
+
+        def sighup():
+            before = applied_reloads()
+            os.kill(proxy.proc.pid, signal.SIGHUP)
+            deadline = time.time() + 5
+            while applied_reloads() == before:
+                self.assertLess(time.time(), deadline, "SIGHUP never reloaded")
+                time.sleep(0.02)
 
         def reload(new_text=None):
             if new_text is not None:
@@ -405,17 +420,21 @@ expect = 200
         r = flip_meeting(lambda: reload())
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(weights(), (0, 100))
-        r = flip_meeting(lambda: os.kill(proxy.proc.pid, signal.SIGHUP))
+        r = flip_meeting(sighup)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(weights(), (100, 0))
         # Green gains the next flip: a reload moving a green backend refuses it.
         moved = text.replace('address = "%s"' % green[1].address,
                              'address = "%s"' % blue[0].address)
         self.assertNotEqual(moved, text)
-        r = flip_meeting(lambda: reload(moved))
-        self.assertEqual(r.returncode, 1, r.stdout)
-        self.assertIn("a reload changed the green backends while the gate ran", r.stderr)
-        reload(text)
+        stricter = text.replace('timeout = "10s"', 'timeout = "9s"')
+        self.assertNotEqual(stricter, text)
+        for changed in (moved, stricter):
+            r = flip_meeting(lambda: reload(changed))
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn("a reload changed the green backends, their TLS or PROXY settings or "
+                          "the gate's checks while the gate ran", r.stderr)
+            reload(text)
         r = flip_meeting(lambda: self.assertEqual(proxy.bgctl("drain", "green-2").returncode, 0))
         self.assertEqual(r.returncode, 1, r.stdout)
         self.assertIn("the routing state changed while the gate ran", r.stderr)

@@ -230,15 +230,16 @@ class AdminTest(ProcessTestCase):
             t.start()
         self.addCleanup(lambda: [stop.set()] + [t.join(10) for t in storm])
         time.sleep(0.2)
-        answered = 0
+        answered, failures = 0, []
         for _ in range(20):
+            started = time.time()
             try:
                 answered += admin_get(proxy, "/readyz")[0] == 200
-            except (OSError, http.client.HTTPException):
-                pass
+            except (OSError, http.client.HTTPException) as e:
+                failures.append("%r after %.2f s" % (e, time.time() - started))
             time.sleep(0.02)
         print("readiness probes answered during the scrape storm: %d of 20" % answered)
-        self.assertEqual(answered, 20)
+        self.assertEqual(answered, 20, failures)
 
     def test_clients_sending_half_a_head_hold_no_slot_against_a_probe(self):
         """Every admin slot held by a client that sent half a head and stalled: the one that
