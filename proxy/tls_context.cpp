@@ -207,7 +207,11 @@ std::shared_ptr<TlsServerContext> TlsServerContext::create(const TlsSettings& se
         SSL_CTX* ctx = context->native_handle();
         SSL_CTX_set_min_proto_version(
             ctx, settings.min_version == "1.3" ? TLS1_3_VERSION : TLS1_2_VERSION);
-        SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+        // A client's end without close_notify (as many clients end) is read as a close, not as
+        // a fatal error whose alert would drop its session from the cache (nginx sets it too).
+        // Nothing is lost: a request is delimited by its own framing, never by the close.
+        SSL_CTX_set_options(
+            ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF);
         if (settings.prefer_server_ciphers) {
             SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_PRIORITIZE_CHACHA);
         }

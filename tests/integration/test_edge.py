@@ -632,6 +632,29 @@ client_keepalive = "%s"
                 self.assertTrue(session.has_ticket)
                 self.assertEqual(session.ticket_lifetime_hint, 300)  # session_lifetime's default
 
+    def test_a_client_that_ends_without_close_notify_keeps_its_session(self):
+        """Found by an outside probe: a client that ended its connection with a FIN alone (as
+        many do) lost its session from the cache: OpenSSL took the end as a fatal error. Ids
+        (TLS 1.2) and TLS 1.3 without tickets did not resume; nginx and HAProxy resume them."""
+        v12, v13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
+        for settings, version in (("", v12), ("session_tickets = false\n", v13)):
+            with self.subTest(settings=settings, version=version):
+                proxy = self.proxy(edge_config(tls_listener("a") + settings, [self.blue]))
+                ctx = client_context()
+                ctx.minimum_version = ctx.maximum_version = version
+                ctx.options |= ssl.OP_NO_TICKET  # TLS 1.2: by id, from the cache
+                session, reused = None, []
+                for _ in range(4):
+                    s = tls_connect(proxy.port, "a.test", ctx, session=session)
+                    s.sendall(get_headers("a.test", close=False))
+                    self.assertEqual(read_response(s)[0], 200)
+                    reused.append(s.session_reused)
+                    session = session or s.session
+                    s.close()  # a FIN, no close_notify (Python's close sends none)
+                    time.sleep(0.2)  # the proxy reads the end before the next offers the session
+                self.assertEqual(reused, [False, True, True, True])
+                proxy.stop()
+
     def test_resumption_settings(self):
         """session_tickets, session_cache and session_lifetime, as HAProxy's no-tls-tickets
         and tune.ssl.cachesize / lifetime: each way of resuming turns off on its own."""
