@@ -659,11 +659,18 @@ class BodyRelay {
             }
             if (ec == boost::asio::error::eof) {
                 // The end passed on as it came: under TLS a close_notify before the FIN, so the
-                // other side can tell an end from a cut (RFC 8446 6.1).
+                // other side can tell an end from a cut (RFC 8446 6.1); a TLS client's end
+                // without one (read as an end, tls_context.cpp) goes on as a FIN alone.
+                bool said_so = true;
+                if constexpr (is_tls_stream<From>::value) {
+                    said_so = from.ended_by_close_notify();
+                }
                 if constexpr (is_tls_stream<To>::value) {
-                    to.send_close_notify();
+                    if (said_so) {
+                        to.send_close_notify();
+                    }
                 } else if constexpr (std::is_same_v<To, UpstreamStream>) {
-                    if (TlsStream* tls = to.tls(); tls != nullptr) {
+                    if (TlsStream* tls = to.tls(); tls != nullptr && said_so) {
                         tls->send_close_notify();
                     }
                 }

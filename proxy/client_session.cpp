@@ -407,8 +407,9 @@ class ClientSession {
             conn_.deadline.arm(timeouts.client_linger, ConnectionDeadline::client);
             auto [ec] = co_await conn_.stream.async_shutdown(nothrow);
             if (!ec || ec == asio::error::eof) {
-                // The client's close_notify came: it sends nothing more, and has usually
-                // closed its socket by now (a shutdown would fail with ENOTCONN).
+                // The client's close_notify (or its connection's end) came: it sends nothing
+                // more, and has usually closed its socket by now (a shutdown would fail with
+                // ENOTCONN).
                 co_return;
             }
         }

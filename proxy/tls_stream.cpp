@@ -180,6 +180,14 @@ bool TlsStream::before_first_flight() {
            (state == TLS_ST_EARLY_DATA && SSL_get_finished(ssl, none, 0) == 0);
 }
 
+bool TlsStream::ended_by_close_notify() const {
+    SSL* ssl = ssl_.get();
+    // OpenSSL stops at a close_notify before the socket's end; an end without one was read
+    // from the socket (the BIO's eof flag, tls_socket_bio.cpp).
+    return ssl != nullptr && (SSL_get_shutdown(ssl) & SSL_RECEIVED_SHUTDOWN) != 0 &&
+           BIO_eof(SSL_get_rbio(ssl)) == 0;
+}
+
 void TlsStream::send_close_notify() {
     if (closed()) {
         return;
@@ -237,8 +245,8 @@ TlsStream::Attempt read_records(SSL* ssl, asio::mutable_buffer into) {
 
 bool TlsStream::holds_records() {
     SSL* ssl = ssl_.get();
-    // A close_notify already read (with the last bytes) ends the next read without the socket,
-    // whose FIN, if it came before that read, the poller will not report again.
+    // An end already read (a close_notify with the last bytes) ends the next read without the
+    // socket, whose FIN, if it came before that read, the poller will not report again.
     return ssl != nullptr &&
            (SSL_has_pending(ssl) == 1 || (SSL_get_shutdown(ssl) & SSL_RECEIVED_SHUTDOWN) != 0);
 }

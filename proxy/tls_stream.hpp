@@ -6,7 +6,9 @@
 // only buffers are OpenSSL's record buffers, released whenever they are empty; a read takes
 // every record OpenSSL already holds, and a write of several small buffers (a head and its
 // body) leaves as one record. The asynchronous operations have asio::ssl::stream's signatures
-// and errors (eof on a close_notify, ssl::error::stream_truncated on a close without one).
+// and errors (eof on a close_notify, ssl::error::stream_truncated on a close without one; a
+// listener's contexts take a client's close without one as an end too, tls_context.cpp, and
+// ended_by_close_notify() tells the two apart).
 
 #include <openssl/ssl.h>
 
@@ -52,8 +54,11 @@ class TlsStream {
     // The socket was closed, or the TLS state handed on: no OpenSSL call may run.
     bool closed() const { return !ssl_ || !socket_.is_open(); }
     // Whether OpenSSL itself holds something for the next read: records (a pipelined request),
-    // or a close_notify it has read, which ends that read without the socket.
+    // or the end of the stream it has read, which ends that read without the socket.
     bool holds_records();
+    // After a read ended with eof: whether the peer said so with a close_notify (else its
+    // connection just ended, which a listener reads as an end too, not as an error).
+    bool ended_by_close_notify() const;
     // Whether a read may find something without the socket's poller having said so: what
     // holds_records() says, or a last read that did not empty the socket.
     bool holds_input();

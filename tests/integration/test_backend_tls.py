@@ -198,6 +198,39 @@ class PausingTlsBackend(ThreadedTlsBackend):
         return pending
 
 
+class UpgradeTlsBackend(ThreadedTlsBackend):
+    """A TLS backend that switches every GET /ws to a tunnel (101), then reads it to its end
+    and notes how the end came: "close_notify", or "bare end" (a FIN alone)."""
+
+    def __init__(self, pem, key):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(pem, key)
+        self.ends = []
+        super().__init__(context)
+
+    def handshake(self, raw):
+        try:  # suppress_ragged_eofs off: a FIN without close_notify raises SSLEOFError
+            with self.context.wrap_socket(raw, server_side=True, suppress_ragged_eofs=False) as s:
+                s.settimeout(20)
+                self.serve(s)
+        except (OSError, ssl.SSLError):
+            return
+
+    def answer(self, s, head, pending):
+        if not head.startswith(b"GET /ws "):
+            s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            return pending
+        s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\n\r\n")
+        try:
+            while s.recv(65536):
+                pass
+            self.ends.append("close_notify")
+        except ssl.SSLEOFError:
+            self.ends.append("bare end")
+        return None
+
+
 CA = None
 
 
@@ -347,6 +380,41 @@ class BackendTlsTest(ProcessTestCase):
         backends = green_backends(proxy)
         self.assertTrue(backends["green-1"]["healthy"], backends["green-1"])
         self.assertEqual(metric(proxy, "bgproxy_upstream_tls_failures_total"), 0)
+
+    def test_a_tunnels_end_reaches_a_tls_backend_as_the_client_ended_it(self):
+        """A TLS client's close_notify goes on to the backend as one; its FIN alone goes on as
+        a FIN alone (the listener reads both as an end: the first is an end, the second may
+        be a cut, and the backend can tell them apart, RFC 8446 6.1). Found by review."""
+        backend = UpgradeTlsBackend(*CA.leaf("tunnel", "backend.test", ["backend.test"], 5003))
+        self.processes.append(backend)
+        listener_pem, listener_key = CA.leaf("front", "front.test", ["front.test"], 5004)
+        proxy = self.proxy(tls_blue_config(backend).replace(
+            '[[listener]]\naddress = "127.0.0.1:0"\n',
+            '[[listener]]\naddress = "127.0.0.1:0"\n[listener.tls]\n'
+            'certificates = [{ cert = "%s", key = "%s" }]\n' % (listener_pem, listener_key), 1))
+        client = ssl.create_default_context(cafile=CA.ca_file)
+        for polite, end in ((True, "close_notify"), (False, "bare end")):
+            with self.subTest(end=end):
+                raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+                s = client.wrap_socket(raw, server_hostname="front.test")
+                s.sendall(b"GET /ws HTTP/1.1\r\nHost: front.test\r\nUpgrade: websocket\r\n"
+                          b"Connection: Upgrade\r\n\r\n")
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += s.recv(4096)
+                self.assertTrue(head.startswith(b"HTTP/1.1 101"), head[:100])
+                s.sendall(b"data")
+                if polite:
+                    s.settimeout(0.5)
+                    try:
+                        s.unwrap()  # sends close_notify, then waits for the proxy's
+                    except (OSError, ssl.SSLError):
+                        pass
+                s.close()  # Python's close sends no close_notify
+                deadline = time.time() + 5
+                while len(backend.ends) < (1 if polite else 2) and time.time() < deadline:
+                    time.sleep(0.02)
+                self.assertEqual(backend.ends[-1:], [end])
 
     def test_sessions_are_resumed_on_new_connections(self):
         for protocol in ("TLSv1.2", "TLSv1.3"):
