@@ -1115,10 +1115,15 @@ Task<bool> RequestExchange<Stream>::answer_failure(Exchange outcome, const Reque
         case Exchange::response_ready:
             break;
         case Exchange::client_gone:
-            if (conn_.close_watch.client_gone()) {
-                WorkerStats::add(stats.client_aborts);
-                ex_.record.status = 499;  // nginx's code: the client closed first
-                ex_.record.error = "client closed the connection";
+            // Seen by the close watch, or by a read of the body or a write of an interim
+            // answer that failed: either way the client left first (it was logged as status 0
+            // when it left mid-upload).
+            WorkerStats::add(stats.client_aborts);
+            ex_.record.status = 499;  // nginx's code: the client closed first
+            if (ex_.record.error.empty()) {
+                ex_.record.error = conn_.close_watch.client_gone()
+                                       ? "client closed the connection"
+                                       : "client connection ended before the request body did";
             }
             co_return false;
         case Exchange::body_too_large:

@@ -4,11 +4,12 @@ import json
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 import unittest
 
-from harness import ProcessTestCase, config, raw_exchange
+from harness import ProcessTestCase, config, metric, raw_exchange
 
 
 def admin_get(proxy, path, method="GET"):
@@ -55,6 +56,26 @@ class AccessLogTest(ProcessTestCase):
         conn.getresponse().read()
         rotated = self.read_lines(log, 1)
         self.assertEqual(rotated[0]["path"], "/rotated")
+
+    def test_a_client_that_leaves_mid_upload_is_logged_as_499(self):
+        """It was logged with status 0 and no error, as if nothing had been answered for no
+        reason (an outside probe); nginx logs 499."""
+        log = os.path.join(self.start_dir(), "access.log")
+        proxy = self.proxy(config([self.backend("blue-1")], [self.backend("green-1")],
+                                  extra='[access_log]\ntarget = "%s"\n' % log))
+        for reset in (False, True):
+            s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+            s.sendall(b"POST /upload?n=%d HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n"
+                      % reset + b"x" * 65536)
+            time.sleep(0.3)  # the body is on its way to the backend
+            if reset:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+        lines = self.read_lines(log, 2)
+        for line in lines:
+            self.assertEqual(line["status"], 499, line)
+            self.assertTrue(line["error"], line)
+        self.assertGreaterEqual(metric(proxy, "bgproxy_client_aborts_total"), 2)
 
     def read_lines(self, path, n, timeout=5):
         deadline = time.time() + timeout
