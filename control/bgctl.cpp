@@ -403,7 +403,7 @@ void add_subcommands(CLI::App& app, Subcommands& subs) {
             sub->add_flag("--dry-run", subs.dry_run,
                           "validate and show the state it would produce without applying it");
         }
-        if (spec.role != bg::Role::read) {
+        if (spec.role != bg::Role::read && spec.verb != bg::Verb::reload) {
             sub->add_flag("--local", subs.local,
                           "in a fleet whose etcd is unreachable: this instance only (audited)");
         }

@@ -10,8 +10,10 @@
 #include <toml++/toml.h>
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <charconv>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <set>
@@ -1429,10 +1431,15 @@ ConfigResult parse_config(std::string_view toml_text, const std::string& source_
 }
 
 ConfigResult load_config_file(const std::string& path, const ConfigOverrides& flags) {
+    errno = 0;
     std::ifstream in(path, std::ios::binary);
     if (!in) {
+        const int why = errno;
         ConfigResult result;
-        result.errors.push_back({path, 0, 0, "cannot read config file"});
+        result.errors.push_back(
+            {path, 0, 0,
+             "cannot read config file" +
+                 (why != 0 ? ": " + std::string(std::strerror(why)) : std::string())});
         return result;
     }
     std::ostringstream text;

@@ -272,6 +272,15 @@ class ControlTest(ProcessTestCase):
         # config was broken, and not at all when it would have applied).
         self.assertEqual(proxy.bgctl("reload", "--dry-run").returncode, 1)
         self.assertEqual(metric(proxy, "bgproxy_config_reloads_total", 'result="refused"'), 1)
+        # A file that cannot be read says why.
+        os.rename(proxy.config_path, proxy.config_path + ".away")
+        r = proxy.bgctl("reload")
+        os.rename(proxy.config_path + ".away", proxy.config_path)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("cannot read config file: No such file or directory", r.stderr)
+        # --local is for commands a fleet shares; reload is not one, and its help does not offer it.
+        self.assertNotIn("--local", proxy.bgctl("reload", "--help").stdout)
+        self.assertIn("--local", proxy.bgctl("flip", "--help").stdout)
         extra = self.backend("green-3")
         with open(proxy.config_path, "w") as f:
             f.write(good.replace('{ name = "green-2"', '{ name = "green-3", address = "%s" }, { name = "green-2"' % extra.address))
