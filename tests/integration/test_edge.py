@@ -685,24 +685,29 @@ client_keepalive = "%s"
                 reused, _ = self.resumptions(proxy.port, version, connections=2, pause=2.2)
                 self.assertEqual(reused, [False, False])
 
-    def test_resumption_settings_are_checked(self):
-        work = tempfile.mkdtemp(prefix="bgproxy-edge-resumption-")
+    def assert_tls_settings_refused(self, cases):
+        """Each (setting, message): `bgproxy --check` refuses a TLS listener with the setting,
+        saying the message."""
+        work = tempfile.mkdtemp(prefix="bgproxy-edge-settings-")
         self.addCleanup(shutil.rmtree, work, True)
         path = os.path.join(work, "bad.toml")
-        for setting, message in (
-                ("session_cache = -1", "session_cache must be an integer from 0"),
-                ('session_lifetime = "500ms"', "session_lifetime must be whole seconds from 1s"),
-                ('session_lifetime = "1500ms"', "session_lifetime must be whole seconds from 1s"),
-                ('session_lifetime = "169h"', "session_lifetime must be whole seconds from 1s"),
-                ("session_tickets = 1", "session_tickets must be true or false")):
+        from harness import BGPROXY
+        for setting, message in cases:
             with self.subTest(setting=setting):
                 with open(path, "w") as f:
                     f.write(edge_config(tls_listener("a") + setting + "\n", [self.blue]))
-                from harness import BGPROXY
                 r = subprocess.run([BGPROXY, "--check", path], capture_output=True, text=True,
                                    timeout=30)
                 self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
                 self.assertIn(message, r.stdout + r.stderr)
+
+    def test_resumption_settings_are_checked(self):
+        self.assert_tls_settings_refused((
+            ("session_cache = -1", "session_cache must be an integer from 0"),
+            ('session_lifetime = "500ms"', "session_lifetime must be whole seconds from 1s"),
+            ('session_lifetime = "1500ms"', "session_lifetime must be whole seconds from 1s"),
+            ('session_lifetime = "169h"', "session_lifetime must be whole seconds from 1s"),
+            ("session_tickets = 1", "session_tickets must be true or false")))
 
     def negotiated_suite(self, port, *client_args):
         code, out = s_client(port, *client_args)
@@ -742,24 +747,12 @@ client_keepalive = "%s"
                 proxy.stop()
 
     def test_suite_settings_are_checked(self):
-        work = tempfile.mkdtemp(prefix="bgproxy-edge-suites-")
-        self.addCleanup(shutil.rmtree, work, True)
-        path = os.path.join(work, "bad.toml")
-        for setting, message in (
-                # A typo beside a good name: OpenSSL would skip it and go on with the other.
-                ('ciphersuites = "TLS_AES_256_GCM_SHA384: TLS_AES_128_GCM_SHA265"',
-                 "listener.tls.ciphersuites has an unknown TLS 1.3 suite 'TLS_AES_128_GCM_SHA265'"),
-                ('ciphersuites = ""',
-                 "listener.tls.ciphersuites must name at least one TLS 1.3 suite"),
-                ("prefer_server_ciphers = 1", "prefer_server_ciphers must be true or false")):
-            with self.subTest(setting=setting):
-                with open(path, "w") as f:
-                    f.write(edge_config(tls_listener("a") + setting + "\n", [self.blue]))
-                from harness import BGPROXY
-                r = subprocess.run([BGPROXY, "--check", path], capture_output=True, text=True,
-                                   timeout=30)
-                self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
-                self.assertIn(message, r.stdout + r.stderr)
+        self.assert_tls_settings_refused((
+            # A typo beside a good name: OpenSSL would skip it and go on with the other.
+            ('ciphersuites = "TLS_AES_256_GCM_SHA384: TLS_AES_128_GCM_SHA265"',
+             "listener.tls.ciphersuites has an unknown TLS 1.3 suite 'TLS_AES_128_GCM_SHA265'"),
+            ('ciphersuites = ""', "listener.tls.ciphersuites must name at least one TLS 1.3 suite"),
+            ("prefer_server_ciphers = 1", "prefer_server_ciphers must be true or false")))
 
     def test_a_session_resumes_under_its_own_certificate_only(self):
         """RFC 6066 3: no resumption under another server name's certificate (virtual-host
