@@ -1120,10 +1120,10 @@ Task<bool> RequestExchange<Stream>::answer_failure(Exchange outcome, const Reque
             // when it left mid-upload).
             WorkerStats::add(stats.client_aborts);
             ex_.record.status = 499;  // nginx's code: the client closed first
-            if (ex_.record.error.empty()) {
-                ex_.record.error = conn_.close_watch.client_gone()
-                                       ? "client closed the connection"
-                                       : "client connection ended before the request body did";
+            if (conn_.close_watch.client_gone()) {
+                ex_.record.error = "client closed the connection";  // over a failed try's
+            } else if (ex_.record.error.empty()) {
+                ex_.record.error = "client connection ended mid-request";
             }
             co_return false;
         case Exchange::body_too_large:
