@@ -284,6 +284,18 @@ class ProcessTestCase(unittest.TestCase):
     def proxy(self, *a, **kw):
         return self.start(Proxy(*a, **kw))
 
+    def wait_on_gate(self, proxy, n=1):
+        """Until n gated commands wait on their gates (status answering at once meanwhile)."""
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            started = time.time()
+            waiting = proxy.status()["waiting"]["on_gate"]
+            self.assertLess(time.time() - started, 1.0, "status waited behind the gate")
+            if waiting == n:
+                return
+            time.sleep(0.02)
+        self.fail("the gated command never started its gate")
+
 
 class ConnectionServer:
     """A raw backend on a port of its own: each connection is served by the subclass's

@@ -539,17 +539,6 @@ timeout = "30s"
         hang(self.green)
         return proxy
 
-    def wait_on_gate(self, proxy, n=1):
-        deadline = time.time() + 5
-        while time.time() < deadline:
-            started = time.time()
-            waiting = proxy.status()["waiting"]["on_gate"]
-            self.assertLess(time.time() - started, 1.0, "status waited behind the gate")
-            if waiting == n:
-                return
-            time.sleep(0.02)
-        self.fail("the gated command never started its gate")
-
     def test_rollback_goes_through_a_hanging_gate_and_cancels_it(self):
         proxy = self.gated_proxy()
         flip = subprocess.Popen([BGCTL, "--socket", proxy.socket, "flip"], stdout=subprocess.PIPE,

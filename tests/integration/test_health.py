@@ -9,7 +9,7 @@ import time
 import unittest
 import urllib.request
 
-from harness import ProcessTestCase, config, metric
+from harness import ConnectionServer, ProcessTestCase, config, metric
 
 HEALTH = """
 [health]
@@ -388,10 +388,7 @@ timeout = "10s"
 
         def flip_meeting(during_gate):
             flip = pool.submit(proxy.bgctl, "flip")
-            deadline = time.time() + 5
-            while proxy.status()["waiting"]["on_gate"] != 1:  # 2 s per backend from here
-                self.assertLess(time.time(), deadline, "the flip never started its gate")
-                time.sleep(0.02)
+            self.wait_on_gate(proxy)  # 2 s per backend from here
             during_gate()
             return flip.result()
 
@@ -441,32 +438,17 @@ timeout = "10s"
         self.assertEqual(weights(), (100, 0))
 
 
-class RawBackend:
+class RawBackend(ConnectionServer):
     """A backend that answers every connection with the bytes `answer(request)` yields, then
     closes: misbehaviour bg-backend does not have."""
 
     def __init__(self, name, answer):
-        import threading
-        self.name = name
         self.answer = answer
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.address = "127.0.0.1:%d" % self.listener.getsockname()[1]
         self.connections = 0
-        threading.Thread(target=self.serve, daemon=True).start()
+        super().__init__(name)
 
-    def serve(self):
-        import threading
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self.reply, args=(conn,), daemon=True).start()
-
-    def reply(self, conn):
+    def serve(self, conn):
+        self.connections += 1
         try:
             request = conn.recv(65536)
             for chunk in self.answer(request):
@@ -475,10 +457,6 @@ class RawBackend:
             pass
         finally:
             conn.close()
-
-    def stop(self):
-        self.listener.close()
-        return ""
 
 
 def vm_hwm_kib(pid):
