@@ -44,7 +44,7 @@ rounds=${BENCH_ROUNDS:-3}
 shapes=${BENCH_SHAPES:-keepalive close download upload tls-handshake tls-resume tls-keepalive tls-download tls-upload tls-upstream tls-flood}
 connections=64
 source bench/deployment.sh
-bgproxy_config bgproxy ""
+bgproxy_config bgproxy "${BENCH_BGPROXY_TOML:-}"
 start_bgproxy bgproxy build/proxy/bgproxy
 targets=(bgproxy haproxy nginx)
 if [ -n "${BENCH_BASELINE:-}" ]; then

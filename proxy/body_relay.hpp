@@ -134,13 +134,14 @@ AtOnce read_at_once(AsyncStream& from, BodyCork& cork, boost::asio::mutable_buff
 // is first read at once (read_at_once). `buffered_only`: no read; would_block when the
 // next piece is not all in `buffer`. `run` (BodyRelay's bytes read since the worker's loop last
 // had a turn) counts what is read at once (read_at_once), and is reset when the read waits.
+// `filled`: a read took all `read_size` bytes it asked for (the source had more at hand).
 template <class AsyncStream, bool isRequest>
 Task<boost::system::error_code> read_body_piece(AsyncStream& from,
                                                 boost::beast::flat_buffer& buffer,
                                                 FlatParser<isRequest>& parser,
                                                 std::size_t read_size, ChunkHeaderGuard& chunks,
                                                 BodyCork& cork, bool buffered_only,
-                                                std::size_t& run) {
+                                                std::size_t& run, bool& filled) {
     for (;;) {
         if (buffer.size() > 0) {
             boost::system::error_code ec;
@@ -206,6 +207,7 @@ Task<boost::system::error_code> read_body_piece(AsyncStream& from,
         if (ec) {
             co_return ec;
         }
+        filled = n == into.size();
         buffer.commit(n);
     }
 }
@@ -250,13 +252,16 @@ inline constexpr std::size_t tunnel_first_read = 2048;
 
 class BodyRelay {
   public:
-    // `burst`: bytes read in a row, when neither side makes the relay wait, before the
-    // worker's other connections get a turn (server.body_burst).
+    // `read_size`: a body's first reads (server.buffer_size); `bulk_read_size`: what they grow
+    // to while the source has more at hand each time (server.bulk_buffer_size). `burst`: bytes
+    // read in a row, when neither side makes the relay wait, before the worker's other
+    // connections get a turn (server.body_burst).
     BodyRelay(ConnectionDeadline& deadline, WorkerStats& stats, std::size_t read_size,
-              std::size_t burst, SpliceSettings splice)
+              std::size_t bulk_read_size, std::size_t burst, SpliceSettings splice)
         : deadline_(deadline),
           stats_(stats),
           read_size_(read_size),
+          bulk_read_size_(std::max(read_size, bulk_read_size)),
           burst_(burst),
           splice_(splice) {}
 
@@ -275,7 +280,23 @@ class BodyRelay {
         bool ended = false;     // the end of the body has been written
         out.coalesced.clear();  // what an earlier relay gathered and never sent (it failed)
         run_ = 0;
+        reading_ = read_size_;
+        // A TLS client's record buffer grown for this body is back to one record's size when
+        // it ends: an idle connection holding part of a record holds no more.
+        struct BulkEnd {
+            TlsStream* client;
+            ~BulkEnd() {
+                if (client != nullptr) {
+                    client->read_in_bulk(0);
+                }
+            }
+        } bulk_end{std::is_same_v<From, TlsStream> ? tls_of(from) : nullptr};
+        bool filled = false;  // the last read took all it asked for
         while (!ended) {
+            if (filled) {
+                read_more_at_once(from);
+                filled = false;
+            }
             if (const auto length = splice_length(out, from, in, parser, to, leg)) {
                 SplicePipeLease pipe(*splice_.pipes, splice_.max_pipes, splice_.pipe_size);
                 if (pipe) {
@@ -302,7 +323,7 @@ class BodyRelay {
                 deadline_.arm(read_limit, leg.read_side);
                 ChunkHeaderGuard& chunks = isRequest ? ex.request_chunks : ex.response_chunks;
                 const boost::system::error_code ec = co_await read_body_piece(
-                    from, in, parser, read_size_, chunks, cork, !out.coalesced.empty(), run_);
+                    from, in, parser, reading_, chunks, cork, !out.coalesced.empty(), run_, filled);
                 if (ec == boost::asio::error::would_block) {
                     // Nothing more at hand: what was gathered goes before a read waits.
                     const BodyEnd sent = co_await send_piece(out, to, cork, nullptr, 0, leg, false);
@@ -343,6 +364,22 @@ class BodyRelay {
             }
         }
         co_return BodyEnd::done;
+    }
+
+    // The source had more at hand than the last read took: the next reads take twice as much,
+    // up to bulk_read_size_, and a TLS client's record buffer grows with them, so that a
+    // body flowing in bulk costs fewer, fuller reads and writes (one recv and one send per 64
+    // KiB, where each 16 KiB record took its own). A body that trickles keeps read_size_. (A
+    // backend connection keeps the record buffer it was made with: UpstreamStream.)
+    template <class From>
+    void read_more_at_once(From& from) {
+        if (reading_ >= bulk_read_size_) {
+            return;
+        }
+        reading_ = std::min(2 * reading_, bulk_read_size_);
+        if constexpr (std::is_same_v<From, TlsStream>) {
+            from.read_in_bulk(reading_);
+        }
     }
 
     // A small piece with more of the body already at hand is copied behind the pieces before
@@ -396,7 +433,7 @@ class BodyRelay {
             }
         }
         const bool hold =
-            with_fin || (message.coalesced.empty() && cork.may_hold(n == read_size_, !ended));
+            with_fin || (message.coalesced.empty() && cork.may_hold(n == reading_, !ended));
         boost::system::error_code ec;
         // In place first: on a plain socket one sendmsg; over TLS record by record, small
         // pieces packed into one (TlsStream::gather).
@@ -718,6 +755,8 @@ class BodyRelay {
     ConnectionDeadline& deadline_;
     WorkerStats& stats_;
     std::size_t read_size_;
+    std::size_t bulk_read_size_;
+    std::size_t reading_ = read_size_;  // this relay's read size, grown by read_more_at_once
     std::size_t burst_;
     SpliceSettings splice_;
     boost::asio::const_buffer gathered_;  // one_piece_for_tls's buffer, until awaited

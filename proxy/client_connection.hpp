@@ -41,7 +41,8 @@ struct ClientConnection {
           stream(std::move(s)),
           tracked(std::make_unique<TrackedSession>(w, socket(), listener_index)),
           deadline(socket().get_executor(), handle()),
-          relay(deadline, w.stats(), read_chunk(), config.limits.body_burst, splice_settings()),
+          relay(deadline, w.stats(), read_chunk(), config.limits.bulk_buffer_size,
+                config.limits.body_burst, splice_settings()),
           close_watch(w, handle()),
           upstreams(w, config, deadline, handle()) {}
 
@@ -55,7 +56,8 @@ struct ClientConnection {
           tracked(std::move(parked.tracked)),
           client(std::move(parked.client)),
           deadline(socket().get_executor(), handle()),
-          relay(deadline, w.stats(), read_chunk(), config.limits.body_burst, splice_settings()),
+          relay(deadline, w.stats(), read_chunk(), config.limits.bulk_buffer_size,
+                config.limits.body_burst, splice_settings()),
           close_watch(w, handle()),
           upstreams(w, config, deadline, handle()) {
         handle().client = &socket();

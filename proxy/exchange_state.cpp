@@ -79,6 +79,13 @@ void ExchangePool::give(std::unique_ptr<ExchangeState> state, const Limits& limi
         return;
     }
     state->clear();
+    // Buffers a bulk body grew (server.bulk_buffer_size) or a large head are freed: the spare
+    // ones stay at their usual size.
+    for (boost::beast::flat_buffer* buffer : {&state->buffer, &state->upstream_buffer}) {
+        if (buffer->capacity() > 2 * limits.buffer_size) {
+            buffer->shrink_to_fit();
+        }
+    }
     spare_.push_back(std::move(state));
 }
 

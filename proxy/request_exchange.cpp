@@ -765,8 +765,8 @@ template <class Stream>
 RequestExchange<Stream>::Upload::Upload(ClientConnection<Stream>& conn, UpstreamStream& to)
     : stream(to),
       deadline(conn.socket().get_executor(), conn.handle()),
-      relay(deadline, conn.worker.stats(), conn.read_chunk(), conn.config.limits.body_burst,
-            conn.splice_settings()),
+      relay(deadline, conn.worker.stats(), conn.read_chunk(), conn.config.limits.bulk_buffer_size,
+            conn.config.limits.body_burst, conn.splice_settings()),
       task(conn.socket().get_executor()) {}
 
 // Runs at once as far as it goes without waiting: a body at hand that the backend takes has

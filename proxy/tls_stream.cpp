@@ -160,6 +160,12 @@ TlsStream::Attempt TlsStream::try_handshake(asio::ssl::stream_base::handshake_ty
     return outcome(ssl, result, saved_errno);
 }
 
+void TlsStream::read_in_bulk(std::size_t bytes) {
+    if (ssl_) {
+        SSL_set_default_read_buffer_len(ssl_.get(), bytes);
+    }
+}
+
 void TlsStream::hold_until_close() {
     if (ssl_) {
         hold_socket_bio_until_close(ssl_.get());

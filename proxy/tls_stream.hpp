@@ -89,6 +89,10 @@ class TlsStream {
         return run<false, true>([this, type] { return try_handshake(type); }, token,
                                 type == boost::asio::ssl::stream_base::server);
     }
+    // Input comes in bulk: OpenSSL's record buffer takes up to `bytes` per recv from now on
+    // (several records instead of one) each time it is allocated again, which it is once
+    // emptied (SSL_MODE_RELEASE_BUFFERS). 0: one record's size again.
+    void read_in_bulk(std::size_t bytes);
     // The bytes written from now on are the last before close_notify (or the FIN): they are
     // held in the kernel, and the close_notify pushes them out with their last segment, one
     // segment fewer for the peer (tls_socket_bio.hpp). Call only when the close follows (a

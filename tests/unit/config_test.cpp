@@ -87,6 +87,21 @@ TEST_CASE("server.body_burst is a byte count from 1") {
     }
 }
 
+TEST_CASE("server.bulk_buffer_size is a byte count from 1024") {
+    auto defaults = bg::parse_config(minimal, "t");
+    REQUIRE(defaults.errors.empty());
+    CHECK(defaults.config->limits.bulk_buffer_size == 65536);
+    auto set = bg::parse_config(std::string(minimal) + "[server]\nbulk_buffer_size = 16384\n", "t");
+    REQUIRE(set.errors.empty());
+    CHECK(set.config->limits.bulk_buffer_size == 16384);
+    for (const char* bad : {"0", "1023", "\"64k\"", "16777217"}) {
+        CAPTURE(bad);
+        CHECK(first_error(std::string(minimal) + "[server]\nbulk_buffer_size = " + bad + "\n")
+                  .find("server.bulk_buffer_size must be an integer from 1024 to 16777216") !=
+              std::string::npos);
+    }
+}
+
 TEST_CASE("control.max_watchers is below control.max_connections") {
     auto defaults = bg::parse_config(minimal, "t");
     REQUIRE(defaults.errors.empty());
