@@ -6,6 +6,8 @@
 #   bench/run.sh                                   # the default shapes, 3 rounds of 5 s per target
 #   BENCH_SHAPES="keepalive close" BENCH_ROUNDS=5 BENCH_SECONDS=10 bench/run.sh
 #   BENCH_BASELINE=/path/to/older/bgproxy bench/run.sh   # that build runs too (bgproxy:baseline)
+#   BENCH_BGPROXY_TOML="bulk_buffer_size = 16384" bench/run.sh   # [server] settings for bgproxy
+#                                                  # (not the baseline): an A/B of one setting
 #   BENCH_PROXY_SHARE=35 bench/run.sh   # each proxy held to 35% of a CPU (bench/deployment.sh)
 #   BENCH_PROXY_SHARE=35 BENCH_SHARE_BY=weight bench/run.sh   # ... beside a busy neighbour
 #
