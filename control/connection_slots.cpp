@@ -53,14 +53,10 @@ bool ConnectionSlots::make_room() {
     if (slots_.size() + rooms_offered_ < max_connections_) {
         return true;
     }
-    // Waiting longest, one past its first request first.
-    const auto before = [](const Slot& a, const Slot& b) {
-        return a.opening != b.opening ? !a.opening : a.idle_since < b.idle_since;
-    };
     auto longest = slots_.end();
     for (auto it = slots_.begin(); it != slots_.end(); ++it) {
-        if ((longest == slots_.end() || before(**it, **longest)) && !(*it)->offered &&
-            closable(**it)) {
+        if ((longest == slots_.end() || (*it)->idle_since < (*longest)->idle_since) &&
+            !(*it)->offered && closable(**it)) {
             longest = it;
         }
     }
@@ -196,7 +192,6 @@ void ConnectionSlots::stop_working(const Handle& slot, Slot::State now) {
     // (A control connection's read, as `status`, never makes it busy: its reply is offered.)
     const bool offered = slot->state == Slot::State::busy || now == Slot::State::answering;
     slot->state = now;
-    slot->opening = slot->opening && now != Slot::State::answering;
     slot->idle_since = Clock::now();
     if (offered) {
         offer(slot);

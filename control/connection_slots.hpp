@@ -42,7 +42,6 @@ class ConnectionSlots {
         Connection connection;
         bool gone = false;     // released, or closed to make room: offered no more
         bool offered = false;  // to a waiter, whose it is until it claims it or leaves
-        bool opening = true;   // no request yet: closed to make room only as a last resort
     };
     using Handle = std::shared_ptr<Slot>;
 
@@ -50,11 +49,8 @@ class ConnectionSlots {
         : max_connections_(max_connections), max_watchers_(max_watchers) {}
 
     // A slot for a new connection, idle; when all are taken, the connection waiting longest
-    // (and not offered to a waiter) is closed and loses its own: one that has had a request
-    // before one still opening (a client that connected a moment ago has yet to send its
-    // first, and a newcomer closing it only swaps one lost request for another: two scrapers
-    // reconnecting closed a readiness probe that way). Null when every slot is busy, watching
-    // or offered. (It does not look at the line of waiters: take_in_turn does.)
+    // (and not offered to a waiter) is closed and loses its own. Null when every slot is
+    // busy, watching or offered. (It does not look at the line of waiters: take_in_turn does.)
     Handle take(Connection connection);
     // As take(), unless newcomers still without an offer wait already; else, or when no slot
     // can be had, waits in turn (at most `patience`) for a slot to be released or to stop
@@ -69,10 +65,7 @@ class ConnectionSlots {
     void idle(const Handle& slot) { stop_working(slot, Slot::State::idle); }
     // Its answer waits on its client: offered to the first in line.
     void answering(const Handle& slot) { stop_working(slot, Slot::State::answering); }
-    static void busy(Slot& slot) {
-        slot.state = Slot::State::busy;
-        slot.opening = false;
-    }
+    static void busy(Slot& slot) { slot.state = Slot::State::busy; }
     // False, and the slot stays as it was, past max_watchers.
     bool watch(Slot& slot);
     std::size_t size() const { return slots_.size(); }
