@@ -41,8 +41,8 @@ struct ClientConnection {
           stream(std::move(s)),
           tracked(std::make_unique<TrackedSession>(w, socket(), listener_index)),
           deadline(socket().get_executor(), handle()),
-          relay(deadline, w.stats(), read_chunk(), config.limits.bulk_buffer_size,
-                config.limits.body_burst, splice_settings()),
+          relay(deadline, w.stats(), read_chunk(), bulk_read_settings(), config.limits.body_burst,
+                splice_settings()),
           close_watch(w, handle()),
           upstreams(w, config, deadline, handle()) {}
 
@@ -56,8 +56,8 @@ struct ClientConnection {
           tracked(std::move(parked.tracked)),
           client(std::move(parked.client)),
           deadline(socket().get_executor(), handle()),
-          relay(deadline, w.stats(), read_chunk(), config.limits.bulk_buffer_size,
-                config.limits.body_burst, splice_settings()),
+          relay(deadline, w.stats(), read_chunk(), bulk_read_settings(), config.limits.body_burst,
+                splice_settings()),
           close_watch(w, handle()),
           upstreams(w, config, deadline, handle()) {
         handle().client = &socket();
@@ -78,6 +78,10 @@ struct ClientConnection {
     std::size_t read_room(const boost::beast::flat_buffer& buffer) const {
         const std::size_t room = buffer.capacity() - buffer.size();
         return std::min(room >= 1024 ? room : read_chunk(), buffer.max_size() - buffer.size());
+    }
+    BulkReadSettings bulk_read_settings() const {
+        return {&worker.bulk_reads(), config.limits.bulk_readers,
+                std::max(read_chunk(), config.limits.bulk_buffer_size)};
     }
     SpliceSettings splice_settings() const {
         return {&worker.splice_pipes(), config.limits.splice_min_body, config.limits.splice_pipes,

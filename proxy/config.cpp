@@ -909,7 +909,8 @@ void read_upgrade_protocols(TableReader& server, std::vector<std::string>& out) 
 void read_server(TableReader& server, Config& config) {
     server.read_integer("workers", config.workers, 0, 1024);
     server.read_integer("buffer_size", config.limits.buffer_size, 1024, 16 * 1024 * 1024);
-    server.read_integer("bulk_buffer_size", config.limits.bulk_buffer_size, 1024, 16 * 1024 * 1024);
+    server.read_integer("bulk_buffer_size", config.limits.bulk_buffer_size, 1024, 1024 * 1024);
+    server.read_integer("bulk_readers", config.limits.bulk_readers, 0, 1024 * 1024);
     server.read_integer("body_burst", config.limits.body_burst, 1, 1024 * 1024 * 1024);
     server.read_integer("splice_min_body", config.limits.splice_min_body, 0,
                         std::numeric_limits<std::int64_t>::max());

@@ -284,9 +284,10 @@ struct Limits {
     // since its start (Apache's mod_reqtimeout MinRate). 0: no minimum.
     std::uint64_t min_request_body_rate = 1024;
     std::size_t buffer_size = 16384;
-    // A body whose source has more at hand at each read is read in ever larger pieces, up to
-    // this (below buffer_size: never larger).
+    // A body whose reads find more at hand than they ask for is read in larger pieces, up to
+    // this (at or below buffer_size: never larger).
     std::size_t bulk_buffer_size = 65536;
+    std::size_t bulk_readers = 256;  // per worker, bodies read so at once
     // Bytes of a body read in a row (each read counting as a full buffer_size at least), while
     // neither side makes the relay wait, before the worker's other connections get a turn (each
     // turn is a pass of its event loop).

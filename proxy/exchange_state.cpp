@@ -79,10 +79,13 @@ void ExchangePool::give(std::unique_ptr<ExchangeState> state, const Limits& limi
         return;
     }
     state->clear();
-    // Buffers a bulk body grew (server.bulk_buffer_size) or a large head are freed: the spare
-    // ones stay at their usual size.
+    // A buffer a bulk body grew (server.bulk_buffer_size) or a large head is freed, the next
+    // request allocating its own: the spare ones keep at most their usual size. (Not counted
+    // for heap_trim_after: under steady bulk traffic the next body takes it back from malloc's
+    // free lists, where bulk_readers bounds it.)
+    const std::size_t usual = 2 * std::max<std::size_t>(4096, limits.buffer_size);
     for (boost::beast::flat_buffer* buffer : {&state->buffer, &state->upstream_buffer}) {
-        if (buffer->capacity() > 2 * limits.buffer_size) {
+        if (buffer->capacity() > usual) {
             buffer->shrink_to_fit();
         }
     }

@@ -765,7 +765,7 @@ template <class Stream>
 RequestExchange<Stream>::Upload::Upload(ClientConnection<Stream>& conn, UpstreamStream& to)
     : stream(to),
       deadline(conn.socket().get_executor(), conn.handle()),
-      relay(deadline, conn.worker.stats(), conn.read_chunk(), conn.config.limits.bulk_buffer_size,
+      relay(deadline, conn.worker.stats(), conn.read_chunk(), conn.bulk_read_settings(),
             conn.config.limits.body_burst, conn.splice_settings()),
       task(conn.socket().get_executor()) {}
 

@@ -223,7 +223,8 @@ TlsStream::Attempt TlsStream::try_shutdown() {
 
 namespace {
 
-// Every record OpenSSL already holds, up to `into`'s size: one read from the socket at most.
+// Every record OpenSSL already holds, up to `into`'s size, the rest of one it holds part of
+// read from the socket.
 TlsStream::Attempt read_records(SSL* ssl, asio::mutable_buffer into) {
     auto* at = static_cast<char*>(into.data());
     std::size_t total = 0;

@@ -91,7 +91,9 @@ class TlsStream {
     }
     // Input comes in bulk: OpenSSL's record buffer takes up to `bytes` per recv from now on
     // (several records instead of one) each time it is allocated again, which it is once
-    // emptied (SSL_MODE_RELEASE_BUFFERS). 0: one record's size again.
+    // emptied (SSL_MODE_RELEASE_BUFFERS). 0: one record's size again. (OpenSSL 3.0 and 3.1,
+    // Debian 12's: from 3.2 the length is taken only when a record layer is made, at a key
+    // change.)
     void read_in_bulk(std::size_t bytes);
     // The bytes written from now on are the last before close_notify (or the FIN): they are
     // held in the kernel, and the close_notify pushes them out with their last segment, one

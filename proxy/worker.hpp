@@ -19,6 +19,7 @@
 #include "access_log.hpp"
 #include "answer_waits.hpp"
 #include "balancer.hpp"
+#include "bulk_read_budget.hpp"
 #include "coarse_clock.hpp"
 #include "config.hpp"
 #include "connection_limits.hpp"
@@ -99,6 +100,7 @@ class Worker {
     ParkedClients& parked() { return *parked_; }
     // Pipes for bodies spliced socket to socket.
     SplicePipes& splice_pipes() { return splice_pipes_; }
+    BulkReadBudget& bulk_reads() { return bulk_reads_; }
     WorkerStats& stats() { return stats_; }
     TrafficCounters& traffic() { return traffic_; }
     const WorkerStats& stats() const { return stats_; }
@@ -225,6 +227,7 @@ class Worker {
     ReactorReserve reactor_reserve_;
     std::unique_ptr<ParkedClients> parked_;  // after io_: gone before it
     SplicePipes splice_pipes_;
+    BulkReadBudget bulk_reads_;
     RetryBudget retry_budget_;
     WorkerStats stats_;
     TrafficCounters traffic_;

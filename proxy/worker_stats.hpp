@@ -47,11 +47,11 @@ struct WorkerStats {
     Counter spliced_bytes{0};  // body bytes moved socket to socket in the kernel
     Counter heap_trims{0};     // memory freed past the spare pools given back (HeapTrim)
     Counter upgraded_open{0};
-    Counter connections_refused{0};  // past max_connections
-    Counter idle_evicted{0};         // idle keep-alive connections closed to make room past it
-    Counter opening_evicted{0};      // still in a handshake, PROXY header or head, likewise
+    Counter connections_refused{0};   // past max_connections
+    Counter idle_evicted{0};          // idle keep-alive connections closed to make room past it
+    Counter opening_evicted{0};       // still in a handshake, PROXY header or head, likewise
     Counter slow_uploads_evicted{0};  // reading a body below min_request_body_rate, likewise
-    Counter tries_cut{0};            // tries waiting on a backend taken out of the routing, retried
+    Counter tries_cut{0};  // tries waiting on a backend taken out of the routing, retried
     Counter tls_handshake_failures{0};  // failed or timed out
     Counter proxy_headers_refused{0};   // missing, malformed or from an untrusted peer
     Counter client_aborts{0};           // clients gone with their request in flight (499)

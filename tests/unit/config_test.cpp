@@ -94,10 +94,25 @@ TEST_CASE("server.bulk_buffer_size is a byte count from 1024") {
     auto set = bg::parse_config(std::string(minimal) + "[server]\nbulk_buffer_size = 16384\n", "t");
     REQUIRE(set.errors.empty());
     CHECK(set.config->limits.bulk_buffer_size == 16384);
-    for (const char* bad : {"0", "1023", "\"64k\"", "16777217"}) {
+    for (const char* bad : {"0", "1023", "\"64k\"", "1048577"}) {
         CAPTURE(bad);
         CHECK(first_error(std::string(minimal) + "[server]\nbulk_buffer_size = " + bad + "\n")
-                  .find("server.bulk_buffer_size must be an integer from 1024 to 16777216") !=
+                  .find("server.bulk_buffer_size must be an integer from 1024 to 1048576") !=
+              std::string::npos);
+    }
+}
+
+TEST_CASE("server.bulk_readers is a count from 0") {
+    auto defaults = bg::parse_config(minimal, "t");
+    REQUIRE(defaults.errors.empty());
+    CHECK(defaults.config->limits.bulk_readers == 256);
+    auto off = bg::parse_config(std::string(minimal) + "[server]\nbulk_readers = 0\n", "t");
+    REQUIRE(off.errors.empty());
+    CHECK(off.config->limits.bulk_readers == 0);
+    for (const char* bad : {"-1", "\"many\"", "1048577"}) {
+        CAPTURE(bad);
+        CHECK(first_error(std::string(minimal) + "[server]\nbulk_readers = " + bad + "\n")
+                  .find("server.bulk_readers must be an integer from 0 to 1048576") !=
               std::string::npos);
     }
 }
