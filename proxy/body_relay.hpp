@@ -295,14 +295,7 @@ class BodyRelay {
         struct BulkEnd {
             BodyRelay& relay;
             TlsStream* client;
-            ~BulkEnd() {
-                if (relay.reading_ > relay.read_size_) {
-                    relay.bulk_.budget->give();
-                    if (client != nullptr) {
-                        client->read_in_bulk(0);
-                    }
-                }
-            }
+            ~BulkEnd() { relay.end_bulk(client); }
         } bulk_end{*this, std::is_same_v<From, TlsStream> ? tls_of(from) : nullptr};
         bool filled = false;  // the last read took all it asked for
         while (!ended) {
@@ -313,6 +306,7 @@ class BodyRelay {
             if (const auto length = splice_length(out, from, in, parser, to, leg)) {
                 SplicePipeLease pipe(*splice_.pipes, splice_.max_pipes, splice_.pipe_size);
                 if (pipe) {
+                    end_bulk(nullptr);  // the rest goes through the pipe, not these reads
                     cork.push();  // the splice may wait on the source first: nothing waits held
                     const BodyEnd end =
                         co_await splice(ex, out, *BodyCork::plain(from), *BodyCork::plain(to),
@@ -398,6 +392,19 @@ class BodyRelay {
         reading_ = std::min(2 * reading_, bulk_.read_size);
         if constexpr (std::is_same_v<From, TlsStream>) {
             from.read_in_bulk(reading_);
+        }
+    }
+
+    // Reads back to read_size_: the worker's budget has the place back, and a TLS client's
+    // record buffer is allocated at one record's size again.
+    void end_bulk(TlsStream* client) {
+        if (reading_ <= read_size_) {
+            return;
+        }
+        reading_ = read_size_;
+        bulk_.budget->give();
+        if (client != nullptr) {
+            client->read_in_bulk(0);
         }
     }
 

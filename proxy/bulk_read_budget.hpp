@@ -20,7 +20,6 @@ class BulkReadBudget {
         return true;
     }
     void give() { --in_use_; }
-    std::size_t in_use() const { return in_use_; }
 
   private:
     std::size_t in_use_ = 0;
