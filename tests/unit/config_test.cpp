@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 
+#include <initializer_list>
 #include <string>
 #include <utility>
 
@@ -72,49 +73,40 @@ TEST_CASE("heap_trim_after is a byte count and heap_trim_delay a duration") {
               .find("heap_trim_delay") != std::string::npos);
 }
 
+namespace {
+
+// A [server] integer key: its default, a value it takes, and values it refuses with its range.
+void check_server_integer(const std::string& key, std::size_t bg::Limits::*field,
+                          std::size_t by_default, std::size_t good,
+                          std::initializer_list<const char*> bad, const std::string& range) {
+    CAPTURE(key);
+    auto defaults = bg::parse_config(minimal, "t");
+    REQUIRE(defaults.errors.empty());
+    CHECK(defaults.config->limits.*field == by_default);
+    auto set = bg::parse_config(
+        std::string(minimal) + "[server]\n" + key + " = " + std::to_string(good) + "\n", "t");
+    REQUIRE(set.errors.empty());
+    CHECK(set.config->limits.*field == good);
+    for (const char* value : bad) {
+        CAPTURE(value);
+        CHECK(first_error(std::string(minimal) + "[server]\n" + key + " = " + value + "\n")
+                  .find("server." + key + " must be an integer from " + range) !=
+              std::string::npos);
+    }
+}
+
+}  // namespace
+
 TEST_CASE("server.body_burst is a byte count from 1") {
-    auto defaults = bg::parse_config(minimal, "t");
-    REQUIRE(defaults.errors.empty());
-    CHECK(defaults.config->limits.body_burst == 262144);
-    auto set = bg::parse_config(std::string(minimal) + "[server]\nbody_burst = 16384\n", "t");
-    REQUIRE(set.errors.empty());
-    CHECK(set.config->limits.body_burst == 16384);
-    for (const char* bad : {"0", "-1", "\"256k\"", "2147483648"}) {
-        CAPTURE(bad);
-        CHECK(first_error(std::string(minimal) + "[server]\nbody_burst = " + bad + "\n")
-                  .find("server.body_burst must be an integer from 1 to 1073741824") !=
-              std::string::npos);
-    }
+    check_server_integer("body_burst", &bg::Limits::body_burst, 262144, 16384,
+                         {"0", "-1", "\"256k\"", "2147483648"}, "1 to 1073741824");
 }
 
-TEST_CASE("server.bulk_buffer_size is a byte count from 1024") {
-    auto defaults = bg::parse_config(minimal, "t");
-    REQUIRE(defaults.errors.empty());
-    CHECK(defaults.config->limits.bulk_buffer_size == 65536);
-    auto set = bg::parse_config(std::string(minimal) + "[server]\nbulk_buffer_size = 16384\n", "t");
-    REQUIRE(set.errors.empty());
-    CHECK(set.config->limits.bulk_buffer_size == 16384);
-    for (const char* bad : {"0", "1023", "\"64k\"", "1048577"}) {
-        CAPTURE(bad);
-        CHECK(first_error(std::string(minimal) + "[server]\nbulk_buffer_size = " + bad + "\n")
-                  .find("server.bulk_buffer_size must be an integer from 1024 to 1048576") !=
-              std::string::npos);
-    }
-}
-
-TEST_CASE("server.bulk_readers is a count from 0") {
-    auto defaults = bg::parse_config(minimal, "t");
-    REQUIRE(defaults.errors.empty());
-    CHECK(defaults.config->limits.bulk_readers == 256);
-    auto off = bg::parse_config(std::string(minimal) + "[server]\nbulk_readers = 0\n", "t");
-    REQUIRE(off.errors.empty());
-    CHECK(off.config->limits.bulk_readers == 0);
-    for (const char* bad : {"-1", "\"many\"", "1048577"}) {
-        CAPTURE(bad);
-        CHECK(first_error(std::string(minimal) + "[server]\nbulk_readers = " + bad + "\n")
-                  .find("server.bulk_readers must be an integer from 0 to 1048576") !=
-              std::string::npos);
-    }
+TEST_CASE("server.bulk_buffer_size is a byte count from 1024, bulk_readers a count from 0") {
+    check_server_integer("bulk_buffer_size", &bg::Limits::bulk_buffer_size, 65536, 16384,
+                         {"0", "1023", "\"64k\"", "1048577"}, "1024 to 1048576");
+    check_server_integer("bulk_readers", &bg::Limits::bulk_readers, 256, 0,
+                         {"-1", "\"many\"", "1048577"}, "0 to 1048576");
 }
 
 TEST_CASE("control.max_watchers is below control.max_connections") {
