@@ -22,7 +22,7 @@ and then checks:
   1. failed well-formed requests: not a complete, correct response (status, body length and
      content, X-Backend/X-Served-By consistent, no stray bytes). A failure is excused only when
      it is precisely explained by a kill: the backend that was serving it (from the response
-     head, or for a request whose body the backend had consumed, from the access log line
+     head, or for a POST, which is never replayed once written, from the access log line
      found by the request's id) was killed while the request was in flight. Every other
      failure counts, and is listed with the kill timeline (failures.txt).
   2. responses from a colour at weight 0: every state change is timed (sent/acknowledged for
@@ -1569,9 +1569,12 @@ backends = [%(green)s]
             if f["backend"] and f["got_head"] and kill_during(f["backend"], f["start"], f["end"]):
                 why = "its backend %s was killed while the response was streaming" % f["backend"]
             elif f["has_body"] and d and d.get("backend") and \
-                    kill_during(d["backend"], f["start"], f["end"]) and (d.get("bytes_in") or 0) > 0:
-                why = ("its backend %s was killed after consuming the request body "
-                       "(not retryable)" % d["backend"])
+                    kill_during(d["backend"], f["start"], f["end"]):
+                # A POST is never sent twice once a byte of it was written (README: No
+                # replays), its head alone included: a kill after the head left and before any
+                # of the body was read (bytes_in 0) fails it as surely as one after.
+                why = ("its backend %s was killed after the request reached it (a POST is not "
+                       "replayed)" % d["backend"])
             elif f["kind"] == "websocket" and f["backend"] and f["got_head"] and \
                     tunnel_closed_by_proxy(f["backend"], f["start"], f["end"]):
                 why = ("the proxy closed %s's tunnels: the colour lost its share (by design, "
