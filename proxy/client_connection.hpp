@@ -68,9 +68,7 @@ struct ClientConnection {
     SessionHandle& handle() { return tracked->handle(); }
 
     // The size of one read, and of one body piece.
-    std::size_t read_chunk() const {
-        return std::max<std::size_t>(4096, config.limits.buffer_size);
-    }
+    std::size_t read_chunk() const { return config.limits.read_chunk(); }
     // How much to read into `buffer` next: the room its block still has, so the rest of a head
     // or body piece does not reallocate it; a full read when little room is left. Never past
     // its max_size: a pooled buffer grown under an earlier config (a reload lowered a limit)
@@ -80,8 +78,7 @@ struct ClientConnection {
         return std::min(room >= 1024 ? room : read_chunk(), buffer.max_size() - buffer.size());
     }
     BulkReadSettings bulk_read_settings() const {
-        return {&worker.bulk_reads(), config.limits.bulk_readers,
-                std::max(read_chunk(), config.limits.bulk_buffer_size)};
+        return {&worker.bulk_reads(), config.limits.bulk_readers, config.limits.bulk_read_chunk()};
     }
     SpliceSettings splice_settings() const {
         return {&worker.splice_pipes(), config.limits.splice_min_body, config.limits.splice_pipes,

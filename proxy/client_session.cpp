@@ -377,7 +377,7 @@ class ClientSession {
         ex_ = conn_.worker.exchanges().take();
         const Limits& limits = conn_.config.limits;
         const std::size_t framing = limits.max_chunk_line + limits.max_trailer;
-        const std::size_t read = std::max(conn_.read_chunk(), limits.bulk_buffer_size);
+        const std::size_t read = limits.bulk_read_chunk();
         ex_->buffer.max_size(std::max(limits.max_request_header, framing) + 2 * read);
         ex_->upstream_buffer.max_size(std::max(limits.max_response_header, framing) + 2 * read);
     }

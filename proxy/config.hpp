@@ -2,6 +2,7 @@
 // The proxy's configuration: what it is, how it is read from TOML, how quick-start flags override
 // it.
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 
@@ -288,6 +289,10 @@ struct Limits {
     // this (at or below buffer_size: never larger).
     std::size_t bulk_buffer_size = 65536;
     std::size_t bulk_readers = 256;  // per worker, bodies read so at once
+    // The size of one read, and of one body piece (buffer_size, at least 4 KiB).
+    std::size_t read_chunk() const { return std::max<std::size_t>(4096, buffer_size); }
+    // What a body's reads grow to while it flows in bulk.
+    std::size_t bulk_read_chunk() const { return std::max(read_chunk(), bulk_buffer_size); }
     // Bytes of a body read in a row (each read counting as a full buffer_size at least), while
     // neither side makes the relay wait, before the worker's other connections get a turn (each
     // turn is a pass of its event loop).

@@ -83,7 +83,7 @@ void ExchangePool::give(std::unique_ptr<ExchangeState> state, const Limits& limi
     // request allocating its own: the spare ones keep at most their usual size. (Not counted
     // for heap_trim_after: under steady bulk traffic the next body takes it back from malloc's
     // free lists, where bulk_readers bounds it.)
-    const std::size_t usual = 2 * std::max<std::size_t>(4096, limits.buffer_size);
+    const std::size_t usual = 2 * limits.read_chunk();
     for (boost::beast::flat_buffer* buffer : {&state->buffer, &state->upstream_buffer}) {
         if (buffer->capacity() > usual) {
             buffer->shrink_to_fit();
