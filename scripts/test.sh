@@ -2,6 +2,8 @@
 # The whole test suite: unit and integration tests on the release build, then again on an
 # ASan+UBSan build, then the threaded parts on a TSan build, then each fuzz target for a fixed
 # number of inputs from a fixed seed (about 25 s each, clang build). Prints ctest's summary for each.
+# Tests run two at a time (TEST_JOBS): integration tests mostly wait on timers and peers, and
+# every process they start listens on a port the kernel picks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -13,7 +15,7 @@ run() {
   echo "=== $flavour build ==="
   scripts/build.sh "$flavour"
   echo "=== $flavour tests ==="
-  (cd "$dir" && ctest --output-on-failure --timeout 600 "$@") || status=1
+  (cd "$dir" && ctest --output-on-failure --timeout 600 -j "${TEST_JOBS:-2}" "$@") || status=1
 }
 run release build
 run asan build-asan -L "unit|sanitize"
