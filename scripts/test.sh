@@ -2,8 +2,9 @@
 # The whole test suite: unit and integration tests on the release build, then again on an
 # ASan+UBSan build, then the threaded parts on a TSan build, then each fuzz target for a fixed
 # number of inputs from a fixed seed (about 25 s each, clang build). Prints ctest's summary for each.
-# Tests run two at a time (TEST_JOBS): integration tests mostly wait on timers and peers, and
-# every process they start listens on a port the kernel picks.
+# Tests run two at a time (TEST_JOBS): integration tests mostly wait on timers and peers, each
+# in its own temporary directory on its own ports; the shards of one module never run together
+# and the soak runs alone (tests/integration/CMakeLists.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh

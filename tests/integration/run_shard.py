@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Runs one shard of an integration test module: `run_shard.py test_fleet 2 3` runs the second
-of three. The module's tests, in (class, name) order, are dealt round robin, so ctest -j can run
-the shards of a long module side by side and a test added to it is never left out.
+of three. The module's tests, in unittest's order, are dealt round robin, so ctest -j can run
+a long module's parts beside other tests and a test added to it is never left out.
 
 Every test starts its own processes (ProcessTestCase.setUp), so a shard needs nothing from
 another; module fixtures (setUpModule) run once per shard."""
@@ -10,19 +10,19 @@ import sys
 import unittest
 
 
+def flatten(suite):
+    for test in suite:
+        if isinstance(test, unittest.TestSuite):
+            yield from flatten(test)
+        else:
+            yield test
+
+
 def shard_tests(module, shard, count):
-    suite = unittest.TestSuite()
-    loader = unittest.TestLoader()
-    tests = []
-    for name in sorted(vars(module)):
-        case = getattr(module, name)
-        if (isinstance(case, type) and issubclass(case, unittest.TestCase)
-                and case.__module__ == module.__name__):
-            tests += [(name, method) for method in loader.getTestCaseNames(case)]
-    for index, (name, method) in enumerate(tests):
-        if index % count == shard - 1:
-            suite.addTest(getattr(module, name)(method))
-    return suite
+    """The tests unittest.main would run for the module (its own loader, load_tests included),
+    every count-th from the shard-th."""
+    tests = list(flatten(unittest.TestLoader().loadTestsFromModule(module)))
+    return unittest.TestSuite(tests[shard - 1::count])
 
 
 def main():

@@ -33,8 +33,9 @@ class StreamingTest(ProcessTestCase):
         up = subprocess.run("head -c %d /dev/zero | curl -s -T - %s/upload" % (100 * MB, self.url),
                             shell=True, capture_output=True, text=True, timeout=120)
         self.assertEqual(up.stdout, "received %d\n" % (100 * MB))
-        sized = subprocess.run("head -c %d /dev/zero > /tmp/bg-upload.bin && curl -s -T /tmp/bg-upload.bin "
-                               "%s/upload; rm -f /tmp/bg-upload.bin" % (100 * MB, self.url),
+        upload_file = os.path.join(self.proxy_.dir, "upload.bin")
+        sized = subprocess.run("head -c %d /dev/zero > %s && curl -s -T %s %s/upload; rm -f %s"
+                               % (100 * MB, upload_file, upload_file, self.url, upload_file),
                                shell=True, capture_output=True, text=True, timeout=120)
         self.assertEqual(sized.stdout, "received %d\n" % (100 * MB))
         growth_mb = (self.proxy_.rss_kb() - before) / 1024.0
@@ -341,12 +342,6 @@ class SplicedBodyTest(ProcessTestCase):
         time.sleep(0.5)
         self.assertEqual(pipes(), kept - 3 * 2)  # one spare kept: the reload's bound
 
-
-
-if __name__ == "__main__":
-    unittest.main(verbosity=2)
-
-
 class EchoBackend(ConnectionServer):
     """Streams each request's body back as it reads it (an echo, a transcoder, a streaming RPC):
     the response head goes at once, then each piece read is written back before the next read.
@@ -489,3 +484,7 @@ class LongResponseAfterUploadTest(ProcessTestCase):
         self.assertGreater(took, 1.5)  # it did outlast upstream_try
         self.assertEqual(metric(proxy, "bgproxy_backend_failures_total",
                                 'backend="blue-1",colour="blue"'), 0)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
