@@ -42,7 +42,8 @@ std::string file_identity(const std::string& path) {
 // Everything a context is built from, files included as they are now.
 std::string context_key(const BackendTlsSettings& settings) {
     std::string key = settings.verify ? "verify|" : "noverify|";
-    key += settings.server_name + "|" + settings.min_version + "|";
+    key += settings.server_name + "|" + settings.min_version + "|" + settings.ciphers + "|" +
+           settings.ciphersuites + "|";
     key += settings.ca_file.empty() ? file_identity(X509_get_default_cert_file())
                                     : file_identity(settings.ca_file);
     if (settings.client_certificate) {
@@ -86,6 +87,14 @@ std::shared_ptr<BackendTlsContext> BackendTlsContext::build(const BackendTlsSett
     SSL_CTX_set_min_proto_version(ctx,
                                   settings.min_version == "1.3" ? TLS1_3_VERSION : TLS1_2_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    if (!settings.ciphers.empty() && SSL_CTX_set_cipher_list(ctx, settings.ciphers.c_str()) != 1) {
+        error = openssl_error("ciphers '" + settings.ciphers + "'");
+        return nullptr;
+    }
+    if (SSL_CTX_set_ciphersuites(ctx, settings.ciphersuites.c_str()) != 1) {
+        error = openssl_error("ciphersuites '" + settings.ciphersuites + "'");
+        return nullptr;
+    }
     if (settings.verify) {
         const bool loaded =
             settings.ca_file.empty()

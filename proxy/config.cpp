@@ -492,6 +492,22 @@ void read_health(TableReader& health, HealthCheckConfig& out) {
     health.reject_unknown_keys();
 }
 
+// `ciphers` (TLS 1.2) and `ciphersuites` (TLS 1.3) of a TLS table, each name checked against
+// OpenSSL's (it skips an unknown one silently beside a known one).
+void read_cipher_lists(TableReader& tls, std::string& ciphers, std::string& ciphersuites) {
+    const auto read = [&tls](const char* key, std::string& value, auto problem) {
+        if (auto list = tls.read_string(key)) {
+            if (const std::string why = problem(*list); !why.empty()) {
+                tls.error_at(*tls.table().get(key), tls.qualified(key) + " " + why);
+            } else {
+                value = *list;
+            }
+        }
+    };
+    read("ciphers", ciphers, tls12_ciphers_problem);
+    read("ciphersuites", ciphersuites, tls13_suites_problem);
+}
+
 // A TLS client's settings ([pools.X.tls], [fleet.tls]): reads the CA and client certificate
 // files now, so a bad file is a config error (at --check and at reload) rather than failed
 // handshakes later.
@@ -521,6 +537,7 @@ std::shared_ptr<const BackendTlsContext> read_client_tls(TableReader& tls,
             settings.min_version = *version;
         }
     }
+    read_cipher_lists(tls, settings.ciphers, settings.ciphersuites);
     if (!settings.verify && !settings.ca_file.empty()) {
         tls.error_at(*tls.table().get("ca_file"),
                      tls.qualified("ca_file") +
@@ -729,17 +746,7 @@ void read_tls(TableReader& tls, const toml::node& where, ListenerConfig& listene
             settings.min_version = *version;
         }
     }
-    if (auto ciphers = tls.read_string("ciphers")) {
-        settings.ciphers = *ciphers;
-    }
-    if (auto suites = tls.read_string("ciphersuites")) {
-        if (const std::string why = tls13_suites_problem(*suites); !why.empty()) {
-            tls.error_at(*tls.table().get("ciphersuites"),
-                         tls.qualified("ciphersuites") + " " + why);
-        } else {
-            settings.ciphersuites = *suites;
-        }
-    }
+    read_cipher_lists(tls, settings.ciphers, settings.ciphersuites);
     tls.read_bool("prefer_server_ciphers", settings.prefer_server_ciphers);
     tls.read_bool("session_tickets", settings.session_tickets);
     tls.read_integer("session_cache", settings.session_cache, 0, 10'000'000);

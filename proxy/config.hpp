@@ -58,6 +58,16 @@ struct CertificateFiles {
     bool operator==(const CertificateFiles&) const = default;
 };
 
+// TLS 1.2 ciphers, Mozilla's "intermediate" list, AES-128 first.
+inline constexpr const char* intermediate_tls12_ciphers =
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+// TLS 1.3 suites, in Mozilla's order: AES-128 first (its SHA-256 key schedule and transcript
+// cost less per handshake than AES-256's SHA-384, its 10 rounds less per record than 14; both
+// are strong).
+inline constexpr const char* intermediate_tls13_suites =
+    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+
 // TLS from the proxy to one pool's backends ([pools.X.tls]).
 struct BackendTlsSettings {
     bool verify = true;   // false: any certificate is accepted (a test bench, never production)
@@ -66,6 +76,12 @@ struct BackendTlsSettings {
         server_name;  // SNI and the name the certificate must carry; empty: each backend's host
     std::optional<CertificateFiles> client_certificate;  // for backends that ask for one (mTLS)
     std::string min_version = "1.2";                     // "1.2" or "1.3"
+    // Offered in this order: a backend that takes the client's order (OpenSSL's and nginx's
+    // default) picks the first it shares. TLS 1.2: empty (not given) is OpenSSL's default list
+    // (older backends' ciphers included). TLS 1.3: the same three suites OpenSSL offers, AES-128
+    // first (OpenSSL's order puts AES-256 first).
+    std::string ciphers;
+    std::string ciphersuites = intermediate_tls13_suites;
     bool operator==(const BackendTlsSettings&) const = default;
 };
 
@@ -193,14 +209,8 @@ enum class BalancePolicy { round_robin, least_request };
 struct TlsSettings {
     std::vector<CertificateFiles> certificates;
     std::string min_version = "1.2";  // "1.2" or "1.3"; older versions are never offered
-    // TLS 1.2 ciphers (Mozilla's "intermediate" list).
-    std::string ciphers =
-        "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
-        "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
-    // TLS 1.3 suites, in Mozilla's order: AES-128 first (its SHA-256 key schedule and
-    // transcript cost less per handshake than AES-256's SHA-384; both are strong).
-    std::string ciphersuites =
-        "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+    std::string ciphers = intermediate_tls12_ciphers;
+    std::string ciphersuites = intermediate_tls13_suites;
     // The listener's order decides (HAProxy's default), except that a client that puts
     // ChaCha20 first (one without AES instructions) gets it; false: the client's order.
     bool prefer_server_ciphers = true;

@@ -22,7 +22,8 @@ from harness import ProcessTestCase, end_process, free_port
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 # What nginx answers: one line naming what it saw of the connection and the request.
-SEEN = ('"sni=$ssl_server_name reused=$ssl_session_reused proto=$ssl_protocol conn=$connection '
+SEEN = ('"sni=$ssl_server_name reused=$ssl_session_reused proto=$ssl_protocol cipher=$ssl_cipher '
+        'conn=$connection '
         'client=$proxy_protocol_addr:$proxy_protocol_port xff=$http_x_forwarded_for\\n"')
 
 
@@ -574,6 +575,30 @@ interval = "60s"
             self.assertLess(before_pause, 0.25)
             self.assertEqual(body, piece + rest)
 
+    def test_the_suites_offered_are_aes128_first_or_as_configured(self):
+        # nginx takes the client's order (ssl_prefer_server_ciphers off), as OpenSSL does:
+        # the first suite bgproxy offers that it shares is the one used.
+        tls = 'ca_file = "%s"\nserver_name = "backend.test"\n' % CA.ca_file
+        cases = [
+            ("TLSv1.3", "", "TLS_AES_128_GCM_SHA256"),
+            ("TLSv1.3", 'ciphersuites = "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"',
+             "TLS_CHACHA20_POLY1305_SHA256"),
+            ("TLSv1.2", 'ciphers = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384"',
+             "ECDHE-ECDSA-AES128-GCM-SHA256"),
+            ("TLSv1.2", 'ciphers = "ECDHE-ECDSA-CHACHA20-POLY1305"', "ECDHE-ECDSA-CHACHA20-POLY1305"),
+        ]
+        for protocol, setting, expected in cases:
+            with self.subTest(protocol=protocol, setting=setting):
+                self.stop_all()
+                blue = self.backend("blue-1")
+                nginx = self.nginx(protocols=protocol)
+                proxy = self.proxy(backend_config([blue], [nginx.keepalive_port], tls + setting))
+                status, _, body, conn, _ = get(proxy.port)
+                conn.close()
+                self.assertEqual(status, 200, body)
+                seen = parse_seen(body)
+                self.assertEqual((seen["proto"], seen["cipher"]), (protocol, expected), body)
+
     def test_broken_tls_settings_are_config_errors(self):
         blue = self.backend("blue-1")
         cases = [
@@ -582,6 +607,15 @@ interval = "60s"
             ('verify = false\nca_file = "%s"' % CA.ca_file, r"ca_file is set but verify = false"),
             ('min_version = "1.1"', r"min_version must be"),
             ('sni = "x"', r"unknown key|sni"),
+            ('ciphersuites = "TLS_AES_128_GCM_SHA256:TLS_FOO"',
+             r"pools\.green\.tls\.ciphersuites has 'TLS_FOO', which is no TLS 1\.3 suite"),
+            ('ciphersuites = ""', r"ciphersuites must name at least one TLS 1\.3 suite"),
+            ('ciphers = "ECDHE-ECDSA-AES128-GCM-SHA256:NO-SUCH-CIPHER"',
+             r"pools\.green\.tls\.ciphers has 'NO-SUCH-CIPHER', which names no TLS 1\.2 cipher"),
+            ('ciphers = "TLS_AES_128_GCM_SHA256"', r"TLS 1\.3 suites go in ciphersuites"),
+            ('ciphers = ""', r"ciphers must name at least one TLS 1\.2 cipher"),
+            ('ciphersuites = "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"',
+             r"ciphersuites has 'TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256', which is no TLS 1\.3"),
         ]
         for tls, expected in cases:
             with self.subTest(tls=tls):

@@ -750,8 +750,15 @@ client_keepalive = "%s"
         self.assert_tls_settings_refused((
             # A typo beside a good name: OpenSSL would skip it and go on with the other.
             ('ciphersuites = "TLS_AES_256_GCM_SHA384: TLS_AES_128_GCM_SHA265"',
-             "listener.tls.ciphersuites has an unknown TLS 1.3 suite 'TLS_AES_128_GCM_SHA265'"),
+             "listener.tls.ciphersuites has 'TLS_AES_128_GCM_SHA265', which is no TLS 1.3 suite"),
             ('ciphersuites = ""', "listener.tls.ciphersuites must name at least one TLS 1.3 suite"),
+            # A TLS 1.2 cipher's standard name, which OpenSSL 3.0 takes among the suites: every
+            # TLS 1.3 handshake would then fail.
+            ('ciphersuites = "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"',
+             "listener.tls.ciphersuites has 'TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256', which is no"),
+            ('ciphers = "ECDHE-RSA-AES128-GCM-SHA256 ECDHE-RSA-AES128-GCM-SHA265"',
+             "listener.tls.ciphers has 'ECDHE-RSA-AES128-GCM-SHA265', which names no TLS 1.2"),
+            ('ciphers = "ECDHE+AESGCM:!aNULL:@STRENGTH:nonsense"', "ciphers has 'nonsense'"),
             ("prefer_server_ciphers = 1", "prefer_server_ciphers must be true or false")))
 
     def test_a_session_resumes_under_its_own_certificate_only(self):
