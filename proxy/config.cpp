@@ -492,20 +492,20 @@ void read_health(TableReader& health, HealthCheckConfig& out) {
     health.reject_unknown_keys();
 }
 
-// `ciphers` (TLS 1.2) and `ciphersuites` (TLS 1.3) of a TLS table, each name checked against
-// OpenSSL's (it skips an unknown one silently beside a known one).
+// `ciphers` (TLS 1.2: OpenSSL checks the list when the context is built) and `ciphersuites`
+// (TLS 1.3, each name checked: OpenSSL skips an unknown one silently beside a known one).
 void read_cipher_lists(TableReader& tls, std::string& ciphers, std::string& ciphersuites) {
-    const auto read = [&tls](const char* key, std::string& value, auto problem) {
-        if (auto list = tls.read_string(key)) {
-            if (const std::string why = problem(*list); !why.empty()) {
-                tls.error_at(*tls.table().get(key), tls.qualified(key) + " " + why);
-            } else {
-                value = *list;
-            }
+    if (auto list = tls.read_string("ciphers")) {
+        ciphers = *list;
+    }
+    if (auto suites = tls.read_string("ciphersuites")) {
+        if (const std::string why = tls13_suites_problem(*suites); !why.empty()) {
+            tls.error_at(*tls.table().get("ciphersuites"),
+                         tls.qualified("ciphersuites") + " " + why);
+        } else {
+            ciphersuites = *suites;
         }
-    };
-    read("ciphers", ciphers, tls12_ciphers_problem);
-    read("ciphersuites", ciphersuites, tls13_suites_problem);
+    }
 }
 
 // A TLS client's settings ([pools.X.tls], [fleet.tls]): reads the CA and client certificate

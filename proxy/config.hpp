@@ -77,7 +77,7 @@ struct BackendTlsSettings {
     std::optional<CertificateFiles> client_certificate;  // for backends that ask for one (mTLS)
     std::string min_version = "1.2";                     // "1.2" or "1.3"
     // Offered in this order: a backend that takes the client's order (OpenSSL's and nginx's
-    // default) picks the first it shares. TLS 1.2: empty (not given) is OpenSSL's default list
+    // default) picks the first it shares. TLS 1.2: empty is OpenSSL's default list
     // (older backends' ciphers included). TLS 1.3: the same three suites OpenSSL offers, AES-128
     // first (OpenSSL's order puts AES-256 first).
     std::string ciphers;

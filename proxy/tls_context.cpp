@@ -27,39 +27,6 @@ std::string openssl_error(const std::string& what) {
 
 namespace {
 
-// The elements of an OpenSSL list, spaces around each trimmed and empty ones skipped (as
-// OpenSSL reads "A::B"), each given to `problem` until one has a problem. `named`: there was one.
-template <class ElementProblem>
-std::string list_problem(std::string_view list, std::string_view separators, bool& named,
-                         ElementProblem problem) {
-    named = false;
-    while (!list.empty()) {
-        const std::size_t end = list.find_first_of(separators);
-        std::string_view name = list.substr(0, end);
-        list = end == std::string_view::npos ? std::string_view() : list.substr(end + 1);
-        while (!name.empty() && name.front() == ' ') {
-            name.remove_prefix(1);
-        }
-        while (!name.empty() && name.back() == ' ') {
-            name.remove_suffix(1);
-        }
-        if (name.empty()) {
-            continue;
-        }
-        named = true;
-        if (std::string why = problem(std::string(name)); !why.empty()) {
-            return why;
-        }
-    }
-    return {};
-}
-
-using ScratchContext = std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)>;
-
-ScratchContext scratch_context() {
-    return ScratchContext(SSL_CTX_new(TLS_server_method()), SSL_CTX_free);
-}
-
 // Whether the context's ciphers include `name` as a TLS 1.3 suite (OpenSSL 3.0 takes a TLS 1.2
 // cipher's standard name among the suites too, and every TLS 1.3 handshake then fails).
 bool has_tls13_suite(SSL_CTX* ctx, const std::string& name) {
@@ -78,48 +45,37 @@ bool has_tls13_suite(SSL_CTX* ctx, const std::string& name) {
 std::string tls13_suites_problem(const std::string& list) {
     // Each name on its own through OpenSSL's parser (which refuses a list it finds nothing in):
     // no list of known names here to fall behind OpenSSL's.
-    ScratchContext scratch = scratch_context();
+    std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> scratch(SSL_CTX_new(TLS_server_method()),
+                                                              SSL_CTX_free);
+    ERR_clear_error();  // in case the scratch context could not be made (then nothing is checked)
+    std::string_view rest = list;
     bool named = false;
-    const std::string why = list_problem(list, ":", named, [&](const std::string& name) {
-        if (scratch && (SSL_CTX_set_ciphersuites(scratch.get(), name.c_str()) != 1 ||
-                        !has_tls13_suite(scratch.get(), name))) {
+    while (!rest.empty()) {
+        const std::size_t colon = rest.find(':');
+        std::string_view name = rest.substr(0, colon);
+        rest = colon == std::string_view::npos ? std::string_view() : rest.substr(colon + 1);
+        while (!name.empty() && name.front() == ' ') {
+            name.remove_prefix(1);
+        }
+        while (!name.empty() && name.back() == ' ') {
+            name.remove_suffix(1);
+        }
+        if (name.empty()) {
+            continue;  // as OpenSSL reads "A::B"
+        }
+        const std::string suite(name);
+        if (scratch && (SSL_CTX_set_ciphersuites(scratch.get(), suite.c_str()) != 1 ||
+                        !has_tls13_suite(scratch.get(), suite))) {
             ERR_clear_error();
-            return "has '" + name +
-                   "', which is no TLS 1.3 suite OpenSSL knows (e.g. TLS_AES_128_GCM_SHA256, "
+            return "has '" + suite +
+                   "', which is no TLS 1.3 suite OpenSSL offers (e.g. TLS_AES_128_GCM_SHA256, "
                    "TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256)";
         }
-        return std::string();
-    });
-    if (!why.empty()) {
-        return why;
+        named = true;
     }
     // An empty list leaves no suite for TLS 1.3, which OpenSSL still offers: every handshake
     // would fail.
     return named ? std::string() : "must name at least one TLS 1.3 suite";
-}
-
-std::string tls12_ciphers_problem(const std::string& list) {
-    // As above, each element on its own: OpenSSL skips one that matches nothing beside one that
-    // matches. Modifiers (!X, -X, +X) and commands (@STRENGTH) are left to OpenSSL.
-    ScratchContext scratch = scratch_context();
-    bool named = false;
-    const std::string why = list_problem(list, ": ,;", named, [&](const std::string& name) {
-        if (name.find_first_of("!-+@") == 0) {
-            return std::string();
-        }
-        if (scratch && SSL_CTX_set_cipher_list(scratch.get(), name.c_str()) != 1) {
-            ERR_clear_error();
-            return "has '" + name +
-                   "', which names no TLS 1.2 cipher OpenSSL knows (e.g. "
-                   "ECDHE-ECDSA-AES128-GCM-SHA256, ECDHE-RSA-AES128-GCM-SHA256; TLS 1.3 suites go "
-                   "in ciphersuites)";
-        }
-        return std::string();
-    });
-    if (!why.empty()) {
-        return why;
-    }
-    return named ? std::string() : "must name at least one TLS 1.2 cipher";
 }
 
 namespace {

@@ -22,12 +22,11 @@ namespace bg {
 // `what`, followed by each error on OpenSSL's error queue (which it empties).
 std::string openssl_error(const std::string& what);
 
-// What is wrong with a TLS 1.3 suite list ("A:B"), or nothing: a name OpenSSL does not know as
+// What is wrong with a TLS 1.3 suite list ("A:B"), or nothing: a name OpenSSL does not offer as
 // a TLS 1.3 suite (it would skip an unknown one silently beside a known one), or no name at all.
+// (A TLS 1.2 list is left to OpenSSL whole: its names alone may select nothing, 3DES or RC4
+// in a build without them, in a list that is good.)
 std::string tls13_suites_problem(const std::string& list);
-// The same for a TLS 1.2 cipher list ("A:B", OpenSSL's syntax): an element that matches no
-// cipher, or no element at all.
-std::string tls12_ciphers_problem(const std::string& list);
 
 class TlsServerContext {
   public:
