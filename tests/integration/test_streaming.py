@@ -342,6 +342,7 @@ class SplicedBodyTest(ProcessTestCase):
         time.sleep(0.5)
         self.assertEqual(pipes(), kept - 3 * 2)  # one spare kept: the reload's bound
 
+
 class EchoBackend(ConnectionServer):
     """Streams each request's body back as it reads it (an echo, a transcoder, a streaming RPC):
     the response head goes at once, then each piece read is written back before the next read.
