@@ -10,6 +10,7 @@
 #                                                  # (not the baseline): an A/B of one setting
 #   BENCH_PROXY_SHARE=35 bench/run.sh   # each proxy held to 35% of a CPU (bench/deployment.sh)
 #   BENCH_PROXY_SHARE=35 BENCH_SHARE_BY=weight bench/run.sh   # ... beside a busy neighbour
+#   BENCH_WRK_LOG=/tmp/wrk.log bench/run.sh   # every wrk output kept (latency max, stdev)
 #
 # Shapes (BENCH_SHAPES):
 #   keepalive      GET of a small body on 64 keep-alive connections

@@ -42,6 +42,10 @@ def main():
     for a, b in pairs:
         ratios = ["%.2f" % (x[0] / y[0]) for x, y in zip(runs.get(a, []), runs.get(b, []))]
         print("%s vs %s requests/s by round: %s" % (a, b, " ".join(ratios)))
+        # p99 by round too: one noisy round moves a median of three (a neighbour's burst lands
+        # on whichever target runs then).
+        ratios = ["%.2f" % (x[2] / y[2]) for x, y in zip(runs.get(a, []), runs.get(b, []))]
+        print("%s vs %s p99 by round: %s" % (a, b, " ".join(ratios)))
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ run() {
   [ -n "$pid" ] && before=$(proc_ticks "$pid")
   out=$(taskset -c "$load_cpu" wrk -t1 -c"$connections" -d"${seconds}s" --latency "$@" "$url")
   [ -n "$pid" ] && after=$(proc_ticks "$pid")
+  [ -n "${BENCH_WRK_LOG:-}" ] && printf '== %s\n%s\n' "$name" "$out" >> "$BENCH_WRK_LOG"
   if echo "$out" | grep -q "Non-2xx\|Socket errors"; then
     echo "$name: errors during the run:" >&2
     echo "$out" | grep "Non-2xx\|Socket errors" >&2
