@@ -11,6 +11,9 @@
 #   BENCH_PROXY_SHARE=35 bench/run.sh   # each proxy held to 35% of a CPU (bench/deployment.sh)
 #   BENCH_PROXY_SHARE=35 BENCH_SHARE_BY=weight bench/run.sh   # ... beside a busy neighbour
 #   BENCH_WRK_LOG=/tmp/wrk.log bench/run.sh   # every wrk output kept (latency max, stdev)
+#   BENCH_TOGETHER=1 bench/run.sh   # each round's proxies loaded at the same time, sharing the
+#                                  # proxy CPU (by the scheduler, or each to its BENCH_PROXY_SHARE):
+#                                  # this machine's slow spells then fall on all of them at once
 #
 # Shapes (BENCH_SHAPES):
 #   keepalive      GET of a small body on 64 keep-alive connections
@@ -117,30 +120,43 @@ run_shape() {
   local shape=$1
   shift
   echo "shape $shape" >&2
+  local together job
   for round in $(seq 1 "$rounds"); do
+    together=()
     for t in "$@"; do
-      case $shape in
-        keepalive) connections=64 measure "$shape" "$t" "$(url "$t")/" ;;
-        close) connections=32 measure "$shape" "$t" "$(url "$t")/" -H "Connection: close" ;;
-        download | splice-cost) connections=16 measure "$shape" "$t" "$(url "$t")/?bytes=1048576" ;;
-        upload) connections=16 measure "$shape" "$t" "$(url "$t")/upload" -s bench/upload.lua ;;
-        tls-handshake)
-          connections=32 measure "$shape" "$t" "https://127.0.0.1:${full_port[$t]}/" \
-            -H "Connection: close" ;;
-        tls-resume)
-          connections=32 measure "$shape" "$t" "https://127.0.0.1:${tls_port[$t]}/" \
-            -H "Connection: close" ;;
-        tls-keepalive) connections=64 measure "$shape" "$t" "https://127.0.0.1:${tls_port[$t]}/" ;;
-        tls-download)
-          connections=16 measure "$shape" "$t" "https://127.0.0.1:${tls_port[$t]}/?bytes=1048576" ;;
-        tls-upload)
-          connections=16 measure "$shape" "$t" "https://127.0.0.1:${tls_port[$t]}/upload" \
-            -s bench/upload.lua ;;
-        tls-flood) flooded "$t" ;;
-        *) connections=64 measure "$shape" "$t" "$(url "$t")/" ;;
-      esac
+      if [ -n "${BENCH_TOGETHER:-}" ] && [ "$t" != direct ]; then
+        measure_one "$shape" "$t" &
+        together+=($!)
+      else
+        measure_one "$shape" "$t"
+      fi
     done
+    for job in "${together[@]}"; do wait "$job" || true; done
   done
+}
+# measure_one SHAPE TARGET: one measurement of the shape through the target.
+measure_one() {
+  local shape=$1 t=$2
+  case $shape in
+    keepalive) connections=64 measure "$shape" "$t" "$(url "$t")/" ;;
+    close) connections=32 measure "$shape" "$t" "$(url "$t")/" -H "Connection: close" ;;
+    download | splice-cost) connections=16 measure "$shape" "$t" "$(url "$t")/?bytes=1048576" ;;
+    upload) connections=16 measure "$shape" "$t" "$(url "$t")/upload" -s bench/upload.lua ;;
+    tls-handshake)
+      connections=32 measure "$shape" "$t" "https://127.0.0.1:${full_port[$t]}/" \
+        -H "Connection: close" ;;
+    tls-resume)
+      connections=32 measure "$shape" "$t" "https://127.0.0.1:${tls_port[$t]}/" \
+        -H "Connection: close" ;;
+    tls-keepalive) connections=64 measure "$shape" "$t" "https://127.0.0.1:${tls_port[$t]}/" ;;
+    tls-download)
+      connections=16 measure "$shape" "$t" "https://127.0.0.1:${tls_port[$t]}/?bytes=1048576" ;;
+    tls-upload)
+      connections=16 measure "$shape" "$t" "https://127.0.0.1:${tls_port[$t]}/upload" \
+        -s bench/upload.lua ;;
+    tls-flood) flooded "$t" ;;
+    *) connections=64 measure "$shape" "$t" "$(url "$t")/" ;;
+  esac
 }
 # tls-flood: keep-alive GETs measured while another wrk floods the TLS listener. The flood lasts
 # over the warm-up and the measurement and a second more (it stops by itself); its handshakes/s
@@ -220,6 +236,9 @@ done
 
 printf '\nwrk: %s rounds of %s s per target and shape; proxies on CPU %s (1 thread), backends+wrk on CPU %s\n' \
   "$rounds" "$seconds" "$proxy_cpu" "$load_cpu"
+if [ -n "${BENCH_TOGETHER:-}" ]; then
+  printf 'each round loads its proxies at the same time (BENCH_TOGETHER)\n'
+fi
 if [ -n "$proxy_share" ]; then
   printf 'each proxy held to %s%% of a CPU (BENCH_PROXY_SHARE, by %s): requests/s is what it serves on that budget\n' \
     "$proxy_share" "${BENCH_SHARE_BY:-quota}"
