@@ -23,15 +23,17 @@ def main():
         return statistics.median(values) if values else None
 
     width = max([12] + [len(t) for t in targets])
-    print("%-*s %6s %12s %10s %10s %14s" % (width, "target", "rounds", "requests/s", "p50 ms", "p99 ms",
-                                            "CPU us/request"))
+    print("%-*s %6s %12s %10s %10s %14s %6s" % (width, "target", "rounds", "requests/s", "p50 ms", "p99 ms",
+                                                "CPU us/request", "CPU %"))
     for t in targets:
         rps, p50, p99, cpu = (median(t, i) for i in range(4))
         if rps is None:
             continue
-        print("%-*s %6d %12.0f %10.2f %10.2f %14s" % (width, t, len(runs[t]), rps, p50 / 1e3, p99 / 1e3,
-                                                     "-" if cpu is None else "%.1f" % cpu))
-    print("(medians over the rounds; CPU is what the proxy process spent per request)")
+        print("%-*s %6d %12.0f %10.2f %10.2f %14s %6s" % (
+            width, t, len(runs[t]), rps, p50 / 1e3, p99 / 1e3, "-" if cpu is None else "%.1f" % cpu,
+            "-" if cpu is None else "%.0f" % (rps * cpu / 1e4)))
+    print("(medians over the rounds; CPU is what the proxy process spent per request, and CPU % that\n"
+          " times requests/s: below a proxy's share, the load, not the proxy, set its requests/s)")
     for a, b in pairs:
         line = "%s vs %s: requests/s %.2f  p99 %.2f" % (a, b, median(a, 0) / median(b, 0),
                                                      median(a, 2) / median(b, 2))
