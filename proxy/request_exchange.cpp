@@ -667,7 +667,9 @@ Task<Exchange> RequestExchange<Stream>::await_response(UpstreamLease& lease,
         }
         // An interim response (103 Early Hints, 102...): passed on to HTTP/1.1 clients only
         // (RFC 9110 15.2: never to HTTP/1.0), up to max_interim_responses of them.
-        if (facts.version >= 11 && status != 100 &&
+        // A 100 Continue is the proxy's own to send when the client asked for one (it answers
+        // Expect itself); one the client did not ask for is the backend's, passed on too.
+        if (facts.version >= 11 && (status != 100 || !facts.expect_continue) &&
             interims++ < config_.limits.max_interim_responses) {
             if (!co_await relay_interim()) {
                 co_return Exchange::client_gone;
@@ -1216,7 +1218,7 @@ Task<void> RequestExchange<Stream>::refuse(const Refusal& refusal) {
 template <class Stream>
 Task<void> RequestExchange<Stream>::reply_error(http::status status, std::string_view reason,
                                                 bool close) {
-    if (static_cast<unsigned>(status) < 500) {
+    if (static_cast<unsigned>(status) < 500 || status == http::status::not_implemented) {
         WorkerStats::add(conn_.worker.stats().bad_requests);
     }
     ex_.record.status = static_cast<unsigned>(status);

@@ -196,6 +196,25 @@ bool representable_length(std::string_view digits) {
 
 }  // namespace
 
+namespace {
+
+// "gzip, chunked": chunked once, last, after other codings. The body's length is known (RFC 9112
+// 6.3), so what is wrong is only a coding the proxy does not implement: 501, not 400 (6.1).
+bool chunked_after_other_codings(std::string_view value) {
+    std::size_t members = 0;
+    std::size_t chunked = 0;
+    bool last_chunked = false;
+    for_each_list_member(value, [&](std::string_view member) {
+        ++members;
+        last_chunked = boost::beast::iequals(member, "chunked");
+        chunked += last_chunked ? 1 : 0;
+        return true;
+    });
+    return members > 1 && chunked == 1 && last_chunked;
+}
+
+}  // namespace
+
 std::string_view framing_problem(const RequestHeader& header) {
     std::size_t hosts = 0;
     std::size_t lengths = 0;
@@ -218,8 +237,9 @@ std::string_view framing_problem(const RequestHeader& header) {
                 break;
             case http::field::transfer_encoding:
                 ++codings;
-                if (!boost::beast::iequals(field.value(), "chunked")) {
-                    return "unsupported Transfer-Encoding (only chunked is accepted)";
+                if (!boost::beast::iequals(field.value(), "chunked") &&
+                    !chunked_after_other_codings(field.value())) {
+                    return "Transfer-Encoding that does not end in chunked, once";
                 }
                 break;
             default:
@@ -253,6 +273,14 @@ std::string_view framing_problem(const RequestHeader& header) {
             !valid_port(authority->port())) {
             return "invalid Host";
         }
+    }
+    return {};
+}
+
+std::string_view unimplemented_coding(const RequestHeader& header) {
+    const auto field = header.find(http::field::transfer_encoding);
+    if (field != header.end() && !boost::beast::iequals(field->value(), "chunked")) {
+        return "unsupported transfer coding before chunked (only chunked is implemented)";
     }
     return {};
 }

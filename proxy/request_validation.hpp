@@ -55,6 +55,10 @@ bool valid_port(std::string_view port);
 // Checks a parsed request header; returns a reason for a 400, or empty when it is acceptable.
 std::string_view framing_problem(const RequestHeader& header);
 
+// For a header framing_problem accepts: a transfer coding before the final chunked ("gzip,
+// chunked"), which the proxy does not implement. A reason for a 501 (RFC 9112 6.1), or empty.
+std::string_view unimplemented_coding(const RequestHeader& header);
+
 // The same for a backend's response head: a status outside 100-599 (RFC 9110 15), a 101
 // without Upgrade (15.2.2), a Transfer-Encoding other than chunked alone (the proxy re-frames
 // the body and would drop any other coding) or beside a Content-Length (RFC 9112 6.3: a sign

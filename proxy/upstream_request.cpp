@@ -121,6 +121,9 @@ Refusal check_request_head(RequestParser& parser, std::uint64_t max_request_body
     if (auto why = framing_problem(request.base()); !why.empty()) {
         return {http::status::bad_request, why};
     }
+    if (auto why = unimplemented_coding(request.base()); !why.empty()) {
+        return {http::status::not_implemented, why};
+    }
     if (request.method() == http::verb::connect) {
         return {http::status::method_not_allowed, "CONNECT is not supported"};
     }

@@ -21,6 +21,13 @@ CASES = [
     ("TE then CL", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n", 400),
     ("TE gzip and CL", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\nContent-Length: 5\r\n\r\nhello", 400),
     ("TE not ending in chunked", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", 400),
+    ("TE chunked twice", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", 400),
+    # RFC 9112 6.1: a coding the proxy does not implement, its body's length known: 501.
+    ("TE coding before chunked", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip, chunked\r\n\r\n"
+     b"0\r\n\r\nGET /smuggled HTTP/1.1\r\n" + H + b"\r\n", 501),
+    ("TE coding before chunked, and CL", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip, chunked\r\n"
+     b"Content-Length: 5\r\n\r\n0\r\n\r\n", 400),
+    ("TE coding before chunked on 1.0", b"POST / HTTP/1.0\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 400),
     ("two different CLs", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400),
     ("two equal CLs", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 400),
     ("CL list", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5, 5\r\n\r\nhello", 400),

@@ -526,6 +526,20 @@ class VersionTest(ProxyWithScriptedBackend):
         out11 = raw_exchange(self.proxy_.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         self.assertTrue(out11.startswith(b"HTTP/1.1 103 "), out11[:100])
 
+    def test_a_100_continue_the_client_did_not_ask_for_is_passed_on(self):
+        """RFC 9110 15.2: a proxy forwards 1xx unless it asked for them itself. It answers a
+        client's Expect: 100-continue itself (and drops the backend's 100 then); without one the
+        backend's 100 is passed on (was: always dropped; found by an outside probe)."""
+        self.start_proxy(lambda r, i, c: b"HTTP/1.1 100 Continue\r\n\r\n" + ok_response())
+        post = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n"
+        out = raw_exchange(self.proxy_.port, post + b"\r\nabc")
+        self.assertTrue(out.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 "), out[:100])
+        out = raw_exchange(self.proxy_.port, post + b"Expect: 100-continue\r\n\r\nabc")
+        self.assertEqual(out.count(b"HTTP/1.1 100 "), 1, out[:200])  # the proxy's own
+        self.assertIn(b"HTTP/1.1 200 ", out)
+        out10 = raw_exchange(self.proxy_.port, b"POST / HTTP/1.0\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        self.assertTrue(out10.startswith(b"HTTP/1.1 200 "), out10[:100])
+
     def test_options_for_the_whole_server_goes_on_as_asterisk_form(self):
         """RFC 9112 3.2.4 (was: 'OPTIONS http://x:81 HTTP/1.1' went on as 'OPTIONS /')."""
         self.start_proxy(echo_body)
