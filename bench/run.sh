@@ -131,7 +131,9 @@ run_shape() {
         measure_one "$shape" "$t"
       fi
     done
-    for job in "${together[@]}"; do wait "$job" || true; done
+    for job in "${together[@]}"; do
+      wait "$job" || { echo "$shape: a measurement failed (round $round)" >&2; exit 1; }
+    done
   done
 }
 # measure_one SHAPE TARGET: one measurement of the shape through the target.

@@ -391,7 +391,8 @@ void render_worker_counters(prometheus::Registry& registry,
     counter("bgproxy_downstream_parks_total",
             "Times an idle client connection was parked (after timeouts.client_park_after)",
             &WorkerStats::parks);
-    counter("bgproxy_bad_requests_total", "Requests refused by the proxy (400, 413, 414, 431, 405)",
+    counter("bgproxy_bad_requests_total",
+            "Requests refused by the proxy (400, 405, 413, 414, 417, 431, 501, 505)",
             &WorkerStats::bad_requests);
     counter("bgproxy_client_header_timeouts_total",
             "Clients dropped for sending their header too slowly",

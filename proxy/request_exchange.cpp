@@ -1128,13 +1128,17 @@ Task<bool> RequestExchange<Stream>::answer_failure(Exchange outcome, const Reque
                 ex_.record.error = "client connection ended mid-request";
             }
             co_return false;
-        case Exchange::body_too_large:
-            stats.breach(LimitBreach::request_body);
-            co_await reply_error(http::status::payload_too_large, "request body too large");
+        case Exchange::body_too_large: {
+            const Refusal too_large{http::status::payload_too_large, "request body too large",
+                                    LimitBreach::request_body};
+            co_await refuse(too_large);
             co_return false;
-        case Exchange::body_malformed:
-            co_await reply_error(http::status::bad_request, ex_.body_error);
+        }
+        case Exchange::body_malformed: {
+            const Refusal malformed{http::status::bad_request, ex_.body_error};
+            co_await refuse(malformed);
             co_return false;
+        }
         case Exchange::body_too_slow:
             // The deadline (or a newcomer past max_connections: counted as such) closed the
             // socket: the 408 is for the log and the metrics.
@@ -1209,6 +1213,7 @@ Task<bool> RequestExchange<Stream>::answer_here(const LocalAnswer& answer,
 // The answer to a refused request, its bound counted if it went over one.
 template <class Stream>
 Task<void> RequestExchange<Stream>::refuse(const Refusal& refusal) {
+    WorkerStats::add(conn_.worker.stats().bad_requests);
     if (refusal.breach) {
         conn_.worker.stats().breach(*refusal.breach);
     }
@@ -1218,9 +1223,6 @@ Task<void> RequestExchange<Stream>::refuse(const Refusal& refusal) {
 template <class Stream>
 Task<void> RequestExchange<Stream>::reply_error(http::status status, std::string_view reason,
                                                 bool close) {
-    if (static_cast<unsigned>(status) < 500 || status == http::status::not_implemented) {
-        WorkerStats::add(conn_.worker.stats().bad_requests);
-    }
     ex_.record.status = static_cast<unsigned>(status);
     ex_.record.error = std::string(reason);
     if (!ex_.connect_error.empty()) {

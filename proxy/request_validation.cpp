@@ -194,10 +194,6 @@ bool representable_length(std::string_view digits) {
     return digits.size() < largest.size() || (digits.size() == largest.size() && digits <= largest);
 }
 
-}  // namespace
-
-namespace {
-
 // "gzip, chunked": chunked once, last, after other codings. The body's length is known (RFC 9112
 // 6.3), so what is wrong is only a coding the proxy does not implement: 501, not 400 (6.1).
 bool chunked_after_other_codings(std::string_view value) {
@@ -239,7 +235,7 @@ std::string_view framing_problem(const RequestHeader& header) {
                 ++codings;
                 if (!boost::beast::iequals(field.value(), "chunked") &&
                     !chunked_after_other_codings(field.value())) {
-                    return "Transfer-Encoding that does not end in chunked, once";
+                    return "Transfer-Encoding not ending in a single chunked";
                 }
                 break;
             default:

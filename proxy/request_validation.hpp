@@ -52,11 +52,13 @@ StartLineVersion normalize_response_version(std::span<char> status_line);
 // default port, RFC 3986 3.2.3).
 bool valid_port(std::string_view port);
 
-// Checks a parsed request header; returns a reason for a 400, or empty when it is acceptable.
+// Checks a parsed request header; returns a reason for a 400, or empty when its framing can be
+// read safely. A header it accepts still needs unimplemented_coding's check.
 std::string_view framing_problem(const RequestHeader& header);
 
-// For a header framing_problem accepts: a transfer coding before the final chunked ("gzip,
-// chunked"), which the proxy does not implement. A reason for a 501 (RFC 9112 6.1), or empty.
+// For a header framing_problem accepts (one Transfer-Encoding field at most): a transfer coding
+// before the final chunked ("gzip, chunked"), which the proxy does not implement. A reason for a
+// 501 (RFC 9112 6.1), or empty.
 std::string_view unimplemented_coding(const RequestHeader& header);
 
 // The same for a backend's response head: a status outside 100-599 (RFC 9110 15), a 101

@@ -225,7 +225,7 @@ class Session : bg::fuzz::MessageReader<true> {
             f.client_host = std::string(host->value());
         }
         if (bg::check_request_head(*parser_, limits_.max_request_body)) {
-            return;  // 400, 405, 413 or 501
+            return;  // 400, 405, 413, 417 or 501
         }
         const bg::RequestFacts facts = bg::request_facts(*parser_, {"websocket"});
         if (bg::apply_max_forwards(request)) {

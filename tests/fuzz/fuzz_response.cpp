@@ -53,13 +53,15 @@ using bg::fuzz::Arrivals;
 // The settings byte: bit 0 a HEAD request, bit 1 an HTTP/1.0 client, bit 2 an upgrade request,
 // bits 3-4 buffer_size (a body piece ends where a read does, and where the arrivals split the
 // input), bit 5 a client that asked to close, bit 6 the config's
-// smallest header and chunk limits (else the defaults).
+// smallest header and chunk limits (else the defaults), bit 7 a client that sent Expect:
+// 100-continue (the proxy answers it itself, so a backend's 100 is not relayed then).
 struct Setup {
     bg::Limits limits;
     bool head = false;
     unsigned client_version = 11;
     bool upgrade = false;
     bool client_keep_alive = true;
+    bool expect_continue = false;
 };
 
 Setup setup_from(std::uint8_t b) {
@@ -70,6 +72,7 @@ Setup setup_from(std::uint8_t b) {
     static constexpr std::array<std::size_t, 4> pieces{1024, 16384, 3, 100};
     s.limits.buffer_size = pieces[(b >> 3) & 3];
     s.client_keep_alive = (b & 0x20) == 0;
+    s.expect_continue = (b & 0x80) != 0 && s.client_version >= 11;
     if (b & 0x40) {
         s.limits.max_response_header = 1024;
         s.limits.max_header_fields = 8;
@@ -149,7 +152,8 @@ class Exchange : bg::fuzz::MessageReader<false> {
                 return true;
             }
             ++r.interims_read;
-            if (setup_.client_version >= 11 && status != 100) {
+            if (setup_.client_version >= 11 && (status != 100 || !setup_.expect_continue) &&
+                r.interims.size() < setup_.limits.max_interim_responses) {
                 bg::rewrite_interim_head(response.base());
                 bg::write_response_head(response.base(), head_);
                 r.client += head_;

@@ -6,7 +6,7 @@ import tempfile
 import time
 import unittest
 
-from harness import ProcessTestCase, config, raw_exchange, status_of
+from harness import ProcessTestCase, config, metric, raw_exchange, status_of
 
 H = b"Host: x\r\n"
 
@@ -90,6 +90,8 @@ client_header = "1s"
                 self.assertEqual(status_of(out), expected, out[:200])
                 self.assertIn(b"connection: close", out.lower())
         self.assertEqual(self.backend_log(), "")
+        # Each refusal counted once, whatever its status (the 505 was not, nor 417 in the help).
+        self.assertEqual(metric(self.proxy_, "bgproxy_bad_requests_total"), len(CASES))
 
     def test_a_head_at_the_limit_with_a_request_behind_it_is_served_and_one_past_refused(self):
         """A head is read into at most max_request_header (+1) bytes (the buffer's doubling took
