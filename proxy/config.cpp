@@ -932,6 +932,12 @@ void read_server(TableReader& server, Config& config) {
         "served_by_header", config.served_by_header,
         [](std::string_view s) { return s.empty() || is_token(s); },
         "a header name like \"X-Served-By\" (or empty: off)");
+    server.read_checked(
+        "via", config.via,
+        [](std::string_view s) {
+            return s.empty() || (is_token(s) && s.size() <= Config::max_via_name);
+        },
+        "a name like \"bgproxy\" (a token of at most 64 characters, or empty: no Via)");
     server.read_bool("metrics", config.metrics);
     server.read_bool("abort_on_client_fin", config.abort_on_client_fin);
     server.read_networks("trusted_proxies", config.trusted_proxies);

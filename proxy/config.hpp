@@ -426,6 +426,10 @@ struct Config {
     std::vector<SmokeCheck> gate;
     AccessLogConfig access_log;
     std::string served_by_header;  // empty: off; else "NAME: colour/backend" on responses
+    // The name this hop adds to Via on each request (RFC 9110 7.6.3); empty: none. A token of at
+    // most max_via_name characters.
+    std::string via = "bgproxy";
+    static constexpr std::size_t max_via_name = 64;
     // Protocols a client may switch to through the proxy (Upgrade); others are stripped.
     std::vector<std::string> upgrade_protocols{"websocket"};
     bool metrics = true;  // count per-request traffic metrics (false: for measuring their cost)

@@ -320,7 +320,7 @@ Task<bool> RequestExchange<Stream>::respond() {
     if (const Refusal refusal = rewrite_for_upstream(
             *ex_.parser, facts,
             {client.ip, conn_.tls, client.trusted, client.endpoints.destination,
-             config_.limits.headers_with_underscores})) {
+             config_.limits.headers_with_underscores, config_.via})) {
         co_await refuse(refusal);
         co_return false;
     }

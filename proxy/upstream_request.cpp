@@ -1,6 +1,7 @@
 #include "upstream_request.hpp"
 
 #include <algorithm>
+#include <array>
 #include <boost/beast/core/string.hpp>
 #include <boost/url/parse.hpp>
 #include <charconv>
@@ -216,6 +217,22 @@ RequestFacts request_facts(const RequestParser& parser, const std::vector<std::s
     return facts;
 }
 
+namespace {
+
+// RFC 9110 7.6.3: a gateway adds itself to Via on each request it forwards, after the protocol
+// it received the request in ("1.0 bgproxy" for an HTTP/1.0 client). A field line of its own
+// after any the client sent: the same list. Built on the stack (the name is at most 64 bytes).
+void add_via(Request& request, unsigned version, std::string_view name) {
+    std::array<char, 4 + Config::max_via_name> value{};
+    const std::string_view protocol = version >= 11 ? "1.1 " : "1.0 ";
+    const std::size_t size = protocol.size() + std::min(name.size(), Config::max_via_name);
+    std::copy(protocol.begin(), protocol.end(), value.begin());
+    std::copy_n(name.begin(), size - protocol.size(), value.begin() + protocol.size());
+    request.insert(http::field::via, std::string_view(value.data(), size));
+}
+
+}  // namespace
+
 Refusal rewrite_for_upstream(RequestParser& parser, const RequestFacts& facts,
                              const ClientHop& hop) {
     auto& request = parser.get();
@@ -231,6 +248,9 @@ Refusal rewrite_for_upstream(RequestParser& parser, const RequestFacts& facts,
         if (!rewrite_request_fields(request, ForwardedFor{hop.client_ip, hop.tls, facts.upgrade,
                                                           hop.trusted, hop.underscores})) {
             return {http::status::bad_request, "header field name with an underscore"};
+        }
+        if (!hop.via.empty()) {
+            add_via(request, facts.version, hop.via);
         }
         if (facts.upgrade) {
             request.set(http::field::upgrade, facts.upgrade_to);

@@ -50,6 +50,7 @@ struct ClientHop {
     // (RFC 9112 3.3), as "address:port".
     boost::asio::ip::tcp::endpoint server;
     UnderscoreFields underscores = UnderscoreFields::drop;  // limits.headers_with_underscores
+    std::string_view via;  // [server] via: the name this hop adds to Via ("" none)
 };
 
 // Refusals that need only the parsed head: ambiguous framing, CONNECT, an invalid target, a
@@ -80,9 +81,9 @@ std::optional<LocalAnswer> apply_max_forwards(Request& request);
 // upgrade_protocols); an Upgrade offering none of them is stripped, the request served as such.
 RequestFacts request_facts(const RequestParser& parser, const std::vector<std::string>& upgrades);
 
-// Rewrites the head in place for the backend: hop-by-hop fields out, forwarding fields in,
-// framing from the parser (never from a field a rule could have removed), Expect answered by
-// the proxy, HTTP/1.1.
+// Rewrites the head in place for the backend: hop-by-hop fields out, forwarding fields in (Via
+// with `hop.via`), framing from the parser (never from a field a rule could have removed),
+// Expect answered by the proxy, HTTP/1.1.
 Refusal rewrite_for_upstream(RequestParser& parser, const RequestFacts& facts,
                              const ClientHop& hop);
 

@@ -112,6 +112,12 @@ struct Forwarded {
     std::size_t client_end = 0;  // offset in the client's bytes just past this request
 };
 
+// The Via name of the shipped defaults ([server] via): forwarded requests carry it.
+std::string_view default_via() {
+    static const bg::Config defaults;
+    return defaults.via;
+}
+
 class Session : bg::fuzz::MessageReader<true> {
   public:
     Session(const Setup& setup, Arrivals& client)
@@ -237,7 +243,7 @@ class Session : bg::fuzz::MessageReader<true> {
         }
         if (bg::rewrite_for_upstream(*parser_, facts,
                                      {setup_.client_ip, setup_.tls, setup_.trusted, local_server,
-                                      bg::UnderscoreFields::drop})) {
+                                      bg::UnderscoreFields::drop, default_via()})) {
             return;  // 431
         }
         check_fields(request, f);

@@ -158,6 +158,19 @@ class HttpSemanticsTest(ProcessTestCase):
         self.assertIn(b"x-forwarded-host: shop.example", body)
         self.assertIn(b"host: shop.example", body)
 
+    def test_via_names_the_proxy_after_any_the_client_sent(self):
+        """RFC 9110 7.6.3: a gateway adds itself to Via on each request it forwards, with the
+        protocol it received (was: no Via at all; found by an outside probe)."""
+        out = raw_exchange(self.port, b"GET /headers HTTP/1.1\r\nHost: x\r\nVia: 1.1 edge\r\n"
+                           b"Connection: close\r\n\r\n")
+        body = out.partition(b"\r\n\r\n")[2].lower()
+        self.assertIn(b"via: 1.1 edge\n", body)
+        self.assertIn(b"via: 1.1 bgproxy\n", body)
+        self.assertLess(body.index(b"via: 1.1 edge"), body.index(b"via: 1.1 bgproxy"))
+        out = raw_exchange(self.port, b"GET /headers HTTP/1.0\r\nHost: x\r\n\r\n")
+        body = out.partition(b"\r\n\r\n")[2].lower()
+        self.assertIn(b"via: 1.0 bgproxy\n", body)
+
     def test_max_forwards_0_is_answered_by_the_proxy(self):
         """RFC 9110 7.6.2: an OPTIONS or TRACE whose Max-Forwards is 0 goes no further; a larger
         value goes on one less; other methods ignore the field."""

@@ -382,6 +382,10 @@ TEST_CASE("NaN, out-of-range status codes and line breaks in HTTP strings are re
                   .find("served_by_header must be a header name") != std::string::npos);
         CHECK(first_error(base + "[preview]\nheader = \"X\\nY\"\n").find("preview.header") !=
               std::string::npos);
+        CHECK(first_error(base + "[server]\nvia = \"1.1 edge\"\n")
+                  .find("server.via must be a name") != std::string::npos);
+        CHECK(first_error(base + "[server]\nvia = \"" + std::string(65, 'a') + "\"\n")
+                  .find("server.via") != std::string::npos);
         const std::string gate = base + "[[gate]]\nname = \"g\"\n";
         CHECK(first_error(gate + "path = \"x\"\n").find("gate.path must be a path") !=
               std::string::npos);
@@ -391,10 +395,12 @@ TEST_CASE("NaN, out-of-range status codes and line breaks in HTTP strings are re
             first_error(gate + "[gate.headers]\nA = \"v\\r\\nB: w\"\n").find("control character") !=
             std::string::npos);
         auto ok = bg::parse_config(
-            base + "[server]\nserved_by_header = \"\"\n[preview]\nheader = \"\"\n" +
+            base + "[server]\nserved_by_header = \"\"\nvia = \"\"\n[preview]\nheader = \"\"\n" +
                 "[health]\nmethod = \"HEAD\"\npath = \"/h?x=1\"\n",
             "test.toml");
         CHECK(ok.errors.empty());
+        REQUIRE(ok.config.has_value());
+        CHECK(ok.config->via.empty());
     }
 }
 
