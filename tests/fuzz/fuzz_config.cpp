@@ -152,6 +152,8 @@ void check_accepted(const bg::Config& c) {
     }
     require(c.served_by_header.empty() || is_token(c.served_by_header),
             "server.served_by_header is a header name", c.served_by_header);
+    require(c.via.empty() || (is_token(c.via) && c.via.size() <= bg::Config::max_via_name),
+            "server.via is a token of at most 64 characters", c.via);
     require(c.preview.header.empty() || is_token(c.preview.header),
             "preview.header is a header name", c.preview.header);
     require(c.sticky.cookie.empty() || is_token(c.sticky.cookie), "sticky.cookie is a token");

@@ -16,8 +16,9 @@ bg::RawHeaderVerdict verdict(std::string_view bytes) {
     return bg::scan_raw_header(bytes, {64, 256, 100, 16384}).verdict;
 }
 
-// Parses a header the way the session does and returns framing_problem's answer.
-std::string problem(std::string_view header) {
+// Parses a header the way the session does and returns `check`'s answer on it.
+std::string parsed_answer(std::string_view header,
+                          std::string_view (*check)(const bg::RequestHeader&)) {
     bg::RequestParser parser;
     parser.eager(false);
     parser.body_limit(boost::none);  // as the session's: bodies stream, any length
@@ -26,7 +27,15 @@ std::string problem(std::string_view header) {
     if (ec && ec != http::error::need_buffer) {
         return "parser: " + ec.message();
     }
-    return std::string(bg::framing_problem(parser.get().base()));
+    return std::string(check(parser.get().base()));
+}
+
+std::string problem(std::string_view header) {
+    return parsed_answer(header, bg::framing_problem);
+}
+
+std::string unimplemented(std::string_view header) {
+    return parsed_answer(header, bg::unimplemented_coding);
 }
 
 // scan_raw_header's meaning, one byte at a time: at each position the bounds first, then the
@@ -155,16 +164,6 @@ TEST_CASE("the line bounds are the lines' lengths without their CRLF") {
           bg::RawHeaderVerdict::complete);
     CHECK(bg::scan_raw_header("GET / HTTP/1.1\r\n" + field(16385) + "\r\n", limits).verdict ==
           bg::RawHeaderVerdict::field_too_long);
-}
-
-// Parses a header the way the session does and returns unimplemented_coding's answer.
-std::string unimplemented(std::string_view header) {
-    bg::RequestParser parser;
-    parser.eager(false);
-    parser.body_limit(boost::none);
-    boost::system::error_code ec;
-    parser.put(boost::asio::buffer(header.data(), header.size()), ec);
-    return std::string(bg::unimplemented_coding(parser.get().base()));
 }
 
 TEST_CASE("framing: a coding before the final chunked is not implemented (501)") {
