@@ -17,7 +17,7 @@ import unittest
 import urllib.request
 
 from certificates import TestAuthority
-from harness import ProcessTestCase, end_process, free_port
+from harness import ProcessTestCase, end_process, free_port, read_response
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -197,6 +197,40 @@ class PausingTlsBackend(ThreadedTlsBackend):
         time.sleep(1.5)
         s.sendall(b"b" * self.rest)
         return pending
+
+
+class RefusingTlsBackend(ThreadedTlsBackend):
+    """A TLS backend that refuses every upload (413) once it has read its head and the first N
+    bytes of its body (POST /up?read=N&pause=MS), and closes MS later: with the rest of the
+    body unread, the kernel resets the connection, as a backend refusing an upload usually
+    does. Health checks (GET) get an empty 200."""
+    REFUSAL = (b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n"
+               b"Connection: close\r\n\r\ntoo large")
+
+    def __init__(self, pem, key):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(pem, key)
+        super().__init__(context)
+
+    def answer(self, s, head, pending):
+        if not head.startswith(b"POST "):
+            s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            return pending
+        taken = len(pending)
+        asked = re.match(rb"POST /up\?read=(\d+)&pause=(\d+) ", head)
+        read_first, pause = int(asked.group(1)), int(asked.group(2)) / 1000
+        while taken < read_first:
+            data = s.recv(65536)
+            if not data:
+                return None
+            taken += len(data)
+        # Sent at once: with Nagle on, an answer behind a segment not yet acknowledged (the
+        # session tickets) waits in the kernel, and the reset of the close throws it away, so
+        # it never reaches the proxy (a 502 in one try in four when the reset came with it).
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(self.REFUSAL)
+        time.sleep(pause)  # the body keeps coming meanwhile, unread
+        return None
 
 
 class UpgradeTlsBackend(ThreadedTlsBackend):
@@ -539,6 +573,42 @@ interval = "60s"
         self.assertTrue(answer.startswith(b"HTTP/1.1 200"), why)
         self.assertTrue(answer.endswith(expected), why)
         self.assertEqual(metric(proxy, "bgproxy_upstream_tls_failures_total"), 0)
+
+    def test_a_tls_backends_early_refusal_reaches_the_client_through_its_reset(self):
+        # A 413 a TLS backend sent before it reset the connection under an upload it did not
+        # read is the answer (RFC 9112 9.5), as from a plain backend (EarlyResponseTest in
+        # test_hostile_peers.py): the upload's failed write must not cost the read its record.
+        backend = self.start(RefusingTlsBackend(os.path.join(CA.dir, "backend.pem"),
+                                                os.path.join(CA.dir, "backend.key")))
+        proxy = self.proxy(tls_blue_config(backend))
+        size, piece = 64 << 20, b"x" * 65536
+        outcomes = []
+        # Refused at once, or with the proxy's write of the body under way; the reset comes
+        # with the answer, or 50 ms after it.
+        cases = [(read, pause) for read in (0, 1 << 20) for pause in (0, 50)] * 3
+        for read_first, pause in cases:
+            s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+            self.addCleanup(s.close)
+            s.sendall(b"POST /up?read=%d&pause=%d HTTP/1.1\r\nHost: a\r\n"
+                      b"Content-Length: %d\r\n\r\n" % (read_first, pause, size))
+
+            def send_body(s=s):
+                try:
+                    for _ in range(size // len(piece)):
+                        s.sendall(piece)
+                except OSError:
+                    pass  # the proxy closed after answering: expected
+            sender = threading.Thread(target=send_body, daemon=True)
+            sender.start()
+            try:
+                status, _, body, _ = read_response(s, timeout=10)
+            except OSError as e:
+                status, body = None, repr(e).encode()
+            s.close()
+            sender.join(10)
+            outcomes.append((status, body[:60]))
+        self.assertEqual(outcomes, [(413, b"too large")] * len(cases))
+        self.assertEqual(metric(proxy, "bgproxy_backend_failures_total"), 0)
 
     def test_a_pause_in_a_body_from_a_tls_backend_holds_back_nothing_before_it(self):
         # A piece of a body decrypted from a TLS backend that fills a whole read (buffer_size,
