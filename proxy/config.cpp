@@ -919,6 +919,7 @@ void read_server(TableReader& server, Config& config) {
     server.read_integer("bulk_buffer_size", config.limits.bulk_buffer_size, 1024, 1024 * 1024);
     server.read_integer("bulk_readers", config.limits.bulk_readers, 0, 1024 * 1024);
     server.read_integer("body_burst", config.limits.body_burst, 1, 1024 * 1024 * 1024);
+    server.read_integer("handshake_share", config.limits.handshake_share, 1, 100);
     server.read_integer("splice_min_body", config.limits.splice_min_body, 0,
                         std::numeric_limits<std::int64_t>::max());
     server.read_integer("splice_pipes", config.limits.splice_pipes, 0, 1000000);

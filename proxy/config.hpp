@@ -307,6 +307,9 @@ struct Limits {
     // neither side makes the relay wait, before the worker's other connections get a turn (each
     // turn is a pass of its event loop).
     std::size_t body_burst = 262144;
+    // The most of a worker's time, in percent, TLS handshakes' key exchanges take while
+    // requests on open connections wait (HeavyQueue). 100: one handshake per loop pass.
+    unsigned handshake_share = 100;
     // What is left of a body of known length, at least this large, between two plain sockets
     // is spliced (moved in the kernel, never copied through the proxy). 0: never.
     std::uint64_t splice_min_body = 65536;

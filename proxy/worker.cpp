@@ -19,6 +19,7 @@
 #include "adopted_socket.hpp"
 #include "client_session.hpp"
 #include "coarse_clock.hpp"
+#include "heavy_queue.hpp"
 #include "http_date.hpp"
 #include "pending_input.hpp"
 #include "socket_drain.hpp"
@@ -51,6 +52,7 @@ Worker::Worker(unsigned index, std::shared_ptr<const Config> config, TableSlot& 
         had_share_[index_of(c)] = slot.load()->pool(c).weight_bp > 0;
     }
     parked_ = std::make_unique<ParkedClients>(*this, &resume_parked);
+    HeavyQueue::of(io_.get_executor()).set_share(config_->limits.handshake_share);
 }
 
 Worker::~Worker() {
@@ -490,6 +492,7 @@ void Worker::apply(RoutingTablePtr table, std::shared_ptr<const Config> config,
         follow_share(*table);
         if (config) {
             config_ = std::move(config);
+            HeavyQueue::of(io_.get_executor()).set_share(config_->limits.handshake_share);
         }
         failed_upstreams_.follow(*table, CoarseClock::now(), config_->retries.cross_colour);
         cut_stalled_tries();

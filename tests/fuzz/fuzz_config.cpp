@@ -133,6 +133,8 @@ void check_accepted(const bg::Config& c) {
     require(c.limits.max_request_line <= c.limits.max_request_header,
             "max_request_line <= max_request_header");
     require(c.limits.buffer_size >= 1024, "buffer_size is at least 1024");
+    require(c.limits.handshake_share >= 1 && c.limits.handshake_share <= 100,
+            "server.handshake_share is in 1..100");
     require(in_range(c.outlier.error_rate, 0, 1), "outlier.error_rate is in 0..1");
     require(in_range(c.outlier.panic_threshold, 0, 1), "outlier.panic_threshold is in 0..1");
     require(in_range(c.retries.budget, 0, 1), "retries.budget is in 0..1");

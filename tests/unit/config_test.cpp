@@ -2,6 +2,7 @@
 
 #include <initializer_list>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "config.hpp"
@@ -76,8 +77,10 @@ TEST_CASE("heap_trim_after is a byte count and heap_trim_delay a duration") {
 namespace {
 
 // A [server] integer key: its default, a value it takes, and values it refuses with its range.
-void check_server_integer(const std::string& key, std::size_t bg::Limits::*field,
-                          std::size_t by_default, std::size_t good,
+template <class Integer>
+void check_server_integer(const std::string& key, Integer bg::Limits::*field,
+                          std::type_identity_t<Integer> by_default,
+                          std::type_identity_t<Integer> good,
                           std::initializer_list<const char*> bad, const std::string& range) {
     CAPTURE(key);
     auto defaults = bg::parse_config(minimal, "t");
@@ -100,6 +103,11 @@ void check_server_integer(const std::string& key, std::size_t bg::Limits::*field
 TEST_CASE("server.body_burst is a byte count from 1") {
     check_server_integer("body_burst", &bg::Limits::body_burst, 262144, 16384,
                          {"0", "-1", "\"256k\"", "2147483648"}, "1 to 1073741824");
+}
+
+TEST_CASE("server.handshake_share is a percentage from 1") {
+    check_server_integer("handshake_share", &bg::Limits::handshake_share, 100, 20,
+                         {"0", "101", "-5", "\"50%\""}, "1 to 100");
 }
 
 TEST_CASE("server.bulk_buffer_size is a byte count from 1024, bulk_readers a count from 0") {
