@@ -182,15 +182,23 @@ void print_status(const json::object& s) {
             line += " (" + str(*cand) + ")";
         }
         if (const auto* w = o.if_contains("window")) {
+            const auto* assumed = o.if_contains("assumed_baseline");
+            const bool no_stable = assumed != nullptr && assumed->is_bool() && assumed->as_bool();
             char figures[200];
-            std::snprintf(figures, sizeof figures,
-                          " over %s: errors %.2f%% vs stable %.2f%% (z %.1f), p99 %.1fms vs %.1fms",
+            std::snprintf(figures, sizeof figures, " over %s: errors %.2f%% vs %s %.2f%% (z %.1f)",
                           str(*w).c_str(), o.at("candidate_error_rate").to_number<double>() * 100,
+                          no_stable ? "an assumed" : "stable",
                           o.at("stable_error_rate").to_number<double>() * 100,
-                          o.at("z").to_number<double>(),
-                          o.at("candidate_latency_seconds").to_number<double>() * 1000,
-                          o.at("stable_latency_seconds").to_number<double>() * 1000);
+                          o.at("z").to_number<double>());
             line += figures;
+            if (const auto* c = o.if_contains("candidate_latency_seconds")) {
+                std::snprintf(figures, sizeof figures, ", p99 %.1fms vs %.1fms",
+                              c->to_number<double>() * 1000,
+                              o.at("stable_latency_seconds").to_number<double>() * 1000);
+                line += figures;
+            } else {
+                line += ", latency not judged (too few requests)";
+            }
         }
         if (const auto* why = o.if_contains("reason")) {
             line += " -- " + str(*why);

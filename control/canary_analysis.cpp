@@ -76,9 +76,13 @@ boost::json::object to_json(const CanaryVerdict& v) {
         out["candidate_error_rate"] = v.candidate_error_rate;
         out["stable_error_rate"] = v.stable_error_rate;
         out["z"] = v.z;
-        out["candidate_latency_seconds"] = v.candidate_latency;
-        out["stable_latency_seconds"] = v.stable_latency;
+        if (v.latency_judged) {  // else too few requests to judge it
+            out["candidate_latency_seconds"] = v.candidate_latency;
+            out["stable_latency_seconds"] = v.stable_latency;
+            out["candidate_slow_requests"] = v.slow_requests;
+        }
         out["remembered_baseline"] = v.remembered_baseline;
+        out["assumed_baseline"] = v.assumed_baseline;
     }
     if (!v.reason.empty()) {
         out["reason"] = v.reason;
@@ -107,9 +111,23 @@ double histogram_quantile(const DurationHistogram& histogram, double quantile) {
     return lower;
 }
 
+std::uint64_t count_above(const DurationHistogram& histogram, double seconds) {
+    std::uint64_t above = 0;
+    for (std::size_t i = 0; i < histogram.counts.size(); ++i) {
+        const double lower = i == 0 ? 0 : DurationHistogram::bounds[i - 1];
+        if (lower >= seconds) {
+            above += histogram.counts[i];
+        }
+    }
+    return above;
+}
+
 void CanaryAnalysis::reconfigure(CanaryConfig config) {
     if (config.windows != config_.windows) {
         baselines_.clear();
+    }
+    if (config.latency_quantile != config_.latency_quantile) {
+        stable_quantile_.reset();
     }
     config_ = std::move(config);
 }
@@ -199,9 +217,14 @@ CanaryAnalysis::WindowVerdict CanaryAnalysis::judge(std::size_t index, Clock::ti
     out.detail.stable_requests = base.requests;
     out.detail.candidate_error_rate = rate(cand);
     out.detail.stable_error_rate = rate(base);
-    judge_errors(cand, base, out);
+    if (base.requests < config_.min_requests) {
+        out.detail.assumed_baseline = true;
+        judge_errors_against_assumed(cand, out);
+    } else {
+        judge_errors(cand, base, out);
+    }
     if (!out.failing) {
-        judge_latency(cand, base, out);
+        judge_latency(cand, stable_quantile(base, now), out);
     }
     if (out.failing) {
         out.detail.reason =
@@ -230,16 +253,56 @@ void CanaryAnalysis::judge_errors(const ColourFigures& cand, const ColourFigures
     }
 }
 
-void CanaryAnalysis::judge_latency(const ColourFigures& cand, const ColourFigures& base,
-                                   WindowVerdict& out) const {
-    const std::uint64_t cand_count = cand.latency.count();
-    const std::uint64_t base_count = base.latency.count();
-    if (cand_count < config_.latency_min_requests || base_count < config_.latency_min_requests) {
+// No figures of stable at all: the candidate's error rate against assumed_error_rate, by the
+// same margin and ratio, significant in a one-sample test.
+void CanaryAnalysis::judge_errors_against_assumed(const ColourFigures& cand,
+                                                  WindowVerdict& out) const {
+    const double s = config_.assumed_error_rate;
+    if (cand.requests < config_.min_requests || s >= 1) {
         return;
     }
     out.judged = true;
+    const double c = rate(cand);
+    const double z = (c - s) / std::sqrt(s * (1 - s) / static_cast<double>(cand.requests));
+    out.detail.z = z;
+    out.detail.stable_error_rate = s;
+    if (c - s >= config_.error_margin && c >= config_.error_ratio * s && z >= config_.confidence) {
+        out.failing = true;
+        out.detail.reason = "error rate " + fixed(c * 100, 1) + "% vs " + fixed(s * 100, 1) +
+                            "% assumed of stable, which has no figures yet (" +
+                            std::to_string(cand.requests) + " tries, z " + fixed(z, 1) + ")";
+    }
+}
+
+std::optional<double> CanaryAnalysis::stable_quantile(const ColourFigures& base,
+                                                      Clock::time_point now) {
+    if (base.latency.count() >= config_.latency_min_requests) {
+        stable_quantile_ =
+            KnownQuantile{now, histogram_quantile(base.latency, config_.latency_quantile)};
+        return stable_quantile_->seconds;
+    }
+    if (stable_quantile_ && now - stable_quantile_->at <= config_.baseline_memory) {
+        return stable_quantile_->seconds;
+    }
+    return std::nullopt;
+}
+
+void CanaryAnalysis::judge_latency(const ColourFigures& cand, std::optional<double> stable,
+                                   WindowVerdict& out) const {
+    const std::uint64_t cand_count = cand.latency.count();
+    if (!stable) {
+        return;  // stable's quantile is not known well enough
+    }
+    const double s = *stable;
+    if (cand_count < config_.latency_min_requests) {
+        if (cand_count >= config_.min_requests) {
+            judge_slow_share(cand, s, out);
+        }
+        return;
+    }
+    out.judged = true;
+    out.detail.latency_judged = true;
     const double c = histogram_quantile(cand.latency, config_.latency_quantile);
-    const double s = histogram_quantile(base.latency, config_.latency_quantile);
     out.detail.candidate_latency = c;
     out.detail.stable_latency = s;
     const double margin = std::chrono::duration<double>(config_.latency_margin).count();
@@ -247,8 +310,31 @@ void CanaryAnalysis::judge_latency(const ColourFigures& cand, const ColourFigure
         out.failing = true;
         out.detail.reason = "p" + fixed(config_.latency_quantile * 100, 0) + " latency " +
                             fixed(c * 1000, 0) + "ms vs stable " + fixed(s * 1000, 0) + "ms (" +
-                            std::to_string(cand_count) + " vs " + std::to_string(base_count) +
-                            " requests)";
+                            std::to_string(cand_count) + " requests)";
+    }
+}
+
+// Too few of the candidate's requests for its own quantile: most of them past latency_ratio x
+// and latency_margin above stable's quantile is a slow release. (Not a tail: a release's cold
+// start, a few slow first requests of each backend, is not one.)
+void CanaryAnalysis::judge_slow_share(const ColourFigures& cand, double stable_quantile,
+                                      WindowVerdict& out) const {
+    const double margin = std::chrono::duration<double>(config_.latency_margin).count();
+    const double threshold =
+        std::max(config_.latency_ratio * stable_quantile, stable_quantile + margin);
+    const std::uint64_t count = cand.latency.count();
+    const std::uint64_t slow = count_above(cand.latency, threshold);
+    out.judged = true;
+    out.detail.latency_judged = true;
+    out.detail.candidate_latency = histogram_quantile(cand.latency, config_.latency_quantile);
+    out.detail.stable_latency = stable_quantile;
+    out.detail.slow_requests = slow;
+    if (slow * 2 > count) {
+        out.failing = true;
+        out.detail.reason = "latency: " + std::to_string(slow) + " of " + std::to_string(count) +
+                            " requests slower than " + fixed(threshold * 1000, 0) +
+                            "ms (stable's p" + fixed(config_.latency_quantile * 100, 0) + " " +
+                            fixed(stable_quantile * 1000, 0) + "ms)";
     }
 }
 

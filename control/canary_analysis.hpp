@@ -8,11 +8,14 @@
 //   ratio, and the difference must be significant (a one-sided two-proportion z-test), over at
 //   least min_requests tries of the candidate.
 // - Latency: the candidate's quantile (p99) must exceed stable's by a ratio and by a margin,
-//   over at least latency_min_requests requests of each.
+//   over at least latency_min_requests requests of each. Or, over fewer requests of the
+//   candidate (min_requests; a slow release slows its own traffic: closed-loop clients wait
+//   on it), most of them must be that much slower than stable's quantile.
 // Each window is judged on its own: a short one reverts a burst within a second, a long one
 // catches a small steady difference at low traffic. With no stable traffic in a window (after
 // a flip), stable's last figures over that window stand in, for baseline_memory; with none at
-// all, only the absolute thresholds of outlier detection apply.
+// all (a restart, a flip soon after the start), the candidate's errors are judged against
+// assumed_error_rate as stable's (a one-sample test), its latency not at all.
 // Pure bookkeeping, no timers, no I/O: tested with made-up samples.
 
 #include <array>
@@ -49,7 +52,10 @@ struct CanaryVerdict {
     double z = 0;                  // of the error-rate difference
     double candidate_latency = 0;  // seconds at latency_quantile; 0 when not judged
     double stable_latency = 0;
+    bool latency_judged = false;
+    std::uint64_t slow_requests = 0;   // of the candidate's, past the latency threshold
     bool remembered_baseline = false;  // stable's figures are from before (no stable traffic)
+    bool assumed_baseline = false;     // none at all: assumed_error_rate stood in
     std::string reason;                // one line with the numbers, for the log and audit
 };
 
@@ -92,12 +98,24 @@ class CanaryAnalysis {
     WindowVerdict judge(std::size_t index, Clock::time_point now, Colour candidate, Colour stable);
     void judge_errors(const ColourFigures& cand, const ColourFigures& base,
                       WindowVerdict& out) const;
-    void judge_latency(const ColourFigures& cand, const ColourFigures& base,
+    void judge_errors_against_assumed(const ColourFigures& cand, WindowVerdict& out) const;
+    // Stable's latency_quantile: of this window's figures, or (too few of them: a slow release
+    // slows stable's traffic too, its clients waiting on the candidate) the last known one,
+    // within baseline_memory.
+    std::optional<double> stable_quantile(const ColourFigures& base, Clock::time_point now);
+    void judge_latency(const ColourFigures& cand, std::optional<double> stable,
                        WindowVerdict& out) const;
+    void judge_slow_share(const ColourFigures& cand, double stable_quantile,
+                          WindowVerdict& out) const;
 
     CanaryConfig config_;
     std::deque<Sample> samples_;
     std::vector<std::optional<Baseline>> baselines_;  // by window index
+    struct KnownQuantile {
+        Clock::time_point at;
+        double seconds;
+    };
+    std::optional<KnownQuantile> stable_quantile_;
     std::optional<Colour> candidate_;
     CanaryVerdict verdict_;
 };
@@ -105,5 +123,8 @@ class CanaryAnalysis {
 // The value below which `quantile` of the histogram's observations fall, interpolated within
 // its bucket (seconds). 0 for an empty histogram.
 double histogram_quantile(const DurationHistogram& histogram, double quantile);
+
+// The observations certainly above `seconds`: those in buckets that begin at or above it.
+std::uint64_t count_above(const DurationHistogram& histogram, double seconds);
 
 }  // namespace bg

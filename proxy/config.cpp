@@ -808,6 +808,7 @@ void read_canary(TableReader& c, CanaryConfig& out) {
     c.read_duration("latency_margin", out.latency_margin);
     c.read_integer("latency_min_requests", out.latency_min_requests, 1, 10000000);
     c.read_duration("baseline_memory", out.baseline_memory);
+    c.read_fraction("assumed_error_rate", out.assumed_error_rate, 0.0001, 1.0);
     c.reject_unknown_keys();
 }
 

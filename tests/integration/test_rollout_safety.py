@@ -186,6 +186,29 @@ class CanaryTest(ProcessTestCase):
         self.assertIn("vs stable", last["note"])
         self.assertEqual(metric(self.proxy_, "bgproxy_switches_total", 'kind="canary_revert"'), 1)
 
+    def test_a_release_flipped_to_before_stable_had_figures_is_judged_all_the_same(self):
+        """A flip at once after a start (or a restart after a flip): stable has no figures to
+        compare with, and green failing 30% (below [outlier]'s absolute 50%) stayed live,
+        "collecting", for good (an outside probe, on 62afe34). Now it meets an assumed 1%."""
+        self.blue = [self.backend("blue-1"), self.backend("blue-2")]
+        self.green = [self.backend("green-1"), self.backend("green-2")]
+        self.proxy_ = self.proxy(config(self.blue, self.green))
+        for b in self.green:
+            admin(b, "fail?fail_rate=0.3")
+        flip = self.proxy_.bgctl("flip")
+        self.assertEqual(flip.returncode, 0, flip.stderr)
+        load = Load(self.proxy_.port)
+        self.addCleanup(load.stop)
+        reverted = self.wait_for_revert(15)
+        counts = load.stop()
+        print("flipped at the start to green failing 30%%: reverted after %.2f s (responses: %s)"
+              % (reverted or -1, counts))
+        self.assertIsNotNone(reverted, "not reverted: %s" % self.proxy_.status()["canary"])
+        self.assertEqual(self.proxy_.status()["colours"]["blue"]["weight"], 100)
+        with open(self.proxy_.audit_log) as f:
+            last = json.loads(f.read().splitlines()[-1])
+        self.assertIn("assumed of stable, which has no figures yet", last["note"])
+
     def test_a_candidate_cutting_every_body_short_is_reverted(self):
         """Green answers 200 and closes 3 bytes into each body: a failed try, not a success
         (on c80a3f8 each head counted a success, and green was never reverted)."""

@@ -119,6 +119,95 @@ TEST_CASE("after a flip, stable's remembered figures are the baseline") {
     CHECK(analysis.verdict().remembered_baseline);
 }
 
+TEST_CASE("a candidate slowed to seconds fails on few requests: it slows its own traffic") {
+    bg::CanaryAnalysis analysis(bg::CanaryConfig{});
+    Traffic traffic;
+    auto now = Clock::now();
+    // A ramp's first step (an outside probe's): 400 req/s, 20% to the candidate, both at 10 ms,
+    // for 5 s; then every candidate request takes 2 s, and the closed-loop clients, waiting on
+    // it, send it 8 a second and stable almost nothing. Neither colour ever has
+    // latency_min_requests in a window again (on 62afe34: never judged, "passing").
+    for (unsigned step = 0; step < 20; ++step) {
+        traffic.run(80, 0, 0.01, bg::Colour::blue);
+        traffic.run(20, 0, 0.01, bg::Colour::green);
+        now += 250ms;
+        analysis.observe(now, traffic.totals, bg::Colour::green, bg::Colour::blue);
+    }
+    unsigned failed_at = 0;
+    for (unsigned step = 1; step <= 240 && failed_at == 0; ++step) {
+        traffic.run(step % 4 == 0 ? 1 : 0, 0, 0.01, bg::Colour::blue);
+        traffic.run(2, 0, 2.0, bg::Colour::green);
+        now += 250ms;
+        if (analysis.observe(now, traffic.totals, bg::Colour::green, bg::Colour::blue).state ==
+            State::failing) {
+            failed_at = step;
+        }
+    }
+    // Once the 10 s window's candidate requests are mostly the slow ones (stable's p99 from
+    // before stands in).
+    CHECK(failed_at > 0);
+    CHECK(failed_at <= 48);
+    CHECK(analysis.verdict().latency_judged);
+    CHECK(analysis.verdict().reason.find("slower than") != std::string::npos);
+}
+
+TEST_CASE("a few slow requests of a candidate (a cold start) are not a slow release") {
+    bg::CanaryAnalysis analysis(bg::CanaryConfig{});
+    Traffic traffic;
+    auto now = Clock::now();
+    CHECK(feed(analysis, traffic, now, 240, 125, 0, 0) == 0);
+    analysis.reset();
+    now += 250ms;
+    analysis.observe(now, traffic.totals, bg::Colour::green, bg::Colour::blue);
+    // 60 candidate requests, 25 of them at 0.5 s (the first of each backend, say): not most.
+    traffic.run(25, 0, 0.5, bg::Colour::green);
+    traffic.run(35, 0, 0.01, bg::Colour::green);
+    traffic.run(1000, 0, 0.01, bg::Colour::blue);  // enough of stable's for its p99
+    now += 250ms;
+    analysis.observe(now, traffic.totals, bg::Colour::green, bg::Colour::blue);
+    CHECK(feed(analysis, traffic, now, 4, 0, 0, 0) == 0);
+    CHECK(analysis.verdict().state == State::passing);
+    CHECK(analysis.verdict().slow_requests == 25);
+}
+
+TEST_CASE("with no figures of stable at all, the candidate's errors meet an assumed rate") {
+    // A restart after a flip: the candidate takes everything, stable nothing, from the start.
+    const auto flipped = [](double green_fail) {
+        bg::CanaryAnalysis analysis(bg::CanaryConfig{});
+        Traffic traffic;
+        auto now = Clock::now();
+        for (unsigned step = 1; step <= 40; ++step) {
+            traffic.run(100, green_fail, 0.01, bg::Colour::green);
+            now += 250ms;
+            if (analysis.observe(now, traffic.totals, bg::Colour::green, bg::Colour::blue).state ==
+                State::failing) {
+                return std::make_pair(step, analysis.verdict());
+            }
+        }
+        return std::make_pair(0u, analysis.verdict());
+    };
+    const auto [failed_at, verdict] = flipped(0.3);
+    CHECK(failed_at >= 1);
+    CHECK(failed_at <= 2);
+    CHECK(verdict.assumed_baseline);
+    CHECK(verdict.reason.find("assumed") != std::string::npos);
+    // A healthy one (0.5%) passes, on the assumed rate, not "collecting" for ever.
+    const auto [healthy_failed_at, healthy] = flipped(0.005);
+    CHECK(healthy_failed_at == 0);
+    CHECK(healthy.state == State::passing);
+    CHECK(healthy.assumed_baseline);
+    // Off (1): collecting, as before.
+    bg::CanaryConfig off;
+    off.assumed_error_rate = 1;
+    bg::CanaryAnalysis analysis(off);
+    Traffic traffic;
+    auto now = Clock::now();
+    traffic.run(400, 0.3, 0.01, bg::Colour::green);
+    now += 250ms;
+    CHECK(analysis.observe(now, traffic.totals, bg::Colour::green, bg::Colour::blue).state ==
+          State::collecting);
+}
+
 TEST_CASE("too few requests is collecting, not a verdict") {
     bg::CanaryAnalysis analysis(bg::CanaryConfig{});
     Traffic traffic;
