@@ -397,6 +397,9 @@ std::string OutlierDetector::colour_stalled(const ColourPool& pool, const DataPl
     if (after <= Duration(0)) {
         return {};
     }
+    // The stable colour: moving its traffic onto the other colour (maybe an unvetted release)
+    // takes more than one waiting request a backend.
+    const bool stable = !after_cuts;
     const Duration memory = held_memory();
     const auto recent = [&](const Held& h) {
         return now - h.at <= memory &&
@@ -422,6 +425,9 @@ std::string OutlierDetector::colour_stalled(const ColourPool& pool, const DataPl
         if (b.takes_new_requests() && !ejections_.contains(b.name)) {
             ++taking;
             if (Duration(waited) < holding && !(after_cuts && held_recently(b))) {
+                return {};
+            }
+            if (stable && at(load.stalled_waits, b.id) < 2) {
                 return {};
             }
         }

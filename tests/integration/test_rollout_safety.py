@@ -702,6 +702,27 @@ class SlowEndpointTest(ProcessTestCase):
         self.assertTrue(r.getheader("X-Backend").startswith("blue"), r.getheader("X-Backend"))
         self.assertLessEqual(metric(proxy, "bgproxy_tries_cut_total"), 1)
 
+    def test_two_requests_that_never_end_on_a_quiet_proxy_move_no_traffic(self):
+        """Found by an outside probe (on 62afe34): two GETs any client sent to an endpoint that
+        never answers, nothing else going on: blue 'answered nothing' and failed over to green
+        until an operator's rollback. One waiting request a backend is not a hung colour: a
+        stable colour's stall takes two a backend, as a backend's own does. (Scaled timings.)"""
+        blue = [self.backend("blue-1"), self.backend("blue-2")]
+        green = [self.backend("green-1")]
+        proxy = self.proxy(config(blue, green, extra='[outlier]\nstalled_alone_after = "1s"\n'
+                                                     'colour_stalled_after = "1500ms"\n'))
+        hanging = []
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+            self.addCleanup(s.close)
+            s.sendall(b"GET /poll?hang=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+            hanging.append(s)
+        time.sleep(4)
+        status = proxy.status()
+        print("two never-ending GETs on a quiet proxy: failover %s" % status["failover"])
+        self.assertIsNone(status["failover"])
+        self.assertEqual(status["colours"]["blue"]["weight"], 100)
+
 
 class HungReleaseTest(ProcessTestCase):
     def test_a_release_that_hangs_everywhere_is_reverted_at_low_load(self):

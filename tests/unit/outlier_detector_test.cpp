@@ -687,6 +687,11 @@ TEST_CASE("a watched colour none of whose backends answers fails as a whole") {
     stable.observe(table, counts({0, 0, 150, 150}, {0, 0, 0, 0}), s(1), std::nullopt, {});
     auto hung = counts({0, 0, 150, 150}, {0, 0, 0, 0});
     hung.oldest_wait_ms = {0, 0, 5200, 5100};
+    // One request waiting on each (two slow reports on a quiet proxy, an outside probe): not
+    // enough to move the stable colour's traffic.
+    hung.stalled_waits = {0, 0, 1, 1};
+    CHECK_FALSE(stable.observe(table, hung, s(6), std::nullopt, {}).stalled_stable);
+    hung.stalled_waits = {0, 0, 2, 2};
     const auto found = stable.observe(table, hung, s(6), std::nullopt, {});
     CHECK_FALSE(found.failed_colour);
     REQUIRE(found.stalled_stable == bg::Colour::green);
