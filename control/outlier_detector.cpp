@@ -127,7 +127,8 @@ OutlierDetector::Verdicts OutlierDetector::observe(
             // failures then was while it was down, the panic threshold keeping it in the pool).
             if (recovered || std::find(verdicts.returned.begin(), verdicts.returned.end(),
                                        b.name) != verdicts.returned.end()) {
-                since_return_[b.name] = {at(newest.requests, b.id), at(newest.failures, b.id)};
+                since_return_[b.name] = {at(newest.requests, b.id), at(newest.failures, b.id),
+                                         recovered, now};
                 restart_run(b);
                 continue;  // back this moment: judged on what comes next
             }
@@ -138,8 +139,14 @@ OutlierDetector::Verdicts OutlierDetector::observe(
                     at(newest.failures, b.id) - base->second.failures;
                 requests = std::min(requests, new_requests);
                 failures = std::min(failures, new_failures);
-                if (new_requests > new_failures) {
-                    since_return_.erase(base);  // a success: the window's rate applies again
+                // A success: the window's rate applies again; after an outage (panic mode sent
+                // it requests that all failed), once the window begins after the return. (A
+                // probe: both colours down and back, a backend was ejected 0.8 s after its
+                // return for an "error rate 83% of 3572 requests", all from the outage.)
+                const bool outage_in_window =
+                    base->second.from_outage && start.at < base->second.at;
+                if (new_requests > new_failures && !outage_in_window) {
+                    since_return_.erase(base);
                 }
             }
             const bool ejectable = ejection_leaves_enough(pool, b);

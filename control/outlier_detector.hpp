@@ -71,9 +71,13 @@ class OutlierDetector {
     // out, so the failures that got it ejected are still in the window's rate. It is judged
     // on what came after (Envoy resets a host's counters when it unejects it), or on the
     // whole window once a success shows it answers. (Its run of failures restarts then.)
+    // Back from its checks failing (an outage), its failures while down are no evidence
+    // either, success or not: until the window no longer reaches back to its return.
     struct SinceReturn {
         std::uint64_t requests = 0;
         std::uint64_t failures = 0;
+        bool from_outage = false;
+        Clock::time_point at{};
     };
 
     // The window's last sample taken at or before `t`, if any.

@@ -395,6 +395,39 @@ TEST_CASE("a backend the active checks bring back is judged on what comes after"
     CHECK(v.ejected == std::vector<std::string>{"b2"});  // the fifth
 }
 
+TEST_CASE("back from its checks failing, a backend's failures while down stay out of its rate") {
+    // Found by an outside probe: every backend down, then back; panic mode had sent them
+    // requests, all failed; 0.8 s after its return blue-2 was ejected for "error rate 83% of
+    // 3572 requests": its first success had put the window's rate, outage and all, back.
+    const std::map<std::string, bool> down{{"b1", false}, {"b2", false}};
+    const std::map<std::string, bool> up{{"b1", true}, {"b2", true}};
+    RunCase c(down);
+    auto& [detector, table, t0] = c;
+    const auto at = [t0 = t0](int seconds) { return t0 + std::chrono::seconds(seconds); };
+    fail(table, "b1", 100);
+    fail(table, "b2", 100);
+    auto v = detector.observe(table, counts({100, 100, 0, 0}, {100, 100, 0, 0}), at(1),
+                              std::nullopt, down);
+    CHECK(v.ejected == std::vector<std::string>{"b1"});  // one of two: the panic threshold
+    // Down still, b2 takes a thousand more requests in panic mode, all failing.
+    detector.observe(table, counts({100, 1100, 0, 0}, {100, 1100, 0, 0}), at(5), std::nullopt,
+                     down);
+    // Back at 6 s; it answers 200 of 210 by 8 s.
+    detector.observe(table, counts({100, 1100, 0, 0}, {100, 1100, 0, 0}), at(6), std::nullopt, up);
+    v = detector.observe(table, counts({100, 1310, 0, 0}, {100, 1110, 0, 0}), at(8), std::nullopt,
+                         up);
+    CHECK(v.ejected.empty());
+    // b1's ejection ends: b2 could be ejected now, and its window still holds the outage.
+    v = detector.observe(table, counts({100, 1320, 0, 0}, {100, 1110, 0, 0}), at(12), std::nullopt,
+                         up);
+    CHECK(v.returned == std::vector<std::string>{"b1"});
+    CHECK(v.ejected.empty());
+    // Failing again after its return, it is judged on that.
+    v = detector.observe(table, counts({100, 1400, 0, 0}, {100, 1260, 0, 0}), at(13), std::nullopt,
+                         up);
+    CHECK(v.ejected == std::vector<std::string>{"b2"});
+}
+
 namespace {
 
 constexpr auto never = bg::DataPlaneLoad::never_answered;
