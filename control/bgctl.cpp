@@ -197,7 +197,7 @@ void print_status(const json::object& s) {
                               o.at("stable_latency_seconds").to_number<double>() * 1000);
                 line += figures;
             } else {
-                line += ", latency not judged (too few requests)";
+                line += ", latency not judged";
             }
         }
         if (const auto* why = o.if_contains("reason")) {

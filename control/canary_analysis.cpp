@@ -112,14 +112,19 @@ double histogram_quantile(const DurationHistogram& histogram, double quantile) {
 }
 
 std::uint64_t count_above(const DurationHistogram& histogram, double seconds) {
-    std::uint64_t above = 0;
+    double above = 0;
     for (std::size_t i = 0; i < histogram.counts.size(); ++i) {
         const double lower = i == 0 ? 0 : DurationHistogram::bounds[i - 1];
+        const double count = static_cast<double>(histogram.counts[i]);
         if (lower >= seconds) {
-            above += histogram.counts[i];
+            above += count;
+        } else if (i < DurationHistogram::bounds.size() && DurationHistogram::bounds[i] > seconds) {
+            // The bucket the mark falls in: its share above the mark, as if spread evenly.
+            above += count * (DurationHistogram::bounds[i] - seconds) /
+                     (DurationHistogram::bounds[i] - lower);
         }
     }
-    return above;
+    return static_cast<std::uint64_t>(above);
 }
 
 void CanaryAnalysis::reconfigure(CanaryConfig config) {
@@ -206,6 +211,7 @@ CanaryAnalysis::WindowVerdict CanaryAnalysis::judge(std::size_t index, Clock::ti
     out.detail.window = window;
     std::optional<Baseline>& remembered = baselines_[index];
     const bool full_window = end.at - start.at >= window - config_.interval;
+    learn_stable(base, stable, now);
     if (base.requests >= config_.min_requests && full_window) {
         remembered = Baseline{now, base};
     } else if (base.requests < config_.min_requests && remembered &&
@@ -218,13 +224,15 @@ CanaryAnalysis::WindowVerdict CanaryAnalysis::judge(std::size_t index, Clock::ti
     out.detail.candidate_error_rate = rate(cand);
     out.detail.stable_error_rate = rate(base);
     if (base.requests < config_.min_requests) {
-        out.detail.assumed_baseline = true;
-        judge_errors_against_assumed(cand, out);
+        judge_errors_against_assumed(cand, stable, out);
     } else {
         judge_errors(cand, base, out);
     }
     if (!out.failing) {
-        judge_latency(cand, stable_quantile(base, now), out);
+        // Most of a window slow: over a full one of 10 s or more, where a release's cold start
+        // (its first requests on each backend) is not most of it.
+        const bool slow_share = full_window && window >= std::chrono::seconds(10);
+        judge_latency(cand, base, slow_share ? known_quantile(stable, now) : std::nullopt, out);
     }
     if (out.failing) {
         out.detail.reason =
@@ -253,15 +261,20 @@ void CanaryAnalysis::judge_errors(const ColourFigures& cand, const ColourFigures
     }
 }
 
-// No figures of stable at all: the candidate's error rate against assumed_error_rate, by the
-// same margin and ratio, significant in a one-sample test.
-void CanaryAnalysis::judge_errors_against_assumed(const ColourFigures& cand,
+// No figures of stable in the window, live or remembered: the candidate's error rate against
+// assumed_error_rate (or stable's last known rate, if higher: its figures outlived by a long
+// candidacy), by the same margin and ratio, significant in a one-sample test.
+void CanaryAnalysis::judge_errors_against_assumed(const ColourFigures& cand, Colour stable,
                                                   WindowVerdict& out) const {
-    const double s = config_.assumed_error_rate;
+    double s = config_.assumed_error_rate;
+    if (last_stable_rate_ && last_stable_rate_->colour == stable) {
+        s = std::max(s, last_stable_rate_->rate);
+    }
     if (cand.requests < config_.min_requests || s >= 1) {
         return;
     }
     out.judged = true;
+    out.detail.assumed_baseline = true;
     const double c = rate(cand);
     const double z = (c - s) / std::sqrt(s * (1 - s) / static_cast<double>(cand.requests));
     out.detail.z = z;
@@ -274,32 +287,38 @@ void CanaryAnalysis::judge_errors_against_assumed(const ColourFigures& cand,
     }
 }
 
-std::optional<double> CanaryAnalysis::stable_quantile(const ColourFigures& base,
-                                                      Clock::time_point now) {
-    if (base.latency.count() >= config_.latency_min_requests) {
-        stable_quantile_ =
-            KnownQuantile{now, histogram_quantile(base.latency, config_.latency_quantile)};
-        return stable_quantile_->seconds;
+// From stable's own live figures only (remembered ones would stamp old figures anew).
+void CanaryAnalysis::learn_stable(const ColourFigures& live, Colour stable, Clock::time_point now) {
+    if (live.requests >= config_.min_requests) {
+        last_stable_rate_ = KnownRate{stable, rate(live)};
     }
-    if (stable_quantile_ && now - stable_quantile_->at <= config_.baseline_memory) {
+    // Its quantile over min_requests is rough (p99 of 50 is their slowest), but errs high:
+    // the slow-share rule that uses it then asks more.
+    if (live.latency.count() >= config_.min_requests) {
+        stable_quantile_ =
+            KnownQuantile{now, histogram_quantile(live.latency, config_.latency_quantile), stable};
+    }
+}
+
+std::optional<double> CanaryAnalysis::known_quantile(Colour stable, Clock::time_point now) const {
+    if (stable_quantile_ && stable_quantile_->colour == stable &&
+        now - stable_quantile_->at <= config_.baseline_memory) {
         return stable_quantile_->seconds;
     }
     return std::nullopt;
 }
 
-void CanaryAnalysis::judge_latency(const ColourFigures& cand, std::optional<double> stable,
-                                   WindowVerdict& out) const {
+void CanaryAnalysis::judge_latency(const ColourFigures& cand, const ColourFigures& base,
+                                   std::optional<double> known, WindowVerdict& out) const {
     const std::uint64_t cand_count = cand.latency.count();
-    if (!stable) {
-        return;  // stable's quantile is not known well enough
-    }
-    const double s = *stable;
-    if (cand_count < config_.latency_min_requests) {
-        if (cand_count >= config_.min_requests) {
-            judge_slow_share(cand, s, out);
+    const std::uint64_t base_count = base.latency.count();
+    if (cand_count < config_.latency_min_requests || base_count < config_.latency_min_requests) {
+        if (known && cand_count >= config_.min_requests) {
+            judge_slow_share(cand, *known, out);
         }
         return;
     }
+    const double s = histogram_quantile(base.latency, config_.latency_quantile);
     out.judged = true;
     out.detail.latency_judged = true;
     const double c = histogram_quantile(cand.latency, config_.latency_quantile);
@@ -310,7 +329,8 @@ void CanaryAnalysis::judge_latency(const ColourFigures& cand, std::optional<doub
         out.failing = true;
         out.detail.reason = "p" + fixed(config_.latency_quantile * 100, 0) + " latency " +
                             fixed(c * 1000, 0) + "ms vs stable " + fixed(s * 1000, 0) + "ms (" +
-                            std::to_string(cand_count) + " requests)";
+                            std::to_string(cand_count) + " vs " + std::to_string(base_count) +
+                            " requests)";
     }
 }
 

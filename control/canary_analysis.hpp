@@ -98,13 +98,17 @@ class CanaryAnalysis {
     WindowVerdict judge(std::size_t index, Clock::time_point now, Colour candidate, Colour stable);
     void judge_errors(const ColourFigures& cand, const ColourFigures& base,
                       WindowVerdict& out) const;
-    void judge_errors_against_assumed(const ColourFigures& cand, WindowVerdict& out) const;
-    // Stable's latency_quantile: of this window's figures, or (too few of them: a slow release
-    // slows stable's traffic too, its clients waiting on the candidate) the last known one,
-    // within baseline_memory.
-    std::optional<double> stable_quantile(const ColourFigures& base, Clock::time_point now);
-    void judge_latency(const ColourFigures& cand, std::optional<double> stable,
-                       WindowVerdict& out) const;
+    void judge_errors_against_assumed(const ColourFigures& cand, Colour stable,
+                                      WindowVerdict& out) const;
+    // Stable's last error rate and latency_quantile seen live (a window of min_requests),
+    // for windows without enough of its own: a slow release slows stable's traffic too (its
+    // clients wait on the candidate); a long candidacy outlives the remembered baselines.
+    void learn_stable(const ColourFigures& live, Colour stable, Clock::time_point now);
+    std::optional<double> known_quantile(Colour stable, Clock::time_point now) const;
+    // The quantiles of both with latency_min_requests of each; else, with `known` (stable's
+    // last), the slow share of the candidate's.
+    void judge_latency(const ColourFigures& cand, const ColourFigures& base,
+                       std::optional<double> known, WindowVerdict& out) const;
     void judge_slow_share(const ColourFigures& cand, double stable_quantile,
                           WindowVerdict& out) const;
 
@@ -114,8 +118,14 @@ class CanaryAnalysis {
     struct KnownQuantile {
         Clock::time_point at;
         double seconds;
+        Colour colour;
     };
     std::optional<KnownQuantile> stable_quantile_;
+    struct KnownRate {
+        Colour colour;
+        double rate;
+    };
+    std::optional<KnownRate> last_stable_rate_;
     std::optional<Colour> candidate_;
     CanaryVerdict verdict_;
 };
