@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <boost/asio/post.hpp>
+#include <optional>
 #include <utility>
 
 namespace bg {
@@ -43,6 +44,7 @@ void HeavyQueue::set_share(unsigned percent) {
 // handshakes' own light steps (traffic of new connections only: 16% more CPU per handshake
 // at 20 us).
 constexpr auto empty_pass = std::chrono::microseconds(100);
+constexpr auto max_owed = std::chrono::milliseconds(10);
 
 // Whether the next step waits a pass: light work ran in the last pass, and less of it since
 // the last step than that step's time owes it.
@@ -54,8 +56,8 @@ bool HeavyQueue::light_work_owed(Clock::time_point now) {
 
 // One step, then the next one posted: behind what the step and the loop made ready meanwhile.
 void HeavyQueue::run_one() {
-    const Clock::time_point began = share_ < 100 ? now_() : Clock::time_point{};
-    if (share_ < 100 && light_work_owed(began)) {
+    const auto began = share_ < 100 ? std::optional(now_()) : std::nullopt;
+    if (began && light_work_owed(*began)) {
         ++passes_deferred_;
         boost::asio::post(io_, [this] { run_one(); });
         return;
@@ -66,11 +68,14 @@ void HeavyQueue::run_one() {
     // steps behind it); and what it owes the light handlers is reckoned.
     struct Next {
         HeavyQueue& queue;
-        Clock::time_point began;
+        std::optional<Clock::time_point> began;
         ~Next() {
-            if (queue.share_ < 100 && began != Clock::time_point{}) {
+            if (queue.share_ < 100 && began) {
                 queue.last_end_ = queue.last_look_ = queue.now_();
-                queue.owed_ = (queue.last_end_ - began) * (100 - queue.share_) / queue.share_;
+                // At most max_owed: a 5 ms handshake at a share of 1 would otherwise hold the
+                // next for half a second of other work.
+                queue.owed_ = std::min<Clock::duration>(
+                    (queue.last_end_ - *began) * (100 - queue.share_) / queue.share_, max_owed);
             }
             queue.schedule_next();
         }
