@@ -211,7 +211,7 @@ CanaryAnalysis::WindowVerdict CanaryAnalysis::judge(std::size_t index, Clock::ti
     out.detail.window = window;
     std::optional<Baseline>& remembered = baselines_[index];
     const bool full_window = end.at - start.at >= window - config_.interval;
-    learn_stable(base, stable, now);
+    learn_stable(base, full_window, stable, now);
     if (base.requests >= config_.min_requests && full_window) {
         remembered = Baseline{now, base};
     } else if (base.requests < config_.min_requests && remembered &&
@@ -287,9 +287,11 @@ void CanaryAnalysis::judge_errors_against_assumed(const ColourFigures& cand, Col
     }
 }
 
-// From stable's own live figures only (remembered ones would stamp old figures anew).
-void CanaryAnalysis::learn_stable(const ColourFigures& live, Colour stable, Clock::time_point now) {
-    if (live.requests >= config_.min_requests) {
+// From stable's own live figures only (remembered ones would stamp old figures anew); its rate
+// from whole windows (the longest, judged last), not a second's burst.
+void CanaryAnalysis::learn_stable(const ColourFigures& live, bool full_window, Colour stable,
+                                  Clock::time_point now) {
+    if (live.requests >= config_.min_requests && full_window) {
         last_stable_rate_ = KnownRate{stable, rate(live)};
     }
     // Its quantile over min_requests is rough (p99 of 50 is their slowest), but errs high:

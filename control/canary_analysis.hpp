@@ -103,7 +103,8 @@ class CanaryAnalysis {
     // Stable's last error rate and latency_quantile seen live (a window of min_requests),
     // for windows without enough of its own: a slow release slows stable's traffic too (its
     // clients wait on the candidate); a long candidacy outlives the remembered baselines.
-    void learn_stable(const ColourFigures& live, Colour stable, Clock::time_point now);
+    void learn_stable(const ColourFigures& live, bool full_window, Colour stable,
+                      Clock::time_point now);
     std::optional<double> known_quantile(Colour stable, Clock::time_point now) const;
     // The quantiles of both with latency_min_requests of each; else, with `known` (stable's
     // last), the slow share of the candidate's.

@@ -95,6 +95,13 @@ http {
         return ""
 
 
+def server_context(pem, key):
+    """A TLS server context with the certificate `pem` and its `key`."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pem, key)
+    return context
+
+
 class ThreadedTlsBackend:
     """A TLS backend in Python threads, one per connection. A subclass's `answer(s, head,
     pending)` gets each request's head and what came behind it, and returns what is still
@@ -152,8 +159,7 @@ class SlowCbcBackend(ThreadedTlsBackend):
     It answers each request with the body's length and SHA-256."""
 
     def __init__(self, pem, key):
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(pem, key)
+        context = server_context(pem, key)
         context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_2
         context.set_ciphers("ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA")
         context.options |= 0x80000  # SSL_OP_NO_ENCRYPT_THEN_MAC (not in the ssl module)
@@ -183,9 +189,7 @@ class PausingTlsBackend(ThreadedTlsBackend):
     piece, rest = 16384, 1000
 
     def __init__(self, pem, key):
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(pem, key)
-        super().__init__(context)
+        super().__init__(server_context(pem, key))
 
     def answer(self, s, head, pending):
         if not head.startswith(b"GET /pause "):
@@ -208,9 +212,7 @@ class RefusingTlsBackend(ThreadedTlsBackend):
                b"Connection: close\r\n\r\ntoo large")
 
     def __init__(self, pem, key):
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(pem, key)
-        super().__init__(context)
+        super().__init__(server_context(pem, key))
 
     def answer(self, s, head, pending):
         if not head.startswith(b"POST "):
@@ -238,10 +240,8 @@ class UpgradeTlsBackend(ThreadedTlsBackend):
     and notes how the end came: "close_notify", or "bare end" (a FIN alone)."""
 
     def __init__(self, pem, key):
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(pem, key)
         self.ends = []
-        super().__init__(context)
+        super().__init__(server_context(pem, key))
 
     def handshake(self, raw):
         try:  # suppress_ragged_eofs off: a FIN without close_notify raises SSLEOFError

@@ -27,14 +27,13 @@ struct Traffic {
     }
 };
 
-// Feeds `steps` quarter-second samples; returns the step (from 1) of the first failing
-// verdict, or 0.
-unsigned feed(bg::CanaryAnalysis& analysis, Traffic& traffic, Clock::time_point& now,
-              unsigned steps, unsigned per_step, double blue_fail, double green_fail,
-              double blue_latency = 0.01, double green_latency = 0.01) {
+// Feeds `steps` quarter-second samples, green the candidate, `each(step)` making each one's
+// traffic; returns the step (from 1) of the first failing verdict, or 0.
+template <class Each>
+unsigned feed_each(bg::CanaryAnalysis& analysis, Traffic& traffic, Clock::time_point& now,
+                   unsigned steps, Each each) {
     for (unsigned step = 1; step <= steps; ++step) {
-        traffic.run(per_step, blue_fail, blue_latency, bg::Colour::blue);
-        traffic.run(per_step, green_fail, green_latency, bg::Colour::green);
+        each(step);
         now += 250ms;
         const auto& v = analysis.observe(now, traffic.totals, bg::Colour::green, bg::Colour::blue);
         if (v.state == State::failing) {
@@ -42,6 +41,16 @@ unsigned feed(bg::CanaryAnalysis& analysis, Traffic& traffic, Clock::time_point&
         }
     }
     return 0;
+}
+
+// The same with `per_step` tries of each colour.
+unsigned feed(bg::CanaryAnalysis& analysis, Traffic& traffic, Clock::time_point& now,
+              unsigned steps, unsigned per_step, double blue_fail, double green_fail,
+              double blue_latency = 0.01, double green_latency = 0.01) {
+    return feed_each(analysis, traffic, now, steps, [&](unsigned) {
+        traffic.run(per_step, blue_fail, blue_latency, bg::Colour::blue);
+        traffic.run(per_step, green_fail, green_latency, bg::Colour::green);
+    });
 }
 
 }  // namespace
@@ -106,16 +115,8 @@ TEST_CASE("after a flip, stable's remembered figures are the baseline") {
     }
     CHECK(analysis.verdict().state == State::idle);
     // Flipped: green takes everything and fails 20%.
-    unsigned failed_at = 0;
-    for (unsigned step = 1; step <= 8 && failed_at == 0; ++step) {
-        traffic.run(250, 0.2, 0.01, bg::Colour::green);
-        now += 250ms;
-        if (analysis.observe(now, traffic.totals, bg::Colour::green, bg::Colour::blue).state ==
-            State::failing) {
-            failed_at = step;
-        }
-    }
-    CHECK(failed_at > 0);
+    CHECK(feed_each(analysis, traffic, now, 8,
+                    [&](unsigned) { traffic.run(250, 0.2, 0.01, bg::Colour::green); }) > 0);
     CHECK(analysis.verdict().remembered_baseline);
 }
 
@@ -133,16 +134,10 @@ TEST_CASE("a candidate slowed to seconds fails on few requests: it slows its own
         now += 250ms;
         analysis.observe(now, traffic.totals, bg::Colour::green, bg::Colour::blue);
     }
-    unsigned failed_at = 0;
-    for (unsigned step = 1; step <= 240 && failed_at == 0; ++step) {
+    const unsigned failed_at = feed_each(analysis, traffic, now, 240, [&](unsigned step) {
         traffic.run(step % 4 == 0 ? 1 : 0, 0, 0.01, bg::Colour::blue);
         traffic.run(2, 0, 2.0, bg::Colour::green);
-        now += 250ms;
-        if (analysis.observe(now, traffic.totals, bg::Colour::green, bg::Colour::blue).state ==
-            State::failing) {
-            failed_at = step;
-        }
-    }
+    });
     // Once the 10 s window's candidate requests are mostly the slow ones (stable's p99 from
     // before stands in).
     CHECK(failed_at > 0);
@@ -183,15 +178,10 @@ TEST_CASE("with no figures of stable at all, the candidate's errors meet an assu
         bg::CanaryAnalysis analysis(bg::CanaryConfig{});
         Traffic traffic;
         auto now = Clock::now();
-        for (unsigned step = 1; step <= 40; ++step) {
+        const unsigned failed_at = feed_each(analysis, traffic, now, 40, [&](unsigned) {
             traffic.run(100, green_fail, 0.01, bg::Colour::green);
-            now += 250ms;
-            if (analysis.observe(now, traffic.totals, bg::Colour::green, bg::Colour::blue).state ==
-                State::failing) {
-                return std::make_pair(step, analysis.verdict());
-            }
-        }
-        return std::make_pair(0u, analysis.verdict());
+        });
+        return std::make_pair(failed_at, analysis.verdict());
     };
     const auto [failed_at, verdict] = flipped(0.3);
     CHECK(failed_at >= 1);
