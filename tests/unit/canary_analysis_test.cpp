@@ -128,12 +128,10 @@ TEST_CASE("a candidate slowed to seconds fails on few requests: it slows its own
     // for 5 s; then every candidate request takes 2 s, and the closed-loop clients, waiting on
     // it, send it 8 a second and stable almost nothing. Neither colour ever has
     // latency_min_requests in a window again (on 62afe34: never judged, "passing").
-    for (unsigned step = 0; step < 20; ++step) {
-        traffic.run(80, 0, 0.01, bg::Colour::blue);
-        traffic.run(20, 0, 0.01, bg::Colour::green);
-        now += 250ms;
-        analysis.observe(now, traffic.totals, bg::Colour::green, bg::Colour::blue);
-    }
+    CHECK(feed_each(analysis, traffic, now, 20, [&](unsigned) {
+              traffic.run(80, 0, 0.01, bg::Colour::blue);
+              traffic.run(20, 0, 0.01, bg::Colour::green);
+          }) == 0);
     const unsigned failed_at = feed_each(analysis, traffic, now, 240, [&](unsigned step) {
         traffic.run(step % 4 == 0 ? 1 : 0, 0, 0.01, bg::Colour::blue);
         traffic.run(2, 0, 2.0, bg::Colour::green);
