@@ -13,9 +13,10 @@
 //   on it), most of them must be that much slower than stable's quantile.
 // Each window is judged on its own: a short one reverts a burst within a second, a long one
 // catches a small steady difference at low traffic. With no stable traffic in a window (after
-// a flip), stable's last figures over that window stand in, for baseline_memory; with none at
-// all (a restart, a flip soon after the start), the candidate's errors are judged against
-// assumed_error_rate as stable's (a one-sample test), its latency not at all.
+// a flip), stable's last figures over that window stand in, for baseline_memory; with none
+// (a restart, a flip soon after the start, a candidacy longer than that), the candidate's
+// errors are judged against assumed_error_rate, or stable's last known rate if higher, as
+// stable's (a one-sample test).
 // Pure bookkeeping, no timers, no I/O: tested with made-up samples.
 
 #include <array>
@@ -135,7 +136,8 @@ class CanaryAnalysis {
 // its bucket (seconds). 0 for an empty histogram.
 double histogram_quantile(const DurationHistogram& histogram, double quantile);
 
-// The observations certainly above `seconds`: those in buckets that begin at or above it.
+// The observations above `seconds`: those in buckets that begin at or above it, and the share
+// of the bucket it falls in that lies above it (spread evenly).
 std::uint64_t count_above(const DurationHistogram& histogram, double seconds);
 
 }  // namespace bg

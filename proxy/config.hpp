@@ -151,8 +151,9 @@ struct CanaryConfig {
     // With no stable traffic to compare (after a flip), the stable colour's last figures from
     // a window with enough requests stand in, for this long.
     Duration baseline_memory{std::chrono::minutes(10)};
-    // With no figures of stable at all (a restart, a flip before stable had a window's worth),
-    // the candidate's errors are judged as if stable had this error rate. 1: not judged then.
+    // With no figures of stable in a window, live or remembered (a restart, a flip before
+    // stable had a window's worth), the candidate's errors are judged as if stable had this
+    // error rate (or its last known one, if higher). 1: not judged then.
     double assumed_error_rate = 0.01;
 };
 
