@@ -405,8 +405,11 @@ std::string OutlierDetector::colour_stalled(const ColourPool& pool, const DataPl
         return {};
     }
     // The stable colour: moving its traffic onto the other colour (maybe an unvetted release)
-    // takes more than one waiting request a backend.
+    // takes twice as many stalled requests as backends taking requests, one at least on each.
+    // In total, not two on each: least-request sends what comes after the first backend hangs
+    // to its peers (four clients stuck one and three were not failed over).
     const bool stable = !after_cuts;
+    std::uint64_t stalled = 0;
     const Duration memory = held_memory();
     const auto recent = [&](const Held& h) {
         return now - h.at <= memory &&
@@ -426,21 +429,27 @@ std::string OutlierDetector::colour_stalled(const ColourPool& pool, const DataPl
     std::uint64_t longest = 0;
     unsigned taking = 0;
     for (const Backend& b : pool.backends) {
-        const std::uint64_t waited =
-            std::max(at(load.oldest_wait_ms, b.id),
-                     after_cuts ? at(load.oldest_wait_after_cut_ms, b.id) : std::uint64_t{0});
+        // Tries after a cut count on the stable colour too (against twice as many as its
+        // backends): a hung colour's requests cut from a backend ejected while its peer still
+        // answered wait on the peer.
+        const std::uint64_t waited = std::max(
+            at(load.oldest_wait_ms, b.id),
+            after_cuts || stable ? at(load.oldest_wait_after_cut_ms, b.id) : std::uint64_t{0});
         if (b.takes_new_requests() && !ejections_.contains(b.name)) {
             ++taking;
             if (Duration(waited) < holding && !(after_cuts && held_recently(b))) {
                 return {};
             }
-            if (stable && at(load.stalled_waits, b.id) < 2) {
+            const std::uint64_t backend_stalled =
+                at(load.stalled_waits, b.id) + at(load.stalled_waits_after_cut, b.id);
+            if (stable && backend_stalled == 0) {
                 return {};
             }
+            stalled += backend_stalled;
         }
         longest = std::max(longest, waited);
     }
-    if (taking == 0 || Duration(longest) < after) {
+    if (taking == 0 || Duration(longest) < after || (stable && stalled < 2 * taking)) {
         return {};
     }
     // Requests finished (answered, failed or timed out) since `after` ago: none, and one has

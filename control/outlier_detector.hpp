@@ -117,8 +117,9 @@ class OutlierDetector {
     // backend that held one is no idle witness: one request slow everywhere is cut once (its
     // answer then teaches ordinary_wait), a hung colour's every request is. Evidence enough to
     // take traffic back from a candidate, not to move it off the stable colour: there (not
-    // `after_cuts`) each backend must hold two stalled requests, as a backend's own stall
-    // asks, not one (two slow reports on a quiet proxy failed it over: an outside probe).
+    // `after_cuts`) its backends must hold two stalled requests each on average, one at least
+    // each, as a backend's own stall asks two, not one (two slow reports on a quiet proxy
+    // failed it over: an outside probe).
     std::string colour_stalled(const ColourPool& pool, const DataPlaneLoad& load,
                                Clock::time_point now, bool after_cuts) const;
     // Why the watched colour fails as a whole (its error rate, or a stall), or empty.

@@ -33,6 +33,8 @@ struct DataPlaneLoad {
     // How many requests have waited [outlier] stalled_after for a response head, by backend id
     // (summed over workers).
     std::vector<std::uint32_t> stalled_waits;
+    // The same for tries after a cut, apart (as oldest_wait_after_cut_ms).
+    std::vector<std::uint32_t> stalled_waits_after_cut;
     // How long ago the newest try a backend answered (sent a response head, any status) had
     // begun, by backend id, in milliseconds (min over workers; never_answered when none): what
     // tells a backend that answers what it is sent from one that holds it.

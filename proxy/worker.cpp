@@ -620,6 +620,7 @@ void Worker::report_load(std::function<void(DataPlaneLoad)> done) {
         load.oldest_wait_ms.resize(table_->backend_id_limit(), 0);
         load.oldest_wait_after_cut_ms.resize(table_->backend_id_limit(), 0);
         load.stalled_waits.resize(table_->backend_id_limit(), 0);
+        load.stalled_waits_after_cut.resize(table_->backend_id_limit(), 0);
         const auto now = std::chrono::steady_clock::now();
         const auto stalled_after = config_->outlier.stalled_after;
         for (const SessionHandle& session : sessions_) {
@@ -631,14 +632,16 @@ void Worker::report_load(std::function<void(DataPlaneLoad)> done) {
                         std::chrono::duration_cast<std::chrono::milliseconds>(
                             now - session.awaiting_since)
                             .count());
+                    const std::uint32_t stalled =
+                        std::chrono::milliseconds(waited) >= stalled_after ? 1 : 0;
                     if (session.awaiting_after_cut) {
                         auto& oldest = load.oldest_wait_after_cut_ms[backend];
                         oldest = std::max(oldest, waited);
+                        load.stalled_waits_after_cut[backend] += stalled;
                     } else {
                         load.oldest_wait_ms[backend] =
                             std::max(load.oldest_wait_ms[backend], waited);
-                        load.stalled_waits[backend] +=
-                            std::chrono::milliseconds(waited) >= stalled_after ? 1 : 0;
+                        load.stalled_waits[backend] += stalled;
                     }
                 }
             }

@@ -41,6 +41,7 @@ void add_load(DataPlaneLoad& total, const DataPlaneLoad& part) {
     });
     merge_each(total.upstream_open, part.upstream_open, 0u, sum);
     merge_each(total.stalled_waits, part.stalled_waits, 0u, sum);
+    merge_each(total.stalled_waits_after_cut, part.stalled_waits_after_cut, 0u, sum);
     merge_each(total.oldest_wait_ms, part.oldest_wait_ms, std::uint64_t{0}, most);
     merge_each(total.oldest_wait_after_cut_ms, part.oldest_wait_after_cut_ms, std::uint64_t{0},
                most);

@@ -724,7 +724,24 @@ TEST_CASE("a watched colour none of whose backends answers fails as a whole") {
     // enough to move the stable colour's traffic.
     hung.stalled_waits = {0, 0, 1, 1};
     CHECK_FALSE(stable.observe(table, hung, s(6), std::nullopt, {}).stalled_stable);
-    hung.stalled_waits = {0, 0, 2, 2};
+    hung.stalled_waits = {0, 0, 0, 4};  // one backend's oldest is not yet stalled_after
+    CHECK_FALSE(stable.observe(table, hung, s(6), std::nullopt, {}).stalled_stable);
+    hung.stalled_waits = {0, 0, 1, 2};  // three: fewer than two a backend
+    CHECK_FALSE(stable.observe(table, hung, s(6), std::nullopt, {}).stalled_stable);
+    // Requests cut from a backend ejected while its peer still answered, waiting on the peer
+    // (its own oldest begun since), count as much (StableHangTest on 79968ca, in CI).
+    bg::OutlierDetector cut(config);
+    cut.observe(table, counts({0, 0, 150, 150}, {0, 0, 0, 0}), s(0), std::nullopt, {});
+    cut.observe(table, counts({0, 0, 150, 150}, {0, 0, 0, 0}), s(1), std::nullopt, {});
+    auto moved = hung;
+    moved.oldest_wait_ms = {0, 0, 5200, 0};
+    moved.stalled_waits = {0, 0, 2, 0};
+    moved.oldest_wait_after_cut_ms = {0, 0, 0, 1200};
+    moved.stalled_waits_after_cut = {0, 0, 0, 2};
+    CHECK(cut.observe(table, moved, s(6), std::nullopt, {}).stalled_stable == bg::Colour::green);
+    // Four clients stuck one and three (least-request sent what followed the first backend's
+    // hang to its peer): stalled as much as two each (StableHangTest on 79968ca, in CI).
+    hung.stalled_waits = {0, 0, 1, 3};
     const auto found = stable.observe(table, hung, s(6), std::nullopt, {});
     CHECK_FALSE(found.failed_colour);
     REQUIRE(found.stalled_stable == bg::Colour::green);
