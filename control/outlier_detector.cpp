@@ -405,11 +405,13 @@ std::string OutlierDetector::colour_stalled(const ColourPool& pool, const DataPl
         return {};
     }
     // The stable colour: moving its traffic onto the other colour (maybe an unvetted release)
-    // takes twice as many stalled requests as backends taking requests, one at least on each.
-    // In total, not two on each: least-request sends what comes after the first backend hangs
-    // to its peers (four clients stuck one and three were not failed over).
+    // takes twice as many stalled requests as it has backends in the routing (ejected ones
+    // too: an ejection for one slow request must not halve the bar), one at least on each
+    // taking requests. In total, not two on each: least-request sends what comes after the
+    // first backend hangs to its peers (four clients stuck one and three were not failed over).
     const bool stable = !after_cuts;
     std::uint64_t stalled = 0;
+    unsigned members = 0;
     const Duration memory = held_memory();
     const auto recent = [&](const Held& h) {
         return now - h.at <= memory &&
@@ -435,6 +437,7 @@ std::string OutlierDetector::colour_stalled(const ColourPool& pool, const DataPl
         const std::uint64_t waited = std::max(
             at(load.oldest_wait_ms, b.id),
             after_cuts || stable ? at(load.oldest_wait_after_cut_ms, b.id) : std::uint64_t{0});
+        members += b.takes_new_requests() ? 1 : 0;
         if (b.takes_new_requests() && !ejections_.contains(b.name)) {
             ++taking;
             if (Duration(waited) < holding && !(after_cuts && held_recently(b))) {
@@ -449,7 +452,7 @@ std::string OutlierDetector::colour_stalled(const ColourPool& pool, const DataPl
         }
         longest = std::max(longest, waited);
     }
-    if (taking == 0 || Duration(longest) < after || (stable && stalled < 2 * taking)) {
+    if (taking == 0 || Duration(longest) < after || (stable && stalled < 2 * members)) {
         return {};
     }
     // Requests finished (answered, failed or timed out) since `after` ago: none, and one has

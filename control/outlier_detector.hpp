@@ -117,8 +117,9 @@ class OutlierDetector {
     // backend that held one is no idle witness: one request slow everywhere is cut once (its
     // answer then teaches ordinary_wait), a hung colour's every request is. Evidence enough to
     // take traffic back from a candidate, not to move it off the stable colour: there (not
-    // `after_cuts`) its backends must hold two stalled requests each on average, one at least
-    // each, as a backend's own stall asks two, not one (two slow reports on a quiet proxy
+    // `after_cuts`) its tries after a cut count, but it must hold two stalled requests for
+    // each of its backends in the routing, ejected or not, one at least on each taking
+    // requests, as a backend's own stall asks two, not one (two slow reports on a quiet proxy
     // failed it over: an outside probe).
     std::string colour_stalled(const ColourPool& pool, const DataPlaneLoad& load,
                                Clock::time_point now, bool after_cuts) const;

@@ -48,9 +48,10 @@ struct SessionHandle : boost::intrusive::list_base_hook<>, OpeningHook {
     bool awaiting_retryable = false;
     bool try_cut = false;  // the worker cut that try: its retry goes elsewhere
     // The try waiting is the request's next after one the worker cut: a request that waits on
-    // its second backend too is slow itself, and its waits are no evidence of a stall (an
-    // outside probe: one 6 s report on a quiet proxy had blue-1 ejected, then, waiting on
-    // blue-2, blue failed over to green as hung, and ran three times).
+    // its second backend too may be slow itself, and its waits are no evidence of its
+    // backend's stall (an outside probe: one 6 s report on a quiet proxy had blue-1 ejected,
+    // then, waiting on blue-2, blue failed over to green as hung, and ran three times); they
+    // count only toward a colour's stall, against a higher bar (OutlierDetector).
     bool awaiting_after_cut = false;
     // A request in flight while nothing reads the client: the worker's close sweep looks for
     // the client's FIN or reset (ClientCloseWatch), and marks it gone.

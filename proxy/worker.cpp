@@ -627,7 +627,9 @@ void Worker::report_load(std::function<void(DataPlaneLoad)> done) {
             const std::uint32_t backend = session.upstream_backend;
             if (session.upstream != nullptr && backend < load.upstream_open.size()) {
                 ++load.upstream_open[backend];
-                if (session.awaiting_since != std::chrono::steady_clock::time_point{}) {
+                // (A try just cut waits no more: its retry goes elsewhere.)
+                if (session.awaiting_since != std::chrono::steady_clock::time_point{} &&
+                    !session.try_cut) {
                     const auto waited = static_cast<std::uint64_t>(
                         std::chrono::duration_cast<std::chrono::milliseconds>(
                             now - session.awaiting_since)
