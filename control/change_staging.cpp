@@ -78,6 +78,9 @@ StagedChange stage_ramp(const RoutingState& state, const Command& cmd) {
     out.note = out.next.ramp
                    ? "first step taken; next in " + std::to_string(cmd.every.count()) + "ms"
                    : "reached in one step";
+    if (state.ramp) {
+        out.note = "replaces the ramp in progress; " + out.note;
+    }
     // `ramp blue to=0` gives its share to green: a failed mark there is cleared as a set's is
     // (the failed role and alert stayed on a colour taking traffic, and no failover went to
     // it).

@@ -339,16 +339,22 @@ std::string describe_change(const RoutingState& before, const RoutingState& afte
         }
     }
     const bool suspended = !after.ramp && before.ramp && stored_ramp(after) == before.ramp;
-    if (!suspended && (before.ramp.has_value() != after.ramp.has_value() ||
+    // A ramp that replaces one in progress says so, with its plan (it once said nothing).
+    const auto same_plan = [](const RampState& a, const RampState& b) {
+        return a.colour == b.colour && a.to_bp == b.to_bp && a.step_bp == b.step_bp &&
+               a.every == b.every;
+    };
+    const bool replaced = before.ramp && after.ramp && !same_plan(*before.ramp, *after.ramp);
+    if (!suspended && (before.ramp.has_value() != after.ramp.has_value() || replaced ||
                        (before.ramp && after.ramp && before.ramp->paused != after.ramp->paused))) {
         sep();
         if (!after.ramp) {
             out << "ramp ended";
-        } else if (!before.ramp) {
-            out << "ramp " << to_string(after.ramp->colour) << " to "
-                << format_percent(after.ramp->to_bp) << "% by "
+        } else if (!before.ramp || replaced) {
+            out << (replaced ? "ramp replaced: " : "ramp ") << to_string(after.ramp->colour)
+                << " to " << format_percent(after.ramp->to_bp) << "% by "
                 << format_percent(after.ramp->step_bp) << "% every " << after.ramp->every.count()
-                << "ms";
+                << "ms" << (after.ramp->paused ? " (paused)" : "");
         } else {
             out << (after.ramp->paused ? "ramp paused" : "ramp resumed");
         }

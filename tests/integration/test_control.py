@@ -121,6 +121,20 @@ class ControlTest(ProcessTestCase):
         green = proxy.status()["colours"]["green"]["weight"]
         self.assertEqual(green, 50, "%d changes in 3 s held the 2 s step back" % toggles)
 
+    def test_a_ramp_that_replaces_a_ramp_in_progress_says_so(self):
+        """Found by an outside probe: a second ramp answered as a first one would (the change
+        named only the weights' step)."""
+        proxy = self.proxy(self.two_by_two())
+        r = proxy.bgctl("ramp", "green", "to=100", "step=10", "every=30s")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("replace", r.stdout)
+        r = proxy.bgctl("ramp", "green", "to=50", "step=5", "every=10s")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("replaces the ramp in progress", r.stdout)
+        self.assertIn("ramp replaced: green to 50% by 5% every 10000ms", r.stdout)
+        ramp = proxy.status()["ramp"]
+        self.assertEqual((ramp["to"], ramp["step"]), (50, 5), ramp)
+
     def test_ramp_0_to_100_in_10_steps_matches_each_step(self):
         proxy = self.proxy(self.two_by_two())
         watch = subprocess.Popen([BGCTL, "--socket", proxy.socket, "--json", "watch"],

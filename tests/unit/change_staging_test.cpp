@@ -90,6 +90,23 @@ TEST_CASE("during a failover, ramp pause and abort act on the ramp it stopped") 
     CHECK(stage(state, "ramp abort").error == "no ramp in progress");
 }
 
+TEST_CASE("a ramp that replaces a ramp in progress says so") {
+    // Found by an outside probe: `ramp green to=50` during a ramp to 100 answered as a first
+    // ramp would (the change named only the weights' step).
+    bg::RoutingState state;
+    state.weight_bp = {8000, 2000};
+    state.ramp = bg::RampState{bg::Colour::green, 10000, 1000, std::chrono::seconds(30), false};
+    const auto replaced = stage(state, "ramp green to=50 step=5 every=10s");
+    REQUIRE(replaced.error.empty());
+    CHECK(replaced.note == "replaces the ramp in progress; first step taken; next in 10000ms");
+    CHECK(bg::describe_change(state, replaced.next) ==
+          "blue 80% -> 75%, green 20% -> 25%, ramp replaced: green to 50% by 5% every 10000ms");
+    // The same plan again (only its pause undone): resumed, not replaced.
+    bg::RoutingState paused = state;
+    paused.ramp->paused = true;
+    CHECK(bg::describe_change(paused, state) == "ramp resumed");
+}
+
 TEST_CASE("rollback returns to stable; promote needs one colour; clear needs a failed mark") {
     bg::RoutingState state;
     state.weight_bp = {2000, 8000};
