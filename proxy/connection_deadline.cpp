@@ -3,6 +3,7 @@
 #include <boost/asio/basic_waitable_timer.hpp>
 
 #include "coarse_clock.hpp"
+#include "late_head_answer.hpp"
 
 namespace bg {
 
@@ -30,6 +31,7 @@ struct ConnectionDeadline::State {
     Clock::time_point waiting_until = never;  // when the pending wait ends; never: none pending
     unsigned target = 0;
     bool expired = false;
+    bool answer_late_head = false;
     bool alive = true;
     std::uint64_t generation = 0;  // a wait that was superseded ignores its completion
 };
@@ -51,6 +53,9 @@ void ConnectionDeadline::on_timer(const std::shared_ptr<State>& state, std::uint
     s.deadline = never;
     boost::system::error_code ignored;
     if ((s.target & ConnectionDeadline::client) != 0 && s.handle->client != nullptr) {
+        if (s.answer_late_head && s.handle->client->is_open()) {
+            bg::answer_late_head(s.handle->client->native_handle());
+        }
         s.handle->client->close(ignored);
     }
     if ((s.target & ConnectionDeadline::upstream) != 0 && s.handle->upstream != nullptr) {
@@ -79,6 +84,7 @@ void ConnectionDeadline::arm(std::chrono::milliseconds limit, Target target) {
     auto& s = *state_;
     s.deadline = CoarseClock::now() + limit;
     s.target = target;
+    s.answer_late_head = false;
     // The step the expiry cut short may still have completed (its bytes came in the same turn
     // as the expiry): the next step then fails on the closed socket, and that is the timeout's
     // doing, not a peer's (a 408 or 504, never a "client gone" or a 502).
@@ -86,6 +92,10 @@ void ConnectionDeadline::arm(std::chrono::milliseconds limit, Target target) {
     if (s.deadline < s.waiting_until) {
         wait(state_);
     }
+}
+
+void ConnectionDeadline::answer_late_head(bool answer) {
+    state_->answer_late_head = answer;
 }
 
 void ConnectionDeadline::disarm() {

@@ -30,6 +30,9 @@ class ConnectionDeadline {
 
     // The next step must end within `limit`, or the target's sockets are closed.
     void arm(std::chrono::milliseconds limit, Target target);
+    // Whether the step armed (a plain client's head, begun) ends in a 408 to the client before
+    // the close (late_head_answer.hpp); until the next arm().
+    void answer_late_head(bool answer);
     void disarm();
     // The last armed step ran out of time.
     bool expired() const;

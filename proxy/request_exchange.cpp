@@ -4,6 +4,7 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "access_record.hpp"
@@ -131,16 +132,20 @@ Task<bool> RequestExchange<Stream>::read_head() {
     // And it holds no more than the head's limit meanwhile (what a client pipelines behind it
     // waits in the socket): the buffer's doubling took 64 KiB for a 32 KiB head, and heads
     // left unfinished are what a memory flood sends.
+    // A plain client's head begun and late is answered 408 (late_head_answer.hpp), not once
+    // the read has ended.
     struct Incomplete {
         Worker& worker;
         SessionHandle& handle;
         boost::beast::flat_buffer& buffer;
         std::size_t max_size;
+        ConnectionDeadline& deadline;
         ~Incomplete() {
             worker.opened(handle);
             buffer.max_size(max_size);
+            deadline.answer_late_head(false);
         }
-    } incomplete{conn_.worker, conn_.handle(), ex_.buffer, ex_.buffer.max_size()};
+    } incomplete{conn_.worker, conn_.handle(), ex_.buffer, ex_.buffer.max_size(), conn_.deadline};
     ex_.buffer.max_size(std::max(ex_.buffer.size(), config_.limits.max_request_header + 1));
     for (;;) {
         Refusal refusal;
@@ -160,13 +165,23 @@ Task<bool> RequestExchange<Stream>::read_head() {
         if (!conn_.handle().OpeningHook::is_linked()) {
             conn_.worker.opening(conn_.handle());
         }
+        if constexpr (std::is_same_v<Stream, Socket>) {
+            if (ex_.buffer.size() > 0) {
+                conn_.deadline.answer_late_head(true);
+            }
+        }
         forget_drained(conn_.socket());  // the head goes on (socket_drain.hpp)
         auto [ec, n] = co_await conn_.stream.async_read_some(
             draining(ex_.buffer.prepare(conn_.read_room(ex_.buffer))), nothrow);
         if (ec && conn_.deadline.expired()) {
-            // The deadline has closed the socket already: the client is simply dropped (as
-            // nginx does for client_header_timeout).
+            // The deadline has closed the socket already: a plain client whose head had begun
+            // was told 408 (as HAProxy does), others are simply dropped (as nginx does).
             WorkerStats::add(conn_.worker.stats().client_header_timeouts);
+            if (std::is_same_v<Stream, Socket> && ex_.buffer.size() > 0) {
+                begin_record(nullptr);
+                ex_.record.status = 408;
+                ex_.record.error = "request head not received in time";
+            }
             co_return false;
         }
         if (ec) {
