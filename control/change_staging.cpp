@@ -78,8 +78,16 @@ StagedChange stage_ramp(const RoutingState& state, const Command& cmd) {
     out.note = out.next.ramp
                    ? "first step taken; next in " + std::to_string(cmd.every.count()) + "ms"
                    : "reached in one step";
+    // A ramp in progress, or one a failover stopped (dropped with the failover it ends), gives
+    // way to this one: the operator is told.
     if (state.ramp) {
-        out.note = "replaces the ramp in progress; " + out.note;
+        const RampState& old = *state.ramp;
+        const bool same = old.colour == cmd.colour && old.to_bp == cmd.to_bp &&
+                          old.step_bp == cmd.step_bp && old.every == cmd.every;
+        out.note = std::string(same ? "restarts" : "replaces") +
+                   (old.paused ? " the paused ramp; " : " the ramp in progress; ") + out.note;
+    } else if (state.failover && state.failover->ramp) {
+        out.note = "replaces the ramp the failover stopped; " + out.note;
     }
     // `ramp blue to=0` gives its share to green: a failed mark there is cleared as a set's is
     // (the failed role and alert stayed on a colour taking traffic, and no failover went to

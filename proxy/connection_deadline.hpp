@@ -33,6 +33,8 @@ class ConnectionDeadline {
     // Whether the step armed (a plain client's head, begun) ends in a 408 to the client before
     // the close (late_head_answer.hpp); until the next arm().
     void answer_late_head(bool answer);
+    // The last expiry sent that 408, whole.
+    bool answered_late_head() const;
     void disarm();
     // The last armed step ran out of time.
     bool expired() const;

@@ -1,7 +1,8 @@
 #pragma once
 // What a client whose request head has not all come within timeouts.client_header is told on a
 // plain socket: 408 Request Timeout with a close (as HAProxy's `timeout http-request` answers),
-// sent once, non-blocking, just before the deadline closes the socket. A client that sent none
+// sent once, non-blocking, just before the deadline closes the socket (a few syscalls more per
+// expiry, nothing waited for). A client that sent none
 // of a head (an idle keep-alive connection, a pre-connect) is closed silently, and a TLS one
 // too: its record layer belongs to the session, which the expiry does not wait for.
 
@@ -9,7 +10,7 @@ namespace bg {
 
 // Sends the 408 on `fd` if the socket takes it at once, after reading (and dropping) what the
 // client sent since its last read, so that the close that follows is a FIN, not a reset that
-// could discard the answer before the client reads it.
-void answer_late_head(int fd);
+// could discard the answer before the client reads it. Whether all of it went.
+bool answer_late_head(int fd);
 
 }  // namespace bg

@@ -173,12 +173,18 @@ Task<bool> RequestExchange<Stream>::read_head() {
         forget_drained(conn_.socket());  // the head goes on (socket_drain.hpp)
         auto [ec, n] = co_await conn_.stream.async_read_some(
             draining(ex_.buffer.prepare(conn_.read_room(ex_.buffer))), nothrow);
-        if (ec && conn_.deadline.expired()) {
-            // The deadline has closed the socket already: a plain client whose head had begun
-            // was told 408 (as HAProxy does), others are simply dropped (as nginx does).
+        if (conn_.deadline.expired()) {
+            // The deadline has closed the socket already (also when this read's bytes came in
+            // the same turn: its 408 went, the request must not): a plain client whose head had
+            // begun was told 408 (as HAProxy does), others are simply dropped (as nginx does).
+            if (conn_.handle().slot_released) {
+                co_return false;  // closed to make room, not for the time
+            }
             WorkerStats::add(conn_.worker.stats().client_header_timeouts);
-            if (std::is_same_v<Stream, Socket> && ex_.buffer.size() > 0) {
+            if (conn_.deadline.answered_late_head()) {
                 begin_record(nullptr);
+                started_ -= config_.timeouts.client_header;  // (at least that long)
+                ex_.record.start_unix_ms -= config_.timeouts.client_header.count();
                 ex_.record.status = 408;
                 ex_.record.error = "request head not received in time";
             }

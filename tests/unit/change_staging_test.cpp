@@ -105,6 +105,17 @@ TEST_CASE("a ramp that replaces a ramp in progress says so") {
     bg::RoutingState paused = state;
     paused.ramp->paused = true;
     CHECK(bg::describe_change(paused, state) == "ramp resumed");
+    CHECK(stage(paused, "ramp green to=50 step=5 every=10s")
+              .note.starts_with("replaces the paused ramp; "));
+    CHECK(stage(state, "ramp green to=100 step=10 every=30s")
+              .note.starts_with("restarts the ramp in progress; "));
+    // One a failover stopped, to resume at the failback: the new ramp ends the failover and it.
+    bg::RoutingState failed_over;
+    failed_over.weight_bp = {0, 10000};
+    failed_over.failover = bg::FailoverState{{8000, 2000}, "2026-12-06T00:00:00Z"};
+    failed_over.failover->ramp = state.ramp;
+    CHECK(stage(failed_over, "ramp blue to=50 step=10 every=10s")
+              .note.starts_with("replaces the ramp the failover stopped; "));
 }
 
 TEST_CASE("rollback returns to stable; promote needs one colour; clear needs a failed mark") {
