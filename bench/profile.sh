@@ -44,6 +44,7 @@ wrk_for() {
   local url="http://127.0.0.1:${port[$2]}/" options=()
   case $1 in
     keepalive) connections=64 ;;
+    browser) connections=64 options=(-s bench/browser.lua) ;;
     close) connections=32 options=(-H "Connection: close") ;;
     download) connections=16 url="${url}?bytes=1048576" ;;
     upload) connections=16 url="${url}upload" options=(-s bench/upload.lua) ;;

@@ -17,6 +17,7 @@
 #
 # Shapes (BENCH_SHAPES):
 #   keepalive      GET of a small body on 64 keep-alive connections
+#   browser        the same with a browser's request head (about 600 bytes, bench/browser.lua)
 #   close          a new connection per request (Connection: close), 32 connections
 #   download       1 MiB responses, 16 keep-alive connections (requests/s x 1 MiB = bytes/s)
 #   upload         1 MiB POST bodies, 16 keep-alive connections
@@ -47,7 +48,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${BENCH_SECONDS:-5}
 rounds=${BENCH_ROUNDS:-3}
-shapes=${BENCH_SHAPES:-keepalive close download upload tls-handshake tls-resume tls-keepalive tls-download tls-upload tls-upstream tls-flood}
+shapes=${BENCH_SHAPES:-keepalive browser close download upload tls-handshake tls-resume tls-keepalive tls-download tls-upload tls-upstream tls-flood}
 connections=64
 source bench/deployment.sh
 bgproxy_config bgproxy "${BENCH_BGPROXY_TOML:-}"
@@ -141,6 +142,7 @@ measure_one() {
   local shape=$1 t=$2
   case $shape in
     keepalive) connections=64 measure "$shape" "$t" "$(url "$t")/" ;;
+    browser) connections=64 measure "$shape" "$t" "$(url "$t")/" -s bench/browser.lua ;;
     close) connections=32 measure "$shape" "$t" "$(url "$t")/" -H "Connection: close" ;;
     download | splice-cost) connections=16 measure "$shape" "$t" "$(url "$t")/?bytes=1048576" ;;
     upload) connections=16 measure "$shape" "$t" "$(url "$t")/upload" -s bench/upload.lua ;;
@@ -191,7 +193,7 @@ pairs=()
 summary_targets=()
 for shape in $shapes; do
   case $shape in
-    keepalive | close) run_shape "$shape" direct "${targets[@]}" ;;
+    keepalive | browser | close) run_shape "$shape" direct "${targets[@]}" ;;
     download | upload | tls-handshake | tls-resume | tls-keepalive | tls-download | tls-upload)
       run_shape "$shape" "${targets[@]}" ;;
     tls-flood)
