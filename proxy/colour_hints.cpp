@@ -28,10 +28,45 @@ std::string_view trim(std::string_view s) {
     return s;
 }
 
+// The client behind trusted proxies (see preview_colour), from the right of X-Forwarded-For's
+// addresses (its lines in order, RFC 9110 5.3).
+std::optional<boost::asio::ip::address> forwarded_client(const Fields& fields,
+                                                         const boost::asio::ip::address& peer,
+                                                         const NetworkSet& trusted) {
+    std::optional<boost::asio::ip::address> client = peer;
+    for (auto line = fields.end(); line != fields.begin();) {
+        --line;
+        if (!boost::beast::iequals(line->name_string(), "X-Forwarded-For")) {
+            continue;
+        }
+        std::string_view list = line->value();
+        while (!list.empty()) {
+            const std::size_t comma = list.rfind(',');
+            std::string_view item =
+                trim(comma == std::string_view::npos ? list : list.substr(comma + 1));
+            list = comma == std::string_view::npos ? std::string_view{} : list.substr(0, comma);
+            if (item.size() > 2 && item.front() == '[' && item.back() == ']') {
+                item = item.substr(1, item.size() - 2);
+            }
+            boost::system::error_code ec;
+            const auto address = boost::asio::ip::make_address(std::string(item), ec);
+            if (ec) {
+                return std::nullopt;
+            }
+            client = address;
+            if (!trusted.contains(address)) {
+                return client;
+            }
+        }
+    }
+    return client;  // trusted all the way (or no X-Forwarded-For): the farthest named
+}
+
 }  // namespace
 
 std::optional<Colour> preview_colour(const Fields& fields, const boost::asio::ip::address& client,
-                                     const PreviewConfig& preview, const RoutingTable& table) {
+                                     const NetworkSet* trusted_hops, const PreviewConfig& preview,
+                                     const RoutingTable& table) {
     if (preview.header.empty() || preview.allowed.empty()) {
         return std::nullopt;
     }
@@ -48,7 +83,13 @@ std::optional<Colour> preview_colour(const Fields& fields, const boost::asio::ip
             colour.reset();
         }
     }
-    if (!colour || !preview.allowed.contains(client) || table.pool(*colour).eligible.empty()) {
+    if (!colour || table.pool(*colour).eligible.empty()) {
+        return std::nullopt;
+    }
+    const std::optional<boost::asio::ip::address> judged =
+        trusted_hops != nullptr ? forwarded_client(fields, client, *trusted_hops)
+                                : std::optional(client);
+    if (!judged || !preview.allowed.contains(*judged)) {
         return std::nullopt;
     }
     return colour;

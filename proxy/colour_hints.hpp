@@ -14,8 +14,13 @@ namespace bg {
 
 // The colour named by the preview header, when the client is in an allowed network and the
 // colour has a backend that can serve (whatever its weight: testers reach an idle colour).
+// `trusted_hops`: the trusted proxies when the peer `client` is one of them. The client judged
+// is then the nearest address in X-Forwarded-For that is not a trusted proxy, as nginx's
+// real_ip_recursive and Envoy's xff_num_trusted_hops find it (a balancer inside the allowed
+// network let every client through); none, and no preview, when an address cannot be read.
 std::optional<Colour> preview_colour(const Fields& fields, const boost::asio::ip::address& client,
-                                     const PreviewConfig& preview, const RoutingTable& table);
+                                     const NetworkSet* trusted_hops, const PreviewConfig& preview,
+                                     const RoutingTable& table);
 
 // The colour in the sticky cookie, when it still takes traffic (not failed, weight above 0, a
 // backend able to serve) and the cookie was given in the split going on now: one from an

@@ -379,7 +379,9 @@ Colour RequestExchange<Stream>::choose_colour(const RoutingTable& table) {
     const std::optional<Colour> preview =
         conn_.client.endpoints.unnamed
             ? std::nullopt
-            : preview_colour(request, conn_.client.address, config_.preview, table);
+            : preview_colour(request, conn_.client.address,
+                             conn_.client.trusted ? &config_.trusted_proxies : nullptr,
+                             config_.preview, table);
     const std::optional<Colour> sticky =
         preview ? std::nullopt : sticky_colour(request, config_.sticky, table);
     split_since_ = table.split_since();

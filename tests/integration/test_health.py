@@ -279,6 +279,24 @@ allowed_networks = ["10.0.0.0/8"]
         conn.request("GET", "/", headers={"X-BG-Color": "green"})
         self.assertEqual(conn.getresponse().read(), b"blue-1\n")
 
+    def test_behind_a_trusted_balancer_the_preview_is_judged_on_the_client_it_forwards_for(self):
+        """Found by an outside probe: behind HAProxy (trusted, inside the allowed network) any
+        client reached the idle colour with the header: the balancer's address was judged."""
+        blue = [self.backend("blue-1")]
+        green = [self.backend("green-1")]
+        proxy = self.proxy(config(blue, green, extra="""
+[server]
+trusted_proxies = ["127.0.0.1"]
+[preview]
+header = "X-BG-Color"
+allowed_networks = ["127.0.0.0/8", "10.0.0.0/8"]
+"""))
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+        for forwarded, served in (("203.0.113.9", b"blue-1\n"), ("10.2.3.4", b"green-1\n"),
+                                  ("10.2.3.4, 203.0.113.9", b"blue-1\n"), ("junk", b"blue-1\n")):
+            conn.request("GET", "/", headers={"X-BG-Color": "green", "X-Forwarded-For": forwarded})
+            self.assertEqual(conn.getresponse().read(), served, forwarded)
+
     def test_sticky_clients_keep_their_colour_through_a_ramp_step(self):
         blue = [self.backend("blue-1")]
         green = [self.backend("green-1")]

@@ -33,19 +33,55 @@ TEST_CASE("the preview header reaches an idle colour, only from an allowed netwo
     f.set("X-BG-Color", "Green");
     auto local = boost::asio::ip::make_address("127.0.0.5");
     auto remote = boost::asio::ip::make_address("203.0.113.9");
-    CHECK(bg::preview_colour(f, local, preview, t) == bg::Colour::green);
-    CHECK(bg::preview_colour(f, boost::asio::ip::make_address("::ffff:127.0.0.1"), preview, t) ==
-          bg::Colour::green);
-    CHECK_FALSE(bg::preview_colour(f, remote, preview, t));
+    CHECK(bg::preview_colour(f, local, nullptr, preview, t) == bg::Colour::green);
+    CHECK(bg::preview_colour(f, boost::asio::ip::make_address("::ffff:127.0.0.1"), nullptr, preview,
+                             t) == bg::Colour::green);
+    CHECK_FALSE(bg::preview_colour(f, remote, nullptr, preview, t));
     f.set("X-BG-Color", "purple");
-    CHECK_FALSE(bg::preview_colour(f, local, preview, t));
+    CHECK_FALSE(bg::preview_colour(f, local, nullptr, preview, t));
     // On several lines: one colour, or ignored (the first line won before).
     f.set("X-BG-Color", "green");
     f.insert("x-bg-color", " green");
-    CHECK(bg::preview_colour(f, local, preview, t) == bg::Colour::green);
+    CHECK(bg::preview_colour(f, local, nullptr, preview, t) == bg::Colour::green);
     f.insert("X-Other", "blue");
     f.insert("X-BG-COLOR", "blue");
-    CHECK_FALSE(bg::preview_colour(f, local, preview, t));
+    CHECK_FALSE(bg::preview_colour(f, local, nullptr, preview, t));
+}
+
+TEST_CASE("behind trusted proxies the preview is judged on the client they forward for") {
+    // Found by an outside probe: a balancer at 127.0.0.2 (trusted, in the allowed network)
+    // forwarding for 9.9.9.9 reached the idle colour with the header: its own address was judged.
+    auto t = table(10000);
+    auto preview = loopback_preview();
+    bg::NetworkSet trusted;
+    std::string error;
+    REQUIRE(trusted.add("127.0.0.2", error));
+    REQUIRE(trusted.add("10.0.0.0/8", error));
+    const auto balancer = boost::asio::ip::make_address("127.0.0.2");
+    const auto with = [](std::vector<std::string> lines) {
+        bg::Fields f;
+        f.set("X-BG-Color", "green");
+        for (const auto& line : lines) {
+            f.insert("X-Forwarded-For", line);
+        }
+        return f;
+    };
+    CHECK_FALSE(bg::preview_colour(with({"9.9.9.9"}), balancer, &trusted, preview, t));
+    CHECK(bg::preview_colour(with({"127.0.0.9"}), balancer, &trusted, preview, t) ==
+          bg::Colour::green);
+    // Hops of trusted proxies are passed over, from the right, over several lines; an address
+    // a client put further left is not believed.
+    CHECK(bg::preview_colour(with({"127.0.0.9, 9.9.9.9", "127.0.0.8 , 10.1.2.3"}), balancer,
+                             &trusted, preview, t) == bg::Colour::green);
+    CHECK_FALSE(bg::preview_colour(with({"127.0.0.9", "9.9.9.9, 10.1.2.3"}), balancer, &trusted,
+                                   preview, t));
+    CHECK(bg::preview_colour(with({"[::1]"}), balancer, &trusted, preview, t) == bg::Colour::green);
+    // Unreadable: no preview. None at all: the balancer's own request.
+    CHECK_FALSE(bg::preview_colour(with({"127.0.0.9, unknown"}), balancer, &trusted, preview, t));
+    CHECK(bg::preview_colour(with({}), balancer, &trusted, preview, t) == bg::Colour::green);
+    // Not from a trusted peer: its own address, whatever it forwards.
+    CHECK(bg::preview_colour(with({"9.9.9.9"}), boost::asio::ip::make_address("127.0.0.5"), nullptr,
+                             preview, t) == bg::Colour::green);
 }
 
 TEST_CASE("the sticky cookie holds unless its colour is failed or at weight 0") {
