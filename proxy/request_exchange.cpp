@@ -418,6 +418,9 @@ Task<Exchange> RequestExchange<Stream>::forward(RoutingTablePtr& table, Colour c
             co_return retry ? outcome : connect_failure(connected);
         }
         served_by(lease.backend());
+        if (conn_.close_watch.client_gone()) {
+            co_return Exchange::client_gone;  // left (or cut at shutdown) while we connected
+        }
         if (facts.expect_continue && !continue_sent && !ex_.parser->is_done()) {
             if (!co_await send_continue()) {
                 co_return Exchange::client_gone;
@@ -1145,7 +1148,9 @@ Task<bool> RequestExchange<Stream>::answer_failure(Exchange outcome, const Reque
             // when it left mid-upload).
             WorkerStats::add(stats.client_aborts);
             ex_.record.status = 499;  // nginx's code: the client closed first
-            if (conn_.close_watch.client_gone()) {
+            if (conn_.handle().shutdown_cut) {
+                ex_.record.error = "cut at the end of shutdown_grace";
+            } else if (conn_.close_watch.client_gone()) {
                 ex_.record.error = "client closed the connection";  // over a failed try's
             } else if (ex_.record.error.empty()) {
                 ex_.record.error = "client connection ended mid-request";

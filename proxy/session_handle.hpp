@@ -26,6 +26,8 @@ struct SessionHandle : boost::intrusive::list_base_hook<>, OpeningHook {
     std::size_t listener = 0;  // the index of the listener it came in on
     // Closed while opening to make room: its connection slot went to a new connection.
     bool slot_released = false;
+    // Cut at the end of the shutdown grace (also marked client_gone: nothing more is tried).
+    bool shutdown_cut = false;
     std::chrono::steady_clock::time_point opening_since{};  // while in the worker's opening list
     // While in it for a request body being read: the count of its bytes so far, that count
     // when the body began, and the body's rate clock (the slow-upload eviction judges the rate

@@ -758,7 +758,14 @@ void Worker::begin_shutdown() {
             parked_->close_all();
             for (SessionHandle& session : sessions_) {
                 boost::system::error_code ignored;
+                // Its request is not retried elsewhere, nor sent after a connect: the client is
+                // gone (its retries outlived the grace by upstream_try, an outside probe).
+                session.client_gone = true;
+                session.shutdown_cut = true;
                 if (session.client != nullptr) {
+                    // A reset, not a FIN: a response cut here must not look whole (an HTTP/1.0
+                    // body read to the close), as when a backend dies mid-body.
+                    session.client->set_option(asio::socket_base::linger(true, 0), ignored);
                     session.client->close(ignored);
                 }
                 if (session.upstream != nullptr) {

@@ -1,6 +1,7 @@
 """SIGTERM: stop accepting, let in-flight requests complete, exit 0."""
 import signal
 import socket
+import tempfile
 import threading
 import time
 import unittest
@@ -43,6 +44,45 @@ class ShutdownTest(ProcessTestCase):
         idle.close()
         with self.assertRaises(OSError):
             socket.create_connection(("127.0.0.1", proxy.port), timeout=1).close()
+
+    def test_at_the_grace_s_end_requests_are_cut_with_a_reset_never_sent_again(self):
+        """Found by an outside probe: at shutdown_grace's end the client was cut but its GET
+        was sent again to the other backends (three times in all), the process outlived the
+        grace by 20 s, and a body cut there ended in a FIN (whole-looking to an HTTP/1.0
+        client reading to the close)."""
+        logs = [tempfile.mktemp(prefix="bg-backend-", suffix=".log") for _ in range(3)]
+        blue = [self.backend("blue-%d" % i, log=logs[i - 1]) for i in (1, 2)]
+        green = self.backend("green-1", log=logs[2])
+        proxy = self.proxy(config(blue, [green], weights=(50, 50), extra="""
+[timeouts]
+shutdown_grace = "2s"
+shutdown_ready_delay = "0s"
+upstream_try = "30s"
+"""))
+        hanging = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        hanging.sendall(b"GET /?delay=30000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        streaming = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        streaming.sendall(b"GET /?chunks=100&chunk_size=10&chunk_delay=200 HTTP/1.0\r\n\r\n")
+        got = streaming.recv(4096)
+        self.assertIn(b"200 OK", got)
+        time.sleep(0.3)
+        start = time.time()
+        proxy.signal(signal.SIGTERM)
+        with self.assertRaises(ConnectionResetError):
+            while streaming.recv(65536):
+                pass
+        with self.assertRaises(ConnectionResetError):  # no answer: cut too
+            hanging.recv(4096)
+        self.assertEqual(proxy.wait(10), 0)
+        elapsed = time.time() - start
+        hanging.close()
+        streaming.close()
+        time.sleep(0.2)
+        sent = sum(open(log).read().count("delay=30000") for log in logs)
+        print("grace 2 s: exit %.2f s after SIGTERM; the hanging GET reached backends %d time(s)"
+              % (elapsed, sent))
+        self.assertLess(elapsed, 4)
+        self.assertEqual(sent, 1)
 
 
 class CloseRaceTest(ProcessTestCase):
