@@ -428,6 +428,7 @@ Task<Exchange> RequestExchange<Stream>::forward(RoutingTablePtr& table, Colour c
             continue_sent = true;
         }
         conn_.handle().try_cut = false;
+        head_broken_ = false;
         tries_left_ = retries.tries_left();
         outcome = co_await exchange(lease, facts);
         // A reused connection that the backend had closed: an idempotent request none of whose
@@ -454,7 +455,7 @@ Task<Exchange> RequestExchange<Stream>::forward(RoutingTablePtr& table, Colour c
             outcome == Exchange::upstream_failed || outcome == Exchange::upstream_timeout;
         const TryFailure failure =
             outcome == Exchange::upstream_timeout ? TryFailure::timeout : TryFailure::reset;
-        if (!failed || CoarseClock::now() >= response_due_ ||
+        if (!failed || head_broken_ || CoarseClock::now() >= response_due_ ||
             !retries.may_retry(facts.idempotent, body_started_, interim_sent_, failure,
                                conn_.worker.failed_upstreams().colour_out(lease.backend().id))) {
             co_return outcome;
@@ -768,6 +769,15 @@ Task<Exchange> RequestExchange<Stream>::read_response_head(UpstreamStream& strea
         co_return Exchange::response_invalid;
     }
     if (read != HeadRead::done || conn_.handle().try_cut) {
+        // A head begun and broken off (junk, or half a head, then the close or the timeout):
+        // the backend had the request and answered, so it goes nowhere else (HAProxy's 502
+        // without `retry-on junk-response`; a GET or DELETE ran twice, the crash hidden: an
+        // outside probe). Not a try the worker cut.
+        head_broken_ = continuing && !conn_.handle().try_cut;
+        if (head_broken_ && !conn_.deadline.expired()) {
+            ex_.body_error = "backend closed the connection mid-head";
+            co_return Exchange::response_invalid;
+        }
         // (Cut as its last read completed: the socket is closed, the body cannot follow.)
         co_return conn_.deadline.expired() ? Exchange::upstream_timeout : Exchange::upstream_failed;
     }

@@ -108,6 +108,7 @@ class RequestExchange {
     bool head_arrived_ = false;     // a head arrived (parsed or refused): the request is counted
     bool body_started_ = false;     // some of the request body was consumed: it cannot go twice
     bool interim_sent_ = false;     // a 1xx went to the client: no retry past it
+    bool head_broken_ = false;      // this try's response head began, then broke: no retry
     bool tries_left_ = false;       // the try in progress may be followed by another
     bool set_sticky_ = false;       // the weights chose: the response pins the colour
     bool colour_pinned_ = false;    // a preview header or a sticky cookie chose the colour

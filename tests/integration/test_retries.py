@@ -11,7 +11,8 @@ import time
 import unittest
 import urllib.request
 
-from harness import ProcessTestCase, backend_admin, config, raw_exchange, status_of
+from harness import (ConnectionServer, ProcessTestCase, backend_admin, config, raw_exchange,
+                     status_of)
 from test_control import Load, hang
 
 FAST = """
@@ -210,6 +211,31 @@ stalled_alone_after = "10s"
         with open(log) as f:
             gets = [l for l in f.read().splitlines() if l.startswith("GET /?reset=1")]
         self.assertEqual(len(gets), 3, gets)  # the first try and attempts = 2 retries
+
+    def test_a_response_head_broken_off_is_a_502_and_not_retried(self):
+        """Found by an outside probe: a GET or DELETE whose backend wrote half a head (or
+        junk) and closed was run again on the other colour and answered 200 there: the
+        backend had the request, and its crash was hidden."""
+        class HalfHead(ConnectionServer):
+            requests = []
+
+            def serve(self, conn):
+                with conn:
+                    head = self.read_head(conn)
+                    if head is not None:
+                        HalfHead.requests.append(head.split(b"\r\n", 1)[0])
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Le")
+
+        broken = HalfHead("blue-1")
+        self.addCleanup(broken.server.close)
+        green = self.backend("green-1")
+        proxy = self.proxy(config([broken], [green], weights=(100, 0)))
+        for method in (b"GET", b"DELETE"):
+            out = raw_exchange(proxy.port, method + b" /x HTTP/1.1\r\nHost: x\r\n"
+                               b"Connection: close\r\n\r\n")
+            self.assertEqual(status_of(out), 502, out[:200])
+            self.assertIn(b"mid-head", out)
+        self.assertEqual(HalfHead.requests, [b"GET /x HTTP/1.1", b"DELETE /x HTTP/1.1"])
 
 
 
