@@ -586,9 +586,9 @@ class BodyRelay {
             ex.body_error = "chunk-size line too long";
             stats_.breach(request ? LimitBreach::chunk_line : LimitBreach::response_chunk_line);
         } else if (over == ChunkFraming::bare_lf) {
-            ex.body_error = "invalid chunked body: bare LF";
+            ex.body_error = "invalid chunked body: a bare CR or LF";
         } else if (over == ChunkFraming::control_byte) {
-            ex.body_error = "invalid chunked body: a control byte in a chunk extension";
+            ex.body_error = "invalid chunked body: a control byte or line end in a chunk extension";
         } else if (over == ChunkFraming::trailer_too_long) {
             ex.body_error = "trailer section too large";
             stats_.breach(request ? LimitBreach::trailer : LimitBreach::response_trailer);

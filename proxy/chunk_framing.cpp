@@ -6,6 +6,24 @@
 
 namespace bg {
 
+namespace {
+// Whether a chunk-size line (its CRLF excluded) ends inside a quoted extension value: Beast's
+// parser then reads on past the CRLF for the closing quote, holding the body (and its backend
+// connection) until a limit or a timeout, where a quoted-string can hold no CR or LF
+// (RFC 9110 5.6.4): an outside probe's `5;a="x` line got no answer for client_body's 60 s.
+bool ends_in_open_quote(std::string_view line) {
+    bool quoted = false;
+    for (std::size_t i = 0; i < line.size(); ++i) {
+        if (quoted && line[i] == '\\') {
+            ++i;
+        } else if (line[i] == '"') {
+            quoted = !quoted;
+        }
+    }
+    return quoted;
+}
+}  // namespace
+
 ChunkFraming check_pending_chunk_framing(std::string_view pending, std::size_t max_chunk_line,
                                          std::size_t max_trailer) {
     // Beast parses the CRLF that ends a chunk's data together with the next chunk-size line.
@@ -18,10 +36,20 @@ ChunkFraming check_pending_chunk_framing(std::string_view pending, std::size_t m
             return ChunkFraming::bare_lf;
         }
     }
+    // A CR with a byte after it that is not LF (the trailer's `\r\r\n` waited as well).
+    for (auto cr = pending.find('\r'); cr != std::string_view::npos && cr + 1 < pending.size();
+         cr = pending.find('\r', cr + 1)) {
+        if (pending[cr + 1] != '\n') {
+            return ChunkFraming::bare_lf;
+        }
+    }
     const auto eol = pending.find("\r\n");
     if (eol == std::string_view::npos) {
         return pending.size() > max_chunk_line ? ChunkFraming::chunk_line_too_long
                                                : ChunkFraming::within_limits;
+    }
+    if (ends_in_open_quote(pending.substr(0, eol))) {
+        return ChunkFraming::control_byte;
     }
     // A complete chunk-size line is held back only when it is the last chunk's, waiting for
     // the end of the trailer section that follows it.

@@ -444,6 +444,10 @@ class ChunkedRequestTest(ProxyWithScriptedBackend):
         ("bare LF in a quoted extension", b'2;a="\n0\n\nGET /x HTTP/1.1\n\n"\r\nhi\r\n0\r\n\r\n'),
         ("control byte in a quoted extension", b'2;a="\x01"\r\nhi\r\n0\r\n\r\n'),
         ("bare LF in the last chunk's extension", b'0;a="\n"\r\n\r\n'),
+        # A quoted extension still open at the line's CRLF, a bare CR in the trailer: each
+        # waited for client_body (60 s) with no answer (an outside probe).
+        ("quoted extension open at its CRLF", b'5;a="x\r\nhello\r\n0\r\n\r\n'),
+        ("bare CR in the trailer", b"0\r\n\r\r\n"),
     ]
 
     def test_each_gets_400_and_the_backend_connection_is_discarded(self):

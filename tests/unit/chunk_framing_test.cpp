@@ -79,6 +79,23 @@ TEST_CASE("a chunk-size line or trailer line ended by a bare LF is refused while
     CHECK(check("\r\n1f") == ChunkFraming::within_limits);
     CHECK(check("0\r\nX: y\r\n") == ChunkFraming::within_limits);
     CHECK(check("0\r\nX: y\r") == ChunkFraming::within_limits);
+    // A bare CR: refused too (an outside probe's trailer `\r\r\n` waited for client_body).
+    CHECK(check("0\r\n\r\r\n") == ChunkFraming::bare_lf);
+}
+
+TEST_CASE("a chunk-size line whose quoted extension is still open at its CRLF is refused") {
+    // Found by an outside probe: `5;a="x` then CRLF: Beast read on for the closing quote, and
+    // the request (its backend connection too) waited client_body, 60 s, with no answer; a
+    // backend's got a 504 after upstream_response, where both are malformed framing.
+    using bg::ChunkFraming;
+    const auto check = [](std::string_view pending) {
+        return bg::check_pending_chunk_framing(pending, 64, 1024);
+    };
+    CHECK(check("5;a=\"x\r\nhello\r\n0\r\n\r\n") == ChunkFraming::control_byte);
+    CHECK(check("\r\n0;a=\"x\\\"y\r\n") == ChunkFraming::control_byte);  // escaped quote
+    CHECK(check("0;a=\"x\r\n") == ChunkFraming::control_byte);
+    CHECK(check("0;a=\"x\\\"y\"\r\nX: 1\r\n") == ChunkFraming::within_limits);
+    CHECK(check("5;a=\"x") == ChunkFraming::within_limits);  // the line still coming
 }
 
 TEST_CASE("a control byte in a chunk extension is refused when the line arrives whole") {
