@@ -12,6 +12,7 @@
 #include "client_connection.hpp"
 #include "exchange_pool.hpp"
 #include "exchange_state.hpp"
+#include "http_date.hpp"
 #include "parked_client.hpp"
 #include "pending_input.hpp"
 #include "proxy_header_reader.hpp"
@@ -210,12 +211,19 @@ class ClientSession {
     // not a handshake failure the client would see as an empty reply. Then the client's request
     // is drained for a bounded time, so our close does not reset the answer away.
     Task<void> answer_plain_http() {
-        static constexpr std::string_view answer =
-            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 59\r\n"
-            "X-BG-Error: plain HTTP request sent to a TLS listener\r\nConnection: close\r\n\r\n"
+        static constexpr std::string_view status = "HTTP/1.1 400 Bad Request\r\nDate: ";
+        static constexpr std::string_view head =
+            "\r\nContent-Type: text/plain\r\nContent-Length: 59\r\n"
+            "X-BG-Error: plain HTTP request sent to a TLS listener\r\nConnection: close\r\n\r\n";
+        static constexpr std::string_view body =
             "400 Bad Request: plain HTTP request sent to a TLS listener\n";
         Socket& socket = conn_.socket();
-        auto [ec, n] = co_await asio::async_write(socket, asio::buffer(answer), nothrow);
+        // The answer to HEAD ends with its head (RFC 9110 9.3.2); every answer has a Date.
+        const bool head_only = request_is_head(socket.native_handle());
+        const std::array<asio::const_buffer, 4> answer{
+            asio::buffer(status), asio::buffer(http_date_now()), asio::buffer(head),
+            asio::buffer(body.data(), head_only ? 0 : body.size())};
+        auto [ec, n] = co_await asio::async_write(socket, answer, nothrow);
         if (ec) {
             co_return;
         }

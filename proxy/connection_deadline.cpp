@@ -32,6 +32,7 @@ struct ConnectionDeadline::State {
     unsigned target = 0;
     bool expired = false;
     bool answer_late_head = false;
+    bool late_head_is_head = false;  // the request late is a HEAD
     bool answered_late_head = false;
     bool alive = true;
     std::uint64_t generation = 0;  // a wait that was superseded ignores its completion
@@ -54,8 +55,9 @@ void ConnectionDeadline::on_timer(const std::shared_ptr<State>& state, std::uint
     s.deadline = never;
     boost::system::error_code ignored;
     if ((s.target & ConnectionDeadline::client) != 0 && s.handle->client != nullptr) {
-        s.answered_late_head = s.answer_late_head && s.handle->client->is_open() &&
-                               bg::answer_late_head(s.handle->client->native_handle());
+        s.answered_late_head =
+            s.answer_late_head && s.handle->client->is_open() &&
+            bg::answer_late_head(s.handle->client->native_handle(), s.late_head_is_head);
         s.handle->client->close(ignored);
     }
     if ((s.target & ConnectionDeadline::upstream) != 0 && s.handle->upstream != nullptr) {
@@ -94,8 +96,9 @@ void ConnectionDeadline::arm(std::chrono::milliseconds limit, Target target) {
     }
 }
 
-void ConnectionDeadline::answer_late_head(bool answer) {
+void ConnectionDeadline::answer_late_head(bool answer, bool head_request) {
     state_->answer_late_head = answer;
+    state_->late_head_is_head = head_request;
 }
 
 bool ConnectionDeadline::answered_late_head() const {

@@ -31,8 +31,8 @@ class ConnectionDeadline {
     // The next step must end within `limit`, or the target's sockets are closed.
     void arm(std::chrono::milliseconds limit, Target target);
     // Whether the step armed (a plain client's head, begun) ends in a 408 to the client before
-    // the close (late_head_answer.hpp); until the next arm().
-    void answer_late_head(bool answer);
+    // the close (late_head_answer.hpp), a HEAD's without a body; until the next arm().
+    void answer_late_head(bool answer, bool head_request = false);
     // The last expiry sent that 408, whole.
     bool answered_late_head() const;
     void disarm();

@@ -10,7 +10,7 @@
 
 namespace bg {
 
-bool answer_late_head(int fd) {
+bool answer_late_head(int fd, bool head_request) {
     // At most a few reads: a client flooding bytes gets its reset, and no answer.
     std::array<char, 4096> unread;
     for (int i = 0; i < 4 && ::recv(fd, unread.data(), unread.size(), MSG_DONTWAIT) > 0; ++i) {
@@ -24,7 +24,7 @@ bool answer_late_head(int fd) {
                                 "received in time\r\nContent-Length: %zu\r\n"
                                 "Connection: close\r\n\r\n%.*s",
                                 static_cast<int>(date.size()), date.data(), body.size(),
-                                static_cast<int>(body.size()), body.data());
+                                head_request ? 0 : static_cast<int>(body.size()), body.data());
     if (n <= 0 || static_cast<std::size_t>(n) >= answer.size()) {
         return false;
     }

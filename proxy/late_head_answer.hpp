@@ -10,7 +10,8 @@ namespace bg {
 
 // Sends the 408 on `fd` if the socket takes it at once, after reading (and dropping) what the
 // client sent since its last read, so that the close that follows is a FIN, not a reset that
-// could discard the answer before the client reads it. Whether all of it went.
-bool answer_late_head(int fd);
+// could discard the answer before the client reads it. A HEAD's ends with its head (RFC 9110
+// 9.3.2). Whether all of it went.
+bool answer_late_head(int fd, bool head_request);
 
 }  // namespace bg

@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <string_view>
 
 namespace bg {
 
@@ -17,6 +18,13 @@ FirstByte peek_first_byte(int descriptor) {
     }
     const bool nothing_yet = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
     return {nothing_yet ? FirstByte::none_yet : FirstByte::ended};
+}
+
+bool request_is_head(int descriptor) {
+    char method[5] = {};
+    return descriptor >= 0 &&
+           ::recv(descriptor, method, sizeof method, MSG_PEEK | MSG_DONTWAIT) == sizeof method &&
+           std::string_view(method, sizeof method) == "HEAD ";
 }
 
 bool input_waiting(int descriptor) {

@@ -21,4 +21,9 @@ struct FirstByte {
 };
 FirstByte peek_first_byte(int descriptor);
 
+// Whether the request waiting is a HEAD (peeked, left there): the proxy's answers written
+// before a request is parsed (plain HTTP on a TLS listener, past max_connections) end with
+// their head for it (RFC 9110 9.3.2).
+bool request_is_head(int descriptor);
+
 }  // namespace bg

@@ -167,7 +167,9 @@ Task<bool> RequestExchange<Stream>::read_head() {
         }
         if constexpr (std::is_same_v<Stream, Socket>) {
             if (ex_.buffer.size() > 0) {
-                conn_.deadline.answer_late_head(true);
+                const std::string_view begun(static_cast<const char*>(ex_.buffer.data().data()),
+                                             ex_.buffer.size());
+                conn_.deadline.answer_late_head(true, begun.starts_with("HEAD "));
             }
         }
         forget_drained(conn_.socket());  // the head goes on (socket_drain.hpp)

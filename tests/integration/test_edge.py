@@ -22,7 +22,7 @@ import unittest
 
 from certificates import TestAuthority
 from harness import (ProcessTestCase, ScriptedBackend, config, end_process, free_port, metric,
-                     ok_response, read_response,
+                     ok_response, raw_exchange, read_response,
                      read_to_end, status_of)
 
 CA = None  # made once for the whole module by setUpModule
@@ -455,7 +455,12 @@ min_version = "1.3"
         s.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
         status, fields, body, _ = read_response(s)
         self.assertEqual((status, dict(fields)["connection"]), (400, "close"))
+        self.assertIn("date", dict(fields))  # (it had none: an outside probe)
         self.assertEqual(read_to_end(s), b"")  # then the proxy closes
+        # A HEAD's answer ends with its head (it carried the body: an outside probe).
+        out = raw_exchange(port, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 400 "), out)
+        self.assertTrue(out.endswith(b"\r\n\r\n"), out)
         r = curl(["--cacert", ca_file(), "--resolve", "a.test:%d:127.0.0.1" % port,
                   "https://a.test:%d/" % port])
         self.assertEqual((r.returncode, r.stdout), (0, "blue-1\n"), r.stderr)
