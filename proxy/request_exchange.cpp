@@ -165,13 +165,7 @@ Task<bool> RequestExchange<Stream>::read_head() {
         if (!conn_.handle().OpeningHook::is_linked()) {
             conn_.worker.opening(conn_.handle());
         }
-        if constexpr (std::is_same_v<Stream, Socket>) {
-            if (ex_.buffer.size() > 0) {
-                const std::string_view begun(static_cast<const char*>(ex_.buffer.data().data()),
-                                             ex_.buffer.size());
-                conn_.deadline.answer_late_head(true, begun.starts_with("HEAD "));
-            }
-        }
+        expect_late_head();
         forget_drained(conn_.socket());  // the head goes on (socket_drain.hpp)
         auto [ec, n] = co_await conn_.stream.async_read_some(
             draining(ex_.buffer.prepare(conn_.read_room(ex_.buffer))), nothrow);
@@ -179,16 +173,8 @@ Task<bool> RequestExchange<Stream>::read_head() {
             // The deadline has closed the socket already (also when this read's bytes came in
             // the same turn: its 408 went, the request must not): a plain client whose head had
             // begun was told 408 (as HAProxy does), others are simply dropped (as nginx does).
-            if (conn_.handle().slot_released) {
-                co_return false;  // closed to make room, not for the time
-            }
-            WorkerStats::add(conn_.worker.stats().client_header_timeouts);
-            if (conn_.deadline.answered_late_head()) {
-                begin_record(nullptr);
-                started_ -= config_.timeouts.client_header;  // (at least that long)
-                ex_.record.start_unix_ms -= config_.timeouts.client_header.count();
-                ex_.record.status = 408;
-                ex_.record.error = "request head not received in time";
+            if (!conn_.handle().slot_released) {  // (closed to make room, not for the time)
+                note_head_timeout();
             }
             co_return false;
         }
@@ -196,6 +182,29 @@ Task<bool> RequestExchange<Stream>::read_head() {
             co_return false;
         }
         ex_.buffer.commit(n);
+    }
+}
+
+template <class Stream>
+void RequestExchange<Stream>::expect_late_head() {
+    if constexpr (std::is_same_v<Stream, Socket>) {
+        if (ex_.buffer.size() > 0) {
+            const std::string_view begun(static_cast<const char*>(ex_.buffer.data().data()),
+                                         ex_.buffer.size());
+            conn_.deadline.answer_late_head(true, begun.starts_with("HEAD "));
+        }
+    }
+}
+
+template <class Stream>
+void RequestExchange<Stream>::note_head_timeout() {
+    WorkerStats::add(conn_.worker.stats().client_header_timeouts);
+    if (conn_.deadline.answered_late_head()) {
+        begin_record(nullptr);
+        started_ -= config_.timeouts.client_header;  // (at least that long)
+        ex_.record.start_unix_ms -= config_.timeouts.client_header.count();
+        ex_.record.status = 408;
+        ex_.record.error = "request head not received in time";
     }
 }
 

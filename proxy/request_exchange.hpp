@@ -39,6 +39,10 @@ class RequestExchange {
 
   private:
     HeadRead parse_head(std::size_t& checked, Refusal& refusal);
+    // A plain client's head has begun: the deadline's expiry answers it 408.
+    void expect_late_head();
+    // The deadline ran out on the head: counted, and logged as the 408 it sent when it did.
+    void note_head_timeout();
     std::size_t skip_leading_empty_lines();
     void begin_record(const Request* request);
     void finish_record();
