@@ -1,5 +1,6 @@
 #include "colour_hints.hpp"
 
+#include <algorithm>
 #include <boost/beast/core/string.hpp>
 
 namespace bg {
@@ -28,12 +29,25 @@ std::string_view trim(std::string_view s) {
     return s;
 }
 
+// One X-Forwarded-For member: an address, bracketed or not, with a port or not (some
+// balancers add one).
+std::optional<boost::asio::ip::address> member_address(std::string_view item) {
+    if (item.starts_with('[')) {
+        item = item.substr(1, item.find(']') - 1);  // ("[v6]" or "[v6]:port")
+    } else if (std::count(item.begin(), item.end(), ':') == 1) {
+        item = item.substr(0, item.find(':'));  // "v4:port"
+    }
+    boost::system::error_code ec;
+    const auto address = boost::asio::ip::make_address(std::string(item), ec);
+    return ec ? std::nullopt : std::optional(address);
+}
+
 // The client behind trusted proxies (see preview_colour), from the right of X-Forwarded-For's
-// addresses (its lines in order, RFC 9110 5.3).
+// members (its lines in order, RFC 9110 5.3; empty members skipped). None without one: a
+// trusted balancer that names no client (Forwarded only, or none) names no one to judge.
 std::optional<boost::asio::ip::address> forwarded_client(const Fields& fields,
-                                                         const boost::asio::ip::address& peer,
                                                          const NetworkSet& trusted) {
-    std::optional<boost::asio::ip::address> client = peer;
+    std::optional<boost::asio::ip::address> client;
     for (auto line = fields.end(); line != fields.begin();) {
         --line;
         if (!boost::beast::iequals(line->name_string(), "X-Forwarded-For")) {
@@ -42,24 +56,19 @@ std::optional<boost::asio::ip::address> forwarded_client(const Fields& fields,
         std::string_view list = line->value();
         while (!list.empty()) {
             const std::size_t comma = list.rfind(',');
-            std::string_view item =
+            const std::string_view item =
                 trim(comma == std::string_view::npos ? list : list.substr(comma + 1));
             list = comma == std::string_view::npos ? std::string_view{} : list.substr(0, comma);
-            if (item.size() > 2 && item.front() == '[' && item.back() == ']') {
-                item = item.substr(1, item.size() - 2);
+            if (item.empty()) {
+                continue;
             }
-            boost::system::error_code ec;
-            const auto address = boost::asio::ip::make_address(std::string(item), ec);
-            if (ec) {
-                return std::nullopt;
-            }
-            client = address;
-            if (!trusted.contains(address)) {
+            client = member_address(item);
+            if (!client || !trusted.contains(*client)) {
                 return client;
             }
         }
     }
-    return client;  // trusted all the way (or no X-Forwarded-For): the farthest named
+    return client;  // trusted all the way: the farthest named
 }
 
 }  // namespace
@@ -87,8 +96,7 @@ std::optional<Colour> preview_colour(const Fields& fields, const boost::asio::ip
         return std::nullopt;
     }
     const std::optional<boost::asio::ip::address> judged =
-        trusted_hops != nullptr ? forwarded_client(fields, client, *trusted_hops)
-                                : std::optional(client);
+        trusted_hops != nullptr ? forwarded_client(fields, *trusted_hops) : std::optional(client);
     if (!judged || !preview.allowed.contains(*judged)) {
         return std::nullopt;
     }

@@ -424,6 +424,9 @@ Task<Exchange> RequestExchange<Stream>::forward(RoutingTablePtr& table, Colour c
         }
         const Connected connected =
             co_await conn_.upstreams.connect(*table, colour, verify, ex_, lease);
+        if (connected != Connected::yes && conn_.close_watch.client_gone()) {
+            co_return Exchange::client_gone;  // (its connect aborted at the shutdown grace's end)
+        }
         if (connected != Connected::yes) {
             // After a retry, nowhere left to go: answer for the attempt that failed.
             co_return retry ? outcome : connect_failure(connected);
@@ -703,6 +706,7 @@ Task<Exchange> RequestExchange<Stream>::await_response(UpstreamLease& lease,
         if (status >= 200 || status == 101) {
             co_return Exchange::response_ready;
         }
+        head_broken_ = true;  // an interim came: a final head that fails now broke off too
         // An interim response (103 Early Hints, 102...): passed on to HTTP/1.1 clients only
         // (RFC 9110 15.2: never to HTTP/1.0), up to max_interim_responses of them.
         // A 100 Continue is the proxy's own to send when the client asked for one (it answers
@@ -784,7 +788,7 @@ Task<Exchange> RequestExchange<Stream>::read_response_head(UpstreamStream& strea
         // the backend had the request and answered, so it goes nowhere else (HAProxy's 502
         // without `retry-on junk-response`; a GET or DELETE ran twice, the crash hidden: an
         // outside probe). Not a try the worker cut.
-        head_broken_ = continuing && !conn_.handle().try_cut;
+        head_broken_ = (head_broken_ || continuing) && !conn_.handle().try_cut;
         if (head_broken_ && !conn_.deadline.expired()) {
             ex_.body_error = "backend closed the connection mid-head";
             co_return Exchange::response_invalid;
@@ -1167,7 +1171,9 @@ Task<bool> RequestExchange<Stream>::answer_failure(Exchange outcome, const Reque
             // Seen by the close watch, or by a read of the body or a write of an interim
             // answer that failed: either way the client left first (it was logged as status 0
             // when it left mid-upload).
-            WorkerStats::add(stats.client_aborts);
+            if (!conn_.handle().shutdown_cut) {
+                WorkerStats::add(stats.client_aborts);
+            }
             ex_.record.status = 499;  // nginx's code: the client closed first
             if (conn_.handle().shutdown_cut) {
                 ex_.record.error = "cut at the end of shutdown_grace";

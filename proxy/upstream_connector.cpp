@@ -45,11 +45,11 @@ Task<Connected> UpstreamConnector::connect(const RoutingTable& table, Colour col
             co_return Connected::yes;
         }
         result = co_await open_recorded(*backend, ex, lease);
-        if (result != Connected::refused) {
-            co_return result;
+        if (result != Connected::refused || handle_.client_gone) {
+            co_return result;  // (a client gone, or cut at shutdown: no other attempt)
         }
     }
-    if (!crossed && config_.retries.cross_colour) {
+    if (!crossed && config_.retries.cross_colour && !handle_.client_gone) {
         // Every attempt in this colour failed to connect (its backends killed, and not yet
         // marked down by their checks): one attempt on the other colour before a 502.
         if (const Backend* backend =
@@ -76,7 +76,8 @@ bool UpstreamConnector::reuse_idle(const Backend& backend, bool verify, Exchange
 Task<Connected> UpstreamConnector::open_recorded(const Backend& backend, ExchangeState& ex,
                                                  UpstreamLease& lease) {
     const Connected result = co_await open(backend, ex, lease);
-    if (result == Connected::refused) {
+    if (result == Connected::refused && !handle_.client_gone) {
+        // (Nor a connect the shutdown grace's end aborted: the backend did nothing wrong.)
         // (The proxy's own lack of descriptors says nothing of the backend: no outcome is
         // recorded, no ejection, no revert; and no other backend would fare better.)
         worker_.record_outcome(backend, TryOutcome::connect_failed);

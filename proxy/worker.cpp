@@ -767,9 +767,13 @@ void Worker::begin_shutdown() {
                 session.client_gone = true;
                 session.shutdown_cut = true;
                 if (session.client != nullptr) {
-                    // A reset, not a FIN: a response cut here must not look whole (an HTTP/1.0
-                    // body read to the close), as when a backend dies mid-body.
-                    session.client->set_option(asio::socket_base::linger(true, 0), ignored);
+                    // A reset, not a FIN, while a backend's response is awaited or relayed: one
+                    // cut here must not look whole (an HTTP/1.0 body read to the close), as when
+                    // a backend dies mid-body. (A session already closing has all its answer
+                    // written: a reset would throw away its tail.)
+                    if (session.upstream != nullptr) {
+                        session.client->set_option(asio::socket_base::linger(true, 0), ignored);
+                    }
                     session.client->close(ignored);
                 }
                 if (session.upstream != nullptr) {

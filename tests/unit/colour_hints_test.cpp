@@ -76,9 +76,14 @@ TEST_CASE("behind trusted proxies the preview is judged on the client they forwa
     CHECK_FALSE(bg::preview_colour(with({"127.0.0.9", "9.9.9.9, 10.1.2.3"}), balancer, &trusted,
                                    preview, t));
     CHECK(bg::preview_colour(with({"[::1]"}), balancer, &trusted, preview, t) == bg::Colour::green);
-    // Unreadable: no preview. None at all: the balancer's own request.
+    // Ports and empty members (a trailing ", ") are read past.
+    CHECK(bg::preview_colour(with({"127.0.0.9:5151, "}), balancer, &trusted, preview, t) ==
+          bg::Colour::green);
+    CHECK(bg::preview_colour(with({"[::1]:5151"}), balancer, &trusted, preview, t) ==
+          bg::Colour::green);
+    // Unreadable: no preview. None at all (a balancer naming no client): no preview either.
     CHECK_FALSE(bg::preview_colour(with({"127.0.0.9, unknown"}), balancer, &trusted, preview, t));
-    CHECK(bg::preview_colour(with({}), balancer, &trusted, preview, t) == bg::Colour::green);
+    CHECK_FALSE(bg::preview_colour(with({}), balancer, &trusted, preview, t));
     // Not from a trusted peer: its own address, whatever it forwards.
     CHECK(bg::preview_colour(with({"9.9.9.9"}), boost::asio::ip::make_address("127.0.0.5"), nullptr,
                              preview, t) == bg::Colour::green);
