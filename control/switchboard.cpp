@@ -57,15 +57,24 @@ json::object routing_of(const RoutingState& state) {
 // What a reload cannot change in place, named; empty when nothing.
 std::string needs_restart(const Config& current, const Config& fresh) {
     std::string restart;
-    bool listeners = fresh.listeners.size() != current.listeners.size();
-    for (std::size_t i = 0; !listeners && i < fresh.listeners.size(); ++i) {
-        listeners = fresh.listeners[i].address.text != current.listeners[i].address.text ||
-                    fresh.listeners[i].smart_accept != current.listeners[i].smart_accept ||
-                    fresh.listeners[i].defer_accept != current.listeners[i].defer_accept ||
-                    fresh.listeners[i].send_buffer != current.listeners[i].send_buffer;
+    // Which listener, by its place in the file: the listeners are matched by their order (two
+    // swapped were refused as "listeners", naming none: an outside probe).
+    if (fresh.listeners.size() != current.listeners.size()) {
+        restart = "listeners (" + std::to_string(fresh.listeners.size()) +
+                  " [[listener]] tables, " + std::to_string(current.listeners.size()) + " before)";
     }
-    if (listeners) {
-        restart = "listeners";
+    for (std::size_t i = 0; restart.empty() && i < fresh.listeners.size(); ++i) {
+        const ListenerConfig& now = fresh.listeners[i];
+        const ListenerConfig& before = current.listeners[i];
+        if (now.address.text != before.address.text || now.smart_accept != before.smart_accept ||
+            now.defer_accept != before.defer_accept || now.send_buffer != before.send_buffer) {
+            restart =
+                "listeners ([[listener]] " + std::to_string(i + 1) + ", " + now.address.text +
+                (now.address.text != before.address.text
+                     ? ", was " + before.address.text + ": listeners are matched by their order"
+                     : ": its smart_accept, defer_accept or send_buffer") +
+                ")";
+        }
     }
     if (fresh.limits.buffer_size != current.limits.buffer_size ||
         fresh.upstream.balance != current.upstream.balance ||

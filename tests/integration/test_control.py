@@ -365,6 +365,13 @@ rise = 1
             self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
             self.assertIn(named, r.stderr)
             self.assertIn("need a restart", r.stderr)
+        # A listener changed is named by its place (two swapped were refused naming none: an
+        # outside probe).
+        with open(proxy.config_path, "w") as f:
+            f.write(good.replace('address = "127.0.0.1:0"', 'address = "127.0.0.1:1"', 1))
+        r = proxy.bgctl("reload")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("[[listener]] 1, 127.0.0.1:1, was 127.0.0.1:0", r.stderr)
         with open(proxy.config_path, "w") as f:
             f.write(good)
         self.assertEqual(proxy.bgctl("reload").returncode, 0)
