@@ -2,9 +2,9 @@
 // What a client whose request head has not all come within timeouts.client_header is told on a
 // plain socket: 408 Request Timeout with a close (as HAProxy's `timeout http-request` answers),
 // sent once, non-blocking, just before the deadline closes the socket (a few syscalls more per
-// expiry, nothing waited for). A client that sent none
-// of a head (an idle keep-alive connection, a pre-connect) is closed silently, and a TLS one
-// too: its record layer belongs to the session, which the expiry does not wait for.
+// expiry, nothing waited for). A client that sent none of a head (an idle keep-alive
+// connection, a pre-connect) is closed silently, and a TLS one too: its record layer belongs to
+// the session, which the expiry does not wait for.
 
 namespace bg {
 

@@ -424,17 +424,16 @@ Task<Exchange> RequestExchange<Stream>::forward(RoutingTablePtr& table, Colour c
         }
         const Connected connected =
             co_await conn_.upstreams.connect(*table, colour, verify, ex_, lease);
-        if (connected != Connected::yes && conn_.close_watch.client_gone()) {
-            co_return Exchange::client_gone;  // (its connect aborted at the shutdown grace's end)
+        // A client gone meanwhile (or cut at the shutdown grace's end, which aborts a connect)
+        // is sent nothing.
+        if (conn_.close_watch.client_gone()) {
+            co_return Exchange::client_gone;
         }
         if (connected != Connected::yes) {
             // After a retry, nowhere left to go: answer for the attempt that failed.
             co_return retry ? outcome : connect_failure(connected);
         }
         served_by(lease.backend());
-        if (conn_.close_watch.client_gone()) {
-            co_return Exchange::client_gone;  // left (or cut at shutdown) while we connected
-        }
         if (facts.expect_continue && !continue_sent && !ex_.parser->is_done()) {
             if (!co_await send_continue()) {
                 co_return Exchange::client_gone;

@@ -464,15 +464,15 @@ void Worker::refuse(Socket& socket, std::size_t listener) {
         listener < config_->listeners.size() && config_->listeners[listener].tls_context;
     if (!tls) {
         static constexpr std::string_view status = "HTTP/1.1 503 Service Unavailable\r\nDate: ";
-        static constexpr std::string_view rest =
+        static constexpr std::string_view head =
             "\r\nContent-Type: text/plain\r\nX-BG-Error: too many connections\r\n"
-            "Content-Length: 21\r\nConnection: close\r\n\r\ntoo many connections\n";
+            "Content-Length: 21\r\nConnection: close\r\n\r\n";
+        static constexpr std::string_view body = "too many connections\n";
         // (With defer_accept the request is there: a HEAD's answer ends with its head.)
-        const std::size_t head_size = rest.size() - 21;
         const bool head_only = request_is_head(socket.native_handle());
-        const std::array<asio::const_buffer, 3> answer{
-            asio::buffer(status), asio::buffer(http_date_now()),
-            asio::buffer(rest.data(), head_only ? head_size : rest.size())};
+        const std::array<asio::const_buffer, 4> answer{
+            asio::buffer(status), asio::buffer(http_date_now()), asio::buffer(head),
+            asio::buffer(body.data(), head_only ? 0 : body.size())};
         socket.non_blocking(true, ignored);
         socket.send(answer, 0, ignored);
         socket.shutdown(Socket::shutdown_send, ignored);
