@@ -71,21 +71,17 @@ StagedChange stage_ramp(const RoutingState& state, const Command& cmd) {
     const std::uint32_t target = step_toward(current, cmd.to_bp, cmd.step_bp);
     set_weight(out.next, cmd.colour, target);
     out.next.failed[index_of(cmd.colour)] = false;
-    out.next.ramp = target == cmd.to_bp
-                        ? std::nullopt
-                        : std::optional<RampState>(
-                              RampState{cmd.colour, cmd.to_bp, cmd.step_bp, cmd.every, false});
+    const RampState planned{cmd.colour, cmd.to_bp, cmd.step_bp, cmd.every, false};
+    out.next.ramp = target == cmd.to_bp ? std::nullopt : std::optional<RampState>(planned);
     out.note = out.next.ramp
                    ? "first step taken; next in " + std::to_string(cmd.every.count()) + "ms"
                    : "reached in one step";
     // A ramp in progress, or one a failover stopped (dropped with the failover it ends), gives
     // way to this one: the operator is told.
     if (state.ramp) {
-        const RampState& old = *state.ramp;
-        const bool same = old.colour == cmd.colour && old.to_bp == cmd.to_bp &&
-                          old.step_bp == cmd.step_bp && old.every == cmd.every;
-        out.note = std::string(same ? "restarts" : "replaces") +
-                   (old.paused ? " the paused ramp; " : " the ramp in progress; ") + out.note;
+        out.note = std::string(state.ramp->same_plan(planned) ? "restarts" : "replaces") +
+                   (state.ramp->paused ? " the paused ramp; " : " the ramp in progress; ") +
+                   out.note;
     } else if (state.failover && state.failover->ramp) {
         out.note = "replaces the ramp the failover stopped; " + out.note;
     }

@@ -340,11 +340,7 @@ std::string describe_change(const RoutingState& before, const RoutingState& afte
     }
     const bool suspended = !after.ramp && before.ramp && stored_ramp(after) == before.ramp;
     // A ramp that replaces one in progress says so, with its plan (it once said nothing).
-    const auto same_plan = [](const RampState& a, const RampState& b) {
-        return a.colour == b.colour && a.to_bp == b.to_bp && a.step_bp == b.step_bp &&
-               a.every == b.every;
-    };
-    const bool replaced = before.ramp && after.ramp && !same_plan(*before.ramp, *after.ramp);
+    const bool replaced = before.ramp && after.ramp && !before.ramp->same_plan(*after.ramp);
     if (!suspended && (before.ramp.has_value() != after.ramp.has_value() || replaced ||
                        (before.ramp && after.ramp && before.ramp->paused != after.ramp->paused))) {
         sep();

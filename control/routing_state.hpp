@@ -25,6 +25,11 @@ struct RampState {
     bool paused = false;
 
     bool operator==(const RampState&) const = default;
+    // The same colour, target, step and interval, paused or not.
+    bool same_plan(const RampState& other) const {
+        return colour == other.colour && to_bp == other.to_bp && step_bp == other.step_bp &&
+               every == other.every;
+    }
 };
 
 // Traffic moved off the stable colour because it failed (the rollout guard's failover). The
