@@ -57,6 +57,9 @@ asio::awaitable<void> exchange(Stream& stream, const HostPort& backend, const Pr
     for (int interim = 0;; ++interim) {
         parser.emplace();
         parser->body_limit(1 << 20);
+        // A head as large as the data path relays (max_response_header's default, and the
+        // buffer's bound), not Beast's 8 KiB: a big header on /healthz must not fail a colour over.
+        parser->header_limit(64 * 1024);
         if (!probe.want_body) {
             parser->skip(true);
         }

@@ -503,6 +503,23 @@ class HostileProbeTest(ProcessTestCase):
             time.sleep(0.1)
         self.assertGreaterEqual(early.connections, 3)
 
+    def test_a_large_but_valid_answer_head_is_not_a_failure(self):
+        """A 200 whose head is 9.3 KB (30 fields of 300 bytes: a big CSP or cookies), which the
+        data path relays: on c77f2fc the check refused it past Beast's 8 KiB header limit and
+        marked the backend down (an outside probe: the stable colour failed over)."""
+        fields = b"".join(b"X-Big-%d: %s\r\n" % (i, b"v" * 300) for i in range(30))
+        big = RawBackend("green-1", lambda request: [
+            b"HTTP/1.1 200 OK\r\n" + fields +
+            b"Content-Length: 2\r\nConnection: close\r\n\r\nok"])
+        self.processes.append(big)
+        proxy = self.proxy(config([self.backend("blue-1")], [big], extra=HEALTH))
+        deadline = time.time() + 3  # fall = 3 checks of 500 ms
+        while time.time() < deadline:
+            green = proxy.status()["colours"]["green"]["backends"][0]
+            self.assertTrue(green["healthy"], green)
+            time.sleep(0.1)
+        self.assertGreaterEqual(big.connections, 3)
+
     def test_an_endless_chunk_line_does_not_grow_the_proxy(self):
         """A smoke check reading a body (body_contains) from a backend that sends a chunk-size
         line without end: on 5b33ff4 the buffer grew with it (256 MiB sent, 512 MiB held)."""
