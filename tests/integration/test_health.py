@@ -488,6 +488,13 @@ def vm_hwm_kib(pid):
 class HostileProbeTest(ProcessTestCase):
     """Health checks and smoke checks against backends that misbehave."""
 
+    def assert_green_stays_healthy(self, proxy):
+        deadline = time.time() + 3  # fall = 3 checks of 500 ms
+        while time.time() < deadline:
+            green = proxy.status()["colours"]["green"]["backends"][0]
+            self.assertTrue(green["healthy"], green)
+            time.sleep(0.1)
+
     def test_an_interim_response_before_the_answer_is_not_a_failure(self):
         """On 5b33ff4 a 103 Early Hints before the 200 was taken as the answer (status 103):
         the backend was marked down."""
@@ -496,11 +503,7 @@ class HostileProbeTest(ProcessTestCase):
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"])
         self.processes.append(early)
         proxy = self.proxy(config([self.backend("blue-1")], [early], extra=HEALTH))
-        deadline = time.time() + 3  # fall = 3 checks of 500 ms
-        while time.time() < deadline:
-            green = proxy.status()["colours"]["green"]["backends"][0]
-            self.assertTrue(green["healthy"], green)
-            time.sleep(0.1)
+        self.assert_green_stays_healthy(proxy)
         self.assertGreaterEqual(early.connections, 3)
 
     def test_a_large_but_valid_answer_head_is_not_a_failure(self):
@@ -513,11 +516,7 @@ class HostileProbeTest(ProcessTestCase):
             b"Content-Length: 2\r\nConnection: close\r\n\r\nok"])
         self.processes.append(big)
         proxy = self.proxy(config([self.backend("blue-1")], [big], extra=HEALTH))
-        deadline = time.time() + 3  # fall = 3 checks of 500 ms
-        while time.time() < deadline:
-            green = proxy.status()["colours"]["green"]["backends"][0]
-            self.assertTrue(green["healthy"], green)
-            time.sleep(0.1)
+        self.assert_green_stays_healthy(proxy)
         self.assertGreaterEqual(big.connections, 3)
 
     def test_an_endless_chunk_line_does_not_grow_the_proxy(self):
