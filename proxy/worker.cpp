@@ -468,6 +468,7 @@ void Worker::refuse(Socket& socket, std::size_t listener) {
             "\r\nContent-Type: text/plain\r\nX-BG-Error: too many connections\r\n"
             "Content-Length: 21\r\nConnection: close\r\n\r\n";
         static constexpr std::string_view body = "too many connections\n";
+        static_assert(body.size() == 21, "the head's Content-Length");
         // (With defer_accept the request is there: a HEAD's answer ends with its head.)
         const bool head_only = request_is_head(socket.native_handle());
         const std::array<asio::const_buffer, 4> answer{
